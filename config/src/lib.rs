@@ -1,0 +1,129 @@
+//! Tally's configuration: the YAML schema, `${env:VAR}` expansion, built-in
+//! defaults and validation with errors that name the offending path.
+//!
+//! ```
+//! let config = tally_config::Config::from_yaml_str(
+//!     "receivers: { otlp: { grpc: { endpoint: 127.0.0.1:0 } } }",
+//! ).unwrap();
+//! assert_eq!(config.receivers.otlp.grpc.endpoint.port(), 0);
+//! ```
+
+mod endpoint;
+mod expand;
+mod schema;
+
+pub use endpoint::Endpoint;
+pub use expand::expand_env;
+pub use schema::*;
+
+use std::path::Path;
+
+/// A configuration that could not be read, parsed or validated.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Expand(String),
+    #[error("invalid YAML: {0}")]
+    Yaml(String),
+    /// `path` is the dotted path of the offending key, e.g. `receivers.otlp.grpc.endpoint`.
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Reads, expands and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_yaml_str(&text)
+    }
+
+    /// Expands `${env:VAR}` references, parses YAML and validates.
+    pub fn from_yaml_str(text: &str) -> Result<Config, ConfigError> {
+        let expanded = expand_env(text, |name| std::env::var(name).ok())
+            .map_err(ConfigError::Expand)?;
+        let value: yaml_serde::Value =
+            yaml_serde::from_str(&expanded).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        // An empty document means "all defaults".
+        let value = match value {
+            yaml_serde::Value::Null => yaml_serde::Value::Mapping(Default::default()),
+            other => other,
+        };
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Invalid {
+                path: if path == "." { "(root)".into() } else { path },
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks rules that span several keys or need more than a type.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |path: &str, message: &str| ConfigError::Invalid {
+            path: path.into(),
+            message: message.into(),
+        };
+        let receiver = &self.receivers.otlp;
+        if receiver.grpc.max_recv_msg_size_mib == 0 {
+            return Err(invalid(
+                "receivers.otlp.grpc.max_recv_msg_size_mib",
+                "must be at least 1",
+            ));
+        }
+        if receiver.http.max_request_body_size == 0 {
+            return Err(invalid(
+                "receivers.otlp.http.max_request_body_size",
+                "must be at least 1",
+            ));
+        }
+        let pg = &self.exporters.postgres;
+        if pg.batch_max_rows == 0 {
+            return Err(invalid("exporters.postgres.batch_max_rows", "must be at least 1"));
+        }
+        if pg.queue_capacity_records < pg.batch_max_rows {
+            return Err(invalid(
+                "exporters.postgres.queue_capacity_records",
+                "must be at least batch_max_rows",
+            ));
+        }
+        if pg.writers == 0 {
+            return Err(invalid("exporters.postgres.writers", "must be at least 1"));
+        }
+        if self.admin_api.max_page_size == 0 {
+            return Err(invalid("admin_api.max_page_size", "must be at least 1"));
+        }
+        if let Some(jwt) = &self.admin_api.auth.jwt {
+            if jwt.hs256_secret.as_deref().is_some_and(|s| s.len() < 16) {
+                return Err(invalid(
+                    "admin_api.auth.jwt.hs256_secret",
+                    "must be at least 16 bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL: `exporters.postgres.url`, else `TALLY_DATABASE_URL`.
+    /// `None` means "run a private PostgreSQL".
+    pub fn database_url(&self) -> Option<String> {
+        self.exporters
+            .postgres
+            .url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| std::env::var("TALLY_DATABASE_URL").ok().filter(|u| !u.is_empty()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,293 @@
+//! The configuration schema. Every section has built-in defaults, so an empty
+//! file (or no file) is a working configuration. Unknown keys are errors.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Endpoint;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub receivers: Receivers,
+    pub processors: Processors,
+    pub exporters: Exporters,
+    pub admin_api: AdminApiConfig,
+    pub retention: RetentionConfig,
+    pub service: ServiceConfig,
+}
+
+/// `receivers`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Receivers {
+    pub otlp: OtlpReceiverConfig,
+}
+
+/// `receivers.otlp`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpReceiverConfig {
+    pub grpc: GrpcConfig,
+    pub http: HttpConfig,
+}
+
+/// `receivers.otlp.grpc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    pub enabled: bool,
+    /// Default `127.0.0.1:4317`.
+    pub endpoint: Endpoint,
+    /// Largest accepted message after decompression, in MiB (default 20).
+    pub max_recv_msg_size_mib: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            enabled: true,
+            endpoint: Endpoint::localhost(4317),
+            max_recv_msg_size_mib: 20,
+        }
+    }
+}
+
+/// `receivers.otlp.http`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// Default `127.0.0.1:4318`.
+    pub endpoint: Endpoint,
+    /// Largest accepted body in bytes, compressed and after decompression (default 20 MiB).
+    pub max_request_body_size: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            endpoint: Endpoint::localhost(4318),
+            max_request_body_size: 20 * 1024 * 1024,
+        }
+    }
+}
+
+/// `processors`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Processors {
+    pub redact: RedactConfig,
+    pub validate: ValidateConfig,
+}
+
+/// `processors.redact` (PII scrubbing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedactConfig {
+    pub enabled: bool,
+    /// Key for the keyed hashes of IP addresses and file names.
+    pub hmac_key: Option<String>,
+}
+
+impl Default for RedactConfig {
+    fn default() -> Self {
+        RedactConfig {
+            enabled: true,
+            hmac_key: None,
+        }
+    }
+}
+
+/// `processors.validate` (taxonomy registry).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// Path of the taxonomy YAML; the built-in default when unset.
+    pub taxonomy: Option<PathBuf>,
+    pub mode: ValidateMode,
+}
+
+/// How unknown actions are treated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidateMode {
+    /// Unknown actions are stored and counted.
+    #[default]
+    Lenient,
+    /// Unknown actions go to `rejected_events`.
+    Strict,
+}
+
+/// `exporters`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Exporters {
+    pub postgres: PostgresConfig,
+    pub prometheus: PrometheusConfig,
+}
+
+/// `exporters.postgres`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://…` URL; falls back to `TALLY_DATABASE_URL`; unset runs a private server.
+    pub url: Option<String>,
+    /// Data folder of the private PostgreSQL (used only without a URL).
+    pub data_dir: PathBuf,
+    /// Connections used by batch writers (each writer holds one).
+    pub writers: usize,
+    /// Rows per COPY batch at most.
+    pub batch_max_rows: usize,
+    /// How long a writer waits to fill a batch once it has rows, in milliseconds.
+    pub batch_linger_ms: u64,
+    /// Records queued for writing at most; beyond this, exports are refused (retryable).
+    pub queue_capacity_records: usize,
+    /// Daily partitions created ahead of today.
+    pub partitions_ahead_days: u32,
+    /// `Retry-After` given to clients when the database is down or the queue is full.
+    pub retry_after_secs: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            data_dir: PathBuf::from("./tally-data"),
+            writers: 2,
+            batch_max_rows: 5_000,
+            batch_linger_ms: 5,
+            queue_capacity_records: 100_000,
+            partitions_ahead_days: 7,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// `exporters.prometheus`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    pub enabled: bool,
+    /// Default `127.0.0.1:9464`, served at `/metrics`.
+    pub endpoint: Endpoint,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            enabled: true,
+            endpoint: Endpoint::localhost(9464),
+        }
+    }
+}
+
+/// `admin_api`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminApiConfig {
+    pub enabled: bool,
+    /// Default `127.0.0.1:8080`.
+    pub endpoint: Endpoint,
+    /// Page size when `limit` is not given (default 50).
+    pub default_page_size: u32,
+    /// Largest accepted `limit` (default 1000).
+    pub max_page_size: u32,
+    pub auth: AuthConfig,
+}
+
+impl Default for AdminApiConfig {
+    fn default() -> Self {
+        AdminApiConfig {
+            enabled: true,
+            endpoint: Endpoint::localhost(8080),
+            default_page_size: 50,
+            max_page_size: 1000,
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// `admin_api.auth`. With no JWT key configured the API is open (and Tally warns);
+/// with one, every `/api/v1` route needs a valid bearer token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `admin_api.auth.jwt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Shared secret for HS256 tokens.
+    pub hs256_secret: Option<String>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+    /// Clock-skew leeway for `exp`/`nbf`, seconds (default 30).
+    pub leeway_secs: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            hs256_secret: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// `retention` (days of raw rows and of rollups kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub raw_days: u32,
+    pub aggregate_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            raw_days: 90,
+            aggregate_days: 730,
+        }
+    }
+}
+
+/// `service`: process-wide settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Longest time SIGTERM waits for in-flight batches, seconds (default 30).
+    pub shutdown_grace_secs: u64,
+    /// Log filter (`RUST_LOG` syntax), default `info`.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            shutdown_grace_secs: 30,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Format of Tally's own log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}

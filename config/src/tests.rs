@@ -1,0 +1,92 @@
+use super::*;
+
+#[test]
+fn empty_document_gives_defaults() {
+    let config = Config::from_yaml_str("").unwrap();
+    assert_eq!(config, Config::default());
+    assert_eq!(config.receivers.otlp.grpc.endpoint.to_string(), "127.0.0.1:4317");
+    assert_eq!(config.receivers.otlp.http.endpoint.to_string(), "127.0.0.1:4318");
+    assert_eq!(config.admin_api.endpoint.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.exporters.prometheus.endpoint.to_string(), "127.0.0.1:9464");
+    assert_eq!(config.receivers.otlp.http.max_request_body_size, 20 * 1024 * 1024);
+}
+
+#[test]
+fn design_example_parses() {
+    let text = r#"
+receivers:
+  otlp:
+    grpc: { endpoint: 127.0.0.1:4317 }
+    http: { endpoint: 127.0.0.1:4318 }
+processors:
+  redact:   { hmac_key: ${env:TALLY_TEST_UNSET_HMAC_KEY} }
+  validate: { taxonomy: taxonomy.yaml, mode: strict }
+exporters:
+  postgres:   { url: ${env:TALLY_TEST_UNSET_DB_URL} }
+  prometheus: { endpoint: 127.0.0.1:9464 }
+admin_api:
+  endpoint: 127.0.0.1:8080
+  auth:
+    jwt: { hs256_secret: ${env:TALLY_TEST_UNSET_SECRET:-0123456789abcdef0123} }
+retention: { raw_days: 90, aggregate_days: 730 }
+"#;
+    let config = Config::from_yaml_str(text).unwrap();
+    assert_eq!(config.processors.validate.mode, ValidateMode::Strict);
+    assert_eq!(config.processors.redact.hmac_key, None);
+    assert_eq!(config.exporters.postgres.url, None);
+    assert_eq!(
+        config.admin_api.auth.jwt.unwrap().hs256_secret.as_deref(),
+        Some("0123456789abcdef0123")
+    );
+}
+
+fn error_of(text: &str) -> String {
+    Config::from_yaml_str(text).unwrap_err().to_string()
+}
+
+#[test]
+fn unknown_key_names_its_path() {
+    let err = error_of("receivers: { otlp: { grpc: { endpont: 127.0.0.1:1 } } }");
+    assert!(err.starts_with("receivers.otlp.grpc.endpont: unknown field"), "{err}");
+    assert!(err.contains("endpont"), "{err}");
+}
+
+#[test]
+fn bad_address_names_its_path() {
+    let err = error_of("receivers: { otlp: { grpc: { endpoint: nowhere } } }");
+    assert!(err.starts_with("receivers.otlp.grpc.endpoint: "), "{err}");
+    let err = error_of("admin_api: { endpoint: 127.0.0.1:99999 }");
+    assert!(err.starts_with("admin_api.endpoint: "), "{err}");
+}
+
+#[test]
+fn wrong_type_names_its_path() {
+    let err = error_of("exporters: { postgres: { batch_max_rows: lots } }");
+    assert!(err.starts_with("exporters.postgres.batch_max_rows: "), "{err}");
+    let err = error_of("processors: { validate: { mode: sometimes } }");
+    assert!(err.starts_with("processors.validate.mode: "), "{err}");
+}
+
+#[test]
+fn cross_field_rules_name_their_path() {
+    let err = error_of("exporters: { postgres: { batch_max_rows: 10, queue_capacity_records: 5 } }");
+    assert!(err.starts_with("exporters.postgres.queue_capacity_records: "), "{err}");
+}
+
+#[test]
+fn env_expansion_with_defaults_and_escapes() {
+    let lookup = |name: &str| (name == "SET").then(|| "value".to_string());
+    assert_eq!(expand_env("${env:SET}", lookup).unwrap(), "value");
+    assert_eq!(expand_env("${env:UNSET:-fallback}", lookup).unwrap(), "fallback");
+    assert_eq!(expand_env("${env:UNSET}", lookup).unwrap(), "");
+    assert_eq!(expand_env("$$5 and $x", lookup).unwrap(), "$5 and $x");
+    assert!(expand_env("${env:OPEN", lookup).is_err());
+    assert!(expand_env("${env:bad name}", lookup).is_err());
+}
+
+#[test]
+fn port_zero_and_localhost_are_accepted() {
+    let config = Config::from_yaml_str("admin_api: { endpoint: 'localhost:0' }").unwrap();
+    assert_eq!(config.admin_api.endpoint.port(), 0);
+    assert!(config.admin_api.endpoint.is_loopback());
+}

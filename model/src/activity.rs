@@ -1,0 +1,66 @@
+//! The activity-log record.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Whether the user's action succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The action completed.
+    Success,
+    /// The action failed (error span status, HTTP status >= 400, explicit outcome).
+    Failure,
+    /// Nothing says either way.
+    #[default]
+    Unknown,
+}
+
+impl Outcome {
+    /// The column value: `success`, `failure` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Unknown => "unknown",
+        }
+    }
+
+    /// Parses a column value or query parameter.
+    pub fn parse(text: &str) -> Option<Outcome> {
+        match text {
+            "success" => Some(Outcome::Success),
+            "failure" => Some(Outcome::Failure),
+            "unknown" => Some(Outcome::Unknown),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the user activity log, as stored in `activity_events`.
+///
+/// Optional identity fields are `None` when the record did not carry them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivityEvent {
+    /// Deterministic id (see [`crate::ids`]): the same record resent is the same id.
+    pub id: Uuid,
+    /// Event time (span start or log record time).
+    pub ts: DateTime<Utc>,
+    pub tenant_id: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    /// Dotted action name, e.g. `auth.login`.
+    pub action: String,
+    pub outcome: Outcome,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    /// `service.name` of the emitting resource.
+    pub service: Option<String>,
+    /// Lowercase hex, 32 characters.
+    pub trace_id: Option<String>,
+    /// Lowercase hex, 16 characters.
+    pub span_id: Option<String>,
+    /// Remaining attributes (resource, scope and record), as a JSON object.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}

@@ -1,0 +1,21 @@
+//! Tally's shared data model: the records that flow through the pipeline and the
+//! boundary between the OTLP receiver and everything behind it.
+//!
+//! * [`ActivityEvent`] — one row of the user activity log.
+//! * [`Outcome`] — success / failure / unknown.
+//! * [`ids`] — deterministic record ids, so an SDK retry is stored once.
+//! * [`pipeline`] — the [`pipeline::Consumer`] trait the receiver hands decoded
+//!   OTLP requests to, and the errors it may answer with.
+//! * [`health`] — readiness shared between the exporter and the admin API.
+
+pub mod activity;
+pub mod health;
+pub mod ids;
+pub mod pipeline;
+
+pub use activity::{ActivityEvent, Outcome};
+pub use health::Readiness;
+pub use pipeline::{ConsumeError, ConsumeReport, Consumer};
+
+/// Re-export of the OTLP wire types so dependants use the same version.
+pub use opentelemetry_proto::tonic as otlp;

@@ -1,0 +1,62 @@
+//! The boundary between the OTLP receiver and the rest of the pipeline.
+//!
+//! The receiver decodes and checks a request, then hands it to a [`Consumer`]. The
+//! consumer's future resolves only once every record of the request is committed
+//! (or quarantined) — the receiver answers the client with that result.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+/// What happened to the records of an accepted request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumeReport {
+    /// Records Tally could not store; reported in OTLP `partial_success`.
+    pub rejected: u64,
+    /// Why they were rejected (empty when `rejected == 0`).
+    pub message: String,
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ConsumeError {
+    /// The request itself is wrong (bad ids, …): HTTP 400 / gRPC `INVALID_ARGUMENT`.
+    /// Not retryable.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The queue is full: HTTP 429 / gRPC `UNAVAILABLE`, retry after the delay.
+    #[error("collector overloaded, retry in {}s", retry_after.as_secs())]
+    Overloaded { retry_after: Duration },
+    /// The database cannot be written now, or the collector is shutting down:
+    /// HTTP 503 / gRPC `UNAVAILABLE`, retry after the delay.
+    #[error("collector unavailable: {reason}")]
+    Unavailable { reason: String, retry_after: Duration },
+}
+
+impl ConsumeError {
+    /// The delay a client should wait before retrying, if retryable.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ConsumeError::Invalid(_) => None,
+            ConsumeError::Overloaded { retry_after }
+            | ConsumeError::Unavailable { retry_after, .. } => Some(*retry_after),
+        }
+    }
+}
+
+/// Takes decoded OTLP requests and resolves once their records are committed.
+pub trait Consumer: Send + Sync + 'static {
+    /// Consumes one `TraceService/Export` request.
+    fn consume_traces(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>>;
+
+    /// Consumes one `LogsService/Export` request.
+    fn consume_logs(
+        &self,
+        request: ExportLogsServiceRequest,
+    ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>>;
+}
