@@ -1,0 +1,343 @@
+//! Classification: which OTLP spans and log records are user activity, and what
+//! their identity fields are.
+//!
+//! A record is an activity event when it carries an action: the `activity.action`
+//! attribute, the log record's `EventName` field, or the `event.name` attribute (in
+//! that order). Attributes are flattened resource → scope → record, the record
+//! winning. Records without an action are counted in [`Classified::without_action`]
+//! and not stored. See `docs/schema.md` for the full mapping.
+
+use chrono::{DateTime, Utc};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use prost::Message;
+use serde_json::Map;
+use tally_model::{ids, ActivityEvent, Outcome};
+
+use crate::otlp_value::{as_i64, as_text, to_json};
+
+/// Longest action name stored; longer ones are rejected (reported in `partial_success`).
+pub const MAX_ACTION_LEN: usize = 256;
+
+/// The result of classifying one export request.
+#[derive(Debug, Default)]
+pub struct Classified {
+    /// Records that are activity events, ready to store.
+    pub events: Vec<ActivityEvent>,
+    /// Records that carried no action (counted, not stored).
+    pub without_action: u64,
+    /// Records that carried an action Tally cannot store.
+    pub rejected: u64,
+    /// Why the first rejected record was rejected.
+    pub reject_reason: Option<String>,
+}
+
+impl Classified {
+    fn reject(&mut self, reason: impl FnOnce() -> String) {
+        self.rejected += 1;
+        if self.reject_reason.is_none() {
+            self.reject_reason = Some(reason());
+        }
+    }
+}
+
+/// Severity numbers at or above this (ERROR) mark a log event as a failure.
+const SEVERITY_ERROR: i32 = 17;
+
+/// Identity fields found among a record's attributes. Each slot holds the value
+/// of one attribute key; aliases resolve in [`Identity::finish`].
+#[derive(Default)]
+struct Identity<'a> {
+    action: Option<&'a AnyValue>,
+    event_name: Option<&'a AnyValue>,
+    enduser_id: Option<&'a AnyValue>,
+    user_id: Option<&'a AnyValue>,
+    tenant_id: Option<&'a AnyValue>,
+    company_id: Option<&'a AnyValue>,
+    organization_id: Option<&'a AnyValue>,
+    session_id: Option<&'a AnyValue>,
+    resource_type: Option<&'a AnyValue>,
+    resource_id: Option<&'a AnyValue>,
+    outcome: Option<&'a AnyValue>,
+    http_status: Option<&'a AnyValue>,
+    service: Option<&'a AnyValue>,
+}
+
+/// Splits flattened attributes into identity slots and the remaining JSON map.
+/// Later lists win over earlier ones (resource, then scope, then record).
+fn collect<'a>(lists: [&'a [KeyValue]; 3]) -> (Identity<'a>, Map<String, serde_json::Value>) {
+    let mut identity = Identity::default();
+    let mut rest = Map::new();
+    for kv in lists.into_iter().flatten() {
+        let value = kv.value.as_ref();
+        let slot = match kv.key.as_str() {
+            "activity.action" => &mut identity.action,
+            "event.name" => &mut identity.event_name,
+            "enduser.id" => &mut identity.enduser_id,
+            "user.id" => &mut identity.user_id,
+            "tenant.id" => &mut identity.tenant_id,
+            "company.id" => &mut identity.company_id,
+            "organization.id" => &mut identity.organization_id,
+            "session.id" => &mut identity.session_id,
+            "activity.resource.type" => &mut identity.resource_type,
+            "activity.resource.id" => &mut identity.resource_id,
+            "activity.outcome" => &mut identity.outcome,
+            "service.name" => &mut identity.service,
+            "http.response.status_code" | "http.status_code" => {
+                identity.http_status = value;
+                rest.insert(kv.key.clone(), to_json(value));
+                continue;
+            }
+            _ => {
+                rest.insert(kv.key.clone(), to_json(value));
+                continue;
+            }
+        };
+        *slot = value;
+    }
+    (identity, rest)
+}
+
+/// Picks the first alias that has a value; keeps the others in `rest` when they differ.
+fn pick(
+    aliases: &[(&str, Option<&AnyValue>)],
+    rest: &mut Map<String, serde_json::Value>,
+) -> Option<String> {
+    let mut chosen: Option<String> = None;
+    for (key, value) in aliases {
+        let Some(text) = as_text(*value) else {
+            continue;
+        };
+        match &chosen {
+            None => chosen = Some(text),
+            Some(existing) if *existing != text => {
+                rest.insert((*key).to_string(), serde_json::Value::String(text));
+            }
+            Some(_) => {}
+        }
+    }
+    chosen
+}
+
+fn outcome_from(
+    explicit: Option<&AnyValue>,
+    http_status: Option<&AnyValue>,
+    fallback: Outcome,
+) -> Outcome {
+    if let Some(outcome) = as_text(explicit).and_then(|t| Outcome::parse(&t.to_ascii_lowercase())) {
+        return outcome;
+    }
+    if fallback == Outcome::Failure {
+        return Outcome::Failure;
+    }
+    match as_i64(http_status) {
+        Some(status) if status >= 400 => Outcome::Failure,
+        Some(status) if status > 0 => Outcome::Success,
+        _ => fallback,
+    }
+}
+
+fn timestamp(nanos: u64, fallback: DateTime<Utc>) -> DateTime<Utc> {
+    if nanos == 0 {
+        return fallback;
+    }
+    let secs = (nanos / 1_000_000_000) as i64;
+    let sub = (nanos % 1_000_000_000) as u32;
+    DateTime::from_timestamp(secs, sub).unwrap_or(fallback)
+}
+
+fn hex_id(bytes: &[u8]) -> Option<String> {
+    (!bytes.is_empty() && bytes.iter().any(|b| *b != 0)).then(|| hex::encode(bytes))
+}
+
+/// Builds the event once the action is known to be valid; shared by spans and logs.
+struct Draft<'a> {
+    identity: Identity<'a>,
+    attributes: Map<String, serde_json::Value>,
+    action: String,
+    ts: DateTime<Utc>,
+    status_outcome: Outcome,
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+}
+
+impl Draft<'_> {
+    fn finish(self, id: uuid::Uuid) -> ActivityEvent {
+        let Draft {
+            identity,
+            mut attributes,
+            action,
+            ts,
+            status_outcome,
+            trace_id,
+            span_id,
+        } = self;
+        let user_id = pick(
+            &[
+                ("enduser.id", identity.enduser_id),
+                ("user.id", identity.user_id),
+            ],
+            &mut attributes,
+        );
+        let tenant_id = pick(
+            &[
+                ("tenant.id", identity.tenant_id),
+                ("company.id", identity.company_id),
+                ("organization.id", identity.organization_id),
+            ],
+            &mut attributes,
+        );
+        ActivityEvent {
+            id,
+            ts,
+            tenant_id,
+            user_id,
+            session_id: as_text(identity.session_id),
+            action,
+            outcome: outcome_from(identity.outcome, identity.http_status, status_outcome),
+            resource_type: as_text(identity.resource_type),
+            resource_id: as_text(identity.resource_id),
+            service: as_text(identity.service),
+            trace_id: hex_id(trace_id),
+            span_id: hex_id(span_id),
+            attributes,
+        }
+    }
+}
+
+/// Checks an action name: non-empty after trimming, at most [`MAX_ACTION_LEN`]
+/// bytes, no control characters.
+fn check_action(action: &str) -> Result<(), String> {
+    if action.len() > MAX_ACTION_LEN {
+        return Err(format!(
+            "action is {} bytes long, at most {MAX_ACTION_LEN} are stored",
+            action.len()
+        ));
+    }
+    if action.chars().any(char::is_control) {
+        return Err("action contains control characters".into());
+    }
+    Ok(())
+}
+
+/// Classifies the spans of a `TraceService/Export` request.
+///
+/// `received_at` stands in for a missing start time.
+pub fn classify_traces(
+    request: &ExportTraceServiceRequest,
+    received_at: DateTime<Utc>,
+) -> Classified {
+    let mut out = Classified::default();
+    for resource_spans in &request.resource_spans {
+        let resource_attrs = resource_spans
+            .resource
+            .as_ref()
+            .map_or(&[][..], |r| &r.attributes[..]);
+        for scope_spans in &resource_spans.scope_spans {
+            let scope_attrs = scope_spans
+                .scope
+                .as_ref()
+                .map_or(&[][..], |s| &s.attributes[..]);
+            for span in &scope_spans.spans {
+                let (identity, attributes) =
+                    collect([resource_attrs, scope_attrs, &span.attributes]);
+                let Some(action) =
+                    as_text(identity.action).or_else(|| as_text(identity.event_name))
+                else {
+                    out.without_action += 1;
+                    continue;
+                };
+                let action = action.trim().to_string();
+                if let Err(reason) = check_action(&action) {
+                    out.reject(|| format!("span {}: {reason}", hex::encode(&span.span_id)));
+                    continue;
+                }
+                let status_outcome = match span.status.as_ref().map(|s| s.code()) {
+                    Some(StatusCode::Error) => Outcome::Failure,
+                    Some(StatusCode::Ok) => Outcome::Success,
+                    _ => Outcome::Unknown,
+                };
+                let draft = Draft {
+                    identity,
+                    attributes,
+                    action,
+                    ts: timestamp(span.start_time_unix_nano, received_at),
+                    status_outcome,
+                    trace_id: &span.trace_id,
+                    span_id: &span.span_id,
+                };
+                out.events
+                    .push(draft.finish(ids::span_event_id(&span.trace_id, &span.span_id)));
+            }
+        }
+    }
+    out
+}
+
+/// Classifies the log records of a `LogsService/Export` request.
+///
+/// The event time is the record's time, else its observed time, else `received_at`.
+pub fn classify_logs(request: &ExportLogsServiceRequest, received_at: DateTime<Utc>) -> Classified {
+    let mut out = Classified::default();
+    let mut encoded = Vec::new();
+    for resource_logs in &request.resource_logs {
+        let resource_attrs = resource_logs
+            .resource
+            .as_ref()
+            .map_or(&[][..], |r| &r.attributes[..]);
+        for scope_logs in &resource_logs.scope_logs {
+            let scope_attrs = scope_logs
+                .scope
+                .as_ref()
+                .map_or(&[][..], |s| &s.attributes[..]);
+            for record in &scope_logs.log_records {
+                let (identity, attributes) =
+                    collect([resource_attrs, scope_attrs, &record.attributes]);
+                let event_name = (!record.event_name.is_empty()).then(|| record.event_name.clone());
+                let Some(action) = as_text(identity.action)
+                    .or(event_name)
+                    .or_else(|| as_text(identity.event_name))
+                else {
+                    out.without_action += 1;
+                    continue;
+                };
+                let action = action.trim().to_string();
+                if let Err(reason) = check_action(&action) {
+                    out.reject(|| format!("log record: {reason}"));
+                    continue;
+                }
+                let status_outcome = if record.severity_number >= SEVERITY_ERROR {
+                    Outcome::Failure
+                } else {
+                    Outcome::Unknown
+                };
+                let nanos = if record.time_unix_nano != 0 {
+                    record.time_unix_nano
+                } else {
+                    record.observed_time_unix_nano
+                };
+                let service = as_text(identity.service).unwrap_or_default();
+                encoded.clear();
+                // Encoding into a Vec cannot fail: it grows as needed.
+                let _ = record.encode(&mut encoded);
+                let id = ids::log_event_id(&service, &encoded);
+                let draft = Draft {
+                    identity,
+                    attributes,
+                    action,
+                    ts: timestamp(nanos, received_at),
+                    status_outcome,
+                    trace_id: &record.trace_id,
+                    span_id: &record.span_id,
+                };
+                out.events.push(draft.finish(id));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

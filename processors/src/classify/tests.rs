@@ -1,0 +1,304 @@
+use super::*;
+use opentelemetry_proto::tonic::common::v1::{any_value, ArrayValue, InstrumentationScope};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn s(key: &str, value: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(value.into()))
+}
+
+fn i(key: &str, value: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(value))
+}
+
+fn traces(resource: Vec<KeyValue>, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: resource,
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope::default()),
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn span(attributes: Vec<KeyValue>, status: Option<StatusCode>) -> Span {
+    Span {
+        trace_id: vec![0xab; 16],
+        span_id: vec![0xcd; 8],
+        name: "POST /login".into(),
+        start_time_unix_nano: 1_700_000_000_123_456_789,
+        end_time_unix_nano: 1_700_000_001_000_000_000,
+        attributes,
+        status: status.map(|code| Status {
+            code: code as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+}
+
+#[test]
+fn span_with_action_becomes_event_field_by_field() {
+    let request = traces(
+        vec![s("service.name", "web"), s("tenant.id", "resource-tenant")],
+        vec![span(
+            vec![
+                s("activity.action", "auth.login"),
+                s("enduser.id", "u-1"),
+                s("tenant.id", "t-1"),
+                s("session.id", "sess-9"),
+                s("activity.resource.type", "document"),
+                s("activity.resource.id", "doc-7"),
+                i("http.response.status_code", 200),
+                s("custom", "kept"),
+            ],
+            None,
+        )],
+    );
+    let out = classify_traces(&request, now());
+    assert_eq!(out.without_action, 0);
+    assert_eq!(out.events.len(), 1);
+    let event = &out.events[0];
+    assert_eq!(event.action, "auth.login");
+    assert_eq!(event.user_id.as_deref(), Some("u-1"));
+    assert_eq!(
+        event.tenant_id.as_deref(),
+        Some("t-1"),
+        "record wins over resource"
+    );
+    assert_eq!(event.session_id.as_deref(), Some("sess-9"));
+    assert_eq!(event.resource_type.as_deref(), Some("document"));
+    assert_eq!(event.resource_id.as_deref(), Some("doc-7"));
+    assert_eq!(event.service.as_deref(), Some("web"));
+    assert_eq!(event.outcome, Outcome::Success);
+    assert_eq!(
+        event.trace_id.as_deref(),
+        Some("abababababababababababababababab")
+    );
+    assert_eq!(event.span_id.as_deref(), Some("cdcdcdcdcdcdcdcd"));
+    assert_eq!(
+        event.ts.timestamp_nanos_opt(),
+        Some(1_700_000_000_123_456_789)
+    );
+    assert_eq!(
+        event.attributes.get("custom"),
+        Some(&serde_json::json!("kept"))
+    );
+    assert_eq!(
+        event.attributes.get("http.response.status_code"),
+        Some(&serde_json::json!(200))
+    );
+    assert!(!event.attributes.contains_key("activity.action"));
+    assert!(!event.attributes.contains_key("enduser.id"));
+    assert_eq!(event.id, ids::span_event_id(&[0xab; 16], &[0xcd; 8]));
+}
+
+#[test]
+fn outcome_rules() {
+    let cases = [
+        (
+            vec![i("http.response.status_code", 503)],
+            None,
+            Outcome::Failure,
+        ),
+        (
+            vec![i("http.response.status_code", 404)],
+            Some(StatusCode::Unset),
+            Outcome::Failure,
+        ),
+        (vec![s("http.status_code", "201")], None, Outcome::Success),
+        (vec![], Some(StatusCode::Error), Outcome::Failure),
+        (
+            vec![i("http.response.status_code", 200)],
+            Some(StatusCode::Error),
+            Outcome::Failure,
+        ),
+        (vec![], Some(StatusCode::Ok), Outcome::Success),
+        (vec![], None, Outcome::Unknown),
+        (
+            vec![s("activity.outcome", "FAILURE")],
+            Some(StatusCode::Ok),
+            Outcome::Failure,
+        ),
+    ];
+    for (mut attributes, status, expected) in cases {
+        attributes.push(s("activity.action", "x.y"));
+        let out = classify_traces(
+            &traces(vec![], vec![span(attributes.clone(), status)]),
+            now(),
+        );
+        assert_eq!(out.events[0].outcome, expected, "{attributes:?} {status:?}");
+    }
+}
+
+#[test]
+fn records_without_action_are_counted_not_stored() {
+    let request = traces(
+        vec![],
+        vec![
+            span(vec![s("enduser.id", "u")], None),
+            span(vec![s("event.name", "doc.view")], None),
+        ],
+    );
+    let out = classify_traces(&request, now());
+    assert_eq!(out.without_action, 1);
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(out.events[0].action, "doc.view");
+}
+
+#[test]
+fn aliases_resolve_and_differing_losers_stay_in_attributes() {
+    let request = traces(
+        vec![],
+        vec![span(
+            vec![
+                s("activity.action", "a.b"),
+                s("user.id", "alias-user"),
+                s("enduser.id", "main-user"),
+                s("organization.id", "org-1"),
+            ],
+            None,
+        )],
+    );
+    let event = &classify_traces(&request, now()).events[0];
+    assert_eq!(event.user_id.as_deref(), Some("main-user"));
+    assert_eq!(
+        event.attributes.get("user.id"),
+        Some(&serde_json::json!("alias-user"))
+    );
+    assert_eq!(event.tenant_id.as_deref(), Some("org-1"));
+}
+
+#[test]
+fn too_long_action_is_rejected_with_reason() {
+    let long = "a".repeat(MAX_ACTION_LEN + 1);
+    let request = traces(vec![], vec![span(vec![s("activity.action", &long)], None)]);
+    let out = classify_traces(&request, now());
+    assert!(out.events.is_empty());
+    assert_eq!(out.rejected, 1);
+    assert!(out
+        .reject_reason
+        .unwrap_or_default()
+        .contains("at most 256"));
+}
+
+fn logs(records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![s("service.name", "api")],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[test]
+fn log_event_name_field_and_attribute_both_classify() {
+    let by_field = LogRecord {
+        event_name: "billing.invoice.paid".into(),
+        time_unix_nano: 1_700_000_000_000_000_000,
+        attributes: vec![s("user.id", "u-2")],
+        ..Default::default()
+    };
+    let by_attribute = LogRecord {
+        observed_time_unix_nano: 1_700_000_005_000_000_000,
+        severity_number: 17,
+        attributes: vec![s("event.name", "auth.logout"), s("company.id", "c-1")],
+        ..Default::default()
+    };
+    let plain = LogRecord {
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue("just a log".into())),
+        }),
+        ..Default::default()
+    };
+    let out = classify_logs(&logs(vec![by_field, by_attribute, plain]), now());
+    assert_eq!(out.without_action, 1);
+    assert_eq!(out.events.len(), 2);
+    assert_eq!(out.events[0].action, "billing.invoice.paid");
+    assert_eq!(out.events[0].user_id.as_deref(), Some("u-2"));
+    assert_eq!(out.events[0].service.as_deref(), Some("api"));
+    assert_eq!(out.events[0].trace_id, None);
+    assert_eq!(out.events[1].action, "auth.logout");
+    assert_eq!(out.events[1].tenant_id.as_deref(), Some("c-1"));
+    assert_eq!(out.events[1].outcome, Outcome::Failure);
+    assert_eq!(out.events[1].ts.timestamp(), 1_700_000_005);
+    assert_ne!(out.events[0].id, out.events[1].id);
+}
+
+#[test]
+fn log_ids_are_stable_across_resends() {
+    let record = LogRecord {
+        event_name: "a.b".into(),
+        time_unix_nano: 5,
+        ..Default::default()
+    };
+    let first = classify_logs(&logs(vec![record.clone()]), now());
+    let again = classify_logs(&logs(vec![record]), now());
+    assert_eq!(first.events[0].id, again.events[0].id);
+}
+
+#[test]
+fn missing_times_fall_back_to_received_at() {
+    let mut no_time = span(vec![s("activity.action", "a.b")], None);
+    no_time.start_time_unix_nano = 0;
+    let out = classify_traces(&traces(vec![], vec![no_time]), now());
+    assert_eq!(out.events[0].ts, now());
+}
+
+#[test]
+fn attribute_values_convert_to_json() {
+    let request = traces(
+        vec![],
+        vec![span(
+            vec![
+                s("activity.action", "a.b"),
+                kv("flag", any_value::Value::BoolValue(true)),
+                kv("ratio", any_value::Value::DoubleValue(0.5)),
+                kv("nan", any_value::Value::DoubleValue(f64::NAN)),
+                kv("blob", any_value::Value::BytesValue(vec![1, 255])),
+                kv(
+                    "list",
+                    any_value::Value::ArrayValue(ArrayValue {
+                        values: vec![AnyValue {
+                            value: Some(any_value::Value::IntValue(3)),
+                        }],
+                    }),
+                ),
+            ],
+            None,
+        )],
+    );
+    let attrs = &classify_traces(&request, now()).events[0].attributes;
+    assert_eq!(attrs["flag"], serde_json::json!(true));
+    assert_eq!(attrs["ratio"], serde_json::json!(0.5));
+    assert_eq!(attrs["nan"], serde_json::json!("NaN"));
+    assert_eq!(attrs["blob"], serde_json::json!("01ff"));
+    assert_eq!(attrs["list"], serde_json::json!([3]));
+}
