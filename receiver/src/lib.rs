@@ -1,1 +1,189 @@
+//! Tally's OTLP receiver: OTLP gRPC (tonic) and OTLP/HTTP (axum; protobuf and JSON;
+//! identity, gzip and zstd), with size limits, id checks and backpressure.
+//!
+//! Each request is decoded, checked (trace ids 16 bytes, span ids 8 bytes, or empty) and
+//! handed to a [`Consumer`]; the client gets its answer once the consumer's future resolves,
+//! i.e. once the records are committed. Consumer errors become the OTLP retryable answers
+//! (HTTP 429/503 with `Retry-After`, gRPC `UNAVAILABLE` with `RetryInfo`).
+//!
+//! ```no_run
+//! # async fn run(config: tally_config::OtlpReceiverConfig,
+//! #              consumer: std::sync::Arc<dyn tally_model::pipeline::Consumer>) {
+//! let receiver = tally_receiver::OtlpReceiver::bind(&config, consumer).await.unwrap();
+//! println!("gRPC on {:?}", receiver.grpc_addr());
+//! receiver.serve(async { let _ = tokio::signal::ctrl_c().await; }).await.unwrap();
+//! # }
+//! ```
 
+mod check;
+mod error;
+mod grpc;
+mod http;
+mod json;
+mod limits;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
+use tally_config::OtlpReceiverConfig;
+use tally_model::pipeline::{ConsumeReport, Consumer};
+use tokio::net::TcpListener;
+use tracing::info;
+
+pub use error::ReceiverError;
+
+/// The OTLP receiver: bound listeners for gRPC and/or HTTP, not yet serving.
+pub struct OtlpReceiver {
+    consumer: Arc<dyn Consumer>,
+    grpc: Option<(TcpListener, SocketAddr)>,
+    http: Option<(TcpListener, SocketAddr)>,
+    max_recv_msg_size_mib: usize,
+    max_request_body_size: usize,
+}
+
+impl std::fmt::Debug for OtlpReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpReceiver")
+            .field("grpc_addr", &self.grpc_addr())
+            .field("http_addr", &self.http_addr())
+            .field("max_recv_msg_size_mib", &self.max_recv_msg_size_mib)
+            .field("max_request_body_size", &self.max_request_body_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OtlpReceiver {
+    /// Binds the enabled listeners (so port 0 resolves now) without serving yet.
+    pub async fn bind(
+        config: &OtlpReceiverConfig,
+        consumer: Arc<dyn Consumer>,
+    ) -> Result<OtlpReceiver, ReceiverError> {
+        let grpc = if config.grpc.enabled {
+            let bound = bind_listener(
+                config.grpc.endpoint.socket_addr(),
+                "receivers.otlp.grpc.endpoint",
+            )
+            .await?;
+            info!(addr = %bound.1, "OTLP gRPC receiver listening");
+            Some(bound)
+        } else {
+            None
+        };
+        let http = if config.http.enabled {
+            let bound = bind_listener(
+                config.http.endpoint.socket_addr(),
+                "receivers.otlp.http.endpoint",
+            )
+            .await?;
+            info!(addr = %bound.1, "OTLP/HTTP receiver listening");
+            Some(bound)
+        } else {
+            None
+        };
+        Ok(OtlpReceiver {
+            consumer,
+            grpc,
+            http,
+            max_recv_msg_size_mib: config.grpc.max_recv_msg_size_mib,
+            max_request_body_size: config.http.max_request_body_size,
+        })
+    }
+
+    /// The address the gRPC listener is bound to, if gRPC is enabled.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The address the HTTP listener is bound to, if HTTP is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting new connections/requests,
+    /// lets in-flight requests finish (their consumer futures complete and clients get
+    /// answers), and returns.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ReceiverError> {
+        let shutdown = shutdown.boxed().shared();
+        let grpc = async {
+            match self.grpc {
+                Some((listener, _)) => {
+                    grpc::serve(
+                        listener,
+                        self.consumer.clone(),
+                        self.max_recv_msg_size_mib,
+                        shutdown.clone(),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        let http = async {
+            match self.http {
+                Some((listener, _)) => {
+                    http::serve(
+                        listener,
+                        self.consumer.clone(),
+                        self.max_request_body_size,
+                        shutdown.clone(),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(grpc, http)?;
+        info!("OTLP receiver stopped");
+        Ok(())
+    }
+}
+
+async fn bind_listener(
+    endpoint: SocketAddr,
+    config_path: &'static str,
+) -> Result<(TcpListener, SocketAddr), ReceiverError> {
+    let bind_error = |source| ReceiverError::Bind {
+        endpoint,
+        config_path,
+        source,
+    };
+    let listener = TcpListener::bind(endpoint).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, addr))
+}
+
+/// The `ExportTraceServiceResponse` for a consumer's report (`partial_success` when records
+/// were rejected or the consumer left a message).
+pub(crate) fn trace_response(report: ConsumeReport) -> ExportTraceServiceResponse {
+    ExportTraceServiceResponse {
+        partial_success: (report.rejected > 0 || !report.message.is_empty()).then(|| {
+            ExportTracePartialSuccess {
+                rejected_spans: i64::try_from(report.rejected).unwrap_or(i64::MAX),
+                error_message: report.message,
+            }
+        }),
+    }
+}
+
+/// The `ExportLogsServiceResponse` for a consumer's report.
+pub(crate) fn logs_response(report: ConsumeReport) -> ExportLogsServiceResponse {
+    ExportLogsServiceResponse {
+        partial_success: (report.rejected > 0 || !report.message.is_empty()).then(|| {
+            ExportLogsPartialSuccess {
+                rejected_log_records: i64::try_from(report.rejected).unwrap_or(i64::MAX),
+                error_message: report.message,
+            }
+        }),
+    }
+}

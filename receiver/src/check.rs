@@ -1,0 +1,165 @@
+//! Checks every decoded request gets before it reaches the pipeline, whatever its transport:
+//! trace ids are empty or 16 bytes, span ids empty or 8 bytes. Errors name the record and
+//! field, in OTLP/JSON spelling: `resourceSpans[0].scopeSpans[0].spans[3].traceId: 15 bytes,
+//! expected 16`.
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+const TRACE_ID_LEN: usize = 16;
+const SPAN_ID_LEN: usize = 8;
+
+/// Checks the ids of every span (and span link) and returns the number of spans.
+pub(crate) fn check_traces(request: &ExportTraceServiceRequest) -> Result<usize, String> {
+    let mut count = 0;
+    for (r, resource_spans) in request.resource_spans.iter().enumerate() {
+        for (s, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
+            for (i, span) in scope_spans.spans.iter().enumerate() {
+                let at = || format!("resourceSpans[{r}].scopeSpans[{s}].spans[{i}]");
+                check_id(&span.trace_id, TRACE_ID_LEN, &at, "traceId")?;
+                check_id(&span.span_id, SPAN_ID_LEN, &at, "spanId")?;
+                check_id(&span.parent_span_id, SPAN_ID_LEN, &at, "parentSpanId")?;
+                for (l, link) in span.links.iter().enumerate() {
+                    let at = || format!("{}.links[{l}]", at());
+                    check_id(&link.trace_id, TRACE_ID_LEN, &at, "traceId")?;
+                    check_id(&link.span_id, SPAN_ID_LEN, &at, "spanId")?;
+                }
+            }
+            count += scope_spans.spans.len();
+        }
+    }
+    Ok(count)
+}
+
+/// Checks the ids of every log record and returns the number of log records.
+pub(crate) fn check_logs(request: &ExportLogsServiceRequest) -> Result<usize, String> {
+    let mut count = 0;
+    for (r, resource_logs) in request.resource_logs.iter().enumerate() {
+        for (s, scope_logs) in resource_logs.scope_logs.iter().enumerate() {
+            for (i, record) in scope_logs.log_records.iter().enumerate() {
+                let at = || format!("resourceLogs[{r}].scopeLogs[{s}].logRecords[{i}]");
+                check_id(&record.trace_id, TRACE_ID_LEN, &at, "traceId")?;
+                check_id(&record.span_id, SPAN_ID_LEN, &at, "spanId")?;
+            }
+            count += scope_logs.log_records.len();
+        }
+    }
+    Ok(count)
+}
+
+/// An id is either absent (empty) or exactly `expected` bytes. The location is only
+/// formatted on failure.
+fn check_id(
+    id: &[u8],
+    expected: usize,
+    at: &dyn Fn() -> String,
+    field: &str,
+) -> Result<(), String> {
+    if id.is_empty() || id.len() == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}.{field}: {} bytes, expected {expected}",
+            at(),
+            id.len()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::trace::v1::span::Link;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn traces(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn span(trace_id: usize, span_id: usize, parent: usize) -> Span {
+        Span {
+            trace_id: vec![1; trace_id],
+            span_id: vec![2; span_id],
+            parent_span_id: vec![3; parent],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_and_empty_ids_pass_and_are_counted() {
+        let request = traces(vec![span(16, 8, 8), span(0, 0, 0), span(16, 8, 0)]);
+        assert_eq!(check_traces(&request), Ok(3));
+        assert_eq!(check_traces(&ExportTraceServiceRequest::default()), Ok(0));
+    }
+
+    #[test]
+    fn wrong_lengths_name_record_and_field() {
+        let request = traces(vec![
+            span(16, 8, 0),
+            span(16, 8, 0),
+            span(16, 8, 0),
+            span(15, 8, 0),
+        ]);
+        assert_eq!(
+            check_traces(&request).unwrap_err(),
+            "resourceSpans[0].scopeSpans[0].spans[3].traceId: 15 bytes, expected 16"
+        );
+        let request = traces(vec![span(16, 9, 0)]);
+        assert_eq!(
+            check_traces(&request).unwrap_err(),
+            "resourceSpans[0].scopeSpans[0].spans[0].spanId: 9 bytes, expected 8"
+        );
+        let request = traces(vec![span(16, 8, 4)]);
+        assert_eq!(
+            check_traces(&request).unwrap_err(),
+            "resourceSpans[0].scopeSpans[0].spans[0].parentSpanId: 4 bytes, expected 8"
+        );
+        let mut bad_link = span(16, 8, 0);
+        bad_link.links.push(Link {
+            trace_id: vec![0; 17],
+            ..Default::default()
+        });
+        assert_eq!(
+            check_traces(&traces(vec![bad_link])).unwrap_err(),
+            "resourceSpans[0].scopeSpans[0].spans[0].links[0].traceId: 17 bytes, expected 16"
+        );
+    }
+
+    #[test]
+    fn log_record_ids() {
+        let request = |trace_id: usize, span_id: usize| ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![
+                        LogRecord::default(),
+                        LogRecord {
+                            trace_id: vec![0; trace_id],
+                            span_id: vec![0; span_id],
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        assert_eq!(check_logs(&request(16, 8)), Ok(2));
+        assert_eq!(
+            check_logs(&request(16, 7)).unwrap_err(),
+            "resourceLogs[0].scopeLogs[0].logRecords[1].spanId: 7 bytes, expected 8"
+        );
+        assert_eq!(
+            check_logs(&request(1, 8)).unwrap_err(),
+            "resourceLogs[0].scopeLogs[0].logRecords[1].traceId: 1 bytes, expected 16"
+        );
+    }
+}

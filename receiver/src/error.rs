@@ -1,0 +1,80 @@
+//! Errors of the receiver: start-up failures ([`ReceiverError`]) and the reasons a single
+//! request is refused ([`RequestError`], mapped to HTTP statuses and gRPC codes).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tally_model::pipeline::ConsumeError;
+
+/// Why the receiver could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    /// A listener could not be bound (address in use, not permitted, …).
+    #[error("cannot listen on {endpoint} ({config_path}): {source}")]
+    Bind {
+        /// The configured address.
+        endpoint: SocketAddr,
+        /// The config key that set it, e.g. `receivers.otlp.grpc.endpoint`.
+        config_path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The OTLP gRPC server failed while serving.
+    #[error("OTLP gRPC receiver failed: {0}")]
+    Grpc(#[source] tonic::transport::Error),
+    /// The OTLP/HTTP server failed while serving.
+    #[error("OTLP/HTTP receiver failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Why one export request was refused. The message names the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RequestError {
+    /// Undecodable or invalid content: HTTP 400, gRPC `INVALID_ARGUMENT`.
+    Invalid(String),
+    /// Content type or content encoding not supported: HTTP 415.
+    UnsupportedMediaType(String),
+    /// Body larger than the limit, raw or decompressed: HTTP 413, gRPC `RESOURCE_EXHAUSTED`.
+    TooLarge(String),
+    /// A fault of the receiver itself: HTTP 500.
+    Internal(String),
+    /// The pipeline refused the records.
+    Consume(ConsumeError),
+}
+
+impl RequestError {
+    /// The human-readable message sent to the client.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            RequestError::Invalid(m)
+            | RequestError::UnsupportedMediaType(m)
+            | RequestError::TooLarge(m)
+            | RequestError::Internal(m) => m.clone(),
+            RequestError::Consume(e) => e.to_string(),
+        }
+    }
+
+    /// The delay a client should wait before retrying, if the error is retryable.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RequestError::Consume(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+impl From<ConsumeError> for RequestError {
+    fn from(e: ConsumeError) -> Self {
+        match e {
+            // Keep the consumer's wording: it already says what is wrong.
+            ConsumeError::Invalid(m) => RequestError::Invalid(m),
+            other => RequestError::Consume(other),
+        }
+    }
+}
+
+/// Whole seconds for a `Retry-After` header: at least 1, rounded up.
+pub(crate) fn retry_after_secs(delay: Duration) -> u64 {
+    let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    secs.max(1)
+}

@@ -1,0 +1,368 @@
+//! OTLP/HTTP on axum: `POST /v1/traces` and `POST /v1/logs`, protobuf or JSON, identity,
+//! gzip or zstd. Answers are encoded like the request: `Export*ServiceResponse` on success,
+//! a `google.rpc.Status` on failure.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use serde_json::json;
+use tally_model::pipeline::{ConsumeError, ConsumeReport, Consumer};
+use tokio::net::TcpListener;
+
+use crate::error::{retry_after_secs, ReceiverError, RequestError};
+use crate::limits::{decode_body, Encoding};
+use crate::{check, json, logs_response, trace_response};
+
+/// Bodies up to this size are decompressed and decoded on the async worker; larger ones on
+/// the blocking pool.
+const INLINE_DECODE_MAX: usize = 64 * 1024;
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+/// gRPC status codes used in `google.rpc.Status` bodies.
+const CODE_INVALID_ARGUMENT: i32 = 3;
+const CODE_RESOURCE_EXHAUSTED: i32 = 8;
+const CODE_INTERNAL: i32 = 13;
+const CODE_UNAVAILABLE: i32 = 14;
+
+#[derive(Clone)]
+struct AppState {
+    consumer: Arc<dyn Consumer>,
+    limit: usize,
+}
+
+/// The OTLP/HTTP routes; other paths answer 404, other methods 405.
+pub(crate) fn router(consumer: Arc<dyn Consumer>, max_request_body_size: usize) -> Router {
+    Router::new()
+        .route("/v1/traces", post(export::<Traces>))
+        .route("/v1/logs", post(export::<Logs>))
+        .with_state(AppState {
+            consumer,
+            limit: max_request_body_size,
+        })
+}
+
+/// Serves OTLP/HTTP on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    consumer: Arc<dyn Consumer>,
+    max_request_body_size: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ReceiverError> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        // Best effort: small responses should not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router(consumer, max_request_body_size))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ReceiverError::Http)
+}
+
+/// The wire format of a request, and so of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    fn from_headers(headers: &HeaderMap) -> Result<Format, RequestError> {
+        let Some(value) = headers.get(CONTENT_TYPE) else {
+            return Err(RequestError::UnsupportedMediaType(format!(
+                "missing Content-Type: expected {PROTOBUF} or {JSON}"
+            )));
+        };
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let media_type = text.split(';').next().unwrap_or_default().trim();
+        if media_type.eq_ignore_ascii_case(PROTOBUF)
+            || media_type.eq_ignore_ascii_case("application/protobuf")
+        {
+            Ok(Format::Protobuf)
+        } else if media_type.eq_ignore_ascii_case(JSON) {
+            Ok(Format::Json)
+        } else {
+            Err(RequestError::UnsupportedMediaType(format!(
+                "unsupported Content-Type {text:?}: expected {PROTOBUF} or {JSON}"
+            )))
+        }
+    }
+
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Format::Protobuf => PROTOBUF,
+            Format::Json => JSON,
+        })
+    }
+}
+
+/// One OTLP signal as served over HTTP.
+trait Signal: Send + 'static {
+    type Request: Message + Default + Send + 'static;
+    type Response: Message + Send;
+
+    fn decode_json(body: &[u8]) -> Result<Self::Request, String>;
+    /// Checks the ids and counts the records.
+    fn check(request: &Self::Request) -> Result<usize, String>;
+    fn consume(
+        consumer: &dyn Consumer,
+        request: Self::Request,
+    ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>>;
+    fn response(report: ConsumeReport) -> Self::Response;
+    fn response_json(report: &ConsumeReport) -> serde_json::Value;
+}
+
+struct Traces;
+
+impl Signal for Traces {
+    type Request = ExportTraceServiceRequest;
+    type Response = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+
+    fn decode_json(body: &[u8]) -> Result<Self::Request, String> {
+        json::decode_traces(body)
+    }
+
+    fn check(request: &Self::Request) -> Result<usize, String> {
+        check::check_traces(request)
+    }
+
+    fn consume(
+        consumer: &dyn Consumer,
+        request: Self::Request,
+    ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
+        consumer.consume_traces(request)
+    }
+
+    fn response(report: ConsumeReport) -> Self::Response {
+        trace_response(report)
+    }
+
+    fn response_json(report: &ConsumeReport) -> serde_json::Value {
+        partial_success_json(report, "rejectedSpans")
+    }
+}
+
+struct Logs;
+
+impl Signal for Logs {
+    type Request = ExportLogsServiceRequest;
+    type Response = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+
+    fn decode_json(body: &[u8]) -> Result<Self::Request, String> {
+        json::decode_logs(body)
+    }
+
+    fn check(request: &Self::Request) -> Result<usize, String> {
+        check::check_logs(request)
+    }
+
+    fn consume(
+        consumer: &dyn Consumer,
+        request: Self::Request,
+    ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
+        consumer.consume_logs(request)
+    }
+
+    fn response(report: ConsumeReport) -> Self::Response {
+        logs_response(report)
+    }
+
+    fn response_json(report: &ConsumeReport) -> serde_json::Value {
+        partial_success_json(report, "rejectedLogRecords")
+    }
+}
+
+/// `{}` or `{"partialSuccess": {"rejected…": n, "errorMessage": "…"}}`. The protobuf-JSON
+/// mapping allows int64 as a number; the opentelemetry-proto serde types only read numbers.
+fn partial_success_json(report: &ConsumeReport, rejected_key: &str) -> serde_json::Value {
+    if report.rejected == 0 && report.message.is_empty() {
+        return json!({});
+    }
+    json!({ "partialSuccess": { rejected_key: report.rejected, "errorMessage": report.message } })
+}
+
+async fn export<S: Signal>(State(state): State<AppState>, request: Request) -> Response {
+    let format = match Format::from_headers(request.headers()) {
+        Ok(format) => format,
+        // No format to answer in: JSON is the readable one.
+        Err(error) => return error_response(Format::Json, &error),
+    };
+    let headers = request_headers(&request);
+    match handle::<S>(&state, format, request.into_body(), headers).await {
+        Ok(response) => response,
+        Err(error) => error_response(format, &error),
+    }
+}
+
+/// The headers `handle` needs, copied out before the request is taken apart.
+#[derive(Debug)]
+struct RequestHeaders {
+    encoding: Result<Encoding, RequestError>,
+    content_length: Option<u64>,
+}
+
+fn request_headers(request: &Request) -> RequestHeaders {
+    let headers = request.headers();
+    RequestHeaders {
+        encoding: Encoding::parse(headers.get(CONTENT_ENCODING).map(HeaderValue::as_bytes)),
+        content_length: headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok()),
+    }
+}
+
+async fn handle<S: Signal>(
+    state: &AppState,
+    format: Format,
+    body: Body,
+    headers: RequestHeaders,
+) -> Result<Response, RequestError> {
+    let encoding = headers.encoding?;
+    let limit = state.limit;
+    if headers.content_length.is_some_and(|len| len > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let body = read_body(body, headers.content_length, limit).await?;
+    let request = if body.len() <= INLINE_DECODE_MAX {
+        decode::<S>(format, encoding, body, limit)?
+    } else {
+        tokio::task::spawn_blocking(move || decode::<S>(format, encoding, body, limit))
+            .await
+            .map_err(|e| RequestError::Internal(format!("decoding task failed: {e}")))??
+    };
+    let records = S::check(&request).map_err(RequestError::Invalid)?;
+    let report = if records == 0 {
+        ConsumeReport::default()
+    } else {
+        S::consume(state.consumer.as_ref(), request).await?
+    };
+    Ok(success_response::<S>(format, report))
+}
+
+fn too_large(limit: usize) -> RequestError {
+    RequestError::TooLarge(format!("request body exceeds the limit of {limit} bytes"))
+}
+
+/// Collects the body, refusing it as soon as it grows past `limit`.
+async fn read_body(
+    body: Body,
+    content_length: Option<u64>,
+    limit: usize,
+) -> Result<Bytes, RequestError> {
+    let mut stream = body.into_data_stream();
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| RequestError::Invalid(format!("cannot read the request body: {e}")))?;
+        let so_far = rest
+            .as_ref()
+            .map_or_else(|| first.as_ref().map_or(0, Bytes::len), BytesMut::len);
+        if so_far + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        // One chunk is kept as is; a second starts a contiguous copy.
+        match (&mut first, &mut rest) {
+            (None, None) => first = Some(chunk),
+            (Some(_), None) => {
+                let hint = content_length.map_or(0, |len| len.min(limit as u64) as usize);
+                let mut buf = BytesMut::with_capacity(hint.max(so_far + chunk.len()));
+                if let Some(first) = first.take() {
+                    buf.extend_from_slice(&first);
+                }
+                buf.extend_from_slice(&chunk);
+                rest = Some(buf);
+            }
+            (_, Some(buf)) => buf.extend_from_slice(&chunk),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(first), None) => first,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// Decompresses (within the limit) and decodes a request body.
+fn decode<S: Signal>(
+    format: Format,
+    encoding: Encoding,
+    body: Bytes,
+    limit: usize,
+) -> Result<S::Request, RequestError> {
+    let body = decode_body(encoding, body, limit)?;
+    match format {
+        Format::Protobuf => S::Request::decode(body)
+            .map_err(|e| RequestError::Invalid(format!("invalid OTLP protobuf: {e}"))),
+        Format::Json => S::decode_json(&body).map_err(RequestError::Invalid),
+    }
+}
+
+fn success_response<S: Signal>(format: Format, report: ConsumeReport) -> Response {
+    let body = match format {
+        Format::Protobuf => S::response(report).encode_to_vec(),
+        Format::Json => S::response_json(&report).to_string().into_bytes(),
+    };
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
+}
+
+fn error_response(format: Format, error: &RequestError) -> Response {
+    let (status, code) = match error {
+        RequestError::Invalid(_) => (StatusCode::BAD_REQUEST, CODE_INVALID_ARGUMENT),
+        RequestError::UnsupportedMediaType(_) => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, CODE_INVALID_ARGUMENT)
+        }
+        RequestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, CODE_RESOURCE_EXHAUSTED),
+        RequestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, CODE_INTERNAL),
+        RequestError::Consume(ConsumeError::Overloaded { .. }) => {
+            (StatusCode::TOO_MANY_REQUESTS, CODE_RESOURCE_EXHAUSTED)
+        }
+        RequestError::Consume(ConsumeError::Unavailable { .. }) => {
+            (StatusCode::SERVICE_UNAVAILABLE, CODE_UNAVAILABLE)
+        }
+        RequestError::Consume(ConsumeError::Invalid(_)) => {
+            (StatusCode::BAD_REQUEST, CODE_INVALID_ARGUMENT)
+        }
+    };
+    let message = error.message();
+    tracing::debug!(%status, %message, "OTLP/HTTP request refused");
+    let body = match format {
+        Format::Protobuf => tonic_types::Status {
+            code,
+            message,
+            details: Vec::new(),
+        }
+        .encode_to_vec(),
+        Format::Json => json!({ "code": code, "message": message })
+            .to_string()
+            .into_bytes(),
+    };
+    let mut response = (status, [(CONTENT_TYPE, format.content_type())], body).into_response();
+    if let Some(delay) = error.retry_after() {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(delay)));
+    }
+    response
+}

@@ -1,0 +1,235 @@
+//! `Content-Encoding` handling with a size limit on the decompressed data.
+//!
+//! Decompression streams through a reader capped at `limit + 1` bytes and never reserves
+//! more than that, so a "zip bomb" (small compressed, huge decompressed) is refused after
+//! at most `limit + 1` bytes were produced.
+
+use std::io::Read;
+
+use bytes::Bytes;
+
+use crate::error::RequestError;
+
+/// A supported `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+impl Encoding {
+    /// Parses a `Content-Encoding` header value (absent = identity). An unknown encoding is
+    /// a 415 naming it.
+    pub(crate) fn parse(header: Option<&[u8]>) -> Result<Encoding, RequestError> {
+        let Some(raw) = header else {
+            return Ok(Encoding::Identity);
+        };
+        let value = String::from_utf8_lossy(raw);
+        let value = value.trim();
+        if value.is_empty()
+            || value.eq_ignore_ascii_case("identity")
+            || value.eq_ignore_ascii_case("none")
+        {
+            Ok(Encoding::Identity)
+        } else if value.eq_ignore_ascii_case("gzip") || value.eq_ignore_ascii_case("x-gzip") {
+            Ok(Encoding::Gzip)
+        } else if value.eq_ignore_ascii_case("zstd") {
+            Ok(Encoding::Zstd)
+        } else {
+            Err(RequestError::UnsupportedMediaType(format!(
+                "unsupported Content-Encoding {value:?}: expected gzip, zstd or identity"
+            )))
+        }
+    }
+}
+
+/// Decodes `body` per `encoding`; fails with 413 when the result exceeds `limit` bytes and
+/// with 400 when the compressed data is corrupt.
+pub(crate) fn decode_body(
+    encoding: Encoding,
+    body: Bytes,
+    limit: usize,
+) -> Result<Bytes, RequestError> {
+    let decoded = match encoding {
+        Encoding::Identity => {
+            if body.len() > limit {
+                return Err(too_large(limit));
+            }
+            return Ok(body);
+        }
+        Encoding::Gzip => read_limited(
+            flate2::read::MultiGzDecoder::new(&body[..]),
+            body.len(),
+            limit,
+        ),
+        Encoding::Zstd => zstd::stream::read::Decoder::with_buffer(&body[..])
+            .and_then(|decoder| read_limited(decoder, body.len(), limit)),
+    };
+    match decoded {
+        Ok(Some(data)) => Ok(Bytes::from(data)),
+        Ok(None) => Err(too_large(limit)),
+        Err(e) => Err(RequestError::Invalid(format!(
+            "cannot decompress {} body: {e}",
+            match encoding {
+                Encoding::Gzip => "gzip",
+                _ => "zstd",
+            }
+        ))),
+    }
+}
+
+/// Largest slice handed to one `read` call.
+const READ_WINDOW: usize = 64 * 1024;
+
+fn too_large(limit: usize) -> RequestError {
+    RequestError::TooLarge(format!(
+        "request body exceeds the limit of {limit} bytes (after decompression)"
+    ))
+}
+
+/// Reads `reader` to its end; `Ok(None)` as soon as more than `limit` bytes come out. The
+/// buffer grows geometrically but never beyond `limit + 1` bytes.
+fn read_limited<R: Read>(
+    reader: R,
+    compressed_len: usize,
+    limit: usize,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let cap = limit.saturating_add(1);
+    let mut reader = reader.take(cap as u64);
+    let mut out: Vec<u8> =
+        Vec::with_capacity(compressed_len.saturating_mul(4).max(8 * 1024).min(cap));
+    loop {
+        if out.len() == out.capacity() {
+            if out.len() >= cap {
+                break;
+            }
+            let grow = out.capacity().max(8 * 1024).min(cap - out.len());
+            out.reserve_exact(grow);
+        }
+        // Zero-fill (and read into) at most one window of the spare capacity at a time.
+        let len = out.len();
+        let window = (out.capacity() - len).min(READ_WINDOW);
+        out.resize(len + window, 0);
+        match reader.read(&mut out[len..]) {
+            Ok(0) => {
+                out.truncate(len);
+                break;
+            }
+            Ok(n) => out.truncate(len + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => out.truncate(len),
+            Err(e) => return Err(e),
+        }
+    }
+    if out.len() > limit {
+        Ok(None)
+    } else {
+        Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Bytes {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        Bytes::from(encoder.finish().unwrap())
+    }
+
+    #[test]
+    fn parses_encodings() {
+        assert_eq!(Encoding::parse(None), Ok(Encoding::Identity));
+        assert_eq!(Encoding::parse(Some(b"identity")), Ok(Encoding::Identity));
+        assert_eq!(Encoding::parse(Some(b"none")), Ok(Encoding::Identity));
+        assert_eq!(Encoding::parse(Some(b" GZIP ")), Ok(Encoding::Gzip));
+        assert_eq!(Encoding::parse(Some(b"zstd")), Ok(Encoding::Zstd));
+        let Err(RequestError::UnsupportedMediaType(message)) = Encoding::parse(Some(b"br")) else {
+            panic!("br accepted");
+        };
+        assert!(message.contains("\"br\""), "{message}");
+    }
+
+    #[test]
+    fn round_trips_within_limit() {
+        let data = vec![7u8; 100_000];
+        assert_eq!(
+            decode_body(Encoding::Gzip, gzip(&data), 100_000).unwrap(),
+            data
+        );
+        let zstd = Bytes::from(zstd::encode_all(&data[..], 1).unwrap());
+        assert_eq!(decode_body(Encoding::Zstd, zstd, 100_000).unwrap(), data);
+        assert_eq!(
+            decode_body(Encoding::Identity, Bytes::from(data.clone()), 100_000).unwrap(),
+            data
+        );
+        assert_eq!(
+            decode_body(Encoding::Gzip, gzip(b""), 10).unwrap(),
+            Bytes::new()
+        );
+    }
+
+    #[test]
+    fn one_byte_over_the_limit_is_too_large() {
+        let data = vec![7u8; 100_001];
+        assert!(matches!(
+            decode_body(Encoding::Gzip, gzip(&data), 100_000),
+            Err(RequestError::TooLarge(_))
+        ));
+        assert!(matches!(
+            decode_body(Encoding::Identity, Bytes::from(data), 100_000),
+            Err(RequestError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn bomb_stops_at_the_limit_without_growing_past_it() {
+        // 64 MiB of zeros compress to ~64 KiB; the reader must stop after limit + 1 bytes.
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            encoder.write_all(&chunk).unwrap();
+        }
+        let bomb = encoder.finish().unwrap();
+        let limit = 1 << 20;
+        let out = read_limited(
+            flate2::read::MultiGzDecoder::new(&bomb[..]),
+            bomb.len(),
+            limit,
+        )
+        .unwrap();
+        assert!(out.is_none());
+    }
+
+    #[test]
+    fn buffer_never_exceeds_limit_plus_one() {
+        let limit = 3 * 1024 * 1024 + 17;
+        let data = vec![1u8; limit];
+        let compressed = gzip(&data);
+        let out = read_limited(
+            flate2::read::MultiGzDecoder::new(&compressed[..]),
+            compressed.len(),
+            limit,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(out.len(), limit);
+        assert!(out.capacity() <= limit + 1, "capacity {}", out.capacity());
+    }
+
+    #[test]
+    fn corrupt_data_is_invalid() {
+        let Err(RequestError::Invalid(message)) =
+            decode_body(Encoding::Gzip, Bytes::from_static(b"not gzip at all"), 1000)
+        else {
+            panic!("corrupt gzip accepted");
+        };
+        assert!(message.contains("gzip"), "{message}");
+        assert!(matches!(
+            decode_body(Encoding::Zstd, Bytes::from_static(b"not zstd"), 1000),
+            Err(RequestError::Invalid(_))
+        ));
+    }
+}
