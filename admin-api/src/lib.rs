@@ -1,1 +1,170 @@
+//! Tally's admin API (axum): health checks, the filtered and cursor-paginated
+//! activity log, bearer-token (JWT) authorization and an OpenAPI document.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tally_admin_api::ApiError> {
+//! use std::sync::Arc;
+//! let config = tally_config::AdminApiConfig::default();
+//! let readiness = Arc::new(tally_model::Readiness::new());
+//! let api = tally_admin_api::AdminApi::bind(&config, "postgres://postgres@127.0.0.1/tally", readiness).await?;
+//! println!("listening on {}", api.local_addr());
+//! api.serve(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! Routes: `GET /healthz`, `GET /readyz`, `GET /api/v1/openapi.json` (no token),
+//! `GET /api/v1/activity` (scope `activity:read` or `admin`).
 
+pub mod activity;
+pub mod auth;
+pub mod cursor;
+pub mod error;
+mod health;
+pub mod openapi;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::net::TcpListener;
+use tokio_postgres::NoTls;
+
+use tally_config::AdminApiConfig;
+use tally_model::Readiness;
+
+pub use auth::{Caller, TenantAccess};
+pub use error::ApiError;
+
+/// Largest number of database connections the admin API holds.
+const POOL_SIZE: usize = 8;
+/// How long a request waits for a connection (or for one to be opened).
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Server-side limit on one admin query, set when the URL sets no `options`.
+const STATEMENT_TIMEOUT: &str = "-c statement_timeout=30s";
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) pool: Pool,
+    pub(crate) readiness: Arc<Readiness>,
+    pub(crate) auth: Option<auth::Authenticator>,
+    pub(crate) default_page_size: u32,
+    pub(crate) max_page_size: u32,
+}
+
+/// The admin API: a bound listener and its state.
+pub struct AdminApi {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+}
+
+impl AdminApi {
+    /// Builds a connection pool (deadpool-postgres, NoTls) for `database_url` and
+    /// binds the listener (port 0 → free port). No connection is opened yet.
+    pub async fn bind(
+        config: &AdminApiConfig,
+        database_url: &str,
+        readiness: Arc<Readiness>,
+    ) -> Result<AdminApi, ApiError> {
+        if config.max_page_size == 0 {
+            return Err(ApiError::Config(
+                "admin_api.max_page_size must be at least 1".to_owned(),
+            ));
+        }
+        let auth = auth::Authenticator::from_config(&config.auth)?;
+        let pool = build_pool(database_url)?;
+        let addr = config.endpoint.socket_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ApiError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ApiError::Bind { addr, source })?;
+        if auth.is_none() {
+            tracing::warn!(
+                address = %local_addr,
+                "admin API has no authentication configured: anyone who can reach it can read all data"
+            );
+        }
+        tracing::info!(address = %local_addr, "admin API listening on {local_addr}");
+        Ok(AdminApi {
+            listener,
+            local_addr,
+            state: AppState {
+                pool,
+                readiness,
+                auth,
+                default_page_size: config.default_page_size,
+                max_page_size: config.max_page_size,
+            },
+        })
+    }
+
+    /// The bound address (the chosen port when the configured one was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ApiError> {
+        let router = self.router();
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ApiError::Serve)?;
+        tracing::info!(address = %self.local_addr, "admin API stopped");
+        Ok(())
+    }
+
+    /// The axum Router, for tests.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz))
+            .route("/api/v1/openapi.json", get(openapi::document))
+            .route("/api/v1/activity", get(activity::list))
+            .fallback(error::not_found)
+            .method_not_allowed_fallback(error::method_not_allowed)
+            .with_state(self.state.clone())
+            .layer(tower_http::trace::TraceLayer::new_for_http())
+    }
+}
+
+fn build_pool(database_url: &str) -> Result<Pool, ApiError> {
+    // The URL may hold a password: never echo it.
+    let mut pg_config: tokio_postgres::Config = database_url
+        .parse()
+        .map_err(|error| ApiError::Config(format!("invalid database URL: {error}")))?;
+    if pg_config.get_connect_timeout().is_none() {
+        pg_config.connect_timeout(POOL_TIMEOUT);
+    }
+    if pg_config.get_options().is_none() {
+        pg_config.options(STATEMENT_TIMEOUT);
+    }
+    if pg_config.get_application_name().is_none() {
+        pg_config.application_name("tally-admin-api");
+    }
+    let manager = Manager::from_config(
+        pg_config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .build()
+        .map_err(|error| ApiError::Config(format!("cannot build the database pool: {error}")))
+}

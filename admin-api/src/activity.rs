@@ -1,0 +1,484 @@
+//! `GET /api/v1/activity`: the filtered, cursor-paginated activity log.
+//!
+//! Every filter value is bound as a query parameter; the SQL text only depends on
+//! which filters are present. Pages are newest first (`ORDER BY ts DESC, id DESC`)
+//! and fetched with `limit + 1` rows to know whether another page exists.
+
+use axum::extract::{Query, State};
+use axum::http::Uri;
+use axum::Json;
+use chrono::{DateTime, SecondsFormat, SubsecRound, TimeDelta, Utc};
+use serde::Serialize;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use tally_model::Outcome;
+
+use crate::auth::{Caller, SCOPE_ACTIVITY_READ};
+use crate::cursor::Cursor;
+use crate::error::{truncate, ApiError};
+use crate::AppState;
+
+/// The query parameters `GET /api/v1/activity` accepts.
+pub const PARAMETERS: &[&str] = &[
+    "tenant",
+    "user",
+    "action",
+    "outcome",
+    "resource_type",
+    "resource_id",
+    "trace_id",
+    "from",
+    "to",
+    "limit",
+    "cursor",
+];
+
+/// How `action` is matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionFilter {
+    /// `action=*` or absent.
+    Any,
+    /// `action=auth.login`.
+    Exact(String),
+    /// `action=auth.*`: actions starting with `auth.` (the prefix keeps the dot).
+    Prefix(String),
+}
+
+/// A parsed and validated activity query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityQuery {
+    pub tenant: Option<String>,
+    pub user: Option<String>,
+    pub action: ActionFilter,
+    pub outcome: Option<Outcome>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub trace_id: Option<String>,
+    /// Inclusive lower bound on `ts`.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive upper bound on `ts`.
+    pub to: Option<DateTime<Utc>>,
+    pub limit: u32,
+    pub cursor: Option<Cursor>,
+}
+
+impl ActivityQuery {
+    /// Parses decoded `name=value` pairs; unknown, repeated or bad parameters are 400.
+    pub fn parse(
+        pairs: &[(String, String)],
+        default_limit: u32,
+        max_limit: u32,
+    ) -> Result<ActivityQuery, ApiError> {
+        let mut unknown: Vec<&str> = Vec::new();
+        for (name, _) in pairs {
+            if !PARAMETERS.contains(&name.as_str()) && !unknown.contains(&name.as_str()) {
+                unknown.push(name);
+            }
+        }
+        if let Some((first, others)) = unknown.split_first() {
+            let mut message = "unknown query parameter".to_owned();
+            if !others.is_empty() {
+                let others: Vec<String> = others.iter().map(|n| truncate(n, 64)).collect();
+                message.push_str(&format!(" (also unknown: {})", others.join(", ")));
+            }
+            message.push_str(&format!("; accepted: {}", PARAMETERS.join(", ")));
+            return Err(ApiError::invalid(&truncate(first, 64), message));
+        }
+        let get = |name: &str| -> Result<Option<&str>, ApiError> {
+            let mut values = pairs.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
+            let first = values.next();
+            if values.next().is_some() {
+                return Err(ApiError::invalid(name, "given more than once"));
+            }
+            match first {
+                Some(value) if value.is_empty() => {
+                    Err(ApiError::invalid(name, "must not be empty"))
+                }
+                Some(value) if value.len() > 1024 => {
+                    Err(ApiError::invalid(name, "longer than 1024 bytes"))
+                }
+                other => Ok(other.map(String::as_str)),
+            }
+        };
+        let text =
+            |name: &str| -> Result<Option<String>, ApiError> { Ok(get(name)?.map(str::to_owned)) };
+
+        let action = match get("action")? {
+            None | Some("*") => ActionFilter::Any,
+            Some(value) => match value.strip_suffix(".*") {
+                Some(prefix) if !prefix.is_empty() && !prefix.contains('*') => {
+                    ActionFilter::Prefix(format!("{prefix}."))
+                }
+                _ if value.contains('*') => {
+                    return Err(ApiError::invalid(
+                        "action",
+                        "'*' is only allowed alone or as a trailing '.*' (e.g. auth.*)",
+                    ))
+                }
+                _ => ActionFilter::Exact(value.to_owned()),
+            },
+        };
+        let outcome = get("outcome")?
+            .map(|value| {
+                Outcome::parse(value).ok_or_else(|| {
+                    ApiError::invalid("outcome", "must be one of success, failure, unknown")
+                })
+            })
+            .transpose()?;
+        let trace_id = get("trace_id")?
+            .map(|value| {
+                if value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    Ok(value.to_ascii_lowercase())
+                } else {
+                    Err(ApiError::invalid(
+                        "trace_id",
+                        "must be 32 hexadecimal characters",
+                    ))
+                }
+            })
+            .transpose()?;
+        let from = get("from")?.map(|v| timestamp("from", v)).transpose()?;
+        let to = get("to")?.map(|v| timestamp("to", v)).transpose()?;
+        if let (Some(from), Some(to)) = (from, to) {
+            if from > to {
+                return Err(ApiError::invalid("from", "must not be after to"));
+            }
+        }
+        let limit = match get("limit")? {
+            None => default_limit.clamp(1, max_limit.max(1)),
+            Some(value) => match value.parse::<u32>() {
+                Ok(limit) if (1..=max_limit).contains(&limit) => limit,
+                _ => {
+                    return Err(ApiError::invalid(
+                        "limit",
+                        format!("must be an integer between 1 and {max_limit}"),
+                    ))
+                }
+            },
+        };
+        let cursor = get("cursor")?.map(Cursor::decode).transpose()?;
+
+        Ok(ActivityQuery {
+            tenant: text("tenant")?,
+            user: text("user")?,
+            action,
+            outcome,
+            resource_type: text("resource_type")?,
+            resource_id: text("resource_id")?,
+            trace_id,
+            from,
+            to,
+            limit,
+            cursor,
+        })
+    }
+
+    /// The SQL text and its parameters (`limit + 1` rows).
+    pub fn to_sql(&self) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+        let mut sql = SqlBuilder::default();
+        if let Some(tenant) = &self.tenant {
+            sql.push("tenant_id = ", tenant.clone());
+        }
+        if let Some(user) = &self.user {
+            sql.push("user_id = ", user.clone());
+        }
+        match &self.action {
+            ActionFilter::Any => {}
+            ActionFilter::Exact(action) => sql.push("action = ", action.clone()),
+            ActionFilter::Prefix(prefix) => sql.push_with_suffix(
+                "action LIKE ",
+                format!("{}%", escape_like(prefix)),
+                " ESCAPE '\\'",
+            ),
+        }
+        if let Some(outcome) = self.outcome {
+            sql.push("outcome = ", outcome.as_str().to_owned());
+        }
+        if let Some(resource_type) = &self.resource_type {
+            sql.push("resource_type = ", resource_type.clone());
+        }
+        if let Some(resource_id) = &self.resource_id {
+            sql.push("resource_id = ", resource_id.clone());
+        }
+        if let Some(trace_id) = &self.trace_id {
+            sql.push("trace_id = ", trace_id.clone());
+        }
+        if let Some(from) = self.from {
+            sql.push("ts >= ", from);
+        }
+        if let Some(to) = self.to {
+            sql.push("ts < ", to);
+        }
+        if let Some(cursor) = self.cursor {
+            let ts = sql.param(cursor.ts);
+            let id = sql.param(cursor.id);
+            sql.clauses.push(format!("(ts, id) < ({ts}, {id})"));
+        }
+        let where_clause = if sql.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", sql.clauses.join(" AND "))
+        };
+        let limit = sql.param(i64::from(self.limit) + 1);
+        let text = format!(
+            "SELECT {COLUMNS} FROM activity_events{where_clause} ORDER BY ts DESC, id DESC LIMIT {limit}"
+        );
+        (text, sql.params)
+    }
+}
+
+const COLUMNS: &str = "id, seq, ts, received_at, tenant_id, user_id, session_id, action, outcome, \
+     resource_type, resource_id, service, trace_id, span_id, attributes";
+
+#[derive(Default)]
+struct SqlBuilder {
+    clauses: Vec<String>,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl SqlBuilder {
+    fn param(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
+    }
+
+    fn push(&mut self, prefix: &str, value: impl ToSql + Sync + Send + 'static) {
+        self.push_with_suffix(prefix, value, "");
+    }
+
+    fn push_with_suffix(
+        &mut self,
+        prefix: &str,
+        value: impl ToSql + Sync + Send + 'static,
+        suffix: &str,
+    ) {
+        let placeholder = self.param(value);
+        self.clauses.push(format!("{prefix}{placeholder}{suffix}"));
+    }
+}
+
+/// Escapes LIKE's metacharacters (`\`, `%`, `_`) with `\`.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// Parses an RFC 3339 timestamp, rounded *up* to the microsecond (the column's
+/// precision), which keeps `from` inclusive and `to` exclusive.
+fn timestamp(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+    let parsed = DateTime::parse_from_rfc3339(value)
+        .map_err(|_| {
+            ApiError::invalid(
+                name,
+                "not an RFC 3339 timestamp (e.g. 2026-11-23T19:25:50Z)",
+            )
+        })?
+        .with_timezone(&Utc);
+    let truncated = parsed.trunc_subsecs(6);
+    let rounded = if truncated < parsed {
+        truncated + TimeDelta::microseconds(1)
+    } else {
+        truncated
+    };
+    Ok(rounded)
+}
+
+/// One item of the response, with the `activity_events` column names.
+#[derive(Debug, Serialize)]
+pub struct ActivityItem {
+    pub id: Uuid,
+    pub seq: i64,
+    pub ts: String,
+    pub received_at: String,
+    pub tenant_id: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub action: String,
+    pub outcome: String,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub service: Option<String>,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub attributes: serde_json::Value,
+}
+
+impl ActivityItem {
+    fn from_row(row: &Row) -> Result<(ActivityItem, Cursor), tokio_postgres::Error> {
+        let ts: DateTime<Utc> = row.try_get("ts")?;
+        let received_at: DateTime<Utc> = row.try_get("received_at")?;
+        let id: Uuid = row.try_get("id")?;
+        let tenant_id: String = row.try_get("tenant_id")?;
+        let item = ActivityItem {
+            id,
+            seq: row.try_get("seq")?,
+            ts: format_ts(ts),
+            received_at: format_ts(received_at),
+            tenant_id: (!tenant_id.is_empty()).then_some(tenant_id),
+            user_id: row.try_get("user_id")?,
+            session_id: row.try_get("session_id")?,
+            action: row.try_get("action")?,
+            outcome: row.try_get("outcome")?,
+            resource_type: row.try_get("resource_type")?,
+            resource_id: row.try_get("resource_id")?,
+            service: row.try_get("service")?,
+            trace_id: row.try_get("trace_id")?,
+            span_id: row.try_get("span_id")?,
+            attributes: row.try_get("attributes")?,
+        };
+        Ok((item, Cursor { ts, id }))
+    }
+}
+
+/// RFC 3339, UTC, always six fractional digits: `2026-11-23T19:25:50.123456Z`.
+pub fn format_ts(ts: DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A page of the activity log.
+#[derive(Debug, Serialize)]
+pub struct ActivityPage {
+    pub items: Vec<ActivityItem>,
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/activity`.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+) -> Result<Json<ActivityPage>, ApiError> {
+    caller.require_scope(SCOPE_ACTIVITY_READ)?;
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&uri)
+        .map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
+    let mut query = ActivityQuery::parse(&pairs, state.default_page_size, state.max_page_size)?;
+    query.tenant = caller.tenant_filter(query.tenant.take())?;
+
+    let (sql, params) = query.to_sql();
+    let client = state.pool.get().await.map_err(ApiError::from_pool)?;
+    let statement = client
+        .prepare_cached(&sql)
+        .await
+        .map_err(ApiError::from_db)?;
+    let params: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let rows = client
+        .query(&statement, &params)
+        .await
+        .map_err(ApiError::from_db)?;
+
+    let limit = query.limit as usize;
+    let has_more = rows.len() > limit;
+    let mut items = Vec::with_capacity(rows.len().min(limit));
+    let mut last = None;
+    for row in rows.iter().take(limit) {
+        let (item, cursor) = ActivityItem::from_row(row).map_err(ApiError::from_db)?;
+        items.push(item);
+        last = Some(cursor);
+    }
+    let next_cursor = if has_more {
+        last.map(|cursor| cursor.encode())
+    } else {
+        None
+    };
+    tracing::debug!(
+        subject = %caller.subject,
+        items = items.len(),
+        has_more,
+        "activity query"
+    );
+    Ok(Json(ActivityPage { items, next_cursor }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(query: &str) -> Result<ActivityQuery, ApiError> {
+        let pairs: Vec<(String, String)> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (n, v) = p.split_once('=').unwrap_or((p, ""));
+                (n.to_owned(), v.to_owned())
+            })
+            .collect();
+        ActivityQuery::parse(&pairs, 50, 1000)
+    }
+
+    fn param_of(error: ApiError) -> String {
+        match error {
+            ApiError::InvalidParameter { parameter, .. } => parameter,
+            ApiError::InvalidCursor(_) => "cursor".to_owned(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn actions() {
+        assert_eq!(parse("action=*").unwrap().action, ActionFilter::Any);
+        assert_eq!(
+            parse("action=auth.*").unwrap().action,
+            ActionFilter::Prefix("auth.".into())
+        );
+        assert_eq!(
+            parse("action=auth.login").unwrap().action,
+            ActionFilter::Exact("auth.login".into())
+        );
+        for bad in ["action=.*", "action=a*", "action=*.*", "action=a.*.*"] {
+            assert_eq!(param_of(parse(bad).unwrap_err()), "action", "{bad}");
+        }
+        assert_eq!(escape_like(r"a_b%c\d"), r"a\_b\%c\\d");
+    }
+
+    #[test]
+    fn bounds_and_names() {
+        assert_eq!(parse("").unwrap().limit, 50);
+        assert_eq!(parse("limit=1000").unwrap().limit, 1000);
+        for bad in ["limit=0", "limit=1001", "limit=-1", "limit=x"] {
+            assert_eq!(param_of(parse(bad).unwrap_err()), "limit");
+        }
+        assert_eq!(param_of(parse("usr=a").unwrap_err()), "usr");
+        assert_eq!(param_of(parse("user=a&user=b").unwrap_err()), "user");
+        assert_eq!(param_of(parse("user=").unwrap_err()), "user");
+        assert_eq!(
+            param_of(parse("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z").unwrap_err()),
+            "from"
+        );
+    }
+
+    #[test]
+    fn timestamps_round_up_to_microseconds() {
+        let q = parse("from=2026-01-01T00:00:00.0000001Z&to=2026-01-01T02:00:00.0000001+01:00")
+            .unwrap();
+        assert_eq!(format_ts(q.from.unwrap()), "2026-01-01T00:00:00.000001Z");
+        assert_eq!(format_ts(q.to.unwrap()), "2026-01-01T01:00:00.000001Z");
+    }
+
+    #[test]
+    fn sql_binds_everything() {
+        let q = parse("tenant=x'--&user=u&action=a_b.*&outcome=failure&resource_type=r&resource_id=i&trace_id=0123456789ABCDEF0123456789abcdef&from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z").unwrap();
+        assert_eq!(
+            q.trace_id.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        let (sql, params) = q.to_sql();
+        assert!(!sql.contains("x'"), "{sql}");
+        assert_eq!(params.len(), 10);
+        assert!(sql.contains("action LIKE $3 ESCAPE '\\'"), "{sql}");
+        assert!(
+            sql.ends_with("ORDER BY ts DESC, id DESC LIMIT $10"),
+            "{sql}"
+        );
+    }
+}
