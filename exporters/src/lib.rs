@@ -1,1 +1,6 @@
+//! Tally's exporters: PostgreSQL (the activity log) and, later, Prometheus.
 
+pub mod postgres;
+
+#[doc(hidden)]
+pub mod testing;

@@ -1,0 +1,69 @@
+//! Schema migrations, recorded in `tally_schema_migrations`.
+
+use chrono::{Days, Utc};
+use tokio_postgres::Client;
+
+use super::partitions::create_partitions;
+use super::{PgError, DEFAULT_PARTITIONS_AHEAD_DAYS, MIGRATION_LOCK_KEY};
+
+/// The schema migrations, in order: (version, name, SQL).
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "activity_events",
+    include_str!("migrations/0001_activity_events.sql"),
+)];
+
+/// Applies the migrations not yet recorded in `tally_schema_migrations`, then
+/// creates the daily partitions for yesterday through today +
+/// [`DEFAULT_PARTITIONS_AHEAD_DAYS`](super::DEFAULT_PARTITIONS_AHEAD_DAYS).
+///
+/// Idempotent and safe when several instances migrate at once: everything runs
+/// in one transaction under an advisory lock. `client` must not be used by
+/// anything else meanwhile (the transaction is driven with plain statements).
+pub async fn migrate(client: &Client) -> Result<(), PgError> {
+    let result = apply(client).await;
+    if result.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result?;
+    let today = Utc::now().date_naive();
+    let from = today.checked_sub_days(Days::new(1)).unwrap_or(today);
+    let through = today
+        .checked_add_days(Days::new(DEFAULT_PARTITIONS_AHEAD_DAYS.into()))
+        .unwrap_or(today);
+    create_partitions(client, from, through).await
+}
+
+async fn apply(client: &Client) -> Result<(), PgError> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL client_min_messages = warning; \
+             SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY}); \
+             CREATE TABLE IF NOT EXISTS tally_schema_migrations ( \
+                 version    integer     PRIMARY KEY, \
+                 name       text        NOT NULL, \
+                 applied_at timestamptz NOT NULL DEFAULT now());"
+        ))
+        .await?;
+    let applied: Vec<i32> = client
+        .query("SELECT version FROM tally_schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        client.batch_execute(sql).await?;
+        client
+            .execute(
+                "INSERT INTO tally_schema_migrations (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
+            .await?;
+        tracing::info!(version, name, "applied schema migration");
+    }
+    client.batch_execute("COMMIT").await?;
+    Ok(())
+}

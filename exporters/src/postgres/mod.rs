@@ -1,0 +1,66 @@
+//! The PostgreSQL exporter: schema migrations, daily partitions, the batching
+//! writer with commit-ordered `seq`, and the private (embedded) server.
+//!
+//! Write path, in one transaction per batch: binary `COPY` into a per-connection
+//! temporary staging table, then `pg_advisory_xact_lock(ACTIVITY_EVENTS_LOCK_KEY)`,
+//! then `INSERT INTO activity_events … SELECT nextval('activity_events_seq'), …
+//! ON CONFLICT DO NOTHING`, then `COMMIT`. The lock is taken only after the COPY and
+//! is released after the commit is visible, so `seq` order equals commit order
+//! across writer connections and Tally instances: a reader remembering the last
+//! `seq` it saw never skips a row committed later.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+pub mod embedded;
+mod error;
+mod migrate;
+mod partitions;
+mod writer;
+
+pub use error::PgError;
+pub use migrate::{migrate, MIGRATIONS};
+pub use partitions::{create_partitions, partition_name};
+pub use writer::{insert_activity_batch, PgExporter};
+
+/// Advisory lock key held from the `INSERT … SELECT nextval('activity_events_seq')`
+/// until `COMMIT` by every writer of `activity_events` (the bytes `tallyact`).
+pub const ACTIVITY_EVENTS_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyact");
+/// Advisory lock key serialising schema migrations (the bytes `tallymig`).
+pub const MIGRATION_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallymig");
+/// Advisory lock key serialising partition creation (the bytes `tallyprt`).
+pub const PARTITION_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyprt");
+
+/// Partitions `migrate` creates ahead of today (the config's default).
+pub const DEFAULT_PARTITIONS_AHEAD_DAYS: u32 = 7;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects without TLS and spawns the connection task.
+///
+/// Sets `application_name=tally`, a 5 s connect timeout and 30 s TCP keepalive
+/// unless the URL says otherwise. The returned handle ends when the connection
+/// closes.
+pub async fn connect(url: &str) -> Result<(tokio_postgres::Client, JoinHandle<()>), PgError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_application_name().is_none() {
+        config.application_name("tally");
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.keepalives_idle(Duration::from_secs(30));
+    let connecting = config.connect(NoTls);
+    // The connect timeout covers each TCP attempt; this bounds the whole handshake.
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting)
+        .await
+        .map_err(|_| PgError::Timeout("connecting to PostgreSQL".into()))??;
+    let handle = tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(error = %PgError::from(error), "postgres connection closed");
+        }
+    });
+    Ok((client, handle))
+}

@@ -1,0 +1,759 @@
+//! The batching writer: a bounded queue (in records), writer tasks that gather
+//! submissions into batches, and the commit-ordered write path.
+
+use std::collections::HashSet;
+use std::error::Error as StdError;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use chrono::{Datelike, Days, NaiveDate, Utc};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{Client, SimpleQueryMessage, Transaction};
+
+use tally_config::PostgresConfig;
+use tally_model::{ActivityEvent, ConsumeError, Readiness};
+
+use super::partitions::{create_days, PartitionCache};
+use super::{connect, migrate, PgError, ACTIVITY_EVENTS_LOCK_KEY};
+
+/// How often the background task checks the database when it is up.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a probe query may take before the database counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often partitions ahead are (re)created.
+const PARTITION_INTERVAL: Duration = Duration::from_secs(3600);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+const STAGING_DDL: &str = "DO $$ BEGIN \
+    IF to_regclass('pg_temp.tally_activity_staging') IS NULL THEN \
+        CREATE TEMP TABLE tally_activity_staging ( \
+            id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
+            action text, outcome text, resource_type text, resource_id text, service text, \
+            trace_id text, span_id text, attributes jsonb \
+        ) ON COMMIT DELETE ROWS; \
+    END IF; END $$";
+
+const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging (id, ts, tenant_id, user_id, \
+    session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
+    attributes) FROM STDIN (FORMAT binary)";
+
+const COLUMN_TYPES: [Type; 13] = [
+    Type::UUID,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::JSONB,
+];
+
+fn insert_sql() -> String {
+    format!(
+        "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); \
+         INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, session_id, action, \
+             outcome, resource_type, resource_id, service, trace_id, span_id, attributes) \
+         SELECT id, nextval('activity_events_seq'), ts, tenant_id, user_id, session_id, action, \
+             outcome, resource_type, resource_id, service, trace_id, span_id, attributes \
+         FROM pg_temp.tally_activity_staging ORDER BY ts \
+         ON CONFLICT DO NOTHING"
+    )
+}
+
+/// Writes `events` into `activity_events` inside `tx`, the way the exporter's
+/// writers do: binary `COPY` into a temporary staging table, then the advisory
+/// lock [`ACTIVITY_EVENTS_LOCK_KEY`], then `INSERT … SELECT nextval(…) … ON
+/// CONFLICT DO NOTHING`. Returns the number of rows inserted (duplicates of rows
+/// already stored are skipped).
+///
+/// The lock is held until `tx` ends, so commit promptly. The daily partitions
+/// for the events' days must exist (the exporter creates them before calling
+/// this; see [`create_partitions`](super::create_partitions)).
+pub async fn insert_activity_batch(
+    tx: &Transaction<'_>,
+    events: &[ActivityEvent],
+) -> Result<u64, PgError> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    insert_rows(tx, events.iter()).await
+}
+
+async fn insert_rows<'a, I>(tx: &Transaction<'_>, events: I) -> Result<u64, PgError>
+where
+    I: Iterator<Item = &'a ActivityEvent>,
+{
+    tx.batch_execute(STAGING_DDL).await?;
+    let sink = tx.copy_in(COPY_SQL).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
+    tokio::pin!(writer);
+    for e in events {
+        let tenant = SafeText(e.tenant_id.as_deref().unwrap_or(""));
+        let user = e.user_id.as_deref().map(SafeText);
+        let session = e.session_id.as_deref().map(SafeText);
+        let action = SafeText(&e.action);
+        let outcome = e.outcome.as_str();
+        let resource_type = e.resource_type.as_deref().map(SafeText);
+        let resource_id = e.resource_id.as_deref().map(SafeText);
+        let service = e.service.as_deref().map(SafeText);
+        let trace_id = e.trace_id.as_deref().map(SafeText);
+        let span_id = e.span_id.as_deref().map(SafeText);
+        let attributes = JsonbObject(&e.attributes);
+        let row: [&(dyn ToSql + Sync); 13] = [
+            &e.id,
+            &e.ts,
+            &tenant,
+            &user,
+            &session,
+            &action,
+            &outcome,
+            &resource_type,
+            &resource_id,
+            &service,
+            &trace_id,
+            &span_id,
+            &attributes,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    let copied = writer.as_mut().finish().await?;
+    if copied == 0 {
+        return Ok(0);
+    }
+    let messages = tx.simple_query(&insert_sql()).await?;
+    let inserted = messages
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(0);
+    Ok(inserted)
+}
+
+/// Text without NUL bytes (PostgreSQL rejects them): each NUL becomes U+FFFD.
+/// Written straight into the COPY buffer, no allocation.
+#[derive(Debug)]
+struct SafeText<'a>(&'a str);
+
+impl ToSql for SafeText<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        let bytes = self.0.as_bytes();
+        if !bytes.contains(&0) {
+            out.put_slice(bytes);
+        } else {
+            for (i, part) in bytes.split(|b| *b == 0).enumerate() {
+                if i > 0 {
+                    out.put_slice("\u{FFFD}".as_bytes());
+                }
+                out.put_slice(part);
+            }
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <&str as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+/// A JSON object serialized straight into the COPY buffer as `jsonb`; the
+/// `\u0000` escape (which `jsonb` rejects) is rewritten in place to `\ufffd`.
+#[derive(Debug)]
+struct JsonbObject<'a>(&'a serde_json::Map<String, serde_json::Value>);
+
+impl ToSql for JsonbObject<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        if *ty == Type::JSONB {
+            out.put_u8(1); // jsonb binary format version
+        }
+        let start = out.len();
+        serde_json::to_writer((&mut *out).writer(), self.0)?;
+        scrub_nul_escapes(&mut out[start..]);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::JSON | Type::JSONB)
+    }
+
+    to_sql_checked!();
+}
+
+/// Rewrites every JSON `\u0000` escape to `\ufffd` (same length) in place.
+fn scrub_nul_escapes(json: &mut [u8]) {
+    let mut i = 0;
+    while i + 1 < json.len() {
+        if json[i] == b'\\' {
+            if json.len() >= i + 6 && &json[i + 1..i + 6] == b"u0000" {
+                json[i + 1..i + 6].copy_from_slice(b"ufffd");
+                i += 6;
+            } else {
+                i += 2; // an escape pair: `\\`, `\"`, `\n`, `\uXXXX`'s first two bytes…
+            }
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// One `submit` call waiting for its events to be committed.
+struct Submission {
+    events: Vec<ActivityEvent>,
+    reply: oneshot::Sender<Result<(), ConsumeError>>,
+    /// Queue space, given back when the submission is answered (dropped).
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Queue {
+    rx: mpsc::UnboundedReceiver<Submission>,
+    /// Taken from the channel but left for the next batch (it did not fit).
+    pending: Option<Submission>,
+}
+
+/// What writer tasks and the maintenance task share.
+struct Shared {
+    url: String,
+    readiness: Arc<Readiness>,
+    retry_after: Duration,
+    batch_max_rows: usize,
+    linger: Duration,
+    partitions_ahead_days: u32,
+    partitions: PartitionCache,
+    queue: tokio::sync::Mutex<Queue>,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn unavailable(&self, reason: &str) -> ConsumeError {
+        ConsumeError::Unavailable {
+            reason: reason.to_string(),
+            retry_after: self.retry_after,
+        }
+    }
+
+    /// Answers everything queued right now with `Unavailable` (the database
+    /// cannot be reached). Skipped when another writer is serving the queue.
+    fn fail_queued(&self) {
+        let Ok(mut queue) = self.queue.try_lock() else {
+            return;
+        };
+        let mut failed = 0usize;
+        if let Some(s) = queue.pending.take() {
+            let _ = s.reply.send(Err(self.unavailable("database unavailable")));
+            failed += 1;
+        }
+        while let Ok(s) = queue.rx.try_recv() {
+            let _ = s.reply.send(Err(self.unavailable("database unavailable")));
+            failed += 1;
+        }
+        if failed > 0 {
+            tracing::warn!(submissions = failed, "database unreachable: refused queued submissions");
+        }
+    }
+
+    /// Takes the next batch: waits for a first submission, then up to `linger`
+    /// for more, until `batch_max_rows`. `None` once the queue is closed and empty.
+    async fn gather(&self) -> Option<Vec<Submission>> {
+        let mut queue = self.queue.lock().await;
+        let first = match queue.pending.take() {
+            Some(s) => s,
+            None => queue.rx.recv().await?,
+        };
+        let mut rows = first.events.len();
+        let mut batch = vec![first];
+        let deadline = Instant::now() + self.linger;
+        while rows < self.batch_max_rows {
+            let next = match queue.rx.try_recv() {
+                Ok(s) => s,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, queue.rx.recv()).await {
+                        Ok(Some(s)) => s,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            };
+            if rows + next.events.len() > self.batch_max_rows {
+                queue.pending = Some(next);
+                break;
+            }
+            rows += next.events.len();
+            batch.push(next);
+        }
+        Some(batch)
+    }
+
+    /// Creates partitions for yesterday through today + `partitions_ahead_days`.
+    async fn ensure_ahead(&self, client: &Client) -> Result<(), PgError> {
+        let today = Utc::now().date_naive();
+        let from = today.checked_sub_days(Days::new(1)).unwrap_or(today);
+        let days: Vec<NaiveDate> = from
+            .iter_days()
+            .take(self.partitions_ahead_days as usize + 2)
+            .collect();
+        // Bypass the cache: a partition may have been dropped meanwhile.
+        create_days(client, &days).await?;
+        self.partitions.remember(&days);
+        Ok(())
+    }
+}
+
+/// Doubling delay between reconnection attempts, 100 ms to 2 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(BACKOFF_MIN)
+    }
+    fn reset(&mut self) {
+        self.0 = BACKOFF_MIN;
+    }
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        delay
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    sender: Mutex<Option<mpsc::UnboundedSender<Submission>>>,
+    permits: Arc<Semaphore>,
+    capacity: u32,
+    shutting_down: AtomicBool,
+    writers: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
+    maintenance: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+/// The PostgreSQL activity-event exporter: a cheap, cloneable handle.
+///
+/// Dropping every handle without [`shutdown`](PgExporter::shutdown) still lets
+/// the writers finish what is queued, but nobody waits for them.
+#[derive(Clone)]
+pub struct PgExporter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PgExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgExporter")
+            .field("capacity", &self.inner.capacity)
+            .field("queued_records", &self.queued_records())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgExporter {
+    /// Connects, migrates, creates the partitions for yesterday through today +
+    /// `partitions_ahead_days`, and starts `writers` writer tasks (one connection
+    /// each) plus a maintenance task (readiness probe every second, partitions
+    /// ahead every hour). Sets `readiness.database_up` to true on success.
+    pub async fn start(
+        url: &str,
+        config: &PostgresConfig,
+        readiness: Arc<Readiness>,
+    ) -> Result<PgExporter, PgError> {
+        let (probe_client, _) = connect(url).await?;
+        migrate(&probe_client).await?;
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            url: url.to_string(),
+            readiness: readiness.clone(),
+            retry_after: Duration::from_secs(config.retry_after_secs),
+            batch_max_rows: config.batch_max_rows.max(1),
+            linger: Duration::from_millis(config.batch_linger_ms),
+            partitions_ahead_days: config.partitions_ahead_days,
+            partitions: PartitionCache::default(),
+            queue: tokio::sync::Mutex::new(Queue { rx, pending: None }),
+            stopping: AtomicBool::new(false),
+        });
+        shared.ensure_ahead(&probe_client).await?;
+
+        let writer_count = config.writers.max(1);
+        let mut clients = Vec::with_capacity(writer_count);
+        for _ in 0..writer_count {
+            clients.push(connect(url).await?.0);
+        }
+        readiness.set_database_up(true);
+
+        let writers = clients
+            .into_iter()
+            .enumerate()
+            .map(|(id, client)| tokio::spawn(writer_task(shared.clone(), id, client)))
+            .collect();
+        let (stop, stop_rx) = watch::channel(false);
+        let maintenance = tokio::spawn(maintenance_task(shared.clone(), probe_client, stop_rx));
+
+        let max_permits = Semaphore::MAX_PERMITS.min(u32::MAX as usize);
+        let capacity = config.queue_capacity_records.clamp(1, max_permits);
+        tracing::info!(
+            writers = writer_count,
+            batch_max_rows = shared.batch_max_rows,
+            batch_linger_ms = config.batch_linger_ms,
+            queue_capacity_records = capacity,
+            "postgres exporter started"
+        );
+        Ok(PgExporter {
+            inner: Arc::new(Inner {
+                shared,
+                sender: Mutex::new(Some(tx)),
+                permits: Arc::new(Semaphore::new(capacity)),
+                capacity: capacity as u32,
+                shutting_down: AtomicBool::new(false),
+                writers: tokio::sync::Mutex::new(writers),
+                maintenance: tokio::sync::Mutex::new(Some(maintenance)),
+                stop,
+            }),
+        })
+    }
+
+    /// Queues `events` and resolves once they are committed (`Ok`) or definitely
+    /// not (`Err`). Never waits for queue space: a full queue answers
+    /// `Overloaded`, a database known to be down or a shutdown `Unavailable`,
+    /// an event time outside years 1–9999 `Invalid`. Empty → `Ok` at once.
+    pub async fn submit(&self, events: Vec<ActivityEvent>) -> Result<(), ConsumeError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let shared = &inner.shared;
+        if inner.shutting_down.load(Ordering::Acquire) {
+            return Err(shared.unavailable("shutting down"));
+        }
+        if !shared.readiness.database_up() {
+            return Err(shared.unavailable("database unavailable"));
+        }
+        if events.iter().any(|e| !(1..=9999).contains(&e.ts.year())) {
+            return Err(ConsumeError::Invalid(
+                "event time outside the years 1 to 9999".into(),
+            ));
+        }
+        let wanted = events.len().min(inner.capacity as usize) as u32;
+        let permit = inner
+            .permits
+            .clone()
+            .try_acquire_many_owned(wanted)
+            .map_err(|_| ConsumeError::Overloaded {
+                retry_after: shared.retry_after,
+            })?;
+        let (reply, answer) = oneshot::channel();
+        {
+            let sender = inner.sender.lock().unwrap_or_else(|p| p.into_inner());
+            let submission = Submission {
+                events,
+                reply,
+                _permit: permit,
+            };
+            match sender.as_ref() {
+                Some(tx) if tx.send(submission).is_ok() => {}
+                _ => return Err(shared.unavailable("shutting down")),
+            }
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(shared.unavailable("writer stopped")))
+    }
+
+    /// Records queued or being written right now (at most the queue capacity).
+    pub fn queued_records(&self) -> usize {
+        let available = self.inner.permits.available_permits();
+        (self.inner.capacity as usize).saturating_sub(available)
+    }
+
+    /// Stops taking submissions (they get `Unavailable("shutting down")`), marks
+    /// readiness as draining, writes and answers everything queued, then stops
+    /// the tasks. Concurrent calls all return once the drain is complete.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        if !inner.shutting_down.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                queued_records = self.queued_records(),
+                "postgres exporter draining"
+            );
+        }
+        inner.shared.readiness.set_draining();
+        inner.shared.stopping.store(true, Ordering::Release);
+        // Closing the channel: writers drain what is buffered, then exit.
+        drop(inner.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
+        {
+            let mut writers = inner.writers.lock().await;
+            for handle in writers.drain(..) {
+                if let Err(error) = handle.await {
+                    tracing::error!(%error, "postgres writer task failed");
+                }
+            }
+        }
+        let _ = inner.stop.send(true);
+        if let Some(handle) = inner.maintenance.lock().await.take() {
+            let _ = handle.await;
+            tracing::info!("postgres exporter stopped");
+        }
+    }
+}
+
+/// Whether an error means the connection (or the server) is gone.
+fn connection_lost(error: &PgError, client: &Client) -> bool {
+    if client.is_closed() {
+        return true;
+    }
+    match error {
+        PgError::Db(e) => match e.code() {
+            None => true,
+            Some(code) => {
+                let class = &code.code()[..2];
+                matches!(class, "08" | "53" | "57" | "58" | "XX")
+                    && *code != SqlState::QUERY_CANCELED
+            }
+        },
+        _ => true,
+    }
+}
+
+fn is_missing_partition(error: &PgError) -> bool {
+    match error {
+        PgError::Db(e) => e.as_db_error().is_some_and(|db| {
+            *db.code() == SqlState::CHECK_VIOLATION && db.message().starts_with("no partition")
+        }),
+        _ => false,
+    }
+}
+
+fn batch_days(batch: &[Submission]) -> Vec<NaiveDate> {
+    let mut days = HashSet::new();
+    for e in batch.iter().flat_map(|s| s.events.iter()) {
+        days.insert(e.ts.date_naive());
+    }
+    days.into_iter().collect()
+}
+
+async fn commit_batch(client: &mut Client, batch: &[Submission]) -> Result<u64, PgError> {
+    let tx = client.transaction().await?;
+    let inserted = insert_rows(&tx, batch.iter().flat_map(|s| s.events.iter())).await?;
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+async fn write_batch(
+    client: &mut Client,
+    shared: &Shared,
+    batch: &[Submission],
+) -> Result<u64, PgError> {
+    let days = batch_days(batch);
+    shared.partitions.ensure(client, &days).await?;
+    match commit_batch(client, batch).await {
+        Err(error) if is_missing_partition(&error) => {
+            // Cached as existing but gone (e.g. dropped by retention): recreate.
+            shared.partitions.forget_all();
+            shared.partitions.ensure(client, &days).await?;
+            commit_batch(client, batch).await
+        }
+        other => other,
+    }
+}
+
+fn answer(batch: Vec<Submission>, result: &Result<(), ConsumeError>) {
+    for submission in batch {
+        let _ = submission.reply.send(result.clone());
+    }
+}
+
+/// Connects, retrying with backoff; while the database is unreachable, queued
+/// submissions are answered `Unavailable`. `None` when stopping and unreachable.
+async fn reconnect(shared: &Shared, id: usize) -> Option<Client> {
+    let mut backoff = Backoff::new();
+    loop {
+        match connect(&shared.url).await {
+            Ok((client, _)) => {
+                if !shared.readiness.database_up() {
+                    tracing::info!(writer = id, "database reachable again");
+                }
+                shared.readiness.set_database_up(true);
+                return Some(client);
+            }
+            Err(error) => {
+                if shared.readiness.database_up() {
+                    tracing::warn!(writer = id, %error, "database unreachable");
+                }
+                shared.readiness.set_database_up(false);
+                shared.fail_queued();
+                if shared.stopping.load(Ordering::Acquire) {
+                    return None;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+async fn writer_task(shared: Arc<Shared>, id: usize, client: Client) {
+    let mut client = Some(client);
+    loop {
+        let mut conn = match client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => match reconnect(&shared, id).await {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        let Some(batch) = shared.gather().await else {
+            break;
+        };
+        if conn.is_closed() {
+            // Went away while idle: one immediate attempt, else refuse the batch.
+            match connect(&shared.url).await {
+                Ok((c, _)) => conn = c,
+                Err(error) => {
+                    tracing::warn!(writer = id, %error, "database unreachable");
+                    shared.readiness.set_database_up(false);
+                    answer(batch, &Err(shared.unavailable("database unavailable")));
+                    continue;
+                }
+            }
+        }
+        let rows: usize = batch.iter().map(|s| s.events.len()).sum();
+        let started = Instant::now();
+        match write_batch(&mut conn, &shared, &batch).await {
+            Ok(inserted) => {
+                tracing::debug!(
+                    writer = id,
+                    submissions = batch.len(),
+                    rows,
+                    inserted,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "batch committed"
+                );
+                answer(batch, &Ok(()));
+                client = Some(conn);
+            }
+            Err(error) => {
+                let lost = connection_lost(&error, &conn);
+                tracing::warn!(
+                    writer = id,
+                    submissions = batch.len(),
+                    rows,
+                    connection_lost = lost,
+                    %error,
+                    "batch not committed; answered retryable"
+                );
+                answer(batch, &Err(shared.unavailable("database write failed")));
+                if lost {
+                    shared.readiness.set_database_up(false);
+                    // `client` stays None: the loop reconnects with backoff.
+                } else {
+                    client = Some(conn);
+                }
+            }
+        }
+    }
+    tracing::debug!(writer = id, "postgres writer stopped");
+}
+
+/// Probes the database (bringing readiness back without traffic) and creates
+/// partitions ahead once an hour, until `stop` fires or the exporter is dropped.
+async fn maintenance_task(shared: Arc<Shared>, client: Client, mut stop: watch::Receiver<bool>) {
+    let mut client = Some(client);
+    let mut backoff = Backoff::new();
+    let mut partitions_due = Instant::now() + PARTITION_INTERVAL;
+    let mut partitions_day = Utc::now().date_naive();
+    loop {
+        let delay = if shared.readiness.database_up() {
+            PROBE_INTERVAL
+        } else {
+            backoff.next_delay()
+        };
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let Some(conn) = probe(&mut client, &shared.url).await else {
+            if shared.readiness.database_up() {
+                tracing::warn!("database unreachable (probe)");
+            }
+            shared.readiness.set_database_up(false);
+            continue;
+        };
+        backoff.reset();
+        if !shared.readiness.database_up() {
+            tracing::info!("database reachable again (probe)");
+            shared.readiness.set_database_up(true);
+        }
+        let today = Utc::now().date_naive();
+        if Instant::now() >= partitions_due || today != partitions_day {
+            match shared.ensure_ahead(conn).await {
+                Ok(()) => {
+                    partitions_due = Instant::now() + PARTITION_INTERVAL;
+                    partitions_day = today;
+                }
+                Err(error) => tracing::warn!(%error, "creating partitions ahead failed"),
+            }
+        }
+    }
+}
+
+/// A connection that just answered `SELECT 1`, reconnecting if needed.
+async fn probe<'a>(client: &'a mut Option<Client>, url: &str) -> Option<&'a Client> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = connect(url).await.ok().map(|(c, _)| c);
+    }
+    let conn = client.as_ref()?;
+    match tokio::time::timeout(PROBE_TIMEOUT, conn.simple_query("SELECT 1")).await {
+        Ok(Ok(_)) => client.as_ref(),
+        _ => {
+            *client = None;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_escapes_are_scrubbed_in_place() {
+        let mut map = serde_json::Map::new();
+        map.insert("a\0b".into(), serde_json::Value::String("x\0y".into()));
+        map.insert("lit".into(), serde_json::Value::String("\\u0000".into()));
+        let mut out = serde_json::to_vec(&map).unwrap();
+        scrub_nul_escapes(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["a\u{fffd}b"], "x\u{fffd}y");
+        // A literal backslash followed by `u0000` is left alone.
+        assert_eq!(back["lit"], "\\u0000");
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let mut b = Backoff::new();
+        let delays: Vec<_> = (0..7).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000]);
+    }
+}

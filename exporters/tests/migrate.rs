@@ -1,0 +1,120 @@
+//! Migrations and partitions against the real PostgreSQL.
+
+mod common;
+
+use chrono::{Days, NaiveDate, Utc};
+use tally_exporters::postgres::{
+    create_partitions, migrate, partition_name, DEFAULT_PARTITIONS_AHEAD_DAYS, MIGRATIONS,
+};
+use tally_exporters::testing::TestDatabase;
+
+async fn partitions(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'activity_events'::regclass ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("partitions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_safe_concurrently() {
+    let db = TestDatabase::create().await;
+    let (a, b) = (db.client().await, db.client().await);
+    let (ra, rb) = tokio::join!(migrate(&a), migrate(&b));
+    ra.expect("first concurrent migrate");
+    rb.expect("second concurrent migrate");
+    migrate(&a).await.expect("migrate again");
+
+    let applied: Vec<(i32, String)> = a
+        .query(
+            "SELECT version, name FROM tally_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected: Vec<(i32, String)> = MIGRATIONS
+        .iter()
+        .map(|(v, n, _)| (*v, n.to_string()))
+        .collect();
+    assert_eq!(applied, expected);
+
+    // The public column contract.
+    let columns: Vec<String> = a
+        .query(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_name = 'activity_events' ORDER BY ordinal_position",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "id", "seq", "ts", "received_at", "tenant_id", "user_id", "session_id", "action",
+            "outcome", "resource_type", "resource_id", "service", "trace_id", "span_id",
+            "attributes"
+        ]
+    );
+
+    let today = Utc::now().date_naive();
+    let names = partitions(&a).await;
+    let from = today.checked_sub_days(Days::new(1)).unwrap();
+    for day in from
+        .iter_days()
+        .take(DEFAULT_PARTITIONS_AHEAD_DAYS as usize + 2)
+    {
+        assert!(
+            names.contains(&partition_name(day)),
+            "missing partition for {day}: {names:?}"
+        );
+    }
+    assert_eq!(names.len(), DEFAULT_PARTITIONS_AHEAD_DAYS as usize + 2);
+}
+
+#[tokio::test]
+async fn partitions_are_daily_utc_ranges_and_idempotent() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    let day = NaiveDate::from_ymd_opt(2019, 3, 4).unwrap();
+    create_partitions(&client, day, day).await.unwrap();
+    create_partitions(&client, day, day.succ_opt().unwrap())
+        .await
+        .unwrap();
+    let bound: String = client
+        .query_one(
+            "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_class c WHERE c.relname = $1",
+            &[&partition_name(day)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client.batch_execute("SET TIME ZONE 'UTC'").await.unwrap();
+    let bound_utc: String = client
+        .query_one(
+            "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_class c WHERE c.relname = $1",
+            &[&partition_name(day)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        bound_utc,
+        "FOR VALUES FROM ('2019-03-04 00:00:00+00') TO ('2019-03-05 00:00:00+00')",
+        "(as shown in the server's zone: {bound})"
+    );
+    assert!(partitions(&client)
+        .await
+        .contains(&partition_name(day.succ_opt().unwrap())));
+}

@@ -1,0 +1,41 @@
+//! Command-line interface.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tally_config::Config;
+
+/// Tally: an OpenTelemetry-native collector for user activity and LLM token usage.
+///
+/// Without a subcommand, runs the collector. Without --config, runs on the
+/// built-in defaults (OTLP gRPC 127.0.0.1:4317, OTLP/HTTP 127.0.0.1:4318, admin
+/// API 127.0.0.1:8080); without a database URL (TALLY_DATABASE_URL or
+/// exporters.postgres.url), runs a private PostgreSQL in ./tally-data.
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about, long_about)]
+pub struct Cli {
+    /// YAML configuration file (`${env:VAR}` and `${env:VAR:-default}` are expanded).
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the configuration (and taxonomy) and exit: 0 when valid, non-zero with the reason.
+    Validate,
+    /// Apply the database schema (idempotent) and exit.
+    Migrate,
+}
+
+/// Loads the config file, or the built-in defaults when none is given.
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Config::from_file(path)
+            .with_context(|| format!("invalid configuration {}", path.display())),
+        None => Ok(Config::default()),
+    }
+}

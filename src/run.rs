@@ -1,0 +1,138 @@
+//! Running the collector: wiring the pipeline from config, signals and the
+//! ordered shutdown (stop accepting → answer in-flight requests → commit the
+//! queue → stop the API → stop the private PostgreSQL).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tally_admin_api::AdminApi;
+use tally_config::Config;
+use tally_exporters::postgres::{self, PgExporter};
+use tally_model::Readiness;
+use tally_receiver::OtlpReceiver;
+use tokio::sync::watch;
+
+use crate::database::Database;
+use crate::pipeline::Pipeline;
+
+/// `tally migrate`: applies the schema and exits.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let database = Database::open(config).await?;
+    let result = async {
+        let (client, connection) = postgres::connect(&database.url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        postgres::migrate(&client)
+            .await
+            .context("migration failed")?;
+        drop(client);
+        let _ = connection.await;
+        tracing::info!("schema is up to date");
+        anyhow::Ok(())
+    }
+    .await;
+    database.close().await;
+    result
+}
+
+/// `tally [--config FILE]`: runs until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let database = Database::open(&config).await?;
+    let result = serve(&config, &database.url).await;
+    database.close().await;
+    if result.is_ok() {
+        tracing::info!("stopped cleanly");
+    }
+    result
+}
+
+async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
+    let readiness = Arc::new(Readiness::new());
+    let exporter = PgExporter::start(database_url, &config.exporters.postgres, readiness.clone())
+        .await
+        .context("cannot start the PostgreSQL exporter")?;
+    let pipeline = Arc::new(Pipeline::new(exporter.clone()));
+    let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline)
+        .await
+        .context("cannot start the OTLP receiver")?;
+    let admin = if config.admin_api.enabled {
+        Some(
+            AdminApi::bind(&config.admin_api, database_url, readiness.clone())
+                .await
+                .context("cannot start the admin API")?,
+        )
+    } else {
+        None
+    };
+    tracing::info!(
+        grpc = %display_addr(receiver.grpc_addr()),
+        http = %display_addr(receiver.http_addr()),
+        admin = %display_addr(admin.as_ref().map(AdminApi::local_addr)),
+        "tally is ready"
+    );
+
+    let (stop_receiver, receiver_stopped) = watch::channel(false);
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let mut receiver_task = tokio::spawn(receiver.serve(wait_for(receiver_stopped)));
+    let admin_task = admin.map(|admin| tokio::spawn(admin.serve(wait_for(admin_stopped))));
+
+    let early_exit = tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down: no new requests, committing what was accepted");
+            None
+        }
+        result = &mut receiver_task => Some(result),
+    };
+    readiness.set_draining();
+
+    let grace = Duration::from_secs(config.service.shutdown_grace_secs);
+    let drain = async {
+        let _ = stop_receiver.send(true);
+        let receiver_result = match early_exit {
+            Some(result) => result,
+            None => receiver_task.await,
+        };
+        exporter.shutdown().await;
+        let _ = stop_admin.send(true);
+        if let Some(task) = admin_task {
+            if let Ok(Err(err)) = task.await {
+                tracing::warn!(error = %err, "admin API stopped with an error");
+            }
+        }
+        receiver_result
+    };
+    match tokio::time::timeout(grace, drain).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(err))) => Err(err).context("OTLP receiver failed"),
+        Ok(Err(join_err)) => Err(anyhow::anyhow!("OTLP receiver task failed: {join_err}")),
+        Err(_) => Err(anyhow::anyhow!(
+            "shutdown did not finish within service.shutdown_grace_secs ({}s)",
+            grace.as_secs()
+        )),
+    }
+}
+
+fn display_addr(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "disabled".to_string(), |a| a.to_string())
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Resolves with the signal's name on SIGTERM or SIGINT.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,268 @@
+//! Shared harness for the end-to-end tests: runs the real `tally` binary against
+//! a real PostgreSQL and talks to it over its public interfaces only.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub use tally_exporters::testing::TestDatabase;
+
+/// How long a Tally process may take to report ready (a private PostgreSQL may need initdb).
+const READY_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Settings for one Tally process; anything unset takes the built-in default.
+#[derive(Default, Clone)]
+pub struct TallyOptions {
+    /// `exporters.postgres.url`; `None` = zero-set-up mode (private PostgreSQL).
+    pub database_url: Option<String>,
+    /// `exporters.postgres.data_dir` (zero-set-up mode).
+    pub data_dir: Option<PathBuf>,
+    /// `admin_api.auth.jwt.hs256_secret`.
+    pub jwt_secret: Option<String>,
+    /// `receivers.otlp.http.max_request_body_size` and the gRPC limit in MiB.
+    pub max_body_mib: Option<usize>,
+    /// `exporters.postgres.queue_capacity_records`.
+    pub queue_capacity: Option<usize>,
+    /// Extra environment variables for the process.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running `tally` process; killed on drop if still running.
+pub struct Tally {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Tally {
+    /// Starts Tally on free ports with the given options and waits until it is ready.
+    pub fn start(options: TallyOptions) -> Tally {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("tally.yaml");
+        std::fs::write(&config_path, config_yaml(&options)).expect("write config");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .env_remove("TALLY_DATABASE_URL")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn tally");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("TALLY_TEST_ECHO").is_some() {
+                    eprintln!("[tally] {line}");
+                }
+                let (lines, changed) = &*sink;
+                lines.lock().expect("log lock").push(line);
+                changed.notify_all();
+            }
+            let (_, changed) = &*sink;
+            changed.notify_all();
+        });
+        let mut tally = Tally {
+            child,
+            grpc: "0.0.0.0:0".parse().expect("addr"),
+            http: "0.0.0.0:0".parse().expect("addr"),
+            admin: "0.0.0.0:0".parse().expect("addr"),
+            log,
+            _dir: dir,
+        };
+        let ready = tally
+            .wait_for_log("tally is ready", READY_DEADLINE)
+            .unwrap_or_else(|| panic!("tally did not become ready:\n{}", tally.log_text()));
+        tally.grpc = field(&ready, "grpc");
+        tally.http = field(&ready, "http");
+        tally.admin = field(&ready, "admin");
+        tally
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub fn wait_for_log(&mut self, needle: &str, deadline: Duration) -> Option<String> {
+        let end = Instant::now() + deadline;
+        let (lines, changed) = &*self.log;
+        let mut guard = lines.lock().expect("log lock");
+        loop {
+            if let Some(line) = guard.iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            let wait = (end - now).min(Duration::from_millis(200));
+            guard = changed.wait_timeout(guard, wait).expect("log lock").0;
+        }
+    }
+
+    /// Everything Tally logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.0.lock().expect("log lock").join("\n")
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn api_url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.admin)
+    }
+
+    /// Sends SIGTERM and waits for the exit status (deadline 60 s).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) with a pid we own; no memory is touched.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < end, "tally did not exit after SIGTERM:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn field(line: &str, name: &str) -> SocketAddr {
+    let prefix = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&prefix))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= address in {line:?}"))
+}
+
+fn config_yaml(options: &TallyOptions) -> String {
+    let mib = options.max_body_mib.unwrap_or(20);
+    let mut yaml = format!(
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0, max_recv_msg_size_mib: {mib} }}\n    \
+         http: {{ endpoint: 127.0.0.1:0, max_request_body_size: {} }}\n\
+         admin_api:\n  endpoint: 127.0.0.1:0\n",
+        mib * 1024 * 1024
+    );
+    if let Some(secret) = &options.jwt_secret {
+        yaml.push_str(&format!("  auth:\n    jwt: {{ hs256_secret: \"{secret}\" }}\n"));
+    }
+    yaml.push_str("exporters:\n  prometheus: { endpoint: 127.0.0.1:0 }\n  postgres:\n");
+    if let Some(url) = &options.database_url {
+        yaml.push_str(&format!("    url: \"{url}\"\n"));
+    }
+    if let Some(dir) = &options.data_dir {
+        yaml.push_str(&format!("    data_dir: \"{}\"\n", dir.display()));
+    }
+    if let Some(capacity) = options.queue_capacity {
+        yaml.push_str(&format!(
+            "    queue_capacity_records: {capacity}\n    batch_max_rows: {}\n",
+            capacity.min(5000)
+        ));
+    }
+    yaml.push_str("service:\n  log_format: text\n  shutdown_grace_secs: 30\n");
+    yaml
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline` with `what`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GETs an admin API URL and returns (status, JSON body).
+pub async fn get_json(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let mut request = client.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("admin API request");
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// Reads the activity items for a query string, following every cursor.
+pub async fn all_activity(tally: &Tally, query: &str, token: Option<&str>) -> Vec<serde_json::Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = tally.api_url(&format!("/api/v1/activity?limit=1000&{query}"));
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let (status, body) = get_json(&url, token).await;
+        assert_eq!(status, 200, "GET {url}: {body}");
+        items.extend(body["items"].as_array().cloned().unwrap_or_default());
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return items,
+        }
+    }
+}
+
+/// An HS256 token with the given scope and tenant claims, valid for an hour.
+pub fn token(secret: &str, scope: &str, tenant: &str) -> String {
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let claims = serde_json::json!({ "sub": "tester", "exp": exp, "scope": scope, "tenant": tenant });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+/// A fresh temp dir path for data that must outlive a `Tally` (e.g. a private PostgreSQL).
+pub fn scratch_dir(root: &Path, name: &str) -> PathBuf {
+    let path = root.join(name);
+    std::fs::create_dir_all(&path).expect("create scratch dir");
+    path
+}
