@@ -36,8 +36,13 @@ pub(crate) fn decode_logs(body: &[u8]) -> Result<ExportLogsServiceRequest, Strin
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let mut json = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(Fixup::new(&mut json)).map_err(|e| {
+        // A failing key shows as a trailing `?` segment: the message names the key.
         let path = e.path().to_string();
-        if path == "." {
+        let path = path
+            .strip_suffix('?')
+            .unwrap_or(&path)
+            .trim_end_matches('.');
+        if path.is_empty() {
             format!("invalid OTLP/JSON: {}", e.inner())
         } else {
             format!("invalid OTLP/JSON at {path}: {}", e.inner())
@@ -144,7 +149,7 @@ macro_rules! forward_wrapped {
     ($($method:ident)*) => {
         $(
             fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-                self.inner.$method(Wrap { inner: visitor, mode: self.mode })
+                self.inner.$method(Wrap { inner: visitor, mode: self.mode, object_only: false })
             }
         )*
     };
@@ -188,6 +193,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fixup<D> {
             Wrap {
                 inner: visitor,
                 mode: self.mode,
+                object_only: false,
             },
         )
     }
@@ -202,6 +208,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fixup<D> {
             Wrap {
                 inner: visitor,
                 mode: self.mode,
+                object_only: false,
             },
         )
     }
@@ -218,6 +225,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fixup<D> {
             Wrap {
                 inner: visitor,
                 mode: self.mode,
+                object_only: false,
             },
         )
     }
@@ -234,6 +242,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fixup<D> {
             Wrap {
                 inner: visitor,
                 mode: self.mode,
+                object_only: true,
             },
         )
     }
@@ -257,6 +266,9 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fixup<D> {
 struct Wrap<V> {
     inner: V,
     mode: Mode,
+    /// A message: serde would also read it from an array (fields by position); JSON
+    /// messages are objects.
+    object_only: bool,
 }
 
 macro_rules! forward_visit {
@@ -307,6 +319,12 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Wrap<V> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        if self.object_only {
+            return Err(de::Error::invalid_type(
+                de::Unexpected::Seq,
+                &"a JSON object",
+            ));
+        }
         self.inner.visit_seq(Seq(seq))
     }
 
@@ -699,8 +717,12 @@ mod tests {
         assert!(err.contains("resourceSpans"), "{err}");
 
         let err = decode_traces(span_json(r#"{"trace_id":"00"}"#).as_bytes()).unwrap_err();
-        assert!(err.contains("\"trace_id\""), "{err}");
-        assert!(err.contains("spans[0]"), "{err}");
+        assert!(
+            err.starts_with(
+                "invalid OTLP/JSON at resourceSpans[0].scopeSpans[0].spans[0]: key \"trace_id\" is snake_case"
+            ),
+            "{err}"
+        );
 
         let err = decode_traces(
             span_json(r#"{"attributes":[{"key":"a","value":{"string_value":"x"}}]}"#).as_bytes(),
@@ -723,6 +745,10 @@ mod tests {
         let err = decode_traces(span_json(r#"{"traceId":"zz"}"#).as_bytes()).unwrap_err();
         assert!(err.contains("traceId"), "{err}");
         assert!(decode_traces(b"{}").unwrap().resource_spans.is_empty());
+        let err = decode_traces(b"[]").unwrap_err();
+        assert!(err.contains("expected a JSON object"), "{err}");
+        let err = decode_traces(span_json("[]").as_bytes()).unwrap_err();
+        assert!(err.contains("spans[0]"), "{err}");
     }
 
     #[test]
