@@ -26,9 +26,10 @@ use crate::error::{retry_after_secs, ReceiverError, RequestError};
 use crate::limits::{decode_body, Encoding};
 use crate::{check, json, logs_response, trace_response};
 
-/// Bodies up to this size are decompressed and decoded on the async worker; larger ones on
-/// the blocking pool.
+/// Bodies up to this size are decoded on the async worker; larger ones on the blocking pool.
 const INLINE_DECODE_MAX: usize = 64 * 1024;
+/// The same for compressed bodies, which may expand up to the body limit.
+const INLINE_DECOMPRESS_MAX: usize = 1024;
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -239,7 +240,11 @@ async fn handle<S: Signal>(
         return Err(too_large(limit));
     }
     let body = read_body(body, headers.content_length, limit).await?;
-    let request = if body.len() <= INLINE_DECODE_MAX {
+    let inline_max = match encoding {
+        Encoding::Identity => INLINE_DECODE_MAX,
+        Encoding::Gzip | Encoding::Zstd => INLINE_DECOMPRESS_MAX,
+    };
+    let request = if body.len() <= inline_max {
         decode::<S>(format, encoding, body, limit)?
     } else {
         tokio::task::spawn_blocking(move || decode::<S>(format, encoding, body, limit))

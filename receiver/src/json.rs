@@ -160,7 +160,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fixup<D> {
 
     forward_plain! {
         deserialize_bool deserialize_i8 deserialize_i16 deserialize_i64 deserialize_i128
-        deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128
+        deserialize_u8 deserialize_u16 deserialize_u64 deserialize_u128
         deserialize_f32 deserialize_f64 deserialize_char deserialize_str deserialize_string
         deserialize_bytes deserialize_byte_buf deserialize_unit deserialize_identifier
         deserialize_ignored_any
@@ -170,9 +170,21 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fixup<D> {
         deserialize_any deserialize_option deserialize_seq deserialize_map
     }
 
-    /// OTLP enums are `i32` fields: accept their names too.
+    /// OTLP enums are `i32` fields: accept their names too (and, as protobuf-JSON allows,
+    /// numbers written as strings).
     fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_any(EnumName(visitor))
+        self.inner.deserialize_any(Int32 {
+            inner: visitor,
+            enum_names: true,
+        })
+    }
+
+    /// Counts and flags: protobuf-JSON allows numbers written as strings.
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.inner.deserialize_any(Int32 {
+            inner: visitor,
+            enum_names: false,
+        })
     }
 
     fn deserialize_unit_struct<V: Visitor<'de>>(
@@ -546,53 +558,65 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for KeyVisitor<'_, V> {
     }
 }
 
-macro_rules! forward_enum_visit {
+macro_rules! forward_int_visit {
     ($($method:ident($ty:ty))*) => {
         $(
             fn $method<E: de::Error>(self, v: $ty) -> Result<Self::Value, E> {
-                self.0.$method(v)
+                self.inner.$method(v)
             }
         )*
     };
 }
 
-/// The visitor of an `i32` field: an enum value name becomes its number.
-struct EnumName<V>(V);
+/// The visitor of a 32-bit integer field: a number, a number in a string, or (for `i32`,
+/// the type of OTLP enums) an enum value name.
+struct Int32<V> {
+    inner: V,
+    enum_names: bool,
+}
 
-impl<'de, V: Visitor<'de>> Visitor<'de> for EnumName<V> {
+impl<'de, V: Visitor<'de>> Visitor<'de> for Int32<V> {
     type Value = V::Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.expecting(f)?;
-        f.write_str(" or an OTLP enum value name")
+        self.inner.expecting(f)?;
+        if self.enum_names {
+            f.write_str(" or an OTLP enum value name")?;
+        }
+        Ok(())
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        match enum_number(v) {
-            Some(n) => self.0.visit_i32(n),
-            None => Err(E::custom(format_args!("unknown enum value {v:?}"))),
+        if let Ok(n) = v.trim().parse::<i64>() {
+            // The inner visitor checks the range.
+            return self.inner.visit_i64(n);
+        }
+        match enum_number(v).filter(|_| self.enum_names) {
+            Some(n) => self.inner.visit_i32(n),
+            None if self.enum_names => Err(E::custom(format_args!("unknown enum value {v:?}"))),
+            None => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
         }
     }
 
-    forward_enum_visit! {
+    forward_int_visit! {
         visit_bool(bool) visit_i8(i8) visit_i16(i16) visit_i32(i32) visit_i64(i64)
         visit_u8(u8) visit_u16(u16) visit_u32(u32) visit_u64(u64) visit_f32(f32) visit_f64(f64)
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        self.0.visit_unit()
+        self.inner.visit_unit()
     }
 
     fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        self.0.visit_none()
+        self.inner.visit_none()
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_seq(seq)
+        self.inner.visit_seq(seq)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_map(map)
+        self.inner.visit_map(map)
     }
 }
 
@@ -749,6 +773,24 @@ mod tests {
         assert!(err.contains("expected a JSON object"), "{err}");
         let err = decode_traces(span_json("[]").as_bytes()).unwrap_err();
         assert!(err.contains("spans[0]"), "{err}");
+    }
+
+    #[test]
+    fn thirty_two_bit_integers_as_strings() {
+        let body = span_json(
+            r#"{"kind":"3","flags":"257","droppedAttributesCount":"4","status":{"code":1}}"#,
+        );
+        let request = decode_traces(body.as_bytes()).unwrap();
+        let span = &request.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(
+            (span.kind, span.flags, span.dropped_attributes_count),
+            (3, 257, 4)
+        );
+        let err = decode_traces(span_json(r#"{"flags":"-1"}"#).as_bytes()).unwrap_err();
+        assert!(err.contains("flags"), "{err}");
+        let err =
+            decode_traces(span_json(r#"{"flags":"SPAN_KIND_SERVER"}"#).as_bytes()).unwrap_err();
+        assert!(err.contains("flags"), "{err}");
     }
 
     #[test]
