@@ -62,8 +62,20 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     assert_eq!(
         columns,
         [
-            "id", "seq", "ts", "received_at", "tenant_id", "user_id", "session_id", "action",
-            "outcome", "resource_type", "resource_id", "service", "trace_id", "span_id",
+            "id",
+            "seq",
+            "ts",
+            "received_at",
+            "tenant_id",
+            "user_id",
+            "session_id",
+            "action",
+            "outcome",
+            "resource_type",
+            "resource_id",
+            "service",
+            "trace_id",
+            "span_id",
             "attributes"
         ]
     );
@@ -110,8 +122,7 @@ async fn partitions_are_daily_utc_ranges_and_idempotent() {
         .unwrap()
         .get(0);
     assert_eq!(
-        bound_utc,
-        "FOR VALUES FROM ('2019-03-04 00:00:00+00') TO ('2019-03-05 00:00:00+00')",
+        bound_utc, "FOR VALUES FROM ('2019-03-04 00:00:00+00') TO ('2019-03-05 00:00:00+00')",
         "(as shown in the server's zone: {bound})"
     );
     assert!(partitions(&client)

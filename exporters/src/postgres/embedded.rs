@@ -208,7 +208,9 @@ impl PrivatePostgres {
         let conf = self.pgdata.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf)
             .map_err(|e| PgError::io(format!("reading {}", conf.display()), e))?;
-        text.push_str("\n# Tally: listen address, port and socket folder\ninclude_if_exists = 'tally.conf'\n");
+        text.push_str(
+            "\n# Tally: listen address, port and socket folder\ninclude_if_exists = 'tally.conf'\n",
+        );
         std::fs::write(&conf, text)
             .map_err(|e| PgError::io(format!("writing {}", conf.display()), e))?;
         Ok(())
@@ -294,7 +296,10 @@ impl PrivatePostgres {
             if !log_tail.contains("could not bind") && !log_tail.contains("already in use") {
                 break; // not a port clash: retrying will not help
             }
-            tracing::warn!(port, "port taken while starting the private PostgreSQL; trying another");
+            tracing::warn!(
+                port,
+                "port taken while starting the private PostgreSQL; trying another"
+            );
         }
         Err(PgError::Embedded(format!(
             "pg_ctl start failed: {last_error}"
@@ -351,9 +356,13 @@ impl PrivatePostgres {
             .await?
             .is_some();
         if !exists {
-            match client.batch_execute(&format!("CREATE DATABASE {DATABASE}")).await {
+            match client
+                .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+                .await
+            {
                 Ok(()) => tracing::info!(database = DATABASE, "created database"),
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -424,7 +433,9 @@ fn system_user() -> Result<(u32, u32), PgError> {
     for name in ["postgres", "nobody"] {
         if let Some(ids) = lookup_user(name) {
             if name != "postgres" {
-                tracing::warn!("no `postgres` system user: running the private PostgreSQL as `nobody`");
+                tracing::warn!(
+                    "no `postgres` system user: running the private PostgreSQL as `nobody`"
+                );
             }
             return Ok(ids);
         }
@@ -540,7 +551,7 @@ fn versioned_dirs() -> Vec<(String, PathBuf)> {
         }
     }
     let key = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
-    found.sort_by(|a, b| key(&a.0).cmp(&key(&b.0)));
+    found.sort_by_key(|a| key(&a.0));
     let local = PathBuf::from("/usr/local/pgsql/bin");
     if local.is_dir() {
         found.insert(0, (String::new(), local));

@@ -84,7 +84,10 @@ impl PartitionCache {
     pub(crate) async fn ensure(&self, client: &Client, days: &[NaiveDate]) -> Result<(), PgError> {
         let missing: Vec<NaiveDate> = {
             let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            days.iter().filter(|d| !known.contains(d)).copied().collect()
+            days.iter()
+                .filter(|d| !known.contains(d))
+                .copied()
+                .collect()
         };
         if missing.is_empty() {
             return Ok(());
@@ -103,10 +106,7 @@ impl PartitionCache {
 
     /// Forgets everything (a partition may have been dropped by retention).
     pub(crate) fn forget_all(&self) {
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 

@@ -272,7 +272,10 @@ impl Shared {
             failed += 1;
         }
         if failed > 0 {
-            tracing::warn!(submissions = failed, "database unreachable: refused queued submissions");
+            tracing::warn!(
+                submissions = failed,
+                "database unreachable: refused queued submissions"
+            );
         }
     }
 
@@ -501,7 +504,13 @@ impl PgExporter {
         inner.shared.readiness.set_draining();
         inner.shared.stopping.store(true, Ordering::Release);
         // Closing the channel: writers drain what is buffered, then exit.
-        drop(inner.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(
+            inner
+                .sender
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         {
             let mut writers = inner.writers.lock().await;
             for handle in writers.drain(..) {

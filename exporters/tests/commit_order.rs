@@ -1,0 +1,219 @@
+//! `seq` is safe to tail: commit order equals `seq` order, so a reader that
+//! remembers the last `seq` it saw never skips a row committed later.
+//!
+//! The failure this guards against: with `seq` taken at insert time and no
+//! lock, a slow transaction holding a low `seq` commits after a fast one with a
+//! higher `seq` was already read, and the tailer (now past it) never sees it.
+//! `without_the_lock_a_slow_committer_is_skipped` shows that failure
+//! deterministically with exactly the tail query used below, so the stress test
+//! is able to fail; `with_the_lock_the_slow_committer_is_seen` shows the
+//! writer's lock prevents it. (Checked by hand as well: with the
+//! `pg_advisory_xact_lock` taken out of the write path, the stress test fails on
+//! every run with hundreds of skipped rows.)
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{event, events, wait_until};
+use tally_exporters::postgres::insert_activity_batch;
+use tally_exporters::testing::TestDatabase;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+const TAIL: &str = "SELECT seq, id FROM activity_events WHERE seq > $1 ORDER BY seq LIMIT 500";
+
+/// One tail step: new rows after `last`, advancing `last`.
+async fn tail(client: &Client, last: &mut i64) -> Vec<Uuid> {
+    let rows = client.query(TAIL, &[&*last]).await.expect("tail query");
+    rows.iter()
+        .map(|r| {
+            let seq: i64 = r.get(0);
+            assert!(seq > *last, "seq goes forward");
+            *last = seq;
+            r.get(1)
+        })
+        .collect()
+}
+
+/// A tiny deterministic PRNG (xorshift), seeded per writer.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tailer_sees_every_committed_row_exactly_once() {
+    let db = TestDatabase::migrated().await;
+    let done = Arc::new(AtomicBool::new(false));
+
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let mut client = db.client().await;
+        writers.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+            let mut committed = Vec::new();
+            for round in 0..30 {
+                let batch = events(1 + rng.below(40) as usize);
+                let tx = client.transaction().await.unwrap();
+                insert_activity_batch(&tx, &batch).await.unwrap();
+                if rng.below(3) == 0 {
+                    // A slow committer: holds its rows uncommitted for a while.
+                    tokio::time::sleep(Duration::from_millis(50 + rng.below(150))).await;
+                }
+                if round % 9 == 4 {
+                    tx.rollback().await.unwrap(); // seq gaps: never seen
+                } else {
+                    tx.commit().await.unwrap();
+                    committed.extend(batch.iter().map(|e| e.id));
+                }
+            }
+            committed
+        }));
+    }
+
+    let tailer = tokio::spawn({
+        let client = db.client().await;
+        let done = done.clone();
+        async move {
+            let mut last = 0i64;
+            let mut seen = Vec::new();
+            let mut polls = 0u64;
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                let new = tail(&client, &mut last).await;
+                polls += 1;
+                if new.is_empty() {
+                    if finished {
+                        break; // a full pass after every writer committed
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                seen.extend(new);
+            }
+            (seen, polls)
+        }
+    });
+
+    let mut committed = HashSet::new();
+    for w in writers {
+        committed.extend(w.await.unwrap());
+    }
+    done.store(true, Ordering::Release);
+    let (seen, polls) = tailer.await.unwrap();
+
+    let seen_set: HashSet<Uuid> = seen.iter().copied().collect();
+    assert_eq!(seen.len(), seen_set.len(), "no row seen twice");
+    let stored: HashSet<Uuid> = db
+        .client()
+        .await
+        .query("SELECT id FROM activity_events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, committed, "exactly the committed rows are stored");
+    let missed = stored.difference(&seen_set).count();
+    assert_eq!(missed, 0, "the tailer skipped {missed} committed rows");
+    assert_eq!(seen_set, stored);
+    assert!(
+        polls > 20,
+        "the tailer ran alongside the writers ({polls} polls)"
+    );
+}
+
+async fn insert_without_lock(client: &Client, id: Uuid) {
+    client
+        .execute(
+            "INSERT INTO activity_events (id, seq, ts, action, outcome) \
+             VALUES ($1, nextval('activity_events_seq'), now(), 'x', 'unknown')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn without_the_lock_a_slow_committer_is_skipped() {
+    let db = TestDatabase::migrated().await;
+    let (slow, fast, reader) = (db.client().await, db.client().await, db.client().await);
+    let (slow_id, fast_id) = (Uuid::new_v4(), Uuid::new_v4());
+
+    slow.batch_execute("BEGIN").await.unwrap();
+    insert_without_lock(&slow, slow_id).await; // lower seq, not committed yet
+    fast.batch_execute("BEGIN").await.unwrap();
+    insert_without_lock(&fast, fast_id).await;
+    fast.batch_execute("COMMIT").await.unwrap();
+
+    let mut last = 0;
+    assert_eq!(tail(&reader, &mut last).await, [fast_id]);
+    slow.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(tail(&reader, &mut last).await, Vec::<Uuid>::new());
+    // The row is committed, but behind the tailer: skipped for good.
+    let stored: i64 = reader
+        .query_one("SELECT count(*) FROM activity_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_lock_the_slow_committer_is_seen() {
+    let db = TestDatabase::migrated().await;
+    let (mut slow, reader, observer) = (db.client().await, db.client().await, db.client().await);
+    let (first, second) = (vec![event(1)], vec![event(2)]);
+
+    let slow_tx = slow.transaction().await.unwrap();
+    insert_activity_batch(&slow_tx, &first).await.unwrap();
+
+    // A second writer copies its rows, then waits for the lock the first holds.
+    let fast = tokio::spawn({
+        let mut client = db.client().await;
+        let second = second.clone();
+        async move {
+            let tx = client.transaction().await.unwrap();
+            insert_activity_batch(&tx, &second).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    });
+    let name = db.name.clone();
+    wait_until(
+        "second writer waits for the advisory lock",
+        Duration::from_secs(20),
+        || {
+            let (observer, name) = (&observer, &name);
+            async move {
+                let n: i64 = observer
+                    .query_one(
+                        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                     WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = $1",
+                        &[name],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                n == 1
+            }
+        },
+    )
+    .await;
+
+    let mut last = 0;
+    assert!(
+        tail(&reader, &mut last).await.is_empty(),
+        "nothing committed yet"
+    );
+    slow_tx.commit().await.unwrap();
+    fast.await.unwrap();
+    assert_eq!(tail(&reader, &mut last).await, [first[0].id, second[0].id]);
+}

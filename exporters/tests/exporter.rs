@@ -1,0 +1,498 @@
+//! PgExporter against the real PostgreSQL: storage, idempotency, overload,
+//! database loss and shutdown.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Days, TimeZone, Utc};
+use common::{config, count, event, events, now_micros, wait_until};
+use serde_json::json;
+use tally_exporters::postgres::PgExporter;
+use tally_exporters::testing::TestDatabase;
+use tally_model::{ActivityEvent, ConsumeError, Outcome, Readiness};
+use uuid::Uuid;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn start(
+    db: &TestDatabase,
+    cfg: &tally_config::PostgresConfig,
+) -> (PgExporter, Arc<Readiness>) {
+    let readiness = Arc::new(Readiness::new());
+    let exporter = PgExporter::start(&db.url, cfg, readiness.clone())
+        .await
+        .expect("exporter starts");
+    assert!(readiness.database_up());
+    (exporter, readiness)
+}
+
+#[derive(Debug, PartialEq)]
+struct Row {
+    id: Uuid,
+    ts: DateTime<Utc>,
+    tenant_id: String,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    action: String,
+    outcome: String,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    service: Option<String>,
+    trace_id: Option<String>,
+    span_id: Option<String>,
+    attributes: serde_json::Value,
+}
+
+fn expected(e: &ActivityEvent) -> Row {
+    Row {
+        id: e.id,
+        ts: e.ts,
+        tenant_id: e.tenant_id.clone().unwrap_or_default(),
+        user_id: e.user_id.clone(),
+        session_id: e.session_id.clone(),
+        action: e.action.clone(),
+        outcome: e.outcome.as_str().to_string(),
+        resource_type: e.resource_type.clone(),
+        resource_id: e.resource_id.clone(),
+        service: e.service.clone(),
+        trace_id: e.trace_id.clone(),
+        span_id: e.span_id.clone(),
+        attributes: serde_json::Value::Object(e.attributes.clone()),
+    }
+}
+
+async fn read_rows(client: &tokio_postgres::Client) -> Vec<Row> {
+    client
+        .query(
+            "SELECT id, ts, tenant_id, user_id, session_id, action, outcome, resource_type, \
+             resource_id, service, trace_id, span_id, attributes FROM activity_events ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| Row {
+            id: r.get(0),
+            ts: r.get(1),
+            tenant_id: r.get(2),
+            user_id: r.get(3),
+            session_id: r.get(4),
+            action: r.get(5),
+            outcome: r.get(6),
+            resource_type: r.get(7),
+            resource_id: r.get(8),
+            service: r.get(9),
+            trace_id: r.get(10),
+            span_id: r.get(11),
+            attributes: r.get(12),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn submitted_events_are_stored_field_by_field_and_once() {
+    let db = TestDatabase::create().await; // start() migrates
+    let (exporter, _readiness) = start(&db, &config()).await;
+
+    let mut batch = events(40);
+    // NULLs and the empty tenant.
+    for e in batch.iter_mut().take(10) {
+        e.tenant_id = None;
+        e.user_id = None;
+        e.session_id = None;
+        e.resource_type = None;
+        e.resource_id = None;
+        e.service = None;
+        e.trace_id = None;
+        e.span_id = None;
+        e.outcome = Outcome::Unknown;
+        e.attributes.clear();
+    }
+    batch[10].outcome = Outcome::Failure;
+    batch[11].attributes.insert(
+        "nested".into(),
+        json!({"list": [1, 2.5, "three", null, true], "big": u64::MAX, "unicode": "Grüße ✓"}),
+    );
+    // Old events get a partition made on demand.
+    batch[12].ts = Utc.with_ymd_and_hms(2019, 3, 4, 5, 6, 7).unwrap();
+    batch[13].ts = now_micros().checked_sub_days(Days::new(3 * 365)).unwrap();
+    let mut expected_rows: Vec<Row> = batch.iter().map(expected).collect();
+
+    // NUL characters (PostgreSQL rejects them) are stored as U+FFFD.
+    batch[14].user_id = Some("a\0b".into());
+    batch[14].attributes.insert("k\0".into(), json!("v\0"));
+    expected_rows[14].user_id = Some("a\u{fffd}b".into());
+    expected_rows[14]
+        .attributes
+        .as_object_mut()
+        .unwrap()
+        .insert("k\u{fffd}".into(), json!("v\u{fffd}"));
+
+    exporter.submit(batch.clone()).await.expect("first submit");
+    exporter.submit(Vec::new()).await.expect("empty submit");
+
+    let client = db.client().await;
+    expected_rows.sort_by_key(|r| r.id);
+    assert_eq!(read_rows(&client).await, expected_rows);
+
+    // The same events again (an SDK retry), alone and mixed with new ones.
+    exporter.submit(batch.clone()).await.expect("resubmit");
+    let mut mixed = batch[..5].to_vec();
+    mixed.push(event(99));
+    exporter.submit(mixed).await.expect("mixed resubmit");
+    assert_eq!(count(&client).await, 41);
+    let distinct_seq: i64 = client
+        .query_one("SELECT count(DISTINCT seq) FROM activity_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct_seq, 41);
+    let received_recent: bool = client
+        .query_one(
+            "SELECT bool_and(received_at > now() - interval '1 minute') FROM activity_events",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(received_recent);
+
+    // Out-of-range times are refused up front, without queueing.
+    let mut odd = event(1);
+    odd.ts = Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap();
+    assert!(matches!(
+        exporter.submit(vec![odd]).await,
+        Err(ConsumeError::Invalid(_))
+    ));
+    exporter.shutdown().await;
+}
+
+#[tokio::test]
+async fn full_queue_answers_overloaded_and_releases_after_commit() {
+    let db = TestDatabase::migrated().await;
+    let cfg = tally_config::PostgresConfig {
+        writers: 1,
+        queue_capacity_records: 10,
+        batch_linger_ms: 0,
+        ..config()
+    };
+    let (exporter, _readiness) = start(&db, &cfg).await;
+
+    // Hold every write: the writer's INSERT waits for this lock.
+    let mut locker = db.client().await;
+    let lock_tx = locker.transaction().await.unwrap();
+    lock_tx
+        .batch_execute("LOCK TABLE activity_events IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let a = tokio::spawn({
+        let exporter = exporter.clone();
+        async move { exporter.submit(events(6)).await }
+    });
+    wait_until("A queued", LIMIT, || async {
+        exporter.queued_records() == 6
+    })
+    .await;
+    let observer = db.client().await;
+    let name = db.name.clone();
+    wait_until("writer blocked on the table lock", LIMIT, || {
+        let (observer, name) = (&observer, &name);
+        async move {
+            let n: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO activity_events%'",
+                    &[name],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 1
+        }
+    })
+    .await;
+    let b = tokio::spawn({
+        let exporter = exporter.clone();
+        async move { exporter.submit(events(4)).await }
+    });
+    wait_until("B queued", LIMIT, || async {
+        exporter.queued_records() == 10
+    })
+    .await;
+
+    let c = event(100);
+    let refused = exporter.submit(vec![c.clone()]).await;
+    assert!(
+        matches!(refused, Err(ConsumeError::Overloaded { retry_after }) if retry_after == Duration::from_secs(1)),
+        "{refused:?}"
+    );
+    // Bigger than the whole queue: needs the whole queue.
+    assert!(matches!(
+        exporter.submit(events(25)).await,
+        Err(ConsumeError::Overloaded { .. })
+    ));
+    assert!(!a.is_finished() && !b.is_finished());
+
+    lock_tx.rollback().await.unwrap();
+    a.await.unwrap().expect("A commits once the lock is gone");
+    b.await.unwrap().expect("B commits once the lock is gone");
+    wait_until("queue empty", LIMIT, || async {
+        exporter.queued_records() == 0
+    })
+    .await;
+    exporter.submit(vec![c]).await.expect("room again");
+    exporter
+        .submit(events(25))
+        .await
+        .expect("a submission larger than the queue fits alone");
+    assert_eq!(count(&db.client().await).await, 36);
+    exporter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_loss_is_retryable_and_nothing_acknowledged_is_lost() {
+    let db = TestDatabase::migrated().await;
+    let (exporter, readiness) = start(&db, &config()).await;
+    let admin = db.admin_client().await;
+
+    let acked = Arc::new(Mutex::new(Vec::<Uuid>::new()));
+    let unavailable = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut submitters = Vec::new();
+    for t in 0..4 {
+        let (exporter, acked, unavailable, stop) = (
+            exporter.clone(),
+            acked.clone(),
+            unavailable.clone(),
+            stop.clone(),
+        );
+        submitters.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<ActivityEvent> =
+                    (0..10).map(|k| event(t * 1_000_000 + i * 10 + k)).collect();
+                i += 1;
+                let ids: Vec<Uuid> = batch.iter().map(|e| e.id).collect();
+                match exporter.submit(batch).await {
+                    Ok(()) => acked.lock().unwrap().extend(ids),
+                    Err(ConsumeError::Unavailable { .. }) => {
+                        unavailable.fetch_add(1, Ordering::Relaxed);
+                        // A client backs off before retrying; here: go on with new events.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(other) => panic!("unexpected answer: {other:?}"),
+                }
+            }
+        }));
+    }
+    wait_until("traffic flows", LIMIT, || async {
+        acked.lock().unwrap().len() >= 200
+    })
+    .await;
+
+    // Take the database away: refuse new connections, kill the existing ones.
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            db.name
+        ))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    wait_until("readiness goes false", LIMIT, || async {
+        !readiness.database_up()
+    })
+    .await;
+    wait_until("submits are refused", LIMIT, || async {
+        unavailable.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for s in submitters {
+        s.await.unwrap();
+    }
+    assert!(!readiness.database_up());
+    let refused = exporter.submit(events(1)).await;
+    assert!(
+        matches!(refused, Err(ConsumeError::Unavailable { .. })),
+        "{refused:?}"
+    );
+
+    // Bring it back with no traffic: the probe must notice on its own.
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            db.name
+        ))
+        .await
+        .unwrap();
+    wait_until("readiness comes back", LIMIT, || async {
+        readiness.database_up()
+    })
+    .await;
+
+    // Later submits commit (a client retries an Unavailable).
+    let later = events(10);
+    let later_ids: Vec<Uuid> = later.iter().map(|e| e.id).collect();
+    wait_until("a later submit commits", LIMIT, || {
+        let (exporter, later) = (&exporter, later.clone());
+        async move { exporter.submit(later).await.is_ok() }
+    })
+    .await;
+
+    let client = db.client().await;
+    let stored: HashMap<Uuid, i64> = client
+        .query("SELECT id, count(*) FROM activity_events GROUP BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 200);
+    for id in acked.iter().chain(later_ids.iter()) {
+        assert_eq!(
+            stored.get(id),
+            Some(&1),
+            "acknowledged event {id} stored once"
+        );
+    }
+    assert!(stored.values().all(|n| *n == 1));
+    exporter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_the_queue_and_then_refuses() {
+    let db = TestDatabase::migrated().await;
+    let cfg = tally_config::PostgresConfig {
+        batch_linger_ms: 20,
+        batch_max_rows: 200,
+        ..config()
+    };
+    let (exporter, readiness) = start(&db, &cfg).await;
+
+    // Queue up 1,000 events behind a table lock, so they are still queued at shutdown.
+    let mut locker = db.client().await;
+    let lock_tx = locker.transaction().await.unwrap();
+    lock_tx
+        .batch_execute("LOCK TABLE activity_events IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let submits: Vec<_> = (0..40)
+        .map(|_| {
+            let exporter = exporter.clone();
+            tokio::spawn(async move { exporter.submit(events(25)).await })
+        })
+        .collect();
+    wait_until("all queued", LIMIT, || async {
+        exporter.queued_records() == 1000
+    })
+    .await;
+
+    let shutdown = tokio::spawn({
+        let exporter = exporter.clone();
+        async move { exporter.shutdown().await }
+    });
+    wait_until("draining", LIMIT, || async { readiness.draining() }).await;
+    let refused = exporter.submit(events(1)).await;
+    assert!(
+        matches!(&refused, Err(ConsumeError::Unavailable { reason, .. }) if reason == "shutting down"),
+        "{refused:?}"
+    );
+    assert!(!shutdown.is_finished(), "shutdown waits for the queue");
+
+    lock_tx.rollback().await.unwrap();
+    tokio::time::timeout(LIMIT, shutdown)
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+    for s in submits {
+        assert!(
+            s.is_finished(),
+            "every waiter answered before shutdown returns"
+        );
+        s.await
+            .unwrap()
+            .expect("queued before shutdown → committed");
+    }
+    assert_eq!(count(&db.client().await).await, 1000);
+    assert!(matches!(
+        exporter.submit(events(1)).await,
+        Err(ConsumeError::Unavailable { .. })
+    ));
+    exporter.shutdown().await; // twice is fine
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_racing_submits_loses_nothing_acknowledged() {
+    let db = TestDatabase::migrated().await;
+    let (exporter, _readiness) = start(&db, &config()).await;
+    let acked = Arc::new(AtomicUsize::new(0));
+    // 16 clients submitting 20 events at a time until they are refused.
+    let submitters: Vec<_> = (0..16)
+        .map(|_| {
+            let (exporter, acked) = (exporter.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut ok_ids = Vec::new();
+                loop {
+                    let batch = events(20);
+                    let ids: Vec<Uuid> = batch.iter().map(|e| e.id).collect();
+                    match exporter.submit(batch).await {
+                        Ok(()) => {
+                            ok_ids.extend(ids);
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(ConsumeError::Unavailable { reason, .. }) => {
+                            assert_eq!(reason, "shutting down");
+                            return ok_ids;
+                        }
+                        Err(other) => panic!("unexpected: {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until("traffic flows", LIMIT, || async {
+        acked.load(Ordering::Relaxed) >= 50
+    })
+    .await;
+    exporter.shutdown().await;
+    let stored: HashSet<Uuid> = db
+        .client()
+        .await
+        .query("SELECT id FROM activity_events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut ok = 0;
+    for s in submitters {
+        let ids = tokio::time::timeout(LIMIT, s)
+            .await
+            .expect("refused after shutdown")
+            .unwrap();
+        ok += ids.len();
+        assert!(
+            ids.iter().all(|id| stored.contains(id)),
+            "acknowledged but not stored"
+        );
+    }
+    assert_eq!(
+        ok,
+        stored.len(),
+        "nothing stored that was not acknowledged either"
+    );
+}
