@@ -37,7 +37,10 @@ impl Pipeline {
         }
     }
 
-    fn store(&self, classified: Classified) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
+    fn store(
+        &self,
+        classified: Classified,
+    ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         let exporter = self.exporter.clone();
         let counters = self.counters.clone();
         Box::pin(async move {
@@ -47,7 +50,9 @@ impl Pipeline {
                 rejected,
                 reject_reason,
             } = classified;
-            counters.without_action.fetch_add(without_action, Ordering::Relaxed);
+            counters
+                .without_action
+                .fetch_add(without_action, Ordering::Relaxed);
             let stored = events.len() as u64;
             exporter.submit(events).await?;
             counters.stored.fetch_add(stored, Ordering::Relaxed);

@@ -47,7 +47,6 @@ fn request(trace_id: Vec<u8>, tenant: &str, action: &str) -> ExportTraceServiceR
 
 struct Reply {
     status: u16,
-    retry_after: Option<String>,
     body: Vec<u8>,
 }
 
@@ -68,12 +67,11 @@ async fn post(url: &str, content_type: &str, encoding: Option<&str>, body: Vec<u
     let response = request.send().await.expect("post");
     Reply {
         status: response.status().as_u16(),
-        retry_after: response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        body: response.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+        body: response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .unwrap_or_default(),
     }
 }
 
@@ -86,7 +84,9 @@ fn status_message(body: &[u8]) -> String {
         #[prost(string, tag = "2")]
         message: String,
     }
-    RpcStatus::decode(body).map(|s| s.message).unwrap_or_default()
+    RpcStatus::decode(body)
+        .map(|s| s.message)
+        .unwrap_or_default()
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -116,10 +116,19 @@ async fn bad_input_gets_documented_errors_and_tally_keeps_serving() {
     // Truncated protobuf → 400 with a google.rpc.Status naming the problem.
     let reply = post(&traces, proto, None, good[..good.len() - 3].to_vec()).await;
     assert_eq!(reply.status, 400);
-    assert!(!status_message(&reply.body).is_empty(), "a Status message is given");
+    assert!(
+        !status_message(&reply.body).is_empty(),
+        "a Status message is given"
+    );
 
     // Invalid JSON → 400 with a JSON Status.
-    let reply = post(&traces, "application/json", None, b"{\"resourceSpans\": [".to_vec()).await;
+    let reply = post(
+        &traces,
+        "application/json",
+        None,
+        b"{\"resourceSpans\": [".to_vec(),
+    )
+    .await;
     assert_eq!(reply.status, 400, "{}", reply.text());
     let status: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON status body");
     assert_eq!(status["code"], 3);
@@ -140,13 +149,27 @@ async fn bad_input_gets_documented_errors_and_tally_keeps_serving() {
     assert_eq!(reply.status, 413);
 
     // A 15-byte trace id → 400 naming the field.
-    let reply = post(&traces, proto, None, request(vec![1; 15], "t-bad", "x.y").encode_to_vec()).await;
+    let reply = post(
+        &traces,
+        proto,
+        None,
+        request(vec![1; 15], "t-bad", "x.y").encode_to_vec(),
+    )
+    .await;
     assert_eq!(reply.status, 400);
     let message = status_message(&reply.body);
-    assert!(message.contains("traceId") || message.contains("trace_id"), "{message}");
+    assert!(
+        message.contains("traceId") || message.contains("trace_id"),
+        "{message}"
+    );
 
     // Unknown path → 404; wrong method → 405.
-    assert_eq!(post(&tally.http_url("/v1/nothing"), proto, None, good.clone()).await.status, 404);
+    assert_eq!(
+        post(&tally.http_url("/v1/nothing"), proto, None, good.clone())
+            .await
+            .status,
+        404
+    );
     let get = reqwest::get(&traces).await.expect("get").status().as_u16();
     assert_eq!(get, 405);
 
@@ -159,7 +182,10 @@ async fn bad_input_gets_documented_errors_and_tally_keeps_serving() {
     let activity = tally.api_url("/api/v1/activity?tenant=t-bad");
     let (status, body) = get_json(&activity, None).await;
     assert_eq!(status, 401, "{body}");
-    assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+    assert!(
+        body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+        "{body}"
+    );
 
     let expired = {
         let claims = serde_json::json!({"sub": "x", "exp": chrono::Utc::now().timestamp() - 3600,
@@ -171,12 +197,28 @@ async fn bad_input_gets_documented_errors_and_tally_keeps_serving() {
         )
         .expect("token")
     };
-    assert_eq!(get_json(&activity, Some(&expired)).await.0, 401, "expired token");
+    assert_eq!(
+        get_json(&activity, Some(&expired)).await.0,
+        401,
+        "expired token"
+    );
     let forged = token("some-other-secret-0123456789abcdef", "activity:read", "*");
-    assert_eq!(get_json(&activity, Some(&forged)).await.0, 401, "wrong signature");
-    assert_eq!(get_json(&activity, Some("not.a.jwt")).await.0, 401, "garbage token");
+    assert_eq!(
+        get_json(&activity, Some(&forged)).await.0,
+        401,
+        "wrong signature"
+    );
+    assert_eq!(
+        get_json(&activity, Some("not.a.jwt")).await.0,
+        401,
+        "garbage token"
+    );
     let wrong_scope = token(SECRET, "tokens:read", "*");
-    assert_eq!(get_json(&activity, Some(&wrong_scope)).await.0, 403, "missing scope");
+    assert_eq!(
+        get_json(&activity, Some(&wrong_scope)).await.0,
+        403,
+        "missing scope"
+    );
 
     // Cross-tenant: a token for tenant A asking for tenant B → 403; without a filter it sees only A.
     let tenant_a = token(SECRET, "activity:read", "t-a");
@@ -184,7 +226,11 @@ async fn bad_input_gets_documented_errors_and_tally_keeps_serving() {
     assert_eq!(status, 403, "{body}");
     let (status, body) = get_json(&tally.api_url("/api/v1/activity"), Some(&tenant_a)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["items"].as_array().map(Vec::len), Some(0), "t-a has no events: {body}");
+    assert_eq!(
+        body["items"].as_array().map(Vec::len),
+        Some(0),
+        "t-a has no events: {body}"
+    );
 
     // The good event is visible to a platform reader.
     let items = common::eventually(Duration::from_secs(10), "the good event", || async {
@@ -206,10 +252,17 @@ async fn bad_input_gets_documented_errors_and_tally_keeps_serving() {
         ("cursor=!!!", "cursor"),
         ("usr=alice", "usr"),
     ] {
-        let (status, body) = get_json(&tally.api_url(&format!("/api/v1/activity?{query}")), Some(&reader)).await;
+        let (status, body) = get_json(
+            &tally.api_url(&format!("/api/v1/activity?{query}")),
+            Some(&reader),
+        )
+        .await;
         assert_eq!(status, 400, "{query}: {body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(name), "{query}: message {message:?} names {name}");
+        assert!(
+            message.contains(name),
+            "{query}: message {message:?} names {name}"
+        );
     }
 
     // healthz/readyz need no token.
@@ -217,5 +270,9 @@ async fn bad_input_gets_documented_errors_and_tally_keeps_serving() {
     assert_eq!(get_json(&tally.api_url("/readyz"), None).await.0, 200);
     assert!(tally.is_running());
     let status = tally.terminate();
-    assert!(status.success(), "exit status {status:?}\n{}", tally.log_text());
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        tally.log_text()
+    );
 }

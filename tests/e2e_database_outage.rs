@@ -65,10 +65,16 @@ async fn send(client: &reqwest::Client, url: &str, n: u64) -> Sent {
     match response.status().as_u16() {
         200 => Sent::Acknowledged,
         429 | 503 => {
-            assert!(response.headers().contains_key("retry-after"), "retryable errors carry Retry-After");
+            assert!(
+                response.headers().contains_key("retry-after"),
+                "retryable errors carry Retry-After"
+            );
             Sent::Retryable
         }
-        other => panic!("span {n}: non-retryable status {other}: {:?}", response.text().await),
+        other => panic!(
+            "span {n}: non-retryable status {other}: {:?}",
+            response.text().await
+        ),
     }
 }
 
@@ -76,7 +82,9 @@ async fn send(client: &reqwest::Client, url: &str, n: u64) -> Sent {
 async fn database_outage_gives_retryable_errors_and_loses_nothing_acknowledged() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let data_dir = scratch.path().join("pg");
-    let server = PrivatePostgres::start(&data_dir).await.expect("private postgres");
+    let server = PrivatePostgres::start(&data_dir)
+        .await
+        .expect("private postgres");
     let url = server.url();
     let tally_url = url.clone();
     let tally = tokio::task::spawn_blocking(move || {
@@ -92,7 +100,7 @@ async fn database_outage_gives_retryable_errors_and_loses_nothing_acknowledged()
     let client = reqwest::Client::new();
     let mut acknowledged: HashSet<u64> = HashSet::new();
     let mut retryable = 0u64;
-    let mut next = 0u64;
+    let mut next = 1u64; // an all-zero span id is invalid in OpenTelemetry
 
     // Before: everything is acknowledged.
     for _ in 0..50 {
@@ -124,11 +132,15 @@ async fn database_outage_gives_retryable_errors_and_loses_nothing_acknowledged()
     stopper.await.expect("join").expect("stop postgres");
 
     // Restart it: readiness comes back without restarting Tally.
-    let server = PrivatePostgres::start(&data_dir).await.expect("restart postgres");
+    let server = PrivatePostgres::start(&data_dir)
+        .await
+        .expect("restart postgres");
     assert_eq!(server.url(), url, "the private server keeps its port");
-    eventually(Duration::from_secs(60), "readyz 200 after restart", || async {
-        (get_json(&readyz, None).await.0 == 200).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "readyz 200 after restart",
+        || async { (get_json(&readyz, None).await.0 == 200).then_some(()) },
+    )
     .await;
     for _ in 0..50 {
         let n = next;
@@ -145,7 +157,10 @@ async fn database_outage_gives_retryable_errors_and_loses_nothing_acknowledged()
         .expect("connect");
     tokio::spawn(connection);
     let rows = db
-        .query("SELECT span_id, count(*) FROM activity_events GROUP BY span_id", &[])
+        .query(
+            "SELECT span_id, count(*) FROM activity_events GROUP BY span_id",
+            &[],
+        )
         .await
         .expect("query");
     let stored: HashMap<u64, i64> = rows
@@ -157,9 +172,16 @@ async fn database_outage_gives_retryable_errors_and_loses_nothing_acknowledged()
         })
         .collect();
     for n in &acknowledged {
-        assert_eq!(stored.get(n), Some(&1), "acknowledged span {n} stored exactly once");
+        assert_eq!(
+            stored.get(n),
+            Some(&1),
+            "acknowledged span {n} stored exactly once"
+        );
     }
-    assert!(stored.values().all(|count| *count == 1), "no duplicates at all");
+    assert!(
+        stored.values().all(|count| *count == 1),
+        "no duplicates at all"
+    );
     assert!(retryable >= 5);
     drop(db);
     drop(tally);

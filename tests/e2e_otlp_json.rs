@@ -131,7 +131,9 @@ async fn otlp_json_gzip_and_zstd_with_int64_strings_and_numbers_is_stored_once()
         let (status, response) = post(&traces_url, gzip(&traces), "gzip").await;
         assert_eq!(status, 200, "{response}");
         assert!(
-            response.get("partialSuccess").is_none_or(|p| p.get("rejectedSpans").is_none_or(|r| r == 0 || r == "0")),
+            response
+                .get("partialSuccess")
+                .is_none_or(|p| p.get("rejectedSpans").is_none_or(|r| r == 0 || r == "0")),
             "{response}"
         );
         let compressed = zstd::encode_all(&logs[..], 3).expect("zstd");
@@ -144,7 +146,11 @@ async fn otlp_json_gzip_and_zstd_with_int64_strings_and_numbers_is_stored_once()
         (items.len() >= 3).then_some(items)
     })
     .await;
-    assert_eq!(items.len(), 3, "the second send of the same bodies stored nothing new: {items:#?}");
+    assert_eq!(
+        items.len(),
+        3,
+        "the second send of the same bodies stored nothing new: {items:#?}"
+    );
 
     let by_action = |action: &str| {
         items
@@ -159,7 +165,11 @@ async fn otlp_json_gzip_and_zstd_with_int64_strings_and_numbers_is_stored_once()
     assert_eq!(export["service"], "json-svc");
     assert_eq!(export["trace_id"], "5b8efff798038103d269b633813fc60c");
     assert_eq!(export["span_id"], "eee19b7ec3c1b174");
-    assert_eq!(export["attributes"]["rows"], json!(9007199254740993_i64), "int64 string kept exactly");
+    assert_eq!(
+        export["attributes"]["rows"],
+        json!(9007199254740993_i64),
+        "int64 string kept exactly"
+    );
     assert_eq!(export["attributes"]["tags"], json!([]));
     let delete = by_action("report.delete");
     assert_eq!(delete["outcome"], "failure");

@@ -24,7 +24,9 @@ struct Sent {
 }
 
 fn resource(service: &str) -> Resource {
-    Resource::builder().with_service_name(service.to_string()).build()
+    Resource::builder()
+        .with_service_name(service.to_string())
+        .build()
 }
 
 /// Emits the same scenario through any tracer/logger provider pair:
@@ -140,7 +142,11 @@ fn http_providers(traces_url: &str, logs_url: &str) -> (SdkTracerProvider, SdkLo
 
 fn one<'a>(items: &'a [Value], action: &str) -> &'a Value {
     let matching: Vec<&Value> = items.iter().filter(|i| i["action"] == action).collect();
-    assert_eq!(matching.len(), 1, "exactly one {action} expected in {items:#?}");
+    assert_eq!(
+        matching.len(),
+        1,
+        "exactly one {action} expected in {items:#?}"
+    );
     matching[0]
 }
 
@@ -151,7 +157,11 @@ async fn check_tenant(tally: &Tally, tenant: &str, service: &str, sent: &Sent) {
         (items.len() >= 3).then_some(items)
     })
     .await;
-    assert_eq!(items.len(), 3, "the span without an action is not stored: {items:#?}");
+    assert_eq!(
+        items.len(),
+        3,
+        "the span without an action is not stored: {items:#?}"
+    );
 
     let login = one(&items, "auth.login");
     assert_eq!(login["tenant_id"], tenant);
@@ -180,7 +190,10 @@ async fn check_tenant(tally: &Tally, tenant: &str, service: &str, sent: &Sent) {
     let download = one(&items, "doc.download");
     assert_eq!(download["user_id"], "bob");
     assert_eq!(download["service"], service);
-    assert_eq!(download["trace_id"], sent.view_trace_id, "log record keeps its trace context");
+    assert_eq!(
+        download["trace_id"], sent.view_trace_id,
+        "log record keeps its trace context"
+    );
     assert_eq!(download["outcome"], "unknown");
 
     // Every filter, alone, against what we know was sent.
@@ -193,11 +206,26 @@ async fn check_tenant(tally: &Tally, tenant: &str, service: &str, sent: &Sent) {
         ("outcome=failure".into(), vec!["auth.login"]),
         ("outcome=success".into(), vec!["document.view"]),
         ("outcome=unknown".into(), vec!["doc.download"]),
-        ("resource_type=document".into(), vec!["doc.download", "document.view"]),
-        ("resource_id=doc-42".into(), vec!["doc.download", "document.view"]),
-        (format!("trace_id={}", sent.login_trace_id), vec!["auth.login"]),
-        (format!("trace_id={}", sent.view_trace_id), vec!["doc.download", "document.view"]),
-        ("resource_type=document&user=bob&outcome=success".into(), vec!["document.view"]),
+        (
+            "resource_type=document".into(),
+            vec!["doc.download", "document.view"],
+        ),
+        (
+            "resource_id=doc-42".into(),
+            vec!["doc.download", "document.view"],
+        ),
+        (
+            format!("trace_id={}", sent.login_trace_id),
+            vec!["auth.login"],
+        ),
+        (
+            format!("trace_id={}", sent.view_trace_id),
+            vec!["doc.download", "document.view"],
+        ),
+        (
+            "resource_type=document&user=bob&outcome=success".into(),
+            vec!["document.view"],
+        ),
     ];
     for (filter, expected) in cases {
         let items = all_activity(tally, &format!("tenant={tenant}&{filter}"), None).await;
@@ -208,11 +236,26 @@ async fn check_tenant(tally: &Tally, tenant: &str, service: &str, sent: &Sent) {
 
     // Time window filters: from is inclusive, to exclusive.
     let ts = login["ts"].as_str().unwrap_or_default().to_string();
-    let from = all_activity(tally, &format!("tenant={tenant}&action=auth.login&from={ts}"), None).await;
+    let from = all_activity(
+        tally,
+        &format!("tenant={tenant}&action=auth.login&from={ts}"),
+        None,
+    )
+    .await;
     assert_eq!(from.len(), 1, "from is inclusive");
-    let to = all_activity(tally, &format!("tenant={tenant}&action=auth.login&to={ts}"), None).await;
+    let to = all_activity(
+        tally,
+        &format!("tenant={tenant}&action=auth.login&to={ts}"),
+        None,
+    )
+    .await;
     assert_eq!(to.len(), 0, "to is exclusive");
-    let future = all_activity(tally, &format!("tenant={tenant}&from=2999-01-01T00:00:00Z"), None).await;
+    let future = all_activity(
+        tally,
+        &format!("tenant={tenant}&from=2999-01-01T00:00:00Z"),
+        None,
+    )
+    .await;
     assert!(future.is_empty());
 }
 

@@ -41,7 +41,11 @@ async fn zero_setup_runs_a_private_postgres_and_shuts_down_cleanly() {
     let mut tally = tokio::task::spawn_blocking(move || Tally::start(first))
         .await
         .expect("start tally");
-    assert!(tally.log_text().contains("private PostgreSQL"), "{}", tally.log_text());
+    assert!(
+        tally.log_text().contains("private PostgreSQL"),
+        "{}",
+        tally.log_text()
+    );
     let response = reqwest::Client::new()
         .post(tally.http_url("/v1/logs"))
         .header("content-type", "application/json")
@@ -60,8 +64,21 @@ async fn zero_setup_runs_a_private_postgres_and_shuts_down_cleanly() {
     })
     .await
     .expect("terminate");
-    assert!(status.0.success(), "exit 0 after SIGTERM: {:?}\n{}", status.0, status.1);
-    assert!(!data_dir.join("pgdata").join("postmaster.pid").exists() || !data_dir.join("postmaster.pid").exists());
+    assert!(
+        status.0.success(),
+        "exit 0 after SIGTERM: {:?}\n{}",
+        status.0,
+        status.1
+    );
+    assert!(status.1.contains("stopped cleanly"), "{}", status.1);
+    assert!(
+        data_dir.join("pgdata").join("PG_VERSION").exists(),
+        "the cluster lives in the data folder"
+    );
+    assert!(
+        !data_dir.join("pgdata").join("postmaster.pid").exists(),
+        "the private PostgreSQL was stopped with Tally"
+    );
 
     // Second start reuses the data folder: the event is still there.
     let mut again = tokio::task::spawn_blocking(move || Tally::start(options))
@@ -73,6 +90,8 @@ async fn zero_setup_runs_a_private_postgres_and_shuts_down_cleanly() {
     })
     .await;
     assert_eq!(items.len(), 1);
-    let status = tokio::task::spawn_blocking(move || again.terminate()).await.expect("terminate");
+    let status = tokio::task::spawn_blocking(move || again.terminate())
+        .await
+        .expect("terminate");
     assert!(status.success());
 }

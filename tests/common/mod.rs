@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use tally_exporters::testing::TestDatabase;
 
 /// How long a Tally process may take to report ready (a private PostgreSQL may need initdb).
@@ -144,7 +145,11 @@ impl Tally {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(Instant::now() < end, "tally did not exit after SIGTERM:\n{}", self.log_text());
+            assert!(
+                Instant::now() < end,
+                "tally did not exit after SIGTERM:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -181,7 +186,9 @@ fn config_yaml(options: &TallyOptions) -> String {
         mib * 1024 * 1024
     );
     if let Some(secret) = &options.jwt_secret {
-        yaml.push_str(&format!("  auth:\n    jwt: {{ hs256_secret: \"{secret}\" }}\n"));
+        yaml.push_str(&format!(
+            "  auth:\n    jwt: {{ hs256_secret: \"{secret}\" }}\n"
+        ));
     }
     yaml.push_str("exporters:\n  prometheus: { endpoint: 127.0.0.1:0 }\n  postgres:\n");
     if let Some(url) = &options.database_url {
@@ -230,7 +237,11 @@ pub async fn get_json(url: &str, token: Option<&str>) -> (u16, serde_json::Value
 }
 
 /// Reads the activity items for a query string, following every cursor.
-pub async fn all_activity(tally: &Tally, query: &str, token: Option<&str>) -> Vec<serde_json::Value> {
+pub async fn all_activity(
+    tally: &Tally,
+    query: &str,
+    token: Option<&str>,
+) -> Vec<serde_json::Value> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -251,7 +262,8 @@ pub async fn all_activity(tally: &Tally, query: &str, token: Option<&str>) -> Ve
 /// An HS256 token with the given scope and tenant claims, valid for an hour.
 pub fn token(secret: &str, scope: &str, tenant: &str) -> String {
     let exp = chrono::Utc::now().timestamp() + 3600;
-    let claims = serde_json::json!({ "sub": "tester", "exp": exp, "scope": scope, "tenant": tenant });
+    let claims =
+        serde_json::json!({ "sub": "tester", "exp": exp, "scope": scope, "tenant": tenant });
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
