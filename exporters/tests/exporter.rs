@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Days, TimeZone, Utc};
-use common::{config, count, event, events, now_micros, wait_until};
+use common::{config, count, event, event_at, events, now_micros, wait_until};
 use serde_json::json;
 use tally_exporters::postgres::PgExporter;
 use tally_exporters::testing::TestDatabase;
@@ -370,6 +370,11 @@ async fn database_loss_is_retryable_and_nothing_acknowledged_is_lost() {
         );
     }
     assert!(stored.values().all(|n| *n == 1));
+    eprintln!(
+        "{} events acknowledged, {} submissions refused while the database was away",
+        acked.len(),
+        unavailable.load(Ordering::Relaxed)
+    );
     exporter.shutdown().await;
 }
 
@@ -495,4 +500,28 @@ async fn shutdown_racing_submits_loses_nothing_acknowledged() {
         stored.len(),
         "nothing stored that was not acknowledged either"
     );
+}
+
+#[tokio::test]
+async fn a_partition_dropped_behind_the_exporters_back_is_recreated() {
+    let db = TestDatabase::migrated().await;
+    let (exporter, readiness) = start(&db, &config()).await;
+    let old = Utc.with_ymd_and_hms(2020, 2, 29, 12, 0, 0).unwrap();
+    exporter
+        .submit(vec![event_at(1, old)])
+        .await
+        .expect("partition made on demand");
+    // Retention (or an operator) drops the partition the exporter knows about.
+    let client = db.client().await;
+    client
+        .batch_execute("DROP TABLE activity_events_p20200229")
+        .await
+        .unwrap();
+    exporter
+        .submit(vec![event_at(2, old)])
+        .await
+        .expect("recreated and written");
+    assert_eq!(count(&client).await, 1);
+    assert!(readiness.database_up());
+    exporter.shutdown().await;
 }

@@ -24,6 +24,9 @@ const DATABASE: &str = "tally";
 const SUPERUSER: &str = "postgres";
 
 /// A PostgreSQL server in a data folder of Tally's own, listening on 127.0.0.1.
+///
+/// The server runs detached: dropping this handle without [`stop`](Self::stop)
+/// leaves it running, and the next [`start`](Self::start) reuses it.
 #[derive(Debug)]
 pub struct PrivatePostgres {
     data_dir: PathBuf,

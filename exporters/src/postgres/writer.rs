@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -61,7 +61,8 @@ const COLUMN_TYPES: [Type; 13] = [
     Type::JSONB,
 ];
 
-fn insert_sql() -> String {
+/// Lock, then insert from staging (one simple-protocol round trip).
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); \
          INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, session_id, action, \
@@ -71,7 +72,7 @@ fn insert_sql() -> String {
          FROM pg_temp.tally_activity_staging ORDER BY ts \
          ON CONFLICT DO NOTHING"
     )
-}
+});
 
 /// Writes `events` into `activity_events` inside `tx`, the way the exporter's
 /// writers do: binary `COPY` into a temporary staging table, then the advisory
@@ -133,7 +134,7 @@ where
     if copied == 0 {
         return Ok(0);
     }
-    let messages = tx.simple_query(&insert_sql()).await?;
+    let messages = tx.simple_query(&INSERT_SQL).await?;
     let inserted = messages
         .iter()
         .rev()
@@ -256,19 +257,19 @@ impl Shared {
         }
     }
 
-    /// Answers everything queued right now with `Unavailable` (the database
-    /// cannot be reached). Skipped when another writer is serving the queue.
-    fn fail_queued(&self) {
+    /// Answers everything queued right now with `Unavailable(reason)`.
+    /// Skipped when another writer is serving the queue.
+    fn fail_queued(&self, reason: &str) {
         let Ok(mut queue) = self.queue.try_lock() else {
             return;
         };
         let mut failed = 0usize;
         if let Some(s) = queue.pending.take() {
-            let _ = s.reply.send(Err(self.unavailable("database unavailable")));
+            let _ = s.reply.send(Err(self.unavailable(reason)));
             failed += 1;
         }
         while let Ok(s) = queue.rx.try_recv() {
-            let _ = s.reply.send(Err(self.unavailable("database unavailable")));
+            let _ = s.reply.send(Err(self.unavailable(reason)));
             failed += 1;
         }
         if failed > 0 {
@@ -519,6 +520,8 @@ impl PgExporter {
                 }
             }
         }
+        // Every writer is gone: nothing can be left, but never leave a waiter hanging.
+        inner.shared.fail_queued("writer stopped");
         let _ = inner.stop.send(true);
         if let Some(handle) = inner.maintenance.lock().await.take() {
             let _ = handle.await;
@@ -611,7 +614,7 @@ async fn reconnect(shared: &Shared, id: usize) -> Option<Client> {
                     tracing::warn!(writer = id, %error, "database unreachable");
                 }
                 shared.readiness.set_database_up(false);
-                shared.fail_queued();
+                shared.fail_queued("database unavailable");
                 if shared.stopping.load(Ordering::Acquire) {
                     return None;
                 }

@@ -4,10 +4,13 @@
 CREATE SEQUENCE IF NOT EXISTS activity_events_seq AS bigint;
 
 -- One row per user action. Range-partitioned by day on the event time `ts`;
--- daily partitions (activity_events_pYYYYMMDD) are created ahead by the exporter.
+-- daily partitions (activity_events_pYYYYMMDD, UTC days) are created ahead by the
+-- exporter, and on demand for older or later days.
 -- `seq` is commit-ordered: rows are given their seq while the writer holds the
--- transaction-scoped advisory lock 'tally.activity_events' until it commits, so
--- a reader that remembers the last seq it saw never skips a row committed later.
+-- transaction-scoped advisory lock 8386103194289267572 (the bytes 'tallyact',
+-- ACTIVITY_EVENTS_LOCK_KEY) until it commits, so a reader that remembers the last
+-- seq it saw never skips a row committed later. Anything else that inserts into
+-- activity_events must take the same lock before nextval('activity_events_seq').
 -- `tenant_id` is '' when the event carried no tenant (it is part of the primary key).
 CREATE TABLE IF NOT EXISTS activity_events (
     id            uuid        NOT NULL,
