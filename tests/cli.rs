@@ -1,0 +1,123 @@
+//! The command line: `--help`, `validate` (errors name the config path and exit
+//! non-zero), `migrate` (idempotent).
+
+mod common;
+
+use std::process::Command;
+
+use common::TestDatabase;
+
+fn tally() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+    command.env_remove("TALLY_DATABASE_URL");
+    command
+}
+
+fn validate(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tally.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let output = tally()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run tally validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn help_lists_the_commands_and_flags() {
+    let output = tally().arg("--help").output().expect("run tally --help");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    for needle in ["validate", "migrate", "--config"] {
+        assert!(text.contains(needle), "--help mentions {needle}:\n{text}");
+    }
+}
+
+#[test]
+fn validate_accepts_a_good_config_with_env_references() {
+    let (ok, text) = validate(
+        "receivers:\n  otlp:\n    grpc: { endpoint: \"127.0.0.1:${env:TALLY_CLI_TEST_UNSET_PORT:-4317}\" }\n\
+         processors:\n  redact: { hmac_key: ${env:TALLY_CLI_TEST_UNSET_KEY} }\n",
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("config OK"), "{text}");
+}
+
+#[test]
+fn validate_names_the_path_of_each_error_and_exits_non_zero() {
+    let cases = [
+        (
+            "receivers:\n  otlp:\n    grpc: { endpoint: nowhere }\n",
+            "receivers.otlp.grpc.endpoint",
+        ),
+        (
+            "receivers:\n  otlp:\n    http: { endpoint: \"127.0.0.1:70000\" }\n",
+            "receivers.otlp.http.endpoint",
+        ),
+        (
+            "exporters:\n  postgres: { batch_max_rows: many }\n",
+            "exporters.postgres.batch_max_rows",
+        ),
+        ("admin_api:\n  endpont: 127.0.0.1:1\n", "admin_api.endpont"),
+        (
+            "processors:\n  validate: { mode: sometimes }\n",
+            "processors.validate.mode",
+        ),
+        ("receivers: [\n", "YAML"),
+    ];
+    for (yaml, path) in cases {
+        let (ok, text) = validate(yaml);
+        assert!(!ok, "{yaml} must be rejected");
+        assert!(
+            text.contains(path),
+            "error for {yaml:?} names {path}: {text}"
+        );
+    }
+}
+
+#[test]
+fn validate_reports_a_missing_file() {
+    let output = tally()
+        .args(["validate", "--config", "/nonexistent/tally.yaml"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/tally.yaml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_schema_and_is_idempotent() {
+    let database = TestDatabase::create().await;
+    for _ in 0..2 {
+        let output = tally()
+            .arg("migrate")
+            .env("TALLY_DATABASE_URL", &database.url)
+            .output()
+            .expect("run tally migrate");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let client = database.client().await;
+    let tables: Vec<String> = client
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' \
+             AND tablename IN ('activity_events', 'rejected_events', 'tally_schema_migrations')",
+            &[],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(tables.len(), 3, "{tables:?}");
+}
