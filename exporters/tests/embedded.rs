@@ -117,3 +117,28 @@ async fn private_server_starts_reuses_and_restarts_on_its_port() {
     drop(squatter);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn as_root_an_unreachable_data_folder_is_explained() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // only root hands the server to another user
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let outer = std::env::temp_dir().join(format!(
+        "tally-pg-private-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let _cleanup = Cleanup(outer.clone());
+    std::fs::create_dir(&outer).unwrap();
+    std::fs::set_permissions(&outer, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let error = PrivatePostgres::start(&outer.join("pg"))
+        .await
+        .expect_err("the server user cannot reach the folder");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("cannot enter {}", outer.display()))
+            && message.contains("chmod o+x"),
+        "{message}"
+    );
+}

@@ -70,6 +70,9 @@ impl PrivatePostgres {
         } else {
             None
         };
+        if let Some((uid, gid)) = run_as {
+            check_reachable(&data_dir, uid, gid).await?;
+        }
         let mut server = PrivatePostgres {
             data_dir,
             pgdata,
@@ -394,6 +397,51 @@ fn tail(text: &str, max: usize) -> String {
         start += 1;
     }
     format!("…{}", &text[start..])
+}
+
+/// Whether `uid`/`gid` can enter `dir` (exact: asks the kernel, ACLs included).
+async fn can_enter(dir: &Path, uid: u32, gid: u32) -> bool {
+    Command::new("/bin/sh")
+        .args([
+            OsStr::new("-c"),
+            OsStr::new("cd -- \"$1\""),
+            OsStr::new("sh"),
+        ])
+        .arg(dir)
+        .current_dir("/")
+        .uid(uid)
+        .gid(gid)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
+
+/// As root, the server runs as another user: every folder above the data
+/// folder must let that user through, or PostgreSQL fails obscurely.
+async fn check_reachable(data_dir: &Path, uid: u32, gid: u32) -> Result<(), PgError> {
+    if can_enter(data_dir, uid, gid).await {
+        return Ok(());
+    }
+    let mut blocking = data_dir.to_path_buf();
+    let mut ancestors: Vec<&Path> = data_dir.ancestors().collect();
+    ancestors.reverse();
+    for dir in ancestors {
+        if !can_enter(dir, uid, gid).await {
+            blocking = dir.to_path_buf();
+            break;
+        }
+    }
+    Err(PgError::Embedded(format!(
+        "PostgreSQL refuses to run as root, so it runs as uid {uid}, which cannot enter {} \
+         (needed to reach the data folder {}); make it reachable (e.g. `chmod o+x {}`) \
+         or choose another exporters.postgres.data_dir",
+        blocking.display(),
+        data_dir.display(),
+        blocking.display()
+    )))
 }
 
 fn lock_exclusive(path: &Path) -> Result<File, PgError> {
