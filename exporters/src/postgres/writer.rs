@@ -355,6 +355,14 @@ struct Inner {
     stop: watch::Sender<bool>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Last handle gone without shutdown: writers still drain the (now
+        // closed) queue, but stop retrying an unreachable database.
+        self.shared.stopping.store(true, Ordering::Release);
+    }
+}
+
 /// The PostgreSQL activity-event exporter: a cheap, cloneable handle.
 ///
 /// Dropping every handle without [`shutdown`](PgExporter::shutdown) still lets
