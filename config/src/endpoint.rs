@@ -52,7 +52,9 @@ impl FromStr for Endpoint {
             "" | "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             "[::]" => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             other => other.parse().map_err(|_| {
-                format!("invalid address {text:?}: host {other:?} is not an IP address or localhost")
+                format!(
+                    "invalid address {text:?}: host {other:?} is not an IP address or localhost"
+                )
             })?,
         };
         Ok(Endpoint(SocketAddr::new(ip, port)))

@@ -19,20 +19,18 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
             out.push('$');
             rest = stripped;
         } else if let Some(body) = after.strip_prefix("{env:") {
-            let end = body
-                .find('}')
-                .ok_or_else(|| format!("unterminated ${{env:…}} reference near {:?}", snippet(rest)))?;
+            let end = body.find('}').ok_or_else(|| {
+                format!("unterminated ${{env:…}} reference near {:?}", snippet(rest))
+            })?;
             let reference = &body[..end];
             let (name, default) = match reference.split_once(":-") {
                 Some((name, default)) => (name, Some(default)),
                 None => (reference, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                return Err(format!("invalid environment variable name {name:?} in ${{env:{reference}}}"));
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!(
+                    "invalid environment variable name {name:?} in ${{env:{reference}}}"
+                ));
             }
             match lookup(name).filter(|v| !v.is_empty()) {
                 Some(value) => out.push_str(&value),

@@ -47,8 +47,8 @@ impl Config {
 
     /// Expands `${env:VAR}` references, parses YAML and validates.
     pub fn from_yaml_str(text: &str) -> Result<Config, ConfigError> {
-        let expanded = expand_env(text, |name| std::env::var(name).ok())
-            .map_err(ConfigError::Expand)?;
+        let expanded =
+            expand_env(text, |name| std::env::var(name).ok()).map_err(ConfigError::Expand)?;
         let value: yaml_serde::Value =
             yaml_serde::from_str(&expanded).map_err(|e| ConfigError::Yaml(e.to_string()))?;
         // An empty document means "all defaults".
@@ -88,7 +88,10 @@ impl Config {
         }
         let pg = &self.exporters.postgres;
         if pg.batch_max_rows == 0 {
-            return Err(invalid("exporters.postgres.batch_max_rows", "must be at least 1"));
+            return Err(invalid(
+                "exporters.postgres.batch_max_rows",
+                "must be at least 1",
+            ));
         }
         if pg.queue_capacity_records < pg.batch_max_rows {
             return Err(invalid(
@@ -121,7 +124,11 @@ impl Config {
             .url
             .clone()
             .filter(|u| !u.is_empty())
-            .or_else(|| std::env::var("TALLY_DATABASE_URL").ok().filter(|u| !u.is_empty()))
+            .or_else(|| {
+                std::env::var("TALLY_DATABASE_URL")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+            })
     }
 }
 

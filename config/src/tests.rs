@@ -4,11 +4,23 @@ use super::*;
 fn empty_document_gives_defaults() {
     let config = Config::from_yaml_str("").unwrap();
     assert_eq!(config, Config::default());
-    assert_eq!(config.receivers.otlp.grpc.endpoint.to_string(), "127.0.0.1:4317");
-    assert_eq!(config.receivers.otlp.http.endpoint.to_string(), "127.0.0.1:4318");
+    assert_eq!(
+        config.receivers.otlp.grpc.endpoint.to_string(),
+        "127.0.0.1:4317"
+    );
+    assert_eq!(
+        config.receivers.otlp.http.endpoint.to_string(),
+        "127.0.0.1:4318"
+    );
     assert_eq!(config.admin_api.endpoint.to_string(), "127.0.0.1:8080");
-    assert_eq!(config.exporters.prometheus.endpoint.to_string(), "127.0.0.1:9464");
-    assert_eq!(config.receivers.otlp.http.max_request_body_size, 20 * 1024 * 1024);
+    assert_eq!(
+        config.exporters.prometheus.endpoint.to_string(),
+        "127.0.0.1:9464"
+    );
+    assert_eq!(
+        config.receivers.otlp.http.max_request_body_size,
+        20 * 1024 * 1024
+    );
 }
 
 #[test]
@@ -47,7 +59,10 @@ fn error_of(text: &str) -> String {
 #[test]
 fn unknown_key_names_its_path() {
     let err = error_of("receivers: { otlp: { grpc: { endpont: 127.0.0.1:1 } } }");
-    assert!(err.starts_with("receivers.otlp.grpc.endpont: unknown field"), "{err}");
+    assert!(
+        err.starts_with("receivers.otlp.grpc.endpont: unknown field"),
+        "{err}"
+    );
     assert!(err.contains("endpont"), "{err}");
 }
 
@@ -62,22 +77,32 @@ fn bad_address_names_its_path() {
 #[test]
 fn wrong_type_names_its_path() {
     let err = error_of("exporters: { postgres: { batch_max_rows: lots } }");
-    assert!(err.starts_with("exporters.postgres.batch_max_rows: "), "{err}");
+    assert!(
+        err.starts_with("exporters.postgres.batch_max_rows: "),
+        "{err}"
+    );
     let err = error_of("processors: { validate: { mode: sometimes } }");
     assert!(err.starts_with("processors.validate.mode: "), "{err}");
 }
 
 #[test]
 fn cross_field_rules_name_their_path() {
-    let err = error_of("exporters: { postgres: { batch_max_rows: 10, queue_capacity_records: 5 } }");
-    assert!(err.starts_with("exporters.postgres.queue_capacity_records: "), "{err}");
+    let err =
+        error_of("exporters: { postgres: { batch_max_rows: 10, queue_capacity_records: 5 } }");
+    assert!(
+        err.starts_with("exporters.postgres.queue_capacity_records: "),
+        "{err}"
+    );
 }
 
 #[test]
 fn env_expansion_with_defaults_and_escapes() {
     let lookup = |name: &str| (name == "SET").then(|| "value".to_string());
     assert_eq!(expand_env("${env:SET}", lookup).unwrap(), "value");
-    assert_eq!(expand_env("${env:UNSET:-fallback}", lookup).unwrap(), "fallback");
+    assert_eq!(
+        expand_env("${env:UNSET:-fallback}", lookup).unwrap(),
+        "fallback"
+    );
     assert_eq!(expand_env("${env:UNSET}", lookup).unwrap(), "");
     assert_eq!(expand_env("$$5 and $x", lookup).unwrap(), "$5 and $x");
     assert!(expand_env("${env:OPEN", lookup).is_err());

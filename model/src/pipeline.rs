@@ -32,7 +32,10 @@ pub enum ConsumeError {
     /// The database cannot be written now, or the collector is shutting down:
     /// HTTP 503 / gRPC `UNAVAILABLE`, retry after the delay.
     #[error("collector unavailable: {reason}")]
-    Unavailable { reason: String, retry_after: Duration },
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
 }
 
 impl ConsumeError {
