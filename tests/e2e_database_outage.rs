@@ -80,7 +80,7 @@ async fn send(client: &reqwest::Client, url: &str, n: u64) -> Sent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_gives_retryable_errors_and_loses_nothing_acknowledged() {
-    let scratch = tempfile::tempdir().expect("tempdir");
+    let scratch = common::reachable_tempdir();
     let data_dir = scratch.path().join("pg");
     let server = PrivatePostgres::start(&data_dir)
         .await

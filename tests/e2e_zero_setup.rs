@@ -30,7 +30,7 @@ fn event(tenant: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_setup_runs_a_private_postgres_and_shuts_down_cleanly() {
-    let scratch = tempfile::tempdir().expect("tempdir");
+    let scratch = common::reachable_tempdir();
     let data_dir = scratch.path().join("tally-data");
     let options = TallyOptions {
         data_dir: Some(data_dir.clone()),

@@ -237,6 +237,7 @@ async fn handle<S: Signal>(
     let encoding = headers.encoding?;
     let limit = state.limit;
     if headers.content_length.is_some_and(|len| len > limit as u64) {
+        discard(body.into_data_stream(), limit).await;
         return Err(too_large(limit));
     }
     let body = read_body(body, headers.content_length, limit).await?;
@@ -264,6 +265,29 @@ fn too_large(limit: usize) -> RequestError {
     RequestError::TooLarge(format!("request body exceeds the limit of {limit} bytes"))
 }
 
+/// Most of an oversize body read and thrown away before answering 413.
+const DISCARD_MAX: usize = 64 * 1024 * 1024;
+/// Longest time spent throwing an oversize body away.
+const DISCARD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops what remains of a refused body (at most `limit` more bytes,
+/// capped at [`DISCARD_MAX`], for at most [`DISCARD_DEADLINE`]), so the client is
+/// not cut off mid-upload and reliably reads the 413 instead of a reset
+/// connection. Nothing is buffered; a body larger still is cut off.
+async fn discard(mut stream: axum::body::BodyDataStream, limit: usize) {
+    let budget = limit.min(DISCARD_MAX);
+    let drain = async {
+        let mut read = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > budget {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_DEADLINE, drain).await;
+}
+
 /// Collects the body, refusing it as soon as it grows past `limit`.
 async fn read_body(
     body: Body,
@@ -280,6 +304,7 @@ async fn read_body(
             .as_ref()
             .map_or_else(|| first.as_ref().map_or(0, Bytes::len), BytesMut::len);
         if so_far + chunk.len() > limit {
+            discard(stream, limit).await;
             return Err(too_large(limit));
         }
         // One chunk is kept as is; a second starts a contiguous copy.

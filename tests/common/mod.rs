@@ -278,3 +278,12 @@ pub fn scratch_dir(root: &Path, name: &str) -> PathBuf {
     std::fs::create_dir_all(&path).expect("create scratch dir");
     path
 }
+
+/// A temp dir the private PostgreSQL's server user can enter (tempdirs are 0700,
+/// and as root the server runs as the `postgres` user).
+pub fn reachable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
