@@ -7,11 +7,18 @@ use super::partitions::create_partitions;
 use super::{PgError, DEFAULT_PARTITIONS_AHEAD_DAYS, MIGRATION_LOCK_KEY};
 
 /// The schema migrations, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "activity_events",
-    include_str!("migrations/0001_activity_events.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "activity_events",
+        include_str!("migrations/0001_activity_events.sql"),
+    ),
+    (
+        2,
+        "token_usage_and_rollups",
+        include_str!("migrations/0002_token_usage_and_rollups.sql"),
+    ),
+];
 
 /// Applies the migrations not yet recorded in `tally_schema_migrations`, then
 /// creates the daily partitions for yesterday through today +
