@@ -16,54 +16,27 @@ use tally_model::Readiness;
 use tower::ServiceExt;
 use uuid::Uuid;
 
-/// The schema owned by the exporter crate.
-const MIGRATION: &str =
-    include_str!("../../../exporters/src/postgres/migrations/0001_activity_events.sql");
-
-/// Server-level URL (any database) used to create and drop test databases.
-fn server_url() -> String {
-    std::env::var("TALLY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-fn url_for(database: &str) -> String {
-    let server = server_url();
-    match server.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{database}"),
-        None => format!("{server}/{database}"),
-    }
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL ({url}): {e}"));
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
-
-/// A database of its own, with the activity schema applied; dropped (even when
-/// the test panics) when this value is dropped.
+/// A database of its own, migrated with the exporter's real migrations; dropped
+/// (even when the test panics) with the inner `TestDatabase`. PostgreSQL is found
+/// at `TALLY_TEST_DATABASE_URL` (default 127.0.0.1:5432), else a private server is
+/// started, as for every test of the workspace.
 pub struct TestDb {
     pub name: String,
     pub url: String,
     pub client: tokio_postgres::Client,
+    _database: tally_exporters::testing::TestDatabase,
 }
 
 impl TestDb {
     pub async fn migrated() -> TestDb {
-        let name = format!("tally_api_test_{}", Uuid::new_v4().simple());
-        let admin = connect(&server_url()).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
-        let url = url_for(&name);
-        let client = connect(&url).await;
-        client.batch_execute(MIGRATION).await.expect("apply schema");
-        TestDb { name, url, client }
+        let database = tally_exporters::testing::TestDatabase::migrated().await;
+        let client = database.client().await;
+        TestDb {
+            name: database.name.clone(),
+            url: database.url.clone(),
+            client,
+            _database: database,
+        }
     }
 
     /// Creates daily partitions for `first..=last`.
@@ -120,33 +93,6 @@ impl TestDb {
                 .await
                 .expect("insert events");
         }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // A runtime of its own on another thread: works inside or outside tokio,
-        // and when the test panicked.
-        let dropper = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        });
-        let _ = dropper.join();
     }
 }
 
