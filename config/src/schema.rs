@@ -174,6 +174,14 @@ pub struct PrometheusConfig {
     pub enabled: bool,
     /// Default `127.0.0.1:9464`, served at `/metrics`.
     pub endpoint: Endpoint,
+    /// Add a `tenant` label to `tally_activity_events_total` (default off).
+    pub tenant_label: bool,
+    /// Distinct tenants labelled before the rest become `other` (default 50).
+    pub tenant_label_cap: usize,
+    /// Distinct actions labelled before the rest become `other` (default 200).
+    pub action_label_cap: usize,
+    /// Distinct models labelled before the rest become `other` (default 100).
+    pub model_label_cap: usize,
 }
 
 impl Default for PrometheusConfig {
@@ -181,6 +189,10 @@ impl Default for PrometheusConfig {
         PrometheusConfig {
             enabled: true,
             endpoint: Endpoint::localhost(9464),
+            tenant_label: false,
+            tenant_label_cap: 50,
+            action_label_cap: 200,
+            model_label_cap: 100,
         }
     }
 }

@@ -1,6 +1,8 @@
-//! Tally's exporters: PostgreSQL (the activity log) and, later, Prometheus.
+//! Tally's exporters: PostgreSQL (the activity log and token ledger) and the
+//! Prometheus `/metrics` endpoint.
 
 pub mod postgres;
+pub mod prometheus;
 
 #[doc(hidden)]
 pub mod testing;

@@ -11,7 +11,9 @@
 pub mod activity;
 pub mod health;
 pub mod ids;
+pub mod metrics;
 pub mod pipeline;
+mod process_stats;
 
 pub use activity::{ActivityEvent, Outcome};
 pub use health::Readiness;

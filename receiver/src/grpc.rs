@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
@@ -29,6 +30,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::check::{check_logs, check_traces};
 use crate::error::ReceiverError;
+use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
 use crate::{logs_response, trace_response};
 
 /// The two OTLP services over one consumer.
@@ -43,16 +45,21 @@ impl TraceService for Otlp {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let started = Instant::now();
         let request = request.into_inner();
         let spans = check_traces(&request).map_err(Status::invalid_argument)?;
         if spans == 0 {
             return Ok(Response::new(ExportTraceServiceResponse::default()));
         }
-        let report = self
-            .consumer
-            .consume_traces(request)
-            .await
-            .map_err(consume_status)?;
+        let result = self.consumer.consume_traces(request).await;
+        count_records(
+            SignalKind::Spans,
+            Transport::Grpc,
+            spans as u64,
+            result.is_ok(),
+        );
+        observe_duration(Transport::Grpc, started);
+        let report = result.map_err(consume_status)?;
         Ok(Response::new(trace_response(report)))
     }
 }
@@ -63,16 +70,21 @@ impl LogsService for Otlp {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let started = Instant::now();
         let request = request.into_inner();
         let records = check_logs(&request).map_err(Status::invalid_argument)?;
         if records == 0 {
             return Ok(Response::new(ExportLogsServiceResponse::default()));
         }
-        let report = self
-            .consumer
-            .consume_logs(request)
-            .await
-            .map_err(consume_status)?;
+        let result = self.consumer.consume_logs(request).await;
+        count_records(
+            SignalKind::LogRecords,
+            Transport::Grpc,
+            records as u64,
+            result.is_ok(),
+        );
+        observe_duration(Transport::Grpc, started);
+        let report = result.map_err(consume_status)?;
         Ok(Response::new(logs_response(report)))
     }
 }

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::error::{retry_after_secs, ReceiverError, RequestError};
 use crate::limits::{decode_body, Encoding};
+use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
 use crate::{check, json, logs_response, trace_response};
 
 /// Bodies up to this size are decoded on the async worker; larger ones on the blocking pool.
@@ -114,6 +116,8 @@ impl Format {
 
 /// One OTLP signal as served over HTTP.
 trait Signal: Send + 'static {
+    /// Which records the requests carry (for the receiver's counters).
+    const KIND: SignalKind;
     type Request: Message + Default + Send + 'static;
     type Response: Message + Send;
 
@@ -131,6 +135,7 @@ trait Signal: Send + 'static {
 struct Traces;
 
 impl Signal for Traces {
+    const KIND: SignalKind = SignalKind::Spans;
     type Request = ExportTraceServiceRequest;
     type Response = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 
@@ -161,6 +166,7 @@ impl Signal for Traces {
 struct Logs;
 
 impl Signal for Logs {
+    const KIND: SignalKind = SignalKind::LogRecords;
     type Request = ExportLogsServiceRequest;
     type Response = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 
@@ -203,11 +209,14 @@ async fn export<S: Signal>(State(state): State<AppState>, request: Request) -> R
         // No format to answer in: JSON is the readable one.
         Err(error) => return error_response(Format::Json, &error),
     };
+    let started = Instant::now();
     let headers = request_headers(&request);
-    match handle::<S>(&state, format, request.into_body(), headers).await {
+    let response = match handle::<S>(&state, format, request.into_body(), headers).await {
         Ok(response) => response,
         Err(error) => error_response(format, &error),
-    }
+    };
+    observe_duration(Transport::Http, started);
+    response
 }
 
 /// The headers `handle` needs, copied out before the request is taken apart.
@@ -256,7 +265,9 @@ async fn handle<S: Signal>(
     let report = if records == 0 {
         ConsumeReport::default()
     } else {
-        S::consume(state.consumer.as_ref(), request).await?
+        let result = S::consume(state.consumer.as_ref(), request).await;
+        count_records(S::KIND, Transport::Http, records as u64, result.is_ok());
+        result?
     };
     Ok(success_response::<S>(format, report))
 }

@@ -21,6 +21,7 @@ mod grpc;
 mod http;
 mod json;
 mod limits;
+mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;

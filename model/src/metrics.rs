@@ -1,0 +1,369 @@
+//! Tally's Prometheus metrics: one process-wide registry that every component
+//! updates and the prometheus exporter serves (OpenMetrics text).
+//!
+//! Labels are bounded by construction: free-form values (actions, models,
+//! tenants) pass through a [`LabelCap`] that admits the first N distinct values
+//! and maps the rest to `other`. No label ever holds a user id, trace id or
+//! request id.
+//!
+//! ```
+//! use tally_model::metrics::{metrics, TransportLabels};
+//! metrics().receiver_accepted_spans.get_or_create(&TransportLabels::grpc()).inc();
+//! ```
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The label value used for everything beyond a cap.
+pub const OTHER: &str = "other";
+
+/// Admits at most `cap` distinct label values; later new values become `other`.
+#[derive(Debug)]
+pub struct LabelCap {
+    cap: AtomicUsize,
+    admitted: Mutex<HashSet<String>>,
+}
+
+impl LabelCap {
+    /// A cap admitting `cap` distinct values.
+    pub fn new(cap: usize) -> Self {
+        LabelCap {
+            cap: AtomicUsize::new(cap),
+            admitted: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The value to use as a label: `value` if admitted (or admissible), else `other`.
+    pub fn label(&self, value: &str) -> String {
+        let Ok(mut admitted) = self.admitted.lock() else {
+            return OTHER.to_string();
+        };
+        if admitted.contains(value) {
+            return value.to_string();
+        }
+        if admitted.len() < self.cap.load(Ordering::Relaxed) {
+            admitted.insert(value.to_string());
+            return value.to_string();
+        }
+        OTHER.to_string()
+    }
+
+    /// Changes the cap; values already admitted stay admitted.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// The current cap.
+    pub fn cap(&self) -> usize {
+        self.cap.load(Ordering::Relaxed)
+    }
+}
+
+/// `{transport}`: `grpc` or `http`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: &'static str,
+}
+
+impl TransportLabels {
+    pub fn grpc() -> Self {
+        TransportLabels { transport: "grpc" }
+    }
+    pub fn http() -> Self {
+        TransportLabels { transport: "http" }
+    }
+}
+
+/// `{action, outcome}` (+ `tenant` when enabled).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActivityLabels {
+    pub action: String,
+    pub outcome: &'static str,
+    pub tenant: Option<String>,
+}
+
+/// `{provider, model, kind}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub provider: String,
+    pub model: String,
+    pub kind: &'static str,
+}
+
+/// `{provider, model, outcome}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LlmRequestLabels {
+    pub provider: String,
+    pub model: String,
+    pub outcome: &'static str,
+}
+
+/// `{provider, model}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub provider: String,
+    pub model: String,
+}
+
+/// `{model}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelOnlyLabels {
+    pub model: String,
+}
+
+/// `{table}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: &'static str,
+}
+
+/// `{reason}` (a fixed vocabulary, never free text).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// `{rule}` (redaction rule ids).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+/// `{version}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn rows_histogram() -> Histogram {
+    // 1 … 32768 rows
+    Histogram::new(exponential_buckets(1.0, 2.0, 16))
+}
+
+/// Every metric Tally exports. Obtain it with [`metrics()`].
+pub struct Metrics {
+    registry: Registry,
+    pub activity_events: Family<ActivityLabels, Counter>,
+    pub llm_tokens: Family<TokenLabels, Counter>,
+    pub llm_requests: Family<LlmRequestLabels, Counter>,
+    pub llm_cost_usd: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    pub llm_unpriced_requests: Family<ModelOnlyLabels, Counter>,
+    pub receiver_accepted_spans: Family<TransportLabels, Counter>,
+    pub receiver_refused_spans: Family<TransportLabels, Counter>,
+    pub receiver_accepted_log_records: Family<TransportLabels, Counter>,
+    pub receiver_refused_log_records: Family<TransportLabels, Counter>,
+    pub receiver_request_duration: HistogramFamily<TransportLabels>,
+    pub records_without_action: Counter,
+    pub queue_records: Gauge,
+    pub queue_capacity_records: Gauge,
+    pub exporter_rows_written: Family<TableLabels, Counter>,
+    pub exporter_write_failures: Family<ReasonLabels, Counter>,
+    pub exporter_batch_rows: Histogram,
+    pub exporter_batch_duration: Histogram,
+    pub ingest_lag: Histogram,
+    pub rejected_events: Family<ReasonLabels, Counter>,
+    pub redactions: Family<RuleLabels, Counter>,
+    pub sse_clients: Gauge,
+    pub rollup_lag_seq: Gauge,
+    pub build_info: Family<VersionLabels, Gauge>,
+    pub process_cpu_seconds: Counter<f64, AtomicU64>,
+    pub process_resident_memory_bytes: Gauge,
+    /// Caps for the free-form label values.
+    pub action_labels: LabelCap,
+    pub model_labels: LabelCap,
+    pub tenant_labels: LabelCap,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::default();
+        macro_rules! reg {
+            ($name:literal, $help:literal, $metric:expr) => {{
+                let metric = $metric;
+                registry.register($name, $help, metric.clone());
+                metric
+            }};
+            ($name:literal, $help:literal, $unit:expr, $metric:expr) => {{
+                let metric = $metric;
+                registry.register_with_unit($name, $help, $unit, metric.clone());
+                metric
+            }};
+        }
+        let metrics = Metrics {
+            activity_events: reg!(
+                "tally_activity_events",
+                "Activity events committed, by action and outcome",
+                Family::default()
+            ),
+            llm_tokens: reg!(
+                "tally_llm_tokens",
+                "LLM tokens committed, by provider, model and kind",
+                Family::default()
+            ),
+            llm_requests: reg!(
+                "tally_llm_requests",
+                "LLM model calls committed, by provider, model and outcome",
+                Family::default()
+            ),
+            llm_cost_usd: reg!(
+                "tally_llm_cost_usd",
+                "Estimated LLM cost in US dollars committed, by provider and model",
+                Family::default()
+            ),
+            llm_unpriced_requests: reg!(
+                "tally_llm_unpriced_requests",
+                "LLM model calls with no price for their model",
+                Family::default()
+            ),
+            receiver_accepted_spans: reg!(
+                "tally_receiver_accepted_spans",
+                "Spans in export requests answered success",
+                Family::default()
+            ),
+            receiver_refused_spans: reg!(
+                "tally_receiver_refused_spans",
+                "Spans in export requests answered with an error",
+                Family::default()
+            ),
+            receiver_accepted_log_records: reg!(
+                "tally_receiver_accepted_log_records",
+                "Log records in export requests answered success",
+                Family::default()
+            ),
+            receiver_refused_log_records: reg!(
+                "tally_receiver_refused_log_records",
+                "Log records in export requests answered with an error",
+                Family::default()
+            ),
+            receiver_request_duration: reg!(
+                "tally_receiver_request_duration",
+                "Time from receiving an export request to answering it",
+                Unit::Seconds,
+                HistogramFamily::<TransportLabels>::new_with_constructor(latency_histogram)
+            ),
+            records_without_action: reg!(
+                "tally_records_without_action",
+                "Spans and log records that carried no action (not stored)",
+                Counter::default()
+            ),
+            queue_records: reg!(
+                "tally_queue_records",
+                "Records queued for writing to PostgreSQL",
+                Gauge::default()
+            ),
+            queue_capacity_records: reg!(
+                "tally_queue_capacity_records",
+                "Capacity of the write queue in records",
+                Gauge::default()
+            ),
+            exporter_rows_written: reg!(
+                "tally_exporter_rows_written",
+                "Rows committed to PostgreSQL, by table",
+                Family::default()
+            ),
+            exporter_write_failures: reg!(
+                "tally_exporter_write_failures",
+                "Failed batch writes, by reason",
+                Family::default()
+            ),
+            exporter_batch_rows: reg!(
+                "tally_exporter_batch_rows",
+                "Rows per committed batch",
+                rows_histogram()
+            ),
+            exporter_batch_duration: reg!(
+                "tally_exporter_batch_duration",
+                "Time to write and commit one batch",
+                Unit::Seconds,
+                latency_histogram()
+            ),
+            ingest_lag: reg!(
+                "tally_ingest_lag",
+                "Event time to commit",
+                Unit::Seconds,
+                Histogram::new(exponential_buckets(0.001, 2.0, 20))
+            ),
+            rejected_events: reg!(
+                "tally_rejected_events",
+                "Records quarantined or rejected, by reason",
+                Family::default()
+            ),
+            redactions: reg!(
+                "tally_redactions",
+                "Values redacted, by rule",
+                Family::default()
+            ),
+            sse_clients: reg!(
+                "tally_sse_clients",
+                "Connected live-feed clients",
+                Gauge::default()
+            ),
+            rollup_lag_seq: reg!(
+                "tally_rollup_lag_seq",
+                "Raw rows committed but not yet folded into the daily rollups",
+                Gauge::default()
+            ),
+            build_info: reg!("tally_build_info", "Tally build", Family::default()),
+            process_cpu_seconds: reg!(
+                "tally_process_cpu",
+                "CPU time used by the Tally process",
+                Unit::Seconds,
+                Counter::<f64, AtomicU64>::default()
+            ),
+            process_resident_memory_bytes: reg!(
+                "tally_process_resident_memory",
+                "Resident memory of the Tally process",
+                Unit::Bytes,
+                Gauge::default()
+            ),
+            action_labels: LabelCap::new(200),
+            model_labels: LabelCap::new(100),
+            tenant_labels: LabelCap::new(0),
+            registry,
+        };
+        metrics
+            .build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        metrics
+    }
+
+    /// The registry, for encoding.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Encodes every metric as OpenMetrics text (process figures refreshed first).
+    pub fn encode(&self) -> String {
+        crate::process_stats::refresh(self);
+        let mut text = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
