@@ -1,40 +1,24 @@
 //! The pipeline behind the receiver: classify, then hand rows to the exporter
 //! and answer once they are committed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
 use chrono::Utc;
 use futures::future::BoxFuture;
 use tally_exporters::postgres::PgExporter;
+use tally_model::metrics::{metrics, ReasonLabels};
 use tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tally_model::{ConsumeError, ConsumeReport, Consumer};
 use tally_processors::Classified;
 
-/// Counts of records seen by the pipeline (exported as metrics later).
-#[derive(Debug, Default)]
-pub struct PipelineCounters {
-    /// Records without an action: counted, not stored.
-    pub without_action: AtomicU64,
-    /// Records with an action Tally could not store (reported in `partial_success`).
-    pub rejected: AtomicU64,
-    /// Activity events committed.
-    pub stored: AtomicU64,
-}
-
-/// classify → postgres exporter.
+/// classify → postgres exporter. Counters of what the exporter commits are
+/// updated by the exporter; the pipeline counts what it does not pass on.
 pub struct Pipeline {
     exporter: PgExporter,
-    counters: Arc<PipelineCounters>,
 }
 
 impl Pipeline {
     pub fn new(exporter: PgExporter) -> Self {
-        Pipeline {
-            exporter,
-            counters: Arc::default(),
-        }
+        Pipeline { exporter }
     }
 
     fn store(
@@ -42,7 +26,6 @@ impl Pipeline {
         classified: Classified,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         let exporter = self.exporter.clone();
-        let counters = self.counters.clone();
         Box::pin(async move {
             let Classified {
                 events,
@@ -50,14 +33,15 @@ impl Pipeline {
                 rejected,
                 reject_reason,
             } = classified;
-            counters
-                .without_action
-                .fetch_add(without_action, Ordering::Relaxed);
-            let stored = events.len() as u64;
+            let m = metrics();
+            m.records_without_action.inc_by(without_action);
             exporter.submit(events).await?;
-            counters.stored.fetch_add(stored, Ordering::Relaxed);
             if rejected > 0 {
-                counters.rejected.fetch_add(rejected, Ordering::Relaxed);
+                m.rejected_events
+                    .get_or_create(&ReasonLabels {
+                        reason: "invalid_action",
+                    })
+                    .inc_by(rejected);
             }
             Ok(ConsumeReport {
                 rejected,

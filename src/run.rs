@@ -9,6 +9,7 @@ use anyhow::Context;
 use tally_admin_api::AdminApi;
 use tally_config::Config;
 use tally_exporters::postgres::{self, PgExporter};
+use tally_exporters::prometheus::PrometheusEndpoint;
 use tally_model::Readiness;
 use tally_receiver::OtlpReceiver;
 use tokio::sync::watch;
@@ -65,17 +66,29 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
     } else {
         None
     };
+    let prometheus = if config.exporters.prometheus.enabled {
+        Some(
+            PrometheusEndpoint::bind(&config.exporters.prometheus)
+                .await
+                .context("cannot start the Prometheus endpoint")?,
+        )
+    } else {
+        None
+    };
     tracing::info!(
         grpc = %display_addr(receiver.grpc_addr()),
         http = %display_addr(receiver.http_addr()),
         admin = %display_addr(admin.as_ref().map(AdminApi::local_addr)),
+        metrics = %display_addr(prometheus.as_ref().map(PrometheusEndpoint::local_addr)),
         "tally is ready"
     );
 
     let (stop_receiver, receiver_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
     let mut receiver_task = tokio::spawn(receiver.serve(wait_for(receiver_stopped)));
-    let admin_task = admin.map(|admin| tokio::spawn(admin.serve(wait_for(admin_stopped))));
+    let admin_task = admin.map(|admin| tokio::spawn(admin.serve(wait_for(admin_stopped.clone()))));
+    let prometheus_task =
+        prometheus.map(|endpoint| tokio::spawn(endpoint.serve(wait_for(admin_stopped))));
 
     let early_exit = tokio::select! {
         signal = shutdown_signal() => {
@@ -98,6 +111,11 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         if let Some(task) = admin_task {
             if let Ok(Err(err)) = task.await {
                 tracing::warn!(error = %err, "admin API stopped with an error");
+            }
+        }
+        if let Some(task) = prometheus_task {
+            if let Ok(Err(err)) = task.await {
+                tracing::warn!(error = %err, "Prometheus endpoint stopped with an error");
             }
         }
         receiver_result

@@ -67,6 +67,12 @@ impl LabelCap {
     }
 }
 
+/// `reason` values of `tally_exporter_write_failures_total`.
+pub const WRITE_FAILURE_REASONS: [&str; 2] = ["connection", "database"];
+
+/// `reason` values of `tally_rejected_events_total`.
+pub const REJECT_REASONS: [&str; 1] = ["invalid_action"];
+
 /// `{transport}`: `grpc` or `http`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
@@ -336,6 +342,7 @@ impl Metrics {
             tenant_labels: LabelCap::new(0),
             registry,
         };
+        metrics.precreate_bounded_series();
         metrics
             .build_info
             .get_or_create(&VersionLabels {
@@ -343,6 +350,35 @@ impl Metrics {
             })
             .set(1);
         metrics
+    }
+
+    /// Creates the zero-valued series of labels whose values are a fixed set, so
+    /// dashboards and alerts see them (as 0) before the first event.
+    fn precreate_bounded_series(&self) {
+        for transport in [TransportLabels::grpc(), TransportLabels::http()] {
+            for family in [
+                &self.receiver_accepted_spans,
+                &self.receiver_refused_spans,
+                &self.receiver_accepted_log_records,
+                &self.receiver_refused_log_records,
+            ] {
+                let _ = family.get_or_create(&transport);
+            }
+            let _ = self.receiver_request_duration.get_or_create(&transport);
+        }
+        for table in ["activity_events", "token_usage", "rejected_events"] {
+            let _ = self
+                .exporter_rows_written
+                .get_or_create(&TableLabels { table });
+        }
+        for reason in WRITE_FAILURE_REASONS {
+            let _ = self
+                .exporter_write_failures
+                .get_or_create(&ReasonLabels { reason });
+        }
+        for reason in REJECT_REASONS {
+            let _ = self.rejected_events.get_or_create(&ReasonLabels { reason });
+        }
     }
 
     /// The registry, for encoding.

@@ -28,6 +28,8 @@ pub struct TallyOptions {
     pub max_body_mib: Option<usize>,
     /// `exporters.postgres.queue_capacity_records`.
     pub queue_capacity: Option<usize>,
+    /// `exporters.prometheus.action_label_cap`.
+    pub action_label_cap: Option<usize>,
     /// Extra environment variables for the process.
     pub env: Vec<(String, String)>,
 }
@@ -38,6 +40,7 @@ pub struct Tally {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    pub metrics: Option<SocketAddr>,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
     _dir: tempfile::TempDir,
 }
@@ -83,6 +86,7 @@ impl Tally {
             grpc: "0.0.0.0:0".parse().expect("addr"),
             http: "0.0.0.0:0".parse().expect("addr"),
             admin: "0.0.0.0:0".parse().expect("addr"),
+            metrics: None,
             log,
             _dir: dir,
         };
@@ -92,6 +96,7 @@ impl Tally {
         tally.grpc = field(&ready, "grpc");
         tally.http = field(&ready, "http");
         tally.admin = field(&ready, "admin");
+        tally.metrics = optional_field(&ready, "metrics");
         tally
     }
 
@@ -127,6 +132,11 @@ impl Tally {
 
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    pub fn metrics_url(&self) -> String {
+        let addr = self.metrics.expect("the metrics endpoint is enabled");
+        format!("http://{addr}/metrics")
     }
 
     pub fn api_url(&self, path_and_query: &str) -> String {
@@ -170,11 +180,14 @@ impl Drop for Tally {
 }
 
 fn field(line: &str, name: &str) -> SocketAddr {
+    optional_field(line, name).unwrap_or_else(|| panic!("no {name}= address in {line:?}"))
+}
+
+fn optional_field(line: &str, name: &str) -> Option<SocketAddr> {
     let prefix = format!("{name}=");
     line.split_whitespace()
         .find_map(|word| word.strip_prefix(&prefix))
         .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}= address in {line:?}"))
 }
 
 fn config_yaml(options: &TallyOptions) -> String {
@@ -190,7 +203,10 @@ fn config_yaml(options: &TallyOptions) -> String {
             "  auth:\n    jwt: {{ hs256_secret: \"{secret}\" }}\n"
         ));
     }
-    yaml.push_str("exporters:\n  prometheus: { endpoint: 127.0.0.1:0 }\n  postgres:\n");
+    yaml.push_str(&format!(
+        "exporters:\n  prometheus: {{ endpoint: 127.0.0.1:0, action_label_cap: {} }}\n  postgres:\n",
+        options.action_label_cap.unwrap_or(200)
+    ));
     if let Some(url) = &options.database_url {
         yaml.push_str(&format!("    url: \"{url}\"\n"));
     }

@@ -18,6 +18,7 @@ pub mod embedded;
 mod error;
 mod migrate;
 mod partitions;
+mod telemetry;
 mod writer;
 
 pub use error::PgError;

@@ -21,7 +21,7 @@ use tally_config::PostgresConfig;
 use tally_model::{ActivityEvent, ConsumeError, Readiness};
 
 use super::partitions::{create_days, PartitionCache};
-use super::{connect, migrate, PgError, ACTIVITY_EVENTS_LOCK_KEY};
+use super::{connect, migrate, telemetry, PgError, ACTIVITY_EVENTS_LOCK_KEY};
 
 /// How often the background task checks the database when it is up.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -74,6 +74,35 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// [`INSERT_SQL`] answering, per (action, outcome, tenant), how many rows it
+/// really inserted (duplicates skipped), for the committed-rows counters.
+static INSERT_COUNTED_SQL: LazyLock<String> = LazyLock::new(|| {
+    let (lock, insert) = INSERT_SQL
+        .split_once("; ")
+        .unwrap_or(("SELECT 1", INSERT_SQL.as_str()));
+    format!(
+        "{lock}; WITH inserted AS ({insert} RETURNING action, outcome, tenant_id) \
+         SELECT action, outcome, tenant_id, count(*) FROM inserted \
+         GROUP BY action, outcome, tenant_id"
+    )
+});
+
+/// Rows an insert really added, in total and per (action, outcome, tenant).
+#[derive(Debug, Default)]
+pub(crate) struct Inserted {
+    pub total: u64,
+    pub groups: Vec<InsertedGroup>,
+}
+
+/// How many rows of one (action, outcome, tenant) an insert added.
+#[derive(Debug)]
+pub(crate) struct InsertedGroup {
+    pub action: String,
+    pub outcome: String,
+    pub tenant_id: String,
+    pub rows: u64,
+}
+
 /// Writes `events` into `activity_events` inside `tx`, the way the exporter's
 /// writers do: binary `COPY` into a temporary staging table, then the advisory
 /// lock [`ACTIVITY_EVENTS_LOCK_KEY`], then `INSERT … SELECT nextval(…) … ON
@@ -90,10 +119,10 @@ pub async fn insert_activity_batch(
     if events.is_empty() {
         return Ok(0);
     }
-    insert_rows(tx, events.iter()).await
+    Ok(insert_rows(tx, events.iter()).await?.total)
 }
 
-async fn insert_rows<'a, I>(tx: &Transaction<'_>, events: I) -> Result<u64, PgError>
+async fn insert_rows<'a, I>(tx: &Transaction<'_>, events: I) -> Result<Inserted, PgError>
 where
     I: Iterator<Item = &'a ActivityEvent>,
 {
@@ -132,17 +161,26 @@ where
     }
     let copied = writer.as_mut().finish().await?;
     if copied == 0 {
-        return Ok(0);
+        return Ok(Inserted::default());
     }
-    let messages = tx.simple_query(&INSERT_SQL).await?;
-    let inserted = messages
-        .iter()
-        .rev()
-        .find_map(|m| match m {
-            SimpleQueryMessage::CommandComplete(n) => Some(*n),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let messages = tx.simple_query(&INSERT_COUNTED_SQL).await?;
+    let mut inserted = Inserted::default();
+    for message in &messages {
+        // The lock's SELECT answers a one-column row first: only the counts have four.
+        if let SimpleQueryMessage::Row(row) = message {
+            if row.len() != 4 {
+                continue;
+            }
+            let rows: u64 = row.get(3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            inserted.total += rows;
+            inserted.groups.push(InsertedGroup {
+                action: row.get(0).unwrap_or_default().to_string(),
+                outcome: row.get(1).unwrap_or_default().to_string(),
+                tenant_id: row.get(2).unwrap_or_default().to_string(),
+                rows,
+            });
+        }
+    }
     Ok(inserted)
 }
 
@@ -223,8 +261,8 @@ fn scrub_nul_escapes(json: &mut [u8]) {
 }
 
 /// One `submit` call waiting for its events to be committed.
-struct Submission {
-    events: Vec<ActivityEvent>,
+pub(crate) struct Submission {
+    pub(crate) events: Vec<ActivityEvent>,
     reply: oneshot::Sender<Result<(), ConsumeError>>,
     /// Queue space, given back when the submission is answered (dropped).
     _permit: OwnedSemaphorePermit,
@@ -238,6 +276,9 @@ struct Queue {
 
 /// What writer tasks and the maintenance task share.
 struct Shared {
+    /// The queue's record permits (shared with the handle) and their number.
+    permits: Arc<Semaphore>,
+    capacity: usize,
     url: String,
     readiness: Arc<Readiness>,
     retry_after: Duration,
@@ -250,6 +291,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// Records queued or being written right now.
+    fn queued(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.permits.available_permits())
+    }
+
     fn unavailable(&self, reason: &str) -> ConsumeError {
         ConsumeError::Unavailable {
             reason: reason.to_string(),
@@ -395,7 +442,13 @@ impl PgExporter {
         migrate(&probe_client).await?;
 
         let (tx, rx) = mpsc::unbounded_channel();
+        let max_permits = Semaphore::MAX_PERMITS.min(u32::MAX as usize);
+        let capacity = config.queue_capacity_records.clamp(1, max_permits);
+        let permits = Arc::new(Semaphore::new(capacity));
+        telemetry::queue_capacity(capacity);
         let shared = Arc::new(Shared {
+            permits: permits.clone(),
+            capacity,
             url: url.to_string(),
             readiness: readiness.clone(),
             retry_after: Duration::from_secs(config.retry_after_secs),
@@ -423,8 +476,6 @@ impl PgExporter {
         let (stop, stop_rx) = watch::channel(false);
         let maintenance = tokio::spawn(maintenance_task(shared.clone(), probe_client, stop_rx));
 
-        let max_permits = Semaphore::MAX_PERMITS.min(u32::MAX as usize);
-        let capacity = config.queue_capacity_records.clamp(1, max_permits);
         tracing::info!(
             writers = writer_count,
             batch_max_rows = shared.batch_max_rows,
@@ -436,7 +487,7 @@ impl PgExporter {
             inner: Arc::new(Inner {
                 shared,
                 sender: Mutex::new(Some(tx)),
-                permits: Arc::new(Semaphore::new(capacity)),
+                permits,
                 capacity: capacity as u32,
                 shutting_down: AtomicBool::new(false),
                 writers: tokio::sync::Mutex::new(writers),
@@ -488,6 +539,7 @@ impl PgExporter {
                 _ => return Err(shared.unavailable("shutting down")),
             }
         }
+        telemetry::queue_depth(shared.queued());
         answer
             .await
             .unwrap_or_else(|_| Err(shared.unavailable("writer stopped")))
@@ -573,7 +625,7 @@ fn batch_days(batch: &[Submission]) -> Vec<NaiveDate> {
     days.into_iter().collect()
 }
 
-async fn commit_batch(client: &mut Client, batch: &[Submission]) -> Result<u64, PgError> {
+async fn commit_batch(client: &mut Client, batch: &[Submission]) -> Result<Inserted, PgError> {
     let tx = client.transaction().await?;
     let inserted = insert_rows(&tx, batch.iter().flat_map(|s| s.events.iter())).await?;
     tx.commit().await?;
@@ -584,7 +636,7 @@ async fn write_batch(
     client: &mut Client,
     shared: &Shared,
     batch: &[Submission],
-) -> Result<u64, PgError> {
+) -> Result<Inserted, PgError> {
     let days = batch_days(batch);
     shared.partitions.ensure(client, &days).await?;
     match commit_batch(client, batch).await {
@@ -665,11 +717,13 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Client) {
                     writer = id,
                     submissions = batch.len(),
                     rows,
-                    inserted,
+                    inserted = inserted.total,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "batch committed"
                 );
+                telemetry::batch_committed(&batch, rows, &inserted, started);
                 answer(batch, &Ok(()));
+                telemetry::queue_depth(shared.queued());
                 client = Some(conn);
             }
             Err(error) => {
@@ -682,7 +736,9 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Client) {
                     %error,
                     "batch not committed; answered retryable"
                 );
+                telemetry::batch_failed(if lost { "connection" } else { "database" });
                 answer(batch, &Err(shared.unavailable("database write failed")));
+                telemetry::queue_depth(shared.queued());
                 if lost {
                     shared.readiness.set_database_up(false);
                     // `client` stays None: the loop reconnects with backoff.

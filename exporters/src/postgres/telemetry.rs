@@ -1,0 +1,61 @@
+//! The postgres exporter's metrics, updated only after a commit (so the counters
+//! agree with the tables): rows written, per-action activity counts, batch size
+//! and duration, ingest lag, write failures, queue depth.
+
+use tokio::time::Instant;
+
+use chrono::Utc;
+use tally_model::metrics::{metrics, ActivityLabels, ReasonLabels, TableLabels};
+use tally_model::Outcome;
+
+use super::writer::{Inserted, Submission};
+
+/// Records a committed batch of `rows` submitted rows, of which `inserted` were new.
+pub(crate) fn batch_committed(
+    batch: &[Submission],
+    rows: usize,
+    inserted: &Inserted,
+    started: Instant,
+) {
+    let m = metrics();
+    m.exporter_batch_duration
+        .observe(started.elapsed().as_secs_f64());
+    m.exporter_batch_rows.observe(rows as f64);
+    m.exporter_rows_written
+        .get_or_create(&TableLabels {
+            table: "activity_events",
+        })
+        .inc_by(inserted.total);
+    let with_tenant = m.tenant_labels.cap() > 0;
+    for group in &inserted.groups {
+        let labels = ActivityLabels {
+            action: m.action_labels.label(&group.action),
+            outcome: Outcome::parse(&group.outcome).unwrap_or_default().as_str(),
+            tenant: with_tenant.then(|| m.tenant_labels.label(&group.tenant_id)),
+        };
+        m.activity_events.get_or_create(&labels).inc_by(group.rows);
+    }
+    let now = Utc::now();
+    for event in batch.iter().flat_map(|s| s.events.iter()) {
+        let lag = (now - event.ts).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+        m.ingest_lag.observe(lag.max(0.0));
+    }
+}
+
+/// Records a batch that did not commit.
+pub(crate) fn batch_failed(reason: &'static str) {
+    metrics()
+        .exporter_write_failures
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
+/// Sets the queue-depth gauge.
+pub(crate) fn queue_depth(records: usize) {
+    metrics().queue_records.set(records as i64);
+}
+
+/// Sets the queue-capacity gauge.
+pub(crate) fn queue_capacity(records: usize) {
+    metrics().queue_capacity_records.set(records as i64);
+}
