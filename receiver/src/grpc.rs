@@ -1,9 +1,10 @@
 //! OTLP gRPC: `TraceService/Export` and `LogsService/Export` on tonic.
 //!
 //! Requests may be gzip- or zstd-compressed. tonic enforces the message size limit both on
-//! the frame length and while decompressing (into a buffer capped at the limit), answering
-//! `OUT_OF_RANGE` for a too-long frame and `RESOURCE_EXHAUSTED` for a message that
-//! decompresses past the limit.
+//! the frame length and while decompressing (into a buffer capped at the limit). It answers
+//! `OUT_OF_RANGE` for a too-long frame; Tally rewrites that to `RESOURCE_EXHAUSTED`, the code
+//! OTLP clients (and the OpenTelemetry Collector) use for a message over the size limit, as
+//! for a message that decompresses past the limit.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -127,9 +128,30 @@ pub(crate) async fn serve(
         .max_decoding_message_size(limit);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_is_resource_exhausted,
+        ))
         .add_service(traces)
         .add_service(logs)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(ReceiverError::Grpc)
+}
+
+/// `grpc-status` of OUT_OF_RANGE and RESOURCE_EXHAUSTED.
+const GRPC_OUT_OF_RANGE: &str = "11";
+const GRPC_RESOURCE_EXHAUSTED: axum::http::HeaderValue = axum::http::HeaderValue::from_static("8");
+
+/// tonic refuses a frame longer than the limit with a trailers-only `OUT_OF_RANGE`
+/// response before any handler runs (Tally's handlers never answer that code):
+/// answer `RESOURCE_EXHAUSTED` instead, as gRPC servers do for an oversize message.
+fn oversize_is_resource_exhausted<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+    let headers = response.headers_mut();
+    if headers
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() == GRPC_OUT_OF_RANGE.as_bytes())
+    {
+        headers.insert("grpc-status", GRPC_RESOURCE_EXHAUSTED);
+    }
+    response
 }

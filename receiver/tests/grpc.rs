@@ -95,7 +95,7 @@ async fn oversize_message_is_refused() {
         .export(huge_request(2 << 20))
         .await
         .expect_err("2 MiB over a 1 MiB limit");
-    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert!(err.message().contains("too large"), "{err}");
     assert_eq!(running.recorder.calls(), 0);
 
