@@ -98,17 +98,13 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_documented_errors_and_tally_keeps_serving() {
     let database = TestDatabase::create().await;
-    let url = database.url.clone();
-    let mut tally = tokio::task::spawn_blocking(move || {
-        Tally::start(TallyOptions {
-            database_url: Some(url),
-            jwt_secret: Some(SECRET.into()),
-            max_body_mib: Some(1),
-            ..Default::default()
-        })
+    let mut tally = Tally::launch(TallyOptions {
+        database_url: Some(database.url.clone()),
+        jwt_secret: Some(SECRET.into()),
+        max_body_mib: Some(1),
+        ..Default::default()
     })
-    .await
-    .expect("start tally");
+    .await;
     let traces = tally.http_url("/v1/traces");
     let proto = "application/x-protobuf";
     let good = request(vec![1; 16], "t-bad", "auth.login").encode_to_vec();

@@ -86,15 +86,11 @@ async fn database_outage_gives_retryable_errors_and_loses_nothing_acknowledged()
         .await
         .expect("private postgres");
     let url = server.url();
-    let tally_url = url.clone();
-    let tally = tokio::task::spawn_blocking(move || {
-        Tally::start(TallyOptions {
-            database_url: Some(tally_url),
-            ..Default::default()
-        })
+    let tally = Tally::launch(TallyOptions {
+        database_url: Some(url.clone()),
+        ..Default::default()
     })
-    .await
-    .expect("start tally");
+    .await;
     let traces = tally.http_url("/v1/traces");
     let readyz = tally.api_url("/readyz");
     let client = reqwest::Client::new();

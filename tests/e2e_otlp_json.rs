@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{all_activity, eventually, Tally, TallyOptions, TestDatabase};
+use common::{all_activity, eventually, Tally, TestDatabase};
 use serde_json::{json, Value};
 
 fn now_nanos() -> u64 {
@@ -112,15 +112,7 @@ async fn post(url: &str, body: Vec<u8>, encoding: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_json_gzip_and_zstd_with_int64_strings_and_numbers_is_stored_once() {
     let database = TestDatabase::create().await;
-    let url = database.url.clone();
-    let tally = tokio::task::spawn_blocking(move || {
-        Tally::start(TallyOptions {
-            database_url: Some(url),
-            ..Default::default()
-        })
-    })
-    .await
-    .expect("start tally");
+    let tally = Tally::on(&database).await;
 
     let traces = serde_json::to_vec(&body("t-json")).expect("json");
     let logs = serde_json::to_vec(&logs_body("t-json")).expect("json");

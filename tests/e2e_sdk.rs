@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{all_activity, eventually, Tally, TallyOptions, TestDatabase};
+use common::{all_activity, eventually, Tally, TestDatabase};
 use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _, TracerProvider as _};
 use opentelemetry::KeyValue;
@@ -262,15 +262,7 @@ async fn check_tenant(tally: &Tally, tenant: &str, service: &str, sent: &Sent) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sdk_spans_and_logs_over_grpc_and_http_are_queryable_with_every_filter() {
     let database = TestDatabase::create().await;
-    let url = database.url.clone();
-    let tally = tokio::task::spawn_blocking(move || {
-        Tally::start(TallyOptions {
-            database_url: Some(url),
-            ..Default::default()
-        })
-    })
-    .await
-    .expect("start tally");
+    let tally = Tally::on(&database).await;
 
     // gRPC: tonic needs the runtime; flush blocks, so run it on a blocking thread.
     let grpc_endpoint = tally.grpc_url();

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Tally, TallyOptions, TestDatabase};
+use common::{Tally, TestDatabase};
 use prost::Message;
 use tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tally_model::otlp::common::v1::{any_value, AnyValue, KeyValue};
@@ -46,15 +46,7 @@ fn batch(client: u64, request: u64) -> ExportLogsServiceRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_commits_everything_acknowledged_and_exits_zero() {
     let database = TestDatabase::create().await;
-    let url = database.url.clone();
-    let mut tally = tokio::task::spawn_blocking(move || {
-        Tally::start(TallyOptions {
-            database_url: Some(url),
-            ..Default::default()
-        })
-    })
-    .await
-    .expect("start tally");
+    let mut tally = Tally::on(&database).await;
     let logs_url = tally.http_url("/v1/logs");
     let acknowledged: Arc<Mutex<HashSet<String>>> = Arc::default();
     let sent_enough = Arc::new(tokio::sync::Semaphore::new(0));

@@ -37,10 +37,7 @@ async fn zero_setup_runs_a_private_postgres_and_shuts_down_cleanly() {
         ..Default::default()
     };
 
-    let first = options.clone();
-    let mut tally = tokio::task::spawn_blocking(move || Tally::start(first))
-        .await
-        .expect("start tally");
+    let mut tally = Tally::launch(options.clone()).await;
     assert!(
         tally.log_text().contains("private PostgreSQL"),
         "{}",
@@ -81,9 +78,7 @@ async fn zero_setup_runs_a_private_postgres_and_shuts_down_cleanly() {
     );
 
     // Second start reuses the data folder: the event is still there.
-    let mut again = tokio::task::spawn_blocking(move || Tally::start(options))
-        .await
-        .expect("restart tally");
+    let mut again = Tally::launch(options).await;
     let items = eventually(Duration::from_secs(10), "the stored event", || async {
         let items = all_activity(&again, "tenant=t-zero", None).await;
         (!items.is_empty()).then_some(items)

@@ -100,6 +100,22 @@ impl Tally {
         tally
     }
 
+    /// [`Tally::start`] from async code (starting blocks until Tally is ready).
+    pub async fn launch(options: TallyOptions) -> Tally {
+        tokio::task::spawn_blocking(move || Tally::start(options))
+            .await
+            .expect("start tally")
+    }
+
+    /// Launches Tally on `database` with otherwise default options.
+    pub async fn on(database: &TestDatabase) -> Tally {
+        Tally::launch(TallyOptions {
+            database_url: Some(database.url.clone()),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Waits for a log line containing `needle`; returns it.
     pub fn wait_for_log(&mut self, needle: &str, deadline: Duration) -> Option<String> {
         let end = Instant::now() + deadline;
