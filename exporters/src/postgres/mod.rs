@@ -18,12 +18,19 @@ pub mod embedded;
 mod error;
 mod migrate;
 mod partitions;
+mod retention;
+mod rollup;
 mod telemetry;
 mod writer;
 
 pub use error::PgError;
 pub use migrate::{migrate, MIGRATIONS};
 pub use partitions::{create_partitions, partition_name};
+pub use retention::{partition_day, RetentionJob, RetentionReport, DEFAULT_RETENTION_INTERVAL};
+pub use rollup::{
+    RollupJob, RollupReport, ACTIVITY_WATERMARK, DEFAULT_ATTRIBUTION_DELAY,
+    DEFAULT_MAX_ROWS_PER_RUN, DEFAULT_ROLLUP_INTERVAL, ROLLUP_LOCK_KEY, TOKEN_WATERMARK,
+};
 pub use writer::{insert_activity_batch, PgExporter};
 
 /// Advisory lock key held from the `INSERT … SELECT nextval('activity_events_seq')`

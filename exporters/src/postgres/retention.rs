@@ -1,0 +1,269 @@
+//! Retention: drops whole daily partitions of the raw tables older than
+//! `retention.raw_days`, deletes rollup rows older than
+//! `retention.aggregate_days`, and logs what it removed.
+//!
+//! A partition `<table>_pYYYYMMDD` (the UTC day it holds) is dropped when its day
+//! is before `today - raw_days` (so at least `raw_days` whole days are kept),
+//! **and** its rows are already folded into the rollups (its largest `seq` is at
+//! most the rollup's committed watermark) **and** it holds no row at or after the
+//! cutoff. A partition failing a check is kept and logged as a warning: the next
+//! run retries it once the rollup job has caught up. Partitions whose name does
+//! not follow the pattern (a default partition, tables added by hand) are never
+//! touched.
+
+use std::time::Duration;
+
+use chrono::{Days, NaiveDate, Utc};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+use tally_config::RetentionConfig;
+
+use super::rollup::{run_periodically, ACTIVITY_WATERMARK, TOKEN_WATERMARK};
+use super::{PgError, PARTITION_LOCK_KEY};
+
+/// Default pause between two runs of the spawned job.
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The raw tables and the rollup watermark that must cover their rows.
+const RAW_TABLES: [(&str, &str); 2] = [
+    ("activity_events", ACTIVITY_WATERMARK),
+    ("token_usage", TOKEN_WATERMARK),
+];
+
+/// What one run removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Raw partitions dropped (table names), oldest first per table.
+    pub dropped_partitions: Vec<String>,
+    /// Partitions old enough to drop but kept, with the reason.
+    pub kept_partitions: Vec<(String, String)>,
+    /// `activity_daily` rows deleted.
+    pub activity_daily_deleted: u64,
+    /// `token_usage_daily` rows deleted.
+    pub token_usage_daily_deleted: u64,
+}
+
+/// The retention job.
+#[derive(Debug, Clone)]
+pub struct RetentionJob {
+    config: RetentionConfig,
+}
+
+impl RetentionJob {
+    /// A job applying `config` (`raw_days` default 90, `aggregate_days` default
+    /// 730). A value of 0 disables that half of the job (keep forever).
+    pub fn new(config: RetentionConfig) -> RetentionJob {
+        RetentionJob { config }
+    }
+
+    /// Runs once with "today" = the current UTC day.
+    pub async fn run_once(&self, client: &Client) -> Result<RetentionReport, PgError> {
+        self.run_once_at(client, Utc::now().date_naive()).await
+    }
+
+    /// Runs once as if the current UTC day were `today`.
+    pub async fn run_once_at(
+        &self,
+        client: &Client,
+        today: NaiveDate,
+    ) -> Result<RetentionReport, PgError> {
+        let mut report = RetentionReport::default();
+        if self.config.raw_days > 0 {
+            if let Some(cutoff) = today.checked_sub_days(Days::new(self.config.raw_days.into())) {
+                for (table, watermark) in RAW_TABLES {
+                    self.drop_partitions(client, table, watermark, cutoff, &mut report)
+                        .await?;
+                }
+            }
+        }
+        if self.config.aggregate_days > 0 {
+            if let Some(cutoff) =
+                today.checked_sub_days(Days::new(self.config.aggregate_days.into()))
+            {
+                report.activity_daily_deleted = client
+                    .execute("DELETE FROM activity_daily WHERE day < $1", &[&cutoff])
+                    .await?;
+                report.token_usage_daily_deleted = client
+                    .execute("DELETE FROM token_usage_daily WHERE day < $1", &[&cutoff])
+                    .await?;
+                if report.activity_daily_deleted + report.token_usage_daily_deleted > 0 {
+                    tracing::info!(
+                        before = %cutoff,
+                        activity_daily = report.activity_daily_deleted,
+                        token_usage_daily = report.token_usage_daily_deleted,
+                        "retention deleted rollup rows older than retention.aggregate_days"
+                    );
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn drop_partitions(
+        &self,
+        client: &Client,
+        table: &str,
+        watermark_name: &str,
+        cutoff: NaiveDate,
+        report: &mut RetentionReport,
+    ) -> Result<(), PgError> {
+        let rows = client
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i \
+                 JOIN pg_class c ON c.oid = i.inhrelid \
+                 JOIN pg_class p ON p.oid = i.inhparent \
+                 WHERE p.relname = $1 AND p.relnamespace = c.relnamespace \
+                   AND p.relnamespace = to_regnamespace(current_schema())::oid \
+                 ORDER BY 1",
+                &[&table],
+            )
+            .await?;
+        for row in rows {
+            let name: String = row.get(0);
+            let Some(day) = partition_day(table, &name) else {
+                continue;
+            };
+            if day >= cutoff {
+                continue;
+            }
+            match self
+                .drop_one(client, table, &name, watermark_name, cutoff)
+                .await?
+            {
+                None => {
+                    tracing::info!(
+                        partition = %name,
+                        day = %day,
+                        "retention dropped partition older than retention.raw_days"
+                    );
+                    report.dropped_partitions.push(name);
+                }
+                Some(reason) => {
+                    tracing::warn!(partition = %name, reason = %reason, "retention kept an expired partition");
+                    report.kept_partitions.push((name, reason));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops `partition` unless a check fails; answers the failed check.
+    async fn drop_one(
+        &self,
+        client: &Client,
+        table: &str,
+        partition: &str,
+        watermark_name: &str,
+        cutoff: NaiveDate,
+    ) -> Result<Option<String>, PgError> {
+        let quoted = quote_ident(partition);
+        let sql = format!(
+            "BEGIN; SET LOCAL lock_timeout = '5s'; \
+             SELECT pg_advisory_xact_lock({PARTITION_LOCK_KEY});"
+        );
+        client.batch_execute(&sql).await?;
+        let result = async {
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT (SELECT max(seq) FROM {quoted}), \
+                                (SELECT count(*) FROM (SELECT 1 FROM {quoted} \
+                                   WHERE ts >= $1::date::timestamp AT TIME ZONE 'UTC' LIMIT 1) AS x), \
+                                (SELECT last_seq FROM rollup_watermarks WHERE name = $2)"
+                    ),
+                    &[&cutoff, &watermark_name],
+                )
+                .await?;
+            let max_seq: Option<i64> = row.get(0);
+            let late_rows: i64 = row.get(1);
+            let watermark: Option<i64> = row.get(2);
+            if late_rows > 0 {
+                return Ok(Some(format!(
+                    "it holds rows at or after the cutoff {cutoff}"
+                )));
+            }
+            if let Some(max_seq) = max_seq {
+                let watermark = watermark.unwrap_or(0);
+                if max_seq > watermark {
+                    return Ok(Some(format!(
+                        "its rows up to seq {max_seq} are not rolled up yet ({table} rollup watermark {watermark})"
+                    )));
+                }
+            }
+            client
+                .batch_execute(&format!("DROP TABLE {quoted}"))
+                .await?;
+            Ok::<_, PgError>(None)
+        }
+        .await;
+        match result {
+            Ok(outcome) => {
+                client.batch_execute("COMMIT").await?;
+                Ok(outcome)
+            }
+            Err(error) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs the job on its own connection to `url` every `interval` (default
+    /// [`DEFAULT_RETENTION_INTERVAL`]), the first run right away, until
+    /// `shutdown` becomes `true` or its sender is dropped. Failures are logged
+    /// and retried at the next tick.
+    pub fn spawn(
+        self,
+        url: String,
+        interval: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let job = self;
+            run_periodically("retention", url, interval, shutdown, move |client| {
+                let job = job.clone();
+                Box::pin(async move {
+                    job.run_once(client).await?;
+                    Ok(false)
+                })
+            })
+            .await
+        })
+    }
+}
+
+/// The UTC day of a partition named `<table>_pYYYYMMDD`.
+pub fn partition_day(table: &str, name: &str) -> Option<NaiveDate> {
+    let digits = name.strip_prefix(table)?.strip_prefix("_p")?;
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    NaiveDate::parse_from_str(digits, "%Y%m%d").ok()
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_days() {
+        assert_eq!(
+            partition_day("token_usage", "token_usage_p20260105"),
+            NaiveDate::from_ymd_opt(2026, 1, 5)
+        );
+        assert_eq!(partition_day("token_usage", "token_usage_default"), None);
+        assert_eq!(partition_day("token_usage", "token_usage_p2026010"), None);
+        assert_eq!(partition_day("token_usage", "token_usage_p20261399"), None);
+        assert_eq!(
+            partition_day("activity_events", "token_usage_p20260105"),
+            None
+        );
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,342 @@
+//! The daily rollups `activity_daily` and `token_usage_daily`, maintained
+//! incrementally and exactly once.
+//!
+//! One run of [`RollupJob::run_once`] is **one transaction**:
+//!
+//! 1. `pg_advisory_xact_lock(ROLLUP_LOCK_KEY)`: runs of several Tally instances
+//!    on one database are serialised.
+//! 2. Per rollup, the committed watermark `rollup_watermarks.last_seq` is read
+//!    `FOR UPDATE`, an upper bound `S` is chosen (see below), the raw rows with
+//!    `last_seq < seq <= S` are aggregated by `INSERT … SELECT … GROUP BY … ON
+//!    CONFLICT DO UPDATE SET n = n + EXCLUDED.n`, and the watermark becomes `S`.
+//! 3. `COMMIT`.
+//!
+//! A crash, a killed connection or a dropped future anywhere before the commit
+//! rolls everything back (rollup rows and watermark together), so every raw row
+//! is folded exactly once.
+//!
+//! Choosing `S`: `seq` is commit-ordered (writers take the table's advisory lock
+//! before `nextval` and hold it until commit), so when the row with `seq = s` is
+//! visible every row with a smaller `seq` is committed too. `S` is therefore the
+//! largest visible `seq`, bounded to [`DEFAULT_MAX_ROWS_PER_RUN`] rows per run.
+//! For `token_usage`, rows are folded only once they are older than the
+//! attribution delay (default [`DEFAULT_ATTRIBUTION_DELAY`]): the ingest side may
+//! fill in a row's tenant and user with an `UPDATE` when the request span that
+//! carries them arrives after the LLM span. `S` is the end of the longest prefix
+//! (in `seq` order) of unfolded rows whose `received_at` is before
+//! `now() - delay`, so one recent row holds back every later one.
+
+use futures::future::BoxFuture;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, Transaction};
+
+use super::{connect, PgError};
+
+/// Advisory lock key serialising rollup runs (the bytes `tallyrol`).
+pub const ROLLUP_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyrol");
+/// Default pause between two runs of the spawned job.
+pub const DEFAULT_ROLLUP_INTERVAL: Duration = Duration::from_secs(60);
+/// Default age a `token_usage` row must reach before it is folded (5 minutes:
+/// the default trace-attribution window).
+pub const DEFAULT_ATTRIBUTION_DELAY: Duration = Duration::from_secs(300);
+/// Default upper bound of raw rows folded per table and run.
+pub const DEFAULT_MAX_ROWS_PER_RUN: i64 = 100_000;
+
+/// `rollup_watermarks.name` of the activity rollup.
+pub const ACTIVITY_WATERMARK: &str = "activity_daily";
+/// `rollup_watermarks.name` of the token rollup.
+pub const TOKEN_WATERMARK: &str = "token_usage_daily";
+
+const FOLD_ACTIVITY_SQL: &str = "INSERT INTO activity_daily \
+        (day, tenant_id, user_id, action, outcome, events) \
+    SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(user_id, ''), action, outcome, \
+        count(*) \
+    FROM activity_events WHERE seq > $1 AND seq <= $2 \
+    GROUP BY 1, 2, 3, 4, 5 \
+    ON CONFLICT (tenant_id, day, user_id, action, outcome) \
+    DO UPDATE SET events = activity_daily.events + EXCLUDED.events";
+
+const FOLD_TOKENS_SQL: &str = "INSERT INTO token_usage_daily \
+        (day, tenant_id, user_id, provider, model, requests, unknown_usage_requests, \
+         unpriced_requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
+         reasoning_tokens, total_tokens, cost_usd) \
+    SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(user_id, ''), \
+        coalesce(provider, ''), coalesce(model, ''), \
+        count(*), count(*) FILTER (WHERE NOT usage_known), count(*) FILTER (WHERE cost_usd IS NULL), \
+        coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), \
+        coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0), \
+        coalesce(sum(reasoning_tokens), 0), coalesce(sum(total_tokens), 0), \
+        coalesce(sum(cost_usd), 0) \
+    FROM token_usage WHERE seq > $1 AND seq <= $2 \
+    GROUP BY 1, 2, 3, 4, 5 \
+    ON CONFLICT (tenant_id, day, user_id, provider, model) DO UPDATE SET \
+        requests = token_usage_daily.requests + EXCLUDED.requests, \
+        unknown_usage_requests = token_usage_daily.unknown_usage_requests + EXCLUDED.unknown_usage_requests, \
+        unpriced_requests = token_usage_daily.unpriced_requests + EXCLUDED.unpriced_requests, \
+        input_tokens = token_usage_daily.input_tokens + EXCLUDED.input_tokens, \
+        output_tokens = token_usage_daily.output_tokens + EXCLUDED.output_tokens, \
+        cache_read_tokens = token_usage_daily.cache_read_tokens + EXCLUDED.cache_read_tokens, \
+        cache_write_tokens = token_usage_daily.cache_write_tokens + EXCLUDED.cache_write_tokens, \
+        reasoning_tokens = token_usage_daily.reasoning_tokens + EXCLUDED.reasoning_tokens, \
+        total_tokens = token_usage_daily.total_tokens + EXCLUDED.total_tokens, \
+        cost_usd = token_usage_daily.cost_usd + EXCLUDED.cost_usd";
+
+/// What one run folded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RollupReport {
+    /// `activity_daily` watermark before and after the run.
+    pub activity_from_seq: i64,
+    pub activity_to_seq: i64,
+    /// Raw `activity_events` rows folded.
+    pub activity_rows: u64,
+    /// `token_usage_daily` watermark before and after the run.
+    pub tokens_from_seq: i64,
+    pub tokens_to_seq: i64,
+    /// Raw `token_usage` rows folded.
+    pub token_rows: u64,
+}
+
+impl RollupReport {
+    /// Whether the run stopped at its per-run bound with rows left (run again soon).
+    pub fn folded_anything(&self) -> bool {
+        self.activity_rows > 0 || self.token_rows > 0
+    }
+}
+
+/// The rollup job. Cheap to clone; holds only its settings.
+#[derive(Debug, Clone)]
+pub struct RollupJob {
+    attribution_delay: Duration,
+    max_rows_per_run: i64,
+}
+
+impl Default for RollupJob {
+    fn default() -> Self {
+        RollupJob::new(DEFAULT_ATTRIBUTION_DELAY)
+    }
+}
+
+impl RollupJob {
+    /// A job folding `token_usage` rows once they are `attribution_delay` old
+    /// (default [`DEFAULT_ATTRIBUTION_DELAY`]).
+    pub fn new(attribution_delay: Duration) -> RollupJob {
+        RollupJob {
+            attribution_delay,
+            max_rows_per_run: DEFAULT_MAX_ROWS_PER_RUN,
+        }
+    }
+
+    /// Bounds the raw rows folded per table and run (at least 1; default
+    /// [`DEFAULT_MAX_ROWS_PER_RUN`]).
+    pub fn with_max_rows_per_run(mut self, rows: i64) -> RollupJob {
+        self.max_rows_per_run = rows.max(1);
+        self
+    }
+
+    /// Runs once: folds the new raw rows of both tables, in one transaction (see
+    /// the module documentation). Blocks while another instance's run holds
+    /// [`ROLLUP_LOCK_KEY`].
+    pub async fn run_once(&self, client: &mut Client) -> Result<RollupReport, PgError> {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ROLLUP_LOCK_KEY])
+            .await?;
+        let mut report = RollupReport::default();
+
+        let (from, to, rows) = self.fold_activity(&tx).await?;
+        report.activity_from_seq = from;
+        report.activity_to_seq = to;
+        report.activity_rows = rows;
+
+        let (from, to, rows) = self.fold_tokens(&tx).await?;
+        report.tokens_from_seq = from;
+        report.tokens_to_seq = to;
+        report.token_rows = rows;
+
+        tx.commit().await?;
+        if report.folded_anything() {
+            tracing::debug!(?report, "rollup run folded rows");
+        }
+        Ok(report)
+    }
+
+    async fn fold_activity(&self, tx: &Transaction<'_>) -> Result<(i64, i64, u64), PgError> {
+        let from = watermark(tx, ACTIVITY_WATERMARK).await?;
+        let upper: Option<i64> = tx
+            .query_one(
+                "SELECT max(seq) FROM (SELECT seq FROM activity_events WHERE seq > $1 \
+                 ORDER BY seq LIMIT $2) AS next_rows",
+                &[&from, &self.max_rows_per_run],
+            )
+            .await?
+            .get(0);
+        let Some(to) = upper else {
+            return Ok((from, from, 0));
+        };
+        let rows: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM activity_events WHERE seq > $1 AND seq <= $2",
+                &[&from, &to],
+            )
+            .await?
+            .get(0);
+        tx.execute(FOLD_ACTIVITY_SQL, &[&from, &to]).await?;
+        set_watermark(tx, ACTIVITY_WATERMARK, to).await?;
+        Ok((from, to, u64::try_from(rows).unwrap_or(0)))
+    }
+
+    async fn fold_tokens(&self, tx: &Transaction<'_>) -> Result<(i64, i64, u64), PgError> {
+        let from = watermark(tx, TOKEN_WATERMARK).await?;
+        let delay_secs = self.attribution_delay.as_secs_f64();
+        // The first unfolded row still inside the delay bounds the prefix; it is
+        // searched among the rows after the watermark (few, recent) through the
+        // seq index, so a clock that steps back cannot let a young row through.
+        let upper: Option<i64> = tx
+            .query_one(
+                "WITH young AS ( \
+                     SELECT min(seq) AS seq FROM token_usage \
+                     WHERE seq > $1 AND received_at >= now() - make_interval(secs => $3)) \
+                 SELECT max(seq) FROM (SELECT t.seq FROM token_usage t, young \
+                     WHERE t.seq > $1 AND (young.seq IS NULL OR t.seq < young.seq) \
+                     ORDER BY t.seq LIMIT $2) AS next_rows",
+                &[&from, &self.max_rows_per_run, &delay_secs],
+            )
+            .await?
+            .get(0);
+        let Some(to) = upper else {
+            return Ok((from, from, 0));
+        };
+        let rows: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM token_usage WHERE seq > $1 AND seq <= $2",
+                &[&from, &to],
+            )
+            .await?
+            .get(0);
+        tx.execute(FOLD_TOKENS_SQL, &[&from, &to]).await?;
+        set_watermark(tx, TOKEN_WATERMARK, to).await?;
+        Ok((from, to, u64::try_from(rows).unwrap_or(0)))
+    }
+
+    /// Runs the job on its own connection to `url` every `interval` (default
+    /// [`DEFAULT_ROLLUP_INTERVAL`]; immediately again while a run stops at its
+    /// row bound) until `shutdown` becomes `true` or its sender is dropped.
+    /// Failures (database down, a killed connection) are logged and retried
+    /// with a fresh connection at the next tick; a run interrupted by shutdown
+    /// is rolled back and loses nothing.
+    pub fn spawn(
+        self,
+        url: String,
+        interval: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let job = self;
+            let max_rows = u64::try_from(job.max_rows_per_run).unwrap_or(u64::MAX);
+            run_periodically("rollup", url, interval, shutdown, move |client| {
+                let job = job.clone();
+                Box::pin(async move {
+                    let report = job.run_once(client).await?;
+                    // Saturated: more rows are waiting, go again without pausing.
+                    Ok(report.activity_rows >= max_rows || report.token_rows >= max_rows)
+                })
+            })
+            .await
+        })
+    }
+}
+
+/// The watermark of `name`, locked for this transaction.
+async fn watermark(tx: &Transaction<'_>, name: &str) -> Result<i64, PgError> {
+    let row = tx
+        .query_opt(
+            "SELECT last_seq FROM rollup_watermarks WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )
+        .await?;
+    match row {
+        Some(row) => Ok(row.get(0)),
+        None => {
+            // Only if someone deleted it: start from the beginning.
+            tx.execute(
+                "INSERT INTO rollup_watermarks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                &[&name],
+            )
+            .await?;
+            let row = tx
+                .query_one(
+                    "SELECT last_seq FROM rollup_watermarks WHERE name = $1 FOR UPDATE",
+                    &[&name],
+                )
+                .await?;
+            Ok(row.get(0))
+        }
+    }
+}
+
+async fn set_watermark(tx: &Transaction<'_>, name: &str, seq: i64) -> Result<(), PgError> {
+    tx.execute(
+        "UPDATE rollup_watermarks SET last_seq = $2, updated_at = now() WHERE name = $1",
+        &[&name, &seq],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Shared loop of the background jobs: connect (again after a failure), run
+/// `step`, wait `interval` (or not, when `step` answers `true`: more work is
+/// waiting), stop when `shutdown` turns `true` or its sender is dropped.
+pub(crate) async fn run_periodically<F>(
+    name: &'static str,
+    url: String,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut step: F,
+) where
+    F: for<'c> FnMut(&'c mut Client) -> BoxFuture<'c, Result<bool, PgError>>,
+{
+    let mut client: Option<Client> = None;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let mut again = false;
+        if client.as_ref().is_none_or(Client::is_closed) {
+            match connect(&url).await {
+                Ok((c, _connection)) => client = Some(c),
+                Err(error) => {
+                    tracing::warn!(job = name, error = %error, "background job cannot connect; retrying");
+                    client = None;
+                }
+            }
+        }
+        if let Some(c) = client.as_mut() {
+            // A run cut short by shutdown is dropped, i.e. rolled back.
+            let result = tokio::select! {
+                result = step(c) => Some(result),
+                _ = shutdown.changed() => None,
+            };
+            match result {
+                None => break,
+                Some(Ok(more)) => again = more,
+                Some(Err(error)) => {
+                    tracing::warn!(job = name, error = %error, "background job run failed; retrying later");
+                    client = None;
+                }
+            }
+        }
+        if !again {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    tracing::debug!(job = name, "background job stopped");
+}
