@@ -1,0 +1,124 @@
+//! The physical limit in the same run: the same rows Tally would store, written
+//! straight into `activity_events` with binary `COPY` by a minimal writer (no
+//! receiver, no staging table, no lock, `seq` assigned client-side).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use tally_exporters::postgres::{connect, create_partitions};
+use tally_model::ActivityEvent;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{Json, ToSql, Type};
+
+use crate::workload;
+
+const COPY_SQL: &str = "COPY activity_events (id, seq, ts, received_at, tenant_id, user_id, \
+    session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
+    attributes) FROM STDIN (FORMAT binary)";
+
+const TYPES: [Type; 15] = [
+    Type::UUID,
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::JSONB,
+];
+
+/// Rows the benchmark workload turns into (classified exactly as Tally does).
+pub fn rows(count: usize) -> Vec<ActivityEvent> {
+    let mut rows = Vec::with_capacity(count);
+    while rows.len() < count {
+        let request = workload::traces(1000);
+        rows.extend(tally_processors::classify_traces(&request, Utc::now()).events);
+    }
+    rows.truncate(count);
+    rows
+}
+
+/// Writes `rows` with `connections` parallel COPY streams of `batch` rows;
+/// returns rows per second.
+pub async fn measure(
+    database_url: &str,
+    rows: Vec<ActivityEvent>,
+    connections: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let (admin, _) = connect(database_url).await?;
+    let today = Utc::now().date_naive();
+    create_partitions(
+        &admin,
+        today.pred_opt().unwrap_or(today),
+        today.succ_opt().unwrap_or(today),
+    )
+    .await?;
+    let chunks: Vec<Vec<ActivityEvent>> = {
+        let per = rows.len().div_ceil(connections.max(1));
+        let mut rows = rows;
+        let mut out = Vec::new();
+        while !rows.is_empty() {
+            let rest = rows.split_off(per.min(rows.len()));
+            out.push(rows);
+            rows = rest;
+        }
+        out
+    };
+    let total: usize = chunks.iter().map(Vec::len).sum();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (worker, chunk) in chunks.into_iter().enumerate() {
+        let url = database_url.to_string();
+        tasks.push(tokio::spawn(async move {
+            let (mut client, _) = connect(&url).await?;
+            let mut seq = (worker as i64) << 40;
+            for part in chunk.chunks(batch) {
+                let tx = client.transaction().await?;
+                let sink = tx.copy_in(COPY_SQL).await?;
+                let writer = BinaryCopyInWriter::new(sink, &TYPES);
+                tokio::pin!(writer);
+                let now = Utc::now();
+                for e in part {
+                    seq += 1;
+                    let tenant = e.tenant_id.as_deref().unwrap_or("");
+                    let attributes = Json(&e.attributes);
+                    let row: [&(dyn ToSql + Sync); 15] = [
+                        &e.id,
+                        &seq,
+                        &e.ts,
+                        &now,
+                        &tenant,
+                        &e.user_id,
+                        &e.session_id,
+                        &e.action,
+                        &e.outcome.as_str(),
+                        &e.resource_type,
+                        &e.resource_id,
+                        &e.service,
+                        &e.trace_id,
+                        &e.span_id,
+                        &attributes,
+                    ];
+                    writer.as_mut().write(&row).await?;
+                }
+                writer.as_mut().finish().await?;
+                tx.commit().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await.context("ceiling writer")??;
+    }
+    let elapsed = started.elapsed().max(Duration::from_millis(1));
+    Ok(total as f64 / elapsed.as_secs_f64())
+}

@@ -1,0 +1,115 @@
+//! A Tally release build run as a separate process for the benchmark, with its
+//! CPU time and peak memory read from `/proc`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// A running collector.
+pub struct Collector {
+    child: Child,
+    pub grpc: String,
+    pub http: String,
+    _dir: std::path::PathBuf,
+}
+
+impl Collector {
+    /// Starts `binary` on free ports, writing to `database_url`, and waits until ready.
+    pub fn start(binary: &Path, database_url: &str, writers: usize) -> anyhow::Result<Collector> {
+        let dir =
+            std::env::temp_dir().join(format!("tally-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("tally.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\n\
+                 exporters:\n  postgres: {{ url: \"{database_url}\", writers: {writers} }}\n  prometheus: {{ endpoint: 127.0.0.1:0 }}\n\
+                 admin_api: {{ endpoint: 127.0.0.1:0 }}\nservice: {{ log_format: text, log_level: \"warn,tally::run=info\" }}\n"
+            ),
+        )?;
+        let mut child = Command::new(binary)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("tally is ready") {
+                    let _ = tx.send(line);
+                } else if line.contains("ERROR") || line.contains("WARN") {
+                    eprintln!("[tally] {line}");
+                }
+            }
+        });
+        let ready = rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("tally did not report ready within 60 s")?;
+        let field = |name: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .map(str::to_string)
+        };
+        let (Some(grpc), Some(http)) = (field("grpc"), field("http")) else {
+            bail!("no addresses in {ready:?}");
+        };
+        Ok(Collector {
+            child,
+            grpc: format!("http://{grpc}"),
+            http: format!("http://{http}"),
+            _dir: dir,
+        })
+    }
+
+    /// CPU seconds (user + system) the collector has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
+            return f64::NAN;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Resident memory now and at its peak, in MiB.
+    pub fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}

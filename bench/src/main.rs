@@ -1,0 +1,225 @@
+//! `tally-bench`: Tally's benchmarks, printed as a table and written as JSON.
+//!
+//! ```sh
+//! cargo build --release -p tally -p tally-bench
+//! target/release/tally-bench ingest --runs 3
+//! ```
+//!
+//! `ingest` runs, for each transport, a release `tally` on a fresh database and
+//! offers it OTLP load at full speed (accepted records/s, collector CPU per 100k
+//! records, peak RSS) and then paced at 50% and 90% of that maximum (ack latency
+//! p50/p99); then, in the same run, the PostgreSQL ceiling: the same rows written
+//! straight into `activity_events` with binary COPY. Figures are medians over
+//! `--runs`.
+
+mod ceiling;
+mod collector;
+mod load;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tally_exporters::testing::TestDatabase;
+
+use collector::Collector;
+use load::{LoadPlan, Transport};
+
+#[derive(Parser)]
+#[command(name = "tally-bench", about = "Tally's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// OTLP ingest against a running release build, and the PostgreSQL ceiling.
+    Ingest(IngestArgs),
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    /// The collector binary (a release build).
+    #[arg(long, default_value = "target/release/tally")]
+    tally: PathBuf,
+    /// Seconds of full-speed load per run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of paced load at 50% and 90% of the maximum.
+    #[arg(long, default_value_t = 5)]
+    paced_duration: u64,
+    /// Concurrent client connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Records per export request.
+    #[arg(long, default_value_t = 100)]
+    records_per_request: usize,
+    /// Writer connections for Tally and for the ceiling writer.
+    #[arg(long, default_value_t = 2)]
+    writers: usize,
+    /// Rows written by the ceiling writer per run.
+    #[arg(long, default_value_t = 200_000)]
+    ceiling_rows: usize,
+    /// Runs; figures are medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Transports to measure.
+    #[arg(long, value_delimiter = ',', default_value = "grpc,http")]
+    transports: Vec<Transport>,
+    /// Where to write the JSON figures.
+    #[arg(long, default_value = "bench-ingest.json")]
+    json: PathBuf,
+}
+
+/// One transport's figures from one run.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    records_per_second: f64,
+    refused_requests: u64,
+    cpu_seconds_per_100k: f64,
+    peak_rss_mib: f64,
+    p50_at_50_ms: f64,
+    p99_at_50_ms: f64,
+    p50_at_90_ms: f64,
+    p99_at_90_ms: f64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::Result<Figures> {
+    let database = TestDatabase::migrated().await;
+    let collector = Collector::start(&args.tally, &database.url, args.writers)?;
+    let plan = LoadPlan {
+        transport,
+        connections: args.connections,
+        records_per_request: args.records_per_request,
+        duration: Duration::from_secs(args.duration),
+        target_rate: None,
+    };
+    let cpu_before = collector.cpu_seconds();
+    let full = load::run(&plan, &collector.grpc, &collector.http).await?;
+    let cpu_after = collector.cpu_seconds();
+    let max_rate = full.records_per_second();
+    let mut paced = Vec::new();
+    for share in [0.5, 0.9] {
+        let plan = LoadPlan {
+            duration: Duration::from_secs(args.paced_duration),
+            target_rate: Some(max_rate * share),
+            ..plan.clone()
+        };
+        paced.push(load::run(&plan, &collector.grpc, &collector.http).await?);
+    }
+    let (_, peak_rss) = collector.rss_mib();
+    collector.stop();
+    Ok(Figures {
+        records_per_second: max_rate,
+        refused_requests: full.refused_requests,
+        cpu_seconds_per_100k: (cpu_after - cpu_before) / full.accepted_records.max(1) as f64
+            * 100_000.0,
+        peak_rss_mib: peak_rss,
+        p50_at_50_ms: paced[0].latency_ms(0.5),
+        p99_at_50_ms: paced[0].latency_ms(0.99),
+        p50_at_90_ms: paced[1].latency_ms(0.5),
+        p99_at_90_ms: paced[1].latency_ms(0.99),
+    })
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.tally.exists(),
+        "{} not found: build it with `cargo build --release -p tally`",
+        args.tally.display()
+    );
+    let mut per_transport: Vec<(Transport, Vec<Figures>)> =
+        args.transports.iter().map(|t| (*t, Vec::new())).collect();
+    let mut ceilings = Vec::new();
+    for run in 1..=args.runs {
+        for (transport, figures) in per_transport.iter_mut() {
+            let measured = measure_transport(&args, *transport)
+                .await
+                .with_context(|| format!("run {run}, {transport:?}"))?;
+            eprintln!("run {run} {transport:?}: {measured:?}");
+            figures.push(measured);
+        }
+        let database = TestDatabase::migrated().await;
+        let rows = ceiling::rows(args.ceiling_rows);
+        let ceiling = ceiling::measure(&database.url, rows, args.writers, 10_000).await?;
+        eprintln!("run {run} ceiling: {ceiling:.0} rows/s");
+        ceilings.push(ceiling);
+    }
+    let ceiling = median(ceilings.clone());
+    println!(
+        "\nTally ingest, median of {} runs ({} connections x {} records/request, {} writers)\n",
+        args.runs, args.connections, args.records_per_request, args.writers
+    );
+    println!(
+        "| transport | accepted rec/s | / ceiling | CPU s per 100k rec | peak RSS MiB | p50/p99 ms @50% | p50/p99 ms @90% |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut json_transports = serde_json::Map::new();
+    for (transport, figures) in &per_transport {
+        let m = |f: fn(&Figures) -> f64| median(figures.iter().map(f).collect());
+        let rate = m(|f| f.records_per_second);
+        println!(
+            "| {transport:?} | {rate:.0} | {:.2} | {:.3} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            rate / ceiling,
+            m(|f| f.cpu_seconds_per_100k),
+            m(|f| f.peak_rss_mib),
+            m(|f| f.p50_at_50_ms),
+            m(|f| f.p99_at_50_ms),
+            m(|f| f.p50_at_90_ms),
+            m(|f| f.p99_at_90_ms),
+        );
+        json_transports.insert(
+            format!("{transport:?}").to_lowercase(),
+            json!({
+                "records_per_second": rate,
+                "ratio_to_ceiling": rate / ceiling,
+                "cpu_seconds_per_100k_records": m(|f| f.cpu_seconds_per_100k),
+                "peak_rss_mib": m(|f| f.peak_rss_mib),
+                "ack_latency_ms": {
+                    "at_50_percent": { "p50": m(|f| f.p50_at_50_ms), "p99": m(|f| f.p99_at_50_ms) },
+                    "at_90_percent": { "p50": m(|f| f.p50_at_90_ms), "p99": m(|f| f.p99_at_90_ms) },
+                },
+                "refused_requests_at_full_speed": figures.iter().map(|f| f.refused_requests).collect::<Vec<_>>(),
+                "runs": figures.iter().map(|f| f.records_per_second).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    println!(
+        "| ceiling (binary COPY, {} connections) | {ceiling:.0} | 1.00 | | | | |",
+        args.writers
+    );
+    let report = json!({
+        "benchmark": "ingest",
+        "runs": args.runs,
+        "connections": args.connections,
+        "records_per_request": args.records_per_request,
+        "writers": args.writers,
+        "ceiling_rows_per_second": ceiling,
+        "ceiling_runs": ceilings,
+        "transports": json_transports,
+    });
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("\nJSON: {}", args.json.display());
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Ingest(args) => ingest(args).await,
+    }
+}
