@@ -11,10 +11,12 @@
 mod endpoint;
 mod expand;
 mod schema;
+pub mod taxonomy;
 
 pub use endpoint::Endpoint;
 pub use expand::expand_env;
 pub use schema::*;
+pub use taxonomy::{check_action_name, Taxonomy, TaxonomyError, TaxonomyHandle};
 
 use std::path::Path;
 

@@ -102,24 +102,52 @@ impl Default for RedactConfig {
     }
 }
 
-/// `processors.validate` (taxonomy registry).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `processors.validate` (taxonomy registry, see `docs/taxonomy.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ValidateConfig {
-    /// Path of the taxonomy YAML; the built-in default when unset.
+    /// Path of the taxonomy YAML (relative to the working directory); the
+    /// built-in default when unset.
     pub taxonomy: Option<PathBuf>,
     pub mode: ValidateMode,
+    /// How often the taxonomy file is checked for changes, in seconds (default
+    /// 2; 0 turns file polling off, SIGHUP still reloads).
+    pub reload_interval_secs: u64,
 }
 
-/// How unknown actions are treated.
+impl Default for ValidateConfig {
+    fn default() -> Self {
+        ValidateConfig {
+            taxonomy: None,
+            mode: ValidateMode::default(),
+            reload_interval_secs: 2,
+        }
+    }
+}
+
+/// What happens to events the taxonomy does not accept. Malformed action names
+/// go to `rejected_events` in every mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ValidateMode {
-    /// Unknown actions are stored and counted.
+    /// Unknown actions and invalid metadata are stored, flagged `taxonomy_valid = false`.
     #[default]
     Lenient,
-    /// Unknown actions go to `rejected_events`.
+    /// Unknown actions and invalid metadata go to `rejected_events`.
     Strict,
+    /// No taxonomy check (only the action-name shape check).
+    Off,
+}
+
+impl ValidateMode {
+    /// `lenient`, `strict` or `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValidateMode::Lenient => "lenient",
+            ValidateMode::Strict => "strict",
+            ValidateMode::Off => "off",
+        }
+    }
 }
 
 /// `exporters`.
@@ -209,6 +237,12 @@ pub struct AdminApiConfig {
     /// Largest accepted `limit` (default 1000).
     pub max_page_size: u32,
     pub auth: AuthConfig,
+    /// Seconds between heartbeat comments on idle live feeds (default 15).
+    pub sse_heartbeat_secs: u64,
+    /// Most live-feed clients (SSE streams, stats streams) at once; beyond, 503 (default 1000).
+    pub sse_max_clients: usize,
+    /// Events buffered per live-feed client before it is reset (default 1024).
+    pub sse_client_buffer: usize,
 }
 
 impl Default for AdminApiConfig {
@@ -219,6 +253,9 @@ impl Default for AdminApiConfig {
             default_page_size: 50,
             max_page_size: 1000,
             auth: AuthConfig::default(),
+            sse_heartbeat_secs: 15,
+            sse_max_clients: 1000,
+            sse_client_buffer: 1024,
         }
     }
 }
