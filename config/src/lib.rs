@@ -10,11 +10,13 @@
 
 mod endpoint;
 mod expand;
+mod redact;
 mod schema;
 pub mod taxonomy;
 
 pub use endpoint::Endpoint;
 pub use expand::expand_env;
+pub use redact::*;
 pub use schema::*;
 pub use taxonomy::{check_action_name, Taxonomy, TaxonomyError, TaxonomyHandle};
 
@@ -87,6 +89,9 @@ impl Config {
                 "receivers.otlp.http.max_request_body_size",
                 "must be at least 1",
             ));
+        }
+        if let Err((key, message)) = self.processors.redact.check() {
+            return Err(invalid(&format!("processors.redact.{key}"), &message));
         }
         let pg = &self.exporters.postgres;
         if pg.batch_max_rows == 0 {

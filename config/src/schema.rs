@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::Endpoint;
+use crate::RedactConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -82,24 +83,6 @@ impl Default for HttpConfig {
 pub struct Processors {
     pub redact: RedactConfig,
     pub validate: ValidateConfig,
-}
-
-/// `processors.redact` (PII scrubbing).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedactConfig {
-    pub enabled: bool,
-    /// Key for the keyed hashes of IP addresses and file names.
-    pub hmac_key: Option<String>,
-}
-
-impl Default for RedactConfig {
-    fn default() -> Self {
-        RedactConfig {
-            enabled: true,
-            hmac_key: None,
-        }
-    }
 }
 
 /// `processors.validate` (taxonomy registry, see `docs/taxonomy.md`).
