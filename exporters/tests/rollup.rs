@@ -1,0 +1,508 @@
+//! The rollup job against a real PostgreSQL: exactly once under concurrent
+//! ingestion and killed runs; the attribution delay of token rows.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
+use tally_exporters::postgres::{
+    create_partitions, insert_activity_batch, RollupJob, ACTIVITY_WATERMARK, TOKEN_WATERMARK,
+};
+use tally_exporters::testing::TestDatabase;
+use tally_model::{ActivityEvent, Outcome};
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+/// The token writers' lock key (the bytes `tallytok`), as documented in the schema.
+const TOKEN_LOCK: i64 = i64::from_be_bytes(*b"tallytok");
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn first_day() -> NaiveDate {
+    Utc::now().date_naive() - Days::new(3)
+}
+
+fn midnight(day: NaiveDate) -> DateTime<Utc> {
+    day.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
+}
+
+async fn token_partitions(client: &Client, from: NaiveDate, through: NaiveDate) {
+    let mut day = from;
+    while day <= through {
+        let next = day.succ_opt().expect("next day");
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS token_usage_p{} PARTITION OF token_usage \
+                 FOR VALUES FROM ('{day} 00:00:00+00') TO ('{next} 00:00:00+00')",
+                day.format("%Y%m%d")
+            ))
+            .await
+            .expect("token partition");
+        day = next;
+    }
+}
+
+fn activity_events(rng: &mut Rng, n: usize) -> Vec<ActivityEvent> {
+    (0..n)
+        .map(|_| ActivityEvent {
+            id: Uuid::new_v4(),
+            ts: midnight(first_day())
+                + TimeDelta::microseconds(rng.below(3 * 86_400_000_000) as i64),
+            tenant_id: ["acme", "globex", ""]
+                .get(rng.below(3) as usize)
+                .filter(|t| !t.is_empty())
+                .map(|t| t.to_string()),
+            user_id: (rng.below(5) != 0).then(|| format!("u{}", rng.below(6))),
+            session_id: None,
+            action: ["auth.login", "doc.read", "doc.write"][rng.below(3) as usize].to_owned(),
+            outcome: [Outcome::Success, Outcome::Failure, Outcome::Unknown][rng.below(3) as usize],
+            resource_type: None,
+            resource_id: None,
+            service: Some("svc".to_owned()),
+            trace_id: None,
+            span_id: None,
+            attributes: serde_json::Map::new(),
+        })
+        .collect()
+}
+
+/// Inserts `n` random token rows in one transaction under the writers' lock protocol.
+async fn insert_tokens(client: &mut Client, rng: &mut Rng, n: usize) -> u64 {
+    let mut ids = Vec::new();
+    let mut ts = Vec::new();
+    let mut tenants = Vec::new();
+    let mut users: Vec<Option<String>> = Vec::new();
+    let mut providers: Vec<Option<String>> = Vec::new();
+    let mut models: Vec<Option<String>> = Vec::new();
+    let mut known = Vec::new();
+    let mut input: Vec<Option<i64>> = Vec::new();
+    let mut output: Vec<Option<i64>> = Vec::new();
+    let mut cost: Vec<Option<String>> = Vec::new();
+    for _ in 0..n {
+        ids.push(Uuid::new_v4());
+        ts.push(
+            midnight(first_day()) + TimeDelta::microseconds(rng.below(3 * 86_400_000_000) as i64),
+        );
+        tenants.push(["acme", "globex", ""][rng.below(3) as usize].to_owned());
+        users.push((rng.below(4) != 0).then(|| format!("u{}", rng.below(5))));
+        providers.push(
+            (rng.below(6) != 0).then(|| ["openai", "anthropic"][rng.below(2) as usize].to_owned()),
+        );
+        models.push(Some(
+            ["gpt-4o", "claude", "mystery"][rng.below(3) as usize].to_owned(),
+        ));
+        let usage = rng.below(8) != 0;
+        known.push(usage);
+        input.push(usage.then(|| rng.below(5000) as i64));
+        output.push(usage.then(|| rng.below(900) as i64));
+        cost.push(
+            (usage && rng.below(4) != 0).then(|| format!("0.{:010}", rng.below(10_000_000_000))),
+        );
+    }
+    let tx = client.transaction().await.expect("begin");
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOKEN_LOCK])
+        .await
+        .expect("lock");
+    let inserted = tx
+        .execute(
+            "INSERT INTO token_usage (id, seq, ts, tenant_id, user_id, provider, model, usage_known, \
+             input_tokens, output_tokens, total_tokens, cache_read_tokens, cost_usd) \
+             SELECT id, nextval('token_usage_seq'), ts, t, u, p, m, k, i, o, i + o, i / 10, c::numeric \
+             FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], \
+                 $6::text[], $7::bool[], $8::int8[], $9::int8[], $10::text[]) \
+                 AS x(id, ts, t, u, p, m, k, i, o, c)",
+            &[&ids, &ts, &tenants, &users, &providers, &models, &known, &input, &output, &cost],
+        )
+        .await
+        .expect("insert tokens");
+    tx.commit().await.expect("commit");
+    inserted
+}
+
+const ACTIVITY_ROLLUP: &str = "SELECT day::text, tenant_id, user_id, action, outcome, events \
+    FROM activity_daily ORDER BY 1, 2, 3, 4, 5";
+const ACTIVITY_RAW: &str = "SELECT (ts AT TIME ZONE 'UTC')::date::text, tenant_id, \
+    coalesce(user_id, ''), action, outcome, count(*) FROM activity_events \
+    GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5";
+const TOKEN_ROLLUP: &str = "SELECT day::text, tenant_id, user_id, provider, model, requests, \
+    unknown_usage_requests, unpriced_requests, input_tokens, output_tokens, cache_read_tokens, \
+    cache_write_tokens, reasoning_tokens, total_tokens, cost_usd::text \
+    FROM token_usage_daily ORDER BY 1, 2, 3, 4, 5";
+const TOKEN_RAW: &str = "SELECT (ts AT TIME ZONE 'UTC')::date::text, tenant_id, \
+    coalesce(user_id, ''), coalesce(provider, ''), coalesce(model, ''), count(*), \
+    count(*) FILTER (WHERE NOT usage_known), count(*) FILTER (WHERE cost_usd IS NULL), \
+    coalesce(sum(input_tokens), 0)::int8, coalesce(sum(output_tokens), 0)::int8, \
+    coalesce(sum(cache_read_tokens), 0)::int8, coalesce(sum(cache_write_tokens), 0)::int8, \
+    coalesce(sum(reasoning_tokens), 0)::int8, coalesce(sum(total_tokens), 0)::int8, \
+    coalesce(sum(cost_usd), 0)::numeric(24, 10)::text \
+    FROM token_usage GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5";
+
+/// Every row of `sql`, as text (simple protocol).
+async fn rows_text(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    client
+        .simple_query(sql)
+        .await
+        .expect(sql)
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn watermark(client: &Client, name: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT last_seq FROM rollup_watermarks WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .expect("watermark")
+        .get(0)
+}
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// Waits (polling the server) until `pid` is blocked on a lock.
+async fn wait_until_blocked(observer: &Client, pid: i32) {
+    for _ in 0..10_000 {
+        let waiting: bool = observer
+            .query_one(
+                "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if waiting {
+            return;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("backend {pid} never blocked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_under_concurrent_ingestion_and_killed_runs() {
+    let db = TestDatabase::migrated().await;
+    let admin = db.client().await;
+    let through = first_day() + Days::new(3);
+    create_partitions(&admin, first_day(), through)
+        .await
+        .expect("partitions");
+    token_partitions(&admin, first_day(), through).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3u64 {
+        let url = db.url.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut client = tally_exporters::postgres::connect(&url)
+                .await
+                .expect("connect")
+                .0;
+            let mut rng = Rng(w * 7919 + 1);
+            let (mut activity, mut tokens, mut batches) = (0u64, 0u64, 0u32);
+            // At least 30 batches each, then until the rollup side is done.
+            while batches < 30 || !stop.load(Ordering::Relaxed) {
+                let n = 1 + rng.below(200) as usize;
+                let events = activity_events(&mut rng, n);
+                let tx = client.transaction().await.expect("begin");
+                activity += insert_activity_batch(&tx, &events).await.expect("insert");
+                tx.commit().await.expect("commit");
+                let n = 1 + rng.below(100) as usize;
+                tokens += insert_tokens(&mut client, &mut rng, n).await;
+                batches += 1;
+            }
+            (activity, tokens)
+        }));
+    }
+
+    let job = RollupJob::new(Duration::ZERO).with_max_rows_per_run(300);
+    let mut rng = Rng(99);
+    let (mut completed, mut killed_errors, mut aborted, mut blocked_kills) = (0, 0, 0, 0);
+    for round in 0..60 {
+        let mut client = db.client().await;
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        let job = job.clone();
+        match round % 4 {
+            // Killed for sure in the middle: the activity fold is done, the run
+            // waits for the token watermark we hold; then its backend dies.
+            0 => {
+                let mut holder = db.client().await;
+                let before = watermark(&admin, ACTIVITY_WATERMARK).await;
+                let hold = holder.transaction().await.expect("begin");
+                hold.execute(
+                    "SELECT 1 FROM rollup_watermarks WHERE name = $1 FOR UPDATE",
+                    &[&TOKEN_WATERMARK],
+                )
+                .await
+                .expect("hold");
+                let run = tokio::spawn(async move { job.run_once(&mut client).await });
+                wait_until_blocked(&admin, pid).await;
+                admin
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .expect("terminate");
+                let result = run.await.expect("join");
+                assert!(result.is_err(), "a killed run must fail: {result:?}");
+                hold.rollback().await.expect("release");
+                assert_eq!(
+                    watermark(&admin, ACTIVITY_WATERMARK).await,
+                    before,
+                    "the killed run's activity fold must be rolled back"
+                );
+                blocked_kills += 1;
+            }
+            // Terminated after a random moment.
+            1 => {
+                let run = tokio::spawn(async move { job.run_once(&mut client).await });
+                tokio::time::sleep(Duration::from_micros(rng.below(20_000))).await;
+                admin
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .expect("terminate");
+                match run.await.expect("join") {
+                    Ok(_) => completed += 1,
+                    Err(_) => killed_errors += 1,
+                }
+            }
+            // The future is dropped at a random moment (its transaction never commits).
+            2 => {
+                let run = tokio::spawn(async move { job.run_once(&mut client).await });
+                tokio::time::sleep(Duration::from_micros(rng.below(20_000))).await;
+                run.abort();
+                match run.await {
+                    Ok(Ok(_)) => completed += 1,
+                    Ok(Err(_)) => killed_errors += 1,
+                    Err(_) => aborted += 1,
+                }
+            }
+            _ => {
+                job.run_once(&mut client).await.expect("run");
+                completed += 1;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut activity_written, mut tokens_written) = (0u64, 0u64);
+    for writer in writers {
+        let (a, t) = writer.await.expect("writer");
+        activity_written += a;
+        tokens_written += t;
+    }
+    // Catch up: a second instance's job runs concurrently with this one.
+    let mut a = db.client().await;
+    let mut b = db.client().await;
+    loop {
+        let (ra, rb) = tokio::join!(job.run_once(&mut a), job.run_once(&mut b));
+        let (ra, rb) = (ra.expect("run a"), rb.expect("run b"));
+        if !ra.folded_anything() && !rb.folded_anything() {
+            break;
+        }
+    }
+    eprintln!(
+        "runs: {completed} completed, {killed_errors} terminated, {aborted} aborted, {blocked_kills} killed mid-run"
+    );
+    assert_eq!(blocked_kills, 15);
+
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM activity_events").await as u64,
+        activity_written
+    );
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM token_usage").await as u64,
+        tokens_written
+    );
+    let rollup = rows_text(&admin, ACTIVITY_ROLLUP).await;
+    assert!(rollup.len() > 20, "{} activity groups", rollup.len());
+    assert_eq!(rollup, rows_text(&admin, ACTIVITY_RAW).await);
+    assert_eq!(
+        count(&admin, "SELECT sum(events)::int8 FROM activity_daily").await as u64,
+        activity_written
+    );
+    let rollup = rows_text(&admin, TOKEN_ROLLUP).await;
+    assert!(rollup.len() > 20, "{} token groups", rollup.len());
+    assert_eq!(rollup, rows_text(&admin, TOKEN_RAW).await);
+    assert_eq!(
+        count(&admin, "SELECT sum(requests)::int8 FROM token_usage_daily").await as u64,
+        tokens_written
+    );
+    assert_eq!(
+        watermark(&admin, ACTIVITY_WATERMARK).await,
+        count(&admin, "SELECT max(seq) FROM activity_events").await
+    );
+    assert_eq!(
+        watermark(&admin, TOKEN_WATERMARK).await,
+        count(&admin, "SELECT max(seq) FROM token_usage").await
+    );
+}
+
+/// Inserts one token row (under the lock protocol) and answers its seq.
+async fn insert_one(
+    client: &mut Client,
+    id: Uuid,
+    ts: DateTime<Utc>,
+    usage: Option<(i64, i64)>,
+    cost: Option<&str>,
+) -> i64 {
+    let tx = client.transaction().await.expect("begin");
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOKEN_LOCK])
+        .await
+        .expect("lock");
+    let (input, output) = (usage.map(|u| u.0), usage.map(|u| u.1));
+    let seq: i64 = tx
+        .query_one(
+            "INSERT INTO token_usage (id, seq, ts, provider, model, usage_known, input_tokens, \
+             output_tokens, total_tokens, cost_usd) \
+             VALUES ($1, nextval('token_usage_seq'), $2, 'openai', 'gpt-4o', $3, $4::int8, $5::int8, $4::int8 + $5::int8, $6::text::numeric) \
+             RETURNING seq",
+            &[&id, &ts, &usage.is_some(), &input, &output, &cost],
+        )
+        .await
+        .expect("insert")
+        .get(0);
+    tx.commit().await.expect("commit");
+    seq
+}
+
+async fn attribute(client: &Client, id: Uuid, tenant: &str, user: &str) {
+    let n = client
+        .execute(
+            "UPDATE token_usage SET tenant_id = $2, user_id = $3, attribution_source = 'trace' WHERE id = $1",
+            &[&id, &tenant, &user],
+        )
+        .await
+        .expect("attribute");
+    assert_eq!(n, 1);
+}
+
+/// Waits (polling the server's clock) until the row `id` is older than `age`.
+async fn wait_aged(client: &Client, id: Uuid, age: Duration) {
+    let secs = age.as_secs_f64();
+    for _ in 0..10_000 {
+        let aged: bool = client
+            .query_one(
+                "SELECT received_at < now() - make_interval(secs => $2) FROM token_usage WHERE id = $1",
+                &[&id, &secs],
+            )
+            .await
+            .expect("age")
+            .get(0);
+        if aged {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("row never aged");
+}
+
+#[tokio::test]
+async fn token_rows_wait_for_the_attribution_delay() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let today = Utc::now().date_naive();
+    token_partitions(&client, today, today).await;
+    let ts = midnight(today) + TimeDelta::hours(1);
+    let delay = Duration::from_secs(1);
+    let job = RollupJob::new(delay);
+    let mut runner = db.client().await;
+
+    // A: arrives unattributed, is attributed before it is folded.
+    let a = Uuid::new_v4();
+    insert_one(&mut client, a, ts, Some((100, 20)), Some("0.5")).await;
+    let report = job.run_once(&mut runner).await.expect("run");
+    assert_eq!(report.token_rows, 0, "a row inside the delay is not folded");
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM token_usage_daily").await,
+        0
+    );
+    attribute(&client, a, "acme", "alice").await;
+    // Unknown usage and unpriced, attributed too.
+    let u = Uuid::new_v4();
+    insert_one(&mut client, u, ts, None, None).await;
+    attribute(&client, u, "acme", "alice").await;
+    wait_aged(&client, u, delay).await;
+
+    // B: young when the job runs: A and U folded, B held back.
+    let b = Uuid::new_v4();
+    let b_seq = insert_one(&mut client, b, ts, Some((7, 3)), None).await;
+    let report = job.run_once(&mut runner).await.expect("run");
+    assert_eq!(report.token_rows, 2, "{report:?}");
+    assert_eq!(report.tokens_to_seq, b_seq - 1);
+    let rows = rows_text(&client, TOKEN_ROLLUP).await;
+    let expected_day = today.to_string();
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some(expected_day.clone()),
+            Some("acme".into()),
+            Some("alice".into()),
+            Some("openai".into()),
+            Some("gpt-4o".into()),
+            Some("2".into()), // requests
+            Some("1".into()), // unknown usage
+            Some("1".into()), // unpriced
+            Some("100".into()),
+            Some("20".into()),
+            Some("0".into()),
+            Some("0".into()),
+            Some("0".into()),
+            Some("120".into()),
+            Some("0.5000000000".into()),
+        ]]
+    );
+    // Running again changes nothing while B is young.
+    assert_eq!(job.run_once(&mut runner).await.expect("run").token_rows, 0);
+    assert_eq!(rows_text(&client, TOKEN_ROLLUP).await, rows);
+
+    // B attributed late (but inside the delay), then folded once aged.
+    attribute(&client, b, "globex", "bob").await;
+    wait_aged(&client, b, delay).await;
+    let report = job.run_once(&mut runner).await.expect("run");
+    assert_eq!(report.token_rows, 1);
+    assert_eq!(job.run_once(&mut runner).await.expect("run").token_rows, 0);
+    assert_eq!(
+        rows_text(&client, TOKEN_ROLLUP).await,
+        rows_text(&client, TOKEN_RAW).await
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM token_usage_daily WHERE tenant_id = '' OR user_id = ''"
+        )
+        .await,
+        0,
+        "nothing counted under the unattributed key"
+    );
+    assert_eq!(
+        count(&client, "SELECT sum(requests)::int8 FROM token_usage_daily").await,
+        3
+    );
+}
