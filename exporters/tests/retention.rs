@@ -1,0 +1,218 @@
+//! The retention job against a real PostgreSQL, with backdated partitions.
+
+use std::time::Duration;
+
+use chrono::{Days, NaiveDate, Utc};
+use tally_config::RetentionConfig;
+use tally_exporters::postgres::{RetentionJob, RollupJob};
+use tally_exporters::testing::TestDatabase;
+use tokio_postgres::Client;
+
+const ACTIVITY_LOCK: i64 = i64::from_be_bytes(*b"tallyact");
+const TOKEN_LOCK: i64 = i64::from_be_bytes(*b"tallytok");
+
+async fn partition(client: &Client, table: &str, day: NaiveDate) -> String {
+    let name = format!("{table}_p{}", day.format("%Y%m%d"));
+    let next = day.succ_opt().expect("next");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} \
+             FOR VALUES FROM ('{day} 00:00:00+00') TO ('{next} 00:00:00+00')"
+        ))
+        .await
+        .expect("partition");
+    name
+}
+
+/// Inserts `n` rows on `day` into both raw tables, under the writers' lock protocol.
+async fn rows_on(client: &mut Client, day: NaiveDate, n: i32) {
+    let ts = day.and_hms_opt(12, 0, 0).expect("noon").and_utc();
+    let tx = client.transaction().await.expect("begin");
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ACTIVITY_LOCK])
+        .await
+        .expect("lock");
+    tx.execute(
+        "INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, action, outcome) \
+         SELECT gen_random_uuid(), nextval('activity_events_seq'), $1::timestamptz + i * interval '1 second', \
+             'acme', 'u' || (i % 3), 'doc.read', 'success' FROM generate_series(1, $2) AS i",
+        &[&ts, &n],
+    )
+    .await
+    .expect("activity rows");
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOKEN_LOCK])
+        .await
+        .expect("lock");
+    tx.execute(
+        "INSERT INTO token_usage (id, seq, ts, tenant_id, user_id, model, input_tokens, output_tokens, total_tokens) \
+         SELECT gen_random_uuid(), nextval('token_usage_seq'), $1::timestamptz + i * interval '1 second', \
+             'acme', 'u1', 'gpt-4o', 10, 5, 15 FROM generate_series(1, $2) AS i",
+        &[&ts, &n],
+    )
+    .await
+    .expect("token rows");
+    tx.commit().await.expect("commit");
+}
+
+async fn exists(client: &Client, name: &str) -> bool {
+    client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .expect("to_regclass")
+        .get(0)
+}
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+#[tokio::test]
+async fn drops_expired_partitions_once_rolled_up_and_old_rollup_rows() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let today = Utc::now().date_naive();
+    let ago = |days: u64| today - Days::new(days);
+
+    // Days 100..=95 and 91 ago expire with raw_days 90; 90 and 89 ago are kept.
+    let mut expired = Vec::new();
+    let mut kept = Vec::new();
+    for days in [100, 99, 98, 97, 96, 95, 91, 90, 89] {
+        for table in ["activity_events", "token_usage"] {
+            let name = partition(&client, table, ago(days)).await;
+            if days > 90 {
+                expired.push(name);
+            } else {
+                kept.push(name);
+            }
+        }
+        // Day 96 ago stays empty.
+        if days != 96 {
+            rows_on(&mut client, ago(days), 5).await;
+        }
+    }
+    // A partition named outside the pattern is never touched.
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE token_usage_archive PARTITION OF token_usage \
+             FOR VALUES FROM ('{}') TO ('{}')",
+            ago(300),
+            ago(200)
+        ))
+        .await
+        .expect("odd partition");
+
+    // Everything rolled up so far.
+    let mut runner = db.client().await;
+    RollupJob::new(Duration::ZERO)
+        .run_once(&mut runner)
+        .await
+        .expect("rollup");
+    let rolled_events = count(&client, "SELECT sum(events)::int8 FROM activity_daily").await;
+    assert_eq!(rolled_events, 8 * 5);
+
+    // Rows arriving after the rollup ran, on an expired day: not rolled up yet.
+    rows_on(&mut client, ago(95), 2).await;
+
+    // Rollup rows: 731 days ago expires with aggregate_days 730, 730 is kept.
+    for days in [800, 731, 730] {
+        client
+            .execute(
+                "INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) \
+                 VALUES ($1, 'acme', 'old', 'x', 'success', 1)",
+                &[&ago(days)],
+            )
+            .await
+            .expect("old activity rollup");
+        client
+            .execute(
+                "INSERT INTO token_usage_daily (day, tenant_id, model, requests) VALUES ($1, 'acme', 'old', 1)",
+                &[&ago(days)],
+            )
+            .await
+            .expect("old token rollup");
+    }
+
+    let job = RetentionJob::new(RetentionConfig {
+        raw_days: 90,
+        aggregate_days: 730,
+    });
+    let report = job.run_once(&client).await.expect("retention");
+
+    let held_back: Vec<String> = ["activity_events", "token_usage"]
+        .iter()
+        .map(|t| format!("{t}_p{}", ago(95).format("%Y%m%d")))
+        .collect();
+    let mut expected_dropped: Vec<String> = expired
+        .iter()
+        .filter(|n| !held_back.contains(n))
+        .cloned()
+        .collect();
+    expected_dropped.sort();
+    let mut dropped = report.dropped_partitions.clone();
+    dropped.sort();
+    assert_eq!(dropped, expected_dropped);
+    let mut kept_names: Vec<String> = report
+        .kept_partitions
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    kept_names.sort();
+    assert_eq!(kept_names, held_back);
+    for (_, reason) in &report.kept_partitions {
+        assert!(reason.contains("not rolled up"), "{reason}");
+    }
+    for name in &expected_dropped {
+        assert!(!exists(&client, name).await, "{name} still exists");
+    }
+    for name in kept.iter().chain(&held_back) {
+        assert!(exists(&client, name).await, "{name} was dropped");
+    }
+    assert!(exists(&client, "token_usage_archive").await);
+    assert_eq!(report.activity_daily_deleted, 2);
+    assert_eq!(report.token_usage_daily_deleted, 2);
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM activity_daily WHERE user_id = 'old'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM token_usage_daily WHERE model = 'old'"
+        )
+        .await,
+        1
+    );
+    // Raw rows left: days 95 (5 + 2), 90 and 89.
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM activity_events").await,
+        17
+    );
+    assert_eq!(count(&client, "SELECT count(*) FROM token_usage").await, 17);
+    // The rollups still hold the dropped days.
+    assert_eq!(
+        count(
+            &client,
+            "SELECT sum(events)::int8 FROM activity_daily WHERE user_id <> 'old'"
+        )
+        .await,
+        rolled_events
+    );
+
+    // Once the rollup caught up, the held-back partitions go too.
+    RollupJob::new(Duration::ZERO)
+        .run_once(&mut runner)
+        .await
+        .expect("rollup");
+    let report = job.run_once(&client).await.expect("retention");
+    let mut dropped = report.dropped_partitions.clone();
+    dropped.sort();
+    assert_eq!(dropped, held_back);
+    assert!(report.kept_partitions.is_empty());
+    assert_eq!(report.activity_daily_deleted, 0);
+    // Idempotent.
+    let report = job.run_once(&client).await.expect("retention");
+    assert!(report.dropped_partitions.is_empty() && report.kept_partitions.is_empty());
+}
