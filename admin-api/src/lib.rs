@@ -19,8 +19,11 @@ pub mod activity;
 pub mod auth;
 pub mod cursor;
 pub mod error;
+pub mod export;
 mod health;
 pub mod openapi;
+pub mod siem;
+pub mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,6 +57,7 @@ pub(crate) struct AppState {
     pub(crate) auth: Option<auth::Authenticator>,
     pub(crate) default_page_size: u32,
     pub(crate) max_page_size: u32,
+    pub(crate) hub: Arc<stream::hub::Hub>,
 }
 
 /// The admin API: a bound listener and its state.
@@ -78,6 +82,14 @@ impl AdminApi {
         }
         let auth = auth::Authenticator::from_config(&config.auth)?;
         let pool = build_pool(database_url)?;
+        let hub = Arc::new(stream::hub::Hub::new(
+            database_url,
+            stream::hub::FeedSettings {
+                heartbeat: Duration::from_secs(config.sse_heartbeat_secs),
+                max_clients: config.sse_max_clients,
+                client_buffer: config.sse_client_buffer,
+            },
+        )?);
         let addr = config.endpoint.socket_addr();
         let listener = TcpListener::bind(addr)
             .await
@@ -101,6 +113,7 @@ impl AdminApi {
                 auth,
                 default_page_size: config.default_page_size,
                 max_page_size: config.max_page_size,
+                hub,
             },
         })
     }
@@ -131,6 +144,10 @@ impl AdminApi {
             .route("/readyz", get(health::readyz))
             .route("/api/v1/openapi.json", get(openapi::document))
             .route("/api/v1/activity", get(activity::list))
+            .route("/api/v1/activity/stream", get(stream::activity_stream))
+            .route("/api/v1/tokens/stream", get(stream::tokens_stream))
+            .route("/api/v1/stats/stream", get(stream::stats::stats_stream))
+            .route("/api/v1/export", get(export::export))
             .fallback(error::not_found)
             .method_not_allowed_fallback(error::method_not_allowed)
             .with_state(self.state.clone())

@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "token_usage_and_rollups",
         include_str!("migrations/0002_token_usage_and_rollups.sql"),
     ),
+    (3, "notify", include_str!("migrations/0003_notify.sql")),
 ];
 
 /// Applies the migrations not yet recorded in `tally_schema_migrations`, then

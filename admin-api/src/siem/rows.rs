@@ -1,0 +1,133 @@
+//! The raw rows the live feeds and the export read, by `seq`, as the JSON items
+//! of the list routes (`activity_events` and `token_usage` column names).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::activity::{format_ts, ActivityItem};
+
+/// The `activity_events` columns, in the order [`activity_item`] reads them.
+pub const ACTIVITY_COLUMNS: &str = "id, seq, ts, received_at, tenant_id, user_id, session_id, \
+     action, outcome, resource_type, resource_id, service, trace_id, span_id, attributes";
+
+/// The `token_usage` columns, in the order [`TokenItem::from_row`] reads them
+/// (`cost_usd` as double precision).
+pub const TOKEN_COLUMNS: &str = "id, seq, ts, received_at, tenant_id, user_id, session_id, \
+     service, trace_id, span_id, provider, operation, request_model, response_model, model, \
+     input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, \
+     total_tokens, usage_known, cost_usd::float8 AS cost_usd, outcome, duration_ms, \
+     attribution_source, attributes";
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// An `activity_events` row as `GET /api/v1/activity` items show it.
+pub fn activity_item(row: &Row) -> Result<ActivityItem, tokio_postgres::Error> {
+    let ts: DateTime<Utc> = row.try_get("ts")?;
+    let received_at: DateTime<Utc> = row.try_get("received_at")?;
+    Ok(ActivityItem {
+        id: row.try_get("id")?,
+        seq: row.try_get("seq")?,
+        ts: format_ts(ts),
+        received_at: format_ts(received_at),
+        tenant_id: non_empty(row.try_get("tenant_id")?),
+        user_id: row.try_get("user_id")?,
+        session_id: row.try_get("session_id")?,
+        action: row.try_get("action")?,
+        outcome: row.try_get("outcome")?,
+        resource_type: row.try_get("resource_type")?,
+        resource_id: row.try_get("resource_id")?,
+        service: row.try_get("service")?,
+        trace_id: row.try_get("trace_id")?,
+        span_id: row.try_get("span_id")?,
+        attributes: row.try_get("attributes")?,
+    })
+}
+
+/// A `token_usage` row, with its column names (`tenant_id` null when '').
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenItem {
+    pub id: Uuid,
+    pub seq: i64,
+    pub ts: String,
+    pub received_at: String,
+    pub tenant_id: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub service: Option<String>,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub provider: Option<String>,
+    pub operation: Option<String>,
+    pub request_model: Option<String>,
+    pub response_model: Option<String>,
+    pub model: Option<String>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cache_read_tokens: Option<i64>,
+    pub cache_write_tokens: Option<i64>,
+    pub reasoning_tokens: Option<i64>,
+    pub total_tokens: Option<i64>,
+    pub usage_known: bool,
+    pub cost_usd: Option<f64>,
+    pub outcome: String,
+    pub duration_ms: Option<f64>,
+    pub attribution_source: String,
+    pub attributes: serde_json::Value,
+}
+
+impl TokenItem {
+    /// Reads a row selected with [`TOKEN_COLUMNS`].
+    pub fn from_row(row: &Row) -> Result<TokenItem, tokio_postgres::Error> {
+        let ts: DateTime<Utc> = row.try_get("ts")?;
+        let received_at: DateTime<Utc> = row.try_get("received_at")?;
+        Ok(TokenItem {
+            id: row.try_get("id")?,
+            seq: row.try_get("seq")?,
+            ts: format_ts(ts),
+            received_at: format_ts(received_at),
+            tenant_id: non_empty(row.try_get("tenant_id")?),
+            user_id: row.try_get("user_id")?,
+            session_id: row.try_get("session_id")?,
+            service: row.try_get("service")?,
+            trace_id: row.try_get("trace_id")?,
+            span_id: row.try_get("span_id")?,
+            provider: row.try_get("provider")?,
+            operation: row.try_get("operation")?,
+            request_model: row.try_get("request_model")?,
+            response_model: row.try_get("response_model")?,
+            model: row.try_get("model")?,
+            input_tokens: row.try_get("input_tokens")?,
+            output_tokens: row.try_get("output_tokens")?,
+            cache_read_tokens: row.try_get("cache_read_tokens")?,
+            cache_write_tokens: row.try_get("cache_write_tokens")?,
+            reasoning_tokens: row.try_get("reasoning_tokens")?,
+            total_tokens: row.try_get("total_tokens")?,
+            usage_known: row.try_get("usage_known")?,
+            cost_usd: row.try_get("cost_usd")?,
+            outcome: row.try_get("outcome")?,
+            duration_ms: row.try_get("duration_ms")?,
+            attribution_source: row.try_get("attribution_source")?,
+            attributes: row.try_get("attributes")?,
+        })
+    }
+}
+
+/// A row of either table.
+#[derive(Debug)]
+pub enum RawRow {
+    Activity(Box<ActivityItem>),
+    Token(Box<TokenItem>),
+}
+
+impl RawRow {
+    pub fn seq(&self) -> i64 {
+        match self {
+            RawRow::Activity(item) => item.seq,
+            RawRow::Token(item) => item.seq,
+        }
+    }
+}

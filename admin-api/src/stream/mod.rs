@@ -1,0 +1,585 @@
+//! Live feeds (Server-Sent Events): `GET /api/v1/activity/stream`,
+//! `GET /api/v1/tokens/stream` and `GET /api/v1/stats/stream`.
+//!
+//! Each feed client has a reader task of its own that reads its rows from the
+//! database in `seq` order (`WHERE <filters> AND seq > <last sent> ORDER BY seq
+//! LIMIT …`) into a bounded buffer (`admin_api.sse_client_buffer` events) that
+//! the HTTP response drains. It reads again whenever the [`hub::Hub`] signals
+//! that rows were committed (PostgreSQL `NOTIFY`, or a 1 s poll while the listen
+//! connection is down). Replay and live are the same loop, so there is no gap
+//! and no duplicate between them, and a reconnect with `Last-Event-ID` (or
+//! `?after_seq=`) resumes exactly after the last event received.
+//!
+//! A client whose buffer stays full for [`STALL_TIMEOUT`] (it took nothing from
+//! it) is sent `event: reset` (as soon as it reads again) and disconnected; it
+//! never slows ingestion (reads only) nor other clients (a task and a buffer each).
+
+pub mod hub;
+pub mod stats;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::extract::State;
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::types::ToSql;
+
+use crate::activity::{ActionFilter, ActivityQuery};
+use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
+use crate::error::{truncate, ApiError};
+use crate::siem::rows::{activity_item, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
+use crate::AppState;
+use hub::{ClientSlot, Table};
+
+/// How long a client's full buffer may stay full before the client is reset.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause before a reader retries after a database error.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Largest page a reader fetches at once.
+const MAX_PAGE: usize = 500;
+
+/// Query parameters of `/activity/stream` (the `/activity` filters without
+/// `limit`/`cursor`, plus `after_seq` and `access_token`).
+pub const ACTIVITY_STREAM_PARAMETERS: &[&str] = &[
+    "tenant",
+    "user",
+    "action",
+    "outcome",
+    "resource_type",
+    "resource_id",
+    "trace_id",
+    "from",
+    "to",
+    "after_seq",
+    "access_token",
+];
+
+/// Query parameters of `/tokens/stream`.
+pub const TOKEN_STREAM_PARAMETERS: &[&str] = &[
+    "tenant",
+    "user",
+    "model",
+    "provider",
+    "operation",
+    "outcome",
+    "trace_id",
+    "after_seq",
+    "access_token",
+];
+
+/// Decoded query pairs; 400 on a malformed query.
+pub(crate) fn query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, ApiError> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
+    Ok(pairs)
+}
+
+/// 400 for a parameter not in `accepted`.
+pub(crate) fn reject_unknown(
+    pairs: &[(String, String)],
+    accepted: &[&str],
+) -> Result<(), ApiError> {
+    match pairs
+        .iter()
+        .find(|(name, _)| !accepted.contains(&name.as_str()))
+    {
+        Some((name, _)) => Err(ApiError::invalid(
+            &truncate(name, 64),
+            format!("unknown query parameter; accepted: {}", accepted.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The single value of `name`, if given (400 when repeated or empty).
+pub(crate) fn single<'a>(
+    pairs: &'a [(String, String)],
+    name: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    let mut values = pairs.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::invalid(name, "given more than once"));
+    }
+    match first {
+        Some(value) if value.is_empty() => Err(ApiError::invalid(name, "must not be empty")),
+        Some(value) if value.len() > 1024 => Err(ApiError::invalid(name, "longer than 1024 bytes")),
+        other => Ok(other.map(String::as_str)),
+    }
+}
+
+/// Parses a non-negative `seq`.
+pub(crate) fn parse_seq(name: &str, value: &str) -> Result<i64, ApiError> {
+    value
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|seq| *seq >= 0)
+        .ok_or_else(|| ApiError::invalid(name, "must be a non-negative integer (a seq)"))
+}
+
+/// The caller of a stream route: the `Authorization` header, else
+/// `?access_token=` (browsers' `EventSource` cannot set headers), verified the
+/// same way.
+pub(crate) fn stream_caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    access_token: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let Some(authenticator) = &state.auth else {
+        return Ok(Caller::anonymous());
+    };
+    match (headers.get(AUTHORIZATION), access_token) {
+        (Some(value), _) => {
+            let value = value.to_str().map_err(|_| {
+                ApiError::Unauthorized("the Authorization header is not ASCII".to_owned())
+            })?;
+            authenticator.authenticate(Some(value))
+        }
+        (None, Some(token)) => authenticator.authenticate(Some(&format!("Bearer {token}"))),
+        (None, None) => authenticator.authenticate(None),
+    }
+}
+
+/// Filter clauses (`column = $n`) and their parameters; `seq` and the page
+/// size are appended as the last two parameters.
+#[derive(Default)]
+pub(crate) struct Filters {
+    clauses: Vec<String>,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Filters {
+    fn param(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
+    }
+
+    pub(crate) fn eq(&mut self, column: &str, value: impl ToSql + Sync + Send + 'static) {
+        let placeholder = self.param(value);
+        self.clauses.push(format!("{column} = {placeholder}"));
+    }
+
+    fn raw(&mut self, prefix: &str, value: impl ToSql + Sync + Send + 'static, suffix: &str) {
+        let placeholder = self.param(value);
+        self.clauses.push(format!("{prefix}{placeholder}{suffix}"));
+    }
+
+    /// `SELECT <columns> FROM <table> WHERE <filters> AND seq > $k ORDER BY seq LIMIT $k+1`.
+    pub(crate) fn seq_page_sql(&self, table: &str, columns: &str) -> String {
+        let seq = self.params.len() + 1;
+        let limit = seq + 1;
+        let mut clauses = self.clauses.clone();
+        clauses.push(format!("seq > ${seq}"));
+        format!(
+            "SELECT {columns} FROM {table} WHERE {} ORDER BY seq LIMIT ${limit}",
+            clauses.join(" AND ")
+        )
+    }
+
+    /// The parameters followed by `after` and `limit`.
+    pub(crate) fn with_page<'a>(
+        &'a self,
+        after: &'a i64,
+        limit: &'a i64,
+    ) -> Vec<&'a (dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = self
+            .params
+            .iter()
+            .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        params.push(after);
+        params.push(limit);
+        params
+    }
+}
+
+/// The activity filters of an [`ActivityQuery`] as [`Filters`].
+pub(crate) fn activity_filters(query: &ActivityQuery) -> Filters {
+    let mut filters = Filters::default();
+    if let Some(tenant) = &query.tenant {
+        filters.eq("tenant_id", tenant.clone());
+    }
+    if let Some(user) = &query.user {
+        filters.eq("user_id", user.clone());
+    }
+    match &query.action {
+        ActionFilter::Any => {}
+        ActionFilter::Exact(action) => filters.eq("action", action.clone()),
+        ActionFilter::Prefix(prefix) => filters.raw(
+            "action LIKE ",
+            format!("{}%", escape_like(prefix)),
+            " ESCAPE '\\'",
+        ),
+    }
+    if let Some(outcome) = query.outcome {
+        filters.eq("outcome", outcome.as_str().to_owned());
+    }
+    if let Some(resource_type) = &query.resource_type {
+        filters.eq("resource_type", resource_type.clone());
+    }
+    if let Some(resource_id) = &query.resource_id {
+        filters.eq("resource_id", resource_id.clone());
+    }
+    if let Some(trace_id) = &query.trace_id {
+        filters.eq("trace_id", trace_id.clone());
+    }
+    if let Some(from) = query.from {
+        filters.raw("ts >= ", from, "");
+    }
+    if let Some(to) = query.to {
+        filters.raw("ts < ", to, "");
+    }
+    filters
+}
+
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// What one feed client follows.
+struct Feed {
+    table: Table,
+    filters: Filters,
+    sql: String,
+}
+
+impl Feed {
+    /// Reads the next page after `after` as SSE events `(seq, event)`.
+    async fn page(
+        &self,
+        state: &AppState,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Event)>, ApiError> {
+        let client = state.pool.get().await.map_err(ApiError::from_pool)?;
+        let statement = client
+            .prepare_cached(&self.sql)
+            .await
+            .map_err(ApiError::from_db)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let params = self.filters.with_page(&after, &limit);
+        let rows = client
+            .query(&statement, &params)
+            .await
+            .map_err(ApiError::from_db)?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (seq, name, data) = match self.table {
+                Table::Activity => {
+                    let item = activity_item(row).map_err(ApiError::from_db)?;
+                    (item.seq, "activity", serde_json::to_string(&item))
+                }
+                Table::Tokens => {
+                    let item = TokenItem::from_row(row).map_err(ApiError::from_db)?;
+                    (item.seq, "token", serde_json::to_string(&item))
+                }
+            };
+            let data = data.map_err(|e| ApiError::Internal(format!("encoding a row: {e}")))?;
+            events.push((
+                seq,
+                Event::default().id(seq.to_string()).event(name).data(data),
+            ));
+        }
+        Ok(events)
+    }
+}
+
+/// The newest committed `seq` of `table` (0 when empty): where a feed without
+/// `after_seq`/`Last-Event-ID` starts.
+pub(crate) async fn max_seq(state: &AppState, table: Table) -> Result<i64, ApiError> {
+    let client = state.pool.get().await.map_err(ApiError::from_pool)?;
+    let row = client
+        .query_one(
+            &format!("SELECT coalesce(max(seq), 0) FROM {}", table.name()),
+            &[],
+        )
+        .await
+        .map_err(ApiError::from_db)?;
+    row.try_get(0).map_err(ApiError::from_db)
+}
+
+/// Where to start: `Last-Event-ID` (what `EventSource` sends on reconnect) wins
+/// over `?after_seq=`; with neither, live from now.
+async fn start_after(
+    state: &AppState,
+    headers: &HeaderMap,
+    after_seq: Option<&str>,
+    table: Table,
+) -> Result<i64, ApiError> {
+    if let Some(value) = headers.get("last-event-id") {
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::invalid("Last-Event-ID", "must be a seq"))?;
+        if !value.trim().is_empty() {
+            return parse_seq("Last-Event-ID", value);
+        }
+    }
+    match after_seq {
+        Some(value) => parse_seq("after_seq", value),
+        None => max_seq(state, table).await,
+    }
+}
+
+/// `GET /api/v1/activity/stream`.
+pub(crate) async fn activity_stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(&uri)?;
+    reject_unknown(&pairs, ACTIVITY_STREAM_PARAMETERS)?;
+    let caller = stream_caller(&state, &headers, single(&pairs, "access_token")?)?;
+    caller.require_scope(SCOPE_ACTIVITY_READ)?;
+    let after_seq = single(&pairs, "after_seq")?;
+    let filter_pairs: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(name, _)| name != "after_seq" && name != "access_token")
+        .cloned()
+        .collect();
+    let mut query = ActivityQuery::parse(&filter_pairs, 1, 1)?;
+    query.tenant = caller.tenant_filter(query.tenant.take())?;
+    let filters = activity_filters(&query);
+    let sql = filters.seq_page_sql("activity_events", ACTIVITY_COLUMNS);
+    let after = start_after(&state, &headers, after_seq, Table::Activity).await?;
+    let feed = Feed {
+        table: Table::Activity,
+        filters,
+        sql,
+    };
+    serve_feed(state, feed, after, &caller.subject)
+}
+
+/// `GET /api/v1/tokens/stream`.
+pub(crate) async fn tokens_stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(&uri)?;
+    reject_unknown(&pairs, TOKEN_STREAM_PARAMETERS)?;
+    let caller = stream_caller(&state, &headers, single(&pairs, "access_token")?)?;
+    caller.require_scope(SCOPE_TOKENS_READ)?;
+    let after_seq = single(&pairs, "after_seq")?;
+    let mut filters = Filters::default();
+    let tenant = caller.tenant_filter(single(&pairs, "tenant")?.map(str::to_owned))?;
+    if let Some(tenant) = tenant {
+        filters.eq("tenant_id", tenant);
+    }
+    for (name, column) in [
+        ("user", "user_id"),
+        ("model", "model"),
+        ("provider", "provider"),
+        ("operation", "operation"),
+    ] {
+        if let Some(value) = single(&pairs, name)? {
+            filters.eq(column, value.to_owned());
+        }
+    }
+    if let Some(outcome) = single(&pairs, "outcome")? {
+        let outcome = tally_model::Outcome::parse(outcome).ok_or_else(|| {
+            ApiError::invalid("outcome", "must be one of success, failure, unknown")
+        })?;
+        filters.eq("outcome", outcome.as_str().to_owned());
+    }
+    if let Some(trace_id) = single(&pairs, "trace_id")? {
+        if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::invalid(
+                "trace_id",
+                "must be 32 hexadecimal characters",
+            ));
+        }
+        filters.eq("trace_id", trace_id.to_ascii_lowercase());
+    }
+    let sql = filters.seq_page_sql("token_usage", TOKEN_COLUMNS);
+    let after = start_after(&state, &headers, after_seq, Table::Tokens).await?;
+    let feed = Feed {
+        table: Table::Tokens,
+        filters,
+        sql,
+    };
+    serve_feed(state, feed, after, &caller.subject)
+}
+
+/// Takes a client slot, starts the reader and answers with the event stream.
+fn serve_feed(
+    state: AppState,
+    feed: Feed,
+    after: i64,
+    subject: &str,
+) -> Result<Response, ApiError> {
+    let slot = Arc::new(state.hub.join()?);
+    let settings = state.hub.settings;
+    let notified = state.hub.subscribe(feed.table);
+    let (sender, receiver) = mpsc::channel(settings.client_buffer);
+    let (reset_sender, reset_receiver) = oneshot::channel();
+    tracing::debug!(
+        subject,
+        table = feed.table.name(),
+        after,
+        "live feed client connected"
+    );
+    tokio::spawn(read_feed(
+        state,
+        feed,
+        after,
+        sender,
+        reset_sender,
+        notified,
+        slot.clone(),
+    ));
+    let first = Event::default().comment(format!("tally live feed after_seq={after}"));
+    let stream = event_stream(first, receiver, reset_receiver, slot);
+    Ok(sse_response(stream, settings.heartbeat))
+}
+
+/// The SSE response with heartbeat comments and no proxy buffering.
+pub(crate) fn sse_response<S>(stream: S, heartbeat: Duration) -> Response
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"));
+    (
+        [(
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        )],
+        sse,
+    )
+        .into_response()
+}
+
+struct StreamState {
+    first: Option<Event>,
+    receiver: mpsc::Receiver<Event>,
+    reset: Option<oneshot::Receiver<Event>>,
+    done: bool,
+    _slot: Arc<ClientSlot>,
+}
+
+/// The response body: a first comment, then the buffered events; a reset (if
+/// one comes) is sent ahead of what is still buffered and ends the stream.
+fn event_stream(
+    first: Event,
+    receiver: mpsc::Receiver<Event>,
+    reset: oneshot::Receiver<Event>,
+    slot: Arc<ClientSlot>,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    let state = StreamState {
+        first: Some(first),
+        receiver,
+        reset: Some(reset),
+        done: false,
+        _slot: slot,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        if state.done {
+            return None;
+        }
+        if let Some(first) = state.first.take() {
+            return Some((Ok(first), state));
+        }
+        let reset_signal = async {
+            match state.reset.as_mut() {
+                Some(reset) => reset.await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            reset = reset_signal => match reset {
+                Some(event) => {
+                    state.done = true;
+                    Some((Ok(event), state))
+                }
+                None => {
+                    // The reader ended without a reset: drain what it left.
+                    state.reset = None;
+                    state.receiver.recv().await.map(|event| (Ok(event), state))
+                }
+            },
+            event = state.receiver.recv() => event.map(|event| (Ok(event), state)),
+        }
+    })
+}
+
+/// The reader task of one client: pages rows after `after` into the buffer,
+/// then waits for the hub's signal, until the client goes away or is reset.
+async fn read_feed(
+    state: AppState,
+    feed: Feed,
+    mut after: i64,
+    sender: mpsc::Sender<Event>,
+    reset: oneshot::Sender<Event>,
+    mut notified: watch::Receiver<u64>,
+    _slot: Arc<ClientSlot>,
+) {
+    let page_size = state.hub.settings.client_buffer.clamp(1, MAX_PAGE);
+    loop {
+        // Mark the signal seen before reading: a commit after this wakes us again.
+        notified.borrow_and_update();
+        loop {
+            let page = tokio::select! {
+                page = feed.page(&state, after, page_size) => page,
+                () = sender.closed() => return,
+            };
+            let events = match page {
+                Ok(events) => events,
+                Err(error) => {
+                    tracing::warn!(%error, table = feed.table.name(), "live feed: reading rows failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_DELAY) => continue,
+                        () = sender.closed() => return,
+                    }
+                }
+            };
+            let full_page = events.len() == page_size;
+            for (seq, event) in events {
+                match tokio::time::timeout(STALL_TIMEOUT, sender.reserve()).await {
+                    Ok(Ok(permit)) => {
+                        permit.send(event);
+                        after = seq;
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::info!(
+                            table = feed.table.name(),
+                            last_seq = after,
+                            "live feed: client buffer stayed full; resetting the client"
+                        );
+                        let data = serde_json::json!({
+                            "reason": "client too slow: its buffer stayed full; reconnect with Last-Event-ID",
+                        });
+                        let _ = reset.send(Event::default().event("reset").data(data.to_string()));
+                        return;
+                    }
+                }
+            }
+            if !full_page {
+                break;
+            }
+        }
+        tokio::select! {
+            changed = notified.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = sender.closed() => return,
+        }
+    }
+}
