@@ -1,11 +1,13 @@
 //! Tally's processors: they turn decoded OTLP records into storable rows.
 //!
 //! * [`classify`] — semantic conventions → [`tally_model::ActivityEvent`].
+//! * [`validate`] — the taxonomy registry check and its per-mode decision.
 //!
 //! Redaction and taxonomy validation join here as separate modules; a processor
 //! knows nothing of PostgreSQL or HTTP.
 
 pub mod classify;
 mod otlp_value;
+pub mod validate;
 
 pub use classify::{classify_logs, classify_traces, Classified};
