@@ -23,7 +23,16 @@ fn main() -> ExitCode {
     };
     if let Some(Command::Validate) = cli.command {
         println!("config OK");
-        return ExitCode::SUCCESS;
+        return match tally_config::taxonomy::validate_report(&config.processors.validate) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(report) => {
+                eprintln!("error: {report}");
+                ExitCode::from(2)
+            }
+        };
     }
     logging::init(&config.service);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

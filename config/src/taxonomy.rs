@@ -461,6 +461,31 @@ impl Taxonomy {
     }
 }
 
+/// What `tally validate` prints about the taxonomy: `Ok` with a one-line
+/// summary, or `Err` with a header line and one `  path: message` line per problem.
+pub fn validate_report(config: &ValidateConfig) -> Result<String, String> {
+    let source = match &config.taxonomy {
+        Some(path) => path.display().to_string(),
+        None => "built-in".to_owned(),
+    };
+    match Taxonomy::load(config) {
+        Ok(taxonomy) => Ok(format!(
+            "taxonomy OK: {} actions ({source}), mode {}",
+            taxonomy.len(),
+            config.mode.as_str()
+        )),
+        Err(error @ TaxonomyError::Read { .. }) => Err(error.to_string()),
+        Err(error) => {
+            let mut text = format!("invalid taxonomy {source}:");
+            for line in error.lines() {
+                text.push_str("\n  ");
+                text.push_str(&line);
+            }
+            Err(text)
+        }
+    }
+}
+
 fn check_spec(spec: &ActionSpec, path: &str, problem: &mut impl FnMut(String, String)) {
     if spec.description.trim().is_empty() {
         problem(format!("{path}.description"), "must not be empty".into());
@@ -997,6 +1022,33 @@ actions:
             "{:?}",
             invalid(&deep)
         );
+    }
+
+    #[test]
+    fn validate_report_lists_every_problem_with_its_path() {
+        let ok = validate_report(&ValidateConfig::default()).unwrap();
+        assert!(
+            ok.starts_with("taxonomy OK: ") && ok.ends_with("(built-in), mode lenient"),
+            "{ok}"
+        );
+        let dir = std::env::temp_dir().join(format!("tally-taxonomy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("taxonomy.yaml");
+        std::fs::write(&path, "version: 1\nactions:\n  auth.login.success:\n    description: x\n    attributes:\n      method: { type: string, enum: [] }\n  Login: { description: y }\n").unwrap();
+        let config = ValidateConfig {
+            taxonomy: Some(path.clone()),
+            ..ValidateConfig::default()
+        };
+        let err = validate_report(&config).unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines[0], format!("invalid taxonomy {}:", path.display()));
+        assert_eq!(lines.len(), 3, "{err}");
+        assert!(lines.contains(&"  actions.auth.login.success.attributes.method.enum: must list at least one value"), "{err}");
+        assert!(lines.iter().any(|l| l.starts_with("  actions.Login: action name contains an uppercase letter")), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        let err = validate_report(&config).unwrap_err();
+        assert!(err.starts_with("cannot read taxonomy file"), "{err}");
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[test]
