@@ -13,17 +13,24 @@
 //! ```
 //!
 //! Routes: `GET /healthz`, `GET /readyz`, `GET /api/v1/openapi.json` (no token),
-//! `GET /api/v1/activity` (scope `activity:read` or `admin`).
+//! `GET /api/v1/activity` and `GET /api/v1/activity/aggregates` (scope
+//! `activity:read` or `admin`), `GET /api/v1/tokens` and `GET /api/v1/tokens/usage`
+//! (scope `tokens:read` or `admin`), `GET /api/v1/stats` (either read scope).
 
 pub mod activity;
+pub mod aggregates;
 pub mod auth;
 pub mod cursor;
 pub mod error;
 pub mod export;
 mod health;
 pub mod openapi;
+mod params;
 pub mod siem;
+pub mod stats;
 pub mod stream;
+mod taxonomy;
+pub mod tokens;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +64,8 @@ pub(crate) struct AppState {
     pub(crate) auth: Option<auth::Authenticator>,
     pub(crate) default_page_size: u32,
     pub(crate) max_page_size: u32,
+    /// The taxonomy registry served by `GET /api/v1/taxonomy` (see [`AdminApi::with_taxonomy`]).
+    pub(crate) taxonomy: Option<tally_config::TaxonomyHandle>,
     pub(crate) hub: Arc<stream::hub::Hub>,
 }
 
@@ -113,9 +122,16 @@ impl AdminApi {
                 auth,
                 default_page_size: config.default_page_size,
                 max_page_size: config.max_page_size,
+                taxonomy: None,
                 hub,
             },
         })
+    }
+
+    /// Serves `handle`'s current registry at `GET /api/v1/taxonomy` (404 without one).
+    pub fn with_taxonomy(mut self, handle: tally_config::TaxonomyHandle) -> Self {
+        self.state.taxonomy = Some(handle);
+        self
     }
 
     /// The bound address (the chosen port when the configured one was 0).
@@ -144,6 +160,14 @@ impl AdminApi {
             .route("/readyz", get(health::readyz))
             .route("/api/v1/openapi.json", get(openapi::document))
             .route("/api/v1/activity", get(activity::list))
+            .route("/api/v1/taxonomy", get(taxonomy::current))
+            .route(
+                "/api/v1/activity/aggregates",
+                get(aggregates::activity_aggregates),
+            )
+            .route("/api/v1/tokens", get(tokens::list))
+            .route("/api/v1/tokens/usage", get(aggregates::token_usage))
+            .route("/api/v1/stats", get(stats::stats))
             .route("/api/v1/activity/stream", get(stream::activity_stream))
             .route("/api/v1/tokens/stream", get(stream::tokens_stream))
             .route("/api/v1/stats/stream", get(stream::stats::stats_stream))
