@@ -114,6 +114,19 @@ pub fn openapi() -> Value {
                         "503": error_response("unavailable")
                     }
                 }
+            },
+            "/api/v1/taxonomy": {
+                "get": {
+                    "operationId": "getTaxonomy",
+                    "summary": "The taxonomy registry in use (actions, outcomes, required attributes, attribute schemas)",
+                    "description": "Needs scope activity:read, tokens:read or admin (not tenant data). The registry as declared (version, description, actions keyed by name or family.*) plus mode (strict|lenient|off), source (file path or built-in), generation, loaded_at and last_reload_error. See docs/taxonomy.md.",
+                    "responses": {
+                        "200": { "description": "The current registry", "content": { "application/json": { "schema": { "type": "object", "required": ["version", "actions", "mode", "source", "generation", "loaded_at", "last_reload_error"] } } } },
+                        "401": error_response("unauthorized"),
+                        "403": error_response("forbidden"),
+                        "404": error_response("not_found: no registry loaded in this process")
+                    }
+                }
             }
         },
         "security": [ { "bearerAuth": [] } ],
