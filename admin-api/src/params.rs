@@ -18,6 +18,9 @@ pub(crate) fn pairs(uri: &Uri) -> Result<Vec<(String, String)>, ApiError> {
     Ok(pairs)
 }
 
+/// Optional `from` (inclusive) and `to` (exclusive) instants.
+pub(crate) type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// Validated access to the query parameters of one route.
 pub(crate) struct Params<'a> {
     pairs: &'a [(String, String)],
@@ -122,9 +125,7 @@ impl<'a> Params<'a> {
     }
 
     /// `from` / `to` as RFC 3339 timestamps (`from` inclusive, `to` exclusive).
-    pub(crate) fn time_range(
-        &self,
-    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+    pub(crate) fn time_range(&self) -> Result<TimeRange, ApiError> {
         let from = self
             .one("from")?
             .map(|v| timestamp("from", v))

@@ -15,6 +15,8 @@ use serde_json::Value;
 use tally_exporters::postgres::RollupJob;
 use uuid::Uuid;
 
+type KeepTok = Box<dyn Fn(&Tok) -> bool>;
+
 const TOKEN_LOCK: i64 = i64::from_be_bytes(*b"tallytok");
 
 /// One generated `token_usage` row.
@@ -326,7 +328,7 @@ async fn token_usage_matches_an_independent_computation() {
 
     // Filters and day-aligned windows.
     let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("day");
-    let cases: Vec<(&str, Box<dyn Fn(&Tok) -> bool>)> = vec![
+    let cases: Vec<(&str, KeepTok)> = vec![
         ("tenant=acme", Box::new(|t| t.tenant == "acme")),
         ("user=u2", Box::new(|t| t.user.as_deref() == Some("u2"))),
         (
@@ -440,7 +442,7 @@ async fn token_ledger_filters_and_pages() {
     let from = day_start(token_first_day()) + TimeDelta::hours(30);
     let to = from + TimeDelta::days(3);
     let rfc = |ts: DateTime<Utc>| enc(&ts.to_rfc3339());
-    let cases: Vec<(String, Box<dyn Fn(&Tok) -> bool>)> = vec![
+    let cases: Vec<(String, KeepTok)> = vec![
         (String::new(), Box::new(|_| true)),
         ("tenant=initech".into(), Box::new(|t| t.tenant == "initech")),
         (
