@@ -27,7 +27,7 @@ fn error_response(description: &str) -> Value {
 /// The OpenAPI document.
 pub fn openapi() -> Value {
     let nullable_string = json!({ "type": ["string", "null"] });
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Tally admin API",
@@ -188,5 +188,277 @@ pub fn openapi() -> Value {
                 }
             }
         }
+    });
+    add_usage_routes(&mut doc);
+    doc
+}
+
+fn int_param(name: &str, description: &str) -> Value {
+    json!({
+        "name": name, "in": "query", "required": false,
+        "description": description,
+        "schema": { "type": "integer", "minimum": 1 }
     })
+}
+
+fn day_param(name: &str, description: &str) -> Value {
+    json!({
+        "name": name, "in": "query", "required": false,
+        "description": description,
+        "schema": { "type": "string", "examples": ["2026-11-23", "2026-11-23T19:25:50Z"] }
+    })
+}
+
+fn standard_errors(ok: Value) -> Value {
+    json!({
+        "200": ok,
+        "400": error_response("invalid_parameter or invalid_cursor"),
+        "401": error_response("unauthorized"),
+        "403": error_response("forbidden"),
+        "500": error_response("internal"),
+        "503": error_response("unavailable")
+    })
+}
+
+fn ok(description: &str, schema: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
+    })
+}
+
+/// `GET /tokens`, `/tokens/usage`, `/activity/aggregates`, `/stats` and their schemas.
+fn add_usage_routes(doc: &mut Value) {
+    let grain = json!({
+        "name": "grain", "in": "query", "required": false,
+        "description": "Period of each item: day (default), week (ISO week, starting Monday) or month; days are UTC",
+        "schema": { "type": "string", "enum": ["day", "week", "month"] }
+    });
+    let group_by = |keys: &[&str]| {
+        json!({
+            "name": "group_by", "in": "query", "required": false,
+            "description": "Group keys, comma-separated and/or repeated (group_by=user,model or group_by=user&group_by=model); none: one item per period",
+            "style": "form", "explode": true,
+            "schema": { "type": "array", "items": { "type": "string", "enum": keys } }
+        })
+    };
+    let from = day_param(
+        "from",
+        "First UTC day included: a date, or an RFC 3339 timestamp (its whole day counts)",
+    );
+    let to = day_param(
+        "to",
+        "End, exclusive: a date or midnight excludes that day; a later time includes its day",
+    );
+    let limit = int_param("limit", "Items per page, default 1000, at most 10000");
+    let cursor = string_param(
+        "cursor",
+        "next_cursor of the previous page (same grain and group_by)",
+    );
+    let paths = json!({
+        "/api/v1/tokens": { "get": {
+            "operationId": "listTokenUsage",
+            "summary": "The token-usage ledger (one row per model call), newest first, cursor-paginated",
+            "description": "Needs scope tokens:read or admin; tenant scoping as for /activity. Unknown parameters are rejected.",
+            "parameters": [
+                string_param("tenant", "Exact tenant id"),
+                string_param("user", "Exact user id"),
+                string_param("model", "Exact model (response model, else request model)"),
+                string_param("provider", "Exact provider"),
+                {
+                    "name": "trace_id", "in": "query", "required": false,
+                    "description": "32 hex characters (case-insensitive)",
+                    "schema": { "type": "string", "pattern": "^[0-9a-fA-F]{32}$" }
+                },
+                {
+                    "name": "from", "in": "query", "required": false,
+                    "description": "Inclusive lower bound on ts (RFC 3339)",
+                    "schema": { "type": "string", "format": "date-time" }
+                },
+                {
+                    "name": "to", "in": "query", "required": false,
+                    "description": "Exclusive upper bound on ts (RFC 3339)",
+                    "schema": { "type": "string", "format": "date-time" }
+                },
+                int_param("limit", "Page size (default admin_api.default_page_size, at most admin_api.max_page_size)"),
+                string_param("cursor", "next_cursor of the previous page")
+            ],
+            "responses": standard_errors(ok("A page of token-usage rows", "TokenUsagePage"))
+        }},
+        "/api/v1/tokens/usage": { "get": {
+            "operationId": "tokenUsageAggregates",
+            "summary": "Token usage summed per period (day/week/month) and group keys, from token_usage_daily",
+            "description": "Needs scope tokens:read or admin; a tenant-scoped token only sees its tenant. Ordered by period, then tenant_id, user_id, provider, model. Token rows are folded into the rollup once older than the attribution delay (default 5 minutes) plus the job interval.",
+            "parameters": [
+                grain.clone(),
+                group_by(&["user", "tenant", "model", "provider"]),
+                string_param("tenant", "Exact tenant id"),
+                string_param("user", "Exact user id"),
+                string_param("provider", "Exact provider"),
+                string_param("model", "Exact model"),
+                from.clone(), to.clone(), limit.clone(), cursor.clone()
+            ],
+            "responses": standard_errors(ok("A page of token-usage aggregates", "TokenUsageAggregatePage"))
+        }},
+        "/api/v1/activity/aggregates": { "get": {
+            "operationId": "activityAggregates",
+            "summary": "Activity event counts per period (day/week/month) and group keys, from activity_daily",
+            "description": "Needs scope activity:read or admin; a tenant-scoped token only sees its tenant. Ordered by period, then tenant_id, user_id, action, outcome.",
+            "parameters": [
+                grain,
+                group_by(&["user", "tenant", "action", "outcome"]),
+                string_param("tenant", "Exact tenant id"),
+                string_param("user", "Exact user id"),
+                string_param("action", "Exact action"),
+                {
+                    "name": "outcome", "in": "query", "required": false,
+                    "schema": { "type": "string", "enum": ["success", "failure", "unknown"] }
+                },
+                from.clone(), to.clone(), limit, cursor
+            ],
+            "responses": standard_errors(ok("A page of activity aggregates", "ActivityAggregatePage"))
+        }},
+        "/api/v1/stats": { "get": {
+            "operationId": "stats",
+            "summary": "Totals for a window of UTC days (default: the last 7 days, today included), from the daily rollups",
+            "description": "Needs activity:read or tokens:read (or admin); the activity section is null without activity:read/admin, the tokens section null without tokens:read/admin. At most 366 days.",
+            "parameters": [ string_param("tenant", "Exact tenant id"), from, to ],
+            "responses": standard_errors(ok("Totals", "Stats"))
+        }}
+    });
+    let nullable_string = json!({ "type": ["string", "null"] });
+    let nullable_int = json!({ "type": ["integer", "null"] });
+    let measures = |with_keys: &[&str]| {
+        let mut properties = serde_json::Map::new();
+        for key in with_keys {
+            properties.insert((*key).to_owned(), nullable_string.clone());
+        }
+        for m in [
+            "requests",
+            "unknown_usage_requests",
+            "unpriced_requests",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "total_tokens",
+        ] {
+            properties.insert(m.to_owned(), json!({ "type": "integer" }));
+        }
+        properties.insert("cost_usd".to_owned(), json!({ "type": "number", "description": "Sum of the priced calls' estimated cost (unpriced calls count in unpriced_requests)" }));
+        Value::Object(properties)
+    };
+    let schemas = json!({
+        "TokenUsage": {
+            "type": "object",
+            "properties": {
+                "id": { "type": "string", "format": "uuid" },
+                "seq": { "type": "integer" },
+                "ts": { "type": "string", "format": "date-time" },
+                "received_at": { "type": "string", "format": "date-time" },
+                "tenant_id": nullable_string, "user_id": nullable_string, "session_id": nullable_string,
+                "service": nullable_string, "trace_id": nullable_string, "span_id": nullable_string,
+                "provider": nullable_string, "operation": nullable_string,
+                "request_model": nullable_string, "response_model": nullable_string, "model": nullable_string,
+                "input_tokens": nullable_int, "output_tokens": nullable_int,
+                "cache_read_tokens": nullable_int, "cache_write_tokens": nullable_int,
+                "reasoning_tokens": nullable_int, "total_tokens": nullable_int,
+                "usage_known": { "type": "boolean" },
+                "cost_usd": { "type": ["number", "null"] },
+                "outcome": { "type": "string", "enum": ["success", "failure", "unknown"] },
+                "duration_ms": { "type": ["number", "null"] },
+                "attribution_source": { "type": "string", "enum": ["record", "trace", "none"] },
+                "attributes": { "type": "object" }
+            }
+        },
+        "TokenUsagePage": {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": { "type": "array", "items": { "$ref": "#/components/schemas/TokenUsage" } },
+                "next_cursor": { "type": ["string", "null"] }
+            }
+        },
+        "TokenUsageAggregate": {
+            "type": "object",
+            "description": "period (first day of the day/week/month) plus the requested group keys ('' stored keys are null) and the sums",
+            "properties": {
+                "period": { "type": "string", "format": "date" }
+            }
+        },
+        "TokenUsageAggregatePage": {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": { "type": "array", "items": { "$ref": "#/components/schemas/TokenUsageAggregate" } },
+                "next_cursor": { "type": ["string", "null"] }
+            }
+        },
+        "ActivityAggregate": {
+            "type": "object",
+            "properties": {
+                "period": { "type": "string", "format": "date" },
+                "tenant_id": nullable_string, "user_id": nullable_string,
+                "action": { "type": "string" }, "outcome": { "type": "string" },
+                "events": { "type": "integer" }
+            }
+        },
+        "ActivityAggregatePage": {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": { "type": "array", "items": { "$ref": "#/components/schemas/ActivityAggregate" } },
+                "next_cursor": { "type": ["string", "null"] }
+            }
+        },
+        "Stats": {
+            "type": "object",
+            "required": ["from", "to", "tenant_id", "activity", "tokens"],
+            "properties": {
+                "from": { "type": "string", "format": "date" },
+                "to": { "type": "string", "format": "date", "description": "exclusive" },
+                "tenant_id": nullable_string,
+                "activity": {
+                    "type": ["object", "null"],
+                    "properties": {
+                        "events": { "type": "integer" },
+                        "active_users": { "type": "integer" },
+                        "top_actions": { "type": "array", "items": { "type": "object", "properties": { "action": { "type": "string" }, "events": { "type": "integer" } } } },
+                        "daily": { "type": "array", "items": { "type": "object", "properties": { "day": { "type": "string", "format": "date" }, "events": { "type": "integer" }, "active_users": { "type": "integer" } } } }
+                    }
+                },
+                "tokens": {
+                    "type": ["object", "null"],
+                    "description": "Totals (the TokenUsageAggregate sums) plus by_model, by_provider and daily lists"
+                }
+            }
+        }
+    });
+    if let Some(props) = schemas
+        .get("TokenUsageAggregate")
+        .and_then(|s| s.get("properties"))
+        .cloned()
+    {
+        let mut merged = measures(&["tenant_id", "user_id", "provider", "model"]);
+        if let (Value::Object(merged), Value::Object(props)) = (&mut merged, props) {
+            merged.extend(props);
+        }
+        let mut schemas = schemas;
+        schemas["TokenUsageAggregate"]["properties"] = merged;
+        merge(doc, "paths", paths);
+        merge_components(doc, schemas);
+    }
+}
+
+fn merge(doc: &mut Value, key: &str, extra: Value) {
+    if let (Some(Value::Object(target)), Value::Object(extra)) = (doc.get_mut(key), extra) {
+        target.extend(extra);
+    }
+}
+
+fn merge_components(doc: &mut Value, schemas: Value) {
+    if let Some(components) = doc.get_mut("components") {
+        merge(components, "schemas", schemas);
+    }
 }

@@ -845,3 +845,44 @@ async fn bad_parameters_are_400_naming_them() {
     assert_eq!(reply.body["items"], Value::Array(vec![]));
     assert!(reply.body["next_cursor"].is_null());
 }
+
+#[tokio::test]
+async fn openapi_documents_the_routes_and_their_parameters() {
+    let db = TestDb::migrated().await;
+    let router = api(&config(), &db.url).await.router();
+    let doc = get(&router, "/api/v1/openapi.json", None).await.body;
+    for (path, accepted) in [
+        ("/api/v1/tokens", tally_admin_api::tokens::PARAMETERS),
+        (
+            "/api/v1/tokens/usage",
+            tally_admin_api::aggregates::TOKEN_USAGE_PARAMETERS,
+        ),
+        (
+            "/api/v1/activity/aggregates",
+            tally_admin_api::aggregates::ACTIVITY_AGGREGATE_PARAMETERS,
+        ),
+        ("/api/v1/stats", tally_admin_api::stats::PARAMETERS),
+    ] {
+        let documented: Vec<&str> = doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path} undocumented"))
+            .iter()
+            .map(|p| p["name"].as_str().expect("name"))
+            .collect();
+        assert_eq!(documented, accepted, "{path}");
+        for reference in doc["paths"][path]["get"]["responses"]["200"]["content"]
+            ["application/json"]["schema"]["$ref"]
+            .as_str()
+            .into_iter()
+        {
+            let name = reference.trim_start_matches("#/components/schemas/");
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{reference}"
+            );
+        }
+    }
+    assert!(
+        doc["components"]["schemas"]["TokenUsageAggregate"]["properties"]["cost_usd"].is_object()
+    );
+}
