@@ -1,0 +1,133 @@
+//! The token-usage ledger record: one LLM model call, as stored in `token_usage`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::Outcome;
+
+/// Where a token row's user, tenant and session came from (`attribution_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AttributionSource {
+    /// The model-call record itself carried a user or tenant.
+    Record,
+    /// Another span or log record of the same trace carried them.
+    Trace,
+    /// Nothing did (yet: a later record of the trace may still attribute the row
+    /// within the attribution window).
+    #[default]
+    None,
+}
+
+impl AttributionSource {
+    /// The column value: `record`, `trace` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttributionSource::Record => "record",
+            AttributionSource::Trace => "trace",
+            AttributionSource::None => "none",
+        }
+    }
+}
+
+/// One LLM model call (chat, text completion, embeddings, …), as stored in
+/// `token_usage`. Token counts are `None` when the call did not report them
+/// (`usage_known == false`: e.g. a stream without usage), never zero-filled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Deterministic id (see [`token_span_id`] / [`token_log_id`]).
+    pub id: Uuid,
+    /// Call start time (span start or log record time).
+    pub ts: DateTime<Utc>,
+    pub tenant_id: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    /// `service.name` of the emitting resource.
+    pub service: Option<String>,
+    /// Lowercase hex, 32 characters.
+    pub trace_id: Option<String>,
+    /// Lowercase hex, 16 characters.
+    pub span_id: Option<String>,
+    /// `openai`, `anthropic`, … as the instrumentation names it.
+    pub provider: Option<String>,
+    /// `chat`, `text_completion`, `embeddings`, … as the instrumentation names it.
+    pub operation: Option<String>,
+    pub request_model: Option<String>,
+    pub response_model: Option<String>,
+    /// The response model, else the request model.
+    pub model: Option<String>,
+    /// Every input token, cached ones included (GenAI semantic conventions).
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    /// Input tokens read from the provider's prompt cache (a subset of `input_tokens`).
+    pub cache_read_tokens: Option<i64>,
+    /// Input tokens written to the provider's prompt cache (a subset of `input_tokens`).
+    pub cache_write_tokens: Option<i64>,
+    /// Output tokens spent on reasoning (a subset of `output_tokens`).
+    pub reasoning_tokens: Option<i64>,
+    /// As reported, else input + output.
+    pub total_tokens: Option<i64>,
+    /// Whether the call reported its usage.
+    pub usage_known: bool,
+    /// Estimated cost in US dollars at ingest; `None` when the model has no price
+    /// or the usage is unknown.
+    pub cost_usd: Option<f64>,
+    pub outcome: Outcome,
+    /// Span duration; `None` for log records.
+    pub duration_ms: Option<f64>,
+    pub attribution_source: AttributionSource,
+    /// A few content-free attributes (span name, finish reasons, response id, …).
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TokenUsage {
+    /// Whether the row carries neither a user nor a tenant.
+    pub fn is_unattributed(&self) -> bool {
+        self.user_id.is_none() && self.tenant_id.is_none()
+    }
+}
+
+/// Id of the token row derived from a span: one per (trace id, span id), distinct
+/// from the activity event id of the same span.
+pub fn token_span_id(trace_id: &[u8], span_id: &[u8]) -> Uuid {
+    let mut hasher = Sha256::new();
+    hasher.update(b"tally.tokens.span.v1\0");
+    hasher.update(trace_id);
+    hasher.update(b"\0");
+    hasher.update(span_id);
+    finish(hasher)
+}
+
+/// Id of the token row derived from a log record (its protobuf bytes, identical
+/// on a retry) of the resource's `service.name`.
+pub fn token_log_id(service: &str, encoded_record: &[u8]) -> Uuid {
+    let mut hasher = Sha256::new();
+    hasher.update(b"tally.tokens.log.v1\0");
+    hasher.update(service.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(encoded_record);
+    finish(hasher)
+}
+
+fn finish(hasher: Sha256) -> Uuid {
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::new_v8(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ids_differ_from_activity_ids_and_are_stable() {
+        let a = token_span_id(&[1; 16], &[2; 8]);
+        assert_eq!(a, token_span_id(&[1; 16], &[2; 8]));
+        assert_ne!(a, token_span_id(&[1; 16], &[3; 8]));
+        assert_ne!(a, crate::ids::span_event_id(&[1; 16], &[2; 8]));
+        assert_ne!(token_log_id("s", b"r"), crate::ids::log_event_id("s", b"r"));
+    }
+}

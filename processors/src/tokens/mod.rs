@@ -1,0 +1,708 @@
+//! Token usage: which spans and log records are LLM model calls, what they
+//! used, who they are attributed to, and what they cost. See `docs/tokens.md`.
+//!
+//! Rules, in short:
+//!
+//! * **Recognition** goes through a configurable [`TokenMapping`]: per field, an
+//!   ordered list of attribute keys (record attributes over scope and resource
+//!   ones). Integers may arrive as int, double or string.
+//! * **Count once**: a span is a *candidate* when it is an inference call
+//!   (operation `chat`, `text_completion`, `generate_content`, `embeddings`, …;
+//!   OpenInference `LLM`/`EMBEDDING`; Vercel `*.doGenerate`/`*.doStream`/
+//!   `*.doEmbed`), or when nothing marks its kind but it carries a model and
+//!   usage. Agent, workflow, chain, task and tool spans never are. A candidate
+//!   with usage is not counted when a descendant candidate with usage is (same
+//!   request, or an earlier request through the [`TraceCache`]); a candidate
+//!   without usage is not counted when it has a descendant candidate or an
+//!   ancestor candidate with usage.
+//! * **Unknown usage**: a counted call reporting no usage, or 0 input and 0
+//!   output, is stored with `usage_known = false` and NULL token columns.
+//! * **Attribution**: a row's own user/tenant/session (`record`), else the
+//!   trace's (`trace`, from the [`TraceCache`]), else none yet (`none`).
+
+pub mod pricing;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use prost::Message;
+use serde_json::Map;
+use tally_config::{PricingConfig, TokenMapping, TokensConfig};
+use tally_model::tokens::{token_log_id, token_span_id};
+use tally_model::{AttributionSource, Outcome, TokenUsage};
+
+use crate::attribution::{Identity, TraceCache, TraceId};
+use crate::otlp_value::{as_i64, as_text, to_json};
+use pricing::{PriceTable, Usage};
+
+/// Operation names of inference calls (lowercase).
+const INFERENCE_OPERATIONS: &[&str] = &[
+    "chat",
+    "text_completion",
+    "generate_content",
+    "embeddings",
+    "completion",
+    "embedding",
+    "rerank",
+    "responses",
+];
+/// Operation names of spans that wrap calls (lowercase).
+const WRAPPER_OPERATIONS: &[&str] = &[
+    "invoke_agent",
+    "create_agent",
+    "execute_tool",
+    "workflow",
+    "task",
+    "agent",
+    "tool",
+];
+/// Content-free attributes copied into `token_usage.attributes`.
+const KEPT_ATTRIBUTES: &[&str] = &[
+    "gen_ai.response.id",
+    "gen_ai.response.finish_reasons",
+    "gen_ai.conversation.id",
+    "gen_ai.agent.name",
+    "gen_ai.request.max_tokens",
+    "gen_ai.request.temperature",
+    "server.address",
+    "error.type",
+    "ai.telemetry.functionId",
+    "ai.response.finishReason",
+    "llm.request.type",
+    "traceloop.workflow.name",
+];
+
+/// What a span is, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The model call itself.
+    Inference,
+    /// Agent, workflow, chain, task, tool: repeats or has no usage of its own.
+    Wrapper,
+    /// Nothing says.
+    Unmarked,
+}
+
+/// The result of the token pass over one export request.
+#[derive(Debug, Default)]
+pub struct TokenBatch {
+    /// Rows to store.
+    pub rows: Vec<TokenUsage>,
+    /// Traces whose rows in `rows` are unattributed, with their earliest `ts`.
+    pub pending: Vec<(TraceId, DateTime<Utc>)>,
+    /// Traces that were pending and got their identity from this request: the
+    /// stored rows since `ts` are to be updated with it.
+    pub attribute: Vec<(TraceId, Identity, DateTime<Utc>)>,
+    /// Rows of models without a price.
+    pub unpriced: u64,
+    /// Candidates not counted (their usage is counted on a descendant).
+    pub not_counted: u64,
+}
+
+/// Recognises token usage with a mapping and prices it.
+#[derive(Debug, Clone)]
+pub struct TokenProcessor {
+    mapping: TokenMapping,
+    prices: PriceTable,
+    enabled: bool,
+    from_logs: bool,
+}
+
+/// Attribute lookup over resource → scope → record (the record wins).
+struct Attrs<'a> {
+    map: HashMap<&'a str, &'a AnyValue>,
+}
+
+impl<'a> Attrs<'a> {
+    fn new(lists: [&'a [KeyValue]; 3]) -> Self {
+        let mut map = HashMap::new();
+        for kv in lists.into_iter().flatten() {
+            if let Some(value) = kv.value.as_ref() {
+                map.insert(kv.key.as_str(), value);
+            }
+        }
+        Attrs { map }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a AnyValue> {
+        self.map.get(key).copied()
+    }
+
+    fn text(&self, keys: &[String]) -> Option<String> {
+        keys.iter().find_map(|k| as_text(self.get(k)))
+    }
+
+    fn int(&self, keys: &[String]) -> Option<i64> {
+        keys.iter().find_map(|k| as_i64(self.get(k)))
+    }
+
+    fn metadata(&self, prefixes: &[String], names: &[String]) -> Option<String> {
+        prefixes.iter().find_map(|prefix| {
+            names
+                .iter()
+                .find_map(|name| as_text(self.get(&format!("{prefix}{name}"))))
+        })
+    }
+}
+
+/// One record's token facts, before counting decisions.
+struct Extract {
+    role: Role,
+    operation: Option<String>,
+    provider: Option<String>,
+    request_model: Option<String>,
+    response_model: Option<String>,
+    input: Option<i64>,
+    output: Option<i64>,
+    cache_read: Option<i64>,
+    cache_write: Option<i64>,
+    reasoning: Option<i64>,
+    total: Option<i64>,
+    identity: Identity,
+    service: Option<String>,
+    kept: Map<String, serde_json::Value>,
+}
+
+impl Extract {
+    fn usage_known(&self) -> bool {
+        let sum = self.input.unwrap_or(0) + self.output.unwrap_or(0) + self.total.unwrap_or(0);
+        (self.input.is_some() || self.output.is_some() || self.total.is_some()) && sum > 0
+    }
+
+    fn has_model(&self) -> bool {
+        self.request_model.is_some() || self.response_model.is_some()
+    }
+
+    /// Whether the record may be a counted model call.
+    fn candidate(&self) -> bool {
+        match self.role {
+            Role::Inference => true,
+            Role::Wrapper => false,
+            Role::Unmarked => self.has_model() && self.usage_known(),
+        }
+    }
+}
+
+fn role(attrs: &Attrs<'_>, operation: Option<&str>) -> Role {
+    let lower = |v: Option<&AnyValue>| as_text(v).map(|s| s.to_ascii_lowercase());
+    if let Some(kind) = lower(attrs.get("traceloop.span.kind")) {
+        if matches!(kind.as_str(), "workflow" | "task" | "agent" | "tool") {
+            return Role::Wrapper;
+        }
+    }
+    if let Some(kind) = lower(attrs.get("openinference.span.kind")) {
+        return match kind.as_str() {
+            "llm" | "embedding" => Role::Inference,
+            _ => Role::Wrapper,
+        };
+    }
+    if let Some(op) = lower(attrs.get("ai.operationId")) {
+        return vercel_role(&op);
+    }
+    let Some(op) = operation.map(str::to_ascii_lowercase) else {
+        return Role::Unmarked;
+    };
+    if op.starts_with("ai.") {
+        return vercel_role(&op);
+    }
+    if INFERENCE_OPERATIONS.contains(&op.as_str()) {
+        Role::Inference
+    } else if WRAPPER_OPERATIONS.contains(&op.as_str()) {
+        Role::Wrapper
+    } else {
+        Role::Unmarked
+    }
+}
+
+/// Vercel AI SDK: `ai.generateText.doGenerate` / `ai.streamText.doStream` /
+/// `ai.embed.doEmbed` are the calls; `ai.generateText`, `ai.toolCall`, … wrap them.
+fn vercel_role(op: &str) -> Role {
+    if op.ends_with(".dogenerate") || op.ends_with(".dostream") || op.ends_with(".doembed") {
+        Role::Inference
+    } else {
+        Role::Wrapper
+    }
+}
+
+fn timestamp(nanos: u64, fallback: DateTime<Utc>) -> DateTime<Utc> {
+    if nanos == 0 {
+        return fallback;
+    }
+    let secs = (nanos / 1_000_000_000) as i64;
+    let sub = (nanos % 1_000_000_000) as u32;
+    DateTime::from_timestamp(secs, sub).unwrap_or(fallback)
+}
+
+fn hex_id(bytes: &[u8]) -> Option<String> {
+    (!bytes.is_empty() && bytes.iter().any(|b| *b != 0)).then(|| hex::encode(bytes))
+}
+
+fn trace_key(bytes: &[u8]) -> Option<TraceId> {
+    let id: TraceId = bytes.try_into().ok()?;
+    id.iter().any(|b| *b != 0).then_some(id)
+}
+
+fn span_key(bytes: &[u8]) -> Option<[u8; 8]> {
+    let id: [u8; 8] = bytes.try_into().ok()?;
+    id.iter().any(|b| *b != 0).then_some(id)
+}
+
+/// A span of the request, for the parent/child rules.
+struct SpanFacts {
+    trace: Option<TraceId>,
+    span: Option<[u8; 8]>,
+    parent: Option<[u8; 8]>,
+    extract: Extract,
+    ts: DateTime<Utc>,
+    duration_ms: Option<f64>,
+    outcome: Outcome,
+    trace_bytes: Vec<u8>,
+    span_bytes: Vec<u8>,
+}
+
+impl TokenProcessor {
+    pub fn new(config: &TokensConfig, pricing: &PricingConfig) -> TokenProcessor {
+        TokenProcessor {
+            mapping: config.effective_mapping(),
+            prices: PriceTable::from_config(pricing),
+            enabled: config.enabled,
+            from_logs: config.from_logs,
+        }
+    }
+
+    /// The built-in mapping and prices.
+    pub fn with_defaults() -> TokenProcessor {
+        TokenProcessor::new(&TokensConfig::default(), &PricingConfig::default())
+    }
+
+    /// The price table in effect.
+    pub fn prices(&self) -> &PriceTable {
+        &self.prices
+    }
+
+    /// The identity (user, tenant, session) a record carries under the mapping.
+    fn identity(&self, attrs: &Attrs<'_>) -> Identity {
+        let m = &self.mapping;
+        Identity {
+            user: attrs
+                .text(&m.user)
+                .or_else(|| attrs.metadata(&m.metadata_prefixes, &m.metadata_user)),
+            tenant: attrs
+                .text(&m.tenant)
+                .or_else(|| attrs.metadata(&m.metadata_prefixes, &m.metadata_tenant)),
+            session: attrs
+                .text(&m.session)
+                .or_else(|| attrs.metadata(&m.metadata_prefixes, &m.metadata_session)),
+        }
+    }
+
+    fn extract(&self, attrs: &Attrs<'_>, name: Option<&str>) -> Extract {
+        let m = &self.mapping;
+        let operation = attrs.text(&m.operation);
+        let mut kept = Map::new();
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            kept.insert("span.name".into(), serde_json::Value::String(name.into()));
+        }
+        for key in KEPT_ATTRIBUTES {
+            if let Some(value) = attrs.get(key) {
+                kept.insert((*key).into(), to_json(Some(value)));
+            }
+        }
+        let non_negative = |v: Option<i64>| v.filter(|n| *n >= 0);
+        Extract {
+            role: role(attrs, operation.as_deref()),
+            operation,
+            provider: attrs.text(&m.provider),
+            request_model: attrs.text(&m.request_model),
+            response_model: attrs.text(&m.response_model),
+            input: non_negative(attrs.int(&m.input)),
+            output: non_negative(attrs.int(&m.output)),
+            cache_read: non_negative(attrs.int(&m.cache_read)),
+            cache_write: non_negative(attrs.int(&m.cache_write)),
+            reasoning: non_negative(attrs.int(&m.reasoning)),
+            total: non_negative(attrs.int(&m.total)),
+            identity: self.identity(attrs),
+            service: as_text(attrs.get("service.name")),
+            kept,
+        }
+    }
+
+    /// Builds the row of a counted record: usage, cost, attribution.
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        extract: Extract,
+        id: uuid::Uuid,
+        ts: DateTime<Utc>,
+        trace: Option<TraceId>,
+        trace_bytes: &[u8],
+        span_bytes: &[u8],
+        outcome: Outcome,
+        duration_ms: Option<f64>,
+        cache: &TraceCache,
+        out: &mut TokenBatch,
+    ) {
+        let known = extract.usage_known();
+        let Extract {
+            operation,
+            provider,
+            request_model,
+            response_model,
+            input,
+            output,
+            cache_read,
+            cache_write,
+            reasoning,
+            total,
+            identity,
+            service,
+            kept,
+            ..
+        } = extract;
+        let (input, output, cache_read, cache_write, reasoning, total) = if known {
+            let total = total.or_else(|| match (input, output) {
+                (None, None) => None,
+                (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
+            });
+            (input, output, cache_read, cache_write, reasoning, total)
+        } else {
+            (None, None, None, None, None, None)
+        };
+        let model = response_model.clone().or_else(|| request_model.clone());
+        let cost_usd = match (&model, known) {
+            (Some(model), true) => {
+                match self
+                    .prices
+                    .lookup(model, provider.as_deref(), ts.date_naive())
+                {
+                    Some(price) => Some(PriceTable::cost(
+                        price,
+                        Usage {
+                            input: input.unwrap_or(0),
+                            output: output.unwrap_or(0),
+                            cache_read: cache_read.unwrap_or(0),
+                            cache_write: cache_write.unwrap_or(0),
+                        },
+                    )),
+                    None => {
+                        out.unpriced += 1;
+                        None
+                    }
+                }
+            }
+            (None, true) => {
+                out.unpriced += 1;
+                None
+            }
+            (_, false) => None,
+        };
+        let (identity, attribution_source) = if identity.attributes() {
+            (identity, AttributionSource::Record)
+        } else if let Some(mut from_trace) = trace.and_then(|t| cache.lookup(&t)) {
+            if identity.session.is_some() {
+                from_trace.session = identity.session;
+            }
+            (from_trace, AttributionSource::Trace)
+        } else {
+            if let Some(trace) = trace {
+                match out.pending.iter_mut().find(|(t, _)| *t == trace) {
+                    Some((_, since)) => *since = (*since).min(ts),
+                    None => out.pending.push((trace, ts)),
+                }
+            }
+            (identity, AttributionSource::None)
+        };
+        out.rows.push(TokenUsage {
+            id,
+            ts,
+            tenant_id: identity.tenant,
+            user_id: identity.user,
+            session_id: identity.session,
+            service,
+            trace_id: hex_id(trace_bytes),
+            span_id: hex_id(span_bytes),
+            provider,
+            operation,
+            request_model,
+            response_model,
+            model,
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: cache_read,
+            cache_write_tokens: cache_write,
+            reasoning_tokens: reasoning,
+            total_tokens: total,
+            usage_known: known,
+            cost_usd,
+            outcome,
+            duration_ms,
+            attribution_source,
+            attributes: kept,
+        });
+    }
+
+    /// Learns identities into `cache`, noting pending traces that are now attributed.
+    fn learn(
+        &self,
+        cache: &TraceCache,
+        trace: Option<TraceId>,
+        identity: &Identity,
+        out: &mut TokenBatch,
+    ) {
+        let Some(trace) = trace else { return };
+        if let Some((identity, since)) = cache.learn(trace, identity) {
+            out.attribute.push((trace, identity, since));
+        }
+    }
+
+    /// The token rows of a `TraceService/Export` request. `received_at` stands
+    /// in for a missing start time.
+    pub fn traces(
+        &self,
+        request: &ExportTraceServiceRequest,
+        received_at: DateTime<Utc>,
+        cache: &TraceCache,
+    ) -> TokenBatch {
+        let mut out = TokenBatch::default();
+        if !self.enabled {
+            return out;
+        }
+        let mut spans: Vec<SpanFacts> = Vec::new();
+        for resource_spans in &request.resource_spans {
+            let resource_attrs = resource_spans
+                .resource
+                .as_ref()
+                .map_or(&[][..], |r| &r.attributes[..]);
+            for scope_spans in &resource_spans.scope_spans {
+                let scope_attrs = scope_spans
+                    .scope
+                    .as_ref()
+                    .map_or(&[][..], |s| &s.attributes[..]);
+                for span in &scope_spans.spans {
+                    let attrs = Attrs::new([resource_attrs, scope_attrs, &span.attributes]);
+                    let extract = self.extract(&attrs, Some(&span.name));
+                    let trace = trace_key(&span.trace_id);
+                    self.learn(cache, trace, &extract.identity, &mut out);
+                    let outcome = match span.status.as_ref().map(|s| s.code()) {
+                        Some(StatusCode::Error) => Outcome::Failure,
+                        Some(StatusCode::Ok) => Outcome::Success,
+                        _ if attrs.get("error.type").is_some() => Outcome::Failure,
+                        _ => Outcome::Unknown,
+                    };
+                    let duration_ms = (span.start_time_unix_nano > 0
+                        && span.end_time_unix_nano >= span.start_time_unix_nano)
+                        .then(|| {
+                            (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e6
+                        });
+                    spans.push(SpanFacts {
+                        trace,
+                        span: span_key(&span.span_id),
+                        parent: span_key(&span.parent_span_id),
+                        extract,
+                        ts: timestamp(span.start_time_unix_nano, received_at),
+                        duration_ms,
+                        outcome,
+                        trace_bytes: span.trace_id.clone(),
+                        span_bytes: span.span_id.clone(),
+                    });
+                }
+            }
+        }
+        let counted = count_once(&spans, cache);
+        for (facts, counted) in spans.into_iter().zip(counted) {
+            if !facts.extract.candidate() {
+                continue;
+            }
+            if !counted {
+                out.not_counted += 1;
+                continue;
+            }
+            let id = token_span_id(&facts.trace_bytes, &facts.span_bytes);
+            self.row(
+                facts.extract,
+                id,
+                facts.ts,
+                facts.trace,
+                &facts.trace_bytes,
+                &facts.span_bytes,
+                facts.outcome,
+                facts.duration_ms,
+                cache,
+                &mut out,
+            );
+        }
+        out
+    }
+
+    /// The token rows of a `LogsService/Export` request: a log record counts when
+    /// it carries a model and usage (and is not an agent/workflow/tool record).
+    pub fn logs(
+        &self,
+        request: &ExportLogsServiceRequest,
+        received_at: DateTime<Utc>,
+        cache: &TraceCache,
+    ) -> TokenBatch {
+        let mut out = TokenBatch::default();
+        if !self.enabled {
+            return out;
+        }
+        let mut encoded = Vec::new();
+        for resource_logs in &request.resource_logs {
+            let resource_attrs = resource_logs
+                .resource
+                .as_ref()
+                .map_or(&[][..], |r| &r.attributes[..]);
+            for scope_logs in &resource_logs.scope_logs {
+                let scope_attrs = scope_logs
+                    .scope
+                    .as_ref()
+                    .map_or(&[][..], |s| &s.attributes[..]);
+                for record in &scope_logs.log_records {
+                    let attrs = Attrs::new([resource_attrs, scope_attrs, &record.attributes]);
+                    let name =
+                        (!record.event_name.is_empty()).then_some(record.event_name.as_str());
+                    let mut extract = self.extract(&attrs, None);
+                    if let Some(name) = name {
+                        extract
+                            .kept
+                            .insert("event.name".into(), serde_json::Value::String(name.into()));
+                    }
+                    let trace = trace_key(&record.trace_id);
+                    self.learn(cache, trace, &extract.identity, &mut out);
+                    let counts = self.from_logs
+                        && extract.role != Role::Wrapper
+                        && extract.has_model()
+                        && extract.usage_known();
+                    if !counts {
+                        continue;
+                    }
+                    let nanos = if record.time_unix_nano != 0 {
+                        record.time_unix_nano
+                    } else {
+                        record.observed_time_unix_nano
+                    };
+                    encoded.clear();
+                    // Encoding into a Vec cannot fail: it grows as needed.
+                    let _ = record.encode(&mut encoded);
+                    let id = token_log_id(extract.service.as_deref().unwrap_or(""), &encoded);
+                    let outcome =
+                        if record.severity_number >= 17 || attrs.get("error.type").is_some() {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Unknown
+                        };
+                    self.row(
+                        extract,
+                        id,
+                        timestamp(nanos, received_at),
+                        trace,
+                        &record.trace_id,
+                        &record.span_id,
+                        outcome,
+                        None,
+                        cache,
+                        &mut out,
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Most parent links followed from one span (guards against cycles).
+const MAX_DEPTH: usize = 64;
+
+/// Which spans count, by the parent/child rules (see the module docs); updates
+/// the cache's covered spans for later requests.
+fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
+    let index: HashMap<(TraceId, [u8; 8]), usize> = spans
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some(((s.trace?, s.span?), i)))
+        .collect();
+    let parent_of = |i: usize| -> Option<usize> {
+        let s = &spans[i];
+        index.get(&(s.trace?, s.parent?)).copied()
+    };
+    let candidate: Vec<bool> = spans.iter().map(|s| s.extract.candidate()).collect();
+    let known: Vec<bool> = spans
+        .iter()
+        .zip(&candidate)
+        .map(|(s, c)| *c && s.extract.usage_known())
+        .collect();
+    let mut known_below = vec![false; spans.len()];
+    let mut any_below = vec![false; spans.len()];
+    let mut known_above = vec![false; spans.len()];
+    for i in 0..spans.len() {
+        if !candidate[i] {
+            continue;
+        }
+        let mut at = i;
+        for _ in 0..MAX_DEPTH {
+            let Some(p) = parent_of(at) else { break };
+            if p == i {
+                break;
+            }
+            any_below[p] = true;
+            known_below[p] |= known[i];
+            known_above[i] |= known[p];
+            at = p;
+        }
+    }
+    let counted: Vec<bool> = (0..spans.len())
+        .map(|i| {
+            if !candidate[i] {
+                return false;
+            }
+            let s = &spans[i];
+            let covered =
+                matches!((s.trace, s.span), (Some(t), Some(sp)) if cache.is_covered(&t, &sp));
+            if covered {
+                return false;
+            }
+            if known[i] {
+                !known_below[i]
+            } else {
+                !any_below[i] && !known_above[i]
+            }
+        })
+        .collect();
+    // Remember, for later requests, the ancestors of what was counted here, and
+    // pass on covers of earlier requests through this request's spans.
+    for (i, s) in spans.iter().enumerate() {
+        let (Some(trace), Some(span)) = (s.trace, s.span) else {
+            continue;
+        };
+        let covers = (counted[i] && known[i]) || cache.is_covered(&trace, &span);
+        if covers {
+            if let Some(parent) = s.parent {
+                cache.cover(trace, parent);
+            }
+        }
+    }
+    // A second pass lets covers flow up chains inside this request regardless of order.
+    for _ in 0..MAX_DEPTH {
+        let mut changed = false;
+        for s in spans {
+            let (Some(trace), Some(span), Some(parent)) = (s.trace, s.span, s.parent) else {
+                continue;
+            };
+            if cache.is_covered(&trace, &span) && !cache.is_covered(&trace, &parent) {
+                cache.cover(trace, parent);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    counted
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,526 @@
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+use super::*;
+
+const T: [u8; 16] = [7; 16];
+const START: u64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
+
+fn s(key: &str, value: &str) -> KeyValue {
+    kv(key, Value::StringValue(value.into()))
+}
+fn i(key: &str, value: i64) -> KeyValue {
+    kv(key, Value::IntValue(value))
+}
+fn d(key: &str, value: f64) -> KeyValue {
+    kv(key, Value::DoubleValue(value))
+}
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn span(id: u8, parent: Option<u8>, attrs: Vec<KeyValue>) -> Span {
+    Span {
+        trace_id: T.to_vec(),
+        span_id: vec![id; 8],
+        parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
+        name: format!("span-{id}"),
+        start_time_unix_nano: START,
+        end_time_unix_nano: START + 1_500_000_000,
+        attributes: attrs,
+        ..Default::default()
+    }
+}
+
+fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![s("service.name", "svc")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn cache() -> TraceCache {
+    TraceCache::new(Duration::from_secs(300), 1000)
+}
+
+fn run(spans: Vec<Span>) -> TokenBatch {
+    TokenProcessor::with_defaults().traces(&request(spans), Utc::now(), &cache())
+}
+
+fn genai_chat(id: u8, parent: Option<u8>, input: i64, output: i64) -> Span {
+    span(
+        id,
+        parent,
+        vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.provider.name", "openai"),
+            s("gen_ai.request.model", "gpt-4o"),
+            s("gen_ai.response.model", "gpt-4o-2024-08-06"),
+            i("gen_ai.usage.input_tokens", input),
+            i("gen_ai.usage.output_tokens", output),
+        ],
+    )
+}
+
+#[test]
+fn genai_current_chat_with_cache_and_reasoning() {
+    let mut chat = genai_chat(1, None, 1000, 200);
+    chat.attributes.extend([
+        i("gen_ai.usage.cache_read.input_tokens", 400),
+        i("gen_ai.usage.cache_write.input_tokens", 100),
+        i("gen_ai.usage.reasoning.output_tokens", 50),
+        s("gen_ai.prompt", "secret prompt text"),
+    ]);
+    let out = run(vec![chat]);
+    assert_eq!(out.rows.len(), 1);
+    let row = &out.rows[0];
+    assert_eq!(row.provider.as_deref(), Some("openai"));
+    assert_eq!(row.operation.as_deref(), Some("chat"));
+    assert_eq!(row.request_model.as_deref(), Some("gpt-4o"));
+    assert_eq!(row.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(
+        (row.input_tokens, row.output_tokens, row.total_tokens),
+        (Some(1000), Some(200), Some(1200))
+    );
+    assert_eq!(row.cache_read_tokens, Some(400));
+    assert_eq!(row.cache_write_tokens, Some(100));
+    assert_eq!(row.reasoning_tokens, Some(50));
+    assert!(row.usage_known);
+    assert_eq!(row.duration_ms, Some(1500.0));
+    assert_eq!(row.service.as_deref(), Some("svc"));
+    assert_eq!(row.trace_id.as_deref(), Some(hex::encode(T).as_str()));
+    // gpt-4o from 2024-10-01: 2.50 in, 1.25 cache read, 10 out; cache write at the input price.
+    let expected = (500.0 * 2.5 + 400.0 * 1.25 + 100.0 * 2.5 + 200.0 * 10.0) / 1e6;
+    assert!(
+        (row.cost_usd.unwrap() - expected).abs() < 1e-12,
+        "{:?}",
+        row.cost_usd
+    );
+    assert!(
+        row.attributes.get("gen_ai.prompt").is_none(),
+        "content is not kept"
+    );
+    assert_eq!(row.attributes["span.name"], "span-1");
+    assert_eq!(row.attribution_source, AttributionSource::None);
+    assert_eq!(out.pending, vec![(T, row.ts)]);
+}
+
+#[test]
+fn deprecated_names_and_integers_as_strings_or_doubles() {
+    let chat = span(
+        1,
+        None,
+        vec![
+            s("gen_ai.system", "anthropic"),
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.request.model", "claude-3-5-haiku-20241022"),
+            s("gen_ai.usage.prompt_tokens", "120"),
+            d("gen_ai.usage.completion_tokens", 30.0),
+        ],
+    );
+    let row = &run(vec![chat]).rows[0];
+    assert_eq!(row.provider.as_deref(), Some("anthropic"));
+    assert_eq!((row.input_tokens, row.output_tokens), (Some(120), Some(30)));
+    assert_eq!(row.model.as_deref(), Some("claude-3-5-haiku-20241022"));
+    assert!((row.cost_usd.unwrap() - (120.0 * 0.8 + 30.0 * 4.0) / 1e6).abs() < 1e-12);
+}
+
+#[test]
+fn openllmetry_workflow_and_task_are_not_counted_and_properties_attribute() {
+    let props = |span: &mut Span| {
+        span.attributes.extend([
+            s("traceloop.association.properties.user_id", "u-9"),
+            s("traceloop.association.properties.tenant_id", "acme"),
+        ])
+    };
+    let mut workflow = span(
+        1,
+        None,
+        vec![
+            s("traceloop.span.kind", "workflow"),
+            i("gen_ai.usage.prompt_tokens", 10),
+            s("gen_ai.request.model", "gpt-4o"),
+        ],
+    );
+    props(&mut workflow);
+    let mut llm = span(
+        2,
+        Some(1),
+        vec![
+            s("llm.request.type", "chat"),
+            s("gen_ai.system", "openai"),
+            s("gen_ai.request.model", "gpt-4o-mini"),
+            i("gen_ai.usage.prompt_tokens", 10),
+            i("gen_ai.usage.completion_tokens", 5),
+            i("llm.usage.total_tokens", 15),
+            i("gen_ai.usage.cache_read_input_tokens", 4),
+        ],
+    );
+    props(&mut llm);
+    let out = run(vec![llm, workflow]);
+    assert_eq!(out.rows.len(), 1);
+    let row = &out.rows[0];
+    assert_eq!(row.span_id.as_deref(), Some("0202020202020202"));
+    assert_eq!(row.operation.as_deref(), Some("chat"));
+    assert_eq!(row.cache_read_tokens, Some(4));
+    assert_eq!(row.user_id.as_deref(), Some("u-9"));
+    assert_eq!(row.tenant_id.as_deref(), Some("acme"));
+    assert_eq!(row.attribution_source, AttributionSource::Record);
+    assert!(out.pending.is_empty());
+}
+
+#[test]
+fn openinference_chain_repeating_its_child_counts_once() {
+    let chain = span(
+        1,
+        None,
+        vec![
+            s("openinference.span.kind", "CHAIN"),
+            s("llm.model_name", "gpt-4o"),
+            i("llm.token_count.prompt", 50),
+            i("llm.token_count.completion", 7),
+        ],
+    );
+    let llm = span(
+        2,
+        Some(1),
+        vec![
+            s("openinference.span.kind", "LLM"),
+            s("llm.model_name", "gpt-4o"),
+            s("llm.provider", "openai"),
+            i("llm.token_count.prompt", 50),
+            i("llm.token_count.completion", 7),
+            i("llm.token_count.total", 57),
+            s("user.id", "ann"),
+            s("session.id", "s-1"),
+        ],
+    );
+    let out = run(vec![chain, llm]);
+    assert_eq!(out.rows.len(), 1);
+    let row = &out.rows[0];
+    assert_eq!(
+        (row.total_tokens, row.user_id.as_deref()),
+        (Some(57), Some("ann"))
+    );
+    assert_eq!(row.session_id.as_deref(), Some("s-1"));
+    assert_eq!(row.response_model.as_deref(), Some("gpt-4o"));
+}
+
+#[test]
+fn vercel_outer_spans_wrap_the_do_generate_call() {
+    let outer = span(
+        1,
+        None,
+        vec![
+            s("ai.operationId", "ai.generateText"),
+            s("ai.model.id", "gpt-4o"),
+            i("ai.usage.promptTokens", 30),
+            i("ai.usage.completionTokens", 3),
+            s("ai.telemetry.metadata.userId", "v-user"),
+        ],
+    );
+    let inner = span(
+        2,
+        Some(1),
+        vec![
+            s("ai.operationId", "ai.generateText.doGenerate"),
+            s("ai.model.id", "gpt-4o"),
+            s("ai.model.provider", "openai.chat"),
+            s("ai.response.model", "gpt-4o-2024-08-06"),
+            i("ai.usage.promptTokens", 30),
+            i("ai.usage.completionTokens", 3),
+            s("ai.telemetry.metadata.userId", "v-user"),
+        ],
+    );
+    let tool = span(3, Some(1), vec![s("ai.operationId", "ai.toolCall")]);
+    let out = run(vec![outer, inner, tool]);
+    assert_eq!(out.rows.len(), 1);
+    let row = &out.rows[0];
+    assert_eq!(row.span_id.as_deref(), Some("0202020202020202"));
+    assert_eq!(row.provider.as_deref(), Some("openai.chat"));
+    assert_eq!(row.operation.as_deref(), Some("ai.generateText.doGenerate"));
+    assert_eq!(row.user_id.as_deref(), Some("v-user"));
+    assert_eq!((row.input_tokens, row.output_tokens), (Some(30), Some(3)));
+}
+
+#[test]
+fn agent_wrapping_two_calls_and_a_tool_counts_the_calls() {
+    let agent = span(
+        1,
+        None,
+        vec![
+            s("gen_ai.operation.name", "invoke_agent"),
+            s("gen_ai.request.model", "gpt-4o"),
+            i("gen_ai.usage.input_tokens", 300),
+            i("gen_ai.usage.output_tokens", 30),
+        ],
+    );
+    let tool = span(4, Some(1), vec![s("gen_ai.operation.name", "execute_tool")]);
+    let out = run(vec![
+        genai_chat(2, Some(1), 100, 10),
+        tool,
+        genai_chat(3, Some(1), 200, 20),
+        agent,
+    ]);
+    let mut inputs: Vec<i64> = out.rows.iter().filter_map(|r| r.input_tokens).collect();
+    inputs.sort_unstable();
+    assert_eq!(inputs, [100, 200]);
+}
+
+#[test]
+fn an_unmarked_span_repeating_its_child_is_not_counted_but_alone_it_is() {
+    let wrapper = span(
+        1,
+        None,
+        vec![
+            s("gen_ai.request.model", "gpt-4o"),
+            i("gen_ai.usage.input_tokens", 100),
+            i("gen_ai.usage.output_tokens", 10),
+        ],
+    );
+    let out = run(vec![wrapper.clone(), genai_chat(2, Some(1), 100, 10)]);
+    assert_eq!(out.rows.len(), 1);
+    assert_eq!(out.not_counted, 1);
+    assert_eq!(out.rows[0].span_id.as_deref(), Some("0202020202020202"));
+    // Alone, the unmarked span with a model and usage is a call.
+    let out = run(vec![wrapper]);
+    assert_eq!(out.rows.len(), 1);
+    // Without a model, it is not.
+    let no_model = span(5, None, vec![i("gen_ai.usage.input_tokens", 100)]);
+    assert!(run(vec![no_model]).rows.is_empty());
+}
+
+#[test]
+fn streaming_without_usage_is_unknown_not_zero() {
+    let zero = genai_chat(1, None, 0, 0);
+    let mut none = genai_chat(2, None, 0, 0);
+    none.attributes
+        .retain(|kv| !kv.key.starts_with("gen_ai.usage."));
+    let out = run(vec![zero, none]);
+    assert_eq!(out.rows.len(), 2);
+    for row in &out.rows {
+        assert!(!row.usage_known);
+        assert_eq!(row.input_tokens, None);
+        assert_eq!(row.output_tokens, None);
+        assert_eq!(row.total_tokens, None);
+        assert_eq!(row.cost_usd, None, "unknown usage is not priced");
+    }
+    assert_eq!(out.unpriced, 0);
+}
+
+#[test]
+fn a_streamed_child_without_usage_gives_way_to_its_parent_with_usage() {
+    let parent = span(
+        1,
+        None,
+        vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.request.model", "gpt-4o"),
+            i("gen_ai.usage.input_tokens", 9),
+            i("gen_ai.usage.output_tokens", 1),
+        ],
+    );
+    let out = run(vec![genai_chat(2, Some(1), 0, 0), parent]);
+    assert_eq!(out.rows.len(), 1);
+    assert_eq!(out.rows[0].input_tokens, Some(9));
+}
+
+#[test]
+fn a_parent_in_a_later_request_repeating_a_counted_child_is_not_counted() {
+    let processor = TokenProcessor::with_defaults();
+    let cache = cache();
+    let first = processor.traces(
+        &request(vec![genai_chat(3, Some(2), 10, 1)]),
+        Utc::now(),
+        &cache,
+    );
+    assert_eq!(first.rows.len(), 1);
+    // The chain span between them has no usage; the unmarked root repeats the sum.
+    let chain = span(2, Some(1), vec![s("name", "chain")]);
+    let second = processor.traces(&request(vec![chain]), Utc::now(), &cache);
+    assert!(second.rows.is_empty());
+    let root = span(
+        1,
+        None,
+        vec![
+            s("gen_ai.request.model", "gpt-4o"),
+            i("gen_ai.usage.input_tokens", 10),
+            i("gen_ai.usage.output_tokens", 1),
+        ],
+    );
+    let third = processor.traces(&request(vec![root.clone()]), Utc::now(), &cache);
+    assert!(third.rows.is_empty(), "already counted on its grandchild");
+    // Another trace with the same span ids is unaffected.
+    let mut other = root;
+    other.trace_id = vec![8; 16];
+    assert_eq!(
+        processor
+            .traces(&request(vec![other]), Utc::now(), &cache)
+            .rows
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn identity_from_the_trace_in_either_order() {
+    let processor = TokenProcessor::with_defaults();
+    let request_span = |id: u8| {
+        span(
+            id,
+            None,
+            vec![
+                s("http.route", "/ask"),
+                s("enduser.id", "alice"),
+                s("tenant.id", "t1"),
+                s("session.id", "sess"),
+            ],
+        )
+    };
+    // Same request, child listed first.
+    let cache1 = cache();
+    let out = processor.traces(
+        &request(vec![genai_chat(2, Some(1), 5, 1), request_span(1)]),
+        Utc::now(),
+        &cache1,
+    );
+    let row = &out.rows[0];
+    assert_eq!(row.attribution_source, AttributionSource::Trace);
+    assert_eq!(row.user_id.as_deref(), Some("alice"));
+    assert_eq!(row.tenant_id.as_deref(), Some("t1"));
+    assert_eq!(row.session_id.as_deref(), Some("sess"));
+    assert!(out.pending.is_empty());
+
+    // Separate requests, child first: pending, then the parent's request asks for the update.
+    let cache2 = cache();
+    let first = processor.traces(
+        &request(vec![genai_chat(2, Some(1), 5, 1)]),
+        Utc::now(),
+        &cache2,
+    );
+    assert_eq!(first.rows[0].attribution_source, AttributionSource::None);
+    assert_eq!(first.pending.len(), 1);
+    for (trace, ts) in &first.pending {
+        cache2.mark_pending(*trace, *ts);
+    }
+    let second = processor.traces(&request(vec![request_span(1)]), Utc::now(), &cache2);
+    assert!(second.rows.is_empty());
+    assert_eq!(second.attribute.len(), 1);
+    let (trace, identity, since) = &second.attribute[0];
+    assert_eq!(*trace, T);
+    assert_eq!(identity.user.as_deref(), Some("alice"));
+    assert_eq!(*since, first.rows[0].ts);
+}
+
+#[test]
+fn mapping_extensions_recognise_app_specific_names() {
+    let mut config = TokensConfig::default();
+    config.mapping.input = vec!["myapp.llm.in".into()];
+    config.mapping.output = vec!["myapp.llm.out".into()];
+    config.mapping.request_model = vec!["myapp.llm.model".into()];
+    config.mapping.user = vec!["myapp.customer".into()];
+    let processor = TokenProcessor::new(&config, &PricingConfig::default());
+    let custom = span(
+        1,
+        None,
+        vec![
+            s("myapp.llm.model", "gpt-4.1"),
+            i("myapp.llm.in", 1_000_000),
+            i("myapp.llm.out", 0),
+            s("myapp.customer", "c-1"),
+        ],
+    );
+    let out = processor.traces(&request(vec![custom]), Utc::now(), &cache());
+    let row = &out.rows[0];
+    assert_eq!(row.input_tokens, Some(1_000_000));
+    assert_eq!(row.user_id.as_deref(), Some("c-1"));
+    assert!((row.cost_usd.unwrap() - 2.0).abs() < 1e-9);
+    // The built-in names still work.
+    assert_eq!(
+        processor
+            .traces(
+                &request(vec![genai_chat(2, None, 1, 1)]),
+                Utc::now(),
+                &cache()
+            )
+            .rows
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn unknown_models_are_counted_unpriced() {
+    let mut chat = genai_chat(1, None, 10, 10);
+    for kv in &mut chat.attributes {
+        if kv.key.ends_with(".model") {
+            kv.value = Some(AnyValue {
+                value: Some(Value::StringValue("my-own-llm".into())),
+            });
+        }
+    }
+    let out = run(vec![chat]);
+    assert_eq!(out.rows[0].cost_usd, None);
+    assert_eq!(out.unpriced, 1);
+}
+
+#[test]
+fn log_records_with_model_and_usage_count() {
+    let log = |attrs: Vec<KeyValue>| LogRecord {
+        time_unix_nano: START,
+        event_name: "llm.call".into(),
+        trace_id: T.to_vec(),
+        span_id: vec![1; 8],
+        attributes: attrs,
+        ..Default::default()
+    };
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: None,
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![
+                    log(vec![
+                        s("gen_ai.request.model", "gpt-4o-mini"),
+                        i("gen_ai.usage.input_tokens", 8),
+                        i("gen_ai.usage.output_tokens", 2),
+                        s("user.id", "logger"),
+                    ]),
+                    log(vec![i("gen_ai.usage.input_tokens", 8)]),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let processor = TokenProcessor::with_defaults();
+    let out = processor.logs(&request, Utc::now(), &cache());
+    assert_eq!(out.rows.len(), 1);
+    assert_eq!(out.rows[0].user_id.as_deref(), Some("logger"));
+    assert_eq!(out.rows[0].attributes["event.name"], "llm.call");
+    let mut off = TokensConfig::default();
+    off.from_logs = false;
+    let processor = TokenProcessor::new(&off, &PricingConfig::default());
+    assert!(processor
+        .logs(&request, Utc::now(), &cache())
+        .rows
+        .is_empty());
+}
