@@ -24,6 +24,43 @@ fn error_response(description: &str) -> Value {
     })
 }
 
+fn access_token_param() -> Value {
+    string_param(
+        "access_token",
+        "The bearer JWT, for clients that cannot set headers (EventSource); stream routes only",
+    )
+}
+
+/// Parameters of a stream route: exact-match filters, after_seq, access_token.
+fn stream_params(filters: &[&str]) -> Value {
+    let mut params: Vec<Value> = filters
+        .iter()
+        .map(|name| string_param(name, "Filter, as on the list route"))
+        .collect();
+    params.push(json!({
+        "name": "after_seq", "in": "query", "required": false,
+        "description": "Replay rows after this seq first (the Last-Event-ID header wins)",
+        "schema": { "type": "integer", "minimum": 0 }
+    }));
+    params.push(json!({
+        "name": "Last-Event-ID", "in": "header", "required": false,
+        "description": "Resume after this seq (sent by EventSource on reconnect)",
+        "schema": { "type": "integer", "minimum": 0 }
+    }));
+    params.push(access_token_param());
+    Value::Array(params)
+}
+
+fn stream_responses() -> Value {
+    json!({
+        "200": { "description": "An event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } },
+        "400": error_response("invalid_parameter"),
+        "401": error_response("unauthorized"),
+        "403": error_response("forbidden"),
+        "503": error_response("unavailable: too many live-feed clients (admin_api.sse_max_clients) or no database")
+    })
+}
+
 /// The OpenAPI document.
 pub fn openapi() -> Value {
     let nullable_string = json!({ "type": ["string", "null"] });
@@ -127,12 +164,75 @@ pub fn openapi() -> Value {
                         "404": error_response("not_found: no registry loaded in this process")
                     }
                 }
+            },
+            "/api/v1/activity/stream": {
+                "get": {
+                    "operationId": "streamActivity",
+                    "summary": "Live feed of activity events (Server-Sent Events)",
+                    "description": "Needs scope activity:read or admin; tenant-scoped like /activity. Filters as /activity (no limit/cursor). Each event: `id:` = seq, `event: activity`, `data:` = an ActivityEvent. Replays from the database after Last-Event-ID (header, wins) or after_seq, else starts after the newest committed row; then live, no gap, no duplicate. Heartbeat comments every admin_api.sse_heartbeat_secs. A client whose buffer (admin_api.sse_client_buffer events) stays full for 1 s gets `event: reset` and is disconnected; resume with Last-Event-ID. Accepts ?access_token= instead of the Authorization header.",
+                    "security": [ { "bearerAuth": [] }, { "accessToken": [] } ],
+                    "parameters": stream_params(&["tenant", "user", "action", "outcome", "resource_type", "resource_id", "trace_id", "from", "to"]),
+                    "responses": stream_responses()
+                }
+            },
+            "/api/v1/tokens/stream": {
+                "get": {
+                    "operationId": "streamTokens",
+                    "summary": "Live feed of token-usage rows (Server-Sent Events)",
+                    "description": "Needs scope tokens:read or admin; tenant-scoped. Exact-match filters tenant, user, model, provider, operation, outcome, trace_id. Events: `id:` = seq, `event: token`, `data:` = a TokenUsage item (as /tokens). Same replay, heartbeat, reset and access_token rules as /activity/stream.",
+                    "security": [ { "bearerAuth": [] }, { "accessToken": [] } ],
+                    "parameters": stream_params(&["tenant", "user", "model", "provider", "operation", "outcome", "trace_id"]),
+                    "responses": stream_responses()
+                }
+            },
+            "/api/v1/stats/stream": {
+                "get": {
+                    "operationId": "streamStats",
+                    "summary": "Live counters: one `event: stats` per second (Server-Sent Events)",
+                    "description": "Needs activity:read and/or tokens:read (or admin): the `activity` section (events, events_per_second, by_class, last_seq) and the `tokens` section (requests, tokens, input_tokens, output_tokens, tokens_per_second, by_model, last_seq) each need their scope. Counts the rows committed since the previous summary (by seq), at most 50 groups each. Accepts ?access_token=.",
+                    "security": [ { "bearerAuth": [] }, { "accessToken": [] } ],
+                    "parameters": [ string_param("tenant", "Exact tenant id"), access_token_param() ],
+                    "responses": stream_responses()
+                }
+            },
+            "/api/v1/export": {
+                "get": {
+                    "operationId": "export",
+                    "summary": "SIEM tail: raw rows in seq order after after_seq",
+                    "description": "Needs activity:read (table=activity_events) or tokens:read (table=token_usage), or admin; tenant-scoped. Gap-free under concurrent writers (seq is commit-ordered). Continue with after_seq = the X-Next-After-Seq header (the last row's seq, or after_seq when the page is empty); X-Has-More: true means ask again at once. format=ndjson (native columns), ocsf (OCSF 1.3: Authentication 3002 for auth.*, API Activity 6003 otherwise), ecs (Elastic Common Schema), cef (one CEF:0 line per row). See docs/siem.md.",
+                    "parameters": [
+                        { "name": "table", "in": "query", "required": false, "schema": { "type": "string", "enum": ["activity_events", "token_usage"], "default": "activity_events" } },
+                        { "name": "after_seq", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0, "default": 0 } },
+                        { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 1000 } },
+                        { "name": "format", "in": "query", "required": false, "schema": { "type": "string", "enum": ["ndjson", "ocsf", "ecs", "cef"], "default": "ndjson" } },
+                        string_param("tenant", "Exact tenant id")
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "One row per line",
+                            "headers": {
+                                "X-Next-After-Seq": { "schema": { "type": "integer" }, "description": "after_seq for the next request" },
+                                "X-Has-More": { "schema": { "type": "string", "enum": ["true", "false"] }, "description": "true: a full page came back and more rows are waiting" }
+                            },
+                            "content": {
+                                "application/x-ndjson": { "schema": { "type": "string" } },
+                                "text/plain": { "schema": { "type": "string" } }
+                            }
+                        },
+                        "400": error_response("invalid_parameter"),
+                        "401": error_response("unauthorized"),
+                        "403": error_response("forbidden"),
+                        "500": error_response("internal"),
+                        "503": error_response("unavailable")
+                    }
+                }
             }
         },
         "security": [ { "bearerAuth": [] } ],
         "components": {
             "securitySchemes": {
-                "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" }
+                "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" },
+                "accessToken": { "type": "apiKey", "in": "query", "name": "access_token", "description": "The bearer JWT as a query parameter; stream routes only (EventSource cannot set headers)" }
             },
             "schemas": {
                 "Status": {
