@@ -12,12 +12,14 @@ mod endpoint;
 mod expand;
 mod redact;
 mod schema;
+mod tokens;
 pub mod taxonomy;
 
 pub use endpoint::Endpoint;
 pub use expand::expand_env;
 pub use redact::*;
 pub use schema::*;
+pub use tokens::*;
 pub use taxonomy::{check_action_name, Taxonomy, TaxonomyError, TaxonomyHandle};
 
 use std::path::Path;
@@ -89,6 +91,12 @@ impl Config {
                 "receivers.otlp.http.max_request_body_size",
                 "must be at least 1",
             ));
+        }
+        if let Err((key, message)) = self.processors.tokens.check() {
+            return Err(invalid(&format!("processors.tokens.{key}"), &message));
+        }
+        if let Err((key, message)) = self.pricing.check() {
+            return Err(invalid(&format!("pricing.{key}"), &message));
         }
         if let Err((key, message)) = self.processors.redact.check() {
             return Err(invalid(&format!("processors.redact.{key}"), &message));

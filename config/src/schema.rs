@@ -18,6 +18,7 @@ pub struct Config {
     pub admin_api: AdminApiConfig,
     pub retention: RetentionConfig,
     pub service: ServiceConfig,
+    pub pricing: crate::PricingConfig,
 }
 
 /// `receivers`.
@@ -83,6 +84,7 @@ impl Default for HttpConfig {
 pub struct Processors {
     pub redact: RedactConfig,
     pub validate: ValidateConfig,
+    pub tokens: crate::TokensConfig,
 }
 
 /// `processors.validate` (taxonomy registry, see `docs/taxonomy.md`).

@@ -14,10 +14,12 @@ pub mod ids;
 pub mod metrics;
 pub mod pipeline;
 mod process_stats;
+pub mod tokens;
 
 pub use activity::{ActivityEvent, Outcome};
 pub use health::Readiness;
 pub use pipeline::{ConsumeError, ConsumeReport, Consumer};
+pub use tokens::{AttributionSource, TokenUsage};
 
 /// Re-export of the OTLP wire types so dependants use the same version.
 pub use opentelemetry_proto::tonic as otlp;

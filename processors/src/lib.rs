@@ -3,13 +3,17 @@
 //! * [`classify`] — semantic conventions → [`tally_model::ActivityEvent`].
 //! * [`redact`] — PII, content and secret scrubbing, in place, before classification.
 //! * [`validate`] — the taxonomy registry check and its per-mode decision.
+//! * [`tokens`] — LLM token usage → [`tally_model::TokenUsage`], priced;
+//!   [`attribution`] — the trace → user/tenant map that attributes it.
 //!
 //! Redaction and taxonomy validation join here as separate modules; a processor
 //! knows nothing of PostgreSQL or HTTP.
 
+pub mod attribution;
 pub mod classify;
 mod otlp_value;
 pub mod redact;
+pub mod tokens;
 pub mod validate;
 
 pub use classify::{classify_logs, classify_traces, Classified};
