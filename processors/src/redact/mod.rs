@@ -492,7 +492,10 @@ impl Redactor {
 
     /// Free text: cut, then scan until nothing changes. `None`: unchanged.
     fn clean_text(&self, s: &str, hash_emails: bool, c: &mut RedactionCounts) -> Option<String> {
-        let opts = self.scan_opts(hash_emails);
+        self.clean_text_with(s, self.scan_opts(hash_emails), c)
+    }
+
+    fn clean_text_with(&self, s: &str, opts: ScanOpts, c: &mut RedactionCounts) -> Option<String> {
         let mut cut = false;
         let mut current: Option<String> = cap(s, self.max_value);
         if current.is_some() {
@@ -576,7 +579,14 @@ impl Redactor {
                 }
                 self.clean_text(s, true, c)
             }
-            KeyClass::Version => self.clean_text(s, self.hash_emails, c),
+            KeyClass::Version => {
+                // `1.2.3.4` under `service.version` is a version, not an address.
+                let opts = ScanOpts {
+                    ips: false,
+                    ..self.scan_opts(self.hash_emails)
+                };
+                self.clean_text_with(s, opts, c)
+            }
             _ => {
                 if self.rules.ip && exact_ip(s).is_some() {
                     c.add(Rule::Ip, 1);
