@@ -72,10 +72,10 @@ pub fn check(taxonomy: &Taxonomy, event: &ActivityEvent) -> Verdict {
         }
     }
     for (name, schema) in &spec.attributes {
-        match event.attributes.get(name) {
-            // Absent attributes are only a problem when `required` says so.
-            None => {}
-            Some(value) => check_value(value, schema, &format!("attributes.{name}"), &mut problems),
+        // Absent attributes are only a problem when `required` says so.
+        if let Some(value) = event.attributes.get(name) {
+            let path = Path::Attribute(name);
+            check_value(value, schema, &path, &mut problems);
         }
     }
     match problems.into_reason() {
@@ -108,6 +108,24 @@ impl Problems {
             message.push_str(&format!(" (and {more} more)"));
         }
         Some(Reason::new(code, message))
+    }
+}
+
+/// Where a value sits, rendered only when a problem is reported (no allocation
+/// on the valid path).
+enum Path<'a> {
+    Attribute(&'a str),
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Attribute(name) => write!(f, "attributes.{name}"),
+            Path::Key(parent, key) => write!(f, "{parent}.{key}"),
+            Path::Index(parent, index) => write!(f, "{parent}[{index}]"),
+        }
     }
 }
 
@@ -151,7 +169,7 @@ fn literal_matches(literal: &Literal, value: &Value) -> bool {
     }
 }
 
-fn check_value(value: &Value, schema: &Schema, path: &str, problems: &mut Problems) {
+fn check_value(value: &Value, schema: &Schema, path: &Path<'_>, problems: &mut Problems) {
     if let Some(kind) = schema.kind {
         if !has_type(value, kind) {
             problems.push(
@@ -232,7 +250,7 @@ fn check_value(value: &Value, schema: &Schema, path: &str, problems: &mut Proble
             }
             if let Some(item_schema) = &schema.items {
                 for (index, item) in items.iter().enumerate() {
-                    check_value(item, item_schema, &format!("{path}[{index}]"), problems);
+                    check_value(item, item_schema, &Path::Index(path, index), problems);
                 }
             }
         }
@@ -247,7 +265,7 @@ fn check_value(value: &Value, schema: &Schema, path: &str, problems: &mut Proble
             }
             for (name, property) in &schema.properties {
                 if let Some(inner) = map.get(name) {
-                    check_value(inner, property, &format!("{path}.{name}"), problems);
+                    check_value(inner, property, &Path::Key(path, name), problems);
                 }
             }
         }

@@ -241,6 +241,34 @@ impl Quarantined {
     }
 }
 
+/// A `rejected_events.record` that [`event_from_record`] cannot turn back into an event.
+#[derive(Debug)]
+pub struct RecordError(String);
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not a quarantined activity record: {}", self.0)
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+/// The event inside a `rejected_events.record` written from
+/// [`Quarantined::record_json`], for replay: re-check it with
+/// [`Validator::validate_batch`] and store it when it now passes (its id is
+/// unchanged, so a replay that is retried stores it once).
+pub fn event_from_record(record: &serde_json::Value) -> Result<ActivityEvent, RecordError> {
+    match record.get("kind").and_then(serde_json::Value::as_str) {
+        Some("activity") => {}
+        Some(other) => return Err(RecordError(format!("kind is {other:?}"))),
+        None => return Err(RecordError("no kind".into())),
+    }
+    let event = record
+        .get("event")
+        .ok_or_else(|| RecordError("no event".into()))?;
+    serde_json::from_value(event.clone()).map_err(|error| RecordError(error.to_string()))
+}
+
 /// A batch split by the validator. Every input event is in exactly one list,
 /// in input order within each.
 #[derive(Debug, Clone, Default, PartialEq)]
