@@ -11,6 +11,8 @@ use tally_config::Config;
 use tally_exporters::postgres::{self, PgExporter};
 use tally_exporters::prometheus::PrometheusEndpoint;
 use tally_model::Readiness;
+use tally_processors::attribution::TraceCache;
+use tally_processors::tokens::TokenProcessor;
 use tally_receiver::OtlpReceiver;
 use tokio::sync::watch;
 
@@ -53,7 +55,16 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
     let exporter = PgExporter::start(database_url, &config.exporters.postgres, readiness.clone())
         .await
         .context("cannot start the PostgreSQL exporter")?;
-    let pipeline = Arc::new(Pipeline::new(exporter.clone()));
+    let tokens = &config.processors.tokens;
+    let traces = Arc::new(TraceCache::new(
+        Duration::from_secs(tokens.attribution_window_secs),
+        tokens.max_traces,
+    ));
+    let pipeline = Arc::new(Pipeline::new(
+        exporter.clone(),
+        TokenProcessor::new(tokens, &config.pricing),
+        traces,
+    ));
     let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline)
         .await
         .context("cannot start the OTLP receiver")?;

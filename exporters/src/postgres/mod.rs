@@ -21,21 +21,27 @@ mod partitions;
 mod retention;
 mod rollup;
 mod telemetry;
+mod tokens;
 mod writer;
 
 pub use error::PgError;
 pub use migrate::{migrate, MIGRATIONS};
-pub use partitions::{create_partitions, partition_name};
+pub use partitions::{create_partitions, partition_name, token_partition_name};
 pub use retention::{partition_day, RetentionJob, RetentionReport, DEFAULT_RETENTION_INTERVAL};
 pub use rollup::{
     RollupJob, RollupReport, ACTIVITY_WATERMARK, DEFAULT_ATTRIBUTION_DELAY,
     DEFAULT_MAX_ROWS_PER_RUN, DEFAULT_ROLLUP_INTERVAL, ROLLUP_LOCK_KEY, TOKEN_WATERMARK,
 };
+pub use tokens::{attribute_trace, insert_token_batch, TraceIdentity};
 pub use writer::{insert_activity_batch, PgExporter};
 
 /// Advisory lock key held from the `INSERT … SELECT nextval('activity_events_seq')`
 /// until `COMMIT` by every writer of `activity_events` (the bytes `tallyact`).
 pub const ACTIVITY_EVENTS_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyact");
+/// Advisory lock key held from the `INSERT … SELECT nextval('token_usage_seq')`
+/// until `COMMIT` by every writer of `token_usage` (the bytes `tallytok`). A
+/// transaction writing both tables takes the activity key first.
+pub const TOKEN_USAGE_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallytok");
 /// Advisory lock key serialising schema migrations (the bytes `tallymig`).
 pub const MIGRATION_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallymig");
 /// Advisory lock key serialising partition creation (the bytes `tallyprt`).

@@ -1,4 +1,5 @@
-//! Daily partitions of `activity_events` (`activity_events_pYYYYMMDD`, UTC days).
+//! Daily partitions of `activity_events` and `token_usage`
+//! (`activity_events_pYYYYMMDD`, `token_usage_pYYYYMMDD`, UTC days), created together.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -19,7 +20,17 @@ pub fn partition_name(day: NaiveDate) -> String {
     )
 }
 
-/// Creates the daily partitions for `from ..= through` (UTC days) that do not
+/// The name of the `token_usage` partition holding the UTC day `day`.
+pub fn token_partition_name(day: NaiveDate) -> String {
+    format!(
+        "token_usage_p{:04}{:02}{:02}",
+        day.year(),
+        day.month(),
+        day.day()
+    )
+}
+
+/// Creates the daily partitions (of both tables) for `from ..= through` (UTC days) that do not
 /// exist yet, in one short transaction under the partition advisory lock.
 pub async fn create_partitions(
     client: &Client,
@@ -53,8 +64,11 @@ pub(crate) async fn create_days(client: &Client, days: &[NaiveDate]) -> Result<(
         let _ = write!(
             sql,
             " CREATE TABLE IF NOT EXISTS \"{}\" PARTITION OF activity_events \
+             FOR VALUES FROM (to_timestamp({start})) TO (to_timestamp({end})); \
+             CREATE TABLE IF NOT EXISTS \"{}\" PARTITION OF token_usage \
              FOR VALUES FROM (to_timestamp({start})) TO (to_timestamp({end}));",
-            partition_name(*day)
+            partition_name(*day),
+            token_partition_name(*day)
         );
     }
     sql.push_str(" COMMIT;");
@@ -63,7 +77,10 @@ pub(crate) async fn create_days(client: &Client, days: &[NaiveDate]) -> Result<(
         let _ = client.batch_execute("ROLLBACK").await;
         return Err(error.into());
     }
-    tracing::debug!(days = days.len(), "ensured activity_events partitions");
+    tracing::debug!(
+        days = days.len(),
+        "ensured activity_events and token_usage partitions"
+    );
     Ok(())
 }
 
@@ -118,6 +135,7 @@ mod tests {
     fn names_and_bounds() {
         let day = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
         assert_eq!(partition_name(day), "activity_events_p20260105");
+        assert_eq!(token_partition_name(day), "token_usage_p20260105");
         assert_eq!(day_start_epoch(day), 1_767_571_200);
         let old = NaiveDate::from_ymd_opt(987, 12, 31).unwrap();
         assert_eq!(partition_name(old), "activity_events_p09871231");

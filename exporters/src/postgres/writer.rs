@@ -18,9 +18,10 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage, Transaction};
 
 use tally_config::PostgresConfig;
-use tally_model::{ActivityEvent, ConsumeError, Readiness};
+use tally_model::{ActivityEvent, ConsumeError, Readiness, TokenUsage};
 
 use super::partitions::{create_days, PartitionCache};
+use super::tokens::{insert_tokens, TokensInserted};
 use super::{connect, migrate, telemetry, PgError, ACTIVITY_EVENTS_LOCK_KEY};
 
 /// How often the background task checks the database when it is up.
@@ -92,6 +93,8 @@ static INSERT_COUNTED_SQL: LazyLock<String> = LazyLock::new(|| {
 pub(crate) struct Inserted {
     pub total: u64,
     pub groups: Vec<InsertedGroup>,
+    /// The `token_usage` rows of the same batch.
+    pub tokens: TokensInserted,
 }
 
 /// How many rows of one (action, outcome, tenant) an insert added.
@@ -187,7 +190,7 @@ where
 /// Text without NUL bytes (PostgreSQL rejects them): each NUL becomes U+FFFD.
 /// Written straight into the COPY buffer, no allocation.
 #[derive(Debug)]
-struct SafeText<'a>(&'a str);
+pub(crate) struct SafeText<'a>(pub(crate) &'a str);
 
 impl ToSql for SafeText<'_> {
     fn to_sql(
@@ -219,7 +222,7 @@ impl ToSql for SafeText<'_> {
 /// A JSON object serialized straight into the COPY buffer as `jsonb`; the
 /// `\u0000` escape (which `jsonb` rejects) is rewritten in place to `\ufffd`.
 #[derive(Debug)]
-struct JsonbObject<'a>(&'a serde_json::Map<String, serde_json::Value>);
+pub(crate) struct JsonbObject<'a>(pub(crate) &'a serde_json::Map<String, serde_json::Value>);
 
 impl ToSql for JsonbObject<'_> {
     fn to_sql(
@@ -263,9 +266,17 @@ fn scrub_nul_escapes(json: &mut [u8]) {
 /// One `submit` call waiting for its events to be committed.
 pub(crate) struct Submission {
     pub(crate) events: Vec<ActivityEvent>,
+    pub(crate) tokens: Vec<TokenUsage>,
     reply: oneshot::Sender<Result<(), ConsumeError>>,
     /// Queue space, given back when the submission is answered (dropped).
     _permit: OwnedSemaphorePermit,
+}
+
+impl Submission {
+    /// Rows of both tables.
+    fn rows(&self) -> usize {
+        self.events.len() + self.tokens.len()
+    }
 }
 
 struct Queue {
@@ -335,7 +346,7 @@ impl Shared {
             Some(s) => s,
             None => queue.rx.recv().await?,
         };
-        let mut rows = first.events.len();
+        let mut rows = first.rows();
         let mut batch = vec![first];
         let deadline = Instant::now() + self.linger;
         while rows < self.batch_max_rows {
@@ -349,11 +360,11 @@ impl Shared {
                     }
                 }
             };
-            if rows + next.events.len() > self.batch_max_rows {
+            if rows + next.rows() > self.batch_max_rows {
                 queue.pending = Some(next);
                 break;
             }
-            rows += next.events.len();
+            rows += next.rows();
             batch.push(next);
         }
         Some(batch)
@@ -400,6 +411,8 @@ struct Inner {
     writers: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     maintenance: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
+    /// The connection of [`PgExporter::attribute_trace`], opened on first use.
+    attribution: tokio::sync::Mutex<Option<Client>>,
 }
 
 impl Drop for Inner {
@@ -493,6 +506,7 @@ impl PgExporter {
                 writers: tokio::sync::Mutex::new(writers),
                 maintenance: tokio::sync::Mutex::new(Some(maintenance)),
                 stop,
+                attribution: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -502,7 +516,18 @@ impl PgExporter {
     /// `Overloaded`, a database known to be down or a shutdown `Unavailable`,
     /// an event time outside years 1–9999 `Invalid`. Empty → `Ok` at once.
     pub async fn submit(&self, events: Vec<ActivityEvent>) -> Result<(), ConsumeError> {
-        if events.is_empty() {
+        self.submit_all(events, Vec::new()).await
+    }
+
+    /// [`submit`](PgExporter::submit) for activity events and token rows
+    /// together: both are written in one transaction (activity first, then
+    /// tokens) and answered once it is committed.
+    pub async fn submit_all(
+        &self,
+        events: Vec<ActivityEvent>,
+        tokens: Vec<TokenUsage>,
+    ) -> Result<(), ConsumeError> {
+        if events.is_empty() && tokens.is_empty() {
             return Ok(());
         }
         let inner = &self.inner;
@@ -513,12 +538,14 @@ impl PgExporter {
         if !shared.readiness.database_up() {
             return Err(shared.unavailable("database unavailable"));
         }
-        if events.iter().any(|e| !(1..=9999).contains(&e.ts.year())) {
+        if events.iter().any(|e| !(1..=9999).contains(&e.ts.year()))
+            || tokens.iter().any(|t| !(1..=9999).contains(&t.ts.year()))
+        {
             return Err(ConsumeError::Invalid(
                 "event time outside the years 1 to 9999".into(),
             ));
         }
-        let wanted = events.len().min(inner.capacity as usize) as u32;
+        let wanted = (events.len() + tokens.len()).min(inner.capacity as usize) as u32;
         let permit = inner
             .permits
             .clone()
@@ -531,6 +558,7 @@ impl PgExporter {
             let sender = inner.sender.lock().unwrap_or_else(|p| p.into_inner());
             let submission = Submission {
                 events,
+                tokens,
                 reply,
                 _permit: permit,
             };
@@ -543,6 +571,31 @@ impl PgExporter {
         answer
             .await
             .unwrap_or_else(|_| Err(shared.unavailable("writer stopped")))
+    }
+
+    /// Attributes the stored, still unattributed token rows of trace `trace_id`
+    /// (lowercase hex) whose `ts` is at or after `since`, unless the token rollup
+    /// has already folded them; see [`attribute_trace`](super::attribute_trace).
+    /// Uses a connection of its own. Returns the number of rows updated.
+    pub async fn attribute_trace(
+        &self,
+        trace_id: &str,
+        identity: &super::TraceIdentity,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<u64, PgError> {
+        let mut slot = self.inner.attribution.lock().await;
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = Some(connect(&self.inner.shared.url).await?.0);
+        }
+        let Some(client) = slot.as_mut() else {
+            return Err(PgError::Timeout("no attribution connection".into()));
+        };
+        let result = super::attribute_trace(client, trace_id, identity, since).await;
+        if result.is_err() {
+            // A failed transaction may leave the connection unusable: start afresh.
+            *slot = None;
+        }
+        result
     }
 
     /// Records queued or being written right now (at most the queue capacity).
@@ -622,12 +675,22 @@ fn batch_days(batch: &[Submission]) -> Vec<NaiveDate> {
     for e in batch.iter().flat_map(|s| s.events.iter()) {
         days.insert(e.ts.date_naive());
     }
+    for t in batch.iter().flat_map(|s| s.tokens.iter()) {
+        days.insert(t.ts.date_naive());
+    }
     days.into_iter().collect()
 }
 
 async fn commit_batch(client: &mut Client, batch: &[Submission]) -> Result<Inserted, PgError> {
     let tx = client.transaction().await?;
-    let inserted = insert_rows(&tx, batch.iter().flat_map(|s| s.events.iter())).await?;
+    // Fixed lock order: activity_events, then token_usage.
+    let mut inserted = if batch.iter().any(|s| !s.events.is_empty()) {
+        insert_rows(&tx, batch.iter().flat_map(|s| s.events.iter())).await?
+    } else {
+        Inserted::default()
+    };
+    let tokens: Vec<&TokenUsage> = batch.iter().flat_map(|s| s.tokens.iter()).collect();
+    inserted.tokens = insert_tokens(&tx, &tokens).await?;
     tx.commit().await?;
     Ok(inserted)
 }
@@ -709,7 +772,7 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Client) {
                 }
             }
         }
-        let rows: usize = batch.iter().map(|s| s.events.len()).sum();
+        let rows: usize = batch.iter().map(Submission::rows).sum();
         let started = Instant::now();
         match write_batch(&mut conn, &shared, &batch).await {
             Ok(inserted) => {
@@ -722,6 +785,7 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Client) {
                     "batch committed"
                 );
                 telemetry::batch_committed(&batch, rows, &inserted, started);
+                super::tokens::committed(&inserted.tokens);
                 answer(batch, &Ok(()));
                 telemetry::queue_depth(shared.queued());
                 client = Some(conn);

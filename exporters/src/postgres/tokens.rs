@@ -1,0 +1,327 @@
+//! The token-usage ledger's write path: `token_usage` rows in the same batch
+//! transaction as activity rows, and the late trace attribution `UPDATE`.
+//!
+//! Rows are COPYed (binary) into a per-connection temporary staging table, then,
+//! under the advisory lock [`TOKEN_USAGE_LOCK_KEY`](super::TOKEN_USAGE_LOCK_KEY)
+//! held until `COMMIT`, inserted with `seq = nextval('token_usage_seq')` and
+//! `received_at = clock_timestamp()`, so `seq` and `received_at` follow commit
+//! order. Writers take the activity lock before the token lock (fixed order, no
+//! deadlock). A retried record has the same id and `ts`: `ON CONFLICT DO NOTHING`.
+
+use std::sync::LazyLock;
+
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, SimpleQueryMessage, Transaction};
+
+use chrono::{DateTime, Utc};
+use tally_model::metrics::{
+    metrics, LlmRequestLabels, ModelLabels, ModelOnlyLabels, TableLabels, TokenLabels,
+};
+use tally_model::{Outcome, TokenUsage};
+
+use super::rollup::{ROLLUP_LOCK_KEY, TOKEN_WATERMARK};
+use super::writer::{JsonbObject, SafeText};
+use super::{PgError, TOKEN_USAGE_LOCK_KEY};
+
+const STAGING_DDL: &str = "DO $$ BEGIN \
+    IF to_regclass('pg_temp.tally_token_staging') IS NULL THEN \
+        CREATE TEMP TABLE tally_token_staging ( \
+            id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
+            service text, trace_id text, span_id text, provider text, operation text, \
+            request_model text, response_model text, model text, input_tokens int8, \
+            output_tokens int8, cache_read_tokens int8, cache_write_tokens int8, \
+            reasoning_tokens int8, total_tokens int8, usage_known bool, cost_usd float8, \
+            outcome text, duration_ms float8, attribution_source text, attributes jsonb \
+        ) ON COMMIT DELETE ROWS; \
+    END IF; END $$";
+
+const COLUMNS: &str = "id, ts, tenant_id, user_id, session_id, service, trace_id, span_id, \
+    provider, operation, request_model, response_model, model, input_tokens, output_tokens, \
+    cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens, usage_known, \
+    cost_usd, outcome, duration_ms, attribution_source, attributes";
+
+static COPY_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!("COPY pg_temp.tally_token_staging ({COLUMNS}) FROM STDIN (FORMAT binary)")
+});
+
+const COLUMN_TYPES: [Type; 25] = [
+    Type::UUID,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::BOOL,
+    Type::FLOAT8,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::TEXT,
+    Type::JSONB,
+];
+
+/// Lock, insert from staging, and answer what was really inserted per
+/// (provider, model, outcome), for the metrics.
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT pg_advisory_xact_lock({TOKEN_USAGE_LOCK_KEY}); \
+         WITH inserted AS ( \
+             INSERT INTO token_usage (seq, received_at, {COLUMNS}) \
+             SELECT nextval('token_usage_seq'), clock_timestamp(), id, ts, tenant_id, user_id, \
+                 session_id, service, trace_id, span_id, provider, operation, request_model, \
+                 response_model, model, input_tokens, output_tokens, cache_read_tokens, \
+                 cache_write_tokens, reasoning_tokens, total_tokens, usage_known, \
+                 cost_usd::numeric(20, 10), outcome, duration_ms, attribution_source, attributes \
+             FROM pg_temp.tally_token_staging ORDER BY ts \
+             ON CONFLICT DO NOTHING \
+             RETURNING provider, model, outcome, input_tokens, output_tokens, cache_read_tokens, \
+                 cache_write_tokens, reasoning_tokens, cost_usd, usage_known) \
+         SELECT coalesce(provider, ''), coalesce(model, ''), outcome, count(*), \
+             coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), \
+             coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0), \
+             coalesce(sum(reasoning_tokens), 0), coalesce(sum(cost_usd), 0)::float8, \
+             count(*) FILTER (WHERE usage_known AND cost_usd IS NULL) \
+         FROM inserted GROUP BY 1, 2, 3"
+    )
+});
+
+/// Token rows an insert really added, per (provider, model, outcome).
+#[derive(Debug, Default)]
+pub(crate) struct TokensInserted {
+    pub total: u64,
+    groups: Vec<TokenGroup>,
+}
+
+#[derive(Debug)]
+struct TokenGroup {
+    provider: String,
+    model: String,
+    outcome: String,
+    rows: u64,
+    /// input, output, cache_read, cache_write, reasoning.
+    tokens: [u64; 5],
+    cost: f64,
+    unpriced: u64,
+}
+
+const TOKEN_KINDS: [&str; 5] = ["input", "output", "cache_read", "cache_write", "reasoning"];
+
+/// Writes `rows` into `token_usage` inside `tx` (COPY into staging, then the
+/// lock [`TOKEN_USAGE_LOCK_KEY`](super::TOKEN_USAGE_LOCK_KEY), then `INSERT …
+/// ON CONFLICT DO NOTHING`). Returns the number of rows inserted. The daily
+/// partitions for the rows' days must exist. Take the activity lock first if
+/// the transaction also writes `activity_events` (the writers' fixed order).
+pub async fn insert_token_batch(tx: &Transaction<'_>, rows: &[TokenUsage]) -> Result<u64, PgError> {
+    let rows: Vec<&TokenUsage> = rows.iter().collect();
+    Ok(insert_tokens(tx, &rows).await?.total)
+}
+
+fn text(value: &Option<String>) -> Option<SafeText<'_>> {
+    value.as_deref().map(SafeText)
+}
+
+pub(crate) async fn insert_tokens(
+    tx: &Transaction<'_>,
+    rows: &[&TokenUsage],
+) -> Result<TokensInserted, PgError> {
+    if rows.is_empty() {
+        return Ok(TokensInserted::default());
+    }
+    tx.batch_execute(STAGING_DDL).await?;
+    let sink = tx.copy_in(COPY_SQL.as_str()).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
+    tokio::pin!(writer);
+    for r in rows.iter().copied() {
+        let tenant = SafeText(r.tenant_id.as_deref().unwrap_or(""));
+        let (user, session, service) = (text(&r.user_id), text(&r.session_id), text(&r.service));
+        let (trace, span) = (text(&r.trace_id), text(&r.span_id));
+        let (provider, operation) = (text(&r.provider), text(&r.operation));
+        let (request_model, response_model, model) = (
+            text(&r.request_model),
+            text(&r.response_model),
+            text(&r.model),
+        );
+        let outcome = r.outcome.as_str();
+        let source = r.attribution_source.as_str();
+        let cost = r.cost_usd.filter(|c| c.is_finite());
+        let duration = r.duration_ms.filter(|d| d.is_finite());
+        let attributes = JsonbObject(&r.attributes);
+        let row: [&(dyn ToSql + Sync); 25] = [
+            &r.id,
+            &r.ts,
+            &tenant,
+            &user,
+            &session,
+            &service,
+            &trace,
+            &span,
+            &provider,
+            &operation,
+            &request_model,
+            &response_model,
+            &model,
+            &r.input_tokens,
+            &r.output_tokens,
+            &r.cache_read_tokens,
+            &r.cache_write_tokens,
+            &r.reasoning_tokens,
+            &r.total_tokens,
+            &r.usage_known,
+            &cost,
+            &outcome,
+            &duration,
+            &source,
+            &attributes,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    let copied = writer.as_mut().finish().await?;
+    if copied == 0 {
+        return Ok(TokensInserted::default());
+    }
+    let messages = tx.simple_query(&INSERT_SQL).await?;
+    let mut inserted = TokensInserted::default();
+    for message in &messages {
+        // The lock's SELECT answers a one-column row first.
+        let SimpleQueryMessage::Row(row) = message else {
+            continue;
+        };
+        if row.len() != 11 {
+            continue;
+        }
+        let int = |i: usize| -> u64 { row.get(i).and_then(|c| c.parse().ok()).unwrap_or(0) };
+        let group = TokenGroup {
+            provider: row.get(0).unwrap_or_default().to_string(),
+            model: row.get(1).unwrap_or_default().to_string(),
+            outcome: row.get(2).unwrap_or_default().to_string(),
+            rows: int(3),
+            tokens: [int(4), int(5), int(6), int(7), int(8)],
+            cost: row.get(9).and_then(|c| c.parse().ok()).unwrap_or(0.0),
+            unpriced: int(10),
+        };
+        inserted.total += group.rows;
+        inserted.groups.push(group);
+    }
+    Ok(inserted)
+}
+
+/// Updates the LLM counters with what a committed batch inserted.
+pub(crate) fn committed(inserted: &TokensInserted) {
+    if inserted.total == 0 {
+        return;
+    }
+    let m = metrics();
+    m.exporter_rows_written
+        .get_or_create(&TableLabels {
+            table: "token_usage",
+        })
+        .inc_by(inserted.total);
+    for g in &inserted.groups {
+        let provider = g.provider.clone();
+        let model = m.model_labels.label(&g.model);
+        m.llm_requests
+            .get_or_create(&LlmRequestLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+                outcome: Outcome::parse(&g.outcome).unwrap_or_default().as_str(),
+            })
+            .inc_by(g.rows);
+        for (kind, tokens) in TOKEN_KINDS.iter().zip(g.tokens) {
+            if tokens > 0 {
+                m.llm_tokens
+                    .get_or_create(&TokenLabels {
+                        provider: provider.clone(),
+                        model: model.clone(),
+                        kind,
+                    })
+                    .inc_by(tokens);
+            }
+        }
+        if g.cost > 0.0 {
+            m.llm_cost_usd
+                .get_or_create(&ModelLabels {
+                    provider: provider.clone(),
+                    model: model.clone(),
+                })
+                .inc_by(g.cost);
+        }
+        if g.unpriced > 0 {
+            m.llm_unpriced_requests
+                .get_or_create(&ModelOnlyLabels { model })
+                .inc_by(g.unpriced);
+        }
+    }
+}
+
+/// Who a trace's token rows are attributed to (see [`attribute_trace`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceIdentity {
+    pub tenant_id: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+}
+
+/// Attributes the stored, still unattributed token rows of one trace:
+///
+/// ```sql
+/// UPDATE token_usage SET tenant_id, user_id, session_id (kept if set), attribution_source = 'trace'
+/// WHERE trace_id = $trace AND attribution_source = 'none' AND ts >= $since
+///   AND seq > (the token_usage_daily rollup watermark)
+/// ```
+///
+/// in one transaction holding `pg_advisory_xact_lock_shared(ROLLUP_LOCK_KEY)`:
+/// a rollup run (which takes that key exclusively) cannot run meanwhile, and a
+/// row it has already folded (`seq` at or below the watermark) is left as it is.
+/// So raw rows and rollups never disagree, and nothing is counted twice: a
+/// late attribution either reaches a row before it is folded (the rollup job
+/// waits for the attribution delay, see `rollup.rs`), or not at all.
+///
+/// `seq` is not changed: a SIEM tail by `seq` that read the row before sees the
+/// attribution only by reading it again. Returns the number of rows updated.
+pub async fn attribute_trace(
+    client: &mut Client,
+    trace_id: &str,
+    identity: &TraceIdentity,
+    since: DateTime<Utc>,
+) -> Result<u64, PgError> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1)",
+        &[&ROLLUP_LOCK_KEY],
+    )
+    .await?;
+    let updated = tx
+        .execute(
+            "UPDATE token_usage SET \
+                 tenant_id = CASE WHEN tenant_id = '' THEN coalesce($2, '') ELSE tenant_id END, \
+                 user_id = coalesce(user_id, $3), \
+                 session_id = coalesce(session_id, $4), \
+                 attribution_source = 'trace' \
+             WHERE trace_id = $1 AND attribution_source = 'none' AND ts >= $5 \
+               AND seq > coalesce((SELECT last_seq FROM rollup_watermarks WHERE name = $6), 0)",
+            &[
+                &trace_id,
+                &identity.tenant_id,
+                &identity.user_id,
+                &identity.session_id,
+                &since,
+                &TOKEN_WATERMARK,
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(updated)
+}
