@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use tally_exporters::postgres::{
-    create_partitions, insert_activity_batch, RollupJob, ACTIVITY_WATERMARK, TOKEN_WATERMARK,
+    create_partitions, insert_activity_batch, unfold_token_rows, RollupJob, ACTIVITY_WATERMARK,
+    TOKEN_WATERMARK,
 };
 use tally_exporters::testing::TestDatabase;
 use tally_model::{ActivityEvent, Outcome};
@@ -504,5 +505,132 @@ async fn token_rows_wait_for_the_attribution_delay() {
     assert_eq!(
         count(&client, "SELECT sum(requests)::int8 FROM token_usage_daily").await,
         3
+    );
+}
+
+/// Re-attributes `rows` the way the ingest side should once they may be folded:
+/// unfold, UPDATE, refold, in one transaction.
+async fn reattribute(
+    client: &mut Client,
+    rows: &[(DateTime<Utc>, Uuid)],
+    tenant: &str,
+    user: &str,
+) {
+    let tx = client.transaction().await.expect("begin");
+    let refold = unfold_token_rows(&tx, rows).await.expect("unfold");
+    let ts: Vec<DateTime<Utc>> = rows.iter().map(|r| r.0).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.1).collect();
+    tx.execute(
+        "UPDATE token_usage SET tenant_id = $3, user_id = $4, attribution_source = 'trace' \
+         WHERE (ts, id) IN (SELECT * FROM unnest($1::timestamptz[], $2::uuid[]))",
+        &[&ts, &ids, &tenant, &user],
+    )
+    .await
+    .expect("update");
+    refold.refold(&tx).await.expect("refold");
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attribution_after_folding_moves_the_counts_exactly_once() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let through = first_day() + Days::new(3);
+    token_partitions(&client, first_day(), through).await;
+    let mut rng = Rng(5);
+    for _ in 0..10 {
+        insert_tokens(&mut client, &mut rng, 100).await;
+    }
+    let job = RollupJob::new(Duration::ZERO);
+    let mut runner = db.client().await;
+    assert_eq!(
+        job.run_once(&mut runner).await.expect("run").token_rows,
+        1000
+    );
+
+    // Sequential: a late parent after the rollup ran.
+    let rows: Vec<(DateTime<Utc>, Uuid)> = client
+        .query("SELECT ts, id FROM token_usage ORDER BY seq LIMIT 50", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    reattribute(&mut client, &rows, "late-tenant", "late-user").await;
+    assert_eq!(
+        rows_text(&client, TOKEN_ROLLUP).await,
+        rows_text(&client, TOKEN_RAW).await
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT sum(requests)::int8 FROM token_usage_daily WHERE tenant_id = 'late-tenant'"
+        )
+        .await,
+        50
+    );
+    assert_eq!(
+        count(&client, "SELECT sum(requests)::int8 FROM token_usage_daily").await,
+        1000
+    );
+    // No group is left with zero requests.
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM token_usage_daily WHERE requests = 0"
+        )
+        .await,
+        0
+    );
+
+    // Concurrent: writers, re-attributions (of folded and unfolded rows) and rollup runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..2u64 {
+        let url = db.url.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = tally_exporters::postgres::connect(&url).await.expect("connect").0;
+            let mut rng = Rng(100 + w);
+            let mut rounds = 0;
+            while rounds < 40 || !stop.load(Ordering::Relaxed) {
+                insert_tokens(&mut client, &mut rng, 20).await;
+                let rows: Vec<(DateTime<Utc>, Uuid)> = client
+                    .query(
+                        "SELECT ts, id FROM token_usage WHERE seq % 7 = $1 ORDER BY random() LIMIT 10",
+                        &[&(rng.below(7) as i64)],
+                    )
+                    .await
+                    .expect("rows")
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+                let tenant = format!("t{}", rng.below(4));
+                let user = format!("u{}", rng.below(4));
+                reattribute(&mut client, &rows, &tenant, &user).await;
+                rounds += 1;
+            }
+        }));
+    }
+    for _ in 0..30 {
+        job.run_once(&mut runner).await.expect("run");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("task");
+    }
+    while job
+        .run_once(&mut runner)
+        .await
+        .expect("run")
+        .folded_anything()
+    {}
+    assert_eq!(
+        rows_text(&client, TOKEN_ROLLUP).await,
+        rows_text(&client, TOKEN_RAW).await
+    );
+    assert_eq!(
+        count(&client, "SELECT sum(requests)::int8 FROM token_usage_daily").await,
+        count(&client, "SELECT count(*) FROM token_usage").await
     );
 }

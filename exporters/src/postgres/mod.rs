@@ -29,8 +29,9 @@ pub use migrate::{migrate, MIGRATIONS};
 pub use partitions::{create_partitions, partition_name, token_partition_name};
 pub use retention::{partition_day, RetentionJob, RetentionReport, DEFAULT_RETENTION_INTERVAL};
 pub use rollup::{
-    RollupJob, RollupReport, ACTIVITY_WATERMARK, DEFAULT_ATTRIBUTION_DELAY,
-    DEFAULT_MAX_ROWS_PER_RUN, DEFAULT_ROLLUP_INTERVAL, ROLLUP_LOCK_KEY, TOKEN_WATERMARK,
+    unfold_token_rows, RollupJob, RollupReport, TokenRefold, ACTIVITY_WATERMARK,
+    DEFAULT_ATTRIBUTION_DELAY, DEFAULT_MAX_ROWS_PER_RUN, DEFAULT_ROLLUP_INTERVAL,
+    REATTRIBUTION_LOCK_KEY, ROLLUP_LOCK_KEY, TOKEN_WATERMARK,
 };
 pub use tokens::{attribute_trace, insert_token_batch, TraceIdentity};
 pub use writer::{insert_activity_batch, PgExporter};

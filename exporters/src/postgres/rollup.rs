@@ -37,6 +37,8 @@ use super::{connect, PgError};
 
 /// Advisory lock key serialising rollup runs (the bytes `tallyrol`).
 pub const ROLLUP_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyrol");
+/// Advisory lock key serialising [`unfold_token_rows`] callers (the bytes `tallyatt`).
+pub const REATTRIBUTION_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyatt");
 /// Default pause between two runs of the spawned job.
 pub const DEFAULT_ROLLUP_INTERVAL: Duration = Duration::from_secs(60);
 /// Default age a `token_usage` row must reach before it is folded (5 minutes:
@@ -59,30 +61,155 @@ const FOLD_ACTIVITY_SQL: &str = "INSERT INTO activity_daily \
     ON CONFLICT (tenant_id, day, user_id, action, outcome) \
     DO UPDATE SET events = activity_daily.events + EXCLUDED.events";
 
-const FOLD_TOKENS_SQL: &str = "INSERT INTO token_usage_daily \
-        (day, tenant_id, user_id, provider, model, requests, unknown_usage_requests, \
-         unpriced_requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
-         reasoning_tokens, total_tokens, cost_usd) \
-    SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(user_id, ''), \
-        coalesce(provider, ''), coalesce(model, ''), \
-        count(*), count(*) FILTER (WHERE NOT usage_known), count(*) FILTER (WHERE cost_usd IS NULL), \
-        coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), \
-        coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0), \
-        coalesce(sum(reasoning_tokens), 0), coalesce(sum(total_tokens), 0), \
-        coalesce(sum(cost_usd), 0) \
-    FROM token_usage WHERE seq > $1 AND seq <= $2 \
-    GROUP BY 1, 2, 3, 4, 5 \
-    ON CONFLICT (tenant_id, day, user_id, provider, model) DO UPDATE SET \
-        requests = token_usage_daily.requests + EXCLUDED.requests, \
-        unknown_usage_requests = token_usage_daily.unknown_usage_requests + EXCLUDED.unknown_usage_requests, \
-        unpriced_requests = token_usage_daily.unpriced_requests + EXCLUDED.unpriced_requests, \
-        input_tokens = token_usage_daily.input_tokens + EXCLUDED.input_tokens, \
-        output_tokens = token_usage_daily.output_tokens + EXCLUDED.output_tokens, \
-        cache_read_tokens = token_usage_daily.cache_read_tokens + EXCLUDED.cache_read_tokens, \
-        cache_write_tokens = token_usage_daily.cache_write_tokens + EXCLUDED.cache_write_tokens, \
-        reasoning_tokens = token_usage_daily.reasoning_tokens + EXCLUDED.reasoning_tokens, \
-        total_tokens = token_usage_daily.total_tokens + EXCLUDED.total_tokens, \
-        cost_usd = token_usage_daily.cost_usd + EXCLUDED.cost_usd";
+const TOKEN_SUMS: &str = "count(*) AS requests, \
+        count(*) FILTER (WHERE NOT usage_known) AS unknown_usage_requests, \
+        count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_requests, \
+        coalesce(sum(input_tokens), 0) AS input_tokens, \
+        coalesce(sum(output_tokens), 0) AS output_tokens, \
+        coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens, \
+        coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens, \
+        coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens, \
+        coalesce(sum(total_tokens), 0) AS total_tokens, \
+        coalesce(sum(cost_usd), 0) AS cost_usd";
+
+const TOKEN_KEYS: &str = "(ts AT TIME ZONE 'UTC')::date AS day, tenant_id, \
+        coalesce(user_id, '') AS user_id, coalesce(provider, '') AS provider, \
+        coalesce(model, '') AS model";
+
+const TOKEN_MEASURES: [&str; 10] = [
+    "requests",
+    "unknown_usage_requests",
+    "unpriced_requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_usd",
+];
+
+/// `INSERT INTO token_usage_daily … SELECT … FROM token_usage WHERE <filter> …
+/// ON CONFLICT DO UPDATE` adding the sums of the rows matching `filter`.
+fn fold_tokens_sql(filter: &str) -> String {
+    let updates: Vec<String> = TOKEN_MEASURES
+        .iter()
+        .map(|m| format!("{m} = token_usage_daily.{m} + EXCLUDED.{m}"))
+        .collect();
+    format!(
+        "INSERT INTO token_usage_daily (day, tenant_id, user_id, provider, model, {measures}) \
+         SELECT {TOKEN_KEYS}, {TOKEN_SUMS} FROM token_usage WHERE {filter} \
+         GROUP BY 1, 2, 3, 4, 5 \
+         ON CONFLICT (tenant_id, day, user_id, provider, model) DO UPDATE SET {updates}",
+        measures = TOKEN_MEASURES.join(", "),
+        updates = updates.join(", ")
+    )
+}
+
+/// Subtracts the sums of the rows matching `filter` from `token_usage_daily`.
+fn unfold_tokens_sql(filter: &str) -> String {
+    let updates: Vec<String> = TOKEN_MEASURES
+        .iter()
+        .map(|m| format!("{m} = d.{m} - o.{m}"))
+        .collect();
+    format!(
+        "UPDATE token_usage_daily AS d SET {updates} \
+         FROM (SELECT {TOKEN_KEYS}, {TOKEN_SUMS} FROM token_usage WHERE {filter} \
+             GROUP BY 1, 2, 3, 4, 5) AS o \
+         WHERE d.day = o.day AND d.tenant_id = o.tenant_id AND d.user_id = o.user_id \
+           AND d.provider = o.provider AND d.model = o.model",
+        updates = updates.join(", ")
+    )
+}
+
+/// Rows of `token_usage` given by primary key (`$1` ts[], `$2` id[]), folded
+/// (`seq <= $3`).
+const FOLDED_ROWS: &str = "(ts, id) IN (SELECT * FROM unnest($1::timestamptz[], $2::uuid[])) \
+    AND seq <= $3";
+
+/// Changing the tenant or user of `token_usage` rows that may already be folded
+/// into `token_usage_daily`: call [`unfold_token_rows`] before the `UPDATE` and
+/// [`TokenRefold::refold`] after it, in the same transaction.
+///
+/// `unfold_token_rows` takes `FOR SHARE` on the token watermark (waiting for a
+/// running rollup to commit, and keeping the next one from starting until this
+/// transaction ends) and subtracts the rows' current contribution from the
+/// rollup if they are at or below the watermark; `refold` adds their new
+/// contribution back. The rollup then always equals the sums over the folded
+/// rows' current values, whenever the attribution arrives. Callers are
+/// serialised by [`REATTRIBUTION_LOCK_KEY`] until their transaction ends, so keep
+/// these transactions short.
+#[derive(Debug)]
+#[must_use = "call refold after the UPDATE"]
+pub struct TokenRefold {
+    ts: Vec<chrono::DateTime<chrono::Utc>>,
+    ids: Vec<uuid::Uuid>,
+    watermark: i64,
+}
+
+/// See [`TokenRefold`]. `rows` are the `(ts, id)` primary keys of the rows about
+/// to change.
+pub async fn unfold_token_rows(
+    tx: &Transaction<'_>,
+    rows: &[(chrono::DateTime<chrono::Utc>, uuid::Uuid)],
+) -> Result<TokenRefold, PgError> {
+    // Re-attributions are rare: serialising them keeps two of them from
+    // deadlocking on the same rollup groups.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&REATTRIBUTION_LOCK_KEY],
+    )
+    .await?;
+    let watermark: i64 = tx
+        .query_opt(
+            "SELECT last_seq FROM rollup_watermarks WHERE name = $1 FOR SHARE",
+            &[&TOKEN_WATERMARK],
+        )
+        .await?
+        .map(|row| row.get(0))
+        .unwrap_or(0);
+    let refold = TokenRefold {
+        ts: rows.iter().map(|(ts, _)| *ts).collect(),
+        ids: rows.iter().map(|(_, id)| *id).collect(),
+        watermark,
+    };
+    if !refold.ids.is_empty() {
+        // Lock the rows first: a concurrent re-attribution of the same rows
+        // commits before their current values are read (next statement).
+        tx.execute(
+            "SELECT 1 FROM token_usage WHERE (ts, id) IN \
+             (SELECT * FROM unnest($1::timestamptz[], $2::uuid[])) ORDER BY ts, id FOR UPDATE",
+            &[&refold.ts, &refold.ids],
+        )
+        .await?;
+        tx.execute(
+            &unfold_tokens_sql(FOLDED_ROWS),
+            &[&refold.ts, &refold.ids, &refold.watermark],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM token_usage_daily WHERE requests = 0 AND day IN \
+             (SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date FROM unnest($1::timestamptz[]) AS ts)",
+            &[&refold.ts],
+        )
+        .await?;
+    }
+    Ok(refold)
+}
+
+impl TokenRefold {
+    /// Adds the rows' current values back into the rollup (see [`TokenRefold`]).
+    pub async fn refold(self, tx: &Transaction<'_>) -> Result<(), PgError> {
+        if !self.ids.is_empty() {
+            tx.execute(
+                &fold_tokens_sql(FOLDED_ROWS),
+                &[&self.ts, &self.ids, &self.watermark],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
 
 /// What one run folded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -215,7 +342,8 @@ impl RollupJob {
             )
             .await?
             .get(0);
-        tx.execute(FOLD_TOKENS_SQL, &[&from, &to]).await?;
+        tx.execute(&fold_tokens_sql("seq > $1 AND seq <= $2"), &[&from, &to])
+            .await?;
         set_watermark(tx, TOKEN_WATERMARK, to).await?;
         Ok((from, to, u64::try_from(rows).unwrap_or(0)))
     }
