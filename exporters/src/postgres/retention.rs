@@ -128,10 +128,20 @@ impl RetentionJob {
             if day >= cutoff {
                 continue;
             }
-            match self
+            let outcome = match self
                 .drop_one(client, table, &name, watermark_name, cutoff)
-                .await?
+                .await
             {
+                // Busy parent (a long reader): keep it, retry next run.
+                Err(error)
+                    if error.sql_state()
+                        == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                {
+                    Some("its table is busy (lock timeout); retried next run".to_owned())
+                }
+                other => other?,
+            };
+            match outcome {
                 None => {
                     tracing::info!(
                         partition = %name,
