@@ -1,0 +1,992 @@
+//! The token-usage ledger end to end: span sets shaped exactly as each
+//! instrumentation emits them (OpenTelemetry GenAI current and deprecated,
+//! OpenLLMetry, OpenInference, Vercel AI SDK) go over OTLP/HTTP (protobuf) to a
+//! running Tally; the `token_usage` rows read from PostgreSQL must equal what
+//! the corpus says, computed here from the corpus definition. Then trace
+//! attribution in both arrival orders, and the real Rust SDK.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{eventually, Tally, TestDatabase};
+use prost::Message;
+use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
+use tally_model::otlp::common::v1::{any_value::Value, AnyValue, KeyValue};
+use tally_model::otlp::resource::v1::Resource;
+use tally_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+#[derive(Clone)]
+enum V {
+    S(&'static str),
+    I(i64),
+    D(f64),
+}
+
+fn kv(key: &str, value: &V) -> KeyValue {
+    let value = match value {
+        V::S(s) => Value::StringValue((*s).into()),
+        V::I(i) => Value::IntValue(*i),
+        V::D(d) => Value::DoubleValue(*d),
+    };
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+/// What the test author knows a counted model call reported (independent of Tally).
+#[derive(Clone, Debug, PartialEq)]
+struct Call {
+    model: &'static str,
+    input: i64,
+    output: i64,
+    cache_read: i64,
+    total: i64,
+}
+
+/// One span of the corpus: its attributes as the instrumentation writes them,
+/// and whether it is a model call that must be counted (`Some`) — `None` for
+/// agent/workflow/chain/tool spans and for request spans.
+struct CorpusSpan {
+    id: u8,
+    parent: Option<u8>,
+    name: &'static str,
+    attrs: Vec<(&'static str, V)>,
+    /// `Some(Some(call))`: counted with this usage; `Some(None)`: counted, usage unknown.
+    counted: Option<Option<Call>>,
+}
+
+struct Case {
+    name: &'static str,
+    trace: u8,
+    spans: Vec<CorpusSpan>,
+}
+
+fn sp(
+    id: u8,
+    parent: Option<u8>,
+    name: &'static str,
+    attrs: Vec<(&'static str, V)>,
+    counted: Option<Option<Call>>,
+) -> CorpusSpan {
+    CorpusSpan {
+        id,
+        parent,
+        name,
+        attrs,
+        counted,
+    }
+}
+
+fn call(model: &'static str, input: i64, output: i64, cache_read: i64) -> Option<Option<Call>> {
+    Some(Some(Call {
+        model,
+        input,
+        output,
+        cache_read,
+        total: input + output,
+    }))
+}
+
+use V::{D, I, S};
+
+fn corpus() -> Vec<Case> {
+    vec![
+        Case {
+            name: "genai-current single chat with cached input",
+            trace: 1,
+            spans: vec![sp(
+                1,
+                None,
+                "chat gpt-4o",
+                vec![
+                    ("gen_ai.operation.name", S("chat")),
+                    ("gen_ai.provider.name", S("openai")),
+                    ("gen_ai.request.model", S("gpt-4o")),
+                    ("gen_ai.response.model", S("gpt-4o-2024-08-06")),
+                    ("gen_ai.response.id", S("chatcmpl-1")),
+                    ("gen_ai.response.finish_reasons", S("stop")),
+                    ("gen_ai.usage.input_tokens", I(1200)),
+                    ("gen_ai.usage.cache_read.input_tokens", I(200)),
+                    ("gen_ai.usage.output_tokens", I(300)),
+                    ("server.address", S("api.openai.com")),
+                ],
+                call("gpt-4o-2024-08-06", 1200, 300, 200),
+            )],
+        },
+        Case {
+            name: "genai-current streaming with usage",
+            trace: 2,
+            spans: vec![sp(
+                1,
+                None,
+                "chat gpt-4o-mini",
+                vec![
+                    ("gen_ai.operation.name", S("chat")),
+                    ("gen_ai.provider.name", S("openai")),
+                    ("gen_ai.request.model", S("gpt-4o-mini")),
+                    ("gen_ai.response.model", S("gpt-4o-mini-2024-07-18")),
+                    ("gen_ai.usage.input_tokens", I(500)),
+                    ("gen_ai.usage.output_tokens", I(80)),
+                ],
+                call("gpt-4o-mini-2024-07-18", 500, 80, 0),
+            )],
+        },
+        Case {
+            name: "genai-current streaming without usage",
+            trace: 3,
+            spans: vec![sp(
+                1,
+                None,
+                "chat gpt-4o",
+                vec![
+                    ("gen_ai.operation.name", S("chat")),
+                    ("gen_ai.provider.name", S("openai")),
+                    ("gen_ai.request.model", S("gpt-4o")),
+                ],
+                Some(None),
+            )],
+        },
+        Case {
+            name: "genai-current agent wrapping two calls and a tool",
+            trace: 4,
+            spans: vec![
+                sp(
+                    1,
+                    None,
+                    "invoke_agent planner",
+                    vec![
+                        ("gen_ai.operation.name", S("invoke_agent")),
+                        ("gen_ai.agent.name", S("planner")),
+                        ("gen_ai.provider.name", S("anthropic")),
+                        ("gen_ai.request.model", S("claude-sonnet-4-5")),
+                        ("gen_ai.usage.input_tokens", I(700)),
+                        ("gen_ai.usage.output_tokens", I(70)),
+                    ],
+                    None,
+                ),
+                sp(
+                    2,
+                    Some(1),
+                    "chat claude-sonnet-4-5",
+                    vec![
+                        ("gen_ai.operation.name", S("chat")),
+                        ("gen_ai.provider.name", S("anthropic")),
+                        ("gen_ai.request.model", S("claude-sonnet-4-5")),
+                        ("gen_ai.response.model", S("claude-sonnet-4-5-20250929")),
+                        ("gen_ai.usage.input_tokens", I(300)),
+                        ("gen_ai.usage.output_tokens", I(30)),
+                        ("gen_ai.response.finish_reasons", S("tool_use")),
+                    ],
+                    call("claude-sonnet-4-5-20250929", 300, 30, 0),
+                ),
+                sp(
+                    3,
+                    Some(1),
+                    "execute_tool get_weather",
+                    vec![
+                        ("gen_ai.operation.name", S("execute_tool")),
+                        ("gen_ai.tool.name", S("get_weather")),
+                    ],
+                    None,
+                ),
+                sp(
+                    4,
+                    Some(1),
+                    "chat claude-sonnet-4-5",
+                    vec![
+                        ("gen_ai.operation.name", S("chat")),
+                        ("gen_ai.provider.name", S("anthropic")),
+                        ("gen_ai.request.model", S("claude-sonnet-4-5")),
+                        ("gen_ai.response.model", S("claude-sonnet-4-5-20250929")),
+                        ("gen_ai.usage.input_tokens", I(400)),
+                        ("gen_ai.usage.output_tokens", I(40)),
+                    ],
+                    call("claude-sonnet-4-5-20250929", 400, 40, 0),
+                ),
+            ],
+        },
+        Case {
+            name: "genai-deprecated prompt/completion tokens as string and double",
+            trace: 5,
+            spans: vec![sp(
+                1,
+                None,
+                "chat gpt-4o-mini",
+                vec![
+                    ("gen_ai.system", S("openai")),
+                    ("gen_ai.operation.name", S("chat")),
+                    ("gen_ai.request.model", S("gpt-4o-mini")),
+                    ("gen_ai.usage.prompt_tokens", S("150")),
+                    ("gen_ai.usage.completion_tokens", D(25.0)),
+                ],
+                call("gpt-4o-mini", 150, 25, 0),
+            )],
+        },
+        Case {
+            name: "openllmetry workflow, task, llm call and tool",
+            trace: 6,
+            spans: vec![
+                sp(
+                    1,
+                    None,
+                    "answer.workflow",
+                    vec![
+                        ("traceloop.span.kind", S("workflow")),
+                        ("traceloop.workflow.name", S("answer")),
+                        ("traceloop.entity.name", S("answer")),
+                        ("traceloop.association.properties.user_id", S("ol-user")),
+                        ("traceloop.association.properties.tenant_id", S("ol-tenant")),
+                    ],
+                    None,
+                ),
+                sp(
+                    2,
+                    Some(1),
+                    "search.tool",
+                    vec![
+                        ("traceloop.span.kind", S("tool")),
+                        ("traceloop.entity.name", S("search")),
+                        ("traceloop.association.properties.user_id", S("ol-user")),
+                    ],
+                    None,
+                ),
+                sp(
+                    3,
+                    Some(1),
+                    "openai.chat",
+                    vec![
+                        ("llm.request.type", S("chat")),
+                        ("gen_ai.system", S("openai")),
+                        ("gen_ai.request.model", S("gpt-4.1")),
+                        ("gen_ai.response.model", S("gpt-4.1-2025-04-14")),
+                        ("gen_ai.usage.prompt_tokens", I(900)),
+                        ("gen_ai.usage.completion_tokens", I(120)),
+                        ("llm.usage.total_tokens", I(1020)),
+                        ("gen_ai.usage.cache_read_input_tokens", I(512)),
+                        ("gen_ai.prompt.0.role", S("user")),
+                        ("gen_ai.prompt.0.content", S("what is the weather")),
+                        ("traceloop.association.properties.user_id", S("ol-user")),
+                        ("traceloop.association.properties.tenant_id", S("ol-tenant")),
+                    ],
+                    call("gpt-4.1-2025-04-14", 900, 120, 512),
+                ),
+                sp(
+                    4,
+                    Some(1),
+                    "openai.chat",
+                    vec![
+                        ("llm.request.type", S("chat")),
+                        ("llm.is_streaming", V::S("true")),
+                        ("gen_ai.system", S("openai")),
+                        ("gen_ai.request.model", S("gpt-4.1")),
+                        ("gen_ai.usage.prompt_tokens", I(0)),
+                        ("gen_ai.usage.completion_tokens", I(0)),
+                    ],
+                    Some(None),
+                ),
+            ],
+        },
+        Case {
+            name: "openinference agent, chain, llm, embedding and tool",
+            trace: 7,
+            spans: vec![
+                sp(
+                    1,
+                    None,
+                    "Agent",
+                    vec![
+                        ("openinference.span.kind", S("AGENT")),
+                        ("llm.token_count.prompt", I(250)),
+                        ("llm.token_count.completion", I(60)),
+                        ("llm.token_count.total", I(310)),
+                        ("user.id", S("oi-user")),
+                        ("session.id", S("oi-session")),
+                    ],
+                    None,
+                ),
+                sp(
+                    2,
+                    Some(1),
+                    "RunnableSequence",
+                    vec![
+                        ("openinference.span.kind", S("CHAIN")),
+                        ("llm.token_count.prompt", I(250)),
+                        ("llm.token_count.completion", I(60)),
+                        ("llm.token_count.total", I(310)),
+                    ],
+                    None,
+                ),
+                sp(
+                    3,
+                    Some(2),
+                    "ChatOpenAI",
+                    vec![
+                        ("openinference.span.kind", S("LLM")),
+                        ("llm.model_name", S("gpt-4o-2024-08-06")),
+                        ("llm.provider", S("openai")),
+                        ("llm.system", S("openai")),
+                        ("llm.token_count.prompt", I(250)),
+                        ("llm.token_count.completion", I(60)),
+                        ("llm.token_count.total", I(310)),
+                        ("llm.token_count.prompt_details.cache_read", I(100)),
+                        ("user.id", S("oi-user")),
+                        ("session.id", S("oi-session")),
+                    ],
+                    call("gpt-4o-2024-08-06", 250, 60, 100),
+                ),
+                sp(
+                    4,
+                    Some(1),
+                    "OpenAIEmbeddings",
+                    vec![
+                        ("openinference.span.kind", S("EMBEDDING")),
+                        ("embedding.model_name", S("text-embedding-3-small")),
+                        ("llm.model_name", S("text-embedding-3-small")),
+                        ("llm.token_count.prompt", I(64)),
+                        ("llm.token_count.total", I(64)),
+                    ],
+                    Some(Some(Call {
+                        model: "text-embedding-3-small",
+                        input: 64,
+                        output: 0,
+                        cache_read: 0,
+                        total: 64,
+                    })),
+                ),
+                sp(
+                    5,
+                    Some(1),
+                    "lookup",
+                    vec![
+                        ("openinference.span.kind", S("TOOL")),
+                        ("tool.name", S("lookup")),
+                    ],
+                    None,
+                ),
+            ],
+        },
+        Case {
+            name: "vercel ai sdk generateText with a tool call, and streamText",
+            trace: 8,
+            spans: vec![
+                sp(
+                    1,
+                    None,
+                    "ai.generateText",
+                    vec![
+                        ("operation.name", S("ai.generateText weather")),
+                        ("ai.operationId", S("ai.generateText")),
+                        ("ai.model.id", S("gpt-4o")),
+                        ("ai.model.provider", S("openai.chat")),
+                        ("ai.telemetry.functionId", S("weather")),
+                        ("ai.telemetry.metadata.userId", S("v-user")),
+                        ("ai.usage.promptTokens", I(210)),
+                        ("ai.usage.completionTokens", I(21)),
+                    ],
+                    None,
+                ),
+                sp(
+                    2,
+                    Some(1),
+                    "ai.generateText.doGenerate",
+                    vec![
+                        ("operation.name", S("ai.generateText.doGenerate weather")),
+                        ("ai.operationId", S("ai.generateText.doGenerate")),
+                        ("ai.model.id", S("gpt-4o")),
+                        ("ai.model.provider", S("openai.chat")),
+                        ("ai.telemetry.metadata.userId", S("v-user")),
+                        ("ai.response.model", S("gpt-4o-2024-08-06")),
+                        ("ai.usage.promptTokens", I(110)),
+                        ("ai.usage.completionTokens", I(11)),
+                        ("gen_ai.system", S("openai.chat")),
+                        ("gen_ai.request.model", S("gpt-4o")),
+                        ("gen_ai.response.model", S("gpt-4o-2024-08-06")),
+                        ("gen_ai.usage.input_tokens", I(110)),
+                        ("gen_ai.usage.output_tokens", I(11)),
+                    ],
+                    call("gpt-4o-2024-08-06", 110, 11, 0),
+                ),
+                sp(
+                    3,
+                    Some(1),
+                    "ai.toolCall",
+                    vec![
+                        ("operation.name", S("ai.toolCall weather")),
+                        ("ai.operationId", S("ai.toolCall")),
+                        ("ai.toolCall.name", S("weather")),
+                        ("ai.toolCall.id", S("call_1")),
+                    ],
+                    None,
+                ),
+                sp(
+                    4,
+                    Some(1),
+                    "ai.generateText.doGenerate",
+                    vec![
+                        ("operation.name", S("ai.generateText.doGenerate weather")),
+                        ("ai.operationId", S("ai.generateText.doGenerate")),
+                        ("ai.model.id", S("gpt-4o")),
+                        ("ai.model.provider", S("openai.chat")),
+                        ("ai.response.model", S("gpt-4o-2024-08-06")),
+                        ("ai.usage.promptTokens", I(100)),
+                        ("ai.usage.completionTokens", I(10)),
+                        ("gen_ai.system", S("openai.chat")),
+                        ("gen_ai.request.model", S("gpt-4o")),
+                        ("gen_ai.response.model", S("gpt-4o-2024-08-06")),
+                        ("gen_ai.usage.input_tokens", I(100)),
+                        ("gen_ai.usage.output_tokens", I(10)),
+                    ],
+                    call("gpt-4o-2024-08-06", 100, 10, 0),
+                ),
+                sp(
+                    5,
+                    None,
+                    "ai.streamText",
+                    vec![
+                        ("ai.operationId", S("ai.streamText")),
+                        ("ai.model.id", S("claude-3-5-haiku-latest")),
+                        ("ai.model.provider", S("anthropic.messages")),
+                        ("ai.usage.promptTokens", I(40)),
+                        ("ai.usage.completionTokens", I(8)),
+                    ],
+                    None,
+                ),
+                sp(
+                    6,
+                    Some(5),
+                    "ai.streamText.doStream",
+                    vec![
+                        ("ai.operationId", S("ai.streamText.doStream")),
+                        ("ai.model.id", S("claude-3-5-haiku-latest")),
+                        ("ai.model.provider", S("anthropic.messages")),
+                        ("ai.usage.promptTokens", I(40)),
+                        ("ai.usage.completionTokens", I(8)),
+                        ("gen_ai.system", S("anthropic.messages")),
+                        ("gen_ai.request.model", S("claude-3-5-haiku-latest")),
+                        ("gen_ai.usage.input_tokens", I(40)),
+                        ("gen_ai.usage.output_tokens", I(8)),
+                        ("ai.stream.msToFirstChunk", D(120.5)),
+                    ],
+                    call("claude-3-5-haiku-latest", 40, 8, 0),
+                ),
+            ],
+        },
+    ]
+}
+
+/// The test's own price list (US dollars per million: input, cached input,
+/// output), the providers' list prices as of 2026, for the models of the corpus.
+fn price(model: &str) -> (f64, f64, f64) {
+    match model {
+        "gpt-4o-2024-08-06" => (2.50, 1.25, 10.00),
+        "gpt-4o-mini-2024-07-18" | "gpt-4o-mini" => (0.15, 0.075, 0.60),
+        "gpt-4.1-2025-04-14" => (2.00, 0.50, 8.00),
+        "claude-sonnet-4-5-20250929" => (3.00, 0.30, 15.00),
+        "claude-3-5-haiku-latest" => (0.80, 0.08, 4.00),
+        "text-embedding-3-small" => (0.02, 0.02, 0.0),
+        other => panic!("no test price for {other}"),
+    }
+}
+
+fn cost(c: &Call) -> f64 {
+    let (input, cached, output) = price(c.model);
+    ((c.input - c.cache_read) as f64 * input
+        + c.cache_read as f64 * cached
+        + c.output as f64 * output)
+        / 1e6
+}
+
+fn trace_id(case: u8, salt: u8) -> Vec<u8> {
+    let mut id = vec![0xa0 ^ salt; 16];
+    id[15] = case;
+    id
+}
+
+fn span_id(case: u8, id: u8) -> Vec<u8> {
+    vec![0, 0, 0, 0, 0, case, 0x10, id]
+}
+
+fn request_of(spans: Vec<Span>, service: &str) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv(
+                    "service.name",
+                    &S(Box::leak(service.to_string().into_boxed_str())),
+                )],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn to_span(case: &Case, s: &CorpusSpan, salt: u8, start: u64) -> Span {
+    Span {
+        trace_id: trace_id(case.trace, salt),
+        span_id: span_id(case.trace, s.id),
+        parent_span_id: s.parent.map(|p| span_id(case.trace, p)).unwrap_or_default(),
+        name: s.name.into(),
+        kind: 3,
+        start_time_unix_nano: start,
+        end_time_unix_nano: start + 250_000_000,
+        attributes: s.attrs.iter().map(|(k, v)| kv(k, v)).collect(),
+        ..Default::default()
+    }
+}
+
+async fn post(tally: &Tally, request: &ExportTraceServiceRequest) {
+    let response = reqwest::Client::new()
+        .post(tally.http_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await
+        .expect("POST /v1/traces");
+    assert_eq!(response.status().as_u16(), 200, "export refused");
+}
+
+#[derive(Debug, PartialEq)]
+struct Row {
+    input: Option<i64>,
+    output: Option<i64>,
+    cache_read: Option<i64>,
+    total: Option<i64>,
+    usage_known: bool,
+    model: Option<String>,
+    cost: Option<f64>,
+}
+
+async fn rows_by_span(db: &TestDatabase) -> BTreeMap<String, Row> {
+    let client = db.client().await;
+    client
+        .query(
+            "SELECT span_id, input_tokens, output_tokens, cache_read_tokens, total_tokens, \
+                 usage_known, model, cost_usd::float8 FROM token_usage",
+            &[],
+        )
+        .await
+        .expect("query token_usage")
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                Row {
+                    input: r.get(1),
+                    output: r.get(2),
+                    cache_read: r.get(3),
+                    total: r.get(4),
+                    usage_known: r.get(5),
+                    model: r.get(6),
+                    cost: r.get(7),
+                },
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instrumentation_corpus_is_counted_exactly_once_and_priced() {
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let cases = corpus();
+    let start = now_nanos();
+
+    // One export per case, children listed before parents as SDKs export them.
+    let mut expected: BTreeMap<String, (Option<Call>, &str)> = BTreeMap::new();
+    for case in &cases {
+        let spans = case
+            .spans
+            .iter()
+            .rev()
+            .map(|s| to_span(case, s, 0, start))
+            .collect();
+        post(&tally, &request_of(spans, "corpus")).await;
+        for s in &case.spans {
+            if let Some(call) = &s.counted {
+                expected.insert(hex(&span_id(case.trace, s.id)), (call.clone(), case.name));
+            }
+        }
+    }
+    // Acknowledged means committed: no waiting needed.
+    let rows = rows_by_span(&database).await;
+    assert_eq!(
+        rows.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "exactly the model calls are rows"
+    );
+    let (mut sum_in, mut sum_out, mut sum_cached, mut sum_total, mut sum_cost) = (0, 0, 0, 0, 0.0);
+    for (span, (call, case)) in &expected {
+        let row = &rows[span];
+        match call {
+            Some(c) => {
+                assert!(row.usage_known, "{case}: {row:?}");
+                assert_eq!(row.input, Some(c.input), "{case}");
+                assert_eq!(row.output.unwrap_or(0), c.output, "{case}");
+                assert_eq!(row.cache_read.unwrap_or(0), c.cache_read, "{case}");
+                assert_eq!(row.total, Some(c.total), "{case}");
+                assert_eq!(row.model.as_deref(), Some(c.model), "{case}");
+                let want = cost(c);
+                let got = row.cost.unwrap_or_else(|| panic!("{case}: not priced"));
+                assert!((got - want).abs() < 1e-9, "{case}: cost {got} != {want}");
+                sum_in += c.input;
+                sum_out += c.output;
+                sum_cached += c.cache_read;
+                sum_total += c.total;
+                sum_cost += want;
+            }
+            None => {
+                assert!(!row.usage_known, "{case}: {row:?}");
+                assert_eq!(
+                    (row.input, row.output, row.total, row.cost),
+                    (None, None, None, None),
+                    "{case}: unknown usage is NULL, not 0"
+                );
+            }
+        }
+    }
+
+    // The totals over the table, as a rollup or the API would sum them.
+    let client = database.client().await;
+    let totals = client
+        .query_one(
+            "SELECT count(*), sum(input_tokens)::int8, sum(output_tokens)::int8, \
+                 sum(cache_read_tokens)::int8, sum(total_tokens)::int8, sum(cost_usd)::float8, \
+                 count(*) FILTER (WHERE NOT usage_known) FROM token_usage",
+            &[],
+        )
+        .await
+        .expect("totals");
+    let unknown = expected.values().filter(|(c, _)| c.is_none()).count() as i64;
+    assert_eq!(totals.get::<_, i64>(0), expected.len() as i64);
+    assert_eq!(totals.get::<_, Option<i64>>(1), Some(sum_in));
+    assert_eq!(totals.get::<_, Option<i64>>(2), Some(sum_out));
+    assert_eq!(totals.get::<_, Option<i64>>(3), Some(sum_cached));
+    assert_eq!(totals.get::<_, Option<i64>>(4), Some(sum_total));
+    assert!((totals.get::<_, f64>(5) - sum_cost).abs() < 1e-8);
+    assert_eq!(totals.get::<_, i64>(6), unknown);
+
+    // Record attribution from OpenLLMetry association properties, OpenInference
+    // user.id/session.id and Vercel telemetry metadata.
+    let who = client
+        .query(
+            "SELECT span_id, user_id, tenant_id, session_id, attribution_source FROM token_usage \
+             WHERE usage_known AND attribution_source = 'record' ORDER BY span_id",
+            &[],
+        )
+        .await
+        .expect("attribution");
+    let got: Vec<(String, Option<String>, String, Option<String>)> = who
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                hex(&span_id(6, 3)),
+                Some("ol-user".into()),
+                "ol-tenant".into(),
+                None
+            ),
+            (
+                hex(&span_id(7, 3)),
+                Some("oi-user".into()),
+                String::new(),
+                Some("oi-session".into())
+            ),
+            (
+                hex(&span_id(8, 2)),
+                Some("v-user".into()),
+                String::new(),
+                None
+            ),
+        ]
+    );
+
+    // An SDK retry of every export stores nothing new.
+    for case in &cases {
+        let spans = case
+            .spans
+            .iter()
+            .map(|s| to_span(case, s, 0, start))
+            .collect();
+        post(&tally, &request_of(spans, "corpus")).await;
+    }
+    assert_eq!(rows_by_span(&database).await.len(), expected.len());
+    // No prompt text is stored.
+    let content: i64 = client
+        .query_one(
+            "SELECT count(*) FROM token_usage WHERE attributes::text LIKE '%weather%is%' \
+             OR attributes ? 'gen_ai.prompt.0.content'",
+            &[],
+        )
+        .await
+        .expect("content")
+        .get(0);
+    assert_eq!(content, 0);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A web request span carrying the user and tenant, and an auto-instrumented
+/// chat span under it that carries neither.
+fn request_span(trace: &[u8], start: u64) -> Span {
+    Span {
+        trace_id: trace.to_vec(),
+        span_id: vec![1; 8],
+        name: "POST /ask".into(),
+        kind: 2,
+        start_time_unix_nano: start,
+        end_time_unix_nano: start + 900_000_000,
+        attributes: vec![
+            kv("http.route", &S("/ask")),
+            kv("enduser.id", &S("alice")),
+            kv("tenant.id", &S("acme")),
+            kv("session.id", &S("sess-7")),
+        ],
+        ..Default::default()
+    }
+}
+
+fn chat_span(trace: &[u8], id: u8, start: u64) -> Span {
+    Span {
+        trace_id: trace.to_vec(),
+        span_id: vec![id; 8],
+        parent_span_id: vec![1; 8],
+        name: "chat gpt-4o-mini".into(),
+        kind: 3,
+        start_time_unix_nano: start + 1_000_000,
+        end_time_unix_nano: start + 800_000_000,
+        attributes: vec![
+            kv("gen_ai.operation.name", &S("chat")),
+            kv("gen_ai.provider.name", &S("openai")),
+            kv("gen_ai.request.model", &S("gpt-4o-mini")),
+            kv("gen_ai.usage.input_tokens", &I(40)),
+            kv("gen_ai.usage.output_tokens", &I(4)),
+        ],
+        ..Default::default()
+    }
+}
+
+type Attribution = (String, Option<String>, Option<String>, String);
+
+async fn attribution(db: &TestDatabase, trace: &[u8]) -> Vec<Attribution> {
+    db.client()
+        .await
+        .query(
+            "SELECT tenant_id, user_id, session_id, attribution_source FROM token_usage \
+             WHERE trace_id = $1 ORDER BY span_id",
+            &[&hex(trace)],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+fn attributed(source: &str) -> Attribution {
+    (
+        "acme".into(),
+        Some("alice".into()),
+        Some("sess-7".into()),
+        source.into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_rows_are_attributed_through_the_trace_in_either_arrival_order() {
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let start = now_nanos();
+
+    // Children first, in their own exports; the parent later in another.
+    let late = trace_id(1, 0x5e);
+    post(&tally, &request_of(vec![chat_span(&late, 2, start)], "web")).await;
+    post(&tally, &request_of(vec![chat_span(&late, 3, start)], "web")).await;
+    let before = attribution(&database, &late).await;
+    assert_eq!(
+        before,
+        vec![(String::new(), None, None, "none".into()); 2],
+        "nothing to attribute with yet"
+    );
+    post(&tally, &request_of(vec![request_span(&late, start)], "web")).await;
+    // The parent's export is acknowledged only once the rows are attributed.
+    assert_eq!(
+        attribution(&database, &late).await,
+        vec![attributed("trace"); 2]
+    );
+
+    // A retry of a child's export afterwards: still one row, still attributed.
+    post(&tally, &request_of(vec![chat_span(&late, 2, start)], "web")).await;
+    assert_eq!(
+        attribution(&database, &late).await,
+        vec![attributed("trace"); 2]
+    );
+
+    // Parent first, child in a later export: attributed at ingest.
+    let early = trace_id(2, 0x5e);
+    post(
+        &tally,
+        &request_of(vec![request_span(&early, start)], "web"),
+    )
+    .await;
+    post(
+        &tally,
+        &request_of(vec![chat_span(&early, 2, start)], "web"),
+    )
+    .await;
+    assert_eq!(
+        attribution(&database, &early).await,
+        vec![attributed("trace")]
+    );
+
+    // Both in one export, child listed first.
+    let together = trace_id(3, 0x5e);
+    post(
+        &tally,
+        &request_of(
+            vec![
+                chat_span(&together, 2, start),
+                request_span(&together, start),
+            ],
+            "web",
+        ),
+    )
+    .await;
+    assert_eq!(
+        attribution(&database, &together).await,
+        vec![attributed("trace")]
+    );
+
+    // Another trace with the same span ids is not attributed by them.
+    let other = trace_id(4, 0x5e);
+    post(
+        &tally,
+        &request_of(vec![chat_span(&other, 2, start)], "web"),
+    )
+    .await;
+    assert_eq!(
+        attribution(&database, &other).await,
+        vec![(String::new(), None, None, "none".into())]
+    );
+    let total: i64 = database
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM token_usage", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(total, 5, "no duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_sdk_chat_span_under_a_request_span_is_attributed() {
+    use opentelemetry::trace::{
+        Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
+    };
+    use opentelemetry::{Context, KeyValue as OtelKv};
+    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let url = tally.http_url("/v1/traces");
+    // Simple exporter: each span is exported when it ends, so the chat span
+    // (ending first) reaches Tally in an export before its parent's.
+    let trace = std::thread::spawn(move || {
+        let exporter = SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(url)
+            .build()
+            .expect("span exporter");
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter)
+            .build();
+        let tracer = provider.tracer("llm-app");
+        let request = tracer
+            .span_builder("POST /chat")
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                OtelKv::new("enduser.id", "sdk-user"),
+                OtelKv::new("tenant.id", "sdk-tenant"),
+            ])
+            .start(&tracer);
+        let trace_id = request.span_context().trace_id().to_string();
+        let cx = Context::current_with_span(request);
+        let mut chat = tracer
+            .span_builder("chat gpt-4o")
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                OtelKv::new("gen_ai.operation.name", "chat"),
+                OtelKv::new("gen_ai.provider.name", "openai"),
+                OtelKv::new("gen_ai.request.model", "gpt-4o"),
+                OtelKv::new("gen_ai.response.model", "gpt-4o-2024-08-06"),
+                OtelKv::new("gen_ai.usage.input_tokens", 1000i64),
+                OtelKv::new("gen_ai.usage.output_tokens", 100i64),
+            ])
+            .start_with_context(&tracer, &cx);
+        chat.end();
+        cx.span().end();
+        provider.force_flush().expect("flush");
+        let _ = provider.shutdown();
+        trace_id
+    })
+    .join()
+    .expect("sdk thread");
+
+    let row = eventually(Duration::from_secs(30), "the attributed token row", || {
+        let database = &database;
+        let trace = trace.clone();
+        async move {
+            let rows = database
+                .client()
+                .await
+                .query(
+                    "SELECT user_id, tenant_id, attribution_source, input_tokens, output_tokens, \
+                         cost_usd::float8 FROM token_usage WHERE trace_id = $1",
+                    &[&trace],
+                )
+                .await
+                .ok()?;
+            let row = rows.first()?;
+            let source: String = row.get(2);
+            (source == "trace").then(|| {
+                (
+                    row.get::<_, Option<String>>(0),
+                    row.get::<_, String>(1),
+                    row.get::<_, Option<i64>>(3),
+                    row.get::<_, Option<i64>>(4),
+                    row.get::<_, Option<f64>>(5),
+                    rows.len(),
+                )
+            })
+        }
+    })
+    .await;
+    assert_eq!(row.0.as_deref(), Some("sdk-user"));
+    assert_eq!(row.1, "sdk-tenant");
+    assert_eq!((row.2, row.3), (Some(1000), Some(100)));
+    let want = (1000.0 * 2.5 + 100.0 * 10.0) / 1e6;
+    assert!((row.4.unwrap_or(0.0) - want).abs() < 1e-9, "{:?}", row.4);
+    assert_eq!(row.5, 1);
+}
