@@ -634,3 +634,53 @@ async fn attribution_after_folding_moves_the_counts_exactly_once() {
         count(&client, "SELECT count(*) FROM token_usage").await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawned_jobs_run_periodically_and_stop_on_shutdown() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let through = first_day() + Days::new(3);
+    create_partitions(&client, first_day(), through)
+        .await
+        .expect("partitions");
+    token_partitions(&client, first_day(), through).await;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let rollup = RollupJob::new(Duration::ZERO).spawn(
+        db.url.clone(),
+        Duration::from_millis(50),
+        shutdown.clone(),
+    );
+    let retention = tally_exporters::postgres::RetentionJob::new(Default::default()).spawn(
+        db.url.clone(),
+        Duration::from_millis(50),
+        shutdown,
+    );
+    let mut rng = Rng(77);
+    let events = activity_events(&mut rng, 300);
+    let tx = client.transaction().await.expect("begin");
+    insert_activity_batch(&tx, &events).await.expect("insert");
+    tx.commit().await.expect("commit");
+    insert_tokens(&mut client, &mut rng, 200).await;
+    // Wait for the condition: both rollups caught up with the raw rows.
+    let mut caught_up = false;
+    for _ in 0..1_000 {
+        if rows_text(&client, ACTIVITY_ROLLUP).await == rows_text(&client, ACTIVITY_RAW).await
+            && rows_text(&client, TOKEN_ROLLUP).await == rows_text(&client, TOKEN_RAW).await
+            && count(&client, "SELECT count(*) FROM token_usage_daily").await > 0
+        {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(caught_up, "the spawned rollup job never caught up");
+    stop.send(true).expect("send");
+    tokio::time::timeout(Duration::from_secs(10), rollup)
+        .await
+        .expect("rollup job stops")
+        .expect("join");
+    tokio::time::timeout(Duration::from_secs(10), retention)
+        .await
+        .expect("retention job stops")
+        .expect("join");
+}
