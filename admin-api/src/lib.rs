@@ -145,6 +145,13 @@ impl AdminApi {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ApiError> {
         let router = self.router();
+        // Live feeds never end by themselves: end them when shutdown starts so
+        // the graceful shutdown does not wait for them.
+        let hub = self.state.hub.clone();
+        let shutdown = async move {
+            shutdown.await;
+            hub.close();
+        };
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await

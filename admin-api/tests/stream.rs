@@ -428,7 +428,17 @@ async fn tokens_feed_and_stats_stream_count_every_row_once() {
     insert_tokens(&mut writer, 8, "acme", &["gpt-4o", "claude"]).await;
     insert_activity(&mut writer, 30, &["acme"], &["billing.pay"], 0, 0).await;
 
-    // Token feed: only gpt-4o rows, with the token item shape.
+    // Token feed: only gpt-4o rows, each exactly the item /tokens lists.
+    let listed: serde_json::Value = http()
+        .get(server.url("/api/v1/tokens?limit=100"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = listed["items"].as_array().expect("items").clone();
+    assert_eq!(listed.len(), 8);
     for _ in 0..4 {
         let event = tokens.next(end).await.unwrap();
         assert_eq!(event.event.as_deref(), Some("token"));
@@ -436,6 +446,36 @@ async fn tokens_feed_and_stats_stream_count_every_row_once() {
         assert_eq!(item["model"], "gpt-4o");
         assert_eq!(item["input_tokens"], 10);
         assert_eq!(item["seq"].as_i64(), Some(event.seq()));
+        let same = listed
+            .iter()
+            .find(|l| l["id"] == item["id"])
+            .expect("listed");
+        assert_eq!(&item, same, "same JSON as /tokens");
+    }
+    // Activity feed items are exactly the /activity items.
+    let mut feed = SseReader::open(
+        &server.url("/api/v1/activity/stream?after_seq=0"),
+        None,
+        None,
+    )
+    .await;
+    let listed: serde_json::Value = http()
+        .get(server.url("/api/v1/activity?limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = listed["items"].as_array().expect("items").clone();
+    assert_eq!(listed.len(), 90);
+    for _ in 0..90 {
+        let item = feed.next(end).await.unwrap().json();
+        let same = listed
+            .iter()
+            .find(|l| l["id"] == item["id"])
+            .expect("listed");
+        assert_eq!(&item, same, "same JSON as /activity");
     }
 
     let mut events = 0i64;
@@ -476,5 +516,62 @@ async fn tokens_feed_and_stats_stream_count_every_row_once() {
     assert_eq!(
         by_model,
         BTreeMap::from([("claude".to_owned(), 4), ("gpt-4o".to_owned(), 4)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams() {
+    let db = TestDb::migrated().await;
+    let server = Server::start(&config(), &db.url).await;
+    let mut activity = SseReader::open(&server.url("/api/v1/activity/stream"), None, None).await;
+    let mut stats = SseReader::open(&server.url("/api/v1/stats/stream"), None, None).await;
+    assert_eq!(
+        (activity.status.as_u16(), stats.status.as_u16()),
+        (200, 200)
+    );
+    assert!(
+        server.stop(10).await,
+        "graceful shutdown does not wait for live feeds"
+    );
+    let end = deadline(10);
+    let next = activity.next(end).await;
+    assert!(next.is_none(), "the feed ended without events: {next:?}");
+    while let Some(event) = stats.next(end).await {
+        assert_eq!(event.event.as_deref(), Some("stats"));
+    }
+}
+
+#[test]
+fn openapi_documents_the_parameters_the_stream_and_export_routes_accept() {
+    let document = tally_admin_api::openapi::openapi();
+    let query_params = |path: &str| -> Vec<String> {
+        document["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path} documented"))
+            .iter()
+            .filter(|p| p["in"] == "query")
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let owned = |v: &[&str]| sorted(v.iter().map(|s| s.to_string()).collect());
+    assert_eq!(
+        sorted(query_params("/api/v1/activity/stream")),
+        owned(tally_admin_api::stream::ACTIVITY_STREAM_PARAMETERS)
+    );
+    assert_eq!(
+        sorted(query_params("/api/v1/tokens/stream")),
+        owned(tally_admin_api::stream::TOKEN_STREAM_PARAMETERS)
+    );
+    assert_eq!(
+        sorted(query_params("/api/v1/stats/stream")),
+        owned(tally_admin_api::stream::stats::PARAMETERS)
+    );
+    assert_eq!(
+        sorted(query_params("/api/v1/export")),
+        owned(tally_admin_api::export::PARAMETERS)
     );
 }

@@ -60,6 +60,7 @@ pub struct Hub {
     tokens: watch::Sender<u64>,
     clients: Arc<AtomicUsize>,
     listening: Arc<AtomicBool>,
+    closed: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -93,6 +94,7 @@ impl Hub {
             tokens: watch::Sender::new(0),
             clients: Arc::new(AtomicUsize::new(0)),
             listening: Arc::new(AtomicBool::new(false)),
+            closed: watch::Sender::new(false),
             task: Mutex::new(None),
         })
     }
@@ -100,6 +102,9 @@ impl Hub {
     /// Takes a client slot (503 when `sse_max_clients` are connected) and makes
     /// sure the listen task runs.
     pub fn join(&self) -> Result<ClientSlot, ApiError> {
+        if *self.closed.borrow() {
+            return Err(ApiError::Unavailable("shutting down".to_owned()));
+        }
         let max = self.settings.max_clients;
         let taken = self
             .clients
@@ -123,6 +128,19 @@ impl Hub {
         match table {
             Table::Activity => self.activity.subscribe(),
             Table::Tokens => self.tokens.subscribe(),
+        }
+    }
+
+    /// Ends every live feed (at shutdown) and refuses new ones.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves once [`Hub::close`] was called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.closed.subscribe();
+        async move {
+            let _ = closed.wait_for(|closed| *closed).await;
         }
     }
 

@@ -423,6 +423,7 @@ fn serve_feed(
     subject: &str,
 ) -> Result<Response, ApiError> {
     let slot = Arc::new(state.hub.join()?);
+    let state_closed = state.hub.closed();
     let settings = state.hub.settings;
     let notified = state.hub.subscribe(feed.table);
     let (sender, receiver) = mpsc::channel(settings.client_buffer);
@@ -444,7 +445,19 @@ fn serve_feed(
     ));
     let first = Event::default().comment(format!("tally live feed after_seq={after}"));
     let stream = event_stream(first, receiver, reset_receiver, slot);
+    let stream = until_closed(stream, state_closed);
     Ok(sse_response(stream, settings.heartbeat))
+}
+
+/// Ends `stream` when `closed` resolves (the server shuts down).
+pub(crate) fn until_closed<S>(
+    stream: S,
+    closed: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    futures::StreamExt::take_until(stream, Box::pin(closed))
 }
 
 /// The SSE response with heartbeat comments and no proxy buffering.

@@ -25,7 +25,9 @@ use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use super::hub::{ClientSlot, Table};
-use super::{max_seq, query_pairs, reject_unknown, single, sse_response, stream_caller};
+use super::{
+    max_seq, query_pairs, reject_unknown, single, sse_response, stream_caller, until_closed,
+};
 use crate::activity::format_ts;
 use crate::auth::{SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
@@ -81,6 +83,7 @@ pub(crate) async fn stats_stream(
     };
     let slot = state.hub.join()?;
     let heartbeat = state.hub.settings.heartbeat;
+    let closed = state.hub.closed();
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + PERIOD, PERIOD);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream_state = StatsState {
@@ -120,6 +123,7 @@ pub(crate) async fn stats_stream(
             }
         }
     });
+    let stream = until_closed(stream, closed);
     Ok(sse_response(stream, heartbeat))
 }
 

@@ -43,6 +43,20 @@ impl Server {
         }
     }
 
+    /// Starts the graceful shutdown and waits for `serve` to return; false if
+    /// it did not within `secs`.
+    pub async fn stop(mut self, secs: u64) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(Duration::from_secs(secs), task)
+                .await
+                .is_ok(),
+            None => true,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
