@@ -516,8 +516,10 @@ fn log_records_with_model_and_usage_count() {
     assert_eq!(out.rows.len(), 1);
     assert_eq!(out.rows[0].user_id.as_deref(), Some("logger"));
     assert_eq!(out.rows[0].attributes["event.name"], "llm.call");
-    let mut off = TokensConfig::default();
-    off.from_logs = false;
+    let off = TokensConfig {
+        from_logs: false,
+        ..Default::default()
+    };
     let processor = TokenProcessor::new(&off, &PricingConfig::default());
     assert!(processor
         .logs(&request, Utc::now(), &cache())
