@@ -227,7 +227,7 @@ pub struct RollupReport {
 }
 
 impl RollupReport {
-    /// Whether the run stopped at its per-run bound with rows left (run again soon).
+    /// Whether the run folded any raw row.
     pub fn folded_anything(&self) -> bool {
         self.activity_rows > 0 || self.token_rows > 0
     }
