@@ -550,7 +550,15 @@ impl Redactor {
 
     /// A string value under a key of `class`. `None`: unchanged.
     fn string(&self, s: &str, class: KeyClass, c: &mut RedactionCounts) -> Option<String> {
-        if s.is_empty() {
+        // Empty, or a marker or keyed hash this redactor wrote: nothing to do.
+        if s.is_empty() || scan::marker_len(s.as_bytes(), 0) == Some(s.len()) {
+            return None;
+        }
+        if s.len() <= 64
+            && (is_tagged(s, "ip:hmac:")
+                || is_tagged(s, "email:hmac:")
+                || is_tagged(s, "file:hmac:"))
+        {
             return None;
         }
         match class {
@@ -606,25 +614,35 @@ impl Redactor {
         ctx: Ctx,
         c: &mut RedactionCounts,
     ) {
-        if is_empty(value) {
+        let whole = match class {
+            KeyClass::Content if self.rules.content => Some((MARK_CONTENT, Rule::Content)),
+            KeyClass::Secret if self.rules.secrets => Some((MARK_SECRET, Rule::Secret)),
+            _ => None,
+        };
+        if let Some((mark, rule)) = whole {
+            // Dropped whole, whatever its shape; a marker already there stays.
+            let marked = matches!(&value.value, Some(Value::StringValue(s))
+                if [MARK_CONTENT, MARK_SECRET, MARK_DEPTH].contains(&s.as_str()));
+            if !is_empty(value) {
+                if !marked {
+                    set_string(value, mark);
+                    c.add(rule, 1);
+                }
+                return;
+            }
+        }
+        if depth >= self.max_depth
+            && matches!(
+                value.value,
+                Some(Value::ArrayValue(_) | Value::KvlistValue(_))
+            )
+        {
+            set_string(value, MARK_DEPTH);
+            c.add(Rule::DepthCap, 1);
             return;
         }
-        match class {
-            KeyClass::Content if self.rules.content => {
-                if !is_string(value, MARK_CONTENT) {
-                    set_string(value, MARK_CONTENT);
-                    c.add(Rule::Content, 1);
-                }
-                return;
-            }
-            KeyClass::Secret if self.rules.secrets => {
-                if !is_string(value, MARK_SECRET) {
-                    set_string(value, MARK_SECRET);
-                    c.add(Rule::Secret, 1);
-                }
-                return;
-            }
-            _ => {}
+        if is_empty(value) {
+            return;
         }
         let Some(inner) = value.value.as_mut() else {
             return;
@@ -649,21 +667,11 @@ impl Redactor {
                 }
             },
             Value::ArrayValue(array) => {
-                if depth >= self.max_depth {
-                    set_string(value, MARK_DEPTH);
-                    c.add(Rule::DepthCap, 1);
-                    return;
-                }
                 for item in &mut array.values {
                     self.value(item, class, depth + 1, ctx, c);
                 }
             }
             Value::KvlistValue(list) => {
-                if depth >= self.max_depth {
-                    set_string(value, MARK_DEPTH);
-                    c.add(Rule::DepthCap, 1);
-                    return;
-                }
                 for kv in &mut list.values {
                     let own = self.keys.classify(&kv.key, ctx.content_event);
                     let inner_class = match (own, class) {

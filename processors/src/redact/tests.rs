@@ -102,3 +102,66 @@ fn key_checks() {
     let b = generate_key().unwrap_or_default();
     assert_ne!(a, b);
 }
+
+#[test]
+fn fragment_soup_is_idempotent_for_every_cap() {
+    let s = "日本A__ a0 -0_::1alice@example.comip:hmac:0123456789abcdef]-----END PRIVATE KEY-----@::1 _@= _=A@a_=aaa=a_password=alice@example.com";
+    for hash_emails in [false, true] {
+        for max in 64..200 {
+            let cfg = RedactConfig {
+                max_value_bytes: max,
+                hash_emails,
+                ..RedactConfig::default()
+            };
+            let r = Redactor::new(&cfg, KEY).unwrap_or_else(|e| panic!("{e}"));
+            let once = r.redact_str(s).into_owned();
+            let twice = r.redact_str(&once).into_owned();
+            assert_eq!(once, twice, "max {max} hash {hash_emails}");
+        }
+    }
+}
+
+#[test]
+fn fragment_soup_regressions() {
+    let inputs = [
+        ("sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8t@-aa_a=-a_ ==_-AA @ == 0A-----END PRIVATE KEY-----@=0_= sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8t.A0AAa=A_A_user:pw@host.io[REDACTED:-a 0=user:pw@host.io://password= secret: ", 211, true),
+        ("0_ =-A aAaBearer a0AA00=0A ___sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8t=AAa0 0_=A_ip:hmac:0123456789abcdef_AAaa=A=_Ask-proj-Ab3dEf6hIj9kLm2nOp5qRs8txoxb-1234567890-abcip:hmac:0123456789abcdef\"api_key\": \"@", 206, false),
+    ];
+    for (s, max, hash_emails) in inputs {
+        let cfg = RedactConfig {
+            max_value_bytes: max,
+            hash_emails,
+            ..RedactConfig::default()
+        };
+        let r = Redactor::new(&cfg, KEY).unwrap_or_else(|e| panic!("{e}"));
+        let once = r.redact_str(s).into_owned();
+        let twice = r.redact_str(&once).into_owned();
+        assert_eq!(once, twice, "\n{s}");
+    }
+}
+
+#[test]
+fn scanned_keys_are_idempotent() {
+    let s = "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8t@-aa_a=-a_ ==_-AA @ == 0A-----END PRIVATE KEY-----@=0_= sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8t.A0AAa=A_A_user:pw@host.io[REDACTED:-a 0=user:pw@host.io://password= secret: ";
+    let cfg = RedactConfig {
+        max_value_bytes: 211,
+        max_record_attributes_bytes: 211,
+        max_depth: 1,
+        hash_emails: true,
+        ..RedactConfig::default()
+    };
+    let r = Redactor::new(&cfg, KEY).unwrap_or_else(|e| panic!("{e}"));
+    let mut attrs = vec![KeyValue {
+        key: s.to_string(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(String::new())),
+        }),
+        ..Default::default()
+    }];
+    let c1 = r.redact_attributes(&mut attrs);
+    let k1 = attrs[0].key.clone();
+    let c2 = r.redact_attributes(&mut attrs);
+    let k2 = attrs[0].key.clone();
+    let direct = r.redact_str(s).into_owned();
+    assert_eq!(k1, k2, "\n{c1:?}\n{c2:?}\ndirect: {direct}");
+}
