@@ -119,6 +119,7 @@ async fn a_stalled_client_is_reset_while_another_keeps_up_and_inserts_go_on() {
     let db = TestDb::migrated().await;
     let mut cfg = config();
     cfg.sse_client_buffer = 16;
+    cfg.sse_max_clients = 2;
     let server = Server::start(&cfg, &db.url).await;
     let path = "/api/v1/activity/stream?after_seq=0";
 
@@ -165,6 +166,15 @@ async fn a_stalled_client_is_reset_while_another_keeps_up_and_inserts_go_on() {
         "inserts took {write_time:?}"
     );
     assert_eq!(seqs, all_seqs(&db.client, "activity_events").await);
+
+    // The reset client no longer holds a slot (max 2: the fast one and a new one),
+    // although its connection is still open.
+    let url = server.url(path);
+    wait_for("the reset client's slot to be free", 30, || {
+        let url = url.clone();
+        async move { http().get(&url).send().await.unwrap().status() == 200 }
+    })
+    .await;
 
     // Now read what the stalled client was sent: some events, then `event:
     // reset`, then the end of the response (the server closes).

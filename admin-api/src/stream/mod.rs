@@ -18,7 +18,6 @@ pub mod hub;
 pub mod stats;
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Query;
@@ -422,7 +421,10 @@ fn serve_feed(
     after: i64,
     subject: &str,
 ) -> Result<Response, ApiError> {
-    let slot = Arc::new(state.hub.join()?);
+    // The reader owns the slot: it lives as long as the client is connected,
+    // and ends at a reset, so a reset client that never reads again (and
+    // keeps its connection open) does not hold a slot.
+    let slot = state.hub.join()?;
     let state_closed = state.hub.closed();
     let settings = state.hub.settings;
     let notified = state.hub.subscribe(feed.table);
@@ -441,10 +443,10 @@ fn serve_feed(
         sender,
         reset_sender,
         notified,
-        slot.clone(),
+        slot,
     ));
     let first = Event::default().comment(format!("tally live feed after_seq={after}"));
-    let stream = event_stream(first, receiver, reset_receiver, slot);
+    let stream = event_stream(first, receiver, reset_receiver);
     let stream = until_closed(stream, state_closed);
     Ok(sse_response(stream, settings.heartbeat))
 }
@@ -481,7 +483,6 @@ struct StreamState {
     receiver: mpsc::Receiver<Event>,
     reset: Option<oneshot::Receiver<Event>>,
     done: bool,
-    _slot: Arc<ClientSlot>,
 }
 
 /// The response body: a first comment, then the buffered events; a reset (if
@@ -490,14 +491,12 @@ fn event_stream(
     first: Event,
     receiver: mpsc::Receiver<Event>,
     reset: oneshot::Receiver<Event>,
-    slot: Arc<ClientSlot>,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let state = StreamState {
         first: Some(first),
         receiver,
         reset: Some(reset),
         done: false,
-        _slot: slot,
     };
     futures::stream::unfold(state, |mut state| async move {
         if state.done {
@@ -539,7 +538,7 @@ async fn read_feed(
     sender: mpsc::Sender<Event>,
     reset: oneshot::Sender<Event>,
     mut notified: watch::Receiver<u64>,
-    _slot: Arc<ClientSlot>,
+    _slot: ClientSlot,
 ) {
     let page_size = state.hub.settings.client_buffer.clamp(1, MAX_PAGE);
     loop {
