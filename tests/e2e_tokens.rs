@@ -990,3 +990,68 @@ async fn real_sdk_chat_span_under_a_request_span_is_attributed() {
     assert!((row.4.unwrap_or(0.0) - want).abs() < 1e-9, "{:?}", row.4);
     assert_eq!(row.5, 1);
 }
+
+/// The rollup per (tenant, user): requests and input tokens, `''` for none.
+async fn rollup_groups(db: &TestDatabase) -> Vec<(String, String, i64, i64)> {
+    db.client()
+        .await
+        .query(
+            "SELECT tenant_id, user_id, sum(requests)::int8, sum(input_tokens)::int8 \
+             FROM token_usage_daily GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .expect("rollup")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_arriving_after_the_rollup_moves_the_folded_counts() {
+    use tally_exporters::postgres::RollupJob;
+
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let start = now_nanos();
+    let trace = trace_id(9, 0x77);
+    post(
+        &tally,
+        &request_of(
+            vec![chat_span(&trace, 2, start), chat_span(&trace, 3, start)],
+            "web",
+        ),
+    )
+    .await;
+    // A rollup with no attribution delay folds the unattributed rows now.
+    let mut client = database.client().await;
+    let job = RollupJob::new(Duration::ZERO);
+    let report = job.run_once(&mut client).await.expect("rollup");
+    assert_eq!(report.token_rows, 2);
+    assert_eq!(
+        rollup_groups(&database).await,
+        vec![(String::new(), String::new(), 2, 80)]
+    );
+
+    post(
+        &tally,
+        &request_of(vec![request_span(&trace, start)], "web"),
+    )
+    .await;
+    assert_eq!(
+        attribution(&database, &trace).await,
+        vec![attributed("trace"); 2]
+    );
+    assert_eq!(
+        rollup_groups(&database).await,
+        vec![("acme".into(), "alice".into(), 2, 80)],
+        "the folded counts moved to the user, once"
+    );
+    // Later runs fold nothing again.
+    let again = job.run_once(&mut client).await.expect("rollup");
+    assert_eq!(again.token_rows, 0);
+    assert_eq!(
+        rollup_groups(&database).await,
+        vec![("acme".into(), "alice".into(), 2, 80)]
+    );
+}

@@ -20,7 +20,7 @@ use tally_model::metrics::{
 };
 use tally_model::{Outcome, TokenUsage};
 
-use super::rollup::{ROLLUP_LOCK_KEY, TOKEN_WATERMARK};
+use super::rollup::{unfold_token_rows, ROLLUP_LOCK_KEY, TOKEN_WATERMARK};
 use super::writer::{JsonbObject, SafeText};
 use super::{PgError, TOKEN_USAGE_LOCK_KEY};
 
@@ -274,44 +274,52 @@ pub struct TraceIdentity {
     pub session_id: Option<String>,
 }
 
-/// Attributes the stored, still unattributed token rows of one trace:
+/// Attributes the stored, still unattributed token rows of one trace, in two steps:
 ///
-/// ```sql
-/// UPDATE token_usage SET tenant_id, user_id, session_id (kept if set), attribution_source = 'trace'
-/// WHERE trace_id = $trace AND attribution_source = 'none' AND ts >= $since
-///   AND seq > (the token_usage_daily rollup watermark)
-/// ```
+/// 1. The common case, rows not yet folded into `token_usage_daily` (the rollup
+///    waits for the attribution delay): in one transaction holding
+///    `pg_advisory_xact_lock_shared(ROLLUP_LOCK_KEY)` (no rollup run meanwhile;
+///    concurrent attributions do not wait for each other)
 ///
-/// in one transaction holding `pg_advisory_xact_lock_shared(ROLLUP_LOCK_KEY)`:
-/// a rollup run (which takes that key exclusively) cannot run meanwhile, and a
-/// row it has already folded (`seq` at or below the watermark) is left as it is.
-/// So raw rows and rollups never disagree, and nothing is counted twice: a
-/// late attribution either reaches a row before it is folded (the rollup job
-/// waits for the attribution delay, see `rollup.rs`), or not at all.
+///    ```sql
+///    UPDATE token_usage SET tenant_id, user_id, session_id (each kept if set),
+///                           attribution_source = 'trace'
+///    WHERE trace_id = $trace AND attribution_source = 'none' AND ts >= $since
+///      AND seq > (the token_usage_daily watermark)
+///    ```
+/// 2. Rows still unattributed after that were already folded (the identity came
+///    after the attribution delay): they are updated between
+///    [`unfold_token_rows`](super::unfold_token_rows) and
+///    [`TokenRefold::refold`](super::TokenRefold), which move their counts to the
+///    new (tenant, user) group of the rollup in the same transaction.
 ///
-/// `seq` is not changed: a SIEM tail by `seq` that read the row before sees the
-/// attribution only by reading it again. Returns the number of rows updated.
+/// Either way raw rows and rollups agree and nothing is counted twice. `seq` is
+/// not changed: a SIEM tail by `seq` that read a row before sees the attribution
+/// only by reading it again. Returns the number of rows updated.
 pub async fn attribute_trace(
     client: &mut Client,
     trace_id: &str,
     identity: &TraceIdentity,
     since: DateTime<Utc>,
 ) -> Result<u64, PgError> {
+    const SET: &str =
+        "tenant_id = CASE WHEN tenant_id = '' THEN coalesce($2, '') ELSE tenant_id END, \
+         user_id = coalesce(user_id, $3), \
+         session_id = coalesce(session_id, $4), \
+         attribution_source = 'trace'";
     let tx = client.transaction().await?;
     tx.execute(
         "SELECT pg_advisory_xact_lock_shared($1)",
         &[&ROLLUP_LOCK_KEY],
     )
     .await?;
-    let updated = tx
+    let mut updated = tx
         .execute(
-            "UPDATE token_usage SET \
-                 tenant_id = CASE WHEN tenant_id = '' THEN coalesce($2, '') ELSE tenant_id END, \
-                 user_id = coalesce(user_id, $3), \
-                 session_id = coalesce(session_id, $4), \
-                 attribution_source = 'trace' \
-             WHERE trace_id = $1 AND attribution_source = 'none' AND ts >= $5 \
-               AND seq > coalesce((SELECT last_seq FROM rollup_watermarks WHERE name = $6), 0)",
+            &format!(
+                "UPDATE token_usage SET {SET} \
+                 WHERE trace_id = $1 AND attribution_source = 'none' AND ts >= $5 \
+                   AND seq > coalesce((SELECT last_seq FROM rollup_watermarks WHERE name = $6), 0)"
+            ),
             &[
                 &trace_id,
                 &identity.tenant_id,
@@ -322,6 +330,41 @@ pub async fn attribute_trace(
             ],
         )
         .await?;
+    tx.commit().await?;
+
+    let folded: Vec<(DateTime<Utc>, uuid::Uuid)> = client
+        .query(
+            "SELECT ts, id FROM token_usage \
+             WHERE trace_id = $1 AND attribution_source = 'none' AND ts >= $2",
+            &[&trace_id, &since],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    if folded.is_empty() {
+        return Ok(updated);
+    }
+    let tx = client.transaction().await?;
+    let refold = unfold_token_rows(&tx, &folded).await?;
+    let (ts, ids): (Vec<DateTime<Utc>>, Vec<uuid::Uuid>) = folded.into_iter().unzip();
+    updated += tx
+        .execute(
+            &format!(
+                "UPDATE token_usage SET {SET} \
+                 WHERE (ts, id) IN (SELECT * FROM unnest($1::timestamptz[], $5::uuid[])) \
+                   AND attribution_source = 'none'"
+            ),
+            &[
+                &ts,
+                &identity.tenant_id,
+                &identity.user_id,
+                &identity.session_id,
+                &ids,
+            ],
+        )
+        .await?;
+    refold.refold(&tx).await?;
     tx.commit().await?;
     Ok(updated)
 }
