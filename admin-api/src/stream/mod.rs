@@ -183,6 +183,33 @@ impl Filters {
         )
     }
 
+    /// `SELECT <columns> FROM <table> WHERE <filters> AND seq > $k AND seq <= $k+1
+    /// ORDER BY seq LIMIT $k+2`.
+    pub(crate) fn bounded_page_sql(&self, table: &str, columns: &str) -> String {
+        let after = self.params.len() + 1;
+        let high = after + 1;
+        let limit = after + 2;
+        let mut clauses = self.clauses.clone();
+        clauses.push(format!("seq > ${after}"));
+        clauses.push(format!("seq <= ${high}"));
+        format!(
+            "SELECT {columns} FROM {table} WHERE {} ORDER BY seq LIMIT ${limit}",
+            clauses.join(" AND ")
+        )
+    }
+
+    /// The parameters followed by `after`, `high` and `limit`.
+    pub(crate) fn with_bounded_page<'a>(
+        &'a self,
+        after: &'a i64,
+        high: &'a i64,
+        limit: &'a i64,
+    ) -> Vec<&'a (dyn ToSql + Sync)> {
+        let mut params = self.with_page(after, high);
+        params.push(limit);
+        params
+    }
+
     /// The parameters followed by `after` and `limit`.
     pub(crate) fn with_page<'a>(
         &'a self,
@@ -263,6 +290,7 @@ impl Feed {
         &self,
         state: &AppState,
         after: i64,
+        high: i64,
         limit: usize,
     ) -> Result<Vec<(i64, Event)>, ApiError> {
         let client = state.pool.get().await.map_err(ApiError::from_pool)?;
@@ -271,7 +299,7 @@ impl Feed {
             .await
             .map_err(ApiError::from_db)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let params = self.filters.with_page(&after, &limit);
+        let params = self.filters.with_bounded_page(&after, &high, &limit);
         let rows = client
             .query(&statement, &params)
             .await
@@ -353,7 +381,7 @@ pub(crate) async fn activity_stream(
     let mut query = ActivityQuery::parse(&filter_pairs, 1, 1)?;
     query.tenant = caller.tenant_filter(query.tenant.take())?;
     let filters = activity_filters(&query);
-    let sql = filters.seq_page_sql("activity_events", ACTIVITY_COLUMNS);
+    let sql = filters.bounded_page_sql("activity_events", ACTIVITY_COLUMNS);
     let after = start_after(&state, &headers, after_seq, Table::Activity).await?;
     let feed = Feed {
         table: Table::Activity,
@@ -404,7 +432,7 @@ pub(crate) async fn tokens_stream(
         }
         filters.eq("trace_id", trace_id.to_ascii_lowercase());
     }
-    let sql = filters.seq_page_sql("token_usage", TOKEN_COLUMNS);
+    let sql = filters.bounded_page_sql("token_usage", TOKEN_COLUMNS);
     let after = start_after(&state, &headers, after_seq, Table::Tokens).await?;
     let feed = Feed {
         table: Table::Tokens,
@@ -544,9 +572,28 @@ async fn read_feed(
     loop {
         // Mark the signal seen before reading: a commit after this wakes us again.
         notified.borrow_and_update();
+        // Every row up to the newest committed seq is visible (commit order), so
+        // once the pages up to it are read, `after` moves there even when no row
+        // matched the filters: a filtered client never rescans rows it skipped.
+        let high = loop {
+            let high = tokio::select! {
+                high = max_seq(&state, feed.table) => high,
+                () = sender.closed() => return,
+            };
+            match high {
+                Ok(high) => break high,
+                Err(error) => {
+                    tracing::warn!(%error, table = feed.table.name(), "live feed: reading the newest seq failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_DELAY) => {}
+                        () = sender.closed() => return,
+                    }
+                }
+            }
+        };
         loop {
             let page = tokio::select! {
-                page = feed.page(&state, after, page_size) => page,
+                page = feed.page(&state, after, high, page_size) => page,
                 () = sender.closed() => return,
             };
             let events = match page {
@@ -582,6 +629,7 @@ async fn read_feed(
                 }
             }
             if !full_page {
+                after = after.max(high);
                 break;
             }
         }
