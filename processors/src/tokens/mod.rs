@@ -140,12 +140,30 @@ impl<'a> Attrs<'a> {
         keys.iter().find_map(|k| as_i64(self.get(k)))
     }
 
+    /// The first `prefix` + `name` key present (prefixes in order, then names in
+    /// order), found without building candidate keys.
     fn metadata(&self, prefixes: &[String], names: &[String]) -> Option<String> {
-        prefixes.iter().find_map(|prefix| {
-            names
-                .iter()
-                .find_map(|name| as_text(self.get(&format!("{prefix}{name}"))))
-        })
+        for prefix in prefixes {
+            let mut best: Option<(usize, String)> = None;
+            for (key, value) in &self.map {
+                let Some(name) = key.strip_prefix(prefix.as_str()) else {
+                    continue;
+                };
+                let Some(rank) = names.iter().position(|n| n == name) else {
+                    continue;
+                };
+                if best.as_ref().is_some_and(|(r, _)| *r <= rank) {
+                    continue;
+                }
+                if let Some(text) = as_text(Some(value)) {
+                    best = Some((rank, text));
+                }
+            }
+            if let Some((_, text)) = best {
+                return Some(text);
+            }
+        }
+        None
     }
 }
 

@@ -526,3 +526,22 @@ fn log_records_with_model_and_usage_count() {
         .rows
         .is_empty());
 }
+
+#[test]
+fn metadata_keys_follow_prefix_then_name_order() {
+    let mut chat = genai_chat(1, None, 1, 1);
+    chat.attributes.extend([
+        s("ai.telemetry.metadata.user", "by-user"),
+        s("ai.telemetry.metadata.userId", "by-userId"),
+        s("ai.telemetry.metadata.tenantId", "vercel-tenant"),
+        s(
+            "traceloop.association.properties.tenant_id",
+            "traceloop-tenant",
+        ),
+        s("ai.telemetry.metadata.sessionId", ""),
+    ]);
+    let row = &run(vec![chat]).rows[0];
+    assert_eq!(row.user_id.as_deref(), Some("by-userId"));
+    assert_eq!(row.tenant_id.as_deref(), Some("traceloop-tenant"));
+    assert_eq!(row.session_id, None, "empty values are no identity");
+}
