@@ -502,11 +502,17 @@ impl Redactor {
             cut = true;
         }
         // Replacements can only create new matches at their edges; a few
-        // rounds reach the fixed point (one when nothing is found).
+        // rounds reach the fixed point (one when nothing is found). A value
+        // that keeps changing (a replacement cut off by the cap, over and over)
+        // is replaced whole by the truncation marker, which is stable.
+        let mut settled = false;
         for _ in 0..4 {
             let text = current.as_deref().unwrap_or(s);
             let next = match scan(text, opts, &self.keyed, c) {
-                Cow::Borrowed(_) => break,
+                Cow::Borrowed(_) => {
+                    settled = true;
+                    break;
+                }
                 Cow::Owned(next) => next,
             };
             current = Some(match cap(&next, self.max_value) {
@@ -516,6 +522,10 @@ impl Redactor {
                 }
                 None => next,
             });
+        }
+        if !settled {
+            cut = true;
+            current = Some(MARK_TRUNCATED.to_string());
         }
         if cut {
             c.add(Rule::ValueCap, 1);

@@ -581,7 +581,7 @@ fn pair(b: &[u8], sep: usize, floor: usize) -> Option<Hit> {
             !c.is_ascii_whitespace()
                 && !matches!(
                     c,
-                    b'&' | b';' | b',' | b'"' | b'\'' | b')' | b'}' | b']' | b'<' | b'>'
+                    b'&' | b';' | b',' | b'"' | b'\'' | b')' | b'}' | b'[' | b']' | b'<' | b'>'
                 )
         }),
     };

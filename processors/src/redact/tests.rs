@@ -165,3 +165,34 @@ fn scanned_keys_are_idempotent() {
     let direct = r.redact_str(s).into_owned();
     assert_eq!(k1, k2, "\n{c1:?}\n{c2:?}\ndirect: {direct}");
 }
+
+#[test]
+fn cap_and_scan_settle() {
+    let cases = [
+        (
+            "AKIAIOSFODNN7EXAMPLEuser:pw@host.io日本a-0aa日本password=A",
+            79,
+        ),
+        (
+            "4111 1111 1111 1111[REDACTED:AA0AA Aa-AA-=a=-  password=]password=.",
+            64,
+        ),
+    ];
+    for (s, max) in cases {
+        for max in max..max + 40 {
+            let cfg = RedactConfig {
+                max_value_bytes: max,
+                max_record_attributes_bytes: max,
+                max_depth: 1,
+                ..RedactConfig::default()
+            };
+            let r = Redactor::new(&cfg, KEY).unwrap_or_else(|e| panic!("{e}"));
+            let once = r.redact_str(s).into_owned();
+            assert!(once.len() <= max);
+            let mut c = RedactionCounts::default();
+            let twice = r.clean_text(&once, false, &mut c);
+            assert_eq!(twice, None, "max {max}: {once}");
+            assert!(c.is_empty(), "max {max}: {once} {c:?}");
+        }
+    }
+}
