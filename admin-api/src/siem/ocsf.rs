@@ -256,3 +256,25 @@ fn token(item: &TokenItem) -> Value {
     }
     event
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activity_ids() {
+        assert_eq!(authentication_activity("auth.login").0, 1);
+        assert_eq!(authentication_activity("auth.sso.logout").0, 2);
+        assert_eq!(authentication_activity("auth.mfa.verify").0, 99);
+        assert_eq!(api_activity("doc.create").0, 1);
+        assert_eq!(api_activity("doc.read").0, 2);
+        assert_eq!(api_activity("doc.update").0, 3);
+        assert_eq!(api_activity("doc.delete").0, 4);
+        assert_eq!(api_activity("doc.share").0, 99);
+        assert_eq!(status("failure"), (2, "Failure"));
+        assert_eq!(severity("failure", true).0, 3);
+        assert_eq!(severity("success", true).0, 1);
+        assert!(super::super::is_authentication("auth"));
+        assert!(!super::super::is_authentication("authz.check"));
+    }
+}

@@ -238,7 +238,11 @@ impl Listener {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A silently dead connection (no RST) is noticed within about a minute,
+        // after which the hub polls and reconnects.
         config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
         let (client, mut connection) =
             tokio::time::timeout(CONNECT_TIMEOUT * 2, config.connect(NoTls))
                 .await
