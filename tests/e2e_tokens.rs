@@ -482,6 +482,88 @@ fn corpus() -> Vec<Case> {
                 ),
             ],
         },
+        Case {
+            name: "openllmetry langchain chat span over the openai chat span (both instrumented)",
+            trace: 9,
+            spans: vec![
+                sp(
+                    1,
+                    None,
+                    "ChatOpenAI.chat",
+                    vec![
+                        ("llm.request.type", S("chat")),
+                        ("gen_ai.system", S("openai")),
+                        ("gen_ai.request.model", S("gpt-4o-mini")),
+                        ("gen_ai.response.model", S("gpt-4o-mini-2024-07-18")),
+                        ("gen_ai.usage.prompt_tokens", I(77)),
+                        ("gen_ai.usage.completion_tokens", I(7)),
+                        ("llm.usage.total_tokens", I(84)),
+                    ],
+                    None,
+                ),
+                sp(
+                    2,
+                    Some(1),
+                    "openai.chat",
+                    vec![
+                        ("llm.request.type", S("chat")),
+                        ("gen_ai.system", S("openai")),
+                        ("gen_ai.request.model", S("gpt-4o-mini")),
+                        ("gen_ai.response.model", S("gpt-4o-mini-2024-07-18")),
+                        ("gen_ai.usage.prompt_tokens", I(77)),
+                        ("gen_ai.usage.completion_tokens", I(7)),
+                        ("llm.usage.total_tokens", I(84)),
+                    ],
+                    call("gpt-4o-mini-2024-07-18", 77, 7, 0),
+                ),
+            ],
+        },
+        Case {
+            name: "an app's own unmarked span summing two genai calls",
+            trace: 10,
+            spans: vec![
+                sp(
+                    1,
+                    None,
+                    "summarize",
+                    vec![
+                        ("app.step", S("summarize")),
+                        ("gen_ai.request.model", S("gpt-4o")),
+                        ("gen_ai.usage.input_tokens", I(30)),
+                        ("gen_ai.usage.output_tokens", I(6)),
+                    ],
+                    None,
+                ),
+                sp(
+                    2,
+                    Some(1),
+                    "chat gpt-4o",
+                    vec![
+                        ("gen_ai.operation.name", S("chat")),
+                        ("gen_ai.provider.name", S("openai")),
+                        ("gen_ai.request.model", S("gpt-4o")),
+                        ("gen_ai.response.model", S("gpt-4o-2024-08-06")),
+                        ("gen_ai.usage.input_tokens", I(10)),
+                        ("gen_ai.usage.output_tokens", I(2)),
+                    ],
+                    call("gpt-4o-2024-08-06", 10, 2, 0),
+                ),
+                sp(
+                    3,
+                    Some(1),
+                    "chat gpt-4o",
+                    vec![
+                        ("gen_ai.operation.name", S("chat")),
+                        ("gen_ai.provider.name", S("openai")),
+                        ("gen_ai.request.model", S("gpt-4o")),
+                        ("gen_ai.response.model", S("gpt-4o-2024-08-06")),
+                        ("gen_ai.usage.input_tokens", I(20)),
+                        ("gen_ai.usage.output_tokens", I(4)),
+                    ],
+                    call("gpt-4o-2024-08-06", 20, 4, 0),
+                ),
+            ],
+        },
     ]
 }
 
