@@ -4,6 +4,33 @@
 //! added in `processors.redact.keys`. Classification is allocation-free.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FNV-1a: attribute keys are short and trusted to be few; SipHash's DoS
+/// resistance buys nothing for a fixed built-in table.
+#[derive(Default)]
+pub(crate) struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 use tally_config::RedactConfig;
 
@@ -270,7 +297,7 @@ const SECRET_SUFFIXES: &[&str] = &["_password", "_passwd", "_secret", "_api_key"
 /// A list of exact keys and `prefix*` entries.
 #[derive(Debug, Default)]
 pub(crate) struct KeyList {
-    exact: HashMap<String, ()>,
+    exact: FnvMap<String, ()>,
     prefixes: Vec<String>,
 }
 
@@ -301,7 +328,7 @@ impl KeyList {
 /// The key tables of one redactor.
 #[derive(Debug)]
 pub(crate) struct Keys {
-    exact: HashMap<&'static str, KeyClass>,
+    exact: FnvMap<&'static str, KeyClass>,
     extra_content: KeyList,
     extra_ip: KeyList,
     extra_files: KeyList,
@@ -336,7 +363,7 @@ fn last_segment(key: &str) -> &[u8] {
 
 impl Keys {
     pub(crate) fn new(config: &RedactConfig) -> Keys {
-        let mut exact = HashMap::new();
+        let mut exact = FnvMap::default();
         // Later inserts win: the order is the precedence, lowest first.
         for key in FILE_EXACT {
             exact.insert(*key, KeyClass::File);

@@ -193,6 +193,12 @@ struct ListOutcome {
 }
 
 fn set_string(value: &mut AnyValue, text: &str) {
+    if let Some(Value::StringValue(s)) = value.value.as_mut() {
+        // Reuse the allocation: no free + malloc per redacted value.
+        s.clear();
+        s.push_str(text);
+        return;
+    }
     value.value = Some(Value::StringValue(text.to_string()));
 }
 
