@@ -1137,3 +1137,87 @@ async fn a_parent_arriving_after_the_rollup_moves_the_folded_counts() {
         vec![("acme".into(), "alice".into(), 2, 80)]
     );
 }
+
+/// The value of the first sample of `name` whose labels contain every `labels` pair.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (label_text, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_models_are_stored_unpriced_and_counted_in_metrics() {
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let start = now_nanos();
+    let trace = trace_id(11, 0x42);
+    let mut own = chat_span(&trace, 2, start);
+    for attr in &mut own.attributes {
+        if attr.key == "gen_ai.request.model" {
+            *attr = kv("gen_ai.request.model", &S("house-llm-7b"));
+        }
+    }
+    post(
+        &tally,
+        &request_of(vec![own, chat_span(&trace, 3, start)], "web"),
+    )
+    .await;
+    let costs: Vec<(String, Option<f64>)> = database
+        .client()
+        .await
+        .query(
+            "SELECT model, cost_usd::float8 FROM token_usage ORDER BY model",
+            &[],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(costs.len(), 2);
+    assert_eq!(
+        costs[1],
+        ("house-llm-7b".to_string(), None),
+        "never priced as 0"
+    );
+    assert_eq!(costs[0].0, "gpt-4o-mini");
+    let want = (40.0 * 0.15 + 4.0 * 0.60) / 1e6;
+    assert!((costs[0].1.unwrap_or(0.0) - want).abs() < 1e-12);
+
+    let text = reqwest::get(tally.metrics_url())
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert_eq!(
+        sample(
+            &text,
+            "tally_llm_unpriced_requests_total",
+            &[("model", "house-llm-7b")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tally_llm_tokens_total",
+            &[("model", "gpt-4o-mini"), ("kind", "input")]
+        ),
+        Some(40.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tally_llm_requests_total",
+            &[("model", "house-llm-7b"), ("provider", "openai")]
+        ),
+        Some(1.0)
+    );
+}
