@@ -383,3 +383,18 @@ fn keys_and_errors() {
         assert_eq!(h.join().unwrap_or_default(), MARK_EMAIL);
     }
 }
+
+#[test]
+fn counts_reach_the_metrics_registry() {
+    tally_processors::redact::init_metric_series();
+    let r = redactor(RedactConfig::default());
+    let (_, counts) = span_attrs(&r, vec![s("app.mail", "zed@example.com")]);
+    counts.record_metrics();
+    let family = &tally_model::metrics::metrics().redactions;
+    let email = family
+        .get_or_create(&tally_model::metrics::RuleLabels {
+            rule: "email".into(),
+        })
+        .get();
+    assert!(email >= 1);
+}

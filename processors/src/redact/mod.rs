@@ -151,6 +151,29 @@ impl RedactionCounts {
     pub(crate) fn add(&mut self, rule: Rule, n: u64) {
         self.counts[rule as usize] += n;
     }
+
+    /// Adds these counts to `tally_redactions_total{rule}` in the process-wide registry.
+    pub fn record_metrics(&self) {
+        let family = &tally_model::metrics::metrics().redactions;
+        for (rule, n) in self.iter() {
+            family
+                .get_or_create(&tally_model::metrics::RuleLabels {
+                    rule: rule.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+}
+
+/// Creates the zero-valued `tally_redactions_total{rule}` series for every rule,
+/// so dashboards see all of them from the start.
+pub fn init_metric_series() {
+    let family = &tally_model::metrics::metrics().redactions;
+    for rule in Rule::ALL {
+        let _ = family.get_or_create(&tally_model::metrics::RuleLabels {
+            rule: rule.as_str().to_string(),
+        });
+    }
 }
 
 /// A fresh random 32-byte HMAC key (from the operating system).
