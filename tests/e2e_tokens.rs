@@ -1221,3 +1221,84 @@ async fn unknown_models_are_stored_unpriced_and_counted_in_metrics() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_records_count_as_calls_and_attribute_a_trace() {
+    use tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
+    use tally_model::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let start = now_nanos();
+    let trace = trace_id(12, 0x33);
+    post(
+        &tally,
+        &request_of(vec![chat_span(&trace, 2, start)], "web"),
+    )
+    .await;
+
+    let record = |attrs: Vec<KeyValue>| LogRecord {
+        time_unix_nano: start,
+        severity_number: 9,
+        trace_id: trace.clone(),
+        span_id: vec![1; 8],
+        attributes: attrs,
+        ..Default::default()
+    };
+    let logs = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", &S("web"))],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![
+                    // An ordinary app log line of the request, carrying the user.
+                    record(vec![
+                        kv("enduser.id", &S("alice")),
+                        kv("tenant.id", &S("acme")),
+                        kv("session.id", &S("sess-7")),
+                    ]),
+                    // A usage log event of another call (no span of its own).
+                    record(vec![
+                        kv("gen_ai.request.model", &S("gpt-4o-mini")),
+                        kv("gen_ai.provider.name", &S("openai")),
+                        kv("gen_ai.usage.input_tokens", &I(12)),
+                        kv("gen_ai.usage.output_tokens", &I(3)),
+                    ]),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let response = reqwest::Client::new()
+        .post(tally.http_url("/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .body(logs.encode_to_vec())
+        .send()
+        .await
+        .expect("POST /v1/logs");
+    assert_eq!(response.status().as_u16(), 200);
+
+    let rows: Vec<(Option<i64>, Option<String>, String, Option<f64>)> = database
+        .client()
+        .await
+        .query(
+            "SELECT input_tokens, user_id, attribution_source, duration_ms FROM token_usage \
+             WHERE trace_id = $1 ORDER BY input_tokens",
+            &[&hex(&trace)],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (Some(12), Some("alice".into()), "trace".into(), None),
+            (Some(40), Some("alice".into()), "trace".into(), Some(799.0)),
+        ]
+    );
+}
