@@ -1281,7 +1281,8 @@ async fn log_records_count_as_calls_and_attribute_a_trace() {
         .expect("POST /v1/logs");
     assert_eq!(response.status().as_u16(), 200);
 
-    let rows: Vec<(Option<i64>, Option<String>, String, Option<f64>)> = database
+    type LogRow = (Option<i64>, Option<String>, String, Option<f64>);
+    let rows: Vec<LogRow> = database
         .client()
         .await
         .query(
