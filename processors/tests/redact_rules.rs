@@ -398,3 +398,29 @@ fn counts_reach_the_metrics_registry() {
         .get();
     assert!(email >= 1);
 }
+
+#[test]
+fn keep_keys_survive_allowlist_and_content_rules() {
+    let r = redactor(RedactConfig {
+        allowlist: AllowlistConfig {
+            enabled: true,
+            keys: vec![],
+        },
+        ..RedactConfig::default()
+    })
+    .keep_keys(&["myapp.tokens.*".into(), "input.value".into()]);
+    let (attrs, _) = span_attrs(
+        &r,
+        vec![
+            int("myapp.tokens.in", 7),
+            s("input.value", "kept on purpose"),
+            s("app.other", "dropped"),
+        ],
+    );
+    assert_eq!(text_of(&attrs, "myapp.tokens.in").as_deref(), Some("7"));
+    assert_eq!(
+        text_of(&attrs, "input.value").as_deref(),
+        Some("kept on purpose")
+    );
+    assert_eq!(text_of(&attrs, "app.other"), None);
+}

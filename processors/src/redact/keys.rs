@@ -333,6 +333,8 @@ pub(crate) struct Keys {
     extra_ip: KeyList,
     extra_files: KeyList,
     extra_secrets: KeyList,
+    /// Keys the caller needs kept (e.g. a custom token-usage mapping).
+    extra_needed: KeyList,
 }
 
 /// `seg` equals `name` ignoring ASCII case, reading `-` as `_`.
@@ -386,6 +388,19 @@ impl Keys {
             extra_ip: KeyList::new(&config.keys.ip),
             extra_files: KeyList::new(&config.keys.files),
             extra_secrets: KeyList::new(&config.keys.secrets),
+            extra_needed: KeyList::default(),
+        }
+    }
+
+    /// Adds keys that are never dropped and never treated as content or secrets.
+    pub(crate) fn add_needed(&mut self, keys: &[String]) {
+        for key in keys {
+            match key.strip_suffix('*') {
+                Some(prefix) => self.extra_needed.prefixes.push(prefix.to_string()),
+                None => {
+                    self.extra_needed.exact.insert(key.clone(), ());
+                }
+            }
         }
     }
 
@@ -395,15 +410,25 @@ impl Keys {
             self.exact.get(key),
             Some(KeyClass::Needed | KeyClass::Identity)
         ) || NEEDED_PREFIX.iter().any(|p| key.starts_with(p))
+            || (!self.extra_needed.is_empty() && self.extra_needed.matches(key))
     }
 
     /// Classifies a key. `in_content_event`: the key belongs to a GenAI content
     /// event or record, where bare keys like `content` hold message text.
     pub(crate) fn classify(&self, key: &str, in_content_event: bool) -> KeyClass {
         if let Some(class) = self.exact.get(key) {
-            return *class;
+            // Identity keys stay identity (their emails are hashed) even when kept.
+            if *class == KeyClass::Identity
+                || self.extra_needed.is_empty()
+                || !self.extra_needed.matches(key)
+            {
+                return *class;
+            }
+            return KeyClass::Needed;
         }
-        if NEEDED_PREFIX.iter().any(|p| key.starts_with(p)) {
+        if NEEDED_PREFIX.iter().any(|p| key.starts_with(p))
+            || (!self.extra_needed.is_empty() && self.extra_needed.matches(key))
+        {
             return KeyClass::Needed;
         }
         if CONTENT_PREFIX.iter().any(|p| key.starts_with(p)) {

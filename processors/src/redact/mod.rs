@@ -334,6 +334,15 @@ impl Redactor {
         })
     }
 
+    /// Adds attribute keys Tally needs besides the built-in ones (e.g. the
+    /// token-usage mapping's custom keys): they are kept by the allowlist and
+    /// the record cap and never treated as content or secrets (their values
+    /// are still scanned). Entries ending in `*` are prefixes.
+    pub fn keep_keys(mut self, keys: &[String]) -> Redactor {
+        self.keys.add_needed(keys);
+        self
+    }
+
     /// Whether the redactor does anything (`processors.redact.enabled`).
     pub fn enabled(&self) -> bool {
         self.enabled
@@ -449,6 +458,7 @@ impl Redactor {
                     .max_record
                     .saturating_sub(resource_used.saturating_add(scope_used));
                 for record in &mut scope_logs.log_records {
+                    self.text_in_place(&mut record.event_name, &mut c);
                     let named_content = self.rules.content
                         && (is_content_event(&record.event_name)
                             || record.attributes.iter().any(|kv| {
