@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use tally_exporters::postgres::{PgExporter, TraceIdentity};
+use tally_exporters::postgres::{PgExporter, TraceAttribution, TraceIdentity};
 use tally_model::metrics::{metrics, ReasonLabels};
 use tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
@@ -83,29 +83,41 @@ impl Pipeline {
                     updates.push((trace, identity, since));
                 }
             }
-            for (i, (trace, identity, since)) in updates.iter().enumerate() {
-                let hex_trace = trace_hex(trace);
-                let who = TraceIdentity {
-                    tenant_id: identity.tenant.clone(),
-                    user_id: identity.user.clone(),
-                    session_id: identity.session.clone(),
-                };
-                match exporter.attribute_trace(&hex_trace, &who, *since).await {
-                    Ok(rows) => {
-                        // Nothing left pending for this trace up to now.
+            let batch: Vec<TraceAttribution> = updates
+                .iter()
+                .map(|(trace, identity, since)| TraceAttribution {
+                    trace_id: trace_hex(trace),
+                    identity: TraceIdentity {
+                        tenant_id: identity.tenant.clone(),
+                        user_id: identity.user.clone(),
+                        session_id: identity.session.clone(),
+                    },
+                    since: *since,
+                })
+                .collect();
+            match exporter.attribute_traces(&batch).await {
+                Ok(rows) => {
+                    for (trace, _, _) in &updates {
+                        // Nothing left pending for these traces up to now.
                         let _ = traces.take_if_identified(trace);
-                        tracing::debug!(trace_id = %hex_trace, rows, "token rows attributed through the trace");
                     }
-                    Err(error) => {
-                        tracing::warn!(trace_id = %hex_trace, %error, "trace attribution failed; answered retryable");
-                        for (trace, _, since) in &updates[i..] {
-                            traces.mark_pending(*trace, *since);
-                        }
-                        return Err(ConsumeError::Unavailable {
-                            reason: "database write failed".into(),
-                            retry_after: std::time::Duration::from_secs(1),
-                        });
+                    if rows > 0 {
+                        tracing::debug!(
+                            traces = updates.len(),
+                            rows,
+                            "token rows attributed through their trace"
+                        );
                     }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "trace attribution failed; answered retryable");
+                    for (trace, _, since) in &updates {
+                        traces.mark_pending(*trace, *since);
+                    }
+                    return Err(ConsumeError::Unavailable {
+                        reason: "database write failed".into(),
+                        retry_after: std::time::Duration::from_secs(1),
+                    });
                 }
             }
             if rejected > 0 {

@@ -1303,3 +1303,37 @@ async fn log_records_count_as_calls_and_attribute_a_trace() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_export_attributes_several_pending_traces_each_to_its_own_user() {
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let start = now_nanos();
+    let first = trace_id(13, 0x21);
+    let second = trace_id(14, 0x21);
+    post(
+        &tally,
+        &request_of(vec![chat_span(&first, 2, start)], "web"),
+    )
+    .await;
+    post(
+        &tally,
+        &request_of(vec![chat_span(&second, 2, start)], "web"),
+    )
+    .await;
+    let mut bob = request_span(&second, start);
+    bob.attributes = vec![kv("enduser.id", &S("bob")), kv("tenant.id", &S("beta"))];
+    post(
+        &tally,
+        &request_of(vec![request_span(&first, start), bob], "web"),
+    )
+    .await;
+    assert_eq!(
+        attribution(&database, &first).await,
+        vec![attributed("trace")]
+    );
+    assert_eq!(
+        attribution(&database, &second).await,
+        vec![("beta".into(), Some("bob".into()), None, "trace".into())]
+    );
+}

@@ -33,7 +33,7 @@ pub use rollup::{
     DEFAULT_ATTRIBUTION_DELAY, DEFAULT_MAX_ROWS_PER_RUN, DEFAULT_ROLLUP_INTERVAL,
     REATTRIBUTION_LOCK_KEY, ROLLUP_LOCK_KEY, TOKEN_WATERMARK,
 };
-pub use tokens::{attribute_trace, insert_token_batch, TraceIdentity};
+pub use tokens::{attribute_traces, insert_token_batch, TraceAttribution, TraceIdentity};
 pub use writer::{insert_activity_batch, PgExporter};
 
 /// Advisory lock key held from the `INSERT … SELECT nextval('activity_events_seq')`

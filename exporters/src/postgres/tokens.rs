@@ -266,7 +266,7 @@ pub(crate) fn committed(inserted: &TokensInserted) {
     }
 }
 
-/// Who a trace's token rows are attributed to (see [`attribute_trace`]).
+/// Who a trace's token rows are attributed to (see [`attribute_traces`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceIdentity {
     pub tenant_id: Option<String>,
@@ -274,12 +274,33 @@ pub struct TraceIdentity {
     pub session_id: Option<String>,
 }
 
-/// Attributes the stored, still unattributed token rows of one trace, in two steps:
+/// One trace to attribute: its id (lowercase hex), who, and the earliest `ts`
+/// of its rows that may still be unattributed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceAttribution {
+    pub trace_id: String,
+    pub identity: TraceIdentity,
+    pub since: DateTime<Utc>,
+}
+
+/// The columns an attribution sets from `a` (each kept if the row has it).
+const SET_FROM_A: &str = "tenant_id = CASE WHEN t.tenant_id = '' THEN coalesce(a.tenant_id, '') \
+         ELSE t.tenant_id END, \
+     user_id = coalesce(t.user_id, a.user_id), \
+     session_id = coalesce(t.session_id, a.session_id), \
+     attribution_source = 'trace'";
+
+/// The attributions as a relation `a(trace_id, tenant_id, user_id, session_id, since)`.
+const ATTRIBUTIONS: &str = "unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+     $5::timestamptz[]) AS a(trace_id, tenant_id, user_id, session_id, since)";
+
+/// Attributes the stored, still unattributed token rows of the given traces
+/// (one call per export request), in two steps:
 ///
 /// 1. The common case, rows not yet folded into `token_usage_daily` (the rollup
-///    waits for the attribution delay): in one transaction holding
+///    waits for the attribution delay): one transaction holding
 ///    `pg_advisory_xact_lock_shared(ROLLUP_LOCK_KEY)` (no rollup run meanwhile;
-///    concurrent attributions do not wait for each other)
+///    concurrent attributions do not wait for each other) runs
 ///
 ///    ```sql
 ///    UPDATE token_usage SET tenant_id, user_id, session_id (each kept if set),
@@ -296,17 +317,28 @@ pub struct TraceIdentity {
 /// Either way raw rows and rollups agree and nothing is counted twice. `seq` is
 /// not changed: a SIEM tail by `seq` that read a row before sees the attribution
 /// only by reading it again. Returns the number of rows updated.
-pub async fn attribute_trace(
+pub async fn attribute_traces(
     client: &mut Client,
-    trace_id: &str,
-    identity: &TraceIdentity,
-    since: DateTime<Utc>,
+    traces: &[TraceAttribution],
 ) -> Result<u64, PgError> {
-    const SET: &str =
-        "tenant_id = CASE WHEN tenant_id = '' THEN coalesce($2, '') ELSE tenant_id END, \
-         user_id = coalesce(user_id, $3), \
-         session_id = coalesce(session_id, $4), \
-         attribution_source = 'trace'";
+    if traces.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = traces.iter().map(|t| t.trace_id.as_str()).collect();
+    let tenants: Vec<Option<&str>> = traces
+        .iter()
+        .map(|t| t.identity.tenant_id.as_deref())
+        .collect();
+    let users: Vec<Option<&str>> = traces
+        .iter()
+        .map(|t| t.identity.user_id.as_deref())
+        .collect();
+    let sessions: Vec<Option<&str>> = traces
+        .iter()
+        .map(|t| t.identity.session_id.as_deref())
+        .collect();
+    let since: Vec<DateTime<Utc>> = traces.iter().map(|t| t.since).collect();
+
     let tx = client.transaction().await?;
     tx.execute(
         "SELECT pg_advisory_xact_lock_shared($1)",
@@ -316,27 +348,26 @@ pub async fn attribute_trace(
     let mut updated = tx
         .execute(
             &format!(
-                "UPDATE token_usage SET {SET} \
-                 WHERE trace_id = $1 AND attribution_source = 'none' AND ts >= $5 \
-                   AND seq > coalesce((SELECT last_seq FROM rollup_watermarks WHERE name = $6), 0)"
+                "UPDATE token_usage AS t SET {SET_FROM_A} FROM {ATTRIBUTIONS} \
+                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' \
+                   AND t.ts >= a.since \
+                   AND t.seq > coalesce((SELECT last_seq FROM rollup_watermarks \
+                                         WHERE name = $6), 0)"
             ),
-            &[
-                &trace_id,
-                &identity.tenant_id,
-                &identity.user_id,
-                &identity.session_id,
-                &since,
-                &TOKEN_WATERMARK,
-            ],
+            &[&ids, &tenants, &users, &sessions, &since, &TOKEN_WATERMARK],
         )
         .await?;
     tx.commit().await?;
 
+    // Rows folded already: (ts, id) and the index of their attribution.
     let folded: Vec<(DateTime<Utc>, uuid::Uuid)> = client
         .query(
-            "SELECT ts, id FROM token_usage \
-             WHERE trace_id = $1 AND attribution_source = 'none' AND ts >= $2",
-            &[&trace_id, &since],
+            &format!(
+                "SELECT t.ts, t.id FROM token_usage AS t, {ATTRIBUTIONS} \
+                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' \
+                   AND t.ts >= a.since"
+            ),
+            &[&ids, &tenants, &users, &sessions, &since],
         )
         .await?
         .iter()
@@ -347,21 +378,16 @@ pub async fn attribute_trace(
     }
     let tx = client.transaction().await?;
     let refold = unfold_token_rows(&tx, &folded).await?;
-    let (ts, ids): (Vec<DateTime<Utc>>, Vec<uuid::Uuid>) = folded.into_iter().unzip();
+    let (ts, row_ids): (Vec<DateTime<Utc>>, Vec<uuid::Uuid>) = folded.into_iter().unzip();
     updated += tx
         .execute(
             &format!(
-                "UPDATE token_usage SET {SET} \
-                 WHERE (ts, id) IN (SELECT * FROM unnest($1::timestamptz[], $5::uuid[])) \
-                   AND attribution_source = 'none'"
+                "UPDATE token_usage AS t SET {SET_FROM_A} FROM {ATTRIBUTIONS} \
+                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' \
+                   AND t.ts >= a.since \
+                   AND (t.ts, t.id) IN (SELECT * FROM unnest($6::timestamptz[], $7::uuid[]))"
             ),
-            &[
-                &ts,
-                &identity.tenant_id,
-                &identity.user_id,
-                &identity.session_id,
-                &ids,
-            ],
+            &[&ids, &tenants, &users, &sessions, &since, &ts, &row_ids],
         )
         .await?;
     refold.refold(&tx).await?;

@@ -411,8 +411,10 @@ struct Inner {
     writers: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     maintenance: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
-    /// The connection of [`PgExporter::attribute_trace`], opened on first use.
-    attribution: tokio::sync::Mutex<Option<Client>>,
+    /// Connections of [`PgExporter::attribute_traces`] (as many as writers),
+    /// each opened on first use, taken round-robin.
+    attribution: Vec<tokio::sync::Mutex<Option<Client>>>,
+    next_attribution: std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -506,7 +508,10 @@ impl PgExporter {
                 writers: tokio::sync::Mutex::new(writers),
                 maintenance: tokio::sync::Mutex::new(Some(maintenance)),
                 stop,
-                attribution: tokio::sync::Mutex::new(None),
+                attribution: (0..writer_count)
+                    .map(|_| tokio::sync::Mutex::new(None))
+                    .collect(),
+                next_attribution: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -573,24 +578,31 @@ impl PgExporter {
             .unwrap_or_else(|_| Err(shared.unavailable("writer stopped")))
     }
 
-    /// Attributes the stored, still unattributed token rows of trace `trace_id`
-    /// (lowercase hex) whose `ts` is at or after `since`, unless the token rollup
-    /// has already folded them; see [`attribute_trace`](super::attribute_trace).
-    /// Uses a connection of its own. Returns the number of rows updated.
-    pub async fn attribute_trace(
+    /// Attributes the stored, still unattributed token rows of `traces`, unless
+    /// the token rollup has already folded them, in which case their counts move
+    /// with them; see [`attribute_traces`](super::attribute_traces). Uses
+    /// connections of its own. Returns the number of rows updated.
+    pub async fn attribute_traces(
         &self,
-        trace_id: &str,
-        identity: &super::TraceIdentity,
-        since: chrono::DateTime<Utc>,
+        traces: &[super::TraceAttribution],
     ) -> Result<u64, PgError> {
-        let mut slot = self.inner.attribution.lock().await;
+        if traces.is_empty() {
+            return Ok(0);
+        }
+        let inner = &self.inner;
+        let n = inner.attribution.len().max(1);
+        let index = inner.next_attribution.fetch_add(1, Ordering::Relaxed) % n;
+        let Some(slot) = inner.attribution.get(index) else {
+            return Err(PgError::Timeout("no attribution connection".into()));
+        };
+        let mut slot = slot.lock().await;
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            *slot = Some(connect(&self.inner.shared.url).await?.0);
+            *slot = Some(connect(&inner.shared.url).await?.0);
         }
         let Some(client) = slot.as_mut() else {
             return Err(PgError::Timeout("no attribution connection".into()));
         };
-        let result = super::attribute_trace(client, trace_id, identity, since).await;
+        let result = super::attribute_traces(client, traces).await;
         if result.is_err() {
             // A failed transaction may leave the connection unusable: start afresh.
             *slot = None;
