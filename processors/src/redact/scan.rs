@@ -152,7 +152,15 @@ pub(crate) fn scan<'s>(
                 }
                 b'@' if opts.emails => email(b, i, copied, opts, keyed),
                 b':' if opts.secrets && starts_with_at(b, i, b"://") => url_credentials(b, i),
-                b'=' | b':' if opts.secrets => pair(b, i, copied),
+                b':' => {
+                    let v6 = if opts.ips && b.get(i + 1) == Some(&b':') {
+                        ipv6(b, i, keyed)
+                    } else {
+                        None
+                    };
+                    v6.or_else(|| opts.secrets.then(|| pair(b, i, copied)).flatten())
+                }
+                b'=' if opts.secrets => pair(b, i, copied),
                 b'-' if opts.secrets && starts_with_at(b, i, b"-----BEGIN ") => private_key(b, i),
                 _ => None,
             }
@@ -203,7 +211,7 @@ fn word_start(b: &[u8], i: usize, opts: ScanOpts, keyed: &Keyed) -> Option<Hit> 
     let c = b[i];
     if c.is_ascii_digit() {
         if opts.ips {
-            if let Some(hit) = ipv4(b, i, keyed) {
+            if let Some(hit) = ipv4(b, i, keyed).or_else(|| ipv6(b, i, keyed)) {
                 return Some(hit);
             }
         }
@@ -212,9 +220,54 @@ fn word_start(b: &[u8], i: usize, opts: ScanOpts, keyed: &Keyed) -> Option<Hit> 
         }
         return None;
     }
-    if !opts.secrets {
+    let secret = if opts.secrets {
+        secret_token(b, i)
+    } else {
+        None
+    };
+    secret.or_else(|| {
+        (opts.ips && c.is_ascii_hexdigit())
+            .then(|| ipv6(b, i, keyed))
+            .flatten()
+    })
+}
+
+/// An IPv6 address standing alone in text (`2001:db8::5`, `fe80::1`, `::1`):
+/// a run of hex digits, colons and dots with at least two colons and a digit
+/// that parses as an address. `std::vec`, `12:30:45` and MAC addresses do not.
+fn ipv6(b: &[u8], i: usize, keyed: &Keyed) -> Option<Hit> {
+    if i > 0 && (is_word(b[i - 1]) || matches!(b[i - 1], b':' | b'.' | b'-')) {
         return None;
     }
+    let len = run_where(b, i, |c| c.is_ascii_hexdigit() || c == b':' || c == b'.');
+    let mut end = i + len;
+    while end > i && b[end - 1] == b'.' {
+        end -= 1;
+    }
+    let candidate = &b[i..end];
+    let colons = candidate.iter().filter(|c| **c == b':').count();
+    if colons < 2 || !candidate.iter().any(u8::is_ascii_digit) {
+        return None;
+    }
+    if b.get(end).is_some_and(|c| is_word(*c) || *c == b'-') {
+        return None;
+    }
+    let ip: std::net::Ipv6Addr = std::str::from_utf8(candidate).ok()?.parse().ok()?;
+    let canonical = std::net::IpAddr::V6(ip).to_string();
+    Some(Hit {
+        start: i,
+        end,
+        text: Cow::Owned(format!(
+            "[ip:hmac:{}]",
+            keyed.tag("ip", canonical.as_bytes())
+        )),
+        rule: Rule::Ip,
+    })
+}
+
+/// Vendor token prefixes, JWTs and `Bearer`/`Basic` credentials at a word start.
+fn secret_token(b: &[u8], i: usize) -> Option<Hit> {
+    let c = b[i];
     let token = |prefix: &[u8], class: u8, min: usize, mark: &'static str| -> Option<Hit> {
         if !starts_with_at(b, i, prefix) {
             return None;
