@@ -427,10 +427,8 @@ impl TokenProcessor {
             (from_trace, AttributionSource::Trace)
         } else {
             if let Some(trace) = trace {
-                match out.pending.iter_mut().find(|(t, _)| *t == trace) {
-                    Some((_, since)) => *since = (*since).min(ts),
-                    None => out.pending.push((trace, ts)),
-                }
+                // Compacted to one entry per trace by `finish`.
+                out.pending.push((trace, ts));
             }
             (identity, AttributionSource::None)
         };
@@ -553,7 +551,7 @@ impl TokenProcessor {
                 &mut out,
             );
         }
-        out
+        out.finish()
     }
 
     /// The token rows of a `LogsService/Export` request: a log record counts when
@@ -628,7 +626,16 @@ impl TokenProcessor {
                 }
             }
         }
-        out
+        out.finish()
+    }
+}
+
+impl TokenBatch {
+    /// One pending entry per trace, with its earliest `ts`.
+    fn finish(mut self) -> TokenBatch {
+        self.pending.sort_unstable();
+        self.pending.dedup_by_key(|(trace, _)| *trace);
+        self
     }
 }
 

@@ -545,3 +545,17 @@ fn metadata_keys_follow_prefix_then_name_order() {
     assert_eq!(row.tenant_id.as_deref(), Some("traceloop-tenant"));
     assert_eq!(row.session_id, None, "empty values are no identity");
 }
+
+#[test]
+fn pending_is_one_entry_per_trace_with_its_earliest_start() {
+    let mut late = genai_chat(2, None, 1, 1);
+    late.start_time_unix_nano += 5_000_000_000;
+    let mut other = genai_chat(3, None, 1, 1);
+    other.trace_id = vec![9; 16];
+    let out = run(vec![late, genai_chat(1, None, 1, 1), other]);
+    assert_eq!(out.rows.len(), 3);
+    let earliest = out.rows.iter().map(|r| r.ts).min().unwrap();
+    let mut want = vec![(T, earliest), ([9; 16], earliest)];
+    want.sort_unstable();
+    assert_eq!(out.pending, want);
+}
