@@ -63,6 +63,7 @@ const IDENTITY: &[&str] = &[
     "company.id",
     "organization.id",
     "session.id",
+    "activity.resource.id",
 ];
 
 /// Keys Tally reads (activity and token ledger); always kept.
