@@ -366,6 +366,14 @@ fn keys_and_errors() {
             ..
         })
     ));
+    assert!(Redactor::new(
+        &RedactConfig {
+            enabled: false,
+            ..RedactConfig::default()
+        },
+        b""
+    )
+    .is_ok_and(|r| !r.enabled()));
     let key = match generate_key() {
         Ok(key) => key,
         Err(e) => panic!("{e}"),

@@ -309,12 +309,14 @@ fn exact_ip(s: &str) -> Option<IpAddr> {
 
 impl Redactor {
     /// Builds the redactor. `hmac_key` keys the hashes of IPs, file names and
-    /// identity emails (at least [`MIN_KEY_BYTES`]; see [`generate_key`]).
+    /// identity emails (at least [`MIN_KEY_BYTES`]; see [`generate_key`]);
+    /// with `enabled: false` it is not used and may be empty.
     pub fn new(config: &RedactConfig, hmac_key: &[u8]) -> Result<Redactor, RedactError> {
         config
             .check()
             .map_err(|(key, message)| RedactError::Config { key, message })?;
-        if hmac_key.len() < MIN_KEY_BYTES {
+        // A disabled redactor never hashes: any key (even none) will do.
+        if config.enabled && hmac_key.len() < MIN_KEY_BYTES {
             return Err(RedactError::KeyTooShort(hmac_key.len()));
         }
         let keyed = Keyed::new(hmac_key).ok_or(RedactError::KeyTooShort(hmac_key.len()))?;
