@@ -239,6 +239,11 @@ fn ipv6(b: &[u8], i: usize, keyed: &Keyed) -> Option<Hit> {
     if i > 0 && (is_word(b[i - 1]) || matches!(b[i - 1], b':' | b'.' | b'-')) {
         return None;
     }
+    // Cheap rejection: an address starts with `:` or a group of 1–4 hex digits and `:`.
+    let group = run_where(b, i, |c| c.is_ascii_hexdigit());
+    if group > 4 || b.get(i + group) != Some(&b':') {
+        return None;
+    }
     let len = run_where(b, i, |c| c.is_ascii_hexdigit() || c == b':' || c == b'.');
     let mut end = i + len;
     while end > i && b[end - 1] == b'.' {
