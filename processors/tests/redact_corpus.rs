@@ -84,6 +84,69 @@ fn every_case_redacts_and_keeps() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// What classification would store (the rows' JSON) holds no raw value either:
+/// redaction runs before classify, as the pipeline does.
+#[test]
+fn classified_rows_hold_no_raw_value() {
+    let r = redactor();
+    let now = chrono::Utc::now();
+    let mut failures = Vec::new();
+    for case in corpus() {
+        let mut req = build(&case);
+        redact(&r, &mut req);
+        let classified = match &req {
+            Request::Traces(t) => tally_processors::classify_traces(t, now),
+            Request::Logs(l) => tally_processors::classify_logs(l, now),
+        };
+        if classified.events.is_empty() {
+            failures.push(format!("{}: nothing classified", case.id));
+            continue;
+        }
+        let rows = serde_json::to_string(&classified.events).unwrap_or_default();
+        for secret in &case.secret {
+            let escaped = serde_json::to_string(secret).unwrap_or_default();
+            let escaped = escaped.trim_matches('"');
+            if rows.contains(secret.as_str()) || rows.contains(escaped) {
+                failures.push(format!("{}: raw {secret:?} in the stored row", case.id));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The check above has teeth: without redaction the attribute cases leak into rows.
+#[test]
+fn without_redaction_rows_leak() {
+    let now = chrono::Utc::now();
+    let mut leaking = 0;
+    let mut attribute_cases = 0;
+    for case in corpus().iter().filter(|c| !c.clean) {
+        let req = build(case);
+        if matches!(
+            case.place.as_str(),
+            "resource" | "scope" | "span" | "log" | "log_resource"
+        ) {
+            attribute_cases += 1;
+        }
+        let classified = match &req {
+            Request::Traces(t) => tally_processors::classify_traces(t, now),
+            Request::Logs(l) => tally_processors::classify_logs(l, now),
+        };
+        let rows = serde_json::to_string(&classified.events).unwrap_or_default();
+        if case.secret.iter().any(|s| {
+            let escaped = serde_json::to_string(s).unwrap_or_default();
+            rows.contains(s.as_str()) || rows.contains(escaped.trim_matches('"'))
+        }) {
+            leaking += 1;
+        }
+    }
+    assert!(attribute_cases > 80, "{attribute_cases}");
+    assert!(
+        leaking >= attribute_cases,
+        "{leaking} of {attribute_cases} attribute cases leak"
+    );
+}
+
 /// All cases in two requests (one traces, one logs): nothing leaks across.
 #[test]
 fn whole_corpus_in_one_request() {
