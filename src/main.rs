@@ -5,6 +5,7 @@ mod database;
 mod logging;
 mod pipeline;
 mod run;
+mod secrets;
 
 use std::process::ExitCode;
 

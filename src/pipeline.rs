@@ -1,6 +1,7 @@
-//! The pipeline behind the receiver: classify activity and token usage in one
-//! pass over the request, attribute token rows through their trace, hand both
-//! to the exporter and answer once they are committed.
+//! The pipeline behind the receiver: redact the request, classify activity and
+//! token usage in one pass over it, validate the activity against the taxonomy,
+//! attribute token rows through their trace, hand everything (quarantined
+//! records included) to the exporter and answer once it is committed.
 
 use std::sync::Arc;
 
@@ -10,9 +11,11 @@ use tally_exporters::postgres::{PgExporter, TraceAttribution, TraceIdentity};
 use tally_model::metrics::{metrics, ReasonLabels};
 use tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use tally_model::{ConsumeError, ConsumeReport, Consumer};
+use tally_model::{ActivityEvent, ConsumeError, ConsumeReport, Consumer, RejectedRecord};
 use tally_processors::attribution::{Identity, TraceCache, TraceId};
+use tally_processors::redact::{RedactionCounts, Redactor};
 use tally_processors::tokens::{TokenBatch, TokenProcessor};
+use tally_processors::validate::{Checked, Quarantined, ValidatedBatch, Validator};
 use tally_processors::Classified;
 
 /// classify + tokens → postgres exporter. Counters of what the exporter commits
@@ -26,16 +29,26 @@ use tally_processors::Classified;
 /// update is committed before that request is acknowledged.
 pub struct Pipeline {
     exporter: PgExporter,
+    redactor: Arc<Redactor>,
     tokens: Arc<TokenProcessor>,
     traces: Arc<TraceCache>,
+    validator: Validator,
 }
 
 impl Pipeline {
-    pub fn new(exporter: PgExporter, tokens: TokenProcessor, traces: Arc<TraceCache>) -> Self {
+    pub fn new(
+        exporter: PgExporter,
+        redactor: Redactor,
+        tokens: TokenProcessor,
+        traces: Arc<TraceCache>,
+        validator: Validator,
+    ) -> Self {
         Pipeline {
             exporter,
+            redactor: Arc::new(redactor),
             tokens: Arc::new(tokens),
             traces,
+            validator,
         }
     }
 
@@ -43,16 +56,28 @@ impl Pipeline {
         &self,
         classified: Classified,
         tokens: TokenBatch,
+        redactions: RedactionCounts,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         let exporter = self.exporter.clone();
         let traces = self.traces.clone();
+        let Classified {
+            events,
+            without_action,
+            rejected,
+            reject_reason,
+        } = classified;
+        let validated = self.validator.validate_batch(events);
         Box::pin(async move {
-            let Classified {
-                events,
-                without_action,
-                rejected,
-                reject_reason,
-            } = classified;
+            let quarantine_message = validated.partial_success_message();
+            let quarantined_by_reason = validated.quarantined_by_reason();
+            let ValidatedBatch {
+                stored,
+                quarantined,
+            } = validated;
+            let events: Vec<ActivityEvent> = stored.into_iter().map(flagged_event).collect();
+            let quarantined: Vec<RejectedRecord> =
+                quarantined.iter().map(rejected_record).collect();
+            let quarantined_count = quarantined.len() as u64;
             let TokenBatch {
                 rows,
                 pending,
@@ -64,7 +89,7 @@ impl Pipeline {
             for (trace, ts) in &pending {
                 traces.mark_pending(*trace, *ts);
             }
-            if let Err(error) = exporter.submit_all(events, rows).await {
+            if let Err(error) = exporter.submit_rows(events, rows, quarantined).await {
                 // The identities this request brought are still owed to the
                 // pending traces: the client's retry does it.
                 for (trace, _, since) in &attribute {
@@ -120,6 +145,8 @@ impl Pipeline {
                     });
                 }
             }
+            // Everything is committed: count what was redacted and rejected.
+            redactions.record_metrics();
             if rejected > 0 {
                 m.rejected_events
                     .get_or_create(&ReasonLabels {
@@ -127,11 +154,45 @@ impl Pipeline {
                     })
                     .inc_by(rejected);
             }
+            for (code, n) in quarantined_by_reason {
+                m.rejected_events
+                    .get_or_create(&ReasonLabels {
+                        reason: code.as_str(),
+                    })
+                    .inc_by(n);
+            }
+            let message = [reject_reason, quarantine_message]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
             Ok(ConsumeReport {
-                rejected,
-                message: reject_reason.unwrap_or_default(),
+                rejected: rejected + quarantined_count,
+                message,
             })
         })
+    }
+}
+
+/// A validated event with its taxonomy verdict on it.
+fn flagged_event(checked: Checked) -> ActivityEvent {
+    let Checked {
+        mut event,
+        taxonomy_valid,
+        reason,
+    } = checked;
+    event.taxonomy_valid = taxonomy_valid;
+    event.taxonomy_reason = reason.map(|r| r.code.as_str().to_string());
+    event
+}
+
+/// The `rejected_events` row of a quarantined event.
+fn rejected_record(item: &Quarantined) -> RejectedRecord {
+    RejectedRecord {
+        id: item.event.id,
+        tenant_id: item.event.tenant_id.clone().unwrap_or_default(),
+        reason: item.reason.code.as_str().to_string(),
+        record: item.record_json(),
     }
 }
 
@@ -143,21 +204,24 @@ fn trace_hex(trace: &TraceId) -> String {
 impl Consumer for Pipeline {
     fn consume_traces(
         &self,
-        request: ExportTraceServiceRequest,
+        mut request: ExportTraceServiceRequest,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         let now = Utc::now();
+        // Redaction first: nothing raw reaches rows, quarantine, labels or logs.
+        let redactions = self.redactor.redact_traces(&mut request);
         let classified = tally_processors::classify_traces(&request, now);
         let tokens = self.tokens.traces(&request, now, &self.traces);
-        self.store(classified, tokens)
+        self.store(classified, tokens, redactions)
     }
 
     fn consume_logs(
         &self,
-        request: ExportLogsServiceRequest,
+        mut request: ExportLogsServiceRequest,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         let now = Utc::now();
+        let redactions = self.redactor.redact_logs(&mut request);
         let classified = tally_processors::classify_logs(&request, now);
         let tokens = self.tokens.logs(&request, now, &self.traces);
-        self.store(classified, tokens)
+        self.store(classified, tokens, redactions)
     }
 }

@@ -8,16 +8,22 @@ use std::time::Duration;
 use anyhow::Context;
 use tally_admin_api::AdminApi;
 use tally_config::Config;
-use tally_exporters::postgres::{self, PgExporter};
+use tally_config::TaxonomyHandle;
+use tally_exporters::postgres::{
+    self, PgExporter, RetentionJob, RollupJob, DEFAULT_RETENTION_INTERVAL, DEFAULT_ROLLUP_INTERVAL,
+};
 use tally_exporters::prometheus::PrometheusEndpoint;
 use tally_model::Readiness;
 use tally_processors::attribution::TraceCache;
+use tally_processors::redact::Redactor;
 use tally_processors::tokens::TokenProcessor;
+use tally_processors::validate::{poll_interval, spawn_watcher, Validator};
 use tally_receiver::OtlpReceiver;
 use tokio::sync::watch;
 
 use crate::database::Database;
 use crate::pipeline::Pipeline;
+use crate::secrets;
 
 /// `tally migrate`: applies the schema and exits.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
@@ -60,11 +66,35 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         Duration::from_secs(tokens.attribution_window_secs),
         tokens.max_traces,
     ));
+    let key = secrets::hmac_key(config, database_url).await?;
+    let redactor = Redactor::new(&config.processors.redact, &key)
+        .context("invalid processors.redact")?
+        .keep_keys(&token_mapping_keys(tokens));
+    tally_processors::redact::init_metric_series();
+    let taxonomy = TaxonomyHandle::load(&config.processors.validate)
+        .context("invalid taxonomy (processors.validate.taxonomy)")?;
+    let taxonomy_watcher =
+        spawn_watcher(taxonomy.clone(), poll_interval(&config.processors.validate));
     let pipeline = Arc::new(Pipeline::new(
         exporter.clone(),
+        redactor,
         TokenProcessor::new(tokens, &config.pricing),
         traces,
+        Validator::new(taxonomy.clone()),
     ));
+    let (stop_jobs, jobs_stopped) = watch::channel(false);
+    // Token rows are folded into the rollup only once no late parent span can
+    // still re-attribute them.
+    let rollup = RollupJob::new(Duration::from_secs(tokens.attribution_window_secs)).spawn(
+        database_url.to_string(),
+        DEFAULT_ROLLUP_INTERVAL,
+        jobs_stopped.clone(),
+    );
+    let retention = RetentionJob::new(config.retention.clone()).spawn(
+        database_url.to_string(),
+        DEFAULT_RETENTION_INTERVAL,
+        jobs_stopped,
+    );
     let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline)
         .await
         .context("cannot start the OTLP receiver")?;
@@ -72,7 +102,8 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         Some(
             AdminApi::bind(&config.admin_api, database_url, readiness.clone())
                 .await
-                .context("cannot start the admin API")?,
+                .context("cannot start the admin API")?
+                .with_taxonomy(taxonomy.clone()),
         )
     } else {
         None
@@ -118,6 +149,10 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
             None => receiver_task.await,
         };
         exporter.shutdown().await;
+        let _ = stop_jobs.send(true);
+        let _ = rollup.await;
+        let _ = retention.await;
+        taxonomy_watcher.abort();
         let _ = stop_admin.send(true);
         if let Some(task) = admin_task {
             if let Ok(Err(err)) = task.await {
@@ -140,6 +175,30 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
             grace.as_secs()
         )),
     }
+}
+
+/// Every attribute key the token mapping reads (metadata prefixes as `prefix*`):
+/// redaction keeps them, so usage, models and identities survive the allowlist.
+fn token_mapping_keys(tokens: &tally_config::TokensConfig) -> Vec<String> {
+    let mapping = tokens.effective_mapping();
+    let lists = [
+        &mapping.input,
+        &mapping.output,
+        &mapping.cache_read,
+        &mapping.cache_write,
+        &mapping.reasoning,
+        &mapping.total,
+        &mapping.request_model,
+        &mapping.response_model,
+        &mapping.provider,
+        &mapping.operation,
+        &mapping.user,
+        &mapping.tenant,
+        &mapping.session,
+    ];
+    let mut keys: Vec<String> = lists.into_iter().flatten().cloned().collect();
+    keys.extend(mapping.metadata_prefixes.iter().map(|p| format!("{p}*")));
+    keys
 }
 
 fn display_addr(addr: Option<std::net::SocketAddr>) -> String {

@@ -12,15 +12,15 @@ mod endpoint;
 mod expand;
 mod redact;
 mod schema;
-mod tokens;
 pub mod taxonomy;
+mod tokens;
 
 pub use endpoint::Endpoint;
 pub use expand::expand_env;
 pub use redact::*;
 pub use schema::*;
-pub use tokens::*;
 pub use taxonomy::{check_action_name, Taxonomy, TaxonomyError, TaxonomyHandle};
+pub use tokens::*;
 
 use std::path::Path;
 

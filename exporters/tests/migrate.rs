@@ -76,7 +76,9 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
             "service",
             "trace_id",
             "span_id",
-            "attributes"
+            "attributes",
+            "taxonomy_valid",
+            "taxonomy_reason",
         ]
     );
 

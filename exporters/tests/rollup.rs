@@ -76,6 +76,8 @@ fn activity_events(rng: &mut Rng, n: usize) -> Vec<ActivityEvent> {
             trace_id: None,
             span_id: None,
             attributes: serde_json::Map::new(),
+            taxonomy_valid: None,
+            taxonomy_reason: None,
         })
         .collect()
 }

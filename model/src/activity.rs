@@ -63,4 +63,26 @@ pub struct ActivityEvent {
     pub span_id: Option<String>,
     /// Remaining attributes (resource, scope and record), as a JSON object.
     pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// Taxonomy verdict: `None` when not checked (mode `off`), `Some(true)` for a
+    /// declared action with valid metadata, `Some(false)` when stored flagged
+    /// (mode `lenient`).
+    #[serde(default)]
+    pub taxonomy_valid: Option<bool>,
+    /// The reason code when `taxonomy_valid` is `Some(false)`.
+    #[serde(default)]
+    pub taxonomy_reason: Option<String>,
+}
+
+/// A record Tally accepted but quarantined in `rejected_events` instead of
+/// storing it (e.g. an action the taxonomy does not declare, in strict mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejectedRecord {
+    /// The id the record would have had (deterministic: a retry is stored once).
+    pub id: Uuid,
+    /// `''` when the record carried no tenant.
+    pub tenant_id: String,
+    /// A reason code from a fixed vocabulary (also the metric label).
+    pub reason: String,
+    /// The record, already redacted, with the reason's message.
+    pub record: serde_json::Value,
 }

@@ -16,7 +16,7 @@ pub mod pipeline;
 mod process_stats;
 pub mod tokens;
 
-pub use activity::{ActivityEvent, Outcome};
+pub use activity::{ActivityEvent, Outcome, RejectedRecord};
 pub use health::Readiness;
 pub use pipeline::{ConsumeError, ConsumeReport, Consumer};
 pub use tokens::{AttributionSource, TokenUsage};

@@ -203,6 +203,8 @@ impl Draft<'_> {
             trace_id: hex_id(trace_id),
             span_id: hex_id(span_id),
             attributes,
+            taxonomy_valid: None,
+            taxonomy_reason: None,
         }
     }
 }

@@ -60,6 +60,8 @@ fn event(action: &str, outcome: Outcome, attributes: Value) -> ActivityEvent {
         trace_id: None,
         span_id: None,
         attributes,
+        taxonomy_valid: None,
+        taxonomy_reason: None,
     }
 }
 

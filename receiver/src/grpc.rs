@@ -145,7 +145,9 @@ const GRPC_RESOURCE_EXHAUSTED: axum::http::HeaderValue = axum::http::HeaderValue
 /// tonic refuses a frame longer than the limit with a trailers-only `OUT_OF_RANGE`
 /// response before any handler runs (Tally's handlers never answer that code):
 /// answer `RESOURCE_EXHAUSTED` instead, as gRPC servers do for an oversize message.
-fn oversize_is_resource_exhausted<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+fn oversize_is_resource_exhausted<B>(
+    mut response: axum::http::Response<B>,
+) -> axum::http::Response<B> {
     let headers = response.headers_mut();
     if headers
         .get("grpc-status")

@@ -19,6 +19,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0002_token_usage_and_rollups.sql"),
     ),
     (3, "notify", include_str!("migrations/0003_notify.sql")),
+    (
+        4,
+        "taxonomy_flags_and_secrets",
+        include_str!("migrations/0004_taxonomy_flags.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet recorded in `tally_schema_migrations`, then

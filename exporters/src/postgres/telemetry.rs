@@ -26,6 +26,11 @@ pub(crate) fn batch_committed(
             table: "activity_events",
         })
         .inc_by(inserted.total);
+    m.exporter_rows_written
+        .get_or_create(&TableLabels {
+            table: "rejected_events",
+        })
+        .inc_by(inserted.rejected);
     let with_tenant = m.tenant_labels.cap() > 0;
     for group in &inserted.groups {
         let labels = ActivityLabels {

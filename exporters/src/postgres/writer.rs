@@ -18,7 +18,7 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage, Transaction};
 
 use tally_config::PostgresConfig;
-use tally_model::{ActivityEvent, ConsumeError, Readiness, TokenUsage};
+use tally_model::{ActivityEvent, ConsumeError, Readiness, RejectedRecord, TokenUsage};
 
 use super::partitions::{create_days, PartitionCache};
 use super::tokens::{insert_tokens, TokensInserted};
@@ -34,19 +34,20 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
-    IF to_regclass('pg_temp.tally_activity_staging') IS NULL THEN \
-        CREATE TEMP TABLE tally_activity_staging ( \
+    IF to_regclass('pg_temp.tally_activity_staging_v2') IS NULL THEN \
+        CREATE TEMP TABLE tally_activity_staging_v2 ( \
             id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
             action text, outcome text, resource_type text, resource_id text, service text, \
-            trace_id text, span_id text, attributes jsonb \
+            trace_id text, span_id text, attributes jsonb, taxonomy_valid boolean, \
+            taxonomy_reason text \
         ) ON COMMIT DELETE ROWS; \
     END IF; END $$";
 
-const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging (id, ts, tenant_id, user_id, \
+const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging_v2 (id, ts, tenant_id, user_id, \
     session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
-    attributes) FROM STDIN (FORMAT binary)";
+    attributes, taxonomy_valid, taxonomy_reason) FROM STDIN (FORMAT binary)";
 
-const COLUMN_TYPES: [Type; 13] = [
+const COLUMN_TYPES: [Type; 15] = [
     Type::UUID,
     Type::TIMESTAMPTZ,
     Type::TEXT,
@@ -60,6 +61,8 @@ const COLUMN_TYPES: [Type; 13] = [
     Type::TEXT,
     Type::TEXT,
     Type::JSONB,
+    Type::BOOL,
+    Type::TEXT,
 ];
 
 /// Lock, then insert from staging (one simple-protocol round trip).
@@ -67,10 +70,12 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); \
          INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, session_id, action, \
-             outcome, resource_type, resource_id, service, trace_id, span_id, attributes) \
+             outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
+             taxonomy_valid, taxonomy_reason) \
          SELECT id, nextval('activity_events_seq'), ts, tenant_id, user_id, session_id, action, \
-             outcome, resource_type, resource_id, service, trace_id, span_id, attributes \
-         FROM pg_temp.tally_activity_staging ORDER BY ts \
+             outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
+             taxonomy_valid, taxonomy_reason \
+         FROM pg_temp.tally_activity_staging_v2 ORDER BY ts \
          ON CONFLICT DO NOTHING"
     )
 });
@@ -95,6 +100,8 @@ pub(crate) struct Inserted {
     pub groups: Vec<InsertedGroup>,
     /// The `token_usage` rows of the same batch.
     pub tokens: TokensInserted,
+    /// `rejected_events` rows added (retries of quarantined records skipped).
+    pub rejected: u64,
 }
 
 /// How many rows of one (action, outcome, tenant) an insert added.
@@ -145,7 +152,8 @@ where
         let trace_id = e.trace_id.as_deref().map(SafeText);
         let span_id = e.span_id.as_deref().map(SafeText);
         let attributes = JsonbObject(&e.attributes);
-        let row: [&(dyn ToSql + Sync); 13] = [
+        let taxonomy_reason = e.taxonomy_reason.as_deref().map(SafeText);
+        let row: [&(dyn ToSql + Sync); 15] = [
             &e.id,
             &e.ts,
             &tenant,
@@ -159,6 +167,8 @@ where
             &trace_id,
             &span_id,
             &attributes,
+            &e.taxonomy_valid,
+            &taxonomy_reason,
         ];
         writer.as_mut().write(&row).await?;
     }
@@ -267,6 +277,7 @@ fn scrub_nul_escapes(json: &mut [u8]) {
 pub(crate) struct Submission {
     pub(crate) events: Vec<ActivityEvent>,
     pub(crate) tokens: Vec<TokenUsage>,
+    pub(crate) rejected: Vec<RejectedRecord>,
     reply: oneshot::Sender<Result<(), ConsumeError>>,
     /// Queue space, given back when the submission is answered (dropped).
     _permit: OwnedSemaphorePermit,
@@ -275,7 +286,7 @@ pub(crate) struct Submission {
 impl Submission {
     /// Rows of both tables.
     fn rows(&self) -> usize {
-        self.events.len() + self.tokens.len()
+        self.events.len() + self.tokens.len() + self.rejected.len()
     }
 }
 
@@ -532,7 +543,18 @@ impl PgExporter {
         events: Vec<ActivityEvent>,
         tokens: Vec<TokenUsage>,
     ) -> Result<(), ConsumeError> {
-        if events.is_empty() && tokens.is_empty() {
+        self.submit_rows(events, tokens, Vec::new()).await
+    }
+
+    /// [`submit_all`](PgExporter::submit_all) plus quarantined records for
+    /// `rejected_events`, all in the same transaction.
+    pub async fn submit_rows(
+        &self,
+        events: Vec<ActivityEvent>,
+        tokens: Vec<TokenUsage>,
+        rejected: Vec<RejectedRecord>,
+    ) -> Result<(), ConsumeError> {
+        if events.is_empty() && tokens.is_empty() && rejected.is_empty() {
             return Ok(());
         }
         let inner = &self.inner;
@@ -550,7 +572,8 @@ impl PgExporter {
                 "event time outside the years 1 to 9999".into(),
             ));
         }
-        let wanted = (events.len() + tokens.len()).min(inner.capacity as usize) as u32;
+        let wanted =
+            (events.len() + tokens.len() + rejected.len()).min(inner.capacity as usize) as u32;
         let permit = inner
             .permits
             .clone()
@@ -564,6 +587,7 @@ impl PgExporter {
             let submission = Submission {
                 events,
                 tokens,
+                rejected,
                 reply,
                 _permit: permit,
             };
@@ -682,6 +706,33 @@ fn is_missing_partition(error: &PgError) -> bool {
     }
 }
 
+/// Quarantines `records` in `rejected_events` (one statement; a retried record
+/// is stored once). Returns the rows added.
+async fn insert_rejected(
+    tx: &Transaction<'_>,
+    records: &[&RejectedRecord],
+) -> Result<u64, PgError> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<uuid::Uuid> = records.iter().map(|r| r.id).collect();
+    let tenants: Vec<&str> = records.iter().map(|r| r.tenant_id.as_str()).collect();
+    let reasons: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
+    let bodies: Vec<tokio_postgres::types::Json<&serde_json::Value>> = records
+        .iter()
+        .map(|r| tokio_postgres::types::Json(&r.record))
+        .collect();
+    let added = tx
+        .execute(
+            "INSERT INTO rejected_events (id, tenant_id, reason, record) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) \
+             ON CONFLICT DO NOTHING",
+            &[&ids, &tenants, &reasons, &bodies],
+        )
+        .await?;
+    Ok(added)
+}
+
 fn batch_days(batch: &[Submission]) -> Vec<NaiveDate> {
     let mut days = HashSet::new();
     for e in batch.iter().flat_map(|s| s.events.iter()) {
@@ -703,6 +754,8 @@ async fn commit_batch(client: &mut Client, batch: &[Submission]) -> Result<Inser
     };
     let tokens: Vec<&TokenUsage> = batch.iter().flat_map(|s| s.tokens.iter()).collect();
     inserted.tokens = insert_tokens(&tx, &tokens).await?;
+    let rejected: Vec<&RejectedRecord> = batch.iter().flat_map(|s| s.rejected.iter()).collect();
+    inserted.rejected = insert_rejected(&tx, &rejected).await?;
     tx.commit().await?;
     Ok(inserted)
 }

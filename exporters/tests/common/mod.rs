@@ -39,6 +39,8 @@ pub fn event_at(i: usize, ts: DateTime<Utc>) -> ActivityEvent {
         trace_id: Some(format!("{:032x}", i + 1)),
         span_id: Some(format!("{:016x}", i + 1)),
         attributes,
+        taxonomy_valid: None,
+        taxonomy_reason: None,
     }
 }
 
