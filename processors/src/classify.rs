@@ -174,6 +174,10 @@ impl Draft<'_> {
             trace_id,
             span_id,
         } = self;
+        // `event.name` that is not the action (another field won) stays an attribute.
+        if let Some(name) = as_text(identity.event_name).filter(|name| name.trim() != action) {
+            attributes.insert("event.name".into(), serde_json::Value::String(name));
+        }
         let user_id = pick(
             &[
                 ("enduser.id", identity.enduser_id),

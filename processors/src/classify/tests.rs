@@ -253,6 +253,21 @@ fn log_event_name_field_and_attribute_both_classify() {
 }
 
 #[test]
+fn event_name_attribute_that_is_not_the_action_is_kept() {
+    let record = LogRecord {
+        event_name: "billing.invoice.paid".into(),
+        attributes: vec![s("event.name", "chat.message.sent")],
+        ..Default::default()
+    };
+    let out = classify_logs(&logs(vec![record]), now());
+    assert_eq!(out.events[0].action, "billing.invoice.paid");
+    assert_eq!(
+        out.events[0].attributes.get("event.name"),
+        Some(&serde_json::json!("chat.message.sent"))
+    );
+}
+
+#[test]
 fn log_ids_are_stable_across_resends() {
     let record = LogRecord {
         event_name: "a.b".into(),
