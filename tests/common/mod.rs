@@ -28,6 +28,8 @@ pub struct TallyOptions {
     pub max_body_mib: Option<usize>,
     /// `exporters.postgres.queue_capacity_records`.
     pub queue_capacity: Option<usize>,
+    /// `processors.validate.mode` (`strict`, `lenient`, `off`).
+    pub validate_mode: Option<&'static str>,
     /// `exporters.prometheus.action_label_cap`.
     pub action_label_cap: Option<usize>,
     /// Extra environment variables for the process.
@@ -234,6 +236,9 @@ fn config_yaml(options: &TallyOptions) -> String {
             "    queue_capacity_records: {capacity}\n    batch_max_rows: {}\n",
             capacity.min(5000)
         ));
+    }
+    if let Some(mode) = options.validate_mode {
+        yaml.push_str(&format!("processors:\n  validate: {{ mode: {mode} }}\n"));
     }
     yaml.push_str("service:\n  log_format: text\n  shutdown_grace_secs: 30\n");
     yaml

@@ -1,0 +1,212 @@
+//! The taxonomy in the pipeline: in strict mode unknown and invalid events go to
+//! `rejected_events` and the OTLP response's `partial_success` counts exactly
+//! them; in lenient mode (the default) they are stored flagged; malformed action
+//! names are quarantined in every mode; retries are stored once.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Tally, TallyOptions, TestDatabase};
+use prost::Message;
+use tally_model::otlp::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tally_model::otlp::common::v1::{any_value, AnyValue, KeyValue};
+use tally_model::otlp::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
+
+fn attr(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// (action, extra attributes) → one successful span each, numbered from `base`.
+fn request(base: u64, spans: &[(&str, Vec<KeyValue>)]) -> ExportTraceServiceRequest {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let spans = spans
+        .iter()
+        .enumerate()
+        .map(|(i, (action, extra))| {
+            let n = base + i as u64 + 1;
+            let mut attributes = vec![
+                attr("activity.action", action),
+                attr("enduser.id", "taxonomy-user"),
+                attr("tenant.id", "taxonomy"),
+            ];
+            attributes.extend(extra.iter().cloned());
+            Span {
+                trace_id: [[0x7e; 8], n.to_be_bytes()].concat(),
+                span_id: n.to_be_bytes().to_vec(),
+                name: "op".into(),
+                start_time_unix_nano: now,
+                end_time_unix_nano: now,
+                attributes,
+                status: Some(Status {
+                    code: status::StatusCode::Ok as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+async fn export(tally: &Tally, request: &ExportTraceServiceRequest) -> ExportTraceServiceResponse {
+    let response = reqwest::Client::new()
+        .post(tally.http_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(response.status().as_u16(), 200);
+    let body = response.bytes().await.expect("body");
+    ExportTraceServiceResponse::decode(body).expect("export response")
+}
+
+/// The mix: 2 valid, 3 unknown, 1 with an attribute outside its enum, 1 malformed name.
+fn mix() -> Vec<(&'static str, Vec<KeyValue>)> {
+    vec![
+        ("auth.login.success", vec![attr("auth.method", "password")]),
+        ("auth.logout.success", vec![]),
+        ("warehouse.pallet.moved", vec![]),
+        ("warehouse.pallet.lost", vec![]),
+        ("garden.gnome.stolen", vec![]),
+        (
+            "auth.login.success",
+            vec![attr("auth.method", "carrier-pigeon")],
+        ),
+        ("Not A Valid Action", vec![]),
+    ]
+}
+
+async fn rejected_by_reason(db: &tokio_postgres::Client) -> BTreeMap<String, i64> {
+    db.query(
+        "SELECT reason, count(*) FROM rejected_events GROUP BY reason",
+        &[],
+    )
+    .await
+    .expect("rejected")
+    .iter()
+    .map(|row| (row.get(0), row.get(1)))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_quarantines_and_partial_success_counts_exactly() {
+    let database = TestDatabase::create().await;
+    let tally = Tally::launch(TallyOptions {
+        database_url: Some(database.url.clone()),
+        validate_mode: Some("strict"),
+        ..Default::default()
+    })
+    .await;
+    let request = request(0, &mix());
+    for attempt in 0..2 {
+        let response = export(&tally, &request).await;
+        let partial = response.partial_success.expect("partial_success is set");
+        assert_eq!(partial.rejected_spans, 5, "attempt {attempt}");
+        assert!(
+            partial.error_message.contains("unknown_action"),
+            "{}",
+            partial.error_message
+        );
+    }
+    let db = database.client().await;
+    let stored: Vec<(String, Option<bool>)> = db
+        .query(
+            "SELECT action, taxonomy_valid FROM activity_events ORDER BY action",
+            &[],
+        )
+        .await
+        .expect("stored")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            ("auth.login.success".to_string(), Some(true)),
+            ("auth.logout.success".to_string(), Some(true)),
+        ]
+    );
+    let rejected = rejected_by_reason(&db).await;
+    let expected: BTreeMap<String, i64> = [
+        ("unknown_action".to_string(), 3),
+        ("not_in_enum".to_string(), 1),
+        ("malformed_action".to_string(), 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(rejected, expected, "the resend quarantined nothing twice");
+    // The quarantined record is the (redacted) event with its reason.
+    let record: serde_json::Value = db
+        .query_one(
+            "SELECT record FROM rejected_events WHERE reason = 'not_in_enum'",
+            &[],
+        )
+        .await
+        .expect("record")
+        .get(0);
+    assert_eq!(record["event"]["action"], "auth.login.success");
+    assert_eq!(record["reason"]["code"], "not_in_enum");
+    let tenant: String = db
+        .query_one("SELECT DISTINCT tenant_id FROM rejected_events", &[])
+        .await
+        .expect("tenant")
+        .get(0);
+    assert_eq!(tenant, "taxonomy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lenient_mode_stores_unknown_events_flagged() {
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let response = export(&tally, &request(100, &mix())).await;
+    let partial = response
+        .partial_success
+        .expect("the malformed name is reported");
+    assert_eq!(partial.rejected_spans, 1);
+    let db = database.client().await;
+    let flags: BTreeMap<String, (Option<bool>, Option<String>)> = db
+        .query(
+            "SELECT action || ':' || coalesce(attributes->>'auth.method', ''), taxonomy_valid, taxonomy_reason \
+             FROM activity_events",
+            &[],
+        )
+        .await
+        .expect("flags")
+        .iter()
+        .map(|row| (row.get(0), (row.get(1), row.get(2))))
+        .collect();
+    assert_eq!(flags.len(), 6, "{flags:?}");
+    assert_eq!(flags["auth.login.success:password"], (Some(true), None));
+    assert_eq!(
+        flags["warehouse.pallet.moved:"],
+        (Some(false), Some("unknown_action".to_string()))
+    );
+    assert_eq!(
+        flags["auth.login.success:carrier-pigeon"],
+        (Some(false), Some("not_in_enum".to_string()))
+    );
+    let rejected = rejected_by_reason(&db).await;
+    assert_eq!(rejected.get("malformed_action"), Some(&1));
+    assert_eq!(rejected.values().sum::<i64>(), 1);
+}
