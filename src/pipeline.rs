@@ -15,7 +15,7 @@ use tally_model::{ActivityEvent, ConsumeError, ConsumeReport, Consumer, Rejected
 use tally_processors::attribution::{Identity, TraceCache, TraceId};
 use tally_processors::redact::{RedactionCounts, Redactor};
 use tally_processors::tokens::{TokenBatch, TokenProcessor};
-use tally_processors::validate::{Checked, Quarantined, ValidatedBatch, Validator};
+use tally_processors::validate::{Checked, Quarantined, ReasonCode, ValidatedBatch, Validator};
 use tally_processors::Classified;
 
 /// classify + tokens → postgres exporter. Counters of what the exporter commits
@@ -171,6 +171,17 @@ impl Pipeline {
                 message,
             })
         })
+    }
+}
+
+/// Creates the zero-valued `tally_rejected_events_total{reason}` series of every
+/// taxonomy reason code, so dashboards and alerts see them before the first one.
+pub fn init_metric_series() {
+    let family = &metrics().rejected_events;
+    for code in ReasonCode::ALL {
+        let _ = family.get_or_create(&ReasonLabels {
+            reason: code.as_str(),
+        });
     }
 }
 

@@ -71,6 +71,7 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         .context("invalid processors.redact")?
         .keep_keys(&token_mapping_keys(tokens));
     tally_processors::redact::init_metric_series();
+    crate::pipeline::init_metric_series();
     let taxonomy = TaxonomyHandle::load(&config.processors.validate)
         .context("invalid taxonomy (processors.validate.taxonomy)")?;
     let taxonomy_watcher =

@@ -68,7 +68,7 @@ impl LabelCap {
 }
 
 /// `reason` values of `tally_exporter_write_failures_total`.
-pub const WRITE_FAILURE_REASONS: [&str; 2] = ["connection", "database"];
+pub const WRITE_FAILURE_REASONS: [&str; 3] = ["connection", "database", "panic"];
 
 /// `reason` values of `tally_rejected_events_total`.
 pub const REJECT_REASONS: [&str; 1] = ["invalid_action"];

@@ -497,7 +497,7 @@ impl PgExporter {
         let writers = clients
             .into_iter()
             .enumerate()
-            .map(|(id, client)| tokio::spawn(writer_task(shared.clone(), id, client)))
+            .map(|(id, client)| tokio::spawn(supervise_writer(shared.clone(), id, client)))
             .collect();
         let (stop, stop_rx) = watch::channel(false);
         let maintenance = tokio::spawn(maintenance_task(shared.clone(), probe_client, stop_rx));
@@ -812,8 +812,24 @@ async fn reconnect(shared: &Shared, id: usize) -> Option<Client> {
     }
 }
 
-async fn writer_task(shared: Arc<Shared>, id: usize, client: Client) {
+/// Runs a writer and restarts it (with a new connection) if it panics: the
+/// batch it held is answered `Unavailable` (its reply channels are dropped), so
+/// the clients retry, and the other submissions keep flowing.
+async fn supervise_writer(shared: Arc<Shared>, id: usize, client: Client) {
     let mut client = Some(client);
+    loop {
+        match tokio::spawn(writer_task(shared.clone(), id, client.take())).await {
+            Err(error) if error.is_panic() => {
+                tracing::error!(writer = id, "postgres writer panicked; restarting it");
+                telemetry::batch_failed("panic");
+            }
+            _ => return,
+        }
+    }
+}
+
+async fn writer_task(shared: Arc<Shared>, id: usize, client: Option<Client>) {
+    let mut client = client;
     loop {
         let mut conn = match client.take() {
             Some(c) if !c.is_closed() => c,
