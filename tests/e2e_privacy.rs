@@ -207,7 +207,11 @@ async fn no_raw_pii_reaches_tables_or_logs_and_near_misses_stay() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(stored as usize, cases.len(), "every case was stored as an event");
+    assert_eq!(
+        stored as usize,
+        cases.len(),
+        "every case was stored as an event"
+    );
 
     // Every table of the schema, dumped as text, plus Tally's own log.
     let tables: Vec<String> = db
@@ -241,15 +245,23 @@ async fn no_raw_pii_reaches_tables_or_logs_and_near_misses_stay() {
         let id = case["id"].as_str().unwrap_or_default();
         for secret in strings(&case["secret"]) {
             for form in forms(&secret) {
-                assert!(!dump.contains(&form), "{id}: {secret:?} reached the database");
+                assert!(
+                    !dump.contains(&form),
+                    "{id}: {secret:?} reached the database"
+                );
                 assert!(!log.contains(&form), "{id}: {secret:?} reached Tally's log");
             }
             checked_secrets += 1;
         }
         // Near-misses in attributes are stored as they were.
         let place = case["where"].as_str().unwrap_or_default();
-        if case["clean"] == Value::Bool(true) && ["span", "resource", "scope", "log"].contains(&place) {
-            for keep in strings(&case["keep"]).into_iter().chain(strings(&case["value"])) {
+        if case["clean"] == Value::Bool(true)
+            && ["span", "resource", "scope", "log"].contains(&place)
+        {
+            for keep in strings(&case["keep"])
+                .into_iter()
+                .chain(strings(&case["value"]))
+            {
                 let [raw, escaped] = forms(&keep);
                 assert!(
                     dump.contains(&raw) || dump.contains(&escaped),
