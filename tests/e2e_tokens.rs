@@ -822,6 +822,51 @@ async fn instrumentation_corpus_is_counted_exactly_once_and_priced() {
         .expect("content")
         .get(0);
     assert_eq!(content, 0);
+
+    // The daily rollup and `/tokens/usage` give the same totals: fold everything
+    // now (no attribution delay), then sum the API's day × model groups.
+    let mut rollup_client = database.client().await;
+    tally_exporters::postgres::RollupJob::new(std::time::Duration::ZERO)
+        .run_once(&mut rollup_client)
+        .await
+        .expect("rollup");
+    let (status, usage) = common::get_json(
+        &tally.api_url("/api/v1/tokens/usage?grain=day&group_by=model&limit=10000"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    let items = usage["items"].as_array().expect("items");
+    let sum = |field: &str| -> i64 { items.iter().filter_map(|i| i[field].as_i64()).sum() };
+    assert_eq!(sum("requests"), expected.len() as i64);
+    assert_eq!(sum("unknown_usage_requests"), unknown);
+    assert_eq!(sum("input_tokens"), sum_in);
+    assert_eq!(sum("output_tokens"), sum_out);
+    assert_eq!(sum("cache_read_tokens"), sum_cached);
+    assert_eq!(sum("total_tokens"), sum_total);
+    let api_cost: f64 = items.iter().filter_map(|i| i["cost_usd"].as_f64()).sum();
+    assert!(
+        (api_cost - sum_cost).abs() < 1e-8,
+        "{api_cost} != {sum_cost}"
+    );
+    // Per model as well: the API's groups equal the corpus grouped by model.
+    let mut by_model: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (call, _) in expected.values() {
+        if let Some(c) = call {
+            let entry = by_model.entry(c.model).or_default();
+            entry.0 += c.input;
+            entry.1 += c.output;
+        }
+    }
+    for (model, (input, output)) in by_model {
+        // Summed over days: a run across UTC midnight has two periods.
+        let groups: Vec<&serde_json::Value> =
+            items.iter().filter(|i| i["model"] == model).collect();
+        assert!(!groups.is_empty(), "no usage group for {model}: {usage}");
+        let total = |field: &str| groups.iter().filter_map(|i| i[field].as_i64()).sum::<i64>();
+        assert_eq!(total("input_tokens"), input, "{model}");
+        assert_eq!(total("output_tokens"), output, "{model}");
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
