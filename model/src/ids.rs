@@ -10,12 +10,7 @@ use uuid::Uuid;
 
 /// Id of the activity event derived from a span: one per (trace id, span id).
 pub fn span_event_id(trace_id: &[u8], span_id: &[u8]) -> Uuid {
-    let mut hasher = Sha256::new();
-    hasher.update(b"tally.span.v1\0");
-    hasher.update(trace_id);
-    hasher.update(b"\0");
-    hasher.update(span_id);
-    finish(hasher)
+    derive(b"tally.span.v1", trace_id, span_id)
 }
 
 /// Id of the activity event derived from a log record.
@@ -23,15 +18,29 @@ pub fn span_event_id(trace_id: &[u8], span_id: &[u8]) -> Uuid {
 /// `service` is the resource's `service.name`, `encoded_record` the record's
 /// protobuf encoding (identical bytes on a retry).
 pub fn log_event_id(service: &str, encoded_record: &[u8]) -> Uuid {
-    let mut hasher = Sha256::new();
-    hasher.update(b"tally.log.v1\0");
-    hasher.update(service.as_bytes());
-    hasher.update(b"\0");
-    hasher.update(encoded_record);
-    finish(hasher)
+    derive(b"tally.log.v1", service.as_bytes(), encoded_record)
 }
 
-fn finish(hasher: Sha256) -> Uuid {
+/// Id of the token row derived from a span: one per (trace id, span id), distinct
+/// from the activity event id of the same span.
+pub fn token_span_id(trace_id: &[u8], span_id: &[u8]) -> Uuid {
+    derive(b"tally.tokens.span.v1", trace_id, span_id)
+}
+
+/// Id of the token row derived from a log record (its protobuf bytes, identical
+/// on a retry) of the resource's `service.name`.
+pub fn token_log_id(service: &str, encoded_record: &[u8]) -> Uuid {
+    derive(b"tally.tokens.log.v1", service.as_bytes(), encoded_record)
+}
+
+/// UUIDv8 from the first 16 bytes of SHA-256(domain, NUL, first, NUL, second).
+fn derive(domain: &[u8], first: &[u8], second: &[u8]) -> Uuid {
+    let mut hasher = Sha256::new();
+    hasher.update(domain);
+    hasher.update(b"\0");
+    hasher.update(first);
+    hasher.update(b"\0");
+    hasher.update(second);
     let digest = hasher.finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);

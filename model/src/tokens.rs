@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::Outcome;
@@ -89,34 +88,7 @@ impl TokenUsage {
     }
 }
 
-/// Id of the token row derived from a span: one per (trace id, span id), distinct
-/// from the activity event id of the same span.
-pub fn token_span_id(trace_id: &[u8], span_id: &[u8]) -> Uuid {
-    let mut hasher = Sha256::new();
-    hasher.update(b"tally.tokens.span.v1\0");
-    hasher.update(trace_id);
-    hasher.update(b"\0");
-    hasher.update(span_id);
-    finish(hasher)
-}
-
-/// Id of the token row derived from a log record (its protobuf bytes, identical
-/// on a retry) of the resource's `service.name`.
-pub fn token_log_id(service: &str, encoded_record: &[u8]) -> Uuid {
-    let mut hasher = Sha256::new();
-    hasher.update(b"tally.tokens.log.v1\0");
-    hasher.update(service.as_bytes());
-    hasher.update(b"\0");
-    hasher.update(encoded_record);
-    finish(hasher)
-}
-
-fn finish(hasher: Sha256) -> Uuid {
-    let digest = hasher.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    Uuid::new_v8(bytes)
-}
+pub use crate::ids::{token_log_id, token_span_id};
 
 #[cfg(test)]
 mod tests {
