@@ -196,7 +196,8 @@ async fn counters_equal_the_rows_in_postgres() {
     let client = database.client().await;
     let rows = client
         .query(
-            "SELECT action, outcome, count(*) FROM activity_events GROUP BY 1, 2",
+            "SELECT CASE WHEN taxonomy_valid IS FALSE THEN 'other' ELSE action END, outcome, count(*) \
+             FROM activity_events GROUP BY 1, 2",
             &[],
         )
         .await
@@ -397,39 +398,81 @@ async fn label_cardinality_stays_bounded() {
         ..Default::default()
     })
     .await;
-    // 10,000 events with distinct users and distinct (unknown) actions.
+    // 10,000 events with distinct users and distinct unknown actions, plus one
+    // declared action, and 10,000 model calls with distinct models.
     for chunk in 0..10u64 {
-        let spans = (0..1000u64)
+        let mut spans: Vec<Span> = (0..1000u64)
             .map(|i| {
                 let n = chunk * 1000 + i;
                 span(
                     n,
                     vec![
-                        attr("activity.action", &format!("unknown.action{n}")),
+                        attr("activity.action", &format!("unknown.action.n{n}")),
                         attr("enduser.id", &format!("user-{n}")),
                     ],
                     n % 2 == 0,
                 )
             })
             .collect();
+        spans.extend((0..1000u64).map(|i| {
+            let n = 100_000 + chunk * 1000 + i;
+            span(
+                n,
+                vec![
+                    attr("gen_ai.operation.name", "chat"),
+                    attr("gen_ai.provider.name", "openai"),
+                    attr("gen_ai.request.model", &format!("model-{n}")),
+                    attr("gen_ai.usage.input_tokens", "10"),
+                    attr("gen_ai.usage.output_tokens", "5"),
+                    attr("enduser.id", &format!("user-{n}")),
+                ],
+                false,
+            )
+        }));
         export(&tally, spans).await;
     }
+    export(
+        &tally,
+        vec![span(
+            999_999,
+            vec![attr("activity.action", "auth.logout.success")],
+            false,
+        )],
+    )
+    .await;
     let scrape = eventually(Duration::from_secs(10), "all events counted", || async {
         let scrape = Scrape::fetch(&tally).await;
-        (scrape.sum("tally_activity_events_total", &[]) >= 10_000.0).then_some(scrape)
+        (scrape.sum("tally_activity_events_total", &[]) >= 10_001.0).then_some(scrape)
     })
     .await;
     let series = scrape.series("tally_activity_events_total");
-    // At most 20 admitted actions + `other`, times 2 outcomes.
-    assert!(series.len() <= 42, "{} series", series.len());
-    assert!(series
-        .iter()
-        .any(|labels| labels.get("action").map(String::as_str) == Some("other")));
+    // Undeclared actions are `other` (2 outcomes); the declared one keeps its name.
+    assert!(series.len() <= 3, "{} series: {series:?}", series.len());
+    assert_eq!(
+        scrape.sum("tally_activity_events_total", &[("action", "other")]),
+        10_000.0
+    );
+    assert_eq!(
+        scrape.sum(
+            "tally_activity_events_total",
+            &[("action", "auth.logout.success")]
+        ),
+        1.0
+    );
     assert_eq!(
         scrape.sum("tally_activity_events_total", &[]),
-        10_000.0,
+        10_001.0,
         "nothing lost to the cap"
     );
+    // Models: at most model_label_cap (100) named + `other`.
+    let models: BTreeSet<&String> = scrape
+        .series("tally_llm_requests_total")
+        .into_iter()
+        .filter_map(|labels| labels.get("model"))
+        .collect();
+    assert!(models.len() <= 101, "{} model labels", models.len());
+    assert!(models.iter().any(|m| m.as_str() == "other"));
+    assert_eq!(scrape.sum("tally_llm_requests_total", &[]), 10_000.0);
     for (name, labels, _) in &scrape.samples {
         for value in labels.values() {
             assert!(!value.starts_with("user-"), "{name} has a user id label");

@@ -8,7 +8,7 @@ use chrono::Utc;
 use tally_model::metrics::{metrics, ActivityLabels, ReasonLabels, TableLabels};
 use tally_model::Outcome;
 
-use super::writer::{Inserted, Submission};
+use super::writer::{Inserted, InsertedGroup, Submission};
 
 /// Records a committed batch of `rows` submitted rows, of which `inserted` were new.
 pub(crate) fn batch_committed(
@@ -34,7 +34,7 @@ pub(crate) fn batch_committed(
     let with_tenant = m.tenant_labels.cap() > 0;
     for group in &inserted.groups {
         let labels = ActivityLabels {
-            action: m.action_labels.label(&group.action),
+            action: action_label(group),
             outcome: Outcome::parse(&group.outcome).unwrap_or_default().as_str(),
             tenant: with_tenant.then(|| m.tenant_labels.label(&group.tenant_id)),
         };
@@ -45,6 +45,15 @@ pub(crate) fn batch_committed(
         let lag = (now - event.ts).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
         m.ingest_lag.observe(lag.max(0.0));
     }
+}
+
+/// The `action` label: actions the taxonomy declares by name, undeclared ones as
+/// `other`; with validation off, the first `action_label_cap` actions seen.
+fn action_label(group: &InsertedGroup) -> String {
+    if group.taxonomy_valid == Some(false) {
+        return tally_model::metrics::OTHER.to_string();
+    }
+    metrics().action_labels.label(&group.action)
 }
 
 /// Records a batch that did not commit.

@@ -87,9 +87,9 @@ static INSERT_COUNTED_SQL: LazyLock<String> = LazyLock::new(|| {
         .split_once("; ")
         .unwrap_or(("SELECT 1", INSERT_SQL.as_str()));
     format!(
-        "{lock}; WITH inserted AS ({insert} RETURNING action, outcome, tenant_id) \
-         SELECT action, outcome, tenant_id, count(*) FROM inserted \
-         GROUP BY action, outcome, tenant_id"
+        "{lock}; WITH inserted AS ({insert} RETURNING action, outcome, tenant_id, taxonomy_valid) \
+         SELECT action, outcome, tenant_id, taxonomy_valid, count(*) FROM inserted \
+         GROUP BY action, outcome, tenant_id, taxonomy_valid"
     )
 });
 
@@ -110,6 +110,8 @@ pub(crate) struct InsertedGroup {
     pub action: String,
     pub outcome: String,
     pub tenant_id: String,
+    /// The taxonomy verdict of these rows (`None`: not checked).
+    pub taxonomy_valid: Option<bool>,
     pub rows: u64,
 }
 
@@ -179,17 +181,19 @@ where
     let messages = tx.simple_query(&INSERT_COUNTED_SQL).await?;
     let mut inserted = Inserted::default();
     for message in &messages {
-        // The lock's SELECT answers a one-column row first: only the counts have four.
+        // The lock's SELECT answers a one-column row first: only the counts have five.
         if let SimpleQueryMessage::Row(row) = message {
-            if row.len() != 4 {
+            if row.len() != 5 {
                 continue;
             }
-            let rows: u64 = row.get(3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let rows: u64 = row.get(4).and_then(|c| c.parse().ok()).unwrap_or(0);
             inserted.total += rows;
             inserted.groups.push(InsertedGroup {
                 action: row.get(0).unwrap_or_default().to_string(),
                 outcome: row.get(1).unwrap_or_default().to_string(),
                 tenant_id: row.get(2).unwrap_or_default().to_string(),
+                // Simple-protocol text: "t", "f", or NULL (not checked).
+                taxonomy_valid: row.get(3).map(|v| v == "t"),
                 rows,
             });
         }
