@@ -4,6 +4,7 @@ mod cli;
 mod database;
 mod logging;
 mod pipeline;
+mod replay;
 mod run;
 mod secrets;
 

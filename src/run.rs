@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::database::Database;
 use crate::pipeline::Pipeline;
+use crate::replay::Replay;
 use crate::secrets;
 
 /// `tally migrate`: applies the schema and exits.
@@ -104,7 +105,11 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
             AdminApi::bind(&config.admin_api, database_url, readiness.clone())
                 .await
                 .context("cannot start the admin API")?
-                .with_taxonomy(taxonomy.clone()),
+                .with_taxonomy(taxonomy.clone())
+                .with_replayer(Arc::new(Replay::new(
+                    database_url,
+                    Validator::new(taxonomy.clone()),
+                ))),
         )
     } else {
         None

@@ -210,3 +210,108 @@ async fn lenient_mode_stores_unknown_events_flagged() {
     assert_eq!(rejected.get("malformed_action"), Some(&1));
     assert_eq!(rejected.values().sum::<i64>(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_events_replay_exactly_once_after_the_registry_is_fixed() {
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("taxonomy.yaml");
+    let default = include_str!("../config/defaults/taxonomy.yaml");
+    std::fs::write(&registry, default).expect("write registry");
+    let tally = Tally::launch(TallyOptions {
+        database_url: Some(database.url.clone()),
+        validate_mode: Some("strict"),
+        taxonomy: Some(registry.clone()),
+        ..Default::default()
+    })
+    .await;
+    let spans = vec![
+        ("warehouse.pallet.moved", vec![]),
+        ("warehouse.pallet.moved", vec![]),
+        ("garden.gnome.stolen", vec![]),
+    ];
+    let response = export(&tally, &request(500, &spans)).await;
+    assert_eq!(response.partial_success.map(|p| p.rejected_spans), Some(3));
+
+    // The quarantine lists them, newest first, with their reason.
+    let (status, page) = common::get_json(&tally.api_url("/api/v1/rejected?limit=2"), None).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["items"][0]["reason"], "unknown_action");
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a second page")
+        .to_string();
+    let (_, rest) = common::get_json(
+        &tally.api_url(&format!("/api/v1/rejected?limit=2&cursor={cursor}")),
+        None,
+    )
+    .await;
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rest["next_cursor"], serde_json::Value::Null);
+
+    // Fix the registry: declare warehouse.pallet.moved; wait for the reload.
+    let generation = |body: &serde_json::Value| body["generation"].as_u64().unwrap_or(0);
+    let (_, before) = common::get_json(&tally.api_url("/api/v1/taxonomy"), None).await;
+    std::fs::write(
+        &registry,
+        format!("{default}  warehouse.pallet.moved:\n    description: A pallet was moved.\n"),
+    )
+    .expect("fix registry");
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the registry reload",
+        || async {
+            let (_, now) = common::get_json(&tally.api_url("/api/v1/taxonomy"), None).await;
+            (generation(&now) > generation(&before)
+                && now["actions"].get("warehouse.pallet.moved").is_some())
+            .then_some(())
+        },
+    )
+    .await;
+
+    let replay = |body: &'static str| {
+        let url = tally.api_url("/api/v1/rejected/replay");
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("replay");
+            assert_eq!(response.status().as_u16(), 200);
+            response.json::<serde_json::Value>().await.expect("report")
+        }
+    };
+    let first = replay("{}").await;
+    assert_eq!(first["replayed"], 2, "{first}");
+    assert_eq!(first["still_rejected"], 1, "{first}");
+    let again = replay("{}").await;
+    assert_eq!(again["replayed"], 0, "exactly once: {again}");
+    assert_eq!(again["still_rejected"], 1, "{again}");
+
+    let db = database.client().await;
+    let stored: Vec<(String, Option<bool>)> = db
+        .query(
+            "SELECT action, taxonomy_valid FROM activity_events ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("stored")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            ("warehouse.pallet.moved".to_string(), Some(true)),
+            ("warehouse.pallet.moved".to_string(), Some(true)),
+        ]
+    );
+    let left = rejected_by_reason(&db).await;
+    assert_eq!(
+        left,
+        [("unknown_action".to_string(), 1)].into_iter().collect()
+    );
+}

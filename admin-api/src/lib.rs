@@ -26,6 +26,7 @@ pub mod export;
 mod health;
 pub mod openapi;
 mod params;
+pub mod rejected;
 pub mod siem;
 pub mod stats;
 pub mod stream;
@@ -66,6 +67,8 @@ pub(crate) struct AppState {
     pub(crate) max_page_size: u32,
     /// The taxonomy registry served by `GET /api/v1/taxonomy` (see [`AdminApi::with_taxonomy`]).
     pub(crate) taxonomy: Option<tally_config::TaxonomyHandle>,
+    /// Replays quarantined records (see [`AdminApi::with_replayer`]).
+    pub(crate) replayer: Option<rejected::SharedReplayer>,
     pub(crate) hub: Arc<stream::hub::Hub>,
 }
 
@@ -123,6 +126,7 @@ impl AdminApi {
                 default_page_size: config.default_page_size,
                 max_page_size: config.max_page_size,
                 taxonomy: None,
+                replayer: None,
                 hub,
             },
         })
@@ -131,6 +135,12 @@ impl AdminApi {
     /// Serves `handle`'s current registry at `GET /api/v1/taxonomy` (404 without one).
     pub fn with_taxonomy(mut self, handle: tally_config::TaxonomyHandle) -> Self {
         self.state.taxonomy = Some(handle);
+        self
+    }
+
+    /// Serves `POST /api/v1/rejected/replay` with `replayer` (404 without one).
+    pub fn with_replayer(mut self, replayer: rejected::SharedReplayer) -> Self {
+        self.state.replayer = Some(replayer);
         self
     }
 
@@ -168,6 +178,11 @@ impl AdminApi {
             .route("/api/v1/openapi.json", get(openapi::document))
             .route("/api/v1/activity", get(activity::list))
             .route("/api/v1/taxonomy", get(taxonomy::current))
+            .route("/api/v1/rejected", get(rejected::list))
+            .route(
+                "/api/v1/rejected/replay",
+                axum::routing::post(rejected::replay),
+            )
             .route(
                 "/api/v1/activity/aggregates",
                 get(aggregates::activity_aggregates),

@@ -165,6 +165,41 @@ pub fn openapi() -> Value {
                     }
                 }
             },
+            "/api/v1/rejected": {
+                "get": {
+                    "operationId": "listRejected",
+                    "summary": "Quarantined records (rejected_events), newest first",
+                    "description": "Needs scope admin; tenant-scoped. Filters tenant and reason (a reason code, e.g. unknown_action); limit as /activity; cursor = the previous page's next_cursor. Items: id, seq, received_at, tenant_id, reason, record (the redacted event and the reason's message).",
+                    "parameters": [
+                        { "name": "tenant", "in": "query", "schema": { "type": "string" } },
+                        { "name": "reason", "in": "query", "schema": { "type": "string" } },
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1 } },
+                        { "name": "cursor", "in": "query", "schema": { "type": "string" } }
+                    ],
+                    "responses": {
+                        "200": { "description": "A page of quarantined records", "content": { "application/json": { "schema": { "type": "object", "required": ["items", "next_cursor"] } } } },
+                        "400": error_response("invalid_parameter"),
+                        "401": error_response("unauthorized"),
+                        "403": error_response("forbidden")
+                    }
+                }
+            },
+            "/api/v1/rejected/replay": {
+                "post": {
+                    "operationId": "replayRejected",
+                    "summary": "Re-validate quarantined records against the current taxonomy and store those that pass, exactly once",
+                    "description": "Needs scope admin; tenant-scoped. Optional JSON body {tenant, reason, limit (1-10000, default 1000)}. Oldest records first; rows being replayed concurrently are skipped. Answers {replayed, still_rejected}.",
+                    "requestBody": { "required": false, "content": { "application/json": { "schema": { "type": "object", "properties": { "tenant": { "type": "string" }, "reason": { "type": "string" }, "limit": { "type": "integer" } } } } } },
+                    "responses": {
+                        "200": { "description": "What the replay did", "content": { "application/json": { "schema": { "type": "object", "required": ["replayed", "still_rejected"] } } } },
+                        "400": error_response("invalid_parameter"),
+                        "401": error_response("unauthorized"),
+                        "403": error_response("forbidden"),
+                        "404": error_response("not_found: replay not available"),
+                        "503": error_response("unavailable")
+                    }
+                }
+            },
             "/api/v1/activity/stream": {
                 "get": {
                     "operationId": "streamActivity",

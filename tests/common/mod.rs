@@ -30,6 +30,8 @@ pub struct TallyOptions {
     pub queue_capacity: Option<usize>,
     /// `processors.validate.mode` (`strict`, `lenient`, `off`).
     pub validate_mode: Option<&'static str>,
+    /// `processors.validate.taxonomy` (a registry file).
+    pub taxonomy: Option<PathBuf>,
     /// `exporters.prometheus.action_label_cap`.
     pub action_label_cap: Option<usize>,
     /// Extra environment variables for the process.
@@ -237,8 +239,14 @@ fn config_yaml(options: &TallyOptions) -> String {
             capacity.min(5000)
         ));
     }
-    if let Some(mode) = options.validate_mode {
-        yaml.push_str(&format!("processors:\n  validate: {{ mode: {mode} }}\n"));
+    if options.validate_mode.is_some() || options.taxonomy.is_some() {
+        yaml.push_str("processors:\n  validate:\n    reload_interval_secs: 1\n");
+        if let Some(mode) = options.validate_mode {
+            yaml.push_str(&format!("    mode: {mode}\n"));
+        }
+        if let Some(path) = &options.taxonomy {
+            yaml.push_str(&format!("    taxonomy: \"{}\"\n", path.display()));
+        }
     }
     yaml.push_str("service:\n  log_format: text\n  shutdown_grace_secs: 30\n");
     yaml

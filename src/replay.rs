@@ -1,0 +1,127 @@
+//! Replaying quarantined records (`POST /api/v1/rejected/replay`): re-validate
+//! them against the current taxonomy and store the ones that pass, exactly once.
+//!
+//! One transaction: the quarantined rows are locked (`FOR UPDATE SKIP LOCKED`, so
+//! concurrent replays never take the same row), the passing events are inserted
+//! through the exporter's write path (deterministic ids, `ON CONFLICT DO
+//! NOTHING`, commit-ordered `seq`) and deleted from `rejected_events`, the
+//! others get their new reason; then COMMIT.
+
+use futures::future::BoxFuture;
+use tally_admin_api::rejected::{ReplayReport, ReplayRequest, Replayer};
+use tally_exporters::postgres::{self, create_partitions, insert_activity_batch};
+use tally_model::metrics::{metrics, TableLabels};
+use tally_model::ActivityEvent;
+use tally_processors::validate::{event_from_record, Validator};
+
+/// The collector's replayer: its database and taxonomy validator.
+pub struct Replay {
+    database_url: String,
+    validator: Validator,
+}
+
+impl Replay {
+    pub fn new(database_url: &str, validator: Validator) -> Self {
+        Replay {
+            database_url: database_url.to_string(),
+            validator,
+        }
+    }
+}
+
+impl Replayer for Replay {
+    fn replay(&self, request: ReplayRequest) -> BoxFuture<'static, Result<ReplayReport, String>> {
+        let url = self.database_url.clone();
+        let validator = self.validator.clone();
+        Box::pin(async move {
+            replay(&url, &validator, request)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+async fn replay(
+    url: &str,
+    validator: &Validator,
+    request: ReplayRequest,
+) -> Result<ReplayReport, postgres::PgError> {
+    let (mut client, _) = postgres::connect(url).await?;
+    let (partition_client, _) = postgres::connect(url).await?;
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "SELECT tenant_id, id, record FROM rejected_events \
+             WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR reason = $2) \
+             ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED",
+            &[
+                &request.tenant,
+                &request.reason,
+                &request.limit.unwrap_or(1000),
+            ],
+        )
+        .await?;
+    let mut events: Vec<ActivityEvent> = Vec::with_capacity(rows.len());
+    let mut unreadable = 0u64;
+    for row in &rows {
+        let record: serde_json::Value = row.get(2);
+        match event_from_record(&record) {
+            Ok(event) => events.push(event),
+            // Not an activity record this version can read back: it stays.
+            Err(_) => unreadable += 1,
+        }
+    }
+    let validated = validator.validate_batch(events);
+    let stored: Vec<ActivityEvent> = validated
+        .stored
+        .into_iter()
+        .map(|checked| {
+            let mut event = checked.event;
+            event.taxonomy_valid = checked.taxonomy_valid;
+            event.taxonomy_reason = checked.reason.map(|r| r.code.as_str().to_string());
+            event
+        })
+        .collect();
+    if let (Some(first), Some(last)) = (
+        stored.iter().map(|e| e.ts.date_naive()).min(),
+        stored.iter().map(|e| e.ts.date_naive()).max(),
+    ) {
+        // Partitions are created outside the transaction (a short lock of their own).
+        create_partitions(&partition_client, first, last.max(first)).await?;
+    }
+    let inserted = insert_activity_batch(&tx, &stored).await?;
+    let tenants: Vec<String> = stored
+        .iter()
+        .map(|e| e.tenant_id.clone().unwrap_or_default())
+        .collect();
+    let ids: Vec<uuid::Uuid> = stored.iter().map(|e| e.id).collect();
+    tx.execute(
+        "DELETE FROM rejected_events r USING unnest($1::text[], $2::uuid[]) AS x(tenant_id, id) \
+         WHERE r.tenant_id = x.tenant_id AND r.id = x.id",
+        &[&tenants, &ids],
+    )
+    .await?;
+    for item in &validated.quarantined {
+        tx.execute(
+            "UPDATE rejected_events SET reason = $3, record = $4 WHERE tenant_id = $1 AND id = $2",
+            &[
+                &item.event.tenant_id.clone().unwrap_or_default(),
+                &item.event.id,
+                &item.reason.code.as_str(),
+                &item.record_json(),
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    metrics()
+        .exporter_rows_written
+        .get_or_create(&TableLabels {
+            table: "activity_events",
+        })
+        .inc_by(inserted);
+    Ok(ReplayReport {
+        replayed: stored.len() as u64,
+        still_rejected: validated.quarantined.len() as u64 + unreadable,
+    })
+}
