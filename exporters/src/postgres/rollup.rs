@@ -367,6 +367,7 @@ impl RollupJob {
                 let job = job.clone();
                 Box::pin(async move {
                     let report = job.run_once(client).await?;
+                    record_lag(client).await?;
                     // Saturated: more rows are waiting, go again without pausing.
                     Ok(report.activity_rows >= max_rows || report.token_rows >= max_rows)
                 })
@@ -374,6 +375,25 @@ impl RollupJob {
             .await
         })
     }
+}
+
+/// Sets `tally_rollup_lag_seq`: how far (in `seq`) the raw tables are ahead of
+/// their rollup watermarks, summed over both tables. Token rows inside the
+/// attribution delay count as lag too (they wait by design).
+async fn record_lag(client: &tokio_postgres::Client) -> Result<(), PgError> {
+    let lag: i64 = client
+        .query_one(
+            "SELECT greatest(coalesce((SELECT max(seq) FROM activity_events), 0) \
+                 - (SELECT last_seq FROM rollup_watermarks WHERE name = $1), 0) \
+              + greatest(coalesce((SELECT max(seq) FROM token_usage), 0) \
+                 - (SELECT last_seq FROM rollup_watermarks WHERE name = $2), 0)",
+            &[&ACTIVITY_WATERMARK, &TOKEN_WATERMARK],
+        )
+        .await?
+        .try_get::<_, Option<i64>>(0)?
+        .unwrap_or(0);
+    tally_model::metrics::metrics().rollup_lag_seq.set(lag);
+    Ok(())
 }
 
 /// The watermark of `name`, locked for this transaction.
