@@ -8,13 +8,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
-use uuid::Uuid;
 
-use crate::activity::format_ts;
 use crate::auth::{Caller, SCOPE_TOKENS_READ};
 use crate::cursor::Cursor;
 use crate::error::ApiError;
-use crate::params::{non_empty, pairs, Params, SqlBuilder};
+use crate::params::{pairs, Params, SqlBuilder};
 use crate::AppState;
 
 /// The query parameters `GET /api/v1/tokens` accepts.
@@ -98,81 +96,20 @@ impl TokensQuery {
     }
 }
 
-const COLUMNS: &str = "id, seq, ts, received_at, tenant_id, user_id, session_id, service, \
-     trace_id, span_id, provider, operation, request_model, response_model, model, input_tokens, \
-     output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens, \
-     usage_known, cost_usd::float8 AS cost_usd, outcome, duration_ms, attribution_source, attributes";
+use crate::siem::rows::{TokenItem, TOKEN_COLUMNS as COLUMNS};
 
-/// One item of the response, with the `token_usage` column names.
-#[derive(Debug, Serialize)]
-pub struct TokenItem {
-    pub id: Uuid,
-    pub seq: i64,
-    pub ts: String,
-    pub received_at: String,
-    pub tenant_id: Option<String>,
-    pub user_id: Option<String>,
-    pub session_id: Option<String>,
-    pub service: Option<String>,
-    pub trace_id: Option<String>,
-    pub span_id: Option<String>,
-    pub provider: Option<String>,
-    pub operation: Option<String>,
-    pub request_model: Option<String>,
-    pub response_model: Option<String>,
-    pub model: Option<String>,
-    pub input_tokens: Option<i64>,
-    pub output_tokens: Option<i64>,
-    pub cache_read_tokens: Option<i64>,
-    pub cache_write_tokens: Option<i64>,
-    pub reasoning_tokens: Option<i64>,
-    pub total_tokens: Option<i64>,
-    pub usage_known: bool,
-    /// Estimated cost in US dollars; `null` when the model has no price.
-    pub cost_usd: Option<f64>,
-    pub outcome: String,
-    pub duration_ms: Option<f64>,
-    /// `record`, `trace` or `none`.
-    pub attribution_source: String,
-    pub attributes: serde_json::Value,
-}
-
-impl TokenItem {
-    fn from_row(row: &Row) -> Result<(TokenItem, Cursor), tokio_postgres::Error> {
-        let ts: DateTime<Utc> = row.try_get("ts")?;
-        let received_at: DateTime<Utc> = row.try_get("received_at")?;
-        let id: Uuid = row.try_get("id")?;
-        let item = TokenItem {
-            id,
-            seq: row.try_get("seq")?,
-            ts: format_ts(ts),
-            received_at: format_ts(received_at),
-            tenant_id: non_empty(row.try_get("tenant_id")?),
-            user_id: row.try_get("user_id")?,
-            session_id: row.try_get("session_id")?,
-            service: row.try_get("service")?,
-            trace_id: row.try_get("trace_id")?,
-            span_id: row.try_get("span_id")?,
-            provider: row.try_get("provider")?,
-            operation: row.try_get("operation")?,
-            request_model: row.try_get("request_model")?,
-            response_model: row.try_get("response_model")?,
-            model: row.try_get("model")?,
-            input_tokens: row.try_get("input_tokens")?,
-            output_tokens: row.try_get("output_tokens")?,
-            cache_read_tokens: row.try_get("cache_read_tokens")?,
-            cache_write_tokens: row.try_get("cache_write_tokens")?,
-            reasoning_tokens: row.try_get("reasoning_tokens")?,
-            total_tokens: row.try_get("total_tokens")?,
-            usage_known: row.try_get("usage_known")?,
-            cost_usd: row.try_get("cost_usd")?,
-            outcome: row.try_get("outcome")?,
-            duration_ms: row.try_get("duration_ms")?,
-            attribution_source: row.try_get("attribution_source")?,
-            attributes: row.try_get("attributes")?,
-        };
-        Ok((item, Cursor { ts, id }))
-    }
+/// An item of the ledger (the shape `/export` and `/tokens/stream` use too) and
+/// its keyset position.
+fn item_and_cursor(row: &Row) -> Result<(TokenItem, Cursor), tokio_postgres::Error> {
+    let item = TokenItem::from_row(row)?;
+    let ts: DateTime<Utc> = row.try_get("ts")?;
+    Ok((
+        item,
+        Cursor {
+            ts,
+            id: row.try_get("id")?,
+        },
+    ))
 }
 
 /// A page of the token ledger.
@@ -200,7 +137,7 @@ pub(crate) async fn list(
     let mut items = Vec::with_capacity(rows.len().min(limit));
     let mut last = None;
     for row in rows.iter().take(limit) {
-        let (item, cursor) = TokenItem::from_row(row).map_err(ApiError::from_db)?;
+        let (item, cursor) = item_and_cursor(row).map_err(ApiError::from_db)?;
         items.push(item);
         last = Some(cursor);
     }
