@@ -10,7 +10,7 @@
 use futures::future::BoxFuture;
 use tally_admin_api::rejected::{ReplayReport, ReplayRequest, Replayer};
 use tally_exporters::postgres::{self, create_partitions, insert_activity_batch};
-use tally_model::metrics::{metrics, TableLabels};
+use tally_model::metrics::{metrics, ActivityLabels, TableLabels, OTHER};
 use tally_model::ActivityEvent;
 use tally_processors::validate::{event_from_record, Validator};
 
@@ -114,12 +114,34 @@ async fn replay(
         .await?;
     }
     tx.commit().await?;
-    metrics()
-        .exporter_rows_written
+    let m = metrics();
+    m.exporter_rows_written
         .get_or_create(&TableLabels {
             table: "activity_events",
         })
         .inc_by(inserted);
+    // Locked rows cannot have been stored by anyone else, so every replayed
+    // event was inserted; should that ever not hold, the per-action counters
+    // are left alone rather than over-counted.
+    if inserted == stored.len() as u64 {
+        let with_tenant = m.tenant_labels.cap() > 0;
+        for event in &stored {
+            let action = if event.taxonomy_valid == Some(false) {
+                OTHER.to_string()
+            } else {
+                m.action_labels.label(&event.action)
+            };
+            let labels = ActivityLabels {
+                action,
+                outcome: event.outcome.as_str(),
+                tenant: with_tenant.then(|| {
+                    m.tenant_labels
+                        .label(event.tenant_id.as_deref().unwrap_or(""))
+                }),
+            };
+            m.activity_events.get_or_create(&labels).inc();
+        }
+    }
     Ok(ReplayReport {
         replayed: stored.len() as u64,
         still_rejected: validated.quarantined.len() as u64 + unreadable,

@@ -314,4 +314,21 @@ async fn quarantined_events_replay_exactly_once_after_the_registry_is_fixed() {
         left,
         [("unknown_action".to_string(), 1)].into_iter().collect()
     );
+
+    // The replayed rows are counted like any other committed row.
+    let metrics = reqwest::get(tally.metrics_url())
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    let replayed: f64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("tally_activity_events_total{")
+                && line.contains("action=\"warehouse.pallet.moved\"")
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(replayed, 2.0, "{metrics}");
 }
