@@ -77,6 +77,8 @@ pub struct AdminApi {
     listener: TcpListener,
     local_addr: SocketAddr,
     state: AppState,
+    /// `admin_api.cors`, when origins are configured.
+    cors: Option<tower_http::cors::CorsLayer>,
 }
 
 impl AdminApi {
@@ -117,6 +119,7 @@ impl AdminApi {
         }
         tracing::info!(address = %local_addr, "admin API listening on {local_addr}");
         Ok(AdminApi {
+            cors: cors_layer(&config.cors),
             listener,
             local_addr,
             state: AppState {
@@ -172,7 +175,7 @@ impl AdminApi {
 
     /// The axum Router, for tests.
     pub fn router(&self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .route("/api/v1/openapi.json", get(openapi::document))
@@ -197,8 +200,45 @@ impl AdminApi {
             .fallback(error::not_found)
             .method_not_allowed_fallback(error::method_not_allowed)
             .with_state(self.state.clone())
-            .layer(tower_http::trace::TraceLayer::new_for_http())
+            .layer(tower_http::trace::TraceLayer::new_for_http());
+        match &self.cors {
+            Some(cors) => router.layer(cors.clone()),
+            None => router,
+        }
     }
+}
+
+/// The CORS layer for `admin_api.cors` (none when no origin is configured).
+fn cors_layer(config: &tally_config::CorsConfig) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if config.allowed_origins.is_empty() {
+        return None;
+    }
+    let origins = if config.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([
+                HeaderName::from_static("x-next-after-seq"),
+                HeaderName::from_static("x-has-more"),
+            ]),
+    )
 }
 
 fn build_pool(database_url: &str) -> Result<Pool, ApiError> {

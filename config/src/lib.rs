@@ -120,6 +120,20 @@ impl Config {
         if self.admin_api.max_page_size == 0 {
             return Err(invalid("admin_api.max_page_size", "must be at least 1"));
         }
+        for origin in &self.admin_api.cors.allowed_origins {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin
+                        .trim_end_matches('/')
+                        .contains(|c: char| c.is_whitespace())
+                    && origin.is_ascii());
+            if !valid {
+                return Err(invalid(
+                    "admin_api.cors.allowed_origins",
+                    "each origin is `*` or `http(s)://host[:port]`",
+                ));
+            }
+        }
         if let Some(jwt) = &self.admin_api.auth.jwt {
             if jwt.hs256_secret.as_deref().is_some_and(|s| s.len() < 16) {
                 return Err(invalid(

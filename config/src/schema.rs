@@ -228,6 +228,16 @@ pub struct AdminApiConfig {
     pub sse_max_clients: usize,
     /// Events buffered per live-feed client before it is reset (default 1024).
     pub sse_client_buffer: usize,
+    /// Cross-origin access for browser dashboards; off by default.
+    pub cors: CorsConfig,
+}
+
+/// `admin_api.cors`: origins allowed to call the API from a browser
+/// (`https://grafana.example.com`, or `*`). Empty (the default) sends no CORS headers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for AdminApiConfig {
@@ -241,6 +251,7 @@ impl Default for AdminApiConfig {
             sse_heartbeat_secs: 15,
             sse_max_clients: 1000,
             sse_client_buffer: 1024,
+            cors: CorsConfig::default(),
         }
     }
 }

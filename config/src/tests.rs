@@ -115,3 +115,18 @@ fn port_zero_and_localhost_are_accepted() {
     assert_eq!(config.admin_api.endpoint.port(), 0);
     assert!(config.admin_api.endpoint.is_loopback());
 }
+
+#[test]
+fn cors_origins_are_checked() {
+    let ok = Config::from_yaml_str(
+        "admin_api: { cors: { allowed_origins: ['https://grafana.example.com', 'http://localhost:3000'] } }",
+    )
+    .unwrap();
+    assert_eq!(ok.admin_api.cors.allowed_origins.len(), 2);
+    assert!(
+        Config::default().admin_api.cors.allowed_origins.is_empty(),
+        "off by default"
+    );
+    let err = error_of("admin_api: { cors: { allowed_origins: ['grafana.example.com'] } }");
+    assert!(err.starts_with("admin_api.cors.allowed_origins: "), "{err}");
+}
