@@ -18,6 +18,7 @@ use tally_model::Outcome;
 use crate::auth::{Caller, SCOPE_ACTIVITY_READ};
 use crate::cursor::Cursor;
 use crate::error::{truncate, ApiError};
+use crate::params::SqlBuilder;
 use crate::AppState;
 
 /// The query parameters `GET /api/v1/activity` accepts.
@@ -177,6 +178,22 @@ impl ActivityQuery {
 
     /// The SQL text and its parameters (`limit + 1` rows).
     pub fn to_sql(&self) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+        let mut sql = self.filter_sql();
+        if let Some(cursor) = self.cursor {
+            let ts = sql.param(cursor.ts);
+            let id = sql.param(cursor.id);
+            sql.clauses.push(format!("(ts, id) < ({ts}, {id})"));
+        }
+        let where_clause = sql.where_clause();
+        let limit = sql.param(i64::from(self.limit) + 1);
+        let text = format!(
+            "SELECT {COLUMNS} FROM activity_events{where_clause} ORDER BY ts DESC, id DESC LIMIT {limit}"
+        );
+        (text, sql.params)
+    }
+
+    /// The filter clauses (no cursor, no limit), shared with the live feed.
+    pub(crate) fn filter_sql(&self) -> SqlBuilder {
         let mut sql = SqlBuilder::default();
         if let Some(tenant) = &self.tenant {
             sql.push("tenant_id = ", tenant.clone());
@@ -211,56 +228,15 @@ impl ActivityQuery {
         if let Some(to) = self.to {
             sql.push("ts < ", to);
         }
-        if let Some(cursor) = self.cursor {
-            let ts = sql.param(cursor.ts);
-            let id = sql.param(cursor.id);
-            sql.clauses.push(format!("(ts, id) < ({ts}, {id})"));
-        }
-        let where_clause = if sql.clauses.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", sql.clauses.join(" AND "))
-        };
-        let limit = sql.param(i64::from(self.limit) + 1);
-        let text = format!(
-            "SELECT {COLUMNS} FROM activity_events{where_clause} ORDER BY ts DESC, id DESC LIMIT {limit}"
-        );
-        (text, sql.params)
+        sql
     }
 }
 
 const COLUMNS: &str = "id, seq, ts, received_at, tenant_id, user_id, session_id, action, outcome, \
      resource_type, resource_id, service, trace_id, span_id, attributes";
 
-#[derive(Default)]
-struct SqlBuilder {
-    clauses: Vec<String>,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
-}
-
-impl SqlBuilder {
-    fn param(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
-        self.params.push(Box::new(value));
-        format!("${}", self.params.len())
-    }
-
-    fn push(&mut self, prefix: &str, value: impl ToSql + Sync + Send + 'static) {
-        self.push_with_suffix(prefix, value, "");
-    }
-
-    fn push_with_suffix(
-        &mut self,
-        prefix: &str,
-        value: impl ToSql + Sync + Send + 'static,
-        suffix: &str,
-    ) {
-        let placeholder = self.param(value);
-        self.clauses.push(format!("{prefix}{placeholder}{suffix}"));
-    }
-}
-
 /// Escapes LIKE's metacharacters (`\`, `%`, `_`) with `\`.
-fn escape_like(text: &str) -> String {
+pub(crate) fn escape_like(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '\\' | '%' | '_') {

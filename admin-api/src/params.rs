@@ -219,8 +219,18 @@ impl SqlBuilder {
 
     /// Adds the clause `<prefix><placeholder>`.
     pub(crate) fn push(&mut self, prefix: &str, value: impl ToSql + Sync + Send + 'static) {
+        self.push_with_suffix(prefix, value, "");
+    }
+
+    /// Adds the clause `<prefix><placeholder><suffix>`.
+    pub(crate) fn push_with_suffix(
+        &mut self,
+        prefix: &str,
+        value: impl ToSql + Sync + Send + 'static,
+        suffix: &str,
+    ) {
         let placeholder = self.param(value);
-        self.clauses.push(format!("{prefix}{placeholder}"));
+        self.clauses.push(format!("{prefix}{placeholder}{suffix}"));
     }
 
     /// ` WHERE …` or nothing.

@@ -30,7 +30,7 @@ use futures::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
 
-use crate::activity::{ActionFilter, ActivityQuery};
+use crate::activity::ActivityQuery;
 use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::{truncate, ApiError};
 use crate::siem::rows::{activity_item, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
@@ -166,11 +166,6 @@ impl Filters {
         self.clauses.push(format!("{column} = {placeholder}"));
     }
 
-    fn raw(&mut self, prefix: &str, value: impl ToSql + Sync + Send + 'static, suffix: &str) {
-        let placeholder = self.param(value);
-        self.clauses.push(format!("{prefix}{placeholder}{suffix}"));
-    }
-
     /// `SELECT <columns> FROM <table> WHERE <filters> AND seq > $k ORDER BY seq LIMIT $k+1`.
     pub(crate) fn seq_page_sql(&self, table: &str, columns: &str) -> String {
         let seq = self.params.len() + 1;
@@ -227,54 +222,14 @@ impl Filters {
     }
 }
 
-/// The activity filters of an [`ActivityQuery`] as [`Filters`].
+/// The activity filters of an [`ActivityQuery`] as [`Filters`]: the same
+/// clauses `GET /activity` uses.
 pub(crate) fn activity_filters(query: &ActivityQuery) -> Filters {
-    let mut filters = Filters::default();
-    if let Some(tenant) = &query.tenant {
-        filters.eq("tenant_id", tenant.clone());
+    let sql = query.filter_sql();
+    Filters {
+        clauses: sql.clauses,
+        params: sql.params,
     }
-    if let Some(user) = &query.user {
-        filters.eq("user_id", user.clone());
-    }
-    match &query.action {
-        ActionFilter::Any => {}
-        ActionFilter::Exact(action) => filters.eq("action", action.clone()),
-        ActionFilter::Prefix(prefix) => filters.raw(
-            "action LIKE ",
-            format!("{}%", escape_like(prefix)),
-            " ESCAPE '\\'",
-        ),
-    }
-    if let Some(outcome) = query.outcome {
-        filters.eq("outcome", outcome.as_str().to_owned());
-    }
-    if let Some(resource_type) = &query.resource_type {
-        filters.eq("resource_type", resource_type.clone());
-    }
-    if let Some(resource_id) = &query.resource_id {
-        filters.eq("resource_id", resource_id.clone());
-    }
-    if let Some(trace_id) = &query.trace_id {
-        filters.eq("trace_id", trace_id.clone());
-    }
-    if let Some(from) = query.from {
-        filters.raw("ts >= ", from, "");
-    }
-    if let Some(to) = query.to {
-        filters.raw("ts < ", to, "");
-    }
-    filters
-}
-
-fn escape_like(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
 }
 
 /// What one feed client follows.
