@@ -31,6 +31,9 @@ pub enum PgError {
     /// Something did not happen before its deadline.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// Data read from the database (or a key) is not in the shape Tally writes.
+    #[error("integrity: {0}")]
+    Integrity(String),
     /// The exporter is shutting down or stopped.
     #[error("exporter stopped")]
     Stopped,

@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "taxonomy_flags_and_secrets",
         include_str!("migrations/0004_taxonomy_flags.sql"),
     ),
+    (5, "chain", include_str!("migrations/0005_chain.sql")),
 ];
 
 /// Applies the migrations not yet recorded in `tally_schema_migrations`, then

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
+pub mod chain;
 pub mod embedded;
 mod error;
 mod migrate;

@@ -9,7 +9,9 @@
 //! cutoff. A partition failing a check is kept and logged as a warning: the next
 //! run retries it once the rollup job has caught up. Partitions whose name does
 //! not follow the pattern (a default partition, tables added by hand) are never
-//! touched.
+//! touched. Before an `activity_events` partition is dropped, its rows are
+//! recorded per tenant in `chain_truncations` in the same transaction, so the
+//! tamper-evidence chain verifies across the drop.
 
 use std::time::Duration;
 
@@ -202,6 +204,9 @@ impl RetentionJob {
                     )));
                 }
             }
+            if table == "activity_events" {
+                record_truncation(client, partition).await?;
+            }
             client
                 .batch_execute(&format!("DROP TABLE {quoted}"))
                 .await?;
@@ -242,6 +247,44 @@ impl RetentionJob {
             .await
         })
     }
+}
+
+/// Records in `chain_truncations`, per tenant, what dropping the
+/// `activity_events` partition `partition` removes (rows, seq range, the last
+/// chained seq and its hash), so that verification accounts for the missing
+/// rows (see [`chain`](super::chain)). Runs in the dropping transaction.
+async fn record_truncation(client: &Client, partition: &str) -> Result<(), PgError> {
+    let Some(day) = partition_day("activity_events", partition) else {
+        return Ok(());
+    };
+    let quoted = quote_ident(partition);
+    let recorded = client
+        .execute(
+            &format!(
+                "WITH dropped AS ( \
+                     SELECT tenant_id, count(*) AS rows, min(seq) AS min_seq, max(seq) AS max_seq, \
+                         max(seq) FILTER (WHERE seq <= (SELECT last_seq FROM chain_watermark \
+                             WHERE name = $3)) AS last_chained_seq \
+                     FROM {quoted} GROUP BY tenant_id) \
+                 INSERT INTO chain_truncations (table_name, partition_name, day, tenant_id, rows, \
+                     min_seq, max_seq, last_chained_seq, last_chained_hash) \
+                 SELECT 'activity_events', $1, $2, d.tenant_id, d.rows, d.min_seq, d.max_seq, \
+                     d.last_chained_seq, c.row_hash \
+                 FROM dropped d LEFT JOIN activity_chain c \
+                     ON c.tenant_id = d.tenant_id AND c.seq = d.last_chained_seq \
+                 ON CONFLICT (table_name, day, tenant_id) DO UPDATE SET \
+                     rows = chain_truncations.rows + EXCLUDED.rows, \
+                     dropped_at = EXCLUDED.dropped_at"
+            ),
+            &[&partition, &day, &super::chain::CHAIN_WATERMARK],
+        )
+        .await?;
+    tracing::debug!(
+        partition,
+        tenants = recorded,
+        "retention recorded the drop for the hash chain"
+    );
+    Ok(())
 }
 
 /// The UTC day of a partition named `<table>_pYYYYMMDD`.

@@ -1,0 +1,454 @@
+//! Tamper evidence against a real PostgreSQL: the chainer, out-of-band UPDATE,
+//! DELETE and INSERT each detected at their seq, retention drops, concurrent
+//! chainers, and signed checkpoints.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use ed25519_dalek::SigningKey;
+use tally_config::RetentionConfig;
+use tally_exporters::postgres::chain::{
+    self, ChainJob, ProblemKind, VerifyReport, VerifyStatus, VerifyingKey,
+};
+use tally_exporters::postgres::{RetentionJob, RollupJob};
+use tally_exporters::testing::TestDatabase;
+use tokio_postgres::Client;
+
+const ACTIVITY_LOCK: i64 = i64::from_be_bytes(*b"tallyact");
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+fn trusted() -> Vec<VerifyingKey> {
+    vec![key().verifying_key()]
+}
+
+fn job() -> ChainJob {
+    ChainJob::new(Some(key()), Duration::ZERO)
+}
+
+/// Inserts one row the way the writers do (lock, nextval, commit) and answers its seq.
+async fn insert(client: &mut Client, tenant: &str, ts: DateTime<Utc>, user: &str) -> i64 {
+    let tx = client.transaction().await.expect("begin");
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ACTIVITY_LOCK])
+        .await
+        .expect("lock");
+    let seq: i64 = tx
+        .query_one(
+            "INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, action, outcome, \
+                 attributes, taxonomy_valid) \
+             VALUES (gen_random_uuid(), nextval('activity_events_seq'), $1, $2, $3, 'doc.read', \
+                 'success', '{\"b\": 1, \"a\": [1.5, \"x\"]}', true) RETURNING seq",
+            &[&ts, &tenant, &user],
+        )
+        .await
+        .expect("insert")
+        .get(0);
+    tx.commit().await.expect("commit");
+    seq
+}
+
+/// Rows alternating between tenants `acme` and `beta`: answers their seqs.
+async fn interleaved(client: &mut Client, n: usize) -> (Vec<i64>, Vec<i64>) {
+    let (mut acme, mut beta) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        acme.push(insert(client, "acme", Utc::now(), &format!("u{i}")).await);
+        beta.push(insert(client, "beta", Utc::now(), &format!("u{i}")).await);
+    }
+    (acme, beta)
+}
+
+async fn chain_all(db: &TestDatabase) {
+    let mut client = db.client().await;
+    job().run_once(&mut client).await.expect("chainer run");
+}
+
+async fn verify(db: &TestDatabase, tenant: &str) -> VerifyReport {
+    let mut client = db.client().await;
+    chain::verify(&mut client, tenant, &trusted())
+        .await
+        .expect("verify")
+}
+
+fn assert_problem(report: &VerifyReport, seq: i64, kind: ProblemKind) {
+    assert_eq!(report.status, VerifyStatus::Tampered, "{report:#?}");
+    let problem = report.first_problem.as_ref().expect("a problem");
+    assert_eq!((problem.seq, problem.kind), (seq, kind), "{report:#?}");
+}
+
+#[tokio::test]
+async fn untouched_chains_verify_per_tenant_with_a_signed_checkpoint() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let (acme, beta) = interleaved(&mut client, 6).await;
+    chain_all(&db).await;
+    // A row after the chain's watermark is "not chained yet", not an error.
+    let late = insert(&mut client, "acme", Utc::now(), "late").await;
+
+    let report = verify(&db, "acme").await;
+    assert_eq!(report.status, VerifyStatus::Intact, "{report:#?}");
+    assert_eq!(report.verified_up_to_seq, acme.last().copied());
+    assert_eq!(report.rows_checked, 6);
+    assert_eq!(report.unchained_rows, 1);
+    let checkpoint = report.checkpoint.as_ref().expect("checkpoint");
+    assert_eq!(Some(checkpoint.seq), acme.last().copied());
+    assert_eq!(checkpoint.key_trusted, Some(true));
+    assert!(checkpoint.signature_valid);
+    assert!(report.summary().contains("intact up to seq"));
+
+    let report = verify(&db, "beta").await;
+    assert!(report.is_intact(), "{report:#?}");
+    assert_eq!(report.verified_up_to_seq, beta.last().copied());
+
+    // The late row is chained by the next run.
+    chain_all(&db).await;
+    let report = verify(&db, "acme").await;
+    assert!(report.is_intact(), "{report:#?}");
+    assert_eq!(report.verified_up_to_seq, Some(late));
+    assert_eq!(report.unchained_rows, 0);
+
+    // A tenant with nothing stored verifies as intact with nothing chained.
+    let report = verify(&db, "nobody").await;
+    assert!(report.is_intact());
+    assert_eq!(report.verified_up_to_seq, None);
+}
+
+#[tokio::test]
+async fn an_update_is_detected_at_its_seq_and_other_tenants_stay_intact() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let (acme, beta) = interleaved(&mut client, 5).await;
+    chain_all(&db).await;
+
+    client
+        .execute(
+            "UPDATE activity_events SET user_id = 'mallory' WHERE seq = $1",
+            &[&acme[2]],
+        )
+        .await
+        .expect("update");
+    let report = verify(&db, "acme").await;
+    assert_problem(&report, acme[2], ProblemKind::Altered);
+    assert_eq!(report.verified_up_to_seq, Some(acme[1]));
+    assert!(report.summary().contains("TAMPERED"));
+    assert!(verify(&db, "beta").await.is_intact());
+
+    // A change inside the jsonb attributes is detected too.
+    client
+        .execute(
+            "UPDATE activity_events SET attributes = jsonb_set(attributes, '{b}', '2') \
+             WHERE seq = $1",
+            &[&beta[4]],
+        )
+        .await
+        .expect("update attributes");
+    assert_problem(&verify(&db, "beta").await, beta[4], ProblemKind::Altered);
+}
+
+#[tokio::test]
+async fn a_delete_is_detected_at_its_seq() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let (acme, _beta) = interleaved(&mut client, 5).await;
+    chain_all(&db).await;
+
+    client
+        .execute("DELETE FROM activity_events WHERE seq = $1", &[&acme[3]])
+        .await
+        .expect("delete");
+    let report = verify(&db, "acme").await;
+    assert_problem(&report, acme[3], ProblemKind::Deleted);
+
+    // Deleting the link as well is still seen: the next link names its predecessor.
+    client
+        .execute(
+            "DELETE FROM activity_chain WHERE tenant_id = 'acme' AND seq = $1",
+            &[&acme[3]],
+        )
+        .await
+        .expect("delete link");
+    assert_problem(&verify(&db, "acme").await, acme[3], ProblemKind::Deleted);
+}
+
+#[tokio::test]
+async fn deleting_the_tail_with_its_links_is_detected() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let (acme, _beta) = interleaved(&mut client, 4).await;
+    chain_all(&db).await;
+    let last = acme[3];
+    client
+        .batch_execute(&format!(
+            "DELETE FROM activity_events WHERE seq = {last}; \
+             DELETE FROM activity_chain WHERE tenant_id = 'acme' AND seq = {last};"
+        ))
+        .await
+        .expect("delete tail");
+    // The head and the signed checkpoint still name the removed row.
+    assert_problem(&verify(&db, "acme").await, last, ProblemKind::Deleted);
+}
+
+#[tokio::test]
+async fn an_insert_is_detected_at_its_seq() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let (acme, beta) = interleaved(&mut client, 5).await;
+    chain_all(&db).await;
+
+    // A row for acme in a seq gap (a seq beta used), below the watermark.
+    client
+        .execute(
+            "INSERT INTO activity_events (id, seq, ts, tenant_id, action, outcome) \
+             VALUES (gen_random_uuid(), $1, now(), 'acme', 'doc.delete', 'success')",
+            &[&beta[1]],
+        )
+        .await
+        .expect("insert");
+    let report = verify(&db, "acme").await;
+    assert_problem(&report, beta[1], ProblemKind::Inserted);
+    assert_eq!(report.verified_up_to_seq, Some(acme[1]));
+    assert!(verify(&db, "beta").await.is_intact());
+}
+
+#[tokio::test]
+async fn an_insert_reusing_a_chained_seq_is_detected() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let (acme, _beta) = interleaved(&mut client, 3).await;
+    chain_all(&db).await;
+    client
+        .execute(
+            "INSERT INTO activity_events (id, seq, ts, tenant_id, action, outcome) \
+             VALUES (gen_random_uuid(), $1, now(), 'acme', 'doc.delete', 'success')",
+            &[&acme[1]],
+        )
+        .await
+        .expect("insert");
+    assert_problem(&verify(&db, "acme").await, acme[1], ProblemKind::Inserted);
+}
+
+async fn partition(client: &Client, day: NaiveDate) {
+    let next = day.succ_opt().expect("next day");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS activity_events_p{} PARTITION OF activity_events \
+             FOR VALUES FROM ('{day} 00:00:00+00') TO ('{next} 00:00:00+00')",
+            day.format("%Y%m%d")
+        ))
+        .await
+        .expect("partition");
+}
+
+#[tokio::test]
+async fn an_untouched_chain_verifies_across_a_retention_drop() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let today = Utc::now().date_naive();
+    let old = today - Days::new(100);
+    partition(&client, old).await;
+    let old_ts = old.and_hms_opt(12, 0, 0).expect("noon").and_utc();
+    // Old and recent rows interleaved in seq order, for two tenants.
+    let mut acme = Vec::new();
+    for i in 0..4 {
+        acme.push(insert(&mut client, "acme", old_ts, &format!("old{i}")).await);
+        acme.push(insert(&mut client, "acme", Utc::now(), &format!("new{i}")).await);
+        insert(&mut client, "beta", old_ts, "b").await;
+    }
+    chain_all(&db).await;
+    let mut runner = db.client().await;
+    RollupJob::new(Duration::ZERO)
+        .run_once(&mut runner)
+        .await
+        .expect("rollup");
+    let report = RetentionJob::new(RetentionConfig {
+        raw_days: 90,
+        aggregate_days: 0,
+    })
+    .run_once_at(&client, today)
+    .await
+    .expect("retention");
+    assert_eq!(
+        report.dropped_partitions,
+        vec![format!("activity_events_p{}", old.format("%Y%m%d"))]
+    );
+
+    let report = verify(&db, "acme").await;
+    assert!(report.is_intact(), "{report:#?}");
+    assert_eq!(report.dropped_rows, 4);
+    assert_eq!(report.rows_checked, 4);
+    assert_eq!(report.verified_up_to_seq, acme.last().copied());
+    let report = verify(&db, "beta").await;
+    assert!(report.is_intact(), "{report:#?}");
+    assert_eq!(report.dropped_rows, 4);
+    assert_eq!(
+        report.verified_up_to_seq,
+        report.checkpoint.as_ref().map(|c| c.seq)
+    );
+
+    let recorded: i64 = client
+        .query_one(
+            "SELECT sum(rows)::int8 FROM chain_truncations WHERE day = $1",
+            &[&old],
+        )
+        .await
+        .expect("truncations")
+        .get(0);
+    assert_eq!(recorded, 8);
+
+    // The recorded drop excuses only that day: a recent row deleted is still caught.
+    client
+        .execute("DELETE FROM activity_events WHERE seq = $1", &[&acme[5]])
+        .await
+        .expect("delete");
+    assert_problem(&verify(&db, "acme").await, acme[5], ProblemKind::Deleted);
+}
+
+#[tokio::test]
+async fn concurrent_chainers_chain_every_row_exactly_once() {
+    let db = TestDatabase::migrated().await;
+    let mut writer = db.client().await;
+    let mut chainers = Vec::new();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    for _ in 0..4 {
+        let mut client = db.client().await;
+        let stopped = stopped.clone();
+        chainers.push(tokio::spawn(async move {
+            let job = ChainJob::new(Some(key()), Duration::ZERO).with_max_rows_per_run(7);
+            let mut chained = 0u64;
+            loop {
+                let done = *stopped.borrow();
+                let report = job.run_once(&mut client).await.expect("chainer run");
+                chained += report.rows;
+                if done && report.rows == 0 {
+                    return chained;
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut total = 0u64;
+    for i in 0..60 {
+        let tenant = ["acme", "beta", "gamma"][i % 3];
+        insert(&mut writer, tenant, Utc::now(), "u").await;
+        total += 1;
+    }
+    let _ = stop.send(true);
+    let mut chained = 0;
+    for chainer in chainers {
+        chained += chainer.await.expect("chainer task");
+    }
+    assert_eq!(chained, total);
+    let links: i64 = writer
+        .query_one("SELECT count(*) FROM activity_chain", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(links, 60);
+    for tenant in ["acme", "beta", "gamma"] {
+        let report = verify(&db, tenant).await;
+        assert!(report.is_intact(), "{report:#?}");
+        assert_eq!(report.rows_checked, 20);
+    }
+}
+
+#[tokio::test]
+async fn forged_checkpoints_are_rejected() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let (acme, _beta) = interleaved(&mut client, 3).await;
+    // Chain the first two rows without a checkpoint, then the rest with one.
+    ChainJob::new(None, Duration::ZERO)
+        .with_max_rows_per_run(2)
+        .run_once(&mut client)
+        .await
+        .expect("chainer");
+    chain_all(&db).await;
+    assert!(verify(&db, "acme").await.is_intact());
+
+    // A checkpoint with a signature that does not verify.
+    client
+        .execute(
+            "INSERT INTO chain_checkpoints (tenant_id, seq, head_hash, signed_at, key_id, signature) \
+             SELECT tenant_id, seq, row_hash, now(), (SELECT key_id FROM chain_keys LIMIT 1), \
+                 decode(repeat('ab', 64), 'hex') \
+             FROM activity_chain WHERE tenant_id = 'acme' AND seq = $1",
+            &[&acme[0]],
+        )
+        .await
+        .expect("forged checkpoint");
+    assert_problem(&verify(&db, "acme").await, acme[0], ProblemKind::Checkpoint);
+
+    // A well-signed checkpoint by a key that is not the configured one.
+    let other = SigningKey::from_bytes(&[7; 32]);
+    let other_id = chain::key_id(&other.verifying_key());
+    let row = client
+        .query_one(
+            "SELECT row_hash, now() FROM activity_chain WHERE tenant_id = 'acme' AND seq = $1",
+            &[&acme[0]],
+        )
+        .await
+        .expect("link");
+    let hash: Vec<u8> = row.get(0);
+    let at: DateTime<Utc> = row.get(1);
+    let signature = ed25519_dalek::Signer::sign(
+        &other,
+        &chain::checkpoint_message("acme", acme[0], &hash, at),
+    );
+    client
+        .batch_execute("DELETE FROM chain_checkpoints WHERE key_id <> 'keep'")
+        .await
+        .expect("clear");
+    client
+        .execute(
+            "INSERT INTO chain_keys (key_id, public_key) VALUES ($1, $2)",
+            &[&other_id, &other.verifying_key().as_bytes().as_slice()],
+        )
+        .await
+        .expect("key");
+    client
+        .execute(
+            "INSERT INTO chain_checkpoints (tenant_id, seq, head_hash, signed_at, key_id, signature) \
+             VALUES ('acme', $1, $2, $3, $4, $5)",
+            &[&acme[0], &hash, &at, &other_id, &signature.to_bytes().as_slice()],
+        )
+        .await
+        .expect("checkpoint by another key");
+    assert_problem(&verify(&db, "acme").await, acme[0], ProblemKind::Checkpoint);
+    // Without a trusted key the recorded keys are used: that one verifies.
+    let report = chain::verify(&mut client, "acme", &[])
+        .await
+        .expect("verify");
+    assert!(report.is_intact(), "{report:#?}");
+    assert_eq!(
+        report.checkpoint.as_ref().map(|c| c.key_trusted),
+        Some(None)
+    );
+}
+
+#[tokio::test]
+async fn a_rewritten_chain_is_caught_by_the_signed_checkpoint() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        seqs.push(insert(&mut client, "acme", Utc::now(), &format!("u{i}")).await);
+    }
+    chain_all(&db).await;
+    // Someone with SQL access but without the signing key alters a row and
+    // recomputes every link after it (here: re-chains from scratch).
+    client
+        .batch_execute(&format!(
+            "UPDATE activity_events SET user_id = 'mallory' WHERE seq = {}; \
+             DELETE FROM activity_chain; DELETE FROM chain_heads; \
+             UPDATE chain_watermark SET last_seq = 0;",
+            seqs[1]
+        ))
+        .await
+        .expect("rewrite");
+    ChainJob::new(None, Duration::ZERO)
+        .run_once(&mut client)
+        .await
+        .expect("re-chain");
+    assert_problem(&verify(&db, "acme").await, seqs[4], ProblemKind::Checkpoint);
+}
