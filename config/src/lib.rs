@@ -92,6 +92,20 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let largest_message = receiver
+            .http
+            .max_request_body_size
+            .max(receiver.grpc.max_recv_msg_size_mib.saturating_mul(1024 * 1024));
+        if receiver.max_in_flight_bytes < largest_message {
+            return Err(invalid(
+                "receivers.otlp.max_in_flight_bytes",
+                &format!(
+                    "must be at least the largest accepted message ({largest_message} bytes: \
+                     receivers.otlp.http.max_request_body_size and \
+                     receivers.otlp.grpc.max_recv_msg_size_mib)"
+                ),
+            ));
+        }
         if let Err((key, message)) = self.processors.tokens.check() {
             return Err(invalid(&format!("processors.tokens.{key}"), &message));
         }

@@ -29,11 +29,27 @@ pub struct Receivers {
 }
 
 /// `receivers.otlp`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OtlpReceiverConfig {
     pub grpc: GrpcConfig,
     pub http: HttpConfig,
+    /// Request bytes in flight at most, over gRPC and HTTP together (default 64 MiB):
+    /// each request is charged its body size (after decompression) from the moment it
+    /// arrives until it is answered; a request that finds the budget spent is refused
+    /// with HTTP 429 / gRPC `RESOURCE_EXHAUSTED` and a retry delay. At least the larger
+    /// of the two message size limits.
+    pub max_in_flight_bytes: usize,
+}
+
+impl Default for OtlpReceiverConfig {
+    fn default() -> Self {
+        OtlpReceiverConfig {
+            grpc: GrpcConfig::default(),
+            http: HttpConfig::default(),
+            max_in_flight_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// `receivers.otlp.grpc`.

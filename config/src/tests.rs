@@ -130,3 +130,24 @@ fn cors_origins_are_checked() {
     let err = error_of("admin_api: { cors: { allowed_origins: ['grafana.example.com'] } }");
     assert!(err.starts_with("admin_api.cors.allowed_origins: "), "{err}");
 }
+
+#[test]
+fn in_flight_bytes_default_and_lower_bound() {
+    let config = Config::from_yaml_str("").unwrap();
+    assert_eq!(config.receivers.otlp.max_in_flight_bytes, 64 * 1024 * 1024);
+    let config =
+        Config::from_yaml_str("receivers: { otlp: { max_in_flight_bytes: 33554432 } }").unwrap();
+    assert_eq!(config.receivers.otlp.max_in_flight_bytes, 32 * 1024 * 1024);
+    // Smaller than the largest accepted message (20 MiB by default): a request of that
+    // size could never be admitted.
+    let message = error_of("receivers: { otlp: { max_in_flight_bytes: 1048576 } }");
+    assert!(
+        message.contains("receivers.otlp.max_in_flight_bytes"),
+        "{message}"
+    );
+    let config = Config::from_yaml_str(
+        "receivers: { otlp: { max_in_flight_bytes: 2097152, http: { max_request_body_size: 1048576 }, grpc: { max_recv_msg_size_mib: 2 } } }",
+    )
+    .unwrap();
+    assert_eq!(config.receivers.otlp.max_in_flight_bytes, 2 * 1024 * 1024);
+}

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tally_model::pipeline::ConsumeError;
 
+use crate::budget::{Exhausted, BUSY_RETRY_AFTER};
+
 /// Why the receiver could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
@@ -38,6 +40,9 @@ pub(crate) enum RequestError {
     TooLarge(String),
     /// A fault of the receiver itself: HTTP 500.
     Internal(String),
+    /// The in-flight bytes budget is spent: HTTP 429, gRPC `RESOURCE_EXHAUSTED`, both
+    /// retryable after [`BUSY_RETRY_AFTER`](crate::budget::BUSY_RETRY_AFTER).
+    Busy(Exhausted),
     /// The pipeline refused the records.
     Consume(ConsumeError),
 }
@@ -50,6 +55,7 @@ impl RequestError {
             | RequestError::UnsupportedMediaType(m)
             | RequestError::TooLarge(m)
             | RequestError::Internal(m) => m.clone(),
+            RequestError::Busy(e) => e.message(),
             RequestError::Consume(e) => e.to_string(),
         }
     }
@@ -58,6 +64,7 @@ impl RequestError {
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             RequestError::Consume(e) => e.retry_after(),
+            RequestError::Busy(_) => Some(BUSY_RETRY_AFTER),
             _ => None,
         }
     }
@@ -70,6 +77,12 @@ impl From<ConsumeError> for RequestError {
             ConsumeError::Invalid(m) => RequestError::Invalid(m),
             other => RequestError::Consume(other),
         }
+    }
+}
+
+impl From<Exhausted> for RequestError {
+    fn from(e: Exhausted) -> Self {
+        RequestError::Busy(e)
     }
 }
 

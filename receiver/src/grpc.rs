@@ -5,10 +5,23 @@
 //! `OUT_OF_RANGE` for a too-long frame; Tally rewrites that to `RESOURCE_EXHAUSTED`, the code
 //! OTLP clients (and the OpenTelemetry Collector) use for a message over the size limit, as
 //! for a message that decompresses past the limit.
+//!
+//! Every call is charged to the receiver's in-flight bytes budget ([`InFlightBudget`]): a
+//! layer in front of tonic wraps the request body in a [`ChargedBody`], which charges the
+//! message length announced by the gRPC message prefix (and any bytes beyond it) as the
+//! frames arrive, and fails the body with `RESOURCE_EXHAUSTED` (with `RetryInfo`) when the
+//! budget is spent. The handler tops the charge up to the decompressed size and holds it
+//! until its answer is built.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::Frame;
+use prost::Message;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
@@ -29,6 +42,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::budget::{Charge, Exhausted, InFlightBudget, BUSY_RETRY_AFTER};
 use crate::check::{check_logs, check_traces};
 use crate::error::ReceiverError;
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
@@ -47,6 +61,7 @@ impl TraceService for Otlp {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let started = Instant::now();
+        let charge = charge_decoded(&request)?;
         let request = request.into_inner();
         let spans = check_traces(&request).map_err(Status::invalid_argument)?;
         if spans == 0 {
@@ -61,7 +76,9 @@ impl TraceService for Otlp {
         );
         observe_duration(Transport::Grpc, started);
         let report = result.map_err(consume_status)?;
-        Ok(Response::new(trace_response(report)))
+        let response = Response::new(trace_response(report));
+        drop(charge);
+        Ok(response)
     }
 }
 
@@ -72,6 +89,7 @@ impl LogsService for Otlp {
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let started = Instant::now();
+        let charge = charge_decoded(&request)?;
         let request = request.into_inner();
         let records = check_logs(&request).map_err(Status::invalid_argument)?;
         if records == 0 {
@@ -86,7 +104,9 @@ impl LogsService for Otlp {
         );
         observe_duration(Transport::Grpc, started);
         let report = result.map_err(consume_status)?;
-        Ok(Response::new(logs_response(report)))
+        let response = Response::new(logs_response(report));
+        drop(charge);
+        Ok(response)
     }
 }
 
@@ -109,11 +129,142 @@ fn consume_status(error: ConsumeError) -> Status {
     }
 }
 
+/// The charge of one call, shared by its [`ChargedBody`] and (through the request's
+/// extensions) its handler.
+#[derive(Clone)]
+struct CallCharge(Arc<Mutex<Charge>>);
+
+impl CallCharge {
+    fn ensure(&self, bytes: usize) -> Result<(), Exhausted> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .ensure(bytes)
+    }
+}
+
+/// `RESOURCE_EXHAUSTED` with a `RetryInfo`: retryable for OTLP clients.
+fn busy_status(busy: &Exhausted) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        busy.message(),
+        ErrorDetails::with_retry_info(Some(BUSY_RETRY_AFTER)),
+    )
+}
+
+/// Tops the call's charge up to the decoded message's size when it came compressed
+/// (uncompressed, the body's charge already is that size). Returns the charge, to be
+/// held until the answer is built.
+fn charge_decoded<M: Message>(request: &Request<M>) -> Result<Option<CallCharge>, Status> {
+    let charge = request.extensions().get::<CallCharge>().cloned();
+    if let Some(charge) = &charge {
+        if request.metadata().contains_key("grpc-encoding") {
+            charge
+                .ensure(request.get_ref().encoded_len())
+                .map_err(|busy| busy_status(&busy))?;
+        }
+    }
+    Ok(charge)
+}
+
+/// Length of the gRPC message prefix: compressed flag and big-endian `u32` length.
+const PREFIX_LEN: usize = 5;
+
+/// A request body that charges its bytes to the in-flight budget as they arrive: the
+/// length announced by the message prefix as soon as the prefix is in, and every byte
+/// beyond it. Fails with `RESOURCE_EXHAUSTED` when the budget cannot cover it.
+struct ChargedBody {
+    inner: tonic::body::Body,
+    charge: CallCharge,
+    /// Largest message length charged upfront (the decoding limit; tonic refuses longer).
+    max_message: usize,
+    prefix: [u8; PREFIX_LEN],
+    prefix_len: usize,
+    announced: usize,
+    seen: usize,
+}
+
+impl ChargedBody {
+    fn new(inner: tonic::body::Body, charge: CallCharge, max_message: usize) -> ChargedBody {
+        ChargedBody {
+            inner,
+            charge,
+            max_message,
+            prefix: [0; PREFIX_LEN],
+            prefix_len: 0,
+            announced: 0,
+            seen: 0,
+        }
+    }
+
+    /// Charges for `data`, the next bytes of the body.
+    fn account(&mut self, data: &[u8]) -> Result<(), Exhausted> {
+        if self.prefix_len < PREFIX_LEN {
+            let take = (PREFIX_LEN - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&data[..take]);
+            self.prefix_len += take;
+            if self.prefix_len == PREFIX_LEN {
+                let [_, a, b, c, d] = self.prefix;
+                let length = u32::from_be_bytes([a, b, c, d]) as usize;
+                self.announced = PREFIX_LEN + length.min(self.max_message);
+            }
+        }
+        self.seen = self.seen.saturating_add(data.len());
+        self.charge.ensure(self.seen.max(self.announced))
+    }
+}
+
+impl http_body::Body for ChargedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let data = data.clone();
+                if let Err(busy) = self.account(&data) {
+                    tracing::debug!(message = %busy.message(), "OTLP gRPC call refused");
+                    return Poll::Ready(Some(Err(busy_status(&busy))));
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Wraps each call's body in a [`ChargedBody`] and puts its charge in the extensions.
+fn charge_calls(
+    budget: InFlightBudget,
+    max_message: usize,
+) -> impl Fn(axum::http::Request<tonic::body::Body>) -> axum::http::Request<tonic::body::Body> + Clone
+{
+    move |request| {
+        let charge = CallCharge(Arc::new(Mutex::new(budget.charge())));
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(charge.clone());
+        let body = tonic::body::Body::new(ChargedBody::new(body, charge, max_message));
+        axum::http::Request::from_parts(parts, body)
+    }
+}
+
 /// Serves OTLP gRPC on `listener` until `shutdown` resolves, then drains in-flight calls.
 pub(crate) async fn serve(
     listener: TcpListener,
     consumer: Arc<dyn Consumer>,
     max_recv_msg_size_mib: usize,
+    budget: InFlightBudget,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ReceiverError> {
     let limit = max_recv_msg_size_mib.saturating_mul(1024 * 1024);
@@ -131,6 +282,9 @@ pub(crate) async fn serve(
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted,
         ))
+        .layer(tower::util::MapRequestLayer::new(charge_calls(
+            budget, limit,
+        )))
         .add_service(traces)
         .add_service(logs)
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -23,6 +23,7 @@ use serde_json::json;
 use tally_model::pipeline::{ConsumeError, ConsumeReport, Consumer};
 use tokio::net::TcpListener;
 
+use crate::budget::{Charge, InFlightBudget};
 use crate::error::{retry_after_secs, ReceiverError, RequestError};
 use crate::limits::{decode_body, Encoding};
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
@@ -46,16 +47,22 @@ const CODE_UNAVAILABLE: i32 = 14;
 struct AppState {
     consumer: Arc<dyn Consumer>,
     limit: usize,
+    budget: InFlightBudget,
 }
 
 /// The OTLP/HTTP routes; other paths answer 404, other methods 405.
-pub(crate) fn router(consumer: Arc<dyn Consumer>, max_request_body_size: usize) -> Router {
+pub(crate) fn router(
+    consumer: Arc<dyn Consumer>,
+    max_request_body_size: usize,
+    budget: InFlightBudget,
+) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/logs", post(export::<Logs>))
         .with_state(AppState {
             consumer,
             limit: max_request_body_size,
+            budget,
         })
 }
 
@@ -64,6 +71,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     consumer: Arc<dyn Consumer>,
     max_request_body_size: usize,
+    budget: InFlightBudget,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiverError> {
     use axum::serve::ListenerExt;
@@ -71,7 +79,7 @@ pub(crate) async fn serve(
         // Best effort: small responses should not wait for Nagle.
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(consumer, max_request_body_size))
+    axum::serve(listener, router(consumer, max_request_body_size, budget))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ReceiverError::Http)
@@ -249,17 +257,32 @@ async fn handle<S: Signal>(
         discard(body.into_data_stream(), limit).await;
         return Err(too_large(limit));
     }
-    let body = read_body(body, headers.content_length, limit).await?;
+    // Held until the answer is built: the body, its decoded form and its queued
+    // records all count against the in-flight budget.
+    let mut charge = state.budget.charge();
+    if let Some(len) = headers.content_length {
+        // At most `limit`, checked above.
+        if let Err(busy) = charge.ensure(len as usize) {
+            discard(body.into_data_stream(), limit).await;
+            return Err(busy.into());
+        }
+    }
+    let body = read_body(body, headers.content_length, limit, &mut charge).await?;
     let inline_max = match encoding {
         Encoding::Identity => INLINE_DECODE_MAX,
         Encoding::Gzip | Encoding::Zstd => INLINE_DECOMPRESS_MAX,
     };
     let request = if body.len() <= inline_max {
-        decode::<S>(format, encoding, body, limit)?
+        decode::<S>(format, encoding, body, limit, &mut charge)?
     } else {
-        tokio::task::spawn_blocking(move || decode::<S>(format, encoding, body, limit))
-            .await
-            .map_err(|e| RequestError::Internal(format!("decoding task failed: {e}")))??
+        let (decoded, returned) = tokio::task::spawn_blocking(move || {
+            let decoded = decode::<S>(format, encoding, body, limit, &mut charge);
+            (decoded, charge)
+        })
+        .await
+        .map_err(|e| RequestError::Internal(format!("decoding task failed: {e}")))?;
+        charge = returned;
+        decoded?
     };
     let records = S::check(&request).map_err(RequestError::Invalid)?;
     let report = if records == 0 {
@@ -269,7 +292,9 @@ async fn handle<S: Signal>(
         count_records(S::KIND, Transport::Http, records as u64, result.is_ok());
         result?
     };
-    Ok(success_response::<S>(format, report))
+    let response = success_response::<S>(format, report);
+    drop(charge);
+    Ok(response)
 }
 
 fn too_large(limit: usize) -> RequestError {
@@ -299,11 +324,13 @@ async fn discard(mut stream: axum::body::BodyDataStream, limit: usize) {
     let _ = tokio::time::timeout(DISCARD_DEADLINE, drain).await;
 }
 
-/// Collects the body, refusing it as soon as it grows past `limit`.
+/// Collects the body, refusing it as soon as it grows past `limit` (413) or past what
+/// `charge` can grow to (429).
 async fn read_body(
     body: Body,
     content_length: Option<u64>,
     limit: usize,
+    charge: &mut Charge,
 ) -> Result<Bytes, RequestError> {
     let mut stream = body.into_data_stream();
     let mut first: Option<Bytes> = None;
@@ -317,6 +344,10 @@ async fn read_body(
         if so_far + chunk.len() > limit {
             discard(stream, limit).await;
             return Err(too_large(limit));
+        }
+        if let Err(busy) = charge.ensure(so_far + chunk.len()) {
+            discard(stream, limit).await;
+            return Err(busy.into());
         }
         // One chunk is kept as is; a second starts a contiguous copy.
         match (&mut first, &mut rest) {
@@ -340,14 +371,17 @@ async fn read_body(
     })
 }
 
-/// Decompresses (within the limit) and decodes a request body.
+/// Decompresses (within the limit), grows `charge` to the decompressed size and decodes
+/// a request body.
 fn decode<S: Signal>(
     format: Format,
     encoding: Encoding,
     body: Bytes,
     limit: usize,
+    charge: &mut Charge,
 ) -> Result<S::Request, RequestError> {
-    let body = decode_body(encoding, body, limit)?;
+    let body = decode_body(encoding, body, limit, charge)?;
+    charge.ensure(body.len())?;
     match format {
         Format::Protobuf => S::Request::decode(body)
             .map_err(|e| RequestError::Invalid(format!("invalid OTLP protobuf: {e}"))),
@@ -376,6 +410,7 @@ fn error_response(format: Format, error: &RequestError) -> Response {
         }
         RequestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, CODE_RESOURCE_EXHAUSTED),
         RequestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, CODE_INTERNAL),
+        RequestError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, CODE_RESOURCE_EXHAUSTED),
         RequestError::Consume(ConsumeError::Overloaded { .. }) => {
             (StatusCode::TOO_MANY_REQUESTS, CODE_RESOURCE_EXHAUSTED)
         }

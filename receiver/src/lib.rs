@@ -15,6 +15,7 @@
 //! # }
 //! ```
 
+mod budget;
 mod check;
 mod error;
 mod grpc;
@@ -48,6 +49,7 @@ pub struct OtlpReceiver {
     http: Option<(TcpListener, SocketAddr)>,
     max_recv_msg_size_mib: usize,
     max_request_body_size: usize,
+    budget: budget::InFlightBudget,
 }
 
 impl std::fmt::Debug for OtlpReceiver {
@@ -57,6 +59,7 @@ impl std::fmt::Debug for OtlpReceiver {
             .field("http_addr", &self.http_addr())
             .field("max_recv_msg_size_mib", &self.max_recv_msg_size_mib)
             .field("max_request_body_size", &self.max_request_body_size)
+            .field("max_in_flight_bytes", &self.budget.bytes())
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +98,7 @@ impl OtlpReceiver {
             http,
             max_recv_msg_size_mib: config.grpc.max_recv_msg_size_mib,
             max_request_body_size: config.http.max_request_body_size,
+            budget: budget::InFlightBudget::new(config.max_in_flight_bytes),
         })
     }
 
@@ -123,6 +127,7 @@ impl OtlpReceiver {
                         listener,
                         self.consumer.clone(),
                         self.max_recv_msg_size_mib,
+                        self.budget.clone(),
                         shutdown.clone(),
                     )
                     .await
@@ -137,6 +142,7 @@ impl OtlpReceiver {
                         listener,
                         self.consumer.clone(),
                         self.max_request_body_size,
+                        self.budget.clone(),
                         shutdown.clone(),
                     )
                     .await

@@ -8,6 +8,7 @@ use std::io::Read;
 
 use bytes::Bytes;
 
+use crate::budget::{Charge, Exhausted};
 use crate::error::RequestError;
 
 /// A supported `Content-Encoding`.
@@ -44,13 +45,17 @@ impl Encoding {
     }
 }
 
-/// Decodes `body` per `encoding`; fails with 413 when the result exceeds `limit` bytes and
-/// with 400 when the compressed data is corrupt.
+/// Decodes `body` per `encoding`; fails with 413 when the result exceeds `limit` bytes,
+/// with 400 when the compressed data is corrupt, and with 429 when `charge` cannot grow
+/// to the compressed plus decompressed bytes held (checked before each buffer growth).
 pub(crate) fn decode_body(
     encoding: Encoding,
     body: Bytes,
     limit: usize,
+    charge: &mut Charge,
 ) -> Result<Bytes, RequestError> {
+    let compressed = body.len();
+    let mut grow = |capacity: usize| charge.ensure(compressed.saturating_add(capacity));
     let decoded = match encoding {
         Encoding::Identity => {
             if body.len() > limit {
@@ -62,14 +67,17 @@ pub(crate) fn decode_body(
             flate2::read::MultiGzDecoder::new(&body[..]),
             body.len(),
             limit,
+            &mut grow,
         ),
         Encoding::Zstd => zstd::stream::read::Decoder::with_buffer(&body[..])
-            .and_then(|decoder| read_limited(decoder, body.len(), limit)),
+            .map_err(Decompressed::Corrupt)
+            .and_then(|decoder| read_limited(decoder, body.len(), limit, &mut grow)),
     };
     match decoded {
-        Ok(Some(data)) => Ok(Bytes::from(data)),
-        Ok(None) => Err(too_large(limit)),
-        Err(e) => Err(RequestError::Invalid(format!(
+        Ok(data) => Ok(Bytes::from(data)),
+        Err(Decompressed::TooLarge) => Err(too_large(limit)),
+        Err(Decompressed::Busy(busy)) => Err(RequestError::Busy(busy)),
+        Err(Decompressed::Corrupt(e)) => Err(RequestError::Invalid(format!(
             "cannot decompress {} body: {e}",
             match encoding {
                 Encoding::Gzip => "gzip",
@@ -88,24 +96,39 @@ fn too_large(limit: usize) -> RequestError {
     ))
 }
 
-/// Reads `reader` to its end; `Ok(None)` as soon as more than `limit` bytes come out. The
-/// buffer grows geometrically but never beyond `limit + 1` bytes.
+/// Why decompression stopped early.
+#[derive(Debug)]
+enum Decompressed {
+    /// More than the limit came out.
+    TooLarge,
+    /// The in-flight budget cannot cover a larger buffer.
+    Busy(Exhausted),
+    /// The compressed data is corrupt.
+    Corrupt(std::io::Error),
+}
+
+/// Reads `reader` to its end; `TooLarge` as soon as more than `limit` bytes come out. The
+/// buffer grows geometrically but never beyond `limit + 1` bytes; `grow` is asked before
+/// every allocation, with the buffer capacity about to be reserved.
 fn read_limited<R: Read>(
     reader: R,
     compressed_len: usize,
     limit: usize,
-) -> std::io::Result<Option<Vec<u8>>> {
+    grow: &mut dyn FnMut(usize) -> Result<(), Exhausted>,
+) -> Result<Vec<u8>, Decompressed> {
     let cap = limit.saturating_add(1);
     let mut reader = reader.take(cap as u64);
-    let mut out: Vec<u8> =
-        Vec::with_capacity(compressed_len.saturating_mul(4).max(8 * 1024).min(cap));
+    let initial = compressed_len.saturating_mul(4).max(8 * 1024).min(cap);
+    grow(initial).map_err(Decompressed::Busy)?;
+    let mut out: Vec<u8> = Vec::with_capacity(initial);
     loop {
         if out.len() == out.capacity() {
             if out.len() >= cap {
                 break;
             }
-            let grow = out.capacity().max(8 * 1024).min(cap - out.len());
-            out.reserve_exact(grow);
+            let more = out.capacity().max(8 * 1024).min(cap - out.len());
+            grow(out.capacity() + more).map_err(Decompressed::Busy)?;
+            out.reserve_exact(more);
         }
         // Zero-fill (and read into) at most one window of the spare capacity at a time.
         let len = out.len();
@@ -118,13 +141,15 @@ fn read_limited<R: Read>(
             }
             Ok(n) => out.truncate(len + n),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => out.truncate(len),
-            Err(e) => return Err(e),
+            Err(e) => {
+                return Err(Decompressed::Corrupt(e));
+            }
         }
     }
     if out.len() > limit {
-        Ok(None)
+        Err(Decompressed::TooLarge)
     } else {
-        Ok(Some(out))
+        Ok(out)
     }
 }
 
@@ -132,6 +157,17 @@ fn read_limited<R: Read>(
 mod tests {
     use super::*;
     use std::io::Write;
+
+    use crate::budget::InFlightBudget;
+
+    /// A charge on a budget large enough for every test here.
+    fn charge() -> Charge {
+        InFlightBudget::new(1 << 30).charge()
+    }
+
+    fn unlimited(_: usize) -> Result<(), Exhausted> {
+        Ok(())
+    }
 
     fn gzip(data: &[u8]) -> Bytes {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -156,17 +192,26 @@ mod tests {
     fn round_trips_within_limit() {
         let data = vec![7u8; 100_000];
         assert_eq!(
-            decode_body(Encoding::Gzip, gzip(&data), 100_000).unwrap(),
+            decode_body(Encoding::Gzip, gzip(&data), 100_000, &mut charge()).unwrap(),
             data
         );
         let zstd = Bytes::from(zstd::encode_all(&data[..], 1).unwrap());
-        assert_eq!(decode_body(Encoding::Zstd, zstd, 100_000).unwrap(), data);
         assert_eq!(
-            decode_body(Encoding::Identity, Bytes::from(data.clone()), 100_000).unwrap(),
+            decode_body(Encoding::Zstd, zstd, 100_000, &mut charge()).unwrap(),
             data
         );
         assert_eq!(
-            decode_body(Encoding::Gzip, gzip(b""), 10).unwrap(),
+            decode_body(
+                Encoding::Identity,
+                Bytes::from(data.clone()),
+                100_000,
+                &mut charge()
+            )
+            .unwrap(),
+            data
+        );
+        assert_eq!(
+            decode_body(Encoding::Gzip, gzip(b""), 10, &mut charge()).unwrap(),
             Bytes::new()
         );
     }
@@ -175,11 +220,16 @@ mod tests {
     fn one_byte_over_the_limit_is_too_large() {
         let data = vec![7u8; 100_001];
         assert!(matches!(
-            decode_body(Encoding::Gzip, gzip(&data), 100_000),
+            decode_body(Encoding::Gzip, gzip(&data), 100_000, &mut charge()),
             Err(RequestError::TooLarge(_))
         ));
         assert!(matches!(
-            decode_body(Encoding::Identity, Bytes::from(data), 100_000),
+            decode_body(
+                Encoding::Identity,
+                Bytes::from(data),
+                100_000,
+                &mut charge()
+            ),
             Err(RequestError::TooLarge(_))
         ));
     }
@@ -198,9 +248,9 @@ mod tests {
             flate2::read::MultiGzDecoder::new(&bomb[..]),
             bomb.len(),
             limit,
-        )
-        .unwrap();
-        assert!(out.is_none());
+            &mut unlimited,
+        );
+        assert!(matches!(out, Err(Decompressed::TooLarge)));
     }
 
     #[test]
@@ -212,8 +262,8 @@ mod tests {
             flate2::read::MultiGzDecoder::new(&compressed[..]),
             compressed.len(),
             limit,
+            &mut unlimited,
         )
-        .unwrap()
         .unwrap();
         assert_eq!(out.len(), limit);
         assert!(out.capacity() <= limit + 1, "capacity {}", out.capacity());
@@ -221,15 +271,39 @@ mod tests {
 
     #[test]
     fn corrupt_data_is_invalid() {
-        let Err(RequestError::Invalid(message)) =
-            decode_body(Encoding::Gzip, Bytes::from_static(b"not gzip at all"), 1000)
-        else {
+        let Err(RequestError::Invalid(message)) = decode_body(
+            Encoding::Gzip,
+            Bytes::from_static(b"not gzip at all"),
+            1000,
+            &mut charge(),
+        ) else {
             panic!("corrupt gzip accepted");
         };
         assert!(message.contains("gzip"), "{message}");
         assert!(matches!(
-            decode_body(Encoding::Zstd, Bytes::from_static(b"not zstd"), 1000),
+            decode_body(
+                Encoding::Zstd,
+                Bytes::from_static(b"not zstd"),
+                1000,
+                &mut charge()
+            ),
             Err(RequestError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn decompression_stops_when_the_budget_cannot_cover_the_buffer() {
+        let data = vec![7u8; 4 * 1024 * 1024];
+        let budget = InFlightBudget::new(1024 * 1024);
+        let mut charge = budget.charge();
+        let Err(RequestError::Busy(busy)) =
+            decode_body(Encoding::Gzip, gzip(&data), 8 * 1024 * 1024, &mut charge)
+        else {
+            panic!("decompressed past the budget");
+        };
+        assert_eq!(busy.budget, 1024 * 1024);
+        assert!(charge.bytes() <= 1024 * 1024);
+        drop(charge);
+        assert_eq!(budget.in_use(), 0);
     }
 }

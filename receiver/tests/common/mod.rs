@@ -78,6 +78,15 @@ impl Recorder {
         (rx, release)
     }
 
+    /// Ends [`hold`](Self::hold): held calls and later ones answer at once (a call
+    /// that entered but is not waiting yet gets the stored `notify_one` permit).
+    pub fn open(&self) {
+        if let Some(gate) = self.gate.lock().unwrap().take() {
+            gate.release.notify_waiters();
+            gate.release.notify_one();
+        }
+    }
+
     fn answer(&self) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         let behaviour = self
             .state

@@ -1,0 +1,206 @@
+//! The in-flight bytes budget (`receivers.otlp.max_in_flight_bytes`): requests that
+//! find it spent are refused at once with a retryable answer (HTTP 429 + Retry-After,
+//! gRPC RESOURCE_EXHAUSTED + RetryInfo), over both transports, whatever the way the
+//! size shows up (Content-Length, chunked upload, decompression, gRPC prefix); the
+//! budget is given back once a request is answered.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::codec::CompressionEncoding;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const BUDGET: usize = 512 * 1024;
+
+/// A request of about `bytes` bytes in protobuf.
+fn sized_request(bytes: usize) -> ExportTraceServiceRequest {
+    let mut big = span("sized");
+    big.attributes
+        .push(attr("pad", Value::StringValue("p".repeat(bytes))));
+    traces(vec![big])
+}
+
+async fn start_with_budget() -> Running {
+    let mut config = config();
+    config.max_in_flight_bytes = BUDGET;
+    config.http.max_request_body_size = 4 * BUDGET;
+    config.grpc.max_recv_msg_size_mib = 2;
+    start_with(config).await
+}
+
+async fn post(running: &Running, body: Vec<u8>, encoding: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(running.url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(body);
+    if let Some(encoding) = encoding {
+        request = request.header("content-encoding", encoding);
+    }
+    request.send().await.expect("post")
+}
+
+async fn assert_busy_http(response: reqwest::Response) {
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body = response.bytes().await.expect("body");
+    let status = tonic_types::Status::decode(&body[..]).expect("google.rpc.Status");
+    assert_eq!(status.code, Code::ResourceExhausted as i32);
+    assert!(
+        status.message.contains("max_in_flight_bytes"),
+        "{}",
+        status.message
+    );
+}
+
+fn assert_busy_grpc(status: &tonic::Status) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("max_in_flight_bytes"), "{status}");
+    let retry = status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay);
+    assert_eq!(
+        retry,
+        Some(Duration::from_secs(1)),
+        "RetryInfo makes it retryable"
+    );
+}
+
+#[tokio::test]
+async fn a_held_request_spends_the_budget_for_both_transports_until_answered() {
+    let running = start_with_budget().await;
+    let (entered, _release) = running.recorder.hold();
+    let held_body = sized_request(300 * 1024).encode_to_vec();
+    let url = running.url("/v1/traces");
+    let held = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/x-protobuf")
+            .body(held_body)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    entered
+        .await
+        .expect("the first request reaches the consumer");
+
+    // 300 KiB more do not fit in 512 KiB: refused without reaching the consumer.
+    let second = sized_request(300 * 1024).encode_to_vec();
+    assert_busy_http(post(&running, second.clone(), None).await).await;
+    let mut client = TraceServiceClient::connect(running.grpc_url())
+        .await
+        .expect("connect");
+    let err = client
+        .export(sized_request(300 * 1024))
+        .await
+        .expect_err("over the budget");
+    assert_busy_grpc(&err);
+    assert_eq!(running.recorder.calls(), 1);
+
+    // Answering the held request gives its bytes back.
+    running.recorder.open();
+    assert_eq!(held.await.expect("join").expect("answer"), 200);
+    assert_eq!(post(&running, second, None).await.status().as_u16(), 200);
+    client
+        .export(sized_request(300 * 1024))
+        .await
+        .expect("fits once the budget is back");
+    assert_eq!(running.recorder.calls(), 3);
+}
+
+#[tokio::test]
+async fn sizes_learnt_while_reading_are_charged_too() {
+    let running = start_with_budget().await;
+    let body = sized_request(600 * 1024).encode_to_vec();
+
+    // Known upfront: Content-Length, the gRPC message prefix.
+    assert_busy_http(post(&running, body.clone(), None).await).await;
+    let mut client = TraceServiceClient::connect(running.grpc_url())
+        .await
+        .expect("connect");
+    assert_busy_grpc(
+        &client
+            .export(sized_request(600 * 1024))
+            .await
+            .expect_err("over the budget"),
+    );
+
+    // Learnt while decompressing: 600 KiB of text gzip to a few KiB.
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip.write_all(&body).expect("gzip");
+    let compressed = gzip.finish().expect("gzip");
+    assert!(compressed.len() < BUDGET / 4);
+    assert_busy_http(post(&running, compressed, Some("gzip")).await).await;
+    let mut compressing = client.clone().send_compressed(CompressionEncoding::Gzip);
+    assert_busy_grpc(
+        &compressing
+            .export(sized_request(600 * 1024))
+            .await
+            .expect_err("over the budget once decompressed"),
+    );
+
+    // Learnt chunk by chunk: a chunked upload without Content-Length.
+    let (status, response) = chunked_post(&running, &body).await;
+    assert_eq!(status, 429, "{response}");
+    assert!(response.to_ascii_lowercase().contains("retry-after: 1"));
+
+    assert_eq!(running.recorder.calls(), 0, "nothing reached the consumer");
+    // The budget is whole again: requests that fit pass, compressed or not.
+    let fits = sized_request(200 * 1024);
+    client.export(fits.clone()).await.expect("fits");
+    compressing.export(fits.clone()).await.expect("fits");
+    let (status, response) = chunked_post(&running, &fits.encode_to_vec()).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(running.recorder.calls(), 3);
+}
+
+/// POSTs `body` with `Transfer-Encoding: chunked` (64 KiB chunks) over a raw
+/// connection; returns the status and the response head.
+async fn chunked_post(running: &Running, body: &[u8]) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(running.http)
+        .await
+        .expect("connect");
+    let mut request = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        running.http
+    )
+    .into_bytes();
+    for chunk in body.chunks(64 * 1024) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // The server may answer before reading everything; a failed write is fine then.
+    let _ = stream.write_all(&request).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (status, head)
+}
