@@ -29,6 +29,34 @@ pub enum Command {
     Validate,
     /// Apply the database schema (idempotent) and exit.
     Migrate,
+    /// Manage the admin API's API keys (stored hashed in the configured database).
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
+}
+
+/// `tally apikey …`.
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Create a key and print it once (with its id and prefix).
+    Create {
+        /// The tenant the key may read (`*` for every tenant).
+        #[arg(long)]
+        tenant: String,
+        /// A scope: activity:read, tokens:read or admin (repeat, or separate with spaces).
+        #[arg(long, required = true)]
+        scope: Vec<String>,
+        /// Free text shown by `tally apikey list`.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Revoke a key by its id or prefix (it stops working within
+    /// admin_api.auth.api_keys.cache_ttl_secs).
+    Revoke {
+        /// The key's id or prefix.
+        key: String,
+    },
+    /// List the keys (never their secrets).
+    List,
 }
 
 /// Loads the config file, or the built-in defaults when none is given.

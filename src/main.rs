@@ -1,5 +1,6 @@
 //! `tally`: the collector binary. See `tally --help`.
 
+mod apikey;
 mod cli;
 mod database;
 mod logging;
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Migrate) => run::migrate(&config).await,
+            Some(Command::Apikey(command)) => apikey::run(&config, command).await,
             _ => run::run(config).await,
         }
     });

@@ -19,6 +19,7 @@
 
 pub mod activity;
 pub mod aggregates;
+pub mod apikeys;
 pub mod auth;
 pub mod cursor;
 pub mod error;
@@ -94,7 +95,7 @@ impl AdminApi {
                 "admin_api.max_page_size must be at least 1".to_owned(),
             ));
         }
-        let auth = auth::Authenticator::from_config(&config.auth)?;
+        let auth = auth::Authenticator::from_config(&config.auth, database_url)?;
         let pool = build_pool(database_url)?;
         let hub = Arc::new(stream::hub::Hub::new(
             database_url,

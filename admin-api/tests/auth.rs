@@ -173,6 +173,7 @@ async fn issuer_and_audience_are_required_when_configured() {
         issuer: Some("https://issuer.example".to_owned()),
         audience: Some("tally".to_owned()),
         leeway_secs: 0,
+        ..JwtConfig::default()
     });
     let router = api(&config, &db.url).await.router();
     let base = json!({ "sub": "x", "exp": now_secs() + 600, "scope": "admin", "tenant": "*" });

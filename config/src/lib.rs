@@ -155,6 +155,25 @@ impl Config {
                     "must be at least 16 bytes",
                 ));
             }
+            if jwt.public_key_pem.is_some() && jwt.public_key_file.is_some() {
+                return Err(invalid(
+                    "admin_api.auth.jwt.public_key_pem",
+                    "set public_key_pem or public_key_file, not both",
+                ));
+            }
+        }
+        let api_keys = &self.admin_api.auth.api_keys;
+        if api_keys.cache_ttl_secs > 300 {
+            return Err(invalid(
+                "admin_api.auth.api_keys.cache_ttl_secs",
+                "must be at most 300 (a revoked key works until its cache entry expires)",
+            ));
+        }
+        if api_keys.cache_max_entries == 0 {
+            return Err(invalid(
+                "admin_api.auth.api_keys.cache_max_entries",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

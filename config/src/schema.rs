@@ -272,20 +272,32 @@ impl Default for AdminApiConfig {
     }
 }
 
-/// `admin_api.auth`. With no JWT key configured the API is open (and Tally warns);
-/// with one, every `/api/v1` route needs a valid bearer token.
+/// `admin_api.auth`. With no JWT key configured and API keys not enabled, the
+/// API is open (and Tally warns); otherwise every `/api/v1` route except
+/// `openapi.json` needs a valid bearer token or API key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub jwt: Option<JwtConfig>,
+    /// `admin_api.auth.api_keys`: keys made with `tally apikey create`.
+    pub api_keys: ApiKeysConfig,
 }
 
-/// `admin_api.auth.jwt`.
+/// `admin_api.auth.jwt`. Each configured key adds the algorithms it verifies:
+/// `hs256_secret` → HS256, an RSA public key → RS256, a P-256 public key →
+/// ES256; a JWKS file adds each of its keys (selected by the token's `kid`).
+/// Several may be configured at once; `alg: none` is never accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JwtConfig {
     /// Shared secret for HS256 tokens.
     pub hs256_secret: Option<String>,
+    /// An RSA (RS256) or P-256 (ES256) public key, PEM text inline.
+    pub public_key_pem: Option<String>,
+    /// An RSA (RS256) or P-256 (ES256) public key, path of a PEM file.
+    pub public_key_file: Option<PathBuf>,
+    /// Path of a JWKS file (`{"keys": [...]}`, RSA and P-256 keys with a `kid`).
+    pub jwks_file: Option<PathBuf>,
     /// Required `iss`, if set.
     pub issuer: Option<String>,
     /// Required `aud`, if set.
@@ -298,10 +310,59 @@ impl Default for JwtConfig {
     fn default() -> Self {
         JwtConfig {
             hs256_secret: None,
+            public_key_pem: None,
+            public_key_file: None,
+            jwks_file: None,
             issuer: None,
             audience: None,
             leeway_secs: 30,
         }
+    }
+}
+
+impl JwtConfig {
+    /// Whether at least one verification key is configured.
+    pub fn has_keys(&self) -> bool {
+        self.hs256_secret.is_some()
+            || self.public_key_pem.is_some()
+            || self.public_key_file.is_some()
+            || self.jwks_file.is_some()
+    }
+}
+
+/// `admin_api.auth.api_keys`: machine credentials stored hashed in the
+/// `api_keys` table (`tally apikey create|list|revoke`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiKeysConfig {
+    /// `true`/`false` turns API keys on/off; unset (the default) turns them on
+    /// exactly when a JWT key is configured.
+    pub enabled: Option<bool>,
+    /// How long a verified key is trusted without asking the database again,
+    /// seconds (default 10, at most 300; 0 = ask every time). A revoked key
+    /// stops working within this time.
+    pub cache_ttl_secs: u64,
+    /// Most verified keys cached at once (default 10000).
+    pub cache_max_entries: usize,
+}
+
+impl Default for ApiKeysConfig {
+    fn default() -> Self {
+        ApiKeysConfig {
+            enabled: None,
+            cache_ttl_secs: 10,
+            cache_max_entries: 10_000,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether API keys are accepted: `api_keys.enabled`, else whether a JWT key
+    /// is configured.
+    pub fn api_keys_enabled(&self) -> bool {
+        self.api_keys
+            .enabled
+            .unwrap_or_else(|| self.jwt.as_ref().is_some_and(JwtConfig::has_keys))
     }
 }
 

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use axum::extract::Query;
 use axum::extract::State;
-use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
 
 use crate::activity::ActivityQuery;
-use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
+use crate::auth::{Authenticator, Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::{truncate, ApiError};
 use crate::siem::rows::{activity_item, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
 use crate::AppState;
@@ -124,27 +123,25 @@ pub(crate) fn parse_seq(name: &str, value: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::invalid(name, "must be a non-negative integer (a seq)"))
 }
 
-/// The caller of a stream route: the `Authorization` header, else
-/// `?access_token=` (browsers' `EventSource` cannot set headers), verified the
-/// same way.
-pub(crate) fn stream_caller(
+/// The caller of a stream route: the `Authorization` (or `X-API-Key`) header,
+/// else `?access_token=` (browsers' `EventSource` cannot set headers), verified
+/// the same way. Runs before any other parameter check, like the other routes.
+pub(crate) async fn stream_caller(
     state: &AppState,
     headers: &HeaderMap,
-    access_token: Option<&str>,
+    pairs: &[(String, String)],
 ) -> Result<Caller, ApiError> {
     let Some(authenticator) = &state.auth else {
         return Ok(Caller::anonymous());
     };
-    match (headers.get(AUTHORIZATION), access_token) {
-        (Some(value), _) => {
-            let value = value.to_str().map_err(|_| {
-                ApiError::Unauthorized("the Authorization header is not ASCII".to_owned())
-            })?;
-            authenticator.authenticate(Some(value))
-        }
-        (None, Some(token)) => authenticator.authenticate(Some(&format!("Bearer {token}"))),
-        (None, None) => authenticator.authenticate(None),
+    let mut tokens = pairs.iter().filter(|(name, _)| name == "access_token");
+    let access_token = tokens.next().map(|(_, value)| value.as_str());
+    if tokens.next().is_some() {
+        return Err(ApiError::Unauthorized(
+            "access_token given more than once".to_owned(),
+        ));
     }
+    Authenticator::caller(Some(authenticator), headers, access_token).await
 }
 
 /// Filter clauses (`column = $n`) and their parameters; `seq` and the page
@@ -324,8 +321,8 @@ pub(crate) async fn activity_stream(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(&uri)?;
+    let caller = stream_caller(&state, &headers, &pairs).await?;
     reject_unknown(&pairs, ACTIVITY_STREAM_PARAMETERS)?;
-    let caller = stream_caller(&state, &headers, single(&pairs, "access_token")?)?;
     caller.require_scope(SCOPE_ACTIVITY_READ)?;
     let after_seq = single(&pairs, "after_seq")?;
     let filter_pairs: Vec<(String, String)> = pairs
@@ -353,8 +350,8 @@ pub(crate) async fn tokens_stream(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(&uri)?;
+    let caller = stream_caller(&state, &headers, &pairs).await?;
     reject_unknown(&pairs, TOKEN_STREAM_PARAMETERS)?;
-    let caller = stream_caller(&state, &headers, single(&pairs, "access_token")?)?;
     caller.require_scope(SCOPE_TOKENS_READ)?;
     let after_seq = single(&pairs, "after_seq")?;
     let mut filters = Filters::default();

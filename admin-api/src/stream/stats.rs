@@ -63,8 +63,8 @@ pub(crate) async fn stats_stream(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(&uri)?;
+    let caller = stream_caller(&state, &headers, &pairs).await?;
     reject_unknown(&pairs, PARAMETERS)?;
-    let caller = stream_caller(&state, &headers, single(&pairs, "access_token")?)?;
     let activity = caller.require_scope(SCOPE_ACTIVITY_READ).is_ok();
     let tokens = caller.require_scope(SCOPE_TOKENS_READ).is_ok();
     if !activity && !tokens {

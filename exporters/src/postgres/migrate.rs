@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0004_taxonomy_flags.sql"),
     ),
     (5, "chain", include_str!("migrations/0005_chain.sql")),
+    (6, "api_keys", include_str!("migrations/0006_api_keys.sql")),
 ];
 
 /// Applies the migrations not yet recorded in `tally_schema_migrations`, then

@@ -1,0 +1,81 @@
+//! `tally apikey create|list|revoke`: API keys for machines, stored hashed in
+//! the `api_keys` table of the configured database (migrated first).
+
+use anyhow::Context;
+use tally_admin_api::apikeys;
+use tally_config::Config;
+use tally_exporters::postgres;
+
+use crate::cli::ApikeyCommand;
+use crate::database::Database;
+
+/// Runs one `tally apikey` subcommand; prints its result on stdout.
+pub async fn run(config: &Config, command: ApikeyCommand) -> anyhow::Result<()> {
+    let database = Database::open(config).await?;
+    let result = async {
+        let (client, connection) = postgres::connect(&database.url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        postgres::migrate(&client)
+            .await
+            .context("migration failed")?;
+        let result = execute(&client, command).await;
+        drop(client);
+        let _ = connection.await;
+        result
+    }
+    .await;
+    database.close().await;
+    result
+}
+
+async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> anyhow::Result<()> {
+    match command {
+        ApikeyCommand::Create {
+            tenant,
+            scope,
+            description,
+        } => {
+            let created = apikeys::create(client, &tenant, &scope, description.as_deref())
+                .await
+                .context("cannot create the API key")?;
+            println!("{}", created.key);
+            println!("id: {}", created.id);
+            println!("prefix: {}", created.prefix);
+            eprintln!(
+                "The key is shown only now: store it safely. Revoke it with `tally apikey revoke {}`.",
+                created.prefix
+            );
+        }
+        ApikeyCommand::Revoke { key } => {
+            let revoked_now = apikeys::revoke(client, &key)
+                .await
+                .context("cannot revoke the API key")?;
+            if revoked_now {
+                println!("revoked {key}");
+            } else {
+                println!("{key} was already revoked");
+            }
+        }
+        ApikeyCommand::List => {
+            let keys = apikeys::list(client)
+                .await
+                .context("cannot list the API keys")?;
+            println!("id\tprefix\ttenant\tscopes\tcreated_at\trevoked_at\tdescription");
+            for key in keys {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    key.id,
+                    key.prefix,
+                    key.tenant,
+                    key.scopes.join(" "),
+                    key.created_at.to_rfc3339(),
+                    key.revoked_at
+                        .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
+                    key.description.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
