@@ -339,7 +339,7 @@ pub(crate) async fn list(
     query.tenant = caller.tenant_filter(query.tenant.take())?;
 
     let (sql, params) = query.to_sql();
-    let client = state.pool.get().await.map_err(ApiError::from_pool)?;
+    let client = state.pool.get_for(&caller.tenant).await?;
     let statement = client
         .prepare_cached(&sql)
         .await

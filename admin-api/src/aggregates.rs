@@ -330,7 +330,7 @@ async fn aggregate(
     let pairs = pairs(uri)?;
     let query = spec.parse(&pairs, caller)?;
     let (sql, params) = spec.to_sql(&query);
-    let rows = crate::params::query(state, &sql, &params).await?;
+    let rows = crate::params::query(state, &caller.tenant, &sql, &params).await?;
     let limit = query.limit as usize;
     let has_more = rows.len() > limit;
     let mut items = Vec::with_capacity(rows.len().min(limit));

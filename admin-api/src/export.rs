@@ -121,7 +121,7 @@ pub(crate) async fn export(
         filters.eq("tenant_id", tenant);
     }
     let sql = filters.seq_page_sql(table, columns);
-    let client = state.pool.get().await.map_err(ApiError::from_pool)?;
+    let client = state.pool.get_for(&caller.tenant).await?;
     let statement = client
         .prepare_cached(&sql)
         .await

@@ -22,6 +22,7 @@ pub mod aggregates;
 pub mod apikeys;
 pub mod auth;
 pub mod cursor;
+mod db;
 pub mod error;
 pub mod export;
 mod health;
@@ -49,6 +50,7 @@ use tally_config::AdminApiConfig;
 use tally_model::Readiness;
 
 pub use auth::{Caller, TenantAccess};
+pub use db::API_ROLE;
 pub use error::ApiError;
 
 /// Largest number of database connections the admin API holds.
@@ -61,7 +63,7 @@ const STATEMENT_TIMEOUT: &str = "-c statement_timeout=30s";
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub(crate) pool: Pool,
+    pub(crate) pool: db::TenantPool,
     pub(crate) readiness: Arc<Readiness>,
     pub(crate) auth: Option<auth::Authenticator>,
     pub(crate) default_page_size: u32,
@@ -242,7 +244,7 @@ fn cors_layer(config: &tally_config::CorsConfig) -> Option<tower_http::cors::Cor
     )
 }
 
-fn build_pool(database_url: &str) -> Result<Pool, ApiError> {
+fn build_pool(database_url: &str) -> Result<db::TenantPool, ApiError> {
     // The URL may hold a password: never echo it.
     let mut pg_config: tokio_postgres::Config = database_url
         .parse()
@@ -263,12 +265,13 @@ fn build_pool(database_url: &str) -> Result<Pool, ApiError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
-        .max_size(POOL_SIZE)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(POOL_TIMEOUT))
-        .create_timeout(Some(POOL_TIMEOUT))
-        .recycle_timeout(Some(POOL_TIMEOUT))
-        .build()
-        .map_err(|error| ApiError::Config(format!("cannot build the database pool: {error}")))
+    db::TenantPool::build(
+        Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT)),
+    )
+    .map_err(|error| ApiError::Config(format!("cannot build the database pool: {error}")))
 }

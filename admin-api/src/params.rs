@@ -243,13 +243,14 @@ impl SqlBuilder {
     }
 }
 
-/// Runs `sql` with `params` on a pooled connection.
+/// Runs `sql` with `params` on a pooled connection that sees `tenant`'s rows.
 pub(crate) async fn query(
     state: &AppState,
+    tenant: &crate::TenantAccess,
     sql: &str,
     params: &[Box<dyn ToSql + Sync + Send>],
 ) -> Result<Vec<Row>, ApiError> {
-    let client = state.pool.get().await.map_err(ApiError::from_pool)?;
+    let client = state.pool.get_for(tenant).await?;
     let statement = client
         .prepare_cached(sql)
         .await

@@ -90,7 +90,7 @@ pub(crate) async fn list(
         ),
         None => None,
     };
-    let client = state.pool.get().await.map_err(ApiError::from_pool)?;
+    let client = state.pool.get_for(&caller.tenant).await?;
     let rows = client
         .query(
             "SELECT id, seq, received_at, tenant_id, reason, record FROM rejected_events \

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
+use crate::auth::{Caller, TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::params::{non_empty, pairs, query, Params, SqlBuilder};
 use crate::AppState;
@@ -91,12 +91,12 @@ pub(crate) async fn stats(
         ));
     }
     let activity = if activity_allowed {
-        Some(activity_section(&state, tenant.as_deref(), from, to).await?)
+        Some(activity_section(&state, &caller.tenant, tenant.as_deref(), from, to).await?)
     } else {
         None
     };
     let tokens = if tokens_allowed {
-        Some(tokens_section(&state, tenant.as_deref(), from, to).await?)
+        Some(tokens_section(&state, &caller.tenant, tenant.as_deref(), from, to).await?)
     } else {
         None
     };
@@ -132,6 +132,7 @@ fn float(row: &Row, column: &str) -> Result<Value, ApiError> {
 
 async fn activity_section(
     state: &AppState,
+    rows_of: &TenantAccess,
     tenant: Option<&str>,
     from: NaiveDate,
     to: NaiveDate,
@@ -141,6 +142,7 @@ async fn activity_section(
     let params = &sql.params;
     let totals = query(
         state,
+        rows_of,
         &format!(
             "SELECT sum(events)::int8 AS events, \
              count(DISTINCT user_id) FILTER (WHERE user_id <> '') AS active_users \
@@ -155,6 +157,7 @@ async fn activity_section(
     };
     let top = query(
         state,
+        rows_of,
         &format!(
             "SELECT action, sum(events)::int8 AS events FROM activity_daily{w} \
              GROUP BY action ORDER BY 2 DESC, 1 LIMIT {TOP_ACTIONS}"
@@ -169,6 +172,7 @@ async fn activity_section(
     }
     let days = query(
         state,
+        rows_of,
         &format!(
             "SELECT day, sum(events)::int8 AS events, \
              count(DISTINCT user_id) FILTER (WHERE user_id <> '') AS active_users \
@@ -213,6 +217,7 @@ fn token_measures(row: &Row, into: &mut Map<String, Value>) -> Result<(), ApiErr
 
 async fn tokens_section(
     state: &AppState,
+    rows_of: &TenantAccess,
     tenant: Option<&str>,
     from: NaiveDate,
     to: NaiveDate,
@@ -224,6 +229,7 @@ async fn tokens_section(
     let mut section = Map::new();
     let totals = query(
         state,
+        rows_of,
         &format!("SELECT {select} FROM token_usage_daily{w}"),
         params,
     )
@@ -234,6 +240,7 @@ async fn tokens_section(
     for (name, column) in [("by_model", "model"), ("by_provider", "provider")] {
         let rows = query(
             state,
+            rows_of,
             &format!(
                 "SELECT {column}, {select} FROM token_usage_daily{w} \
                  GROUP BY {column} ORDER BY total_tokens DESC, {column} LIMIT 1000"
@@ -256,6 +263,7 @@ async fn tokens_section(
     }
     let rows = query(
         state,
+        rows_of,
         &format!("SELECT day, {select} FROM token_usage_daily{w} GROUP BY day ORDER BY day"),
         params,
     )

@@ -130,7 +130,7 @@ pub(crate) async fn list(
     let mut query = TokensQuery::parse(&pairs, state.default_page_size, state.max_page_size)?;
     query.tenant = caller.tenant_filter(query.tenant.take())?;
     let (sql, params) = query.to_sql();
-    let rows = crate::params::query(&state, &sql, &params).await?;
+    let rows = crate::params::query(&state, &caller.tenant, &sql, &params).await?;
 
     let limit = query.limit as usize;
     let has_more = rows.len() > limit;

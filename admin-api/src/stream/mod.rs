@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
 
 use crate::activity::ActivityQuery;
-use crate::auth::{Authenticator, Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
+use crate::auth::{Authenticator, Caller, TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::{truncate, ApiError};
 use crate::siem::rows::{activity_item, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
 use crate::AppState;
@@ -232,6 +232,8 @@ pub(crate) fn activity_filters(query: &ActivityQuery) -> Filters {
 /// What one feed client follows.
 struct Feed {
     table: Table,
+    /// The caller's tenants: the rows the database lets this feed see.
+    rows_of: TenantAccess,
     filters: Filters,
     sql: String,
 }
@@ -245,7 +247,7 @@ impl Feed {
         high: i64,
         limit: usize,
     ) -> Result<Vec<(i64, Event)>, ApiError> {
-        let client = state.pool.get().await.map_err(ApiError::from_pool)?;
+        let client = state.pool.get_for(&self.rows_of).await?;
         let statement = client
             .prepare_cached(&self.sql)
             .await
@@ -278,15 +280,18 @@ impl Feed {
     }
 }
 
-/// The newest committed `seq` of `table` (0 when empty): where a feed without
-/// `after_seq`/`Last-Event-ID` starts.
+/// The newest committed `seq` of `table` over every tenant (0 when empty):
+/// where a feed without `after_seq`/`Last-Event-ID` starts. Read through the
+/// `SECURITY DEFINER` function `tally_newest_seq`, since the API's own
+/// connections see only their caller's tenant.
 pub(crate) async fn max_seq(state: &AppState, table: Table) -> Result<i64, ApiError> {
     let client = state.pool.get().await.map_err(ApiError::from_pool)?;
+    let statement = client
+        .prepare_cached("SELECT tally_newest_seq($1)")
+        .await
+        .map_err(ApiError::from_db)?;
     let row = client
-        .query_one(
-            &format!("SELECT coalesce(max(seq), 0) FROM {}", table.name()),
-            &[],
-        )
+        .query_one(&statement, &[&table.name()])
         .await
         .map_err(ApiError::from_db)?;
     row.try_get(0).map_err(ApiError::from_db)
@@ -337,6 +342,7 @@ pub(crate) async fn activity_stream(
     let after = start_after(&state, &headers, after_seq, Table::Activity).await?;
     let feed = Feed {
         table: Table::Activity,
+        rows_of: caller.tenant.clone(),
         filters,
         sql,
     };
@@ -388,6 +394,7 @@ pub(crate) async fn tokens_stream(
     let after = start_after(&state, &headers, after_seq, Table::Tokens).await?;
     let feed = Feed {
         table: Table::Tokens,
+        rows_of: caller.tenant.clone(),
         filters,
         sql,
     };

@@ -29,7 +29,7 @@ use super::{
     max_seq, query_pairs, reject_unknown, single, sse_response, stream_caller, until_closed,
 };
 use crate::activity::format_ts;
-use crate::auth::{SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
+use crate::auth::{TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -48,6 +48,8 @@ struct Position {
 
 struct StatsState {
     app: AppState,
+    /// The caller's tenants: the rows the database lets this stream see.
+    rows_of: TenantAccess,
     tenant: Option<String>,
     position: Position,
     ticker: tokio::time::Interval,
@@ -88,6 +90,7 @@ pub(crate) async fn stats_stream(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream_state = StatsState {
         app: state,
+        rows_of: caller.tenant.clone(),
         tenant,
         position,
         ticker,
@@ -105,6 +108,7 @@ pub(crate) async fn stats_stream(
             let elapsed = now.duration_since(state.last_tick).as_secs_f64().max(0.001);
             match summary(
                 &state.app,
+                &state.rows_of,
                 state.tenant.as_deref(),
                 &mut state.position,
                 elapsed,
@@ -137,11 +141,12 @@ fn top(groups: Vec<(String, Value, i64)>) -> Value {
 
 async fn summary(
     app: &AppState,
+    rows_of: &TenantAccess,
     tenant: Option<&str>,
     position: &mut Position,
     elapsed: f64,
 ) -> Result<Value, ApiError> {
-    let client = app.pool.get().await.map_err(ApiError::from_pool)?;
+    let client = app.pool.get_for(rows_of).await?;
     let tenant_clause = if tenant.is_some() {
         " AND tenant_id = $2"
     } else {

@@ -28,6 +28,14 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (6, "api_keys", include_str!("migrations/0006_api_keys.sql")),
 ];
 
+/// Role `tally_api`, its grants and the forced row-level security policies of the
+/// tenant tables; re-applied on every migration run (idempotent), see the file.
+pub const ROW_SECURITY: &str = include_str!("row_security.sql");
+
+/// The role the admin API's connections take (`SET ROLE`), under which the
+/// tenant tables show only the rows of the tenant in the `tally.tenant` setting.
+pub const API_ROLE: &str = "tally_api";
+
 /// Applies the migrations not yet recorded in `tally_schema_migrations`, then
 /// creates the daily partitions for yesterday through today +
 /// [`DEFAULT_PARTITIONS_AHEAD_DAYS`](super::DEFAULT_PARTITIONS_AHEAD_DAYS).
@@ -79,6 +87,7 @@ async fn apply(client: &Client) -> Result<(), PgError> {
             .await?;
         tracing::info!(version, name, "applied schema migration");
     }
+    client.batch_execute(ROW_SECURITY).await?;
     client.batch_execute("COMMIT").await?;
     Ok(())
 }

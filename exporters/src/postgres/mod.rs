@@ -26,7 +26,7 @@ mod tokens;
 mod writer;
 
 pub use error::PgError;
-pub use migrate::{migrate, MIGRATIONS};
+pub use migrate::{migrate, API_ROLE, MIGRATIONS};
 pub use partitions::{create_partitions, partition_name, token_partition_name};
 pub use retention::{partition_day, RetentionJob, RetentionReport, DEFAULT_RETENTION_INTERVAL};
 pub use rollup::{

@@ -1,0 +1,98 @@
+//! The admin API's database connections, each scoped to the caller's tenant.
+//!
+//! Every connection takes the role `tally_api` when it opens (`SET ROLE`); under
+//! that role PostgreSQL's forced row-level security (see the exporters'
+//! `row_security.sql`) shows only the rows of the tenant named by the session
+//! setting `tally.tenant`. Each checkout sets that value, so a query sees another
+//! tenant's rows only if the API's own filters *and* the database's policies
+//! both fail.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use deadpool_postgres::{HookError, Object, Pool, PoolError};
+
+use crate::auth::TenantAccess;
+use crate::error::ApiError;
+
+/// The role the admin API's connections take (created by `tally migrate`).
+pub const API_ROLE: &str = "tally_api";
+
+/// The `tally.tenant` value of a connection that may see no tenant's rows.
+const NO_TENANT: &str = "";
+
+/// Sets the tenant whose rows the connection's queries may see.
+const SET_TENANT_SQL: &str = "SELECT set_config('tally.tenant', $1, false)";
+
+/// The pool of the admin API: hands out connections scoped to a tenant.
+#[derive(Clone)]
+pub(crate) struct TenantPool {
+    pool: Pool,
+}
+
+impl TenantPool {
+    /// Wraps `builder`'s pool, adding the hook that takes [`API_ROLE`] on each new connection.
+    pub(crate) fn build(
+        builder: deadpool_postgres::PoolBuilder,
+    ) -> Result<TenantPool, deadpool_postgres::BuildError> {
+        // Whether the last connection took the role: warn once when one cannot.
+        let flag = Arc::new(AtomicBool::new(true));
+        let pool = builder
+            .post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+                let flag = flag.clone();
+                Box::pin(async move {
+                    match client
+                        .batch_execute(&format!("SET ROLE {API_ROLE}"))
+                        .await
+                    {
+                        Ok(()) => {
+                            flag.store(true, Ordering::Relaxed);
+                            Ok(())
+                        }
+                        Err(error) if error.code().is_some() => {
+                            // The server answered: the role is missing or not ours.
+                            if flag.swap(false, Ordering::Relaxed) {
+                                tracing::warn!(
+                                    error = %error,
+                                    "admin API cannot take the role {API_ROLE}: tenant isolation relies on the API's filters alone (run `tally migrate` as a user that may create roles)"
+                                );
+                            }
+                            Ok(())
+                        }
+                        Err(error) => Err(HookError::Backend(error)),
+                    }
+                })
+            }))
+            .build()?;
+        Ok(TenantPool { pool })
+    }
+
+    /// A connection whose queries see `tenant`'s rows only.
+    pub(crate) async fn get_for(&self, tenant: &TenantAccess) -> Result<Object, ApiError> {
+        let value = match tenant {
+            TenantAccess::All => "*",
+            TenantAccess::One(id) => id.as_str(),
+            TenantAccess::Nothing => NO_TENANT,
+        };
+        self.checkout(value).await.map_err(ApiError::from_pool)
+    }
+
+    /// A connection that sees no tenant's rows: for the tables without tenants
+    /// and for health checks.
+    pub(crate) async fn get(&self) -> Result<Object, PoolError> {
+        self.checkout(NO_TENANT).await
+    }
+
+    async fn checkout(&self, tenant: &str) -> Result<Object, PoolError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(SET_TENANT_SQL)
+            .await
+            .map_err(PoolError::Backend)?;
+        client
+            .execute(&statement, &[&tenant])
+            .await
+            .map_err(PoolError::Backend)?;
+        Ok(client)
+    }
+}

@@ -1,0 +1,93 @@
+-- Row-level security for the admin API's queries (defence in depth behind the
+-- API's own tenant filters). Re-applied by every `tally migrate` / start, after
+-- the versioned migrations, so tables added later are covered too. Idempotent.
+--
+-- * Role `tally_api` (NOLOGIN): the admin API's connections `SET ROLE tally_api`.
+--   It may SELECT every Tally table except tally_secrets and the migration log,
+--   and never a partition directly (partitions carry no policy).
+-- * Every table with a `tenant_id` column gets FORCE ROW LEVEL SECURITY and two
+--   policies: `tally_api_tenant` lets tally_api read the rows of the tenant named
+--   by the session setting `tally.tenant` ('*' = every tenant; unset or '' = no
+--   rows), and `tally_others` leaves every other role (the writer, rollups,
+--   retention) unrestricted.
+-- Without the right to create the role (no CREATEROLE), Tally warns and the
+-- admin API runs on its own tenant filters alone.
+DO $rls$
+DECLARE
+    t text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tally_api') THEN
+        BEGIN
+            CREATE ROLE tally_api NOLOGIN;
+        EXCEPTION
+            WHEN duplicate_object OR unique_violation THEN
+                NULL; -- created meanwhile by another database's migration
+            WHEN insufficient_privilege THEN
+                RAISE WARNING 'tally: cannot create role tally_api (%): the admin API runs without row-level security', SQLERRM;
+                RETURN;
+        END;
+    END IF;
+    IF NOT pg_has_role(current_user, 'tally_api', 'MEMBER') THEN
+        BEGIN
+            EXECUTE format('GRANT tally_api TO %I', current_user);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE WARNING 'tally: cannot grant role tally_api to % (%): the admin API runs without row-level security', current_user, SQLERRM;
+            RETURN;
+        END;
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO tally_api', current_schema());
+    FOR t IN
+        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+          AND c.relname NOT IN ('tally_secrets', 'tally_schema_migrations')
+          AND c.relpersistence = 'p'
+    LOOP
+        EXECUTE format('GRANT SELECT ON %I TO tally_api', t);
+    END LOOP;
+    FOR t IN
+        SELECT c.relname FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+        WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+          AND c.relpersistence = 'p'
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_policies
+                       WHERE schemaname = current_schema() AND tablename = t
+                         AND policyname = 'tally_api_tenant') THEN
+            EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+            EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
+            EXECUTE format('CREATE POLICY tally_others ON %I USING (current_user <> ''tally_api'') '
+                           'WITH CHECK (current_user <> ''tally_api'')', t);
+            EXECUTE format('CREATE POLICY tally_api_tenant ON %I FOR SELECT TO tally_api '
+                           'USING (current_setting(''tally.tenant'', true) = ''*'' '
+                           'OR tenant_id = nullif(current_setting(''tally.tenant'', true), ''''))', t);
+        END IF;
+    END LOOP;
+END
+$rls$;
+
+-- The newest committed seq of a raw table over every tenant: where a live feed
+-- starts and how far its reader may move. The admin API's role sees only one
+-- tenant's rows, so it reads this position through the owner's rights.
+CREATE OR REPLACE FUNCTION tally_newest_seq(table_name text) RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $f$
+DECLARE
+    newest bigint;
+BEGIN
+    IF table_name NOT IN ('activity_events', 'token_usage', 'rejected_events') THEN
+        RAISE EXCEPTION 'tally_newest_seq: not a raw table: %', table_name;
+    END IF;
+    EXECUTE format('SELECT coalesce(max(seq), 0) FROM %I', table_name) INTO newest;
+    RETURN newest;
+END
+$f$;
+REVOKE ALL ON FUNCTION tally_newest_seq(text) FROM PUBLIC;
+DO $grant$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tally_api') THEN
+        GRANT EXECUTE ON FUNCTION tally_newest_seq(text) TO tally_api;
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    NULL;
+END
+$grant$;

@@ -1,0 +1,211 @@
+//! Forced row-level security for the admin API's role, against the real PostgreSQL.
+
+use tally_exporters::postgres::{migrate, API_ROLE};
+use tally_exporters::testing::TestDatabase;
+use tokio_postgres::Client;
+
+/// The tenant tables and a seq-free count query for each.
+const TENANT_TABLES: &[&str] = &[
+    "activity_events",
+    "token_usage",
+    "rejected_events",
+    "activity_daily",
+    "token_usage_daily",
+];
+
+/// Two rows per tenant `a`, one for `b`, one without a tenant (''), in every tenant table.
+async fn seed(client: &Client) {
+    client
+        .batch_execute(
+            "INSERT INTO activity_events (id, seq, ts, tenant_id, action, outcome) VALUES \
+               (gen_random_uuid(), 1, now(), 'a', 'auth.login', 'success'), \
+               (gen_random_uuid(), 2, now(), 'a', 'auth.login', 'success'), \
+               (gen_random_uuid(), 3, now(), 'b', 'auth.login', 'success'), \
+               (gen_random_uuid(), 4, now(), '', 'auth.login', 'success'); \
+             INSERT INTO token_usage (id, seq, ts, tenant_id) VALUES \
+               (gen_random_uuid(), 1, now(), 'a'), (gen_random_uuid(), 2, now(), 'a'), \
+               (gen_random_uuid(), 3, now(), 'b'), (gen_random_uuid(), 4, now(), ''); \
+             INSERT INTO rejected_events (id, tenant_id, reason, record) VALUES \
+               (gen_random_uuid(), 'a', 'r', '{}'), (gen_random_uuid(), 'a', 'r', '{}'), \
+               (gen_random_uuid(), 'b', 'r', '{}'), (gen_random_uuid(), '', 'r', '{}'); \
+             INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) VALUES \
+               (current_date, 'a', 'u1', 'x', 'success', 1), (current_date, 'a', 'u2', 'x', 'success', 1), \
+               (current_date, 'b', 'u1', 'x', 'success', 1), (current_date, '', 'u1', 'x', 'success', 1); \
+             INSERT INTO token_usage_daily (day, tenant_id, user_id) VALUES \
+               (current_date, 'a', 'u1'), (current_date, 'a', 'u2'), \
+               (current_date, 'b', 'u1'), (current_date, '', 'u1');",
+        )
+        .await
+        .expect("seeding the tenant tables");
+}
+
+/// Counts per table as the admin API's role with `tally.tenant` = `tenant`
+/// (`None`: the setting is never made in the session).
+async fn counts_as_api(db: &TestDatabase, tenant: Option<&str>) -> Vec<i64> {
+    let client = db.client().await;
+    client
+        .batch_execute(&format!("SET ROLE {API_ROLE}"))
+        .await
+        .expect("SET ROLE tally_api");
+    if let Some(tenant) = tenant {
+        client
+            .execute("SELECT set_config('tally.tenant', $1, false)", &[&tenant])
+            .await
+            .expect("set tally.tenant");
+    }
+    let mut counts = Vec::new();
+    for table in TENANT_TABLES {
+        let row = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("count {table}: {e}"));
+        counts.push(row.get::<_, i64>(0));
+    }
+    counts
+}
+
+#[tokio::test]
+async fn the_api_role_sees_only_the_tenant_of_its_session() {
+    let db = TestDatabase::migrated().await;
+    seed(&db.client().await).await;
+
+    assert_eq!(counts_as_api(&db, Some("a")).await, vec![2; 5], "tenant a");
+    assert_eq!(counts_as_api(&db, Some("b")).await, vec![1; 5], "tenant b");
+    assert_eq!(
+        counts_as_api(&db, Some("*")).await,
+        vec![4; 5],
+        "every tenant"
+    );
+    assert_eq!(
+        counts_as_api(&db, Some("")).await,
+        vec![0; 5],
+        "'' is no tenant"
+    );
+    assert_eq!(
+        counts_as_api(&db, None).await,
+        vec![0; 5],
+        "an unset tenant sees nothing"
+    );
+    assert_eq!(
+        counts_as_api(&db, Some("c")).await,
+        vec![0; 5],
+        "unknown tenant"
+    );
+    // The owner (the writer's role) is not restricted.
+    let owner = db.client().await;
+    for table in TENANT_TABLES {
+        let n: i64 = owner
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("owner count")
+            .get(0);
+        assert_eq!(n, 4, "owner sees all rows of {table}");
+    }
+}
+
+#[tokio::test]
+async fn the_api_role_cannot_write_nor_read_secrets_nor_partitions() {
+    let db = TestDatabase::migrated().await;
+    seed(&db.client().await).await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!("SET ROLE {API_ROLE}; SET tally.tenant = '*'"))
+        .await
+        .expect("SET ROLE");
+    for statement in [
+        "DELETE FROM activity_events",
+        "UPDATE activity_events SET action = 'x'",
+        "INSERT INTO activity_events (id, seq, ts, action, outcome) VALUES (gen_random_uuid(), 9, now(), 'x', 'success')",
+        "SELECT count(*) FROM tally_secrets",
+    ] {
+        let error = client
+            .batch_execute(statement)
+            .await
+            .expect_err(statement);
+        assert_eq!(
+            error.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{statement}: {error}"
+        );
+    }
+    let partition: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'activity_events'::regclass LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("a partition")
+        .get(0);
+    let error = client
+        .batch_execute(&format!("SELECT count(*) FROM {partition}"))
+        .await
+        .expect_err("a partition read directly");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    // The newest position is readable through the definer function, over every tenant.
+    client
+        .batch_execute("SET tally.tenant = 'b'")
+        .await
+        .expect("tenant b");
+    let newest: i64 = client
+        .query_one("SELECT tally_newest_seq('activity_events')", &[])
+        .await
+        .expect("tally_newest_seq")
+        .get(0);
+    assert_eq!(newest, 4);
+    let error = client
+        .query_one("SELECT tally_newest_seq('tally_secrets')", &[])
+        .await
+        .expect_err("only raw tables");
+    let message = error.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("not a raw table")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn policies_are_applied_once_and_survive_a_second_migration() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    migrate(&client).await.expect("second migrate");
+    let rows = client
+        .query(
+            "SELECT tablename::text, count(*) FROM pg_policies \
+             WHERE policyname IN ('tally_api_tenant', 'tally_others') GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("policies");
+    for table in TENANT_TABLES {
+        let row = rows
+            .iter()
+            .find(|row| row.get::<_, String>(0) == *table)
+            .unwrap_or_else(|| panic!("{table} has no policy"));
+        assert_eq!(row.get::<_, i64>(1), 2, "{table}: two policies");
+    }
+    let forced: Vec<String> = client
+        .query(
+            "SELECT relname::text FROM pg_class WHERE relforcerowsecurity AND relrowsecurity \
+             AND NOT relispartition ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("forced tables")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for table in TENANT_TABLES {
+        assert!(
+            forced.iter().any(|t| t == table),
+            "{table} not forced: {forced:?}"
+        );
+    }
+}
