@@ -222,3 +222,288 @@ async fn an_empty_secret_is_refused_at_bind() {
         tally_admin_api::AdminApi::bind(&config, "postgres://postgres@127.0.0.1/x", ready()).await;
     assert!(matches!(result, Err(tally_admin_api::ApiError::Config(_))));
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn sign_with(alg: jsonwebtoken::Algorithm, private_pem: &str, kid: Option<&str>) -> String {
+    let pem = std::fs::read(fixture(private_pem)).unwrap();
+    let key = match alg {
+        jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+        _ => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+    }
+    .unwrap();
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    let claims = json!({ "sub": "x", "exp": now_secs() + 600, "scope": "admin", "tenant": "*" });
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn rs256_and_es256_public_keys_verify_their_tokens_only() {
+    let db = TestDb::migrated().await;
+    let mut config = config();
+    config.auth.jwt = Some(JwtConfig {
+        public_key_file: Some(fixture("rsa1_public.pem")),
+        ..JwtConfig::default()
+    });
+    let router = api(&config, &db.url).await.router();
+    let uri = "/api/v1/activity";
+    let good = sign_with(jsonwebtoken::Algorithm::RS256, "rsa1_private.pem", None);
+    assert_eq!(get(&router, uri, Some(&good)).await.status, StatusCode::OK);
+    // A kid the PEM key does not name still selects it (a PEM key has no kid).
+    let with_kid = sign_with(
+        jsonwebtoken::Algorithm::RS256,
+        "rsa1_private.pem",
+        Some("k"),
+    );
+    assert_eq!(
+        get(&router, uri, Some(&with_kid)).await.status,
+        StatusCode::OK
+    );
+    let other_key = sign_with(jsonwebtoken::Algorithm::RS256, "rsa2_private.pem", None);
+    let reply = get(&router, uri, Some(&other_key)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_of(&reply).1, "bad token signature");
+    let es = sign_with(jsonwebtoken::Algorithm::ES256, "ec_private.pem", None);
+    let reply = get(&router, uri, Some(&es)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        error_of(&reply).1,
+        "token algorithm ES256 not accepted (accepted: RS256)"
+    );
+
+    // Algorithm confusion: an HS256 token whose HMAC key is the RSA public key.
+    let public_pem = std::fs::read_to_string(fixture("rsa1_public.pem")).unwrap();
+    let confused = token_with(
+        &public_pem,
+        &json!({ "sub": "x", "exp": now_secs() + 600, "scope": "admin", "tenant": "*" }),
+    );
+    let reply = get(&router, uri, Some(&confused)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        error_of(&reply).1,
+        "token algorithm HS256 not accepted (accepted: RS256)"
+    );
+
+    // ES256 from inline PEM, next to an HS256 secret: each verifies its own.
+    let mut config = self::config();
+    config.auth.jwt = Some(JwtConfig {
+        hs256_secret: Some(SECRET.to_owned()),
+        public_key_pem: Some(std::fs::read_to_string(fixture("ec_public.pem")).unwrap()),
+        ..JwtConfig::default()
+    });
+    let router = api(&config, &db.url).await.router();
+    assert_eq!(get(&router, uri, Some(&es)).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&router, uri, Some(&token("admin", Some("*"))))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let ec_public = std::fs::read_to_string(fixture("ec_public.pem")).unwrap();
+    let confused = token_with(
+        &ec_public,
+        &json!({ "sub": "x", "exp": now_secs() + 600, "scope": "admin", "tenant": "*" }),
+    );
+    let reply = get(&router, uri, Some(&confused)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_of(&reply).1, "bad token signature");
+    let reply = get(&router, uri, Some(&good)).await;
+    assert_eq!(
+        error_of(&reply).1,
+        "token algorithm RS256 not accepted (accepted: ES256, HS256)"
+    );
+}
+
+#[tokio::test]
+async fn jwks_keys_are_selected_by_kid() {
+    let db = TestDb::migrated().await;
+    let mut config = config();
+    config.auth.jwt = Some(JwtConfig {
+        jwks_file: Some(fixture("jwks.json")),
+        ..JwtConfig::default()
+    });
+    let router = api(&config, &db.url).await.router();
+    let uri = "/api/v1/activity";
+    use jsonwebtoken::Algorithm::{ES256, RS256};
+    for (alg, pem, kid) in [
+        (RS256, "rsa1_private.pem", "rsa-1"),
+        (RS256, "rsa2_private.pem", "rsa-2"),
+        (ES256, "ec_private.pem", "ec-1"),
+    ] {
+        let token = sign_with(alg, pem, Some(kid));
+        assert_eq!(
+            get(&router, uri, Some(&token)).await.status,
+            StatusCode::OK,
+            "{kid}"
+        );
+    }
+    for (alg, pem, kid, message) in [
+        (
+            RS256,
+            "rsa2_private.pem",
+            Some("rsa-1"),
+            "bad token signature",
+        ),
+        (
+            RS256,
+            "rsa1_private.pem",
+            Some("rsa-9"),
+            "unknown token key id (kid)",
+        ),
+        (
+            ES256,
+            "ec_private.pem",
+            Some("rsa-1"),
+            "unknown token key id (kid)",
+        ),
+    ] {
+        let token = sign_with(alg, pem, kid);
+        let reply = get(&router, uri, Some(&token)).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{kid:?}");
+        assert_eq!(error_of(&reply).1, message, "{kid:?}");
+    }
+    let hs = token("admin", Some("*"));
+    let reply = get(&router, uri, Some(&hs)).await;
+    assert_eq!(
+        error_of(&reply).1,
+        "token algorithm HS256 not accepted (accepted: ES256, RS256)"
+    );
+}
+
+#[tokio::test]
+async fn unusable_keys_are_refused_at_bind() {
+    let dir = std::env::temp_dir().join(format!("tally-jwks-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let symmetric = dir.join("oct.json");
+    std::fs::write(
+        &symmetric,
+        r#"{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0"}]}"#,
+    )
+    .unwrap();
+    let cases = [
+        JwtConfig {
+            public_key_file: Some(fixture("rsa1_private.pem")),
+            ..JwtConfig::default()
+        },
+        JwtConfig {
+            public_key_pem: Some("not a key".to_owned()),
+            ..JwtConfig::default()
+        },
+        JwtConfig {
+            jwks_file: Some(symmetric),
+            ..JwtConfig::default()
+        },
+        JwtConfig {
+            jwks_file: Some(dir.join("missing.json")),
+            ..JwtConfig::default()
+        },
+    ];
+    for jwt in cases {
+        let mut config = config();
+        config.auth.jwt = Some(jwt.clone());
+        let result =
+            tally_admin_api::AdminApi::bind(&config, "postgres://postgres@127.0.0.1/x", ready())
+                .await;
+        assert!(
+            matches!(result, Err(tally_admin_api::ApiError::Config(_))),
+            "{jwt:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn api_keys_alone_close_the_api_and_revocation_ends_within_the_ttl() {
+    let db = TestDb::migrated().await;
+    let mut config = config();
+    config.auth.api_keys.enabled = Some(true);
+    config.auth.api_keys.cache_ttl_secs = 1;
+    let router = api(&config, &db.url).await.router();
+    let uri = "/api/v1/activity";
+    let reply = get(&router, uri, None).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "not an open API");
+    let reply = get(&router, uri, Some(&token("admin", Some("*")))).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert!(error_of(&reply).1.contains("use an API key"));
+
+    let key = tally_admin_api::apikeys::create(&db.client, "acme", &["activity:read".into()], None)
+        .await
+        .unwrap();
+    assert!(key.key.starts_with("tally_"));
+    assert_eq!(
+        get(&router, uri, Some(&key.key)).await.status,
+        StatusCode::OK
+    );
+    // Scopes of the key: no tokens:read.
+    assert_eq!(
+        get(&router, "/api/v1/tokens", Some(&key.key)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Its tenant: no other.
+    assert_eq!(
+        get(&router, "/api/v1/activity?tenant=globex", Some(&key.key))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    // A forged secret on a known prefix.
+    let forged = format!("{}{}", &key.key[..key.key.len() - 4], "0000");
+    let forged = if forged == key.key {
+        format!("{}{}", &key.key[..key.key.len() - 4], "1111")
+    } else {
+        forged
+    };
+    let reply = get(&router, uri, Some(&forged)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_of(&reply).1, "unknown API key");
+
+    let listed = tally_admin_api::apikeys::list(&db.client).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].prefix, key.prefix);
+    assert!(listed[0].revoked_at.is_none());
+    assert!(tally_admin_api::apikeys::revoke(&db.client, &key.prefix)
+        .await
+        .unwrap());
+    assert!(!tally_admin_api::apikeys::revoke(&db.client, &key.prefix)
+        .await
+        .unwrap());
+    assert!(matches!(
+        tally_admin_api::apikeys::revoke(&db.client, "feedfacefeedface").await,
+        Err(tally_admin_api::apikeys::ApiKeyError::NotFound(_))
+    ));
+    // The cached grant may live up to the TTL (1 s); then the key is refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let reply = get(&router, uri, Some(&key.key)).await;
+        if reply.status == StatusCode::UNAUTHORIZED {
+            assert_eq!(error_of(&reply).1, "API key revoked");
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked key still works after 5 s (TTL 1 s)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let stored: Vec<u8> = db
+        .client
+        .query_one("SELECT secret_hash FROM api_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored.len(), 32);
+    let text: String = db
+        .client
+        .query_one("SELECT row_to_json(k)::text FROM api_keys k", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let secret = key.key.rsplit('_').next().unwrap();
+    assert!(!text.contains(secret), "the secret is not stored");
+}
