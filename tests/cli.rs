@@ -121,3 +121,72 @@ async fn migrate_creates_the_schema_and_is_idempotent() {
         .collect();
     assert_eq!(tables.len(), 3, "{tables:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apikey_create_list_revoke() {
+    let database = TestDatabase::create().await;
+    let run = |args: &[&str]| {
+        let output = tally()
+            .arg("apikey")
+            .args(args)
+            .env("TALLY_DATABASE_URL", &database.url)
+            .output()
+            .expect("run tally apikey");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // The database is migrated by the command itself.
+    let (ok, stdout, stderr) = run(&[
+        "create",
+        "--tenant",
+        "acme",
+        "--scope",
+        "activity:read",
+        "--scope",
+        "tokens:read",
+        "--description",
+        "siem job",
+    ]);
+    assert!(ok, "{stderr}");
+    let key = stdout.lines().next().expect("the key").to_owned();
+    assert!(key.starts_with("tally_"), "{stdout}");
+    let prefix = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("prefix: "))
+        .expect("prefix line")
+        .to_owned();
+    assert!(key.starts_with(&format!("tally_{prefix}_")));
+
+    let (ok, listed, stderr) = run(&["list"]);
+    assert!(ok, "{stderr}");
+    assert!(listed.contains(&prefix), "{listed}");
+    assert!(listed.contains("activity:read tokens:read"), "{listed}");
+    assert!(listed.contains("siem job"), "{listed}");
+    let secret = key.rsplit('_').next().expect("secret");
+    assert!(!listed.contains(secret), "list never prints secrets");
+
+    let (ok, _, stderr) = run(&["create", "--tenant", "acme", "--scope", "activity:write"]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown scope"), "{stderr}");
+
+    let (ok, stdout, stderr) = run(&["revoke", &prefix]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("revoked"), "{stdout}");
+    let (ok, _, stderr) = run(&["revoke", "0000000000000000"]);
+    assert!(!ok);
+    assert!(stderr.contains("no API key"), "{stderr}");
+
+    let client = database.client().await;
+    let revoked: bool = client
+        .query_one(
+            "SELECT revoked_at IS NOT NULL FROM api_keys WHERE prefix = $1",
+            &[&prefix],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert!(revoked);
+}
