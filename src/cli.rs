@@ -29,6 +29,12 @@ pub enum Command {
     Validate,
     /// Apply the database schema (idempotent) and exit.
     Migrate,
+    /// Verify the tamper-evidence hash chain: exit 0 when intact, 1 when tampered.
+    Verify {
+        /// Only this tenant (`''` for events without a tenant); default every tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Manage the admin API's API keys (stored hashed in the configured database).
     #[command(subcommand)]
     Apikey(ApikeyCommand),

@@ -8,6 +8,7 @@ mod pipeline;
 mod replay;
 mod run;
 mod secrets;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Verify { tenant }) = &cli.command {
+        return match runtime.block_on(verify::run(&config, tenant.as_deref())) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Migrate) => run::migrate(&config).await,

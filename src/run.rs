@@ -95,9 +95,10 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
     let retention = RetentionJob::new(config.retention.clone()).spawn(
         database_url.to_string(),
         DEFAULT_RETENTION_INTERVAL,
-        jobs_stopped,
+        jobs_stopped.clone(),
     );
-    let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline)
+    let (chainer, chain_key) = spawn_chainer(config, database_url, jobs_stopped.clone()).await?;
+    let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline.clone())
         .await
         .context("cannot start the OTLP receiver")?;
     let admin = if config.admin_api.enabled {
@@ -106,6 +107,8 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
                 .await
                 .context("cannot start the admin API")?
                 .with_taxonomy(taxonomy.clone())
+                .with_audit(pipeline)
+                .with_chain_keys(chain_key.into_iter().collect())
                 .with_replayer(Arc::new(Replay::new(
                     database_url,
                     Validator::new(taxonomy.clone()),
@@ -158,6 +161,9 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         let _ = stop_jobs.send(true);
         let _ = rollup.await;
         let _ = retention.await;
+        if let Some(chainer) = chainer {
+            let _ = chainer.await;
+        }
         taxonomy_watcher.abort();
         let _ = stop_admin.send(true);
         if let Some(task) = admin_task {
@@ -181,6 +187,40 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
             grace.as_secs()
         )),
     }
+}
+
+/// Starts the tamper-evidence chainer unless
+/// `exporters.postgres.tamper_evidence.enabled` is false; answers its handle
+/// and the public key of its checkpoints.
+async fn spawn_chainer(
+    config: &Config,
+    database_url: &str,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<(
+    Option<tokio::task::JoinHandle<()>>,
+    Option<postgres::chain::VerifyingKey>,
+)> {
+    let settings = &config.exporters.postgres.tamper_evidence;
+    if !settings.enabled {
+        tracing::info!("tamper evidence is off (exporters.postgres.tamper_evidence.enabled)");
+        return Ok((None, None));
+    }
+    let key = secrets::chain_signing_key(config, database_url).await?;
+    let public = key.verifying_key();
+    tracing::info!(
+        key_id = %postgres::chain::key_id(&key.verifying_key()),
+        "tamper evidence: chaining activity_events and signing checkpoints"
+    );
+    let job = postgres::chain::ChainJob::new(
+        Some(key),
+        Duration::from_secs(settings.checkpoint_interval_secs),
+    );
+    let handle = job.spawn(
+        database_url.to_string(),
+        Duration::from_millis(settings.interval_ms.max(1)),
+        stopped,
+    );
+    Ok((Some(handle), Some(public)))
 }
 
 /// Every attribute key the token mapping reads (metadata prefixes as `prefix*`):

@@ -34,6 +34,7 @@ pub mod stats;
 pub mod stream;
 mod taxonomy;
 pub mod tokens;
+mod verify;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -73,6 +74,8 @@ pub(crate) struct AppState {
     /// Replays quarantined records (see [`AdminApi::with_replayer`]).
     pub(crate) replayer: Option<rejected::SharedReplayer>,
     pub(crate) hub: Arc<stream::hub::Hub>,
+    /// Keys `GET /api/v1/verify` trusts (see [`AdminApi::with_chain_keys`]).
+    pub(crate) chain_keys: verify::TrustedKeys,
 }
 
 /// The admin API: a bound listener and its state.
@@ -133,6 +136,7 @@ impl AdminApi {
                 max_page_size: config.max_page_size,
                 taxonomy: None,
                 replayer: None,
+                chain_keys: verify::TrustedKeys::default(),
                 hub,
             },
         })
@@ -147,6 +151,16 @@ impl AdminApi {
     /// Serves `POST /api/v1/rejected/replay` with `replayer` (404 without one).
     pub fn with_replayer(mut self, replayer: rejected::SharedReplayer) -> Self {
         self.state.replayer = Some(replayer);
+        self
+    }
+
+    /// Checks tamper-evidence checkpoints against these public keys only (by
+    /// default, against the keys recorded in the database's `chain_keys`).
+    pub fn with_chain_keys(
+        mut self,
+        keys: Vec<tally_exporters::postgres::chain::VerifyingKey>,
+    ) -> Self {
+        self.state.chain_keys = std::sync::Arc::new(keys);
         self
     }
 
@@ -200,6 +214,7 @@ impl AdminApi {
             .route("/api/v1/tokens/stream", get(stream::tokens_stream))
             .route("/api/v1/stats/stream", get(stream::stats::stats_stream))
             .route("/api/v1/export", get(export::export))
+            .route("/api/v1/verify", get(verify::verify))
             .fallback(error::not_found)
             .method_not_allowed_fallback(error::method_not_allowed)
             .with_state(self.state.clone())

@@ -200,6 +200,23 @@ pub fn openapi() -> Value {
                     }
                 }
             },
+            "/api/v1/verify": {
+                "get": {
+                    "operationId": "verifyChain",
+                    "summary": "Tamper check: re-walk a tenant's activity hash chain",
+                    "description": "Needs scope activity:read or admin. tenant: required for callers with every tenant; a tenant-scoped caller verifies its own (another tenant is 403). Recomputes every chained row's SHA-256 link in seq order and checks the signed checkpoints (docs/tamper-evidence.md). 200 with status intact (verified_up_to_seq, checkpoint) or tampered (first_problem {seq, kind: altered|deleted|inserted|checkpoint, detail}); rows_checked, links_checked, dropped_rows (removed by retention, recorded), unchained_rows (after the chainer's watermark), chain_watermark, checkpoints_checked.",
+                    "parameters": [
+                        { "name": "tenant", "in": "query", "schema": { "type": "string" } }
+                    ],
+                    "responses": {
+                        "200": { "description": "The verdict", "content": { "application/json": { "schema": { "type": "object", "required": ["tenant", "status", "verified_up_to_seq", "rows_checked", "first_problem", "checkpoint"] } } } },
+                        "400": error_response("invalid_parameter"),
+                        "401": error_response("unauthorized"),
+                        "403": error_response("forbidden"),
+                        "503": error_response("unavailable")
+                    }
+                }
+            },
             "/api/v1/activity/stream": {
                 "get": {
                     "operationId": "streamActivity",

@@ -179,6 +179,8 @@ pub struct PostgresConfig {
     pub partitions_ahead_days: u32,
     /// `Retry-After` given to clients when the database is down or the queue is full.
     pub retry_after_secs: u64,
+    /// Hash chain and signed checkpoints over `activity_events` (docs/tamper-evidence.md).
+    pub tamper_evidence: TamperEvidenceConfig,
 }
 
 impl Default for PostgresConfig {
@@ -192,6 +194,36 @@ impl Default for PostgresConfig {
             queue_capacity_records: 100_000,
             partitions_ahead_days: 7,
             retry_after_secs: 1,
+            tamper_evidence: TamperEvidenceConfig::default(),
+        }
+    }
+}
+
+/// `exporters.postgres.tamper_evidence`: the chainer job that links each
+/// tenant's `activity_events` rows into a SHA-256 hash chain and signs
+/// periodic checkpoints with Ed25519 (see `docs/tamper-evidence.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TamperEvidenceConfig {
+    /// Run the chainer (default `true`).
+    pub enabled: bool,
+    /// Pause between two chainer runs, milliseconds (default 1000).
+    pub interval_ms: u64,
+    /// Seconds between signed checkpoints (default 300; 0 = after every run
+    /// that chained rows).
+    pub checkpoint_interval_secs: u64,
+    /// Ed25519 signing key: the 32-byte seed, base64 (use `${env:VAR}`). Unset:
+    /// a key is generated once and kept in the database (`tally_secrets`).
+    pub signing_key: Option<String>,
+}
+
+impl Default for TamperEvidenceConfig {
+    fn default() -> Self {
+        TamperEvidenceConfig {
+            enabled: true,
+            interval_ms: 1000,
+            checkpoint_interval_secs: 300,
+            signing_key: None,
         }
     }
 }

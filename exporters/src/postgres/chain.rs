@@ -29,14 +29,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
+use ed25519_dalek::{Signature, Signer, Verifier};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
 
-pub use ed25519_dalek::VerifyingKey;
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use super::rollup::run_periodically;
 use super::PgError;

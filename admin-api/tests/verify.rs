@@ -1,0 +1,139 @@
+//! `GET /api/v1/verify`: scopes, tenant scoping, and the verdict on an intact
+//! and a tampered chain.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::*;
+use tally_exporters::postgres::chain::{ChainJob, SigningKey};
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[9; 32])
+}
+
+/// A seeded database whose rows are all chained (with checkpoints).
+async fn chained() -> TestDb {
+    let (db, _events) = seeded(200, 11).await;
+    let (mut client, _connection) = tally_exporters::postgres::connect(&db.url)
+        .await
+        .expect("connect");
+    let report = ChainJob::new(Some(key()), Duration::ZERO)
+        .run_once(&mut client)
+        .await
+        .expect("chainer run");
+    assert_eq!(report.rows, 200);
+    db
+}
+
+async fn last_seq(db: &TestDb, tenant: &str) -> i64 {
+    db.client
+        .query_one(
+            "SELECT max(seq) FROM activity_events WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .expect("max seq")
+        .get(0)
+}
+
+#[tokio::test]
+async fn scopes_and_tenant_scoping() {
+    let db = chained().await;
+    let router = api(&config_with_jwt(), &db.url).await.router();
+    let uri = "/api/v1/verify?tenant=acme";
+
+    let reply = get(&router, uri, None).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let reply = get(&router, uri, Some(&token("tokens:read", Some("*")))).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(error_of(&reply).0, "forbidden");
+
+    // Every-tenant callers must name the tenant.
+    let reply = get(&router, "/api/v1/verify", Some(&token("admin", Some("*")))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(&reply).0, "invalid_parameter");
+    let reply = get(
+        &router,
+        "/api/v1/verify?tenant=acme&x=1",
+        Some(&token("admin", Some("*"))),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+
+    let reply = get(&router, uri, Some(&token("admin", Some("*")))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["tenant"], "acme");
+    assert_eq!(reply.body["status"], "intact");
+    assert_eq!(
+        reply.body["verified_up_to_seq"],
+        last_seq(&db, "acme").await
+    );
+    assert_eq!(reply.body["first_problem"], serde_json::Value::Null);
+    assert_eq!(
+        reply.body["checkpoint"]["seq"],
+        last_seq(&db, "acme").await,
+        "{:?}",
+        reply.body
+    );
+
+    // A tenant-scoped caller verifies its own tenant, with or without naming it.
+    let acme = token("activity:read", Some("acme"));
+    let reply = get(&router, "/api/v1/verify", Some(&acme)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["tenant"], "acme");
+    assert_eq!(reply.body["status"], "intact");
+    let reply = get(&router, "/api/v1/verify?tenant=globex", Some(&acme)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let reply = get(&router, uri, Some(&token("activity:read", None))).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_tampered_tenant_is_reported_with_the_seq() {
+    let db = chained().await;
+    let router = api(&config_with_jwt(), &db.url).await.router();
+    let target: i64 = db
+        .client
+        .query_one(
+            "SELECT seq FROM activity_events WHERE tenant_id = 'globex' ORDER BY seq \
+             OFFSET 5 LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("a globex row")
+        .get(0);
+    db.client
+        .execute(
+            "UPDATE activity_events SET outcome = 'success', user_id = 'mallory' WHERE seq = $1",
+            &[&target],
+        )
+        .await
+        .expect("tamper");
+    let admin = token("admin", Some("*"));
+    let reply = get(&router, "/api/v1/verify?tenant=globex", Some(&admin)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "tampered");
+    assert_eq!(reply.body["first_problem"]["kind"], "altered");
+    assert_eq!(reply.body["first_problem"]["seq"], target);
+    let reply = get(&router, "/api/v1/verify?tenant=acme", Some(&admin)).await;
+    assert_eq!(reply.body["status"], "intact", "{:?}", reply.body);
+
+    // With a trusted key that did not sign the checkpoints, they are rejected.
+    let other = SigningKey::from_bytes(&[1; 32]).verifying_key();
+    let router = api(&config_with_jwt(), &db.url)
+        .await
+        .with_chain_keys(vec![other])
+        .router();
+    let reply = get(&router, "/api/v1/verify?tenant=acme", Some(&admin)).await;
+    assert_eq!(reply.body["status"], "tampered", "{:?}", reply.body);
+    assert_eq!(reply.body["first_problem"]["kind"], "checkpoint");
+    let router = api(&config_with_jwt(), &db.url)
+        .await
+        .with_chain_keys(vec![key().verifying_key()])
+        .router();
+    let reply = get(&router, "/api/v1/verify?tenant=acme", Some(&admin)).await;
+    assert_eq!(reply.body["status"], "intact", "{:?}", reply.body);
+    assert_eq!(reply.body["checkpoint"]["key_trusted"], true);
+}
