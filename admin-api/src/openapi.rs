@@ -204,7 +204,7 @@ pub fn openapi() -> Value {
                 "get": {
                     "operationId": "verifyChain",
                     "summary": "Tamper check: re-walk a tenant's activity hash chain",
-                    "description": "Needs scope activity:read or admin. tenant: required for callers with every tenant; a tenant-scoped caller verifies its own (another tenant is 403). Recomputes every chained row's SHA-256 link in seq order and checks the signed checkpoints (docs/tamper-evidence.md). 200 with status intact (verified_up_to_seq, checkpoint) or tampered (first_problem {seq, kind: altered|deleted|inserted|checkpoint, detail}); rows_checked, links_checked, dropped_rows (removed by retention, recorded), unchained_rows (after the chainer's watermark), chain_watermark, checkpoints_checked.",
+                    "description": "Needs scope activity:read or admin. tenant: a tenant-scoped caller verifies its own (another tenant is 403); a caller with every tenant verifies the one named, or without tenant every tenant ({status, items: [report]}). Recomputes every chained row's SHA-256 link in seq order and checks the signed checkpoints (docs/tamper-evidence.md). 200 with status intact (verified_up_to_seq, checkpoint) or tampered (first_problem {seq, kind: altered|deleted|inserted|checkpoint, detail}); rows_checked, links_checked, dropped_rows (removed by retention, recorded), unchained_rows (after the chainer's watermark), chain_watermark, checkpoints_checked.",
                     "parameters": [
                         { "name": "tenant", "in": "query", "schema": { "type": "string" } }
                     ],

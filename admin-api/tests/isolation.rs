@@ -240,6 +240,15 @@ const ROUTES: &[Route] = &[
     ),
     route(
         "GET",
+        "/api/v1/verify",
+        "/api/v1/verify",
+        Needs::Activity,
+        Read::Whole,
+        true,
+        true,
+    ),
+    route(
+        "GET",
         "/api/v1/taxonomy",
         "/api/v1/taxonomy",
         Needs::AnyRead,

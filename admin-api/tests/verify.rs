@@ -50,10 +50,25 @@ async fn scopes_and_tenant_scoping() {
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_eq!(error_of(&reply).0, "forbidden");
 
-    // Every-tenant callers must name the tenant.
+    // Every-tenant callers without a tenant verify every tenant.
     let reply = get(&router, "/api/v1/verify", Some(&token("admin", Some("*")))).await;
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert_eq!(error_of(&reply).0, "invalid_parameter");
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "intact");
+    let tenants: Vec<&str> = reply.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|item| item["tenant"].as_str())
+        .collect();
+    assert_eq!(
+        tenants,
+        TENANTS
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
     let reply = get(
         &router,
         "/api/v1/verify?tenant=acme&x=1",
