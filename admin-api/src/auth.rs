@@ -604,11 +604,15 @@ impl Authenticator {
         headers: &HeaderMap,
         fallback: Option<&str>,
     ) -> Result<Caller, ApiError> {
-        let Some(auth) = auth else {
-            return Ok(Caller::anonymous());
+        let caller = match auth {
+            None => Caller::anonymous(),
+            Some(auth) => {
+                let credential = Authenticator::credential(headers, fallback)?;
+                auth.authenticate(credential).await?
+            }
         };
-        let credential = Authenticator::credential(headers, fallback)?;
-        auth.authenticate(credential).await
+        crate::audit::remember(&caller);
+        Ok(caller)
     }
 }
 

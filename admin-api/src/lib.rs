@@ -20,6 +20,7 @@
 pub mod activity;
 pub mod aggregates;
 pub mod apikeys;
+pub mod audit;
 pub mod auth;
 pub mod cursor;
 mod db;
@@ -76,6 +77,8 @@ pub(crate) struct AppState {
     pub(crate) hub: Arc<stream::hub::Hub>,
     /// Keys `GET /api/v1/verify` trusts (see [`AdminApi::with_chain_keys`]).
     pub(crate) chain_keys: verify::TrustedKeys,
+    /// Records reads as `audit.log.view` events (see [`AdminApi::with_audit`]).
+    pub(crate) audit: Option<audit::AuditTrail>,
 }
 
 /// The admin API: a bound listener and its state.
@@ -136,8 +139,9 @@ impl AdminApi {
                 max_page_size: config.max_page_size,
                 taxonomy: None,
                 replayer: None,
-                chain_keys: verify::TrustedKeys::default(),
                 hub,
+                audit: None,
+                chain_keys: verify::TrustedKeys::default(),
             },
         })
     }
@@ -161,6 +165,14 @@ impl AdminApi {
         keys: Vec<tally_exporters::postgres::chain::VerifyingKey>,
     ) -> Self {
         self.state.chain_keys = std::sync::Arc::new(keys);
+        self
+    }
+
+    /// Records every authenticated read of a data route as an `audit.log.view`
+    /// activity event, submitted to `consumer` (the collector's pipeline).
+    /// Must be called within a Tokio runtime (it starts the forwarder).
+    pub fn with_audit(mut self, consumer: Arc<dyn tally_model::pipeline::Consumer>) -> Self {
+        self.state.audit = Some(audit::AuditTrail::start(consumer));
         self
     }
 
@@ -215,6 +227,10 @@ impl AdminApi {
             .route("/api/v1/stats/stream", get(stream::stats::stats_stream))
             .route("/api/v1/export", get(export::export))
             .route("/api/v1/verify", get(verify::verify))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                audit::record,
+            ))
             .fallback(error::not_found)
             .method_not_allowed_fallback(error::method_not_allowed)
             .with_state(self.state.clone())

@@ -300,6 +300,15 @@ impl ActionSpec {
     }
 }
 
+/// Tally's own actions (`audit.log.view`), added to registries that lack them.
+const OWN_ACTIONS_YAML: &str = include_str!("../defaults/own_actions.yaml");
+
+/// Tally's own actions; empty only if the shipped file were broken (a unit
+/// test parses it).
+fn own_actions() -> BTreeMap<String, ActionSpec> {
+    yaml_serde::from_str(OWN_ACTIONS_YAML).unwrap_or_default()
+}
+
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -421,10 +430,14 @@ impl Taxonomy {
                 problems,
             });
         }
+        let mut actions = file.actions;
+        for (name, spec) in own_actions() {
+            actions.entry(name).or_insert(spec);
+        }
         Ok(Taxonomy {
             version: file.version,
             description: file.description,
-            actions: file.actions,
+            actions,
             families,
         })
     }
@@ -876,6 +889,22 @@ mod tests {
         assert!(taxonomy.lookup("auth.login").is_some(), "legacy name");
         assert!(taxonomy.lookup("auth.login.success").is_some());
         assert_eq!(Taxonomy::builtin(), taxonomy);
+    }
+
+    #[test]
+    fn own_actions_join_every_registry_unless_declared() {
+        let own = own_actions();
+        assert!(own.contains_key("audit.log.view"), "{own:?}");
+        let minimal =
+            Taxonomy::from_yaml_str("version: 1\nactions:\n  a.b.c: { description: x }\n").unwrap();
+        assert!(minimal.lookup("audit.log.view").is_some());
+        assert_eq!(minimal.len(), 1 + own.len());
+        let declared = Taxonomy::from_yaml_str(
+            "version: 1\nactions:\n  audit.log.view: { description: mine, outcomes: [success] }\n",
+        )
+        .unwrap();
+        let (_, spec) = declared.lookup("audit.log.view").unwrap();
+        assert_eq!(spec.description, "mine");
     }
 
     #[test]

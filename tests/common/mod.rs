@@ -28,6 +28,13 @@ pub struct TallyOptions {
     pub max_body_mib: Option<usize>,
     /// `exporters.postgres.queue_capacity_records`.
     pub queue_capacity: Option<usize>,
+    /// `receivers.otlp.max_in_flight_bytes`.
+    pub max_in_flight_bytes: Option<usize>,
+    /// `receivers.otlp.grpc.endpoint` (default `127.0.0.1:0`); set it to restart on the
+    /// address a killed Tally had, so that its clients' retries reach the new one.
+    pub grpc_endpoint: Option<SocketAddr>,
+    /// `receivers.otlp.http.endpoint` (default `127.0.0.1:0`).
+    pub http_endpoint: Option<SocketAddr>,
     /// `processors.validate.mode` (`strict`, `lenient`, `off`).
     pub validate_mode: Option<&'static str>,
     /// `processors.validate.taxonomy` (a registry file).
@@ -184,6 +191,26 @@ impl Tally {
         }
     }
 
+    /// Sends SIGKILL (no shutdown at all, as in a crash or an OOM kill) and reaps it.
+    pub fn kill(&mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().expect("reap the killed tally")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `/proc/<pid>/status` field in KiB, e.g. `VmHWM` (peak resident set) or `VmRSS`.
+    pub fn memory_kib(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status.lines().find_map(|line| {
+            let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -212,12 +239,18 @@ fn optional_field(line: &str, name: &str) -> Option<SocketAddr> {
 
 fn config_yaml(options: &TallyOptions) -> String {
     let mib = options.max_body_mib.unwrap_or(20);
+    let any = "127.0.0.1:0".parse().expect("addr");
     let mut yaml = format!(
-        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0, max_recv_msg_size_mib: {mib} }}\n    \
-         http: {{ endpoint: 127.0.0.1:0, max_request_body_size: {} }}\n\
-         admin_api:\n  endpoint: 127.0.0.1:0\n",
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: {}, max_recv_msg_size_mib: {mib} }}\n    \
+         http: {{ endpoint: {}, max_request_body_size: {} }}\n",
+        options.grpc_endpoint.unwrap_or(any),
+        options.http_endpoint.unwrap_or(any),
         mib * 1024 * 1024
     );
+    if let Some(bytes) = options.max_in_flight_bytes {
+        yaml.push_str(&format!("    max_in_flight_bytes: {bytes}\n"));
+    }
+    yaml.push_str("admin_api:\n  endpoint: 127.0.0.1:0\n");
     if let Some(secret) = &options.jwt_secret {
         yaml.push_str(&format!(
             "  auth:\n    jwt: {{ hs256_secret: \"{secret}\" }}\n"
@@ -281,7 +314,23 @@ pub async fn get_json(url: &str, token: Option<&str>) -> (u16, serde_json::Value
     (status, body)
 }
 
-/// Reads the activity items for a query string, following every cursor.
+/// The items of an `/activity` page, less the `audit.log.view` events Tally
+/// records for the test's own reads of the API.
+pub fn without_audit(body: &serde_json::Value) -> Vec<serde_json::Value> {
+    body["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|item| item["action"] != "audit.log.view")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads the activity items for a query string, following every cursor
+/// (without the `audit.log.view` events of the test's own reads).
 pub async fn all_activity(
     tally: &Tally,
     query: &str,
@@ -296,7 +345,7 @@ pub async fn all_activity(
         }
         let (status, body) = get_json(&url, token).await;
         assert_eq!(status, 200, "GET {url}: {body}");
-        items.extend(body["items"].as_array().cloned().unwrap_or_default());
+        items.extend(without_audit(&body));
         match body["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_string()),
             None => return items,

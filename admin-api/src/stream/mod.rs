@@ -132,7 +132,9 @@ pub(crate) async fn stream_caller(
     pairs: &[(String, String)],
 ) -> Result<Caller, ApiError> {
     let Some(authenticator) = &state.auth else {
-        return Ok(Caller::anonymous());
+        let caller = Caller::anonymous();
+        crate::audit::remember(&caller);
+        return Ok(caller);
     };
     let mut tokens = pairs.iter().filter(|(name, _)| name == "access_token");
     let access_token = tokens.next().map(|(_, value)| value.as_str());
@@ -161,6 +163,12 @@ impl Filters {
     pub(crate) fn eq(&mut self, column: &str, value: impl ToSql + Sync + Send + 'static) {
         let placeholder = self.param(value);
         self.clauses.push(format!("{column} = {placeholder}"));
+    }
+
+    /// Adds `column <> value`.
+    pub(crate) fn not_eq(&mut self, column: &str, value: impl ToSql + Sync + Send + 'static) {
+        let placeholder = self.param(value);
+        self.clauses.push(format!("{column} <> {placeholder}"));
     }
 
     /// `SELECT <columns> FROM <table> WHERE <filters> AND seq > $k ORDER BY seq LIMIT $k+1`.
@@ -337,7 +345,12 @@ pub(crate) async fn activity_stream(
         .collect();
     let mut query = ActivityQuery::parse(&filter_pairs, 1, 1)?;
     query.tenant = caller.tenant_filter(query.tenant.take())?;
-    let filters = activity_filters(&query);
+    let mut filters = activity_filters(&query);
+    // Reads are audited: a client that re-reads on each live event would feed
+    // itself its own audit.log.view events. They are streamed only on request.
+    if query.action == crate::activity::ActionFilter::Any {
+        filters.not_eq("action", crate::audit::AUDIT_VIEW_ACTION.to_owned());
+    }
     let sql = filters.bounded_page_sql("activity_events", ACTIVITY_COLUMNS);
     let after = start_after(&state, &headers, after_seq, Table::Activity).await?;
     let feed = Feed {

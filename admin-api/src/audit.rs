@@ -1,0 +1,296 @@
+//! Reads of the audit log are themselves audited: every authenticated request
+//! to a data route of `/api/v1` becomes an activity event `audit.log.view`
+//! (who, which route, which filters, which status).
+//!
+//! The event is an OTLP log record handed to the same pipeline as the apps'
+//! records ([`Consumer`]), so it is redacted, validated and stored like any
+//! other. Submission happens off the request path: a bounded queue feeds one
+//! forwarder that sends what has gathered as one request and retries while the
+//! database is unavailable.
+//!
+//! The live activity feed leaves these events out unless a client asks for the
+//! action explicitly, so a dashboard that refreshes a list on each live event
+//! cannot feed itself (see `GET /api/v1/activity/stream`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::Uri;
+use axum::middleware::Next;
+use axum::response::Response;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use tally_model::pipeline::{ConsumeError, Consumer};
+use tokio::sync::mpsc;
+
+use crate::auth::{Caller, TenantAccess};
+use crate::AppState;
+
+/// The action of the events this module records.
+pub const AUDIT_VIEW_ACTION: &str = "audit.log.view";
+
+/// Views waiting to be submitted at most; beyond this they are logged and dropped.
+const QUEUE_CAPACITY: usize = 4096;
+/// Views sent in one request at most.
+const BATCH_MAX: usize = 512;
+/// Attempts per batch while the pipeline answers with a retryable error.
+const MAX_ATTEMPTS: u32 = 10;
+/// Longest wait between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The `service.name` of the recorded events.
+const SERVICE_NAME: &str = "tally-admin-api";
+
+tokio::task_local! {
+    /// Where the current request's authenticated caller is left for [`record`].
+    static CALLER: CallerSlot;
+}
+
+#[derive(Clone, Default)]
+struct CallerSlot(Arc<Mutex<Option<Caller>>>);
+
+/// Notes `caller` as the authenticated caller of the request being served
+/// (a no-op outside the audit middleware).
+pub(crate) fn remember(caller: &Caller) {
+    let _ = CALLER.try_with(|slot| {
+        if let Ok(mut held) = slot.0.lock() {
+            *held = Some(caller.clone());
+        }
+    });
+}
+
+/// One read of the audit log, as recorded.
+#[derive(Debug, Clone)]
+struct View {
+    time: SystemTime,
+    subject: String,
+    tenant: String,
+    route: String,
+    method: String,
+    query: String,
+    status: u16,
+}
+
+/// Sends views to the pipeline; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AuditTrail {
+    queue: mpsc::Sender<View>,
+}
+
+impl AuditTrail {
+    /// Starts the forwarder that submits views to `consumer`.
+    pub(crate) fn start(consumer: Arc<dyn Consumer>) -> AuditTrail {
+        let (queue, views) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(forward(views, consumer));
+        AuditTrail { queue }
+    }
+
+    fn submit(&self, view: View) {
+        if let Err(error) = self.queue.try_send(view) {
+            let view = match &error {
+                mpsc::error::TrySendError::Full(view) | mpsc::error::TrySendError::Closed(view) => {
+                    view
+                }
+            };
+            tracing::error!(
+                subject = %view.subject,
+                route = %view.route,
+                "audit trail queue full or closed: an {AUDIT_VIEW_ACTION} event was not recorded"
+            );
+        }
+    }
+}
+
+/// Whether requests to `route` are recorded (data routes, not the API's own description).
+fn audited(route: &str) -> bool {
+    route.starts_with("/api/v1/") && route != "/api/v1/openapi.json"
+}
+
+/// The query string as recorded: credentials removed.
+fn recorded_query(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with("access_token="))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The tenant a view is recorded under: the caller's own, else the tenant it asked for.
+fn recorded_tenant(caller: &Caller, uri: &Uri) -> String {
+    match &caller.tenant {
+        TenantAccess::One(tenant) => tenant.clone(),
+        TenantAccess::All | TenantAccess::Nothing => {
+            Query::<Vec<(String, String)>>::try_from_uri(uri)
+                .ok()
+                .and_then(|Query(pairs)| pairs.into_iter().find(|(name, _)| name == "tenant"))
+                .map(|(_, value)| value)
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// Middleware on the API's routes: serves the request, then records who read what.
+pub(crate) async fn record(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(trail) = state.audit.clone() else {
+        return next.run(request).await;
+    };
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(path) if audited(path.as_str()) => path.as_str().to_owned(),
+        _ => return next.run(request).await,
+    };
+    let method = request.method().as_str().to_owned();
+    let uri = request.uri().clone();
+    let slot = CallerSlot::default();
+    let response = CALLER.scope(slot.clone(), next.run(request)).await;
+    let caller = slot.0.lock().ok().and_then(|mut held| held.take());
+    if let Some(caller) = caller {
+        trail.submit(View {
+            time: SystemTime::now(),
+            tenant: recorded_tenant(&caller, &uri),
+            subject: caller.subject,
+            route,
+            method,
+            query: recorded_query(uri.query().unwrap_or_default()),
+            status: response.status().as_u16(),
+        });
+    }
+    response
+}
+
+/// Submits queued views in batches until every [`AuditTrail`] is dropped.
+async fn forward(mut views: mpsc::Receiver<View>, consumer: Arc<dyn Consumer>) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while views.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        let count = batch.len();
+        let request = export_request(batch.drain(..));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match consumer.consume_logs(request.clone()).await {
+                Ok(report) if report.rejected == 0 => break,
+                Ok(report) => {
+                    tracing::error!(rejected = report.rejected, message = %report.message, "{AUDIT_VIEW_ACTION} events were rejected");
+                    break;
+                }
+                Err(ConsumeError::Invalid(reason)) => {
+                    tracing::error!(%reason, count, "{AUDIT_VIEW_ACTION} events were refused");
+                    break;
+                }
+                Err(error) if attempt < MAX_ATTEMPTS => {
+                    let delay = error
+                        .retry_after()
+                        .unwrap_or(Duration::from_secs(1))
+                        .min(MAX_BACKOFF);
+                    tracing::warn!(%error, attempt, "recording {AUDIT_VIEW_ACTION} events; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, count, "{AUDIT_VIEW_ACTION} events could not be recorded");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn text(key: &str, value: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        key_strindex: 0,
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+    }
+}
+
+fn int(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        key_strindex: 0,
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+    }
+}
+
+/// The views as one OTLP logs request (one log record per view).
+fn export_request(views: impl Iterator<Item = View>) -> ExportLogsServiceRequest {
+    let log_records = views
+        .map(|view| {
+            let nanos = view
+                .time
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            let mut attributes = vec![
+                text("activity.action", AUDIT_VIEW_ACTION),
+                text("enduser.id", view.subject),
+                text("audit.route", view.route),
+                text("audit.method", view.method),
+                text("audit.query", view.query),
+                int("http.response.status_code", i64::from(view.status)),
+                // Two identical reads in the same nanosecond are still two events.
+                text("audit.request_id", uuid::Uuid::new_v4().to_string()),
+            ];
+            if !view.tenant.is_empty() {
+                attributes.push(text("tenant.id", view.tenant));
+            }
+            LogRecord {
+                time_unix_nano: nanos,
+                observed_time_unix_nano: nanos,
+                attributes,
+                ..LogRecord::default()
+            }
+        })
+        .collect();
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![text("service.name", SERVICE_NAME)],
+                ..Resource::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records,
+                ..ScopeLogs::default()
+            }],
+            ..ResourceLogs::default()
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_not_recorded() {
+        assert_eq!(
+            recorded_query("user=u1&access_token=secret&tenant=t"),
+            "user=u1&tenant=t"
+        );
+        assert_eq!(recorded_query(""), "");
+    }
+
+    #[test]
+    fn views_are_recorded_under_the_tenant_read() {
+        let mut caller = Caller::anonymous();
+        let uri = |q: &str| -> Uri { format!("/api/v1/activity?{q}").parse().unwrap() };
+        assert_eq!(recorded_tenant(&caller, &uri("tenant=a%20b&user=u")), "a b");
+        assert_eq!(recorded_tenant(&caller, &uri("user=u")), "");
+        caller.tenant = TenantAccess::One("own".to_owned());
+        assert_eq!(recorded_tenant(&caller, &uri("tenant=acme")), "own");
+    }
+
+    #[test]
+    fn only_data_routes_are_audited() {
+        assert!(audited("/api/v1/activity"));
+        assert!(audited("/api/v1/activity/stream"));
+        assert!(!audited("/api/v1/openapi.json"));
+        assert!(!audited("/healthz"));
+    }
+}
