@@ -12,10 +12,8 @@
 //! # }
 //! ```
 //!
-//! Routes: `GET /healthz`, `GET /readyz`, `GET /api/v1/openapi.json` (no token),
-//! `GET /api/v1/activity` and `GET /api/v1/activity/aggregates` (scope
-//! `activity:read` or `admin`), `GET /api/v1/tokens` and `GET /api/v1/tokens/usage`
-//! (scope `tokens:read` or `admin`), `GET /api/v1/stats` (either read scope).
+//! Routes: see [`routes`] (one table builds the router and the OpenAPI
+//! document's operations) and `docs/api.md`.
 
 pub mod activity;
 pub mod aggregates;
@@ -26,23 +24,23 @@ pub mod cursor;
 mod db;
 pub mod error;
 pub mod export;
-mod health;
+pub(crate) mod health;
 pub mod openapi;
 mod params;
 pub mod rejected;
+pub mod routes;
 pub mod siem;
 pub mod stats;
 pub mod stream;
-mod taxonomy;
+pub(crate) mod taxonomy;
 pub mod tokens;
-mod verify;
+pub(crate) mod verify;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::get;
 use axum::Router;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::net::TcpListener;
@@ -204,29 +202,11 @@ impl AdminApi {
 
     /// The axum Router, for tests.
     pub fn router(&self) -> Router {
-        let router = Router::new()
-            .route("/healthz", get(health::healthz))
-            .route("/readyz", get(health::readyz))
-            .route("/api/v1/openapi.json", get(openapi::document))
-            .route("/api/v1/activity", get(activity::list))
-            .route("/api/v1/taxonomy", get(taxonomy::current))
-            .route("/api/v1/rejected", get(rejected::list))
-            .route(
-                "/api/v1/rejected/replay",
-                axum::routing::post(rejected::replay),
-            )
-            .route(
-                "/api/v1/activity/aggregates",
-                get(aggregates::activity_aggregates),
-            )
-            .route("/api/v1/tokens", get(tokens::list))
-            .route("/api/v1/tokens/usage", get(aggregates::token_usage))
-            .route("/api/v1/stats", get(stats::stats))
-            .route("/api/v1/activity/stream", get(stream::activity_stream))
-            .route("/api/v1/tokens/stream", get(stream::tokens_stream))
-            .route("/api/v1/stats/stream", get(stream::stats::stats_stream))
-            .route("/api/v1/export", get(export::export))
-            .route("/api/v1/verify", get(verify::verify))
+        let router = routes::table()
+            .into_iter()
+            .fold(Router::new(), |router, route| {
+                router.route(route.spec.path, route.handler)
+            })
             .route_layer(axum::middleware::from_fn_with_state(
                 self.state.clone(),
                 audit::record,

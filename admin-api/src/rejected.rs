@@ -51,7 +51,8 @@ pub struct ReplayReport {
 /// Shared handle to the replayer.
 pub type SharedReplayer = Arc<dyn Replayer>;
 
-const PARAMETERS: &[&str] = &["tenant", "reason", "limit", "cursor"];
+/// The query parameters `GET /api/v1/rejected` accepts.
+pub const PARAMETERS: &[&str] = &["tenant", "reason", "limit", "cursor"];
 
 /// One quarantined record.
 #[derive(Debug, Serialize)]

@@ -35,6 +35,9 @@ pub(crate) enum VerifyAnswer {
     },
 }
 
+/// The query parameters `GET /api/v1/verify` accepts.
+pub const PARAMETERS: &[&str] = &["tenant"];
+
 /// `GET /api/v1/verify?tenant=T`.
 pub(crate) async fn verify(
     State(state): State<AppState>,
@@ -43,7 +46,7 @@ pub(crate) async fn verify(
 ) -> Result<Json<VerifyAnswer>, ApiError> {
     caller.require_scope(SCOPE_ACTIVITY_READ)?;
     let pairs = pairs(&uri)?;
-    let params = Params::new(&pairs, &["tenant"])?;
+    let params = Params::new(&pairs, PARAMETERS)?;
     let Some(tenant) = caller.tenant_filter(params.text("tenant")?)? else {
         // A caller with every tenant: verify each of them.
         let mut client = state.pool.get_for(&TenantAccess::All).await?;
