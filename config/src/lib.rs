@@ -92,10 +92,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        let largest_message = receiver
-            .http
-            .max_request_body_size
-            .max(receiver.grpc.max_recv_msg_size_mib.saturating_mul(1024 * 1024));
+        let largest_message = receiver.http.max_request_body_size.max(
+            receiver
+                .grpc
+                .max_recv_msg_size_mib
+                .saturating_mul(1024 * 1024),
+        );
         if receiver.max_in_flight_bytes < largest_message {
             return Err(invalid(
                 "receivers.otlp.max_in_flight_bytes",
