@@ -25,7 +25,15 @@ pub(crate) fn as_i64(value: Option<&AnyValue>) -> Option<i64> {
     }
 }
 
-/// JSON form of any value. Bytes become lowercase hex; non-finite doubles become strings.
+/// Largest double magnitude stored as a JSON number. PostgreSQL prints a `jsonb` number
+/// in plain decimal (`1.7976931348623157e308` comes back as 309 digits) and serde_json
+/// reads a long integer by an inexact multiplication that overflows to infinity near
+/// `f64::MAX` ("number out of range"): such a row could no longer be read back. Below
+/// 1e308 the error of that multiplication cannot reach infinity.
+const MAX_JSON_DOUBLE: f64 = 1e308;
+
+/// JSON form of any value. Bytes become lowercase hex; non-finite doubles, and finite
+/// ones of magnitude 1e308 or more (see [`MAX_JSON_DOUBLE`]), become strings.
 pub(crate) fn to_json(value: Option<&AnyValue>) -> Json {
     let Some(value) = value.and_then(|v| v.value.as_ref()) else {
         return Json::Null;
@@ -35,8 +43,10 @@ pub(crate) fn to_json(value: Option<&AnyValue>) -> Json {
         Value::BoolValue(b) => Json::Bool(*b),
         Value::IntValue(i) => Json::from(*i),
         Value::DoubleValue(d) => serde_json::Number::from_f64(*d)
+            .filter(|_| d.abs() < MAX_JSON_DOUBLE)
             .map(Json::Number)
-            .unwrap_or_else(|| Json::String(d.to_string())),
+            // `NaN`, `inf`, `-inf`, `1.7976931348623157e308`.
+            .unwrap_or_else(|| Json::String(format!("{d:e}"))),
         Value::BytesValue(bytes) => Json::String(hex::encode(bytes)),
         Value::ArrayValue(array) => {
             Json::Array(array.values.iter().map(|v| to_json(Some(v))).collect())
@@ -49,5 +59,64 @@ pub(crate) fn to_json(value: Option<&AnyValue>) -> Json {
         ),
         #[allow(unreachable_patterns)]
         _ => Json::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn double(d: f64) -> Json {
+        to_json(Some(&AnyValue {
+            value: Some(Value::DoubleValue(d)),
+        }))
+    }
+
+    #[test]
+    fn non_finite_and_huge_doubles_are_strings() {
+        assert_eq!(double(f64::NAN), Json::String("NaN".into()));
+        assert_eq!(double(f64::INFINITY), Json::String("inf".into()));
+        assert_eq!(double(f64::NEG_INFINITY), Json::String("-inf".into()));
+        assert_eq!(
+            double(f64::MAX),
+            Json::String("1.7976931348623157e308".into())
+        );
+        assert_eq!(double(-1e308), Json::String("-1e308".into()));
+        assert_eq!(double(9.9e307), Json::from(9.9e307));
+        assert_eq!(double(-2.5), Json::from(-2.5));
+        assert_eq!(double(f64::MIN_POSITIVE), Json::from(f64::MIN_POSITIVE));
+    }
+
+    /// How PostgreSQL prints a large jsonb number: its shortest digits, then zeros.
+    fn postgres_plain(d: f64) -> String {
+        let sci = format!("{d:e}");
+        let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
+        let exponent: usize = exponent.parse().unwrap_or(0);
+        let (sign, mantissa) = match mantissa.strip_prefix('-') {
+            Some(rest) => ("-", rest),
+            None => ("", mantissa),
+        };
+        let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+        let zeros = (exponent + 1).saturating_sub(digits.len());
+        format!("{sign}{digits}{}", "0".repeat(zeros))
+    }
+
+    #[test]
+    fn stored_doubles_read_back_as_postgresql_prints_them() {
+        // PostgreSQL prints a jsonb number without exponent: all its digits.
+        for d in [9.99e307, -9.99e307, 1e300, 4.5e200] {
+            let Json::Number(n) = double(d) else {
+                panic!("{d} is not a number")
+            };
+            let plain = postgres_plain(n.as_f64().unwrap_or_default());
+            assert!(
+                serde_json::from_str::<Json>(&plain).is_ok(),
+                "{d} printed as {plain} reads back"
+            );
+        }
+        // The value the cap guards against.
+        let plain = postgres_plain(f64::MAX);
+        assert_eq!(plain.len(), 309);
+        assert!(serde_json::from_str::<Json>(&plain).is_err());
     }
 }

@@ -91,3 +91,40 @@ pub(crate) fn retry_after_secs(delay: Duration) -> u64 {
     let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
     secs.max(1)
 }
+
+/// Longest error message sent to a client; longer ones keep their start and end.
+pub(crate) const MAX_MESSAGE: usize = 512;
+
+/// `message` cut to about [`MAX_MESSAGE`] bytes, keeping its start (what failed) and its
+/// end (why: prost puts the reason after the path of every enclosing field, which for a
+/// value nested 100 deep is several KiB).
+pub(crate) fn shorten(message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut head = MAX_MESSAGE / 2;
+    while !message.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = message.len() - MAX_MESSAGE / 2;
+    while !message.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} … {}", &message[..head], &message[tail..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_keep_start_and_end() {
+        assert_eq!(shorten("short".into()), "short");
+        let long = format!("start {} reason", "é".repeat(1000));
+        let short = shorten(long);
+        assert!(short.len() <= MAX_MESSAGE + 8, "{}", short.len());
+        assert!(short.starts_with("start "), "{short}");
+        assert!(short.ends_with(" reason"), "{short}");
+        assert!(short.contains(" … "), "{short}");
+    }
+}

@@ -4,7 +4,10 @@
 //! the frame length and while decompressing (into a buffer capped at the limit). It answers
 //! `OUT_OF_RANGE` for a too-long frame; Tally rewrites that to `RESOURCE_EXHAUSTED`, the code
 //! OTLP clients (and the OpenTelemetry Collector) use for a message over the size limit, as
-//! for a message that decompresses past the limit.
+//! for a message that decompresses past the limit. tonic answers a message it cannot decode
+//! (prost's error: truncated, invalid UTF-8 in a string field, nested deeper than prost's
+//! recursion limit of 100, …) or decompress with `INTERNAL`; Tally rewrites those to
+//! `INVALID_ARGUMENT`, the code of malformed OTLP (as HTTP answers 400), keeping the reason.
 //!
 //! Every call is charged to the receiver's in-flight bytes budget ([`InFlightBudget`]): a
 //! layer in front of tonic wraps the request body in a [`ChargedBody`], which charges the
@@ -279,9 +282,7 @@ pub(crate) async fn serve(
         .max_decoding_message_size(limit);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(
-            oversize_is_resource_exhausted,
-        ))
+        .layer(tower::util::MapResponseLayer::new(refusal_codes))
         .layer(tower::util::MapRequestLayer::new(charge_calls(
             budget, limit,
         )))
@@ -292,22 +293,129 @@ pub(crate) async fn serve(
         .map_err(ReceiverError::Grpc)
 }
 
-/// `grpc-status` of OUT_OF_RANGE and RESOURCE_EXHAUSTED.
+/// `grpc-status` values rewritten by [`refusal_codes`].
 const GRPC_OUT_OF_RANGE: &str = "11";
+const GRPC_INTERNAL: &str = "13";
 const GRPC_RESOURCE_EXHAUSTED: axum::http::HeaderValue = axum::http::HeaderValue::from_static("8");
+const GRPC_INVALID_ARGUMENT: axum::http::HeaderValue = axum::http::HeaderValue::from_static("3");
 
-/// tonic refuses a frame longer than the limit with a trailers-only `OUT_OF_RANGE`
-/// response before any handler runs (Tally's handlers never answer that code):
-/// answer `RESOURCE_EXHAUSTED` instead, as gRPC servers do for an oversize message.
-fn oversize_is_resource_exhausted<B>(
-    mut response: axum::http::Response<B>,
-) -> axum::http::Response<B> {
+/// Starts of the (percent-encoded) `grpc-message` of tonic's `INTERNAL` answers to a
+/// request it could not decode: prost's decode error and a decompression error (the
+/// decompression size limit is `RESOURCE_EXHAUSTED` already).
+const UNDECODABLE_MESSAGES: [&[u8]; 2] = [
+    b"failed%20to%20decode%20Protobuf%20message",
+    b"Error%20decompressing",
+];
+
+/// Rewrites the codes of the trailers-only answers tonic gives before any handler runs
+/// (Tally's handlers never answer `OUT_OF_RANGE` or `INTERNAL`):
+/// - `OUT_OF_RANGE` for a frame longer than the limit → `RESOURCE_EXHAUSTED`, as gRPC
+///   servers answer an oversize message;
+/// - `INTERNAL` for a message that cannot be decoded or decompressed →
+///   `INVALID_ARGUMENT`, the code of malformed OTLP (not retryable, as it should be).
+fn refusal_codes<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
     let headers = response.headers_mut();
-    if headers
-        .get("grpc-status")
-        .is_some_and(|status| status.as_bytes() == GRPC_OUT_OF_RANGE.as_bytes())
-    {
+    let Some(status) = headers.get("grpc-status") else {
+        return response;
+    };
+    if status.as_bytes() == GRPC_OUT_OF_RANGE.as_bytes() {
         headers.insert("grpc-status", GRPC_RESOURCE_EXHAUSTED);
+    } else if status.as_bytes() == GRPC_INTERNAL.as_bytes()
+        && headers.get("grpc-message").is_some_and(|message| {
+            UNDECODABLE_MESSAGES
+                .iter()
+                .any(|start| message.as_bytes().starts_with(start))
+        })
+    {
+        headers.insert("grpc-status", GRPC_INVALID_ARGUMENT);
+        if let Some(message) = headers.get("grpc-message") {
+            let short = shorten_encoded(message.as_bytes());
+            if let Ok(short) = axum::http::HeaderValue::from_bytes(&short) {
+                headers.insert("grpc-message", short);
+            }
+        }
     }
     response
+}
+
+/// A percent-encoded `grpc-message` cut like [`crate::error::shorten`]: its start and
+/// its end (where prost puts the reason), never inside a `%XX` escape.
+fn shorten_encoded(message: &[u8]) -> Vec<u8> {
+    let half = crate::error::MAX_MESSAGE / 2;
+    if message.len() <= crate::error::MAX_MESSAGE {
+        return message.to_vec();
+    }
+    let in_escape =
+        |at: usize| (at >= 1 && message[at - 1] == b'%') || (at >= 2 && message[at - 2] == b'%');
+    let mut head = half;
+    while in_escape(head) {
+        head -= 1;
+    }
+    let mut tail = message.len() - half;
+    while tail < message.len() && in_escape(tail) {
+        tail += 1;
+    }
+    [&message[..head], b"%20%E2%80%A6%20", &message[tail..]].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The response tonic sends for `status` before any handler runs, rewritten.
+    fn rewritten(status: Status) -> (String, String) {
+        let response = refusal_codes(status.into_http::<()>());
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        };
+        (header("grpc-status"), header("grpc-message"))
+    }
+
+    #[test]
+    fn undecodable_messages_are_invalid_argument_with_their_reason() {
+        // What tonic-prost answers for a message prost cannot decode.
+        let decode_error = ExportTraceServiceRequest::decode(&b"\x0a\x05ab"[..])
+            .expect_err("truncated message decoded");
+        let (code, message) = rewritten(Status::internal(decode_error.to_string()));
+        assert_eq!(code, "3");
+        assert!(message.contains("failed%20to%20decode"), "{message}");
+        // A value nested past prost's limit: the reason survives the cut.
+        let long = format!(
+            "failed to decode Protobuf message: {}recursion limit reached",
+            "AnyValue.value: KeyValueList.values: KeyValue.value: ".repeat(100)
+        );
+        let (code, message) = rewritten(Status::internal(long));
+        assert_eq!(code, "3");
+        assert!(message.len() < 600, "{message}");
+        assert!(message.starts_with("failed%20to%20decode"), "{message}");
+        assert!(
+            message.ends_with("recursion%20limit%20reached"),
+            "{message}"
+        );
+        assert!(message.contains("%20%E2%80%A6%20"), "{message}");
+        let (code, _) = rewritten(Status::internal(
+            "Error decompressing: invalid gzip header, while sending request",
+        ));
+        assert_eq!(code, "3");
+    }
+
+    #[test]
+    fn other_codes_are_kept_and_oversize_is_resource_exhausted() {
+        assert_eq!(rewritten(Status::internal("something else")).0, "13");
+        assert_eq!(
+            rewritten(Status::internal(
+                "protocol error: received message with compressed-flag but no grpc-encoding was specified"
+            ))
+            .0,
+            "13"
+        );
+        assert_eq!(rewritten(Status::out_of_range("too large")).0, "8");
+        assert_eq!(rewritten(Status::unavailable("later")).0, "14");
+        let ok = refusal_codes(axum::http::Response::new(()));
+        assert!(ok.headers().get("grpc-status").is_none());
+    }
 }

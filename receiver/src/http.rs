@@ -24,7 +24,7 @@ use tally_model::pipeline::{ConsumeError, ConsumeReport, Consumer};
 use tokio::net::TcpListener;
 
 use crate::budget::{Charge, InFlightBudget};
-use crate::error::{retry_after_secs, ReceiverError, RequestError};
+use crate::error::{retry_after_secs, shorten, ReceiverError, RequestError};
 use crate::limits::{decode_body, Encoding};
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
 use crate::{check, json, logs_response, trace_response};
@@ -384,8 +384,8 @@ fn decode<S: Signal>(
     charge.ensure(body.len())?;
     match format {
         Format::Protobuf => S::Request::decode(body)
-            .map_err(|e| RequestError::Invalid(format!("invalid OTLP protobuf: {e}"))),
-        Format::Json => S::decode_json(&body).map_err(RequestError::Invalid),
+            .map_err(|e| RequestError::Invalid(shorten(format!("invalid OTLP protobuf: {e}")))),
+        Format::Json => S::decode_json(&body).map_err(|e| RequestError::Invalid(shorten(e))),
     }
 }
 
