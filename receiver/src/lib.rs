@@ -42,6 +42,41 @@ use tracing::info;
 
 pub use error::ReceiverError;
 
+/// Entry points for the fuzz targets (`fuzz/`): the receiver's decoding and checks of a
+/// request body, as the HTTP path runs them (the gRPC path decodes with the same prost
+/// types). Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    /// Decodes an uncompressed `/v1/traces` body (`json`: OTLP/JSON with Tally's fix-ups,
+    /// else protobuf) and checks its ids; `Err` is the message a client would get (400).
+    pub fn traces(body: &[u8], json: bool) -> Result<ExportTraceServiceRequest, String> {
+        let request = if json {
+            crate::json::decode_traces(body)?
+        } else {
+            ExportTraceServiceRequest::decode(body)
+                .map_err(|e| format!("invalid OTLP protobuf: {e}"))?
+        };
+        crate::check::check_traces(&request)?;
+        Ok(request)
+    }
+
+    /// [`traces`] for a `/v1/logs` body.
+    pub fn logs(body: &[u8], json: bool) -> Result<ExportLogsServiceRequest, String> {
+        let request = if json {
+            crate::json::decode_logs(body)?
+        } else {
+            ExportLogsServiceRequest::decode(body)
+                .map_err(|e| format!("invalid OTLP protobuf: {e}"))?
+        };
+        crate::check::check_logs(&request)?;
+        Ok(request)
+    }
+}
+
 /// The OTLP receiver: bound listeners for gRPC and/or HTTP, not yet serving.
 pub struct OtlpReceiver {
     consumer: Arc<dyn Consumer>,
