@@ -19,11 +19,13 @@
 //! several Tally instances need trace-aware load balancing (all spans of one
 //! trace to the same instance) for attribution across exports.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+
+use crate::fast_hash::FastMap;
 
 /// A trace id (16 bytes).
 pub type TraceId = [u8; 16];
@@ -75,7 +77,7 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<TraceId, Entry>,
+    entries: FastMap<TraceId, Entry>,
     /// (trace, stamp) in stamp order; stale pairs (the entry was touched since)
     /// are skipped when popped.
     order: VecDeque<(TraceId, Instant)>,

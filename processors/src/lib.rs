@@ -11,6 +11,7 @@
 
 pub mod attribution;
 pub mod classify;
+mod fast_hash;
 mod otlp_value;
 pub mod redact;
 pub mod tokens;

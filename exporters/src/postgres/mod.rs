@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
 pub mod chain;
+pub mod copy;
 pub mod embedded;
 mod error;
 mod migrate;

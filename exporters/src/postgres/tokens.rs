@@ -10,8 +10,6 @@
 
 use std::sync::LazyLock;
 
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage, Transaction};
 
 use chrono::{DateTime, Utc};
@@ -20,8 +18,9 @@ use tally_model::metrics::{
 };
 use tally_model::{Outcome, TokenUsage};
 
+use super::copy;
 use super::rollup::{unfold_token_rows, ROLLUP_LOCK_KEY, TOKEN_WATERMARK};
-use super::writer::{JsonbObject, SafeText};
+use super::writer::copy_rows;
 use super::{PgError, TOKEN_USAGE_LOCK_KEY};
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
@@ -44,34 +43,6 @@ const COLUMNS: &str = "id, ts, tenant_id, user_id, session_id, service, trace_id
 static COPY_SQL: LazyLock<String> = LazyLock::new(|| {
     format!("COPY pg_temp.tally_token_staging ({COLUMNS}) FROM STDIN (FORMAT binary)")
 });
-
-const COLUMN_TYPES: [Type; 25] = [
-    Type::UUID,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::BOOL,
-    Type::FLOAT8,
-    Type::TEXT,
-    Type::FLOAT8,
-    Type::TEXT,
-    Type::JSONB,
-];
 
 /// Lock, insert from staging, and answer what was really inserted per
 /// (provider, model, outcome), for the metrics.
@@ -129,10 +100,6 @@ pub async fn insert_token_batch(tx: &Transaction<'_>, rows: &[TokenUsage]) -> Re
     Ok(insert_tokens(tx, &rows).await?.total)
 }
 
-fn text(value: &Option<String>) -> Option<SafeText<'_>> {
-    value.as_deref().map(SafeText)
-}
-
 pub(crate) async fn insert_tokens(
     tx: &Transaction<'_>,
     rows: &[&TokenUsage],
@@ -141,54 +108,7 @@ pub(crate) async fn insert_tokens(
         return Ok(TokensInserted::default());
     }
     tx.batch_execute(STAGING_DDL).await?;
-    let sink = tx.copy_in(COPY_SQL.as_str()).await?;
-    let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
-    tokio::pin!(writer);
-    for r in rows.iter().copied() {
-        let tenant = SafeText(r.tenant_id.as_deref().unwrap_or(""));
-        let (user, session, service) = (text(&r.user_id), text(&r.session_id), text(&r.service));
-        let (trace, span) = (text(&r.trace_id), text(&r.span_id));
-        let (provider, operation) = (text(&r.provider), text(&r.operation));
-        let (request_model, response_model, model) = (
-            text(&r.request_model),
-            text(&r.response_model),
-            text(&r.model),
-        );
-        let outcome = r.outcome.as_str();
-        let source = r.attribution_source.as_str();
-        let cost = r.cost_usd.filter(|c| c.is_finite());
-        let duration = r.duration_ms.filter(|d| d.is_finite());
-        let attributes = JsonbObject(&r.attributes);
-        let row: [&(dyn ToSql + Sync); 25] = [
-            &r.id,
-            &r.ts,
-            &tenant,
-            &user,
-            &session,
-            &service,
-            &trace,
-            &span,
-            &provider,
-            &operation,
-            &request_model,
-            &response_model,
-            &model,
-            &r.input_tokens,
-            &r.output_tokens,
-            &r.cache_read_tokens,
-            &r.cache_write_tokens,
-            &r.reasoning_tokens,
-            &r.total_tokens,
-            &r.usage_known,
-            &cost,
-            &outcome,
-            &duration,
-            &source,
-            &attributes,
-        ];
-        writer.as_mut().write(&row).await?;
-    }
-    let copied = writer.as_mut().finish().await?;
+    let copied = copy_rows(tx, COPY_SQL.as_str(), rows, copy::token_row).await?;
     if copied == 0 {
         return Ok(TokensInserted::default());
     }

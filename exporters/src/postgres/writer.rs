@@ -2,24 +2,23 @@
 //! submissions into batches, and the commit-ordered write path.
 
 use std::collections::HashSet;
-use std::error::Error as StdError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Bytes, BytesMut};
 use chrono::{Datelike, Days, NaiveDate, Utc};
+use futures::SinkExt;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage, Transaction};
 
 use tally_config::PostgresConfig;
 use tally_model::{ActivityEvent, ConsumeError, Readiness, RejectedRecord, TokenUsage};
 
+use super::copy;
 use super::partitions::{create_days, PartitionCache};
 use super::tokens::{insert_tokens, TokensInserted};
 use super::{connect, migrate, telemetry, PgError, ACTIVITY_EVENTS_LOCK_KEY};
@@ -46,24 +45,6 @@ const STAGING_DDL: &str = "DO $$ BEGIN \
 const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging_v2 (id, ts, tenant_id, user_id, \
     session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
     attributes, taxonomy_valid, taxonomy_reason) FROM STDIN (FORMAT binary)";
-
-const COLUMN_TYPES: [Type; 15] = [
-    Type::UUID,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::BOOL,
-    Type::TEXT,
-];
 
 /// Lock, then insert from staging (one simple-protocol round trip).
 static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -139,42 +120,8 @@ where
     I: Iterator<Item = &'a ActivityEvent>,
 {
     tx.batch_execute(STAGING_DDL).await?;
-    let sink = tx.copy_in(COPY_SQL).await?;
-    let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
-    tokio::pin!(writer);
-    for e in events {
-        let tenant = SafeText(e.tenant_id.as_deref().unwrap_or(""));
-        let user = e.user_id.as_deref().map(SafeText);
-        let session = e.session_id.as_deref().map(SafeText);
-        let action = SafeText(&e.action);
-        let outcome = e.outcome.as_str();
-        let resource_type = e.resource_type.as_deref().map(SafeText);
-        let resource_id = e.resource_id.as_deref().map(SafeText);
-        let service = e.service.as_deref().map(SafeText);
-        let trace_id = e.trace_id.as_deref().map(SafeText);
-        let span_id = e.span_id.as_deref().map(SafeText);
-        let attributes = JsonbObject(&e.attributes);
-        let taxonomy_reason = e.taxonomy_reason.as_deref().map(SafeText);
-        let row: [&(dyn ToSql + Sync); 15] = [
-            &e.id,
-            &e.ts,
-            &tenant,
-            &user,
-            &session,
-            &action,
-            &outcome,
-            &resource_type,
-            &resource_id,
-            &service,
-            &trace_id,
-            &span_id,
-            &attributes,
-            &e.taxonomy_valid,
-            &taxonomy_reason,
-        ];
-        writer.as_mut().write(&row).await?;
-    }
-    let copied = writer.as_mut().finish().await?;
+    let events: Vec<&ActivityEvent> = events.collect();
+    let copied = copy_rows(tx, COPY_SQL, &events, copy::activity_row).await?;
     if copied == 0 {
         return Ok(Inserted::default());
     }
@@ -201,80 +148,31 @@ where
     Ok(inserted)
 }
 
-/// Text without NUL bytes (PostgreSQL rejects them): each NUL becomes U+FFFD.
-/// Written straight into the COPY buffer, no allocation.
-#[derive(Debug)]
-pub(crate) struct SafeText<'a>(pub(crate) &'a str);
+/// Bytes gathered before a chunk of `COPY` data is sent.
+const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
-impl ToSql for SafeText<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        let bytes = self.0.as_bytes();
-        if !bytes.contains(&0) {
-            out.put_slice(bytes);
-        } else {
-            for (i, part) in bytes.split(|b| *b == 0).enumerate() {
-                if i > 0 {
-                    out.put_slice("\u{FFFD}".as_bytes());
-                }
-                out.put_slice(part);
-            }
-        }
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        <&str as ToSql>::accepts(ty)
-    }
-
-    to_sql_checked!();
-}
-
-/// A JSON object serialized straight into the COPY buffer as `jsonb`; the
-/// `\u0000` escape (which `jsonb` rejects) is rewritten in place to `\ufffd`.
-#[derive(Debug)]
-pub(crate) struct JsonbObject<'a>(pub(crate) &'a serde_json::Map<String, serde_json::Value>);
-
-impl ToSql for JsonbObject<'_> {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        if *ty == Type::JSONB {
-            out.put_u8(1); // jsonb binary format version
-        }
-        let start = out.len();
-        serde_json::to_writer((&mut *out).writer(), self.0)?;
-        scrub_nul_escapes(&mut out[start..]);
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        matches!(*ty, Type::JSON | Type::JSONB)
-    }
-
-    to_sql_checked!();
-}
-
-/// Rewrites every JSON `\u0000` escape to `\ufffd` (same length) in place.
-fn scrub_nul_escapes(json: &mut [u8]) {
-    let mut i = 0;
-    while i + 1 < json.len() {
-        if json[i] == b'\\' {
-            if json.len() >= i + 6 && &json[i + 1..i + 6] == b"u0000" {
-                json[i + 1..i + 6].copy_from_slice(b"ufffd");
-                i += 6;
-            } else {
-                i += 2; // an escape pair: `\\`, `\"`, `\n`, `\uXXXX`'s first two bytes…
-            }
-        } else {
-            i += 1;
+/// Sends `rows` through `copy_sql` (a `COPY … FROM STDIN (FORMAT binary)`),
+/// encoded by `encode` into one reused buffer sent in chunks of about
+/// [`COPY_CHUNK_BYTES`]. Returns the rows the server copied.
+pub(crate) async fn copy_rows<R>(
+    tx: &Transaction<'_>,
+    copy_sql: &str,
+    rows: &[&R],
+    encode: fn(&mut BytesMut, &R) -> Result<(), copy::EncodeError>,
+) -> Result<u64, PgError> {
+    let sink = tx.copy_in::<_, Bytes>(copy_sql).await?;
+    futures::pin_mut!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES + COPY_CHUNK_BYTES / 4);
+    copy::begin(&mut buf);
+    for row in rows {
+        encode(&mut buf, *row).map_err(|e| PgError::Integrity(e.to_string()))?;
+        if buf.len() >= COPY_CHUNK_BYTES {
+            sink.as_mut().send(buf.split().freeze()).await?;
         }
     }
+    copy::finish(&mut buf);
+    sink.as_mut().send(buf.freeze()).await?;
+    Ok(sink.finish().await?)
 }
 
 /// One `submit` call waiting for its events to be committed.
@@ -960,20 +858,6 @@ async fn probe<'a>(client: &'a mut Option<Client>, url: &str) -> Option<&'a Clie
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nul_escapes_are_scrubbed_in_place() {
-        let mut map = serde_json::Map::new();
-        map.insert("a\0b".into(), serde_json::Value::String("x\0y".into()));
-        map.insert("lit".into(), serde_json::Value::String("\\u0000".into()));
-        let mut out = serde_json::to_vec(&map).unwrap();
-        scrub_nul_escapes(&mut out);
-        let text = String::from_utf8(out).unwrap();
-        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(back["a\u{fffd}b"], "x\u{fffd}y");
-        // A literal backslash followed by `u0000` is left alone.
-        assert_eq!(back["lit"], "\\u0000");
-    }
 
     #[test]
     fn backoff_doubles_to_the_cap() {

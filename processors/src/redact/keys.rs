@@ -3,34 +3,7 @@
 //! Built-in lists (exact keys, prefixes and last-segment names) plus the keys
 //! added in `processors.redact.keys`. Classification is allocation-free.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-/// FNV-1a: attribute keys are short and trusted to be few; SipHash's DoS
-/// resistance buys nothing for a fixed built-in table.
-#[derive(Default)]
-pub(crate) struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
-type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+use crate::fast_hash::FastMap as FnvMap;
 
 use tally_config::RedactConfig;
 

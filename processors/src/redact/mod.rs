@@ -197,6 +197,14 @@ pub struct Redactor {
     keyed: Keyed,
 }
 
+/// Attribute keys found unchanged by the key scan in one request, with their
+/// class.
+type KeyCache = crate::fast_hash::FastMap<String, KeyClass>;
+
+/// Distinct keys remembered per request at most (a request of random keys
+/// gains nothing from the cache and must not grow it without bound).
+const KEY_CACHE_MAX: usize = 512;
+
 /// Where an attribute list sits.
 #[derive(Debug, Clone, Copy, Default)]
 struct Ctx {
@@ -357,10 +365,12 @@ impl Redactor {
         if !self.enabled {
             return c;
         }
+        let mut keys = KeyCache::default();
         for resource_spans in &mut request.resource_spans {
             let resource_used = match resource_spans.resource.as_mut() {
                 Some(resource) => {
                     let out = self.attrs(
+                        &mut keys,
                         &mut resource.attributes,
                         Ctx::default(),
                         self.max_record,
@@ -377,7 +387,13 @@ impl Redactor {
                 let scope_used = match scope_spans.scope.as_mut() {
                     Some(scope) => {
                         let budget = self.max_record.saturating_sub(resource_used);
-                        let out = self.attrs(&mut scope.attributes, Ctx::default(), budget, &mut c);
+                        let out = self.attrs(
+                            &mut keys,
+                            &mut scope.attributes,
+                            Ctx::default(),
+                            budget,
+                            &mut c,
+                        );
                         scope.dropped_attributes_count =
                             scope.dropped_attributes_count.saturating_add(out.dropped);
                         out.used
@@ -389,7 +405,13 @@ impl Redactor {
                     .saturating_sub(resource_used.saturating_add(scope_used));
                 for span in &mut scope_spans.spans {
                     self.text_in_place(&mut span.name, &mut c);
-                    let out = self.attrs(&mut span.attributes, Ctx::default(), budget, &mut c);
+                    let out = self.attrs(
+                        &mut keys,
+                        &mut span.attributes,
+                        Ctx::default(),
+                        budget,
+                        &mut c,
+                    );
                     span.dropped_attributes_count =
                         span.dropped_attributes_count.saturating_add(out.dropped);
                     for event in &mut span.events {
@@ -397,12 +419,19 @@ impl Redactor {
                         let ctx = Ctx {
                             content_event: self.rules.content && is_content_event(&event.name),
                         };
-                        let out = self.attrs(&mut event.attributes, ctx, self.max_record, &mut c);
+                        let out = self.attrs(
+                            &mut keys,
+                            &mut event.attributes,
+                            ctx,
+                            self.max_record,
+                            &mut c,
+                        );
                         event.dropped_attributes_count =
                             event.dropped_attributes_count.saturating_add(out.dropped);
                     }
                     for link in &mut span.links {
                         let out = self.attrs(
+                            &mut keys,
                             &mut link.attributes,
                             Ctx::default(),
                             self.max_record,
@@ -429,10 +458,12 @@ impl Redactor {
         if !self.enabled {
             return c;
         }
+        let mut keys = KeyCache::default();
         for resource_logs in &mut request.resource_logs {
             let resource_used = match resource_logs.resource.as_mut() {
                 Some(resource) => {
                     let out = self.attrs(
+                        &mut keys,
                         &mut resource.attributes,
                         Ctx::default(),
                         self.max_record,
@@ -449,7 +480,13 @@ impl Redactor {
                 let scope_used = match scope_logs.scope.as_mut() {
                     Some(scope) => {
                         let budget = self.max_record.saturating_sub(resource_used);
-                        let out = self.attrs(&mut scope.attributes, Ctx::default(), budget, &mut c);
+                        let out = self.attrs(
+                            &mut keys,
+                            &mut scope.attributes,
+                            Ctx::default(),
+                            budget,
+                            &mut c,
+                        );
                         scope.dropped_attributes_count =
                             scope.dropped_attributes_count.saturating_add(out.dropped);
                         out.used
@@ -473,7 +510,7 @@ impl Redactor {
                     let ctx = Ctx {
                         content_event: named_content,
                     };
-                    let out = self.attrs(&mut record.attributes, ctx, budget, &mut c);
+                    let out = self.attrs(&mut keys, &mut record.attributes, ctx, budget, &mut c);
                     record.dropped_attributes_count =
                         record.dropped_attributes_count.saturating_add(out.dropped);
                     if let Some(body) = record.body.as_mut() {
@@ -497,7 +534,14 @@ impl Redactor {
     pub fn redact_attributes(&self, attributes: &mut Vec<KeyValue>) -> RedactionCounts {
         let mut c = RedactionCounts::default();
         if self.enabled {
-            self.attrs(attributes, Ctx::default(), self.max_record, &mut c);
+            let mut keys = KeyCache::default();
+            self.attrs(
+                &mut keys,
+                attributes,
+                Ctx::default(),
+                self.max_record,
+                &mut c,
+            );
         }
         c
     }
@@ -744,6 +788,7 @@ impl Redactor {
     /// One attribute list: allowlist, per-key rules, then the size budget.
     fn attrs(
         &self,
+        keys: &mut KeyCache,
         attrs: &mut Vec<KeyValue>,
         ctx: Ctx,
         budget: usize,
@@ -758,15 +803,33 @@ impl Redactor {
             out.dropped = u32::try_from(removed).unwrap_or(u32::MAX);
         }
         for kv in attrs.iter_mut() {
-            let class = self.keys.classify(&kv.key, ctx.content_event);
+            // The same keys come back record after record: a key seen clean
+            // in this request has its class remembered (outside content events,
+            // where the class depends on the event).
+            let cached = if ctx.content_event {
+                None
+            } else {
+                keys.get(kv.key.as_str()).copied()
+            };
+            let class = match cached {
+                Some(class) => class,
+                None => {
+                    let class = self.keys.classify(&kv.key, ctx.content_event);
+                    match self.clean_text(&kv.key, self.hash_emails, c) {
+                        Some(new) => kv.key = new,
+                        None if !ctx.content_event && keys.len() < KEY_CACHE_MAX => {
+                            keys.insert(kv.key.clone(), class);
+                        }
+                        None => {}
+                    }
+                    class
+                }
+            };
             if class == KeyClass::Content
                 && self.rules.content
                 && kv.value.as_ref().is_some_and(|v| !is_empty(v))
             {
                 out.content = true;
-            }
-            if let Some(new) = self.clean_text(&kv.key, self.hash_emails, c) {
-                kv.key = new;
             }
             if let Some(value) = kv.value.as_mut() {
                 self.value(value, class, 0, ctx, c);

@@ -22,8 +22,6 @@
 
 pub mod pricing;
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -36,6 +34,7 @@ use tally_model::tokens::{token_log_id, token_span_id};
 use tally_model::{AttributionSource, Outcome, TokenUsage};
 
 use crate::attribution::{Identity, TraceCache, TraceId};
+use crate::fast_hash::FastMap;
 use crate::otlp_value::{as_i64, as_text, to_json};
 use pricing::{PriceTable, Usage};
 
@@ -112,20 +111,27 @@ pub struct TokenProcessor {
     from_logs: bool,
 }
 
-/// Attribute lookup over resource → scope → record (the record wins).
+/// Attribute lookup over resource → scope → record (the record wins). One is
+/// refilled per record ([`Attrs::fill`]), keeping its table's allocation.
 struct Attrs<'a> {
-    map: HashMap<&'a str, &'a AnyValue>,
+    map: FastMap<&'a str, &'a AnyValue>,
 }
 
 impl<'a> Attrs<'a> {
-    fn new(lists: [&'a [KeyValue]; 3]) -> Self {
-        let mut map = HashMap::new();
+    fn new() -> Self {
+        Attrs {
+            map: FastMap::default(),
+        }
+    }
+
+    /// Replaces the contents with the attributes of one record.
+    fn fill(&mut self, lists: [&'a [KeyValue]; 3]) {
+        self.map.clear();
         for kv in lists.into_iter().flatten() {
             if let Some(value) = kv.value.as_ref() {
-                map.insert(kv.key.as_str(), value);
+                self.map.insert(kv.key.as_str(), value);
             }
         }
-        Attrs { map }
     }
 
     fn get(&self, key: &str) -> Option<&'a AnyValue> {
@@ -318,35 +324,54 @@ impl TokenProcessor {
         }
     }
 
+    /// A record's token facts. What decides whether the record can become a
+    /// row (role, models, usage) and its identity (learned for every record)
+    /// are always read; the rest (provider, cache and reasoning counts,
+    /// service, kept attributes) only when it can: most records are not model
+    /// calls, and their rows would never be built.
     fn extract(&self, attrs: &Attrs<'_>, name: Option<&str>) -> Extract {
         let m = &self.mapping;
         let operation = attrs.text(&m.operation);
-        let mut kept = Map::new();
-        if let Some(name) = name.filter(|n| !n.is_empty()) {
-            kept.insert("span.name".into(), serde_json::Value::String(name.into()));
-        }
-        for key in KEPT_ATTRIBUTES {
-            if let Some(value) = attrs.get(key) {
-                kept.insert((*key).into(), to_json(Some(value)));
-            }
-        }
         let non_negative = |v: Option<i64>| v.filter(|n| *n >= 0);
-        Extract {
+        let mut extract = Extract {
             role: role(attrs, operation.as_deref()),
             operation,
-            provider: attrs.text(&m.provider),
+            provider: None,
             request_model: attrs.text(&m.request_model),
             response_model: attrs.text(&m.response_model),
             input: non_negative(attrs.int(&m.input)),
             output: non_negative(attrs.int(&m.output)),
-            cache_read: non_negative(attrs.int(&m.cache_read)),
-            cache_write: non_negative(attrs.int(&m.cache_write)),
-            reasoning: non_negative(attrs.int(&m.reasoning)),
+            cache_read: None,
+            cache_write: None,
+            reasoning: None,
             total: non_negative(attrs.int(&m.total)),
             identity: self.identity(attrs),
-            service: as_text(attrs.get("service.name")),
-            kept,
+            service: None,
+            kept: Map::new(),
+        };
+        // Rows are built for span candidates and for counted log records:
+        // both need this (a superset of each).
+        let may_count = extract.role == Role::Inference
+            || (extract.role != Role::Wrapper && extract.has_model() && extract.usage_known());
+        if !may_count {
+            return extract;
         }
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            extract
+                .kept
+                .insert("span.name".into(), serde_json::Value::String(name.into()));
+        }
+        for key in KEPT_ATTRIBUTES {
+            if let Some(value) = attrs.get(key) {
+                extract.kept.insert((*key).into(), to_json(Some(value)));
+            }
+        }
+        extract.provider = attrs.text(&m.provider);
+        extract.cache_read = non_negative(attrs.int(&m.cache_read));
+        extract.cache_write = non_negative(attrs.int(&m.cache_write));
+        extract.reasoning = non_negative(attrs.int(&m.reasoning));
+        extract.service = as_text(attrs.get("service.name"));
+        extract
     }
 
     /// Builds the row of a counted record: usage, cost, attribution.
@@ -488,6 +513,7 @@ impl TokenProcessor {
             return out;
         }
         let mut spans: Vec<SpanFacts> = Vec::new();
+        let mut attrs = Attrs::new();
         for resource_spans in &request.resource_spans {
             let resource_attrs = resource_spans
                 .resource
@@ -499,7 +525,7 @@ impl TokenProcessor {
                     .as_ref()
                     .map_or(&[][..], |s| &s.attributes[..]);
                 for span in &scope_spans.spans {
-                    let attrs = Attrs::new([resource_attrs, scope_attrs, &span.attributes]);
+                    attrs.fill([resource_attrs, scope_attrs, &span.attributes]);
                     let extract = self.extract(&attrs, Some(&span.name));
                     let trace = trace_key(&span.trace_id);
                     self.learn(cache, trace, &extract.identity, &mut out);
@@ -567,6 +593,7 @@ impl TokenProcessor {
             return out;
         }
         let mut encoded = Vec::new();
+        let mut attrs = Attrs::new();
         for resource_logs in &request.resource_logs {
             let resource_attrs = resource_logs
                 .resource
@@ -578,15 +605,10 @@ impl TokenProcessor {
                     .as_ref()
                     .map_or(&[][..], |s| &s.attributes[..]);
                 for record in &scope_logs.log_records {
-                    let attrs = Attrs::new([resource_attrs, scope_attrs, &record.attributes]);
+                    attrs.fill([resource_attrs, scope_attrs, &record.attributes]);
                     let name =
                         (!record.event_name.is_empty()).then_some(record.event_name.as_str());
                     let mut extract = self.extract(&attrs, None);
-                    if let Some(name) = name {
-                        extract
-                            .kept
-                            .insert("event.name".into(), serde_json::Value::String(name.into()));
-                    }
                     let trace = trace_key(&record.trace_id);
                     self.learn(cache, trace, &extract.identity, &mut out);
                     let counts = self.from_logs
@@ -595,6 +617,11 @@ impl TokenProcessor {
                         && extract.usage_known();
                     if !counts {
                         continue;
+                    }
+                    if let Some(name) = name {
+                        extract
+                            .kept
+                            .insert("event.name".into(), serde_json::Value::String(name.into()));
                     }
                     let nanos = if record.time_unix_nano != 0 {
                         record.time_unix_nano
@@ -645,7 +672,7 @@ const MAX_DEPTH: usize = 64;
 /// Which spans count, by the parent/child rules (see the module docs); updates
 /// the cache's covered spans for later requests.
 fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
-    let index: HashMap<(TraceId, [u8; 8]), usize> = spans
+    let index: FastMap<(TraceId, [u8; 8]), usize> = spans
         .iter()
         .enumerate()
         .filter_map(|(i, s)| Some(((s.trace?, s.span?), i)))

@@ -9,7 +9,7 @@
 //! the one with the latest `effective_from` on or before the call's (UTC) day
 //! applies; configured entries win ties over built-in ones.
 
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
 
 use chrono::NaiveDate;
 use tally_config::{ModelPrice, PricingConfig};
@@ -38,7 +38,7 @@ pub struct Usage {
 /// The price table in effect.
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
-    by_model: HashMap<String, Vec<Price>>,
+    by_model: FastMap<String, Vec<Price>>,
 }
 
 /// The lookup form of a model name.
@@ -55,7 +55,7 @@ impl PriceTable {
 
     /// From entries in precedence order (earlier wins ties).
     pub fn from_entries(entries: &[ModelPrice]) -> PriceTable {
-        let mut by_model: HashMap<String, Vec<Price>> = HashMap::new();
+        let mut by_model: FastMap<String, Vec<Price>> = FastMap::default();
         for entry in entries {
             let Ok(effective_from) = NaiveDate::parse_from_str(&entry.effective_from, "%Y-%m-%d")
             else {

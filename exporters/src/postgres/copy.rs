@@ -1,0 +1,360 @@
+//! PostgreSQL binary `COPY` encoding of Tally's rows, straight into one buffer.
+//!
+//! The writers send these bytes with `COPY … FROM STDIN (FORMAT binary)`: a
+//! header ([`begin`]), one tuple per row ([`activity_row`], [`token_row`]) and
+//! the trailer ([`finish`]). Values are written in PostgreSQL's binary wire
+//! format without intermediate values: text as its bytes with each NUL
+//! (which PostgreSQL rejects) turned into U+FFFD, `jsonb` as version byte 1
+//! followed by JSON text written directly from the attribute map (a NUL in a
+//! key or string becomes the escape `\ufffd`).
+//!
+//! The column orders are those of the staging tables' `COPY` statements in
+//! `writer.rs` and `tokens.rs`. This module needs no connection, so the CPU
+//! benchmark (`tally-bench pipeline`) measures exactly the encoding Tally does.
+
+use std::fmt::Write as _;
+
+use bytes::{BufMut, BytesMut};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tally_model::{ActivityEvent, TokenUsage};
+
+/// `PGCOPY\n\xff\r\n\0`, flags 0, no header extension.
+const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// Columns of an activity row (see `writer.rs`'s `COPY_SQL`).
+const ACTIVITY_COLUMNS: i16 = 15;
+/// Columns of a token row (see `tokens.rs`'s `COPY_SQL`).
+const TOKEN_COLUMNS: i16 = 25;
+
+/// A value that cannot be written in PostgreSQL's binary format.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode for COPY: {0}")]
+pub struct EncodeError(&'static str);
+
+/// Writes the binary `COPY` header.
+pub fn begin(out: &mut BytesMut) {
+    out.put_slice(HEADER);
+}
+
+/// Writes the binary `COPY` trailer.
+pub fn finish(out: &mut BytesMut) {
+    out.put_i16(-1);
+}
+
+fn null(out: &mut BytesMut) {
+    out.put_i32(-1);
+}
+
+/// Text without NUL bytes: each NUL becomes U+FFFD.
+fn text(out: &mut BytesMut, s: &str) -> Result<(), EncodeError> {
+    let bytes = s.as_bytes();
+    let nuls = bytes.iter().filter(|b| **b == 0).count();
+    // Each NUL (1 byte) becomes U+FFFD (3 bytes).
+    let len = bytes.len() + 2 * nuls;
+    let len = i32::try_from(len).map_err(|_| EncodeError("text longer than 2 GiB"))?;
+    out.put_i32(len);
+    if nuls == 0 {
+        out.put_slice(bytes);
+    } else {
+        for (i, part) in bytes.split(|b| *b == 0).enumerate() {
+            if i > 0 {
+                out.put_slice("\u{FFFD}".as_bytes());
+            }
+            out.put_slice(part);
+        }
+    }
+    Ok(())
+}
+
+fn opt_text(out: &mut BytesMut, s: Option<&str>) -> Result<(), EncodeError> {
+    match s {
+        Some(s) => text(out, s),
+        None => {
+            null(out);
+            Ok(())
+        }
+    }
+}
+
+fn uuid(out: &mut BytesMut, id: &uuid::Uuid) {
+    out.put_i32(16);
+    out.put_slice(id.as_bytes());
+}
+
+fn timestamptz(out: &mut BytesMut, ts: &DateTime<Utc>) -> Result<(), EncodeError> {
+    let micros = ts
+        .timestamp_micros()
+        .checked_sub(PG_EPOCH_MICROS)
+        .ok_or(EncodeError("timestamp out of range"))?;
+    out.put_i32(8);
+    out.put_i64(micros);
+    Ok(())
+}
+
+fn opt_bool(out: &mut BytesMut, value: Option<bool>) {
+    match value {
+        Some(b) => {
+            out.put_i32(1);
+            out.put_u8(u8::from(b));
+        }
+        None => null(out),
+    }
+}
+
+fn opt_int8(out: &mut BytesMut, value: Option<i64>) {
+    match value {
+        Some(v) => {
+            out.put_i32(8);
+            out.put_i64(v);
+        }
+        None => null(out),
+    }
+}
+
+fn opt_float8(out: &mut BytesMut, value: Option<f64>) {
+    match value {
+        Some(v) => {
+            out.put_i32(8);
+            out.put_f64(v);
+        }
+        None => null(out),
+    }
+}
+
+/// A `jsonb` field: version 1, then the object as JSON text.
+fn jsonb_object(out: &mut BytesMut, map: &Map<String, Value>) -> Result<(), EncodeError> {
+    let at = out.len();
+    out.put_i32(0); // length, patched below
+    out.put_u8(1);
+    json_object(out, map);
+    let len = i32::try_from(out.len() - at - 4).map_err(|_| EncodeError("jsonb over 2 GiB"))?;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+fn json_object(out: &mut BytesMut, map: &Map<String, Value>) {
+    out.put_u8(b'{');
+    for (i, (key, value)) in map.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        json_string(out, key);
+        out.put_u8(b':');
+        json_value(out, value);
+    }
+    out.put_u8(b'}');
+}
+
+fn json_value(out: &mut BytesMut, value: &Value) {
+    match value {
+        Value::Null => out.put_slice(b"null"),
+        Value::Bool(true) => out.put_slice(b"true"),
+        Value::Bool(false) => out.put_slice(b"false"),
+        // serde_json keeps numbers finite; Display is their JSON form. Writing
+        // into a BytesMut cannot fail.
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::String(s) => json_string(out, s),
+        Value::Array(items) => {
+            out.put_u8(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.put_u8(b',');
+                }
+                json_value(out, item);
+            }
+            out.put_u8(b']');
+        }
+        Value::Object(map) => json_object(out, map),
+    }
+}
+
+/// A JSON string literal; NUL becomes `\ufffd` (`jsonb` rejects `\u0000`).
+fn json_string(out: &mut BytesMut, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.put_u8(b'"');
+    let bytes = s.as_bytes();
+    // Most strings need no escape: skip 8 bytes at a time to the first that may.
+    let clean = clean_prefix(bytes);
+    if clean == bytes.len() {
+        out.put_slice(bytes);
+        out.put_u8(b'"');
+        return;
+    }
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate().skip(clean) {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0 => b"\\ufffd",
+            0x01..=0x1f => {
+                out.put_slice(&bytes[start..i]);
+                out.put_slice(b"\\u00");
+                out.put_u8(HEX[usize::from(b >> 4)]);
+                out.put_u8(HEX[usize::from(b & 0xf)]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.put_slice(&bytes[start..i]);
+        out.put_slice(escape);
+        start = i + 1;
+    }
+    out.put_slice(&bytes[start..]);
+    out.put_u8(b'"');
+}
+
+/// Length of the longest prefix, in whole 8-byte words, with no byte that JSON
+/// escapes (control bytes, `"`, `\\`).
+fn clean_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero ⇔ its bit 7 is set in `(x - ONES) & !x & HIGH`.
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        // Bytes below 0x20 (bit 7 clear), or equal to `"` or `\`.
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+        if control
+            || has_zero(w ^ (ONES * u64::from(b'"')))
+            || has_zero(w ^ (ONES * u64::from(b'\\')))
+        {
+            return at;
+        }
+        at += 8;
+    }
+    at
+}
+
+/// One `activity_events` staging row: id, ts, tenant_id, user_id, session_id,
+/// action, outcome, resource_type, resource_id, service, trace_id, span_id,
+/// attributes, taxonomy_valid, taxonomy_reason.
+pub fn activity_row(out: &mut BytesMut, e: &ActivityEvent) -> Result<(), EncodeError> {
+    out.put_i16(ACTIVITY_COLUMNS);
+    uuid(out, &e.id);
+    timestamptz(out, &e.ts)?;
+    text(out, e.tenant_id.as_deref().unwrap_or(""))?;
+    opt_text(out, e.user_id.as_deref())?;
+    opt_text(out, e.session_id.as_deref())?;
+    text(out, &e.action)?;
+    text(out, e.outcome.as_str())?;
+    opt_text(out, e.resource_type.as_deref())?;
+    opt_text(out, e.resource_id.as_deref())?;
+    opt_text(out, e.service.as_deref())?;
+    opt_text(out, e.trace_id.as_deref())?;
+    opt_text(out, e.span_id.as_deref())?;
+    jsonb_object(out, &e.attributes)?;
+    opt_bool(out, e.taxonomy_valid);
+    opt_text(out, e.taxonomy_reason.as_deref())
+}
+
+/// One `token_usage` staging row, in the column order of `tokens.rs`.
+pub fn token_row(out: &mut BytesMut, r: &TokenUsage) -> Result<(), EncodeError> {
+    out.put_i16(TOKEN_COLUMNS);
+    uuid(out, &r.id);
+    timestamptz(out, &r.ts)?;
+    text(out, r.tenant_id.as_deref().unwrap_or(""))?;
+    opt_text(out, r.user_id.as_deref())?;
+    opt_text(out, r.session_id.as_deref())?;
+    opt_text(out, r.service.as_deref())?;
+    opt_text(out, r.trace_id.as_deref())?;
+    opt_text(out, r.span_id.as_deref())?;
+    opt_text(out, r.provider.as_deref())?;
+    opt_text(out, r.operation.as_deref())?;
+    opt_text(out, r.request_model.as_deref())?;
+    opt_text(out, r.response_model.as_deref())?;
+    opt_text(out, r.model.as_deref())?;
+    opt_int8(out, r.input_tokens);
+    opt_int8(out, r.output_tokens);
+    opt_int8(out, r.cache_read_tokens);
+    opt_int8(out, r.cache_write_tokens);
+    opt_int8(out, r.reasoning_tokens);
+    opt_int8(out, r.total_tokens);
+    opt_bool(out, Some(r.usage_known));
+    opt_float8(out, r.cost_usd.filter(|c| c.is_finite()));
+    text(out, r.outcome.as_str())?;
+    opt_float8(out, r.duration_ms.filter(|d| d.is_finite()));
+    text(out, r.attribution_source.as_str())?;
+    jsonb_object(out, &r.attributes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_text(map: &Map<String, Value>) -> String {
+        let mut out = BytesMut::new();
+        json_object(&mut out, map);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn json_round_trips_and_scrubs_nul() {
+        let value = serde_json::json!({
+            "a\u{0}b": "x\u{0}y",
+            "lit": "\\u0000",
+            "ctl": "\u{1}\u{1f}\n\r\t\"\\",
+            "n": [1, -2, 3.5, 1e300, true, false, null],
+            "o": {"k": "v"},
+            "u": "é€😀",
+        });
+        let Value::Object(map) = value else {
+            unreachable!()
+        };
+        let back: Value = serde_json::from_str(&json_text(&map)).unwrap();
+        assert_eq!(back["a\u{fffd}b"], "x\u{fffd}y");
+        assert_eq!(back["lit"], "\\u0000");
+        assert_eq!(back["ctl"], "\u{1}\u{1f}\n\r\t\"\\");
+        assert_eq!(
+            back["n"],
+            serde_json::json!([1, -2, 3.5, 1e300, true, false, null])
+        );
+        assert_eq!(back["o"]["k"], "v");
+        assert_eq!(back["u"], "é€😀");
+    }
+
+    #[test]
+    fn escapes_found_at_every_position() {
+        for special in ['"', '\\', '\n', '\u{1}', '\u{0}', '\u{1f}'] {
+            for at in 0..24 {
+                let mut s: String = "é".repeat(3) + &"a".repeat(21);
+                s.insert(at.min(s.len()) & !1, special);
+                let mut map = Map::new();
+                map.insert("k".into(), Value::String(s.clone()));
+                let back: Value = serde_json::from_str(&json_text(&map)).unwrap();
+                assert_eq!(
+                    back["k"],
+                    s.replace('\u{0}', "\u{fffd}"),
+                    "{special:?} at {at}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn text_scrubs_nul() {
+        let mut out = BytesMut::new();
+        text(&mut out, "a\0b").unwrap();
+        assert_eq!(&out[..4], &5i32.to_be_bytes());
+        assert_eq!(&out[4..], "a\u{FFFD}b".as_bytes());
+    }
+
+    #[test]
+    fn timestamps_count_from_2000() {
+        let mut out = BytesMut::new();
+        let ts = DateTime::from_timestamp(946_684_801, 0).unwrap();
+        timestamptz(&mut out, &ts).unwrap();
+        assert_eq!(&out[4..], &1_000_000i64.to_be_bytes());
+    }
+}
