@@ -1,0 +1,19 @@
+//! OTLP/JSON bodies (first byte: traces or logs) through the receiver's JSON decoding
+//! with its fix-ups and the id checks, then the whole processing chain.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tally_fuzz::CHAIN;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((kind, body)) = data.split_first() else {
+        return;
+    };
+    if kind & 1 == 0 {
+        if let Ok(request) = tally_receiver::fuzzing::traces(body, true) {
+            CHAIN.traces(request);
+        }
+    } else if let Ok(request) = tally_receiver::fuzzing::logs(body, true) {
+        CHAIN.logs(request);
+    }
+});

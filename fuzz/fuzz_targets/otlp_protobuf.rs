@@ -1,0 +1,19 @@
+//! OTLP protobuf bodies (first byte: traces or logs) through the receiver's decoding and
+//! id checks, then the whole processing chain up to the binary `COPY` rows.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tally_fuzz::CHAIN;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((kind, body)) = data.split_first() else {
+        return;
+    };
+    if kind & 1 == 0 {
+        if let Ok(request) = tally_receiver::fuzzing::traces(body, false) {
+            CHAIN.traces(request);
+        }
+    } else if let Ok(request) = tally_receiver::fuzzing::logs(body, false) {
+        CHAIN.logs(request);
+    }
+});
