@@ -5,6 +5,10 @@
 //! target/release/tally-bench ingest --runs 3
 //! ```
 //!
+//! `queries` measures the admin API's query latency on a generated data set
+//! (see `queries.rs`); `feed` measures the live feed's commit-to-client latency
+//! (see `feed.rs`).
+//!
 //! `ingest` runs, for each transport, a release `tally` on a fresh database and
 //! offers it OTLP load at full speed (accepted records/s, collector CPU per 100k
 //! records, peak RSS) and then paced at 50% and 90% of that maximum (ack latency
@@ -14,7 +18,10 @@
 
 mod ceiling;
 mod collector;
+mod feed;
+mod gen;
 mod load;
+mod queries;
 mod workload;
 
 use std::path::PathBuf;
@@ -39,6 +46,10 @@ struct Cli {
 enum Command {
     /// OTLP ingest against a running release build, and the PostgreSQL ceiling.
     Ingest(IngestArgs),
+    /// Admin API query latency on a generated data set (10M + 10M rows by default).
+    Queries(queries::QueriesArgs),
+    /// Live-feed latency: commit to SSE client, with 1, 100 and 1,000 clients.
+    Feed(feed::FeedArgs),
 }
 
 #[derive(clap::Args)]
@@ -221,5 +232,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ingest(args) => ingest(args).await,
+        Command::Queries(args) => queries::run(args).await,
+        Command::Feed(args) => feed::run(args).await,
     }
 }

@@ -2,8 +2,9 @@
 //! connection, fanned out to the clients as a "something was committed" signal
 //! per table, and the client slots (`admin_api.sse_max_clients`).
 //!
-//! Notifications carry no rows: a woken client reads `WHERE seq > <last seq it
-//! sent> ORDER BY seq` itself, which is gap-free because `seq` is commit-ordered.
+//! Notifications carry no rows: a woken reader (a shared tail, see
+//! [`super::tail`], or a client reading alone) reads `WHERE seq > <last seq it
+//! read> ORDER BY seq` itself, which is gap-free because `seq` is commit-ordered.
 //! While the listen connection is down (not yet connected, killed, database
 //! restarting), the hub wakes every client once a second instead (polling
 //! fallback) and reconnects once a second; after a (re)connect it wakes every
@@ -62,6 +63,8 @@ pub struct Hub {
     listening: Arc<AtomicBool>,
     closed: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The shared tails of this instance's feeds (see [`super::tail`]).
+    pub(crate) tails: super::tail::Tails,
 }
 
 impl std::fmt::Debug for Hub {
@@ -96,6 +99,7 @@ impl Hub {
             listening: Arc::new(AtomicBool::new(false)),
             closed: watch::Sender::new(false),
             task: Mutex::new(None),
+            tails: super::tail::Tails::default(),
         })
     }
 

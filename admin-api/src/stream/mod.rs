@@ -1,14 +1,19 @@
 //! Live feeds (Server-Sent Events): `GET /api/v1/activity/stream`,
 //! `GET /api/v1/tokens/stream` and `GET /api/v1/stats/stream`.
 //!
-//! Each feed client has a reader task of its own that reads its rows from the
-//! database in `seq` order (`WHERE <filters> AND seq > <last sent> ORDER BY seq
-//! LIMIT …`) into a bounded buffer (`admin_api.sse_client_buffer` events) that
-//! the HTTP response drains. It reads again whenever the [`hub::Hub`] signals
-//! that rows were committed (PostgreSQL `NOTIFY`, or a 1 s poll while the listen
-//! connection is down). Replay and live are the same loop, so there is no gap
-//! and no duplicate between them, and a reconnect with `Last-Event-ID` (or
-//! `?after_seq=`) resumes exactly after the last event received.
+//! Each feed client has a reader task of its own that fills a bounded buffer
+//! (`admin_api.sse_client_buffer` events) that the HTTP response drains. Live
+//! rows come from the shared tail of its table and tenant access
+//! ([`tail`]): read and encoded once per notification for every client, each
+//! client keeping the rows its filters match. A client behind the tail's window
+//! (replay after `Last-Event-ID` / `?after_seq=`, or too slow to see a page)
+//! reads its rows from the database in `seq` order itself (`WHERE <filters> AND
+//! seq > <last sent> AND seq <= <tail's high> ORDER BY seq LIMIT …`) until it
+//! is inside the window again. Both paths move the same position, so there is
+//! no gap and no duplicate between them, and a reconnect resumes exactly after
+//! the last event received. Tails wake when the [`hub::Hub`] signals that rows
+//! were committed (PostgreSQL `NOTIFY`, or a 1 s poll while the listen
+//! connection is down).
 //!
 //! A client whose buffer stays full for [`STALL_TIMEOUT`] (it took nothing from
 //! it) is sent `event: reset` (as soon as it reads again) and disconnected; it
@@ -16,6 +21,7 @@
 
 pub mod hub;
 pub mod stats;
+pub(crate) mod tail;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -39,7 +45,7 @@ use hub::{ClientSlot, Table};
 /// How long a client's full buffer may stay full before the client is reset.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause before a reader retries after a database error.
-const RETRY_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Largest page a reader fetches at once.
 const MAX_PAGE: usize = 500;
 
@@ -152,6 +158,10 @@ pub(crate) async fn stream_caller(
 pub(crate) struct Filters {
     clauses: Vec<String>,
     params: Vec<Box<dyn ToSql + Sync + Send>>,
+    /// The same clauses for rows of a shared tail page.
+    conds: Vec<tail::Cond>,
+    /// Some clause has no form in `conds`: the client reads the database itself.
+    opaque: bool,
 }
 
 impl Filters {
@@ -160,15 +170,22 @@ impl Filters {
         format!("${}", self.params.len())
     }
 
-    pub(crate) fn eq(&mut self, column: &str, value: impl ToSql + Sync + Send + 'static) {
+    /// Adds `column = value`.
+    pub(crate) fn eq(&mut self, column: &'static str, value: String) {
+        self.push_cond(tail::Cond::Eq(column, value.clone()));
         let placeholder = self.param(value);
         self.clauses.push(format!("{column} = {placeholder}"));
     }
 
     /// Adds `column <> value`.
-    pub(crate) fn not_eq(&mut self, column: &str, value: impl ToSql + Sync + Send + 'static) {
+    pub(crate) fn not_eq(&mut self, column: &'static str, value: String) {
+        self.push_cond(tail::Cond::NotEq(column, value.clone()));
         let placeholder = self.param(value);
         self.clauses.push(format!("{column} <> {placeholder}"));
+    }
+
+    fn push_cond(&mut self, cond: tail::Cond) {
+        self.conds.push(cond);
     }
 
     /// `SELECT <columns> FROM <table> WHERE <filters> AND seq > $k ORDER BY seq LIMIT $k+1`.
@@ -230,10 +247,44 @@ impl Filters {
 /// The activity filters of an [`ActivityQuery`] as [`Filters`]: the same
 /// clauses `GET /activity` uses.
 pub(crate) fn activity_filters(query: &ActivityQuery) -> Filters {
+    use crate::activity::ActionFilter;
+    use tail::Cond;
     let sql = query.filter_sql();
+    // The Rust form of `ActivityQuery::filter_sql`'s clauses, one for one.
+    let mut conds = Vec::new();
+    let text = [
+        ("tenant_id", &query.tenant),
+        ("user_id", &query.user),
+        ("resource_type", &query.resource_type),
+        ("resource_id", &query.resource_id),
+        ("trace_id", &query.trace_id),
+    ];
+    for (column, value) in text {
+        if let Some(value) = value {
+            conds.push(Cond::Eq(column, value.clone()));
+        }
+    }
+    match &query.action {
+        ActionFilter::Any => {}
+        ActionFilter::Exact(action) => conds.push(Cond::Eq("action", action.clone())),
+        ActionFilter::Prefix(prefix) => conds.push(Cond::Prefix("action", prefix.clone())),
+    }
+    if let Some(outcome) = query.outcome {
+        conds.push(Cond::Eq("outcome", outcome.as_str().to_owned()));
+    }
+    if let Some(from) = query.from {
+        conds.push(Cond::TsFrom(from));
+    }
+    if let Some(to) = query.to {
+        conds.push(Cond::TsTo(to));
+    }
+    // Every clause has its condition, or the shared path is not used.
+    let opaque = conds.len() != sql.clauses.len();
     Filters {
         clauses: sql.clauses,
         params: sql.params,
+        conds,
+        opaque,
     }
 }
 
@@ -529,89 +580,200 @@ fn event_stream(
     })
 }
 
-/// The reader task of one client: pages rows after `after` into the buffer,
-/// then waits for the hub's signal, until the client goes away or is reset.
-async fn read_feed(
-    state: AppState,
-    feed: Feed,
+/// Why a reader stops.
+enum Stop {
+    /// The client went away (or the server closes).
+    Gone,
+    /// The client's buffer stayed full: it was sent `event: reset`.
+    Reset,
+}
+
+/// Puts `event` into the client's buffer, waiting at most [`STALL_TIMEOUT`]
+/// for room; on a stall, sends the reset.
+async fn deliver(
+    sender: &mpsc::Sender<Event>,
+    reset: &mut Option<oneshot::Sender<Event>>,
+    event: Event,
+    table: Table,
+    after: i64,
+) -> Result<(), Stop> {
+    match tokio::time::timeout(STALL_TIMEOUT, sender.reserve()).await {
+        Ok(Ok(permit)) => {
+            permit.send(event);
+            Ok(())
+        }
+        Ok(Err(_)) => Err(Stop::Gone),
+        Err(_) => {
+            tracing::info!(
+                table = table.name(),
+                last_seq = after,
+                "live feed: client buffer stayed full; resetting the client"
+            );
+            let data = serde_json::json!({
+                "reason": "client too slow: its buffer stayed full; reconnect with Last-Event-ID",
+            });
+            if let Some(reset) = reset.take() {
+                let _ = reset.send(Event::default().event("reset").data(data.to_string()));
+            }
+            Err(Stop::Reset)
+        }
+    }
+}
+
+/// Reads the client's rows in `(after, high]` from the database, page by page,
+/// into its buffer; answers the new position (`high` once every page is read).
+async fn catch_up(
+    state: &AppState,
+    feed: &Feed,
     mut after: i64,
-    sender: mpsc::Sender<Event>,
-    reset: oneshot::Sender<Event>,
-    mut notified: watch::Receiver<u64>,
-    _slot: ClientSlot,
-) {
+    high: i64,
+    sender: &mpsc::Sender<Event>,
+    reset: &mut Option<oneshot::Sender<Event>>,
+) -> Result<i64, Stop> {
     let page_size = state.hub.settings.client_buffer.clamp(1, MAX_PAGE);
     loop {
-        // Mark the signal seen before reading: a commit after this wakes us again.
-        notified.borrow_and_update();
-        // Every row up to the newest committed seq is visible (commit order), so
-        // once the pages up to it are read, `after` moves there even when no row
-        // matched the filters: a filtered client never rescans rows it skipped.
-        let high = loop {
-            let high = tokio::select! {
-                high = max_seq(&state, feed.table) => high,
-                () = sender.closed() => return,
-            };
-            match high {
-                Ok(high) => break high,
-                Err(error) => {
-                    tracing::warn!(%error, table = feed.table.name(), "live feed: reading the newest seq failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(RETRY_DELAY) => {}
-                        () = sender.closed() => return,
-                    }
+        let page = tokio::select! {
+            page = feed.page(state, after, high, page_size) => page,
+            () = sender.closed() => return Err(Stop::Gone),
+        };
+        let events = match page {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!(%error, table = feed.table.name(), "live feed: reading rows failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_DELAY) => continue,
+                    () = sender.closed() => return Err(Stop::Gone),
                 }
             }
         };
-        loop {
-            let page = tokio::select! {
-                page = feed.page(&state, after, high, page_size) => page,
-                () = sender.closed() => return,
-            };
-            let events = match page {
-                Ok(events) => events,
-                Err(error) => {
-                    tracing::warn!(%error, table = feed.table.name(), "live feed: reading rows failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(RETRY_DELAY) => continue,
-                        () = sender.closed() => return,
-                    }
-                }
-            };
-            let full_page = events.len() == page_size;
-            for (seq, event) in events {
-                match tokio::time::timeout(STALL_TIMEOUT, sender.reserve()).await {
-                    Ok(Ok(permit)) => {
-                        permit.send(event);
-                        after = seq;
-                    }
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        tracing::info!(
-                            table = feed.table.name(),
-                            last_seq = after,
-                            "live feed: client buffer stayed full; resetting the client"
-                        );
-                        let data = serde_json::json!({
-                            "reason": "client too slow: its buffer stayed full; reconnect with Last-Event-ID",
-                        });
-                        let _ = reset.send(Event::default().event("reset").data(data.to_string()));
-                        return;
-                    }
+        let full_page = events.len() == page_size;
+        for (seq, event) in events {
+            deliver(sender, reset, event, feed.table, after).await?;
+            after = seq;
+        }
+        if !full_page {
+            // Every row up to `high` is visible (commit order), so `after` moves
+            // there even when no row matched: a filtered client never rescans
+            // rows it skipped.
+            return Ok(after.max(high));
+        }
+    }
+}
+
+/// The newest committed `seq` of the feed's table, retried until it is read.
+async fn newest_seq(
+    state: &AppState,
+    feed: &Feed,
+    sender: &mpsc::Sender<Event>,
+) -> Result<i64, Stop> {
+    loop {
+        let high = tokio::select! {
+            high = max_seq(state, feed.table) => high,
+            () = sender.closed() => return Err(Stop::Gone),
+        };
+        match high {
+            Ok(high) => return Ok(high),
+            Err(error) => {
+                tracing::warn!(%error, table = feed.table.name(), "live feed: reading the newest seq failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_DELAY) => {}
+                    () = sender.closed() => return Err(Stop::Gone),
                 }
             }
-            if !full_page {
-                after = after.max(high);
-                break;
+        }
+    }
+}
+
+/// The reader task of one client: takes its rows from the shared tail's pages
+/// when its position is inside them, else from the database, then waits for the
+/// next page, until the client goes away or is reset.
+async fn read_feed(
+    state: AppState,
+    feed: Feed,
+    after: i64,
+    sender: mpsc::Sender<Event>,
+    reset: oneshot::Sender<Event>,
+    notified: watch::Receiver<u64>,
+    slot: ClientSlot,
+) {
+    let mut reset = Some(reset);
+    let tail = if feed.filters.opaque {
+        None
+    } else {
+        state.hub.tails.follow(&state, feed.table, &feed.rows_of)
+    };
+    let _ = match tail {
+        Some(pages) => follow_tail(&state, &feed, after, &sender, &mut reset, pages).await,
+        None => read_alone(&state, &feed, after, &sender, &mut reset, notified).await,
+    };
+    drop(slot);
+}
+
+/// [`read_feed`] with a shared tail.
+async fn follow_tail(
+    state: &AppState,
+    feed: &Feed,
+    mut after: i64,
+    sender: &mpsc::Sender<Event>,
+    reset: &mut Option<oneshot::Sender<Event>>,
+    mut pages: tail::PageReceiver,
+) -> Result<(), Stop> {
+    loop {
+        // Mark the page seen before using it: a newer one wakes us again.
+        let page = pages.borrow_and_update().clone();
+        match page {
+            Some(page) if page.after <= after => {
+                if after < page.high {
+                    let start = page.rows.partition_point(|row| row.seq <= after);
+                    for row in &page.rows[start..] {
+                        if tail::matches(&feed.filters.conds, row) {
+                            deliver(sender, reset, row.event.clone(), feed.table, after).await?;
+                        }
+                        after = row.seq;
+                    }
+                    after = after.max(page.high);
+                }
+            }
+            Some(page) => {
+                after = catch_up(state, feed, after, page.high, sender, reset).await?;
+            }
+            None => {
+                let high = newest_seq(state, feed, sender).await?;
+                after = catch_up(state, feed, after, high, sender, reset).await?;
             }
         }
         tokio::select! {
-            changed = notified.changed() => {
+            changed = pages.changed() => {
                 if changed.is_err() {
-                    return;
+                    return Err(Stop::Gone);
                 }
             }
-            () = sender.closed() => return,
+            () = sender.closed() => return Err(Stop::Gone),
+        }
+    }
+}
+
+/// [`read_feed`] without a shared tail: reads the database on every signal.
+async fn read_alone(
+    state: &AppState,
+    feed: &Feed,
+    mut after: i64,
+    sender: &mpsc::Sender<Event>,
+    reset: &mut Option<oneshot::Sender<Event>>,
+    mut notified: watch::Receiver<u64>,
+) -> Result<(), Stop> {
+    loop {
+        // Mark the signal seen before reading: a commit after this wakes us again.
+        notified.borrow_and_update();
+        let high = newest_seq(state, feed, sender).await?;
+        after = catch_up(state, feed, after, high, sender, reset).await?;
+        tokio::select! {
+            changed = notified.changed() => {
+                if changed.is_err() {
+                    return Err(Stop::Gone);
+                }
+            }
+            () = sender.closed() => return Err(Stop::Gone),
         }
     }
 }
