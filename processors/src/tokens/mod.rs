@@ -193,7 +193,11 @@ struct Extract {
 
 impl Extract {
     fn usage_known(&self) -> bool {
-        let sum = self.input.unwrap_or(0) + self.output.unwrap_or(0) + self.total.unwrap_or(0);
+        // Counts come from clients (non-negative, up to i64::MAX): saturate, never overflow.
+        let sum = [self.input, self.output, self.total]
+            .into_iter()
+            .flatten()
+            .fold(0i64, i64::saturating_add);
         (self.input.is_some() || self.output.is_some() || self.total.is_some()) && sum > 0
     }
 

@@ -122,7 +122,8 @@ impl PriceTable {
         let input = usage.input.max(0);
         let cache_read = usage.cache_read.max(0);
         let cache_write = usage.cache_write.max(0);
-        let uncached = if cache_read + cache_write <= input {
+        // Counts come from clients (up to i64::MAX): the sum saturates, never overflows.
+        let uncached = if cache_read.saturating_add(cache_write) <= input {
             input - cache_read - cache_write
         } else {
             input

@@ -559,3 +559,33 @@ fn pending_is_one_entry_per_trace_with_its_earliest_start() {
     want.sort_unstable();
     assert_eq!(out.pending, want);
 }
+
+/// Found by the `flatten` fuzz target: counts near i64::MAX overflowed the sum that decides
+/// whether an unmarked span with a model carries usage (a panic with overflow checks on).
+#[test]
+fn counts_near_i64_max_saturate_instead_of_overflowing() {
+    let unmarked = span(
+        1,
+        None,
+        vec![
+            s("gen_ai.request.model", "gpt-4o"),
+            i("gen_ai.usage.input_tokens", i64::MAX),
+            i("gen_ai.usage.output_tokens", i64::MAX),
+            i("gen_ai.usage.total_tokens", i64::MAX),
+        ],
+    );
+    let batch = run(vec![unmarked]);
+    assert_eq!(batch.rows.len(), 1);
+    assert_eq!(batch.rows[0].total_tokens, Some(i64::MAX));
+
+    let mut cached = genai_chat(2, None, 10, i64::MAX);
+    cached
+        .attributes
+        .push(i("gen_ai.usage.cache_read_input_tokens", i64::MAX));
+    cached
+        .attributes
+        .push(i("gen_ai.usage.cache_write.input_tokens", i64::MAX));
+    let batch = run(vec![cached]);
+    assert_eq!(batch.rows.len(), 1);
+    assert!(batch.rows[0].cost_usd.is_some_and(f64::is_finite));
+}
