@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (5, "chain", include_str!("migrations/0005_chain.sql")),
     (6, "api_keys", include_str!("migrations/0006_api_keys.sql")),
+    (
+        7,
+        "query_indexes",
+        include_str!("migrations/0007_query_indexes.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the
