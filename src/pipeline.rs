@@ -220,8 +220,10 @@ impl Consumer for Pipeline {
         let now = Utc::now();
         // Redaction first: nothing raw reaches rows, quarantine, labels or logs.
         let redactions = self.redactor.redact_traces(&mut request);
-        let classified = tally_processors::classify_traces(&request, now);
+        // Tokens first: classification then moves the spans' attributes out
+        // of the request instead of copying them.
         let tokens = self.tokens.traces(&request, now, &self.traces);
+        let classified = tally_processors::classify::classify_traces_taking(&mut request, now);
         self.store(classified, tokens, redactions)
     }
 

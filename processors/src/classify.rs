@@ -12,11 +12,12 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 use prost::Message;
 use serde_json::Map;
 use tally_model::{ids, ActivityEvent, Outcome};
 
-use crate::otlp_value::{as_i64, as_text, to_json};
+use crate::otlp_value::{as_i64, as_text, hex_lower, into_json, to_json};
 
 /// Longest action name stored; longer ones are rejected (reported in `partial_success`).
 pub const MAX_ACTION_LEN: usize = 256;
@@ -65,6 +66,33 @@ struct Identity<'a> {
     service: Option<&'a AnyValue>,
 }
 
+/// Where an attribute goes: an identity slot (`Some(slot)`, also kept in the
+/// map when `keep`), or only the JSON map (`None`).
+fn slot<'s, 'a>(
+    identity: &'s mut Identity<'a>,
+    key: &str,
+) -> (Option<&'s mut Option<&'a AnyValue>>, bool) {
+    let slot = match key {
+        "activity.action" => &mut identity.action,
+        "event.name" => &mut identity.event_name,
+        "enduser.id" => &mut identity.enduser_id,
+        "user.id" => &mut identity.user_id,
+        "tenant.id" => &mut identity.tenant_id,
+        "company.id" => &mut identity.company_id,
+        "organization.id" => &mut identity.organization_id,
+        "session.id" => &mut identity.session_id,
+        "activity.resource.type" => &mut identity.resource_type,
+        "activity.resource.id" => &mut identity.resource_id,
+        "activity.outcome" => &mut identity.outcome,
+        "service.name" => &mut identity.service,
+        "http.response.status_code" | "http.status_code" => {
+            return (Some(&mut identity.http_status), true);
+        }
+        _ => return (None, true),
+    };
+    (Some(slot), false)
+}
+
 /// Splits flattened attributes into identity slots and the remaining JSON map.
 /// Later lists win over earlier ones (resource, then scope, then record).
 fn collect<'a>(lists: [&'a [KeyValue]; 3]) -> (Identity<'a>, Map<String, serde_json::Value>) {
@@ -72,30 +100,41 @@ fn collect<'a>(lists: [&'a [KeyValue]; 3]) -> (Identity<'a>, Map<String, serde_j
     let mut rest = Map::new();
     for kv in lists.into_iter().flatten() {
         let value = kv.value.as_ref();
-        let slot = match kv.key.as_str() {
-            "activity.action" => &mut identity.action,
-            "event.name" => &mut identity.event_name,
-            "enduser.id" => &mut identity.enduser_id,
-            "user.id" => &mut identity.user_id,
-            "tenant.id" => &mut identity.tenant_id,
-            "company.id" => &mut identity.company_id,
-            "organization.id" => &mut identity.organization_id,
-            "session.id" => &mut identity.session_id,
-            "activity.resource.type" => &mut identity.resource_type,
-            "activity.resource.id" => &mut identity.resource_id,
-            "activity.outcome" => &mut identity.outcome,
-            "service.name" => &mut identity.service,
-            "http.response.status_code" | "http.status_code" => {
-                identity.http_status = value;
-                rest.insert(kv.key.clone(), to_json(value));
-                continue;
+        let (slot, keep) = slot(&mut identity, &kv.key);
+        if let Some(slot) = slot {
+            *slot = value;
+        }
+        if keep {
+            rest.insert(kv.key.clone(), to_json(value));
+        }
+    }
+    (identity, rest)
+}
+
+/// [`collect`] that moves the record's own attributes that go only to the
+/// map out of `record` (their keys and values are left empty) instead of
+/// copying them; resource and scope attributes, shared by many records, are
+/// copied.
+fn collect_taking<'a>(
+    shared: [&'a [KeyValue]; 2],
+    record: &'a mut [KeyValue],
+) -> (Identity<'a>, Map<String, serde_json::Value>) {
+    let (mut identity, mut rest) = collect([shared[0], shared[1], &[]]);
+    for kv in record.iter_mut() {
+        let (slot, keep) = slot(&mut identity, &kv.key);
+        match slot {
+            Some(slot) => {
+                let kv: &'a KeyValue = kv;
+                *slot = kv.value.as_ref();
+                if keep {
+                    rest.insert(kv.key.clone(), to_json(kv.value.as_ref()));
+                }
             }
-            _ => {
-                rest.insert(kv.key.clone(), to_json(value));
-                continue;
+            None => {
+                let value = kv.value.take();
+                rest.insert(std::mem::take(&mut kv.key), into_json(value));
             }
-        };
-        *slot = value;
+        }
     }
     (identity, rest)
 }
@@ -149,7 +188,7 @@ fn timestamp(nanos: u64, fallback: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 fn hex_id(bytes: &[u8]) -> Option<String> {
-    (!bytes.is_empty() && bytes.iter().any(|b| *b != 0)).then(|| hex::encode(bytes))
+    (!bytes.is_empty() && bytes.iter().any(|b| *b != 0)).then(|| hex_lower(bytes))
 }
 
 /// Builds the event once the action is known to be valid; shared by spans and logs.
@@ -249,37 +288,104 @@ pub fn classify_traces(
             for span in &scope_spans.spans {
                 let (identity, attributes) =
                     collect([resource_attrs, scope_attrs, &span.attributes]);
-                let Some(action) =
-                    as_text(identity.action).or_else(|| as_text(identity.event_name))
-                else {
-                    out.without_action += 1;
-                    continue;
-                };
-                let action = action.trim().to_string();
-                if let Err(reason) = check_action(&action) {
-                    out.reject(|| format!("span {}: {reason}", hex::encode(&span.span_id)));
-                    continue;
-                }
-                let status_outcome = match span.status.as_ref().map(|s| s.code()) {
-                    Some(StatusCode::Error) => Outcome::Failure,
-                    Some(StatusCode::Ok) => Outcome::Success,
-                    _ => Outcome::Unknown,
-                };
-                let draft = Draft {
-                    identity,
-                    attributes,
-                    action,
-                    ts: timestamp(span.start_time_unix_nano, received_at),
-                    status_outcome,
+                let facts = SpanFacts {
                     trace_id: &span.trace_id,
                     span_id: &span.span_id,
+                    status: span.status.as_ref(),
+                    start: span.start_time_unix_nano,
                 };
-                out.events
-                    .push(draft.finish(ids::span_event_id(&span.trace_id, &span.span_id)));
+                span_event(&mut out, identity, attributes, facts, received_at);
             }
         }
     }
     out
+}
+
+/// [`classify_traces`] that moves the spans' own attribute keys and values
+/// into the events instead of copying them: those attributes are left empty
+/// in `request` (identity attributes and resource and scope attributes stay).
+/// For a caller done with the request's attributes (the pipeline runs token
+/// extraction first). Gives the same events as [`classify_traces`].
+pub fn classify_traces_taking(
+    request: &mut ExportTraceServiceRequest,
+    received_at: DateTime<Utc>,
+) -> Classified {
+    let mut out = Classified::default();
+    for resource_spans in &mut request.resource_spans {
+        let resource_attrs = resource_spans
+            .resource
+            .as_ref()
+            .map_or(&[][..], |r| &r.attributes[..]);
+        for scope_spans in &mut resource_spans.scope_spans {
+            let scope_attrs = scope_spans
+                .scope
+                .as_ref()
+                .map_or(&[][..], |s| &s.attributes[..]);
+            for span in &mut scope_spans.spans {
+                let Span {
+                    attributes,
+                    trace_id,
+                    span_id,
+                    status,
+                    start_time_unix_nano,
+                    ..
+                } = span;
+                let (identity, attributes) =
+                    collect_taking([resource_attrs, scope_attrs], attributes);
+                let facts = SpanFacts {
+                    trace_id,
+                    span_id,
+                    status: status.as_ref(),
+                    start: *start_time_unix_nano,
+                };
+                span_event(&mut out, identity, attributes, facts, received_at);
+            }
+        }
+    }
+    out
+}
+
+/// What the event of a span needs besides its attributes.
+struct SpanFacts<'a> {
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    status: Option<&'a Status>,
+    start: u64,
+}
+
+/// Adds the event of one span (or counts it as without action or rejected).
+fn span_event(
+    out: &mut Classified,
+    identity: Identity<'_>,
+    attributes: Map<String, serde_json::Value>,
+    span: SpanFacts<'_>,
+    received_at: DateTime<Utc>,
+) {
+    let Some(action) = as_text(identity.action).or_else(|| as_text(identity.event_name)) else {
+        out.without_action += 1;
+        return;
+    };
+    let action = action.trim().to_string();
+    if let Err(reason) = check_action(&action) {
+        out.reject(|| format!("span {}: {reason}", hex_lower(span.span_id)));
+        return;
+    }
+    let status_outcome = match span.status.map(|s| s.code()) {
+        Some(StatusCode::Error) => Outcome::Failure,
+        Some(StatusCode::Ok) => Outcome::Success,
+        _ => Outcome::Unknown,
+    };
+    let draft = Draft {
+        identity,
+        attributes,
+        action,
+        ts: timestamp(span.start, received_at),
+        status_outcome,
+        trace_id: span.trace_id,
+        span_id: span.span_id,
+    };
+    out.events
+        .push(draft.finish(ids::span_event_id(span.trace_id, span.span_id)));
 }
 
 /// Classifies the log records of a `LogsService/Export` request.

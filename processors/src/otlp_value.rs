@@ -32,6 +32,18 @@ pub(crate) fn as_i64(value: Option<&AnyValue>) -> Option<i64> {
 /// 1e308 the error of that multiplication cannot reach infinity.
 const MAX_JSON_DOUBLE: f64 = 1e308;
 
+/// Lowercase hex of `bytes`, written through a table (the `hex` crate's
+/// `encode` pushes one `char` at a time, which shows in the hot path).
+pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
 /// JSON form of any value. Bytes become lowercase hex; non-finite doubles, and finite
 /// ones of magnitude 1e308 or more (see [`MAX_JSON_DOUBLE`]), become strings.
 pub(crate) fn to_json(value: Option<&AnyValue>) -> Json {
@@ -47,7 +59,7 @@ pub(crate) fn to_json(value: Option<&AnyValue>) -> Json {
             .map(Json::Number)
             // `NaN`, `inf`, `-inf`, `1.7976931348623157e308`.
             .unwrap_or_else(|| Json::String(format!("{d:e}"))),
-        Value::BytesValue(bytes) => Json::String(hex::encode(bytes)),
+        Value::BytesValue(bytes) => Json::String(hex_lower(bytes)),
         Value::ArrayValue(array) => {
             Json::Array(array.values.iter().map(|v| to_json(Some(v))).collect())
         }
@@ -62,9 +74,84 @@ pub(crate) fn to_json(value: Option<&AnyValue>) -> Json {
     }
 }
 
+/// [`to_json`] of an owned value: strings (and strings nested in lists and
+/// maps) are moved, not copied.
+pub(crate) fn into_json(value: Option<AnyValue>) -> Json {
+    let Some(value) = value.and_then(|v| v.value) else {
+        return Json::Null;
+    };
+    match value {
+        Value::StringValue(s) => Json::String(s),
+        Value::ArrayValue(array) => Json::Array(
+            array
+                .values
+                .into_iter()
+                .map(|v| into_json(Some(v)))
+                .collect(),
+        ),
+        Value::KvlistValue(list) => Json::Object(
+            list.values
+                .into_iter()
+                .map(|kv| (kv.key, into_json(kv.value)))
+                .collect(),
+        ),
+        other => to_json(Some(&AnyValue { value: Some(other) })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_matches_the_hex_crate() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(hex_lower(&bytes), hex::encode(&bytes));
+        assert_eq!(hex_lower(&[]), "");
+    }
+
+    #[test]
+    fn into_json_equals_to_json() {
+        use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValue, KeyValueList};
+        let s = |v: &str| AnyValue {
+            value: Some(Value::StringValue(v.into())),
+        };
+        let value = AnyValue {
+            value: Some(Value::KvlistValue(KeyValueList {
+                values: vec![
+                    KeyValue {
+                        key: "a".into(),
+                        value: Some(s("x")),
+                        ..Default::default()
+                    },
+                    KeyValue {
+                        key: "b".into(),
+                        value: Some(AnyValue {
+                            value: Some(Value::ArrayValue(ArrayValue {
+                                values: vec![
+                                    s("y"),
+                                    AnyValue {
+                                        value: Some(Value::DoubleValue(f64::NAN)),
+                                    },
+                                    AnyValue {
+                                        value: Some(Value::BytesValue(vec![1, 2])),
+                                    },
+                                ],
+                            })),
+                        }),
+                        ..Default::default()
+                    },
+                    KeyValue {
+                        key: "c".into(),
+                        value: None,
+                        ..Default::default()
+                    },
+                ],
+            })),
+        };
+        assert_eq!(into_json(Some(value.clone())), to_json(Some(&value)));
+        assert_eq!(into_json(None), Json::Null);
+    }
 
     fn double(d: f64) -> Json {
         to_json(Some(&AnyValue {

@@ -317,3 +317,65 @@ fn attribute_values_convert_to_json() {
     assert_eq!(attrs["blob"], serde_json::json!("01ff"));
     assert_eq!(attrs["list"], serde_json::json!([3]));
 }
+
+#[test]
+fn taking_classification_gives_the_same_events() {
+    let mut second = span(
+        vec![
+            s("event.name", "doc.view"),
+            s("user.id", "u-2"),
+            s("tenant.id", "record-tenant"),
+            i("http.response.status_code", 404),
+            s("dup", "first"),
+            s("dup", "second"),
+        ],
+        Some(StatusCode::Ok),
+    );
+    second.span_id = vec![0xce; 8];
+    let mut request = traces(
+        vec![
+            s("service.name", "svc"),
+            s("tenant.id", "resource-tenant"),
+            s("deployment.environment.name", "prod"),
+        ],
+        vec![
+            span(
+                vec![
+                    s("activity.action", " a.b "),
+                    s("enduser.id", "main-user"),
+                    s("user.id", "alias-user"),
+                    s("session.id", "s-1"),
+                    s("activity.resource.type", "doc"),
+                    s("activity.resource.id", "d-1"),
+                    s("event.name", "not.the.action"),
+                    kv("flag", any_value::Value::BoolValue(true)),
+                    kv("nan", any_value::Value::DoubleValue(f64::NAN)),
+                    kv("blob", any_value::Value::BytesValue(vec![1, 255])),
+                    kv(
+                        "list",
+                        any_value::Value::ArrayValue(ArrayValue {
+                            values: vec![AnyValue {
+                                value: Some(any_value::Value::StringValue("x".into())),
+                            }],
+                        }),
+                    ),
+                ],
+                Some(StatusCode::Error),
+            ),
+            second,
+            span(vec![s("no.action", "x")], None),
+            span(vec![s("activity.action", "bad\u{7}")], None),
+        ],
+    );
+    let copied = classify_traces(&request, now());
+    let taken = classify_traces_taking(&mut request, now());
+    assert_eq!(taken.events, copied.events);
+    assert_eq!(taken.without_action, copied.without_action);
+    assert_eq!(taken.rejected, copied.rejected);
+    assert_eq!(taken.reject_reason, copied.reject_reason);
+    assert_eq!(copied.events.len(), 2);
+    assert_eq!(
+        copied.events[1].attributes["dup"],
+        serde_json::json!("second")
+    );
+}

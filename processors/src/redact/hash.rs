@@ -33,7 +33,7 @@ impl Keyed {
         mac.update(&[0]);
         mac.update(value);
         let bytes = mac.finalize().into_bytes();
-        hex::encode(&bytes[..TAG_HEX / 2])
+        crate::otlp_value::hex_lower(&bytes[..TAG_HEX / 2])
     }
 }
 

@@ -35,7 +35,7 @@ use tally_model::{AttributionSource, Outcome, TokenUsage};
 
 use crate::attribution::{Identity, TraceCache, TraceId};
 use crate::fast_hash::FastMap;
-use crate::otlp_value::{as_i64, as_text, to_json};
+use crate::otlp_value::{as_i64, as_text, hex_lower, to_json};
 use pricing::{PriceTable, Usage};
 
 /// Operation names of inference calls (lowercase).
@@ -266,7 +266,7 @@ fn timestamp(nanos: u64, fallback: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 fn hex_id(bytes: &[u8]) -> Option<String> {
-    (!bytes.is_empty() && bytes.iter().any(|b| *b != 0)).then(|| hex::encode(bytes))
+    (!bytes.is_empty() && bytes.iter().any(|b| *b != 0)).then(|| hex_lower(bytes))
 }
 
 fn trace_key(bytes: &[u8]) -> Option<TraceId> {
