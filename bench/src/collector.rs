@@ -9,17 +9,47 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+/// How the collector under test is configured (the rest is Tally's defaults).
+#[derive(Debug, Clone)]
+pub struct CollectorOptions {
+    /// `exporters.postgres.writers`.
+    pub writers: usize,
+    /// `exporters.postgres.batch_max_rows`.
+    pub batch_max_rows: usize,
+    /// `exporters.postgres.tamper_evidence.enabled` (the chainer).
+    pub chain: bool,
+}
+
+impl Default for CollectorOptions {
+    fn default() -> Self {
+        CollectorOptions {
+            writers: 2,
+            batch_max_rows: 5_000,
+            chain: true,
+        }
+    }
+}
+
 /// A running collector.
 pub struct Collector {
     child: Child,
     pub grpc: String,
     pub http: String,
+    /// Base URL of the Prometheus endpoint (`None`: not reported).
+    pub metrics: Option<String>,
     _dir: std::path::PathBuf,
 }
 
 impl Collector {
     /// Starts `binary` on free ports, writing to `database_url`, and waits until ready.
-    pub fn start(binary: &Path, database_url: &str, writers: usize) -> anyhow::Result<Collector> {
+    pub fn start(
+        binary: &Path,
+        database_url: &str,
+        options: &CollectorOptions,
+    ) -> anyhow::Result<Collector> {
+        let writers = options.writers;
+        let chain = options.chain;
+        let batch = options.batch_max_rows;
         let dir =
             std::env::temp_dir().join(format!("tally-bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
@@ -28,7 +58,7 @@ impl Collector {
             &config,
             format!(
                 "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\n\
-                 exporters:\n  postgres: {{ url: \"{database_url}\", writers: {writers} }}\n  prometheus: {{ endpoint: 127.0.0.1:0 }}\n\
+                 exporters:\n  postgres: {{ url: \"{database_url}\", writers: {writers}, batch_max_rows: {batch}, tamper_evidence: {{ enabled: {chain} }} }}\n  prometheus: {{ endpoint: 127.0.0.1:0 }}\n\
                  admin_api: {{ endpoint: 127.0.0.1:0 }}\nservice: {{ log_format: text, log_level: \"warn,tally::run=info\" }}\n"
             ),
         )?;
@@ -67,6 +97,7 @@ impl Collector {
             child,
             grpc: format!("http://{grpc}"),
             http: format!("http://{http}"),
+            metrics: field("metrics").map(|m| format!("http://{m}/metrics")),
             _dir: dir,
         })
     }
@@ -101,6 +132,23 @@ impl Collector {
                 .unwrap_or(f64::NAN)
         };
         (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    }
+
+    /// The exporter's batch figures so far: (batches, rows, seconds writing).
+    pub async fn batch_totals(&self) -> Option<(f64, f64, f64)> {
+        let url = self.metrics.as_ref()?;
+        let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        Some((
+            value("tally_exporter_batch_rows_count"),
+            value("tally_exporter_batch_rows_sum"),
+            value("tally_exporter_batch_duration_seconds_sum"),
+        ))
     }
 
     /// SIGTERM, then waits for the exit.

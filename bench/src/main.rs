@@ -5,6 +5,12 @@
 //! target/release/tally-bench ingest --runs 3
 //! ```
 //!
+//! `soak` runs a collector at a paced 10,000 records/s and samples its RSS
+//! (see `soak.rs`).
+//!
+//! `pipeline` measures the collector's CPU per record apart from the database
+//! (see `pipeline.rs`).
+//!
 //! `queries` measures the admin API's query latency on a generated data set
 //! (see `queries.rs`); `feed` measures the live feed's commit-to-client latency
 //! (see `feed.rs`).
@@ -21,8 +27,14 @@ mod collector;
 mod feed;
 mod gen;
 mod load;
+mod pipeline;
 mod queries;
+mod soak;
 mod workload;
+
+/// The collector's allocator, so `pipeline` measures what `tally` runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,7 +44,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use tally_exporters::testing::TestDatabase;
 
-use collector::Collector;
+use collector::{Collector, CollectorOptions};
 use load::{LoadPlan, Transport};
 
 #[derive(Parser)]
@@ -50,6 +62,11 @@ enum Command {
     Queries(queries::QueriesArgs),
     /// Live-feed latency: commit to SSE client, with 1, 100 and 1,000 clients.
     Feed(feed::FeedArgs),
+    /// The collector's CPU per record apart from the database: decode, redact,
+    /// classify, tokens, validate and COPY encoding on one thread.
+    Pipeline(pipeline::PipelineArgs),
+    /// RSS over a long paced run (10,000 records/s for 10 minutes by default).
+    Soak(soak::SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -72,6 +89,12 @@ struct IngestArgs {
     /// Writer connections for Tally and for the ceiling writer.
     #[arg(long, default_value_t = 2)]
     writers: usize,
+    /// `exporters.postgres.batch_max_rows` of the collector.
+    #[arg(long, default_value_t = 5_000)]
+    batch_max_rows: usize,
+    /// Run the collector without the tamper-evidence chainer (to measure its cost).
+    #[arg(long)]
+    no_chain: bool,
     /// Rows written by the ceiling writer per run.
     #[arg(long, default_value_t = 200_000)]
     ceiling_rows: usize,
@@ -97,6 +120,10 @@ struct Figures {
     p99_at_50_ms: f64,
     p50_at_90_ms: f64,
     p99_at_90_ms: f64,
+    /// Mean rows per committed batch at full speed.
+    batch_rows: f64,
+    /// Mean time per committed batch at full speed (ms).
+    batch_ms: f64,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -110,7 +137,15 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::Result<Figures> {
     let database = TestDatabase::migrated().await;
-    let collector = Collector::start(&args.tally, &database.url, args.writers)?;
+    let collector = Collector::start(
+        &args.tally,
+        &database.url,
+        &CollectorOptions {
+            writers: args.writers,
+            batch_max_rows: args.batch_max_rows,
+            chain: !args.no_chain,
+        },
+    )?;
     let plan = LoadPlan {
         transport,
         connections: args.connections,
@@ -119,8 +154,15 @@ async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::R
         target_rate: None,
     };
     let cpu_before = collector.cpu_seconds();
+    let batches_before = collector.batch_totals().await;
     let full = load::run(&plan, &collector.grpc, &collector.http).await?;
     let cpu_after = collector.cpu_seconds();
+    let (batch_rows, batch_ms) = match (batches_before, collector.batch_totals().await) {
+        (Some((n0, r0, s0)), Some((n1, r1, s1))) if n1 > n0 => {
+            ((r1 - r0) / (n1 - n0), (s1 - s0) / (n1 - n0) * 1000.0)
+        }
+        _ => (f64::NAN, f64::NAN),
+    };
     let max_rate = full.records_per_second();
     let mut paced = Vec::new();
     for share in [0.5, 0.9] {
@@ -139,6 +181,8 @@ async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::R
         cpu_seconds_per_100k: (cpu_after - cpu_before) / full.accepted_records.max(1) as f64
             * 100_000.0,
         peak_rss_mib: peak_rss,
+        batch_rows,
+        batch_ms,
         p50_at_50_ms: paced[0].latency_ms(0.5),
         p99_at_50_ms: paced[0].latency_ms(0.99),
         p50_at_90_ms: paced[1].latency_ms(0.5),
@@ -203,6 +247,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                     "at_50_percent": { "p50": m(|f| f.p50_at_50_ms), "p99": m(|f| f.p99_at_50_ms) },
                     "at_90_percent": { "p50": m(|f| f.p50_at_90_ms), "p99": m(|f| f.p99_at_90_ms) },
                 },
+                "batch_rows_mean": m(|f| f.batch_rows),
+                "batch_ms_mean": m(|f| f.batch_ms),
                 "refused_requests_at_full_speed": figures.iter().map(|f| f.refused_requests).collect::<Vec<_>>(),
                 "runs": figures.iter().map(|f| f.records_per_second).collect::<Vec<_>>(),
             }),
@@ -212,6 +258,14 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "| ceiling (binary COPY, {} connections) | {ceiling:.0} | 1.00 | | | | |",
         args.writers
     );
+    for (transport, figures) in &per_transport {
+        let m = |f: fn(&Figures) -> f64| median(figures.iter().map(f).collect());
+        println!(
+            "{transport:?}: mean batch at full speed {:.0} rows, {:.1} ms to write and commit",
+            m(|f| f.batch_rows),
+            m(|f| f.batch_ms)
+        );
+    }
     let report = json!({
         "benchmark": "ingest",
         "runs": args.runs,
@@ -234,5 +288,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => ingest(args).await,
         Command::Queries(args) => queries::run(args).await,
         Command::Feed(args) => feed::run(args).await,
+        Command::Pipeline(args) => pipeline::run(args),
+        Command::Soak(args) => soak::run(args).await,
     }
 }
