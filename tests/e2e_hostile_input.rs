@@ -126,13 +126,13 @@ fn request_with_raw_value(action: &str, any_value: &[u8]) -> Vec<u8> {
 /// OTLP/JSON of one span of `action` whose attribute `nested` is `value` (JSON text).
 fn json_with_value(action: &str, value: &str) -> Vec<u8> {
     format!(
-        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{}","spanId":"{}",
+        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{}","spanId":"{:016x}",
         "name":"hostile","startTimeUnixNano":"{}","attributes":[
         {{"key":"activity.action","value":{{"stringValue":"{action}"}}}},
         {{"key":"tenant.id","value":{{"stringValue":"t-hostile"}}}},
         {{"key":"nested","value":{value}}}]}}]}}]}}]}}"#,
         "11".repeat(16),
-        format!("{:016x}", now_nanos()),
+        now_nanos(),
         now_nanos()
     )
     .into_bytes()
