@@ -719,11 +719,13 @@ async fn follow_tail(
     mut pages: tail::PageReceiver,
 ) -> Result<(), Stop> {
     loop {
-        // Mark the page seen before using it: a newer one wakes us again.
-        let page = pages.borrow_and_update().clone();
-        match page {
-            Some(page) if page.after <= after => {
-                if after < page.high {
+        // Mark the window seen before using it: a newer one wakes us again.
+        let window = pages.borrow_and_update().clone();
+        match window.front() {
+            Some(oldest) if oldest.after <= after => {
+                // Inside the window: take the rows after `after` from memory.
+                let first = window.partition_point(|page| page.high <= after);
+                for page in window.range(first..) {
                     let start = page.rows.partition_point(|row| row.seq <= after);
                     for row in &page.rows[start..] {
                         if tail::matches(&feed.filters.conds, row) {
@@ -734,8 +736,10 @@ async fn follow_tail(
                     after = after.max(page.high);
                 }
             }
-            Some(page) => {
-                after = catch_up(state, feed, after, page.high, sender, reset).await?;
+            Some(_) => {
+                // Behind the window: read the database up to its end.
+                let high = window.back().map_or(after, |page| page.high);
+                after = catch_up(state, feed, after, high, sender, reset).await?;
             }
             None => {
                 let high = newest_seq(state, feed, sender).await?;

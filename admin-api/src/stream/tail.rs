@@ -6,12 +6,13 @@
 //! scoped to its tenant access, so row-level security applies as on the
 //! per-client path), encodes each row as an SSE event once, and publishes them
 //! as a [`SharedPage`]: "every row in `(after, high]` that this tenant access may
-//! see". A client whose position is inside a page takes the rows after its
-//! position from it, keeping those its filters match ([`Cond`], the Rust form of
-//! its SQL filter clauses), and moves to `high`. A client behind the page (it
-//! resumed from an older `seq`, or was too slow to see the previous page) reads
-//! from the database itself up to the page's `high`, as before, so the feed
-//! stays gap-free and duplicate-free either way.
+//! see". The tail keeps its last [`KEPT_PAGES`] pages as a contiguous window. A
+//! client whose position is inside the window takes the rows after its position
+//! from memory, keeping those its filters match ([`Cond`], the Rust form of its
+//! SQL filter clauses), and moves to the window's end. A client behind the
+//! window (it resumed from an older `seq`, or fell more than the window behind)
+//! reads from the database itself up to the window's end, as before, so the
+//! feed stays gap-free and duplicate-free either way.
 //!
 //! A tail starts with the first client of its key and ends when its last client
 //! is gone (checked under the registry lock, so a client never joins a tail that
@@ -34,6 +35,9 @@ use crate::AppState;
 
 /// Most rows a tail reads (and publishes) at once.
 const TAIL_PAGE: i64 = 1000;
+/// Pages a tail keeps for clients that are a little behind (they catch up
+/// from memory instead of from the database).
+const KEPT_PAGES: usize = 64;
 
 /// One row of a shared page: its `seq`, the values the filters look at, and
 /// its encoded event.
@@ -98,9 +102,28 @@ pub(crate) fn matches(conds: &[Cond], row: &LiveRow) -> bool {
     conds.iter().all(|cond| cond.matches(row))
 }
 
-type PageSender = watch::Sender<Option<Arc<SharedPage>>>;
-/// What a client watches: the newest page of its tail (`None` until the first).
-pub(crate) type PageReceiver = watch::Receiver<Option<Arc<SharedPage>>>;
+/// The last [`KEPT_PAGES`] pages of a tail, oldest first; contiguous (each
+/// page's `after` is the previous page's `high`).
+pub(crate) type Window = Arc<std::collections::VecDeque<Arc<SharedPage>>>;
+
+type PageSender = watch::Sender<Window>;
+/// What a client watches: the recent pages of its tail (empty until the first).
+pub(crate) type PageReceiver = watch::Receiver<Window>;
+
+/// Appends `page` to the tail's window, dropping the oldest beyond [`KEPT_PAGES`].
+fn publish(sender: &PageSender, page: SharedPage) {
+    sender.send_modify(|window| {
+        let pages = Arc::make_mut(window);
+        if pages.back().is_some_and(|last| last.high != page.after) {
+            // Not contiguous (cannot happen: the tail reads from where it was).
+            pages.clear();
+        }
+        pages.push_back(Arc::new(page));
+        while pages.len() > KEPT_PAGES {
+            pages.pop_front();
+        }
+    });
+}
 
 /// The running tails of one hub, by key.
 #[derive(Default)]
@@ -137,7 +160,7 @@ impl Tails {
         if let Some(sender) = running.get(&key) {
             return Some(sender.subscribe());
         }
-        let (sender, receiver) = watch::channel(None);
+        let (sender, receiver) = watch::channel(Window::default());
         running.insert(key.clone(), sender.clone());
         tokio::spawn(run(state.clone(), table, rows_of.clone(), key, sender));
         Some(receiver)
@@ -214,11 +237,14 @@ async fn read(
     let high = max_seq(state, table).await?;
     let Some(mut after) = position else {
         // The window starts here: clients behind it read the database themselves.
-        sender.send_replace(Some(Arc::new(SharedPage {
-            after: high,
-            high,
-            rows: Vec::new(),
-        })));
+        publish(
+            sender,
+            SharedPage {
+                after: high,
+                high,
+                rows: Vec::new(),
+            },
+        );
         return Ok(high);
     };
     if after >= high {
@@ -243,11 +269,14 @@ async fn read(
             (true, Some(last)) => last.seq,
             _ => high,
         };
-        sender.send_replace(Some(Arc::new(SharedPage {
-            after,
-            high: page_high,
-            rows: live,
-        })));
+        publish(
+            sender,
+            SharedPage {
+                after,
+                high: page_high,
+                rows: live,
+            },
+        );
         after = page_high;
     }
     Ok(after)
