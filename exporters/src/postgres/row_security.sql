@@ -35,14 +35,20 @@ BEGIN
             RETURN;
         END;
     END IF;
-    EXECUTE format('GRANT USAGE ON SCHEMA %I TO tally_api', current_schema());
+    -- Grants only what is missing: a GRANT rewrites the catalog row even when
+    -- nothing changes, which would contend with concurrent partition creation.
+    IF NOT has_schema_privilege('tally_api', current_schema(), 'USAGE') THEN
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO tally_api', current_schema());
+    END IF;
     FOR t IN
         SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
           AND c.relname NOT IN ('tally_secrets', 'tally_schema_migrations')
           AND c.relpersistence = 'p'
     LOOP
-        EXECUTE format('GRANT SELECT ON %I TO tally_api', t);
+        IF NOT has_table_privilege('tally_api', format('%I', t), 'SELECT') THEN
+            EXECUTE format('GRANT SELECT ON %I TO tally_api', t);
+        END IF;
     END LOOP;
     FOR t IN
         SELECT c.relname FROM pg_class c
@@ -84,7 +90,8 @@ $f$;
 REVOKE ALL ON FUNCTION tally_newest_seq(text) FROM PUBLIC;
 DO $grant$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tally_api') THEN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tally_api')
+       AND NOT has_function_privilege('tally_api', 'tally_newest_seq(text)', 'EXECUTE') THEN
         GRANT EXECUTE ON FUNCTION tally_newest_seq(text) TO tally_api;
     END IF;
 EXCEPTION WHEN insufficient_privilege THEN
