@@ -133,7 +133,7 @@ fn manual_reload_swaps_and_a_broken_file_keeps_the_old_registry() {
         handle.reload_if_changed(),
         Ok(ReloadOutcome::Reloaded {
             generation: 3,
-            actions: 1
+            actions: 2
         })
     );
     assert_eq!(handle.status().last_error, None);
