@@ -110,7 +110,9 @@ async fn shows_reloads_and_broken_files() {
     handle.reload().expect("reload");
     let reply = get(&router, URI, None).await;
     assert_eq!(reply.body["generation"], 2);
-    assert_eq!(reply.body["actions"].as_object().map(|a| a.len()), Some(1));
+    // c.d, and Tally's own audit.log.view that every registry gets.
+    assert_eq!(reply.body["actions"].as_object().map(|a| a.len()), Some(2));
+    assert!(reply.body["actions"]["audit.log.view"].is_object());
     assert_eq!(reply.body["actions"]["c.d"]["description"], "new");
 
     std::fs::write(&path, "version: 1\nactions: {}\n").expect("write");
