@@ -4,29 +4,13 @@
 use anyhow::Context;
 use tally_admin_api::apikeys;
 use tally_config::Config;
-use tally_exporters::postgres;
 
 use crate::cli::ApikeyCommand;
-use crate::database::Database;
+use crate::database::with_migrated;
 
 /// Runs one `tally apikey` subcommand; prints its result on stdout.
 pub async fn run(config: &Config, command: ApikeyCommand) -> anyhow::Result<()> {
-    let database = Database::open(config).await?;
-    let result = async {
-        let (client, connection) = postgres::connect(&database.url)
-            .await
-            .context("cannot connect to PostgreSQL")?;
-        postgres::migrate(&client)
-            .await
-            .context("migration failed")?;
-        let result = execute(&client, command).await;
-        drop(client);
-        let _ = connection.await;
-        result
-    }
-    .await;
-    database.close().await;
-    result
+    with_migrated(config, async |client| execute(client, command).await).await
 }
 
 async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> anyhow::Result<()> {

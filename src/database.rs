@@ -42,6 +42,31 @@ impl Database {
     }
 }
 
+/// Opens the database (see [`Database::open`]), applies the schema, runs `work`
+/// with a connection, then closes everything, the private server included: the
+/// frame of the one-shot subcommands (`migrate`, `apikey`).
+pub async fn with_migrated<T>(
+    config: &Config,
+    work: impl AsyncFnOnce(&tokio_postgres::Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let database = Database::open(config).await?;
+    let result = async {
+        let (client, connection) = tally_exporters::postgres::connect(&database.url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        tally_exporters::postgres::migrate(&client)
+            .await
+            .context("migration failed")?;
+        let result = work(&client).await;
+        drop(client);
+        let _ = connection.await;
+        result
+    }
+    .await;
+    database.close().await;
+    result
+}
+
 /// The URL without its password, for logs.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

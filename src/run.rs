@@ -28,22 +28,11 @@ use crate::secrets;
 
 /// `tally migrate`: applies the schema and exits.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let database = Database::open(config).await?;
-    let result = async {
-        let (client, connection) = postgres::connect(&database.url)
-            .await
-            .context("cannot connect to PostgreSQL")?;
-        postgres::migrate(&client)
-            .await
-            .context("migration failed")?;
-        drop(client);
-        let _ = connection.await;
+    crate::database::with_migrated(config, async |_| {
         tracing::info!("schema is up to date");
-        anyhow::Ok(())
-    }
-    .await;
-    database.close().await;
-    result
+        Ok(())
+    })
+    .await
 }
 
 /// `tally [--config FILE]`: runs until SIGTERM or SIGINT.
