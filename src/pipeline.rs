@@ -217,6 +217,15 @@ impl Consumer for Pipeline {
         &self,
         mut request: ExportTraceServiceRequest,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
+        let records = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        if let Err(error) = self.exporter.precheck(records) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
         let now = Utc::now();
         // Redaction first: nothing raw reaches rows, quarantine, labels or logs.
         let redactions = self.redactor.redact_traces(&mut request);
@@ -231,6 +240,15 @@ impl Consumer for Pipeline {
         &self,
         mut request: ExportLogsServiceRequest,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
+        let records = request
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum();
+        if let Err(error) = self.exporter.precheck(records) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
         let now = Utc::now();
         let redactions = self.redactor.redact_logs(&mut request);
         let classified = tally_processors::classify_logs(&request, now);

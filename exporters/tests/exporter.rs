@@ -237,6 +237,13 @@ async fn full_queue_answers_overloaded_and_releases_after_commit() {
         Err(ConsumeError::Overloaded { .. })
     ));
     assert!(!a.is_finished() && !b.is_finished());
+    // The pipeline's early check gives the same answer without queueing.
+    assert!(matches!(
+        exporter.precheck(1),
+        Err(ConsumeError::Overloaded { .. })
+    ));
+    assert!(exporter.precheck(0).is_ok(), "nothing to queue");
+    assert_eq!(exporter.queued_records(), 10);
 
     lock_tx.rollback().await.unwrap();
     a.await.unwrap().expect("A commits once the lock is gone");
@@ -245,6 +252,7 @@ async fn full_queue_answers_overloaded_and_releases_after_commit() {
         exporter.queued_records() == 0
     })
     .await;
+    assert!(exporter.precheck(10).is_ok() && exporter.precheck(25).is_ok());
     exporter.submit(vec![c]).await.expect("room again");
     exporter
         .submit(events(25))
@@ -416,6 +424,10 @@ async fn shutdown_drains_the_queue_and_then_refuses() {
         matches!(&refused, Err(ConsumeError::Unavailable { reason, .. }) if reason == "shutting down"),
         "{refused:?}"
     );
+    assert!(matches!(
+        exporter.precheck(1),
+        Err(ConsumeError::Unavailable { reason, .. }) if reason == "shutting down"
+    ));
     assert!(!shutdown.is_finished(), "shutdown waits for the queue");
 
     lock_tx.rollback().await.unwrap();

@@ -429,6 +429,32 @@ impl PgExporter {
         })
     }
 
+    /// Whether a request of `records` rows would be queued now: the answer
+    /// [`submit_rows`](PgExporter::submit_rows) would give for shutdown, a
+    /// database known to be down or a full queue, without queueing anything
+    /// (`Ok` for no records).
+    /// Lets the pipeline refuse before it spends CPU on records it cannot
+    /// queue; `submit_rows` still decides (space may be taken meanwhile).
+    pub fn precheck(&self, records: usize) -> Result<(), ConsumeError> {
+        if records == 0 {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let shared = &inner.shared;
+        if inner.shutting_down.load(Ordering::Acquire) {
+            return Err(shared.unavailable("shutting down"));
+        }
+        if !shared.readiness.database_up() {
+            return Err(shared.unavailable("database unavailable"));
+        }
+        if inner.permits.available_permits() < records.min(inner.capacity as usize) {
+            return Err(ConsumeError::Overloaded {
+                retry_after: shared.retry_after,
+            });
+        }
+        Ok(())
+    }
+
     /// Queues `events` and resolves once they are committed (`Ok`) or definitely
     /// not (`Err`). Never waits for queue space: a full queue answers
     /// `Overloaded`, a database known to be down or a shutdown `Unavailable`,
