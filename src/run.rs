@@ -59,7 +59,7 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
     let key = secrets::hmac_key(config, database_url).await?;
     let redactor = Redactor::new(&config.processors.redact, &key)
         .context("invalid processors.redact")?
-        .keep_keys(&token_mapping_keys(tokens));
+        .keep_keys(&tokens.mapping_keys());
     tally_processors::redact::init_metric_series();
     crate::pipeline::init_metric_series();
     let taxonomy = TaxonomyHandle::load(&config.processors.validate)
@@ -210,30 +210,6 @@ async fn spawn_chainer(
         stopped,
     );
     Ok((Some(handle), Some(public)))
-}
-
-/// Every attribute key the token mapping reads (metadata prefixes as `prefix*`):
-/// redaction keeps them, so usage, models and identities survive the allowlist.
-fn token_mapping_keys(tokens: &tally_config::TokensConfig) -> Vec<String> {
-    let mapping = tokens.effective_mapping();
-    let lists = [
-        &mapping.input,
-        &mapping.output,
-        &mapping.cache_read,
-        &mapping.cache_write,
-        &mapping.reasoning,
-        &mapping.total,
-        &mapping.request_model,
-        &mapping.response_model,
-        &mapping.provider,
-        &mapping.operation,
-        &mapping.user,
-        &mapping.tenant,
-        &mapping.session,
-    ];
-    let mut keys: Vec<String> = lists.into_iter().flatten().cloned().collect();
-    keys.extend(mapping.metadata_prefixes.iter().map(|p| format!("{p}*")));
-    keys
 }
 
 fn display_addr(addr: Option<std::net::SocketAddr>) -> String {

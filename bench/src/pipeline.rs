@@ -71,7 +71,7 @@ impl Stages {
         let tokens = &config.processors.tokens;
         let redactor = Redactor::new(&config.processors.redact, &[7u8; 32])
             .context("redactor")?
-            .keep_keys(&token_mapping_keys(tokens));
+            .keep_keys(&tokens.mapping_keys());
         let taxonomy =
             TaxonomyHandle::load(&config.processors.validate).context("default taxonomy")?;
         Ok(Stages {
@@ -84,29 +84,6 @@ impl Stages {
             ),
         })
     }
-}
-
-/// The attribute keys of the token mapping, kept by the redactor (as `tally` does).
-fn token_mapping_keys(tokens: &tally_config::TokensConfig) -> Vec<String> {
-    let mapping = tokens.effective_mapping();
-    let lists = [
-        &mapping.input,
-        &mapping.output,
-        &mapping.cache_read,
-        &mapping.cache_write,
-        &mapping.reasoning,
-        &mapping.total,
-        &mapping.request_model,
-        &mapping.response_model,
-        &mapping.provider,
-        &mapping.operation,
-        &mapping.user,
-        &mapping.tenant,
-        &mapping.session,
-    ];
-    let mut keys: Vec<String> = lists.into_iter().flatten().cloned().collect();
-    keys.extend(mapping.metadata_prefixes.iter().map(|p| format!("{p}*")));
-    keys
 }
 
 /// Time spent per stage (wall clock on the measuring thread) and what came out.

@@ -140,6 +140,31 @@ impl TokensConfig {
         mapping
     }
 
+    /// Every attribute key the effective mapping reads (metadata prefixes as
+    /// `prefix*`): the redactor keeps them, so usage, models and identities
+    /// survive its allowlist.
+    pub fn mapping_keys(&self) -> Vec<String> {
+        let mapping = self.effective_mapping();
+        let lists = [
+            &mapping.input,
+            &mapping.output,
+            &mapping.cache_read,
+            &mapping.cache_write,
+            &mapping.reasoning,
+            &mapping.total,
+            &mapping.request_model,
+            &mapping.response_model,
+            &mapping.provider,
+            &mapping.operation,
+            &mapping.user,
+            &mapping.tenant,
+            &mapping.session,
+        ];
+        let mut keys: Vec<String> = lists.into_iter().flatten().cloned().collect();
+        keys.extend(mapping.metadata_prefixes.iter().map(|p| format!("{p}*")));
+        keys
+    }
+
     /// Checks values; `Err((key, message))` names the key under `processors.tokens`.
     pub fn check(&self) -> Result<(), (String, String)> {
         if self.max_traces == 0 {
