@@ -108,7 +108,10 @@ pub(crate) async fn insert_tokens(
         return Ok(TokensInserted::default());
     }
     tx.batch_execute(STAGING_DDL).await?;
-    let copied = copy_rows(tx, COPY_SQL.as_str(), rows, copy::token_row).await?;
+    let copied = copy_rows(tx, COPY_SQL.as_str(), rows, |out, _, r| {
+        copy::token_row(out, r)
+    })
+    .await?;
     if copied == 0 {
         return Ok(TokensInserted::default());
     }
