@@ -20,6 +20,7 @@
 //! never slows ingestion (reads only) nor other clients (a task and a buffer each).
 
 pub mod hub;
+pub(crate) mod sse;
 pub mod stats;
 pub(crate) mod tail;
 
@@ -32,7 +33,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio_postgres::types::ToSql;
 
 use crate::activity::ActivityQuery;
@@ -41,6 +42,7 @@ use crate::error::{truncate, ApiError};
 use crate::siem::rows::{activity_item, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
 use crate::AppState;
 use hub::{ClientSlot, Table};
+use sse::{Frames, FramesBuilder, Outbox};
 
 /// How long a client's full buffer may stay full before the client is reset.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -298,14 +300,14 @@ struct Feed {
 }
 
 impl Feed {
-    /// Reads the next page after `after` as SSE events `(seq, event)`.
+    /// Reads the next page of rows in `(after, high]` as encoded SSE events.
     async fn page(
         &self,
         state: &AppState,
         after: i64,
         high: i64,
         limit: usize,
-    ) -> Result<Vec<(i64, Event)>, ApiError> {
+    ) -> Result<Frames, ApiError> {
         let client = state.pool.get_for(&self.rows_of).await?;
         let statement = client
             .prepare_cached(&self.sql)
@@ -317,25 +319,21 @@ impl Feed {
             .query(&statement, &params)
             .await
             .map_err(ApiError::from_db)?;
-        let mut events = Vec::with_capacity(rows.len());
+        let mut frames = FramesBuilder::with_capacity(rows.len());
         for row in &rows {
-            let (seq, name, data) = match self.table {
+            match self.table {
                 Table::Activity => {
                     let item = activity_item(row).map_err(ApiError::from_db)?;
-                    (item.seq, "activity", serde_json::to_string(&item))
+                    frames.push(item.seq, "activity", &item)
                 }
                 Table::Tokens => {
                     let item = TokenItem::from_row(row).map_err(ApiError::from_db)?;
-                    (item.seq, "token", serde_json::to_string(&item))
+                    frames.push(item.seq, "token", &item)
                 }
-            };
-            let data = data.map_err(|e| ApiError::Internal(format!("encoding a row: {e}")))?;
-            events.push((
-                seq,
-                Event::default().id(seq.to_string()).event(name).data(data),
-            ));
+            }
+            .map_err(tail::encoding_failed)?;
         }
-        Ok(events)
+        Ok(frames.finish())
     }
 }
 
@@ -479,27 +477,21 @@ fn serve_feed(
     let state_closed = state.hub.closed();
     let settings = state.hub.settings;
     let notified = state.hub.subscribe(feed.table);
-    let (sender, receiver) = mpsc::channel(settings.client_buffer);
-    let (reset_sender, reset_receiver) = oneshot::channel();
+    let (outbox, outlet) = sse::client_buffer(settings.client_buffer, feed.table);
     tracing::debug!(
         subject,
         table = feed.table.name(),
         after,
         "live feed client connected"
     );
-    tokio::spawn(read_feed(
-        state,
-        feed,
-        after,
-        sender,
-        reset_sender,
-        notified,
-        slot,
-    ));
-    let first = Event::default().comment(format!("tally live feed after_seq={after}"));
-    let stream = event_stream(first, receiver, reset_receiver);
-    let stream = until_closed(stream, state_closed);
-    Ok(sse_response(stream, settings.heartbeat))
+    tokio::spawn(read_feed(state, feed, after, outbox, notified, slot));
+    let first = sse::comment(&format!("tally live feed after_seq={after}"));
+    Ok(sse::feed_response(
+        first,
+        outlet,
+        settings.heartbeat,
+        state_closed,
+    ))
 }
 
 /// Ends `stream` when `closed` resolves (the server shuts down).
@@ -529,95 +521,13 @@ where
         .into_response()
 }
 
-struct StreamState {
-    first: Option<Event>,
-    receiver: mpsc::Receiver<Event>,
-    reset: Option<oneshot::Receiver<Event>>,
-    done: bool,
-}
-
-/// The response body: a first comment, then the buffered events; a reset (if
-/// one comes) is sent ahead of what is still buffered and ends the stream.
-fn event_stream(
-    first: Event,
-    receiver: mpsc::Receiver<Event>,
-    reset: oneshot::Receiver<Event>,
-) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    let state = StreamState {
-        first: Some(first),
-        receiver,
-        reset: Some(reset),
-        done: false,
-    };
-    futures::stream::unfold(state, |mut state| async move {
-        if state.done {
-            return None;
-        }
-        if let Some(first) = state.first.take() {
-            return Some((Ok(first), state));
-        }
-        let reset_signal = async {
-            match state.reset.as_mut() {
-                Some(reset) => reset.await.ok(),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            reset = reset_signal => match reset {
-                Some(event) => {
-                    state.done = true;
-                    Some((Ok(event), state))
-                }
-                None => {
-                    // The reader ended without a reset: drain what it left.
-                    state.reset = None;
-                    state.receiver.recv().await.map(|event| (Ok(event), state))
-                }
-            },
-            event = state.receiver.recv() => event.map(|event| (Ok(event), state)),
-        }
-    })
-}
-
 /// Why a reader stops.
-enum Stop {
+#[derive(Debug)]
+pub(crate) enum Stop {
     /// The client went away (or the server closes).
     Gone,
     /// The client's buffer stayed full: it was sent `event: reset`.
     Reset,
-}
-
-/// Puts `event` into the client's buffer, waiting at most [`STALL_TIMEOUT`]
-/// for room; on a stall, sends the reset.
-async fn deliver(
-    sender: &mpsc::Sender<Event>,
-    reset: &mut Option<oneshot::Sender<Event>>,
-    event: Event,
-    table: Table,
-    after: i64,
-) -> Result<(), Stop> {
-    match tokio::time::timeout(STALL_TIMEOUT, sender.reserve()).await {
-        Ok(Ok(permit)) => {
-            permit.send(event);
-            Ok(())
-        }
-        Ok(Err(_)) => Err(Stop::Gone),
-        Err(_) => {
-            tracing::info!(
-                table = table.name(),
-                last_seq = after,
-                "live feed: client buffer stayed full; resetting the client"
-            );
-            let data = serde_json::json!({
-                "reason": "client too slow: its buffer stayed full; reconnect with Last-Event-ID",
-            });
-            if let Some(reset) = reset.take() {
-                let _ = reset.send(Event::default().event("reset").data(data.to_string()));
-            }
-            Err(Stop::Reset)
-        }
-    }
 }
 
 /// Reads the client's rows in `(after, high]` from the database, page by page,
@@ -627,30 +537,27 @@ async fn catch_up(
     feed: &Feed,
     mut after: i64,
     high: i64,
-    sender: &mpsc::Sender<Event>,
-    reset: &mut Option<oneshot::Sender<Event>>,
+    outbox: &mut Outbox,
 ) -> Result<i64, Stop> {
     let page_size = state.hub.settings.client_buffer.clamp(1, MAX_PAGE);
     loop {
         let page = tokio::select! {
             page = feed.page(state, after, high, page_size) => page,
-            () = sender.closed() => return Err(Stop::Gone),
+            () = outbox.closed() => return Err(Stop::Gone),
         };
-        let events = match page {
-            Ok(events) => events,
+        let frames = match page {
+            Ok(frames) => frames,
             Err(error) => {
                 tracing::warn!(%error, table = feed.table.name(), "live feed: reading rows failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(RETRY_DELAY) => continue,
-                    () = sender.closed() => return Err(Stop::Gone),
+                    () = outbox.closed() => return Err(Stop::Gone),
                 }
             }
         };
-        let full_page = events.len() == page_size;
-        for (seq, event) in events {
-            deliver(sender, reset, event, feed.table, after).await?;
-            after = seq;
-        }
+        let full_page = frames.len() == page_size;
+        outbox.deliver(&frames, 0, frames.len(), after).await?;
+        after = frames.last_seq().unwrap_or(after).max(after);
         if !full_page {
             // Every row up to `high` is visible (commit order), so `after` moves
             // there even when no row matched: a filtered client never rescans
@@ -661,15 +568,11 @@ async fn catch_up(
 }
 
 /// The newest committed `seq` of the feed's table, retried until it is read.
-async fn newest_seq(
-    state: &AppState,
-    feed: &Feed,
-    sender: &mpsc::Sender<Event>,
-) -> Result<i64, Stop> {
+async fn newest_seq(state: &AppState, feed: &Feed, outbox: &Outbox) -> Result<i64, Stop> {
     loop {
         let high = tokio::select! {
             high = max_seq(state, feed.table) => high,
-            () = sender.closed() => return Err(Stop::Gone),
+            () = outbox.closed() => return Err(Stop::Gone),
         };
         match high {
             Ok(high) => return Ok(high),
@@ -677,7 +580,7 @@ async fn newest_seq(
                 tracing::warn!(%error, table = feed.table.name(), "live feed: reading the newest seq failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(RETRY_DELAY) => {}
-                    () = sender.closed() => return Err(Stop::Gone),
+                    () = outbox.closed() => return Err(Stop::Gone),
                 }
             }
         }
@@ -691,20 +594,19 @@ async fn read_feed(
     state: AppState,
     feed: Feed,
     after: i64,
-    sender: mpsc::Sender<Event>,
-    reset: oneshot::Sender<Event>,
+    outbox: Outbox,
     notified: watch::Receiver<u64>,
     slot: ClientSlot,
 ) {
-    let mut reset = Some(reset);
+    let mut outbox = outbox;
     let tail = if feed.filters.opaque {
         None
     } else {
         state.hub.tails.follow(&state, feed.table, &feed.rows_of)
     };
     let _ = match tail {
-        Some(pages) => follow_tail(&state, &feed, after, &sender, &mut reset, pages).await,
-        None => read_alone(&state, &feed, after, &sender, &mut reset, notified).await,
+        Some(pages) => follow_tail(&state, &feed, after, &mut outbox, pages).await,
+        None => read_alone(&state, &feed, after, &mut outbox, notified).await,
     };
     drop(slot);
 }
@@ -714,8 +616,7 @@ async fn follow_tail(
     state: &AppState,
     feed: &Feed,
     mut after: i64,
-    sender: &mpsc::Sender<Event>,
-    reset: &mut Option<oneshot::Sender<Event>>,
+    outbox: &mut Outbox,
     mut pages: tail::PageReceiver,
 ) -> Result<(), Stop> {
     loop {
@@ -727,11 +628,23 @@ async fn follow_tail(
                 let first = window.partition_point(|page| page.high <= after);
                 for page in window.range(first..) {
                     let start = page.rows.partition_point(|row| row.seq <= after);
-                    for row in &page.rows[start..] {
-                        if tail::matches(&feed.filters.conds, row) {
-                            deliver(sender, reset, row.event.clone(), feed.table, after).await?;
+                    // Runs of consecutive matching rows, each handed over as one chunk.
+                    let mut run: Option<usize> = None;
+                    for (index, row) in page.rows.iter().enumerate().skip(start) {
+                        let matched = tail::matches(&feed.filters.conds, row);
+                        match (run, matched) {
+                            (None, true) => run = Some(index),
+                            (Some(from), false) => {
+                                outbox.deliver(&page.frames, from, index, after).await?;
+                                run = None;
+                            }
+                            _ => {}
                         }
-                        after = row.seq;
+                    }
+                    if let Some(from) = run {
+                        outbox
+                            .deliver(&page.frames, from, page.rows.len(), after)
+                            .await?;
                     }
                     after = after.max(page.high);
                 }
@@ -739,11 +652,11 @@ async fn follow_tail(
             Some(_) => {
                 // Behind the window: read the database up to its end.
                 let high = window.back().map_or(after, |page| page.high);
-                after = catch_up(state, feed, after, high, sender, reset).await?;
+                after = catch_up(state, feed, after, high, outbox).await?;
             }
             None => {
-                let high = newest_seq(state, feed, sender).await?;
-                after = catch_up(state, feed, after, high, sender, reset).await?;
+                let high = newest_seq(state, feed, outbox).await?;
+                after = catch_up(state, feed, after, high, outbox).await?;
             }
         }
         tokio::select! {
@@ -752,7 +665,7 @@ async fn follow_tail(
                     return Err(Stop::Gone);
                 }
             }
-            () = sender.closed() => return Err(Stop::Gone),
+            () = outbox.closed() => return Err(Stop::Gone),
         }
     }
 }
@@ -762,22 +675,21 @@ async fn read_alone(
     state: &AppState,
     feed: &Feed,
     mut after: i64,
-    sender: &mpsc::Sender<Event>,
-    reset: &mut Option<oneshot::Sender<Event>>,
+    outbox: &mut Outbox,
     mut notified: watch::Receiver<u64>,
 ) -> Result<(), Stop> {
     loop {
         // Mark the signal seen before reading: a commit after this wakes us again.
         notified.borrow_and_update();
-        let high = newest_seq(state, feed, sender).await?;
-        after = catch_up(state, feed, after, high, sender, reset).await?;
+        let high = newest_seq(state, feed, outbox).await?;
+        after = catch_up(state, feed, after, high, outbox).await?;
         tokio::select! {
             changed = notified.changed() => {
                 if changed.is_err() {
                     return Err(Stop::Gone);
                 }
             }
-            () = sender.closed() => return Err(Stop::Gone),
+            () = outbox.closed() => return Err(Stop::Gone),
         }
     }
 }

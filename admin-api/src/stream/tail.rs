@@ -21,12 +21,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::response::sse::Event;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_postgres::Row;
 
 use super::hub::Table;
+use super::sse::{Frames, FramesBuilder};
 use super::{max_seq, RETRY_DELAY};
 use crate::auth::TenantAccess;
 use crate::error::ApiError;
@@ -39,15 +39,14 @@ const TAIL_PAGE: i64 = 1000;
 /// from memory instead of from the database).
 const KEPT_PAGES: usize = 64;
 
-/// One row of a shared page: its `seq`, the values the filters look at, and
-/// its encoded event.
+/// One row of a shared page: its `seq` and the values the filters look at
+/// (its encoded event is the page's `frames` at the row's index).
 #[derive(Debug)]
 pub(crate) struct LiveRow {
     pub(crate) seq: i64,
     ts: DateTime<Utc>,
     /// `(column, value)` of the filterable text columns (`None` = NULL).
     columns: Vec<(&'static str, Option<String>)>,
-    pub(crate) event: Event,
 }
 
 impl LiveRow {
@@ -59,12 +58,14 @@ impl LiveRow {
     }
 }
 
-/// Rows `(after, high]` of one table that one tenant access may see, in `seq` order.
+/// Rows `(after, high]` of one table that one tenant access may see, in `seq`
+/// order, and their events encoded once for every client (`frames`, one per row).
 #[derive(Debug)]
 pub(crate) struct SharedPage {
     pub(crate) after: i64,
     pub(crate) high: i64,
     pub(crate) rows: Vec<LiveRow>,
+    pub(crate) frames: Frames,
 }
 
 /// A filter clause evaluated in Rust, with SQL's meaning (a NULL column never
@@ -243,6 +244,7 @@ async fn read(
                 after: high,
                 high,
                 rows: Vec::new(),
+                frames: Frames::default(),
             },
         );
         return Ok(high);
@@ -262,8 +264,9 @@ async fn read(
             .map_err(ApiError::from_db)?;
         let full = rows.len() as i64 == TAIL_PAGE;
         let mut live = Vec::with_capacity(rows.len());
+        let mut frames = FramesBuilder::with_capacity(rows.len());
         for row in &rows {
-            live.push(live_row(table, row)?);
+            live.push(live_row(table, row, &mut frames)?);
         }
         let page_high = match (full, live.last()) {
             (true, Some(last)) => last.seq,
@@ -275,6 +278,7 @@ async fn read(
                 after,
                 high: page_high,
                 rows: live,
+                frames: frames.finish(),
             },
         );
         after = page_high;
@@ -282,13 +286,13 @@ async fn read(
     Ok(after)
 }
 
-fn live_row(table: Table, row: &Row) -> Result<LiveRow, ApiError> {
+fn live_row(table: Table, row: &Row, frames: &mut FramesBuilder) -> Result<LiveRow, ApiError> {
     let ts: DateTime<Utc> = row.try_get("ts").map_err(ApiError::from_db)?;
     let tenant: String = row.try_get("tenant_id").map_err(ApiError::from_db)?;
     let text = |name: &'static str| -> Result<(&'static str, Option<String>), ApiError> {
         Ok((name, row.try_get(name).map_err(ApiError::from_db)?))
     };
-    let (seq, name, data, columns) = match table {
+    let (seq, columns) = match table {
         Table::Activity => {
             let item = activity_item(row).map_err(ApiError::from_db)?;
             let columns = vec![
@@ -300,7 +304,10 @@ fn live_row(table: Table, row: &Row) -> Result<LiveRow, ApiError> {
                 text("resource_id")?,
                 text("trace_id")?,
             ];
-            (item.seq, "activity", serde_json::to_string(&item), columns)
+            frames
+                .push(item.seq, "activity", &item)
+                .map_err(encoding_failed)?;
+            (item.seq, columns)
         }
         Table::Tokens => {
             let item = TokenItem::from_row(row).map_err(ApiError::from_db)?;
@@ -313,14 +320,15 @@ fn live_row(table: Table, row: &Row) -> Result<LiveRow, ApiError> {
                 ("outcome", Some(item.outcome.clone())),
                 text("trace_id")?,
             ];
-            (item.seq, "token", serde_json::to_string(&item), columns)
+            frames
+                .push(item.seq, "token", &item)
+                .map_err(encoding_failed)?;
+            (item.seq, columns)
         }
     };
-    let data = data.map_err(|e| ApiError::Internal(format!("encoding a row: {e}")))?;
-    Ok(LiveRow {
-        seq,
-        ts,
-        columns,
-        event: Event::default().id(seq.to_string()).event(name).data(data),
-    })
+    Ok(LiveRow { seq, ts, columns })
+}
+
+pub(crate) fn encoding_failed(error: serde_json::Error) -> ApiError {
+    ApiError::Internal(format!("encoding a row: {error}"))
 }
