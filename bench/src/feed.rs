@@ -67,10 +67,12 @@ impl Histogram {
         }
     }
 
-    fn record(&self, us: u64) {
-        let i = ((us / BUCKET_US) as usize).min(self.buckets.len() - 1);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.max_us.fetch_max(us, Ordering::Relaxed);
+    fn bucket(&self, us: u64) -> usize {
+        ((us / BUCKET_US) as usize).min(self.buckets.len() - 1)
+    }
+
+    fn add(&self, bucket: usize, n: u64) {
+        self.buckets[bucket].fetch_add(n, Ordering::Relaxed);
     }
 
     fn count(&self) -> u64 {
@@ -157,7 +159,87 @@ struct Shared {
     resets: AtomicU64,
 }
 
-/// One SSE client: reads events until `stop`, recording latencies.
+/// Where the first `\n` of `haystack` is (the standard library's `memchr`,
+/// through `BufRead::skip_until` on a slice).
+fn find_newline(haystack: &[u8]) -> Option<usize> {
+    let mut rest = haystack;
+    let skipped = std::io::BufRead::skip_until(&mut rest, b'\n').ok()?;
+    (skipped > 0 && haystack[skipped - 1] == b'\n').then(|| skipped - 1)
+}
+
+/// The decimal `seq` of an `id: <seq>` line.
+fn parse_seq(digits: &[u8]) -> Option<i64> {
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    digits.iter().try_fold(0i64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
+    })
+}
+
+/// The lines of an SSE stream that matter here, found with `memchr` over
+/// each chunk as it arrives, with no allocation per event: only the start of
+/// a line cut by a chunk boundary is kept (an `id:` line is short; a long
+/// line cannot be one).
+#[derive(Default)]
+struct LineScanner {
+    /// The start of the line the previous chunk ended in.
+    partial: Vec<u8>,
+    /// The cut line was longer than what `partial` keeps.
+    partial_long: bool,
+}
+
+/// Bytes of a cut line worth keeping (`id: ` + a seq, `event: reset`).
+const KEPT_PREFIX: usize = 32;
+
+enum Line {
+    Id(i64),
+    Reset,
+}
+
+impl LineScanner {
+    /// Calls `on_line` for every `id:` and `event: reset` line completed by `chunk`.
+    fn scan(&mut self, chunk: &[u8], mut on_line: impl FnMut(Line)) {
+        let mut classify = |line: &[u8]| {
+            if let Some(digits) = line.strip_prefix(b"id: ") {
+                if let Some(seq) = parse_seq(digits.strip_suffix(b"\r").unwrap_or(digits)) {
+                    on_line(Line::Id(seq));
+                }
+            } else if line.starts_with(b"event: reset") {
+                on_line(Line::Reset);
+            }
+        };
+        let mut rest = chunk;
+        while let Some(end) = find_newline(rest) {
+            if self.partial.is_empty() && !self.partial_long {
+                classify(&rest[..end]);
+            } else {
+                if !self.partial_long {
+                    let room = KEPT_PREFIX.saturating_sub(self.partial.len());
+                    self.partial.extend_from_slice(&rest[..end.min(room)]);
+                    if !self.partial_long && end <= room {
+                        classify(&self.partial);
+                    }
+                }
+                self.partial.clear();
+                self.partial_long = false;
+            }
+            rest = &rest[end + 1..];
+        }
+        if !rest.is_empty() && !self.partial_long {
+            let room = KEPT_PREFIX.saturating_sub(self.partial.len());
+            if rest.len() > room {
+                self.partial.clear();
+                self.partial_long = true;
+            } else {
+                self.partial.extend_from_slice(rest);
+            }
+        }
+    }
+}
+
+/// One SSE client: reads events until `stop`, recording latencies. The
+/// latency of an event is taken when the chunk holding its `id:` line is read.
 async fn client(
     http: reqwest::Client,
     url: String,
@@ -184,7 +266,7 @@ async fn client(
         response.status()
     );
     connected.fetch_add(1, Ordering::Relaxed);
-    let mut line = Vec::with_capacity(1024);
+    let mut scanner = LineScanner::default();
     let mut stop = stop;
     loop {
         let chunk = tokio::select! {
@@ -195,29 +277,53 @@ async fn client(
             return Ok(());
         };
         let now_us = commits.origin.elapsed().as_micros() as u64;
-        for &b in chunk.iter() {
-            if b != b'\n' {
-                line.push(b);
-                continue;
+        // Counted locally, added to the shared figures once per chunk
+        // (events of one commit share their latency bucket).
+        let mut tally = LocalTally::default();
+        scanner.scan(&chunk, |line| match line {
+            Line::Id(seq) => {
+                // Events that arrived before the writer saw their commit
+                // acknowledged count as 0.
+                let at = commits.get(seq).unwrap_or(now_us);
+                tally.record(histogram, now_us.saturating_sub(at));
             }
-            if let Some(id) = line.strip_prefix(b"id: ") {
-                if let Some(seq) = std::str::from_utf8(id)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i64>().ok())
-                {
-                    received.fetch_add(1, Ordering::Relaxed);
-                    if let Some(at) = commits.get(seq) {
-                        histogram.record(now_us.saturating_sub(at));
-                    } else {
-                        // Arrived before the writer saw its commit acknowledged.
-                        histogram.record(0);
-                    }
-                }
-            } else if line.starts_with(b"event: reset") {
+            Line::Reset => {
                 resets.fetch_add(1, Ordering::Relaxed);
             }
-            line.clear();
+        });
+        tally.flush(histogram, received);
+    }
+}
+
+/// Latencies of one chunk, as runs of equal buckets.
+#[derive(Default)]
+struct LocalTally {
+    bucket: usize,
+    run: u64,
+    count: u64,
+    max_us: u64,
+}
+
+impl LocalTally {
+    fn record(&mut self, histogram: &Histogram, us: u64) {
+        let bucket = histogram.bucket(us);
+        if self.run > 0 && bucket != self.bucket {
+            histogram.add(self.bucket, self.run);
+            self.run = 0;
         }
+        self.bucket = bucket;
+        self.run += 1;
+        self.count += 1;
+        self.max_us = self.max_us.max(us);
+    }
+
+    fn flush(self, histogram: &Histogram, received: &AtomicU64) {
+        if self.count == 0 {
+            return;
+        }
+        histogram.add(self.bucket, self.run);
+        histogram.max_us.fetch_max(self.max_us, Ordering::Relaxed);
+        received.fetch_add(self.count, Ordering::Relaxed);
     }
 }
 
@@ -437,4 +543,42 @@ pub async fn run(args: FeedArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", args.json.display()))?;
     println!("\nJSON: {}", args.json.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(chunks: &[&[u8]]) -> (Vec<i64>, usize) {
+        let mut scanner = LineScanner::default();
+        let (mut ids, mut resets) = (Vec::new(), 0);
+        for chunk in chunks {
+            scanner.scan(chunk, |line| match line {
+                Line::Id(seq) => ids.push(seq),
+                Line::Reset => resets += 1,
+            });
+        }
+        (ids, resets)
+    }
+
+    #[test]
+    fn the_scanner_finds_every_id_wherever_the_chunks_are_cut() {
+        let long = "x".repeat(300);
+        let stream = format!(
+            ": tally live feed after_seq=0\n\nid: 1\nevent: activity\ndata: {{\"a\":\"{long}\"}}\n\n\
+             : heartbeat\n\nid: 22\nevent: activity\ndata: {{\"id: 5\":1}}\n\n\
+             id: 333\nevent: activity\ndata: {long}\n\nevent: reset\ndata: {{}}\n\n"
+        );
+        let bytes = stream.as_bytes();
+        assert_eq!(scan_all(&[bytes]), (vec![1, 22, 333], 1));
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                scan_all(&[&bytes[..cut], &bytes[cut..]]),
+                (vec![1, 22, 333], 1),
+                "cut at {cut}"
+            );
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(scan_all(&singles), (vec![1, 22, 333], 1));
+    }
 }
