@@ -3,7 +3,11 @@
 //!
 //! Every export request, over gRPC or HTTP, is charged its body size: before the body
 //! is read when its length is announced (`Content-Length`, the gRPC message prefix),
-//! chunk by chunk otherwise, and topped up to its decompressed size once decompressed.
+//! chunk by chunk otherwise, topped up to its decompressed size once decompressed, and,
+//! before decoding, to that plus the estimated size of its decoded form
+//! ([`crate::estimate`]: decoded OTLP can take up to ~60 times its wire size). A request
+//! whose estimate alone exceeds the whole budget is refused for good (HTTP 413, gRPC
+//! `RESOURCE_EXHAUSTED` without a retry delay).
 //! The charge is held until the answer is built — through decoding, processing and the
 //! wait for the commit — so it also covers the request's records in the write queue. A
 //! request that finds the budget spent is refused at once, without waiting (HTTP 429,
@@ -45,6 +49,33 @@ impl Exhausted {
             "collector busy: request bytes in flight are at the limit of {} bytes \
              (receivers.otlp.max_in_flight_bytes; this request needs {}), retry later",
             self.budget, self.wanted
+        )
+    }
+}
+
+/// Why a request was refused before decoding (see [`Charge::ensure_decoded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DecodeRefusal {
+    /// The request alone, decoded, would take more than the whole budget: it can
+    /// never be taken (HTTP 413, gRPC `RESOURCE_EXHAUSTED` without a retry delay).
+    TooLarge {
+        /// Wire bytes plus the estimate of the decoded request.
+        wanted: usize,
+        /// The whole budget, in bytes.
+        budget: usize,
+    },
+    /// The budget is spent for now (retryable).
+    Busy(Exhausted),
+}
+
+impl DecodeRefusal {
+    /// The message sent to the client for [`DecodeRefusal::TooLarge`].
+    pub(crate) fn too_large_message(wanted: usize, budget: usize) -> String {
+        format!(
+            "request too large once decoded: its {wanted} bytes (body plus the estimated \
+             size of its decoded records) exceed the receiver's whole in-flight budget of \
+             {budget} bytes (receivers.otlp.max_in_flight_bytes); send fewer records or \
+             attributes per request"
         )
     }
 }
@@ -117,6 +148,22 @@ impl Charge {
         Ok(())
     }
 
+    /// Grows the charge to cover a request about to be decoded: its `wire` bytes (still
+    /// held while decoding) plus `decoded`, the estimate of its decoded form
+    /// ([`crate::estimate`]). Refuses for good when that exceeds the whole budget.
+    pub(crate) fn ensure_decoded(
+        &mut self,
+        wire: usize,
+        decoded: usize,
+    ) -> Result<(), DecodeRefusal> {
+        let wanted = wire.saturating_add(decoded);
+        let budget = self.budget.bytes();
+        if wanted > budget {
+            return Err(DecodeRefusal::TooLarge { wanted, budget });
+        }
+        self.ensure(wanted).map_err(DecodeRefusal::Busy)
+    }
+
     /// Bytes charged so far.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
@@ -165,6 +212,32 @@ mod tests {
             "a refused growth keeps the charge"
         );
         assert_eq!(budget.in_use(), 4 * 1024);
+    }
+
+    #[test]
+    fn decoded_estimates_refuse_for_good_or_for_now() {
+        let budget = InFlightBudget::new(64 * 1024);
+        let mut a = budget.charge();
+        a.ensure(10 * 1024).unwrap();
+        a.ensure_decoded(10 * 1024, 30 * 1024).unwrap();
+        assert_eq!(budget.in_use(), 40 * 1024);
+        let mut b = budget.charge();
+        assert_eq!(
+            b.ensure_decoded(1024, 64 * 1024),
+            Err(DecodeRefusal::TooLarge {
+                wanted: 65 * 1024,
+                budget: 64 * 1024
+            })
+        );
+        assert!(matches!(
+            b.ensure_decoded(1024, 30 * 1024),
+            Err(DecodeRefusal::Busy(_))
+        ));
+        assert_eq!(budget.in_use(), 40 * 1024);
+        drop(a);
+        b.ensure_decoded(1024, 30 * 1024).unwrap();
+        assert_eq!(budget.in_use(), 31 * 1024);
+        assert!(DecodeRefusal::too_large_message(1, 2).contains("max_in_flight_bytes"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tally_model::pipeline::ConsumeError;
 
-use crate::budget::{Exhausted, BUSY_RETRY_AFTER};
+use crate::budget::{DecodeRefusal, Exhausted, BUSY_RETRY_AFTER};
 
 /// Why the receiver could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +83,17 @@ impl From<ConsumeError> for RequestError {
 impl From<Exhausted> for RequestError {
     fn from(e: Exhausted) -> Self {
         RequestError::Busy(e)
+    }
+}
+
+impl From<DecodeRefusal> for RequestError {
+    fn from(e: DecodeRefusal) -> Self {
+        match e {
+            DecodeRefusal::TooLarge { wanted, budget } => {
+                RequestError::TooLarge(DecodeRefusal::too_large_message(wanted, budget))
+            }
+            DecodeRefusal::Busy(busy) => RequestError::Busy(busy),
+        }
     }
 }
 

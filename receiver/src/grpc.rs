@@ -13,41 +13,47 @@
 //! layer in front of tonic wraps the request body in a [`ChargedBody`], which charges the
 //! message length announced by the gRPC message prefix (and any bytes beyond it) as the
 //! frames arrive, and fails the body with `RESOURCE_EXHAUSTED` (with `RetryInfo`) when the
-//! budget is spent. The handler tops the charge up to the decompressed size and holds it
-//! until its answer is built.
+//! budget is spent. The services are tonic's generated ones with another codec
+//! ([`ExportCodec`]): before decoding, its decoder tops the charge up to the decompressed
+//! message plus the estimated size of its decoded form ([`estimate`]); a message that alone
+//! would exceed the whole budget is refused `RESOURCE_EXHAUSTED` without `RetryInfo` (not
+//! retryable), one that finds the budget spent `RESOURCE_EXHAUSTED` with it. The handler
+//! holds the charge until its answer is built.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use futures::future::BoxFuture;
 use http_body::Frame;
 use prost::Message;
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsService;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tally_model::pipeline::{ConsumeError, Consumer};
 use tokio::net::TcpListener;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{
+    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
+};
+use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::budget::{Charge, Exhausted, InFlightBudget, BUSY_RETRY_AFTER};
+use crate::budget::{Charge, DecodeRefusal, Exhausted, InFlightBudget, BUSY_RETRY_AFTER};
 use crate::check::{check_logs, check_traces};
-use crate::error::ReceiverError;
+use crate::error::{shorten, ReceiverError};
+use crate::estimate;
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
 use crate::{logs_response, trace_response};
 
@@ -64,7 +70,8 @@ impl TraceService for Otlp {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let started = Instant::now();
-        let charge = charge_decoded(&request)?;
+        // Charged by the decoder (`ExportCodec`); held until the answer is built.
+        let charge = request.extensions().get::<CallCharge>().cloned();
         let request = request.into_inner();
         let spans = check_traces(&request).map_err(Status::invalid_argument)?;
         if spans == 0 {
@@ -92,7 +99,8 @@ impl LogsService for Otlp {
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let started = Instant::now();
-        let charge = charge_decoded(&request)?;
+        // Charged by the decoder (`ExportCodec`); held until the answer is built.
+        let charge = request.extensions().get::<CallCharge>().cloned();
         let request = request.into_inner();
         let records = check_logs(&request).map_err(Status::invalid_argument)?;
         if records == 0 {
@@ -138,11 +146,18 @@ fn consume_status(error: ConsumeError) -> Status {
 struct CallCharge(Arc<Mutex<Charge>>);
 
 impl CallCharge {
-    fn ensure(&self, bytes: usize) -> Result<(), Exhausted> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Charge> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .ensure(bytes)
+    }
+
+    fn ensure(&self, bytes: usize) -> Result<(), Exhausted> {
+        self.lock().ensure(bytes)
+    }
+
+    fn ensure_decoded(&self, wire: usize, decoded: usize) -> Result<(), DecodeRefusal> {
+        self.lock().ensure_decoded(wire, decoded)
     }
 }
 
@@ -155,19 +170,222 @@ fn busy_status(busy: &Exhausted) -> Status {
     )
 }
 
-/// Tops the call's charge up to the decoded message's size when it came compressed
-/// (uncompressed, the body's charge already is that size). Returns the charge, to be
-/// held until the answer is built.
-fn charge_decoded<M: Message>(request: &Request<M>) -> Result<Option<CallCharge>, Status> {
-    let charge = request.extensions().get::<CallCharge>().cloned();
-    if let Some(charge) = &charge {
-        if request.metadata().contains_key("grpc-encoding") {
-            charge
-                .ensure(request.get_ref().encoded_len())
-                .map_err(|busy| busy_status(&busy))?;
+/// `RESOURCE_EXHAUSTED` without a retry delay: the message alone, decoded, would take
+/// more than the whole budget, so retrying cannot help.
+fn refusal_status(refusal: &DecodeRefusal) -> Status {
+    match refusal {
+        DecodeRefusal::TooLarge { wanted, budget } => {
+            let message = DecodeRefusal::too_large_message(*wanted, *budget);
+            tracing::debug!(%message, "OTLP gRPC call refused");
+            Status::resource_exhausted(message)
+        }
+        DecodeRefusal::Busy(busy) => {
+            tracing::debug!(message = %busy.message(), "OTLP gRPC call refused");
+            busy_status(busy)
         }
     }
-    Ok(charge)
+}
+
+/// One OTLP export service served over gRPC with [`ExportCodec`].
+trait GrpcSignal: Send + Sync + 'static {
+    /// The gRPC service name.
+    const SERVICE: &'static str;
+    /// The path of its `Export` method.
+    const PATH: &'static str;
+    type Request: Message + Default + Send + 'static;
+    type Response: Message + Send + 'static;
+    /// The estimated size of a request once decoded ([`estimate`]).
+    fn estimate(wire: &[u8]) -> usize;
+    fn export(
+        otlp: Arc<Otlp>,
+        request: Request<Self::Request>,
+    ) -> BoxFuture<'static, Result<Response<Self::Response>, Status>>;
+}
+
+struct TracesSignal;
+
+impl GrpcSignal for TracesSignal {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    type Request = ExportTraceServiceRequest;
+    type Response = ExportTraceServiceResponse;
+
+    fn estimate(wire: &[u8]) -> usize {
+        estimate::traces_protobuf(wire)
+    }
+
+    fn export(
+        otlp: Arc<Otlp>,
+        request: Request<Self::Request>,
+    ) -> BoxFuture<'static, Result<Response<Self::Response>, Status>> {
+        Box::pin(async move { TraceService::export(otlp.as_ref(), request).await })
+    }
+}
+
+struct LogsSignal;
+
+impl GrpcSignal for LogsSignal {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    type Request = ExportLogsServiceRequest;
+    type Response = ExportLogsServiceResponse;
+
+    fn estimate(wire: &[u8]) -> usize {
+        estimate::logs_protobuf(wire)
+    }
+
+    fn export(
+        otlp: Arc<Otlp>,
+        request: Request<Self::Request>,
+    ) -> BoxFuture<'static, Result<Response<Self::Response>, Status>> {
+        Box::pin(async move { LogsService::export(otlp.as_ref(), request).await })
+    }
+}
+
+/// The protobuf codec of an export call, whose decoder charges the call's budget for the
+/// decoded size (estimated from the decompressed message by [`estimate`]) before
+/// decoding, and answers an undecodable message `INVALID_ARGUMENT`.
+struct ExportCodec<S> {
+    charge: Option<CallCharge>,
+    signal: PhantomData<fn() -> S>,
+}
+
+impl<S: GrpcSignal> Codec for ExportCodec<S> {
+    type Encode = S::Response;
+    type Decode = S::Request;
+    type Encoder = ResponseEncoder<S::Response>;
+    type Decoder = ExportDecoder<S>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ResponseEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ExportDecoder {
+            charge: self.charge.clone(),
+            signal: PhantomData,
+        }
+    }
+}
+
+struct ResponseEncoder<M>(PhantomData<fn(M)>);
+
+impl<M: Message> Encoder for ResponseEncoder<M> {
+    type Item = M;
+    type Error = Status;
+
+    fn encode(&mut self, item: M, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("cannot encode the answer: {e}")))
+    }
+}
+
+struct ExportDecoder<S> {
+    charge: Option<CallCharge>,
+    signal: PhantomData<fn() -> S>,
+}
+
+impl<S: GrpcSignal> Decoder for ExportDecoder<S> {
+    type Item = S::Request;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<S::Request>, Status> {
+        let wire = buf.remaining();
+        // tonic hands over the whole (decompressed) message as one buffer; were it ever
+        // in pieces, it is copied once to be scanned.
+        let copy = (buf.chunk().len() < wire).then(|| buf.copy_to_bytes(wire));
+        if let Some(charge) = &self.charge {
+            let decoded = S::estimate(copy.as_deref().unwrap_or_else(|| buf.chunk()));
+            charge
+                .ensure_decoded(wire, decoded)
+                .map_err(|refusal| refusal_status(&refusal))?;
+        }
+        let decoded = match copy {
+            Some(copy) => S::Request::decode(copy),
+            None => S::Request::decode(buf),
+        };
+        decoded
+            .map(Some)
+            // prost's wording, as tonic's own codec reports it.
+            .map_err(|e| Status::invalid_argument(shorten(e.to_string())))
+    }
+}
+
+/// The export service of one signal: what tonic generates, with [`ExportCodec`]
+/// instead of its prost codec.
+struct ExportServer<S> {
+    otlp: Arc<Otlp>,
+    max_decoding_message_size: usize,
+    signal: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for ExportServer<S> {
+    fn clone(&self) -> Self {
+        ExportServer {
+            otlp: self.otlp.clone(),
+            max_decoding_message_size: self.max_decoding_message_size,
+            signal: PhantomData,
+        }
+    }
+}
+
+impl<S: GrpcSignal> NamedService for ExportServer<S> {
+    const NAME: &'static str = S::SERVICE;
+}
+
+struct ExportMethod<S> {
+    otlp: Arc<Otlp>,
+    signal: PhantomData<fn() -> S>,
+}
+
+impl<S: GrpcSignal> UnaryService<S::Request> for ExportMethod<S> {
+    type Response = S::Response;
+    type Future = BoxFuture<'static, Result<Response<S::Response>, Status>>;
+
+    fn call(&mut self, request: Request<S::Request>) -> Self::Future {
+        S::export(self.otlp.clone(), request)
+    }
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for ExportServer<S>
+where
+    S: GrpcSignal,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        if request.uri().path() != S::PATH {
+            return Box::pin(async {
+                Ok(Status::unimplemented("unknown method").into_http::<tonic::body::Body>())
+            });
+        }
+        let codec = ExportCodec::<S> {
+            charge: request.extensions().get::<CallCharge>().cloned(),
+            signal: PhantomData,
+        };
+        let method = ExportMethod::<S> {
+            otlp: self.otlp.clone(),
+            signal: PhantomData,
+        };
+        let mut accept = EnabledCompressionEncodings::default();
+        accept.enable(CompressionEncoding::Gzip);
+        accept.enable(CompressionEncoding::Zstd);
+        let limit = self.max_decoding_message_size;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(codec)
+                .apply_compression_config(accept, EnabledCompressionEncodings::default())
+                .apply_max_message_size_config(Some(limit), None);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
 }
 
 /// Length of the gRPC message prefix: compressed flag and big-endian `u32` length.
@@ -271,15 +489,17 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ReceiverError> {
     let limit = max_recv_msg_size_mib.saturating_mul(1024 * 1024);
-    let otlp = Otlp { consumer };
-    let traces = TraceServiceServer::new(otlp.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(limit);
-    let logs = LogsServiceServer::new(otlp)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(limit);
+    let otlp = Arc::new(Otlp { consumer });
+    let traces = ExportServer::<TracesSignal> {
+        otlp: otlp.clone(),
+        max_decoding_message_size: limit,
+        signal: PhantomData,
+    };
+    let logs = ExportServer::<LogsSignal> {
+        otlp,
+        max_decoding_message_size: limit,
+        signal: PhantomData,
+    };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(refusal_codes))

@@ -27,7 +27,7 @@ use crate::budget::{Charge, InFlightBudget};
 use crate::error::{retry_after_secs, shorten, ReceiverError, RequestError};
 use crate::limits::{decode_body, Encoding};
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
-use crate::{check, json, logs_response, trace_response};
+use crate::{check, estimate, json, logs_response, trace_response};
 
 /// Bodies up to this size are decoded on the async worker; larger ones on the blocking pool.
 const INLINE_DECODE_MAX: usize = 64 * 1024;
@@ -130,6 +130,8 @@ trait Signal: Send + 'static {
     type Response: Message + Send;
 
     fn decode_json(body: &[u8]) -> Result<Self::Request, String>;
+    /// The estimated size of a protobuf body once decoded ([`estimate`]).
+    fn estimate_protobuf(body: &[u8]) -> usize;
     /// Checks the ids and counts the records.
     fn check(request: &Self::Request) -> Result<usize, String>;
     fn consume(
@@ -149,6 +151,10 @@ impl Signal for Traces {
 
     fn decode_json(body: &[u8]) -> Result<Self::Request, String> {
         json::decode_traces(body)
+    }
+
+    fn estimate_protobuf(body: &[u8]) -> usize {
+        estimate::traces_protobuf(body)
     }
 
     fn check(request: &Self::Request) -> Result<usize, String> {
@@ -180,6 +186,10 @@ impl Signal for Logs {
 
     fn decode_json(body: &[u8]) -> Result<Self::Request, String> {
         json::decode_logs(body)
+    }
+
+    fn estimate_protobuf(body: &[u8]) -> usize {
+        estimate::logs_protobuf(body)
     }
 
     fn check(request: &Self::Request) -> Result<usize, String> {
@@ -371,8 +381,10 @@ async fn read_body(
     })
 }
 
-/// Decompresses (within the limit), grows `charge` to the decompressed size and decodes
-/// a request body.
+/// Decompresses (within the limit), grows `charge` to the decompressed size plus the
+/// estimated size of the decoded request (refusing when it cannot: 413 when the request
+/// alone exceeds the whole budget, 429 when the budget is spent for now) and decodes a
+/// request body.
 fn decode<S: Signal>(
     format: Format,
     encoding: Encoding,
@@ -381,7 +393,11 @@ fn decode<S: Signal>(
     charge: &mut Charge,
 ) -> Result<S::Request, RequestError> {
     let body = decode_body(encoding, body, limit, charge)?;
-    charge.ensure(body.len())?;
+    let decoded = match format {
+        Format::Protobuf => S::estimate_protobuf(&body),
+        Format::Json => estimate::json(&body),
+    };
+    charge.ensure_decoded(body.len(), decoded)?;
     match format {
         Format::Protobuf => S::Request::decode(body)
             .map_err(|e| RequestError::Invalid(shorten(format!("invalid OTLP protobuf: {e}")))),

@@ -18,6 +18,7 @@
 mod budget;
 mod check;
 mod error;
+mod estimate;
 mod grpc;
 mod http;
 mod json;

@@ -1,8 +1,11 @@
 //! The in-flight bytes budget (`receivers.otlp.max_in_flight_bytes`): requests that
 //! find it spent are refused at once with a retryable answer (HTTP 429 + Retry-After,
 //! gRPC RESOURCE_EXHAUSTED + RetryInfo), over both transports, whatever the way the
-//! size shows up (Content-Length, chunked upload, decompression, gRPC prefix); the
-//! budget is given back once a request is answered.
+//! size shows up (Content-Length, chunked upload, decompression, gRPC prefix, the
+//! estimated size of the decoded request); the budget is given back once a request is
+//! answered. A request whose decoded estimate alone exceeds the whole budget is refused
+//! for good (HTTP 413, gRPC RESOURCE_EXHAUSTED without RetryInfo); ordinary requests of
+//! 4 MiB fit the default budget.
 
 mod common;
 
@@ -84,7 +87,8 @@ fn assert_busy_grpc(status: &tonic::Status) {
 async fn a_held_request_spends_the_budget_for_both_transports_until_answered() {
     let running = start_with_budget().await;
     let (entered, _release) = running.recorder.hold();
-    let held_body = sized_request(300 * 1024).encode_to_vec();
+    // 200 KiB of wire plus the decoded copy of its string: ~400 KiB charged.
+    let held_body = sized_request(200 * 1024).encode_to_vec();
     let url = running.url("/v1/traces");
     let held = tokio::spawn(async move {
         reqwest::Client::new()
@@ -99,14 +103,14 @@ async fn a_held_request_spends_the_budget_for_both_transports_until_answered() {
         .await
         .expect("the first request reaches the consumer");
 
-    // 300 KiB more do not fit in 512 KiB: refused without reaching the consumer.
-    let second = sized_request(300 * 1024).encode_to_vec();
+    // 200 KiB more do not fit in 512 KiB: refused without reaching the consumer.
+    let second = sized_request(200 * 1024).encode_to_vec();
     assert_busy_http(post(&running, second.clone(), None).await).await;
     let mut client = TraceServiceClient::connect(running.grpc_url())
         .await
         .expect("connect");
     let err = client
-        .export(sized_request(300 * 1024))
+        .export(sized_request(200 * 1024))
         .await
         .expect_err("over the budget");
     assert_busy_grpc(&err);
@@ -117,7 +121,7 @@ async fn a_held_request_spends_the_budget_for_both_transports_until_answered() {
     assert_eq!(held.await.expect("join").expect("answer"), 200);
     assert_eq!(post(&running, second, None).await.status().as_u16(), 200);
     client
-        .export(sized_request(300 * 1024))
+        .export(sized_request(200 * 1024))
         .await
         .expect("fits once the budget is back");
     assert_eq!(running.recorder.calls(), 3);
@@ -147,7 +151,9 @@ async fn sizes_learnt_while_reading_are_charged_too() {
     assert!(compressed.len() < BUDGET / 4);
     assert_busy_http(post(&running, compressed, Some("gzip")).await).await;
     let mut compressing = client.clone().send_compressed(CompressionEncoding::Gzip);
-    assert_busy_grpc(
+    // gRPC learns the decompressed size in the decoder, with the decoded estimate: more
+    // than the whole budget, refused for good.
+    assert_too_large_grpc(
         &compressing
             .export(sized_request(600 * 1024))
             .await
@@ -166,6 +172,195 @@ async fn sizes_learnt_while_reading_are_charged_too() {
     compressing.export(fits.clone()).await.expect("fits");
     let (status, response) = chunked_post(&running, &fits.encode_to_vec()).await;
     assert_eq!(status, 200, "{response}");
+    assert_eq!(running.recorder.calls(), 3);
+}
+
+/// A span of `count` empty attributes: 2 bytes each on the wire, a whole `KeyValue`
+/// (and its share of the `Vec`) decoded.
+fn empty_attributes(count: usize) -> ExportTraceServiceRequest {
+    let mut many = span("empty.attributes");
+    many.attributes = vec![Default::default(); count];
+    traces(vec![many])
+}
+
+/// The same as OTLP/JSON (`{"key":""}` per attribute).
+fn empty_attributes_json(count: usize) -> Vec<u8> {
+    let attributes = vec![r#"{"key":""}"#; count].join(",");
+    format!(
+        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b5b","spanId":"eeeeeeeeeeeeeeee","name":"empty","attributes":[{attributes}]}}]}}]}}]}}"#
+    )
+    .into_bytes()
+}
+
+async fn post_json(running: &Running, body: Vec<u8>) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(running.url("/v1/traces"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("post")
+}
+
+fn assert_too_large_grpc(status: &tonic::Status) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("once decoded"), "{status}");
+    assert!(status.message().contains("max_in_flight_bytes"), "{status}");
+    assert!(
+        status.get_details_retry_info().is_none(),
+        "no RetryInfo: retrying cannot help"
+    );
+}
+
+#[tokio::test]
+async fn requests_are_charged_their_decoded_size_before_decoding() {
+    let running = start_with_budget().await;
+    let mut client = TraceServiceClient::connect(running.grpc_url())
+        .await
+        .expect("connect");
+
+    // 100,000 empty attributes: 200 KB on the wire, ~8 MiB decoded, more than the whole
+    // budget of 512 KiB: refused for good, over every transport and encoding.
+    let huge = empty_attributes(100_000);
+    let wire = huge.encode_to_vec();
+    assert!(wire.len() < BUDGET / 2, "{} bytes", wire.len());
+    let response = post(&running, wire.clone(), None).await;
+    assert_eq!(response.status().as_u16(), 413);
+    assert!(response.headers().get("retry-after").is_none());
+    let body = response.bytes().await.expect("body");
+    let status = tonic_types::Status::decode(&body[..]).expect("google.rpc.Status");
+    assert_eq!(status.code, Code::ResourceExhausted as i32);
+    assert!(
+        status.message.contains("once decoded") && status.message.contains("max_in_flight_bytes"),
+        "{}",
+        status.message
+    );
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip.write_all(&wire).expect("gzip");
+    let compressed = gzip.finish().expect("gzip");
+    let response = post(&running, compressed, Some("gzip")).await;
+    let code = response.status().as_u16();
+    let body = response.bytes().await.expect("body");
+    let status = tonic_types::Status::decode(&body[..]).expect("google.rpc.Status");
+    assert_eq!(code, 413, "{}", status.message);
+    // 20,000 in JSON: 220 KB, ~2 MiB decoded.
+    let response = post_json(&running, empty_attributes_json(20_000)).await;
+    assert_eq!(response.status().as_u16(), 413);
+    let text = response.text().await.expect("body");
+    assert!(text.contains("once decoded"), "{text}");
+    assert_too_large_grpc(
+        &client
+            .export(huge.clone())
+            .await
+            .expect_err("too large once decoded"),
+    );
+    let mut compressing = client.clone().send_compressed(CompressionEncoding::Gzip);
+    assert_too_large_grpc(
+        &compressing
+            .export(huge)
+            .await
+            .expect_err("too large once decoded"),
+    );
+    assert_eq!(running.recorder.calls(), 0, "nothing reached the consumer");
+
+    // 3,000 empty attributes: 6 KB on the wire, ~200 KiB decoded: one fits, two do not.
+    let (entered, _release) = running.recorder.hold();
+    let held_body = empty_attributes(3_000).encode_to_vec();
+    let url = running.url("/v1/traces");
+    let held = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/x-protobuf")
+            .body(held_body)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    entered
+        .await
+        .expect("the first request reaches the consumer");
+    let second = empty_attributes(3_000);
+    assert_busy_http(post(&running, second.encode_to_vec(), None).await).await;
+    let response = post_json(&running, empty_attributes_json(3_000)).await;
+    assert_eq!(response.status().as_u16(), 429);
+    assert_busy_grpc(
+        &client
+            .export(second.clone())
+            .await
+            .expect_err("over the budget once decoded"),
+    );
+    assert_eq!(running.recorder.calls(), 1);
+    running.recorder.open();
+    assert_eq!(held.await.expect("join").expect("answer"), 200);
+    client
+        .export(second)
+        .await
+        .expect("fits once the budget is back");
+    assert_eq!(
+        post_json(&running, empty_attributes_json(3_000))
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+}
+
+/// An ordinary activity span (number `n`): 15 string attributes like an instrumented
+/// web app's.
+fn ordinary_span(n: usize) -> opentelemetry_proto::tonic::trace::v1::Span {
+    let mut ordinary = span(&format!("GET /api/v1/documents/{n}"));
+    ordinary.span_id = (n as u64).to_be_bytes().to_vec();
+    ordinary.parent_span_id = vec![0x11; 8];
+    let text = |key: &str, value: String| attr(key, Value::StringValue(value));
+    ordinary.attributes = vec![
+        text("activity.action", "document.view".into()),
+        text("enduser.id", format!("user-{}", n % 100_000)),
+        text("tenant.id", format!("tenant-{}", n % 1_000)),
+        text("session.id", format!("sess-{:x}", n / 7)),
+        text("activity.resource.type", "document".into()),
+        text("activity.resource.id", format!("doc-{}", n % 50_000)),
+        text("user.email", format!("user{n}@example.com")),
+        text(
+            "client.address",
+            format!("10.{}.{}.{}", n % 250, n % 200, n % 100),
+        ),
+        text("file.name", format!("report-{n}.pdf")),
+        text(
+            "user_agent.original",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0".into(),
+        ),
+        text("http.request.method", "GET".into()),
+        text("url.path", format!("/api/v1/documents/{n}")),
+        attr("http.response.status_code", Value::IntValue(200)),
+        text("server.address", "app.example.com".into()),
+        text("network.protocol.version", "1.1".into()),
+    ];
+    ordinary
+}
+
+#[tokio::test]
+async fn four_mib_of_ordinary_spans_fit_the_default_budget() {
+    let running = start().await;
+    let mut spans = Vec::new();
+    let mut request = traces(Vec::new());
+    while request.encoded_len() < 4 * 1024 * 1024 {
+        spans.extend((spans.len()..spans.len() + 500).map(ordinary_span));
+        request = traces(spans.clone());
+    }
+    let body = request.encode_to_vec();
+    let response = post(&running, body.clone(), None).await;
+    assert_eq!(response.status().as_u16(), 200, "{} bytes", body.len());
+    let mut client = TraceServiceClient::connect(running.grpc_url())
+        .await
+        .expect("connect")
+        .max_encoding_message_size(usize::MAX);
+    client
+        .export(request.clone())
+        .await
+        .expect("4 MiB over gRPC");
+    // As JSON (about twice the size): fits too.
+    let json = serde_json::to_vec(&request).expect("json");
+    assert_eq!(post_json(&running, json).await.status().as_u16(), 200);
     assert_eq!(running.recorder.calls(), 3);
 }
 

@@ -1,0 +1,667 @@
+//! Estimates of the memory a request takes once decoded, from a cheap pass over its
+//! wire format, made before decoding so that the in-flight budget can be charged for
+//! it ([`crate::budget::Charge::ensure_decoded`]).
+//!
+//! Decoded OTLP can be many times larger than its wire form: an empty attribute is 2
+//! bytes of protobuf (3 of JSON) but a 64-byte `KeyValue` in a `Vec` whose capacity
+//! doubles as it grows, so 20 MiB of empty attributes decode to about 1 GiB. The pass
+//! walks the message without allocating: it counts the elements of every repeated
+//! message field (per parent, so each `Vec`'s capacity is known as prost will grow it)
+//! and the bytes of every non-empty string and bytes field, and multiplies by the
+//! in-memory sizes of the prost structs. It recurses only into the fields that decode
+//! to heap memory; everything else is skipped as prost skips unknown fields.
+//!
+//! The estimate covers the decoded request, not the wire bytes (charged separately) and
+//! not what the pipeline derives from it later. For ordinary spans (15 string
+//! attributes) it comes to about 2–3 times the wire size; for malformed input it covers
+//! what was scanned before the error (the decoder then refuses the request).
+
+use std::mem::size_of;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, EntityRef, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+/// Deeper than this, prost refuses the message (its recursion limit); the scan stops.
+const MAX_DEPTH: u32 = 100;
+
+/// The decoded size of an OTLP protobuf `ExportTraceServiceRequest`, in bytes.
+pub(crate) fn traces_protobuf(wire: &[u8]) -> usize {
+    protobuf(wire, Msg::TracesRequest) + size_of::<ExportTraceServiceRequest>()
+}
+
+/// The decoded size of an OTLP protobuf `ExportLogsServiceRequest`, in bytes.
+pub(crate) fn logs_protobuf(wire: &[u8]) -> usize {
+    protobuf(wire, Msg::LogsRequest) + size_of::<ExportLogsServiceRequest>()
+}
+
+fn protobuf(wire: &[u8], root: Msg) -> usize {
+    let mut cost = 0usize;
+    // An error ends the scan: the estimate covers what came before it.
+    let _ = scan(wire, root, 0, &mut cost);
+    cost
+}
+
+/// The message types whose decoded form holds heap memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Msg {
+    TracesRequest,
+    ResourceSpans,
+    ScopeSpans,
+    Span,
+    Event,
+    Link,
+    /// `Span.status`: only its message string matters.
+    Status,
+    LogsRequest,
+    ResourceLogs,
+    ScopeLogs,
+    LogRecord,
+    Resource,
+    Scope,
+    EntityRef,
+    KeyValue,
+    AnyValue,
+    /// `ArrayValue` (of `AnyValue`s).
+    Array,
+    /// `KeyValueList` (of `KeyValue`s).
+    KvList,
+}
+
+/// What a length-delimited field decodes to.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    /// A repeated message field: a `Vec` element of the type's size; `slot` tells the
+    /// parent's `Vec`s apart.
+    Repeated(Msg, usize),
+    /// A singular message field, held inline in its parent.
+    Single(Msg),
+    /// A string or bytes field: a heap buffer of its length.
+    Buffer,
+    /// A repeated string field: a `String` in a `Vec` plus its buffer.
+    RepeatedBuffer(usize),
+    /// Anything else (unknown fields, packed scalars): no heap memory.
+    Skip,
+}
+
+fn field(msg: Msg, tag: u64) -> Field {
+    use Field::*;
+    match (msg, tag) {
+        (Msg::TracesRequest, 1) => Repeated(Msg::ResourceSpans, 0),
+        (Msg::ResourceSpans, 1) => Single(Msg::Resource),
+        (Msg::ResourceSpans, 2) => Repeated(Msg::ScopeSpans, 0),
+        (Msg::ResourceSpans, 3) => Buffer,
+        (Msg::ScopeSpans, 1) => Single(Msg::Scope),
+        (Msg::ScopeSpans, 2) => Repeated(Msg::Span, 0),
+        (Msg::ScopeSpans, 3) => Buffer,
+        (Msg::Span, 1..=5) => Buffer,
+        (Msg::Span, 9) => Repeated(Msg::KeyValue, 0),
+        (Msg::Span, 11) => Repeated(Msg::Event, 1),
+        (Msg::Span, 13) => Repeated(Msg::Link, 2),
+        (Msg::Span, 15) => Single(Msg::Status),
+        (Msg::Event, 2) => Buffer,
+        (Msg::Event, 3) => Repeated(Msg::KeyValue, 0),
+        (Msg::Link, 1..=3) => Buffer,
+        (Msg::Link, 4) => Repeated(Msg::KeyValue, 0),
+        (Msg::Status, 2) => Buffer,
+        (Msg::LogsRequest, 1) => Repeated(Msg::ResourceLogs, 0),
+        (Msg::ResourceLogs, 1) => Single(Msg::Resource),
+        (Msg::ResourceLogs, 2) => Repeated(Msg::ScopeLogs, 0),
+        (Msg::ResourceLogs, 3) => Buffer,
+        (Msg::ScopeLogs, 1) => Single(Msg::Scope),
+        (Msg::ScopeLogs, 2) => Repeated(Msg::LogRecord, 0),
+        (Msg::ScopeLogs, 3) => Buffer,
+        (Msg::LogRecord, 3 | 9 | 10 | 12) => Buffer,
+        (Msg::LogRecord, 5) => Single(Msg::AnyValue),
+        (Msg::LogRecord, 6) => Repeated(Msg::KeyValue, 0),
+        (Msg::Resource, 1) => Repeated(Msg::KeyValue, 0),
+        (Msg::Resource, 3) => Repeated(Msg::EntityRef, 1),
+        (Msg::Scope, 1 | 2) => Buffer,
+        (Msg::Scope, 3) => Repeated(Msg::KeyValue, 0),
+        (Msg::EntityRef, 1 | 2) => Buffer,
+        (Msg::EntityRef, 3) => RepeatedBuffer(0),
+        (Msg::EntityRef, 4) => RepeatedBuffer(1),
+        (Msg::KeyValue, 1) => Buffer,
+        (Msg::KeyValue, 2) => Single(Msg::AnyValue),
+        (Msg::AnyValue, 1 | 7) => Buffer,
+        (Msg::AnyValue, 5) => Single(Msg::Array),
+        (Msg::AnyValue, 6) => Single(Msg::KvList),
+        (Msg::Array, 1) => Repeated(Msg::AnyValue, 0),
+        (Msg::KvList, 1) => Repeated(Msg::KeyValue, 0),
+        _ => Skip,
+    }
+}
+
+/// The in-memory size of one element of a `Vec` of `msg`.
+fn element_size(msg: Msg) -> usize {
+    match msg {
+        Msg::ResourceSpans => size_of::<ResourceSpans>(),
+        Msg::ScopeSpans => size_of::<ScopeSpans>(),
+        Msg::Span => size_of::<Span>(),
+        Msg::Event => size_of::<Event>(),
+        Msg::Link => size_of::<Link>(),
+        Msg::ResourceLogs => size_of::<ResourceLogs>(),
+        Msg::ScopeLogs => size_of::<ScopeLogs>(),
+        Msg::LogRecord => size_of::<LogRecord>(),
+        Msg::EntityRef => size_of::<EntityRef>(),
+        Msg::KeyValue => size_of::<KeyValue>(),
+        Msg::AnyValue => size_of::<AnyValue>(),
+        Msg::Scope => size_of::<InstrumentationScope>(),
+        // Never elements of a `Vec`.
+        Msg::TracesRequest
+        | Msg::LogsRequest
+        | Msg::Status
+        | Msg::Resource
+        | Msg::Array
+        | Msg::KvList => 0,
+    }
+}
+
+/// Bytes of a `Vec` of `len` elements of `size` bytes grown by pushes: its capacity
+/// doubles from Rust's smallest non-zero capacity.
+pub(crate) fn vec_bytes(len: usize, size: usize) -> usize {
+    if len == 0 || size == 0 {
+        return 0;
+    }
+    let min_capacity = match size {
+        1 => 8,
+        2..=1024 => 4,
+        _ => 1,
+    };
+    let capacity = len
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX / 2)
+        .max(min_capacity);
+    capacity.saturating_mul(size)
+}
+
+/// Bytes of a heap buffer holding `len` bytes (none when empty), rounded up to the
+/// allocator's 8-byte granularity.
+pub(crate) fn buffer_bytes(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        len.saturating_add(7) & !7
+    }
+}
+
+/// Most `Vec`s of one message (`Span`: attributes, events, links).
+const SLOTS: usize = 3;
+
+/// Adds the decoded size of the message `wire` of type `msg` to `cost`.
+fn scan(mut wire: &[u8], msg: Msg, depth: u32, cost: &mut usize) -> Result<(), ()> {
+    if depth > MAX_DEPTH {
+        return Err(());
+    }
+    let mut counts = [(0usize, 0usize); SLOTS];
+    let result = loop {
+        if wire.is_empty() {
+            break Ok(());
+        }
+        let Some(key) = varint(&mut wire) else {
+            break Err(());
+        };
+        let skipped = match key & 7 {
+            0 => varint(&mut wire).map(|_| ()),
+            1 => advance(&mut wire, 8),
+            5 => advance(&mut wire, 4),
+            2 => {
+                let Some(body) = varint(&mut wire)
+                    .and_then(|len| usize::try_from(len).ok())
+                    .and_then(|len| wire.get(..len))
+                else {
+                    break Err(());
+                };
+                wire = &wire[body.len()..];
+                match field(msg, key >> 3) {
+                    Field::Repeated(elem, slot) => {
+                        counts[slot] = (counts[slot].0 + 1, element_size(elem));
+                        if let Err(e) = scan(body, elem, depth + 1, cost) {
+                            break Err(e);
+                        }
+                    }
+                    Field::Single(inner) => {
+                        if let Err(e) = scan(body, inner, depth + 1, cost) {
+                            break Err(e);
+                        }
+                    }
+                    Field::Buffer => *cost = cost.saturating_add(buffer_bytes(body.len())),
+                    Field::RepeatedBuffer(slot) => {
+                        counts[slot] = (counts[slot].0 + 1, size_of::<String>());
+                        *cost = cost.saturating_add(buffer_bytes(body.len()));
+                    }
+                    Field::Skip => {}
+                }
+                Some(())
+            }
+            // Groups (deprecated, never in OTLP) and invalid wire types: prost decides.
+            _ => None,
+        };
+        if skipped.is_none() {
+            break Err(());
+        }
+    };
+    for (len, size) in counts {
+        *cost = cost.saturating_add(vec_bytes(len, size));
+    }
+    result
+}
+
+fn varint(wire: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (i, byte) in wire.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            *wire = &wire[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn advance(wire: &mut &[u8], n: usize) -> Option<()> {
+    *wire = wire.get(n..)?;
+    Some(())
+}
+
+/// JSON keys that decide what a container decodes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Other,
+    ResourceSpans,
+    ScopeSpans,
+    Spans,
+    Events,
+    Links,
+    ResourceLogs,
+    ScopeLogs,
+    LogRecords,
+    Attributes,
+    EntityRefs,
+    StringList,
+    Values,
+    ArrayValue,
+}
+
+fn json_key(key: &[u8]) -> Key {
+    match key {
+        b"resourceSpans" => Key::ResourceSpans,
+        b"scopeSpans" => Key::ScopeSpans,
+        b"spans" => Key::Spans,
+        b"events" => Key::Events,
+        b"links" => Key::Links,
+        b"resourceLogs" => Key::ResourceLogs,
+        b"scopeLogs" => Key::ScopeLogs,
+        b"logRecords" => Key::LogRecords,
+        b"attributes" => Key::Attributes,
+        b"entityRefs" => Key::EntityRefs,
+        b"idKeys" | b"descriptionKeys" => Key::StringList,
+        b"values" => Key::Values,
+        b"arrayValue" => Key::ArrayValue,
+        _ => Key::Other,
+    }
+}
+
+/// One open JSON object or array.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    array: bool,
+    /// Arrays: the size of an element once decoded (0: not kept).
+    element: usize,
+    /// Arrays: elements so far.
+    count: usize,
+    /// Arrays: a value may start here; objects: a key may start here.
+    expecting: bool,
+    /// Objects: the last key read.
+    key: Key,
+    /// The key this container is the value of.
+    under: Key,
+}
+
+/// serde_json refuses JSON nested deeper than this; the scan stops there.
+const MAX_JSON_DEPTH: usize = 128;
+
+/// The decoded size of an OTLP/JSON request (traces or logs), in bytes: the `Vec`s of
+/// the arrays whose keys name OTLP lists, and every string value at its JSON length
+/// (an upper bound of its decoded length: hex ids and base64 decode shorter).
+pub(crate) fn json(body: &[u8]) -> usize {
+    let mut cost =
+        size_of::<ExportTraceServiceRequest>().max(size_of::<ExportLogsServiceRequest>());
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut i = 0;
+    while i < body.len() {
+        let byte = body[i];
+        match byte {
+            b' ' | b'\t' | b'\n' | b'\r' | b':' => {}
+            b'"' => {
+                let start = i + 1;
+                let mut end = start;
+                while end < body.len() && body[end] != b'"' {
+                    end += if body[end] == b'\\' { 2 } else { 1 };
+                }
+                let text = body.get(start..end).unwrap_or_default();
+                match stack.last_mut() {
+                    Some(top) if !top.array && top.expecting => {
+                        top.key = json_key(text);
+                        top.expecting = false;
+                    }
+                    _ => {
+                        value_starts(&mut stack);
+                        cost = cost.saturating_add(buffer_bytes(text.len()));
+                    }
+                }
+                i = end;
+            }
+            b'{' | b'[' => {
+                value_starts(&mut stack);
+                if stack.len() >= MAX_JSON_DEPTH {
+                    break;
+                }
+                let (under, parent_under) = match stack.last() {
+                    Some(top) if !top.array => (top.key, top.under),
+                    Some(top) => (Key::Other, top.under),
+                    None => (Key::Other, Key::Other),
+                };
+                let array = byte == b'[';
+                let element = if array {
+                    json_element_size(under, parent_under)
+                } else {
+                    0
+                };
+                stack.push(Frame {
+                    array,
+                    element,
+                    count: 0,
+                    expecting: true,
+                    key: Key::Other,
+                    under,
+                });
+            }
+            b'}' | b']' => {
+                if let Some(frame) = stack.pop() {
+                    cost = cost.saturating_add(vec_bytes(frame.count, frame.element));
+                }
+            }
+            b',' => {
+                if let Some(top) = stack.last_mut() {
+                    top.expecting = true;
+                }
+            }
+            // Numbers, true, false, null: one value, whatever its length.
+            _ => value_starts(&mut stack),
+        }
+        i += 1;
+    }
+    for frame in stack {
+        cost = cost.saturating_add(vec_bytes(frame.count, frame.element));
+    }
+    cost
+}
+
+/// Counts a value starting in the innermost array, if one may start there.
+fn value_starts(stack: &mut [Frame]) {
+    if let Some(top) = stack.last_mut() {
+        if top.array && top.expecting {
+            top.count += 1;
+            top.expecting = false;
+        }
+    }
+}
+
+/// The decoded size of an element of an array under `key` (in an object under
+/// `parent`).
+fn json_element_size(key: Key, parent: Key) -> usize {
+    match key {
+        Key::ResourceSpans => size_of::<ResourceSpans>(),
+        Key::ScopeSpans => size_of::<ScopeSpans>(),
+        Key::Spans => size_of::<Span>(),
+        Key::Events => size_of::<Event>(),
+        Key::Links => size_of::<Link>(),
+        Key::ResourceLogs => size_of::<ResourceLogs>(),
+        Key::ScopeLogs => size_of::<ScopeLogs>(),
+        Key::LogRecords => size_of::<LogRecord>(),
+        Key::Attributes => size_of::<KeyValue>(),
+        Key::EntityRefs => size_of::<EntityRef>(),
+        Key::StringList => size_of::<String>(),
+        Key::Values if parent == Key::ArrayValue => size_of::<AnyValue>(),
+        Key::Values => size_of::<KeyValue>(),
+        Key::Other | Key::ArrayValue => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+    use opentelemetry_proto::tonic::logs::v1::LogRecord;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message;
+
+    fn string_attr(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// An ordinary span: ids, a name, 15 string attributes.
+    fn ordinary_span(i: usize) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            parent_span_id: vec![3; 8],
+            name: format!("GET /api/v1/items/{i}"),
+            kind: 2,
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            attributes: (0..15)
+                .map(|k| string_attr(&format!("app.attribute.{k}"), &format!("value-{i}-{k}")))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn traces(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![string_attr("service.name", "checkout")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// The heap bytes prost actually allocates for a decoded value, measured by
+    /// summing capacities the way the estimate models them (an independent walk of
+    /// the decoded structs).
+    fn actual_traces(request: &ExportTraceServiceRequest) -> usize {
+        fn kv(kvs: &Vec<KeyValue>) -> usize {
+            vec_cap(kvs)
+                + kvs
+                    .iter()
+                    .map(|k| buffer_bytes(k.key.capacity()) + any(k.value.as_ref()))
+                    .sum::<usize>()
+        }
+        fn any(value: Option<&AnyValue>) -> usize {
+            match value.and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => buffer_bytes(s.capacity()),
+                Some(Value::BytesValue(b)) => buffer_bytes(b.len()),
+                Some(Value::ArrayValue(a)) => {
+                    vec_cap(&a.values) + a.values.iter().map(|v| any(Some(v))).sum::<usize>()
+                }
+                Some(Value::KvlistValue(l)) => kv(&l.values),
+                _ => 0,
+            }
+        }
+        fn vec_cap<T>(v: &Vec<T>) -> usize {
+            v.capacity() * size_of::<T>()
+        }
+        let mut total = size_of::<ExportTraceServiceRequest>() + vec_cap(&request.resource_spans);
+        for rs in &request.resource_spans {
+            total += rs.resource.as_ref().map_or(0, |r| kv(&r.attributes));
+            total += buffer_bytes(rs.schema_url.capacity());
+            total += vec_cap(&rs.scope_spans);
+            for ss in &rs.scope_spans {
+                total += vec_cap(&ss.spans);
+                for s in &ss.spans {
+                    total += buffer_bytes(s.trace_id.capacity())
+                        + buffer_bytes(s.span_id.capacity())
+                        + buffer_bytes(s.parent_span_id.capacity())
+                        + buffer_bytes(s.name.capacity())
+                        + kv(&s.attributes);
+                }
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn the_estimate_matches_what_prost_allocates() {
+        for n in [1, 3, 100, 1000] {
+            let wire = traces((0..n).map(ordinary_span).collect()).encode_to_vec();
+            let decoded = ExportTraceServiceRequest::decode(&wire[..]).unwrap();
+            assert_eq!(traces_protobuf(&wire), actual_traces(&decoded), "{n} spans");
+        }
+    }
+
+    #[test]
+    fn ordinary_spans_decode_to_a_few_times_their_wire_size() {
+        let wire = traces((0..1000).map(ordinary_span).collect()).encode_to_vec();
+        let ratio = traces_protobuf(&wire) as f64 / wire.len() as f64;
+        assert!((1.0..4.0).contains(&ratio), "ratio {ratio:.2}");
+    }
+
+    #[test]
+    fn empty_attributes_are_charged_their_structs() {
+        let n = 100_000;
+        let span = Span {
+            attributes: vec![KeyValue::default(); n],
+            ..Default::default()
+        };
+        let wire = traces(vec![span]).encode_to_vec();
+        let estimate = traces_protobuf(&wire);
+        assert!(estimate >= n * size_of::<KeyValue>(), "{estimate}");
+        assert!(
+            estimate as f64 / wire.len() as f64 > 20.0,
+            "{estimate} for {}",
+            wire.len()
+        );
+        let decoded = ExportTraceServiceRequest::decode(&wire[..]).unwrap();
+        assert_eq!(estimate, actual_traces(&decoded));
+    }
+
+    #[test]
+    fn nested_values_and_logs_are_counted() {
+        let nested = AnyValue {
+            value: Some(Value::KvlistValue(KeyValueList {
+                values: vec![KeyValue {
+                    key: "k".into(),
+                    value: Some(AnyValue {
+                        value: Some(Value::ArrayValue(ArrayValue {
+                            values: vec![AnyValue::default(); 10],
+                        })),
+                    }),
+                    ..Default::default()
+                }],
+            })),
+        };
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        body: Some(nested),
+                        attributes: vec![string_attr("a", "b")],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let wire = request.encode_to_vec();
+        let estimate = logs_protobuf(&wire);
+        let at_least =
+            size_of::<LogRecord>() * 4 + size_of::<KeyValue>() * 4 * 2 + size_of::<AnyValue>() * 16;
+        assert!(estimate >= at_least, "{estimate} < {at_least}");
+    }
+
+    #[test]
+    fn malformed_input_is_estimated_up_to_the_error() {
+        assert_eq!(traces_protobuf(b""), size_of::<ExportTraceServiceRequest>());
+        // A length running past the end; a varint that never ends; a group.
+        for wire in [&b"\x0a\xff\x01ab"[..], &[0xff; 12][..], &b"\x0b\x0c"[..]] {
+            assert!(traces_protobuf(wire) < 1024);
+        }
+        // Nested past prost's limit (AnyValue → ArrayValue → AnyValue …): stops, no
+        // stack overflow.
+        let mut wire = Vec::new();
+        for level in 0..10_000 {
+            let mut outer = vec![if level % 2 == 0 { 0x0a } else { 0x2a }];
+            prost::encoding::encode_varint(wire.len() as u64, &mut outer);
+            outer.extend_from_slice(&wire);
+            wire = outer;
+        }
+        assert!(protobuf(&wire, Msg::AnyValue) < 100 * 1024);
+    }
+
+    #[test]
+    fn json_lists_are_counted_by_their_keys() {
+        let empty =
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"attributes":[{},{},{},{},{}]}]}]}]}"#;
+        let estimate = json(empty);
+        let at_least = size_of::<ResourceSpans>() * 4
+            + size_of::<ScopeSpans>() * 4
+            + size_of::<Span>() * 4
+            + size_of::<KeyValue>() * 8;
+        assert!(estimate >= at_least, "{estimate} < {at_least}");
+        // Strings count at their length; values of an arrayValue are AnyValues.
+        let values = br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"arrayValue":{"values":[{"stringValue":"0123456789abcdef"}, {"intValue": 5}]}}}]}]}]}"#;
+        let base = json(br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{}]}]}]}"#);
+        assert_eq!(json(values) - base, 4 * size_of::<AnyValue>() + 16);
+        // Escaped quotes do not end a string; keys are not values.
+        let escaped = br#"{"resourceLogs":[{"x":"a\"b\\"}]}"#;
+        assert_eq!(
+            json(escaped),
+            json(br#"{"resourceLogs":[{}]}"#) + buffer_bytes(6)
+        );
+    }
+
+    #[test]
+    fn json_of_ordinary_spans_is_not_inflated() {
+        let request = traces((0..1000).map(ordinary_span).collect());
+        let body = serde_json::to_vec(&request).unwrap();
+        let ratio = json(&body) as f64 / body.len() as f64;
+        assert!((0.5..3.0).contains(&ratio), "ratio {ratio:.2}");
+    }
+
+    #[test]
+    fn deep_or_broken_json_is_scanned_safely() {
+        assert!(json(&vec![b'['; 1_000_000]) < 1024 * 1024);
+        assert!(json(b"{\"a\":\"unterminated") < 1024);
+        assert!(json(b"]]]}}}") < 1024);
+    }
+
+    #[test]
+    fn vec_capacities_double_from_four() {
+        assert_eq!(vec_bytes(0, 64), 0);
+        assert_eq!(vec_bytes(1, 64), 4 * 64);
+        assert_eq!(vec_bytes(5, 64), 8 * 64);
+        assert_eq!(vec_bytes(1 << 20, 1), 1 << 20);
+        assert_eq!(vec_bytes((1 << 20) + 1, 1), 1 << 21);
+        assert_eq!(vec_bytes(1, 2000), 2000);
+        assert_eq!(vec_bytes(usize::MAX, 64), usize::MAX);
+    }
+}
