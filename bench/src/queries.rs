@@ -297,7 +297,9 @@ async fn generate(url: &str, shape: Shape) -> anyhow::Result<()> {
 
 /// The rollup job's folds (exporters/src/postgres/rollup.rs) over every row at
 /// once, and the watermarks at the newest `seq`: exactly the state after the
-/// job has caught up.
+/// job has caught up. The derived rollups (user-less, tenant-less, active
+/// users) are rebuilt from the daily ones by migration 0008's
+/// `tally_rebuild_coarse_rollups()`.
 async fn fill_rollups(client: &tokio_postgres::Client) -> anyhow::Result<()> {
     client
         .batch_execute(
@@ -321,6 +323,7 @@ async fn fill_rollups(client: &tokio_postgres::Client) -> anyhow::Result<()> {
                FROM token_usage GROUP BY 1, 2, 3, 4, 5; \
              UPDATE rollup_watermarks SET last_seq = (SELECT coalesce(max(seq), 0) FROM token_usage), \
                updated_at = now() WHERE name = 'token_usage_daily'; \
+             SELECT tally_rebuild_coarse_rollups(); \
              COMMIT; RESET work_mem;",
         )
         .await?;

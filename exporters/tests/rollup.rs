@@ -153,6 +153,93 @@ const TOKEN_RAW: &str = "SELECT (ts AT TIME ZONE 'UTC')::date::text, tenant_id, 
     coalesce(sum(cost_usd), 0)::numeric(24, 10)::text \
     FROM token_usage GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5";
 
+/// Token measures, summed, as text (for the derived-rollup comparisons).
+const TOKEN_SUMS_TEXT: &str = "sum(requests)::int8, sum(unknown_usage_requests)::int8, \
+    sum(unpriced_requests)::int8, sum(input_tokens)::int8, sum(output_tokens)::int8, \
+    sum(cache_read_tokens)::int8, sum(cache_write_tokens)::int8, sum(reasoning_tokens)::int8, \
+    sum(total_tokens)::int8, sum(cost_usd)::numeric(24, 10)::text";
+
+/// Each rollup derived by the job (migration 0008) as the job keeps it, and as
+/// computed from `activity_daily` / `token_usage_daily` (the reference).
+const DERIVED_ROLLUPS: [(&str, &str); 8] = [
+    (
+        "SELECT day, tenant_id, action, outcome, events FROM activity_daily_tenant ORDER BY 1, 2, 3, 4",
+        "SELECT day, tenant_id, action, outcome, sum(events)::int8 FROM activity_daily \
+         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+    ),
+    (
+        "SELECT day, action, outcome, events FROM activity_daily_all ORDER BY 1, 2, 3",
+        "SELECT day, action, outcome, sum(events)::int8 FROM activity_daily \
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    ),
+    (
+        "SELECT day, tenant_id, users FROM activity_users_daily ORDER BY 1, 2",
+        "SELECT day, tenant_id, count(DISTINCT user_id) FROM activity_daily WHERE user_id <> '' \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    ),
+    (
+        "SELECT day, users FROM activity_users_daily_all ORDER BY 1",
+        "SELECT day, count(DISTINCT user_id) FROM activity_daily WHERE user_id <> '' \
+         GROUP BY 1 ORDER BY 1",
+    ),
+    (
+        "SELECT tenant_id, user_id, last_seen FROM activity_user_last_seen ORDER BY 1, 2",
+        "SELECT tenant_id, user_id, max(day) FROM activity_daily WHERE user_id <> '' \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    ),
+    (
+        "SELECT user_id, last_seen FROM activity_user_last_seen_all ORDER BY 1",
+        "SELECT user_id, max(day) FROM activity_daily WHERE user_id <> '' GROUP BY 1 ORDER BY 1",
+    ),
+    (
+        "SELECT day, tenant_id, provider, model, requests, unknown_usage_requests, \
+         unpriced_requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
+         reasoning_tokens, total_tokens, cost_usd::text FROM token_usage_daily_tenant \
+         WHERE requests > 0 ORDER BY 1, 2, 3, 4",
+        "SELECT day, tenant_id, provider, model, {SUMS} FROM token_usage_daily \
+         GROUP BY 1, 2, 3, 4 HAVING sum(requests) > 0 ORDER BY 1, 2, 3, 4",
+    ),
+    (
+        "SELECT day, provider, model, requests, unknown_usage_requests, \
+         unpriced_requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
+         reasoning_tokens, total_tokens, cost_usd::text FROM token_usage_daily_all \
+         WHERE requests > 0 ORDER BY 1, 2, 3",
+        "SELECT day, provider, model, {SUMS} FROM token_usage_daily \
+         GROUP BY 1, 2, 3 HAVING sum(requests) > 0 ORDER BY 1, 2, 3",
+    ),
+];
+
+/// The derived rollups give exactly the answers of the fine ones, both as the
+/// job maintained them and as `tally_rebuild_coarse_rollups()` rebuilds them.
+async fn assert_derived_rollups_agree(client: &Client) {
+    let check = |what: &'static str| async move {
+        for (kept, reference) in DERIVED_ROLLUPS {
+            let reference = reference.replace("{SUMS}", TOKEN_SUMS_TEXT);
+            let kept_rows = rows_text(client, kept).await;
+            assert_eq!(
+                kept_rows,
+                rows_text(client, &reference).await,
+                "{what}: {kept}"
+            );
+        }
+        assert_eq!(
+            count(
+                client,
+                "SELECT count(*) FROM token_usage_daily_tenant WHERE requests = 0"
+            )
+            .await,
+            0,
+            "{what}: emptied groups are deleted"
+        );
+    };
+    check("kept by the job").await;
+    client
+        .batch_execute("SELECT tally_rebuild_coarse_rollups()")
+        .await
+        .expect("rebuild");
+    check("rebuilt").await;
+}
+
 /// Every row of `sql`, as text (simple protocol).
 async fn rows_text(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
     client
@@ -365,6 +452,7 @@ async fn exactly_once_under_concurrent_ingestion_and_killed_runs() {
         watermark(&admin, TOKEN_WATERMARK).await,
         count(&admin, "SELECT max(seq) FROM token_usage").await
     );
+    assert_derived_rollups_agree(&admin).await;
 }
 
 /// Inserts one token row (under the lock protocol) and answers its seq.
@@ -635,6 +723,7 @@ async fn attribution_after_folding_moves_the_counts_exactly_once() {
         count(&client, "SELECT sum(requests)::int8 FROM token_usage_daily").await,
         count(&client, "SELECT count(*) FROM token_usage").await
     );
+    assert_derived_rollups_agree(&client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

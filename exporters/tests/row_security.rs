@@ -209,3 +209,57 @@ async fn policies_are_applied_once_and_survive_a_second_migration() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_rollups_over_every_tenant_show_only_to_platform_callers() {
+    let db = TestDatabase::migrated().await;
+    let owner = db.client().await;
+    seed(&owner).await;
+    owner
+        .batch_execute("SELECT tally_rebuild_coarse_rollups()")
+        .await
+        .expect("rebuild the derived rollups");
+    let tables = [
+        ("activity_daily_all", 1),
+        ("token_usage_daily_all", 1),
+        ("activity_users_daily_all", 1),
+        ("activity_user_last_seen_all", 2),
+        ("activity_daily_tenant", 3),
+        ("activity_user_last_seen", 4),
+    ];
+    for (tenant, expect_all, expect_tenant) in [
+        (Some("*"), true, [3, 4]),
+        (Some("a"), false, [1, 2]),
+        (Some(""), false, [0, 0]),
+        (None, false, [0, 0]),
+    ] {
+        let client = db.client().await;
+        client
+            .batch_execute(&format!("SET ROLE {API_ROLE}"))
+            .await
+            .expect("SET ROLE tally_api");
+        if let Some(tenant) = tenant {
+            client
+                .execute("SELECT set_config('tally.tenant', $1, false)", &[&tenant])
+                .await
+                .expect("set tally.tenant");
+        }
+        for (i, (table, all_rows)) in tables.iter().enumerate() {
+            let n: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .unwrap_or_else(|e| panic!("count {table}: {e}"))
+                .get(0);
+            let expected = if i < 4 {
+                if expect_all {
+                    *all_rows
+                } else {
+                    0
+                }
+            } else {
+                expect_tenant[i - 4]
+            };
+            assert_eq!(n, expected, "{table} as tenant {tenant:?}");
+        }
+    }
+}

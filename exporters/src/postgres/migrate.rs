@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "query_indexes",
         include_str!("migrations/0007_query_indexes.sql"),
     ),
+    (
+        8,
+        "coarse_rollups",
+        include_str!("migrations/0008_coarse_rollups.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -45,7 +45,24 @@ pub struct RetentionReport {
     pub activity_daily_deleted: u64,
     /// `token_usage_daily` rows deleted.
     pub token_usage_daily_deleted: u64,
+    /// Rows deleted from the rollups derived from those two (migration 0008:
+    /// `*_tenant`, `*_all`, `activity_users_daily*`, and the users whose last
+    /// day is before the cutoff from `activity_user_last_seen*`).
+    pub derived_rollups_deleted: u64,
 }
+
+/// Deletes of the derived rollups' rows older than the cutoff `$1`. A user
+/// whose last day is before the cutoff has no row left in `activity_daily`.
+const DERIVED_ROLLUP_DELETES: [&str; 8] = [
+    "DELETE FROM activity_daily_tenant WHERE day < $1",
+    "DELETE FROM activity_daily_all WHERE day < $1",
+    "DELETE FROM activity_users_daily WHERE day < $1",
+    "DELETE FROM activity_users_daily_all WHERE day < $1",
+    "DELETE FROM activity_user_last_seen WHERE last_seen < $1",
+    "DELETE FROM activity_user_last_seen_all WHERE last_seen < $1",
+    "DELETE FROM token_usage_daily_tenant WHERE day < $1",
+    "DELETE FROM token_usage_daily_all WHERE day < $1",
+];
 
 /// The retention job.
 #[derive(Debug, Clone)]
@@ -90,11 +107,15 @@ impl RetentionJob {
                 report.token_usage_daily_deleted = client
                     .execute("DELETE FROM token_usage_daily WHERE day < $1", &[&cutoff])
                     .await?;
+                for sql in DERIVED_ROLLUP_DELETES {
+                    report.derived_rollups_deleted += client.execute(sql, &[&cutoff]).await?;
+                }
                 if report.activity_daily_deleted + report.token_usage_daily_deleted > 0 {
                     tracing::info!(
                         before = %cutoff,
                         activity_daily = report.activity_daily_deleted,
                         token_usage_daily = report.token_usage_daily_deleted,
+                        derived = report.derived_rollups_deleted,
                         "retention deleted rollup rows older than retention.aggregate_days"
                     );
                 }

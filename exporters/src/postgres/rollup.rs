@@ -1,4 +1,6 @@
-//! The daily rollups `activity_daily` and `token_usage_daily`, maintained
+//! The daily rollups `activity_daily` and `token_usage_daily`, and the ones
+//! derived from the same rows (migration 0008: without the user, without the
+//! tenant, distinct users per day, each user's last day), maintained
 //! incrementally and exactly once.
 //!
 //! One run of [`RollupJob::run_once`] is **one transaction**:
@@ -8,7 +10,9 @@
 //! 2. Per rollup, the committed watermark `rollup_watermarks.last_seq` is read
 //!    `FOR UPDATE`, an upper bound `S` is chosen (see below), the raw rows with
 //!    `last_seq < seq <= S` are aggregated by `INSERT … SELECT … GROUP BY … ON
-//!    CONFLICT DO UPDATE SET n = n + EXCLUDED.n`, and the watermark becomes `S`.
+//!    CONFLICT DO UPDATE SET n = n + EXCLUDED.n` into every table of that
+//!    rollup (one statement with one part per table), and the watermark
+//!    becomes `S`.
 //! 3. `COMMIT`.
 //!
 //! A crash, a killed connection or a dropped future anywhere before the commit
@@ -52,14 +56,51 @@ pub const ACTIVITY_WATERMARK: &str = "activity_daily";
 /// `rollup_watermarks.name` of the token rollup.
 pub const TOKEN_WATERMARK: &str = "token_usage_daily";
 
-const FOLD_ACTIVITY_SQL: &str = "INSERT INTO activity_daily \
-        (day, tenant_id, user_id, action, outcome, events) \
-    SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(user_id, ''), action, outcome, \
-        count(*) \
-    FROM activity_events WHERE seq > $1 AND seq <= $2 \
-    GROUP BY 1, 2, 3, 4, 5 \
-    ON CONFLICT (tenant_id, day, user_id, action, outcome) \
-    DO UPDATE SET events = activity_daily.events + EXCLUDED.events";
+/// Folds the raw `activity_events` rows `$1 < seq <= $2` into every activity
+/// rollup, in one statement: all its parts read the same snapshot, so the
+/// "first time this user is seen on this day" probes against `activity_daily`
+/// see it as it was before this fold's inserts.
+const FOLD_ACTIVITY_SQL: &str = "WITH batch AS MATERIALIZED ( \
+        SELECT (ts AT TIME ZONE 'UTC')::date AS day, tenant_id, coalesce(user_id, '') AS user_id, \
+            action, outcome, count(*) AS events \
+        FROM activity_events WHERE seq > $1 AND seq <= $2 \
+        GROUP BY 1, 2, 3, 4, 5), \
+    user_days AS MATERIALIZED ( \
+        SELECT DISTINCT day, tenant_id, user_id FROM batch WHERE user_id <> ''), \
+    fine AS (INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) \
+        SELECT day, tenant_id, user_id, action, outcome, events FROM batch \
+        ON CONFLICT (tenant_id, day, user_id, action, outcome) \
+        DO UPDATE SET events = activity_daily.events + EXCLUDED.events), \
+    by_tenant AS (INSERT INTO activity_daily_tenant (day, tenant_id, action, outcome, events) \
+        SELECT day, tenant_id, action, outcome, sum(events) FROM batch GROUP BY 1, 2, 3, 4 \
+        ON CONFLICT (tenant_id, day, action, outcome) \
+        DO UPDATE SET events = activity_daily_tenant.events + EXCLUDED.events), \
+    by_all AS (INSERT INTO activity_daily_all (day, action, outcome, events) \
+        SELECT day, action, outcome, sum(events) FROM batch GROUP BY 1, 2, 3 \
+        ON CONFLICT (day, action, outcome) \
+        DO UPDATE SET events = activity_daily_all.events + EXCLUDED.events), \
+    users_tenant AS (INSERT INTO activity_users_daily (day, tenant_id, users) \
+        SELECT day, tenant_id, count(*) FROM user_days AS u WHERE NOT EXISTS ( \
+            SELECT 1 FROM activity_daily AS d \
+            WHERE d.tenant_id = u.tenant_id AND d.day = u.day AND d.user_id = u.user_id) \
+        GROUP BY 1, 2 \
+        ON CONFLICT (tenant_id, day) \
+        DO UPDATE SET users = activity_users_daily.users + EXCLUDED.users), \
+    users_all AS (INSERT INTO activity_users_daily_all (day, users) \
+        SELECT day, count(*) FROM (SELECT DISTINCT day, user_id FROM user_days) AS u \
+        WHERE NOT EXISTS ( \
+            SELECT 1 FROM activity_daily AS d WHERE d.user_id = u.user_id AND d.day = u.day) \
+        GROUP BY 1 \
+        ON CONFLICT (day) DO UPDATE SET users = activity_users_daily_all.users + EXCLUDED.users), \
+    seen AS (INSERT INTO activity_user_last_seen (tenant_id, user_id, last_seen) \
+        SELECT tenant_id, user_id, max(day) FROM user_days GROUP BY 1, 2 \
+        ON CONFLICT (tenant_id, user_id) DO UPDATE SET last_seen = EXCLUDED.last_seen \
+        WHERE activity_user_last_seen.last_seen < EXCLUDED.last_seen), \
+    seen_all AS (INSERT INTO activity_user_last_seen_all (user_id, last_seen) \
+        SELECT user_id, max(day) FROM user_days GROUP BY 1 \
+        ON CONFLICT (user_id) DO UPDATE SET last_seen = EXCLUDED.last_seen \
+        WHERE activity_user_last_seen_all.last_seen < EXCLUDED.last_seen) \
+    SELECT 1";
 
 const TOKEN_SUMS: &str = "count(*) AS requests, \
         count(*) FILTER (WHERE NOT usage_known) AS unknown_usage_requests, \
@@ -89,37 +130,77 @@ const TOKEN_MEASURES: [&str; 10] = [
     "cost_usd",
 ];
 
-/// `INSERT INTO token_usage_daily … SELECT … FROM token_usage WHERE <filter> …
-/// ON CONFLICT DO UPDATE` adding the sums of the rows matching `filter`.
-fn fold_tokens_sql(filter: &str) -> String {
-    let updates: Vec<String> = TOKEN_MEASURES
-        .iter()
-        .map(|m| format!("{m} = token_usage_daily.{m} + EXCLUDED.{m}"))
-        .collect();
+/// The token rollups and their keys (each one's primary key): the daily one
+/// per user, and the ones derived from the same rows without the user
+/// (`_tenant`) and without the tenant either (`_all`, migration 0008).
+const TOKEN_ROLLUPS: [(&str, &[&str]); 3] = [
+    (
+        "token_usage_daily",
+        &["day", "tenant_id", "user_id", "provider", "model"],
+    ),
+    (
+        "token_usage_daily_tenant",
+        &["day", "tenant_id", "provider", "model"],
+    ),
+    ("token_usage_daily_all", &["day", "provider", "model"]),
+];
+
+/// `WITH batch AS (… sums of the token_usage rows matching filter …)` followed
+/// by one data-modifying part per token rollup built by `part(table, keys,
+/// sums)`, where `sums` is a `SELECT` of the rollup's keys and measures.
+fn token_statement(filter: &str, part: impl Fn(&str, &[&str], &str) -> String) -> String {
+    let mut parts = Vec::new();
+    for (i, (table, keys)) in TOKEN_ROLLUPS.iter().enumerate() {
+        let key_list = keys.join(", ");
+        let sums: Vec<String> = TOKEN_MEASURES
+            .iter()
+            .map(|m| format!("sum({m}) AS {m}"))
+            .collect();
+        let select = format!(
+            "SELECT {key_list}, {} FROM batch GROUP BY {key_list}",
+            sums.join(", ")
+        );
+        parts.push(format!("r{i} AS ({})", part(table, keys, &select)));
+    }
     format!(
-        "INSERT INTO token_usage_daily (day, tenant_id, user_id, provider, model, {measures}) \
-         SELECT {TOKEN_KEYS}, {TOKEN_SUMS} FROM token_usage WHERE {filter} \
-         GROUP BY 1, 2, 3, 4, 5 \
-         ON CONFLICT (tenant_id, day, user_id, provider, model) DO UPDATE SET {updates}",
-        measures = TOKEN_MEASURES.join(", "),
-        updates = updates.join(", ")
+        "WITH batch AS MATERIALIZED (SELECT {TOKEN_KEYS}, {TOKEN_SUMS} FROM token_usage \
+         WHERE {filter} GROUP BY 1, 2, 3, 4, 5), {} SELECT 1",
+        parts.join(", ")
     )
 }
 
-/// Subtracts the sums of the rows matching `filter` from `token_usage_daily`.
+/// Adds the sums of the `token_usage` rows matching `filter` to every token
+/// rollup (`INSERT … ON CONFLICT DO UPDATE`), in one statement.
+fn fold_tokens_sql(filter: &str) -> String {
+    token_statement(filter, |table, keys, select| {
+        let updates: Vec<String> = TOKEN_MEASURES
+            .iter()
+            .map(|m| format!("{m} = {table}.{m} + EXCLUDED.{m}"))
+            .collect();
+        format!(
+            "INSERT INTO {table} ({}, {}) {select} ON CONFLICT ({}) DO UPDATE SET {}",
+            keys.join(", "),
+            TOKEN_MEASURES.join(", "),
+            keys.join(", "),
+            updates.join(", ")
+        )
+    })
+}
+
+/// Subtracts the sums of the rows matching `filter` from every token rollup.
 fn unfold_tokens_sql(filter: &str) -> String {
-    let updates: Vec<String> = TOKEN_MEASURES
-        .iter()
-        .map(|m| format!("{m} = d.{m} - o.{m}"))
-        .collect();
-    format!(
-        "UPDATE token_usage_daily AS d SET {updates} \
-         FROM (SELECT {TOKEN_KEYS}, {TOKEN_SUMS} FROM token_usage WHERE {filter} \
-             GROUP BY 1, 2, 3, 4, 5) AS o \
-         WHERE d.day = o.day AND d.tenant_id = o.tenant_id AND d.user_id = o.user_id \
-           AND d.provider = o.provider AND d.model = o.model",
-        updates = updates.join(", ")
-    )
+    token_statement(filter, |table, keys, select| {
+        let updates: Vec<String> = TOKEN_MEASURES
+            .iter()
+            .map(|m| format!("{m} = d.{m} - o.{m}"))
+            .collect();
+        let join: Vec<String> = keys.iter().map(|k| format!("d.{k} = o.{k}")).collect();
+        format!(
+            "UPDATE {table} AS d SET {} FROM ({select}) AS o WHERE {}",
+            updates.join(", "),
+            join.join(" AND ")
+        )
+    })
 }
 
 /// Rows of `token_usage` given by primary key (`$1` ts[], `$2` id[]), folded
@@ -187,12 +268,17 @@ pub async fn unfold_token_rows(
             &[&refold.ts, &refold.ids, &refold.watermark],
         )
         .await?;
-        tx.execute(
-            "DELETE FROM token_usage_daily WHERE requests = 0 AND day IN \
-             (SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date FROM unnest($1::timestamptz[]) AS ts)",
-            &[&refold.ts],
-        )
-        .await?;
+        for (table, _) in TOKEN_ROLLUPS {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE requests = 0 AND day IN \
+                     (SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date \
+                      FROM unnest($1::timestamptz[]) AS ts)"
+                ),
+                &[&refold.ts],
+            )
+            .await?;
+        }
     }
     Ok(refold)
 }

@@ -10,6 +10,9 @@
 --   by the session setting `tally.tenant` ('*' = every tenant; unset or '' = no
 --   rows), and `tally_others` leaves every other role (the writer, rollups,
 --   retention) unrestricted.
+-- * The tenant-less rollups (`*_all`, migration 0008) get FORCE ROW LEVEL
+--   SECURITY too: `tally_api_all` shows them to tally_api only when
+--   `tally.tenant` is '*'; `tally_others` as above.
 -- Without the right to create the role (no CREATEROLE), Tally warns and the
 -- admin API runs on its own tenant filters alone.
 DO $rls$
@@ -67,6 +70,25 @@ BEGIN
             EXECUTE format('CREATE POLICY tally_api_tenant ON %I FOR SELECT TO tally_api '
                            'USING (current_setting(''tally.tenant'', true) = ''*'' '
                            'OR tenant_id = nullif(current_setting(''tally.tenant'', true), ''''))', t);
+        END IF;
+    END LOOP;
+    -- The rollups over all tenants (migration 0008) have no tenant_id: tally_api
+    -- reads them only as a platform caller (tally.tenant = '*').
+    FOR t IN
+        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+          AND c.relname IN ('activity_daily_all', 'token_usage_daily_all',
+                            'activity_users_daily_all', 'activity_user_last_seen_all')
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_policies
+                       WHERE schemaname = current_schema() AND tablename = t
+                         AND policyname = 'tally_api_all') THEN
+            EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+            EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
+            EXECUTE format('CREATE POLICY tally_others ON %I USING (current_user <> ''tally_api'') '
+                           'WITH CHECK (current_user <> ''tally_api'')', t);
+            EXECUTE format('CREATE POLICY tally_api_all ON %I FOR SELECT TO tally_api '
+                           'USING (current_setting(''tally.tenant'', true) = ''*'')', t);
         END IF;
     END LOOP;
 END
