@@ -55,6 +55,15 @@ impl Grain {
             Grain::Month => "date_trunc('month', day::timestamp)::date",
         }
     }
+
+    /// `date_trunc`'s field and the `interval` of one period.
+    fn field_and_step(self) -> (&'static str, &'static str) {
+        match self {
+            Grain::Day => ("day", "1 day"),
+            Grain::Week => ("week", "1 week"),
+            Grain::Month => ("month", "1 month"),
+        }
+    }
 }
 
 /// A group key: its `group_by` name and its column (also its JSON name).
@@ -69,9 +78,18 @@ struct Measure {
     float: bool,
 }
 
-/// One aggregate route over one rollup table.
+/// A rollup table and the group keys (by name) it keeps.
+struct Table {
+    name: &'static str,
+    keys: &'static [&'static str],
+    /// Without `tenant_id`: readable by platform callers (`tenant: "*"`) only.
+    all_tenants: bool,
+}
+
+/// One aggregate route over its rollup tables.
 pub(crate) struct Spec {
-    table: &'static str,
+    /// Coarsest first; the last one keeps every key.
+    tables: &'static [Table],
     scope: &'static str,
     /// Canonical order; also the accepted `group_by` values and filters (by name).
     keys: &'static [Key],
@@ -88,7 +106,23 @@ const fn count(column: &'static str) -> Measure {
 
 /// `GET /api/v1/tokens/usage` over `token_usage_daily`.
 pub(crate) const TOKENS: Spec = Spec {
-    table: "token_usage_daily",
+    tables: &[
+        Table {
+            name: "token_usage_daily_all",
+            keys: &["provider", "model"],
+            all_tenants: true,
+        },
+        Table {
+            name: "token_usage_daily_tenant",
+            keys: &["tenant", "provider", "model"],
+            all_tenants: false,
+        },
+        Table {
+            name: "token_usage_daily",
+            keys: &["tenant", "user", "provider", "model"],
+            all_tenants: false,
+        },
+    ],
     scope: SCOPE_TOKENS_READ,
     keys: &[
         Key {
@@ -133,7 +167,23 @@ pub const TOKEN_USAGE_PARAMETERS: &[&str] = &[
 
 /// `GET /api/v1/activity/aggregates` over `activity_daily`.
 pub(crate) const ACTIVITY: Spec = Spec {
-    table: "activity_daily",
+    tables: &[
+        Table {
+            name: "activity_daily_all",
+            keys: &["action", "outcome"],
+            all_tenants: true,
+        },
+        Table {
+            name: "activity_daily_tenant",
+            keys: &["tenant", "action", "outcome"],
+            all_tenants: false,
+        },
+        Table {
+            name: "activity_daily",
+            keys: &["tenant", "user", "action", "outcome"],
+            all_tenants: false,
+        },
+    ],
     scope: SCOPE_ACTIVITY_READ,
     keys: &[
         Key {
@@ -268,7 +318,32 @@ impl Spec {
         })
     }
 
-    fn to_sql(&self, query: &AggregateQuery<'_>) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    /// The coarsest table keeping every key the query groups or filters by;
+    /// the tenant-less ones only for a caller who sees every tenant.
+    fn table(&self, query: &AggregateQuery<'_>, all_tenants: bool) -> &Table {
+        let needed = query
+            .group_by
+            .iter()
+            .map(|k| k.name)
+            .chain(query.filters.iter().map(|(k, _)| k.name));
+        let needed: Vec<&str> = needed.collect();
+        self.tables
+            .iter()
+            .find(|t| {
+                (all_tenants || !t.all_tenants) && needed.iter().all(|name| t.keys.contains(name))
+            })
+            .unwrap_or(&self.tables[self.tables.len() - 1])
+    }
+
+    fn to_sql(
+        &self,
+        query: &AggregateQuery<'_>,
+        all_tenants: bool,
+    ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+        let table = self.table(query, all_tenants).name;
+        if query.group_by.iter().any(|k| k.name == "user") {
+            return self.to_sql_by_period(query, table);
+        }
         let mut sql = SqlBuilder::default();
         for (key, value) in &query.filters {
             sql.push(&format!("{} = ", key.column), value.clone());
@@ -283,10 +358,7 @@ impl Spec {
         let columns: Vec<&str> = query.group_by.iter().map(|k| k.column).collect();
         let mut select = vec![format!("{} AS period", query.grain.sql())];
         select.extend(columns.iter().map(|c| c.to_string()));
-        for m in self.measures {
-            let cast = if m.float { "float8" } else { "int8" };
-            select.push(format!("sum({0})::{cast} AS {0}", m.column));
-        }
+        select.extend(self.sums());
         let mut order = vec!["period"];
         order.extend(columns.iter().copied());
         let group: Vec<String> = (1..=columns.len() + 1).map(|i| i.to_string()).collect();
@@ -302,12 +374,83 @@ impl Spec {
         };
         let limit = sql.param(i64::from(query.limit) + 1);
         let text = format!(
-            "SELECT * FROM (SELECT {} FROM {}{inner_where} GROUP BY {}) AS g{outer_where} \
+            "SELECT * FROM (SELECT {} FROM {table}{inner_where} GROUP BY {}) AS g{outer_where} \
              ORDER BY {} LIMIT {limit}",
             select.join(", "),
-            self.table,
             group.join(", "),
             order.join(", "),
+        );
+        (text, sql.params)
+    }
+
+    fn sums(&self) -> impl Iterator<Item = String> + '_ {
+        self.measures.iter().map(|m| {
+            let cast = if m.float { "float8" } else { "int8" };
+            format!("sum({0})::{cast} AS {0}", m.column)
+        })
+    }
+
+    /// Grouped by user: one period at a time, in order, each grouped in key
+    /// order and cut at the page size (`LATERAL … ORDER BY … LIMIT`), so that
+    /// a page reads the rows of its own users only (through the rollup's
+    /// `(user_id, day)` / `(tenant_id, user_id, day)` index) instead of
+    /// grouping every user of the window. The periods come from
+    /// `generate_series … WITH ORDINALITY`, whose order the planner knows, so
+    /// the outer `ORDER BY` sorts one period at a time and stops at the limit.
+    fn to_sql_by_period(
+        &self,
+        query: &AggregateQuery<'_>,
+        table: &str,
+    ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+        let mut sql = SqlBuilder::default();
+        for (key, value) in &query.filters {
+            sql.push(&format!("{} = ", key.column), value.clone());
+        }
+        let filters = sql.clauses.clone();
+        let filter_where = sql.where_clause();
+        let from = sql.param(query.from);
+        let to = sql.param(query.to);
+        let (field, step) = query.grain.field_and_step();
+        // The window: from..to, else the table's first / last day.
+        let first = format!("coalesce({from}::date, (SELECT min(day) FROM {table}{filter_where}))");
+        let end = format!("coalesce({to}::date, (SELECT max(day) + 1 FROM {table}{filter_where}))");
+        let start = match &query.cursor {
+            // The cursor's period, else the first one of the window.
+            Some(cursor) => format!("{}::date::timestamp", sql.param(cursor.p)),
+            None => format!("date_trunc('{field}', {first}::timestamp)"),
+        };
+        let columns: Vec<&str> = query.group_by.iter().map(|k| k.column).collect();
+        let mut inner = filters;
+        inner.push(format!("day >= greatest(p.period::date, {first})"));
+        inner.push(format!(
+            "day < least((p.period + interval '{step}')::date, {end})"
+        ));
+        if let Some(cursor) = &query.cursor {
+            let values: Vec<String> = cursor.k.iter().map(|k| sql.param(k.clone())).collect();
+            inner.push(format!(
+                "(p.ord > 1 OR ({}) > ({}))",
+                columns.join(", "),
+                values.join(", ")
+            ));
+        }
+        let limit = sql.param(i64::from(query.limit) + 1);
+        let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+        select.extend(self.sums());
+        let text = format!(
+            "SELECT p.period::date AS period, g.* \
+             FROM generate_series({start}, ({end} - 1)::timestamp, interval '{step}') \
+                 WITH ORDINALITY AS p(period, ord) \
+             CROSS JOIN LATERAL (SELECT {select} FROM {table} WHERE {inner} \
+                 GROUP BY {cols} ORDER BY {cols} LIMIT {limit}) AS g \
+             ORDER BY p.ord, {g_cols} LIMIT {limit}",
+            select = select.join(", "),
+            inner = inner.join(" AND "),
+            cols = columns.join(", "),
+            g_cols = columns
+                .iter()
+                .map(|c| format!("g.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         (text, sql.params)
     }
@@ -329,7 +472,8 @@ async fn aggregate(
     caller.require_scope(spec.scope)?;
     let pairs = pairs(uri)?;
     let query = spec.parse(&pairs, caller)?;
-    let (sql, params) = spec.to_sql(&query);
+    let all_tenants = matches!(caller.tenant, crate::auth::TenantAccess::All);
+    let (sql, params) = spec.to_sql(&query, all_tenants);
     let rows = crate::params::query(state, &caller.tenant, &sql, &params).await?;
     let limit = query.limit as usize;
     let has_more = rows.len() > limit;
@@ -370,7 +514,7 @@ async fn aggregate(
     } else {
         None
     };
-    tracing::debug!(subject = %caller.subject, table = spec.table, items = items.len(), has_more, "aggregate query");
+    tracing::debug!(subject = %caller.subject, scope = spec.scope, items = items.len(), has_more, "aggregate query");
     Ok(AggregatePage { items, next_cursor })
 }
 
@@ -410,18 +554,89 @@ mod tests {
     #[test]
     fn sql_binds_filters_and_orders_by_canonical_keys() {
         let caller = Caller::anonymous();
-        let p = pairs("grain=week&group_by=model,user&group_by=tenant&tenant=x'--&from=2026-11-01&to=2026-11-30T12:00:00Z");
+        let p = pairs(
+            "grain=week&group_by=model,tenant&tenant=x'--&from=2026-11-01&to=2026-11-30T12:00:00Z",
+        );
         let q = TOKENS.parse(&p, &caller).unwrap();
         assert_eq!(q.to, NaiveDate::from_ymd_opt(2026, 12, 1));
-        let (sql, params) = TOKENS.to_sql(&q);
+        let (sql, params) = TOKENS.to_sql(&q, true);
         assert!(!sql.contains("x'"), "{sql}");
         assert_eq!(params.len(), 4);
-        assert!(sql.contains("GROUP BY 1, 2, 3, 4)"), "{sql}");
+        assert!(sql.contains("FROM token_usage_daily_tenant WHERE"), "{sql}");
+        assert!(sql.contains("GROUP BY 1, 2, 3)"), "{sql}");
         assert!(
-            sql.ends_with("ORDER BY period, tenant_id, user_id, model LIMIT $4"),
+            sql.ends_with("ORDER BY period, tenant_id, model LIMIT $4"),
             "{sql}"
         );
         assert!(sql.contains("date_trunc('week', day::timestamp)::date AS period"));
+    }
+
+    #[test]
+    fn the_coarsest_table_that_keeps_the_keys_is_chosen() {
+        let caller = Caller::anonymous();
+        for (query, all, table) in [
+            ("group_by=model", true, "token_usage_daily_all"),
+            ("group_by=model", false, "token_usage_daily_tenant"),
+            (
+                "group_by=provider&tenant=a",
+                true,
+                "token_usage_daily_tenant",
+            ),
+            ("group_by=tenant", true, "token_usage_daily_tenant"),
+            ("model=m", true, "token_usage_daily_all"),
+            ("user=u", true, "token_usage_daily"),
+            ("group_by=user", true, "token_usage_daily"),
+        ] {
+            let q = TOKENS.parse(&pairs(query), &caller).unwrap();
+            assert_eq!(TOKENS.table(&q, all).name, table, "{query} {all}");
+        }
+        for (query, all, table) in [
+            ("group_by=action", true, "activity_daily_all"),
+            (
+                "group_by=action,outcome&tenant=a",
+                true,
+                "activity_daily_tenant",
+            ),
+            ("group_by=user&tenant=a", false, "activity_daily"),
+        ] {
+            let q = ACTIVITY.parse(&pairs(query), &caller).unwrap();
+            assert_eq!(ACTIVITY.table(&q, all).name, table, "{query} {all}");
+        }
+    }
+
+    #[test]
+    fn grouping_by_user_goes_period_by_period() {
+        let caller = Caller::anonymous();
+        let p = pairs("grain=month&group_by=user,model&tenant=t&from=2026-10-30&to=2026-11-30");
+        let q = TOKENS.parse(&p, &caller).unwrap();
+        let (sql, params) = TOKENS.to_sql(&q, true);
+        assert_eq!(params.len(), 4, "{sql}");
+        assert!(
+            sql.contains("FROM token_usage_daily WHERE tenant_id = $1"),
+            "{sql}"
+        );
+        assert!(sql.contains("WITH ORDINALITY AS p(period, ord)"), "{sql}");
+        assert!(sql.contains("interval '1 month'"), "{sql}");
+        assert!(
+            sql.ends_with("ORDER BY p.ord, g.user_id, g.model LIMIT $4"),
+            "{sql}"
+        );
+        let cursor = AggregateCursor {
+            v: 1,
+            p: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+            k: vec!["u".into(), "m".into()],
+        };
+        let p = pairs(&format!(
+            "grain=month&group_by=user,model&tenant=t&from=2026-10-30&cursor={}",
+            cursor.encode()
+        ));
+        let q = TOKENS.parse(&p, &caller).unwrap();
+        let (sql, params) = TOKENS.to_sql(&q, true);
+        assert_eq!(params.len(), 7, "{sql}");
+        assert!(
+            sql.contains("(p.ord > 1 OR (user_id, model) > ($5, $6))"),
+            "{sql}"
+        );
     }
 
     #[test]

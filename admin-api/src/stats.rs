@@ -1,4 +1,7 @@
-//! `GET /api/v1/stats`: totals for a window of UTC days, from the daily rollups.
+//! `GET /api/v1/stats`: totals for a window of UTC days, from the rollups
+//! without users (per tenant, or over every tenant for a platform caller who
+//! names none; migration 0008), on one connection with the statements
+//! pipelined.
 //!
 //! Needs `activity:read` or `tokens:read` (or `admin`); the `activity` section is
 //! present only with `activity:read`/`admin`, the `tokens` section only with
@@ -13,9 +16,11 @@ use serde_json::{json, Map, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::auth::{Caller, TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
+use deadpool_postgres::Object;
+
+use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
-use crate::params::{non_empty, pairs, query, Params, SqlBuilder};
+use crate::params::{non_empty, pairs, Params};
 use crate::AppState;
 
 /// The query parameters `GET /api/v1/stats` accepts.
@@ -90,16 +95,27 @@ pub(crate) async fn stats(
             format!("the window is longer than {MAX_DAYS} days"),
         ));
     }
-    let activity = if activity_allowed {
-        Some(activity_section(&state, &caller.tenant, tenant.as_deref(), from, to).await?)
-    } else {
-        None
-    };
-    let tokens = if tokens_allowed {
-        Some(tokens_section(&state, &caller.tenant, tenant.as_deref(), from, to).await?)
-    } else {
-        None
-    };
+    // One connection, the statements pipelined on it (sent together, answered
+    // in order), instead of one checkout and round trip per statement.
+    let client = state.pool.get_for(&caller.tenant).await?;
+    let (activity, tokens) = futures::try_join!(
+        async {
+            match activity_allowed {
+                true => activity_section(&client, tenant.as_deref(), from, to)
+                    .await
+                    .map(Some),
+                false => Ok(None),
+            }
+        },
+        async {
+            match tokens_allowed {
+                true => tokens_section(&client, tenant.as_deref(), from, to)
+                    .await
+                    .map(Some),
+                false => Ok(None),
+            }
+        },
+    )?;
     Ok(Json(Stats {
         from: from.to_string(),
         to: to.to_string(),
@@ -109,15 +125,40 @@ pub(crate) async fn stats(
     }))
 }
 
-/// `WHERE day >= from AND day < to [AND tenant_id = tenant]`.
-fn window(tenant: Option<&str>, from: NaiveDate, to: NaiveDate) -> SqlBuilder {
-    let mut sql = SqlBuilder::default();
-    sql.push("day >= ", from);
-    sql.push("day < ", to);
-    if let Some(tenant) = tenant {
-        sql.push("tenant_id = ", tenant.to_owned());
+/// `WHERE day >= $1 AND day < $2 [AND tenant_id = $3]` and its parameters.
+fn window(
+    tenant: Option<&str>,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> (&'static str, Vec<Box<dyn ToSql + Sync + Send>>) {
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(from), Box::new(to)];
+    match tenant {
+        Some(tenant) => {
+            params.push(Box::new(tenant.to_owned()));
+            (" WHERE day >= $1 AND day < $2 AND tenant_id = $3", params)
+        }
+        None => (" WHERE day >= $1 AND day < $2", params),
     }
-    sql
+}
+
+/// Runs `sql` on the section's connection (prepared once per connection).
+async fn run(
+    client: &Object,
+    sql: &str,
+    params: &[Box<dyn ToSql + Sync + Send>],
+) -> Result<Vec<Row>, ApiError> {
+    let statement = client
+        .prepare_cached(sql)
+        .await
+        .map_err(ApiError::from_db)?;
+    let params: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    client
+        .query(&statement, &params)
+        .await
+        .map_err(ApiError::from_db)
 }
 
 fn int(row: &Row, column: &str) -> Result<i64, ApiError> {
@@ -130,57 +171,109 @@ fn float(row: &Row, column: &str) -> Result<Value, ApiError> {
     Ok(serde_json::Number::from_f64(value.unwrap_or(0.0)).map_or(Value::Null, Value::Number))
 }
 
+/// The rollups a section reads: the per-tenant ones when a tenant is named,
+/// else the ones over every tenant (only a platform caller gets here without
+/// a tenant; migration 0008).
+struct Tables {
+    activity: &'static str,
+    users_daily: &'static str,
+    last_seen: &'static str,
+    tokens: &'static str,
+}
+
+fn tables(tenant: Option<&str>) -> Tables {
+    match tenant {
+        Some(_) => Tables {
+            activity: "activity_daily_tenant",
+            users_daily: "activity_users_daily",
+            last_seen: "activity_user_last_seen",
+            tokens: "token_usage_daily_tenant",
+        },
+        None => Tables {
+            activity: "activity_daily_all",
+            users_daily: "activity_users_daily_all",
+            last_seen: "activity_user_last_seen_all",
+            tokens: "token_usage_daily_all",
+        },
+    }
+}
+
 async fn activity_section(
-    state: &AppState,
-    rows_of: &TenantAccess,
+    client: &Object,
     tenant: Option<&str>,
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Value, ApiError> {
-    let sql = window(tenant, from, to);
-    let w = sql.where_clause();
-    let params = &sql.params;
-    let totals = query(
-        state,
-        rows_of,
-        &format!(
-            "SELECT sum(events)::int8 AS events, \
-             count(DISTINCT user_id) FILTER (WHERE user_id <> '') AS active_users \
-             FROM activity_daily{w}"
-        ),
-        params,
-    )
-    .await?;
-    let (events, active_users) = match totals.first() {
-        Some(row) => (int(row, "events")?, int(row, "active_users")?),
-        None => (0, 0),
+    let (w, params) = window(tenant, from, to);
+    let t = tables(tenant);
+    let same_tenant = if tenant.is_some() {
+        " AND u.tenant_id = $3"
+    } else {
+        ""
     };
-    let top = query(
-        state,
-        rows_of,
-        &format!(
-            "SELECT action, sum(events)::int8 AS events FROM activity_daily{w} \
-             GROUP BY action ORDER BY 2 DESC, 1 LIMIT {TOP_ACTIONS}"
-        ),
-        params,
-    )
-    .await?;
+    let of_tenant = if tenant.is_some() {
+        " AND tenant_id = $3"
+    } else {
+        ""
+    };
+    // Distinct users of the window: when no user was seen on or after `to`,
+    // they are exactly the users whose last day is on or after `from` (an
+    // index range count); NULL otherwise (counted from activity_daily below).
+    let users_sql = format!(
+        "SELECT CASE WHEN coalesce((SELECT max(last_seen) FROM {ls} WHERE true{of_tenant}), \
+             '-infinity'::date) < $2 \
+         THEN (SELECT count(*) FROM {ls} WHERE last_seen >= $1{of_tenant}) END AS active_users",
+        ls = t.last_seen
+    );
+    let totals_sql = format!("SELECT sum(events)::int8 AS events FROM {}{w}", t.activity);
+    let top_sql = format!(
+        "SELECT action, sum(events)::int8 AS events FROM {}{w} \
+         GROUP BY action ORDER BY 2 DESC, 1 LIMIT {TOP_ACTIONS}",
+        t.activity
+    );
+    let days_sql = format!(
+        "SELECT e.day, e.events, coalesce(u.users, 0)::int8 AS active_users \
+         FROM (SELECT day, sum(events)::int8 AS events FROM {}{w} GROUP BY day) AS e \
+         LEFT JOIN {} AS u ON u.day = e.day{same_tenant} ORDER BY e.day",
+        t.activity, t.users_daily
+    );
+    let (totals, users, top, days) = futures::try_join!(
+        run(client, &totals_sql, &params),
+        run(client, &users_sql, &params),
+        run(client, &top_sql, &params),
+        run(client, &days_sql, &params),
+    )?;
+    let events = match totals.first() {
+        Some(row) => int(row, "events")?,
+        None => 0,
+    };
+    let known: Option<i64> = match users.first() {
+        Some(row) => row.try_get("active_users").map_err(ApiError::from_db)?,
+        None => None,
+    };
+    let active_users = match known {
+        Some(count) => count,
+        None => {
+            let rows = run(
+                client,
+                &format!(
+                    "SELECT count(DISTINCT user_id) FILTER (WHERE user_id <> '') AS active_users \
+                     FROM activity_daily{w}"
+                ),
+                &params,
+            )
+            .await?;
+            match rows.first() {
+                Some(row) => int(row, "active_users")?,
+                None => 0,
+            }
+        }
+    };
     let mut top_actions = Vec::with_capacity(top.len());
     for row in &top {
         let action: String = row.try_get("action").map_err(ApiError::from_db)?;
         top_actions.push(json!({ "action": action, "events": int(row, "events")? }));
     }
-    let days = query(
-        state,
-        rows_of,
-        &format!(
-            "SELECT day, sum(events)::int8 AS events, \
-             count(DISTINCT user_id) FILTER (WHERE user_id <> '') AS active_users \
-             FROM activity_daily{w} GROUP BY day ORDER BY day"
-        ),
-        params,
-    )
-    .await?;
     let mut daily = Vec::with_capacity(days.len());
     for row in &days {
         let day: NaiveDate = row.try_get("day").map_err(ApiError::from_db)?;
@@ -215,61 +308,57 @@ fn token_measures(row: &Row, into: &mut Map<String, Value>) -> Result<(), ApiErr
     Ok(())
 }
 
+fn keyed_list(rows: &[Row], column: &str) -> Result<Value, ApiError> {
+    let mut list = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key: String = row.try_get(column).map_err(ApiError::from_db)?;
+        let mut item = Map::new();
+        item.insert(
+            column.to_owned(),
+            non_empty(key).map_or(Value::Null, Value::String),
+        );
+        token_measures(row, &mut item)?;
+        list.push(Value::Object(item));
+    }
+    Ok(Value::Array(list))
+}
+
 async fn tokens_section(
-    state: &AppState,
-    rows_of: &TenantAccess,
+    client: &Object,
     tenant: Option<&str>,
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Value, ApiError> {
-    let sql = window(tenant, from, to);
-    let w = sql.where_clause();
-    let params: &[Box<dyn ToSql + Sync + Send>] = &sql.params;
+    let (w, params) = window(tenant, from, to);
+    let table = tables(tenant).tokens;
     let select = token_select();
+    let by = |column: &str| {
+        format!(
+            "SELECT {column}, {select} FROM {table}{w} \
+             GROUP BY {column} ORDER BY total_tokens DESC, {column} LIMIT 1000"
+        )
+    };
+    let totals_sql = format!("SELECT {select} FROM {table}{w}");
+    let by_model_sql = by("model");
+    let by_provider_sql = by("provider");
+    let days_sql = format!("SELECT day, {select} FROM {table}{w} GROUP BY day ORDER BY day");
+    let (totals, by_model, by_provider, days) = futures::try_join!(
+        run(client, &totals_sql, &params),
+        run(client, &by_model_sql, &params),
+        run(client, &by_provider_sql, &params),
+        run(client, &days_sql, &params),
+    )?;
     let mut section = Map::new();
-    let totals = query(
-        state,
-        rows_of,
-        &format!("SELECT {select} FROM token_usage_daily{w}"),
-        params,
-    )
-    .await?;
     if let Some(row) = totals.first() {
         token_measures(row, &mut section)?;
     }
-    for (name, column) in [("by_model", "model"), ("by_provider", "provider")] {
-        let rows = query(
-            state,
-            rows_of,
-            &format!(
-                "SELECT {column}, {select} FROM token_usage_daily{w} \
-                 GROUP BY {column} ORDER BY total_tokens DESC, {column} LIMIT 1000"
-            ),
-            params,
-        )
-        .await?;
-        let mut list = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let key: String = row.try_get(column).map_err(ApiError::from_db)?;
-            let mut item = Map::new();
-            item.insert(
-                column.to_owned(),
-                non_empty(key).map_or(Value::Null, Value::String),
-            );
-            token_measures(row, &mut item)?;
-            list.push(Value::Object(item));
-        }
-        section.insert(name.to_owned(), Value::Array(list));
-    }
-    let rows = query(
-        state,
-        rows_of,
-        &format!("SELECT day, {select} FROM token_usage_daily{w} GROUP BY day ORDER BY day"),
-        params,
-    )
-    .await?;
-    let mut daily = Vec::with_capacity(rows.len());
-    for row in &rows {
+    section.insert("by_model".to_owned(), keyed_list(&by_model, "model")?);
+    section.insert(
+        "by_provider".to_owned(),
+        keyed_list(&by_provider, "provider")?,
+    );
+    let mut daily = Vec::with_capacity(days.len());
+    for row in &days {
         let day: NaiveDate = row.try_get("day").map_err(ApiError::from_db)?;
         let mut item = Map::new();
         item.insert("day".to_owned(), Value::String(day.to_string()));

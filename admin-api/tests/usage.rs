@@ -886,3 +886,68 @@ async fn openapi_documents_the_routes_and_their_parameters() {
         doc["components"]["schemas"]["TokenUsageAggregate"]["properties"]["cost_usd"].is_object()
     );
 }
+
+/// `active_users` of the window and of each day, for every window shape: a
+/// window that ends after every user's last day is counted from the users'
+/// last days (migration 0008), any other from the daily rollup; both exact.
+#[tokio::test]
+async fn active_users_are_exact_whichever_way_they_are_counted() {
+    let (db, events, _tokens) = fixture().await;
+    let router = api(&config(), &db.url).await.router();
+    let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("day");
+    let windows = [
+        ("2026-11-20", "2026-11-26"), // all the data (last-seen path)
+        ("2026-11-22", "2026-12-31"), // ends after the data (last-seen path)
+        ("2026-11-21", "2026-11-23"), // ends inside the data (fallback)
+        ("2026-11-24", "2026-11-25"), // one day
+        ("2026-12-01", "2026-12-02"), // no data
+    ];
+    for (tenant, query) in [(None, ""), (Some("acme"), "&tenant=acme")] {
+        for (from, to) in windows {
+            let uri = format!("/api/v1/stats?from={from}&to={to}{query}");
+            let reply = get(&router, &uri, None).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            let (lo, hi) = (day(from), day(to));
+            let in_window: Vec<&Event> = events
+                .iter()
+                .filter(|e| {
+                    let d = e.ts.date_naive();
+                    d >= lo && d < hi && tenant.is_none_or(|t| e.tenant_id == t)
+                })
+                .collect();
+            let users: BTreeSet<&str> = in_window
+                .iter()
+                .filter_map(|e| e.user_id.as_deref())
+                .collect();
+            let activity = &reply.body["activity"];
+            assert_eq!(
+                activity["active_users"].as_i64(),
+                Some(users.len() as i64),
+                "{uri}"
+            );
+            let mut per_day: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+            for e in &in_window {
+                let users = per_day.entry(e.ts.date_naive().to_string()).or_default();
+                if let Some(user) = e.user_id.as_deref() {
+                    users.insert(user);
+                }
+            }
+            let expected: Vec<(String, i64)> = per_day
+                .into_iter()
+                .map(|(d, u)| (d, u.len() as i64))
+                .collect();
+            let got: Vec<(String, i64)> = activity["daily"]
+                .as_array()
+                .expect("daily")
+                .iter()
+                .map(|d| {
+                    (
+                        d["day"].as_str().expect("day").to_owned(),
+                        d["active_users"].as_i64().expect("active_users"),
+                    )
+                })
+                .collect();
+            assert_eq!(got, expected, "{uri}");
+        }
+    }
+}
