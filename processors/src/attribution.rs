@@ -65,22 +65,109 @@ impl Identity {
     }
 }
 
+/// An [`Identity`] packed in one allocation: three little-endian `u32` lengths
+/// (`u32::MAX`: absent) followed by the fields' bytes. A third of the size of three
+/// `Option<String>`s inline plus three allocations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Packed(Box<[u8]>);
+
+const ABSENT: u32 = u32::MAX;
+const HEADER: usize = 12;
+
+impl Packed {
+    /// `None` for an identity without any field.
+    fn pack(identity: &Identity) -> Option<Packed> {
+        if identity.is_empty() {
+            return None;
+        }
+        let fields = [&identity.user, &identity.tenant, &identity.session];
+        let text: usize = fields
+            .iter()
+            .map(|f| f.as_ref().map_or(0, String::len))
+            .sum();
+        let mut bytes = Vec::with_capacity(HEADER + text);
+        for field in fields {
+            let len = field
+                .as_ref()
+                .map_or(ABSENT, |f| u32::try_from(f.len()).unwrap_or(ABSENT));
+            bytes.extend_from_slice(&len.to_le_bytes());
+        }
+        for field in fields.into_iter().flatten() {
+            if u32::try_from(field.len()).is_ok_and(|len| len != ABSENT) {
+                bytes.extend_from_slice(field.as_bytes());
+            }
+        }
+        Some(Packed(bytes.into_boxed_slice()))
+    }
+
+    /// Field `i` (0 user, 1 tenant, 2 session).
+    fn field(&self, i: usize) -> Option<&str> {
+        let len_at = |j: usize| -> Option<usize> {
+            let raw = self.0.get(4 * j..4 * j + 4)?;
+            let len = u32::from_le_bytes(raw.try_into().ok()?);
+            (len != ABSENT).then_some(len as usize)
+        };
+        let start = HEADER + (0..i).filter_map(len_at).sum::<usize>();
+        let len = len_at(i)?;
+        std::str::from_utf8(self.0.get(start..start + len)?).ok()
+    }
+
+    fn unpack(&self) -> Identity {
+        let field = |i| self.field(i).map(str::to_string);
+        Identity {
+            user: field(0),
+            tenant: field(1),
+            session: field(2),
+        }
+    }
+
+    fn attributes(&self) -> bool {
+        self.field(0).is_some() || self.field(1).is_some()
+    }
+}
+
+/// `pending_since` when nothing is pending.
+const NOT_PENDING: i64 = i64::MIN;
+
+/// One remembered trace: 40 bytes (plus its packed identity and, for GenAI traces, its
+/// covered spans).
 #[derive(Debug)]
 struct Entry {
-    identity: Identity,
-    /// Earliest `ts` of this trace's stored rows still unattributed.
-    pending_since: Option<DateTime<Utc>>,
-    /// Span ids whose descendant's usage was already counted.
-    covered: Vec<[u8; 8]>,
-    stamp: Instant,
+    identity: Option<Packed>,
+    /// Earliest `ts` of this trace's stored rows still unattributed, in nanoseconds
+    /// since the epoch ([`NOT_PENDING`]: none).
+    pending_since: i64,
+    /// The touch that queued this entry's live pair in [`State::order`].
+    touch: u32,
+    /// Seconds since the cache started, when last touched.
+    at: u32,
+    /// Span ids whose descendant's usage was already counted (GenAI traces only).
+    /// Boxed: a thin 8-byte pointer in every entry instead of a 24-byte `Vec`.
+    #[allow(clippy::box_collection)]
+    covered: Option<Box<Vec<[u8; 8]>>>,
+}
+
+/// `ts` as nanoseconds since the epoch; out of that range (before 1677 or after 2262),
+/// the earliest representable instant, so that attribution covers every row of the
+/// trace rather than none.
+fn to_nanos(ts: DateTime<Utc>) -> i64 {
+    ts.timestamp_nanos_opt().unwrap_or(NOT_PENDING + 1)
+}
+
+fn from_nanos(nanos: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(nanos)
 }
 
 #[derive(Debug, Default)]
 struct State {
     entries: FastMap<TraceId, Entry>,
-    /// (trace, stamp) in stamp order; stale pairs (the entry was touched since)
-    /// are skipped when popped.
-    order: VecDeque<(TraceId, Instant)>,
+    /// (trace, touch) in touch order; stale pairs (the entry was touched since) are
+    /// skipped when popped, and dropped when the queue grows past twice the entries'
+    /// bound.
+    order: VecDeque<(TraceId, u32)>,
+    /// Touches so far (wrapping; a stale pair lives at most ~2 × `max_traces`
+    /// touches, far from a wrap).
+    touches: u32,
 }
 
 /// The bounded trace → identity map shared by the pipeline's requests.
@@ -88,7 +175,10 @@ struct State {
 pub struct TraceCache {
     state: Mutex<State>,
     window: Duration,
+    /// The window in whole seconds (rounded up).
+    window_secs: u64,
     max_traces: usize,
+    started: Instant,
 }
 
 impl TraceCache {
@@ -96,7 +186,9 @@ impl TraceCache {
         TraceCache {
             state: Mutex::new(State::default()),
             window,
+            window_secs: window.as_secs() + u64::from(window.subsec_nanos() > 0),
             max_traces: max_traces.max(1),
+            started: Instant::now(),
         }
     }
 
@@ -119,6 +211,11 @@ impl TraceCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Seconds since the cache started (saturating at `u32::MAX`, 136 years).
+    fn now(&self) -> u32 {
+        u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
     /// Remembers what `identity` says about `trace` (fields already known are
     /// kept). When the trace was pending and now attributes rows, returns the
     /// identity and the earliest pending `ts`, and clears the pending mark: the
@@ -132,13 +229,23 @@ impl TraceCache {
         }
         let mut state = self.lock();
         let entry = self.touch(&mut state, trace);
-        entry.identity.merge(identity);
-        if entry.identity.attributes() {
-            if let Some(since) = entry.pending_since.take() {
-                return Some((entry.identity.clone(), since));
+        match &entry.identity {
+            None => entry.identity = Packed::pack(identity),
+            Some(known) => {
+                let mut merged = known.unpack();
+                let before = merged.clone();
+                merged.merge(identity);
+                if merged != before {
+                    entry.identity = Packed::pack(&merged);
+                }
             }
         }
-        None
+        let identified = entry.identity.as_ref().filter(|p| p.attributes())?;
+        if entry.pending_since == NOT_PENDING {
+            return None;
+        }
+        let since = from_nanos(std::mem::replace(&mut entry.pending_since, NOT_PENDING));
+        Some((identified.unpack(), since))
     }
 
     /// The identity known for `trace`, if it attributes rows.
@@ -148,8 +255,9 @@ impl TraceCache {
         state
             .entries
             .get(trace)
-            .map(|e| e.identity.clone())
-            .filter(Identity::attributes)
+            .and_then(|e| e.identity.as_ref())
+            .filter(|p| p.attributes())
+            .map(Packed::unpack)
     }
 
     /// Notes that rows of `trace` starting at `ts` are (about to be) stored
@@ -157,7 +265,12 @@ impl TraceCache {
     pub fn mark_pending(&self, trace: TraceId, ts: DateTime<Utc>) {
         let mut state = self.lock();
         let entry = self.touch(&mut state, trace);
-        entry.pending_since = Some(entry.pending_since.map_or(ts, |s| s.min(ts)));
+        let ts = to_nanos(ts);
+        entry.pending_since = if entry.pending_since == NOT_PENDING {
+            ts
+        } else {
+            entry.pending_since.min(ts)
+        };
     }
 
     /// After this trace's unattributed rows committed: when the identity is known
@@ -166,11 +279,12 @@ impl TraceCache {
     pub fn take_if_identified(&self, trace: &TraceId) -> Option<(Identity, DateTime<Utc>)> {
         let mut state = self.lock();
         let entry = state.entries.get_mut(trace)?;
-        if !entry.identity.attributes() {
+        let identity = entry.identity.as_ref().filter(|p| p.attributes())?.unpack();
+        if entry.pending_since == NOT_PENDING {
             return None;
         }
-        let since = entry.pending_since.take()?;
-        Some((entry.identity.clone(), since))
+        let since = from_nanos(std::mem::replace(&mut entry.pending_since, NOT_PENDING));
+        Some((identity, since))
     }
 
     /// Whether a descendant of span `span` of `trace` already had its usage counted.
@@ -179,63 +293,70 @@ impl TraceCache {
         state
             .entries
             .get(trace)
-            .is_some_and(|e| e.covered.contains(span))
+            .and_then(|e| e.covered.as_ref())
+            .is_some_and(|covered| covered.contains(span))
     }
 
     /// Remembers that usage under span `span` of `trace` was counted.
     pub fn cover(&self, trace: TraceId, span: [u8; 8]) {
         let mut state = self.lock();
         let entry = self.touch(&mut state, trace);
-        if !entry.covered.contains(&span) {
-            if entry.covered.len() >= MAX_COVERED_PER_TRACE {
-                entry.covered.remove(0);
+        let covered = entry.covered.get_or_insert_with(Default::default);
+        if !covered.contains(&span) {
+            if covered.len() >= MAX_COVERED_PER_TRACE {
+                covered.remove(0);
             }
-            entry.covered.push(span);
+            covered.push(span);
         }
     }
 
     /// The entry of `trace`, created or refreshed; evicts expired and excess entries.
     fn touch<'a>(&self, state: &'a mut State, trace: TraceId) -> &'a mut Entry {
         self.expire(state);
-        let now = Instant::now();
+        let now = self.now();
         if !state.entries.contains_key(&trace) {
             while state.entries.len() >= self.max_traces {
-                let Some((old, stamp)) = state.order.pop_front() else {
+                let Some((old, touch)) = state.order.pop_front() else {
                     break;
                 };
-                if state.entries.get(&old).is_some_and(|e| e.stamp == stamp) {
+                if state.entries.get(&old).is_some_and(|e| e.touch == touch) {
                     state.entries.remove(&old);
                 }
             }
         }
-        state.order.push_back((trace, now));
-        if state.order.len() > self.max_traces.saturating_mul(4).max(64) {
+        let touch = state.touches;
+        state.touches = state.touches.wrapping_add(1);
+        state.order.push_back((trace, touch));
+        if state.order.len() > self.max_traces.saturating_mul(2).max(64) {
+            // Every entry has one live pair: at least half the queue goes.
             let entries = &state.entries;
             state
                 .order
-                .retain(|(t, s)| entries.get(t).is_some_and(|e| e.stamp == *s) || *t == trace);
+                .retain(|(t, n)| entries.get(t).is_some_and(|e| e.touch == *n) || *t == trace);
         }
-        let entry = state.entries.entry(trace).or_insert_with(|| Entry {
-            identity: Identity::default(),
-            pending_since: None,
-            covered: Vec::new(),
-            stamp: now,
+        let entry = state.entries.entry(trace).or_insert(Entry {
+            identity: None,
+            pending_since: NOT_PENDING,
+            touch,
+            at: now,
+            covered: None,
         });
-        entry.stamp = now;
+        entry.touch = touch;
+        entry.at = now;
         entry
     }
 
     /// Drops entries not touched within the window.
     fn expire(&self, state: &mut State) {
-        let now = Instant::now();
-        while let Some((trace, stamp)) = state.order.front().copied() {
-            if now.duration_since(stamp) < self.window {
-                break;
-            }
-            state.order.pop_front();
-            if state.entries.get(&trace).is_some_and(|e| e.stamp == stamp) {
+        let now = u64::from(self.now());
+        while let Some((trace, touch)) = state.order.front().copied() {
+            if let Some(entry) = state.entries.get(&trace).filter(|e| e.touch == touch) {
+                if now.saturating_sub(u64::from(entry.at)) < self.window_secs {
+                    break;
+                }
                 state.entries.remove(&trace);
             }
+            state.order.pop_front();
         }
     }
 }
@@ -243,6 +364,7 @@ impl TraceCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::mem::size_of;
 
     fn who(user: &str) -> Identity {
         Identity {
@@ -317,6 +439,52 @@ mod tests {
             short.lookup(&[7; 16]).is_none(),
             "a zero window remembers nothing"
         );
+    }
+
+    #[test]
+    fn identities_pack_and_unpack() {
+        for identity in [
+            who("alice"),
+            Identity {
+                user: None,
+                tenant: Some("t-é".into()),
+                session: Some("s".into()),
+            },
+            Identity {
+                user: Some(String::new()),
+                tenant: None,
+                session: None,
+            },
+        ] {
+            let packed = Packed::pack(&identity).expect("not empty");
+            assert_eq!(packed.unpack(), identity);
+            assert_eq!(packed.attributes(), identity.attributes());
+        }
+        assert_eq!(Packed::pack(&Identity::default()), None);
+    }
+
+    #[test]
+    fn entries_are_compact_and_the_queue_bounded() {
+        assert!(size_of::<Entry>() <= 40, "{}", size_of::<Entry>());
+        let cache = TraceCache::new(Duration::from_secs(60), 100);
+        for n in 0..10_000u32 {
+            let mut trace = [0; 16];
+            trace[..4].copy_from_slice(&(n % 150).to_be_bytes());
+            cache.learn(trace, &who("u"));
+            let state = cache.lock();
+            assert!(state.entries.len() <= 100);
+            assert!(state.order.len() <= 201, "{}", state.order.len());
+        }
+        // Pending instants keep their nanoseconds; out of range, the earliest.
+        let ts = DateTime::from_timestamp_nanos(1_700_000_000_123_456_789);
+        cache.mark_pending([200; 16], ts);
+        assert_eq!(cache.learn([200; 16], &who("x")).map(|x| x.1), Some(ts));
+        let far = DateTime::parse_from_rfc3339("2500-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        cache.mark_pending([201; 16], far);
+        let since = cache.learn([201; 16], &who("x")).expect("pending").1;
+        assert!(since < ts);
     }
 
     #[test]
