@@ -18,6 +18,15 @@
 DO $rls$
 DECLARE
     t text;
+    -- The session values are read once per statement (scalar subqueries become
+    -- init plans), not once per row: current_setting() per row cost about a
+    -- microsecond per rollup row read, and `tenant_id = (SELECT …)` can be an
+    -- index condition.
+    others_using text := '(SELECT current_user) <> ''tally_api''';
+    others_check text := 'current_user <> ''tally_api''';
+    tenant_using text := '(SELECT current_setting(''tally.tenant'', true)) = ''*'' '
+        'OR tenant_id = (SELECT nullif(current_setting(''tally.tenant'', true), ''''))';
+    all_using text := '(SELECT current_setting(''tally.tenant'', true)) = ''*''';
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tally_api') THEN
         BEGIN
@@ -65,11 +74,18 @@ BEGIN
                          AND policyname = 'tally_api_tenant') THEN
             EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
             EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-            EXECUTE format('CREATE POLICY tally_others ON %I USING (current_user <> ''tally_api'') '
-                           'WITH CHECK (current_user <> ''tally_api'')', t);
-            EXECUTE format('CREATE POLICY tally_api_tenant ON %I FOR SELECT TO tally_api '
-                           'USING (current_setting(''tally.tenant'', true) = ''*'' '
-                           'OR tenant_id = nullif(current_setting(''tally.tenant'', true), ''''))', t);
+            EXECUTE format('CREATE POLICY tally_others ON %I USING (%s) WITH CHECK (%s)',
+                           t, others_using, others_check);
+            EXECUTE format('CREATE POLICY tally_api_tenant ON %I FOR SELECT TO tally_api USING (%s)',
+                           t, tenant_using);
+        ELSIF EXISTS (SELECT 1 FROM pg_policies
+                      WHERE schemaname = current_schema() AND tablename = t
+                        AND policyname IN ('tally_api_tenant', 'tally_others')
+                        AND qual NOT LIKE '%SELECT%') THEN
+            -- Policies of an older Tally, which called current_setting() per row.
+            EXECUTE format('ALTER POLICY tally_others ON %I USING (%s) WITH CHECK (%s)',
+                           t, others_using, others_check);
+            EXECUTE format('ALTER POLICY tally_api_tenant ON %I USING (%s)', t, tenant_using);
         END IF;
     END LOOP;
     -- The rollups over all tenants (migration 0008) have no tenant_id: tally_api
@@ -85,10 +101,17 @@ BEGIN
                          AND policyname = 'tally_api_all') THEN
             EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
             EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-            EXECUTE format('CREATE POLICY tally_others ON %I USING (current_user <> ''tally_api'') '
-                           'WITH CHECK (current_user <> ''tally_api'')', t);
-            EXECUTE format('CREATE POLICY tally_api_all ON %I FOR SELECT TO tally_api '
-                           'USING (current_setting(''tally.tenant'', true) = ''*'')', t);
+            EXECUTE format('CREATE POLICY tally_others ON %I USING (%s) WITH CHECK (%s)',
+                           t, others_using, others_check);
+            EXECUTE format('CREATE POLICY tally_api_all ON %I FOR SELECT TO tally_api USING (%s)',
+                           t, all_using);
+        ELSIF EXISTS (SELECT 1 FROM pg_policies
+                      WHERE schemaname = current_schema() AND tablename = t
+                        AND policyname IN ('tally_api_all', 'tally_others')
+                        AND qual NOT LIKE '%SELECT%') THEN
+            EXECUTE format('ALTER POLICY tally_others ON %I USING (%s) WITH CHECK (%s)',
+                           t, others_using, others_check);
+            EXECUTE format('ALTER POLICY tally_api_all ON %I USING (%s)', t, all_using);
         END IF;
     END LOOP;
 END
