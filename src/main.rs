@@ -21,7 +21,62 @@ use cli::{Cli, Command};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's options, set through its C API (the `mimalloc` crate does not expose it).
+mod allocator {
+    use std::os::raw::{c_int, c_long};
+
+    extern "C" {
+        fn mi_version() -> c_int;
+        fn mi_option_get(option: c_int) -> c_long;
+        fn mi_option_set(option: c_int, value: c_long);
+    }
+
+    /// The bundled mimalloc (libmimalloc-sys 0.1.49: v3.3.2) whose option numbers
+    /// are below; another version leaves its defaults alone (a test catches it).
+    const KNOWN_VERSION: c_int = 30302;
+    /// `mi_option_purge_delay`: milliseconds before freed pages are returned to the
+    /// OS (default 10, and 10 times that for arenas).
+    const PURGE_DELAY: c_int = 15;
+
+    /// Returns freed pages to the OS at once (purge delay 0) unless
+    /// `MIMALLOC_PURGE_DELAY` says otherwise: with the default delay the collector's
+    /// resident set at a steady 10,000 records/s sawed 20–30 MiB higher (RSS kept for
+    /// reuse that the next burst does not need), for no measurable CPU difference.
+    /// Returns the purge delay in effect (`None`: unknown mimalloc version).
+    pub(crate) fn tune() -> Option<c_long> {
+        // SAFETY: plain calls into the linked mimalloc; options may be set at any
+        // time and are read when pages are purged.
+        unsafe {
+            if mi_version() != KNOWN_VERSION {
+                return None;
+            }
+            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+                mi_option_set(PURGE_DELAY, 0);
+            }
+            Some(mi_option_get(PURGE_DELAY))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn the_bundled_mimalloc_is_the_known_version_and_takes_the_purge_delay() {
+            // SAFETY: as in `tune`.
+            let version = unsafe { super::mi_version() };
+            assert_eq!(
+                version,
+                super::KNOWN_VERSION,
+                "mimalloc was updated: check the option numbers in src/main.rs"
+            );
+            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+                assert_eq!(super::tune(), Some(0));
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let purge_delay = allocator::tune();
     let cli = Cli::parse();
     let config = match cli::load_config(cli.config.as_deref()) {
         Ok(config) => config,
@@ -44,6 +99,7 @@ fn main() -> ExitCode {
         };
     }
     logging::init(&config.service);
+    tracing::debug!(?purge_delay, "mimalloc purge delay (ms)");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
