@@ -250,7 +250,14 @@ impl AdminApi {
             shutdown.await;
             hub.close();
         };
-        axum::serve(self.listener, router)
+        // Without TCP_NODELAY, a live-feed write that follows one the client
+        // has not acknowledged yet waits for that (delayed) ACK: tens of ms.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "admin API: cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(ApiError::Serve)?;
