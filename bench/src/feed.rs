@@ -159,12 +159,13 @@ struct Shared {
     resets: AtomicU64,
 }
 
-/// Where the first `\n` of `haystack` is (the standard library's `memchr`,
-/// through `BufRead::skip_until` on a slice).
+/// Where the first `\n` of `haystack` is (the C library's vectorised
+/// `memchr`: several times faster than a byte or word loop on long lines).
 fn find_newline(haystack: &[u8]) -> Option<usize> {
-    let mut rest = haystack;
-    let skipped = std::io::BufRead::skip_until(&mut rest, b'\n').ok()?;
-    (skipped > 0 && haystack[skipped - 1] == b'\n').then(|| skipped - 1)
+    // SAFETY: memchr reads at most `haystack.len()` bytes from its start, and
+    // a non-null answer points into `haystack`.
+    let found = unsafe { libc::memchr(haystack.as_ptr().cast(), i32::from(b'\n'), haystack.len()) };
+    (!found.is_null()).then(|| found as usize - haystack.as_ptr() as usize)
 }
 
 /// The decimal `seq` of an `id: <seq>` line.
