@@ -1,5 +1,6 @@
 //! Hostile input against the real `tally` binary and a real PostgreSQL: values nested
-//! 10,000 levels deep, a million attributes in one record, invalid UTF-8, NaN and
+//! 10,000 levels deep, a million attributes in one record (refused: too large once
+//! decoded), 20 MiB of empty attributes, invalid UTF-8, NaN and
 //! infinities, huge and wrong-length ids; over OTLP/HTTP protobuf, OTLP/JSON and gRPC.
 //!
 //! Each is refused with a non-retryable answer naming the problem (HTTP 400/413, gRPC
@@ -448,40 +449,66 @@ fn attributes(count: usize) -> Vec<KeyValue> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_million_attributes_fit_the_limit_and_are_capped_and_more_are_too_large() {
+async fn many_attributes_are_charged_their_decoded_size_and_capped_when_stored() {
     let database = TestDatabase::create().await;
     let tally = launch(&database).await;
     let traces = tally.http_url("/v1/traces");
     let baseline = peak_mib(&tally);
 
-    // One record with 1,000,000 attributes: ~16 MB of protobuf, within the 20 MiB limit.
-    let body = request(vec![span("many.attributes", attributes(1_000_000))]).encode_to_vec();
-    println!("1,000,000 attributes: {} bytes of protobuf", body.len());
-    assert!(body.len() < BODY_LIMIT);
-    let reply = post(&traces, PROTOBUF, body.clone()).await;
+    // One record with 1,000,000 attributes: ~16.9 MB of protobuf, within the 20 MiB body
+    // limit, but ~90 MB once decoded (a 64-byte `KeyValue` each, in a `Vec` of 2^20,
+    // plus the keys): more than the default in-flight budget of 64 MiB, so refused for
+    // good before decoding (413 / RESOURCE_EXHAUSTED without RetryInfo).
+    let million = request(vec![span("many.attributes", attributes(1_000_000))]).encode_to_vec();
+    println!("1,000,000 attributes: {} bytes of protobuf", million.len());
+    assert!(million.len() < BODY_LIMIT);
+    let reply = post(&traces, PROTOBUF, million.clone()).await;
+    assert_refused_http(
+        &reply,
+        413,
+        "max_in_flight_bytes",
+        "1,000,000 attributes over HTTP",
+    );
+    assert!(
+        reply.message().contains("once decoded"),
+        "{}",
+        reply.message()
+    );
+    assert_refused_grpc(
+        grpc_export(&tally, million).await,
+        Code::ResourceExhausted,
+        "max_in_flight_bytes",
+        "1,000,000 attributes over gRPC",
+    );
+    assert_eq!(stored(&database, "many.attributes").await, 0);
+
+    // 300,000 (~5 MB, ~40 MB charged) fit: stored, with the attributes over
+    // processors.redact.max_record_attributes_bytes (16 KiB) dropped.
+    let body = request(vec![span("many.attributes", attributes(300_000))]).encode_to_vec();
+    println!("300,000 attributes: {} bytes of protobuf", body.len());
+    let reply = post(&traces, PROTOBUF, body).await;
     assert_eq!(reply.status, 200, "{}", reply.message());
-    // Stored, with the attributes over processors.redact.max_record_attributes_bytes
-    // (16 KiB) dropped.
     let stored_attrs = stored_attributes(&database, "many.attributes").await;
     let kept = stored_attrs.as_object().map_or(0, |m| m.len());
     assert!(kept > 100 && kept < 5_000, "{kept} attributes kept");
     assert!(stored_attrs.to_string().len() < 64 * 1024);
     let after_http = peak_mib(&tally);
     assert!(
-        after_http < baseline + 384,
-        "VmHWM {after_http} MiB after 1,000,000 attributes (baseline {baseline} MiB)"
+        after_http < baseline + 256,
+        "VmHWM {after_http} MiB after 300,000 attributes (baseline {baseline} MiB)"
     );
 
     let grpc_body =
-        request(vec![span("many.attributes.grpc", attributes(1_000_000))]).encode_to_vec();
+        request(vec![span("many.attributes.grpc", attributes(300_000))]).encode_to_vec();
     grpc_export(&tally, grpc_body)
         .await
-        .expect("1,000,000 attributes over gRPC");
+        .expect("300,000 attributes over gRPC");
     assert_eq!(stored(&database, "many.attributes.grpc").await, 1);
 
-    // OTLP/JSON spends ~45 bytes an attribute: 400,000 is about the most that fits.
+    // OTLP/JSON spends ~45 bytes an attribute: 300,000 (~13 MB) fit the body limit and
+    // the budget (charged ~45 MB).
     let mut json_attrs = String::with_capacity(20 * 1024 * 1024);
-    for i in 0..400_000 {
+    for i in 0..300_000 {
         if i > 0 {
             json_attrs.push(',');
         }
@@ -494,15 +521,15 @@ async fn a_million_attributes_fit_the_limit_and_are_capped_and_more_are_too_larg
         &format!(r#"{json_attrs},{{"key":"nested""#),
         1,
     );
-    println!("400,000 attributes: {} bytes of JSON", json.len());
+    println!("300,000 attributes: {} bytes of JSON", json.len());
     assert!(json.len() < BODY_LIMIT);
     let reply = post(&traces, JSON, json.into_bytes()).await;
     assert_eq!(reply.status, 200, "{}", reply.message());
     assert_eq!(stored(&database, "many.attributes.json").await, 1);
 
-    // 1,270,000 attributes (~21.4 MB) are over the limit: 413 / RESOURCE_EXHAUSTED. (Just
-    // over it: Tally reads and drops at most one limit's worth of a refused body before it
-    // answers, so a client of a much larger body may see the connection cut instead.)
+    // 1,270,000 attributes (~21.4 MB) are over the body limit: 413 / RESOURCE_EXHAUSTED.
+    // (Just over it: Tally reads and drops at most one limit's worth of a refused body
+    // before it answers, so a client of a much larger body may see the connection cut.)
     let too_many =
         request(vec![span("too.many.attributes", attributes(1_270_000))]).encode_to_vec();
     assert!(too_many.len() > BODY_LIMIT);
@@ -516,27 +543,40 @@ async fn a_million_attributes_fit_the_limit_and_are_capped_and_more_are_too_larg
     );
     assert_eq!(stored(&database, "too.many.attributes").await, 0);
 
-    // The worst case of the limit: 20 MiB of empty attributes (2 bytes each on the wire).
+    // The worst case of the body limit: 20 MiB of empty attributes (2 bytes each on the
+    // wire, ~1 GiB decoded; before the decoded size was charged this peaked at 1.2 GiB
+    // VmHWM). Refused before decoding, over HTTP and gRPC.
     let mut empty = span("empty.attributes", Vec::new()).encode_to_vec();
     let room = BODY_LIMIT - empty.len() - 64;
     empty.extend(std::iter::repeat_n([0x4a_u8, 0x00], room / 2).flatten());
     let body = field(1, &field(2, &field(2, &empty)));
     assert!(body.len() <= BODY_LIMIT);
-    let reply = post(&traces, PROTOBUF, body).await;
-    assert_eq!(reply.status, 200, "{}", reply.message());
-    assert_eq!(stored(&database, "empty.attributes").await, 1);
+    let reply = post(&traces, PROTOBUF, body.clone()).await;
+    assert_refused_http(
+        &reply,
+        413,
+        "once decoded",
+        "20 MiB of empty attributes over HTTP",
+    );
+    assert_refused_grpc(
+        grpc_export(&tally, body).await,
+        Code::ResourceExhausted,
+        "once decoded",
+        "20 MiB of empty attributes over gRPC",
+    );
+    assert_eq!(stored(&database, "empty.attributes").await, 0);
 
     still_healthy(&tally, &database, "many.attributes").await;
     let peak = peak_mib(&tally);
     println!(
-        "many attributes: VmHWM {baseline} MiB at start, {after_http} MiB after 1,000,000 \
+        "many attributes: VmHWM {baseline} MiB at start, {after_http} MiB after 300,000 \
          over HTTP, {peak} MiB at the end"
     );
-    // Known limit: decoded protobuf takes up to ~60 times its wire size (2 bytes of an
-    // empty attribute become a 56-byte `KeyValue`, plus vector growth) and the in-flight
-    // budget counts wire bytes: bounded per request, but loosely.
+    // Every request is charged its wire bytes plus its estimated decoded size, so the
+    // decoded requests in memory stay within the budget (64 MiB) plus the pipeline's
+    // copies of the records (capped) and the allocator's slack.
     assert!(
-        peak < baseline + 1536,
+        peak < baseline + 256,
         "VmHWM {peak} MiB (baseline {baseline} MiB)"
     );
 }
