@@ -11,6 +11,7 @@ use tally_model::ActivityEvent;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql, Type};
 
+use crate::pg_cpu::BackendCpu;
 use crate::workload;
 
 const COPY_SQL: &str = "COPY activity_events (id, seq, ts, received_at, tenant_id, user_id, \
@@ -53,7 +54,7 @@ pub async fn measure(
     rows: Vec<ActivityEvent>,
     connections: usize,
     batch: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Ceiling> {
     let (admin, _) = connect(database_url).await?;
     let today = Utc::now().date_naive();
     create_partitions(
@@ -74,12 +75,15 @@ pub async fn measure(
         out
     };
     let total: usize = chunks.iter().map(Vec::len).sum();
-    let started = Instant::now();
     let mut tasks = Vec::new();
-    for (worker, chunk) in chunks.into_iter().enumerate() {
-        let url = database_url.to_string();
+    let mut clients = Vec::new();
+    for _ in &chunks {
+        clients.push(connect(database_url).await?.0);
+    }
+    let cpu_before = BackendCpu::sample(&admin).await?;
+    let started = Instant::now();
+    for (worker, (chunk, mut client)) in chunks.into_iter().zip(clients).enumerate() {
         tasks.push(tokio::spawn(async move {
-            let (mut client, _) = connect(&url).await?;
             let mut seq = (worker as i64) << 40;
             for part in chunk.chunks(batch) {
                 let tx = client.transaction().await?;
@@ -113,12 +117,27 @@ pub async fn measure(
                 writer.as_mut().finish().await?;
                 tx.commit().await?;
             }
-            anyhow::Ok(())
+            anyhow::Ok(client)
         }));
     }
+    let mut clients = Vec::new();
     for task in tasks {
-        task.await.context("ceiling writer")??;
+        clients.push(task.await.context("ceiling writer")??);
     }
     let elapsed = started.elapsed().max(Duration::from_millis(1));
-    Ok(total as f64 / elapsed.as_secs_f64())
+    // Sampled while the writers' backends are still connected.
+    let db_cpu = BackendCpu::sample(&admin).await?.since(&cpu_before);
+    drop(clients);
+    Ok(Ceiling {
+        rows_per_second: total as f64 / elapsed.as_secs_f64(),
+        db_cpu_seconds_per_100k: db_cpu / total.max(1) as f64 * 100_000.0,
+    })
+}
+
+/// What the ceiling writer measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Ceiling {
+    pub rows_per_second: f64,
+    /// CPU seconds of the writers' PostgreSQL backends per 100,000 rows.
+    pub db_cpu_seconds_per_100k: f64,
 }

@@ -27,6 +27,7 @@ mod collector;
 mod feed;
 mod gen;
 mod load;
+mod pg_cpu;
 mod pipeline;
 mod queries;
 mod soak;
@@ -46,6 +47,7 @@ use tally_exporters::testing::TestDatabase;
 
 use collector::{Collector, CollectorOptions};
 use load::{LoadPlan, Transport};
+use pg_cpu::BackendCpu;
 
 #[derive(Parser)]
 #[command(name = "tally-bench", about = "Tally's benchmarks")]
@@ -115,6 +117,8 @@ struct Figures {
     records_per_second: f64,
     refused_requests: u64,
     cpu_seconds_per_100k: f64,
+    /// CPU seconds of the collector's PostgreSQL backends per 100k records.
+    db_cpu_seconds_per_100k: f64,
     peak_rss_mib: f64,
     p50_at_50_ms: f64,
     p99_at_50_ms: f64,
@@ -153,10 +157,13 @@ async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::R
         duration: Duration::from_secs(args.duration),
         target_rate: None,
     };
+    let (observer, _) = tally_exporters::postgres::connect(&database.url).await?;
     let cpu_before = collector.cpu_seconds();
+    let db_cpu_before = BackendCpu::sample(&observer).await?;
     let batches_before = collector.batch_totals().await;
     let full = load::run(&plan, &collector.grpc, &collector.http).await?;
     let cpu_after = collector.cpu_seconds();
+    let db_cpu = BackendCpu::sample(&observer).await?.since(&db_cpu_before);
     let (batch_rows, batch_ms) = match (batches_before, collector.batch_totals().await) {
         (Some((n0, r0, s0)), Some((n1, r1, s1))) if n1 > n0 => {
             ((r1 - r0) / (n1 - n0), (s1 - s0) / (n1 - n0) * 1000.0)
@@ -180,6 +187,7 @@ async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::R
         refused_requests: full.refused_requests,
         cpu_seconds_per_100k: (cpu_after - cpu_before) / full.accepted_records.max(1) as f64
             * 100_000.0,
+        db_cpu_seconds_per_100k: db_cpu / full.accepted_records.max(1) as f64 * 100_000.0,
         peak_rss_mib: peak_rss,
         batch_rows,
         batch_ms,
@@ -210,26 +218,30 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         let database = TestDatabase::migrated().await;
         let rows = ceiling::rows(args.ceiling_rows);
         let ceiling = ceiling::measure(&database.url, rows, args.writers, 10_000).await?;
-        eprintln!("run {run} ceiling: {ceiling:.0} rows/s");
+        eprintln!("run {run} ceiling: {ceiling:?}");
         ceilings.push(ceiling);
     }
+    let ceiling_db_cpu = median(ceilings.iter().map(|c| c.db_cpu_seconds_per_100k).collect());
+    let ceilings: Vec<f64> = ceilings.iter().map(|c| c.rows_per_second).collect();
     let ceiling = median(ceilings.clone());
     println!(
         "\nTally ingest, median of {} runs ({} connections x {} records/request, {} writers)\n",
         args.runs, args.connections, args.records_per_request, args.writers
     );
     println!(
-        "| transport | accepted rec/s | / ceiling | CPU s per 100k rec | peak RSS MiB | p50/p99 ms @50% | p50/p99 ms @90% |"
+        "| transport | accepted rec/s | / ceiling | CPU s per 100k rec | DB CPU s per 100k rec (/ ceiling) | peak RSS MiB | p50/p99 ms @50% | p50/p99 ms @90% |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut json_transports = serde_json::Map::new();
     for (transport, figures) in &per_transport {
         let m = |f: fn(&Figures) -> f64| median(figures.iter().map(f).collect());
         let rate = m(|f| f.records_per_second);
         println!(
-            "| {transport:?} | {rate:.0} | {:.2} | {:.3} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            "| {transport:?} | {rate:.0} | {:.2} | {:.3} | {:.3} ({:.2}) | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
             rate / ceiling,
             m(|f| f.cpu_seconds_per_100k),
+            m(|f| f.db_cpu_seconds_per_100k),
+            m(|f| f.db_cpu_seconds_per_100k) / ceiling_db_cpu,
             m(|f| f.peak_rss_mib),
             m(|f| f.p50_at_50_ms),
             m(|f| f.p99_at_50_ms),
@@ -242,6 +254,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 "records_per_second": rate,
                 "ratio_to_ceiling": rate / ceiling,
                 "cpu_seconds_per_100k_records": m(|f| f.cpu_seconds_per_100k),
+                "db_cpu_seconds_per_100k_records": m(|f| f.db_cpu_seconds_per_100k),
+                "db_cpu_ratio_to_ceiling": m(|f| f.db_cpu_seconds_per_100k) / ceiling_db_cpu,
                 "peak_rss_mib": m(|f| f.peak_rss_mib),
                 "ack_latency_ms": {
                     "at_50_percent": { "p50": m(|f| f.p50_at_50_ms), "p99": m(|f| f.p99_at_50_ms) },
@@ -255,7 +269,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "| ceiling (binary COPY, {} connections) | {ceiling:.0} | 1.00 | | | | |",
+        "| ceiling (binary COPY, {} connections) | {ceiling:.0} | 1.00 | | {ceiling_db_cpu:.3} (1.00) | | | |",
         args.writers
     );
     for (transport, figures) in &per_transport {
@@ -274,6 +288,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "writers": args.writers,
         "ceiling_rows_per_second": ceiling,
         "ceiling_runs": ceilings,
+        "ceiling_db_cpu_seconds_per_100k_rows": ceiling_db_cpu,
         "transports": json_transports,
     });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)
