@@ -12,7 +12,7 @@ use axum::http::Uri;
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
@@ -53,15 +53,6 @@ impl Grain {
             Grain::Day => "day",
             Grain::Week => "date_trunc('week', day::timestamp)::date",
             Grain::Month => "date_trunc('month', day::timestamp)::date",
-        }
-    }
-
-    /// `date_trunc`'s field and the `interval` of one period.
-    fn field_and_step(self) -> (&'static str, &'static str) {
-        match self {
-            Grain::Day => ("day", "1 day"),
-            Grain::Week => ("week", "1 week"),
-            Grain::Month => ("month", "1 month"),
         }
     }
 }
@@ -251,6 +242,16 @@ struct AggregateQuery<'s> {
     cursor: Option<AggregateCursor>,
 }
 
+impl AggregateQuery<'_> {
+    /// Grouped by user over weeks or months: computed period by period (see
+    /// `Spec::by_period_sql`). By day, the single statement's `GROUP BY day,
+    /// user…` is cheaper (a tenant's rows come in that order from the
+    /// rollup's primary key).
+    fn by_user(&self) -> bool {
+        self.grain != Grain::Day && self.group_by.iter().any(|k| k.name == "user")
+    }
+}
+
 impl Spec {
     fn key(&self, name: &str) -> Option<&Key> {
         self.keys.iter().find(|k| k.name == name)
@@ -341,9 +342,6 @@ impl Spec {
         all_tenants: bool,
     ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
         let table = self.table(query, all_tenants).name;
-        if query.group_by.iter().any(|k| k.name == "user") {
-            return self.to_sql_by_period(query, table);
-        }
         let mut sql = SqlBuilder::default();
         for (key, value) in &query.filters {
             sql.push(&format!("{} = ", key.column), value.clone());
@@ -391,13 +389,68 @@ impl Spec {
     }
 
     /// Grouped by user: one period at a time, in order, each grouped in key
-    /// order and cut at the page size (`LATERAL … ORDER BY … LIMIT`), so that
-    /// a page reads the rows of its own users only (through the rollup's
+    /// order and cut at the page size (`ORDER BY … LIMIT`), so that a page
+    /// reads the rows of its own users only (through the rollup's
     /// `(user_id, day)` / `(tenant_id, user_id, day)` index) instead of
-    /// grouping every user of the window. The periods come from
-    /// `generate_series … WITH ORDINALITY`, whose order the planner knows, so
-    /// the outer `ORDER BY` sorts one period at a time and stops at the limit.
-    fn to_sql_by_period(
+    /// grouping every user of the window. One statement answers the periods
+    /// `periods` (`(period, first day, end day)`), a `UNION ALL` of one
+    /// subquery per period under a `LIMIT`: PostgreSQL's `Append` runs them in
+    /// order and stops once the limit is reached. The days are literals (dates
+    /// made here, never request text) so that the planner knows each period's
+    /// size and chooses the user-ordered index; the statements are not cached.
+    fn by_period_sql(
+        &self,
+        query: &AggregateQuery<'_>,
+        table: &str,
+        periods: &[(NaiveDate, NaiveDate, NaiveDate)],
+        limit: usize,
+    ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+        let mut sql = SqlBuilder::default();
+        for (key, value) in &query.filters {
+            sql.push(&format!("{} = ", key.column), value.clone());
+        }
+        let filters = sql.clauses.clone();
+        let columns: Vec<&str> = query.group_by.iter().map(|k| k.column).collect();
+        let cursor = query.cursor.as_ref().map(|cursor| {
+            let values: Vec<String> = cursor.k.iter().map(|k| sql.param(k.clone())).collect();
+            (
+                cursor.p,
+                format!("({}) > ({})", columns.join(", "), values.join(", ")),
+            )
+        });
+        let limit = sql.param(i64::try_from(limit).unwrap_or(i64::MAX));
+        let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+        select.extend(self.sums());
+        let cols = columns.join(", ");
+        let parts: Vec<String> = periods
+            .iter()
+            .map(|(period, lo, hi)| {
+                let mut clauses = filters.clone();
+                clauses.push(format!("day >= '{lo}'::date"));
+                clauses.push(format!("day < '{hi}'::date"));
+                if let Some((p, after)) = &cursor {
+                    if p == period {
+                        clauses.push(after.clone());
+                    }
+                }
+                format!(
+                    "(SELECT '{period}'::date AS period, {} FROM {table} WHERE {} \
+                     GROUP BY {cols} ORDER BY {cols} LIMIT {limit})",
+                    select.join(", "),
+                    clauses.join(" AND ")
+                )
+            })
+            .collect();
+        let text = format!(
+            "SELECT * FROM ({}) AS g LIMIT {limit}",
+            parts.join(" UNION ALL ")
+        );
+        (text, sql.params)
+    }
+
+    /// The first and last day of `table` under the query's filters: the window
+    /// of a by-period query without `from` or `to`.
+    fn bounds_sql(
         &self,
         query: &AggregateQuery<'_>,
         table: &str,
@@ -406,55 +459,51 @@ impl Spec {
         for (key, value) in &query.filters {
             sql.push(&format!("{} = ", key.column), value.clone());
         }
-        let filters = sql.clauses.clone();
-        let filter_where = sql.where_clause();
-        let from = sql.param(query.from);
-        let to = sql.param(query.to);
-        let (field, step) = query.grain.field_and_step();
-        // The window: from..to, else the table's first / last day.
-        let first = format!("coalesce({from}::date, (SELECT min(day) FROM {table}{filter_where}))");
-        let end = format!("coalesce({to}::date, (SELECT max(day) + 1 FROM {table}{filter_where}))");
-        let start = match &query.cursor {
-            // The cursor's period, else the first one of the window.
-            Some(cursor) => format!("{}::date::timestamp", sql.param(cursor.p)),
-            None => format!("date_trunc('{field}', {first}::timestamp)"),
-        };
-        let columns: Vec<&str> = query.group_by.iter().map(|k| k.column).collect();
-        let mut inner = filters;
-        inner.push(format!("day >= greatest(p.period::date, {first})"));
-        inner.push(format!(
-            "day < least((p.period + interval '{step}')::date, {end})"
-        ));
-        if let Some(cursor) = &query.cursor {
-            let values: Vec<String> = cursor.k.iter().map(|k| sql.param(k.clone())).collect();
-            inner.push(format!(
-                "(p.ord > 1 OR ({}) > ({}))",
-                columns.join(", "),
-                values.join(", ")
-            ));
-        }
-        let limit = sql.param(i64::from(query.limit) + 1);
-        let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
-        select.extend(self.sums());
         let text = format!(
-            "SELECT p.period::date AS period, g.* \
-             FROM generate_series({start}, ({end} - 1)::timestamp, interval '{step}') \
-                 WITH ORDINALITY AS p(period, ord) \
-             CROSS JOIN LATERAL (SELECT {select} FROM {table} WHERE {inner} \
-                 GROUP BY {cols} ORDER BY {cols} LIMIT {limit}) AS g \
-             ORDER BY p.ord, {g_cols} LIMIT {limit}",
-            select = select.join(", "),
-            inner = inner.join(" AND "),
-            cols = columns.join(", "),
-            g_cols = columns
-                .iter()
-                .map(|c| format!("g.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            "SELECT min(day) AS first, max(day) AS last FROM {table}{}",
+            sql.where_clause()
         );
         (text, sql.params)
     }
 }
+
+/// The first day of the period holding `day`.
+fn period_of(grain: Grain, day: NaiveDate) -> NaiveDate {
+    match grain {
+        Grain::Day => day,
+        Grain::Week => day - chrono::Days::new(u64::from(day.weekday().num_days_from_monday())),
+        Grain::Month => day.with_day(1).unwrap_or(day),
+    }
+}
+
+/// The periods of `from..to` (starting at `start`'s period when given), each
+/// with the days of the window it holds: `(period, first day, end day)`.
+fn periods(
+    grain: Grain,
+    from: NaiveDate,
+    to: NaiveDate,
+    start: Option<NaiveDate>,
+) -> Vec<(NaiveDate, NaiveDate, NaiveDate)> {
+    let mut out = Vec::new();
+    let mut period = period_of(grain, start.unwrap_or(from).max(from));
+    while period < to {
+        let next = match grain {
+            Grain::Day => period.checked_add_days(chrono::Days::new(1)),
+            Grain::Week => period.checked_add_days(chrono::Days::new(7)),
+            Grain::Month => period.checked_add_months(chrono::Months::new(1)),
+        };
+        let Some(next) = next else { break };
+        let (lo, hi) = (period.max(from), next.min(to));
+        if lo < hi {
+            out.push((period, lo, hi));
+        }
+        period = next;
+    }
+    out
+}
+
+/// Periods per statement of a by-user page (see `Spec::by_period_sql`).
+const PERIODS_PER_STATEMENT: usize = 8;
 
 /// A page of aggregate items.
 #[derive(Debug, Serialize)]
@@ -471,11 +520,63 @@ async fn aggregate(
 ) -> Result<AggregatePage, ApiError> {
     caller.require_scope(spec.scope)?;
     let pairs = pairs(uri)?;
-    let query = spec.parse(&pairs, caller)?;
+    let mut query = spec.parse(&pairs, caller)?;
     let all_tenants = matches!(caller.tenant, crate::auth::TenantAccess::All);
-    let (sql, params) = spec.to_sql(&query, all_tenants);
-    let rows = crate::params::query(state, &caller.tenant, &sql, &params).await?;
+    if query.by_user() && (query.from.is_none() || query.to.is_none()) {
+        // The by-period form needs the window: the table's first and last day.
+        let (sql, params) = spec.bounds_sql(&query, spec.table(&query, all_tenants).name);
+        let rows = crate::params::query(state, &caller.tenant, &sql, &params).await?;
+        let bound = |column: &str| -> Result<Option<NaiveDate>, ApiError> {
+            match rows.first() {
+                Some(row) => row.try_get(column).map_err(ApiError::from_db),
+                None => Ok(None),
+            }
+        };
+        match (bound("first")?, bound("last")?) {
+            (Some(first), Some(last)) => {
+                query.from.get_or_insert(first);
+                query.to.get_or_insert(last.succ_opt().unwrap_or(last));
+            }
+            _ => {
+                return Ok(AggregatePage {
+                    items: Vec::new(),
+                    next_cursor: None,
+                })
+            }
+        }
+    }
     let limit = query.limit as usize;
+    let rows = match (query.by_user(), query.from, query.to) {
+        (true, Some(from), Some(to)) => {
+            let table = spec.table(&query, all_tenants).name;
+            let start = query.cursor.as_ref().map(|c| c.p);
+            let periods = periods(query.grain, from, to, start);
+            let client = state.pool.get_for(&caller.tenant).await?;
+            let mut rows = Vec::new();
+            for chunk in periods.chunks(PERIODS_PER_STATEMENT) {
+                let (sql, params) =
+                    spec.by_period_sql(&query, table, chunk, limit + 1 - rows.len());
+                let params: Vec<&(dyn ToSql + Sync)> = params
+                    .iter()
+                    .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                rows.extend(
+                    client
+                        .query(&sql, &params)
+                        .await
+                        .map_err(ApiError::from_db)?,
+                );
+                if rows.len() > limit {
+                    break;
+                }
+            }
+            rows
+        }
+        _ => {
+            let (sql, params) = spec.to_sql(&query, all_tenants);
+            crate::params::query(state, &caller.tenant, &sql, &params).await?
+        }
+    };
     let has_more = rows.len() > limit;
     let mut items = Vec::with_capacity(rows.len().min(limit));
     let mut last = None;
@@ -607,36 +708,46 @@ mod tests {
     #[test]
     fn grouping_by_user_goes_period_by_period() {
         let caller = Caller::anonymous();
-        let p = pairs("grain=month&group_by=user,model&tenant=t&from=2026-10-30&to=2026-11-30");
-        let q = TOKENS.parse(&p, &caller).unwrap();
-        let (sql, params) = TOKENS.to_sql(&q, true);
-        assert_eq!(params.len(), 4, "{sql}");
-        assert!(
-            sql.contains("FROM token_usage_daily WHERE tenant_id = $1"),
-            "{sql}"
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        assert_eq!(
+            periods(Grain::Month, d("2026-10-30"), d("2026-11-30"), None),
+            vec![
+                (d("2026-10-01"), d("2026-10-30"), d("2026-11-01")),
+                (d("2026-11-01"), d("2026-11-01"), d("2026-11-30"))
+            ]
         );
-        assert!(sql.contains("WITH ORDINALITY AS p(period, ord)"), "{sql}");
-        assert!(sql.contains("interval '1 month'"), "{sql}");
-        assert!(
-            sql.ends_with("ORDER BY p.ord, g.user_id, g.model LIMIT $4"),
-            "{sql}"
+        assert_eq!(
+            periods(
+                Grain::Week,
+                d("2026-10-31"),
+                d("2026-11-03"),
+                Some(d("2026-11-02"))
+            ),
+            vec![(d("2026-11-02"), d("2026-11-02"), d("2026-11-03"))]
         );
         let cursor = AggregateCursor {
             v: 1,
-            p: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+            p: d("2026-11-01"),
             k: vec!["u".into(), "m".into()],
         };
         let p = pairs(&format!(
-            "grain=month&group_by=user,model&tenant=t&from=2026-10-30&cursor={}",
+            "grain=month&group_by=user,model&tenant=t&from=2026-10-30&to=2026-11-30&cursor={}",
             cursor.encode()
         ));
         let q = TOKENS.parse(&p, &caller).unwrap();
-        let (sql, params) = TOKENS.to_sql(&q, true);
-        assert_eq!(params.len(), 7, "{sql}");
+        let periods = periods(q.grain, d("2026-10-30"), d("2026-11-30"), Some(cursor.p));
+        assert_eq!(periods.len(), 1);
+        let (sql, params) = TOKENS.by_period_sql(&q, "token_usage_daily", &periods, 11);
+        assert_eq!(params.len(), 4, "{sql}");
         assert!(
-            sql.contains("(p.ord > 1 OR (user_id, model) > ($5, $6))"),
+            sql.contains(
+                "FROM token_usage_daily WHERE tenant_id = $1 AND day >= '2026-11-01'::date \
+                 AND day < '2026-11-30'::date AND (user_id, model) > ($2, $3) \
+                 GROUP BY user_id, model ORDER BY user_id, model LIMIT $4)"
+            ),
             "{sql}"
         );
+        assert!(sql.ends_with(") AS g LIMIT $4"), "{sql}");
     }
 
     #[test]
