@@ -1,15 +1,12 @@
 //! The PostgreSQL exporter: schema migrations, daily partitions, the batching
 //! writer with commit-ordered `seq`, and the private (embedded) server.
 //!
-//! Write path, in one transaction per batch: look up which of the batch's primary
-//! keys are already stored (retries), then `pg_advisory_xact_lock(ACTIVITY_EVENTS_LOCK_KEY)`,
-//! reserve one `activity_events_seq` value per new row with `setval`, binary `COPY`
-//! the new rows straight into `activity_events` in `ts` order, then `COMMIT`. (A
-//! duplicate committed by another writer between the look-up and the lock fails the
-//! `COPY`; the batch is then written again through a temporary staging table and
-//! `INSERT … SELECT nextval(…) … ON CONFLICT DO NOTHING`.) The lock is held until the
-//! commit is visible, so `seq` order equals commit order across writer connections
-//! and Tally instances: a reader remembering the last
+//! Write path, in one transaction per batch: binary `COPY` into a per-connection
+//! temporary staging table, then `pg_advisory_xact_lock(ACTIVITY_EVENTS_LOCK_KEY)`,
+//! then `INSERT INTO activity_events … SELECT nextval('activity_events_seq'), …
+//! ON CONFLICT DO NOTHING`, then `COMMIT`. The lock is taken only after the COPY and
+//! is released after the commit is visible, so `seq` order equals commit order
+//! across writer connections and Tally instances: a reader remembering the last
 //! `seq` it saw never skips a row committed later.
 
 use std::time::Duration;
