@@ -8,8 +8,8 @@
 //! followed by JSON text written directly from the attribute map (a NUL in a
 //! key or string becomes the escape `\ufffd`).
 //!
-//! The column orders are those of the `COPY` statements in `writer.rs` and
-//! `tokens.rs`. This module needs no connection, so the CPU
+//! The column orders are those of the staging tables' `COPY` statements in
+//! `writer.rs` and `tokens.rs`. This module needs no connection, so the CPU
 //! benchmark (`tally-bench pipeline`) measures exactly the encoding Tally does.
 
 use std::fmt::Write as _;
@@ -242,22 +242,6 @@ fn clean_prefix(bytes: &[u8]) -> usize {
 /// attributes, taxonomy_valid, taxonomy_reason.
 pub fn activity_row(out: &mut BytesMut, e: &ActivityEvent) -> Result<(), EncodeError> {
     out.put_i16(ACTIVITY_COLUMNS);
-    activity_fields(out, e)
-}
-
-/// One `activity_events` row written straight into the table: `seq` first,
-/// then the columns of [`activity_row`] in the same order.
-pub fn activity_row_with_seq(
-    out: &mut BytesMut,
-    seq: i64,
-    e: &ActivityEvent,
-) -> Result<(), EncodeError> {
-    out.put_i16(ACTIVITY_COLUMNS + 1);
-    opt_int8(out, Some(seq));
-    activity_fields(out, e)
-}
-
-fn activity_fields(out: &mut BytesMut, e: &ActivityEvent) -> Result<(), EncodeError> {
     uuid(out, &e.id);
     timestamptz(out, &e.ts)?;
     text(out, e.tenant_id.as_deref().unwrap_or(""))?;

@@ -108,10 +108,7 @@ pub(crate) async fn insert_tokens(
         return Ok(TokensInserted::default());
     }
     tx.batch_execute(STAGING_DDL).await?;
-    let copied = copy_rows(tx, COPY_SQL.as_str(), rows, |out, _, r| {
-        copy::token_row(out, r)
-    })
-    .await?;
+    let copied = copy_rows(tx, COPY_SQL.as_str(), rows, copy::token_row).await?;
     if copied == 0 {
         return Ok(TokensInserted::default());
     }

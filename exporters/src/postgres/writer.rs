@@ -1,7 +1,7 @@
 //! The batching writer: a bounded queue (in records), writer tasks that gather
 //! submissions into batches, and the commit-ordered write path.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -96,36 +96,11 @@ pub(crate) struct InsertedGroup {
     pub rows: u64,
 }
 
-/// `COPY` straight into `activity_events`, `seq` given by the writer from a
-/// range it reserved under the lock; `received_at` takes its default.
-const DIRECT_COPY_SQL: &str = "COPY activity_events (seq, id, ts, tenant_id, user_id, \
-    session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
-    attributes, taxonomy_valid, taxonomy_reason) FROM STDIN (FORMAT binary)";
-
-/// Which of the given primary keys are already stored (one index probe each;
-/// the daily partitions are pruned at run time).
-const STORED_KEYS_SQL: &str = "SELECT k.tenant_id, k.ts, k.id \
-    FROM unnest($1::text[], $2::timestamptz[], $3::uuid[]) AS k(tenant_id, ts, id) \
-    WHERE EXISTS (SELECT 1 FROM activity_events a \
-        WHERE a.tenant_id = k.tenant_id AND a.ts = k.ts AND a.id = k.id)";
-
-/// When the direct path looks for rows already stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DuplicateCheck {
-    /// Before taking the lock, so the check runs beside the other writer's
-    /// insert. A duplicate committed in between makes the `COPY` fail with a
-    /// unique violation; the caller then writes the batch again through
-    /// staging ([`insert_rows_staged`]).
-    BeforeLock,
-    /// Under the lock: exact, for callers that cannot retry their transaction.
-    UnderLock,
-}
-
 /// Writes `events` into `activity_events` inside `tx`, the way the exporter's
-/// writers do: drop the rows already stored (and repeats within `events`),
-/// take the advisory lock [`ACTIVITY_EVENTS_LOCK_KEY`], reserve one `seq` per
-/// remaining row, and binary-`COPY` them straight into the table in `ts`
-/// order. Returns the number of rows inserted.
+/// writers do: binary `COPY` into a temporary staging table, then the advisory
+/// lock [`ACTIVITY_EVENTS_LOCK_KEY`], then `INSERT … SELECT nextval(…) … ON
+/// CONFLICT DO NOTHING`. Returns the number of rows inserted (duplicates of rows
+/// already stored are skipped).
 ///
 /// The lock is held until `tx` ends, so commit promptly. The daily partitions
 /// for the events' days must exist (the exporter creates them before calling
@@ -137,144 +112,16 @@ pub async fn insert_activity_batch(
     if events.is_empty() {
         return Ok(0);
     }
-    Ok(
-        insert_rows_direct(tx, events.iter(), DuplicateCheck::UnderLock)
-            .await?
-            .total,
-    )
+    Ok(insert_rows(tx, events.iter()).await?.total)
 }
 
-/// The direct write path (see [`insert_activity_batch`]).
-async fn insert_rows_direct<'a, I>(
-    tx: &Transaction<'_>,
-    events: I,
-    check: DuplicateCheck,
-) -> Result<Inserted, PgError>
-where
-    I: Iterator<Item = &'a ActivityEvent>,
-{
-    let mut rows = unique_rows(events);
-    if check == DuplicateCheck::BeforeLock {
-        drop_stored(tx, &mut rows).await?;
-    }
-    tx.batch_execute(&LOCK_SQL).await?;
-    if check == DuplicateCheck::UnderLock {
-        drop_stored(tx, &mut rows).await?;
-    }
-    if rows.is_empty() {
-        return Ok(Inserted::default());
-    }
-    // Commit order within the batch follows `ts`, as the staged path's ORDER BY.
-    rows.sort_by_key(|e| e.ts);
-    let first_seq = reserve_seq(tx, rows.len()).await?;
-    let copied = copy_rows(tx, DIRECT_COPY_SQL, &rows, |out, i, e| {
-        copy::activity_row_with_seq(out, first_seq + i as i64, e)
-    })
-    .await?;
-    if copied != rows.len() as u64 {
-        return Err(PgError::Integrity(format!(
-            "COPY stored {copied} of {} activity rows",
-            rows.len()
-        )));
-    }
-    Ok(count_groups(&rows))
-}
-
-/// `events` without repeats of a primary key (the first of each is kept).
-fn unique_rows<'a>(events: impl Iterator<Item = &'a ActivityEvent>) -> Vec<&'a ActivityEvent> {
-    let mut seen = HashSet::new();
-    events
-        .filter(|e| seen.insert((e.tenant_id.as_deref().unwrap_or(""), e.ts, e.id)))
-        .collect()
-}
-
-/// Removes from `rows` those whose primary key is already stored.
-async fn drop_stored(tx: &Transaction<'_>, rows: &mut Vec<&ActivityEvent>) -> Result<(), PgError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let tenants: Vec<&str> = rows
-        .iter()
-        .map(|e| e.tenant_id.as_deref().unwrap_or(""))
-        .collect();
-    let times: Vec<chrono::DateTime<Utc>> = rows.iter().map(|e| e.ts).collect();
-    let ids: Vec<uuid::Uuid> = rows.iter().map(|e| e.id).collect();
-    let stored = tx.query(STORED_KEYS_SQL, &[&tenants, &times, &ids]).await?;
-    if stored.is_empty() {
-        return Ok(());
-    }
-    let stored: HashSet<(String, chrono::DateTime<Utc>, uuid::Uuid)> = stored
-        .iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2)))
-        .collect();
-    rows.retain(|e| {
-        let key = (e.tenant_id.clone().unwrap_or_default(), e.ts, e.id);
-        !stored.contains(&key)
-    });
-    Ok(())
-}
-
-/// Takes the lock that orders `seq` by commit.
-static LOCK_SQL: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY})"));
-
-/// Reserves `n` consecutive values of `activity_events_seq` (the lock must be
-/// held) and returns the first.
-async fn reserve_seq(tx: &Transaction<'_>, n: usize) -> Result<i64, PgError> {
-    let n = i64::try_from(n).map_err(|_| PgError::Integrity("batch too large".into()))?;
-    let row = tx
-        .query_one(
-            "SELECT setval('activity_events_seq', nextval('activity_events_seq') + $1 - 1)",
-            &[&n],
-        )
-        .await?;
-    let last: i64 = row.get(0);
-    Ok(last - n + 1)
-}
-
-/// What [`insert_rows_direct`] inserted, per (action, outcome, tenant, verdict).
-fn count_groups(rows: &[&ActivityEvent]) -> Inserted {
-    let mut groups: HashMap<(&str, &str, &str, Option<bool>), u64> = HashMap::new();
-    for e in rows {
-        let key = (
-            e.action.as_str(),
-            e.outcome.as_str(),
-            e.tenant_id.as_deref().unwrap_or(""),
-            e.taxonomy_valid,
-        );
-        *groups.entry(key).or_default() += 1;
-    }
-    Inserted {
-        total: rows.len() as u64,
-        groups: groups
-            .into_iter()
-            .map(
-                |((action, outcome, tenant_id, taxonomy_valid), rows)| InsertedGroup {
-                    action: action.to_string(),
-                    outcome: outcome.to_string(),
-                    tenant_id: tenant_id.to_string(),
-                    taxonomy_valid,
-                    rows,
-                },
-            )
-            .collect(),
-        ..Inserted::default()
-    }
-}
-
-/// The staged write path, for a batch whose direct write met a duplicate
-/// committed meanwhile: binary `COPY` into a temporary staging table, then the
-/// lock, then `INSERT … SELECT nextval(…) … ORDER BY ts ON CONFLICT DO NOTHING`.
-async fn insert_rows_staged<'a, I>(tx: &Transaction<'_>, events: I) -> Result<Inserted, PgError>
+async fn insert_rows<'a, I>(tx: &Transaction<'_>, events: I) -> Result<Inserted, PgError>
 where
     I: Iterator<Item = &'a ActivityEvent>,
 {
     tx.batch_execute(STAGING_DDL).await?;
     let events: Vec<&ActivityEvent> = events.collect();
-    let copied = copy_rows(tx, COPY_SQL, &events, |out, _, e| {
-        copy::activity_row(out, e)
-    })
-    .await?;
+    let copied = copy_rows(tx, COPY_SQL, &events, copy::activity_row).await?;
     if copied == 0 {
         return Ok(Inserted::default());
     }
@@ -305,20 +152,20 @@ where
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Sends `rows` through `copy_sql` (a `COPY … FROM STDIN (FORMAT binary)`),
-/// encoded by `encode` (given each row's index) into one reused buffer sent in chunks of about
+/// encoded by `encode` into one reused buffer sent in chunks of about
 /// [`COPY_CHUNK_BYTES`]. Returns the rows the server copied.
 pub(crate) async fn copy_rows<R>(
     tx: &Transaction<'_>,
     copy_sql: &str,
     rows: &[&R],
-    mut encode: impl FnMut(&mut BytesMut, usize, &R) -> Result<(), copy::EncodeError>,
+    encode: fn(&mut BytesMut, &R) -> Result<(), copy::EncodeError>,
 ) -> Result<u64, PgError> {
     let sink = tx.copy_in::<_, Bytes>(copy_sql).await?;
     futures::pin_mut!(sink);
     let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES + COPY_CHUNK_BYTES / 4);
     copy::begin(&mut buf);
-    for (i, row) in rows.iter().enumerate() {
-        encode(&mut buf, i, *row).map_err(|e| PgError::Integrity(e.to_string()))?;
+    for row in rows {
+        encode(&mut buf, *row).map_err(|e| PgError::Integrity(e.to_string()))?;
         if buf.len() >= COPY_CHUNK_BYTES {
             sink.as_mut().send(buf.split().freeze()).await?;
         }
@@ -778,11 +625,6 @@ fn connection_lost(error: &PgError, client: &Client) -> bool {
     }
 }
 
-/// Whether `error` is a unique violation (a row stored twice).
-fn is_unique_violation(error: &PgError) -> bool {
-    matches!(error, PgError::Db(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION))
-}
-
 fn is_missing_partition(error: &PgError) -> bool {
     match error {
         PgError::Db(e) => e.as_db_error().is_some_and(|db| {
@@ -830,43 +672,13 @@ fn batch_days(batch: &[Submission]) -> Vec<NaiveDate> {
     days.into_iter().collect()
 }
 
-/// Writes and commits `batch`: directly, or, when a duplicate of one of its
-/// rows was committed by another writer during the direct write, through the
-/// staging table.
 async fn commit_batch(client: &mut Client, batch: &[Submission]) -> Result<Inserted, PgError> {
-    match commit_batch_by(client, batch, ActivityPath::Direct).await {
-        Err(error) if is_unique_violation(&error) => {
-            tracing::debug!("duplicate committed meanwhile; batch written again through staging");
-            commit_batch_by(client, batch, ActivityPath::Staged).await
-        }
-        other => other,
-    }
-}
-
-/// How [`commit_batch_by`] writes activity rows.
-#[derive(Clone, Copy)]
-enum ActivityPath {
-    Direct,
-    Staged,
-}
-
-async fn commit_batch_by(
-    client: &mut Client,
-    batch: &[Submission],
-    path: ActivityPath,
-) -> Result<Inserted, PgError> {
     let tx = client.transaction().await?;
     // Fixed lock order: activity_events, then token_usage.
-    let events = batch.iter().flat_map(|s| s.events.iter());
-    let mut inserted = if batch.iter().all(|s| s.events.is_empty()) {
-        Inserted::default()
+    let mut inserted = if batch.iter().any(|s| !s.events.is_empty()) {
+        insert_rows(&tx, batch.iter().flat_map(|s| s.events.iter())).await?
     } else {
-        match path {
-            ActivityPath::Direct => {
-                insert_rows_direct(&tx, events, DuplicateCheck::BeforeLock).await?
-            }
-            ActivityPath::Staged => insert_rows_staged(&tx, events).await?,
-        }
+        Inserted::default()
     };
     let tokens: Vec<&TokenUsage> = batch.iter().flat_map(|s| s.tokens.iter()).collect();
     inserted.tokens = insert_tokens(&tx, &tokens).await?;
