@@ -144,13 +144,19 @@ async fn submitted_events_are_stored_field_by_field_and_once() {
     let mut mixed = batch[..5].to_vec();
     mixed.push(event(99));
     exporter.submit(mixed).await.expect("mixed resubmit");
-    assert_eq!(count(&client).await, 41);
+    // One request carrying the same record twice.
+    let repeated = event(100);
+    exporter
+        .submit(vec![repeated.clone(), repeated])
+        .await
+        .expect("repeat within a request");
+    assert_eq!(count(&client).await, 42);
     let distinct_seq: i64 = client
         .query_one("SELECT count(DISTINCT seq) FROM activity_events", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(distinct_seq, 41);
+    assert_eq!(distinct_seq, 42);
     let received_recent: bool = client
         .query_one(
             "SELECT bool_and(received_at > now() - interval '1 minute') FROM activity_events",
