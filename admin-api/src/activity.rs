@@ -339,19 +339,7 @@ pub(crate) async fn list(
     query.tenant = caller.tenant_filter(query.tenant.take())?;
 
     let (sql, params) = query.to_sql();
-    let client = state.pool.get_for(&caller.tenant).await?;
-    let statement = client
-        .prepare_cached(&sql)
-        .await
-        .map_err(ApiError::from_db)?;
-    let params: Vec<&(dyn ToSql + Sync)> = params
-        .iter()
-        .map(|param| param.as_ref() as &(dyn ToSql + Sync))
-        .collect();
-    let rows = client
-        .query(&statement, &params)
-        .await
-        .map_err(ApiError::from_db)?;
+    let rows = crate::params::query(&state, &caller.tenant, &sql, &params).await?;
 
     let limit = query.limit as usize;
     let has_more = rows.len() > limit;

@@ -251,6 +251,15 @@ pub(crate) async fn query(
     params: &[Box<dyn ToSql + Sync + Send>],
 ) -> Result<Vec<Row>, ApiError> {
     let client = state.pool.get_for(tenant).await?;
+    query_on(&client, sql, params).await
+}
+
+/// Runs `sql` with `params` on `client` (prepared once per connection).
+pub(crate) async fn query_on(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+    params: &[Box<dyn ToSql + Sync + Send>],
+) -> Result<Vec<Row>, ApiError> {
     let statement = client
         .prepare_cached(sql)
         .await

@@ -147,18 +147,7 @@ async fn run(
     sql: &str,
     params: &[Box<dyn ToSql + Sync + Send>],
 ) -> Result<Vec<Row>, ApiError> {
-    let statement = client
-        .prepare_cached(sql)
-        .await
-        .map_err(ApiError::from_db)?;
-    let params: Vec<&(dyn ToSql + Sync)> = params
-        .iter()
-        .map(|param| param.as_ref() as &(dyn ToSql + Sync))
-        .collect();
-    client
-        .query(&statement, &params)
-        .await
-        .map_err(ApiError::from_db)
+    crate::params::query_on(client, sql, params).await
 }
 
 fn int(row: &Row, column: &str) -> Result<i64, ApiError> {
