@@ -27,8 +27,10 @@ use tonic_types::StatusExt;
 /// Spans per request and the padding that makes each about 1 KiB: ~1 MiB requests.
 const SPANS: u64 = 1000;
 const PAD: usize = 800;
-/// `receivers.otlp.max_in_flight_bytes`: 8 MiB, i.e. 8 of these requests.
-const BUDGET: usize = 8 * 1024 * 1024;
+/// `receivers.otlp.max_in_flight_bytes`: 16 MiB. Each request is charged its ~1 MiB body
+/// plus the estimated size of its decoded form (~2.5 MiB), so about four fit: the two
+/// the full queue holds, and two more that reach the queue and are refused there.
+const BUDGET: usize = 16 * 1024 * 1024;
 /// `exporters.postgres.queue_capacity_records`: two requests' worth.
 const QUEUE: usize = 2000;
 /// Peak memory allowed above the warmed-up baseline, in units of the budget: a request
