@@ -286,6 +286,26 @@ struct FeedBody {
 }
 
 impl FeedBody {
+    /// A body that sends `first`, then what `outlet` receives, with a heartbeat
+    /// comment after `heartbeat` of silence, until `closed` resolves.
+    fn new(
+        first: Bytes,
+        outlet: Outlet,
+        heartbeat: Duration,
+        closed: impl Future<Output = ()> + Send + 'static,
+    ) -> FeedBody {
+        let now = Instant::now();
+        FeedBody {
+            first: Some(first),
+            outlet,
+            closed: Box::pin(closed),
+            heartbeat,
+            timer: Box::pin(tokio::time::sleep_until(now + heartbeat)),
+            last_sent: now,
+            done: false,
+        }
+    }
+
     fn sent(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Infallible>>> {
         self.last_sent = Instant::now();
         Poll::Ready(Some(Ok(chunk)))
@@ -382,16 +402,7 @@ pub(crate) fn feed_response(
     heartbeat: Duration,
     closed: impl Future<Output = ()> + Send + 'static,
 ) -> Response {
-    let now = Instant::now();
-    let body = FeedBody {
-        first: Some(first),
-        outlet,
-        closed: Box::pin(closed),
-        heartbeat,
-        timer: Box::pin(tokio::time::sleep_until(now + heartbeat)),
-        last_sent: now,
-        done: false,
-    };
+    let body = FeedBody::new(first, outlet, heartbeat, closed);
     (
         [
             (
@@ -437,15 +448,13 @@ mod tests {
             builder.push(seq, "activity", &seq).expect("encodes");
         }
         let frames = builder.finish();
-        let mut body = FeedBody {
-            first: Some(comment("first")),
+        // A heartbeat far beyond the test, so every chunk read is a buffered one.
+        let mut body = FeedBody::new(
+            comment("first"),
             outlet,
-            closed: Box::pin(std::future::pending()),
-            heartbeat: Duration::from_secs(3600),
-            timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
-            last_sent: Instant::now(),
-            done: false,
-        };
+            Duration::from_secs(3600),
+            std::future::pending(),
+        );
         outbox.deliver(&frames, 0, 4, 0).await.expect("room for 4");
         assert_eq!(outbox.room.free.available_permits(), 0);
         use futures::StreamExt;
