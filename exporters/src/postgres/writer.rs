@@ -429,6 +429,18 @@ impl PgExporter {
         })
     }
 
+    /// `Unavailable` while shutting down or while the database is down.
+    fn refuse_if_unavailable(&self) -> Result<(), ConsumeError> {
+        let inner = &self.inner;
+        if inner.shutting_down.load(Ordering::Acquire) {
+            return Err(inner.shared.unavailable("shutting down"));
+        }
+        if !inner.shared.readiness.database_up() {
+            return Err(inner.shared.unavailable("database unavailable"));
+        }
+        Ok(())
+    }
+
     /// Whether a request of `records` rows would be queued now: the answer
     /// [`submit_rows`](PgExporter::submit_rows) would give for shutdown, a
     /// database known to be down or a full queue, without queueing anything
@@ -439,14 +451,9 @@ impl PgExporter {
         if records == 0 {
             return Ok(());
         }
+        self.refuse_if_unavailable()?;
         let inner = &self.inner;
         let shared = &inner.shared;
-        if inner.shutting_down.load(Ordering::Acquire) {
-            return Err(shared.unavailable("shutting down"));
-        }
-        if !shared.readiness.database_up() {
-            return Err(shared.unavailable("database unavailable"));
-        }
         if inner.permits.available_permits() < records.min(inner.capacity as usize) {
             return Err(ConsumeError::Overloaded {
                 retry_after: shared.retry_after,
@@ -485,14 +492,9 @@ impl PgExporter {
         if events.is_empty() && tokens.is_empty() && rejected.is_empty() {
             return Ok(());
         }
+        self.refuse_if_unavailable()?;
         let inner = &self.inner;
         let shared = &inner.shared;
-        if inner.shutting_down.load(Ordering::Acquire) {
-            return Err(shared.unavailable("shutting down"));
-        }
-        if !shared.readiness.database_up() {
-            return Err(shared.unavailable("database unavailable"));
-        }
         if events.iter().any(|e| !(1..=9999).contains(&e.ts.year()))
             || tokens.iter().any(|t| !(1..=9999).contains(&t.ts.year()))
         {
