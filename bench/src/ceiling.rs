@@ -11,7 +11,7 @@ use tally_model::ActivityEvent;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql, Type};
 
-use crate::pg_cpu::BackendCpu;
+use crate::cpu::{own_cpu_seconds, BackendCpu, MachineCpu};
 use crate::workload;
 
 const COPY_SQL: &str = "COPY activity_events (id, seq, ts, received_at, tenant_id, user_id, \
@@ -81,6 +81,8 @@ pub async fn measure(
         clients.push(connect(database_url).await?.0);
     }
     let cpu_before = BackendCpu::sample(&admin).await?;
+    let writer_cpu_before = own_cpu_seconds();
+    let machine_before = MachineCpu::sample();
     let started = Instant::now();
     for (worker, (chunk, mut client)) in chunks.into_iter().zip(clients).enumerate() {
         tasks.push(tokio::spawn(async move {
@@ -125,12 +127,18 @@ pub async fn measure(
         clients.push(task.await.context("ceiling writer")??);
     }
     let elapsed = started.elapsed().max(Duration::from_millis(1));
+    let machine_after = MachineCpu::sample();
+    let writer_cpu = own_cpu_seconds() - writer_cpu_before;
     // Sampled while the writers' backends are still connected.
     let db_cpu = BackendCpu::sample(&admin).await?.since(&cpu_before);
     drop(clients);
+    let per_100k = |seconds: f64| seconds / total.max(1) as f64 * 100_000.0;
     Ok(Ceiling {
         rows_per_second: total as f64 / elapsed.as_secs_f64(),
-        db_cpu_seconds_per_100k: db_cpu / total.max(1) as f64 * 100_000.0,
+        db_cpu_seconds_per_100k: per_100k(db_cpu),
+        writer_cpu_seconds_per_100k: per_100k(writer_cpu),
+        machine_cpu_seconds_per_100k: per_100k(machine_after.busy_seconds_since(&machine_before)),
+        busy_cores: machine_after.busy_cores_since(&machine_before, elapsed.as_secs_f64()),
     })
 }
 
@@ -140,4 +148,10 @@ pub struct Ceiling {
     pub rows_per_second: f64,
     /// CPU seconds of the writers' PostgreSQL backends per 100,000 rows.
     pub db_cpu_seconds_per_100k: f64,
+    /// CPU seconds of the writer itself (this process) per 100,000 rows.
+    pub writer_cpu_seconds_per_100k: f64,
+    /// Busy CPU seconds of the whole machine per 100,000 rows.
+    pub machine_cpu_seconds_per_100k: f64,
+    /// Busy cores of the whole machine on average while writing.
+    pub busy_cores: f64,
 }

@@ -24,10 +24,10 @@
 
 mod ceiling;
 mod collector;
+mod cpu;
 mod feed;
 mod gen;
 mod load;
-mod pg_cpu;
 mod pipeline;
 mod queries;
 mod soak;
@@ -46,8 +46,8 @@ use serde_json::json;
 use tally_exporters::testing::TestDatabase;
 
 use collector::{Collector, CollectorOptions};
+use cpu::{own_cpu_seconds, BackendCpu, MachineCpu};
 use load::{LoadPlan, Transport};
-use pg_cpu::BackendCpu;
 
 #[derive(Parser)]
 #[command(name = "tally-bench", about = "Tally's benchmarks")]
@@ -119,6 +119,12 @@ struct Figures {
     cpu_seconds_per_100k: f64,
     /// CPU seconds of the collector's PostgreSQL backends per 100k records.
     db_cpu_seconds_per_100k: f64,
+    /// CPU seconds of the load generator (this process) per 100k records.
+    load_cpu_seconds_per_100k: f64,
+    /// Busy CPU seconds of the whole machine per 100k records.
+    machine_cpu_seconds_per_100k: f64,
+    /// Busy cores of the whole machine on average at full speed.
+    busy_cores: f64,
     peak_rss_mib: f64,
     p50_at_50_ms: f64,
     p99_at_50_ms: f64,
@@ -161,7 +167,11 @@ async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::R
     let cpu_before = collector.cpu_seconds();
     let db_cpu_before = BackendCpu::sample(&observer).await?;
     let batches_before = collector.batch_totals().await;
+    let load_cpu_before = own_cpu_seconds();
+    let machine_before = MachineCpu::sample();
     let full = load::run(&plan, &collector.grpc, &collector.http).await?;
+    let machine_after = MachineCpu::sample();
+    let load_cpu = own_cpu_seconds() - load_cpu_before;
     let cpu_after = collector.cpu_seconds();
     let db_cpu = BackendCpu::sample(&observer).await?.since(&db_cpu_before);
     let (batch_rows, batch_ms) = match (batches_before, collector.batch_totals().await) {
@@ -182,12 +192,15 @@ async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::R
     }
     let (_, peak_rss) = collector.rss_mib();
     collector.stop();
+    let per_100k = |seconds: f64| seconds / full.accepted_records.max(1) as f64 * 100_000.0;
     Ok(Figures {
         records_per_second: max_rate,
         refused_requests: full.refused_requests,
-        cpu_seconds_per_100k: (cpu_after - cpu_before) / full.accepted_records.max(1) as f64
-            * 100_000.0,
-        db_cpu_seconds_per_100k: db_cpu / full.accepted_records.max(1) as f64 * 100_000.0,
+        cpu_seconds_per_100k: per_100k(cpu_after - cpu_before),
+        db_cpu_seconds_per_100k: per_100k(db_cpu),
+        load_cpu_seconds_per_100k: per_100k(load_cpu),
+        machine_cpu_seconds_per_100k: per_100k(machine_after.busy_seconds_since(&machine_before)),
+        busy_cores: machine_after.busy_cores_since(&machine_before, full.elapsed.as_secs_f64()),
         peak_rss_mib: peak_rss,
         batch_rows,
         batch_ms,
@@ -222,6 +235,19 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         ceilings.push(ceiling);
     }
     let ceiling_db_cpu = median(ceilings.iter().map(|c| c.db_cpu_seconds_per_100k).collect());
+    let ceiling_writer_cpu = median(
+        ceilings
+            .iter()
+            .map(|c| c.writer_cpu_seconds_per_100k)
+            .collect(),
+    );
+    let ceiling_machine_cpu = median(
+        ceilings
+            .iter()
+            .map(|c| c.machine_cpu_seconds_per_100k)
+            .collect(),
+    );
+    let ceiling_busy_cores = median(ceilings.iter().map(|c| c.busy_cores).collect());
     let ceilings: Vec<f64> = ceilings.iter().map(|c| c.rows_per_second).collect();
     let ceiling = median(ceilings.clone());
     println!(
@@ -256,6 +282,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 "cpu_seconds_per_100k_records": m(|f| f.cpu_seconds_per_100k),
                 "db_cpu_seconds_per_100k_records": m(|f| f.db_cpu_seconds_per_100k),
                 "db_cpu_ratio_to_ceiling": m(|f| f.db_cpu_seconds_per_100k) / ceiling_db_cpu,
+                "load_generator_cpu_seconds_per_100k_records": m(|f| f.load_cpu_seconds_per_100k),
+                "machine_cpu_seconds_per_100k_records": m(|f| f.machine_cpu_seconds_per_100k),
+                "machine_busy_cores": m(|f| f.busy_cores),
+                "cpu_bound_ratio_estimate": ceiling_machine_cpu / m(|f| f.machine_cpu_seconds_per_100k),
                 "peak_rss_mib": m(|f| f.peak_rss_mib),
                 "ack_latency_ms": {
                     "at_50_percent": { "p50": m(|f| f.p50_at_50_ms), "p99": m(|f| f.p99_at_50_ms) },
@@ -271,6 +301,29 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     println!(
         "| ceiling (binary COPY, {} connections) | {ceiling:.0} | 1.00 | | {ceiling_db_cpu:.3} (1.00) | | | |",
         args.writers
+    );
+    println!(
+        "\nCPU seconds per 100k records at full speed (machine: every process on it; \
+         if both runs keep the cores busy, tally / ceiling ~ ceiling's machine CPU / Tally's)\n"
+    );
+    println!(
+        "| run | load generator / ceiling writer | collector | DB backends | machine | busy cores | CPU-bound ratio estimate |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (transport, figures) in &per_transport {
+        let m = |f: fn(&Figures) -> f64| median(figures.iter().map(f).collect());
+        println!(
+            "| {transport:?} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            m(|f| f.load_cpu_seconds_per_100k),
+            m(|f| f.cpu_seconds_per_100k),
+            m(|f| f.db_cpu_seconds_per_100k),
+            m(|f| f.machine_cpu_seconds_per_100k),
+            m(|f| f.busy_cores),
+            ceiling_machine_cpu / m(|f| f.machine_cpu_seconds_per_100k),
+        );
+    }
+    println!(
+        "| ceiling | {ceiling_writer_cpu:.3} | | {ceiling_db_cpu:.3} | {ceiling_machine_cpu:.3} | {ceiling_busy_cores:.2} | 1.00 |\n"
     );
     for (transport, figures) in &per_transport {
         let m = |f: fn(&Figures) -> f64| median(figures.iter().map(f).collect());
@@ -289,6 +342,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "ceiling_rows_per_second": ceiling,
         "ceiling_runs": ceilings,
         "ceiling_db_cpu_seconds_per_100k_rows": ceiling_db_cpu,
+        "ceiling_writer_cpu_seconds_per_100k_rows": ceiling_writer_cpu,
+        "ceiling_machine_cpu_seconds_per_100k_rows": ceiling_machine_cpu,
+        "ceiling_machine_busy_cores": ceiling_busy_cores,
         "transports": json_transports,
     });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)
