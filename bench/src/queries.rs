@@ -295,16 +295,63 @@ async fn generate(url: &str, shape: Shape) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every rollup table: their indexes are dropped for the fill and rebuilt after.
+const ROLLUP_TABLES: &[&str] = &[
+    "activity_daily",
+    "token_usage_daily",
+    "activity_daily_tenant",
+    "activity_daily_all",
+    "activity_users_daily",
+    "activity_users_daily_all",
+    "activity_user_last_seen",
+    "activity_user_last_seen_all",
+    "token_usage_daily_tenant",
+    "token_usage_daily_all",
+];
+
 /// The rollup job's folds (exporters/src/postgres/rollup.rs) over every row at
 /// once, and the watermarks at the newest `seq`: exactly the state after the
 /// job has caught up. The derived rollups (user-less, tenant-less, active
 /// users) are rebuilt from the daily ones by migration 0008's
-/// `tally_rebuild_coarse_rollups()`.
+/// `tally_rebuild_coarse_rollups()`. The rollups' indexes and primary keys are
+/// dropped for the fill and built again after it: millions of rows inserted
+/// in hash order into B-trees larger than `shared_buffers` crawl, one sorted
+/// build per index does not.
 async fn fill_rollups(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let tables: Vec<String> = ROLLUP_TABLES.iter().map(|t| t.to_string()).collect();
+    let indexes = client
+        .query(
+            "SELECT format('DROP INDEX %s', i.indexrelid::regclass), pg_get_indexdef(i.indexrelid) \
+             FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
+             WHERE t.relname = ANY($1) AND t.relnamespace = 'public'::regnamespace \
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) \
+             UNION ALL \
+             SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', c.conrelid::regclass, c.conname), \
+               format('ALTER TABLE %s ADD CONSTRAINT %I %s', c.conrelid::regclass, c.conname, \
+                 pg_get_constraintdef(c.oid)) \
+             FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
+             WHERE t.relname = ANY($1) AND t.relnamespace = 'public'::regnamespace \
+               AND c.contype IN ('p', 'u')",
+            &[&tables],
+        )
+        .await
+        .context("listing the rollups' indexes")?;
+    let drop: Vec<String> = indexes.iter().map(|row| row.get::<_, String>(0)).collect();
+    let create: Vec<String> = indexes.iter().map(|row| row.get::<_, String>(1)).collect();
+    eprintln!(
+        "  dropping {} rollup indexes for the fill, rebuilding them after",
+        drop.len()
+    );
+    client
+        .batch_execute(&format!(
+            "SET work_mem = '256MB'; SET maintenance_work_mem = '1GB'; BEGIN; {};",
+            drop.join("; ")
+        ))
+        .await
+        .context("dropping the rollups' indexes")?;
     client
         .batch_execute(
-            "SET work_mem = '256MB'; \
-             BEGIN; \
+            "\
              INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) \
                SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(user_id, ''), action, \
                  outcome, count(*) FROM activity_events GROUP BY 1, 2, 3, 4, 5; \
@@ -323,10 +370,17 @@ async fn fill_rollups(client: &tokio_postgres::Client) -> anyhow::Result<()> {
                FROM token_usage GROUP BY 1, 2, 3, 4, 5; \
              UPDATE rollup_watermarks SET last_seq = (SELECT coalesce(max(seq), 0) FROM token_usage), \
                updated_at = now() WHERE name = 'token_usage_daily'; \
-             SELECT tally_rebuild_coarse_rollups(); \
-             COMMIT; RESET work_mem;",
+             SELECT tally_rebuild_coarse_rollups();",
         )
-        .await?;
+        .await
+        .context("filling the rollups")?;
+    client
+        .batch_execute(&format!(
+            "{}; COMMIT; RESET work_mem; RESET maintenance_work_mem;",
+            create.join("; ")
+        ))
+        .await
+        .context("building the rollups' indexes")?;
     Ok(())
 }
 
