@@ -243,12 +243,10 @@ struct AggregateQuery<'s> {
 }
 
 impl AggregateQuery<'_> {
-    /// Grouped by user over weeks or months: computed period by period (see
-    /// `Spec::by_period_sql`). By day, the single statement's `GROUP BY day,
-    /// user…` is cheaper (a tenant's rows come in that order from the
-    /// rollup's primary key).
+    /// Grouped by user: computed period by period (see `Spec::period_sql`),
+    /// at every grain, so that a page reads the rows of its own users only.
     fn by_user(&self) -> bool {
-        self.grain != Grain::Day && self.group_by.iter().any(|k| k.name == "user")
+        self.group_by.iter().any(|k| k.name == "user")
     }
 }
 
@@ -388,62 +386,47 @@ impl Spec {
         })
     }
 
-    /// Grouped by user: one period at a time, in order, each grouped in key
-    /// order and cut at the page size (`ORDER BY … LIMIT`), so that a page
-    /// reads the rows of its own users only (through the rollup's
-    /// `(user_id, day)` / `(tenant_id, user_id, day)` index) instead of
-    /// grouping every user of the window. One statement answers the periods
-    /// `periods` (`(period, first day, end day)`), a `UNION ALL` of one
-    /// subquery per period under a `LIMIT`: PostgreSQL's `Append` runs them in
-    /// order and stops once the limit is reached. The days are literals (dates
-    /// made here, never request text) so that the planner knows each period's
-    /// size and chooses the user-ordered index; the statements are not cached.
-    fn by_period_sql(
+    /// Grouped by user: the statement for one period (`(period, first day, end
+    /// day)`), grouped in key order and cut at `limit` (`ORDER BY … LIMIT`), so
+    /// that a page reads the rows of its own users only instead of grouping
+    /// every user of the window. A one-day period is `day = d`: the rows of
+    /// that day come in user order from the `(day, user_id)` index (or, for a
+    /// tenant, the primary key); a longer one reads the `(user_id, day)` /
+    /// `(tenant_id, user_id, day)` index. The days are literals (dates made
+    /// here, never request text) so that the planner knows each period's size
+    /// and picks the user-ordered index; the statements are not cached.
+    fn period_sql(
         &self,
         query: &AggregateQuery<'_>,
         table: &str,
-        periods: &[(NaiveDate, NaiveDate, NaiveDate)],
+        (period, first, end): (NaiveDate, NaiveDate, NaiveDate),
         limit: usize,
     ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
         let mut sql = SqlBuilder::default();
         for (key, value) in &query.filters {
             sql.push(&format!("{} = ", key.column), value.clone());
         }
-        let filters = sql.clauses.clone();
+        let mut clauses = sql.clauses.clone();
+        if first.succ_opt() == Some(end) {
+            clauses.push(format!("day = '{first}'::date"));
+        } else {
+            clauses.push(format!("day >= '{first}'::date"));
+            clauses.push(format!("day < '{end}'::date"));
+        }
         let columns: Vec<&str> = query.group_by.iter().map(|k| k.column).collect();
-        let cursor = query.cursor.as_ref().map(|cursor| {
+        let cols = columns.join(", ");
+        if let Some(cursor) = query.cursor.as_ref().filter(|c| c.p == period) {
             let values: Vec<String> = cursor.k.iter().map(|k| sql.param(k.clone())).collect();
-            (
-                cursor.p,
-                format!("({}) > ({})", columns.join(", "), values.join(", ")),
-            )
-        });
+            clauses.push(format!("({cols}) > ({})", values.join(", ")));
+        }
         let limit = sql.param(i64::try_from(limit).unwrap_or(i64::MAX));
         let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
         select.extend(self.sums());
-        let cols = columns.join(", ");
-        let parts: Vec<String> = periods
-            .iter()
-            .map(|(period, lo, hi)| {
-                let mut clauses = filters.clone();
-                clauses.push(format!("day >= '{lo}'::date"));
-                clauses.push(format!("day < '{hi}'::date"));
-                if let Some((p, after)) = &cursor {
-                    if p == period {
-                        clauses.push(after.clone());
-                    }
-                }
-                format!(
-                    "(SELECT '{period}'::date AS period, {} FROM {table} WHERE {} \
-                     GROUP BY {cols} ORDER BY {cols} LIMIT {limit})",
-                    select.join(", "),
-                    clauses.join(" AND ")
-                )
-            })
-            .collect();
         let text = format!(
-            "SELECT * FROM ({}) AS g LIMIT {limit}",
-            parts.join(" UNION ALL ")
+            "SELECT '{period}'::date AS period, {} FROM {table} WHERE {} \
+             GROUP BY {cols} ORDER BY {cols} LIMIT {limit}",
+            select.join(", "),
+            clauses.join(" AND ")
         );
         (text, sql.params)
     }
@@ -502,8 +485,10 @@ fn periods(
     out
 }
 
-/// Periods per statement of a by-user page (see `Spec::by_period_sql`).
-const PERIODS_PER_STATEMENT: usize = 8;
+/// Most by-user period statements sent at once (pipelined on one connection).
+/// A page sends one statement first, which fills it when the data is dense, then
+/// 2, 4, … at once while the periods are sparse.
+const MAX_PERIODS_AT_ONCE: usize = 8;
 
 /// A page of aggregate items.
 #[derive(Debug, Serialize)]
@@ -553,22 +538,31 @@ async fn aggregate(
             let periods = periods(query.grain, from, to, start);
             let client = state.pool.get_for(&caller.tenant).await?;
             let mut rows = Vec::new();
-            for chunk in periods.chunks(PERIODS_PER_STATEMENT) {
-                let (sql, params) =
-                    spec.by_period_sql(&query, table, chunk, limit + 1 - rows.len());
-                let params: Vec<&(dyn ToSql + Sync)> = params
+            let mut pending = periods.as_slice();
+            let mut at_once = 1;
+            while !pending.is_empty() && rows.len() <= limit {
+                let (now, later) = pending.split_at(at_once.min(pending.len()));
+                pending = later;
+                at_once = (at_once * 2).min(MAX_PERIODS_AT_ONCE);
+                let wanted = limit + 1 - rows.len();
+                let statements: Vec<_> = now
                     .iter()
-                    .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+                    .map(|period| spec.period_sql(&query, table, *period, wanted))
                     .collect();
-                rows.extend(
-                    client
-                        .query(&sql, &params)
-                        .await
-                        .map_err(ApiError::from_db)?,
-                );
-                if rows.len() > limit {
-                    break;
-                }
+                // Each period's rows come back in its own statement's order, and
+                // the statements in period order.
+                let answers =
+                    futures::future::try_join_all(statements.iter().map(|(sql, params)| {
+                        let params: Vec<&(dyn ToSql + Sync)> = params
+                            .iter()
+                            .map(|param| param.as_ref() as &(dyn ToSql + Sync))
+                            .collect();
+                        let client = &client;
+                        async move { client.query(sql.as_str(), &params).await }
+                    }))
+                    .await
+                    .map_err(ApiError::from_db)?;
+                rows.extend(answers.into_iter().flatten());
             }
             rows
         }
@@ -737,17 +731,29 @@ mod tests {
         let q = TOKENS.parse(&p, &caller).unwrap();
         let periods = periods(q.grain, d("2026-10-30"), d("2026-11-30"), Some(cursor.p));
         assert_eq!(periods.len(), 1);
-        let (sql, params) = TOKENS.by_period_sql(&q, "token_usage_daily", &periods, 11);
+        let (sql, params) = TOKENS.period_sql(&q, "token_usage_daily", periods[0], 11);
         assert_eq!(params.len(), 4, "{sql}");
         assert!(
-            sql.contains(
-                "FROM token_usage_daily WHERE tenant_id = $1 AND day >= '2026-11-01'::date \
-                 AND day < '2026-11-30'::date AND (user_id, model) > ($2, $3) \
-                 GROUP BY user_id, model ORDER BY user_id, model LIMIT $4)"
+            sql.starts_with(
+                "SELECT '2026-11-01'::date AS period, user_id, model, sum(requests)::int8 AS requests, "
             ),
             "{sql}"
         );
-        assert!(sql.ends_with(") AS g LIMIT $4"), "{sql}");
+        assert!(
+            sql.ends_with(
+                " FROM token_usage_daily WHERE tenant_id = $1 AND day >= '2026-11-01'::date \
+                 AND day < '2026-11-30'::date AND (user_id, model) > ($2, $3) \
+                 GROUP BY user_id, model ORDER BY user_id, model LIMIT $4"
+            ),
+            "{sql}"
+        );
+        // A one-day period is an equality, so the day's rows come in user order.
+        let day = (d("2026-11-05"), d("2026-11-05"), d("2026-11-06"));
+        let (sql, _) = TOKENS.period_sql(&q, "token_usage_daily", day, 11);
+        assert!(
+            sql.contains("WHERE tenant_id = $1 AND day = '2026-11-05'::date GROUP BY"),
+            "{sql}"
+        );
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "coarse_rollups",
         include_str!("migrations/0008_coarse_rollups.sql"),
     ),
+    (
+        9,
+        "day_user_indexes",
+        include_str!("migrations/0009_day_user_indexes.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the
