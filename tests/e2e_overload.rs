@@ -150,6 +150,17 @@ const FULL_LOAD: u8 = 0;
 const ONE_CLIENT: u8 = 1;
 const STOP: u8 = 2;
 
+/// Stops the clients when the test ends, also when it fails: the panic's unwinding
+/// drops it, so the clients leave their loops and the runtime can shut down
+/// instead of spinning against a stopped collector.
+struct StopClientsOnDrop(Arc<AtomicU8>);
+
+impl Drop for StopClientsOnDrop {
+    fn drop(&mut self) {
+        self.0.store(STOP, Ordering::Release);
+    }
+}
+
 fn keeps_going(phase: &AtomicU8, client: u64) -> bool {
     match phase.load(Ordering::Acquire) {
         FULL_LOAD => true,
@@ -229,6 +240,10 @@ async fn http_client(url: String, client: u64, phase: Arc<AtomicU8>, tallies: Ar
         if acknowledged {
             n += 1;
             body = request(client, n).encode_to_vec();
+        } else {
+            // A refusal or a cut connection can come back without the task ever
+            // waiting: give the other tasks (and a shutting-down runtime) a turn.
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -251,6 +266,8 @@ async fn grpc_client(url: String, client: u64, phase: Arc<AtomicU8>, tallies: Ar
         if acknowledged {
             n += 1;
             next = request(client, n);
+        } else {
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -294,6 +311,7 @@ async fn overload_is_refused_retryably_within_the_memory_bound_and_recovers() {
         .expect("lock activity_events");
 
     let phase = Arc::new(AtomicU8::new(FULL_LOAD));
+    let _stop_clients = StopClientsOnDrop(phase.clone());
     let tallies: Arc<Mutex<Tallies>> = Arc::default();
     let mut clients = Vec::new();
     for client in 0..http_clients {
