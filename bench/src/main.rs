@@ -145,6 +145,11 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// The median of one figure over runs.
+fn median_by<T>(runs: &[T], figure: impl Fn(&T) -> f64) -> f64 {
+    median(runs.iter().map(figure).collect())
+}
+
 async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::Result<Figures> {
     let database = TestDatabase::migrated().await;
     let collector = Collector::start(
@@ -234,20 +239,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         eprintln!("run {run} ceiling: {ceiling:?}");
         ceilings.push(ceiling);
     }
-    let ceiling_db_cpu = median(ceilings.iter().map(|c| c.db_cpu_seconds_per_100k).collect());
-    let ceiling_writer_cpu = median(
-        ceilings
-            .iter()
-            .map(|c| c.writer_cpu_seconds_per_100k)
-            .collect(),
-    );
-    let ceiling_machine_cpu = median(
-        ceilings
-            .iter()
-            .map(|c| c.machine_cpu_seconds_per_100k)
-            .collect(),
-    );
-    let ceiling_busy_cores = median(ceilings.iter().map(|c| c.busy_cores).collect());
+    let ceiling_db_cpu = median_by(&ceilings, |c| c.db_cpu_seconds_per_100k);
+    let ceiling_writer_cpu = median_by(&ceilings, |c| c.writer_cpu_seconds_per_100k);
+    let ceiling_machine_cpu = median_by(&ceilings, |c| c.machine_cpu_seconds_per_100k);
+    let ceiling_busy_cores = median_by(&ceilings, |c| c.busy_cores);
     let ceilings: Vec<f64> = ceilings.iter().map(|c| c.rows_per_second).collect();
     let ceiling = median(ceilings.clone());
     println!(
@@ -260,7 +255,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|");
     let mut json_transports = serde_json::Map::new();
     for (transport, figures) in &per_transport {
-        let m = |f: fn(&Figures) -> f64| median(figures.iter().map(f).collect());
+        let m = |f: fn(&Figures) -> f64| median_by(figures, f);
         let rate = m(|f| f.records_per_second);
         println!(
             "| {transport:?} | {rate:.0} | {:.2} | {:.3} | {:.3} ({:.2}) | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
@@ -311,7 +306,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|");
     for (transport, figures) in &per_transport {
-        let m = |f: fn(&Figures) -> f64| median(figures.iter().map(f).collect());
+        let m = |f: fn(&Figures) -> f64| median_by(figures, f);
         println!(
             "| {transport:?} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
             m(|f| f.load_cpu_seconds_per_100k),
@@ -326,7 +321,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "| ceiling | {ceiling_writer_cpu:.3} | | {ceiling_db_cpu:.3} | {ceiling_machine_cpu:.3} | {ceiling_busy_cores:.2} | 1.00 |\n"
     );
     for (transport, figures) in &per_transport {
-        let m = |f: fn(&Figures) -> f64| median(figures.iter().map(f).collect());
+        let m = |f: fn(&Figures) -> f64| median_by(figures, f);
         println!(
             "{transport:?}: mean batch at full speed {:.0} rows, {:.1} ms to write and commit",
             m(|f| f.batch_rows),
