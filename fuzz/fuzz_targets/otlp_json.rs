@@ -1,5 +1,5 @@
-//! OTLP/JSON bodies (first byte: traces or logs) through the receiver's JSON decoding
-//! with its fix-ups and the id checks, then the whole processing chain.
+//! OTLP/JSON bodies (first byte: traces or logs) through the receiver's decoded-size
+//! estimate and JSON decoding with its fix-ups and the id checks, then the whole processing chain.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

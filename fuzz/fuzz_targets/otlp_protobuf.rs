@@ -1,5 +1,5 @@
-//! OTLP protobuf bodies (first byte: traces or logs) through the receiver's decoding and
-//! id checks, then the whole processing chain up to the binary `COPY` rows.
+//! OTLP protobuf bodies (first byte: traces or logs) through the receiver's decoded-size
+//! estimate, decoding and id checks, then the whole processing chain up to the binary `COPY` rows.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -54,7 +54,13 @@ pub mod fuzzing {
 
     /// Decodes an uncompressed `/v1/traces` body (`json`: OTLP/JSON with Tally's fix-ups,
     /// else protobuf) and checks its ids; `Err` is the message a client would get (400).
+    /// First, as the receiver does, it estimates the decoded size from the wire bytes.
     pub fn traces(body: &[u8], json: bool) -> Result<ExportTraceServiceRequest, String> {
+        std::hint::black_box(if json {
+            crate::estimate::json(body)
+        } else {
+            crate::estimate::traces_protobuf(body)
+        });
         let request = if json {
             crate::json::decode_traces(body)?
         } else {
@@ -67,6 +73,11 @@ pub mod fuzzing {
 
     /// [`traces`] for a `/v1/logs` body.
     pub fn logs(body: &[u8], json: bool) -> Result<ExportLogsServiceRequest, String> {
+        std::hint::black_box(if json {
+            crate::estimate::json(body)
+        } else {
+            crate::estimate::logs_protobuf(body)
+        });
         let request = if json {
             crate::json::decode_logs(body)?
         } else {
