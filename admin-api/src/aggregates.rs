@@ -250,7 +250,7 @@ impl AggregateQuery<'_> {
     /// day, user_id, …)` and stops at the page's end, with one plan however
     /// sparse the tenant's days are (one statement per day cost a mid-size
     /// tenant twice as much).
-    fn by_user(&self) -> bool {
+    fn by_period(&self) -> bool {
         let one_tenant = self.filters.iter().any(|(k, _)| k.name == "tenant");
         self.group_by.iter().any(|k| k.name == "user") && !(self.grain == Grain::Day && one_tenant)
     }
@@ -513,7 +513,7 @@ async fn aggregate(
     let pairs = pairs(uri)?;
     let mut query = spec.parse(&pairs, caller)?;
     let all_tenants = matches!(caller.tenant, crate::auth::TenantAccess::All);
-    if query.by_user() && (query.from.is_none() || query.to.is_none()) {
+    if query.by_period() && (query.from.is_none() || query.to.is_none()) {
         // The by-period form needs the window: the table's first and last day.
         let (sql, params) = spec.bounds_sql(&query, spec.table(&query, all_tenants).name);
         let rows = crate::params::query(state, &caller.tenant, &sql, &params).await?;
@@ -537,7 +537,7 @@ async fn aggregate(
         }
     }
     let limit = query.limit as usize;
-    let rows = match (query.by_user(), query.from, query.to) {
+    let rows = match (query.by_period(), query.from, query.to) {
         (true, Some(from), Some(to)) => {
             let table = spec.table(&query, all_tenants).name;
             let start = query.cursor.as_ref().map(|c| c.p);
@@ -715,7 +715,7 @@ mod tests {
             ("grain=month&group_by=model", false),
         ] {
             let q = TOKENS.parse(&pairs(query), &caller).unwrap();
-            assert_eq!(q.by_user(), by_period, "{query}");
+            assert_eq!(q.by_period(), by_period, "{query}");
         }
         let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
         assert_eq!(
