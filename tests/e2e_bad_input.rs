@@ -189,7 +189,8 @@ async fn bad_input_gets_documented_errors_and_tally_keeps_serving() {
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,
-            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())
+                .expect("non-empty HS256 secret"),
         )
         .expect("token")
     };

@@ -330,12 +330,9 @@ impl JwtVerifier {
             if secret.len() < 32 {
                 tracing::warn!("admin_api.auth.jwt.hs256_secret is shorter than 32 bytes: use a longer random secret");
             }
-            add(
-                "hs256_secret".to_owned(),
-                None,
-                Algorithm::HS256,
-                DecodingKey::from_secret(secret.as_bytes()),
-            );
+            let key = DecodingKey::from_secret(secret.as_bytes())
+                .map_err(|error| config_error("hs256_secret", error.to_string()))?;
+            add("hs256_secret".to_owned(), None, Algorithm::HS256, key);
         }
         if jwt.public_key_pem.is_some() && jwt.public_key_file.is_some() {
             return Err(config_error(

@@ -108,7 +108,7 @@ pub fn token(scope: &str, tenant: &str) -> anyhow::Result<String> {
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())?,
     )?)
 }
 

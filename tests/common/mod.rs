@@ -361,7 +361,7 @@ pub fn token(secret: &str, scope: &str, tenant: &str) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("non-empty HS256 secret"),
     )
     .expect("encode token")
 }

@@ -263,7 +263,7 @@ pub fn token_with(secret: &str, claims: &Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("non-empty HS256 secret"),
     )
     .expect("encode token")
 }
