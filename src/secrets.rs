@@ -1,5 +1,7 @@
-//! The redaction HMAC key: from `processors.redact.hmac_key`, else generated
-//! once, kept in the database (`tally_secrets`) and shared by every instance.
+//! The keys Tally generates when the config names none: the redaction HMAC key and
+//! the checkpoint signing key, each generated once, kept in the database
+//! (`tally_secrets`, see `tally_exporters::postgres::get_or_create_secret`) and
+//! shared by every instance.
 
 use anyhow::Context;
 use tally_config::Config;
@@ -17,28 +19,16 @@ pub async fn hmac_key(config: &Config, database_url: &str) -> anyhow::Result<Vec
         .await
         .context("cannot connect to PostgreSQL for the redaction key")?;
     let candidate = generate_key().context("cannot generate a redaction key")?;
-    // Another instance may store its key first: whichever commits first wins.
-    let inserted = client
-        .execute(
-            "INSERT INTO tally_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-            &[&HMAC_KEY_NAME, &candidate.as_slice()],
-        )
+    let stored = postgres::get_or_create_secret(&client, HMAC_KEY_NAME, &candidate)
         .await
-        .context("cannot store the generated redaction key")?;
-    let row = client
-        .query_one(
-            "SELECT value FROM tally_secrets WHERE name = $1",
-            &[&HMAC_KEY_NAME],
-        )
-        .await
-        .context("cannot read the redaction key")?;
-    if inserted == 1 {
+        .context("cannot store or read the generated redaction key")?;
+    if stored.generated_here {
         tracing::warn!(
             "processors.redact.hmac_key is not set: generated a redaction key and stored it in \
              the database (tally_secrets); set your own key to keep hashes stable across databases"
         );
     }
-    Ok(row.get::<_, Vec<u8>>(0))
+    Ok(stored.value)
 }
 
 /// `tally_secrets.name` of the generated checkpoint signing key (its 32-byte seed).
@@ -59,31 +49,17 @@ pub async fn chain_signing_key(
         .await
         .context("cannot connect to PostgreSQL for the checkpoint signing key")?;
     let candidate = generate_key().context("cannot generate a checkpoint signing key")?;
-    let inserted = client
-        .execute(
-            "INSERT INTO tally_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-            &[&CHAIN_KEY_NAME, &candidate.as_slice()],
-        )
+    let stored = postgres::get_or_create_secret(&client, CHAIN_KEY_NAME, &candidate)
         .await
-        .context("cannot store the generated checkpoint signing key")?;
-    let row = client
-        .query_one(
-            "SELECT value FROM tally_secrets WHERE name = $1",
-            &[&CHAIN_KEY_NAME],
-        )
-        .await
-        .context("cannot read the checkpoint signing key")?;
-    if inserted == 1 {
+        .context("cannot store or read the generated checkpoint signing key")?;
+    if stored.generated_here {
         tracing::warn!(
             "exporters.postgres.tamper_evidence.signing_key is not set: generated a checkpoint \
              signing key and stored it in the database (tally_secrets); anyone who can write to \
              the database can then forge checkpoints: configure your own key (docs/tamper-evidence.md)"
         );
     }
-    let seed: Vec<u8> = row
-        .try_get(0)
-        .context("cannot read the checkpoint signing key")?;
-    postgres::chain::signing_key_from_seed(&seed)
+    postgres::chain::signing_key_from_seed(&stored.value)
         .context("the checkpoint signing key stored in tally_secrets is invalid")
 }
 
@@ -99,17 +75,12 @@ pub async fn chain_verifying_key(
             .context("invalid exporters.postgres.tamper_evidence.signing_key")?;
         return Ok(Some(key.verifying_key()));
     }
-    let row = client
-        .query_opt(
-            "SELECT value FROM tally_secrets WHERE name = $1",
-            &[&CHAIN_KEY_NAME],
-        )
+    let Some(seed) = postgres::read_secret(client, CHAIN_KEY_NAME)
         .await
-        .context("cannot read the checkpoint signing key")?;
-    let Some(row) = row else { return Ok(None) };
-    let seed: Vec<u8> = row
-        .try_get(0)
-        .context("cannot read the checkpoint signing key")?;
+        .context("cannot read the checkpoint signing key")?
+    else {
+        return Ok(None);
+    };
     let key = postgres::chain::signing_key_from_seed(&seed)
         .context("the checkpoint signing key stored in tally_secrets is invalid")?;
     Ok(Some(key.verifying_key()))

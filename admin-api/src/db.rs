@@ -16,7 +16,7 @@ use crate::auth::TenantAccess;
 use crate::error::ApiError;
 
 /// The role the admin API's connections take (created by `tally migrate`).
-pub const API_ROLE: &str = "tally_api";
+pub use tally_exporters::postgres::API_ROLE;
 
 /// The `tally.tenant` value of a connection that may see no tenant's rows.
 const NO_TENANT: &str = "";

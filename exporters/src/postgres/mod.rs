@@ -20,8 +20,10 @@ pub mod embedded;
 mod error;
 mod migrate;
 mod partitions;
+mod periodic;
 mod retention;
 mod rollup;
+mod secrets;
 mod telemetry;
 mod tokens;
 mod writer;
@@ -35,6 +37,7 @@ pub use rollup::{
     DEFAULT_ATTRIBUTION_DELAY, DEFAULT_MAX_ROWS_PER_RUN, DEFAULT_ROLLUP_INTERVAL,
     REATTRIBUTION_LOCK_KEY, ROLLUP_LOCK_KEY, TOKEN_WATERMARK,
 };
+pub use secrets::{get_or_create_secret, read_secret, StoredSecret};
 pub use tokens::{attribute_traces, insert_token_batch, TraceAttribution, TraceIdentity};
 pub use writer::{insert_activity_batch, PgExporter};
 

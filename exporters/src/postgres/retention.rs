@@ -22,7 +22,8 @@ use tokio_postgres::Client;
 
 use tally_config::RetentionConfig;
 
-use super::rollup::{run_periodically, ACTIVITY_WATERMARK, TOKEN_WATERMARK};
+use super::periodic::run_periodically;
+use super::rollup::{ACTIVITY_WATERMARK, TOKEN_WATERMARK};
 use super::{PgError, PARTITION_LOCK_KEY};
 
 /// Default pause between two runs of the spawned job.

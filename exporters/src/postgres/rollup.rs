@@ -30,14 +30,14 @@
 //! (in `seq` order) of unfolded rows whose `received_at` is before
 //! `now() - delay`, so one recent row holds back every later one.
 
-use futures::future::BoxFuture;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Transaction};
 
-use super::{connect, PgError};
+use super::periodic::run_periodically;
+use super::PgError;
 
 /// Advisory lock key serialising rollup runs (the bytes `tallyrol`).
 pub const ROLLUP_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyrol");
@@ -517,60 +517,4 @@ async fn set_watermark(tx: &Transaction<'_>, name: &str, seq: i64) -> Result<(),
     )
     .await?;
     Ok(())
-}
-
-/// Shared loop of the background jobs: connect (again after a failure), run
-/// `step`, wait `interval` (or not, when `step` answers `true`: more work is
-/// waiting), stop when `shutdown` turns `true` or its sender is dropped.
-pub(crate) async fn run_periodically<F>(
-    name: &'static str,
-    url: String,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-    mut step: F,
-) where
-    F: for<'c> FnMut(&'c mut Client) -> BoxFuture<'c, Result<bool, PgError>>,
-{
-    let mut client: Option<Client> = None;
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        let mut again = false;
-        if client.as_ref().is_none_or(Client::is_closed) {
-            match connect(&url).await {
-                Ok((c, _connection)) => client = Some(c),
-                Err(error) => {
-                    tracing::warn!(job = name, error = %error, "background job cannot connect; retrying");
-                    client = None;
-                }
-            }
-        }
-        if let Some(c) = client.as_mut() {
-            // A run cut short by shutdown is dropped, i.e. rolled back.
-            let result = tokio::select! {
-                result = step(c) => Some(result),
-                _ = shutdown.changed() => None,
-            };
-            match result {
-                None => break,
-                Some(Ok(more)) => again = more,
-                Some(Err(error)) => {
-                    tracing::warn!(job = name, error = %error, "background job run failed; retrying later");
-                    client = None;
-                }
-            }
-        }
-        if !again {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    tracing::debug!(job = name, "background job stopped");
 }

@@ -1,0 +1,280 @@
+//! A row's canonical form, its link hash, the checkpoint message and the signing keys.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use tokio_postgres::Row;
+
+use super::{SigningKey, VerifyingKey};
+use crate::postgres::PgError;
+
+/// Domain prefix of a row's canonical form.
+const ROW_DOMAIN: &[u8] = b"tally-activity-v1";
+/// Domain prefix of a signed checkpoint message.
+const CHECKPOINT_DOMAIN: &[u8] = b"tally-checkpoint-v1";
+
+/// The columns of a row's canonical form, in order (`attributes` as the text
+/// PostgreSQL prints for the jsonb value: keys sorted, duplicates removed).
+pub(super) const ROW_COLUMNS: &str =
+    "id, seq, ts, received_at, tenant_id, user_id, session_id, action, \
+    outcome, resource_type, resource_id, service, trace_id, span_id, attributes::text, \
+    taxonomy_valid, taxonomy_reason";
+
+/// An `activity_events` row as the chain sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainRow {
+    pub id: uuid::Uuid,
+    pub seq: i64,
+    pub ts: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub tenant_id: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub service: Option<String>,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    /// `attributes::text`.
+    pub attributes: Option<String>,
+    pub taxonomy_valid: Option<bool>,
+    pub taxonomy_reason: Option<String>,
+}
+
+impl ChainRow {
+    /// Reads a row selected with the chain's column list.
+    pub(super) fn from_row(row: &Row) -> Result<ChainRow, PgError> {
+        Ok(ChainRow {
+            id: row.try_get(0)?,
+            seq: row.try_get(1)?,
+            ts: row.try_get(2)?,
+            received_at: row.try_get(3)?,
+            tenant_id: row.try_get(4)?,
+            user_id: row.try_get(5)?,
+            session_id: row.try_get(6)?,
+            action: row.try_get(7)?,
+            outcome: row.try_get(8)?,
+            resource_type: row.try_get(9)?,
+            resource_id: row.try_get(10)?,
+            service: row.try_get(11)?,
+            trace_id: row.try_get(12)?,
+            span_id: row.try_get(13)?,
+            attributes: row.try_get(14)?,
+            taxonomy_valid: row.try_get(15)?,
+            taxonomy_reason: row.try_get(16)?,
+        })
+    }
+
+    /// The chain key of the row's tenant (`''` for no tenant).
+    pub(super) fn tenant(&self) -> &str {
+        self.tenant_id.as_deref().unwrap_or("")
+    }
+
+    /// The canonical byte form hashed into the chain: `tally-activity-v1`, then
+    /// each column in `ROW_COLUMNS` order as a field — `0x00` for NULL, else
+    /// `0x01`, the value's length (u32 big-endian) and its bytes: uuid 16 bytes,
+    /// bigint 8 bytes big-endian, timestamptz microseconds since 1970-01-01 UTC
+    /// as 8 bytes big-endian, text UTF-8, boolean one byte 0/1.
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(ROW_DOMAIN);
+        field(&mut out, Some(self.id.as_bytes()));
+        field(&mut out, Some(&self.seq.to_be_bytes()));
+        field(&mut out, Some(&self.ts.timestamp_micros().to_be_bytes()));
+        field(
+            &mut out,
+            Some(&self.received_at.timestamp_micros().to_be_bytes()),
+        );
+        for text in [
+            &self.tenant_id,
+            &self.user_id,
+            &self.session_id,
+            &self.action,
+            &self.outcome,
+            &self.resource_type,
+            &self.resource_id,
+            &self.service,
+            &self.trace_id,
+            &self.span_id,
+            &self.attributes,
+        ] {
+            field(&mut out, text.as_deref().map(str::as_bytes));
+        }
+        field(
+            &mut out,
+            self.taxonomy_valid
+                .map(|v| [u8::from(v)])
+                .as_ref()
+                .map(|b| &b[..]),
+        );
+        field(&mut out, self.taxonomy_reason.as_deref().map(str::as_bytes));
+        out
+    }
+}
+
+fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        None => out.push(0),
+        Some(bytes) => {
+            out.push(1);
+            // Column values are far below 4 GiB (PostgreSQL caps a field at 1 GB).
+            let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// `SHA-256(prev_hash || canonical)`.
+pub fn row_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(prev_hash);
+    hasher.update(canonical);
+    hasher.finalize().into()
+}
+
+/// The message a checkpoint signs: `tally-checkpoint-v1`, then the fields
+/// tenant (UTF-8), seq (8 bytes), head hash (32 bytes) and signed_at
+/// (microseconds, 8 bytes), encoded like [`ChainRow::canonical`]'s fields.
+pub fn checkpoint_message(
+    tenant: &str,
+    seq: i64,
+    head_hash: &[u8],
+    signed_at: DateTime<Utc>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + tenant.len());
+    out.extend_from_slice(CHECKPOINT_DOMAIN);
+    field(&mut out, Some(tenant.as_bytes()));
+    field(&mut out, Some(&seq.to_be_bytes()));
+    field(&mut out, Some(head_hash));
+    field(&mut out, Some(&signed_at.timestamp_micros().to_be_bytes()));
+    out
+}
+
+/// The id of a public key: hex of the first 8 bytes of SHA-256(public key).
+pub fn key_id(key: &VerifyingKey) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    hex(&digest[..8])
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// A signing key from its 32-byte seed.
+pub fn signing_key_from_seed(seed: &[u8]) -> Result<SigningKey, PgError> {
+    let seed: [u8; 32] = seed.try_into().map_err(|_| {
+        PgError::Integrity(format!(
+            "an Ed25519 signing key seed has 32 bytes, not {}",
+            seed.len()
+        ))
+    })?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A signing key from `exporters.postgres.tamper_evidence.signing_key`: the
+/// 32-byte seed in base64 (standard or URL-safe alphabet, padding optional) or
+/// as 64 hex digits. Surrounding whitespace is ignored.
+pub fn signing_key_from_config(text: &str) -> Result<SigningKey, PgError> {
+    use base64::Engine;
+    let text = text.trim();
+    let seed = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| PgError::Integrity("the signing key is not valid hex".into()))?
+    } else {
+        let unpadded = text.trim_end_matches('=');
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(unpadded)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(unpadded))
+            .map_err(|_| {
+                PgError::Integrity("the signing key is neither base64 nor 64 hex digits".into())
+            })?
+    };
+    signing_key_from_seed(&seed)
+}
+
+pub(super) fn hash32(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], PgError> {
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| PgError::Integrity(format!("{what} has {} bytes, not 32", b.len())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::chain::GENESIS_HASH;
+
+    fn row() -> ChainRow {
+        ChainRow {
+            id: uuid::Uuid::nil(),
+            seq: 7,
+            ts: DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap_or_default(),
+            received_at: DateTime::from_timestamp(1_700_000_001, 0).unwrap_or_default(),
+            tenant_id: Some("acme".into()),
+            user_id: None,
+            session_id: None,
+            action: Some("login".into()),
+            outcome: Some("success".into()),
+            resource_type: None,
+            resource_id: None,
+            service: None,
+            trace_id: None,
+            span_id: None,
+            attributes: Some("{}".into()),
+            taxonomy_valid: Some(true),
+            taxonomy_reason: None,
+        }
+    }
+
+    #[test]
+    fn canonical_form_distinguishes_null_empty_and_field_boundaries() {
+        let base = row().canonical();
+        let mut empty_user = row();
+        empty_user.user_id = Some(String::new());
+        assert_ne!(base, empty_user.canonical());
+        let mut a = row();
+        a.user_id = Some("ab".into());
+        a.session_id = Some("c".into());
+        let mut b = row();
+        b.user_id = Some("a".into());
+        b.session_id = Some("bc".into());
+        assert_ne!(a.canonical(), b.canonical());
+        let mut flag = row();
+        flag.taxonomy_valid = Some(false);
+        assert_ne!(base, flag.canonical());
+        assert_eq!(base, row().canonical());
+    }
+
+    #[test]
+    fn hash_depends_on_the_previous_hash() {
+        let canonical = row().canonical();
+        let first = row_hash(&GENESIS_HASH, &canonical);
+        assert_ne!(first, row_hash(&first, &canonical));
+        assert_eq!(first, row_hash(&GENESIS_HASH, &canonical));
+    }
+
+    #[test]
+    fn key_ids_are_16_hex_digits() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let id = key_id(&key.verifying_key());
+        assert_eq!(id.len(), 16);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(signing_key_from_seed(&[1; 31]).is_err());
+        let seed_b64 = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+        let from_b64 = signing_key_from_config(seed_b64).map(|k| k.to_bytes());
+        assert_eq!(from_b64.ok(), Some([42; 32]));
+        let from_hex = signing_key_from_config(&"2a".repeat(32)).map(|k| k.to_bytes());
+        assert_eq!(from_hex.ok(), Some([42; 32]));
+        assert!(signing_key_from_config("not a key").is_err());
+        assert!(signing_key_from_config("AAAA").is_err());
+    }
+}

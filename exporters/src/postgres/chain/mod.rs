@@ -1,0 +1,63 @@
+//! Tamper evidence: a per-tenant SHA-256 hash chain over `activity_events`,
+//! signed checkpoints, and its verification (see `docs/tamper-evidence.md`).
+//!
+//! The **chainer** ([`ChainJob`]) runs after the writers commit. One run is one
+//! transaction under [`CHAIN_LOCK_KEY`]: it reads the global watermark
+//! (`chain_watermark.last_seq`), takes the next committed rows in `seq` order
+//! (`seq` is commit-ordered, so when a row is visible every smaller `seq` is
+//! committed), computes for each row
+//! `row_hash = SHA-256(prev_hash || canonical form)` where `prev_hash` is the
+//! tenant's previous link (32 zero bytes for its first row), inserts the links
+//! into `activity_chain`, moves `chain_heads` and the watermark, and — when a
+//! checkpoint is due — signs every tenant's new head with Ed25519 into
+//! `chain_checkpoints`. A run cut short rolls back entirely, so every row is
+//! chained exactly once, whatever the number of Tally instances.
+//!
+//! **Verification** ([`verify()`]) re-walks one tenant's links and rows in `seq`
+//! order in one read-only snapshot, recomputes every hash and checks the
+//! checkpoints' signatures, and answers either "intact up to seq N" or the first
+//! problem: a row `altered`, `deleted` or `inserted` out of band, or a
+//! `checkpoint` that is forged or does not match the chain.
+//!
+//! Retention drops whole daily partitions; it records each drop in
+//! `chain_truncations` (per tenant and day) in the dropping transaction. Links
+//! are never dropped, so the chain continues through the dropped rows' stored
+//! hashes, and a link whose row is missing is accepted only when its tenant and
+//! day have such a record.
+//!
+//! The module has three parts: `canonical.rs` (a row's canonical form, the hashes and
+//! the checkpoint message and keys), `job.rs` (the chainer) and `verify.rs` (the walk).
+
+use std::time::Duration;
+
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
+
+mod canonical;
+mod job;
+mod verify;
+
+pub use canonical::{
+    checkpoint_message, hex, key_id, row_hash, signing_key_from_config, signing_key_from_seed,
+    ChainRow,
+};
+pub use job::{ChainJob, ChainReport};
+pub use verify::{
+    tenants, verify, CheckpointInfo, Problem, ProblemKind, VerifyReport, VerifyStatus,
+};
+
+/// Advisory lock key serialising chainer runs (the bytes `tallychn`).
+pub const CHAIN_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallychn");
+/// `chain_watermark.name` of the activity chain.
+pub const CHAIN_WATERMARK: &str = "activity_events";
+/// `prev_hash` of a tenant's first link.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+/// Default pause between two chainer runs.
+pub const DEFAULT_CHAIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time between two signed checkpoints.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
+/// Default upper bound of rows chained per run. A run that reaches it is followed at
+/// once by the next, so the bound sets the chainer's memory (the rows of one run, with
+/// their attributes' text: ~1.5 KiB each for ordinary events), not its throughput.
+pub const DEFAULT_CHAIN_ROWS_PER_RUN: i64 = 2_000;
+/// `tally_secrets.name` of the generated signing key (32-byte Ed25519 seed).
+pub const SIGNING_KEY_SECRET: &str = "chain.signing_key";

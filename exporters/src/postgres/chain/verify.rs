@@ -1,0 +1,555 @@
+//! Verification: re-walks one tenant's links and rows and checks the checkpoints.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ed25519_dalek::{Signature, Verifier};
+use serde::Serialize;
+use tokio_postgres::{Client, IsolationLevel};
+
+use super::canonical::{checkpoint_message, hex, key_id, row_hash, ChainRow, ROW_COLUMNS};
+use super::{VerifyingKey, CHAIN_WATERMARK, GENESIS_HASH};
+use crate::postgres::PgError;
+
+/// Links read per verification batch.
+const VERIFY_BATCH: i64 = 5_000;
+
+/// The verdict of [`verify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyStatus {
+    /// Every chained row and checkpoint checked out.
+    Intact,
+    /// See [`VerifyReport::first_problem`].
+    Tampered,
+}
+
+/// What kind of tampering was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProblemKind {
+    /// The row exists but its content (or its link) changed.
+    Altered,
+    /// A chained row is missing and no retention drop accounts for it.
+    Deleted,
+    /// A row (or link) that the chainer did not write.
+    Inserted,
+    /// A checkpoint whose signature does not verify, whose key is not trusted,
+    /// or whose head hash differs from the chain (the chain was rewritten).
+    Checkpoint,
+}
+
+/// The first problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The `seq` where the chain first breaks.
+    pub seq: i64,
+    pub kind: ProblemKind,
+    /// A human explanation.
+    pub detail: String,
+}
+
+/// The latest checkpoint covered by the verified part of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckpointInfo {
+    pub seq: i64,
+    /// Hex.
+    pub head_hash: String,
+    /// RFC 3339.
+    pub signed_at: String,
+    pub key_id: String,
+    /// Whether the signature verifies (always true for a reported checkpoint).
+    pub signature_valid: bool,
+    /// Whether the signing key is one the verifier was told to trust (`None`:
+    /// no trusted key given; the keys recorded in `chain_keys` were used).
+    pub key_trusted: Option<bool>,
+}
+
+/// The outcome of verifying one tenant's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// The tenant (`''`: events without a tenant).
+    pub tenant: String,
+    pub status: VerifyStatus,
+    /// The last `seq` of this tenant whose link and row verified (`None`: none).
+    pub verified_up_to_seq: Option<i64>,
+    /// Rows whose hash was recomputed.
+    pub rows_checked: u64,
+    /// Links walked (including those whose rows retention dropped).
+    pub links_checked: u64,
+    /// Links whose rows were dropped by retention (recorded in `chain_truncations`).
+    pub dropped_rows: u64,
+    /// Rows after the chainer's watermark: not chained yet (not an error).
+    pub unchained_rows: u64,
+    /// The chainer's global watermark at verification time.
+    pub chain_watermark: i64,
+    /// Checkpoints of this tenant whose signature and head were checked.
+    pub checkpoints_checked: u64,
+    /// `None` when intact.
+    pub first_problem: Option<Problem>,
+    /// The latest valid checkpoint at or before `verified_up_to_seq`.
+    pub checkpoint: Option<CheckpointInfo>,
+}
+
+impl VerifyReport {
+    /// Whether the chain verified.
+    pub fn is_intact(&self) -> bool {
+        self.status == VerifyStatus::Intact
+    }
+
+    /// One line for humans: `tenant T: intact up to seq N …` or the problem.
+    pub fn summary(&self) -> String {
+        let tenant = if self.tenant.is_empty() {
+            "(no tenant)".to_owned()
+        } else {
+            format!("tenant {}", self.tenant)
+        };
+        match &self.first_problem {
+            None => {
+                let mut line = match self.verified_up_to_seq {
+                    Some(seq) => format!("{tenant}: intact up to seq {seq}"),
+                    None => format!("{tenant}: intact (nothing chained yet)"),
+                };
+                line.push_str(&format!(
+                    " ({} rows checked, {} dropped by retention, {} not chained yet)",
+                    self.rows_checked, self.dropped_rows, self.unchained_rows
+                ));
+                if let Some(cp) = &self.checkpoint {
+                    line.push_str(&format!(
+                        "; signed checkpoint at seq {} ({}, key {})",
+                        cp.seq, cp.signed_at, cp.key_id
+                    ));
+                }
+                line
+            }
+            Some(problem) => format!(
+                "{tenant}: TAMPERED: {} at seq {}: {}",
+                serde_json::to_value(problem.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                problem.seq,
+                problem.detail
+            ),
+        }
+    }
+}
+
+/// A link of `activity_chain`.
+struct Link {
+    seq: i64,
+    day: NaiveDate,
+    prev_seq: Option<i64>,
+    prev_hash: Vec<u8>,
+    row_hash: Vec<u8>,
+}
+
+struct StoredCheckpoint {
+    head_hash: Vec<u8>,
+    signed_at: DateTime<Utc>,
+    key_id: String,
+    signature: Vec<u8>,
+}
+
+/// The tenants that have links or rows (for verifying all of them).
+pub async fn tenants(client: &Client) -> Result<Vec<String>, PgError> {
+    Ok(client
+        .query(
+            "SELECT tenant_id FROM chain_heads UNION SELECT DISTINCT tenant_id FROM activity_events \
+             ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get::<_, Option<String>>(0))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect())
+}
+
+/// Verifies `tenant`'s chain (`''`: events without a tenant) in one read-only
+/// snapshot. With `trusted` keys, a checkpoint signed by any other key is a
+/// problem; without, the keys recorded in `chain_keys` are used (which someone
+/// with write access to the database could replace: pass the configured key).
+pub async fn verify(
+    client: &mut Client,
+    tenant: &str,
+    trusted: &[VerifyingKey],
+) -> Result<VerifyReport, PgError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let watermark: i64 = tx
+        .query_opt(
+            "SELECT last_seq FROM chain_watermark WHERE name = $1",
+            &[&CHAIN_WATERMARK],
+        )
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?
+        .unwrap_or(0);
+    let unchained: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM activity_events WHERE tenant_id = $1 AND seq > $2",
+            &[&tenant, &watermark],
+        )
+        .await?
+        .try_get(0)?;
+    let dropped_days: HashSet<NaiveDate> = tx
+        .query(
+            "SELECT day FROM chain_truncations WHERE table_name = 'activity_events' \
+             AND tenant_id = $1",
+            &[&tenant],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let mut keys: HashMap<String, Option<VerifyingKey>> = HashMap::new();
+    for row in tx
+        .query("SELECT key_id, public_key FROM chain_keys", &[])
+        .await?
+    {
+        let bytes: Vec<u8> = row.try_get(1)?;
+        let key = <[u8; 32]>::try_from(bytes.as_slice())
+            .ok()
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+        keys.insert(row.try_get(0)?, key);
+    }
+    for key in trusted {
+        keys.insert(key_id(key), Some(*key));
+    }
+    let mut checkpoints: BTreeMap<i64, StoredCheckpoint> = BTreeMap::new();
+    for row in tx
+        .query(
+            "SELECT seq, head_hash, signed_at, key_id, signature FROM chain_checkpoints \
+             WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await?
+    {
+        checkpoints.insert(
+            row.try_get(0)?,
+            StoredCheckpoint {
+                head_hash: row.try_get(1)?,
+                signed_at: row.try_get(2)?,
+                key_id: row.try_get(3)?,
+                signature: row.try_get(4)?,
+            },
+        );
+    }
+    let head: Option<(i64, Vec<u8>)> = tx
+        .query_opt(
+            "SELECT seq, row_hash FROM chain_heads WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await?
+        .map(|row| Ok::<_, PgError>((row.try_get(0)?, row.try_get(1)?)))
+        .transpose()?;
+
+    let mut walk = Walk {
+        tenant,
+        trusted,
+        keys: &keys,
+        dropped_days: &dropped_days,
+        checkpoints: &checkpoints,
+        expected_prev: GENESIS_HASH.to_vec(),
+        prev_seq: None,
+        report: VerifyReport {
+            tenant: tenant.to_owned(),
+            status: VerifyStatus::Intact,
+            verified_up_to_seq: None,
+            rows_checked: 0,
+            links_checked: 0,
+            dropped_rows: 0,
+            unchained_rows: u64::try_from(unchained).unwrap_or(0),
+            chain_watermark: watermark,
+            checkpoints_checked: 0,
+            first_problem: None,
+            checkpoint: None,
+        },
+    };
+    let mut cursor = i64::MIN;
+    loop {
+        let links: Vec<Link> = tx
+            .query(
+                "SELECT seq, day, prev_seq, prev_hash, row_hash FROM activity_chain \
+                 WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[&tenant, &cursor, &VERIFY_BATCH],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok::<_, PgError>(Link {
+                    seq: row.try_get(0)?,
+                    day: row.try_get(1)?,
+                    prev_seq: row.try_get(2)?,
+                    prev_hash: row.try_get(3)?,
+                    row_hash: row.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let last_batch = (links.len() as i64) < VERIFY_BATCH;
+        let upper = match links.last() {
+            Some(link) if !last_batch => link.seq,
+            Some(link) => link.seq.max(watermark),
+            None => watermark,
+        };
+        let rows: Vec<ChainRow> = if upper > cursor {
+            tx.query(
+                &format!(
+                    "SELECT {ROW_COLUMNS} FROM activity_events \
+                     WHERE tenant_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq, id"
+                ),
+                &[&tenant, &cursor, &upper],
+            )
+            .await?
+            .iter()
+            .map(ChainRow::from_row)
+            .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        if !walk.merge(links, rows) || last_batch {
+            break;
+        }
+        cursor = upper;
+    }
+    walk.finish(head);
+    tx.commit().await?;
+    Ok(walk.report)
+}
+
+/// The state of one verification walk.
+struct Walk<'a> {
+    tenant: &'a str,
+    trusted: &'a [VerifyingKey],
+    keys: &'a HashMap<String, Option<VerifyingKey>>,
+    dropped_days: &'a HashSet<NaiveDate>,
+    checkpoints: &'a BTreeMap<i64, StoredCheckpoint>,
+    expected_prev: Vec<u8>,
+    prev_seq: Option<i64>,
+    report: VerifyReport,
+}
+
+impl Walk<'_> {
+    fn problem(&mut self, seq: i64, kind: ProblemKind, detail: impl Into<String>) -> bool {
+        self.report.status = VerifyStatus::Tampered;
+        self.report.first_problem = Some(Problem {
+            seq,
+            kind,
+            detail: detail.into(),
+        });
+        false
+    }
+
+    /// Walks one batch (links and rows in the same seq window, both ordered by
+    /// seq); answers `false` at the first problem.
+    fn merge(&mut self, links: Vec<Link>, rows: Vec<ChainRow>) -> bool {
+        let mut rows = rows.into_iter().peekable();
+        for link in links {
+            // Rows before this link have no link: inserted out of band.
+            if let Some(row) = rows.next_if(|row| row.seq < link.seq) {
+                return self.problem(
+                    row.seq,
+                    ProblemKind::Inserted,
+                    "a row at or below the chain watermark has no link",
+                );
+            }
+            let mut same: Vec<ChainRow> = Vec::new();
+            while let Some(row) = rows.next_if(|row| row.seq == link.seq) {
+                same.push(row);
+            }
+            if !self.link(&link, &same) {
+                return false;
+            }
+        }
+        if let Some(row) = rows.next() {
+            return self.problem(
+                row.seq,
+                ProblemKind::Inserted,
+                "a row at or below the chain watermark has no link",
+            );
+        }
+        true
+    }
+
+    fn link(&mut self, link: &Link, rows: &[ChainRow]) -> bool {
+        if link.prev_seq != self.prev_seq {
+            return match (link.prev_seq, self.prev_seq) {
+                (Some(expected), Some(seen)) if expected < seen => self.problem(
+                    seen,
+                    ProblemKind::Inserted,
+                    format!("the link of seq {seen} is not part of the chain (seq {} follows seq {expected})", link.seq),
+                ),
+                (Some(expected), _) => self.problem(
+                    expected,
+                    ProblemKind::Deleted,
+                    format!("the row and link of seq {expected} are missing (seq {} follows it)", link.seq),
+                ),
+                (None, Some(seen)) => self.problem(
+                    link.seq,
+                    ProblemKind::Inserted,
+                    format!("the link of seq {} claims to start the chain, after seq {seen}", link.seq),
+                ),
+                (None, None) => true,
+            };
+        }
+        if link.prev_hash != self.expected_prev {
+            let seq = self.prev_seq.unwrap_or(link.seq);
+            return self.problem(
+                seq,
+                ProblemKind::Altered,
+                format!(
+                    "the chain breaks between seq {seq} and seq {}: a row and its link were rewritten",
+                    link.seq
+                ),
+            );
+        }
+        let prev: [u8; 32] = match self.expected_prev.as_slice().try_into() {
+            Ok(prev) => prev,
+            Err(_) => {
+                return self.problem(
+                    link.seq,
+                    ProblemKind::Altered,
+                    "a link hash is not 32 bytes",
+                )
+            }
+        };
+        if rows.is_empty() {
+            if !self.dropped_days.contains(&link.day) {
+                return self.problem(
+                    link.seq,
+                    ProblemKind::Deleted,
+                    "the chained row is missing and no retention drop of its day is recorded",
+                );
+            }
+            self.report.dropped_rows += 1;
+        } else {
+            let mut matched = false;
+            for row in rows {
+                self.report.rows_checked += 1;
+                if row_hash(&prev, &row.canonical()).as_slice() == link.row_hash.as_slice() {
+                    matched = true;
+                }
+            }
+            if !matched {
+                return self.problem(
+                    link.seq,
+                    ProblemKind::Altered,
+                    "the row's content does not match its chained hash",
+                );
+            }
+            if rows.len() > 1 {
+                return self.problem(
+                    link.seq,
+                    ProblemKind::Inserted,
+                    "another row was inserted with the seq of a chained row",
+                );
+            }
+        }
+        if let Some(checkpoint) = self.checkpoints.get(&link.seq) {
+            if !self.checkpoint(link, checkpoint) {
+                return false;
+            }
+        }
+        self.report.links_checked += 1;
+        self.report.verified_up_to_seq = Some(link.seq);
+        self.prev_seq = Some(link.seq);
+        self.expected_prev = link.row_hash.clone();
+        true
+    }
+
+    fn checkpoint(&mut self, link: &Link, cp: &StoredCheckpoint) -> bool {
+        self.report.checkpoints_checked += 1;
+        let key = self.keys.get(&cp.key_id).copied().flatten();
+        let Some(key) = key else {
+            return self.problem(
+                link.seq,
+                ProblemKind::Checkpoint,
+                format!("the checkpoint's key {} is unknown", cp.key_id),
+            );
+        };
+        let trusted = (!self.trusted.is_empty()).then(|| self.trusted.contains(&key));
+        if trusted == Some(false) {
+            return self.problem(
+                link.seq,
+                ProblemKind::Checkpoint,
+                format!(
+                    "the checkpoint is signed by key {}, which is not trusted",
+                    cp.key_id
+                ),
+            );
+        }
+        let message = checkpoint_message(self.tenant, link.seq, &cp.head_hash, cp.signed_at);
+        let valid = Signature::from_slice(&cp.signature)
+            .is_ok_and(|signature| key.verify(&message, &signature).is_ok());
+        if !valid {
+            return self.problem(
+                link.seq,
+                ProblemKind::Checkpoint,
+                "the checkpoint's signature does not verify (forged or altered checkpoint)",
+            );
+        }
+        if cp.head_hash != link.row_hash {
+            return self.problem(
+                link.seq,
+                ProblemKind::Checkpoint,
+                "the signed head hash differs from the chain: rows up to this seq were rewritten",
+            );
+        }
+        self.report.checkpoint = Some(CheckpointInfo {
+            seq: link.seq,
+            head_hash: hex(&cp.head_hash),
+            signed_at: cp
+                .signed_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            key_id: cp.key_id.clone(),
+            signature_valid: true,
+            key_trusted: trusted,
+        });
+        true
+    }
+
+    /// Checks what the walk could not see: checkpoints and the head beyond the
+    /// last link (the chain's tail was cut).
+    fn finish(&mut self, head: Option<(i64, Vec<u8>)>) {
+        if self.report.first_problem.is_some() {
+            return;
+        }
+        let last = self.report.verified_up_to_seq;
+        if let Some((&seq, _)) = self
+            .checkpoints
+            .range(last.map_or(i64::MIN, |s| s.saturating_add(1))..)
+            .next()
+        {
+            self.problem(
+                seq,
+                ProblemKind::Deleted,
+                format!("a signed checkpoint covers seq {seq}, but the chain ends before it"),
+            );
+            return;
+        }
+        match head {
+            Some((seq, hash)) if Some(seq) != last || hash != self.expected_prev => {
+                self.problem(
+                    seq,
+                    ProblemKind::Deleted,
+                    format!("the chain head is seq {seq}, but the chain ends at {last:?}"),
+                );
+            }
+            None if last.is_some() => {
+                self.problem(
+                    last.unwrap_or_default(),
+                    ProblemKind::Inserted,
+                    "links exist but the tenant has no chain head",
+                );
+            }
+            _ => {}
+        }
+    }
+}
