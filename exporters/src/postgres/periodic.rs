@@ -5,14 +5,29 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::{connect, PgError};
 
+/// Spawns [`run_periodically`] on the runtime: the one way a background job starts.
+pub(crate) fn spawn_periodically<F>(
+    name: &'static str,
+    url: String,
+    interval: Duration,
+    shutdown: watch::Receiver<bool>,
+    step: F,
+) -> JoinHandle<()>
+where
+    F: for<'c> FnMut(&'c mut Client) -> BoxFuture<'c, Result<bool, PgError>> + Send + 'static,
+{
+    tokio::spawn(run_periodically(name, url, interval, shutdown, step))
+}
+
 /// Shared loop of the background jobs: connect (again after a failure), run
 /// `step`, wait `interval` (or not, when `step` answers `true`: more work is
 /// waiting), stop when `shutdown` turns `true` or its sender is dropped.
-pub(crate) async fn run_periodically<F>(
+async fn run_periodically<F>(
     name: &'static str,
     url: String,
     interval: Duration,

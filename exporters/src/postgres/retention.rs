@@ -22,7 +22,7 @@ use tokio_postgres::Client;
 
 use tally_config::RetentionConfig;
 
-use super::periodic::run_periodically;
+use super::periodic::spawn_periodically;
 use super::rollup::{ACTIVITY_WATERMARK, TOKEN_WATERMARK};
 use super::{PgError, PARTITION_LOCK_KEY};
 
@@ -257,16 +257,13 @@ impl RetentionJob {
         interval: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let job = self;
-            run_periodically("retention", url, interval, shutdown, move |client| {
-                let job = job.clone();
-                Box::pin(async move {
-                    job.run_once(client).await?;
-                    Ok(false)
-                })
+        let job = self;
+        spawn_periodically("retention", url, interval, shutdown, move |client| {
+            let job = job.clone();
+            Box::pin(async move {
+                job.run_once(client).await?;
+                Ok(false)
             })
-            .await
         })
     }
 }

@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Transaction};
 
-use super::periodic::run_periodically;
+use super::periodic::spawn_periodically;
 use super::PgError;
 
 /// Advisory lock key serialising rollup runs (the bytes `tallyrol`).
@@ -446,19 +446,16 @@ impl RollupJob {
         interval: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let job = self;
-            let max_rows = u64::try_from(job.max_rows_per_run).unwrap_or(u64::MAX);
-            run_periodically("rollup", url, interval, shutdown, move |client| {
-                let job = job.clone();
-                Box::pin(async move {
-                    let report = job.run_once(client).await?;
-                    record_lag(client).await?;
-                    // Saturated: more rows are waiting, go again without pausing.
-                    Ok(report.activity_rows >= max_rows || report.token_rows >= max_rows)
-                })
+        let job = self;
+        let max_rows = u64::try_from(job.max_rows_per_run).unwrap_or(u64::MAX);
+        spawn_periodically("rollup", url, interval, shutdown, move |client| {
+            let job = job.clone();
+            Box::pin(async move {
+                let report = job.run_once(client).await?;
+                record_lag(client).await?;
+                // Saturated: more rows are waiting, go again without pausing.
+                Ok(report.activity_rows >= max_rows || report.token_rows >= max_rows)
             })
-            .await
         })
     }
 }

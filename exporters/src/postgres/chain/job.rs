@@ -14,7 +14,7 @@ use super::canonical::{checkpoint_message, hash32, key_id, row_hash, ChainRow, R
 use super::{
     SigningKey, CHAIN_LOCK_KEY, CHAIN_WATERMARK, DEFAULT_CHAIN_ROWS_PER_RUN, GENESIS_HASH,
 };
-use crate::postgres::periodic::run_periodically;
+use crate::postgres::periodic::spawn_periodically;
 use crate::postgres::PgError;
 
 /// What one chainer run did.
@@ -293,17 +293,14 @@ impl ChainJob {
         interval: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let job = self;
-            let max_rows = u64::try_from(job.max_rows_per_run).unwrap_or(u64::MAX);
-            run_periodically("chain", url, interval, shutdown, move |client| {
-                let job = job.clone();
-                Box::pin(async move {
-                    let report = job.run_once(client).await?;
-                    Ok(report.rows + report.skipped_duplicates >= max_rows)
-                })
+        let job = self;
+        let max_rows = u64::try_from(job.max_rows_per_run).unwrap_or(u64::MAX);
+        spawn_periodically("chain", url, interval, shutdown, move |client| {
+            let job = job.clone();
+            Box::pin(async move {
+                let report = job.run_once(client).await?;
+                Ok(report.rows + report.skipped_duplicates >= max_rows)
             })
-            .await
         })
     }
 }
