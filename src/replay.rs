@@ -1,7 +1,8 @@
 //! Replaying quarantined records (`POST /api/v1/rejected/replay`): re-validate
 //! them against the current taxonomy and store the ones that pass, exactly once.
 //!
-//! One transaction: the quarantined rows are locked (`FOR UPDATE SKIP LOCKED`, so
+//! The SQL is the storage crate's (`tally_exporters::postgres::rejected`). One
+//! transaction: the quarantined rows are locked (`FOR UPDATE SKIP LOCKED`, so
 //! concurrent replays never take the same row), the passing events are inserted
 //! through the exporter's write path (deterministic ids, `ON CONFLICT DO
 //! NOTHING`, commit-ordered `seq`) and deleted from `rejected_events`, the
@@ -9,7 +10,7 @@
 
 use futures::future::BoxFuture;
 use tally_admin_api::rejected::{ReplayReport, ReplayRequest, Replayer};
-use tally_exporters::postgres::{self, create_partitions, insert_activity_batch};
+use tally_exporters::postgres::{self, create_partitions, insert_activity_batch, rejected};
 use tally_model::metrics::{metrics, ActivityLabels, TableLabels, OTHER};
 use tally_model::ActivityEvent;
 use tally_processors::validate::{event_from_record, Validator};
@@ -49,23 +50,17 @@ async fn replay(
     let (mut client, _) = postgres::connect(url).await?;
     let (partition_client, _) = postgres::connect(url).await?;
     let tx = client.transaction().await?;
-    let rows = tx
-        .query(
-            "SELECT tenant_id, id, record FROM rejected_events \
-             WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR reason = $2) \
-             ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED",
-            &[
-                &request.tenant,
-                &request.reason,
-                &request.limit.unwrap_or(1000),
-            ],
-        )
-        .await?;
+    let rows = rejected::lock_rejected(
+        &tx,
+        request.tenant.as_deref(),
+        request.reason.as_deref(),
+        request.limit,
+    )
+    .await?;
     let mut events: Vec<ActivityEvent> = Vec::with_capacity(rows.len());
     let mut unreadable = 0u64;
     for row in &rows {
-        let record: serde_json::Value = row.get(2);
-        match event_from_record(&record) {
+        match event_from_record(&row.record) {
             Ok(event) => events.push(event),
             // Not an activity record this version can read back: it stays.
             Err(_) => unreadable += 1,
@@ -95,21 +90,14 @@ async fn replay(
         .map(|e| e.tenant_id.clone().unwrap_or_default())
         .collect();
     let ids: Vec<uuid::Uuid> = stored.iter().map(|e| e.id).collect();
-    tx.execute(
-        "DELETE FROM rejected_events r USING unnest($1::text[], $2::uuid[]) AS x(tenant_id, id) \
-         WHERE r.tenant_id = x.tenant_id AND r.id = x.id",
-        &[&tenants, &ids],
-    )
-    .await?;
+    rejected::delete_rejected(&tx, &tenants, &ids).await?;
     for item in &validated.quarantined {
-        tx.execute(
-            "UPDATE rejected_events SET reason = $3, record = $4 WHERE tenant_id = $1 AND id = $2",
-            &[
-                &item.event.tenant_id.clone().unwrap_or_default(),
-                &item.event.id,
-                &item.reason.code.as_str(),
-                &item.record_json(),
-            ],
+        rejected::requarantine(
+            &tx,
+            item.event.tenant_id.as_deref().unwrap_or_default(),
+            &item.event.id,
+            item.reason.code.as_str(),
+            &item.record_json(),
         )
         .await?;
     }

@@ -21,6 +21,7 @@ mod error;
 mod migrate;
 mod partitions;
 mod periodic;
+pub mod rejected;
 mod retention;
 mod rollup;
 mod secrets;
