@@ -182,6 +182,31 @@ fn hash_emails_option_and_markers() {
 }
 
 #[test]
+fn allowlist_keeps_the_span_kind_markers_the_token_ledger_reads() {
+    let r = redactor(RedactConfig {
+        allowlist: AllowlistConfig {
+            enabled: true,
+            keys: vec!["http.route".into()],
+        },
+        ..RedactConfig::default()
+    });
+    let markers = tally_processors::tokens::ROLE_MARKERS;
+    let (attrs, counts) = span_attrs(
+        &r,
+        markers
+            .iter()
+            .map(|key| s(key, "CHAIN"))
+            .chain([s("app.drop", "x")])
+            .collect(),
+    );
+    for key in markers {
+        assert_eq!(text_of(&attrs, key).as_deref(), Some("CHAIN"), "{key}");
+    }
+    assert_eq!(text_of(&attrs, "app.drop"), None);
+    assert_eq!(counts.get(Rule::Allowlist), 1);
+}
+
+#[test]
 fn allowlist_keeps_listed_and_needed_keys_only() {
     let r = redactor(RedactConfig {
         allowlist: AllowlistConfig {

@@ -350,7 +350,7 @@ impl Keys {
         for key in CONTENT_EXACT {
             exact.insert(*key, KeyClass::Content);
         }
-        for key in NEEDED_EXACT {
+        for key in NEEDED_EXACT.iter().chain(crate::tokens::ROLE_MARKERS) {
             exact.insert(*key, KeyClass::Needed);
         }
         for key in IDENTITY {

@@ -59,6 +59,15 @@ const WRAPPER_OPERATIONS: &[&str] = &[
     "agent",
     "tool",
 ];
+/// Attributes that say what kind of span a record is (model call, agent, chain, …).
+/// They carry no content; redaction always keeps them, or an allowlist would turn
+/// wrappers into candidates and double count.
+pub const ROLE_MARKERS: &[&str] = &[
+    "traceloop.span.kind",
+    "openinference.span.kind",
+    "ai.operationId",
+];
+
 /// Content-free attributes copied into `token_usage.attributes`.
 const KEPT_ATTRIBUTES: &[&str] = &[
     "gen_ai.response.id",
