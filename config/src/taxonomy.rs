@@ -292,6 +292,15 @@ pub struct ActionSpec {
 }
 
 impl ActionSpec {
+    /// The one outcome the action allows, when it allows exactly one: an event of
+    /// the action that says nothing of its outcome has that one.
+    pub fn declared_outcome(&self) -> Option<Outcome> {
+        match self.outcomes.as_deref() {
+            Some([only]) => Some(*only),
+            _ => None,
+        }
+    }
+
     /// Whether `outcome` is allowed.
     pub fn allows(&self, outcome: Outcome) -> bool {
         self.outcomes

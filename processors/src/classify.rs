@@ -160,10 +160,14 @@ fn pick(
     chosen
 }
 
+/// The outcome, from the first that says: `activity.outcome`, an error status, the
+/// HTTP status, the span status (`fallback`), and last the action's own name
+/// (`auth.login.success`, `payment.capture.failure`).
 fn outcome_from(
     explicit: Option<&AnyValue>,
     http_status: Option<&AnyValue>,
     fallback: Outcome,
+    action: &str,
 ) -> Outcome {
     if let Some(outcome) = as_text(explicit).and_then(|t| Outcome::parse(&t.to_ascii_lowercase())) {
         return outcome;
@@ -174,7 +178,17 @@ fn outcome_from(
     match as_i64(http_status) {
         Some(status) if status >= 400 => Outcome::Failure,
         Some(status) if status > 0 => Outcome::Success,
-        _ => fallback,
+        _ if fallback != Outcome::Unknown => fallback,
+        _ => outcome_named_by(action),
+    }
+}
+
+/// `success` or `failure` when the action's last segment says so, else `unknown`.
+fn outcome_named_by(action: &str) -> Outcome {
+    match action.rsplit('.').next() {
+        Some(last) if last.eq_ignore_ascii_case("success") => Outcome::Success,
+        Some(last) if last.eq_ignore_ascii_case("failure") => Outcome::Failure,
+        _ => Outcome::Unknown,
     }
 }
 
@@ -232,6 +246,12 @@ impl Draft<'_> {
             ],
             &mut attributes,
         );
+        let outcome = outcome_from(
+            identity.outcome,
+            identity.http_status,
+            status_outcome,
+            &action,
+        );
         ActivityEvent {
             id,
             ts,
@@ -239,7 +259,7 @@ impl Draft<'_> {
             user_id,
             session_id: as_text(identity.session_id),
             action,
-            outcome: outcome_from(identity.outcome, identity.http_status, status_outcome),
+            outcome,
             resource_type: as_text(identity.resource_type),
             resource_id: as_text(identity.resource_id),
             service: as_text(identity.service),

@@ -34,7 +34,7 @@ use std::fmt;
 use serde_json::json;
 use tally_config::taxonomy::TaxonomyHandle;
 use tally_config::ValidateMode;
-use tally_model::ActivityEvent;
+use tally_model::{ActivityEvent, Outcome};
 
 pub use check::{check, check_action};
 pub use watch::{poll_interval, spawn_watcher};
@@ -358,7 +358,15 @@ impl Validator {
             stored: Vec::with_capacity(events.len()),
             quarantined: Vec::new(),
         };
-        for event in events {
+        for mut event in events {
+            if mode != ValidateMode::Off && event.outcome == Outcome::Unknown {
+                if let Some(outcome) = taxonomy
+                    .lookup(&event.action)
+                    .and_then(|(_, spec)| spec.declared_outcome())
+                {
+                    event.outcome = outcome;
+                }
+            }
             let verdict = match mode {
                 ValidateMode::Off => check_action(&event.action)
                     .map_or(Verdict::Valid, |reason| Verdict::Malformed { reason }),
