@@ -29,7 +29,8 @@ pub enum Command {
     Validate,
     /// Apply the database schema (idempotent) and exit.
     Migrate,
-    /// Verify the tamper-evidence hash chain: exit 0 when intact, 1 when tampered.
+    /// Verify the tamper-evidence hash chain: exit 0 when intact, 1 when tampered, 2 when it
+    /// cannot be checked (invalid configuration, database unreachable, …).
     Verify {
         /// Only this tenant (`''` for events without a tenant); default every tenant.
         #[arg(long)]

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     let config = match cli::load_config(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_text(&err));
             return ExitCode::from(2);
         }
     };
@@ -115,7 +115,7 @@ fn main() -> ExitCode {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(err) => {
-                eprintln!("error: {err:#}");
+                eprintln!("error: {}", error_text(&err));
                 ExitCode::from(2)
             }
         };
@@ -130,9 +130,68 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err:#}");
-            eprintln!("error: {err:#}");
+            let text = error_text(&err);
+            tracing::error!("{text}");
+            eprintln!("error: {text}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes, `: `-separated, each said once: a cause whose text its
+/// parent's message already ends with (error types that print their source, as
+/// `cannot listen on …: {source}` does) is not repeated.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    use super::error_text;
+
+    /// An error that prints its source in its own message, as many do.
+    #[derive(Debug)]
+    struct Bind {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Bind {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot listen on 127.0.0.1:1: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Bind {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let err = Err::<(), _>(Bind { source: io() })
+            .context("cannot start the OTLP receiver")
+            .unwrap_err();
+        assert_eq!(
+            error_text(&err),
+            "cannot start the OTLP receiver: cannot listen on 127.0.0.1:1: Address already in use"
+        );
+        // A cause its parent does not print is kept.
+        let err = Err::<(), _>(io()).context("binding").unwrap_err();
+        assert_eq!(error_text(&err), "binding: Address already in use");
     }
 }

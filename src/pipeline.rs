@@ -63,8 +63,6 @@ impl Pipeline {
         let Classified {
             events,
             without_action,
-            rejected,
-            reject_reason,
         } = classified;
         let validated = self.validator.validate_batch(events);
         Box::pin(async move {
@@ -145,15 +143,8 @@ impl Pipeline {
                     });
                 }
             }
-            // Everything is committed: count what was redacted and rejected.
+            // Everything is committed: count what was redacted and quarantined.
             redactions.record_metrics();
-            if rejected > 0 {
-                m.rejected_events
-                    .get_or_create(&ReasonLabels {
-                        reason: "invalid_action",
-                    })
-                    .inc_by(rejected);
-            }
             for (code, n) in quarantined_by_reason {
                 m.rejected_events
                     .get_or_create(&ReasonLabels {
@@ -161,14 +152,9 @@ impl Pipeline {
                     })
                     .inc_by(n);
             }
-            let message = [reject_reason, quarantine_message]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join("; ");
             Ok(ConsumeReport {
-                rejected: rejected + quarantined_count,
-                message,
+                rejected: quarantined_count,
+                message: quarantine_message.unwrap_or_default(),
             })
         })
     }

@@ -334,3 +334,70 @@ async fn quarantined_events_replay_exactly_once_after_the_registry_is_fixed() {
         .sum();
     assert_eq!(replayed, 2.0, "{metrics}");
 }
+
+/// One rule for an action that cannot become an activity row, whatever its length: a
+/// 200-byte one, a 300-byte one (over the old 256-byte cut) and one with a control
+/// character all go to `rejected_events` as `malformed_action`, are counted in
+/// `partial_success` and in `tally_rejected_events_total{reason="malformed_action"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_long_and_malformed_actions_are_kept_in_rejected_events_with_one_reason() {
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let mid = "a".repeat(200);
+    let long = "b".repeat(300);
+    let spans = vec![
+        (mid.as_str(), vec![]),
+        (long.as_str(), vec![]),
+        ("bad\u{7}action", vec![]),
+        ("auth.logout.success", vec![]),
+    ];
+    let response = export(&tally, &request(900, &spans)).await;
+    let partial = response.partial_success.expect("partial_success is set");
+    assert_eq!(partial.rejected_spans, 3, "{}", partial.error_message);
+    assert!(
+        partial.error_message.contains("malformed_action: 3"),
+        "{}",
+        partial.error_message
+    );
+    let db = database.client().await;
+    let rejected = rejected_by_reason(&db).await;
+    assert_eq!(
+        rejected,
+        [("malformed_action".to_string(), 3)].into_iter().collect()
+    );
+    let mut actions: Vec<String> = db
+        .query(
+            "SELECT record->'event'->>'action' FROM rejected_events",
+            &[],
+        )
+        .await
+        .expect("rejected actions")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    actions.sort();
+    assert_eq!(
+        actions,
+        vec![mid.clone(), "bad\u{7}action".into(), long.clone()]
+    );
+    let metrics = reqwest::get(tally.metrics_url())
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    let reasons: BTreeMap<&str, f64> = metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("tally_rejected_events_total{reason=\"")?;
+            let (reason, value) = rest.split_once("\"} ")?;
+            Some((reason, value.trim().parse().ok()?))
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    assert_eq!(
+        reasons,
+        [("malformed_action", 3.0)].into_iter().collect(),
+        "{metrics}"
+    );
+}

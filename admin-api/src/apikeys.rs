@@ -78,15 +78,32 @@ pub struct ApiKeyInfo {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// Whether `text` is `bytes` bytes in lowercase hex.
+fn hex_of(text: &str, bytes: usize) -> bool {
+    text.len() == bytes * 2 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The parts of a presented key: `(prefix, key)`; `None` when it does not have
 /// the shape of a Tally key.
 pub fn parse(key: &str) -> Option<&str> {
     let rest = key.strip_prefix(KEY_PREFIX)?;
     let (prefix, secret) = rest.split_once('_')?;
-    let hex_of = |text: &str, bytes: usize| {
-        text.len() == bytes * 2 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
     (hex_of(prefix, PREFIX_BYTES) && hex_of(secret, SECRET_BYTES)).then_some(prefix)
+}
+
+/// Why a key that [`parse`] refuses is refused: a well-formed `tally_<prefix>_` with a
+/// secret of the wrong shape is a wrong secret ([`Refusal::Unknown`]), like any other
+/// wrong secret; only a key without a Tally prefix is [`Refusal::Malformed`].
+fn shape_refusal(key: &str) -> Refusal {
+    let prefix_ok = key
+        .strip_prefix(KEY_PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .is_some_and(|(prefix, _)| hex_of(prefix, PREFIX_BYTES));
+    if prefix_ok {
+        Refusal::Unknown
+    } else {
+        Refusal::Malformed
+    }
 }
 
 /// SHA-256 of the whole key.
@@ -238,9 +255,9 @@ impl Grant {
 /// Why a presented key was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Not the shape of a Tally API key.
+    /// Not the shape of a Tally API key (`tally_<16 hex>_…`).
     Malformed,
-    /// No such key, or the secret does not match.
+    /// No such key, or the secret does not match (whatever its shape): "invalid API key".
     Unknown,
     /// The key was revoked.
     Revoked,
@@ -303,7 +320,7 @@ impl KeyVerifier {
         key: &str,
     ) -> Result<Result<Caller, Refusal>, tokio_postgres::Error> {
         let Some(prefix) = parse(key) else {
-            return Ok(Err(Refusal::Malformed));
+            return Ok(Err(shape_refusal(key)));
         };
         let presented = hash(key);
         if let Some(grant) = self.cached(prefix) {

@@ -549,7 +549,7 @@ impl Authenticator {
             {
                 Ok(caller) => Ok(caller),
                 Err(Refusal::Malformed) => Err(unauthorized("malformed API key")),
-                Err(Refusal::Unknown) => Err(unauthorized("unknown API key")),
+                Err(Refusal::Unknown) => Err(unauthorized("invalid API key")),
                 Err(Refusal::Revoked) => Err(unauthorized("API key revoked")),
             };
         }

@@ -279,7 +279,12 @@ impl AdminApi {
             .fallback(error::not_found)
             .method_not_allowed_fallback(error::method_not_allowed)
             .with_state(self.state.clone())
-            .layer(tower_http::trace::TraceLayer::new_for_http());
+            // A 5xx answer is logged at WARN: most are expected refusals (503 when
+            // `sse_max_clients` are connected or the database is away, 504 on a
+            // timeout); a real internal error logs its own ERROR (error.rs).
+            .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN),
+            ));
         match &self.cors {
             Some(cors) => router.layer(cors.clone()),
             None => router,

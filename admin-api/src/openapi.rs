@@ -538,7 +538,7 @@ fn add_usage_routes(doc: &mut Value) {
         ] {
             properties.insert(m.to_owned(), json!({ "type": "integer" }));
         }
-        properties.insert("cost_usd".to_owned(), json!({ "type": "number", "description": "Sum of the priced calls' estimated cost (unpriced calls count in unpriced_requests)" }));
+        properties.insert("cost_usd".to_owned(), json!({ "type": "number", "description": "Sum of the priced calls' estimated cost (calls with usage but no price count in unpriced_requests)" }));
         Value::Object(properties)
     };
     let schemas = json!({

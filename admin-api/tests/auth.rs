@@ -460,7 +460,25 @@ async fn api_keys_alone_close_the_api_and_revocation_ends_within_the_ttl() {
     };
     let reply = get(&router, uri, Some(&forged)).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(error_of(&reply).1, "unknown API key");
+    assert_eq!(error_of(&reply).1, "invalid API key");
+    // A wrong secret of another shape on a known prefix is a wrong secret too; only a
+    // key without a Tally prefix is malformed.
+    let prefix_part = format!("tally_{}_", key.prefix);
+    for wrong in [
+        format!("{prefix_part}zz"),
+        format!("{prefix_part}{}", "0".repeat(100)),
+        format!("{}X", key.key),
+        prefix_part.clone(),
+    ] {
+        let reply = get(&router, uri, Some(&wrong)).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{wrong}");
+        assert_eq!(error_of(&reply).1, "invalid API key", "{wrong}");
+    }
+    for malformed in ["tally_", "tally_nothex_0123", "tally_0123456789abcdef"] {
+        let reply = get(&router, uri, Some(malformed)).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{malformed}");
+        assert_eq!(error_of(&reply).1, "malformed API key", "{malformed}");
+    }
 
     let listed = tally_admin_api::apikeys::list(&db.client).await.unwrap();
     assert_eq!(listed.len(), 1);

@@ -197,7 +197,8 @@ fn expected_tokens(
         let m = &mut entry.0;
         m[0] += 1;
         m[1] += i64::from(t.usage.is_none());
-        m[2] += i64::from(t.cost_micros.is_none());
+        // Unpriced: usage reported, no price (a call without usage is only unknown).
+        m[2] += i64::from(t.usage.is_some() && t.cost_micros.is_none());
         for i in 0..5 {
             m[3 + i] += u[i];
         }

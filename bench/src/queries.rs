@@ -362,7 +362,7 @@ async fn fill_rollups(client: &tokio_postgres::Client) -> anyhow::Result<()> {
                  cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens, cost_usd) \
                SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(user_id, ''), \
                  coalesce(provider, ''), coalesce(model, ''), count(*), \
-                 count(*) FILTER (WHERE NOT usage_known), count(*) FILTER (WHERE cost_usd IS NULL), \
+                 count(*) FILTER (WHERE NOT usage_known), count(*) FILTER (WHERE usage_known AND cost_usd IS NULL), \
                  coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), \
                  coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0), \
                  coalesce(sum(reasoning_tokens), 0), coalesce(sum(total_tokens), 0), \

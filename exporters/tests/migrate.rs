@@ -131,3 +131,45 @@ async fn partitions_are_daily_utc_ranges_and_idempotent() {
         .await
         .contains(&partition_name(day.succ_opt().unwrap())));
 }
+
+/// Migration 10: rollups folded under the old meaning (a call without usage counted as
+/// unpriced too) are corrected to the metric's meaning, in the daily rollup and the
+/// rollups derived from it.
+#[tokio::test]
+async fn migration_10_gives_unpriced_requests_the_metrics_meaning() {
+    let db = TestDatabase::create().await;
+    let client = db.client().await;
+    migrate(&client).await.expect("migrate");
+    // As the old fold wrote them: 5 calls, 2 without usage, 1 with usage and no price.
+    client
+        .batch_execute(
+            "INSERT INTO token_usage_daily (day, tenant_id, user_id, provider, model, requests, \
+                 unknown_usage_requests, unpriced_requests) \
+             VALUES ('2026-11-01', 't', 'u', 'openai', 'gpt-4o', 5, 2, 3); \
+             INSERT INTO token_usage_daily_tenant (day, tenant_id, provider, model, requests, \
+                 unknown_usage_requests, unpriced_requests) \
+             VALUES ('2026-11-01', 't', 'openai', 'gpt-4o', 5, 2, 3); \
+             INSERT INTO token_usage_daily_all (day, provider, model, requests, \
+                 unknown_usage_requests, unpriced_requests) \
+             VALUES ('2026-11-01', 'openai', 'gpt-4o', 5, 2, 3); \
+             DELETE FROM tally_schema_migrations WHERE version = 10;",
+        )
+        .await
+        .expect("old-meaning rollups");
+    migrate(&client).await.expect("migrate again");
+    for table in [
+        "token_usage_daily",
+        "token_usage_daily_tenant",
+        "token_usage_daily_all",
+    ] {
+        let row = client
+            .query_one(
+                &format!("SELECT unknown_usage_requests, unpriced_requests FROM {table}"),
+                &[],
+            )
+            .await
+            .expect(table);
+        let counts: (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(counts, (2, 1), "{table}");
+    }
+}

@@ -146,7 +146,8 @@ const TOKEN_ROLLUP: &str = "SELECT day::text, tenant_id, user_id, provider, mode
     FROM token_usage_daily ORDER BY 1, 2, 3, 4, 5";
 const TOKEN_RAW: &str = "SELECT (ts AT TIME ZONE 'UTC')::date::text, tenant_id, \
     coalesce(user_id, ''), coalesce(provider, ''), coalesce(model, ''), count(*), \
-    count(*) FILTER (WHERE NOT usage_known), count(*) FILTER (WHERE cost_usd IS NULL), \
+    count(*) FILTER (WHERE NOT usage_known), \
+    count(*) FILTER (WHERE usage_known AND cost_usd IS NULL), \
     coalesce(sum(input_tokens), 0)::int8, coalesce(sum(output_tokens), 0)::int8, \
     coalesce(sum(cache_read_tokens), 0)::int8, coalesce(sum(cache_write_tokens), 0)::int8, \
     coalesce(sum(reasoning_tokens), 0)::int8, coalesce(sum(total_tokens), 0)::int8, \
@@ -535,7 +536,8 @@ async fn token_rows_wait_for_the_attribution_delay() {
         0
     );
     attribute(&client, a, "acme", "alice").await;
-    // Unknown usage and unpriced, attributed too.
+    // Unknown usage (so no cost), attributed too: counted in unknown_usage_requests,
+    // not in unpriced_requests (the metric's meaning).
     let u = Uuid::new_v4();
     insert_one(&mut client, u, ts, None, None).await;
     attribute(&client, u, "acme", "alice").await;
@@ -559,7 +561,7 @@ async fn token_rows_wait_for_the_attribution_delay() {
             Some("gpt-4o".into()),
             Some("2".into()), // requests
             Some("1".into()), // unknown usage
-            Some("1".into()), // unpriced
+            Some("0".into()), // unpriced: only calls with usage and no price
             Some("100".into()),
             Some("20".into()),
             Some("0".into()),

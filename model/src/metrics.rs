@@ -70,9 +70,6 @@ impl LabelCap {
 /// `reason` values of `tally_exporter_write_failures_total`.
 pub const WRITE_FAILURE_REASONS: [&str; 3] = ["connection", "database", "panic"];
 
-/// `reason` values of `tally_rejected_events_total`.
-pub const REJECT_REASONS: [&str; 1] = ["invalid_action"];
-
 /// `{transport}`: `grpc` or `http`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
@@ -375,9 +372,6 @@ impl Metrics {
             let _ = self
                 .exporter_write_failures
                 .get_or_create(&ReasonLabels { reason });
-        }
-        for reason in REJECT_REASONS {
-            let _ = self.rejected_events.get_or_create(&ReasonLabels { reason });
         }
     }
 

@@ -4,8 +4,11 @@
 //! A record is an activity event when it carries an action: the `activity.action`
 //! attribute, the log record's `EventName` field, or the `event.name` attribute (in
 //! that order). Attributes are flattened resource → scope → record, the record
-//! winning. Records without an action are counted in [`Classified::without_action`]
-//! and not stored. See `docs/schema.md` for the full mapping.
+//! winning; for the user and tenant, spelled several ways, the record's own value wins
+//! over its scope's and resource's whatever the spelling. Records without an action are
+//! counted in [`Classified::without_action`] and not stored; an action of any shape goes
+//! on to the validator, which quarantines a malformed one. See `docs/schema.md` for the
+//! full mapping.
 
 use chrono::{DateTime, Utc};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -19,9 +22,6 @@ use tally_model::{ids, ActivityEvent, Outcome};
 
 use crate::otlp_value::{as_i64, as_text, hex_lower, into_json, to_json};
 
-/// Longest action name stored; longer ones are rejected (reported in `partial_success`).
-pub const MAX_ACTION_LEN: usize = 256;
-
 /// The result of classifying one export request.
 #[derive(Debug, Default)]
 pub struct Classified {
@@ -29,19 +29,6 @@ pub struct Classified {
     pub events: Vec<ActivityEvent>,
     /// Records that carried no action (counted, not stored).
     pub without_action: u64,
-    /// Records that carried an action Tally cannot store.
-    pub rejected: u64,
-    /// Why the first rejected record was rejected.
-    pub reject_reason: Option<String>,
-}
-
-impl Classified {
-    fn reject(&mut self, reason: impl FnOnce() -> String) {
-        self.rejected += 1;
-        if self.reject_reason.is_none() {
-            self.reject_reason = Some(reason());
-        }
-    }
 }
 
 /// Severity numbers at or above this (ERROR) mark a log event as a failure.
@@ -64,33 +51,62 @@ struct Identity<'a> {
     outcome: Option<&'a AnyValue>,
     http_status: Option<&'a AnyValue>,
     service: Option<&'a AnyValue>,
+    /// The level (0 resource, 1 scope, 2 record) each alias slot was last set from,
+    /// indexed by [`Alias`].
+    alias_levels: [u8; 5],
 }
 
+/// The identity slots that have several spellings, for [`Identity::alias_levels`].
+#[derive(Clone, Copy)]
+enum Alias {
+    Enduser,
+    User,
+    Tenant,
+    Company,
+    Organization,
+}
+
+/// The level of the record's own attributes, the innermost.
+const RECORD_LEVEL: u8 = 2;
+
 /// Where an attribute goes: an identity slot (`Some(slot)`, also kept in the
-/// map when `keep`), or only the JSON map (`None`).
+/// map when `keep`), or only the JSON map (`None`). Slots of spelled-several-ways
+/// fields also name their [`Alias`].
 fn slot<'s, 'a>(
     identity: &'s mut Identity<'a>,
     key: &str,
-) -> (Option<&'s mut Option<&'a AnyValue>>, bool) {
-    let slot = match key {
-        "activity.action" => &mut identity.action,
-        "event.name" => &mut identity.event_name,
-        "enduser.id" => &mut identity.enduser_id,
-        "user.id" => &mut identity.user_id,
-        "tenant.id" => &mut identity.tenant_id,
-        "company.id" => &mut identity.company_id,
-        "organization.id" => &mut identity.organization_id,
-        "session.id" => &mut identity.session_id,
-        "activity.resource.type" => &mut identity.resource_type,
-        "activity.resource.id" => &mut identity.resource_id,
-        "activity.outcome" => &mut identity.outcome,
-        "service.name" => &mut identity.service,
+) -> (Option<&'s mut Option<&'a AnyValue>>, bool, Option<Alias>) {
+    let (slot, alias) = match key {
+        "activity.action" => (&mut identity.action, None),
+        "event.name" => (&mut identity.event_name, None),
+        "enduser.id" => (&mut identity.enduser_id, Some(Alias::Enduser)),
+        "user.id" => (&mut identity.user_id, Some(Alias::User)),
+        "tenant.id" => (&mut identity.tenant_id, Some(Alias::Tenant)),
+        "company.id" => (&mut identity.company_id, Some(Alias::Company)),
+        "organization.id" => (&mut identity.organization_id, Some(Alias::Organization)),
+        "session.id" => (&mut identity.session_id, None),
+        "activity.resource.type" => (&mut identity.resource_type, None),
+        "activity.resource.id" => (&mut identity.resource_id, None),
+        "activity.outcome" => (&mut identity.outcome, None),
+        "service.name" => (&mut identity.service, None),
         "http.response.status_code" | "http.status_code" => {
-            return (Some(&mut identity.http_status), true);
+            return (Some(&mut identity.http_status), true, None);
         }
-        _ => return (None, true),
+        _ => return (None, true, None),
     };
-    (Some(slot), false)
+    (Some(slot), false, alias)
+}
+
+/// Fills the slot of `kv` (if it has one) from `level`; whether `kv` also goes to the map.
+fn assign<'a>(identity: &mut Identity<'a>, kv: &'a KeyValue, level: u8) -> bool {
+    let (slot, keep, alias) = slot(identity, &kv.key);
+    if let Some(slot) = slot {
+        *slot = kv.value.as_ref();
+        if let Some(alias) = alias {
+            identity.alias_levels[alias as usize] = level;
+        }
+    }
+    keep
 }
 
 /// Splits flattened attributes into identity slots and the remaining JSON map.
@@ -98,14 +114,11 @@ fn slot<'s, 'a>(
 fn collect<'a>(lists: [&'a [KeyValue]; 3]) -> (Identity<'a>, Map<String, serde_json::Value>) {
     let mut identity = Identity::default();
     let mut rest = Map::new();
-    for kv in lists.into_iter().flatten() {
-        let value = kv.value.as_ref();
-        let (slot, keep) = slot(&mut identity, &kv.key);
-        if let Some(slot) = slot {
-            *slot = value;
-        }
-        if keep {
-            rest.insert(kv.key.clone(), to_json(value));
+    for (level, list) in (0u8..).zip(lists) {
+        for kv in list {
+            if assign(&mut identity, kv, level) {
+                rest.insert(kv.key.clone(), to_json(kv.value.as_ref()));
+            }
         }
     }
     (identity, rest)
@@ -121,43 +134,46 @@ fn collect_taking<'a>(
 ) -> (Identity<'a>, Map<String, serde_json::Value>) {
     let (mut identity, mut rest) = collect([shared[0], shared[1], &[]]);
     for kv in record.iter_mut() {
-        let (slot, keep) = slot(&mut identity, &kv.key);
-        match slot {
-            Some(slot) => {
-                let kv: &'a KeyValue = kv;
-                *slot = kv.value.as_ref();
-                if keep {
-                    rest.insert(kv.key.clone(), to_json(kv.value.as_ref()));
-                }
+        let (slot, _, _) = slot(&mut identity, &kv.key);
+        if slot.is_some() {
+            let kv: &'a KeyValue = kv;
+            if assign(&mut identity, kv, RECORD_LEVEL) {
+                rest.insert(kv.key.clone(), to_json(kv.value.as_ref()));
             }
-            None => {
-                let value = kv.value.take();
-                rest.insert(std::mem::take(&mut kv.key), into_json(value));
-            }
+        } else {
+            let value = kv.value.take();
+            rest.insert(std::mem::take(&mut kv.key), into_json(value));
         }
     }
     (identity, rest)
 }
 
-/// Picks the first alias that has a value; keeps the others in `rest` when they differ.
+/// Picks the value of the innermost level (record over scope over resource) among
+/// the aliases that have one, the first alias within a level; keeps the others in
+/// `rest` when they differ.
 fn pick(
-    aliases: &[(&str, Option<&AnyValue>)],
+    aliases: &[(&str, Option<&AnyValue>, u8)],
     rest: &mut Map<String, serde_json::Value>,
 ) -> Option<String> {
-    let mut chosen: Option<String> = None;
-    for (key, value) in aliases {
-        let Some(text) = as_text(*value) else {
+    let mut best: Option<(usize, u8, String)> = None;
+    for (i, (_, value, level)) in aliases.iter().enumerate() {
+        if best.as_ref().is_some_and(|(_, b, _)| b >= level) {
             continue;
-        };
-        match &chosen {
-            None => chosen = Some(text),
-            Some(existing) if *existing != text => {
-                rest.insert((*key).to_string(), serde_json::Value::String(text));
-            }
-            Some(_) => {}
+        }
+        if let Some(text) = as_text(*value) {
+            best = Some((i, *level, text));
         }
     }
-    chosen
+    let (chosen_at, _, chosen) = best?;
+    for (i, (key, value, _)) in aliases.iter().enumerate() {
+        if i == chosen_at {
+            continue;
+        }
+        if let Some(text) = as_text(*value).filter(|t| *t != chosen) {
+            rest.insert((*key).to_string(), serde_json::Value::String(text));
+        }
+    }
+    Some(chosen)
 }
 
 /// The outcome, from the first that says: `activity.outcome`, an error status, the
@@ -231,18 +247,23 @@ impl Draft<'_> {
         if let Some(name) = as_text(identity.event_name).filter(|name| name.trim() != action) {
             attributes.insert("event.name".into(), serde_json::Value::String(name));
         }
+        let level = |alias: Alias| identity.alias_levels[alias as usize];
         let user_id = pick(
             &[
-                ("enduser.id", identity.enduser_id),
-                ("user.id", identity.user_id),
+                ("enduser.id", identity.enduser_id, level(Alias::Enduser)),
+                ("user.id", identity.user_id, level(Alias::User)),
             ],
             &mut attributes,
         );
         let tenant_id = pick(
             &[
-                ("tenant.id", identity.tenant_id),
-                ("company.id", identity.company_id),
-                ("organization.id", identity.organization_id),
+                ("tenant.id", identity.tenant_id, level(Alias::Tenant)),
+                ("company.id", identity.company_id, level(Alias::Company)),
+                (
+                    "organization.id",
+                    identity.organization_id,
+                    level(Alias::Organization),
+                ),
             ],
             &mut attributes,
         );
@@ -270,21 +291,6 @@ impl Draft<'_> {
             taxonomy_reason: None,
         }
     }
-}
-
-/// Checks an action name: non-empty after trimming, at most [`MAX_ACTION_LEN`]
-/// bytes, no control characters.
-fn check_action(action: &str) -> Result<(), String> {
-    if action.len() > MAX_ACTION_LEN {
-        return Err(format!(
-            "action is {} bytes long, at most {MAX_ACTION_LEN} are stored",
-            action.len()
-        ));
-    }
-    if action.chars().any(char::is_control) {
-        return Err("action contains control characters".into());
-    }
-    Ok(())
 }
 
 /// Classifies the spans of a `TraceService/Export` request.
@@ -373,7 +379,7 @@ struct SpanFacts<'a> {
     start: u64,
 }
 
-/// Adds the event of one span (or counts it as without action or rejected).
+/// Adds the event of one span (or counts it as without action).
 fn span_event(
     out: &mut Classified,
     identity: Identity<'_>,
@@ -385,11 +391,9 @@ fn span_event(
         out.without_action += 1;
         return;
     };
+    // Whatever its shape (too long, control characters …), the action goes on: the
+    // validator quarantines a malformed one to `rejected_events` (`malformed_action`).
     let action = action.trim().to_string();
-    if let Err(reason) = check_action(&action) {
-        out.reject(|| format!("span {}: {reason}", hex_lower(span.span_id)));
-        return;
-    }
     let status_outcome = match span.status.map(|s| s.code()) {
         Some(StatusCode::Error) => Outcome::Failure,
         Some(StatusCode::Ok) => Outcome::Success,
@@ -436,10 +440,6 @@ pub fn classify_logs(request: &ExportLogsServiceRequest, received_at: DateTime<U
                     continue;
                 };
                 let action = action.trim().to_string();
-                if let Err(reason) = check_action(&action) {
-                    out.reject(|| format!("log record: {reason}"));
-                    continue;
-                }
                 let status_outcome = if record.severity_number >= SEVERITY_ERROR {
                     Outcome::Failure
                 } else {

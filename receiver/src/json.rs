@@ -118,6 +118,10 @@ enum Mode {
     Normal,
     /// The value of `arrayValue` / `kvlistValue`: an object without `values` gets `"values": []`.
     EnsureValues,
+    /// The value of `doubleValue`: its proto3 JSON string forms are read as the double. The
+    /// library reads `AnyValue` through a buffered (flattened) map, so the conversion has to
+    /// happen while the value is buffered, not when the `f64` is finally asked for.
+    Double,
 }
 
 /// A [`Deserializer`] adapter applying the OTLP/JSON fix-ups to everything below it.
@@ -161,13 +165,24 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fixup<D> {
     forward_plain! {
         deserialize_bool deserialize_i8 deserialize_i16 deserialize_i64 deserialize_i128
         deserialize_u8 deserialize_u16 deserialize_u64 deserialize_u128
-        deserialize_f32 deserialize_f64 deserialize_char deserialize_str deserialize_string
+        deserialize_f32 deserialize_char deserialize_str deserialize_string
         deserialize_bytes deserialize_byte_buf deserialize_unit deserialize_identifier
         deserialize_ignored_any
     }
 
     forward_wrapped! {
-        deserialize_any deserialize_option deserialize_seq deserialize_map
+        deserialize_option deserialize_seq deserialize_map
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        if self.mode == Mode::Double {
+            return self.inner.deserialize_any(Double { inner: visitor });
+        }
+        self.inner.deserialize_any(Wrap {
+            inner: visitor,
+            mode: self.mode,
+            object_only: false,
+        })
     }
 
     /// OTLP enums are `i32` fields: accept their names too (and, as protobuf-JSON allows,
@@ -177,6 +192,12 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fixup<D> {
             inner: visitor,
             enum_names: true,
         })
+    }
+
+    /// `doubleValue`: proto3 JSON writes NaN and the infinities as the strings `"NaN"`,
+    /// `"Infinity"` and `"-Infinity"`, and allows any number written as a string.
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.inner.deserialize_any(Double { inner: visitor })
     }
 
     /// Counts and flags: protobuf-JSON allows numbers written as strings.
@@ -400,6 +421,8 @@ enum KeyKind {
     Values,
     /// `arrayValue` / `kvlistValue`.
     ListValue,
+    /// `doubleValue`.
+    Double,
 }
 
 struct Map<A> {
@@ -431,10 +454,10 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<A> {
         match key {
             Some(key) => {
                 self.saw_values |= kind == KeyKind::Values;
-                self.next_mode = if kind == KeyKind::ListValue {
-                    Mode::EnsureValues
-                } else {
-                    Mode::Normal
+                self.next_mode = match kind {
+                    KeyKind::ListValue => Mode::EnsureValues,
+                    KeyKind::Double => Mode::Double,
+                    KeyKind::Other | KeyKind::Values => Mode::Normal,
                 };
                 Ok(Some(key))
             }
@@ -523,6 +546,7 @@ impl<V> KeyVisitor<'_, V> {
         *self.kind = match key {
             "values" => KeyKind::Values,
             "arrayValue" | "kvlistValue" => KeyKind::ListValue,
+            "doubleValue" => KeyKind::Double,
             _ if key.contains('_') && SNAKE_CASE_FIELDS.contains(&key) => {
                 return Err(E::custom(format_args!(
                     "key {key:?} is snake_case; OTLP/JSON field names are lowerCamelCase: {:?}",
@@ -617,6 +641,46 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Int32<V> {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         self.inner.visit_map(map)
+    }
+}
+
+/// The visitor of a double field: a number, or a string holding a number, `"NaN"`,
+/// `"Infinity"` or `"-Infinity"` (the proto3 JSON spellings; Rust's own `inf`, `nan`, …
+/// are not JSON and are refused).
+struct Double<V> {
+    inner: V,
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for Double<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "a number, or a string holding a number, \"NaN\", \"Infinity\" or \"-Infinity\"",
+        )
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        let d = match v {
+            "NaN" => f64::NAN,
+            "Infinity" => f64::INFINITY,
+            "-Infinity" => f64::NEG_INFINITY,
+            _ => match v.parse::<f64>() {
+                Ok(d) if d.is_finite() => d,
+                // `inf`, `nan`, `infinity` parse in Rust but are not proto3 JSON; an
+                // overflowing literal (`1e400`) is not a double either.
+                _ => return Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            },
+        };
+        self.inner.visit_f64(d)
+    }
+
+    forward_int_visit! {
+        visit_i64(i64) visit_u64(u64) visit_f64(f64)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.inner.visit_unit()
     }
 }
 
@@ -791,6 +855,52 @@ mod tests {
         let err =
             decode_traces(span_json(r#"{"flags":"SPAN_KIND_SERVER"}"#).as_bytes()).unwrap_err();
         assert!(err.contains("flags"), "{err}");
+    }
+
+    fn double_attribute(json: &str) -> Result<f64, String> {
+        let body = span_json(&format!(
+            r#"{{"attributes":[{{"key":"d","value":{{"doubleValue":{json}}}}}]}}"#
+        ));
+        let request = decode_traces(body.as_bytes())?;
+        match &request.resource_spans[0].scope_spans[0].spans[0].attributes[0]
+            .value
+            .as_ref()
+            .and_then(|v| v.value.as_ref())
+        {
+            Some(Value::DoubleValue(d)) => Ok(*d),
+            other => Err(format!("not a double: {other:?}")),
+        }
+    }
+
+    #[test]
+    fn doubles_in_proto3_json_spellings() {
+        assert!(double_attribute(r#""NaN""#).unwrap().is_nan());
+        assert_eq!(double_attribute(r#""Infinity""#).unwrap(), f64::INFINITY);
+        assert_eq!(
+            double_attribute(r#""-Infinity""#).unwrap(),
+            f64::NEG_INFINITY
+        );
+        assert_eq!(double_attribute(r#""1.5""#).unwrap(), 1.5);
+        assert_eq!(double_attribute(r#""-2e3""#).unwrap(), -2000.0);
+        assert_eq!(double_attribute("2.5").unwrap(), 2.5);
+        assert_eq!(double_attribute("7").unwrap(), 7.0);
+        assert_eq!(double_attribute("-7").unwrap(), -7.0);
+        assert_eq!(
+            double_attribute("1.7976931348623157e308").unwrap(),
+            f64::MAX
+        );
+        // Rust's spellings and out-of-range literals are not proto3 JSON.
+        for bad in [
+            r#""inf""#,
+            r#""nan""#,
+            r#""infinity""#,
+            r#""1e400""#,
+            r#""x""#,
+            "true",
+        ] {
+            let err = double_attribute(bad).unwrap_err();
+            assert!(err.contains("doubleValue"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct TallyOptions {
     pub action_label_cap: Option<usize>,
     /// Extra environment variables for the process.
     pub env: Vec<(String, String)>,
+    /// `admin_api.sse_max_clients`.
+    pub sse_max_clients: Option<usize>,
 }
 
 /// A running `tally` process; killed on drop if still running.
@@ -251,6 +253,9 @@ fn config_yaml(options: &TallyOptions) -> String {
         yaml.push_str(&format!("    max_in_flight_bytes: {bytes}\n"));
     }
     yaml.push_str("admin_api:\n  endpoint: 127.0.0.1:0\n");
+    if let Some(max) = options.sse_max_clients {
+        yaml.push_str(&format!("  sse_max_clients: {max}\n"));
+    }
     if let Some(secret) = &options.jwt_secret {
         yaml.push_str(&format!(
             "  auth:\n    jwt: {{ hs256_secret: \"{secret}\" }}\n"

@@ -104,7 +104,7 @@ const FOLD_ACTIVITY_SQL: &str = "WITH batch AS MATERIALIZED ( \
 
 const TOKEN_SUMS: &str = "count(*) AS requests, \
         count(*) FILTER (WHERE NOT usage_known) AS unknown_usage_requests, \
-        count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_requests, \
+        count(*) FILTER (WHERE usage_known AND cost_usd IS NULL) AS unpriced_requests, \
         coalesce(sum(input_tokens), 0) AS input_tokens, \
         coalesce(sum(output_tokens), 0) AS output_tokens, \
         coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens, \

@@ -190,16 +190,68 @@ fn aliases_resolve_and_differing_losers_stay_in_attributes() {
 }
 
 #[test]
-fn too_long_action_is_rejected_with_reason() {
-    let long = "a".repeat(MAX_ACTION_LEN + 1);
-    let request = traces(vec![], vec![span(vec![s("activity.action", &long)], None)]);
+fn an_action_of_any_shape_becomes_an_event_for_the_validator_to_quarantine() {
+    let long = "a".repeat(300);
+    let request = traces(
+        vec![],
+        vec![
+            span(vec![s("activity.action", &long)], None),
+            span(vec![s("activity.action", "bad\u{7}")], None),
+        ],
+    );
     let out = classify_traces(&request, now());
-    assert!(out.events.is_empty());
-    assert_eq!(out.rejected, 1);
-    assert!(out
-        .reject_reason
-        .unwrap_or_default()
-        .contains("at most 256"));
+    let actions: Vec<&str> = out.events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, [long.as_str(), "bad\u{7}"]);
+}
+
+#[test]
+fn the_records_own_identity_wins_over_its_resources_whatever_the_spelling() {
+    let request = traces(
+        vec![
+            s("enduser.id", "resource-user"),
+            s("tenant.id", "resource-tenant"),
+        ],
+        vec![
+            span(
+                vec![
+                    s("activity.action", "a.b"),
+                    s("user.id", "record-user"),
+                    s("organization.id", "record-tenant"),
+                ],
+                None,
+            ),
+            span(vec![s("activity.action", "a.c")], None),
+        ],
+    );
+    for out in [
+        classify_traces(&request, now()),
+        classify_traces_taking(&mut request.clone(), now()),
+    ] {
+        let event = &out.events[0];
+        assert_eq!(event.user_id.as_deref(), Some("record-user"));
+        assert_eq!(event.tenant_id.as_deref(), Some("record-tenant"));
+        // The resource's differing values stay, under their own names.
+        assert_eq!(event.attributes["enduser.id"], "resource-user");
+        assert_eq!(event.attributes["tenant.id"], "resource-tenant");
+        // A record without its own: the resource's.
+        let event = &out.events[1];
+        assert_eq!(event.user_id.as_deref(), Some("resource-user"));
+        assert_eq!(event.tenant_id.as_deref(), Some("resource-tenant"));
+    }
+
+    let logs = logs(vec![LogRecord {
+        attributes: vec![
+            s("activity.action", "a.b"),
+            s("company.id", "record-tenant"),
+        ],
+        ..Default::default()
+    }]);
+    let mut logs = logs;
+    if let Some(r) = logs.resource_logs[0].resource.as_mut() {
+        r.attributes.push(s("tenant.id", "resource-tenant"));
+    }
+    let event = &classify_logs(&logs, now()).events[0];
+    assert_eq!(event.tenant_id.as_deref(), Some("record-tenant"));
 }
 
 fn logs(records: Vec<LogRecord>) -> ExportLogsServiceRequest {
@@ -371,9 +423,7 @@ fn taking_classification_gives_the_same_events() {
     let taken = classify_traces_taking(&mut request, now());
     assert_eq!(taken.events, copied.events);
     assert_eq!(taken.without_action, copied.without_action);
-    assert_eq!(taken.rejected, copied.rejected);
-    assert_eq!(taken.reject_reason, copied.reject_reason);
-    assert_eq!(copied.events.len(), 2);
+    assert_eq!(copied.events.len(), 3);
     assert_eq!(
         copied.events[1].attributes["dup"],
         serde_json::json!("second")

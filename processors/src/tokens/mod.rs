@@ -121,9 +121,11 @@ pub struct TokenProcessor {
 }
 
 /// Attribute lookup over resource → scope → record (the record wins). One is
-/// refilled per record ([`Attrs::fill`]), keeping its table's allocation.
+/// refilled per record ([`Attrs::fill`]), keeping its table's allocation. Each
+/// value remembers the level it came from (0 resource, 1 scope, 2 record), for
+/// the identity rule of [`Attrs::identity_text`].
 struct Attrs<'a> {
-    map: FastMap<&'a str, &'a AnyValue>,
+    map: FastMap<&'a str, (&'a AnyValue, u8)>,
 }
 
 impl<'a> Attrs<'a> {
@@ -136,49 +138,91 @@ impl<'a> Attrs<'a> {
     /// Replaces the contents with the attributes of one record.
     fn fill(&mut self, lists: [&'a [KeyValue]; 3]) {
         self.map.clear();
-        for kv in lists.into_iter().flatten() {
-            if let Some(value) = kv.value.as_ref() {
-                self.map.insert(kv.key.as_str(), value);
+        for (level, list) in (0u8..).zip(lists) {
+            for kv in list {
+                if let Some(value) = kv.value.as_ref() {
+                    self.map.insert(kv.key.as_str(), (value, level));
+                }
             }
         }
     }
 
     fn get(&self, key: &str) -> Option<&'a AnyValue> {
-        self.map.get(key).copied()
+        self.map.get(key).map(|(value, _)| *value)
+    }
+
+    /// An identity field (user, tenant, session): the value from the innermost level
+    /// that spells it in any way (the record's own attributes over its scope's over its
+    /// resource's); within one level the first of `keys`, then the metadata keys
+    /// (`prefixes` in order, then `names` in order).
+    fn identity_text(
+        &self,
+        keys: &[String],
+        prefixes: &[String],
+        names: &[String],
+    ) -> Option<String> {
+        let mut best: Option<(u8, String)> = None;
+        for key in keys {
+            let Some((value, level)) = self.map.get(key.as_str()) else {
+                continue;
+            };
+            if best.as_ref().is_some_and(|(b, _)| b >= level) {
+                continue;
+            }
+            if let Some(text) = as_text(Some(value)) {
+                best = Some((*level, text));
+            }
+        }
+        const RECORD: u8 = 2;
+        if best.as_ref().is_some_and(|(level, _)| *level == RECORD) {
+            return best.map(|(_, text)| text);
+        }
+        match (best, self.metadata(prefixes, names)) {
+            (Some((level, text)), Some((meta_level, _))) if level >= meta_level => Some(text),
+            (_, Some((_, text))) => Some(text),
+            (best, None) => best.map(|(_, text)| text),
+        }
     }
 
     fn text(&self, keys: &[String]) -> Option<String> {
         keys.iter().find_map(|k| as_text(self.get(k)))
     }
 
-    fn int(&self, keys: &[String]) -> Option<i64> {
-        keys.iter().find_map(|k| as_i64(self.get(k)))
+    /// The first spelling that holds a token count: an integer (or integral double or
+    /// numeric string) that is not negative. A negative or non-numeric value is ignored
+    /// and the next spelling is tried.
+    fn count(&self, keys: &[String]) -> Option<i64> {
+        keys.iter()
+            .find_map(|k| as_i64(self.get(k)).filter(|n| *n >= 0))
     }
 
-    /// The first `prefix` + `name` key present (prefixes in order, then names in
-    /// order), found without building candidate keys.
-    fn metadata(&self, prefixes: &[String], names: &[String]) -> Option<String> {
-        for prefix in prefixes {
-            let mut best: Option<(usize, String)> = None;
-            for (key, value) in &self.map {
+    /// The metadata key holding a value, with its level: the innermost level first,
+    /// then prefixes in order, then names in order; found without building
+    /// candidate keys.
+    fn metadata(&self, prefixes: &[String], names: &[String]) -> Option<(u8, String)> {
+        // (level, prefix index, name rank): higher level, then lower indexes win.
+        let mut best: Option<((u8, usize, usize), String)> = None;
+        let better = |a: (u8, usize, usize), b: (u8, usize, usize)| {
+            a.0 > b.0 || (a.0 == b.0 && (a.1, a.2) < (b.1, b.2))
+        };
+        for (key, (value, level)) in &self.map {
+            for (p, prefix) in prefixes.iter().enumerate() {
                 let Some(name) = key.strip_prefix(prefix.as_str()) else {
                     continue;
                 };
                 let Some(rank) = names.iter().position(|n| n == name) else {
                     continue;
                 };
-                if best.as_ref().is_some_and(|(r, _)| *r <= rank) {
+                let order = (*level, p, rank);
+                if best.as_ref().is_some_and(|(b, _)| !better(order, *b)) {
                     continue;
                 }
                 if let Some(text) = as_text(Some(value)) {
-                    best = Some((rank, text));
+                    best = Some((order, text));
                 }
             }
-            if let Some((_, text)) = best {
-                return Some(text);
-            }
         }
-        None
+        best.map(|((level, _, _), text)| (level, text))
     }
 }
 
@@ -325,15 +369,9 @@ impl TokenProcessor {
     fn identity(&self, attrs: &Attrs<'_>) -> Identity {
         let m = &self.mapping;
         Identity {
-            user: attrs
-                .text(&m.user)
-                .or_else(|| attrs.metadata(&m.metadata_prefixes, &m.metadata_user)),
-            tenant: attrs
-                .text(&m.tenant)
-                .or_else(|| attrs.metadata(&m.metadata_prefixes, &m.metadata_tenant)),
-            session: attrs
-                .text(&m.session)
-                .or_else(|| attrs.metadata(&m.metadata_prefixes, &m.metadata_session)),
+            user: attrs.identity_text(&m.user, &m.metadata_prefixes, &m.metadata_user),
+            tenant: attrs.identity_text(&m.tenant, &m.metadata_prefixes, &m.metadata_tenant),
+            session: attrs.identity_text(&m.session, &m.metadata_prefixes, &m.metadata_session),
         }
     }
 
@@ -345,19 +383,18 @@ impl TokenProcessor {
     fn extract(&self, attrs: &Attrs<'_>, name: Option<&str>) -> Extract {
         let m = &self.mapping;
         let operation = attrs.text(&m.operation);
-        let non_negative = |v: Option<i64>| v.filter(|n| *n >= 0);
         let mut extract = Extract {
             role: role(attrs, operation.as_deref()),
             operation,
             provider: None,
             request_model: attrs.text(&m.request_model),
             response_model: attrs.text(&m.response_model),
-            input: non_negative(attrs.int(&m.input)),
-            output: non_negative(attrs.int(&m.output)),
+            input: attrs.count(&m.input),
+            output: attrs.count(&m.output),
             cache_read: None,
             cache_write: None,
             reasoning: None,
-            total: non_negative(attrs.int(&m.total)),
+            total: attrs.count(&m.total),
             identity: self.identity(attrs),
             service: None,
             kept: Map::new(),
@@ -380,9 +417,9 @@ impl TokenProcessor {
             }
         }
         extract.provider = attrs.text(&m.provider);
-        extract.cache_read = non_negative(attrs.int(&m.cache_read));
-        extract.cache_write = non_negative(attrs.int(&m.cache_write));
-        extract.reasoning = non_negative(attrs.int(&m.reasoning));
+        extract.cache_read = attrs.count(&m.cache_read);
+        extract.cache_write = attrs.count(&m.cache_write);
+        extract.reasoning = attrs.count(&m.reasoning);
         extract.service = as_text(attrs.get("service.name"));
         extract
     }

@@ -589,3 +589,87 @@ fn counts_near_i64_max_saturate_instead_of_overflowing() {
     assert_eq!(batch.rows.len(), 1);
     assert!(batch.rows[0].cost_usd.is_some_and(f64::is_finite));
 }
+
+#[test]
+fn a_negative_count_falls_through_to_the_next_spelling_like_a_non_numeric_one() {
+    for bad in [
+        i("gen_ai.usage.input_tokens", -5),
+        s("gen_ai.usage.input_tokens", "abc"),
+    ] {
+        let chat = span(
+            1,
+            None,
+            vec![
+                s("gen_ai.operation.name", "chat"),
+                s("gen_ai.request.model", "gpt-4o"),
+                bad.clone(),
+                i("gen_ai.usage.prompt_tokens", 40),
+                d("gen_ai.usage.output_tokens", -1.0),
+                s("gen_ai.usage.completion_tokens", "7"),
+                i("gen_ai.usage.cache_read.input_tokens", -3),
+            ],
+        );
+        let row = &run(vec![chat]).rows[0];
+        assert_eq!(
+            (row.input_tokens, row.output_tokens, row.total_tokens),
+            (Some(40), Some(7), Some(47)),
+            "{bad:?}"
+        );
+        assert_eq!(row.cache_read_tokens, None, "{bad:?}");
+    }
+}
+
+#[test]
+fn the_records_own_identity_wins_over_its_resources_whatever_the_spelling() {
+    let run_with = |resource: Vec<KeyValue>, record: Vec<KeyValue>| {
+        let mut chat = genai_chat(1, None, 10, 5);
+        chat.attributes.extend(record);
+        let mut req = request(vec![chat]);
+        if let Some(r) = req.resource_spans[0].resource.as_mut() {
+            r.attributes.extend(resource);
+        }
+        let out = TokenProcessor::with_defaults().traces(&req, Utc::now(), &cache());
+        let row = &out.rows[0];
+        (
+            row.user_id.clone(),
+            row.tenant_id.clone(),
+            row.session_id.clone(),
+        )
+    };
+    let resource = vec![
+        s("enduser.id", "resource-user"),
+        s("tenant.id", "resource-tenant"),
+        s("session.id", "resource-session"),
+    ];
+    // Another spelling on the record beats the preferred spelling on the resource.
+    let got = run_with(
+        resource.clone(),
+        vec![
+            s("user.id", "record-user"),
+            s("company.id", "record-tenant"),
+        ],
+    );
+    assert_eq!(
+        got,
+        (
+            Some("record-user".into()),
+            Some("record-tenant".into()),
+            Some("resource-session".into())
+        )
+    );
+    // So does a metadata spelling on the record.
+    let got = run_with(
+        resource.clone(),
+        vec![s("ai.telemetry.metadata.userId", "record-meta-user")],
+    );
+    assert_eq!(got.0.as_deref(), Some("record-meta-user"));
+    // Within one level the order of the mapping still holds.
+    let got = run_with(
+        Vec::new(),
+        vec![s("user.id", "second"), s("enduser.id", "first")],
+    );
+    assert_eq!(got.0.as_deref(), Some("first"));
+    // Nothing on the record: the resource's.
+    let got = run_with(resource, Vec::new());
+    assert_eq!(got.0.as_deref(), Some("resource-user"));
+}
