@@ -27,7 +27,6 @@ pub(crate) mod tail;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::Query;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -82,9 +81,7 @@ pub const TOKEN_STREAM_PARAMETERS: &[&str] = &[
 
 /// Decoded query pairs; 400 on a malformed query.
 pub(crate) fn query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, ApiError> {
-    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
-        .map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
-    Ok(pairs)
+    crate::params::pairs(uri)
 }
 
 /// 400 for a parameter not in `accepted`.
