@@ -194,6 +194,9 @@ fn validation_for(jwt: &tally_config::JwtConfig, alg: Algorithm) -> Validation {
     let mut validation = Validation::new(alg);
     validation.leeway = jwt.leeway_secs;
     validation.validate_exp = true;
+    // jsonwebtoken leaves `nbf` unchecked by default: a token is not valid
+    // before its `nbf` (within the leeway).
+    validation.validate_nbf = true;
     let mut required = vec!["exp", "sub"];
     match &jwt.issuer {
         Some(issuer) => {
@@ -313,6 +316,12 @@ fn jwks_keys(
 impl JwtVerifier {
     /// The keys of `admin_api.auth.jwt`; `None` when none is configured.
     fn from_config(jwt: &tally_config::JwtConfig) -> Result<Option<JwtVerifier>, ApiError> {
+        if jwt.needs_audience() && jwt.audience.as_deref().is_none_or(str::is_empty) {
+            return Err(config_error(
+                "audience",
+                "must be set with a public key or JWKS file (the issuer's keys sign tokens for other applications too)",
+            ));
+        }
         let mut keys = Vec::new();
         let mut add = |source: String, kid: Option<String>, alg: Algorithm, key: DecodingKey| {
             keys.push(JwtKey {
@@ -648,6 +657,11 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Already verified by the limits middleware.
+        if let Some(crate::limits::Authenticated(caller)) = parts.extensions.get() {
+            crate::audit::remember(caller);
+            return Ok(caller.clone());
+        }
         Authenticator::caller(state.auth.as_ref(), &parts.headers, None).await
     }
 }
