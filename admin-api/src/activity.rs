@@ -4,10 +4,10 @@
 //! which filters are present. Pages are newest first (`ORDER BY ts DESC, id DESC`)
 //! and fetched with `limit + 1` rows to know whether another page exists.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -140,8 +140,12 @@ impl ActivityQuery {
                 }
             })
             .transpose()?;
-        let from = get("from")?.map(|v| timestamp("from", v)).transpose()?;
-        let to = get("to")?.map(|v| timestamp("to", v)).transpose()?;
+        let from = get("from")?
+            .map(|v| crate::params::timestamp("from", v))
+            .transpose()?;
+        let to = get("to")?
+            .map(|v| crate::params::timestamp("to", v))
+            .transpose()?;
         if let (Some(from), Some(to)) = (from, to) {
             if from > to {
                 return Err(ApiError::invalid("from", "must not be after to"));
@@ -247,26 +251,6 @@ pub(crate) fn escape_like(text: &str) -> String {
     escaped
 }
 
-/// Parses an RFC 3339 timestamp, rounded *up* to the microsecond (the column's
-/// precision), which keeps `from` inclusive and `to` exclusive.
-fn timestamp(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
-    let parsed = DateTime::parse_from_rfc3339(value)
-        .map_err(|_| {
-            ApiError::invalid(
-                name,
-                "not an RFC 3339 timestamp (e.g. 2026-11-23T19:25:50Z)",
-            )
-        })?
-        .with_timezone(&Utc);
-    let truncated = parsed.trunc_subsecs(6);
-    let rounded = if truncated < parsed {
-        truncated + TimeDelta::microseconds(1)
-    } else {
-        truncated
-    };
-    Ok(rounded)
-}
-
 /// One item of the response, with the `activity_events` column names.
 #[derive(Debug, Serialize)]
 pub struct ActivityItem {
@@ -333,8 +317,7 @@ pub(crate) async fn list(
     uri: Uri,
 ) -> Result<Json<ActivityPage>, ApiError> {
     caller.require_scope(SCOPE_ACTIVITY_READ)?;
-    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&uri)
-        .map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
+    let pairs = crate::params::pairs(&uri)?;
     let mut query = ActivityQuery::parse(&pairs, state.default_page_size, state.max_page_size)?;
     query.tenant = caller.tenant_filter(query.tenant.take())?;
 

@@ -48,6 +48,39 @@ impl Grain {
         }
     }
 
+    /// The longest window (`to - from`, in days) a query at this grain may ask
+    /// for: 400 days by day, about 5 years by week (261 weeks), 10 years by
+    /// month (120 months). A longer one is 400 `window_too_large`: grouped by
+    /// user, a page runs one statement per period of the window.
+    pub const fn max_window_days(self) -> i64 {
+        match self {
+            Grain::Day => 400,
+            Grain::Week => 261 * 7,
+            Grain::Month => 3653,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Grain::Day => "day",
+            Grain::Week => "week",
+            Grain::Month => "month",
+        }
+    }
+
+    /// 400 `window_too_large` when `from..to` is longer than this grain allows.
+    fn check_window(self, from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
+        let days = (to - from).num_days();
+        if days > self.max_window_days() {
+            return Err(ApiError::WindowTooLarge(format!(
+                "the window from {from} to {to} spans {days} days; at grain={} it may span at most {} days: narrow from/to or use a coarser grain",
+                self.name(),
+                self.max_window_days()
+            )));
+        }
+        Ok(())
+    }
+
     fn sql(self) -> &'static str {
         match self {
             Grain::Day => "day",
@@ -307,6 +340,9 @@ impl Spec {
             }
         }
         let (from, to) = params.day_range()?;
+        if let (Some(from), Some(to)) = (from, to) {
+            grain.check_window(from, to)?;
+        }
         let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
         let cursor = params
             .one("cursor")?
@@ -525,8 +561,10 @@ async fn aggregate(
         };
         match (bound("first")?, bound("last")?) {
             (Some(first), Some(last)) => {
-                query.from.get_or_insert(first);
-                query.to.get_or_insert(last.succ_opt().unwrap_or(last));
+                let from = *query.from.get_or_insert(first);
+                let to = *query.to.get_or_insert(last.succ_opt().unwrap_or(last));
+                // The data's own span, when from/to are not both given, is capped too.
+                query.grain.check_window(from, to)?;
             }
             _ => {
                 return Ok(AggregatePage {

@@ -291,6 +291,12 @@ impl KeyVerifier {
         }
     }
 
+    /// Until when the key with `prefix` is trusted from the cache (`None`: not cached).
+    pub(crate) fn cached_until(&self, prefix: &str) -> Option<Instant> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(prefix).map(|(until, _)| *until)
+    }
+
     fn remember(&self, prefix: &str, grant: &Grant) {
         if self.ttl.is_zero() {
             return;

@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{MatchedPath, Query, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::Uri;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -108,26 +108,90 @@ fn audited(route: &str) -> bool {
     route.starts_with("/api/v1/") && route != "/api/v1/openapi.json"
 }
 
-/// The query string as recorded: credentials removed.
-fn recorded_query(query: &str) -> String {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty() && !pair.starts_with("access_token="))
-        .collect::<Vec<_>>()
-        .join("&")
+/// Parameter names whose value is a credential, compared after decoding and
+/// lowercasing, with `-` read as `_` (`access_token`, `access%5Ftoken`,
+/// `Access-Token` … are one name).
+const CREDENTIAL_NAMES: &[&str] = &[
+    "access_token",
+    "accesstoken",
+    "token",
+    "id_token",
+    "refresh_token",
+    "api_key",
+    "apikey",
+    "x_api_key",
+    "key",
+    "secret",
+    "client_secret",
+    "password",
+    "passwd",
+    "authorization",
+    "auth",
+    "bearer",
+    "jwt",
+    "session",
+    "sig",
+    "signature",
+];
+
+/// Whether a (decoded) parameter is, or carries, a credential: a credential
+/// name, or a value that is a Tally API key, a bearer header or a JWT.
+fn is_credential(name: &str, value: &str) -> bool {
+    let name = name.trim().to_ascii_lowercase().replace('-', "_");
+    if CREDENTIAL_NAMES.contains(&name.as_str()) {
+        return true;
+    }
+    let value = value.trim();
+    let lower = value.to_ascii_lowercase();
+    value.starts_with(crate::apikeys::KEY_PREFIX)
+        || lower.starts_with("bearer ")
+        || (value.starts_with("eyJ") && value.matches('.').count() == 2)
 }
 
-/// The tenant a view is recorded under: the caller's own, else the tenant it asked for.
-fn recorded_tenant(caller: &Caller, uri: &Uri) -> String {
-    match &caller.tenant {
-        TenantAccess::One(tenant) => tenant.clone(),
-        TenantAccess::All | TenantAccess::Nothing => {
-            Query::<Vec<(String, String)>>::try_from_uri(uri)
-                .ok()
-                .and_then(|Query(pairs)| pairs.into_iter().find(|(name, _)| name == "tenant"))
-                .map(|(_, value)| value)
-                .unwrap_or_default()
+/// The query string as recorded: decoded (`name=value&…`, as the handlers
+/// read it), without any credential (see [`is_credential`]). A query that does
+/// not decode is recorded as `<undecodable>`.
+fn recorded_query(uri: &Uri) -> String {
+    let Ok(pairs) = crate::params::pairs(uri) else {
+        return if uri.query().unwrap_or_default().is_empty() {
+            String::new()
+        } else {
+            "<undecodable>".to_owned()
+        };
+    };
+    let mut out = String::new();
+    for (name, value) in pairs
+        .iter()
+        .filter(|(name, value)| !is_credential(name, value))
+    {
+        if !out.is_empty() {
+            out.push('&');
         }
+        out.push_str(name);
+        out.push('=');
+        out.push_str(value);
+    }
+    crate::error::truncate(&out, 2048)
+}
+
+/// The tenant a view is recorded under, or `None` for no record: only a tenant
+/// the caller may read. A tenant-scoped caller: its own tenant (its refused
+/// reads included). A platform (`*`) caller: the tenant it read, when the read
+/// succeeded, else none (`""`). A caller without a tenant claim reads no
+/// tenant's data: its requests are not recorded, so that it cannot write into
+/// any tenant's chained log.
+fn recorded_tenant(caller: &Caller, uri: &Uri, status: u16) -> Option<String> {
+    match &caller.tenant {
+        TenantAccess::One(tenant) => Some(tenant.clone()),
+        TenantAccess::Nothing => None,
+        TenantAccess::All if !(200..300).contains(&status) => Some(String::new()),
+        TenantAccess::All => Some(
+            crate::params::pairs(uri)
+                .ok()
+                .and_then(|pairs| pairs.into_iter().find(|(name, _)| name == "tenant"))
+                .map(|(_, value)| value)
+                .unwrap_or_default(),
+        ),
     }
 }
 
@@ -150,15 +214,24 @@ pub(crate) async fn record(
     let response = CALLER.scope(slot.clone(), next.run(request)).await;
     let caller = slot.0.lock().ok().and_then(|mut held| held.take());
     if let Some(caller) = caller {
-        trail.submit(View {
-            time: SystemTime::now(),
-            tenant: recorded_tenant(&caller, &uri),
-            subject: caller.subject,
-            route,
-            method,
-            query: recorded_query(uri.query().unwrap_or_default()),
-            status: response.status().as_u16(),
-        });
+        let status = response.status().as_u16();
+        match recorded_tenant(&caller, &uri, status) {
+            Some(tenant) => trail.submit(View {
+                time: SystemTime::now(),
+                tenant,
+                subject: caller.subject,
+                route,
+                method,
+                query: recorded_query(&uri),
+                status,
+            }),
+            None => tracing::debug!(
+                subject = %caller.subject,
+                route,
+                status,
+                "{AUDIT_VIEW_ACTION} not recorded: the caller may read no tenant"
+            ),
+        }
     }
     response
 }
@@ -267,23 +340,61 @@ fn export_request(views: impl Iterator<Item = View>) -> ExportLogsServiceRequest
 mod tests {
     use super::*;
 
-    #[test]
-    fn credentials_are_not_recorded() {
-        assert_eq!(
-            recorded_query("user=u1&access_token=secret&tenant=t"),
-            "user=u1&tenant=t"
-        );
-        assert_eq!(recorded_query(""), "");
+    fn uri(query: &str) -> Uri {
+        format!("/api/v1/activity?{query}").parse().unwrap()
     }
 
     #[test]
-    fn views_are_recorded_under_the_tenant_read() {
+    fn credentials_are_not_recorded_whatever_their_spelling() {
+        assert_eq!(
+            recorded_query(&uri("user=u1&access_token=secret&tenant=t")),
+            "user=u1&tenant=t"
+        );
+        for spelled in [
+            "access%5Ftoken=s",
+            "ACCESS_TOKEN=s",
+            "access-token=s",
+            "api_key=s",
+            "apikey=s",
+            "token=s",
+            "x-api-key=s",
+            "password=s",
+            "q=tally_0123_abcd",
+            "q=Bearer%20abc",
+            "q=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig",
+        ] {
+            assert_eq!(
+                recorded_query(&uri(&format!("a=1&{spelled}"))),
+                "a=1",
+                "{spelled}"
+            );
+        }
+        // Stored decoded.
+        assert_eq!(
+            recorded_query(&uri("user=a%20b&action=x%2Ey")),
+            "user=a b&action=x.y"
+        );
+        assert_eq!(recorded_query(&uri("")), "");
+    }
+
+    #[test]
+    fn views_are_recorded_only_under_tenants_the_caller_may_read() {
         let mut caller = Caller::anonymous();
-        let uri = |q: &str| -> Uri { format!("/api/v1/activity?{q}").parse().unwrap() };
-        assert_eq!(recorded_tenant(&caller, &uri("tenant=a%20b&user=u")), "a b");
-        assert_eq!(recorded_tenant(&caller, &uri("user=u")), "");
+        let q = uri("tenant=a%20b&user=u");
+        assert_eq!(recorded_tenant(&caller, &q, 200).as_deref(), Some("a b"));
+        assert_eq!(
+            recorded_tenant(&caller, &uri("user=u"), 200).as_deref(),
+            Some("")
+        );
+        assert_eq!(recorded_tenant(&caller, &q, 400).as_deref(), Some(""));
         caller.tenant = TenantAccess::One("own".to_owned());
-        assert_eq!(recorded_tenant(&caller, &uri("tenant=acme")), "own");
+        assert_eq!(
+            recorded_tenant(&caller, &uri("tenant=acme"), 403).as_deref(),
+            Some("own")
+        );
+        caller.tenant = TenantAccess::Nothing;
+        assert_eq!(recorded_tenant(&caller, &uri("tenant=acme"), 403), None);
+        assert_eq!(recorded_tenant(&caller, &uri("tenant=acme"), 200), None);
     }
 
     #[test]

@@ -194,6 +194,9 @@ fn validation_for(jwt: &tally_config::JwtConfig, alg: Algorithm) -> Validation {
     let mut validation = Validation::new(alg);
     validation.leeway = jwt.leeway_secs;
     validation.validate_exp = true;
+    // jsonwebtoken leaves `nbf` unchecked by default: a token is not valid
+    // before its `nbf` (within the leeway).
+    validation.validate_nbf = true;
     let mut required = vec!["exp", "sub"];
     match &jwt.issuer {
         Some(issuer) => {
@@ -313,6 +316,12 @@ fn jwks_keys(
 impl JwtVerifier {
     /// The keys of `admin_api.auth.jwt`; `None` when none is configured.
     fn from_config(jwt: &tally_config::JwtConfig) -> Result<Option<JwtVerifier>, ApiError> {
+        if jwt.needs_audience() && jwt.audience.as_deref().is_none_or(str::is_empty) {
+            return Err(config_error(
+                "audience",
+                "must be set with a public key or JWKS file (the issuer's keys sign tokens for other applications too)",
+            ));
+        }
         let mut keys = Vec::new();
         let mut add = |source: String, kid: Option<String>, alg: Algorithm, key: DecodingKey| {
             keys.push(JwtKey {
@@ -613,6 +622,84 @@ impl Authenticator {
     }
 }
 
+/// A live feed's credential, watched for its end (see [`CredentialWatch::ended`]).
+#[derive(Clone)]
+pub(crate) struct CredentialWatch {
+    auth: Authenticator,
+    credential: String,
+}
+
+/// Shortest pause between two checks of a watched API key.
+const MIN_RECHECK: Duration = Duration::from_millis(200);
+/// Pause before checking again when the database cannot answer.
+const RECHECK_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+impl CredentialWatch {
+    /// Watches `credential` (already accepted by `auth`).
+    pub(crate) fn new(auth: &Authenticator, credential: &str) -> CredentialWatch {
+        CredentialWatch {
+            auth: auth.clone(),
+            credential: credential.trim().to_owned(),
+        }
+    }
+
+    /// Resolves when the credential stops being valid, with the reason: a JWT
+    /// at its `exp` (no leeway: the feed ends when the token says), an API key
+    /// when a check after its cache entry expired finds it revoked (so within
+    /// `cache_ttl_secs` of the revocation). While the database cannot answer,
+    /// the key is checked again every second and the feed goes on.
+    pub(crate) async fn ended(&self) -> &'static str {
+        if let Some(prefix) = apikeys::parse(&self.credential) {
+            let Some(api_keys) = &self.auth.api_keys else {
+                return "API keys are not enabled";
+            };
+            loop {
+                let now = tokio::time::Instant::now();
+                let due = api_keys
+                    .verifier
+                    .cached_until(prefix)
+                    .map_or(now, tokio::time::Instant::from_std)
+                    .max(now + MIN_RECHECK);
+                tokio::time::sleep_until(due).await;
+                match self.auth.authenticate(Some(&self.credential)).await {
+                    Ok(_) => {}
+                    Err(ApiError::Unauthorized(_)) => return "API key revoked",
+                    Err(error) => {
+                        tracing::debug!(%error, "live feed: cannot check its API key; keeping it");
+                        tokio::time::sleep(RECHECK_AFTER_ERROR).await;
+                    }
+                }
+            }
+        }
+        match jwt_expiry(&self.credential) {
+            Some(exp) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                let left = (exp - now).clamp(0.0, 400.0 * 86_400.0);
+                tokio::time::sleep(Duration::from_secs_f64(left)).await;
+                "token expired"
+            }
+            // A verified JWT has an `exp` (it is required): never here.
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The `exp` of a compact JWT, read without verifying it (only for a token
+/// that was verified already).
+fn jwt_expiry(token: &str) -> Option<f64> {
+    #[derive(Deserialize)]
+    struct Expiry {
+        exp: f64,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<Expiry>(&bytes).ok().map(|e| e.exp)
+}
+
 /// The small pool API keys are looked up with (opened on first use).
 fn key_pool(database_url: &str) -> Result<Pool, ApiError> {
     let mut pg_config: tokio_postgres::Config = database_url
@@ -645,6 +732,11 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Already verified by the limits middleware.
+        if let Some(crate::limits::Authenticated(caller)) = parts.extensions.get() {
+            crate::audit::remember(caller);
+            return Ok(caller.clone());
+        }
         Authenticator::caller(state.auth.as_ref(), &parts.headers, None).await
     }
 }

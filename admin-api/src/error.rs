@@ -16,6 +16,9 @@ pub enum ApiError {
     /// 400 `invalid_parameter`: a query parameter is unknown, repeated or has a bad value.
     #[error("{parameter}: {message}")]
     InvalidParameter { parameter: String, message: String },
+    /// 400 `window_too_large`: an aggregate window longer than its grain allows.
+    #[error("{0}")]
+    WindowTooLarge(String),
     /// 400 `invalid_cursor`: the `cursor` is not one this API handed out.
     #[error("cursor: {0}")]
     InvalidCursor(String),
@@ -31,6 +34,16 @@ pub enum ApiError {
     /// 405 `method_not_allowed`.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 429 `too_many_requests`: the caller is over one of its limits
+    /// (`admin_api.limits`); answered with `Retry-After: retry_after_secs`.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// 504 `timeout`: the request took longer than `admin_api.limits.request_timeout_ms`.
+    #[error("{0}")]
+    Timeout(String),
     /// 503 `unavailable`: the database cannot be reached (or timed out).
     #[error("{0}")]
     Unavailable(String),
@@ -63,9 +76,11 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidParameter { .. } | ApiError::InvalidCursor(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::InvalidParameter { .. }
+            | ApiError::InvalidCursor(_)
+            | ApiError::WindowTooLarge(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -83,6 +98,9 @@ impl ApiError {
         match self {
             ApiError::InvalidParameter { .. } => "invalid_parameter",
             ApiError::InvalidCursor(_) => "invalid_cursor",
+            ApiError::WindowTooLarge(_) => "window_too_large",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
+            ApiError::Timeout(_) => "timeout",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
@@ -149,6 +167,14 @@ impl IntoResponse for ApiError {
         };
         let body = json!({ "error": { "code": self.code(), "message": message } });
         let mut response = (status, Json(body)).into_response();
+        if let ApiError::TooManyRequests {
+            retry_after_secs, ..
+        } = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -25,6 +25,7 @@ mod db;
 pub mod error;
 pub mod export;
 pub(crate) mod health;
+mod limits;
 pub mod openapi;
 mod params;
 pub mod rejected;
@@ -135,6 +136,8 @@ pub(crate) struct AppState {
     pub(crate) chain_keys: verify::TrustedKeys,
     /// Records reads as `audit.log.view` events (see [`AdminApi::with_audit`]).
     pub(crate) audit: Option<audit::AuditTrail>,
+    /// `admin_api.limits` and what each caller has in progress.
+    pub(crate) limits: Arc<limits::Limits>,
 }
 
 /// The admin API: a bound listener and its state.
@@ -198,6 +201,7 @@ impl AdminApi {
                 hub,
                 audit: None,
                 chain_keys: verify::TrustedKeys::default(),
+                limits: Arc::new(limits::Limits::new(&config.limits)),
             },
         })
     }
@@ -257,10 +261,14 @@ impl AdminApi {
                 tracing::debug!(%error, "admin API: cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ApiError::Serve)?;
+        // The client's address identifies callers without a credential (limits).
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ApiError::Serve)?;
         tracing::info!(address = %self.local_addr, "admin API stopped");
         Ok(())
     }
@@ -275,6 +283,11 @@ impl AdminApi {
             .route_layer(axum::middleware::from_fn_with_state(
                 self.state.clone(),
                 audit::record,
+            ))
+            // Outside the audit: a request refused over its limits is not a read.
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                limits::enforce,
             ))
             .fallback(error::not_found)
             .method_not_allowed_fallback(error::method_not_allowed)

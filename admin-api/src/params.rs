@@ -11,10 +11,21 @@ use tokio_postgres::Row;
 use crate::error::{truncate, ApiError};
 use crate::AppState;
 
-/// The decoded `name=value` pairs of a request's query string.
+/// The decoded `name=value` pairs of a request's query string. A NUL byte in
+/// a name or value (`%00`) is 400: PostgreSQL text cannot hold one, so it could
+/// never match and would otherwise fail the query.
 pub(crate) fn pairs(uri: &Uri) -> Result<Vec<(String, String)>, ApiError> {
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
+    if let Some((name, _)) = pairs
+        .iter()
+        .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+    {
+        return Err(ApiError::invalid(
+            &truncate(&name.replace('\0', "\\0"), 64),
+            "must not contain a NUL byte (%00)",
+        ));
+    }
     Ok(pairs)
 }
 
@@ -161,6 +172,21 @@ impl<'a> Params<'a> {
     }
 }
 
+/// The years a date or timestamp parameter may name (PostgreSQL and chrono
+/// both hold them; chrono alone accepts ±262143, far past any data).
+const YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
+
+fn check_year(name: &str, year: i32) -> Result<(), ApiError> {
+    if YEARS.contains(&year) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            name,
+            "the year must be between 1 and 9999",
+        ))
+    }
+}
+
 /// Parses an RFC 3339 timestamp, rounded *up* to the microsecond (the column's
 /// precision), which keeps `from` inclusive and `to` exclusive.
 pub(crate) fn timestamp(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
@@ -172,6 +198,7 @@ pub(crate) fn timestamp(name: &str, value: &str) -> Result<DateTime<Utc>, ApiErr
             )
         })?
         .with_timezone(&Utc);
+    check_year(name, chrono::Datelike::year(&parsed))?;
     let truncated = parsed.trunc_subsecs(6);
     Ok(if truncated < parsed {
         truncated + TimeDelta::microseconds(1)
@@ -184,6 +211,7 @@ pub(crate) fn timestamp(name: &str, value: &str) -> Result<DateTime<Utc>, ApiErr
 /// timestamp after midnight up to the next day.
 fn day_bound(name: &str, value: &str, exclusive_end: bool) -> Result<NaiveDate, ApiError> {
     if let Ok(day) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        check_year(name, chrono::Datelike::year(&day))?;
         return Ok(day);
     }
     let ts = DateTime::parse_from_rfc3339(value)
@@ -195,6 +223,7 @@ fn day_bound(name: &str, value: &str, exclusive_end: bool) -> Result<NaiveDate, 
         })?
         .with_timezone(&Utc);
     let day = ts.date_naive();
+    check_year(name, chrono::Datelike::year(&day))?;
     if exclusive_end && ts.time() != NaiveTime::MIN {
         return day
             .succ_opt()

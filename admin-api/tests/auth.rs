@@ -202,6 +202,92 @@ async fn issuer_and_audience_are_required_when_configured() {
 }
 
 #[tokio::test]
+async fn a_token_is_not_valid_before_its_nbf() {
+    let db = TestDb::migrated().await;
+    let mut config = config_with_jwt();
+    if let Some(jwt) = config.auth.jwt.as_mut() {
+        jwt.leeway_secs = 5;
+    }
+    let router = api(&config, &db.url).await.router();
+    let claims = |nbf: i64| json!({ "sub": "x", "exp": now_secs() + 600, "nbf": nbf, "scope": "admin", "tenant": "*" });
+    let future = token_with(SECRET, &claims(now_secs() + 120));
+    let reply = get(&router, "/api/v1/activity", Some(&future)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    assert_eq!(error_of(&reply).1, "token not yet valid");
+    // Within the leeway, and in the past: valid.
+    for nbf in [now_secs() + 2, now_secs() - 60] {
+        let token = token_with(SECRET, &claims(nbf));
+        let reply = get(&router, "/api/v1/activity", Some(&token)).await;
+        assert_eq!(reply.status, StatusCode::OK, "nbf {nbf}: {}", reply.body);
+    }
+}
+
+#[tokio::test]
+async fn public_keys_and_jwks_need_an_audience_and_refuse_other_ones() {
+    // Without `audience`, a JWKS or public key is refused at start.
+    for jwt in [
+        JwtConfig {
+            jwks_file: Some(fixture("jwks.json")),
+            ..JwtConfig::default()
+        },
+        JwtConfig {
+            public_key_file: Some(fixture("rsa1_public.pem")),
+            ..JwtConfig::default()
+        },
+    ] {
+        let mut config = config();
+        config.auth.jwt = Some(jwt.clone());
+        match tally_admin_api::AdminApi::bind(&config, "postgres://postgres@127.0.0.1/x", ready())
+            .await
+        {
+            Err(tally_admin_api::ApiError::Config(message)) => {
+                assert!(message.contains("audience"), "{message}")
+            }
+            Err(other) => panic!("{jwt:?}: {other}"),
+            Ok(_) => panic!("{jwt:?}: accepted without an audience"),
+        }
+        let mut whole = tally_config::Config::default();
+        whole.admin_api.auth.jwt = Some(jwt);
+        let error = whole.validate().expect_err("config validation");
+        assert!(
+            error.to_string().contains("admin_api.auth.jwt.audience"),
+            "{error}"
+        );
+    }
+    // With one, a JWKS token for another application (or for none) is refused.
+    let db = TestDb::migrated().await;
+    let mut config = config();
+    config.auth.jwt = Some(JwtConfig {
+        jwks_file: Some(fixture("jwks.json")),
+        audience: Some(AUDIENCE.to_owned()),
+        ..JwtConfig::default()
+    });
+    let router = api(&config, &db.url).await.router();
+    let pem = std::fs::read(fixture("rsa1_private.pem")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("rsa-1".to_owned());
+    let sign = |aud: Option<&str>| {
+        let mut claims =
+            json!({ "sub": "x", "exp": now_secs() + 600, "scope": "admin", "tenant": "*" });
+        if let Some(aud) = aud {
+            claims["aud"] = json!(aud);
+        }
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    let reply = get(&router, "/api/v1/activity", Some(&sign(Some(AUDIENCE)))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    for (aud, message) in [
+        (Some("another-app"), "wrong token audience"),
+        (None, "token lacks the required claim aud"),
+    ] {
+        let reply = get(&router, "/api/v1/activity", Some(&sign(aud))).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{aud:?}");
+        assert_eq!(error_of(&reply).1, message, "{aud:?}");
+    }
+}
+
+#[tokio::test]
 async fn health_and_openapi_need_no_token() {
     let db = TestDb::migrated().await;
     let router = api(&config_with_jwt(), &db.url).await.router();
@@ -238,9 +324,12 @@ fn sign_with(alg: jsonwebtoken::Algorithm, private_pem: &str, kid: Option<&str>)
     .unwrap();
     let mut header = jsonwebtoken::Header::new(alg);
     header.kid = kid.map(str::to_owned);
-    let claims = json!({ "sub": "x", "exp": now_secs() + 600, "scope": "admin", "tenant": "*" });
+    let claims = json!({ "sub": "x", "exp": now_secs() + 600, "scope": "admin", "tenant": "*", "aud": AUDIENCE });
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
+
+/// The audience the asymmetric-key tests configure (required with those keys).
+const AUDIENCE: &str = "tally-admin";
 
 #[tokio::test]
 async fn rs256_and_es256_public_keys_verify_their_tokens_only() {
@@ -248,6 +337,7 @@ async fn rs256_and_es256_public_keys_verify_their_tokens_only() {
     let mut config = config();
     config.auth.jwt = Some(JwtConfig {
         public_key_file: Some(fixture("rsa1_public.pem")),
+        audience: Some(AUDIENCE.to_owned()),
         ..JwtConfig::default()
     });
     let router = api(&config, &db.url).await.router();
@@ -294,16 +384,23 @@ async fn rs256_and_es256_public_keys_verify_their_tokens_only() {
     config.auth.jwt = Some(JwtConfig {
         hs256_secret: Some(SECRET.to_owned()),
         public_key_pem: Some(std::fs::read_to_string(fixture("ec_public.pem")).unwrap()),
+        audience: Some(AUDIENCE.to_owned()),
         ..JwtConfig::default()
     });
     let router = api(&config, &db.url).await.router();
     assert_eq!(get(&router, uri, Some(&es)).await.status, StatusCode::OK);
+    // The audience applies to every key, the HS256 secret's included.
+    let hs = token_with(
+        SECRET,
+        &json!({ "sub": "x", "exp": now_secs() + 600, "scope": "admin", "tenant": "*", "aud": AUDIENCE }),
+    );
     assert_eq!(
         get(&router, uri, Some(&token("admin", Some("*"))))
             .await
             .status,
-        StatusCode::OK
+        StatusCode::UNAUTHORIZED
     );
+    assert_eq!(get(&router, uri, Some(&hs)).await.status, StatusCode::OK);
     let ec_public = std::fs::read_to_string(fixture("ec_public.pem")).unwrap();
     let confused = token_with(
         &ec_public,
@@ -325,6 +422,7 @@ async fn jwks_keys_are_selected_by_kid() {
     let mut config = config();
     config.auth.jwt = Some(JwtConfig {
         jwks_file: Some(fixture("jwks.json")),
+        audience: Some(AUDIENCE.to_owned()),
         ..JwtConfig::default()
     });
     let router = api(&config, &db.url).await.router();

@@ -163,6 +163,31 @@ impl Config {
                     "set public_key_pem or public_key_file, not both",
                 ));
             }
+            if jwt.needs_audience() && jwt.audience.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "admin_api.auth.jwt.audience",
+                    "must be set with a public key or JWKS file (the issuer's keys sign tokens for other applications too)",
+                ));
+            }
+        }
+        let limits = &self.admin_api.limits;
+        for (key, value) in [
+            ("request_timeout_ms", limits.request_timeout_ms),
+            (
+                "max_concurrent_per_caller",
+                limits.max_concurrent_per_caller as u64,
+            ),
+            (
+                "max_streams_per_caller",
+                limits.max_streams_per_caller as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    &format!("admin_api.limits.{key}"),
+                    "must be at least 1",
+                ));
+            }
         }
         let api_keys = &self.admin_api.auth.api_keys;
         if api_keys.cache_ttl_secs > 300 {

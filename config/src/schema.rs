@@ -278,6 +278,35 @@ pub struct AdminApiConfig {
     pub sse_client_buffer: usize,
     /// Cross-origin access for browser dashboards; off by default.
     pub cors: CorsConfig,
+    /// Work one caller may make the API do at once (`admin_api.limits`).
+    pub limits: AdminLimitsConfig,
+}
+
+/// `admin_api.limits`: bounds per caller, so that one caller cannot starve the
+/// others. The caller is the authenticated identity (JWT `sub` + `tenant`, or
+/// the API key), else the client's IP address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminLimitsConfig {
+    /// Longest a request may take before it is answered 504 (default 20000 ms;
+    /// live feeds are exempt).
+    pub request_timeout_ms: u64,
+    /// Requests of one caller served at once; beyond, 429 with `Retry-After`
+    /// (default 4: half of the API's 8 database connections).
+    pub max_concurrent_per_caller: usize,
+    /// Live feeds (`/activity/stream`, `/tokens/stream`, `/stats/stream`) one
+    /// caller may hold open at once; beyond, 429 with `Retry-After` (default 16).
+    pub max_streams_per_caller: usize,
+}
+
+impl Default for AdminLimitsConfig {
+    fn default() -> Self {
+        AdminLimitsConfig {
+            request_timeout_ms: 20_000,
+            max_concurrent_per_caller: 4,
+            max_streams_per_caller: 16,
+        }
+    }
 }
 
 /// `admin_api.cors`: origins allowed to call the API from a browser
@@ -300,6 +329,7 @@ impl Default for AdminApiConfig {
             sse_max_clients: 1000,
             sse_client_buffer: 1024,
             cors: CorsConfig::default(),
+            limits: AdminLimitsConfig::default(),
         }
     }
 }
@@ -332,7 +362,8 @@ pub struct JwtConfig {
     pub jwks_file: Option<PathBuf>,
     /// Required `iss`, if set.
     pub issuer: Option<String>,
-    /// Required `aud`, if set.
+    /// Required `aud`, if set; must be set when a public key or JWKS file is
+    /// configured (those keys are often shared with other applications).
     pub audience: Option<String>,
     /// Clock-skew leeway for `exp`/`nbf`, seconds (default 30).
     pub leeway_secs: u64,
@@ -353,6 +384,12 @@ impl Default for JwtConfig {
 }
 
 impl JwtConfig {
+    /// Whether an asymmetric key (PEM or JWKS) is configured: then `audience`
+    /// is required.
+    pub fn needs_audience(&self) -> bool {
+        self.public_key_pem.is_some() || self.public_key_file.is_some() || self.jwks_file.is_some()
+    }
+
     /// Whether at least one verification key is configured.
     pub fn has_keys(&self) -> bool {
         self.hs256_secret.is_some()

@@ -27,7 +27,6 @@ pub(crate) mod tail;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::Query;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -37,10 +36,13 @@ use tokio::sync::watch;
 use tokio_postgres::types::ToSql;
 
 use crate::activity::ActivityQuery;
-use crate::auth::{Authenticator, Caller, TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
+use crate::auth::{
+    Authenticator, Caller, CredentialWatch, TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ,
+};
 use crate::error::{truncate, ApiError};
 use crate::siem::rows::{activity_item, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
 use crate::AppState;
+use axum::body::Bytes;
 use hub::{ClientSlot, Table};
 use sse::{Frames, FramesBuilder, Outbox};
 
@@ -82,9 +84,7 @@ pub const TOKEN_STREAM_PARAMETERS: &[&str] = &[
 
 /// Decoded query pairs; 400 on a malformed query.
 pub(crate) fn query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, ApiError> {
-    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
-        .map_err(|rejection| ApiError::invalid("query", rejection.body_text()))?;
-    Ok(pairs)
+    crate::params::pairs(uri)
 }
 
 /// 400 for a parameter not in `accepted`.
@@ -138,11 +138,11 @@ pub(crate) async fn stream_caller(
     state: &AppState,
     headers: &HeaderMap,
     pairs: &[(String, String)],
-) -> Result<Caller, ApiError> {
+) -> Result<(Caller, Option<CredentialWatch>), ApiError> {
     let Some(authenticator) = &state.auth else {
         let caller = Caller::anonymous();
         crate::audit::remember(&caller);
-        return Ok(caller);
+        return Ok((caller, None));
     };
     let mut tokens = pairs.iter().filter(|(name, _)| name == "access_token");
     let access_token = tokens.next().map(|(_, value)| value.as_str());
@@ -151,7 +151,55 @@ pub(crate) async fn stream_caller(
             "access_token given more than once".to_owned(),
         ));
     }
-    Authenticator::caller(Some(authenticator), headers, access_token).await
+    let caller = Authenticator::caller(Some(authenticator), headers, access_token).await?;
+    let watch = Authenticator::credential(headers, access_token)?
+        .map(|credential| CredentialWatch::new(authenticator, credential));
+    Ok((caller, watch))
+}
+
+/// The `event: auth_expired` that ends a live feed whose credential ended.
+pub(crate) fn auth_expired_event(reason: &str) -> Bytes {
+    let data = serde_json::json!({
+        "reason": format!("{reason}: the live feed ends; reconnect with a valid credential and Last-Event-ID"),
+    });
+    Bytes::from(format!("event: auth_expired\ndata: {data}\n\n"))
+}
+
+/// Ends `stream` with `event: auth_expired` when `watch`'s credential ends
+/// (the `/stats/stream` form of what [`read_feed`] does).
+pub(crate) fn until_credential_ends<S>(
+    stream: S,
+    watch: Option<CredentialWatch>,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let (ended, reason) = tokio::sync::oneshot::channel::<&'static str>();
+    let expiry = Box::pin(async move {
+        let _ = ended.send(credential_end(watch).await);
+    });
+    stream.take_until(expiry).chain(
+        futures::stream::once(async move {
+            reason.await.ok().map(|reason| {
+                Ok(Event::default().event("auth_expired").data(
+                    serde_json::json!({
+                        "reason": format!("{reason}: the live feed ends; reconnect with a valid credential"),
+                    })
+                    .to_string(),
+                ))
+            })
+        })
+        .filter_map(std::future::ready),
+    )
+}
+
+/// Resolves with the reason when `watch`'s credential ends; never without one.
+pub(crate) async fn credential_end(watch: Option<CredentialWatch>) -> &'static str {
+    match watch {
+        Some(watch) => watch.ended().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Filter clauses (`column = $n`) and their parameters; `seq` and the page
@@ -383,7 +431,7 @@ pub(crate) async fn activity_stream(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(&uri)?;
-    let caller = stream_caller(&state, &headers, &pairs).await?;
+    let (caller, watch) = stream_caller(&state, &headers, &pairs).await?;
     reject_unknown(&pairs, ACTIVITY_STREAM_PARAMETERS)?;
     caller.require_scope(SCOPE_ACTIVITY_READ)?;
     let after_seq = single(&pairs, "after_seq")?;
@@ -408,7 +456,7 @@ pub(crate) async fn activity_stream(
         filters,
         sql,
     };
-    serve_feed(state, feed, after, &caller.subject)
+    serve_feed(state, feed, after, &caller.subject, watch)
 }
 
 /// `GET /api/v1/tokens/stream`.
@@ -418,7 +466,7 @@ pub(crate) async fn tokens_stream(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(&uri)?;
-    let caller = stream_caller(&state, &headers, &pairs).await?;
+    let (caller, watch) = stream_caller(&state, &headers, &pairs).await?;
     reject_unknown(&pairs, TOKEN_STREAM_PARAMETERS)?;
     caller.require_scope(SCOPE_TOKENS_READ)?;
     let after_seq = single(&pairs, "after_seq")?;
@@ -460,7 +508,7 @@ pub(crate) async fn tokens_stream(
         filters,
         sql,
     };
-    serve_feed(state, feed, after, &caller.subject)
+    serve_feed(state, feed, after, &caller.subject, watch)
 }
 
 /// Takes a client slot, starts the reader and answers with the event stream.
@@ -469,6 +517,7 @@ fn serve_feed(
     feed: Feed,
     after: i64,
     subject: &str,
+    watch: Option<CredentialWatch>,
 ) -> Result<Response, ApiError> {
     // The reader owns the slot: it lives as long as the client is connected,
     // and ends at a reset, so a reset client that never reads again (and
@@ -484,7 +533,7 @@ fn serve_feed(
         after,
         "live feed client connected"
     );
-    tokio::spawn(read_feed(state, feed, after, outbox, notified, slot));
+    tokio::spawn(read_feed(state, feed, after, outbox, notified, slot, watch));
     let first = sse::comment(&format!("tally live feed after_seq={after}"));
     Ok(sse::feed_response(
         first,
@@ -597,6 +646,7 @@ async fn read_feed(
     outbox: Outbox,
     notified: watch::Receiver<u64>,
     slot: ClientSlot,
+    credential: Option<CredentialWatch>,
 ) {
     let mut outbox = outbox;
     let tail = if feed.filters.opaque {
@@ -604,10 +654,24 @@ async fn read_feed(
     } else {
         state.hub.tails.follow(&state, feed.table, &feed.rows_of)
     };
-    let _ = match tail {
-        Some(pages) => follow_tail(&state, &feed, after, &mut outbox, pages).await,
-        None => read_alone(&state, &feed, after, &mut outbox, notified).await,
+    let reading = async {
+        match tail {
+            Some(pages) => follow_tail(&state, &feed, after, &mut outbox, pages).await,
+            None => read_alone(&state, &feed, after, &mut outbox, notified).await,
+        }
     };
+    let ended = tokio::select! {
+        _ = reading => None,
+        reason = credential_end(credential) => Some(reason),
+    };
+    if let Some(reason) = ended {
+        tracing::info!(
+            table = feed.table.name(),
+            reason,
+            "live feed: credential ended; closing the feed"
+        );
+        outbox.end_with(auth_expired_event(reason));
+    }
     drop(slot);
 }
 

@@ -237,6 +237,14 @@ impl Outbox {
         Ok(())
     }
 
+    /// Ends the client's feed with `event` (sent ahead of what is still
+    /// buffered, like a reset); a no-op once the client was reset or ended.
+    pub(crate) fn end_with(&mut self, event: Bytes) {
+        if let Some(end) = self.reset.take() {
+            let _ = end.send(event);
+        }
+    }
+
     async fn send(&mut self, chunk: Bytes, events: usize, last_seq: i64) -> Result<(), Stop> {
         // `events` <= max_chunk <= MAX_CHUNK_EVENTS: fits in u32.
         let wanted = u32::try_from(events).unwrap_or(u32::MAX);

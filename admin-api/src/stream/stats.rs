@@ -27,6 +27,7 @@ use serde_json::{json, Map, Value};
 use super::hub::{ClientSlot, Table};
 use super::{
     max_seq, query_pairs, reject_unknown, single, sse_response, stream_caller, until_closed,
+    until_credential_ends,
 };
 use crate::activity::format_ts;
 use crate::auth::{TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
@@ -65,7 +66,7 @@ pub(crate) async fn stats_stream(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(&uri)?;
-    let caller = stream_caller(&state, &headers, &pairs).await?;
+    let (caller, watch) = stream_caller(&state, &headers, &pairs).await?;
     reject_unknown(&pairs, PARAMETERS)?;
     let activity = caller.require_scope(SCOPE_ACTIVITY_READ).is_ok();
     let tokens = caller.require_scope(SCOPE_TOKENS_READ).is_ok();
@@ -127,7 +128,7 @@ pub(crate) async fn stats_stream(
             }
         }
     });
-    let stream = until_closed(stream, closed);
+    let stream = until_closed(until_credential_ends(stream, watch), closed);
     Ok(sse_response(stream, heartbeat))
 }
 

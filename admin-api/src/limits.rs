@@ -1,0 +1,286 @@
+//! Per-caller limits (`admin_api.limits`): how many requests and live feeds one
+//! caller may have in progress at once, and how long a request may take.
+//!
+//! The caller is the authenticated identity (a JWT's `sub` and `tenant`, or an
+//! API key), else (no credential, a refused one, or an API without
+//! authentication) the client's IP address. Over its request limit a caller is
+//! answered 429 with `Retry-After` while other callers are served; over its
+//! live-feed limit too. A request that takes longer than `request_timeout_ms`
+//! is answered 504 (live feeds are exempt: they are meant to last).
+//!
+//! Counting is per instance and costs one short lock per request; a caller's
+//! entry exists only while it has something in progress.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::{Authenticator, Caller, TenantAccess};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// `Retry-After` of a 429 over a per-caller limit, seconds.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// A caller authenticated by [`enforce`], left in the request's extensions so
+/// the handler does not verify the credential again.
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated(pub(crate) Caller);
+
+/// In-progress work per caller.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    requests: usize,
+    streams: usize,
+}
+
+/// The limits and what each caller has in progress.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    timeout: Duration,
+    max_requests: usize,
+    max_streams: usize,
+    in_progress: Mutex<HashMap<Arc<str>, Counts>>,
+}
+
+/// One request or live feed counted against its caller until dropped.
+#[derive(Debug)]
+struct Slot {
+    limits: Arc<Limits>,
+    caller: Arc<str>,
+    stream: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self
+            .limits
+            .in_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(counts) = map.get_mut(&self.caller) {
+            if self.stream {
+                counts.streams = counts.streams.saturating_sub(1);
+            } else {
+                counts.requests = counts.requests.saturating_sub(1);
+            }
+            if counts.requests == 0 && counts.streams == 0 {
+                map.remove(&self.caller);
+            }
+        }
+    }
+}
+
+impl Limits {
+    /// The limits of `admin_api.limits` (zeros are raised to 1).
+    pub(crate) fn new(config: &tally_config::AdminLimitsConfig) -> Limits {
+        Limits {
+            timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+            max_requests: config.max_concurrent_per_caller.max(1),
+            max_streams: config.max_streams_per_caller.max(1),
+            in_progress: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one request (or live feed) of `caller`; 429 when it is at its limit.
+    fn acquire(self: &Arc<Self>, caller: &str, stream: bool) -> Result<Slot, ApiError> {
+        let mut map = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
+        let key: Arc<str> = match map.get_key_value(caller) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(caller),
+        };
+        let counts = map.entry(key.clone()).or_default();
+        let (held, max, what, setting) = if stream {
+            (
+                &mut counts.streams,
+                self.max_streams,
+                "live feeds",
+                "max_streams_per_caller",
+            )
+        } else {
+            (
+                &mut counts.requests,
+                self.max_requests,
+                "requests in progress",
+                "max_concurrent_per_caller",
+            )
+        };
+        if *held >= max {
+            if counts.requests == 0 && counts.streams == 0 {
+                map.remove(&key);
+            }
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "too many {what} for this caller (admin_api.limits.{setting} = {max}); retry later"
+                ),
+                retry_after_secs: RETRY_AFTER_SECS,
+            });
+        }
+        *held += 1;
+        Ok(Slot {
+            limits: self.clone(),
+            caller: key,
+            stream,
+        })
+    }
+}
+
+/// Whether `path` is a live feed (exempt from the timeout, counted as a stream).
+fn is_stream(path: &str) -> bool {
+    path.ends_with("/stream")
+}
+
+/// Whether `path` is outside the limits: health checks and the API's description.
+fn exempt(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/api/v1/openapi.json")
+}
+
+/// The identity a caller's limits are counted under.
+fn identity(caller: &Caller) -> String {
+    let tenant = match &caller.tenant {
+        TenantAccess::All => "*",
+        TenantAccess::One(tenant) => tenant.as_str(),
+        TenantAccess::Nothing => "",
+    };
+    // NUL cannot occur in a verified `sub` or tenant that reaches the database,
+    // and keeps `a` + `b:c` apart from `a:b` + `c`.
+    format!("id\0{}\0{tenant}", caller.subject)
+}
+
+/// The `?access_token=` of a live-feed request, if any (its first value).
+fn access_token(request: &Request) -> Option<String> {
+    crate::params::pairs(request.uri())
+        .ok()?
+        .into_iter()
+        .find(|(name, _)| name == "access_token")
+        .map(|(_, value)| value)
+}
+
+/// Middleware on every route: finds the caller, counts the request against its
+/// limits (429 over them), and answers 504 when it takes longer than the timeout.
+pub(crate) async fn enforce(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    if exempt(&path) {
+        return next.run(request).await;
+    }
+    let stream = is_stream(&path);
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let caller = match &state.auth {
+        None => None,
+        Some(auth) => {
+            let fallback = if stream { access_token(&request) } else { None };
+            match Authenticator::credential(request.headers(), fallback.as_deref()) {
+                Ok(credential) => auth.authenticate(credential).await.ok(),
+                Err(_) => None,
+            }
+        }
+    };
+    let key = match &caller {
+        Some(caller) => identity(caller),
+        None => match peer {
+            Some(ip) => format!("ip\0{ip}"),
+            None => "ip\0unknown".to_owned(),
+        },
+    };
+    let slot = match state.limits.acquire(&key, stream) {
+        Ok(slot) => slot,
+        Err(error) => {
+            tracing::info!(
+                subject = caller.as_ref().map(|c| c.subject.as_str()),
+                client = ?peer,
+                route = %path,
+                "admin API: caller over its limit"
+            );
+            return error.into_response();
+        }
+    };
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(Authenticated(caller));
+    }
+    if stream {
+        // The feed counts until its body is dropped (the client leaves).
+        let response = next.run(request).await;
+        let (parts, body) = response.into_parts();
+        let body = Body::from_stream(HoldWhileStreaming {
+            body: body.into_data_stream(),
+            _slot: slot,
+        });
+        return Response::from_parts(parts, body);
+    }
+    let timeout = state.limits.timeout;
+    let response = match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(route = %path, timeout_ms = timeout.as_millis() as u64, "admin API request timed out");
+            ApiError::Timeout(format!(
+                "the request took longer than {} ms (admin_api.limits.request_timeout_ms); narrow it (e.g. with from/to)",
+                timeout.as_millis()
+            ))
+            .into_response()
+        }
+    };
+    drop(slot);
+    response
+}
+
+/// A response body that keeps its [`Slot`] until it is dropped.
+struct HoldWhileStreaming<S> {
+    body: S,
+    _slot: Slot,
+}
+
+impl<S: futures::Stream + Unpin> futures::Stream for HoldWhileStreaming<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_count_per_caller_and_are_given_back() {
+        let limits = Arc::new(Limits::new(&tally_config::AdminLimitsConfig {
+            request_timeout_ms: 1000,
+            max_concurrent_per_caller: 2,
+            max_streams_per_caller: 1,
+        }));
+        let a1 = limits.acquire("a", false).expect("first");
+        let _a2 = limits.acquire("a", false).expect("second");
+        assert!(matches!(
+            limits.acquire("a", false),
+            Err(ApiError::TooManyRequests { .. })
+        ));
+        let _b = limits.acquire("b", false).expect("another caller");
+        let _s = limits.acquire("a", true).expect("streams count apart");
+        assert!(limits.acquire("a", true).is_err());
+        drop(a1);
+        let _a3 = limits.acquire("a", false).expect("given back");
+        drop(_b);
+        let map = limits.in_progress.lock().unwrap();
+        assert!(!map.contains_key("b"), "an idle caller leaves no entry");
+    }
+}

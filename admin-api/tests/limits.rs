@@ -1,0 +1,210 @@
+//! `admin_api.limits` on a served API: a caller over its concurrency gets 429
+//! (with `Retry-After`) while another caller is served, a request longer than
+//! the timeout gets 504, and live feeds are counted per caller.
+//!
+//! Requests are held in progress by an `ACCESS EXCLUSIVE` lock on
+//! `activity_events` taken by the test: their queries wait in PostgreSQL
+//! (seen in `pg_stat_activity`), not on a timer.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use common::{config_with_jwt, now_secs, token_with, TestDb, SECRET};
+use serde_json::{json, Value};
+use support::*;
+
+fn token_of(sub: &str) -> String {
+    token_with(
+        SECRET,
+        &json!({ "sub": sub, "exp": now_secs() + 3600, "scope": "admin", "tenant": "*" }),
+    )
+}
+
+/// Admin API queries of database `name` waiting for a lock.
+async fn waiting_on_locks(client: &tokio_postgres::Client, name: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+             AND application_name = 'tally-admin-api' AND wait_event_type = 'Lock'",
+            &[&name],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+async fn error_code(response: reqwest::Response) -> (reqwest::StatusCode, String, Value) {
+    let status = response.status();
+    let body: Value = response.json().await.expect("JSON body");
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (status, code, body)
+}
+
+#[tokio::test]
+async fn a_caller_over_its_concurrency_gets_429_while_another_is_served() {
+    let db = TestDb::migrated().await;
+    let mut config = config_with_jwt();
+    config.limits.max_concurrent_per_caller = 2;
+    let server = Server::start(&config, &db.url).await;
+    let (a, b) = (token_of("caller-a"), token_of("caller-b"));
+
+    let mut locker = connect(&db.url).await;
+    let lock = locker.transaction().await.expect("begin");
+    lock.batch_execute("LOCK TABLE activity_events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+
+    let url = server.url("/api/v1/activity");
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let request = http().get(&url).bearer_auth(&a).send();
+            tokio::spawn(request)
+        })
+        .collect();
+    wait_for(
+        "caller A's two requests to wait on the lock",
+        20,
+        || async { waiting_on_locks(&db.client, &db.name).await == 2 },
+    )
+    .await;
+
+    // A third request of A: refused at once, with Retry-After.
+    let response = http().get(&url).bearer_auth(&a).send().await.expect("send");
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (status, code, body) = error_code(response).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(code, "too_many_requests", "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_concurrent_per_caller")),
+        "{body}"
+    );
+    // Another caller is served meanwhile.
+    let response = http()
+        .get(server.url("/api/v1/tokens"))
+        .bearer_auth(&b)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+
+    lock.rollback().await.expect("release");
+    for request in held {
+        let response = request.await.expect("join").expect("send");
+        assert_eq!(response.status(), 200);
+    }
+    // A's slots were given back.
+    let response = http().get(&url).bearer_auth(&a).send().await.expect("send");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_request_longer_than_the_timeout_is_504() {
+    let db = TestDb::migrated().await;
+    let mut config = config_with_jwt();
+    config.limits.request_timeout_ms = 300;
+    let server = Server::start(&config, &db.url).await;
+    let mut locker = connect(&db.url).await;
+    let lock = locker.transaction().await.expect("begin");
+    lock.batch_execute("LOCK TABLE activity_events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        http()
+            .get(server.url("/api/v1/activity"))
+            .bearer_auth(token_of("slow"))
+            .send(),
+    )
+    .await
+    .expect("answered within 10 s")
+    .expect("send");
+    let (status, code, body) = error_code(response).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(code, "timeout", "{body}");
+    lock.rollback().await.expect("release");
+    // Live feeds are exempt from the timeout: one still runs after it.
+    let mut feed = SseReader::open(
+        &server.url("/api/v1/activity/stream"),
+        Some(&token_of("slow")),
+        None,
+    )
+    .await;
+    assert_eq!(feed.status, 200);
+    // Past the timeout, a row committed now still reaches the feed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let today = chrono::Utc::now().date_naive();
+    db.partitions(today, today).await;
+    let mut writer = connect(&db.url).await;
+    insert_activity(&mut writer, 1, &["t"], &["doc.read"], 0, 0).await;
+    let event = feed
+        .next(deadline(10))
+        .await
+        .expect("an event, not the end");
+    assert_eq!(event.event.as_deref(), Some("activity"));
+}
+
+#[tokio::test]
+async fn live_feeds_are_counted_per_caller() {
+    let db = TestDb::migrated().await;
+    let mut config = config_with_jwt();
+    config.limits.max_streams_per_caller = 1;
+    let server = Server::start(&config, &db.url).await;
+    let (a, b) = (token_of("feeds-a"), token_of("feeds-b"));
+    let url = server.url("/api/v1/activity/stream");
+    let first = SseReader::open(&url, Some(&a), None).await;
+    assert_eq!(first.status, 200);
+    let refused = http().get(&url).bearer_auth(&a).send().await.expect("send");
+    assert!(refused.headers().contains_key("retry-after"));
+    let (status, code, body) = error_code(refused).await;
+    assert_eq!(
+        (status.as_u16(), code.as_str()),
+        (429, "too_many_requests"),
+        "{body}"
+    );
+    // Through ?access_token= too (browsers), and on the stats feed.
+    let refused = http()
+        .get(format!(
+            "{}?access_token={a}",
+            server.url("/api/v1/stats/stream")
+        ))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), 429);
+    let other = SseReader::open(&url, Some(&b), None).await;
+    assert_eq!(other.status, 200);
+    // Closing A's feed gives its slot back.
+    drop(first);
+    let end = deadline(20);
+    loop {
+        let again = SseReader::open(&url, Some(&a), None).await;
+        if again.status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "A's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
