@@ -54,8 +54,9 @@ export function table(caption, headers, rows, attrs) {
     h("table", attrs || {},
       caption ? h("caption", {}, caption) : null,
       h("thead", {}, h("tr", {}, headers.map((name) => h("th", { scope: "col" }, name)))),
-      h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((cell) =>
-        cell instanceof Node && cell.nodeName === "TD" ? cell : h("td", {}, cell)))))));
+      h("tbody", {}, rows.length
+        ? rows.map((cells) => h("tr", {}, cells.map((cell) => h("td", {}, cell))))
+        : h("tr", {}, h("td", { colspan: headers.length, class: "muted" }, "Nothing yet.")))));
 }
 
 /** A labelled form field. */

@@ -62,7 +62,10 @@ export function createUsage(root, ctx) {
     load();
   });
 
-  fill(root, h("div", { class: "toolbar" }, h("h2", {}, "Usage"), picker, tenantForm), cards, live, charts, tops);
+  fill(root, h("div", { class: "toolbar" }, h("h2", {}, "Usage"), picker, tenantForm), cards, live, charts,
+    h("p", { class: "muted" }, "Cards: the window's totals from the rollups plus what the live feed has counted since the page read them (cost: rollups only). " +
+      "Charts and top lists read the rollups, which hold token calls once they are older than the attribution delay (5 min by default)."),
+    tops);
 
   // The cards: [key, label, value from the current figures].
   const figures = {};
@@ -130,7 +133,7 @@ export function createUsage(root, ctx) {
       ctx.can.activity ? card("events", "Activity events") : null,
       ctx.can.tokens ? card("input", "Input tokens") : null,
       ctx.can.tokens ? card("output", "Output tokens") : null,
-      ctx.can.tokens ? card("cost", "Cost (USD)", "priced calls") : null,
+      ctx.can.tokens ? card("cost", "Cost (USD)", "priced calls, from the rollups") : null,
       ctx.can.activity ? card("users", "Active users") : null,
       ctx.can.activity ? card("success", "Success rate", "of events with an outcome") : null,
       ctx.can.tokens ? card("tps", "Tokens / s", "last second") : null,
