@@ -25,17 +25,21 @@ const SECRET: &str = "console-test-secret-console-test-secret";
 const XSS_USER: &str = "\"><img src=x onerror=\"window.__xss=1\">";
 const XSS_RESOURCE: &str = "<script>window.__xss=2</script>";
 
-fn tracer_provider(tally: &Tally) -> SdkTracerProvider {
+/// A tracer provider exporting each span as it ends (`batch`: in batches).
+fn tracer_provider(tally: &Tally, batch: bool) -> SdkTracerProvider {
     let exporter = SpanExporter::builder()
         .with_tonic()
         .with_endpoint(tally.grpc_url())
         .with_timeout(Duration::from_secs(10))
         .build()
         .expect("span exporter");
-    SdkTracerProvider::builder()
-        .with_resource(Resource::builder().with_service_name("shop").build())
-        .with_simple_exporter(exporter)
-        .build()
+    let builder = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name("shop").build());
+    if batch {
+        builder.with_batch_exporter(exporter).build()
+    } else {
+        builder.with_simple_exporter(exporter).build()
+    }
 }
 
 /// One span per `(action, user, resource_id)`, in one trace under a root span
@@ -136,7 +140,7 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
         return;
     };
     let admin = token(SECRET, "admin", "*");
-    let provider = tracer_provider(&tally);
+    let provider = tracer_provider(&tally, false);
 
     // Sign in by pasting the token.
     browser.goto(&tally.api_url("/")).await;
@@ -184,6 +188,7 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
         latency < Duration::from_secs(2),
         "live view took {latency:?}"
     );
+    println!("console live view: 31 rows shown {latency:?} after the export was acknowledged");
     assert_eq!(live_rows_with(&browser, "doc-29").await, 1, "no duplicate");
     assert_eq!(
         live_rows_with(&browser, "quarantined").await,
@@ -398,10 +403,77 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
         )
         .await;
 
-    // Phone-sized.
-    browser.resize(390, 844).await;
+    // Bounded memory: a burst while paused holds at most 2 × 500 events and counts
+    // the rest; the view keeps the newest 500 rows, in seq order.
     browser.click("#nav-live").await;
-    browser.screenshot("live-phone").await;
+    browser.click("#live-pause").await;
+    browser
+        .wait_text("#live-state", "Paused", Duration::from_secs(2))
+        .await;
+    let bulk = tracer_provider(&tally, true);
+    send_async(
+        &bulk,
+        (0..1200)
+            .map(|i| {
+                (
+                    "file.document.view",
+                    "paging-user".to_owned(),
+                    format!("burst-{i}"),
+                )
+            })
+            .collect(),
+        false,
+    )
+    .await;
+    browser
+        .wait_text("#live-state", "1200 new", Duration::from_secs(10))
+        .await;
+    let heap_paused = browser
+        .js(
+            "return performance.memory ? performance.memory.usedJSHeapSize : null;",
+            json!([]),
+        )
+        .await;
+    browser.click("#live-pause").await;
+    browser
+        .wait_text(
+            "#live-note",
+            "700 events arrived while paused",
+            Duration::from_secs(2),
+        )
+        .await;
+    let seqs = browser
+        .wait_js("500 rows", Duration::from_secs(5),
+            "const s = [...document.querySelectorAll('#live-rows tr')].map(r => Number(r.dataset.seq)); return s.length === 500 ? s : null;", json!([]))
+        .await;
+    let seqs: Vec<i64> = serde_json::from_value(seqs).expect("seqs");
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no duplicate"
+    );
+    let heap_live = browser
+        .js(
+            "return performance.memory ? performance.memory.usedJSHeapSize : null;",
+            json!([]),
+        )
+        .await;
+    println!("console live view: JS heap {heap_paused} bytes while holding 1,000 paused events, {heap_live} bytes with 500 rows shown");
+
+    // Phone-sized, dark.
+    browser.resize(390, 844).await;
+    browser.dark().await;
+    let background = browser
+        .js(
+            "return getComputedStyle(document.body).backgroundColor;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        background,
+        json!("rgb(13, 17, 23)"),
+        "the dark palette applies"
+    );
+    browser.screenshot("live-phone-dark").await;
 
     let violations: Vec<String> = browser
         .severe_logs()

@@ -265,3 +265,31 @@ async fn whoami_tells_the_caller_its_subject_scopes_and_tenant() {
         json!({"subject": "anonymous", "scopes": ["activity:read", "admin", "tokens:read"], "tenant": "*", "auth": false})
     );
 }
+
+#[tokio::test]
+async fn the_first_load_is_under_300_kb_compressed() {
+    let router = api(&config(), NO_DATABASE).await.router();
+    let gzip = [("accept-encoding", "gzip")];
+    let page = fetch(&router, "/console", &gzip).await;
+    let mut compressed = page.body.len();
+    let mut plain = fetch(&router, "/console", &[]).await.body.len();
+    let html = fetch(&router, "/console", &[]).await.text();
+    let mut queue: Vec<String> = references(&html, "src=", "/console/assets/");
+    queue.extend(references(&html, "href=", "/console/assets/"));
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(name) = queue.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let uri = format!("/console/assets/{name}");
+        compressed += fetch(&router, &uri, &gzip).await.body.len();
+        let asset = fetch(&router, &uri, &[]).await;
+        plain += asset.body.len();
+        queue.extend(references(&asset.text(), "from ", "./"));
+    }
+    println!(
+        "console first load: {} files, {compressed} bytes gzip ({plain} bytes uncompressed)",
+        seen.len() + 1
+    );
+    assert!(compressed < 300 * 1024, "{compressed} bytes");
+}

@@ -111,6 +111,7 @@ impl Browser {
             "--disable-component-update".to_owned(),
             "--disable-sync".to_owned(),
             "--disable-dev-shm-usage".to_owned(),
+            "--enable-precise-memory-info".to_owned(),
             "--window-size=1280,900".to_owned(),
             format!("--user-data-dir={}", browser._profile.path().display()),
         ];
@@ -284,6 +285,16 @@ impl Browser {
     pub async fn resize(&self, width: u32, height: u32) {
         self.post("/window/rect", json!({ "width": width, "height": height }))
             .await;
+    }
+
+    /// Emulates `prefers-color-scheme: dark` (Chromium's DevTools command, through chromedriver).
+    pub async fn dark(&self) {
+        self.post(
+            "/goog/cdp/execute",
+            json!({"cmd": "Emulation.setEmulatedMedia",
+                   "params": {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}}),
+        )
+        .await;
     }
 
     /// Saves a PNG screenshot as `target/console-screenshots/<name>.png`.
