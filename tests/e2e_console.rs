@@ -486,10 +486,11 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tokens_only_caller_signs_in_by_fragment_and_sees_no_activity() {
-    let Some((_database, tally, browser)) = launch().await else {
+async fn callers_sign_in_by_fragment_or_api_key_and_see_what_their_scopes_allow() {
+    let Some((database, tally, browser)) = launch().await else {
         return;
     };
+    let database_url = database.url.clone();
     // A rejected credential in the fragment: the sign-in form says so.
     browser
         .goto(&tally.api_url("/console#access_token=not-a-token"))
@@ -539,5 +540,47 @@ async fn a_tokens_only_caller_signs_in_by_fragment_and_sees_no_activity() {
         .js("return sessionStorage.getItem('tally.token');", json!([]))
         .await;
     assert_eq!(stored, json!(null));
+    assert!(
+        !browser.url().await.contains('#'),
+        "the view is forgotten too"
+    );
+
+    // A pasted API key bound to one tenant: the live view, without a tenant filter.
+    let key = api_key(
+        &database_url,
+        &["--tenant", "acme", "--scope", "activity:read"],
+    );
+    browser.type_into("#signin-token", &key).await;
+    browser.click("#signin-form button[type=submit]").await;
+    browser
+        .wait_text("#live-state", "Live", Duration::from_secs(10))
+        .await;
+    assert!(browser.text("#who-scope").await.contains("tenant acme"));
+    assert!(
+        !browser.exists("#live-tenant").await,
+        "a tenant-scoped caller has no tenant filter"
+    );
+    browser.click("#nav-search").await;
+    browser.find("#search-kind-activity").await;
+    assert!(!browser.exists("#search-kind-tokens").await);
     browser.quit().await;
+}
+
+/// `tally apikey create ARGS` against the test database; the key it prints.
+fn api_key(database_url: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["apikey", "create"])
+        .args(args)
+        .env("TALLY_DATABASE_URL", database_url)
+        .output()
+        .expect("run tally apikey create");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let key = stdout.lines().next().unwrap_or_default().to_owned();
+    assert!(key.starts_with("tally_"), "{stdout}");
+    key
 }

@@ -41,6 +41,8 @@ function teardown() {
 function signOut(message) {
   teardown();
   session.clear();
+  // The next sign-in opens on the first view (Live), as a fresh page does.
+  history.replaceState(null, "", window.location.pathname + window.location.search);
   showSignIn(message);
 }
 
