@@ -59,7 +59,7 @@ async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
     }
 }
 
-fn respond(asset: &Asset, request: &HeaderMap, cache_control: &'static str) -> Response {
+fn respond(asset: &'static Asset, request: &HeaderMap, cache_control: &'static str) -> Response {
     let not_modified = request
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -73,9 +73,10 @@ fn respond(asset: &Asset, request: &HeaderMap, cache_control: &'static str) -> R
     let mut response = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else if gzip {
-        asset.gzip.clone().into_response()
+        // The prepared bytes live as long as the process: served without a copy.
+        asset.gzip.as_slice().into_response()
     } else {
-        asset.body.clone().into_response()
+        asset.body.as_slice().into_response()
     };
     let headers = response.headers_mut();
     if !not_modified {
