@@ -105,7 +105,7 @@ impl AuditTrail {
 
 /// Whether requests to `route` are recorded (data routes, not the API's own description).
 fn audited(route: &str) -> bool {
-    route.starts_with("/api/v1/") && route != "/api/v1/openapi.json"
+    route.starts_with("/api/v1/") && route != "/api/v1/openapi.json" && route != "/api/v1/whoami"
 }
 
 /// Parameter names whose value is a credential, compared after decoding and
@@ -402,6 +402,7 @@ mod tests {
         assert!(audited("/api/v1/activity"));
         assert!(audited("/api/v1/activity/stream"));
         assert!(!audited("/api/v1/openapi.json"));
+        assert!(!audited("/api/v1/whoami"));
         assert!(!audited("/healthz"));
     }
 }

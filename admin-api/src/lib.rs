@@ -1,5 +1,6 @@
 //! Tally's admin API (axum): health checks, the filtered and cursor-paginated
-//! activity log, bearer-token (JWT) authorization and an OpenAPI document.
+//! activity log, bearer-token (JWT) authorization, an OpenAPI document and the
+//! web console ([`console`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), tally_admin_api::ApiError> {
@@ -20,6 +21,7 @@ pub mod aggregates;
 pub mod apikeys;
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod cursor;
 mod db;
 pub mod error;
@@ -36,6 +38,7 @@ pub mod stream;
 pub(crate) mod taxonomy;
 pub mod tokens;
 pub(crate) mod verify;
+pub(crate) mod whoami;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -289,6 +292,10 @@ impl AdminApi {
                 self.state.clone(),
                 limits::enforce,
             ))
+            // The console's static files: no credential, no audit record, and outside
+            // the per-caller limits (served from memory, no database work; a browser
+            // fetches several at once). The data calls the page makes are limited.
+            .merge(console::router())
             .fallback(error::not_found)
             .method_not_allowed_fallback(error::method_not_allowed)
             .with_state(self.state.clone())

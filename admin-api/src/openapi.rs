@@ -153,6 +153,26 @@ pub fn openapi() -> Value {
                     }
                 }
             },
+            "/api/v1/whoami": {
+                "get": {
+                    "operationId": "whoami",
+                    "summary": "The caller: subject, scopes and tenant of the credential",
+                    "description": "Any valid credential (no scope needed); not recorded as audit.log.view. tenant is the tenant id, \"*\" for every tenant, or null for none; auth is false when the API checks no credential (the caller is then anonymous with every scope). The console uses it to show only the views the caller may read.",
+                    "responses": {
+                        "200": { "description": "The caller", "content": { "application/json": { "schema": {
+                            "type": "object",
+                            "required": ["subject", "scopes", "tenant", "auth"],
+                            "properties": {
+                                "subject": { "type": "string" },
+                                "scopes": { "type": "array", "items": { "type": "string" } },
+                                "tenant": { "type": ["string", "null"] },
+                                "auth": { "type": "boolean" }
+                            }
+                        } } } },
+                        "401": error_response("unauthorized")
+                    }
+                }
+            },
             "/api/v1/taxonomy": {
                 "get": {
                     "operationId": "getTaxonomy",

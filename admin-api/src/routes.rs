@@ -7,7 +7,7 @@ use axum::routing::{get, post, MethodRouter};
 
 use crate::{
     activity, aggregates, export, health, openapi, rejected, stats, stream, taxonomy, tokens,
-    verify, AppState,
+    verify, whoami, AppState,
 };
 
 /// One route as documented: its method, path and accepted query parameters.
@@ -52,6 +52,7 @@ pub(crate) fn table() -> Vec<Route> {
         route("GET", "/healthz", NONE, get(health::healthz)),
         route("GET", "/readyz", NONE, get(health::readyz)),
         route("GET", "/api/v1/openapi.json", NONE, get(openapi::document)),
+        route("GET", "/api/v1/whoami", NONE, get(whoami::whoami)),
         route(
             "GET",
             "/api/v1/activity",

@@ -61,6 +61,8 @@ fn read(name: &str) -> Vec<u8> {
 enum Needs {
     /// No credential (health, OpenAPI).
     Nothing,
+    /// Any valid credential, whatever its scopes (whoami).
+    Credential,
     Activity,
     Tokens,
     /// Either read scope.
@@ -144,6 +146,15 @@ const ROUTES: &[Route] = &[
         "/api/v1/openapi.json",
         "/api/v1/openapi.json",
         Needs::Nothing,
+        Read::Whole,
+        false,
+        false,
+    ),
+    route(
+        "GET",
+        "/api/v1/whoami",
+        "/api/v1/whoami",
+        Needs::Credential,
         Read::Whole,
         false,
         false,
@@ -595,7 +606,7 @@ async fn send(
 fn allowed(scopes: &[&str], needs: Needs) -> bool {
     let has = |scope: &str| scopes.contains(&scope) || scopes.contains(&"admin");
     match needs {
-        Needs::Nothing => true,
+        Needs::Nothing | Needs::Credential => true,
         Needs::Activity => has("activity:read"),
         Needs::Tokens => has("tokens:read"),
         Needs::AnyRead => has("activity:read") || has("tokens:read"),

@@ -35,6 +35,8 @@ pub struct TallyOptions {
     pub grpc_endpoint: Option<SocketAddr>,
     /// `receivers.otlp.http.endpoint` (default `127.0.0.1:0`).
     pub http_endpoint: Option<SocketAddr>,
+    /// `admin_api.endpoint` (default `127.0.0.1:0`); set it to restart where a browser's page was.
+    pub admin_endpoint: Option<SocketAddr>,
     /// `processors.validate.mode` (`strict`, `lenient`, `off`).
     pub validate_mode: Option<&'static str>,
     /// `processors.validate.taxonomy` (a registry file).
@@ -252,7 +254,10 @@ fn config_yaml(options: &TallyOptions) -> String {
     if let Some(bytes) = options.max_in_flight_bytes {
         yaml.push_str(&format!("    max_in_flight_bytes: {bytes}\n"));
     }
-    yaml.push_str("admin_api:\n  endpoint: 127.0.0.1:0\n");
+    yaml.push_str(&format!(
+        "admin_api:\n  endpoint: {}\n",
+        options.admin_endpoint.unwrap_or(any)
+    ));
     if let Some(max) = options.sse_max_clients {
         yaml.push_str(&format!("  sse_max_clients: {max}\n"));
     }

@@ -1,0 +1,255 @@
+// The Live view: the activity feed (`/api/v1/activity/stream`) as it is
+// committed, filtered server-side; pause/resume; reconnects with Last-Event-ID
+// (no gap, no duplicate); memory bounded to MAX_ROWS shown + MAX_ROWS held
+// while paused, whatever the rate.
+
+import { h, field, select, fill } from "./dom.js";
+import { events, getJson, ApiError, aborted } from "./api.js";
+import { time, cell } from "./format.js";
+
+/** Rows kept on screen (the newest); older rows are dropped. */
+export const MAX_ROWS = 500;
+/** Rows loaded from the history when the feed (re)starts with new filters. */
+const BACKLOG = 50;
+
+const OUTCOMES = [["", "any"], ["success", "success"], ["failure", "failure"], ["unknown", "unknown"]];
+
+export function createLive(root, ctx) {
+  let generation = 0; // bumped on every restart: stale loops stop
+  let controller = null;
+  let connected = false; // the current stream has been accepted
+  let lastSeq = null; // last seq received (shown or not): where a reconnect resumes
+  let paused = false;
+  let held = []; // events received while paused, newest MAX_ROWS
+  let skipped = 0; // events dropped while paused (beyond MAX_ROWS)
+  let pending = []; // received, not yet drawn (drawn once per animation frame)
+  let scheduled = false;
+  let received = 0;
+  let filters = {};
+
+  const tenant = h("input", { name: "tenant", id: "live-tenant", autocomplete: "off", placeholder: "every tenant" });
+  const user = h("input", { name: "user", id: "live-user", autocomplete: "off" });
+  const action = h("input", { name: "action", id: "live-action", autocomplete: "off", placeholder: "auth.* or auth.login" });
+  const outcome = select("outcome", OUTCOMES, "");
+  outcome.id = "live-outcome";
+  const form = h("form", { class: "filters", id: "live-filters", "aria-label": "Live filters" },
+    ctx.allTenants ? field("Tenant", tenant) : null,
+    field("User", user),
+    field("Action", action),
+    field("Outcome", outcome),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Apply")));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    filters = {
+      tenant: ctx.allTenants ? tenant.value.trim() : "",
+      user: user.value.trim(),
+      action: action.value.trim(),
+      outcome: outcome.value,
+    };
+    start();
+  });
+
+  const state = h("span", { id: "live-state", class: "state", role: "status", "aria-live": "polite" }, "Connecting");
+  const pauseButton = h("button", { type: "button", id: "live-pause", "aria-pressed": "false" }, "Pause");
+  const counter = h("span", { id: "live-count", class: "muted" });
+  const note = h("p", { id: "live-note", class: "muted", hidden: true });
+  const tbody = h("tbody", { id: "live-rows" });
+  const tableNode = h("div", { class: "table-wrap" },
+    h("table", { id: "live-table" },
+      h("caption", { class: "visually-hidden" }, `Live activity, newest first (at most ${MAX_ROWS} rows)`),
+      h("thead", {}, h("tr", {}, ["Time", "Tenant", "User", "Action", "Outcome", "Resource", "Service"]
+        .map((name) => h("th", { scope: "col" }, name)))),
+      tbody));
+  pauseButton.addEventListener("click", () => (paused ? resume() : pause()));
+
+  fill(root,
+    h("div", { class: "toolbar" }, h("h2", {}, "Live activity"), state, pauseButton, counter),
+    form, note, tableNode,
+    h("p", { class: "muted" }, `Newest ${MAX_ROWS} rows are kept; select a time for the event's details.`));
+
+  function setState(kind, text) {
+    state.textContent = text;
+    state.dataset.state = kind;
+  }
+
+  function row(item) {
+    const open = h("button", { type: "button", class: "link" }, time(item.ts));
+    open.addEventListener("click", () => ctx.openDetail("activity", item));
+    const resource = item.resource_type || item.resource_id
+      ? `${item.resource_type || "—"}/${item.resource_id || "—"}` : "—";
+    return h("tr", { "data-seq": item.seq },
+      h("td", {}, open),
+      h("td", {}, cell(item.tenant_id)),
+      h("td", {}, cell(item.user_id)),
+      h("td", {}, cell(item.action)),
+      h("td", {}, h("span", { class: `badge ${String(item.outcome)}` }, cell(item.outcome))),
+      h("td", {}, resource),
+      h("td", {}, cell(item.service)));
+  }
+
+  function draw() {
+    scheduled = false;
+    if (!pending.length) return;
+    const fragment = document.createDocumentFragment();
+    for (let i = pending.length - 1; i >= 0; i--) fragment.append(row(pending[i]));
+    pending = [];
+    tbody.prepend(fragment);
+    while (tbody.rows.length > MAX_ROWS) tbody.lastElementChild.remove();
+    counter.textContent = `${received} received`;
+  }
+
+  function show(items) {
+    pending.push(...items);
+    // Only the newest MAX_ROWS can be on screen: never hold more (a hidden tab draws no frames).
+    if (pending.length > MAX_ROWS) pending.splice(0, pending.length - MAX_ROWS);
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(draw);
+    }
+  }
+
+  function receive(item) {
+    if (lastSeq !== null && item.seq <= lastSeq) return; // never twice
+    lastSeq = item.seq;
+    received++;
+    if (paused) {
+      held.push(item);
+      if (held.length > 2 * MAX_ROWS) {
+        const drop = held.length - MAX_ROWS;
+        held.splice(0, drop);
+        skipped += drop;
+      }
+      setState("paused", `Paused · ${held.length + skipped} new`);
+    } else {
+      show([item]);
+    }
+  }
+
+  function pause() {
+    paused = true;
+    pauseButton.textContent = "Resume";
+    pauseButton.setAttribute("aria-pressed", "true");
+    setState("paused", "Paused");
+  }
+
+  function resume() {
+    paused = false;
+    pauseButton.textContent = "Pause";
+    pauseButton.setAttribute("aria-pressed", "false");
+    if (held.length > MAX_ROWS) {
+      skipped += held.length - MAX_ROWS;
+      held.splice(0, held.length - MAX_ROWS);
+    }
+    if (skipped) {
+      note.textContent = `${skipped} events arrived while paused and are not shown (the newest ${MAX_ROWS} are); use Search for them.`;
+      note.hidden = false;
+    }
+    show(held);
+    held = [];
+    skipped = 0;
+    setState(connected ? "live" : "reconnecting", connected ? "Live" : "Reconnecting");
+  }
+
+  async function backlog(gen) {
+    try {
+      const page = await getJson("/api/v1/activity", { ...filters, limit: BACKLOG });
+      if (gen !== generation) return;
+      const items = page.items || [];
+      const ownViews = filters.action.startsWith("audit");
+      const seqs = items.map((item) => item.seq);
+      if (seqs.length) lastSeq = Math.max(...seqs);
+      show(items.filter((item) => ownViews || item.action !== "audit.log.view").reverse());
+      received = 0;
+    } catch (error) {
+      if (gen === generation && error instanceof ApiError && error.status !== 401) {
+        setState("error", `Stopped: ${error.message}`);
+        throw error;
+      }
+    }
+  }
+
+  function wait(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+  }
+
+  async function run(gen) {
+    let attempt = 0;
+    while (gen === generation) {
+      const current = new AbortController();
+      controller = current;
+      connected = false;
+      try {
+        for await (const message of events("/api/v1/activity/stream", filters, {
+          lastEventId: lastSeq,
+          signal: current.signal,
+          onOpen: () => {
+            attempt = 0;
+            connected = true;
+            if (!paused) setState("live", "Live");
+          },
+        })) {
+          if (gen !== generation) {
+            current.abort();
+            return;
+          }
+          if (message.event === "activity") receive(JSON.parse(message.data));
+          else if (message.event === "reset") break; // the server dropped us: resume from lastSeq
+          else if (message.event === "auth_expired") {
+            ctx.signOut("Your session expired: sign in again.");
+            return;
+          }
+        }
+        current.abort();
+      } catch (error) {
+        if (gen !== generation || aborted(error)) return;
+        if (error instanceof ApiError && error.status >= 400 && error.status < 500 && error.status !== 429) {
+          setState("error", `Stopped: ${error.message}`);
+          return;
+        }
+      }
+      if (gen !== generation) return;
+      connected = false;
+      attempt++;
+      setState("reconnecting", `Reconnecting (attempt ${attempt})`);
+      await wait(Math.min(5000, 250 * 2 ** attempt));
+    }
+  }
+
+  function stopCurrent() {
+    generation++;
+    if (controller) controller.abort();
+    controller = null;
+  }
+
+  async function start() {
+    stopCurrent();
+    const gen = generation;
+    tbody.replaceChildren();
+    pending = [];
+    held = [];
+    skipped = 0;
+    received = 0;
+    lastSeq = null;
+    note.hidden = true;
+    counter.textContent = "";
+    setState("reconnecting", "Connecting");
+    try {
+      await backlog(gen);
+    } catch {
+      return;
+    }
+    if (gen === generation) run(gen);
+  }
+
+  filters = { tenant: "", user: "", action: "", outcome: "" };
+  let started = false;
+  return {
+    show() {
+      if (!started) {
+        started = true;
+        start();
+      }
+    },
+    stop: stopCurrent,
+  };
+}
