@@ -24,6 +24,7 @@ export function createLive(root, ctx) {
   let skipped = 0; // events dropped while paused (beyond MAX_ROWS)
   let pending = []; // received, not yet drawn (drawn once per animation frame)
   let scheduled = false;
+  let countScheduled = false; // the paused count is redrawn on the next frame
   let received = 0;
   let filters = {};
 
@@ -119,7 +120,14 @@ export function createLive(root, ctx) {
         held.splice(0, drop);
         skipped += drop;
       }
-      setState("paused", `Paused · ${held.length + skipped} new`);
+      // Once a frame, not once an event: the state is announced to screen readers.
+      if (!countScheduled) {
+        countScheduled = true;
+        requestAnimationFrame(() => {
+          countScheduled = false;
+          if (paused) setState("paused", `Paused · ${held.length + skipped} new`);
+        });
+      }
     } else {
       show([item]);
     }
