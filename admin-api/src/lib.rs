@@ -141,6 +141,8 @@ pub(crate) struct AppState {
 pub struct AdminApi {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// `admin_api.tls`, loaded.
+    tls: Option<Arc<tally_tls::Reloader>>,
     state: AppState,
     /// `admin_api.cors`, when origins are configured.
     cors: Option<tower_http::cors::CorsLayer>,
@@ -160,6 +162,14 @@ impl AdminApi {
             ));
         }
         let auth = auth::Authenticator::from_config(&config.auth, database_url)?;
+        let tls = match &config.tls {
+            Some(tls) => Some(tally_tls::Reloader::new(
+                tls,
+                "admin_api.tls",
+                tally_tls::ALPN_HTTP,
+            )?),
+            None => None,
+        };
         let pool = build_pool(database_url)?;
         let hub = Arc::new(stream::hub::Hub::new(
             database_url,
@@ -182,11 +192,12 @@ impl AdminApi {
                 "admin API has no authentication configured: anyone who can reach it can read all data"
             );
         }
-        tracing::info!(address = %local_addr, "admin API listening on {local_addr}");
+        tracing::info!(address = %local_addr, tls = tls.is_some(), "admin API listening on {local_addr}");
         Ok(AdminApi {
             cors: cors_layer(&config.cors),
             listener,
             local_addr,
+            tls,
             state: AppState {
                 pool,
                 readiness,
@@ -250,17 +261,28 @@ impl AdminApi {
             shutdown.await;
             hub.close();
         };
-        // Without TCP_NODELAY, a live-feed write that follows one the client
-        // has not acknowledged yet waits for that (delayed) ACK: tens of ms.
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "admin API: cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ApiError::Serve)?;
+        if let Some(tls) = self.tls {
+            // The TLS listener sets TCP_NODELAY on every connection itself.
+            tls.watch();
+            let listener =
+                tally_tls::TlsListener::new(self.listener, tls).map_err(ApiError::Serve)?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(ApiError::Serve)?;
+        } else {
+            // Without TCP_NODELAY, a live-feed write that follows one the client
+            // has not acknowledged yet waits for that (delayed) ACK: tens of ms.
+            let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "admin API: cannot set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(ApiError::Serve)?;
+        }
         tracing::info!(address = %self.local_addr, "admin API stopped");
         Ok(())
     }

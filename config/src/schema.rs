@@ -61,6 +61,8 @@ pub struct GrpcConfig {
     pub endpoint: Endpoint,
     /// Largest accepted message after decompression, in MiB (default 20).
     pub max_recv_msg_size_mib: usize,
+    /// Serve gRPC over TLS (`None`, the default: plaintext).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GrpcConfig {
@@ -69,6 +71,7 @@ impl Default for GrpcConfig {
             enabled: true,
             endpoint: Endpoint::localhost(4317),
             max_recv_msg_size_mib: 20,
+            tls: None,
         }
     }
 }
@@ -82,6 +85,24 @@ pub struct HttpConfig {
     pub endpoint: Endpoint,
     /// Largest accepted body in bytes, compressed and after decompression (default 20 MiB).
     pub max_request_body_size: usize,
+    /// Serve OTLP/HTTP over TLS (`None`, the default: plaintext).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `tls` of a listener (`receivers.otlp.grpc`, `receivers.otlp.http`, `admin_api`),
+/// named as in the OpenTelemetry Collector. The files are PEM; they are read again
+/// on SIGHUP and when they change, without dropping open connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain (leaf first).
+    pub cert_file: PathBuf,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Certificate authorities of the clients: when set, every client must
+    /// present a certificate they signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -90,6 +111,7 @@ impl Default for HttpConfig {
             enabled: true,
             endpoint: Endpoint::localhost(4318),
             max_request_body_size: 20 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -278,6 +300,8 @@ pub struct AdminApiConfig {
     pub sse_client_buffer: usize,
     /// Cross-origin access for browser dashboards; off by default.
     pub cors: CorsConfig,
+    /// Serve the API over TLS (`None`, the default: plaintext).
+    pub tls: Option<TlsConfig>,
 }
 
 /// `admin_api.cors`: origins allowed to call the API from a browser
@@ -300,6 +324,7 @@ impl Default for AdminApiConfig {
             sse_max_clients: 1000,
             sse_client_buffer: 1024,
             cors: CorsConfig::default(),
+            tls: None,
         }
     }
 }

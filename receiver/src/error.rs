@@ -21,6 +21,9 @@ pub enum ReceiverError {
         #[source]
         source: std::io::Error,
     },
+    /// A listener's `tls` block cannot be used (unreadable or invalid files).
+    #[error(transparent)]
+    Tls(#[from] tally_tls::TlsError),
     /// The OTLP gRPC server failed while serving.
     #[error("OTLP gRPC receiver failed: {0}")]
     Grpc(#[source] tonic::transport::Error),

@@ -480,9 +480,11 @@ fn charge_calls(
     }
 }
 
-/// Serves OTLP gRPC on `listener` until `shutdown` resolves, then drains in-flight calls.
+/// Serves OTLP gRPC on `listener` (over TLS when `tls` is given) until `shutdown`
+/// resolves, then drains in-flight calls.
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<tally_tls::Reloader>>,
     consumer: Arc<dyn Consumer>,
     max_recv_msg_size_mib: usize,
     budget: InFlightBudget,
@@ -500,17 +502,31 @@ pub(crate) async fn serve(
         max_decoding_message_size: limit,
         signal: PhantomData,
     };
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(refusal_codes))
         .layer(tower::util::MapRequestLayer::new(charge_calls(
             budget, limit,
         )))
         .add_service(traces)
-        .add_service(logs)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(ReceiverError::Grpc)
+        .add_service(logs);
+    match tls {
+        Some(tls) => {
+            tls.watch();
+            let incoming = tally_tls::TlsListener::new(listener, tls)
+                .map_err(ReceiverError::Http)?
+                .into_incoming();
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
+    .map_err(ReceiverError::Grpc)
 }
 
 /// `grpc-status` values rewritten by [`refusal_codes`].

@@ -66,20 +66,31 @@ pub(crate) fn router(
         })
 }
 
-/// Serves OTLP/HTTP on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves OTLP/HTTP on `listener` (over TLS when `tls` is given) until `shutdown`
+/// resolves, then drains in-flight requests.
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<tally_tls::Reloader>>,
     consumer: Arc<dyn Consumer>,
     max_request_body_size: usize,
     budget: InFlightBudget,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiverError> {
     use axum::serve::ListenerExt;
+    let app = router(consumer, max_request_body_size, budget);
+    if let Some(tls) = tls {
+        tls.watch();
+        let listener = tally_tls::TlsListener::new(listener, tls).map_err(ReceiverError::Http)?;
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ReceiverError::Http);
+    }
     let listener = listener.tap_io(|tcp| {
         // Best effort: small responses should not wait for Nagle.
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(consumer, max_request_body_size, budget))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ReceiverError::Http)

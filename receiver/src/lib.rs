@@ -94,6 +94,8 @@ pub struct OtlpReceiver {
     consumer: Arc<dyn Consumer>,
     grpc: Option<(TcpListener, SocketAddr)>,
     http: Option<(TcpListener, SocketAddr)>,
+    grpc_tls: Option<Arc<tally_tls::Reloader>>,
+    http_tls: Option<Arc<tally_tls::Reloader>>,
     max_recv_msg_size_mib: usize,
     max_request_body_size: usize,
     budget: budget::InFlightBudget,
@@ -112,18 +114,35 @@ impl std::fmt::Debug for OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Binds the enabled listeners (so port 0 resolves now) without serving yet.
+    /// Binds the enabled listeners (so port 0 resolves now) without serving yet, and
+    /// reads their TLS files if they have a `tls` block (an unusable file is an error now).
     pub async fn bind(
         config: &OtlpReceiverConfig,
         consumer: Arc<dyn Consumer>,
     ) -> Result<OtlpReceiver, ReceiverError> {
+        let grpc_tls = match (&config.grpc.tls, config.grpc.enabled) {
+            (Some(tls), true) => Some(tally_tls::Reloader::new(
+                tls,
+                "receivers.otlp.grpc.tls",
+                tally_tls::ALPN_GRPC,
+            )?),
+            _ => None,
+        };
+        let http_tls = match (&config.http.tls, config.http.enabled) {
+            (Some(tls), true) => Some(tally_tls::Reloader::new(
+                tls,
+                "receivers.otlp.http.tls",
+                tally_tls::ALPN_HTTP,
+            )?),
+            _ => None,
+        };
         let grpc = if config.grpc.enabled {
             let bound = bind_listener(
                 config.grpc.endpoint.socket_addr(),
                 "receivers.otlp.grpc.endpoint",
             )
             .await?;
-            info!(addr = %bound.1, "OTLP gRPC receiver listening");
+            info!(addr = %bound.1, tls = grpc_tls.is_some(), "OTLP gRPC receiver listening");
             Some(bound)
         } else {
             None
@@ -134,7 +153,7 @@ impl OtlpReceiver {
                 "receivers.otlp.http.endpoint",
             )
             .await?;
-            info!(addr = %bound.1, "OTLP/HTTP receiver listening");
+            info!(addr = %bound.1, tls = http_tls.is_some(), "OTLP/HTTP receiver listening");
             Some(bound)
         } else {
             None
@@ -143,6 +162,8 @@ impl OtlpReceiver {
             consumer,
             grpc,
             http,
+            grpc_tls,
+            http_tls,
             max_recv_msg_size_mib: config.grpc.max_recv_msg_size_mib,
             max_request_body_size: config.http.max_request_body_size,
             budget: budget::InFlightBudget::new(config.max_in_flight_bytes),
@@ -172,6 +193,7 @@ impl OtlpReceiver {
                 Some((listener, _)) => {
                     grpc::serve(
                         listener,
+                        self.grpc_tls.clone(),
                         self.consumer.clone(),
                         self.max_recv_msg_size_mib,
                         self.budget.clone(),
@@ -187,6 +209,7 @@ impl OtlpReceiver {
                 Some((listener, _)) => {
                     http::serve(
                         listener,
+                        self.http_tls.clone(),
                         self.consumer.clone(),
                         self.max_request_body_size,
                         self.budget.clone(),
