@@ -450,6 +450,9 @@ pub struct ServiceConfig {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// `development` (the default) or `production`: a production start refuses
+    /// the unsafe defaults (see `docs/security.md`); also `tally --production`.
+    pub mode: ServiceMode,
 }
 
 impl Default for ServiceConfig {
@@ -458,8 +461,20 @@ impl Default for ServiceConfig {
             shutdown_grace_secs: 30,
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            mode: ServiceMode::Development,
         }
     }
+}
+
+/// `service.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// Zero set-up: generated keys and a private database are accepted (with warnings).
+    #[default]
+    Development,
+    /// Refuses to start with generated in-database keys and the other unsafe defaults.
+    Production,
 }
 
 /// Format of Tally's own log lines.
