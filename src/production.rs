@@ -35,13 +35,18 @@ pub fn problems(config: &Config, database_url: Option<&str>) -> Vec<(&'static st
                 .to_string(),
         ));
     }
-    if database_url.is_none() {
-        found.push((
+    match database_url {
+        None => found.push((
             "exporters.postgres.url",
             "not set (nor TALLY_DATABASE_URL): the private PostgreSQL is for zero set-up; \
              name a managed database"
                 .to_string(),
-        ));
+        )),
+        Some(url) => {
+            if let Some(why) = plaintext_database(url) {
+                found.push(("exporters.postgres.url", why));
+            }
+        }
     }
     let auth = &config.admin_api.auth;
     if config.admin_api.enabled && auth.jwt.is_none() && auth.api_keys.enabled != Some(true) {
@@ -83,6 +88,29 @@ pub fn problems(config: &Config, database_url: Option<&str>) -> Vec<(&'static st
     found
 }
 
+/// Why `url` would reach a remote database in plaintext, if it would.
+fn plaintext_database(url: &str) -> Option<String> {
+    use tally_exporters::postgres::tls;
+    use tokio_postgres::config::{Host, SslMode};
+    let (config, _) = match tls::parse(url) {
+        Ok(parsed) => parsed,
+        Err(error) => return Some(format!("unusable: {error}")),
+    };
+    if config.get_ssl_mode() == SslMode::Require {
+        return None;
+    }
+    let remote = config.get_hosts().iter().find_map(|host| match host {
+        Host::Tcp(name) if !matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1") => {
+            Some(name.clone())
+        }
+        _ => None,
+    })?;
+    Some(format!(
+        "reaches {remote} without TLS: add sslmode=verify-full&sslrootcert=<CA file> \
+         (or at least sslmode=require)"
+    ))
+}
+
 /// The error for a production start with `problems`, one line per key.
 pub fn refusal(problems: &[(&'static str, String)]) -> String {
     let mut text = format!(
@@ -100,6 +128,21 @@ pub fn refusal(problems: &[(&'static str, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_database_needs_tls() {
+        assert!(plaintext_database("postgres://u@db.internal/tally")
+            .is_some_and(|why| why.contains("db.internal")));
+        assert_eq!(
+            plaintext_database("postgres://u@db.internal/tally?sslmode=require"),
+            None
+        );
+        assert_eq!(plaintext_database("postgres://u@127.0.0.1/tally"), None);
+        assert_eq!(
+            plaintext_database("host=/run/postgresql dbname=tally"),
+            None
+        );
+    }
 
     #[test]
     fn the_defaults_are_refused_key_by_key() {
@@ -123,7 +166,7 @@ mod tests {
         let config =
             Config::from_yaml_str("receivers: { otlp: { http: { endpoint: 0.0.0.0:4318 } } }")
                 .unwrap();
-        let found = problems(&config, Some("postgres://db/tally"));
+        let found = problems(&config, Some("postgres://db/tally?sslmode=require"));
         assert!(
             found.iter().any(|(key, why)| *key == "receivers.otlp.http.tls"
                 && why.contains("0.0.0.0:4318")),

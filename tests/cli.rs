@@ -227,7 +227,7 @@ fn production_mode_refuses_generated_keys_and_the_other_unsafe_defaults() {
     let (ok, text) = validate(
         "service: { mode: production }\n\
          processors: { redact: { hmac_key: 0123456789abcdef0123 } }\n\
-         exporters: { postgres: { url: \"postgres://tally@db.internal/tally\", \
+         exporters: { postgres: { url: \"postgres://tally@127.0.0.1/tally\", \
          tamper_evidence: { signing_key: \"abababababababababababababababababababababababababababababababab\" } } }\n\
          admin_api: { auth: { jwt: { hs256_secret: \"a-secret-of-enough-length-123456\" } } }\n",
     );

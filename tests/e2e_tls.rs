@@ -75,8 +75,54 @@ fn tls_block(pki: &Pki, dir: &Path, mutual: bool) -> String {
     }
 }
 
-/// An HTTPS client trusting the test CA, presenting the client certificate if `identity`.
-fn https_client(pki: &Pki, identity: bool) -> reqwest::Client {
+/// A minimal HTTPS/1.0 client trusting the test CA (with the client certificate
+/// if asked): the test's own, so that no HTTP client library brings a second
+/// TLS stack into the workspace.
+#[derive(Clone)]
+struct Https {
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl Https {
+    /// Sends one request; returns (status, body).
+    async fn request(
+        &self,
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = self.connector.connect(name, tcp).await?;
+        let head = format!(
+            "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await?;
+        tls.write_all(body).await?;
+        tls.flush().await?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
+            .await
+            .map_err(|_| std::io::Error::other("no answer"))??;
+        let text = String::from_utf8_lossy(&answer);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {text:?}")))?;
+        let body = match answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(at) => answer[at + 4..].to_vec(),
+            None => Vec::new(),
+        };
+        Ok((status, body))
+    }
+}
+
+fn https_client(pki: &Pki, identity: bool) -> Https {
     #[allow(deprecated)] // the ring provider, as the server uses
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -87,7 +133,6 @@ fn https_client(pki: &Pki, identity: bool) -> reqwest::Client {
         .expect("versions")
         .with_root_certificates(roots);
     let config = if identity {
-        use rustls::pki_types::pem::PemObject;
         let cert = rustls::pki_types::CertificateDer::from_pem_slice(pki.client_cert.as_bytes())
             .expect("client cert");
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.client_key.as_bytes())
@@ -98,11 +143,9 @@ fn https_client(pki: &Pki, identity: bool) -> reqwest::Client {
     } else {
         builder.with_no_client_auth()
     };
-    reqwest::Client::builder()
-        .use_preconfigured_tls(config)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("https client")
+    Https {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+    }
 }
 
 use rustls::pki_types::pem::PemObject as _;
@@ -125,24 +168,21 @@ fn log_body(tenant: &str) -> Vec<u8> {
     .expect("json")
 }
 
-async fn post_log(client: &reqwest::Client, url: &str, tenant: &str) -> reqwest::Result<u16> {
+async fn post_log(client: &Https, tally: &Tally, tenant: &str) -> std::io::Result<u16> {
     client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(log_body(tenant))
-        .send()
+        .request(tally.http, "POST", "/v1/logs", &log_body(tenant))
         .await
-        .map(|r| r.status().as_u16())
+        .map(|(status, _)| status)
 }
 
 /// The number of activity rows of `tenant`, read over the admin API with `client`.
-async fn activity_count(client: &reqwest::Client, tally: &Tally, tenant: &str) -> Option<usize> {
-    let url = format!("https://{}/api/v1/activity?tenant={tenant}", tally.admin);
-    let response = client.get(url).send().await.ok()?;
-    if response.status().as_u16() != 200 {
+async fn activity_count(client: &Https, tally: &Tally, tenant: &str) -> Option<usize> {
+    let path = format!("/api/v1/activity?tenant={tenant}");
+    let (status, body) = client.request(tally.admin, "GET", &path, b"").await.ok()?;
+    if status != 200 {
         return None;
     }
-    let body: serde_json::Value = response.json().await.ok()?;
+    let body: serde_json::Value = serde_json::from_slice(&body).ok()?;
     body["items"].as_array().map(Vec::len)
 }
 
@@ -217,15 +257,8 @@ fn grpc_tls(pki: &Pki, identity: bool) -> tonic::transport::ClientTlsConfig {
     }
 }
 
-/// reqwest (built without a provider) and tonic use the process default: ring.
-fn install_ring() {
-    #[allow(deprecated)]
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_on_all_three_listeners_and_plaintext_refused() {
-    install_ring();
     let database = TestDatabase::create().await;
     let pki = Arc::new(pki());
     let dir = tempfile::tempdir().expect("dir");
@@ -238,9 +271,8 @@ async fn tls_on_all_three_listeners_and_plaintext_refused() {
     let client = https_client(&pki, false);
 
     // OTLP/HTTP over TLS.
-    let https = format!("https://{}/v1/logs", tally.http);
     assert_eq!(
-        post_log(&client, &https, "t-tls-http").await.ok(),
+        post_log(&client, &tally, "t-tls-http").await.ok(),
         Some(200)
     );
     // OTLP gRPC over TLS, with the real SDK.
@@ -265,7 +297,12 @@ async fn tls_on_all_three_listeners_and_plaintext_refused() {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
-    let plain_http = post_log(&plain, &tally.http_url("/v1/logs"), "t-plain").await;
+    let plain_http = plain
+        .post(tally.http_url("/v1/logs"))
+        .header("content-type", "application/json")
+        .body(log_body("t-plain"))
+        .send()
+        .await;
     assert!(plain_http.is_err(), "plaintext OTLP/HTTP: {plain_http:?}");
     let plain_admin = plain.get(tally.api_url("/api/v1/activity")).send().await;
     assert!(plain_admin.is_err(), "plaintext admin API: {plain_admin:?}");
@@ -287,7 +324,6 @@ async fn tls_on_all_three_listeners_and_plaintext_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mutual_tls_requires_a_client_certificate_on_all_three_listeners() {
-    install_ring();
     let database = TestDatabase::create().await;
     let pki = Arc::new(pki());
     let dir = tempfile::tempdir().expect("dir");
@@ -299,13 +335,11 @@ async fn mutual_tls_requires_a_client_certificate_on_all_three_listeners() {
     .await;
     let with_cert = https_client(&pki, true);
     let without_cert = https_client(&pki, false);
-    let https = format!("https://{}/v1/logs", tally.http);
-
     assert_eq!(
-        post_log(&with_cert, &https, "t-mtls-http").await.ok(),
+        post_log(&with_cert, &tally, "t-mtls-http").await.ok(),
         Some(200)
     );
-    let refused = post_log(&without_cert, &https, "t-mtls-anon").await;
+    let refused = post_log(&without_cert, &tally, "t-mtls-anon").await;
     assert!(
         refused.is_err(),
         "OTLP/HTTP without a client cert: {refused:?}"

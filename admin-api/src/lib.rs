@@ -44,7 +44,6 @@ use std::time::Duration;
 use axum::Router;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::net::TcpListener;
-use tokio_postgres::NoTls;
 
 use tally_config::AdminApiConfig;
 use tally_model::Readiness;
@@ -149,7 +148,7 @@ pub struct AdminApi {
 }
 
 impl AdminApi {
-    /// Builds a connection pool (deadpool-postgres, NoTls) for `database_url` and
+    /// Builds a connection pool (deadpool-postgres, TLS as the URL's `sslmode` says) for `database_url` and
     /// binds the listener (port 0 → free port). No connection is opened yet.
     pub async fn bind(
         config: &AdminApiConfig,
@@ -344,8 +343,7 @@ fn cors_layer(config: &tally_config::CorsConfig) -> Option<tower_http::cors::Cor
 
 fn build_pool(database_url: &str) -> Result<db::TenantPool, ApiError> {
     // The URL may hold a password: never echo it.
-    let mut pg_config: tokio_postgres::Config = database_url
-        .parse()
+    let (mut pg_config, tls) = tally_exporters::postgres::tls::parse(database_url)
         .map_err(|error| ApiError::Config(format!("invalid database URL: {error}")))?;
     if pg_config.get_connect_timeout().is_none() {
         pg_config.connect_timeout(POOL_TIMEOUT);
@@ -358,7 +356,7 @@ fn build_pool(database_url: &str) -> Result<db::TenantPool, ApiError> {
     }
     let manager = Manager::from_config(
         pg_config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
