@@ -40,6 +40,10 @@ pub struct OtlpReceiverConfig {
     /// with HTTP 429 / gRPC `RESOURCE_EXHAUSTED` and a retry delay. At least the larger
     /// of the two message size limits.
     pub max_in_flight_bytes: usize,
+    /// Longest time a request body may take to arrive, in milliseconds (default
+    /// 30000; 0 = no deadline): a slower one is answered HTTP 408 / gRPC
+    /// `DEADLINE_EXCEEDED` and its bytes leave the in-flight budget.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for OtlpReceiverConfig {
@@ -48,6 +52,7 @@ impl Default for OtlpReceiverConfig {
             grpc: GrpcConfig::default(),
             http: HttpConfig::default(),
             max_in_flight_bytes: 64 * 1024 * 1024,
+            body_read_timeout_ms: 30_000,
         }
     }
 }

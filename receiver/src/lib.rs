@@ -99,6 +99,8 @@ pub struct OtlpReceiver {
     max_recv_msg_size_mib: usize,
     max_request_body_size: usize,
     budget: budget::InFlightBudget,
+    /// `receivers.otlp.body_read_timeout_ms` (`None` when 0).
+    body_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for OtlpReceiver {
@@ -167,6 +169,8 @@ impl OtlpReceiver {
             max_recv_msg_size_mib: config.grpc.max_recv_msg_size_mib,
             max_request_body_size: config.http.max_request_body_size,
             budget: budget::InFlightBudget::new(config.max_in_flight_bytes),
+            body_timeout: (config.body_read_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(config.body_read_timeout_ms)),
         })
     }
 
@@ -197,6 +201,7 @@ impl OtlpReceiver {
                         self.consumer.clone(),
                         self.max_recv_msg_size_mib,
                         self.budget.clone(),
+                        self.body_timeout,
                         shutdown.clone(),
                     )
                     .await
@@ -213,6 +218,7 @@ impl OtlpReceiver {
                         self.consumer.clone(),
                         self.max_request_body_size,
                         self.budget.clone(),
+                        self.body_timeout,
                         shutdown.clone(),
                     )
                     .await
