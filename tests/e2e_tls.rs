@@ -17,6 +17,7 @@ use opentelemetry_sdk::logs::SdkLoggerProvider;
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::json;
 
 /// A certificate authority and, signed by it, a server and a client certificate (PEM).
@@ -147,8 +148,6 @@ fn https_client(pki: &Pki, identity: bool) -> Https {
         connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
     }
 }
-
-use rustls::pki_types::pem::PemObject as _;
 
 fn log_body(tenant: &str) -> Vec<u8> {
     let t = SystemTime::now()
