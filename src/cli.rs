@@ -19,6 +19,12 @@ pub struct Cli {
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Production mode (as `service.mode: production`): refuse to start with
+    /// generated in-database keys, a private PostgreSQL, an admin API without
+    /// authentication, or a non-loopback listener without TLS.
+    #[arg(long, global = true)]
+    pub production: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

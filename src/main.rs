@@ -5,6 +5,7 @@ mod cli;
 mod database;
 mod logging;
 mod pipeline;
+mod production;
 mod replay;
 mod run;
 mod secrets;
@@ -85,6 +86,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let production = production::enabled(&config, cli.production);
+    if production && matches!(cli.command, None | Some(Command::Validate)) {
+        let problems = production::problems(&config, config.database_url().as_deref());
+        if !problems.is_empty() {
+            eprintln!("error: {}", production::refusal(&problems));
+            return ExitCode::from(2);
+        }
+    }
     if let Some(Command::Validate) = cli.command {
         println!("config OK");
         return match tally_config::taxonomy::validate_report(&config.processors.validate) {

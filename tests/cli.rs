@@ -190,3 +190,46 @@ async fn apikey_create_list_revoke() {
         .get(0);
     assert!(revoked);
 }
+
+#[test]
+fn production_mode_refuses_generated_keys_and_the_other_unsafe_defaults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Run (not validate), from an empty folder: nothing may be started or created.
+    let output = tally()
+        .arg("--production")
+        .current_dir(dir.path())
+        .output()
+        .expect("run tally --production");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    for key in [
+        "processors.redact.hmac_key",
+        "exporters.postgres.tamper_evidence.signing_key",
+        "exporters.postgres.url",
+        "admin_api.auth",
+    ] {
+        assert!(text.contains(key), "names {key}:\n{text}");
+    }
+    assert!(
+        !dir.path().join("tally-data").exists(),
+        "no private PostgreSQL was started"
+    );
+
+    // `service.mode: production` in the file does the same, and a public
+    // listener without TLS is named too.
+    let (ok, text) =
+        validate("service: { mode: production }\nadmin_api: { endpoint: 0.0.0.0:8080 }\n");
+    assert!(!ok, "{text}");
+    assert!(text.contains("admin_api.tls"), "{text}");
+    assert!(text.contains("0.0.0.0:8080"), "{text}");
+
+    // Everything set: the production configuration validates.
+    let (ok, text) = validate(
+        "service: { mode: production }\n\
+         processors: { redact: { hmac_key: 0123456789abcdef0123 } }\n\
+         exporters: { postgres: { url: \"postgres://tally@127.0.0.1/tally\", \
+         tamper_evidence: { signing_key: \"abababababababababababababababababababababababababababababababab\" } } }\n\
+         admin_api: { auth: { jwt: { hs256_secret: \"a-secret-of-enough-length-123456\" } } }\n",
+    );
+    assert!(ok, "{text}");
+}

@@ -32,7 +32,6 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use tokio_postgres::NoTls;
 
 use crate::apikeys::{self, KeyVerifier, Refusal};
 use crate::error::ApiError;
@@ -702,8 +701,7 @@ fn jwt_expiry(token: &str) -> Option<f64> {
 
 /// The small pool API keys are looked up with (opened on first use).
 fn key_pool(database_url: &str) -> Result<Pool, ApiError> {
-    let mut pg_config: tokio_postgres::Config = database_url
-        .parse()
+    let (mut pg_config, tls) = tally_exporters::postgres::tls::parse(database_url)
         .map_err(|error| ApiError::Config(format!("invalid database URL: {error}")))?;
     if pg_config.get_connect_timeout().is_none() {
         pg_config.connect_timeout(KEY_POOL_TIMEOUT);
@@ -713,7 +711,7 @@ fn key_pool(database_url: &str) -> Result<Pool, ApiError> {
     }
     let manager = Manager::from_config(
         pg_config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

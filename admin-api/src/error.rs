@@ -53,6 +53,9 @@ pub enum ApiError {
     /// Start-up: the configuration or database URL is unusable.
     #[error("invalid admin API configuration: {0}")]
     Config(String),
+    /// Start-up: `admin_api.tls` cannot be used (unreadable or invalid files).
+    #[error(transparent)]
+    Tls(#[from] tally_tls::TlsError),
     /// Start-up: the listen address cannot be bound.
     #[error("cannot bind admin API to {addr}: {source}")]
     Bind {
@@ -89,7 +92,8 @@ impl ApiError {
             ApiError::Internal(_)
             | ApiError::Config(_)
             | ApiError::Bind { .. }
-            | ApiError::Serve(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | ApiError::Serve(_)
+            | ApiError::Tls(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -109,7 +113,8 @@ impl ApiError {
             ApiError::Internal(_)
             | ApiError::Config(_)
             | ApiError::Bind { .. }
-            | ApiError::Serve(_) => "internal",
+            | ApiError::Serve(_)
+            | ApiError::Tls(_) => "internal",
         }
     }
 

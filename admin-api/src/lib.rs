@@ -48,7 +48,6 @@ use std::time::Duration;
 use axum::Router;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::net::TcpListener;
-use tokio_postgres::NoTls;
 
 use tally_config::AdminApiConfig;
 use tally_model::Readiness;
@@ -147,13 +146,15 @@ pub(crate) struct AppState {
 pub struct AdminApi {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// `admin_api.tls`, loaded.
+    tls: Option<Arc<tally_tls::Reloader>>,
     state: AppState,
     /// `admin_api.cors`, when origins are configured.
     cors: Option<tower_http::cors::CorsLayer>,
 }
 
 impl AdminApi {
-    /// Builds a connection pool (deadpool-postgres, NoTls) for `database_url` and
+    /// Builds a connection pool (deadpool-postgres, TLS as the URL's `sslmode` says) for `database_url` and
     /// binds the listener (port 0 → free port). No connection is opened yet.
     pub async fn bind(
         config: &AdminApiConfig,
@@ -166,6 +167,14 @@ impl AdminApi {
             ));
         }
         let auth = auth::Authenticator::from_config(&config.auth, database_url)?;
+        let tls = match &config.tls {
+            Some(tls) => Some(tally_tls::Reloader::new(
+                tls,
+                "admin_api.tls",
+                tally_tls::ALPN_HTTP,
+            )?),
+            None => None,
+        };
         let pool = build_pool(database_url)?;
         let hub = Arc::new(stream::hub::Hub::new(
             database_url,
@@ -188,11 +197,12 @@ impl AdminApi {
                 "admin API has no authentication configured: anyone who can reach it can read all data"
             );
         }
-        tracing::info!(address = %local_addr, "admin API listening on {local_addr}");
+        tracing::info!(address = %local_addr, tls = tls.is_some(), "admin API listening on {local_addr}");
         Ok(AdminApi {
             cors: cors_layer(&config.cors),
             listener,
             local_addr,
+            tls,
             state: AppState {
                 pool,
                 readiness,
@@ -257,21 +267,33 @@ impl AdminApi {
             shutdown.await;
             hub.close();
         };
-        // Without TCP_NODELAY, a live-feed write that follows one the client
-        // has not acknowledged yet waits for that (delayed) ACK: tens of ms.
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "admin API: cannot set TCP_NODELAY");
-            }
-        });
         // The client's address identifies callers without a credential (limits).
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ApiError::Serve)?;
+        let router = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Some(tls) = self.tls {
+            // The TLS listener sets TCP_NODELAY on every connection itself; the
+            // no-op tap gives it axum's client-address connect info.
+            tls.watch();
+            let listener = axum::serve::ListenerExt::tap_io(
+                tally_tls::TlsListener::new(self.listener, tls).map_err(ApiError::Serve)?,
+                |_| {},
+            );
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(ApiError::Serve)?;
+        } else {
+            // Without TCP_NODELAY, a live-feed write that follows one the client
+            // has not acknowledged yet waits for that (delayed) ACK: tens of ms.
+            let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "admin API: cannot set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(ApiError::Serve)?;
+        }
         tracing::info!(address = %self.local_addr, "admin API stopped");
         Ok(())
     }
@@ -347,8 +369,7 @@ fn cors_layer(config: &tally_config::CorsConfig) -> Option<tower_http::cors::Cor
 
 fn build_pool(database_url: &str) -> Result<db::TenantPool, ApiError> {
     // The URL may hold a password: never echo it.
-    let mut pg_config: tokio_postgres::Config = database_url
-        .parse()
+    let (mut pg_config, tls) = tally_exporters::postgres::tls::parse(database_url)
         .map_err(|error| ApiError::Config(format!("invalid database URL: {error}")))?;
     if pg_config.get_connect_timeout().is_none() {
         pg_config.connect_timeout(POOL_TIMEOUT);
@@ -361,7 +382,7 @@ fn build_pool(database_url: &str) -> Result<db::TenantPool, ApiError> {
     }
     let manager = Manager::from_config(
         pg_config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

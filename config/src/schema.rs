@@ -40,6 +40,10 @@ pub struct OtlpReceiverConfig {
     /// with HTTP 429 / gRPC `RESOURCE_EXHAUSTED` and a retry delay. At least the larger
     /// of the two message size limits.
     pub max_in_flight_bytes: usize,
+    /// Longest time a request body may take to arrive, in milliseconds (default
+    /// 30000; 0 = no deadline): a slower one is answered HTTP 408 / gRPC
+    /// `DEADLINE_EXCEEDED` and its bytes leave the in-flight budget.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for OtlpReceiverConfig {
@@ -48,6 +52,7 @@ impl Default for OtlpReceiverConfig {
             grpc: GrpcConfig::default(),
             http: HttpConfig::default(),
             max_in_flight_bytes: 64 * 1024 * 1024,
+            body_read_timeout_ms: 30_000,
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct GrpcConfig {
     pub endpoint: Endpoint,
     /// Largest accepted message after decompression, in MiB (default 20).
     pub max_recv_msg_size_mib: usize,
+    /// Serve gRPC over TLS (`None`, the default: plaintext).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GrpcConfig {
@@ -69,6 +76,7 @@ impl Default for GrpcConfig {
             enabled: true,
             endpoint: Endpoint::localhost(4317),
             max_recv_msg_size_mib: 20,
+            tls: None,
         }
     }
 }
@@ -82,6 +90,24 @@ pub struct HttpConfig {
     pub endpoint: Endpoint,
     /// Largest accepted body in bytes, compressed and after decompression (default 20 MiB).
     pub max_request_body_size: usize,
+    /// Serve OTLP/HTTP over TLS (`None`, the default: plaintext).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `tls` of a listener (`receivers.otlp.grpc`, `receivers.otlp.http`, `admin_api`),
+/// named as in the OpenTelemetry Collector. The files are PEM; they are read again
+/// on SIGHUP and when they change, without dropping open connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain (leaf first).
+    pub cert_file: PathBuf,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Certificate authorities of the clients: when set, every client must
+    /// present a certificate they signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -90,6 +116,7 @@ impl Default for HttpConfig {
             enabled: true,
             endpoint: Endpoint::localhost(4318),
             max_request_body_size: 20 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -280,6 +307,8 @@ pub struct AdminApiConfig {
     pub cors: CorsConfig,
     /// Work one caller may make the API do at once (`admin_api.limits`).
     pub limits: AdminLimitsConfig,
+    /// Serve the API over TLS (`None`, the default: plaintext).
+    pub tls: Option<TlsConfig>,
 }
 
 /// `admin_api.limits`: bounds per caller, so that one caller cannot starve the
@@ -330,6 +359,7 @@ impl Default for AdminApiConfig {
             sse_client_buffer: 1024,
             cors: CorsConfig::default(),
             limits: AdminLimitsConfig::default(),
+            tls: None,
         }
     }
 }
@@ -462,6 +492,9 @@ pub struct ServiceConfig {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// `development` (the default) or `production`: a production start refuses
+    /// the unsafe defaults (see `docs/security.md`); also `tally --production`.
+    pub mode: ServiceMode,
 }
 
 impl Default for ServiceConfig {
@@ -470,8 +503,20 @@ impl Default for ServiceConfig {
             shutdown_grace_secs: 30,
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            mode: ServiceMode::Development,
         }
     }
+}
+
+/// `service.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// Zero set-up: generated keys and a private database are accepted (with warnings).
+    #[default]
+    Development,
+    /// Refuses to start with generated in-database keys and the other unsafe defaults.
+    Production,
 }
 
 /// Format of Tally's own log lines.

@@ -120,7 +120,7 @@ async fn admin_url() -> String {
             let server = PrivatePostgres::start(&dir)
                 .await
                 .unwrap_or_else(|e| panic!("starting a private PostgreSQL for tests: {e}"));
-            server.url()
+            server.superuser_url()
         }
     }
 }

@@ -142,3 +142,233 @@ async fn as_root_an_unreachable_data_folder_is_explained() {
         "{message}"
     );
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn sql_state(error: &tokio_postgres::Error) -> String {
+    error
+        .code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {error}"))
+}
+
+#[tokio::test]
+async fn private_server_wants_a_password_and_tally_is_no_superuser() {
+    let dir = std::env::temp_dir().join(format!("tally-pg-lock-{}", uuid::Uuid::new_v4().simple()));
+    let _cleanup = Cleanup(dir.clone());
+    let server = PrivatePostgres::start(&dir).await.expect("start");
+    let port = server.port();
+
+    for file in ["superuser.password", "tally.password"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+    for user in ["postgres", "tally"] {
+        let error = connect(&format!("postgres://{user}@127.0.0.1:{port}/tally"))
+            .await
+            .expect_err("a connection without a password is refused");
+        assert!(error.to_string().contains("password"), "{error}");
+        let error = connect(&format!("postgres://{user}:guess@127.0.0.1:{port}/tally"))
+            .await
+            .expect_err("a wrong password is refused");
+        assert!(
+            error.to_string().contains("password authentication failed"),
+            "{error}"
+        );
+    }
+
+    let (client, _) = connect(&server.url()).await.expect("tally's own URL");
+    let user: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(user, "tally");
+    tally_exporters::postgres::migrate(&client)
+        .await
+        .expect("tally migrates its own database");
+    let superuser: bool = client
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!superuser);
+    let error = client
+        .batch_execute("COPY (SELECT 1) TO PROGRAM 'true'")
+        .await
+        .expect_err("no programs");
+    assert_eq!(sql_state(&error), "42501", "{error}");
+    let error = client
+        .query("SELECT rolname, rolpassword FROM pg_authid", &[])
+        .await
+        .expect_err("no password hashes");
+    assert_eq!(sql_state(&error), "42501", "{error}");
+    let error = client
+        .query("SELECT pg_read_file('postgresql.conf')", &[])
+        .await
+        .expect_err("no server files");
+    assert_eq!(sql_state(&error), "42501", "{error}");
+    client
+        .batch_execute("SET ROLE tally_api; RESET ROLE")
+        .await
+        .expect("the admin API's read role");
+    drop(client);
+    server.stop().await.unwrap();
+}
+
+/// The `bin` folder of the newest PostgreSQL installed under /usr/lib/postgresql.
+fn pg_bin() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL binaries under /usr/lib/postgresql")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|d| d.join("initdb").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("an initdb")
+}
+
+/// Runs a PostgreSQL program as the user the private server runs as.
+fn run_pg(program: &str, args: &[&std::ffi::OsStr], as_user: Option<(u32, u32)>) {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(pg_bin().join(program));
+    command.args(args).current_dir("/").env("LC_ALL", "C");
+    if let Some((uid, gid)) = as_user {
+        command.uid(uid).gid(gid);
+    }
+    let output = command.output().expect(program);
+    assert!(
+        output.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn postgres_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let id = |flag: &str| -> u32 {
+        let out = std::process::Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a postgres system user")
+    };
+    Some((id("-u"), id("-g")))
+}
+
+#[tokio::test]
+async fn a_trusting_data_folder_from_an_older_version_is_locked_in_place() {
+    use std::ffi::OsStr;
+    let dir = std::env::temp_dir().join(format!("tally-pg-old-{}", uuid::Uuid::new_v4().simple()));
+    let _cleanup = Cleanup(dir.clone());
+    std::fs::create_dir_all(&dir).unwrap();
+    let as_user = postgres_user();
+    if let Some((uid, gid)) = as_user {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+    }
+    let pgdata = dir.join("pgdata");
+    // What the older version did: trust for everyone, superuser `postgres`.
+    run_pg(
+        "initdb",
+        &[
+            OsStr::new("-D"),
+            pgdata.as_os_str(),
+            OsStr::new("-U"),
+            OsStr::new("postgres"),
+            OsStr::new("--auth-local=trust"),
+            OsStr::new("--auth-host=trust"),
+            OsStr::new("--locale=C"),
+        ],
+        as_user,
+    );
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = pgdata.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\ninclude_if_exists = 'tally.conf'\n");
+    std::fs::write(&conf, text).unwrap();
+    std::fs::write(
+        pgdata.join("tally.conf"),
+        format!("listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n"),
+    )
+    .unwrap();
+    let log = dir.join("postgres.log");
+    run_pg(
+        "pg_ctl",
+        &[
+            OsStr::new("start"),
+            OsStr::new("-D"),
+            pgdata.as_os_str(),
+            OsStr::new("-l"),
+            log.as_os_str(),
+            OsStr::new("-w"),
+        ],
+        as_user,
+    );
+    // The older version's database: created and migrated by the superuser.
+    let (client, _) = connect(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+        .await
+        .expect("trust");
+    client.batch_execute("CREATE DATABASE tally").await.unwrap();
+    let (client, _) = connect(&format!("postgres://postgres@127.0.0.1:{port}/tally"))
+        .await
+        .expect("trust");
+    tally_exporters::postgres::migrate(&client).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE marker (x int); INSERT INTO marker VALUES (42)")
+        .await
+        .unwrap();
+    drop(client);
+
+    // First start of this version, on the running server: locked in place.
+    let server = PrivatePostgres::start(&dir).await.expect("upgrade");
+    assert!(!server.started_here(), "the running server was reused");
+    assert_eq!(server.port(), port);
+    connect(&format!("postgres://postgres@127.0.0.1:{port}/tally"))
+        .await
+        .expect_err("the superuser now needs its password");
+    assert_eq!(mode(&dir.join("superuser.password")), 0o600);
+    let (client, _) = connect(&server.url()).await.expect("tally's role");
+    let x: i32 = client
+        .query_one("SELECT x FROM marker", &[])
+        .await
+        .expect("the old rows are tally's")
+        .get(0);
+    assert_eq!(x, 42);
+    tally_exporters::postgres::migrate(&client)
+        .await
+        .expect("tally owns the old schema");
+    let not_ours: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace \
+             AND relkind IN ('r', 'p', 'S', 'v') AND relowner <> 'tally'::regrole",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(not_ours, 0, "every relation handed to tally");
+    let error = client
+        .batch_execute("COPY (SELECT 1) TO PROGRAM 'true'")
+        .await
+        .expect_err("no programs");
+    assert_eq!(sql_state(&error), "42501", "{error}");
+}

@@ -1,9 +1,9 @@
 //! The receiver-wide budget of request bytes in flight
 //! (`receivers.otlp.max_in_flight_bytes`).
 //!
-//! Every export request, over gRPC or HTTP, is charged its body size: before the body
-//! is read when its length is announced (`Content-Length`, the gRPC message prefix),
-//! chunk by chunk otherwise, topped up to its decompressed size once decompressed, and,
+//! Every export request, over gRPC or HTTP, is charged its body size: over HTTP chunk
+//! by chunk as the bytes arrive, over gRPC the length in the message prefix as soon as
+//! it is in (tonic reserves that buffer) and every byte beyond, topped up to its decompressed size once decompressed, and,
 //! before decoding, to that plus the estimated size of its decoded form
 //! ([`crate::estimate`]: decoded OTLP can take up to ~60 times its wire size). A request
 //! whose estimate alone exceeds the whole budget is refused for good (HTTP 413, gRPC
@@ -162,6 +162,11 @@ impl Charge {
             return Err(DecodeRefusal::TooLarge { wanted, budget });
         }
         self.ensure(wanted).map_err(DecodeRefusal::Busy)
+    }
+
+    /// An empty charge on the same budget; the bytes of this one are given back.
+    pub(crate) fn release(&self) -> Charge {
+        self.budget.charge()
     }
 
     /// Bytes charged so far.

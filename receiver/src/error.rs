@@ -21,6 +21,9 @@ pub enum ReceiverError {
         #[source]
         source: std::io::Error,
     },
+    /// A listener's `tls` block cannot be used (unreadable or invalid files).
+    #[error(transparent)]
+    Tls(#[from] tally_tls::TlsError),
     /// The OTLP gRPC server failed while serving.
     #[error("OTLP gRPC receiver failed: {0}")]
     Grpc(#[source] tonic::transport::Error),
@@ -40,6 +43,8 @@ pub(crate) enum RequestError {
     TooLarge(String),
     /// A fault of the receiver itself: HTTP 500.
     Internal(String),
+    /// The body did not arrive within `receivers.otlp.body_read_timeout_ms`: HTTP 408.
+    Timeout(String),
     /// The in-flight bytes budget is spent: HTTP 429, gRPC `RESOURCE_EXHAUSTED`, both
     /// retryable after [`BUSY_RETRY_AFTER`](crate::budget::BUSY_RETRY_AFTER).
     Busy(Exhausted),
@@ -54,7 +59,8 @@ impl RequestError {
             RequestError::Invalid(m)
             | RequestError::UnsupportedMediaType(m)
             | RequestError::TooLarge(m)
-            | RequestError::Internal(m) => m.clone(),
+            | RequestError::Internal(m)
+            | RequestError::Timeout(m) => m.clone(),
             RequestError::Busy(e) => e.message(),
             RequestError::Consume(e) => e.to_string(),
         }

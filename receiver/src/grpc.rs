@@ -25,7 +25,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use futures::future::BoxFuture;
@@ -393,10 +393,17 @@ const PREFIX_LEN: usize = 5;
 
 /// A request body that charges its bytes to the in-flight budget as they arrive: the
 /// length announced by the message prefix as soon as the prefix is in, and every byte
-/// beyond it. Fails with `RESOURCE_EXHAUSTED` when the budget cannot cover it.
+/// beyond it (tonic reserves the announced length at once). Fails with
+/// `RESOURCE_EXHAUSTED` when the budget cannot cover it, and with
+/// `DEADLINE_EXCEEDED` when the body has not all arrived by its deadline, which
+/// gives the charge back: a client trickling its body holds the budget that long at most.
 struct ChargedBody {
     inner: tonic::body::Body,
     charge: CallCharge,
+    /// `receivers.otlp.body_read_timeout_ms` from the call's start; `None` once the
+    /// body has ended (or without a deadline).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    timeout: Duration,
     /// Largest message length charged upfront (the decoding limit; tonic refuses longer).
     max_message: usize,
     prefix: [u8; PREFIX_LEN],
@@ -406,10 +413,17 @@ struct ChargedBody {
 }
 
 impl ChargedBody {
-    fn new(inner: tonic::body::Body, charge: CallCharge, max_message: usize) -> ChargedBody {
+    fn new(
+        inner: tonic::body::Body,
+        charge: CallCharge,
+        max_message: usize,
+        timeout: Option<Duration>,
+    ) -> ChargedBody {
         ChargedBody {
             inner,
             charge,
+            deadline: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+            timeout: timeout.unwrap_or_default(),
             max_message,
             prefix: [0; PREFIX_LEN],
             prefix_len: 0,
@@ -444,12 +458,38 @@ impl http_body::Body for ChargedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                let data = data.clone();
-                if let Err(busy) = self.account(&data) {
-                    tracing::debug!(message = %busy.message(), "OTLP gRPC call refused");
-                    return Poll::Ready(Some(Err(busy_status(&busy))));
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let data = data.clone();
+                    if let Err(busy) = self.account(&data) {
+                        tracing::debug!(message = %busy.message(), "OTLP gRPC call refused");
+                        return Poll::Ready(Some(Err(busy_status(&busy))));
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    self.deadline = None;
+                }
+            }
+            Poll::Ready(None) => self.deadline = None,
+            Poll::Ready(Some(Err(_))) => {}
+            Poll::Pending => {
+                let expired = self
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if expired {
+                    self.deadline = None;
+                    // Give the bytes back now, not when tonic drops the call.
+                    let mut charge = self.charge.lock();
+                    *charge = charge.release();
+                    drop(charge);
+                    let message = format!(
+                        "request body not received within {} ms (receivers.otlp.body_read_timeout_ms)",
+                        self.timeout.as_millis()
+                    );
+                    tracing::debug!(%message, "OTLP gRPC call refused");
+                    return Poll::Ready(Some(Err(Status::deadline_exceeded(message))));
                 }
             }
         }
@@ -469,23 +509,27 @@ impl http_body::Body for ChargedBody {
 fn charge_calls(
     budget: InFlightBudget,
     max_message: usize,
+    timeout: Option<Duration>,
 ) -> impl Fn(axum::http::Request<tonic::body::Body>) -> axum::http::Request<tonic::body::Body> + Clone
 {
     move |request| {
         let charge = CallCharge(Arc::new(Mutex::new(budget.charge())));
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(charge.clone());
-        let body = tonic::body::Body::new(ChargedBody::new(body, charge, max_message));
+        let body = tonic::body::Body::new(ChargedBody::new(body, charge, max_message, timeout));
         axum::http::Request::from_parts(parts, body)
     }
 }
 
-/// Serves OTLP gRPC on `listener` until `shutdown` resolves, then drains in-flight calls.
+/// Serves OTLP gRPC on `listener` (over TLS when `tls` is given) until `shutdown`
+/// resolves, then drains in-flight calls.
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<tally_tls::Reloader>>,
     consumer: Arc<dyn Consumer>,
     max_recv_msg_size_mib: usize,
     budget: InFlightBudget,
+    body_timeout: Option<Duration>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ReceiverError> {
     let limit = max_recv_msg_size_mib.saturating_mul(1024 * 1024);
@@ -500,17 +544,33 @@ pub(crate) async fn serve(
         max_decoding_message_size: limit,
         signal: PhantomData,
     };
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(refusal_codes))
         .layer(tower::util::MapRequestLayer::new(charge_calls(
-            budget, limit,
+            budget,
+            limit,
+            body_timeout,
         )))
         .add_service(traces)
-        .add_service(logs)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(ReceiverError::Grpc)
+        .add_service(logs);
+    match tls {
+        Some(tls) => {
+            tls.watch();
+            let incoming = tally_tls::TlsListener::new(listener, tls)
+                .map_err(ReceiverError::Http)?
+                .into_incoming();
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
+    .map_err(ReceiverError::Grpc)
 }
 
 /// `grpc-status` values rewritten by [`refusal_codes`].

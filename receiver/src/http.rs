@@ -39,6 +39,7 @@ const JSON: &str = "application/json";
 
 /// gRPC status codes used in `google.rpc.Status` bodies.
 const CODE_INVALID_ARGUMENT: i32 = 3;
+const CODE_DEADLINE_EXCEEDED: i32 = 4;
 const CODE_RESOURCE_EXHAUSTED: i32 = 8;
 const CODE_INTERNAL: i32 = 13;
 const CODE_UNAVAILABLE: i32 = 14;
@@ -48,6 +49,8 @@ struct AppState {
     consumer: Arc<dyn Consumer>,
     limit: usize,
     budget: InFlightBudget,
+    /// `receivers.otlp.body_read_timeout_ms` (`None`: no deadline).
+    body_timeout: Option<std::time::Duration>,
 }
 
 /// The OTLP/HTTP routes; other paths answer 404, other methods 405.
@@ -55,6 +58,7 @@ pub(crate) fn router(
     consumer: Arc<dyn Consumer>,
     max_request_body_size: usize,
     budget: InFlightBudget,
+    body_timeout: Option<std::time::Duration>,
 ) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
@@ -63,23 +67,36 @@ pub(crate) fn router(
             consumer,
             limit: max_request_body_size,
             budget,
+            body_timeout,
         })
 }
 
-/// Serves OTLP/HTTP on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves OTLP/HTTP on `listener` (over TLS when `tls` is given) until `shutdown`
+/// resolves, then drains in-flight requests.
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<tally_tls::Reloader>>,
     consumer: Arc<dyn Consumer>,
     max_request_body_size: usize,
     budget: InFlightBudget,
+    body_timeout: Option<std::time::Duration>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiverError> {
     use axum::serve::ListenerExt;
+    let app = router(consumer, max_request_body_size, budget, body_timeout);
+    if let Some(tls) = tls {
+        tls.watch();
+        let listener = tally_tls::TlsListener::new(listener, tls).map_err(ReceiverError::Http)?;
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ReceiverError::Http);
+    }
     let listener = listener.tap_io(|tcp| {
         // Best effort: small responses should not wait for Nagle.
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(consumer, max_request_body_size, budget))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ReceiverError::Http)
@@ -268,16 +285,23 @@ async fn handle<S: Signal>(
         return Err(too_large(limit));
     }
     // Held until the answer is built: the body, its decoded form and its queued
-    // records all count against the in-flight budget.
+    // records all count against the in-flight budget. The body is charged as its
+    // bytes arrive, not as announced: a client trickling a large body holds only
+    // what it has sent, and for at most the body deadline.
     let mut charge = state.budget.charge();
-    if let Some(len) = headers.content_length {
-        // At most `limit`, checked above.
-        if let Err(busy) = charge.ensure(len as usize) {
-            discard(body.into_data_stream(), limit).await;
-            return Err(busy.into());
-        }
-    }
-    let body = read_body(body, headers.content_length, limit, &mut charge).await?;
+    let reading = read_body(body, headers.content_length, limit, &mut charge);
+    let body = match state.body_timeout {
+        Some(deadline) => tokio::time::timeout(deadline, reading)
+            .await
+            .map_err(|_| {
+                RequestError::Timeout(format!(
+                    "request body not received within {} ms \
+                     (receivers.otlp.body_read_timeout_ms)",
+                    deadline.as_millis()
+                ))
+            })??,
+        None => reading.await?,
+    };
     let inline_max = match encoding {
         Encoding::Identity => INLINE_DECODE_MAX,
         Encoding::Gzip | Encoding::Zstd => INLINE_DECOMPRESS_MAX,
@@ -426,6 +450,7 @@ fn error_response(format: Format, error: &RequestError) -> Response {
         }
         RequestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, CODE_RESOURCE_EXHAUSTED),
         RequestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, CODE_INTERNAL),
+        RequestError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, CODE_DEADLINE_EXCEEDED),
         RequestError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, CODE_RESOURCE_EXHAUSTED),
         RequestError::Consume(ConsumeError::Overloaded { .. }) => {
             (StatusCode::TOO_MANY_REQUESTS, CODE_RESOURCE_EXHAUSTED)

@@ -94,9 +94,13 @@ pub struct OtlpReceiver {
     consumer: Arc<dyn Consumer>,
     grpc: Option<(TcpListener, SocketAddr)>,
     http: Option<(TcpListener, SocketAddr)>,
+    grpc_tls: Option<Arc<tally_tls::Reloader>>,
+    http_tls: Option<Arc<tally_tls::Reloader>>,
     max_recv_msg_size_mib: usize,
     max_request_body_size: usize,
     budget: budget::InFlightBudget,
+    /// `receivers.otlp.body_read_timeout_ms` (`None` when 0).
+    body_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for OtlpReceiver {
@@ -112,18 +116,35 @@ impl std::fmt::Debug for OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Binds the enabled listeners (so port 0 resolves now) without serving yet.
+    /// Binds the enabled listeners (so port 0 resolves now) without serving yet, and
+    /// reads their TLS files if they have a `tls` block (an unusable file is an error now).
     pub async fn bind(
         config: &OtlpReceiverConfig,
         consumer: Arc<dyn Consumer>,
     ) -> Result<OtlpReceiver, ReceiverError> {
+        let grpc_tls = match (&config.grpc.tls, config.grpc.enabled) {
+            (Some(tls), true) => Some(tally_tls::Reloader::new(
+                tls,
+                "receivers.otlp.grpc.tls",
+                tally_tls::ALPN_GRPC,
+            )?),
+            _ => None,
+        };
+        let http_tls = match (&config.http.tls, config.http.enabled) {
+            (Some(tls), true) => Some(tally_tls::Reloader::new(
+                tls,
+                "receivers.otlp.http.tls",
+                tally_tls::ALPN_HTTP,
+            )?),
+            _ => None,
+        };
         let grpc = if config.grpc.enabled {
             let bound = bind_listener(
                 config.grpc.endpoint.socket_addr(),
                 "receivers.otlp.grpc.endpoint",
             )
             .await?;
-            info!(addr = %bound.1, "OTLP gRPC receiver listening");
+            info!(addr = %bound.1, tls = grpc_tls.is_some(), "OTLP gRPC receiver listening");
             Some(bound)
         } else {
             None
@@ -134,7 +155,7 @@ impl OtlpReceiver {
                 "receivers.otlp.http.endpoint",
             )
             .await?;
-            info!(addr = %bound.1, "OTLP/HTTP receiver listening");
+            info!(addr = %bound.1, tls = http_tls.is_some(), "OTLP/HTTP receiver listening");
             Some(bound)
         } else {
             None
@@ -143,9 +164,13 @@ impl OtlpReceiver {
             consumer,
             grpc,
             http,
+            grpc_tls,
+            http_tls,
             max_recv_msg_size_mib: config.grpc.max_recv_msg_size_mib,
             max_request_body_size: config.http.max_request_body_size,
             budget: budget::InFlightBudget::new(config.max_in_flight_bytes),
+            body_timeout: (config.body_read_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(config.body_read_timeout_ms)),
         })
     }
 
@@ -172,9 +197,11 @@ impl OtlpReceiver {
                 Some((listener, _)) => {
                     grpc::serve(
                         listener,
+                        self.grpc_tls.clone(),
                         self.consumer.clone(),
                         self.max_recv_msg_size_mib,
                         self.budget.clone(),
+                        self.body_timeout,
                         shutdown.clone(),
                     )
                     .await
@@ -187,9 +214,11 @@ impl OtlpReceiver {
                 Some((listener, _)) => {
                     http::serve(
                         listener,
+                        self.http_tls.clone(),
                         self.consumer.clone(),
                         self.max_request_body_size,
                         self.budget.clone(),
+                        self.body_timeout,
                         shutdown.clone(),
                     )
                     .await

@@ -70,6 +70,12 @@ pub(crate) fn decode_body(
             &mut grow,
         ),
         Encoding::Zstd => zstd::stream::read::Decoder::with_buffer(&body[..])
+            .and_then(|mut decoder| {
+                // The frame header names the window the decoder allocates (up to
+                // 128 MiB by default), before any output is charged: bound it.
+                decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+                Ok(decoder)
+            })
             .map_err(Decompressed::Corrupt)
             .and_then(|decoder| read_limited(decoder, body.len(), limit, &mut grow)),
     };
@@ -86,6 +92,10 @@ pub(crate) fn decode_body(
         ))),
     }
 }
+
+/// Largest zstd window accepted (2^23 = 8 MiB): what zstd's levels up to 19 use;
+/// a frame asking for more is refused as invalid instead of allocating it.
+pub(crate) const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
 /// Largest slice handed to one `read` call.
 const READ_WINDOW: usize = 64 * 1024;
@@ -213,6 +223,31 @@ mod tests {
         assert_eq!(
             decode_body(Encoding::Gzip, gzip(b""), 10, &mut charge()).unwrap(),
             Bytes::new()
+        );
+    }
+
+    #[test]
+    fn a_zstd_frame_asking_for_a_huge_window_is_refused() {
+        use std::io::Write;
+        let data = vec![7u8; 100_000];
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        encoder.window_log(27).unwrap();
+        encoder.write_all(&data).unwrap();
+        let frame = Bytes::from(encoder.finish().unwrap());
+        let Err(RequestError::Invalid(message)) =
+            decode_body(Encoding::Zstd, frame, 1_000_000, &mut charge())
+        else {
+            panic!("a 128 MiB window was accepted");
+        };
+        assert!(message.contains("zstd"), "{message}");
+        // The largest allowed window still decodes.
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        encoder.window_log(ZSTD_WINDOW_LOG_MAX).unwrap();
+        encoder.write_all(&data).unwrap();
+        let frame = Bytes::from(encoder.finish().unwrap());
+        assert_eq!(
+            decode_body(Encoding::Zstd, frame, 1_000_000, &mut charge()).unwrap(),
+            data
         );
     }
 

@@ -399,3 +399,49 @@ async fn chunked_post(running: &Running, body: &[u8]) -> (u16, String) {
         .to_string();
     (status, head)
 }
+
+#[tokio::test]
+async fn a_trickling_body_cannot_starve_a_fast_client() {
+    let mut config = config();
+    config.max_in_flight_bytes = BUDGET;
+    config.http.max_request_body_size = 4 * BUDGET;
+    config.body_read_timeout_ms = 1500;
+    let running = start_with(config).await;
+
+    // Four clients announce 400 KiB bodies (together three times the budget) and
+    // send ten bytes of them.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(running.http)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\n\
+             Content-Length: {}\r\n\r\n",
+            running.http,
+            400 * 1024
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        stream.write_all(&[0u8; 10]).await.expect("ten bytes");
+        slow.push(stream);
+    }
+
+    // Meanwhile a client with a whole 200 KiB request is served, every time.
+    let fast = sized_request(200 * 1024).encode_to_vec();
+    for attempt in 0..5 {
+        let status = post(&running, fast.clone(), None).await.status().as_u16();
+        assert_eq!(status, 200, "fast request {attempt} while bodies trickle");
+    }
+
+    // The trickling clients are cut off at the deadline with 408.
+    for mut stream in slow {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("answered within the deadline")
+            .expect("read");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    assert_eq!(running.recorder.calls(), 5);
+}

@@ -47,6 +47,9 @@ pub struct TallyOptions {
     pub env: Vec<(String, String)>,
     /// `admin_api.sse_max_clients`.
     pub sse_max_clients: Option<usize>,
+    /// A `tls` block (flow YAML, e.g. `{ cert_file: …, key_file: … }`) put on the
+    /// gRPC and HTTP receivers and the admin API alike.
+    pub tls: Option<String>,
 }
 
 /// A running `tally` process; killed on drop if still running.
@@ -244,9 +247,14 @@ fn optional_field(line: &str, name: &str) -> Option<SocketAddr> {
 fn config_yaml(options: &TallyOptions) -> String {
     let mib = options.max_body_mib.unwrap_or(20);
     let any = "127.0.0.1:0".parse().expect("addr");
+    let tls = options
+        .tls
+        .as_ref()
+        .map(|block| format!(", tls: {block}"))
+        .unwrap_or_default();
     let mut yaml = format!(
-        "receivers:\n  otlp:\n    grpc: {{ endpoint: {}, max_recv_msg_size_mib: {mib} }}\n    \
-         http: {{ endpoint: {}, max_request_body_size: {} }}\n",
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: {}, max_recv_msg_size_mib: {mib}{tls} }}\n    \
+         http: {{ endpoint: {}, max_request_body_size: {}{tls} }}\n",
         options.grpc_endpoint.unwrap_or(any),
         options.http_endpoint.unwrap_or(any),
         mib * 1024 * 1024
@@ -260,6 +268,9 @@ fn config_yaml(options: &TallyOptions) -> String {
     ));
     if let Some(max) = options.sse_max_clients {
         yaml.push_str(&format!("  sse_max_clients: {max}\n"));
+    }
+    if let Some(block) = &options.tls {
+        yaml.push_str(&format!("  tls: {block}\n"));
     }
     if let Some(secret) = &options.jwt_secret {
         yaml.push_str(&format!(

@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::error::ApiError;
 
@@ -234,10 +234,8 @@ impl Listener {
 
     /// Connects, listens and forwards notifications until the connection ends.
     async fn listen(&self) -> Result<(), String> {
-        let mut config: tokio_postgres::Config = self
-            .database_url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| format!("invalid database URL: {e}"))?;
+        let (mut config, tls) = tally_exporters::postgres::tls::parse(&self.database_url)
+            .map_err(|e| format!("invalid database URL: {e}"))?;
         config.application_name(LISTEN_APPLICATION_NAME);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -248,7 +246,7 @@ impl Listener {
         config.keepalives_interval(Duration::from_secs(10));
         config.keepalives_retries(3);
         let (client, mut connection) =
-            tokio::time::timeout(CONNECT_TIMEOUT * 2, config.connect(NoTls))
+            tokio::time::timeout(CONNECT_TIMEOUT * 2, config.connect(tls))
                 .await
                 .map_err(|_| "connecting timed out".to_owned())?
                 .map_err(|e| e.to_string())?;

@@ -4,7 +4,18 @@
 //! Layout of the data folder:
 //! * `pgdata/` — the cluster (`initdb`'d on first start; unix socket here too),
 //! * `port` — the TCP port, kept stable across restarts,
+//! * `superuser.password`, `tally.password` — the generated passwords of the
+//!   bootstrap superuser and of Tally's own role (mode 0600),
 //! * `postgres.log` — the server log, `tally-pg.lock` — start-up lock.
+//!
+//! The server is locked: it listens on 127.0.0.1 and its Unix socket only, and
+//! every connection must give a password (SCRAM-SHA-256, `pg_hba.conf` written
+//! by Tally). Tally connects as the role `tally`, which owns the database and its
+//! schema but is not a superuser: it cannot read `pg_authid`, run programs
+//! (`COPY … TO PROGRAM`) or read server files. The superuser's password is used
+//! only at start, to create the roles and hand over ownership. A data folder made
+//! by an older version (trust authentication, everything owned by the superuser)
+//! is upgraded in place on its first start.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, OpenOptions};
@@ -22,6 +33,15 @@ const START_TIMEOUT_SECS: u32 = 60;
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 const DATABASE: &str = "tally";
 const SUPERUSER: &str = "postgres";
+/// The role Tally connects as: owner of the database `tally`, not a superuser.
+pub const OWNER_ROLE: &str = "tally";
+/// The admin API's read role (see the exporters' `row_security.sql`).
+const API_ROLE: &str = super::API_ROLE;
+const SUPERUSER_PASSWORD_FILE: &str = "superuser.password";
+const OWNER_PASSWORD_FILE: &str = "tally.password";
+/// First line of the `pg_hba.conf` Tally writes: its absence marks a data folder
+/// from a version that trusted every local connection.
+const HBA_MARKER: &str = "# Tally: password (SCRAM) authentication only";
 
 /// A PostgreSQL server in a data folder of Tally's own, listening on 127.0.0.1.
 ///
@@ -36,16 +56,38 @@ pub struct PrivatePostgres {
     /// (uid, gid) the server runs as when we are root.
     run_as: Option<(u32, u32)>,
     started_by_us: bool,
+    superuser_password: Password,
+    owner_password: Password,
+}
+
+/// A generated password; `Debug` does not show it.
+#[derive(Clone)]
+struct Password(String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+impl std::fmt::Display for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl PrivatePostgres {
     /// Starts (or reuses) the private server for `data_dir`.
     ///
     /// Finds `initdb`/`pg_ctl`/`postgres` on `PATH`, else in the highest
-    /// `/usr/lib/postgresql/*/bin`; `initdb`s `data_dir/pgdata` if new (trust
-    /// authentication, superuser `postgres`); starts the server on 127.0.0.1 at
-    /// the port remembered in `data_dir/port` (another free one if taken); waits
-    /// until it accepts connections; creates the database `tally` if missing.
+    /// `/usr/lib/postgresql/*/bin`; `initdb`s `data_dir/pgdata` if new (SCRAM
+    /// password authentication, superuser `postgres` with a generated password);
+    /// starts the server on 127.0.0.1 at the port remembered in `data_dir/port`
+    /// (another free one if taken); waits until it accepts connections; locks an
+    /// older, trusting data folder (password set, `pg_hba.conf` rewritten,
+    /// configuration reloaded); creates the roles `tally` and `tally_api` and the
+    /// database `tally` owned by `tally` if missing, and hands `tally` whatever
+    /// the superuser still owns in it.
     /// A server already running from this folder is reused (and left running by
     /// [`stop`](Self::stop)). As root, the server runs as the `postgres` system
     /// user (else `nobody`), which then owns the folder. Concurrent starts on the
@@ -73,6 +115,9 @@ impl PrivatePostgres {
         if let Some((uid, gid)) = run_as {
             check_reachable(&data_dir, uid, gid).await?;
         }
+        let superuser_password =
+            read_or_create_password(&data_dir.join(SUPERUSER_PASSWORD_FILE), run_as)?;
+        let owner_password = read_or_create_password(&data_dir.join(OWNER_PASSWORD_FILE), None)?;
         let mut server = PrivatePostgres {
             data_dir,
             pgdata,
@@ -80,6 +125,8 @@ impl PrivatePostgres {
             port: 0,
             run_as,
             started_by_us: false,
+            superuser_password,
+            owner_password,
         };
 
         if !server.pgdata.join("PG_VERSION").is_file() {
@@ -96,7 +143,8 @@ impl PrivatePostgres {
             server.launch().await?;
             server.started_by_us = true;
         }
-        server.create_database().await?;
+        server.lock_authentication().await?;
+        server.create_roles_and_database().await?;
         tracing::info!(
             data_dir = %server.data_dir.display(),
             port = server.port,
@@ -107,9 +155,20 @@ impl PrivatePostgres {
         Ok(server)
     }
 
-    /// `postgres://postgres@127.0.0.1:PORT/tally`.
+    /// `postgres://tally:PASSWORD@127.0.0.1:PORT/tally`: Tally's own role, owner
+    /// of the database, not a superuser.
     pub fn url(&self) -> String {
-        self.url_for(DATABASE)
+        format!(
+            "postgres://{OWNER_ROLE}:{}@127.0.0.1:{}/{DATABASE}",
+            self.owner_password, self.port
+        )
+    }
+
+    /// `postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres`: the bootstrap
+    /// superuser on the maintenance database (the test harness creates its
+    /// databases with it; Tally itself never runs with it).
+    pub fn superuser_url(&self) -> String {
+        self.url_for("postgres")
     }
 
     /// The data folder given to [`start`](Self::start), made absolute.
@@ -159,7 +218,10 @@ impl PrivatePostgres {
     }
 
     fn url_for(&self, database: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
+            self.superuser_password, self.port
+        )
     }
 
     async fn run(&self, program: &str, args: &[&OsStr]) -> Result<Output, PgError> {
@@ -183,6 +245,7 @@ impl PrivatePostgres {
 
     async fn initdb(&self) -> Result<(), PgError> {
         tracing::info!(pgdata = %self.pgdata.display(), "initialising private PostgreSQL data folder");
+        let pwfile = self.data_dir.join(SUPERUSER_PASSWORD_FILE);
         let output = self
             .run(
                 "initdb",
@@ -191,8 +254,10 @@ impl PrivatePostgres {
                     self.pgdata.as_os_str(),
                     OsStr::new("-U"),
                     OsStr::new(SUPERUSER),
-                    OsStr::new("--auth-local=trust"),
-                    OsStr::new("--auth-host=trust"),
+                    OsStr::new("--pwfile"),
+                    pwfile.as_os_str(),
+                    OsStr::new("--auth-local=scram-sha-256"),
+                    OsStr::new("--auth-host=scram-sha-256"),
                     OsStr::new("--encoding=UTF8"),
                     OsStr::new("--locale=C"),
                 ],
@@ -219,6 +284,51 @@ impl PrivatePostgres {
         );
         std::fs::write(&conf, text)
             .map_err(|e| PgError::io(format!("writing {}", conf.display()), e))?;
+        self.write_hba()
+    }
+
+    /// Writes Tally's `pg_hba.conf`: a password for every connection, over the
+    /// Unix socket or loopback TCP; nothing else is accepted.
+    fn write_hba(&self) -> Result<(), PgError> {
+        let text = format!(
+            "{HBA_MARKER}\n             # Written by Tally. The passwords are in the data folder (mode 0600).\n             # TYPE  DATABASE  USER  ADDRESS       METHOD\n             local   all       all                 scram-sha-256\n             host    all       all   127.0.0.1/32  scram-sha-256\n"
+        );
+        let path = self.pgdata.join("pg_hba.conf");
+        std::fs::write(&path, text)
+            .map_err(|e| PgError::io(format!("writing {}", path.display()), e))?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|e| PgError::io(format!("chown {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Upgrades a data folder from a version that trusted local connections:
+    /// gives the superuser its password, rewrites `pg_hba.conf` and reloads.
+    async fn lock_authentication(&self) -> Result<(), PgError> {
+        let hba = self.pgdata.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba)
+            .map_err(|e| PgError::io(format!("reading {}", hba.display()), e))?;
+        if text.starts_with(HBA_MARKER) {
+            return Ok(());
+        }
+        tracing::warn!(
+            pgdata = %self.pgdata.display(),
+            "the private PostgreSQL trusted every local connection (data folder from an older \
+             version): setting a password and requiring it"
+        );
+        // A trusting server ignores the password the connection offers.
+        let client = self.wait_ready().await?;
+        let verifier =
+            postgres_protocol::password::scram_sha_256(self.superuser_password.0.as_bytes());
+        client
+            .batch_execute(&format!(
+                "ALTER ROLE {SUPERUSER} PASSWORD {}",
+                quote_literal(&verifier)
+            ))
+            .await?;
+        self.write_hba()?;
+        client.query_one("SELECT pg_reload_conf()", &[]).await?;
         Ok(())
     }
 
@@ -244,6 +354,8 @@ impl PrivatePostgres {
             bin_dir: self.bin_dir.clone(),
             run_as: self.run_as,
             started_by_us: false,
+            superuser_password: self.superuser_password.clone(),
+            owner_password: self.owner_password.clone(),
         };
         // It may still be starting: wait for it, within the deadline.
         let client = probe.wait_ready().await.map_err(|e| {
@@ -355,15 +467,45 @@ impl PrivatePostgres {
         }
     }
 
-    async fn create_database(&self) -> Result<(), PgError> {
+    /// Creates `tally` (login, not a superuser) and `tally_api` (no login) if
+    /// missing, sets `tally`'s password from its file, creates the database
+    /// `tally` owned by `tally`, and hands `tally` what the superuser owns in its
+    /// schema (a database made by an older version that connected as superuser).
+    async fn create_roles_and_database(&self) -> Result<(), PgError> {
         let client = self.wait_ready().await?;
+        let verifier = postgres_protocol::password::scram_sha_256(self.owner_password.0.as_bytes());
+        let password = quote_literal(&verifier);
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&OWNER_ROLE])
+            .await?
+            .is_some();
+        let attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS";
+        let sql = if exists {
+            format!("ALTER ROLE {OWNER_ROLE} {attributes} PASSWORD {password}")
+        } else {
+            format!("CREATE ROLE {OWNER_ROLE} {attributes} PASSWORD {password}")
+        };
+        client.batch_execute(&sql).await?;
+        let api_exists = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&API_ROLE])
+            .await?
+            .is_some();
+        if !api_exists {
+            client
+                .batch_execute(&format!("CREATE ROLE {API_ROLE} NOLOGIN"))
+                .await?;
+        }
+        client
+            .batch_execute(&format!("GRANT {API_ROLE} TO {OWNER_ROLE}"))
+            .await?;
+
         let exists = client
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])
             .await?
             .is_some();
         if !exists {
             match client
-                .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+                .batch_execute(&format!("CREATE DATABASE {DATABASE} OWNER {OWNER_ROLE}"))
                 .await
             {
                 Ok(()) => tracing::info!(database = DATABASE, "created database"),
@@ -372,8 +514,106 @@ impl PrivatePostgres {
                 Err(e) => return Err(e.into()),
             }
         }
+        client
+            .batch_execute(&format!("ALTER DATABASE {DATABASE} OWNER TO {OWNER_ROLE}"))
+            .await?;
+        drop(client);
+        let (client, _) = connect(&self.url_for(DATABASE)).await?;
+        client.batch_execute(HAND_OVER_SQL).await?;
         Ok(())
     }
+}
+
+/// Run as the superuser in the database `tally`: gives the role `tally` the
+/// schema `public` and every table, sequence, view and function the superuser
+/// owns in it (indexes, partitions' constraints and owned sequences follow their
+/// table). Idempotent; a no-op once done.
+const HAND_OVER_SQL: &str = r#"
+DO $tally$
+DECLARE
+    object record;
+BEGIN
+    SET LOCAL client_min_messages = warning;
+    EXECUTE 'ALTER SCHEMA public OWNER TO tally';
+    FOR object IN
+        SELECT c.oid::regclass AS name, c.relkind
+          FROM pg_class c
+         WHERE c.relnamespace = 'public'::regnamespace
+           AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+           AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO tally',
+                       CASE object.relkind WHEN 'v' THEN 'VIEW'
+                                           WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                           WHEN 'f' THEN 'FOREIGN TABLE'
+                                           ELSE 'TABLE' END,
+                       object.name);
+    END LOOP;
+    -- Sequences not owned by a column (those followed their table above).
+    FOR object IN
+        SELECT c.oid::regclass AS name
+          FROM pg_class c
+         WHERE c.relnamespace = 'public'::regnamespace
+           AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+           AND c.relkind = 'S'
+    LOOP
+        EXECUTE format('ALTER SEQUENCE %s OWNER TO tally', object.name);
+    END LOOP;
+    FOR object IN
+        SELECT p.oid::regprocedure AS name
+          FROM pg_proc p
+         WHERE p.pronamespace = 'public'::regnamespace
+           AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+    LOOP
+        EXECUTE format('ALTER ROUTINE %s OWNER TO tally', object.name);
+    END LOOP;
+    FOR object IN
+        SELECT t.oid::regtype AS name
+          FROM pg_type t
+         WHERE t.typnamespace = 'public'::regnamespace
+           AND t.typowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+           AND t.typtype IN ('e', 'd')
+    LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO tally', object.name);
+    END LOOP;
+END
+$tally$;
+"#;
+
+/// `text` as an SQL string literal.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The password in `path`, or a new random one written there with mode 0600
+/// (owned by `owner` when given, so that `initdb --pwfile` can read it).
+fn read_or_create_password(path: &Path, owner: Option<(u32, u32)>) -> Result<Password, PgError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(Password(text.trim().to_string())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(PgError::io(format!("reading {}", path.display()), e)),
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| PgError::Embedded(format!("no randomness for a password: {e}")))?;
+    let password = hex::encode(bytes);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| PgError::io(format!("creating {}", path.display()), e))?;
+    file.write_all(format!("{password}\n").as_bytes())
+        .map_err(|e| PgError::io(format!("writing {}", path.display()), e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| PgError::io(format!("chown {}", path.display()), e))?;
+    }
+    Ok(Password(password))
 }
 
 fn output_text(output: &Output) -> String {

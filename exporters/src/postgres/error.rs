@@ -28,6 +28,9 @@ pub enum PgError {
     /// The private PostgreSQL server could not be set up or started.
     #[error("private PostgreSQL: {0}")]
     Embedded(String),
+    /// The URL's TLS settings (`sslmode`, `sslrootcert`) cannot be used.
+    #[error("database TLS: {0}")]
+    Tls(String),
     /// Something did not happen before its deadline.
     #[error("timed out: {0}")]
     Timeout(String),

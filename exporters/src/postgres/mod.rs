@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 
 pub mod chain;
 pub mod copy;
@@ -26,6 +25,7 @@ mod retention;
 mod rollup;
 mod secrets;
 mod telemetry;
+pub mod tls;
 mod tokens;
 mod writer;
 
@@ -59,13 +59,14 @@ pub const DEFAULT_PARTITIONS_AHEAD_DAYS: u32 = 7;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connects without TLS and spawns the connection task.
+/// Connects (over TLS when the URL's `sslmode` asks, see [`tls`]) and spawns
+/// the connection task.
 ///
 /// Sets `application_name=tally`, a 5 s connect timeout and 30 s TCP keepalive
 /// unless the URL says otherwise. The returned handle ends when the connection
 /// closes.
 pub async fn connect(url: &str) -> Result<(tokio_postgres::Client, JoinHandle<()>), PgError> {
-    let mut config: tokio_postgres::Config = url.parse()?;
+    let (mut config, tls) = tls::parse(url)?;
     if config.get_application_name().is_none() {
         config.application_name("tally");
     }
@@ -73,7 +74,7 @@ pub async fn connect(url: &str) -> Result<(tokio_postgres::Client, JoinHandle<()
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     config.keepalives_idle(Duration::from_secs(30));
-    let connecting = config.connect(NoTls);
+    let connecting = config.connect(tls);
     // The connect timeout covers each TCP attempt; this bounds the whole handshake.
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting)
         .await
