@@ -18,9 +18,14 @@
 //!
 //! Cases per run: `TALLY_CONFORMANCE_CASES` (default 48, about a minute on two shared
 //! cores); a longer run: `TALLY_CONFORMANCE_CASES=2000 cargo test --test e2e_conformance`.
-//! A failing case is shrunk and printed by proptest.
+//! A failing case is shrunk and printed by proptest. Each case also goes through the fuzz
+//! target's JSON check (`fuzz/src/reference_json.rs`, without a database).
 
 mod common;
+/// The fuzz target `otlp_protobuf`'s JSON check, compiled and run here on every generated
+/// case too (the fuzz crate itself is not built in CI).
+#[path = "../fuzz/src/reference_json.rs"]
+mod reference_json;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -696,6 +701,9 @@ impl Trio {
         logs: &ExportLogsServiceRequest,
         spelling: Spelling,
     ) -> Result<(), String> {
+        // The fuzz target's check: the JSON of a valid request decodes to the same request.
+        reference_json::check_traces(traces);
+        reference_json::check_logs(logs);
         let before = self.rows().await;
         let answers = self.traces(traces, traces_json(traces, spelling)).await?;
         if answers.iter().any(|a| *a != answers[0]) {
