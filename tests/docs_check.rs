@@ -111,14 +111,24 @@ fn the_configuration_reference_parses_and_equals_the_defaults() {
     );
 }
 
-/// A stated default as the text says it: `50,000` → `50000`, `300 s` → `300`.
+/// A stated default as the text says it: `50,000` → `50000`, `300 s` → `300`,
+/// `4 (half of …` → `4`, `100 000` → `100000`; a word (`true`, `lenient`) as it is.
 fn normalize(stated: &str) -> String {
-    let first = stated.split([';', ':', ')']).next().unwrap_or("").trim();
-    let first = first.trim_end_matches(" s").trim_end_matches(" ms");
-    if first.chars().next().is_some_and(|c| c.is_ascii_digit()) {
-        first.chars().filter(|c| *c != ',' && *c != '_').collect()
+    let stated = stated.trim();
+    if stated.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        let number: String = stated
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || matches!(c, ',' | '_' | ' ' | '.'))
+            .filter(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        number.trim_end_matches('.').to_owned()
     } else {
-        first.trim_matches('`').to_owned()
+        stated
+            .split([';', ':', ')', ' ', ','])
+            .next()
+            .unwrap_or("")
+            .trim_matches('`')
+            .to_owned()
     }
 }
 
