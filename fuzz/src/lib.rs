@@ -4,6 +4,8 @@
 //!
 //! Run the targets with `.ci/fuzz` (see `docs/operations.md`).
 
+pub mod reference_json;
+
 use std::sync::LazyLock;
 use std::time::Duration;
 

@@ -70,6 +70,33 @@ impl LabelCap {
 /// `reason` values of `tally_exporter_write_failures_total`.
 pub const WRITE_FAILURE_REASONS: [&str; 3] = ["connection", "database", "panic"];
 
+/// The counter families whose series appear only with the first row they count (their
+/// labels name what was committed): name and help. Until then a scrape still lists each
+/// (OpenMetrics allows a family without samples), so every documented metric is there
+/// from the first scrape.
+const LAZY_FAMILIES: [(&str, &str); 5] = [
+    (
+        "tally_activity_events",
+        "Activity events committed, by action and outcome",
+    ),
+    (
+        "tally_llm_tokens",
+        "LLM tokens committed, by provider, model and kind",
+    ),
+    (
+        "tally_llm_requests",
+        "LLM model calls committed, by provider, model and outcome",
+    ),
+    (
+        "tally_llm_cost_usd",
+        "Estimated LLM cost in US dollars committed, by provider and model",
+    ),
+    (
+        "tally_llm_unpriced_requests",
+        "LLM model calls that reported usage but have no price for their model",
+    ),
+];
+
 /// `{transport}`: `grpc` or `http`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
@@ -196,43 +223,23 @@ impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::default();
         macro_rules! reg {
-            ($name:literal, $help:literal, $metric:expr) => {{
+            ($name:expr, $help:expr, $metric:expr) => {{
                 let metric = $metric;
                 registry.register($name, $help, metric.clone());
                 metric
             }};
-            ($name:literal, $help:literal, $unit:expr, $metric:expr) => {{
+            ($name:expr, $help:expr, $unit:expr, $metric:expr) => {{
                 let metric = $metric;
                 registry.register_with_unit($name, $help, $unit, metric.clone());
                 metric
             }};
         }
         let metrics = Metrics {
-            activity_events: reg!(
-                "tally_activity_events",
-                "Activity events committed, by action and outcome",
-                Family::default()
-            ),
-            llm_tokens: reg!(
-                "tally_llm_tokens",
-                "LLM tokens committed, by provider, model and kind",
-                Family::default()
-            ),
-            llm_requests: reg!(
-                "tally_llm_requests",
-                "LLM model calls committed, by provider, model and outcome",
-                Family::default()
-            ),
-            llm_cost_usd: reg!(
-                "tally_llm_cost_usd",
-                "Estimated LLM cost in US dollars committed, by provider and model",
-                Family::default()
-            ),
-            llm_unpriced_requests: reg!(
-                "tally_llm_unpriced_requests",
-                "LLM model calls with no price for their model",
-                Family::default()
-            ),
+            activity_events: reg!(LAZY_FAMILIES[0].0, LAZY_FAMILIES[0].1, Family::default()),
+            llm_tokens: reg!(LAZY_FAMILIES[1].0, LAZY_FAMILIES[1].1, Family::default()),
+            llm_requests: reg!(LAZY_FAMILIES[2].0, LAZY_FAMILIES[2].1, Family::default()),
+            llm_cost_usd: reg!(LAZY_FAMILIES[3].0, LAZY_FAMILIES[3].1, Family::default()),
+            llm_unpriced_requests: reg!(LAZY_FAMILIES[4].0, LAZY_FAMILIES[4].1, Family::default()),
             receiver_accepted_spans: reg!(
                 "tally_receiver_accepted_spans",
                 "Spans in export requests answered success",
@@ -383,8 +390,26 @@ impl Metrics {
     /// Encodes every metric as OpenMetrics text (process figures refreshed first).
     pub fn encode(&self) -> String {
         crate::process_stats::refresh(self);
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        use prometheus_client::encoding::EncodeMetric;
         let mut text = String::with_capacity(16 * 1024);
-        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+        if encode_registry(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        // prometheus-client leaves out a family without series; name the empty ones.
+        let empty = [
+            self.activity_events.is_empty(),
+            self.llm_tokens.is_empty(),
+            self.llm_requests.is_empty(),
+            self.llm_cost_usd.is_empty(),
+            self.llm_unpriced_requests.is_empty(),
+        ];
+        for ((name, help), empty) in LAZY_FAMILIES.iter().zip(empty) {
+            if empty {
+                text.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} counter\n"));
+            }
+        }
+        if encode_eof(&mut text).is_err() {
             text.clear();
         }
         text

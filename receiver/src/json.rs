@@ -889,6 +889,16 @@ mod tests {
             double_attribute("1.7976931348623157e308").unwrap(),
             f64::MAX
         );
+        // Exact, as protobuf carries it (serde_json's default parser is one ulp off here).
+        let d = 1.849_124_029_252_872e76_f64;
+        assert_eq!(
+            double_attribute(&d.to_string()).unwrap().to_bits(),
+            d.to_bits()
+        );
+        assert_eq!(
+            double_attribute(&format!("{d:e}")).unwrap().to_bits(),
+            d.to_bits()
+        );
         // Rust's spellings and out-of-range literals are not proto3 JSON.
         for bad in [
             r#""inf""#,

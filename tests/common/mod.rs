@@ -50,6 +50,8 @@ pub struct TallyOptions {
     /// A `tls` block (flow YAML, e.g. `{ cert_file: …, key_file: … }`) put on the
     /// gRPC and HTTP receivers and the admin API alike.
     pub tls: Option<String>,
+    /// `processors.redact.hmac_key` (unset: generated and kept in the database).
+    pub hmac_key: Option<String>,
 }
 
 /// A running `tally` process; killed on drop if still running.
@@ -293,8 +295,12 @@ fn config_yaml(options: &TallyOptions) -> String {
             capacity.min(5000)
         ));
     }
-    if options.validate_mode.is_some() || options.taxonomy.is_some() {
-        yaml.push_str("processors:\n  validate:\n    reload_interval_secs: 1\n");
+    if options.validate_mode.is_some() || options.taxonomy.is_some() || options.hmac_key.is_some() {
+        yaml.push_str("processors:\n");
+        if let Some(key) = &options.hmac_key {
+            yaml.push_str(&format!("  redact:\n    hmac_key: \"{key}\"\n"));
+        }
+        yaml.push_str("  validate:\n    reload_interval_secs: 1\n");
         if let Some(mode) = options.validate_mode {
             yaml.push_str(&format!("    mode: {mode}\n"));
         }
