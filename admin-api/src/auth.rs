@@ -543,14 +543,16 @@ impl Authenticator {
                     "API keys are not enabled (admin_api.auth.api_keys.enabled)",
                 ));
             };
-            let client = api_keys.pool.get().await.map_err(ApiError::from_pool)?;
-            return match api_keys
+            let verdict = api_keys
                 .verifier
-                .verify(&client, credential)
+                .verify(&api_keys.pool, credential)
                 .await
-                .map_err(ApiError::from_db)?
-            {
-                Ok(caller) => Ok(caller),
+                .map_err(|error| match error {
+                    apikeys::VerifyError::Pool(error) => ApiError::from_pool(error),
+                    apikeys::VerifyError::Database(error) => ApiError::from_db(error),
+                })?;
+            return match verdict {
+                Ok(grant) => Ok(apikeys::caller(grant)),
                 Err(Refusal::Malformed) => Err(unauthorized("malformed API key")),
                 Err(Refusal::Unknown) => Err(unauthorized("unknown API key")),
                 Err(Refusal::Revoked) => Err(unauthorized("API key revoked")),

@@ -71,7 +71,13 @@ impl LabelCap {
 pub const WRITE_FAILURE_REASONS: [&str; 3] = ["connection", "database", "panic"];
 
 /// `reason` values of `tally_rejected_events_total`.
-pub const REJECT_REASONS: [&str; 1] = ["invalid_action"];
+pub const REJECT_REASONS: [&str; 2] = ["invalid_action", "tenant_mismatch"];
+
+/// `reason` values of `tally_ingest_auth_failures_total`: no credential, not the
+/// shape of a key, no such key (or a wrong secret), a revoked key, a key without
+/// the `ingest` scope.
+pub const INGEST_AUTH_FAILURE_REASONS: [&str; 5] =
+    ["missing", "malformed", "unknown", "revoked", "scope"];
 
 /// `{transport}`: `grpc` or `http`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,6 +189,11 @@ pub struct Metrics {
     pub exporter_batch_duration: Histogram,
     pub ingest_lag: Histogram,
     pub rejected_events: Family<ReasonLabels, Counter>,
+    /// OTLP requests refused for their credential, by reason.
+    pub ingest_auth_failures: Family<ReasonLabels, Counter>,
+    /// Database round trips made to verify API keys (row lookups and refreshes
+    /// of the known-prefix set).
+    pub api_key_lookups: Counter,
     pub redactions: Family<RuleLabels, Counter>,
     pub sse_clients: Gauge,
     pub rollup_lag_seq: Gauge,
@@ -309,6 +320,16 @@ impl Metrics {
                 "Records quarantined or rejected, by reason",
                 Family::default()
             ),
+            ingest_auth_failures: reg!(
+                "tally_ingest_auth_failures",
+                "OTLP requests refused for their credential, by reason",
+                Family::default()
+            ),
+            api_key_lookups: reg!(
+                "tally_api_key_lookups",
+                "Database round trips made to verify API keys",
+                Counter::default()
+            ),
             redactions: reg!(
                 "tally_redactions",
                 "Values redacted, by rule",
@@ -378,6 +399,11 @@ impl Metrics {
         }
         for reason in REJECT_REASONS {
             let _ = self.rejected_events.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in INGEST_AUTH_FAILURE_REASONS {
+            let _ = self
+                .ingest_auth_failures
+                .get_or_create(&ReasonLabels { reason });
         }
     }
 

@@ -20,9 +20,10 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::json;
-use tally_model::pipeline::{ConsumeError, ConsumeReport, Consumer};
+use tally_model::pipeline::{ConsumeError, ConsumeReport, Consumer, Sender};
 use tokio::net::TcpListener;
 
+use crate::auth::{Denied, IngestAuth};
 use crate::budget::{Charge, InFlightBudget};
 use crate::error::{retry_after_secs, shorten, ReceiverError, RequestError};
 use crate::limits::{decode_body, Encoding};
@@ -40,6 +41,7 @@ const JSON: &str = "application/json";
 /// gRPC status codes used in `google.rpc.Status` bodies.
 const CODE_INVALID_ARGUMENT: i32 = 3;
 const CODE_RESOURCE_EXHAUSTED: i32 = 8;
+const CODE_UNAUTHENTICATED: i32 = 16;
 const CODE_INTERNAL: i32 = 13;
 const CODE_UNAVAILABLE: i32 = 14;
 
@@ -48,6 +50,7 @@ struct AppState {
     consumer: Arc<dyn Consumer>,
     limit: usize,
     budget: InFlightBudget,
+    auth: IngestAuth,
 }
 
 /// The OTLP/HTTP routes; other paths answer 404, other methods 405.
@@ -55,6 +58,7 @@ pub(crate) fn router(
     consumer: Arc<dyn Consumer>,
     max_request_body_size: usize,
     budget: InFlightBudget,
+    auth: IngestAuth,
 ) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
@@ -63,6 +67,7 @@ pub(crate) fn router(
             consumer,
             limit: max_request_body_size,
             budget,
+            auth,
         })
 }
 
@@ -72,6 +77,7 @@ pub(crate) async fn serve(
     consumer: Arc<dyn Consumer>,
     max_request_body_size: usize,
     budget: InFlightBudget,
+    auth: IngestAuth,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiverError> {
     use axum::serve::ListenerExt;
@@ -79,10 +85,13 @@ pub(crate) async fn serve(
         // Best effort: small responses should not wait for Nagle.
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(consumer, max_request_body_size, budget))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ReceiverError::Http)
+    axum::serve(
+        listener,
+        router(consumer, max_request_body_size, budget, auth),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(ReceiverError::Http)
 }
 
 /// The wire format of a request, and so of its answer.
@@ -137,6 +146,7 @@ trait Signal: Send + 'static {
     fn consume(
         consumer: &dyn Consumer,
         request: Self::Request,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>>;
     fn response(report: ConsumeReport) -> Self::Response;
     fn response_json(report: &ConsumeReport) -> serde_json::Value;
@@ -164,8 +174,9 @@ impl Signal for Traces {
     fn consume(
         consumer: &dyn Consumer,
         request: Self::Request,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
-        consumer.consume_traces(request)
+        consumer.consume_traces(request, sender)
     }
 
     fn response(report: ConsumeReport) -> Self::Response {
@@ -199,8 +210,9 @@ impl Signal for Logs {
     fn consume(
         consumer: &dyn Consumer,
         request: Self::Request,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
-        consumer.consume_logs(request)
+        consumer.consume_logs(request, sender)
     }
 
     fn response(report: ConsumeReport) -> Self::Response {
@@ -228,8 +240,23 @@ async fn export<S: Signal>(State(state): State<AppState>, request: Request) -> R
         Err(error) => return error_response(Format::Json, &error),
     };
     let started = Instant::now();
+    let sender = match state.auth.check(request.headers()).await {
+        Ok(sender) => sender,
+        Err(denied) => {
+            // Read (and drop) what the client sends so it gets the answer.
+            discard(request.into_body().into_data_stream(), state.limit).await;
+            let error = match denied {
+                Denied::Unauthenticated(message) => RequestError::Unauthenticated(message),
+                Denied::Unavailable(message) => RequestError::Consume(ConsumeError::Unavailable {
+                    reason: message,
+                    retry_after: crate::budget::BUSY_RETRY_AFTER,
+                }),
+            };
+            return error_response(format, &error);
+        }
+    };
     let headers = request_headers(&request);
-    let response = match handle::<S>(&state, format, request.into_body(), headers).await {
+    let response = match handle::<S>(&state, format, request.into_body(), headers, sender).await {
         Ok(response) => response,
         Err(error) => error_response(format, &error),
     };
@@ -260,6 +287,7 @@ async fn handle<S: Signal>(
     format: Format,
     body: Body,
     headers: RequestHeaders,
+    sender: Sender,
 ) -> Result<Response, RequestError> {
     let encoding = headers.encoding?;
     let limit = state.limit;
@@ -298,7 +326,7 @@ async fn handle<S: Signal>(
     let report = if records == 0 {
         ConsumeReport::default()
     } else {
-        let result = S::consume(state.consumer.as_ref(), request).await;
+        let result = S::consume(state.consumer.as_ref(), request, sender).await;
         count_records(S::KIND, Transport::Http, records as u64, result.is_ok());
         result?
     };
@@ -421,6 +449,7 @@ fn success_response<S: Signal>(format: Format, report: ConsumeReport) -> Respons
 fn error_response(format: Format, error: &RequestError) -> Response {
     let (status, code) = match error {
         RequestError::Invalid(_) => (StatusCode::BAD_REQUEST, CODE_INVALID_ARGUMENT),
+        RequestError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, CODE_UNAUTHENTICATED),
         RequestError::UnsupportedMediaType(_) => {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, CODE_INVALID_ARGUMENT)
         }

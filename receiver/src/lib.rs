@@ -15,6 +15,7 @@
 //! # }
 //! ```
 
+mod auth;
 mod budget;
 mod check;
 mod error;
@@ -41,6 +42,7 @@ use tally_model::pipeline::{ConsumeReport, Consumer};
 use tokio::net::TcpListener;
 use tracing::info;
 
+pub use auth::{AuthFailure, IngestAuthenticator, KeyRefusal};
 pub use error::ReceiverError;
 
 /// Entry points for the fuzz targets (`fuzz/`): the receiver's decoding and checks of a
@@ -97,6 +99,8 @@ pub struct OtlpReceiver {
     max_recv_msg_size_mib: usize,
     max_request_body_size: usize,
     budget: budget::InFlightBudget,
+    auth: auth::IngestAuth,
+    auth_required: bool,
 }
 
 impl std::fmt::Debug for OtlpReceiver {
@@ -146,7 +150,17 @@ impl OtlpReceiver {
             max_recv_msg_size_mib: config.grpc.max_recv_msg_size_mib,
             max_request_body_size: config.http.max_request_body_size,
             budget: budget::InFlightBudget::new(config.max_in_flight_bytes),
+            auth: auth::IngestAuth::new(None, config.auth.required),
+            auth_required: config.auth.required,
         })
+    }
+
+    /// Checks the API keys requests present with `authenticator` (without one,
+    /// any presented key is refused, and so is every request when
+    /// `receivers.otlp.auth.required` is on).
+    pub fn with_authenticator(mut self, authenticator: Arc<dyn IngestAuthenticator>) -> Self {
+        self.auth = auth::IngestAuth::new(Some(authenticator), self.auth_required);
+        self
     }
 
     /// The address the gRPC listener is bound to, if gRPC is enabled.
@@ -175,6 +189,7 @@ impl OtlpReceiver {
                         self.consumer.clone(),
                         self.max_recv_msg_size_mib,
                         self.budget.clone(),
+                        self.auth.clone(),
                         shutdown.clone(),
                     )
                     .await
@@ -190,6 +205,7 @@ impl OtlpReceiver {
                         self.consumer.clone(),
                         self.max_request_body_size,
                         self.budget.clone(),
+                        self.auth.clone(),
                         shutdown.clone(),
                     )
                     .await

@@ -210,6 +210,11 @@ const SET_FROM_A: &str = "tenant_id = CASE WHEN t.tenant_id = '' THEN coalesce(a
      session_id = coalesce(t.session_id, a.session_id), \
      attribution_source = 'trace'";
 
+/// A row is attributed only within its tenant: rows that have one take only
+/// an identity of the same tenant (a tenant-bound ingest key stores its rows
+/// with its tenant; an identity sent under another tenant never reaches them).
+const SAME_TENANT: &str = "AND (t.tenant_id = '' OR t.tenant_id = coalesce(a.tenant_id, ''))";
+
 /// The attributions as a relation `a(trace_id, tenant_id, user_id, session_id, since)`.
 const ATTRIBUTIONS: &str = "unnest($1::text[], $2::text[], $3::text[], $4::text[], \
      $5::timestamptz[]) AS a(trace_id, tenant_id, user_id, session_id, since)";
@@ -226,6 +231,7 @@ const ATTRIBUTIONS: &str = "unnest($1::text[], $2::text[], $3::text[], $4::text[
 ///    UPDATE token_usage SET tenant_id, user_id, session_id (each kept if set),
 ///                           attribution_source = 'trace'
 ///    WHERE trace_id = $trace AND attribution_source = 'none' AND ts >= $since
+///      AND tenant_id IN ('', $tenant)
 ///      AND seq > (the token_usage_daily watermark)
 ///    ```
 /// 2. Rows still unattributed after that were already folded (the identity came
@@ -269,7 +275,7 @@ pub async fn attribute_traces(
         .execute(
             &format!(
                 "UPDATE token_usage AS t SET {SET_FROM_A} FROM {ATTRIBUTIONS} \
-                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' \
+                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' {SAME_TENANT} \
                    AND t.ts >= a.since \
                    AND t.seq > coalesce((SELECT last_seq FROM rollup_watermarks \
                                          WHERE name = $6), 0)"
@@ -284,7 +290,7 @@ pub async fn attribute_traces(
         .query(
             &format!(
                 "SELECT t.ts, t.id FROM token_usage AS t, {ATTRIBUTIONS} \
-                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' \
+                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' {SAME_TENANT} \
                    AND t.ts >= a.since"
             ),
             &[&ids, &tenants, &users, &sessions, &since],
@@ -303,7 +309,7 @@ pub async fn attribute_traces(
         .execute(
             &format!(
                 "UPDATE token_usage AS t SET {SET_FROM_A} FROM {ATTRIBUTIONS} \
-                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' \
+                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' {SAME_TENANT} \
                    AND t.ts >= a.since \
                    AND (t.ts, t.id) IN (SELECT * FROM unnest($6::timestamptz[], $7::uuid[]))"
             ),

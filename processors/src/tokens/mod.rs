@@ -33,7 +33,7 @@ use tally_config::{PricingConfig, TokenMapping, TokensConfig};
 use tally_model::tokens::{token_log_id, token_span_id};
 use tally_model::{AttributionSource, Outcome, TokenUsage};
 
-use crate::attribution::{Identity, TraceCache, TraceId};
+use crate::attribution::{Identity, TraceCache, TraceId, TraceScope};
 use crate::fast_hash::FastMap;
 use crate::otlp_value::{as_i64, as_text, hex_lower, to_json};
 use pricing::{PriceTable, Usage};
@@ -91,11 +91,16 @@ pub enum Role {
 pub struct TokenBatch {
     /// Rows to store.
     pub rows: Vec<TokenUsage>,
-    /// Traces whose rows in `rows` are unattributed, with their earliest `ts`.
+    /// Traces whose rows in `rows` are unattributed, with their earliest `ts`
+    /// (cache keys of [`TokenBatch::scope`]).
     pub pending: Vec<(TraceId, DateTime<Utc>)>,
     /// Traces that were pending and got their identity from this request: the
-    /// stored rows since `ts` are to be updated with it.
+    /// stored rows since `ts` are to be updated with it (cache keys of
+    /// [`TokenBatch::scope`]).
     pub attribute: Vec<(TraceId, Identity, DateTime<Utc>)>,
+    /// The tenant scope of the request's traces ([`TraceScope::trace`] turns
+    /// the keys above back into trace ids).
+    pub scope: Option<TraceScope>,
     /// Rows of models without a price.
     pub unpriced: u64,
     /// Candidates not counted (their usage is counted on a descendant).
@@ -391,6 +396,7 @@ impl TokenProcessor {
         outcome: Outcome,
         duration_ms: Option<f64>,
         cache: &TraceCache,
+        bound: bool,
         out: &mut TokenBatch,
     ) {
         let known = extract.usage_known();
@@ -447,7 +453,14 @@ impl TokenProcessor {
             }
             (_, false) => None,
         };
-        let (identity, attribution_source) = if identity.attributes() {
+        // A row of a tenant-bound sender always has its tenant: only the user
+        // can come from the trace.
+        let own = if bound {
+            identity.user.is_some()
+        } else {
+            identity.attributes()
+        };
+        let (identity, attribution_source) = if own {
             (identity, AttributionSource::Record)
         } else if let Some(mut from_trace) = trace.and_then(|t| cache.lookup(&t)) {
             if identity.session.is_some() {
@@ -496,9 +509,15 @@ impl TokenProcessor {
         cache: &TraceCache,
         trace: Option<TraceId>,
         identity: &Identity,
+        tenant: Option<&str>,
         out: &mut TokenBatch,
     ) {
         let Some(trace) = trace else { return };
+        if tenant.is_some_and(|tenant| identity.tenant.as_deref() != Some(tenant)) {
+            // A record naming another tenant than its sender's (see `bind`):
+            // quarantined, never learned.
+            return;
+        }
         if let Some((identity, since)) = cache.learn(trace, identity) {
             out.attribute.push((trace, identity, since));
         }
@@ -511,8 +530,13 @@ impl TokenProcessor {
         request: &ExportTraceServiceRequest,
         received_at: DateTime<Utc>,
         cache: &TraceCache,
+        tenant: Option<&str>,
     ) -> TokenBatch {
-        let mut out = TokenBatch::default();
+        let scope = cache.scope(tenant);
+        let mut out = TokenBatch {
+            scope: Some(scope),
+            ..TokenBatch::default()
+        };
         if !self.enabled {
             return out;
         }
@@ -530,9 +554,10 @@ impl TokenProcessor {
                     .map_or(&[][..], |s| &s.attributes[..]);
                 for span in &scope_spans.spans {
                     attrs.fill([resource_attrs, scope_attrs, &span.attributes]);
-                    let extract = self.extract(&attrs, Some(&span.name));
-                    let trace = trace_key(&span.trace_id);
-                    self.learn(cache, trace, &extract.identity, &mut out);
+                    let mut extract = self.extract(&attrs, Some(&span.name));
+                    bind(&mut extract.identity, tenant);
+                    let trace = trace_key(&span.trace_id).map(|t| scope.key(t));
+                    self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let outcome = match span.status.as_ref().map(|s| s.code()) {
                         Some(StatusCode::Error) => Outcome::Failure,
                         Some(StatusCode::Ok) => Outcome::Success,
@@ -578,6 +603,7 @@ impl TokenProcessor {
                 facts.outcome,
                 facts.duration_ms,
                 cache,
+                tenant.is_some(),
                 &mut out,
             );
         }
@@ -591,8 +617,13 @@ impl TokenProcessor {
         request: &ExportLogsServiceRequest,
         received_at: DateTime<Utc>,
         cache: &TraceCache,
+        tenant: Option<&str>,
     ) -> TokenBatch {
-        let mut out = TokenBatch::default();
+        let scope = cache.scope(tenant);
+        let mut out = TokenBatch {
+            scope: Some(scope),
+            ..TokenBatch::default()
+        };
         if !self.enabled {
             return out;
         }
@@ -613,8 +644,9 @@ impl TokenProcessor {
                     let name =
                         (!record.event_name.is_empty()).then_some(record.event_name.as_str());
                     let mut extract = self.extract(&attrs, None);
-                    let trace = trace_key(&record.trace_id);
-                    self.learn(cache, trace, &extract.identity, &mut out);
+                    bind(&mut extract.identity, tenant);
+                    let trace = trace_key(&record.trace_id).map(|t| scope.key(t));
+                    self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let counts = self.from_logs
                         && extract.role != Role::Wrapper
                         && extract.has_model()
@@ -652,12 +684,22 @@ impl TokenProcessor {
                         outcome,
                         None,
                         cache,
+                        tenant.is_some(),
                         &mut out,
                     );
                 }
             }
         }
         out.finish()
+    }
+}
+
+/// Binds a record's identity to its sender's tenant: no tenant becomes
+/// `tenant`. Another tenant is kept as the record claims it: such an identity
+/// is never learned, and the pipeline quarantines its row (`tenant_mismatch`).
+fn bind(identity: &mut Identity, tenant: Option<&str>) {
+    if let (Some(tenant), None) = (tenant, &identity.tenant) {
+        identity.tenant = Some(tenant.to_owned());
     }
 }
 
