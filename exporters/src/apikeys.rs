@@ -12,10 +12,12 @@
 //!   whatever secret was presented with it: a wrong secret or a revoked key is
 //!   refused from the cache too (a prefix's hash never changes);
 //! - the *negative cache*: the set of every prefix in `api_keys`, reloaded at
-//!   most once per [`KNOWN_REFRESH_MIN`]. A prefix not in it is refused without
-//!   a database round trip, so a flood of random keys costs one reload per
-//!   interval, not one query per key. Its size is the number of keys in the
-//!   table (8 bytes each).
+//!   most once per [`KNOWN_REFRESH_MIN`]. A prefix not in it is refused after
+//!   the next reload (which a key created before the request always makes it
+//!   into), without a query of its own: a flood of random keys costs one
+//!   reload per interval, not one query per key, and each of its requests
+//!   waits up to that interval. Its size is the number of keys in the table
+//!   (8 bytes each).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -37,8 +39,8 @@ const SECRET_BYTES: usize = 32;
 pub const SCOPE_INGEST: &str = "ingest";
 /// Scopes a key may carry: the admin API's and `ingest`.
 pub const SCOPES: &[&str] = &["activity:read", "tokens:read", "admin", SCOPE_INGEST];
-/// Shortest time between two reloads of the known-prefix set: a key created
-/// less than this after a reload may be refused as unknown until the next one.
+/// Shortest time between two reloads of the known-prefix set (the longest a
+/// request with an unknown key waits for its refusal).
 pub const KNOWN_REFRESH_MIN: Duration = Duration::from_secs(1);
 
 /// A failure creating, listing, revoking or checking API keys.
@@ -395,25 +397,31 @@ impl KeyVerifier {
         (known.prefixes.contains(&prefix), known.loaded)
     }
 
-    /// Whether `prefix` is in `api_keys`, reloading the set when it is not in
-    /// it and the last reload is older than [`KNOWN_REFRESH_MIN`].
+    /// Whether `prefix` is in `api_keys` as of a reload that started after
+    /// `asked` (when the request arrived), so that a key created before its
+    /// first use is always found. Reloads are at least [`KNOWN_REFRESH_MIN`]
+    /// apart: a miss waits for the next one, and every miss waiting meanwhile
+    /// shares it.
     async fn known(
         &self,
         pool: &deadpool_postgres::Pool,
         prefix: u64,
+        asked: Instant,
     ) -> Result<bool, VerifyError> {
-        let fresh =
-            |loaded: Option<Instant>| loaded.is_some_and(|at| at.elapsed() < KNOWN_REFRESH_MIN);
         let (known, loaded) = self.is_known(prefix);
-        if known || fresh(loaded) {
+        if known || loaded.is_some_and(|at| at >= asked) {
             return Ok(known);
         }
         let _reloading = self.reload.lock().await;
         // Someone else may have reloaded while this call waited.
         let (known, loaded) = self.is_known(prefix);
-        if known || fresh(loaded) {
+        if known || loaded.is_some_and(|at| at >= asked) {
             return Ok(known);
         }
+        if let Some(at) = loaded {
+            tokio::time::sleep_until((at + KNOWN_REFRESH_MIN).into()).await;
+        }
+        let started = Instant::now();
         let client = pool.get().await?;
         metrics().api_key_lookups.inc();
         let rows = client.query("SELECT prefix FROM api_keys", &[]).await?;
@@ -427,7 +435,7 @@ impl KeyVerifier {
         let known = prefixes.contains(&prefix);
         let mut set = self.known.lock().unwrap_or_else(|p| p.into_inner());
         set.prefixes = prefixes;
-        set.loaded = Some(Instant::now());
+        set.loaded = Some(started);
         Ok(known)
     }
 
@@ -439,6 +447,7 @@ impl KeyVerifier {
         pool: &deadpool_postgres::Pool,
         key: &str,
     ) -> Result<Result<Grant, Refusal>, VerifyError> {
+        let asked = Instant::now();
         let Some(prefix) = parse(key) else {
             return Ok(Err(Refusal::Malformed));
         };
@@ -449,7 +458,7 @@ impl KeyVerifier {
                 let Some(number) = prefix_number(prefix) else {
                     return Ok(Err(Refusal::Malformed));
                 };
-                if !self.known(pool, number).await? {
+                if !self.known(pool, number, asked).await? {
                     return Ok(Err(Refusal::Unknown));
                 }
                 let client = pool.get().await?;

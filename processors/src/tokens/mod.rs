@@ -513,10 +513,16 @@ impl TokenProcessor {
         out: &mut TokenBatch,
     ) {
         let Some(trace) = trace else { return };
-        if tenant.is_some_and(|tenant| identity.tenant.as_deref() != Some(tenant)) {
-            // A record naming another tenant than its sender's (see `bind`):
-            // quarantined, never learned.
-            return;
+        if let Some(tenant) = tenant {
+            if identity.tenant.as_deref() != Some(tenant) {
+                // A record naming another tenant than its sender's (see `bind`):
+                // quarantined, never learned.
+                return;
+            }
+            if identity.user.is_none() {
+                // The tenant is the sender's anyway: only a user attributes.
+                return;
+            }
         }
         if let Some((identity, since)) = cache.learn(trace, identity) {
             out.attribute.push((trace, identity, since));
