@@ -74,6 +74,7 @@ impl Pipeline {
             None => Vec::new(),
         };
         let scope = tokens.scope.unwrap_or(TraceScope::UNBOUND);
+        let key_id = sender.key_id;
         let validated = self.validator.validate_batch(events);
         Box::pin(async move {
             let quarantine_message = validated.partial_success_message();
@@ -99,7 +100,10 @@ impl Pipeline {
             for (trace, ts) in &pending {
                 traces.mark_pending(*trace, *ts);
             }
-            if let Err(error) = exporter.submit_rows(events, rows, quarantined).await {
+            if let Err(error) = exporter
+                .submit_rows(events, rows, quarantined, key_id)
+                .await
+            {
                 // The identities this request brought are still owed to the
                 // pending traces: the client's retry does it.
                 for (trace, _, since) in &attribute {

@@ -246,7 +246,7 @@ async fn a_tenant_key_cannot_write_another_tenant() {
     let database = TestDatabase::create().await;
     // Keys are optional here: a valid one still binds its tenant.
     let tally = launch(&database, false).await;
-    let (key, _) = create_api_key(&database.url, "tenant-a", "ingest");
+    let (key, key_id) = create_api_key(&database.url, "tenant-a", "ingest");
     let bearer = format!("Bearer {key}");
     // Each request: one span naming tenant B, one naming tenant A, one naming none.
     let spans = |action: &str, trace: u8| {
@@ -334,6 +334,41 @@ async fn a_tenant_key_cannot_write_another_tenant() {
         .expect("count")
         .get(0);
     assert_eq!(none_for_b, 0);
+    // Every row says which key wrote it (its id, never the secret).
+    let keys: Vec<Option<String>> = database
+        .client()
+        .await
+        .query(
+            "SELECT ingest_key_id::text FROM activity_events UNION ALL \
+             SELECT ingest_key_id::text FROM rejected_events",
+            &[],
+        )
+        .await
+        .expect("query ingest_key_id")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(keys.len(), 9);
+    assert!(
+        keys.iter().all(|k| k.as_deref() == Some(key_id.as_str())),
+        "{keys:?}"
+    );
+    // Without a key, no key id.
+    let (status, _) = post_protobuf(&tally, &request(spans("anonymous.write", 4)), None).await;
+    assert_eq!(status, 200);
+    let anonymous: Vec<Option<String>> = database
+        .client()
+        .await
+        .query(
+            "SELECT ingest_key_id::text FROM activity_events WHERE action = 'anonymous.write'",
+            &[],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(anonymous, vec![None::<String>; 3]);
     // Quarantined under the key's tenant, with the reason.
     let quarantined = rejected(&database).await;
     assert_eq!(quarantined.len(), 3, "{quarantined:?}");
@@ -401,7 +436,7 @@ async fn cross_tenant_trace_attribution_is_impossible() {
     let database = TestDatabase::create().await;
     let tally = launch(&database, true).await;
     let (key_a, _) = create_api_key(&database.url, "tenant-a", "ingest");
-    let (key_b, _) = create_api_key(&database.url, "tenant-b", "ingest");
+    let (key_b, key_b_id) = create_api_key(&database.url, "tenant-b", "ingest");
     let (bearer_a, bearer_b) = (format!("Bearer {key_a}"), format!("Bearer {key_b}"));
 
     // Tenant B's model call waits for its trace's user.
@@ -454,6 +489,16 @@ async fn cross_tenant_trace_attribution_is_impossible() {
         token_rows(&database, 7).await,
         vec![("tenant-b".into(), Some("bob".into()), "trace".into())]
     );
+    let writers: Vec<Option<String>> = database
+        .client()
+        .await
+        .query("SELECT ingest_key_id::text FROM token_usage", &[])
+        .await
+        .expect("query")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(writers, vec![Some(key_b_id); 2]);
 }
 
 fn metric(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {

@@ -191,14 +191,14 @@ fn process(
     copy_buf.clear();
     copy::begin(copy_buf);
     for event in &events {
-        copy::activity_row(copy_buf, event)?;
+        copy::activity_row(copy_buf, event, None)?;
     }
     copy::finish(copy_buf);
     let mut bytes = copy_buf.len();
     copy_buf.clear();
     copy::begin(copy_buf);
     for row in &token_batch.rows {
-        copy::token_row(copy_buf, row)?;
+        copy::token_row(copy_buf, row, None)?;
     }
     copy::finish(copy_buf);
     bytes += copy_buf.len();

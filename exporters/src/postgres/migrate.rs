@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "day_user_indexes",
         include_str!("migrations/0009_day_user_indexes.sql"),
     ),
+    (
+        10,
+        "ingest_key_id",
+        include_str!("migrations/0010_ingest_key_id.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the
