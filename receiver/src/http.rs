@@ -480,6 +480,12 @@ fn error_response(format: Format, error: &RequestError) -> Response {
             .into_bytes(),
     };
     let mut response = (status, [(CONTENT_TYPE, format.content_type())], body).into_response();
+    if matches!(error, RequestError::Unauthenticated(_)) {
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+    }
     if let Some(delay) = error.retry_after() {
         response
             .headers_mut()
