@@ -75,6 +75,9 @@ impl Pipeline {
         };
         let scope = tokens.scope.unwrap_or(TraceScope::UNBOUND);
         let key_id = sender.key_id;
+        // Identities learned from a bound sender's records carry no tenant when
+        // the records named none: theirs is the sender's.
+        let bound_tenant: Option<String> = sender.tenant.as_deref().map(str::to_owned);
         let validated = self.validator.validate_batch(events);
         Box::pin(async move {
             let quarantine_message = validated.partial_success_message();
@@ -127,7 +130,7 @@ impl Pipeline {
                 .map(|(trace, identity, since)| TraceAttribution {
                     trace_id: trace_hex(&scope.trace(*trace)),
                     identity: TraceIdentity {
-                        tenant_id: identity.tenant.clone(),
+                        tenant_id: identity.tenant.clone().or_else(|| bound_tenant.clone()),
                         user_id: identity.user.clone(),
                         session_id: identity.session.clone(),
                     },

@@ -396,7 +396,7 @@ impl TokenProcessor {
         outcome: Outcome,
         duration_ms: Option<f64>,
         cache: &TraceCache,
-        bound: bool,
+        bound: Option<&str>,
         out: &mut TokenBatch,
     ) {
         let known = extract.usage_known();
@@ -453,12 +453,15 @@ impl TokenProcessor {
             }
             (_, false) => None,
         };
-        // A row of a tenant-bound sender always has its tenant: only the user
-        // can come from the trace.
-        let own = if bound {
-            identity.user.is_some()
-        } else {
-            identity.attributes()
+        // A row of a tenant-bound sender has the sender's tenant: only the user
+        // can come from the trace. A row naming another tenant keeps what it
+        // says (the pipeline quarantines it), never the trace's identity.
+        let own = match bound {
+            Some(tenant) => {
+                identity.user.is_some()
+                    || identity.tenant.as_deref().is_some_and(|own| own != tenant)
+            }
+            None => identity.attributes(),
         };
         let (identity, attribution_source) = if own {
             (identity, AttributionSource::Record)
@@ -514,9 +517,9 @@ impl TokenProcessor {
     ) {
         let Some(trace) = trace else { return };
         if let Some(tenant) = tenant {
-            if identity.tenant.as_deref() != Some(tenant) {
-                // A record naming another tenant than its sender's (see `bind`):
-                // quarantined, never learned.
+            if identity.tenant.as_deref().is_some_and(|own| own != tenant) {
+                // A record naming another tenant than its sender's: the
+                // pipeline quarantines it (`tenant_mismatch`); never learned.
                 return;
             }
             if identity.user.is_none() {
@@ -560,8 +563,7 @@ impl TokenProcessor {
                     .map_or(&[][..], |s| &s.attributes[..]);
                 for span in &scope_spans.spans {
                     attrs.fill([resource_attrs, scope_attrs, &span.attributes]);
-                    let mut extract = self.extract(&attrs, Some(&span.name));
-                    bind(&mut extract.identity, tenant);
+                    let extract = self.extract(&attrs, Some(&span.name));
                     let trace = trace_key(&span.trace_id).map(|t| scope.key(t));
                     self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let outcome = match span.status.as_ref().map(|s| s.code()) {
@@ -609,7 +611,7 @@ impl TokenProcessor {
                 facts.outcome,
                 facts.duration_ms,
                 cache,
-                tenant.is_some(),
+                tenant,
                 &mut out,
             );
         }
@@ -650,7 +652,6 @@ impl TokenProcessor {
                     let name =
                         (!record.event_name.is_empty()).then_some(record.event_name.as_str());
                     let mut extract = self.extract(&attrs, None);
-                    bind(&mut extract.identity, tenant);
                     let trace = trace_key(&record.trace_id).map(|t| scope.key(t));
                     self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let counts = self.from_logs
@@ -690,22 +691,13 @@ impl TokenProcessor {
                         outcome,
                         None,
                         cache,
-                        tenant.is_some(),
+                        tenant,
                         &mut out,
                     );
                 }
             }
         }
         out.finish()
-    }
-}
-
-/// Binds a record's identity to its sender's tenant: no tenant becomes
-/// `tenant`. Another tenant is kept as the record claims it: such an identity
-/// is never learned, and the pipeline quarantines its row (`tenant_mismatch`).
-fn bind(identity: &mut Identity, tenant: Option<&str>) {
-    if let (Some(tenant), None) = (tenant, &identity.tenant) {
-        identity.tenant = Some(tenant.to_owned());
     }
 }
 

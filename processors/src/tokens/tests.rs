@@ -593,3 +593,68 @@ fn counts_near_i64_max_saturate_instead_of_overflowing() {
     assert_eq!(batch.rows.len(), 1);
     assert!(batch.rows[0].cost_usd.is_some_and(f64::is_finite));
 }
+
+#[test]
+fn a_bound_sender_attributes_only_within_its_tenant() {
+    let processor = TokenProcessor::with_defaults();
+    let cache = cache();
+    let user = |id: u8, tenant: Option<&str>| {
+        let mut attrs = vec![s("enduser.id", "alice")];
+        if let Some(tenant) = tenant {
+            attrs.push(s("tenant.id", tenant));
+        }
+        span(id, None, attrs)
+    };
+    // Tenant B's key: its request span names no tenant (B's is implied).
+    let b = processor.traces(
+        &request(vec![user(1, None), genai_chat(2, Some(1), 5, 1)]),
+        Utc::now(),
+        &cache,
+        Some("tenant-b"),
+    );
+    assert_eq!(b.rows[0].attribution_source, AttributionSource::Trace);
+    assert_eq!(b.rows[0].user_id.as_deref(), Some("alice"));
+    // Tenant A's key, same trace id: B's identity is not A's to use.
+    let a = processor.traces(
+        &request(vec![genai_chat(3, Some(1), 5, 1)]),
+        Utc::now(),
+        &cache,
+        Some("tenant-a"),
+    );
+    assert_eq!(a.rows[0].attribution_source, AttributionSource::None);
+    assert_eq!(a.rows[0].user_id, None);
+    assert_eq!(a.pending.len(), 1);
+    // Nor is it an unbound sender's.
+    let open = processor.traces(
+        &request(vec![genai_chat(4, Some(1), 5, 1)]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    assert_eq!(open.rows[0].user_id, None);
+    // A record of B's key naming tenant A keeps that tenant (the pipeline
+    // quarantines it) instead of taking B's identity from the trace...
+    let mut foreign = genai_chat(5, Some(1), 5, 1);
+    foreign.attributes.push(s("tenant.id", "tenant-a"));
+    let b2 = processor.traces(
+        &request(vec![foreign, user(6, Some("tenant-a"))]),
+        Utc::now(),
+        &cache,
+        Some("tenant-b"),
+    );
+    assert_eq!(b2.rows[0].tenant_id.as_deref(), Some("tenant-a"));
+    assert_eq!(b2.rows[0].user_id, None);
+    // ...and identities naming another tenant are never learned.
+    let later = processor.traces(
+        &request(vec![genai_chat(7, Some(6), 5, 1)]),
+        Utc::now(),
+        &cache,
+        Some("tenant-b"),
+    );
+    assert_eq!(
+        later.rows[0].user_id.as_deref(),
+        Some("alice"),
+        "B's own identity"
+    );
+    assert_eq!(later.rows[0].tenant_id, None, "stamped by the pipeline");
+}
