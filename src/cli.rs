@@ -42,7 +42,7 @@ pub enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Manage the admin API's API keys (stored hashed in the configured database).
+    /// Manage API keys for the admin API and for ingest (stored hashed in the configured database).
     #[command(subcommand)]
     Apikey(ApikeyCommand),
 }
@@ -52,10 +52,11 @@ pub enum Command {
 pub enum ApikeyCommand {
     /// Create a key and print it once (with its id and prefix).
     Create {
-        /// The tenant the key may read (`*` for every tenant).
+        /// The tenant the key may read, or write with scope ingest (`*` for every tenant).
         #[arg(long)]
         tenant: String,
-        /// A scope: activity:read, tokens:read or admin (repeat, or separate with spaces).
+        /// A scope: activity:read, tokens:read, admin, or ingest (write through the
+        /// OTLP receivers) (repeat, or separate with spaces).
         #[arg(long, required = true)]
         scope: Vec<String>,
         /// Free text shown by `tally apikey list`.

@@ -3,6 +3,7 @@
 mod apikey;
 mod cli;
 mod database;
+mod ingest_auth;
 mod logging;
 mod pipeline;
 mod production;

@@ -11,8 +11,10 @@ use tally_exporters::postgres::{PgExporter, TraceAttribution, TraceIdentity};
 use tally_model::metrics::{metrics, ReasonLabels};
 use tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use tally_model::{ActivityEvent, ConsumeError, ConsumeReport, Consumer, RejectedRecord};
-use tally_processors::attribution::{Identity, TraceCache, TraceId};
+use tally_model::{
+    ActivityEvent, ConsumeError, ConsumeReport, Consumer, RejectedRecord, Sender, TokenUsage,
+};
+use tally_processors::attribution::{Identity, TraceCache, TraceId, TraceScope};
 use tally_processors::redact::{RedactionCounts, Redactor};
 use tally_processors::tokens::{TokenBatch, TokenProcessor};
 use tally_processors::validate::{Checked, Quarantined, ReasonCode, ValidatedBatch, Validator};
@@ -55,15 +57,25 @@ impl Pipeline {
     fn store(
         &self,
         classified: Classified,
-        tokens: TokenBatch,
+        mut tokens: TokenBatch,
         redactions: RedactionCounts,
+        sender: &Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         let exporter = self.exporter.clone();
         let traces = self.traces.clone();
         let Classified {
-            events,
+            mut events,
             without_action,
         } = classified;
+        let mismatched = match sender.tenant.as_deref() {
+            Some(tenant) => bind_tenant(tenant, &mut events, &mut tokens.rows),
+            None => Vec::new(),
+        };
+        let scope = tokens.scope.unwrap_or(TraceScope::UNBOUND);
+        let key_id = sender.key_id;
+        // Identities learned from a bound sender's records carry no tenant when
+        // the records named none: theirs is the sender's.
+        let bound_tenant: Option<String> = sender.tenant.as_deref().map(str::to_owned);
         let validated = self.validator.validate_batch(events);
         Box::pin(async move {
             let quarantine_message = validated.partial_success_message();
@@ -73,9 +85,11 @@ impl Pipeline {
                 quarantined,
             } = validated;
             let events: Vec<ActivityEvent> = stored.into_iter().map(flagged_event).collect();
-            let quarantined: Vec<RejectedRecord> =
+            let mismatch_count = mismatched.len() as u64;
+            let mut quarantined: Vec<RejectedRecord> =
                 quarantined.iter().map(rejected_record).collect();
             let quarantined_count = quarantined.len() as u64;
+            quarantined.extend(mismatched);
             let TokenBatch {
                 rows,
                 pending,
@@ -87,7 +101,10 @@ impl Pipeline {
             for (trace, ts) in &pending {
                 traces.mark_pending(*trace, *ts);
             }
-            if let Err(error) = exporter.submit_rows(events, rows, quarantined).await {
+            if let Err(error) = exporter
+                .submit_rows(events, rows, quarantined, key_id)
+                .await
+            {
                 // The identities this request brought are still owed to the
                 // pending traces: the client's retry does it.
                 for (trace, _, since) in &attribute {
@@ -109,9 +126,9 @@ impl Pipeline {
             let batch: Vec<TraceAttribution> = updates
                 .iter()
                 .map(|(trace, identity, since)| TraceAttribution {
-                    trace_id: trace_hex(trace),
+                    trace_id: trace_hex(&scope.trace(*trace)),
                     identity: TraceIdentity {
-                        tenant_id: identity.tenant.clone(),
+                        tenant_id: identity.tenant.clone().or_else(|| bound_tenant.clone()),
                         user_id: identity.user.clone(),
                         session_id: identity.session.clone(),
                     },
@@ -152,12 +169,89 @@ impl Pipeline {
                     })
                     .inc_by(n);
             }
+            let mismatch_message = (mismatch_count > 0).then(|| {
+                m.rejected_events
+                    .get_or_create(&ReasonLabels {
+                        reason: TENANT_MISMATCH,
+                    })
+                    .inc_by(mismatch_count);
+                format!(
+                    "{mismatch_count} record(s) name another tenant than the API key's \
+                     ({TENANT_MISMATCH}); quarantined in rejected_events"
+                )
+            });
+            let message = [quarantine_message, mismatch_message]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
             Ok(ConsumeReport {
-                rejected: quarantined_count,
-                message: quarantine_message.unwrap_or_default(),
+                rejected: quarantined_count + mismatch_count,
+                message,
             })
         })
     }
+}
+
+/// The `rejected_events.reason` of a record naming another tenant than its
+/// sender's API key.
+const TENANT_MISMATCH: &str = "tenant_mismatch";
+
+/// Stamps `tenant` (the sender's key's) on the rows that name no tenant, and
+/// takes the rows that name another one out, as `tenant_mismatch` quarantine
+/// rows of `tenant` (so the key's tenant, not the one the record claims, sees
+/// them).
+fn bind_tenant(
+    tenant: &str,
+    events: &mut Vec<ActivityEvent>,
+    rows: &mut Vec<TokenUsage>,
+) -> Vec<RejectedRecord> {
+    let mut mismatched = Vec::new();
+    let quarantine = |kind: &str, id, claimed: &str, row: serde_json::Value| RejectedRecord {
+        id,
+        tenant_id: tenant.to_owned(),
+        reason: TENANT_MISMATCH.to_owned(),
+        record: serde_json::json!({
+            "kind": kind,
+            "row": row,
+            "reason": {
+                "code": TENANT_MISMATCH,
+                "message": format!(
+                    "the record names tenant {claimed:?} but its API key is bound to {tenant:?}"
+                ),
+            },
+        }),
+    };
+    events.retain_mut(|event| match event.tenant_id.as_deref() {
+        None => {
+            event.tenant_id = Some(tenant.to_owned());
+            true
+        }
+        Some(own) if own == tenant => true,
+        Some(other) => {
+            let row = serde_json::to_value(&*event).unwrap_or(serde_json::Value::Null);
+            mismatched.push(quarantine("activity_tenant_mismatch", event.id, other, row));
+            false
+        }
+    });
+    rows.retain_mut(|usage| match usage.tenant_id.as_deref() {
+        None => {
+            usage.tenant_id = Some(tenant.to_owned());
+            true
+        }
+        Some(own) if own == tenant => true,
+        Some(other) => {
+            let row = serde_json::to_value(&*usage).unwrap_or(serde_json::Value::Null);
+            mismatched.push(quarantine(
+                "token_usage_tenant_mismatch",
+                usage.id,
+                other,
+                row,
+            ));
+            false
+        }
+    });
+    mismatched
 }
 
 /// Creates the zero-valued `tally_rejected_events_total{reason}` series of every
@@ -202,6 +296,7 @@ impl Consumer for Pipeline {
     fn consume_traces(
         &self,
         mut request: ExportTraceServiceRequest,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         let records = request
             .resource_spans
@@ -217,14 +312,17 @@ impl Consumer for Pipeline {
         let redactions = self.redactor.redact_traces(&mut request);
         // Tokens first: classification then moves the spans' attributes out
         // of the request instead of copying them.
-        let tokens = self.tokens.traces(&request, now, &self.traces);
+        let tokens = self
+            .tokens
+            .traces(&request, now, &self.traces, sender.tenant.as_deref());
         let classified = tally_processors::classify::classify_traces_taking(&mut request, now);
-        self.store(classified, tokens, redactions)
+        self.store(classified, tokens, redactions, &sender)
     }
 
     fn consume_logs(
         &self,
         mut request: ExportLogsServiceRequest,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         let records = request
             .resource_logs
@@ -238,7 +336,9 @@ impl Consumer for Pipeline {
         let now = Utc::now();
         let redactions = self.redactor.redact_logs(&mut request);
         let classified = tally_processors::classify_logs(&request, now);
-        let tokens = self.tokens.logs(&request, now, &self.traces);
-        self.store(classified, tokens, redactions)
+        let tokens = self
+            .tokens
+            .logs(&request, now, &self.traces, sender.tenant.as_deref());
+        self.store(classified, tokens, redactions, &sender)
     }
 }

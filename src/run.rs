@@ -26,6 +26,40 @@ use crate::pipeline::Pipeline;
 use crate::replay::Replay;
 use crate::secrets;
 
+/// `admin_api` as it runs: with `auth.api_keys.enabled` unset, API keys with
+/// an admin API scope in the database turn key authentication on (creating a
+/// key closes an open API). Refuses an admin API that would run open where
+/// that is not allowed (see [`tally_config::AdminApiConfig::open_api_problem`]).
+async fn admin_config(
+    config: &Config,
+    database_url: &str,
+) -> anyhow::Result<tally_config::AdminApiConfig> {
+    let mut admin = config.admin_api.clone();
+    if admin.auth.api_keys.enabled.is_none() && !admin.auth.configured() {
+        let (client, connection) = tally_exporters::postgres::connect(database_url)
+            .await
+            .context("cannot connect to the database to look for API keys")?;
+        let found = tally_exporters::apikeys::admin_keys_exist(&client)
+            .await
+            .context("cannot look for API keys")?;
+        drop(client);
+        let _ = connection.await;
+        if found {
+            tracing::info!(
+                "admin API: API keys exist in the database, so every /api/v1 route needs one \
+                 (set admin_api.auth.api_keys.enabled: false to run open)"
+            );
+            admin.auth.api_keys.enabled = Some(true);
+        }
+    }
+    if !admin.auth.configured() {
+        if let Some((path, message)) = admin.open_api_problem() {
+            anyhow::bail!("refusing to start: {path}: {message}");
+        }
+    }
+    Ok(admin)
+}
+
 /// `tally migrate`: applies the schema and exits.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     crate::database::with_migrated(config, async |_| {
@@ -89,10 +123,15 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
     let (chainer, chain_key) = spawn_chainer(config, database_url, jobs_stopped.clone()).await?;
     let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline.clone())
         .await
-        .context("cannot start the OTLP receiver")?;
+        .context("cannot start the OTLP receiver")?
+        .with_authenticator(crate::ingest_auth::IngestKeys::new(
+            &config.receivers.otlp.auth,
+            database_url,
+        )?);
     let admin = if config.admin_api.enabled {
+        let admin_config = admin_config(config, database_url).await?;
         Some(
-            AdminApi::bind(&config.admin_api, database_url, readiness.clone())
+            AdminApi::bind(&admin_config, database_url, readiness.clone())
                 .await
                 .context("cannot start the admin API")?
                 .with_taxonomy(taxonomy.clone())

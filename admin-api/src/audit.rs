@@ -245,7 +245,10 @@ async fn forward(mut views: mpsc::Receiver<View>, consumer: Arc<dyn Consumer>) {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match consumer.consume_logs(request.clone()).await {
+            match consumer
+                .consume_logs(request.clone(), tally_model::Sender::anonymous())
+                .await
+            {
                 Ok(report) if report.rejected == 0 => break,
                 Ok(report) => {
                     tracing::error!(rejected = report.rejected, message = %report.message, "{AUDIT_VIEW_ACTION} events were rejected");

@@ -27,7 +27,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use base64::Engine;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -39,10 +39,6 @@ use crate::AppState;
 
 /// The header that may carry an API key (besides `Authorization: Bearer`).
 pub const API_KEY_HEADER: &str = "x-api-key";
-/// Connections used for API key lookups at most.
-const KEY_POOL_SIZE: usize = 2;
-/// How long an API key lookup waits for a connection.
-const KEY_POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Scope that reads the activity log.
 pub const SCOPE_ACTIVITY_READ: &str = "activity:read";
@@ -548,14 +544,16 @@ impl Authenticator {
                     "API keys are not enabled (admin_api.auth.api_keys.enabled)",
                 ));
             };
-            let client = api_keys.pool.get().await.map_err(ApiError::from_pool)?;
-            return match api_keys
+            let verdict = api_keys
                 .verifier
-                .verify(&client, credential)
+                .verify(&api_keys.pool, credential)
                 .await
-                .map_err(ApiError::from_db)?
-            {
-                Ok(caller) => Ok(caller),
+                .map_err(|error| match error {
+                    apikeys::VerifyError::Pool(error) => ApiError::from_pool(error),
+                    apikeys::VerifyError::Database(error) => ApiError::from_db(error),
+                })?;
+            return match verdict {
+                Ok(grant) => Ok(apikeys::caller(grant)),
                 Err(Refusal::Malformed) => Err(unauthorized("malformed API key")),
                 Err(Refusal::Unknown) => Err(unauthorized("invalid API key")),
                 Err(Refusal::Revoked) => Err(unauthorized("API key revoked")),
@@ -699,31 +697,11 @@ fn jwt_expiry(token: &str) -> Option<f64> {
     serde_json::from_slice::<Expiry>(&bytes).ok().map(|e| e.exp)
 }
 
-/// The small pool API keys are looked up with (opened on first use).
+/// The small pool API keys are looked up with (opened on first use): the same
+/// one the OTLP receivers use ([`tally_exporters::apikeys::lookup_pool`]).
 fn key_pool(database_url: &str) -> Result<Pool, ApiError> {
-    let (mut pg_config, tls) = tally_exporters::postgres::tls::parse(database_url)
-        .map_err(|error| ApiError::Config(format!("invalid database URL: {error}")))?;
-    if pg_config.get_connect_timeout().is_none() {
-        pg_config.connect_timeout(KEY_POOL_TIMEOUT);
-    }
-    if pg_config.get_application_name().is_none() {
-        pg_config.application_name("tally-admin-api-keys");
-    }
-    let manager = Manager::from_config(
-        pg_config,
-        tls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(KEY_POOL_SIZE)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(KEY_POOL_TIMEOUT))
-        .create_timeout(Some(KEY_POOL_TIMEOUT))
-        .recycle_timeout(Some(KEY_POOL_TIMEOUT))
-        .build()
-        .map_err(|error| ApiError::Config(format!("cannot build the API key pool: {error}")))
+    tally_exporters::apikeys::lookup_pool(database_url, "tally-admin-api-keys")
+        .map_err(ApiError::Config)
 }
 
 impl FromRequestParts<AppState> for Caller {

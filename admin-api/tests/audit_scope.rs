@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use serde_json::json;
-use tally_model::pipeline::{ConsumeError, ConsumeReport, Consumer};
+use tally_model::pipeline::{ConsumeError, ConsumeReport, Consumer, Sender};
 
 /// Every recorded view, as its string attributes.
 #[derive(Default)]
@@ -27,6 +27,7 @@ impl Consumer for Captured {
     fn consume_traces(
         &self,
         _request: ExportTraceServiceRequest,
+        _sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         Box::pin(async { Ok(ConsumeReport::default()) })
     }
@@ -34,6 +35,7 @@ impl Consumer for Captured {
     fn consume_logs(
         &self,
         request: ExportLogsServiceRequest,
+        _sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         let mut views = self.0.lock().unwrap();
         for record in request

@@ -134,7 +134,7 @@ fn process(
             split.redact += t2 - t1;
             // As `src/pipeline.rs`: tokens first, then classification moves
             // the spans' attributes out of the request.
-            let tokens = stages.tokens.traces(&req, now, &stages.traces);
+            let tokens = stages.tokens.traces(&req, now, &stages.traces, None);
             let t3 = Instant::now();
             split.tokens += t3 - t2;
             let classified = tally_processors::classify::classify_traces_taking(&mut req, now);
@@ -157,7 +157,7 @@ fn process(
             let classified = tally_processors::classify_logs(&req, now);
             let t3 = Instant::now();
             split.classify += t3 - t2;
-            let tokens = stages.tokens.logs(&req, now, &stages.traces);
+            let tokens = stages.tokens.logs(&req, now, &stages.traces, None);
             split.tokens += t3.elapsed();
             let records: usize = req
                 .resource_logs
@@ -191,14 +191,14 @@ fn process(
     copy_buf.clear();
     copy::begin(copy_buf);
     for event in &events {
-        copy::activity_row(copy_buf, event)?;
+        copy::activity_row(copy_buf, event, None)?;
     }
     copy::finish(copy_buf);
     let mut bytes = copy_buf.len();
     copy_buf.clear();
     copy::begin(copy_buf);
     for row in &token_batch.rows {
-        copy::token_row(copy_buf, row)?;
+        copy::token_row(copy_buf, row, None)?;
     }
     copy::finish(copy_buf);
     bytes += copy_buf.len();

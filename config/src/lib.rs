@@ -189,6 +189,41 @@ impl Config {
                 ));
             }
         }
+        if let Some((path, endpoint)) = receiver.exposed_endpoint() {
+            if !receiver.auth.required && !receiver.allow_unauthenticated {
+                return Err(invalid(
+                    path,
+                    &format!(
+                        "{endpoint} is reachable beyond this machine but ingest needs no \
+                         credential: set receivers.otlp.auth.required: true (and create keys \
+                         with `tally apikey create --scope ingest --tenant T`), listen on \
+                         127.0.0.1, or set receivers.otlp.allow_unauthenticated: true"
+                    ),
+                ));
+            }
+        }
+        if receiver.auth.cache_ttl_secs > 300 {
+            return Err(invalid(
+                "receivers.otlp.auth.cache_ttl_secs",
+                "must be at most 300 (a revoked key works until its cache entry expires)",
+            ));
+        }
+        if receiver.auth.cache_max_entries == 0 {
+            return Err(invalid(
+                "receivers.otlp.auth.cache_max_entries",
+                "must be at least 1",
+            ));
+        }
+        // With api_keys.enabled unset, keys in the database may still turn
+        // authentication on at start (checked there); here only a certainly
+        // open admin API is refused.
+        let admin = &self.admin_api;
+        let certainly_open = !admin.auth.configured() && admin.auth.api_keys.enabled == Some(false);
+        if admin.enabled && certainly_open {
+            if let Some(message) = admin.open_api_problem() {
+                return Err(invalid(message.0, &message.1));
+            }
+        }
         let api_keys = &self.admin_api.auth.api_keys;
         if api_keys.cache_ttl_secs > 300 {
             return Err(invalid(

@@ -44,6 +44,11 @@ pub struct OtlpReceiverConfig {
     /// 30000; 0 = no deadline): a slower one is answered HTTP 408 / gRPC
     /// `DEADLINE_EXCEEDED` and its bytes leave the in-flight budget.
     pub body_read_timeout_ms: u64,
+    /// Ingest credentials (API keys with scope `ingest`).
+    pub auth: IngestAuthConfig,
+    /// Lets the receivers listen on a non-loopback address while
+    /// `auth.required` is off (default `false`: such a start is refused).
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for OtlpReceiverConfig {
@@ -53,6 +58,58 @@ impl Default for OtlpReceiverConfig {
             http: HttpConfig::default(),
             max_in_flight_bytes: 64 * 1024 * 1024,
             body_read_timeout_ms: 30_000,
+            auth: IngestAuthConfig::default(),
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+impl OtlpReceiverConfig {
+    /// The first enabled receiver listening beyond loopback, as
+    /// `(config path, endpoint)`.
+    pub fn exposed_endpoint(&self) -> Option<(&'static str, Endpoint)> {
+        [
+            (
+                "receivers.otlp.grpc.endpoint",
+                self.grpc.enabled,
+                self.grpc.endpoint,
+            ),
+            (
+                "receivers.otlp.http.endpoint",
+                self.http.enabled,
+                self.http.endpoint,
+            ),
+        ]
+        .into_iter()
+        .find(|(_, enabled, endpoint)| *enabled && !endpoint.is_loopback())
+        .map(|(path, _, endpoint)| (path, endpoint))
+    }
+}
+
+/// `receivers.otlp.auth`: API keys with scope `ingest` (`tally apikey create
+/// --scope ingest --tenant T`), sent as `Authorization: Bearer tally_…` or
+/// `X-API-Key: tally_…`. A valid key is always honoured (its tenant is stamped
+/// on every record it writes); an invalid one is always refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestAuthConfig {
+    /// Refuse requests without a valid ingest key (HTTP 401 / gRPC
+    /// `UNAUTHENTICATED`). Default `false`.
+    pub required: bool,
+    /// How long a looked-up key is trusted without asking the database again,
+    /// seconds (default 10, at most 300; 0 = ask every time). A revoked key
+    /// stops working within this time.
+    pub cache_ttl_secs: u64,
+    /// Most looked-up keys cached at once (default 10000).
+    pub cache_max_entries: usize,
+}
+
+impl Default for IngestAuthConfig {
+    fn default() -> Self {
+        IngestAuthConfig {
+            required: false,
+            cache_ttl_secs: 10,
+            cache_max_entries: 10_000,
         }
     }
 }
@@ -309,6 +366,39 @@ pub struct AdminApiConfig {
     pub limits: AdminLimitsConfig,
     /// Serve the API over TLS (`None`, the default: plaintext).
     pub tls: Option<TlsConfig>,
+    /// Lets the admin API listen on a non-loopback address without
+    /// authentication (default `false`: such a start is refused).
+    pub allow_unauthenticated: bool,
+}
+
+impl AdminApiConfig {
+    /// Why this admin API may not run without authentication, as `(config
+    /// path, message)`: it listens beyond loopback without
+    /// `allow_unauthenticated`, or it allows every origin (`*`) to call it
+    /// from a browser. `None` when running open is allowed.
+    pub fn open_api_problem(&self) -> Option<(&'static str, String)> {
+        if !self.endpoint.is_loopback() && !self.allow_unauthenticated {
+            return Some((
+                "admin_api.endpoint",
+                format!(
+                    "{} is reachable beyond this machine but the admin API has no \
+                     authentication: configure admin_api.auth.jwt, create an API key \
+                     (`tally apikey create`), listen on 127.0.0.1, or set \
+                     admin_api.allow_unauthenticated: true",
+                    self.endpoint
+                ),
+            ));
+        }
+        if self.cors.allowed_origins.iter().any(|origin| origin == "*") {
+            return Some((
+                "admin_api.cors.allowed_origins",
+                "`*` lets every web page read the data of an admin API without \
+                 authentication: configure authentication or list the origins"
+                    .to_owned(),
+            ));
+        }
+        None
+    }
 }
 
 /// `admin_api.limits`: bounds per caller, so that one caller cannot starve the
@@ -360,6 +450,7 @@ impl Default for AdminApiConfig {
             cors: CorsConfig::default(),
             limits: AdminLimitsConfig::default(),
             tls: None,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -456,6 +547,13 @@ impl Default for ApiKeysConfig {
 }
 
 impl AuthConfig {
+    /// Whether the configuration alone turns authentication on (a JWT key, or
+    /// `api_keys.enabled: true`). With `api_keys.enabled` unset, keys found in
+    /// the database turn it on at start too.
+    pub fn configured(&self) -> bool {
+        self.jwt.as_ref().is_some_and(JwtConfig::has_keys) || self.api_keys.enabled == Some(true)
+    }
+
     /// Whether API keys are accepted: `api_keys.enabled`, else whether a JWT key
     /// is configured.
     pub fn api_keys_enabled(&self) -> bool {

@@ -151,3 +151,55 @@ fn in_flight_bytes_default_and_lower_bound() {
     .unwrap();
     assert_eq!(config.receivers.otlp.max_in_flight_bytes, 2 * 1024 * 1024);
 }
+
+#[test]
+fn exposed_receivers_need_ingest_auth_or_an_explicit_opt_out() {
+    let config = Config::from_yaml_str("").unwrap();
+    assert!(!config.receivers.otlp.auth.required, "off by default");
+    assert!(config.receivers.otlp.exposed_endpoint().is_none());
+    let err = error_of("receivers: { otlp: { http: { endpoint: 0.0.0.0:4318 } } }");
+    assert!(err.starts_with("receivers.otlp.http.endpoint: "), "{err}");
+    assert!(err.contains("receivers.otlp.auth.required"), "{err}");
+    assert!(err.contains("allow_unauthenticated"), "{err}");
+    let err = error_of("receivers: { otlp: { grpc: { endpoint: '[::]:4317' } } }");
+    assert!(err.starts_with("receivers.otlp.grpc.endpoint: "), "{err}");
+    // A disabled receiver listens nowhere.
+    Config::from_yaml_str(
+        "receivers: { otlp: { grpc: { enabled: false, endpoint: 0.0.0.0:4317 } } }",
+    )
+    .unwrap();
+    Config::from_yaml_str(
+        "receivers: { otlp: { http: { endpoint: 0.0.0.0:4318 }, auth: { required: true } } }",
+    )
+    .unwrap();
+    Config::from_yaml_str(
+        "receivers: { otlp: { http: { endpoint: 0.0.0.0:4318 }, allow_unauthenticated: true } }",
+    )
+    .unwrap();
+    let err = error_of("receivers: { otlp: { auth: { cache_ttl_secs: 301 } } }");
+    assert!(
+        err.starts_with("receivers.otlp.auth.cache_ttl_secs: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_certainly_open_admin_api_is_refused_where_it_is_exposed() {
+    // Keys in the database may still turn auth on: only the start can tell.
+    Config::from_yaml_str("admin_api: { endpoint: 0.0.0.0:8080 }").unwrap();
+    let err =
+        error_of("admin_api: { endpoint: 0.0.0.0:8080, auth: { api_keys: { enabled: false } } }");
+    assert!(err.starts_with("admin_api.endpoint: "), "{err}");
+    let err = error_of(
+        "admin_api: { cors: { allowed_origins: ['*'] }, auth: { api_keys: { enabled: false } } }",
+    );
+    assert!(err.starts_with("admin_api.cors.allowed_origins: "), "{err}");
+    Config::from_yaml_str(
+        "admin_api: { endpoint: 0.0.0.0:8080, allow_unauthenticated: true, auth: { api_keys: { enabled: false } } }",
+    )
+    .unwrap();
+    Config::from_yaml_str(
+        "admin_api: { endpoint: 0.0.0.0:8080, cors: { allowed_origins: ['*'] }, auth: { jwt: { hs256_secret: 0123456789abcdef0 } } }",
+    )
+    .unwrap();
+}

@@ -1,6 +1,7 @@
 //! Tally's exporters: PostgreSQL (the activity log and token ledger) and the
 //! Prometheus `/metrics` endpoint.
 
+pub mod apikeys;
 pub mod postgres;
 pub mod prometheus;
 

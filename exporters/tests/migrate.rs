@@ -79,6 +79,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
             "attributes",
             "taxonomy_valid",
             "taxonomy_reason",
+            "ingest_key_id",
         ]
     );
 

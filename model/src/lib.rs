@@ -18,7 +18,7 @@ pub mod tokens;
 
 pub use activity::{ActivityEvent, Outcome, RejectedRecord};
 pub use health::Readiness;
-pub use pipeline::{ConsumeError, ConsumeReport, Consumer};
+pub use pipeline::{ConsumeError, ConsumeReport, Consumer, Sender};
 pub use tokens::{AttributionSource, TokenUsage};
 
 /// Re-export of the OTLP wire types so dependants use the same version.

@@ -97,6 +97,22 @@ const LAZY_FAMILIES: [(&str, &str); 5] = [
     ),
 ];
 
+/// `reason` values of `tally_rejected_events_total` that no taxonomy verdict gives
+/// (those are listed from the first scrape as well, by the validator).
+pub const REJECT_REASONS: [&str; 1] = ["tenant_mismatch"];
+
+/// `reason` values of `tally_ingest_auth_failures_total`: no credential, not the
+/// shape of a key, no such key (or a wrong secret), a revoked key, a key without
+/// the `ingest` scope, a key that could not be checked (database unavailable).
+pub const INGEST_AUTH_FAILURE_REASONS: [&str; 6] = [
+    "missing",
+    "malformed",
+    "unknown",
+    "revoked",
+    "scope",
+    "unavailable",
+];
+
 /// `{transport}`: `grpc` or `http`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
@@ -207,6 +223,11 @@ pub struct Metrics {
     pub exporter_batch_duration: Histogram,
     pub ingest_lag: Histogram,
     pub rejected_events: Family<ReasonLabels, Counter>,
+    /// OTLP requests refused for their credential, by reason.
+    pub ingest_auth_failures: Family<ReasonLabels, Counter>,
+    /// Database round trips made to verify API keys (row lookups and refreshes
+    /// of the known-prefix set).
+    pub api_key_lookups: Counter,
     pub redactions: Family<RuleLabels, Counter>,
     pub sse_clients: Gauge,
     pub rollup_lag_seq: Gauge,
@@ -313,6 +334,16 @@ impl Metrics {
                 "Records quarantined or rejected, by reason",
                 Family::default()
             ),
+            ingest_auth_failures: reg!(
+                "tally_ingest_auth_failures",
+                "OTLP requests refused for their credential, by reason",
+                Family::default()
+            ),
+            api_key_lookups: reg!(
+                "tally_api_key_lookups",
+                "Database round trips made to verify API keys",
+                Counter::default()
+            ),
             redactions: reg!(
                 "tally_redactions",
                 "Values redacted, by rule",
@@ -378,6 +409,14 @@ impl Metrics {
         for reason in WRITE_FAILURE_REASONS {
             let _ = self
                 .exporter_write_failures
+                .get_or_create(&ReasonLabels { reason });
+        }
+        for reason in REJECT_REASONS {
+            let _ = self.rejected_events.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in INGEST_AUTH_FAILURE_REASONS {
+            let _ = self
+                .ingest_auth_failures
                 .get_or_create(&ReasonLabels { reason });
         }
     }

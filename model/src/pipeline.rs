@@ -4,11 +4,31 @@
 //! consumer's future resolves only once every record of the request is committed
 //! (or quarantined) — the receiver answers the client with that result.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+/// Who sent a request: the ingest key that authenticated it, if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sender {
+    /// The `api_keys.id` of the ingest key (stored on every row it writes as
+    /// `ingest_key_id`); `None` for an unauthenticated request.
+    pub key_id: Option<uuid::Uuid>,
+    /// The tenant the key is bound to: every record is stamped with it, and a
+    /// record naming another tenant is quarantined (`tenant_mismatch`). `None`
+    /// for a `*` key and for an unauthenticated request (any tenant).
+    pub tenant: Option<Arc<str>>,
+}
+
+impl Sender {
+    /// An unauthenticated sender (no key, any tenant).
+    pub fn anonymous() -> Sender {
+        Sender::default()
+    }
+}
 
 /// What happened to the records of an accepted request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,15 +71,17 @@ impl ConsumeError {
 
 /// Takes decoded OTLP requests and resolves once their records are committed.
 pub trait Consumer: Send + Sync + 'static {
-    /// Consumes one `TraceService/Export` request.
+    /// Consumes one `TraceService/Export` request sent by `sender`.
     fn consume_traces(
         &self,
         request: ExportTraceServiceRequest,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>>;
 
-    /// Consumes one `LogsService/Export` request.
+    /// Consumes one `LogsService/Export` request sent by `sender`.
     fn consume_logs(
         &self,
         request: ExportLogsServiceRequest,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>>;
 }

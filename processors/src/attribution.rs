@@ -14,6 +14,12 @@
 //!    pending rows committed), updates the stored rows of that trace before the
 //!    export is acknowledged.
 //!
+//! Traces are remembered per tenant scope ([`TraceScope`]): the records of an
+//! ingest key bound to tenant T are learned and looked up under a key derived
+//! from T, so an identity sent with tenant A's key never attributes (or
+//! suppresses the counting of) rows sent with tenant B's key, whatever trace
+//! ids either side sends.
+//!
 //! Entries live for the attribution window after they were last updated, and at
 //! most `max_traces` are kept (the oldest go first). The map is per process:
 //! several Tally instances need trace-aware load balancing (all spans of one
@@ -32,6 +38,35 @@ pub type TraceId = [u8; 16];
 
 /// Most span ids remembered per trace as "a descendant was already counted".
 const MAX_COVERED_PER_TRACE: usize = 256;
+
+/// The tenant scope of a request's traces: the cache key of a trace is its id
+/// XOR a mask derived from the sender's bound tenant with the cache's secret
+/// per-process hash keys (no mask for senders not bound to a tenant). Another
+/// tenant cannot choose a trace id that lands on this tenant's entries without
+/// knowing those keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceScope {
+    mask: TraceId,
+}
+
+impl TraceScope {
+    /// The scope of senders bound to no tenant (unauthenticated, or `*` keys).
+    pub const UNBOUND: TraceScope = TraceScope { mask: [0; 16] };
+
+    /// The cache key of `trace` in this scope.
+    pub fn key(&self, trace: TraceId) -> TraceId {
+        let mut key = trace;
+        for (byte, mask) in key.iter_mut().zip(self.mask) {
+            *byte ^= mask;
+        }
+        key
+    }
+
+    /// The trace id of a cache key of this scope (the inverse of [`TraceScope::key`]).
+    pub fn trace(&self, key: TraceId) -> TraceId {
+        self.key(key)
+    }
+}
 
 /// Who a record is about. Empty strings are never stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -179,17 +214,32 @@ pub struct TraceCache {
     window_secs: u64,
     max_traces: usize,
     started: Instant,
+    /// Secret hash keys of the tenant scopes (two for 128 bits).
+    scope_keys: [std::collections::hash_map::RandomState; 2],
 }
 
 impl TraceCache {
     pub fn new(window: Duration, max_traces: usize) -> TraceCache {
         TraceCache {
+            scope_keys: Default::default(),
             state: Mutex::new(State::default()),
             window,
             window_secs: window.as_secs() + u64::from(window.subsec_nanos() > 0),
             max_traces: max_traces.max(1),
             started: Instant::now(),
         }
+    }
+
+    /// The scope of a sender bound to `tenant` (`None`: [`TraceScope::UNBOUND`]).
+    pub fn scope(&self, tenant: Option<&str>) -> TraceScope {
+        use std::hash::BuildHasher;
+        let Some(tenant) = tenant else {
+            return TraceScope::UNBOUND;
+        };
+        let mut mask = [0u8; 16];
+        mask[..8].copy_from_slice(&self.scope_keys[0].hash_one(tenant).to_le_bytes());
+        mask[8..].copy_from_slice(&self.scope_keys[1].hash_one(tenant).to_le_bytes());
+        TraceScope { mask }
     }
 
     /// The attribution window.
@@ -485,6 +535,25 @@ mod tests {
         cache.mark_pending([201; 16], far);
         let since = cache.learn([201; 16], &who("x")).expect("pending").1;
         assert!(since < ts);
+    }
+
+    #[test]
+    fn tenant_scopes_keep_traces_apart() {
+        let cache = TraceCache::new(Duration::from_secs(60), 10);
+        let a = cache.scope(Some("tenant-a"));
+        let b = cache.scope(Some("tenant-b"));
+        assert_ne!(a, b);
+        assert_eq!(cache.scope(Some("tenant-a")), a, "stable within a process");
+        assert_eq!(cache.scope(None), TraceScope::UNBOUND);
+        let trace = [5; 16];
+        assert_eq!(a.trace(a.key(trace)), trace);
+        assert_eq!(TraceScope::UNBOUND.key(trace), trace);
+        // Tenant B's rows wait for their trace; tenant A brings an identity for the
+        // same trace id: B's pending rows are not attributed, nor can A read it.
+        cache.mark_pending(b.key(trace), Utc::now());
+        assert_eq!(cache.learn(a.key(trace), &who("mallory")), None);
+        assert_eq!(cache.lookup(&b.key(trace)), None);
+        assert!(cache.lookup(&a.key(trace)).is_some());
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn run(spans: Vec<Span>) -> TokenBatch {
         }],
     };
     let cache = TraceCache::new(Duration::from_secs(300), 100);
-    TokenProcessor::with_defaults().traces(&request, Utc::now(), &cache)
+    TokenProcessor::with_defaults().traces(&request, Utc::now(), &cache, None)
 }
 
 fn only_row(batch: &TokenBatch) -> &TokenUsage {

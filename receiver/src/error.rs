@@ -37,6 +37,8 @@ pub enum ReceiverError {
 pub(crate) enum RequestError {
     /// Undecodable or invalid content: HTTP 400, gRPC `INVALID_ARGUMENT`.
     Invalid(String),
+    /// No valid ingest credential: HTTP 401, gRPC `UNAUTHENTICATED`.
+    Unauthenticated(String),
     /// Content type or content encoding not supported: HTTP 415.
     UnsupportedMediaType(String),
     /// Body larger than the limit, raw or decompressed: HTTP 413, gRPC `RESOURCE_EXHAUSTED`.
@@ -57,6 +59,7 @@ impl RequestError {
     pub(crate) fn message(&self) -> String {
         match self {
             RequestError::Invalid(m)
+            | RequestError::Unauthenticated(m)
             | RequestError::UnsupportedMediaType(m)
             | RequestError::TooLarge(m)
             | RequestError::Internal(m)

@@ -40,7 +40,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Trac
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use tally_model::pipeline::{ConsumeError, Consumer};
+use tally_model::pipeline::{ConsumeError, Consumer, Sender};
 use tokio::net::TcpListener;
 use tonic::codec::{
     Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
@@ -50,17 +50,19 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::{Denied, IngestAuth};
 use crate::budget::{Charge, DecodeRefusal, Exhausted, InFlightBudget, BUSY_RETRY_AFTER};
 use crate::check::{check_logs, check_traces};
 use crate::error::{shorten, ReceiverError};
 use crate::estimate;
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
-use crate::{logs_response, trace_response};
+use crate::{logs_response, trace_response, Admission};
 
 /// The two OTLP services over one consumer.
 #[derive(Clone)]
 struct Otlp {
     consumer: Arc<dyn Consumer>,
+    auth: IngestAuth,
 }
 
 #[tonic::async_trait]
@@ -72,12 +74,15 @@ impl TraceService for Otlp {
         let started = Instant::now();
         // Charged by the decoder (`ExportCodec`); held until the answer is built.
         let charge = request.extensions().get::<CallCharge>().cloned();
+        // Put there by `ExportServer::call` once the credential was checked.
+        let sender = request.extensions().get::<Sender>().cloned();
         let request = request.into_inner();
         let spans = check_traces(&request).map_err(Status::invalid_argument)?;
         if spans == 0 {
             return Ok(Response::new(ExportTraceServiceResponse::default()));
         }
-        let result = self.consumer.consume_traces(request).await;
+        let sender = sender.ok_or_else(|| Status::internal("unchecked credential"))?;
+        let result = self.consumer.consume_traces(request, sender).await;
         count_records(
             SignalKind::Spans,
             Transport::Grpc,
@@ -101,12 +106,14 @@ impl LogsService for Otlp {
         let started = Instant::now();
         // Charged by the decoder (`ExportCodec`); held until the answer is built.
         let charge = request.extensions().get::<CallCharge>().cloned();
+        let sender = request.extensions().get::<Sender>().cloned();
         let request = request.into_inner();
         let records = check_logs(&request).map_err(Status::invalid_argument)?;
         if records == 0 {
             return Ok(Response::new(ExportLogsServiceResponse::default()));
         }
-        let result = self.consumer.consume_logs(request).await;
+        let sender = sender.ok_or_else(|| Status::internal("unchecked credential"))?;
+        let result = self.consumer.consume_logs(request, sender).await;
         count_records(
             SignalKind::LogRecords,
             Transport::Grpc,
@@ -361,7 +368,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
         if request.uri().path() != S::PATH {
             return Box::pin(async {
                 Ok(Status::unimplemented("unknown method").into_http::<tonic::body::Body>())
@@ -379,7 +386,28 @@ where
         accept.enable(CompressionEncoding::Gzip);
         accept.enable(CompressionEncoding::Zstd);
         let limit = self.max_decoding_message_size;
+        let otlp = self.otlp.clone();
         Box::pin(async move {
+            // The credential is checked before the body is read.
+            match otlp.auth.check(request.headers()).await {
+                Ok(sender) => {
+                    request.extensions_mut().insert(sender);
+                }
+                Err(denied) => {
+                    let status = match denied {
+                        Denied::Unauthenticated(message) => {
+                            tracing::debug!(%message, "OTLP gRPC call refused");
+                            Status::unauthenticated(message)
+                        }
+                        Denied::Unavailable(message) => Status::with_error_details(
+                            Code::Unavailable,
+                            message,
+                            ErrorDetails::with_retry_info(Some(BUSY_RETRY_AFTER)),
+                        ),
+                    };
+                    return Ok(status.into_http::<tonic::body::Body>());
+                }
+            }
             let mut grpc = Grpc::new(codec)
                 .apply_compression_config(accept, EnabledCompressionEncodings::default())
                 .apply_max_message_size_config(Some(limit), None);
@@ -528,12 +556,16 @@ pub(crate) async fn serve(
     tls: Option<Arc<tally_tls::Reloader>>,
     consumer: Arc<dyn Consumer>,
     max_recv_msg_size_mib: usize,
-    budget: InFlightBudget,
-    body_timeout: Option<Duration>,
+    admission: Admission,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ReceiverError> {
+    let Admission {
+        budget,
+        body_timeout,
+        auth,
+    } = admission;
     let limit = max_recv_msg_size_mib.saturating_mul(1024 * 1024);
-    let otlp = Arc::new(Otlp { consumer });
+    let otlp = Arc::new(Otlp { consumer, auth });
     let traces = ExportServer::<TracesSignal> {
         otlp: otlp.clone(),
         max_decoding_message_size: limit,

@@ -20,14 +20,15 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::json;
-use tally_model::pipeline::{ConsumeError, ConsumeReport, Consumer};
+use tally_model::pipeline::{ConsumeError, ConsumeReport, Consumer, Sender};
 use tokio::net::TcpListener;
 
+use crate::auth::{Denied, IngestAuth};
 use crate::budget::{Charge, InFlightBudget};
 use crate::error::{retry_after_secs, shorten, ReceiverError, RequestError};
 use crate::limits::{decode_body, Encoding};
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
-use crate::{check, estimate, json, logs_response, trace_response};
+use crate::{check, estimate, json, logs_response, trace_response, Admission};
 
 /// Bodies up to this size are decoded on the async worker; larger ones on the blocking pool.
 const INLINE_DECODE_MAX: usize = 64 * 1024;
@@ -41,6 +42,7 @@ const JSON: &str = "application/json";
 const CODE_INVALID_ARGUMENT: i32 = 3;
 const CODE_DEADLINE_EXCEEDED: i32 = 4;
 const CODE_RESOURCE_EXHAUSTED: i32 = 8;
+const CODE_UNAUTHENTICATED: i32 = 16;
 const CODE_INTERNAL: i32 = 13;
 const CODE_UNAVAILABLE: i32 = 14;
 
@@ -51,15 +53,20 @@ struct AppState {
     budget: InFlightBudget,
     /// `receivers.otlp.body_read_timeout_ms` (`None`: no deadline).
     body_timeout: Option<std::time::Duration>,
+    auth: IngestAuth,
 }
 
 /// The OTLP/HTTP routes; other paths answer 404, other methods 405.
 pub(crate) fn router(
     consumer: Arc<dyn Consumer>,
     max_request_body_size: usize,
-    budget: InFlightBudget,
-    body_timeout: Option<std::time::Duration>,
+    admission: Admission,
 ) -> Router {
+    let Admission {
+        budget,
+        body_timeout,
+        auth,
+    } = admission;
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/logs", post(export::<Logs>))
@@ -68,6 +75,7 @@ pub(crate) fn router(
             limit: max_request_body_size,
             budget,
             body_timeout,
+            auth,
         })
 }
 
@@ -78,12 +86,11 @@ pub(crate) async fn serve(
     tls: Option<Arc<tally_tls::Reloader>>,
     consumer: Arc<dyn Consumer>,
     max_request_body_size: usize,
-    budget: InFlightBudget,
-    body_timeout: Option<std::time::Duration>,
+    admission: Admission,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiverError> {
     use axum::serve::ListenerExt;
-    let app = router(consumer, max_request_body_size, budget, body_timeout);
+    let app = router(consumer, max_request_body_size, admission);
     if let Some(tls) = tls {
         tls.watch();
         let listener = tally_tls::TlsListener::new(listener, tls).map_err(ReceiverError::Http)?;
@@ -154,6 +161,7 @@ trait Signal: Send + 'static {
     fn consume(
         consumer: &dyn Consumer,
         request: Self::Request,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>>;
     fn response(report: ConsumeReport) -> Self::Response;
     fn response_json(report: &ConsumeReport) -> serde_json::Value;
@@ -181,8 +189,9 @@ impl Signal for Traces {
     fn consume(
         consumer: &dyn Consumer,
         request: Self::Request,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
-        consumer.consume_traces(request)
+        consumer.consume_traces(request, sender)
     }
 
     fn response(report: ConsumeReport) -> Self::Response {
@@ -216,8 +225,9 @@ impl Signal for Logs {
     fn consume(
         consumer: &dyn Consumer,
         request: Self::Request,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
-        consumer.consume_logs(request)
+        consumer.consume_logs(request, sender)
     }
 
     fn response(report: ConsumeReport) -> Self::Response {
@@ -245,8 +255,23 @@ async fn export<S: Signal>(State(state): State<AppState>, request: Request) -> R
         Err(error) => return error_response(Format::Json, &error),
     };
     let started = Instant::now();
+    let sender = match state.auth.check(request.headers()).await {
+        Ok(sender) => sender,
+        Err(denied) => {
+            // Read (and drop) what the client sends so it gets the answer.
+            discard(request.into_body().into_data_stream(), state.limit).await;
+            let error = match denied {
+                Denied::Unauthenticated(message) => RequestError::Unauthenticated(message),
+                Denied::Unavailable(message) => RequestError::Consume(ConsumeError::Unavailable {
+                    reason: message,
+                    retry_after: crate::budget::BUSY_RETRY_AFTER,
+                }),
+            };
+            return error_response(format, &error);
+        }
+    };
     let headers = request_headers(&request);
-    let response = match handle::<S>(&state, format, request.into_body(), headers).await {
+    let response = match handle::<S>(&state, format, request.into_body(), headers, sender).await {
         Ok(response) => response,
         Err(error) => error_response(format, &error),
     };
@@ -277,6 +302,7 @@ async fn handle<S: Signal>(
     format: Format,
     body: Body,
     headers: RequestHeaders,
+    sender: Sender,
 ) -> Result<Response, RequestError> {
     let encoding = headers.encoding?;
     let limit = state.limit;
@@ -322,7 +348,7 @@ async fn handle<S: Signal>(
     let report = if records == 0 {
         ConsumeReport::default()
     } else {
-        let result = S::consume(state.consumer.as_ref(), request).await;
+        let result = S::consume(state.consumer.as_ref(), request, sender).await;
         count_records(S::KIND, Transport::Http, records as u64, result.is_ok());
         result?
     };
@@ -445,6 +471,7 @@ fn success_response<S: Signal>(format: Format, report: ConsumeReport) -> Respons
 fn error_response(format: Format, error: &RequestError) -> Response {
     let (status, code) = match error {
         RequestError::Invalid(_) => (StatusCode::BAD_REQUEST, CODE_INVALID_ARGUMENT),
+        RequestError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, CODE_UNAUTHENTICATED),
         RequestError::UnsupportedMediaType(_) => {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, CODE_INVALID_ARGUMENT)
         }
@@ -476,6 +503,12 @@ fn error_response(format: Format, error: &RequestError) -> Response {
             .into_bytes(),
     };
     let mut response = (status, [(CONTENT_TYPE, format.content_type())], body).into_response();
+    if matches!(error, RequestError::Unauthenticated(_)) {
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+    }
     if let Some(delay) = error.retry_after() {
         response
             .headers_mut()

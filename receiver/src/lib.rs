@@ -15,6 +15,7 @@
 //! # }
 //! ```
 
+mod auth;
 mod budget;
 mod check;
 mod error;
@@ -41,6 +42,7 @@ use tally_model::pipeline::{ConsumeReport, Consumer};
 use tokio::net::TcpListener;
 use tracing::info;
 
+pub use auth::{AuthFailure, IngestAuthenticator, KeyRefusal};
 pub use error::ReceiverError;
 
 /// Entry points for the fuzz targets (`fuzz/`): the receiver's decoding and checks of a
@@ -101,6 +103,8 @@ pub struct OtlpReceiver {
     budget: budget::InFlightBudget,
     /// `receivers.otlp.body_read_timeout_ms` (`None` when 0).
     body_timeout: Option<std::time::Duration>,
+    auth: auth::IngestAuth,
+    auth_required: bool,
 }
 
 impl std::fmt::Debug for OtlpReceiver {
@@ -171,7 +175,17 @@ impl OtlpReceiver {
             budget: budget::InFlightBudget::new(config.max_in_flight_bytes),
             body_timeout: (config.body_read_timeout_ms > 0)
                 .then(|| std::time::Duration::from_millis(config.body_read_timeout_ms)),
+            auth: auth::IngestAuth::new(None, config.auth.required),
+            auth_required: config.auth.required,
         })
+    }
+
+    /// Checks the API keys requests present with `authenticator` (without one,
+    /// any presented key is refused, and so is every request when
+    /// `receivers.otlp.auth.required` is on).
+    pub fn with_authenticator(mut self, authenticator: Arc<dyn IngestAuthenticator>) -> Self {
+        self.auth = auth::IngestAuth::new(Some(authenticator), self.auth_required);
+        self
     }
 
     /// The address the gRPC listener is bound to, if gRPC is enabled.
@@ -192,6 +206,7 @@ impl OtlpReceiver {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ReceiverError> {
         let shutdown = shutdown.boxed().shared();
+        let admission = self.admission();
         let grpc = async {
             match self.grpc {
                 Some((listener, _)) => {
@@ -200,8 +215,7 @@ impl OtlpReceiver {
                         self.grpc_tls.clone(),
                         self.consumer.clone(),
                         self.max_recv_msg_size_mib,
-                        self.budget.clone(),
-                        self.body_timeout,
+                        admission.clone(),
                         shutdown.clone(),
                     )
                     .await
@@ -217,8 +231,7 @@ impl OtlpReceiver {
                         self.http_tls.clone(),
                         self.consumer.clone(),
                         self.max_request_body_size,
-                        self.budget.clone(),
-                        self.body_timeout,
+                        admission.clone(),
                         shutdown.clone(),
                     )
                     .await
@@ -230,6 +243,30 @@ impl OtlpReceiver {
         info!("OTLP receiver stopped");
         Ok(())
     }
+}
+
+impl OtlpReceiver {
+    /// What both transports check before a request reaches the pipeline.
+    fn admission(&self) -> Admission {
+        Admission {
+            budget: self.budget.clone(),
+            body_timeout: self.body_timeout,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// What every export request goes through on either transport before the
+/// pipeline sees it: the ingest-key check, the receiver-wide in-flight byte budget
+/// and the body-read deadline.
+#[derive(Clone)]
+pub(crate) struct Admission {
+    /// `receivers.otlp.max_in_flight_bytes`, shared by gRPC and HTTP.
+    pub(crate) budget: budget::InFlightBudget,
+    /// `receivers.otlp.body_read_timeout_ms` (`None`: no deadline).
+    pub(crate) body_timeout: Option<std::time::Duration>,
+    /// `receivers.otlp.auth`.
+    pub(crate) auth: auth::IngestAuth,
 }
 
 async fn bind_listener(

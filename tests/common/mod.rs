@@ -52,6 +52,10 @@ pub struct TallyOptions {
     pub tls: Option<String>,
     /// `processors.redact.hmac_key` (unset: generated and kept in the database).
     pub hmac_key: Option<String>,
+    /// `receivers.otlp.auth.required`.
+    pub ingest_auth_required: bool,
+    /// `receivers.otlp.allow_unauthenticated`.
+    pub allow_unauthenticated: bool,
 }
 
 /// A running `tally` process; killed on drop if still running.
@@ -264,6 +268,12 @@ fn config_yaml(options: &TallyOptions) -> String {
     if let Some(bytes) = options.max_in_flight_bytes {
         yaml.push_str(&format!("    max_in_flight_bytes: {bytes}\n"));
     }
+    if options.ingest_auth_required {
+        yaml.push_str("    auth: { required: true }\n");
+    }
+    if options.allow_unauthenticated {
+        yaml.push_str("    allow_unauthenticated: true\n");
+    }
     yaml.push_str(&format!(
         "admin_api:\n  endpoint: {}\n",
         options.admin_endpoint.unwrap_or(any)
@@ -310,6 +320,31 @@ fn config_yaml(options: &TallyOptions) -> String {
     }
     yaml.push_str("service:\n  log_format: text\n  shutdown_grace_secs: 30\n");
     yaml
+}
+
+/// Creates an API key with the real CLI (`tally apikey create`) on `database_url`;
+/// returns `(key, id)`.
+pub fn create_api_key(database_url: &str, tenant: &str, scope: &str) -> (String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["apikey", "create", "--tenant", tenant, "--scope", scope])
+        .env("TALLY_DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tally apikey create");
+    assert!(
+        output.status.success(),
+        "tally apikey create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut lines = stdout.lines();
+    let key = lines.next().expect("the key").trim().to_owned();
+    let id = lines
+        .find_map(|line| line.strip_prefix("id: "))
+        .expect("the id")
+        .trim()
+        .to_owned();
+    (key, id)
 }
 
 /// Polls `check` until it returns `Some`, or panics after `deadline` with `what`.

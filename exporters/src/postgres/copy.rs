@@ -25,9 +25,9 @@ const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// Columns of an activity row (see `writer.rs`'s `COPY_SQL`).
-const ACTIVITY_COLUMNS: i16 = 15;
+const ACTIVITY_COLUMNS: i16 = 16;
 /// Columns of a token row (see `tokens.rs`'s `COPY_SQL`).
-const TOKEN_COLUMNS: i16 = 25;
+const TOKEN_COLUMNS: i16 = 26;
 
 /// A value that cannot be written in PostgreSQL's binary format.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,13 @@ fn opt_text(out: &mut BytesMut, s: Option<&str>) -> Result<(), EncodeError> {
 fn uuid(out: &mut BytesMut, id: &uuid::Uuid) {
     out.put_i32(16);
     out.put_slice(id.as_bytes());
+}
+
+fn opt_uuid(out: &mut BytesMut, id: Option<&uuid::Uuid>) {
+    match id {
+        Some(id) => uuid(out, id),
+        None => null(out),
+    }
 }
 
 fn timestamptz(out: &mut BytesMut, ts: &DateTime<Utc>) -> Result<(), EncodeError> {
@@ -239,8 +246,12 @@ fn clean_prefix(bytes: &[u8]) -> usize {
 
 /// One `activity_events` staging row: id, ts, tenant_id, user_id, session_id,
 /// action, outcome, resource_type, resource_id, service, trace_id, span_id,
-/// attributes, taxonomy_valid, taxonomy_reason.
-pub fn activity_row(out: &mut BytesMut, e: &ActivityEvent) -> Result<(), EncodeError> {
+/// attributes, taxonomy_valid, taxonomy_reason, ingest_key_id.
+pub fn activity_row(
+    out: &mut BytesMut,
+    e: &ActivityEvent,
+    ingest_key_id: Option<&uuid::Uuid>,
+) -> Result<(), EncodeError> {
     out.put_i16(ACTIVITY_COLUMNS);
     uuid(out, &e.id);
     timestamptz(out, &e.ts)?;
@@ -256,11 +267,17 @@ pub fn activity_row(out: &mut BytesMut, e: &ActivityEvent) -> Result<(), EncodeE
     opt_text(out, e.span_id.as_deref())?;
     jsonb_object(out, &e.attributes)?;
     opt_bool(out, e.taxonomy_valid);
-    opt_text(out, e.taxonomy_reason.as_deref())
+    opt_text(out, e.taxonomy_reason.as_deref())?;
+    opt_uuid(out, ingest_key_id);
+    Ok(())
 }
 
 /// One `token_usage` staging row, in the column order of `tokens.rs`.
-pub fn token_row(out: &mut BytesMut, r: &TokenUsage) -> Result<(), EncodeError> {
+pub fn token_row(
+    out: &mut BytesMut,
+    r: &TokenUsage,
+    ingest_key_id: Option<&uuid::Uuid>,
+) -> Result<(), EncodeError> {
     out.put_i16(TOKEN_COLUMNS);
     uuid(out, &r.id);
     timestamptz(out, &r.ts)?;
@@ -286,7 +303,9 @@ pub fn token_row(out: &mut BytesMut, r: &TokenUsage) -> Result<(), EncodeError> 
     text(out, r.outcome.as_str())?;
     opt_float8(out, r.duration_ms.filter(|d| d.is_finite()));
     text(out, r.attribution_source.as_str())?;
-    jsonb_object(out, &r.attributes)
+    jsonb_object(out, &r.attributes)?;
+    opt_uuid(out, ingest_key_id);
+    Ok(())
 }
 
 #[cfg(test)]

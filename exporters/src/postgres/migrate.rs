@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "unpriced_meaning",
         include_str!("migrations/0010_unpriced_meaning.sql"),
     ),
+    (
+        11,
+        "ingest_key_id",
+        include_str!("migrations/0011_ingest_key_id.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

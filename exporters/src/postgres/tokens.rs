@@ -24,24 +24,25 @@ use super::writer::copy_rows;
 use super::{PgError, TOKEN_USAGE_LOCK_KEY};
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
-    IF to_regclass('pg_temp.tally_token_staging') IS NULL THEN \
-        CREATE TEMP TABLE tally_token_staging ( \
+    IF to_regclass('pg_temp.tally_token_staging_v2') IS NULL THEN \
+        CREATE TEMP TABLE tally_token_staging_v2 ( \
             id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
             service text, trace_id text, span_id text, provider text, operation text, \
             request_model text, response_model text, model text, input_tokens int8, \
             output_tokens int8, cache_read_tokens int8, cache_write_tokens int8, \
             reasoning_tokens int8, total_tokens int8, usage_known bool, cost_usd float8, \
-            outcome text, duration_ms float8, attribution_source text, attributes jsonb \
+            outcome text, duration_ms float8, attribution_source text, attributes jsonb, \
+            ingest_key_id uuid \
         ) ON COMMIT DELETE ROWS; \
     END IF; END $$";
 
 const COLUMNS: &str = "id, ts, tenant_id, user_id, session_id, service, trace_id, span_id, \
     provider, operation, request_model, response_model, model, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens, usage_known, \
-    cost_usd, outcome, duration_ms, attribution_source, attributes";
+    cost_usd, outcome, duration_ms, attribution_source, attributes, ingest_key_id";
 
 static COPY_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!("COPY pg_temp.tally_token_staging ({COLUMNS}) FROM STDIN (FORMAT binary)")
+    format!("COPY pg_temp.tally_token_staging_v2 ({COLUMNS}) FROM STDIN (FORMAT binary)")
 });
 
 /// Lock, insert from staging, and answer what was really inserted per
@@ -55,8 +56,9 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
                  session_id, service, trace_id, span_id, provider, operation, request_model, \
                  response_model, model, input_tokens, output_tokens, cache_read_tokens, \
                  cache_write_tokens, reasoning_tokens, total_tokens, usage_known, \
-                 cost_usd::numeric(20, 10), outcome, duration_ms, attribution_source, attributes \
-             FROM pg_temp.tally_token_staging ORDER BY ts \
+                 cost_usd::numeric(20, 10), outcome, duration_ms, attribution_source, attributes, \
+                 ingest_key_id \
+             FROM pg_temp.tally_token_staging_v2 ORDER BY ts \
              ON CONFLICT DO NOTHING \
              RETURNING provider, model, outcome, input_tokens, output_tokens, cache_read_tokens, \
                  cache_write_tokens, reasoning_tokens, cost_usd, usage_known) \
@@ -96,13 +98,13 @@ const TOKEN_KINDS: [&str; 5] = ["input", "output", "cache_read", "cache_write", 
 /// partitions for the rows' days must exist. Take the activity lock first if
 /// the transaction also writes `activity_events` (the writers' fixed order).
 pub async fn insert_token_batch(tx: &Transaction<'_>, rows: &[TokenUsage]) -> Result<u64, PgError> {
-    let rows: Vec<&TokenUsage> = rows.iter().collect();
+    let rows: Vec<(&TokenUsage, Option<uuid::Uuid>)> = rows.iter().map(|r| (r, None)).collect();
     Ok(insert_tokens(tx, &rows).await?.total)
 }
 
 pub(crate) async fn insert_tokens(
     tx: &Transaction<'_>,
-    rows: &[&TokenUsage],
+    rows: &[(&TokenUsage, Option<uuid::Uuid>)],
 ) -> Result<TokensInserted, PgError> {
     if rows.is_empty() {
         return Ok(TokensInserted::default());
@@ -210,6 +212,11 @@ const SET_FROM_A: &str = "tenant_id = CASE WHEN t.tenant_id = '' THEN coalesce(a
      session_id = coalesce(t.session_id, a.session_id), \
      attribution_source = 'trace'";
 
+/// A row is attributed only within its tenant: rows that have one take only
+/// an identity of the same tenant (a tenant-bound ingest key stores its rows
+/// with its tenant; an identity sent under another tenant never reaches them).
+const SAME_TENANT: &str = "AND (t.tenant_id = '' OR t.tenant_id = coalesce(a.tenant_id, ''))";
+
 /// The attributions as a relation `a(trace_id, tenant_id, user_id, session_id, since)`.
 const ATTRIBUTIONS: &str = "unnest($1::text[], $2::text[], $3::text[], $4::text[], \
      $5::timestamptz[]) AS a(trace_id, tenant_id, user_id, session_id, since)";
@@ -226,6 +233,7 @@ const ATTRIBUTIONS: &str = "unnest($1::text[], $2::text[], $3::text[], $4::text[
 ///    UPDATE token_usage SET tenant_id, user_id, session_id (each kept if set),
 ///                           attribution_source = 'trace'
 ///    WHERE trace_id = $trace AND attribution_source = 'none' AND ts >= $since
+///      AND tenant_id IN ('', $tenant)
 ///      AND seq > (the token_usage_daily watermark)
 ///    ```
 /// 2. Rows still unattributed after that were already folded (the identity came
@@ -269,7 +277,7 @@ pub async fn attribute_traces(
         .execute(
             &format!(
                 "UPDATE token_usage AS t SET {SET_FROM_A} FROM {ATTRIBUTIONS} \
-                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' \
+                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' {SAME_TENANT} \
                    AND t.ts >= a.since \
                    AND t.seq > coalesce((SELECT last_seq FROM rollup_watermarks \
                                          WHERE name = $6), 0)"
@@ -284,7 +292,7 @@ pub async fn attribute_traces(
         .query(
             &format!(
                 "SELECT t.ts, t.id FROM token_usage AS t, {ATTRIBUTIONS} \
-                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' \
+                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' {SAME_TENANT} \
                    AND t.ts >= a.since"
             ),
             &[&ids, &tenants, &users, &sessions, &since],
@@ -303,7 +311,7 @@ pub async fn attribute_traces(
         .execute(
             &format!(
                 "UPDATE token_usage AS t SET {SET_FROM_A} FROM {ATTRIBUTIONS} \
-                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' \
+                 WHERE t.trace_id = a.trace_id AND t.attribution_source = 'none' {SAME_TENANT} \
                    AND t.ts >= a.since \
                    AND (t.ts, t.id) IN (SELECT * FROM unnest($6::timestamptz[], $7::uuid[]))"
             ),

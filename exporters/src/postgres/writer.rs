@@ -33,18 +33,18 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
-    IF to_regclass('pg_temp.tally_activity_staging_v2') IS NULL THEN \
-        CREATE TEMP TABLE tally_activity_staging_v2 ( \
+    IF to_regclass('pg_temp.tally_activity_staging_v3') IS NULL THEN \
+        CREATE TEMP TABLE tally_activity_staging_v3 ( \
             id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
             action text, outcome text, resource_type text, resource_id text, service text, \
             trace_id text, span_id text, attributes jsonb, taxonomy_valid boolean, \
-            taxonomy_reason text \
+            taxonomy_reason text, ingest_key_id uuid \
         ) ON COMMIT DELETE ROWS; \
     END IF; END $$";
 
-const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging_v2 (id, ts, tenant_id, user_id, \
+const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging_v3 (id, ts, tenant_id, user_id, \
     session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
-    attributes, taxonomy_valid, taxonomy_reason) FROM STDIN (FORMAT binary)";
+    attributes, taxonomy_valid, taxonomy_reason, ingest_key_id) FROM STDIN (FORMAT binary)";
 
 /// Lock, then insert from staging (one simple-protocol round trip).
 static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -52,11 +52,11 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
         "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); \
          INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, session_id, action, \
              outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
-             taxonomy_valid, taxonomy_reason) \
+             taxonomy_valid, taxonomy_reason, ingest_key_id) \
          SELECT id, nextval('activity_events_seq'), ts, tenant_id, user_id, session_id, action, \
              outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
-             taxonomy_valid, taxonomy_reason \
-         FROM pg_temp.tally_activity_staging_v2 ORDER BY ts \
+             taxonomy_valid, taxonomy_reason, ingest_key_id \
+         FROM pg_temp.tally_activity_staging_v3 ORDER BY ts \
          ON CONFLICT DO NOTHING"
     )
 });
@@ -112,15 +112,17 @@ pub async fn insert_activity_batch(
     if events.is_empty() {
         return Ok(0);
     }
-    Ok(insert_rows(tx, events.iter()).await?.total)
+    Ok(insert_rows(tx, events.iter().map(|e| (e, None)).collect())
+        .await?
+        .total)
 }
 
-async fn insert_rows<'a, I>(tx: &Transaction<'_>, events: I) -> Result<Inserted, PgError>
-where
-    I: Iterator<Item = &'a ActivityEvent>,
-{
+/// `events`, each with the ingest key that sent it.
+async fn insert_rows(
+    tx: &Transaction<'_>,
+    events: Vec<(&ActivityEvent, Option<uuid::Uuid>)>,
+) -> Result<Inserted, PgError> {
     tx.batch_execute(STAGING_DDL).await?;
-    let events: Vec<&ActivityEvent> = events.collect();
     let copied = copy_rows(tx, COPY_SQL, &events, copy::activity_row).await?;
     if copied == 0 {
         return Ok(Inserted::default());
@@ -151,21 +153,22 @@ where
 /// Bytes gathered before a chunk of `COPY` data is sent.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
-/// Sends `rows` through `copy_sql` (a `COPY … FROM STDIN (FORMAT binary)`),
-/// encoded by `encode` into one reused buffer sent in chunks of about
-/// [`COPY_CHUNK_BYTES`]. Returns the rows the server copied.
+/// Sends `rows` (each with the ingest key that wrote it) through `copy_sql` (a
+/// `COPY … FROM STDIN (FORMAT binary)`), encoded by `encode` into one reused
+/// buffer sent in chunks of about [`COPY_CHUNK_BYTES`]. Returns the rows the
+/// server copied.
 pub(crate) async fn copy_rows<R>(
     tx: &Transaction<'_>,
     copy_sql: &str,
-    rows: &[&R],
-    encode: fn(&mut BytesMut, &R) -> Result<(), copy::EncodeError>,
+    rows: &[(&R, Option<uuid::Uuid>)],
+    encode: fn(&mut BytesMut, &R, Option<&uuid::Uuid>) -> Result<(), copy::EncodeError>,
 ) -> Result<u64, PgError> {
     let sink = tx.copy_in::<_, Bytes>(copy_sql).await?;
     futures::pin_mut!(sink);
     let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES + COPY_CHUNK_BYTES / 4);
     copy::begin(&mut buf);
-    for row in rows {
-        encode(&mut buf, *row).map_err(|e| PgError::Integrity(e.to_string()))?;
+    for (row, key) in rows {
+        encode(&mut buf, row, key.as_ref()).map_err(|e| PgError::Integrity(e.to_string()))?;
         if buf.len() >= COPY_CHUNK_BYTES {
             sink.as_mut().send(buf.split().freeze()).await?;
         }
@@ -180,6 +183,8 @@ pub(crate) struct Submission {
     pub(crate) events: Vec<ActivityEvent>,
     pub(crate) tokens: Vec<TokenUsage>,
     pub(crate) rejected: Vec<RejectedRecord>,
+    /// The ingest key that sent these rows (`ingest_key_id`).
+    pub(crate) ingest_key_id: Option<uuid::Uuid>,
     reply: oneshot::Sender<Result<(), ConsumeError>>,
     /// Queue space, given back when the submission is answered (dropped).
     _permit: OwnedSemaphorePermit,
@@ -478,7 +483,7 @@ impl PgExporter {
         events: Vec<ActivityEvent>,
         tokens: Vec<TokenUsage>,
     ) -> Result<(), ConsumeError> {
-        self.submit_rows(events, tokens, Vec::new()).await
+        self.submit_rows(events, tokens, Vec::new(), None).await
     }
 
     /// [`submit_all`](PgExporter::submit_all) plus quarantined records for
@@ -488,6 +493,7 @@ impl PgExporter {
         events: Vec<ActivityEvent>,
         tokens: Vec<TokenUsage>,
         rejected: Vec<RejectedRecord>,
+        ingest_key_id: Option<uuid::Uuid>,
     ) -> Result<(), ConsumeError> {
         if events.is_empty() && tokens.is_empty() && rejected.is_empty() {
             return Ok(());
@@ -518,6 +524,7 @@ impl PgExporter {
                 events,
                 tokens,
                 rejected,
+                ingest_key_id,
                 reply,
                 _permit: permit,
             };
@@ -640,24 +647,25 @@ fn is_missing_partition(error: &PgError) -> bool {
 /// is stored once). Returns the rows added.
 async fn insert_rejected(
     tx: &Transaction<'_>,
-    records: &[&RejectedRecord],
+    records: &[(&RejectedRecord, Option<uuid::Uuid>)],
 ) -> Result<u64, PgError> {
     if records.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<uuid::Uuid> = records.iter().map(|r| r.id).collect();
-    let tenants: Vec<&str> = records.iter().map(|r| r.tenant_id.as_str()).collect();
-    let reasons: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
+    let ids: Vec<uuid::Uuid> = records.iter().map(|(r, _)| r.id).collect();
+    let tenants: Vec<&str> = records.iter().map(|(r, _)| r.tenant_id.as_str()).collect();
+    let reasons: Vec<&str> = records.iter().map(|(r, _)| r.reason.as_str()).collect();
     let bodies: Vec<tokio_postgres::types::Json<&serde_json::Value>> = records
         .iter()
-        .map(|r| tokio_postgres::types::Json(&r.record))
+        .map(|(r, _)| tokio_postgres::types::Json(&r.record))
         .collect();
+    let keys: Vec<Option<uuid::Uuid>> = records.iter().map(|(_, key)| *key).collect();
     let added = tx
         .execute(
-            "INSERT INTO rejected_events (id, tenant_id, reason, record) \
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) \
+            "INSERT INTO rejected_events (id, tenant_id, reason, record, ingest_key_id) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::uuid[]) \
              ON CONFLICT DO NOTHING",
-            &[&ids, &tenants, &reasons, &bodies],
+            &[&ids, &tenants, &reasons, &bodies, &keys],
         )
         .await?;
     Ok(added)
@@ -678,13 +686,23 @@ async fn commit_batch(client: &mut Client, batch: &[Submission]) -> Result<Inser
     let tx = client.transaction().await?;
     // Fixed lock order: activity_events, then token_usage.
     let mut inserted = if batch.iter().any(|s| !s.events.is_empty()) {
-        insert_rows(&tx, batch.iter().flat_map(|s| s.events.iter())).await?
+        let events: Vec<(&ActivityEvent, Option<uuid::Uuid>)> = batch
+            .iter()
+            .flat_map(|s| s.events.iter().map(move |e| (e, s.ingest_key_id)))
+            .collect();
+        insert_rows(&tx, events).await?
     } else {
         Inserted::default()
     };
-    let tokens: Vec<&TokenUsage> = batch.iter().flat_map(|s| s.tokens.iter()).collect();
+    let tokens: Vec<(&TokenUsage, Option<uuid::Uuid>)> = batch
+        .iter()
+        .flat_map(|s| s.tokens.iter().map(move |t| (t, s.ingest_key_id)))
+        .collect();
     inserted.tokens = insert_tokens(&tx, &tokens).await?;
-    let rejected: Vec<&RejectedRecord> = batch.iter().flat_map(|s| s.rejected.iter()).collect();
+    let rejected: Vec<(&RejectedRecord, Option<uuid::Uuid>)> = batch
+        .iter()
+        .flat_map(|s| s.rejected.iter().map(move |r| (r, s.ingest_key_id)))
+        .collect();
     inserted.rejected = insert_rejected(&tx, &rejected).await?;
     tx.commit().await?;
     Ok(inserted)

@@ -33,7 +33,7 @@ use tally_config::{PricingConfig, TokenMapping, TokensConfig};
 use tally_model::tokens::{token_log_id, token_span_id};
 use tally_model::{AttributionSource, Outcome, TokenUsage};
 
-use crate::attribution::{Identity, TraceCache, TraceId};
+use crate::attribution::{Identity, TraceCache, TraceId, TraceScope};
 use crate::fast_hash::FastMap;
 use crate::otlp_value::{as_i64, as_text, hex_lower, to_json};
 use pricing::{PriceTable, Usage};
@@ -100,11 +100,16 @@ pub enum Role {
 pub struct TokenBatch {
     /// Rows to store.
     pub rows: Vec<TokenUsage>,
-    /// Traces whose rows in `rows` are unattributed, with their earliest `ts`.
+    /// Traces whose rows in `rows` are unattributed, with their earliest `ts`
+    /// (cache keys of [`TokenBatch::scope`]).
     pub pending: Vec<(TraceId, DateTime<Utc>)>,
     /// Traces that were pending and got their identity from this request: the
-    /// stored rows since `ts` are to be updated with it.
+    /// stored rows since `ts` are to be updated with it (cache keys of
+    /// [`TokenBatch::scope`]).
     pub attribute: Vec<(TraceId, Identity, DateTime<Utc>)>,
+    /// The tenant scope of the request's traces ([`TraceScope::trace`] turns
+    /// the keys above back into trace ids).
+    pub scope: Option<TraceScope>,
     /// Rows of models without a price.
     pub unpriced: u64,
     /// Candidates not counted (their usage is counted on a descendant).
@@ -437,6 +442,7 @@ impl TokenProcessor {
         outcome: Outcome,
         duration_ms: Option<f64>,
         cache: &TraceCache,
+        bound: Option<&str>,
         out: &mut TokenBatch,
     ) {
         let known = extract.usage_known();
@@ -493,7 +499,17 @@ impl TokenProcessor {
             }
             (_, false) => None,
         };
-        let (identity, attribution_source) = if identity.attributes() {
+        // A row of a tenant-bound sender has the sender's tenant: only the user
+        // can come from the trace. A row naming another tenant keeps what it
+        // says (the pipeline quarantines it), never the trace's identity.
+        let own = match bound {
+            Some(tenant) => {
+                identity.user.is_some()
+                    || identity.tenant.as_deref().is_some_and(|own| own != tenant)
+            }
+            None => identity.attributes(),
+        };
+        let (identity, attribution_source) = if own {
             (identity, AttributionSource::Record)
         } else if let Some(mut from_trace) = trace.and_then(|t| cache.lookup(&t)) {
             if identity.session.is_some() {
@@ -542,9 +558,21 @@ impl TokenProcessor {
         cache: &TraceCache,
         trace: Option<TraceId>,
         identity: &Identity,
+        tenant: Option<&str>,
         out: &mut TokenBatch,
     ) {
         let Some(trace) = trace else { return };
+        if let Some(tenant) = tenant {
+            if identity.tenant.as_deref().is_some_and(|own| own != tenant) {
+                // A record naming another tenant than its sender's: the
+                // pipeline quarantines it (`tenant_mismatch`); never learned.
+                return;
+            }
+            if identity.user.is_none() {
+                // The tenant is the sender's anyway: only a user attributes.
+                return;
+            }
+        }
         if let Some((identity, since)) = cache.learn(trace, identity) {
             out.attribute.push((trace, identity, since));
         }
@@ -557,8 +585,13 @@ impl TokenProcessor {
         request: &ExportTraceServiceRequest,
         received_at: DateTime<Utc>,
         cache: &TraceCache,
+        tenant: Option<&str>,
     ) -> TokenBatch {
-        let mut out = TokenBatch::default();
+        let scope = cache.scope(tenant);
+        let mut out = TokenBatch {
+            scope: Some(scope),
+            ..TokenBatch::default()
+        };
         if !self.enabled {
             return out;
         }
@@ -577,8 +610,8 @@ impl TokenProcessor {
                 for span in &scope_spans.spans {
                     attrs.fill([resource_attrs, scope_attrs, &span.attributes]);
                     let extract = self.extract(&attrs, Some(&span.name));
-                    let trace = trace_key(&span.trace_id);
-                    self.learn(cache, trace, &extract.identity, &mut out);
+                    let trace = trace_key(&span.trace_id).map(|t| scope.key(t));
+                    self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let outcome = match span.status.as_ref().map(|s| s.code()) {
                         Some(StatusCode::Error) => Outcome::Failure,
                         Some(StatusCode::Ok) => Outcome::Success,
@@ -624,6 +657,7 @@ impl TokenProcessor {
                 facts.outcome,
                 facts.duration_ms,
                 cache,
+                tenant,
                 &mut out,
             );
         }
@@ -637,8 +671,13 @@ impl TokenProcessor {
         request: &ExportLogsServiceRequest,
         received_at: DateTime<Utc>,
         cache: &TraceCache,
+        tenant: Option<&str>,
     ) -> TokenBatch {
-        let mut out = TokenBatch::default();
+        let scope = cache.scope(tenant);
+        let mut out = TokenBatch {
+            scope: Some(scope),
+            ..TokenBatch::default()
+        };
         if !self.enabled {
             return out;
         }
@@ -659,8 +698,8 @@ impl TokenProcessor {
                     let name =
                         (!record.event_name.is_empty()).then_some(record.event_name.as_str());
                     let mut extract = self.extract(&attrs, None);
-                    let trace = trace_key(&record.trace_id);
-                    self.learn(cache, trace, &extract.identity, &mut out);
+                    let trace = trace_key(&record.trace_id).map(|t| scope.key(t));
+                    self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let counts = self.from_logs
                         && extract.role != Role::Wrapper
                         && extract.has_model()
@@ -698,6 +737,7 @@ impl TokenProcessor {
                         outcome,
                         None,
                         cache,
+                        tenant,
                         &mut out,
                     );
                 }

@@ -63,7 +63,7 @@ fn cache() -> TraceCache {
 }
 
 fn run(spans: Vec<Span>) -> TokenBatch {
-    TokenProcessor::with_defaults().traces(&request(spans), Utc::now(), &cache())
+    TokenProcessor::with_defaults().traces(&request(spans), Utc::now(), &cache(), None)
 }
 
 fn genai_chat(id: u8, parent: Option<u8>, input: i64, output: i64) -> Span {
@@ -352,11 +352,12 @@ fn a_parent_in_a_later_request_repeating_a_counted_child_is_not_counted() {
         &request(vec![genai_chat(3, Some(2), 10, 1)]),
         Utc::now(),
         &cache,
+        None,
     );
     assert_eq!(first.rows.len(), 1);
     // The chain span between them has no usage; the unmarked root repeats the sum.
     let chain = span(2, Some(1), vec![s("name", "chain")]);
-    let second = processor.traces(&request(vec![chain]), Utc::now(), &cache);
+    let second = processor.traces(&request(vec![chain]), Utc::now(), &cache, None);
     assert!(second.rows.is_empty());
     let root = span(
         1,
@@ -367,14 +368,14 @@ fn a_parent_in_a_later_request_repeating_a_counted_child_is_not_counted() {
             i("gen_ai.usage.output_tokens", 1),
         ],
     );
-    let third = processor.traces(&request(vec![root.clone()]), Utc::now(), &cache);
+    let third = processor.traces(&request(vec![root.clone()]), Utc::now(), &cache, None);
     assert!(third.rows.is_empty(), "already counted on its grandchild");
     // Another trace with the same span ids is unaffected.
     let mut other = root;
     other.trace_id = vec![8; 16];
     assert_eq!(
         processor
-            .traces(&request(vec![other]), Utc::now(), &cache)
+            .traces(&request(vec![other]), Utc::now(), &cache, None)
             .rows
             .len(),
         1
@@ -402,6 +403,7 @@ fn identity_from_the_trace_in_either_order() {
         &request(vec![genai_chat(2, Some(1), 5, 1), request_span(1)]),
         Utc::now(),
         &cache1,
+        None,
     );
     let row = &out.rows[0];
     assert_eq!(row.attribution_source, AttributionSource::Trace);
@@ -416,13 +418,14 @@ fn identity_from_the_trace_in_either_order() {
         &request(vec![genai_chat(2, Some(1), 5, 1)]),
         Utc::now(),
         &cache2,
+        None,
     );
     assert_eq!(first.rows[0].attribution_source, AttributionSource::None);
     assert_eq!(first.pending.len(), 1);
     for (trace, ts) in &first.pending {
         cache2.mark_pending(*trace, *ts);
     }
-    let second = processor.traces(&request(vec![request_span(1)]), Utc::now(), &cache2);
+    let second = processor.traces(&request(vec![request_span(1)]), Utc::now(), &cache2, None);
     assert!(second.rows.is_empty());
     assert_eq!(second.attribute.len(), 1);
     let (trace, identity, since) = &second.attribute[0];
@@ -449,7 +452,7 @@ fn mapping_extensions_recognise_app_specific_names() {
             s("myapp.customer", "c-1"),
         ],
     );
-    let out = processor.traces(&request(vec![custom]), Utc::now(), &cache());
+    let out = processor.traces(&request(vec![custom]), Utc::now(), &cache(), None);
     let row = &out.rows[0];
     assert_eq!(row.input_tokens, Some(1_000_000));
     assert_eq!(row.user_id.as_deref(), Some("c-1"));
@@ -460,7 +463,8 @@ fn mapping_extensions_recognise_app_specific_names() {
             .traces(
                 &request(vec![genai_chat(2, None, 1, 1)]),
                 Utc::now(),
-                &cache()
+                &cache(),
+                None
             )
             .rows
             .len(),
@@ -512,7 +516,7 @@ fn log_records_with_model_and_usage_count() {
         }],
     };
     let processor = TokenProcessor::with_defaults();
-    let out = processor.logs(&request, Utc::now(), &cache());
+    let out = processor.logs(&request, Utc::now(), &cache(), None);
     assert_eq!(out.rows.len(), 1);
     assert_eq!(out.rows[0].user_id.as_deref(), Some("logger"));
     assert_eq!(out.rows[0].attributes["event.name"], "llm.call");
@@ -522,7 +526,7 @@ fn log_records_with_model_and_usage_count() {
     };
     let processor = TokenProcessor::new(&off, &PricingConfig::default());
     assert!(processor
-        .logs(&request, Utc::now(), &cache())
+        .logs(&request, Utc::now(), &cache(), None)
         .rows
         .is_empty());
 }
@@ -628,7 +632,7 @@ fn the_records_own_identity_wins_over_its_resources_whatever_the_spelling() {
         if let Some(r) = req.resource_spans[0].resource.as_mut() {
             r.attributes.extend(resource);
         }
-        let out = TokenProcessor::with_defaults().traces(&req, Utc::now(), &cache());
+        let out = TokenProcessor::with_defaults().traces(&req, Utc::now(), &cache(), None);
         let row = &out.rows[0];
         (
             row.user_id.clone(),
@@ -672,4 +676,69 @@ fn the_records_own_identity_wins_over_its_resources_whatever_the_spelling() {
     // Nothing on the record: the resource's.
     let got = run_with(resource, Vec::new());
     assert_eq!(got.0.as_deref(), Some("resource-user"));
+}
+
+#[test]
+fn a_bound_sender_attributes_only_within_its_tenant() {
+    let processor = TokenProcessor::with_defaults();
+    let cache = cache();
+    let user = |id: u8, tenant: Option<&str>| {
+        let mut attrs = vec![s("enduser.id", "alice")];
+        if let Some(tenant) = tenant {
+            attrs.push(s("tenant.id", tenant));
+        }
+        span(id, None, attrs)
+    };
+    // Tenant B's key: its request span names no tenant (B's is implied).
+    let b = processor.traces(
+        &request(vec![user(1, None), genai_chat(2, Some(1), 5, 1)]),
+        Utc::now(),
+        &cache,
+        Some("tenant-b"),
+    );
+    assert_eq!(b.rows[0].attribution_source, AttributionSource::Trace);
+    assert_eq!(b.rows[0].user_id.as_deref(), Some("alice"));
+    // Tenant A's key, same trace id: B's identity is not A's to use.
+    let a = processor.traces(
+        &request(vec![genai_chat(3, Some(1), 5, 1)]),
+        Utc::now(),
+        &cache,
+        Some("tenant-a"),
+    );
+    assert_eq!(a.rows[0].attribution_source, AttributionSource::None);
+    assert_eq!(a.rows[0].user_id, None);
+    assert_eq!(a.pending.len(), 1);
+    // Nor is it an unbound sender's.
+    let open = processor.traces(
+        &request(vec![genai_chat(4, Some(1), 5, 1)]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    assert_eq!(open.rows[0].user_id, None);
+    // A record of B's key naming tenant A keeps that tenant (the pipeline
+    // quarantines it) instead of taking B's identity from the trace...
+    let mut foreign = genai_chat(5, Some(1), 5, 1);
+    foreign.attributes.push(s("tenant.id", "tenant-a"));
+    let b2 = processor.traces(
+        &request(vec![foreign, user(6, Some("tenant-a"))]),
+        Utc::now(),
+        &cache,
+        Some("tenant-b"),
+    );
+    assert_eq!(b2.rows[0].tenant_id.as_deref(), Some("tenant-a"));
+    assert_eq!(b2.rows[0].user_id, None);
+    // ...and identities naming another tenant are never learned.
+    let later = processor.traces(
+        &request(vec![genai_chat(7, Some(6), 5, 1)]),
+        Utc::now(),
+        &cache,
+        Some("tenant-b"),
+    );
+    assert_eq!(
+        later.rows[0].user_id.as_deref(),
+        Some("alice"),
+        "B's own identity"
+    );
+    assert_eq!(later.rows[0].tenant_id, None, "stamped by the pipeline");
 }

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use tally_config::OtlpReceiverConfig;
-use tally_model::pipeline::{ConsumeError, ConsumeReport, Consumer};
+use tally_model::pipeline::{ConsumeError, ConsumeReport, Consumer, Sender};
 use tally_receiver::{OtlpReceiver, ReceiverError};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -32,6 +32,7 @@ pub enum Behaviour {
 struct State {
     traces: Vec<ExportTraceServiceRequest>,
     logs: Vec<ExportLogsServiceRequest>,
+    senders: Vec<Sender>,
     behaviour: Option<Behaviour>,
 }
 
@@ -59,6 +60,11 @@ impl Recorder {
 
     pub fn logs(&self) -> Vec<ExportLogsServiceRequest> {
         self.state.lock().unwrap().logs.clone()
+    }
+
+    /// The sender of every call, in order.
+    pub fn senders(&self) -> Vec<Sender> {
+        self.state.lock().unwrap().senders.clone()
     }
 
     pub fn calls(&self) -> usize {
@@ -124,16 +130,24 @@ impl Consumer for Recorder {
     fn consume_traces(
         &self,
         request: ExportTraceServiceRequest,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
-        self.state.lock().unwrap().traces.push(request);
+        let mut state = self.state.lock().unwrap();
+        state.traces.push(request);
+        state.senders.push(sender);
+        drop(state);
         self.answer()
     }
 
     fn consume_logs(
         &self,
         request: ExportLogsServiceRequest,
+        sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
-        self.state.lock().unwrap().logs.push(request);
+        let mut state = self.state.lock().unwrap();
+        state.logs.push(request);
+        state.senders.push(sender);
+        drop(state);
         self.answer()
     }
 }
@@ -190,10 +204,21 @@ pub async fn start() -> Running {
 }
 
 pub async fn start_with(config: OtlpReceiverConfig) -> Running {
+    start_authenticated(config, None).await
+}
+
+/// [`start_with`] checking presented keys with `authenticator`.
+pub async fn start_authenticated(
+    config: OtlpReceiverConfig,
+    authenticator: Option<Arc<dyn tally_receiver::IngestAuthenticator>>,
+) -> Running {
     let recorder = Recorder::default();
-    let receiver = OtlpReceiver::bind(&config, Arc::new(recorder.clone()))
+    let mut receiver = OtlpReceiver::bind(&config, Arc::new(recorder.clone()))
         .await
         .expect("bind");
+    if let Some(authenticator) = authenticator {
+        receiver = receiver.with_authenticator(authenticator);
+    }
     let grpc = receiver.grpc_addr().expect("grpc enabled");
     let http = receiver.http_addr().expect("http enabled");
     let (tx, rx) = oneshot::channel::<()>();
