@@ -208,3 +208,32 @@ async fn live_feeds_are_counted_per_caller() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_feed_whose_reads_keep_failing_ends_with_unavailable() {
+    let db = TestDb::migrated().await;
+    let server = Server::start(&config_with_jwt(), &db.url).await;
+    // Every read of the feed's table fails from now on.
+    db.client
+        .batch_execute("ALTER TABLE token_usage RENAME TO token_usage_away")
+        .await
+        .expect("rename");
+    let mut feed = SseReader::open(
+        &format!("{}?after_seq=0", server.url("/api/v1/tokens/stream")),
+        Some(&token_of("patient")),
+        None,
+    )
+    .await;
+    assert_eq!(feed.status, 200);
+    // Retries back off (1, 2, 4, 8, 8 s), then the client is told and the stream ends.
+    let end = deadline(60);
+    let event = feed.next(end).await.expect("an event before the end");
+    assert_eq!(
+        event.event.as_deref(),
+        Some("unavailable"),
+        "{}",
+        event.data
+    );
+    assert!(event.data.contains("reconnect"), "{}", event.data);
+    assert!(feed.next(end).await.is_none(), "the stream ends after it");
+}
