@@ -41,6 +41,8 @@ pub struct TallyOptions {
     pub taxonomy: Option<PathBuf>,
     /// `exporters.prometheus.action_label_cap`.
     pub action_label_cap: Option<usize>,
+    /// `admin_api.limits.max_streams_per_caller` (every test client shares one IP).
+    pub max_streams_per_caller: Option<usize>,
     /// Extra environment variables for the process.
     pub env: Vec<(String, String)>,
 }
@@ -251,6 +253,11 @@ fn config_yaml(options: &TallyOptions) -> String {
         yaml.push_str(&format!("    max_in_flight_bytes: {bytes}\n"));
     }
     yaml.push_str("admin_api:\n  endpoint: 127.0.0.1:0\n");
+    if let Some(streams) = options.max_streams_per_caller {
+        yaml.push_str(&format!(
+            "  limits: {{ max_streams_per_caller: {streams} }}\n"
+        ));
+    }
     if let Some(secret) = &options.jwt_secret {
         yaml.push_str(&format!(
             "  auth:\n    jwt: {{ hs256_secret: \"{secret}\" }}\n"
