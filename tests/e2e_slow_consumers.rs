@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Tally, TestDatabase};
+use common::{eventually, Tally, TallyOptions, TestDatabase};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
@@ -108,7 +108,13 @@ fn gauge(text: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_feed_clients_are_dropped_while_readers_and_ingestion_go_on() {
     let database = TestDatabase::create().await;
-    let tally = Tally::on(&database).await;
+    // Every client here is one caller (one IP, no credential): lift its stream limit.
+    let tally = Tally::launch(TallyOptions {
+        database_url: Some(database.url.clone()),
+        max_streams_per_caller: Some(READERS + STALLED + 10),
+        ..Default::default()
+    })
+    .await;
     let feed = tally.api_url(&format!(
         "/api/v1/activity/stream?tenant={TENANT}&after_seq=0"
     ));

@@ -93,15 +93,10 @@ impl ActivityQuery {
             if values.next().is_some() {
                 return Err(ApiError::invalid(name, "given more than once"));
             }
-            match first {
-                Some(value) if value.is_empty() => {
-                    Err(ApiError::invalid(name, "must not be empty"))
-                }
-                Some(value) if value.len() > 1024 => {
-                    Err(ApiError::invalid(name, "longer than 1024 bytes"))
-                }
-                other => Ok(other.map(String::as_str)),
+            if let Some(value) = first {
+                crate::params::check_text(name, value)?;
             }
+            Ok(first.map(String::as_str))
         };
         let text =
             |name: &str| -> Result<Option<String>, ApiError> { Ok(get(name)?.map(str::to_owned)) };

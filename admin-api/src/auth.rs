@@ -48,7 +48,7 @@ pub const SCOPE_TOKENS_READ: &str = "tokens:read";
 pub const SCOPE_ADMIN: &str = "admin";
 
 /// Which tenants a caller may read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TenantAccess {
     /// `tenant: "*"` (or an open API): every tenant.
     All,

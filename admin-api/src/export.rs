@@ -120,34 +120,60 @@ pub(crate) async fn export(
     if let Some(tenant) = caller.tenant_filter(single(&pairs, "tenant")?.map(str::to_owned))? {
         filters.eq("tenant_id", tenant);
     }
-    let sql = filters.seq_page_sql(table, columns);
+    // First the page's bounds (its seqs only), so the headers can say where
+    // the next page starts; then its rows, streamed line by line. Every row up
+    // to `next` is committed (seq is commit-ordered), so both see the same rows.
     let client = state.pool.get_for(&caller.tenant).await?;
-    let statement = client
-        .prepare_cached(&sql)
+    let bounds = client
+        .prepare_cached(&filters.seq_page_sql(table, "seq"))
         .await
         .map_err(ApiError::from_db)?;
     let fetch = i64::from(limit) + 1;
-    let rows = client
-        .query(&statement, &filters.with_page(&after, &fetch))
+    let seqs = client
+        .query(&bounds, &filters.with_page(&after, &fetch))
         .await
         .map_err(ApiError::from_db)?;
-    drop(client);
-
-    let has_more = rows.len() > limit as usize;
-    let mut body = String::new();
-    let mut next = after;
-    for row in rows.iter().take(limit as usize) {
-        let row = if table == "activity_events" {
-            RawRow::Activity(Box::new(activity_item(row).map_err(ApiError::from_db)?))
-        } else {
-            RawRow::Token(Box::new(
-                TokenItem::from_row(row).map_err(ApiError::from_db)?,
-            ))
-        };
-        next = row.seq();
-        body.push_str(&format.line(&row)?);
-        body.push('\n');
-    }
+    let has_more = seqs.len() > limit as usize;
+    let next = match seqs.get(seqs.len().min(limit as usize).wrapping_sub(1)) {
+        Some(row) => row.try_get::<_, i64>(0).map_err(ApiError::from_db)?,
+        None => after,
+    };
+    drop(seqs);
+    let body = if next > after {
+        let rows = client
+            .prepare_cached(&filters.bounded_page_sql(table, columns))
+            .await
+            .map_err(ApiError::from_db)?;
+        let stream = client
+            .query_raw(&rows, filters.with_bounded_page(&after, &next, &fetch))
+            .await
+            .map_err(ApiError::from_db)?;
+        let activity = table == "activity_events";
+        // The connection stays with the body until its last row is sent.
+        let lines = futures::StreamExt::map(stream, move |row| {
+            let _connection = &client;
+            let line = row.map_err(ApiError::from_db).and_then(|row| {
+                let row = if activity {
+                    RawRow::Activity(Box::new(activity_item(&row).map_err(ApiError::from_db)?))
+                } else {
+                    RawRow::Token(Box::new(
+                        TokenItem::from_row(&row).map_err(ApiError::from_db)?,
+                    ))
+                };
+                let mut line = format.line(&row)?;
+                line.push('\n');
+                Ok(axum::body::Bytes::from(line))
+            });
+            line.map_err(|error| {
+                tracing::warn!(%error, "export: a row failed mid-response; ending it");
+                std::io::Error::other(error.to_string())
+            })
+        });
+        axum::body::Body::from_stream(lines)
+    } else {
+        drop(client);
+        axum::body::Body::empty()
+    };
     tracing::debug!(subject = %caller.subject, table, after, next, has_more, "export");
     let next_header =
         HeaderValue::from_str(&next.to_string()).map_err(|e| ApiError::Internal(e.to_string()))?;

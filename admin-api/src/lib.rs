@@ -140,6 +140,8 @@ pub(crate) struct AppState {
     pub(crate) audit: Option<audit::AuditTrail>,
     /// `admin_api.limits` and what each caller has in progress.
     pub(crate) limits: Arc<limits::Limits>,
+    /// The `/stats/stream` polls, one per distinct filter.
+    pub(crate) stats_polls: Arc<stream::stats::Polls>,
 }
 
 /// The admin API: a bound listener and its state.
@@ -215,6 +217,7 @@ impl AdminApi {
                 audit: None,
                 chain_keys: verify::TrustedKeys::default(),
                 limits: Arc::new(limits::Limits::new(&config.limits)),
+                stats_polls: Arc::default(),
             },
         })
     }

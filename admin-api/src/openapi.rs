@@ -5,9 +5,25 @@
 use axum::Json;
 use serde_json::{json, Value};
 
-/// `GET /api/v1/openapi.json`.
-pub(crate) async fn document() -> Json<Value> {
-    Json(openapi())
+/// `GET /api/v1/openapi.json`: the document, with this instance's page size.
+pub(crate) async fn document(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+) -> Json<Value> {
+    Json(openapi_for(state.max_page_size))
+}
+
+/// The OpenAPI document for an instance whose `admin_api.max_page_size` is
+/// `max_page_size` (the `limit` maximum of the list routes).
+pub fn openapi_for(max_page_size: u32) -> Value {
+    let mut doc = openapi();
+    for path in ["/api/v1/activity", "/api/v1/tokens", "/api/v1/rejected"] {
+        if let Some(parameters) = doc["paths"][path]["get"]["parameters"].as_array_mut() {
+            for parameter in parameters.iter_mut().filter(|p| p["name"] == "limit") {
+                parameter["schema"]["maximum"] = json!(max_page_size);
+            }
+        }
+    }
+    doc
 }
 
 fn string_param(name: &str, description: &str) -> Value {
@@ -41,12 +57,12 @@ fn stream_params(filters: &[&str]) -> Value {
     params.push(json!({
         "name": "after_seq", "in": "query", "required": false,
         "description": "Replay rows after this seq first (the Last-Event-ID header wins)",
-        "schema": { "type": "integer", "minimum": 0 }
+        "schema": { "type": "integer", "minimum": 0, "maximum": i64::MAX }
     }));
     params.push(json!({
         "name": "Last-Event-ID", "in": "header", "required": false,
         "description": "Resume after this seq (sent by EventSource on reconnect)",
-        "schema": { "type": "integer", "minimum": 0 }
+        "schema": { "type": "integer", "minimum": 0, "maximum": i64::MAX }
     }));
     params.push(access_token_param());
     Value::Array(params)
@@ -62,8 +78,82 @@ fn stream_responses() -> Value {
     })
 }
 
-/// The OpenAPI document.
+/// The OpenAPI document with the default `admin_api.max_page_size` (1000).
 pub fn openapi() -> Value {
+    let mut doc = document_text();
+    bound(
+        &mut doc,
+        tally_config::AdminApiConfig::default().max_page_size,
+    );
+    doc
+}
+
+/// States the bounds every handler enforces, on every operation: text
+/// parameters are 1 to 1024 characters without NUL; `limit` has its maximum;
+/// dates lie in years 1-9999; every `/api/v1` data route may answer 429 (over
+/// `admin_api.limits`, with `Retry-After`), and those that are not live feeds
+/// 504 (over `request_timeout_ms`).
+fn bound(doc: &mut Value, max_page_size: u32) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(operations) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in operations.values_mut() {
+            if let Some(parameters) = operation
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut)
+            {
+                for parameter in parameters.iter_mut().filter(|p| p["in"] == "query") {
+                    let name = parameter["name"].as_str().unwrap_or_default().to_owned();
+                    let schema = &mut parameter["schema"];
+                    if schema["type"] == "string" && schema.get("enum").is_none() {
+                        schema["minLength"] = json!(1);
+                        schema["maxLength"] = json!(crate::params::MAX_TEXT_CHARS);
+                        if schema.get("pattern").is_none() && schema.get("format").is_none() {
+                            schema["pattern"] = json!("^[^\\u0000]*$");
+                        }
+                    }
+                    if name == "limit" && schema.get("maximum").is_none() {
+                        schema["maximum"] = json!(max_page_size);
+                    }
+                }
+            }
+            if !path.starts_with("/api/v1/") || path == "/api/v1/openapi.json" {
+                continue;
+            }
+            if let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            {
+                let mut too_many = error_response(
+                    "too_many_requests: the caller is over admin_api.limits (max_concurrent_per_caller, or max_streams_per_caller on live feeds)",
+                );
+                too_many["headers"] = json!({
+                    "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer", "minimum": 1 } }
+                });
+                responses.insert("429".to_owned(), too_many);
+                if !path.ends_with("/stream") {
+                    responses.insert(
+                        "504".to_owned(),
+                        error_response("timeout: longer than admin_api.limits.request_timeout_ms"),
+                    );
+                }
+                responses
+                    .entry("401")
+                    .or_insert_with(|| error_response("unauthorized"));
+                responses
+                    .entry("400")
+                    .or_insert_with(|| error_response("invalid_parameter"));
+            }
+        }
+    }
+}
+
+/// The document as written, before [`bound`].
+fn document_text() -> Value {
     let nullable_string = json!({ "type": ["string", "null"] });
     let mut doc = json!({
         "openapi": "3.1.0",
@@ -194,8 +284,8 @@ pub fn openapi() -> Value {
                     "parameters": [
                         { "name": "tenant", "in": "query", "schema": { "type": "string" } },
                         { "name": "reason", "in": "query", "schema": { "type": "string" } },
-                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1 } },
-                        { "name": "cursor", "in": "query", "schema": { "type": "string" } }
+                        { "name": "limit", "in": "query", "description": "Page size (default admin_api.default_page_size, at most admin_api.max_page_size)", "schema": { "type": "integer", "minimum": 1 } },
+                        { "name": "cursor", "in": "query", "description": "next_cursor of the previous page (a seq)", "schema": { "type": "string", "pattern": "^-?[0-9]{1,18}$" } }
                     ],
                     "responses": {
                         "200": { "description": "A page of quarantined records", "content": { "application/json": { "schema": { "type": "object", "required": ["items", "next_cursor"] } } } },
@@ -210,7 +300,7 @@ pub fn openapi() -> Value {
                     "operationId": "replayRejected",
                     "summary": "Re-validate quarantined records against the current taxonomy and store those that pass, exactly once",
                     "description": "Needs scope admin; tenant-scoped. Optional JSON body {tenant, reason, limit (1-10000, default 1000)}. Oldest records first; rows being replayed concurrently are skipped. Answers {replayed, still_rejected}.",
-                    "requestBody": { "required": false, "content": { "application/json": { "schema": { "type": "object", "properties": { "tenant": { "type": "string" }, "reason": { "type": "string" }, "limit": { "type": "integer" } } } } } },
+                    "requestBody": { "required": false, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "properties": { "tenant": { "type": ["string", "null"], "minLength": 1, "maxLength": 1024, "pattern": "^[^\\u0000]*$" }, "reason": { "type": ["string", "null"], "minLength": 1, "maxLength": 1024, "pattern": "^[^\\u0000]*$" }, "limit": { "type": ["integer", "null"], "minimum": 1, "maximum": 10000, "description": "null or absent: 1000" } } } } } },
                     "responses": {
                         "200": { "description": "What the replay did", "content": { "application/json": { "schema": { "type": "object", "required": ["replayed", "still_rejected"] } } } },
                         "400": error_response("invalid_parameter"),
@@ -230,7 +320,20 @@ pub fn openapi() -> Value {
                         { "name": "tenant", "in": "query", "schema": { "type": "string" } }
                     ],
                     "responses": {
-                        "200": { "description": "The verdict", "content": { "application/json": { "schema": { "type": "object", "required": ["tenant", "status", "verified_up_to_seq", "rows_checked", "first_problem", "checkpoint"] } } } },
+                        "200": { "description": "The verdict: one tenant's report, or (a * caller naming no tenant) every tenant's", "content": { "application/json": { "schema": {
+                            "oneOf": [
+                                { "$ref": "#/components/schemas/VerifyReport" },
+                                {
+                                    "type": "object",
+                                    "required": ["status", "items"],
+                                    "additionalProperties": false,
+                                    "properties": {
+                                        "status": { "type": "string", "enum": ["intact", "tampered"] },
+                                        "items": { "type": "array", "items": { "$ref": "#/components/schemas/VerifyReport" } }
+                                    }
+                                }
+                            ]
+                        } } } },
                         "400": error_response("invalid_parameter"),
                         "401": error_response("unauthorized"),
                         "403": error_response("forbidden"),
@@ -275,7 +378,7 @@ pub fn openapi() -> Value {
                     "description": "Needs activity:read (table=activity_events) or tokens:read (table=token_usage), or admin; tenant-scoped. Gap-free under concurrent writers (seq is commit-ordered). Continue with after_seq = the X-Next-After-Seq header (the last row's seq, or after_seq when the page is empty); X-Has-More: true means ask again at once. format=ndjson (native columns), ocsf (OCSF 1.3: Authentication 3002 for auth.*, API Activity 6003 otherwise), ecs (Elastic Common Schema), cef (one CEF:0 line per row). See docs/siem.md.",
                     "parameters": [
                         { "name": "table", "in": "query", "required": false, "schema": { "type": "string", "enum": ["activity_events", "token_usage"], "default": "activity_events" } },
-                        { "name": "after_seq", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0, "default": 0 } },
+                        { "name": "after_seq", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0, "maximum": i64::MAX, "default": 0 } },
                         { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 1000 } },
                         { "name": "format", "in": "query", "required": false, "schema": { "type": "string", "enum": ["ndjson", "ocsf", "ecs", "cef"], "default": "ndjson" } },
                         string_param("tenant", "Exact tenant id")
@@ -323,7 +426,7 @@ pub fn openapi() -> Value {
                             "properties": {
                                 "code": {
                                     "type": "string",
-                                    "enum": ["invalid_parameter", "invalid_cursor", "unauthorized", "forbidden", "not_found", "method_not_allowed", "unavailable", "internal"]
+                                    "enum": ["invalid_parameter", "invalid_cursor", "window_too_large", "unauthorized", "forbidden", "not_found", "method_not_allowed", "too_many_requests", "timeout", "unavailable", "internal"]
                                 },
                                 "message": { "type": "string" }
                             }
@@ -349,6 +452,18 @@ pub fn openapi() -> Value {
                         "trace_id": nullable_string,
                         "span_id": nullable_string,
                         "attributes": { "type": "object" }
+                    }
+                },
+                "VerifyReport": {
+                    "type": "object",
+                    "required": ["tenant", "status", "verified_up_to_seq", "rows_checked", "first_problem", "checkpoint"],
+                    "properties": {
+                        "tenant": { "type": "string" },
+                        "status": { "type": "string", "enum": ["intact", "tampered"] },
+                        "verified_up_to_seq": { "type": ["integer", "null"] },
+                        "rows_checked": { "type": "integer", "minimum": 0 },
+                        "first_problem": { "type": ["object", "null"] },
+                        "checkpoint": { "type": ["object", "null"] }
                     }
                 },
                 "ActivityPage": {
@@ -417,7 +532,13 @@ fn day_param(name: &str, description: &str) -> Value {
     json!({
         "name": name, "in": "query", "required": false,
         "description": description,
-        "schema": { "type": "string", "examples": ["2026-11-23", "2026-11-23T19:25:50Z"] }
+        "schema": {
+            "anyOf": [
+                { "type": "string", "format": "date" },
+                { "type": "string", "format": "date-time" }
+            ],
+            "examples": ["2026-11-23", "2026-11-23T19:25:50Z"]
+        }
     })
 }
 
@@ -462,7 +583,8 @@ fn add_usage_routes(doc: &mut Value) {
         "to",
         "End, exclusive: a date or midnight excludes that day; a later time includes its day",
     );
-    let limit = int_param("limit", "Items per page, default 1000, at most 10000");
+    let mut limit = int_param("limit", "Items per page, default 1000, at most 10000");
+    limit["schema"]["maximum"] = json!(crate::aggregates::MAX_LIMIT);
     let cursor = string_param(
         "cursor",
         "next_cursor of the previous page (same grain and group_by)",
@@ -500,7 +622,7 @@ fn add_usage_routes(doc: &mut Value) {
         "/api/v1/tokens/usage": { "get": {
             "operationId": "tokenUsageAggregates",
             "summary": "Token usage summed per period (day/week/month) and group keys, from token_usage_daily",
-            "description": "Needs scope tokens:read or admin; a tenant-scoped token only sees its tenant. Ordered by period, then tenant_id, user_id, provider, model. Token rows are folded into the rollup once older than the attribution delay (default 5 minutes) plus the job interval.",
+            "description": "Needs scope tokens:read or admin; a tenant-scoped token only sees its tenant. The window (to - from, or the data's own span) may span at most 400 days at grain=day, 1827 at grain=week, 3653 at grain=month: longer is 400 window_too_large. Ordered by period, then tenant_id, user_id, provider, model. Token rows are folded into the rollup once older than the attribution delay (default 5 minutes) plus the job interval.",
             "parameters": [
                 grain.clone(),
                 group_by(&["user", "tenant", "model", "provider"]),
@@ -515,7 +637,7 @@ fn add_usage_routes(doc: &mut Value) {
         "/api/v1/activity/aggregates": { "get": {
             "operationId": "activityAggregates",
             "summary": "Activity event counts per period (day/week/month) and group keys, from activity_daily",
-            "description": "Needs scope activity:read or admin; a tenant-scoped token only sees its tenant. Ordered by period, then tenant_id, user_id, action, outcome.",
+            "description": "Needs scope activity:read or admin; a tenant-scoped token only sees its tenant. Ordered by period, then tenant_id, user_id, action, outcome. The window may span at most 400 days at grain=day, 1827 at grain=week, 3653 at grain=month: longer is 400 window_too_large.",
             "parameters": [
                 grain,
                 group_by(&["user", "tenant", "action", "outcome"]),

@@ -29,6 +29,26 @@ pub(crate) fn pairs(uri: &Uri) -> Result<Vec<(String, String)>, ApiError> {
     Ok(pairs)
 }
 
+/// Longest text parameter, in characters (the OpenAPI document's `maxLength`).
+pub(crate) const MAX_TEXT_CHARS: usize = 1024;
+
+/// A text value as every route accepts it: not empty, at most
+/// [`MAX_TEXT_CHARS`] characters, no NUL byte (PostgreSQL text cannot hold one).
+pub(crate) fn check_text(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() {
+        Err(ApiError::invalid(name, "must not be empty"))
+    } else if value.chars().nth(MAX_TEXT_CHARS).is_some() {
+        Err(ApiError::invalid(
+            name,
+            format!("longer than {MAX_TEXT_CHARS} characters"),
+        ))
+    } else if value.contains('\0') {
+        Err(ApiError::invalid(name, "must not contain a NUL byte (%00)"))
+    } else {
+        Ok(())
+    }
+}
+
 /// Optional `from` (inclusive) and `to` (exclusive) instants.
 pub(crate) type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
@@ -62,13 +82,8 @@ impl<'a> Params<'a> {
     }
 
     fn checked(name: &str, value: &'a str) -> Result<&'a str, ApiError> {
-        if value.is_empty() {
-            Err(ApiError::invalid(name, "must not be empty"))
-        } else if value.len() > 1024 {
-            Err(ApiError::invalid(name, "longer than 1024 bytes"))
-        } else {
-            Ok(value)
-        }
+        check_text(name, value)?;
+        Ok(value)
     }
 
     /// A parameter that may appear at most once.

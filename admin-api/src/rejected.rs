@@ -36,7 +36,26 @@ pub struct ReplayRequest {
     /// Only records quarantined for this reason code.
     pub reason: Option<String>,
     /// At most this many records (default 1000, at most 10,000).
+    #[serde(default, deserialize_with = "integral")]
     pub limit: Option<i64>,
+}
+
+/// An optional JSON integer, written `36` or `36.0` (both are integers to JSON
+/// Schema, hence to the OpenAPI document); `36.5` is refused.
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let number: Option<serde_json::Number> = Option::deserialize(deserializer)?;
+    let Some(number) = number else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_i64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        _ => Err(serde::de::Error::custom(format!(
+            "limit: expected an integer, got {number}"
+        ))),
+    }
 }
 
 /// What a replay did.
@@ -134,8 +153,19 @@ pub(crate) async fn replay(
     let mut request: ReplayRequest = if body.is_empty() {
         ReplayRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?
+        // An object only: serde would also take a struct from a JSON array.
+        let value: Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+        if !value.is_object() {
+            return Err(ApiError::invalid("body", "must be a JSON object"));
+        }
+        serde_json::from_value(value).map_err(|e| ApiError::invalid("body", e.to_string()))?
     };
+    for (name, value) in [("tenant", &request.tenant), ("reason", &request.reason)] {
+        if let Some(value) = value {
+            crate::params::check_text(name, value)?;
+        }
+    }
     let limit = request.limit.unwrap_or(1000);
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be between 1 and 10000"));

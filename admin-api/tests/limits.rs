@@ -208,3 +208,77 @@ async fn live_feeds_are_counted_per_caller() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_feed_whose_reads_keep_failing_ends_with_unavailable() {
+    let db = TestDb::migrated().await;
+    let server = Server::start(&config_with_jwt(), &db.url).await;
+    // Every read of the feed's table fails from now on.
+    db.client
+        .batch_execute("ALTER TABLE token_usage RENAME TO token_usage_away")
+        .await
+        .expect("rename");
+    let mut feed = SseReader::open(
+        &format!("{}?after_seq=0", server.url("/api/v1/tokens/stream")),
+        Some(&token_of("patient")),
+        None,
+    )
+    .await;
+    assert_eq!(feed.status, 200);
+    // Retries back off (1, 2, 4, 8, 8 s), then the client is told and the stream ends.
+    let end = deadline(60);
+    let event = feed.next(end).await.expect("an event before the end");
+    assert_eq!(
+        event.event.as_deref(),
+        Some("unavailable"),
+        "{}",
+        event.data
+    );
+    assert!(event.data.contains("reconnect"), "{}", event.data);
+    assert!(feed.next(end).await.is_none(), "the stream ends after it");
+}
+
+#[tokio::test]
+async fn stats_streams_with_the_same_filter_share_one_poll() {
+    let db = TestDb::migrated().await;
+    let server = Server::start(&config_with_jwt(), &db.url).await;
+    let token = token_of("dashboard");
+    let url = server.url("/api/v1/stats/stream");
+    let mut feeds = Vec::new();
+    for _ in 0..10 {
+        let feed = SseReader::open(&url, Some(&token), None).await;
+        assert_eq!(feed.status, 200);
+        feeds.push(feed);
+    }
+    let today = chrono::Utc::now().date_naive();
+    db.partitions(today, today).await;
+    let mut writer = connect(&db.url).await;
+    insert_activity(&mut writer, 3, &["t"], &["doc.read"], 0, 0).await;
+    // Every client sees the 3 rows, in summaries of the one shared poll.
+    for feed in &mut feeds {
+        let end = deadline(20);
+        let mut seen = 0;
+        while seen < 3 {
+            let event = feed.next(end).await.expect("a stats event");
+            assert_eq!(event.event.as_deref(), Some("stats"));
+            seen += event.json()["activity"]["events"].as_i64().unwrap_or(0);
+        }
+        assert_eq!(seen, 3);
+    }
+    // One poll a second needs one connection at a time: the pool never grew
+    // to one connection per client.
+    let connections: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+             AND application_name = 'tally-admin-api'",
+            &[&db.name],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0);
+    assert!(
+        connections <= 2,
+        "{connections} pool connections for 10 clients"
+    );
+}

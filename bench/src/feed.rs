@@ -486,6 +486,8 @@ pub async fn run(args: FeedArgs) -> anyhow::Result<()> {
         let database = TestDatabase::migrated().await;
         let base = start_api(&database.url, |config| {
             config.sse_max_clients = max_clients + 10;
+            // Every bench client is one caller (one IP, no credential).
+            config.limits.max_streams_per_caller = max_clients + 10;
         })
         .await?;
         for (clients, figures) in results.iter_mut() {

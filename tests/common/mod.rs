@@ -43,6 +43,8 @@ pub struct TallyOptions {
     pub taxonomy: Option<PathBuf>,
     /// `exporters.prometheus.action_label_cap`.
     pub action_label_cap: Option<usize>,
+    /// `admin_api.limits.max_streams_per_caller` (every test client shares one IP).
+    pub max_streams_per_caller: Option<usize>,
     /// Extra environment variables for the process.
     pub env: Vec<(String, String)>,
     /// `admin_api.sse_max_clients`.
@@ -283,6 +285,11 @@ fn config_yaml(options: &TallyOptions) -> String {
     }
     if let Some(block) = &options.tls {
         yaml.push_str(&format!("  tls: {block}\n"));
+    }
+    if let Some(streams) = options.max_streams_per_caller {
+        yaml.push_str(&format!(
+            "  limits: {{ max_streams_per_caller: {streams} }}\n"
+        ));
     }
     if let Some(secret) = &options.jwt_secret {
         yaml.push_str(&format!(

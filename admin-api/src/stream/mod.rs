@@ -50,6 +50,38 @@ use sse::{Frames, FramesBuilder, Outbox};
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause before a reader retries after a database error.
 pub(crate) const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Longest pause between a client reader's retries (the pause doubles from
+/// [`RETRY_DELAY`] up to this).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(8);
+/// Failed reads in a row after which a client's reader gives up: the client is
+/// sent `event: unavailable` and the stream ends (about 23 s of retries).
+const MAX_FAILED_READS: u32 = 6;
+
+/// Backoff of a client's reader while the database fails.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    /// Counts a failure; the pause before the next attempt, or `None` to give up.
+    fn failed(&mut self) -> Option<Duration> {
+        self.failures += 1;
+        if self.failures >= MAX_FAILED_READS {
+            return None;
+        }
+        let doubled = RETRY_DELAY.saturating_mul(1 << (self.failures - 1).min(16));
+        Some(doubled.min(MAX_RETRY_DELAY))
+    }
+}
+
+/// The `event: unavailable` that ends a feed whose reads kept failing.
+fn unavailable_event() -> Bytes {
+    let data = serde_json::json!({
+        "reason": "the database kept failing; the live feed ends: reconnect later with Last-Event-ID",
+    });
+    Bytes::from(format!("event: unavailable\ndata: {data}\n\n"))
+}
 /// Largest page a reader fetches at once.
 const MAX_PAGE: usize = 500;
 
@@ -114,11 +146,10 @@ pub(crate) fn single<'a>(
     if values.next().is_some() {
         return Err(ApiError::invalid(name, "given more than once"));
     }
-    match first {
-        Some(value) if value.is_empty() => Err(ApiError::invalid(name, "must not be empty")),
-        Some(value) if value.len() > 1024 => Err(ApiError::invalid(name, "longer than 1024 bytes")),
-        other => Ok(other.map(String::as_str)),
+    if let Some(value) = first {
+        crate::params::check_text(name, value)?;
     }
+    Ok(first.map(String::as_str))
 }
 
 /// Parses a non-negative `seq`.
@@ -577,6 +608,8 @@ pub(crate) enum Stop {
     Gone,
     /// The client's buffer stayed full: it was sent `event: reset`.
     Reset,
+    /// The database kept failing ([`MAX_FAILED_READS`] reads in a row).
+    Unavailable,
 }
 
 /// Reads the client's rows in `(after, high]` from the database, page by page,
@@ -589,6 +622,7 @@ async fn catch_up(
     outbox: &mut Outbox,
 ) -> Result<i64, Stop> {
     let page_size = state.hub.settings.client_buffer.clamp(1, MAX_PAGE);
+    let mut backoff = Backoff::default();
     loop {
         let page = tokio::select! {
             page = feed.page(state, after, high, page_size) => page,
@@ -597,13 +631,18 @@ async fn catch_up(
         let frames = match page {
             Ok(frames) => frames,
             Err(error) => {
-                tracing::warn!(%error, table = feed.table.name(), "live feed: reading rows failed; retrying");
+                let Some(pause) = backoff.failed() else {
+                    tracing::warn!(%error, table = feed.table.name(), "live feed: reading rows keeps failing; giving up");
+                    return Err(Stop::Unavailable);
+                };
+                tracing::warn!(%error, table = feed.table.name(), ?pause, "live feed: reading rows failed; retrying");
                 tokio::select! {
-                    () = tokio::time::sleep(RETRY_DELAY) => continue,
+                    () = tokio::time::sleep(pause) => continue,
                     () = outbox.closed() => return Err(Stop::Gone),
                 }
             }
         };
+        backoff = Backoff::default();
         let full_page = frames.len() == page_size;
         outbox.deliver(&frames, 0, frames.len(), after).await?;
         after = frames.last_seq().unwrap_or(after).max(after);
@@ -618,6 +657,7 @@ async fn catch_up(
 
 /// The newest committed `seq` of the feed's table, retried until it is read.
 async fn newest_seq(state: &AppState, feed: &Feed, outbox: &Outbox) -> Result<i64, Stop> {
+    let mut backoff = Backoff::default();
     loop {
         let high = tokio::select! {
             high = max_seq(state, feed.table) => high,
@@ -626,9 +666,13 @@ async fn newest_seq(state: &AppState, feed: &Feed, outbox: &Outbox) -> Result<i6
         match high {
             Ok(high) => return Ok(high),
             Err(error) => {
-                tracing::warn!(%error, table = feed.table.name(), "live feed: reading the newest seq failed; retrying");
+                let Some(pause) = backoff.failed() else {
+                    tracing::warn!(%error, table = feed.table.name(), "live feed: reading the newest seq keeps failing; giving up");
+                    return Err(Stop::Unavailable);
+                };
+                tracing::warn!(%error, table = feed.table.name(), ?pause, "live feed: reading the newest seq failed; retrying");
                 tokio::select! {
-                    () = tokio::time::sleep(RETRY_DELAY) => {}
+                    () = tokio::time::sleep(pause) => {}
                     () = outbox.closed() => return Err(Stop::Gone),
                 }
             }
@@ -661,16 +705,17 @@ async fn read_feed(
         }
     };
     let ended = tokio::select! {
-        _ = reading => None,
-        reason = credential_end(credential) => Some(reason),
+        stop = reading => match stop {
+            Err(Stop::Unavailable) => Some(unavailable_event()),
+            _ => None,
+        },
+        reason = credential_end(credential) => {
+            tracing::info!(table = feed.table.name(), reason, "live feed: credential ended; closing the feed");
+            Some(auth_expired_event(reason))
+        }
     };
-    if let Some(reason) = ended {
-        tracing::info!(
-            table = feed.table.name(),
-            reason,
-            "live feed: credential ended; closing the feed"
-        );
-        outbox.end_with(auth_expired_event(reason));
+    if let Some(last) = ended {
+        outbox.end_with(last);
     }
     drop(slot);
 }

@@ -15,8 +15,12 @@
 //! At most [`MAX_GROUPS`] classes and models are listed (the largest); the totals
 //! count everything.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
@@ -42,21 +46,120 @@ pub const MAX_GROUPS: usize = 50;
 /// Query parameters of `/stats/stream`.
 pub const PARAMETERS: &[&str] = &["tenant", "access_token"];
 
+#[derive(Debug, Clone, Copy)]
 struct Position {
     activity: Option<i64>,
     tokens: Option<i64>,
 }
 
-struct StatsState {
-    app: AppState,
-    /// The caller's tenants: the rows the database lets this stream see.
+/// What one shared poll computes: the rows it may see, the tenant filter, and
+/// which sections (by the caller's scopes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PollKey {
     rows_of: TenantAccess,
     tenant: Option<String>,
-    position: Position,
-    ticker: tokio::time::Interval,
-    last_tick: Instant,
-    first: Option<Event>,
-    _slot: ClientSlot,
+    activity: bool,
+    tokens: bool,
+}
+
+/// Summaries kept for a client that falls behind (beyond, it skips some).
+const SUMMARY_BUFFER: usize = 8;
+
+/// One poll per distinct [`PollKey`], shared by every client of that key: one
+/// pool connection a second per key, not per client. A poll stops at the first
+/// tick without clients.
+#[derive(Default)]
+pub(crate) struct Polls {
+    running: Mutex<HashMap<PollKey, broadcast::Sender<Arc<str>>>>,
+}
+
+impl Polls {
+    /// The summaries of `key`'s poll, starting it if none runs (from the
+    /// newest rows, read before this answers, so a row committed after the
+    /// client's response started is counted).
+    async fn subscribe(
+        self: &Arc<Self>,
+        app: &AppState,
+        key: PollKey,
+    ) -> Result<broadcast::Receiver<Arc<str>>, ApiError> {
+        if let Some(sender) = self.lock().get(&key) {
+            return Ok(sender.subscribe());
+        }
+        let position = start_position(app, &key).await?;
+        let mut running = self.lock();
+        if let Some(sender) = running.get(&key) {
+            return Ok(sender.subscribe());
+        }
+        let (sender, receiver) = broadcast::channel(SUMMARY_BUFFER);
+        running.insert(key.clone(), sender.clone());
+        tokio::spawn(poll(self.clone(), app.clone(), key, position, sender));
+        Ok(receiver)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PollKey, broadcast::Sender<Arc<str>>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The shared poll of `key`: a summary a second while anyone listens.
+async fn poll(
+    polls: Arc<Polls>,
+    app: AppState,
+    key: PollKey,
+    mut position: Position,
+    sender: broadcast::Sender<Arc<str>>,
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + PERIOD, PERIOD);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = Instant::now();
+    let closed = app.hub.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = &mut closed => break,
+        }
+        {
+            let mut running = polls.lock();
+            if sender.receiver_count() == 0 {
+                running.remove(&key);
+                return;
+            }
+        }
+        let now = Instant::now();
+        let elapsed = now.duration_since(last_tick).as_secs_f64().max(0.001);
+        match summary(
+            &app,
+            &key.rows_of,
+            key.tenant.as_deref(),
+            &mut position,
+            elapsed,
+        )
+        .await
+        {
+            Ok(data) => {
+                last_tick = now;
+                let _ = sender.send(Arc::from(data.to_string()));
+            }
+            // Counted at the next successful tick (positions did not move).
+            Err(error) => tracing::warn!(%error, "stats stream: query failed"),
+        }
+    }
+    polls.lock().remove(&key);
+}
+
+/// The newest `seq` of each section `key` wants.
+async fn start_position(app: &AppState, key: &PollKey) -> Result<Position, ApiError> {
+    Ok(Position {
+        activity: match key.activity {
+            true => Some(max_seq(app, Table::Activity).await?),
+            false => None,
+        },
+        tokens: match key.tokens {
+            true => Some(max_seq(app, Table::Tokens).await?),
+            false => None,
+        },
+    })
 }
 
 /// `GET /api/v1/stats/stream`.
@@ -74,60 +177,41 @@ pub(crate) async fn stats_stream(
         caller.require_scope(SCOPE_ACTIVITY_READ)?;
     }
     let tenant = caller.tenant_filter(single(&pairs, "tenant")?.map(str::to_owned))?;
-    let position = Position {
-        activity: match activity {
-            true => Some(max_seq(&state, Table::Activity).await?),
-            false => None,
-        },
-        tokens: match tokens {
-            true => Some(max_seq(&state, Table::Tokens).await?),
-            false => None,
-        },
+    let key = PollKey {
+        rows_of: caller.tenant.clone(),
+        tenant,
+        activity,
+        tokens,
     };
     let slot = state.hub.join()?;
     let heartbeat = state.hub.settings.heartbeat;
     let closed = state.hub.closed();
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + PERIOD, PERIOD);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stream_state = StatsState {
-        app: state,
-        rows_of: caller.tenant.clone(),
-        tenant,
-        position,
-        ticker,
-        last_tick: Instant::now(),
-        first: Some(Event::default().comment("tally stats stream")),
-        _slot: slot,
-    };
-    let stream = futures::stream::unfold(stream_state, |mut state| async move {
-        if let Some(first) = state.first.take() {
-            return Some((Ok::<Event, Infallible>(first), state));
-        }
-        loop {
-            state.ticker.tick().await;
-            let now = Instant::now();
-            let elapsed = now.duration_since(state.last_tick).as_secs_f64().max(0.001);
-            match summary(
-                &state.app,
-                &state.rows_of,
-                state.tenant.as_deref(),
-                &mut state.position,
-                elapsed,
-            )
-            .await
-            {
-                Ok(data) => {
-                    state.last_tick = now;
-                    let event = Event::default().event("stats").data(data.to_string());
-                    return Some((Ok(event), state));
-                }
-                Err(error) => {
-                    // Counted at the next successful tick (positions did not move).
-                    tracing::warn!(%error, "stats stream: query failed");
+    let summaries = state.stats_polls.subscribe(&state, key).await?;
+    let first = Event::default().comment("tally stats stream");
+    let stream = futures::stream::unfold(
+        (Some(first), summaries, slot),
+        |(first, mut summaries, slot): (
+            Option<Event>,
+            broadcast::Receiver<Arc<str>>,
+            ClientSlot,
+        )| async move {
+            if let Some(first) = first {
+                return Some((Ok::<Event, Infallible>(first), (None, summaries, slot)));
+            }
+            loop {
+                match summaries.recv().await {
+                    Ok(data) => {
+                        let event = Event::default().event("stats").data(&*data);
+                        return Some((Ok(event), (None, summaries, slot)));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        tracing::debug!(skipped, "stats stream: a slow client skipped summaries");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
                 }
             }
-        }
-    });
+        },
+    );
     let stream = until_closed(until_credential_ends(stream, watch), closed);
     Ok(sse_response(stream, heartbeat))
 }
