@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use redact_common::{base_span, int, logs, s, traces, KEY};
 use tally_config::{AllowlistConfig, RedactConfig, RedactKeys, RedactRules};
 use tally_processors::redact::{
-    generate_key, RedactError, Redactor, Rule, MARK_CARD, MARK_CONTENT, MARK_EMAIL,
+    generate_key, RedactError, Redactor, Rule, MARK_API_KEY, MARK_CARD, MARK_CONTENT, MARK_EMAIL,
 };
 
 fn redactor(config: RedactConfig) -> Redactor {
@@ -179,6 +179,22 @@ fn hash_emails_option_and_markers() {
     );
     assert_eq!(hashing.redact_str(&out), out);
     assert_eq!(marker.redact_str("4111111111111111"), MARK_CARD);
+}
+
+#[test]
+fn tally_api_keys_in_free_text_are_redacted_and_names_like_tally_api_stay() {
+    let r = redactor(RedactConfig::default());
+    let key = format!("tally_{}_{}", "0123456789abcdef", "a1".repeat(32));
+    let text = format!("retrying with {key} for role tally_api");
+    let redacted = r.redact_str(&text);
+    assert!(!redacted.contains(&key), "{redacted}");
+    assert!(redacted.contains(MARK_API_KEY), "{redacted}");
+    assert!(redacted.ends_with("for role tally_api"), "{redacted}");
+    // The lookup prefix alone (as in an audit subject) is not a secret.
+    assert_eq!(
+        r.redact_str("apikey/0123456789abcdef"),
+        "apikey/0123456789abcdef"
+    );
 }
 
 #[test]

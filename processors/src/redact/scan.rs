@@ -317,10 +317,32 @@ fn secret_token(b: &[u8], i: usize) -> Option<Hit> {
             None
         }
         b'h' => token(b"hf_", WORD, 30, MARK_API_KEY),
+        b't' => tally_key(b, i),
         b'e' => jwt(b, i),
         b'B' | b'b' => bearer(b, i),
         _ => None,
     }
+}
+
+/// Tally's own API keys: `tally_` + 16 hex (the lookup prefix) + `_` + 64 hex (the
+/// secret). Exactly that shape, so names such as `tally_api` stay.
+fn tally_key(b: &[u8], i: usize) -> Option<Hit> {
+    const PREFIX: &[u8] = b"tally_";
+    if !starts_with_at(b, i, PREFIX) {
+        return None;
+    }
+    let hex = |from: usize, len: usize| {
+        b.get(from..from + len)
+            .is_some_and(|part| part.iter().all(u8::is_ascii_hexdigit))
+    };
+    let lookup = i + PREFIX.len();
+    let secret = lookup + 17;
+    let end = secret + 64;
+    (hex(lookup, 16)
+        && b.get(lookup + 16) == Some(&b'_')
+        && hex(secret, 64)
+        && !b.get(end).is_some_and(|c| is_word(*c)))
+    .then(|| Hit::new(i, end, MARK_API_KEY, Rule::Secret))
 }
 
 /// `eyJ…` header `.` payload `.` signature (base64url).
