@@ -163,9 +163,10 @@ mod tests {
 
     #[test]
     fn a_public_listener_needs_tls() {
-        let config =
-            Config::from_yaml_str("receivers: { otlp: { http: { endpoint: 0.0.0.0:4318 } } }")
-                .unwrap();
+        let config = Config::from_yaml_str(
+            "receivers: { otlp: { auth: { required: true }, http: { endpoint: 0.0.0.0:4318 } } }",
+        )
+        .unwrap();
         let found = problems(&config, Some("postgres://db/tally?sslmode=require"));
         assert!(
             found.iter().any(|(key, why)| *key == "receivers.otlp.http.tls"
