@@ -18,6 +18,8 @@ pub struct CollectorOptions {
     pub batch_max_rows: usize,
     /// `exporters.postgres.tamper_evidence.enabled` (the chainer).
     pub chain: bool,
+    /// `receivers.otlp.auth.required` (every request must carry an ingest key).
+    pub auth_required: bool,
 }
 
 impl Default for CollectorOptions {
@@ -26,6 +28,7 @@ impl Default for CollectorOptions {
             writers: 2,
             batch_max_rows: 5_000,
             chain: true,
+            auth_required: false,
         }
     }
 }
@@ -50,6 +53,7 @@ impl Collector {
         let writers = options.writers;
         let chain = options.chain;
         let batch = options.batch_max_rows;
+        let auth = options.auth_required;
         let dir =
             std::env::temp_dir().join(format!("tally-bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
@@ -57,7 +61,7 @@ impl Collector {
         std::fs::write(
             &config,
             format!(
-                "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\n\
+                "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\n    auth: {{ required: {auth} }}\n\
                  exporters:\n  postgres: {{ url: \"{database_url}\", writers: {writers}, batch_max_rows: {batch}, tamper_evidence: {{ enabled: {chain} }} }}\n  prometheus: {{ endpoint: 127.0.0.1:0 }}\n\
                  admin_api: {{ endpoint: 127.0.0.1:0 }}\nservice: {{ log_format: text, log_level: \"warn,tally::run=info\" }}\n"
             ),

@@ -8,6 +8,7 @@ use anyhow::Context;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::workload;
@@ -28,6 +29,8 @@ pub struct LoadPlan {
     pub duration: Duration,
     /// Total records per second to offer; `None` = as fast as acknowledged.
     pub target_rate: Option<f64>,
+    /// An ingest API key every request carries (`Authorization: Bearer …`).
+    pub api_key: Option<String>,
 }
 
 /// What one load run measured.
@@ -59,16 +62,24 @@ enum Client {
     Grpc {
         traces: Box<TraceServiceClient<Channel>>,
         logs: Box<LogsServiceClient<Channel>>,
+        authorization: Option<MetadataValue<Ascii>>,
     },
     Http {
         client: reqwest::Client,
         traces_url: String,
         logs_url: String,
+        authorization: Option<String>,
     },
 }
 
 impl Client {
-    async fn connect(transport: Transport, grpc: &str, http: &str) -> anyhow::Result<Client> {
+    async fn connect(
+        transport: Transport,
+        grpc: &str,
+        http: &str,
+        api_key: Option<&str>,
+    ) -> anyhow::Result<Client> {
+        let authorization = api_key.map(|key| format!("Bearer {key}"));
         Ok(match transport {
             Transport::Grpc => {
                 let channel = Channel::from_shared(grpc.to_string())?
@@ -78,12 +89,17 @@ impl Client {
                 Client::Grpc {
                     traces: Box::new(TraceServiceClient::new(channel.clone())),
                     logs: Box::new(LogsServiceClient::new(channel)),
+                    authorization: authorization
+                        .map(|value| value.parse())
+                        .transpose()
+                        .context("the API key is not a valid header value")?,
                 }
             }
             Transport::Http => Client::Http {
                 client: reqwest::Client::new(),
                 traces_url: format!("{http}/v1/traces"),
                 logs_url: format!("{http}/v1/logs"),
+                authorization,
             },
         })
     }
@@ -95,33 +111,49 @@ impl Client {
             Client::Grpc {
                 traces,
                 logs: log_client,
+                authorization,
             } => {
                 if logs {
-                    log_client.export(workload::logs(records)).await.is_ok()
+                    let request = authorized(workload::logs(records), authorization);
+                    log_client.export(request).await.is_ok()
                 } else {
-                    traces.export(workload::traces(records)).await.is_ok()
+                    let request = authorized(workload::traces(records), authorization);
+                    traces.export(request).await.is_ok()
                 }
             }
             Client::Http {
                 client,
                 traces_url,
                 logs_url,
+                authorization,
             } => {
                 let (url, body) = if logs {
                     (&*logs_url, workload::logs(records).encode_to_vec())
                 } else {
                     (&*traces_url, workload::traces(records).encode_to_vec())
                 };
-                client
+                let mut post = client
                     .post(url)
-                    .header("content-type", "application/x-protobuf")
-                    .body(body)
+                    .header("content-type", "application/x-protobuf");
+                if let Some(value) = authorization.as_deref() {
+                    post = post.header("authorization", value);
+                }
+                post.body(body)
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success())
             }
         }
     }
+}
+
+/// A gRPC request for `body`, carrying `authorization` when there is one.
+fn authorized<T>(body: T, authorization: &Option<MetadataValue<Ascii>>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    if let Some(value) = authorization.clone() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
 }
 
 /// Runs `plan` against the receivers at `grpc` / `http` (base URLs).
@@ -134,7 +166,8 @@ pub async fn run(plan: &LoadPlan, grpc: &str, http: &str) -> anyhow::Result<Load
         Duration::from_secs_f64(1.0 / requests_per_second.max(1e-3))
     });
     for id in 0..plan.connections {
-        let mut client = Client::connect(plan.transport, grpc, http).await?;
+        let mut client =
+            Client::connect(plan.transport, grpc, http, plan.api_key.as_deref()).await?;
         let records = plan.records_per_request;
         tasks.push(tokio::spawn(async move {
             let mut result = LoadResult::default();

@@ -97,6 +97,10 @@ struct IngestArgs {
     /// Run the collector without the tamper-evidence chainer (to measure its cost).
     #[arg(long)]
     no_chain: bool,
+    /// Require ingest keys (`receivers.otlp.auth.required: true`); every client
+    /// request carries a `*` key, as a gateway would (to measure what authentication costs).
+    #[arg(long)]
+    auth: bool,
     /// Rows written by the ceiling writer per run.
     #[arg(long, default_value_t = 200_000)]
     ceiling_rows: usize,
@@ -159,16 +163,26 @@ async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::R
             writers: args.writers,
             batch_max_rows: args.batch_max_rows,
             chain: !args.no_chain,
+            auth_required: args.auth,
         },
     )?;
+    let (observer, _) = tally_exporters::postgres::connect(&database.url).await?;
+    let api_key = if args.auth {
+        let scopes = [tally_exporters::apikeys::SCOPE_INGEST.to_owned()];
+        let created =
+            tally_exporters::apikeys::create(&observer, "*", &scopes, Some("tally-bench")).await?;
+        Some(created.key)
+    } else {
+        None
+    };
     let plan = LoadPlan {
         transport,
         connections: args.connections,
         records_per_request: args.records_per_request,
         duration: Duration::from_secs(args.duration),
         target_rate: None,
+        api_key,
     };
-    let (observer, _) = tally_exporters::postgres::connect(&database.url).await?;
     let cpu_before = collector.cpu_seconds();
     let db_cpu_before = BackendCpu::sample(&observer).await?;
     let batches_before = collector.batch_totals().await;
@@ -333,6 +347,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "runs": args.runs,
         "connections": args.connections,
         "records_per_request": args.records_per_request,
+        "auth_required": args.auth,
         "writers": args.writers,
         "ceiling_rows_per_second": ceiling,
         "ceiling_runs": ceilings,

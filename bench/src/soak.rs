@@ -66,6 +66,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         records_per_request: args.records_per_request,
         duration: Duration::from_secs(args.minutes * 60),
         target_rate: Some(args.rate),
+        api_key: None,
     };
     let (grpc, http) = (collector.grpc.clone(), collector.http.clone());
     let started = Instant::now();
