@@ -291,16 +291,21 @@ impl PrivatePostgres {
     /// Unix socket or loopback TCP; nothing else is accepted.
     fn write_hba(&self) -> Result<(), PgError> {
         let text = format!(
-            "{HBA_MARKER}\n             # Written by Tally. The passwords are in the data folder (mode 0600).\n             # TYPE  DATABASE  USER  ADDRESS       METHOD\n             local   all       all                 scram-sha-256\n             host    all       all   127.0.0.1/32  scram-sha-256\n"
+            "{HBA_MARKER}\n\
+             # Written by Tally. The passwords are in the data folder (mode 0600).\n\
+             # TYPE  DATABASE  USER  ADDRESS       METHOD\n\
+             local   all       all                 scram-sha-256\n\
+             host    all       all   127.0.0.1/32  scram-sha-256\n"
         );
-        let path = self.pgdata.join("pg_hba.conf");
+        self.write_owned("pg_hba.conf", &text)
+    }
+
+    /// Writes `name` in the data folder, owned by the user the server runs as.
+    fn write_owned(&self, name: &str, text: &str) -> Result<(), PgError> {
+        let path = self.pgdata.join(name);
         std::fs::write(&path, text)
             .map_err(|e| PgError::io(format!("writing {}", path.display()), e))?;
-        if let Some((uid, gid)) = self.run_as {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                .map_err(|e| PgError::io(format!("chown {}", path.display()), e))?;
-        }
-        Ok(())
+        chown_to(&path, self.run_as)
     }
 
     /// Upgrades a data folder from a version that trusted local connections:
@@ -439,14 +444,7 @@ impl PrivatePostgres {
              unix_socket_directories = '{socket_dir}'\n",
             self.port
         );
-        let path = self.pgdata.join("tally.conf");
-        std::fs::write(&path, text)
-            .map_err(|e| PgError::io(format!("writing {}", path.display()), e))?;
-        if let Some((uid, gid)) = self.run_as {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                .map_err(|e| PgError::io(format!("chown {}", path.display()), e))?;
-        }
-        Ok(())
+        self.write_owned("tally.conf", &text)
     }
 
     /// Connects to the `postgres` database until it answers or the deadline passes.
@@ -609,11 +607,17 @@ fn read_or_create_password(path: &Path, owner: Option<(u32, u32)>) -> Result<Pas
         .map_err(|e| PgError::io(format!("creating {}", path.display()), e))?;
     file.write_all(format!("{password}\n").as_bytes())
         .map_err(|e| PgError::io(format!("writing {}", path.display()), e))?;
+    chown_to(path, owner)?;
+    Ok(Password(password))
+}
+
+/// Hands `path` to `owner` (uid, gid), when the server runs as another user.
+fn chown_to(path: &Path, owner: Option<(u32, u32)>) -> Result<(), PgError> {
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(path, Some(uid), Some(gid))
             .map_err(|e| PgError::io(format!("chown {}", path.display()), e))?;
     }
-    Ok(Password(password))
+    Ok(())
 }
 
 fn output_text(output: &Output) -> String {
