@@ -52,7 +52,9 @@ pub fn problems(config: &Config, database_url: Option<&str>) -> Vec<(&'static st
     if config.admin_api.enabled && auth.jwt.is_none() && auth.api_keys.enabled != Some(true) {
         found.push((
             "admin_api.auth",
-            "no JWT key and API keys not enabled: anyone who reaches the API reads every tenant"
+            "no JWT key and API keys not enabled: anyone who reaches the API reads every tenant \
+             (production mode wants authentication stated in the config, not inferred from \
+             keys found in the database: set admin_api.auth.api_keys.enabled: true)"
                 .to_string(),
         ));
     }

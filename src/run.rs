@@ -154,6 +154,9 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Installed before "ready" is logged, so a SIGTERM sent as soon as a
+    // supervisor sees "ready" drains instead of killing the process.
+    let shutdown = ShutdownSignals::install();
     tracing::info!(
         grpc = %display_addr(receiver.grpc_addr()),
         http = %display_addr(receiver.http_addr()),
@@ -170,7 +173,7 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         prometheus.map(|endpoint| tokio::spawn(endpoint.serve(wait_for(admin_stopped))));
 
     let early_exit = tokio::select! {
-        signal = shutdown_signal() => {
+        signal = shutdown.recv() => {
             tracing::info!(signal, "shutting down: no new requests, committing what was accepted");
             None
         }
@@ -259,18 +262,36 @@ async fn wait_for(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-/// Resolves with the signal's name on SIGTERM or SIGINT.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT handlers, installed up front so that no signal sent
+/// after start-up is reported can take the default (kill) action.
+struct ShutdownSignals {
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl ShutdownSignals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handlers = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            _ => {
+                tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+                None
+            }
+        };
+        Self { handlers }
+    }
+
+    /// Resolves with the signal's name on SIGTERM or SIGINT.
+    async fn recv(self) -> &'static str {
+        let Some((mut term, mut int)) = self.handlers else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
