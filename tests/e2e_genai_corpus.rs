@@ -1,7 +1,8 @@
 //! The token ledger against the real GenAI instrumentations.
 //!
 //! Each case runs one instrumentation from its registry (Python packages pinned
-//! in `tests/genai/requirements/`) inside a request span that carries the user
+//! in `tests/genai/requirements/`; the Vercel AI SDK from npm, pinned in
+//! `tests/genai/node/package-lock.json`) inside a request span that carries the user
 //! and tenant, against a local fake OpenAI / Anthropic / Gemini server
 //! (`tests/genai/fake_provider.py`) that answers with known usage, cached,
 //! cache-creation and reasoning tokens included. Tally receives what the
@@ -135,7 +136,14 @@ const CASES: &[Case] = &[
         "thinking tokens outside output (finding 5)",
     ),
     case("pydantic-ai", "agent"),
+    case("vercel-ai", "chat"),
+    case("vercel-ai", "stream_usage"),
+    case("vercel-ai", "embeddings"),
+    case("vercel-ai", "anthropic"),
 ];
+
+/// The one family that runs on Node (the others are Python packages).
+const NODE_FAMILY: &str = "vercel-ai";
 
 /// The expected reported usage for a case: the provider's, minus the gaps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -223,12 +231,92 @@ fn venv(family: &str) -> PathBuf {
     venv.join("bin").join("python")
 }
 
-/// Runs one case's script; returns (trace id, the calls the fake served).
-fn run_case(python: &Path, case: &Case, http_url: &str, tenant: &str) -> (String, Vec<Value>) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/genai/run.py");
-    let output = Command::new(python)
-        .arg(&script)
-        .args([case.family, case.scenario])
+/// A folder with the Node app and its pinned packages (`npm ci`, made once).
+fn node_app() -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/genai/node");
+    let app = Path::new(env!("CARGO_TARGET_TMPDIR")).join("genai-node");
+    std::fs::create_dir_all(&app).expect("node app folder");
+    let lock = std::fs::read_to_string(source.join("package-lock.json")).expect("lock file");
+    for file in ["package.json", "package-lock.json", "run.mjs"] {
+        std::fs::copy(source.join(file), app.join(file)).expect("copy the node app");
+    }
+    let stamp = app.join("node_modules").join("lock.installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(lock.as_str()) {
+        let output = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&app)
+            .output()
+            .expect("npm ci (are Node and npm installed?)");
+        assert!(
+            output.status.success(),
+            "cannot install the Node packages: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::write(&stamp, lock).expect("stamp");
+    }
+    app
+}
+
+/// The fake provider as its own process, for the Node app: its base URL is the
+/// first line it prints; it stops when its stdin closes (on drop).
+struct FakeProviderProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl FakeProviderProcess {
+    fn start() -> FakeProviderProcess {
+        use std::io::BufRead as _;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/genai/fake_provider.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the fake provider");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut url = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut url)
+            .expect("the fake provider's URL");
+        FakeProviderProcess {
+            child,
+            url: url.trim().to_owned(),
+        }
+    }
+}
+
+impl Drop for FakeProviderProcess {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs one case's app; returns (trace id, the calls the fake served).
+/// `program` is the family's Python, or Node with `fake_url` set.
+fn run_case(
+    program: &Path,
+    fake_url: Option<&str>,
+    case: &Case,
+    http_url: &str,
+    tenant: &str,
+) -> (String, Vec<Value>) {
+    let mut command = match fake_url {
+        None => {
+            let mut command = Command::new(program);
+            command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/genai/run.py"));
+            command.arg(case.family);
+            command
+        }
+        Some(url) => {
+            let mut command = Command::new("node");
+            command.arg(program.join("run.mjs")).env("FAKE_URL", url);
+            command
+        }
+    };
+    let output = command
+        .arg(case.scenario)
         .env("TALLY_OTLP_HTTP", http_url)
         .env("TALLY_TENANT", tenant)
         .env("TALLY_USER", "corpus-user")
@@ -354,8 +442,16 @@ async fn every_instrumentation_call_is_one_exact_row() {
                 .is_none_or(|only| only.iter().any(|f| f == case.family))
         })
         .collect();
-    let mut families: Vec<&str> = cases.iter().map(|case| case.family).collect();
+    let mut families: Vec<&str> = cases
+        .iter()
+        .map(|case| case.family)
+        .filter(|family| *family != NODE_FAMILY)
+        .collect();
     families.dedup();
+    let node = cases
+        .iter()
+        .any(|case| case.family == NODE_FAMILY)
+        .then(|| (node_app(), FakeProviderProcess::start()));
     // The environments install in parallel (network-bound).
     let pythons: Vec<(String, PathBuf)> = std::thread::scope(|scope| {
         let handles: Vec<_> = families
@@ -375,18 +471,34 @@ async fn every_instrumentation_call_is_one_exact_row() {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(vec![None; cases.len()]);
     std::thread::scope(|scope| {
-        for _ in 0..3 {
+        for _ in 0..2 {
             scope.spawn(|| loop {
                 let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(case) = cases.get(index) else { break };
+                if case.family == NODE_FAMILY {
+                    continue;
+                }
                 let python = &pythons
                     .iter()
                     .find(|(family, _)| family == case.family)
                     .expect("venv")
                     .1;
                 let tenant = format!("corpus-{index}");
-                let (trace_id, served) = run_case(python, case, &http_url, &tenant);
+                let (trace_id, served) = run_case(python, None, case, &http_url, &tenant);
                 results.lock().expect("results")[index] = Some((tenant, trace_id, served));
+            });
+        }
+        if let Some((app, fake)) = &node {
+            scope.spawn(|| {
+                for (index, case) in cases.iter().enumerate() {
+                    if case.family != NODE_FAMILY {
+                        continue;
+                    }
+                    let tenant = format!("corpus-{index}");
+                    let (trace_id, served) =
+                        run_case(app, Some(&fake.url), case, &http_url, &tenant);
+                    results.lock().expect("results")[index] = Some((tenant, trace_id, served));
+                }
             });
         }
     });

@@ -84,6 +84,16 @@ class FakeProvider:
             def log_message(self, *args):
                 pass
 
+            def do_GET(self):
+                # The calls served so far (then forgotten): for apps in other
+                # languages, which run this server as a separate process.
+                if self.path == "/_served":
+                    with owner._lock:
+                        served, owner.served = owner.served, []
+                    _json(self, 200, served)
+                else:
+                    _json(self, 404, {"error": {"message": f"no route {self.path}"}})
+
             def do_POST(self):
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
@@ -243,3 +253,13 @@ def _json(handler, status, value):
     handler.send_header("content-length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+if __name__ == "__main__":
+    # Standalone: print the base URL, serve until stdin closes.
+    import sys
+
+    provider = FakeProvider()
+    print(provider.url, flush=True)
+    sys.stdin.read()
+    provider.close()
