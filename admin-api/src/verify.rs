@@ -27,7 +27,7 @@ pub(crate) type TrustedKeys = std::sync::Arc<Vec<VerifyingKey>>;
 #[derive(serde::Serialize)]
 #[serde(untagged)]
 pub(crate) enum VerifyAnswer {
-    One(VerifyReport),
+    One(Box<VerifyReport>),
     All {
         /// `tampered` when any tenant is.
         status: VerifyStatus,
@@ -67,7 +67,7 @@ pub(crate) async fn verify(
         .get_for(&TenantAccess::One(tenant.clone()))
         .await?;
     let report = one(&mut client, &caller, &tenant, &state.chain_keys).await?;
-    Ok(Json(VerifyAnswer::One(report)))
+    Ok(Json(VerifyAnswer::One(Box::new(report))))
 }
 
 async fn one(

@@ -33,16 +33,22 @@ use std::time::Duration;
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 mod canonical;
+mod external;
 mod job;
 mod verify;
 
 pub use canonical::{
     checkpoint_message, hex, key_id, row_hash, signing_key_from_config, signing_key_from_seed,
-    ChainRow,
+    ChainRow, TruncationRecord,
+};
+pub use external::{
+    append_checkpoints, checkpoint_file, read_checkpoint_dir, ExternalCheckpoint,
+    ExternalCheckpoints,
 };
 pub use job::{ChainJob, ChainReport};
 pub use verify::{
-    tenants, verify, CheckpointInfo, Problem, ProblemKind, VerifyReport, VerifyStatus,
+    tenants, verify, verify_against, CheckpointInfo, Problem, ProblemKind, VerifyReport,
+    VerifyStatus,
 };
 
 /// Advisory lock key serialising chainer runs (the bytes `tallychn`).
