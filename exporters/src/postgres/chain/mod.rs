@@ -47,8 +47,8 @@ pub use external::{
 };
 pub use job::{ChainJob, ChainReport};
 pub use verify::{
-    tenants, verify, verify_against, CheckpointInfo, Problem, ProblemKind, VerifyReport,
-    VerifyStatus,
+    tenants, verify, verify_against, verify_from, CheckpointInfo, Problem, ProblemKind,
+    VerifyReport, VerifyStart, VerifyStatus,
 };
 
 /// Advisory lock key serialising chainer runs (the bytes `tallychn`).

@@ -99,6 +99,31 @@ pub struct VerifyReport {
     /// head hash matched the chain. Not part of the API's answer.
     #[serde(skip)]
     pub external_checkpoints_checked: u64,
+    /// `None`: the whole chain was walked. Else the seq of the verified checkpoint
+    /// this walk resumed from (see [`VerifyStart`]); the counts cover only the
+    /// links after it.
+    pub verified_from_seq: Option<i64>,
+}
+
+/// Where an incremental walk resumes: a checkpoint an earlier walk verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyStart {
+    pub seq: i64,
+    pub head_hash: Vec<u8>,
+    pub checkpoint: CheckpointInfo,
+}
+
+impl VerifyReport {
+    /// Where a later walk can resume: the latest checkpoint this intact walk
+    /// verified (`None` when tampered or without checkpoint).
+    pub fn resume_point(&self) -> Option<VerifyStart> {
+        let checkpoint = self.checkpoint.as_ref().filter(|_| self.is_intact())?;
+        Some(VerifyStart {
+            seq: checkpoint.seq,
+            head_hash: ::hex::decode(&checkpoint.head_hash).ok()?,
+            checkpoint: checkpoint.clone(),
+        })
+    }
 }
 
 impl VerifyReport {
@@ -211,6 +236,20 @@ pub async fn verify_against(
     trusted: &[VerifyingKey],
     external: &BTreeMap<i64, Vec<u8>>,
 ) -> Result<VerifyReport, PgError> {
+    verify_from(client, tenant, trusted, external, None).await
+}
+
+/// [`verify_against`], resuming after `start` (a checkpoint an earlier walk
+/// verified) when the link and row at its seq still hash to it; otherwise (or
+/// without `start`) the whole chain is walked. Changes at or below `start` are
+/// not seen by a resumed walk.
+pub async fn verify_from(
+    client: &mut Client,
+    tenant: &str,
+    trusted: &[VerifyingKey],
+    external: &BTreeMap<i64, Vec<u8>>,
+    start: Option<&VerifyStart>,
+) -> Result<VerifyReport, PgError> {
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -314,6 +353,28 @@ pub async fn verify_against(
         .await?
         .map(|row| Ok::<_, PgError>((row.try_get(0)?, row.try_get(1)?)))
         .transpose()?;
+    let start = match start {
+        Some(start) if anchor_holds(&tx, tenant, start).await? => Some(start),
+        _ => None,
+    };
+    if let Some(start) = start {
+        for t in dropped_days.values_mut() {
+            let record = &t.record;
+            if record.last_chained_seq.is_none_or(|last| last <= start.seq) {
+                t.closed = true;
+            } else if record.min_seq.is_some_and(|min| min <= start.seq) {
+                // The record spans the start: its links up to there were walked before.
+                t.missing_links = tx
+                    .query_one(
+                        "SELECT count(*) FROM activity_chain WHERE tenant_id = $1 AND day = $2 \
+                         AND seq <= $3",
+                        &[&tenant, &record.day, &start.seq],
+                    )
+                    .await?
+                    .try_get(0)?;
+            }
+        }
+    }
 
     let mut walk = Walk {
         tenant,
@@ -337,9 +398,18 @@ pub async fn verify_against(
             first_problem: None,
             checkpoint: None,
             external_checkpoints_checked: 0,
+            verified_from_seq: None,
         },
     };
     let mut cursor = i64::MIN;
+    if let Some(start) = start {
+        cursor = start.seq;
+        walk.prev_seq = Some(start.seq);
+        walk.expected_prev = start.head_hash.clone();
+        walk.report.verified_up_to_seq = Some(start.seq);
+        walk.report.verified_from_seq = Some(start.seq);
+        walk.report.checkpoint = Some(start.checkpoint.clone());
+    }
     loop {
         let links: Vec<Link> = tx
             .query(
@@ -752,4 +822,40 @@ fn check_signature(
         return Err("has a signature that does not verify".to_owned());
     }
     Ok(is_trusted)
+}
+
+/// Whether the link at `start.seq` still has `start.head_hash` and its row still
+/// hashes to it (a resumed walk trusts everything up to there).
+async fn anchor_holds(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: &str,
+    start: &VerifyStart,
+) -> Result<bool, PgError> {
+    let Some(link) = tx
+        .query_opt(
+            "SELECT prev_hash, row_hash FROM activity_chain WHERE tenant_id = $1 AND seq = $2",
+            &[&tenant, &start.seq],
+        )
+        .await?
+    else {
+        return Ok(false);
+    };
+    let prev_hash: Vec<u8> = link.try_get(0)?;
+    let link_hash: Vec<u8> = link.try_get(1)?;
+    let Ok(prev) = <[u8; 32]>::try_from(prev_hash.as_slice()) else {
+        return Ok(false);
+    };
+    if link_hash != start.head_hash {
+        return Ok(false);
+    }
+    let rows: Vec<ChainRow> = tx
+        .query(
+            &format!("SELECT {ROW_COLUMNS} FROM activity_events WHERE tenant_id = $1 AND seq = $2"),
+            &[&tenant, &start.seq],
+        )
+        .await?
+        .iter()
+        .map(ChainRow::from_row)
+        .collect::<Result<_, _>>()?;
+    Ok(rows.len() == 1 && row_hash(&prev, &rows[0].canonical())[..] == link_hash[..])
 }
