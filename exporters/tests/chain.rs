@@ -701,3 +701,56 @@ async fn checkpoints_kept_outside_the_database_catch_a_rewritten_head() {
     assert_eq!(report.verified_up_to_seq, Some(seqs[3]));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+async fn verify_from(db: &TestDatabase, start: Option<&chain::VerifyStart>) -> VerifyReport {
+    let mut client = db.client().await;
+    chain::verify_from(&mut client, "acme", &trusted(), &Default::default(), start)
+        .await
+        .expect("verify")
+}
+
+#[tokio::test]
+async fn a_resumed_walk_starts_at_the_verified_checkpoint_across_a_retention_drop() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let old = Utc::now().date_naive() - Days::new(100);
+    partition(&client, old).await;
+    let old_ts = old.and_hms_opt(12, 0, 0).expect("noon").and_utc();
+    let (mut olds, mut news) = (Vec::new(), Vec::new());
+    for i in 0..4 {
+        if i == 2 {
+            chain_all(&db).await;
+        }
+        olds.push(insert(&mut client, "acme", old_ts, &format!("old{i}")).await);
+        news.push(insert(&mut client, "acme", Utc::now(), &format!("new{i}")).await);
+    }
+    // Verified up to the checkpoint of the first run (news[1]) ...
+    let full = verify_from(&db, None).await;
+    assert!(full.is_intact(), "{full:#?}");
+    assert_eq!(full.verified_from_seq, None);
+    let start = full.resume_point().expect("a resume point");
+    assert_eq!(start.seq, news[1]);
+    // ... then the rest is chained and the old day, which spans that checkpoint, dropped.
+    chain_all(&db).await;
+    let report = retention(&db, Utc::now().date_naive()).await;
+    assert_eq!(report.dropped_partitions.len(), 1, "{report:?}");
+
+    let resumed = verify_from(&db, Some(&start)).await;
+    assert!(resumed.is_intact(), "{resumed:#?}");
+    assert_eq!(resumed.verified_from_seq, Some(news[1]));
+    assert_eq!(resumed.verified_up_to_seq, Some(news[3]));
+    assert_eq!((resumed.rows_checked, resumed.dropped_rows), (2, 2));
+    assert_eq!(resumed.checkpoint.map(|c| c.seq), Some(news[3]));
+
+    // A change at the anchor itself: the resumed walk falls back to a whole walk.
+    client
+        .execute(
+            "UPDATE activity_events SET user_id = 'mallory' WHERE seq = $1",
+            &[&news[1]],
+        )
+        .await
+        .expect("tamper");
+    let report = verify_from(&db, Some(&start)).await;
+    assert_eq!(report.verified_from_seq, None, "{report:#?}");
+    assert_problem(&report, news[1], ProblemKind::Altered);
+}
