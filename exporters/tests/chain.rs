@@ -754,3 +754,35 @@ async fn a_resumed_walk_starts_at_the_verified_checkpoint_across_a_retention_dro
     assert_eq!(report.verified_from_seq, None, "{report:#?}");
     assert_problem(&report, news[1], ProblemKind::Altered);
 }
+
+#[tokio::test]
+async fn a_run_whose_checkpoint_file_cannot_be_written_rolls_back_and_is_retried() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let seq = insert(&mut client, "acme", Utc::now(), "u").await;
+    // The directory's place is taken by a file.
+    let blocked = std::env::temp_dir().join(format!("tally-cp-blocked-{}", db.name));
+    std::fs::write(&blocked, b"not a directory").expect("file");
+    let result = job()
+        .with_checkpoint_dir(Some(blocked.clone()))
+        .run_once(&mut client)
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    let chained: i64 = client
+        .query_one("SELECT count(*) FROM activity_chain", &[])
+        .await
+        .expect("links")
+        .get(0);
+    assert_eq!(chained, 0, "the failed run left links behind");
+    // Once the directory can be made, the same rows are chained and checkpointed.
+    std::fs::remove_file(&blocked).expect("unblock");
+    let report = job()
+        .with_checkpoint_dir(Some(blocked.clone()))
+        .run_once(&mut client)
+        .await
+        .expect("chainer");
+    assert_eq!((report.rows, report.checkpoints), (1, 1));
+    let external = chain::read_checkpoint_dir(&blocked, &trusted()).expect("read");
+    assert!(external.heads["acme"].contains_key(&seq), "{external:?}");
+    let _ = std::fs::remove_dir_all(&blocked);
+}
