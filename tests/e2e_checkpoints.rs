@@ -241,6 +241,24 @@ async fn verify_with_checkpoints_catches_a_cut_tail_a_rewritten_head_and_a_forge
     let (code, text) = cli_verify(&database, Some(&cp_dir));
     assert_eq!(code, Some(0), "restored: {text}");
 
+    // A line added to the files without the key.
+    let forged = cp_dir.join("checkpoints-2000-01-01.ndjson");
+    std::fs::write(
+        &forged,
+        format!(
+            "{{\"tenant\":\"{TENANT}\",\"seq\":{last},\"head_hash\":\"{}\",\
+             \"signed_at\":\"2000-01-01T00:00:00.000000Z\",\"key_id\":\"0000000000000000\",\
+             \"signature\":\"{}\"}}\n",
+            "00".repeat(32),
+            "00".repeat(64)
+        ),
+    )
+    .expect("forged line");
+    let (code, text) = cli_verify(&database, Some(&cp_dir));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("checkpoint file: TAMPERED"), "{text}");
+    std::fs::remove_file(&forged).expect("remove the forged file");
+
     // 3. The tail cut: the last rows deleted with their links and checkpoints, the
     // head moved back to the row before them.
     let keep = seqs[EVENTS - 4];
