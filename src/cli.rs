@@ -41,6 +41,11 @@ pub enum Command {
         /// Only this tenant (`''` for events without a tenant); default every tenant.
         #[arg(long)]
         tenant: Option<String>,
+        /// Also compare the chain with the checkpoints kept outside the database in DIR
+        /// (exporters.postgres.tamper_evidence.checkpoint_dir): a cut tail, a rewritten head
+        /// or a forged checkpoint line is tampered (exit 1).
+        #[arg(long, value_name = "DIR")]
+        checkpoints: Option<std::path::PathBuf>,
     },
     /// Manage API keys for the admin API and for ingest (stored hashed in the configured database).
     #[command(subcommand)]

@@ -120,8 +120,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Verify { tenant }) = &cli.command {
-        return match runtime.block_on(verify::run(&config, tenant.as_deref())) {
+    if let Some(Command::Verify {
+        tenant,
+        checkpoints,
+    }) = &cli.command
+    {
+        return match runtime.block_on(verify::run(
+            &config,
+            tenant.as_deref(),
+            checkpoints.as_deref(),
+        )) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(err) => {

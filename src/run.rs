@@ -115,12 +115,21 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         DEFAULT_ROLLUP_INTERVAL,
         jobs_stopped.clone(),
     );
-    let retention = RetentionJob::new(config.retention.clone()).spawn(
-        database_url.to_string(),
-        DEFAULT_RETENTION_INTERVAL,
-        jobs_stopped.clone(),
-    );
-    let (chainer, chain_key) = spawn_chainer(config, database_url, jobs_stopped.clone()).await?;
+    let signing_key = if config.exporters.postgres.tamper_evidence.enabled {
+        Some(secrets::chain_signing_key(config, database_url).await?)
+    } else {
+        None
+    };
+    // Retention signs its truncation records with the checkpoint key.
+    let retention = RetentionJob::new(config.retention.clone())
+        .with_signer(signing_key.clone())
+        .spawn(
+            database_url.to_string(),
+            DEFAULT_RETENTION_INTERVAL,
+            jobs_stopped.clone(),
+        );
+    let (chainer, chain_key) =
+        spawn_chainer(config, signing_key, database_url, jobs_stopped.clone());
     let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline.clone())
         .await
         .context("cannot start the OTLP receiver")?
@@ -220,23 +229,23 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Starts the tamper-evidence chainer unless
-/// `exporters.postgres.tamper_evidence.enabled` is false; answers its handle
-/// and the public key of its checkpoints.
-async fn spawn_chainer(
+/// Starts the tamper-evidence chainer signing with `key` (none when
+/// `exporters.postgres.tamper_evidence.enabled` is false: no chainer); answers
+/// its handle and the public key of its checkpoints.
+fn spawn_chainer(
     config: &Config,
+    key: Option<postgres::chain::SigningKey>,
     database_url: &str,
     stopped: watch::Receiver<bool>,
-) -> anyhow::Result<(
+) -> (
     Option<tokio::task::JoinHandle<()>>,
     Option<postgres::chain::VerifyingKey>,
-)> {
+) {
     let settings = &config.exporters.postgres.tamper_evidence;
-    if !settings.enabled {
+    let Some(key) = key else {
         tracing::info!("tamper evidence is off (exporters.postgres.tamper_evidence.enabled)");
-        return Ok((None, None));
-    }
-    let key = secrets::chain_signing_key(config, database_url).await?;
+        return (None, None);
+    };
     let public = key.verifying_key();
     tracing::info!(
         key_id = %postgres::chain::key_id(&key.verifying_key()),
@@ -245,13 +254,14 @@ async fn spawn_chainer(
     let job = postgres::chain::ChainJob::new(
         Some(key),
         Duration::from_secs(settings.checkpoint_interval_secs),
-    );
+    )
+    .with_checkpoint_dir(settings.checkpoint_dir.clone());
     let handle = job.spawn(
         database_url.to_string(),
         Duration::from_millis(settings.interval_ms.max(1)),
         stopped,
     );
-    Ok((Some(handle), Some(public)))
+    (Some(handle), Some(public))
 }
 
 fn display_addr(addr: Option<std::net::SocketAddr>) -> String {

@@ -136,6 +136,8 @@ pub(crate) struct AppState {
     pub(crate) hub: Arc<stream::hub::Hub>,
     /// Keys `GET /api/v1/verify` trusts (see [`AdminApi::with_chain_keys`]).
     pub(crate) chain_keys: verify::TrustedKeys,
+    /// The checkpoints `GET /api/v1/verify` resumes from, and its whole-walk permit.
+    pub(crate) verify_cache: Arc<verify::VerifyCache>,
     /// Records reads as `audit.log.view` events (see [`AdminApi::with_audit`]).
     pub(crate) audit: Option<audit::AuditTrail>,
     /// `admin_api.limits` and what each caller has in progress.
@@ -216,6 +218,7 @@ impl AdminApi {
                 hub,
                 audit: None,
                 chain_keys: verify::TrustedKeys::default(),
+                verify_cache: Arc::default(),
                 limits: Arc::new(limits::Limits::new(&config.limits)),
                 stats_polls: Arc::default(),
             },

@@ -133,6 +133,17 @@ impl Config {
         if pg.writers == 0 {
             return Err(invalid("exporters.postgres.writers", "must be at least 1"));
         }
+        if pg
+            .tamper_evidence
+            .checkpoint_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "exporters.postgres.tamper_evidence.checkpoint_dir",
+                "must be a directory path (omit it to keep checkpoints only in the database)",
+            ));
+        }
         if self.admin_api.max_page_size == 0 {
             return Err(invalid("admin_api.max_page_size", "must be at least 1"));
         }

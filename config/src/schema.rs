@@ -299,6 +299,10 @@ pub struct TamperEvidenceConfig {
     /// Ed25519 signing key: the 32-byte seed, base64 (use `${env:VAR}`). Unset:
     /// a key is generated once and kept in the database (`tally_secrets`).
     pub signing_key: Option<String>,
+    /// A directory outside the database where the chainer also appends every
+    /// signed checkpoint (`checkpoints-YYYY-MM-DD.ndjson`, fsynced), for
+    /// `tally verify --checkpoints DIR`. Unset: checkpoints live only in the database.
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 impl Default for TamperEvidenceConfig {
@@ -308,6 +312,7 @@ impl Default for TamperEvidenceConfig {
             interval_ms: 1000,
             checkpoint_interval_secs: 300,
             signing_key: None,
+            checkpoint_dir: None,
         }
     }
 }

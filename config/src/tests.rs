@@ -93,6 +93,19 @@ fn cross_field_rules_name_their_path() {
         err.starts_with("exporters.postgres.queue_capacity_records: "),
         "{err}"
     );
+    let err = error_of("exporters: { postgres: { tamper_evidence: { checkpoint_dir: '' } } }");
+    assert!(
+        err.starts_with("exporters.postgres.tamper_evidence.checkpoint_dir: "),
+        "{err}"
+    );
+    let config = Config::from_yaml_str(
+        "exporters: { postgres: { tamper_evidence: { checkpoint_dir: /var/lib/tally/cp } } }",
+    )
+    .expect("valid");
+    assert_eq!(
+        config.exporters.postgres.tamper_evidence.checkpoint_dir,
+        Some(std::path::PathBuf::from("/var/lib/tally/cp"))
+    );
 }
 
 #[test]

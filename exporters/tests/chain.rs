@@ -10,7 +10,7 @@ use tally_config::RetentionConfig;
 use tally_exporters::postgres::chain::{
     self, ChainJob, ProblemKind, VerifyReport, VerifyStatus, VerifyingKey,
 };
-use tally_exporters::postgres::{RetentionJob, RollupJob};
+use tally_exporters::postgres::{RetentionJob, RetentionReport, RollupJob};
 use tally_exporters::testing::TestDatabase;
 use tokio_postgres::Client;
 
@@ -240,6 +240,178 @@ async fn partition(client: &Client, day: NaiveDate) {
         .expect("partition");
 }
 
+/// Rolls up, then runs retention (90 days, signed truncation records) as if today were `today`.
+async fn retention(db: &TestDatabase, today: NaiveDate) -> RetentionReport {
+    let mut runner = db.client().await;
+    RollupJob::new(Duration::ZERO)
+        .run_once(&mut runner)
+        .await
+        .expect("rollup");
+    RetentionJob::new(RetentionConfig {
+        raw_days: 90,
+        aggregate_days: 0,
+    })
+    .with_signer(Some(key()))
+    .run_once_at(&runner, today)
+    .await
+    .expect("retention")
+}
+
+/// Rows of `acme` on a day 100 days ago and today, interleaved (old, new, …), chained.
+async fn old_and_new(db: &TestDatabase, n: usize) -> (NaiveDate, Vec<i64>, Vec<i64>) {
+    let mut client = db.client().await;
+    let old = Utc::now().date_naive() - Days::new(100);
+    partition(&client, old).await;
+    let old_ts = old.and_hms_opt(12, 0, 0).expect("noon").and_utc();
+    let (mut olds, mut news) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        olds.push(insert(&mut client, "acme", old_ts, &format!("old{i}")).await);
+        news.push(insert(&mut client, "acme", Utc::now(), &format!("new{i}")).await);
+    }
+    chain_all(db).await;
+    (old, olds, news)
+}
+
+#[tokio::test]
+async fn a_forged_truncation_record_does_not_excuse_deleted_rows() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    let (old, olds, _news) = old_and_new(&db, 3).await;
+    // A database writer without the key deletes a day's rows and records a
+    // "retention drop" that matches them in every column but the signature.
+    client
+        .execute(
+            "DELETE FROM activity_events WHERE tenant_id = 'acme' AND seq = ANY($1)",
+            &[&olds],
+        )
+        .await
+        .expect("delete");
+    client
+        .execute(
+            "INSERT INTO chain_truncations (table_name, partition_name, day, tenant_id, rows, \
+                 min_seq, max_seq, chained_rows, last_chained_seq, last_chained_hash) \
+             SELECT 'activity_events', 'activity_events_p' || to_char($1::date, 'YYYYMMDD'), \
+                 $1, 'acme', 3, $2, $3, 3, $3, row_hash \
+             FROM activity_chain WHERE tenant_id = 'acme' AND seq = $3",
+            &[&old, &olds[0], &olds[2]],
+        )
+        .await
+        .expect("forged truncation");
+    let report = verify(&db, "acme").await;
+    assert_problem(&report, olds[0], ProblemKind::Truncation);
+    let detail = &report.first_problem.as_ref().expect("problem").detail;
+    assert!(detail.contains("is not signed"), "{detail}");
+
+    // A signature by another key is no better.
+    let other = SigningKey::from_bytes(&[9; 32]);
+    let record = chain::TruncationRecord {
+        table: "activity_events".into(),
+        tenant: "acme".into(),
+        day: old,
+        rows: 3,
+        min_seq: Some(olds[0]),
+        max_seq: Some(olds[2]),
+        chained_rows: 3,
+        last_chained_seq: Some(olds[2]),
+        last_chained_hash: client
+            .query_one(
+                "SELECT row_hash FROM activity_chain WHERE tenant_id = 'acme' AND seq = $1",
+                &[&olds[2]],
+            )
+            .await
+            .expect("link")
+            .get(0),
+        dropped_at: Utc::now(),
+    };
+    let signature = ed25519_dalek::Signer::sign(&other, &record.message());
+    client
+        .execute(
+            "UPDATE chain_truncations SET key_id = $1, signature = $2, dropped_at = $3",
+            &[
+                &chain::key_id(&other.verifying_key()),
+                &signature.to_bytes().as_slice(),
+                &record.dropped_at,
+            ],
+        )
+        .await
+        .expect("re-sign");
+    assert_problem(&verify(&db, "acme").await, olds[0], ProblemKind::Truncation);
+
+    // Signed with the real key but naming a narrower seq range: the first
+    // missing row outside it is reported.
+    let narrow = chain::TruncationRecord {
+        min_seq: Some(olds[1]),
+        ..record
+    };
+    let signature = ed25519_dalek::Signer::sign(&key(), &narrow.message());
+    client
+        .execute(
+            "UPDATE chain_truncations SET key_id = $1, signature = $2, min_seq = $3",
+            &[
+                &chain::key_id(&key().verifying_key()),
+                &signature.to_bytes().as_slice(),
+                &olds[1],
+            ],
+        )
+        .await
+        .expect("re-sign");
+    assert_problem(&verify(&db, "acme").await, olds[0], ProblemKind::Truncation);
+}
+
+#[tokio::test]
+async fn a_row_deleted_before_its_day_is_dropped_is_caught_by_the_signed_counts() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    let (_old, olds, news) = old_and_new(&db, 4).await;
+    client
+        .execute("DELETE FROM activity_events WHERE seq = $1", &[&olds[1]])
+        .await
+        .expect("delete");
+    let report = retention(&db, Utc::now().date_naive()).await;
+    assert_eq!(report.dropped_partitions.len(), 1, "{report:?}");
+    // 3 chained rows were dropped, 4 links of that day have no row.
+    let report = verify(&db, "acme").await;
+    assert_problem(&report, olds[3], ProblemKind::Truncation);
+    assert_eq!(report.verified_up_to_seq, Some(news[2]), "{report:#?}");
+}
+
+#[tokio::test]
+async fn a_truncation_record_for_a_day_whose_rows_remain_is_reported() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    let (old, olds, _news) = old_and_new(&db, 2).await;
+    let record = chain::TruncationRecord {
+        table: "activity_events".into(),
+        tenant: "acme".into(),
+        day: old,
+        rows: 2,
+        min_seq: Some(olds[0]),
+        max_seq: Some(olds[1]),
+        chained_rows: 2,
+        last_chained_seq: Some(olds[1]),
+        last_chained_hash: None,
+        dropped_at: Utc::now(),
+    };
+    let signature = ed25519_dalek::Signer::sign(&key(), &record.message());
+    client
+        .execute(
+            "INSERT INTO chain_truncations (table_name, partition_name, day, tenant_id, rows, \
+                 min_seq, max_seq, chained_rows, last_chained_seq, dropped_at, key_id, signature) \
+             VALUES ('activity_events', 'x', $1, 'acme', 2, $2, $3, 2, $3, $4, $5, $6)",
+            &[
+                &old,
+                &olds[0],
+                &olds[1],
+                &record.dropped_at,
+                &chain::key_id(&key().verifying_key()),
+                &signature.to_bytes().as_slice(),
+            ],
+        )
+        .await
+        .expect("truncation");
+    assert_problem(&verify(&db, "acme").await, olds[0], ProblemKind::Truncation);
+}
+
 #[tokio::test]
 async fn an_untouched_chain_verifies_across_a_retention_drop() {
     let db = TestDatabase::migrated().await;
@@ -256,18 +428,7 @@ async fn an_untouched_chain_verifies_across_a_retention_drop() {
         insert(&mut client, "beta", old_ts, "b").await;
     }
     chain_all(&db).await;
-    let mut runner = db.client().await;
-    RollupJob::new(Duration::ZERO)
-        .run_once(&mut runner)
-        .await
-        .expect("rollup");
-    let report = RetentionJob::new(RetentionConfig {
-        raw_days: 90,
-        aggregate_days: 0,
-    })
-    .run_once_at(&client, today)
-    .await
-    .expect("retention");
+    let report = retention(&db, today).await;
     assert_eq!(
         report.dropped_partitions,
         vec![format!("activity_events_p{}", old.format("%Y%m%d"))]
@@ -451,4 +612,177 @@ async fn a_rewritten_chain_is_caught_by_the_signed_checkpoint() {
         .await
         .expect("re-chain");
     assert_problem(&verify(&db, "acme").await, seqs[4], ProblemKind::Checkpoint);
+}
+
+/// Five rows of `acme`, chained by a job that also writes its checkpoints to a
+/// fresh directory: answers (seqs, directory).
+async fn chained_with_checkpoint_dir(db: &TestDatabase) -> (Vec<i64>, std::path::PathBuf) {
+    let mut client = db.client().await;
+    let dir = std::env::temp_dir().join(format!("tally-cp-{}", db.name));
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        seqs.push(insert(&mut client, "acme", Utc::now(), &format!("u{i}")).await);
+    }
+    job()
+        .with_checkpoint_dir(Some(dir.clone()))
+        .run_once(&mut client)
+        .await
+        .expect("chainer");
+    (seqs, dir)
+}
+
+async fn verify_external(db: &TestDatabase, dir: &std::path::Path) -> VerifyReport {
+    let external = chain::read_checkpoint_dir(dir, &trusted()).expect("checkpoint dir");
+    assert!(external.problems.is_empty(), "{:?}", external.problems);
+    let mut client = db.client().await;
+    chain::verify_against(
+        &mut client,
+        "acme",
+        &trusted(),
+        external.heads.get("acme").unwrap_or(&Default::default()),
+    )
+    .await
+    .expect("verify")
+}
+
+#[tokio::test]
+async fn checkpoints_kept_outside_the_database_catch_a_cut_tail() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    let (seqs, dir) = chained_with_checkpoint_dir(&db).await;
+    let report = verify_external(&db, &dir).await;
+    assert!(report.is_intact(), "{report:#?}");
+    assert_eq!(report.external_checkpoints_checked, 1);
+
+    // The last two rows go, with their links and checkpoints, and the head moves back.
+    client
+        .execute("DELETE FROM activity_events WHERE seq >= $1", &[&seqs[3]])
+        .await
+        .expect("delete rows");
+    client
+        .batch_execute(&format!(
+            "DELETE FROM activity_chain WHERE seq >= {s}; DELETE FROM chain_checkpoints; \
+             UPDATE chain_heads h SET seq = c.seq, row_hash = c.row_hash FROM activity_chain c \
+                 WHERE c.tenant_id = h.tenant_id AND c.seq = {p};",
+            s = seqs[3],
+            p = seqs[2]
+        ))
+        .await
+        .expect("cut the tail");
+    // The database alone cannot tell.
+    assert!(verify(&db, "acme").await.is_intact());
+    let report = verify_external(&db, &dir).await;
+    assert_problem(&report, seqs[4], ProblemKind::Deleted);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn checkpoints_kept_outside_the_database_catch_a_rewritten_head() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let (seqs, dir) = chained_with_checkpoint_dir(&db).await;
+    // The newest row is altered and the whole chain recomputed without the key.
+    client
+        .batch_execute(&format!(
+            "UPDATE activity_events SET user_id = 'mallory' WHERE seq = {}; \
+             DELETE FROM activity_chain; DELETE FROM chain_heads; DELETE FROM chain_checkpoints; \
+             UPDATE chain_watermark SET last_seq = 0, last_checkpoint_at = NULL;",
+            seqs[4]
+        ))
+        .await
+        .expect("rewrite");
+    ChainJob::new(None, Duration::ZERO)
+        .run_once(&mut client)
+        .await
+        .expect("re-chain");
+    assert!(verify(&db, "acme").await.is_intact());
+    let report = verify_external(&db, &dir).await;
+    assert_problem(&report, seqs[4], ProblemKind::Checkpoint);
+    assert_eq!(report.verified_up_to_seq, Some(seqs[3]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn verify_from(db: &TestDatabase, start: Option<&chain::VerifyStart>) -> VerifyReport {
+    let mut client = db.client().await;
+    chain::verify_from(&mut client, "acme", &trusted(), &Default::default(), start)
+        .await
+        .expect("verify")
+}
+
+#[tokio::test]
+async fn a_resumed_walk_starts_at_the_verified_checkpoint_across_a_retention_drop() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let old = Utc::now().date_naive() - Days::new(100);
+    partition(&client, old).await;
+    let old_ts = old.and_hms_opt(12, 0, 0).expect("noon").and_utc();
+    let (mut olds, mut news) = (Vec::new(), Vec::new());
+    for i in 0..4 {
+        if i == 2 {
+            chain_all(&db).await;
+        }
+        olds.push(insert(&mut client, "acme", old_ts, &format!("old{i}")).await);
+        news.push(insert(&mut client, "acme", Utc::now(), &format!("new{i}")).await);
+    }
+    // Verified up to the checkpoint of the first run (news[1]) ...
+    let full = verify_from(&db, None).await;
+    assert!(full.is_intact(), "{full:#?}");
+    assert_eq!(full.verified_from_seq, None);
+    let start = full.resume_point().expect("a resume point");
+    assert_eq!(start.seq, news[1]);
+    // ... then the rest is chained and the old day, which spans that checkpoint, dropped.
+    chain_all(&db).await;
+    let report = retention(&db, Utc::now().date_naive()).await;
+    assert_eq!(report.dropped_partitions.len(), 1, "{report:?}");
+
+    let resumed = verify_from(&db, Some(&start)).await;
+    assert!(resumed.is_intact(), "{resumed:#?}");
+    assert_eq!(resumed.verified_from_seq, Some(news[1]));
+    assert_eq!(resumed.verified_up_to_seq, Some(news[3]));
+    assert_eq!((resumed.rows_checked, resumed.dropped_rows), (2, 2));
+    assert_eq!(resumed.checkpoint.map(|c| c.seq), Some(news[3]));
+
+    // A change at the anchor itself: the resumed walk falls back to a whole walk.
+    client
+        .execute(
+            "UPDATE activity_events SET user_id = 'mallory' WHERE seq = $1",
+            &[&news[1]],
+        )
+        .await
+        .expect("tamper");
+    let report = verify_from(&db, Some(&start)).await;
+    assert_eq!(report.verified_from_seq, None, "{report:#?}");
+    assert_problem(&report, news[1], ProblemKind::Altered);
+}
+
+#[tokio::test]
+async fn a_run_whose_checkpoint_file_cannot_be_written_rolls_back_and_is_retried() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let seq = insert(&mut client, "acme", Utc::now(), "u").await;
+    // The directory's place is taken by a file.
+    let blocked = std::env::temp_dir().join(format!("tally-cp-blocked-{}", db.name));
+    std::fs::write(&blocked, b"not a directory").expect("file");
+    let result = job()
+        .with_checkpoint_dir(Some(blocked.clone()))
+        .run_once(&mut client)
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    let chained: i64 = client
+        .query_one("SELECT count(*) FROM activity_chain", &[])
+        .await
+        .expect("links")
+        .get(0);
+    assert_eq!(chained, 0, "the failed run left links behind");
+    // Once the directory can be made, the same rows are chained and checkpointed.
+    std::fs::remove_file(&blocked).expect("unblock");
+    let report = job()
+        .with_checkpoint_dir(Some(blocked.clone()))
+        .run_once(&mut client)
+        .await
+        .expect("chainer");
+    assert_eq!((report.rows, report.checkpoints), (1, 1));
+    let external = chain::read_checkpoint_dir(&blocked, &trusted()).expect("read");
+    assert!(external.heads["acme"].contains_key(&seq), "{external:?}");
+    let _ = std::fs::remove_dir_all(&blocked);
 }

@@ -58,6 +58,9 @@ pub struct TallyOptions {
     pub ingest_auth_required: bool,
     /// `receivers.otlp.allow_unauthenticated`.
     pub allow_unauthenticated: bool,
+    /// An `exporters.postgres.tamper_evidence` block (flow YAML, e.g.
+    /// `{ checkpoint_interval_secs: 0, checkpoint_dir: "…" }`).
+    pub tamper_evidence: Option<String>,
 }
 
 /// A running `tally` process; killed on drop if still running.
@@ -305,6 +308,9 @@ fn config_yaml(options: &TallyOptions) -> String {
     }
     if let Some(dir) = &options.data_dir {
         yaml.push_str(&format!("    data_dir: \"{}\"\n", dir.display()));
+    }
+    if let Some(block) = &options.tamper_evidence {
+        yaml.push_str(&format!("    tamper_evidence: {block}\n"));
     }
     if let Some(capacity) = options.queue_capacity {
         yaml.push_str(&format!(

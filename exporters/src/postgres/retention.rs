@@ -20,8 +20,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
+use ed25519_dalek::Signer;
 use tally_config::RetentionConfig;
 
+use super::chain::{key_id, SigningKey, TruncationRecord, CHAIN_WATERMARK};
 use super::periodic::spawn_periodically;
 use super::rollup::{ACTIVITY_WATERMARK, TOKEN_WATERMARK};
 use super::{PgError, PARTITION_LOCK_KEY};
@@ -66,16 +68,40 @@ const DERIVED_ROLLUP_DELETES: [&str; 8] = [
 ];
 
 /// The retention job.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RetentionJob {
     config: RetentionConfig,
+    signer: Option<SigningKey>,
+}
+
+impl std::fmt::Debug for RetentionJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetentionJob")
+            .field("config", &self.config)
+            .field(
+                "truncation_key_id",
+                &self.signer.as_ref().map(|k| key_id(&k.verifying_key())),
+            )
+            .finish()
+    }
 }
 
 impl RetentionJob {
     /// A job applying `config` (`raw_days` default 90, `aggregate_days` default
     /// 730). A value of 0 disables that half of the job (keep forever).
     pub fn new(config: RetentionConfig) -> RetentionJob {
-        RetentionJob { config }
+        RetentionJob {
+            config,
+            signer: None,
+        }
+    }
+
+    /// Signs the `chain_truncations` records of dropped `activity_events`
+    /// partitions with `signer` (the checkpoint signing key). Without it the
+    /// records are unsigned, and verification reports the rows they cover.
+    pub fn with_signer(mut self, signer: Option<SigningKey>) -> RetentionJob {
+        self.signer = signer;
+        self
     }
 
     /// Runs once with "today" = the current UTC day.
@@ -227,7 +253,7 @@ impl RetentionJob {
                 }
             }
             if table == "activity_events" {
-                record_truncation(client, partition).await?;
+                record_truncation(client, partition, self.signer.as_ref()).await?;
             }
             client
                 .batch_execute(&format!("DROP TABLE {quoted}"))
@@ -269,38 +295,96 @@ impl RetentionJob {
 }
 
 /// Records in `chain_truncations`, per tenant, what dropping the
-/// `activity_events` partition `partition` removes (rows, seq range, the last
-/// chained seq and its hash), so that verification accounts for the missing
-/// rows (see [`chain`](super::chain)). Runs in the dropping transaction.
-async fn record_truncation(client: &Client, partition: &str) -> Result<(), PgError> {
+/// `activity_events` partition `partition` removes (rows, seq range, the chained
+/// rows, the last chained seq and its hash) and signs each record with `signer`,
+/// so that verification accounts for the missing rows (see
+/// [`chain`](super::chain)). Runs in the dropping transaction.
+async fn record_truncation(
+    client: &Client,
+    partition: &str,
+    signer: Option<&SigningKey>,
+) -> Result<(), PgError> {
     let Some(day) = partition_day("activity_events", partition) else {
         return Ok(());
     };
     let quoted = quote_ident(partition);
     let recorded = client
-        .execute(
+        .query(
             &format!(
-                "WITH dropped AS ( \
+                "WITH wm AS (SELECT coalesce((SELECT last_seq FROM chain_watermark \
+                     WHERE name = $3), 0) AS last_seq), \
+                 dropped AS ( \
                      SELECT tenant_id, count(*) AS rows, min(seq) AS min_seq, max(seq) AS max_seq, \
-                         max(seq) FILTER (WHERE seq <= (SELECT last_seq FROM chain_watermark \
-                             WHERE name = $3)) AS last_chained_seq \
-                     FROM {quoted} GROUP BY tenant_id) \
-                 INSERT INTO chain_truncations (table_name, partition_name, day, tenant_id, rows, \
-                     min_seq, max_seq, last_chained_seq, last_chained_hash) \
+                         count(*) FILTER (WHERE seq <= wm.last_seq) AS chained_rows, \
+                         max(seq) FILTER (WHERE seq <= wm.last_seq) AS last_chained_seq \
+                     FROM {quoted}, wm GROUP BY tenant_id) \
+                 INSERT INTO chain_truncations AS t (table_name, partition_name, day, tenant_id, \
+                     rows, min_seq, max_seq, chained_rows, last_chained_seq, last_chained_hash) \
                  SELECT 'activity_events', $1, $2, d.tenant_id, d.rows, d.min_seq, d.max_seq, \
-                     d.last_chained_seq, c.row_hash \
+                     d.chained_rows, d.last_chained_seq, c.row_hash \
                  FROM dropped d LEFT JOIN activity_chain c \
                      ON c.tenant_id = d.tenant_id AND c.seq = d.last_chained_seq \
                  ON CONFLICT (table_name, day, tenant_id) DO UPDATE SET \
-                     rows = chain_truncations.rows + EXCLUDED.rows, \
-                     dropped_at = EXCLUDED.dropped_at"
+                     rows = t.rows + EXCLUDED.rows, \
+                     min_seq = least(t.min_seq, EXCLUDED.min_seq), \
+                     max_seq = greatest(t.max_seq, EXCLUDED.max_seq), \
+                     chained_rows = coalesce(t.chained_rows, 0) + EXCLUDED.chained_rows, \
+                     last_chained_seq = greatest(t.last_chained_seq, EXCLUDED.last_chained_seq), \
+                     last_chained_hash = CASE WHEN t.last_chained_seq IS NULL \
+                         OR EXCLUDED.last_chained_seq > t.last_chained_seq \
+                         THEN EXCLUDED.last_chained_hash ELSE t.last_chained_hash END, \
+                     dropped_at = EXCLUDED.dropped_at, key_id = NULL, signature = NULL \
+                 RETURNING t.tenant_id, t.rows, t.min_seq, t.max_seq, t.chained_rows, \
+                     t.last_chained_seq, t.last_chained_hash, t.dropped_at"
             ),
-            &[&partition, &day, &super::chain::CHAIN_WATERMARK],
+            &[&partition, &day, &CHAIN_WATERMARK],
         )
         .await?;
+    if let Some(signer) = signer {
+        let id = key_id(&signer.verifying_key());
+        client
+            .execute(
+                "INSERT INTO chain_keys (key_id, public_key) VALUES ($1, $2) \
+                 ON CONFLICT (key_id) DO NOTHING",
+                &[&id, &signer.verifying_key().as_bytes().as_slice()],
+            )
+            .await?;
+        let mut tenants = Vec::with_capacity(recorded.len());
+        let mut signatures = Vec::with_capacity(recorded.len());
+        for row in &recorded {
+            let record = TruncationRecord {
+                table: "activity_events".to_owned(),
+                tenant: row.try_get(0)?,
+                day,
+                rows: row.try_get(1)?,
+                min_seq: row.try_get(2)?,
+                max_seq: row.try_get(3)?,
+                chained_rows: row.try_get::<_, Option<i64>>(4)?.unwrap_or(0),
+                last_chained_seq: row.try_get(5)?,
+                last_chained_hash: row.try_get(6)?,
+                dropped_at: row.try_get(7)?,
+            };
+            signatures.push(signer.sign(&record.message()).to_bytes().to_vec());
+            tenants.push(record.tenant);
+        }
+        client
+            .execute(
+                "UPDATE chain_truncations t SET key_id = $3, signature = u.s \
+                 FROM unnest($1::text[], $2::bytea[]) AS u(tenant, s) \
+                 WHERE t.table_name = 'activity_events' AND t.day = $4 AND t.tenant_id = u.tenant",
+                &[&tenants, &signatures, &id, &day],
+            )
+            .await?;
+    } else if !recorded.is_empty() {
+        tracing::warn!(
+            partition,
+            "retention recorded an unsigned truncation (no checkpoint signing key): \
+             verification reports the dropped rows as unaccounted for"
+        );
+    }
     tracing::debug!(
         partition,
-        tenants = recorded,
+        tenants = recorded.len(),
         "retention recorded the drop for the hash chain"
     );
     Ok(())

@@ -1,6 +1,6 @@
 //! A row's canonical form, its link hash, the checkpoint message and the signing keys.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use sha2::{Digest, Sha256};
 use tokio_postgres::Row;
 
@@ -11,6 +11,8 @@ use crate::postgres::PgError;
 const ROW_DOMAIN: &[u8] = b"tally-activity-v1";
 /// Domain prefix of a signed checkpoint message.
 const CHECKPOINT_DOMAIN: &[u8] = b"tally-checkpoint-v1";
+/// Domain prefix of a signed truncation record.
+const TRUNCATION_DOMAIN: &[u8] = b"tally-truncation-v1";
 
 /// The columns of a row's canonical form, in order (`attributes` as the text
 /// PostgreSQL prints for the jsonb value: keys sorted, duplicates removed).
@@ -150,6 +152,66 @@ pub fn checkpoint_message(
     field(&mut out, Some(head_hash));
     field(&mut out, Some(&signed_at.timestamp_micros().to_be_bytes()));
     out
+}
+
+/// What a signed `chain_truncations` row states: retention dropped the rows of
+/// `tenant` on `day` from `table`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruncationRecord {
+    pub table: String,
+    pub tenant: String,
+    pub day: NaiveDate,
+    /// Rows dropped (chained or not).
+    pub rows: i64,
+    pub min_seq: Option<i64>,
+    pub max_seq: Option<i64>,
+    /// Rows dropped that were chained (seq at or below the chain watermark).
+    pub chained_rows: i64,
+    /// The largest chained seq dropped, and its link's `row_hash`.
+    pub last_chained_seq: Option<i64>,
+    pub last_chained_hash: Option<Vec<u8>>,
+    pub dropped_at: DateTime<Utc>,
+}
+
+impl TruncationRecord {
+    /// The message a truncation record's signature covers: `tally-truncation-v1`,
+    /// then the fields table, tenant, day (`YYYY-MM-DD`), rows, min_seq, max_seq,
+    /// chained_rows, last_chained_seq (integers 8 bytes big-endian), last_chained_hash
+    /// and dropped_at (microseconds, 8 bytes), encoded like [`ChainRow::canonical`]'s
+    /// fields (NULL as `0x00`).
+    pub fn message(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160 + self.tenant.len() + self.table.len());
+        out.extend_from_slice(TRUNCATION_DOMAIN);
+        field(&mut out, Some(self.table.as_bytes()));
+        field(&mut out, Some(self.tenant.as_bytes()));
+        field(
+            &mut out,
+            Some(self.day.format("%Y-%m-%d").to_string().as_bytes()),
+        );
+        field(&mut out, Some(&self.rows.to_be_bytes()));
+        field(
+            &mut out,
+            self.min_seq.map(i64::to_be_bytes).as_ref().map(|b| &b[..]),
+        );
+        field(
+            &mut out,
+            self.max_seq.map(i64::to_be_bytes).as_ref().map(|b| &b[..]),
+        );
+        field(&mut out, Some(&self.chained_rows.to_be_bytes()));
+        field(
+            &mut out,
+            self.last_chained_seq
+                .map(i64::to_be_bytes)
+                .as_ref()
+                .map(|b| &b[..]),
+        );
+        field(&mut out, self.last_chained_hash.as_deref());
+        field(
+            &mut out,
+            Some(&self.dropped_at.timestamp_micros().to_be_bytes()),
+        );
+        out
+    }
 }
 
 /// The id of a public key: hex of the first 8 bytes of SHA-256(public key).

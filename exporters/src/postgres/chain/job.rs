@@ -1,6 +1,7 @@
 //! The chainer: links newly committed rows into their tenant's chain and signs checkpoints.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -11,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Transaction};
 
 use super::canonical::{checkpoint_message, hash32, key_id, row_hash, ChainRow, ROW_COLUMNS};
+use super::external::{append_checkpoints, ExternalCheckpoint};
 use super::{
     SigningKey, CHAIN_LOCK_KEY, CHAIN_WATERMARK, DEFAULT_CHAIN_ROWS_PER_RUN, GENESIS_HASH,
 };
@@ -38,6 +40,7 @@ pub struct ChainJob {
     signer: Option<SigningKey>,
     checkpoint_interval: Duration,
     max_rows_per_run: i64,
+    checkpoint_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ChainJob {
@@ -49,6 +52,7 @@ impl std::fmt::Debug for ChainJob {
             )
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("max_rows_per_run", &self.max_rows_per_run)
+            .field("checkpoint_dir", &self.checkpoint_dir)
             .finish()
     }
 }
@@ -61,7 +65,16 @@ impl ChainJob {
             signer,
             checkpoint_interval,
             max_rows_per_run: DEFAULT_CHAIN_ROWS_PER_RUN,
+            checkpoint_dir: None,
         }
+    }
+
+    /// Also appends every signed checkpoint to a file of `dir` (see
+    /// [`append_checkpoints`]), fsynced before the run commits: a run whose file
+    /// write fails rolls back and is retried.
+    pub fn with_checkpoint_dir(mut self, dir: Option<PathBuf>) -> ChainJob {
+        self.checkpoint_dir = dir;
+        self
     }
 
     /// Bounds the rows chained per run (at least 1).
@@ -265,6 +278,31 @@ impl ChainJob {
             hashes.push(hash);
             signed.push(now);
             signatures.push(signature.to_bytes().to_vec());
+        }
+        if let (Some(dir), false) = (&self.checkpoint_dir, tenants.is_empty()) {
+            // Written while the run holds CHAIN_LOCK_KEY, so one instance writes at a
+            // time. Should the commit then fail, the same rows are chained again with
+            // the same hashes (a link depends only on the rows), so the line stays true.
+            let lines: Vec<ExternalCheckpoint> = (0..tenants.len())
+                .map(|i| {
+                    ExternalCheckpoint::new(
+                        &tenants[i],
+                        seqs[i],
+                        &hashes[i],
+                        signed[i],
+                        &id,
+                        &signatures[i],
+                    )
+                })
+                .collect();
+            let day = signed[0].date_naive();
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || append_checkpoints(&dir, day, &lines))
+                .await
+                .map_err(|e| PgError::Integrity(format!("checkpoint file writer failed: {e}")))?
+                .inspect_err(|error| {
+                    tracing::error!(%error, "cannot write checkpoints to exporters.postgres.tamper_evidence.checkpoint_dir; the chainer retries");
+                })?;
         }
         if !tenants.is_empty() {
             tx.execute(

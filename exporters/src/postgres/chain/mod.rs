@@ -20,29 +20,40 @@
 //! `checkpoint` that is forged or does not match the chain.
 //!
 //! Retention drops whole daily partitions; it records each drop in
-//! `chain_truncations` (per tenant and day) in the dropping transaction. Links
-//! are never dropped, so the chain continues through the dropped rows' stored
-//! hashes, and a link whose row is missing is accepted only when its tenant and
-//! day have such a record.
+//! `chain_truncations` (per tenant and day, signed with the checkpoint key) in the
+//! dropping transaction. Links are never dropped, so the chain continues through
+//! the dropped rows' stored hashes, and a link whose row is missing is accepted
+//! only under such a record whose signature, seq range and counts hold.
 //!
-//! The module has three parts: `canonical.rs` (a row's canonical form, the hashes and
-//! the checkpoint message and keys), `job.rs` (the chainer) and `verify.rs` (the walk).
+//! With a checkpoint directory, the chainer also appends each checkpoint to a
+//! file outside the database, which `tally verify --checkpoints` compares the
+//! chain with (a cut tail, a rewritten head).
+//!
+//! The module has four parts: `canonical.rs` (a row's canonical form, the hashes, the
+//! checkpoint and truncation messages and keys), `job.rs` (the chainer), `external.rs`
+//! (the checkpoint files) and `verify.rs` (the walk, whole or resumed).
 
 use std::time::Duration;
 
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 mod canonical;
+mod external;
 mod job;
 mod verify;
 
 pub use canonical::{
     checkpoint_message, hex, key_id, row_hash, signing_key_from_config, signing_key_from_seed,
-    ChainRow,
+    ChainRow, TruncationRecord,
+};
+pub use external::{
+    append_checkpoints, checkpoint_file, read_checkpoint_dir, ExternalCheckpoint,
+    ExternalCheckpoints,
 };
 pub use job::{ChainJob, ChainReport};
 pub use verify::{
-    tenants, verify, CheckpointInfo, Problem, ProblemKind, VerifyReport, VerifyStatus,
+    tenants, verify, verify_against, verify_from, CheckpointInfo, Problem, ProblemKind,
+    VerifyReport, VerifyStart, VerifyStatus,
 };
 
 /// Advisory lock key serialising chainer runs (the bytes `tallychn`).

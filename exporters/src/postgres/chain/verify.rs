@@ -1,13 +1,15 @@
 //! Verification: re-walks one tenant's links and rows and checks the checkpoints.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use ed25519_dalek::{Signature, Verifier};
 use serde::Serialize;
 use tokio_postgres::{Client, IsolationLevel};
 
-use super::canonical::{checkpoint_message, hex, key_id, row_hash, ChainRow, ROW_COLUMNS};
+use super::canonical::{
+    checkpoint_message, hex, key_id, row_hash, ChainRow, TruncationRecord, ROW_COLUMNS,
+};
 use super::{VerifyingKey, CHAIN_WATERMARK, GENESIS_HASH};
 use crate::postgres::PgError;
 
@@ -37,6 +39,10 @@ pub enum ProblemKind {
     /// A checkpoint whose signature does not verify, whose key is not trusted,
     /// or whose head hash differs from the chain (the chain was rewritten).
     Checkpoint,
+    /// A `chain_truncations` record that excuses missing rows but is unsigned,
+    /// not signed by a trusted key, or disagrees with the chain (seq range,
+    /// counts, last hash) or with the table (rows of the day remain).
+    Truncation,
 }
 
 /// The first problem found.
@@ -89,6 +95,35 @@ pub struct VerifyReport {
     pub first_problem: Option<Problem>,
     /// The latest valid checkpoint at or before `verified_up_to_seq`.
     pub checkpoint: Option<CheckpointInfo>,
+    /// Checkpoints kept outside the database (`tally verify --checkpoints`) whose
+    /// head hash matched the chain. Not part of the API's answer.
+    #[serde(skip)]
+    pub external_checkpoints_checked: u64,
+    /// `None`: the whole chain was walked. Else the seq of the verified checkpoint
+    /// this walk resumed from (see [`VerifyStart`]); the counts cover only the
+    /// links after it.
+    pub verified_from_seq: Option<i64>,
+}
+
+/// Where an incremental walk resumes: a checkpoint an earlier walk verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyStart {
+    pub seq: i64,
+    pub head_hash: Vec<u8>,
+    pub checkpoint: CheckpointInfo,
+}
+
+impl VerifyReport {
+    /// Where a later walk can resume: the latest checkpoint this intact walk
+    /// verified (`None` when tampered or without checkpoint).
+    pub fn resume_point(&self) -> Option<VerifyStart> {
+        let checkpoint = self.checkpoint.as_ref().filter(|_| self.is_intact())?;
+        Some(VerifyStart {
+            seq: checkpoint.seq,
+            head_hash: ::hex::decode(&checkpoint.head_hash).ok()?,
+            checkpoint: checkpoint.clone(),
+        })
+    }
 }
 
 impl VerifyReport {
@@ -144,6 +179,17 @@ struct Link {
     row_hash: Vec<u8>,
 }
 
+/// A `chain_truncations` record, with what the walk learnt about it.
+struct Truncation {
+    record: TruncationRecord,
+    /// Why its signature is not acceptable (`None`: it verifies).
+    signature_problem: Option<String>,
+    /// Links of its tenant and day walked so far whose row is missing.
+    missing_links: i64,
+    /// Whether the walk reached `last_chained_seq`.
+    closed: bool,
+}
+
 struct StoredCheckpoint {
     head_hash: Vec<u8>,
     signed_at: DateTime<Utc>,
@@ -177,6 +223,33 @@ pub async fn verify(
     tenant: &str,
     trusted: &[VerifyingKey],
 ) -> Result<VerifyReport, PgError> {
+    verify_against(client, tenant, trusted, &BTreeMap::new()).await
+}
+
+/// [`verify`], also checking `external`: the head hashes (by seq) of `tenant`'s
+/// checkpoints kept outside the database (see [`read_checkpoint_dir`](super::read_checkpoint_dir)).
+/// A link whose hash differs is a rewritten chain (`checkpoint`); an external
+/// seq beyond the chain's end, or missing from it, is a cut (`deleted`).
+pub async fn verify_against(
+    client: &mut Client,
+    tenant: &str,
+    trusted: &[VerifyingKey],
+    external: &BTreeMap<i64, Vec<u8>>,
+) -> Result<VerifyReport, PgError> {
+    verify_from(client, tenant, trusted, external, None).await
+}
+
+/// [`verify_against`], resuming after `start` (a checkpoint an earlier walk
+/// verified) when the link and row at its seq still hash to it; otherwise (or
+/// without `start`) the whole chain is walked. Changes at or below `start` are
+/// not seen by a resumed walk.
+pub async fn verify_from(
+    client: &mut Client,
+    tenant: &str,
+    trusted: &[VerifyingKey],
+    external: &BTreeMap<i64, Vec<u8>>,
+    start: Option<&VerifyStart>,
+) -> Result<VerifyReport, PgError> {
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -199,16 +272,14 @@ pub async fn verify(
         )
         .await?
         .try_get(0)?;
-    let dropped_days: HashSet<NaiveDate> = tx
+    let truncation_rows = tx
         .query(
-            "SELECT day FROM chain_truncations WHERE table_name = 'activity_events' \
-             AND tenant_id = $1",
+            "SELECT day, rows, min_seq, max_seq, chained_rows, last_chained_seq, \
+                 last_chained_hash, dropped_at, key_id, signature FROM chain_truncations \
+             WHERE table_name = 'activity_events' AND tenant_id = $1",
             &[&tenant],
         )
-        .await?
-        .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()?;
+        .await?;
     let mut keys: HashMap<String, Option<VerifyingKey>> = HashMap::new();
     for row in tx
         .query("SELECT key_id, public_key FROM chain_keys", &[])
@@ -222,6 +293,38 @@ pub async fn verify(
     }
     for key in trusted {
         keys.insert(key_id(key), Some(*key));
+    }
+    let mut dropped_days: HashMap<NaiveDate, Truncation> = HashMap::new();
+    for row in &truncation_rows {
+        let record = TruncationRecord {
+            table: "activity_events".to_owned(),
+            tenant: tenant.to_owned(),
+            day: row.try_get(0)?,
+            rows: row.try_get(1)?,
+            min_seq: row.try_get(2)?,
+            max_seq: row.try_get(3)?,
+            chained_rows: row.try_get::<_, Option<i64>>(4)?.unwrap_or(0),
+            last_chained_seq: row.try_get(5)?,
+            last_chained_hash: row.try_get(6)?,
+            dropped_at: row.try_get(7)?,
+        };
+        let key_id: Option<String> = row.try_get(8)?;
+        let signature: Option<Vec<u8>> = row.try_get(9)?;
+        let signature_problem = match (key_id, signature) {
+            (Some(key_id), Some(signature)) => {
+                check_signature(&keys, trusted, &key_id, &signature, &record.message()).err()
+            }
+            _ => Some("is not signed".to_owned()),
+        };
+        dropped_days.insert(
+            record.day,
+            Truncation {
+                record,
+                signature_problem,
+                missing_links: 0,
+                closed: false,
+            },
+        );
     }
     let mut checkpoints: BTreeMap<i64, StoredCheckpoint> = BTreeMap::new();
     for row in tx
@@ -250,13 +353,36 @@ pub async fn verify(
         .await?
         .map(|row| Ok::<_, PgError>((row.try_get(0)?, row.try_get(1)?)))
         .transpose()?;
+    let start = match start {
+        Some(start) if anchor_holds(&tx, tenant, start).await? => Some(start),
+        _ => None,
+    };
+    if let Some(start) = start {
+        for t in dropped_days.values_mut() {
+            let record = &t.record;
+            if record.last_chained_seq.is_none_or(|last| last <= start.seq) {
+                t.closed = true;
+            } else if record.min_seq.is_some_and(|min| min <= start.seq) {
+                // The record spans the start: its links up to there were walked before.
+                t.missing_links = tx
+                    .query_one(
+                        "SELECT count(*) FROM activity_chain WHERE tenant_id = $1 AND day = $2 \
+                         AND seq <= $3",
+                        &[&tenant, &record.day, &start.seq],
+                    )
+                    .await?
+                    .try_get(0)?;
+            }
+        }
+    }
 
     let mut walk = Walk {
         tenant,
         trusted,
         keys: &keys,
-        dropped_days: &dropped_days,
+        dropped_days,
         checkpoints: &checkpoints,
+        external,
         expected_prev: GENESIS_HASH.to_vec(),
         prev_seq: None,
         report: VerifyReport {
@@ -271,9 +397,19 @@ pub async fn verify(
             checkpoints_checked: 0,
             first_problem: None,
             checkpoint: None,
+            external_checkpoints_checked: 0,
+            verified_from_seq: None,
         },
     };
     let mut cursor = i64::MIN;
+    if let Some(start) = start {
+        cursor = start.seq;
+        walk.prev_seq = Some(start.seq);
+        walk.expected_prev = start.head_hash.clone();
+        walk.report.verified_up_to_seq = Some(start.seq);
+        walk.report.verified_from_seq = Some(start.seq);
+        walk.report.checkpoint = Some(start.checkpoint.clone());
+    }
     loop {
         let links: Vec<Link> = tx
             .query(
@@ -329,8 +465,9 @@ struct Walk<'a> {
     tenant: &'a str,
     trusted: &'a [VerifyingKey],
     keys: &'a HashMap<String, Option<VerifyingKey>>,
-    dropped_days: &'a HashSet<NaiveDate>,
+    dropped_days: HashMap<NaiveDate, Truncation>,
     checkpoints: &'a BTreeMap<i64, StoredCheckpoint>,
+    external: &'a BTreeMap<i64, Vec<u8>>,
     expected_prev: Vec<u8>,
     prev_seq: Option<i64>,
     report: VerifyReport,
@@ -420,16 +557,40 @@ impl Walk<'_> {
                 )
             }
         };
+        if let Some((&seq, _)) = self
+            .external
+            .range(self.prev_seq.map_or(i64::MIN, |s| s.saturating_add(1))..link.seq)
+            .next()
+        {
+            return self.problem(
+                seq,
+                ProblemKind::Deleted,
+                format!(
+                    "a checkpoint kept outside the database names seq {seq}, which is not in the \
+                     chain (seq {} follows seq {:?})",
+                    link.seq, self.prev_seq
+                ),
+            );
+        }
         if rows.is_empty() {
-            if !self.dropped_days.contains(&link.day) {
-                return self.problem(
-                    link.seq,
-                    ProblemKind::Deleted,
-                    "the chained row is missing and no retention drop of its day is recorded",
-                );
+            if !self.dropped_row(link) {
+                return false;
             }
             self.report.dropped_rows += 1;
         } else {
+            if let Some(t) = self.dropped_days.get(&link.day) {
+                if t.record.max_seq.is_some_and(|max| link.seq <= max) {
+                    let day = link.day;
+                    return self.problem(
+                        link.seq,
+                        ProblemKind::Truncation,
+                        format!(
+                            "a truncation record says the rows of {day} were dropped, but this \
+                             row of {day} remains"
+                        ),
+                    );
+                }
+            }
             let mut matched = false;
             for row in rows {
                 self.report.rows_checked += 1;
@@ -457,6 +618,17 @@ impl Walk<'_> {
                 return false;
             }
         }
+        if let Some(hash) = self.external.get(&link.seq) {
+            if hash != &link.row_hash {
+                return self.problem(
+                    link.seq,
+                    ProblemKind::Checkpoint,
+                    "the head hash differs from the checkpoint kept outside the database: \
+                     rows up to this seq were rewritten",
+                );
+            }
+            self.report.external_checkpoints_checked += 1;
+        }
         self.report.links_checked += 1;
         self.report.verified_up_to_seq = Some(link.seq);
         self.prev_seq = Some(link.seq);
@@ -464,37 +636,78 @@ impl Walk<'_> {
         true
     }
 
-    fn checkpoint(&mut self, link: &Link, cp: &StoredCheckpoint) -> bool {
-        self.report.checkpoints_checked += 1;
-        let key = self.keys.get(&cp.key_id).copied().flatten();
-        let Some(key) = key else {
+    /// A link whose row is missing: accepted only under a signed truncation
+    /// record of its tenant and day whose seq range and counts it fits.
+    fn dropped_row(&mut self, link: &Link) -> bool {
+        let day = link.day;
+        let Some(t) = self.dropped_days.get_mut(&day) else {
             return self.problem(
                 link.seq,
-                ProblemKind::Checkpoint,
-                format!("the checkpoint's key {} is unknown", cp.key_id),
+                ProblemKind::Deleted,
+                "the chained row is missing and no retention drop of its day is recorded",
             );
         };
-        let trusted = (!self.trusted.is_empty()).then(|| self.trusted.contains(&key));
-        if trusted == Some(false) {
-            return self.problem(
-                link.seq,
-                ProblemKind::Checkpoint,
-                format!(
-                    "the checkpoint is signed by key {}, which is not trusted",
-                    cp.key_id
-                ),
+        if let Some(why) = &t.signature_problem {
+            let detail = format!(
+                "the chained row is missing and the truncation record of {day} {why} \
+                 (forged or altered record)"
             );
+            return self.problem(link.seq, ProblemKind::Truncation, detail);
         }
+        let record = &t.record;
+        let in_range = record.min_seq.is_some_and(|min| link.seq >= min)
+            && record.last_chained_seq.is_some_and(|last| link.seq <= last);
+        if !in_range {
+            let detail = format!(
+                "the chained row is missing, outside the seq range {:?}..={:?} the truncation \
+                 record of {day} signs for",
+                record.min_seq, record.last_chained_seq
+            );
+            return self.problem(link.seq, ProblemKind::Truncation, detail);
+        }
+        t.missing_links += 1;
+        if record.last_chained_seq == Some(link.seq) {
+            t.closed = true;
+            let (missing, chained) = (t.missing_links, record.chained_rows);
+            let hash_matches = record.last_chained_hash.as_deref() == Some(&link.row_hash[..]);
+            if missing != chained {
+                return self.problem(
+                    link.seq,
+                    ProblemKind::Truncation,
+                    format!(
+                        "the truncation record of {day} signs for {chained} chained rows dropped, \
+                         but {missing} rows of that day are missing from the chain"
+                    ),
+                );
+            }
+            if !hash_matches {
+                return self.problem(
+                    link.seq,
+                    ProblemKind::Truncation,
+                    format!(
+                        "the truncation record of {day} signs for another hash at its last \
+                         chained seq"
+                    ),
+                );
+            }
+        }
+        true
+    }
+
+    fn checkpoint(&mut self, link: &Link, cp: &StoredCheckpoint) -> bool {
+        self.report.checkpoints_checked += 1;
         let message = checkpoint_message(self.tenant, link.seq, &cp.head_hash, cp.signed_at);
-        let valid = Signature::from_slice(&cp.signature)
-            .is_ok_and(|signature| key.verify(&message, &signature).is_ok());
-        if !valid {
-            return self.problem(
-                link.seq,
-                ProblemKind::Checkpoint,
-                "the checkpoint's signature does not verify (forged or altered checkpoint)",
-            );
-        }
+        let trusted =
+            match check_signature(self.keys, self.trusted, &cp.key_id, &cp.signature, &message) {
+                Ok(trusted) => trusted,
+                Err(why) => {
+                    return self.problem(
+                        link.seq,
+                        ProblemKind::Checkpoint,
+                        format!("the checkpoint {why} (forged or altered checkpoint)"),
+                    )
+                }
+            };
         if cp.head_hash != link.row_hash {
             return self.problem(
                 link.seq,
@@ -522,6 +735,38 @@ impl Walk<'_> {
             return;
         }
         let last = self.report.verified_up_to_seq;
+        if let Some((&seq, _)) = self
+            .external
+            .range(last.map_or(i64::MIN, |s| s.saturating_add(1))..)
+            .next()
+        {
+            self.problem(
+                seq,
+                ProblemKind::Deleted,
+                format!(
+                    "a checkpoint kept outside the database covers seq {seq}, but the chain ends \
+                     at {last:?}: its tail was cut"
+                ),
+            );
+            return;
+        }
+        let open = self
+            .dropped_days
+            .values()
+            .filter(|t| !t.closed)
+            .filter_map(|t| t.record.last_chained_seq.map(|seq| (seq, t.record.day)))
+            .min();
+        if let Some((seq, day)) = open {
+            self.problem(
+                seq,
+                ProblemKind::Truncation,
+                format!(
+                    "the truncation record of {day} names seq {seq} as its last chained row, but \
+                     the chain has no dropped row there"
+                ),
+            );
+            return;
+        }
         if let Some((&seq, _)) = self
             .checkpoints
             .range(last.map_or(i64::MIN, |s| s.saturating_add(1))..)
@@ -552,4 +797,65 @@ impl Walk<'_> {
             _ => {}
         }
     }
+}
+
+/// Checks a signature by key `key_id` over `message`: answers whether the key is
+/// one of `trusted` (`None`: no trusted key given), or why it is not acceptable
+/// (unknown key, untrusted key, signature that does not verify).
+fn check_signature(
+    keys: &HashMap<String, Option<VerifyingKey>>,
+    trusted: &[VerifyingKey],
+    key_id: &str,
+    signature: &[u8],
+    message: &[u8],
+) -> Result<Option<bool>, String> {
+    let Some(key) = keys.get(key_id).copied().flatten() else {
+        return Err(format!("is signed by key {key_id}, which is unknown"));
+    };
+    let is_trusted = (!trusted.is_empty()).then(|| trusted.contains(&key));
+    if is_trusted == Some(false) {
+        return Err(format!("is signed by key {key_id}, which is not trusted"));
+    }
+    let valid = Signature::from_slice(signature)
+        .is_ok_and(|signature| key.verify(message, &signature).is_ok());
+    if !valid {
+        return Err("has a signature that does not verify".to_owned());
+    }
+    Ok(is_trusted)
+}
+
+/// Whether the link at `start.seq` still has `start.head_hash` and its row still
+/// hashes to it (a resumed walk trusts everything up to there).
+async fn anchor_holds(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: &str,
+    start: &VerifyStart,
+) -> Result<bool, PgError> {
+    let Some(link) = tx
+        .query_opt(
+            "SELECT prev_hash, row_hash FROM activity_chain WHERE tenant_id = $1 AND seq = $2",
+            &[&tenant, &start.seq],
+        )
+        .await?
+    else {
+        return Ok(false);
+    };
+    let prev_hash: Vec<u8> = link.try_get(0)?;
+    let link_hash: Vec<u8> = link.try_get(1)?;
+    let Ok(prev) = <[u8; 32]>::try_from(prev_hash.as_slice()) else {
+        return Ok(false);
+    };
+    if link_hash != start.head_hash {
+        return Ok(false);
+    }
+    let rows: Vec<ChainRow> = tx
+        .query(
+            &format!("SELECT {ROW_COLUMNS} FROM activity_events WHERE tenant_id = $1 AND seq = $2"),
+            &[&tenant, &start.seq],
+        )
+        .await?
+        .iter()
+        .map(ChainRow::from_row)
+        .collect::<Result<_, _>>()?;
+    Ok(rows.len() == 1 && row_hash(&prev, &rows[0].canonical())[..] == link_hash[..])
 }
