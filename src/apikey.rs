@@ -19,10 +19,22 @@ async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> any
             tenant,
             scope,
             description,
+            origin,
+            action,
         } => {
-            let created = apikeys::create(client, &tenant, &scope, description.as_deref())
-                .await
-                .context("cannot create the API key")?;
+            let restrictions = apikeys::IngestRestrictions {
+                origins: origin,
+                actions: action,
+            };
+            let created = apikeys::create_restricted(
+                client,
+                &tenant,
+                &scope,
+                description.as_deref(),
+                &restrictions,
+            )
+            .await
+            .context("cannot create the API key")?;
             println!("{}", created.key);
             println!("id: {}", created.id);
             println!("prefix: {}", created.prefix);

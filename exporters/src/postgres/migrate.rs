@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "ingest_key_id",
         include_str!("migrations/0011_ingest_key_id.sql"),
     ),
+    (
+        16,
+        "api_key_browser",
+        include_str!("migrations/0016_api_key_browser.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the
