@@ -453,3 +453,44 @@ async fn ingest_keys_tenants_origins_and_actions() {
     }
     assert_eq!(count(&db, "ui.click.elsewhere").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_taxonomy_quarantine_is_reported_by_index() {
+    let db = TestDatabase::migrated().await;
+    let tally = Tally::launch(TallyOptions {
+        database_url: Some(db.url.clone()),
+        validate_mode: Some("strict"),
+        ..Default::default()
+    })
+    .await;
+    let ts = now_rfc3339();
+    let (status, answer) = post_json(
+        &tally,
+        &json!([
+            {"action": "no.such.action", "ts": ts},
+            {"action": "auth.login.success", "user_id": "u1", "ts": ts},
+            {"action": "auth.login.success", "ts": ts}
+        ]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"accepted": 1, "rejected": [
+            {"index": 0, "reason": "unknown_action"},
+            {"index": 2, "reason": "missing_field"}
+        ]})
+    );
+    assert_eq!(count(&db, "auth.login.success").await, 1);
+    let client = db.client().await;
+    let quarantined = client
+        .query_one("SELECT count(*) FROM rejected_events", &[])
+        .await
+        .expect("rejected");
+    assert_eq!(
+        quarantined.get::<_, i64>(0),
+        2,
+        "both kept in rejected_events"
+    );
+}
