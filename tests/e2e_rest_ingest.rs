@@ -309,6 +309,18 @@ async fn ingest_keys_tenants_origins_and_actions() {
         .output()
         .expect("run tally apikey create");
     assert!(!refused.status.success());
+    let listed = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["apikey", "list"])
+        .env("TALLY_DATABASE_URL", &db.url)
+        .output()
+        .expect("run tally apikey list");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.contains("\thttps://app.example\tui.*\t")),
+        "{listed}"
+    );
     let tally = Tally::launch(TallyOptions {
         database_url: Some(db.url.clone()),
         ingest_auth_required: true,

@@ -88,6 +88,8 @@ pub struct ApiKeyInfo {
     pub created_at: DateTime<Utc>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Its REST ingest restrictions (browser origins, actions).
+    pub restrictions: IngestRestrictions,
 }
 
 /// Whether `text` is `bytes` bytes in lowercase hex.
@@ -324,7 +326,8 @@ pub async fn revoke(client: &Client, id_or_prefix: &str) -> Result<bool, ApiKeyE
 pub async fn list(client: &Client) -> Result<Vec<ApiKeyInfo>, ApiKeyError> {
     let rows = client
         .query(
-            "SELECT id, prefix, tenant, scopes, description, created_at, revoked_at \
+            "SELECT id, prefix, tenant, scopes, description, created_at, revoked_at, \
+                    allowed_origins, allowed_actions \
              FROM api_keys ORDER BY created_at DESC, id",
             &[],
         )
@@ -339,6 +342,10 @@ pub async fn list(client: &Client) -> Result<Vec<ApiKeyInfo>, ApiKeyError> {
                 description: row.try_get(4)?,
                 created_at: row.try_get(5)?,
                 revoked_at: row.try_get(6)?,
+                restrictions: IngestRestrictions {
+                    origins: row.try_get(7)?,
+                    actions: row.try_get(8)?,
+                },
             })
         })
         .collect()

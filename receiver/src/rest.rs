@@ -649,6 +649,9 @@ impl Item {
                 .unwrap_or(now),
             Some(value) => time_field(value)?,
         };
+        if ts.timestamp_nanos_opt().is_none_or(|nanos| nanos <= 0) {
+            return Err("ts: must be after 1970 and before 2262".into());
+        }
         let outcome = match object.get("outcome") {
             None | Some(Value::Null) => None,
             Some(Value::String(text)) if tally_model::Outcome::parse(text).is_some() => {
@@ -907,6 +910,10 @@ mod tests {
             (json!({"action": 3}), "action: must be a string"),
             (json!({"action": "a", "id": "x"}), "id: must be a UUID"),
             (json!({"action": "a", "ts": "yesterday"}), "ts:"),
+            (
+                json!({"action": "a", "ts": "1969-12-31T00:00:00Z"}),
+                "after 1970",
+            ),
             (json!({"action": "a", "outcome": "maybe"}), "outcome:"),
             (json!({"action": "a", "trace_id": "zz"}), "trace_id:"),
             (json!({"action": "a", "colour": 1}), "unknown field"),
