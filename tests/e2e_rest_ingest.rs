@@ -186,17 +186,24 @@ async fn formats_rejection_by_index_idempotency_and_tokens() {
         "the given id is the row's id"
     );
 
-    // A tokens object makes a priced token_usage row too.
-    let (status, answer) = post_json(
-        &tally,
-        &json!({"action": "chat.message.sent", "user_id": "u9", "tenant_id": "t9", "ts": ts,
-                "tokens": {"provider": "openai", "model": "gpt-4o",
-                           "input_tokens": 1000, "output_tokens": 100,
-                           "cache_read_tokens": 200}}),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 202, "{answer}");
+    // A tokens object makes a priced token_usage row too (once, resent or not).
+    let chat = json!({"action": "chat.message.sent", "user_id": "u9", "tenant_id": "t9", "ts": ts,
+                      "tokens": {"provider": "openai", "model": "gpt-4o",
+                                 "input_tokens": 1000, "output_tokens": 100,
+                                 "cache_read_tokens": 200}});
+    for _ in 0..2 {
+        let (status, answer) = post_json(&tally, &chat, &[]).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let token_rows = client
+        .query_one("SELECT count(*) FROM token_usage WHERE user_id = 'u9'", &[])
+        .await
+        .expect("count");
+    assert_eq!(
+        token_rows.get::<_, i64>(0),
+        1,
+        "a resent token row is stored once"
+    );
     let row = client
         .query_one(
             "SELECT user_id, tenant_id, provider, model, input_tokens, output_tokens, \
