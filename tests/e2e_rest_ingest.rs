@@ -437,6 +437,12 @@ async fn ingest_keys_tenants_origins_and_actions() {
             .and_then(|v| v.to_str().ok()),
         Some("https://app.example")
     );
+    assert_eq!(
+        headers
+            .get("access-control-expose-headers")
+            .and_then(|v| v.to_str().ok()),
+        Some("retry-after")
+    );
     let row = client
         .query_one(
             "SELECT tenant_id, user_id, attributes FROM activity_events \
