@@ -19,10 +19,22 @@ async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> any
             tenant,
             scope,
             description,
+            origin,
+            action,
         } => {
-            let created = apikeys::create(client, &tenant, &scope, description.as_deref())
-                .await
-                .context("cannot create the API key")?;
+            let restrictions = apikeys::IngestRestrictions {
+                origins: origin,
+                actions: action,
+            };
+            let created = apikeys::create_restricted(
+                client,
+                &tenant,
+                &scope,
+                description.as_deref(),
+                &restrictions,
+            )
+            .await
+            .context("cannot create the API key")?;
             println!("{}", created.key);
             println!("id: {}", created.id);
             println!("prefix: {}", created.prefix);
@@ -45,10 +57,19 @@ async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> any
             let keys = apikeys::list(client)
                 .await
                 .context("cannot list the API keys")?;
-            println!("id\tprefix\ttenant\tscopes\tcreated_at\trevoked_at\tdescription");
+            println!(
+                "id\tprefix\ttenant\tscopes\tcreated_at\trevoked_at\torigins\tactions\tdescription"
+            );
+            let listed = |items: &[String]| {
+                if items.is_empty() {
+                    "-".to_owned()
+                } else {
+                    items.join(" ")
+                }
+            };
             for key in keys {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     key.id,
                     key.prefix,
                     key.tenant,
@@ -56,6 +77,8 @@ async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> any
                     key.created_at.to_rfc3339(),
                     key.revoked_at
                         .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
+                    listed(&key.restrictions.origins),
+                    listed(&key.restrictions.actions),
                     key.description.as_deref().unwrap_or("")
                 );
             }

@@ -67,6 +67,15 @@ pub enum ApikeyCommand {
         /// Free text shown by `tally apikey list`.
         #[arg(long)]
         description: Option<String>,
+        /// A browser origin (`https://app.example`) that may use this ingest key on
+        /// REST ingest (`POST /api/v1/events`, CORS); repeat for several. Needs
+        /// --scope ingest and one tenant.
+        #[arg(long)]
+        origin: Vec<String>,
+        /// An action this ingest key may write on REST ingest (`ui.*`: a prefix);
+        /// repeat for several. Without it, any action.
+        #[arg(long)]
+        action: Vec<String>,
     },
     /// Revoke a key by its id or prefix (it stops working within
     /// admin_api.auth.api_keys.cache_ttl_secs).

@@ -90,6 +90,10 @@ impl Pipeline {
                 quarantined.iter().map(rejected_record).collect();
             let quarantined_count = quarantined.len() as u64;
             quarantined.extend(mismatched);
+            let quarantined_ids: Vec<(uuid::Uuid, String)> = quarantined
+                .iter()
+                .map(|record| (record.id, record.reason.clone()))
+                .collect();
             let TokenBatch {
                 rows,
                 pending,
@@ -188,6 +192,7 @@ impl Pipeline {
             Ok(ConsumeReport {
                 rejected: quarantined_count + mismatch_count,
                 message,
+                quarantined: quarantined_ids,
             })
         })
     }

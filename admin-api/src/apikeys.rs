@@ -9,8 +9,8 @@
 //! scope reads nothing here.
 
 pub use tally_exporters::apikeys::{
-    create, list, parse, revoke, ApiKeyError, ApiKeyInfo, CreatedKey, Grant, KeyVerifier, Refusal,
-    VerifyError, KEY_PREFIX, SCOPES, SCOPE_INGEST,
+    create, create_restricted, list, parse, revoke, ApiKeyError, ApiKeyInfo, CreatedKey, Grant,
+    IngestRestrictions, KeyVerifier, Refusal, VerifyError, KEY_PREFIX, SCOPES, SCOPE_INGEST,
 };
 
 use crate::auth::{Caller, TenantAccess};

@@ -1,4 +1,5 @@
-//! The load generator: concurrent OTLP clients (gRPC and HTTP/protobuf), closed
+//! The load generator: concurrent OTLP clients (gRPC and HTTP/protobuf) or REST
+//! ingest clients (JSON arrays to `POST /api/v1/events`), closed
 //! loop at full speed or paced to a target rate, recording each request's
 //! acknowledgement latency.
 
@@ -18,6 +19,8 @@ use crate::workload;
 pub enum Transport {
     Grpc,
     Http,
+    /// REST ingest, `POST /api/v1/events` on the OTLP/HTTP port (JSON arrays).
+    Rest,
 }
 
 /// What one load run offers.
@@ -70,6 +73,11 @@ enum Client {
         logs_url: String,
         authorization: Option<String>,
     },
+    Rest {
+        client: reqwest::Client,
+        url: String,
+        authorization: Option<String>,
+    },
 }
 
 impl Client {
@@ -99,6 +107,11 @@ impl Client {
                 client: reqwest::Client::new(),
                 traces_url: format!("{http}/v1/traces"),
                 logs_url: format!("{http}/v1/logs"),
+                authorization,
+            },
+            Transport::Rest => Client::Rest {
+                client: reqwest::Client::new(),
+                url: format!("{http}/api/v1/events"),
                 authorization,
             },
         })
@@ -139,6 +152,22 @@ impl Client {
                     post = post.header("authorization", value);
                 }
                 post.body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+            Client::Rest {
+                client,
+                url,
+                authorization,
+            } => {
+                let mut post = client
+                    .post(url.as_str())
+                    .header("content-type", "application/json");
+                if let Some(value) = authorization.as_deref() {
+                    post = post.header("authorization", value);
+                }
+                post.body(workload::rest_events(records))
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success())

@@ -107,7 +107,7 @@ struct IngestArgs {
     /// Runs; figures are medians.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Transports to measure.
+    /// Transports to measure (`rest`: REST ingest, JSON arrays on the HTTP port).
     #[arg(long, value_delimiter = ',', default_value = "grpc,http")]
     transports: Vec<Transport>,
     /// Where to write the JSON figures.

@@ -193,3 +193,65 @@ pub fn logs(records: usize) -> ExportLogsServiceRequest {
         }],
     }
 }
+
+/// A REST ingest body (`POST /api/v1/events`, a JSON array) of `items` events:
+/// the same mix as [`traces`] (every fifth a chat call with a `tokens` object,
+/// the others activity with the same ~15 attributes, personal data included).
+pub fn rest_events(items: usize) -> Vec<u8> {
+    let start = NEXT_RECORD.fetch_add(items as u64, Ordering::Relaxed);
+    let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let events: Vec<serde_json::Value> = (start..start + items as u64)
+        .map(|n| rest_event(n, &ts))
+        .collect();
+    serde_json::Value::Array(events).to_string().into_bytes()
+}
+
+fn rest_event(n: u64, ts: &str) -> serde_json::Value {
+    let user = format!("user-{}", n % 100_000);
+    let tenant = format!("tenant-{}", n % 1_000);
+    if n.is_multiple_of(5) {
+        let prompt = format!("summarise ticket {n} for alice@example.com");
+        return serde_json::json!({
+            "action": "chat.message.send",
+            "ts": ts,
+            "user_id": user,
+            "tenant_id": tenant,
+            "service": "bench-web",
+            "attributes": {
+                "gen_ai.input.messages": [{"role": "user", "content": prompt}],
+                "server.address": "api.openai.example",
+                "app.request_id": format!("req-{n:016x}"),
+            },
+            "tokens": {
+                "provider": "openai",
+                "operation": "chat",
+                "request_model": "gpt-4o-mini",
+                "response_model": "gpt-4o-mini-2024-07-18",
+                "input_tokens": 300 + n % 700,
+                "output_tokens": 50 + n % 300,
+            },
+        });
+    }
+    let status = if n.is_multiple_of(17) { 403 } else { 200 };
+    serde_json::json!({
+        "action": ACTIONS[(n % ACTIONS.len() as u64) as usize],
+        "ts": ts,
+        "user_id": user,
+        "tenant_id": tenant,
+        "session_id": format!("sess-{:x}", n / 7),
+        "resource_type": "document",
+        "resource_id": format!("doc-{}", n % 50_000),
+        "service": "bench-web",
+        "attributes": {
+            "http.request.method": "POST",
+            "http.route": "/api/documents/{id}",
+            "http.response.status_code": status,
+            "client.address": format!("203.0.{}.{}", (n / 256) % 256, n % 256),
+            "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0",
+            "user.email": format!("person{}@example.com", n % 100_000),
+            "app.request_id": format!("req-{n:016x}"),
+            "file.name": format!("quarterly-report-{}.pdf", n % 977),
+            "app.items": n % 50,
+        },
+    })
+}

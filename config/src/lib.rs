@@ -92,6 +92,13 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let rate = receiver.http.events_rate_limit.per_second;
+        if !rate.is_finite() || rate < 0.0 {
+            return Err(invalid(
+                "receivers.otlp.http.events_rate_limit.per_second",
+                "must be a number of events per second, 0 or more (0: no limit)",
+            ));
+        }
         let largest_message = receiver.http.max_request_body_size.max(
             receiver
                 .grpc

@@ -149,6 +149,32 @@ pub struct HttpConfig {
     pub max_request_body_size: usize,
     /// Serve OTLP/HTTP over TLS (`None`, the default: plaintext).
     pub tls: Option<TlsConfig>,
+    /// Per-key rate limit of REST ingest (`POST /api/v1/events`).
+    pub events_rate_limit: EventsRateLimit,
+}
+
+/// `receivers.otlp.http.events_rate_limit`: how many REST ingest events each
+/// ingest key may send (requests without a key share one allowance). A token
+/// bucket of `burst` events refilled at `per_second`; a request arriving at an
+/// empty bucket is refused with 429 and `Retry-After`. A request may take the
+/// bucket below zero (a batch larger than `burst` still passes once); the key
+/// then waits until it refills. `per_second: 0` (the default) means no limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsRateLimit {
+    /// Events per second per key (default 0: no limit).
+    pub per_second: f64,
+    /// Events a key may send at once after a quiet period (default 0: `per_second`, at least 1).
+    pub burst: u64,
+}
+
+impl Default for EventsRateLimit {
+    fn default() -> Self {
+        EventsRateLimit {
+            per_second: 0.0,
+            burst: 0,
+        }
+    }
 }
 
 /// `tls` of a listener (`receivers.otlp.grpc`, `receivers.otlp.http`, `admin_api`),
@@ -174,6 +200,7 @@ impl Default for HttpConfig {
             endpoint: Endpoint::localhost(4318),
             max_request_body_size: 20 * 1024 * 1024,
             tls: None,
+            events_rate_limit: EventsRateLimit::default(),
         }
     }
 }

@@ -88,6 +88,8 @@ pub struct ApiKeyInfo {
     pub created_at: DateTime<Utc>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Its REST ingest restrictions (browser origins, actions).
+    pub restrictions: IngestRestrictions,
 }
 
 /// Whether `text` is `bytes` bytes in lowercase hex.
@@ -174,6 +176,73 @@ fn checked(tenant: &str, scopes: &[String]) -> Result<Vec<String>, ApiKeyError> 
     Ok(wanted.into_iter().collect())
 }
 
+/// What an ingest key may do on REST ingest besides writing its tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestRestrictions {
+    /// Browser origins (`https://app.example`) that may use the key.
+    pub origins: Vec<String>,
+    /// Actions the key may write (an entry ending in `*` is a prefix); empty: any.
+    pub actions: Vec<String>,
+}
+
+/// Checks an origin as browsers send it: `scheme://host[:port]`, nothing after.
+fn checked_origin(origin: &str) -> Result<String, ApiKeyError> {
+    let invalid = || {
+        ApiKeyError::Invalid(format!(
+            "origin {origin:?}: expected scheme://host[:port] as a browser sends it \
+             (e.g. https://app.example), without a path"
+        ))
+    };
+    let (scheme, rest) = origin.split_once("://").ok_or_else(invalid)?;
+    if !matches!(scheme, "http" | "https")
+        || rest.is_empty()
+        || rest.contains(['/', '?', '#', '*', ' ', '@'])
+        || origin.to_ascii_lowercase() != origin
+    {
+        return Err(invalid());
+    }
+    Ok(origin.to_owned())
+}
+
+/// Checks restrictions for a key of `tenant` with `scopes` (already checked).
+fn checked_restrictions(
+    tenant: &str,
+    scopes: &[String],
+    restrictions: &IngestRestrictions,
+) -> Result<IngestRestrictions, ApiKeyError> {
+    if restrictions == &IngestRestrictions::default() {
+        return Ok(IngestRestrictions::default());
+    }
+    if !scopes.iter().any(|s| s == SCOPE_INGEST) {
+        return Err(ApiKeyError::Invalid(
+            "origins and actions restrict ingest keys: give --scope ingest".to_owned(),
+        ));
+    }
+    if !restrictions.origins.is_empty() && tenant == "*" {
+        return Err(ApiKeyError::Invalid(
+            "a browser key (with origins) must be bound to one tenant, not *".to_owned(),
+        ));
+    }
+    let mut origins = BTreeSet::new();
+    for origin in &restrictions.origins {
+        origins.insert(checked_origin(origin.trim())?);
+    }
+    let mut actions = BTreeSet::new();
+    for action in restrictions
+        .actions
+        .iter()
+        .flat_map(|a| a.split([' ', ',']))
+    {
+        if !action.is_empty() {
+            actions.insert(action.to_owned());
+        }
+    }
+    Ok(IngestRestrictions {
+        origins: origins.into_iter().collect(),
+        actions: actions.into_iter().collect(),
+    })
+}
+
 /// Creates a key for `tenant` (`*` = every tenant) with `scopes` (each entry may
 /// hold several, separated by spaces or commas).
 pub async fn create(
@@ -182,16 +251,46 @@ pub async fn create(
     scopes: &[String],
     description: Option<&str>,
 ) -> Result<CreatedKey, ApiKeyError> {
+    create_restricted(
+        client,
+        tenant,
+        scopes,
+        description,
+        &IngestRestrictions::default(),
+    )
+    .await
+}
+
+/// [`create`] for an ingest key with REST ingest restrictions (browser
+/// origins, allowed actions).
+pub async fn create_restricted(
+    client: &Client,
+    tenant: &str,
+    scopes: &[String],
+    description: Option<&str>,
+    restrictions: &IngestRestrictions,
+) -> Result<CreatedKey, ApiKeyError> {
     let scopes = checked(tenant, scopes)?;
+    let restrictions = checked_restrictions(tenant, &scopes, restrictions)?;
     let id = Uuid::new_v4();
     let prefix = random_hex(PREFIX_BYTES)?;
     let key = format!("{KEY_PREFIX}{prefix}_{}", random_hex(SECRET_BYTES)?);
     let secret_hash = hash(&key).to_vec();
     client
         .execute(
-            "INSERT INTO api_keys (id, prefix, secret_hash, tenant, scopes, description) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&id, &prefix, &secret_hash, &tenant, &scopes, &description],
+            "INSERT INTO api_keys (id, prefix, secret_hash, tenant, scopes, description, \
+                                   allowed_origins, allowed_actions) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &id,
+                &prefix,
+                &secret_hash,
+                &tenant,
+                &scopes,
+                &description,
+                &restrictions.origins,
+                &restrictions.actions,
+            ],
         )
         .await?;
     tracing::info!(%id, %prefix, tenant, scopes = %scopes.join(" "), "API key created");
@@ -227,7 +326,8 @@ pub async fn revoke(client: &Client, id_or_prefix: &str) -> Result<bool, ApiKeyE
 pub async fn list(client: &Client) -> Result<Vec<ApiKeyInfo>, ApiKeyError> {
     let rows = client
         .query(
-            "SELECT id, prefix, tenant, scopes, description, created_at, revoked_at \
+            "SELECT id, prefix, tenant, scopes, description, created_at, revoked_at, \
+                    allowed_origins, allowed_actions \
              FROM api_keys ORDER BY created_at DESC, id",
             &[],
         )
@@ -242,9 +342,27 @@ pub async fn list(client: &Client) -> Result<Vec<ApiKeyInfo>, ApiKeyError> {
                 description: row.try_get(4)?,
                 created_at: row.try_get(5)?,
                 revoked_at: row.try_get(6)?,
+                restrictions: IngestRestrictions {
+                    origins: row.try_get(7)?,
+                    actions: row.try_get(8)?,
+                },
             })
         })
         .collect()
+}
+
+/// Whether some ingest key that is not revoked lists `origin` among its
+/// allowed origins (CORS preflights carry no key).
+pub async fn origin_allowed(client: &Client, origin: &str) -> Result<bool, tokio_postgres::Error> {
+    metrics().api_key_lookups.inc();
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL \
+             AND $2 = ANY(scopes) AND $1 = ANY(allowed_origins))",
+            &[&origin, &SCOPE_INGEST],
+        )
+        .await?;
+    row.try_get(0)
 }
 
 /// Whether any key that is not revoked carries an admin API scope (such keys
@@ -307,6 +425,8 @@ pub struct Grant {
     pub tenant: String,
     /// Its scopes.
     pub scopes: BTreeSet<String>,
+    /// Its REST ingest restrictions (origins, actions).
+    pub restrictions: IngestRestrictions,
 }
 
 /// Why a presented key was refused.
@@ -511,7 +631,8 @@ impl KeyVerifier {
         metrics().api_key_lookups.inc();
         let row = client
             .query_opt(
-                "SELECT id, secret_hash, tenant, scopes, revoked_at IS NOT NULL \
+                "SELECT id, secret_hash, tenant, scopes, revoked_at IS NOT NULL, \
+                        allowed_origins, allowed_actions \
                  FROM api_keys WHERE prefix = $1",
                 &[&prefix],
             )
@@ -525,6 +646,10 @@ impl KeyVerifier {
                 prefix: prefix.to_owned(),
                 tenant: row.try_get(2)?,
                 scopes: row.try_get::<_, Vec<String>>(3)?.into_iter().collect(),
+                restrictions: IngestRestrictions {
+                    origins: row.try_get(5)?,
+                    actions: row.try_get(6)?,
+                },
             },
             secret_hash: row.try_get(1)?,
             revoked: row.try_get(4)?,
@@ -553,6 +678,40 @@ mod tests {
             "eyJhbGciOiJIUzI1NiJ9.e30.x",
         ] {
             assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn browser_restrictions_are_checked() {
+        let ingest = vec![SCOPE_INGEST.to_owned()];
+        let browser = IngestRestrictions {
+            origins: vec!["https://app.example".into(), "http://localhost:3000".into()],
+            actions: vec!["ui.click page.*".into()],
+        };
+        let checked = checked_restrictions("acme", &ingest, &browser).expect("valid");
+        assert_eq!(
+            checked.origins,
+            ["http://localhost:3000", "https://app.example"]
+        );
+        assert_eq!(checked.actions, ["page.*", "ui.click"]);
+        assert!(checked_restrictions("*", &ingest, &browser).is_err());
+        assert!(checked_restrictions("acme", &["admin".to_owned()], &browser).is_err());
+        for bad in [
+            "app.example",
+            "https://app.example/",
+            "https://app.example/path",
+            "https://*.example",
+            "ftp://app.example",
+            "https://App.example",
+        ] {
+            let one = IngestRestrictions {
+                origins: vec![bad.into()],
+                actions: Vec::new(),
+            };
+            assert!(
+                checked_restrictions("acme", &ingest, &one).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -600,6 +759,7 @@ mod tests {
                 prefix: String::new(),
                 tenant: "acme".into(),
                 scopes: BTreeSet::new(),
+                restrictions: IngestRestrictions::default(),
             },
             secret_hash: vec![0; 32],
             revoked: false,

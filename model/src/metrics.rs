@@ -103,14 +103,18 @@ pub const REJECT_REASONS: [&str; 1] = ["tenant_mismatch"];
 
 /// `reason` values of `tally_ingest_auth_failures_total`: no credential, not the
 /// shape of a key, no such key (or a wrong secret), a revoked key, a key without
-/// the `ingest` scope, a key that could not be checked (database unavailable).
-pub const INGEST_AUTH_FAILURE_REASONS: [&str; 6] = [
+/// the `ingest` scope, a key that could not be checked (database unavailable);
+/// on REST ingest also a browser origin the key does not list and a key over its
+/// events rate limit.
+pub const INGEST_AUTH_FAILURE_REASONS: [&str; 8] = [
     "missing",
     "malformed",
     "unknown",
     "revoked",
     "scope",
     "unavailable",
+    "origin",
+    "rate_limited",
 ];
 
 /// `{transport}`: `grpc` or `http`.

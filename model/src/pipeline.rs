@@ -37,6 +37,10 @@ pub struct ConsumeReport {
     pub rejected: u64,
     /// Why they were rejected (empty when `rejected == 0`).
     pub message: String,
+    /// The ids of the rows quarantined in `rejected_events` (activity events and
+    /// token rows), each with its reason code, so that a caller knowing its
+    /// records' ids (REST ingest) can say which were not stored.
+    pub quarantined: Vec<(uuid::Uuid, String)>,
 }
 
 /// Why a request was not accepted.

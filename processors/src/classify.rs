@@ -450,11 +450,20 @@ pub fn classify_logs(request: &ExportLogsServiceRequest, received_at: DateTime<U
                 } else {
                     record.observed_time_unix_nano
                 };
-                let service = as_text(identity.service).unwrap_or_default();
-                encoded.clear();
-                // Encoding into a Vec cannot fail: it grows as needed.
-                let _ = record.encode(&mut encoded);
-                let id = ids::log_event_id(&service, &encoded);
+                let mut attributes = attributes;
+                let id = match explicit_event_id(&record.attributes) {
+                    Some(id) => {
+                        attributes.remove(ids::EVENT_ID_ATTRIBUTE);
+                        id
+                    }
+                    None => {
+                        let service = as_text(identity.service).unwrap_or_default();
+                        encoded.clear();
+                        // Encoding into a Vec cannot fail: it grows as needed.
+                        let _ = record.encode(&mut encoded);
+                        ids::log_event_id(&service, &encoded)
+                    }
+                };
                 let draft = Draft {
                     identity,
                     attributes,
@@ -469,6 +478,18 @@ pub fn classify_logs(request: &ExportLogsServiceRequest, received_at: DateTime<U
         }
     }
     out
+}
+
+/// The id a log record's own `tally.event.id` attribute sets, if valid
+/// ([`ids::EVENT_ID_ATTRIBUTE`]).
+pub(crate) fn explicit_event_id(record_attributes: &[KeyValue]) -> Option<uuid::Uuid> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    ids::explicit_event_id(record_attributes.iter().filter_map(|kv| {
+        match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(text)) => Some((kv.key.as_str(), text.as_str())),
+            _ => None,
+        }
+    }))
 }
 
 #[cfg(test)]

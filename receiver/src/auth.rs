@@ -42,10 +42,61 @@ pub enum AuthFailure {
     Unavailable(String),
 }
 
+/// What an ingest key restricts on REST ingest (`POST /api/v1/events`)
+/// besides its tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// Browser origins (`https://app.example`) that may use the key; a key
+    /// with origins is a browser key. Empty: none.
+    pub allowed_origins: Vec<String>,
+    /// Actions the key may write (an entry ending in `*` is a prefix). Empty:
+    /// any action.
+    pub allowed_actions: Vec<String>,
+}
+
+impl KeyPolicy {
+    /// Whether the key lists `origin`.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|allowed| allowed == origin)
+    }
+
+    /// Whether the key may write `action`.
+    pub fn allows_action(&self, action: &str) -> bool {
+        self.allowed_actions.is_empty()
+            || self
+                .allowed_actions
+                .iter()
+                .any(|allowed| match allowed.strip_suffix('*') {
+                    Some(prefix) => action.starts_with(prefix),
+                    None => allowed == action,
+                })
+    }
+}
+
 /// Checks ingest keys (implemented over the `api_keys` store by the binary).
 pub trait IngestAuthenticator: Send + Sync + 'static {
     /// The sender `key` (the whole presented `tally_…` value) stands for.
     fn authenticate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Sender, AuthFailure>>;
+
+    /// [`IngestAuthenticator::authenticate`] with the key's REST ingest
+    /// restrictions (by default none).
+    fn authenticate_with_policy<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(Sender, KeyPolicy), AuthFailure>> {
+        Box::pin(async move {
+            self.authenticate(key)
+                .await
+                .map(|sender| (sender, KeyPolicy::default()))
+        })
+    }
+
+    /// Whether some ingest key that is not revoked lists `origin` (answers
+    /// CORS preflights, which carry no key). By default no origin is.
+    fn origin_allowed<'a>(&'a self, origin: &'a str) -> BoxFuture<'a, Result<bool, AuthFailure>> {
+        let _ = origin;
+        Box::pin(async { Ok(false) })
+    }
 }
 
 /// Why a request is refused for its credential.
@@ -77,6 +128,16 @@ impl IngestAuth {
 
     /// The sender of a request with these headers, or why it is refused.
     pub(crate) async fn check(&self, headers: &HeaderMap) -> Result<Sender, Denied> {
+        self.check_with_policy(headers)
+            .await
+            .map(|(sender, _)| sender)
+    }
+
+    /// [`IngestAuth::check`] with the key's REST ingest restrictions.
+    pub(crate) async fn check_with_policy(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(Sender, KeyPolicy), Denied> {
         let result = self.check_uncounted(headers).await;
         if let Err((reason, _)) = &result {
             metrics()
@@ -87,7 +148,22 @@ impl IngestAuth {
         result.map_err(|(_, denied)| denied)
     }
 
-    async fn check_uncounted(&self, headers: &HeaderMap) -> Result<Sender, (&'static str, Denied)> {
+    /// Whether a CORS preflight from `origin` is answered (`Err`: cannot tell now).
+    pub(crate) async fn origin_allowed(&self, origin: &str) -> Result<bool, String> {
+        match &self.authenticator {
+            None => Ok(false),
+            Some(authenticator) => match authenticator.origin_allowed(origin).await {
+                Ok(allowed) => Ok(allowed),
+                Err(AuthFailure::Unavailable(reason)) => Err(reason),
+                Err(AuthFailure::Refused(_)) => Ok(false),
+            },
+        }
+    }
+
+    async fn check_uncounted(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(Sender, KeyPolicy), (&'static str, Denied)> {
         let refused =
             |reason, message: &str| Err((reason, Denied::Unauthenticated(message.to_owned())));
         let key = match credential(headers) {
@@ -101,7 +177,7 @@ impl IngestAuth {
                          authorization=Bearer%20tally_…)",
                     )
                 } else {
-                    Ok(Sender::anonymous())
+                    Ok((Sender::anonymous(), KeyPolicy::default()))
                 };
             }
             Credential::Other => {
@@ -112,7 +188,7 @@ impl IngestAuth {
                          `Authorization: Bearer tally_…`",
                     )
                 } else {
-                    Ok(Sender::anonymous())
+                    Ok((Sender::anonymous(), KeyPolicy::default()))
                 };
             }
             Credential::NotText => {
@@ -125,8 +201,8 @@ impl IngestAuth {
                 "this receiver accepts no API keys (no key store configured)",
             );
         };
-        match authenticator.authenticate(key).await {
-            Ok(sender) => Ok(sender),
+        match authenticator.authenticate_with_policy(key).await {
+            Ok(granted) => Ok(granted),
             Err(AuthFailure::Refused(refusal)) => match refusal {
                 KeyRefusal::Malformed => refused(
                     "malformed",
@@ -215,6 +291,23 @@ mod tests {
             Credential::Other
         ));
         assert!(matches!(credential(&HeaderMap::new()), Credential::None));
+    }
+
+    #[test]
+    fn key_policies_restrict_actions_and_origins() {
+        let open = KeyPolicy::default();
+        assert!(open.allows_action("anything"));
+        assert!(!open.allows_origin("https://app.example"));
+        let browser = KeyPolicy {
+            allowed_origins: vec!["https://app.example".into()],
+            allowed_actions: vec!["ui.click".into(), "page.*".into()],
+        };
+        assert!(browser.allows_origin("https://app.example"));
+        assert!(!browser.allows_origin("https://evil.example"));
+        assert!(browser.allows_action("ui.click"));
+        assert!(browser.allows_action("page.view"));
+        assert!(!browser.allows_action("ui.clicked"));
+        assert!(!browser.allows_action("admin.delete"));
     }
 
     #[tokio::test]

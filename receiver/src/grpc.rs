@@ -563,6 +563,7 @@ pub(crate) async fn serve(
         budget,
         body_timeout,
         auth,
+        ..
     } = admission;
     let limit = max_recv_msg_size_mib.saturating_mul(1024 * 1024);
     let otlp = Arc::new(Otlp { consumer, auth });

@@ -47,16 +47,18 @@ const CODE_INTERNAL: i32 = 13;
 const CODE_UNAVAILABLE: i32 = 14;
 
 #[derive(Clone)]
-struct AppState {
-    consumer: Arc<dyn Consumer>,
-    limit: usize,
-    budget: InFlightBudget,
+pub(crate) struct AppState {
+    pub(crate) consumer: Arc<dyn Consumer>,
+    pub(crate) limit: usize,
+    pub(crate) budget: InFlightBudget,
     /// `receivers.otlp.body_read_timeout_ms` (`None`: no deadline).
-    body_timeout: Option<std::time::Duration>,
-    auth: IngestAuth,
+    pub(crate) body_timeout: Option<std::time::Duration>,
+    pub(crate) auth: IngestAuth,
+    /// `receivers.otlp.http.events_rate_limit` (REST ingest).
+    pub(crate) events_limiter: crate::rest::EventsLimiter,
 }
 
-/// The OTLP/HTTP routes; other paths answer 404, other methods 405.
+/// The OTLP/HTTP routes and REST ingest; other paths answer 404, other methods 405.
 pub(crate) fn router(
     consumer: Arc<dyn Consumer>,
     max_request_body_size: usize,
@@ -66,16 +68,22 @@ pub(crate) fn router(
         budget,
         body_timeout,
         auth,
+        events_limiter,
     } = admission;
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/logs", post(export::<Logs>))
+        .route(
+            crate::rest::PATH,
+            post(crate::rest::ingest).options(crate::rest::preflight),
+        )
         .with_state(AppState {
             consumer,
             limit: max_request_body_size,
             budget,
             body_timeout,
             auth,
+            events_limiter,
         })
 }
 
@@ -281,12 +289,12 @@ async fn export<S: Signal>(State(state): State<AppState>, request: Request) -> R
 
 /// The headers `handle` needs, copied out before the request is taken apart.
 #[derive(Debug)]
-struct RequestHeaders {
-    encoding: Result<Encoding, RequestError>,
-    content_length: Option<u64>,
+pub(crate) struct RequestHeaders {
+    pub(crate) encoding: Result<Encoding, RequestError>,
+    pub(crate) content_length: Option<u64>,
 }
 
-fn request_headers(request: &Request) -> RequestHeaders {
+pub(crate) fn request_headers(request: &Request) -> RequestHeaders {
     let headers = request.headers();
     RequestHeaders {
         encoding: Encoding::parse(headers.get(CONTENT_ENCODING).map(HeaderValue::as_bytes)),
@@ -357,7 +365,7 @@ async fn handle<S: Signal>(
     Ok(response)
 }
 
-fn too_large(limit: usize) -> RequestError {
+pub(crate) fn too_large(limit: usize) -> RequestError {
     RequestError::TooLarge(format!("request body exceeds the limit of {limit} bytes"))
 }
 
@@ -370,7 +378,7 @@ const DISCARD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 /// capped at [`DISCARD_MAX`], for at most [`DISCARD_DEADLINE`]), so the client is
 /// not cut off mid-upload and reliably reads the 413 instead of a reset
 /// connection. Nothing is buffered; a body larger still is cut off.
-async fn discard(mut stream: axum::body::BodyDataStream, limit: usize) {
+pub(crate) async fn discard(mut stream: axum::body::BodyDataStream, limit: usize) {
     let budget = limit.min(DISCARD_MAX);
     let drain = async {
         let mut read = 0usize;
@@ -386,7 +394,7 @@ async fn discard(mut stream: axum::body::BodyDataStream, limit: usize) {
 
 /// Collects the body, refusing it as soon as it grows past `limit` (413) or past what
 /// `charge` can grow to (429).
-async fn read_body(
+pub(crate) async fn read_body(
     body: Body,
     content_length: Option<u64>,
     limit: usize,

@@ -24,6 +24,7 @@ mod grpc;
 mod http;
 mod json;
 mod limits;
+mod rest;
 mod telemetry;
 
 use std::future::Future;
@@ -42,7 +43,7 @@ use tally_model::pipeline::{ConsumeReport, Consumer};
 use tokio::net::TcpListener;
 use tracing::info;
 
-pub use auth::{AuthFailure, IngestAuthenticator, KeyRefusal};
+pub use auth::{AuthFailure, IngestAuthenticator, KeyPolicy, KeyRefusal};
 pub use error::ReceiverError;
 
 /// Entry points for the fuzz targets (`fuzz/`): the receiver's decoding and checks of a
@@ -105,6 +106,7 @@ pub struct OtlpReceiver {
     body_timeout: Option<std::time::Duration>,
     auth: auth::IngestAuth,
     auth_required: bool,
+    events_limiter: rest::EventsLimiter,
 }
 
 impl std::fmt::Debug for OtlpReceiver {
@@ -177,6 +179,7 @@ impl OtlpReceiver {
                 .then(|| std::time::Duration::from_millis(config.body_read_timeout_ms)),
             auth: auth::IngestAuth::new(None, config.auth.required),
             auth_required: config.auth.required,
+            events_limiter: rest::EventsLimiter::new(&config.http.events_rate_limit),
         })
     }
 
@@ -252,6 +255,7 @@ impl OtlpReceiver {
             budget: self.budget.clone(),
             body_timeout: self.body_timeout,
             auth: self.auth.clone(),
+            events_limiter: self.events_limiter.clone(),
         }
     }
 }
@@ -267,6 +271,8 @@ pub(crate) struct Admission {
     pub(crate) body_timeout: Option<std::time::Duration>,
     /// `receivers.otlp.auth`.
     pub(crate) auth: auth::IngestAuth,
+    /// `receivers.otlp.http.events_rate_limit` (REST ingest only).
+    pub(crate) events_limiter: rest::EventsLimiter,
 }
 
 async fn bind_listener(

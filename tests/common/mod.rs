@@ -61,6 +61,9 @@ pub struct TallyOptions {
     /// An `exporters.postgres.tamper_evidence` block (flow YAML, e.g.
     /// `{ checkpoint_interval_secs: 0, checkpoint_dir: "…" }`).
     pub tamper_evidence: Option<String>,
+    /// `receivers.otlp.http.events_rate_limit` as a YAML flow block
+    /// (`{ per_second: 1, burst: 2 }`).
+    pub events_rate_limit: Option<String>,
 }
 
 /// A running `tally` process; killed on drop if still running.
@@ -263,9 +266,14 @@ fn config_yaml(options: &TallyOptions) -> String {
         .as_ref()
         .map(|block| format!(", tls: {block}"))
         .unwrap_or_default();
+    let rate = options
+        .events_rate_limit
+        .as_ref()
+        .map(|block| format!(", events_rate_limit: {block}"))
+        .unwrap_or_default();
     let mut yaml = format!(
         "receivers:\n  otlp:\n    grpc: {{ endpoint: {}, max_recv_msg_size_mib: {mib}{tls} }}\n    \
-         http: {{ endpoint: {}, max_request_body_size: {}{tls} }}\n",
+         http: {{ endpoint: {}, max_request_body_size: {}{tls}{rate} }}\n",
         options.grpc_endpoint.unwrap_or(any),
         options.http_endpoint.unwrap_or(any),
         mib * 1024 * 1024

@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "signed_truncations",
         include_str!("migrations/0015_signed_truncations.sql"),
     ),
+    (
+        16,
+        "api_key_browser",
+        include_str!("migrations/0016_api_key_browser.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

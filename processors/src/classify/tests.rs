@@ -332,6 +332,42 @@ fn log_ids_are_stable_across_resends() {
 }
 
 #[test]
+fn a_records_own_event_id_attribute_sets_its_id() {
+    let id = "0190a5c8-7f3e-7a1b-9c2d-1234567890ab";
+    let given = LogRecord {
+        event_name: "a.b".into(),
+        attributes: vec![s("tally.event.id", id), s("k", "v")],
+        ..Default::default()
+    };
+    let invalid = LogRecord {
+        event_name: "a.b".into(),
+        attributes: vec![s("tally.event.id", "not-a-uuid")],
+        ..Default::default()
+    };
+    let out = classify_logs(&logs(vec![given, invalid]), now());
+    assert_eq!(out.events[0].id.to_string(), id);
+    assert_eq!(out.events[0].attributes.get("tally.event.id"), None);
+    assert_eq!(
+        out.events[0].attributes.get("k"),
+        Some(&serde_json::json!("v"))
+    );
+    assert_ne!(out.events[1].id.to_string(), id);
+    assert_eq!(
+        out.events[1].attributes.get("tally.event.id"),
+        Some(&serde_json::json!("not-a-uuid"))
+    );
+    // On the resource, it would name every record the same: it is not an id there.
+    let mut shared = logs(vec![LogRecord {
+        event_name: "a.b".into(),
+        ..Default::default()
+    }]);
+    if let Some(resource) = shared.resource_logs[0].resource.as_mut() {
+        resource.attributes.push(s("tally.event.id", id));
+    }
+    assert_ne!(classify_logs(&shared, now()).events[0].id.to_string(), id);
+}
+
+#[test]
 fn missing_times_fall_back_to_received_at() {
     let mut no_time = span(vec![s("activity.action", "a.b")], None);
     no_time.start_time_unix_nano = 0;

@@ -717,10 +717,15 @@ impl TokenProcessor {
                     } else {
                         record.observed_time_unix_nano
                     };
-                    encoded.clear();
-                    // Encoding into a Vec cannot fail: it grows as needed.
-                    let _ = record.encode(&mut encoded);
-                    let id = token_log_id(extract.service.as_deref().unwrap_or(""), &encoded);
+                    let id = match crate::classify::explicit_event_id(&record.attributes) {
+                        Some(event_id) => tally_model::ids::token_event_id(&event_id),
+                        None => {
+                            encoded.clear();
+                            // Encoding into a Vec cannot fail: it grows as needed.
+                            let _ = record.encode(&mut encoded);
+                            token_log_id(extract.service.as_deref().unwrap_or(""), &encoded)
+                        }
+                    };
                     let outcome =
                         if record.severity_number >= 17 || attrs.get("error.type").is_some() {
                             Outcome::Failure

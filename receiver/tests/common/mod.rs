@@ -113,7 +113,11 @@ impl Recorder {
             }
             match behaviour {
                 Behaviour::Accept => Ok(ConsumeReport::default()),
-                Behaviour::Partial { rejected, message } => Ok(ConsumeReport { rejected, message }),
+                Behaviour::Partial { rejected, message } => Ok(ConsumeReport {
+                    rejected,
+                    message,
+                    quarantined: Vec::new(),
+                }),
                 Behaviour::Overloaded(retry_after) => Err(ConsumeError::Overloaded { retry_after }),
                 Behaviour::Unavailable(retry_after) => Err(ConsumeError::Unavailable {
                     reason: "database down".into(),
