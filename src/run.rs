@@ -121,6 +121,8 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         jobs_stopped.clone(),
     );
     let (chainer, chain_key) = spawn_chainer(config, database_url, jobs_stopped.clone()).await?;
+    let (budget_book, budget_job) =
+        spawn_budgets(config, database_url, pipeline.clone(), jobs_stopped.clone());
     let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline.clone())
         .await
         .context("cannot start the OTLP receiver")?
@@ -135,6 +137,7 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
                 .await
                 .context("cannot start the admin API")?
                 .with_taxonomy(taxonomy.clone())
+                .with_budgets(budget_book)
                 .with_audit(pipeline)
                 .with_chain_keys(chain_key.into_iter().collect())
                 .with_replayer(Arc::new(Replay::new(
@@ -192,6 +195,9 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         if let Some(chainer) = chainer {
             let _ = chainer.await;
         }
+        if let Some(budget_job) = budget_job {
+            let _ = budget_job.await;
+        }
         taxonomy_watcher.abort();
         let _ = stop_admin.send(true);
         if let Some(task) = admin_task {
@@ -215,6 +221,39 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
             grace.as_secs()
         )),
     }
+}
+
+/// Starts the budget job (none without `budgets`: an empty book is published)
+/// and answers the book the admin API reads.
+fn spawn_budgets(
+    config: &Config,
+    database_url: &str,
+    pipeline: Arc<Pipeline>,
+    stopped: watch::Receiver<bool>,
+) -> (
+    Arc<postgres::budgets::BudgetBook>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    use postgres::budgets::{BudgetBook, BudgetJob, DEFAULT_BUDGET_INTERVAL};
+    let book = BudgetBook::new();
+    postgres::budgets::init_metric_series(&config.budgets);
+    if config.budgets.is_empty() {
+        book.publish(postgres::budgets::BudgetSnapshot {
+            as_of: chrono::Utc::now(),
+            budgets: Vec::new(),
+        });
+        return (book, None);
+    }
+    tracing::info!(
+        budgets = config.budgets.len(),
+        "budgets: checking use every second"
+    );
+    let job = BudgetJob::new(config.budgets.clone(), book.clone(), Some(pipeline)).spawn(
+        database_url.to_string(),
+        DEFAULT_BUDGET_INTERVAL,
+        stopped,
+    );
+    (book, Some(job))
 }
 
 /// Starts the tamper-evidence chainer unless

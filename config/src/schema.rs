@@ -19,6 +19,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub service: ServiceConfig,
     pub pricing: crate::PricingConfig,
+    /// Spending and token budgets (`docs/configuration.md#budgets`); none by default.
+    pub budgets: Vec<crate::BudgetConfig>,
 }
 
 /// `receivers`.
