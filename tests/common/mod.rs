@@ -58,6 +58,10 @@ pub struct TallyOptions {
     pub ingest_auth_required: bool,
     /// `receivers.otlp.allow_unauthenticated`.
     pub allow_unauthenticated: bool,
+    /// `exporters.prometheus.tenant_label`.
+    pub tenant_label: bool,
+    /// The `budgets` list, as flow YAML (`[{ name: …, … }]`).
+    pub budgets: Option<String>,
 }
 
 /// A running `tally` process; killed on drop if still running.
@@ -296,9 +300,13 @@ fn config_yaml(options: &TallyOptions) -> String {
             "  auth:\n    jwt: {{ hs256_secret: \"{secret}\" }}\n"
         ));
     }
+    if let Some(budgets) = &options.budgets {
+        yaml.push_str(&format!("budgets: {budgets}\n"));
+    }
     yaml.push_str(&format!(
-        "exporters:\n  prometheus: {{ endpoint: 127.0.0.1:0, action_label_cap: {} }}\n  postgres:\n",
-        options.action_label_cap.unwrap_or(200)
+        "exporters:\n  prometheus: {{ endpoint: 127.0.0.1:0, action_label_cap: {}, tenant_label: {} }}\n  postgres:\n",
+        options.action_label_cap.unwrap_or(200),
+        options.tenant_label
     ));
     if let Some(url) = &options.database_url {
         yaml.push_str(&format!("    url: \"{url}\"\n"));
