@@ -6,7 +6,7 @@
 //!
 //! 1. In one `REPEATABLE READ` snapshot: the token rollup's watermark, the
 //!    unfolded `token_usage` rows above it (summed per day, tenant and user), and
-//!    per budget the sums of the rollup table that fits its scope
+//!    in one statement for all budgets, the sums of the rollup table that fits each one's scope
 //!    (`token_usage_daily` with a user, `_tenant` with a tenant only, `_all`
 //!    with neither) from its period's first day. Rollup plus tail is exact,
 //!    re-attributed rows included (the rollup is corrected in the re-attributing
@@ -281,28 +281,30 @@ struct TailGroup {
     tokens: f64,
 }
 
-/// The rollup table and filter for a budget's scope: `$1` is the first day,
-/// `$2` the tenant, `$3` (or `$2`) the user.
-fn rollup_sql(budget: &BudgetConfig) -> &'static str {
-    match (budget.tenant.is_some(), budget.user.is_some()) {
-        (true, true) => {
-            "SELECT coalesce(sum(cost_usd), 0)::float8, coalesce(sum(total_tokens), 0)::float8 \
-             FROM token_usage_daily WHERE tenant_id = $2 AND user_id = $3 AND day >= $1"
-        }
-        (true, false) => {
-            "SELECT coalesce(sum(cost_usd), 0)::float8, coalesce(sum(total_tokens), 0)::float8 \
-             FROM token_usage_daily_tenant WHERE tenant_id = $2 AND day >= $1"
-        }
-        (false, true) => {
-            "SELECT coalesce(sum(cost_usd), 0)::float8, coalesce(sum(total_tokens), 0)::float8 \
-             FROM token_usage_daily WHERE user_id = $2 AND day >= $1"
-        }
-        (false, false) => {
-            "SELECT coalesce(sum(cost_usd), 0)::float8, coalesce(sum(total_tokens), 0)::float8 \
-             FROM token_usage_daily_all WHERE day >= $1"
-        }
-    }
-}
+/// The rollup sums of every budget in one statement: per budget (`$1` index,
+/// `$2` tenant, `$3` user, `$4` first day), the one rollup table that fits its
+/// scope (`token_usage_daily` with a user, `_tenant` with a tenant only, `_all`
+/// with neither); the other branches are cut by their one-time filters.
+const ROLLUP_SQL: &str = "SELECT b.i, coalesce(sum(r.cost_usd), 0)::float8, \
+        coalesce(sum(r.total_tokens), 0)::float8 \
+    FROM unnest($1::int4[], $2::text[], $3::text[], $4::date[]) AS b(i, tenant, usr, first_day) \
+    LEFT JOIN LATERAL ( \
+        SELECT d.cost_usd, d.total_tokens FROM token_usage_daily AS d \
+        WHERE b.tenant IS NOT NULL AND b.usr IS NOT NULL \
+          AND d.tenant_id = b.tenant AND d.user_id = b.usr AND d.day >= b.first_day \
+        UNION ALL \
+        SELECT d.cost_usd, d.total_tokens FROM token_usage_daily_tenant AS d \
+        WHERE b.tenant IS NOT NULL AND b.usr IS NULL \
+          AND d.tenant_id = b.tenant AND d.day >= b.first_day \
+        UNION ALL \
+        SELECT d.cost_usd, d.total_tokens FROM token_usage_daily AS d \
+        WHERE b.tenant IS NULL AND b.usr IS NOT NULL \
+          AND d.user_id = b.usr AND d.day >= b.first_day \
+        UNION ALL \
+        SELECT d.cost_usd, d.total_tokens FROM token_usage_daily_all AS d \
+        WHERE b.tenant IS NULL AND b.usr IS NULL AND d.day >= b.first_day \
+    ) AS r ON true \
+    GROUP BY b.i";
 
 /// The unfolded rows (above the watermark) from `$2` on, per day, tenant and user.
 const TAIL_SQL: &str = "SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(user_id, ''), \
@@ -513,18 +515,27 @@ impl BudgetJob {
                 tokens: row.try_get(4)?,
             });
         }
+        let indexes: Vec<i32> = (0..self.budgets.len())
+            .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+            .collect();
+        let tenants: Vec<Option<&str>> = self.budgets.iter().map(|b| b.tenant.as_deref()).collect();
+        let users: Vec<Option<&str>> = self.budgets.iter().map(|b| b.user.as_deref()).collect();
+        let first_days: Vec<NaiveDate> =
+            bounds.iter().map(|(start, _)| start.date_naive()).collect();
+        let mut sums = vec![(0.0, 0.0); self.budgets.len()];
+        for row in tx
+            .query(ROLLUP_SQL, &[&indexes, &tenants, &users, &first_days])
+            .await?
+        {
+            let i: i32 = row.try_get(0)?;
+            if let Some(slot) = usize::try_from(i).ok().and_then(|i| sums.get_mut(i)) {
+                *slot = (row.try_get(1)?, row.try_get(2)?);
+            }
+        }
         let mut statuses = Vec::with_capacity(self.budgets.len());
-        for (budget, (start, end)) in self.budgets.iter().zip(bounds) {
+        for ((budget, (start, end)), (cost, tokens)) in self.budgets.iter().zip(bounds).zip(sums) {
             let first_day = start.date_naive();
-            let sql = rollup_sql(budget);
-            let row = match (&budget.tenant, &budget.user) {
-                (Some(tenant), Some(user)) => tx.query_one(sql, &[&first_day, tenant, user]).await,
-                (Some(scope), None) | (None, Some(scope)) => {
-                    tx.query_one(sql, &[&first_day, scope]).await
-                }
-                (None, None) => tx.query_one(sql, &[&first_day]).await,
-            }?;
-            let (mut cost, mut tokens): (f64, f64) = (row.try_get(0)?, row.try_get(1)?);
+            let (mut cost, mut tokens): (f64, f64) = (cost, tokens);
             for group in &tail {
                 if group.day >= first_day
                     && budget.applies_to(Some(&group.tenant), Some(&group.user))
