@@ -122,7 +122,7 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
     );
     let (chainer, chain_key) = spawn_chainer(config, database_url, jobs_stopped.clone()).await?;
     let (budget_book, budget_job) =
-        spawn_budgets(config, database_url, pipeline.clone(), jobs_stopped.clone());
+        spawn_budgets(config, database_url, pipeline.clone(), jobs_stopped.clone()).await;
     let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline.clone())
         .await
         .context("cannot start the OTLP receiver")?
@@ -224,8 +224,10 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
 }
 
 /// Starts the budget job (none without `budgets`: an empty book is published)
-/// and answers the book the admin API reads.
-fn spawn_budgets(
+/// and answers the book the admin API reads. The first refresh runs before the
+/// API starts, so `/budgets/check` answers from the first request (unless the
+/// database does not answer within 5 s; the job then keeps trying).
+async fn spawn_budgets(
     config: &Config,
     database_url: &str,
     pipeline: Arc<Pipeline>,
@@ -248,12 +250,23 @@ fn spawn_budgets(
         budgets = config.budgets.len(),
         "budgets: checking use every second"
     );
-    let job = BudgetJob::new(config.budgets.clone(), book.clone(), Some(pipeline)).spawn(
-        database_url.to_string(),
-        DEFAULT_BUDGET_INTERVAL,
-        stopped,
-    );
-    (book, Some(job))
+    let mut job = BudgetJob::new(config.budgets.clone(), book.clone(), Some(pipeline));
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
+        let (mut client, _connection) = postgres::connect(database_url).await?;
+        job.run_once(&mut client).await
+    })
+    .await;
+    match first {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "budgets: first refresh failed; retrying in the background")
+        }
+        Err(_) => {
+            tracing::warn!("budgets: first refresh took over 5 s; going on in the background")
+        }
+    }
+    let handle = job.spawn(database_url.to_string(), DEFAULT_BUDGET_INTERVAL, stopped);
+    (book, Some(handle))
 }
 
 /// Starts the tamper-evidence chainer unless

@@ -208,7 +208,19 @@ async fn thresholds_fire_once_across_two_instances_and_a_restart() {
 
     // A restart of the first instance: nothing is announced again.
     first.terminate();
+    let launched = chrono::Utc::now();
     let restarted = Tally::launch(options(&database)).await;
+    // The first refresh ran before the API started: no "not computed yet" answer.
+    let (status, body) = get_json(&restarted.api_url("/api/v1/budgets"), Some(&admin)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(crossed(&body, "acme-day"), vec![0.5, 0.8, 1.0], "{body}");
+    assert!(
+        body["as_of"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|as_of| as_of > launched),
+        "{body}"
+    );
     let started = chrono::Utc::now();
     eventually(
         Duration::from_secs(10),

@@ -792,7 +792,7 @@ fn add_budget_routes(doc: &mut Value) {
         "/api/v1/budgets": { "get": {
             "operationId": "listBudgets",
             "summary": "The configured budgets (config key budgets) with their use in the current period",
-            "description": "Needs scope tokens:read or admin. Answered from memory, refreshed about every second (as_of). A tenant-scoped token sees only the budgets of its tenant; budgets without a tenant (every tenant's usage) only a token for every tenant. 503 until the first refresh; 404 when no budget evaluator runs in this process.",
+            "description": "Needs scope tokens:read or admin. Answered from memory, refreshed about every second (as_of). A tenant-scoped token sees only the budgets of its tenant; budgets without a tenant (every tenant's usage) only a token for every tenant. 503 while no refresh has succeeded since the start (the first runs before the API listens); 404 when no budget evaluator runs in this process.",
             "parameters": [ string_param("tenant", "Only the budgets of this tenant") ],
             "responses": standard_errors(ok("The budgets", "BudgetList"))
         }},
