@@ -346,6 +346,18 @@ async fn check_answers_per_tenant_and_user_within_the_callers_tenant() {
         .unwrap_or_default();
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(!listed.contains(&"everyone".to_owned()));
+    // A caller for every tenant narrows the list with `tenant`.
+    let (status, body) =
+        get_json(&tally.api_url("/api/v1/budgets?tenant=acme"), Some(&admin)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut names: Vec<&str> = body["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|b| b["name"].as_str()).collect())
+        .unwrap_or_default();
+    names.sort_unstable();
+    assert_eq!(names, ["acme-bob", "acme-day"]);
+    let (_, body) = get_json(&tally.api_url("/api/v1/budgets"), Some(&admin)).await;
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(3), "{body}");
     // Scope and parameters are checked.
     let (status, _, _) = check(&tally, "tenant=acme", &no_scope).await;
     assert_eq!(status, 403);
