@@ -130,6 +130,8 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         );
     let (chainer, chain_key) =
         spawn_chainer(config, signing_key, database_url, jobs_stopped.clone());
+    let (budget_book, budget_job) =
+        spawn_budgets(config, database_url, pipeline.clone(), jobs_stopped.clone()).await;
     let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline.clone())
         .await
         .context("cannot start the OTLP receiver")?
@@ -144,6 +146,7 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
                 .await
                 .context("cannot start the admin API")?
                 .with_taxonomy(taxonomy.clone())
+                .with_budgets(budget_book)
                 .with_audit(pipeline)
                 .with_chain_keys(chain_key.into_iter().collect())
                 .with_replayer(Arc::new(Replay::new(
@@ -204,6 +207,9 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         if let Some(chainer) = chainer {
             let _ = chainer.await;
         }
+        if let Some(budget_job) = budget_job {
+            let _ = budget_job.await;
+        }
         taxonomy_watcher.abort();
         let _ = stop_admin.send(true);
         if let Some(task) = admin_task {
@@ -227,6 +233,52 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
             grace.as_secs()
         )),
     }
+}
+
+/// Starts the budget job (none without `budgets`: an empty book is published)
+/// and answers the book the admin API reads. The first refresh runs before the
+/// API starts, so `/budgets/check` answers from the first request (unless the
+/// database does not answer within 5 s; the job then keeps trying).
+async fn spawn_budgets(
+    config: &Config,
+    database_url: &str,
+    pipeline: Arc<Pipeline>,
+    stopped: watch::Receiver<bool>,
+) -> (
+    Arc<postgres::budgets::BudgetBook>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    use postgres::budgets::{BudgetBook, BudgetJob, DEFAULT_BUDGET_INTERVAL};
+    let book = BudgetBook::new();
+    postgres::budgets::init_metric_series(&config.budgets);
+    if config.budgets.is_empty() {
+        book.publish(postgres::budgets::BudgetSnapshot {
+            as_of: chrono::Utc::now(),
+            budgets: Vec::new(),
+        });
+        return (book, None);
+    }
+    tracing::info!(
+        budgets = config.budgets.len(),
+        "budgets: checking use every second"
+    );
+    let mut job = BudgetJob::new(config.budgets.clone(), book.clone(), Some(pipeline));
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
+        let (mut client, _connection) = postgres::connect(database_url).await?;
+        job.run_once(&mut client).await
+    })
+    .await;
+    match first {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "budgets: first refresh failed; retrying in the background")
+        }
+        Err(_) => {
+            tracing::warn!("budgets: first refresh took over 5 s; going on in the background")
+        }
+    }
+    let handle = job.spawn(database_url.to_string(), DEFAULT_BUDGET_INTERVAL, stopped);
+    (book, Some(handle))
 }
 
 /// Starts the tamper-evidence chainer signing with `key` (none when

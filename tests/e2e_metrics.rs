@@ -349,12 +349,112 @@ fn alert_exprs() -> Vec<(String, String)> {
     exprs
 }
 
+/// Families whose labels name what was committed (or configured): listed from the
+/// first scrape, with samples only once there is something to count.
+const DATA_LABELLED: [&str; 6] = [
+    "tally_activity_events_total",
+    "tally_llm_tokens_total",
+    "tally_llm_requests_total",
+    "tally_llm_cost_usd_total",
+    "tally_llm_unpriced_requests_total",
+    "tally_budget_used_ratio",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_metric_in_dashboards_and_alerts_is_exported() {
+async fn every_metric_in_dashboards_and_alerts_is_in_the_first_scrape() {
     let database = TestDatabase::create().await;
+    // A fresh instance, scraped once before any record arrives.
     let tally = Tally::on(&database).await;
-    // Traffic that creates the series whose labels come from the data.
-    let chat = |n: u64, model: &str| {
+    let scrape = Scrape::fetch(&tally).await;
+    let exported = scrape.queryable_names();
+    let mut used = BTreeSet::new();
+    for (_, expr) in dashboard_exprs().iter().chain(alert_exprs().iter()) {
+        metric_names(expr, &mut used);
+    }
+    assert!(used.len() >= 15, "{used:?}");
+    assert!(used.contains("tally_budget_used_ratio"), "{used:?}");
+    let missing: Vec<&String> = used.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "used but not exported: {missing:?}\nexported: {exported:?}"
+    );
+    // Series with a fixed label set are there, at 0, before the first event.
+    let without_samples: Vec<&String> = used
+        .iter()
+        .filter(|name| !DATA_LABELLED.contains(&name.as_str()))
+        .filter(|name| !scrape.samples.iter().any(|(n, _, _)| n == *name))
+        .collect();
+    assert!(
+        without_samples.is_empty(),
+        "used but without a series at the first scrape: {without_samples:?}"
+    );
+    assert_eq!(scrape.sum("tally_exporter_write_failures_total", &[]), 0.0);
+    assert_eq!(scrape.sum("tally_receiver_refused_spans_total", &[]), 0.0);
+    // A data-labelled family a panel shows as a number falls back to 0.
+    let exprs = dashboard_exprs();
+    for (file, expr) in &exprs {
+        if expr.contains("tally_llm_unpriced_requests_total") {
+            assert!(expr.contains("vector(0)"), "{file}: {expr}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_budgets_are_series_from_the_first_scrape() {
+    let database = TestDatabase::create().await;
+    let tally = Tally::launch(TallyOptions {
+        database_url: Some(database.url.clone()),
+        budgets: Some(
+            "[{ name: acme-day, tenant: acme, period: day, limit_tokens: 1000 }, \
+              { name: all-month, period: month, limit_usd: 10 }]"
+                .into(),
+        ),
+        ..Default::default()
+    })
+    .await;
+    let scrape = Scrape::fetch(&tally).await;
+    let budgets: BTreeSet<&str> = scrape
+        .series("tally_budget_used_ratio")
+        .into_iter()
+        .filter_map(|labels| labels.get("budget").map(String::as_str))
+        .collect();
+    assert_eq!(budgets, BTreeSet::from(["acme-day", "all-month"]));
+    assert_eq!(scrape.sum("tally_budget_used_ratio", &[]), 0.0);
+    // 600 of acme's 1000 tokens: the gauge follows within the refresh.
+    let chat = span(
+        7,
+        vec![
+            attr("gen_ai.operation.name", "chat"),
+            attr("gen_ai.provider.name", "openai"),
+            attr("gen_ai.request.model", "gpt-4o-mini"),
+            attr("gen_ai.usage.input_tokens", "500"),
+            attr("gen_ai.usage.output_tokens", "100"),
+            attr("tenant.id", "acme"),
+        ],
+        false,
+    );
+    export(&tally, vec![chat]).await;
+    eventually(
+        Duration::from_secs(10),
+        "the budget gauge moves",
+        || async {
+            let scrape = Scrape::fetch(&tally).await;
+            (scrape.sum("tally_budget_used_ratio", &[("budget", "acme-day")]) == 0.6).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_metrics_carry_the_tenant_when_enabled() {
+    let database = TestDatabase::create().await;
+    let tally = Tally::launch(TallyOptions {
+        database_url: Some(database.url.clone()),
+        tenant_label: true,
+        ..Default::default()
+    })
+    .await;
+    let chat = |n: u64, tenant: &str, model: &str| {
         span(
             n,
             vec![
@@ -363,6 +463,7 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
                 attr("gen_ai.request.model", model),
                 attr("gen_ai.usage.input_tokens", "120"),
                 attr("gen_ai.usage.output_tokens", "30"),
+                attr("tenant.id", tenant),
             ],
             false,
         )
@@ -370,23 +471,42 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     export(
         &tally,
         vec![
-            span(1, vec![attr("activity.action", "auth.login")], false),
-            chat(2, "gpt-4o-mini"),
-            chat(3, "an-unpriced-model"),
+            chat(1, "acme", "gpt-4o-mini"),
+            chat(2, "acme", "gpt-4o-mini"),
+            chat(3, "globex", "gpt-4o-mini"),
+            chat(4, "globex", "an-unpriced-model"),
         ],
     )
     .await;
-    let exported = Scrape::fetch(&tally).await.queryable_names();
-    let mut used = BTreeSet::new();
-    for (_, expr) in dashboard_exprs().iter().chain(alert_exprs().iter()) {
-        metric_names(expr, &mut used);
-    }
-    assert!(used.len() >= 15, "{used:?}");
-    let missing: Vec<&String> = used.difference(&exported).collect();
-    assert!(
-        missing.is_empty(),
-        "used but not exported: {missing:?}\nexported: {exported:?}"
+    let scrape = Scrape::fetch(&tally).await;
+    let requests = |tenant: &str| scrape.sum("tally_llm_requests_total", &[("tenant", tenant)]);
+    assert_eq!(requests("acme"), 2.0);
+    assert_eq!(requests("globex"), 2.0);
+    assert_eq!(
+        scrape.sum(
+            "tally_llm_tokens_total",
+            &[("tenant", "acme"), ("kind", "input")]
+        ),
+        240.0
     );
+    assert!(scrape.sum("tally_llm_cost_usd_total", &[("tenant", "acme")]) > 0.0);
+    assert_eq!(
+        scrape.sum("tally_llm_unpriced_requests_total", &[("tenant", "globex")]),
+        1.0
+    );
+    assert_eq!(
+        scrape.sum("tally_llm_unpriced_requests_total", &[("tenant", "acme")]),
+        0.0
+    );
+    for name in [
+        "tally_llm_requests_total",
+        "tally_llm_tokens_total",
+        "tally_llm_cost_usd_total",
+    ] {
+        for labels in scrape.series(name) {
+            assert!(labels.contains_key("tenant"), "{name} {labels:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

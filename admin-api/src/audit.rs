@@ -105,7 +105,14 @@ impl AuditTrail {
 
 /// Whether requests to `route` are recorded (data routes, not the API's own description).
 fn audited(route: &str) -> bool {
-    route.starts_with("/api/v1/") && route != "/api/v1/openapi.json" && route != "/api/v1/whoami"
+    route.starts_with("/api/v1/")
+        && !matches!(
+            route,
+            // `/budgets/check` answers ratios from memory for an app about to call
+            // a model, possibly before every call: recording each would double
+            // the rows that app causes.
+            "/api/v1/openapi.json" | "/api/v1/whoami" | "/api/v1/budgets/check"
+        )
 }
 
 /// Parameter names whose value is a credential, compared after decoding and
@@ -406,6 +413,8 @@ mod tests {
         assert!(audited("/api/v1/activity/stream"));
         assert!(!audited("/api/v1/openapi.json"));
         assert!(!audited("/api/v1/whoami"));
+        assert!(audited("/api/v1/budgets"));
+        assert!(!audited("/api/v1/budgets/check"));
         assert!(!audited("/healthz"));
     }
 }

@@ -21,6 +21,7 @@ pub mod aggregates;
 pub mod apikeys;
 pub mod audit;
 pub mod auth;
+pub mod budgets;
 pub mod console;
 pub mod cursor;
 mod db;
@@ -144,6 +145,8 @@ pub(crate) struct AppState {
     pub(crate) limits: Arc<limits::Limits>,
     /// The `/stats/stream` polls, one per distinct filter.
     pub(crate) stats_polls: Arc<stream::stats::Polls>,
+    /// The budgets' current use (see [`AdminApi::with_budgets`]).
+    pub(crate) budgets: Option<Arc<tally_exporters::postgres::budgets::BudgetBook>>,
 }
 
 /// The admin API: a bound listener and its state.
@@ -221,6 +224,7 @@ impl AdminApi {
                 verify_cache: Arc::default(),
                 limits: Arc::new(limits::Limits::new(&config.limits)),
                 stats_polls: Arc::default(),
+                budgets: None,
             },
         })
     }
@@ -252,6 +256,15 @@ impl AdminApi {
     /// Must be called within a Tokio runtime (it starts the forwarder).
     pub fn with_audit(mut self, consumer: Arc<dyn tally_model::pipeline::Consumer>) -> Self {
         self.state.audit = Some(audit::AuditTrail::start(consumer));
+        self
+    }
+
+    /// Serves `GET /api/v1/budgets` and `/budgets/check` from `book` (404 without one).
+    pub fn with_budgets(
+        mut self,
+        book: Arc<tally_exporters::postgres::budgets::BudgetBook>,
+    ) -> Self {
+        self.state.budgets = Some(book);
         self
     }
 

@@ -488,6 +488,7 @@ fn document_text() -> Value {
         }
     });
     add_usage_routes(&mut doc);
+    add_budget_routes(&mut doc);
     complete(&mut doc);
     doc
 }
@@ -793,6 +794,77 @@ fn add_usage_routes(doc: &mut Value) {
         merge(doc, "paths", paths);
         merge_components(doc, schemas);
     }
+}
+
+/// `GET /budgets`, `/budgets/check` and their schemas.
+fn add_budget_routes(doc: &mut Value) {
+    let paths = json!({
+        "/api/v1/budgets": { "get": {
+            "operationId": "listBudgets",
+            "summary": "The configured budgets (config key budgets) with their use in the current period",
+            "description": "Needs scope tokens:read or admin. Answered from memory, refreshed about every second (as_of). A tenant-scoped token sees only the budgets of its tenant; budgets without a tenant (every tenant's usage) only a token for every tenant. 503 while no refresh has succeeded since the start (the first runs before the API listens); 404 when no budget evaluator runs in this process.",
+            "parameters": [ string_param("tenant", "Only the budgets of this tenant") ],
+            "responses": standard_errors(ok("The budgets", "BudgetList"))
+        }},
+        "/api/v1/budgets/check": { "get": {
+            "operationId": "checkBudgets",
+            "summary": "The budgets that count a tenant's / user's usage, with used_ratio and exceeded: a fast check before a model call",
+            "description": "Needs scope tokens:read or admin. Answered from memory (no database work), refreshed about every second (as_of). A budget applies when its tenant (user) is the one asked for or it has none; a tenant-scoped token is checked against its own tenant. Not recorded as audit.log.view.",
+            "parameters": [
+                string_param("tenant", "The tenant about to use a model (a tenant-scoped token: its own)"),
+                string_param("user", "The user about to use a model")
+            ],
+            "responses": standard_errors(ok("The budgets that apply", "BudgetCheck"))
+        }}
+    });
+    let schemas = json!({
+        "Budget": {
+            "type": "object",
+            "required": ["name", "tenant", "user", "period", "period_start", "period_end", "unit", "limit", "used", "used_ratio", "exceeded", "thresholds", "thresholds_crossed"],
+            "properties": {
+                "name": { "type": "string" },
+                "tenant": { "type": ["string", "null"], "description": "null: every tenant's usage" },
+                "user": { "type": ["string", "null"], "description": "null: every user's usage" },
+                "period": { "type": "string", "enum": ["day", "week", "month"] },
+                "period_start": { "type": "string", "format": "date-time" },
+                "period_end": { "type": "string", "format": "date-time", "description": "exclusive" },
+                "unit": { "type": "string", "enum": ["usd", "tokens"] },
+                "limit": { "type": "number" },
+                "used": { "type": "number", "description": "use so far in the period, in unit (estimated cost, or total_tokens)" },
+                "used_ratio": { "type": "number", "description": "used / limit" },
+                "exceeded": { "type": "boolean", "description": "used >= limit" },
+                "thresholds": { "type": "array", "items": { "type": "number" } },
+                "thresholds_crossed": { "type": "array", "items": { "type": "number" }, "description": "thresholds recorded as crossed in this period" }
+            }
+        },
+        "BudgetList": {
+            "type": "object",
+            "required": ["items", "as_of"],
+            "properties": {
+                "items": { "type": "array", "items": { "$ref": "#/components/schemas/Budget" } },
+                "as_of": { "type": "string", "format": "date-time" }
+            }
+        },
+        "BudgetCheck": {
+            "type": "object",
+            "required": ["exceeded", "budgets", "as_of"],
+            "properties": {
+                "exceeded": { "type": "boolean", "description": "whether any budget that applies is exceeded" },
+                "budgets": { "type": "array", "items": {
+                    "type": "object",
+                    "required": ["name", "used_ratio", "exceeded"],
+                    "properties": {
+                        "name": { "type": "string" },
+                        "used_ratio": { "type": "number" },
+                        "exceeded": { "type": "boolean" }
+                    }
+                }},
+                "as_of": { "type": "string", "format": "date-time" }
+            }
+        }
+    });
+    merge(doc, "paths", paths);
+    merge_components(doc, schemas);
 }
 
 fn merge(doc: &mut Value, key: &str, extra: Value) {

@@ -6,8 +6,8 @@
 use axum::routing::{get, post, MethodRouter};
 
 use crate::{
-    activity, aggregates, export, health, openapi, rejected, stats, stream, taxonomy, tokens,
-    verify, whoami, AppState,
+    activity, aggregates, budgets, export, health, openapi, rejected, stats, stream, taxonomy,
+    tokens, verify, whoami, AppState,
 };
 
 /// One route as documented: its method, path and accepted query parameters.
@@ -90,6 +90,18 @@ pub(crate) fn table() -> Vec<Route> {
             get(aggregates::token_usage),
         ),
         route("GET", "/api/v1/stats", stats::PARAMETERS, get(stats::stats)),
+        route(
+            "GET",
+            "/api/v1/budgets",
+            budgets::LIST_PARAMETERS,
+            get(budgets::list),
+        ),
+        route(
+            "GET",
+            "/api/v1/budgets/check",
+            budgets::CHECK_PARAMETERS,
+            get(budgets::check),
+        ),
         route(
             "GET",
             "/api/v1/stats/stream",

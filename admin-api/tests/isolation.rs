@@ -277,6 +277,24 @@ const ROUTES: &[Route] = &[
         true,
     ),
     route(
+        "GET",
+        "/api/v1/budgets",
+        "/api/v1/budgets",
+        Needs::Tokens,
+        Read::Whole,
+        true,
+        true,
+    ),
+    route(
+        "GET",
+        "/api/v1/budgets/check",
+        "/api/v1/budgets/check",
+        Needs::Tokens,
+        Read::Whole,
+        false,
+        true,
+    ),
+    route(
         "POST",
         "/api/v1/rejected/replay",
         "/api/v1/rejected/replay",
@@ -603,6 +621,37 @@ async fn send(
     }
 }
 
+/// Budgets of each tenant and one of every tenant, as the budget job publishes them.
+fn budget_book() -> Arc<tally_exporters::postgres::budgets::BudgetBook> {
+    use tally_exporters::postgres::budgets::{BudgetBook, BudgetSnapshot, BudgetStatus};
+    let now = chrono::Utc::now();
+    let status = |name: &str, tenant: Option<&str>| BudgetStatus {
+        name: name.to_owned(),
+        tenant: tenant.map(str::to_owned),
+        user: None,
+        period: "day",
+        period_start: now,
+        period_end: now,
+        unit: "tokens",
+        limit: 100.0,
+        used: 50.0,
+        used_ratio: 0.5,
+        exceeded: false,
+        thresholds: vec![0.5, 1.0],
+        thresholds_crossed: vec![0.5],
+    };
+    let book = BudgetBook::new();
+    book.publish(BudgetSnapshot {
+        as_of: now,
+        budgets: vec![
+            status("budget-of-alpha", Some(A)),
+            status("budget-of-bravo", Some(B)),
+            status("budget-of-every-tenant", None),
+        ],
+    });
+    book
+}
+
 fn allowed(scopes: &[&str], needs: Needs) -> bool {
     let has = |scope: &str| scopes.contains(&scope) || scopes.contains(&"admin");
     match needs {
@@ -819,6 +868,7 @@ async fn every_route_times_every_credential() {
         .await
         .with_taxonomy(taxonomy)
         .with_replayer(replayer.clone())
+        .with_budgets(budget_book())
         .router();
 
     let mut checked = 0;
@@ -954,6 +1004,7 @@ async fn the_matrix_covers_every_documented_route() {
         .await
         .with_taxonomy(taxonomy)
         .with_replayer(Arc::new(RecordingReplayer::default()))
+        .with_budgets(budget_book())
         .router();
     for (method, path) in &documented {
         let request = Request::builder()

@@ -11,6 +11,9 @@
 //! `pipeline` measures the collector's CPU per record apart from the database
 //! (see `pipeline.rs`).
 //!
+//! `budgets` measures `/budgets/check` answered from the budget job's memory
+//! (see `budgets.rs`).
+//!
 //! `queries` measures the admin API's query latency on a generated data set
 //! (see `queries.rs`); `feed` measures the live feed's commit-to-client latency
 //! (see `feed.rs`).
@@ -22,6 +25,7 @@
 //! straight into `activity_events` with binary COPY. Figures are medians over
 //! `--runs`.
 
+mod budgets;
 mod ceiling;
 mod collector;
 mod cpu;
@@ -69,6 +73,9 @@ enum Command {
     Pipeline(pipeline::PipelineArgs),
     /// RSS over a long paced run (10,000 records/s for 10 minutes by default).
     Soak(soak::SoakArgs),
+    /// `GET /api/v1/budgets/check` latency while the budget job refreshes, and
+    /// the cost of one refresh.
+    Budgets(budgets::BudgetsArgs),
 }
 
 #[derive(clap::Args)]
@@ -371,5 +378,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Feed(args) => feed::run(args).await,
         Command::Pipeline(args) => pipeline::run(args),
         Command::Soak(args) => soak::run(args).await,
+        Command::Budgets(args) => budgets::run(args).await,
     }
 }

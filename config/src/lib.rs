@@ -8,6 +8,7 @@
 //! assert_eq!(config.receivers.otlp.grpc.endpoint.port(), 0);
 //! ```
 
+mod budgets;
 mod endpoint;
 mod expand;
 mod redact;
@@ -15,6 +16,10 @@ mod schema;
 pub mod taxonomy;
 mod tokens;
 
+pub use budgets::{
+    BudgetConfig, BudgetLimit, BudgetPeriod, MAX_BUDGET_NAME_LEN, MAX_BUDGET_THRESHOLD,
+    MAX_BUDGET_THRESHOLDS,
+};
 pub use endpoint::Endpoint;
 pub use expand::expand_env;
 pub use redact::*;
@@ -120,6 +125,9 @@ impl Config {
         }
         if let Err((key, message)) = self.pricing.check() {
             return Err(invalid(&format!("pricing.{key}"), &message));
+        }
+        if let Err((key, message)) = budgets::check(&self.budgets) {
+            return Err(invalid(&format!("budgets{key}"), &message));
         }
         if let Err((key, message)) = self.processors.redact.check() {
             return Err(invalid(&format!("processors.redact.{key}"), &message));

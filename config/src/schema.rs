@@ -19,6 +19,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub service: ServiceConfig,
     pub pricing: crate::PricingConfig,
+    /// Spending and token budgets (`docs/configuration.md#budgets`); none by default.
+    pub budgets: Vec<crate::BudgetConfig>,
 }
 
 /// `receivers`.
@@ -351,7 +353,8 @@ pub struct PrometheusConfig {
     pub enabled: bool,
     /// Default `127.0.0.1:9464`, served at `/metrics`.
     pub endpoint: Endpoint,
-    /// Add a `tenant` label to `tally_activity_events_total` (default off).
+    /// Add a `tenant` label to `tally_activity_events_total` and the `tally_llm_*`
+    /// counters (default off).
     pub tenant_label: bool,
     /// Distinct tenants labelled before the rest become `other` (default 50).
     pub tenant_label_cap: usize,

@@ -216,3 +216,101 @@ fn a_certainly_open_admin_api_is_refused_where_it_is_exposed() {
     )
     .unwrap();
 }
+
+#[test]
+fn budgets_parse_with_default_thresholds_and_match_their_scope() {
+    let config = Config::from_yaml_str(
+        "budgets:\n\
+         - { name: acme-month, tenant: acme, period: month, limit_usd: 100 }\n\
+         - { name: bob.day, tenant: acme, user: bob, period: day, limit_tokens: 5000, thresholds: [0.9, 1.0, 1.5] }\n\
+         - { name: everyone, period: week, limit_tokens: 1 }\n",
+    )
+    .unwrap();
+    let [month, day, all] = &config.budgets[..] else {
+        panic!("three budgets: {:?}", config.budgets);
+    };
+    assert_eq!(month.period, BudgetPeriod::Month);
+    assert_eq!(month.thresholds, vec![0.5, 0.8, 1.0]);
+    assert_eq!(month.limit(), BudgetLimit::Usd(100.0));
+    assert_eq!(day.limit(), BudgetLimit::Tokens(5000));
+    assert_eq!(day.thresholds, vec![0.9, 1.0, 1.5]);
+    assert!(month.applies_to(Some("acme"), None));
+    assert!(month.applies_to(Some("acme"), Some("anyone")));
+    assert!(!month.applies_to(Some("globex"), None));
+    assert!(!month.applies_to(None, None));
+    assert!(day.applies_to(Some("acme"), Some("bob")));
+    assert!(!day.applies_to(Some("acme"), Some("alice")));
+    assert!(!day.applies_to(Some("acme"), None));
+    assert!(all.applies_to(None, None));
+    assert!(all.applies_to(Some("x"), Some("y")));
+    assert!(Config::from_yaml_str("").unwrap().budgets.is_empty());
+}
+
+#[test]
+fn bad_budgets_are_refused_with_their_path() {
+    for (yaml, path, words) in [
+        (
+            "budgets: [{ name: a, period: day }]",
+            "budgets[0].limit_usd: ",
+            "limit_tokens",
+        ),
+        (
+            "budgets: [{ name: a, period: day, limit_usd: 1, limit_tokens: 2 }]",
+            "budgets[0].limit_usd: ",
+            "not both",
+        ),
+        (
+            "budgets: [{ name: a, period: day, limit_usd: -1 }]",
+            "budgets[0].limit_usd: ",
+            "above 0",
+        ),
+        (
+            "budgets: [{ name: a, period: day, limit_tokens: 0 }]",
+            "budgets[0].limit_tokens: ",
+            "at least 1",
+        ),
+        (
+            "budgets: [{ name: a, period: day, limit_tokens: 1 }, { name: a, period: week, limit_tokens: 1 }]",
+            "budgets[1].name: ",
+            "two budgets",
+        ),
+        (
+            "budgets: [{ name: 'a b', period: day, limit_tokens: 1 }]",
+            "budgets[0].name: ",
+            "letters",
+        ),
+        (
+            "budgets: [{ name: '', period: day, limit_tokens: 1 }]",
+            "budgets[0].name: ",
+            "bytes",
+        ),
+        (
+            "budgets: [{ name: a, tenant: '', period: day, limit_tokens: 1 }]",
+            "budgets[0].tenant: ",
+            "empty",
+        ),
+        (
+            "budgets: [{ name: a, period: day, limit_tokens: 1, thresholds: [] }]",
+            "budgets[0].thresholds: ",
+            "fractions",
+        ),
+        (
+            "budgets: [{ name: a, period: day, limit_tokens: 1, thresholds: [0.8, 0.5] }]",
+            "budgets[0].thresholds[1]: ",
+            "increasing",
+        ),
+        (
+            "budgets: [{ name: a, period: day, limit_tokens: 1, thresholds: [0] }]",
+            "budgets[0].thresholds[0]: ",
+            "above 0",
+        ),
+    ] {
+        let err = error_of(yaml);
+        assert!(err.starts_with(path), "{yaml}: {err}");
+        assert!(err.contains(words), "{yaml}: {err}");
+    }
+    let err = error_of("budgets: [{ name: a, period: year, limit_tokens: 1 }]");
+    assert!(err.starts_with("budgets[0].period"), "{err}");
+    let err = error_of("budgets: [{ name: a, period: day, limit_tokens: 1, tennant: x }]");
+    assert!(err.contains("tennant"), "{err}");
+}

@@ -97,6 +97,13 @@ const LAZY_FAMILIES: [(&str, &str); 5] = [
     ),
 ];
 
+/// `tally_budget_used_ratio`: one series per configured budget, so none without
+/// budgets (the family is still listed).
+const BUDGET_FAMILY: (&str, &str) = (
+    "tally_budget_used_ratio",
+    "Use of each configured budget in its current period, as a fraction of its limit",
+);
+
 /// `reason` values of `tally_rejected_events_total` that no taxonomy verdict gives
 /// (those are listed from the first scrape as well, by the validator).
 pub const REJECT_REASONS: [&str; 1] = ["tenant_mismatch"];
@@ -140,33 +147,37 @@ pub struct ActivityLabels {
     pub tenant: Option<String>,
 }
 
-/// `{provider, model, kind}`.
+/// `{provider, model, kind}` (+ `tenant` when enabled).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub provider: String,
     pub model: String,
     pub kind: &'static str,
+    pub tenant: Option<String>,
 }
 
-/// `{provider, model, outcome}`.
+/// `{provider, model, outcome}` (+ `tenant` when enabled).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LlmRequestLabels {
     pub provider: String,
     pub model: String,
     pub outcome: &'static str,
+    pub tenant: Option<String>,
 }
 
-/// `{provider, model}`.
+/// `{provider, model}` (+ `tenant` when enabled).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     pub provider: String,
     pub model: String,
+    pub tenant: Option<String>,
 }
 
-/// `{model}`.
+/// `{model}` (+ `tenant` when enabled).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelOnlyLabels {
     pub model: String,
+    pub tenant: Option<String>,
 }
 
 /// `{table}`.
@@ -185,6 +196,12 @@ pub struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
     pub rule: String,
+}
+
+/// `{budget}` (configured budget names: a fixed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    pub budget: String,
 }
 
 /// `{version}`.
@@ -236,6 +253,8 @@ pub struct Metrics {
     pub sse_clients: Gauge,
     pub rollup_lag_seq: Gauge,
     pub build_info: Family<VersionLabels, Gauge>,
+    /// Use of each configured budget in its current period, as a fraction of its limit.
+    pub budget_used_ratio: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     pub process_cpu_seconds: Counter<f64, AtomicU64>,
     pub process_resident_memory_bytes: Gauge,
     /// Caps for the free-form label values.
@@ -364,6 +383,7 @@ impl Metrics {
                 Gauge::default()
             ),
             build_info: reg!("tally_build_info", "Tally build", Family::default()),
+            budget_used_ratio: reg!(BUDGET_FAMILY.0, BUDGET_FAMILY.1, Family::default()),
             process_cpu_seconds: reg!(
                 "tally_process_cpu",
                 "CPU time used by the Tally process",
@@ -425,6 +445,15 @@ impl Metrics {
         }
     }
 
+    /// Sets `tally_budget_used_ratio{budget}`.
+    pub fn set_budget_used_ratio(&self, budget: &str, ratio: f64) {
+        self.budget_used_ratio
+            .get_or_create(&BudgetLabels {
+                budget: budget.to_string(),
+            })
+            .set(ratio);
+    }
+
     /// The registry, for encoding.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -451,6 +480,10 @@ impl Metrics {
             if empty {
                 text.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} counter\n"));
             }
+        }
+        if self.budget_used_ratio.is_empty() {
+            let (name, help) = BUDGET_FAMILY;
+            text.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} gauge\n"));
         }
         if encode_eof(&mut text).is_err() {
             text.clear();

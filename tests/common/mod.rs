@@ -64,6 +64,10 @@ pub struct TallyOptions {
     /// `receivers.otlp.http.events_rate_limit` as a YAML flow block
     /// (`{ per_second: 1, burst: 2 }`).
     pub events_rate_limit: Option<String>,
+    /// `exporters.prometheus.tenant_label`.
+    pub tenant_label: bool,
+    /// The `budgets` list, as flow YAML (`[{ name: …, … }]`).
+    pub budgets: Option<String>,
 }
 
 /// A running `tally` process; killed on drop if still running.
@@ -307,9 +311,13 @@ fn config_yaml(options: &TallyOptions) -> String {
             "  auth:\n    jwt: {{ hs256_secret: \"{secret}\" }}\n"
         ));
     }
+    if let Some(budgets) = &options.budgets {
+        yaml.push_str(&format!("budgets: {budgets}\n"));
+    }
     yaml.push_str(&format!(
-        "exporters:\n  prometheus: {{ endpoint: 127.0.0.1:0, action_label_cap: {} }}\n  postgres:\n",
-        options.action_label_cap.unwrap_or(200)
+        "exporters:\n  prometheus: {{ endpoint: 127.0.0.1:0, action_label_cap: {}, tenant_label: {} }}\n  postgres:\n",
+        options.action_label_cap.unwrap_or(200),
+        options.tenant_label
     ));
     if let Some(url) = &options.database_url {
         yaml.push_str(&format!("    url: \"{url}\"\n"));

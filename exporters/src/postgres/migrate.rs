@@ -51,6 +51,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "ingest_key_id",
         include_str!("migrations/0011_ingest_key_id.sql"),
     ),
+    (13, "budgets", include_str!("migrations/0013_budgets.sql")),
     (
         15,
         "signed_truncations",

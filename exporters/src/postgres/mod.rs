@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+pub mod budgets;
 pub mod chain;
 pub mod copy;
 pub mod embedded;

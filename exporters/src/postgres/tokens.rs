@@ -46,7 +46,7 @@ static COPY_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Lock, insert from staging, and answer what was really inserted per
-/// (provider, model, outcome), for the metrics.
+/// (provider, model, outcome, tenant), for the metrics.
 static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT pg_advisory_xact_lock({TOKEN_USAGE_LOCK_KEY}); \
@@ -61,13 +61,13 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
              FROM pg_temp.tally_token_staging_v2 ORDER BY ts \
              ON CONFLICT DO NOTHING \
              RETURNING provider, model, outcome, input_tokens, output_tokens, cache_read_tokens, \
-                 cache_write_tokens, reasoning_tokens, cost_usd, usage_known) \
+                 cache_write_tokens, reasoning_tokens, cost_usd, usage_known, tenant_id) \
          SELECT coalesce(provider, ''), coalesce(model, ''), outcome, count(*), \
              coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), \
              coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0), \
              coalesce(sum(reasoning_tokens), 0), coalesce(sum(cost_usd), 0)::float8, \
-             count(*) FILTER (WHERE usage_known AND cost_usd IS NULL) \
-         FROM inserted GROUP BY 1, 2, 3"
+             count(*) FILTER (WHERE usage_known AND cost_usd IS NULL), tenant_id \
+         FROM inserted GROUP BY 1, 2, 3, tenant_id"
     )
 });
 
@@ -88,6 +88,7 @@ struct TokenGroup {
     tokens: [u64; 5],
     cost: f64,
     unpriced: u64,
+    tenant: String,
 }
 
 const TOKEN_KINDS: [&str; 5] = ["input", "output", "cache_read", "cache_write", "reasoning"];
@@ -121,7 +122,7 @@ pub(crate) async fn insert_tokens(
         let SimpleQueryMessage::Row(row) = message else {
             continue;
         };
-        if row.len() != 11 {
+        if row.len() != 12 {
             continue;
         }
         let int = |i: usize| -> u64 { row.get(i).and_then(|c| c.parse().ok()).unwrap_or(0) };
@@ -133,6 +134,7 @@ pub(crate) async fn insert_tokens(
             tokens: [int(4), int(5), int(6), int(7), int(8)],
             cost: row.get(9).and_then(|c| c.parse().ok()).unwrap_or(0.0),
             unpriced: int(10),
+            tenant: row.get(11).unwrap_or_default().to_string(),
         };
         inserted.total += group.rows;
         inserted.groups.push(group);
@@ -151,14 +153,17 @@ pub(crate) fn committed(inserted: &TokensInserted) {
             table: "token_usage",
         })
         .inc_by(inserted.total);
+    let with_tenant = m.tenant_labels.cap() > 0;
     for g in &inserted.groups {
         let provider = g.provider.clone();
         let model = m.model_labels.label(&g.model);
+        let tenant = with_tenant.then(|| m.tenant_labels.label(&g.tenant));
         m.llm_requests
             .get_or_create(&LlmRequestLabels {
                 provider: provider.clone(),
                 model: model.clone(),
                 outcome: Outcome::parse(&g.outcome).unwrap_or_default().as_str(),
+                tenant: tenant.clone(),
             })
             .inc_by(g.rows);
         for (kind, tokens) in TOKEN_KINDS.iter().zip(g.tokens) {
@@ -168,6 +173,7 @@ pub(crate) fn committed(inserted: &TokensInserted) {
                         provider: provider.clone(),
                         model: model.clone(),
                         kind,
+                        tenant: tenant.clone(),
                     })
                     .inc_by(tokens);
             }
@@ -177,12 +183,13 @@ pub(crate) fn committed(inserted: &TokensInserted) {
                 .get_or_create(&ModelLabels {
                     provider: provider.clone(),
                     model: model.clone(),
+                    tenant: tenant.clone(),
                 })
                 .inc_by(g.cost);
         }
         if g.unpriced > 0 {
             m.llm_unpriced_requests
-                .get_or_create(&ModelOnlyLabels { model })
+                .get_or_create(&ModelOnlyLabels { model, tenant })
                 .inc_by(g.unpriced);
         }
     }
