@@ -247,6 +247,91 @@ struct Extract {
     identity: Identity,
     service: Option<String>,
     kept: Map<String, serde_json::Value>,
+    /// The sender reports Anthropic's raw input count (without cached tokens):
+    /// see [`raw_anthropic_input`].
+    raw_input: bool,
+}
+
+/// Whether the sender is a family known to report Anthropic's raw `input_tokens`
+/// (excluding cache reads and writes) under the convention's name, which
+/// includes them:
+///
+/// * OpenLIT's Anthropic instrumentation (instrumentation scope `openlit…`, or
+///   resource `telemetry.sdk.name = openlit`) with provider `anthropic`;
+/// * the Vercel AI SDK 5 (scope `ai`) with an Anthropic provider
+///   (`anthropic.messages`, `vertex.anthropic.messages`, …) and no
+///   `ai.usage.inputTokenDetails.*` (SDK 6 sends those, and a normalised input).
+fn raw_anthropic_input(attrs: &Attrs<'_>, scope_name: &str, provider: Option<&str>) -> bool {
+    let anthropic = provider.is_some_and(|p| p.to_ascii_lowercase().contains("anthropic"));
+    if !anthropic {
+        return false;
+    }
+    let openlit = scope_name.starts_with("openlit")
+        || as_text(attrs.get("telemetry.sdk.name")).is_some_and(|n| n == "openlit");
+    let vercel5 = scope_name == "ai"
+        && attrs
+            .get("ai.usage.inputTokenDetails.noCacheTokens")
+            .is_none()
+        && attrs
+            .get("ai.usage.inputTokenDetails.cacheReadTokens")
+            .is_none()
+        && attrs
+            .get("ai.usage.inputTokenDetails.cacheWriteTokens")
+            .is_none();
+    openlit || vercel5
+}
+
+/// Token counts normalised to the GenAI conventions: `input` includes cache reads
+/// and writes, `output` includes reasoning, `total` = input + output unless the
+/// sender said otherwise. See `docs/tokens.md` ("Normalisation").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    input: Option<i64>,
+    output: Option<i64>,
+    cache_read: Option<i64>,
+    cache_write: Option<i64>,
+    reasoning: Option<i64>,
+    total: Option<i64>,
+}
+
+impl Counts {
+    /// `raw_input`: the family is known to report input without cached tokens.
+    fn normalise(mut self, raw_input: bool) -> Counts {
+        let cached = self
+            .cache_read
+            .unwrap_or(0)
+            .saturating_add(self.cache_write.unwrap_or(0));
+        let input = self.input.unwrap_or(0);
+        let output = self.output.unwrap_or(0);
+        let reasoning = self.reasoning.unwrap_or(0);
+        let mut recompute_total = false;
+        // Thinking tokens outside output (OpenLLMetry's Google GenAI: output
+        // without thoughts, total with them): the total exceeds input + output by
+        // at least the reasoning count. They are output tokens.
+        if reasoning > 0
+            && self.output.is_some()
+            && self
+                .total
+                .is_some_and(|t| t.saturating_sub(input.saturating_add(output)) >= reasoning)
+        {
+            self.output = Some(output.saturating_add(reasoning));
+            recompute_total = true;
+        }
+        // Input without cached tokens: a family known to send Anthropic's raw
+        // count, or (any family) cached counts exceeding the input count.
+        if cached > 0 && self.input.is_some() && (raw_input || cached > input) {
+            self.input = Some(input.saturating_add(cached));
+            recompute_total = true;
+        }
+        if recompute_total {
+            self.total = Some(
+                self.input
+                    .unwrap_or(0)
+                    .saturating_add(self.output.unwrap_or(0)),
+            );
+        }
+        self
+    }
 }
 
 impl Extract {
@@ -385,7 +470,7 @@ impl TokenProcessor {
     /// are always read; the rest (provider, cache and reasoning counts,
     /// service, kept attributes) only when it can: most records are not model
     /// calls, and their rows would never be built.
-    fn extract(&self, attrs: &Attrs<'_>, name: Option<&str>) -> Extract {
+    fn extract(&self, attrs: &Attrs<'_>, name: Option<&str>, scope_name: &str) -> Extract {
         let m = &self.mapping;
         let operation = attrs.text(&m.operation);
         let mut extract = Extract {
@@ -403,6 +488,7 @@ impl TokenProcessor {
             identity: self.identity(attrs),
             service: None,
             kept: Map::new(),
+            raw_input: false,
         };
         // Rows are built for span candidates and for counted log records:
         // both need this (a superset of each).
@@ -426,6 +512,7 @@ impl TokenProcessor {
         extract.cache_write = attrs.count(&m.cache_write);
         extract.reasoning = attrs.count(&m.reasoning);
         extract.service = as_text(attrs.get("service.name"));
+        extract.raw_input = raw_anthropic_input(attrs, scope_name, extract.provider.as_deref());
         extract
     }
 
@@ -460,14 +547,33 @@ impl TokenProcessor {
             identity,
             service,
             kept,
+            raw_input,
             ..
         } = extract;
         let (input, output, cache_read, cache_write, reasoning, total) = if known {
-            let total = total.or_else(|| match (input, output) {
-                (None, None) => None,
-                (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
-            });
-            (input, output, cache_read, cache_write, reasoning, total)
+            let counts = Counts {
+                input,
+                output,
+                cache_read,
+                cache_write,
+                reasoning,
+                total,
+            }
+            .normalise(raw_input);
+            let total = counts
+                .total
+                .or_else(|| match (counts.input, counts.output) {
+                    (None, None) => None,
+                    (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
+                });
+            (
+                counts.input,
+                counts.output,
+                counts.cache_read,
+                counts.cache_write,
+                counts.reasoning,
+                total,
+            )
         } else {
             (None, None, None, None, None, None)
         };
@@ -607,9 +713,10 @@ impl TokenProcessor {
                     .scope
                     .as_ref()
                     .map_or(&[][..], |s| &s.attributes[..]);
+                let scope_name = scope_spans.scope.as_ref().map_or("", |s| s.name.as_str());
                 for span in &scope_spans.spans {
                     attrs.fill([resource_attrs, scope_attrs, &span.attributes]);
-                    let extract = self.extract(&attrs, Some(&span.name));
+                    let extract = self.extract(&attrs, Some(&span.name), scope_name);
                     let trace = trace_key(&span.trace_id).map(|t| scope.key(t));
                     self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let outcome = match span.status.as_ref().map(|s| s.code()) {
@@ -693,11 +800,12 @@ impl TokenProcessor {
                     .scope
                     .as_ref()
                     .map_or(&[][..], |s| &s.attributes[..]);
+                let scope_name = scope_logs.scope.as_ref().map_or("", |s| s.name.as_str());
                 for record in &scope_logs.log_records {
                     attrs.fill([resource_attrs, scope_attrs, &record.attributes]);
                     let name =
                         (!record.event_name.is_empty()).then_some(record.event_name.as_str());
-                    let mut extract = self.extract(&attrs, None);
+                    let mut extract = self.extract(&attrs, None, scope_name);
                     let trace = trace_key(&record.trace_id).map(|t| scope.key(t));
                     self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let counts = self.from_logs

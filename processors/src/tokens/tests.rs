@@ -742,3 +742,187 @@ fn a_bound_sender_attributes_only_within_its_tenant() {
     );
     assert_eq!(later.rows[0].tenant_id, None, "stamped by the pipeline");
 }
+
+fn request_in_scope(scope: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    let mut request = request(spans);
+    request.resource_spans[0].scope_spans[0].scope = Some(
+        opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+            name: scope.into(),
+            ..Default::default()
+        },
+    );
+    request
+}
+
+fn run_in_scope(scope: &str, spans: Vec<Span>) -> TokenBatch {
+    TokenProcessor::with_defaults().traces(
+        &request_in_scope(scope, spans),
+        Utc::now(),
+        &cache(),
+        None,
+    )
+}
+
+/// OpenLIT's Anthropic instrumentation reports Anthropic's raw `input_tokens`
+/// (without cache reads and writes) under the convention's name.
+fn openlit_anthropic(input: i64, cache_read: i64, cache_write: i64) -> Span {
+    span(
+        1,
+        None,
+        vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.system", "anthropic"),
+            s("gen_ai.request.model", "claude-sonnet-4-5"),
+            i("gen_ai.usage.input_tokens", input),
+            i("gen_ai.usage.output_tokens", 100),
+            i("gen_ai.usage.cache_read_input_tokens", cache_read),
+            i("gen_ai.usage.cache_creation_input_tokens", cache_write),
+        ],
+    )
+}
+
+#[test]
+fn openlit_anthropic_input_is_normalised_to_include_cached_tokens() {
+    // Uncached 1000 is above the cached counts: the old guess (cache > input)
+    // missed it and priced the uncached part at the cache rate.
+    let out = run_in_scope(
+        "openlit.otel.tracing",
+        vec![openlit_anthropic(1000, 300, 200)],
+    );
+    let row = &out.rows[0];
+    assert_eq!(row.input_tokens, Some(1500));
+    assert_eq!(row.cache_read_tokens, Some(300));
+    assert_eq!(row.cache_write_tokens, Some(200));
+    assert_eq!(row.total_tokens, Some(1600));
+    let price = TokenProcessor::with_defaults()
+        .prices()
+        .lookup("claude-sonnet-4-5", Some("anthropic"), row.ts.date_naive())
+        .unwrap()
+        .clone();
+    let expected = (1000.0 * price.input
+        + 300.0 * price.cache_read
+        + 200.0 * price.cache_write
+        + 100.0 * price.output)
+        / 1e6;
+    assert!((row.cost_usd.unwrap() - expected).abs() < 1e-12);
+
+    // The same attributes from an instrumentation that follows the convention
+    // (the official one): input already includes the cache, stored as sent.
+    let out = run_in_scope(
+        "opentelemetry.instrumentation.anthropic",
+        vec![openlit_anthropic(1000, 300, 200)],
+    );
+    assert_eq!(out.rows[0].input_tokens, Some(1000));
+    assert_eq!(out.rows[0].total_tokens, Some(1100));
+
+    // OpenLIT told by its resource (`telemetry.sdk.name`), any scope name.
+    let mut request = request_in_scope("custom", vec![openlit_anthropic(10, 5, 0)]);
+    request.resource_spans[0]
+        .resource
+        .as_mut()
+        .unwrap()
+        .attributes
+        .push(s("telemetry.sdk.name", "openlit"));
+    let out = TokenProcessor::with_defaults().traces(&request, Utc::now(), &cache(), None);
+    assert_eq!(out.rows[0].input_tokens, Some(15));
+
+    // OpenLIT with another provider: left alone.
+    let mut openai = openlit_anthropic(1000, 300, 0);
+    openai.attributes[1] = s("gen_ai.system", "openai");
+    let out = run_in_scope("openlit.otel.tracing", vec![openai]);
+    assert_eq!(out.rows[0].input_tokens, Some(1000));
+}
+
+fn vercel_do_generate(provider: &str, extra: Vec<KeyValue>) -> Span {
+    let mut attrs = vec![
+        s("ai.operationId", "ai.generateText.doGenerate"),
+        s("ai.model.provider", provider),
+        s("ai.model.id", "claude-sonnet-4-5"),
+        i("ai.usage.inputTokens", 1000),
+        i("ai.usage.outputTokens", 100),
+        i("ai.usage.totalTokens", 1100),
+        i("ai.usage.cachedInputTokens", 400),
+    ];
+    attrs.extend(extra);
+    span(1, None, attrs)
+}
+
+#[test]
+fn vercel_ai_sdk_5_anthropic_input_is_normalised_but_sdk_6_is_not() {
+    let out = run_in_scope("ai", vec![vercel_do_generate("anthropic.messages", vec![])]);
+    let row = &out.rows[0];
+    assert_eq!(row.input_tokens, Some(1400));
+    assert_eq!(row.cache_read_tokens, Some(400));
+    assert_eq!(
+        row.total_tokens,
+        Some(1500),
+        "total = normalised input + output"
+    );
+
+    // SDK 6 sends the details and an input that already includes the cache.
+    let sdk6 = vercel_do_generate(
+        "anthropic.messages",
+        vec![
+            i("ai.usage.inputTokenDetails.noCacheTokens", 600),
+            i("ai.usage.inputTokenDetails.cacheReadTokens", 400),
+        ],
+    );
+    let out = run_in_scope("ai", vec![sdk6]);
+    assert_eq!(out.rows[0].input_tokens, Some(1000));
+    assert_eq!(out.rows[0].total_tokens, Some(1100));
+
+    // SDK 5 with OpenAI: cachedInputTokens is a subset of inputTokens already.
+    let out = run_in_scope("ai", vec![vercel_do_generate("openai.chat", vec![])]);
+    assert_eq!(out.rows[0].input_tokens, Some(1000));
+}
+
+#[test]
+fn an_unknown_family_with_cache_above_input_is_normalised_too() {
+    let mut chat = genai_chat(1, None, 10, 5);
+    chat.attributes
+        .push(i("gen_ai.usage.cache_read.input_tokens", 400));
+    let row = &run(vec![chat]).rows[0];
+    assert_eq!(row.input_tokens, Some(410));
+    assert_eq!(row.total_tokens, Some(415));
+}
+
+#[test]
+fn thinking_tokens_outside_output_are_output_tokens() {
+    // OpenLLMetry's Google GenAI: output without thoughts, total with them.
+    let gemini = span(
+        1,
+        None,
+        vec![
+            s("gen_ai.operation.name", "generate_content"),
+            s("gen_ai.system", "gemini"),
+            s("gen_ai.request.model", "gemini-2.5-flash"),
+            i("gen_ai.usage.input_tokens", 100),
+            i("gen_ai.usage.output_tokens", 50),
+            i("gen_ai.usage.reasoning_tokens", 200),
+            i("llm.usage.total_tokens", 350),
+        ],
+    );
+    let row = &run(vec![gemini]).rows[0];
+    assert_eq!(row.output_tokens, Some(250));
+    assert_eq!(row.reasoning_tokens, Some(200));
+    assert_eq!(row.total_tokens, Some(350));
+    let price = TokenProcessor::with_defaults()
+        .prices()
+        .lookup("gemini-2.5-flash", Some("gemini"), row.ts.date_naive())
+        .unwrap()
+        .clone();
+    let expected = (100.0 * price.input + 250.0 * price.output) / 1e6;
+    assert!((row.cost_usd.unwrap() - expected).abs() < 1e-12);
+
+    // Reasoning inside output (the convention): nothing changes.
+    let mut openai = genai_chat(2, None, 100, 250);
+    openai.attributes.extend([
+        i("gen_ai.usage.reasoning.output_tokens", 200),
+        i("gen_ai.usage.total_tokens", 350),
+    ]);
+    let row = &run(vec![openai]).rows[0];
+    assert_eq!(
+        (row.output_tokens, row.total_tokens),
+        (Some(250), Some(350))
+    );
+}
