@@ -24,15 +24,17 @@ use super::writer::copy_rows;
 use super::{PgError, TOKEN_USAGE_LOCK_KEY};
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
-    IF to_regclass('pg_temp.tally_token_staging_v2') IS NULL THEN \
-        CREATE TEMP TABLE tally_token_staging_v2 ( \
+    IF to_regclass('pg_temp.tally_token_staging_v3') IS NULL THEN \
+        CREATE TEMP TABLE tally_token_staging_v3 ( \
             id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
             service text, trace_id text, span_id text, provider text, operation text, \
             request_model text, response_model text, model text, input_tokens int8, \
             output_tokens int8, cache_read_tokens int8, cache_write_tokens int8, \
             reasoning_tokens int8, total_tokens int8, usage_known bool, cost_usd float8, \
             outcome text, duration_ms float8, attribution_source text, attributes jsonb, \
-            ingest_key_id uuid \
+            ingest_key_id uuid, call_scope text, span_key text, response_key text, \
+            from_span bool, skip bool NOT NULL DEFAULT false, \
+            supersedes bool NOT NULL DEFAULT false \
         ) ON COMMIT DELETE ROWS; \
     END IF; END $$";
 
@@ -42,14 +44,52 @@ const COLUMNS: &str = "id, ts, tenant_id, user_id, session_id, service, trace_id
     cost_usd, outcome, duration_ms, attribution_source, attributes, ingest_key_id";
 
 static COPY_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!("COPY pg_temp.tally_token_staging_v2 ({COLUMNS}) FROM STDIN (FORMAT binary)")
+    format!(
+        "COPY pg_temp.tally_token_staging_v3 ({COLUMNS}, call_scope, span_key, response_key, \
+         from_span) FROM STDIN (FORMAT binary)"
+    )
 });
 
-/// Lock, insert from staging, and answer what was really inserted per
-/// (provider, model, outcome), for the metrics.
-static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+/// Under the token lock: marks the staged reports of calls already stored
+/// (`skip`), and the staged spans that replace a stored log record's row
+/// (`supersedes`; its command tag counts them). See [`insert_tokens`].
+static MATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT pg_advisory_xact_lock({TOKEN_USAGE_LOCK_KEY}); \
+         UPDATE pg_temp.tally_token_staging_v3 AS s SET skip = true FROM token_calls AS c \
+         WHERE c.tenant_id = s.call_scope AND c.call_key = s.response_key AND c.id <> s.id \
+           AND NOT (s.from_span AND NOT c.from_span); \
+         UPDATE pg_temp.tally_token_staging_v3 AS s SET skip = true FROM token_calls AS c \
+         WHERE c.tenant_id = s.call_scope AND c.call_key = s.span_key AND c.id <> s.id \
+           AND c.from_span AND NOT s.from_span; \
+         UPDATE pg_temp.tally_token_staging_v3 AS s SET supersedes = true \
+         WHERE NOT s.skip AND s.from_span AND EXISTS ( \
+             SELECT 1 FROM token_calls AS c WHERE c.tenant_id = s.call_scope \
+               AND c.call_key IN (s.span_key, s.response_key) AND NOT c.from_span)"
+    )
+});
+
+/// The stored rows of log records that staged spans replace.
+const SUPERSEDED_SQL: &str = "SELECT DISTINCT c.ts, c.id FROM token_calls AS c \
+     JOIN pg_temp.tally_token_staging_v3 AS s ON c.tenant_id = s.call_scope \
+       AND c.call_key IN (s.span_key, s.response_key) \
+     WHERE s.supersedes AND NOT c.from_span";
+
+/// Records the calls' keys (a span's replace a log record's), inserts the rows
+/// not skipped, and answers what was really inserted per (provider, model,
+/// outcome), for the metrics: a span replacing a log record's row is not
+/// counted again.
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO token_calls (tenant_id, call_key, ts, id, from_span) \
+         SELECT DISTINCT ON (s.call_scope, k.key) s.call_scope, k.key, s.ts, s.id, s.from_span \
+         FROM pg_temp.tally_token_staging_v3 AS s, \
+              LATERAL (VALUES (s.span_key), (s.response_key)) AS k(key) \
+         WHERE NOT s.skip AND k.key IS NOT NULL \
+         ORDER BY s.call_scope, k.key, s.from_span DESC, s.ts, s.id \
+         ON CONFLICT (tenant_id, call_key) DO UPDATE \
+             SET ts = excluded.ts, id = excluded.id, from_span = true, created_at = now() \
+             WHERE excluded.from_span AND NOT token_calls.from_span; \
          WITH inserted AS ( \
              INSERT INTO token_usage (seq, received_at, {COLUMNS}) \
              SELECT nextval('token_usage_seq'), clock_timestamp(), id, ts, tenant_id, user_id, \
@@ -58,18 +98,27 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
                  cache_write_tokens, reasoning_tokens, total_tokens, usage_known, \
                  cost_usd::numeric(20, 10), outcome, duration_ms, attribution_source, attributes, \
                  ingest_key_id \
-             FROM pg_temp.tally_token_staging_v2 ORDER BY ts \
+             FROM pg_temp.tally_token_staging_v3 WHERE NOT skip ORDER BY ts \
              ON CONFLICT DO NOTHING \
-             RETURNING provider, model, outcome, input_tokens, output_tokens, cache_read_tokens, \
-                 cache_write_tokens, reasoning_tokens, cost_usd, usage_known) \
+             RETURNING id, provider, model, outcome, input_tokens, output_tokens, \
+                 cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_usd, usage_known) \
          SELECT coalesce(provider, ''), coalesce(model, ''), outcome, count(*), \
              coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), \
              coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0), \
              coalesce(sum(reasoning_tokens), 0), coalesce(sum(cost_usd), 0)::float8, \
              count(*) FILTER (WHERE usage_known AND cost_usd IS NULL) \
-         FROM inserted GROUP BY 1, 2, 3"
+         FROM inserted WHERE id NOT IN \
+             (SELECT id FROM pg_temp.tally_token_staging_v3 WHERE supersedes) \
+         GROUP BY 1, 2, 3"
     )
 });
+
+/// Keys older than this are pruned from `token_calls` (a call's reports arrive
+/// within minutes of each other; a day leaves room for queued retries).
+const CALL_KEYS_KEPT: &str = "1 day";
+/// One token batch in this many prunes `token_calls`.
+const PRUNE_EVERY: u64 = 256;
+static BATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Token rows an insert really added, per (provider, model, outcome).
 #[derive(Debug, Default)]
@@ -109,15 +158,40 @@ pub(crate) async fn insert_tokens(
     if rows.is_empty() {
         return Ok(TokensInserted::default());
     }
+    let rows = one_per_call(rows);
     tx.batch_execute(STAGING_DDL).await?;
-    let copied = copy_rows(tx, COPY_SQL.as_str(), rows, copy::token_row).await?;
+    let copied = copy_rows(tx, COPY_SQL.as_str(), &rows, copy::token_row).await?;
     if copied == 0 {
         return Ok(TokensInserted::default());
+    }
+    let superseding = tx
+        .simple_query(&MATCH_SQL)
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .last()
+        .unwrap_or(0);
+    if superseding > 0 {
+        supersede(tx).await?;
+    }
+    if BATCHES
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(PRUNE_EVERY)
+    {
+        tx.execute(
+            &format!(
+                "DELETE FROM token_calls WHERE created_at < now() - interval '{CALL_KEYS_KEPT}'"
+            ),
+            &[],
+        )
+        .await?;
     }
     let messages = tx.simple_query(&INSERT_SQL).await?;
     let mut inserted = TokensInserted::default();
     for message in &messages {
-        // The lock's SELECT answers a one-column row first.
         let SimpleQueryMessage::Row(row) = message else {
             continue;
         };
@@ -138,6 +212,103 @@ pub(crate) async fn insert_tokens(
         inserted.groups.push(group);
     }
     Ok(inserted)
+}
+
+/// Deletes the stored rows of log records that staged spans report again (the
+/// span's row is preferred), taking them out of the rollup first if they were
+/// folded (see [`unfold_token_rows`]).
+async fn supersede(tx: &Transaction<'_>) -> Result<(), PgError> {
+    let rows: Vec<(DateTime<Utc>, uuid::Uuid)> = tx
+        .query(SUPERSEDED_SQL, &[])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    delete_token_rows(tx, &rows).await?;
+    Ok(())
+}
+
+/// Deletes token rows by `(ts, id)`, keeping the rollups equal to the sums over
+/// the rows (rows already folded are unfolded first). Returns the rows deleted.
+pub(crate) async fn delete_token_rows(
+    tx: &Transaction<'_>,
+    rows: &[(DateTime<Utc>, uuid::Uuid)],
+) -> Result<u64, PgError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let refold = unfold_token_rows(tx, rows).await?;
+    let (ts, ids): (Vec<DateTime<Utc>>, Vec<uuid::Uuid>) = rows.iter().copied().unzip();
+    let deleted = tx
+        .execute(
+            "DELETE FROM token_usage WHERE (ts, id) IN \
+             (SELECT * FROM unnest($1::timestamptz[], $2::uuid[]))",
+            &[&ts, &ids],
+        )
+        .await?;
+    // Adds back nothing for the deleted rows; keeps the contract of `TokenRefold`.
+    refold.refold(tx).await?;
+    Ok(deleted)
+}
+
+/// Keeps one report per call among the rows of one batch: a span over log
+/// records of the same call (same trace and span id, or same response id), else
+/// the earliest (then the smallest id); two log records match only by response
+/// id (several log records in one span's context may be several calls). Exact
+/// duplicates (same id) are kept once.
+fn one_per_call<'a>(
+    rows: &[(&'a TokenUsage, Option<uuid::Uuid>)],
+) -> Vec<(&'a TokenUsage, Option<uuid::Uuid>)> {
+    use std::collections::HashMap;
+    let better = |a: &TokenUsage, b: &TokenUsage| {
+        (a.report.from_span, std::cmp::Reverse((a.ts, a.id)))
+            > (b.report.from_span, std::cmp::Reverse((b.ts, b.id)))
+    };
+    let mut dropped = vec![false; rows.len()];
+    let mut holders: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut ids: HashMap<uuid::Uuid, usize> = HashMap::new();
+    for (i, (row, _)) in rows.iter().enumerate() {
+        if ids.insert(row.id, i).is_some() {
+            dropped[i] = true;
+            continue;
+        }
+        let report = &row.report;
+        let keys = [
+            (report.span_key.as_deref(), true),
+            (report.response_key.as_deref(), false),
+        ];
+        for (key, by_span) in keys {
+            let Some(key) = key else { continue };
+            if dropped[i] {
+                break;
+            }
+            match holders.get(&(report.scope.as_str(), key)).copied() {
+                None => {
+                    holders.insert((report.scope.as_str(), key), i);
+                }
+                Some(j) if dropped[j] => {
+                    holders.insert((report.scope.as_str(), key), i);
+                }
+                Some(j) => {
+                    let other = rows[j].0;
+                    if by_span && other.report.from_span == report.from_span {
+                        continue;
+                    }
+                    if better(row, other) {
+                        dropped[j] = true;
+                        holders.insert((report.scope.as_str(), key), i);
+                    } else {
+                        dropped[i] = true;
+                    }
+                }
+            }
+        }
+    }
+    rows.iter()
+        .zip(dropped)
+        .filter(|(_, dropped)| !dropped)
+        .map(|(row, _)| *row)
+        .collect()
 }
 
 /// Updates the LLM counters with what a committed batch inserted.

@@ -30,6 +30,7 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 use serde_json::Map;
 use tally_config::{PricingConfig, TokenMapping, TokensConfig};
+use tally_model::tokens::CallReport;
 use tally_model::tokens::{token_log_id, token_span_id};
 use tally_model::{AttributionSource, Outcome, TokenUsage};
 
@@ -528,6 +529,7 @@ impl TokenProcessor {
         span_bytes: &[u8],
         outcome: Outcome,
         duration_ms: Option<f64>,
+        from_span: bool,
         cache: &TraceCache,
         bound: Option<&str>,
         out: &mut TokenBatch,
@@ -629,15 +631,31 @@ impl TokenProcessor {
             }
             (identity, AttributionSource::None)
         };
+        let trace_hex = hex_id(trace_bytes);
+        let span_hex = hex_id(span_bytes);
+        let report = CallReport {
+            from_span,
+            scope: bound.unwrap_or_default().to_owned(),
+            span_key: match (&trace_hex, &span_hex) {
+                (Some(t), Some(s)) => Some(format!("s{t}{s}")),
+                _ => None,
+            },
+            response_key: kept
+                .get("gen_ai.response.id")
+                .and_then(|v| v.as_str())
+                .filter(|id| !id.is_empty())
+                .map(|id| format!("r{id}")),
+        };
         out.rows.push(TokenUsage {
+            report,
             id,
             ts,
             tenant_id: identity.tenant,
             user_id: identity.user,
             session_id: identity.session,
             service,
-            trace_id: hex_id(trace_bytes),
-            span_id: hex_id(span_bytes),
+            trace_id: trace_hex,
+            span_id: span_hex,
             provider,
             operation,
             request_model,
@@ -763,6 +781,7 @@ impl TokenProcessor {
                 &facts.span_bytes,
                 facts.outcome,
                 facts.duration_ms,
+                true,
                 cache,
                 tenant,
                 &mut out,
@@ -844,6 +863,7 @@ impl TokenProcessor {
                         &record.span_id,
                         outcome,
                         None,
+                        false,
                         cache,
                         tenant,
                         &mut out,

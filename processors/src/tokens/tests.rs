@@ -926,3 +926,51 @@ fn thinking_tokens_outside_output_are_output_tokens() {
         (Some(250), Some(350))
     );
 }
+
+#[test]
+fn a_span_and_the_log_event_of_one_call_carry_the_same_call_keys() {
+    let mut chat = genai_chat(1, None, 10, 2);
+    chat.attributes.push(s("gen_ai.response.id", "chatcmpl-7"));
+    let spans = TokenProcessor::with_defaults().traces(
+        &request(vec![chat]),
+        Utc::now(),
+        &cache(),
+        Some("acme"),
+    );
+    let event = LogRecord {
+        time_unix_nano: START + 2_000_000_000,
+        event_name: "gen_ai.client.inference.operation.details".into(),
+        trace_id: T.to_vec(),
+        span_id: vec![1; 8],
+        attributes: vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.request.model", "gpt-4o"),
+            s("gen_ai.response.id", "chatcmpl-7"),
+            i("gen_ai.usage.input_tokens", 10),
+            i("gen_ai.usage.output_tokens", 2),
+        ],
+        ..Default::default()
+    };
+    let logs = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![event],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let logs = TokenProcessor::with_defaults().logs(&logs, Utc::now(), &cache(), Some("acme"));
+    let (span, log) = (&spans.rows[0].report, &logs.rows[0].report);
+    assert!(span.from_span && !log.from_span);
+    assert_eq!(span.scope, "acme");
+    assert_eq!(log.scope, "acme");
+    let expected = format!("s{}{}", hex::encode(T), hex::encode([1u8; 8]));
+    assert_eq!(span.span_key.as_deref(), Some(expected.as_str()));
+    assert_eq!(log.span_key, span.span_key);
+    assert_eq!(span.response_key.as_deref(), Some("rchatcmpl-7"));
+    assert_eq!(log.response_key, span.response_key);
+    // Different ids and times: only the keys tell the writer they are one call.
+    assert_ne!(spans.rows[0].id, logs.rows[0].id);
+    assert_ne!(spans.rows[0].ts, logs.rows[0].ts);
+}
