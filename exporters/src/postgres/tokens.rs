@@ -251,6 +251,23 @@ pub(crate) async fn delete_token_rows(
     Ok(deleted)
 }
 
+/// Deletes stored token rows that stop counting (agent rows whose model calls
+/// reported usage later: the agent rule, see `docs/tokens.md`), in one
+/// transaction, keeping the rollups equal to the rows. Returns the rows deleted
+/// (rows already gone are skipped).
+pub async fn uncount_token_rows(
+    client: &mut Client,
+    rows: &[(DateTime<Utc>, uuid::Uuid)],
+) -> Result<u64, PgError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let tx = client.transaction().await?;
+    let deleted = delete_token_rows(&tx, rows).await?;
+    tx.commit().await?;
+    Ok(deleted)
+}
+
 /// Keeps one report per call among the rows of one batch: a span over log
 /// records of the same call (same trace and span id, or same response id), else
 /// the earliest (then the smallest id); two log records match only by response

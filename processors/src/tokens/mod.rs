@@ -10,11 +10,20 @@
 //!   (operation `chat`, `text_completion`, `generate_content`, `embeddings`, …;
 //!   OpenInference `LLM`/`EMBEDDING`; Vercel `*.doGenerate`/`*.doStream`/
 //!   `*.doEmbed`), or when nothing marks its kind but it carries a model and
-//!   usage. Agent, workflow, chain, task and tool spans never are. A candidate
-//!   with usage is not counted when a descendant candidate with usage is (same
-//!   request, or an earlier request through the [`TraceCache`]); a candidate
-//!   without usage is not counted when it has a descendant candidate or an
-//!   ancestor candidate with usage.
+//!   usage. Tool spans never are. A candidate with usage is not counted when a
+//!   descendant candidate with usage is (same request, or an earlier request
+//!   through the [`TraceCache`]); a candidate without usage is not counted when
+//!   it has a descendant candidate, a model-call ancestor with usage or a counted
+//!   agent ancestor with usage.
+//! * **The agent rule**: agent, workflow, chain and task spans are candidates
+//!   when they report usage (a remote `invoke_agent` CLIENT span even without),
+//!   so they count only when no model call below reports usage; a call below
+//!   arriving later uncounts the stored agent row ([`TokenBatch::uncount`],
+//!   [`TokenBatch::agents`]).
+//! * **Normalisation**: input includes cache reads and writes, output includes
+//!   reasoning (see [`Counts::normalise`] and `docs/tokens.md`).
+//! * **One row per call** across a span and log records: each row carries its
+//!   call keys ([`CallReport`]); the writer decides in PostgreSQL.
 //! * **Unknown usage**: a counted call reporting no usage, or 0 input and 0
 //!   output, is stored with `usage_known = false` and NULL token columns.
 //! * **Attribution**: a row's own user/tenant/session (`record`), else the
@@ -26,6 +35,7 @@ use chrono::{DateTime, Utc};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 use serde_json::Map;
@@ -34,7 +44,7 @@ use tally_model::tokens::CallReport;
 use tally_model::tokens::{token_log_id, token_span_id};
 use tally_model::{AttributionSource, Outcome, TokenUsage};
 
-use crate::attribution::{Identity, TraceCache, TraceId, TraceScope};
+use crate::attribution::{Identity, RowKey, TraceCache, TraceId, TraceScope};
 use crate::fast_hash::FastMap;
 use crate::otlp_value::{as_i64, as_text, hex_lower, to_json};
 use pricing::{PriceTable, Usage};
@@ -49,17 +59,21 @@ const INFERENCE_OPERATIONS: &[&str] = &[
     "embedding",
     "rerank",
     "responses",
+    "llm_request",
 ];
-/// Operation names of spans that wrap calls (lowercase).
-const WRAPPER_OPERATIONS: &[&str] = &[
+/// Operation names of agent and workflow spans (lowercase): their usage, when they
+/// report one, is usually the sum of their model calls' (see [`Role::Agent`]).
+const AGENT_OPERATIONS: &[&str] = &[
     "invoke_agent",
-    "create_agent",
-    "execute_tool",
+    "invoke_workflow",
+    "execute_task",
     "workflow",
     "task",
     "agent",
-    "tool",
+    "agent_step",
 ];
+/// Operation names of spans that never are model calls (lowercase).
+const WRAPPER_OPERATIONS: &[&str] = &["create_agent", "execute_tool", "tool", "retrieval"];
 /// Attributes that say what kind of span a record is (model call, agent, chain, …).
 /// They carry no content; redaction always keeps them, or an allowlist would turn
 /// wrappers into candidates and double count.
@@ -90,7 +104,10 @@ const KEPT_ATTRIBUTES: &[&str] = &[
 pub enum Role {
     /// The model call itself.
     Inference,
-    /// Agent, workflow, chain, task, tool: repeats or has no usage of its own.
+    /// Agent, workflow, chain, task: its usage (if any) counts only when no
+    /// model call below it reports usage (the agent rule, see `docs/tokens.md`).
+    Agent,
+    /// Tool, retriever, guardrail, …: never a model call.
     Wrapper,
     /// Nothing says.
     Unmarked,
@@ -115,6 +132,15 @@ pub struct TokenBatch {
     pub unpriced: u64,
     /// Candidates not counted (their usage is counted on a descendant).
     pub not_counted: u64,
+    /// Agent rows of `rows` counted with their own usage (the agent rule): cache
+    /// key of the trace, span id, row. Once the rows are committed, those whose
+    /// span got covered meanwhile (a model call below reported usage) are to be
+    /// deleted ([`TraceCache::is_covered`]).
+    pub agents: Vec<(TraceId, [u8; 8], RowKey)>,
+    /// Stored agent rows that stop counting (cache key of the trace, span id,
+    /// row): a model call below them, in this request, reports usage. Delete
+    /// them once this request's rows committed.
+    pub uncount: Vec<(TraceId, [u8; 8], RowKey)>,
 }
 
 /// Recognises token usage with a mapping and prices it.
@@ -251,6 +277,8 @@ struct Extract {
     /// The sender reports Anthropic's raw input count (without cached tokens):
     /// see [`raw_anthropic_input`].
     raw_input: bool,
+    /// A remote agent call: `invoke_agent` with span kind CLIENT.
+    remote_agent: bool,
 }
 
 /// Whether the sender is a family known to report Anthropic's raw `input_tokens`
@@ -353,6 +381,7 @@ impl Extract {
     fn candidate(&self) -> bool {
         match self.role {
             Role::Inference => true,
+            Role::Agent => self.usage_known() || self.remote_agent,
             Role::Wrapper => false,
             Role::Unmarked => self.has_model() && self.usage_known(),
         }
@@ -362,13 +391,16 @@ impl Extract {
 fn role(attrs: &Attrs<'_>, operation: Option<&str>) -> Role {
     let lower = |v: Option<&AnyValue>| as_text(v).map(|s| s.to_ascii_lowercase());
     if let Some(kind) = lower(attrs.get("traceloop.span.kind")) {
-        if matches!(kind.as_str(), "workflow" | "task" | "agent" | "tool") {
-            return Role::Wrapper;
+        match kind.as_str() {
+            "workflow" | "task" | "agent" => return Role::Agent,
+            "tool" => return Role::Wrapper,
+            _ => {}
         }
     }
     if let Some(kind) = lower(attrs.get("openinference.span.kind")) {
         return match kind.as_str() {
             "llm" | "embedding" => Role::Inference,
+            "agent" | "chain" => Role::Agent,
             _ => Role::Wrapper,
         };
     }
@@ -383,6 +415,8 @@ fn role(attrs: &Attrs<'_>, operation: Option<&str>) -> Role {
     }
     if INFERENCE_OPERATIONS.contains(&op.as_str()) {
         Role::Inference
+    } else if AGENT_OPERATIONS.contains(&op.as_str()) {
+        Role::Agent
     } else if WRAPPER_OPERATIONS.contains(&op.as_str()) {
         Role::Wrapper
     } else {
@@ -391,12 +425,15 @@ fn role(attrs: &Attrs<'_>, operation: Option<&str>) -> Role {
 }
 
 /// Vercel AI SDK: `ai.generateText.doGenerate` / `ai.streamText.doStream` /
-/// `ai.embed.doEmbed` are the calls; `ai.generateText`, `ai.toolCall`, … wrap them.
+/// `ai.embed.doEmbed` are the calls; `ai.generateText`, `ai.streamText`, … sum
+/// their steps (agent-like); `ai.toolCall` is a tool.
 fn vercel_role(op: &str) -> Role {
     if op.ends_with(".dogenerate") || op.ends_with(".dostream") || op.ends_with(".doembed") {
         Role::Inference
-    } else {
+    } else if op == "ai.toolcall" {
         Role::Wrapper
+    } else {
+        Role::Agent
     }
 }
 
@@ -490,10 +527,11 @@ impl TokenProcessor {
             service: None,
             kept: Map::new(),
             raw_input: false,
+            remote_agent: false,
         };
         // Rows are built for span candidates and for counted log records:
         // both need this (a superset of each).
-        let may_count = extract.role == Role::Inference
+        let may_count = matches!(extract.role, Role::Inference | Role::Agent)
             || (extract.role != Role::Wrapper && extract.has_model() && extract.usage_known());
         if !may_count {
             return extract;
@@ -734,7 +772,13 @@ impl TokenProcessor {
                 let scope_name = scope_spans.scope.as_ref().map_or("", |s| s.name.as_str());
                 for span in &scope_spans.spans {
                     attrs.fill([resource_attrs, scope_attrs, &span.attributes]);
-                    let extract = self.extract(&attrs, Some(&span.name), scope_name);
+                    let mut extract = self.extract(&attrs, Some(&span.name), scope_name);
+                    extract.remote_agent = extract.role == Role::Agent
+                        && span.kind() == SpanKind::Client
+                        && extract
+                            .operation
+                            .as_deref()
+                            .is_some_and(|op| op.eq_ignore_ascii_case("invoke_agent"));
                     let trace = trace_key(&span.trace_id).map(|t| scope.key(t));
                     self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let outcome = match span.status.as_ref().map(|s| s.code()) {
@@ -762,7 +806,7 @@ impl TokenProcessor {
                 }
             }
         }
-        let counted = count_once(&spans, cache);
+        let counted = count_once(&spans, cache, &mut out);
         for (facts, counted) in spans.into_iter().zip(counted) {
             if !facts.extract.candidate() {
                 continue;
@@ -828,7 +872,7 @@ impl TokenProcessor {
                     let trace = trace_key(&record.trace_id).map(|t| scope.key(t));
                     self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let counts = self.from_logs
-                        && extract.role != Role::Wrapper
+                        && matches!(extract.role, Role::Inference | Role::Unmarked)
                         && extract.has_model()
                         && extract.usage_known();
                     if !counts {
@@ -887,9 +931,11 @@ impl TokenBatch {
 /// Most parent links followed from one span (guards against cycles).
 const MAX_DEPTH: usize = 64;
 
-/// Which spans count, by the parent/child rules (see the module docs); updates
-/// the cache's covered spans for later requests.
-fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
+/// Which spans count, by the parent/child rules and the agent rule (see the
+/// module docs); updates the cache's covered spans for later requests, notes the
+/// agent rows counted (`out.agents`) and the stored ones that stop counting
+/// (`out.uncount`).
+fn count_once(spans: &[SpanFacts], cache: &TraceCache, out: &mut TokenBatch) -> Vec<bool> {
     let index: FastMap<(TraceId, [u8; 8]), usize> = spans
         .iter()
         .enumerate()
@@ -899,7 +945,14 @@ fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
         let s = &spans[i];
         index.get(&(s.trace?, s.parent?)).copied()
     };
+    // Covers of earlier requests flow up through this request's spans first, so
+    // that a span whose descendant was counted before is not counted now.
+    propagate_covers(spans, cache, out);
     let candidate: Vec<bool> = spans.iter().map(|s| s.extract.candidate()).collect();
+    let agent: Vec<bool> = spans
+        .iter()
+        .map(|s| s.extract.role == Role::Agent)
+        .collect();
     let known: Vec<bool> = spans
         .iter()
         .zip(&candidate)
@@ -907,7 +960,8 @@ fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
         .collect();
     let mut known_below = vec![false; spans.len()];
     let mut any_below = vec![false; spans.len()];
-    let mut known_above = vec![false; spans.len()];
+    // A model-call ancestor (not an agent) with usage.
+    let mut call_above = vec![false; spans.len()];
     for i in 0..spans.len() {
         if !candidate[i] {
             continue;
@@ -920,42 +974,69 @@ fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
             }
             any_below[p] = true;
             known_below[p] |= known[i];
-            known_above[i] |= known[p];
+            call_above[i] |= known[p] && !agent[p];
             at = p;
         }
     }
-    let counted: Vec<bool> = (0..spans.len())
-        .map(|i| {
-            if !candidate[i] {
-                return false;
-            }
-            let s = &spans[i];
-            let covered =
-                matches!((s.trace, s.span), (Some(t), Some(sp)) if cache.is_covered(&t, &sp));
-            if covered {
-                return false;
-            }
-            if known[i] {
-                !known_below[i]
-            } else {
-                !any_below[i] && !known_above[i]
-            }
-        })
+    let covered = |s: &SpanFacts| matches!((s.trace, s.span), (Some(t), Some(sp)) if cache.is_covered(&t, &sp));
+    // Spans with usage first: an agent's decision needs only its descendants.
+    let mut counted: Vec<bool> = (0..spans.len())
+        .map(|i| candidate[i] && known[i] && !known_below[i] && !covered(&spans[i]))
         .collect();
-    // Remember, for later requests, the ancestors of what was counted here, and
-    // pass on covers of earlier requests through this request's spans.
+    // Without usage: not when something below is a candidate, nor under a model
+    // call reporting usage, nor under a counted agent reporting usage.
+    for i in 0..spans.len() {
+        if !candidate[i] || known[i] || any_below[i] || call_above[i] || covered(&spans[i]) {
+            continue;
+        }
+        let mut under_counted_agent = false;
+        let mut at = i;
+        for _ in 0..MAX_DEPTH {
+            let Some(p) = parent_of(at) else { break };
+            if p == i {
+                break;
+            }
+            under_counted_agent |= agent[p] && counted[p];
+            at = p;
+        }
+        counted[i] = !under_counted_agent;
+    }
+    // Agent rows counted: remembered with their row, and the parent links of
+    // their trace from now on, so that a late model call below uncounts them.
     for (i, s) in spans.iter().enumerate() {
+        if !(counted[i] && agent[i] && known[i]) {
+            continue;
+        }
         let (Some(trace), Some(span)) = (s.trace, s.span) else {
             continue;
         };
-        let covers = (counted[i] && known[i]) || cache.is_covered(&trace, &span);
-        if covers {
-            if let Some(parent) = s.parent {
-                cache.cover(trace, parent);
-            }
+        let row = (s.ts, token_span_id(&s.trace_bytes, &s.span_bytes));
+        cache.count_agent(trace, span, row);
+        out.agents.push((trace, span, row));
+    }
+    for s in spans {
+        if let (Some(trace), Some(span), Some(parent)) = (s.trace, s.span, s.parent) {
+            cache.link(&trace, span, parent);
         }
     }
-    // A second pass lets covers flow up chains inside this request regardless of order.
+    // Remember, for later requests, the ancestors of what was counted here.
+    for (i, s) in spans.iter().enumerate() {
+        let (Some(trace), Some(parent)) = (s.trace, s.parent) else {
+            continue;
+        };
+        if counted[i] && known[i] {
+            let met = cache.cover(trace, parent);
+            out.uncount
+                .extend(met.into_iter().map(|(span, row)| (trace, span, row)));
+        }
+    }
+    propagate_covers(spans, cache, out);
+    counted
+}
+
+/// Lets covers flow up the parent chains of this request's spans, whatever their
+/// order; agents of earlier requests met on the way stop counting.
+fn propagate_covers(spans: &[SpanFacts], cache: &TraceCache, out: &mut TokenBatch) {
     for _ in 0..MAX_DEPTH {
         let mut changed = false;
         for s in spans {
@@ -963,7 +1044,9 @@ fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
                 continue;
             };
             if cache.is_covered(&trace, &span) && !cache.is_covered(&trace, &parent) {
-                cache.cover(trace, parent);
+                let met = cache.cover(trace, parent);
+                out.uncount
+                    .extend(met.into_iter().map(|(span, row)| (trace, span, row)));
                 changed = true;
             }
         }
@@ -971,7 +1054,6 @@ fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
             break;
         }
     }
-    counted
 }
 
 #[cfg(test)]

@@ -974,3 +974,191 @@ fn a_span_and_the_log_event_of_one_call_carry_the_same_call_keys() {
     assert_ne!(spans.rows[0].id, logs.rows[0].id);
     assert_ne!(spans.rows[0].ts, logs.rows[0].ts);
 }
+
+fn with_kind(mut span: Span, kind: opentelemetry_proto::tonic::trace::v1::span::SpanKind) -> Span {
+    span.kind = kind as i32;
+    span
+}
+
+fn agent(id: u8, parent: Option<u8>, usage: Option<(i64, i64)>) -> Span {
+    let mut attrs = vec![
+        s("gen_ai.operation.name", "invoke_agent"),
+        s("gen_ai.provider.name", "openai"),
+        s("gen_ai.request.model", "gpt-4o"),
+    ];
+    if let Some((input, output)) = usage {
+        attrs.extend([
+            i("gen_ai.usage.input_tokens", input),
+            i("gen_ai.usage.output_tokens", output),
+        ]);
+    }
+    span(id, parent, attrs)
+}
+
+fn span_ids(batch: &TokenBatch) -> Vec<String> {
+    batch
+        .rows
+        .iter()
+        .map(|r| r.span_id.clone().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn an_agent_span_with_usage_and_no_model_call_below_counts() {
+    // OpenInference's claude-agent-sdk: all usage on the AGENT span.
+    let claude = span(
+        1,
+        None,
+        vec![
+            s("openinference.span.kind", "AGENT"),
+            s("llm.provider", "anthropic"),
+            i("llm.token_count.prompt", 500),
+            i("llm.token_count.completion", 80),
+        ],
+    );
+    let out = run(vec![claude]);
+    assert_eq!(span_ids(&out), vec!["0101010101010101"]);
+    assert_eq!(out.rows[0].input_tokens, Some(500));
+    assert_eq!(
+        out.agents.len(),
+        1,
+        "remembered, in case a call below comes late"
+    );
+    // An agent over a model call reporting usage: only the call counts.
+    let out = run(vec![
+        agent(1, None, Some((30, 6))),
+        genai_chat(2, Some(1), 30, 6),
+    ]);
+    assert_eq!(span_ids(&out), vec!["0202020202020202"]);
+    assert!(out.agents.is_empty());
+}
+
+#[test]
+fn a_remote_agent_client_span_counts_even_without_usage() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let out = run(vec![with_kind(
+        agent(1, None, Some((40, 4))),
+        SpanKind::Client,
+    )]);
+    assert_eq!(out.rows.len(), 1);
+    assert_eq!(out.rows[0].input_tokens, Some(40));
+    let out = run(vec![with_kind(agent(1, None, None), SpanKind::Client)]);
+    assert_eq!(out.rows.len(), 1);
+    assert!(!out.rows[0].usage_known, "counted, usage unknown");
+    // An in-process agent without usage is not a call.
+    assert!(
+        run(vec![with_kind(agent(1, None, None), SpanKind::Internal)])
+            .rows
+            .is_empty()
+    );
+    // A remote agent with a model call below (same trace): the call counts.
+    let out = run(vec![
+        with_kind(agent(1, None, None), SpanKind::Client),
+        genai_chat(2, Some(1), 5, 1),
+    ]);
+    assert_eq!(span_ids(&out), vec!["0202020202020202"]);
+}
+
+#[test]
+fn a_late_model_call_below_a_counted_agent_uncounts_it() {
+    let cache = cache();
+    let processor = TokenProcessor::with_defaults();
+    // Request 1: the agent (usage 30/6) and a chain span below it, no call yet.
+    let chain = span(2, Some(1), vec![s("openinference.span.kind", "CHAIN")]);
+    let first = processor.traces(
+        &request(vec![agent(1, None, Some((30, 6))), chain]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    assert_eq!(span_ids(&first), vec!["0101010101010101"]);
+    let agent_row = (first.rows[0].ts, first.rows[0].id);
+    assert!(first.uncount.is_empty());
+    // Request 2: the model call, below the chain span, reports the usage.
+    let second = processor.traces(
+        &request(vec![genai_chat(3, Some(2), 30, 6)]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    assert_eq!(span_ids(&second), vec!["0303030303030303"]);
+    let uncounted: Vec<RowKey> = second.uncount.iter().map(|u| u.2).collect();
+    assert_eq!(uncounted, vec![agent_row], "the agent row stops counting");
+    // Once: a retry of the call does not uncount again.
+    let third = processor.traces(
+        &request(vec![genai_chat(3, Some(2), 30, 6)]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    assert!(third.uncount.is_empty());
+    // And the agent, retried, is not counted again.
+    let again = processor.traces(
+        &request(vec![agent(1, None, Some((30, 6)))]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    assert!(again.rows.is_empty());
+}
+
+#[test]
+fn calls_without_usage_under_an_agent() {
+    let mut streamed = genai_chat(2, Some(1), 0, 0);
+    streamed.attributes.truncate(4);
+    // Alone under an agent reporting usage: the agent counts, the call does not.
+    let out = run(vec![agent(1, None, Some((50, 5))), streamed.clone()]);
+    assert_eq!(span_ids(&out), vec!["0101010101010101"]);
+    // Next to a call reporting usage: both calls count (one with unknown usage),
+    // the agent does not.
+    let out = run(vec![
+        agent(1, None, Some((50, 5))),
+        streamed,
+        genai_chat(3, Some(1), 20, 2),
+    ]);
+    let mut ids = span_ids(&out);
+    ids.sort();
+    assert_eq!(ids, vec!["0202020202020202", "0303030303030303"]);
+}
+
+#[test]
+fn operation_names_of_workflows_tasks_steps_and_calls() {
+    let op = |name: &str, usage: bool| {
+        let mut attrs = vec![
+            s("gen_ai.operation.name", name),
+            s("gen_ai.request.model", "gpt-4o"),
+        ];
+        if usage {
+            attrs.push(i("gen_ai.usage.input_tokens", 10));
+        }
+        span(1, None, attrs)
+    };
+    let role_of = |name: &str| {
+        let attrs = [s("gen_ai.operation.name", name)];
+        let mut a = Attrs::new();
+        a.fill([&[], &[], &attrs]);
+        role(&a, Some(name))
+    };
+    for agent_like in [
+        "invoke_workflow",
+        "execute_task",
+        "agent_step",
+        "invoke_agent",
+    ] {
+        assert_eq!(role_of(agent_like), Role::Agent, "{agent_like}");
+        // With usage and nothing below: counted (the agent rule).
+        assert_eq!(
+            run(vec![op(agent_like, true)]).rows.len(),
+            1,
+            "{agent_like}"
+        );
+        assert!(
+            run(vec![op(agent_like, false)]).rows.is_empty(),
+            "{agent_like}"
+        );
+    }
+    assert_eq!(role_of("llm_request"), Role::Inference);
+    assert_eq!(run(vec![op("llm_request", false)]).rows.len(), 1);
+    assert_eq!(role_of("retrieval"), Role::Wrapper);
+    assert!(run(vec![op("retrieval", true)]).rows.is_empty());
+}
