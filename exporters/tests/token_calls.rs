@@ -176,3 +176,49 @@ async fn a_replaced_row_already_folded_leaves_the_rollup_equal_to_the_rows() {
     assert_eq!((requests, input), (1, 120));
     assert_eq!(stored(&client).await, (vec![(span.id, true)], 120));
 }
+
+/// The cost of the one-row-per-call bookkeeping on the write path (ignored by
+/// default): batches of 1,000 span rows with call keys (trace/span and response
+/// id) vs the same rows without keys.
+/// `cargo test -p tally-exporters --release --test token_calls -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "measurement, not a check"]
+async fn call_keys_write_cost() {
+    const BATCHES: usize = 40;
+    const ROWS: usize = 1_000;
+    for with_keys in [false, true, false, true] {
+        let db = TestDatabase::migrated().await;
+        let mut client = db.client().await;
+        let now = Utc::now();
+        let mut times = Vec::new();
+        for b in 0..BATCHES {
+            let rows: Vec<TokenUsage> = (0..ROWS)
+                .map(|r| {
+                    let mut row = call(true, "", None, now);
+                    let n = b * ROWS + r;
+                    row.span_id = Some(format!("{n:016x}"));
+                    row.report = if with_keys {
+                        CallReport {
+                            from_span: true,
+                            scope: String::new(),
+                            span_key: Some(format!("s{TRACE}{n:016x}")),
+                            response_key: Some(format!("rchatcmpl-{n}")),
+                        }
+                    } else {
+                        CallReport::default()
+                    };
+                    row
+                })
+                .collect();
+            let started = std::time::Instant::now();
+            assert_eq!(insert(&mut client, &rows).await, ROWS as u64);
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "call keys {with_keys}: median {:.1} ms per {ROWS} rows (p90 {:.1} ms)",
+            times[BATCHES / 2],
+            times[BATCHES * 9 / 10]
+        );
+    }
+}

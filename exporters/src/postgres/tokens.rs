@@ -52,28 +52,37 @@ static COPY_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// Under the token lock: marks the staged reports of calls already stored
 /// (`skip`), and the staged spans that replace a stored log record's row
-/// (`supersedes`; its command tag counts them). See [`insert_tokens`].
+/// (`supersedes`; its command tag counts them). See [`insert_tokens`]. Each
+/// staged row probes the primary key (scalar subqueries with `LIMIT 1` are not
+/// turned into joins: a hash join would read all of `token_calls` per batch).
 static MATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT pg_advisory_xact_lock({TOKEN_USAGE_LOCK_KEY}); \
-         UPDATE pg_temp.tally_token_staging_v3 AS s SET skip = true FROM token_calls AS c \
-         WHERE c.tenant_id = s.call_scope AND c.call_key = s.response_key AND c.id <> s.id \
-           AND NOT (s.from_span AND NOT c.from_span); \
-         UPDATE pg_temp.tally_token_staging_v3 AS s SET skip = true FROM token_calls AS c \
-         WHERE c.tenant_id = s.call_scope AND c.call_key = s.span_key AND c.id <> s.id \
-           AND c.from_span AND NOT s.from_span; \
+         UPDATE pg_temp.tally_token_staging_v3 AS s SET skip = true \
+         WHERE s.response_key IS NOT NULL AND (SELECT true FROM token_calls AS c \
+             WHERE c.tenant_id = s.call_scope AND c.call_key = s.response_key \
+               AND c.id <> s.id AND (c.from_span OR NOT s.from_span) LIMIT 1); \
+         UPDATE pg_temp.tally_token_staging_v3 AS s SET skip = true \
+         WHERE NOT s.from_span AND s.span_key IS NOT NULL AND (SELECT true FROM token_calls AS c \
+             WHERE c.tenant_id = s.call_scope AND c.call_key = s.span_key \
+               AND c.from_span LIMIT 1); \
          UPDATE pg_temp.tally_token_staging_v3 AS s SET supersedes = true \
-         WHERE NOT s.skip AND s.from_span AND EXISTS ( \
-             SELECT 1 FROM token_calls AS c WHERE c.tenant_id = s.call_scope \
-               AND c.call_key IN (s.span_key, s.response_key) AND NOT c.from_span)"
+         WHERE NOT s.skip AND s.from_span AND ( \
+             (SELECT true FROM token_calls AS c WHERE NOT c.from_span \
+                AND c.tenant_id = s.call_scope AND c.call_key = s.span_key LIMIT 1) \
+             OR (SELECT true FROM token_calls AS c WHERE NOT c.from_span \
+                AND c.tenant_id = s.call_scope AND c.call_key = s.response_key LIMIT 1))"
     )
 });
 
-/// The stored rows of log records that staged spans replace.
-const SUPERSEDED_SQL: &str = "SELECT DISTINCT c.ts, c.id FROM token_calls AS c \
-     JOIN pg_temp.tally_token_staging_v3 AS s ON c.tenant_id = s.call_scope \
-       AND c.call_key IN (s.span_key, s.response_key) \
-     WHERE s.supersedes AND NOT c.from_span";
+/// The stored rows of log records that staged spans replace (index probes, as
+/// in [`MATCH_SQL`]).
+const SUPERSEDED_SQL: &str = "SELECT DISTINCT c.ts, c.id \
+     FROM pg_temp.tally_token_staging_v3 AS s \
+     CROSS JOIN LATERAL (VALUES (s.span_key), (s.response_key)) AS k(key) \
+     CROSS JOIN LATERAL (SELECT l.ts, l.id FROM token_calls AS l WHERE NOT l.from_span \
+         AND l.tenant_id = s.call_scope AND l.call_key = k.key LIMIT 1) AS c \
+     WHERE s.supersedes";
 
 /// Records the calls' keys (a span's replace a log record's), inserts the rows
 /// not skipped, and answers what was really inserted per (provider, model,
