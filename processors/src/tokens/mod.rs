@@ -1004,7 +1004,7 @@ fn count_once(spans: &[SpanFacts], cache: &TraceCache, out: &mut TokenBatch) -> 
     // Agent rows counted: remembered with their row, and the parent links of
     // their trace from now on, so that a late model call below uncounts them.
     for (i, s) in spans.iter().enumerate() {
-        if !(counted[i] && agent[i] && known[i]) {
+        if !(counted[i] && agent[i]) {
             continue;
         }
         let (Some(trace), Some(span)) = (s.trace, s.span) else {

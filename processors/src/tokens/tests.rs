@@ -1057,6 +1057,24 @@ fn a_remote_agent_client_span_counts_even_without_usage() {
         genai_chat(2, Some(1), 5, 1),
     ]);
     assert_eq!(span_ids(&out), vec!["0202020202020202"]);
+    // The remote agent's own service reports its call later (same trace, below
+    // the CLIENT span): the remote agent's row stops counting.
+    let cache = cache();
+    let processor = TokenProcessor::with_defaults();
+    let first = processor.traces(
+        &request(vec![with_kind(agent(1, None, None), SpanKind::Client)]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    let second = processor.traces(
+        &request(vec![genai_chat(2, Some(1), 5, 1)]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    let uncounted: Vec<RowKey> = second.uncount.iter().map(|u| u.2).collect();
+    assert_eq!(uncounted, vec![(first.rows[0].ts, first.rows[0].id)]);
 }
 
 #[test]
