@@ -287,7 +287,7 @@ struct Extract {
 ///
 /// * OpenLIT's Anthropic instrumentation (instrumentation scope `openlit…`, or
 ///   resource `telemetry.sdk.name = openlit`) with provider `anthropic`;
-/// * the Vercel AI SDK 5 (scope `ai`) with an Anthropic provider
+/// * the Vercel AI SDK 5 (scope `ai`, or `ai.operationId` present) with an Anthropic provider
 ///   (`anthropic.messages`, `vertex.anthropic.messages`, …) and no
 ///   `ai.usage.inputTokenDetails.*` (SDK 6 sends those, and a normalised input).
 fn raw_anthropic_input(attrs: &Attrs<'_>, scope_name: &str, provider: Option<&str>) -> bool {
@@ -297,7 +297,10 @@ fn raw_anthropic_input(attrs: &Attrs<'_>, scope_name: &str, provider: Option<&st
     }
     let openlit = scope_name.starts_with("openlit")
         || as_text(attrs.get("telemetry.sdk.name")).is_some_and(|n| n == "openlit");
-    let vercel5 = scope_name == "ai"
+    // A custom tracer (`experimental_telemetry.tracer`) renames the scope; the
+    // SDK's own attributes still tell it.
+    let vercel = scope_name == "ai" || attrs.get("ai.operationId").is_some();
+    let vercel5 = vercel
         && attrs
             .get("ai.usage.inputTokenDetails.noCacheTokens")
             .is_none()

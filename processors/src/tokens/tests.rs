@@ -871,6 +871,13 @@ fn vercel_ai_sdk_5_anthropic_input_is_normalised_but_sdk_6_is_not() {
     assert_eq!(out.rows[0].input_tokens, Some(1000));
     assert_eq!(out.rows[0].total_tokens, Some(1100));
 
+    // A custom tracer (another scope name): told by `ai.operationId`.
+    let out = run_in_scope(
+        "my-tracer",
+        vec![vercel_do_generate("anthropic.messages", vec![])],
+    );
+    assert_eq!(out.rows[0].input_tokens, Some(1400));
+
     // SDK 5 with OpenAI: cachedInputTokens is a subset of inputTokens already.
     let out = run_in_scope("ai", vec![vercel_do_generate("openai.chat", vec![])]);
     assert_eq!(out.rows[0].input_tokens, Some(1000));
