@@ -112,6 +112,10 @@ impl Pipeline {
                 for (trace, _, since) in &attribute {
                     traces.mark_pending(*trace, *since);
                 }
+                // So are the agents this request uncounts: its retry meets them again.
+                for (trace, span, row) in &uncount {
+                    traces.count_agent(*trace, *span, *row);
+                }
                 return Err(error);
             }
             // The agent rule: agent rows stop counting when a model call below
