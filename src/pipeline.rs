@@ -98,6 +98,8 @@ impl Pipeline {
                 rows,
                 pending,
                 attribute,
+                agents,
+                mut uncount,
                 ..
             } = tokens;
             let m = metrics();
@@ -114,7 +116,32 @@ impl Pipeline {
                 for (trace, _, since) in &attribute {
                     traces.mark_pending(*trace, *since);
                 }
+                // So are the agents this request uncounts: its retry meets them again.
+                for (trace, span, row) in &uncount {
+                    traces.count_agent(*trace, *span, *row);
+                }
                 return Err(error);
+            }
+            // The agent rule: agent rows stop counting when a model call below
+            // them reported usage, in this request or (for our own agent rows)
+            // in a request processed while they were being written.
+            uncount.extend(
+                agents
+                    .iter()
+                    .filter(|(trace, span, _)| traces.is_covered(trace, span))
+                    .copied(),
+            );
+            let rows: Vec<_> = uncount.iter().map(|(_, _, row)| *row).collect();
+            if let Err(error) = exporter.uncount_token_rows(&rows).await {
+                tracing::warn!(%error, "uncounting agent rows failed; answered retryable");
+                // The retry meets these agents again.
+                for (trace, span, row) in agents.iter().chain(&uncount) {
+                    traces.count_agent(*trace, *span, *row);
+                }
+                return Err(ConsumeError::Unavailable {
+                    reason: "database write failed".into(),
+                    retry_after: std::time::Duration::from_secs(1),
+                });
             }
             // Our own unattributed rows are committed: attribute them if the
             // trace's identity arrived meanwhile.

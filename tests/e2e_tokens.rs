@@ -1382,3 +1382,138 @@ async fn one_export_attributes_several_pending_traces_each_to_its_own_user() {
         vec![("beta".into(), Some("bob".into()), None, "trace".into())]
     );
 }
+
+async fn post_logs(
+    tally: &Tally,
+    logs: &tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest,
+) {
+    let response = reqwest::Client::new()
+        .post(tally.http_url("/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .body(logs.encode_to_vec())
+        .send()
+        .await
+        .expect("POST /v1/logs");
+    assert_eq!(response.status().as_u16(), 200, "logs refused");
+}
+
+/// (span id, input tokens, from a span) of a trace's rows.
+async fn call_rows(db: &TestDatabase, trace: &[u8]) -> Vec<(String, Option<i64>, bool)> {
+    db.client()
+        .await
+        .query(
+            "SELECT span_id, input_tokens, duration_ms IS NOT NULL FROM token_usage \
+             WHERE trace_id = $1 ORDER BY span_id",
+            &[&hex(trace)],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_reported_by_its_span_and_a_log_event_is_one_row_in_either_order() {
+    use tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
+    use tally_model::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let start = now_nanos();
+    // OpenLIT's inference event: in the chat span's context, a second later.
+    let event = |trace: &[u8]| ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", &S("web"))],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    time_unix_nano: start + 1_000_000_000,
+                    event_name: "gen_ai.client.inference.operation.details".into(),
+                    trace_id: trace.to_vec(),
+                    span_id: vec![2; 8],
+                    attributes: vec![
+                        kv("gen_ai.operation.name", &S("chat")),
+                        kv("gen_ai.request.model", &S("gpt-4o-mini")),
+                        kv("gen_ai.usage.input_tokens", &I(40)),
+                        kv("gen_ai.usage.output_tokens", &I(4)),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let chat = hex(&[2; 8]);
+
+    let span_first = trace_id(20, 0x44);
+    post(
+        &tally,
+        &request_of(vec![chat_span(&span_first, 2, start)], "web"),
+    )
+    .await;
+    post_logs(&tally, &event(&span_first)).await;
+    assert_eq!(
+        call_rows(&database, &span_first).await,
+        vec![(chat.clone(), Some(40), true)]
+    );
+
+    let log_first = trace_id(21, 0x44);
+    post_logs(&tally, &event(&log_first)).await;
+    assert_eq!(
+        call_rows(&database, &log_first).await,
+        vec![(chat.clone(), Some(40), false)]
+    );
+    post(
+        &tally,
+        &request_of(vec![chat_span(&log_first, 2, start)], "web"),
+    )
+    .await;
+    assert_eq!(
+        call_rows(&database, &log_first).await,
+        vec![(chat, Some(40), true)],
+        "the span's row replaces the log event's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_row_stops_counting_when_its_model_call_arrives_later() {
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let start = now_nanos();
+    let trace = trace_id(22, 0x44);
+    let agent = Span {
+        trace_id: trace.clone(),
+        span_id: vec![5; 8],
+        parent_span_id: vec![1; 8],
+        name: "invoke_agent support".into(),
+        kind: 1,
+        start_time_unix_nano: start,
+        end_time_unix_nano: start + 900_000_000,
+        attributes: vec![
+            kv("gen_ai.operation.name", &S("invoke_agent")),
+            kv("gen_ai.provider.name", &S("openai")),
+            kv("gen_ai.request.model", &S("gpt-4o-mini")),
+            kv("gen_ai.usage.input_tokens", &I(40)),
+            kv("gen_ai.usage.output_tokens", &I(4)),
+        ],
+        ..Default::default()
+    };
+    post(&tally, &request_of(vec![agent], "web")).await;
+    assert_eq!(
+        call_rows(&database, &trace).await,
+        vec![(hex(&[5; 8]), Some(40), true)],
+        "no model call below (yet): the agent's usage counts"
+    );
+    let mut call = chat_span(&trace, 2, start);
+    call.parent_span_id = vec![5; 8];
+    post(&tally, &request_of(vec![call], "web")).await;
+    assert_eq!(
+        call_rows(&database, &trace).await,
+        vec![(hex(&[2; 8]), Some(40), true)],
+        "the late call counts, the agent no longer"
+    );
+}

@@ -122,6 +122,7 @@ fn call(tenant: &str, user: Option<&str>, tokens: i64, cost: f64) -> TokenUsage 
         duration_ms: None,
         attribution_source: AttributionSource::Record,
         attributes: serde_json::Map::new(),
+        report: Default::default(),
     }
 }
 

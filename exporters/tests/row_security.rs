@@ -11,6 +11,7 @@ const TENANT_TABLES: &[&str] = &[
     "rejected_events",
     "activity_daily",
     "token_usage_daily",
+    "token_calls",
 ];
 
 /// Two rows per tenant `a`, one for `b`, one without a tenant (''), in every tenant table.
@@ -33,7 +34,12 @@ async fn seed(client: &Client) {
                (current_date, 'b', 'u1', 'x', 'success', 1), (current_date, '', 'u1', 'x', 'success', 1); \
              INSERT INTO token_usage_daily (day, tenant_id, user_id) VALUES \
                (current_date, 'a', 'u1'), (current_date, 'a', 'u2'), \
-               (current_date, 'b', 'u1'), (current_date, '', 'u1');",
+               (current_date, 'b', 'u1'), (current_date, '', 'u1'); \
+             INSERT INTO token_calls (tenant_id, call_key, ts, id, from_span) VALUES \
+               ('a', 'r1', now(), gen_random_uuid(), true), \
+               ('a', 'r2', now(), gen_random_uuid(), true), \
+               ('b', 'r1', now(), gen_random_uuid(), true), \
+               ('', 'r1', now(), gen_random_uuid(), false);",
         )
         .await
         .expect("seeding the tenant tables");
@@ -69,26 +75,26 @@ async fn the_api_role_sees_only_the_tenant_of_its_session() {
     let db = TestDatabase::migrated().await;
     seed(&db.client().await).await;
 
-    assert_eq!(counts_as_api(&db, Some("a")).await, vec![2; 5], "tenant a");
-    assert_eq!(counts_as_api(&db, Some("b")).await, vec![1; 5], "tenant b");
+    assert_eq!(counts_as_api(&db, Some("a")).await, vec![2; 6], "tenant a");
+    assert_eq!(counts_as_api(&db, Some("b")).await, vec![1; 6], "tenant b");
     assert_eq!(
         counts_as_api(&db, Some("*")).await,
-        vec![4; 5],
+        vec![4; 6],
         "every tenant"
     );
     assert_eq!(
         counts_as_api(&db, Some("")).await,
-        vec![0; 5],
+        vec![0; 6],
         "'' is no tenant"
     );
     assert_eq!(
         counts_as_api(&db, None).await,
-        vec![0; 5],
+        vec![0; 6],
         "an unset tenant sees nothing"
     );
     assert_eq!(
         counts_as_api(&db, Some("c")).await,
-        vec![0; 5],
+        vec![0; 6],
         "unknown tenant"
     );
     // The owner (the writer's role) is not restricted.

@@ -79,6 +79,25 @@ pub struct TokenUsage {
     pub attribution_source: AttributionSource,
     /// A few content-free attributes (span name, finish reasons, response id, …).
     pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// How the call was reported, for storing one row per call (not a column).
+    #[serde(skip)]
+    pub report: CallReport,
+}
+
+/// How a model call was reported: the writer keeps one `token_usage` row per call
+/// when a span and log records (or several log records) report the same call.
+/// See `docs/tokens.md` ("One row per model call").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallReport {
+    /// Reported by a span (preferred) rather than a log record.
+    pub from_span: bool,
+    /// The sender's tenant scope: its ingest key's tenant, `""` for senders bound
+    /// to none. Reports match only within one scope.
+    pub scope: String,
+    /// `s` + trace id + span id (lowercase hex) when the record has both.
+    pub span_key: Option<String>,
+    /// `r` + `gen_ai.response.id` when the record has one.
+    pub response_key: Option<String>,
 }
 
 impl TokenUsage {

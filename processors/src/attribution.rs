@@ -36,8 +36,11 @@ use crate::fast_hash::FastMap;
 /// A trace id (16 bytes).
 pub type TraceId = [u8; 16];
 
-/// Most span ids remembered per trace as "a descendant was already counted".
+/// Most span ids remembered per trace as "a descendant was already counted" (and
+/// most counted agents and parent links).
 const MAX_COVERED_PER_TRACE: usize = 256;
+/// Most parent links followed by one [`TraceCache::cover`].
+const MAX_LINK_DEPTH: usize = 64;
 
 /// The tenant scope of a request's traces: the cache key of a trace is its id
 /// XOR a mask derived from the sender's bound tenant with the cache's secret
@@ -176,10 +179,25 @@ struct Entry {
     touch: u32,
     /// Seconds since the cache started, when last touched.
     at: u32,
-    /// Span ids whose descendant's usage was already counted (GenAI traces only).
-    /// Boxed: a thin 8-byte pointer in every entry instead of a 24-byte `Vec`.
-    #[allow(clippy::box_collection)]
-    covered: Option<Box<Vec<[u8; 8]>>>,
+    /// What the count-once rules remember of a GenAI trace (boxed: a thin 8-byte
+    /// pointer in every entry).
+    genai: Option<Box<GenAiTrace>>,
+}
+
+/// A token row, by its primary key (`ts`, `id`).
+pub type RowKey = (DateTime<Utc>, uuid::Uuid);
+
+/// The count-once memory of one trace.
+#[derive(Debug, Default)]
+struct GenAiTrace {
+    /// Span ids whose descendant's usage was already counted.
+    covered: Vec<[u8; 8]>,
+    /// Agent spans counted with their own usage (the agent rule), with their
+    /// row: uncounted if a model call below them reports usage later.
+    agents: Vec<([u8; 8], RowKey)>,
+    /// (span, parent) links seen since the trace had a counted agent, so that a
+    /// late call's cover climbs to the agent through spans of earlier requests.
+    parents: Vec<([u8; 8], [u8; 8])>,
 }
 
 /// `ts` as nanoseconds since the epoch; out of that range (before 1677 or after 2262),
@@ -343,21 +361,65 @@ impl TraceCache {
         state
             .entries
             .get(trace)
-            .and_then(|e| e.covered.as_ref())
-            .is_some_and(|covered| covered.contains(span))
+            .and_then(|e| e.genai.as_ref())
+            .is_some_and(|g| g.covered.contains(span))
     }
 
-    /// Remembers that usage under span `span` of `trace` was counted.
-    pub fn cover(&self, trace: TraceId, span: [u8; 8]) {
+    /// Remembers that usage under span `span` of `trace` was counted, and climbs
+    /// through the remembered parent links. Returns the counted agents (span,
+    /// row) met on the way: they stop counting (the caller deletes their rows).
+    pub fn cover(&self, trace: TraceId, span: [u8; 8]) -> Vec<([u8; 8], RowKey)> {
         let mut state = self.lock();
         let entry = self.touch(&mut state, trace);
-        let covered = entry.covered.get_or_insert_with(Default::default);
-        if !covered.contains(&span) {
-            if covered.len() >= MAX_COVERED_PER_TRACE {
-                covered.remove(0);
+        let genai = entry.genai.get_or_insert_with(Default::default);
+        let mut uncounted = Vec::new();
+        let mut at = span;
+        for _ in 0..MAX_LINK_DEPTH {
+            if !genai.covered.contains(&at) {
+                if genai.covered.len() >= MAX_COVERED_PER_TRACE {
+                    genai.covered.remove(0);
+                }
+                genai.covered.push(at);
             }
-            covered.push(span);
+            if let Some(i) = genai.agents.iter().position(|(s, _)| *s == at) {
+                uncounted.push(genai.agents.swap_remove(i));
+            }
+            match genai.parents.iter().find(|(s, _)| *s == at) {
+                Some((_, parent)) if *parent != span => at = *parent,
+                _ => break,
+            }
         }
+        uncounted
+    }
+
+    /// Remembers an agent span counted with its own usage, and its row.
+    pub fn count_agent(&self, trace: TraceId, span: [u8; 8], row: RowKey) {
+        let mut state = self.lock();
+        let entry = self.touch(&mut state, trace);
+        let genai = entry.genai.get_or_insert_with(Default::default);
+        if !genai.agents.iter().any(|(s, _)| *s == span) {
+            if genai.agents.len() >= MAX_COVERED_PER_TRACE {
+                genai.agents.remove(0);
+            }
+            genai.agents.push((span, row));
+        }
+    }
+
+    /// Remembers `span`'s parent when `trace` has a counted agent (see [`cover`]).
+    ///
+    /// [`cover`]: TraceCache::cover
+    pub fn link(&self, trace: &TraceId, span: [u8; 8], parent: [u8; 8]) {
+        let mut state = self.lock();
+        let Some(genai) = state.entries.get_mut(trace).and_then(|e| e.genai.as_mut()) else {
+            return;
+        };
+        if genai.agents.is_empty() || genai.parents.iter().any(|(s, _)| *s == span) {
+            return;
+        }
+        if genai.parents.len() >= MAX_COVERED_PER_TRACE {
+            genai.parents.remove(0);
+        }
+        genai.parents.push((span, parent));
     }
 
     /// The entry of `trace`, created or refreshed; evicts expired and excess entries.
@@ -389,7 +451,7 @@ impl TraceCache {
             pending_since: NOT_PENDING,
             touch,
             at: now,
-            covered: None,
+            genai: None,
         });
         entry.touch = touch;
         entry.at = now;
@@ -560,8 +622,26 @@ mod tests {
     fn covered_spans_are_remembered() {
         let cache = TraceCache::new(Duration::from_secs(60), 3);
         assert!(!cache.is_covered(&[1; 16], &[9; 8]));
-        cache.cover([1; 16], [9; 8]);
+        assert!(cache.cover([1; 16], [9; 8]).is_empty());
         assert!(cache.is_covered(&[1; 16], &[9; 8]));
         assert!(!cache.is_covered(&[2; 16], &[9; 8]));
+    }
+
+    #[test]
+    fn a_cover_climbs_to_a_counted_agent_and_uncounts_it_once() {
+        let cache = TraceCache::new(Duration::from_secs(60), 3);
+        let row = (Utc::now(), uuid::Uuid::new_v4());
+        // Agent 1 counted; links learned after: 3 → 2 → 1.
+        cache.link(&[1; 16], [2; 8], [1; 8]);
+        cache.count_agent([1; 16], [1; 8], row);
+        cache.link(&[1; 16], [2; 8], [1; 8]);
+        cache.link(&[1; 16], [3; 8], [2; 8]);
+        assert!(
+            cache.cover([1; 16], [4; 8]).is_empty(),
+            "not below the agent"
+        );
+        assert_eq!(cache.cover([1; 16], [3; 8]), vec![([1; 8], row)]);
+        assert!(cache.is_covered(&[1; 16], &[1; 8]));
+        assert!(cache.cover([1; 16], [3; 8]).is_empty(), "once");
     }
 }

@@ -27,7 +27,7 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// Columns of an activity row (see `writer.rs`'s `COPY_SQL`).
 const ACTIVITY_COLUMNS: i16 = 16;
 /// Columns of a token row (see `tokens.rs`'s `COPY_SQL`).
-const TOKEN_COLUMNS: i16 = 26;
+const TOKEN_COLUMNS: i16 = 30;
 
 /// A value that cannot be written in PostgreSQL's binary format.
 #[derive(Debug, thiserror::Error)]
@@ -305,6 +305,11 @@ pub fn token_row(
     text(out, r.attribution_source.as_str())?;
     jsonb_object(out, &r.attributes)?;
     opt_uuid(out, ingest_key_id);
+    // Staging only (one row per call, see `tokens.rs`).
+    text(out, &r.report.scope)?;
+    opt_text(out, r.report.span_key.as_deref())?;
+    opt_text(out, r.report.response_key.as_deref())?;
+    opt_bool(out, Some(r.report.from_span));
     Ok(())
 }
 

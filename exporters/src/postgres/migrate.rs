@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (13, "budgets", include_str!("migrations/0013_budgets.sql")),
     (
+        14,
+        "token_calls",
+        include_str!("migrations/0014_token_calls.sql"),
+    ),
+    (
         15,
         "signed_truncations",
         include_str!("migrations/0015_signed_truncations.sql"),

@@ -40,7 +40,9 @@ pub use rollup::{
     REATTRIBUTION_LOCK_KEY, ROLLUP_LOCK_KEY, TOKEN_WATERMARK,
 };
 pub use secrets::{get_or_create_secret, read_secret, StoredSecret};
-pub use tokens::{attribute_traces, insert_token_batch, TraceAttribution, TraceIdentity};
+pub use tokens::{
+    attribute_traces, insert_token_batch, uncount_token_rows, TraceAttribution, TraceIdentity,
+};
 pub use writer::{insert_activity_batch, PgExporter};
 
 /// Advisory lock key held from the `INSERT … SELECT nextval('activity_events_seq')`

@@ -24,15 +24,17 @@ use super::writer::copy_rows;
 use super::{PgError, TOKEN_USAGE_LOCK_KEY};
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
-    IF to_regclass('pg_temp.tally_token_staging_v2') IS NULL THEN \
-        CREATE TEMP TABLE tally_token_staging_v2 ( \
+    IF to_regclass('pg_temp.tally_token_staging_v3') IS NULL THEN \
+        CREATE TEMP TABLE tally_token_staging_v3 ( \
             id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
             service text, trace_id text, span_id text, provider text, operation text, \
             request_model text, response_model text, model text, input_tokens int8, \
             output_tokens int8, cache_read_tokens int8, cache_write_tokens int8, \
             reasoning_tokens int8, total_tokens int8, usage_known bool, cost_usd float8, \
             outcome text, duration_ms float8, attribution_source text, attributes jsonb, \
-            ingest_key_id uuid \
+            ingest_key_id uuid, call_scope text, span_key text, response_key text, \
+            from_span bool, skip bool NOT NULL DEFAULT false, \
+            supersedes bool NOT NULL DEFAULT false \
         ) ON COMMIT DELETE ROWS; \
     END IF; END $$";
 
@@ -42,14 +44,61 @@ const COLUMNS: &str = "id, ts, tenant_id, user_id, session_id, service, trace_id
     cost_usd, outcome, duration_ms, attribution_source, attributes, ingest_key_id";
 
 static COPY_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!("COPY pg_temp.tally_token_staging_v2 ({COLUMNS}) FROM STDIN (FORMAT binary)")
+    format!(
+        "COPY pg_temp.tally_token_staging_v3 ({COLUMNS}, call_scope, span_key, response_key, \
+         from_span) FROM STDIN (FORMAT binary)"
+    )
 });
 
-/// Lock, insert from staging, and answer what was really inserted per
-/// (provider, model, outcome, tenant), for the metrics.
-static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+/// Under the token lock: marks the staged reports of calls already stored
+/// (`skip`), and the staged spans that replace a stored log record's row
+/// (`supersedes`; its command tag counts them). See [`insert_tokens`]. Each
+/// staged row probes the primary key (scalar subqueries with `LIMIT 1` are not
+/// turned into joins: a hash join would read all of `token_calls` per batch).
+static MATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT pg_advisory_xact_lock({TOKEN_USAGE_LOCK_KEY}); \
+         UPDATE pg_temp.tally_token_staging_v3 AS s SET skip = true \
+         WHERE s.response_key IS NOT NULL AND (SELECT true FROM token_calls AS c \
+             WHERE c.tenant_id = s.call_scope AND c.call_key = s.response_key \
+               AND c.id <> s.id AND (c.from_span OR NOT s.from_span) LIMIT 1); \
+         UPDATE pg_temp.tally_token_staging_v3 AS s SET skip = true \
+         WHERE NOT s.from_span AND s.span_key IS NOT NULL AND (SELECT true FROM token_calls AS c \
+             WHERE c.tenant_id = s.call_scope AND c.call_key = s.span_key \
+               AND c.from_span LIMIT 1); \
+         UPDATE pg_temp.tally_token_staging_v3 AS s SET supersedes = true \
+         WHERE NOT s.skip AND s.from_span AND ( \
+             (SELECT true FROM token_calls AS c WHERE NOT c.from_span \
+                AND c.tenant_id = s.call_scope AND c.call_key = s.span_key LIMIT 1) \
+             OR (SELECT true FROM token_calls AS c WHERE NOT c.from_span \
+                AND c.tenant_id = s.call_scope AND c.call_key = s.response_key LIMIT 1))"
+    )
+});
+
+/// The stored rows of log records that staged spans replace (index probes, as
+/// in [`MATCH_SQL`]).
+const SUPERSEDED_SQL: &str = "SELECT DISTINCT c.ts, c.id \
+     FROM pg_temp.tally_token_staging_v3 AS s \
+     CROSS JOIN LATERAL (VALUES (s.span_key), (s.response_key)) AS k(key) \
+     CROSS JOIN LATERAL (SELECT l.ts, l.id FROM token_calls AS l WHERE NOT l.from_span \
+         AND l.tenant_id = s.call_scope AND l.call_key = k.key LIMIT 1) AS c \
+     WHERE s.supersedes";
+
+/// Records the calls' keys (a span's replace a log record's), inserts the rows
+/// not skipped, and answers what was really inserted per (provider, model,
+/// outcome), for the metrics: a span replacing a log record's row is not
+/// counted again.
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO token_calls (tenant_id, call_key, ts, id, from_span) \
+         SELECT DISTINCT ON (s.call_scope, k.key) s.call_scope, k.key, s.ts, s.id, s.from_span \
+         FROM pg_temp.tally_token_staging_v3 AS s, \
+              LATERAL (VALUES (s.span_key), (s.response_key)) AS k(key) \
+         WHERE NOT s.skip AND k.key IS NOT NULL \
+         ORDER BY s.call_scope, k.key, s.from_span DESC, s.ts, s.id \
+         ON CONFLICT (tenant_id, call_key) DO UPDATE \
+             SET ts = excluded.ts, id = excluded.id, from_span = true, created_at = now() \
+             WHERE excluded.from_span AND NOT token_calls.from_span; \
          WITH inserted AS ( \
              INSERT INTO token_usage (seq, received_at, {COLUMNS}) \
              SELECT nextval('token_usage_seq'), clock_timestamp(), id, ts, tenant_id, user_id, \
@@ -58,18 +107,28 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
                  cache_write_tokens, reasoning_tokens, total_tokens, usage_known, \
                  cost_usd::numeric(20, 10), outcome, duration_ms, attribution_source, attributes, \
                  ingest_key_id \
-             FROM pg_temp.tally_token_staging_v2 ORDER BY ts \
+             FROM pg_temp.tally_token_staging_v3 WHERE NOT skip ORDER BY ts \
              ON CONFLICT DO NOTHING \
-             RETURNING provider, model, outcome, input_tokens, output_tokens, cache_read_tokens, \
-                 cache_write_tokens, reasoning_tokens, cost_usd, usage_known, tenant_id) \
+             RETURNING id, provider, model, outcome, input_tokens, output_tokens, \
+                 cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_usd, usage_known, \
+                 tenant_id) \
          SELECT coalesce(provider, ''), coalesce(model, ''), outcome, count(*), \
              coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), \
              coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0), \
              coalesce(sum(reasoning_tokens), 0), coalesce(sum(cost_usd), 0)::float8, \
              count(*) FILTER (WHERE usage_known AND cost_usd IS NULL), tenant_id \
-         FROM inserted GROUP BY 1, 2, 3, tenant_id"
+         FROM inserted WHERE id NOT IN \
+             (SELECT id FROM pg_temp.tally_token_staging_v3 WHERE supersedes) \
+         GROUP BY 1, 2, 3, tenant_id"
     )
 });
+
+/// Keys older than this are pruned from `token_calls` (a call's reports arrive
+/// within minutes of each other; a day leaves room for queued retries).
+const CALL_KEYS_KEPT: &str = "1 day";
+/// One token batch in this many prunes `token_calls`.
+const PRUNE_EVERY: u64 = 256;
+static BATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Token rows an insert really added, per (provider, model, outcome).
 #[derive(Debug, Default)]
@@ -110,15 +169,40 @@ pub(crate) async fn insert_tokens(
     if rows.is_empty() {
         return Ok(TokensInserted::default());
     }
+    let rows = one_per_call(rows);
     tx.batch_execute(STAGING_DDL).await?;
-    let copied = copy_rows(tx, COPY_SQL.as_str(), rows, copy::token_row).await?;
+    let copied = copy_rows(tx, COPY_SQL.as_str(), &rows, copy::token_row).await?;
     if copied == 0 {
         return Ok(TokensInserted::default());
+    }
+    let superseding = tx
+        .simple_query(&MATCH_SQL)
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .last()
+        .unwrap_or(0);
+    if superseding > 0 {
+        supersede(tx).await?;
+    }
+    if BATCHES
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(PRUNE_EVERY)
+    {
+        tx.execute(
+            &format!(
+                "DELETE FROM token_calls WHERE created_at < now() - interval '{CALL_KEYS_KEPT}'"
+            ),
+            &[],
+        )
+        .await?;
     }
     let messages = tx.simple_query(&INSERT_SQL).await?;
     let mut inserted = TokensInserted::default();
     for message in &messages {
-        // The lock's SELECT answers a one-column row first.
         let SimpleQueryMessage::Row(row) = message else {
             continue;
         };
@@ -140,6 +224,120 @@ pub(crate) async fn insert_tokens(
         inserted.groups.push(group);
     }
     Ok(inserted)
+}
+
+/// Deletes the stored rows of log records that staged spans report again (the
+/// span's row is preferred), taking them out of the rollup first if they were
+/// folded (see [`unfold_token_rows`]).
+async fn supersede(tx: &Transaction<'_>) -> Result<(), PgError> {
+    let rows: Vec<(DateTime<Utc>, uuid::Uuid)> = tx
+        .query(SUPERSEDED_SQL, &[])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    delete_token_rows(tx, &rows).await?;
+    Ok(())
+}
+
+/// Deletes token rows by `(ts, id)`, keeping the rollups equal to the sums over
+/// the rows (rows already folded are unfolded first). Returns the rows deleted.
+pub(crate) async fn delete_token_rows(
+    tx: &Transaction<'_>,
+    rows: &[(DateTime<Utc>, uuid::Uuid)],
+) -> Result<u64, PgError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let refold = unfold_token_rows(tx, rows).await?;
+    let (ts, ids): (Vec<DateTime<Utc>>, Vec<uuid::Uuid>) = rows.iter().copied().unzip();
+    let deleted = tx
+        .execute(
+            "DELETE FROM token_usage WHERE (ts, id) IN \
+             (SELECT * FROM unnest($1::timestamptz[], $2::uuid[]))",
+            &[&ts, &ids],
+        )
+        .await?;
+    // Adds back nothing for the deleted rows; keeps the contract of `TokenRefold`.
+    refold.refold(tx).await?;
+    Ok(deleted)
+}
+
+/// Deletes stored token rows that stop counting (agent rows whose model calls
+/// reported usage later: the agent rule, see `docs/tokens.md`), in one
+/// transaction, keeping the rollups equal to the rows. Returns the rows deleted
+/// (rows already gone are skipped).
+pub async fn uncount_token_rows(
+    client: &mut Client,
+    rows: &[(DateTime<Utc>, uuid::Uuid)],
+) -> Result<u64, PgError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let tx = client.transaction().await?;
+    let deleted = delete_token_rows(&tx, rows).await?;
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+/// Keeps one report per call among the rows of one batch: a span over log
+/// records of the same call (same trace and span id, or same response id), else
+/// the earliest (then the smallest id); two log records match only by response
+/// id (several log records in one span's context may be several calls). Exact
+/// duplicates (same id) are kept once.
+fn one_per_call<'a>(
+    rows: &[(&'a TokenUsage, Option<uuid::Uuid>)],
+) -> Vec<(&'a TokenUsage, Option<uuid::Uuid>)> {
+    use std::collections::HashMap;
+    let better = |a: &TokenUsage, b: &TokenUsage| {
+        (a.report.from_span, std::cmp::Reverse((a.ts, a.id)))
+            > (b.report.from_span, std::cmp::Reverse((b.ts, b.id)))
+    };
+    let mut dropped = vec![false; rows.len()];
+    let mut holders: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut ids: HashMap<uuid::Uuid, usize> = HashMap::new();
+    for (i, (row, _)) in rows.iter().enumerate() {
+        if ids.insert(row.id, i).is_some() {
+            dropped[i] = true;
+            continue;
+        }
+        let report = &row.report;
+        let keys = [
+            (report.span_key.as_deref(), true),
+            (report.response_key.as_deref(), false),
+        ];
+        for (key, by_span) in keys {
+            let Some(key) = key else { continue };
+            if dropped[i] {
+                break;
+            }
+            match holders.get(&(report.scope.as_str(), key)).copied() {
+                None => {
+                    holders.insert((report.scope.as_str(), key), i);
+                }
+                Some(j) if dropped[j] => {
+                    holders.insert((report.scope.as_str(), key), i);
+                }
+                Some(j) => {
+                    let other = rows[j].0;
+                    if by_span && other.report.from_span == report.from_span {
+                        continue;
+                    }
+                    if better(row, other) {
+                        dropped[j] = true;
+                        holders.insert((report.scope.as_str(), key), i);
+                    } else {
+                        dropped[i] = true;
+                    }
+                }
+            }
+        }
+    }
+    rows.iter()
+        .zip(dropped)
+        .filter(|(_, dropped)| !dropped)
+        .map(|(row, _)| *row)
+        .collect()
 }
 
 /// Updates the LLM counters with what a committed batch inserted.
@@ -328,4 +526,73 @@ pub async fn attribute_traces(
     refold.refold(&tx).await?;
     tx.commit().await?;
     Ok(updated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_model::tokens::CallReport;
+    use tally_model::AttributionSource;
+
+    fn report(from_span: bool, span: Option<&str>, response: Option<&str>) -> TokenUsage {
+        TokenUsage {
+            id: uuid::Uuid::new_v4(),
+            ts: Utc::now(),
+            tenant_id: None,
+            user_id: None,
+            session_id: None,
+            service: None,
+            trace_id: None,
+            span_id: None,
+            provider: None,
+            operation: None,
+            request_model: None,
+            response_model: None,
+            model: None,
+            input_tokens: Some(1),
+            output_tokens: Some(1),
+            cache_read_tokens: None,
+            cache_write_tokens: None,
+            reasoning_tokens: None,
+            total_tokens: Some(2),
+            usage_known: true,
+            cost_usd: None,
+            outcome: Outcome::Unknown,
+            duration_ms: None,
+            attribution_source: AttributionSource::None,
+            attributes: Default::default(),
+            report: CallReport {
+                from_span,
+                scope: String::new(),
+                span_key: span.map(str::to_owned),
+                response_key: response.map(str::to_owned),
+            },
+        }
+    }
+
+    fn kept(rows: &[&TokenUsage]) -> Vec<uuid::Uuid> {
+        let rows: Vec<_> = rows.iter().map(|r| (*r, None)).collect();
+        one_per_call(&rows).iter().map(|(r, _)| r.id).collect()
+    }
+
+    #[test]
+    fn one_report_per_call_within_a_batch() {
+        let log = report(false, Some("s1"), None);
+        let span = report(true, Some("s1"), Some("r1"));
+        let by_response = report(false, None, Some("r1"));
+        assert_eq!(kept(&[&log, &span, &by_response]), vec![span.id]);
+        // Two log records in one span's context: two calls.
+        let a = report(false, Some("s2"), Some("ra"));
+        let b = report(false, Some("s2"), Some("rb"));
+        assert_eq!(kept(&[&a, &b]), vec![a.id, b.id]);
+        // Two log records of one response: one call; an exact duplicate once.
+        let c = report(false, None, Some("rc"));
+        let mut d = report(false, None, Some("rc"));
+        d.ts = c.ts + chrono::TimeDelta::seconds(1);
+        assert_eq!(kept(&[&d, &c, &c]), vec![c.id]);
+        // Another scope is another sender: both kept.
+        let mut other = report(false, None, Some("rc"));
+        other.report.scope = "tenant-b".into();
+        assert_eq!(kept(&[&c, &other]), vec![c.id, other.id]);
+    }
 }

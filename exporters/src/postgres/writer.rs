@@ -571,6 +571,37 @@ impl PgExporter {
         result
     }
 
+    /// Deletes stored token rows that stop counting (see
+    /// [`uncount_token_rows`](super::uncount_token_rows)), on the attribution
+    /// connections. Returns the number of rows deleted.
+    pub async fn uncount_token_rows(
+        &self,
+        rows: &[(chrono::DateTime<chrono::Utc>, uuid::Uuid)],
+    ) -> Result<u64, PgError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let inner = &self.inner;
+        let n = inner.attribution.len().max(1);
+        let index = inner.next_attribution.fetch_add(1, Ordering::Relaxed) % n;
+        let Some(slot) = inner.attribution.get(index) else {
+            return Err(PgError::Timeout("no attribution connection".into()));
+        };
+        let mut slot = slot.lock().await;
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = Some(connect(&inner.shared.url).await?.0);
+        }
+        let Some(client) = slot.as_mut() else {
+            return Err(PgError::Timeout("no attribution connection".into()));
+        };
+        let result = super::uncount_token_rows(client, rows).await;
+        if result.is_err() {
+            // A failed transaction may leave the connection unusable: start afresh.
+            *slot = None;
+        }
+        result
+    }
+
     /// Records queued or being written right now (at most the queue capacity).
     pub fn queued_records(&self) -> usize {
         let available = self.inner.permits.available_permits();

@@ -10,11 +10,20 @@
 //!   (operation `chat`, `text_completion`, `generate_content`, `embeddings`, …;
 //!   OpenInference `LLM`/`EMBEDDING`; Vercel `*.doGenerate`/`*.doStream`/
 //!   `*.doEmbed`), or when nothing marks its kind but it carries a model and
-//!   usage. Agent, workflow, chain, task and tool spans never are. A candidate
-//!   with usage is not counted when a descendant candidate with usage is (same
-//!   request, or an earlier request through the [`TraceCache`]); a candidate
-//!   without usage is not counted when it has a descendant candidate or an
-//!   ancestor candidate with usage.
+//!   usage. Tool spans never are. A candidate with usage is not counted when a
+//!   descendant candidate with usage is (same request, or an earlier request
+//!   through the [`TraceCache`]); a candidate without usage is not counted when
+//!   it has a descendant candidate, a model-call ancestor with usage or a counted
+//!   agent ancestor with usage.
+//! * **The agent rule**: agent, workflow, chain and task spans are candidates
+//!   when they report usage (a remote `invoke_agent` CLIENT span even without),
+//!   so they count only when no model call below reports usage; a call below
+//!   arriving later uncounts the stored agent row ([`TokenBatch::uncount`],
+//!   [`TokenBatch::agents`]).
+//! * **Normalisation**: input includes cache reads and writes, output includes
+//!   reasoning (see [`Counts::normalise`] and `docs/tokens.md`).
+//! * **One row per call** across a span and log records: each row carries its
+//!   call keys ([`CallReport`]); the writer decides in PostgreSQL.
 //! * **Unknown usage**: a counted call reporting no usage, or 0 input and 0
 //!   output, is stored with `usage_known = false` and NULL token columns.
 //! * **Attribution**: a row's own user/tenant/session (`record`), else the
@@ -26,14 +35,16 @@ use chrono::{DateTime, Utc};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 use serde_json::Map;
 use tally_config::{PricingConfig, TokenMapping, TokensConfig};
+use tally_model::tokens::CallReport;
 use tally_model::tokens::{token_log_id, token_span_id};
 use tally_model::{AttributionSource, Outcome, TokenUsage};
 
-use crate::attribution::{Identity, TraceCache, TraceId, TraceScope};
+use crate::attribution::{Identity, RowKey, TraceCache, TraceId, TraceScope};
 use crate::fast_hash::FastMap;
 use crate::otlp_value::{as_i64, as_text, hex_lower, to_json};
 use pricing::{PriceTable, Usage};
@@ -48,17 +59,21 @@ const INFERENCE_OPERATIONS: &[&str] = &[
     "embedding",
     "rerank",
     "responses",
+    "llm_request",
 ];
-/// Operation names of spans that wrap calls (lowercase).
-const WRAPPER_OPERATIONS: &[&str] = &[
+/// Operation names of agent and workflow spans (lowercase): their usage, when they
+/// report one, is usually the sum of their model calls' (see [`Role::Agent`]).
+const AGENT_OPERATIONS: &[&str] = &[
     "invoke_agent",
-    "create_agent",
-    "execute_tool",
+    "invoke_workflow",
+    "execute_task",
     "workflow",
     "task",
     "agent",
-    "tool",
+    "agent_step",
 ];
+/// Operation names of spans that never are model calls (lowercase).
+const WRAPPER_OPERATIONS: &[&str] = &["create_agent", "execute_tool", "tool", "retrieval"];
 /// Attributes that say what kind of span a record is (model call, agent, chain, …).
 /// They carry no content; redaction always keeps them, or an allowlist would turn
 /// wrappers into candidates and double count.
@@ -89,7 +104,10 @@ const KEPT_ATTRIBUTES: &[&str] = &[
 pub enum Role {
     /// The model call itself.
     Inference,
-    /// Agent, workflow, chain, task, tool: repeats or has no usage of its own.
+    /// Agent, workflow, chain, task: its usage (if any) counts only when no
+    /// model call below it reports usage (the agent rule, see `docs/tokens.md`).
+    Agent,
+    /// Tool, retriever, guardrail, …: never a model call.
     Wrapper,
     /// Nothing says.
     Unmarked,
@@ -114,6 +132,15 @@ pub struct TokenBatch {
     pub unpriced: u64,
     /// Candidates not counted (their usage is counted on a descendant).
     pub not_counted: u64,
+    /// Agent rows of `rows` counted with their own usage (the agent rule): cache
+    /// key of the trace, span id, row. Once the rows are committed, those whose
+    /// span got covered meanwhile (a model call below reported usage) are to be
+    /// deleted ([`TraceCache::is_covered`]).
+    pub agents: Vec<(TraceId, [u8; 8], RowKey)>,
+    /// Stored agent rows that stop counting (cache key of the trace, span id,
+    /// row): a model call below them, in this request, reports usage. Delete
+    /// them once this request's rows committed.
+    pub uncount: Vec<(TraceId, [u8; 8], RowKey)>,
 }
 
 /// Recognises token usage with a mapping and prices it.
@@ -247,6 +274,96 @@ struct Extract {
     identity: Identity,
     service: Option<String>,
     kept: Map<String, serde_json::Value>,
+    /// The sender reports Anthropic's raw input count (without cached tokens):
+    /// see [`raw_anthropic_input`].
+    raw_input: bool,
+    /// A remote agent call: `invoke_agent` with span kind CLIENT.
+    remote_agent: bool,
+}
+
+/// Whether the sender is a family known to report Anthropic's raw `input_tokens`
+/// (excluding cache reads and writes) under the convention's name, which
+/// includes them:
+///
+/// * OpenLIT's Anthropic instrumentation (instrumentation scope `openlit…`, or
+///   resource `telemetry.sdk.name = openlit`) with provider `anthropic`;
+/// * the Vercel AI SDK 5 (scope `ai`, or `ai.operationId` present) with an Anthropic provider
+///   (`anthropic.messages`, `vertex.anthropic.messages`, …) and no
+///   `ai.usage.inputTokenDetails.*` (SDK 6 sends those, and a normalised input).
+fn raw_anthropic_input(attrs: &Attrs<'_>, scope_name: &str, provider: Option<&str>) -> bool {
+    let anthropic = provider.is_some_and(|p| p.to_ascii_lowercase().contains("anthropic"));
+    if !anthropic {
+        return false;
+    }
+    let openlit = scope_name.starts_with("openlit")
+        || as_text(attrs.get("telemetry.sdk.name")).is_some_and(|n| n == "openlit");
+    // A custom tracer (`experimental_telemetry.tracer`) renames the scope; the
+    // SDK's own attributes still tell it.
+    let vercel = scope_name == "ai" || attrs.get("ai.operationId").is_some();
+    let vercel5 = vercel
+        && attrs
+            .get("ai.usage.inputTokenDetails.noCacheTokens")
+            .is_none()
+        && attrs
+            .get("ai.usage.inputTokenDetails.cacheReadTokens")
+            .is_none()
+        && attrs
+            .get("ai.usage.inputTokenDetails.cacheWriteTokens")
+            .is_none();
+    openlit || vercel5
+}
+
+/// Token counts normalised to the GenAI conventions: `input` includes cache reads
+/// and writes, `output` includes reasoning, `total` = input + output unless the
+/// sender said otherwise. See `docs/tokens.md` ("Normalisation").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    input: Option<i64>,
+    output: Option<i64>,
+    cache_read: Option<i64>,
+    cache_write: Option<i64>,
+    reasoning: Option<i64>,
+    total: Option<i64>,
+}
+
+impl Counts {
+    /// `raw_input`: the family is known to report input without cached tokens.
+    fn normalise(mut self, raw_input: bool) -> Counts {
+        let cached = self
+            .cache_read
+            .unwrap_or(0)
+            .saturating_add(self.cache_write.unwrap_or(0));
+        let input = self.input.unwrap_or(0);
+        let output = self.output.unwrap_or(0);
+        let reasoning = self.reasoning.unwrap_or(0);
+        let mut recompute_total = false;
+        // Thinking tokens outside output (OpenLLMetry's Google GenAI: output
+        // without thoughts, total with them): the total exceeds input + output by
+        // at least the reasoning count. They are output tokens.
+        if reasoning > 0
+            && self.output.is_some()
+            && self
+                .total
+                .is_some_and(|t| t.saturating_sub(input.saturating_add(output)) >= reasoning)
+        {
+            self.output = Some(output.saturating_add(reasoning));
+            recompute_total = true;
+        }
+        // Input without cached tokens: a family known to send Anthropic's raw
+        // count, or (any family) cached counts exceeding the input count.
+        if cached > 0 && self.input.is_some() && (raw_input || cached > input) {
+            self.input = Some(input.saturating_add(cached));
+            recompute_total = true;
+        }
+        if recompute_total {
+            self.total = Some(
+                self.input
+                    .unwrap_or(0)
+                    .saturating_add(self.output.unwrap_or(0)),
+            );
+        }
+        self
+    }
 }
 
 impl Extract {
@@ -267,6 +384,7 @@ impl Extract {
     fn candidate(&self) -> bool {
         match self.role {
             Role::Inference => true,
+            Role::Agent => self.usage_known() || self.remote_agent,
             Role::Wrapper => false,
             Role::Unmarked => self.has_model() && self.usage_known(),
         }
@@ -276,13 +394,16 @@ impl Extract {
 fn role(attrs: &Attrs<'_>, operation: Option<&str>) -> Role {
     let lower = |v: Option<&AnyValue>| as_text(v).map(|s| s.to_ascii_lowercase());
     if let Some(kind) = lower(attrs.get("traceloop.span.kind")) {
-        if matches!(kind.as_str(), "workflow" | "task" | "agent" | "tool") {
-            return Role::Wrapper;
+        match kind.as_str() {
+            "workflow" | "task" | "agent" => return Role::Agent,
+            "tool" => return Role::Wrapper,
+            _ => {}
         }
     }
     if let Some(kind) = lower(attrs.get("openinference.span.kind")) {
         return match kind.as_str() {
             "llm" | "embedding" => Role::Inference,
+            "agent" | "chain" => Role::Agent,
             _ => Role::Wrapper,
         };
     }
@@ -297,6 +418,8 @@ fn role(attrs: &Attrs<'_>, operation: Option<&str>) -> Role {
     }
     if INFERENCE_OPERATIONS.contains(&op.as_str()) {
         Role::Inference
+    } else if AGENT_OPERATIONS.contains(&op.as_str()) {
+        Role::Agent
     } else if WRAPPER_OPERATIONS.contains(&op.as_str()) {
         Role::Wrapper
     } else {
@@ -305,12 +428,15 @@ fn role(attrs: &Attrs<'_>, operation: Option<&str>) -> Role {
 }
 
 /// Vercel AI SDK: `ai.generateText.doGenerate` / `ai.streamText.doStream` /
-/// `ai.embed.doEmbed` are the calls; `ai.generateText`, `ai.toolCall`, … wrap them.
+/// `ai.embed.doEmbed` are the calls; `ai.generateText`, `ai.streamText`, … sum
+/// their steps (agent-like); `ai.toolCall` is a tool.
 fn vercel_role(op: &str) -> Role {
     if op.ends_with(".dogenerate") || op.ends_with(".dostream") || op.ends_with(".doembed") {
         Role::Inference
-    } else {
+    } else if op == "ai.toolcall" {
         Role::Wrapper
+    } else {
+        Role::Agent
     }
 }
 
@@ -385,7 +511,7 @@ impl TokenProcessor {
     /// are always read; the rest (provider, cache and reasoning counts,
     /// service, kept attributes) only when it can: most records are not model
     /// calls, and their rows would never be built.
-    fn extract(&self, attrs: &Attrs<'_>, name: Option<&str>) -> Extract {
+    fn extract(&self, attrs: &Attrs<'_>, name: Option<&str>, scope_name: &str) -> Extract {
         let m = &self.mapping;
         let operation = attrs.text(&m.operation);
         let mut extract = Extract {
@@ -403,10 +529,12 @@ impl TokenProcessor {
             identity: self.identity(attrs),
             service: None,
             kept: Map::new(),
+            raw_input: false,
+            remote_agent: false,
         };
         // Rows are built for span candidates and for counted log records:
         // both need this (a superset of each).
-        let may_count = extract.role == Role::Inference
+        let may_count = matches!(extract.role, Role::Inference | Role::Agent)
             || (extract.role != Role::Wrapper && extract.has_model() && extract.usage_known());
         if !may_count {
             return extract;
@@ -426,6 +554,7 @@ impl TokenProcessor {
         extract.cache_write = attrs.count(&m.cache_write);
         extract.reasoning = attrs.count(&m.reasoning);
         extract.service = as_text(attrs.get("service.name"));
+        extract.raw_input = raw_anthropic_input(attrs, scope_name, extract.provider.as_deref());
         extract
     }
 
@@ -441,6 +570,7 @@ impl TokenProcessor {
         span_bytes: &[u8],
         outcome: Outcome,
         duration_ms: Option<f64>,
+        from_span: bool,
         cache: &TraceCache,
         bound: Option<&str>,
         out: &mut TokenBatch,
@@ -460,14 +590,33 @@ impl TokenProcessor {
             identity,
             service,
             kept,
+            raw_input,
             ..
         } = extract;
         let (input, output, cache_read, cache_write, reasoning, total) = if known {
-            let total = total.or_else(|| match (input, output) {
-                (None, None) => None,
-                (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
-            });
-            (input, output, cache_read, cache_write, reasoning, total)
+            let counts = Counts {
+                input,
+                output,
+                cache_read,
+                cache_write,
+                reasoning,
+                total,
+            }
+            .normalise(raw_input);
+            let total = counts
+                .total
+                .or_else(|| match (counts.input, counts.output) {
+                    (None, None) => None,
+                    (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
+                });
+            (
+                counts.input,
+                counts.output,
+                counts.cache_read,
+                counts.cache_write,
+                counts.reasoning,
+                total,
+            )
         } else {
             (None, None, None, None, None, None)
         };
@@ -523,15 +672,31 @@ impl TokenProcessor {
             }
             (identity, AttributionSource::None)
         };
+        let trace_hex = hex_id(trace_bytes);
+        let span_hex = hex_id(span_bytes);
+        let report = CallReport {
+            from_span,
+            scope: bound.unwrap_or_default().to_owned(),
+            span_key: match (&trace_hex, &span_hex) {
+                (Some(t), Some(s)) => Some(format!("s{t}{s}")),
+                _ => None,
+            },
+            response_key: kept
+                .get("gen_ai.response.id")
+                .and_then(|v| v.as_str())
+                .filter(|id| !id.is_empty())
+                .map(|id| format!("r{id}")),
+        };
         out.rows.push(TokenUsage {
+            report,
             id,
             ts,
             tenant_id: identity.tenant,
             user_id: identity.user,
             session_id: identity.session,
             service,
-            trace_id: hex_id(trace_bytes),
-            span_id: hex_id(span_bytes),
+            trace_id: trace_hex,
+            span_id: span_hex,
             provider,
             operation,
             request_model,
@@ -607,9 +772,16 @@ impl TokenProcessor {
                     .scope
                     .as_ref()
                     .map_or(&[][..], |s| &s.attributes[..]);
+                let scope_name = scope_spans.scope.as_ref().map_or("", |s| s.name.as_str());
                 for span in &scope_spans.spans {
                     attrs.fill([resource_attrs, scope_attrs, &span.attributes]);
-                    let extract = self.extract(&attrs, Some(&span.name));
+                    let mut extract = self.extract(&attrs, Some(&span.name), scope_name);
+                    extract.remote_agent = extract.role == Role::Agent
+                        && span.kind() == SpanKind::Client
+                        && extract
+                            .operation
+                            .as_deref()
+                            .is_some_and(|op| op.eq_ignore_ascii_case("invoke_agent"));
                     let trace = trace_key(&span.trace_id).map(|t| scope.key(t));
                     self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let outcome = match span.status.as_ref().map(|s| s.code()) {
@@ -637,7 +809,7 @@ impl TokenProcessor {
                 }
             }
         }
-        let counted = count_once(&spans, cache);
+        let counted = count_once(&spans, cache, &mut out);
         for (facts, counted) in spans.into_iter().zip(counted) {
             if !facts.extract.candidate() {
                 continue;
@@ -656,6 +828,7 @@ impl TokenProcessor {
                 &facts.span_bytes,
                 facts.outcome,
                 facts.duration_ms,
+                true,
                 cache,
                 tenant,
                 &mut out,
@@ -693,15 +866,16 @@ impl TokenProcessor {
                     .scope
                     .as_ref()
                     .map_or(&[][..], |s| &s.attributes[..]);
+                let scope_name = scope_logs.scope.as_ref().map_or("", |s| s.name.as_str());
                 for record in &scope_logs.log_records {
                     attrs.fill([resource_attrs, scope_attrs, &record.attributes]);
                     let name =
                         (!record.event_name.is_empty()).then_some(record.event_name.as_str());
-                    let mut extract = self.extract(&attrs, None);
+                    let mut extract = self.extract(&attrs, None, scope_name);
                     let trace = trace_key(&record.trace_id).map(|t| scope.key(t));
                     self.learn(cache, trace, &extract.identity, tenant, &mut out);
                     let counts = self.from_logs
-                        && extract.role != Role::Wrapper
+                        && matches!(extract.role, Role::Inference | Role::Unmarked)
                         && extract.has_model()
                         && extract.usage_known();
                     if !counts {
@@ -741,6 +915,7 @@ impl TokenProcessor {
                         &record.span_id,
                         outcome,
                         None,
+                        false,
                         cache,
                         tenant,
                         &mut out,
@@ -764,9 +939,11 @@ impl TokenBatch {
 /// Most parent links followed from one span (guards against cycles).
 const MAX_DEPTH: usize = 64;
 
-/// Which spans count, by the parent/child rules (see the module docs); updates
-/// the cache's covered spans for later requests.
-fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
+/// Which spans count, by the parent/child rules and the agent rule (see the
+/// module docs); updates the cache's covered spans for later requests, notes the
+/// agent rows counted (`out.agents`) and the stored ones that stop counting
+/// (`out.uncount`).
+fn count_once(spans: &[SpanFacts], cache: &TraceCache, out: &mut TokenBatch) -> Vec<bool> {
     let index: FastMap<(TraceId, [u8; 8]), usize> = spans
         .iter()
         .enumerate()
@@ -776,7 +953,14 @@ fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
         let s = &spans[i];
         index.get(&(s.trace?, s.parent?)).copied()
     };
+    // Covers of earlier requests flow up through this request's spans first, so
+    // that a span whose descendant was counted before is not counted now.
+    propagate_covers(spans, cache, out);
     let candidate: Vec<bool> = spans.iter().map(|s| s.extract.candidate()).collect();
+    let agent: Vec<bool> = spans
+        .iter()
+        .map(|s| s.extract.role == Role::Agent)
+        .collect();
     let known: Vec<bool> = spans
         .iter()
         .zip(&candidate)
@@ -784,7 +968,8 @@ fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
         .collect();
     let mut known_below = vec![false; spans.len()];
     let mut any_below = vec![false; spans.len()];
-    let mut known_above = vec![false; spans.len()];
+    // A model-call ancestor (not an agent) with usage.
+    let mut call_above = vec![false; spans.len()];
     for i in 0..spans.len() {
         if !candidate[i] {
             continue;
@@ -797,42 +982,69 @@ fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
             }
             any_below[p] = true;
             known_below[p] |= known[i];
-            known_above[i] |= known[p];
+            call_above[i] |= known[p] && !agent[p];
             at = p;
         }
     }
-    let counted: Vec<bool> = (0..spans.len())
-        .map(|i| {
-            if !candidate[i] {
-                return false;
-            }
-            let s = &spans[i];
-            let covered =
-                matches!((s.trace, s.span), (Some(t), Some(sp)) if cache.is_covered(&t, &sp));
-            if covered {
-                return false;
-            }
-            if known[i] {
-                !known_below[i]
-            } else {
-                !any_below[i] && !known_above[i]
-            }
-        })
+    let covered = |s: &SpanFacts| matches!((s.trace, s.span), (Some(t), Some(sp)) if cache.is_covered(&t, &sp));
+    // Spans with usage first: an agent's decision needs only its descendants.
+    let mut counted: Vec<bool> = (0..spans.len())
+        .map(|i| candidate[i] && known[i] && !known_below[i] && !covered(&spans[i]))
         .collect();
-    // Remember, for later requests, the ancestors of what was counted here, and
-    // pass on covers of earlier requests through this request's spans.
+    // Without usage: not when something below is a candidate, nor under a model
+    // call reporting usage, nor under a counted agent reporting usage.
+    for i in 0..spans.len() {
+        if !candidate[i] || known[i] || any_below[i] || call_above[i] || covered(&spans[i]) {
+            continue;
+        }
+        let mut under_counted_agent = false;
+        let mut at = i;
+        for _ in 0..MAX_DEPTH {
+            let Some(p) = parent_of(at) else { break };
+            if p == i {
+                break;
+            }
+            under_counted_agent |= agent[p] && counted[p];
+            at = p;
+        }
+        counted[i] = !under_counted_agent;
+    }
+    // Agent rows counted: remembered with their row, and the parent links of
+    // their trace from now on, so that a late model call below uncounts them.
     for (i, s) in spans.iter().enumerate() {
+        if !(counted[i] && agent[i]) {
+            continue;
+        }
         let (Some(trace), Some(span)) = (s.trace, s.span) else {
             continue;
         };
-        let covers = (counted[i] && known[i]) || cache.is_covered(&trace, &span);
-        if covers {
-            if let Some(parent) = s.parent {
-                cache.cover(trace, parent);
-            }
+        let row = (s.ts, token_span_id(&s.trace_bytes, &s.span_bytes));
+        cache.count_agent(trace, span, row);
+        out.agents.push((trace, span, row));
+    }
+    for s in spans {
+        if let (Some(trace), Some(span), Some(parent)) = (s.trace, s.span, s.parent) {
+            cache.link(&trace, span, parent);
         }
     }
-    // A second pass lets covers flow up chains inside this request regardless of order.
+    // Remember, for later requests, the ancestors of what was counted here.
+    for (i, s) in spans.iter().enumerate() {
+        let (Some(trace), Some(parent)) = (s.trace, s.parent) else {
+            continue;
+        };
+        if counted[i] && known[i] {
+            let met = cache.cover(trace, parent);
+            out.uncount
+                .extend(met.into_iter().map(|(span, row)| (trace, span, row)));
+        }
+    }
+    propagate_covers(spans, cache, out);
+    counted
+}
+
+/// Lets covers flow up the parent chains of this request's spans, whatever their
+/// order; agents of earlier requests met on the way stop counting.
+fn propagate_covers(spans: &[SpanFacts], cache: &TraceCache, out: &mut TokenBatch) {
     for _ in 0..MAX_DEPTH {
         let mut changed = false;
         for s in spans {
@@ -840,7 +1052,9 @@ fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
                 continue;
             };
             if cache.is_covered(&trace, &span) && !cache.is_covered(&trace, &parent) {
-                cache.cover(trace, parent);
+                let met = cache.cover(trace, parent);
+                out.uncount
+                    .extend(met.into_iter().map(|(span, row)| (trace, span, row)));
                 changed = true;
             }
         }
@@ -848,7 +1062,6 @@ fn count_once(spans: &[SpanFacts], cache: &TraceCache) -> Vec<bool> {
             break;
         }
     }
-    counted
 }
 
 #[cfg(test)]

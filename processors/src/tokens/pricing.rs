@@ -113,21 +113,18 @@ impl PriceTable {
 
     /// Cost in US dollars of `usage` at `price`.
     ///
-    /// Input tokens include cached ones (GenAI semantic conventions): uncached
-    /// input = input − cache read − cache write, each part at its price. When the
-    /// cache counts exceed the input count, the instrumentation reported input
-    /// *without* cached tokens (Anthropic's raw API fields): then all input
-    /// tokens are uncached.
+    /// Input tokens include cached ones (GenAI semantic conventions; the token
+    /// pass normalises the families that report Anthropic's raw input before
+    /// pricing): uncached input = input − cache read − cache write, each part at
+    /// its price (never below zero).
     pub fn cost(price: &Price, usage: Usage) -> f64 {
         let input = usage.input.max(0);
         let cache_read = usage.cache_read.max(0);
         let cache_write = usage.cache_write.max(0);
         // Counts come from clients (up to i64::MAX): the sum saturates, never overflows.
-        let uncached = if cache_read.saturating_add(cache_write) <= input {
-            input - cache_read - cache_write
-        } else {
-            input
-        };
+        let uncached = input
+            .saturating_sub(cache_read.saturating_add(cache_write))
+            .max(0);
         (uncached as f64 * price.input
             + cache_read as f64 * price.cache_read
             + cache_write as f64 * price.cache_write
@@ -262,14 +259,14 @@ mod tests {
         // 500k uncached × 3 + 400k × 0.3 + 100k × 3.75 + 100k × 15, per million.
         let expected = 0.5 * 3.0 + 0.4 * 0.3 + 0.1 * 3.75 + 0.1 * 15.0;
         assert!((PriceTable::cost(&price, usage) - expected).abs() < 1e-9);
-        // Input reported without the cached tokens: all of it is uncached.
+        // Inconsistent counts (cache above input) never price a negative uncached part.
         let raw = Usage {
             input: 10,
             output: 0,
             cache_read: 400,
             cache_write: 0,
         };
-        let expected = (10.0 * 3.0 + 400.0 * 0.3) / 1e6;
+        let expected = (400.0 * 0.3) / 1e6;
         assert!((PriceTable::cost(&price, raw) - expected).abs() < 1e-12);
     }
 

@@ -742,3 +742,448 @@ fn a_bound_sender_attributes_only_within_its_tenant() {
     );
     assert_eq!(later.rows[0].tenant_id, None, "stamped by the pipeline");
 }
+
+fn request_in_scope(scope: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    let mut request = request(spans);
+    request.resource_spans[0].scope_spans[0].scope = Some(
+        opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+            name: scope.into(),
+            ..Default::default()
+        },
+    );
+    request
+}
+
+fn run_in_scope(scope: &str, spans: Vec<Span>) -> TokenBatch {
+    TokenProcessor::with_defaults().traces(
+        &request_in_scope(scope, spans),
+        Utc::now(),
+        &cache(),
+        None,
+    )
+}
+
+/// OpenLIT's Anthropic instrumentation reports Anthropic's raw `input_tokens`
+/// (without cache reads and writes) under the convention's name.
+fn openlit_anthropic(input: i64, cache_read: i64, cache_write: i64) -> Span {
+    span(
+        1,
+        None,
+        vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.system", "anthropic"),
+            s("gen_ai.request.model", "claude-sonnet-4-5"),
+            i("gen_ai.usage.input_tokens", input),
+            i("gen_ai.usage.output_tokens", 100),
+            i("gen_ai.usage.cache_read_input_tokens", cache_read),
+            i("gen_ai.usage.cache_creation_input_tokens", cache_write),
+        ],
+    )
+}
+
+#[test]
+fn openlit_anthropic_input_is_normalised_to_include_cached_tokens() {
+    // Uncached 1000 is above the cached counts: the old guess (cache > input)
+    // missed it and priced the uncached part at the cache rate.
+    let out = run_in_scope(
+        "openlit.otel.tracing",
+        vec![openlit_anthropic(1000, 300, 200)],
+    );
+    let row = &out.rows[0];
+    assert_eq!(row.input_tokens, Some(1500));
+    assert_eq!(row.cache_read_tokens, Some(300));
+    assert_eq!(row.cache_write_tokens, Some(200));
+    assert_eq!(row.total_tokens, Some(1600));
+    let price = TokenProcessor::with_defaults()
+        .prices()
+        .lookup("claude-sonnet-4-5", Some("anthropic"), row.ts.date_naive())
+        .unwrap()
+        .clone();
+    let expected = (1000.0 * price.input
+        + 300.0 * price.cache_read
+        + 200.0 * price.cache_write
+        + 100.0 * price.output)
+        / 1e6;
+    assert!((row.cost_usd.unwrap() - expected).abs() < 1e-12);
+
+    // The same attributes from an instrumentation that follows the convention
+    // (the official one): input already includes the cache, stored as sent.
+    let out = run_in_scope(
+        "opentelemetry.instrumentation.anthropic",
+        vec![openlit_anthropic(1000, 300, 200)],
+    );
+    assert_eq!(out.rows[0].input_tokens, Some(1000));
+    assert_eq!(out.rows[0].total_tokens, Some(1100));
+
+    // OpenLIT told by its resource (`telemetry.sdk.name`), any scope name.
+    let mut request = request_in_scope("custom", vec![openlit_anthropic(10, 5, 0)]);
+    request.resource_spans[0]
+        .resource
+        .as_mut()
+        .unwrap()
+        .attributes
+        .push(s("telemetry.sdk.name", "openlit"));
+    let out = TokenProcessor::with_defaults().traces(&request, Utc::now(), &cache(), None);
+    assert_eq!(out.rows[0].input_tokens, Some(15));
+
+    // OpenLIT with another provider: left alone.
+    let mut openai = openlit_anthropic(1000, 300, 0);
+    openai.attributes[1] = s("gen_ai.system", "openai");
+    let out = run_in_scope("openlit.otel.tracing", vec![openai]);
+    assert_eq!(out.rows[0].input_tokens, Some(1000));
+}
+
+fn vercel_do_generate(provider: &str, extra: Vec<KeyValue>) -> Span {
+    let mut attrs = vec![
+        s("ai.operationId", "ai.generateText.doGenerate"),
+        s("ai.model.provider", provider),
+        s("ai.model.id", "claude-sonnet-4-5"),
+        i("ai.usage.inputTokens", 1000),
+        i("ai.usage.outputTokens", 100),
+        i("ai.usage.totalTokens", 1100),
+        i("ai.usage.cachedInputTokens", 400),
+    ];
+    attrs.extend(extra);
+    span(1, None, attrs)
+}
+
+#[test]
+fn vercel_ai_sdk_5_anthropic_input_is_normalised_but_sdk_6_is_not() {
+    let out = run_in_scope("ai", vec![vercel_do_generate("anthropic.messages", vec![])]);
+    let row = &out.rows[0];
+    assert_eq!(row.input_tokens, Some(1400));
+    assert_eq!(row.cache_read_tokens, Some(400));
+    assert_eq!(
+        row.total_tokens,
+        Some(1500),
+        "total = normalised input + output"
+    );
+
+    // SDK 6 sends the details and an input that already includes the cache.
+    let sdk6 = vercel_do_generate(
+        "anthropic.messages",
+        vec![
+            i("ai.usage.inputTokenDetails.noCacheTokens", 600),
+            i("ai.usage.inputTokenDetails.cacheReadTokens", 400),
+        ],
+    );
+    let out = run_in_scope("ai", vec![sdk6]);
+    assert_eq!(out.rows[0].input_tokens, Some(1000));
+    assert_eq!(out.rows[0].total_tokens, Some(1100));
+
+    // A custom tracer (another scope name): told by `ai.operationId`.
+    let out = run_in_scope(
+        "my-tracer",
+        vec![vercel_do_generate("anthropic.messages", vec![])],
+    );
+    assert_eq!(out.rows[0].input_tokens, Some(1400));
+
+    // SDK 5 with OpenAI: cachedInputTokens is a subset of inputTokens already.
+    let out = run_in_scope("ai", vec![vercel_do_generate("openai.chat", vec![])]);
+    assert_eq!(out.rows[0].input_tokens, Some(1000));
+}
+
+#[test]
+fn an_unknown_family_with_cache_above_input_is_normalised_too() {
+    let mut chat = genai_chat(1, None, 10, 5);
+    chat.attributes
+        .push(i("gen_ai.usage.cache_read.input_tokens", 400));
+    let row = &run(vec![chat]).rows[0];
+    assert_eq!(row.input_tokens, Some(410));
+    assert_eq!(row.total_tokens, Some(415));
+}
+
+#[test]
+fn thinking_tokens_outside_output_are_output_tokens() {
+    // OpenLLMetry's Google GenAI: output without thoughts, total with them.
+    let gemini = span(
+        1,
+        None,
+        vec![
+            s("gen_ai.operation.name", "generate_content"),
+            s("gen_ai.system", "gemini"),
+            s("gen_ai.request.model", "gemini-2.5-flash"),
+            i("gen_ai.usage.input_tokens", 100),
+            i("gen_ai.usage.output_tokens", 50),
+            i("gen_ai.usage.reasoning_tokens", 200),
+            i("llm.usage.total_tokens", 350),
+        ],
+    );
+    let row = &run(vec![gemini]).rows[0];
+    assert_eq!(row.output_tokens, Some(250));
+    assert_eq!(row.reasoning_tokens, Some(200));
+    assert_eq!(row.total_tokens, Some(350));
+    let price = TokenProcessor::with_defaults()
+        .prices()
+        .lookup("gemini-2.5-flash", Some("gemini"), row.ts.date_naive())
+        .unwrap()
+        .clone();
+    let expected = (100.0 * price.input + 250.0 * price.output) / 1e6;
+    assert!((row.cost_usd.unwrap() - expected).abs() < 1e-12);
+
+    // Reasoning inside output (the convention): nothing changes.
+    let mut openai = genai_chat(2, None, 100, 250);
+    openai.attributes.extend([
+        i("gen_ai.usage.reasoning.output_tokens", 200),
+        i("gen_ai.usage.total_tokens", 350),
+    ]);
+    let row = &run(vec![openai]).rows[0];
+    assert_eq!(
+        (row.output_tokens, row.total_tokens),
+        (Some(250), Some(350))
+    );
+}
+
+#[test]
+fn a_span_and_the_log_event_of_one_call_carry_the_same_call_keys() {
+    let mut chat = genai_chat(1, None, 10, 2);
+    chat.attributes.push(s("gen_ai.response.id", "chatcmpl-7"));
+    let spans = TokenProcessor::with_defaults().traces(
+        &request(vec![chat]),
+        Utc::now(),
+        &cache(),
+        Some("acme"),
+    );
+    let event = LogRecord {
+        time_unix_nano: START + 2_000_000_000,
+        event_name: "gen_ai.client.inference.operation.details".into(),
+        trace_id: T.to_vec(),
+        span_id: vec![1; 8],
+        attributes: vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.request.model", "gpt-4o"),
+            s("gen_ai.response.id", "chatcmpl-7"),
+            i("gen_ai.usage.input_tokens", 10),
+            i("gen_ai.usage.output_tokens", 2),
+        ],
+        ..Default::default()
+    };
+    let logs = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![event],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let logs = TokenProcessor::with_defaults().logs(&logs, Utc::now(), &cache(), Some("acme"));
+    let (span, log) = (&spans.rows[0].report, &logs.rows[0].report);
+    assert!(span.from_span && !log.from_span);
+    assert_eq!(span.scope, "acme");
+    assert_eq!(log.scope, "acme");
+    let expected = format!("s{}{}", hex::encode(T), hex::encode([1u8; 8]));
+    assert_eq!(span.span_key.as_deref(), Some(expected.as_str()));
+    assert_eq!(log.span_key, span.span_key);
+    assert_eq!(span.response_key.as_deref(), Some("rchatcmpl-7"));
+    assert_eq!(log.response_key, span.response_key);
+    // Different ids and times: only the keys tell the writer they are one call.
+    assert_ne!(spans.rows[0].id, logs.rows[0].id);
+    assert_ne!(spans.rows[0].ts, logs.rows[0].ts);
+}
+
+fn with_kind(mut span: Span, kind: opentelemetry_proto::tonic::trace::v1::span::SpanKind) -> Span {
+    span.kind = kind as i32;
+    span
+}
+
+fn agent(id: u8, parent: Option<u8>, usage: Option<(i64, i64)>) -> Span {
+    let mut attrs = vec![
+        s("gen_ai.operation.name", "invoke_agent"),
+        s("gen_ai.provider.name", "openai"),
+        s("gen_ai.request.model", "gpt-4o"),
+    ];
+    if let Some((input, output)) = usage {
+        attrs.extend([
+            i("gen_ai.usage.input_tokens", input),
+            i("gen_ai.usage.output_tokens", output),
+        ]);
+    }
+    span(id, parent, attrs)
+}
+
+fn span_ids(batch: &TokenBatch) -> Vec<String> {
+    batch
+        .rows
+        .iter()
+        .map(|r| r.span_id.clone().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn an_agent_span_with_usage_and_no_model_call_below_counts() {
+    // OpenInference's claude-agent-sdk: all usage on the AGENT span.
+    let claude = span(
+        1,
+        None,
+        vec![
+            s("openinference.span.kind", "AGENT"),
+            s("llm.provider", "anthropic"),
+            i("llm.token_count.prompt", 500),
+            i("llm.token_count.completion", 80),
+        ],
+    );
+    let out = run(vec![claude]);
+    assert_eq!(span_ids(&out), vec!["0101010101010101"]);
+    assert_eq!(out.rows[0].input_tokens, Some(500));
+    assert_eq!(
+        out.agents.len(),
+        1,
+        "remembered, in case a call below comes late"
+    );
+    // An agent over a model call reporting usage: only the call counts.
+    let out = run(vec![
+        agent(1, None, Some((30, 6))),
+        genai_chat(2, Some(1), 30, 6),
+    ]);
+    assert_eq!(span_ids(&out), vec!["0202020202020202"]);
+    assert!(out.agents.is_empty());
+}
+
+#[test]
+fn a_remote_agent_client_span_counts_even_without_usage() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let out = run(vec![with_kind(
+        agent(1, None, Some((40, 4))),
+        SpanKind::Client,
+    )]);
+    assert_eq!(out.rows.len(), 1);
+    assert_eq!(out.rows[0].input_tokens, Some(40));
+    let out = run(vec![with_kind(agent(1, None, None), SpanKind::Client)]);
+    assert_eq!(out.rows.len(), 1);
+    assert!(!out.rows[0].usage_known, "counted, usage unknown");
+    // An in-process agent without usage is not a call.
+    assert!(
+        run(vec![with_kind(agent(1, None, None), SpanKind::Internal)])
+            .rows
+            .is_empty()
+    );
+    // A remote agent with a model call below (same trace): the call counts.
+    let out = run(vec![
+        with_kind(agent(1, None, None), SpanKind::Client),
+        genai_chat(2, Some(1), 5, 1),
+    ]);
+    assert_eq!(span_ids(&out), vec!["0202020202020202"]);
+    // The remote agent's own service reports its call later (same trace, below
+    // the CLIENT span): the remote agent's row stops counting.
+    let cache = cache();
+    let processor = TokenProcessor::with_defaults();
+    let first = processor.traces(
+        &request(vec![with_kind(agent(1, None, None), SpanKind::Client)]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    let second = processor.traces(
+        &request(vec![genai_chat(2, Some(1), 5, 1)]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    let uncounted: Vec<RowKey> = second.uncount.iter().map(|u| u.2).collect();
+    assert_eq!(uncounted, vec![(first.rows[0].ts, first.rows[0].id)]);
+}
+
+#[test]
+fn a_late_model_call_below_a_counted_agent_uncounts_it() {
+    let cache = cache();
+    let processor = TokenProcessor::with_defaults();
+    // Request 1: the agent (usage 30/6) and a chain span below it, no call yet.
+    let chain = span(2, Some(1), vec![s("openinference.span.kind", "CHAIN")]);
+    let first = processor.traces(
+        &request(vec![agent(1, None, Some((30, 6))), chain]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    assert_eq!(span_ids(&first), vec!["0101010101010101"]);
+    let agent_row = (first.rows[0].ts, first.rows[0].id);
+    assert!(first.uncount.is_empty());
+    // Request 2: the model call, below the chain span, reports the usage.
+    let second = processor.traces(
+        &request(vec![genai_chat(3, Some(2), 30, 6)]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    assert_eq!(span_ids(&second), vec!["0303030303030303"]);
+    let uncounted: Vec<RowKey> = second.uncount.iter().map(|u| u.2).collect();
+    assert_eq!(uncounted, vec![agent_row], "the agent row stops counting");
+    // Once: a retry of the call does not uncount again.
+    let third = processor.traces(
+        &request(vec![genai_chat(3, Some(2), 30, 6)]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    assert!(third.uncount.is_empty());
+    // And the agent, retried, is not counted again.
+    let again = processor.traces(
+        &request(vec![agent(1, None, Some((30, 6)))]),
+        Utc::now(),
+        &cache,
+        None,
+    );
+    assert!(again.rows.is_empty());
+}
+
+#[test]
+fn calls_without_usage_under_an_agent() {
+    let mut streamed = genai_chat(2, Some(1), 0, 0);
+    streamed.attributes.truncate(4);
+    // Alone under an agent reporting usage: the agent counts, the call does not.
+    let out = run(vec![agent(1, None, Some((50, 5))), streamed.clone()]);
+    assert_eq!(span_ids(&out), vec!["0101010101010101"]);
+    // Next to a call reporting usage: both calls count (one with unknown usage),
+    // the agent does not.
+    let out = run(vec![
+        agent(1, None, Some((50, 5))),
+        streamed,
+        genai_chat(3, Some(1), 20, 2),
+    ]);
+    let mut ids = span_ids(&out);
+    ids.sort();
+    assert_eq!(ids, vec!["0202020202020202", "0303030303030303"]);
+}
+
+#[test]
+fn operation_names_of_workflows_tasks_steps_and_calls() {
+    let op = |name: &str, usage: bool| {
+        let mut attrs = vec![
+            s("gen_ai.operation.name", name),
+            s("gen_ai.request.model", "gpt-4o"),
+        ];
+        if usage {
+            attrs.push(i("gen_ai.usage.input_tokens", 10));
+        }
+        span(1, None, attrs)
+    };
+    let role_of = |name: &str| {
+        let attrs = [s("gen_ai.operation.name", name)];
+        let mut a = Attrs::new();
+        a.fill([&[], &[], &attrs]);
+        role(&a, Some(name))
+    };
+    for agent_like in [
+        "invoke_workflow",
+        "execute_task",
+        "agent_step",
+        "invoke_agent",
+    ] {
+        assert_eq!(role_of(agent_like), Role::Agent, "{agent_like}");
+        // With usage and nothing below: counted (the agent rule).
+        assert_eq!(
+            run(vec![op(agent_like, true)]).rows.len(),
+            1,
+            "{agent_like}"
+        );
+        assert!(
+            run(vec![op(agent_like, false)]).rows.is_empty(),
+            "{agent_like}"
+        );
+    }
+    assert_eq!(role_of("llm_request"), Role::Inference);
+    assert_eq!(run(vec![op("llm_request", false)]).rows.len(), 1);
+    assert_eq!(role_of("retrieval"), Role::Wrapper);
+    assert!(run(vec![op("retrieval", true)]).rows.is_empty());
+}
