@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, Tally, TestDatabase};
+use common::{Tally, TestDatabase};
 use serde_json::Value;
 
 /// What an instrumentation leaves out of its telemetry for a call shape.
@@ -69,6 +69,7 @@ const fn gaps(family: &'static str, scenario: &'static str, gaps: &'static [Gap]
     }
 }
 
+#[allow(dead_code)] // No case is marked wrong at present.
 const fn wrong(family: &'static str, scenario: &'static str, why: &'static str) -> Case {
     Case {
         family,
@@ -91,50 +92,18 @@ const CASES: &[Case] = &[
     case("openinference", "stream_usage"),
     case("openinference", "stream_no_usage"),
     case("openinference", "embeddings"),
-    wrong(
-        "openlit",
-        "chat",
-        "span and log event counted twice (issue 17, finding 1)",
-    ),
-    wrong(
-        "openlit",
-        "stream_usage",
-        "span and log event counted twice (finding 1)",
-    ),
-    wrong(
-        "openlit",
-        "stream_no_usage",
-        "span and log event counted twice (finding 1)",
-    ),
-    wrong(
-        "openlit",
-        "embeddings",
-        "span and log event counted twice (finding 1)",
-    ),
-    wrong(
-        "openlit",
-        "anthropic",
-        "counted twice; raw Anthropic input (findings 1, 3)",
-    ),
-    wrong(
-        "openlit",
-        "gemini",
-        "counted twice; thinking outside output (findings 1, 5)",
-    ),
+    gaps("openlit", "chat", &[Gap::Reasoning]),
+    gaps("openlit", "stream_usage", &[Gap::Reasoning]),
+    gaps("openlit", "stream_no_usage", &[Gap::Estimated]),
+    case("openlit", "embeddings"),
+    case("openlit", "anthropic"),
+    case("openlit", "gemini"),
     case("traceloop", "chat"),
     gaps("traceloop", "stream_usage", &[Gap::Reasoning]),
     case("traceloop", "stream_no_usage"),
     case("traceloop", "embeddings"),
-    wrong(
-        "traceloop",
-        "anthropic",
-        "two spans for one call, same response id (finding 1)",
-    ),
-    wrong(
-        "traceloop",
-        "gemini",
-        "thinking tokens outside output (finding 5)",
-    ),
+    case("traceloop", "anthropic"),
+    case("traceloop", "gemini"),
     case("pydantic-ai", "agent"),
     case("vercel-ai", "chat"),
     case("vercel-ai", "stream_usage"),
@@ -400,14 +369,14 @@ fn problems(case: &Case, tenant: &str, served: &[Value], rows: &[Row]) -> Vec<St
         if row.tenant != tenant || row.user.as_deref() != Some("corpus-user") {
             found.push(format!("attributed to {:?}/{:?}", row.tenant, row.user));
         }
+        if case.gaps.contains(&Gap::Estimated) {
+            continue;
+        }
         let reported = call["reported"].as_bool().unwrap_or(false);
         if !reported {
             if row.usage_known {
                 found.push(format!("usage known without a report: {:?}", row.tokens));
             }
-            continue;
-        }
-        if case.gaps.contains(&Gap::Estimated) {
             continue;
         }
         let want = expected_tokens(&call["usage"], case.gaps);
@@ -513,12 +482,16 @@ async fn every_instrumentation_call_is_one_exact_row() {
     for (case, (tenant, trace_id, served)) in cases.iter().zip(runs) {
         // Every export was acknowledged after commit before the script exited;
         // attribution through the trace may still be settling.
-        let rows = eventually(Duration::from_secs(20), "attributed token rows", || async {
+        // (A case that never settles is reported with the rows it has.)
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let rows = loop {
             let rows = rows_of(&database, &trace_id).await;
             let settled = !rows.is_empty() && rows.iter().all(|row| row.tenant == tenant);
-            settled.then_some(rows)
-        })
-        .await;
+            if settled || std::time::Instant::now() > deadline {
+                break rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let found = problems(case, &tenant, &served, &rows);
         let verdict = match (case.tally_wrong, found.is_empty()) {
             (None, true) => "exact".to_owned(),

@@ -8,6 +8,7 @@ Tally's ledger with what the provider would have billed. Standard library only.
 import json
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # The usage each endpoint reports, in the provider's own spelling.
@@ -71,7 +72,11 @@ def convention(provider, usage):
 
 
 class FakeProvider:
-    """Serves on 127.0.0.1 (a free port) until `close()`; `served` lists the calls."""
+    """Serves on 127.0.0.1 (a free port) until `close()`; `served` lists the calls.
+
+    Every answer has its own response id, as a real provider's has (a ledger may
+    tell one call's reports apart by it).
+    """
 
     def __init__(self):
         self.served = []
@@ -146,7 +151,7 @@ class FakeProvider:
                 handler,
                 200,
                 {
-                    "id": "chatcmpl-fake",
+                    "id": f"chatcmpl-{uuid.uuid4().hex}",
                     "object": "chat.completion",
                     "created": created,
                     "model": served_model,
@@ -166,7 +171,7 @@ class FakeProvider:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self._record("openai", served_model, OPENAI_CHAT_USAGE, reported=include_usage)
         chunk = {
-            "id": "chatcmpl-fake-stream",
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion.chunk",
             "created": created,
             "model": served_model,
@@ -214,7 +219,7 @@ class FakeProvider:
             handler,
             200,
             {
-                "id": "msg_fake",
+                "id": f"msg_{uuid.uuid4().hex}",
                 "type": "message",
                 "role": "assistant",
                 "model": served_model,
@@ -241,7 +246,7 @@ class FakeProvider:
                 ],
                 "usageMetadata": GEMINI_USAGE,
                 "modelVersion": model,
-                "responseId": "gemini-fake",
+                "responseId": uuid.uuid4().hex,
             },
         )
 

@@ -277,6 +277,9 @@ struct Extract {
     /// The sender reports Anthropic's raw input count (without cached tokens):
     /// see [`raw_anthropic_input`].
     raw_input: bool,
+    /// The sender reports Gemini's candidates count (without thinking tokens)
+    /// as output: see [`thoughts_outside_output`].
+    thoughts_outside: bool,
     /// A remote agent call: `invoke_agent` with span kind CLIENT.
     remote_agent: bool,
 }
@@ -313,6 +316,28 @@ fn raw_anthropic_input(attrs: &Attrs<'_>, scope_name: &str, provider: Option<&st
     openlit || vercel5
 }
 
+/// Whether the sender is a family known to report Gemini's `candidatesTokenCount`
+/// (which excludes thinking tokens) as output tokens, where the convention counts
+/// every output token:
+///
+/// * OpenLIT (scope `openlit…` or resource `telemetry.sdk.name = openlit`) with a
+///   Gemini provider: it reports the thinking tokens as reasoning tokens;
+/// * OpenLLMetry's Google GenAI instrumentation (scope
+///   `opentelemetry.instrumentation.google_generativeai`): its total counts
+///   them, its output does not, and it reports no reasoning count.
+fn thoughts_outside_output(attrs: &Attrs<'_>, scope_name: &str, provider: Option<&str>) -> bool {
+    let gemini = provider.is_some_and(|p| {
+        let p = p.to_ascii_lowercase();
+        p.contains("gemini") || p.starts_with("gcp.") || p.contains("google") || p == "vertex_ai"
+    });
+    if !gemini {
+        return false;
+    }
+    let openlit = scope_name.starts_with("openlit")
+        || as_text(attrs.get("telemetry.sdk.name")).is_some_and(|n| n == "openlit");
+    openlit || scope_name == "opentelemetry.instrumentation.google_generativeai"
+}
+
 /// Token counts normalised to the GenAI conventions: `input` includes cache reads
 /// and writes, `output` includes reasoning, `total` = input + output unless the
 /// sender said otherwise. See `docs/tokens.md` ("Normalisation").
@@ -327,8 +352,9 @@ struct Counts {
 }
 
 impl Counts {
-    /// `raw_input`: the family is known to report input without cached tokens.
-    fn normalise(mut self, raw_input: bool) -> Counts {
+    /// `raw_input`: the family is known to report input without cached tokens;
+    /// `thoughts_outside`: its output count leaves thinking tokens out.
+    fn normalise(mut self, raw_input: bool, thoughts_outside: bool) -> Counts {
         let cached = self
             .cache_read
             .unwrap_or(0)
@@ -337,10 +363,27 @@ impl Counts {
         let output = self.output.unwrap_or(0);
         let reasoning = self.reasoning.unwrap_or(0);
         let mut recompute_total = false;
+        if thoughts_outside && self.output.is_some() {
+            // The family's reasoning count, else what its total holds beyond
+            // input + output, is output the count left out.
+            let thinking = match self.reasoning {
+                Some(reasoning) if reasoning > 0 => reasoning,
+                _ => self
+                    .total
+                    .map_or(0, |t| t.saturating_sub(input.saturating_add(output)))
+                    .max(0),
+            };
+            if thinking > 0 {
+                self.output = Some(output.saturating_add(thinking));
+                self.reasoning = Some(thinking);
+                recompute_total = true;
+            }
+        }
         // Thinking tokens outside output (OpenLLMetry's Google GenAI: output
         // without thoughts, total with them): the total exceeds input + output by
         // at least the reasoning count. They are output tokens.
-        if reasoning > 0
+        if !recompute_total
+            && reasoning > 0
             && self.output.is_some()
             && self
                 .total
@@ -530,6 +573,7 @@ impl TokenProcessor {
             service: None,
             kept: Map::new(),
             raw_input: false,
+            thoughts_outside: false,
             remote_agent: false,
         };
         // Rows are built for span candidates and for counted log records:
@@ -555,6 +599,8 @@ impl TokenProcessor {
         extract.reasoning = attrs.count(&m.reasoning);
         extract.service = as_text(attrs.get("service.name"));
         extract.raw_input = raw_anthropic_input(attrs, scope_name, extract.provider.as_deref());
+        extract.thoughts_outside =
+            thoughts_outside_output(attrs, scope_name, extract.provider.as_deref());
         extract
     }
 
@@ -591,6 +637,7 @@ impl TokenProcessor {
             service,
             kept,
             raw_input,
+            thoughts_outside,
             ..
         } = extract;
         let (input, output, cache_read, cache_write, reasoning, total) = if known {
@@ -602,7 +649,7 @@ impl TokenProcessor {
                 reasoning,
                 total,
             }
-            .normalise(raw_input);
+            .normalise(raw_input, thoughts_outside);
             let total = counts
                 .total
                 .or_else(|| match (counts.input, counts.output) {

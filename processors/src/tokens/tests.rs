@@ -934,6 +934,55 @@ fn thinking_tokens_outside_output_are_output_tokens() {
     );
 }
 
+/// A Gemini call as a family that counts only the candidates as output reports it.
+fn gemini_candidates_only(extra: Vec<KeyValue>) -> Span {
+    let mut attributes = vec![
+        s("gen_ai.operation.name", "chat"),
+        s("gen_ai.system", "gcp.gen_ai"),
+        s("gen_ai.request.model", "gemini-2.5-flash"),
+        i("gen_ai.usage.input_tokens", 600),
+        i("gen_ai.usage.output_tokens", 200),
+    ];
+    attributes.extend(extra);
+    span(1, None, attributes)
+}
+
+#[test]
+fn gemini_thinking_left_out_of_output_by_openlit_and_openllmetry_is_output() {
+    // OpenLIT: thoughts as reasoning tokens, total = input + candidates.
+    let openlit = gemini_candidates_only(vec![
+        i("gen_ai.usage.reasoning_tokens", 150),
+        i("gen_ai.usage.total_tokens", 800),
+    ]);
+    let row = &run_in_scope("openlit.otel.tracing", vec![openlit]).rows[0];
+    assert_eq!(
+        (row.output_tokens, row.reasoning_tokens, row.total_tokens),
+        (Some(350), Some(150), Some(950))
+    );
+    // OpenLLMetry's Google GenAI: no reasoning count, the total holds them.
+    let openllmetry = gemini_candidates_only(vec![i("llm.usage.total_tokens", 950)]);
+    let row = &run_in_scope(
+        "opentelemetry.instrumentation.google_generativeai",
+        vec![openllmetry],
+    )
+    .rows[0];
+    assert_eq!(
+        (row.output_tokens, row.reasoning_tokens, row.total_tokens),
+        (Some(350), Some(150), Some(950))
+    );
+    let price = TokenProcessor::with_defaults()
+        .prices()
+        .lookup("gemini-2.5-flash", Some("gcp.gen_ai"), row.ts.date_naive())
+        .unwrap()
+        .clone();
+    let expected = (600.0 * price.input + 350.0 * price.output) / 1e6;
+    assert!((row.cost_usd.unwrap() - expected).abs() < 1e-12);
+    // Another family's Gemini output is taken as the convention's.
+    let other = gemini_candidates_only(vec![i("gen_ai.usage.total_tokens", 950)]);
+    let row = &run_in_scope("some.other.instrumentation", vec![other]).rows[0];
+    assert_eq!(row.output_tokens, Some(200));
+}
+
 #[test]
 fn a_span_and_the_log_event_of_one_call_carry_the_same_call_keys() {
     let mut chat = genai_chat(1, None, 10, 2);
