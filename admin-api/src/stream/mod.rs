@@ -95,6 +95,8 @@ pub const ACTIVITY_STREAM_PARAMETERS: &[&str] = &[
     "resource_type",
     "resource_id",
     "trace_id",
+    "name",
+    "min_duration_ms",
     "from",
     "to",
     "after_seq",
@@ -339,6 +341,7 @@ pub(crate) fn activity_filters(query: &ActivityQuery) -> Filters {
         ("resource_type", &query.resource_type),
         ("resource_id", &query.resource_id),
         ("trace_id", &query.trace_id),
+        ("name", &query.name),
     ];
     for (column, value) in text {
         if let Some(value) = value {
@@ -352,6 +355,9 @@ pub(crate) fn activity_filters(query: &ActivityQuery) -> Filters {
     }
     if let Some(outcome) = query.outcome {
         conds.push(Cond::Eq("outcome", outcome.as_str().to_owned()));
+    }
+    if let Some(ms) = query.min_duration_ms {
+        conds.push(Cond::MinDuration(ms));
     }
     if let Some(from) = query.from {
         conds.push(Cond::TsFrom(from));
