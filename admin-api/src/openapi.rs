@@ -261,15 +261,16 @@ fn document_text() -> Value {
                 "get": {
                     "operationId": "whoami",
                     "summary": "The caller: subject, scopes and tenant of the credential",
-                    "description": "Any valid credential (no scope needed); not recorded as audit.log.view. tenant is the tenant id, \"*\" for every tenant, or null for none; auth is false when the API checks no credential (the caller is then anonymous with every scope). The console uses it to show only the views the caller may read.",
+                    "description": "Any valid credential (no scope needed); not recorded as audit.log.view. tenant is the tenant id, \"*\" for every tenant, or null for none; user is the one user whose rows a self:read token reads (null otherwise); auth is false when the API checks no credential (the caller is then anonymous with every scope). The console uses it to show only the views the caller may read.",
                     "responses": {
                         "200": { "description": "The caller", "content": { "application/json": { "schema": {
                             "type": "object",
-                            "required": ["subject", "scopes", "tenant", "auth"],
+                            "required": ["subject", "scopes", "tenant", "user", "auth"],
                             "properties": {
                                 "subject": { "type": "string" },
                                 "scopes": { "type": "array", "items": { "type": "string" } },
                                 "tenant": { "type": ["string", "null"] },
+                                "user": { "type": ["string", "null"] },
                                 "auth": { "type": "boolean" }
                             }
                         } } } },

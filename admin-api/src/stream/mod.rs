@@ -479,6 +479,7 @@ pub(crate) async fn activity_stream(
         .collect();
     let mut query = ActivityQuery::parse(&filter_pairs, 1, 1)?;
     query.tenant = caller.tenant_filter(query.tenant.take())?;
+    query.user = caller.user_filter(query.user.take())?;
     let mut filters = activity_filters(&query);
     // Reads are audited: a client that re-reads on each live event would feed
     // itself its own audit.log.view events. They are streamed only on request.
@@ -512,8 +513,10 @@ pub(crate) async fn tokens_stream(
     if let Some(tenant) = tenant {
         filters.eq("tenant_id", tenant);
     }
+    if let Some(user) = caller.user_filter(single(&pairs, "user")?.map(str::to_owned))? {
+        filters.eq("user_id", user);
+    }
     for (name, column) in [
-        ("user", "user_id"),
         ("model", "model"),
         ("provider", "provider"),
         ("operation", "operation"),

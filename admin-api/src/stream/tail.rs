@@ -149,6 +149,10 @@ fn key(table: Table, rows_of: &TenantAccess) -> String {
         TenantAccess::All => format!("{}:*", table.name()),
         TenantAccess::One(tenant) => format!("{}:={tenant}", table.name()),
         TenantAccess::Nothing => format!("{}:", table.name()),
+        // `\0` (never in a verified claim) separates the user from the tenant.
+        TenantAccess::OwnRows { tenant, user } => {
+            format!("{}:={tenant}\0user={user}", table.name())
+        }
     }
 }
 
