@@ -18,11 +18,18 @@ async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> any
         ApikeyCommand::Create {
             tenant,
             scope,
+            user,
             description,
         } => {
-            let created = apikeys::create(client, &tenant, &scope, description.as_deref())
-                .await
-                .context("cannot create the API key")?;
+            let created = apikeys::create_for_user(
+                client,
+                &tenant,
+                &scope,
+                user.as_deref(),
+                description.as_deref(),
+            )
+            .await
+            .context("cannot create the API key")?;
             println!("{}", created.key);
             println!("id: {}", created.id);
             println!("prefix: {}", created.prefix);
@@ -45,14 +52,15 @@ async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> any
             let keys = apikeys::list(client)
                 .await
                 .context("cannot list the API keys")?;
-            println!("id\tprefix\ttenant\tscopes\tcreated_at\trevoked_at\tdescription");
+            println!("id\tprefix\ttenant\tscopes\tuser\tcreated_at\trevoked_at\tdescription");
             for key in keys {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     key.id,
                     key.prefix,
                     key.tenant,
                     key.scopes.join(" "),
+                    key.user.as_deref().unwrap_or("-"),
                     key.created_at.to_rfc3339(),
                     key.revoked_at
                         .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),

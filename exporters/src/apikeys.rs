@@ -37,8 +37,16 @@ const PREFIX_BYTES: usize = 8;
 const SECRET_BYTES: usize = 32;
 /// The scope of keys that may write through the OTLP receivers.
 pub const SCOPE_INGEST: &str = "ingest";
+/// The admin API scope of a key that reads only its user's rows.
+pub const SCOPE_SELF_READ: &str = "self:read";
 /// Scopes a key may carry: the admin API's and `ingest`.
-pub const SCOPES: &[&str] = &["activity:read", "tokens:read", "admin", SCOPE_INGEST];
+pub const SCOPES: &[&str] = &[
+    "activity:read",
+    "tokens:read",
+    "admin",
+    SCOPE_SELF_READ,
+    SCOPE_INGEST,
+];
 /// Shortest time between two reloads of the known-prefix set (the longest a
 /// request with an unknown key waits for its refusal).
 pub const KNOWN_REFRESH_MIN: Duration = Duration::from_secs(1);
@@ -82,6 +90,8 @@ pub struct ApiKeyInfo {
     pub tenant: String,
     /// Its scopes.
     pub scopes: Vec<String>,
+    /// The user whose rows a `self:read` key reads.
+    pub user: Option<String>,
     /// Free text given at creation.
     pub description: Option<String>,
     /// When it was created.
@@ -143,6 +153,29 @@ fn random_hex(bytes: usize) -> Result<String, ApiKeyError> {
     Ok(hex::encode(buffer))
 }
 
+/// Checks the user of a new key: required with `self:read` (and then one
+/// tenant), refused without it.
+fn checked_user(tenant: &str, scopes: &[String], user: Option<&str>) -> Result<(), ApiKeyError> {
+    let own = scopes.iter().any(|s| s == SCOPE_SELF_READ);
+    match user {
+        Some(user) if !own => Err(ApiKeyError::Invalid(format!(
+            "a user ({user:?}) is only for a key with scope {SCOPE_SELF_READ}"
+        ))),
+        None if own => Err(ApiKeyError::Invalid(format!(
+            "a key with scope {SCOPE_SELF_READ} needs the user whose rows it reads (--user)"
+        ))),
+        Some(user) if user.trim().is_empty() || user.trim() != user || user.contains('\0') => {
+            Err(ApiKeyError::Invalid(
+                "the user must be a user id, without surrounding spaces".to_owned(),
+            ))
+        }
+        Some(_) if tenant == "*" => Err(ApiKeyError::Invalid(format!(
+            "a key with scope {SCOPE_SELF_READ} reads within one tenant, not *"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a tenant and scopes for a new key; returns the scopes deduplicated
 /// in a stable order.
 fn checked(tenant: &str, scopes: &[String]) -> Result<Vec<String>, ApiKeyError> {
@@ -182,16 +215,37 @@ pub async fn create(
     scopes: &[String],
     description: Option<&str>,
 ) -> Result<CreatedKey, ApiKeyError> {
+    create_for_user(client, tenant, scopes, None, description).await
+}
+
+/// [`create`] with the user a `self:read` key reads the rows of (required
+/// with that scope, refused without it).
+pub async fn create_for_user(
+    client: &Client,
+    tenant: &str,
+    scopes: &[String],
+    user: Option<&str>,
+    description: Option<&str>,
+) -> Result<CreatedKey, ApiKeyError> {
     let scopes = checked(tenant, scopes)?;
+    checked_user(tenant, &scopes, user)?;
     let id = Uuid::new_v4();
     let prefix = random_hex(PREFIX_BYTES)?;
     let key = format!("{KEY_PREFIX}{prefix}_{}", random_hex(SECRET_BYTES)?);
     let secret_hash = hash(&key).to_vec();
     client
         .execute(
-            "INSERT INTO api_keys (id, prefix, secret_hash, tenant, scopes, description) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&id, &prefix, &secret_hash, &tenant, &scopes, &description],
+            "INSERT INTO api_keys (id, prefix, secret_hash, tenant, scopes, description, user_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &id,
+                &prefix,
+                &secret_hash,
+                &tenant,
+                &scopes,
+                &description,
+                &user,
+            ],
         )
         .await?;
     tracing::info!(%id, %prefix, tenant, scopes = %scopes.join(" "), "API key created");
@@ -227,7 +281,7 @@ pub async fn revoke(client: &Client, id_or_prefix: &str) -> Result<bool, ApiKeyE
 pub async fn list(client: &Client) -> Result<Vec<ApiKeyInfo>, ApiKeyError> {
     let rows = client
         .query(
-            "SELECT id, prefix, tenant, scopes, description, created_at, revoked_at \
+            "SELECT id, prefix, tenant, scopes, description, created_at, revoked_at, user_id \
              FROM api_keys ORDER BY created_at DESC, id",
             &[],
         )
@@ -239,6 +293,7 @@ pub async fn list(client: &Client) -> Result<Vec<ApiKeyInfo>, ApiKeyError> {
                 prefix: row.try_get(1)?,
                 tenant: row.try_get(2)?,
                 scopes: row.try_get(3)?,
+                user: row.try_get(7)?,
                 description: row.try_get(4)?,
                 created_at: row.try_get(5)?,
                 revoked_at: row.try_get(6)?,
@@ -253,7 +308,7 @@ pub async fn admin_keys_exist(client: &Client) -> Result<bool, ApiKeyError> {
     let row = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL \
-             AND scopes && ARRAY['activity:read', 'tokens:read', 'admin']::text[])",
+             AND scopes && ARRAY['activity:read', 'tokens:read', 'admin', 'self:read']::text[])",
             &[],
         )
         .await?;
@@ -307,6 +362,8 @@ pub struct Grant {
     pub tenant: String,
     /// Its scopes.
     pub scopes: BTreeSet<String>,
+    /// The user whose rows a `self:read` key reads.
+    pub user: Option<String>,
 }
 
 /// Why a presented key was refused.
@@ -511,7 +568,7 @@ impl KeyVerifier {
         metrics().api_key_lookups.inc();
         let row = client
             .query_opt(
-                "SELECT id, secret_hash, tenant, scopes, revoked_at IS NOT NULL \
+                "SELECT id, secret_hash, tenant, scopes, revoked_at IS NOT NULL, user_id \
                  FROM api_keys WHERE prefix = $1",
                 &[&prefix],
             )
@@ -525,6 +582,7 @@ impl KeyVerifier {
                 prefix: prefix.to_owned(),
                 tenant: row.try_get(2)?,
                 scopes: row.try_get::<_, Vec<String>>(3)?.into_iter().collect(),
+                user: row.try_get(5)?,
             },
             secret_hash: row.try_get(1)?,
             revoked: row.try_get(4)?,
@@ -584,6 +642,28 @@ mod tests {
     }
 
     #[test]
+    fn a_self_read_key_has_one_user_in_one_tenant() {
+        let own = vec!["self:read".to_owned()];
+        assert!(checked_user("acme", &own, Some("alice")).is_ok());
+        for (tenant, scopes, user) in [
+            ("acme", own.clone(), None),
+            ("*", own.clone(), Some("alice")),
+            ("acme", own.clone(), Some(" alice")),
+            ("acme", own.clone(), Some("")),
+            ("acme", vec!["activity:read".to_owned()], Some("alice")),
+        ] {
+            assert!(
+                matches!(
+                    checked_user(tenant, &scopes, user),
+                    Err(ApiKeyError::Invalid(_))
+                ),
+                "{tenant} {scopes:?} {user:?}"
+            );
+        }
+        assert!(checked_user("acme", &["admin".to_owned()], None).is_ok());
+    }
+
+    #[test]
     fn hashes_compare_whole() {
         let a = hash("tally_x");
         assert!(same_hash(&a, &hash("tally_x")));
@@ -598,6 +678,7 @@ mod tests {
             grant: Grant {
                 id: Uuid::nil(),
                 prefix: String::new(),
+                user: None,
                 tenant: "acme".into(),
                 scopes: BTreeSet::new(),
             },

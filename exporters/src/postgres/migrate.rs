@@ -53,7 +53,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         12,
-        "activity_details",
+        "activity_details_and_key_users",
         include_str!("migrations/0012_activity_details.sql"),
     ),
 ];

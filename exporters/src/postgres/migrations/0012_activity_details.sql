@@ -11,3 +11,7 @@ ALTER TABLE activity_events ADD COLUMN IF NOT EXISTS duration_ms double precisio
 ALTER TABLE activity_events ADD COLUMN IF NOT EXISTS name text;
 ALTER TABLE activity_events ADD COLUMN IF NOT EXISTS error_type text;
 ALTER TABLE activity_events ADD COLUMN IF NOT EXISTS error_message text;
+
+-- The user whose rows an API key with scope `self:read` reads (`tally apikey
+-- create --scope self:read --tenant T --user U`); NULL for every other key.
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS user_id text;
