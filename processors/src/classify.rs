@@ -374,8 +374,9 @@ pub fn classify_traces(
 }
 
 /// [`classify_traces`] that moves the spans' own attribute keys and values
-/// into the events instead of copying them: those attributes are left empty
-/// in `request` (identity attributes and resource and scope attributes stay).
+/// and names into the events instead of copying them: those attributes and
+/// the span names are left empty in `request` (identity attributes and
+/// resource and scope attributes stay).
 /// For a caller done with the request's attributes (the pipeline runs token
 /// extraction first). Gives the same events as [`classify_traces`].
 pub fn classify_traces_taking(
