@@ -7,8 +7,9 @@
 //! token is only ever checked against a key of its own algorithm: `alg: none`
 //! and algorithm confusion (an HS256 token "signed" with an RSA public key) are
 //! refused. Claims: `sub` and `exp` (required), `scope` (space-separated:
-//! `activity:read`, `tokens:read`, `admin`), `tenant` (one tenant id, or `*` for
-//! every tenant). `iss`/`aud` are required and checked when configured. A
+//! `activity:read`, `tokens:read`, `admin`, `self:read`: only the rows whose
+//! `user_id` is `sub`, see [`TenantAccess::OwnRows`]), `tenant` (one tenant id,
+//! or `*` for every tenant). `iss`/`aud` are required and checked when configured. A
 //! token **without** a `tenant` claim (or with an empty one) is valid but may
 //! read no tenant's data: tenant-filtered routes answer 403 to it.
 //!
