@@ -18,6 +18,7 @@ async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> any
         ApikeyCommand::Create {
             tenant,
             scope,
+            user,
             description,
             origin,
             action,
@@ -26,10 +27,11 @@ async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> any
                 origins: origin,
                 actions: action,
             };
-            let created = apikeys::create_restricted(
+            let created = apikeys::create_with(
                 client,
                 &tenant,
                 &scope,
+                user.as_deref(),
                 description.as_deref(),
                 &restrictions,
             )
@@ -58,7 +60,7 @@ async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> any
                 .await
                 .context("cannot list the API keys")?;
             println!(
-                "id\tprefix\ttenant\tscopes\tcreated_at\trevoked_at\torigins\tactions\tdescription"
+                "id\tprefix\ttenant\tscopes\tuser\tcreated_at\trevoked_at\torigins\tactions\tdescription"
             );
             let listed = |items: &[String]| {
                 if items.is_empty() {
@@ -69,11 +71,12 @@ async fn execute(client: &tokio_postgres::Client, command: ApikeyCommand) -> any
             };
             for key in keys {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     key.id,
                     key.prefix,
                     key.tenant,
                     key.scopes.join(" "),
+                    key.user.as_deref().unwrap_or("-"),
                     key.created_at.to_rfc3339(),
                     key.revoked_at
                         .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),

@@ -60,10 +60,15 @@ pub enum ApikeyCommand {
         /// The tenant the key may read, or write with scope ingest (`*` for every tenant).
         #[arg(long)]
         tenant: String,
-        /// A scope: activity:read, tokens:read, admin, or ingest (write through the
-        /// OTLP receivers) (repeat, or separate with spaces).
+        /// A scope: activity:read, tokens:read, admin, self:read (one user's rows,
+        /// with --user), or ingest (write through the OTLP receivers) (repeat, or
+        /// separate with spaces).
         #[arg(long, required = true)]
         scope: Vec<String>,
+        /// With scope self:read (required there, refused otherwise): the user
+        /// whose rows the key reads, within its tenant.
+        #[arg(long)]
+        user: Option<String>,
         /// Free text shown by `tally apikey list`.
         #[arg(long)]
         description: Option<String>,

@@ -300,3 +300,128 @@ async fn sdk_spans_and_logs_over_grpc_and_http_are_queryable_with_every_filter()
     sorted.sort_unstable_by(|a, b| b.cmp(a));
     assert_eq!(times, sorted, "newest first");
 }
+
+/// Emits, through the SDK, a failed span with a known duration, an `error.type`,
+/// an `exception` event and a status message holding an email address; a span
+/// whose error comes from its `exception` event alone; and a log event with
+/// `exception.*` attributes holding a card number.
+fn emit_details(tracer_provider: &SdkTracerProvider, logger_provider: &SdkLoggerProvider) {
+    let tracer = tracer_provider.tracer("e2e");
+    let start = SystemTime::now();
+    let mut export = tracer
+        .span_builder("POST /exports")
+        .with_start_time(start)
+        .with_attributes([
+            KeyValue::new("activity.action", "doc.export"),
+            KeyValue::new("enduser.id", "alice"),
+            KeyValue::new("tenant.id", "tenant-details"),
+            KeyValue::new("error.type", "timeout"),
+        ])
+        .start(&tracer);
+    export.add_event(
+        "exception",
+        vec![
+            KeyValue::new("exception.type", "TimeoutError"),
+            KeyValue::new("exception.message", "the event's message"),
+        ],
+    );
+    export.set_status(Status::error("export for alice@example.com timed out"));
+    export.end_with_timestamp(start + Duration::from_millis(250));
+
+    let start = SystemTime::now();
+    let mut view = tracer
+        .span_builder("GET /documents/{id}")
+        .with_start_time(start)
+        .with_attributes([
+            KeyValue::new("activity.action", "document.view"),
+            KeyValue::new("enduser.id", "bob"),
+            KeyValue::new("tenant.id", "tenant-details"),
+        ])
+        .start(&tracer);
+    view.add_event(
+        "exception",
+        vec![
+            KeyValue::new("exception.type", "KeyError"),
+            KeyValue::new("exception.message", "no page 7"),
+        ],
+    );
+    view.end_with_timestamp(start + Duration::from_micros(12_345));
+
+    let logger = logger_provider.logger("e2e");
+    let mut record = logger.create_log_record();
+    record.set_event_name("payment.capture");
+    record.set_timestamp(SystemTime::now());
+    record.set_severity_number(Severity::Error);
+    record.add_attribute("enduser.id", "carol");
+    record.add_attribute("tenant.id", "tenant-details");
+    record.add_attribute("exception.type", "CardDeclined");
+    record.add_attribute("exception.message", "card 4111 1111 1111 1111 declined");
+    logger.emit(record);
+
+    tracer_provider.force_flush().expect("flush spans");
+    logger_provider.force_flush().expect("flush logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sdk_spans_and_logs_fill_duration_name_and_error_columns() {
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let (tracer_provider, logger_provider) = grpc_providers(&tally.grpc_url());
+    tokio::task::spawn_blocking(move || {
+        emit_details(&tracer_provider, &logger_provider);
+        let _ = tracer_provider.shutdown();
+        let _ = logger_provider.shutdown();
+    })
+    .await
+    .expect("details scenario");
+
+    let items = eventually(Duration::from_secs(30), "three events", || async {
+        let items = all_activity(&tally, "tenant=tenant-details", None).await;
+        (items.len() >= 3).then_some(items)
+    })
+    .await;
+    assert_eq!(items.len(), 3, "{items:#?}");
+
+    let export = one(&items, "doc.export");
+    assert_eq!(export["name"], "POST /exports");
+    assert_eq!(export["duration_ms"], 250.0);
+    assert_eq!(export["error_type"], "timeout", "error.type wins");
+    let message = export["error_message"].as_str().expect("error_message");
+    assert!(message.starts_with("export for "), "{message}");
+    assert!(
+        !message.contains("alice@example.com") && message.contains("[REDACTED:email]"),
+        "the status message is redacted like an attribute: {message}"
+    );
+    assert_eq!(export["outcome"], "failure");
+
+    let view = one(&items, "document.view");
+    assert_eq!(view["name"], "GET /documents/{id}");
+    assert_eq!(view["duration_ms"], 12.345);
+    assert_eq!(view["error_type"], "KeyError");
+    assert_eq!(view["error_message"], "no page 7");
+
+    let capture = one(&items, "payment.capture");
+    assert_eq!(capture["name"], "payment.capture");
+    assert_eq!(capture["duration_ms"], Value::Null);
+    assert_eq!(capture["error_type"], "CardDeclined");
+    let message = capture["error_message"].as_str().expect("error_message");
+    assert!(
+        !message.contains("4111") && message.contains("[REDACTED:card]"),
+        "exception.message is redacted: {message}"
+    );
+
+    // The filters, against what was sent.
+    let slow = all_activity(&tally, "tenant=tenant-details&min_duration_ms=100", None).await;
+    let slow: Vec<&Value> = slow.iter().map(|i| &i["action"]).collect();
+    assert_eq!(slow, ["doc.export"]);
+    let timed = all_activity(&tally, "tenant=tenant-details&min_duration_ms=12.345", None).await;
+    assert_eq!(timed.len(), 2, "both spans, not the log record");
+    let named = all_activity(
+        &tally,
+        "tenant=tenant-details&name=GET%20%2Fdocuments%2F%7Bid%7D",
+        None,
+    )
+    .await;
+    let named: Vec<&Value> = named.iter().map(|i| &i["action"]).collect();
+    assert_eq!(named, ["document.view"]);
+}

@@ -30,11 +30,27 @@ pub const PARAMETERS: &[&str] = &[
     "resource_type",
     "resource_id",
     "trace_id",
+    "name",
+    "min_duration_ms",
     "from",
     "to",
     "limit",
     "cursor",
 ];
+
+/// Largest `min_duration_ms` accepted: about 31 years (the OpenAPI `maximum`).
+pub const MAX_DURATION_MS: f64 = 1e12;
+
+/// Parses `min_duration_ms`: a finite number of milliseconds, 0 ..= [`MAX_DURATION_MS`].
+pub(crate) fn min_duration_ms(value: &str) -> Result<f64, ApiError> {
+    match value.trim().parse::<f64>() {
+        Ok(ms) if ms.is_finite() && (0.0..=MAX_DURATION_MS).contains(&ms) => Ok(ms),
+        _ => Err(ApiError::invalid(
+            "min_duration_ms",
+            "must be a number of milliseconds between 0 and 1000000000000",
+        )),
+    }
+}
 
 /// How `action` is matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +64,7 @@ pub enum ActionFilter {
 }
 
 /// A parsed and validated activity query.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ActivityQuery {
     pub tenant: Option<String>,
     pub user: Option<String>,
@@ -57,6 +73,10 @@ pub struct ActivityQuery {
     pub resource_type: Option<String>,
     pub resource_id: Option<String>,
     pub trace_id: Option<String>,
+    /// Exact `name` (span name or log event name).
+    pub name: Option<String>,
+    /// Rows with `duration_ms >=` this (rows without a duration never match).
+    pub min_duration_ms: Option<f64>,
     /// Inclusive lower bound on `ts`.
     pub from: Option<DateTime<Utc>>,
     /// Exclusive upper bound on `ts`.
@@ -168,6 +188,8 @@ impl ActivityQuery {
             resource_type: text("resource_type")?,
             resource_id: text("resource_id")?,
             trace_id,
+            name: text("name")?,
+            min_duration_ms: get("min_duration_ms")?.map(min_duration_ms).transpose()?,
             from,
             to,
             limit,
@@ -221,6 +243,12 @@ impl ActivityQuery {
         if let Some(trace_id) = &self.trace_id {
             sql.push("trace_id = ", trace_id.clone());
         }
+        if let Some(name) = &self.name {
+            sql.push("name = ", name.clone());
+        }
+        if let Some(ms) = self.min_duration_ms {
+            sql.push("duration_ms >= ", ms);
+        }
         if let Some(from) = self.from {
             sql.push("ts >= ", from);
         }
@@ -231,8 +259,7 @@ impl ActivityQuery {
     }
 }
 
-const COLUMNS: &str = "id, seq, ts, received_at, tenant_id, user_id, session_id, action, outcome, \
-     resource_type, resource_id, service, trace_id, span_id, attributes";
+const COLUMNS: &str = crate::siem::rows::ACTIVITY_COLUMNS;
 
 /// Escapes LIKE's metacharacters (`\`, `%`, `_`) with `\`.
 pub(crate) fn escape_like(text: &str) -> String {
@@ -264,32 +291,22 @@ pub struct ActivityItem {
     pub trace_id: Option<String>,
     pub span_id: Option<String>,
     pub attributes: serde_json::Value,
+    /// Span end − start in milliseconds (`null` for log records and rows
+    /// written before schema version 12).
+    pub duration_ms: Option<f64>,
+    /// The span name or log event name.
+    pub name: Option<String>,
+    pub error_type: Option<String>,
+    /// Redacted like any attribute value.
+    pub error_message: Option<String>,
 }
 
 impl ActivityItem {
     fn from_row(row: &Row) -> Result<(ActivityItem, Cursor), tokio_postgres::Error> {
         let ts: DateTime<Utc> = row.try_get("ts")?;
-        let received_at: DateTime<Utc> = row.try_get("received_at")?;
-        let id: Uuid = row.try_get("id")?;
-        let tenant_id: String = row.try_get("tenant_id")?;
-        let item = ActivityItem {
-            id,
-            seq: row.try_get("seq")?,
-            ts: format_ts(ts),
-            received_at: format_ts(received_at),
-            tenant_id: (!tenant_id.is_empty()).then_some(tenant_id),
-            user_id: row.try_get("user_id")?,
-            session_id: row.try_get("session_id")?,
-            action: row.try_get("action")?,
-            outcome: row.try_get("outcome")?,
-            resource_type: row.try_get("resource_type")?,
-            resource_id: row.try_get("resource_id")?,
-            service: row.try_get("service")?,
-            trace_id: row.try_get("trace_id")?,
-            span_id: row.try_get("span_id")?,
-            attributes: row.try_get("attributes")?,
-        };
-        Ok((item, Cursor { ts, id }))
+        let item = crate::siem::rows::activity_item(row)?;
+        let cursor = Cursor { ts, id: item.id };
+        Ok((item, cursor))
     }
 }
 
@@ -315,6 +332,7 @@ pub(crate) async fn list(
     let pairs = crate::params::pairs(&uri)?;
     let mut query = ActivityQuery::parse(&pairs, state.default_page_size, state.max_page_size)?;
     query.tenant = caller.tenant_filter(query.tenant.take())?;
+    query.user = caller.user_filter(query.user.take())?;
 
     let (sql, params) = query.to_sql();
     let rows = crate::params::query(&state, &caller.tenant, &sql, &params).await?;

@@ -320,10 +320,10 @@ impl Spec {
         let mut filters = Vec::new();
         for key in self.keys {
             let value = params.text(key.name)?;
-            let value = if key.name == "tenant" {
-                caller.tenant_filter(value)?
-            } else {
-                value
+            let value = match key.name {
+                "tenant" => caller.tenant_filter(value)?,
+                "user" => caller.user_filter(value)?,
+                _ => value,
             };
             if key.name == "outcome" {
                 if let Some(outcome) = &value {

@@ -189,7 +189,7 @@ fn recorded_query(uri: &Uri) -> String {
 /// any tenant's chained log.
 fn recorded_tenant(caller: &Caller, uri: &Uri, status: u16) -> Option<String> {
     match &caller.tenant {
-        TenantAccess::One(tenant) => Some(tenant.clone()),
+        TenantAccess::One(tenant) | TenantAccess::OwnRows { tenant, .. } => Some(tenant.clone()),
         TenantAccess::Nothing => None,
         TenantAccess::All if !(200..300).contains(&status) => Some(String::new()),
         TenantAccess::All => Some(

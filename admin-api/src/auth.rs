@@ -7,8 +7,9 @@
 //! token is only ever checked against a key of its own algorithm: `alg: none`
 //! and algorithm confusion (an HS256 token "signed" with an RSA public key) are
 //! refused. Claims: `sub` and `exp` (required), `scope` (space-separated:
-//! `activity:read`, `tokens:read`, `admin`), `tenant` (one tenant id, or `*` for
-//! every tenant). `iss`/`aud` are required and checked when configured. A
+//! `activity:read`, `tokens:read`, `admin`, `self:read`: only the rows whose
+//! `user_id` is `sub`, see [`TenantAccess::OwnRows`]), `tenant` (one tenant id,
+//! or `*` for every tenant). `iss`/`aud` are required and checked when configured. A
 //! token **without** a `tenant` claim (or with an empty one) is valid but may
 //! read no tenant's data: tenant-filtered routes answer 403 to it.
 //!
@@ -46,6 +47,10 @@ pub const SCOPE_ACTIVITY_READ: &str = "activity:read";
 pub const SCOPE_TOKENS_READ: &str = "tokens:read";
 /// Scope that grants everything.
 pub const SCOPE_ADMIN: &str = "admin";
+/// Scope that reads the activity and token rows of the caller's own user
+/// (`user_id` = the JWT's `sub`) within its tenant, and nothing else. A token
+/// carrying it is limited so whatever its other scopes.
+pub const SCOPE_SELF_READ: &str = "self:read";
 
 /// Which tenants a caller may read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,6 +61,26 @@ pub enum TenantAccess {
     One(String),
     /// No (or an empty) `tenant` claim: no tenant's data.
     Nothing,
+    /// Scope `self:read`: the rows of one user within one tenant.
+    OwnRows {
+        /// The tenant claim.
+        tenant: String,
+        /// The caller's `sub`: rows whose `user_id` is this.
+        user: String,
+    },
+}
+
+impl TenantAccess {
+    /// The `tally.tenant` and `tally.user` values the database's row-level
+    /// security reads for this access (`tally.user` empty: any user).
+    pub fn settings(&self) -> (&str, &str) {
+        match self {
+            TenantAccess::All => ("*", ""),
+            TenantAccess::One(tenant) => (tenant, ""),
+            TenantAccess::Nothing => ("", ""),
+            TenantAccess::OwnRows { tenant, user } => (tenant, user),
+        }
+    }
 }
 
 /// The authenticated caller of a request.
@@ -82,8 +107,52 @@ impl Caller {
         }
     }
 
-    /// 403 unless the caller has `scope` or `admin`.
+    /// The user a `self:read` caller is limited to.
+    pub fn own_user(&self) -> Option<&str> {
+        match &self.tenant {
+            TenantAccess::OwnRows { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+
+    /// 403 for a `self:read` caller: for routes that are not about rows of
+    /// one user (verification, quarantine, keys, audit).
+    pub fn require_not_self(&self) -> Result<(), ApiError> {
+        match self.own_user() {
+            Some(_) => Err(ApiError::Forbidden(format!(
+                "a {SCOPE_SELF_READ} token reads only its own rows, not this route"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The user filter to apply, given the one the caller asked for: a
+    /// `self:read` caller is forced to its own user (403 for another one);
+    /// others get what they asked for.
+    pub fn user_filter(&self, requested: Option<String>) -> Result<Option<String>, ApiError> {
+        match (self.own_user(), requested) {
+            (None, requested) => Ok(requested),
+            (Some(own), None) => Ok(Some(own.to_owned())),
+            (Some(own), Some(asked)) if asked == own => Ok(Some(asked)),
+            (Some(_), Some(_)) => Err(ApiError::Forbidden(format!(
+                "a {SCOPE_SELF_READ} token may only read its own user's rows"
+            ))),
+        }
+    }
+
+    /// 403 unless the caller has `scope` or `admin`. A `self:read` caller
+    /// has the read scopes of the data routes (`activity:read`,
+    /// `tokens:read`) for its own rows, and no other (never `admin`).
     pub fn require_scope(&self, scope: &str) -> Result<(), ApiError> {
+        if self.own_user().is_some() {
+            return if scope == SCOPE_ACTIVITY_READ || scope == SCOPE_TOKENS_READ {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden(format!(
+                    "a {SCOPE_SELF_READ} token reads only its own rows, not this route (needs {scope})"
+                )))
+            };
+        }
         if self.scopes.contains(scope) || self.scopes.contains(SCOPE_ADMIN) {
             Ok(())
         } else {
@@ -100,7 +169,7 @@ impl Caller {
     pub fn tenant_filter(&self, requested: Option<String>) -> Result<Option<String>, ApiError> {
         match &self.tenant {
             TenantAccess::All => Ok(requested),
-            TenantAccess::One(own) => match requested {
+            TenantAccess::One(own) | TenantAccess::OwnRows { tenant: own, .. } => match requested {
                 None => Ok(Some(own.clone())),
                 Some(asked) if asked == *own => Ok(Some(asked)),
                 Some(_) => Err(ApiError::Forbidden(
@@ -482,9 +551,17 @@ fn caller_of(claims: Claims) -> Caller {
         .split_ascii_whitespace()
         .map(str::to_owned)
         .collect();
+    let scopes: BTreeSet<String> = scopes;
+    let own = scopes.contains(SCOPE_SELF_READ);
     let tenant = match claims.tenant.as_deref() {
+        // `self:read` is within one tenant: with `*` or none it reads nothing.
+        Some("*") if own => TenantAccess::Nothing,
         Some("*") => TenantAccess::All,
         Some("") | None => TenantAccess::Nothing,
+        Some(one) if own => TenantAccess::OwnRows {
+            tenant: one.to_owned(),
+            user: claims.sub.clone(),
+        },
         Some(one) => TenantAccess::One(one.to_owned()),
     };
     Caller {
@@ -714,5 +791,76 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(caller.clone());
         }
         Authenticator::caller(state.auth.as_ref(), &parts.headers, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(scope: &str, tenant: Option<&str>) -> Caller {
+        caller_of(Claims {
+            sub: "alice".to_owned(),
+            scope: Some(scope.to_owned()),
+            tenant: tenant.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn self_read_is_one_user_within_one_tenant() {
+        let own = caller("self:read", Some("acme"));
+        assert_eq!(
+            own.tenant,
+            TenantAccess::OwnRows {
+                tenant: "acme".into(),
+                user: "alice".into()
+            }
+        );
+        assert_eq!(own.own_user(), Some("alice"));
+        assert_eq!(own.tenant.settings(), ("acme", "alice"));
+        // Limited whatever its other scopes.
+        let mixed = caller("self:read activity:read admin", Some("acme"));
+        assert_eq!(mixed.own_user(), Some("alice"));
+        assert!(mixed.require_scope(SCOPE_ADMIN).is_err());
+        // Within one tenant only.
+        assert_eq!(caller("self:read", Some("*")).tenant, TenantAccess::Nothing);
+        assert_eq!(caller("self:read", None).tenant, TenantAccess::Nothing);
+        // Other callers are unchanged.
+        assert_eq!(
+            caller("activity:read", Some("acme")).tenant,
+            TenantAccess::One("acme".into())
+        );
+        assert_eq!(
+            caller("admin", Some("acme")).tenant.settings(),
+            ("acme", "")
+        );
+    }
+
+    #[test]
+    fn self_read_scopes_and_filters() {
+        let own = caller("self:read", Some("acme"));
+        assert!(own.require_scope(SCOPE_ACTIVITY_READ).is_ok());
+        assert!(own.require_scope(SCOPE_TOKENS_READ).is_ok());
+        assert!(own.require_scope(SCOPE_ADMIN).is_err());
+        assert!(own.require_not_self().is_err());
+        assert_eq!(own.user_filter(None).ok(), Some(Some("alice".into())));
+        assert_eq!(
+            own.user_filter(Some("alice".into())).ok(),
+            Some(Some("alice".into()))
+        );
+        assert!(own.user_filter(Some("bob".into())).is_err());
+        assert_eq!(own.tenant_filter(None).ok(), Some(Some("acme".into())));
+        assert!(own.tenant_filter(Some("other".into())).is_err());
+
+        let reader = caller("activity:read", Some("acme"));
+        assert!(reader.require_not_self().is_ok());
+        assert_eq!(reader.user_filter(None).ok(), Some(None));
+        assert_eq!(
+            reader.user_filter(Some("bob".into())).ok(),
+            Some(Some("bob".into()))
+        );
+        // `self:read` alone reads nothing without the token scopes' names.
+        let none = caller("", Some("acme"));
+        assert!(none.require_scope(SCOPE_ACTIVITY_READ).is_err());
     }
 }

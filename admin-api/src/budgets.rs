@@ -67,6 +67,12 @@ fn visible(caller: &Caller, budget: &BudgetStatus) -> bool {
         TenantAccess::All => true,
         TenantAccess::One(own) => budget.tenant.as_deref() == Some(own.as_str()),
         TenantAccess::Nothing => false,
+        // Only a budget of its own user (a tenant-wide budget would tell it
+        // the other users' use).
+        TenantAccess::OwnRows { tenant, user } => {
+            budget.tenant.as_deref() == Some(tenant.as_str())
+                && budget.user.as_deref() == Some(user.as_str())
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 //! Every connection takes the role `tally_api` when it opens (`SET ROLE`); under
 //! that role PostgreSQL's forced row-level security (see the exporters'
 //! `row_security.sql`) shows only the rows of the tenant named by the session
-//! setting `tally.tenant`. Each checkout sets that value, so a query sees another
-//! tenant's rows only if the API's own filters *and* the database's policies
-//! both fail.
+//! setting `tally.tenant` (and, for a `self:read` caller, only the rows of the
+//! user in `tally.user`). Each checkout sets both, so a query sees another
+//! tenant's (or user's) rows only if the API's own filters *and* the database's
+//! policies both fail.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,8 +22,10 @@ pub use tally_exporters::postgres::API_ROLE;
 /// The `tally.tenant` value of a connection that may see no tenant's rows.
 const NO_TENANT: &str = "";
 
-/// Sets the tenant whose rows the connection's queries may see.
-const SET_TENANT_SQL: &str = "SELECT set_config('tally.tenant', $1, false)";
+/// Sets the tenant (and, for a `self:read` caller, the user; `''` = any)
+/// whose rows the connection's queries may see.
+const SET_TENANT_SQL: &str =
+    "SELECT set_config('tally.tenant', $1, false), set_config('tally.user', $2, false)";
 
 /// The pool of the admin API: hands out connections scoped to a tenant.
 #[derive(Clone)]
@@ -69,28 +72,26 @@ impl TenantPool {
 
     /// A connection whose queries see `tenant`'s rows only.
     pub(crate) async fn get_for(&self, tenant: &TenantAccess) -> Result<Object, ApiError> {
-        let value = match tenant {
-            TenantAccess::All => "*",
-            TenantAccess::One(id) => id.as_str(),
-            TenantAccess::Nothing => NO_TENANT,
-        };
-        self.checkout(value).await.map_err(ApiError::from_pool)
+        let (tenant, user) = tenant.settings();
+        self.checkout(tenant, user)
+            .await
+            .map_err(ApiError::from_pool)
     }
 
     /// A connection that sees no tenant's rows: for the tables without tenants
     /// and for health checks.
     pub(crate) async fn get(&self) -> Result<Object, PoolError> {
-        self.checkout(NO_TENANT).await
+        self.checkout(NO_TENANT, "").await
     }
 
-    async fn checkout(&self, tenant: &str) -> Result<Object, PoolError> {
+    async fn checkout(&self, tenant: &str, user: &str) -> Result<Object, PoolError> {
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(SET_TENANT_SQL)
             .await
             .map_err(PoolError::Backend)?;
         client
-            .execute(&statement, &[&tenant])
+            .execute(&statement, &[&tenant, &user])
             .await
             .map_err(PoolError::Backend)?;
         Ok(client)

@@ -120,6 +120,9 @@ pub(crate) async fn export(
     if let Some(tenant) = caller.tenant_filter(single(&pairs, "tenant")?.map(str::to_owned))? {
         filters.eq("tenant_id", tenant);
     }
+    if let Some(user) = caller.user_filter(None)? {
+        filters.eq("user_id", user);
+    }
     // First the page's bounds (its seqs only), so the headers can say where
     // the next page starts; then its rows, streamed line by line. Every row up
     // to `next` is committed (seq is commit-ordered), so both see the same rows.

@@ -147,6 +147,7 @@ fn identity(caller: &Caller) -> String {
         TenantAccess::All => "*",
         TenantAccess::One(tenant) => tenant.as_str(),
         TenantAccess::Nothing => "",
+        TenantAccess::OwnRows { tenant, .. } => tenant.as_str(),
     };
     // NUL cannot occur in a verified `sub` or tenant that reaches the database,
     // and keeps `a` + `b:c` apart from `a:b` + `c`.

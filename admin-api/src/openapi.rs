@@ -34,6 +34,15 @@ fn string_param(name: &str, description: &str) -> Value {
     })
 }
 
+/// `min_duration_ms` of the activity routes.
+fn min_duration_param() -> Value {
+    json!({
+        "name": "min_duration_ms", "in": "query", "required": false,
+        "description": "Rows whose duration_ms is at least this many milliseconds (rows without a duration never match)",
+        "schema": { "type": "number", "minimum": 0, "maximum": crate::activity::MAX_DURATION_MS }
+    })
+}
+
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
@@ -52,7 +61,10 @@ fn access_token_param() -> Value {
 fn stream_params(filters: &[&str]) -> Value {
     let mut params: Vec<Value> = filters
         .iter()
-        .map(|name| string_param(name, "Filter, as on the list route"))
+        .map(|name| match *name {
+            "min_duration_ms" => min_duration_param(),
+            name => string_param(name, "Filter, as on the list route"),
+        })
         .collect();
     params.push(json!({
         "name": "after_seq", "in": "query", "required": false,
@@ -213,6 +225,8 @@ fn document_text() -> Value {
                             "description": "32 hex characters (case-insensitive)",
                             "schema": { "type": "string", "pattern": "^[0-9a-fA-F]{32}$" }
                         },
+                        string_param("name", "Exact name (span name or log event name)"),
+                        min_duration_param(),
                         {
                             "name": "from", "in": "query", "required": false,
                             "description": "Inclusive lower bound on ts (RFC 3339)",
@@ -247,15 +261,16 @@ fn document_text() -> Value {
                 "get": {
                     "operationId": "whoami",
                     "summary": "The caller: subject, scopes and tenant of the credential",
-                    "description": "Any valid credential (no scope needed); not recorded as audit.log.view. tenant is the tenant id, \"*\" for every tenant, or null for none; auth is false when the API checks no credential (the caller is then anonymous with every scope). The console uses it to show only the views the caller may read.",
+                    "description": "Any valid credential (no scope needed); not recorded as audit.log.view. tenant is the tenant id, \"*\" for every tenant, or null for none; user is the one user whose rows a self:read token reads (null otherwise); auth is false when the API checks no credential (the caller is then anonymous with every scope). The console uses it to show only the views the caller may read.",
                     "responses": {
                         "200": { "description": "The caller", "content": { "application/json": { "schema": {
                             "type": "object",
-                            "required": ["subject", "scopes", "tenant", "auth"],
+                            "required": ["subject", "scopes", "tenant", "user", "auth"],
                             "properties": {
                                 "subject": { "type": "string" },
                                 "scopes": { "type": "array", "items": { "type": "string" } },
                                 "tenant": { "type": ["string", "null"] },
+                                "user": { "type": ["string", "null"] },
                                 "auth": { "type": "boolean" }
                             }
                         } } } },
@@ -348,7 +363,7 @@ fn document_text() -> Value {
                     "summary": "Live feed of activity events (Server-Sent Events)",
                     "description": "Needs scope activity:read or admin; tenant-scoped like /activity. Filters as /activity (no limit/cursor). Each event: `id:` = seq, `event: activity`, `data:` = an ActivityEvent. Replays from the database after Last-Event-ID (header, wins) or after_seq, else starts after the newest committed row; then live, no gap, no duplicate. Heartbeat comments every admin_api.sse_heartbeat_secs. A client whose buffer (admin_api.sse_client_buffer events) stays full for 1 s gets `event: reset` and is disconnected; resume with Last-Event-ID. Accepts ?access_token= instead of the Authorization header.",
                     "security": [ { "bearerAuth": [] }, { "accessToken": [] } ],
-                    "parameters": stream_params(&["tenant", "user", "action", "outcome", "resource_type", "resource_id", "trace_id", "from", "to"]),
+                    "parameters": stream_params(&["tenant", "user", "action", "outcome", "resource_type", "resource_id", "trace_id", "name", "min_duration_ms", "from", "to"]),
                     "responses": stream_responses()
                 }
             },
@@ -436,7 +451,7 @@ fn document_text() -> Value {
                 },
                 "ActivityEvent": {
                     "type": "object",
-                    "required": ["id", "seq", "ts", "received_at", "tenant_id", "user_id", "session_id", "action", "outcome", "resource_type", "resource_id", "service", "trace_id", "span_id", "attributes"],
+                    "required": ["id", "seq", "ts", "received_at", "tenant_id", "user_id", "session_id", "action", "outcome", "resource_type", "resource_id", "service", "trace_id", "span_id", "attributes", "duration_ms", "name", "error_type", "error_message"],
                     "properties": {
                         "id": { "type": "string", "format": "uuid" },
                         "seq": { "type": "integer" },
@@ -452,7 +467,11 @@ fn document_text() -> Value {
                         "service": nullable_string,
                         "trace_id": nullable_string,
                         "span_id": nullable_string,
-                        "attributes": { "type": "object" }
+                        "attributes": { "type": "object" },
+                        "duration_ms": { "type": ["number", "null"], "description": "Span end - start in milliseconds; null for log records" },
+                        "name": { "type": ["string", "null"], "description": "Span name or log event name" },
+                        "error_type": { "type": ["string", "null"], "description": "error.type, else exception.type" },
+                        "error_message": { "type": ["string", "null"], "description": "Span status message, else exception.message; redacted like any attribute" }
                     }
                 },
                 "VerifyReport": {

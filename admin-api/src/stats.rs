@@ -76,6 +76,9 @@ pub(crate) async fn stats(
     let pairs = pairs(&uri)?;
     let params = Params::new(&pairs, PARAMETERS)?;
     let tenant = caller.tenant_filter(params.text("tenant")?)?;
+    // A `self:read` caller: its own user's rows (the per-user rollups).
+    let user = caller.user_filter(None)?;
+    let user = user.as_deref();
     let (from, to) = params.day_range()?;
     let today = Utc::now().date_naive();
     let to = match to {
@@ -101,7 +104,7 @@ pub(crate) async fn stats(
     let (activity, tokens) = futures::try_join!(
         async {
             match activity_allowed {
-                true => activity_section(&client, tenant.as_deref(), from, to)
+                true => activity_section(&client, tenant.as_deref(), user, from, to)
                     .await
                     .map(Some),
                 false => Ok(None),
@@ -109,7 +112,7 @@ pub(crate) async fn stats(
         },
         async {
             match tokens_allowed {
-                true => tokens_section(&client, tenant.as_deref(), from, to)
+                true => tokens_section(&client, tenant.as_deref(), user, from, to)
                     .await
                     .map(Some),
                 false => Ok(None),
@@ -125,19 +128,29 @@ pub(crate) async fn stats(
     }))
 }
 
-/// `WHERE day >= $1 AND day < $2 [AND tenant_id = $3]` and its parameters.
+/// `WHERE day >= $1 AND day < $2 [AND tenant_id = $3 [AND user_id = $4]]`
+/// and its parameters (a user only with a tenant: `self:read` callers).
 fn window(
     tenant: Option<&str>,
+    user: Option<&str>,
     from: NaiveDate,
     to: NaiveDate,
 ) -> (&'static str, Vec<Box<dyn ToSql + Sync + Send>>) {
     let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(from), Box::new(to)];
-    match tenant {
-        Some(tenant) => {
+    match (tenant, user) {
+        (Some(tenant), Some(user)) => {
+            params.push(Box::new(tenant.to_owned()));
+            params.push(Box::new(user.to_owned()));
+            (
+                " WHERE day >= $1 AND day < $2 AND tenant_id = $3 AND user_id = $4",
+                params,
+            )
+        }
+        (Some(tenant), None) => {
             params.push(Box::new(tenant.to_owned()));
             (" WHERE day >= $1 AND day < $2 AND tenant_id = $3", params)
         }
-        None => (" WHERE day >= $1 AND day < $2", params),
+        (None, _) => (" WHERE day >= $1 AND day < $2", params),
     }
 }
 
@@ -170,8 +183,15 @@ struct Tables {
     tokens: &'static str,
 }
 
-fn tables(tenant: Option<&str>) -> Tables {
+fn tables(tenant: Option<&str>, user: Option<&str>) -> Tables {
     match tenant {
+        // One user's rows: the rollups that keep the user.
+        Some(_) if user.is_some() => Tables {
+            activity: "activity_daily",
+            users_daily: "activity_users_daily",
+            last_seen: "activity_user_last_seen",
+            tokens: "token_usage_daily",
+        },
         Some(_) => Tables {
             activity: "activity_daily_tenant",
             users_daily: "activity_users_daily",
@@ -190,11 +210,12 @@ fn tables(tenant: Option<&str>) -> Tables {
 async fn activity_section(
     client: &Object,
     tenant: Option<&str>,
+    user: Option<&str>,
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Value, ApiError> {
-    let (w, params) = window(tenant, from, to);
-    let t = tables(tenant);
+    let (w, params) = window(tenant, user, from, to);
+    let t = tables(tenant, user);
     let same_tenant = if tenant.is_some() {
         " AND u.tenant_id = $3"
     } else {
@@ -220,15 +241,30 @@ async fn activity_section(
          GROUP BY action ORDER BY 2 DESC, 1 LIMIT {TOP_ACTIONS}",
         t.activity
     );
-    let days_sql = format!(
-        "SELECT e.day, e.events, coalesce(u.users, 0)::int8 AS active_users \
-         FROM (SELECT day, sum(events)::int8 AS events FROM {}{w} GROUP BY day) AS e \
-         LEFT JOIN {} AS u ON u.day = e.day{same_tenant} ORDER BY e.day",
-        t.activity, t.users_daily
-    );
+    let days_sql = match user {
+        // One user: active on the days it has events.
+        Some(_) => format!(
+            "SELECT day, sum(events)::int8 AS events, \
+                 (count(DISTINCT user_id) FILTER (WHERE user_id <> ''))::int8 AS active_users \
+             FROM {}{w} GROUP BY day ORDER BY day",
+            t.activity
+        ),
+        None => format!(
+            "SELECT e.day, e.events, coalesce(u.users, 0)::int8 AS active_users \
+             FROM (SELECT day, sum(events)::int8 AS events FROM {}{w} GROUP BY day) AS e \
+             LEFT JOIN {} AS u ON u.day = e.day{same_tenant} ORDER BY e.day",
+            t.activity, t.users_daily
+        ),
+    };
     let (totals, users, top, days) = futures::try_join!(
         run(client, &totals_sql, &params),
-        run(client, &users_sql, &params),
+        async {
+            match user {
+                // Counted from activity_daily below.
+                Some(_) => Ok(Vec::new()),
+                None => run(client, &users_sql, &params).await,
+            }
+        },
         run(client, &top_sql, &params),
         run(client, &days_sql, &params),
     )?;
@@ -315,11 +351,12 @@ fn keyed_list(rows: &[Row], column: &str) -> Result<Value, ApiError> {
 async fn tokens_section(
     client: &Object,
     tenant: Option<&str>,
+    user: Option<&str>,
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Value, ApiError> {
-    let (w, params) = window(tenant, from, to);
-    let table = tables(tenant).tokens;
+    let (w, params) = window(tenant, user, from, to);
+    let table = tables(tenant, user).tokens;
     let select = token_select();
     let by = |column: &str| {
         format!(

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::activity::format_ts;
-use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_ADMIN, SCOPE_TOKENS_READ};
+use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_ADMIN, SCOPE_SELF_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -22,12 +22,19 @@ pub(crate) async fn current(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    if ![SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ, SCOPE_ADMIN]
-        .iter()
-        .any(|scope| caller.scopes.contains(*scope))
+    // A `self:read` caller reads it too: it describes actions, holds no rows.
+    if ![
+        SCOPE_ACTIVITY_READ,
+        SCOPE_TOKENS_READ,
+        SCOPE_ADMIN,
+        SCOPE_SELF_READ,
+    ]
+    .iter()
+    .any(|scope| caller.scopes.contains(*scope))
     {
         return Err(ApiError::Forbidden(
-            "this token needs one of the scopes activity:read, tokens:read or admin".to_owned(),
+            "this token needs one of the scopes activity:read, tokens:read, self:read or admin"
+                .to_owned(),
         ));
     }
     let Some(handle) = &state.taxonomy else {

@@ -129,6 +129,7 @@ pub(crate) async fn list(
     let pairs = pairs(&uri)?;
     let mut query = TokensQuery::parse(&pairs, state.default_page_size, state.max_page_size)?;
     query.tenant = caller.tenant_filter(query.tenant.take())?;
+    query.user = caller.user_filter(query.user.take())?;
     let (sql, params) = query.to_sql();
     let rows = crate::params::query(&state, &caller.tenant, &sql, &params).await?;
 

@@ -91,6 +91,7 @@ pub(crate) async fn verify(
     caller: Caller,
     uri: Uri,
 ) -> Result<Json<VerifyAnswer>, ApiError> {
+    caller.require_not_self()?;
     caller.require_scope(SCOPE_ACTIVITY_READ)?;
     let pairs = pairs(&uri)?;
     let params = Params::new(&pairs, PARAMETERS)?;

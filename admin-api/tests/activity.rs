@@ -172,6 +172,14 @@ async fn items_have_the_column_names_and_formats() {
         attributes: json!({}),
     };
     db.insert(&[full.clone(), bare.clone()]).await;
+    db.client
+        .execute(
+            "UPDATE activity_events SET duration_ms = 182.406, name = 'POST /login', \
+             error_type = 'invalid_password', error_message = 'wrong password' WHERE id = $1",
+            &[&full.id],
+        )
+        .await
+        .unwrap();
     let router = api(&config(), &db.url).await.router();
 
     let reply = get(&router, "/api/v1/activity", None).await;
@@ -214,7 +222,11 @@ async fn items_have_the_column_names_and_formats() {
             "service": "web",
             "trace_id": "0af7651916cd43dd8448eb211c80319c",
             "span_id": "b7ad6b7169203331",
-            "attributes": { "http.method": "POST", "nested": { "n": 1 } }
+            "attributes": { "http.method": "POST", "nested": { "n": 1 } },
+            "duration_ms": 182.406,
+            "name": "POST /login",
+            "error_type": "invalid_password",
+            "error_message": "wrong password"
         })
     );
     let bare_item = &items[1];
@@ -229,6 +241,10 @@ async fn items_have_the_column_names_and_formats() {
         "service",
         "trace_id",
         "span_id",
+        "duration_ms",
+        "name",
+        "error_type",
+        "error_message",
     ] {
         assert_eq!(bare_item[key], json!(null), "{key}");
     }
@@ -465,4 +481,79 @@ async fn database_failures_are_503_or_500_without_sql() {
     assert_eq!(code, "internal");
     assert!(!message.contains("activity_events"), "{message}");
     assert!(!message.to_lowercase().contains("select"), "{message}");
+}
+
+#[tokio::test]
+async fn name_and_min_duration_filters_match_an_independent_computation() {
+    let (db, events) = seeded(300, 7).await;
+    // Details on two thirds of the rows: a name from a few, a duration 0..=999 ms.
+    let names = ["GET /", "POST /login", "GET /docs/{id}"];
+    let mut details: std::collections::HashMap<Uuid, (Option<&str>, Option<f64>)> =
+        Default::default();
+    for (i, event) in events.iter().enumerate() {
+        if i % 3 == 2 {
+            continue;
+        }
+        let name = (i % 5 != 0).then_some(names[i % names.len()]);
+        let duration = (i % 4 != 0).then_some((i * 37 % 1000) as f64 + 0.5);
+        db.client
+            .execute(
+                "UPDATE activity_events SET name = $2, duration_ms = $3 WHERE id = $1",
+                &[&event.id, &name, &duration],
+            )
+            .await
+            .unwrap();
+        details.insert(event.id, (name, duration));
+    }
+    let router = api(&config(), &db.url).await.router();
+    let detail = |e: &Event| details.get(&e.id).copied().unwrap_or((None, None));
+
+    for (query, keep) in [
+        (
+            format!("name={}", enc("POST /login")),
+            Box::new(|e: &Event| detail(e).0 == Some("POST /login"))
+                as Box<dyn Fn(&Event) -> bool + '_>,
+        ),
+        (
+            "min_duration_ms=500".to_owned(),
+            Box::new(|e: &Event| detail(e).1.is_some_and(|d| d >= 500.0)),
+        ),
+        (
+            "min_duration_ms=0".to_owned(),
+            Box::new(|e: &Event| detail(e).1.is_some()),
+        ),
+        (
+            format!("name={}&min_duration_ms=250.5&tenant=acme", enc("GET /")),
+            Box::new(|e: &Event| {
+                e.tenant_id == "acme"
+                    && detail(e).0 == Some("GET /")
+                    && detail(e).1.is_some_and(|d| d >= 250.5)
+            }),
+        ),
+    ] {
+        let want = expected(&events, keep);
+        assert!(!want.is_empty(), "{query}: the data has matches");
+        let got = all_pages(&router, &format!("/api/v1/activity?{query}&limit=37"), None).await;
+        assert_eq!(got, want, "{query}");
+    }
+
+    for bad in [
+        "min_duration_ms=-1",
+        "min_duration_ms=x",
+        "min_duration_ms=NaN",
+        "min_duration_ms=inf",
+        "min_duration_ms=1e13",
+        "name=",
+        "name=a&name=b",
+    ] {
+        let reply = get(&router, &format!("/api/v1/activity?{bad}"), None).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(error_of(&reply).0, "invalid_parameter", "{bad}");
+        let parameter = bad.split('=').next().unwrap_or_default();
+        assert!(
+            error_of(&reply).1.contains(parameter),
+            "{bad}: {}",
+            reply.body
+        );
+    }
 }

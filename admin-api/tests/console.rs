@@ -228,7 +228,19 @@ async fn whoami_tells_the_caller_its_subject_scopes_and_tenant() {
     assert_eq!(tokens_only.status, StatusCode::OK);
     assert_eq!(
         tokens_only.body,
-        json!({"subject": "tester", "scopes": ["tokens:read"], "tenant": "acme", "auth": true})
+        json!({"subject": "tester", "scopes": ["tokens:read"], "tenant": "acme", "user": null, "auth": true})
+    );
+
+    // A self:read token: one user (its sub) within its tenant.
+    let own = get(
+        &router,
+        "/api/v1/whoami",
+        Some(&token("self:read", Some("acme"))),
+    )
+    .await;
+    assert_eq!(
+        own.body,
+        json!({"subject": "tester", "scopes": ["self:read"], "tenant": "acme", "user": "tester", "auth": true})
     );
 
     let platform = get(
@@ -262,7 +274,7 @@ async fn whoami_tells_the_caller_its_subject_scopes_and_tenant() {
     let reply = get(&open, "/api/v1/whoami", None).await;
     assert_eq!(
         reply.body,
-        json!({"subject": "anonymous", "scopes": ["activity:read", "admin", "tokens:read"], "tenant": "*", "auth": false})
+        json!({"subject": "anonymous", "scopes": ["activity:read", "admin", "tokens:read"], "tenant": "*", "user": null, "auth": false})
     );
 }
 

@@ -490,3 +490,70 @@ async fn export_scopes_and_tenants() {
     assert_eq!(lines_json(&page.body).len(), 5);
     assert_eq!(page.has_more, Some(false));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn activity_details_are_mapped_in_every_format() {
+    let db = TestDb::migrated().await;
+    let server = Server::start(&config(), &db.url).await;
+    let mut writer = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .map(|(client, connection)| {
+            tokio::spawn(connection);
+            client
+        })
+        .expect("connect");
+    insert_activity(&mut writer, 2, &["acme"], &["doc.read"], 0, 0).await;
+    // Row 1 has every detail; row 2 (as written before migration 12) none.
+    writer
+        .execute(
+            "UPDATE activity_events SET duration_ms = 182.6, name = 'GET /docs/{id}', \
+             error_type = 'timeout', error_message = 'upstream | timed = out' WHERE seq = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let native = lines_json(&fetch(&server, "format=ndjson", None).await.body);
+    assert_eq!(native.len(), 2);
+    assert_eq!(native[0]["duration_ms"], 182.6);
+    assert_eq!(native[0]["name"], "GET /docs/{id}");
+    assert_eq!(native[0]["error_type"], "timeout");
+    assert_eq!(native[0]["error_message"], "upstream | timed = out");
+    for key in ["duration_ms", "name", "error_type", "error_message"] {
+        assert_eq!(native[1][key], Value::Null, "{key}");
+    }
+
+    let ocsf = lines_json(&fetch(&server, "format=ocsf", None).await.body);
+    assert_eq!(ocsf[0]["duration"], 183);
+    assert_eq!(ocsf[0]["status_code"], "timeout");
+    assert_eq!(ocsf[0]["status_detail"], "upstream | timed = out");
+    assert_eq!(ocsf[0]["unmapped"]["name"], "GET /docs/{id}");
+    assert_eq!(ocsf[0]["unmapped"]["duration_ms"], 182.6);
+    for key in ["duration", "status_code", "status_detail"] {
+        assert!(ocsf[1].get(key).is_none(), "{key}: {}", ocsf[1]);
+    }
+
+    let ecs = lines_json(&fetch(&server, "format=ecs", None).await.body);
+    assert_eq!(ecs[0]["event"]["duration"], 182_600_000);
+    assert_eq!(ecs[0]["error"]["type"], "timeout");
+    assert_eq!(ecs[0]["error"]["message"], "upstream | timed = out");
+    assert_eq!(ecs[0]["tally"]["name"], "GET /docs/{id}");
+    assert!(ecs[1].get("error").is_none(), "{}", ecs[1]);
+    assert!(ecs[1]["event"].get("duration").is_none(), "{}", ecs[1]);
+
+    let page = fetch(&server, "format=cef", None).await;
+    let lines: Vec<&str> = page.body.lines().collect();
+    assert_eq!(lines.len(), 2);
+    let (_, first) = parse_cef(lines[0]);
+    assert_eq!(ext(&first, "cn1Label"), Some("durationMs"));
+    assert_eq!(ext(&first, "cn1"), Some("183"));
+    assert_eq!(ext(&first, "flexString1Label"), Some("name"));
+    assert_eq!(ext(&first, "flexString1"), Some("GET /docs/{id}"));
+    assert_eq!(ext(&first, "flexString2Label"), Some("errorType"));
+    assert_eq!(ext(&first, "flexString2"), Some("timeout"));
+    assert_eq!(ext(&first, "msg"), Some("upstream | timed = out"));
+    let (_, second) = parse_cef(lines[1]);
+    for key in ["cn1", "flexString1", "flexString2", "msg"] {
+        assert_eq!(ext(&second, key), None, "{key}");
+    }
+}

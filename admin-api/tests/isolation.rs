@@ -1017,3 +1017,205 @@ async fn the_matrix_covers_every_documented_route() {
         assert_eq!(response.status(), StatusCode::OK, "{method} {path}");
     }
 }
+
+/// The status a `self:read` caller of tenant A gets on `route`.
+fn self_read_expected(route: &Route) -> StatusCode {
+    match (route.needs, route.path) {
+        // Not about one user's rows.
+        (_, "/api/v1/verify") | (Needs::Admin, _) => StatusCode::FORBIDDEN,
+        _ => StatusCode::OK,
+    }
+}
+
+/// Scope `self:read` on every route of the matrix: the data routes, feeds and
+/// exports answer only the rows whose `user_id` is the token's `sub` within
+/// its tenant (checked row by row against the database); the routes that are
+/// not about one user's rows are 403; asking for another user or tenant is 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_read_sees_only_its_own_rows_on_every_route() {
+    let db = TestDb::migrated().await;
+    seed(&db).await;
+    let taxonomy = TaxonomyHandle::load(&ValidateConfig::default()).expect("built-in taxonomy");
+    let router = api(&matrix_config(), &db.url)
+        .await
+        .with_taxonomy(taxonomy)
+        .with_replayer(Arc::new(RecordingReplayer::default()))
+        .router();
+    const ME: &str = "user-alpha-0";
+    let others = ["user-alpha-1", "user-alpha-2"];
+    let own_seqs = |table: &'static str| {
+        let client = &db.client;
+        async move {
+            client
+                .query(
+                    &format!("SELECT seq FROM {table} WHERE tenant_id = $1 AND user_id = $2"),
+                    &[&A, &ME],
+                )
+                .await
+                .expect("own seqs")
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<BTreeSet<i64>>()
+        }
+    };
+    let own_activity = own_seqs("activity_events").await;
+    let own_tokens = own_seqs("token_usage").await;
+    assert_eq!(own_activity.len(), 3, "the seed gives {ME} three rows");
+    let key = tally_admin_api::apikeys::create_for_user(
+        &db.client,
+        A,
+        &["self:read".to_owned()],
+        Some(ME),
+        Some("my usage page"),
+    )
+    .await
+    .expect("create a self:read key");
+    let credentials = [
+        Credential {
+            name: "self:read JWT, tenant A",
+            token: Some(hs256(SECRET, &claims(A, "self:read", json!({ "sub": ME })))),
+            api_key_header: false,
+            who: Who::Valid {
+                scopes: &["self:read"],
+                tenant: A,
+            },
+        },
+        Credential {
+            name: "self:read API key, tenant A",
+            token: Some(key.key.clone()),
+            api_key_header: false,
+            who: Who::Valid {
+                scopes: &["self:read"],
+                tenant: A,
+            },
+        },
+    ];
+    for credential in &credentials {
+        for route in ROUTES {
+            let label = format!("{} {} as {}", route.method, route.uri, credential.name);
+            let (own, table) = match route.body {
+                Read::Feed(Table::Activity) => (own_activity.clone(), "activity_events"),
+                Read::Feed(Table::Tokens) => (own_tokens.clone(), "token_usage"),
+                _ if route.uri.contains("table=token_usage") || route.path == "/api/v1/tokens" => {
+                    (own_tokens.clone(), "token_usage")
+                }
+                _ => (own_activity.clone(), "activity_events"),
+            };
+            let read_until = match route.body {
+                Read::Feed(_) => own.last().copied(),
+                _ => None,
+            };
+            let body = (route.method == "POST").then(|| json!({}));
+            let answer = send(&router, route, route.uri, credential, body, read_until).await;
+            let want = self_read_expected(route);
+            assert_eq!(answer.status, want, "{label}: {}", answer.text);
+            if want != StatusCode::OK || route.needs == Needs::Nothing {
+                continue;
+            }
+            for marker in B_MARKERS.iter().chain(&others) {
+                assert!(
+                    !answer.text.contains(marker),
+                    "{label}: {marker} leaked: {}",
+                    answer.text
+                );
+            }
+            // Every row shown is the caller's (whatever the route names it).
+            let seqs = seqs_in(&answer);
+            if !seqs.is_empty() {
+                let users: Vec<Option<String>> = db
+                    .client
+                    .query(
+                        &format!("SELECT user_id FROM {table} WHERE seq = ANY($1)"),
+                        &[&seqs.iter().copied().collect::<Vec<i64>>()],
+                    )
+                    .await
+                    .expect("users of the answer")
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                assert!(
+                    users.iter().all(|u| u.as_deref() == Some(ME)),
+                    "{label}: rows of {users:?}"
+                );
+            }
+            let lists_rows = matches!(route.body, Read::Feed(_))
+                || matches!(
+                    route.path,
+                    "/api/v1/activity" | "/api/v1/tokens" | "/api/v1/export"
+                );
+            if lists_rows {
+                assert!(own.is_subset(&seqs), "{label}: {own:?} ⊄ {seqs:?}");
+            }
+            if route.shows_data && route.path != "/api/v1/stats" {
+                assert!(
+                    answer.text.contains(ME),
+                    "{label}: shows {ME}: {}",
+                    answer.text
+                );
+            }
+            // Another user, or another tenant, is refused.
+            if route.takes_tenant {
+                let sep = if route.uri.contains('?') { '&' } else { '?' };
+                let uri = format!("{}{sep}tenant={B}", route.uri);
+                let answer = send(&router, route, &uri, credential, None, None).await;
+                assert_eq!(
+                    answer.status,
+                    StatusCode::FORBIDDEN,
+                    "{uri}: {}",
+                    answer.text
+                );
+            }
+            let takes_user = matches!(
+                route.path,
+                "/api/v1/activity"
+                    | "/api/v1/activity/stream"
+                    | "/api/v1/activity/aggregates"
+                    | "/api/v1/tokens"
+                    | "/api/v1/tokens/stream"
+                    | "/api/v1/tokens/usage"
+            );
+            if takes_user {
+                let sep = if route.uri.contains('?') { '&' } else { '?' };
+                let uri = format!("{}{sep}user={}", route.uri, others[0]);
+                let answer = send(&router, route, &uri, credential, None, None).await;
+                assert_eq!(
+                    answer.status,
+                    StatusCode::FORBIDDEN,
+                    "{uri}: {}",
+                    answer.text
+                );
+            }
+        }
+
+        // /stats counts exactly the caller's rows.
+        let answer = send(
+            &router,
+            &ROUTES[ROUTES
+                .iter()
+                .position(|r| r.uri == "/api/v1/stats")
+                .expect("stats")],
+            "/api/v1/stats",
+            credential,
+            None,
+            None,
+        )
+        .await;
+        let stats: Value = serde_json::from_str(&answer.text).expect("stats JSON");
+        assert_eq!(stats["activity"]["events"], own_activity.len(), "{stats}");
+        assert_eq!(stats["activity"]["active_users"], 1, "{stats}");
+        assert_eq!(stats["tokens"]["requests"], own_tokens.len(), "{stats}");
+        // whoami names the user.
+        let whoami = send(
+            &router,
+            &ROUTES[3],
+            "/api/v1/whoami",
+            credential,
+            None,
+            None,
+        )
+        .await;
+        let whoami: Value = serde_json::from_str(&whoami.text).expect("whoami JSON");
+        assert_eq!(whoami["user"], ME);
+        assert_eq!(whoami["tenant"], A);
+    }
+}

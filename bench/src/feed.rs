@@ -147,6 +147,10 @@ fn event(i: u64, now: chrono::DateTime<Utc>) -> ActivityEvent {
         attributes,
         taxonomy_valid: None,
         taxonomy_reason: None,
+        duration_ms: None,
+        name: None,
+        error_type: None,
+        error_message: None,
     }
 }
 

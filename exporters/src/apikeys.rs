@@ -37,8 +37,16 @@ const PREFIX_BYTES: usize = 8;
 const SECRET_BYTES: usize = 32;
 /// The scope of keys that may write through the OTLP receivers.
 pub const SCOPE_INGEST: &str = "ingest";
+/// The admin API scope of a key that reads only its user's rows.
+pub const SCOPE_SELF_READ: &str = "self:read";
 /// Scopes a key may carry: the admin API's and `ingest`.
-pub const SCOPES: &[&str] = &["activity:read", "tokens:read", "admin", SCOPE_INGEST];
+pub const SCOPES: &[&str] = &[
+    "activity:read",
+    "tokens:read",
+    "admin",
+    SCOPE_SELF_READ,
+    SCOPE_INGEST,
+];
 /// Shortest time between two reloads of the known-prefix set (the longest a
 /// request with an unknown key waits for its refusal).
 pub const KNOWN_REFRESH_MIN: Duration = Duration::from_secs(1);
@@ -82,6 +90,8 @@ pub struct ApiKeyInfo {
     pub tenant: String,
     /// Its scopes.
     pub scopes: Vec<String>,
+    /// The user whose rows a `self:read` key reads.
+    pub user: Option<String>,
     /// Free text given at creation.
     pub description: Option<String>,
     /// When it was created.
@@ -143,6 +153,29 @@ fn random_hex(bytes: usize) -> Result<String, ApiKeyError> {
     let mut buffer = vec![0u8; bytes];
     getrandom::fill(&mut buffer).map_err(|error| ApiKeyError::Random(error.to_string()))?;
     Ok(hex::encode(buffer))
+}
+
+/// Checks the user of a new key: required with `self:read` (and then one
+/// tenant), refused without it.
+fn checked_user(tenant: &str, scopes: &[String], user: Option<&str>) -> Result<(), ApiKeyError> {
+    let own = scopes.iter().any(|s| s == SCOPE_SELF_READ);
+    match user {
+        Some(user) if !own => Err(ApiKeyError::Invalid(format!(
+            "a user ({user:?}) is only for a key with scope {SCOPE_SELF_READ}"
+        ))),
+        None if own => Err(ApiKeyError::Invalid(format!(
+            "a key with scope {SCOPE_SELF_READ} needs the user whose rows it reads (--user)"
+        ))),
+        Some(user) if user.trim().is_empty() || user.trim() != user || user.contains('\0') => {
+            Err(ApiKeyError::Invalid(
+                "the user must be a user id, without surrounding spaces".to_owned(),
+            ))
+        }
+        Some(_) if tenant == "*" => Err(ApiKeyError::Invalid(format!(
+            "a key with scope {SCOPE_SELF_READ} reads within one tenant, not *"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a tenant and scopes for a new key; returns the scopes deduplicated
@@ -251,10 +284,11 @@ pub async fn create(
     scopes: &[String],
     description: Option<&str>,
 ) -> Result<CreatedKey, ApiKeyError> {
-    create_restricted(
+    create_with(
         client,
         tenant,
         scopes,
+        None,
         description,
         &IngestRestrictions::default(),
     )
@@ -270,7 +304,41 @@ pub async fn create_restricted(
     description: Option<&str>,
     restrictions: &IngestRestrictions,
 ) -> Result<CreatedKey, ApiKeyError> {
+    create_with(client, tenant, scopes, None, description, restrictions).await
+}
+
+/// [`create`] with the user a `self:read` key reads the rows of (required
+/// with that scope, refused without it).
+pub async fn create_for_user(
+    client: &Client,
+    tenant: &str,
+    scopes: &[String],
+    user: Option<&str>,
+    description: Option<&str>,
+) -> Result<CreatedKey, ApiKeyError> {
+    create_with(
+        client,
+        tenant,
+        scopes,
+        user,
+        description,
+        &IngestRestrictions::default(),
+    )
+    .await
+}
+
+/// [`create`] with everything a key may carry: the `self:read` user and the REST
+/// ingest restrictions.
+pub async fn create_with(
+    client: &Client,
+    tenant: &str,
+    scopes: &[String],
+    user: Option<&str>,
+    description: Option<&str>,
+    restrictions: &IngestRestrictions,
+) -> Result<CreatedKey, ApiKeyError> {
     let scopes = checked(tenant, scopes)?;
+    checked_user(tenant, &scopes, user)?;
     let restrictions = checked_restrictions(tenant, &scopes, restrictions)?;
     let id = Uuid::new_v4();
     let prefix = random_hex(PREFIX_BYTES)?;
@@ -279,8 +347,8 @@ pub async fn create_restricted(
     client
         .execute(
             "INSERT INTO api_keys (id, prefix, secret_hash, tenant, scopes, description, \
-                                   allowed_origins, allowed_actions) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                                   allowed_origins, allowed_actions, user_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &id,
                 &prefix,
@@ -290,6 +358,7 @@ pub async fn create_restricted(
                 &description,
                 &restrictions.origins,
                 &restrictions.actions,
+                &user,
             ],
         )
         .await?;
@@ -327,7 +396,7 @@ pub async fn list(client: &Client) -> Result<Vec<ApiKeyInfo>, ApiKeyError> {
     let rows = client
         .query(
             "SELECT id, prefix, tenant, scopes, description, created_at, revoked_at, \
-                    allowed_origins, allowed_actions \
+                    allowed_origins, allowed_actions, user_id \
              FROM api_keys ORDER BY created_at DESC, id",
             &[],
         )
@@ -339,6 +408,7 @@ pub async fn list(client: &Client) -> Result<Vec<ApiKeyInfo>, ApiKeyError> {
                 prefix: row.try_get(1)?,
                 tenant: row.try_get(2)?,
                 scopes: row.try_get(3)?,
+                user: row.try_get(9)?,
                 description: row.try_get(4)?,
                 created_at: row.try_get(5)?,
                 revoked_at: row.try_get(6)?,
@@ -371,7 +441,7 @@ pub async fn admin_keys_exist(client: &Client) -> Result<bool, ApiKeyError> {
     let row = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL \
-             AND scopes && ARRAY['activity:read', 'tokens:read', 'admin']::text[])",
+             AND scopes && ARRAY['activity:read', 'tokens:read', 'admin', 'self:read']::text[])",
             &[],
         )
         .await?;
@@ -427,6 +497,8 @@ pub struct Grant {
     pub scopes: BTreeSet<String>,
     /// Its REST ingest restrictions (origins, actions).
     pub restrictions: IngestRestrictions,
+    /// The user whose rows a `self:read` key reads.
+    pub user: Option<String>,
 }
 
 /// Why a presented key was refused.
@@ -632,7 +704,7 @@ impl KeyVerifier {
         let row = client
             .query_opt(
                 "SELECT id, secret_hash, tenant, scopes, revoked_at IS NOT NULL, \
-                        allowed_origins, allowed_actions \
+                        allowed_origins, allowed_actions, user_id \
                  FROM api_keys WHERE prefix = $1",
                 &[&prefix],
             )
@@ -650,6 +722,7 @@ impl KeyVerifier {
                     origins: row.try_get(5)?,
                     actions: row.try_get(6)?,
                 },
+                user: row.try_get(7)?,
             },
             secret_hash: row.try_get(1)?,
             revoked: row.try_get(4)?,
@@ -743,6 +816,28 @@ mod tests {
     }
 
     #[test]
+    fn a_self_read_key_has_one_user_in_one_tenant() {
+        let own = vec!["self:read".to_owned()];
+        assert!(checked_user("acme", &own, Some("alice")).is_ok());
+        for (tenant, scopes, user) in [
+            ("acme", own.clone(), None),
+            ("*", own.clone(), Some("alice")),
+            ("acme", own.clone(), Some(" alice")),
+            ("acme", own.clone(), Some("")),
+            ("acme", vec!["activity:read".to_owned()], Some("alice")),
+        ] {
+            assert!(
+                matches!(
+                    checked_user(tenant, &scopes, user),
+                    Err(ApiKeyError::Invalid(_))
+                ),
+                "{tenant} {scopes:?} {user:?}"
+            );
+        }
+        assert!(checked_user("acme", &["admin".to_owned()], None).is_ok());
+    }
+
+    #[test]
     fn hashes_compare_whole() {
         let a = hash("tally_x");
         assert!(same_hash(&a, &hash("tally_x")));
@@ -757,6 +852,7 @@ mod tests {
             grant: Grant {
                 id: Uuid::nil(),
                 prefix: String::new(),
+                user: None,
                 tenant: "acme".into(),
                 scopes: BTreeSet::new(),
                 restrictions: IngestRestrictions::default(),

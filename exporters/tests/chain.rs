@@ -2,6 +2,8 @@
 //! DELETE and INSERT each detected at their seq, retention drops, concurrent
 //! chainers, and signed checkpoints.
 
+mod common;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
@@ -785,4 +787,121 @@ async fn a_run_whose_checkpoint_file_cannot_be_written_rolls_back_and_is_retried
     let external = chain::read_checkpoint_dir(&blocked, &trusted()).expect("read");
     assert!(external.heads["acme"].contains_key(&seq), "{external:?}");
     let _ = std::fs::remove_dir_all(&blocked);
+}
+
+/// A chained database holding, for tenant `acme`, one row without details (as
+/// written before schema version 12), then three from the writer with details
+/// (the last with a name only). Answers the seqs of the three.
+async fn with_details() -> (TestDatabase, Vec<i64>) {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let plain = insert(&mut client, "acme", Utc::now(), "u-plain").await;
+    let mut events: Vec<_> = (0..3).map(common::event).collect();
+    for e in &mut events {
+        e.tenant_id = Some("acme".into());
+    }
+    events[2].duration_ms = None;
+    events[2].error_type = None;
+    events[2].error_message = None;
+    let tx = client.transaction().await.expect("begin");
+    let inserted = tally_exporters::postgres::insert_activity_batch(&tx, &events)
+        .await
+        .expect("insert");
+    assert_eq!(inserted, 3);
+    tx.commit().await.expect("commit");
+    chain_all(&db).await;
+    let seqs = client
+        .query(
+            "SELECT seq FROM activity_events WHERE seq > $1 ORDER BY seq",
+            &[&plain],
+        )
+        .await
+        .expect("seqs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    (db, seqs)
+}
+
+#[tokio::test]
+async fn rows_with_details_verify_and_a_change_to_a_detail_is_detected() {
+    let (db, seqs) = with_details().await;
+    let report = verify(&db, "acme").await;
+    assert!(report.is_intact(), "{report:#?}");
+    assert_eq!(report.rows_checked, 4);
+    drop(db);
+
+    for (index, change) in [
+        (1, "duration_ms = duration_ms + 1"),
+        (0, "error_message = 'nothing happened'"),
+        (
+            0,
+            "duration_ms = NULL, name = NULL, error_type = NULL, error_message = NULL",
+        ),
+        (2, "name = 'GET /admin'"),
+    ] {
+        let (db, seqs) = with_details().await;
+        let client = db.client().await;
+        client
+            .execute(
+                &format!("UPDATE activity_events SET {change} WHERE seq = $1"),
+                &[&seqs[index]],
+            )
+            .await
+            .expect("update");
+        assert_problem(
+            &verify(&db, "acme").await,
+            seqs[index],
+            ProblemKind::Altered,
+        );
+    }
+    assert_eq!(seqs.len(), 3);
+}
+
+#[tokio::test]
+async fn rows_written_before_the_details_migration_read_and_verify_after_it() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    // Back to schema version 11: without the details columns.
+    client
+        .batch_execute(
+            "ALTER TABLE activity_events DROP COLUMN duration_ms, DROP COLUMN name, \
+                 DROP COLUMN error_type, DROP COLUMN error_message; \
+             ALTER TABLE api_keys DROP COLUMN user_id; \
+             DELETE FROM tally_schema_migrations WHERE version = 12;",
+        )
+        .await
+        .expect("back to version 11");
+    let old = [
+        insert(&mut client, "acme", Utc::now(), "u1").await,
+        insert(&mut client, "acme", Utc::now(), "u2").await,
+    ];
+    tally_exporters::postgres::migrate(&client)
+        .await
+        .expect("migrate to 12");
+    let details: Vec<Option<String>> = client
+        .query(
+            "SELECT name FROM activity_events WHERE seq = ANY($1)",
+            &[&old.to_vec()],
+        )
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(details, [None, None], "nothing filled retroactively");
+    // New rows with details after the old ones; one chain over both.
+    let mut events: Vec<_> = (0..2).map(common::event).collect();
+    for e in &mut events {
+        e.tenant_id = Some("acme".into());
+    }
+    let tx = client.transaction().await.expect("begin");
+    tally_exporters::postgres::insert_activity_batch(&tx, &events)
+        .await
+        .expect("insert");
+    tx.commit().await.expect("commit");
+    chain_all(&db).await;
+    let report = verify(&db, "acme").await;
+    assert!(report.is_intact(), "{report:#?}");
+    assert_eq!(report.rows_checked, 4);
 }

@@ -45,6 +45,10 @@ struct Row {
     trace_id: Option<String>,
     span_id: Option<String>,
     attributes: serde_json::Value,
+    duration_ms: Option<f64>,
+    name: Option<String>,
+    error_type: Option<String>,
+    error_message: Option<String>,
 }
 
 fn expected(e: &ActivityEvent) -> Row {
@@ -62,6 +66,10 @@ fn expected(e: &ActivityEvent) -> Row {
         trace_id: e.trace_id.clone(),
         span_id: e.span_id.clone(),
         attributes: serde_json::Value::Object(e.attributes.clone()),
+        duration_ms: e.duration_ms,
+        name: e.name.clone(),
+        error_type: e.error_type.clone(),
+        error_message: e.error_message.clone(),
     }
 }
 
@@ -69,7 +77,8 @@ async fn read_rows(client: &tokio_postgres::Client) -> Vec<Row> {
     client
         .query(
             "SELECT id, ts, tenant_id, user_id, session_id, action, outcome, resource_type, \
-             resource_id, service, trace_id, span_id, attributes FROM activity_events ORDER BY id",
+             resource_id, service, trace_id, span_id, attributes, duration_ms, name, error_type, \
+             error_message FROM activity_events ORDER BY id",
             &[],
         )
         .await
@@ -89,6 +98,10 @@ async fn read_rows(client: &tokio_postgres::Client) -> Vec<Row> {
             trace_id: r.get(10),
             span_id: r.get(11),
             attributes: r.get(12),
+            duration_ms: r.get(13),
+            name: r.get(14),
+            error_type: r.get(15),
+            error_message: r.get(16),
         })
         .collect()
 }
@@ -111,6 +124,10 @@ async fn submitted_events_are_stored_field_by_field_and_once() {
         e.span_id = None;
         e.outcome = Outcome::Unknown;
         e.attributes.clear();
+        e.duration_ms = None;
+        e.name = None;
+        e.error_type = None;
+        e.error_message = None;
     }
     batch[10].outcome = Outcome::Failure;
     batch[11].attributes.insert(

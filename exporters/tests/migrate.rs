@@ -80,6 +80,10 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
             "taxonomy_valid",
             "taxonomy_reason",
             "ingest_key_id",
+            "duration_ms",
+            "name",
+            "error_type",
+            "error_message",
         ]
     );
 

@@ -78,6 +78,10 @@ fn activity_events(rng: &mut Rng, n: usize) -> Vec<ActivityEvent> {
             attributes: serde_json::Map::new(),
             taxonomy_valid: None,
             taxonomy_reason: None,
+            duration_ms: None,
+            name: None,
+            error_type: None,
+            error_message: None,
         })
         .collect()
 }

@@ -269,3 +269,61 @@ async fn the_rollups_over_every_tenant_show_only_to_platform_callers() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_session_user_limits_the_api_role_to_that_users_rows() {
+    let db = TestDatabase::migrated().await;
+    let owner = db.client().await;
+    seed(&owner).await;
+    owner
+        .batch_execute(
+            "UPDATE activity_events SET user_id = 'u' || seq; \
+             UPDATE token_usage SET user_id = 'u' || seq; \
+             INSERT INTO activity_daily_tenant (day, tenant_id, action, outcome, events) \
+             VALUES (current_date, 'a', 'x', 'success', 2);",
+        )
+        .await
+        .expect("users");
+    let client = db.client().await;
+    client
+        .batch_execute(&format!("SET ROLE {API_ROLE}"))
+        .await
+        .expect("SET ROLE tally_api");
+    let counts = |tenant: &'static str, user: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "SELECT set_config('tally.tenant', $1, false), set_config('tally.user', $2, false)",
+                    &[&tenant, &user],
+                )
+                .await
+                .expect("settings");
+            let mut counts = Vec::new();
+            for table in TENANT_TABLES.iter().chain(&["activity_daily_tenant"]) {
+                let row = client
+                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("count {table}: {e}"));
+                counts.push(row.get::<_, i64>(0));
+            }
+            counts
+        }
+    };
+    // activity_events, token_usage, rejected_events (no user_id), activity_daily,
+    // token_usage_daily, activity_daily_tenant (no user_id).
+    assert_eq!(counts("a", "u1").await, vec![1, 1, 0, 1, 1, 0], "a/u1");
+    assert_eq!(counts("a", "u2").await, vec![1, 1, 0, 1, 1, 0], "a/u2");
+    assert_eq!(counts("a", "u3").await, vec![0, 0, 0, 0, 0, 0], "u3 is b's");
+    assert_eq!(counts("b", "u3").await, vec![1, 1, 0, 0, 0, 0], "b/u3");
+    assert_eq!(
+        counts("*", "u1").await,
+        vec![1, 1, 0, 3, 3, 0],
+        "a user under *"
+    );
+    assert_eq!(
+        counts("a", "").await,
+        vec![2, 2, 2, 2, 2, 1],
+        "'' is any user"
+    );
+}

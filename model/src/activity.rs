@@ -63,6 +63,21 @@ pub struct ActivityEvent {
     pub span_id: Option<String>,
     /// Remaining attributes (resource, scope and record), as a JSON object.
     pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// Span end − start in milliseconds (`None` for log records and spans
+    /// without both times).
+    #[serde(default)]
+    pub duration_ms: Option<f64>,
+    /// The span name, or the log record's event name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `error.type`, else the `exception.type` of an exception (span event or
+    /// log record attribute).
+    #[serde(default)]
+    pub error_type: Option<String>,
+    /// The span status message, else `exception.message`; already redacted
+    /// like any attribute value.
+    #[serde(default)]
+    pub error_message: Option<String>,
     /// Taxonomy verdict: `None` when not checked (mode `off`), `Some(true)` for a
     /// declared action with valid metadata, `Some(false)` when stored flagged
     /// (mode `lenient`).

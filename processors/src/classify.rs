@@ -10,10 +10,13 @@
 //! on to the validator, which quarantines a malformed one. See `docs/schema.md` for the
 //! full mapping.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::span::Event as SpanEvent;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 use prost::Message;
@@ -51,6 +54,9 @@ struct Identity<'a> {
     outcome: Option<&'a AnyValue>,
     http_status: Option<&'a AnyValue>,
     service: Option<&'a AnyValue>,
+    error_type: Option<&'a AnyValue>,
+    exception_type: Option<&'a AnyValue>,
+    exception_message: Option<&'a AnyValue>,
     /// The level (0 resource, 1 scope, 2 record) each alias slot was last set from,
     /// indexed by [`Alias`].
     alias_levels: [u8; 5],
@@ -92,6 +98,11 @@ fn slot<'s, 'a>(
         "http.response.status_code" | "http.status_code" => {
             return (Some(&mut identity.http_status), true, None);
         }
+        // Error details fill their columns and stay attributes (readers of
+        // `attributes` keep working).
+        "error.type" => return (Some(&mut identity.error_type), true, None),
+        "exception.type" => return (Some(&mut identity.exception_type), true, None),
+        "exception.message" => return (Some(&mut identity.exception_message), true, None),
         _ => return (None, true, None),
     };
     (Some(slot), false, alias)
@@ -230,6 +241,21 @@ struct Draft<'a> {
     status_outcome: Outcome,
     trace_id: &'a [u8],
     span_id: &'a [u8],
+    /// The span name or the log record's event name (`None` when empty).
+    name: Option<String>,
+    duration_ms: Option<f64>,
+    /// The span status message (wins over `exception.message`).
+    status_message: Option<&'a str>,
+    /// The last `exception` span event, when the span has one.
+    exception: Option<&'a [KeyValue]>,
+}
+
+/// The value of `key` in an attribute list.
+fn attribute<'a>(list: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    list.iter()
+        .rev()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
 }
 
 impl Draft<'_> {
@@ -242,7 +268,20 @@ impl Draft<'_> {
             status_outcome,
             trace_id,
             span_id,
+            name,
+            duration_ms,
+            status_message,
+            exception,
         } = self;
+        let from_exception = |key: &str| exception.and_then(|list| as_text(attribute(list, key)));
+        let error_type = as_text(identity.error_type)
+            .or_else(|| as_text(identity.exception_type))
+            .or_else(|| from_exception("exception.type"));
+        let error_message = status_message
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned)
+            .or_else(|| as_text(identity.exception_message))
+            .or_else(|| from_exception("exception.message"));
         // `event.name` that is not the action (another field won) stays an attribute.
         if let Some(name) = as_text(identity.event_name).filter(|name| name.trim() != action) {
             attributes.insert("event.name".into(), serde_json::Value::String(name));
@@ -287,6 +326,10 @@ impl Draft<'_> {
             trace_id: hex_id(trace_id),
             span_id: hex_id(span_id),
             attributes,
+            duration_ms,
+            name,
+            error_type,
+            error_message,
             taxonomy_valid: None,
             taxonomy_reason: None,
         }
@@ -319,6 +362,9 @@ pub fn classify_traces(
                     span_id: &span.span_id,
                     status: span.status.as_ref(),
                     start: span.start_time_unix_nano,
+                    end: span.end_time_unix_nano,
+                    name: Cow::Borrowed(&span.name),
+                    events: &span.events,
                 };
                 span_event(&mut out, identity, attributes, facts, received_at);
             }
@@ -328,8 +374,9 @@ pub fn classify_traces(
 }
 
 /// [`classify_traces`] that moves the spans' own attribute keys and values
-/// into the events instead of copying them: those attributes are left empty
-/// in `request` (identity attributes and resource and scope attributes stay).
+/// and names into the events instead of copying them: those attributes and
+/// the span names are left empty in `request` (identity attributes and
+/// resource and scope attributes stay).
 /// For a caller done with the request's attributes (the pipeline runs token
 /// extraction first). Gives the same events as [`classify_traces`].
 pub fn classify_traces_taking(
@@ -354,6 +401,9 @@ pub fn classify_traces_taking(
                     span_id,
                     status,
                     start_time_unix_nano,
+                    end_time_unix_nano,
+                    name,
+                    events,
                     ..
                 } = span;
                 let (identity, attributes) =
@@ -363,6 +413,9 @@ pub fn classify_traces_taking(
                     span_id,
                     status: status.as_ref(),
                     start: *start_time_unix_nano,
+                    end: *end_time_unix_nano,
+                    name: Cow::Owned(std::mem::take(name)),
+                    events,
                 };
                 span_event(&mut out, identity, attributes, facts, received_at);
             }
@@ -377,6 +430,22 @@ struct SpanFacts<'a> {
     span_id: &'a [u8],
     status: Option<&'a Status>,
     start: u64,
+    end: u64,
+    name: Cow<'a, str>,
+    events: &'a [SpanEvent],
+}
+
+/// The OpenTelemetry name of the span event that records an exception.
+const EXCEPTION_EVENT: &str = "exception";
+
+/// End − start in milliseconds, when the span has both and ends after it starts.
+fn span_duration_ms(start: u64, end: u64) -> Option<f64> {
+    if start == 0 || end == 0 || end < start {
+        return None;
+    }
+    // Nanoseconds to milliseconds; a span of any real length is exact in f64
+    // to well below a microsecond.
+    Some((end - start) as f64 / 1_000_000.0)
 }
 
 /// Adds the event of one span (or counts it as without action).
@@ -399,6 +468,12 @@ fn span_event(
         Some(StatusCode::Ok) => Outcome::Success,
         _ => Outcome::Unknown,
     };
+    let exception = span
+        .events
+        .iter()
+        .rev()
+        .find(|event| event.name == EXCEPTION_EVENT)
+        .map(|event| &event.attributes[..]);
     let draft = Draft {
         identity,
         attributes,
@@ -407,6 +482,10 @@ fn span_event(
         status_outcome,
         trace_id: span.trace_id,
         span_id: span.span_id,
+        name: (!span.name.is_empty()).then(|| span.name.into_owned()),
+        duration_ms: span_duration_ms(span.start, span.end),
+        status_message: span.status.map(|s| s.message.as_str()),
+        exception,
     };
     out.events
         .push(draft.finish(ids::span_event_id(span.trace_id, span.span_id)));
@@ -433,12 +512,13 @@ pub fn classify_logs(request: &ExportLogsServiceRequest, received_at: DateTime<U
                     collect([resource_attrs, scope_attrs, &record.attributes]);
                 let event_name = (!record.event_name.is_empty()).then(|| record.event_name.clone());
                 let Some(action) = as_text(identity.action)
-                    .or(event_name)
+                    .or_else(|| event_name.clone())
                     .or_else(|| as_text(identity.event_name))
                 else {
                     out.without_action += 1;
                     continue;
                 };
+                let name = event_name.or_else(|| as_text(identity.event_name));
                 let action = action.trim().to_string();
                 let status_outcome = if record.severity_number >= SEVERITY_ERROR {
                     Outcome::Failure
@@ -472,6 +552,10 @@ pub fn classify_logs(request: &ExportLogsServiceRequest, received_at: DateTime<U
                     status_outcome,
                     trace_id: &record.trace_id,
                     span_id: &record.span_id,
+                    name,
+                    duration_ms: None,
+                    status_message: None,
+                    exception: None,
                 };
                 out.events.push(draft.finish(id));
             }

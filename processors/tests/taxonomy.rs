@@ -62,6 +62,10 @@ fn event(action: &str, outcome: Outcome, attributes: Value) -> ActivityEvent {
         attributes,
         taxonomy_valid: None,
         taxonomy_reason: None,
+        duration_ms: None,
+        name: None,
+        error_type: None,
+        error_message: None,
     }
 }
 

@@ -124,6 +124,12 @@ fn activity(item: &ActivityItem) -> String {
     line.labeled("cs4", "spanId", item.span_id.as_deref());
     line.labeled("cs5", "resourceType", item.resource_type.as_deref());
     line.labeled("cs6", "resourceId", item.resource_id.as_deref());
+    if let Some(ms) = item.duration_ms {
+        line.labeled("cn1", "durationMs", Some(&(ms.round() as i64).to_string()));
+    }
+    line.labeled("flexString1", "name", item.name.as_deref());
+    line.labeled("flexString2", "errorType", item.error_type.as_deref());
+    line.opt("msg", item.error_message.as_deref());
     line.field("deviceExternalId", &item.id.to_string());
     line.text
 }

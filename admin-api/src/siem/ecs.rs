@@ -98,10 +98,29 @@ fn activity(item: &ActivityItem) -> Value {
     if !labels.is_empty() {
         document.insert("labels".into(), Value::Object(labels));
     }
-    document.insert(
-        "tally".into(),
-        json!({ "table": "activity_events", "attributes": item.attributes }),
-    );
+    if let Some(ms) = item.duration_ms {
+        // ECS `event.duration` is nanoseconds.
+        if let Some(event) = document.get_mut("event").and_then(Value::as_object_mut) {
+            event.insert("duration".into(), json!((ms * 1e6).round() as i64));
+        }
+    }
+    if item.error_type.is_some() || item.error_message.is_some() {
+        let mut error = Map::new();
+        if let Some(kind) = &item.error_type {
+            error.insert("type".into(), json!(kind));
+        }
+        if let Some(message) = &item.error_message {
+            error.insert("message".into(), json!(message));
+        }
+        document.insert("error".into(), Value::Object(error));
+    }
+    let mut tally = Map::new();
+    tally.insert("table".into(), json!("activity_events"));
+    if let Some(name) = &item.name {
+        tally.insert("name".into(), json!(name));
+    }
+    tally.insert("attributes".into(), item.attributes.clone());
+    document.insert("tally".into(), Value::Object(tally));
     Value::Object(document)
 }
 

@@ -193,9 +193,19 @@ fn activity(item: &ActivityItem) -> Value {
         put(&mut resource, "uid", item.resource_id.as_ref());
         event.insert("resources".into(), json!([Value::Object(resource)]));
     }
+    // OCSF `duration` is whole milliseconds; the exact value stays in `unmapped`.
+    if let Some(ms) = item.duration_ms {
+        event.insert("duration".into(), json!(ms.round() as i64));
+    }
+    put(&mut event, "status_code", item.error_type.as_ref());
+    put(&mut event, "status_detail", item.error_message.as_ref());
     let mut unmapped = Map::new();
     unmapped.insert("action".into(), json!(item.action));
     put(&mut unmapped, "span_id", item.span_id.as_ref());
+    put(&mut unmapped, "name", item.name.as_ref());
+    if let Some(ms) = item.duration_ms {
+        unmapped.insert("duration_ms".into(), json!(ms));
+    }
     unmapped.insert("attributes".into(), item.attributes.clone());
     event.insert("unmapped".into(), Value::Object(unmapped));
     Value::Object(event)

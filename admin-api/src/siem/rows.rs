@@ -10,7 +10,8 @@ use crate::activity::{format_ts, ActivityItem};
 
 /// The `activity_events` columns, in the order [`activity_item`] reads them.
 pub const ACTIVITY_COLUMNS: &str = "id, seq, ts, received_at, tenant_id, user_id, session_id, \
-     action, outcome, resource_type, resource_id, service, trace_id, span_id, attributes";
+     action, outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
+     duration_ms, name, error_type, error_message";
 
 /// The `token_usage` columns, in the order [`TokenItem::from_row`] reads them
 /// (`cost_usd` as double precision).
@@ -44,6 +45,10 @@ pub fn activity_item(row: &Row) -> Result<ActivityItem, tokio_postgres::Error> {
         trace_id: row.try_get("trace_id")?,
         span_id: row.try_get("span_id")?,
         attributes: row.try_get("attributes")?,
+        duration_ms: row.try_get("duration_ms")?,
+        name: row.try_get("name")?,
+        error_type: row.try_get("error_type")?,
+        error_message: row.try_get("error_message")?,
     })
 }
 

@@ -95,6 +95,8 @@ pub const ACTIVITY_STREAM_PARAMETERS: &[&str] = &[
     "resource_type",
     "resource_id",
     "trace_id",
+    "name",
+    "min_duration_ms",
     "from",
     "to",
     "after_seq",
@@ -339,6 +341,7 @@ pub(crate) fn activity_filters(query: &ActivityQuery) -> Filters {
         ("resource_type", &query.resource_type),
         ("resource_id", &query.resource_id),
         ("trace_id", &query.trace_id),
+        ("name", &query.name),
     ];
     for (column, value) in text {
         if let Some(value) = value {
@@ -352,6 +355,9 @@ pub(crate) fn activity_filters(query: &ActivityQuery) -> Filters {
     }
     if let Some(outcome) = query.outcome {
         conds.push(Cond::Eq("outcome", outcome.as_str().to_owned()));
+    }
+    if let Some(ms) = query.min_duration_ms {
+        conds.push(Cond::MinDuration(ms));
     }
     if let Some(from) = query.from {
         conds.push(Cond::TsFrom(from));
@@ -473,6 +479,7 @@ pub(crate) async fn activity_stream(
         .collect();
     let mut query = ActivityQuery::parse(&filter_pairs, 1, 1)?;
     query.tenant = caller.tenant_filter(query.tenant.take())?;
+    query.user = caller.user_filter(query.user.take())?;
     let mut filters = activity_filters(&query);
     // Reads are audited: a client that re-reads on each live event would feed
     // itself its own audit.log.view events. They are streamed only on request.
@@ -506,8 +513,10 @@ pub(crate) async fn tokens_stream(
     if let Some(tenant) = tenant {
         filters.eq("tenant_id", tenant);
     }
+    if let Some(user) = caller.user_filter(single(&pairs, "user")?.map(str::to_owned))? {
+        filters.eq("user_id", user);
+    }
     for (name, column) in [
-        ("user", "user_id"),
         ("model", "model"),
         ("provider", "provider"),
         ("operation", "operation"),

@@ -232,12 +232,19 @@ async fn summary(
     elapsed: f64,
 ) -> Result<Value, ApiError> {
     let client = app.pool.get_for(rows_of).await?;
-    let tenant_clause = if tenant.is_some() {
-        " AND tenant_id = $2"
-    } else {
-        ""
+    // A `self:read` caller: its own user's rows (the database's policies
+    // say so too).
+    let user = match rows_of {
+        TenantAccess::OwnRows { user, .. } => Some(user.as_str()),
+        _ => None,
+    };
+    let tenant_clause = match (tenant, user) {
+        (Some(_), Some(_)) => " AND tenant_id = $2 AND user_id = $3",
+        (Some(_), None) => " AND tenant_id = $2",
+        (None, _) => "",
     };
     let tenant_param = tenant.map(str::to_owned);
+    let user_param = user.map(str::to_owned);
     let mut out = Map::new();
     out.insert("ts".into(), json!(format_ts(chrono::Utc::now())));
     out.insert("interval_secs".into(), json!(elapsed));
@@ -247,9 +254,10 @@ async fn summary(
             "SELECT split_part(action, '.', 1) AS class, count(*) AS n, max(seq) AS last \
              FROM activity_events WHERE seq > $1{tenant_clause} GROUP BY 1"
         );
-        let rows = match &tenant_param {
-            Some(tenant) => client.query(&sql, &[&after, tenant]).await,
-            None => client.query(&sql, &[&after]).await,
+        let rows = match (&tenant_param, &user_param) {
+            (Some(tenant), Some(user)) => client.query(&sql, &[&after, tenant, user]).await,
+            (Some(tenant), None) => client.query(&sql, &[&after, tenant]).await,
+            (None, _) => client.query(&sql, &[&after]).await,
         }
         .map_err(ApiError::from_db)?;
         let mut total = 0i64;
@@ -283,9 +291,10 @@ async fn summary(
              coalesce(sum(output_tokens), 0)::int8 AS output, max(seq) AS last \
              FROM token_usage WHERE seq > $1{tenant_clause} GROUP BY 1"
         );
-        let rows = match &tenant_param {
-            Some(tenant) => client.query(&sql, &[&after, tenant]).await,
-            None => client.query(&sql, &[&after]).await,
+        let rows = match (&tenant_param, &user_param) {
+            (Some(tenant), Some(user)) => client.query(&sql, &[&after, tenant, user]).await,
+            (Some(tenant), None) => client.query(&sql, &[&after, tenant]).await,
+            (None, _) => client.query(&sql, &[&after]).await,
         }
         .map_err(ApiError::from_db)?;
         let (mut requests, mut tokens, mut input, mut output) = (0i64, 0i64, 0i64, 0i64);

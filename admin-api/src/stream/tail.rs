@@ -45,6 +45,8 @@ const KEPT_PAGES: usize = 64;
 pub(crate) struct LiveRow {
     pub(crate) seq: i64,
     ts: DateTime<Utc>,
+    /// `duration_ms` (activity rows).
+    duration_ms: Option<f64>,
     /// `(column, value)` of the filterable text columns (`None` = NULL).
     columns: Vec<(&'static str, Option<String>)>,
 }
@@ -82,6 +84,8 @@ pub(crate) enum Cond {
     TsFrom(DateTime<Utc>),
     /// `ts < value`.
     TsTo(DateTime<Utc>),
+    /// `duration_ms >= value`.
+    MinDuration(f64),
 }
 
 impl Cond {
@@ -94,6 +98,7 @@ impl Cond {
                 .is_some_and(|v| v.starts_with(prefix.as_str())),
             Cond::TsFrom(from) => row.ts >= *from,
             Cond::TsTo(to) => row.ts < *to,
+            Cond::MinDuration(ms) => row.duration_ms.is_some_and(|d| d >= *ms),
         }
     }
 }
@@ -144,6 +149,10 @@ fn key(table: Table, rows_of: &TenantAccess) -> String {
         TenantAccess::All => format!("{}:*", table.name()),
         TenantAccess::One(tenant) => format!("{}:={tenant}", table.name()),
         TenantAccess::Nothing => format!("{}:", table.name()),
+        // `\0` (never in a verified claim) separates the user from the tenant.
+        TenantAccess::OwnRows { tenant, user } => {
+            format!("{}:={tenant}\0user={user}", table.name())
+        }
     }
 }
 
@@ -292,6 +301,7 @@ fn live_row(table: Table, row: &Row, frames: &mut FramesBuilder) -> Result<LiveR
     let text = |name: &'static str| -> Result<(&'static str, Option<String>), ApiError> {
         Ok((name, row.try_get(name).map_err(ApiError::from_db)?))
     };
+    let mut duration_ms = None;
     let (seq, columns) = match table {
         Table::Activity => {
             let item = activity_item(row).map_err(ApiError::from_db)?;
@@ -303,7 +313,9 @@ fn live_row(table: Table, row: &Row, frames: &mut FramesBuilder) -> Result<LiveR
                 text("resource_type")?,
                 text("resource_id")?,
                 text("trace_id")?,
+                ("name", item.name.clone()),
             ];
+            duration_ms = item.duration_ms;
             frames
                 .push(item.seq, "activity", &item)
                 .map_err(encoding_failed)?;
@@ -326,7 +338,12 @@ fn live_row(table: Table, row: &Row, frames: &mut FramesBuilder) -> Result<LiveR
             (item.seq, columns)
         }
     };
-    Ok(LiveRow { seq, ts, columns })
+    Ok(LiveRow {
+        seq,
+        ts,
+        duration_ms,
+        columns,
+    })
 }
 
 pub(crate) fn encoding_failed(error: serde_json::Error) -> ApiError {

@@ -25,7 +25,7 @@ const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// Columns of an activity row (see `writer.rs`'s `COPY_SQL`).
-const ACTIVITY_COLUMNS: i16 = 16;
+const ACTIVITY_COLUMNS: i16 = 20;
 /// Columns of a token row (see `tokens.rs`'s `COPY_SQL`).
 const TOKEN_COLUMNS: i16 = 30;
 
@@ -246,7 +246,8 @@ fn clean_prefix(bytes: &[u8]) -> usize {
 
 /// One `activity_events` staging row: id, ts, tenant_id, user_id, session_id,
 /// action, outcome, resource_type, resource_id, service, trace_id, span_id,
-/// attributes, taxonomy_valid, taxonomy_reason, ingest_key_id.
+/// attributes, taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name,
+/// error_type, error_message.
 pub fn activity_row(
     out: &mut BytesMut,
     e: &ActivityEvent,
@@ -269,6 +270,10 @@ pub fn activity_row(
     opt_bool(out, e.taxonomy_valid);
     opt_text(out, e.taxonomy_reason.as_deref())?;
     opt_uuid(out, ingest_key_id);
+    opt_float8(out, e.duration_ms.filter(|d| d.is_finite()));
+    opt_text(out, e.name.as_deref())?;
+    opt_text(out, e.error_type.as_deref())?;
+    opt_text(out, e.error_message.as_deref())?;
     Ok(())
 }
 

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "ingest_key_id",
         include_str!("migrations/0011_ingest_key_id.sql"),
     ),
+    (
+        12,
+        "activity_details_and_key_users",
+        include_str!("migrations/0012_activity_details.sql"),
+    ),
     (13, "budgets", include_str!("migrations/0013_budgets.sql")),
     (
         14,

@@ -117,6 +117,44 @@ BEGIN
 END
 $rls$;
 
+-- Own rows only (scope `self:read`): the admin API also sets `tally.user` on
+-- each connection ('' for every other caller). The RESTRICTIVE policy
+-- `tally_api_user` (ANDed with the tenant policy) lets tally_api read, of a
+-- table with `user_id`, only that user's rows when it is set; of a tenant table
+-- without `user_id` (tenant-level rollups, chain, quarantine), nothing then.
+-- The tenant-less `*_all` rollups need tally.tenant = '*', never set for such a
+-- caller.
+DO $rls_user$
+DECLARE
+    t text;
+    has_user boolean;
+    any_user text := '(SELECT coalesce(current_setting(''tally.user'', true), '''')) = ''''';
+    own_user text := '(SELECT coalesce(current_setting(''tally.user'', true), '''')) = '''' '
+        'OR user_id = (SELECT nullif(current_setting(''tally.user'', true), ''''))';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tally_api') THEN
+        RETURN;
+    END IF;
+    FOR t, has_user IN
+        SELECT c.relname,
+               EXISTS (SELECT 1 FROM pg_attribute u
+                       WHERE u.attrelid = c.oid AND u.attname = 'user_id' AND NOT u.attisdropped)
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+        WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+          AND c.relpersistence = 'p'
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_policies
+                       WHERE schemaname = current_schema() AND tablename = t
+                         AND policyname = 'tally_api_user') THEN
+            EXECUTE format('CREATE POLICY tally_api_user ON %I AS RESTRICTIVE FOR SELECT TO tally_api USING (%s)',
+                           t, CASE WHEN has_user THEN own_user ELSE any_user END);
+        END IF;
+    END LOOP;
+END
+$rls_user$;
+
 -- The newest committed seq of a raw table over every tenant: where a live feed
 -- starts and how far its reader may move. The admin API's role sees only one
 -- tenant's rows, so it reads this position through the owner's rights.

@@ -33,18 +33,20 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
-    IF to_regclass('pg_temp.tally_activity_staging_v3') IS NULL THEN \
-        CREATE TEMP TABLE tally_activity_staging_v3 ( \
+    IF to_regclass('pg_temp.tally_activity_staging_v4') IS NULL THEN \
+        CREATE TEMP TABLE tally_activity_staging_v4 ( \
             id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
             action text, outcome text, resource_type text, resource_id text, service text, \
             trace_id text, span_id text, attributes jsonb, taxonomy_valid boolean, \
-            taxonomy_reason text, ingest_key_id uuid \
+            taxonomy_reason text, ingest_key_id uuid, duration_ms double precision, \
+            name text, error_type text, error_message text \
         ) ON COMMIT DELETE ROWS; \
     END IF; END $$";
 
-const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging_v3 (id, ts, tenant_id, user_id, \
+const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging_v4 (id, ts, tenant_id, user_id, \
     session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
-    attributes, taxonomy_valid, taxonomy_reason, ingest_key_id) FROM STDIN (FORMAT binary)";
+    attributes, taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
+    error_message) FROM STDIN (FORMAT binary)";
 
 /// Lock, then insert from staging (one simple-protocol round trip).
 static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -52,11 +54,13 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
         "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); \
          INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, session_id, action, \
              outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
-             taxonomy_valid, taxonomy_reason, ingest_key_id) \
+             taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
+             error_message) \
          SELECT id, nextval('activity_events_seq'), ts, tenant_id, user_id, session_id, action, \
              outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
-             taxonomy_valid, taxonomy_reason, ingest_key_id \
-         FROM pg_temp.tally_activity_staging_v3 ORDER BY ts \
+             taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
+             error_message \
+         FROM pg_temp.tally_activity_staging_v4 ORDER BY ts \
          ON CONFLICT DO NOTHING"
     )
 });

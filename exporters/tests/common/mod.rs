@@ -41,6 +41,10 @@ pub fn event_at(i: usize, ts: DateTime<Utc>) -> ActivityEvent {
         attributes,
         taxonomy_valid: None,
         taxonomy_reason: None,
+        duration_ms: Some(i as f64 + 0.125),
+        name: Some("GET /api/items/{id}".into()),
+        error_type: Some(format!("error-{}", i % 2)),
+        error_message: Some(format!("item {i}: not in stock")),
     }
 }
 

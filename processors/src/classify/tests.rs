@@ -465,3 +465,117 @@ fn taking_classification_gives_the_same_events() {
         serde_json::json!("second")
     );
 }
+
+fn event_of(
+    name: &str,
+    attributes: Vec<KeyValue>,
+) -> opentelemetry_proto::tonic::trace::v1::span::Event {
+    opentelemetry_proto::tonic::trace::v1::span::Event {
+        name: name.into(),
+        attributes,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn span_fills_duration_name_and_error_columns() {
+    let mut failed = span(
+        vec![
+            s("activity.action", "doc.export"),
+            s("error.type", "timeout"),
+        ],
+        Some(StatusCode::Error),
+    );
+    if let Some(status) = failed.status.as_mut() {
+        status.message = "upstream timed out".into();
+    }
+    failed.events = vec![event_of(
+        "exception",
+        vec![
+            s("exception.type", "TimeoutError"),
+            s("exception.message", "from the event"),
+        ],
+    )];
+    let mut from_event = span(vec![s("activity.action", "doc.export")], None);
+    from_event.events = vec![
+        event_of("retry", vec![s("exception.type", "not an exception event")]),
+        event_of(
+            "exception",
+            vec![
+                s("exception.type", "ValueError"),
+                s("exception.message", "bad page size"),
+            ],
+        ),
+    ];
+    let mut plain = span(vec![s("activity.action", "doc.view")], None);
+    plain.end_time_unix_nano = 0;
+    plain.name = String::new();
+    let request = traces(vec![], vec![failed, from_event, plain]);
+    let out = classify_traces(&request, now());
+    let [failed, from_event, plain] = &out.events[..] else {
+        panic!("three events, got {}", out.events.len());
+    };
+    assert_eq!(failed.name.as_deref(), Some("POST /login"));
+    // 1_700_000_001_000_000_000 − 1_700_000_000_123_456_789 ns.
+    assert_eq!(failed.duration_ms, Some(876.543211));
+    assert_eq!(
+        failed.error_type.as_deref(),
+        Some("timeout"),
+        "error.type wins"
+    );
+    assert_eq!(
+        failed.error_message.as_deref(),
+        Some("upstream timed out"),
+        "the status message wins"
+    );
+    assert_eq!(
+        failed.attributes.get("error.type"),
+        Some(&serde_json::json!("timeout")),
+        "error.type stays an attribute"
+    );
+    assert_eq!(from_event.error_type.as_deref(), Some("ValueError"));
+    assert_eq!(from_event.error_message.as_deref(), Some("bad page size"));
+    assert_eq!(plain.name, None);
+    assert_eq!(plain.duration_ms, None, "no end time, no duration");
+    assert_eq!(plain.error_type, None);
+    assert_eq!(plain.error_message, None);
+
+    // Taking the attributes gives the same events.
+    let mut taken = request.clone();
+    let taken = classify_traces_taking(&mut taken, now());
+    assert_eq!(taken.events, out.events);
+}
+
+#[test]
+fn log_record_fills_name_and_error_columns() {
+    let by_field = LogRecord {
+        event_name: "payment.capture".into(),
+        severity_number: 17,
+        attributes: vec![
+            s("exception.type", "CardDeclined"),
+            s("exception.message", "card declined"),
+        ],
+        ..Default::default()
+    };
+    let by_attribute = LogRecord {
+        attributes: vec![
+            s("activity.action", "auth.login"),
+            s("event.name", "login.attempt"),
+            s("error.type", "invalid_password"),
+            s("exception.type", "AuthError"),
+        ],
+        ..Default::default()
+    };
+    let out = classify_logs(&logs(vec![by_field, by_attribute]), now());
+    let [by_field, by_attribute] = &out.events[..] else {
+        panic!("two events, got {}", out.events.len());
+    };
+    assert_eq!(by_field.name.as_deref(), Some("payment.capture"));
+    assert_eq!(by_field.duration_ms, None);
+    assert_eq!(by_field.error_type.as_deref(), Some("CardDeclined"));
+    assert_eq!(by_field.error_message.as_deref(), Some("card declined"));
+    assert_eq!(by_attribute.action, "auth.login");
+    assert_eq!(by_attribute.name.as_deref(), Some("login.attempt"));
+    assert_eq!(by_attribute.error_type.as_deref(), Some("invalid_password"));
+    assert_eq!(by_attribute.error_message, None);
+}

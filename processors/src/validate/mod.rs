@@ -21,7 +21,8 @@
 //! #     id: uuid::Uuid::nil(), ts: chrono::Utc::now(), tenant_id: None, user_id: None,
 //! #     session_id: None, action: "auth.logout".into(), outcome: tally_model::Outcome::Success,
 //! #     resource_type: None, resource_id: None, service: None, trace_id: None, span_id: None,
-//! #     attributes: Default::default(), taxonomy_valid: None, taxonomy_reason: None };
+//! #     attributes: Default::default(), taxonomy_valid: None, taxonomy_reason: None,
+//! #     duration_ms: None, name: None, error_type: None, error_message: None };
 //! assert_eq!(validator.decide(&event), ModeDecision::Store);
 //! ```
 

@@ -7,8 +7,10 @@ use tokio_postgres::Row;
 use super::{SigningKey, VerifyingKey};
 use crate::postgres::PgError;
 
-/// Domain prefix of a row's canonical form.
+/// Domain prefix of a row's canonical form (a row without details).
 const ROW_DOMAIN: &[u8] = b"tally-activity-v1";
+/// Domain prefix of the canonical form of a row with details (schema version 12).
+const ROW_DOMAIN_V2: &[u8] = b"tally-activity-v2";
 /// Domain prefix of a signed checkpoint message.
 const CHECKPOINT_DOMAIN: &[u8] = b"tally-checkpoint-v1";
 /// Domain prefix of a signed truncation record.
@@ -16,10 +18,12 @@ const TRUNCATION_DOMAIN: &[u8] = b"tally-truncation-v1";
 
 /// The columns of a row's canonical form, in order (`attributes` as the text
 /// PostgreSQL prints for the jsonb value: keys sorted, duplicates removed).
+/// The last four (schema version 12) are the details extension, see
+/// [`ChainRow::canonical`].
 pub(super) const ROW_COLUMNS: &str =
     "id, seq, ts, received_at, tenant_id, user_id, session_id, action, \
     outcome, resource_type, resource_id, service, trace_id, span_id, attributes::text, \
-    taxonomy_valid, taxonomy_reason";
+    taxonomy_valid, taxonomy_reason, duration_ms, name, error_type, error_message";
 
 /// An `activity_events` row as the chain sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +46,10 @@ pub struct ChainRow {
     pub attributes: Option<String>,
     pub taxonomy_valid: Option<bool>,
     pub taxonomy_reason: Option<String>,
+    pub duration_ms: Option<f64>,
+    pub name: Option<String>,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
 }
 
 impl ChainRow {
@@ -65,6 +73,10 @@ impl ChainRow {
             attributes: row.try_get(14)?,
             taxonomy_valid: row.try_get(15)?,
             taxonomy_reason: row.try_get(16)?,
+            duration_ms: row.try_get(17)?,
+            name: row.try_get(18)?,
+            error_type: row.try_get(19)?,
+            error_message: row.try_get(20)?,
         })
     }
 
@@ -78,9 +90,22 @@ impl ChainRow {
     /// `0x01`, the value's length (u32 big-endian) and its bytes: uuid 16 bytes,
     /// bigint 8 bytes big-endian, timestamptz microseconds since 1970-01-01 UTC
     /// as 8 bytes big-endian, text UTF-8, boolean one byte 0/1.
+    ///
+    /// A row with details (schema version 12: `duration_ms`, `name`,
+    /// `error_type`, `error_message`, at least one not NULL) starts with
+    /// `tally-activity-v2` instead and has those four more fields at the end
+    /// (`duration_ms` as the IEEE 754 bits of the double, 8 bytes big-endian).
+    /// A row without details (every row written before version 12) keeps
+    /// exactly its earlier `v1` form and still verifies; a row with details is
+    /// covered by them (setting them all to NULL afterwards changes the form,
+    /// so the hash no longer matches).
     pub fn canonical(&self) -> Vec<u8> {
+        let details = self.duration_ms.is_some()
+            || self.name.is_some()
+            || self.error_type.is_some()
+            || self.error_message.is_some();
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(ROW_DOMAIN);
+        out.extend_from_slice(if details { ROW_DOMAIN_V2 } else { ROW_DOMAIN });
         field(&mut out, Some(self.id.as_bytes()));
         field(&mut out, Some(&self.seq.to_be_bytes()));
         field(&mut out, Some(&self.ts.timestamp_micros().to_be_bytes()));
@@ -111,6 +136,18 @@ impl ChainRow {
                 .map(|b| &b[..]),
         );
         field(&mut out, self.taxonomy_reason.as_deref().map(str::as_bytes));
+        if details {
+            field(
+                &mut out,
+                self.duration_ms
+                    .map(|d| d.to_bits().to_be_bytes())
+                    .as_ref()
+                    .map(|b| &b[..]),
+            );
+            for text in [&self.name, &self.error_type, &self.error_message] {
+                field(&mut out, text.as_deref().map(str::as_bytes));
+            }
+        }
         out
     }
 }
@@ -294,7 +331,79 @@ mod tests {
             attributes: Some("{}".into()),
             taxonomy_valid: Some(true),
             taxonomy_reason: None,
+            duration_ms: None,
+            name: None,
+            error_type: None,
+            error_message: None,
         }
+    }
+
+    /// The canonical form of a row without details, as written before schema
+    /// version 12 (the same code, minus the details), for a fixed row.
+    fn canonical_v1_without_details(row: &ChainRow) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(ROW_DOMAIN);
+        field(&mut out, Some(row.id.as_bytes()));
+        field(&mut out, Some(&row.seq.to_be_bytes()));
+        field(&mut out, Some(&row.ts.timestamp_micros().to_be_bytes()));
+        field(
+            &mut out,
+            Some(&row.received_at.timestamp_micros().to_be_bytes()),
+        );
+        for text in [
+            &row.tenant_id,
+            &row.user_id,
+            &row.session_id,
+            &row.action,
+            &row.outcome,
+            &row.resource_type,
+            &row.resource_id,
+            &row.service,
+            &row.trace_id,
+            &row.span_id,
+            &row.attributes,
+        ] {
+            field(&mut out, text.as_deref().map(str::as_bytes));
+        }
+        field(
+            &mut out,
+            row.taxonomy_valid
+                .map(|v| [u8::from(v)])
+                .as_ref()
+                .map(|b| &b[..]),
+        );
+        field(&mut out, row.taxonomy_reason.as_deref().map(str::as_bytes));
+        out
+    }
+
+    #[test]
+    fn rows_without_details_keep_their_earlier_form_and_details_are_covered() {
+        let old = row();
+        assert_eq!(old.canonical(), canonical_v1_without_details(&old));
+        let base = old.canonical();
+        assert!(base.starts_with(b"tally-activity-v1"));
+        let mut with = Vec::new();
+        for change in 0..4 {
+            let mut r = row();
+            match change {
+                0 => r.duration_ms = Some(12.5),
+                1 => r.name = Some("GET /".into()),
+                2 => r.error_type = Some("timeout".into()),
+                _ => r.error_message = Some("timed out".into()),
+            }
+            let form = r.canonical();
+            assert!(form.starts_with(b"tally-activity-v2"));
+            assert_ne!(form, base, "detail {change} is hashed");
+            assert!(!with.contains(&form), "detail {change} is its own field");
+            with.push(form);
+        }
+        let mut a = row();
+        a.name = Some("ab".into());
+        a.error_type = Some("c".into());
+        let mut b = row();
+        b.name = Some("a".into());
+        b.error_type = Some("bc".into());
+        assert_ne!(a.canonical(), b.canonical());
     }
 
     #[test]
