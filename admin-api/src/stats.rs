@@ -16,8 +16,9 @@ use serde_json::{json, Map, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use deadpool_postgres::Object;
+use deadpool_postgres::Transaction;
 
+use crate::aggregates::{ACTIVITY, TOKENS};
 use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::params::{non_empty, pairs, Params};
@@ -97,11 +98,13 @@ pub(crate) async fn stats(
     }
     // One connection, the statements pipelined on it (sent together, answered
     // in order), instead of one checkout and round trip per statement.
-    let client = state.pool.get_for(&caller.tenant).await?;
+    // One snapshot for every statement (see `params::snapshot`).
+    let mut client = state.pool.get_for(&caller.tenant).await?;
+    let tx = crate::params::snapshot(&mut client).await?;
     let (activity, tokens) = futures::try_join!(
         async {
             match activity_allowed {
-                true => activity_section(&client, tenant.as_deref(), from, to)
+                true => activity_section(&tx, tenant.as_deref(), from, to)
                     .await
                     .map(Some),
                 false => Ok(None),
@@ -109,13 +112,14 @@ pub(crate) async fn stats(
         },
         async {
             match tokens_allowed {
-                true => tokens_section(&client, tenant.as_deref(), from, to)
+                true => tokens_section(&tx, tenant.as_deref(), from, to)
                     .await
                     .map(Some),
                 false => Ok(None),
             }
         },
     )?;
+    tx.commit().await.map_err(ApiError::from_db)?;
     Ok(Json(Stats {
         from: from.to_string(),
         to: to.to_string(),
@@ -143,7 +147,7 @@ fn window(
 
 /// Runs `sql` on the section's connection (prepared once per connection).
 async fn run(
-    client: &Object,
+    client: &Transaction<'_>,
     sql: &str,
     params: &[Box<dyn ToSql + Sync + Send>],
 ) -> Result<Vec<Row>, ApiError> {
@@ -188,7 +192,7 @@ fn tables(tenant: Option<&str>) -> Tables {
 }
 
 async fn activity_section(
-    client: &Object,
+    client: &Transaction<'_>,
     tenant: Option<&str>,
     from: NaiveDate,
     to: NaiveDate,
@@ -205,32 +209,58 @@ async fn activity_section(
     } else {
         ""
     };
+    let live = ACTIVITY.live(t.activity, "$1", "$2");
+    let tail = ACTIVITY.tail_of(&["tenant", "user"], "$1", "$2");
+    // The users of the raw rows not folded yet; `tail_user_filter` keeps
+    // those the rollups do not already count for the window (see below).
+    let new_in_window = if tenant.is_some() {
+        "NOT EXISTS (SELECT 1 FROM activity_user_last_seen AS l \
+         WHERE l.tenant_id = $3 AND l.user_id = n.user_id AND l.last_seen >= $1)"
+    } else {
+        "NOT EXISTS (SELECT 1 FROM activity_user_last_seen_all AS l \
+         WHERE l.user_id = n.user_id AND l.last_seen >= $1)"
+    };
     // Distinct users of the window: when no user was seen on or after `to`,
     // they are exactly the users whose last day is on or after `from` (an
-    // index range count); NULL otherwise (counted from activity_daily below).
+    // index range count) plus the users of the raw rows not folded yet who are
+    // not among them; NULL otherwise (counted from activity_daily below).
     let users_sql = format!(
         "SELECT CASE WHEN coalesce((SELECT max(last_seen) FROM {ls} WHERE true{of_tenant}), \
              '-infinity'::date) < $2 \
-         THEN (SELECT count(*) FROM {ls} WHERE last_seen >= $1{of_tenant}) END AS active_users",
+         THEN (SELECT count(*) FROM {ls} WHERE last_seen >= $1{of_tenant}) \
+            + (SELECT count(*) FROM (SELECT DISTINCT user_id FROM {tail}{w} AND user_id <> '') \
+               AS n WHERE {new_in_window}) END AS active_users",
         ls = t.last_seen
     );
-    let totals_sql = format!("SELECT sum(events)::int8 AS events FROM {}{w}", t.activity);
+    let totals_sql = format!("SELECT sum(events)::int8 AS events FROM {live}{w}");
     let top_sql = format!(
-        "SELECT action, sum(events)::int8 AS events FROM {}{w} \
-         GROUP BY action ORDER BY 2 DESC, 1 LIMIT {TOP_ACTIONS}",
-        t.activity
+        "SELECT action, sum(events)::int8 AS events FROM {live}{w} \
+         GROUP BY action ORDER BY 2 DESC, 1 LIMIT {TOP_ACTIONS}"
     );
+    // Each day's users: the rollup's count plus the tail's (day, user) pairs
+    // that activity_daily does not hold yet.
+    let same_day_user = if tenant.is_some() {
+        "d.tenant_id = $3 AND d.day = n.day AND d.user_id = n.user_id"
+    } else {
+        "d.day = n.day AND d.user_id = n.user_id"
+    };
     let days_sql = format!(
-        "SELECT e.day, e.events, coalesce(u.users, 0)::int8 AS active_users \
-         FROM (SELECT day, sum(events)::int8 AS events FROM {}{w} GROUP BY day) AS e \
-         LEFT JOIN {} AS u ON u.day = e.day{same_tenant} ORDER BY e.day",
-        t.activity, t.users_daily
+        "SELECT e.day, e.events, (coalesce(u.users, 0) + coalesce(n.users, 0))::int8 AS active_users \
+         FROM (SELECT day, sum(events)::int8 AS events FROM {live}{w} GROUP BY day) AS e \
+         LEFT JOIN {} AS u ON u.day = e.day{same_tenant} \
+         LEFT JOIN (SELECT day, count(*) AS users FROM \
+             (SELECT DISTINCT day, user_id FROM {tail}{w} AND user_id <> '') AS n \
+             WHERE NOT EXISTS (SELECT 1 FROM activity_daily AS d WHERE {same_day_user}) \
+             GROUP BY day) AS n ON n.day = e.day \
+         ORDER BY e.day",
+        t.users_daily
     );
-    let (totals, users, top, days) = futures::try_join!(
+    let (totals, users, top, days, as_of_seq) = futures::try_join!(
         run(client, &totals_sql, &params),
         run(client, &users_sql, &params),
         run(client, &top_sql, &params),
         run(client, &days_sql, &params),
+        crate::params::newest_seq(client, "activity_events"),
     )?;
     let events = match totals.first() {
         Some(row) => int(row, "events")?,
@@ -247,7 +277,8 @@ async fn activity_section(
                 client,
                 &format!(
                     "SELECT count(DISTINCT user_id) FILTER (WHERE user_id <> '') AS active_users \
-                     FROM activity_daily{w}"
+                     FROM (SELECT user_id FROM activity_daily{w} \
+                           UNION ALL SELECT user_id FROM {tail}{w}) AS u"
                 ),
                 &params,
             )
@@ -273,6 +304,7 @@ async fn activity_section(
         }));
     }
     Ok(json!({
+        "as_of_seq": as_of_seq,
         "events": events,
         "active_users": active_users,
         "top_actions": top_actions,
@@ -313,13 +345,13 @@ fn keyed_list(rows: &[Row], column: &str) -> Result<Value, ApiError> {
 }
 
 async fn tokens_section(
-    client: &Object,
+    client: &Transaction<'_>,
     tenant: Option<&str>,
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Value, ApiError> {
     let (w, params) = window(tenant, from, to);
-    let table = tables(tenant).tokens;
+    let table = TOKENS.live(tables(tenant).tokens, "$1", "$2");
     let select = token_select();
     let by = |column: &str| {
         format!(
@@ -331,13 +363,15 @@ async fn tokens_section(
     let by_model_sql = by("model");
     let by_provider_sql = by("provider");
     let days_sql = format!("SELECT day, {select} FROM {table}{w} GROUP BY day ORDER BY day");
-    let (totals, by_model, by_provider, days) = futures::try_join!(
+    let (totals, by_model, by_provider, days, as_of_seq) = futures::try_join!(
         run(client, &totals_sql, &params),
         run(client, &by_model_sql, &params),
         run(client, &by_provider_sql, &params),
         run(client, &days_sql, &params),
+        crate::params::newest_seq(client, "token_usage"),
     )?;
     let mut section = Map::new();
+    section.insert("as_of_seq".to_owned(), Value::from(as_of_seq));
     if let Some(row) = totals.first() {
         token_measures(row, &mut section)?;
     }
