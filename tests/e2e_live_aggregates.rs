@@ -17,7 +17,7 @@ use tally_exporters::postgres::RollupJob;
 use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tally_model::otlp::common::v1::{any_value::Value, AnyValue, KeyValue};
 use tally_model::otlp::resource::v1::Resource;
-use tally_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use tally_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 
 /// The issue's bound: an acknowledged row is in the aggregates within 2 s.
 const LIVE: Duration = Duration::from_secs(2);
@@ -175,6 +175,7 @@ async fn an_acknowledged_call_is_in_every_aggregate_within_2_s() {
                 OtelKv::new("gen_ai.request.model", "gpt-4o"),
                 OtelKv::new("gen_ai.usage.input_tokens", 1000i64),
                 OtelKv::new("gen_ai.usage.output_tokens", 100i64),
+                OtelKv::new("gen_ai.server.time_to_first_token", 0.25f64),
                 OtelKv::new("enduser.id", "alice"),
                 OtelKv::new("tenant.id", "acme"),
             ])
@@ -223,6 +224,15 @@ async fn an_acknowledged_call_is_in_every_aggregate_within_2_s() {
             .then_some(())
     })
     .await;
+    // The call's row shows its speed.
+    let body = api(tally, "/api/v1/tokens?tenant=acme").await;
+    let row = &body["items"][0];
+    assert_eq!(
+        row["time_to_first_token_ms"].as_f64(),
+        Some(250.0),
+        "{body}"
+    );
+    assert!(row["duration_ms"].as_f64().is_some(), "{body}");
     eventually(LIVE, "the event in /activity/aggregates", || async move {
         let body = api(
             tally,
@@ -486,14 +496,16 @@ async fn live_answers_equal_sql_over_the_raw_tables_at_every_grain() {
             let tenant = tenants[(n % 2) as usize];
             let user = users[(n % 3) as usize];
             let model = models[(n % 3) as usize];
-            spans.push(chat_span(
-                &trace,
-                2,
-                start,
-                model,
-                10 + n as i64,
-                1 + n as i64 % 5,
-            ));
+            let mut chat = chat_span(&trace, 2, start, model, 10 + n as i64, 1 + n as i64 % 5);
+            // Durations from 5 ms to about 3 s; every seventh call failed.
+            chat.end_time_unix_nano = chat.start_time_unix_nano + (5 + n * 373 % 3000) * 1_000_000;
+            if n % 7 == 0 {
+                chat.status = Some(Status {
+                    code: 2,
+                    ..Default::default()
+                });
+            }
+            spans.push(chat);
             // Every third call's request span comes later (attributed late).
             if n % 3 != 0 {
                 spans.push(request_span(&trace, start, tenant, user));
@@ -632,5 +644,49 @@ async fn live_answers_equal_sql_over_the_raw_tables_at_every_grain() {
             Some(row.get(1)),
             "{body}"
         );
+        // Speed per model: success rate and output tokens per second exact,
+        // the duration percentiles within their bucket (4.5%).
+        let rows = client
+            .query(
+                "SELECT coalesce(model, ''), count(*), count(*) FILTER (WHERE outcome = 'failure'), \
+                     percentile_disc(0.5) WITHIN GROUP (ORDER BY duration_ms), \
+                     percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms), \
+                     sum(output_tokens)::float8 / (sum(duration_ms) / 1000) \
+                 FROM token_usage \
+                 WHERE seq <= $1 AND (ts AT TIME ZONE 'UTC')::date >= $2 \
+                   AND (ts AT TIME ZONE 'UTC')::date < $3 AND ($4::text IS NULL OR tenant_id = $4) \
+                 GROUP BY 1",
+                &[&tokens_as_of, &from, &to, &tenant],
+            )
+            .await
+            .expect("speed");
+        assert!(!rows.is_empty());
+        assert!(
+            rows.iter().any(|r| r.get::<_, i64>(2) > 0),
+            "some calls failed"
+        );
+        let by_model = body["tokens"]["by_model"].as_array().expect("by_model");
+        for row in rows {
+            let model: String = row.get(0);
+            let item = by_model
+                .iter()
+                .find(|i| i["model"] == model.as_str())
+                .unwrap_or_else(|| panic!("{model} in {body}"));
+            let (requests, failed): (i64, i64) = (row.get(1), row.get(2));
+            assert_eq!(item["failed_requests"].as_i64(), Some(failed), "{item}");
+            let rate = item["success_rate"].as_f64().expect("success_rate");
+            assert!((rate - (requests - failed) as f64 / requests as f64).abs() < 1e-9);
+            for (field, exact) in [("duration_p50_ms", 3), ("duration_p95_ms", 4)] {
+                let exact: f64 = row.get(exact);
+                let got = item[field].as_f64().expect(field);
+                assert!(
+                    (got - exact).abs() / exact < 0.045,
+                    "{model} {field}: {got} vs {exact}"
+                );
+            }
+            let speed: f64 = row.get(5);
+            let got = item["output_tokens_per_second"].as_f64().expect("speed");
+            assert!((got - speed).abs() < 0.001, "{model}: {got} vs {speed}");
+        }
     }
 }

@@ -363,19 +363,51 @@ async fn tokens_section(
     let by_model_sql = by("model");
     let by_provider_sql = by("provider");
     let days_sql = format!("SELECT day, {select} FROM {table}{w} GROUP BY day ORDER BY day");
-    let (totals, by_model, by_provider, days, as_of_seq) = futures::try_join!(
+    let speed_sql = speed_sql(tenant.is_some(), w);
+    let (totals, by_model, by_provider, days, as_of_seq, speed_rows) = futures::try_join!(
         run(client, &totals_sql, &params),
         run(client, &by_model_sql, &params),
         run(client, &by_provider_sql, &params),
         run(client, &days_sql, &params),
         crate::params::newest_seq(client, "token_usage"),
+        run(client, &speed_sql, &params),
     )?;
+    let mut histograms = Vec::with_capacity(speed_rows.len());
+    for row in &speed_rows {
+        histograms.push(HistogramRow {
+            model: row.try_get("model").map_err(ApiError::from_db)?,
+            bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
+            requests: int(row, "requests")?,
+            failed: int(row, "failed")?,
+            rate_output_tokens: int(row, "rate_output_tokens")?,
+            rate_duration_ms: row
+                .try_get::<_, Option<f64>>("rate_duration_ms")
+                .map_err(ApiError::from_db)?
+                .unwrap_or(0.0),
+        });
+    }
+    let (overall, per_model) = speeds(&histograms);
     let mut section = Map::new();
     section.insert("as_of_seq".to_owned(), Value::from(as_of_seq));
     if let Some(row) = totals.first() {
         token_measures(row, &mut section)?;
     }
-    section.insert("by_model".to_owned(), keyed_list(&by_model, "model")?);
+    overall.insert_into(&mut section);
+    let mut by_model = keyed_list(&by_model, "model")?;
+    for item in by_model.as_array_mut().into_iter().flatten() {
+        if let Value::Object(item) = item {
+            let model = item
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            per_model
+                .get(model)
+                .cloned()
+                .unwrap_or_default()
+                .insert_into(item);
+        }
+    }
+    section.insert("by_model".to_owned(), by_model);
     section.insert(
         "by_provider".to_owned(),
         keyed_list(&by_provider, "provider")?,
@@ -390,4 +422,200 @@ async fn tokens_section(
     }
     section.insert("daily".to_owned(), Value::Array(daily));
     Ok(Value::Object(section))
+}
+
+/// The calls of the window per model and duration bucket (migration 0017),
+/// live like the other sums: the latency rollup plus the token rows not folded
+/// yet, under the window `w`.
+fn speed_sql(one_tenant: bool, w: &str) -> String {
+    let (table, tenant_column) = if one_tenant {
+        ("token_usage_latency_daily", "tenant_id, ")
+    } else {
+        ("token_usage_latency_daily_all", "")
+    };
+    let timed = "duration_ms > 0 AND output_tokens IS NOT NULL";
+    format!(
+        "SELECT model, bucket, sum(requests)::int8 AS requests, \
+             coalesce(sum(requests) FILTER (WHERE outcome = 'failure'), 0)::int8 AS failed, \
+             sum(rate_output_tokens)::int8 AS rate_output_tokens, \
+             sum(rate_duration_ms)::float8 AS rate_duration_ms \
+         FROM (SELECT day, {tenant_column}model, outcome, bucket, requests, rate_output_tokens, \
+                   rate_duration_ms FROM {table} \
+               UNION ALL \
+               SELECT (ts AT TIME ZONE 'UTC')::date, {tenant_column}coalesce(model, ''), outcome, \
+                   tally_duration_bucket(duration_ms), 1::int8, \
+                   CASE WHEN {timed} THEN output_tokens ELSE 0 END, \
+                   CASE WHEN {timed} THEN duration_ms ELSE 0 END \
+               FROM token_usage WHERE seq > coalesce((SELECT last_seq FROM rollup_watermarks \
+                   WHERE name = 'token_usage_daily'), 0) \
+                 AND ts >= $1::date::timestamp AT TIME ZONE 'UTC' \
+                 AND ts < $2::date::timestamp AT TIME ZONE 'UTC') AS live{w} \
+         GROUP BY model, bucket"
+    )
+}
+
+/// One row of [`speed_sql`].
+#[derive(Debug, Clone)]
+struct HistogramRow {
+    model: String,
+    /// -1: no duration; see [`bucket_ms`].
+    bucket: i16,
+    requests: i64,
+    failed: i64,
+    rate_output_tokens: i64,
+    rate_duration_ms: f64,
+}
+
+/// Success rate, duration percentiles and output speed of a set of calls.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Speed {
+    requests: i64,
+    failed: i64,
+    /// (bucket, calls) of the calls that reported a duration.
+    histogram: Vec<(i16, i64)>,
+    rate_output_tokens: i64,
+    rate_duration_ms: f64,
+}
+
+/// The duration a bucket stands for, in ms: the geometric middle of
+/// `[2^((b-1)/8), 2^(b/8))` (within 4.5% of any duration in it); 0.5 for
+/// bucket 0 (`[0, 1)`).
+fn bucket_ms(bucket: i16) -> f64 {
+    if bucket <= 0 {
+        0.5
+    } else {
+        2f64.powf((f64::from(bucket) - 0.5) / 8.0)
+    }
+}
+
+impl Speed {
+    fn add(&mut self, row: &HistogramRow) {
+        self.requests += row.requests;
+        self.failed += row.failed;
+        self.rate_output_tokens += row.rate_output_tokens;
+        self.rate_duration_ms += row.rate_duration_ms;
+        if row.bucket >= 0 {
+            match self.histogram.iter_mut().find(|(b, _)| *b == row.bucket) {
+                Some((_, n)) => *n += row.requests,
+                None => self.histogram.push((row.bucket, row.requests)),
+            }
+        }
+    }
+
+    /// The `p` quantile of the durations (nearest rank: the smallest duration
+    /// at or under which at least `p` of the timed calls fall), as its bucket's
+    /// middle; `None` without timed calls.
+    fn percentile(&self, p: f64) -> Option<f64> {
+        let mut histogram = self.histogram.clone();
+        histogram.sort_unstable();
+        let timed: i64 = histogram.iter().map(|(_, n)| n).sum();
+        if timed <= 0 {
+            return None;
+        }
+        let rank = (p * timed as f64).ceil().max(1.0) as i64;
+        let mut seen = 0;
+        for (bucket, n) in histogram {
+            seen += n;
+            if seen >= rank {
+                return Some(round3(bucket_ms(bucket)));
+            }
+        }
+        None
+    }
+
+    fn insert_into(&self, into: &mut Map<String, Value>) {
+        let number = |v: Option<f64>| {
+            v.and_then(serde_json::Number::from_f64)
+                .map_or(Value::Null, Value::Number)
+        };
+        into.insert("failed_requests".to_owned(), Value::from(self.failed));
+        into.insert(
+            "success_rate".to_owned(),
+            number(
+                (self.requests > 0)
+                    .then(|| (self.requests - self.failed) as f64 / self.requests as f64),
+            ),
+        );
+        into.insert("duration_p50_ms".to_owned(), number(self.percentile(0.5)));
+        into.insert("duration_p95_ms".to_owned(), number(self.percentile(0.95)));
+        into.insert(
+            "output_tokens_per_second".to_owned(),
+            number((self.rate_duration_ms > 0.0).then(|| {
+                round3(self.rate_output_tokens as f64 / (self.rate_duration_ms / 1000.0))
+            })),
+        );
+    }
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+/// The speed of every call, and per model ('' = none).
+fn speeds(rows: &[HistogramRow]) -> (Speed, std::collections::HashMap<String, Speed>) {
+    let mut overall = Speed::default();
+    let mut per_model: std::collections::HashMap<String, Speed> = Default::default();
+    for row in rows {
+        overall.add(row);
+        per_model.entry(row.model.clone()).or_default().add(row);
+    }
+    (overall, per_model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(model: &str, bucket: i16, requests: i64, failed: i64) -> HistogramRow {
+        HistogramRow {
+            model: model.to_owned(),
+            bucket,
+            requests,
+            failed,
+            rate_output_tokens: 0,
+            rate_duration_ms: 0.0,
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_over_the_buckets() {
+        // 100 ms is bucket floor(8 * log2(100)) + 1 = 54.
+        let (overall, per_model) = speeds(&[
+            row("a", 54, 90, 0),
+            row("a", 80, 10, 5),
+            row("a", -1, 20, 5),
+            row("b", 0, 1, 0),
+        ]);
+        let a = &per_model["a"];
+        let p50 = a.percentile(0.5).unwrap();
+        assert!((p50 - 100.0).abs() / 100.0 < 0.045, "{p50}");
+        // The 95th of 100 timed calls is in the slow bucket.
+        let p95 = a.percentile(0.95).unwrap();
+        assert!((p95 - 2f64.powf(79.5 / 8.0)).abs() < 0.01, "{p95}");
+        assert_eq!(per_model["b"].percentile(0.5), Some(0.5));
+        assert_eq!(Speed::default().percentile(0.5), None);
+        assert_eq!(overall.requests, 121);
+        let mut item = Map::new();
+        a.insert_into(&mut item);
+        assert_eq!(item["failed_requests"], 10);
+        assert_eq!(item["success_rate"].as_f64(), Some(110.0 / 120.0));
+        assert_eq!(item["output_tokens_per_second"], Value::Null);
+    }
+
+    #[test]
+    fn output_speed_is_tokens_over_the_timed_seconds() {
+        let mut speed = Speed::default();
+        speed.add(&HistogramRow {
+            model: String::new(),
+            bucket: 70,
+            requests: 2,
+            failed: 0,
+            rate_output_tokens: 300,
+            rate_duration_ms: 1500.0,
+        });
+        let mut item = Map::new();
+        speed.insert_into(&mut item);
+        assert_eq!(item["output_tokens_per_second"].as_f64(), Some(200.0));
+        assert_eq!(item["success_rate"].as_f64(), Some(1.0));
+    }
 }

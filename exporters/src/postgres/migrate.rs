@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "ingest_key_id",
         include_str!("migrations/0011_ingest_key_id.sql"),
     ),
+    (
+        17,
+        "token_latency",
+        include_str!("migrations/0017_token_latency.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -24,14 +24,15 @@ use super::writer::copy_rows;
 use super::{PgError, TOKEN_USAGE_LOCK_KEY};
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
-    IF to_regclass('pg_temp.tally_token_staging_v2') IS NULL THEN \
-        CREATE TEMP TABLE tally_token_staging_v2 ( \
+    IF to_regclass('pg_temp.tally_token_staging_v3') IS NULL THEN \
+        CREATE TEMP TABLE tally_token_staging_v3 ( \
             id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
             service text, trace_id text, span_id text, provider text, operation text, \
             request_model text, response_model text, model text, input_tokens int8, \
             output_tokens int8, cache_read_tokens int8, cache_write_tokens int8, \
             reasoning_tokens int8, total_tokens int8, usage_known bool, cost_usd float8, \
-            outcome text, duration_ms float8, attribution_source text, attributes jsonb, \
+            outcome text, duration_ms float8, time_to_first_token_ms float8, \
+            attribution_source text, attributes jsonb, \
             ingest_key_id uuid \
         ) ON COMMIT DELETE ROWS; \
     END IF; END $$";
@@ -39,10 +40,11 @@ const STAGING_DDL: &str = "DO $$ BEGIN \
 const COLUMNS: &str = "id, ts, tenant_id, user_id, session_id, service, trace_id, span_id, \
     provider, operation, request_model, response_model, model, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens, usage_known, \
-    cost_usd, outcome, duration_ms, attribution_source, attributes, ingest_key_id";
+    cost_usd, outcome, duration_ms, time_to_first_token_ms, attribution_source, attributes, \
+    ingest_key_id";
 
 static COPY_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!("COPY pg_temp.tally_token_staging_v2 ({COLUMNS}) FROM STDIN (FORMAT binary)")
+    format!("COPY pg_temp.tally_token_staging_v3 ({COLUMNS}) FROM STDIN (FORMAT binary)")
 });
 
 /// Lock, insert from staging, and answer what was really inserted per
@@ -56,9 +58,9 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
                  session_id, service, trace_id, span_id, provider, operation, request_model, \
                  response_model, model, input_tokens, output_tokens, cache_read_tokens, \
                  cache_write_tokens, reasoning_tokens, total_tokens, usage_known, \
-                 cost_usd::numeric(20, 10), outcome, duration_ms, attribution_source, attributes, \
-                 ingest_key_id \
-             FROM pg_temp.tally_token_staging_v2 ORDER BY ts \
+                 cost_usd::numeric(20, 10), outcome, duration_ms, time_to_first_token_ms, \
+                 attribution_source, attributes, ingest_key_id \
+             FROM pg_temp.tally_token_staging_v3 ORDER BY ts \
              ON CONFLICT DO NOTHING \
              RETURNING provider, model, outcome, input_tokens, output_tokens, cache_read_tokens, \
                  cache_write_tokens, reasoning_tokens, cost_usd, usage_known) \
