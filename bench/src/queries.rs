@@ -68,6 +68,63 @@ pub struct QueriesArgs {
     /// Where to write the JSON figures.
     #[arg(long, default_value = "bench-queries.json")]
     pub json: PathBuf,
+    /// Raw rows per table above the rollup watermarks (the live aggregates'
+    /// tail): copies of the newest rows (same days, new ids and seqs, received
+    /// a minute ago) are added until the tail holds this many. The API reads
+    /// them live; nothing folds them during the run. 0: no tail is added (one
+    /// added by an earlier run stays).
+    #[arg(long, default_value_t = 0)]
+    pub tail: i64,
+}
+
+/// Tops the unfolded rows of `table` (above the `watermark` rollup watermark)
+/// up to `rows`, copying its newest rows with new ids and seqs.
+async fn add_tail(
+    client: &tokio_postgres::Client,
+    table: &str,
+    sequence: &str,
+    watermark: &str,
+    rows: i64,
+) -> anyhow::Result<i64> {
+    let columns: Vec<String> = client
+        .query(
+            "SELECT attname::text FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped \
+               AND attname NOT IN ('id', 'seq', 'received_at') ORDER BY attnum",
+            &[&table],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let have: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {table} WHERE seq > \
+                 (SELECT last_seq FROM rollup_watermarks WHERE name = $1)"
+            ),
+            &[&watermark],
+        )
+        .await?
+        .get(0);
+    let missing = rows - have;
+    if missing > 0 {
+        let list = columns.join(", ");
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {table} (id, seq, received_at, {list}) \
+                     SELECT gen_random_uuid(), nextval('{sequence}'), \
+                         now() - interval '1 minute', {list} \
+                     FROM (SELECT * FROM {table} ORDER BY seq DESC LIMIT $1) AS newest \
+                     ORDER BY seq"
+                ),
+                &[&missing],
+            )
+            .await
+            .with_context(|| format!("adding the {table} tail"))?;
+    }
+    Ok(have.max(rows))
 }
 
 /// The PostgreSQL server the benchmarks use (as its superuser).
@@ -848,6 +905,16 @@ pub async fn run(args: QueriesArgs) -> anyhow::Result<()> {
     let (url, shape) = ensure_database(&args).await?;
     if args.generate_only {
         return Ok(());
+    }
+    if args.tail > 0 {
+        let (client, _) = connect(&url).await?;
+        for (table, sequence, watermark) in [
+            ("activity_events", "activity_events_seq", "activity_daily"),
+            ("token_usage", "token_usage_seq", "token_usage_daily"),
+        ] {
+            let tail = add_tail(&client, table, sequence, watermark, args.tail).await?;
+            eprintln!("{table}: {tail} rows above the rollup watermark");
+        }
     }
     let picks = picks(&url, &shape).await?;
     let base = start_api(&url, |_| {}).await?;
