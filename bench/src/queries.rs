@@ -364,6 +364,8 @@ const ROLLUP_TABLES: &[&str] = &[
     "activity_user_last_seen_all",
     "token_usage_daily_tenant",
     "token_usage_daily_all",
+    "token_usage_latency_daily",
+    "token_usage_latency_daily_all",
 ];
 
 /// The rollup job's folds (exporters/src/postgres/rollup.rs) over every row at
@@ -425,6 +427,18 @@ async fn fill_rollups(client: &tokio_postgres::Client) -> anyhow::Result<()> {
                  coalesce(sum(reasoning_tokens), 0), coalesce(sum(total_tokens), 0), \
                  coalesce(sum(cost_usd), 0) \
                FROM token_usage GROUP BY 1, 2, 3, 4, 5; \
+             INSERT INTO token_usage_latency_daily (day, tenant_id, provider, model, outcome, \
+                 bucket, requests, rate_output_tokens, rate_duration_ms) \
+               SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(provider, ''), \
+                 coalesce(model, ''), outcome, tally_duration_bucket(duration_ms), count(*), \
+                 coalesce(sum(output_tokens) FILTER (WHERE duration_ms > 0 AND output_tokens IS NOT NULL), 0), \
+                 coalesce(sum(duration_ms) FILTER (WHERE duration_ms > 0 AND output_tokens IS NOT NULL), 0) \
+               FROM token_usage GROUP BY 1, 2, 3, 4, 5, 6; \
+             INSERT INTO token_usage_latency_daily_all (day, provider, model, outcome, bucket, \
+                 requests, rate_output_tokens, rate_duration_ms) \
+               SELECT day, provider, model, outcome, bucket, sum(requests), \
+                 sum(rate_output_tokens), sum(rate_duration_ms) \
+               FROM token_usage_latency_daily GROUP BY 1, 2, 3, 4, 5; \
              UPDATE rollup_watermarks SET last_seq = (SELECT coalesce(max(seq), 0) FROM token_usage), \
                updated_at = now() WHERE name = 'token_usage_daily'; \
              SELECT tally_rebuild_coarse_rollups();",
