@@ -94,12 +94,16 @@ impl Grain {
 struct Key {
     name: &'static str,
     column: &'static str,
+    /// Its value in a raw row, as the rollup job folds it.
+    raw: &'static str,
 }
 
 /// A summed column and whether it is a float (cost) rather than a count.
 struct Measure {
     column: &'static str,
     float: bool,
+    /// One raw row's contribution, as the rollup job folds it.
+    raw: &'static str,
 }
 
 /// A rollup table and the group keys (by name) it keeps.
@@ -114,6 +118,11 @@ struct Table {
 pub(crate) struct Spec {
     /// Coarsest first; the last one keeps every key.
     tables: &'static [Table],
+    /// The raw table the rollups are folded from (the live tail is read there).
+    raw: &'static str,
+    /// Its `rollup_watermarks.name`: the rollups hold exactly its rows with
+    /// `seq <=` that watermark.
+    watermark: &'static str,
     scope: &'static str,
     /// Canonical order; also the accepted `group_by` values and filters (by name).
     keys: &'static [Key],
@@ -121,10 +130,11 @@ pub(crate) struct Spec {
     parameters: &'static [&'static str],
 }
 
-const fn count(column: &'static str) -> Measure {
+const fn count(column: &'static str, raw: &'static str) -> Measure {
     Measure {
         column,
         float: false,
+        raw,
     }
 }
 
@@ -147,38 +157,51 @@ pub(crate) const TOKENS: Spec = Spec {
             all_tenants: false,
         },
     ],
+    raw: "token_usage",
+    watermark: "token_usage_daily",
     scope: SCOPE_TOKENS_READ,
     keys: &[
         Key {
             name: "tenant",
             column: "tenant_id",
+            raw: "tenant_id",
         },
         Key {
             name: "user",
             column: "user_id",
+            raw: "coalesce(user_id, '')",
         },
         Key {
             name: "provider",
             column: "provider",
+            raw: "coalesce(provider, '')",
         },
         Key {
             name: "model",
             column: "model",
+            raw: "coalesce(model, '')",
         },
     ],
     measures: &[
-        count("requests"),
-        count("unknown_usage_requests"),
-        count("unpriced_requests"),
-        count("input_tokens"),
-        count("output_tokens"),
-        count("cache_read_tokens"),
-        count("cache_write_tokens"),
-        count("reasoning_tokens"),
-        count("total_tokens"),
+        count("requests", "1::int8"),
+        count(
+            "unknown_usage_requests",
+            "CASE WHEN usage_known THEN 0 ELSE 1 END::int8",
+        ),
+        count(
+            "unpriced_requests",
+            "CASE WHEN usage_known AND cost_usd IS NULL THEN 1 ELSE 0 END::int8",
+        ),
+        count("input_tokens", "coalesce(input_tokens, 0)"),
+        count("output_tokens", "coalesce(output_tokens, 0)"),
+        count("cache_read_tokens", "coalesce(cache_read_tokens, 0)"),
+        count("cache_write_tokens", "coalesce(cache_write_tokens, 0)"),
+        count("reasoning_tokens", "coalesce(reasoning_tokens, 0)"),
+        count("total_tokens", "coalesce(total_tokens, 0)"),
         Measure {
             column: "cost_usd",
             float: true,
+            raw: "coalesce(cost_usd, 0)",
         },
     ],
     parameters: TOKEN_USAGE_PARAMETERS,
@@ -208,26 +231,32 @@ pub(crate) const ACTIVITY: Spec = Spec {
             all_tenants: false,
         },
     ],
+    raw: "activity_events",
+    watermark: "activity_daily",
     scope: SCOPE_ACTIVITY_READ,
     keys: &[
         Key {
             name: "tenant",
             column: "tenant_id",
+            raw: "tenant_id",
         },
         Key {
             name: "user",
             column: "user_id",
+            raw: "coalesce(user_id, '')",
         },
         Key {
             name: "action",
             column: "action",
+            raw: "action",
         },
         Key {
             name: "outcome",
             column: "outcome",
+            raw: "outcome",
         },
     ],
-    measures: &[count("events")],
+    measures: &[count("events", "1::int8")],
     parameters: ACTIVITY_AGGREGATE_PARAMETERS,
 };
 
@@ -376,22 +405,105 @@ impl Spec {
             .unwrap_or(&self.tables[self.tables.len() - 1])
     }
 
+    /// The live rows of `table`: the rollup's rows plus the raw rows it has
+    /// not folded yet (`seq` above its watermark, in the same snapshot), each
+    /// raw row shaped like a rollup row (`day`, the table's keys, the measures
+    /// as the rollup job computes them). Filters on the keys and `day` apply to
+    /// both parts; `tail_from` / `tail_to` (SQL dates: placeholders or
+    /// literals) bound the raw rows' `ts` as well, so that only the window's
+    /// partitions are read.
+    fn source(&self, table: &Table, tail_from: Option<&str>, tail_to: Option<&str>) -> String {
+        let keys: Vec<&Key> = self
+            .keys
+            .iter()
+            .filter(|k| table.keys.contains(&k.name))
+            .collect();
+        let mut rollup = vec!["day".to_owned()];
+        rollup.extend(keys.iter().map(|k| k.column.to_owned()));
+        rollup.extend(self.measures.iter().map(|m| m.column.to_owned()));
+        let mut raw = vec!["(ts AT TIME ZONE 'UTC')::date AS day".to_owned()];
+        raw.extend(keys.iter().map(|k| alias(k.raw, k.column)));
+        raw.extend(self.measures.iter().map(|m| m.raw.to_owned()));
+        format!(
+            "(SELECT {} FROM {} UNION ALL {}) AS live",
+            rollup.join(", "),
+            table.name,
+            self.tail(&raw, tail_from, tail_to)
+        )
+    }
+
+    /// `SELECT columns FROM` the raw rows not folded into the rollups yet,
+    /// with `ts` in `from..to` (SQL dates) when given.
+    fn tail(&self, columns: &[String], from: Option<&str>, to: Option<&str>) -> String {
+        let mut tail = format!(
+            "seq > coalesce((SELECT last_seq FROM rollup_watermarks WHERE name = '{}'), 0)",
+            self.watermark
+        );
+        if let Some(from) = from {
+            tail.push_str(&format!(
+                " AND ts >= ({from})::date::timestamp AT TIME ZONE 'UTC'"
+            ));
+        }
+        if let Some(to) = to {
+            tail.push_str(&format!(
+                " AND ts < ({to})::date::timestamp AT TIME ZONE 'UTC'"
+            ));
+        }
+        format!(
+            "SELECT {} FROM {} WHERE {tail}",
+            columns.join(", "),
+            self.raw
+        )
+    }
+
+    /// [`Spec::source`] of the rollup table named `table`: the rows of the
+    /// rollup plus the raw rows it has not folded yet, for `/stats`.
+    pub(crate) fn live(&self, table: &str, tail_from: &str, tail_to: &str) -> String {
+        let table = self
+            .tables
+            .iter()
+            .find(|t| t.name == table)
+            .unwrap_or(&self.tables[self.tables.len() - 1]);
+        self.source(table, Some(tail_from), Some(tail_to))
+    }
+
+    /// The raw rows not folded yet with `ts` in `tail_from..tail_to`, as a
+    /// relation `tail(day, <the keys named>)`, for `/stats`.
+    pub(crate) fn tail_of(&self, keys: &[&str], tail_from: &str, tail_to: &str) -> String {
+        let mut columns = vec!["(ts AT TIME ZONE 'UTC')::date AS day".to_owned()];
+        columns.extend(
+            self.keys
+                .iter()
+                .filter(|k| keys.contains(&k.name))
+                .map(|k| alias(k.raw, k.column)),
+        );
+        format!(
+            "({}) AS tail",
+            self.tail(&columns, Some(tail_from), Some(tail_to))
+        )
+    }
+
     fn to_sql(
         &self,
         query: &AggregateQuery<'_>,
         all_tenants: bool,
     ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
-        let table = self.table(query, all_tenants).name;
+        let table = self.table(query, all_tenants);
         let mut sql = SqlBuilder::default();
         for (key, value) in &query.filters {
             sql.push(&format!("{} = ", key.column), value.clone());
         }
+        let mut tail_from = None;
         if let Some(from) = query.from {
             sql.push("day >= ", from);
+            tail_from = Some(format!("${}", sql.params.len()));
         }
+        let mut tail_to = None;
         if let Some(to) = query.to {
             sql.push("day < ", to);
+            tail_to = Some(format!("${}", sql.params.len()));
         }
+        let source = self.source(table, tail_from.as_deref(), tail_to.as_deref());
         let inner_where = sql.where_clause();
         let columns: Vec<&str> = query.group_by.iter().map(|k| k.column).collect();
         let mut select = vec![format!("{} AS period", query.grain.sql())];
@@ -412,7 +524,7 @@ impl Spec {
         };
         let limit = sql.param(i64::from(query.limit) + 1);
         let text = format!(
-            "SELECT * FROM (SELECT {} FROM {table}{inner_where} GROUP BY {}) AS g{outer_where} \
+            "SELECT * FROM (SELECT {} FROM {source}{inner_where} GROUP BY {}) AS g{outer_where} \
              ORDER BY {} LIMIT {limit}",
             select.join(", "),
             group.join(", "),
@@ -440,7 +552,7 @@ impl Spec {
     fn period_sql(
         &self,
         query: &AggregateQuery<'_>,
-        table: &str,
+        table: &Table,
         (period, first, end): (NaiveDate, NaiveDate, NaiveDate),
         limit: usize,
     ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
@@ -464,8 +576,13 @@ impl Spec {
         let limit = sql.param(i64::try_from(limit).unwrap_or(i64::MAX));
         let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
         select.extend(self.sums());
+        let source = self.source(
+            table,
+            Some(&format!("'{first}'")),
+            Some(&format!("'{end}'")),
+        );
         let text = format!(
-            "SELECT '{period}'::date AS period, {} FROM {table} WHERE {} \
+            "SELECT '{period}'::date AS period, {} FROM {source} WHERE {} \
              GROUP BY {cols} ORDER BY {cols} LIMIT {limit}",
             select.join(", "),
             clauses.join(" AND ")
@@ -478,17 +595,39 @@ impl Spec {
     fn bounds_sql(
         &self,
         query: &AggregateQuery<'_>,
-        table: &str,
+        table: &Table,
     ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
         let mut sql = SqlBuilder::default();
         for (key, value) in &query.filters {
             sql.push(&format!("{} = ", key.column), value.clone());
         }
+        // Each part's own min/max (an index read on the rollup), not one over
+        // their union.
+        let filter = sql.where_clause();
+        let mut columns = vec!["(ts AT TIME ZONE 'UTC')::date AS day".to_owned()];
+        columns.extend(
+            self.keys
+                .iter()
+                .filter(|k| table.keys.contains(&k.name))
+                .map(|k| alias(k.raw, k.column)),
+        );
         let text = format!(
-            "SELECT min(day) AS first, max(day) AS last FROM {table}{}",
-            sql.where_clause()
+            "SELECT least(r.first, t.first) AS first, greatest(r.last, t.last) AS last \
+             FROM (SELECT min(day) AS first, max(day) AS last FROM {}{filter}) AS r, \
+             (SELECT min(day) AS first, max(day) AS last FROM ({}) AS tail{filter}) AS t",
+            table.name,
+            self.tail(&columns, None, None)
         );
         (text, sql.params)
+    }
+}
+
+/// `expression AS column`, or `column` when the expression is the column.
+fn alias(expression: &str, column: &str) -> String {
+    if expression == column {
+        column.to_owned()
+    } else {
+        format!("{expression} AS {column}")
     }
 }
 
@@ -537,6 +676,9 @@ const MAX_PERIODS_AT_ONCE: usize = 8;
 pub struct AggregatePage {
     pub items: Vec<Map<String, Value>>,
     pub next_cursor: Option<String>,
+    /// The newest `seq` of the raw table the answer includes: it counts every
+    /// row with `seq <= as_of_seq` the caller may see, and no other.
+    pub as_of_seq: i64,
 }
 
 async fn aggregate(
@@ -549,10 +691,17 @@ async fn aggregate(
     let pairs = pairs(uri)?;
     let mut query = spec.parse(&pairs, caller)?;
     let all_tenants = matches!(caller.tenant, crate::auth::TenantAccess::All);
+    let table = spec.table(&query, all_tenants);
+    // Every statement of the answer reads one snapshot: the rollups, their
+    // watermarks and the raw rows above them agree, and `as_of_seq` is the
+    // newest row the answer includes.
+    let mut client = state.pool.get_for(&caller.tenant).await?;
+    let tx = crate::params::snapshot(&mut client).await?;
+    let as_of_seq = crate::params::newest_seq(&tx, spec.raw).await?;
     if query.by_period() && (query.from.is_none() || query.to.is_none()) {
-        // The by-period form needs the window: the table's first and last day.
-        let (sql, params) = spec.bounds_sql(&query, spec.table(&query, all_tenants).name);
-        let rows = crate::params::query(state, &caller.tenant, &sql, &params).await?;
+        // The by-period form needs the window: the data's first and last day.
+        let (sql, params) = spec.bounds_sql(&query, table);
+        let rows = crate::params::query_on(&tx, &sql, &params).await?;
         let bound = |column: &str| -> Result<Option<NaiveDate>, ApiError> {
             match rows.first() {
                 Some(row) => row.try_get(column).map_err(ApiError::from_db),
@@ -570,6 +719,7 @@ async fn aggregate(
                 return Ok(AggregatePage {
                     items: Vec::new(),
                     next_cursor: None,
+                    as_of_seq,
                 })
             }
         }
@@ -577,10 +727,8 @@ async fn aggregate(
     let limit = query.limit as usize;
     let rows = match (query.by_period(), query.from, query.to) {
         (true, Some(from), Some(to)) => {
-            let table = spec.table(&query, all_tenants).name;
             let start = query.cursor.as_ref().map(|c| c.p);
             let periods = periods(query.grain, from, to, start);
-            let client = state.pool.get_for(&caller.tenant).await?;
             let mut rows = Vec::new();
             let mut pending = periods.as_slice();
             let mut at_once = 1;
@@ -601,8 +749,8 @@ async fn aggregate(
                             .iter()
                             .map(|param| param.as_ref() as &(dyn ToSql + Sync))
                             .collect();
-                        let client = &client;
-                        async move { client.query(sql.as_str(), &params).await }
+                        let tx = &tx;
+                        async move { tx.query(sql.as_str(), &params).await }
                     }))
                     .await
                     .map_err(ApiError::from_db)?;
@@ -612,9 +760,10 @@ async fn aggregate(
         }
         _ => {
             let (sql, params) = spec.to_sql(&query, all_tenants);
-            crate::params::query(state, &caller.tenant, &sql, &params).await?
+            crate::params::query_on(&tx, &sql, &params).await?
         }
     };
+    tx.commit().await.map_err(ApiError::from_db)?;
     let has_more = rows.len() > limit;
     let mut items = Vec::with_capacity(rows.len().min(limit));
     let mut last = None;
@@ -654,7 +803,11 @@ async fn aggregate(
         None
     };
     tracing::debug!(subject = %caller.subject, scope = spec.scope, items = items.len(), has_more, "aggregate query");
-    Ok(AggregatePage { items, next_cursor })
+    Ok(AggregatePage {
+        items,
+        next_cursor,
+        as_of_seq,
+    })
 }
 
 /// `GET /api/v1/tokens/usage`.
@@ -701,7 +854,20 @@ mod tests {
         let (sql, params) = TOKENS.to_sql(&q, true);
         assert!(!sql.contains("x'"), "{sql}");
         assert_eq!(params.len(), 4);
-        assert!(sql.contains("FROM token_usage_daily_tenant WHERE"), "{sql}");
+        // The rollup plus the raw rows above its watermark, in the window.
+        assert!(
+            sql.contains("FROM token_usage_daily_tenant UNION ALL SELECT "),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(
+                " FROM token_usage WHERE seq > coalesce((SELECT last_seq FROM rollup_watermarks \
+                 WHERE name = 'token_usage_daily'), 0) \
+                 AND ts >= ($2)::date::timestamp AT TIME ZONE 'UTC' \
+                 AND ts < ($3)::date::timestamp AT TIME ZONE 'UTC') AS live WHERE tenant_id = $1"
+            ),
+            "{sql}"
+        );
         assert!(sql.contains("GROUP BY 1, 2, 3)"), "{sql}");
         assert!(
             sql.ends_with("ORDER BY period, tenant_id, model LIMIT $4"),
@@ -784,7 +950,7 @@ mod tests {
         let q = TOKENS.parse(&p, &caller).unwrap();
         let periods = periods(q.grain, d("2026-10-30"), d("2026-11-30"), Some(cursor.p));
         assert_eq!(periods.len(), 1);
-        let (sql, params) = TOKENS.period_sql(&q, "token_usage_daily", periods[0], 11);
+        let (sql, params) = TOKENS.period_sql(&q, &TOKENS.tables[2], periods[0], 11);
         assert_eq!(params.len(), 4, "{sql}");
         assert!(
             sql.starts_with(
@@ -794,7 +960,9 @@ mod tests {
         );
         assert!(
             sql.ends_with(
-                " FROM token_usage_daily WHERE tenant_id = $1 AND day >= '2026-11-01'::date \
+                " AND ts >= ('2026-11-01')::date::timestamp AT TIME ZONE 'UTC' \
+                 AND ts < ('2026-11-30')::date::timestamp AT TIME ZONE 'UTC') AS live \
+                 WHERE tenant_id = $1 AND day >= '2026-11-01'::date \
                  AND day < '2026-11-30'::date AND (user_id, model) > ($2, $3) \
                  GROUP BY user_id, model ORDER BY user_id, model LIMIT $4"
             ),
@@ -802,9 +970,9 @@ mod tests {
         );
         // A one-day period is an equality, so the day's rows come in user order.
         let day = (d("2026-11-05"), d("2026-11-05"), d("2026-11-06"));
-        let (sql, _) = TOKENS.period_sql(&q, "token_usage_daily", day, 11);
+        let (sql, _) = TOKENS.period_sql(&q, &TOKENS.tables[2], day, 11);
         assert!(
-            sql.contains("WHERE tenant_id = $1 AND day = '2026-11-05'::date GROUP BY"),
+            sql.contains("AS live WHERE tenant_id = $1 AND day = '2026-11-05'::date GROUP BY"),
             "{sql}"
         );
     }

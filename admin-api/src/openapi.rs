@@ -651,8 +651,8 @@ fn add_usage_routes(doc: &mut Value) {
         }},
         "/api/v1/tokens/usage": { "get": {
             "operationId": "tokenUsageAggregates",
-            "summary": "Token usage summed per period (day/week/month) and group keys, from token_usage_daily",
-            "description": "Needs scope tokens:read or admin; a tenant-scoped token only sees its tenant. The window (to - from, or the data's own span) may span at most 400 days at grain=day, 1827 at grain=week, 3653 at grain=month: longer is 400 window_too_large. Ordered by period, then tenant_id, user_id, provider, model. Token rows are folded into the rollup once older than the attribution delay (default 5 minutes) plus the job interval.",
+            "summary": "Token usage summed per period (day/week/month) and group keys: live and exact (the rollups plus the rows not folded yet)",
+            "description": "Needs scope tokens:read or admin; a tenant-scoped token only sees its tenant. The window (to - from, or the data's own span) may span at most 400 days at grain=day, 1827 at grain=week, 3653 at grain=month: longer is 400 window_too_large. Ordered by period, then tenant_id, user_id, provider, model. Every row committed before the request is included (the rollups plus the raw rows above their watermark, read in one snapshot); as_of_seq is the newest token_usage seq included. A row attributed to its user later moves from the unattributed group to the user's, never counted twice.",
             "parameters": [
                 grain.clone(),
                 group_by(&["user", "tenant", "model", "provider"]),
@@ -666,8 +666,8 @@ fn add_usage_routes(doc: &mut Value) {
         }},
         "/api/v1/activity/aggregates": { "get": {
             "operationId": "activityAggregates",
-            "summary": "Activity event counts per period (day/week/month) and group keys, from activity_daily",
-            "description": "Needs scope activity:read or admin; a tenant-scoped token only sees its tenant. Ordered by period, then tenant_id, user_id, action, outcome. The window may span at most 400 days at grain=day, 1827 at grain=week, 3653 at grain=month: longer is 400 window_too_large.",
+            "summary": "Activity event counts per period (day/week/month) and group keys: live and exact (the rollups plus the rows not folded yet)",
+            "description": "Needs scope activity:read or admin; a tenant-scoped token only sees its tenant. Ordered by period, then tenant_id, user_id, action, outcome. The window may span at most 400 days at grain=day, 1827 at grain=week, 3653 at grain=month: longer is 400 window_too_large. Every row committed before the request is included; as_of_seq is the newest activity_events seq included.",
             "parameters": [
                 grain,
                 group_by(&["user", "tenant", "action", "outcome"]),
@@ -684,8 +684,8 @@ fn add_usage_routes(doc: &mut Value) {
         }},
         "/api/v1/stats": { "get": {
             "operationId": "stats",
-            "summary": "Totals for a window of UTC days (default: the last 7 days, today included), from the daily rollups",
-            "description": "Needs activity:read or tokens:read (or admin); the activity section is null without activity:read/admin, the tokens section null without tokens:read/admin. At most 366 days.",
+            "summary": "Totals for a window of UTC days (default: the last 7 days, today included): live and exact (the rollups plus the rows not folded yet)",
+            "description": "Needs activity:read or tokens:read (or admin); the activity section is null without activity:read/admin, the tokens section null without tokens:read/admin. At most 366 days. Every row committed before the request is included; each section's as_of_seq is the newest seq of its table included.",
             "parameters": [ string_param("tenant", "Exact tenant id"), from, to ],
             "responses": standard_errors(ok("Totals", "Stats"))
         }}
@@ -732,6 +732,7 @@ fn add_usage_routes(doc: &mut Value) {
                 "cost_usd": { "type": ["number", "null"] },
                 "outcome": { "type": "string", "enum": ["success", "failure", "unknown"] },
                 "duration_ms": { "type": ["number", "null"] },
+                "time_to_first_token_ms": { "type": ["number", "null"] },
                 "attribution_source": { "type": "string", "enum": ["record", "trace", "none"] },
                 "attributes": { "type": "object" }
             }
@@ -753,10 +754,11 @@ fn add_usage_routes(doc: &mut Value) {
         },
         "TokenUsageAggregatePage": {
             "type": "object",
-            "required": ["items", "next_cursor"],
+            "required": ["items", "next_cursor", "as_of_seq"],
             "properties": {
                 "items": { "type": "array", "items": { "$ref": "#/components/schemas/TokenUsageAggregate" } },
-                "next_cursor": { "type": ["string", "null"] }
+                "next_cursor": { "type": ["string", "null"] },
+                "as_of_seq": { "type": "integer", "description": "The newest seq of the raw table included: the answer counts every row with seq <= as_of_seq the caller may see" }
             }
         },
         "ActivityAggregate": {
@@ -770,10 +772,11 @@ fn add_usage_routes(doc: &mut Value) {
         },
         "ActivityAggregatePage": {
             "type": "object",
-            "required": ["items", "next_cursor"],
+            "required": ["items", "next_cursor", "as_of_seq"],
             "properties": {
                 "items": { "type": "array", "items": { "$ref": "#/components/schemas/ActivityAggregate" } },
-                "next_cursor": { "type": ["string", "null"] }
+                "next_cursor": { "type": ["string", "null"] },
+                "as_of_seq": { "type": "integer", "description": "The newest seq of the raw table included: the answer counts every row with seq <= as_of_seq the caller may see" }
             }
         },
         "Stats": {
@@ -786,6 +789,7 @@ fn add_usage_routes(doc: &mut Value) {
                 "activity": {
                     "type": ["object", "null"],
                     "properties": {
+                        "as_of_seq": { "type": "integer", "description": "The newest activity_events seq included" },
                         "events": { "type": "integer" },
                         "active_users": { "type": "integer" },
                         "top_actions": { "type": "array", "items": { "type": "object", "properties": { "action": { "type": "string" }, "events": { "type": "integer" } } } },
@@ -794,7 +798,15 @@ fn add_usage_routes(doc: &mut Value) {
                 },
                 "tokens": {
                     "type": ["object", "null"],
-                    "description": "Totals (the TokenUsageAggregate sums) plus by_model, by_provider and daily lists"
+                    "description": "as_of_seq (the newest token_usage seq included), the totals (the TokenUsageAggregate sums) and the speed fields (failed_requests, success_rate, duration_p50_ms, duration_p95_ms, output_tokens_per_second; each by_model item has them too) plus by_model, by_provider and daily lists",
+                    "properties": {
+                        "as_of_seq": { "type": "integer" },
+                        "failed_requests": { "type": "integer" },
+                        "success_rate": { "type": ["number", "null"], "description": "(requests - failed_requests) / requests" },
+                        "duration_p50_ms": { "type": ["number", "null"], "description": "Median call duration, within 4.5%" },
+                        "duration_p95_ms": { "type": ["number", "null"], "description": "95th percentile call duration, within 4.5%" },
+                        "output_tokens_per_second": { "type": ["number", "null"], "description": "Output tokens over the summed durations of the calls that reported both" }
+                    }
                 }
             }
         }

@@ -298,9 +298,41 @@ pub(crate) async fn query(
     query_on(&client, sql, params).await
 }
 
+/// Opens a read-only `REPEATABLE READ` transaction on `client`: every statement
+/// in it reads the same snapshot (a rollup, its watermark and the raw rows above
+/// it agree). Dropped without `commit`, it is rolled back.
+pub(crate) async fn snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, ApiError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(ApiError::from_db)
+}
+
+/// The newest committed `seq` of raw table `table` over every tenant, in the
+/// snapshot of `client` (0 when empty).
+pub(crate) async fn newest_seq(
+    client: &impl deadpool_postgres::GenericClient,
+    table: &str,
+) -> Result<i64, ApiError> {
+    let statement = client
+        .prepare_cached("SELECT tally_newest_seq($1)")
+        .await
+        .map_err(ApiError::from_db)?;
+    let row = client
+        .query_one(&statement, &[&table])
+        .await
+        .map_err(ApiError::from_db)?;
+    row.try_get(0).map_err(ApiError::from_db)
+}
+
 /// Runs `sql` with `params` on `client` (prepared once per connection).
 pub(crate) async fn query_on(
-    client: &deadpool_postgres::Object,
+    client: &impl deadpool_postgres::GenericClient,
     sql: &str,
     params: &[Box<dyn ToSql + Sync + Send>],
 ) -> Result<Vec<Row>, ApiError> {

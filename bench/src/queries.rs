@@ -68,6 +68,63 @@ pub struct QueriesArgs {
     /// Where to write the JSON figures.
     #[arg(long, default_value = "bench-queries.json")]
     pub json: PathBuf,
+    /// Raw rows per table above the rollup watermarks (the live aggregates'
+    /// tail): copies of the newest rows (same days, new ids and seqs, received
+    /// a minute ago) are added until the tail holds this many. The API reads
+    /// them live; nothing folds them during the run. 0: no tail is added (one
+    /// added by an earlier run stays).
+    #[arg(long, default_value_t = 0)]
+    pub tail: i64,
+}
+
+/// Tops the unfolded rows of `table` (above the `watermark` rollup watermark)
+/// up to `rows`, copying its newest rows with new ids and seqs.
+async fn add_tail(
+    client: &tokio_postgres::Client,
+    table: &str,
+    sequence: &str,
+    watermark: &str,
+    rows: i64,
+) -> anyhow::Result<i64> {
+    let columns: Vec<String> = client
+        .query(
+            "SELECT attname::text FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped \
+               AND attname NOT IN ('id', 'seq', 'received_at') ORDER BY attnum",
+            &[&table],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let have: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {table} WHERE seq > \
+                 (SELECT last_seq FROM rollup_watermarks WHERE name = $1)"
+            ),
+            &[&watermark],
+        )
+        .await?
+        .get(0);
+    let missing = rows - have;
+    if missing > 0 {
+        let list = columns.join(", ");
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {table} (id, seq, received_at, {list}) \
+                     SELECT gen_random_uuid(), nextval('{sequence}'), \
+                         now() - interval '1 minute', {list} \
+                     FROM (SELECT * FROM {table} ORDER BY seq DESC LIMIT $1) AS newest \
+                     ORDER BY seq"
+                ),
+                &[&missing],
+            )
+            .await
+            .with_context(|| format!("adding the {table} tail"))?;
+    }
+    Ok(have.max(rows))
 }
 
 /// The PostgreSQL server the benchmarks use (as its superuser).
@@ -307,6 +364,8 @@ const ROLLUP_TABLES: &[&str] = &[
     "activity_user_last_seen_all",
     "token_usage_daily_tenant",
     "token_usage_daily_all",
+    "token_usage_latency_daily",
+    "token_usage_latency_daily_all",
 ];
 
 /// The rollup job's folds (exporters/src/postgres/rollup.rs) over every row at
@@ -368,6 +427,18 @@ async fn fill_rollups(client: &tokio_postgres::Client) -> anyhow::Result<()> {
                  coalesce(sum(reasoning_tokens), 0), coalesce(sum(total_tokens), 0), \
                  coalesce(sum(cost_usd), 0) \
                FROM token_usage GROUP BY 1, 2, 3, 4, 5; \
+             INSERT INTO token_usage_latency_daily (day, tenant_id, provider, model, outcome, \
+                 bucket, requests, rate_output_tokens, rate_duration_ms) \
+               SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(provider, ''), \
+                 coalesce(model, ''), outcome, tally_duration_bucket(duration_ms), count(*), \
+                 coalesce(sum(output_tokens) FILTER (WHERE duration_ms > 0 AND output_tokens IS NOT NULL), 0), \
+                 coalesce(sum(duration_ms) FILTER (WHERE duration_ms > 0 AND output_tokens IS NOT NULL), 0) \
+               FROM token_usage GROUP BY 1, 2, 3, 4, 5, 6; \
+             INSERT INTO token_usage_latency_daily_all (day, provider, model, outcome, bucket, \
+                 requests, rate_output_tokens, rate_duration_ms) \
+               SELECT day, provider, model, outcome, bucket, sum(requests), \
+                 sum(rate_output_tokens), sum(rate_duration_ms) \
+               FROM token_usage_latency_daily GROUP BY 1, 2, 3, 4, 5; \
              UPDATE rollup_watermarks SET last_seq = (SELECT coalesce(max(seq), 0) FROM token_usage), \
                updated_at = now() WHERE name = 'token_usage_daily'; \
              SELECT tally_rebuild_coarse_rollups();",
@@ -848,6 +919,16 @@ pub async fn run(args: QueriesArgs) -> anyhow::Result<()> {
     let (url, shape) = ensure_database(&args).await?;
     if args.generate_only {
         return Ok(());
+    }
+    if args.tail > 0 {
+        let (client, _) = connect(&url).await?;
+        for (table, sequence, watermark) in [
+            ("activity_events", "activity_events_seq", "activity_daily"),
+            ("token_usage", "token_usage_seq", "token_usage_daily"),
+        ] {
+            let tail = add_tail(&client, table, sequence, watermark, args.tail).await?;
+            eprintln!("{table}: {tail} rows above the rollup watermark");
+        }
     }
     let picks = picks(&url, &shape).await?;
     let base = start_api(&url, |_| {}).await?;

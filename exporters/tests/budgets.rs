@@ -123,6 +123,7 @@ fn call(tenant: &str, user: Option<&str>, tokens: i64, cost: f64) -> TokenUsage 
         attribution_source: AttributionSource::Record,
         attributes: serde_json::Map::new(),
         report: Default::default(),
+        time_to_first_token_ms: None,
     }
 }
 

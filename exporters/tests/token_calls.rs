@@ -42,6 +42,7 @@ fn call(from_span: bool, scope: &str, response: Option<&str>, ts: DateTime<Utc>)
         duration_ms: from_span.then_some(800.0),
         attribution_source: AttributionSource::None,
         attributes: Default::default(),
+        time_to_first_token_ms: None,
         report: CallReport {
             from_span,
             scope: scope.into(),

@@ -76,6 +76,10 @@ pub struct TokenUsage {
     pub outcome: Outcome,
     /// Span duration; `None` for log records.
     pub duration_ms: Option<f64>,
+    /// Time to the first output token or chunk of a streamed call, when the
+    /// instrumentation reports it (`gen_ai.server.time_to_first_token`,
+    /// `gen_ai.response.time_to_first_chunk`, in seconds).
+    pub time_to_first_token_ms: Option<f64>,
     pub attribution_source: AttributionSource,
     /// A few content-free attributes (span name, finish reasons, response id, …).
     pub attributes: serde_json::Map<String, serde_json::Value>,

@@ -19,7 +19,7 @@ pub const TOKEN_COLUMNS: &str = "id, seq, ts, received_at, tenant_id, user_id, s
      service, trace_id, span_id, provider, operation, request_model, response_model, model, \
      input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, \
      total_tokens, usage_known, cost_usd::float8 AS cost_usd, outcome, duration_ms, \
-     attribution_source, attributes";
+     time_to_first_token_ms, attribution_source, attributes";
 
 fn non_empty(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)
@@ -80,6 +80,7 @@ pub struct TokenItem {
     pub cost_usd: Option<f64>,
     pub outcome: String,
     pub duration_ms: Option<f64>,
+    pub time_to_first_token_ms: Option<f64>,
     pub attribution_source: String,
     pub attributes: serde_json::Value,
 }
@@ -115,6 +116,7 @@ impl TokenItem {
             cost_usd: row.try_get("cost_usd")?,
             outcome: row.try_get("outcome")?,
             duration_ms: row.try_get("duration_ms")?,
+            time_to_first_token_ms: row.try_get("time_to_first_token_ms")?,
             attribution_source: row.try_get("attribution_source")?,
             attributes: row.try_get("attributes")?,
         })

@@ -27,7 +27,7 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// Columns of an activity row (see `writer.rs`'s `COPY_SQL`).
 const ACTIVITY_COLUMNS: i16 = 20;
 /// Columns of a token row (see `tokens.rs`'s `COPY_SQL`).
-const TOKEN_COLUMNS: i16 = 30;
+const TOKEN_COLUMNS: i16 = 31;
 
 /// A value that cannot be written in PostgreSQL's binary format.
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +307,7 @@ pub fn token_row(
     opt_float8(out, r.cost_usd.filter(|c| c.is_finite()));
     text(out, r.outcome.as_str())?;
     opt_float8(out, r.duration_ms.filter(|d| d.is_finite()));
+    opt_float8(out, r.time_to_first_token_ms.filter(|d| d.is_finite()));
     text(out, r.attribution_source.as_str())?;
     jsonb_object(out, &r.attributes)?;
     opt_uuid(out, ingest_key_id);

@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "api_key_browser",
         include_str!("migrations/0016_api_key_browser.sql"),
     ),
+    (
+        17,
+        "token_latency",
+        include_str!("migrations/0017_token_latency.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -111,11 +111,17 @@ const TOKEN_SUMS: &str = "count(*) AS requests, \
         coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens, \
         coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens, \
         coalesce(sum(total_tokens), 0) AS total_tokens, \
-        coalesce(sum(cost_usd), 0) AS cost_usd";
+        coalesce(sum(cost_usd), 0) AS cost_usd, \
+        coalesce(sum(output_tokens) FILTER (WHERE duration_ms > 0 AND output_tokens IS NOT NULL), 0) \
+            AS rate_output_tokens, \
+        coalesce(sum(duration_ms) FILTER (WHERE duration_ms > 0 AND output_tokens IS NOT NULL), 0) \
+            AS rate_duration_ms";
 
+/// The batch's keys: every key of every token rollup (the latency rollups'
+/// `outcome` and duration `bucket` too, migration 0017).
 const TOKEN_KEYS: &str = "(ts AT TIME ZONE 'UTC')::date AS day, tenant_id, \
         coalesce(user_id, '') AS user_id, coalesce(provider, '') AS provider, \
-        coalesce(model, '') AS model";
+        coalesce(model, '') AS model, outcome, tally_duration_bucket(duration_ms) AS bucket";
 
 const TOKEN_MEASURES: [&str; 10] = [
     "requests",
@@ -130,29 +136,50 @@ const TOKEN_MEASURES: [&str; 10] = [
     "cost_usd",
 ];
 
-/// The token rollups and their keys (each one's primary key): the daily one
-/// per user, and the ones derived from the same rows without the user
-/// (`_tenant`) and without the tenant either (`_all`, migration 0008).
-const TOKEN_ROLLUPS: [(&str, &[&str]); 3] = [
+/// The measures of the latency rollups (migration 0017): calls, and the
+/// output tokens and durations of the calls that reported both.
+const LATENCY_MEASURES: [&str; 3] = ["requests", "rate_output_tokens", "rate_duration_ms"];
+
+/// The token rollups, their keys (each one's primary key) and measures: the
+/// daily one per user, the ones derived from the same rows without the user
+/// (`_tenant`) and without the tenant either (`_all`, migration 0008), and the
+/// duration histograms per outcome (migration 0017).
+const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 5] = [
     (
         "token_usage_daily",
         &["day", "tenant_id", "user_id", "provider", "model"],
+        &TOKEN_MEASURES,
     ),
     (
         "token_usage_daily_tenant",
         &["day", "tenant_id", "provider", "model"],
+        &TOKEN_MEASURES,
     ),
-    ("token_usage_daily_all", &["day", "provider", "model"]),
+    (
+        "token_usage_daily_all",
+        &["day", "provider", "model"],
+        &TOKEN_MEASURES,
+    ),
+    (
+        "token_usage_latency_daily",
+        &["day", "tenant_id", "provider", "model", "outcome", "bucket"],
+        &LATENCY_MEASURES,
+    ),
+    (
+        "token_usage_latency_daily_all",
+        &["day", "provider", "model", "outcome", "bucket"],
+        &LATENCY_MEASURES,
+    ),
 ];
 
 /// `WITH batch AS (… sums of the token_usage rows matching filter …)` followed
 /// by one data-modifying part per token rollup built by `part(table, keys,
 /// sums)`, where `sums` is a `SELECT` of the rollup's keys and measures.
-fn token_statement(filter: &str, part: impl Fn(&str, &[&str], &str) -> String) -> String {
+fn token_statement(filter: &str, part: impl Fn(&str, &[&str], &[&str], &str) -> String) -> String {
     let mut parts = Vec::new();
-    for (i, (table, keys)) in TOKEN_ROLLUPS.iter().enumerate() {
+    for (i, (table, keys, measures)) in TOKEN_ROLLUPS.iter().enumerate() {
         let key_list = keys.join(", ");
-        let sums: Vec<String> = TOKEN_MEASURES
+        let sums: Vec<String> = measures
             .iter()
             .map(|m| format!("sum({m}) AS {m}"))
             .collect();
@@ -160,11 +187,14 @@ fn token_statement(filter: &str, part: impl Fn(&str, &[&str], &str) -> String) -
             "SELECT {key_list}, {} FROM batch GROUP BY {key_list}",
             sums.join(", ")
         );
-        parts.push(format!("r{i} AS ({})", part(table, keys, &select)));
+        parts.push(format!(
+            "r{i} AS ({})",
+            part(table, keys, measures, &select)
+        ));
     }
     format!(
         "WITH batch AS MATERIALIZED (SELECT {TOKEN_KEYS}, {TOKEN_SUMS} FROM token_usage \
-         WHERE {filter} GROUP BY 1, 2, 3, 4, 5), {} SELECT 1",
+         WHERE {filter} GROUP BY 1, 2, 3, 4, 5, 6, 7), {} SELECT 1",
         parts.join(", ")
     )
 }
@@ -172,15 +202,15 @@ fn token_statement(filter: &str, part: impl Fn(&str, &[&str], &str) -> String) -
 /// Adds the sums of the `token_usage` rows matching `filter` to every token
 /// rollup (`INSERT … ON CONFLICT DO UPDATE`), in one statement.
 fn fold_tokens_sql(filter: &str) -> String {
-    token_statement(filter, |table, keys, select| {
-        let updates: Vec<String> = TOKEN_MEASURES
+    token_statement(filter, |table, keys, measures, select| {
+        let updates: Vec<String> = measures
             .iter()
             .map(|m| format!("{m} = {table}.{m} + EXCLUDED.{m}"))
             .collect();
         format!(
             "INSERT INTO {table} ({}, {}) {select} ON CONFLICT ({}) DO UPDATE SET {}",
             keys.join(", "),
-            TOKEN_MEASURES.join(", "),
+            measures.join(", "),
             keys.join(", "),
             updates.join(", ")
         )
@@ -189,8 +219,8 @@ fn fold_tokens_sql(filter: &str) -> String {
 
 /// Subtracts the sums of the rows matching `filter` from every token rollup.
 fn unfold_tokens_sql(filter: &str) -> String {
-    token_statement(filter, |table, keys, select| {
-        let updates: Vec<String> = TOKEN_MEASURES
+    token_statement(filter, |table, keys, measures, select| {
+        let updates: Vec<String> = measures
             .iter()
             .map(|m| format!("{m} = d.{m} - o.{m}"))
             .collect();
@@ -268,7 +298,7 @@ pub async fn unfold_token_rows(
             &[&refold.ts, &refold.ids, &refold.watermark],
         )
         .await?;
-        for (table, _) in TOKEN_ROLLUPS {
+        for (table, _, _) in TOKEN_ROLLUPS {
             tx.execute(
                 &format!(
                     "DELETE FROM {table} WHERE requests = 0 AND day IN \

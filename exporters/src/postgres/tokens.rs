@@ -24,14 +24,15 @@ use super::writer::copy_rows;
 use super::{PgError, TOKEN_USAGE_LOCK_KEY};
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
-    IF to_regclass('pg_temp.tally_token_staging_v3') IS NULL THEN \
-        CREATE TEMP TABLE tally_token_staging_v3 ( \
+    IF to_regclass('pg_temp.tally_token_staging_v4') IS NULL THEN \
+        CREATE TEMP TABLE tally_token_staging_v4 ( \
             id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
             service text, trace_id text, span_id text, provider text, operation text, \
             request_model text, response_model text, model text, input_tokens int8, \
             output_tokens int8, cache_read_tokens int8, cache_write_tokens int8, \
             reasoning_tokens int8, total_tokens int8, usage_known bool, cost_usd float8, \
-            outcome text, duration_ms float8, attribution_source text, attributes jsonb, \
+            outcome text, duration_ms float8, time_to_first_token_ms float8, \
+            attribution_source text, attributes jsonb, \
             ingest_key_id uuid, call_scope text, span_key text, response_key text, \
             from_span bool, skip bool NOT NULL DEFAULT false, \
             supersedes bool NOT NULL DEFAULT false \
@@ -41,11 +42,12 @@ const STAGING_DDL: &str = "DO $$ BEGIN \
 const COLUMNS: &str = "id, ts, tenant_id, user_id, session_id, service, trace_id, span_id, \
     provider, operation, request_model, response_model, model, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens, usage_known, \
-    cost_usd, outcome, duration_ms, attribution_source, attributes, ingest_key_id";
+    cost_usd, outcome, duration_ms, time_to_first_token_ms, attribution_source, attributes, \
+    ingest_key_id";
 
 static COPY_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "COPY pg_temp.tally_token_staging_v3 ({COLUMNS}, call_scope, span_key, response_key, \
+        "COPY pg_temp.tally_token_staging_v4 ({COLUMNS}, call_scope, span_key, response_key, \
          from_span) FROM STDIN (FORMAT binary)"
     )
 });
@@ -58,15 +60,15 @@ static COPY_SQL: LazyLock<String> = LazyLock::new(|| {
 static MATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT pg_advisory_xact_lock({TOKEN_USAGE_LOCK_KEY}); \
-         UPDATE pg_temp.tally_token_staging_v3 AS s SET skip = true \
+         UPDATE pg_temp.tally_token_staging_v4 AS s SET skip = true \
          WHERE s.response_key IS NOT NULL AND (SELECT true FROM token_calls AS c \
              WHERE c.tenant_id = s.call_scope AND c.call_key = s.response_key \
                AND c.id <> s.id AND (c.from_span OR NOT s.from_span) LIMIT 1); \
-         UPDATE pg_temp.tally_token_staging_v3 AS s SET skip = true \
+         UPDATE pg_temp.tally_token_staging_v4 AS s SET skip = true \
          WHERE NOT s.from_span AND s.span_key IS NOT NULL AND (SELECT true FROM token_calls AS c \
              WHERE c.tenant_id = s.call_scope AND c.call_key = s.span_key \
                AND c.from_span LIMIT 1); \
-         UPDATE pg_temp.tally_token_staging_v3 AS s SET supersedes = true \
+         UPDATE pg_temp.tally_token_staging_v4 AS s SET supersedes = true \
          WHERE NOT s.skip AND s.from_span AND ( \
              (SELECT true FROM token_calls AS c WHERE NOT c.from_span \
                 AND c.tenant_id = s.call_scope AND c.call_key = s.span_key LIMIT 1) \
@@ -78,7 +80,7 @@ static MATCH_SQL: LazyLock<String> = LazyLock::new(|| {
 /// The stored rows of log records that staged spans replace (index probes, as
 /// in [`MATCH_SQL`]).
 const SUPERSEDED_SQL: &str = "SELECT DISTINCT c.ts, c.id \
-     FROM pg_temp.tally_token_staging_v3 AS s \
+     FROM pg_temp.tally_token_staging_v4 AS s \
      CROSS JOIN LATERAL (VALUES (s.span_key), (s.response_key)) AS k(key) \
      CROSS JOIN LATERAL (SELECT l.ts, l.id FROM token_calls AS l WHERE NOT l.from_span \
          AND l.tenant_id = s.call_scope AND l.call_key = k.key LIMIT 1) AS c \
@@ -92,7 +94,7 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO token_calls (tenant_id, call_key, ts, id, from_span) \
          SELECT DISTINCT ON (s.call_scope, k.key) s.call_scope, k.key, s.ts, s.id, s.from_span \
-         FROM pg_temp.tally_token_staging_v3 AS s, \
+         FROM pg_temp.tally_token_staging_v4 AS s, \
               LATERAL (VALUES (s.span_key), (s.response_key)) AS k(key) \
          WHERE NOT s.skip AND k.key IS NOT NULL \
          ORDER BY s.call_scope, k.key, s.from_span DESC, s.ts, s.id \
@@ -105,9 +107,9 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
                  session_id, service, trace_id, span_id, provider, operation, request_model, \
                  response_model, model, input_tokens, output_tokens, cache_read_tokens, \
                  cache_write_tokens, reasoning_tokens, total_tokens, usage_known, \
-                 cost_usd::numeric(20, 10), outcome, duration_ms, attribution_source, attributes, \
-                 ingest_key_id \
-             FROM pg_temp.tally_token_staging_v3 WHERE NOT skip ORDER BY ts \
+                 cost_usd::numeric(20, 10), outcome, duration_ms, time_to_first_token_ms, \
+                 attribution_source, attributes, ingest_key_id \
+             FROM pg_temp.tally_token_staging_v4 WHERE NOT skip ORDER BY ts \
              ON CONFLICT DO NOTHING \
              RETURNING id, provider, model, outcome, input_tokens, output_tokens, \
                  cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_usd, usage_known, \
@@ -118,7 +120,7 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
              coalesce(sum(reasoning_tokens), 0), coalesce(sum(cost_usd), 0)::float8, \
              count(*) FILTER (WHERE usage_known AND cost_usd IS NULL), tenant_id \
          FROM inserted WHERE id NOT IN \
-             (SELECT id FROM pg_temp.tally_token_staging_v3 WHERE supersedes) \
+             (SELECT id FROM pg_temp.tally_token_staging_v4 WHERE supersedes) \
          GROUP BY 1, 2, 3, tenant_id"
     )
 });
@@ -561,6 +563,7 @@ mod tests {
             duration_ms: None,
             attribution_source: AttributionSource::None,
             attributes: Default::default(),
+            time_to_first_token_ms: None,
             report: CallReport {
                 from_span,
                 scope: String::new(),

@@ -274,6 +274,7 @@ struct Extract {
     identity: Identity,
     service: Option<String>,
     kept: Map<String, serde_json::Value>,
+    time_to_first_token_ms: Option<f64>,
     /// The sender reports Anthropic's raw input count (without cached tokens):
     /// see [`raw_anthropic_input`].
     raw_input: bool,
@@ -506,6 +507,25 @@ fn span_key(bytes: &[u8]) -> Option<[u8; 8]> {
     id.iter().any(|b| *b != 0).then_some(id)
 }
 
+/// Attributes giving the time to the first token or chunk of a streamed call,
+/// in seconds (the GenAI conventions' unit), first found wins.
+const TIME_TO_FIRST_TOKEN: [&str; 2] = [
+    "gen_ai.server.time_to_first_token",
+    "gen_ai.response.time_to_first_chunk",
+];
+
+/// A non-negative, finite number of seconds sent as a double, an integer or text.
+fn seconds(value: Option<&AnyValue>) -> Option<f64> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let seconds = match value?.value.as_ref()? {
+        Value::DoubleValue(d) => *d,
+        Value::IntValue(i) => *i as f64,
+        Value::StringValue(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0).then_some(seconds)
+}
+
 /// A span of the request, for the parent/child rules.
 struct SpanFacts {
     trace: Option<TraceId>,
@@ -575,6 +595,7 @@ impl TokenProcessor {
             raw_input: false,
             thoughts_outside: false,
             remote_agent: false,
+            time_to_first_token_ms: None,
         };
         // Rows are built for span candidates and for counted log records:
         // both need this (a superset of each).
@@ -601,6 +622,10 @@ impl TokenProcessor {
         extract.raw_input = raw_anthropic_input(attrs, scope_name, extract.provider.as_deref());
         extract.thoughts_outside =
             thoughts_outside_output(attrs, scope_name, extract.provider.as_deref());
+        extract.time_to_first_token_ms = TIME_TO_FIRST_TOKEN
+            .iter()
+            .find_map(|key| seconds(attrs.get(key)))
+            .map(|s| s * 1000.0);
         extract
     }
 
@@ -638,6 +663,7 @@ impl TokenProcessor {
             kept,
             raw_input,
             thoughts_outside,
+            time_to_first_token_ms,
             ..
         } = extract;
         let (input, output, cache_read, cache_write, reasoning, total) = if known {
@@ -759,6 +785,7 @@ impl TokenProcessor {
             cost_usd,
             outcome,
             duration_ms,
+            time_to_first_token_ms,
             attribution_source,
             attributes: kept,
         });

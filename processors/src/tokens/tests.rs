@@ -82,6 +82,40 @@ fn genai_chat(id: u8, parent: Option<u8>, input: i64, output: i64) -> Span {
 }
 
 #[test]
+fn time_to_first_token_is_read_in_seconds_from_either_spelling() {
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue};
+    let double = |key: &str, v: f64| KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::DoubleValue(v)),
+        }),
+        ..Default::default()
+    };
+    for (attribute, want) in [
+        (
+            double("gen_ai.server.time_to_first_token", 0.25),
+            Some(250.0),
+        ),
+        (
+            double("gen_ai.response.time_to_first_chunk", 1.5),
+            Some(1500.0),
+        ),
+        (s("gen_ai.server.time_to_first_token", "0.125"), Some(125.0)),
+        (double("gen_ai.server.time_to_first_token", -1.0), None),
+        (s("gen_ai.server.time_to_first_token", "soon"), None),
+    ] {
+        let mut chat = genai_chat(1, None, 10, 2);
+        chat.attributes.push(attribute.clone());
+        let out = run(vec![chat]);
+        assert_eq!(out.rows[0].time_to_first_token_ms, want, "{attribute:?}");
+    }
+    assert_eq!(
+        run(vec![genai_chat(1, None, 10, 2)]).rows[0].time_to_first_token_ms,
+        None
+    );
+}
+
+#[test]
 fn genai_current_chat_with_cache_and_reasoning() {
     let mut chat = genai_chat(1, None, 1000, 200);
     chat.attributes.extend([
