@@ -113,7 +113,8 @@ pub(crate) async fn check(
     let pairs = pairs(&uri)?;
     let params = Params::new(&pairs, CHECK_PARAMETERS)?;
     let tenant = caller.tenant_filter(params.text("tenant")?)?;
-    let user = params.text("user")?;
+    // A `self:read` caller checks its own user only.
+    let user = caller.user_filter(params.text("user")?)?;
     let snapshot = book(&state)?;
     let budgets: Vec<BudgetVerdict> = snapshot
         .budgets

@@ -628,7 +628,10 @@ fn budget_book() -> Arc<tally_exporters::postgres::budgets::BudgetBook> {
     let status = |name: &str, tenant: Option<&str>| BudgetStatus {
         name: name.to_owned(),
         tenant: tenant.map(str::to_owned),
-        user: None,
+        // One user's budget (what a `self:read` caller may see).
+        user: name
+            .strip_prefix("budget-of-user-")
+            .map(|user| format!("user-{user}")),
         period: "day",
         period_start: now,
         period_end: now,
@@ -645,6 +648,7 @@ fn budget_book() -> Arc<tally_exporters::postgres::budgets::BudgetBook> {
         as_of: now,
         budgets: vec![
             status("budget-of-alpha", Some(A)),
+            status("budget-of-user-alpha-0", Some(A)),
             status("budget-of-bravo", Some(B)),
             status("budget-of-every-tenant", None),
         ],
@@ -1040,6 +1044,7 @@ async fn self_read_sees_only_its_own_rows_on_every_route() {
         .await
         .with_taxonomy(taxonomy)
         .with_replayer(Arc::new(RecordingReplayer::default()))
+        .with_budgets(budget_book())
         .router();
     const ME: &str = "user-alpha-0";
     let others = ["user-alpha-1", "user-alpha-2"];
