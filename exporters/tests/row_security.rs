@@ -311,19 +311,23 @@ async fn a_session_user_limits_the_api_role_to_that_users_rows() {
         }
     };
     // activity_events, token_usage, rejected_events (no user_id), activity_daily,
-    // token_usage_daily, activity_daily_tenant (no user_id).
-    assert_eq!(counts("a", "u1").await, vec![1, 1, 0, 1, 1, 0], "a/u1");
-    assert_eq!(counts("a", "u2").await, vec![1, 1, 0, 1, 1, 0], "a/u2");
-    assert_eq!(counts("a", "u3").await, vec![0, 0, 0, 0, 0, 0], "u3 is b's");
-    assert_eq!(counts("b", "u3").await, vec![1, 1, 0, 0, 0, 0], "b/u3");
+    // token_usage_daily, token_calls (no user_id), activity_daily_tenant (no user_id).
+    assert_eq!(counts("a", "u1").await, vec![1, 1, 0, 1, 1, 0, 0], "a/u1");
+    assert_eq!(counts("a", "u2").await, vec![1, 1, 0, 1, 1, 0, 0], "a/u2");
+    assert_eq!(
+        counts("a", "u3").await,
+        vec![0, 0, 0, 0, 0, 0, 0],
+        "u3 is b's"
+    );
+    assert_eq!(counts("b", "u3").await, vec![1, 1, 0, 0, 0, 0, 0], "b/u3");
     assert_eq!(
         counts("*", "u1").await,
-        vec![1, 1, 0, 3, 3, 0],
+        vec![1, 1, 0, 3, 3, 0, 0],
         "a user under *"
     );
     assert_eq!(
         counts("a", "").await,
-        vec![2, 2, 2, 2, 2, 1],
+        vec![2, 2, 2, 2, 2, 2, 1],
         "'' is any user"
     );
 }

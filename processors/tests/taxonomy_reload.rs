@@ -84,8 +84,9 @@ fn manual_reload_swaps_and_a_broken_file_keeps_the_old_registry() {
         handle.reload_if_changed(),
         Ok(ReloadOutcome::Reloaded {
             generation: 2,
-            // The two declared, and Tally's own audit.log.view.
-            actions: 3
+            // The two declared, and Tally's own actions (audit.log.view,
+            // token.budget.threshold, token.quota.exceed).
+            actions: 5
         })
     );
     assert!(handle.current().lookup("a.two").is_some());
@@ -133,7 +134,7 @@ fn manual_reload_swaps_and_a_broken_file_keeps_the_old_registry() {
         handle.reload_if_changed(),
         Ok(ReloadOutcome::Reloaded {
             generation: 3,
-            actions: 2
+            actions: 4
         })
     );
     assert_eq!(handle.status().last_error, None);
