@@ -10,103 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, Tally, TestDatabase};
+use common::{eventually, node_app, python_venv, FakeProvider, Tally, TestDatabase};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// A virtual environment with the Python example's requirements (made once).
-fn python_example() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("example-python");
-    let requirements = repo("examples/python/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).expect("requirements");
-    let stamp = venv.join("requirements.installed");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        let _ = std::fs::remove_dir_all(&venv);
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 -m venv");
-        assert!(status.success(), "cannot create the virtualenv");
-        let output = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg(&requirements)
-            .output()
-            .expect("pip install");
-        assert!(
-            output.status.success(),
-            "pip install: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::fs::write(&stamp, wanted).expect("stamp");
-    }
-    venv
-}
-
-/// The Node example copied under the target folder with `npm ci` (made once).
-fn node_example() -> PathBuf {
-    let app = Path::new(env!("CARGO_TARGET_TMPDIR")).join("example-node");
-    std::fs::create_dir_all(&app).expect("folder");
-    for file in [
-        "package.json",
-        "package-lock.json",
-        "app.mjs",
-        "tracing.mjs",
-    ] {
-        std::fs::copy(repo("examples/node").join(file), app.join(file)).expect("copy");
-    }
-    let lock = std::fs::read_to_string(app.join("package-lock.json")).expect("lock");
-    let stamp = app.join("node_modules/lock.installed");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(lock.as_str()) {
-        let output = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&app)
-            .output()
-            .expect("npm ci");
-        assert!(
-            output.status.success(),
-            "npm ci: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::fs::write(&stamp, lock).expect("stamp");
-    }
-    app
-}
-
-/// The fake OpenAI server (`tests/genai/fake_provider.py`) as a process; it
-/// stops when its stdin closes.
-struct FakeOpenAi {
-    child: Child,
-    url: String,
-}
-
-impl FakeOpenAi {
-    fn start() -> FakeOpenAi {
-        use std::io::BufRead as _;
-        let mut child = Command::new("python3")
-            .arg(repo("tests/genai/fake_provider.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the fake provider");
-        let mut url = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut url)
-            .expect("its URL");
-        FakeOpenAi {
-            child,
-            url: url.trim().to_owned(),
-        }
-    }
-}
-
-impl Drop for FakeOpenAi {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
 }
 
 /// An app process, stopped with SIGTERM (so it flushes its spans) on drop.
@@ -263,14 +170,23 @@ async fn assert_rows(database: &TestDatabase, tenant: &str, user: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_and_node_examples_reach_tally() {
     let (venv, node) = std::thread::scope(|scope| {
-        let venv = scope.spawn(python_example);
-        let node = scope.spawn(node_example);
+        let venv = scope
+            .spawn(|| python_venv("example-python", &repo("examples/python/requirements.txt")));
+        let node = scope.spawn(|| {
+            let files = [
+                "package.json",
+                "package-lock.json",
+                "app.mjs",
+                "tracing.mjs",
+            ];
+            node_app(&repo("examples/node"), &files, "example-node")
+        });
         (venv.join().expect("venv"), node.join().expect("node"))
     });
     let database = TestDatabase::create().await;
     let tally = Tally::on(&database).await;
     let otlp = tally.http_url("");
-    let fake = FakeOpenAi::start();
+    let fake = FakeProvider::start();
 
     let port = free_port();
     let mut python = App(Command::new(venv.join("bin/uvicorn"))

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Tally, TestDatabase};
+use common::{node_app, python_venv, FakeProvider, Tally, TestDatabase};
 use serde_json::Value;
 
 /// What an instrumentation leaves out of its telemetry for a call shape.
@@ -166,100 +166,14 @@ fn expected_tokens(usage: &Value, gaps: &[Gap]) -> Tokens {
     tokens
 }
 
-/// A virtual environment for `family` with its pinned requirements (made once).
+/// The Python of a virtual environment for `family` with its pinned requirements.
 fn venv(family: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("genai-venvs");
-    let venv = root.join(family);
     let requirements = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/genai/requirements")
         .join(format!("{family}.txt"));
-    let stamp = venv.join("requirements.installed");
-    let wanted = std::fs::read_to_string(&requirements).expect("requirements file");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return venv.join("bin").join("python");
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    std::fs::create_dir_all(&root).expect("venv root");
-    let status = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 -m venv (is python3 installed?)");
-    assert!(status.success(), "cannot create {}", venv.display());
-    let output = Command::new(venv.join("bin").join("pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(&requirements)
-        .output()
-        .expect("pip install");
-    assert!(
-        output.status.success(),
-        "cannot install {family}'s packages: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::fs::write(&stamp, wanted).expect("stamp");
-    venv.join("bin").join("python")
-}
-
-/// A folder with the Node app and its pinned packages (`npm ci`, made once).
-fn node_app() -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/genai/node");
-    let app = Path::new(env!("CARGO_TARGET_TMPDIR")).join("genai-node");
-    std::fs::create_dir_all(&app).expect("node app folder");
-    let lock = std::fs::read_to_string(source.join("package-lock.json")).expect("lock file");
-    for file in ["package.json", "package-lock.json", "run.mjs"] {
-        std::fs::copy(source.join(file), app.join(file)).expect("copy the node app");
-    }
-    let stamp = app.join("node_modules").join("lock.installed");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(lock.as_str()) {
-        let output = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&app)
-            .output()
-            .expect("npm ci (are Node and npm installed?)");
-        assert!(
-            output.status.success(),
-            "cannot install the Node packages: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::fs::write(&stamp, lock).expect("stamp");
-    }
-    app
-}
-
-/// The fake provider as its own process, for the Node app: its base URL is the
-/// first line it prints; it stops when its stdin closes (on drop).
-struct FakeProviderProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl FakeProviderProcess {
-    fn start() -> FakeProviderProcess {
-        use std::io::BufRead as _;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/genai/fake_provider.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start the fake provider");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut url = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut url)
-            .expect("the fake provider's URL");
-        FakeProviderProcess {
-            child,
-            url: url.trim().to_owned(),
-        }
-    }
-}
-
-impl Drop for FakeProviderProcess {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
+    python_venv(&format!("genai-venvs/{family}"), &requirements)
+        .join("bin")
+        .join("python")
 }
 
 /// Runs one case's app; returns (trace id, the calls the fake served).
@@ -420,7 +334,14 @@ async fn every_instrumentation_call_is_one_exact_row() {
     let node = cases
         .iter()
         .any(|case| case.family == NODE_FAMILY)
-        .then(|| (node_app(), FakeProviderProcess::start()));
+        .then(|| {
+            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/genai/node");
+            let files = ["package.json", "package-lock.json", "run.mjs"];
+            (
+                node_app(&source, &files, "genai-node"),
+                FakeProvider::start(),
+            )
+        });
     // The environments install in parallel (network-bound).
     let pythons: Vec<(String, PathBuf)> = std::thread::scope(|scope| {
         let handles: Vec<_> = families

@@ -472,3 +472,102 @@ pub fn reachable_tempdir() -> tempfile::TempDir {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
 }
+
+/// A virtual environment under the target folder named `name`, with the pinned
+/// `requirements` file installed (made once: a stamp of the file's text says
+/// what is installed). Answers the environment's folder.
+pub fn python_venv(name: &str, requirements: &Path) -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let wanted = std::fs::read_to_string(requirements).expect("requirements file");
+    let stamp = venv.join("requirements.installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return venv;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    if let Some(parent) = venv.parent() {
+        std::fs::create_dir_all(parent).expect("virtualenv folder");
+    }
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv (is python3 installed?)");
+    assert!(status.success(), "cannot create {}", venv.display());
+    let output = Command::new(venv.join("bin").join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(requirements)
+        .output()
+        .expect("pip install");
+    assert!(
+        output.status.success(),
+        "cannot install {}: {}",
+        requirements.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::write(&stamp, wanted).expect("stamp");
+    venv
+}
+
+/// The Node app in `source` (its `files`, `package-lock.json` among them)
+/// copied under the target folder as `name`, with `npm ci` run there (made once
+/// per lock file). Answers the app's folder.
+pub fn node_app(source: &Path, files: &[&str], name: &str) -> PathBuf {
+    let app = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&app).expect("node app folder");
+    for file in files {
+        std::fs::copy(source.join(file), app.join(file)).expect("copy the node app");
+    }
+    let lock = std::fs::read_to_string(app.join("package-lock.json")).expect("lock file");
+    let stamp = app.join("node_modules").join("lock.installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(lock.as_str()) {
+        let output = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&app)
+            .output()
+            .expect("npm ci (are Node and npm installed?)");
+        assert!(
+            output.status.success(),
+            "cannot install the Node packages: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::write(&stamp, lock).expect("stamp");
+    }
+    app
+}
+
+/// The fake OpenAI / Anthropic / Gemini server (`tests/genai/fake_provider.py`)
+/// as its own process: its base URL is the first line it prints; it stops when
+/// its stdin closes (on drop).
+pub struct FakeProvider {
+    child: Child,
+    /// Its base URL (`http://127.0.0.1:PORT`).
+    pub url: String,
+}
+
+impl FakeProvider {
+    pub fn start() -> FakeProvider {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/genai/fake_provider.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the fake provider");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut url = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut url)
+            .expect("the fake provider's URL");
+        FakeProvider {
+            child,
+            url: url.trim().to_owned(),
+        }
+    }
+}
+
+impl Drop for FakeProvider {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
