@@ -8,12 +8,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{eventually, get_json, token, Tally, TallyOptions, TestDatabase};
-use prost::Message;
+use common::{
+    eventually, export_spans as export, get_json, token, Tally, TallyOptions, TestDatabase,
+};
 use serde_json::Value;
-use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tally_model::otlp::common::v1::{any_value, AnyValue, KeyValue};
-use tally_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use tally_model::otlp::trace::v1::Span;
 
 const SECRET: &str = "budget-test-secret-0123456789";
 
@@ -56,26 +56,6 @@ fn chat(n: u64, tenant: &str, user: &str, tokens: u64) -> Span {
         ],
         ..Default::default()
     }
-}
-
-async fn export(tally: &Tally, spans: Vec<Span>) {
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    let response = reqwest::Client::new()
-        .post(tally.http_url("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .await
-        .expect("export");
-    assert_eq!(response.status().as_u16(), 200);
 }
 
 fn options(database: &TestDatabase) -> TallyOptions {

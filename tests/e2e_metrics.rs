@@ -7,11 +7,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::{eventually, Tally, TallyOptions, TestDatabase};
-use prost::Message;
-use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
+use common::{eventually, export_spans as export, Tally, TallyOptions, TestDatabase};
 use tally_model::otlp::common::v1::{any_value, AnyValue, KeyValue};
-use tally_model::otlp::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
+use tally_model::otlp::trace::v1::{status, Span, Status};
 
 fn attr(key: &str, value: &str) -> KeyValue {
     KeyValue {
@@ -43,26 +41,6 @@ fn span(n: u64, attributes: Vec<KeyValue>, failed: bool) -> Span {
         }),
         ..Default::default()
     }
-}
-
-async fn export(tally: &Tally, spans: Vec<Span>) {
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    let response = reqwest::Client::new()
-        .post(tally.http_url("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .await
-        .expect("export");
-    assert_eq!(response.status().as_u16(), 200);
 }
 
 /// A parsed OpenMetrics scrape: family name → type, and sample name+labels → value.

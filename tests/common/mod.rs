@@ -571,3 +571,28 @@ impl Drop for FakeProvider {
         let _ = self.child.wait();
     }
 }
+
+/// Sends `spans` (one resource, one scope) to `tally` over OTLP/HTTP protobuf
+/// and asserts the 200.
+pub async fn export_spans(tally: &Tally, spans: Vec<tally_model::otlp::trace::v1::Span>) {
+    use prost::Message as _;
+    use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
+    use tally_model::otlp::trace::v1::{ResourceSpans, ScopeSpans};
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let response = reqwest::Client::new()
+        .post(tally.http_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(response.status().as_u16(), 200);
+}
