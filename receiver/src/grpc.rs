@@ -11,15 +11,17 @@
 //!
 //! Every call is charged to the receiver's in-flight bytes budget ([`InFlightBudget`]): a
 //! layer in front of tonic wraps the request body in a [`ChargedBody`], which charges the
-//! message length announced by the gRPC message prefix (and any bytes beyond it) as the
-//! frames arrive, and fails the body with `RESOURCE_EXHAUSTED` (with `RetryInfo`) when the
-//! budget is spent. The services are tonic's generated ones with another codec
+//! bytes as they arrive (holding the message back from tonic, which reserves the announced
+//! length at once, until all of it is in; then the announced length), and fails the body
+//! with `RESOURCE_EXHAUSTED` (with `RetryInfo`) when the budget is spent, or with
+//! `DEADLINE_EXCEEDED` when it has not arrived within `receivers.otlp.body_read_timeout_ms`. The services are tonic's generated ones with another codec
 //! ([`ExportCodec`]): before decoding, its decoder tops the charge up to the decompressed
 //! message plus the estimated size of its decoded form ([`estimate`]); a message that alone
 //! would exceed the whole budget is refused `RESOURCE_EXHAUSTED` without `RetryInfo` (not
 //! retryable), one that finds the budget spent `RESOURCE_EXHAUSTED` with it. The handler
 //! holds the charge until its answer is built.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -419,12 +421,16 @@ where
 /// Length of the gRPC message prefix: compressed flag and big-endian `u32` length.
 const PREFIX_LEN: usize = 5;
 
-/// A request body that charges its bytes to the in-flight budget as they arrive: the
-/// length announced by the message prefix as soon as the prefix is in, and every byte
-/// beyond it (tonic reserves the announced length at once). Fails with
-/// `RESOURCE_EXHAUSTED` when the budget cannot cover it, and with
-/// `DEADLINE_EXCEEDED` when the body has not all arrived by its deadline, which
-/// gives the charge back: a client trickling its body holds the budget that long at most.
+/// A request body that charges its bytes to the in-flight budget as they arrive. tonic
+/// reserves a buffer of the length the gRPC message prefix announces as soon as it reads
+/// the prefix; so that a client announcing a large message and trickling it cannot hold
+/// that much budget (and memory) with a few bytes, the body holds the message's frames
+/// back until the whole message is in (charging what has arrived), then hands them to
+/// tonic and charges the announced length. A prefix announcing more than the decoding
+/// limit goes to tonic at once (which refuses it). Fails with `RESOURCE_EXHAUSTED` when
+/// the budget cannot cover it, and with `DEADLINE_EXCEEDED` when the body has not all
+/// arrived by its deadline, which gives the charge back: a client trickling its body
+/// holds only the bytes it sent, and those that long at most.
 struct ChargedBody {
     inner: tonic::body::Body,
     charge: CallCharge,
@@ -432,12 +438,19 @@ struct ChargedBody {
     /// body has ended (or without a deadline).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     timeout: Duration,
-    /// Largest message length charged upfront (the decoding limit; tonic refuses longer).
+    /// The decoding limit: tonic refuses a longer message as soon as it sees its prefix.
     max_message: usize,
     prefix: [u8; PREFIX_LEN],
     prefix_len: usize,
+    /// Prefix plus announced length, once the prefix is in.
     announced: usize,
     seen: usize,
+    /// Whether the first message is still held back (incomplete).
+    holding: bool,
+    /// Frames received and not yet handed to tonic.
+    queue: VecDeque<Frame<Bytes>>,
+    /// The inner body has ended.
+    inner_done: bool,
 }
 
 impl ChargedBody {
@@ -457,10 +470,14 @@ impl ChargedBody {
             prefix_len: 0,
             announced: 0,
             seen: 0,
+            holding: true,
+            queue: VecDeque::new(),
+            inner_done: false,
         }
     }
 
-    /// Charges for `data`, the next bytes of the body.
+    /// Charges for `data`, the next bytes of the body: what has arrived while the first
+    /// message is held back, the announced length once tonic gets it.
     fn account(&mut self, data: &[u8]) -> Result<(), Exhausted> {
         if self.prefix_len < PREFIX_LEN {
             let take = (PREFIX_LEN - self.prefix_len).min(data.len());
@@ -469,14 +486,25 @@ impl ChargedBody {
             if self.prefix_len == PREFIX_LEN {
                 let [_, a, b, c, d] = self.prefix;
                 let length = u32::from_be_bytes([a, b, c, d]) as usize;
+                if length > self.max_message {
+                    // tonic refuses it on sight; no reason to wait for the rest.
+                    self.holding = false;
+                }
                 self.announced = PREFIX_LEN + length.min(self.max_message);
             }
         }
         self.seen = self.seen.saturating_add(data.len());
-        self.charge.ensure(self.seen.max(self.announced))
+        if self.prefix_len == PREFIX_LEN && self.seen >= self.announced {
+            self.holding = false;
+        }
+        let wanted = if self.holding {
+            self.seen
+        } else {
+            self.seen.max(self.announced)
+        };
+        self.charge.ensure(wanted)
     }
 }
-
 impl http_body::Body for ChargedBody {
     type Data = Bytes;
     type Error = Status;
@@ -485,51 +513,74 @@ impl http_body::Body for ChargedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let data = data.clone();
-                    if let Err(busy) = self.account(&data) {
-                        tracing::debug!(message = %busy.message(), "OTLP gRPC call refused");
-                        return Poll::Ready(Some(Err(busy_status(&busy))));
-                    }
+        loop {
+            if !self.holding {
+                if let Some(frame) = self.queue.pop_front() {
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                if self.inner.is_end_stream() {
-                    self.deadline = None;
+                if self.inner_done {
+                    return Poll::Ready(None);
                 }
             }
-            Poll::Ready(None) => self.deadline = None,
-            Poll::Ready(Some(Err(_))) => {}
-            Poll::Pending => {
-                let expired = self
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if expired {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    match frame.data_ref() {
+                        Some(data) => {
+                            let data = data.clone();
+                            if let Err(busy) = self.account(&data) {
+                                tracing::debug!(message = %busy.message(), "OTLP gRPC call refused");
+                                return Poll::Ready(Some(Err(busy_status(&busy))));
+                            }
+                        }
+                        // Trailers: whatever came before them is all there is.
+                        None => self.holding = false,
+                    }
+                    if self.inner.is_end_stream() {
+                        self.deadline = None;
+                        self.holding = false;
+                    }
+                    self.queue.push_back(frame);
+                }
+                Poll::Ready(None) => {
                     self.deadline = None;
-                    // Give the bytes back now, not when tonic drops the call.
-                    let mut charge = self.charge.lock();
-                    *charge = charge.release();
-                    drop(charge);
-                    let message = format!(
-                        "request body not received within {} ms (receivers.otlp.body_read_timeout_ms)",
-                        self.timeout.as_millis()
-                    );
-                    tracing::debug!(%message, "OTLP gRPC call refused");
-                    return Poll::Ready(Some(Err(Status::deadline_exceeded(message))));
+                    self.holding = false;
+                    self.inner_done = true;
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Pending => {
+                    let expired = self
+                        .deadline
+                        .as_mut()
+                        .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                    if expired {
+                        self.deadline = None;
+                        // Give the bytes back now, not when tonic drops the call.
+                        let mut charge = self.charge.lock();
+                        *charge = charge.release();
+                        drop(charge);
+                        let message = format!(
+                            "request body not received within {} ms (receivers.otlp.body_read_timeout_ms)",
+                            self.timeout.as_millis()
+                        );
+                        tracing::debug!(%message, "OTLP gRPC call refused");
+                        return Poll::Ready(Some(Err(Status::deadline_exceeded(message))));
+                    }
+                    return Poll::Pending;
                 }
             }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        !self.holding && self.queue.is_empty() && (self.inner_done || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        if self.queue.is_empty() && !self.holding {
+            self.inner.size_hint()
+        } else {
+            http_body::SizeHint::default()
+        }
     }
 }
 

@@ -132,7 +132,7 @@ async fn sizes_learnt_while_reading_are_charged_too() {
     let running = start_with_budget().await;
     let body = sized_request(600 * 1024).encode_to_vec();
 
-    // Known upfront: Content-Length, the gRPC message prefix.
+    // Known upfront from Content-Length; over gRPC, charged as the bytes arrive.
     assert_busy_http(post(&running, body.clone(), None).await).await;
     let mut client = TraceServiceClient::connect(running.grpc_url())
         .await
@@ -442,6 +442,105 @@ async fn a_trickling_body_cannot_starve_a_fast_client() {
             .expect("read");
         let text = String::from_utf8_lossy(&answer);
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    assert_eq!(running.recorder.calls(), 5);
+}
+
+/// A gRPC call that announces `length` bytes in its message prefix and sends ten of
+/// them, its stream kept open; answers the response future and the send stream.
+async fn trickling_grpc_call(
+    running: &Running,
+    length: u32,
+) -> (
+    h2::client::ResponseFuture,
+    h2::SendStream<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = tokio::net::TcpStream::connect(running.grpc)
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.expect("h2 ready");
+    let request = axum::http::Request::post(format!(
+        "http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        running.grpc
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .expect("request");
+    let (response, mut send) = client.send_request(request, false).expect("send");
+    let mut start = vec![0u8];
+    start.extend_from_slice(&length.to_be_bytes());
+    start.extend_from_slice(&[0u8; 10]);
+    send.send_data(bytes::Bytes::from(start), false)
+        .expect("first bytes");
+    (response, send, driver)
+}
+
+/// The gRPC status of an answer: the trailers' (or, for a trailers-only answer, the
+/// headers') `grpc-status`, with its message.
+async fn grpc_status(response: h2::client::ResponseFuture) -> (i32, String) {
+    let response = response.await.expect("an answer");
+    let header = |headers: &axum::http::HeaderMap, name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    if let Some(code) = header(response.headers(), "grpc-status") {
+        let message = header(response.headers(), "grpc-message").unwrap_or_default();
+        return (code.parse().unwrap_or(-1), message);
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let _ = chunk;
+    }
+    let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+    let code = header(&trailers, "grpc-status").unwrap_or_default();
+    let message = header(&trailers, "grpc-message").unwrap_or_default();
+    (code.parse().unwrap_or(-1), message)
+}
+
+#[tokio::test]
+async fn a_trickling_grpc_message_cannot_starve_a_fast_client() {
+    let mut config = config();
+    config.max_in_flight_bytes = BUDGET;
+    config.grpc.max_recv_msg_size_mib = 2;
+    config.body_read_timeout_ms = 1500;
+    let running = start_with(config).await;
+
+    // Four calls announce 400 KiB messages (together three times the budget) and send
+    // ten bytes of them: what they hold is what they sent, not what they announced.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        slow.push(trickling_grpc_call(&running, 400 * 1024).await);
+    }
+
+    // Meanwhile a client with a whole 200 KiB request is served, every time.
+    let mut client = TraceServiceClient::connect(running.grpc_url())
+        .await
+        .expect("connect");
+    for attempt in 0..5 {
+        client
+            .export(sized_request(200 * 1024))
+            .await
+            .unwrap_or_else(|status| {
+                panic!("fast call {attempt} while messages trickle: {status}")
+            });
+    }
+
+    // The trickling calls are cut off at the deadline with DEADLINE_EXCEEDED.
+    for (response, _send, driver) in slow {
+        let (code, message) = tokio::time::timeout(Duration::from_secs(10), grpc_status(response))
+            .await
+            .expect("answered within the deadline");
+        assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+        assert!(message.contains("body_read_timeout_ms"), "{message}");
+        driver.abort();
     }
     assert_eq!(running.recorder.calls(), 5);
 }
