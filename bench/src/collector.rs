@@ -20,6 +20,8 @@ pub struct CollectorOptions {
     pub chain: bool,
     /// `receivers.otlp.auth.required` (every request must carry an ingest key).
     pub auth_required: bool,
+    /// `admin_api.auth.jwt.hs256_secret` (`None`: the admin API without authentication).
+    pub admin_jwt_secret: Option<String>,
 }
 
 impl Default for CollectorOptions {
@@ -29,6 +31,7 @@ impl Default for CollectorOptions {
             batch_max_rows: 5_000,
             chain: true,
             auth_required: false,
+            admin_jwt_secret: None,
         }
     }
 }
@@ -40,6 +43,8 @@ pub struct Collector {
     pub http: String,
     /// Base URL of the Prometheus endpoint (`None`: not reported).
     pub metrics: Option<String>,
+    /// Base URL of the admin API (`None`: not reported).
+    pub admin: Option<String>,
     _dir: std::path::PathBuf,
 }
 
@@ -54,6 +59,10 @@ impl Collector {
         let chain = options.chain;
         let batch = options.batch_max_rows;
         let auth = options.auth_required;
+        let admin_auth = match &options.admin_jwt_secret {
+            Some(secret) => format!(", auth: {{ jwt: {{ hs256_secret: \"{secret}\" }} }}"),
+            None => String::new(),
+        };
         let dir =
             std::env::temp_dir().join(format!("tally-bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
@@ -63,7 +72,7 @@ impl Collector {
             format!(
                 "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\n    auth: {{ required: {auth} }}\n\
                  exporters:\n  postgres: {{ url: \"{database_url}\", writers: {writers}, batch_max_rows: {batch}, tamper_evidence: {{ enabled: {chain} }} }}\n  prometheus: {{ endpoint: 127.0.0.1:0 }}\n\
-                 admin_api: {{ endpoint: 127.0.0.1:0 }}\nservice: {{ log_format: text, log_level: \"warn,tally::run=info\" }}\n"
+                 admin_api: {{ endpoint: 127.0.0.1:0{admin_auth} }}\nservice: {{ log_format: text, log_level: \"warn,tally::run=info\" }}\n"
             ),
         )?;
         let mut child = Command::new(binary)
@@ -102,6 +111,7 @@ impl Collector {
             grpc: format!("http://{grpc}"),
             http: format!("http://{http}"),
             metrics: field("metrics").map(|m| format!("http://{m}/metrics")),
+            admin: field("admin").map(|a| format!("http://{a}")),
             _dir: dir,
         })
     }

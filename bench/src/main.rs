@@ -14,6 +14,9 @@
 //! `budgets` measures `/budgets/check` answered from the budget job's memory
 //! (see `budgets.rs`).
 //!
+//! `hostile` measures what 50 hostile admin-API callers cost 5 well-behaved ones
+//! and ingest (see `hostile.rs`).
+//!
 //! `queries` measures the admin API's query latency on a generated data set
 //! (see `queries.rs`); `feed` measures the live feed's commit-to-client latency
 //! (see `feed.rs`).
@@ -31,6 +34,7 @@ mod collector;
 mod cpu;
 mod feed;
 mod gen;
+mod hostile;
 mod load;
 mod pipeline;
 mod queries;
@@ -76,6 +80,10 @@ enum Command {
     /// `GET /api/v1/budgets/check` latency while the budget job refreshes, and
     /// the cost of one refresh.
     Budgets(budgets::BudgetsArgs),
+    /// 50 hostile admin-API callers (wide windows, unread live feeds, random keys)
+    /// against 5 well-behaved ones while ingest runs: the well-behaved p99 and the
+    /// ingest rate, quiet vs hostile.
+    Hostile(hostile::HostileArgs),
 }
 
 #[derive(clap::Args)]
@@ -171,6 +179,7 @@ async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::R
             batch_max_rows: args.batch_max_rows,
             chain: !args.no_chain,
             auth_required: args.auth,
+            ..CollectorOptions::default()
         },
     )?;
     let (observer, _) = tally_exporters::postgres::connect(&database.url).await?;
@@ -379,5 +388,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Pipeline(args) => pipeline::run(args),
         Command::Soak(args) => soak::run(args).await,
         Command::Budgets(args) => budgets::run(args).await,
+        Command::Hostile(args) => hostile::run(args).await,
     }
 }
