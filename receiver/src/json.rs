@@ -14,8 +14,10 @@
 use std::fmt;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::SeverityNumber;
+use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde::de::{
@@ -30,6 +32,11 @@ pub(crate) fn decode_traces(body: &[u8]) -> Result<ExportTraceServiceRequest, St
 
 /// Decodes an OTLP/JSON `ExportLogsServiceRequest`.
 pub(crate) fn decode_logs(body: &[u8]) -> Result<ExportLogsServiceRequest, String> {
+    decode(body)
+}
+
+/// Decodes an OTLP/JSON `ExportMetricsServiceRequest`.
+pub(crate) fn decode_metrics(body: &[u8]) -> Result<ExportMetricsServiceRequest, String> {
     decode(body)
 }
 
@@ -86,6 +93,20 @@ const SNAKE_CASE_FIELDS: &[&str] = &[
     "kvlist_value",
     "bytes_value",
     "string_value_strindex",
+    "resource_metrics",
+    "scope_metrics",
+    "data_points",
+    "aggregation_temporality",
+    "is_monotonic",
+    "exponential_histogram",
+    "bucket_counts",
+    "explicit_bounds",
+    "quantile_values",
+    "as_double",
+    "as_int",
+    "filtered_attributes",
+    "zero_count",
+    "zero_threshold",
 ];
 
 fn camel_case(snake: &str) -> String {
@@ -110,6 +131,7 @@ fn enum_number(name: &str) -> Option<i32> {
         .map(|v| v as i32)
         .or_else(|| StatusCode::from_str_name(name).map(|v| v as i32))
         .or_else(|| SeverityNumber::from_str_name(name).map(|v| v as i32))
+        .or_else(|| AggregationTemporality::from_str_name(name).map(|v| v as i32))
 }
 
 /// What the value being deserialized needs.
