@@ -373,6 +373,9 @@ async fn cumulative_json_points_count_once_and_other_metrics_are_refused() {
         "{message}"
     );
     assert!(message.contains("not histograms"), "{message}");
+    let totals = coverage(&tally, "acme").await;
+    assert_eq!(totals["metric_input_tokens"], json!(300), "{totals}");
+    assert_eq!(totals["metric_calls"], json!(3), "{totals}");
 
     // Second export: 5 calls so far (2 new), and the first export's input point
     // resent; both token points of this request add only their growth.

@@ -96,7 +96,16 @@ pub(crate) fn check_metrics(request: &ExportMetricsServiceRequest) -> Result<usi
                         count += h.data_points.len();
                     }
                     Some(Data::Summary(summary)) => count += summary.data_points.len(),
-                    None => {}
+                    // The data is required; OTLP/JSON data with a malformed field also
+                    // decodes to none, which must not pass for an empty metric.
+                    None => {
+                        return Err(format!(
+                            "resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}] ({:?}): no data, \
+                             or malformed data (one of gauge, sum, histogram, \
+                             exponentialHistogram, summary is required)",
+                            metric.name
+                        ))
+                    }
                 }
             }
         }
@@ -224,7 +233,6 @@ mod tests {
                             })),
                             ..Default::default()
                         },
-                        Metric::default(),
                     ],
                     ..Default::default()
                 }],
@@ -232,6 +240,16 @@ mod tests {
             }],
         };
         assert_eq!(check_metrics(&request(8)), Ok(3));
+        let mut no_data = request(8);
+        no_data.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .push(Metric {
+                name: "empty".into(),
+                ..Default::default()
+            });
+        assert!(check_metrics(&no_data)
+            .unwrap_err()
+            .starts_with("resourceMetrics[0].scopeMetrics[0].metrics[2] (\"empty\"): no data"));
         assert_eq!(
             check_metrics(&request(3)).unwrap_err(),
             "resourceMetrics[0].scopeMetrics[0].metrics[1].histogram.dataPoints[0].exemplars[0].spanId: 3 bytes, expected 8"

@@ -737,6 +737,66 @@ mod tests {
     }
 
     #[test]
+    fn metric_points_and_their_attributes_are_charged() {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        use opentelemetry_proto::tonic::metrics::v1::{
+            exponential_histogram_data_point::Buckets, ExponentialHistogram, Histogram,
+        };
+        let request = |points: usize| ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        Metric {
+                            name: "gen_ai.client.token.usage".into(),
+                            data: Some(Data::Histogram(Histogram {
+                                data_points: (0..points)
+                                    .map(|_| HistogramDataPoint {
+                                        attributes: vec![KeyValue::default(); 10],
+                                        bucket_counts: vec![1; 16],
+                                        explicit_bounds: vec![1.0; 15],
+                                        ..Default::default()
+                                    })
+                                    .collect(),
+                                aggregation_temporality: 2,
+                            })),
+                            ..Default::default()
+                        },
+                        Metric {
+                            name: "e".into(),
+                            data: Some(Data::ExponentialHistogram(ExponentialHistogram {
+                                data_points: vec![ExponentialHistogramDataPoint {
+                                    positive: Some(Buckets {
+                                        offset: 0,
+                                        bucket_counts: vec![1; 1000],
+                                    }),
+                                    ..Default::default()
+                                }],
+                                aggregation_temporality: 1,
+                            })),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        for n in [1, 100] {
+            let wire = request(n).encode_to_vec();
+            let estimate = metrics_protobuf(&wire);
+            // At least the points, their attribute structs, counts and bounds,
+            // and the exponential buckets (1 wire byte each, 8 decoded).
+            let floor = n * (size_of::<HistogramDataPoint>() + 10 * size_of::<KeyValue>() + 31 * 8)
+                + 1000 * 8;
+            assert!(estimate >= floor, "{n} points: {estimate} < {floor}");
+            assert!(
+                estimate <= 3 * floor,
+                "{n} points: {estimate} > 3 × {floor}"
+            );
+        }
+    }
+
+    #[test]
     fn vec_capacities_double_from_four() {
         assert_eq!(vec_bytes(0, 64), 0);
         assert_eq!(vec_bytes(1, 64), 4 * 64);

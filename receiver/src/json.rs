@@ -144,6 +144,9 @@ enum Mode {
     /// library reads `AnyValue` through a buffered (flattened) map, so the conversion has to
     /// happen while the value is buffered, not when the `f64` is finally asked for.
     Double,
+    /// The value of `aggregationTemporality`: a metric's data is read through a buffered
+    /// (flattened) map too, so its enum names are turned into numbers while buffered.
+    Enum,
 }
 
 /// A [`Deserializer`] adapter applying the OTLP/JSON fix-ups to everything below it.
@@ -199,6 +202,12 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fixup<D> {
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
         if self.mode == Mode::Double {
             return self.inner.deserialize_any(Double { inner: visitor });
+        }
+        if self.mode == Mode::Enum {
+            return self.inner.deserialize_any(Int32 {
+                inner: visitor,
+                enum_names: true,
+            });
         }
         self.inner.deserialize_any(Wrap {
             inner: visitor,
@@ -445,6 +454,8 @@ enum KeyKind {
     ListValue,
     /// `doubleValue`.
     Double,
+    /// `aggregationTemporality`.
+    Enum,
 }
 
 struct Map<A> {
@@ -479,6 +490,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<A> {
                 self.next_mode = match kind {
                     KeyKind::ListValue => Mode::EnsureValues,
                     KeyKind::Double => Mode::Double,
+                    KeyKind::Enum => Mode::Enum,
                     KeyKind::Other | KeyKind::Values => Mode::Normal,
                 };
                 Ok(Some(key))
@@ -569,6 +581,7 @@ impl<V> KeyVisitor<'_, V> {
             "values" => KeyKind::Values,
             "arrayValue" | "kvlistValue" => KeyKind::ListValue,
             "doubleValue" => KeyKind::Double,
+            "aggregationTemporality" => KeyKind::Enum,
             _ if key.contains('_') && SNAKE_CASE_FIELDS.contains(&key) => {
                 return Err(E::custom(format_args!(
                     "key {key:?} is snake_case; OTLP/JSON field names are lowerCamelCase: {:?}",
