@@ -323,4 +323,45 @@ mod tests {
             .collect();
         assert_eq!(per_minute, [200, 100, 230, 40]);
     }
+
+    /// A smoke figure, not a benchmark: `cargo test -p tally-exporters --lib
+    /// token_metrics::tests::write_rate -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn write_rate() {
+        let db = TestDatabase::migrated().await;
+        let mut client = db.client().await;
+        let series: Vec<String> = (0..500).map(|i| format!("{i:032x}")).collect();
+        let requests = 100u64;
+        let started = std::time::Instant::now();
+        for r in 0..requests {
+            let points: Vec<TokenMetricPoint> = series
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let mut p = point(
+                        s,
+                        MetricKind::Input,
+                        Temporality::Cumulative,
+                        (T0, T0 + (r + 1) * MIN),
+                        r + 1,
+                        (r + 1) as f64 * 100.0,
+                    );
+                    p.model = format!("model-{}", i % 20);
+                    p
+                })
+                .collect();
+            write_token_metrics(&mut client, &points)
+                .await
+                .expect("write");
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let points = requests * series.len() as u64;
+        println!(
+            "{points} points in {requests} requests of {}: {elapsed:.2} s, {:.0} points/s",
+            series.len(),
+            points as f64 / elapsed
+        );
+        assert_eq!(totals(&client).await[0].2, points as i64);
+    }
 }
