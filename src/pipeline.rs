@@ -381,8 +381,9 @@ impl Consumer for Pipeline {
         request: ExportMetricsServiceRequest,
         sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
-        // Metric names and attributes hold no content (attribute values are
-        // model, provider, operation and token type names): no redaction pass.
+        // No redaction pass: only the model, provider, operation, token type
+        // and tenant names are stored; every other attribute only enters the
+        // series' hash.
         let mut batch = self.tokens.metrics(&request, sender.tenant.as_deref());
         drop(request);
         let exporter = self.exporter.clone();
