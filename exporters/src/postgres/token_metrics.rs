@@ -324,6 +324,47 @@ mod tests {
         assert_eq!(per_minute, [200, 100, 230, 40]);
     }
 
+    /// Two writers (two instances behind a load balancer) get the same
+    /// cumulative exports in different orders, each resending some: the
+    /// series lock makes the total exactly the last cumulative value.
+    #[tokio::test]
+    async fn concurrent_writers_of_one_series_count_its_growth_once() {
+        let db = TestDatabase::migrated().await;
+        let series = "00000000000000cc00000000000000cc";
+        let exports: Vec<TokenMetricPoint> = (1..=40u64)
+            .map(|i| {
+                point(
+                    series,
+                    MetricKind::Output,
+                    Temporality::Cumulative,
+                    (T0, T0 + i * MIN),
+                    i,
+                    i as f64 * 10.0,
+                )
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for order in [false, true] {
+            let mut client = db.client().await;
+            let mut mine: Vec<TokenMetricPoint> = exports.clone();
+            if order {
+                mine.reverse();
+            }
+            tasks.push(tokio::spawn(async move {
+                for p in mine {
+                    write_token_metrics(&mut client, std::slice::from_ref(&p))
+                        .await
+                        .expect("write");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("writer");
+        }
+        let client = db.client().await;
+        assert_eq!(totals(&client).await, [("output".to_owned(), 400, 40, 0.0)]);
+    }
+
     /// A smoke figure, not a benchmark: `cargo test -p tally-exporters --lib
     /// token_metrics::tests::write_rate -- --ignored --nocapture`.
     #[tokio::test]
