@@ -10,12 +10,14 @@ use futures::future::BoxFuture;
 use tally_exporters::postgres::{PgExporter, TraceAttribution, TraceIdentity};
 use tally_model::metrics::{metrics, ReasonLabels};
 use tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
+use tally_model::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tally_model::{
     ActivityEvent, ConsumeError, ConsumeReport, Consumer, RejectedRecord, Sender, TokenUsage,
 };
 use tally_processors::attribution::{Identity, TraceCache, TraceId, TraceScope};
 use tally_processors::redact::{RedactionCounts, Redactor};
+use tally_processors::tokens::metrics::NotStored;
 use tally_processors::tokens::{TokenBatch, TokenProcessor};
 use tally_processors::validate::{Checked, Quarantined, ReasonCode, ValidatedBatch, Validator};
 use tally_processors::Classified;
@@ -372,5 +374,49 @@ impl Consumer for Pipeline {
             .tokens
             .logs(&request, now, &self.traces, sender.tenant.as_deref());
         self.store(classified, tokens, redactions, &sender)
+    }
+
+    fn consume_metrics(
+        &self,
+        request: ExportMetricsServiceRequest,
+        sender: Sender,
+    ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
+        // No redaction pass: only the model, provider, operation, token type
+        // and tenant names are stored; every other attribute only enters the
+        // series' hash.
+        let mut batch = self.tokens.metrics(&request, sender.tenant.as_deref());
+        drop(request);
+        let exporter = self.exporter.clone();
+        Box::pin(async move {
+            let written = exporter.write_token_metrics(&batch.points).await?;
+            if written.duplicates > 0 {
+                batch
+                    .not_stored
+                    .push((NotStored::Duplicate, written.duplicates, String::new()));
+            }
+            let m = metrics();
+            for (reason, n, _) in &batch.not_stored {
+                m.metric_points_not_stored
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.as_str(),
+                    })
+                    .inc_by(*n);
+            }
+            // A resent point is not an error for the client: it was stored before.
+            let rejected = batch
+                .not_stored
+                .iter()
+                .filter(|(reason, _, _)| *reason != NotStored::Duplicate)
+                .map(|(_, n, _)| n)
+                .sum();
+            batch
+                .not_stored
+                .retain(|(reason, _, _)| *reason != NotStored::Duplicate);
+            Ok(ConsumeReport {
+                rejected,
+                message: batch.message(),
+                quarantined: Vec::new(),
+            })
+        })
     }
 }

@@ -23,6 +23,7 @@ pub mod audit;
 pub mod auth;
 pub mod budgets;
 pub mod console;
+pub mod coverage;
 pub mod cursor;
 mod db;
 pub mod error;

@@ -508,6 +508,7 @@ fn document_text() -> Value {
     });
     add_usage_routes(&mut doc);
     add_budget_routes(&mut doc);
+    add_coverage_route(&mut doc);
     complete(&mut doc);
     doc
 }
@@ -891,6 +892,64 @@ fn add_budget_routes(doc: &mut Value) {
                     }
                 }},
                 "as_of": { "type": "string", "format": "date-time" }
+            }
+        }
+    });
+    merge(doc, "paths", paths);
+    merge_components(doc, schemas);
+}
+
+/// `GET /tokens/coverage` and its schemas.
+fn add_coverage_route(doc: &mut Value) {
+    let paths = json!({
+        "/api/v1/tokens/coverage": { "get": {
+            "operationId": "tokenCoverage",
+            "summary": "Per UTC day and model: token totals from the gen_ai.client.token.usage metric (unsampled) next to the span-derived ledger's, and the ledger's coverage",
+            "description": "Needs scope tokens:read or admin; a tenant-scoped token only sees its tenant; a self:read token gets 403 (the metrics carry no user). Metric totals are the per-minute totals of the OTLP metrics received (token types input and output; metric_calls counts the input observations); span totals are the ledger's (token_usage: one row per model call, the daily rollup plus the rows not folded yet). Coverage ratios are span / metric, null when the metric has none for that day and model. The window is from (default: 30 days before to) to to (exclusive; default: tomorrow, UTC), dates or RFC 3339 timestamps as for /tokens/usage; it may span at most 400 days: longer is 400 window_too_large. At most 10000 items (truncated: true beyond).",
+            "parameters": [
+                string_param("from", "First UTC day (a date, or an RFC 3339 timestamp: its day); default 30 days before to"),
+                string_param("to", "End UTC day, exclusive (a date or midnight excludes that day; a later time includes it); default tomorrow"),
+                string_param("tenant", "Only this tenant (a tenant-scoped token: its own)"),
+                string_param("model", "Only this model (response model, else request model)"),
+                string_param("provider", "Only this provider (gen_ai.provider.name / gen_ai.system)")
+            ],
+            "responses": standard_errors(ok("Metric and span totals per day and model", "TokenCoverage"))
+        }}
+    });
+    let counts = json!({
+        "metric_input_tokens": { "type": "integer", "description": "input tokens in gen_ai.client.token.usage" },
+        "metric_output_tokens": { "type": "integer", "description": "output tokens in gen_ai.client.token.usage" },
+        "metric_calls": { "type": "integer", "description": "calls the metric counted (input observations)" },
+        "span_input_tokens": { "type": "integer", "description": "input tokens of the span-derived ledger" },
+        "span_output_tokens": { "type": "integer", "description": "output tokens of the span-derived ledger" },
+        "span_calls": { "type": "integer", "description": "calls in the span-derived ledger" },
+        "input_coverage": { "type": ["number", "null"], "description": "span_input_tokens / metric_input_tokens" },
+        "output_coverage": { "type": ["number", "null"], "description": "span_output_tokens / metric_output_tokens" },
+        "calls_coverage": { "type": ["number", "null"], "description": "span_calls / metric_calls" }
+    });
+    let required: Vec<&String> = counts
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    let mut item = counts.clone();
+    if let Value::Object(item) = &mut item {
+        item.insert("day".into(), json!({ "type": "string", "format": "date" }));
+        item.insert("model".into(), json!({ "type": "string", "description": "response model, else request model; empty: none reported" }));
+    }
+    let mut item_required: Vec<Value> = required.iter().map(|k| json!(k)).collect();
+    item_required.extend([json!("day"), json!("model")]);
+    let schemas = json!({
+        "TokenCoverageItem": { "type": "object", "required": item_required, "properties": item },
+        "TokenCoverageTotals": { "type": "object", "required": required, "properties": counts },
+        "TokenCoverage": {
+            "type": "object",
+            "required": ["from", "to", "items", "totals", "truncated"],
+            "properties": {
+                "from": { "type": "string", "format": "date" },
+                "to": { "type": "string", "format": "date", "description": "exclusive" },
+                "items": { "type": "array", "items": { "$ref": "#/components/schemas/TokenCoverageItem" } },
+                "totals": { "$ref": "#/components/schemas/TokenCoverageTotals" },
+                "truncated": { "type": "boolean", "description": "more than 10000 items: narrow the window" }
             }
         }
     });

@@ -6,8 +6,8 @@
 use axum::routing::{get, post, MethodRouter};
 
 use crate::{
-    activity, aggregates, budgets, export, health, openapi, rejected, stats, stream, taxonomy,
-    tokens, verify, whoami, AppState,
+    activity, aggregates, budgets, coverage, export, health, openapi, rejected, stats, stream,
+    taxonomy, tokens, verify, whoami, AppState,
 };
 
 /// One route as documented: its method, path and accepted query parameters.
@@ -88,6 +88,12 @@ pub(crate) fn table() -> Vec<Route> {
             "/api/v1/tokens/usage",
             aggregates::TOKEN_USAGE_PARAMETERS,
             get(aggregates::token_usage),
+        ),
+        route(
+            "GET",
+            "/api/v1/tokens/coverage",
+            coverage::PARAMETERS,
+            get(coverage::coverage),
         ),
         route("GET", "/api/v1/stats", stats::PARAMETERS, get(stats::stats)),
         route(

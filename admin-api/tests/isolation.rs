@@ -204,6 +204,16 @@ const ROUTES: &[Route] = &[
         true,
         true,
     ),
+    // Names models, not tenants: checked for the other tenant's markers only.
+    route(
+        "GET",
+        "/api/v1/tokens/coverage",
+        "/api/v1/tokens/coverage",
+        Needs::Tokens,
+        Read::Whole,
+        false,
+        true,
+    ),
     route(
         "GET",
         "/api/v1/tokens/stream",
@@ -1027,6 +1037,8 @@ fn self_read_expected(route: &Route) -> StatusCode {
     match (route.needs, route.path) {
         // Not about one user's rows.
         (_, "/api/v1/verify") | (Needs::Admin, _) => StatusCode::FORBIDDEN,
+        // The token metrics carry no user.
+        (_, "/api/v1/tokens/coverage") => StatusCode::FORBIDDEN,
         _ => StatusCode::OK,
     }
 }

@@ -216,3 +216,49 @@ async fn drops_expired_partitions_once_rolled_up_and_old_rollup_rows() {
     let report = job.run_once(&client).await.expect("retention");
     assert!(report.dropped_partitions.is_empty() && report.kept_partitions.is_empty());
 }
+
+/// Token metric minutes older than `raw_days` go, and so do series not seen
+/// for as long; newer ones stay.
+#[tokio::test]
+async fn token_metric_rows_follow_raw_days() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    let today = NaiveDate::from_ymd_opt(2026, 12, 6).expect("day");
+    client
+        .batch_execute(
+            "INSERT INTO token_metric_minutes (tenant_id, minute, model, token_type, tokens_sum) \
+             VALUES ('a', '2026-09-06 23:59:00+00', 'm', 'input', 1), \
+                    ('a', '2026-09-07 00:00:00+00', 'm', 'input', 2), \
+                    ('a', '2026-12-06 10:00:00+00', 'm', 'input', 3); \
+             INSERT INTO token_metric_series (tenant_id, series_key, start_ns, time_ns, count, sum, seen_at) \
+             VALUES ('a', 'old', 0, 1, 1, 1, '2026-09-01 00:00:00+00'), \
+                    ('a', 'new', 0, 1, 1, 1, '2026-12-01 00:00:00+00');",
+        )
+        .await
+        .expect("seed");
+    let job = RetentionJob::new(RetentionConfig {
+        raw_days: 90,
+        aggregate_days: 730,
+    });
+    let report = job.run_once_at(&client, today).await.expect("retention");
+    assert_eq!(report.token_metric_rows_deleted, 2);
+    let kept: Vec<i64> = client
+        .query(
+            "SELECT tokens_sum FROM token_metric_minutes ORDER BY minute",
+            &[],
+        )
+        .await
+        .expect("minutes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kept, [2, 3]);
+    let series: Vec<String> = client
+        .query("SELECT series_key FROM token_metric_series", &[])
+        .await
+        .expect("series")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(series, ["new"]);
+}

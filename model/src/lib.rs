@@ -14,6 +14,7 @@ pub mod ids;
 pub mod metrics;
 pub mod pipeline;
 mod process_stats;
+pub mod token_metrics;
 pub mod tokens;
 
 pub use activity::{ActivityEvent, Outcome, RejectedRecord};

@@ -124,6 +124,20 @@ pub const INGEST_AUTH_FAILURE_REASONS: [&str; 8] = [
     "rate_limited",
 ];
 
+/// `reason` values of `tally_metric_points_not_stored_total`: a metric Tally does
+/// not store (anything but `gen_ai.client.token.usage` and
+/// `gen_ai.client.operation.duration`), one of those with another data type than
+/// a histogram, a point Tally cannot use (no time, no sum, an unknown
+/// `gen_ai.token.type`), a point naming another tenant than its ingest key's, and
+/// a point already counted (a resent cumulative or delta point).
+pub const METRIC_POINT_REASONS: [&str; 5] = [
+    "unsupported_metric",
+    "unsupported_type",
+    "invalid_point",
+    "tenant_mismatch",
+    "duplicate",
+];
+
 /// `{transport}`: `grpc` or `http`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
@@ -234,6 +248,11 @@ pub struct Metrics {
     pub receiver_refused_spans: Family<TransportLabels, Counter>,
     pub receiver_accepted_log_records: Family<TransportLabels, Counter>,
     pub receiver_refused_log_records: Family<TransportLabels, Counter>,
+    pub receiver_accepted_metric_points: Family<TransportLabels, Counter>,
+    pub receiver_refused_metric_points: Family<TransportLabels, Counter>,
+    /// `tally_metric_points_not_stored_total{reason}`: data points of accepted
+    /// metric requests that were not stored (see [`METRIC_POINT_REASONS`]).
+    pub metric_points_not_stored: Family<ReasonLabels, Counter>,
     pub receiver_request_duration: HistogramFamily<TransportLabels>,
     pub records_without_action: Counter,
     pub queue_records: Gauge,
@@ -302,6 +321,21 @@ impl Metrics {
             receiver_refused_log_records: reg!(
                 "tally_receiver_refused_log_records",
                 "Log records in export requests answered with an error",
+                Family::default()
+            ),
+            receiver_accepted_metric_points: reg!(
+                "tally_receiver_accepted_metric_points",
+                "Metric data points in export requests answered success",
+                Family::default()
+            ),
+            receiver_refused_metric_points: reg!(
+                "tally_receiver_refused_metric_points",
+                "Metric data points in export requests answered with an error",
+                Family::default()
+            ),
+            metric_points_not_stored: reg!(
+                "tally_metric_points_not_stored",
+                "Metric data points of accepted requests not stored, by reason",
                 Family::default()
             ),
             receiver_request_duration: reg!(
@@ -420,6 +454,8 @@ impl Metrics {
                 &self.receiver_refused_spans,
                 &self.receiver_accepted_log_records,
                 &self.receiver_refused_log_records,
+                &self.receiver_accepted_metric_points,
+                &self.receiver_refused_metric_points,
             ] {
                 let _ = family.get_or_create(&transport);
             }
@@ -437,6 +473,11 @@ impl Metrics {
         }
         for reason in REJECT_REASONS {
             let _ = self.rejected_events.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in METRIC_POINT_REASONS {
+            let _ = self
+                .metric_points_not_stored
+                .get_or_create(&ReasonLabels { reason });
         }
         for reason in INGEST_AUTH_FAILURE_REASONS {
             let _ = self

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 /// Who sent a request: the ingest key that authenticated it, if any.
@@ -88,4 +89,44 @@ pub trait Consumer: Send + Sync + 'static {
         request: ExportLogsServiceRequest,
         sender: Sender,
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>>;
+
+    /// Consumes one `MetricsService/Export` request sent by `sender`. The
+    /// report's `rejected` counts data points not stored. By default nothing is
+    /// stored: every data point is reported rejected.
+    fn consume_metrics(
+        &self,
+        request: ExportMetricsServiceRequest,
+        sender: Sender,
+    ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
+        let _ = sender;
+        let points = count_metric_points(&request);
+        Box::pin(std::future::ready(Ok(ConsumeReport {
+            rejected: points,
+            message: if points > 0 {
+                format!("{points} data point(s) not stored: this consumer stores no metrics")
+            } else {
+                String::new()
+            },
+            quarantined: Vec::new(),
+        })))
+    }
+}
+
+/// The number of data points of every metric in `request`, whatever their type.
+pub fn count_metric_points(request: &ExportMetricsServiceRequest) -> u64 {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    request
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .map(|m| match &m.data {
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+            Some(Data::Summary(s)) => s.data_points.len(),
+            None => 0,
+        } as u64)
+        .sum()
 }

@@ -4,7 +4,10 @@
 //! expected 16`.
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::Exemplar;
 
 const TRACE_ID_LEN: usize = 16;
 const SPAN_ID_LEN: usize = 8;
@@ -42,6 +45,69 @@ pub(crate) fn check_logs(request: &ExportLogsServiceRequest) -> Result<usize, St
                 check_id(&record.span_id, SPAN_ID_LEN, &at, "spanId")?;
             }
             count += scope_logs.log_records.len();
+        }
+    }
+    Ok(count)
+}
+
+/// Checks the trace and span ids of every exemplar and returns the number of
+/// data points (of every metric type).
+pub(crate) fn check_metrics(request: &ExportMetricsServiceRequest) -> Result<usize, String> {
+    let mut count = 0;
+    for (r, resource_metrics) in request.resource_metrics.iter().enumerate() {
+        for (s, scope_metrics) in resource_metrics.scope_metrics.iter().enumerate() {
+            for (m, metric) in scope_metrics.metrics.iter().enumerate() {
+                let at = |kind: &str, i: usize, e: usize| {
+                    format!(
+                        "resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}].{kind}.dataPoints[{i}].exemplars[{e}]"
+                    )
+                };
+                let check = |kind: &str, i: usize, exemplars: &[Exemplar]| {
+                    for (e, exemplar) in exemplars.iter().enumerate() {
+                        let at = || at(kind, i, e);
+                        check_id(&exemplar.trace_id, TRACE_ID_LEN, &at, "traceId")?;
+                        check_id(&exemplar.span_id, SPAN_ID_LEN, &at, "spanId")?;
+                    }
+                    Ok::<(), String>(())
+                };
+                match &metric.data {
+                    Some(Data::Gauge(g)) => {
+                        for (i, p) in g.data_points.iter().enumerate() {
+                            check("gauge", i, &p.exemplars)?;
+                        }
+                        count += g.data_points.len();
+                    }
+                    Some(Data::Sum(sum)) => {
+                        for (i, p) in sum.data_points.iter().enumerate() {
+                            check("sum", i, &p.exemplars)?;
+                        }
+                        count += sum.data_points.len();
+                    }
+                    Some(Data::Histogram(h)) => {
+                        for (i, p) in h.data_points.iter().enumerate() {
+                            check("histogram", i, &p.exemplars)?;
+                        }
+                        count += h.data_points.len();
+                    }
+                    Some(Data::ExponentialHistogram(h)) => {
+                        for (i, p) in h.data_points.iter().enumerate() {
+                            check("exponentialHistogram", i, &p.exemplars)?;
+                        }
+                        count += h.data_points.len();
+                    }
+                    Some(Data::Summary(summary)) => count += summary.data_points.len(),
+                    // The data is required; OTLP/JSON data with a malformed field also
+                    // decodes to none, which must not pass for an empty metric.
+                    None => {
+                        return Err(format!(
+                            "resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}] ({:?}): no data, \
+                             or malformed data (one of gauge, sum, histogram, \
+                             exponentialHistogram, summary is required)",
+                            metric.name
+                        ))
+                    }
+                }
+            }
         }
     }
     Ok(count)
@@ -131,6 +197,62 @@ mod tests {
         assert_eq!(
             check_traces(&traces(vec![bad_link])).unwrap_err(),
             "resourceSpans[0].scopeSpans[0].spans[0].links[0].traceId: 17 bytes, expected 16"
+        );
+    }
+
+    #[test]
+    fn metric_points_are_counted_and_exemplar_ids_checked() {
+        use opentelemetry_proto::tonic::metrics::v1::{
+            Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+            Sum,
+        };
+        let request = |span_id: usize| ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        Metric {
+                            name: "a".into(),
+                            data: Some(Data::Sum(Sum {
+                                data_points: vec![NumberDataPoint::default(); 2],
+                                ..Default::default()
+                            })),
+                            ..Default::default()
+                        },
+                        Metric {
+                            name: "b".into(),
+                            data: Some(Data::Histogram(Histogram {
+                                data_points: vec![HistogramDataPoint {
+                                    exemplars: vec![Exemplar {
+                                        trace_id: vec![1; 16],
+                                        span_id: vec![2; span_id],
+                                        ..Default::default()
+                                    }],
+                                    ..Default::default()
+                                }],
+                                ..Default::default()
+                            })),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        assert_eq!(check_metrics(&request(8)), Ok(3));
+        let mut no_data = request(8);
+        no_data.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .push(Metric {
+                name: "empty".into(),
+                ..Default::default()
+            });
+        assert!(check_metrics(&no_data)
+            .unwrap_err()
+            .starts_with("resourceMetrics[0].scopeMetrics[0].metrics[2] (\"empty\"): no data"));
+        assert_eq!(
+            check_metrics(&request(3)).unwrap_err(),
+            "resourceMetrics[0].scopeMetrics[0].metrics[1].histogram.dataPoints[0].exemplars[0].spanId: 3 bytes, expected 8"
         );
     }
 

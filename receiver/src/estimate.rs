@@ -19,9 +19,15 @@
 use std::mem::size_of;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, EntityRef, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::metrics::v1::summary_data_point::ValueAtQuantile;
+use opentelemetry_proto::tonic::metrics::v1::{
+    Exemplar, ExponentialHistogramDataPoint, HistogramDataPoint, Metric, NumberDataPoint,
+    ResourceMetrics, ScopeMetrics, SummaryDataPoint,
+};
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
@@ -36,6 +42,11 @@ pub(crate) fn traces_protobuf(wire: &[u8]) -> usize {
 /// The decoded size of an OTLP protobuf `ExportLogsServiceRequest`, in bytes.
 pub(crate) fn logs_protobuf(wire: &[u8]) -> usize {
     protobuf(wire, Msg::LogsRequest) + size_of::<ExportLogsServiceRequest>()
+}
+
+/// The decoded size of an OTLP protobuf `ExportMetricsServiceRequest`, in bytes.
+pub(crate) fn metrics_protobuf(wire: &[u8]) -> usize {
+    protobuf(wire, Msg::MetricsRequest) + size_of::<ExportMetricsServiceRequest>()
 }
 
 fn protobuf(wire: &[u8], root: Msg) -> usize {
@@ -69,6 +80,30 @@ enum Msg {
     Array,
     /// `KeyValueList` (of `KeyValue`s).
     KvList,
+    MetricsRequest,
+    ResourceMetrics,
+    ScopeMetrics,
+    Metric,
+    /// `Gauge`, `Sum`, `Histogram`, `ExponentialHistogram`, `Summary`: a `Vec` of
+    /// data points of the given type.
+    Points(PointType),
+    NumberPoint,
+    HistogramPoint,
+    ExpHistogramPoint,
+    /// `ExponentialHistogramDataPoint.Buckets`.
+    Buckets,
+    SummaryPoint,
+    Quantile,
+    Exemplar,
+}
+
+/// The data point type of a metric's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PointType {
+    Number,
+    Histogram,
+    ExpHistogram,
+    Summary,
 }
 
 /// What a length-delimited field decodes to.
@@ -83,6 +118,8 @@ enum Field {
     Buffer,
     /// A repeated string field: a `String` in a `Vec` plus its buffer.
     RepeatedBuffer(usize),
+    /// Packed varints (`uint64` bucket counts): up to 8 bytes per wire byte.
+    PackedVarints,
     /// Anything else (unknown fields, packed scalars): no heap memory.
     Skip,
 }
@@ -131,6 +168,36 @@ fn field(msg: Msg, tag: u64) -> Field {
         (Msg::AnyValue, 6) => Single(Msg::KvList),
         (Msg::Array, 1) => Repeated(Msg::AnyValue, 0),
         (Msg::KvList, 1) => Repeated(Msg::KeyValue, 0),
+        (Msg::MetricsRequest, 1) => Repeated(Msg::ResourceMetrics, 0),
+        (Msg::ResourceMetrics, 1) => Single(Msg::Resource),
+        (Msg::ResourceMetrics, 2) => Repeated(Msg::ScopeMetrics, 0),
+        (Msg::ResourceMetrics, 3) => Buffer,
+        (Msg::ScopeMetrics, 1) => Single(Msg::Scope),
+        (Msg::ScopeMetrics, 2) => Repeated(Msg::Metric, 0),
+        (Msg::ScopeMetrics, 3) => Buffer,
+        (Msg::Metric, 1..=3) => Buffer,
+        (Msg::Metric, 5 | 7) => Single(Msg::Points(PointType::Number)),
+        (Msg::Metric, 9) => Single(Msg::Points(PointType::Histogram)),
+        (Msg::Metric, 10) => Single(Msg::Points(PointType::ExpHistogram)),
+        (Msg::Metric, 11) => Single(Msg::Points(PointType::Summary)),
+        (Msg::Metric, 12) => Repeated(Msg::KeyValue, 0),
+        (Msg::Points(PointType::Number), 1) => Repeated(Msg::NumberPoint, 0),
+        (Msg::Points(PointType::Histogram), 1) => Repeated(Msg::HistogramPoint, 0),
+        (Msg::Points(PointType::ExpHistogram), 1) => Repeated(Msg::ExpHistogramPoint, 0),
+        (Msg::Points(PointType::Summary), 1) => Repeated(Msg::SummaryPoint, 0),
+        (Msg::NumberPoint, 7) => Repeated(Msg::KeyValue, 0),
+        (Msg::NumberPoint, 5) => Repeated(Msg::Exemplar, 1),
+        (Msg::HistogramPoint, 9) => Repeated(Msg::KeyValue, 0),
+        (Msg::HistogramPoint, 6 | 7) => Buffer,
+        (Msg::HistogramPoint, 8) => Repeated(Msg::Exemplar, 1),
+        (Msg::ExpHistogramPoint, 1) => Repeated(Msg::KeyValue, 0),
+        (Msg::ExpHistogramPoint, 8 | 9) => Single(Msg::Buckets),
+        (Msg::ExpHistogramPoint, 11) => Repeated(Msg::Exemplar, 1),
+        (Msg::Buckets, 2) => PackedVarints,
+        (Msg::SummaryPoint, 7) => Repeated(Msg::KeyValue, 0),
+        (Msg::SummaryPoint, 6) => Repeated(Msg::Quantile, 1),
+        (Msg::Exemplar, 7) => Repeated(Msg::KeyValue, 0),
+        (Msg::Exemplar, 4 | 5) => Buffer,
         _ => Skip,
     }
 }
@@ -150,13 +217,25 @@ fn element_size(msg: Msg) -> usize {
         Msg::KeyValue => size_of::<KeyValue>(),
         Msg::AnyValue => size_of::<AnyValue>(),
         Msg::Scope => size_of::<InstrumentationScope>(),
+        Msg::ResourceMetrics => size_of::<ResourceMetrics>(),
+        Msg::ScopeMetrics => size_of::<ScopeMetrics>(),
+        Msg::Metric => size_of::<Metric>(),
+        Msg::NumberPoint => size_of::<NumberDataPoint>(),
+        Msg::HistogramPoint => size_of::<HistogramDataPoint>(),
+        Msg::ExpHistogramPoint => size_of::<ExponentialHistogramDataPoint>(),
+        Msg::SummaryPoint => size_of::<SummaryDataPoint>(),
+        Msg::Quantile => size_of::<ValueAtQuantile>(),
+        Msg::Exemplar => size_of::<Exemplar>(),
         // Never elements of a `Vec`.
         Msg::TracesRequest
         | Msg::LogsRequest
         | Msg::Status
         | Msg::Resource
         | Msg::Array
-        | Msg::KvList => 0,
+        | Msg::KvList
+        | Msg::MetricsRequest
+        | Msg::Points(_)
+        | Msg::Buckets => 0,
     }
 }
 
@@ -232,6 +311,9 @@ fn scan(mut wire: &[u8], msg: Msg, depth: u32, cost: &mut usize) -> Result<(), (
                     Field::RepeatedBuffer(slot) => {
                         counts[slot] = (counts[slot].0 + 1, size_of::<String>());
                         *cost = cost.saturating_add(buffer_bytes(body.len()));
+                    }
+                    Field::PackedVarints => {
+                        *cost = cost.saturating_add(body.len().saturating_mul(8))
                     }
                     Field::Skip => {}
                 }
@@ -652,6 +734,66 @@ mod tests {
         assert!(json(&vec![b'['; 1_000_000]) < 1024 * 1024);
         assert!(json(b"{\"a\":\"unterminated") < 1024);
         assert!(json(b"]]]}}}") < 1024);
+    }
+
+    #[test]
+    fn metric_points_and_their_attributes_are_charged() {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        use opentelemetry_proto::tonic::metrics::v1::{
+            exponential_histogram_data_point::Buckets, ExponentialHistogram, Histogram,
+        };
+        let request = |points: usize| ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        Metric {
+                            name: "gen_ai.client.token.usage".into(),
+                            data: Some(Data::Histogram(Histogram {
+                                data_points: (0..points)
+                                    .map(|_| HistogramDataPoint {
+                                        attributes: vec![KeyValue::default(); 10],
+                                        bucket_counts: vec![1; 16],
+                                        explicit_bounds: vec![1.0; 15],
+                                        ..Default::default()
+                                    })
+                                    .collect(),
+                                aggregation_temporality: 2,
+                            })),
+                            ..Default::default()
+                        },
+                        Metric {
+                            name: "e".into(),
+                            data: Some(Data::ExponentialHistogram(ExponentialHistogram {
+                                data_points: vec![ExponentialHistogramDataPoint {
+                                    positive: Some(Buckets {
+                                        offset: 0,
+                                        bucket_counts: vec![1; 1000],
+                                    }),
+                                    ..Default::default()
+                                }],
+                                aggregation_temporality: 1,
+                            })),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        for n in [1, 100] {
+            let wire = request(n).encode_to_vec();
+            let estimate = metrics_protobuf(&wire);
+            // At least the points, their attribute structs, counts and bounds,
+            // and the exponential buckets (1 wire byte each, 8 decoded).
+            let floor = n * (size_of::<HistogramDataPoint>() + 10 * size_of::<KeyValue>() + 31 * 8)
+                + 1000 * 8;
+            assert!(estimate >= floor, "{n} points: {estimate} < {floor}");
+            assert!(
+                estimate <= 3 * floor,
+                "{n} points: {estimate} > 3 × {floor}"
+            );
+        }
     }
 
     #[test]

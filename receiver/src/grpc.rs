@@ -1,4 +1,5 @@
-//! OTLP gRPC: `TraceService/Export` and `LogsService/Export` on tonic.
+//! OTLP gRPC: `TraceService/Export`, `LogsService/Export` and
+//! `MetricsService/Export` on tonic.
 //!
 //! Requests may be gzip- or zstd-compressed. tonic enforces the message size limit both on
 //! the frame length and while decompressing (into a buffer capped at the limit). It answers
@@ -38,6 +39,10 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsSe
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -54,13 +59,13 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::{Denied, IngestAuth};
 use crate::budget::{Charge, DecodeRefusal, Exhausted, InFlightBudget, BUSY_RETRY_AFTER};
-use crate::check::{check_logs, check_traces};
+use crate::check::{check_logs, check_metrics, check_traces};
 use crate::error::{shorten, ReceiverError};
 use crate::estimate;
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
-use crate::{logs_response, trace_response, Admission};
+use crate::{logs_response, metrics_response, trace_response, Admission};
 
-/// The two OTLP services over one consumer.
+/// The three OTLP services over one consumer.
 #[derive(Clone)]
 struct Otlp {
     consumer: Arc<dyn Consumer>,
@@ -125,6 +130,37 @@ impl LogsService for Otlp {
         observe_duration(Transport::Grpc, started);
         let report = result.map_err(consume_status)?;
         let response = Response::new(logs_response(report));
+        drop(charge);
+        Ok(response)
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Otlp {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let started = Instant::now();
+        // Charged by the decoder (`ExportCodec`); held until the answer is built.
+        let charge = request.extensions().get::<CallCharge>().cloned();
+        let sender = request.extensions().get::<Sender>().cloned();
+        let request = request.into_inner();
+        let points = check_metrics(&request).map_err(Status::invalid_argument)?;
+        if points == 0 {
+            return Ok(Response::new(ExportMetricsServiceResponse::default()));
+        }
+        let sender = sender.ok_or_else(|| Status::internal("unchecked credential"))?;
+        let result = self.consumer.consume_metrics(request, sender).await;
+        count_records(
+            SignalKind::MetricPoints,
+            Transport::Grpc,
+            points as u64,
+            result.is_ok(),
+        );
+        observe_duration(Transport::Grpc, started);
+        let report = result.map_err(consume_status)?;
+        let response = Response::new(metrics_response(report));
         drop(charge);
         Ok(response)
     }
@@ -248,6 +284,26 @@ impl GrpcSignal for LogsSignal {
         request: Request<Self::Request>,
     ) -> BoxFuture<'static, Result<Response<Self::Response>, Status>> {
         Box::pin(async move { LogsService::export(otlp.as_ref(), request).await })
+    }
+}
+
+struct MetricsSignal;
+
+impl GrpcSignal for MetricsSignal {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    type Request = ExportMetricsServiceRequest;
+    type Response = ExportMetricsServiceResponse;
+
+    fn estimate(wire: &[u8]) -> usize {
+        estimate::metrics_protobuf(wire)
+    }
+
+    fn export(
+        otlp: Arc<Otlp>,
+        request: Request<Self::Request>,
+    ) -> BoxFuture<'static, Result<Response<Self::Response>, Status>> {
+        Box::pin(async move { MetricsService::export(otlp.as_ref(), request).await })
     }
 }
 
@@ -624,6 +680,11 @@ pub(crate) async fn serve(
         signal: PhantomData,
     };
     let logs = ExportServer::<LogsSignal> {
+        otlp: otlp.clone(),
+        max_decoding_message_size: limit,
+        signal: PhantomData,
+    };
+    let metrics = ExportServer::<MetricsSignal> {
         otlp,
         max_decoding_message_size: limit,
         signal: PhantomData,
@@ -636,7 +697,8 @@ pub(crate) async fn serve(
             body_timeout,
         )))
         .add_service(traces)
-        .add_service(logs);
+        .add_service(logs)
+        .add_service(metrics);
     match tls {
         Some(tls) => {
             tls.watch();

@@ -1,4 +1,5 @@
-//! OTLP/HTTP on axum: `POST /v1/traces` and `POST /v1/logs`, protobuf or JSON, identity,
+//! OTLP/HTTP on axum: `POST /v1/traces`, `POST /v1/logs` and `POST /v1/metrics`,
+//! protobuf or JSON, identity,
 //! gzip or zstd. Answers are encoded like the request: `Export*ServiceResponse` on success,
 //! a `google.rpc.Status` on failure.
 
@@ -17,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::json;
@@ -28,7 +30,7 @@ use crate::budget::{Charge, InFlightBudget};
 use crate::error::{retry_after_secs, shorten, ReceiverError, RequestError};
 use crate::limits::{decode_body, Encoding};
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
-use crate::{check, estimate, json, logs_response, trace_response, Admission};
+use crate::{check, estimate, json, logs_response, metrics_response, trace_response, Admission};
 
 /// Bodies up to this size are decoded on the async worker; larger ones on the blocking pool.
 const INLINE_DECODE_MAX: usize = 64 * 1024;
@@ -73,6 +75,7 @@ pub(crate) fn router(
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/logs", post(export::<Logs>))
+        .route("/v1/metrics", post(export::<Metrics>))
         .route(
             crate::rest::PATH,
             post(crate::rest::ingest).options(crate::rest::preflight),
@@ -244,6 +247,43 @@ impl Signal for Logs {
 
     fn response_json(report: &ConsumeReport) -> serde_json::Value {
         partial_success_json(report, "rejectedLogRecords")
+    }
+}
+
+struct Metrics;
+
+impl Signal for Metrics {
+    const KIND: SignalKind = SignalKind::MetricPoints;
+    type Request = ExportMetricsServiceRequest;
+    type Response =
+        opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+
+    fn decode_json(body: &[u8]) -> Result<Self::Request, String> {
+        json::decode_metrics(body)
+    }
+
+    fn estimate_protobuf(body: &[u8]) -> usize {
+        estimate::metrics_protobuf(body)
+    }
+
+    fn check(request: &Self::Request) -> Result<usize, String> {
+        check::check_metrics(request)
+    }
+
+    fn consume(
+        consumer: &dyn Consumer,
+        request: Self::Request,
+        sender: Sender,
+    ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
+        consumer.consume_metrics(request, sender)
+    }
+
+    fn response(report: ConsumeReport) -> Self::Response {
+        metrics_response(report)
+    }
+
+    fn response_json(report: &ConsumeReport) -> serde_json::Value {
+        partial_success_json(report, "rejectedDataPoints")
     }
 }
 

@@ -14,8 +14,10 @@
 use std::fmt;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::SeverityNumber;
+use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde::de::{
@@ -30,6 +32,11 @@ pub(crate) fn decode_traces(body: &[u8]) -> Result<ExportTraceServiceRequest, St
 
 /// Decodes an OTLP/JSON `ExportLogsServiceRequest`.
 pub(crate) fn decode_logs(body: &[u8]) -> Result<ExportLogsServiceRequest, String> {
+    decode(body)
+}
+
+/// Decodes an OTLP/JSON `ExportMetricsServiceRequest`.
+pub(crate) fn decode_metrics(body: &[u8]) -> Result<ExportMetricsServiceRequest, String> {
     decode(body)
 }
 
@@ -86,6 +93,20 @@ const SNAKE_CASE_FIELDS: &[&str] = &[
     "kvlist_value",
     "bytes_value",
     "string_value_strindex",
+    "resource_metrics",
+    "scope_metrics",
+    "data_points",
+    "aggregation_temporality",
+    "is_monotonic",
+    "exponential_histogram",
+    "bucket_counts",
+    "explicit_bounds",
+    "quantile_values",
+    "as_double",
+    "as_int",
+    "filtered_attributes",
+    "zero_count",
+    "zero_threshold",
 ];
 
 fn camel_case(snake: &str) -> String {
@@ -110,6 +131,7 @@ fn enum_number(name: &str) -> Option<i32> {
         .map(|v| v as i32)
         .or_else(|| StatusCode::from_str_name(name).map(|v| v as i32))
         .or_else(|| SeverityNumber::from_str_name(name).map(|v| v as i32))
+        .or_else(|| AggregationTemporality::from_str_name(name).map(|v| v as i32))
 }
 
 /// What the value being deserialized needs.
@@ -122,6 +144,9 @@ enum Mode {
     /// library reads `AnyValue` through a buffered (flattened) map, so the conversion has to
     /// happen while the value is buffered, not when the `f64` is finally asked for.
     Double,
+    /// The value of `aggregationTemporality`: a metric's data is read through a buffered
+    /// (flattened) map too, so its enum names are turned into numbers while buffered.
+    Enum,
 }
 
 /// A [`Deserializer`] adapter applying the OTLP/JSON fix-ups to everything below it.
@@ -177,6 +202,12 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Fixup<D> {
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
         if self.mode == Mode::Double {
             return self.inner.deserialize_any(Double { inner: visitor });
+        }
+        if self.mode == Mode::Enum {
+            return self.inner.deserialize_any(Int32 {
+                inner: visitor,
+                enum_names: true,
+            });
         }
         self.inner.deserialize_any(Wrap {
             inner: visitor,
@@ -423,6 +454,8 @@ enum KeyKind {
     ListValue,
     /// `doubleValue`.
     Double,
+    /// `aggregationTemporality`.
+    Enum,
 }
 
 struct Map<A> {
@@ -457,6 +490,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<A> {
                 self.next_mode = match kind {
                     KeyKind::ListValue => Mode::EnsureValues,
                     KeyKind::Double => Mode::Double,
+                    KeyKind::Enum => Mode::Enum,
                     KeyKind::Other | KeyKind::Values => Mode::Normal,
                 };
                 Ok(Some(key))
@@ -547,6 +581,7 @@ impl<V> KeyVisitor<'_, V> {
             "values" => KeyKind::Values,
             "arrayValue" | "kvlistValue" => KeyKind::ListValue,
             "doubleValue" => KeyKind::Double,
+            "aggregationTemporality" => KeyKind::Enum,
             _ if key.contains('_') && SNAKE_CASE_FIELDS.contains(&key) => {
                 return Err(E::custom(format_args!(
                     "key {key:?} is snake_case; OTLP/JSON field names are lowerCamelCase: {:?}",

@@ -35,6 +35,9 @@ use futures::FutureExt;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceResponse,
 };
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
@@ -308,6 +311,19 @@ pub(crate) fn logs_response(report: ConsumeReport) -> ExportLogsServiceResponse 
         partial_success: (report.rejected > 0 || !report.message.is_empty()).then(|| {
             ExportLogsPartialSuccess {
                 rejected_log_records: i64::try_from(report.rejected).unwrap_or(i64::MAX),
+                error_message: report.message,
+            }
+        }),
+    }
+}
+
+/// The `ExportMetricsServiceResponse` for a consumer's report (`rejected`: data
+/// points not stored).
+pub(crate) fn metrics_response(report: ConsumeReport) -> ExportMetricsServiceResponse {
+    ExportMetricsServiceResponse {
+        partial_success: (report.rejected > 0 || !report.message.is_empty()).then(|| {
+            ExportMetricsPartialSuccess {
+                rejected_data_points: i64::try_from(report.rejected).unwrap_or(i64::MAX),
                 error_message: report.message,
             }
         }),

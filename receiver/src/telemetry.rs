@@ -10,6 +10,7 @@ use tally_model::metrics::{metrics, TransportLabels};
 pub(crate) enum SignalKind {
     Spans,
     LogRecords,
+    MetricPoints,
 }
 
 /// Which listener a request came through.
@@ -40,6 +41,8 @@ pub(crate) fn count_records(kind: SignalKind, transport: Transport, records: u64
         (SignalKind::Spans, false) => &m.receiver_refused_spans,
         (SignalKind::LogRecords, true) => &m.receiver_accepted_log_records,
         (SignalKind::LogRecords, false) => &m.receiver_refused_log_records,
+        (SignalKind::MetricPoints, true) => &m.receiver_accepted_metric_points,
+        (SignalKind::MetricPoints, false) => &m.receiver_refused_metric_points,
     };
     family.get_or_create(&transport.labels()).inc_by(records);
 }

@@ -162,3 +162,69 @@ async fn grpc_metadata_carries_the_key() {
         }]
     );
 }
+
+/// Metrics go through the same credential check on both transports: refused
+/// without a key when keys are required, bound to the key's tenant with one.
+#[tokio::test]
+async fn metrics_exports_need_the_same_keys() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+    };
+    let request = || ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "g".into(),
+                    data: Some(Data::Gauge(Gauge {
+                        data_points: vec![NumberDataPoint::default()],
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let running = start(true).await;
+    let send = |key: Option<&'static str>| {
+        let mut call = reqwest::Client::new()
+            .post(running.url("/v1/metrics"))
+            .header("content-type", "application/x-protobuf")
+            .body(request().encode_to_vec());
+        if let Some(key) = key {
+            call = call.header("x-api-key", key);
+        }
+        call.send()
+    };
+    let refused = send(None).await.expect("POST");
+    assert_eq!(refused.status().as_u16(), 401);
+    assert!(message(refused).await.contains("required"));
+    assert_eq!(
+        send(Some(REVOKED)).await.expect("POST").status().as_u16(),
+        401
+    );
+    assert_eq!(send(Some(DOWN)).await.expect("POST").status().as_u16(), 503);
+    assert_eq!(running.recorder.calls(), 0);
+    assert_eq!(send(Some(GOOD)).await.expect("POST").status().as_u16(), 200);
+
+    let mut client = MetricsServiceClient::connect(running.grpc_url())
+        .await
+        .expect("connect");
+    let status = client.export(request()).await.expect_err("no key");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let mut call = tonic::Request::new(request());
+    call.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {GOOD}").parse().expect("metadata"),
+    );
+    client.export(call).await.expect("accepted");
+    let bound = Sender {
+        key_id: Some(uuid_of(7)),
+        tenant: Some(Arc::from("acme")),
+    };
+    assert_eq!(running.recorder.senders(), vec![bound.clone(), bound]);
+    assert_eq!(running.recorder.metrics().len(), 2);
+}

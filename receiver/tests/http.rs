@@ -470,7 +470,7 @@ async fn wrong_method_is_405_and_unknown_path_404() {
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     let response = client.put(running.url("/v1/logs")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-    let answer = post(&running, "/v1/metrics", PROTOBUF, None, Vec::new()).await;
+    let answer = post(&running, "/v1/profiles", PROTOBUF, None, Vec::new()).await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
 }
 

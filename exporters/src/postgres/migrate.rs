@@ -77,6 +77,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "token_latency",
         include_str!("migrations/0017_token_latency.sql"),
     ),
+    (
+        18,
+        "token_metrics",
+        include_str!("migrations/0018_token_metrics.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -27,6 +27,7 @@ mod rollup;
 mod secrets;
 mod telemetry;
 pub mod tls;
+mod token_metrics;
 mod tokens;
 mod writer;
 
@@ -40,6 +41,7 @@ pub use rollup::{
     REATTRIBUTION_LOCK_KEY, ROLLUP_LOCK_KEY, TOKEN_WATERMARK,
 };
 pub use secrets::{get_or_create_secret, read_secret, StoredSecret};
+pub use token_metrics::{write_token_metrics, MetricWrite};
 pub use tokens::{
     attribute_traces, insert_token_batch, uncount_token_rows, TraceAttribution, TraceIdentity,
 };

@@ -52,6 +52,9 @@ pub struct RetentionReport {
     /// `*_tenant`, `*_all`, `activity_users_daily*`, and the users whose last
     /// day is before the cutoff from `activity_user_last_seen*`).
     pub derived_rollups_deleted: u64,
+    /// Rows deleted from `token_metric_minutes` (older than `raw_days`) and
+    /// `token_metric_series` (not seen for `raw_days`).
+    pub token_metric_rows_deleted: u64,
 }
 
 /// Deletes of the derived rollups' rows older than the cutoff `$1`. A user
@@ -123,6 +126,26 @@ impl RetentionJob {
                 for (table, watermark) in RAW_TABLES {
                     self.drop_partitions(client, table, watermark, cutoff, &mut report)
                         .await?;
+                }
+                let since = cutoff.and_time(chrono::NaiveTime::MIN).and_utc();
+                report.token_metric_rows_deleted += client
+                    .execute(
+                        "DELETE FROM token_metric_minutes WHERE minute < $1",
+                        &[&since],
+                    )
+                    .await?;
+                report.token_metric_rows_deleted += client
+                    .execute(
+                        "DELETE FROM token_metric_series WHERE seen_at < $1",
+                        &[&since],
+                    )
+                    .await?;
+                if report.token_metric_rows_deleted > 0 {
+                    tracing::info!(
+                        before = %cutoff,
+                        rows = report.token_metric_rows_deleted,
+                        "retention deleted token metric rows older than retention.raw_days"
+                    );
                 }
             }
         }

@@ -606,6 +606,50 @@ impl PgExporter {
         result
     }
 
+    /// Stores token usage reported as metrics (see
+    /// [`write_token_metrics`](super::write_token_metrics)) on the attribution
+    /// connections, in a transaction of its own, and resolves once it is
+    /// committed. `Unavailable` while shutting down, while the database is
+    /// down or when the write fails (retryable: the series state makes a
+    /// resent point add nothing twice).
+    pub async fn write_token_metrics(
+        &self,
+        points: &[tally_model::token_metrics::TokenMetricPoint],
+    ) -> Result<super::MetricWrite, ConsumeError> {
+        if points.is_empty() {
+            return Ok(super::MetricWrite::default());
+        }
+        self.refuse_if_unavailable()?;
+        let inner = &self.inner;
+        let n = inner.attribution.len().max(1);
+        let index = inner.next_attribution.fetch_add(1, Ordering::Relaxed) % n;
+        let Some(slot) = inner.attribution.get(index) else {
+            return Err(inner.shared.unavailable("no database connection"));
+        };
+        let mut slot = slot.lock().await;
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            match connect(&inner.shared.url).await {
+                Ok((client, _)) => *slot = Some(client),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot connect to store token metrics");
+                    return Err(inner.shared.unavailable("database unavailable"));
+                }
+            }
+        }
+        let Some(client) = slot.as_mut() else {
+            return Err(inner.shared.unavailable("no database connection"));
+        };
+        match super::write_token_metrics(client, points).await {
+            Ok(report) => Ok(report),
+            Err(error) => {
+                // A failed transaction may leave the connection unusable: start afresh.
+                *slot = None;
+                tracing::warn!(%error, "storing token metrics failed; answered retryable");
+                Err(inner.shared.unavailable("database write failed"))
+            }
+        }
+    }
+
     /// Records queued or being written right now (at most the queue capacity).
     pub fn queued_records(&self) -> usize {
         let available = self.inner.permits.available_permits();

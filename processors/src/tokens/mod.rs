@@ -29,6 +29,7 @@
 //! * **Attribution**: a row's own user/tenant/session (`record`), else the
 //!   trace's (`trace`, from the [`TraceCache`]), else none yet (`none`).
 
+pub mod metrics;
 pub mod pricing;
 
 use chrono::{DateTime, Utc};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
@@ -32,6 +33,7 @@ pub enum Behaviour {
 struct State {
     traces: Vec<ExportTraceServiceRequest>,
     logs: Vec<ExportLogsServiceRequest>,
+    metrics: Vec<ExportMetricsServiceRequest>,
     senders: Vec<Sender>,
     behaviour: Option<Behaviour>,
 }
@@ -62,6 +64,10 @@ impl Recorder {
         self.state.lock().unwrap().logs.clone()
     }
 
+    pub fn metrics(&self) -> Vec<ExportMetricsServiceRequest> {
+        self.state.lock().unwrap().metrics.clone()
+    }
+
     /// The sender of every call, in order.
     pub fn senders(&self) -> Vec<Sender> {
         self.state.lock().unwrap().senders.clone()
@@ -69,7 +75,7 @@ impl Recorder {
 
     pub fn calls(&self) -> usize {
         let state = self.state.lock().unwrap();
-        state.traces.len() + state.logs.len()
+        state.traces.len() + state.logs.len() + state.metrics.len()
     }
 
     /// Makes the next call wait: returns (a receiver resolved when the call arrives, a
@@ -150,6 +156,18 @@ impl Consumer for Recorder {
     ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
         let mut state = self.state.lock().unwrap();
         state.logs.push(request);
+        state.senders.push(sender);
+        drop(state);
+        self.answer()
+    }
+
+    fn consume_metrics(
+        &self,
+        request: ExportMetricsServiceRequest,
+        sender: Sender,
+    ) -> BoxFuture<'static, Result<ConsumeReport, ConsumeError>> {
+        let mut state = self.state.lock().unwrap();
+        state.metrics.push(request);
         state.senders.push(sender);
         drop(state);
         self.answer()
