@@ -431,8 +431,7 @@ async fn per_tenant_retention_keeps_one_tenants_rows_and_removes_anothers() {
     // Every removed row is archived (tenant-scoped archives for the deletions).
     let archived: i64 = archived_rows(&report).values().sum();
     assert_eq!(archived, 2 * (3 + 6 + 5));
-    let scoped = manifest(
-        &dir.join("activity_events").join(format!(
+    let scoped = manifest(&dir.join("activity_events").join(format!(
             "{}",
             report
                 .archives
@@ -444,8 +443,7 @@ async fn per_tenant_retention_keeps_one_tenants_rows_and_removes_anothers() {
                 .file_name()
                 .expect("name")
                 .to_string_lossy()
-        )),
-    );
+        )));
     assert_eq!(scoped.scope, "tenants");
     assert_eq!(scoped.rows, 5);
     assert_eq!(scoped.tenants.len(), 1);
