@@ -55,7 +55,7 @@ async fn rows_on(client: &mut Client, day: NaiveDate, tenant: &str, n: i32) {
         "INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, action, outcome, \
              attributes, duration_ms, name, taxonomy_valid) \
          SELECT gen_random_uuid(), nextval('activity_events_seq'), \
-             $1::timestamptz + i * interval '1.000123 second', $3, 'u' || (i % 7), 'doc.read', \
+             $1::timestamptz + i * interval '0.250123 second', $3, 'u' || (i % 7), 'doc.read', \
              'success', jsonb_build_object('n', i, 'text', E'say \"hi\", then\\nleave — é 漢字 🙂', \
                  'price', 1.50, 'big', 1e20::numeric, 'nested', jsonb_build_array(1, 'x', null, true)), \
              CASE WHEN i % 2 = 0 THEN i * 0.1 END, CASE WHEN i % 3 = 0 THEN 'span ' || i END, \
@@ -71,7 +71,7 @@ async fn rows_on(client: &mut Client, day: NaiveDate, tenant: &str, n: i32) {
     tx.execute(
         "INSERT INTO token_usage (id, seq, ts, tenant_id, user_id, model, input_tokens, \
              output_tokens, total_tokens, cost_usd) \
-         SELECT gen_random_uuid(), nextval('token_usage_seq'), $1::timestamptz + i * interval '1 second', \
+         SELECT gen_random_uuid(), nextval('token_usage_seq'), $1::timestamptz + i * interval '0.25 second', \
              $3, 'u1', 'gpt-4o', 10, 5, 15, 0.000125 FROM generate_series(1, $2) AS i",
         &[&ts, &n, &tenant],
     )
