@@ -37,7 +37,7 @@ use tally_config::RetentionConfig;
 use tally_model::metrics::{metrics, TableLabels};
 
 use super::archive::{write_archive, ArchiveError};
-use super::chain::{key_id, SigningKey, TruncationRecord, CHAIN_WATERMARK};
+use super::chain::{key_id, SigningKey, TruncationRecord, CHAIN_LOCK_KEY, CHAIN_WATERMARK};
 use super::periodic::spawn_periodically;
 use super::rollup::{ACTIVITY_WATERMARK, TOKEN_WATERMARK};
 use super::{PgError, PARTITION_LOCK_KEY};
@@ -318,6 +318,13 @@ impl RetentionJob {
             client
                 .batch_execute(&format!("LOCK TABLE {quoted} IN SHARE ROW EXCLUSIVE MODE"))
                 .await?;
+            if table == "activity_events" {
+                // No chainer run links these rows meanwhile: the archive's links and
+                // the truncation record see the same chain.
+                client
+                    .batch_execute(&format!("SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})"))
+                    .await?;
+            }
             let plan = if self.config.tenants.is_empty() {
                 match cutoff(self.config.raw_days, today) {
                     Some(cutoff) if day < cutoff => Plan::Drop(cutoff),
