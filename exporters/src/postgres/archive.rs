@@ -547,6 +547,10 @@ fn chain_row(line: &str) -> Result<(ChainRow, Option<Link>), String> {
 
 /// Links checked against the database at once.
 const LINK_BATCH: usize = 5_000;
+/// Problems listed per archive at most.
+const MAX_PROBLEMS: usize = 20;
+/// Read buffer of a data file.
+const READ_BUFFER: usize = 256 * 1024;
 
 /// Checks one archive: the manifest's signature (with `trusted` keys), the data
 /// file's size, SHA-256, row count, seq range and tenants, and for
@@ -603,8 +607,8 @@ pub async fn verify_archive(
         .parent()
         .unwrap_or(Path::new("."))
         .join(&manifest.data_file);
-    let data = match std::fs::read(&data_path) {
-        Ok(data) => data,
+    let file = match std::fs::File::open(&data_path) {
+        Ok(file) => file,
         Err(e) => {
             check.problems.push(format!(
                 "cannot read the data file {}: {e}",
@@ -613,35 +617,40 @@ pub async fn verify_archive(
             return Ok(check);
         }
     };
-    if data.len() as u64 != manifest.bytes {
-        check.problems.push(format!(
-            "the data file has {} bytes, the manifest says {}",
-            data.len(),
-            manifest.bytes
-        ));
-    }
-    let digest = hex(&Sha256::digest(&data));
-    if digest != manifest.sha256 {
-        check.problems.push(format!(
-            "the data file's SHA-256 is {digest}, the manifest says {}",
-            manifest.sha256
-        ));
-    }
-    let text = match std::str::from_utf8(&data) {
-        Ok(text) => text,
-        Err(_) => {
-            check.problems.push("the data file is not UTF-8".into());
-            return Ok(check);
-        }
-    };
+    // Streamed line by line: memory stays bounded whatever the archive's size.
+    let mut reader = std::io::BufReader::with_capacity(READ_BUFFER, file);
+    let mut file_hash = Sha256::new();
+    let mut bytes = 0u64;
+    let mut buffer: Vec<u8> = Vec::with_capacity(4096);
     let activity = manifest.table == "activity_events";
     let mut tenants: BTreeMap<String, i64> = BTreeMap::new();
     let (mut min_seq, mut max_seq): (Option<i64>, Option<i64>) = (None, None);
     let mut links = Sha256::new();
     let mut chained = 0i64;
     let mut pending: Vec<(String, i64, [u8; 32])> = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let at = index + 1;
+    let mut at = 0usize;
+    loop {
+        buffer.clear();
+        let read = std::io::BufRead::read_until(&mut reader, b'\n', &mut buffer).map_err(|e| {
+            PgError::io(
+                format!("cannot read the data file {}", data_path.display()),
+                e,
+            )
+        })?;
+        if read == 0 {
+            break;
+        }
+        file_hash.update(&buffer);
+        bytes += read as u64;
+        at += 1;
+        if check.problems.len() > MAX_PROBLEMS {
+            continue;
+        }
+        let Ok(line) = std::str::from_utf8(&buffer) else {
+            check.problems.push(format!("line {at} is not UTF-8"));
+            continue;
+        };
+        let line = line.strip_suffix('\n').unwrap_or(line);
         let key: ArchivedKey = match serde_json::from_str(line) {
             Ok(key) => key,
             Err(e) => {
@@ -678,15 +687,30 @@ pub async fn verify_archive(
                         row.seq
                     ));
                 }
-                if database.is_some() {
+                if let Some(client) = database {
                     pending.push((row.tenant_id.clone().unwrap_or_default(), row.seq, hash));
+                    if pending.len() >= LINK_BATCH {
+                        compare_links(client, &mut pending, &mut check).await?;
+                    }
                 }
             }
         }
-        if check.problems.len() > 20 {
-            check.problems.push("(more problems not listed)".into());
-            return Ok(check);
-        }
+    }
+    if check.problems.len() > MAX_PROBLEMS {
+        check.problems.push("(more problems not listed)".into());
+    }
+    if bytes != manifest.bytes {
+        check.problems.push(format!(
+            "the data file has {bytes} bytes, the manifest says {}",
+            manifest.bytes
+        ));
+    }
+    let digest = hex(&file_hash.finalize());
+    if digest != manifest.sha256 {
+        check.problems.push(format!(
+            "the data file's SHA-256 is {digest}, the manifest says {}",
+            manifest.sha256
+        ));
     }
     if check.rows != manifest.rows {
         check.problems.push(format!(
@@ -725,33 +749,46 @@ pub async fn verify_archive(
         }
     }
     if let Some(client) = database {
-        for batch in pending.chunks(LINK_BATCH) {
-            let tenants: Vec<&str> = batch.iter().map(|(t, _, _)| t.as_str()).collect();
-            let seqs: Vec<i64> = batch.iter().map(|(_, s, _)| *s).collect();
-            let hashes: Vec<&[u8]> = batch.iter().map(|(_, _, h)| &h[..]).collect();
-            let rows = client
-                .query(
-                    "SELECT a.seq, c.row_hash = a.hash FROM unnest($1::text[], $2::int8[], \
-                     $3::bytea[]) AS a(tenant, seq, hash) LEFT JOIN activity_chain c \
-                     ON c.tenant_id = a.tenant AND c.seq = a.seq",
-                    &[&tenants, &seqs, &hashes],
-                )
-                .await?;
-            for row in rows {
-                let seq: i64 = row.try_get(0)?;
-                match row.try_get::<_, Option<bool>>(1)? {
-                    Some(true) => check.links_matched_in_database += 1,
-                    Some(false) => check.problems.push(format!(
-                        "seq {seq}: the archived link differs from the chain in the database"
-                    )),
-                    None => check.problems.push(format!(
-                        "seq {seq}: the chain in the database has no link for this archived row"
-                    )),
-                }
-            }
-        }
+        compare_links(client, &mut pending, &mut check).await?;
     }
     Ok(check)
+}
+
+/// Compares the archived links in `pending` with `activity_chain`, then empties it.
+async fn compare_links(
+    client: &Client,
+    pending: &mut Vec<(String, i64, [u8; 32])>,
+    check: &mut ArchiveCheck,
+) -> Result<(), PgError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<&str> = pending.iter().map(|(t, _, _)| t.as_str()).collect();
+    let seqs: Vec<i64> = pending.iter().map(|(_, s, _)| *s).collect();
+    let hashes: Vec<&[u8]> = pending.iter().map(|(_, _, h)| &h[..]).collect();
+    let rows = client
+        .query(
+            "SELECT a.seq, c.row_hash = a.hash FROM unnest($1::text[], $2::int8[], \
+             $3::bytea[]) AS a(tenant, seq, hash) LEFT JOIN activity_chain c \
+             ON c.tenant_id = a.tenant AND c.seq = a.seq",
+            &[&tenants, &seqs, &hashes],
+        )
+        .await?;
+    for row in rows {
+        let seq: i64 = row.try_get(0)?;
+        match row.try_get::<_, Option<bool>>(1)? {
+            Some(true) => check.links_matched_in_database += 1,
+            Some(false) if check.problems.len() <= MAX_PROBLEMS => check.problems.push(format!(
+                "seq {seq}: the archived link differs from the chain in the database"
+            )),
+            None if check.problems.len() <= MAX_PROBLEMS => check.problems.push(format!(
+                "seq {seq}: the chain in the database has no link for this archived row"
+            )),
+            _ => {}
+        }
+    }
+    pending.clear();
+    Ok(())
 }
 
 fn check_signature(manifest: &Manifest, trusted: &[VerifyingKey], problems: &mut Vec<String>) {
