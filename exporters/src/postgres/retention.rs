@@ -659,6 +659,66 @@ fn quote_ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_config::TenantRetentionConfig;
+
+    fn plan_of(job: &RetentionJob, tenants: &[&str], age: u64) -> String {
+        let today = NaiveDate::from_ymd_opt(2026, 6, 1).unwrap_or_default();
+        let tenants: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
+        match job.plan(&tenants, today - Days::new(age), today) {
+            Plan::Keep => "keep".into(),
+            Plan::Drop(cutoff) => format!("drop<{}", (today - cutoff).num_days()),
+            Plan::Delete(tenants) => format!("delete {}", tenants.join(",")),
+        }
+    }
+
+    #[test]
+    fn plans_follow_each_tenants_retention() {
+        let job = RetentionJob::new(RetentionConfig {
+            raw_days: 90,
+            tenants: [("long", 365), ("short", 30), ("forever", 0)]
+                .into_iter()
+                .map(|(t, d)| (t.to_owned(), TenantRetentionConfig { raw_days: d }))
+                .collect(),
+            ..RetentionConfig::default()
+        });
+        let today = NaiveDate::from_ymd_opt(2026, 6, 1).unwrap_or_default();
+        assert_eq!(job.earliest_cutoff(today), Some(today - Days::new(30)));
+        // Day 60 ago: only short is past its retention.
+        assert_eq!(
+            plan_of(&job, &["long", "other", "short"], 60),
+            "delete short"
+        );
+        assert_eq!(plan_of(&job, &["short"], 60), "drop<30");
+        assert_eq!(plan_of(&job, &["other"], 60), "keep");
+        // Day 100 ago: short and the default are past; long is not.
+        assert_eq!(
+            plan_of(&job, &["long", "other", "short"], 100),
+            "delete other,short"
+        );
+        // Every tenant past: dropped, rows before the earliest of their cutoffs.
+        assert_eq!(plan_of(&job, &["other", "short"], 100), "drop<90");
+        assert_eq!(plan_of(&job, &["long", "other"], 400), "drop<365");
+        // A tenant kept forever keeps its partitions; others' rows go.
+        assert_eq!(plan_of(&job, &["forever", "other"], 400), "delete other");
+        assert_eq!(plan_of(&job, &["forever"], 4000), "keep");
+        // An empty partition goes with the default.
+        assert_eq!(plan_of(&job, &[], 60), "keep");
+        assert_eq!(plan_of(&job, &[], 91), "drop<90");
+        // Keep-forever default, one short tenant: only its rows ever go.
+        let job = RetentionJob::new(RetentionConfig {
+            raw_days: 0,
+            tenants: [("short".to_owned(), TenantRetentionConfig { raw_days: 7 })].into(),
+            ..RetentionConfig::default()
+        });
+        assert_eq!(plan_of(&job, &["a", "short"], 10), "delete short");
+        assert_eq!(plan_of(&job, &[], 1000), "keep");
+        assert_eq!(plan_of(&job, &["short"], 10), "drop<7");
+        let none = RetentionJob::new(RetentionConfig {
+            raw_days: 0,
+            ..RetentionConfig::default()
+        });
+        assert_eq!(none.earliest_cutoff(today), None);
+    }
 
     #[test]
     fn partition_days() {
