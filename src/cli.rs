@@ -46,6 +46,12 @@ pub enum Command {
         /// or a forged checkpoint line is tampered (exit 1).
         #[arg(long, value_name = "DIR")]
         checkpoints: Option<std::path::PathBuf>,
+        /// Check the retention archives in DIR (retention.archive.dir) instead of the chain:
+        /// each data file against its manifest (size, SHA-256, rows, seq range, tenants), the
+        /// manifest's signature, every archived activity row's hash recomputed against its
+        /// chain link and the links digest, and each link against the chain in the database.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["tenant", "checkpoints"])]
+        archive: Option<std::path::PathBuf>,
     },
     /// Manage API keys for the admin API and for ingest (stored hashed in the configured database).
     #[command(subcommand)]

@@ -123,13 +123,18 @@ fn main() -> ExitCode {
     if let Some(Command::Verify {
         tenant,
         checkpoints,
+        archive,
     }) = &cli.command
     {
-        return match runtime.block_on(verify::run(
-            &config,
-            tenant.as_deref(),
-            checkpoints.as_deref(),
-        )) {
+        let verdict = match archive {
+            Some(dir) => runtime.block_on(verify::run_archive(&config, dir)),
+            None => runtime.block_on(verify::run(
+                &config,
+                tenant.as_deref(),
+                checkpoints.as_deref(),
+            )),
+        };
+        return match verdict {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(err) => {

@@ -115,12 +115,14 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         DEFAULT_ROLLUP_INTERVAL,
         jobs_stopped.clone(),
     );
-    let signing_key = if config.exporters.postgres.tamper_evidence.enabled {
+    let tamper_evidence = config.exporters.postgres.tamper_evidence.enabled;
+    let signing_key = if tamper_evidence || config.retention.archive.is_some() {
         Some(secrets::chain_signing_key(config, database_url).await?)
     } else {
         None
     };
-    // Retention signs its truncation records with the checkpoint key.
+    // Retention signs its truncation records and archive manifests with the
+    // checkpoint key.
     let retention = RetentionJob::new(config.retention.clone())
         .with_signer(signing_key.clone())
         .spawn(
@@ -128,8 +130,12 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
             DEFAULT_RETENTION_INTERVAL,
             jobs_stopped.clone(),
         );
-    let (chainer, chain_key) =
-        spawn_chainer(config, signing_key, database_url, jobs_stopped.clone());
+    let (chainer, chain_key) = spawn_chainer(
+        config,
+        signing_key.filter(|_| tamper_evidence),
+        database_url,
+        jobs_stopped.clone(),
+    );
     let (budget_book, budget_job) =
         spawn_budgets(config, database_url, pipeline.clone(), jobs_stopped.clone()).await;
     let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline.clone())

@@ -1,7 +1,8 @@
 //! `tally verify [--tenant T] [--checkpoints DIR]`: re-walks the tamper-evidence
 //! hash chain of one tenant (or of every tenant), optionally against the
 //! checkpoints kept outside the database, and prints the verdict; see
-//! `docs/tamper-evidence.md`.
+//! `docs/tamper-evidence.md`. `tally verify --archive DIR` checks the retention
+//! archives instead (`docs/operations.md#archives`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -25,6 +26,71 @@ pub async fn run(
     let result = verify(config, &database.url, tenant, checkpoints).await;
     database.close().await;
     result
+}
+
+/// Checks every archive under `dir` against its manifest, the signing key and
+/// the chain, printing one line per archive and a summary. Answers whether every
+/// archive is intact (a directory without any archive is an error).
+pub async fn run_archive(config: &Config, dir: &Path) -> anyhow::Result<bool> {
+    let database = Database::open(config).await?;
+    let result = verify_archives(config, &database.url, dir).await;
+    database.close().await;
+    result
+}
+
+async fn verify_archives(config: &Config, url: &str, dir: &Path) -> anyhow::Result<bool> {
+    let (client, _connection) = postgres::connect(url)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    let trusted: Vec<chain::VerifyingKey> = secrets::chain_verifying_key(config, &client)
+        .await?
+        .into_iter()
+        .collect();
+    if trusted.is_empty() {
+        tracing::warn!(
+            "no checkpoint signing key is configured or stored: the manifests' signatures \
+             cannot be checked"
+        );
+    }
+    let checks = postgres::archive::verify_archive_dir(dir, &trusted, Some(&client))
+        .await
+        .with_context(|| format!("cannot check the archives in {}", dir.display()))?;
+    if checks.is_empty() {
+        anyhow::bail!(
+            "no archive (*.manifest.json) in {} or its subdirectories (is it retention.archive.dir?)",
+            dir.display()
+        );
+    }
+    let mut intact = 0usize;
+    let mut rows = 0i64;
+    for check in &checks {
+        let name = check
+            .manifest
+            .strip_prefix(dir)
+            .unwrap_or(&check.manifest)
+            .display();
+        if check.is_intact() {
+            intact += 1;
+            rows += check.rows;
+            println!(
+                "{name}: intact: {} rows, {} rows rehashed against their chain links, {} links \
+                 match the chain in the database",
+                check.rows, check.rows_rehashed, check.links_matched_in_database
+            );
+        } else {
+            println!("{name}: TAMPERED: {}", check.problems.join("; "));
+        }
+    }
+    println!(
+        "{intact} of {} archives intact ({rows} rows){}",
+        checks.len(),
+        if intact == checks.len() {
+            ""
+        } else {
+            "; see the TAMPERED lines"
+        }
+    );
+    Ok(intact == checks.len())
 }
 
 async fn verify(

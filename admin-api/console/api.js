@@ -91,7 +91,10 @@ export async function postJson(path, body) {
   return response.json();
 }
 
-/** GETs `path` and saves the answer as `filename` (the credential stays in the header). */
+/**
+ * GETs `path` and saves the answer as `filename` (the credential stays in the
+ * header); answers the response's headers.
+ */
 export async function download(path, params, filename) {
   const response = await fetch(path + query(params), { headers: headers({ Accept: "*/*" }) });
   if (!response.ok) throw await failure(response);
@@ -103,6 +106,7 @@ export async function download(path, params, filename) {
   link.click();
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  return response.headers;
 }
 
 /**

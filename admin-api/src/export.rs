@@ -1,6 +1,8 @@
 //! `GET /api/v1/export`: the raw rows of `activity_events` or `token_usage` in
 //! `seq` order after `after_seq`, for SIEM tailers, as NDJSON (`format=ndjson`,
-//! native columns; `ocsf`; `ecs`) or CEF lines (`format=cef`).
+//! native columns; `ocsf`; `ecs`), CEF lines (`format=cef`) or CSV
+//! (`format=csv`, RFC 4180 with a header row), optionally only the rows whose
+//! event time `ts` is in `[from, to)`. The body is streamed row by row.
 //!
 //! Gap-free: `seq` is commit-ordered (writers take the table's advisory lock
 //! before `nextval` and hold it until commit), so `WHERE seq > after_seq ORDER
@@ -16,12 +18,20 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::siem::rows::{activity_item, RawRow, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
-use crate::siem::{cef, ecs, ocsf};
+use crate::siem::{cef, csv, ecs, ocsf};
 use crate::stream::{parse_seq, query_pairs, reject_unknown, single, Filters};
 use crate::AppState;
 
 /// Query parameters of `/export`.
-pub const PARAMETERS: &[&str] = &["table", "after_seq", "limit", "format", "tenant"];
+pub const PARAMETERS: &[&str] = &[
+    "table",
+    "after_seq",
+    "limit",
+    "format",
+    "tenant",
+    "from",
+    "to",
+];
 /// Rows per response when `limit` is not given.
 pub const DEFAULT_LIMIT: u32 = 1000;
 /// Largest accepted `limit`.
@@ -39,6 +49,7 @@ pub enum Format {
     Ocsf,
     Ecs,
     Cef,
+    Csv,
 }
 
 impl Format {
@@ -48,9 +59,10 @@ impl Format {
             "ocsf" => Ok(Format::Ocsf),
             "ecs" => Ok(Format::Ecs),
             "cef" => Ok(Format::Cef),
+            "csv" => Ok(Format::Csv),
             _ => Err(ApiError::invalid(
                 "format",
-                "must be one of ndjson, ocsf, ecs, cef",
+                "must be one of ndjson, ocsf, ecs, cef, csv",
             )),
         }
     }
@@ -58,20 +70,36 @@ impl Format {
     fn content_type(self) -> &'static str {
         match self {
             Format::Cef => "text/plain; charset=utf-8",
+            Format::Csv => "text/csv; charset=utf-8; header=present",
             _ => "application/x-ndjson",
         }
     }
 
-    /// One output line (without the newline).
+    /// The first chunk of the body: the CSV header record (nothing otherwise).
+    fn header(self, activity: bool) -> Option<&'static str> {
+        match (self, activity) {
+            (Format::Csv, true) => Some(csv::ACTIVITY_HEADER),
+            (Format::Csv, false) => Some(csv::TOKEN_HEADER),
+            _ => None,
+        }
+    }
+
+    /// One output line, with its line end.
     fn line(self, row: &RawRow) -> Result<String, ApiError> {
+        if self == Format::Csv {
+            return Ok(csv::encode(row));
+        }
         let encoded = match (self, row) {
             (Format::Ndjson, RawRow::Activity(item)) => serde_json::to_string(item),
             (Format::Ndjson, RawRow::Token(item)) => serde_json::to_string(item),
             (Format::Ocsf, row) => serde_json::to_string(&ocsf::encode(row)),
             (Format::Ecs, row) => serde_json::to_string(&ecs::encode(row)),
             (Format::Cef, row) => Ok(cef::encode(row)),
+            (Format::Csv, row) => Ok(csv::encode(row)),
         };
-        encoded.map_err(|e| ApiError::Internal(format!("encoding a row: {e}")))
+        let mut line = encoded.map_err(|e| ApiError::Internal(format!("encoding a row: {e}")))?;
+        line.push('\n');
+        Ok(line)
     }
 }
 
@@ -116,12 +144,29 @@ pub(crate) async fn export(
         Some(value) => Format::parse(value)?,
         None => Format::Ndjson,
     };
+    let from = single(&pairs, "from")?
+        .map(|v| crate::params::instant("from", v))
+        .transpose()?;
+    let to = single(&pairs, "to")?
+        .map(|v| crate::params::instant("to", v))
+        .transpose()?;
+    if let (Some(from), Some(to)) = (from, to) {
+        if from > to {
+            return Err(ApiError::invalid("from", "must not be after to"));
+        }
+    }
     let mut filters = Filters::default();
     if let Some(tenant) = caller.tenant_filter(single(&pairs, "tenant")?.map(str::to_owned))? {
         filters.eq("tenant_id", tenant);
     }
     if let Some(user) = caller.user_filter(None)? {
         filters.eq("user_id", user);
+    }
+    if let Some(from) = from {
+        filters.ts_from(from);
+    }
+    if let Some(to) = to {
+        filters.ts_to(to);
     }
     // First the page's bounds (its seqs only), so the headers can say where
     // the next page starts; then its rows, streamed line by line. Every row up
@@ -142,6 +187,8 @@ pub(crate) async fn export(
         None => after,
     };
     drop(seqs);
+    let activity = table == "activity_events";
+    let header = format.header(activity);
     let body = if next > after {
         let rows = client
             .prepare_cached(&filters.bounded_page_sql(table, columns))
@@ -151,7 +198,6 @@ pub(crate) async fn export(
             .query_raw(&rows, filters.with_bounded_page(&after, &next, &fetch))
             .await
             .map_err(ApiError::from_db)?;
-        let activity = table == "activity_events";
         // The connection stays with the body until its last row is sent.
         let lines = futures::StreamExt::map(stream, move |row| {
             let _connection = &client;
@@ -163,19 +209,23 @@ pub(crate) async fn export(
                         TokenItem::from_row(&row).map_err(ApiError::from_db)?,
                     ))
                 };
-                let mut line = format.line(&row)?;
-                line.push('\n');
-                Ok(axum::body::Bytes::from(line))
+                Ok(axum::body::Bytes::from(format.line(&row)?))
             });
             line.map_err(|error| {
                 tracing::warn!(%error, "export: a row failed mid-response; ending it");
                 std::io::Error::other(error.to_string())
             })
         });
-        axum::body::Body::from_stream(lines)
+        let head = futures::stream::iter(
+            header.map(|h| Ok::<_, std::io::Error>(axum::body::Bytes::from_static(h.as_bytes()))),
+        );
+        axum::body::Body::from_stream(futures::StreamExt::chain(head, lines))
     } else {
         drop(client);
-        axum::body::Body::empty()
+        match header {
+            Some(header) => axum::body::Body::from(header),
+            None => axum::body::Body::empty(),
+        }
     };
     tracing::debug!(subject = %caller.subject, table, after, next, has_more, "export");
     let next_header =

@@ -391,13 +391,23 @@ fn document_text() -> Value {
                 "get": {
                     "operationId": "export",
                     "summary": "SIEM tail: raw rows in seq order after after_seq",
-                    "description": "Needs activity:read (table=activity_events) or tokens:read (table=token_usage), or admin; tenant-scoped. Gap-free under concurrent writers (seq is commit-ordered). Continue with after_seq = the X-Next-After-Seq header (the last row's seq, or after_seq when the page is empty); X-Has-More: true means ask again at once. format=ndjson (native columns), ocsf (OCSF 1.3: Authentication 3002 for auth.*, API Activity 6003 otherwise), ecs (Elastic Common Schema), cef (one CEF:0 line per row). See docs/siem.md.",
+                    "description": "Needs activity:read (table=activity_events) or tokens:read (table=token_usage), or admin; tenant-scoped. Gap-free under concurrent writers (seq is commit-ordered). Continue with after_seq = the X-Next-After-Seq header (the last row's seq, or after_seq when the page is empty); X-Has-More: true means ask again at once. format=ndjson (native columns), ocsf (OCSF 1.3: Authentication 3002 for auth.*, API Activity 6003 otherwise), ecs (Elastic Common Schema), cef (one CEF:0 line per row), csv (RFC 4180: a header row with the item column names, CRLF line ends, attributes as one JSON field, NULL as an empty field and an empty text as \"\"). from/to keep the rows whose event time ts is in [from, to), still in seq order and paged by after_seq. The body is streamed. See docs/siem.md.",
                     "parameters": [
                         { "name": "table", "in": "query", "required": false, "schema": { "type": "string", "enum": ["activity_events", "token_usage"], "default": "activity_events" } },
                         { "name": "after_seq", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0, "maximum": i64::MAX, "default": 0 } },
                         { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 1000 } },
-                        { "name": "format", "in": "query", "required": false, "schema": { "type": "string", "enum": ["ndjson", "ocsf", "ecs", "cef"], "default": "ndjson" } },
-                        string_param("tenant", "Exact tenant id")
+                        { "name": "format", "in": "query", "required": false, "schema": { "type": "string", "enum": ["ndjson", "ocsf", "ecs", "cef", "csv"], "default": "ndjson" } },
+                        string_param("tenant", "Exact tenant id"),
+                        {
+                            "name": "from", "in": "query", "required": false,
+                            "description": "Inclusive lower bound on ts: RFC 3339, or a date (its midnight UTC)",
+                            "schema": { "type": "string" }
+                        },
+                        {
+                            "name": "to", "in": "query", "required": false,
+                            "description": "Exclusive upper bound on ts: RFC 3339, or a date (its midnight UTC: the day itself is left out)",
+                            "schema": { "type": "string" }
+                        }
                     ],
                     "responses": {
                         "200": {
@@ -408,7 +418,8 @@ fn document_text() -> Value {
                             },
                             "content": {
                                 "application/x-ndjson": { "schema": { "type": "string" } },
-                                "text/plain": { "schema": { "type": "string" } }
+                                "text/plain": { "schema": { "type": "string" } },
+                                "text/csv": { "schema": { "type": "string" } }
                             }
                         },
                         "400": error_response("invalid_parameter"),

@@ -222,6 +222,21 @@ pub(crate) fn timestamp(name: &str, value: &str) -> Result<DateTime<Utc>, ApiErr
     })
 }
 
+/// An instant from an RFC 3339 timestamp (see [`timestamp`]) or a date
+/// (`2026-11-23`: its midnight UTC). As `to` (exclusive), a date excludes its day.
+pub(crate) fn instant(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+    if let Ok(day) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        check_year(name, chrono::Datelike::year(&day))?;
+        return Ok(day.and_time(NaiveTime::MIN).and_utc());
+    }
+    timestamp(name, value).map_err(|_| {
+        ApiError::invalid(
+            name,
+            "not a date (2026-11-23) or an RFC 3339 timestamp (2026-11-23T19:25:50Z)",
+        )
+    })
+}
+
 /// A UTC day from a date or an RFC 3339 timestamp; `exclusive_end` rounds a
 /// timestamp after midnight up to the next day.
 fn day_bound(name: &str, value: &str, exclusive_end: bool) -> Result<NaiveDate, ApiError> {

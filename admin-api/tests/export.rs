@@ -557,3 +557,230 @@ async fn activity_details_are_mapped_in_every_format() {
         assert_eq!(ext(&second, key), None, "{key}");
     }
 }
+
+/// Parses `body` with Python's `csv` module (strict mode): every record.
+fn parse_csv(body: &str) -> Vec<Vec<String>> {
+    use std::io::Write;
+    const SCRIPT: &str = "import csv, io, json, sys\n\
+        data = sys.stdin.buffer.read().decode('utf-8')\n\
+        rows = list(csv.reader(io.StringIO(data, newline=''), strict=True))\n\
+        print(json.dumps(rows))\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (its csv module parses the export)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write CSV");
+    let output = child.wait_with_output().expect("python3");
+    assert!(
+        output.status.success(),
+        "python's csv module refused the body: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("rows as JSON")
+}
+
+/// The records of a CSV export as maps from the header's column names.
+fn csv_records(body: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let rows = parse_csv(body);
+    let (header, records) = rows.split_first().expect("a header row");
+    records
+        .iter()
+        .map(|record| {
+            assert_eq!(record.len(), header.len(), "{record:?}");
+            header.iter().cloned().zip(record.iter().cloned()).collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_by_time_range_parses_back_with_nasty_values_and_is_scoped() {
+    let db = TestDb::migrated().await;
+    let today = chrono::Utc::now().date_naive();
+    db.partitions(today - chrono::Days::new(3), today).await;
+    let server = Server::start(&config_with_jwt(), &db.url).await;
+    let mut writer = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .map(|(client, connection)| {
+            tokio::spawn(connection);
+            client
+        })
+        .expect("connect");
+    insert_activity(&mut writer, 6, &["acme"], &["doc.read"], 0, 0).await;
+    insert_activity(&mut writer, 2, &["globex"], &["doc.read"], 0, 0).await;
+    let nasty_user = "he said \"hi\", then\r\nleft";
+    let nasty_attribute = "quote \" comma , newline \n tab \t é 漢字 🙂";
+    writer
+        .execute(
+            "UPDATE activity_events SET user_id = $1, name = '', \
+                 attributes = jsonb_build_object('note', $2::text, 'n', 1.50, 'list', jsonb_build_array(1, 'a,b')) \
+             WHERE seq = 1",
+            &[&nasty_user, &nasty_attribute],
+        )
+        .await
+        .expect("nasty row 1");
+    writer
+        .execute(
+            "UPDATE activity_events SET user_id = 'tester', session_id = NULL, \
+                 error_message = E'a,b\\nc', duration_ms = 12.5 WHERE seq = 2",
+            &[],
+        )
+        .await
+        .expect("nasty row 2");
+    // Event times: seqs 1-2 two days ago at noon, 3-4 yesterday at noon, the rest now.
+    let noon = |days: u64| {
+        (today - chrono::Days::new(days))
+            .and_hms_opt(12, 0, 0)
+            .expect("noon")
+            .and_utc()
+    };
+    writer
+        .execute(
+            "UPDATE activity_events SET ts = CASE WHEN seq <= 2 THEN $1::timestamptz ELSE $2::timestamptz END WHERE seq <= 4",
+            &[&noon(2), &noon(1)],
+        )
+        .await
+        .expect("backdate");
+
+    let admin = token("admin", Some("*"));
+    let page = fetch(&server, "format=csv&tenant=acme", Some(&admin)).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.content_type, "text/csv; charset=utf-8; header=present");
+    assert!(page
+        .body
+        .starts_with("id,seq,ts,received_at,tenant_id,user_id,"));
+    assert!(page.body.ends_with("\r\n"));
+    assert_eq!(
+        page.body.split('\n').next().map(|l| l.ends_with('\r')),
+        Some(true)
+    );
+    let records = csv_records(&page.body);
+    assert_eq!(records.len(), 6);
+    let first = &records[0];
+    assert_eq!(first["seq"], "1");
+    assert_eq!(first["tenant_id"], "acme");
+    assert_eq!(first["user_id"], nasty_user);
+    assert_eq!(first["name"], "");
+    let attributes: Value = serde_json::from_str(&first["attributes"]).expect("attributes JSON");
+    assert_eq!(attributes["note"], nasty_attribute);
+    assert_eq!(attributes["list"][1], "a,b");
+    assert_eq!(attributes["n"].as_f64(), Some(1.5));
+    let second = &records[1];
+    assert_eq!(second["session_id"], "");
+    assert_eq!(second["error_message"], "a,b\nc");
+    assert_eq!(second["duration_ms"], "12.5");
+    assert_eq!(
+        second["ts"],
+        noon(2).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    );
+    // An empty text is `""`, a NULL an empty field: the raw body tells them apart.
+    let raw_first = page.body.split("\r\n").nth(1).expect("first record");
+    assert!(raw_first.starts_with(&format!("{},1,", first["id"])));
+    let seqs = |body: &str| -> Vec<String> {
+        csv_records(body).iter().map(|r| r["seq"].clone()).collect()
+    };
+
+    // A time range: dates (midnight UTC, `to` exclusive) and RFC 3339 timestamps.
+    let day = |days: u64| (today - chrono::Days::new(days)).to_string();
+    let page = fetch(
+        &server,
+        &format!("format=csv&from={}&to={}", day(1), day(0)),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(seqs(&page.body), vec!["3", "4"]);
+    let from = noon(2).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let to = (noon(2) + chrono::TimeDelta::microseconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let page = fetch(
+        &server,
+        &format!("format=csv&from={from}&to={}", to.replace('+', "%2B")),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(seqs(&page.body), vec!["1", "2"]);
+    // The range combines with the seq cursor and the page size.
+    let page = fetch(
+        &server,
+        &format!("format=csv&from={}&limit=2&after_seq=4", day(0)),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(seqs(&page.body), vec!["5", "6"]);
+    assert_eq!(page.has_more, Some(true));
+    assert_eq!(page.next, Some(6));
+    // The other formats take the range too.
+    let page = fetch(
+        &server,
+        &format!("format=ndjson&to={}", day(1)),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(lines_json(&page.body).len(), 2);
+    // An empty range: the header alone.
+    let page = fetch(&server, "format=csv&to=2000-01-01", Some(&admin)).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(parse_csv(&page.body).len(), 1);
+    assert_eq!(page.next, Some(0));
+
+    // Bad input is 400 naming the parameter.
+    for (query, parameter) in [
+        ("format=csv&from=yesterday", "from"),
+        ("format=csv&to=2026-13-01", "to"),
+        ("format=csv&from=2026-02-01&to=2026-01-01", "from"),
+        ("format=xlsx", "format"),
+    ] {
+        let page = fetch(&server, query, Some(&admin)).await;
+        assert_eq!(page.status, 400, "{query}");
+        let error: Value = serde_json::from_str(&page.body).expect("error JSON");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(parameter), "{query}: {error}");
+    }
+
+    // Tenant scoping and self:read apply as to the other formats.
+    let globex = token("activity:read", Some("globex"));
+    let page = fetch(&server, "format=csv", Some(&globex)).await;
+    let records = csv_records(&page.body);
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r["tenant_id"] == "globex"));
+    let own = token("self:read", Some("acme"));
+    let page = fetch(&server, "format=csv", Some(&own)).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(seqs(&page.body), vec!["2"]);
+
+    // Tokens as CSV: every column, numbers as numbers.
+    insert_tokens(&mut writer, 3, "acme", &["gpt-4o"]).await;
+    let page = fetch(&server, "table=token_usage&format=csv", Some(&admin)).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let records = csv_records(&page.body);
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0].len(), 28);
+    assert_eq!(records[0]["model"], "gpt-4o");
+    assert_eq!(records[0]["input_tokens"], "10");
+    assert_eq!(records[0]["cost_usd"], "0.00125");
+    assert_eq!(records[0]["usage_known"], "true");
+
+    // Streamed: a chunked body, no Content-Length.
+    let response = http()
+        .get(server.url("/api/v1/export?format=csv"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("export");
+    assert!(response.headers().get("content-length").is_none());
+    assert_eq!(
+        response
+            .headers()
+            .get("transfer-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("chunked")
+    );
+}

@@ -159,6 +159,35 @@ impl Config {
                 "must be a directory path (omit it to keep checkpoints only in the database)",
             ));
         }
+        if let Some(archive) = &self.retention.archive {
+            if archive.dir.as_os_str().is_empty() {
+                return Err(invalid(
+                    "retention.archive.dir",
+                    "must be a directory path (omit retention.archive to archive nothing)",
+                ));
+            }
+            if archive.format == ArchiveFormat::Parquet {
+                return Err(invalid(
+                    "retention.archive.format",
+                    "parquet is not built into this Tally (the Parquet writer is not compiled in); \
+                     use ndjson",
+                ));
+            }
+        }
+        if let Some(tenant) = self
+            .retention
+            .tenants
+            .keys()
+            .find(|t| t.chars().count() > 1024 || t.contains('\0'))
+        {
+            return Err(invalid(
+                &format!(
+                    "retention.tenants.{}",
+                    tenant.chars().take(64).collect::<String>()
+                ),
+                "a tenant id has at most 1024 characters and no NUL byte",
+            ));
+        }
         if self.admin_api.max_page_size == 0 {
             return Err(invalid("admin_api.max_page_size", "must be at least 1"));
         }

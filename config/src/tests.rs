@@ -109,6 +109,42 @@ fn cross_field_rules_name_their_path() {
 }
 
 #[test]
+fn retention_archive_and_tenant_overrides() {
+    let config = Config::from_yaml_str(
+        "retention: { raw_days: 30, archive: { dir: /var/lib/tally/archive }, \
+         tenants: { acme: { raw_days: 365 }, trial: { raw_days: 7 }, keep: { raw_days: 0 } } }",
+    )
+    .expect("valid");
+    let retention = &config.retention;
+    let archive = retention.archive.as_ref().expect("archive");
+    assert_eq!(
+        archive.dir,
+        std::path::PathBuf::from("/var/lib/tally/archive")
+    );
+    assert_eq!(archive.format, crate::ArchiveFormat::Ndjson);
+    assert_eq!(retention.raw_days_of("acme"), 365);
+    assert_eq!(retention.raw_days_of("trial"), 7);
+    assert_eq!(retention.raw_days_of("keep"), 0);
+    assert_eq!(retention.raw_days_of("other"), 30);
+
+    let err = error_of("retention: { archive: { dir: /a, format: parquet } }");
+    assert!(err.starts_with("retention.archive.format: "), "{err}");
+    assert!(err.contains("not built into"), "{err}");
+    let err = error_of("retention: { archive: { dir: '' } }");
+    assert!(err.starts_with("retention.archive.dir: "), "{err}");
+    let err = error_of("retention: { archive: { format: ndjson } }");
+    assert!(err.contains("dir"), "{err}");
+    let err = error_of("retention: { archive: { dir: /a, format: csv } }");
+    assert!(err.starts_with("retention.archive.format"), "{err}");
+    let err = error_of("retention: { tenants: { acme: { raw_days: -1 } } }");
+    assert!(err.starts_with("retention.tenants.acme.raw_days"), "{err}");
+    let err = error_of("retention: { tenants: { acme: { days: 3 } } }");
+    assert!(err.starts_with("retention.tenants.acme"), "{err}");
+    let err = error_of("retention: { tenants: { acme: {} } }");
+    assert!(err.contains("raw_days"), "{err}");
+}
+
+#[test]
 fn env_expansion_with_defaults_and_escapes() {
     let lookup = |name: &str| (name == "SET").then(|| "value".to_string());
     assert_eq!(expand_env("${env:SET}", lookup).unwrap(), "value");

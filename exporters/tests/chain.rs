@@ -252,6 +252,7 @@ async fn retention(db: &TestDatabase, today: NaiveDate) -> RetentionReport {
     RetentionJob::new(RetentionConfig {
         raw_days: 90,
         aggregate_days: 0,
+        ..RetentionConfig::default()
     })
     .with_signer(Some(key()))
     .run_once_at(&runner, today)

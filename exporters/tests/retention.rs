@@ -134,6 +134,7 @@ async fn drops_expired_partitions_once_rolled_up_and_old_rollup_rows() {
     let job = RetentionJob::new(RetentionConfig {
         raw_days: 90,
         aggregate_days: 730,
+        ..RetentionConfig::default()
     });
     let report = job.run_once(&client).await.expect("retention");
 

@@ -271,6 +271,10 @@ pub struct Metrics {
     pub redactions: Family<RuleLabels, Counter>,
     pub sse_clients: Gauge,
     pub rollup_lag_seq: Gauge,
+    /// Raw rows written to retention archives (`retention.archive`), by table.
+    pub retention_archived_rows: Family<TableLabels, Counter>,
+    /// Archives retention could not write (the rows were kept), by table.
+    pub retention_archive_failures: Family<TableLabels, Counter>,
     pub build_info: Family<VersionLabels, Gauge>,
     /// Use of each configured budget in its current period, as a fraction of its limit.
     pub budget_used_ratio: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
@@ -416,6 +420,16 @@ impl Metrics {
                 "Raw rows committed but not yet folded into the daily rollups",
                 Gauge::default()
             ),
+            retention_archived_rows: reg!(
+                "tally_retention_archived_rows",
+                "Raw rows written to retention archives before removal, by table",
+                Family::default()
+            ),
+            retention_archive_failures: reg!(
+                "tally_retention_archive_failures",
+                "Archives retention could not write (the rows were kept), by table",
+                Family::default()
+            ),
             build_info: reg!("tally_build_info", "Tally build", Family::default()),
             budget_used_ratio: reg!(BUDGET_FAMILY.0, BUDGET_FAMILY.1, Family::default()),
             process_cpu_seconds: reg!(
@@ -464,6 +478,14 @@ impl Metrics {
         for table in ["activity_events", "token_usage", "rejected_events"] {
             let _ = self
                 .exporter_rows_written
+                .get_or_create(&TableLabels { table });
+        }
+        for table in ["activity_events", "token_usage"] {
+            let _ = self
+                .retention_archived_rows
+                .get_or_create(&TableLabels { table });
+            let _ = self
+                .retention_archive_failures
                 .get_or_create(&TableLabels { table });
         }
         for reason in WRITE_FAILURE_REASONS {

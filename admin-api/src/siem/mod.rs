@@ -1,8 +1,9 @@
 //! SIEM encodings of the raw rows for `GET /api/v1/export`: native NDJSON,
-//! OCSF 1.3 ([`ocsf`]), Elastic Common Schema ([`ecs`]) and ArcSight CEF
-//! ([`cef`]). The mappings are documented in `docs/siem.md`.
+//! OCSF 1.3 ([`ocsf`]), Elastic Common Schema ([`ecs`]), ArcSight CEF
+//! ([`cef`]) and CSV ([`csv`]). The mappings are documented in `docs/siem.md`.
 
 pub mod cef;
+pub mod csv;
 pub mod ecs;
 pub mod ocsf;
 pub mod rows;

@@ -267,6 +267,20 @@ impl Filters {
         self.clauses.push(format!("{column} <> {placeholder}"));
     }
 
+    /// Adds `ts >= from`.
+    pub(crate) fn ts_from(&mut self, from: chrono::DateTime<chrono::Utc>) {
+        self.push_cond(tail::Cond::TsFrom(from));
+        let placeholder = self.param(from);
+        self.clauses.push(format!("ts >= {placeholder}"));
+    }
+
+    /// Adds `ts < to`.
+    pub(crate) fn ts_to(&mut self, to: chrono::DateTime<chrono::Utc>) {
+        self.push_cond(tail::Cond::TsTo(to));
+        let placeholder = self.param(to);
+        self.clauses.push(format!("ts < {placeholder}"));
+    }
+
     fn push_cond(&mut self, cond: tail::Cond) {
         self.conds.push(cond);
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+pub mod archive;
 pub mod budgets;
 pub mod chain;
 pub mod copy;
@@ -34,7 +35,9 @@ mod writer;
 pub use error::PgError;
 pub use migrate::{migrate, API_ROLE, MIGRATIONS};
 pub use partitions::{create_partitions, partition_name, token_partition_name};
-pub use retention::{partition_day, RetentionJob, RetentionReport, DEFAULT_RETENTION_INTERVAL};
+pub use retention::{
+    partition_day, RetentionJob, RetentionReport, DEFAULT_RETENTION_INTERVAL, RETENTION_LOCK_KEY,
+};
 pub use rollup::{
     unfold_token_rows, RollupJob, RollupReport, TokenRefold, ACTIVITY_WATERMARK,
     DEFAULT_ATTRIBUTION_DELAY, DEFAULT_MAX_ROWS_PER_RUN, DEFAULT_ROLLUP_INTERVAL,

@@ -1,17 +1,29 @@
 //! Retention: drops whole daily partitions of the raw tables older than
-//! `retention.raw_days`, deletes rollup rows older than
-//! `retention.aggregate_days`, and logs what it removed.
+//! `retention.raw_days` (or, per tenant, `retention.tenants.<T>.raw_days`),
+//! deletes rollup rows older than `retention.aggregate_days`, and logs what it
+//! removed.
 //!
 //! A partition `<table>_pYYYYMMDD` (the UTC day it holds) is dropped when its day
-//! is before `today - raw_days` (so at least `raw_days` whole days are kept),
-//! **and** its rows are already folded into the rollups (its largest `seq` is at
-//! most the rollup's committed watermark) **and** it holds no row at or after the
-//! cutoff. A partition failing a check is kept and logged as a warning: the next
-//! run retries it once the rollup job has caught up. Partitions whose name does
-//! not follow the pattern (a default partition, tables added by hand) are never
-//! touched. Before an `activity_events` partition is dropped, its rows are
-//! recorded per tenant in `chain_truncations` in the same transaction, so the
-//! tamper-evidence chain verifies across the drop.
+//! is before `today - raw_days` (so at least `raw_days` whole days are kept) for
+//! **every tenant whose rows it holds**, **and** its rows are already folded into
+//! the rollups (its largest `seq` is at most the rollup's committed watermark)
+//! **and** it holds no row at or after the cutoff. When only some of its tenants
+//! are past their retention (tenants with different `raw_days`), their rows are
+//! deleted from the partition, which is kept for the others (a `DELETE`, far
+//! dearer than a `DROP`; see `docs/operations.md#retention`). A partition failing
+//! a check is kept and logged as a warning: the next run retries it once the
+//! rollup job has caught up. Partitions whose name does not follow the pattern (a
+//! default partition, tables added by hand) are never touched.
+//!
+//! With `retention.archive`, the rows are first written to an archive with a
+//! signed manifest ([`archive`](super::archive)), in the removing transaction
+//! while the partition is locked against writes; when the archive cannot be
+//! written, nothing is removed (`tally_retention_archive_failures_total`) and
+//! the next run tries again.
+//!
+//! Before `activity_events` rows are removed, they are recorded per tenant in
+//! `chain_truncations` in the same transaction, so the tamper-evidence chain
+//! verifies across the removal.
 
 use std::time::Duration;
 
@@ -22,11 +34,16 @@ use tokio_postgres::Client;
 
 use ed25519_dalek::Signer;
 use tally_config::RetentionConfig;
+use tally_model::metrics::{metrics, TableLabels};
 
-use super::chain::{key_id, SigningKey, TruncationRecord, CHAIN_WATERMARK};
+use super::archive::{write_archive, ArchiveError};
+use super::chain::{key_id, SigningKey, TruncationRecord, CHAIN_LOCK_KEY, CHAIN_WATERMARK};
 use super::periodic::spawn_periodically;
 use super::rollup::{ACTIVITY_WATERMARK, TOKEN_WATERMARK};
 use super::{PgError, PARTITION_LOCK_KEY};
+
+/// Advisory lock key serialising retention runs over instances (the bytes `tallyret`).
+pub const RETENTION_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyret");
 
 /// Default pause between two runs of the spawned job.
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -44,6 +61,11 @@ pub struct RetentionReport {
     pub dropped_partitions: Vec<String>,
     /// Partitions old enough to drop but kept, with the reason.
     pub kept_partitions: Vec<(String, String)>,
+    /// Partitions kept for some tenants from which other tenants' rows (past
+    /// their retention) were deleted: partition, tenants, rows deleted.
+    pub tenant_deletions: Vec<(String, Vec<String>, u64)>,
+    /// Manifests of the archives written.
+    pub archives: Vec<std::path::PathBuf>,
     /// `activity_daily` rows deleted.
     pub activity_daily_deleted: u64,
     /// `token_usage_daily` rows deleted.
@@ -121,34 +143,14 @@ impl RetentionJob {
         today: NaiveDate,
     ) -> Result<RetentionReport, PgError> {
         let mut report = RetentionReport::default();
-        if self.config.raw_days > 0 {
-            if let Some(cutoff) = today.checked_sub_days(Days::new(self.config.raw_days.into())) {
-                for (table, watermark) in RAW_TABLES {
-                    self.drop_partitions(client, table, watermark, cutoff, &mut report)
-                        .await?;
-                }
-                let since = cutoff.and_time(chrono::NaiveTime::MIN).and_utc();
-                report.token_metric_rows_deleted += client
-                    .execute(
-                        "DELETE FROM token_metric_minutes WHERE minute < $1",
-                        &[&since],
-                    )
+        if let Some(oldest_kept) = self.earliest_cutoff(today) {
+            for (table, watermark) in RAW_TABLES {
+                self.remove_expired(client, table, watermark, today, oldest_kept, &mut report)
                     .await?;
-                report.token_metric_rows_deleted += client
-                    .execute(
-                        "DELETE FROM token_metric_series WHERE seen_at < $1",
-                        &[&since],
-                    )
-                    .await?;
-                if report.token_metric_rows_deleted > 0 {
-                    tracing::info!(
-                        before = %cutoff,
-                        rows = report.token_metric_rows_deleted,
-                        "retention deleted token metric rows older than retention.raw_days"
-                    );
-                }
             }
         }
+        self.delete_expired_metric_rows(client, today, &mut report)
+            .await?;
         if self.config.aggregate_days > 0 {
             if let Some(cutoff) =
                 today.checked_sub_days(Days::new(self.config.aggregate_days.into()))
@@ -176,12 +178,83 @@ impl RetentionJob {
         Ok(report)
     }
 
-    async fn drop_partitions(
+    /// Deletes the per-minute token metric rows (and series states) older than
+    /// their tenant's raw retention: the default `raw_days` for tenants without
+    /// their own setting, each `retention.tenants` entry for its tenant.
+    async fn delete_expired_metric_rows(
+        &self,
+        client: &Client,
+        today: NaiveDate,
+        report: &mut RetentionReport,
+    ) -> Result<(), PgError> {
+        let overridden: Vec<&str> = self.config.tenants.keys().map(String::as_str).collect();
+        let midnight = |day: NaiveDate| day.and_time(chrono::NaiveTime::MIN).and_utc();
+        let mut deleted = 0;
+        if let Some(cutoff) = cutoff(self.config.raw_days, today) {
+            let since = midnight(cutoff);
+            deleted += client
+                .execute(
+                    "DELETE FROM token_metric_minutes WHERE minute < $1 AND tenant_id <> ALL($2)",
+                    &[&since, &overridden],
+                )
+                .await?;
+            deleted += client
+                .execute(
+                    "DELETE FROM token_metric_series WHERE seen_at < $1 AND tenant_id <> ALL($2)",
+                    &[&since, &overridden],
+                )
+                .await?;
+        }
+        for tenant in &overridden {
+            let Some(cutoff) = self.cutoff_of(tenant, today) else {
+                continue;
+            };
+            let since = midnight(cutoff);
+            deleted += client
+                .execute(
+                    "DELETE FROM token_metric_minutes WHERE minute < $1 AND tenant_id = $2",
+                    &[&since, tenant],
+                )
+                .await?;
+            deleted += client
+                .execute(
+                    "DELETE FROM token_metric_series WHERE seen_at < $1 AND tenant_id = $2",
+                    &[&since, tenant],
+                )
+                .await?;
+        }
+        report.token_metric_rows_deleted += deleted;
+        if deleted > 0 {
+            tracing::info!(
+                rows = deleted,
+                "retention deleted token metric rows older than their tenant's raw retention"
+            );
+        }
+        Ok(())
+    }
+
+    /// The cutoff of `tenant` (its rows of days before it are expired), `None`
+    /// when it keeps its rows forever.
+    fn cutoff_of(&self, tenant: &str, today: NaiveDate) -> Option<NaiveDate> {
+        cutoff(self.config.raw_days_of(tenant), today)
+    }
+
+    /// The latest cutoff of any retention setting: no partition of that day or
+    /// later can hold an expired row. `None`: every setting keeps forever.
+    fn earliest_cutoff(&self, today: NaiveDate) -> Option<NaiveDate> {
+        std::iter::once(self.config.raw_days)
+            .chain(self.config.tenants.values().map(|t| t.raw_days))
+            .filter_map(|days| cutoff(days, today))
+            .max()
+    }
+
+    async fn remove_expired(
         &self,
         client: &Client,
         table: &str,
         watermark_name: &str,
-        cutoff: NaiveDate,
+        today: NaiveDate,
+        latest_cutoff: NaiveDate,
         report: &mut RetentionReport,
     ) -> Result<(), PgError> {
         let rows = client
@@ -200,11 +273,11 @@ impl RetentionJob {
             let Some(day) = partition_day(table, &name) else {
                 continue;
             };
-            if day >= cutoff {
+            if day >= latest_cutoff {
                 continue;
             }
             let outcome = match self
-                .drop_one(client, table, &name, watermark_name, cutoff)
+                .remove_one(client, table, &name, day, watermark_name, today)
                 .await
             {
                 // Busy parent (a long reader): keep it, retry next run.
@@ -212,89 +285,233 @@ impl RetentionJob {
                     if error.sql_state()
                         == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
                 {
-                    Some("its table is busy (lock timeout); retried next run".to_owned())
+                    Removal::Kept("its table is busy (lock timeout); retried next run".to_owned())
                 }
                 other => other?,
             };
             match outcome {
-                None => {
+                Removal::Nothing => {}
+                Removal::Dropped(archive) => {
                     tracing::info!(
                         partition = %name,
                         day = %day,
+                        archive = ?archive.as_ref().map(|a| a.manifest_path.display().to_string()),
                         "retention dropped partition older than retention.raw_days"
                     );
+                    if let Some(archive) = archive {
+                        count_archived(table, archive.manifest.rows);
+                        report.archives.push(archive.manifest_path);
+                    }
                     report.dropped_partitions.push(name);
                 }
-                Some(reason) => {
+                Removal::Deleted(tenants, deleted, archive) => {
+                    tracing::info!(
+                        partition = %name,
+                        day = %day,
+                        tenants = tenants.len(),
+                        rows = deleted,
+                        "retention deleted the rows of tenants past their retention.tenants raw_days \
+                         from a partition kept for others"
+                    );
+                    if let Some(archive) = archive {
+                        count_archived(table, archive.manifest.rows);
+                        report.archives.push(archive.manifest_path);
+                    }
+                    report.tenant_deletions.push((name, tenants, deleted));
+                }
+                Removal::Kept(reason) => {
                     tracing::warn!(partition = %name, reason = %reason, "retention kept an expired partition");
                     report.kept_partitions.push((name, reason));
+                }
+                Removal::ArchiveFailed(error) => {
+                    metrics()
+                        .retention_archive_failures
+                        .get_or_create(&TableLabels {
+                            table: table_label(table),
+                        })
+                        .inc();
+                    tracing::error!(
+                        partition = %name,
+                        error = %error,
+                        "retention cannot write the archive (retention.archive.dir): nothing is \
+                         removed until it can; retried next run"
+                    );
+                    report
+                        .kept_partitions
+                        .push((name, format!("the archive could not be written: {error}")));
+                    // The next partitions would fail alike: wait for the next run.
+                    break;
                 }
             }
         }
         Ok(())
     }
 
-    /// Drops `partition` unless a check fails; answers the failed check.
-    async fn drop_one(
+    /// Removes what is expired in `partition` in one transaction: the whole
+    /// partition when every tenant in it is past its retention, else the rows of
+    /// the tenants that are, unless a check fails (answered as `Kept`).
+    async fn remove_one(
         &self,
         client: &Client,
         table: &str,
         partition: &str,
+        day: NaiveDate,
         watermark_name: &str,
-        cutoff: NaiveDate,
-    ) -> Result<Option<String>, PgError> {
+        today: NaiveDate,
+    ) -> Result<Removal, PgError> {
         let quoted = quote_ident(partition);
-        let sql = format!(
-            "BEGIN; SET LOCAL lock_timeout = '5s'; \
-             SELECT pg_advisory_xact_lock({PARTITION_LOCK_KEY});"
-        );
-        client.batch_execute(&sql).await?;
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '5s'; \
+                 SELECT pg_advisory_xact_lock({RETENTION_LOCK_KEY});"
+            ))
+            .await?;
         let result = async {
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&quoted])
+                .await?
+                .try_get(0)?;
+            if !exists {
+                return Ok(Removal::Nothing);
+            }
+            // No row arrives, changes or leaves while it is archived and removed.
+            client
+                .batch_execute(&format!("LOCK TABLE {quoted} IN SHARE ROW EXCLUSIVE MODE"))
+                .await?;
+            if table == "activity_events" {
+                // No chainer run links these rows meanwhile: the archive's links and
+                // the truncation record see the same chain.
+                client
+                    .batch_execute(&format!("SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})"))
+                    .await?;
+            }
+            let plan = if self.config.tenants.is_empty() {
+                match cutoff(self.config.raw_days, today) {
+                    Some(cutoff) if day < cutoff => Plan::Drop(cutoff),
+                    _ => Plan::Keep,
+                }
+            } else {
+                let tenants = partition_tenants(client, &quoted).await?;
+                self.plan(&tenants, day, today)
+            };
+            let (tenants, cutoff) = match plan {
+                Plan::Keep => return Ok(Removal::Nothing),
+                Plan::Drop(cutoff) => (None, Some(cutoff)),
+                Plan::Delete(tenants) => (Some(tenants), None),
+            };
             let row = client
                 .query_one(
                     &format!(
-                        "SELECT (SELECT max(seq) FROM {quoted}), \
+                        "SELECT (SELECT max(seq) FROM {quoted} \
+                                   WHERE $3::text[] IS NULL OR tenant_id = ANY($3)), \
                                 (SELECT count(*) FROM (SELECT 1 FROM {quoted} \
-                                   WHERE ts >= $1::date::timestamp AT TIME ZONE 'UTC' LIMIT 1) AS x), \
+                                   WHERE $1::date IS NOT NULL \
+                                   AND ts >= $1::date::timestamp AT TIME ZONE 'UTC' LIMIT 1) AS x), \
                                 (SELECT last_seq FROM rollup_watermarks WHERE name = $2)"
                     ),
-                    &[&cutoff, &watermark_name],
+                    &[&cutoff, &watermark_name, &tenants],
                 )
                 .await?;
             let max_seq: Option<i64> = row.get(0);
             let late_rows: i64 = row.get(1);
             let watermark: Option<i64> = row.get(2);
-            if late_rows > 0 {
-                return Ok(Some(format!(
+            if let (Some(cutoff), true) = (cutoff, late_rows > 0) {
+                return Ok(Removal::Kept(format!(
                     "it holds rows at or after the cutoff {cutoff}"
                 )));
             }
             if let Some(max_seq) = max_seq {
                 let watermark = watermark.unwrap_or(0);
                 if max_seq > watermark {
-                    return Ok(Some(format!(
+                    return Ok(Removal::Kept(format!(
                         "its rows up to seq {max_seq} are not rolled up yet ({table} rollup watermark {watermark})"
                     )));
                 }
             }
+            let archive = match &self.config.archive {
+                None => None,
+                Some(config) => match write_archive(
+                    client,
+                    &config.dir,
+                    table,
+                    partition,
+                    day,
+                    tenants.as_deref(),
+                    self.signer.as_ref(),
+                )
+                .await
+                {
+                    Ok(archive) => archive,
+                    Err(ArchiveError::Db(error)) => return Err(error),
+                    Err(error @ ArchiveError::Io { .. }) => {
+                        return Ok(Removal::ArchiveFailed(error.to_string()))
+                    }
+                },
+            };
             if table == "activity_events" {
-                record_truncation(client, partition, self.signer.as_ref()).await?;
+                record_truncation(client, partition, self.signer.as_ref(), tenants.as_deref())
+                    .await?;
             }
-            client
-                .batch_execute(&format!("DROP TABLE {quoted}"))
-                .await?;
-            Ok::<_, PgError>(None)
+            match tenants {
+                None => {
+                    client
+                        .batch_execute(&format!(
+                            "SELECT pg_advisory_xact_lock({PARTITION_LOCK_KEY}); DROP TABLE {quoted}"
+                        ))
+                        .await?;
+                    Ok(Removal::Dropped(archive))
+                }
+                Some(tenants) => {
+                    let deleted = client
+                        .execute(
+                            &format!("DELETE FROM {quoted} WHERE tenant_id = ANY($1)"),
+                            &[&tenants],
+                        )
+                        .await?;
+                    Ok(Removal::Deleted(tenants, deleted, archive))
+                }
+            }
         }
         .await;
         match result {
-            Ok(outcome) => {
+            Ok(removal @ (Removal::Kept(_) | Removal::ArchiveFailed(_))) => {
+                client.batch_execute("ROLLBACK").await?;
+                Ok(removal)
+            }
+            Ok(removal) => {
                 client.batch_execute("COMMIT").await?;
-                Ok(outcome)
+                Ok(removal)
             }
             Err(error) => {
                 let _ = client.batch_execute("ROLLBACK").await;
                 Err(error)
             }
+        }
+    }
+
+    /// What to remove from a partition of `day` holding `tenants`' rows.
+    fn plan(&self, tenants: &[String], day: NaiveDate, today: NaiveDate) -> Plan {
+        let expired = |tenant: &str| self.cutoff_of(tenant, today).is_some_and(|c| day < c);
+        if tenants.is_empty() {
+            // An empty partition goes with the default retention.
+            return match cutoff(self.config.raw_days, today) {
+                Some(cutoff) if day < cutoff => Plan::Drop(cutoff),
+                _ => Plan::Keep,
+            };
+        }
+        let past: Vec<String> = tenants.iter().filter(|t| expired(t)).cloned().collect();
+        if past.len() == tenants.len() {
+            // Every row is before the earliest of its tenants' cutoffs.
+            let earliest = tenants
+                .iter()
+                .filter_map(|t| self.cutoff_of(t, today))
+                .min()
+                .unwrap_or(today);
+            Plan::Drop(earliest)
+        } else if past.is_empty() {
+            Plan::Keep
+        } else {
+            Plan::Delete(past)
         }
     }
 
@@ -328,6 +545,7 @@ async fn record_truncation(
     client: &Client,
     partition: &str,
     signer: Option<&SigningKey>,
+    tenants: Option<&[String]>,
 ) -> Result<(), PgError> {
     let Some(day) = partition_day("activity_events", partition) else {
         return Ok(());
@@ -342,7 +560,8 @@ async fn record_truncation(
                      SELECT tenant_id, count(*) AS rows, min(seq) AS min_seq, max(seq) AS max_seq, \
                          count(*) FILTER (WHERE seq <= wm.last_seq) AS chained_rows, \
                          max(seq) FILTER (WHERE seq <= wm.last_seq) AS last_chained_seq \
-                     FROM {quoted}, wm GROUP BY tenant_id) \
+                     FROM {quoted} AS p, wm WHERE $4::text[] IS NULL OR p.tenant_id = ANY($4) \
+                     GROUP BY tenant_id) \
                  INSERT INTO chain_truncations AS t (table_name, partition_name, day, tenant_id, \
                      rows, min_seq, max_seq, chained_rows, last_chained_seq, last_chained_hash) \
                  SELECT 'activity_events', $1, $2, d.tenant_id, d.rows, d.min_seq, d.max_seq, \
@@ -362,7 +581,7 @@ async fn record_truncation(
                  RETURNING t.tenant_id, t.rows, t.min_seq, t.max_seq, t.chained_rows, \
                      t.last_chained_seq, t.last_chained_hash, t.dropped_at"
             ),
-            &[&partition, &day, &CHAIN_WATERMARK],
+            &[&partition, &day, &CHAIN_WATERMARK, &tenants],
         )
         .await?;
     if let Some(signer) = signer {
@@ -415,6 +634,75 @@ async fn record_truncation(
     Ok(())
 }
 
+/// What one partition's transaction did.
+enum Removal {
+    /// Nothing was expired (or the partition was gone).
+    Nothing,
+    /// The partition was dropped (after its archive, if any).
+    Dropped(Option<super::archive::Archived>),
+    /// These tenants' rows were deleted (after their archive, if any).
+    Deleted(Vec<String>, u64, Option<super::archive::Archived>),
+    /// A check failed: nothing removed, for this reason.
+    Kept(String),
+    /// The archive could not be written: nothing removed.
+    ArchiveFailed(String),
+}
+
+/// What to remove from one partition.
+enum Plan {
+    Keep,
+    /// The whole partition; rows must be before this cutoff.
+    Drop(NaiveDate),
+    /// These tenants' rows.
+    Delete(Vec<String>),
+}
+
+/// `today - days`, `None` for 0 (keep forever).
+fn cutoff(days: u32, today: NaiveDate) -> Option<NaiveDate> {
+    if days == 0 {
+        return None;
+    }
+    today.checked_sub_days(Days::new(days.into()))
+}
+
+/// The distinct tenants of a partition, by skipping through its
+/// `(tenant_id, …)` index (one index probe per tenant, not a scan).
+async fn partition_tenants(client: &Client, quoted: &str) -> Result<Vec<String>, PgError> {
+    let rows = client
+        .query(
+            &format!(
+                "WITH RECURSIVE t(tenant) AS ( \
+                     (SELECT tenant_id FROM {quoted} ORDER BY tenant_id LIMIT 1) \
+                     UNION ALL \
+                     SELECT (SELECT tenant_id FROM {quoted} WHERE tenant_id > t.tenant \
+                             ORDER BY tenant_id LIMIT 1) FROM t WHERE t.tenant IS NOT NULL) \
+                 SELECT tenant FROM t WHERE tenant IS NOT NULL"
+            ),
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| row.try_get::<_, String>(0).map_err(PgError::from))
+        .collect()
+}
+
+fn table_label(table: &str) -> &'static str {
+    if table == "activity_events" {
+        "activity_events"
+    } else {
+        "token_usage"
+    }
+}
+
+fn count_archived(table: &str, rows: i64) {
+    metrics()
+        .retention_archived_rows
+        .get_or_create(&TableLabels {
+            table: table_label(table),
+        })
+        .inc_by(u64::try_from(rows).unwrap_or(0));
+}
+
 /// The UTC day of a partition named `<table>_pYYYYMMDD`.
 pub fn partition_day(table: &str, name: &str) -> Option<NaiveDate> {
     let digits = name.strip_prefix(table)?.strip_prefix("_p")?;
@@ -431,6 +719,66 @@ fn quote_ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_config::TenantRetentionConfig;
+
+    fn plan_of(job: &RetentionJob, tenants: &[&str], age: u64) -> String {
+        let today = NaiveDate::from_ymd_opt(2026, 6, 1).unwrap_or_default();
+        let tenants: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
+        match job.plan(&tenants, today - Days::new(age), today) {
+            Plan::Keep => "keep".into(),
+            Plan::Drop(cutoff) => format!("drop<{}", (today - cutoff).num_days()),
+            Plan::Delete(tenants) => format!("delete {}", tenants.join(",")),
+        }
+    }
+
+    #[test]
+    fn plans_follow_each_tenants_retention() {
+        let job = RetentionJob::new(RetentionConfig {
+            raw_days: 90,
+            tenants: [("long", 365), ("short", 30), ("forever", 0)]
+                .into_iter()
+                .map(|(t, d)| (t.to_owned(), TenantRetentionConfig { raw_days: d }))
+                .collect(),
+            ..RetentionConfig::default()
+        });
+        let today = NaiveDate::from_ymd_opt(2026, 6, 1).unwrap_or_default();
+        assert_eq!(job.earliest_cutoff(today), Some(today - Days::new(30)));
+        // Day 60 ago: only short is past its retention.
+        assert_eq!(
+            plan_of(&job, &["long", "other", "short"], 60),
+            "delete short"
+        );
+        assert_eq!(plan_of(&job, &["short"], 60), "drop<30");
+        assert_eq!(plan_of(&job, &["other"], 60), "keep");
+        // Day 100 ago: short and the default are past; long is not.
+        assert_eq!(
+            plan_of(&job, &["long", "other", "short"], 100),
+            "delete other,short"
+        );
+        // Every tenant past: dropped, rows before the earliest of their cutoffs.
+        assert_eq!(plan_of(&job, &["other", "short"], 100), "drop<90");
+        assert_eq!(plan_of(&job, &["long", "other"], 400), "drop<365");
+        // A tenant kept forever keeps its partitions; others' rows go.
+        assert_eq!(plan_of(&job, &["forever", "other"], 400), "delete other");
+        assert_eq!(plan_of(&job, &["forever"], 4000), "keep");
+        // An empty partition goes with the default.
+        assert_eq!(plan_of(&job, &[], 60), "keep");
+        assert_eq!(plan_of(&job, &[], 91), "drop<90");
+        // Keep-forever default, one short tenant: only its rows ever go.
+        let job = RetentionJob::new(RetentionConfig {
+            raw_days: 0,
+            tenants: [("short".to_owned(), TenantRetentionConfig { raw_days: 7 })].into(),
+            ..RetentionConfig::default()
+        });
+        assert_eq!(plan_of(&job, &["a", "short"], 10), "delete short");
+        assert_eq!(plan_of(&job, &[], 1000), "keep");
+        assert_eq!(plan_of(&job, &["short"], 10), "drop<7");
+        let none = RetentionJob::new(RetentionConfig {
+            raw_days: 0,
+            ..RetentionConfig::default()
+        });
+        assert_eq!(none.earliest_cutoff(today), None);
+    }
 
     #[test]
     fn partition_days() {

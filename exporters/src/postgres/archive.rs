@@ -1,0 +1,914 @@
+//! Archives of what retention removes (`retention.archive`): before a raw
+//! partition is dropped, or a tenant's rows are deleted from a partition kept for
+//! others, its rows are written to `<dir>/<table>/<name>.ndjson` with a signed
+//! `<name>.manifest.json` beside it (see `docs/operations.md#archives`).
+//!
+//! A data line is the row as PostgreSQL's `row_to_json` prints it (every column,
+//! `attributes` byte for byte as the chain hashed it); an `activity_events` line
+//! ends with `"_chain": {"prev_hash", "row_hash"}`, the row's link (null when the
+//! row was not chained yet). The manifest holds the row count, the seq range, the
+//! tenants with their row counts, the SHA-256 of the data file, the number of
+//! chained rows and the *links digest* (SHA-256 over `seq` (8 bytes big-endian)
+//! ‖ `row_hash` of every chained row, in seq order), and an Ed25519 signature by
+//! the checkpoint signing key over `tally-archive-v1` followed by the manifest's
+//! compact JSON with `signature` null.
+//!
+//! Both files are written under a temporary name, fsynced and renamed (the data
+//! file first, the manifest last: a manifest means a complete archive), then the
+//! directory is fsynced. [`verify_archive_dir`] checks archives back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ed25519_dalek::{Signer, Verifier};
+use futures::{pin_mut, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+use super::chain::{hex, key_id, row_hash, ChainRow, SigningKey, VerifyingKey};
+use super::PgError;
+
+/// `format` of a manifest, and the domain prefix of its signed message.
+pub const ARCHIVE_FORMAT: &str = "tally-archive-v1";
+/// File name suffix of a manifest.
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Size of the write buffer of a data file.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// A tenant's rows in an archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRows {
+    /// The tenant (`''`: events without a tenant).
+    pub tenant: String,
+    pub rows: i64,
+}
+
+/// The `<name>.manifest.json` of an archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// [`ARCHIVE_FORMAT`].
+    pub format: String,
+    /// `activity_events` or `token_usage`.
+    pub table: String,
+    /// The partition the rows came from.
+    pub partition: String,
+    /// Its UTC day (`YYYY-MM-DD`).
+    pub day: String,
+    /// `partition` (the whole partition, dropped) or `tenants` (the rows of the
+    /// listed tenants, deleted from a partition kept for others).
+    pub scope: String,
+    /// The data file's name, in the manifest's directory.
+    pub data_file: String,
+    /// `ndjson`.
+    pub data_format: String,
+    pub rows: i64,
+    pub min_seq: Option<i64>,
+    pub max_seq: Option<i64>,
+    pub tenants: Vec<TenantRows>,
+    /// Size of the data file in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the data file, hex.
+    pub sha256: String,
+    /// Rows that carry their chain link (`activity_events` only).
+    pub chained_rows: i64,
+    /// SHA-256 over `seq ‖ row_hash` of the chained rows in seq order, hex
+    /// (`null` for `token_usage`, which has no chain).
+    pub links_digest: Option<String>,
+    /// When the archive was written (RFC 3339, UTC).
+    pub created_at: String,
+    /// The signing key's id ([`key_id`]); `null` when unsigned.
+    pub key_id: Option<String>,
+    /// Ed25519 over [`Manifest::message`], hex; `null` when unsigned.
+    pub signature: Option<String>,
+}
+
+impl Manifest {
+    /// The signed message: [`ARCHIVE_FORMAT`], then the manifest as compact JSON
+    /// with `signature` null.
+    pub fn message(&self) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        unsigned.signature = None;
+        let mut out = ARCHIVE_FORMAT.as_bytes().to_vec();
+        // Serialising plain strings and integers cannot fail.
+        if let Ok(json) = serde_json::to_vec(&unsigned) {
+            out.extend_from_slice(&json);
+        }
+        out
+    }
+
+    fn sign(&mut self, key: &SigningKey) {
+        self.key_id = Some(key_id(&key.verifying_key()));
+        self.signature = None;
+        self.signature = Some(hex(&key.sign(&self.message()).to_bytes()));
+    }
+}
+
+/// Writing an archive failed: nothing is removed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// The directory or a file could not be created, written, synced or renamed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the rows failed.
+    #[error(transparent)]
+    Db(#[from] PgError),
+}
+
+impl From<tokio_postgres::Error> for ArchiveError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        ArchiveError::Db(error.into())
+    }
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ArchiveError {
+    let context = context.into();
+    move |source| ArchiveError::Io { context, source }
+}
+
+/// What one archive holds.
+#[derive(Debug, Clone)]
+pub struct Archived {
+    /// The manifest's path.
+    pub manifest_path: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// Writes the rows of `partition` (of `table`, the UTC day `day`) to an archive
+/// in `<dir>/<table>/`: every row, or with `tenants` only theirs (named
+/// `<partition>.tenants-<min_seq>-<max_seq>`). Reads in the caller's transaction
+/// (the caller locks the partition against writes first). Answers `None` when
+/// there is no row to archive.
+pub async fn write_archive(
+    client: &Client,
+    dir: &Path,
+    table: &str,
+    partition: &str,
+    day: NaiveDate,
+    tenants: Option<&[String]>,
+    signer: Option<&SigningKey>,
+) -> Result<Option<Archived>, ArchiveError> {
+    let table_dir = dir.join(table);
+    tokio::fs::create_dir_all(&table_dir)
+        .await
+        .map_err(io(format!(
+            "cannot create the archive directory {}",
+            table_dir.display()
+        )))?;
+    let temp = table_dir.join(format!(
+        ".{partition}.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = write_rows(client, &temp, table, partition, tenants).await;
+    let scan = match result {
+        Ok(scan) => scan,
+        Err(error) => {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(error);
+        }
+    };
+    if scan.rows == 0 {
+        let _ = tokio::fs::remove_file(&temp).await;
+        return Ok(None);
+    }
+    let name = match tenants {
+        None => partition.to_owned(),
+        Some(_) => format!(
+            "{partition}.tenants-{}-{}",
+            scan.min_seq.unwrap_or_default(),
+            scan.max_seq.unwrap_or_default()
+        ),
+    };
+    let data_file = format!("{name}.ndjson");
+    let data_path = table_dir.join(&data_file);
+    tokio::fs::rename(&temp, &data_path)
+        .await
+        .map_err(io(format!(
+            "cannot rename the archive {}",
+            data_path.display()
+        )))?;
+    let mut manifest = Manifest {
+        format: ARCHIVE_FORMAT.to_owned(),
+        table: table.to_owned(),
+        partition: partition.to_owned(),
+        day: day.format("%Y-%m-%d").to_string(),
+        scope: if tenants.is_some() {
+            "tenants"
+        } else {
+            "partition"
+        }
+        .to_owned(),
+        data_file,
+        data_format: "ndjson".to_owned(),
+        rows: scan.rows,
+        min_seq: scan.min_seq,
+        max_seq: scan.max_seq,
+        tenants: scan
+            .tenants
+            .into_iter()
+            .map(|(tenant, rows)| TenantRows { tenant, rows })
+            .collect(),
+        bytes: scan.bytes,
+        sha256: hex(&scan.sha256),
+        chained_rows: scan.chained_rows,
+        links_digest: (table == "activity_events").then(|| hex(&scan.links_digest)),
+        created_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        key_id: None,
+        signature: None,
+    };
+    if let Some(key) = signer {
+        manifest.sign(key);
+    }
+    let manifest_path = table_dir.join(format!("{name}{MANIFEST_SUFFIX}"));
+    let mut text = serde_json::to_vec_pretty(&manifest).map_err(|e| ArchiveError::Io {
+        context: "cannot encode the archive manifest".into(),
+        source: std::io::Error::other(e),
+    })?;
+    text.push(b'\n');
+    let temp_manifest = table_dir.join(format!(
+        ".{name}.{}.manifest.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let written = async {
+        let mut file = tokio::fs::File::create(&temp_manifest)
+            .await
+            .map_err(io(format!("cannot create {}", temp_manifest.display())))?;
+        file.write_all(&text)
+            .await
+            .map_err(io(format!("cannot write {}", temp_manifest.display())))?;
+        file.sync_all()
+            .await
+            .map_err(io(format!("cannot fsync {}", temp_manifest.display())))?;
+        tokio::fs::rename(&temp_manifest, &manifest_path)
+            .await
+            .map_err(io(format!("cannot rename {}", manifest_path.display())))
+    }
+    .await;
+    if let Err(error) = written {
+        let _ = tokio::fs::remove_file(&temp_manifest).await;
+        return Err(error);
+    }
+    let dir_handle = table_dir.clone();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir_handle)?.sync_all())
+        .await
+        .map_err(|e| ArchiveError::Io {
+            context: "fsync of the archive directory".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(io(format!("cannot fsync {}", table_dir.display())))?;
+    Ok(Some(Archived {
+        manifest_path,
+        manifest,
+    }))
+}
+
+/// What the scan of the rows found.
+struct Scan {
+    rows: i64,
+    min_seq: Option<i64>,
+    max_seq: Option<i64>,
+    tenants: BTreeMap<String, i64>,
+    bytes: u64,
+    sha256: [u8; 32],
+    chained_rows: i64,
+    links_digest: [u8; 32],
+}
+
+/// Streams the rows into `path` (created), fsynced; answers what was written.
+async fn write_rows(
+    client: &Client,
+    path: &Path,
+    table: &str,
+    partition: &str,
+    tenants: Option<&[String]>,
+) -> Result<Scan, ArchiveError> {
+    let quoted = format!("\"{}\"", partition.replace('"', "\"\""));
+    let link = if table == "activity_events" {
+        "LEFT JOIN activity_chain c ON c.tenant_id = t.tenant_id AND c.seq = t.seq"
+    } else {
+        "LEFT JOIN (SELECT NULL::text AS tenant_id, NULL::bigint AS seq, \
+         NULL::bytea AS prev_hash, NULL::bytea AS row_hash) c ON false"
+    };
+    let filter = if tenants.is_some() {
+        "WHERE t.tenant_id = ANY($1)"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT row_to_json(t)::text, t.seq, t.tenant_id, c.prev_hash, c.row_hash \
+         FROM {quoted} t {link} {filter} ORDER BY t.seq"
+    );
+    let owned: Vec<String>;
+    let params: Vec<&(dyn ToSql + Sync)> = match tenants {
+        Some(list) => {
+            owned = list.to_vec();
+            vec![&owned]
+        }
+        None => Vec::new(),
+    };
+    let rows = client.query_raw(&sql, params).await?;
+    pin_mut!(rows);
+    let file = tokio::fs::File::create(path)
+        .await
+        .map_err(io(format!("cannot create the archive {}", path.display())))?;
+    let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut scan = Scan {
+        rows: 0,
+        min_seq: None,
+        max_seq: None,
+        tenants: BTreeMap::new(),
+        bytes: 0,
+        sha256: [0; 32],
+        chained_rows: 0,
+        links_digest: [0; 32],
+    };
+    let mut file_hash = Sha256::new();
+    let mut links = Sha256::new();
+    let mut line: Vec<u8> = Vec::with_capacity(4096);
+    let activity = table == "activity_events";
+    while let Some(row) = rows.try_next().await? {
+        let json: &str = row.try_get(0)?;
+        let seq: i64 = row.try_get(1)?;
+        let tenant: &str = row.try_get(2)?;
+        let prev_hash: Option<&[u8]> = row.try_get(3)?;
+        let hash: Option<&[u8]> = row.try_get(4)?;
+        let Some(body) = json.strip_suffix('}') else {
+            return Err(
+                PgError::Integrity(format!("row_to_json gave no object for seq {seq}")).into(),
+            );
+        };
+        line.clear();
+        line.extend_from_slice(body.as_bytes());
+        if activity {
+            match (prev_hash, hash) {
+                (Some(prev), Some(hash)) => {
+                    line.extend_from_slice(b",\"_chain\":{\"prev_hash\":\"");
+                    push_hex(&mut line, prev);
+                    line.extend_from_slice(b"\",\"row_hash\":\"");
+                    push_hex(&mut line, hash);
+                    line.extend_from_slice(b"\"}");
+                    links.update(seq.to_be_bytes());
+                    links.update(hash);
+                    scan.chained_rows += 1;
+                }
+                _ => line.extend_from_slice(b",\"_chain\":null"),
+            }
+        }
+        line.extend_from_slice(b"}\n");
+        file_hash.update(&line);
+        out.write_all(&line)
+            .await
+            .map_err(io(format!("cannot write the archive {}", path.display())))?;
+        scan.bytes += line.len() as u64;
+        scan.rows += 1;
+        scan.min_seq = Some(scan.min_seq.map_or(seq, |m| m.min(seq)));
+        scan.max_seq = Some(scan.max_seq.map_or(seq, |m| m.max(seq)));
+        match scan.tenants.get_mut(tenant) {
+            Some(count) => *count += 1,
+            None => {
+                scan.tenants.insert(tenant.to_owned(), 1);
+            }
+        }
+    }
+    out.flush()
+        .await
+        .map_err(io(format!("cannot write the archive {}", path.display())))?;
+    out.get_ref()
+        .sync_all()
+        .await
+        .map_err(io(format!("cannot fsync the archive {}", path.display())))?;
+    scan.sha256 = file_hash.finalize().into();
+    scan.links_digest = links.finalize().into();
+    Ok(scan)
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
+    }
+}
+
+/// The check of one archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveCheck {
+    /// The manifest's path.
+    pub manifest: PathBuf,
+    /// Rows read from the data file.
+    pub rows: i64,
+    /// Chained rows whose hash was recomputed from the archived row.
+    pub rows_rehashed: i64,
+    /// Links compared with the chain in the database.
+    pub links_matched_in_database: i64,
+    /// What does not match (empty: intact).
+    pub problems: Vec<String>,
+}
+
+impl ArchiveCheck {
+    /// Whether the archive matches its manifest (and the chain).
+    pub fn is_intact(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// An `activity_events` data line, as far as the chain's canonical form needs it.
+#[derive(Deserialize)]
+struct ArchivedActivity<'a> {
+    id: uuid::Uuid,
+    seq: i64,
+    ts: String,
+    received_at: String,
+    tenant_id: Option<String>,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    action: Option<String>,
+    outcome: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    service: Option<String>,
+    trace_id: Option<String>,
+    span_id: Option<String>,
+    #[serde(borrow)]
+    attributes: Option<&'a serde_json::value::RawValue>,
+    taxonomy_valid: Option<bool>,
+    taxonomy_reason: Option<String>,
+    #[serde(default)]
+    duration_ms: Option<Double>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    error_type: Option<String>,
+    #[serde(default)]
+    error_message: Option<String>,
+    #[serde(rename = "_chain")]
+    chain: Option<ArchivedLink>,
+}
+
+/// A double as `row_to_json` prints it: a number, or `"NaN"` / `"Infinity"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Double {
+    Number(f64),
+    Text(String),
+}
+
+impl Double {
+    fn value(&self) -> Option<f64> {
+        match self {
+            Double::Number(n) => Some(*n),
+            Double::Text(t) => match t.as_str() {
+                "NaN" => Some(f64::NAN),
+                "Infinity" => Some(f64::INFINITY),
+                "-Infinity" => Some(f64::NEG_INFINITY),
+                _ => None,
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ArchivedLink {
+    prev_hash: String,
+    row_hash: String,
+}
+
+/// A line's seq and tenant (both tables).
+#[derive(Deserialize)]
+struct ArchivedKey {
+    seq: i64,
+    tenant_id: Option<String>,
+}
+
+fn timestamp(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// A chain link: `prev_hash` and `row_hash`.
+type Link = ([u8; 32], [u8; 32]);
+
+/// The chain row of an archived activity line, its link (prev, hash), or why not.
+fn chain_row(line: &str) -> Result<(ChainRow, Option<Link>), String> {
+    let a: ArchivedActivity = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let ts = timestamp(&a.ts).ok_or("ts is not a timestamp")?;
+    let received_at = timestamp(&a.received_at).ok_or("received_at is not a timestamp")?;
+    let duration_ms = match &a.duration_ms {
+        None => None,
+        Some(d) => Some(d.value().ok_or("duration_ms is not a number")?),
+    };
+    let link = match &a.chain {
+        None => None,
+        Some(link) => {
+            let decode = |text: &str| -> Result<[u8; 32], String> {
+                ::hex::decode(text)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                    .ok_or_else(|| "a chain hash is not 32 bytes of hex".to_owned())
+            };
+            Some((decode(&link.prev_hash)?, decode(&link.row_hash)?))
+        }
+    };
+    let row = ChainRow {
+        id: a.id,
+        seq: a.seq,
+        ts,
+        received_at,
+        tenant_id: a.tenant_id,
+        user_id: a.user_id,
+        session_id: a.session_id,
+        action: a.action,
+        outcome: a.outcome,
+        resource_type: a.resource_type,
+        resource_id: a.resource_id,
+        service: a.service,
+        trace_id: a.trace_id,
+        span_id: a.span_id,
+        attributes: a.attributes.map(|raw| raw.get().to_owned()),
+        taxonomy_valid: a.taxonomy_valid,
+        taxonomy_reason: a.taxonomy_reason,
+        duration_ms,
+        name: a.name,
+        error_type: a.error_type,
+        error_message: a.error_message,
+    };
+    Ok((row, link))
+}
+
+/// Links checked against the database at once.
+const LINK_BATCH: usize = 5_000;
+/// Problems listed per archive at most.
+const MAX_PROBLEMS: usize = 20;
+/// Read buffer of a data file.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Checks one archive: the manifest's signature (with `trusted` keys), the data
+/// file's size, SHA-256, row count, seq range and tenants, and for
+/// `activity_events` every chained row's hash recomputed from the archived row
+/// (the chain's canonical form) and the links digest; with `database`, each link
+/// is also compared with the chain's (`activity_chain` keeps links after their
+/// rows are dropped).
+pub async fn verify_archive(
+    manifest_path: &Path,
+    trusted: &[VerifyingKey],
+    database: Option<&Client>,
+) -> Result<ArchiveCheck, PgError> {
+    let mut check = ArchiveCheck {
+        manifest: manifest_path.to_owned(),
+        rows: 0,
+        rows_rehashed: 0,
+        links_matched_in_database: 0,
+        problems: Vec::new(),
+    };
+    let text = std::fs::read_to_string(manifest_path).map_err(|e| {
+        PgError::io(
+            format!("cannot read the manifest {}", manifest_path.display()),
+            e,
+        )
+    })?;
+    let manifest: Manifest = match serde_json::from_str(&text) {
+        Ok(manifest) => manifest,
+        Err(e) => {
+            check
+                .problems
+                .push(format!("the manifest is not valid: {e}"));
+            return Ok(check);
+        }
+    };
+    if manifest.format != ARCHIVE_FORMAT {
+        check
+            .problems
+            .push(format!("unknown archive format {:?}", manifest.format));
+        return Ok(check);
+    }
+    check_signature(&manifest, trusted, &mut check.problems);
+    let name_ok = !manifest.data_file.is_empty()
+        && !manifest.data_file.contains(['/', '\\'])
+        && manifest.data_file != ".."
+        && manifest.data_file != ".";
+    if !name_ok {
+        check.problems.push(format!(
+            "data_file {:?} is not a file name",
+            manifest.data_file
+        ));
+        return Ok(check);
+    }
+    let data_path = manifest_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(&manifest.data_file);
+    let file = match std::fs::File::open(&data_path) {
+        Ok(file) => file,
+        Err(e) => {
+            check.problems.push(format!(
+                "cannot read the data file {}: {e}",
+                data_path.display()
+            ));
+            return Ok(check);
+        }
+    };
+    // Streamed line by line: memory stays bounded whatever the archive's size.
+    let mut reader = std::io::BufReader::with_capacity(READ_BUFFER, file);
+    let mut file_hash = Sha256::new();
+    let mut bytes = 0u64;
+    let mut buffer: Vec<u8> = Vec::with_capacity(4096);
+    let activity = manifest.table == "activity_events";
+    let mut tenants: BTreeMap<String, i64> = BTreeMap::new();
+    let (mut min_seq, mut max_seq): (Option<i64>, Option<i64>) = (None, None);
+    let mut links = Sha256::new();
+    let mut chained = 0i64;
+    let mut pending: Vec<(String, i64, [u8; 32])> = Vec::new();
+    let mut at = 0usize;
+    loop {
+        buffer.clear();
+        let read = std::io::BufRead::read_until(&mut reader, b'\n', &mut buffer).map_err(|e| {
+            PgError::io(
+                format!("cannot read the data file {}", data_path.display()),
+                e,
+            )
+        })?;
+        if read == 0 {
+            break;
+        }
+        file_hash.update(&buffer);
+        bytes += read as u64;
+        at += 1;
+        if check.problems.len() > MAX_PROBLEMS {
+            continue;
+        }
+        let Ok(line) = std::str::from_utf8(&buffer) else {
+            check.problems.push(format!("line {at} is not UTF-8"));
+            continue;
+        };
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let key: ArchivedKey = match serde_json::from_str(line) {
+            Ok(key) => key,
+            Err(e) => {
+                check
+                    .problems
+                    .push(format!("line {at} is not an archived row: {e}"));
+                continue;
+            }
+        };
+        check.rows += 1;
+        min_seq = Some(min_seq.map_or(key.seq, |m| m.min(key.seq)));
+        max_seq = Some(max_seq.map_or(key.seq, |m| m.max(key.seq)));
+        *tenants
+            .entry(key.tenant_id.unwrap_or_default())
+            .or_insert(0) += 1;
+        if !activity {
+            continue;
+        }
+        match chain_row(line) {
+            Err(why) => check
+                .problems
+                .push(format!("line {at} (seq {}): {why}", key.seq)),
+            Ok((_, None)) => {}
+            Ok((row, Some((prev, hash)))) => {
+                chained += 1;
+                links.update(row.seq.to_be_bytes());
+                links.update(hash);
+                if row_hash(&prev, &row.canonical()) == hash {
+                    check.rows_rehashed += 1;
+                } else {
+                    check.problems.push(format!(
+                        "line {at} (seq {}): the row does not hash to its chain link \
+                         (altered in the archive)",
+                        row.seq
+                    ));
+                }
+                if let Some(client) = database {
+                    pending.push((row.tenant_id.clone().unwrap_or_default(), row.seq, hash));
+                    if pending.len() >= LINK_BATCH {
+                        compare_links(client, &mut pending, &mut check).await?;
+                    }
+                }
+            }
+        }
+    }
+    if check.problems.len() > MAX_PROBLEMS {
+        check.problems.push("(more problems not listed)".into());
+    }
+    if bytes != manifest.bytes {
+        check.problems.push(format!(
+            "the data file has {bytes} bytes, the manifest says {}",
+            manifest.bytes
+        ));
+    }
+    let digest = hex(&file_hash.finalize());
+    if digest != manifest.sha256 {
+        check.problems.push(format!(
+            "the data file's SHA-256 is {digest}, the manifest says {}",
+            manifest.sha256
+        ));
+    }
+    if check.rows != manifest.rows {
+        check.problems.push(format!(
+            "the data file has {} rows, the manifest says {}",
+            check.rows, manifest.rows
+        ));
+    }
+    if (min_seq, max_seq) != (manifest.min_seq, manifest.max_seq) {
+        check.problems.push(format!(
+            "the rows' seq range is {min_seq:?}..={max_seq:?}, the manifest says {:?}..={:?}",
+            manifest.min_seq, manifest.max_seq
+        ));
+    }
+    let listed: BTreeMap<String, i64> = manifest
+        .tenants
+        .iter()
+        .map(|t| (t.tenant.clone(), t.rows))
+        .collect();
+    if listed != tenants {
+        check
+            .problems
+            .push("the rows' tenants or their counts differ from the manifest's".into());
+    }
+    if activity {
+        if chained != manifest.chained_rows {
+            check.problems.push(format!(
+                "{chained} rows carry a chain link, the manifest says {}",
+                manifest.chained_rows
+            ));
+        }
+        let digest = hex(&links.finalize());
+        if manifest.links_digest.as_deref() != Some(digest.as_str()) {
+            check
+                .problems
+                .push("the links digest of the archived rows differs from the manifest's".into());
+        }
+    }
+    if let Some(client) = database {
+        compare_links(client, &mut pending, &mut check).await?;
+    }
+    Ok(check)
+}
+
+/// Compares the archived links in `pending` with `activity_chain`, then empties it.
+async fn compare_links(
+    client: &Client,
+    pending: &mut Vec<(String, i64, [u8; 32])>,
+    check: &mut ArchiveCheck,
+) -> Result<(), PgError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<&str> = pending.iter().map(|(t, _, _)| t.as_str()).collect();
+    let seqs: Vec<i64> = pending.iter().map(|(_, s, _)| *s).collect();
+    let hashes: Vec<&[u8]> = pending.iter().map(|(_, _, h)| &h[..]).collect();
+    let rows = client
+        .query(
+            "SELECT a.seq, c.row_hash = a.hash FROM unnest($1::text[], $2::int8[], \
+             $3::bytea[]) AS a(tenant, seq, hash) LEFT JOIN activity_chain c \
+             ON c.tenant_id = a.tenant AND c.seq = a.seq",
+            &[&tenants, &seqs, &hashes],
+        )
+        .await?;
+    for row in rows {
+        let seq: i64 = row.try_get(0)?;
+        match row.try_get::<_, Option<bool>>(1)? {
+            Some(true) => check.links_matched_in_database += 1,
+            Some(false) if check.problems.len() <= MAX_PROBLEMS => check.problems.push(format!(
+                "seq {seq}: the archived link differs from the chain in the database"
+            )),
+            None if check.problems.len() <= MAX_PROBLEMS => check.problems.push(format!(
+                "seq {seq}: the chain in the database has no link for this archived row"
+            )),
+            _ => {}
+        }
+    }
+    pending.clear();
+    Ok(())
+}
+
+fn check_signature(manifest: &Manifest, trusted: &[VerifyingKey], problems: &mut Vec<String>) {
+    let (Some(id), Some(signature)) = (&manifest.key_id, &manifest.signature) else {
+        problems.push("the manifest is not signed".into());
+        return;
+    };
+    let Some(key) = trusted.iter().find(|k| &key_id(k) == id) else {
+        problems.push(format!(
+            "the manifest is signed by key {id}, which is not the trusted signing key"
+        ));
+        return;
+    };
+    let valid = ::hex::decode(signature)
+        .ok()
+        .and_then(|bytes| ed25519_dalek::Signature::from_slice(&bytes).ok())
+        .is_some_and(|s| key.verify(&manifest.message(), &s).is_ok());
+    if !valid {
+        problems.push("the manifest's signature does not verify (altered manifest)".into());
+    }
+}
+
+/// The manifests under `dir`: in `dir` itself and in its subdirectories (one
+/// level: `<dir>/<table>/`), sorted.
+pub fn archive_manifests(dir: &Path) -> Result<Vec<PathBuf>, PgError> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    let read = |d: &Path| {
+        std::fs::read_dir(d).map_err(|e| {
+            PgError::io(
+                format!("cannot read the archive directory {}", d.display()),
+                e,
+            )
+        })
+    };
+    for entry in read(dir)? {
+        let entry = entry.map_err(|e| PgError::io(format!("cannot read {}", dir.display()), e))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            dirs.push(entry.path());
+        }
+    }
+    for d in &dirs {
+        for entry in read(d)? {
+            let entry =
+                entry.map_err(|e| PgError::io(format!("cannot read {}", d.display()), e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(MANIFEST_SUFFIX) && !name.starts_with('.') {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Checks every archive under `dir` (see [`verify_archive`]).
+pub async fn verify_archive_dir(
+    dir: &Path,
+    trusted: &[VerifyingKey],
+    database: Option<&Client>,
+) -> Result<Vec<ArchiveCheck>, PgError> {
+    let mut checks = Vec::new();
+    for manifest in archive_manifests(dir)? {
+        checks.push(verify_archive(&manifest, trusted, database).await?);
+    }
+    Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_signature_covers_every_field() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let mut manifest = Manifest {
+            format: ARCHIVE_FORMAT.into(),
+            table: "activity_events".into(),
+            partition: "activity_events_p20260105".into(),
+            day: "2026-01-05".into(),
+            scope: "partition".into(),
+            data_file: "activity_events_p20260105.ndjson".into(),
+            data_format: "ndjson".into(),
+            rows: 3,
+            min_seq: Some(1),
+            max_seq: Some(3),
+            tenants: vec![TenantRows {
+                tenant: "acme".into(),
+                rows: 3,
+            }],
+            bytes: 10,
+            sha256: "00".into(),
+            chained_rows: 3,
+            links_digest: Some("11".into()),
+            created_at: "2026-01-06T00:00:00.000000Z".into(),
+            key_id: None,
+            signature: None,
+        };
+        manifest.sign(&key);
+        let mut problems = Vec::new();
+        check_signature(&manifest, &[key.verifying_key()], &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut altered = manifest.clone();
+        altered.rows = 4;
+        check_signature(&altered, &[key.verifying_key()], &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let mut problems = Vec::new();
+        check_signature(&manifest, &[other.verifying_key()], &mut problems);
+        assert!(problems[0].contains("not the trusted"), "{problems:?}");
+    }
+
+    #[test]
+    fn doubles_as_row_to_json_prints_them() {
+        let d: Double = serde_json::from_str("12.5").expect("number");
+        assert_eq!(d.value(), Some(12.5));
+        let d: Double = serde_json::from_str("\"NaN\"").expect("text");
+        assert!(d.value().is_some_and(f64::is_nan));
+        let d: Double = serde_json::from_str("\"x\"").expect("text");
+        assert_eq!(d.value(), None);
+    }
+}
