@@ -179,7 +179,11 @@ async fn hostile_caller(
             );
             let mut n = 0u64;
             while Instant::now() < until {
-                let url = if n % 2 == 0 { &allowed } else { &refused };
+                let url = if n.is_multiple_of(2) {
+                    &allowed
+                } else {
+                    &refused
+                };
                 n += 1;
                 let status = match client.get(url).bearer_auth(&bearer).send().await {
                     Ok(response) => {

@@ -240,6 +240,7 @@ async fn token_metric_rows_follow_raw_days() {
     let job = RetentionJob::new(RetentionConfig {
         raw_days: 90,
         aggregate_days: 730,
+        ..RetentionConfig::default()
     });
     let report = job.run_once_at(&client, today).await.expect("retention");
     assert_eq!(report.token_metric_rows_deleted, 2);
