@@ -15,9 +15,13 @@ use deadpool_postgres::{HookError, Object, Pool, PoolError};
 
 use crate::auth::TenantAccess;
 use crate::error::ApiError;
+use crate::fair::{FairGate, Permit, CALLER};
 
 /// The role the admin API's connections take (created by `tally migrate`).
 pub use tally_exporters::postgres::API_ROLE;
+
+/// How long a request waits for the gate when the pool sets no wait timeout.
+const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The `tally.tenant` value of a connection that may see no tenant's rows.
 const NO_TENANT: &str = "";
@@ -31,6 +35,29 @@ const SET_TENANT_SQL: &str =
 #[derive(Clone)]
 pub(crate) struct TenantPool {
     pool: Pool,
+    /// Shares the connections fairly between requests ([`crate::fair`]).
+    gate: Arc<FairGate>,
+}
+
+/// A pooled connection and, inside a request, its leave from the [`FairGate`]
+/// (both given back when dropped).
+pub(crate) struct Connection {
+    client: Object,
+    _permit: Option<Permit>,
+}
+
+impl std::ops::Deref for Connection {
+    type Target = Object;
+
+    fn deref(&self) -> &Object {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Object {
+        &mut self.client
+    }
 }
 
 impl TenantPool {
@@ -67,11 +94,12 @@ impl TenantPool {
                 })
             }))
             .build()?;
-        Ok(TenantPool { pool })
+        let gate = FairGate::new(pool.status().max_size);
+        Ok(TenantPool { pool, gate })
     }
 
     /// A connection whose queries see `tenant`'s rows only.
-    pub(crate) async fn get_for(&self, tenant: &TenantAccess) -> Result<Object, ApiError> {
+    pub(crate) async fn get_for(&self, tenant: &TenantAccess) -> Result<Connection, ApiError> {
         let (tenant, user) = tenant.settings();
         self.checkout(tenant, user)
             .await
@@ -80,11 +108,24 @@ impl TenantPool {
 
     /// A connection that sees no tenant's rows: for the tables without tenants
     /// and for health checks.
-    pub(crate) async fn get(&self) -> Result<Object, PoolError> {
+    pub(crate) async fn get(&self) -> Result<Connection, PoolError> {
         self.checkout(NO_TENANT, "").await
     }
 
-    async fn checkout(&self, tenant: &str, user: &str) -> Result<Object, PoolError> {
+    async fn checkout(&self, tenant: &str, user: &str) -> Result<Connection, PoolError> {
+        // Inside a request: wait for the gate, as long as the pool would wait.
+        let permit = match CALLER.try_with(Arc::clone) {
+            Ok(caller) => {
+                let wait = self.pool.timeouts().wait.unwrap_or(GATE_WAIT);
+                match self.gate.enter(caller, wait).await {
+                    Some(permit) => Some(permit),
+                    None => {
+                        return Err(PoolError::Timeout(deadpool_postgres::TimeoutType::Wait));
+                    }
+                }
+            }
+            Err(_) => None,
+        };
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(SET_TENANT_SQL)
@@ -94,6 +135,9 @@ impl TenantPool {
             .execute(&statement, &[&tenant, &user])
             .await
             .map_err(PoolError::Backend)?;
-        Ok(client)
+        Ok(Connection {
+            client,
+            _permit: permit,
+        })
     }
 }

@@ -28,6 +28,7 @@ pub mod cursor;
 mod db;
 pub mod error;
 pub mod export;
+mod fair;
 pub(crate) mod health;
 mod limits;
 pub mod openapi;

@@ -9,7 +9,10 @@
 //! is answered 504 (live feeds are exempt: they are meant to last).
 //!
 //! Counting is per instance and costs one short lock per request; a caller's
-//! entry exists only while it has something in progress.
+//! entry exists only while it has something in progress. A request whose
+//! credential fails to verify is answered (401) only after
+//! [`REFUSED_CREDENTIAL_DELAY`], counted under its client address meanwhile.
+//! The caller is also what the database gate ([`crate::fair`]) ranks requests by.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +27,10 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::{Authenticator, Caller, TenantAccess};
 use crate::error::ApiError;
 use crate::AppState;
+
+/// How long an answer to a credential that fails to verify (unknown or revoked key,
+/// bad or expired token) is held back, so that floods of guessed keys are slow.
+const REFUSED_CREDENTIAL_DELAY: Duration = Duration::from_millis(200);
 
 /// `Retry-After` of a 429 over a per-caller limit, seconds.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -183,12 +190,18 @@ pub(crate) async fn enforce(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
+    // A credential that fails to verify is answered only after a delay.
+    let mut refused = false;
     let caller = match &state.auth {
         None => None,
         Some(auth) => {
             let fallback = if stream { access_token(&request) } else { None };
             match Authenticator::credential(request.headers(), fallback.as_deref()) {
-                Ok(credential) => auth.authenticate(credential).await.ok(),
+                Ok(credential) => {
+                    let verified = auth.authenticate(credential).await.ok();
+                    refused = verified.is_none();
+                    verified
+                }
                 Err(_) => None,
             }
         }
@@ -212,6 +225,11 @@ pub(crate) async fn enforce(
             return error.into_response();
         }
     };
+    if refused {
+        // Held in the client address's slot: guessing keys from one address costs
+        // at most `max_concurrent_per_caller` guesses per delay.
+        tokio::time::sleep(REFUSED_CREDENTIAL_DELAY).await;
+    }
     if let Some(caller) = caller {
         request.extensions_mut().insert(Authenticated(caller));
     }
@@ -226,7 +244,9 @@ pub(crate) async fn enforce(
         return Response::from_parts(parts, body);
     }
     let timeout = state.limits.timeout;
-    let response = match tokio::time::timeout(timeout, next.run(request)).await {
+    // The database gate ranks this request's connections by its caller's recent use.
+    let work = crate::fair::CALLER.scope(Arc::from(key.as_str()), next.run(request));
+    let response = match tokio::time::timeout(timeout, work).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(route = %path, timeout_ms = timeout.as_millis() as u64, "admin API request timed out");

@@ -310,7 +310,7 @@ pub(crate) async fn query(
     params: &[Box<dyn ToSql + Sync + Send>],
 ) -> Result<Vec<Row>, ApiError> {
     let client = state.pool.get_for(tenant).await?;
-    query_on(&client, sql, params).await
+    query_on(&*client, sql, params).await
 }
 
 /// Opens a read-only `REPEATABLE READ` transaction on `client`: every statement

@@ -1,0 +1,361 @@
+//! Fair use of the admin API's database connections: long requests cannot take
+//! every connection from short ones.
+//!
+//! The per-caller limits ([`crate::limits`]) bound what one caller holds, but many
+//! callers each running the widest aggregate the caps allow would still hold every
+//! pooled connection for seconds, and everyone else's page of `/activity` would wait
+//! behind them. So requests go in two lanes. A caller whose recent requests held
+//! their connection long (a moving average over [`HEAVY_AFTER`]) is *heavy*: its
+//! requests share at most a quarter of the connections (at least one). Other
+//! callers' requests may use them all, and are served first when connections are
+//! short. A new caller starts light; one long request makes it heavy for its next
+//! ones, and short ones make it light again.
+//!
+//! The caller is the one [`crate::limits::enforce`] counted the request under, set
+//! for the request's task in [`CALLER`]; work outside a request (health checks,
+//! background jobs) passes the gate without waiting.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+tokio::task_local! {
+    /// The caller a request's database work is counted under.
+    pub(crate) static CALLER: Arc<str>;
+}
+
+/// A request holding its connection longer than this on average makes its caller heavy.
+pub(crate) const HEAVY_AFTER: Duration = Duration::from_millis(250);
+
+/// Weight of the latest request in a caller's moving average of hold time.
+const AVERAGE_WEIGHT: f64 = 0.3;
+
+/// Callers remembered at most; beyond it, those idle longest are forgotten.
+const MAX_CALLERS: usize = 10_000;
+
+/// What the gate remembers of one caller.
+#[derive(Debug, Clone, Copy)]
+struct CallerUsage {
+    /// Moving average of how long its requests held a connection.
+    average_hold: Duration,
+    last_seen: Instant,
+}
+
+/// A request waiting for a connection.
+struct Waiter {
+    heavy: bool,
+    order: u64,
+    caller: Arc<str>,
+    grant: oneshot::Sender<Permit>,
+}
+
+impl Waiter {
+    /// Light before heavy, then first come first served.
+    fn rank(&self) -> (bool, std::cmp::Reverse<u64>) {
+        (!self.heavy, std::cmp::Reverse(self.order))
+    }
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank() == other.rank()
+    }
+}
+
+impl Eq for Waiter {}
+
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Waiter {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+#[derive(Default)]
+struct GateState {
+    in_use: usize,
+    heavy_in_use: usize,
+    waiting: BinaryHeap<Waiter>,
+    callers: HashMap<Arc<str>, CallerUsage>,
+    next_order: u64,
+}
+
+/// The gate in front of the pool (see the module docs).
+pub(crate) struct FairGate {
+    capacity: usize,
+    heavy_capacity: usize,
+    state: Mutex<GateState>,
+}
+
+/// Leave to use one connection; gives it back (and records how long it was held)
+/// when dropped.
+pub(crate) struct Permit {
+    gate: Arc<FairGate>,
+    caller: Arc<str>,
+    heavy: bool,
+    since: Instant,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let held = self.since.elapsed();
+        let granted = {
+            let mut state = self.gate.lock();
+            state.in_use = state.in_use.saturating_sub(1);
+            if self.heavy {
+                state.heavy_in_use = state.heavy_in_use.saturating_sub(1);
+            }
+            let now = Instant::now();
+            let usage = state
+                .callers
+                .entry(self.caller.clone())
+                .or_insert(CallerUsage {
+                    average_hold: held,
+                    last_seen: now,
+                });
+            usage.average_hold =
+                usage.average_hold.mul_f64(1.0 - AVERAGE_WEIGHT) + held.mul_f64(AVERAGE_WEIGHT);
+            usage.last_seen = now;
+            if state.callers.len() > MAX_CALLERS {
+                forget_idlest(&mut state.callers);
+            }
+            self.gate.dispatch(&mut state)
+        };
+        // Sent outside the lock: a permit whose waiter left comes straight back here.
+        for (waiter, permit) in granted {
+            let _ = waiter.send(permit);
+        }
+    }
+}
+
+/// Forgets the half of `callers` idle longest.
+fn forget_idlest(callers: &mut HashMap<Arc<str>, CallerUsage>) {
+    let mut seen: Vec<Instant> = callers.values().map(|u| u.last_seen).collect();
+    seen.sort_unstable();
+    let cut = seen[seen.len() / 2];
+    callers.retain(|_, usage| usage.last_seen > cut);
+}
+
+impl FairGate {
+    /// A gate for a pool of `capacity` connections.
+    pub(crate) fn new(capacity: usize) -> Arc<FairGate> {
+        let capacity = capacity.max(1);
+        Arc::new(FairGate {
+            capacity,
+            heavy_capacity: (capacity / 4).max(1),
+            state: Mutex::new(GateState::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `caller`'s recent requests held their connections long.
+    fn is_heavy(state: &GateState, caller: &str) -> bool {
+        state
+            .callers
+            .get(caller)
+            .is_some_and(|usage| usage.average_hold >= HEAVY_AFTER)
+    }
+
+    fn admissible(&self, state: &GateState, heavy: bool) -> bool {
+        state.in_use < self.capacity && (!heavy || state.heavy_in_use < self.heavy_capacity)
+    }
+
+    fn take(self: &Arc<Self>, state: &mut GateState, caller: Arc<str>, heavy: bool) -> Permit {
+        state.in_use += 1;
+        if heavy {
+            state.heavy_in_use += 1;
+        }
+        Permit {
+            gate: self.clone(),
+            caller,
+            heavy,
+            since: Instant::now(),
+        }
+    }
+
+    /// Grants what the freed connections allow, best-ranked waiters first; answers
+    /// the grants to send once the lock is released.
+    fn dispatch(self: &Arc<Self>, state: &mut GateState) -> Vec<(oneshot::Sender<Permit>, Permit)> {
+        let mut granted = Vec::new();
+        let mut blocked_heavy = Vec::new();
+        while state.in_use < self.capacity {
+            let Some(waiter) = state.waiting.pop() else {
+                break;
+            };
+            if waiter.grant.is_closed() {
+                continue;
+            }
+            if !self.admissible(state, waiter.heavy) {
+                // Heavy lane full: light waiters (ranked first) were already served.
+                blocked_heavy.push(waiter);
+                break;
+            }
+            let permit = self.take(state, waiter.caller, waiter.heavy);
+            granted.push((waiter.grant, permit));
+        }
+        state.waiting.extend(blocked_heavy);
+        granted
+    }
+
+    /// Waits for leave to use a connection as `caller`, at most `timeout`
+    /// (`None`: timed out).
+    pub(crate) async fn enter(
+        self: &Arc<Self>,
+        caller: Arc<str>,
+        timeout: Duration,
+    ) -> Option<Permit> {
+        let (receiver, granted) = {
+            let mut state = self.lock();
+            let heavy = Self::is_heavy(&state, &caller);
+            // Waiters that can go first (and those that left) are dealt with first;
+            // whoever still waits then cannot use what is free.
+            let granted = self.dispatch(&mut state);
+            if self.admissible(&state, heavy) {
+                let permit = self.take(&mut state, caller, heavy);
+                drop(state);
+                for (waiter, permit) in granted {
+                    let _ = waiter.send(permit);
+                }
+                return Some(permit);
+            }
+            let (grant, receiver) = oneshot::channel();
+            let order = state.next_order;
+            state.next_order += 1;
+            state.waiting.push(Waiter {
+                heavy,
+                order,
+                caller,
+                grant,
+            });
+            (receiver, granted)
+        };
+        for (waiter, permit) in granted {
+            let _ = waiter.send(permit);
+        }
+        tokio::time::timeout(timeout, receiver).await.ok()?.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(name: &str) -> Arc<str> {
+        Arc::from(name)
+    }
+
+    /// Marks `name` heavy by one long-held permit.
+    fn make_heavy(gate: &Arc<FairGate>, name: &str) {
+        let mut state = gate.lock();
+        state.callers.insert(
+            caller(name),
+            CallerUsage {
+                average_hold: HEAVY_AFTER * 4,
+                last_seen: Instant::now(),
+            },
+        );
+    }
+
+    #[tokio::test]
+    async fn heavy_callers_share_a_quarter_and_light_ones_get_the_rest() {
+        let gate = FairGate::new(8);
+        for i in 0..10 {
+            make_heavy(&gate, &format!("heavy-{i}"));
+        }
+        let wait = Duration::from_millis(50);
+        let first = gate
+            .enter(caller("heavy-0"), wait)
+            .await
+            .expect("lane free");
+        let second = gate
+            .enter(caller("heavy-1"), wait)
+            .await
+            .expect("lane free");
+        assert!(
+            gate.enter(caller("heavy-2"), wait).await.is_none(),
+            "the heavy lane holds two of eight"
+        );
+        let mut light = Vec::new();
+        for i in 0..6 {
+            light.push(
+                gate.enter(caller(&format!("light-{i}")), wait)
+                    .await
+                    .expect("light"),
+            );
+        }
+        assert!(
+            gate.enter(caller("light-x"), wait).await.is_none(),
+            "all eight in use"
+        );
+        drop(first);
+        drop(second);
+        assert!(gate.enter(caller("light-y"), wait).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_freed_connection_goes_to_a_light_waiter_before_a_heavy_one() {
+        let gate = FairGate::new(1);
+        make_heavy(&gate, "heavy");
+        let held = gate
+            .enter(caller("light-0"), Duration::from_millis(50))
+            .await
+            .expect("free");
+        let heavy = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.enter(caller("heavy"), Duration::from_secs(5)).await })
+        };
+        // The heavy request queues first.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gate.lock().waiting.is_empty() {
+            assert!(Instant::now() < deadline, "the heavy request never queued");
+            tokio::task::yield_now().await;
+        }
+        let light = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.enter(caller("light-1"), Duration::from_secs(5)).await })
+        };
+        while gate.lock().waiting.len() < 2 {
+            assert!(Instant::now() < deadline, "the light request never queued");
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        let light = light.await.expect("join").expect("light served");
+        assert!(!heavy.is_finished(), "the heavy waiter is still waiting");
+        drop(light);
+        assert!(heavy.await.expect("join").is_some(), "then the heavy one");
+    }
+
+    #[tokio::test]
+    async fn long_holds_make_a_caller_heavy_and_short_ones_light_again() {
+        let gate = FairGate::new(4);
+        let name = caller("c");
+        {
+            let mut permit = gate
+                .enter(name.clone(), Duration::from_millis(50))
+                .await
+                .expect("free");
+            permit.since -= HEAVY_AFTER * 10;
+        }
+        assert!(FairGate::is_heavy(&gate.lock(), "c"));
+        for _ in 0..20 {
+            drop(
+                gate.enter(name.clone(), Duration::from_millis(50))
+                    .await
+                    .expect("free"),
+            );
+        }
+        assert!(!FairGate::is_heavy(&gate.lock(), "c"));
+    }
+}
