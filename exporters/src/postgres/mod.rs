@@ -28,6 +28,7 @@ mod secrets;
 mod telemetry;
 pub mod tls;
 mod tokens;
+mod trace_identities;
 mod writer;
 
 pub use error::PgError;
@@ -43,6 +44,7 @@ pub use secrets::{get_or_create_secret, read_secret, StoredSecret};
 pub use tokens::{
     attribute_traces, insert_token_batch, uncount_token_rows, TraceAttribution, TraceIdentity,
 };
+pub use trace_identities::{prune_trace_identities, SharedTrace, SharedTraces};
 pub use writer::{insert_activity_batch, PgExporter};
 
 /// Advisory lock key held from the `INSERT … SELECT nextval('activity_events_seq')`
