@@ -154,11 +154,16 @@ pub(crate) async fn share(
 }
 
 /// Deletes the trace identities not written for `ttl` (the attribution window):
-/// run by the rollup job. Returns the rows deleted.
+/// run by the rollup job. Rows a writer holds right now are left for the next
+/// run (`SKIP LOCKED`: the job never waits for a writer, so the two cannot
+/// deadlock). Returns the rows deleted.
 pub async fn prune_trace_identities(client: &Client, ttl: Duration) -> Result<u64, PgError> {
     Ok(client
         .execute(
-            "DELETE FROM trace_identities WHERE seen_at < now() - make_interval(secs => $1)",
+            "DELETE FROM trace_identities WHERE (tenant_id, trace_id) IN ( \
+                 SELECT tenant_id, trace_id FROM trace_identities \
+                 WHERE seen_at < now() - make_interval(secs => $1) \
+                 FOR UPDATE SKIP LOCKED)",
             &[&ttl.as_secs_f64()],
         )
         .await?)
