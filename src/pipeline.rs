@@ -80,6 +80,7 @@ impl Pipeline {
             None => Vec::new(),
         };
         let scope = tokens.scope.unwrap_or(TraceScope::UNBOUND);
+        let across_instances = self.tokens.across_instances();
         let key_id = sender.key_id;
         // Identities learned from a bound sender's records carry no tenant when
         // the records named none: theirs is the sender's.
@@ -111,7 +112,11 @@ impl Pipeline {
                 share,
                 ..
             } = tokens;
-            let shared = shared_traces(&scope, bound_tenant.as_deref(), &share, &pending);
+            let shared = if across_instances {
+                shared_traces(&scope, bound_tenant.as_deref(), &share, &pending)
+            } else {
+                SharedTraces::default()
+            };
             let m = metrics();
             m.records_without_action.inc_by(without_action);
             for (trace, ts) in &pending {

@@ -156,6 +156,7 @@ pub struct TokenProcessor {
     prices: PriceTable,
     enabled: bool,
     from_logs: bool,
+    across_instances: bool,
 }
 
 /// Attribute lookup over resource → scope → record (the record wins). One is
@@ -552,6 +553,7 @@ impl TokenProcessor {
             prices: PriceTable::from_config(pricing),
             enabled: config.enabled,
             from_logs: config.from_logs,
+            across_instances: config.attribution_across_instances,
         }
     }
 
@@ -566,6 +568,12 @@ impl TokenProcessor {
     }
 
     /// The identity (user, tenant, session) a record carries under the mapping.
+    /// Whether trace identities and pending marks are shared with the other
+    /// instances (`processors.tokens.attribution_across_instances`).
+    pub fn across_instances(&self) -> bool {
+        self.across_instances
+    }
+
     fn identity(&self, attrs: &Attrs<'_>) -> Identity {
         let m = &self.mapping;
         Identity {
@@ -821,7 +829,7 @@ impl TokenProcessor {
         if let Some((identity, since)) = cache.learn(trace, identity) {
             out.attribute.push((trace, identity, since));
         }
-        if identity.attributes() && out.learned.last() != Some(&trace) {
+        if self.across_instances && identity.attributes() && out.learned.last() != Some(&trace) {
             out.learned.push(trace);
         }
     }
