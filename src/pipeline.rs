@@ -140,9 +140,6 @@ impl Pipeline {
                     return Err(error);
                 }
             };
-            for (trace, identity) in &share {
-                traces.mark_shared(trace, identity);
-            }
             // The agent rule: agent rows stop counting when a model call below
             // them reported usage, in this request or (for our own agent rows)
             // in a request processed while they were being written.
@@ -197,6 +194,12 @@ impl Pipeline {
             }
             match exporter.attribute_traces(&batch).await {
                 Ok(rows) => {
+                    // Written and acted on: not shared again. (Should anything
+                    // above fail, the retry shares them again, so the writer
+                    // answers their traces again.)
+                    for (trace, identity) in &share {
+                        traces.mark_shared(trace, identity);
+                    }
                     for (trace, _, _) in &updates {
                         // Nothing left pending for these traces up to now.
                         let _ = traces.take_if_identified(trace);
