@@ -199,7 +199,7 @@ async fn two_instances_attribute_every_call_once() {
     assert_eq!(shared, TRACES as i64);
 }
 
-/// Lowercase hex of `n` repeated (a trace id the test chooses).
+/// `len` bytes of `byte`: a trace or span id the test chooses.
 fn hex(byte: u8, len: usize) -> Vec<u8> {
     vec![byte; len]
 }

@@ -40,7 +40,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS trace_identities (
 --    (docs/scaling.md). Lock cost: each ALTER below takes an ACCESS EXCLUSIVE lock
 --    on the table (and every partition) while the new unique index is built over
 --    all of its rows: writes and reads wait for it (measured in docs/scaling.md:
---    about a second per million token rows on a 2-core machine). Nothing is
+--    ~7 s per million token rows on a loaded 2-core machine). Nothing is
 --    rewritten or lost; the build fails, and the migration rolls back, only if
 --    the new key had duplicates, which the old, narrower key excludes.
 --
