@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use tally_exporters::postgres::{PgExporter, TraceAttribution, TraceIdentity};
+use tally_exporters::postgres::{
+    PgExporter, SharedTrace, SharedTraces, TraceAttribution, TraceIdentity,
+};
 use tally_model::metrics::{metrics, ReasonLabels};
 use tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tally_model::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -31,6 +33,12 @@ use tally_processors::Classified;
 /// then, the request updates them itself; otherwise the request that later
 /// brings the identity does (after its own rows are committed). Either way the
 /// update is committed before that request is acknowledged.
+///
+/// Across instances, each request also writes what it learned about its
+/// traces (identities not yet shared, pending marks) in its batch transaction
+/// (`trace_identities`); the writer answers the traces that are now both
+/// identified and pending, whichever instance stored their rows or saw their
+/// identity, and the request attributes them the same way.
 pub struct Pipeline {
     exporter: PgExporter,
     redactor: Arc<Redactor>,
@@ -74,6 +82,7 @@ impl Pipeline {
             None => Vec::new(),
         };
         let scope = tokens.scope.unwrap_or(TraceScope::UNBOUND);
+        let across_instances = self.tokens.across_instances();
         let key_id = sender.key_id;
         // Identities learned from a bound sender's records carry no tenant when
         // the records named none: theirs is the sender's.
@@ -102,28 +111,37 @@ impl Pipeline {
                 attribute,
                 agents,
                 mut uncount,
+                share,
                 ..
             } = tokens;
+            let shared = if across_instances {
+                shared_traces(&scope, bound_tenant.as_deref(), &share, &pending)
+            } else {
+                SharedTraces::default()
+            };
             let m = metrics();
             m.records_without_action.inc_by(without_action);
             for (trace, ts) in &pending {
                 traces.mark_pending(*trace, *ts);
             }
-            if let Err(error) = exporter
-                .submit_rows(events, rows, quarantined, key_id)
+            let ready = match exporter
+                .submit_traced(events, rows, quarantined, key_id, shared)
                 .await
             {
-                // The identities this request brought are still owed to the
-                // pending traces: the client's retry does it.
-                for (trace, _, since) in &attribute {
-                    traces.mark_pending(*trace, *since);
+                Ok(ready) => ready,
+                Err(error) => {
+                    // The identities this request brought are still owed to the
+                    // pending traces: the client's retry does it.
+                    for (trace, _, since) in &attribute {
+                        traces.mark_pending(*trace, *since);
+                    }
+                    // So are the agents this request uncounts: its retry meets them again.
+                    for (trace, span, row) in &uncount {
+                        traces.count_agent(*trace, *span, *row);
+                    }
+                    return Err(error);
                 }
-                // So are the agents this request uncounts: its retry meets them again.
-                for (trace, span, row) in &uncount {
-                    traces.count_agent(*trace, *span, *row);
-                }
-                return Err(error);
-            }
+            };
             // The agent rule: agent rows stop counting when a model call below
             // them reported usage, in this request or (for our own agent rows)
             // in a request processed while they were being written.
@@ -156,7 +174,7 @@ impl Pipeline {
                     updates.push((trace, identity, since));
                 }
             }
-            let batch: Vec<TraceAttribution> = updates
+            let mut batch: Vec<TraceAttribution> = updates
                 .iter()
                 .map(|(trace, identity, since)| TraceAttribution {
                     trace_id: trace_hex(&scope.trace(*trace)),
@@ -168,8 +186,22 @@ impl Pipeline {
                     since: *since,
                 })
                 .collect();
+            // What the database says: another instance stored the rows, or knew
+            // the identity. This instance's own identity wins where both know.
+            for other in ready {
+                match batch.iter_mut().find(|a| a.trace_id == other.trace_id) {
+                    Some(own) => own.since = own.since.min(other.since),
+                    None => batch.push(other),
+                }
+            }
             match exporter.attribute_traces(&batch).await {
                 Ok(rows) => {
+                    // Written and acted on: not shared again. (Should anything
+                    // above fail, the retry shares them again, so the writer
+                    // answers their traces again.)
+                    for (trace, identity) in &share {
+                        traces.mark_shared(trace, identity);
+                    }
                     for (trace, _, _) in &updates {
                         // Nothing left pending for these traces up to now.
                         let _ = traces.take_if_identified(trace);
@@ -318,6 +350,53 @@ fn rejected_record(item: &Quarantined) -> RejectedRecord {
         tenant_id: item.event.tenant_id.clone().unwrap_or_default(),
         reason: item.reason.code.as_str().to_string(),
         record: item.record_json(),
+    }
+}
+
+/// What a request tells the other instances about its traces: the identities
+/// it learned and not yet shared, and the pending marks of the token rows it
+/// stores without attribution (cache keys of `scope`).
+fn shared_traces(
+    scope: &TraceScope,
+    bound_tenant: Option<&str>,
+    share: &[(TraceId, Identity)],
+    pending: &[(TraceId, DateTime<Utc>)],
+) -> SharedTraces {
+    let mut traces: Vec<SharedTrace> = share
+        .iter()
+        .map(|(trace, identity)| SharedTrace {
+            trace_id: trace_hex(&scope.trace(*trace)),
+            identity: Some(TraceIdentity {
+                tenant_id: identity.tenant.clone(),
+                user_id: identity.user.clone(),
+                session_id: identity.session.clone(),
+            }),
+            pending_since: None,
+        })
+        .collect();
+    let index: std::collections::HashMap<TraceId, usize> = if pending.is_empty() {
+        Default::default()
+    } else {
+        share
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| (*t, i))
+            .collect()
+    };
+    for (trace, since) in pending {
+        let trace_id = trace_hex(&scope.trace(*trace));
+        match index.get(trace).and_then(|i| traces.get_mut(*i)) {
+            Some(known) => known.pending_since = Some(*since),
+            None => traces.push(SharedTrace {
+                trace_id,
+                identity: None,
+                pending_since: Some(*since),
+            }),
+        }
+    }
+    SharedTraces {
+        scope: bound_tenant.unwrap_or_default().to_owned(),
+        traces,
     }
 }
 

@@ -147,11 +147,16 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         )?);
     let admin = if config.admin_api.enabled {
         let admin_config = admin_config(config, database_url).await?;
+        let mut api = AdminApi::bind(&admin_config, database_url, readiness.clone())
+            .await
+            .context("cannot start the admin API")?;
+        if let Some(read_url) = &config.exporters.postgres.read_url {
+            api = api
+                .with_read_url(read_url)
+                .context("exporters.postgres.read_url")?;
+        }
         Some(
-            AdminApi::bind(&admin_config, database_url, readiness.clone())
-                .await
-                .context("cannot start the admin API")?
-                .with_taxonomy(taxonomy.clone())
+            api.with_taxonomy(taxonomy.clone())
                 .with_budgets(budget_book)
                 .with_audit(pipeline)
                 .with_chain_keys(chain_key.into_iter().collect())

@@ -695,7 +695,7 @@ async fn aggregate(
     // Every statement of the answer reads one snapshot: the rollups, their
     // watermarks and the raw rows above them agree, and `as_of_seq` is the
     // newest row the answer includes.
-    let mut client = state.pool.get_for(&caller.tenant).await?;
+    let mut client = state.reads.get_for(&caller.tenant).await?;
     let tx = crate::params::snapshot(&mut client).await?;
     let as_of_seq = crate::params::newest_seq(&tx, spec.raw).await?;
     if query.by_period() && (query.from.is_none() || query.to.is_none()) {

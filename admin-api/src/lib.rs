@@ -128,6 +128,9 @@ const STATEMENT_TIMEOUT: &str = "-c statement_timeout=30s";
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) pool: db::TenantPool,
+    /// Where queries, aggregates and exports read: a hot standby when
+    /// `exporters.postgres.read_url` is set, else the same pool as `pool`.
+    pub(crate) reads: db::TenantPool,
     pub(crate) readiness: Arc<Readiness>,
     pub(crate) auth: Option<auth::Authenticator>,
     pub(crate) default_page_size: u32,
@@ -213,6 +216,7 @@ impl AdminApi {
             local_addr,
             tls,
             state: AppState {
+                reads: pool.clone(),
                 pool,
                 readiness,
                 auth,
@@ -229,6 +233,16 @@ impl AdminApi {
                 budgets: None,
             },
         })
+    }
+
+    /// Reads queries, aggregates and exports from the hot standby at
+    /// `read_url` (`exporters.postgres.read_url`); the live feeds, health,
+    /// verification and quarantine replay stay on the primary. No connection
+    /// is opened yet.
+    pub fn with_read_url(mut self, read_url: &str) -> Result<Self, ApiError> {
+        self.state.reads = build_pool(read_url)?;
+        tracing::info!("admin API reads queries, aggregates and exports from the read replica");
+        Ok(self)
     }
 
     /// Serves `handle`'s current registry at `GET /api/v1/taxonomy` (404 without one).

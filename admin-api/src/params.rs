@@ -309,7 +309,7 @@ pub(crate) async fn query(
     sql: &str,
     params: &[Box<dyn ToSql + Sync + Send>],
 ) -> Result<Vec<Row>, ApiError> {
-    let client = state.pool.get_for(tenant).await?;
+    let client = state.reads.get_for(tenant).await?;
     query_on(&*client, sql, params).await
 }
 

@@ -102,7 +102,7 @@ pub(crate) async fn stats(
     // One connection, the statements pipelined on it (sent together, answered
     // in order), instead of one checkout and round trip per statement.
     // One snapshot for every statement (see `params::snapshot`).
-    let mut client = state.pool.get_for(&caller.tenant).await?;
+    let mut client = state.reads.get_for(&caller.tenant).await?;
     let tx = crate::params::snapshot(&mut client).await?;
     let (activity, tokens) = futures::try_join!(
         async {

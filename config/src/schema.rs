@@ -279,6 +279,10 @@ pub struct Exporters {
 pub struct PostgresConfig {
     /// `postgres://…` URL; falls back to `TALLY_DATABASE_URL`; unset runs a private server.
     pub url: Option<String>,
+    /// `postgres://…` URL of a hot standby of that database: the admin API's
+    /// queries, aggregates and exports read from it (live feeds stay on the
+    /// primary). Unset: everything reads the primary.
+    pub read_url: Option<String>,
     /// Data folder of the private PostgreSQL (used only without a URL).
     pub data_dir: PathBuf,
     /// Connections used by batch writers (each writer holds one).
@@ -301,6 +305,7 @@ impl Default for PostgresConfig {
     fn default() -> Self {
         PostgresConfig {
             url: None,
+            read_url: None,
             data_dir: PathBuf::from("./tally-data"),
             writers: 2,
             batch_max_rows: 5_000,

@@ -8,6 +8,7 @@
 //!     from_logs: true                # log records with usage count too (default true)
 //!     attribution_window_secs: 300   # how long a trace's identity is remembered
 //!     max_traces: 50000              # traces remembered at most (oldest evicted)
+//!     attribution_across_instances: true  # share trace identities through PostgreSQL
 //!     mapping:                       # keys prepended to the built-in lists
 //!       input: [my_app.prompt_tokens]
 //!       user: [my_app.customer]
@@ -41,6 +42,13 @@ pub struct TokensConfig {
     /// ~14 MiB; 20 s of traces at 10,000 records/s of 4 records per trace, the whole
     /// attribution window below ~660 records/s).
     pub max_traces: usize,
+    /// Share what each request learns about its traces (identities, pending
+    /// token rows) with the other Tally instances on the database
+    /// (`trace_identities`), so that attribution works when a trace's spans
+    /// reach different instances (default true). `false` saves one upsert per
+    /// batch where one instance runs, or where a trace-aware load balancer
+    /// sends every span of a trace to one instance.
+    pub attribution_across_instances: bool,
     /// Additions to (or replacements of) the built-in mapping.
     pub mapping: TokenMapping,
 }
@@ -52,6 +60,7 @@ impl Default for TokensConfig {
             from_logs: true,
             attribution_window_secs: 300,
             max_traces: 50_000,
+            attribution_across_instances: true,
             mapping: TokenMapping::default(),
         }
     }

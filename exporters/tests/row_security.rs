@@ -13,6 +13,7 @@ const TENANT_TABLES: &[&str] = &[
     "token_usage_daily",
     "token_calls",
     "token_metric_minutes",
+    "trace_identities",
 ];
 
 /// Two rows per tenant `a`, one for `b`, one without a tenant (''), in every tenant table.
@@ -45,7 +46,9 @@ async fn seed(client: &Client) {
                ('a', date_trunc('minute', now()), 'm1', 'input', 1), \
                ('a', date_trunc('minute', now()), 'm2', 'input', 1), \
                ('b', date_trunc('minute', now()), 'm1', 'input', 1), \
-               ('', date_trunc('minute', now()), 'm1', 'input', 1);",
+               ('', date_trunc('minute', now()), 'm1', 'input', 1); \
+             INSERT INTO trace_identities (tenant_id, trace_id, user_id) VALUES \
+               ('a', 't1', 'u1'), ('a', 't2', 'u2'), ('b', 't1', 'u1'), ('', 't1', 'u1');",
         )
         .await
         .expect("seeding the tenant tables");
@@ -81,26 +84,26 @@ async fn the_api_role_sees_only_the_tenant_of_its_session() {
     let db = TestDatabase::migrated().await;
     seed(&db.client().await).await;
 
-    assert_eq!(counts_as_api(&db, Some("a")).await, vec![2; 7], "tenant a");
-    assert_eq!(counts_as_api(&db, Some("b")).await, vec![1; 7], "tenant b");
+    assert_eq!(counts_as_api(&db, Some("a")).await, vec![2; 8], "tenant a");
+    assert_eq!(counts_as_api(&db, Some("b")).await, vec![1; 8], "tenant b");
     assert_eq!(
         counts_as_api(&db, Some("*")).await,
-        vec![4; 7],
+        vec![4; 8],
         "every tenant"
     );
     assert_eq!(
         counts_as_api(&db, Some("")).await,
-        vec![0; 7],
+        vec![0; 8],
         "'' is no tenant"
     );
     assert_eq!(
         counts_as_api(&db, None).await,
-        vec![0; 7],
+        vec![0; 8],
         "an unset tenant sees nothing"
     );
     assert_eq!(
         counts_as_api(&db, Some("c")).await,
-        vec![0; 7],
+        vec![0; 8],
         "unknown tenant"
     );
     // The owner (the writer's role) is not restricted.
@@ -318,35 +321,35 @@ async fn a_session_user_limits_the_api_role_to_that_users_rows() {
     };
     // activity_events, token_usage, rejected_events (no user_id), activity_daily,
     // token_usage_daily, token_calls (no user_id), token_metric_minutes (no user_id),
-    // activity_daily_tenant (no user_id).
+    // trace_identities, activity_daily_tenant (no user_id).
     assert_eq!(
         counts("a", "u1").await,
-        vec![1, 1, 0, 1, 1, 0, 0, 0],
+        vec![1, 1, 0, 1, 1, 0, 0, 1, 0],
         "a/u1"
     );
     assert_eq!(
         counts("a", "u2").await,
-        vec![1, 1, 0, 1, 1, 0, 0, 0],
+        vec![1, 1, 0, 1, 1, 0, 0, 1, 0],
         "a/u2"
     );
     assert_eq!(
         counts("a", "u3").await,
-        vec![0, 0, 0, 0, 0, 0, 0, 0],
+        vec![0, 0, 0, 0, 0, 0, 0, 0, 0],
         "u3 is b's"
     );
     assert_eq!(
         counts("b", "u3").await,
-        vec![1, 1, 0, 0, 0, 0, 0, 0],
+        vec![1, 1, 0, 0, 0, 0, 0, 0, 0],
         "b/u3"
     );
     assert_eq!(
         counts("*", "u1").await,
-        vec![1, 1, 0, 3, 3, 0, 0, 0],
+        vec![1, 1, 0, 3, 3, 0, 0, 3, 0],
         "a user under *"
     );
     assert_eq!(
         counts("a", "").await,
-        vec![2, 2, 2, 2, 2, 2, 2, 1],
+        vec![2, 2, 2, 2, 2, 2, 2, 2, 1],
         "'' is any user"
     );
 }

@@ -100,6 +100,52 @@ async fn a_log_record_after_its_span_is_not_stored_again() {
 }
 
 #[tokio::test]
+async fn a_retry_after_attribution_moved_the_row_to_a_tenant_is_not_stored_again() {
+    use tally_exporters::postgres::{attribute_traces, TraceAttribution, TraceIdentity};
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let now = Utc::now();
+    // Neither call keys nor a tenant: only the row's (ts, id) can tell a retry,
+    // since the primary key is (tenant_id, ts, id) and attribution changes the
+    // tenant.
+    for mut row in [
+        call(true, "", None, now),
+        call(true, "", None, now + TimeDelta::seconds(1)),
+    ] {
+        row.report = CallReport::default();
+        assert_eq!(insert(&mut client, std::slice::from_ref(&row)).await, 1);
+        let attributed = attribute_traces(
+            &mut client,
+            &[TraceAttribution {
+                trace_id: TRACE.into(),
+                identity: TraceIdentity {
+                    tenant_id: Some("acme".into()),
+                    user_id: Some("alice".into()),
+                    session_id: None,
+                },
+                since: now,
+            }],
+        )
+        .await
+        .expect("attribute");
+        assert_eq!(attributed, 1);
+        assert_eq!(insert(&mut client, std::slice::from_ref(&row)).await, 0);
+        // A retry naming the tenant is the same row too.
+        let mut named = row.clone();
+        named.tenant_id = Some("acme".into());
+        assert_eq!(insert(&mut client, &[named]).await, 0);
+    }
+    let tenants: Vec<String> = client
+        .query("SELECT tenant_id FROM token_usage ORDER BY ts", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tenants, ["acme", "acme"]);
+}
+
+#[tokio::test]
 async fn a_span_after_its_log_record_replaces_the_log_records_row() {
     let db = TestDatabase::migrated().await;
     let mut client = db.client().await;

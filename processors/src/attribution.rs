@@ -21,9 +21,11 @@
 //! ids either side sends.
 //!
 //! Entries live for the attribution window after they were last updated, and at
-//! most `max_traces` are kept (the oldest go first). The map is per process:
-//! several Tally instances need trace-aware load balancing (all spans of one
-//! trace to the same instance) for attribution across exports.
+//! most `max_traces` are kept (the oldest go first). The map is per process;
+//! across instances, each identity learned is also written once to the
+//! database ([`TraceCache::unshared`], [`TraceCache::mark_shared`]) with the
+//! pending marks, where every instance's writes meet (the exporter's
+//! `trace_identities`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -167,6 +169,10 @@ impl Packed {
 /// `pending_since` when nothing is pending.
 const NOT_PENDING: i64 = i64::MIN;
 
+/// The bit of [`Entry::at`] saying the entry's identity was shared
+/// ([`TraceCache::mark_shared`]); the other 31 bits count seconds (68 years).
+const SHARED: u32 = 1 << 31;
+
 /// One remembered trace: 40 bytes (plus its packed identity and, for GenAI traces, its
 /// covered spans).
 #[derive(Debug)]
@@ -177,7 +183,9 @@ struct Entry {
     pending_since: i64,
     /// The touch that queued this entry's live pair in [`State::order`].
     touch: u32,
-    /// Seconds since the cache started, when last touched.
+    /// Seconds since the cache started, when last touched (low 31 bits), and
+    /// [`SHARED`]: the identity as it is now was written for the other
+    /// instances.
     at: u32,
     /// What the count-once rules remember of a GenAI trace (boxed: a thin 8-byte
     /// pointer in every entry).
@@ -279,9 +287,11 @@ impl TraceCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Seconds since the cache started (saturating at `u32::MAX`, 136 years).
+    /// Seconds since the cache started (saturating below [`SHARED`], 68 years).
     fn now(&self) -> u32 {
-        u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
+        u32::try_from(self.started.elapsed().as_secs())
+            .unwrap_or(u32::MAX)
+            .min(SHARED - 1)
     }
 
     /// Remembers what `identity` says about `trace` (fields already known are
@@ -298,13 +308,17 @@ impl TraceCache {
         let mut state = self.lock();
         let entry = self.touch(&mut state, trace);
         match &entry.identity {
-            None => entry.identity = Packed::pack(identity),
+            None => {
+                entry.identity = Packed::pack(identity);
+                entry.at &= !SHARED;
+            }
             Some(known) => {
                 let mut merged = known.unpack();
                 let before = merged.clone();
                 merged.merge(identity);
                 if merged != before {
                     entry.identity = Packed::pack(&merged);
+                    entry.at &= !SHARED;
                 }
             }
         }
@@ -326,6 +340,40 @@ impl TraceCache {
             .and_then(|e| e.identity.as_ref())
             .filter(|p| p.attributes())
             .map(Packed::unpack)
+    }
+
+    /// The identity known for `trace` if it attributes rows and was not yet
+    /// shared with the other instances as it is now (see [`mark_shared`]).
+    ///
+    /// [`mark_shared`]: TraceCache::mark_shared
+    pub fn unshared(&self, trace: &TraceId) -> Option<Identity> {
+        let state = self.lock();
+        let entry = state.entries.get(trace)?;
+        if entry.at & SHARED != 0 {
+            return None;
+        }
+        entry
+            .identity
+            .as_ref()
+            .filter(|p| p.attributes())
+            .map(Packed::unpack)
+    }
+
+    /// Notes that `identity` was written for the other instances (committed):
+    /// while the trace's identity stays that, [`unshared`] answers `None`.
+    ///
+    /// [`unshared`]: TraceCache::unshared
+    pub fn mark_shared(&self, trace: &TraceId, identity: &Identity) {
+        let mut state = self.lock();
+        if let Some(entry) = state.entries.get_mut(trace) {
+            if entry
+                .identity
+                .as_ref()
+                .is_some_and(|p| p.unpack() == *identity)
+            {
+                entry.at |= SHARED;
+            }
+        }
     }
 
     /// Notes that rows of `trace` starting at `ts` are (about to be) stored
@@ -454,7 +502,7 @@ impl TraceCache {
             genai: None,
         });
         entry.touch = touch;
-        entry.at = now;
+        entry.at = now | (entry.at & SHARED);
         entry
     }
 
@@ -463,7 +511,7 @@ impl TraceCache {
         let now = u64::from(self.now());
         while let Some((trace, touch)) = state.order.front().copied() {
             if let Some(entry) = state.entries.get(&trace).filter(|e| e.touch == touch) {
-                if now.saturating_sub(u64::from(entry.at)) < self.window_secs {
+                if now.saturating_sub(u64::from(entry.at & !SHARED)) < self.window_secs {
                     break;
                 }
                 state.entries.remove(&trace);
@@ -616,6 +664,36 @@ mod tests {
         assert_eq!(cache.learn(a.key(trace), &who("mallory")), None);
         assert_eq!(cache.lookup(&b.key(trace)), None);
         assert!(cache.lookup(&a.key(trace)).is_some());
+    }
+
+    #[test]
+    fn an_identity_is_shared_once_until_it_changes() {
+        let cache = TraceCache::new(Duration::from_secs(60), 10);
+        assert_eq!(cache.unshared(&[6; 16]), None, "unknown trace");
+        cache.learn([6; 16], &who("alice"));
+        let identity = cache.unshared(&[6; 16]).expect("not shared yet");
+        assert_eq!(identity.user.as_deref(), Some("alice"));
+        // A stale write (the identity changed meanwhile) does not count.
+        cache.mark_shared(&[6; 16], &who("bob"));
+        assert!(cache.unshared(&[6; 16]).is_some());
+        cache.mark_shared(&[6; 16], &identity);
+        assert_eq!(cache.unshared(&[6; 16]), None);
+        // The same identity again, or a touch: still shared.
+        cache.learn([6; 16], &who("alice"));
+        cache.mark_pending([6; 16], Utc::now());
+        assert_eq!(cache.unshared(&[6; 16]), None);
+        assert!(cache.lookup(&[6; 16]).is_some(), "the window still counts");
+        // A new field: shared again.
+        let session = Identity {
+            session: Some("s1".into()),
+            ..Default::default()
+        };
+        cache.learn([6; 16], &session);
+        let merged = cache.unshared(&[6; 16]).expect("changed");
+        assert_eq!(merged.session.as_deref(), Some("s1"));
+        // A session alone is not worth sharing (it attributes nothing).
+        cache.learn([7; 16], &session);
+        assert_eq!(cache.unshared(&[7; 16]), None);
     }
 
     #[test]

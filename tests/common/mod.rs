@@ -20,6 +20,8 @@ const READY_DEADLINE: Duration = Duration::from_secs(90);
 pub struct TallyOptions {
     /// `exporters.postgres.url`; `None` = zero-set-up mode (private PostgreSQL).
     pub database_url: Option<String>,
+    /// `exporters.postgres.read_url` (a hot standby for the admin API's reads).
+    pub read_url: Option<String>,
     /// `exporters.postgres.data_dir` (zero-set-up mode).
     pub data_dir: Option<PathBuf>,
     /// `admin_api.auth.jwt.hs256_secret`.
@@ -321,6 +323,9 @@ fn config_yaml(options: &TallyOptions) -> String {
     ));
     if let Some(url) = &options.database_url {
         yaml.push_str(&format!("    url: \"{url}\"\n"));
+    }
+    if let Some(url) = &options.read_url {
+        yaml.push_str(&format!("    read_url: \"{url}\"\n"));
     }
     if let Some(dir) = &options.data_dir {
         yaml.push_str(&format!("    data_dir: \"{}\"\n", dir.display()));

@@ -607,9 +607,14 @@ impl BudgetJob {
         client
             .execute(
                 "UPDATE budget_thresholds SET emitted_at = clock_timestamp() \
-                 WHERE budget = $1 AND period_start = $2 AND threshold = $3 \
-                   AND emitted_at IS NULL",
-                &[&claim.budget, &claim.period_start, &claim.threshold],
+                 WHERE tenant_id = $4 AND budget = $1 AND period_start = $2 \
+                   AND threshold = $3 AND emitted_at IS NULL",
+                &[
+                    &claim.budget,
+                    &claim.period_start,
+                    &claim.threshold,
+                    &claim.tenant_id,
+                ],
             )
             .await?;
         Ok(true)

@@ -82,6 +82,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "token_metrics",
         include_str!("migrations/0018_token_metrics.sql"),
     ),
+    (
+        22,
+        "scale_out",
+        include_str!("migrations/0022_scale_out.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -30,6 +30,7 @@ mod telemetry;
 pub mod tls;
 mod token_metrics;
 mod tokens;
+mod trace_identities;
 mod writer;
 
 pub use error::PgError;
@@ -48,6 +49,7 @@ pub use token_metrics::{write_token_metrics, MetricWrite};
 pub use tokens::{
     attribute_traces, insert_token_batch, uncount_token_rows, TraceAttribution, TraceIdentity,
 };
+pub use trace_identities::{prune_trace_identities, SharedTrace, SharedTraces};
 pub use writer::{insert_activity_batch, PgExporter};
 
 /// Advisory lock key held from the `INSERT … SELECT nextval('activity_events_seq')`

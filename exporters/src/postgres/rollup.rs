@@ -483,6 +483,9 @@ impl RollupJob {
             Box::pin(async move {
                 let report = job.run_once(client).await?;
                 record_lag(client).await?;
+                // The shared trace identities live as long as the attribution window.
+                super::trace_identities::prune_trace_identities(client, job.attribution_delay)
+                    .await?;
                 // Saturated: more rows are waiting, go again without pausing.
                 Ok(report.activity_rows >= max_rows || report.token_rows >= max_rows)
             })

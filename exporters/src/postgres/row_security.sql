@@ -56,7 +56,7 @@ BEGIN
         SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
           AND c.relname NOT IN ('tally_secrets', 'tally_schema_migrations')
-          AND c.relpersistence = 'p'
+          AND c.relpersistence IN ('p', 'u')
     LOOP
         IF NOT has_table_privilege('tally_api', format('%I', t), 'SELECT') THEN
             EXECUTE format('GRANT SELECT ON %I TO tally_api', t);
@@ -67,7 +67,7 @@ BEGIN
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-          AND c.relpersistence = 'p'
+          AND c.relpersistence IN ('p', 'u')
     LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_policies
                        WHERE schemaname = current_schema() AND tablename = t
@@ -144,7 +144,7 @@ BEGIN
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-          AND c.relpersistence = 'p'
+          AND c.relpersistence IN ('p', 'u')
     LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_policies
                        WHERE schemaname = current_schema() AND tablename = t

@@ -6,7 +6,9 @@
 //! held until `COMMIT`, inserted with `seq = nextval('token_usage_seq')` and
 //! `received_at = clock_timestamp()`, so `seq` and `received_at` follow commit
 //! order. Writers take the activity lock before the token lock (fixed order, no
-//! deadlock). A retried record has the same id and `ts`: `ON CONFLICT DO NOTHING`.
+//! deadlock). A retried record has the same id and `ts`: it is skipped under the
+//! lock (its stored copy may have been attributed to a tenant since), and
+//! `ON CONFLICT DO NOTHING` covers the rest.
 
 use std::sync::LazyLock;
 
@@ -52,8 +54,10 @@ static COPY_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Under the token lock: marks the staged reports of calls already stored
-/// (`skip`), and the staged spans that replace a stored log record's row
+/// Under the token lock: marks the staged rows already stored (a retry: same
+/// `(ts, id)`, whatever tenant the stored row was attributed to since; the
+/// primary key `(tenant_id, ts, id)` alone would not see it) and the staged
+/// reports of calls already stored (`skip`), and the staged spans that replace a stored log record's row
 /// (`supersedes`; its command tag counts them). See [`insert_tokens`]. Each
 /// staged row probes the primary key (scalar subqueries with `LIMIT 1` are not
 /// turned into joins: a hash join would read all of `token_calls` per batch).
@@ -61,7 +65,9 @@ static MATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT pg_advisory_xact_lock({TOKEN_USAGE_LOCK_KEY}); \
          UPDATE pg_temp.tally_token_staging_v4 AS s SET skip = true \
-         WHERE s.response_key IS NOT NULL AND (SELECT true FROM token_calls AS c \
+         WHERE (SELECT true FROM token_usage AS u WHERE u.ts = s.ts AND u.id = s.id LIMIT 1); \
+         UPDATE pg_temp.tally_token_staging_v4 AS s SET skip = true \
+         WHERE NOT s.skip AND s.response_key IS NOT NULL AND (SELECT true FROM token_calls AS c \
              WHERE c.tenant_id = s.call_scope AND c.call_key = s.response_key \
                AND c.id <> s.id AND (c.from_span OR NOT s.from_span) LIMIT 1); \
          UPDATE pg_temp.tally_token_staging_v4 AS s SET skip = true \

@@ -21,7 +21,8 @@ use tally_model::{ActivityEvent, ConsumeError, Readiness, RejectedRecord, TokenU
 use super::copy;
 use super::partitions::{create_days, PartitionCache};
 use super::tokens::{insert_tokens, TokensInserted};
-use super::{connect, migrate, telemetry, PgError, ACTIVITY_EVENTS_LOCK_KEY};
+use super::trace_identities::{share, SharedTraces};
+use super::{connect, migrate, telemetry, PgError, TraceAttribution, ACTIVITY_EVENTS_LOCK_KEY};
 
 /// How often the background task checks the database when it is up.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -87,6 +88,9 @@ pub(crate) struct Inserted {
     pub tokens: TokensInserted,
     /// `rejected_events` rows added (retries of quarantined records skipped).
     pub rejected: u64,
+    /// Traces identified and pending in `trace_identities` after this batch, by
+    /// (scope, trace id): their stored rows are to be attributed.
+    pub ready: Vec<((String, String), TraceAttribution)>,
 }
 
 /// How many rows of one (action, outcome, tenant) an insert added.
@@ -189,7 +193,10 @@ pub(crate) struct Submission {
     pub(crate) rejected: Vec<RejectedRecord>,
     /// The ingest key that sent these rows (`ingest_key_id`).
     pub(crate) ingest_key_id: Option<uuid::Uuid>,
-    reply: oneshot::Sender<Result<(), ConsumeError>>,
+    /// What the request learned about its traces, for the other instances.
+    pub(crate) traces: SharedTraces,
+    /// Answered with the traces this submission is to attribute once committed.
+    reply: oneshot::Sender<Result<Vec<TraceAttribution>, ConsumeError>>,
     /// Queue space, given back when the submission is answered (dropped).
     _permit: OwnedSemaphorePermit,
 }
@@ -499,8 +506,33 @@ impl PgExporter {
         rejected: Vec<RejectedRecord>,
         ingest_key_id: Option<uuid::Uuid>,
     ) -> Result<(), ConsumeError> {
-        if events.is_empty() && tokens.is_empty() && rejected.is_empty() {
-            return Ok(());
+        self.submit_traced(
+            events,
+            tokens,
+            rejected,
+            ingest_key_id,
+            SharedTraces::default(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// [`submit_rows`](PgExporter::submit_rows) plus what the request learned
+    /// about its traces, written to `trace_identities` in the same transaction
+    /// (see [`SharedTraces`]). Answers, once committed, the traces whose stored
+    /// token rows are now to be attributed (another instance stored them, or
+    /// knew their identity): pass them to
+    /// [`attribute_traces`](PgExporter::attribute_traces).
+    pub async fn submit_traced(
+        &self,
+        events: Vec<ActivityEvent>,
+        tokens: Vec<TokenUsage>,
+        rejected: Vec<RejectedRecord>,
+        ingest_key_id: Option<uuid::Uuid>,
+        traces: SharedTraces,
+    ) -> Result<Vec<TraceAttribution>, ConsumeError> {
+        if events.is_empty() && tokens.is_empty() && rejected.is_empty() && traces.is_empty() {
+            return Ok(Vec::new());
         }
         self.refuse_if_unavailable()?;
         let inner = &self.inner;
@@ -512,8 +544,9 @@ impl PgExporter {
                 "event time outside the years 1 to 9999".into(),
             ));
         }
-        let wanted =
-            (events.len() + tokens.len() + rejected.len()).min(inner.capacity as usize) as u32;
+        let wanted = (events.len() + tokens.len() + rejected.len())
+            .max(1)
+            .min(inner.capacity as usize) as u32;
         let permit = inner
             .permits
             .clone()
@@ -529,6 +562,7 @@ impl PgExporter {
                 tokens,
                 rejected,
                 ingest_key_id,
+                traces,
                 reply,
                 _permit: permit,
             };
@@ -763,6 +797,12 @@ fn batch_days(batch: &[Submission]) -> Vec<NaiveDate> {
 
 async fn commit_batch(client: &mut Client, batch: &[Submission]) -> Result<Inserted, PgError> {
     let tx = client.transaction().await?;
+    // Trace identities first, before the advisory locks (row locks in key order).
+    let traces: Vec<(&str, &super::SharedTrace)> = batch
+        .iter()
+        .flat_map(|s| s.traces.traces.iter().map(|t| (s.traces.scope.as_str(), t)))
+        .collect();
+    let ready = share(&tx, &traces).await?;
     // Fixed lock order: activity_events, then token_usage.
     let mut inserted = if batch.iter().any(|s| !s.events.is_empty()) {
         let events: Vec<(&ActivityEvent, Option<uuid::Uuid>)> = batch
@@ -784,6 +824,7 @@ async fn commit_batch(client: &mut Client, batch: &[Submission]) -> Result<Inser
         .collect();
     inserted.rejected = insert_rejected(&tx, &rejected).await?;
     tx.commit().await?;
+    inserted.ready = ready;
     Ok(inserted)
 }
 
@@ -805,9 +846,32 @@ async fn write_batch(
     }
 }
 
-fn answer(batch: Vec<Submission>, result: &Result<(), ConsumeError>) {
+fn answer(batch: Vec<Submission>, error: ConsumeError) {
     for submission in batch {
-        let _ = submission.reply.send(result.clone());
+        let _ = submission.reply.send(Err(error.clone()));
+    }
+}
+
+/// Answers a committed batch: each submission gets the ready traces it shared.
+fn answer_committed(batch: Vec<Submission>, ready: &[((String, String), TraceAttribution)]) {
+    let by_key: std::collections::HashMap<(&str, &str), &TraceAttribution> = ready
+        .iter()
+        .map(|((scope, trace), a)| ((scope.as_str(), trace.as_str()), a))
+        .collect();
+    for submission in batch {
+        let scope = submission.traces.scope.as_str();
+        let mine: Vec<TraceAttribution> = if by_key.is_empty() {
+            Vec::new()
+        } else {
+            submission
+                .traces
+                .traces
+                .iter()
+                .filter_map(|t| by_key.get(&(scope, t.trace_id.as_str())))
+                .map(|a| (*a).clone())
+                .collect()
+        };
+        let _ = submission.reply.send(Ok(mine));
     }
 }
 
@@ -875,7 +939,7 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Option<Client>) {
                 Err(error) => {
                     tracing::warn!(writer = id, %error, "database unreachable");
                     shared.readiness.set_database_up(false);
-                    answer(batch, &Err(shared.unavailable("database unavailable")));
+                    answer(batch, shared.unavailable("database unavailable"));
                     continue;
                 }
             }
@@ -894,7 +958,7 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Option<Client>) {
                 );
                 telemetry::batch_committed(&batch, rows, &inserted, started);
                 super::tokens::committed(&inserted.tokens);
-                answer(batch, &Ok(()));
+                answer_committed(batch, &inserted.ready);
                 telemetry::queue_depth(shared.queued());
                 client = Some(conn);
             }
@@ -909,7 +973,7 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Option<Client>) {
                     "batch not committed; answered retryable"
                 );
                 telemetry::batch_failed(if lost { "connection" } else { "database" });
-                answer(batch, &Err(shared.unavailable("database write failed")));
+                answer(batch, shared.unavailable("database write failed"));
                 telemetry::queue_depth(shared.queued());
                 if lost {
                     shared.readiness.set_database_up(false);

@@ -142,6 +142,12 @@ pub struct TokenBatch {
     /// row): a model call below them, in this request, reports usage. Delete
     /// them once this request's rows committed.
     pub uncount: Vec<(TraceId, [u8; 8], RowKey)>,
+    /// Identities of this request's traces not yet shared with the other
+    /// instances (cache keys of [`TokenBatch::scope`]): to be written with the
+    /// request's rows, then [`TraceCache::mark_shared`].
+    pub share: Vec<(TraceId, Identity)>,
+    /// Traces whose records carried an identity (compacted into `share`).
+    learned: Vec<TraceId>,
 }
 
 /// Recognises token usage with a mapping and prices it.
@@ -151,6 +157,7 @@ pub struct TokenProcessor {
     prices: PriceTable,
     enabled: bool,
     from_logs: bool,
+    across_instances: bool,
 }
 
 /// Attribute lookup over resource → scope → record (the record wins). One is
@@ -547,6 +554,7 @@ impl TokenProcessor {
             prices: PriceTable::from_config(pricing),
             enabled: config.enabled,
             from_logs: config.from_logs,
+            across_instances: config.attribution_across_instances,
         }
     }
 
@@ -561,6 +569,12 @@ impl TokenProcessor {
     }
 
     /// The identity (user, tenant, session) a record carries under the mapping.
+    /// Whether trace identities and pending marks are shared with the other
+    /// instances (`processors.tokens.attribution_across_instances`).
+    pub fn across_instances(&self) -> bool {
+        self.across_instances
+    }
+
     fn identity(&self, attrs: &Attrs<'_>) -> Identity {
         let m = &self.mapping;
         Identity {
@@ -816,6 +830,9 @@ impl TokenProcessor {
         if let Some((identity, since)) = cache.learn(trace, identity) {
             out.attribute.push((trace, identity, since));
         }
+        if self.across_instances && identity.attributes() && out.learned.last() != Some(&trace) {
+            out.learned.push(trace);
+        }
     }
 
     /// The token rows of a `TraceService/Export` request. `received_at` stands
@@ -909,7 +926,7 @@ impl TokenProcessor {
                 &mut out,
             );
         }
-        out.finish()
+        out.finish(cache)
     }
 
     /// The token rows of a `LogsService/Export` request: a log record counts when
@@ -998,15 +1015,22 @@ impl TokenProcessor {
                 }
             }
         }
-        out.finish()
+        out.finish(cache)
     }
 }
 
 impl TokenBatch {
     /// One pending entry per trace, with its earliest `ts`.
-    fn finish(mut self) -> TokenBatch {
+    fn finish(mut self, cache: &TraceCache) -> TokenBatch {
         self.pending.sort_unstable();
         self.pending.dedup_by_key(|(trace, _)| *trace);
+        let mut learned = std::mem::take(&mut self.learned);
+        learned.sort_unstable();
+        learned.dedup();
+        self.share = learned
+            .into_iter()
+            .filter_map(|trace| cache.unshared(&trace).map(|identity| (trace, identity)))
+            .collect();
         self
     }
 }

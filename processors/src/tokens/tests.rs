@@ -1270,3 +1270,42 @@ fn operation_names_of_workflows_tasks_steps_and_calls() {
     assert_eq!(role_of("retrieval"), Role::Wrapper);
     assert!(run(vec![op("retrieval", true)]).rows.is_empty());
 }
+
+#[test]
+fn identities_are_shared_once_per_trace_unless_turned_off() {
+    let user = |id: u8| {
+        span(
+            id,
+            None,
+            vec![s("enduser.id", "alice"), s("tenant.id", "t")],
+        )
+    };
+    let cache = cache();
+    let processor = TokenProcessor::with_defaults();
+    assert!(processor.across_instances());
+    // Two spans of one trace: one identity to share, merged.
+    let out = processor.traces(&request(vec![user(1), user(2)]), Utc::now(), &cache, None);
+    assert_eq!(out.share.len(), 1);
+    assert_eq!(out.share[0].0, T);
+    assert_eq!(out.share[0].1.user.as_deref(), Some("alice"));
+    // Not written yet: the next request shares it again; once written, not.
+    let again = processor.traces(&request(vec![user(3)]), Utc::now(), &cache, None);
+    assert_eq!(again.share.len(), 1);
+    cache.mark_shared(&T, &again.share[0].1);
+    let after = processor.traces(&request(vec![user(4)]), Utc::now(), &cache, None);
+    assert!(after.share.is_empty());
+
+    let off = TokensConfig {
+        attribution_across_instances: false,
+        ..Default::default()
+    };
+    let processor = TokenProcessor::new(&off, &PricingConfig::default());
+    assert!(!processor.across_instances());
+    let out = processor.traces(
+        &request(vec![user(1)]),
+        Utc::now(),
+        &TraceCache::new(Duration::from_secs(300), 10),
+        None,
+    );
+    assert!(out.share.is_empty());
+}

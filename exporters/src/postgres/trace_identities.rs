@@ -1,0 +1,170 @@
+//! Trace identities shared by every Tally instance on one database
+//! (`trace_identities`, migration 22): attribution through the trace when a
+//! trace's spans reach different instances.
+//!
+//! Each request hands the writer what it learned about its traces
+//! ([`SharedTraces`]): the identity its records carried (user, session, the
+//! tenant they named) and, for traces whose token rows it stores without
+//! attribution, the earliest such row's `ts` (the *pending* mark). The writer
+//! upserts them in the batch transaction, before the rows, in one statement,
+//! in key order (no deadlock between writers), and reads back the traces that
+//! now have both an identity and a pending mark ([`TraceAttribution`]s): the
+//! request attributes their stored rows after commit, through
+//! [`attribute_traces`](super::attribute_traces), as for a trace seen by this
+//! instance alone.
+//!
+//! Why no trace is missed: the identity and the pending mark of one trace are
+//! one row; whichever of the two writes commits second waits for the first on
+//! that row's lock (`ON CONFLICT DO UPDATE`) and then sees it, so its request
+//! attributes the rows, which are committed by then (they are written in the
+//! same transaction as their pending mark). Rows are keyed by the sender's
+//! tenant scope as well as the trace id, so a client choosing another
+//! tenant's trace ids meets nothing of that tenant.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{Client, Transaction};
+
+use super::{PgError, TraceAttribution, TraceIdentity};
+
+/// What one request tells the other instances about its traces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedTraces {
+    /// The sender's tenant scope: its ingest key's tenant, `""` for senders
+    /// bound to none (no key, or a `*` key).
+    pub scope: String,
+    /// One item per trace (several for one trace are merged).
+    pub traces: Vec<SharedTrace>,
+}
+
+impl SharedTraces {
+    /// Whether there is nothing to share.
+    pub fn is_empty(&self) -> bool {
+        self.traces.is_empty()
+    }
+}
+
+/// What a request learned about one trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedTrace {
+    /// Lowercase hex, as stored in `token_usage.trace_id`.
+    pub trace_id: String,
+    /// The identity the request's records carried (`tenant_id`: the tenant
+    /// they named), if any.
+    pub identity: Option<TraceIdentity>,
+    /// The earliest `ts` of the trace's token rows the request stores without
+    /// attribution, if any.
+    pub pending_since: Option<DateTime<Utc>>,
+}
+
+/// One merged upsert row: user, session, record tenant, pending since.
+#[derive(Debug, Default)]
+struct Merged<'a> {
+    user: Option<&'a str>,
+    session: Option<&'a str>,
+    tenant: Option<&'a str>,
+    pending: Option<DateTime<Utc>>,
+}
+
+/// Upserts the traces of a batch's submissions (`(scope, trace)` pairs) into
+/// `trace_identities` inside `tx`: per field the stored value wins, the pending
+/// mark keeps the earliest `ts`, `seen_at` is refreshed. Returns, per
+/// `(scope, trace_id)`, the traces now both identified and pending: their
+/// stored rows are to be attributed once `tx` is committed.
+pub(crate) async fn share(
+    tx: &Transaction<'_>,
+    items: &[(&str, &SharedTrace)],
+) -> Result<Vec<((String, String), TraceAttribution)>, PgError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Sorted by key: every writer locks rows in the same order.
+    let mut merged: BTreeMap<(&str, &str), Merged<'_>> = BTreeMap::new();
+    for (scope, trace) in items {
+        let entry = merged.entry((scope, trace.trace_id.as_str())).or_default();
+        if let Some(identity) = &trace.identity {
+            entry.user = entry.user.or(identity.user_id.as_deref());
+            entry.session = entry.session.or(identity.session_id.as_deref());
+            entry.tenant = entry.tenant.or(identity.tenant_id.as_deref());
+        }
+        entry.pending = match (entry.pending, trace.pending_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    let n = merged.len();
+    let (mut scopes, mut traces) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut users, mut sessions) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut tenants, mut pending) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for ((scope, trace), m) in &merged {
+        scopes.push(*scope);
+        traces.push(*trace);
+        users.push(m.user);
+        sessions.push(m.session);
+        tenants.push(m.tenant);
+        pending.push(m.pending);
+    }
+    let rows = tx
+        .query(
+            "WITH up AS ( \
+                 INSERT INTO trace_identities AS t (tenant_id, trace_id, user_id, session_id, \
+                     record_tenant, pending_since, seen_at) \
+                 SELECT s, tr, u, se, rt, p, now() \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                     $6::timestamptz[]) AS x(s, tr, u, se, rt, p) \
+                 ORDER BY s, tr \
+                 ON CONFLICT (tenant_id, trace_id) DO UPDATE SET \
+                     user_id = coalesce(t.user_id, excluded.user_id), \
+                     session_id = coalesce(t.session_id, excluded.session_id), \
+                     record_tenant = coalesce(t.record_tenant, excluded.record_tenant), \
+                     pending_since = least(t.pending_since, excluded.pending_since), \
+                     seen_at = excluded.seen_at \
+                 RETURNING tenant_id, trace_id, user_id, session_id, record_tenant, \
+                     pending_since) \
+             SELECT tenant_id, trace_id, user_id, session_id, record_tenant, pending_since \
+             FROM up WHERE pending_since IS NOT NULL \
+               AND (user_id IS NOT NULL OR (tenant_id = '' AND record_tenant IS NOT NULL))",
+            &[&scopes, &traces, &users, &sessions, &tenants, &pending],
+        )
+        .await?;
+    let mut ready = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let scope: String = row.try_get(0)?;
+        let trace_id: String = row.try_get(1)?;
+        let record_tenant: Option<String> = row.try_get(4)?;
+        // A bound sender's rows are its tenant's; others take the one named.
+        let tenant_id = record_tenant.or_else(|| (!scope.is_empty()).then(|| scope.clone()));
+        let since: DateTime<Utc> = row.try_get(5)?;
+        ready.push((
+            (scope, trace_id.clone()),
+            TraceAttribution {
+                trace_id,
+                identity: TraceIdentity {
+                    tenant_id,
+                    user_id: row.try_get(2)?,
+                    session_id: row.try_get(3)?,
+                },
+                since,
+            },
+        ));
+    }
+    Ok(ready)
+}
+
+/// Deletes the trace identities not written for `ttl` (the attribution window):
+/// run by the rollup job. Rows a writer holds right now are left for the next
+/// run (`SKIP LOCKED`: the job never waits for a writer, so the two cannot
+/// deadlock). Returns the rows deleted.
+pub async fn prune_trace_identities(client: &Client, ttl: Duration) -> Result<u64, PgError> {
+    Ok(client
+        .execute(
+            "DELETE FROM trace_identities WHERE (tenant_id, trace_id) IN ( \
+                 SELECT tenant_id, trace_id FROM trace_identities \
+                 WHERE seen_at < now() - make_interval(secs => $1) \
+                 FOR UPDATE SKIP LOCKED)",
+            &[&ttl.as_secs_f64()],
+        )
+        .await?)
+}
