@@ -330,7 +330,7 @@ fn document_text() -> Value {
                 "get": {
                     "operationId": "verifyChain",
                     "summary": "Tamper check: re-walk a tenant's activity hash chain",
-                    "description": "Needs scope activity:read or admin. tenant: a tenant-scoped caller verifies its own (another tenant is 403); a caller with every tenant verifies the one named, or without tenant every tenant ({status, items: [report]}). Recomputes the chained rows' SHA-256 links in seq order and checks the signed checkpoints and truncation records (docs/tamper-evidence.md): from the latest checkpoint an earlier call verified (verified_from_seq; the link and row there are re-checked), or the whole chain on a tenant's first call and with full=true (scope admin; one at a time, else 429). 200 with status intact (verified_up_to_seq, checkpoint) or tampered (first_problem {seq, kind: altered|deleted|inserted|checkpoint|truncation, detail}); rows_checked, links_checked, dropped_rows (removed by retention, recorded), unchained_rows (after the chainer's watermark), chain_watermark, checkpoints_checked.",
+                    "description": "Needs scope activity:read or admin. tenant: a tenant-scoped caller verifies its own (another tenant is 403); a caller with every tenant verifies the one named, or without tenant every tenant ({status, items: [report]}). Recomputes the chained rows' SHA-256 links in seq order and checks the signed checkpoints and truncation records (docs/tamper-evidence.md): from the latest checkpoint an earlier call verified (verified_from_seq; the link and row there are re-checked), or the whole chain on a tenant's first call and with full=true (scope admin; one at a time, else 429). 200 with status intact (verified_up_to_seq, checkpoint) or tampered (first_problem {seq, kind: altered|deleted|inserted|checkpoint|truncation, detail}); rows_checked, links_checked, dropped_rows (removed by retention, recorded), erased_rows (rows an erasure erased, each tied to its erasures record; docs/privacy.md), unchained_rows (after the chainer's watermark), chain_watermark, checkpoints_checked.",
                     "parameters": [
                         { "name": "tenant", "in": "query", "schema": { "type": "string" } },
                         { "name": "full", "in": "query", "description": "true: walk the whole chain, not from the last verified checkpoint (scope admin)", "schema": { "type": "string", "enum": ["true", "false"] } }
@@ -492,6 +492,7 @@ fn document_text() -> Value {
                             }
                         },
                         "checkpoint": { "type": ["object", "null"] },
+                        "erased_rows": { "type": "integer", "minimum": 0, "description": "Rows checked that an erasure erased, each tied to its erasures record (docs/privacy.md)" },
                         "verified_from_seq": { "type": ["integer", "null"], "description": "null: the whole chain was walked; else the verified checkpoint this walk resumed from" }
                     }
                 },

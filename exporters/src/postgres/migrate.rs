@@ -77,6 +77,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "token_latency",
         include_str!("migrations/0017_token_latency.sql"),
     ),
+    (19, "erasure", include_str!("migrations/0019_erasure.sql")),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -17,6 +17,7 @@ pub mod budgets;
 pub mod chain;
 pub mod copy;
 pub mod embedded;
+pub mod erasure;
 mod error;
 mod migrate;
 mod partitions;
