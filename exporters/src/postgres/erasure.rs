@@ -48,6 +48,8 @@ pub const ERASURE_KEY_SECRET: &str = "erasure.key";
 pub const PSEUDONYM_PREFIX: &str = "erased:";
 /// The action of the event that records an erasure.
 pub const ERASE_ACTION: &str = "admin.user.erase";
+/// Pause between two looks for pending erasures in a running collector.
+pub const DEFAULT_RESUME_INTERVAL: Duration = Duration::from_secs(30);
 /// Rows changed per batch (one transaction) by default.
 pub const DEFAULT_ERASURE_BATCH_ROWS: i64 = 5_000;
 /// Longest tenant, user id, reason or requester accepted.
@@ -451,6 +453,32 @@ impl Eraser {
                 }
             }
         }
+    }
+
+    /// Resumes the pending erasures on its own connection to `url` every
+    /// `interval` until `shutdown` becomes `true` or its sender is dropped
+    /// (failures are logged and retried): what a crashed instance left, another
+    /// or the restarted one finishes.
+    pub fn spawn(
+        self,
+        url: String,
+        interval: Duration,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let eraser = self;
+        super::periodic::spawn_periodically("erasure", url, interval, shutdown, move |client| {
+            let eraser = eraser.clone();
+            Box::pin(async move {
+                match eraser.resume_pending(client).await {
+                    Ok(_) => Ok(false),
+                    Err(ErasureError::Db(error)) => Err(error),
+                    Err(other) => {
+                        tracing::warn!(error = %other, "a pending erasure cannot go on yet");
+                        Ok(false)
+                    }
+                }
+            })
+        })
     }
 
     /// One batch of the first raw table that still holds the user.
