@@ -51,8 +51,8 @@ impl ErasureService {
 #[serde(deny_unknown_fields)]
 struct EraseBody {
     tenant: Option<String>,
-    user_id: String,
-    reason: String,
+    user_id: Option<String>,
+    reason: Option<String>,
 }
 
 /// The erasure records, newest first.
@@ -83,21 +83,24 @@ pub(crate) async fn erase(
             "name the tenant whose user is erased ('' for events without a tenant)",
         ));
     };
-    let Some(service) = &state.eraser else {
-        return Err(ApiError::NotFound(
-            "erasure is not available in this process".to_owned(),
-        ));
+    let (Some(user), Some(reason)) = (body.user_id, body.reason) else {
+        return Err(ApiError::invalid("body", "user_id and reason are required"));
     };
     let request = ErasureRequest {
         tenant,
-        user: body.user_id,
-        reason: body.reason,
+        user,
+        reason,
         requested_by: caller.subject.clone(),
     };
     request.check().map_err(|e| match e {
         ErasureError::Invalid(message) => ApiError::invalid("body", message),
         other => ApiError::Unavailable(other.to_string()),
     })?;
+    let Some(service) = &state.eraser else {
+        return Err(ApiError::NotFound(
+            "erasure is not available in this process".to_owned(),
+        ));
+    };
     let (client, _) = tally_exporters::postgres::connect(&service.database_url)
         .await
         .map_err(|e| ApiError::Unavailable(format!("cannot reach the database: {e}")))?;
