@@ -506,3 +506,84 @@ async fn erasing_100k_rows_debug_timing() {
     );
     assert!(report.is_intact());
 }
+
+#[tokio::test]
+async fn rows_stored_before_migration_19_keep_their_form_verify_and_erase() {
+    use tally_exporters::postgres::{create_partitions, migrate, MIGRATIONS};
+    let db = TestDatabase::create().await;
+    let mut client = db.client().await;
+    // The schema as it was before migration 19.
+    client
+        .batch_execute(
+            "CREATE TABLE tally_schema_migrations (version integer PRIMARY KEY, \
+             name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .expect("migration log");
+    for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v < 19) {
+        client.batch_execute(sql).await.expect("old migration");
+        client
+            .execute(
+                "INSERT INTO tally_schema_migrations (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
+            .await
+            .expect("record");
+    }
+    let today = chrono::Utc::now().date_naive();
+    create_partitions(&client, today, today)
+        .await
+        .expect("partitions");
+    let tx = client.transaction().await.expect("begin");
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ACTIVITY_LOCK])
+        .await
+        .expect("lock");
+    tx.execute(
+        "INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, action, outcome, attributes) \
+         SELECT gen_random_uuid(), nextval('activity_events_seq'), now(), 'acme', \
+             CASE WHEN i % 2 = 0 THEN $1 ELSE 'bob' END, 'login', 'success', \
+             jsonb_build_object('user.email', \
+                 CASE WHEN i % 2 = 0 THEN $2::text ELSE 'bob@mail' END, 'n', i) \
+         FROM generate_series(1, 6) AS i",
+        &[&USER, &EMAIL],
+    )
+    .await
+    .expect("old rows");
+    tx.commit().await.expect("commit");
+    // Upgrade, then new rows.
+    migrate(&client).await.expect("migrate to 19");
+    let forms: Vec<Option<i16>> = client
+        .query("SELECT chain_form FROM activity_events ORDER BY seq", &[])
+        .await
+        .expect("forms")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(forms, vec![None; 6], "stored rows keep their form");
+    activity(&mut client, "acme", USER, 3, false).await;
+    let new_forms: i64 = client
+        .query_one(
+            "SELECT count(*) FROM activity_events WHERE chain_form = 3 AND chain_salt IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("new forms")
+        .get(0);
+    assert_eq!(new_forms, 3, "rows stored after the upgrade take v3");
+    chain_and_fold(&db).await;
+    assert!(verify(&db, "acme").await.is_intact());
+    let record = eraser()
+        .erase(&mut client, &request())
+        .await
+        .expect("erase");
+    assert_eq!(record.counts.get("activity_events"), Some(&6));
+    chain_and_fold(&db).await;
+    let report = verify(&db, "acme").await;
+    assert!(report.is_intact(), "{report:#?}");
+    assert_eq!(
+        report.erased_rows, 6,
+        "3 stored before the upgrade, 3 after"
+    );
+    assert!(traces_of(&client, USER).await.is_empty());
+    assert!(traces_of(&client, EMAIL).await.is_empty());
+}
