@@ -423,3 +423,111 @@ async fn erasure_by_command_and_route_leaves_no_trace_and_the_chain_verifies() {
     assert_eq!(report["first_problem"]["kind"], "deleted", "{report}");
     assert_eq!(report["first_problem"]["seq"], seq, "{report}");
 }
+
+/// `tally erase` killed with SIGKILL in the middle of a large erasure: the
+/// erasure stays pending with the batches it committed, and running the command
+/// again finishes it once (one event, every row erased, the chain intact).
+#[tokio::test]
+async fn a_killed_erase_command_resumes_and_finishes_once() {
+    use tally_exporters::postgres::chain::{self, ChainJob};
+    let database = TestDatabase::migrated().await;
+    let mut client = database.client().await;
+    const ROWS: i64 = 40_000;
+    let tx = client.transaction().await.expect("begin");
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&i64::from_be_bytes(*b"tallyact")],
+    )
+    .await
+    .expect("lock");
+    tx.execute(
+        "INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, action, outcome, attributes) \
+         SELECT gen_random_uuid(), nextval('activity_events_seq'), now(), 'acme', $1, 'doc.read', \
+             'success', jsonb_build_object('user.email', $2::text, 'n', i) \
+         FROM generate_series(1, $3::int8) AS i",
+        &[&ALICE, &EMAIL, &ROWS],
+    )
+    .await
+    .expect("rows");
+    tx.commit().await.expect("commit");
+    let chainer = ChainJob::new(None, Duration::ZERO).with_max_rows_per_run(50_000);
+    chainer.run_once(&mut client).await.expect("chain");
+
+    let erase = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+        command
+            .args([
+                "erase", "--tenant", "acme", "--user", ALICE, "--reason", "ticket 9",
+            ])
+            .env("TALLY_DATABASE_URL", &database.url)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let mut child = erase().spawn().expect("spawn tally erase");
+    let progress = eventually(DEADLINE, "a first batch committed", || {
+        let client = &client;
+        async move {
+            let row = client
+                .query_opt(
+                    "SELECT coalesce((counts->>'activity_events')::int8, 0) FROM erasures",
+                    &[],
+                )
+                .await
+                .ok()??;
+            let done: i64 = row.get(0);
+            (done > 0).then_some(done)
+        }
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let (state, erased, left): (String, i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT state, coalesce((counts->>'activity_events')::int8, 0), \
+                     (SELECT count(*) FROM activity_events WHERE user_id = $1) FROM erasures",
+                &[&ALICE],
+            )
+            .await
+            .expect("state");
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert!(progress > 0);
+    assert_eq!(
+        state, "pending",
+        "killed mid-way ({erased} of {ROWS} erased)"
+    );
+    assert!(left > 0 && left < ROWS, "{left} rows left");
+    assert_eq!(erased + left, ROWS, "committed batches and counts agree");
+
+    let output = erase().output().expect("run tally erase again");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("resuming"));
+    let record: Value = serde_json::from_slice(&output.stdout).expect("record");
+    assert_eq!(record["state"], "done");
+    assert_eq!(record["counts"]["activity_events"], ROWS);
+    let events: i64 = client
+        .query_one(
+            "SELECT count(*) FROM activity_events WHERE action = 'admin.user.erase'",
+            &[],
+        )
+        .await
+        .expect("events")
+        .get(0);
+    assert_eq!(events, 1);
+    chainer.run_once(&mut client).await.expect("chain");
+    let report = chain::verify(&mut client, "acme", &[])
+        .await
+        .expect("verify");
+    assert!(report.is_intact(), "{}", report.summary());
+    assert_eq!(report.erased_rows, ROWS as u64);
+    for needle in [ALICE, EMAIL] {
+        assert_eq!(traces_of(&database, needle).await, Vec::<String>::new());
+    }
+}
