@@ -553,7 +553,9 @@ impl Eraser {
     }
 
     /// Erases up to one batch of the user's activity rows (those of form v1/v2
-    /// only once chained); answers how many.
+    /// only once chained); answers how many. In no particular order: the rows
+    /// come from the `(user_id, ts)` index, and an erased row no longer matches,
+    /// so no batch sorts or skips what earlier batches did.
     async fn activity_batch(
         &self,
         tx: &Transaction<'_>,
@@ -574,7 +576,7 @@ impl Eraser {
                     "SELECT {ROW_COLUMNS}, (attributes - tally_personal_keys(attributes))::text \
                      FROM activity_events WHERE tenant_id = $1 AND user_id = $2 \
                          AND (chain_form IS NOT NULL OR seq <= $3) \
-                     ORDER BY seq LIMIT $4"
+                     LIMIT $4"
                 ),
                 &[
                     &target.tenant,
