@@ -481,8 +481,20 @@ async fn erasing_100k_rows_debug_timing() {
     }
     let db = TestDatabase::migrated().await;
     let mut client = db.client().await;
-    activity(&mut client, "acme", USER, 100_000, false).await;
-    activity(&mut client, "acme", "bob", 100_000, false).await;
+    // The chainer on 100k rows of form v1/v2, then on 100k rows of form v3.
+    let chainer = ChainJob::new(Some(key()), Duration::ZERO).with_max_rows_per_run(2_000);
+    for (user, legacy) in [("bob", true), (USER, false)] {
+        activity(&mut client, "acme", user, 100_000, legacy).await;
+        let start = std::time::Instant::now();
+        while chainer.run_once(&mut client).await.expect("chain").rows > 0 {}
+        let took = start.elapsed();
+        println!(
+            "chained 100000 rows of form {} in {:.2} s ({:.0} rows/s)",
+            if legacy { "v1/v2" } else { "v3" },
+            took.as_secs_f64(),
+            100_000.0 / took.as_secs_f64()
+        );
+    }
     chain_and_fold(&db).await;
     let start = std::time::Instant::now();
     let record = eraser()
