@@ -53,6 +53,21 @@ pub enum Command {
         #[arg(long, value_name = "DIR", conflicts_with_all = ["tenant", "checkpoints"])]
         archive: Option<std::path::PathBuf>,
     },
+    /// Erase one user of one tenant: the user's id becomes a keyed pseudonym and the
+    /// personal fields go, in every table; counts, token sums and the hash chain stay
+    /// verifiable. Idempotent; resumes an interrupted erasure. Prints the erasure record
+    /// (JSON). See docs/privacy.md.
+    Erase {
+        /// The tenant (`''` for events without a tenant).
+        #[arg(long)]
+        tenant: String,
+        /// The user id to erase.
+        #[arg(long)]
+        user: String,
+        /// Why (stored in the record and the admin.user.erase event: do not name the person).
+        #[arg(long)]
+        reason: String,
+    },
     /// Manage API keys for the admin API and for ingest (stored hashed in the configured database).
     #[command(subcommand)]
     Apikey(ApikeyCommand),

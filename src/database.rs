@@ -49,6 +49,15 @@ pub async fn with_migrated<T>(
     config: &Config,
     work: impl AsyncFnOnce(&tokio_postgres::Client) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
+    with_migrated_at(config, async |client, _| work(client).await).await
+}
+
+/// [`with_migrated`], also handing `work` the database URL (for subcommands
+/// that open more connections, `erase`).
+pub async fn with_migrated_at<T>(
+    config: &Config,
+    work: impl AsyncFnOnce(&tokio_postgres::Client, &str) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let database = Database::open(config).await?;
     let result = async {
         let (client, connection) = tally_exporters::postgres::connect(&database.url)
@@ -57,7 +66,7 @@ pub async fn with_migrated<T>(
         tally_exporters::postgres::migrate(&client)
             .await
             .context("migration failed")?;
-        let result = work(&client).await;
+        let result = work(&client, &database.url).await;
         drop(client);
         let _ = connection.await;
         result

@@ -3,6 +3,7 @@
 mod apikey;
 mod cli;
 mod database;
+mod erase;
 mod ingest_auth;
 mod logging;
 mod pipeline;
@@ -147,6 +148,11 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Migrate) => run::migrate(&config).await,
             Some(Command::Apikey(command)) => apikey::run(&config, command).await,
+            Some(Command::Erase {
+                tenant,
+                user,
+                reason,
+            }) => erase::run(&config, tenant, user, reason).await,
             _ => run::run(config).await,
         }
     });

@@ -136,6 +136,14 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         database_url,
         jobs_stopped.clone(),
     );
+    // Erasures: requested through the admin API or `tally erase`; pending ones
+    // (an instance crashed, or a request is still running elsewhere) are resumed.
+    let eraser = secrets::eraser(config, database_url).await?;
+    let erasure_job = eraser.clone().spawn(
+        database_url.to_string(),
+        postgres::erasure::DEFAULT_RESUME_INTERVAL,
+        jobs_stopped.clone(),
+    );
     let (budget_book, budget_job) =
         spawn_budgets(config, database_url, pipeline.clone(), jobs_stopped.clone()).await;
     let receiver = OtlpReceiver::bind(&config.receivers.otlp, pipeline.clone())
@@ -160,6 +168,10 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
                 .with_budgets(budget_book)
                 .with_audit(pipeline)
                 .with_chain_keys(chain_key.into_iter().collect())
+                .with_eraser(tally_admin_api::erasures::ErasureService::new(
+                    database_url,
+                    eraser,
+                ))
                 .with_replayer(Arc::new(Replay::new(
                     database_url,
                     Validator::new(taxonomy.clone()),
@@ -215,6 +227,9 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         let _ = stop_jobs.send(true);
         let _ = rollup.await;
         let _ = retention.await;
+        // An erasure batch is one transaction: stopping mid-way loses nothing (the
+        // erasure stays pending and is resumed).
+        erasure_job.abort();
         if let Some(chainer) = chainer {
             let _ = chainer.await;
         }

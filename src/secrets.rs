@@ -85,3 +85,33 @@ pub async fn chain_verifying_key(
         .context("the checkpoint signing key stored in tally_secrets is invalid")?;
     Ok(Some(key.verifying_key()))
 }
+
+/// The key erasure pseudonyms are derived with (`tally_secrets`
+/// `erasure.key`): generated once and shared by every instance, so the same
+/// user always gets the same pseudonym.
+pub async fn erasure_key(client: &tokio_postgres::Client) -> anyhow::Result<Vec<u8>> {
+    let candidate = generate_key().context("cannot generate an erasure key")?;
+    let stored =
+        postgres::get_or_create_secret(client, postgres::erasure::ERASURE_KEY_SECRET, &candidate)
+            .await
+            .context("cannot store or read the erasure key")?;
+    Ok(stored.value)
+}
+
+/// The eraser of this configuration: pseudonyms under [`erasure_key`], erased
+/// rows stored before canonical form v3 signed with the checkpoint key.
+pub async fn eraser(
+    config: &Config,
+    database_url: &str,
+) -> anyhow::Result<postgres::erasure::Eraser> {
+    let (client, _) = postgres::connect(database_url)
+        .await
+        .context("cannot connect to PostgreSQL for the erasure key")?;
+    let key = erasure_key(&client).await?;
+    let signer = if config.exporters.postgres.tamper_evidence.enabled {
+        Some(chain_signing_key(config, database_url).await?)
+    } else {
+        None
+    };
+    Ok(postgres::erasure::Eraser::new(key, signer))
+}

@@ -26,6 +26,7 @@ pub mod console;
 pub mod coverage;
 pub mod cursor;
 mod db;
+pub mod erasures;
 pub mod error;
 pub mod export;
 mod fair;
@@ -152,6 +153,8 @@ pub(crate) struct AppState {
     pub(crate) stats_polls: Arc<stream::stats::Polls>,
     /// The budgets' current use (see [`AdminApi::with_budgets`]).
     pub(crate) budgets: Option<Arc<tally_exporters::postgres::budgets::BudgetBook>>,
+    /// Runs erasures (see [`AdminApi::with_eraser`]).
+    pub(crate) eraser: Option<erasures::ErasureService>,
 }
 
 /// The admin API: a bound listener and its state.
@@ -231,6 +234,7 @@ impl AdminApi {
                 limits: Arc::new(limits::Limits::new(&config.limits)),
                 stats_polls: Arc::default(),
                 budgets: None,
+                eraser: None,
             },
         })
     }
@@ -254,6 +258,12 @@ impl AdminApi {
     /// Serves `POST /api/v1/rejected/replay` with `replayer` (404 without one).
     pub fn with_replayer(mut self, replayer: rejected::SharedReplayer) -> Self {
         self.state.replayer = Some(replayer);
+        self
+    }
+
+    /// Serves `POST /api/v1/erasures` with `service` (404 without one).
+    pub fn with_eraser(mut self, service: erasures::ErasureService) -> Self {
+        self.state.eraser = Some(service);
         self
     }
 

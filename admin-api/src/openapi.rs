@@ -326,11 +326,43 @@ fn document_text() -> Value {
                     }
                 }
             },
+            "/api/v1/erasures": {
+                "post": {
+                    "operationId": "createErasure",
+                    "summary": "Erase one user of one tenant: pseudonymise the user's id and remove the personal fields everywhere, keeping counts, token sums and the chain verifiable",
+                    "description": "Needs scope admin (not self:read); tenant-scoped: a tenant-scoped admin erases in its own tenant only (another is 403). JSON body {tenant, user_id, reason} (tenant may be omitted by a tenant-scoped caller; the reason is stored and must not name the person). Idempotent: the same tenant and user answer the existing record. 202 with the record (state pending) while the erasure runs in the background (batches, resumed after a crash by any instance); 200 with the record when it was already done. The record never holds the user's id: id, tenant_id, pseudonym (erased: + 32 hex digits of HMAC-SHA256 under the erasure key), reason, requested_by (the caller), state (pending|done), counts (rows changed per table), requested_at, completed_at, event_id (the admin.user.erase event). See docs/privacy.md.",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "required": ["user_id", "reason"], "properties": { "tenant": { "type": ["string", "null"], "maxLength": 1024 }, "user_id": { "type": "string", "minLength": 1, "maxLength": 1024 }, "reason": { "type": "string", "minLength": 1, "maxLength": 1024 } } } } } },
+                    "responses": {
+                        "200": { "description": "The erasure was already done", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Erasure" } } } },
+                        "202": { "description": "The erasure is recorded and running", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Erasure" } } } },
+                        "400": error_response("invalid_parameter"),
+                        "401": error_response("unauthorized"),
+                        "403": error_response("forbidden"),
+                        "404": error_response("not_found: erasure not available"),
+                        "503": error_response("unavailable")
+                    }
+                },
+                "get": {
+                    "operationId": "listErasures",
+                    "summary": "The erasure records, newest first",
+                    "description": "Needs scope admin (not self:read); tenant-scoped: a tenant-scoped caller sees its own tenant's records. Filter tenant; limit as /activity. Answers {items: [Erasure]}.",
+                    "parameters": [
+                        { "name": "tenant", "in": "query", "schema": { "type": "string" } },
+                        { "name": "limit", "in": "query", "description": "Page size (default admin_api.default_page_size, at most admin_api.max_page_size)", "schema": { "type": "integer", "minimum": 1 } }
+                    ],
+                    "responses": {
+                        "200": { "description": "Erasure records", "content": { "application/json": { "schema": { "type": "object", "required": ["items"], "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Erasure" } } } } } } },
+                        "400": error_response("invalid_parameter"),
+                        "401": error_response("unauthorized"),
+                        "403": error_response("forbidden")
+                    }
+                }
+            },
             "/api/v1/verify": {
                 "get": {
                     "operationId": "verifyChain",
                     "summary": "Tamper check: re-walk a tenant's activity hash chain",
-                    "description": "Needs scope activity:read or admin. tenant: a tenant-scoped caller verifies its own (another tenant is 403); a caller with every tenant verifies the one named, or without tenant every tenant ({status, items: [report]}). Recomputes the chained rows' SHA-256 links in seq order and checks the signed checkpoints and truncation records (docs/tamper-evidence.md): from the latest checkpoint an earlier call verified (verified_from_seq; the link and row there are re-checked), or the whole chain on a tenant's first call and with full=true (scope admin; one at a time, else 429). 200 with status intact (verified_up_to_seq, checkpoint) or tampered (first_problem {seq, kind: altered|deleted|inserted|checkpoint|truncation, detail}); rows_checked, links_checked, dropped_rows (removed by retention, recorded), unchained_rows (after the chainer's watermark), chain_watermark, checkpoints_checked.",
+                    "description": "Needs scope activity:read or admin. tenant: a tenant-scoped caller verifies its own (another tenant is 403); a caller with every tenant verifies the one named, or without tenant every tenant ({status, items: [report]}). Recomputes the chained rows' SHA-256 links in seq order and checks the signed checkpoints and truncation records (docs/tamper-evidence.md): from the latest checkpoint an earlier call verified (verified_from_seq; the link and row there are re-checked), or the whole chain on a tenant's first call and with full=true (scope admin; one at a time, else 429). 200 with status intact (verified_up_to_seq, checkpoint) or tampered (first_problem {seq, kind: altered|deleted|inserted|checkpoint|truncation, detail}); rows_checked, links_checked, dropped_rows (removed by retention, recorded), erased_rows (rows an erasure erased, each tied to its erasures record; docs/privacy.md), unchained_rows (after the chainer's watermark), chain_watermark, checkpoints_checked.",
                     "parameters": [
                         { "name": "tenant", "in": "query", "schema": { "type": "string" } },
                         { "name": "full", "in": "query", "description": "true: walk the whole chain, not from the last verified checkpoint (scope admin)", "schema": { "type": "string", "enum": ["true", "false"] } }
@@ -485,6 +517,22 @@ fn document_text() -> Value {
                         "error_message": { "type": ["string", "null"], "description": "Span status message, else exception.message; redacted like any attribute" }
                     }
                 },
+                "Erasure": {
+                    "type": "object",
+                    "required": ["id", "tenant_id", "pseudonym", "reason", "requested_by", "state", "counts", "requested_at", "completed_at", "event_id"],
+                    "properties": {
+                        "id": { "type": "string", "format": "uuid" },
+                        "tenant_id": { "type": "string" },
+                        "pseudonym": { "type": "string", "description": "What the user's id became: erased: and 32 hex digits" },
+                        "reason": { "type": "string" },
+                        "requested_by": { "type": "string", "description": "The caller who asked (token subject, or cli:<user>)" },
+                        "state": { "type": "string", "enum": ["pending", "done"] },
+                        "counts": { "type": "object", "additionalProperties": { "type": "integer" }, "description": "Rows changed per table (activity_events, token_usage, rejected_events, rollups, budget_thresholds, api_keys)" },
+                        "requested_at": { "type": "string", "format": "date-time" },
+                        "completed_at": { "type": ["string", "null"], "format": "date-time" },
+                        "event_id": { "type": ["string", "null"], "format": "uuid", "description": "The admin.user.erase event" }
+                    }
+                },
                 "VerifyReport": {
                     "type": "object",
                     "required": ["tenant", "status", "verified_up_to_seq", "rows_checked", "first_problem", "checkpoint"],
@@ -503,6 +551,7 @@ fn document_text() -> Value {
                             }
                         },
                         "checkpoint": { "type": ["object", "null"] },
+                        "erased_rows": { "type": "integer", "minimum": 0, "description": "Rows checked that an erasure erased, each tied to its erasures record (docs/privacy.md)" },
                         "verified_from_seq": { "type": ["integer", "null"], "description": "null: the whole chain was walked; else the verified checkpoint this walk resumed from" }
                     }
                 },

@@ -6,8 +6,8 @@
 use axum::routing::{get, post, MethodRouter};
 
 use crate::{
-    activity, aggregates, budgets, coverage, export, health, openapi, rejected, stats, stream,
-    taxonomy, tokens, verify, whoami, AppState,
+    activity, aggregates, budgets, coverage, erasures, export, health, openapi, rejected, stats,
+    stream, taxonomy, tokens, verify, whoami, AppState,
 };
 
 /// One route as documented: its method, path and accepted query parameters.
@@ -132,6 +132,13 @@ pub(crate) fn table() -> Vec<Route> {
             "/api/v1/rejected/replay",
             NONE,
             post(rejected::replay),
+        ),
+        route("POST", "/api/v1/erasures", NONE, post(erasures::erase)),
+        route(
+            "GET",
+            "/api/v1/erasures",
+            erasures::PARAMETERS,
+            get(erasures::list),
         ),
         route(
             "GET",

@@ -195,6 +195,7 @@ mod tests {
             rows_checked: 9,
             links_checked: 9,
             dropped_rows: 0,
+            erased_rows: 0,
             unchained_rows: 0,
             chain_watermark: 9,
             checkpoints_checked: 1,

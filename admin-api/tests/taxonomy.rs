@@ -111,8 +111,8 @@ async fn shows_reloads_and_broken_files() {
     let reply = get(&router, URI, None).await;
     assert_eq!(reply.body["generation"], 2);
     // c.d, and Tally's own actions that every registry gets (audit.log.view,
-    // token.budget.threshold, token.quota.exceed).
-    assert_eq!(reply.body["actions"].as_object().map(|a| a.len()), Some(4));
+    // token.budget.threshold, token.quota.exceed, admin.user.erase).
+    assert_eq!(reply.body["actions"].as_object().map(|a| a.len()), Some(5));
     assert!(reply.body["actions"]["audit.log.view"].is_object());
     assert_eq!(reply.body["actions"]["c.d"]["description"], "new");
 

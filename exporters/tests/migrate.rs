@@ -84,6 +84,11 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
             "name",
             "error_type",
             "error_message",
+            "chain_form",
+            "chain_salt",
+            "erasure_id",
+            "erased_digest",
+            "erased_signature",
         ]
     );
 

@@ -82,6 +82,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "token_metrics",
         include_str!("migrations/0018_token_metrics.sql"),
     ),
+    (19, "erasure", include_str!("migrations/0019_erasure.sql")),
     (
         22,
         "scale_out",

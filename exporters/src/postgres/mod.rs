@@ -18,6 +18,7 @@ pub mod budgets;
 pub mod chain;
 pub mod copy;
 pub mod embedded;
+pub mod erasure;
 mod error;
 mod migrate;
 mod partitions;

@@ -11,19 +11,37 @@ use crate::postgres::PgError;
 const ROW_DOMAIN: &[u8] = b"tally-activity-v1";
 /// Domain prefix of the canonical form of a row with details (schema version 12).
 const ROW_DOMAIN_V2: &[u8] = b"tally-activity-v2";
+/// Domain prefix of the canonical form v3 (schema version 19: personal fields
+/// enter only through the row's personal digest).
+const ROW_DOMAIN_V3: &[u8] = b"tally-activity-v3";
+/// Domain prefix of the canonical form of a row whose `chain_form` Tally does not
+/// know (never written by Tally; such a row cannot match a link Tally wrote).
+const ROW_DOMAIN_UNKNOWN: &[u8] = b"tally-activity-unknown-form";
+/// Domain prefix of the personal part hashed into a v3 row's personal digest.
+const PERSONAL_DOMAIN: &[u8] = b"tally-personal-v1";
+/// Domain prefix of the message an erasure signs for an erased v1/v2 row.
+const ERASED_ROW_DOMAIN: &[u8] = b"tally-erased-row-v1";
+/// `chain_form` of the canonical form v3.
+pub const CHAIN_FORM_V3: i16 = 3;
 /// Domain prefix of a signed checkpoint message.
 const CHECKPOINT_DOMAIN: &[u8] = b"tally-checkpoint-v1";
 /// Domain prefix of a signed truncation record.
 const TRUNCATION_DOMAIN: &[u8] = b"tally-truncation-v1";
 
 /// The columns of a row's canonical form, in order (`attributes` as the text
-/// PostgreSQL prints for the jsonb value: keys sorted, duplicates removed).
-/// The last four (schema version 12) are the details extension, see
+/// PostgreSQL prints for the jsonb value: keys sorted, duplicates removed; for a
+/// v3 row without its personal keys). Then the details extension (schema
+/// version 12), and the v3 columns (schema version 19): `chain_form`,
+/// `chain_salt`, the erasure columns and the personal attributes. See
 /// [`ChainRow::canonical`].
-pub(super) const ROW_COLUMNS: &str =
+pub(crate) const ROW_COLUMNS: &str =
     "id, seq, ts, received_at, tenant_id, user_id, session_id, action, \
-    outcome, resource_type, resource_id, service, trace_id, span_id, attributes::text, \
-    taxonomy_valid, taxonomy_reason, duration_ms, name, error_type, error_message";
+    outcome, resource_type, resource_id, service, trace_id, span_id, \
+    CASE WHEN chain_form IS NULL THEN attributes::text \
+        ELSE (attributes - tally_personal_keys(attributes))::text END, \
+    taxonomy_valid, taxonomy_reason, duration_ms, name, error_type, error_message, \
+    chain_form, chain_salt, erasure_id, erased_digest, erased_signature, \
+    CASE WHEN chain_form IS NOT NULL THEN tally_personal_attributes(attributes)::text END";
 
 /// An `activity_events` row as the chain sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +60,8 @@ pub struct ChainRow {
     pub service: Option<String>,
     pub trace_id: Option<String>,
     pub span_id: Option<String>,
-    /// `attributes::text`.
+    /// `attributes::text` (v1/v2); for a v3 row the text of the attributes
+    /// without their personal keys.
     pub attributes: Option<String>,
     pub taxonomy_valid: Option<bool>,
     pub taxonomy_reason: Option<String>,
@@ -50,11 +69,23 @@ pub struct ChainRow {
     pub name: Option<String>,
     pub error_type: Option<String>,
     pub error_message: Option<String>,
+    /// `None`: a row stored before schema version 19 (form v1/v2); `Some(3)`: v3.
+    pub chain_form: Option<i16>,
+    /// The random per-row salt of the personal digest (v3; `None` once erased).
+    pub chain_salt: Option<Vec<u8>>,
+    /// The erasure that erased the row.
+    pub erasure_id: Option<uuid::Uuid>,
+    /// The personal digest kept by the erasure of a v3 row.
+    pub erased_digest: Option<Vec<u8>>,
+    /// The erasure's signature over an erased v1/v2 row (see [`erased_row_message`]).
+    pub erased_signature: Option<Vec<u8>>,
+    /// The text of the personal attributes (v3 only; `None` when there are none).
+    pub personal_attributes: Option<String>,
 }
 
 impl ChainRow {
     /// Reads a row selected with the chain's column list.
-    pub(super) fn from_row(row: &Row) -> Result<ChainRow, PgError> {
+    pub(crate) fn from_row(row: &Row) -> Result<ChainRow, PgError> {
         Ok(ChainRow {
             id: row.try_get(0)?,
             seq: row.try_get(1)?,
@@ -77,7 +108,39 @@ impl ChainRow {
             name: row.try_get(18)?,
             error_type: row.try_get(19)?,
             error_message: row.try_get(20)?,
+            chain_form: row.try_get(21)?,
+            chain_salt: row.try_get(22)?,
+            erasure_id: row.try_get(23)?,
+            erased_digest: row.try_get(24)?,
+            erased_signature: row.try_get(25)?,
+            personal_attributes: row.try_get(26)?,
         })
+    }
+
+    /// The row's personal digest computed from its values: HMAC-SHA256 keyed
+    /// with `chain_salt` (empty when NULL) over `tally-personal-v1` and the
+    /// fields `user_id`, `session_id` and the personal attributes' text, encoded
+    /// like the canonical form's fields.
+    pub fn personal_digest(&self) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        let key = self.chain_salt.as_deref().unwrap_or(&[]);
+        // HMAC takes a key of any length: this cannot fail.
+        let mut mac = match hmac::Hmac::<Sha256>::new_from_slice(key) {
+            Ok(mac) => mac,
+            Err(_) => return [0; 32],
+        };
+        let mut message = Vec::with_capacity(64);
+        message.extend_from_slice(PERSONAL_DOMAIN);
+        for text in [&self.user_id, &self.session_id, &self.personal_attributes] {
+            field(&mut message, text.as_deref().map(str::as_bytes));
+        }
+        mac.update(&message);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether an erasure marked the row.
+    pub fn is_erased(&self) -> bool {
+        self.erasure_id.is_some()
     }
 
     /// The chain key of the row's tenant (`''` for no tenant).
@@ -99,7 +162,77 @@ impl ChainRow {
     /// exactly its earlier `v1` form and still verifies; a row with details is
     /// covered by them (setting them all to NULL afterwards changes the form,
     /// so the hash no longer matches).
+    ///
+    /// A row with `chain_form` 3 (stored from schema version 19 on) has the
+    /// form v3 instead, see [`ChainRow::canonical_v3`].
     pub fn canonical(&self) -> Vec<u8> {
+        match self.chain_form {
+            None => self.canonical_v1_v2(),
+            Some(CHAIN_FORM_V3) => self.canonical_v3(ROW_DOMAIN_V3),
+            Some(_) => self.canonical_v3(ROW_DOMAIN_UNKNOWN),
+        }
+    }
+
+    /// The canonical form v3: `tally-activity-v3`, then the fields id, seq, ts,
+    /// received_at, tenant_id, action, outcome, resource_type, resource_id,
+    /// service, trace_id, span_id, the attributes without their personal keys,
+    /// taxonomy_valid, taxonomy_reason, duration_ms, name, error_type,
+    /// error_message (encoded as in v1/v2), and last the 32-byte personal digest:
+    /// [`ChainRow::personal_digest`], or for an erased row the digest the erasure
+    /// kept (`erased_digest`). The personal fields (`user_id`, `session_id`, the
+    /// personal attributes) enter only through that digest, salted with a random
+    /// per-row salt that the erasure deletes.
+    fn canonical_v3(&self, domain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(domain);
+        field(&mut out, Some(self.id.as_bytes()));
+        field(&mut out, Some(&self.seq.to_be_bytes()));
+        field(&mut out, Some(&self.ts.timestamp_micros().to_be_bytes()));
+        field(
+            &mut out,
+            Some(&self.received_at.timestamp_micros().to_be_bytes()),
+        );
+        for text in [
+            &self.tenant_id,
+            &self.action,
+            &self.outcome,
+            &self.resource_type,
+            &self.resource_id,
+            &self.service,
+            &self.trace_id,
+            &self.span_id,
+            &self.attributes,
+        ] {
+            field(&mut out, text.as_deref().map(str::as_bytes));
+        }
+        field(
+            &mut out,
+            self.taxonomy_valid
+                .map(|v| [u8::from(v)])
+                .as_ref()
+                .map(|b| &b[..]),
+        );
+        field(&mut out, self.taxonomy_reason.as_deref().map(str::as_bytes));
+        field(
+            &mut out,
+            self.duration_ms
+                .map(|d| d.to_bits().to_be_bytes())
+                .as_ref()
+                .map(|b| &b[..]),
+        );
+        for text in [&self.name, &self.error_type, &self.error_message] {
+            field(&mut out, text.as_deref().map(str::as_bytes));
+        }
+        if self.is_erased() {
+            field(&mut out, self.erased_digest.as_deref());
+        } else {
+            field(&mut out, Some(&self.personal_digest()));
+        }
+        out
+    }
+
+    /// The v1/v2 form (rows stored before schema version 19).
+    fn canonical_v1_v2(&self) -> Vec<u8> {
         let details = self.duration_ms.is_some()
             || self.name.is_some()
             || self.error_type.is_some()
@@ -163,6 +296,28 @@ fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {
             out.extend_from_slice(bytes);
         }
     }
+}
+
+/// The message an erasure signs for an erased v1/v2 row (whose chained hash
+/// covers the personal values it removed): `tally-erased-row-v1`, then the
+/// fields tenant, seq (8 bytes), the link's `row_hash`, SHA-256 of the erased
+/// row's canonical form and the erasure id (16 bytes), encoded like
+/// [`ChainRow::canonical`]'s fields.
+pub fn erased_row_message(
+    tenant: &str,
+    seq: i64,
+    link_hash: &[u8],
+    erased_canonical: &[u8],
+    erasure_id: uuid::Uuid,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + tenant.len());
+    out.extend_from_slice(ERASED_ROW_DOMAIN);
+    field(&mut out, Some(tenant.as_bytes()));
+    field(&mut out, Some(&seq.to_be_bytes()));
+    field(&mut out, Some(link_hash));
+    field(&mut out, Some(Sha256::digest(erased_canonical).as_slice()));
+    field(&mut out, Some(erasure_id.as_bytes()));
+    out
 }
 
 /// `SHA-256(prev_hash || canonical)`.
@@ -335,6 +490,12 @@ mod tests {
             name: None,
             error_type: None,
             error_message: None,
+            chain_form: None,
+            chain_salt: None,
+            erasure_id: None,
+            erased_digest: None,
+            erased_signature: None,
+            personal_attributes: None,
         }
     }
 
@@ -404,6 +565,52 @@ mod tests {
         b.name = Some("a".into());
         b.error_type = Some("bc".into());
         assert_ne!(a.canonical(), b.canonical());
+    }
+
+    #[test]
+    fn v3_hashes_personal_fields_only_through_the_salted_digest() {
+        let mut v3 = row();
+        v3.chain_form = Some(CHAIN_FORM_V3);
+        v3.chain_salt = Some(vec![9; 16]);
+        v3.user_id = Some("alice".into());
+        v3.session_id = Some("s-1".into());
+        v3.personal_attributes = Some(r#"{"user.email": "a@x"}"#.into());
+        let form = v3.canonical();
+        assert!(form.starts_with(b"tally-activity-v3"));
+        assert_ne!(form, row().canonical());
+        for needle in [&b"alice"[..], b"s-1", b"a@x"] {
+            assert!(!form.windows(needle.len()).any(|w| w == needle));
+        }
+        // Each personal field and the salt change the digest.
+        let mut changed = Vec::new();
+        for change in 0..4 {
+            let mut r = v3.clone();
+            match change {
+                0 => r.user_id = Some("bob".into()),
+                1 => r.session_id = None,
+                2 => r.personal_attributes = None,
+                _ => r.chain_salt = Some(vec![8; 16]),
+            }
+            assert_ne!(r.canonical(), form, "change {change}");
+            changed.push(r.personal_digest());
+        }
+        changed.dedup();
+        assert_eq!(changed.len(), 4);
+        // Erased: the kept digest stands for the values, which are gone.
+        let mut erased = v3.clone();
+        erased.erased_digest = Some(v3.personal_digest().to_vec());
+        erased.erasure_id = Some(uuid::Uuid::from_u128(1));
+        erased.user_id = Some("erased:0123".into());
+        erased.session_id = None;
+        erased.personal_attributes = None;
+        erased.chain_salt = None;
+        assert_eq!(erased.canonical(), form);
+        erased.erased_digest = Some(vec![0; 32]);
+        assert_ne!(erased.canonical(), form);
+        // An unknown form never matches a v3 one.
+        let mut unknown = v3.clone();
+        unknown.chain_form = Some(4);
+        assert_ne!(unknown.canonical(), form);
     }
 
     #[test]

@@ -25,6 +25,13 @@
 //! the dropped rows' stored hashes, and a link whose row is missing is accepted
 //! only under such a record whose signature, seq range and counts hold.
 //!
+//! Rows stored from schema version 19 on have the canonical form v3, in which
+//! the personal fields enter only through a salted digest: an erasure
+//! (`postgres::erasure`) keeps the digest and deletes the values and the salt,
+//! and verification counts such rows as `erased_rows`, each tied to its
+//! `erasures` record. An erased row stored earlier (form v1/v2) is vouched for
+//! by the erasure's signature over its link's hash and its erased content.
+//!
 //! With a checkpoint directory, the chainer also appends each checkpoint to a
 //! file outside the database, which `tally verify --checkpoints` compares the
 //! chain with (a cut tail, a rewritten head).
@@ -42,9 +49,10 @@ mod external;
 mod job;
 mod verify;
 
+pub(crate) use canonical::ROW_COLUMNS;
 pub use canonical::{
-    checkpoint_message, hex, key_id, row_hash, signing_key_from_config, signing_key_from_seed,
-    ChainRow, TruncationRecord,
+    checkpoint_message, erased_row_message, hex, key_id, row_hash, signing_key_from_config,
+    signing_key_from_seed, ChainRow, TruncationRecord, CHAIN_FORM_V3,
 };
 pub use external::{
     append_checkpoints, checkpoint_file, read_checkpoint_dir, ExternalCheckpoint,

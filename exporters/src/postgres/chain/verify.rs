@@ -8,7 +8,8 @@ use serde::Serialize;
 use tokio_postgres::{Client, IsolationLevel};
 
 use super::canonical::{
-    checkpoint_message, hex, key_id, row_hash, ChainRow, TruncationRecord, ROW_COLUMNS,
+    checkpoint_message, erased_row_message, hex, key_id, row_hash, ChainRow, TruncationRecord,
+    CHAIN_FORM_V3, ROW_COLUMNS,
 };
 use super::{VerifyingKey, CHAIN_WATERMARK, GENESIS_HASH};
 use crate::postgres::PgError;
@@ -85,6 +86,8 @@ pub struct VerifyReport {
     pub links_checked: u64,
     /// Links whose rows were dropped by retention (recorded in `chain_truncations`).
     pub dropped_rows: u64,
+    /// Rows checked that an erasure erased (each tied to its `erasures` record).
+    pub erased_rows: u64,
     /// Rows after the chainer's watermark: not chained yet (not an error).
     pub unchained_rows: u64,
     /// The chainer's global watermark at verification time.
@@ -146,8 +149,8 @@ impl VerifyReport {
                     None => format!("{tenant}: intact (nothing chained yet)"),
                 };
                 line.push_str(&format!(
-                    " ({} rows checked, {} dropped by retention, {} not chained yet)",
-                    self.rows_checked, self.dropped_rows, self.unchained_rows
+                    " ({} rows checked, {} erased, {} dropped by retention, {} not chained yet)",
+                    self.rows_checked, self.erased_rows, self.dropped_rows, self.unchained_rows
                 ));
                 if let Some(cp) = &self.checkpoint {
                     line.push_str(&format!(
@@ -188,6 +191,12 @@ struct Truncation {
     missing_links: i64,
     /// Whether the walk reached `last_chained_seq`.
     closed: bool,
+}
+
+/// An `erasures` record of the tenant, as the walk checks erased rows against it.
+struct ErasureInfo {
+    pseudonym: String,
+    key_id: Option<String>,
 }
 
 struct StoredCheckpoint {
@@ -345,6 +354,22 @@ pub async fn verify_from(
             },
         );
     }
+    let mut erasures: HashMap<uuid::Uuid, ErasureInfo> = HashMap::new();
+    for row in tx
+        .query(
+            "SELECT id, pseudonym, key_id FROM erasures WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await?
+    {
+        erasures.insert(
+            row.try_get(0)?,
+            ErasureInfo {
+                pseudonym: row.try_get(1)?,
+                key_id: row.try_get(2)?,
+            },
+        );
+    }
     let head: Option<(i64, Vec<u8>)> = tx
         .query_opt(
             "SELECT seq, row_hash FROM chain_heads WHERE tenant_id = $1",
@@ -380,6 +405,7 @@ pub async fn verify_from(
         tenant,
         trusted,
         keys: &keys,
+        erasures: &erasures,
         dropped_days,
         checkpoints: &checkpoints,
         external,
@@ -392,6 +418,7 @@ pub async fn verify_from(
             rows_checked: 0,
             links_checked: 0,
             dropped_rows: 0,
+            erased_rows: 0,
             unchained_rows: u64::try_from(unchained).unwrap_or(0),
             chain_watermark: watermark,
             checkpoints_checked: 0,
@@ -465,6 +492,7 @@ struct Walk<'a> {
     tenant: &'a str,
     trusted: &'a [VerifyingKey],
     keys: &'a HashMap<String, Option<VerifyingKey>>,
+    erasures: &'a HashMap<uuid::Uuid, ErasureInfo>,
     dropped_days: HashMap<NaiveDate, Truncation>,
     checkpoints: &'a BTreeMap<i64, StoredCheckpoint>,
     external: &'a BTreeMap<i64, Vec<u8>>,
@@ -592,18 +620,25 @@ impl Walk<'_> {
                 }
             }
             let mut matched = false;
+            let mut erasure_problem = None;
             for row in rows {
                 self.report.rows_checked += 1;
-                if row_hash(&prev, &row.canonical()).as_slice() == link.row_hash.as_slice() {
+                if row.is_erased() {
+                    match self.erased_row(link, &prev, row) {
+                        Ok(()) => {
+                            matched = true;
+                            self.report.erased_rows += 1;
+                        }
+                        Err(why) => erasure_problem = Some(why),
+                    }
+                } else if row_hash(&prev, &row.canonical()).as_slice() == link.row_hash.as_slice() {
                     matched = true;
                 }
             }
             if !matched {
-                return self.problem(
-                    link.seq,
-                    ProblemKind::Altered,
-                    "the row's content does not match its chained hash",
-                );
+                let detail = erasure_problem
+                    .unwrap_or_else(|| "the row's content does not match its chained hash".into());
+                return self.problem(link.seq, ProblemKind::Altered, detail);
             }
             if rows.len() > 1 {
                 return self.problem(
@@ -634,6 +669,58 @@ impl Walk<'_> {
         self.prev_seq = Some(link.seq);
         self.expected_prev = link.row_hash.clone();
         true
+    }
+
+    /// Checks an erased row: its erasure record exists, the row carries that
+    /// record's pseudonym, and then either (v3) the row hashes to its link with
+    /// the personal digest the erasure kept, or (v1/v2) the erasure's signature
+    /// over the link's hash and the erased row verifies. `Err`: why not.
+    fn erased_row(&self, link: &Link, prev: &[u8; 32], row: &ChainRow) -> Result<(), String> {
+        let Some(erasure_id) = row.erasure_id else {
+            return Err("the row is not erased".into());
+        };
+        let Some(erasure) = self.erasures.get(&erasure_id) else {
+            return Err(format!(
+                "the row is marked erased by erasure {erasure_id}, which has no record in \
+                 erasures (erased out of band, or the record was deleted)"
+            ));
+        };
+        if row.user_id.as_deref() != Some(erasure.pseudonym.as_str()) {
+            return Err(format!(
+                "the erased row's user is not the pseudonym of its erasure {erasure_id}"
+            ));
+        }
+        if row.chain_form == Some(CHAIN_FORM_V3) {
+            return if row_hash(prev, &row.canonical()).as_slice() == link.row_hash.as_slice() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the row erased by erasure {erasure_id} does not match its chained hash \
+                     (its content or its kept personal digest was altered)"
+                ))
+            };
+        }
+        let (Some(key_id), Some(signature)) = (&erasure.key_id, &row.erased_signature) else {
+            return Err(format!(
+                "the row stored before canonical form v3 is marked erased by erasure \
+                 {erasure_id} without a signature over it"
+            ));
+        };
+        let message = erased_row_message(
+            self.tenant,
+            row.seq,
+            &link.row_hash,
+            &row.canonical(),
+            erasure_id,
+        );
+        check_signature(self.keys, self.trusted, key_id, signature, &message)
+            .map(|_| ())
+            .map_err(|why| {
+                format!(
+                    "the erasure signature of this row stored before canonical form v3 {why} \
+                     (the erased row was altered)"
+                )
+            })
     }
 
     /// A link whose row is missing: accepted only under a signed truncation
