@@ -406,8 +406,8 @@ impl Spec {
     }
 
     /// The live rows of `table`: the rollup's rows plus the raw rows it has
-    /// not folded yet (`seq` above its watermark, in the same snapshot), each
-    /// raw row shaped like a rollup row (`day`, the table's keys, the measures
+    /// not folded yet (`seq` above its watermark, in the same snapshot),
+    /// grouped like a rollup row (`day`, the table's keys, the measures summed
     /// as the rollup job computes them). Filters on the keys and `day` apply to
     /// both parts; `tail_from` / `tail_to` (SQL dates: placeholders or
     /// literals) bound the raw rows' `ts` as well, so that only the window's
@@ -421,14 +421,13 @@ impl Spec {
         let mut rollup = vec!["day".to_owned()];
         rollup.extend(keys.iter().map(|k| k.column.to_owned()));
         rollup.extend(self.measures.iter().map(|m| m.column.to_owned()));
-        let mut raw = vec!["(ts AT TIME ZONE 'UTC')::date AS day".to_owned()];
-        raw.extend(keys.iter().map(|k| alias(k.raw, k.column)));
-        raw.extend(self.measures.iter().map(|m| m.raw.to_owned()));
+        // The raw rows grouped by the table's keys first: a few groups instead
+        // of every raw row reach the union and the answer's grouping.
         format!(
             "(SELECT {} FROM {} UNION ALL {}) AS live",
             rollup.join(", "),
             table.name,
-            self.tail(&raw, tail_from, tail_to)
+            self.tail_groups(table.keys, &[], &[], (tail_from, tail_to), "")
         )
     }
 
@@ -456,20 +455,22 @@ impl Spec {
         )
     }
 
-    /// [`Spec::source`] of the rollup table named `table`: the rows of the
-    /// rollup plus the raw rows it has not folded yet, for `/stats`.
-    pub(crate) fn live(&self, table: &str, tail_from: &str, tail_to: &str) -> String {
-        let table = self
-            .tables
-            .iter()
-            .find(|t| t.name == table)
-            .unwrap_or(&self.tables[self.tables.len() - 1]);
-        self.source(table, Some(tail_from), Some(tail_to))
-    }
-
-    /// The raw rows not folded yet with `ts` in `tail_from..tail_to`, as a
-    /// relation `tail(day, <the keys named>)`, for `/stats`.
-    pub(crate) fn tail_of(&self, keys: &[&str], tail_from: &str, tail_to: &str) -> String {
+    /// The raw rows not folded into the rollups yet with `ts` in
+    /// `tail_from..tail_to` (SQL dates), as `SELECT <day and the keys named>,
+    /// <each measure summed as the rollup job folds it> FROM … WHERE … GROUP BY`
+    /// the day and keys, plus `extra` conditions (e.g. a tenant): the compact
+    /// form of the tail that `/stats` reads once per request and then sums in
+    /// every grouping it answers. `extra_columns` are more summed columns
+    /// (`"sum(…) AS name"`) and `extra_keys` more grouping columns
+    /// (`"expression AS name"`).
+    pub(crate) fn tail_groups(
+        &self,
+        keys: &[&str],
+        extra_keys: &[&str],
+        extra_columns: &[&str],
+        (tail_from, tail_to): (Option<&str>, Option<&str>),
+        extra: &str,
+    ) -> String {
         let mut columns = vec!["(ts AT TIME ZONE 'UTC')::date AS day".to_owned()];
         columns.extend(
             self.keys
@@ -477,10 +478,31 @@ impl Spec {
                 .filter(|k| keys.contains(&k.name))
                 .map(|k| alias(k.raw, k.column)),
         );
+        columns.extend(extra_keys.iter().map(|k| (*k).to_owned()));
+        let grouped = columns.len();
+        columns.extend(
+            self.measures
+                .iter()
+                .map(|m| format!("sum({}) AS {}", m.raw, m.column)),
+        );
+        columns.extend(extra_columns.iter().map(|c| (*c).to_owned()));
+        let group: Vec<String> = (1..=grouped).map(|i| i.to_string()).collect();
         format!(
-            "({}) AS tail",
-            self.tail(&columns, Some(tail_from), Some(tail_to))
+            "{}{extra} GROUP BY {}",
+            self.tail(&columns, tail_from, tail_to),
+            group.join(", ")
         )
+    }
+
+    /// The measures' column names, comma-separated.
+    pub(crate) fn measure_columns(&self) -> String {
+        let columns: Vec<&str> = self.measures.iter().map(|m| m.column).collect();
+        columns.join(", ")
+    }
+
+    /// `sum(m)::int8 AS m` (`::float8` for cost) for every measure.
+    pub(crate) fn measure_sums(&self) -> String {
+        self.sums().collect::<Vec<_>>().join(", ")
     }
 
     fn to_sql(
@@ -864,7 +886,8 @@ mod tests {
                 " FROM token_usage WHERE seq > coalesce((SELECT last_seq FROM rollup_watermarks \
                  WHERE name = 'token_usage_daily'), 0) \
                  AND ts >= ($2)::date::timestamp AT TIME ZONE 'UTC' \
-                 AND ts < ($3)::date::timestamp AT TIME ZONE 'UTC') AS live WHERE tenant_id = $1"
+                 AND ts < ($3)::date::timestamp AT TIME ZONE 'UTC' GROUP BY 1, 2, 3, 4) \
+                 AS live WHERE tenant_id = $1"
             ),
             "{sql}"
         );
@@ -961,7 +984,8 @@ mod tests {
         assert!(
             sql.ends_with(
                 " AND ts >= ('2026-11-01')::date::timestamp AT TIME ZONE 'UTC' \
-                 AND ts < ('2026-11-30')::date::timestamp AT TIME ZONE 'UTC') AS live \
+                 AND ts < ('2026-11-30')::date::timestamp AT TIME ZONE 'UTC' \
+                 GROUP BY 1, 2, 3, 4, 5) AS live \
                  WHERE tenant_id = $1 AND day >= '2026-11-01'::date \
                  AND day < '2026-11-30'::date AND (user_id, model) > ($2, $3) \
                  GROUP BY user_id, model ORDER BY user_id, model LIMIT $4"

@@ -71,6 +71,15 @@ impl TenantPool {
             .post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
                 let flag = flag.clone();
                 Box::pin(async move {
+                    // The API's statements are short by design; a misestimated
+                    // row count (the unfolded tail's `seq > watermark` is
+                    // guessed at a third of the table) made PostgreSQL compile
+                    // them with JIT, which cost far more than running them
+                    // (docs/performance.md).
+                    client
+                        .batch_execute("SET jit = off")
+                        .await
+                        .map_err(HookError::Backend)?;
                     match client
                         .batch_execute(&format!("SET ROLE {API_ROLE}"))
                         .await

@@ -1,7 +1,13 @@
 //! `GET /api/v1/stats`: totals for a window of UTC days, from the rollups
 //! without users (per tenant, or over every tenant for a platform caller who
-//! names none; migration 0008), on one connection with the statements
-//! pipelined.
+//! names none; migration 0008) plus the raw rows they have not folded yet, on
+//! one connection and in one snapshot with the statements pipelined.
+//!
+//! Each section is one statement that reads its raw table's unfolded tail
+//! once (a materialized, grouped CTE) and answers every grouping of the section
+//! from it and the rollups (`GROUPING SETS`), instead of one read of the tail
+//! per grouping: the tail is the part of the answer whose cost grows with the
+//! ingest rate.
 //!
 //! Needs `activity:read` or `tokens:read` (or `admin`); the `activity` section is
 //! present only with `activity:read`/`admin`, the `tokens` section only with
@@ -211,15 +217,35 @@ fn tables(tenant: Option<&str>, user: Option<&str>) -> Tables {
     }
 }
 
-async fn activity_section(
-    client: &Transaction<'_>,
-    tenant: Option<&str>,
-    user: Option<&str>,
-    from: NaiveDate,
-    to: NaiveDate,
-) -> Result<Value, ApiError> {
-    let (w, params) = window(tenant, user, from, to);
+/// The `GROUPING(day, action)` of the per-day rows of [`activity_sql`].
+const ACTIVITY_DAY: i32 = 1;
+/// The `GROUPING(day, action)` of the per-action rows.
+const ACTIVITY_ACTION: i32 = 2;
+/// The row with the window's distinct users.
+const ACTIVITY_USERS: i32 = 3;
+
+/// The activity section in one statement, so that the raw rows not folded yet
+/// are read once per request (`tail`, grouped per day, user and action) and
+/// then summed per day and per action together with the rollup (`GROUPING
+/// SETS`), and counted for the distinct users. Rows: `part` (see the
+/// constants above), `day`, `action`, `events`, `users`, `rank` (of an
+/// action, by events).
+fn activity_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
     let t = tables(tenant, user);
+    let mut of_tail = String::new();
+    if tenant.is_some() {
+        of_tail.push_str(" AND tenant_id = $3");
+    }
+    if user.is_some() {
+        of_tail.push_str(" AND coalesce(user_id, '') = $4");
+    }
+    let tail = ACTIVITY.tail_groups(
+        &["user", "action"],
+        &[],
+        &[],
+        (Some("$1"), Some("$2")),
+        &of_tail,
+    );
     let same_tenant = if tenant.is_some() {
         " AND u.tenant_id = $3"
     } else {
@@ -230,33 +256,6 @@ async fn activity_section(
     } else {
         ""
     };
-    let live = ACTIVITY.live(t.activity, "$1", "$2");
-    let tail = ACTIVITY.tail_of(&["tenant", "user"], "$1", "$2");
-    // The users of the raw rows not folded yet; `tail_user_filter` keeps
-    // those the rollups do not already count for the window (see below).
-    let new_in_window = if tenant.is_some() {
-        "NOT EXISTS (SELECT 1 FROM activity_user_last_seen AS l \
-         WHERE l.tenant_id = $3 AND l.user_id = n.user_id AND l.last_seen >= $1)"
-    } else {
-        "NOT EXISTS (SELECT 1 FROM activity_user_last_seen_all AS l \
-         WHERE l.user_id = n.user_id AND l.last_seen >= $1)"
-    };
-    // Distinct users of the window: when no user was seen on or after `to`,
-    // they are exactly the users whose last day is on or after `from` (an
-    // index range count) plus the users of the raw rows not folded yet who are
-    // not among them; NULL otherwise (counted from activity_daily below).
-    let users_sql = format!(
-        "SELECT CASE WHEN coalesce((SELECT max(last_seen) FROM {ls} WHERE true{of_tenant}), \
-             '-infinity'::date) < $2 \
-         THEN (SELECT count(*) FROM {ls} WHERE last_seen >= $1{of_tenant}) \
-            + (SELECT count(*) FROM (SELECT DISTINCT user_id FROM {tail}{w} AND user_id <> '') \
-               AS n WHERE {new_in_window}) END AS active_users",
-        ls = t.last_seen
-    );
-    let top_sql = format!(
-        "SELECT action, sum(events)::int8 AS events FROM {live}{w} \
-         GROUP BY action ORDER BY 2 DESC, 1 LIMIT {TOP_ACTIONS}"
-    );
     // Each day's users: the rollup's count plus the tail's (day, user) pairs
     // that activity_daily does not hold yet.
     let same_day_user = if tenant.is_some() {
@@ -264,79 +263,139 @@ async fn activity_section(
     } else {
         "d.day = n.day AND d.user_id = n.user_id"
     };
-    let days_sql = match user {
-        // One user: active on the days it has events.
-        Some(_) => format!(
-            "SELECT day, sum(events)::int8 AS events, \
-                 (count(DISTINCT user_id) FILTER (WHERE user_id <> ''))::int8 AS active_users \
-             FROM {live}{w} GROUP BY day ORDER BY day"
+    let (users_of_day, users_join, users_row) = match user {
+        // One user: active on the days it has events (counted by the caller).
+        Some(_) => ("0::int8".to_owned(), String::new(), String::new()),
+        None => (
+            "(coalesce(u.users, 0) + coalesce(p.users, 0))::int8".to_owned(),
+            format!(
+                " LEFT JOIN {} AS u ON s.g = {ACTIVITY_DAY} AND u.day = s.day{same_tenant} \
+                 LEFT JOIN new_pairs AS p ON s.g = {ACTIVITY_DAY} AND p.day = s.day",
+                t.users_daily
+            ),
+            // Distinct users of the window: when no user was seen on or after
+            // `to`, they are exactly the users whose last day is on or after
+            // `from` (an index range) together with the tail's users, counted
+            // as one hashed set (a probe per tail user cost far more); NULL
+            // otherwise (counted by `fallback_users_sql`).
+            format!(
+                " UNION ALL SELECT {ACTIVITY_USERS}, NULL::date, NULL::text, NULL::int8, \
+                     CASE WHEN coalesce((SELECT max(last_seen) FROM {ls} WHERE true{of_tenant}), \
+                         '-infinity'::date) < $2 \
+                     THEN (SELECT count(*) FROM (SELECT user_id FROM {ls} \
+                           WHERE last_seen >= $1{of_tenant} \
+                           UNION SELECT user_id FROM tail WHERE user_id <> '') AS n) END::int8, \
+                     NULL::int8",
+                ls = t.last_seen
+            ),
         ),
-        None => format!(
-        "SELECT e.day, e.events, (coalesce(u.users, 0) + coalesce(n.users, 0))::int8 AS active_users \
-         FROM (SELECT day, sum(events)::int8 AS events FROM {live}{w} GROUP BY day) AS e \
-         LEFT JOIN {} AS u ON u.day = e.day{same_tenant} \
-         LEFT JOIN (SELECT day, count(*) AS users FROM \
-             (SELECT DISTINCT day, user_id FROM {tail}{w} AND user_id <> '') AS n \
-             WHERE NOT EXISTS (SELECT 1 FROM activity_daily AS d WHERE {same_day_user}) \
-             GROUP BY day) AS n ON n.day = e.day \
-         ORDER BY e.day",
-        t.users_daily
-    ),
     };
-    // The total is the sum of the days (one read of the tail fewer).
-    let (users, top, days, as_of_seq) = futures::try_join!(
-        async {
-            match user {
-                // Counted from activity_daily and the tail below.
-                Some(_) => Ok(Vec::new()),
-                None => run(client, &users_sql, &params).await,
-            }
-        },
-        run(client, &top_sql, &params),
-        run(client, &days_sql, &params),
+    let new_pairs = match user {
+        Some(_) => String::new(),
+        None => format!(
+            ", new_pairs AS (SELECT n.day, count(*) AS users \
+             FROM (SELECT DISTINCT day, user_id FROM tail WHERE user_id <> '') AS n \
+             WHERE NOT EXISTS (SELECT 1 FROM activity_daily AS d WHERE {same_day_user}) \
+             GROUP BY n.day)"
+        ),
+    };
+    format!(
+        "WITH tail AS MATERIALIZED ({tail}), \
+         live AS (SELECT day, action, events FROM {rollup}{w} \
+             UNION ALL SELECT day, action, events FROM tail), \
+         sums AS (SELECT GROUPING(day, action) AS g, day, action, sum(events)::int8 AS events, \
+             row_number() OVER (PARTITION BY GROUPING(day, action) \
+                 ORDER BY sum(events) DESC, action) AS rank \
+             FROM live GROUP BY GROUPING SETS ((day), (action))){new_pairs} \
+         SELECT s.g AS part, s.day, s.action, s.events, {users_of_day} AS users, s.rank \
+         FROM sums AS s{users_join} \
+         WHERE s.g = {ACTIVITY_DAY} OR s.rank <= {TOP_ACTIONS}{users_row} \
+         ORDER BY part, day, rank",
+        rollup = t.activity
+    )
+}
+
+/// The distinct users of a window that ends before some user's last day
+/// (the fast count of [`activity_sql`] does not apply): counted over
+/// activity_daily and the tail.
+fn fallback_users_sql(tenant: Option<&str>, w: &str) -> String {
+    let of_tail = if tenant.is_some() {
+        " AND tenant_id = $3"
+    } else {
+        ""
+    };
+    let tail = ACTIVITY.tail_groups(&["user"], &[], &[], (Some("$1"), Some("$2")), of_tail);
+    format!(
+        "SELECT count(DISTINCT user_id) FILTER (WHERE user_id <> '') AS active_users \
+         FROM (SELECT user_id FROM activity_daily{w} \
+               UNION ALL SELECT user_id FROM ({tail}) AS tail) AS u"
+    )
+}
+
+async fn activity_section(
+    client: &Transaction<'_>,
+    tenant: Option<&str>,
+    user: Option<&str>,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Value, ApiError> {
+    let (w, params) = window(tenant, user, from, to);
+    let sql = activity_sql(tenant, user, w);
+    let (rows, as_of_seq) = futures::try_join!(
+        run(client, &sql, &params),
         crate::params::newest_seq(client, "activity_events"),
     )?;
-    let mut events = 0i64;
-    for row in &days {
-        events = events.saturating_add(int(row, "events")?);
-    }
-    let known: Option<i64> = match users.first() {
-        Some(row) => row.try_get("active_users").map_err(ApiError::from_db)?,
-        None => None,
+    // A self:read caller's user counts on the days it has events.
+    let own = match user {
+        Some(user) if !user.is_empty() => 1,
+        _ => 0,
     };
-    let active_users = match known {
-        Some(count) => count,
-        None => {
-            let rows = run(
-                client,
-                &format!(
-                    "SELECT count(DISTINCT user_id) FILTER (WHERE user_id <> '') AS active_users \
-                     FROM (SELECT user_id FROM activity_daily{w} \
-                           UNION ALL SELECT user_id FROM {tail}{w}) AS u"
-                ),
-                &params,
-            )
-            .await?;
+    let mut events = 0i64;
+    let mut known: Option<i64> = None;
+    let mut top_actions = Vec::new();
+    let mut daily = Vec::new();
+    for row in &rows {
+        let part: i32 = row.try_get("part").map_err(ApiError::from_db)?;
+        match part {
+            ACTIVITY_DAY => {
+                let day: NaiveDate = row.try_get("day").map_err(ApiError::from_db)?;
+                let day_events = int(row, "events")?;
+                // The total is the sum of the days.
+                events = events.saturating_add(day_events);
+                let users = match user {
+                    Some(_) => own,
+                    None => int(row, "users")?,
+                };
+                daily.push(json!({
+                    "day": day.to_string(),
+                    "events": day_events,
+                    "active_users": users,
+                }));
+            }
+            ACTIVITY_ACTION => {
+                let action: String = row.try_get("action").map_err(ApiError::from_db)?;
+                top_actions.push(json!({ "action": action, "events": int(row, "events")? }));
+            }
+            _ => known = row.try_get("users").map_err(ApiError::from_db)?,
+        }
+    }
+    let active_users = match (user, known) {
+        (Some(_), _) => {
+            if daily.is_empty() {
+                0
+            } else {
+                own
+            }
+        }
+        (None, Some(count)) => count,
+        (None, None) => {
+            let rows = run(client, &fallback_users_sql(tenant, w), &params).await?;
             match rows.first() {
                 Some(row) => int(row, "active_users")?,
                 None => 0,
             }
         }
     };
-    let mut top_actions = Vec::with_capacity(top.len());
-    for row in &top {
-        let action: String = row.try_get("action").map_err(ApiError::from_db)?;
-        top_actions.push(json!({ "action": action, "events": int(row, "events")? }));
-    }
-    let mut daily = Vec::with_capacity(days.len());
-    for row in &days {
-        let day: NaiveDate = row.try_get("day").map_err(ApiError::from_db)?;
-        daily.push(json!({
-            "day": day.to_string(),
-            "events": int(row, "events")?,
-            "active_users": int(row, "active_users")?,
-        }));
-    }
     Ok(json!({
         "as_of_seq": as_of_seq,
         "events": events,
@@ -346,13 +405,92 @@ async fn activity_section(
     }))
 }
 
-fn token_select() -> String {
-    let mut columns: Vec<String> = TOKEN_MEASURES
+/// `GROUPING(day, provider, model)` of the rows of [`tokens_sql`]: the
+/// window's totals, per day, per provider, per model; and the speed rows.
+const TOKENS_TOTAL: i32 = 7;
+const TOKENS_DAY: i32 = 3;
+const TOKENS_PROVIDER: i32 = 5;
+const TOKENS_MODEL: i32 = 6;
+const TOKENS_SPEED: i32 = 8;
+/// Most models and providers listed (the largest by total tokens).
+const MAX_KEYED: i64 = 1000;
+
+/// The calls that count for output speed.
+const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
+
+/// The tokens section in one statement: the token rows not folded yet are
+/// read once (`tail`, grouped per day, provider, model, outcome and duration
+/// bucket) and summed with the rollup for the totals, the days, the providers
+/// and the models (`GROUPING SETS`), and with the latency rollup for the
+/// speed (migration 0017; not for one user, whose speed `own_speed_sql`
+/// reads). Rows: `part` (see the constants above), `day`, `key` (provider or
+/// model), `bucket`, the measures, `failed`, `rate_output_tokens`,
+/// `rate_duration_ms`, in part, day and rank order.
+fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
+    let mut of_tail = String::new();
+    if tenant.is_some() {
+        of_tail.push_str(" AND tenant_id = $3");
+    }
+    if user.is_some() {
+        of_tail.push_str(" AND coalesce(user_id, '') = $4");
+    }
+    let rate_output =
+        format!("sum(CASE WHEN {TIMED} THEN output_tokens ELSE 0 END) AS rate_output_tokens");
+    let rate_duration =
+        format!("sum(CASE WHEN {TIMED} THEN duration_ms ELSE 0 END) AS rate_duration_ms");
+    let tail = TOKENS.tail_groups(
+        &["provider", "model"],
+        &["outcome", "tally_duration_bucket(duration_ms) AS bucket"],
+        &[&rate_output, &rate_duration],
+        (Some("$1"), Some("$2")),
+        &of_tail,
+    );
+    let measures = TOKENS.measure_columns();
+    let sums = TOKENS.measure_sums();
+    // The speed rows hold `requests` and leave the other measures NULL.
+    let nulls: Vec<&str> = TOKEN_MEASURES
         .iter()
-        .map(|m| format!("sum({m})::int8 AS {m}"))
+        .skip(1)
+        .map(|_| "NULL::int8")
         .collect();
-    columns.push("sum(cost_usd)::float8 AS cost_usd".to_owned());
-    columns.join(", ")
+    let nulls = nulls.join(", ");
+    let speed = match user {
+        Some(_) => String::new(),
+        None => {
+            let latency = if tenant.is_some() {
+                "token_usage_latency_daily"
+            } else {
+                "token_usage_latency_daily_all"
+            };
+            format!(
+                " UNION ALL SELECT {TOKENS_SPEED}, NULL::date, model, bucket, NULL::int8, \
+                     sum(requests)::int8, {nulls}, NULL::float8, \
+                     coalesce(sum(requests) FILTER (WHERE outcome = 'failure'), 0)::int8, \
+                     sum(rate_output_tokens)::int8, sum(rate_duration_ms)::float8 \
+                 FROM (SELECT model, outcome, bucket, requests, rate_output_tokens, rate_duration_ms \
+                       FROM {latency}{w} \
+                       UNION ALL SELECT model, outcome, bucket, requests, rate_output_tokens, \
+                           rate_duration_ms FROM tail) AS l \
+                 GROUP BY model, bucket"
+            )
+        }
+    };
+    format!(
+        "WITH tail AS MATERIALIZED ({tail}), \
+         sums AS (SELECT GROUPING(day, provider, model) AS g, day, provider, model, {sums}, \
+             row_number() OVER (PARTITION BY GROUPING(day, provider, model) \
+                 ORDER BY sum(total_tokens) DESC, provider, model) AS rank \
+             FROM (SELECT day, provider, model, {measures} FROM {rollup}{w} \
+                   UNION ALL SELECT day, provider, model, {measures} FROM tail) AS live \
+             GROUP BY GROUPING SETS ((), (day), (provider), (model))) \
+         SELECT g AS part, day, CASE g WHEN {TOKENS_PROVIDER} THEN provider \
+                 WHEN {TOKENS_MODEL} THEN model END AS key, NULL::int2 AS bucket, rank, \
+             {measures}, NULL::int8 AS failed, NULL::int8 AS rate_output_tokens, \
+             NULL::float8 AS rate_duration_ms \
+         FROM sums WHERE g IN ({TOKENS_TOTAL}, {TOKENS_DAY}) OR rank <= {MAX_KEYED}{speed} \
+         ORDER BY part, day, rank",
+        rollup = tables(tenant, user).tokens
+    )
 }
 
 fn token_measures(row: &Row, into: &mut Map<String, Value>) -> Result<(), ApiError> {
@@ -363,19 +501,16 @@ fn token_measures(row: &Row, into: &mut Map<String, Value>) -> Result<(), ApiErr
     Ok(())
 }
 
-fn keyed_list(rows: &[Row], column: &str) -> Result<Value, ApiError> {
-    let mut list = Vec::with_capacity(rows.len());
-    for row in rows {
-        let key: String = row.try_get(column).map_err(ApiError::from_db)?;
-        let mut item = Map::new();
-        item.insert(
-            column.to_owned(),
-            non_empty(key).map_or(Value::Null, Value::String),
-        );
-        token_measures(row, &mut item)?;
-        list.push(Value::Object(item));
-    }
-    Ok(Value::Array(list))
+/// One `by_model` / `by_provider` item.
+fn keyed_item(row: &Row, column: &str) -> Result<Map<String, Value>, ApiError> {
+    let key: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
+    let mut item = Map::new();
+    item.insert(
+        column.to_owned(),
+        key.and_then(non_empty).map_or(Value::Null, Value::String),
+    );
+    token_measures(row, &mut item)?;
+    Ok(item)
 }
 
 async fn tokens_section(
@@ -386,34 +521,27 @@ async fn tokens_section(
     to: NaiveDate,
 ) -> Result<Value, ApiError> {
     let (w, params) = window(tenant, user, from, to);
-    let table = TOKENS.live(tables(tenant, user).tokens, "$1", "$2");
-    let select = token_select();
-    let by = |column: &str| {
-        format!(
-            "SELECT {column}, {select} FROM {table}{w} \
-             GROUP BY {column} ORDER BY total_tokens DESC, {column} LIMIT 1000"
-        )
-    };
-    let totals_sql = format!("SELECT {select} FROM {table}{w}");
-    let by_model_sql = by("model");
-    let by_provider_sql = by("provider");
-    let days_sql = format!("SELECT day, {select} FROM {table}{w} GROUP BY day ORDER BY day");
-    let speed_sql = match user {
-        Some(_) => own_speed_sql(w),
-        None => speed_sql(tenant.is_some(), w),
-    };
-    let (totals, by_model, by_provider, days, as_of_seq, speed_rows) = futures::try_join!(
-        run(client, &totals_sql, &params),
-        run(client, &by_model_sql, &params),
-        run(client, &by_provider_sql, &params),
-        run(client, &days_sql, &params),
+    let sql = tokens_sql(tenant, user, w);
+    let own_speed = user.map(|_| own_speed_sql(w));
+    let (rows, as_of_seq, own_speed_rows) = futures::try_join!(
+        run(client, &sql, &params),
         crate::params::newest_seq(client, "token_usage"),
-        run(client, &speed_sql, &params),
+        async {
+            match &own_speed {
+                Some(sql) => run(client, sql, &params).await,
+                None => Ok(Vec::new()),
+            }
+        },
     )?;
-    let mut histograms = Vec::with_capacity(speed_rows.len());
-    for row in &speed_rows {
-        histograms.push(HistogramRow {
-            model: row.try_get("model").map_err(ApiError::from_db)?,
+    let mut section = Map::new();
+    section.insert("as_of_seq".to_owned(), Value::from(as_of_seq));
+    let mut by_model = Vec::new();
+    let mut by_provider = Vec::new();
+    let mut daily = Vec::new();
+    let mut histograms = Vec::new();
+    let histogram_row = |row: &Row, model: String| -> Result<HistogramRow, ApiError> {
+        Ok(HistogramRow {
+            model,
             bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
             requests: int(row, "requests")?,
             failed: int(row, "failed")?,
@@ -422,78 +550,63 @@ async fn tokens_section(
                 .try_get::<_, Option<f64>>("rate_duration_ms")
                 .map_err(ApiError::from_db)?
                 .unwrap_or(0.0),
-        });
-    }
-    let (overall, per_model) = speeds(&histograms);
-    let mut section = Map::new();
-    section.insert("as_of_seq".to_owned(), Value::from(as_of_seq));
-    if let Some(row) = totals.first() {
-        token_measures(row, &mut section)?;
-    }
-    overall.insert_into(&mut section);
-    let mut by_model = keyed_list(&by_model, "model")?;
-    for item in by_model.as_array_mut().into_iter().flatten() {
-        if let Value::Object(item) = item {
-            let model = item
-                .get("model")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            per_model
-                .get(model)
-                .cloned()
-                .unwrap_or_default()
-                .insert_into(item);
+        })
+    };
+    for row in &rows {
+        let part: i32 = row.try_get("part").map_err(ApiError::from_db)?;
+        match part {
+            TOKENS_TOTAL => token_measures(row, &mut section)?,
+            TOKENS_DAY => {
+                let day: NaiveDate = row.try_get("day").map_err(ApiError::from_db)?;
+                let mut item = Map::new();
+                item.insert("day".to_owned(), Value::String(day.to_string()));
+                token_measures(row, &mut item)?;
+                daily.push(Value::Object(item));
+            }
+            TOKENS_PROVIDER => by_provider.push(Value::Object(keyed_item(row, "provider")?)),
+            TOKENS_MODEL => by_model.push(keyed_item(row, "model")?),
+            TOKENS_SPEED => {
+                let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
+                histograms.push(histogram_row(row, model.unwrap_or_default())?);
+            }
+            _ => {}
         }
     }
-    section.insert("by_model".to_owned(), by_model);
-    section.insert(
-        "by_provider".to_owned(),
-        keyed_list(&by_provider, "provider")?,
-    );
-    let mut daily = Vec::with_capacity(days.len());
-    for row in &days {
-        let day: NaiveDate = row.try_get("day").map_err(ApiError::from_db)?;
-        let mut item = Map::new();
-        item.insert("day".to_owned(), Value::String(day.to_string()));
-        token_measures(row, &mut item)?;
-        daily.push(Value::Object(item));
+    for row in &own_speed_rows {
+        let model: String = row.try_get("model").map_err(ApiError::from_db)?;
+        histograms.push(histogram_row(row, model)?);
     }
+    if !section.contains_key("requests") {
+        // No row at all in the window: every total is 0.
+        for m in TOKEN_MEASURES {
+            section.insert((*m).to_owned(), Value::from(0));
+        }
+        section.insert("cost_usd".to_owned(), Value::from(0.0));
+    }
+    let (overall, per_model) = speeds(&histograms);
+    overall.insert_into(&mut section);
+    for item in &mut by_model {
+        let model = item
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        per_model
+            .get(model)
+            .cloned()
+            .unwrap_or_default()
+            .insert_into(item);
+    }
+    section.insert(
+        "by_model".to_owned(),
+        Value::Array(by_model.into_iter().map(Value::Object).collect()),
+    );
+    section.insert("by_provider".to_owned(), Value::Array(by_provider));
     section.insert("daily".to_owned(), Value::Array(daily));
     Ok(Value::Object(section))
 }
 
-/// The calls of the window per model and duration bucket (migration 0017),
-/// live like the other sums: the latency rollup plus the token rows not folded
-/// yet, under the window `w`.
-fn speed_sql(one_tenant: bool, w: &str) -> String {
-    let (table, tenant_column) = if one_tenant {
-        ("token_usage_latency_daily", "tenant_id, ")
-    } else {
-        ("token_usage_latency_daily_all", "")
-    };
-    let timed = "duration_ms > 0 AND output_tokens IS NOT NULL";
-    format!(
-        "SELECT model, bucket, sum(requests)::int8 AS requests, \
-             coalesce(sum(requests) FILTER (WHERE outcome = 'failure'), 0)::int8 AS failed, \
-             sum(rate_output_tokens)::int8 AS rate_output_tokens, \
-             sum(rate_duration_ms)::float8 AS rate_duration_ms \
-         FROM (SELECT day, {tenant_column}model, outcome, bucket, requests, rate_output_tokens, \
-                   rate_duration_ms FROM {table} \
-               UNION ALL \
-               SELECT (ts AT TIME ZONE 'UTC')::date, {tenant_column}coalesce(model, ''), outcome, \
-                   tally_duration_bucket(duration_ms), 1::int8, \
-                   CASE WHEN {timed} THEN output_tokens ELSE 0 END, \
-                   CASE WHEN {timed} THEN duration_ms ELSE 0 END \
-               FROM token_usage WHERE seq > coalesce((SELECT last_seq FROM rollup_watermarks \
-                   WHERE name = 'token_usage_daily'), 0) \
-                 AND ts >= $1::date::timestamp AT TIME ZONE 'UTC' \
-                 AND ts < $2::date::timestamp AT TIME ZONE 'UTC') AS live{w} \
-         GROUP BY model, bucket"
-    )
-}
-
-/// [`speed_sql`] for one user's calls (a `self:read` caller): the latency
-/// rollups keep no user, so its token rows of the window are read as they are.
+/// The speed of one user's calls (a `self:read` caller): the latency rollups
+/// keep no user, so its token rows of the window are read as they are.
 fn own_speed_sql(w: &str) -> String {
     let timed = "duration_ms > 0 AND output_tokens IS NOT NULL";
     format!(
@@ -631,6 +744,47 @@ mod tests {
             failed,
             rate_output_tokens: 0,
             rate_duration_ms: 0.0,
+        }
+    }
+
+    /// Each section reads its raw table's unfolded tail once per request,
+    /// whoever asks (every tenant, one tenant, one user).
+    #[test]
+    fn each_section_reads_its_tail_once() {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        for (tenant, user) in [(None, None), (Some("t"), None), (Some("t"), Some("u"))] {
+            let (w, params) = window(tenant, user, day, day);
+            let activity = activity_sql(tenant, user, w);
+            let tokens = tokens_sql(tenant, user, w);
+            if std::env::var_os("TALLY_PRINT_SQL").is_some() {
+                println!(
+                    "-- {tenant:?} {user:?} ({} parameters)\n{activity};\n{tokens};",
+                    params.len()
+                );
+            }
+            assert_eq!(
+                activity.matches("FROM activity_events WHERE seq >").count(),
+                1,
+                "{activity}"
+            );
+            assert_eq!(activity.matches("token_usage").count(), 0, "{activity}");
+            assert_eq!(
+                tokens.matches("FROM token_usage WHERE seq >").count(),
+                1,
+                "{tokens}"
+            );
+            assert_eq!(
+                tokens.contains("token_usage_latency"),
+                user.is_none(),
+                "{tokens}"
+            );
+            // Every placeholder is bound, and no other.
+            for (i, _) in params.iter().enumerate() {
+                let placeholder = format!("${}", i + 1);
+                assert!(activity.contains(&placeholder) && tokens.contains(&placeholder));
+            }
+            let next = format!("${}", params.len() + 1);
+            assert!(!activity.contains(&next) && !tokens.contains(&next));
         }
     }
 

@@ -71,9 +71,10 @@ pub struct QueriesArgs {
     /// Raw rows per table above the rollup watermarks (the live aggregates'
     /// tail): copies of the newest rows (same days, new ids and seqs, received
     /// a minute ago) are added until the tail holds this many. The API reads
-    /// them live; nothing folds them during the run. 0: no tail is added (one
-    /// added by an earlier run stays).
-    #[arg(long, default_value_t = 0)]
+    /// them live; nothing folds them during the run. The default is the
+    /// issue's target (a 1-minute-old unfolded tail of 100k rows); 0: no tail
+    /// is added (one added by an earlier run stays).
+    #[arg(long, default_value_t = 100_000)]
     pub tail: i64,
 }
 

@@ -604,6 +604,59 @@ async fn token_rows_wait_for_the_attribution_delay() {
     );
 }
 
+/// Rows whose attribution is settled (from the record, or already from the
+/// trace) are folded at once; a young row still waiting for its attribution
+/// holds back itself and every later row until it ages.
+#[tokio::test]
+async fn settled_token_rows_are_folded_without_waiting() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let today = Utc::now().date_naive();
+    token_partitions(&client, today, today).await;
+    let ts = midnight(today) + TimeDelta::hours(1);
+    // A delay no test waits for: only settled rows can be folded.
+    let job = RollupJob::new(Duration::from_secs(3600));
+    let mut runner = db.client().await;
+
+    let settled = Uuid::new_v4();
+    let settled_seq = insert_one(&mut client, settled, ts, Some((10, 5)), Some("0.1")).await;
+    client
+        .execute(
+            "UPDATE token_usage SET tenant_id = 'acme', user_id = 'alice', \
+             attribution_source = 'record' WHERE id = $1",
+            &[&settled],
+        )
+        .await
+        .expect("settle");
+    let report = job.run_once(&mut runner).await.expect("run");
+    assert_eq!(report.token_rows, 1, "{report:?}");
+    assert_eq!(report.tokens_to_seq, settled_seq);
+
+    // Unattributed and young: held, and so is the settled row after it.
+    let waiting = Uuid::new_v4();
+    let waiting_seq = insert_one(&mut client, waiting, ts, Some((7, 3)), None).await;
+    let after = Uuid::new_v4();
+    insert_one(&mut client, after, ts, Some((1, 1)), None).await;
+    attribute(&client, after, "acme", "bob").await;
+    let report = job.run_once(&mut runner).await.expect("run");
+    assert_eq!(report.token_rows, 0, "{report:?}");
+    assert_eq!(watermark(&client, TOKEN_WATERMARK).await, waiting_seq - 1);
+
+    // Once it is attributed, both are settled and folded, each once.
+    attribute(&client, waiting, "globex", "carol").await;
+    let report = job.run_once(&mut runner).await.expect("run");
+    assert_eq!(report.token_rows, 2, "{report:?}");
+    assert_eq!(
+        rows_text(&client, TOKEN_ROLLUP).await,
+        rows_text(&client, TOKEN_RAW).await
+    );
+    assert_eq!(
+        count(&client, "SELECT sum(requests)::int8 FROM token_usage_daily").await,
+        3
+    );
+    assert_derived_rollups_agree(&client).await;
+}
+
 /// Re-attributes `rows` the way the ingest side should once they may be folded:
 /// unfold, UPDATE, refold, in one transaction.
 async fn reattribute(

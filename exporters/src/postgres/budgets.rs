@@ -485,6 +485,9 @@ impl BudgetJob {
             .read_only(true)
             .start()
             .await?;
+        // Short statements whose tail estimate is a guess: never worth a JIT
+        // compile (see the admin API's connections).
+        tx.batch_execute("SET LOCAL jit = off").await?;
         let as_of: DateTime<Utc> = tx.query_one("SELECT now()", &[]).await?.try_get(0)?;
         let bounds: Vec<(DateTime<Utc>, DateTime<Utc>)> = self
             .budgets

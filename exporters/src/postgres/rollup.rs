@@ -23,12 +23,19 @@
 //! before `nextval` and hold it until commit), so when the row with `seq = s` is
 //! visible every row with a smaller `seq` is committed too. `S` is therefore the
 //! largest visible `seq`, bounded to [`DEFAULT_MAX_ROWS_PER_RUN`] rows per run.
-//! For `token_usage`, rows are folded only once they are older than the
+//! For `token_usage`, rows still waiting for their attribution
+//! (`attribution_source = 'none'`) are folded only once they are older than the
 //! attribution delay (default [`DEFAULT_ATTRIBUTION_DELAY`]): the ingest side may
 //! fill in a row's tenant and user with an `UPDATE` when the request span that
 //! carries them arrives after the LLM span. `S` is the end of the longest prefix
-//! (in `seq` order) of unfolded rows whose `received_at` is before
-//! `now() - delay`, so one recent row holds back every later one.
+//! (in `seq` order) of unfolded rows that are either settled (attributed from
+//! the record or already from the trace: never attributed again) or whose
+//! `received_at` is before `now() - delay`, so one recent unattributed row
+//! holds back every later one. Folding settled rows at once keeps the raw tail
+//! that live answers read small. Exactness does not depend on the delay: a
+//! row attributed or deleted after it was folded is moved or taken out of the
+//! rollups in the same transaction (see [`TokenRefold`]); the delay only makes
+//! that slower path rare.
 
 use std::time::Duration;
 
@@ -433,14 +440,18 @@ impl RollupJob {
     async fn fold_tokens(&self, tx: &Transaction<'_>) -> Result<(i64, i64, u64), PgError> {
         let from = watermark(tx, TOKEN_WATERMARK).await?;
         let delay_secs = self.attribution_delay.as_secs_f64();
-        // The first unfolded row still inside the delay bounds the prefix; it is
-        // searched among the rows after the watermark (few, recent) through the
-        // seq index, so a clock that steps back cannot let a young row through.
+        // The first unfolded row still inside the delay and still waiting for
+        // its attribution bounds the prefix; it is searched among the rows
+        // after the watermark (few, recent) through the seq index, so a clock
+        // that steps back cannot let a young row through. Rows whose
+        // attribution is settled (from the record itself or already from the
+        // trace: only `none` rows are ever attributed later) do not wait.
         let upper: Option<i64> = tx
             .query_one(
                 "WITH young AS ( \
                      SELECT min(seq) AS seq FROM token_usage \
-                     WHERE seq > $1 AND received_at >= now() - make_interval(secs => $3)) \
+                     WHERE seq > $1 AND received_at >= now() - make_interval(secs => $3) \
+                       AND attribution_source = 'none') \
                  SELECT max(seq) FROM (SELECT t.seq FROM token_usage t, young \
                      WHERE t.seq > $1 AND (young.seq IS NULL OR t.seq < young.seq) \
                      ORDER BY t.seq LIMIT $2) AS next_rows",
