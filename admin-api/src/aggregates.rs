@@ -431,6 +431,18 @@ impl Spec {
         )
     }
 
+    /// The live rows of the rollup named `table` (the last table when no such
+    /// name), as a relation `live` (see [`Spec::source`]), with the raw rows'
+    /// `ts` bounded by `tail_from..tail_to` (SQL dates): for `/tokens/coverage`.
+    pub(crate) fn live(&self, table: &str, tail_from: &str, tail_to: &str) -> String {
+        let table = self
+            .tables
+            .iter()
+            .find(|t| t.name == table)
+            .unwrap_or(&self.tables[self.tables.len() - 1]);
+        self.source(table, Some(tail_from), Some(tail_to))
+    }
+
     /// `SELECT columns FROM` the raw rows not folded into the rollups yet,
     /// with `ts` in `from..to` (SQL dates) when given.
     fn tail(&self, columns: &[String], from: Option<&str>, to: Option<&str>) -> String {

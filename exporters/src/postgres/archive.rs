@@ -303,8 +303,18 @@ async fn write_rows(
     } else {
         ""
     };
+    // A v3 activity row (canonical form 3) is hashed over its attributes without
+    // their personal keys and, apart, its personal attributes: both as the chainer
+    // computes them, kept in the line's `_chain` so the archive verifies offline.
+    let parts = if table == "activity_events" {
+        "CASE WHEN t.chain_form IS NOT NULL \
+            THEN (t.attributes - tally_personal_keys(t.attributes))::text END, \
+         CASE WHEN t.chain_form IS NOT NULL THEN tally_personal_attributes(t.attributes)::text END"
+    } else {
+        "NULL::text, NULL::text"
+    };
     let sql = format!(
-        "SELECT row_to_json(t)::text, t.seq, t.tenant_id, c.prev_hash, c.row_hash \
+        "SELECT row_to_json(t)::text, t.seq, t.tenant_id, c.prev_hash, c.row_hash, {parts} \
          FROM {quoted} t {link} {filter} ORDER BY t.seq"
     );
     let owned: Vec<String>;
@@ -341,6 +351,8 @@ async fn write_rows(
         let tenant: &str = row.try_get(2)?;
         let prev_hash: Option<&[u8]> = row.try_get(3)?;
         let hash: Option<&[u8]> = row.try_get(4)?;
+        let chained_attributes: Option<&str> = row.try_get(5)?;
+        let personal_attributes: Option<&str> = row.try_get(6)?;
         let Some(body) = json.strip_suffix('}') else {
             return Err(
                 PgError::Integrity(format!("row_to_json gave no object for seq {seq}")).into(),
@@ -355,7 +367,19 @@ async fn write_rows(
                     push_hex(&mut line, prev);
                     line.extend_from_slice(b"\",\"row_hash\":\"");
                     push_hex(&mut line, hash);
-                    line.extend_from_slice(b"\"}");
+                    line.push(b'"');
+                    for (name, text) in [
+                        ("attributes", chained_attributes),
+                        ("personal", personal_attributes),
+                    ] {
+                        if let Some(text) = text {
+                            line.extend_from_slice(format!(",\"{name}\":").as_bytes());
+                            serde_json::to_writer(&mut line, text).map_err(|e| {
+                                PgError::Integrity(format!("cannot encode seq {seq}: {e}"))
+                            })?;
+                        }
+                    }
+                    line.push(b'}');
                     links.update(seq.to_be_bytes());
                     links.update(hash);
                     scan.chained_rows += 1;
@@ -450,8 +474,51 @@ struct ArchivedActivity<'a> {
     error_type: Option<String>,
     #[serde(default)]
     error_message: Option<String>,
+    #[serde(default)]
+    chain_form: Option<i16>,
+    #[serde(default)]
+    chain_salt: Option<String>,
+    #[serde(default)]
+    erasure_id: Option<uuid::Uuid>,
+    #[serde(default)]
+    erased_digest: Option<String>,
+    #[serde(default)]
+    erased_signature: Option<String>,
     #[serde(rename = "_chain")]
     chain: Option<ArchivedLink>,
+}
+
+/// A `bytea` as `row_to_json` prints it (`\\x` and hex).
+fn bytea(text: &Option<String>, column: &str) -> Result<Option<Vec<u8>>, String> {
+    match text {
+        None => Ok(None),
+        Some(text) => text
+            .strip_prefix("\\x")
+            .and_then(|hex| ::hex::decode(hex).ok())
+            .map(Some)
+            .ok_or_else(|| format!("{column} is not a bytea")),
+    }
+}
+
+/// Whether `whole` (the archived attributes) is exactly `chained` plus `personal`
+/// (a v3 row's two hashed parts), compared as JSON values.
+fn parts_make_whole(whole: Option<&str>, chained: Option<&str>, personal: Option<&str>) -> bool {
+    let parse = |text: Option<&str>| -> Option<serde_json::Map<String, serde_json::Value>> {
+        match serde_json::from_str(text?).ok()? {
+            serde_json::Value::Object(map) => Some(map),
+            _ => None,
+        }
+    };
+    let Some(whole) = parse(whole) else {
+        return chained.is_none() && personal.is_none();
+    };
+    let mut joined = parse(chained).unwrap_or_default();
+    for (key, value) in parse(personal).unwrap_or_default() {
+        if joined.insert(key, value).is_some() {
+            return false;
+        }
+    }
+    joined == whole
 }
 
 /// A double as `row_to_json` prints it: a number, or `"NaN"` / `"Infinity"`.
@@ -480,6 +547,12 @@ impl Double {
 struct ArchivedLink {
     prev_hash: String,
     row_hash: String,
+    /// A v3 row's attributes without their personal keys, as chained.
+    #[serde(default)]
+    attributes: Option<String>,
+    /// A v3 row's personal attributes, as chained.
+    #[serde(default)]
+    personal: Option<String>,
 }
 
 /// A line's seq and tenant (both tables).
@@ -510,6 +583,15 @@ fn chain_row(line: &str) -> Result<(ChainRow, Option<Link>), String> {
     let link = match &a.chain {
         None => None,
         Some(link) => {
+            if a.chain_form.is_some()
+                && !parts_make_whole(
+                    a.attributes.map(|raw| raw.get()),
+                    link.attributes.as_deref(),
+                    link.personal.as_deref(),
+                )
+            {
+                return Err("attributes differ from the parts the chain hashed".to_owned());
+            }
             let decode = |text: &str| -> Result<[u8; 32], String> {
                 ::hex::decode(text)
                     .ok()
@@ -534,13 +616,22 @@ fn chain_row(line: &str) -> Result<(ChainRow, Option<Link>), String> {
         service: a.service,
         trace_id: a.trace_id,
         span_id: a.span_id,
-        attributes: a.attributes.map(|raw| raw.get().to_owned()),
+        attributes: match (&a.chain_form, &a.chain) {
+            (Some(_), Some(link)) => link.attributes.clone(),
+            _ => a.attributes.map(|raw| raw.get().to_owned()),
+        },
         taxonomy_valid: a.taxonomy_valid,
         taxonomy_reason: a.taxonomy_reason,
         duration_ms,
         name: a.name,
         error_type: a.error_type,
         error_message: a.error_message,
+        chain_form: a.chain_form,
+        chain_salt: bytea(&a.chain_salt, "chain_salt")?,
+        erasure_id: a.erasure_id,
+        erased_digest: bytea(&a.erased_digest, "erased_digest")?,
+        erased_signature: bytea(&a.erased_signature, "erased_signature")?,
+        personal_attributes: a.chain.as_ref().and_then(|link| link.personal.clone()),
     };
     Ok((row, link))
 }
