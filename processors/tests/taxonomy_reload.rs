@@ -85,8 +85,8 @@ fn manual_reload_swaps_and_a_broken_file_keeps_the_old_registry() {
         Ok(ReloadOutcome::Reloaded {
             generation: 2,
             // The two declared, and Tally's own actions (audit.log.view,
-            // token.budget.threshold, token.quota.exceed).
-            actions: 5
+            // token.budget.threshold, token.quota.exceed, admin.user.erase).
+            actions: 6
         })
     );
     assert!(handle.current().lookup("a.two").is_some());
@@ -134,7 +134,8 @@ fn manual_reload_swaps_and_a_broken_file_keeps_the_old_registry() {
         handle.reload_if_changed(),
         Ok(ReloadOutcome::Reloaded {
             generation: 3,
-            actions: 4
+            // a.four and Tally's four own actions.
+            actions: 5
         })
     );
     assert_eq!(handle.status().last_error, None);

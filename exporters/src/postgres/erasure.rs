@@ -789,10 +789,20 @@ async fn finish(tx: &Transaction<'_>, target: &Target) -> Result<(), ErasureErro
             &keys,
         )
         .await?;
+    // The identities shared for attribution across instances: a late token row
+    // of the user's trace is attributed to the pseudonym, never the clear id.
+    let identities = tx
+        .execute(
+            "UPDATE trace_identities SET user_id = $3, session_id = NULL \
+             WHERE user_id = $2 AND (tenant_id = $1 OR record_tenant = $1)",
+            &keys,
+        )
+        .await?;
     for (table, rows) in [
         ("rollups", rollups),
         ("budget_thresholds", count(budgets)),
         ("api_keys", count(api_keys)),
+        ("trace_identities", count(identities)),
     ] {
         if rows > 0 {
             add_count(tx, target.id, table, rows).await?;
