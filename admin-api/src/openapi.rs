@@ -330,8 +330,8 @@ fn document_text() -> Value {
                 "post": {
                     "operationId": "createErasure",
                     "summary": "Erase one user of one tenant: pseudonymise the user's id and remove the personal fields everywhere, keeping counts, token sums and the chain verifiable",
-                    "description": "Needs scope admin (not self:read); tenant-scoped: a tenant-scoped admin erases in its own tenant only (another is 403). JSON body {tenant, user_id, reason} (tenant may be omitted by a tenant-scoped caller; the reason is stored and must not name the person). Idempotent: the same tenant and user answer the existing record. 202 with the record (state pending) while the erasure runs in the background (batches, resumed after a crash by any instance); 200 with the record when it was already done. The record never holds the user's id: id, tenant_id, pseudonym (erased: + 32 hex digits of HMAC-SHA256 under the erasure key), reason, requested_by (the caller), state (pending|done), counts (rows changed per table), requested_at, completed_at, event_id (the admin.user.erase event). See docs/privacy.md.",
-                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "required": ["user_id", "reason"], "properties": { "tenant": { "type": ["string", "null"], "maxLength": 1024 }, "user_id": { "type": "string", "minLength": 1, "maxLength": 1024 }, "reason": { "type": "string", "minLength": 1, "maxLength": 1024 } } } } } },
+                    "description": "Needs scope admin (not self:read); tenant-scoped: a tenant-scoped admin erases in its own tenant only (another is 403). JSON body {tenant, user_id, reason} (a tenant-scoped caller may leave tenant out: its own; the reason is stored and must not name the person). Idempotent: the same tenant and user answer the existing record. 202 with the record (state pending) while the erasure runs in the background (batches, resumed after a crash by any instance); 200 with the record when it was already done. The record never holds the user's id: id, tenant_id, pseudonym (erased: + 32 hex digits of HMAC-SHA256 under the erasure key), reason, requested_by (the caller), state (pending|done), counts (rows changed per table), requested_at, completed_at, event_id (the admin.user.erase event). See docs/privacy.md.",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "required": ["tenant", "user_id", "reason"], "properties": { "tenant": { "type": "string", "maxLength": 1024, "pattern": NO_CONTROL, "description": "The tenant whose user is erased ('' for events without a tenant); the server also accepts it omitted from a tenant-scoped caller (its own tenant)" }, "user_id": { "type": "string", "minLength": 1, "maxLength": 1024, "pattern": NOT_BLANK, "description": "No control characters, not only white space" }, "reason": { "type": "string", "minLength": 1, "maxLength": 1024, "pattern": NOT_BLANK, "description": "No control characters, not only white space" } } } } } },
                     "responses": {
                         "200": { "description": "The erasure was already done", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Erasure" } } } },
                         "202": { "description": "The erasure is recorded and running", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Erasure" } } } },
@@ -430,16 +430,8 @@ fn document_text() -> Value {
                         { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 1000 } },
                         { "name": "format", "in": "query", "required": false, "schema": { "type": "string", "enum": ["ndjson", "ocsf", "ecs", "cef", "csv"], "default": "ndjson" } },
                         string_param("tenant", "Exact tenant id"),
-                        {
-                            "name": "from", "in": "query", "required": false,
-                            "description": "Inclusive lower bound on ts: RFC 3339, or a date (its midnight UTC)",
-                            "schema": { "type": "string" }
-                        },
-                        {
-                            "name": "to", "in": "query", "required": false,
-                            "description": "Exclusive upper bound on ts: RFC 3339, or a date (its midnight UTC: the day itself is left out)",
-                            "schema": { "type": "string" }
-                        }
+                        day_param("from", "Inclusive lower bound on ts: RFC 3339, or a date (its midnight UTC)"),
+                        day_param("to", "Exclusive upper bound on ts: RFC 3339, or a date (its midnight UTC: the day itself is left out)")
                     ],
                     "responses": {
                         "200": {
@@ -618,6 +610,13 @@ fn int_param(name: &str, description: &str) -> Value {
         "schema": { "type": "integer", "minimum": 1 }
     })
 }
+
+/// A text without control characters (what Tally refuses in names it stores).
+const NO_CONTROL: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
+/// [`NO_CONTROL`], and not empty or only white space.
+const NOT_BLANK: &str =
+    "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$";
 
 fn day_param(name: &str, description: &str) -> Value {
     json!({
@@ -967,8 +966,8 @@ fn add_coverage_route(doc: &mut Value) {
             "summary": "Per UTC day and model: token totals from the gen_ai.client.token.usage metric (unsampled) next to the span-derived ledger's, and the ledger's coverage",
             "description": "Needs scope tokens:read or admin; a tenant-scoped token only sees its tenant; a self:read token gets 403 (the metrics carry no user). Metric totals are the per-minute totals of the OTLP metrics received (token types input and output; metric_calls counts the input observations); span totals are the ledger's (token_usage: one row per model call, the daily rollup plus the rows not folded yet). Coverage ratios are span / metric, null when the metric has none for that day and model. The window is from (default: 30 days before to) to to (exclusive; default: tomorrow, UTC), dates or RFC 3339 timestamps as for /tokens/usage; it may span at most 400 days: longer is 400 window_too_large. At most 10000 items (truncated: true beyond).",
             "parameters": [
-                string_param("from", "First UTC day (a date, or an RFC 3339 timestamp: its day); default 30 days before to"),
-                string_param("to", "End UTC day, exclusive (a date or midnight excludes that day; a later time includes it); default tomorrow"),
+                day_param("from", "First UTC day (a date, or an RFC 3339 timestamp: its day); default 30 days before to"),
+                day_param("to", "End UTC day, exclusive (a date or midnight excludes that day; a later time includes it); default tomorrow"),
                 string_param("tenant", "Only this tenant (a tenant-scoped token: its own)"),
                 string_param("model", "Only this model (response model, else request model)"),
                 string_param("provider", "Only this provider (gen_ai.provider.name / gen_ai.system)")

@@ -52,7 +52,7 @@ pub const ERASE_ACTION: &str = "admin.user.erase";
 pub const DEFAULT_RESUME_INTERVAL: Duration = Duration::from_secs(30);
 /// Rows changed per batch (one transaction) by default.
 pub const DEFAULT_ERASURE_BATCH_ROWS: i64 = 5_000;
-/// Longest tenant, user id, reason or requester accepted.
+/// Longest tenant, user id, reason or requester accepted, in characters.
 const MAX_TEXT: usize = 1024;
 /// Pause while rows stored before canonical form v3 wait for the chainer.
 const CHAIN_POLL: Duration = Duration::from_millis(500);
@@ -130,9 +130,9 @@ impl ErasureRequest {
             if !may_be_empty && value.trim().is_empty() {
                 return Err(ErasureError::Invalid(format!("{name} must not be empty")));
             }
-            if value.len() > MAX_TEXT {
+            if value.chars().count() > MAX_TEXT {
                 return Err(ErasureError::Invalid(format!(
-                    "{name} is longer than {MAX_TEXT} bytes"
+                    "{name} is longer than {MAX_TEXT} characters"
                 )));
             }
             if value.chars().any(char::is_control) {
