@@ -11,7 +11,8 @@
 //! Counting is per instance and costs one short lock per request; a caller's
 //! entry exists only while it has something in progress. A request whose
 //! credential fails to verify is answered (401) only after
-//! [`REFUSED_CREDENTIAL_DELAY`], counted under its client address meanwhile.
+//! [`REFUSED_CREDENTIAL_DELAY`], counted under its client address meanwhile; so is
+//! a 429 over the limits.
 //! The caller is also what the database gate ([`crate::fair`]) ranks requests by.
 
 use std::collections::HashMap;
@@ -29,7 +30,8 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// How long an answer to a credential that fails to verify (unknown or revoked key,
-/// bad or expired token) is held back, so that floods of guessed keys are slow.
+/// bad or expired token), or to a caller over its limits, is held back, so that
+/// floods of guessed keys or of requests past the limits are slow.
 const REFUSED_CREDENTIAL_DELAY: Duration = Duration::from_millis(200);
 
 /// `Retry-After` of a 429 over a per-caller limit, seconds.
@@ -222,6 +224,9 @@ pub(crate) async fn enforce(
                 route = %path,
                 "admin API: caller over its limit"
             );
+            // Held back like a refused credential: a caller that keeps asking past
+            // its limit gets a few answers a second, not thousands.
+            tokio::time::sleep(REFUSED_CREDENTIAL_DELAY).await;
             return error.into_response();
         }
     };
