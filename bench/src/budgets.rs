@@ -52,7 +52,7 @@ pub struct BudgetsArgs {
     json: std::path::PathBuf,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

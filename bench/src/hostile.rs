@@ -29,10 +29,11 @@ use serde_json::json;
 use tally_exporters::testing::TestDatabase;
 use tokio::sync::Mutex;
 
+use crate::budgets::percentile;
 use crate::collector::{Collector, CollectorOptions};
 use crate::load::{self, LoadPlan, Transport};
-
-const SECRET: &str = "tally-bench-hostile-secret-0123456789";
+use crate::median;
+use crate::queries::{token_as as token, SECRET};
 
 #[derive(clap::Args)]
 pub struct HostileArgs {
@@ -60,37 +61,6 @@ pub struct HostileArgs {
     /// Where to write the JSON figures.
     #[arg(long, default_value = "bench-hostile.json")]
     json: std::path::PathBuf,
-}
-
-/// A JWT for caller `sub` with `scope` over `tenant`, valid for hours.
-fn token(sub: &str, scope: &str, tenant: &str) -> anyhow::Result<String> {
-    let claims = json!({
-        "sub": sub,
-        "exp": Utc::now().timestamp() + 3600 * 4,
-        "scope": scope,
-        "tenant": tenant,
-    });
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())?,
-    )?)
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values[values.len() / 2]
 }
 
 /// One phase's figures.

@@ -157,8 +157,13 @@ pub const SECRET: &str = "tally-bench-secret-tally-bench-secret";
 
 /// A JWT for an hour with `scope` and `tenant`.
 pub fn token(scope: &str, tenant: &str) -> anyhow::Result<String> {
+    token_as("tally-bench", scope, tenant)
+}
+
+/// A JWT for an hour for caller `sub` with `scope` and `tenant`.
+pub fn token_as(sub: &str, scope: &str, tenant: &str) -> anyhow::Result<String> {
     let claims = json!({
-        "sub": "tally-bench",
+        "sub": sub,
         "exp": Utc::now().timestamp() + 3600 * 4,
         "scope": scope,
         "tenant": tenant,
