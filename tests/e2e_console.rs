@@ -159,6 +159,22 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
         .wait_text("#live-state", "Live", Duration::from_secs(10))
         .await;
     assert!(browser.text("#who-scope").await.contains("admin"));
+    // The page's own "interactive" signal (what `tally-bench console` times): marked
+    // once, when the first activity page is in the table.
+    let ready = browser
+        .wait_js(
+            "the live-ready mark",
+            Duration::from_secs(5),
+            "const m = performance.getEntriesByName('tally:live-ready', 'mark'); return m.length ? m.map(e => e.startTime) : null;",
+            json!([]),
+        )
+        .await;
+    assert!(
+        ready
+            .as_array()
+            .is_some_and(|m| m.len() == 1 && m[0].as_f64().is_some_and(|t| t > 0.0)),
+        "{ready}"
+    );
 
     // Rows sent through OTLP appear in the live view within 2 s of their commit.
     let mut events: Vec<(&str, String, String)> = (0..30)
@@ -382,6 +398,24 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
         browser.text("#view-usage").await
     );
     browser.find("#top-actions").await;
+    // The Usage view's own progress marks, cards first, then charts and lists.
+    let marks = browser
+        .wait_js(
+            "the usage marks",
+            Duration::from_secs(5),
+            "const t = (n) => performance.getEntriesByName(n, 'mark').map(e => e.startTime); \
+             const c = t('tally:usage-cards'), d = t('tally:usage-complete'); \
+             return c.length && d.length ? [c, d] : null;",
+            json!([]),
+        )
+        .await;
+    let cards = marks[0].as_array().cloned().unwrap_or_default();
+    let complete = marks[1].as_array().cloned().unwrap_or_default();
+    assert_eq!((cards.len(), complete.len()), (1, 1), "{marks}");
+    assert!(
+        cards[0].as_f64() <= complete[0].as_f64(),
+        "cards before the lists: {marks}"
+    );
     browser.screenshot("usage").await;
 
     // Operations: health, integrity, the quarantined event and a replay.
@@ -453,6 +487,31 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
     assert!(
         seqs.windows(2).all(|w| w[0] > w[1]),
         "newest first, no duplicate"
+    );
+    // The page accounts for every event received since the filter was applied
+    // (1 + 3 + 1,200): each drawn, not drawn (over 500 between two frames) or
+    // skipped while paused (the 700 the note names).
+    let counts = browser
+        .js(
+            "const c = document.getElementById('live-count').dataset; \
+             return {received: Number(c.received), drawn: Number(c.drawn), dropped: Number(c.dropped), paused: Number(c.pausedSkipped)};",
+            json!([]),
+        )
+        .await;
+    assert_eq!(counts["received"], json!(1204), "{counts}");
+    assert_eq!(counts["paused"], json!(700), "{counts}");
+    let accounted = ["drawn", "dropped", "paused"]
+        .iter()
+        .map(|k| counts[k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert_eq!(accounted, 1204, "{counts}");
+    assert!(
+        browser
+            .text("#live-count")
+            .await
+            .starts_with("1204 received"),
+        "{}",
+        browser.text("#live-count").await
     );
     let heap_live = browser
         .js(

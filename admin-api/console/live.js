@@ -1,7 +1,7 @@
 // The Live view: the activity feed (`/api/v1/activity/stream`) as it is
 // committed, filtered server-side; pause/resume; reconnects with Last-Event-ID
-// (no gap, no duplicate); memory bounded to MAX_ROWS shown + MAX_ROWS held
-// while paused, whatever the rate.
+// (no gap, no duplicate); memory bounded to MAX_ROWS shown + MAX_ROWS waiting
+// for the next frame + 2 × MAX_ROWS held while paused, whatever the rate.
 
 import { h, field, select, fill } from "./dom.js";
 import { events, getJson, ApiError, aborted } from "./api.js";
@@ -25,7 +25,10 @@ export function createLive(root, ctx) {
   let pending = []; // received, not yet drawn (drawn once per animation frame)
   let scheduled = false;
   let countScheduled = false; // the paused count is redrawn on the next frame
-  let received = 0;
+  let received = 0; // events received from the stream since the feed (re)started
+  let drawn = 0; // of them, rows put in the table
+  let dropped = 0; // of them, never drawn: more than MAX_ROWS arrived between two frames
+  let pausedSkipped = 0; // of them, dropped while paused (beyond what Resume shows)
   let filters = {};
 
   const tenant = h("input", { name: "tenant", id: "live-tenant", autocomplete: "off", placeholder: "every tenant" });
@@ -88,21 +91,36 @@ export function createLive(root, ctx) {
       h("td", {}, cell(item.service)));
   }
 
+  /** The counts, as text and as `data-*` attributes (read by `tally-bench console`). */
+  function count() {
+    counter.textContent = dropped
+      ? `${received} received · ${dropped} not drawn (over ${MAX_ROWS} between two frames)`
+      : `${received} received`;
+    counter.dataset.received = received;
+    counter.dataset.drawn = drawn;
+    counter.dataset.dropped = dropped;
+    counter.dataset.pausedSkipped = pausedSkipped;
+  }
+
   function draw() {
     scheduled = false;
     if (!pending.length) return;
     const fragment = document.createDocumentFragment();
     for (let i = pending.length - 1; i >= 0; i--) fragment.append(row(pending[i]));
+    drawn += pending.length;
     pending = [];
     tbody.prepend(fragment);
     while (tbody.rows.length > MAX_ROWS) tbody.lastElementChild.remove();
-    counter.textContent = `${received} received`;
+    count();
   }
 
   function show(items) {
     pending.push(...items);
     // Only the newest MAX_ROWS can be on screen: never hold more (a hidden tab draws no frames).
-    if (pending.length > MAX_ROWS) pending.splice(0, pending.length - MAX_ROWS);
+    if (pending.length > MAX_ROWS) {
+      dropped += pending.length - MAX_ROWS;
+      pending.splice(0, pending.length - MAX_ROWS);
+    }
     if (!scheduled) {
       scheduled = true;
       requestAnimationFrame(draw);
@@ -119,6 +137,7 @@ export function createLive(root, ctx) {
         const drop = held.length - MAX_ROWS;
         held.splice(0, drop);
         skipped += drop;
+        pausedSkipped += drop;
       }
       // Once a frame, not once an event: the state is announced to screen readers.
       if (!countScheduled) {
@@ -146,6 +165,7 @@ export function createLive(root, ctx) {
     pauseButton.setAttribute("aria-pressed", "false");
     if (held.length > MAX_ROWS) {
       skipped += held.length - MAX_ROWS;
+      pausedSkipped += held.length - MAX_ROWS;
       held.splice(0, held.length - MAX_ROWS);
     }
     if (skipped) {
@@ -166,8 +186,17 @@ export function createLive(root, ctx) {
       const ownViews = filters.action.startsWith("audit");
       const seqs = items.map((item) => item.seq);
       if (seqs.length) lastSeq = Math.max(...seqs);
-      show(items.filter((item) => ownViews || item.action !== "audit.log.view").reverse());
+      // The first page is drawn at once (not on the next frame), then the counts start.
+      pending = items.filter((item) => ownViews || item.action !== "audit.log.view").reverse();
+      draw();
       received = 0;
+      drawn = 0;
+      dropped = 0;
+      pausedSkipped = 0;
+      count();
+      // The page's own "interactive" signal: the first activity page is in the table
+      // (`tally-bench console` measures navigation start to this mark).
+      if (!performance.getEntriesByName("tally:live-ready").length) performance.mark("tally:live-ready");
     } catch (error) {
       if (gen === generation && error instanceof ApiError && error.status !== 401) {
         setState("error", `Stopped: ${error.message}`);
@@ -237,6 +266,9 @@ export function createLive(root, ctx) {
     held = [];
     skipped = 0;
     received = 0;
+    drawn = 0;
+    dropped = 0;
+    pausedSkipped = 0;
     lastSeq = null;
     note.hidden = true;
     counter.textContent = "";

@@ -21,6 +21,10 @@
 //! (see `queries.rs`); `feed` measures the live feed's commit-to-client latency
 //! (see `feed.rs`).
 //!
+//! `console` measures the web console in headless Chromium: first-load weight,
+//! time to interactive on the `queries` data set, and the live view under
+//! 1,000 events/s (see `console.rs`).
+//!
 //! `ingest` runs, for each transport, a release `tally` on a fresh database and
 //! offers it OTLP load at full speed (accepted records/s, collector CPU per 100k
 //! records, peak RSS) and then paced at 50% and 90% of that maximum (ack latency
@@ -31,6 +35,7 @@
 mod budgets;
 mod ceiling;
 mod collector;
+mod console;
 mod cpu;
 mod feed;
 mod gen;
@@ -84,6 +89,10 @@ enum Command {
     /// against 5 well-behaved ones while ingest runs: the well-behaved p99 and the
     /// ingest rate, quiet vs hostile.
     Hostile(hostile::HostileArgs),
+    /// The web console in headless Chromium: first-load weight, time to
+    /// interactive on the `queries` data set, and the live view's memory and
+    /// rows under 1,000 events/s.
+    Console(console::ConsoleArgs),
 }
 
 #[derive(clap::Args)]
@@ -389,5 +398,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Soak(args) => soak::run(args).await,
         Command::Budgets(args) => budgets::run(args).await,
         Command::Hostile(args) => hostile::run(args).await,
+        Command::Console(args) => console::run(args).await,
     }
 }

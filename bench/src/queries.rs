@@ -200,7 +200,25 @@ pub async fn start_api(
     Ok(base)
 }
 
-async fn ensure_database(args: &QueriesArgs) -> anyhow::Result<(String, Shape)> {
+/// Tops both raw tables' unfolded tails up to `rows` (see `--tail`); 0: nothing added.
+pub(crate) async fn add_tails(url: &str, rows: i64) -> anyhow::Result<()> {
+    if rows <= 0 {
+        return Ok(());
+    }
+    let (client, _) = connect(url).await?;
+    for (table, sequence, watermark) in [
+        ("activity_events", "activity_events_seq", "activity_daily"),
+        ("token_usage", "token_usage_seq", "token_usage_daily"),
+    ] {
+        let tail = add_tail(&client, table, sequence, watermark, rows).await?;
+        eprintln!("{table}: {tail} rows above the rollup watermark");
+    }
+    Ok(())
+}
+
+/// The data set of `args` (generated, or reused when its recorded shape matches):
+/// its URL and shape.
+pub(crate) async fn ensure_database(args: &QueriesArgs) -> anyhow::Result<(String, Shape)> {
     anyhow::ensure!(
         args.database
             .bytes()
@@ -926,16 +944,7 @@ pub async fn run(args: QueriesArgs) -> anyhow::Result<()> {
     if args.generate_only {
         return Ok(());
     }
-    if args.tail > 0 {
-        let (client, _) = connect(&url).await?;
-        for (table, sequence, watermark) in [
-            ("activity_events", "activity_events_seq", "activity_daily"),
-            ("token_usage", "token_usage_seq", "token_usage_daily"),
-        ] {
-            let tail = add_tail(&client, table, sequence, watermark, args.tail).await?;
-            eprintln!("{table}: {tail} rows above the rollup watermark");
-        }
-    }
+    add_tails(&url, args.tail).await?;
     let picks = picks(&url, &shape).await?;
     let base = start_api(&url, |_| {}).await?;
     let http = reqwest::Client::builder()
