@@ -446,10 +446,7 @@ impl Spec {
     /// `SELECT columns FROM` the raw rows not folded into the rollups yet,
     /// with `ts` in `from..to` (SQL dates) when given.
     fn tail(&self, columns: &[String], from: Option<&str>, to: Option<&str>) -> String {
-        let mut tail = format!(
-            "seq > coalesce((SELECT last_seq FROM rollup_watermarks WHERE name = '{}'), 0)",
-            self.watermark
-        );
+        let mut tail = crate::live::tail_condition(self.raw, self.watermark);
         if let Some(from) = from {
             tail.push_str(&format!(
                 " AND ts >= ({from})::date::timestamp AT TIME ZONE 'UTC'"
@@ -731,11 +728,14 @@ async fn aggregate(
     // newest row the answer includes.
     let mut client = state.reads.get_for(&caller.tenant).await?;
     let tx = crate::params::snapshot(&mut client).await?;
-    let as_of_seq = crate::params::newest_seq(&tx, spec.raw).await?;
+    let (as_of_seq, live) = futures::try_join!(
+        crate::params::newest_seq(&tx, spec.raw),
+        crate::live::Snapshot::read(&tx),
+    )?;
     if query.by_period() && (query.from.is_none() || query.to.is_none()) {
         // The by-period form needs the window: the data's first and last day.
         let (sql, params) = spec.bounds_sql(&query, table);
-        let rows = crate::params::query_on(&tx, &sql, &params).await?;
+        let rows = crate::live::query(&tx, &live, &sql, &params).await?;
         let bound = |column: &str| -> Result<Option<NaiveDate>, ApiError> {
             match rows.first() {
                 Some(row) => row.try_get(column).map_err(ApiError::from_db),
@@ -773,7 +773,10 @@ async fn aggregate(
                 let wanted = limit + 1 - rows.len();
                 let statements: Vec<_> = now
                     .iter()
-                    .map(|period| spec.period_sql(&query, table, *period, wanted))
+                    .map(|period| {
+                        let (sql, params) = spec.period_sql(&query, table, *period, wanted);
+                        (live.bind(&sql), params)
+                    })
                     .collect();
                 // Each period's rows come back in its own statement's order, and
                 // the statements in period order.
@@ -794,7 +797,7 @@ async fn aggregate(
         }
         _ => {
             let (sql, params) = spec.to_sql(&query, all_tenants);
-            crate::params::query_on(&tx, &sql, &params).await?
+            crate::live::query(&tx, &live, &sql, &params).await?
         }
     };
     tx.commit().await.map_err(ApiError::from_db)?;
@@ -897,6 +900,10 @@ mod tests {
             sql.contains(
                 " FROM token_usage WHERE seq > coalesce((SELECT last_seq FROM rollup_watermarks \
                  WHERE name = 'token_usage_daily'), 0) \
+                 AND ts >= coalesce((SELECT min(day) FROM tally_tail_days \
+                 WHERE raw_table = 'token_usage' AND max_seq > coalesce((SELECT last_seq \
+                 FROM rollup_watermarks WHERE name = 'token_usage_daily'), 0))::timestamp \
+                 AT TIME ZONE 'UTC', 'infinity'::timestamptz) \
                  AND ts >= ($2)::date::timestamp AT TIME ZONE 'UTC' \
                  AND ts < ($3)::date::timestamp AT TIME ZONE 'UTC' GROUP BY 1, 2, 3, 4) \
                  AS live WHERE tenant_id = $1"
@@ -904,6 +911,17 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("GROUP BY 1, 2, 3)"), "{sql}");
+        // Bound to a snapshot: constants the planner prunes partitions with.
+        let day = NaiveDate::from_ymd_opt(2026, 11, 28);
+        let bound = crate::live::Snapshot::of((5, None), (1000, day)).bind(&sql);
+        assert!(!bound.contains("rollup_watermarks"), "{bound}");
+        assert!(
+            bound.contains(
+                " FROM token_usage WHERE seq > 1000 \
+                 AND ts >= '2026-11-28 00:00:00+00'::timestamptz AND ts >= ($2)"
+            ),
+            "{bound}"
+        );
         assert!(
             sql.ends_with("ORDER BY period, tenant_id, model LIMIT $4"),
             "{sql}"

@@ -32,6 +32,7 @@ pub mod export;
 mod fair;
 pub(crate) mod health;
 mod limits;
+mod live;
 pub mod openapi;
 mod params;
 pub mod rejected;

@@ -7,7 +7,9 @@
 //! once (a materialized, grouped CTE) and answers every grouping of the section
 //! from it and the rollups (`GROUPING SETS`), instead of one read of the tail
 //! per grouping: the tail is the part of the answer whose cost grows with the
-//! ingest rate.
+//! ingest rate. The statements are bound to the snapshot's watermarks and
+//! oldest unfolded days and planned for them (see `crate::live`), so the tail
+//! reads only the partitions that can hold it.
 //!
 //! Needs `activity:read` or `tokens:read` (or `admin`); the `activity` section is
 //! present only with `activity:read`/`admin`, the `tokens` section only with
@@ -27,6 +29,7 @@ use deadpool_postgres::Transaction;
 use crate::aggregates::{ACTIVITY, TOKENS};
 use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
+use crate::live::Snapshot;
 use crate::params::{non_empty, pairs, Params};
 use crate::AppState;
 
@@ -110,10 +113,11 @@ pub(crate) async fn stats(
     // One snapshot for every statement (see `params::snapshot`).
     let mut client = state.reads.get_for(&caller.tenant).await?;
     let tx = crate::params::snapshot(&mut client).await?;
+    let live = crate::live::Snapshot::read(&tx).await?;
     let (activity, tokens) = futures::try_join!(
         async {
             match activity_allowed {
-                true => activity_section(&tx, tenant.as_deref(), user, from, to)
+                true => activity_section(&tx, &live, tenant.as_deref(), user, from, to)
                     .await
                     .map(Some),
                 false => Ok(None),
@@ -121,7 +125,7 @@ pub(crate) async fn stats(
         },
         async {
             match tokens_allowed {
-                true => tokens_section(&tx, tenant.as_deref(), user, from, to)
+                true => tokens_section(&tx, &live, tenant.as_deref(), user, from, to)
                     .await
                     .map(Some),
                 false => Ok(None),
@@ -164,13 +168,15 @@ fn window(
     }
 }
 
-/// Runs `sql` on the section's connection (prepared once per connection).
+/// Runs `sql` on the section's connection, bound to the snapshot's tails and
+/// planned for them (see `crate::live`).
 async fn run(
     client: &Transaction<'_>,
+    live: &Snapshot,
     sql: &str,
     params: &[Box<dyn ToSql + Sync + Send>],
 ) -> Result<Vec<Row>, ApiError> {
-    crate::params::query_on(client, sql, params).await
+    crate::live::query(client, live, sql, params).await
 }
 
 fn int(row: &Row, column: &str) -> Result<i64, ApiError> {
@@ -334,6 +340,7 @@ fn fallback_users_sql(tenant: Option<&str>, w: &str) -> String {
 
 async fn activity_section(
     client: &Transaction<'_>,
+    live: &Snapshot,
     tenant: Option<&str>,
     user: Option<&str>,
     from: NaiveDate,
@@ -342,7 +349,7 @@ async fn activity_section(
     let (w, params) = window(tenant, user, from, to);
     let sql = activity_sql(tenant, user, w);
     let (rows, as_of_seq) = futures::try_join!(
-        run(client, &sql, &params),
+        run(client, live, &sql, &params),
         crate::params::newest_seq(client, "activity_events"),
     )?;
     // A self:read caller's user counts on the days it has events.
@@ -389,7 +396,7 @@ async fn activity_section(
         }
         (None, Some(count)) => count,
         (None, None) => {
-            let rows = run(client, &fallback_users_sql(tenant, w), &params).await?;
+            let rows = run(client, live, &fallback_users_sql(tenant, w), &params).await?;
             match rows.first() {
                 Some(row) => int(row, "active_users")?,
                 None => 0,
@@ -515,6 +522,7 @@ fn keyed_item(row: &Row, column: &str) -> Result<Map<String, Value>, ApiError> {
 
 async fn tokens_section(
     client: &Transaction<'_>,
+    live: &Snapshot,
     tenant: Option<&str>,
     user: Option<&str>,
     from: NaiveDate,
@@ -524,11 +532,11 @@ async fn tokens_section(
     let sql = tokens_sql(tenant, user, w);
     let own_speed = user.map(|_| own_speed_sql(w));
     let (rows, as_of_seq, own_speed_rows) = futures::try_join!(
-        run(client, &sql, &params),
+        run(client, live, &sql, &params),
         crate::params::newest_seq(client, "token_usage"),
         async {
             match &own_speed {
-                Some(sql) => run(client, sql, &params).await,
+                Some(sql) => run(client, live, sql, &params).await,
                 None => Ok(Vec::new()),
             }
         },

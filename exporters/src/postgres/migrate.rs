@@ -84,6 +84,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (19, "erasure", include_str!("migrations/0019_erasure.sql")),
     (
+        20,
+        "tail_days",
+        include_str!("migrations/0020_tail_days.sql"),
+    ),
+    (
         22,
         "scale_out",
         include_str!("migrations/0022_scale_out.sql"),
