@@ -305,6 +305,11 @@ struct AggregateQuery<'s> {
 }
 
 impl AggregateQuery<'_> {
+    /// Filtered to one named tenant.
+    fn one_tenant(&self) -> bool {
+        self.filters.iter().any(|(k, _)| k.name == "tenant")
+    }
+
     /// Grouped by user: computed period by period (see `Spec::period_sql`), so
     /// that a page reads the rows of its own users only. Except by day within
     /// one tenant: there the single statement's `GROUP BY day, user…` reads the
@@ -313,7 +318,7 @@ impl AggregateQuery<'_> {
     /// sparse the tenant's days are (one statement per day cost a mid-size
     /// tenant twice as much).
     fn by_period(&self) -> bool {
-        let one_tenant = self.filters.iter().any(|(k, _)| k.name == "tenant");
+        let one_tenant = self.one_tenant();
         self.group_by.iter().any(|k| k.name == "user") && !(self.grain == Grain::Day && one_tenant)
     }
 }
@@ -730,7 +735,7 @@ async fn aggregate(
     let tx = crate::params::snapshot(&mut client).await?;
     let (as_of_seq, live) = futures::try_join!(
         crate::params::newest_seq(&tx, spec.raw),
-        crate::live::Snapshot::read(&tx),
+        crate::live::Snapshot::for_answer(&tx, !all_tenants || query.one_tenant()),
     )?;
     if query.by_period() && (query.from.is_none() || query.to.is_none()) {
         // The by-period form needs the window: the data's first and last day.

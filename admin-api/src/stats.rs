@@ -113,7 +113,7 @@ pub(crate) async fn stats(
     // One snapshot for every statement (see `params::snapshot`).
     let mut client = state.reads.get_for(&caller.tenant).await?;
     let tx = crate::params::snapshot(&mut client).await?;
-    let live = crate::live::Snapshot::read(&tx).await?;
+    let live = crate::live::Snapshot::for_answer(&tx, tenant.is_some()).await?;
     let (activity, tokens) = futures::try_join!(
         async {
             match activity_allowed {
