@@ -778,7 +778,7 @@ fn jwt_expiry(token: &str) -> Option<f64> {
 /// one the OTLP receivers use ([`tally_exporters::apikeys::lookup_pool`]).
 fn key_pool(database_url: &str) -> Result<Pool, ApiError> {
     tally_exporters::apikeys::lookup_pool(database_url, "tally-admin-api-keys")
-        .map_err(ApiError::Config)
+        .map_err(|e| ApiError::Config(e.to_string()))
 }
 
 impl FromRequestParts<AppState> for Caller {

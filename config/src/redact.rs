@@ -16,6 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::KeyError;
+
 /// `processors.redact` (PII scrubbing). On by default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,25 +65,28 @@ impl RedactConfig {
 
     /// Checks the values serde cannot; returns the offending key (relative to
     /// `processors.redact`) and why.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    pub fn check(&self) -> Result<(), KeyError<&'static str>> {
         if self.max_value_bytes < Self::MIN_VALUE_BYTES {
-            return Err((
+            return Err(KeyError::new(
                 "max_value_bytes",
                 format!("must be at least {}", Self::MIN_VALUE_BYTES),
             ));
         }
         if self.max_record_attributes_bytes < self.max_value_bytes {
-            return Err((
+            return Err(KeyError::new(
                 "max_record_attributes_bytes",
                 "must be at least max_value_bytes".into(),
             ));
         }
         if self.max_depth == 0 {
-            return Err(("max_depth", "must be at least 1".into()));
+            return Err(KeyError::new("max_depth", "must be at least 1".into()));
         }
         if let Some(key) = &self.hmac_key {
             if !key.is_empty() && key.len() < 16 {
-                return Err(("hmac_key", "must be at least 16 bytes".into()));
+                return Err(KeyError::new(
+                    "hmac_key",
+                    "must be at least 16 bytes".into(),
+                ));
             }
         }
         Ok(())

@@ -50,15 +50,12 @@ pub const TAXONOMY_VERSION: u32 = 1;
 /// assert!(check_action_name("Auth.Login").is_err());
 /// assert!(check_action_name("login").is_err());
 /// ```
-pub fn check_action_name(name: &str) -> Result<(), String> {
+pub fn check_action_name(name: &str) -> Result<(), ActionNameError> {
     if name.is_empty() {
-        return Err("action name is empty".into());
+        return Err(ActionNameError::Empty);
     }
     if name.len() > MAX_ACTION_NAME_LEN {
-        return Err(format!(
-            "action name is {} bytes long, at most {MAX_ACTION_NAME_LEN} are allowed",
-            name.len()
-        ));
+        return Err(ActionNameError::TooLong(name.len()));
     }
     if let Some(bad) = name
         .chars()
@@ -73,21 +70,40 @@ pub fn check_action_name(name: &str) -> Result<(), String> {
         } else {
             "a non-ASCII character".to_owned()
         };
-        return Err(format!(
-            "action name contains {what}; only a-z, 0-9, '_' and '.' are allowed"
-        ));
+        return Err(ActionNameError::Character(what));
     }
     let segments = name.split('.').count();
     if name.split('.').any(str::is_empty) {
-        return Err("action name has an empty segment (leading, trailing or doubled '.')".into());
+        return Err(ActionNameError::EmptySegment);
     }
     if segments < 2 {
-        return Err(
-            "action name needs at least two dotted segments (domain.object.verb, e.g. auth.login.success)"
-                .into(),
-        );
+        return Err(ActionNameError::OneSegment);
     }
     Ok(())
+}
+
+/// Why an action name is malformed (see [`check_action_name`]); the message
+/// never echoes the name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionNameError {
+    /// The name is empty.
+    #[error("action name is empty")]
+    Empty,
+    /// The name has this many bytes, more than [`MAX_ACTION_NAME_LEN`].
+    #[error("action name is {0} bytes long, at most {MAX_ACTION_NAME_LEN} are allowed")]
+    TooLong(usize),
+    /// The name holds a character outside `a-z`, `0-9`, `_` and `.`, described
+    /// (not echoed): "an uppercase letter", "the character '-'", ….
+    #[error("action name contains {0}; only a-z, 0-9, '_' and '.' are allowed")]
+    Character(String),
+    /// A leading, trailing or doubled `.`.
+    #[error("action name has an empty segment (leading, trailing or doubled '.')")]
+    EmptySegment,
+    /// A name without a `.`.
+    #[error(
+        "action name needs at least two dotted segments (domain.object.verb, e.g. auth.login.success)"
+    )]
+    OneSegment,
 }
 
 /// A registry that could not be read, parsed or checked.
@@ -426,7 +442,7 @@ impl Taxonomy {
                     Err(message) => problem(path.clone(), format!("invalid family: {message}")),
                 }
             } else if let Err(message) = check_action_name(name) {
-                problem(path.clone(), message);
+                problem(path.clone(), message.to_string());
             }
             check_spec(spec, &path, &mut problem);
         }
@@ -484,28 +500,45 @@ impl Taxonomy {
 }
 
 /// What `tally validate` prints about the taxonomy: `Ok` with a one-line
-/// summary, or `Err` with a header line and one `  path: message` line per problem.
-pub fn validate_report(config: &ValidateConfig) -> Result<String, String> {
-    let source = match &config.taxonomy {
+/// summary, or `Err` whose message is a header line and one `  path: message`
+/// line per problem.
+pub fn validate_report(config: &ValidateConfig) -> Result<String, TaxonomyReport> {
+    let source_name = match &config.taxonomy {
         Some(path) => path.display().to_string(),
         None => "built-in".to_owned(),
     };
     match Taxonomy::load(config) {
         Ok(taxonomy) => Ok(format!(
-            "taxonomy OK: {} actions ({source}), mode {}",
+            "taxonomy OK: {} actions ({source_name}), mode {}",
             taxonomy.len(),
             config.mode.as_str()
         )),
-        Err(error @ TaxonomyError::Read { .. }) => Err(error.to_string()),
-        Err(error) => {
-            let mut text = format!("invalid taxonomy {source}:");
-            for line in error.lines() {
-                text.push_str("\n  ");
-                text.push_str(&line);
-            }
-            Err(text)
-        }
+        Err(error) => Err(TaxonomyReport { source_name, error }),
     }
+}
+
+/// A taxonomy `tally validate` refuses, printed as the report: a file that
+/// cannot be read as its reason, any other problem as `invalid taxonomy
+/// SOURCE:` and one `  path: message` line per problem.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", report_text(.source_name, .error))]
+pub struct TaxonomyReport {
+    /// The taxonomy file's path, or `built-in`.
+    pub source_name: String,
+    /// What is wrong with it.
+    pub error: TaxonomyError,
+}
+
+fn report_text(source_name: &str, error: &TaxonomyError) -> String {
+    if let TaxonomyError::Read { .. } = error {
+        return error.to_string();
+    }
+    let mut text = format!("invalid taxonomy {source_name}:");
+    for line in error.lines() {
+        text.push_str("\n  ");
+        text.push_str(&line);
+    }
+    text
 }
 
 fn check_spec(spec: &ActionSpec, path: &str, problem: &mut impl FnMut(String, String)) {
@@ -940,7 +973,7 @@ mod tests {
             ("auth.log\n", "control"),
             (long.as_str(), "bytes long"),
         ] {
-            let err = check_action_name(bad).unwrap_err();
+            let err = check_action_name(bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{bad:?}: {err}");
         }
         let max = format!("a.{}", "b".repeat(MAX_ACTION_NAME_LEN - 2));
@@ -1077,14 +1110,14 @@ actions:
             taxonomy: Some(path.clone()),
             ..ValidateConfig::default()
         };
-        let err = validate_report(&config).unwrap_err();
+        let err = validate_report(&config).unwrap_err().to_string();
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines[0], format!("invalid taxonomy {}:", path.display()));
         assert_eq!(lines.len(), 3, "{err}");
         assert!(lines.contains(&"  actions.auth.login.success.attributes.method.enum: must list at least one value"), "{err}");
         assert!(lines.iter().any(|l| l.starts_with("  actions.Login: action name contains an uppercase letter")), "{err}");
         std::fs::remove_file(&path).unwrap();
-        let err = validate_report(&config).unwrap_err();
+        let err = validate_report(&config).unwrap_err().to_string();
         assert!(err.starts_with("cannot read taxonomy file"), "{err}");
         let _ = std::fs::remove_dir(&dir);
     }

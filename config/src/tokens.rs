@@ -21,6 +21,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::KeyError;
+
 /// The built-in mapping (`config/defaults/token_mapping.yaml`).
 pub const DEFAULT_TOKEN_MAPPING_YAML: &str = include_str!("../defaults/token_mapping.yaml");
 /// The built-in price table (`config/defaults/prices.yaml`).
@@ -176,15 +178,21 @@ impl TokensConfig {
         keys
     }
 
-    /// Checks values; `Err((key, message))` names the key under `processors.tokens`.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    /// Checks values; the error names the key under `processors.tokens`.
+    pub fn check(&self) -> Result<(), KeyError> {
         if self.max_traces == 0 {
-            return Err(("max_traces".into(), "must be at least 1".into()));
+            return Err(KeyError::new(
+                "max_traces".into(),
+                "must be at least 1".into(),
+            ));
         }
         let mut fields = self.mapping.clone();
         for list in fields.lists_mut() {
             if list.iter().any(|k| k.trim().is_empty()) {
-                return Err(("mapping".into(), "attribute keys must not be empty".into()));
+                return Err(KeyError::new(
+                    "mapping".into(),
+                    "attribute keys must not be empty".into(),
+                ));
             }
         }
         Ok(())
@@ -246,15 +254,18 @@ impl PricingConfig {
         models
     }
 
-    /// Checks values; `Err((key, message))` names the key under `pricing`.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    /// Checks values; the error names the key under `pricing`.
+    pub fn check(&self) -> Result<(), KeyError> {
         for (i, m) in self.models.iter().enumerate() {
             let key = |field: &str| format!("models[{i}].{field}");
             if m.model.trim().is_empty() {
-                return Err((key("model"), "must not be empty".into()));
+                return Err(KeyError::new(key("model"), "must not be empty".into()));
             }
             if !is_iso_date(&m.effective_from) {
-                return Err((key("effective_from"), "must be a date YYYY-MM-DD".into()));
+                return Err(KeyError::new(
+                    key("effective_from"),
+                    "must be a date YYYY-MM-DD".into(),
+                ));
             }
             let prices = [
                 ("input", Some(m.input)),
@@ -264,7 +275,10 @@ impl PricingConfig {
             ];
             for (field, price) in prices {
                 if price.is_some_and(|p| !p.is_finite() || p < 0.0) {
-                    return Err((key(field), "must be a non-negative number".into()));
+                    return Err(KeyError::new(
+                        key(field),
+                        "must be a non-negative number".into(),
+                    ));
                 }
             }
         }
@@ -351,6 +365,6 @@ mod tests {
                 cache_write: Some(-1.0),
             }],
         };
-        assert_eq!(bad.check().unwrap_err().0, "models[0].effective_from");
+        assert_eq!(bad.check().unwrap_err().key, "models[0].effective_from");
     }
 }

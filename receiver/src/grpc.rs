@@ -84,7 +84,7 @@ impl TraceService for Otlp {
         // Put there by `ExportServer::call` once the credential was checked.
         let sender = request.extensions().get::<Sender>().cloned();
         let request = request.into_inner();
-        let spans = check_traces(&request).map_err(Status::invalid_argument)?;
+        let spans = check_traces(&request).map_err(|e| Status::invalid_argument(e.0))?;
         if spans == 0 {
             return Ok(Response::new(ExportTraceServiceResponse::default()));
         }
@@ -115,7 +115,7 @@ impl LogsService for Otlp {
         let charge = request.extensions().get::<CallCharge>().cloned();
         let sender = request.extensions().get::<Sender>().cloned();
         let request = request.into_inner();
-        let records = check_logs(&request).map_err(Status::invalid_argument)?;
+        let records = check_logs(&request).map_err(|e| Status::invalid_argument(e.0))?;
         if records == 0 {
             return Ok(Response::new(ExportLogsServiceResponse::default()));
         }
@@ -146,7 +146,7 @@ impl MetricsService for Otlp {
         let charge = request.extensions().get::<CallCharge>().cloned();
         let sender = request.extensions().get::<Sender>().cloned();
         let request = request.into_inner();
-        let points = check_metrics(&request).map_err(Status::invalid_argument)?;
+        let points = check_metrics(&request).map_err(|e| Status::invalid_argument(e.0))?;
         if points == 0 {
             return Ok(Response::new(ExportMetricsServiceResponse::default()));
         }

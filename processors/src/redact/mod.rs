@@ -320,9 +320,10 @@ impl Redactor {
     /// identity emails (at least [`MIN_KEY_BYTES`]; see [`generate_key`]);
     /// with `enabled: false` it is not used and may be empty.
     pub fn new(config: &RedactConfig, hmac_key: &[u8]) -> Result<Redactor, RedactError> {
-        config
-            .check()
-            .map_err(|(key, message)| RedactError::Config { key, message })?;
+        config.check().map_err(|e| RedactError::Config {
+            key: e.key,
+            message: e.message,
+        })?;
         // A disabled redactor never hashes: any key (even none) will do.
         if config.enabled && hmac_key.len() < MIN_KEY_BYTES {
             return Err(RedactError::KeyTooShort(hmac_key.len()));
