@@ -59,8 +59,11 @@ fn default_thresholds() -> Vec<f64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BudgetPeriod {
+    /// Calendar days (UTC).
     Day,
+    /// ISO weeks, from Monday (UTC).
     Week,
+    /// Calendar months (UTC).
     Month,
 }
 

@@ -8,6 +8,8 @@
 //! assert_eq!(config.receivers.otlp.grpc.endpoint.port(), 0);
 //! ```
 
+#![warn(missing_docs)]
+
 mod budgets;
 mod endpoint;
 mod expand;
@@ -35,17 +37,27 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
+    /// The file cannot be read.
     Read {
+        /// The file's path.
         path: String,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
     #[error("{0}")]
+    /// A `${env:…}` reference cannot be expanded.
     Expand(ExpandError),
     #[error("invalid YAML: {0}")]
+    /// The text is not YAML.
     Yaml(String),
     /// `path` is the dotted path of the offending key, e.g. `receivers.otlp.grpc.endpoint`.
     #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    Invalid {
+        /// The offending key's dotted path.
+        path: String,
+        /// What is wrong with its value.
+        message: String,
+    },
 }
 
 /// A value a component's `check()` refused: the key that holds it (relative

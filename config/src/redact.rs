@@ -22,6 +22,7 @@ use crate::KeyError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedactConfig {
+    /// `false`: records pass unredacted (the default is `true`).
     pub enabled: bool,
     /// Key for the keyed hashes (HMAC-SHA256) of IP addresses, file names and
     /// identity emails; its UTF-8 bytes are the key (at least 16 bytes). Unset:
@@ -137,9 +138,13 @@ impl Default for RedactRules {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedactKeys {
+    /// Keys whose values are content (dropped).
     pub content: Vec<String>,
+    /// Keys whose values are IP addresses (hashed).
     pub ip: Vec<String>,
+    /// Keys whose values are file names (hashed).
     pub files: Vec<String>,
+    /// Keys whose values are secrets (dropped).
     pub secrets: Vec<String>,
 }
 
@@ -147,6 +152,7 @@ pub struct RedactKeys {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AllowlistConfig {
+    /// Whether the allowlist applies.
     pub enabled: bool,
     /// Kept keys (`prefix.*` allowed), besides the ones Tally needs.
     pub keys: Vec<String>,

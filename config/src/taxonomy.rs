@@ -109,19 +109,30 @@ pub enum ActionNameError {
 /// A registry that could not be read, parsed or checked.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TaxonomyError {
+    /// The file cannot be read.
     #[error("cannot read taxonomy file {path}: {message}")]
-    Read { path: String, message: String },
+    Read {
+        /// The file's path.
+        path: String,
+        /// Why it cannot be read.
+        message: String,
+    },
     /// YAML syntax, or a key/type error found while parsing (`path` names it).
     #[error("{source_name}: {path}: {message}")]
     Parse {
+        /// The file's path, or `built-in`.
         source_name: String,
+        /// The dotted path of the failing key.
         path: String,
+        /// What is wrong.
         message: String,
     },
     /// The file parsed but breaks rules; every problem found, each with its path.
     #[error("{source_name}: {}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid {
+        /// The file's path, or `built-in`.
         source_name: String,
+        /// Every broken rule.
         problems: Vec<Problem>,
     },
 }
@@ -143,7 +154,9 @@ impl TaxonomyError {
 /// `actions.auth.login.success.attributes.auth.method.enum`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// Dotted path of the offending key.
     pub path: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -157,17 +170,22 @@ impl fmt::Display for Problem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SchemaType {
+    /// A JSON string.
     String,
     /// A whole number (a JSON number without fraction).
     Integer,
     /// Any finite number, integers included.
     Number,
+    /// `true` or `false`.
     Boolean,
+    /// A JSON array.
     Array,
+    /// A JSON object.
     Object,
 }
 
 impl SchemaType {
+    /// The name as written in a taxonomy file.
     pub fn as_str(self) -> &'static str {
         match self {
             SchemaType::String => "string",
@@ -184,9 +202,13 @@ impl SchemaType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Literal {
+    /// A boolean.
     Bool(bool),
+    /// An integer.
     Integer(i64),
+    /// A number.
     Number(f64),
+    /// A string.
     String(String),
 }
 
@@ -236,6 +258,7 @@ pub struct Schema {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<SchemaType>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// What the attribute means.
     pub description: Option<String>,
     /// The value must equal one of these.
     #[serde(rename = "enum", skip_serializing_if = "Option::is_none")]
@@ -244,16 +267,19 @@ pub struct Schema {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_length: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Longest accepted string, in characters.
     pub max_length: Option<usize>,
     /// Numbers: inclusive bounds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub minimum: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Largest accepted number.
     pub maximum: Option<f64>,
     /// Arrays: the schema of every element.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<Box<Schema>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most items of an array.
     pub max_items: Option<usize>,
     /// Objects: schemas of known keys (other keys are allowed).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -267,14 +293,20 @@ pub struct Schema {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentityField {
+    /// `user_id`.
     UserId,
+    /// `tenant_id`.
     TenantId,
+    /// `session_id`.
     SessionId,
+    /// `resource_type`.
     ResourceType,
+    /// `resource_id`.
     ResourceId,
 }
 
 impl IdentityField {
+    /// The field's name as written in a taxonomy file.
     pub fn as_str(self) -> &'static str {
         match self {
             IdentityField::UserId => "user_id",
@@ -349,9 +381,12 @@ struct TaxonomyFile {
 /// (`billing.*`) included under their own key.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Taxonomy {
+    /// The file format's version ([`TAXONOMY_VERSION`]).
     pub version: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// What the registry covers.
     pub description: Option<String>,
+    /// The declared actions (and `prefix.*` families) by name.
     pub actions: BTreeMap<String, ActionSpec>,
     /// `prefix` (without `.*`) → key in `actions`.
     #[serde(skip)]
@@ -494,6 +529,7 @@ impl Taxonomy {
         self.actions.len()
     }
 
+    /// Whether no action is declared.
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
     }
@@ -768,7 +804,12 @@ pub enum ReloadOutcome {
     /// The file text is the one last tried: nothing done.
     Unchanged,
     /// A new registry is current.
-    Reloaded { generation: u64, actions: usize },
+    Reloaded {
+        /// The registry's generation (1 for the first load).
+        generation: u64,
+        /// Its number of declared actions.
+        actions: usize,
+    },
 }
 
 impl TaxonomyHandle {
@@ -836,10 +877,12 @@ impl TaxonomyHandle {
         self.inner.mode
     }
 
+    /// Where the registry is read from.
     pub fn source(&self) -> &TaxonomySource {
         &self.inner.source
     }
 
+    /// The outcome of the last load or reload.
     pub fn status(&self) -> ReloadStatus {
         self.lock_state().status.clone()
     }

@@ -32,6 +32,7 @@ pub const DEFAULT_PRICES_YAML: &str = include_str!("../defaults/prices.yaml");
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TokensConfig {
+    /// `false`: no token rows are extracted.
     pub enabled: bool,
     /// Log records carrying token usage are ledger rows too (default true).
     pub from_logs: bool,
@@ -76,24 +77,39 @@ pub struct TokenMapping {
     /// given before the built-in ones; `true` makes a field given replace the
     /// built-in list (fields not given keep it).
     pub replace: bool,
+    /// Input token count keys.
     pub input: Vec<String>,
+    /// Output token count keys.
     pub output: Vec<String>,
+    /// Cache-read token count keys.
     pub cache_read: Vec<String>,
+    /// Cache-write token count keys.
     pub cache_write: Vec<String>,
+    /// Reasoning token count keys.
     pub reasoning: Vec<String>,
+    /// Total token count keys.
     pub total: Vec<String>,
+    /// Requested model keys.
     pub request_model: Vec<String>,
+    /// Answering model keys.
     pub response_model: Vec<String>,
+    /// Provider keys.
     pub provider: Vec<String>,
+    /// Operation keys.
     pub operation: Vec<String>,
+    /// User keys.
     pub user: Vec<String>,
+    /// Tenant keys.
     pub tenant: Vec<String>,
+    /// Session keys.
     pub session: Vec<String>,
     /// Prefixes of metadata maps (`traceloop.association.properties.`, …).
     pub metadata_prefixes: Vec<String>,
     /// Keys after a metadata prefix that name the user / tenant / session.
     pub metadata_user: Vec<String>,
+    /// Keys after a metadata prefix that name the tenant.
     pub metadata_tenant: Vec<String>,
+    /// Keys after a metadata prefix that name the session.
     pub metadata_session: Vec<String>,
 }
 
@@ -220,7 +236,9 @@ pub struct ModelPrice {
     pub model: String,
     /// `YYYY-MM-DD` (UTC): the first day the price applies.
     pub effective_from: String,
+    /// US dollars per million input tokens.
     pub input: f64,
+    /// US dollars per million output tokens.
     pub output: f64,
     /// Price of input tokens read from the prompt cache (default: `input`).
     #[serde(default)]
