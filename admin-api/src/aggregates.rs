@@ -6,6 +6,8 @@
 //! Items are ordered by `period`, then the group keys (in the route's canonical
 //! key order), and paginated with a keyset cursor over that order: at most
 //! `limit` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]) items per page.
+//!
+//! Over 600 lines: two routes sharing one rollup-plus-tail query builder.
 
 use axum::extract::State;
 use axum::http::Uri;

@@ -19,6 +19,8 @@
 //!
 //! With neither a JWT key nor API keys the API is open: every request is an
 //! anonymous caller with every scope and every tenant.
+//!
+//! Over 600 lines: JWT and API-key verification and the caller they yield; issue 14 item 4 moves the caller and scope types out.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -21,6 +21,8 @@
 //! would exceed the whole budget is refused `RESOURCE_EXHAUSTED` without `RetryInfo` (not
 //! retryable), one that finds the budget spent `RESOURCE_EXHAUSTED` with it. The handler
 //! holds the charge until its answer is built.
+//!
+//! Over 600 lines: the three OTLP services plus the body and codec plumbing tonic needs for the byte budget, which the HTTP path cannot share.
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -10,6 +10,8 @@
 //!
 //! Errors carry the JSON path of the problem (`resourceSpans[0].scopeSpans[0].spans[2].kind`).
 //! The fix-ups are a [`Deserializer`] adapter ([`Fixup`]) wrapped around `serde_json`'s.
+//!
+//! Over 600 lines: one serde Deserializer adapter, whose trait needs every method forwarded.
 
 use std::fmt;
 

@@ -15,6 +15,8 @@
 //! an `Origin` header must present a key listing it, a key's action allow-list
 //! rejects other actions by index, and `user_id` from a browser key is marked
 //! `tally.user_id.asserted_by: client`. See `docs/rest-ingest.md`.
+//!
+//! Over 600 lines: one route read top to bottom: body formats, per-item checks, conversion to OTLP and the per-key rate limiter.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -22,6 +22,8 @@
 //!    deterministic id and is stored once.
 //! 4. The snapshot is published to the [`BudgetBook`] and the gauge
 //!    `tally_budget_used_ratio{budget}`.
+//!
+//! Over 600 lines: the budget book, its refresh query and the threshold events claimed in the same transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};

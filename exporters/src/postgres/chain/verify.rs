@@ -1,4 +1,6 @@
 //! Verification: re-walks one tenant's links and rows and checks the checkpoints.
+//!
+//! Over 600 lines: one walk with one state (links, rows, checkpoints, truncations, erasures) whose checks read each other's findings.
 
 use std::collections::{BTreeMap, HashMap};
 
