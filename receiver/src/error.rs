@@ -43,6 +43,7 @@ pub enum ReceiverError {
         /// The config key that set it, e.g. `receivers.otlp.grpc.endpoint`.
         config_path: &'static str,
         #[source]
+        /// Why it cannot be used.
         source: std::io::Error,
     },
     /// A listener's `tls` block cannot be used (unreadable or invalid files).
