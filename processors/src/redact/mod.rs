@@ -50,10 +50,18 @@ pub const MIN_KEY_BYTES: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum RedactError {
     #[error("the redaction HMAC key is {0} bytes long, at least {MIN_KEY_BYTES} are needed")]
+    /// The HMAC key is shorter than [`MIN_KEY_BYTES`].
     KeyTooShort(usize),
+    /// A value of `processors.redact` is refused.
     #[error("processors.redact.{key}: {message}")]
-    Config { key: &'static str, message: String },
+    Config {
+        /// The key under `processors.redact`.
+        key: &'static str,
+        /// Why its value is refused.
+        message: String,
+    },
     #[error("cannot generate an HMAC key: {0}")]
+    /// The random source failed while generating a key.
     Random(String),
 }
 
@@ -131,6 +139,7 @@ impl RedactionCounts {
         self.counts.iter().sum()
     }
 
+    /// Whether the set holds nothing.
     pub fn is_empty(&self) -> bool {
         self.total() == 0
     }

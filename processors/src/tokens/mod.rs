@@ -550,6 +550,7 @@ struct SpanFacts {
 }
 
 impl TokenProcessor {
+    /// The processor of `processors.tokens`, pricing with `pricing`.
     pub fn new(config: &TokensConfig, pricing: &PricingConfig) -> TokenProcessor {
         TokenProcessor {
             mapping: config.effective_mapping(),
