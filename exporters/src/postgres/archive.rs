@@ -45,6 +45,7 @@ const WRITE_BUFFER: usize = 256 * 1024;
 pub struct TenantRows {
     /// The tenant (`''`: events without a tenant).
     pub tenant: String,
+    /// Its rows in the archive.
     pub rows: i64,
 }
 
@@ -67,9 +68,13 @@ pub struct Manifest {
     pub data_file: String,
     /// `ndjson`.
     pub data_format: String,
+    /// Rows in the data file.
     pub rows: i64,
+    /// The smallest `seq` archived.
     pub min_seq: Option<i64>,
+    /// The largest `seq` archived.
     pub max_seq: Option<i64>,
+    /// Rows per tenant.
     pub tenants: Vec<TenantRows>,
     /// Size of the data file in bytes.
     pub bytes: u64,
@@ -115,8 +120,10 @@ pub enum ArchiveError {
     /// The directory or a file could not be created, written, synced or renamed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
         #[source]
+        /// The I/O error.
         source: std::io::Error,
     },
     /// Reading the rows failed.
@@ -140,6 +147,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ArchiveError
 pub struct Archived {
     /// The manifest's path.
     pub manifest_path: PathBuf,
+    /// The manifest written.
     pub manifest: Manifest,
 }
 

@@ -83,6 +83,7 @@ pub fn period_bounds(period: BudgetPeriod, now: DateTime<Utc>) -> (DateTime<Utc>
 /// One budget's current state, as `GET /api/v1/budgets` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BudgetStatus {
+    /// The budget's configured name.
     pub name: String,
     /// The tenant whose usage counts (`null`: every tenant).
     pub tenant: Option<String>,
@@ -90,10 +91,13 @@ pub struct BudgetStatus {
     pub user: Option<String>,
     /// `day`, `week` or `month`.
     pub period: &'static str,
+    /// The start of the current period.
     pub period_start: DateTime<Utc>,
+    /// The end of the current period (exclusive).
     pub period_end: DateTime<Utc>,
     /// `usd` or `tokens`.
     pub unit: &'static str,
+    /// The limit, in `unit`.
     pub limit: f64,
     /// Use so far in the period, in `unit`.
     pub used: f64,
@@ -101,6 +105,7 @@ pub struct BudgetStatus {
     pub used_ratio: f64,
     /// `used >= limit`.
     pub exceeded: bool,
+    /// The configured thresholds (fractions of the limit).
     pub thresholds: Vec<f64>,
     /// The thresholds recorded as crossed in this period, ascending.
     pub thresholds_crossed: Vec<f64>,
@@ -111,6 +116,7 @@ pub struct BudgetStatus {
 pub struct BudgetSnapshot {
     /// When the use was read.
     pub as_of: DateTime<Utc>,
+    /// Every configured budget.
     pub budgets: Vec<BudgetStatus>,
 }
 

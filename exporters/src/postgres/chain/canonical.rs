@@ -46,28 +46,48 @@ pub(crate) const ROW_COLUMNS: &str =
 /// An `activity_events` row as the chain sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainRow {
+    /// `id`.
     pub id: uuid::Uuid,
+    /// `seq`.
     pub seq: i64,
+    /// `ts`.
     pub ts: DateTime<Utc>,
+    /// `received_at`.
     pub received_at: DateTime<Utc>,
+    /// `tenant_id`.
     pub tenant_id: Option<String>,
+    /// `user_id`.
     pub user_id: Option<String>,
+    /// `session_id`.
     pub session_id: Option<String>,
+    /// `action`.
     pub action: Option<String>,
+    /// `outcome`.
     pub outcome: Option<String>,
+    /// `resource_type`.
     pub resource_type: Option<String>,
+    /// `resource_id`.
     pub resource_id: Option<String>,
+    /// `service`.
     pub service: Option<String>,
+    /// `trace_id`.
     pub trace_id: Option<String>,
+    /// `span_id`.
     pub span_id: Option<String>,
     /// `attributes::text` (v1/v2); for a v3 row the text of the attributes
     /// without their personal keys.
     pub attributes: Option<String>,
+    /// `taxonomy_valid`.
     pub taxonomy_valid: Option<bool>,
+    /// `taxonomy_reason`.
     pub taxonomy_reason: Option<String>,
+    /// `duration_ms`.
     pub duration_ms: Option<f64>,
+    /// `name`.
     pub name: Option<String>,
+    /// `error_type`.
     pub error_type: Option<String>,
+    /// `error_message`.
     pub error_message: Option<String>,
     /// `None`: a row stored before schema version 19 (form v1/v2); `Some(3)`: v3.
     pub chain_form: Option<i16>,
@@ -344,18 +364,25 @@ pub fn checkpoint_message(
 /// `tenant` on `day` from `table`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TruncationRecord {
+    /// The table the rows were dropped from.
     pub table: String,
+    /// The tenant (`''`: events without a tenant).
     pub tenant: String,
+    /// The day dropped.
     pub day: NaiveDate,
     /// Rows dropped (chained or not).
     pub rows: i64,
+    /// The smallest `seq` dropped.
     pub min_seq: Option<i64>,
+    /// The largest `seq` dropped.
     pub max_seq: Option<i64>,
     /// Rows dropped that were chained (seq at or below the chain watermark).
     pub chained_rows: i64,
     /// The largest chained seq dropped, and its link's `row_hash`.
     pub last_chained_seq: Option<i64>,
+    /// The `row_hash` of the link at `last_chained_seq`.
     pub last_chained_hash: Option<Vec<u8>>,
+    /// When the rows were dropped.
     pub dropped_at: DateTime<Utc>,
 }
 

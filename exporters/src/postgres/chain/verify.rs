@@ -53,6 +53,7 @@ pub enum ProblemKind {
 pub struct Problem {
     /// The `seq` where the chain first breaks.
     pub seq: i64,
+    /// What kind of break it is.
     pub kind: ProblemKind,
     /// A human explanation.
     pub detail: String,
@@ -61,11 +62,13 @@ pub struct Problem {
 /// The latest checkpoint covered by the verified part of the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckpointInfo {
+    /// The checkpoint's `seq`.
     pub seq: i64,
     /// Hex.
     pub head_hash: String,
     /// RFC 3339.
     pub signed_at: String,
+    /// The id of the signing key.
     pub key_id: String,
     /// Whether the signature verifies (always true for a reported checkpoint).
     pub signature_valid: bool,
@@ -79,6 +82,7 @@ pub struct CheckpointInfo {
 pub struct VerifyReport {
     /// The tenant (`''`: events without a tenant).
     pub tenant: String,
+    /// Whether the chain verifies.
     pub status: VerifyStatus,
     /// The last `seq` of this tenant whose link and row verified (`None`: none).
     pub verified_up_to_seq: Option<i64>,
@@ -113,8 +117,11 @@ pub struct VerifyReport {
 /// Where an incremental walk resumes: a checkpoint an earlier walk verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyStart {
+    /// The checkpoint's `seq`.
     pub seq: i64,
+    /// The chain's `row_hash` at `seq`.
     pub head_hash: Vec<u8>,
+    /// The checkpoint as reported.
     pub checkpoint: CheckpointInfo,
 }
 
