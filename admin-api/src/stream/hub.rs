@@ -32,11 +32,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The tables a client can follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
+    /// `activity_events`.
     Activity,
+    /// `token_usage`.
     Tokens,
 }
 
 impl Table {
+    /// The table's name.
     pub fn name(self) -> &'static str {
         match self {
             Table::Activity => "activity_events",
@@ -48,8 +51,11 @@ impl Table {
 /// Live-feed settings from `admin_api`.
 #[derive(Debug, Clone, Copy)]
 pub struct FeedSettings {
+    /// The SSE heartbeat interval.
     pub heartbeat: Duration,
+    /// Most clients connected at once.
     pub max_clients: usize,
+    /// Events buffered per client.
     pub client_buffer: usize,
 }
 
