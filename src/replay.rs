@@ -31,14 +31,13 @@ impl Replay {
 }
 
 impl Replayer for Replay {
-    fn replay(&self, request: ReplayRequest) -> BoxFuture<'static, Result<ReplayReport, String>> {
+    fn replay(
+        &self,
+        request: ReplayRequest,
+    ) -> BoxFuture<'static, Result<ReplayReport, postgres::PgError>> {
         let url = self.database_url.clone();
         let validator = self.validator.clone();
-        Box::pin(async move {
-            replay(&url, &validator, request)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { replay(&url, &validator, request).await })
     }
 }
 

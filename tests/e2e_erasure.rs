@@ -157,34 +157,7 @@ async fn aggregates(database: &TestDatabase) -> (Vec<(String, i64)>, Vec<i64>) {
 /// Every table.column (text, jsonb, text[]) holding `needle`.
 async fn traces_of(database: &TestDatabase, needle: &str) -> Vec<String> {
     let client = database.client().await;
-    let columns = client
-        .query(
-            "SELECT c.table_name, c.column_name FROM information_schema.columns c \
-             JOIN information_schema.tables t USING (table_schema, table_name) \
-             WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' \
-               AND c.data_type IN ('text', 'jsonb', 'ARRAY', 'character varying') \
-             ORDER BY 1, 2",
-            &[],
-        )
-        .await
-        .expect("columns");
-    assert!(columns.len() > 30, "the scan covers the schema");
-    let mut found = Vec::new();
-    for column in &columns {
-        let (table, name): (String, String) = (column.get(0), column.get(1));
-        let hits: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM \"{table}\" WHERE strpos(\"{name}\"::text, $1) > 0"),
-                &[&needle],
-            )
-            .await
-            .expect("scan")
-            .get(0);
-        if hits > 0 {
-            found.push(format!("{table}.{name} ({hits})"));
-        }
-    }
-    found
+    tally_exporters::testing::columns_holding(&client, needle).await
 }
 
 async fn post(tally: &Tally, bearer: &str, body: Value) -> (u16, Value) {

@@ -66,12 +66,19 @@ pub enum ActionFilter {
 /// A parsed and validated activity query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActivityQuery {
+    /// Only this tenant's rows (`tenant`).
     pub tenant: Option<String>,
+    /// Only this user's rows (`user`).
     pub user: Option<String>,
+    /// Only these actions (`action`, exact or `prefix.*`).
     pub action: ActionFilter,
+    /// Only this outcome (`outcome`).
     pub outcome: Option<Outcome>,
+    /// Only this resource type (`resource_type`).
     pub resource_type: Option<String>,
+    /// Only this resource id (`resource_id`).
     pub resource_id: Option<String>,
+    /// Only this trace (`trace_id`).
     pub trace_id: Option<String>,
     /// Exact `name` (span name or log event name).
     pub name: Option<String>,
@@ -81,7 +88,9 @@ pub struct ActivityQuery {
     pub from: Option<DateTime<Utc>>,
     /// Exclusive upper bound on `ts`.
     pub to: Option<DateTime<Utc>>,
+    /// Page size (`limit`).
     pub limit: u32,
+    /// Where the page starts (`cursor`).
     pub cursor: Option<Cursor>,
 }
 
@@ -276,26 +285,42 @@ pub(crate) fn escape_like(text: &str) -> String {
 /// One item of the response, with the `activity_events` column names.
 #[derive(Debug, Serialize)]
 pub struct ActivityItem {
+    /// The row's `id`.
     pub id: Uuid,
+    /// The row's `seq`.
     pub seq: i64,
+    /// The row's `ts`.
     pub ts: String,
+    /// The row's `received_at`.
     pub received_at: String,
+    /// The row's `tenant_id`.
     pub tenant_id: Option<String>,
+    /// The row's `user_id`.
     pub user_id: Option<String>,
+    /// The row's `session_id`.
     pub session_id: Option<String>,
+    /// The row's `action`.
     pub action: String,
+    /// The row's `outcome`.
     pub outcome: String,
+    /// The row's `resource_type`.
     pub resource_type: Option<String>,
+    /// The row's `resource_id`.
     pub resource_id: Option<String>,
+    /// The row's `service`.
     pub service: Option<String>,
+    /// The row's `trace_id`.
     pub trace_id: Option<String>,
+    /// The row's `span_id`.
     pub span_id: Option<String>,
+    /// The row's `attributes`.
     pub attributes: serde_json::Value,
     /// Span end − start in milliseconds (`null` for log records and rows
     /// written before schema version 12).
     pub duration_ms: Option<f64>,
     /// The span name or log event name.
     pub name: Option<String>,
+    /// The row's `error_type`.
     pub error_type: Option<String>,
     /// Redacted like any attribute value.
     pub error_message: Option<String>,
@@ -318,7 +343,9 @@ pub fn format_ts(ts: DateTime<Utc>) -> String {
 /// A page of the activity log.
 #[derive(Debug, Serialize)]
 pub struct ActivityPage {
+    /// The page's rows.
     pub items: Vec<ActivityItem>,
+    /// The cursor of the next page (`None`: last page).
     pub next_cursor: Option<String>,
 }
 

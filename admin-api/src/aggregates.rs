@@ -6,6 +6,8 @@
 //! Items are ordered by `period`, then the group keys (in the route's canonical
 //! key order), and paginated with a keyset cursor over that order: at most
 //! `limit` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]) items per page.
+//!
+//! Over 600 lines: two routes sharing one rollup-plus-tail query builder.
 
 use axum::extract::State;
 use axum::http::Uri;
@@ -30,8 +32,11 @@ pub const MAX_LIMIT: u32 = 10_000;
 /// `day`, `week` (ISO week, starting Monday) or `month`; days are UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grain {
+    /// By day.
     Day,
+    /// By ISO week (from Monday).
     Week,
+    /// By calendar month.
     Month,
 }
 
@@ -710,7 +715,9 @@ const MAX_PERIODS_AT_ONCE: usize = 8;
 /// A page of aggregate items.
 #[derive(Debug, Serialize)]
 pub struct AggregatePage {
+    /// The page's groups, each with its keys and sums.
     pub items: Vec<Map<String, Value>>,
+    /// The cursor of the next page (`None`: last page).
     pub next_cursor: Option<String>,
     /// The newest `seq` of the raw table the answer includes: it counts every
     /// row with `seq <= as_of_seq` the caller may see, and no other.

@@ -29,6 +29,7 @@ pub const CHECK_PARAMETERS: &[&str] = &["tenant", "user"];
 /// `GET /api/v1/budgets`.
 #[derive(Debug, Serialize)]
 pub struct BudgetList {
+    /// Every budget the caller may see.
     pub items: Vec<BudgetStatus>,
     /// When the use was read (at most about 2 s old while the database answers).
     pub as_of: DateTime<Utc>,
@@ -37,8 +38,11 @@ pub struct BudgetList {
 /// One budget that applies, in `GET /api/v1/budgets/check`.
 #[derive(Debug, Serialize)]
 pub struct BudgetVerdict {
+    /// The budget's name.
     pub name: String,
+    /// `used / limit`.
     pub used_ratio: f64,
+    /// `used >= limit`.
     pub exceeded: bool,
 }
 
@@ -47,7 +51,9 @@ pub struct BudgetVerdict {
 pub struct BudgetCheck {
     /// Whether any budget that applies is exceeded.
     pub exceeded: bool,
+    /// The verdict of each budget checked.
     pub budgets: Vec<BudgetVerdict>,
+    /// When the use was read.
     pub as_of: DateTime<Utc>,
 }
 

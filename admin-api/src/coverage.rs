@@ -72,14 +72,23 @@ pub struct Coverage {
 /// The sums over the items.
 #[derive(Debug, Serialize, Default)]
 pub struct CoverageTotals {
+    /// Input tokens the metric points counted.
     pub metric_input_tokens: i64,
+    /// Output tokens the metric points counted.
     pub metric_output_tokens: i64,
+    /// Calls the metric points counted.
     pub metric_calls: i64,
+    /// Input tokens of the stored token rows.
     pub span_input_tokens: i64,
+    /// Output tokens of the stored token rows.
     pub span_output_tokens: i64,
+    /// Calls of the stored token rows.
     pub span_calls: i64,
+    /// Span input tokens over metric input tokens (`None`: no metric tokens).
     pub input_coverage: Option<f64>,
+    /// Span output tokens over metric output tokens (`None`: no metric tokens).
     pub output_coverage: Option<f64>,
+    /// Span calls over metric calls (`None`: no metric calls).
     pub calls_coverage: Option<f64>,
 }
 

@@ -15,7 +15,12 @@ use serde_json::json;
 pub enum ApiError {
     /// 400 `invalid_parameter`: a query parameter is unknown, repeated or has a bad value.
     #[error("{parameter}: {message}")]
-    InvalidParameter { parameter: String, message: String },
+    InvalidParameter {
+        /// The parameter's name.
+        parameter: String,
+        /// What is wrong with its value.
+        message: String,
+    },
     /// 400 `window_too_large`: an aggregate window longer than its grain allows.
     #[error("{0}")]
     WindowTooLarge(String),
@@ -38,7 +43,9 @@ pub enum ApiError {
     /// (`admin_api.limits`); answered with `Retry-After: retry_after_secs`.
     #[error("{message}")]
     TooManyRequests {
+        /// Why.
         message: String,
+        /// When to retry, in seconds.
         retry_after_secs: u64,
     },
     /// 504 `timeout`: the request took longer than `admin_api.limits.request_timeout_ms`.
@@ -59,7 +66,9 @@ pub enum ApiError {
     /// Start-up: the listen address cannot be bound.
     #[error("cannot bind admin API to {addr}: {source}")]
     Bind {
+        /// The configured address.
         addr: std::net::SocketAddr,
+        /// Why it cannot be bound.
         source: std::io::Error,
     },
     /// The server stopped with an I/O error.

@@ -45,10 +45,15 @@ pub const HAS_MORE: &str = "x-has-more";
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// One JSON row per line.
     Ndjson,
+    /// OCSF events.
     Ocsf,
+    /// Elastic Common Schema documents.
     Ecs,
+    /// ArcSight CEF lines.
     Cef,
+    /// Comma-separated values.
     Csv,
 }
 

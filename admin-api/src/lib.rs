@@ -16,6 +16,8 @@
 //! Routes: see [`routes`] (one table builds the router and the OpenAPI
 //! document's operations) and `docs/api.md`.
 
+#![warn(missing_docs)]
+
 pub mod activity;
 pub mod aggregates;
 pub mod apikeys;

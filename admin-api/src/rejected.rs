@@ -12,6 +12,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use tally_exporters::postgres::PgError;
+
 use crate::activity::format_ts;
 use crate::auth::{Caller, SCOPE_ADMIN};
 use crate::error::ApiError;
@@ -24,7 +26,7 @@ pub trait Replayer: Send + Sync + 'static {
     /// Re-validates up to `request.limit` quarantined records (oldest first) and
     /// stores those that pass, deleting them from `rejected_events` in the same
     /// transaction; the others stay, with their new reason.
-    fn replay(&self, request: ReplayRequest) -> BoxFuture<'static, Result<ReplayReport, String>>;
+    fn replay(&self, request: ReplayRequest) -> BoxFuture<'static, Result<ReplayReport, PgError>>;
 }
 
 /// Which quarantined records to replay.

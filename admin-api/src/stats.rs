@@ -61,8 +61,11 @@ pub struct Stats {
     pub from: String,
     /// Day after the window (exclusive).
     pub to: String,
+    /// The tenant the figures are of (`None`: every tenant the caller sees).
     pub tenant_id: Option<String>,
+    /// The activity section.
     pub activity: Option<Value>,
+    /// The token section.
     pub tokens: Option<Value>,
 }
 

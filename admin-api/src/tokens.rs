@@ -23,16 +23,23 @@ pub const PARAMETERS: &[&str] = &[
 /// A parsed and validated token-ledger query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokensQuery {
+    /// Only this tenant's rows (`tenant`).
     pub tenant: Option<String>,
+    /// Only this user's rows (`user`).
     pub user: Option<String>,
+    /// Only this model's rows (`model`).
     pub model: Option<String>,
+    /// Only this provider's rows (`provider`).
     pub provider: Option<String>,
+    /// Only this trace (`trace_id`).
     pub trace_id: Option<String>,
     /// Inclusive lower bound on `ts`.
     pub from: Option<DateTime<Utc>>,
     /// Exclusive upper bound on `ts`.
     pub to: Option<DateTime<Utc>>,
+    /// Page size (`limit`).
     pub limit: u32,
+    /// Where the page starts (`cursor`).
     pub cursor: Option<Cursor>,
 }
 
@@ -115,7 +122,9 @@ fn item_and_cursor(row: &Row) -> Result<(TokenItem, Cursor), tokio_postgres::Err
 /// A page of the token ledger.
 #[derive(Debug, Serialize)]
 pub struct TokenPage {
+    /// The page's rows.
     pub items: Vec<TokenItem>,
+    /// The cursor of the next page (`None`: last page).
     pub next_cursor: Option<String>,
 }
 

@@ -415,7 +415,10 @@ struct RecordingReplayer {
 }
 
 impl Replayer for RecordingReplayer {
-    fn replay(&self, request: ReplayRequest) -> BoxFuture<'static, Result<ReplayReport, String>> {
+    fn replay(
+        &self,
+        request: ReplayRequest,
+    ) -> BoxFuture<'static, Result<ReplayReport, tally_exporters::postgres::PgError>> {
         if let Ok(mut tenants) = self.tenants.lock() {
             tenants.push(request.tenant);
         }

@@ -52,6 +52,9 @@ pub struct BudgetsArgs {
     json: std::path::PathBuf,
 }
 
+/// The nearest-rank `p` quantile of `sorted` (ascending); NaN when empty. The
+/// benchmarks' one percentile (at 0.5 of an even count it takes the lower
+/// middle value, where [`crate::median`] takes the upper one).
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

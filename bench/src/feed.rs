@@ -26,6 +26,7 @@ use tally_exporters::postgres::{connect, insert_activity_batch};
 use tally_exporters::testing::TestDatabase;
 use tally_model::{ActivityEvent, Outcome};
 
+use crate::median;
 use crate::queries::{start_api, token};
 
 /// Arguments of `tally-bench feed`.
@@ -470,15 +471,6 @@ async fn measure(
         missed: expected.saturating_sub(got),
         resets: resets.load(Ordering::Relaxed),
     })
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// `tally-bench feed`.

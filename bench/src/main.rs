@@ -164,6 +164,8 @@ struct Figures {
     batch_ms: f64,
 }
 
+/// The median of the finite values (of an even count, the upper middle one);
+/// NaN when there are none. The benchmarks' one median.
 fn median(mut values: Vec<f64>) -> f64 {
     values.retain(|v| v.is_finite());
     if values.is_empty() {

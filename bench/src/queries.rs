@@ -24,7 +24,9 @@ use chrono::{Days, Utc};
 use serde_json::{json, Value};
 use tally_exporters::postgres::{connect, create_partitions, migrate};
 
+use crate::budgets::percentile;
 use crate::gen::{self, Population, Shape};
+use crate::median;
 
 /// Arguments of `tally-bench queries`.
 #[derive(clap::Args)]
@@ -848,14 +850,6 @@ async fn call(
     Ok((elapsed, rows, cursor))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 /// Percentiles of one shape in one run.
 #[derive(Debug, Clone, Copy, Default)]
 struct Timing {
@@ -933,15 +927,6 @@ async fn deep_page(
         url = format!("{base}{path}{separator}cursor={cursor}");
     }
     Ok(url)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// `tally-bench queries`.

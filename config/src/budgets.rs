@@ -14,6 +14,8 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::KeyError;
+
 /// Longest budget name, in bytes (it is a metric label and an event attribute).
 pub const MAX_BUDGET_NAME_LEN: usize = 64;
 
@@ -57,8 +59,11 @@ fn default_thresholds() -> Vec<f64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BudgetPeriod {
+    /// Calendar days (UTC).
     Day,
+    /// ISO weeks, from Monday (UTC).
     Week,
+    /// Calendar months (UTC).
     Month,
 }
 
@@ -122,13 +127,13 @@ impl BudgetConfig {
 }
 
 /// Checks `budgets`: answers the failing key (relative to `budgets`) and why.
-pub(crate) fn check(budgets: &[BudgetConfig]) -> Result<(), (String, String)> {
+pub(crate) fn check(budgets: &[BudgetConfig]) -> Result<(), KeyError> {
     let mut names = HashSet::new();
     for (i, budget) in budgets.iter().enumerate() {
         let key = |field: &str| format!("[{i}].{field}");
         let name = &budget.name;
         if name.is_empty() || name.len() > MAX_BUDGET_NAME_LEN {
-            return Err((
+            return Err(KeyError::new(
                 key("name"),
                 format!("must be 1 to {MAX_BUDGET_NAME_LEN} bytes"),
             ));
@@ -137,17 +142,20 @@ pub(crate) fn check(budgets: &[BudgetConfig]) -> Result<(), (String, String)> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         {
-            return Err((
+            return Err(KeyError::new(
                 key("name"),
                 "may hold only letters, digits, `_`, `-` and `.`".into(),
             ));
         }
         if !names.insert(name.as_str()) {
-            return Err((key("name"), format!("`{name}` names two budgets")));
+            return Err(KeyError::new(
+                key("name"),
+                format!("`{name}` names two budgets"),
+            ));
         }
         for (field, value) in [("tenant", &budget.tenant), ("user", &budget.user)] {
             if value.as_deref().is_some_and(str::is_empty) {
-                return Err((
+                return Err(KeyError::new(
                     key(field),
                     "must not be empty (leave it out to count every one)".into(),
                 ));
@@ -155,25 +163,33 @@ pub(crate) fn check(budgets: &[BudgetConfig]) -> Result<(), (String, String)> {
         }
         match (budget.limit_usd, budget.limit_tokens) {
             (Some(_), Some(_)) => {
-                return Err((
+                return Err(KeyError::new(
                     key("limit_usd"),
                     "set limit_usd or limit_tokens, not both".into(),
                 ))
             }
             (None, None) => {
-                return Err((
+                return Err(KeyError::new(
                     key("limit_usd"),
                     "set limit_usd (US dollars) or limit_tokens".into(),
                 ))
             }
             (Some(usd), None) if !(usd.is_finite() && usd > 0.0) => {
-                return Err((key("limit_usd"), "must be a number above 0".into()))
+                return Err(KeyError::new(
+                    key("limit_usd"),
+                    "must be a number above 0".into(),
+                ))
             }
-            (None, Some(0)) => return Err((key("limit_tokens"), "must be at least 1".into())),
+            (None, Some(0)) => {
+                return Err(KeyError::new(
+                    key("limit_tokens"),
+                    "must be at least 1".into(),
+                ))
+            }
             _ => {}
         }
         if budget.thresholds.is_empty() || budget.thresholds.len() > MAX_BUDGET_THRESHOLDS {
-            return Err((
+            return Err(KeyError::new(
                 key("thresholds"),
                 format!("must list 1 to {MAX_BUDGET_THRESHOLDS} fractions of the limit"),
             ));
@@ -183,7 +199,7 @@ pub(crate) fn check(budgets: &[BudgetConfig]) -> Result<(), (String, String)> {
             if !(threshold.is_finite() && *threshold > previous)
                 || *threshold > MAX_BUDGET_THRESHOLD
             {
-                return Err((
+                return Err(KeyError::new(
                     format!("[{i}].thresholds[{j}]"),
                     format!(
                         "thresholds are increasing fractions of the limit above 0 and at most \

@@ -3,13 +3,35 @@
 //! literal `$`. An unset variable without a default expands to nothing, which
 //! YAML reads as "not set".
 
+/// A config text whose `${env:…}` references cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExpandError {
+    /// A `${env:` without its closing `}`; `near` is the text from the `$` on (30 characters at most).
+    #[error("unterminated ${{env:…}} reference near {near:?}")]
+    Unterminated {
+        /// The start of the reference.
+        near: String,
+    },
+    /// A variable name that is empty or not made of ASCII letters, digits and `_`.
+    #[error("invalid environment variable name {name:?} in ${{env:{reference}}}")]
+    InvalidName {
+        /// The name as written.
+        name: String,
+        /// The whole reference between `${env:` and `}`.
+        reference: String,
+    },
+}
+
 /// Expands environment references in `text`, looking names up with `lookup`.
 ///
 /// ```
 /// let out = tally_config::expand_env("a: ${env:X:-7} $$", |_| None).unwrap();
 /// assert_eq!(out, "a: 7 $");
 /// ```
-pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn expand_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find('$') {
@@ -19,8 +41,8 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
             out.push('$');
             rest = stripped;
         } else if let Some(body) = after.strip_prefix("{env:") {
-            let end = body.find('}').ok_or_else(|| {
-                format!("unterminated ${{env:…}} reference near {:?}", snippet(rest))
+            let end = body.find('}').ok_or_else(|| ExpandError::Unterminated {
+                near: snippet(rest).to_owned(),
             })?;
             let reference = &body[..end];
             let (name, default) = match reference.split_once(":-") {
@@ -28,9 +50,10 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
                 None => (reference, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!(
-                    "invalid environment variable name {name:?} in ${{env:{reference}}}"
-                ));
+                return Err(ExpandError::InvalidName {
+                    name: name.to_owned(),
+                    reference: reference.to_owned(),
+                });
             }
             match lookup(name).filter(|v| !v.is_empty()) {
                 Some(value) => out.push_str(&value),

@@ -8,6 +8,8 @@
 //! assert_eq!(config.receivers.otlp.grpc.endpoint.port(), 0);
 //! ```
 
+#![warn(missing_docs)]
+
 mod budgets;
 mod endpoint;
 mod expand;
@@ -21,10 +23,12 @@ pub use budgets::{
     MAX_BUDGET_THRESHOLDS,
 };
 pub use endpoint::Endpoint;
-pub use expand::expand_env;
+pub use expand::{expand_env, ExpandError};
 pub use redact::*;
 pub use schema::*;
-pub use taxonomy::{check_action_name, Taxonomy, TaxonomyError, TaxonomyHandle};
+pub use taxonomy::{
+    check_action_name, ActionNameError, Taxonomy, TaxonomyError, TaxonomyHandle, TaxonomyReport,
+};
 pub use tokens::*;
 
 use std::path::Path;
@@ -33,17 +37,45 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
+    /// The file cannot be read.
     Read {
+        /// The file's path.
         path: String,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
     #[error("{0}")]
-    Expand(String),
+    /// A `${env:…}` reference cannot be expanded.
+    Expand(ExpandError),
     #[error("invalid YAML: {0}")]
+    /// The text is not YAML.
     Yaml(String),
     /// `path` is the dotted path of the offending key, e.g. `receivers.otlp.grpc.endpoint`.
     #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    Invalid {
+        /// The offending key's dotted path.
+        path: String,
+        /// What is wrong with its value.
+        message: String,
+    },
+}
+
+/// A value a component's `check()` refused: the key that holds it (relative
+/// to the component's section) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct KeyError<K = String> {
+    /// The offending key, relative to the section that was checked.
+    pub key: K,
+    /// Why its value is refused.
+    pub message: String,
+}
+
+impl<K> KeyError<K> {
+    /// The error of `key`, refused because of `message`.
+    pub fn new(key: K, message: String) -> KeyError<K> {
+        KeyError { key, message }
+    }
 }
 
 impl Config {
@@ -120,16 +152,16 @@ impl Config {
                 ),
             ));
         }
-        if let Err((key, message)) = self.processors.tokens.check() {
+        if let Err(KeyError { key, message }) = self.processors.tokens.check() {
             return Err(invalid(&format!("processors.tokens.{key}"), &message));
         }
-        if let Err((key, message)) = self.pricing.check() {
+        if let Err(KeyError { key, message }) = self.pricing.check() {
             return Err(invalid(&format!("pricing.{key}"), &message));
         }
-        if let Err((key, message)) = budgets::check(&self.budgets) {
+        if let Err(KeyError { key, message }) = budgets::check(&self.budgets) {
             return Err(invalid(&format!("budgets{key}"), &message));
         }
-        if let Err((key, message)) = self.processors.redact.check() {
+        if let Err(KeyError { key, message }) = self.processors.redact.check() {
             return Err(invalid(&format!("processors.redact.{key}"), &message));
         }
         let pg = &self.exporters.postgres;

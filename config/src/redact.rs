@@ -16,10 +16,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::KeyError;
+
 /// `processors.redact` (PII scrubbing). On by default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedactConfig {
+    /// `false`: records pass unredacted (the default is `true`).
     pub enabled: bool,
     /// Key for the keyed hashes (HMAC-SHA256) of IP addresses, file names and
     /// identity emails; its UTF-8 bytes are the key (at least 16 bytes). Unset:
@@ -63,25 +66,28 @@ impl RedactConfig {
 
     /// Checks the values serde cannot; returns the offending key (relative to
     /// `processors.redact`) and why.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    pub fn check(&self) -> Result<(), KeyError<&'static str>> {
         if self.max_value_bytes < Self::MIN_VALUE_BYTES {
-            return Err((
+            return Err(KeyError::new(
                 "max_value_bytes",
                 format!("must be at least {}", Self::MIN_VALUE_BYTES),
             ));
         }
         if self.max_record_attributes_bytes < self.max_value_bytes {
-            return Err((
+            return Err(KeyError::new(
                 "max_record_attributes_bytes",
                 "must be at least max_value_bytes".into(),
             ));
         }
         if self.max_depth == 0 {
-            return Err(("max_depth", "must be at least 1".into()));
+            return Err(KeyError::new("max_depth", "must be at least 1".into()));
         }
         if let Some(key) = &self.hmac_key {
             if !key.is_empty() && key.len() < 16 {
-                return Err(("hmac_key", "must be at least 16 bytes".into()));
+                return Err(KeyError::new(
+                    "hmac_key",
+                    "must be at least 16 bytes".into(),
+                ));
             }
         }
         Ok(())
@@ -132,9 +138,13 @@ impl Default for RedactRules {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedactKeys {
+    /// Keys whose values are content (dropped).
     pub content: Vec<String>,
+    /// Keys whose values are IP addresses (hashed).
     pub ip: Vec<String>,
+    /// Keys whose values are file names (hashed).
     pub files: Vec<String>,
+    /// Keys whose values are secrets (dropped).
     pub secrets: Vec<String>,
 }
 
@@ -142,6 +152,7 @@ pub struct RedactKeys {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AllowlistConfig {
+    /// Whether the allowlist applies.
     pub enabled: bool,
     /// Kept keys (`prefix.*` allowed), besides the ones Tally needs.
     pub keys: Vec<String>,

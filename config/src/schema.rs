@@ -1,5 +1,7 @@
 //! The configuration schema. Every section has built-in defaults, so an empty
 //! file (or no file) is a working configuration. Unknown keys are errors.
+//!
+//! Over 600 lines: the config structs and their defaults, one per section: declarations and their docs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,12 +15,19 @@ use crate::RedactConfig;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `receivers`.
     pub receivers: Receivers,
+    /// `processors`.
     pub processors: Processors,
+    /// `exporters`.
     pub exporters: Exporters,
+    /// `admin_api`.
     pub admin_api: AdminApiConfig,
+    /// `retention`.
     pub retention: RetentionConfig,
+    /// `service`.
     pub service: ServiceConfig,
+    /// `pricing`.
     pub pricing: crate::PricingConfig,
     /// Spending and token budgets (`docs/configuration.md#budgets`); none by default.
     pub budgets: Vec<crate::BudgetConfig>,
@@ -28,6 +37,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Receivers {
+    /// `receivers.otlp`.
     pub otlp: OtlpReceiverConfig,
 }
 
@@ -35,7 +45,9 @@ pub struct Receivers {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OtlpReceiverConfig {
+    /// `receivers.otlp.grpc`.
     pub grpc: GrpcConfig,
+    /// `receivers.otlp.http`.
     pub http: HttpConfig,
     /// Request bytes in flight at most, over gRPC and HTTP together (default 64 MiB):
     /// each request is charged its body size (after decompression) from the moment it
@@ -121,6 +133,7 @@ impl Default for IngestAuthConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
+    /// Whether this listener runs.
     pub enabled: bool,
     /// Default `127.0.0.1:4317`.
     pub endpoint: Endpoint,
@@ -145,6 +158,7 @@ impl Default for GrpcConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
+    /// Whether this listener runs.
     pub enabled: bool,
     /// Default `127.0.0.1:4318`.
     pub endpoint: Endpoint,
@@ -212,8 +226,11 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Processors {
+    /// `processors.redact`.
     pub redact: RedactConfig,
+    /// `processors.validate`.
     pub validate: ValidateConfig,
+    /// `processors.tokens`.
     pub tokens: crate::TokensConfig,
 }
 
@@ -224,6 +241,7 @@ pub struct ValidateConfig {
     /// Path of the taxonomy YAML (relative to the working directory); the
     /// built-in default when unset.
     pub taxonomy: Option<PathBuf>,
+    /// `lenient` (the default) or `strict`.
     pub mode: ValidateMode,
     /// How often the taxonomy file is checked for changes, in seconds (default
     /// 2; 0 turns file polling off, SIGHUP still reloads).
@@ -269,7 +287,9 @@ impl ValidateMode {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Exporters {
+    /// `exporters.postgres`.
     pub postgres: PostgresConfig,
+    /// `exporters.prometheus`.
     pub prometheus: PrometheusConfig,
 }
 
@@ -356,6 +376,7 @@ impl Default for TamperEvidenceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrometheusConfig {
+    /// Whether the endpoint runs.
     pub enabled: bool,
     /// Default `127.0.0.1:9464`, served at `/metrics`.
     pub endpoint: Endpoint,
@@ -387,6 +408,7 @@ impl Default for PrometheusConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminApiConfig {
+    /// Whether the admin API runs.
     pub enabled: bool,
     /// Default `127.0.0.1:8080`.
     pub endpoint: Endpoint,
@@ -394,6 +416,7 @@ pub struct AdminApiConfig {
     pub default_page_size: u32,
     /// Largest accepted `limit` (default 1000).
     pub max_page_size: u32,
+    /// `admin_api.auth`.
     pub auth: AuthConfig,
     /// Seconds between heartbeat comments on idle live feeds (default 15).
     pub sse_heartbeat_secs: u64,
@@ -474,6 +497,7 @@ impl Default for AdminLimitsConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CorsConfig {
+    /// Browser origins allowed to call the API (CORS).
     pub allowed_origins: Vec<String>,
 }
 
@@ -502,6 +526,7 @@ impl Default for AdminApiConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// JWT verification (`None`: no JWT accepted).
     pub jwt: Option<JwtConfig>,
     /// `admin_api.auth.api_keys`: keys made with `tally apikey create`.
     pub api_keys: ApiKeysConfig,
@@ -715,6 +740,8 @@ pub enum ServiceMode {
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
+    /// Human-readable lines (the default).
     Text,
+    /// One JSON object per line.
     Json,
 }

@@ -13,6 +13,8 @@
 //! ).unwrap();
 //! assert!(taxonomy.lookup("auth.login.success").is_some());
 //! ```
+//!
+//! Over 600 lines: the registry's file format, its checks and its hot reload share the parsed types.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -50,15 +52,12 @@ pub const TAXONOMY_VERSION: u32 = 1;
 /// assert!(check_action_name("Auth.Login").is_err());
 /// assert!(check_action_name("login").is_err());
 /// ```
-pub fn check_action_name(name: &str) -> Result<(), String> {
+pub fn check_action_name(name: &str) -> Result<(), ActionNameError> {
     if name.is_empty() {
-        return Err("action name is empty".into());
+        return Err(ActionNameError::Empty);
     }
     if name.len() > MAX_ACTION_NAME_LEN {
-        return Err(format!(
-            "action name is {} bytes long, at most {MAX_ACTION_NAME_LEN} are allowed",
-            name.len()
-        ));
+        return Err(ActionNameError::TooLong(name.len()));
     }
     if let Some(bad) = name
         .chars()
@@ -73,39 +72,69 @@ pub fn check_action_name(name: &str) -> Result<(), String> {
         } else {
             "a non-ASCII character".to_owned()
         };
-        return Err(format!(
-            "action name contains {what}; only a-z, 0-9, '_' and '.' are allowed"
-        ));
+        return Err(ActionNameError::Character(what));
     }
     let segments = name.split('.').count();
     if name.split('.').any(str::is_empty) {
-        return Err("action name has an empty segment (leading, trailing or doubled '.')".into());
+        return Err(ActionNameError::EmptySegment);
     }
     if segments < 2 {
-        return Err(
-            "action name needs at least two dotted segments (domain.object.verb, e.g. auth.login.success)"
-                .into(),
-        );
+        return Err(ActionNameError::OneSegment);
     }
     Ok(())
+}
+
+/// Why an action name is malformed (see [`check_action_name`]); the message
+/// never echoes the name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionNameError {
+    /// The name is empty.
+    #[error("action name is empty")]
+    Empty,
+    /// The name has this many bytes, more than [`MAX_ACTION_NAME_LEN`].
+    #[error("action name is {0} bytes long, at most {MAX_ACTION_NAME_LEN} are allowed")]
+    TooLong(usize),
+    /// The name holds a character outside `a-z`, `0-9`, `_` and `.`, described
+    /// (not echoed): "an uppercase letter", "the character '-'", ….
+    #[error("action name contains {0}; only a-z, 0-9, '_' and '.' are allowed")]
+    Character(String),
+    /// A leading, trailing or doubled `.`.
+    #[error("action name has an empty segment (leading, trailing or doubled '.')")]
+    EmptySegment,
+    /// A name without a `.`.
+    #[error(
+        "action name needs at least two dotted segments (domain.object.verb, e.g. auth.login.success)"
+    )]
+    OneSegment,
 }
 
 /// A registry that could not be read, parsed or checked.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TaxonomyError {
+    /// The file cannot be read.
     #[error("cannot read taxonomy file {path}: {message}")]
-    Read { path: String, message: String },
+    Read {
+        /// The file's path.
+        path: String,
+        /// Why it cannot be read.
+        message: String,
+    },
     /// YAML syntax, or a key/type error found while parsing (`path` names it).
     #[error("{source_name}: {path}: {message}")]
     Parse {
+        /// The file's path, or `built-in`.
         source_name: String,
+        /// The dotted path of the failing key.
         path: String,
+        /// What is wrong.
         message: String,
     },
     /// The file parsed but breaks rules; every problem found, each with its path.
     #[error("{source_name}: {}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid {
+        /// The file's path, or `built-in`.
         source_name: String,
+        /// Every broken rule.
         problems: Vec<Problem>,
     },
 }
@@ -127,7 +156,9 @@ impl TaxonomyError {
 /// `actions.auth.login.success.attributes.auth.method.enum`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// Dotted path of the offending key.
     pub path: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -141,17 +172,22 @@ impl fmt::Display for Problem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SchemaType {
+    /// A JSON string.
     String,
     /// A whole number (a JSON number without fraction).
     Integer,
     /// Any finite number, integers included.
     Number,
+    /// `true` or `false`.
     Boolean,
+    /// A JSON array.
     Array,
+    /// A JSON object.
     Object,
 }
 
 impl SchemaType {
+    /// The name as written in a taxonomy file.
     pub fn as_str(self) -> &'static str {
         match self {
             SchemaType::String => "string",
@@ -168,9 +204,13 @@ impl SchemaType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Literal {
+    /// A boolean.
     Bool(bool),
+    /// An integer.
     Integer(i64),
+    /// A number.
     Number(f64),
+    /// A string.
     String(String),
 }
 
@@ -220,6 +260,7 @@ pub struct Schema {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<SchemaType>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// What the attribute means.
     pub description: Option<String>,
     /// The value must equal one of these.
     #[serde(rename = "enum", skip_serializing_if = "Option::is_none")]
@@ -228,16 +269,19 @@ pub struct Schema {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_length: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Longest accepted string, in characters.
     pub max_length: Option<usize>,
     /// Numbers: inclusive bounds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub minimum: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Largest accepted number.
     pub maximum: Option<f64>,
     /// Arrays: the schema of every element.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<Box<Schema>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Most items of an array.
     pub max_items: Option<usize>,
     /// Objects: schemas of known keys (other keys are allowed).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -251,14 +295,20 @@ pub struct Schema {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentityField {
+    /// `user_id`.
     UserId,
+    /// `tenant_id`.
     TenantId,
+    /// `session_id`.
     SessionId,
+    /// `resource_type`.
     ResourceType,
+    /// `resource_id`.
     ResourceId,
 }
 
 impl IdentityField {
+    /// The field's name as written in a taxonomy file.
     pub fn as_str(self) -> &'static str {
         match self {
             IdentityField::UserId => "user_id",
@@ -333,9 +383,12 @@ struct TaxonomyFile {
 /// (`billing.*`) included under their own key.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Taxonomy {
+    /// The file format's version ([`TAXONOMY_VERSION`]).
     pub version: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// What the registry covers.
     pub description: Option<String>,
+    /// The declared actions (and `prefix.*` families) by name.
     pub actions: BTreeMap<String, ActionSpec>,
     /// `prefix` (without `.*`) → key in `actions`.
     #[serde(skip)]
@@ -426,7 +479,7 @@ impl Taxonomy {
                     Err(message) => problem(path.clone(), format!("invalid family: {message}")),
                 }
             } else if let Err(message) = check_action_name(name) {
-                problem(path.clone(), message);
+                problem(path.clone(), message.to_string());
             }
             check_spec(spec, &path, &mut problem);
         }
@@ -478,34 +531,52 @@ impl Taxonomy {
         self.actions.len()
     }
 
+    /// Whether no action is declared.
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
     }
 }
 
 /// What `tally validate` prints about the taxonomy: `Ok` with a one-line
-/// summary, or `Err` with a header line and one `  path: message` line per problem.
-pub fn validate_report(config: &ValidateConfig) -> Result<String, String> {
-    let source = match &config.taxonomy {
+/// summary, or `Err` whose message is a header line and one `  path: message`
+/// line per problem.
+pub fn validate_report(config: &ValidateConfig) -> Result<String, TaxonomyReport> {
+    let source_name = match &config.taxonomy {
         Some(path) => path.display().to_string(),
         None => "built-in".to_owned(),
     };
     match Taxonomy::load(config) {
         Ok(taxonomy) => Ok(format!(
-            "taxonomy OK: {} actions ({source}), mode {}",
+            "taxonomy OK: {} actions ({source_name}), mode {}",
             taxonomy.len(),
             config.mode.as_str()
         )),
-        Err(error @ TaxonomyError::Read { .. }) => Err(error.to_string()),
-        Err(error) => {
-            let mut text = format!("invalid taxonomy {source}:");
-            for line in error.lines() {
-                text.push_str("\n  ");
-                text.push_str(&line);
-            }
-            Err(text)
-        }
+        Err(error) => Err(TaxonomyReport { source_name, error }),
     }
+}
+
+/// A taxonomy `tally validate` refuses, printed as the report: a file that
+/// cannot be read as its reason, any other problem as `invalid taxonomy
+/// SOURCE:` and one `  path: message` line per problem.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", report_text(.source_name, .error))]
+pub struct TaxonomyReport {
+    /// The taxonomy file's path, or `built-in`.
+    pub source_name: String,
+    /// What is wrong with it.
+    pub error: TaxonomyError,
+}
+
+fn report_text(source_name: &str, error: &TaxonomyError) -> String {
+    if let TaxonomyError::Read { .. } = error {
+        return error.to_string();
+    }
+    let mut text = format!("invalid taxonomy {source_name}:");
+    for line in error.lines() {
+        text.push_str("\n  ");
+        text.push_str(&line);
+    }
+    text
 }
 
 fn check_spec(spec: &ActionSpec, path: &str, problem: &mut impl FnMut(String, String)) {
@@ -735,7 +806,12 @@ pub enum ReloadOutcome {
     /// The file text is the one last tried: nothing done.
     Unchanged,
     /// A new registry is current.
-    Reloaded { generation: u64, actions: usize },
+    Reloaded {
+        /// The registry's generation (1 for the first load).
+        generation: u64,
+        /// Its number of declared actions.
+        actions: usize,
+    },
 }
 
 impl TaxonomyHandle {
@@ -803,10 +879,12 @@ impl TaxonomyHandle {
         self.inner.mode
     }
 
+    /// Where the registry is read from.
     pub fn source(&self) -> &TaxonomySource {
         &self.inner.source
     }
 
+    /// The outcome of the last load or reload.
     pub fn status(&self) -> ReloadStatus {
         self.lock_state().status.clone()
     }
@@ -940,7 +1018,7 @@ mod tests {
             ("auth.log\n", "control"),
             (long.as_str(), "bytes long"),
         ] {
-            let err = check_action_name(bad).unwrap_err();
+            let err = check_action_name(bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{bad:?}: {err}");
         }
         let max = format!("a.{}", "b".repeat(MAX_ACTION_NAME_LEN - 2));
@@ -1077,14 +1155,14 @@ actions:
             taxonomy: Some(path.clone()),
             ..ValidateConfig::default()
         };
-        let err = validate_report(&config).unwrap_err();
+        let err = validate_report(&config).unwrap_err().to_string();
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines[0], format!("invalid taxonomy {}:", path.display()));
         assert_eq!(lines.len(), 3, "{err}");
         assert!(lines.contains(&"  actions.auth.login.success.attributes.method.enum: must list at least one value"), "{err}");
         assert!(lines.iter().any(|l| l.starts_with("  actions.Login: action name contains an uppercase letter")), "{err}");
         std::fs::remove_file(&path).unwrap();
-        let err = validate_report(&config).unwrap_err();
+        let err = validate_report(&config).unwrap_err().to_string();
         assert!(err.starts_with("cannot read taxonomy file"), "{err}");
         let _ = std::fs::remove_dir(&dir);
     }

@@ -21,6 +21,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::KeyError;
+
 /// The built-in mapping (`config/defaults/token_mapping.yaml`).
 pub const DEFAULT_TOKEN_MAPPING_YAML: &str = include_str!("../defaults/token_mapping.yaml");
 /// The built-in price table (`config/defaults/prices.yaml`).
@@ -30,6 +32,7 @@ pub const DEFAULT_PRICES_YAML: &str = include_str!("../defaults/prices.yaml");
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TokensConfig {
+    /// `false`: no token rows are extracted.
     pub enabled: bool,
     /// Log records carrying token usage are ledger rows too (default true).
     pub from_logs: bool,
@@ -74,24 +77,39 @@ pub struct TokenMapping {
     /// given before the built-in ones; `true` makes a field given replace the
     /// built-in list (fields not given keep it).
     pub replace: bool,
+    /// Input token count keys.
     pub input: Vec<String>,
+    /// Output token count keys.
     pub output: Vec<String>,
+    /// Cache-read token count keys.
     pub cache_read: Vec<String>,
+    /// Cache-write token count keys.
     pub cache_write: Vec<String>,
+    /// Reasoning token count keys.
     pub reasoning: Vec<String>,
+    /// Total token count keys.
     pub total: Vec<String>,
+    /// Requested model keys.
     pub request_model: Vec<String>,
+    /// Answering model keys.
     pub response_model: Vec<String>,
+    /// Provider keys.
     pub provider: Vec<String>,
+    /// Operation keys.
     pub operation: Vec<String>,
+    /// User keys.
     pub user: Vec<String>,
+    /// Tenant keys.
     pub tenant: Vec<String>,
+    /// Session keys.
     pub session: Vec<String>,
     /// Prefixes of metadata maps (`traceloop.association.properties.`, …).
     pub metadata_prefixes: Vec<String>,
     /// Keys after a metadata prefix that name the user / tenant / session.
     pub metadata_user: Vec<String>,
+    /// Keys after a metadata prefix that name the tenant.
     pub metadata_tenant: Vec<String>,
+    /// Keys after a metadata prefix that name the session.
     pub metadata_session: Vec<String>,
 }
 
@@ -176,15 +194,21 @@ impl TokensConfig {
         keys
     }
 
-    /// Checks values; `Err((key, message))` names the key under `processors.tokens`.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    /// Checks values; the error names the key under `processors.tokens`.
+    pub fn check(&self) -> Result<(), KeyError> {
         if self.max_traces == 0 {
-            return Err(("max_traces".into(), "must be at least 1".into()));
+            return Err(KeyError::new(
+                "max_traces".into(),
+                "must be at least 1".into(),
+            ));
         }
         let mut fields = self.mapping.clone();
         for list in fields.lists_mut() {
             if list.iter().any(|k| k.trim().is_empty()) {
-                return Err(("mapping".into(), "attribute keys must not be empty".into()));
+                return Err(KeyError::new(
+                    "mapping".into(),
+                    "attribute keys must not be empty".into(),
+                ));
             }
         }
         Ok(())
@@ -212,7 +236,9 @@ pub struct ModelPrice {
     pub model: String,
     /// `YYYY-MM-DD` (UTC): the first day the price applies.
     pub effective_from: String,
+    /// US dollars per million input tokens.
     pub input: f64,
+    /// US dollars per million output tokens.
     pub output: f64,
     /// Price of input tokens read from the prompt cache (default: `input`).
     #[serde(default)]
@@ -246,15 +272,18 @@ impl PricingConfig {
         models
     }
 
-    /// Checks values; `Err((key, message))` names the key under `pricing`.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    /// Checks values; the error names the key under `pricing`.
+    pub fn check(&self) -> Result<(), KeyError> {
         for (i, m) in self.models.iter().enumerate() {
             let key = |field: &str| format!("models[{i}].{field}");
             if m.model.trim().is_empty() {
-                return Err((key("model"), "must not be empty".into()));
+                return Err(KeyError::new(key("model"), "must not be empty".into()));
             }
             if !is_iso_date(&m.effective_from) {
-                return Err((key("effective_from"), "must be a date YYYY-MM-DD".into()));
+                return Err(KeyError::new(
+                    key("effective_from"),
+                    "must be a date YYYY-MM-DD".into(),
+                ));
             }
             let prices = [
                 ("input", Some(m.input)),
@@ -264,7 +293,10 @@ impl PricingConfig {
             ];
             for (field, price) in prices {
                 if price.is_some_and(|p| !p.is_finite() || p < 0.0) {
-                    return Err((key(field), "must be a non-negative number".into()));
+                    return Err(KeyError::new(
+                        key(field),
+                        "must be a non-negative number".into(),
+                    ));
                 }
             }
         }
@@ -351,6 +383,6 @@ mod tests {
                 cache_write: Some(-1.0),
             }],
         };
-        assert_eq!(bad.check().unwrap_err().0, "models[0].effective_from");
+        assert_eq!(bad.check().unwrap_err().key, "models[0].effective_from");
     }
 }

@@ -1,6 +1,8 @@
 //! Tally's exporters: PostgreSQL (the activity log and token ledger) and the
 //! Prometheus `/metrics` endpoint.
 
+#![warn(missing_docs)]
+
 pub mod apikeys;
 pub mod postgres;
 pub mod prometheus;

@@ -125,6 +125,42 @@ async fn admin_url() -> String {
     }
 }
 
+/// Every `table.column (hits)` of the current schema's base tables whose text,
+/// jsonb, text[] or varchar value contains `needle` (a scan of the whole schema,
+/// for the erasure tests: an erased value must be nowhere). Panics when the
+/// schema cannot be read or holds fewer than 30 such columns (then the scan
+/// would prove little).
+pub async fn columns_holding(client: &Client, needle: &str) -> Vec<String> {
+    let columns = client
+        .query(
+            "SELECT c.table_name, c.column_name FROM information_schema.columns c \
+             JOIN information_schema.tables t USING (table_schema, table_name) \
+             WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' \
+               AND c.data_type IN ('text', 'jsonb', 'ARRAY', 'character varying') \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("listing the columns: {e}"));
+    assert!(columns.len() > 30, "the scan covers the schema");
+    let mut found = Vec::new();
+    for column in &columns {
+        let (table, name): (String, String) = (column.get(0), column.get(1));
+        let hits: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM \"{table}\" WHERE strpos(\"{name}\"::text, $1) > 0"),
+                &[&needle],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("scanning {table}.{name}: {e}"))
+            .get(0);
+        if hits > 0 {
+            found.push(format!("{table}.{name} ({hits})"));
+        }
+    }
+    found
+}
+
 /// `url` with its database replaced by `database` (URL or key=value form).
 fn with_database(url: &str, database: &str) -> String {
     if let Some(scheme_end) = url.find("://") {

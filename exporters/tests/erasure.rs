@@ -114,34 +114,7 @@ async fn verify(db: &TestDatabase, tenant: &str) -> VerifyReport {
 
 /// Every (table, column) of a text, jsonb or text[] column whose value contains `needle`.
 async fn traces_of(client: &Client, needle: &str) -> Vec<String> {
-    let columns = client
-        .query(
-            "SELECT c.table_name, c.column_name FROM information_schema.columns c \
-             JOIN information_schema.tables t USING (table_schema, table_name) \
-             WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' \
-               AND c.data_type IN ('text', 'jsonb', 'ARRAY', 'character varying') \
-             ORDER BY 1, 2",
-            &[],
-        )
-        .await
-        .expect("columns");
-    assert!(columns.len() > 30, "the scan covers the schema");
-    let mut found = Vec::new();
-    for column in &columns {
-        let (table, name): (String, String) = (column.get(0), column.get(1));
-        let hits: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM \"{table}\" WHERE strpos(\"{name}\"::text, $1) > 0"),
-                &[&needle],
-            )
-            .await
-            .expect("scan")
-            .get(0);
-        if hits > 0 {
-            found.push(format!("{table}.{name} ({hits})"));
-        }
-    }
-    found
+    tally_exporters::testing::columns_holding(client, needle).await
 }
 
 /// (events, tokens, cost) summed over the tenant's rollups, and raw rows.

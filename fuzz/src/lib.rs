@@ -215,7 +215,7 @@ impl Chain {
             }
         }
         for row in &tokens.rows {
-            if let Err(e) = copy::token_row(&mut out, row) {
+            if let Err(e) = copy::token_row(&mut out, row, None) {
                 panic!("token row not encodable: {e}");
             }
         }

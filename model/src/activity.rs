@@ -47,13 +47,19 @@ pub struct ActivityEvent {
     pub id: Uuid,
     /// Event time (span start or log record time).
     pub ts: DateTime<Utc>,
+    /// The tenant the event belongs to.
     pub tenant_id: Option<String>,
+    /// The user who acted.
     pub user_id: Option<String>,
+    /// The user's session.
     pub session_id: Option<String>,
     /// Dotted action name, e.g. `auth.login`.
     pub action: String,
+    /// Whether the action succeeded.
     pub outcome: Outcome,
+    /// The kind of resource acted on (`document`, `api_key`, …).
     pub resource_type: Option<String>,
+    /// The resource's id.
     pub resource_id: Option<String>,
     /// `service.name` of the emitting resource.
     pub service: Option<String>,

@@ -8,6 +8,8 @@
 //!   OTLP requests to, and the errors it may answer with.
 //! * [`health`] — readiness shared between the exporter and the admin API.
 
+#![warn(missing_docs)]
+
 pub mod activity;
 pub mod health;
 pub mod ids;

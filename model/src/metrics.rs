@@ -141,13 +141,16 @@ pub const METRIC_POINT_REASONS: [&str; 5] = [
 /// `{transport}`: `grpc` or `http`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
+    /// `grpc` or `http`.
     pub transport: &'static str,
 }
 
 impl TransportLabels {
+    /// The labels of the gRPC transport.
     pub fn grpc() -> Self {
         TransportLabels { transport: "grpc" }
     }
+    /// The labels of the HTTP transport.
     pub fn http() -> Self {
         TransportLabels { transport: "http" }
     }
@@ -156,71 +159,92 @@ impl TransportLabels {
 /// `{action, outcome}` (+ `tenant` when enabled).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActivityLabels {
+    /// The action, capped (see [`Metrics::action_labels`]).
     pub action: String,
+    /// `success`, `failure` or `unknown`.
     pub outcome: &'static str,
+    /// The tenant, when tenant labels are on and under their cap.
     pub tenant: Option<String>,
 }
 
 /// `{provider, model, kind}` (+ `tenant` when enabled).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
+    /// The LLM provider.
     pub provider: String,
+    /// The model, capped (see [`Metrics::model_labels`]).
     pub model: String,
+    /// The token kind (`input`, `output`, …).
     pub kind: &'static str,
+    /// The tenant, when tenant labels are on and under their cap.
     pub tenant: Option<String>,
 }
 
 /// `{provider, model, outcome}` (+ `tenant` when enabled).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LlmRequestLabels {
+    /// The LLM provider.
     pub provider: String,
+    /// The model, capped.
     pub model: String,
+    /// `success`, `failure` or `unknown`.
     pub outcome: &'static str,
+    /// The tenant, when tenant labels are on and under their cap.
     pub tenant: Option<String>,
 }
 
 /// `{provider, model}` (+ `tenant` when enabled).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
+    /// The LLM provider.
     pub provider: String,
+    /// The model, capped.
     pub model: String,
+    /// The tenant, when tenant labels are on and under their cap.
     pub tenant: Option<String>,
 }
 
 /// `{model}` (+ `tenant` when enabled).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelOnlyLabels {
+    /// The model, capped.
     pub model: String,
+    /// The tenant, when tenant labels are on and under their cap.
     pub tenant: Option<String>,
 }
 
 /// `{table}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
+    /// The table written.
     pub table: &'static str,
 }
 
 /// `{reason}` (a fixed vocabulary, never free text).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
+    /// A reason from a fixed list.
     pub reason: &'static str,
 }
 
 /// `{rule}` (redaction rule ids).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
+    /// The redaction rule's id.
     pub rule: String,
 }
 
 /// `{budget}` (configured budget names: a fixed set).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BudgetLabels {
+    /// The configured budget's name.
     pub budget: String,
 }
 
 /// `{version}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
+    /// Tally's version.
     pub version: &'static str,
 }
 
@@ -239,50 +263,79 @@ fn rows_histogram() -> Histogram {
 /// Every metric Tally exports. Obtain it with [`metrics()`].
 pub struct Metrics {
     registry: Registry,
+    /// `tally_activity_events`.
     pub activity_events: Family<ActivityLabels, Counter>,
+    /// `tally_llm_tokens`.
     pub llm_tokens: Family<TokenLabels, Counter>,
+    /// `tally_llm_requests`.
     pub llm_requests: Family<LlmRequestLabels, Counter>,
+    /// `tally_llm_cost_usd`.
     pub llm_cost_usd: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    /// `tally_llm_unpriced_requests`.
     pub llm_unpriced_requests: Family<ModelOnlyLabels, Counter>,
+    /// `tally_receiver_accepted_spans`.
     pub receiver_accepted_spans: Family<TransportLabels, Counter>,
+    /// `tally_receiver_refused_spans`.
     pub receiver_refused_spans: Family<TransportLabels, Counter>,
+    /// `tally_receiver_accepted_log_records`.
     pub receiver_accepted_log_records: Family<TransportLabels, Counter>,
+    /// `tally_receiver_refused_log_records`.
     pub receiver_refused_log_records: Family<TransportLabels, Counter>,
+    /// `tally_receiver_accepted_metric_points`.
     pub receiver_accepted_metric_points: Family<TransportLabels, Counter>,
+    /// `tally_receiver_refused_metric_points`.
     pub receiver_refused_metric_points: Family<TransportLabels, Counter>,
     /// `tally_metric_points_not_stored_total{reason}`: data points of accepted
     /// metric requests that were not stored (see [`METRIC_POINT_REASONS`]).
     pub metric_points_not_stored: Family<ReasonLabels, Counter>,
+    /// `tally_receiver_request_duration`.
     pub receiver_request_duration: HistogramFamily<TransportLabels>,
+    /// `tally_records_without_action`.
     pub records_without_action: Counter,
+    /// `tally_queue_records`.
     pub queue_records: Gauge,
+    /// `tally_queue_capacity_records`.
     pub queue_capacity_records: Gauge,
+    /// `tally_exporter_rows_written`.
     pub exporter_rows_written: Family<TableLabels, Counter>,
+    /// `tally_exporter_write_failures`.
     pub exporter_write_failures: Family<ReasonLabels, Counter>,
+    /// `tally_exporter_batch_rows`.
     pub exporter_batch_rows: Histogram,
+    /// `tally_exporter_batch_duration`.
     pub exporter_batch_duration: Histogram,
+    /// `tally_ingest_lag`.
     pub ingest_lag: Histogram,
+    /// `tally_rejected_events`.
     pub rejected_events: Family<ReasonLabels, Counter>,
     /// OTLP requests refused for their credential, by reason.
     pub ingest_auth_failures: Family<ReasonLabels, Counter>,
     /// Database round trips made to verify API keys (row lookups and refreshes
     /// of the known-prefix set).
     pub api_key_lookups: Counter,
+    /// `tally_redactions`.
     pub redactions: Family<RuleLabels, Counter>,
+    /// `tally_sse_clients`.
     pub sse_clients: Gauge,
+    /// `tally_rollup_lag_seq`.
     pub rollup_lag_seq: Gauge,
     /// Raw rows written to retention archives (`retention.archive`), by table.
     pub retention_archived_rows: Family<TableLabels, Counter>,
     /// Archives retention could not write (the rows were kept), by table.
     pub retention_archive_failures: Family<TableLabels, Counter>,
+    /// `tally_build_info`.
     pub build_info: Family<VersionLabels, Gauge>,
     /// Use of each configured budget in its current period, as a fraction of its limit.
     pub budget_used_ratio: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    /// `tally_process_cpu` (seconds).
     pub process_cpu_seconds: Counter<f64, AtomicU64>,
+    /// `tally_process_resident_memory` (bytes).
     pub process_resident_memory_bytes: Gauge,
     /// Caps for the free-form label values.
     pub action_labels: LabelCap,
+    /// The cap on distinct model labels.
     pub model_labels: LabelCap,
+    /// The cap on distinct tenant labels (0: no tenant label).
     pub tenant_labels: LabelCap,
 }
 

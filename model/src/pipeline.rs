@@ -53,12 +53,17 @@ pub enum ConsumeError {
     Invalid(String),
     /// The queue is full: HTTP 429 / gRPC `UNAVAILABLE`, retry after the delay.
     #[error("collector overloaded, retry in {}s", retry_after.as_secs())]
-    Overloaded { retry_after: Duration },
+    Overloaded {
+        /// When to retry.
+        retry_after: Duration,
+    },
     /// The database cannot be written now, or the collector is shutting down:
     /// HTTP 503 / gRPC `UNAVAILABLE`, retry after the delay.
     #[error("collector unavailable: {reason}")]
     Unavailable {
+        /// Why.
         reason: String,
+        /// When to retry.
         retry_after: Duration,
     },
 }

@@ -75,6 +75,7 @@ pub struct TokenMetricPoint {
     /// The series: a hash of the metric name, resource, scope and point
     /// attributes (hex), the same on every instance.
     pub series: String,
+    /// Cumulative or delta.
     pub temporality: Temporality,
     /// `start_time_unix_nano` (0 when unknown).
     pub start_ns: u64,
@@ -84,6 +85,7 @@ pub struct TokenMetricPoint {
     pub count: u64,
     /// Sum of the observations: tokens, or seconds for [`MetricKind::Duration`].
     pub sum: f64,
+    /// Which histogram the point is of.
     pub kind: MetricKind,
     /// `gen_ai.provider.name` / `gen_ai.system` (`''` when none).
     pub provider: String,
@@ -96,9 +98,13 @@ pub struct TokenMetricPoint {
 /// The last point stored of a series.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SeriesState {
+    /// The start of the point's interval (ns since the Unix epoch).
     pub start_ns: u64,
+    /// The end of the point's interval (ns since the Unix epoch).
     pub time_ns: u64,
+    /// Observations in the point.
     pub count: u64,
+    /// Their sum.
     pub sum: f64,
 }
 
@@ -106,7 +112,12 @@ pub struct SeriesState {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Step {
     /// Add `count` observations summing to `sum`; the series' state becomes the point.
-    Add { count: u64, sum: f64 },
+    Add {
+        /// Observations added.
+        count: u64,
+        /// Their sum.
+        sum: f64,
+    },
     /// Nothing: the point is already counted (resent, or older than the last
     /// point seen); the state stays.
     Duplicate,

@@ -40,8 +40,11 @@ pub struct TokenUsage {
     pub id: Uuid,
     /// Call start time (span start or log record time).
     pub ts: DateTime<Utc>,
+    /// The tenant the call belongs to.
     pub tenant_id: Option<String>,
+    /// The user the call is attributed to.
     pub user_id: Option<String>,
+    /// The user's session.
     pub session_id: Option<String>,
     /// `service.name` of the emitting resource.
     pub service: Option<String>,
@@ -53,12 +56,15 @@ pub struct TokenUsage {
     pub provider: Option<String>,
     /// `chat`, `text_completion`, `embeddings`, … as the instrumentation names it.
     pub operation: Option<String>,
+    /// The model asked for.
     pub request_model: Option<String>,
+    /// The model that answered.
     pub response_model: Option<String>,
     /// The response model, else the request model.
     pub model: Option<String>,
     /// Every input token, cached ones included (GenAI semantic conventions).
     pub input_tokens: Option<i64>,
+    /// Output (completion) tokens.
     pub output_tokens: Option<i64>,
     /// Input tokens read from the provider's prompt cache (a subset of `input_tokens`).
     pub cache_read_tokens: Option<i64>,
@@ -73,6 +79,7 @@ pub struct TokenUsage {
     /// Estimated cost in US dollars at ingest; `None` when the model has no price
     /// or the usage is unknown.
     pub cost_usd: Option<f64>,
+    /// Whether the call succeeded.
     pub outcome: Outcome,
     /// Span duration; `None` for log records.
     pub duration_ms: Option<f64>,
@@ -80,6 +87,7 @@ pub struct TokenUsage {
     /// instrumentation reports it (`gen_ai.server.time_to_first_token`,
     /// `gen_ai.response.time_to_first_chunk`, in seconds).
     pub time_to_first_token_ms: Option<f64>,
+    /// Where the user attribution came from.
     pub attribution_source: AttributionSource,
     /// A few content-free attributes (span name, finish reasons, response id, …).
     pub attributes: serde_json::Map<String, serde_json::Value>,

@@ -76,8 +76,11 @@ impl TraceScope {
 /// Who a record is about. Empty strings are never stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
+    /// The user id.
     pub user: Option<String>,
+    /// The tenant id.
     pub tenant: Option<String>,
+    /// The session id.
     pub session: Option<String>,
 }
 
@@ -245,6 +248,7 @@ pub struct TraceCache {
 }
 
 impl TraceCache {
+    /// A cache that keeps a trace's identity for `window`, at most `max_traces` traces.
     pub fn new(window: Duration, max_traces: usize) -> TraceCache {
         TraceCache {
             scope_keys: Default::default(),

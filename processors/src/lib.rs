@@ -9,6 +9,8 @@
 //! Redaction and taxonomy validation join here as separate modules; a processor
 //! knows nothing of PostgreSQL or HTTP.
 
+#![warn(missing_docs)]
+
 pub mod attribution;
 pub mod classify;
 mod fast_hash;

@@ -42,6 +42,11 @@ pub enum AuthFailure {
     Unavailable(String),
 }
 
+/// Why the key store cannot answer now (the database did not answer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Unavailable(pub(crate) String);
+
 /// What an ingest key restricts on REST ingest (`POST /api/v1/events`)
 /// besides its tenant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -149,12 +154,12 @@ impl IngestAuth {
     }
 
     /// Whether a CORS preflight from `origin` is answered (`Err`: cannot tell now).
-    pub(crate) async fn origin_allowed(&self, origin: &str) -> Result<bool, String> {
+    pub(crate) async fn origin_allowed(&self, origin: &str) -> Result<bool, Unavailable> {
         match &self.authenticator {
             None => Ok(false),
             Some(authenticator) => match authenticator.origin_allowed(origin).await {
                 Ok(allowed) => Ok(allowed),
-                Err(AuthFailure::Unavailable(reason)) => Err(reason),
+                Err(AuthFailure::Unavailable(reason)) => Err(Unavailable(reason)),
                 Err(AuthFailure::Refused(_)) => Ok(false),
             },
         }

@@ -9,11 +9,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::Exemplar;
 
+use crate::error::{malformed, Malformed};
+
 const TRACE_ID_LEN: usize = 16;
 const SPAN_ID_LEN: usize = 8;
 
 /// Checks the ids of every span (and span link) and returns the number of spans.
-pub(crate) fn check_traces(request: &ExportTraceServiceRequest) -> Result<usize, String> {
+pub(crate) fn check_traces(request: &ExportTraceServiceRequest) -> Result<usize, Malformed> {
     let mut count = 0;
     for (r, resource_spans) in request.resource_spans.iter().enumerate() {
         for (s, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
@@ -35,7 +37,7 @@ pub(crate) fn check_traces(request: &ExportTraceServiceRequest) -> Result<usize,
 }
 
 /// Checks the ids of every log record and returns the number of log records.
-pub(crate) fn check_logs(request: &ExportLogsServiceRequest) -> Result<usize, String> {
+pub(crate) fn check_logs(request: &ExportLogsServiceRequest) -> Result<usize, Malformed> {
     let mut count = 0;
     for (r, resource_logs) in request.resource_logs.iter().enumerate() {
         for (s, scope_logs) in resource_logs.scope_logs.iter().enumerate() {
@@ -52,7 +54,7 @@ pub(crate) fn check_logs(request: &ExportLogsServiceRequest) -> Result<usize, St
 
 /// Checks the trace and span ids of every exemplar and returns the number of
 /// data points (of every metric type).
-pub(crate) fn check_metrics(request: &ExportMetricsServiceRequest) -> Result<usize, String> {
+pub(crate) fn check_metrics(request: &ExportMetricsServiceRequest) -> Result<usize, Malformed> {
     let mut count = 0;
     for (r, resource_metrics) in request.resource_metrics.iter().enumerate() {
         for (s, scope_metrics) in resource_metrics.scope_metrics.iter().enumerate() {
@@ -68,7 +70,7 @@ pub(crate) fn check_metrics(request: &ExportMetricsServiceRequest) -> Result<usi
                         check_id(&exemplar.trace_id, TRACE_ID_LEN, &at, "traceId")?;
                         check_id(&exemplar.span_id, SPAN_ID_LEN, &at, "spanId")?;
                     }
-                    Ok::<(), String>(())
+                    Ok::<(), Malformed>(())
                 };
                 match &metric.data {
                     Some(Data::Gauge(g)) => {
@@ -99,7 +101,7 @@ pub(crate) fn check_metrics(request: &ExportMetricsServiceRequest) -> Result<usi
                     // The data is required; OTLP/JSON data with a malformed field also
                     // decodes to none, which must not pass for an empty metric.
                     None => {
-                        return Err(format!(
+                        return malformed(format!(
                             "resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}] ({:?}): no data, \
                              or malformed data (one of gauge, sum, histogram, \
                              exponentialHistogram, summary is required)",
@@ -120,11 +122,11 @@ fn check_id(
     expected: usize,
     at: &dyn Fn() -> String,
     field: &str,
-) -> Result<(), String> {
+) -> Result<(), Malformed> {
     if id.is_empty() || id.len() == expected {
         Ok(())
     } else {
-        Err(format!(
+        malformed(format!(
             "{}.{field}: {} bytes, expected {expected}",
             at(),
             id.len()
@@ -176,17 +178,17 @@ mod tests {
             span(15, 8, 0),
         ]);
         assert_eq!(
-            check_traces(&request).unwrap_err(),
+            check_traces(&request).unwrap_err().0,
             "resourceSpans[0].scopeSpans[0].spans[3].traceId: 15 bytes, expected 16"
         );
         let request = traces(vec![span(16, 9, 0)]);
         assert_eq!(
-            check_traces(&request).unwrap_err(),
+            check_traces(&request).unwrap_err().0,
             "resourceSpans[0].scopeSpans[0].spans[0].spanId: 9 bytes, expected 8"
         );
         let request = traces(vec![span(16, 8, 4)]);
         assert_eq!(
-            check_traces(&request).unwrap_err(),
+            check_traces(&request).unwrap_err().0,
             "resourceSpans[0].scopeSpans[0].spans[0].parentSpanId: 4 bytes, expected 8"
         );
         let mut bad_link = span(16, 8, 0);
@@ -195,7 +197,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            check_traces(&traces(vec![bad_link])).unwrap_err(),
+            check_traces(&traces(vec![bad_link])).unwrap_err().0,
             "resourceSpans[0].scopeSpans[0].spans[0].links[0].traceId: 17 bytes, expected 16"
         );
     }
@@ -249,9 +251,10 @@ mod tests {
             });
         assert!(check_metrics(&no_data)
             .unwrap_err()
+            .0
             .starts_with("resourceMetrics[0].scopeMetrics[0].metrics[2] (\"empty\"): no data"));
         assert_eq!(
-            check_metrics(&request(3)).unwrap_err(),
+            check_metrics(&request(3)).unwrap_err().0,
             "resourceMetrics[0].scopeMetrics[0].metrics[1].histogram.dataPoints[0].exemplars[0].spanId: 3 bytes, expected 8"
         );
     }
@@ -276,11 +279,11 @@ mod tests {
         };
         assert_eq!(check_logs(&request(16, 8)), Ok(2));
         assert_eq!(
-            check_logs(&request(16, 7)).unwrap_err(),
+            check_logs(&request(16, 7)).unwrap_err().0,
             "resourceLogs[0].scopeLogs[0].logRecords[1].spanId: 7 bytes, expected 8"
         );
         assert_eq!(
-            check_logs(&request(1, 8)).unwrap_err(),
+            check_logs(&request(1, 8)).unwrap_err().0,
             "resourceLogs[0].scopeLogs[0].logRecords[1].traceId: 1 bytes, expected 16"
         );
     }

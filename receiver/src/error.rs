@@ -8,6 +8,30 @@ use tally_model::pipeline::ConsumeError;
 
 use crate::budget::{DecodeRefusal, Exhausted, BUSY_RETRY_AFTER};
 
+/// Why a request body (or one item of a REST batch) is malformed, in words for
+/// its sender: answered with gRPC `INVALID_ARGUMENT` / HTTP 400 (a REST item:
+/// in the answer's `rejected` list). The text names the failing field's path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
+impl From<String> for Malformed {
+    fn from(message: String) -> Malformed {
+        Malformed(message)
+    }
+}
+
+impl From<&str> for Malformed {
+    fn from(message: &str) -> Malformed {
+        Malformed(message.to_owned())
+    }
+}
+
+/// `Err(Malformed(message))`.
+pub(crate) fn malformed<T>(message: String) -> Result<T, Malformed> {
+    Err(Malformed(message))
+}
+
 /// Why the receiver could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
@@ -19,6 +43,7 @@ pub enum ReceiverError {
         /// The config key that set it, e.g. `receivers.otlp.grpc.endpoint`.
         config_path: &'static str,
         #[source]
+        /// Why it cannot be used.
         source: std::io::Error,
     },
     /// A listener's `tls` block cannot be used (unreadable or invalid files).

@@ -21,6 +21,8 @@
 //! would exceed the whole budget is refused `RESOURCE_EXHAUSTED` without `RetryInfo` (not
 //! retryable), one that finds the budget spent `RESOURCE_EXHAUSTED` with it. The handler
 //! holds the charge until its answer is built.
+//!
+//! Over 600 lines: the three OTLP services plus the body and codec plumbing tonic needs for the byte budget, which the HTTP path cannot share.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -84,7 +86,7 @@ impl TraceService for Otlp {
         // Put there by `ExportServer::call` once the credential was checked.
         let sender = request.extensions().get::<Sender>().cloned();
         let request = request.into_inner();
-        let spans = check_traces(&request).map_err(Status::invalid_argument)?;
+        let spans = check_traces(&request).map_err(|e| Status::invalid_argument(e.0))?;
         if spans == 0 {
             return Ok(Response::new(ExportTraceServiceResponse::default()));
         }
@@ -115,7 +117,7 @@ impl LogsService for Otlp {
         let charge = request.extensions().get::<CallCharge>().cloned();
         let sender = request.extensions().get::<Sender>().cloned();
         let request = request.into_inner();
-        let records = check_logs(&request).map_err(Status::invalid_argument)?;
+        let records = check_logs(&request).map_err(|e| Status::invalid_argument(e.0))?;
         if records == 0 {
             return Ok(Response::new(ExportLogsServiceResponse::default()));
         }
@@ -146,7 +148,7 @@ impl MetricsService for Otlp {
         let charge = request.extensions().get::<CallCharge>().cloned();
         let sender = request.extensions().get::<Sender>().cloned();
         let request = request.into_inner();
-        let points = check_metrics(&request).map_err(Status::invalid_argument)?;
+        let points = check_metrics(&request).map_err(|e| Status::invalid_argument(e.0))?;
         if points == 0 {
             return Ok(Response::new(ExportMetricsServiceResponse::default()));
         }

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{Denied, IngestAuth};
 use crate::budget::{Charge, InFlightBudget};
-use crate::error::{retry_after_secs, shorten, ReceiverError, RequestError};
+use crate::error::{retry_after_secs, shorten, Malformed, ReceiverError, RequestError};
 use crate::limits::{decode_body, Encoding};
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
 use crate::{check, estimate, json, logs_response, metrics_response, trace_response, Admission};
@@ -164,11 +164,11 @@ trait Signal: Send + 'static {
     type Request: Message + Default + Send + 'static;
     type Response: Message + Send;
 
-    fn decode_json(body: &[u8]) -> Result<Self::Request, String>;
+    fn decode_json(body: &[u8]) -> Result<Self::Request, Malformed>;
     /// The estimated size of a protobuf body once decoded ([`estimate`]).
     fn estimate_protobuf(body: &[u8]) -> usize;
     /// Checks the ids and counts the records.
-    fn check(request: &Self::Request) -> Result<usize, String>;
+    fn check(request: &Self::Request) -> Result<usize, Malformed>;
     fn consume(
         consumer: &dyn Consumer,
         request: Self::Request,
@@ -185,7 +185,7 @@ impl Signal for Traces {
     type Request = ExportTraceServiceRequest;
     type Response = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 
-    fn decode_json(body: &[u8]) -> Result<Self::Request, String> {
+    fn decode_json(body: &[u8]) -> Result<Self::Request, Malformed> {
         json::decode_traces(body)
     }
 
@@ -193,7 +193,7 @@ impl Signal for Traces {
         estimate::traces_protobuf(body)
     }
 
-    fn check(request: &Self::Request) -> Result<usize, String> {
+    fn check(request: &Self::Request) -> Result<usize, Malformed> {
         check::check_traces(request)
     }
 
@@ -221,7 +221,7 @@ impl Signal for Logs {
     type Request = ExportLogsServiceRequest;
     type Response = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 
-    fn decode_json(body: &[u8]) -> Result<Self::Request, String> {
+    fn decode_json(body: &[u8]) -> Result<Self::Request, Malformed> {
         json::decode_logs(body)
     }
 
@@ -229,7 +229,7 @@ impl Signal for Logs {
         estimate::logs_protobuf(body)
     }
 
-    fn check(request: &Self::Request) -> Result<usize, String> {
+    fn check(request: &Self::Request) -> Result<usize, Malformed> {
         check::check_logs(request)
     }
 
@@ -258,7 +258,7 @@ impl Signal for Metrics {
     type Response =
         opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 
-    fn decode_json(body: &[u8]) -> Result<Self::Request, String> {
+    fn decode_json(body: &[u8]) -> Result<Self::Request, Malformed> {
         json::decode_metrics(body)
     }
 
@@ -266,7 +266,7 @@ impl Signal for Metrics {
         estimate::metrics_protobuf(body)
     }
 
-    fn check(request: &Self::Request) -> Result<usize, String> {
+    fn check(request: &Self::Request) -> Result<usize, Malformed> {
         check::check_metrics(request)
     }
 
@@ -392,7 +392,7 @@ async fn handle<S: Signal>(
         charge = returned;
         decoded?
     };
-    let records = S::check(&request).map_err(RequestError::Invalid)?;
+    let records = S::check(&request).map_err(|e| RequestError::Invalid(e.0))?;
     let report = if records == 0 {
         ConsumeReport::default()
     } else {
@@ -499,7 +499,7 @@ fn decode<S: Signal>(
     match format {
         Format::Protobuf => S::Request::decode(body)
             .map_err(|e| RequestError::Invalid(shorten(format!("invalid OTLP protobuf: {e}")))),
-        Format::Json => S::decode_json(&body).map_err(|e| RequestError::Invalid(shorten(e))),
+        Format::Json => S::decode_json(&body).map_err(|e| RequestError::Invalid(shorten(e.0))),
     }
 }
 

@@ -10,6 +10,8 @@
 //!
 //! Errors carry the JSON path of the problem (`resourceSpans[0].scopeSpans[0].spans[2].kind`).
 //! The fix-ups are a [`Deserializer`] adapter ([`Fixup`]) wrapped around `serde_json`'s.
+//!
+//! Over 600 lines: one serde Deserializer adapter, whose trait needs every method forwarded.
 
 use std::fmt;
 
@@ -25,22 +27,24 @@ use serde::de::{
     Visitor,
 };
 
+use crate::error::Malformed;
+
 /// Decodes an OTLP/JSON `ExportTraceServiceRequest`.
-pub(crate) fn decode_traces(body: &[u8]) -> Result<ExportTraceServiceRequest, String> {
+pub(crate) fn decode_traces(body: &[u8]) -> Result<ExportTraceServiceRequest, Malformed> {
     decode(body)
 }
 
 /// Decodes an OTLP/JSON `ExportLogsServiceRequest`.
-pub(crate) fn decode_logs(body: &[u8]) -> Result<ExportLogsServiceRequest, String> {
+pub(crate) fn decode_logs(body: &[u8]) -> Result<ExportLogsServiceRequest, Malformed> {
     decode(body)
 }
 
 /// Decodes an OTLP/JSON `ExportMetricsServiceRequest`.
-pub(crate) fn decode_metrics(body: &[u8]) -> Result<ExportMetricsServiceRequest, String> {
+pub(crate) fn decode_metrics(body: &[u8]) -> Result<ExportMetricsServiceRequest, Malformed> {
     decode(body)
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Malformed> {
     let mut json = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(Fixup::new(&mut json)).map_err(|e| {
         // A failing key shows as a trailing `?` segment: the message names the key.
@@ -804,7 +808,9 @@ mod tests {
         let record = &request.resource_logs[0].scope_logs[0].log_records[0];
         assert_eq!(record.severity_number, SeverityNumber::Info as i32);
 
-        let err = decode_traces(span_json(r#"{"kind":"SPAN_KIND_NOPE"}"#).as_bytes()).unwrap_err();
+        let err = decode_traces(span_json(r#"{"kind":"SPAN_KIND_NOPE"}"#).as_bytes())
+            .unwrap_err()
+            .0;
         assert!(err.contains("SPAN_KIND_NOPE"), "{err}");
         assert!(
             err.contains("resourceSpans[0].scopeSpans[0].spans[0].kind"),
@@ -835,11 +841,13 @@ mod tests {
 
     #[test]
     fn snake_case_keys_are_refused_by_name() {
-        let err = decode_traces(br#"{"resource_spans":[]}"#).unwrap_err();
+        let err = decode_traces(br#"{"resource_spans":[]}"#).unwrap_err().0;
         assert!(err.contains("\"resource_spans\""), "{err}");
         assert!(err.contains("resourceSpans"), "{err}");
 
-        let err = decode_traces(span_json(r#"{"trace_id":"00"}"#).as_bytes()).unwrap_err();
+        let err = decode_traces(span_json(r#"{"trace_id":"00"}"#).as_bytes())
+            .unwrap_err()
+            .0;
         assert!(
             err.starts_with(
                 "invalid OTLP/JSON at resourceSpans[0].scopeSpans[0].spans[0]: key \"trace_id\" is snake_case"
@@ -850,7 +858,8 @@ mod tests {
         let err = decode_traces(
             span_json(r#"{"attributes":[{"key":"a","value":{"string_value":"x"}}]}"#).as_bytes(),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .0;
         assert!(err.contains("\"string_value\""), "{err}");
 
         // Unknown camelCase keys stay ignored, as the spec requires.
@@ -861,16 +870,18 @@ mod tests {
 
     #[test]
     fn malformed_json_is_an_error_with_position() {
-        let err = decode_traces(b"{\"resourceSpans\":[").unwrap_err();
+        let err = decode_traces(b"{\"resourceSpans\":[").unwrap_err().0;
         assert!(err.contains("line 1"), "{err}");
-        let err = decode_traces(b"{} trailing").unwrap_err();
+        let err = decode_traces(b"{} trailing").unwrap_err().0;
         assert!(err.contains("trailing"), "{err}");
-        let err = decode_traces(span_json(r#"{"traceId":"zz"}"#).as_bytes()).unwrap_err();
+        let err = decode_traces(span_json(r#"{"traceId":"zz"}"#).as_bytes())
+            .unwrap_err()
+            .0;
         assert!(err.contains("traceId"), "{err}");
         assert!(decode_traces(b"{}").unwrap().resource_spans.is_empty());
-        let err = decode_traces(b"[]").unwrap_err();
+        let err = decode_traces(b"[]").unwrap_err().0;
         assert!(err.contains("expected a JSON object"), "{err}");
-        let err = decode_traces(span_json("[]").as_bytes()).unwrap_err();
+        let err = decode_traces(span_json("[]").as_bytes()).unwrap_err().0;
         assert!(err.contains("spans[0]"), "{err}");
     }
 
@@ -885,10 +896,13 @@ mod tests {
             (span.kind, span.flags, span.dropped_attributes_count),
             (3, 257, 4)
         );
-        let err = decode_traces(span_json(r#"{"flags":"-1"}"#).as_bytes()).unwrap_err();
+        let err = decode_traces(span_json(r#"{"flags":"-1"}"#).as_bytes())
+            .unwrap_err()
+            .0;
         assert!(err.contains("flags"), "{err}");
-        let err =
-            decode_traces(span_json(r#"{"flags":"SPAN_KIND_SERVER"}"#).as_bytes()).unwrap_err();
+        let err = decode_traces(span_json(r#"{"flags":"SPAN_KIND_SERVER"}"#).as_bytes())
+            .unwrap_err()
+            .0;
         assert!(err.contains("flags"), "{err}");
     }
 
@@ -896,7 +910,7 @@ mod tests {
         let body = span_json(&format!(
             r#"{{"attributes":[{{"key":"d","value":{{"doubleValue":{json}}}}}]}}"#
         ));
-        let request = decode_traces(body.as_bytes())?;
+        let request = decode_traces(body.as_bytes()).map_err(|e| e.0)?;
         match &request.resource_spans[0].scope_spans[0].spans[0].attributes[0]
             .value
             .as_ref()

@@ -15,6 +15,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod auth;
 mod budget;
 mod check;
@@ -47,7 +49,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 pub use auth::{AuthFailure, IngestAuthenticator, KeyPolicy, KeyRefusal};
-pub use error::ReceiverError;
+pub use error::{Malformed, ReceiverError};
 
 /// Entry points for the fuzz targets (`fuzz/`): the receiver's decoding and checks of a
 /// request body, as the HTTP path runs them (the gRPC path decodes with the same prost
@@ -58,10 +60,12 @@ pub mod fuzzing {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use prost::Message;
 
+    use crate::error::Malformed;
+
     /// Decodes an uncompressed `/v1/traces` body (`json`: OTLP/JSON with Tally's fix-ups,
     /// else protobuf) and checks its ids; `Err` is the message a client would get (400).
     /// First, as the receiver does, it estimates the decoded size from the wire bytes.
-    pub fn traces(body: &[u8], json: bool) -> Result<ExportTraceServiceRequest, String> {
+    pub fn traces(body: &[u8], json: bool) -> Result<ExportTraceServiceRequest, Malformed> {
         std::hint::black_box(if json {
             crate::estimate::json(body)
         } else {
@@ -78,7 +82,7 @@ pub mod fuzzing {
     }
 
     /// [`traces`] for a `/v1/logs` body.
-    pub fn logs(body: &[u8], json: bool) -> Result<ExportLogsServiceRequest, String> {
+    pub fn logs(body: &[u8], json: bool) -> Result<ExportLogsServiceRequest, Malformed> {
         std::hint::black_box(if json {
             crate::estimate::json(body)
         } else {

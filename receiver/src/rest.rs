@@ -15,6 +15,8 @@
 //! an `Origin` header must present a key listing it, a key's action allow-list
 //! rejects other actions by index, and `user_id` from a browser key is marked
 //! `tally.user_id.asserted_by: client`. See `docs/rest-ingest.md`.
+//!
+//! Over 600 lines: one route read top to bottom: body formats, per-item checks, conversion to OTLP and the per-key rate limiter.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,7 +43,7 @@ use tally_model::pipeline::{ConsumeError, Sender};
 use uuid::Uuid;
 
 use crate::auth::{Denied, KeyPolicy};
-use crate::error::{retry_after_secs, shorten, RequestError};
+use crate::error::{malformed, retry_after_secs, shorten, Malformed, RequestError};
 use crate::http::{read_body, request_headers, AppState};
 use crate::limits::decode_body;
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
@@ -64,13 +66,13 @@ enum BodyFormat {
     Ndjson,
 }
 
-fn body_format(headers: &HeaderMap) -> Result<BodyFormat, String> {
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, RequestError> {
     let Some(value) = headers.get(CONTENT_TYPE) else {
-        return Err(
+        return Err(RequestError::UnsupportedMediaType(
             "missing Content-Type: expected application/json, text/plain \
                     or application/x-ndjson"
                 .into(),
-        );
+        ));
     };
     let text = String::from_utf8_lossy(value.as_bytes());
     let media = text.split(';').next().unwrap_or_default().trim();
@@ -82,10 +84,10 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, String> {
     {
         Ok(BodyFormat::Ndjson)
     } else {
-        Err(format!(
+        Err(RequestError::UnsupportedMediaType(format!(
             "unsupported Content-Type {text:?}: expected application/json, text/plain \
              or application/x-ndjson"
-        ))
+        )))
     }
 }
 
@@ -230,9 +232,7 @@ pub(crate) async fn ingest(State(state): State<AppState>, request: Request) -> R
     let origin = request.headers().get(ORIGIN).cloned();
     let format = match body_format(request.headers()) {
         Ok(format) => format,
-        Err(message) => {
-            return request_error(&RequestError::UnsupportedMediaType(message), None);
-        }
+        Err(error) => return request_error(&error, None),
     };
     let mut auth_headers = request.headers().clone();
     key_from_query(&mut auth_headers, request.uri().query());
@@ -346,7 +346,7 @@ async fn handle(
     let body = decode_body(encoding, body, limit, &mut charge)?;
     charge.ensure_decoded(body.len(), crate::estimate::json(&body))?;
     let now = Utc::now();
-    let parsed = parse_body(format, &body).map_err(|e| RequestError::Invalid(shorten(e)))?;
+    let parsed = parse_body(format, &body).map_err(|e| RequestError::Invalid(shorten(e.0)))?;
     drop(body);
     let total = parsed.len();
     state.events_limiter.charge(sender.key_id, total as u64);
@@ -358,7 +358,7 @@ async fn handle(
         let item = match item.and_then(|value| Item::parse(value, now, scope)) {
             Ok(item) => item,
             Err(reason) => {
-                rejected.push((index, shorten(reason)));
+                rejected.push((index, shorten(reason.0)));
                 continue;
             }
         };
@@ -425,22 +425,23 @@ async fn handle(
 
 /// The items of a body, each parsed or with why not; `Err` when the body as a
 /// whole is not JSON of the expected shape.
-fn parse_body(format: BodyFormat, body: &[u8]) -> Result<Vec<Result<Value, String>>, String> {
+fn parse_body(format: BodyFormat, body: &[u8]) -> Result<Vec<Result<Value, Malformed>>, Malformed> {
     match format {
         BodyFormat::Json => match serde_json::from_slice::<Value>(body) {
             Ok(Value::Array(items)) => Ok(items.into_iter().map(Ok).collect()),
             Ok(object @ Value::Object(_)) => Ok(vec![Ok(object)]),
             Ok(_) => Err("the body must be a JSON object or an array of objects".into()),
-            Err(e) => Err(format!("the body is not JSON: {e}")),
+            Err(e) => malformed(format!("the body is not JSON: {e}")),
         },
         BodyFormat::Ndjson => {
             let text = std::str::from_utf8(body)
                 .map_err(|e| format!("the body is not UTF-8 text: {e}"))?;
-            let items: Vec<Result<Value, String>> = text
+            let items: Vec<Result<Value, Malformed>> = text
                 .lines()
                 .filter(|line| !line.trim().is_empty())
                 .map(|line| {
-                    serde_json::from_str::<Value>(line).map_err(|e| format!("not JSON: {e}"))
+                    serde_json::from_str::<Value>(line)
+                        .map_err(|e| Malformed(format!("not JSON: {e}")))
                 })
                 .collect();
             if !items.is_empty() && items.iter().all(Result::is_err) {
@@ -511,27 +512,27 @@ fn text_attr(key: &str, value: String) -> KeyValue {
     }
 }
 
-fn text_field(object: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
+fn text_field(object: &Map<String, Value>, field: &str) -> Result<Option<String>, Malformed> {
     match object.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) if text.trim().is_empty() => {
-            Err(format!("{field}: must not be empty"))
+            malformed(format!("{field}: must not be empty"))
         }
         Some(Value::String(text)) if text.len() > MAX_TEXT => {
-            Err(format!("{field}: longer than {MAX_TEXT} bytes"))
+            malformed(format!("{field}: longer than {MAX_TEXT} bytes"))
         }
         Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(format!("{field}: must be a string")),
+        Some(_) => malformed(format!("{field}: must be a string")),
     }
 }
 
-fn hex_field(object: &Map<String, Value>, field: &str, bytes: usize) -> Result<Vec<u8>, String> {
+fn hex_field(object: &Map<String, Value>, field: &str, bytes: usize) -> Result<Vec<u8>, Malformed> {
     let Some(text) = text_field(object, field)? else {
         return Ok(Vec::new());
     };
     match decode_hex(&text) {
         Some(decoded) if decoded.len() == bytes && decoded.iter().any(|b| *b != 0) => Ok(decoded),
-        _ => Err(format!(
+        _ => malformed(format!(
             "{field}: must be {} hex digits, not all zero",
             bytes * 2
         )),
@@ -549,7 +550,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// The event time: RFC 3339 text or milliseconds since the Unix epoch.
-fn time_field(value: &Value) -> Result<DateTime<Utc>, String> {
+fn time_field(value: &Value) -> Result<DateTime<Utc>, Malformed> {
     let parsed = match value {
         Value::String(text) => DateTime::parse_from_rfc3339(text)
             .map(|t| t.with_timezone(&Utc))
@@ -627,12 +628,12 @@ const KNOWN_FIELDS: &[&str] = &[
 
 impl Item {
     /// Checks one item; `scope` (the sender's tenant) goes into a derived id.
-    fn parse(value: Value, now: DateTime<Utc>, scope: &str) -> Result<Item, String> {
+    fn parse(value: Value, now: DateTime<Utc>, scope: &str) -> Result<Item, Malformed> {
         let Value::Object(object) = value else {
             return Err("not a JSON object".into());
         };
         if let Some(unknown) = object.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-            return Err(format!(
+            return malformed(format!(
                 "unknown field {unknown:?} (put your own fields in attributes)"
             ));
         }
@@ -673,7 +674,7 @@ impl Item {
             Some(Value::Object(map)) => {
                 for (key, value) in map {
                     if key.starts_with("tally.") {
-                        return Err(format!(
+                        return malformed(format!(
                             "attributes.{key}: keys starting with tally. are reserved"
                         ));
                     }
@@ -755,12 +756,12 @@ impl Item {
     }
 }
 
-fn token_attributes(tokens: &Map<String, Value>, out: &mut Vec<KeyValue>) -> Result<(), String> {
+fn token_attributes(tokens: &Map<String, Value>, out: &mut Vec<KeyValue>) -> Result<(), Malformed> {
     let known = |k: &str| {
         TOKEN_TEXT.iter().any(|(f, _)| *f == k) || TOKEN_COUNTS.iter().any(|(f, _)| *f == k)
     };
     if let Some(unknown) = tokens.keys().find(|k| !known(k)) {
-        return Err(format!("tokens: unknown field {unknown:?}"));
+        return malformed(format!("tokens: unknown field {unknown:?}"));
     }
     let mut model = false;
     for (field, key) in TOKEN_TEXT {
@@ -786,7 +787,9 @@ fn token_attributes(tokens: &Map<String, Value>, out: &mut Vec<KeyValue>) -> Res
                     ..Default::default()
                 });
             }
-            Some(_) => return Err(format!("tokens.{field}: must be a whole number, 0 or more")),
+            Some(_) => {
+                return malformed(format!("tokens.{field}: must be a whole number, 0 or more"))
+            }
         }
     }
     if !usage {
@@ -937,7 +940,9 @@ mod tests {
             ),
             (json!([1]), "not a JSON object"),
         ] {
-            let error = Item::parse(item.clone(), now(), "").expect_err("malformed");
+            let error = Item::parse(item.clone(), now(), "")
+                .expect_err("malformed")
+                .0;
             assert!(error.contains(needle), "{item}: {error}");
         }
     }

@@ -55,33 +55,61 @@ pub fn activity_item(row: &Row) -> Result<ActivityItem, tokio_postgres::Error> {
 /// A `token_usage` row, with its column names (`tenant_id` null when '').
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenItem {
+    /// The row's `id`.
     pub id: Uuid,
+    /// The row's `seq`.
     pub seq: i64,
+    /// The row's `ts`.
     pub ts: String,
+    /// The row's `received_at`.
     pub received_at: String,
+    /// The row's `tenant_id`.
     pub tenant_id: Option<String>,
+    /// The row's `user_id`.
     pub user_id: Option<String>,
+    /// The row's `session_id`.
     pub session_id: Option<String>,
+    /// The row's `service`.
     pub service: Option<String>,
+    /// The row's `trace_id`.
     pub trace_id: Option<String>,
+    /// The row's `span_id`.
     pub span_id: Option<String>,
+    /// The row's `provider`.
     pub provider: Option<String>,
+    /// The row's `operation`.
     pub operation: Option<String>,
+    /// The row's `request_model`.
     pub request_model: Option<String>,
+    /// The row's `response_model`.
     pub response_model: Option<String>,
+    /// The row's `model`.
     pub model: Option<String>,
+    /// The row's `input_tokens`.
     pub input_tokens: Option<i64>,
+    /// The row's `output_tokens`.
     pub output_tokens: Option<i64>,
+    /// The row's `cache_read_tokens`.
     pub cache_read_tokens: Option<i64>,
+    /// The row's `cache_write_tokens`.
     pub cache_write_tokens: Option<i64>,
+    /// The row's `reasoning_tokens`.
     pub reasoning_tokens: Option<i64>,
+    /// The row's `total_tokens`.
     pub total_tokens: Option<i64>,
+    /// The row's `usage_known`.
     pub usage_known: bool,
+    /// The row's `cost_usd`.
     pub cost_usd: Option<f64>,
+    /// The row's `outcome`.
     pub outcome: String,
+    /// The row's `duration_ms`.
     pub duration_ms: Option<f64>,
+    /// The row's `time_to_first_token_ms`.
     pub time_to_first_token_ms: Option<f64>,
+    /// The row's `attribution_source`.
     pub attribution_source: String,
+    /// The row's `attributes`.
     pub attributes: serde_json::Value,
 }
 
@@ -126,11 +154,14 @@ impl TokenItem {
 /// A row of either table.
 #[derive(Debug)]
 pub enum RawRow {
+    /// An `activity_events` row.
     Activity(Box<ActivityItem>),
+    /// A `token_usage` row.
     Token(Box<TokenItem>),
 }
 
 impl RawRow {
+    /// The row's `seq`.
     pub fn seq(&self) -> i64 {
         match self {
             RawRow::Activity(item) => item.seq,

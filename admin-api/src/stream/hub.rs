@@ -32,11 +32,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The tables a client can follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
+    /// `activity_events`.
     Activity,
+    /// `token_usage`.
     Tokens,
 }
 
 impl Table {
+    /// The table's name.
     pub fn name(self) -> &'static str {
         match self {
             Table::Activity => "activity_events",
@@ -48,8 +51,11 @@ impl Table {
 /// Live-feed settings from `admin_api`.
 #[derive(Debug, Clone, Copy)]
 pub struct FeedSettings {
+    /// The SSE heartbeat interval.
     pub heartbeat: Duration,
+    /// Most clients connected at once.
     pub max_clients: usize,
+    /// Events buffered per client.
     pub client_buffer: usize,
 }
 
@@ -200,6 +206,19 @@ struct Listener {
     listening: Arc<AtomicBool>,
 }
 
+/// Why the live feed's LISTEN connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    #[error("invalid database URL: {0}")]
+    Url(tally_exporters::postgres::PgError),
+    #[error("connecting timed out")]
+    Timeout,
+    #[error("{0}")]
+    Database(tokio_postgres::Error),
+    #[error("connection closed")]
+    Closed,
+}
+
 impl Listener {
     fn wake(sender: &watch::Sender<u64>) {
         sender.send_modify(|n| *n = n.wrapping_add(1));
@@ -233,9 +252,9 @@ impl Listener {
     }
 
     /// Connects, listens and forwards notifications until the connection ends.
-    async fn listen(&self) -> Result<(), String> {
-        let (mut config, tls) = tally_exporters::postgres::tls::parse(&self.database_url)
-            .map_err(|e| format!("invalid database URL: {e}"))?;
+    async fn listen(&self) -> Result<(), ListenError> {
+        let (mut config, tls) =
+            tally_exporters::postgres::tls::parse(&self.database_url).map_err(ListenError::Url)?;
         config.application_name(LISTEN_APPLICATION_NAME);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -248,8 +267,8 @@ impl Listener {
         let (client, mut connection) =
             tokio::time::timeout(CONNECT_TIMEOUT * 2, config.connect(tls))
                 .await
-                .map_err(|_| "connecting timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| ListenError::Timeout)?
+                .map_err(ListenError::Database)?;
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         let listen = client.batch_execute("LISTEN tally_rows");
         tokio::pin!(listen);
@@ -257,13 +276,13 @@ impl Listener {
         loop {
             tokio::select! {
                 result = &mut listen => {
-                    result.map_err(|e| e.to_string())?;
+                    result.map_err(ListenError::Database)?;
                     break;
                 }
                 message = messages.next() => match message {
                     Some(Ok(message)) => self.forward(message),
-                    Some(Err(error)) => return Err(error.to_string()),
-                    None => return Err("connection closed".to_owned()),
+                    Some(Err(error)) => return Err(ListenError::Database(error)),
+                    None => return Err(ListenError::Closed),
                 },
             }
         }

@@ -45,6 +45,7 @@ const WRITE_BUFFER: usize = 256 * 1024;
 pub struct TenantRows {
     /// The tenant (`''`: events without a tenant).
     pub tenant: String,
+    /// Its rows in the archive.
     pub rows: i64,
 }
 
@@ -67,9 +68,13 @@ pub struct Manifest {
     pub data_file: String,
     /// `ndjson`.
     pub data_format: String,
+    /// Rows in the data file.
     pub rows: i64,
+    /// The smallest `seq` archived.
     pub min_seq: Option<i64>,
+    /// The largest `seq` archived.
     pub max_seq: Option<i64>,
+    /// Rows per tenant.
     pub tenants: Vec<TenantRows>,
     /// Size of the data file in bytes.
     pub bytes: u64,
@@ -115,8 +120,10 @@ pub enum ArchiveError {
     /// The directory or a file could not be created, written, synced or renamed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
         #[source]
+        /// The I/O error.
         source: std::io::Error,
     },
     /// Reading the rows failed.
@@ -140,6 +147,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ArchiveError
 pub struct Archived {
     /// The manifest's path.
     pub manifest_path: PathBuf,
+    /// The manifest written.
     pub manifest: Manifest,
 }
 
@@ -488,15 +496,32 @@ struct ArchivedActivity<'a> {
     chain: Option<ArchivedLink>,
 }
 
+/// Why an archived activity line cannot be hashed again.
+#[derive(Debug, thiserror::Error)]
+enum LineProblem {
+    #[error("{0}")]
+    Json(serde_json::Error),
+    #[error("{0} is not a timestamp")]
+    Timestamp(&'static str),
+    #[error("duration_ms is not a number")]
+    Duration,
+    #[error("attributes differ from the parts the chain hashed")]
+    Parts,
+    #[error("a chain hash is not 32 bytes of hex")]
+    Hash,
+    #[error("{0} is not a bytea")]
+    Bytea(&'static str),
+}
+
 /// A `bytea` as `row_to_json` prints it (`\\x` and hex).
-fn bytea(text: &Option<String>, column: &str) -> Result<Option<Vec<u8>>, String> {
+fn bytea(text: &Option<String>, column: &'static str) -> Result<Option<Vec<u8>>, LineProblem> {
     match text {
         None => Ok(None),
         Some(text) => text
             .strip_prefix("\\x")
             .and_then(|hex| ::hex::decode(hex).ok())
             .map(Some)
-            .ok_or_else(|| format!("{column} is not a bytea")),
+            .ok_or(LineProblem::Bytea(column)),
     }
 }
 
@@ -572,13 +597,13 @@ fn timestamp(text: &str) -> Option<DateTime<Utc>> {
 type Link = ([u8; 32], [u8; 32]);
 
 /// The chain row of an archived activity line, its link (prev, hash), or why not.
-fn chain_row(line: &str) -> Result<(ChainRow, Option<Link>), String> {
-    let a: ArchivedActivity = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    let ts = timestamp(&a.ts).ok_or("ts is not a timestamp")?;
-    let received_at = timestamp(&a.received_at).ok_or("received_at is not a timestamp")?;
+fn chain_row(line: &str) -> Result<(ChainRow, Option<Link>), LineProblem> {
+    let a: ArchivedActivity = serde_json::from_str(line).map_err(LineProblem::Json)?;
+    let ts = timestamp(&a.ts).ok_or(LineProblem::Timestamp("ts"))?;
+    let received_at = timestamp(&a.received_at).ok_or(LineProblem::Timestamp("received_at"))?;
     let duration_ms = match &a.duration_ms {
         None => None,
-        Some(d) => Some(d.value().ok_or("duration_ms is not a number")?),
+        Some(d) => Some(d.value().ok_or(LineProblem::Duration)?),
     };
     let link = match &a.chain {
         None => None,
@@ -590,13 +615,13 @@ fn chain_row(line: &str) -> Result<(ChainRow, Option<Link>), String> {
                     link.personal.as_deref(),
                 )
             {
-                return Err("attributes differ from the parts the chain hashed".to_owned());
+                return Err(LineProblem::Parts);
             }
-            let decode = |text: &str| -> Result<[u8; 32], String> {
+            let decode = |text: &str| -> Result<[u8; 32], LineProblem> {
                 ::hex::decode(text)
                     .ok()
                     .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                    .ok_or_else(|| "a chain hash is not 32 bytes of hex".to_owned())
+                    .ok_or(LineProblem::Hash)
             };
             Some((decode(&link.prev_hash)?, decode(&link.row_hash)?))
         }

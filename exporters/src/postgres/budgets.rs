@@ -22,6 +22,8 @@
 //!    deterministic id and is stored once.
 //! 4. The snapshot is published to the [`BudgetBook`] and the gauge
 //!    `tally_budget_used_ratio{budget}`.
+//!
+//! Over 600 lines: the budget book, its refresh query and the threshold events claimed in the same transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -81,6 +83,7 @@ pub fn period_bounds(period: BudgetPeriod, now: DateTime<Utc>) -> (DateTime<Utc>
 /// One budget's current state, as `GET /api/v1/budgets` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BudgetStatus {
+    /// The budget's configured name.
     pub name: String,
     /// The tenant whose usage counts (`null`: every tenant).
     pub tenant: Option<String>,
@@ -88,10 +91,13 @@ pub struct BudgetStatus {
     pub user: Option<String>,
     /// `day`, `week` or `month`.
     pub period: &'static str,
+    /// The start of the current period.
     pub period_start: DateTime<Utc>,
+    /// The end of the current period (exclusive).
     pub period_end: DateTime<Utc>,
     /// `usd` or `tokens`.
     pub unit: &'static str,
+    /// The limit, in `unit`.
     pub limit: f64,
     /// Use so far in the period, in `unit`.
     pub used: f64,
@@ -99,6 +105,7 @@ pub struct BudgetStatus {
     pub used_ratio: f64,
     /// `used >= limit`.
     pub exceeded: bool,
+    /// The configured thresholds (fractions of the limit).
     pub thresholds: Vec<f64>,
     /// The thresholds recorded as crossed in this period, ascending.
     pub thresholds_crossed: Vec<f64>,
@@ -109,6 +116,7 @@ pub struct BudgetStatus {
 pub struct BudgetSnapshot {
     /// When the use was read.
     pub as_of: DateTime<Utc>,
+    /// Every configured budget.
     pub budgets: Vec<BudgetStatus>,
 }
 

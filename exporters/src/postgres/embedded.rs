@@ -16,6 +16,8 @@
 //! only at start, to create the roles and hand over ownership. A data folder made
 //! by an older version (trust authentication, everything owned by the superuser)
 //! is upgraded in place on its first start.
+//!
+//! Over 600 lines: one job, a private server's life cycle (find the binaries, initdb, start, lock, stop), much of it platform handling.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, OpenOptions};

@@ -73,7 +73,12 @@ pub enum ErasureError {
     NotFound(Uuid),
     /// The erasure cannot go on (it stays pending and can be resumed).
     #[error("erasure {id} cannot go on: {why}")]
-    Blocked { id: Uuid, why: String },
+    Blocked {
+        /// The erasure's id.
+        id: Uuid,
+        /// Why it cannot go on.
+        why: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Db(#[from] PgError),
@@ -148,11 +153,13 @@ impl ErasureRequest {
 /// An `erasures` record as reported (never the erased user's id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ErasureRecord {
+    /// The erasure's id.
     pub id: Uuid,
     /// The tenant (`''`: events without a tenant).
     pub tenant_id: String,
     /// What the user's id was replaced with.
     pub pseudonym: String,
+    /// Why the user was erased.
     pub reason: String,
     /// Who asked for the erasure.
     pub requested_by: String,

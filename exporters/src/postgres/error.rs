@@ -13,8 +13,10 @@ pub enum PgError {
     /// A file or process operation failed; the string says what was being done.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
         #[source]
+        /// The I/O error.
         source: std::io::Error,
     },
     /// No PostgreSQL server binaries on this machine.
@@ -24,7 +26,10 @@ pub enum PgError {
          macOS: `brew install postgresql`) or point Tally at an existing database with \
          TALLY_DATABASE_URL or exporters.postgres.url"
     )]
-    BinariesNotFound { searched: String },
+    BinariesNotFound {
+        /// The directories searched besides `PATH`.
+        searched: String,
+    },
     /// The private PostgreSQL server could not be set up or started.
     #[error("private PostgreSQL: {0}")]
     Embedded(String),

@@ -339,11 +339,13 @@ impl TokenRefold {
 pub struct RollupReport {
     /// `activity_daily` watermark before and after the run.
     pub activity_from_seq: i64,
+    /// Watermark after the run.
     pub activity_to_seq: i64,
     /// Raw `activity_events` rows folded.
     pub activity_rows: u64,
     /// `token_usage_daily` watermark before and after the run.
     pub tokens_from_seq: i64,
+    /// Watermark after the run.
     pub tokens_to_seq: i64,
     /// Raw `token_usage` rows folded.
     pub token_rows: u64,

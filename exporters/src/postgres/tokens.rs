@@ -404,8 +404,11 @@ pub(crate) fn committed(inserted: &TokensInserted) {
 /// Who a trace's token rows are attributed to (see [`attribute_traces`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceIdentity {
+    /// The tenant.
     pub tenant_id: Option<String>,
+    /// The user.
     pub user_id: Option<String>,
+    /// The session.
     pub session_id: Option<String>,
 }
 
@@ -413,8 +416,11 @@ pub struct TraceIdentity {
 /// of its rows that may still be unattributed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceAttribution {
+    /// The trace id (lowercase hex).
     pub trace_id: String,
+    /// Who its rows are attributed to.
     pub identity: TraceIdentity,
+    /// The earliest `ts` of its rows that may still be unattributed.
     pub since: DateTime<Utc>,
 }
 

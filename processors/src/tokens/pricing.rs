@@ -17,11 +17,17 @@ use tally_config::{ModelPrice, PricingConfig};
 /// Prices in US dollars per million tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Price {
+    /// The provider, when the entry names one.
     pub provider: Option<String>,
+    /// The first day (UTC) the price applies.
     pub effective_from: NaiveDate,
+    /// Input tokens.
     pub input: f64,
+    /// Output tokens.
     pub output: f64,
+    /// Input tokens read from the prompt cache.
     pub cache_read: f64,
+    /// Input tokens written to the prompt cache.
     pub cache_write: f64,
 }
 
@@ -30,8 +36,11 @@ pub struct Price {
 pub struct Usage {
     /// Every input token, cached ones included.
     pub input: i64,
+    /// Output tokens.
     pub output: i64,
+    /// Input tokens read from the prompt cache.
     pub cache_read: i64,
+    /// Input tokens written to the prompt cache.
     pub cache_write: i64,
 }
 

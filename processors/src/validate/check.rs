@@ -17,7 +17,7 @@ const MAX_LISTED_ENUM: usize = 8;
 pub fn check_action(action: &str) -> Option<Reason> {
     check_action_name(action)
         .err()
-        .map(|message| Reason::new(ReasonCode::MalformedAction, message))
+        .map(|message| Reason::new(ReasonCode::MalformedAction, message.to_string()))
 }
 
 /// Checks one event: action shape, declaration, outcome, required identity

@@ -120,11 +120,14 @@ impl fmt::Display for ReasonCode {
 /// attribute path and the rule, never the attribute's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reason {
+    /// The reason's code.
     pub code: ReasonCode,
+    /// What is wrong, in words.
     pub message: String,
 }
 
 impl Reason {
+    /// A reason with `code` and `message`.
     pub fn new(code: ReasonCode, message: impl Into<String>) -> Reason {
         Reason {
             code,
@@ -150,14 +153,24 @@ pub enum Verdict {
     /// Declared, and outcome and metadata fit.
     Valid,
     /// The action is not in the registry (code `unknown_action`).
-    Unknown { reason: Reason },
+    Unknown {
+        /// Why.
+        reason: Reason,
+    },
     /// The action is declared but the outcome, identity fields or attributes break it.
-    Invalid { reason: Reason },
+    Invalid {
+        /// Why.
+        reason: Reason,
+    },
     /// The action name itself has a bad shape (code `malformed_action`).
-    Malformed { reason: Reason },
+    Malformed {
+        /// Why.
+        reason: Reason,
+    },
 }
 
 impl Verdict {
+    /// The reason of a verdict other than `Valid`.
     pub fn reason(&self) -> Option<&Reason> {
         match self {
             Verdict::Valid => None,
@@ -167,6 +180,7 @@ impl Verdict {
         }
     }
 
+    /// Whether the event is valid.
     pub fn is_valid(&self) -> bool {
         matches!(self, Verdict::Valid)
     }
@@ -178,12 +192,18 @@ pub enum ModeDecision {
     /// Store it (`taxonomy_valid = true`, or unchecked in mode `off`).
     Store,
     /// Store it with `taxonomy_valid = false` and the reason (mode `lenient`).
-    StoreFlagged { reason: Reason },
+    StoreFlagged {
+        /// Why.
+        reason: Reason,
+    },
     /// Do not store it in `activity_events`: write it to `rejected_events` with
     /// the reason, count it in the OTLP `partial_success` and in
     /// `tally_rejected_events_total{reason}` (mode `strict`; malformed names in
     /// every mode).
-    Quarantine { reason: Reason },
+    Quarantine {
+        /// Why.
+        reason: Reason,
+    },
 }
 
 /// The decision for a verdict under a mode:
@@ -215,17 +235,21 @@ pub fn decide(mode: ValidateMode, verdict: Verdict) -> ModeDecision {
 /// An event to store, with its taxonomy flag.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
+    /// The event.
     pub event: ActivityEvent,
     /// `Some(true)`: valid; `Some(false)`: stored anyway (lenient), see `reason`;
     /// `None`: not checked (mode `off`).
     pub taxonomy_valid: Option<bool>,
+    /// Why it is flagged invalid (`None`: valid or unchecked).
     pub reason: Option<Reason>,
 }
 
 /// An event for `rejected_events`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quarantined {
+    /// The event.
     pub event: ActivityEvent,
+    /// Why it is quarantined.
     pub reason: Reason,
 }
 
@@ -274,7 +298,9 @@ pub fn event_from_record(record: &serde_json::Value) -> Result<ActivityEvent, Re
 /// in input order within each.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ValidatedBatch {
+    /// Events to store in `activity_events`.
     pub stored: Vec<Checked>,
+    /// Events for `rejected_events`.
     pub quarantined: Vec<Quarantined>,
 }
 
@@ -324,14 +350,17 @@ pub struct Validator {
 }
 
 impl Validator {
+    /// A validator reading the registry of `handle`.
     pub fn new(handle: TaxonomyHandle) -> Validator {
         Validator { handle }
     }
 
+    /// The registry handle.
     pub fn handle(&self) -> &TaxonomyHandle {
         &self.handle
     }
 
+    /// The configured mode.
     pub fn mode(&self) -> ValidateMode {
         self.handle.mode()
     }

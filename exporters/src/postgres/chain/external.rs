@@ -25,11 +25,13 @@ const FILE_SUFFIX: &str = ".ndjson";
 pub struct ExternalCheckpoint {
     /// The tenant (`''`: events without a tenant).
     pub tenant: String,
+    /// The chain's `seq` the checkpoint covers.
     pub seq: i64,
     /// The chain's `row_hash` at `seq`, hex.
     pub head_hash: String,
     /// RFC 3339 with microseconds, UTC.
     pub signed_at: String,
+    /// The id of the signing key.
     pub key_id: String,
     /// Ed25519 over the checkpoint message, hex.
     pub signature: String,
@@ -125,6 +127,7 @@ pub struct ExternalCheckpoints {
     pub heads: BTreeMap<String, BTreeMap<i64, Vec<u8>>>,
     /// Files and lines read.
     pub files: usize,
+    /// Lines read.
     pub lines: usize,
     /// Lines that are not acceptable checkpoints (`file:line: why`): a signature
     /// that does not verify, an untrusted key, two hashes for one seq.

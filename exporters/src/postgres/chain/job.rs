@@ -24,6 +24,7 @@ use crate::postgres::PgError;
 pub struct ChainReport {
     /// Watermark before and after the run.
     pub from_seq: i64,
+    /// Watermark after the run.
     pub to_seq: i64,
     /// Links written.
     pub rows: u64,

@@ -1,4 +1,6 @@
 //! Verification: re-walks one tenant's links and rows and checks the checkpoints.
+//!
+//! Over 600 lines: one walk with one state (links, rows, checkpoints, truncations, erasures) whose checks read each other's findings.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -51,6 +53,7 @@ pub enum ProblemKind {
 pub struct Problem {
     /// The `seq` where the chain first breaks.
     pub seq: i64,
+    /// What kind of break it is.
     pub kind: ProblemKind,
     /// A human explanation.
     pub detail: String,
@@ -59,11 +62,13 @@ pub struct Problem {
 /// The latest checkpoint covered by the verified part of the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckpointInfo {
+    /// The checkpoint's `seq`.
     pub seq: i64,
     /// Hex.
     pub head_hash: String,
     /// RFC 3339.
     pub signed_at: String,
+    /// The id of the signing key.
     pub key_id: String,
     /// Whether the signature verifies (always true for a reported checkpoint).
     pub signature_valid: bool,
@@ -77,6 +82,7 @@ pub struct CheckpointInfo {
 pub struct VerifyReport {
     /// The tenant (`''`: events without a tenant).
     pub tenant: String,
+    /// Whether the chain verifies.
     pub status: VerifyStatus,
     /// The last `seq` of this tenant whose link and row verified (`None`: none).
     pub verified_up_to_seq: Option<i64>,
@@ -111,8 +117,11 @@ pub struct VerifyReport {
 /// Where an incremental walk resumes: a checkpoint an earlier walk verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyStart {
+    /// The checkpoint's `seq`.
     pub seq: i64,
+    /// The chain's `row_hash` at `seq`.
     pub head_hash: Vec<u8>,
+    /// The checkpoint as reported.
     pub checkpoint: CheckpointInfo,
 }
 
@@ -186,7 +195,7 @@ struct Link {
 struct Truncation {
     record: TruncationRecord,
     /// Why its signature is not acceptable (`None`: it verifies).
-    signature_problem: Option<String>,
+    signature_problem: Option<SignatureProblem>,
     /// Links of its tenant and day walked so far whose row is missing.
     missing_links: i64,
     /// Whether the walk reached `last_chained_seq`.
@@ -323,7 +332,7 @@ pub async fn verify_from(
             (Some(key_id), Some(signature)) => {
                 check_signature(&keys, trusted, &key_id, &signature, &record.message()).err()
             }
-            _ => Some("is not signed".to_owned()),
+            _ => Some(SignatureProblem::Unsigned),
         };
         dropped_days.insert(
             record.day,
@@ -636,8 +645,10 @@ impl Walk<'_> {
                 }
             }
             if !matched {
-                let detail = erasure_problem
-                    .unwrap_or_else(|| "the row's content does not match its chained hash".into());
+                let detail = erasure_problem.map_or_else(
+                    || "the row's content does not match its chained hash".to_owned(),
+                    |why| why.to_string(),
+                );
                 return self.problem(link.seq, ProblemKind::Altered, detail);
             }
             if rows.len() > 1 {
@@ -675,36 +686,30 @@ impl Walk<'_> {
     /// record's pseudonym, and then either (v3) the row hashes to its link with
     /// the personal digest the erasure kept, or (v1/v2) the erasure's signature
     /// over the link's hash and the erased row verifies. `Err`: why not.
-    fn erased_row(&self, link: &Link, prev: &[u8; 32], row: &ChainRow) -> Result<(), String> {
+    fn erased_row(
+        &self,
+        link: &Link,
+        prev: &[u8; 32],
+        row: &ChainRow,
+    ) -> Result<(), ErasedRowProblem> {
         let Some(erasure_id) = row.erasure_id else {
-            return Err("the row is not erased".into());
+            return Err(ErasedRowProblem::NotErased);
         };
         let Some(erasure) = self.erasures.get(&erasure_id) else {
-            return Err(format!(
-                "the row is marked erased by erasure {erasure_id}, which has no record in \
-                 erasures (erased out of band, or the record was deleted)"
-            ));
+            return Err(ErasedRowProblem::NoRecord(erasure_id));
         };
         if row.user_id.as_deref() != Some(erasure.pseudonym.as_str()) {
-            return Err(format!(
-                "the erased row's user is not the pseudonym of its erasure {erasure_id}"
-            ));
+            return Err(ErasedRowProblem::NotPseudonym(erasure_id));
         }
         if row.chain_form == Some(CHAIN_FORM_V3) {
             return if row_hash(prev, &row.canonical()).as_slice() == link.row_hash.as_slice() {
                 Ok(())
             } else {
-                Err(format!(
-                    "the row erased by erasure {erasure_id} does not match its chained hash \
-                     (its content or its kept personal digest was altered)"
-                ))
+                Err(ErasedRowProblem::Altered(erasure_id))
             };
         }
         let (Some(key_id), Some(signature)) = (&erasure.key_id, &row.erased_signature) else {
-            return Err(format!(
-                "the row stored before canonical form v3 is marked erased by erasure \
-                 {erasure_id} without a signature over it"
-            ));
+            return Err(ErasedRowProblem::Unsigned(erasure_id));
         };
         let message = erased_row_message(
             self.tenant,
@@ -715,12 +720,7 @@ impl Walk<'_> {
         );
         check_signature(self.keys, self.trusted, key_id, signature, &message)
             .map(|_| ())
-            .map_err(|why| {
-                format!(
-                    "the erasure signature of this row stored before canonical form v3 {why} \
-                     (the erased row was altered)"
-                )
-            })
+            .map_err(ErasedRowProblem::Signature)
     }
 
     /// A link whose row is missing: accepted only under a signed truncation
@@ -886,6 +886,49 @@ impl Walk<'_> {
     }
 }
 
+/// Why a signature is not acceptable: the end of a sentence that names what
+/// was signed ("the checkpoint is signed by key …").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SignatureProblem {
+    #[error("is not signed")]
+    Unsigned,
+    #[error("is signed by key {0}, which is unknown")]
+    UnknownKey(String),
+    #[error("is signed by key {0}, which is not trusted")]
+    UntrustedKey(String),
+    #[error("has a signature that does not verify")]
+    Invalid,
+}
+
+/// Why an erased row does not verify (see `Walk::erased_row`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ErasedRowProblem {
+    #[error("the row is not erased")]
+    NotErased,
+    #[error(
+        "the row is marked erased by erasure {0}, which has no record in erasures \
+         (erased out of band, or the record was deleted)"
+    )]
+    NoRecord(uuid::Uuid),
+    #[error("the erased row's user is not the pseudonym of its erasure {0}")]
+    NotPseudonym(uuid::Uuid),
+    #[error(
+        "the row erased by erasure {0} does not match its chained hash \
+         (its content or its kept personal digest was altered)"
+    )]
+    Altered(uuid::Uuid),
+    #[error(
+        "the row stored before canonical form v3 is marked erased by erasure {0} \
+         without a signature over it"
+    )]
+    Unsigned(uuid::Uuid),
+    #[error(
+        "the erasure signature of this row stored before canonical form v3 {0} \
+         (the erased row was altered)"
+    )]
+    Signature(SignatureProblem),
+}
+
 /// Checks a signature by key `key_id` over `message`: answers whether the key is
 /// one of `trusted` (`None`: no trusted key given), or why it is not acceptable
 /// (unknown key, untrusted key, signature that does not verify).
@@ -895,18 +938,18 @@ fn check_signature(
     key_id: &str,
     signature: &[u8],
     message: &[u8],
-) -> Result<Option<bool>, String> {
+) -> Result<Option<bool>, SignatureProblem> {
     let Some(key) = keys.get(key_id).copied().flatten() else {
-        return Err(format!("is signed by key {key_id}, which is unknown"));
+        return Err(SignatureProblem::UnknownKey(key_id.to_owned()));
     };
     let is_trusted = (!trusted.is_empty()).then(|| trusted.contains(&key));
     if is_trusted == Some(false) {
-        return Err(format!("is signed by key {key_id}, which is not trusted"));
+        return Err(SignatureProblem::UntrustedKey(key_id.to_owned()));
     }
     let valid = Signature::from_slice(signature)
         .is_ok_and(|signature| key.verify(message, &signature).is_ok());
     if !valid {
-        return Err("has a signature that does not verify".to_owned());
+        return Err(SignatureProblem::Invalid);
     }
     Ok(is_trusted)
 }
