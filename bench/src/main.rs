@@ -17,6 +17,9 @@
 //! `hostile` measures what 50 hostile admin-API callers cost 5 well-behaved ones
 //! and ingest (see `hostile.rs`).
 //!
+//! `lifecycle` measures erasure and archives on a generated data set (see
+//! `lifecycle.rs`).
+//!
 //! `queries` measures the admin API's query latency on a generated data set
 //! (see `queries.rs`); `feed` measures the live feed's commit-to-client latency
 //! (see `feed.rs`).
@@ -35,6 +38,7 @@ mod cpu;
 mod feed;
 mod gen;
 mod hostile;
+mod lifecycle;
 mod load;
 mod pipeline;
 mod queries;
@@ -84,6 +88,9 @@ enum Command {
     /// against 5 well-behaved ones while ingest runs: the well-behaved p99 and the
     /// ingest rate, quiet vs hostile.
     Hostile(hostile::HostileArgs),
+    /// Issue 22's lifecycle figures: erasing 1M rows of one user in a 10M-row
+    /// table, and writing + verifying the archive of a 1M-row day.
+    Lifecycle(lifecycle::LifecycleArgs),
 }
 
 #[derive(clap::Args)]
@@ -389,5 +396,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Soak(args) => soak::run(args).await,
         Command::Budgets(args) => budgets::run(args).await,
         Command::Hostile(args) => hostile::run(args).await,
+        Command::Lifecycle(args) => lifecycle::run(args).await,
     }
 }
