@@ -35,6 +35,15 @@ pub fn problems(config: &Config, database_url: Option<&str>) -> Vec<(&'static st
                 .to_string(),
         ));
     }
+    if config.exporters.postgres.erasure_key.is_none() {
+        found.push((
+            "exporters.postgres.erasure_key",
+            "not set: a generated erasure key would be kept in the database it pseudonymises \
+             (tally_secrets), where whoever reads the database can recompute a guessed user's \
+             pseudonym and link the erased rows back to the person"
+                .to_string(),
+        ));
+    }
     match database_url {
         None => found.push((
             "exporters.postgres.url",
@@ -157,10 +166,22 @@ mod tests {
             [
                 "processors.redact.hmac_key",
                 "exporters.postgres.tamper_evidence.signing_key",
+                "exporters.postgres.erasure_key",
                 "exporters.postgres.url",
                 "admin_api.auth"
             ]
         );
+    }
+
+    #[test]
+    fn a_configured_erasure_key_is_accepted() {
+        let config =
+            Config::from_yaml_str("exporters: { postgres: { erasure_key: 0123456789abcdef0123 } }")
+                .unwrap();
+        assert!(!problems(&config, None)
+            .iter()
+            .any(|(key, _)| *key == "exporters.postgres.erasure_key"));
+        assert!(Config::from_yaml_str("exporters: { postgres: { erasure_key: short } }").is_err());
     }
 
     #[test]

@@ -85,6 +85,7 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
     let exporter = PgExporter::start(database_url, &config.exporters.postgres, readiness.clone())
         .await
         .context("cannot start the PostgreSQL exporter")?;
+    exporter.set_personal_keys(secrets::personal_keys(config));
     let tokens = &config.processors.tokens;
     let traces = Arc::new(TraceCache::new(
         Duration::from_secs(tokens.attribution_window_secs),
@@ -139,6 +140,8 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
     // Erasures: requested through the admin API or `tally erase`; pending ones
     // (an instance crashed, or a request is still running elsewhere) are resumed.
     let eraser = secrets::eraser(config, database_url).await?;
+    exporter
+        .set_erased_users(eraser.erased_users(Duration::from_secs(tokens.attribution_window_secs)));
     let erasure_job = eraser.clone().spawn(
         database_url.to_string(),
         postgres::erasure::DEFAULT_RESUME_INTERVAL,

@@ -86,15 +86,35 @@ pub async fn chain_verifying_key(
     Ok(Some(key.verifying_key()))
 }
 
-/// The key erasure pseudonyms are derived with (`tally_secrets`
-/// `erasure.key`): generated once and shared by every instance, so the same
-/// user always gets the same pseudonym.
-pub async fn erasure_key(client: &tokio_postgres::Client) -> anyhow::Result<Vec<u8>> {
+/// The key erasure pseudonyms are derived with: `exporters.postgres.erasure_key`,
+/// else generated once into `tally_secrets` (`erasure.key`, with a warning) and
+/// shared by every instance, so the same user always gets the same pseudonym.
+/// Production mode refuses to start without the configured key.
+pub async fn erasure_key(
+    config: &Config,
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<Vec<u8>> {
+    if let Some(key) = config
+        .exporters
+        .postgres
+        .erasure_key
+        .as_deref()
+        .filter(|k| !k.is_empty())
+    {
+        return Ok(key.as_bytes().to_vec());
+    }
     let candidate = generate_key().context("cannot generate an erasure key")?;
     let stored =
         postgres::get_or_create_secret(client, postgres::erasure::ERASURE_KEY_SECRET, &candidate)
             .await
             .context("cannot store or read the erasure key")?;
+    if stored.generated_here {
+        tracing::warn!(
+            "exporters.postgres.erasure_key is not set: generated an erasure key and stored it in \
+             the database (tally_secrets); whoever reads the database can then link a guessed \
+             user to its pseudonym: configure your own key (docs/privacy.md)"
+        );
+    }
     Ok(stored.value)
 }
 
@@ -107,11 +127,18 @@ pub async fn eraser(
     let (client, _) = postgres::connect(database_url)
         .await
         .context("cannot connect to PostgreSQL for the erasure key")?;
-    let key = erasure_key(&client).await?;
+    let key = erasure_key(config, &client).await?;
     let signer = if config.exporters.postgres.tamper_evidence.enabled {
         Some(chain_signing_key(config, database_url).await?)
     } else {
         None
     };
-    Ok(postgres::erasure::Eraser::new(key, signer))
+    Ok(postgres::erasure::Eraser::new(key, signer)
+        .with_personal_keys(personal_keys(config))
+        .with_archive_dir(config.retention.archive.as_ref().map(|a| a.dir.clone())))
+}
+
+/// The attribute keys `processors.redact.keys` declares personal.
+pub fn personal_keys(config: &Config) -> postgres::personal::PersonalKeys {
+    postgres::personal::PersonalKeys::new(config.processors.redact.keys.personal_patterns())
 }

@@ -205,6 +205,7 @@ fn production_mode_refuses_generated_keys_and_the_other_unsafe_defaults() {
     for key in [
         "processors.redact.hmac_key",
         "exporters.postgres.tamper_evidence.signing_key",
+        "exporters.postgres.erasure_key",
         "exporters.postgres.url",
         "admin_api.auth",
     ] {
@@ -228,7 +229,7 @@ fn production_mode_refuses_generated_keys_and_the_other_unsafe_defaults() {
         "service: { mode: production }\n\
          processors: { redact: { hmac_key: 0123456789abcdef0123 } }\n\
          exporters: { postgres: { url: \"postgres://tally@127.0.0.1/tally\", \
-         tamper_evidence: { signing_key: \"abababababababababababababababababababababababababababababababab\" } } }\n\
+         erasure_key: \"an-erasure-key-of-32-bytes-12345\", tamper_evidence: { signing_key: \"abababababababababababababababababababababababababababababababab\" } } }\n\
          admin_api: { auth: { jwt: { hs256_secret: \"a-secret-of-enough-length-123456\" } } }\n",
     );
     assert!(ok, "{text}");

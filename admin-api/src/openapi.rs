@@ -332,7 +332,7 @@ fn document_text() -> Value {
                 "post": {
                     "operationId": "createErasure",
                     "summary": "Erase one user of one tenant: pseudonymise the user's id and remove the personal fields everywhere, keeping counts, token sums and the chain verifiable",
-                    "description": "Needs scope admin (not self:read); tenant-scoped: a tenant-scoped admin erases in its own tenant only (another is 403). JSON body {tenant, user_id, reason} (a tenant-scoped caller may leave tenant out: its own; the reason is stored and must not name the person). Idempotent: the same tenant and user answer the existing record. 202 with the record (state pending) while the erasure runs in the background (batches, resumed after a crash by any instance); 200 with the record when it was already done. The record never holds the user's id: id, tenant_id, pseudonym (erased: + 32 hex digits of HMAC-SHA256 under the erasure key), reason, requested_by (the caller), state (pending|done), counts (rows changed per table), requested_at, completed_at, event_id (the admin.user.erase event). See docs/privacy.md.",
+                    "description": "Needs scope admin (not self:read); tenant-scoped: a tenant-scoped admin erases in its own tenant only (another is 403). JSON body {tenant, user_id, reason} (a tenant-scoped caller may leave tenant out: its own; the reason is stored and must not name the person). Idempotent: the same tenant and user answer the existing record. 202 with the record (state pending) while the erasure runs in the background (batches, resumed after a crash by any instance); 200 with the record when it was already done. The record never holds the user's id: id, tenant_id, pseudonym (erased: + 32 hex digits of HMAC-SHA256 under the erasure key), reason, requested_by (the caller), state (pending|done), counts (rows changed per table), requested_at, completed_at, event_id (the admin.user.erase event), archives (the archive data files that still hold the user's rows). See docs/privacy.md.",
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "additionalProperties": false, "required": ["tenant", "user_id", "reason"], "properties": { "tenant": { "type": "string", "maxLength": 1024, "pattern": NO_CONTROL, "description": "The tenant whose user is erased ('' for events without a tenant); the server also accepts it omitted from a tenant-scoped caller (its own tenant)" }, "user_id": { "type": "string", "minLength": 1, "maxLength": 1024, "pattern": NOT_BLANK, "description": "No control characters, not only white space" }, "reason": { "type": "string", "minLength": 1, "maxLength": 1024, "pattern": NOT_BLANK, "description": "No control characters, not only white space" } } } } } },
                     "responses": {
                         "200": { "description": "The erasure was already done", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Erasure" } } } },
@@ -513,7 +513,7 @@ fn document_text() -> Value {
                 },
                 "Erasure": {
                     "type": "object",
-                    "required": ["id", "tenant_id", "pseudonym", "reason", "requested_by", "state", "counts", "requested_at", "completed_at", "event_id"],
+                    "required": ["id", "tenant_id", "pseudonym", "reason", "requested_by", "state", "counts", "requested_at", "completed_at", "event_id", "archives"],
                     "properties": {
                         "id": { "type": "string", "format": "uuid" },
                         "tenant_id": { "type": "string" },
@@ -524,7 +524,8 @@ fn document_text() -> Value {
                         "counts": { "type": "object", "additionalProperties": { "type": "integer" }, "description": "Rows changed per table (activity_events, token_usage, rejected_events, rollups, budget_thresholds, api_keys)" },
                         "requested_at": { "type": "string", "format": "date-time" },
                         "completed_at": { "type": ["string", "null"], "format": "date-time" },
-                        "event_id": { "type": ["string", "null"], "format": "uuid", "description": "The admin.user.erase event" }
+                        "event_id": { "type": ["string", "null"], "format": "uuid", "description": "The admin.user.erase event" },
+                        "archives": { "type": "array", "items": { "type": "string" }, "description": "The archive data files (retention.archive.dir) that held rows of the user when the erasure finished: archives are not rewritten and still hold the user in clear (docs/privacy.md); empty while pending" }
                     }
                 },
                 "VerifyReport": {

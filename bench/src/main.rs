@@ -17,6 +17,9 @@
 //! `hostile` measures what 50 hostile admin-API callers cost 5 well-behaved ones
 //! and ingest (see `hostile.rs`).
 //!
+//! `lifecycle` measures erasure and archives on a generated data set (see
+//! `lifecycle.rs`).
+//!
 //! `queries` measures the admin API's query latency on a generated data set
 //! (see `queries.rs`); `feed` measures the live feed's commit-to-client latency
 //! (see `feed.rs`).
@@ -40,6 +43,7 @@ mod cpu;
 mod feed;
 mod gen;
 mod hostile;
+mod lifecycle;
 mod load;
 mod pipeline;
 mod queries;
@@ -93,6 +97,9 @@ enum Command {
     /// interactive on the `queries` data set, and the live view's memory and
     /// rows under 1,000 events/s.
     Console(console::ConsoleArgs),
+    /// Issue 22's lifecycle figures: erasing 1M rows of one user in a 10M-row
+    /// table, and writing + verifying the archive of a 1M-row day.
+    Lifecycle(lifecycle::LifecycleArgs),
 }
 
 #[derive(clap::Args)]
@@ -401,5 +408,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Budgets(args) => budgets::run(args).await,
         Command::Hostile(args) => hostile::run(args).await,
         Command::Console(args) => console::run(args).await,
+        Command::Lifecycle(args) => lifecycle::run(args).await,
     }
 }

@@ -190,8 +190,14 @@ fn process(
     split.validate += t5 - t4;
     copy_buf.clear();
     copy::begin(copy_buf);
+    // As the writers do: each row with its personal keys (none configured here).
+    let personal = tally_exporters::postgres::personal::PersonalKeys::default();
     for event in &events {
-        copy::activity_row(copy_buf, event, None)?;
+        let row = copy::ActivityRow {
+            event,
+            personal_keys: personal.of(event),
+        };
+        copy::activity_row(copy_buf, &row, None)?;
     }
     copy::finish(copy_buf);
     let mut bytes = copy_buf.len();

@@ -165,6 +165,12 @@ impl Config {
             return Err(invalid(&format!("processors.redact.{key}"), &message));
         }
         let pg = &self.exporters.postgres;
+        if pg.erasure_key.as_deref().is_some_and(|k| k.len() < 16) {
+            return Err(invalid(
+                "exporters.postgres.erasure_key",
+                "must be at least 16 bytes",
+            ));
+        }
         if pg.batch_max_rows == 0 {
             return Err(invalid(
                 "exporters.postgres.batch_max_rows",

@@ -10,7 +10,7 @@
 //!     max_value_bytes: 4096
 //!     max_record_attributes_bytes: 16384
 //!     max_depth: 8
-//!     keys: { content: [], ip: [], files: [], secrets: [] }   # extra keys per rule (`prefix.*` allowed)
+//!     keys: { content: [], ip: [], files: [], secrets: [], personal: [] }   # extra keys per rule (`prefix.*` allowed)
 //!     allowlist: { enabled: false, keys: [] }
 //! ```
 
@@ -146,6 +146,29 @@ pub struct RedactKeys {
     pub files: Vec<String>,
     /// Keys whose values are secrets (dropped).
     pub secrets: Vec<String>,
+    /// Keys whose values are kept as they are but identify a person: hashed
+    /// into a row's personal digest and removed by an erasure (see
+    /// docs/privacy.md, "Erasure").
+    pub personal: Vec<String>,
+}
+
+impl RedactKeys {
+    /// The keys this config declares personal, as patterns (`prefix*` allowed):
+    /// `personal`, and `ip` and `files` (their values are keyed hashes of
+    /// personal data, still personal data). Sorted, without duplicates.
+    pub fn personal_patterns(&self) -> Vec<String> {
+        let mut patterns: Vec<String> = self
+            .personal
+            .iter()
+            .chain(&self.ip)
+            .chain(&self.files)
+            .filter(|p| !p.is_empty() && p.as_str() != "*")
+            .cloned()
+            .collect();
+        patterns.sort();
+        patterns.dedup();
+        patterns
+    }
 }
 
 /// `processors.redact.allowlist`.
@@ -188,7 +211,7 @@ processors:
     max_value_bytes: 1024
     max_record_attributes_bytes: 8192
     max_depth: 4
-    keys: { content: ["my.prompt"], ip: ["x.addr"], files: ["doc.*"], secrets: ["x.pin"] }
+    keys: { content: ["my.prompt"], ip: ["x.addr"], files: ["doc.*"], secrets: ["x.pin"], personal: ["doc.owner"] }
     allowlist: { enabled: true, keys: ["http.route", "app.*"] }
 "#;
         let config = match Config::from_yaml_str(text) {
@@ -200,6 +223,10 @@ processors:
         assert!(redact.hash_emails);
         assert_eq!(redact.max_depth, 4);
         assert_eq!(redact.keys.files, vec!["doc.*".to_string()]);
+        assert_eq!(
+            redact.keys.personal_patterns(),
+            ["doc.*", "doc.owner", "x.addr"]
+        );
         assert_eq!(redact.allowlist.keys.len(), 2);
         assert_eq!(redact.hmac_key_bytes(), Some(&b"0123456789abcdef0123"[..]));
     }

@@ -319,6 +319,11 @@ pub struct PostgresConfig {
     pub retry_after_secs: u64,
     /// Hash chain and signed checkpoints over `activity_events` (docs/tamper-evidence.md).
     pub tamper_evidence: TamperEvidenceConfig,
+    /// Key erasure pseudonyms are derived with (HMAC-SHA256; its UTF-8 bytes,
+    /// at least 16; use `${env:VAR}`). Unset: one is generated once and kept in
+    /// the database (`tally_secrets`), which production mode refuses (see
+    /// docs/privacy.md, "Erasure").
+    pub erasure_key: Option<String>,
 }
 
 impl Default for PostgresConfig {
@@ -334,6 +339,7 @@ impl Default for PostgresConfig {
             partitions_ahead_days: 7,
             retry_after_secs: 1,
             tamper_evidence: TamperEvidenceConfig::default(),
+            erasure_key: None,
         }
     }
 }

@@ -89,6 +89,8 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
             "erasure_id",
             "erased_digest",
             "erased_signature",
+            // Migration 24: the personal keys named at write time.
+            "personal_keys",
         ]
     );
 

@@ -351,6 +351,7 @@ fn extra_keys_from_config() {
             ip: vec!["edge.viewer".into()],
             files: vec!["doc.*".into()],
             secrets: vec!["x.pin".into()],
+            personal: Vec::new(),
         },
         ..RedactConfig::default()
     });

@@ -316,8 +316,8 @@ async fn write_rows(
     // computes them, kept in the line's `_chain` so the archive verifies offline.
     let parts = if table == "activity_events" {
         "CASE WHEN t.chain_form IS NOT NULL \
-            THEN (t.attributes - tally_personal_keys(t.attributes))::text END, \
-         CASE WHEN t.chain_form IS NOT NULL THEN tally_personal_attributes(t.attributes)::text END"
+            THEN (t.attributes - tally_personal_keys(t.attributes, t.personal_keys))::text END, \
+         CASE WHEN t.chain_form IS NOT NULL THEN tally_personal_attributes(t.attributes, t.personal_keys)::text END"
     } else {
         "NULL::text, NULL::text"
     };

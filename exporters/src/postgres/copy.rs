@@ -25,7 +25,7 @@ const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// Columns of an activity row (see `writer.rs`'s `COPY_SQL`).
-const ACTIVITY_COLUMNS: i16 = 20;
+const ACTIVITY_COLUMNS: i16 = 21;
 /// Columns of a token row (see `tokens.rs`'s `COPY_SQL`).
 const TOKEN_COLUMNS: i16 = 31;
 
@@ -244,15 +244,47 @@ fn clean_prefix(bytes: &[u8]) -> usize {
     at
 }
 
+/// An activity row to write and its personal keys beyond the fixed set
+/// (`personal_keys`, see [`PersonalKeys::of`](super::personal::PersonalKeys::of)).
+#[derive(Debug)]
+pub struct ActivityRow<'a> {
+    /// The classified event.
+    pub event: &'a ActivityEvent,
+    /// Its attribute keys that are personal beyond the fixed set (the
+    /// `personal_keys` column; NULL when empty).
+    pub personal_keys: Vec<&'a str>,
+}
+
+/// A `text[]` value (one dimension), or NULL when `items` is empty.
+fn text_array(out: &mut BytesMut, items: &[&str]) -> Result<(), EncodeError> {
+    if items.is_empty() {
+        null(out);
+        return Ok(());
+    }
+    let mut body = BytesMut::with_capacity(20 + items.iter().map(|i| 4 + i.len()).sum::<usize>());
+    body.put_i32(1); // dimensions
+    body.put_i32(0); // no NULL element
+    body.put_u32(25); // element type: text
+    body.put_i32(i32::try_from(items.len()).map_err(|_| EncodeError("array too long"))?);
+    body.put_i32(1); // lower bound
+    for item in items {
+        text(&mut body, item)?;
+    }
+    out.put_i32(i32::try_from(body.len()).map_err(|_| EncodeError("array too long"))?);
+    out.put_slice(&body);
+    Ok(())
+}
+
 /// One `activity_events` staging row: id, ts, tenant_id, user_id, session_id,
 /// action, outcome, resource_type, resource_id, service, trace_id, span_id,
 /// attributes, taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name,
-/// error_type, error_message.
+/// error_type, error_message, personal_keys.
 pub fn activity_row(
     out: &mut BytesMut,
-    e: &ActivityEvent,
+    row: &ActivityRow<'_>,
     ingest_key_id: Option<&uuid::Uuid>,
 ) -> Result<(), EncodeError> {
+    let e = row.event;
     out.put_i16(ACTIVITY_COLUMNS);
     uuid(out, &e.id);
     timestamptz(out, &e.ts)?;
@@ -274,6 +306,7 @@ pub fn activity_row(
     opt_text(out, e.name.as_deref())?;
     opt_text(out, e.error_type.as_deref())?;
     opt_text(out, e.error_message.as_deref())?;
+    text_array(out, &row.personal_keys)?;
     Ok(())
 }
 

@@ -9,7 +9,10 @@
 //! restart or another instance continues, see [`Eraser::resume_pending`]).
 //!
 //! * `activity_events`: `user_id` becomes the pseudonym, `session_id` and the
-//!   personal attribute keys (`tally_is_personal_key`, migration 19) go. A row of
+//!   personal attribute keys go: the fixed set (`tally_is_personal_key`,
+//!   migration 19) and the row's `personal_keys` (migration 24: the keys the
+//!   redaction config declared personal when it was written, and every key
+//!   holding the user's id). A row of
 //!   canonical form v3 keeps its personal digest (`erased_digest`) and loses its
 //!   salt, so it still hashes to its link; a row stored before v3 (form v1/v2) is
 //!   first checked against its link, then the erasure signs the erased row
@@ -40,6 +43,7 @@ use super::chain::{
     erased_row_message, hex, key_id, row_hash, ChainRow, SigningKey, CHAIN_FORM_V3,
     CHAIN_WATERMARK, ROW_COLUMNS,
 };
+use super::personal::PersonalKeys;
 use super::{PgError, ACTIVITY_EVENTS_LOCK_KEY, ROLLUP_LOCK_KEY};
 
 /// `tally_secrets.name` of the key the pseudonyms are derived with (32 bytes).
@@ -60,7 +64,7 @@ const CHAIN_POLL: Duration = Duration::from_millis(500);
 const CHAIN_POLLS: u32 = 240;
 /// Columns of an [`ErasureRecord`].
 pub const RECORD_COLUMNS: &str = "id, tenant_id, pseudonym, reason, requested_by, state, counts, \
-    requested_at, completed_at, event_id";
+    requested_at, completed_at, event_id, archives";
 
 /// Why an erasure could not be requested or run.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +111,160 @@ pub fn pseudonym(key: &[u8], tenant: &str, user: &str) -> String {
     mac.update(user.as_bytes());
     out.push_str(&hex(&mac.finalize().into_bytes()[..16]));
     out
+}
+
+/// The users whose erasure is pending or ended within the attribution window,
+/// as the writers see them: a token row attributed through its trace
+/// (`attribution_source = 'trace'`) from an identity an instance's in-memory
+/// trace cache learned before the erasure is written with the pseudonym, never
+/// the clear id. Every instance checks the shared `erasures` table in the
+/// transaction that writes the rows (one indexed look-up per batch holding such
+/// rows), so it does not matter which instance ran the erasure. After the
+/// window no cache entry learned before the erasure is left; a user who comes
+/// back within it has their trace-attributed token rows pseudonymised too.
+#[derive(Clone)]
+pub struct ErasedUsers {
+    key: std::sync::Arc<[u8]>,
+    window: Duration,
+}
+
+impl std::fmt::Debug for ErasedUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ErasedUsers")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ErasedUsers {
+    /// Pseudonyms under `key` (the erasure key); `window` is the attribution
+    /// window (`processors.tokens.attribution_window_secs`).
+    pub fn new(key: Vec<u8>, window: Duration) -> ErasedUsers {
+        ErasedUsers {
+            key: key.into(),
+            window,
+        }
+    }
+
+    /// Of the (tenant, user) pairs, those erased recently (pending, or done
+    /// within the window), each with its pseudonym.
+    pub async fn recently_erased<C: tokio_postgres::GenericClient>(
+        &self,
+        client: &C,
+        pairs: &[(String, String)],
+    ) -> Result<HashMap<(String, String), String>, PgError> {
+        if pairs.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut by_pseudonym: HashMap<(String, String), (String, String)> = HashMap::new();
+        for (tenant, user) in pairs {
+            if user.starts_with(PSEUDONYM_PREFIX) {
+                continue;
+            }
+            by_pseudonym.insert(
+                (tenant.clone(), pseudonym(&self.key, tenant, user)),
+                (tenant.clone(), user.clone()),
+            );
+        }
+        if by_pseudonym.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (tenants, pseudonyms): (Vec<&str>, Vec<&str>) = by_pseudonym
+            .keys()
+            .map(|(t, p)| (t.as_str(), p.as_str()))
+            .unzip();
+        let window = self.window.as_secs_f64();
+        let rows = client
+            .query(
+                "SELECT e.tenant_id, e.pseudonym FROM erasures e \
+                 JOIN unnest($1::text[], $2::text[]) AS x(t, p) \
+                     ON e.tenant_id = x.t AND e.pseudonym = x.p \
+                 WHERE e.state = 'pending' \
+                    OR e.completed_at > now() - make_interval(secs => $3)",
+                &[&tenants, &pseudonyms, &window],
+            )
+            .await?;
+        let mut erased = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let key: (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            if let Some(pair) = by_pseudonym.remove(&key) {
+                erased.insert(pair, key.1);
+            }
+        }
+        Ok(erased)
+    }
+
+    /// The token rows of a batch attributed through their trace to a recently
+    /// erased user, by index, rewritten with the pseudonym (and no session).
+    pub(crate) async fn pseudonymise_tokens<C: tokio_postgres::GenericClient>(
+        &self,
+        client: &C,
+        rows: &[(&tally_model::TokenUsage, Option<Uuid>)],
+    ) -> Result<Vec<(usize, tally_model::TokenUsage)>, PgError> {
+        let traced = |t: &tally_model::TokenUsage| {
+            t.attribution_source == tally_model::AttributionSource::Trace
+        };
+        let pairs: Vec<(String, String)> = rows
+            .iter()
+            .filter(|(t, _)| traced(t))
+            .filter_map(|(t, _)| {
+                let user = t.user_id.clone()?;
+                Some((t.tenant_id.clone().unwrap_or_default(), user))
+            })
+            .collect();
+        let erased = self.recently_erased(client, &pairs).await?;
+        if erased.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut replaced = Vec::new();
+        for (index, (row, _)) in rows.iter().enumerate() {
+            let Some(user) = row.user_id.as_ref().filter(|_| traced(row)) else {
+                continue;
+            };
+            let pair = (row.tenant_id.clone().unwrap_or_default(), user.clone());
+            if let Some(pseudonym) = erased.get(&pair) {
+                let mut row = (*row).clone();
+                row.user_id = Some(pseudonym.clone());
+                row.session_id = None;
+                replaced.push((index, row));
+            }
+        }
+        Ok(replaced)
+    }
+
+    /// `traces` with the identities of recently erased users replaced by their
+    /// pseudonym (and no session): what the stored rows are attributed to.
+    pub async fn pseudonymise_attributions<C: tokio_postgres::GenericClient>(
+        &self,
+        client: &C,
+        traces: &[super::TraceAttribution],
+    ) -> Result<Vec<super::TraceAttribution>, PgError> {
+        let pairs: Vec<(String, String)> = traces
+            .iter()
+            .filter_map(|t| {
+                let user = t.identity.user_id.clone()?;
+                Some((t.identity.tenant_id.clone().unwrap_or_default(), user))
+            })
+            .collect();
+        let erased = self.recently_erased(client, &pairs).await?;
+        Ok(traces
+            .iter()
+            .map(|trace| {
+                let mut trace = trace.clone();
+                if let Some(user) = &trace.identity.user_id {
+                    let pair = (
+                        trace.identity.tenant_id.clone().unwrap_or_default(),
+                        user.clone(),
+                    );
+                    if let Some(pseudonym) = erased.get(&pair) {
+                        trace.identity.user_id = Some(pseudonym.clone());
+                        trace.identity.session_id = None;
+                    }
+                }
+                trace
+            })
+            .collect())
+    }
 }
 
 /// A request to erase `user` of `tenant`.
@@ -173,6 +331,9 @@ pub struct ErasureRecord {
     pub completed_at: Option<String>,
     /// The id of the `admin.user.erase` event, once done.
     pub event_id: Option<Uuid>,
+    /// The archive data files that held rows of the user when the erasure
+    /// finished (archives are not rewritten: they still hold the user).
+    pub archives: Vec<String>,
 }
 
 impl ErasureRecord {
@@ -201,6 +362,7 @@ impl ErasureRecord {
             requested_at: rfc3339(requested_at),
             completed_at: completed_at.map(rfc3339),
             event_id: row.try_get(9)?,
+            archives: serde_json::from_value(row.try_get(10)?).unwrap_or_default(),
         })
     }
 
@@ -251,6 +413,8 @@ enum Step {
 pub struct Eraser {
     key: Vec<u8>,
     signer: Option<SigningKey>,
+    personal: PersonalKeys,
+    archive_dir: Option<std::path::PathBuf>,
     batch_rows: i64,
     max_batches: Option<u64>,
 }
@@ -276,9 +440,34 @@ impl Eraser {
         Eraser {
             key,
             signer,
+            personal: PersonalKeys::default(),
+            archive_dir: None,
             batch_rows: DEFAULT_ERASURE_BATCH_ROWS,
             max_batches: None,
         }
+    }
+
+    /// The attribute keys the redaction config declares personal: removed from
+    /// token attributes and quarantined records at every depth. (An activity
+    /// row loses the personal keys it was written with, `personal_keys`: a key
+    /// declared personal only later is covered by the chain as a public
+    /// attribute of the rows written before, and stays in them.)
+    pub fn with_personal_keys(mut self, keys: PersonalKeys) -> Eraser {
+        self.personal = keys;
+        self
+    }
+
+    /// The archive directory (`retention.archive.dir`): before an erasure
+    /// completes, its archives are searched for rows of the user, and the data
+    /// files found are listed in the record (`archives`).
+    pub fn with_archive_dir(mut self, dir: Option<std::path::PathBuf>) -> Eraser {
+        self.archive_dir = dir;
+        self
+    }
+
+    /// The erasure key (for [`ErasedUsers`]).
+    pub fn erased_users(&self, window: Duration) -> ErasedUsers {
+        ErasedUsers::new(self.key.clone(), window)
     }
 
     /// Rows changed per batch (at least 1).
@@ -446,7 +635,26 @@ impl Eraser {
                     tokio::time::sleep(CHAIN_POLL).await;
                 }
                 Step::Finished => {
-                    finish(&tx, &target).await?;
+                    let archives = match &self.archive_dir {
+                        Some(dir) => {
+                            let (dir, tenant, user) =
+                                (dir.clone(), target.tenant.clone(), target.subject.clone());
+                            tokio::task::spawn_blocking(move || {
+                                archives_holding(&dir, &tenant, &user)
+                            })
+                            .await
+                            .map_err(|e| ErasureError::Blocked {
+                                id,
+                                why: format!("the archive search stopped: {e}"),
+                            })?
+                            .map_err(|e| ErasureError::Blocked {
+                                id,
+                                why: format!("cannot search the archives: {e}"),
+                            })?
+                        }
+                        None => Vec::new(),
+                    };
+                    finish(&tx, &target, &archives).await?;
                     tx.commit().await?;
                     let record = load(client, id).await?;
                     tracing::info!(
@@ -512,7 +720,7 @@ impl Eraser {
         let erased = tx
             .execute(
                 "UPDATE token_usage AS t SET user_id = $3, session_id = NULL, \
-                     attributes = tally_erase_json(t.attributes, $2, $3) \
+                     attributes = tally_erase_json(t.attributes, $2, $3, $5) \
                  WHERE (t.ts, t.id) IN (SELECT ts, id FROM token_usage \
                      WHERE tenant_id = $1 AND user_id = $2 LIMIT $4)",
                 &[
@@ -520,6 +728,7 @@ impl Eraser {
                     &target.subject,
                     &target.pseudonym,
                     &self.batch_rows,
+                    &self.personal.patterns(),
                 ],
             )
             .await?;
@@ -537,7 +746,7 @@ impl Eraser {
                 "WITH picked AS (SELECT tenant_id, id, seq FROM rejected_events \
                      WHERE tenant_id = $1 AND seq > $5 AND strpos(record::text, $4) > 0 \
                      ORDER BY seq LIMIT $6) \
-                 UPDATE rejected_events AS r SET record = tally_erase_json(r.record, $2, $3) \
+                 UPDATE rejected_events AS r SET record = tally_erase_json(r.record, $2, $3, $7) \
                  FROM picked WHERE r.tenant_id = picked.tenant_id AND r.id = picked.id \
                  RETURNING picked.seq",
                 &[
@@ -547,6 +756,7 @@ impl Eraser {
                     &needle,
                     &*rejected_cursor,
                     &self.batch_rows,
+                    &self.personal.patterns(),
                 ],
             )
             .await?;
@@ -580,7 +790,7 @@ impl Eraser {
         let rows = tx
             .query(
                 &format!(
-                    "SELECT {ROW_COLUMNS}, (attributes - tally_personal_keys(attributes))::text \
+                    "SELECT {ROW_COLUMNS}, (attributes - tally_personal_keys(attributes, personal_keys))::text \
                      FROM activity_events WHERE tenant_id = $1 AND user_id = $2 \
                          AND (chain_form IS NOT NULL OR seq <= $3) \
                      LIMIT $4"
@@ -645,7 +855,7 @@ impl Eraser {
         let updated = tx
             .execute(
                 "UPDATE activity_events AS a SET user_id = $3, session_id = NULL, \
-                     attributes = a.attributes - tally_personal_keys(a.attributes), \
+                     attributes = a.attributes - tally_personal_keys(a.attributes, a.personal_keys), \
                      chain_salt = NULL, erasure_id = $4, erased_digest = u.d, \
                      erased_signature = u.s \
                  FROM unnest($5::uuid[], $6::timestamptz[], $7::bytea[], $8::bytea[]) \
@@ -758,7 +968,11 @@ async fn add_count(
 
 /// Re-keys the rollups, budget crossings and API keys, records the event and
 /// marks the erasure done (the caller commits).
-async fn finish(tx: &Transaction<'_>, target: &Target) -> Result<(), ErasureError> {
+async fn finish(
+    tx: &Transaction<'_>,
+    target: &Target,
+    archives: &[String],
+) -> Result<(), ErasureError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ROLLUP_LOCK_KEY])
         .await?;
     let keys: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
@@ -832,6 +1046,9 @@ async fn finish(tx: &Transaction<'_>, target: &Target) -> Result<(), ErasureErro
         }
     }
     attributes.insert("erasure.rows".into(), total.into());
+    if !archives.is_empty() {
+        attributes.insert("erasure.archives".into(), archives.len().into());
+    }
     let event_id = Uuid::now_v7();
     tx.execute(
         "SELECT pg_advisory_xact_lock($1)",
@@ -854,12 +1071,70 @@ async fn finish(tx: &Transaction<'_>, target: &Target) -> Result<(), ErasureErro
     )
     .await?;
     tx.execute(
-        "UPDATE erasures SET state = 'done', subject = NULL, completed_at = now(), event_id = $2 \
-         WHERE id = $1",
-        &[&target.id, &event_id],
+        "UPDATE erasures SET state = 'done', subject = NULL, completed_at = now(), event_id = $2, \
+             archives = $3 WHERE id = $1",
+        &[&target.id, &event_id, &serde_json::json!(archives)],
     )
     .await?;
     Ok(())
+}
+
+/// The data files of the archives under `dir` (see
+/// [`archive_manifests`](super::archive::archive_manifests)) that hold a row of
+/// `user` in `tenant` (`tenant_id` and `user_id` as archived), sorted. A missing
+/// directory holds none; an unreadable one, manifest or data file is an error.
+/// Reads every data file whose manifest lists the tenant, line by line.
+pub fn archives_holding(
+    dir: &std::path::Path,
+    tenant: &str,
+    user: &str,
+) -> Result<Vec<String>, PgError> {
+    use std::io::BufRead;
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let needle = format!(
+        "\"user_id\":{}",
+        serde_json::to_string(user).unwrap_or_default()
+    );
+    let mut found = Vec::new();
+    for manifest_path in super::archive::archive_manifests(dir)? {
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|e| PgError::io(format!("cannot read {}", manifest_path.display()), e))?;
+        let manifest: super::archive::Manifest = serde_json::from_str(&text).map_err(|e| {
+            PgError::Integrity(format!(
+                "{} is not a manifest: {e}",
+                manifest_path.display()
+            ))
+        })?;
+        if !manifest.tenants.iter().any(|t| t.tenant == tenant) {
+            continue;
+        }
+        let data = manifest_path
+            .parent()
+            .unwrap_or(dir)
+            .join(&manifest.data_file);
+        let file = std::fs::File::open(&data)
+            .map_err(|e| PgError::io(format!("cannot open {}", data.display()), e))?;
+        for line in std::io::BufReader::with_capacity(1 << 20, file).lines() {
+            let line =
+                line.map_err(|e| PgError::io(format!("cannot read {}", data.display()), e))?;
+            if !line.contains(&needle) {
+                continue;
+            }
+            let Ok(row) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if row.get("tenant_id").and_then(|v| v.as_str()) == Some(tenant)
+                && row.get("user_id").and_then(|v| v.as_str()) == Some(user)
+            {
+                found.push(data.display().to_string());
+                break;
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// Moves the user's rows of the per-user rollups to the pseudonym, adding them

@@ -93,6 +93,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "scale_out",
         include_str!("migrations/0022_scale_out.sql"),
     ),
+    (
+        24,
+        "personal_keys",
+        include_str!("migrations/0024_personal_keys.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -23,6 +23,7 @@ mod error;
 mod migrate;
 mod partitions;
 mod periodic;
+pub mod personal;
 pub mod rejected;
 mod retention;
 mod rollup;
@@ -51,7 +52,7 @@ pub use tokens::{
     attribute_traces, insert_token_batch, uncount_token_rows, TraceAttribution, TraceIdentity,
 };
 pub use trace_identities::{prune_trace_identities, SharedTrace, SharedTraces};
-pub use writer::{insert_activity_batch, PgExporter};
+pub use writer::{insert_activity_batch, insert_activity_batch_with, PgExporter};
 
 /// Advisory lock key held from the `INSERT … SELECT nextval('activity_events_seq')`
 /// until `COMMIT` by every writer of `activity_events` (the bytes `tallyact`).

@@ -19,7 +19,9 @@ use tally_config::PostgresConfig;
 use tally_model::{ActivityEvent, ConsumeError, Readiness, RejectedRecord, TokenUsage};
 
 use super::copy;
+use super::erasure::ErasedUsers;
 use super::partitions::{create_days, PartitionCache};
+use super::personal::PersonalKeys;
 use super::tokens::{insert_tokens, TokensInserted};
 use super::trace_identities::{share, SharedTraces};
 use super::{connect, migrate, telemetry, PgError, TraceAttribution, ACTIVITY_EVENTS_LOCK_KEY};
@@ -34,20 +36,20 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
-    IF to_regclass('pg_temp.tally_activity_staging_v4') IS NULL THEN \
-        CREATE TEMP TABLE tally_activity_staging_v4 ( \
+    IF to_regclass('pg_temp.tally_activity_staging_v5') IS NULL THEN \
+        CREATE TEMP TABLE tally_activity_staging_v5 ( \
             id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
             action text, outcome text, resource_type text, resource_id text, service text, \
             trace_id text, span_id text, attributes jsonb, taxonomy_valid boolean, \
             taxonomy_reason text, ingest_key_id uuid, duration_ms double precision, \
-            name text, error_type text, error_message text \
+            name text, error_type text, error_message text, personal_keys text[] \
         ) ON COMMIT DELETE ROWS; \
     END IF; END $$";
 
-const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging_v4 (id, ts, tenant_id, user_id, \
+const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging_v5 (id, ts, tenant_id, user_id, \
     session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
     attributes, taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
-    error_message) FROM STDIN (FORMAT binary)";
+    error_message, personal_keys) FROM STDIN (FORMAT binary)";
 
 /// Lock, then insert from staging (one simple-protocol round trip).
 static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -56,12 +58,12 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
          INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, session_id, action, \
              outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
              taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
-             error_message) \
+             error_message, personal_keys) \
          SELECT id, nextval('activity_events_seq'), ts, tenant_id, user_id, session_id, action, \
              outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
              taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
-             error_message \
-         FROM pg_temp.tally_activity_staging_v4 ORDER BY ts \
+             error_message, personal_keys \
+         FROM pg_temp.tally_activity_staging_v5 ORDER BY ts \
          ON CONFLICT DO NOTHING"
     )
 });
@@ -113,25 +115,54 @@ pub(crate) struct InsertedGroup {
 /// The lock is held until `tx` ends, so commit promptly. The daily partitions
 /// for the events' days must exist (the exporter creates them before calling
 /// this; see [`create_partitions`](super::create_partitions)).
+///
+/// The rows' personal keys are those of [`PersonalKeys::default`] (the user id
+/// under other keys); see [`insert_activity_batch_with`].
 pub async fn insert_activity_batch(
     tx: &Transaction<'_>,
     events: &[ActivityEvent],
 ) -> Result<u64, PgError> {
+    insert_activity_batch_with(tx, events, &PersonalKeys::default()).await
+}
+
+/// [`insert_activity_batch`] naming the personal keys `personal` declares.
+pub async fn insert_activity_batch_with(
+    tx: &Transaction<'_>,
+    events: &[ActivityEvent],
+    personal: &PersonalKeys,
+) -> Result<u64, PgError> {
     if events.is_empty() {
         return Ok(0);
     }
-    Ok(insert_rows(tx, events.iter().map(|e| (e, None)).collect())
-        .await?
-        .total)
+    Ok(
+        insert_rows(tx, events.iter().map(|e| (e, None)).collect(), personal)
+            .await?
+            .total,
+    )
 }
 
 /// `events`, each with the ingest key that sent it.
 async fn insert_rows(
     tx: &Transaction<'_>,
     events: Vec<(&ActivityEvent, Option<uuid::Uuid>)>,
+    personal: &PersonalKeys,
 ) -> Result<Inserted, PgError> {
     tx.batch_execute(STAGING_DDL).await?;
-    let copied = copy_rows(tx, COPY_SQL, &events, copy::activity_row).await?;
+    let rows: Vec<(copy::ActivityRow<'_>, Option<uuid::Uuid>)> = events
+        .into_iter()
+        .map(|(event, key)| {
+            (
+                copy::ActivityRow {
+                    event,
+                    personal_keys: personal.of(event),
+                },
+                key,
+            )
+        })
+        .collect();
+    let rows: Vec<(&copy::ActivityRow<'_>, Option<uuid::Uuid>)> =
+        rows.iter().map(|(row, key)| (row, *key)).collect();
+    let copied = copy_rows(tx, COPY_SQL, &rows, copy::activity_row).await?;
     if copied == 0 {
         return Ok(Inserted::default());
     }
@@ -228,6 +259,36 @@ struct Shared {
     partitions: PartitionCache,
     queue: tokio::sync::Mutex<Queue>,
     stopping: AtomicBool,
+    /// The personal keys rows are written with, and the erased users whose
+    /// late token rows take their pseudonym (set once at start).
+    guards: std::sync::RwLock<Arc<WriteGuards>>,
+}
+
+/// What the writers apply to every batch (see [`PgExporter::set_personal_keys`]
+/// and [`PgExporter::set_erased_users`]).
+#[derive(Debug, Default)]
+struct WriteGuards {
+    personal: PersonalKeys,
+    erased: Option<ErasedUsers>,
+}
+
+impl Shared {
+    fn guards(&self) -> Arc<WriteGuards> {
+        self.guards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn update_guards(&self, change: impl FnOnce(&mut WriteGuards)) {
+        let mut guards = self.guards.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = WriteGuards {
+            personal: guards.personal.clone(),
+            erased: guards.erased.clone(),
+        };
+        change(&mut next);
+        *guards = Arc::new(next);
+    }
 }
 
 impl Shared {
@@ -402,6 +463,7 @@ impl PgExporter {
             partitions: PartitionCache::default(),
             queue: tokio::sync::Mutex::new(Queue { rx, pending: None }),
             stopping: AtomicBool::new(false),
+            guards: std::sync::RwLock::new(Arc::new(WriteGuards::default())),
         });
         shared.ensure_ahead(&probe_client).await?;
 
@@ -443,6 +505,22 @@ impl PgExporter {
                 next_attribution: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
+    }
+
+    /// The attribute keys the redaction config declares personal: activity rows
+    /// written from now on name the keys of theirs that match in
+    /// `personal_keys` (with every key holding the row's user id), so a v3 row
+    /// hashes them into its personal digest and an erasure can remove them.
+    pub fn set_personal_keys(&self, keys: PersonalKeys) {
+        self.inner.shared.update_guards(|g| g.personal = keys);
+    }
+
+    /// Token rows attributed through their trace (`attribution_source =
+    /// 'trace'`) to a user whose erasure is pending or ended within the
+    /// attribution window are written with the pseudonym instead of the id an
+    /// instance's trace cache still holds (see [`ErasedUsers`]).
+    pub fn set_erased_users(&self, erased: ErasedUsers) {
+        self.inner.shared.update_guards(|g| g.erased = Some(erased));
     }
 
     /// `Unavailable` while shutting down or while the database is down.
@@ -601,7 +679,14 @@ impl PgExporter {
         let Some(client) = slot.as_mut() else {
             return Err(PgError::Timeout("no attribution connection".into()));
         };
-        let result = super::attribute_traces(client, traces).await;
+        let erased = inner.shared.guards().erased.clone();
+        let result = match erased {
+            Some(erased) => match erased.pseudonymise_attributions(client, traces).await {
+                Ok(traces) => super::attribute_traces(client, &traces).await,
+                Err(error) => Err(error),
+            },
+            None => super::attribute_traces(client, traces).await,
+        };
         if result.is_err() {
             // A failed transaction may leave the connection unusable: start afresh.
             *slot = None;
@@ -795,7 +880,11 @@ fn batch_days(batch: &[Submission]) -> Vec<NaiveDate> {
     days.into_iter().collect()
 }
 
-async fn commit_batch(client: &mut Client, batch: &[Submission]) -> Result<Inserted, PgError> {
+async fn commit_batch(
+    client: &mut Client,
+    guards: &WriteGuards,
+    batch: &[Submission],
+) -> Result<Inserted, PgError> {
     let tx = client.transaction().await?;
     // Trace identities first, before the advisory locks (row locks in key order).
     let traces: Vec<(&str, &super::SharedTrace)> = batch
@@ -809,14 +898,23 @@ async fn commit_batch(client: &mut Client, batch: &[Submission]) -> Result<Inser
             .iter()
             .flat_map(|s| s.events.iter().map(move |e| (e, s.ingest_key_id)))
             .collect();
-        insert_rows(&tx, events).await?
+        insert_rows(&tx, events, &guards.personal).await?
     } else {
         Inserted::default()
     };
-    let tokens: Vec<(&TokenUsage, Option<uuid::Uuid>)> = batch
+    let mut tokens: Vec<(&TokenUsage, Option<uuid::Uuid>)> = batch
         .iter()
         .flat_map(|s| s.tokens.iter().map(move |t| (t, s.ingest_key_id)))
         .collect();
+    let replaced = match &guards.erased {
+        Some(erased) => erased.pseudonymise_tokens(&tx, &tokens).await?,
+        None => Vec::new(),
+    };
+    for (index, row) in &replaced {
+        if let Some(slot) = tokens.get_mut(*index) {
+            slot.0 = row;
+        }
+    }
     inserted.tokens = insert_tokens(&tx, &tokens).await?;
     let rejected: Vec<(&RejectedRecord, Option<uuid::Uuid>)> = batch
         .iter()
@@ -835,12 +933,13 @@ async fn write_batch(
 ) -> Result<Inserted, PgError> {
     let days = batch_days(batch);
     shared.partitions.ensure(client, &days).await?;
-    match commit_batch(client, batch).await {
+    let guards = shared.guards();
+    match commit_batch(client, &guards, batch).await {
         Err(error) if is_missing_partition(&error) => {
             // Cached as existing but gone (e.g. dropped by retention): recreate.
             shared.partitions.forget_all();
             shared.partitions.ensure(client, &days).await?;
-            commit_batch(client, batch).await
+            commit_batch(client, &guards, batch).await
         }
         other => other,
     }

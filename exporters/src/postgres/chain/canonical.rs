@@ -38,10 +38,10 @@ pub(crate) const ROW_COLUMNS: &str =
     "id, seq, ts, received_at, tenant_id, user_id, session_id, action, \
     outcome, resource_type, resource_id, service, trace_id, span_id, \
     CASE WHEN chain_form IS NULL THEN attributes::text \
-        ELSE (attributes - tally_personal_keys(attributes))::text END, \
+        ELSE (attributes - tally_personal_keys(attributes, personal_keys))::text END, \
     taxonomy_valid, taxonomy_reason, duration_ms, name, error_type, error_message, \
     chain_form, chain_salt, erasure_id, erased_digest, erased_signature, \
-    CASE WHEN chain_form IS NOT NULL THEN tally_personal_attributes(attributes)::text END";
+    CASE WHEN chain_form IS NOT NULL THEN tally_personal_attributes(attributes, personal_keys)::text END";
 
 /// An `activity_events` row as the chain sees it.
 #[derive(Debug, Clone, PartialEq)]
