@@ -88,6 +88,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "scale_out",
         include_str!("migrations/0022_scale_out.sql"),
     ),
+    (
+        23,
+        "verify_resume",
+        include_str!("migrations/0023_verify_resume.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the
