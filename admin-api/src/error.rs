@@ -155,6 +155,13 @@ impl ApiError {
         if unavailable {
             tracing::warn!(error = %error, "admin API query failed: database unavailable");
             if error.code() == Some(&SqlState::QUERY_CANCELED) {
+                if crate::db::past_deadline() {
+                    // Cancelled by the statement timeout a checkout set from the
+                    // request's deadline: the same 504 the deadline gives.
+                    return ApiError::Timeout(
+                        "the request took longer than admin_api.limits.request_timeout_ms; narrow it (e.g. with from/to)".to_owned(),
+                    );
+                }
                 return ApiError::Unavailable(
                     "the query took too long; narrow it (e.g. with from/to)".to_owned(),
                 );

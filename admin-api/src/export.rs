@@ -176,7 +176,12 @@ pub(crate) async fn export(
     // First the page's bounds (its seqs only), so the headers can say where
     // the next page starts; then its rows, streamed line by line. Every row up
     // to `next` is committed (seq is commit-ordered), so both see the same rows.
-    let client = state.reads.get_for(&caller.tenant).await?;
+    // The body streams after the response started, past the request's deadline:
+    // its statements are bound by the connection's own statement timeout.
+    let client = state
+        .reads
+        .get_bound(&caller.tenant, crate::db::Bound::Connection)
+        .await?;
     let bounds = client
         .prepare_cached(&filters.seq_page_sql(table, "seq"))
         .await

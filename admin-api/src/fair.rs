@@ -6,7 +6,9 @@
 //! pooled connection for seconds, and everyone else's page of `/activity` would wait
 //! behind them. So requests go in two lanes. A caller whose recent requests held
 //! their connection long (a moving average over [`HEAVY_AFTER`]) is *heavy*: its
-//! requests share at most a quarter of the connections (at least one). Other
+//! requests share at most a quarter of the connections, and at most one per two
+//! CPUs of the machine (at least one): a heavy statement is mostly CPU in
+//! PostgreSQL, and ingest and the other callers need the rest. Other
 //! callers' requests may use them all, and are served first when connections are
 //! short. A new caller starts light; one long request makes it heavy for its next
 //! ones, and short ones make it light again.
@@ -135,6 +137,12 @@ impl Drop for Permit {
     }
 }
 
+/// Connections heavy callers share: a quarter of `capacity`, at most one per two
+/// `cpus`, at least one.
+fn heavy_capacity(capacity: usize, cpus: usize) -> usize {
+    (capacity / 4).min(cpus / 2).max(1)
+}
+
 /// Forgets the half of `callers` idle longest.
 fn forget_idlest(callers: &mut HashMap<Arc<str>, CallerUsage>) {
     let mut seen: Vec<Instant> = callers.values().map(|u| u.last_seen).collect();
@@ -144,12 +152,18 @@ fn forget_idlest(callers: &mut HashMap<Arc<str>, CallerUsage>) {
 }
 
 impl FairGate {
-    /// A gate for a pool of `capacity` connections.
+    /// A gate for a pool of `capacity` connections on this machine.
     pub(crate) fn new(capacity: usize) -> Arc<FairGate> {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        FairGate::with_cpus(capacity, cpus)
+    }
+
+    /// A gate for a pool of `capacity` connections on a machine of `cpus` CPUs.
+    pub(crate) fn with_cpus(capacity: usize, cpus: usize) -> Arc<FairGate> {
         let capacity = capacity.max(1);
         Arc::new(FairGate {
             capacity,
-            heavy_capacity: (capacity / 4).max(1),
+            heavy_capacity: heavy_capacity(capacity, cpus),
             state: Mutex::new(GateState::default()),
         })
     }
@@ -268,9 +282,18 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_heavy_lane_is_a_quarter_of_the_connections_and_half_the_cpus() {
+        assert_eq!(heavy_capacity(8, 16), 2);
+        assert_eq!(heavy_capacity(8, 2), 1);
+        assert_eq!(heavy_capacity(8, 1), 1);
+        assert_eq!(heavy_capacity(2, 16), 1);
+        assert_eq!(heavy_capacity(32, 8), 4);
+    }
+
     #[tokio::test]
     async fn heavy_callers_share_a_quarter_and_light_ones_get_the_rest() {
-        let gate = FairGate::new(8);
+        let gate = FairGate::with_cpus(8, 16);
         for i in 0..10 {
             make_heavy(&gate, &format!("heavy-{i}"));
         }

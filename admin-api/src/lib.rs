@@ -323,7 +323,7 @@ impl AdminApi {
             tls.watch();
             let listener = axum::serve::ListenerExt::tap_io(
                 tally_tls::TlsListener::new(self.listener, tls).map_err(ApiError::Serve)?,
-                |_| {},
+                |conn| bound_unsent(conn.tcp()),
             );
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
@@ -336,6 +336,7 @@ impl AdminApi {
                 if let Err(error) = tcp.set_nodelay(true) {
                     tracing::debug!(%error, "admin API: cannot set TCP_NODELAY");
                 }
+                bound_unsent(tcp);
             });
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
@@ -413,6 +414,25 @@ fn cors_layer(config: &tally_config::CorsConfig) -> Option<tower_http::cors::Cor
                 HeaderName::from_static("x-has-more"),
             ]),
     )
+}
+
+/// Most bytes a connection may have written but not yet sent (TCP_NOTSENT_LOWAT):
+/// the kernel's part of what a client that does not read holds. Without it, each
+/// live feed a client opened and never read held up to the kernel's largest send
+/// buffer (4 MiB by default on Linux) before its own buffer filled and the feed
+/// was reset: 272 such feeds held over 1 GB of socket memory (docs/performance.md).
+/// Throughput is not capped (the kernel sends as fast as the window allows and
+/// wakes the writer again below this mark).
+const UNSENT_LOWAT: u32 = 128 * 1024;
+
+/// Sets [`UNSENT_LOWAT`] on an accepted connection (Linux; elsewhere a no-op).
+fn bound_unsent(tcp: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(UNSENT_LOWAT) {
+        tracing::debug!(%error, "admin API: cannot set TCP_NOTSENT_LOWAT");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = tcp;
 }
 
 fn build_pool(database_url: &str) -> Result<db::TenantPool, ApiError> {

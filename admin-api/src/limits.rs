@@ -239,8 +239,11 @@ pub(crate) async fn enforce(
         request.extensions_mut().insert(Authenticated(caller));
     }
     if stream {
-        // The feed counts until its body is dropped (the client leaves).
-        let response = next.run(request).await;
+        // The feed counts until its body is dropped (the client leaves); its
+        // reader's database reads are ranked under its caller.
+        let response = crate::fair::CALLER
+            .scope(Arc::from(key.as_str()), next.run(request))
+            .await;
         let (parts, body) = response.into_parts();
         let body = Body::from_stream(HoldWhileStreaming {
             body: body.into_data_stream(),
@@ -249,9 +252,14 @@ pub(crate) async fn enforce(
         return Response::from_parts(parts, body);
     }
     let timeout = state.limits.timeout;
-    // The database gate ranks this request's connections by its caller's recent use.
-    let work = crate::fair::CALLER.scope(Arc::from(key.as_str()), next.run(request));
-    let response = match tokio::time::timeout(timeout, work).await {
+    // The database gate ranks this request's connections by its caller's recent use;
+    // its statements end at its deadline (see `crate::db`).
+    let deadline = tokio::time::Instant::now() + timeout;
+    let work = crate::fair::CALLER.scope(
+        Arc::from(key.as_str()),
+        crate::db::DEADLINE.scope(deadline, next.run(request)),
+    );
+    let response = match tokio::time::timeout_at(deadline, work).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(route = %path, timeout_ms = timeout.as_millis() as u64, "admin API request timed out");

@@ -8,10 +8,14 @@
 //! `intact` or `tampered` (with `first_problem`).
 //!
 //! The walk is incremental: it resumes from the latest checkpoint an earlier
-//! walk of this process verified (`verified_from_seq`), after checking that the
-//! link and row there still hash to it. A tenant's first walk, and `full=true`
-//! (scope `admin` only), walk the whole chain; one whole walk runs at a time
-//! (a second `full=true` meanwhile is 429).
+//! intact walk verified (`verified_from_seq`), after checking that the link and
+//! row there still hash to it. The resume point is kept in memory and in
+//! `chain_verify_resume` (migration 23), so a restarted process resumes too; a
+//! stored point is used only while `chain_checkpoints` still holds that
+//! checkpoint with that head hash. A walk that finds the chain tampered forgets
+//! the tenant's point. A tenant's first walk, and `full=true` (scope `admin`
+//! only), walk the whole chain; one whole walk runs at a time (a second
+//! `full=true` meanwhile is 429).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -51,6 +55,17 @@ impl Default for VerifyCache {
     }
 }
 
+/// The stored resume point of a tenant, if `chain_checkpoints` still holds its
+/// checkpoint with the same head hash.
+const LOAD_SQL: &str = "SELECT r.seq, r.head_hash, r.signed_at, r.key_id, r.key_trusted, \
+            c.signed_at, c.signature \
+     FROM chain_verify_resume r JOIN chain_checkpoints c \
+       ON c.tenant_id = r.tenant_id AND c.seq = r.seq AND c.head_hash = r.head_hash \
+          AND c.key_id = r.key_id \
+     WHERE r.tenant_id = $1";
+const SAVE_SQL: &str = "SELECT tally_verify_resume_save($1, $2, $3, $4, $5, $6)";
+const FORGET_SQL: &str = "SELECT tally_verify_resume_forget($1)";
+
 impl VerifyCache {
     fn start(&self, tenant: &str) -> Option<VerifyStart> {
         self.resume
@@ -60,13 +75,109 @@ impl VerifyCache {
             .cloned()
     }
 
-    fn remember(&self, report: &VerifyReport) {
-        if let Some(start) = report.resume_point() {
-            self.resume
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(report.tenant.clone(), start);
+    /// The resume point of `tenant`: this process's, else the stored one when it
+    /// was verified under the same trust as this process's (`trusted`): with
+    /// trusted keys, a checkpoint one of them signed (the signature checked again
+    /// here); without, one verified without trusted keys too.
+    async fn start_or_stored(
+        &self,
+        client: &tokio_postgres::Client,
+        tenant: &str,
+        trusted: &[VerifyingKey],
+    ) -> Result<Option<VerifyStart>, ApiError> {
+        if let Some(start) = self.start(tenant) {
+            return Ok(Some(start));
         }
+        let Some(row) = client
+            .query_opt(LOAD_SQL, &[&tenant])
+            .await
+            .map_err(ApiError::from_db)?
+        else {
+            return Ok(None);
+        };
+        let seq: i64 = row.try_get(0).map_err(ApiError::from_db)?;
+        let head_hash: Vec<u8> = row.try_get(1).map_err(ApiError::from_db)?;
+        let key_id: String = row.try_get(3).map_err(ApiError::from_db)?;
+        let key_trusted: Option<bool> = row.try_get(4).map_err(ApiError::from_db)?;
+        let signed_at: chrono::DateTime<chrono::Utc> = row.try_get(5).map_err(ApiError::from_db)?;
+        let signature: Vec<u8> = row.try_get(6).map_err(ApiError::from_db)?;
+        let same_trust = if trusted.is_empty() {
+            key_trusted.is_none()
+        } else {
+            key_trusted == Some(true)
+                && trusted.iter().any(|key| {
+                    chain::key_id(key) == key_id
+                        && chain::checkpoint_signed_by(
+                            key, tenant, seq, &head_hash, signed_at, &signature,
+                        )
+                })
+        };
+        if !same_trust {
+            return Ok(None);
+        }
+        let start = VerifyStart {
+            seq,
+            checkpoint: chain::CheckpointInfo {
+                seq,
+                head_hash: hex::encode(&head_hash),
+                signed_at: row.try_get(2).map_err(ApiError::from_db)?,
+                key_id,
+                signature_valid: true,
+                key_trusted,
+            },
+            head_hash,
+        };
+        self.resume
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(tenant.to_owned(), start.clone());
+        Ok(Some(start))
+    }
+
+    /// Keeps the resume point of an intact `report`, or forgets the tenant's
+    /// when it is tampered; answers what to store (`Some(None)`: forget).
+    fn remember(&self, report: &VerifyReport) -> Option<Option<VerifyStart>> {
+        let mut resume = self
+            .resume
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !report.is_intact() {
+            resume.remove(&report.tenant);
+            return Some(None);
+        }
+        let start = report.resume_point()?;
+        if resume.get(&report.tenant) == Some(&start) {
+            // Already known (and stored): nothing to write.
+            return None;
+        }
+        resume.insert(report.tenant.clone(), start.clone());
+        Some(Some(start))
+    }
+}
+
+/// Writes (or, for `None`, deletes) `tenant`'s stored resume point; a failure is
+/// logged, not answered (the point is kept in memory regardless).
+async fn store(client: &tokio_postgres::Client, tenant: &str, start: Option<&VerifyStart>) {
+    let result = match start {
+        Some(start) => {
+            client
+                .execute(
+                    SAVE_SQL,
+                    &[
+                        &tenant,
+                        &start.seq,
+                        &start.head_hash,
+                        &start.checkpoint.signed_at,
+                        &start.checkpoint.key_id,
+                        &start.checkpoint.key_trusted,
+                    ],
+                )
+                .await
+        }
+        None => client.execute(FORGET_SQL, &[&tenant]).await,
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, tenant, "verify: cannot store the resume point");
     }
 }
 
@@ -146,7 +257,13 @@ async fn one(
     full: bool,
 ) -> Result<VerifyReport, ApiError> {
     let cache = &state.verify_cache;
-    let start = if full { None } else { cache.start(tenant) };
+    let start = if full {
+        None
+    } else {
+        cache
+            .start_or_stored(client, tenant, &state.chain_keys)
+            .await?
+    };
     let _permit = match (&start, full) {
         (None, false) => Some(
             cache
@@ -166,10 +283,11 @@ async fn one(
     )
     .await
     .map_err(api_error)?;
-    if report.is_intact() {
-        cache.remember(&report);
-    } else {
+    if !report.is_intact() {
         tracing::warn!(subject = %caller.subject, summary = %report.summary(), "tamper check failed");
+    }
+    if let Some(stored) = cache.remember(&report) {
+        store(client, tenant, stored.as_ref()).await;
     }
     Ok(report)
 }
@@ -204,7 +322,7 @@ mod tests {
             external_checkpoints_checked: 0,
             verified_from_seq: None,
         };
-        cache.remember(&report);
+        assert_eq!(cache.remember(&report), None, "nothing to store");
         assert_eq!(cache.start("acme"), None);
         report.checkpoint = Some(chain::CheckpointInfo {
             seq: 7,
@@ -215,12 +333,21 @@ mod tests {
             key_trusted: Some(true),
         });
         report.status = VerifyStatus::Tampered;
-        cache.remember(&report);
+        assert_eq!(cache.remember(&report), Some(None), "forget");
         assert_eq!(cache.start("acme"), None);
         report.status = VerifyStatus::Intact;
-        cache.remember(&report);
+        let stored = cache.remember(&report).flatten().expect("to store");
+        assert_eq!(stored.seq, 7);
+        assert_eq!(cache.remember(&report), None, "stored already");
         let start = cache.start("acme").expect("remembered");
         assert_eq!((start.seq, start.head_hash), (7, vec![0xab; 32]));
+        report.status = VerifyStatus::Tampered;
+        assert_eq!(
+            cache.remember(&report),
+            Some(None),
+            "a tampered walk forgets"
+        );
+        assert_eq!(cache.start("acme"), None);
         assert!(cache.full_walk.try_acquire().is_ok());
     }
 }

@@ -141,6 +141,12 @@ async fn a_request_longer_than_the_timeout_is_504() {
     let (status, code, body) = error_code(response).await;
     assert_eq!(status, 504, "{body}");
     assert_eq!(code, "timeout", "{body}");
+    // The 504 ended its SQL too (the checkout's statement timeout is what is left of
+    // the request's deadline): nothing of the API still waits on the lock held here.
+    wait_for("the timed-out request's query to end", 10, || async {
+        waiting_on_locks(&db.client, &db.name).await == 0
+    })
+    .await;
     lock.rollback().await.expect("release");
     // Live feeds are exempt from the timeout: one still runs after it.
     let mut feed = SseReader::open(

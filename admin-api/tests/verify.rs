@@ -152,3 +152,97 @@ async fn a_tampered_tenant_is_reported_with_the_seq() {
     assert_eq!(reply.body["status"], "intact", "{:?}", reply.body);
     assert_eq!(reply.body["checkpoint"]["key_trusted"], true);
 }
+
+/// The tenant's stored resume point (`chain_verify_resume`), if any.
+async fn stored_resume(db: &TestDb, tenant: &str) -> Option<i64> {
+    db.client
+        .query_opt(
+            "SELECT seq FROM chain_verify_resume WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .expect("chain_verify_resume")
+        .map(|row| row.get(0))
+}
+
+#[tokio::test]
+async fn a_new_instance_resumes_from_the_stored_checkpoint() {
+    let db = chained().await;
+    let admin = token("admin", Some("*"));
+    let uri = "/api/v1/verify?tenant=acme";
+    let first = get(
+        &api(&config_with_jwt(), &db.url).await.router(),
+        uri,
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(first.body["status"], "intact", "{:?}", first.body);
+    assert_eq!(first.body["verified_from_seq"], serde_json::Value::Null);
+    let checkpoint = first.body["checkpoint"]["seq"]
+        .as_i64()
+        .expect("a checkpoint");
+    assert_eq!(stored_resume(&db, "acme").await, Some(checkpoint));
+
+    // Another instance (as after a restart) resumes there on its first call.
+    let second = get(
+        &api(&config_with_jwt(), &db.url).await.router(),
+        uri,
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(second.body["status"], "intact", "{:?}", second.body);
+    assert_eq!(
+        second.body["verified_from_seq"], checkpoint,
+        "{:?}",
+        second.body
+    );
+    assert!(
+        second.body["links_checked"].as_u64() < first.body["links_checked"].as_u64(),
+        "{:?} vs {:?}",
+        second.body,
+        first.body
+    );
+
+    // A stored point that no checkpoint backs is not used: the whole chain is walked.
+    db.client
+        .execute(
+            "UPDATE chain_verify_resume SET head_hash = '\\x00' WHERE tenant_id = 'acme'",
+            &[],
+        )
+        .await
+        .expect("forge the point");
+    let third = get(
+        &api(&config_with_jwt(), &db.url).await.router(),
+        uri,
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(third.body["status"], "intact", "{:?}", third.body);
+    assert_eq!(third.body["verified_from_seq"], serde_json::Value::Null);
+    assert_eq!(
+        stored_resume(&db, "acme").await,
+        Some(checkpoint),
+        "rewritten"
+    );
+
+    // A walk that finds the chain tampered forgets the point.
+    db.client
+        .execute(
+            "UPDATE activity_events SET user_id = 'mallory' WHERE seq = \
+             (SELECT min(seq) FROM activity_events WHERE tenant_id = 'acme')",
+            &[],
+        )
+        .await
+        .expect("tamper");
+    let router = api(&config_with_jwt(), &db.url).await.router();
+    let full = get(&router, &format!("{uri}&full=true"), Some(&admin)).await;
+    assert_eq!(full.body["status"], "tampered", "{:?}", full.body);
+    assert_eq!(stored_resume(&db, "acme").await, None);
+    // A tenant reader resumes (and stores) its own tenant only.
+    let reader = token("activity:read", Some("globex"));
+    let reply = get(&router, "/api/v1/verify", Some(&reader)).await;
+    assert_eq!(reply.body["status"], "intact", "{:?}", reply.body);
+    assert!(stored_resume(&db, "globex").await.is_some());
+    assert_eq!(stored_resume(&db, "acme").await, None);
+}

@@ -15,6 +15,10 @@
 //!    (open live feeds, more than `max_streams_per_caller`, and never read them), and
 //!    *random API keys* (each request a new unknown `tally_…` key).
 //!
+//! `--kinds wide,sse,keys` runs only the hostile callers of the kinds named (each caller
+//! keeps its kind, so `--kinds wide` is the same third of `--hostile` as in the mixed
+//! run): what each kind costs alone.
+//!
 //! Printed: the well-behaved callers' latency p50/p99 in each phase and the p99 ratio
 //! (the target: within 2×), ingest's accepted rate in each phase, and what the
 //! hostile callers got (answers by status). Medians over `--runs`.
@@ -58,9 +62,43 @@ pub struct HostileArgs {
     /// Runs; figures are medians.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// The hostile kinds that run (`wide`, `sse`, `keys`, comma-separated); the callers
+    /// of the other kinds stay idle.
+    #[arg(long, value_delimiter = ',', default_values = ["wide", "sse", "keys"])]
+    kinds: Vec<Kind>,
     /// Where to write the JSON figures.
     #[arg(long, default_value = "bench-hostile.json")]
     json: std::path::PathBuf,
+}
+
+/// The three kinds of hostile callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kind {
+    /// The widest allowed by-user `/tokens/usage`, alternating with a refused wider one.
+    Wide,
+    /// Live feeds opened and never read.
+    Sse,
+    /// A new random, well-formed API key per request.
+    Keys,
+}
+
+impl Kind {
+    /// The kind of hostile caller `index` (a third each).
+    fn of(index: usize) -> Kind {
+        match index % 3 {
+            0 => Kind::Wide,
+            1 => Kind::Sse,
+            _ => Kind::Keys,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Wide => "wide",
+            Kind::Sse => "sse",
+            Kind::Keys => "keys",
+        }
+    }
 }
 
 /// One phase's figures.
@@ -136,9 +174,9 @@ async fn hostile_caller(
             *tally.lock().await.entry(key).or_default() += 1;
         }
     };
-    match index % 3 {
+    match Kind::of(index) {
         // Wide windows: the widest allowed by-user aggregate, then a refused one.
-        0 => {
+        Kind::Wide => {
             let today = Utc::now().date_naive();
             let widest = today - Days::days(399);
             let allowed = format!(
@@ -167,7 +205,7 @@ async fn hostile_caller(
             }
         }
         // Slow readers: open feeds and never read them; keep opening.
-        1 => {
+        Kind::Sse => {
             let url = format!("{admin}/api/v1/activity/stream");
             let mut open = Vec::new();
             while Instant::now() < until {
@@ -189,11 +227,17 @@ async fn hostile_caller(
             }
             drop(open);
         }
-        // Random keys: every request a new unknown key.
-        _ => {
+        // Random keys: every request a new unknown key of the right shape
+        // (`tally_<16 hex>_<64 hex>`), so the server must look it up.
+        Kind::Keys => {
             let url = format!("{admin}/api/v1/activity?limit=1");
             while Instant::now() < until {
-                let key = format!("tally_{}", uuid::Uuid::new_v4().simple());
+                let (a, b, c) = (
+                    uuid::Uuid::new_v4().simple().to_string(),
+                    uuid::Uuid::new_v4().simple().to_string(),
+                    uuid::Uuid::new_v4().simple().to_string(),
+                );
+                let key = format!("tally_{}_{b}{c}", &a[..16]);
                 let status = match client.get(&url).bearer_auth(&key).send().await {
                     Ok(response) => {
                         let status = response.status().as_u16().to_string();
@@ -226,7 +270,7 @@ async fn phase(collector: &Collector, args: &HostileArgs, hostile: usize) -> any
     let ingest = tokio::spawn(async move { load::run(&plan, &grpc, &http).await });
     let tally = Arc::new(Mutex::new(BTreeMap::new()));
     let mut hostile_tasks = Vec::new();
-    for index in 0..hostile {
+    for index in (0..hostile).filter(|i| args.kinds.contains(&Kind::of(*i))) {
         hostile_tasks.push(tokio::spawn(hostile_caller(
             admin.clone(),
             index,
@@ -264,6 +308,14 @@ async fn phase(collector: &Collector, args: &HostileArgs, hostile: usize) -> any
     })
 }
 
+/// The 1-minute load average (`/proc/loadavg`; 0 where it cannot be read).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Runs the benchmark and prints its table.
 pub async fn run(args: HostileArgs) -> anyhow::Result<()> {
     if !args.tally.exists() {
@@ -273,6 +325,8 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<()> {
         );
     }
     let mut runs: Vec<(Phase, Phase)> = Vec::new();
+    // The 1-minute load average at the end of each run (the machine may be shared).
+    let mut loads: Vec<f64> = Vec::new();
     for run in 1..=args.runs {
         let database = TestDatabase::migrated().await;
         let collector = Collector::start(
@@ -295,7 +349,9 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<()> {
         let quiet = phase(&collector, &args, 0).await?;
         let loaded = phase(&collector, &args, args.hostile).await?;
         collector.stop();
-        eprintln!("run {run}: quiet {quiet:?}\nrun {run}: hostile {loaded:?}");
+        let load = load_average();
+        eprintln!("run {run}: quiet {quiet:?}\nrun {run}: hostile {loaded:?}\nrun {run}: load average {load:.2}");
+        loads.push(load);
         runs.push((quiet, loaded));
     }
     let med = |f: &dyn Fn(&(Phase, Phase)) -> f64| median(runs.iter().map(f).collect());
@@ -306,9 +362,13 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<()> {
     let ratio = med(&|r| r.1.good_p99_ms / r.0.good_p99_ms);
     let quiet_ingest = med(&|r| r.0.ingest_records_per_second);
     let loaded_ingest = med(&|r| r.1.ingest_records_per_second);
+    let kinds: Vec<&str> = args.kinds.iter().map(|k| k.name()).collect();
+    let active = (0..args.hostile)
+        .filter(|i| args.kinds.contains(&Kind::of(*i)))
+        .count();
     println!(
-        "{} well-behaved vs {} hostile callers, {} s per phase, ingest paced at {:.0} rec/s, {} runs (medians)\n",
-        args.good, args.hostile, args.duration, args.ingest_rate, args.runs
+        "{} well-behaved vs {active} hostile callers (kinds {}, of {}), {} s per phase, ingest paced at {:.0} rec/s, {} runs (medians)\n",
+        args.good, kinds.join(","), args.hostile, args.duration, args.ingest_rate, args.runs
     );
     println!(
         "| phase | good requests | good errors | good p50 ms | good p99 ms | ingest rec/s | ingest refused requests |"
@@ -327,17 +387,20 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<()> {
         med(&|r| r.1.ingest_refused as f64),
     );
     println!("\nwell-behaved p99, hostile / quiet (median of per-run ratios): {ratio:.2}");
+    println!("1-minute load average at the end of each run: {loads:.2?}");
     let last = runs.last().map(|r| r.1.hostile.clone()).unwrap_or_default();
     println!("hostile answers in the last run (kind status: count): {last:?}");
     let json = json!({
         "good": args.good,
-        "hostile": args.hostile,
+        "hostile": active,
+        "kinds": kinds,
         "duration_secs": args.duration,
         "ingest_rate": args.ingest_rate,
         "runs": args.runs,
         "quiet": { "p50_ms": quiet_p50, "p99_ms": quiet_p99, "ingest_records_per_second": quiet_ingest },
         "hostile_phase": { "p50_ms": loaded_p50, "p99_ms": loaded_p99, "ingest_records_per_second": loaded_ingest },
         "p99_ratio": ratio,
+        "load_average_per_run": loads,
         "hostile_answers_last_run": last,
     });
     std::fs::write(&args.json, serde_json::to_vec_pretty(&json)?)

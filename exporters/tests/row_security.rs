@@ -353,3 +353,110 @@ async fn a_session_user_limits_the_api_role_to_that_users_rows() {
         "'' is any user"
     );
 }
+
+/// `chain_verify_resume` (migration 23): read under the tenant policy, written by the
+/// admin API's role only through `tally_verify_resume_save` / `_forget`, and only for
+/// the tenant its session may read.
+#[tokio::test]
+async fn the_verify_resume_point_is_read_and_written_per_tenant() {
+    use tokio_postgres::error::SqlState;
+    let db = TestDatabase::migrated().await;
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO chain_verify_resume (tenant_id, seq, head_hash, signed_at, key_id) VALUES \
+               ('a', 1, '\\x00', 't', 'k'), ('b', 2, '\\x00', 't', 'k'), ('', 3, '\\x00', 't', 'k')",
+        )
+        .await
+        .expect("seeding chain_verify_resume");
+    let api = db.client().await;
+    api.batch_execute(&format!("SET ROLE {API_ROLE}"))
+        .await
+        .expect("SET ROLE tally_api");
+    let seqs = |tenant: &'static str| {
+        let api = &api;
+        async move {
+            api.execute("SELECT set_config('tally.tenant', $1, false)", &[&tenant])
+                .await
+                .expect("set tally.tenant");
+            api.query("SELECT seq FROM chain_verify_resume ORDER BY seq", &[])
+                .await
+                .expect("read")
+                .iter()
+                .map(|row| row.get::<_, i64>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(seqs("a").await, vec![1], "tenant a");
+    assert_eq!(seqs("b").await, vec![2], "tenant b");
+    assert_eq!(seqs("*").await, vec![1, 2, 3], "every tenant");
+    assert_eq!(seqs("").await, Vec::<i64>::new(), "'' is no tenant");
+
+    let save = "SELECT tally_verify_resume_save($1, $2, '\\x01'::bytea, 's', 'k2', true)";
+    // Tenant a's session writes a's point, not b's, and not directly.
+    seqs("a").await;
+    api.execute(save, &[&"a", &10_i64])
+        .await
+        .expect("a saves its own point");
+    let error = api
+        .execute(save, &[&"b", &20_i64])
+        .await
+        .expect_err("a writes b's point");
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{error}"
+    );
+    let error = api
+        .execute("SELECT tally_verify_resume_forget('b')", &[])
+        .await
+        .expect_err("a forgets b's point");
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{error}"
+    );
+    for statement in [
+        "UPDATE chain_verify_resume SET seq = 99",
+        "DELETE FROM chain_verify_resume",
+        "INSERT INTO chain_verify_resume (tenant_id, seq, head_hash, signed_at, key_id) \
+         VALUES ('a', 99, '\\x00', 't', 'k')",
+    ] {
+        let error = api.batch_execute(statement).await.expect_err(statement);
+        assert_eq!(
+            error.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{statement}: {error}"
+        );
+    }
+    // A session without a tenant writes nothing; '*' writes any tenant.
+    seqs("").await;
+    let error = api
+        .execute(save, &[&"", &30_i64])
+        .await
+        .expect_err("no tenant");
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{error}"
+    );
+    seqs("*").await;
+    api.execute(save, &[&"b", &20_i64])
+        .await
+        .expect("'*' saves b's point");
+    api.execute("SELECT tally_verify_resume_forget('')", &[])
+        .await
+        .expect("'*' forgets ''");
+    let owner = db.client().await;
+    let rows: Vec<(String, i64)> = owner
+        .query(
+            "SELECT tenant_id, seq FROM chain_verify_resume ORDER BY tenant_id",
+            &[],
+        )
+        .await
+        .expect("owner reads")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(rows, vec![("a".to_owned(), 10), ("b".to_owned(), 20)]);
+}

@@ -33,6 +33,11 @@ impl TlsConn {
     pub fn remote_addr(&self) -> SocketAddr {
         self.remote
     }
+
+    /// The TCP connection under the TLS session (for socket options).
+    pub fn tcp(&self) -> &TcpStream {
+        self.stream.get_ref().0
+    }
 }
 
 impl AsyncRead for TlsConn {

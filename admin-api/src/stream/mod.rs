@@ -16,8 +16,12 @@
 //! connection is down).
 //!
 //! A client whose buffer stays full for [`STALL_TIMEOUT`] (it took nothing from
-//! it) is sent `event: reset` (as soon as it reads again) and disconnected; it
-//! never slows ingestion (reads only) nor other clients (a task and a buffer each).
+//! it) is sent `event: reset` (as soon as it reads again) and disconnected; so is
+//! a client that followed the shared tail live and then fell behind its window
+//! (it reads too slowly to keep up): a slow reader never costs database reads of
+//! its own. It never slows ingestion (reads only) nor other clients (a task and a
+//! buffer each). A client's database reads are counted under its caller by the
+//! database gate ([`crate::fair`]), like its requests'.
 
 pub mod hub;
 pub(crate) mod sse;
@@ -25,6 +29,7 @@ pub mod stats;
 pub(crate) mod tail;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -587,7 +592,12 @@ fn serve_feed(
         after,
         "live feed client connected"
     );
-    tokio::spawn(read_feed(state, feed, after, outbox, notified, slot, watch));
+    let reader = read_feed(state, feed, after, outbox, notified, slot, watch);
+    // The reader's database reads are ranked under the feed's caller.
+    match crate::fair::CALLER.try_with(Arc::clone) {
+        Ok(caller) => tokio::spawn(crate::fair::CALLER.scope(caller, reader)),
+        Err(_) => tokio::spawn(reader),
+    };
     let first = sse::comment(&format!("tally live feed after_seq={after}"));
     Ok(sse::feed_response(
         first,
@@ -751,11 +761,14 @@ async fn follow_tail(
     outbox: &mut Outbox,
     mut pages: tail::PageReceiver,
 ) -> Result<(), Stop> {
+    // Whether the client was inside the window once (it follows live).
+    let mut live = false;
     loop {
         // Mark the window seen before using it: a newer one wakes us again.
         let window = pages.borrow_and_update().clone();
         match window.front() {
             Some(oldest) if oldest.after <= after => {
+                live = true;
                 // Inside the window: take the rows after `after` from memory.
                 let first = window.partition_point(|page| page.high <= after);
                 for page in window.range(first..) {
@@ -781,8 +794,12 @@ async fn follow_tail(
                     after = after.max(page.high);
                 }
             }
+            Some(_) if live => {
+                // Fell behind while following live: too slow to keep up.
+                return Err(outbox.reset_behind(after));
+            }
             Some(_) => {
-                // Behind the window: read the database up to its end.
+                // Behind the window (a resumed client): read the database up to its end.
                 let high = window.back().map_or(after, |page| page.high);
                 after = catch_up(state, feed, after, high, outbox).await?;
             }

@@ -237,6 +237,20 @@ impl Outbox {
         Ok(())
     }
 
+    /// Resets the client now (`event: reset`, ahead of what is still buffered):
+    /// it fell behind what the shared tail keeps while following it live.
+    pub(crate) fn reset_behind(&mut self, last_seq: i64) -> Stop {
+        tracing::info!(
+            table = self.table.name(),
+            last_seq,
+            "live feed: client fell behind the live window; resetting the client"
+        );
+        if let Some(reset) = self.reset.take() {
+            let _ = reset.send(reset_event());
+        }
+        Stop::Reset
+    }
+
     /// Ends the client's feed with `event` (sent ahead of what is still
     /// buffered, like a reset); a no-op once the client was reset or ended.
     pub(crate) fn end_with(&mut self, event: Bytes) {

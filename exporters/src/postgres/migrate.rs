@@ -94,6 +94,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0022_scale_out.sql"),
     ),
     (
+        23,
+        "verify_resume",
+        include_str!("migrations/0023_verify_resume.sql"),
+    ),
+    (
         24,
         "personal_keys",
         include_str!("migrations/0024_personal_keys.sql"),

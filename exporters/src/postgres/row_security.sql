@@ -182,3 +182,60 @@ EXCEPTION WHEN insufficient_privilege THEN
     NULL;
 END
 $grant$;
+
+-- Where `GET /api/v1/verify` resumes (migration 23): the admin API's role reads
+-- `chain_verify_resume` under the tenant policy and writes it only through this
+-- function, for the tenant its session may read (`tally.tenant` = that tenant, or
+-- '*'), never another.
+CREATE OR REPLACE FUNCTION tally_verify_resume_save(
+    p_tenant text, p_seq bigint, p_head_hash bytea, p_signed_at text, p_key_id text,
+    p_key_trusted boolean
+) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT AS $f$
+DECLARE
+    session_tenant text := coalesce(current_setting('tally.tenant', true), '');
+BEGIN
+    IF session_tenant <> '*' AND (session_tenant = '' OR session_tenant <> p_tenant) THEN
+        RAISE EXCEPTION 'tally_verify_resume_save: the session may not write tenant %', p_tenant
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    INSERT INTO chain_verify_resume
+        (tenant_id, seq, head_hash, signed_at, key_id, key_trusted, verified_at)
+    VALUES (p_tenant, p_seq, p_head_hash, p_signed_at, p_key_id, p_key_trusted, now())
+    ON CONFLICT (tenant_id) DO UPDATE SET
+        seq = EXCLUDED.seq, head_hash = EXCLUDED.head_hash, signed_at = EXCLUDED.signed_at,
+        key_id = EXCLUDED.key_id, key_trusted = EXCLUDED.key_trusted,
+        verified_at = EXCLUDED.verified_at;
+END
+$f$;
+-- Forgets a tenant's resume point (a walk found the chain tampered), same rule.
+CREATE OR REPLACE FUNCTION tally_verify_resume_forget(p_tenant text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT AS $f$
+DECLARE
+    session_tenant text := coalesce(current_setting('tally.tenant', true), '');
+BEGIN
+    IF session_tenant <> '*' AND (session_tenant = '' OR session_tenant <> p_tenant) THEN
+        RAISE EXCEPTION 'tally_verify_resume_forget: the session may not write tenant %', p_tenant
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    DELETE FROM chain_verify_resume WHERE tenant_id = p_tenant;
+END
+$f$;
+REVOKE ALL ON FUNCTION tally_verify_resume_save(text, bigint, bytea, text, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tally_verify_resume_forget(text) FROM PUBLIC;
+DO $grant$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tally_api') THEN
+        IF NOT has_function_privilege('tally_api',
+               'tally_verify_resume_save(text, bigint, bytea, text, text, boolean)', 'EXECUTE') THEN
+            GRANT EXECUTE ON FUNCTION
+                tally_verify_resume_save(text, bigint, bytea, text, text, boolean) TO tally_api;
+        END IF;
+        IF NOT has_function_privilege('tally_api', 'tally_verify_resume_forget(text)', 'EXECUTE') THEN
+            GRANT EXECUTE ON FUNCTION tally_verify_resume_forget(text) TO tally_api;
+        END IF;
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    NULL;
+END
+$grant$;

@@ -60,8 +60,8 @@ pub use external::{
 };
 pub use job::{ChainJob, ChainReport};
 pub use verify::{
-    tenants, verify, verify_against, verify_from, CheckpointInfo, Problem, ProblemKind,
-    VerifyReport, VerifyStart, VerifyStatus,
+    checkpoint_signed_by, tenants, verify, verify_against, verify_from, CheckpointInfo, Problem,
+    ProblemKind, VerifyReport, VerifyStart, VerifyStatus,
 };
 
 /// Advisory lock key serialising chainer runs (the bytes `tallychn`).

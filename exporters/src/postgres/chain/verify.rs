@@ -114,6 +114,20 @@ pub struct VerifyReport {
     pub verified_from_seq: Option<i64>,
 }
 
+/// Whether `signature` is `key`'s signature of the checkpoint (`tenant`, `seq`,
+/// `head_hash`, `signed_at`): for a resume point read back from the database.
+pub fn checkpoint_signed_by(
+    key: &VerifyingKey,
+    tenant: &str,
+    seq: i64,
+    head_hash: &[u8],
+    signed_at: DateTime<Utc>,
+    signature: &[u8],
+) -> bool {
+    let message = checkpoint_message(tenant, seq, head_hash, signed_at);
+    Signature::from_slice(signature).is_ok_and(|signature| key.verify(&message, &signature).is_ok())
+}
+
 /// Where an incremental walk resumes: a checkpoint an earlier walk verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyStart {
