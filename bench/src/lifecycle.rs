@@ -77,15 +77,6 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Inserts `rows` activity rows of `user` in `tenant`, spread over the data
 /// set's days, in chunks of 100,000 (one transaction each).
 async fn insert_user(
@@ -281,7 +272,7 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
         runs.push(figures);
     }
     let pick = |name: &str| -> f64 {
-        median(
+        crate::median(
             runs.iter()
                 .filter_map(|r| r.get(name).and_then(|v| v.as_f64()))
                 .collect(),
