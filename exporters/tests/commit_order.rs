@@ -131,12 +131,12 @@ async fn tailer_sees_every_committed_row_exactly_once() {
     );
 }
 
-async fn insert_without_lock(client: &Client, id: Uuid) {
+async fn insert_without_lock(client: &Client, id: Uuid, days_ahead: i32) {
     client
         .execute(
             "INSERT INTO activity_events (id, seq, ts, action, outcome) \
-             VALUES ($1, nextval('activity_events_seq'), now(), 'x', 'unknown')",
-            &[&id],
+             VALUES ($1, nextval('activity_events_seq'), now() + make_interval(days => $2), 'x', 'unknown')",
+            &[&id, &days_ahead],
         )
         .await
         .unwrap();
@@ -149,9 +149,12 @@ async fn without_the_lock_a_slow_committer_is_skipped() {
     let (slow_id, fast_id) = (Uuid::new_v4(), Uuid::new_v4());
 
     slow.batch_execute("BEGIN").await.unwrap();
-    insert_without_lock(&slow, slow_id).await; // lower seq, not committed yet
+    insert_without_lock(&slow, slow_id, 0).await; // lower seq, not committed yet
     fast.batch_execute("BEGIN").await.unwrap();
-    insert_without_lock(&fast, fast_id).await;
+    // Another day: the insert trigger of `tally_tail_days` (migration 20) locks
+    // one row per table and day until commit, which would make this insert wait
+    // for the slow one; on different days nothing orders the two commits.
+    insert_without_lock(&fast, fast_id, 1).await;
     fast.batch_execute("COMMIT").await.unwrap();
 
     let mut last = 0;
