@@ -504,3 +504,142 @@ async fn a_killed_erase_command_resumes_and_finishes_once() {
         assert_eq!(traces_of(&database, needle).await, Vec::<String>::new());
     }
 }
+
+/// A span of trace `trace` (`span_id` 1 is the request, 2 its model call)
+/// with `attributes`.
+fn traced(trace: u8, span_id: u8, attributes: Vec<KeyValue>) -> Span {
+    Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![span_id; 8],
+        parent_span_id: if span_id == 1 { Vec::new() } else { vec![1; 8] },
+        name: "traced".into(),
+        start_time_unix_nano: now(),
+        end_time_unix_nano: now() + 1_000_000,
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// A model call naming no tenant or user: attributed through its trace.
+fn anonymous_chat(trace: u8) -> Span {
+    traced(
+        trace,
+        2,
+        vec![
+            attr("gen_ai.operation.name", "chat"),
+            attr("gen_ai.provider.name", "openai"),
+            attr("gen_ai.request.model", "gpt-4o-mini"),
+            attr("gen_ai.usage.input_tokens", "30"),
+            attr("gen_ai.usage.output_tokens", "3"),
+        ],
+    )
+}
+
+/// The request span naming the user.
+fn request_of(trace: u8, user: &str) -> Span {
+    traced(
+        trace,
+        1,
+        vec![
+            attr("activity.action", "doc.read"),
+            attr("tenant.id", "acme"),
+            attr("enduser.id", user),
+        ],
+    )
+}
+
+/// `(attribution_source, user_id)` of trace `trace`'s token rows.
+async fn token_users(database: &TestDatabase, trace: u8) -> Vec<(String, Option<String>)> {
+    let hex = format!("{trace:02x}").repeat(16);
+    database
+        .client()
+        .await
+        .query(
+            "SELECT attribution_source, user_id FROM token_usage WHERE trace_id = $1",
+            &[&hex],
+        )
+        .await
+        .expect("token rows")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+/// Erasure on one instance reaches the token rows another instance attributes
+/// through a trace afterwards: the row whose request span that instance had
+/// cached before the erasure, and the row that was waiting for its request
+/// span, both take the pseudonym, never the clear id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_rows_attributed_after_an_erasure_on_another_instance_take_the_pseudonym() {
+    const DAVE: &str = "dave-7f31";
+    let database = TestDatabase::migrated().await;
+    let options = TallyOptions {
+        database_url: Some(database.url.clone()),
+        jwt_secret: Some(SECRET.into()),
+        ..Default::default()
+    };
+    let first = Tally::launch(options.clone()).await;
+    let second = Tally::launch(options).await;
+
+    // Trace 0xa1: the second instance learns dave's request span (its cache
+    // maps the trace to dave). Trace 0xa2: its model call waits, unattributed.
+    export_spans(&second, vec![request_of(0xa1, DAVE)]).await;
+    export_spans(&second, vec![anonymous_chat(0xa2)]).await;
+    assert_eq!(
+        token_users(&database, 0xa2).await,
+        vec![("none".to_owned(), None)]
+    );
+
+    // Dave is erased through the first instance.
+    let admin = token(SECRET, "admin", "acme");
+    let (status, body) = post(
+        &first,
+        &admin,
+        json!({ "user_id": DAVE, "reason": "ticket 9" }),
+    )
+    .await;
+    assert!(status == 202 || status == 200, "{status} {body}");
+    let id = body["id"].as_str().expect("id").to_owned();
+    let list_url = first.api_url("/api/v1/erasures");
+    let record = eventually(DEADLINE, "dave's erasure done", || {
+        let (url, bearer, id) = (&list_url, &admin, &id);
+        async move {
+            let (status, body) = get_json(url, Some(bearer)).await;
+            assert_eq!(status, 200, "{body}");
+            body["items"]
+                .as_array()?
+                .iter()
+                .find(|item| item["id"] == json!(id) && item["state"] == "done")
+                .cloned()
+        }
+    })
+    .await;
+    let pseudonym = record["pseudonym"].as_str().expect("pseudonym").to_owned();
+    assert_ne!(pseudonym, DAVE);
+    assert!(
+        traces_of(&database, DAVE).await.is_empty(),
+        "nothing of dave left after the erasure: {:?}",
+        traces_of(&database, DAVE).await
+    );
+
+    // The second instance now stores trace 0xa1's model call (attributed from
+    // its cache) and receives trace 0xa2's request span (attributing the
+    // waiting row): both answers come after the rows are committed.
+    export_spans(&second, vec![anonymous_chat(0xa1)]).await;
+    assert_eq!(
+        token_users(&database, 0xa1).await,
+        vec![("trace".to_owned(), Some(pseudonym.clone()))]
+    );
+    export_spans(&second, vec![request_of(0xa2, DAVE)]).await;
+    assert_eq!(
+        token_users(&database, 0xa2).await,
+        vec![("trace".to_owned(), Some(pseudonym.clone()))]
+    );
+    // Dave's new request span is his own new record (he came back) and keeps
+    // his id; no token row does.
+    let left = traces_of(&database, DAVE).await;
+    assert!(
+        left.iter().all(|place| !place.starts_with("token_usage")),
+        "a token row holds dave in clear: {left:?}"
+    );
+}

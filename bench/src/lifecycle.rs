@@ -10,8 +10,10 @@
 //!   attributes with an email, an IP and the id repeated under `actor`, named in
 //!   `personal_keys` as the writer does), then `Eraser::erase` with the default
 //!   batch (5,000 rows per transaction) timed to its end (rollups re-keyed, the
-//!   `admin.user.erase` event written). Each run erases a new user, so the table
-//!   grows by `--user-rows` per run.
+//!   `admin.user.erase` event written). The user also has `--user-token-rows`
+//!   `token_usage` rows (a tenth of them trace-attributed), in a table that
+//!   starts with `--token-rows` generated rows. Each run erases a new user, so
+//!   the tables grow by the user's rows per run.
 //! * **archive**: the first day's partition written as an NDJSON archive with a
 //!   signed manifest (`archive::write_archive`), then checked with
 //!   `archive::verify_archive` against the manifest and the chain in the database
@@ -51,9 +53,15 @@ pub struct LifecycleArgs {
     /// Users over all tenants.
     #[arg(long, default_value_t = 100_000)]
     users: u64,
+    /// Token rows generated before the runs.
+    #[arg(long, default_value_t = 1_000_000)]
+    token_rows: u64,
     /// Rows of the user erased in each run.
     #[arg(long, default_value_t = 1_000_000)]
     user_rows: u64,
+    /// Token rows of the user erased in each run.
+    #[arg(long, default_value_t = 100_000)]
+    user_token_rows: u64,
     /// Runs (medians are reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -119,6 +127,48 @@ async fn insert_user(
     Ok(())
 }
 
+/// Inserts `rows` token rows of `user` in `tenant`, spread like
+/// [`insert_user`]'s, one in ten attributed through the trace.
+async fn insert_user_tokens(
+    client: &tokio_postgres::Client,
+    shape: &Shape,
+    tenant: &str,
+    user: &str,
+    rows: u64,
+) -> anyhow::Result<()> {
+    let first = shape.last_day - Days::new(u64::from(shape.days - 1));
+    let start = first.and_time(chrono::NaiveTime::MIN).and_utc();
+    let span_secs = f64::from(shape.days) * 86_400.0 - 1.0;
+    let chunk = 100_000u64;
+    let mut done = 0u64;
+    while done < rows {
+        let n = chunk.min(rows - done) as i64;
+        client
+            .execute(
+                "INSERT INTO token_usage (id, seq, ts, received_at, tenant_id, user_id, \
+                     session_id, service, trace_id, span_id, provider, operation, \
+                     request_model, response_model, model, input_tokens, output_tokens, \
+                     total_tokens, cost_usd, outcome, duration_ms, attribution_source, \
+                     attributes) \
+                 SELECT gen_random_uuid(), nextval('token_usage_seq'), t, t, $1, $2, \
+                     'sess-' || (i % 997), 'web', md5(i::text || $2), left(md5(i::text), 16), \
+                     'openai', 'chat', 'gpt-4o-mini', 'gpt-4o-mini', 'gpt-4o-mini', \
+                     100 + i % 900, 10 + i % 300, 110 + i % 900 + i % 300, \
+                     (100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 'success', \
+                     200 + i % 5000, CASE WHEN i % 10 = 0 THEN 'trace' ELSE 'record' END, \
+                     jsonb_build_object('gen_ai.request.max_tokens', 1024, \
+                         'app.feature', 'assistant', 'enduser.id', $2::text) \
+                 FROM (SELECT i, $4::timestamptz + make_interval(secs => random() * $5::float8) \
+                     AS t FROM generate_series(1, $3::int8) AS i) AS x ORDER BY t",
+                &[&tenant, &user, &n, &start, &span_secs],
+            )
+            .await
+            .context("inserting the user's token rows")?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.days >= 1 && args.runs >= 1,
@@ -128,7 +178,7 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
     let db = TestDatabase::migrated().await;
     let shape = Shape {
         activity_rows: args.rows,
-        token_rows: 0,
+        token_rows: args.token_rows,
         days: args.days,
         tenants: args.tenants,
         users: args.users,
@@ -149,6 +199,7 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
             client.batch_execute("SET synchronous_commit = off").await?;
             for day in (w..shape.days).step_by(2) {
                 gen::copy_activity_day(&mut client, &population, day).await?;
+                gen::copy_token_day(&mut client, &population, day).await?;
             }
             anyhow::Ok(())
         }));
@@ -159,13 +210,15 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
     let (mut client, _) = connect(&db.url).await?;
     client
         .batch_execute(&format!(
-            "SELECT setval('activity_events_seq', {})",
-            shape.activity_rows.max(1)
+            "SELECT setval('activity_events_seq', {}); SELECT setval('token_usage_seq', {})",
+            shape.activity_rows.max(1),
+            shape.token_rows.max(1)
         ))
         .await?;
     eprintln!(
-        "{} rows generated in {:.0} s (load {})",
+        "{} activity and {} token rows generated in {:.0} s (load {})",
         shape.activity_rows,
+        shape.token_rows,
         started.elapsed().as_secs_f64(),
         load_average()
     );
@@ -184,7 +237,7 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
     }
     let chain_seconds = chain_started.elapsed().as_secs_f64();
     client
-        .batch_execute("VACUUM ANALYZE activity_events")
+        .batch_execute("VACUUM ANALYZE activity_events; VACUUM ANALYZE token_usage")
         .await?;
     eprintln!(
         "first day ({first_day_rows} rows) chained in {chain_seconds:.1} s; VACUUM ANALYZE done"
@@ -198,14 +251,19 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
         let user = format!("erase-me-{run}");
         let insert_started = Instant::now();
         insert_user(&client, &shape, &tenant, &user, args.user_rows).await?;
-        client.batch_execute("ANALYZE activity_events").await?;
+        insert_user_tokens(&client, &shape, &tenant, &user, args.user_token_rows).await?;
+        client
+            .batch_execute("ANALYZE activity_events; ANALYZE token_usage")
+            .await?;
         let table_rows: i64 = client
             .query_one("SELECT count(*) FROM activity_events", &[])
             .await?
             .get(0);
         eprintln!(
-            "run {run}: {} rows of {user} inserted in {:.0} s ({table_rows} rows in the table)",
+            "run {run}: {} activity and {} token rows of {user} inserted in {:.0} s \
+             ({table_rows} activity rows in the table)",
             args.user_rows,
+            args.user_token_rows,
             insert_started.elapsed().as_secs_f64()
         );
         let load_before = load_average();
@@ -227,6 +285,12 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
             erased == args.user_rows as i64,
             "erased {erased} rows, not {}",
             args.user_rows
+        );
+        let erased_tokens = record.counts.get("token_usage").copied().unwrap_or(0);
+        anyhow::ensure!(
+            erased_tokens == args.user_token_rows as i64,
+            "erased {erased_tokens} token rows, not {}",
+            args.user_token_rows
         );
 
         let dir = args.archive_dir.join(format!("run-{run}"));
@@ -257,6 +321,7 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
             "run": run,
             "table_rows_before_erasure": table_rows,
             "erased_rows": erased,
+            "erased_token_rows": erased_tokens,
             "erase_seconds": erase_seconds,
             "erase_rows_per_second": erased as f64 / erase_seconds,
             "archive_rows": archived.manifest.rows,
@@ -281,7 +346,9 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
     let summary = json!({
         "rows_generated": shape.activity_rows,
         "days": shape.days,
+        "token_rows_generated": shape.token_rows,
         "user_rows": args.user_rows,
+        "user_token_rows": args.user_token_rows,
         "runs": args.runs,
         "first_day_chain_seconds": chain_seconds,
         "median_erase_seconds": pick("erase_seconds"),
@@ -293,8 +360,10 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
         "per_run": runs,
     });
     println!(
-        "erasure of {} rows of one user ({}+ row table): median {:.1} s, {:.0} rows/s",
+        "erasure of {} activity + {} token rows of one user ({}+ row table): \
+         median {:.1} s, {:.0} activity rows/s",
         args.user_rows,
+        args.user_token_rows,
         shape.activity_rows,
         pick("erase_seconds"),
         pick("erase_rows_per_second")
