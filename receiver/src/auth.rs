@@ -144,13 +144,15 @@ impl IngestAuth {
         headers: &HeaderMap,
     ) -> Result<(Sender, KeyPolicy), Denied> {
         let result = self.check_uncounted(headers).await;
-        if let Err((reason, _)) = &result {
+        if let Err(refused) = &result {
             metrics()
                 .ingest_auth_failures
-                .get_or_create(&ReasonLabels { reason })
+                .get_or_create(&ReasonLabels {
+                    reason: refused.reason,
+                })
                 .inc();
         }
-        result.map_err(|(_, denied)| denied)
+        result.map_err(|refused| refused.denied)
     }
 
     /// Whether a CORS preflight from `origin` is answered (`Err`: cannot tell now).
@@ -165,12 +167,13 @@ impl IngestAuth {
         }
     }
 
-    async fn check_uncounted(
-        &self,
-        headers: &HeaderMap,
-    ) -> Result<(Sender, KeyPolicy), (&'static str, Denied)> {
-        let refused =
-            |reason, message: &str| Err((reason, Denied::Unauthenticated(message.to_owned())));
+    async fn check_uncounted(&self, headers: &HeaderMap) -> Result<(Sender, KeyPolicy), Refused> {
+        let refused = |reason, message: &str| {
+            Err(Refused {
+                reason,
+                denied: Denied::Unauthenticated(message.to_owned()),
+            })
+        };
         let key = match credential(headers) {
             Credential::Key(key) => key,
             Credential::None => {
@@ -220,12 +223,20 @@ impl IngestAuth {
                     "the API key lacks the ingest scope (tally apikey create --scope ingest)",
                 ),
             },
-            Err(AuthFailure::Unavailable(reason)) => Err((
-                "unavailable",
-                Denied::Unavailable(format!("cannot check the API key now: {reason}")),
-            )),
+            Err(AuthFailure::Unavailable(reason)) => Err(Refused {
+                reason: "unavailable",
+                denied: Denied::Unavailable(format!("cannot check the API key now: {reason}")),
+            }),
         }
     }
+}
+
+/// A refused request: the `reason` label it is counted under, and the answer.
+struct Refused {
+    /// The `reason` label of the refusal counter (`missing`, `unknown`, …).
+    reason: &'static str,
+    /// What the caller is told.
+    denied: Denied,
 }
 
 /// What a request carries as its credential.

@@ -270,10 +270,20 @@ pub(crate) fn buffer_bytes(len: usize) -> usize {
 /// Most `Vec`s of one message (`Span`: attributes, events, links).
 const SLOTS: usize = 3;
 
+/// Why a scan stopped before the end of its bytes (prost's decode reports the
+/// real error; the estimate keeps what it counted up to there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanStop {
+    /// Nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// A truncated or invalid key, length or value.
+    Malformed,
+}
+
 /// Adds the decoded size of the message `wire` of type `msg` to `cost`.
-fn scan(mut wire: &[u8], msg: Msg, depth: u32, cost: &mut usize) -> Result<(), ()> {
+fn scan(mut wire: &[u8], msg: Msg, depth: u32, cost: &mut usize) -> Result<(), ScanStop> {
     if depth > MAX_DEPTH {
-        return Err(());
+        return Err(ScanStop::TooDeep);
     }
     let mut counts = [(0usize, 0usize); SLOTS];
     let result = loop {
@@ -281,7 +291,7 @@ fn scan(mut wire: &[u8], msg: Msg, depth: u32, cost: &mut usize) -> Result<(), (
             break Ok(());
         }
         let Some(key) = varint(&mut wire) else {
-            break Err(());
+            break Err(ScanStop::Malformed);
         };
         let skipped = match key & 7 {
             0 => varint(&mut wire).map(|_| ()),
@@ -292,7 +302,7 @@ fn scan(mut wire: &[u8], msg: Msg, depth: u32, cost: &mut usize) -> Result<(), (
                     .and_then(|len| usize::try_from(len).ok())
                     .and_then(|len| wire.get(..len))
                 else {
-                    break Err(());
+                    break Err(ScanStop::Malformed);
                 };
                 wire = &wire[body.len()..];
                 match field(msg, key >> 3) {
@@ -323,7 +333,7 @@ fn scan(mut wire: &[u8], msg: Msg, depth: u32, cost: &mut usize) -> Result<(), (
             _ => None,
         };
         if skipped.is_none() {
-            break Err(());
+            break Err(ScanStop::Malformed);
         }
     };
     for (len, size) in counts {
