@@ -150,7 +150,7 @@ export function createUsage(root, ctx) {
     charts.replaceChildren();
     tops.replaceChildren();
     // The two reads behind the cards run side by side (two of the caller's
-    // concurrent requests); the rest follows one call at a time.
+    // concurrent requests); the rest follows two at a time.
     const outcomesRead = ctx.can.activity
       ? allItems("/api/v1/activity/aggregates", { ...base, group_by: "outcome", grain: "month" })
       : null;
@@ -183,13 +183,33 @@ export function createUsage(root, ctx) {
         mark("tally:usage-cards");
         const actions = (stats.activity && stats.activity.top_actions) || [];
         sections.push(table("Top actions", ["Action", "Events"], actions.map((a) => [cell(a.action), int(a.events)]), { id: "top-actions" }));
-        const users = await allItems("/api/v1/activity/aggregates", { ...base, group_by: "user", grain: "month" });
+      }
+      // The remaining reads, two at a time (half the caller's default limit of
+      // four concurrent requests).
+      const reads = [];
+      if (ctx.can.activity) {
+        reads.push(() => allItems("/api/v1/activity/aggregates", { ...base, group_by: "user", grain: "month" }));
+      }
+      if (ctx.can.tokens) {
+        for (const key of ["model", "provider"]) {
+          reads.push(() => allItems("/api/v1/tokens/usage", { ...base, grain: "day", group_by: key }));
+        }
+        reads.push(() => allItems("/api/v1/tokens/usage", { ...base, grain: "month", group_by: "user" }));
+        if (ctx.allTenants && !tenantValue) {
+          reads.push(() => allItems("/api/v1/tokens/usage", { ...base, grain: "month", group_by: "tenant" }));
+        }
+      }
+      const results = await twoAtATime(reads);
+      if (gen !== generation) return;
+      let next = 0;
+      if (ctx.can.activity) {
+        const users = results[next++];
         sections.push(top("Most active users", "user_id", users, "events", ["User", "Events"], (r) => [int(r.events)]));
       }
       if (ctx.can.tokens) {
         const axis = days(from, windowDays);
         for (const [key, label] of [["model", "Tokens per day by model"], ["provider", "Tokens per day by provider"]]) {
-          const usage = await allItems("/api/v1/tokens/usage", { ...base, grain: "day", group_by: key });
+          const usage = results[next++];
           const byName = new Map();
           for (const item of usage.items) {
             const name = item[key] ?? "(none)";
@@ -203,11 +223,11 @@ export function createUsage(root, ctx) {
             ? stackedBars(label, axis, series)
             : h("p", { class: "muted" }, `${label}: no token usage in this window.`));
         }
-        const users = await allItems("/api/v1/tokens/usage", { ...base, grain: "month", group_by: "user" });
+        const users = results[next++];
         sections.push(top("Top users by cost", "user_id", users, "cost_usd", ["User", "Requests", "Tokens", "Cost"],
           (r) => [int(r.requests), int(r.total_tokens), money(r.cost_usd)]));
         if (ctx.allTenants && !tenantValue) {
-          const tenants = await allItems("/api/v1/tokens/usage", { ...base, grain: "month", group_by: "tenant" });
+          const tenants = results[next++];
           sections.push(top("Top tenants by cost", "tenant_id", tenants, "cost_usd", ["Tenant", "Requests", "Tokens", "Cost"],
             (r) => [int(r.requests), int(r.total_tokens), money(r.cost_usd)]));
         }
@@ -219,6 +239,23 @@ export function createUsage(root, ctx) {
     } catch (error) {
       if (gen === generation) cards.after(notice(error instanceof ApiError ? error.message : String(error)));
     }
+  }
+
+  /**
+   * Runs `reads` (functions returning promises) two at a time and resolves to
+   * their results in order; the first failure rejects.
+   */
+  async function twoAtATime(reads) {
+    const results = new Array(reads.length);
+    let next = 0;
+    async function worker() {
+      while (next < reads.length) {
+        const i = next++;
+        results[i] = await reads[i]();
+      }
+    }
+    await Promise.all([worker(), worker()]);
+    return results;
   }
 
   /** Sums `items` by `key` over the periods and lists the 10 largest by `order`. */
