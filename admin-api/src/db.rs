@@ -12,7 +12,9 @@
 //! what is left of the request's deadline (`admin_api.limits.request_timeout_ms`,
 //! see [`DEADLINE`]), so that SQL never outlives the 504 of its request; outside a
 //! request (live feeds' readers, health checks) and for a streamed `/export`, the
-//! connection's own (the URL's `options`, else 30 s).
+//! connection's own (the URL's `options`, else 30 s). A request of the heavy lane
+//! ([`crate::fair`]) that takes its connection while other heavy requests wait gets
+//! at most [`HEAVY_TURN`] (5 s): the lane is shared in turns.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use deadpool_postgres::{HookError, Object, Pool, PoolError};
 
 use crate::auth::TenantAccess;
 use crate::error::ApiError;
-use crate::fair::{FairGate, Permit, CALLER};
+use crate::fair::{FairGate, Permit, CALLER, HEAVY_TURN};
 
 /// The role the admin API's connections take (created by `tally migrate`).
 pub use tally_exporters::postgres::API_ROLE;
@@ -216,7 +218,7 @@ impl TenantPool {
             Err(_) => None,
         };
         let client = self.pool.get().await?;
-        let left = match bound {
+        let mut left = match bound {
             Bound::Deadline => DEADLINE
                 .try_with(|deadline| {
                     deadline.saturating_duration_since(tokio::time::Instant::now())
@@ -224,6 +226,12 @@ impl TenantPool {
                 .ok(),
             Bound::Connection => None,
         };
+        // A heavy request whose lane others wait for gets a turn, not the whole deadline.
+        if let (Some(remaining), Some(permit)) = (left, permit.as_ref()) {
+            if permit.heavy_contended() {
+                left = Some(remaining.min(HEAVY_TURN));
+            }
+        }
         // `None` (NULL) sets the connection's own timeout back.
         let base = self.base_timeout_ms.load(Ordering::Relaxed).max(0);
         let timeout = left.map(|left| statement_timeout_ms(base, Some(left)).to_string());

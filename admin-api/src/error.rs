@@ -173,6 +173,14 @@ impl ApiError {
     }
 }
 
+/// `Retry-After` of a 503 `unavailable` (no database connection in time, too many
+/// live feeds, the database down), seconds.
+pub(crate) const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
+
+/// `Retry-After` of a 504 `timeout`, seconds: the same request is likely to take as
+/// long again, so not at once.
+pub(crate) const TIMEOUT_RETRY_AFTER_SECS: u64 = 5;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -188,13 +196,18 @@ impl IntoResponse for ApiError {
         };
         let body = json!({ "error": { "code": self.code(), "message": message } });
         let mut response = (status, Json(body)).into_response();
-        if let ApiError::TooManyRequests {
-            retry_after_secs, ..
-        } = &self
-        {
+        let retry_after = match &self {
+            ApiError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            ApiError::Timeout(_) => Some(TIMEOUT_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -31,6 +31,11 @@ tokio::task_local! {
 /// A request holding its connection longer than this on average makes its caller heavy.
 pub(crate) const HEAVY_AFTER: Duration = Duration::from_millis(250);
 
+/// A heavy request's statements end after this when other heavy requests wait
+/// for the lane as it takes its connection (else at the request's deadline): one
+/// heavy caller cannot keep the lane for the whole request timeout.
+pub(crate) const HEAVY_TURN: Duration = Duration::from_secs(5);
+
 /// Weight of the latest request in a caller's moving average of hold time.
 const AVERAGE_WEIGHT: f64 = 0.3;
 
@@ -103,6 +108,14 @@ pub(crate) struct Permit {
     caller: Arc<str>,
     heavy: bool,
     since: Instant,
+}
+
+impl Permit {
+    /// Whether this connection is used in the heavy lane while other heavy
+    /// requests wait for it (its statements then get at most [`HEAVY_TURN`]).
+    pub(crate) fn heavy_contended(&self) -> bool {
+        self.heavy && self.gate.lock().waiting.iter().any(|w| w.heavy)
+    }
 }
 
 impl Drop for Permit {
@@ -358,6 +371,43 @@ mod tests {
         assert!(!heavy.is_finished(), "the heavy waiter is still waiting");
         drop(light);
         assert!(heavy.await.expect("join").is_some(), "then the heavy one");
+    }
+
+    #[tokio::test]
+    async fn a_heavy_connection_is_contended_only_while_another_heavy_request_waits() {
+        let gate = FairGate::with_cpus(8, 2);
+        make_heavy(&gate, "heavy-0");
+        make_heavy(&gate, "heavy-1");
+        let light = gate
+            .enter(caller("light"), Duration::from_millis(50))
+            .await
+            .expect("free");
+        let heavy = gate
+            .enter(caller("heavy-0"), Duration::from_millis(50))
+            .await
+            .expect("the lane is free");
+        assert!(!heavy.heavy_contended(), "nobody waits for the lane");
+        assert!(!light.heavy_contended(), "a light connection never is");
+        let waiter = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.enter(caller("heavy-1"), Duration::from_secs(5)).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gate.lock().waiting.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the second heavy request never queued"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            heavy.heavy_contended(),
+            "another heavy request waits for its turn"
+        );
+        assert!(!light.heavy_contended());
+        drop(heavy);
+        let next = waiter.await.expect("join").expect("its turn");
+        assert!(!next.heavy_contended(), "nobody waits any more");
     }
 
     #[tokio::test]

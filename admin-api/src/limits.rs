@@ -13,7 +13,9 @@
 //! credential fails to verify is answered (401) only after
 //! [`REFUSED_CREDENTIAL_DELAY`], counted under its client address meanwhile; so is
 //! a 429 over the limits.
-//! The caller is also what the database gate ([`crate::fair`]) ranks requests by.
+//! The caller is also what the database gate ([`crate::fair`]) ranks requests by,
+//! and its live feeds share one budget of queued bytes
+//! ([`crate::stream::sse::CallerBuffer`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::{Authenticator, Caller, TenantAccess};
 use crate::error::ApiError;
+use crate::stream::sse::{CallerBuffer, CALLER_BUFFER, CALLER_BUFFER_BYTES};
 use crate::AppState;
 
 /// How long an answer to a credential that fails to verify (unknown or revoked key,
@@ -43,10 +46,12 @@ const RETRY_AFTER_SECS: u64 = 1;
 pub(crate) struct Authenticated(pub(crate) Caller);
 
 /// In-progress work per caller.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Counts {
     requests: usize,
     streams: usize,
+    /// The queued-bytes budget its live feeds share (while it has one open).
+    feed_buffer: Option<CallerBuffer>,
 }
 
 /// The limits and what each caller has in progress.
@@ -64,6 +69,8 @@ struct Slot {
     limits: Arc<Limits>,
     caller: Arc<str>,
     stream: bool,
+    /// A live feed's share of its caller's queued-bytes budget.
+    feed_buffer: Option<CallerBuffer>,
 }
 
 impl Drop for Slot {
@@ -132,10 +139,17 @@ impl Limits {
             });
         }
         *held += 1;
+        let feed_buffer = stream.then(|| {
+            counts
+                .feed_buffer
+                .get_or_insert_with(|| CallerBuffer::new(CALLER_BUFFER_BYTES))
+                .clone()
+        });
         Ok(Slot {
             limits: self.clone(),
             caller: key,
             stream,
+            feed_buffer,
         })
     }
 }
@@ -240,9 +254,17 @@ pub(crate) async fn enforce(
     }
     if stream {
         // The feed counts until its body is dropped (the client leaves); its
-        // reader's database reads are ranked under its caller.
+        // reader's database reads are ranked under its caller, and its queued
+        // events share the caller's byte budget.
+        let budget = slot
+            .feed_buffer
+            .clone()
+            .unwrap_or_else(|| CallerBuffer::new(CALLER_BUFFER_BYTES));
         let response = crate::fair::CALLER
-            .scope(Arc::from(key.as_str()), next.run(request))
+            .scope(
+                Arc::from(key.as_str()),
+                CALLER_BUFFER.scope(budget, next.run(request)),
+            )
             .await;
         let (parts, body) = response.into_parts();
         let body = Body::from_stream(HoldWhileStreaming {
@@ -296,6 +318,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_callers_live_feeds_share_one_byte_budget() {
+        let limits = Arc::new(Limits::new(&tally_config::AdminLimitsConfig {
+            request_timeout_ms: 1000,
+            max_concurrent_per_caller: 2,
+            max_streams_per_caller: 3,
+        }));
+        let budget = |slot: &Slot| slot.feed_buffer.clone().expect("a feed has a budget");
+        let a1 = limits.acquire("a", true).expect("first feed");
+        let a2 = limits.acquire("a", true).expect("second feed");
+        let b = limits.acquire("b", true).expect("another caller's feed");
+        assert!(budget(&a1).is_shared_with(&budget(&a2)));
+        assert!(!budget(&a1).is_shared_with(&budget(&b)));
+        assert_eq!(budget(&a1).available(), CALLER_BUFFER_BYTES);
+        // Kept while one feed of the caller is open, new once none is.
+        drop(a1);
+        let a3 = limits.acquire("a", true).expect("third feed");
+        assert!(budget(&a2).is_shared_with(&budget(&a3)));
+        let old = budget(&a2);
+        drop((a2, a3));
+        let a4 = limits.acquire("a", true).expect("again");
+        assert!(!budget(&a4).is_shared_with(&old));
+    }
+
+    #[test]
     fn slots_count_per_caller_and_are_given_back() {
         let limits = Arc::new(Limits::new(&tally_config::AdminLimitsConfig {
             request_timeout_ms: 1000,
@@ -311,6 +357,7 @@ mod tests {
         let _b = limits.acquire("b", false).expect("another caller");
         let _s = limits.acquire("a", true).expect("streams count apart");
         assert!(limits.acquire("a", true).is_err());
+        assert!(_s.feed_buffer.is_some() && a1.feed_buffer.is_none());
         drop(a1);
         let _a3 = limits.acquire("a", false).expect("given back");
         drop(_b);

@@ -45,6 +45,13 @@ fn min_duration_param() -> Value {
     })
 }
 
+/// The `Retry-After` header of a 429, 503 or 504 answer.
+fn retry_after_header() -> Value {
+    json!({
+        "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer", "minimum": 1 } }
+    })
+}
+
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
@@ -105,8 +112,8 @@ pub fn openapi() -> Value {
 /// States the bounds every handler enforces, on every operation: text
 /// parameters are 1 to 1024 characters without NUL; `limit` has its maximum;
 /// dates lie in years 1-9999; every `/api/v1` data route may answer 429 (over
-/// `admin_api.limits`, with `Retry-After`), and those that are not live feeds
-/// 504 (over `request_timeout_ms`).
+/// `admin_api.limits`), and those that are not live feeds 504 (over
+/// `request_timeout_ms`), both with `Retry-After`, as is a 503.
 fn bound(doc: &mut Value, max_page_size: u32) {
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
@@ -145,15 +152,16 @@ fn bound(doc: &mut Value, max_page_size: u32) {
                 let mut too_many = error_response(
                     "too_many_requests: the caller is over admin_api.limits (max_concurrent_per_caller, or max_streams_per_caller on live feeds)",
                 );
-                too_many["headers"] = json!({
-                    "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer", "minimum": 1 } }
-                });
+                too_many["headers"] = retry_after_header();
                 responses.insert("429".to_owned(), too_many);
                 if !path.ends_with("/stream") {
-                    responses.insert(
-                        "504".to_owned(),
-                        error_response("timeout: longer than admin_api.limits.request_timeout_ms"),
-                    );
+                    let mut timeout =
+                        error_response("timeout: longer than admin_api.limits.request_timeout_ms");
+                    timeout["headers"] = retry_after_header();
+                    responses.insert("504".to_owned(), timeout);
+                }
+                if let Some(unavailable) = responses.get_mut("503") {
+                    unavailable["headers"] = retry_after_header();
                 }
                 responses
                     .entry("401")

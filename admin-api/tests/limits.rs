@@ -138,9 +138,19 @@ async fn a_request_longer_than_the_timeout_is_504() {
     .await
     .expect("answered within 10 s")
     .expect("send");
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let (status, code, body) = error_code(response).await;
     assert_eq!(status, 504, "{body}");
     assert_eq!(code, "timeout", "{body}");
+    assert_eq!(
+        retry_after.as_deref(),
+        Some("5"),
+        "a 504 says when to retry"
+    );
     // The 504 ended its SQL too (the checkout's statement timeout is what is left of
     // the request's deadline): nothing of the API still waits on the lock held here.
     wait_for("the timed-out request's query to end", 10, || async {

@@ -585,7 +585,11 @@ fn serve_feed(
     let state_closed = state.hub.closed();
     let settings = state.hub.settings;
     let notified = state.hub.subscribe(feed.table);
-    let (outbox, outlet) = sse::client_buffer(settings.client_buffer, feed.table);
+    // The queued bytes of every feed of the caller share one budget.
+    let budget = sse::CALLER_BUFFER
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| sse::CallerBuffer::new(sse::CALLER_BUFFER_BYTES));
+    let (outbox, outlet) = sse::client_buffer(settings.client_buffer, feed.table, budget);
     tracing::debug!(
         subject,
         table = feed.table.name(),

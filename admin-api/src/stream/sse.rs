@@ -15,6 +15,14 @@
 //! A reader that finds no room for [`STALL_TIMEOUT`] while the client took
 //! nothing sends `event: reset` (delivered ahead of what is still buffered)
 //! and stops.
+//!
+//! The bytes buffered are also bounded per caller, whatever the number and size
+//! of its feeds' events: all the live feeds of one caller share one
+//! [`CallerBuffer`] of [`CALLER_BUFFER_BYTES`]. A chunk takes its length from it
+//! before it is queued and gives it back when the connection takes the chunk
+//! (or the response is dropped), so a caller's unread feeds hold at most that
+//! much queued event data between them; a feed that cannot queue for
+//! [`STALL_TIMEOUT`] is reset like one whose own buffer stayed full.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,6 +42,59 @@ use tokio::time::{Instant, Sleep};
 
 use super::hub::Table;
 use super::{Stop, STALL_TIMEOUT};
+
+/// Bytes of queued events all the live feeds of one caller may hold at once.
+pub(crate) const CALLER_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// The queued-bytes budget one caller's live feeds share (see the module docs).
+#[derive(Debug, Clone)]
+pub(crate) struct CallerBuffer {
+    bytes: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl CallerBuffer {
+    /// A budget of `capacity` bytes (at least 1).
+    pub(crate) fn new(capacity: usize) -> CallerBuffer {
+        let capacity = capacity.clamp(1, u32::MAX as usize);
+        CallerBuffer {
+            bytes: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+
+    /// Whether `other` is the same budget (shared, not an equal one).
+    #[cfg(test)]
+    pub(crate) fn is_shared_with(&self, other: &CallerBuffer) -> bool {
+        Arc::ptr_eq(&self.bytes, &other.bytes)
+    }
+
+    /// Bytes of the budget not held by a queued chunk.
+    #[cfg(test)]
+    pub(crate) fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    /// What a chunk of `len` bytes takes from the budget: its length, at most
+    /// the whole budget (a single larger event still gets through, alone).
+    fn cost(&self, len: usize) -> u32 {
+        u32::try_from(len.min(self.capacity)).unwrap_or(u32::MAX)
+    }
+}
+
+tokio::task_local! {
+    /// The budget of the caller a live-feed request is counted under (set by
+    /// [`crate::limits::enforce`]); a feed opened outside it gets its own.
+    pub(crate) static CALLER_BUFFER: CallerBuffer;
+}
+
+/// A queued chunk: its bytes, its events, and what it took from the caller's budget.
+#[derive(Debug)]
+struct Queued {
+    chunk: Bytes,
+    events: usize,
+    cost: u32,
+}
 
 /// Events encoded back to back in `seq` order.
 #[derive(Debug, Default)]
@@ -153,12 +214,14 @@ struct Room {
     free: Semaphore,
     /// Events the response took so far (progress, for stall detection).
     taken: AtomicU64,
+    /// The bytes the caller's feeds may still queue (shared by its feeds).
+    caller: CallerBuffer,
 }
 
 /// The reader's side of a client's buffer.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    items: mpsc::UnboundedSender<(Bytes, usize)>,
+    items: mpsc::UnboundedSender<Queued>,
     room: Arc<Room>,
     reset: Option<oneshot::Sender<Bytes>>,
     /// Most events per chunk: half the buffer, so the reader can fill one
@@ -170,7 +233,7 @@ pub(crate) struct Outbox {
 /// The response's side of a client's buffer.
 #[derive(Debug)]
 pub(crate) struct Outlet {
-    items: mpsc::UnboundedReceiver<(Bytes, usize)>,
+    items: mpsc::UnboundedReceiver<Queued>,
     room: Arc<Room>,
     reset: Option<oneshot::Receiver<Bytes>>,
 }
@@ -179,17 +242,28 @@ impl Drop for Outlet {
     fn drop(&mut self) {
         // A reader waiting for room learns that the client is gone.
         self.room.free.close();
+        // What was never sent gives its bytes back to the caller's budget.
+        self.items.close();
+        while let Ok(queued) = self.items.try_recv() {
+            self.room.caller.bytes.add_permits(queued.cost as usize);
+        }
     }
 }
 
-/// A buffer of `capacity` events between a client's reader and its response.
-pub(crate) fn client_buffer(capacity: usize, table: Table) -> (Outbox, Outlet) {
+/// A buffer of `capacity` events between a client's reader and its response,
+/// its bytes taken from `caller`'s budget.
+pub(crate) fn client_buffer(
+    capacity: usize,
+    table: Table,
+    caller: CallerBuffer,
+) -> (Outbox, Outlet) {
     let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
     let (items, receiver) = mpsc::unbounded_channel();
     let (reset, reset_receiver) = oneshot::channel();
     let room = Arc::new(Room {
         free: Semaphore::new(capacity),
         taken: AtomicU64::new(0),
+        caller,
     });
     (
         Outbox {
@@ -259,36 +333,71 @@ impl Outbox {
         }
     }
 
+    /// Resets the client: its buffer (or its caller's) stayed full.
+    fn reset_stalled(&mut self, last_seq: i64, what: &str) -> Stop {
+        tracing::info!(
+            table = self.table.name(),
+            last_seq,
+            "live feed: {what} stayed full; resetting the client"
+        );
+        if let Some(reset) = self.reset.take() {
+            let _ = reset.send(reset_event());
+        }
+        Stop::Reset
+    }
+
     async fn send(&mut self, chunk: Bytes, events: usize, last_seq: i64) -> Result<(), Stop> {
         // `events` <= max_chunk <= MAX_CHUNK_EVENTS: fits in u32.
         let wanted = u32::try_from(events).unwrap_or(u32::MAX);
-        let permit = match self.room.free.try_acquire_many(wanted) {
+        let room = self.room.clone();
+        let permit = match room.free.try_acquire_many(wanted) {
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => return Err(Stop::Gone),
             Err(TryAcquireError::NoPermits) => loop {
-                let taken = self.room.taken.load(Ordering::Acquire);
-                match tokio::time::timeout(STALL_TIMEOUT, self.room.free.acquire_many(wanted)).await
-                {
+                let taken = room.taken.load(Ordering::Acquire);
+                match tokio::time::timeout(STALL_TIMEOUT, room.free.acquire_many(wanted)).await {
                     Ok(Ok(permit)) => break permit,
                     Ok(Err(_)) => return Err(Stop::Gone),
                     // The client took something meanwhile: slow, not stalled.
-                    Err(_) if self.room.taken.load(Ordering::Acquire) != taken => continue,
-                    Err(_) => {
-                        tracing::info!(
-                            table = self.table.name(),
-                            last_seq,
-                            "live feed: client buffer stayed full; resetting the client"
-                        );
-                        if let Some(reset) = self.reset.take() {
-                            let _ = reset.send(reset_event());
-                        }
-                        return Err(Stop::Reset);
-                    }
+                    Err(_) if room.taken.load(Ordering::Acquire) != taken => continue,
+                    Err(_) => return Err(self.reset_stalled(last_seq, "client buffer")),
+                }
+            },
+        };
+        // Then the chunk's bytes from the caller's budget, shared by its feeds.
+        let cost = room.caller.cost(chunk.len());
+        let bytes = room.caller.bytes.clone();
+        let bytes = match bytes.try_acquire_many(cost) {
+            Ok(bytes) => bytes,
+            Err(_) => loop {
+                let taken = room.taken.load(Ordering::Acquire);
+                let waited = tokio::select! {
+                    waited = tokio::time::timeout(STALL_TIMEOUT, bytes.acquire_many(cost)) => waited,
+                    () = self.items.closed() => return Err(Stop::Gone),
+                };
+                match waited {
+                    Ok(Ok(bytes)) => break bytes,
+                    // The budget is never closed; as if gone.
+                    Ok(Err(_)) => return Err(Stop::Gone),
+                    // This client took something meanwhile: slow, not stalled.
+                    Err(_) if room.taken.load(Ordering::Acquire) != taken => continue,
+                    Err(_) => return Err(self.reset_stalled(last_seq, "the caller's feed buffer")),
                 }
             },
         };
         permit.forget();
-        self.items.send((chunk, events)).map_err(|_| Stop::Gone)
+        bytes.forget();
+        self.items
+            .send(Queued {
+                chunk,
+                events,
+                cost,
+            })
+            .map_err(|error| {
+                // The response is gone: give the bytes back.
+                self.room.caller.bytes.add_permits(error.0.cost as usize);
+                Stop::Gone
+            })
     }
 }
 
@@ -333,28 +442,37 @@ impl FeedBody {
         Poll::Ready(Some(Ok(chunk)))
     }
 
-    /// The first queued chunk, merged with the small ones behind it.
-    fn take(&mut self, chunk: Bytes, events: usize) -> Bytes {
-        let mut events = events;
+    /// The first queued chunk, merged with the small ones behind it; gives
+    /// their room and bytes back.
+    fn take(&mut self, queued: Queued) -> Bytes {
+        let Queued {
+            chunk,
+            mut events,
+            cost,
+        } = queued;
+        let mut cost = cost as usize;
         let chunk = if chunk.len() < MERGE_BELOW {
             let mut merged: Option<Vec<u8>> = None;
             while merged.as_ref().map_or(chunk.len(), Vec::len) < MERGE_UP_TO {
-                let Ok((more, n)) = self.outlet.items.try_recv() else {
+                let Ok(more) = self.outlet.items.try_recv() else {
                     break;
                 };
                 let buffer = merged.get_or_insert_with(|| {
-                    let mut buffer = Vec::with_capacity(MERGE_UP_TO.max(chunk.len() + more.len()));
+                    let mut buffer =
+                        Vec::with_capacity(MERGE_UP_TO.max(chunk.len() + more.chunk.len()));
                     buffer.extend_from_slice(&chunk);
                     buffer
                 });
-                buffer.extend_from_slice(&more);
-                events += n;
+                buffer.extend_from_slice(&more.chunk);
+                events += more.events;
+                cost += more.cost as usize;
             }
             merged.map_or(chunk, Bytes::from)
         } else {
             chunk
         };
         self.outlet.room.free.add_permits(events);
+        self.outlet.room.caller.bytes.add_permits(cost);
         self.outlet
             .room
             .taken
@@ -390,8 +508,8 @@ impl Stream for FeedBody {
             }
         }
         match this.outlet.items.poll_recv(cx) {
-            Poll::Ready(Some((chunk, events))) => {
-                let chunk = this.take(chunk, events);
+            Poll::Ready(Some(queued)) => {
+                let chunk = this.take(queued);
                 return this.sent(chunk);
             }
             Poll::Ready(None) => {
@@ -463,8 +581,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_callers_feeds_share_one_byte_budget_and_an_unread_one_is_reset() {
+        let mut builder = FramesBuilder::with_capacity(64);
+        for seq in 1..=64 {
+            builder
+                .push(seq, "activity", &"x".repeat(100))
+                .expect("encodes");
+        }
+        let frames = builder.finish();
+        let one = frames.chunk(0, 1).len();
+        // Room for 10 events of this caller, over all its feeds.
+        let budget = CallerBuffer::new(10 * one);
+        // Each feed's own buffer would take 64 events.
+        let (mut unread, unread_outlet) = client_buffer(64, Table::Activity, budget.clone());
+        let (mut other, other_outlet) = client_buffer(64, Table::Activity, budget.clone());
+        unread
+            .deliver(&frames, 0, 8, 0)
+            .await
+            .expect("within the budget");
+        assert_eq!(budget.available(), 2 * one);
+        // The caller's second feed finds 2 events of room, and nobody takes any:
+        // it is reset after the stall timeout instead of growing the caller's memory.
+        let started = Instant::now();
+        assert!(matches!(
+            other.deliver(&frames, 8, 16, 8).await,
+            Err(Stop::Reset)
+        ));
+        assert!(started.elapsed() >= STALL_TIMEOUT);
+        assert_eq!(
+            budget.available(),
+            2 * one,
+            "the reset feed queued nothing more"
+        );
+        // The budget comes back when the unread responses are dropped (the
+        // clients leave).
+        drop(other_outlet);
+        drop(unread_outlet);
+        assert_eq!(budget.available(), 10 * one);
+        // And a single event larger than the whole budget still goes through, alone.
+        let small = CallerBuffer::new(one / 2);
+        let (mut feed, outlet) = client_buffer(64, Table::Activity, small.clone());
+        feed.deliver(&frames, 0, 1, 0)
+            .await
+            .expect("one event always fits");
+        assert_eq!(small.available(), 0);
+        let mut body = FeedBody::new(
+            comment("first"),
+            outlet,
+            Duration::from_secs(3600),
+            std::future::pending(),
+        );
+        use futures::StreamExt;
+        let _ = body.next().await;
+        assert_eq!(
+            body.next().await.and_then(Result::ok),
+            Some(frames.chunk(0, 1))
+        );
+        assert_eq!(small.available(), one / 2, "given back when sent");
+    }
+
+    #[tokio::test]
     async fn room_is_given_back_as_the_body_takes_chunks() {
-        let (mut outbox, outlet) = client_buffer(4, Table::Activity);
+        let (mut outbox, outlet) = client_buffer(4, Table::Activity, CallerBuffer::new(1 << 20));
         let mut builder = FramesBuilder::with_capacity(8);
         for seq in 1..=8 {
             builder.push(seq, "activity", &seq).expect("encodes");
