@@ -373,7 +373,7 @@ pub fn classify_traces_taking(
 }
 
 /// Classifies records one at a time, for a walk that does other work on each
-/// record too (the pipeline's fused pass, see `tally_processors::pass`).
+/// record too (a fused pass; see `docs/performance.md` for why the pipeline has none yet).
 #[derive(Debug)]
 pub struct Classifier {
     out: Classified,

@@ -406,7 +406,7 @@ impl Redactor {
     }
 
     /// A redaction walk over one request (key cache and counts), for
-    /// [`Request::walk_levels_mut`] alone or inside a fused pass.
+    /// [`Request::walk_levels_mut`] alone or inside a walk doing more.
     pub(crate) fn walk(&self) -> RedactWalk<'_> {
         RedactWalk {
             redactor: self,

@@ -885,7 +885,7 @@ impl TokenProcessor {
 
     /// A token pass over one request, fed one record at a time
     /// ([`TokenPass::record`]), for a walk that does other work on each record
-    /// too (the pipeline's fused pass). `received_at` stands in for a missing
+    /// too (a fused pass; the pipeline has none yet). `received_at` stands in for a missing
     /// time; `tenant` is the sender's bound tenant.
     pub fn pass<'p>(
         &'p self,
