@@ -1,5 +1,6 @@
-//! The pipeline behind the receiver: redact the request, classify activity and
-//! token usage in one pass over it, validate the activity against the taxonomy,
+//! The pipeline behind the receiver: redact the request, extract token usage and
+//! classify activity (three walks with the one OTLP walker, `tally_model::walk`;
+//! a fused single walk measured slower, see `docs/performance.md`), validate the activity against the taxonomy,
 //! attribute token rows through their trace, hand everything (quarantined
 //! records included) to the exporter and answer once it is committed.
 

@@ -7,6 +7,8 @@
 //! * [`pipeline`] — the [`pipeline::Consumer`] trait the receiver hands decoded
 //!   OTLP requests to, and the errors it may answer with.
 //! * [`health`] — readiness shared between the exporter and the admin API.
+//! * [`walk`] — one walk over an OTLP traces or logs request (resource → scope →
+//!   record), used by the receiver's checks and every processor.
 
 #![warn(missing_docs)]
 
@@ -18,6 +20,7 @@ pub mod pipeline;
 mod process_stats;
 pub mod token_metrics;
 pub mod tokens;
+pub mod walk;
 
 pub use activity::{ActivityEvent, Outcome, RejectedRecord};
 pub use health::Readiness;

@@ -19,8 +19,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::Event as SpanEvent;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status};
-use prost::Message;
 use serde_json::Map;
+use tally_model::walk::{Context, Record, Request, Signal};
 use tally_model::{ids, ActivityEvent, Outcome};
 
 use crate::otlp_value::{as_i64, as_text, hex_lower, into_json, to_json};
@@ -33,9 +33,6 @@ pub struct Classified {
     /// Records that carried no action (counted, not stored).
     pub without_action: u64,
 }
-
-/// Severity numbers at or above this (ERROR) mark a log event as a failure.
-const SEVERITY_ERROR: i32 = 17;
 
 /// Identity fields found among a record's attributes. Each slot holds the value
 /// of one attribute key; aliases resolve in [`Identity::finish`].
@@ -343,34 +340,21 @@ pub fn classify_traces(
     request: &ExportTraceServiceRequest,
     received_at: DateTime<Utc>,
 ) -> Classified {
-    let mut out = Classified::default();
-    for resource_spans in &request.resource_spans {
-        let resource_attrs = resource_spans
-            .resource
-            .as_ref()
-            .map_or(&[][..], |r| &r.attributes[..]);
-        for scope_spans in &resource_spans.scope_spans {
-            let scope_attrs = scope_spans
-                .scope
-                .as_ref()
-                .map_or(&[][..], |s| &s.attributes[..]);
-            for span in &scope_spans.spans {
-                let (identity, attributes) =
-                    collect([resource_attrs, scope_attrs, &span.attributes]);
-                let facts = SpanFacts {
-                    trace_id: &span.trace_id,
-                    span_id: &span.span_id,
-                    status: span.status.as_ref(),
-                    start: span.start_time_unix_nano,
-                    end: span.end_time_unix_nano,
-                    name: Cow::Borrowed(&span.name),
-                    events: &span.events,
-                };
-                span_event(&mut out, identity, attributes, facts, received_at);
-            }
-        }
-    }
-    out
+    classify(request, received_at)
+}
+
+/// Classifies the log records of a `LogsService/Export` request.
+///
+/// The event time is the record's time, else its observed time, else `received_at`.
+pub fn classify_logs(request: &ExportLogsServiceRequest, received_at: DateTime<Utc>) -> Classified {
+    classify(request, received_at)
+}
+
+/// Classifies every record of a request (one [`Classifier`] over the shared walk).
+fn classify<Q: Request>(request: &Q, received_at: DateTime<Utc>) -> Classified {
+    let mut classifier = Classifier::new(received_at);
+    request.walk(|_, context, record| classifier.record(context, record));
+    classifier.finish()
 }
 
 /// [`classify_traces`] that moves the spans' own attribute keys and values
@@ -383,55 +367,146 @@ pub fn classify_traces_taking(
     request: &mut ExportTraceServiceRequest,
     received_at: DateTime<Utc>,
 ) -> Classified {
-    let mut out = Classified::default();
-    for resource_spans in &mut request.resource_spans {
-        let resource_attrs = resource_spans
-            .resource
-            .as_ref()
-            .map_or(&[][..], |r| &r.attributes[..]);
-        for scope_spans in &mut resource_spans.scope_spans {
-            let scope_attrs = scope_spans
-                .scope
-                .as_ref()
-                .map_or(&[][..], |s| &s.attributes[..]);
-            for span in &mut scope_spans.spans {
-                let Span {
-                    attributes,
-                    trace_id,
-                    span_id,
-                    status,
-                    start_time_unix_nano,
-                    end_time_unix_nano,
-                    name,
-                    events,
-                    ..
-                } = span;
-                let (identity, attributes) =
-                    collect_taking([resource_attrs, scope_attrs], attributes);
-                let facts = SpanFacts {
-                    trace_id,
-                    span_id,
-                    status: status.as_ref(),
-                    start: *start_time_unix_nano,
-                    end: *end_time_unix_nano,
-                    name: Cow::Owned(std::mem::take(name)),
-                    events,
-                };
-                span_event(&mut out, identity, attributes, facts, received_at);
-            }
-        }
-    }
-    out
+    let mut classifier = Classifier::new(received_at);
+    request.walk_mut(|_, context, span| classifier.span_taking(context, span));
+    classifier.finish()
 }
 
-/// What the event of a span needs besides its attributes.
-struct SpanFacts<'a> {
+/// Classifies records one at a time, for a walk that does other work on each
+/// record too (a fused pass; see `docs/performance.md` for why the pipeline has none yet).
+#[derive(Debug)]
+pub struct Classifier {
+    out: Classified,
+    received_at: DateTime<Utc>,
+    /// A log record's encoding, for its id (the allocation is kept).
+    encoded: Vec<u8>,
+}
+
+impl Classifier {
+    /// A classifier for one request; `received_at` stands in for a missing time.
+    pub fn new(received_at: DateTime<Utc>) -> Self {
+        Classifier {
+            out: Classified::default(),
+            received_at,
+            encoded: Vec::new(),
+        }
+    }
+
+    /// Classifies one span or log record under its resource and scope.
+    pub fn record<R: Record>(&mut self, context: Context<'_>, record: &R) {
+        let (identity, attributes) = collect(context.levels(record.attributes()));
+        let facts = Facts {
+            signal: R::SIGNAL,
+            trace_id: record.trace_id(),
+            span_id: record.span_id(),
+            status_outcome: record.status_outcome(),
+            time: record.time_unix_nano(),
+            end: record.end_time_unix_nano(),
+            name: Cow::Borrowed(record.name()),
+            status_message: record.status_message(),
+            events: record.events(),
+        };
+        let encoded = &mut self.encoded;
+        add_event(
+            &mut self.out,
+            identity,
+            attributes,
+            facts,
+            self.received_at,
+            |identity, attributes| match R::SIGNAL {
+                Signal::Traces => ids::span_event_id(record.trace_id(), record.span_id()),
+                Signal::Logs => log_event_id(record, identity, attributes, encoded),
+            },
+        );
+    }
+
+    /// [`Classifier::record`] for a span the caller is done with: its own
+    /// attributes and name are moved into the event (see [`classify_traces_taking`]).
+    pub fn span_taking(&mut self, context: Context<'_>, span: &mut Span) {
+        let Span {
+            attributes,
+            trace_id,
+            span_id,
+            status,
+            start_time_unix_nano,
+            end_time_unix_nano,
+            name,
+            events,
+            ..
+        } = span;
+        let (identity, attributes) = collect_taking([context.resource, context.scope], attributes);
+        let facts = Facts {
+            signal: Signal::Traces,
+            trace_id,
+            span_id,
+            status_outcome: span_status_outcome(status.as_ref()),
+            time: *start_time_unix_nano,
+            end: Some(*end_time_unix_nano),
+            name: Cow::Owned(std::mem::take(name)),
+            status_message: status.as_ref().map(|s| s.message.as_str()),
+            events,
+        };
+        add_event(
+            &mut self.out,
+            identity,
+            attributes,
+            facts,
+            self.received_at,
+            |_, _| ids::span_event_id(trace_id, span_id),
+        );
+    }
+
+    /// The events and the count of records without action.
+    pub fn finish(self) -> Classified {
+        self.out
+    }
+}
+
+/// What a span's status code says (as [`Record::status_outcome`]).
+fn span_status_outcome(status: Option<&Status>) -> Outcome {
+    match status.map(|s| s.code()) {
+        Some(StatusCode::Error) => Outcome::Failure,
+        Some(StatusCode::Ok) => Outcome::Success,
+        _ => Outcome::Unknown,
+    }
+}
+
+/// The id of a log record's event: its own `tally.event.id` (then taken out
+/// of the attributes), else a hash of its service and encoding.
+fn log_event_id<R: Record>(
+    record: &R,
+    identity: &Identity<'_>,
+    attributes: &mut Map<String, serde_json::Value>,
+    encoded: &mut Vec<u8>,
+) -> uuid::Uuid {
+    match explicit_event_id(record.attributes()) {
+        Some(id) => {
+            attributes.remove(ids::EVENT_ID_ATTRIBUTE);
+            id
+        }
+        None => {
+            let service = as_text(identity.service).unwrap_or_default();
+            encoded.clear();
+            // Encoding into a Vec cannot fail: it grows as needed.
+            let _ = record.encode(encoded);
+            ids::log_event_id(&service, encoded)
+        }
+    }
+}
+
+/// What the event of a record needs besides its attributes.
+struct Facts<'a> {
+    signal: Signal,
     trace_id: &'a [u8],
     span_id: &'a [u8],
-    status: Option<&'a Status>,
-    start: u64,
-    end: u64,
+    status_outcome: Outcome,
+    /// A span's start, a log record's time (else its observed time).
+    time: u64,
+    /// A span's end.
+    end: Option<u64>,
+    /// The span name, or the log record's `EventName` field.
     name: Cow<'a, str>,
+    status_message: Option<&'a str>,
     events: &'a [SpanEvent],
 }
 
@@ -448,120 +523,64 @@ fn span_duration_ms(start: u64, end: u64) -> Option<f64> {
     Some((end - start) as f64 / 1_000_000.0)
 }
 
-/// Adds the event of one span (or counts it as without action).
-fn span_event(
+/// Adds the event of one record (or counts it as without action); `id` gives
+/// its id once it is known to be an event.
+fn add_event<'a>(
     out: &mut Classified,
-    identity: Identity<'_>,
-    attributes: Map<String, serde_json::Value>,
-    span: SpanFacts<'_>,
+    identity: Identity<'a>,
+    mut attributes: Map<String, serde_json::Value>,
+    record: Facts<'a>,
     received_at: DateTime<Utc>,
+    id: impl FnOnce(&Identity<'a>, &mut Map<String, serde_json::Value>) -> uuid::Uuid,
 ) {
-    let Some(action) = as_text(identity.action).or_else(|| as_text(identity.event_name)) else {
+    let field_name = (!record.name.is_empty()).then_some(record.name);
+    // A log record's `EventName` field names its action before `event.name`;
+    // a span's name never does.
+    let (action, name) = match record.signal {
+        Signal::Traces => (
+            as_text(identity.action).or_else(|| as_text(identity.event_name)),
+            field_name.map(Cow::into_owned),
+        ),
+        Signal::Logs => {
+            let field_name = field_name.map(Cow::into_owned);
+            (
+                as_text(identity.action)
+                    .or_else(|| field_name.clone())
+                    .or_else(|| as_text(identity.event_name)),
+                field_name.or_else(|| as_text(identity.event_name)),
+            )
+        }
+    };
+    let Some(action) = action else {
         out.without_action += 1;
         return;
     };
     // Whatever its shape (too long, control characters …), the action goes on: the
     // validator quarantines a malformed one to `rejected_events` (`malformed_action`).
     let action = action.trim().to_string();
-    let status_outcome = match span.status.map(|s| s.code()) {
-        Some(StatusCode::Error) => Outcome::Failure,
-        Some(StatusCode::Ok) => Outcome::Success,
-        _ => Outcome::Unknown,
-    };
-    let exception = span
+    let exception = record
         .events
         .iter()
         .rev()
         .find(|event| event.name == EXCEPTION_EVENT)
         .map(|event| &event.attributes[..]);
+    let id = id(&identity, &mut attributes);
     let draft = Draft {
         identity,
         attributes,
         action,
-        ts: timestamp(span.start, received_at),
-        status_outcome,
-        trace_id: span.trace_id,
-        span_id: span.span_id,
-        name: (!span.name.is_empty()).then(|| span.name.into_owned()),
-        duration_ms: span_duration_ms(span.start, span.end),
-        status_message: span.status.map(|s| s.message.as_str()),
+        ts: timestamp(record.time, received_at),
+        status_outcome: record.status_outcome,
+        trace_id: record.trace_id,
+        span_id: record.span_id,
+        name,
+        duration_ms: record
+            .end
+            .and_then(|end| span_duration_ms(record.time, end)),
+        status_message: record.status_message,
         exception,
     };
-    out.events
-        .push(draft.finish(ids::span_event_id(span.trace_id, span.span_id)));
-}
-
-/// Classifies the log records of a `LogsService/Export` request.
-///
-/// The event time is the record's time, else its observed time, else `received_at`.
-pub fn classify_logs(request: &ExportLogsServiceRequest, received_at: DateTime<Utc>) -> Classified {
-    let mut out = Classified::default();
-    let mut encoded = Vec::new();
-    for resource_logs in &request.resource_logs {
-        let resource_attrs = resource_logs
-            .resource
-            .as_ref()
-            .map_or(&[][..], |r| &r.attributes[..]);
-        for scope_logs in &resource_logs.scope_logs {
-            let scope_attrs = scope_logs
-                .scope
-                .as_ref()
-                .map_or(&[][..], |s| &s.attributes[..]);
-            for record in &scope_logs.log_records {
-                let (identity, attributes) =
-                    collect([resource_attrs, scope_attrs, &record.attributes]);
-                let event_name = (!record.event_name.is_empty()).then(|| record.event_name.clone());
-                let Some(action) = as_text(identity.action)
-                    .or_else(|| event_name.clone())
-                    .or_else(|| as_text(identity.event_name))
-                else {
-                    out.without_action += 1;
-                    continue;
-                };
-                let name = event_name.or_else(|| as_text(identity.event_name));
-                let action = action.trim().to_string();
-                let status_outcome = if record.severity_number >= SEVERITY_ERROR {
-                    Outcome::Failure
-                } else {
-                    Outcome::Unknown
-                };
-                let nanos = if record.time_unix_nano != 0 {
-                    record.time_unix_nano
-                } else {
-                    record.observed_time_unix_nano
-                };
-                let mut attributes = attributes;
-                let id = match explicit_event_id(&record.attributes) {
-                    Some(id) => {
-                        attributes.remove(ids::EVENT_ID_ATTRIBUTE);
-                        id
-                    }
-                    None => {
-                        let service = as_text(identity.service).unwrap_or_default();
-                        encoded.clear();
-                        // Encoding into a Vec cannot fail: it grows as needed.
-                        let _ = record.encode(&mut encoded);
-                        ids::log_event_id(&service, &encoded)
-                    }
-                };
-                let draft = Draft {
-                    identity,
-                    attributes,
-                    action,
-                    ts: timestamp(nanos, received_at),
-                    status_outcome,
-                    trace_id: &record.trace_id,
-                    span_id: &record.span_id,
-                    name,
-                    duration_ms: None,
-                    status_message: None,
-                    exception: None,
-                };
-                out.events.push(draft.finish(id));
-            }
-        }
-    }
-    out
+    out.events.push(draft.finish(id));
 }
 
 /// The id a log record's own `tally.event.id` attribute sets, if valid

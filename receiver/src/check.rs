@@ -8,6 +8,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::Exemplar;
+use tally_model::walk::{Record, Request};
 
 use crate::error::{malformed, Malformed};
 
@@ -16,40 +17,30 @@ const SPAN_ID_LEN: usize = 8;
 
 /// Checks the ids of every span (and span link) and returns the number of spans.
 pub(crate) fn check_traces(request: &ExportTraceServiceRequest) -> Result<usize, Malformed> {
-    let mut count = 0;
-    for (r, resource_spans) in request.resource_spans.iter().enumerate() {
-        for (s, scope_spans) in resource_spans.scope_spans.iter().enumerate() {
-            for (i, span) in scope_spans.spans.iter().enumerate() {
-                let at = || format!("resourceSpans[{r}].scopeSpans[{s}].spans[{i}]");
-                check_id(&span.trace_id, TRACE_ID_LEN, &at, "traceId")?;
-                check_id(&span.span_id, SPAN_ID_LEN, &at, "spanId")?;
-                check_id(&span.parent_span_id, SPAN_ID_LEN, &at, "parentSpanId")?;
-                for (l, link) in span.links.iter().enumerate() {
-                    let at = || format!("{}.links[{l}]", at());
-                    check_id(&link.trace_id, TRACE_ID_LEN, &at, "traceId")?;
-                    check_id(&link.span_id, SPAN_ID_LEN, &at, "spanId")?;
-                }
-            }
-            count += scope_spans.spans.len();
-        }
-    }
-    Ok(count)
+    check_records(request)
 }
 
 /// Checks the ids of every log record and returns the number of log records.
 pub(crate) fn check_logs(request: &ExportLogsServiceRequest) -> Result<usize, Malformed> {
-    let mut count = 0;
-    for (r, resource_logs) in request.resource_logs.iter().enumerate() {
-        for (s, scope_logs) in resource_logs.scope_logs.iter().enumerate() {
-            for (i, record) in scope_logs.log_records.iter().enumerate() {
-                let at = || format!("resourceLogs[{r}].scopeLogs[{s}].logRecords[{i}]");
-                check_id(&record.trace_id, TRACE_ID_LEN, &at, "traceId")?;
-                check_id(&record.span_id, SPAN_ID_LEN, &at, "spanId")?;
-            }
-            count += scope_logs.log_records.len();
+    check_records(request)
+}
+
+/// Checks the ids of every record (trace, span and parent span ids, and those
+/// of a span's links) and returns the number of records.
+fn check_records<R: Request>(request: &R) -> Result<usize, Malformed> {
+    request.try_walk(|position, _, record| {
+        let at = || R::json_path(position);
+        check_id(record.trace_id(), TRACE_ID_LEN, &at, "traceId")?;
+        check_id(record.span_id(), SPAN_ID_LEN, &at, "spanId")?;
+        check_id(record.parent_span_id(), SPAN_ID_LEN, &at, "parentSpanId")?;
+        for (l, link) in record.links().iter().enumerate() {
+            let at = || format!("{}.links[{l}]", at());
+            check_id(&link.trace_id, TRACE_ID_LEN, &at, "traceId")?;
+            check_id(&link.span_id, SPAN_ID_LEN, &at, "spanId")?;
         }
-    }
-    Ok(count)
+        Ok::<(), Malformed>(())
+    })?;
+    Ok(request.record_count())
 }
 
 /// Checks the trace and span ids of every exemplar and returns the number of

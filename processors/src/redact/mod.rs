@@ -15,7 +15,9 @@
 //!
 //! Rules (their ids label `tally_redactions_total{rule}`): see [`Rule`].
 //!
-//! Over 600 lines: the rules plus twin trace/log walks; the walks go when the shared OTLP walker (issue 14, item 1) lands.
+//! Over 600 lines: the rules and what each does to a value; the request is walked by
+//! [`tally_model::walk`], and what is particular to a span or a log record is in
+//! the [`Redact`] impls at the end.
 
 mod hash;
 mod keys;
@@ -26,8 +28,14 @@ use std::net::{IpAddr, SocketAddr};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{
+    any_value::Value, AnyValue, InstrumentationScope, KeyValue,
+};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use tally_config::{RedactConfig, RedactRules};
+use tally_model::walk::{Context, LevelVisitor, Record, Request};
 
 use hash::{is_tagged, Keyed};
 use keys::{is_content_event, KeyClass, KeyList, Keys};
@@ -373,92 +381,7 @@ impl Redactor {
     /// Redacts a `TraceService/Export` request in place: resource, scope, span,
     /// span event and link attributes, span names and status messages.
     pub fn redact_traces(&self, request: &mut ExportTraceServiceRequest) -> RedactionCounts {
-        let mut c = RedactionCounts::default();
-        if !self.enabled {
-            return c;
-        }
-        let mut keys = KeyCache::default();
-        for resource_spans in &mut request.resource_spans {
-            let resource_used = match resource_spans.resource.as_mut() {
-                Some(resource) => {
-                    let out = self.attrs(
-                        &mut keys,
-                        &mut resource.attributes,
-                        Ctx::default(),
-                        self.max_record,
-                        &mut c,
-                    );
-                    resource.dropped_attributes_count = resource
-                        .dropped_attributes_count
-                        .saturating_add(out.dropped);
-                    out.used
-                }
-                None => 0,
-            };
-            for scope_spans in &mut resource_spans.scope_spans {
-                let scope_used = match scope_spans.scope.as_mut() {
-                    Some(scope) => {
-                        let budget = self.max_record.saturating_sub(resource_used);
-                        let out = self.attrs(
-                            &mut keys,
-                            &mut scope.attributes,
-                            Ctx::default(),
-                            budget,
-                            &mut c,
-                        );
-                        scope.dropped_attributes_count =
-                            scope.dropped_attributes_count.saturating_add(out.dropped);
-                        out.used
-                    }
-                    None => 0,
-                };
-                let budget = self
-                    .max_record
-                    .saturating_sub(resource_used.saturating_add(scope_used));
-                for span in &mut scope_spans.spans {
-                    self.text_in_place(&mut span.name, &mut c);
-                    let out = self.attrs(
-                        &mut keys,
-                        &mut span.attributes,
-                        Ctx::default(),
-                        budget,
-                        &mut c,
-                    );
-                    span.dropped_attributes_count =
-                        span.dropped_attributes_count.saturating_add(out.dropped);
-                    for event in &mut span.events {
-                        self.text_in_place(&mut event.name, &mut c);
-                        let ctx = Ctx {
-                            content_event: self.rules.content && is_content_event(&event.name),
-                        };
-                        let out = self.attrs(
-                            &mut keys,
-                            &mut event.attributes,
-                            ctx,
-                            self.max_record,
-                            &mut c,
-                        );
-                        event.dropped_attributes_count =
-                            event.dropped_attributes_count.saturating_add(out.dropped);
-                    }
-                    for link in &mut span.links {
-                        let out = self.attrs(
-                            &mut keys,
-                            &mut link.attributes,
-                            Ctx::default(),
-                            self.max_record,
-                            &mut c,
-                        );
-                        link.dropped_attributes_count =
-                            link.dropped_attributes_count.saturating_add(out.dropped);
-                    }
-                    if let Some(status) = span.status.as_mut() {
-                        self.text_in_place(&mut status.message, &mut c);
-                    }
-                }
-            }
-        }
-        c
+        self.redact(request)
     }
 
     /// Redacts a `LogsService/Export` request in place: resource, scope and
@@ -466,79 +389,44 @@ impl Redactor {
     /// `EventName` or `event.name`) or of a record carrying a content attribute
     /// is replaced by [`MARK_CONTENT`].
     pub fn redact_logs(&self, request: &mut ExportLogsServiceRequest) -> RedactionCounts {
-        let mut c = RedactionCounts::default();
+        self.redact(request)
+    }
+
+    /// Redacts every level of a request over the shared walk.
+    fn redact<Q: Request>(&self, request: &mut Q) -> RedactionCounts
+    where
+        Q::Record: Redact,
+    {
         if !self.enabled {
-            return c;
+            return RedactionCounts::default();
         }
-        let mut keys = KeyCache::default();
-        for resource_logs in &mut request.resource_logs {
-            let resource_used = match resource_logs.resource.as_mut() {
-                Some(resource) => {
-                    let out = self.attrs(
-                        &mut keys,
-                        &mut resource.attributes,
-                        Ctx::default(),
-                        self.max_record,
-                        &mut c,
-                    );
-                    resource.dropped_attributes_count = resource
-                        .dropped_attributes_count
-                        .saturating_add(out.dropped);
-                    out.used
-                }
-                None => 0,
-            };
-            for scope_logs in &mut resource_logs.scope_logs {
-                let scope_used = match scope_logs.scope.as_mut() {
-                    Some(scope) => {
-                        let budget = self.max_record.saturating_sub(resource_used);
-                        let out = self.attrs(
-                            &mut keys,
-                            &mut scope.attributes,
-                            Ctx::default(),
-                            budget,
-                            &mut c,
-                        );
-                        scope.dropped_attributes_count =
-                            scope.dropped_attributes_count.saturating_add(out.dropped);
-                        out.used
-                    }
-                    None => 0,
-                };
-                let budget = self
-                    .max_record
-                    .saturating_sub(resource_used.saturating_add(scope_used));
-                for record in &mut scope_logs.log_records {
-                    self.text_in_place(&mut record.event_name, &mut c);
-                    let named_content = self.rules.content
-                        && (is_content_event(&record.event_name)
-                            || record.attributes.iter().any(|kv| {
-                                kv.key == "event.name"
-                                    && matches!(
-                                        kv.value.as_ref().and_then(|v| v.value.as_ref()),
-                                        Some(Value::StringValue(name)) if is_content_event(name)
-                                    )
-                            }));
-                    let ctx = Ctx {
-                        content_event: named_content,
-                    };
-                    let out = self.attrs(&mut keys, &mut record.attributes, ctx, budget, &mut c);
-                    record.dropped_attributes_count =
-                        record.dropped_attributes_count.saturating_add(out.dropped);
-                    if let Some(body) = record.body.as_mut() {
-                        if self.rules.content && (named_content || out.content) {
-                            if !is_empty(body) && !is_string(body, MARK_CONTENT) {
-                                set_string(body, MARK_CONTENT);
-                                c.add(Rule::Content, 1);
-                            }
-                        } else {
-                            self.value(body, KeyClass::Plain, 0, ctx, &mut c);
-                        }
-                    }
-                }
-            }
+        let mut walk = self.walk();
+        request.walk_levels_mut(&mut walk);
+        walk.counts
+    }
+
+    /// A redaction walk over one request (key cache and counts), for
+    /// [`Request::walk_levels_mut`] alone or inside a walk doing more.
+    pub(crate) fn walk(&self) -> RedactWalk<'_> {
+        RedactWalk {
+            redactor: self,
+            keys: KeyCache::default(),
+            counts: RedactionCounts::default(),
         }
-        c
+    }
+
+    /// Redacts a resource's or scope's attributes within `budget`; the bytes they keep.
+    fn level_attrs(
+        &self,
+        keys: &mut KeyCache,
+        attributes: &mut Vec<KeyValue>,
+        dropped_attributes_count: &mut u32,
+        budget: usize,
+        c: &mut RedactionCounts,
+    ) -> usize {
+        let out = self.attrs(keys, attributes, Ctx::default(), budget, c);
+        *dropped_attributes_count = dropped_attributes_count.saturating_add(out.dropped);
+        out.used
     }
 
     /// Redacts one attribute list (for callers holding attributes outside a
@@ -879,6 +767,135 @@ impl Redactor {
             .saturating_add(u32::try_from(removed).unwrap_or(u32::MAX));
         out.used = used;
         out
+    }
+}
+
+/// One request's redaction, level by level: a resource's visit gives the bytes
+/// its attributes keep, a scope's the budget left to its records.
+#[derive(Debug)]
+pub(crate) struct RedactWalk<'r> {
+    redactor: &'r Redactor,
+    keys: KeyCache,
+    /// What the walk changed so far.
+    pub(crate) counts: RedactionCounts,
+}
+
+impl<R: Redact> LevelVisitor<R> for RedactWalk<'_> {
+    type Resource = usize;
+    type Scope = usize;
+
+    fn resource(&mut self, resource: Option<&mut Resource>) -> usize {
+        let r = self.redactor;
+        match resource {
+            Some(resource) => r.level_attrs(
+                &mut self.keys,
+                &mut resource.attributes,
+                &mut resource.dropped_attributes_count,
+                r.max_record,
+                &mut self.counts,
+            ),
+            None => 0,
+        }
+    }
+
+    fn scope(&mut self, resource_used: &usize, scope: Option<&mut InstrumentationScope>) -> usize {
+        let r = self.redactor;
+        let scope_used = match scope {
+            Some(scope) => r.level_attrs(
+                &mut self.keys,
+                &mut scope.attributes,
+                &mut scope.dropped_attributes_count,
+                r.max_record.saturating_sub(*resource_used),
+                &mut self.counts,
+            ),
+            None => 0,
+        };
+        r.max_record
+            .saturating_sub(resource_used.saturating_add(scope_used))
+    }
+
+    fn record(&mut self, budget: &usize, _: Context<'_>, record: &mut R) {
+        record.redact(self.redactor, &mut self.keys, *budget, &mut self.counts);
+    }
+}
+
+/// What redaction does to one kind of record, within the `budget` its
+/// resource and scope left.
+pub(crate) trait Redact: Record {
+    fn redact(&mut self, r: &Redactor, keys: &mut KeyCache, budget: usize, c: &mut RedactionCounts);
+}
+
+impl Redact for Span {
+    /// The name, attributes (within the budget), events' names and attributes,
+    /// links' attributes and status message.
+    fn redact(
+        &mut self,
+        r: &Redactor,
+        keys: &mut KeyCache,
+        budget: usize,
+        c: &mut RedactionCounts,
+    ) {
+        let span = self;
+        r.text_in_place(&mut span.name, c);
+        let out = r.attrs(keys, &mut span.attributes, Ctx::default(), budget, c);
+        span.dropped_attributes_count = span.dropped_attributes_count.saturating_add(out.dropped);
+        for event in &mut span.events {
+            r.text_in_place(&mut event.name, c);
+            let ctx = Ctx {
+                content_event: r.rules.content && is_content_event(&event.name),
+            };
+            let out = r.attrs(keys, &mut event.attributes, ctx, r.max_record, c);
+            event.dropped_attributes_count =
+                event.dropped_attributes_count.saturating_add(out.dropped);
+        }
+        for link in &mut span.links {
+            let out = r.attrs(keys, &mut link.attributes, Ctx::default(), r.max_record, c);
+            link.dropped_attributes_count =
+                link.dropped_attributes_count.saturating_add(out.dropped);
+        }
+        if let Some(status) = span.status.as_mut() {
+            r.text_in_place(&mut status.message, c);
+        }
+    }
+}
+
+impl Redact for LogRecord {
+    /// The event name, attributes (within the budget) and body; the body of a
+    /// content event or of a record with a content attribute is dropped.
+    fn redact(
+        &mut self,
+        r: &Redactor,
+        keys: &mut KeyCache,
+        budget: usize,
+        c: &mut RedactionCounts,
+    ) {
+        let record = self;
+        r.text_in_place(&mut record.event_name, c);
+        let named_content = r.rules.content
+            && (is_content_event(&record.event_name)
+                || record.attributes.iter().any(|kv| {
+                    kv.key == "event.name"
+                        && matches!(
+                            kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                            Some(Value::StringValue(name)) if is_content_event(name)
+                        )
+                }));
+        let ctx = Ctx {
+            content_event: named_content,
+        };
+        let out = r.attrs(keys, &mut record.attributes, ctx, budget, c);
+        record.dropped_attributes_count =
+            record.dropped_attributes_count.saturating_add(out.dropped);
+        if let Some(body) = record.body.as_mut() {
+            if r.rules.content && (named_content || out.content) {
+                if !is_empty(body) && !is_string(body, MARK_CONTENT) {
+                    set_string(body, MARK_CONTENT);
+                    c.add(Rule::Content, 1);
+                }
+            } else {
+                r.value(body, KeyClass::Plain, 0, ctx, c);
+            }
+        }
     }
 }
 

@@ -39,12 +39,11 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use prost::Message;
 use serde_json::Map;
 use tally_config::{PricingConfig, TokenMapping, TokensConfig};
 use tally_model::tokens::CallReport;
 use tally_model::tokens::{token_log_id, token_span_id};
+use tally_model::walk::{Context, Record, Request, Signal};
 use tally_model::{AttributionSource, Outcome, TokenUsage};
 
 use crate::attribution::{Identity, RowKey, TraceCache, TraceId, TraceScope};
@@ -174,6 +173,12 @@ impl<'a> Attrs<'a> {
     fn new() -> Self {
         Attrs {
             map: FastMap::default(),
+        }
+    }
+
+    fn with_capacity(capacity: usize) -> Self {
+        Attrs {
+            map: FastMap::with_capacity_and_hasher(capacity, Default::default()),
         }
     }
 
@@ -847,62 +852,199 @@ impl TokenProcessor {
         cache: &TraceCache,
         tenant: Option<&str>,
     ) -> TokenBatch {
-        let scope = cache.scope(tenant);
-        let mut out = TokenBatch {
-            scope: Some(scope),
-            ..TokenBatch::default()
-        };
-        if !self.enabled {
-            return out;
+        self.walk(request, received_at, cache, tenant)
+    }
+
+    /// The token rows of a `LogsService/Export` request: a log record counts when
+    /// it carries a model and usage (and is not an agent/workflow/tool record).
+    pub fn logs(
+        &self,
+        request: &ExportLogsServiceRequest,
+        received_at: DateTime<Utc>,
+        cache: &TraceCache,
+        tenant: Option<&str>,
+    ) -> TokenBatch {
+        self.walk(request, received_at, cache, tenant)
+    }
+
+    /// The token rows of a request (one [`TokenPass`] over the shared walk).
+    fn walk<Q: Request>(
+        &self,
+        request: &Q,
+        received_at: DateTime<Utc>,
+        cache: &TraceCache,
+        tenant: Option<&str>,
+    ) -> TokenBatch {
+        let mut pass = self.pass(received_at, cache, tenant);
+        if self.enabled {
+            let mut attrs = Attrs::new();
+            request.walk(|_, context, record| pass.record_with(&mut attrs, context, record));
         }
-        let mut spans: Vec<SpanFacts> = Vec::new();
-        let mut attrs = Attrs::new();
-        for resource_spans in &request.resource_spans {
-            let resource_attrs = resource_spans
-                .resource
-                .as_ref()
-                .map_or(&[][..], |r| &r.attributes[..]);
-            for scope_spans in &resource_spans.scope_spans {
-                let scope_attrs = scope_spans
-                    .scope
-                    .as_ref()
-                    .map_or(&[][..], |s| &s.attributes[..]);
-                let scope_name = scope_spans.scope.as_ref().map_or("", |s| s.name.as_str());
-                for span in &scope_spans.spans {
-                    attrs.fill([resource_attrs, scope_attrs, &span.attributes]);
-                    let mut extract = self.extract(&attrs, Some(&span.name), scope_name);
-                    extract.remote_agent = extract.role == Role::Agent
-                        && span.kind() == SpanKind::Client
-                        && extract
-                            .operation
-                            .as_deref()
-                            .is_some_and(|op| op.eq_ignore_ascii_case("invoke_agent"));
-                    let trace = trace_key(&span.trace_id).map(|t| scope.key(t));
-                    self.learn(cache, trace, &extract.identity, tenant, &mut out);
-                    let outcome = match span.status.as_ref().map(|s| s.code()) {
-                        Some(StatusCode::Error) => Outcome::Failure,
-                        Some(StatusCode::Ok) => Outcome::Success,
-                        _ if attrs.get("error.type").is_some() => Outcome::Failure,
-                        _ => Outcome::Unknown,
-                    };
-                    let duration_ms = (span.start_time_unix_nano > 0
-                        && span.end_time_unix_nano >= span.start_time_unix_nano)
-                        .then(|| {
-                            (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e6
-                        });
-                    spans.push(SpanFacts {
-                        trace,
-                        span: span_key(&span.span_id),
-                        parent: span_key(&span.parent_span_id),
-                        extract,
-                        ts: timestamp(span.start_time_unix_nano, received_at),
-                        duration_ms,
-                        outcome,
-                        trace_bytes: span.trace_id.clone(),
-                        span_bytes: span.span_id.clone(),
-                    });
-                }
+        pass.finish()
+    }
+
+    /// A token pass over one request, fed one record at a time
+    /// ([`TokenPass::record`]), for a walk that does other work on each record
+    /// too (a fused pass; the pipeline has none yet). `received_at` stands in for a missing
+    /// time; `tenant` is the sender's bound tenant.
+    pub fn pass<'p>(
+        &'p self,
+        received_at: DateTime<Utc>,
+        cache: &'p TraceCache,
+        tenant: Option<&'p str>,
+    ) -> TokenPass<'p> {
+        let scope = cache.scope(tenant);
+        TokenPass {
+            processor: self,
+            cache,
+            tenant,
+            received_at,
+            scope,
+            out: TokenBatch {
+                scope: Some(scope),
+                ..TokenBatch::default()
+            },
+            spans: Vec::new(),
+            encoded: Vec::new(),
+        }
+    }
+}
+
+/// Token extraction over one request, one record at a time: log records are
+/// turned into rows as they come; spans are collected, and counted once all
+/// are known ([`TokenPass::finish`]).
+pub struct TokenPass<'p> {
+    processor: &'p TokenProcessor,
+    cache: &'p TraceCache,
+    tenant: Option<&'p str>,
+    received_at: DateTime<Utc>,
+    scope: TraceScope,
+    out: TokenBatch,
+    spans: Vec<SpanFacts>,
+    /// A log record's encoding, for its row id (the allocation is kept).
+    encoded: Vec<u8>,
+}
+
+impl std::fmt::Debug for TokenPass<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPass")
+            .field("spans", &self.spans.len())
+            .field("rows", &self.out.rows.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenPass<'_> {
+    /// Extracts the token facts of one span or log record under its resource and scope.
+    pub fn record<R: Record>(&mut self, context: Context<'_>, record: &R) {
+        if !self.processor.enabled {
+            return;
+        }
+        let mut attrs = Attrs::with_capacity(
+            context.resource.len() + context.scope.len() + record.attributes().len(),
+        );
+        self.record_with(&mut attrs, context, record);
+    }
+
+    /// [`TokenPass::record`] with a lookup table kept from record to record.
+    fn record_with<'a, R: Record>(
+        &mut self,
+        attrs: &mut Attrs<'a>,
+        context: Context<'a>,
+        record: &'a R,
+    ) {
+        let processor = self.processor;
+        let (cache, tenant) = (self.cache, self.tenant);
+        attrs.fill(context.levels(record.attributes()));
+        let trace = trace_key(record.trace_id()).map(|t| self.scope.key(t));
+        let outcome = match record.status_outcome() {
+            Outcome::Unknown if attrs.get("error.type").is_some() => Outcome::Failure,
+            outcome => outcome,
+        };
+        let ts = timestamp(record.time_unix_nano(), self.received_at);
+        match R::SIGNAL {
+            Signal::Traces => {
+                let mut extract = processor.extract(attrs, Some(record.name()), context.scope_name);
+                extract.remote_agent = extract.role == Role::Agent
+                    && record.kind() == SpanKind::Client
+                    && extract
+                        .operation
+                        .as_deref()
+                        .is_some_and(|op| op.eq_ignore_ascii_case("invoke_agent"));
+                processor.learn(cache, trace, &extract.identity, tenant, &mut self.out);
+                let start = record.time_unix_nano();
+                let duration_ms = record
+                    .end_time_unix_nano()
+                    .filter(|end| start > 0 && *end >= start)
+                    .map(|end| (end - start) as f64 / 1e6);
+                self.spans.push(SpanFacts {
+                    trace,
+                    span: span_key(record.span_id()),
+                    parent: span_key(record.parent_span_id()),
+                    extract,
+                    ts,
+                    duration_ms,
+                    outcome,
+                    trace_bytes: record.trace_id().to_vec(),
+                    span_bytes: record.span_id().to_vec(),
+                });
             }
+            Signal::Logs => {
+                let mut extract = processor.extract(attrs, None, context.scope_name);
+                processor.learn(cache, trace, &extract.identity, tenant, &mut self.out);
+                let counts = processor.from_logs
+                    && matches!(extract.role, Role::Inference | Role::Unmarked)
+                    && extract.has_model()
+                    && extract.usage_known();
+                if !counts {
+                    return;
+                }
+                let name = record.name();
+                if !name.is_empty() {
+                    extract
+                        .kept
+                        .insert("event.name".into(), serde_json::Value::String(name.into()));
+                }
+                let id = match crate::classify::explicit_event_id(record.attributes()) {
+                    Some(event_id) => tally_model::ids::token_event_id(&event_id),
+                    None => {
+                        self.encoded.clear();
+                        // Encoding into a Vec cannot fail: it grows as needed.
+                        let _ = record.encode(&mut self.encoded);
+                        token_log_id(extract.service.as_deref().unwrap_or(""), &self.encoded)
+                    }
+                };
+                processor.row(
+                    extract,
+                    id,
+                    ts,
+                    trace,
+                    record.trace_id(),
+                    record.span_id(),
+                    outcome,
+                    None,
+                    false,
+                    cache,
+                    tenant,
+                    &mut self.out,
+                );
+            }
+        }
+    }
+
+    /// Counts the spans once (the parent/child and agent rules) and builds
+    /// their rows; the batch of the whole request.
+    pub fn finish(self) -> TokenBatch {
+        let TokenPass {
+            processor,
+            cache,
+            tenant,
+            mut out,
+            spans,
+            ..
+        } = self;
+        if spans.is_empty() {
+            return out.finish(cache);
         }
         let counted = count_once(&spans, cache, &mut out);
         for (facts, counted) in spans.into_iter().zip(counted) {
@@ -914,7 +1056,7 @@ impl TokenProcessor {
                 continue;
             }
             let id = token_span_id(&facts.trace_bytes, &facts.span_bytes);
-            self.row(
+            processor.row(
                 facts.extract,
                 id,
                 facts.ts,
@@ -928,95 +1070,6 @@ impl TokenProcessor {
                 tenant,
                 &mut out,
             );
-        }
-        out.finish(cache)
-    }
-
-    /// The token rows of a `LogsService/Export` request: a log record counts when
-    /// it carries a model and usage (and is not an agent/workflow/tool record).
-    pub fn logs(
-        &self,
-        request: &ExportLogsServiceRequest,
-        received_at: DateTime<Utc>,
-        cache: &TraceCache,
-        tenant: Option<&str>,
-    ) -> TokenBatch {
-        let scope = cache.scope(tenant);
-        let mut out = TokenBatch {
-            scope: Some(scope),
-            ..TokenBatch::default()
-        };
-        if !self.enabled {
-            return out;
-        }
-        let mut encoded = Vec::new();
-        let mut attrs = Attrs::new();
-        for resource_logs in &request.resource_logs {
-            let resource_attrs = resource_logs
-                .resource
-                .as_ref()
-                .map_or(&[][..], |r| &r.attributes[..]);
-            for scope_logs in &resource_logs.scope_logs {
-                let scope_attrs = scope_logs
-                    .scope
-                    .as_ref()
-                    .map_or(&[][..], |s| &s.attributes[..]);
-                let scope_name = scope_logs.scope.as_ref().map_or("", |s| s.name.as_str());
-                for record in &scope_logs.log_records {
-                    attrs.fill([resource_attrs, scope_attrs, &record.attributes]);
-                    let name =
-                        (!record.event_name.is_empty()).then_some(record.event_name.as_str());
-                    let mut extract = self.extract(&attrs, None, scope_name);
-                    let trace = trace_key(&record.trace_id).map(|t| scope.key(t));
-                    self.learn(cache, trace, &extract.identity, tenant, &mut out);
-                    let counts = self.from_logs
-                        && matches!(extract.role, Role::Inference | Role::Unmarked)
-                        && extract.has_model()
-                        && extract.usage_known();
-                    if !counts {
-                        continue;
-                    }
-                    if let Some(name) = name {
-                        extract
-                            .kept
-                            .insert("event.name".into(), serde_json::Value::String(name.into()));
-                    }
-                    let nanos = if record.time_unix_nano != 0 {
-                        record.time_unix_nano
-                    } else {
-                        record.observed_time_unix_nano
-                    };
-                    let id = match crate::classify::explicit_event_id(&record.attributes) {
-                        Some(event_id) => tally_model::ids::token_event_id(&event_id),
-                        None => {
-                            encoded.clear();
-                            // Encoding into a Vec cannot fail: it grows as needed.
-                            let _ = record.encode(&mut encoded);
-                            token_log_id(extract.service.as_deref().unwrap_or(""), &encoded)
-                        }
-                    };
-                    let outcome =
-                        if record.severity_number >= 17 || attrs.get("error.type").is_some() {
-                            Outcome::Failure
-                        } else {
-                            Outcome::Unknown
-                        };
-                    self.row(
-                        extract,
-                        id,
-                        timestamp(nanos, received_at),
-                        trace,
-                        &record.trace_id,
-                        &record.span_id,
-                        outcome,
-                        None,
-                        false,
-                        cache,
-                        tenant,
-                        &mut out,
-                    );
-                }
-            }
         }
         out.finish(cache)
     }
