@@ -218,6 +218,10 @@ async fn an_acknowledged_call_is_in_every_aggregate_within_2_s() {
         (body["tokens"]["requests"] == 1
             && body["tokens"]["input_tokens"] == 1000
             && body["tokens"]["by_model"][0]["model"] == "gpt-4o"
+            // 250 ms, read as its bucket's middle (within 4.5%), from the tail.
+            && (body["tokens"]["time_to_first_token_p50_ms"].as_f64()? - 250.0).abs() < 250.0 * 0.045
+            && body["tokens"]["by_model"][0]["time_to_first_token_p95_ms"]
+                == body["tokens"]["time_to_first_token_p95_ms"]
             && body["activity"]["events"] == 1
             && body["activity"]["active_users"] == 1
             && body["activity"]["top_actions"][0]["action"] == "doc.read")
@@ -232,7 +236,13 @@ async fn an_acknowledged_call_is_in_every_aggregate_within_2_s() {
         Some(250.0),
         "{body}"
     );
-    assert!(row["duration_ms"].as_f64().is_some(), "{body}");
+    let duration_ms = row["duration_ms"].as_f64().expect("duration_ms");
+    // Output tokens per second of this call: 100 tokens over its duration.
+    let speed = row["output_tokens_per_second"].as_f64().expect("speed");
+    assert!(
+        (speed - 100.0 / (duration_ms / 1000.0)).abs() < 0.001,
+        "{body}"
+    );
     eventually(LIVE, "the event in /activity/aggregates", || async move {
         let body = api(
             tally,
@@ -504,6 +514,14 @@ async fn live_answers_equal_sql_over_the_raw_tables_at_every_grain() {
             let mut chat = chat_span(&trace, 2, start, model, 10 + n as i64, 1 + n as i64 % 5);
             // Durations from 5 ms to about 3 s; every seventh call failed.
             chat.end_time_unix_nano = chat.start_time_unix_nano + (5 + n * 373 % 3000) * 1_000_000;
+            // Three calls in four report a time to first token (2 ms to ~1 s).
+            if n % 4 != 0 {
+                let seconds = (2 + n * 131 % 1000) as f64 / 1000.0;
+                chat.attributes.push(kv(
+                    "gen_ai.server.time_to_first_token",
+                    &seconds.to_string(),
+                ));
+            }
             if n % 7 == 0 {
                 chat.status = Some(Status {
                     code: 2,
@@ -650,13 +668,16 @@ async fn live_answers_equal_sql_over_the_raw_tables_at_every_grain() {
             "{body}"
         );
         // Speed per model: success rate and output tokens per second exact,
-        // the duration percentiles within their bucket (4.5%).
+        // the duration and time-to-first-token percentiles within their
+        // bucket (4.5%).
         let rows = client
             .query(
                 "SELECT coalesce(model, ''), count(*), count(*) FILTER (WHERE outcome = 'failure'), \
                      percentile_disc(0.5) WITHIN GROUP (ORDER BY duration_ms), \
                      percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms), \
-                     sum(output_tokens)::float8 / (sum(duration_ms) / 1000) \
+                     sum(output_tokens)::float8 / (sum(duration_ms) / 1000), \
+                     percentile_disc(0.5) WITHIN GROUP (ORDER BY time_to_first_token_ms), \
+                     percentile_disc(0.95) WITHIN GROUP (ORDER BY time_to_first_token_ms) \
                  FROM token_usage \
                  WHERE seq <= $1 AND (ts AT TIME ZONE 'UTC')::date >= $2 \
                    AND (ts AT TIME ZONE 'UTC')::date < $3 AND ($4::text IS NULL OR tenant_id = $4) \
@@ -681,7 +702,12 @@ async fn live_answers_equal_sql_over_the_raw_tables_at_every_grain() {
             assert_eq!(item["failed_requests"].as_i64(), Some(failed), "{item}");
             let rate = item["success_rate"].as_f64().expect("success_rate");
             assert!((rate - (requests - failed) as f64 / requests as f64).abs() < 1e-9);
-            for (field, exact) in [("duration_p50_ms", 3), ("duration_p95_ms", 4)] {
+            for (field, exact) in [
+                ("duration_p50_ms", 3),
+                ("duration_p95_ms", 4),
+                ("time_to_first_token_p50_ms", 6),
+                ("time_to_first_token_p95_ms", 7),
+            ] {
                 let exact: f64 = row.get(exact);
                 let got = item[field].as_f64().expect(field);
                 assert!(

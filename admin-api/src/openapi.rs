@@ -803,7 +803,8 @@ fn add_usage_routes(doc: &mut Value) {
                 "cost_usd": { "type": ["number", "null"] },
                 "outcome": { "type": "string", "enum": ["success", "failure", "unknown"] },
                 "duration_ms": { "type": ["number", "null"] },
-                "time_to_first_token_ms": { "type": ["number", "null"] },
+                "time_to_first_token_ms": { "type": ["number", "null"], "description": "Time to the first output token or chunk of a streamed call, when the instrumentation reports it" },
+                "output_tokens_per_second": { "type": ["number", "null"], "description": "Derived, not stored: output_tokens over duration_ms in seconds (time to first token included); null without both" },
                 "attribution_source": { "type": "string", "enum": ["record", "trace", "none"] },
                 "attributes": { "type": "object" }
             }
@@ -869,13 +870,15 @@ fn add_usage_routes(doc: &mut Value) {
                 },
                 "tokens": {
                     "type": ["object", "null"],
-                    "description": "as_of_seq (the newest token_usage seq included), the totals (the TokenUsageAggregate sums) and the speed fields (failed_requests, success_rate, duration_p50_ms, duration_p95_ms, output_tokens_per_second; each by_model item has them too) plus by_model, by_provider and daily lists",
+                    "description": "as_of_seq (the newest token_usage seq included), the totals (the TokenUsageAggregate sums) and the speed fields (failed_requests, success_rate, duration_p50_ms, duration_p95_ms, time_to_first_token_p50_ms, time_to_first_token_p95_ms, output_tokens_per_second; each by_model item has them too) plus by_model, by_provider and daily lists",
                     "properties": {
                         "as_of_seq": { "type": "integer" },
                         "failed_requests": { "type": "integer" },
                         "success_rate": { "type": ["number", "null"], "description": "(requests - failed_requests) / requests" },
                         "duration_p50_ms": { "type": ["number", "null"], "description": "Median call duration, within 4.5%" },
                         "duration_p95_ms": { "type": ["number", "null"], "description": "95th percentile call duration, within 4.5%" },
+                        "time_to_first_token_p50_ms": { "type": ["number", "null"], "description": "Median time to first token of the calls that reported one, within 4.5%; null when none did" },
+                        "time_to_first_token_p95_ms": { "type": ["number", "null"], "description": "95th percentile time to first token of the calls that reported one, within 4.5%" },
                         "output_tokens_per_second": { "type": ["number", "null"], "description": "Output tokens over the summed durations of the calls that reported both" }
                     }
                 }

@@ -422,6 +422,8 @@ const TOKENS_DAY: i32 = 3;
 const TOKENS_PROVIDER: i32 = 5;
 const TOKENS_MODEL: i32 = 6;
 const TOKENS_SPEED: i32 = 8;
+/// The time-to-first-token histogram rows (migration 0025).
+const TOKENS_TTFT: i32 = 9;
 /// Most models and providers listed (the largest by total tokens).
 const MAX_KEYED: i64 = 1000;
 
@@ -429,13 +431,15 @@ const MAX_KEYED: i64 = 1000;
 const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
 
 /// The tokens section in one statement: the token rows not folded yet are
-/// read once (`tail`, grouped per day, provider, model, outcome and duration
-/// bucket) and summed with the rollup for the totals, the days, the providers
-/// and the models (`GROUPING SETS`), and with the latency rollup for the
-/// speed (migration 0017; not for one user, whose speed `own_speed_sql`
-/// reads). Rows: `part` (see the constants above), `day`, `key` (provider or
-/// model), `bucket`, the measures, `failed`, `rate_output_tokens`,
-/// `rate_duration_ms`, in part, day and rank order.
+/// read once (`tail`, grouped per day, provider, model, outcome, duration
+/// bucket and time-to-first-token bucket) and summed with the rollup for the
+/// totals, the days, the providers and the models (`GROUPING SETS`), with the
+/// latency rollup for the speed (migration 0017) and with the
+/// time-to-first-token rollup for its percentiles (migration 0025; neither for
+/// one user, whose speed `own_speed_sql` reads). Rows: `part` (see the
+/// constants above), `day`, `key` (provider or model), `bucket` (the duration
+/// bucket, or the TTFT bucket of the TTFT rows), the measures, `failed`,
+/// `rate_output_tokens`, `rate_duration_ms`, in part, day and rank order.
 fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
     let mut of_tail = String::new();
     if tenant.is_some() {
@@ -450,7 +454,11 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
         format!("sum(CASE WHEN {TIMED} THEN duration_ms ELSE 0 END) AS rate_duration_ms");
     let tail = TOKENS.tail_groups(
         &["provider", "model"],
-        &["outcome", "tally_duration_bucket(duration_ms) AS bucket"],
+        &[
+            "outcome",
+            "tally_duration_bucket(duration_ms) AS bucket",
+            "tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket",
+        ],
         &[&rate_output, &rate_duration],
         (Some("$1"), Some("$2")),
         &of_tail,
@@ -467,10 +475,13 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
     let speed = match user {
         Some(_) => String::new(),
         None => {
-            let latency = if tenant.is_some() {
-                "token_usage_latency_daily"
+            let (latency, ttft) = if tenant.is_some() {
+                ("token_usage_latency_daily", "token_usage_ttft_daily")
             } else {
-                "token_usage_latency_daily_all"
+                (
+                    "token_usage_latency_daily_all",
+                    "token_usage_ttft_daily_all",
+                )
             };
             format!(
                 " UNION ALL SELECT {TOKENS_SPEED}, NULL::date, model, bucket, NULL::int8, \
@@ -481,7 +492,14 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
                        FROM {latency}{w} \
                        UNION ALL SELECT model, outcome, bucket, requests, rate_output_tokens, \
                            rate_duration_ms FROM tail) AS l \
-                 GROUP BY model, bucket"
+                 GROUP BY model, bucket \
+                 UNION ALL SELECT {TOKENS_TTFT}, NULL::date, model, ttft_bucket, NULL::int8, \
+                     sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
+                     NULL::float8 \
+                 FROM (SELECT model, ttft_bucket, requests FROM {ttft}{w} \
+                       UNION ALL SELECT model, ttft_bucket, requests FROM tail) AS f \
+                 WHERE ttft_bucket >= 0 \
+                 GROUP BY model, ttft_bucket"
             )
         }
     };
@@ -550,9 +568,10 @@ async fn tokens_section(
     let mut by_provider = Vec::new();
     let mut daily = Vec::new();
     let mut histograms = Vec::new();
-    let histogram_row = |row: &Row, model: String| -> Result<HistogramRow, ApiError> {
+    let histogram_row = |row: &Row, model: String, ttft: bool| -> Result<HistogramRow, ApiError> {
         Ok(HistogramRow {
             model,
+            ttft,
             bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
             requests: int(row, "requests")?,
             failed: int(row, "failed")?,
@@ -578,14 +597,19 @@ async fn tokens_section(
             TOKENS_MODEL => by_model.push(keyed_item(row, "model")?),
             TOKENS_SPEED => {
                 let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
-                histograms.push(histogram_row(row, model.unwrap_or_default())?);
+                histograms.push(histogram_row(row, model.unwrap_or_default(), false)?);
+            }
+            TOKENS_TTFT => {
+                let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
+                histograms.push(histogram_row(row, model.unwrap_or_default(), true)?);
             }
             _ => {}
         }
     }
     for row in &own_speed_rows {
         let model: String = row.try_get("model").map_err(ApiError::from_db)?;
-        histograms.push(histogram_row(row, model)?);
+        let ttft: bool = row.try_get("ttft").map_err(ApiError::from_db)?;
+        histograms.push(histogram_row(row, model, ttft)?);
     }
     if !section.contains_key("requests") {
         // No row at all in the window: every total is 0.
@@ -616,22 +640,28 @@ async fn tokens_section(
     Ok(Value::Object(section))
 }
 
-/// The speed of one user's calls (a `self:read` caller): the latency rollups
-/// keep no user, so its token rows of the window are read as they are.
+/// The speed of one user's calls (a `self:read` caller): the latency and
+/// time-to-first-token rollups keep no user, so its token rows of the window
+/// are read as they are. Rows: the duration histogram (`ttft` false) and the
+/// time-to-first-token one (`ttft` true, its calls that reported one).
 fn own_speed_sql(w: &str) -> String {
     let timed = "duration_ms > 0 AND output_tokens IS NOT NULL";
     format!(
-        "SELECT model, bucket, count(*)::int8 AS requests, \
+        "SELECT model, CASE WHEN GROUPING(bucket) = 1 THEN ttft_bucket ELSE bucket END \
+                 AS bucket, GROUPING(bucket) = 1 AS ttft, count(*)::int8 AS requests, \
              count(*) FILTER (WHERE outcome = 'failure')::int8 AS failed, \
              sum(CASE WHEN {timed} THEN output_tokens ELSE 0 END)::int8 AS rate_output_tokens, \
              sum(CASE WHEN {timed} THEN duration_ms ELSE 0 END)::float8 AS rate_duration_ms \
          FROM (SELECT (ts AT TIME ZONE 'UTC')::date AS day, tenant_id, \
                    coalesce(user_id, '') AS user_id, coalesce(model, '') AS model, outcome, \
-                   tally_duration_bucket(duration_ms) AS bucket, output_tokens, duration_ms \
+                   tally_duration_bucket(duration_ms) AS bucket, \
+                   tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket, \
+                   output_tokens, duration_ms \
                FROM token_usage \
                WHERE ts >= $1::date::timestamp AT TIME ZONE 'UTC' \
                  AND ts < $2::date::timestamp AT TIME ZONE 'UTC') AS own{w} \
-         GROUP BY model, bucket"
+         GROUP BY GROUPING SETS ((model, bucket), (model, ttft_bucket)) \
+         HAVING GROUPING(bucket) = 0 OR ttft_bucket >= 0"
     )
 }
 
@@ -639,7 +669,10 @@ fn own_speed_sql(w: &str) -> String {
 #[derive(Debug, Clone)]
 struct HistogramRow {
     model: String,
-    /// -1: no duration; see [`bucket_ms`].
+    /// A row of the time-to-first-token histogram (only `requests` and
+    /// `bucket` count), not of the duration one.
+    ttft: bool,
+    /// -1: no duration (or no time to first token); see [`bucket_ms`].
     bucket: i16,
     requests: i64,
     failed: i64,
@@ -654,6 +687,8 @@ struct Speed {
     failed: i64,
     /// (bucket, calls) of the calls that reported a duration.
     histogram: Vec<(i16, i64)>,
+    /// (bucket, calls) of the calls that reported a time to first token.
+    ttft_histogram: Vec<(i16, i64)>,
     rate_output_tokens: i64,
     rate_duration_ms: f64,
 }
@@ -671,15 +706,18 @@ fn bucket_ms(bucket: i16) -> f64 {
 
 impl Speed {
     fn add(&mut self, row: &HistogramRow) {
+        if row.ttft {
+            if row.bucket >= 0 {
+                add_to(&mut self.ttft_histogram, row.bucket, row.requests);
+            }
+            return;
+        }
         self.requests += row.requests;
         self.failed += row.failed;
         self.rate_output_tokens += row.rate_output_tokens;
         self.rate_duration_ms += row.rate_duration_ms;
         if row.bucket >= 0 {
-            match self.histogram.iter_mut().find(|(b, _)| *b == row.bucket) {
-                Some((_, n)) => *n += row.requests,
-                None => self.histogram.push((row.bucket, row.requests)),
-            }
+            add_to(&mut self.histogram, row.bucket, row.requests);
         }
     }
 
@@ -687,23 +725,43 @@ impl Speed {
     /// at or under which at least `p` of the timed calls fall), as its bucket's
     /// middle; `None` without timed calls.
     fn percentile(&self, p: f64) -> Option<f64> {
-        let mut histogram = self.histogram.clone();
-        histogram.sort_unstable();
-        let timed: i64 = histogram.iter().map(|(_, n)| n).sum();
-        if timed <= 0 {
-            return None;
-        }
-        let rank = (p * timed as f64).ceil().max(1.0) as i64;
-        let mut seen = 0;
-        for (bucket, n) in histogram {
-            seen += n;
-            if seen >= rank {
-                return Some(round3(bucket_ms(bucket)));
-            }
-        }
-        None
+        percentile(&self.histogram, p)
     }
 
+    /// The `p` quantile of the times to first token, as [`Speed::percentile`].
+    fn ttft_percentile(&self, p: f64) -> Option<f64> {
+        percentile(&self.ttft_histogram, p)
+    }
+}
+
+fn add_to(histogram: &mut Vec<(i16, i64)>, bucket: i16, calls: i64) {
+    match histogram.iter_mut().find(|(b, _)| *b == bucket) {
+        Some((_, n)) => *n += calls,
+        None => histogram.push((bucket, calls)),
+    }
+}
+
+/// The `p` quantile (nearest rank) of a histogram of (bucket, calls), as its
+/// bucket's middle; `None` when it holds no call.
+fn percentile(histogram: &[(i16, i64)], p: f64) -> Option<f64> {
+    let mut histogram = histogram.to_vec();
+    histogram.sort_unstable();
+    let timed: i64 = histogram.iter().map(|(_, n)| n).sum();
+    if timed <= 0 {
+        return None;
+    }
+    let rank = (p * timed as f64).ceil().max(1.0) as i64;
+    let mut seen = 0;
+    for (bucket, n) in histogram {
+        seen += n;
+        if seen >= rank {
+            return Some(round3(bucket_ms(bucket)));
+        }
+    }
+    None
+}
+
+impl Speed {
     fn insert_into(&self, into: &mut Map<String, Value>) {
         let number = |v: Option<f64>| {
             v.and_then(serde_json::Number::from_f64)
@@ -719,6 +777,14 @@ impl Speed {
         );
         into.insert("duration_p50_ms".to_owned(), number(self.percentile(0.5)));
         into.insert("duration_p95_ms".to_owned(), number(self.percentile(0.95)));
+        into.insert(
+            "time_to_first_token_p50_ms".to_owned(),
+            number(self.ttft_percentile(0.5)),
+        );
+        into.insert(
+            "time_to_first_token_p95_ms".to_owned(),
+            number(self.ttft_percentile(0.95)),
+        );
         into.insert(
             "output_tokens_per_second".to_owned(),
             number((self.rate_duration_ms > 0.0).then(|| {
@@ -750,6 +816,7 @@ mod tests {
     fn row(model: &str, bucket: i16, requests: i64, failed: i64) -> HistogramRow {
         HistogramRow {
             model: model.to_owned(),
+            ttft: false,
             bucket,
             requests,
             failed,
@@ -786,6 +853,11 @@ mod tests {
             );
             assert_eq!(
                 tokens.contains("token_usage_latency"),
+                user.is_none(),
+                "{tokens}"
+            );
+            assert_eq!(
+                tokens.contains("token_usage_ttft_daily"),
                 user.is_none(),
                 "{tokens}"
             );
@@ -829,6 +901,7 @@ mod tests {
         let mut speed = Speed::default();
         speed.add(&HistogramRow {
             model: String::new(),
+            ttft: false,
             bucket: 70,
             requests: 2,
             failed: 0,

@@ -12,6 +12,7 @@
 //!     mapping:                       # keys prepended to the built-in lists
 //!       input: [my_app.prompt_tokens]
 //!       user: [my_app.customer]
+//!       time_to_first_token_ms: [my_app.ttft_ms]   # seconds: time_to_first_token
 //!       replace: false               # true: the lists given replace the built-in ones
 //! pricing:
 //!   replace_defaults: false          # true: only the models below are priced
@@ -111,6 +112,11 @@ pub struct TokenMapping {
     pub metadata_tenant: Vec<String>,
     /// Keys after a metadata prefix that name the session.
     pub metadata_session: Vec<String>,
+    /// Time-to-first-token keys whose value is in seconds (the GenAI
+    /// conventions' unit); tried before `time_to_first_token_ms`.
+    pub time_to_first_token: Vec<String>,
+    /// Time-to-first-token keys whose value is in milliseconds.
+    pub time_to_first_token_ms: Vec<String>,
 }
 
 impl TokenMapping {
@@ -120,7 +126,7 @@ impl TokenMapping {
         yaml_serde::from_str(DEFAULT_TOKEN_MAPPING_YAML).unwrap_or_default()
     }
 
-    fn lists_mut(&mut self) -> [&mut Vec<String>; 17] {
+    fn lists_mut(&mut self) -> [&mut Vec<String>; 19] {
         [
             &mut self.input,
             &mut self.output,
@@ -139,6 +145,8 @@ impl TokenMapping {
             &mut self.metadata_user,
             &mut self.metadata_tenant,
             &mut self.metadata_session,
+            &mut self.time_to_first_token,
+            &mut self.time_to_first_token_ms,
         ]
     }
 }
@@ -188,6 +196,8 @@ impl TokensConfig {
             &mapping.user,
             &mapping.tenant,
             &mapping.session,
+            &mapping.time_to_first_token,
+            &mapping.time_to_first_token_ms,
         ];
         let mut keys: Vec<String> = lists.into_iter().flatten().cloned().collect();
         keys.extend(mapping.metadata_prefixes.iter().map(|p| format!("{p}*")));

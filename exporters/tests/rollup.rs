@@ -98,6 +98,7 @@ async fn insert_tokens(client: &mut Client, rng: &mut Rng, n: usize) -> u64 {
     let mut input: Vec<Option<i64>> = Vec::new();
     let mut output: Vec<Option<i64>> = Vec::new();
     let mut cost: Vec<Option<String>> = Vec::new();
+    let mut ttft: Vec<Option<f64>> = Vec::new();
     for _ in 0..n {
         ids.push(Uuid::new_v4());
         ts.push(
@@ -118,6 +119,8 @@ async fn insert_tokens(client: &mut Client, rng: &mut Rng, n: usize) -> u64 {
         cost.push(
             (usage && rng.below(4) != 0).then(|| format!("0.{:010}", rng.below(10_000_000_000))),
         );
+        // Half the calls report a time to first token (0 to 5 s).
+        ttft.push((rng.below(2) == 0).then(|| rng.below(5_000_000) as f64 / 1000.0));
     }
     let tx = client.transaction().await.expect("begin");
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOKEN_LOCK])
@@ -126,12 +129,16 @@ async fn insert_tokens(client: &mut Client, rng: &mut Rng, n: usize) -> u64 {
     let inserted = tx
         .execute(
             "INSERT INTO token_usage (id, seq, ts, tenant_id, user_id, provider, model, usage_known, \
-             input_tokens, output_tokens, total_tokens, cache_read_tokens, cost_usd) \
-             SELECT id, nextval('token_usage_seq'), ts, t, u, p, m, k, i, o, i + o, i / 10, c::numeric \
+             input_tokens, output_tokens, total_tokens, cache_read_tokens, cost_usd, \
+             time_to_first_token_ms) \
+             SELECT id, nextval('token_usage_seq'), ts, t, u, p, m, k, i, o, i + o, i / 10, c::numeric, f \
              FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], \
-                 $6::text[], $7::bool[], $8::int8[], $9::int8[], $10::text[]) \
-                 AS x(id, ts, t, u, p, m, k, i, o, c)",
-            &[&ids, &ts, &tenants, &users, &providers, &models, &known, &input, &output, &cost],
+                 $6::text[], $7::bool[], $8::int8[], $9::int8[], $10::text[], $11::float8[]) \
+                 AS x(id, ts, t, u, p, m, k, i, o, c, f)",
+            &[
+                &ids, &ts, &tenants, &users, &providers, &models, &known, &input, &output, &cost,
+                &ttft,
+            ],
         )
         .await
         .expect("insert tokens");
@@ -157,6 +164,46 @@ const TOKEN_RAW: &str = "SELECT (ts AT TIME ZONE 'UTC')::date::text, tenant_id, 
     coalesce(sum(reasoning_tokens), 0)::int8, coalesce(sum(total_tokens), 0)::int8, \
     coalesce(sum(cost_usd), 0)::numeric(24, 10)::text \
     FROM token_usage GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5";
+
+/// The time-to-first-token rollups (migration 0025) as the job keeps them, and
+/// as computed from the raw rows (call only when every row is folded).
+const TTFT_ROLLUPS: [(&str, &str); 2] = [
+    (
+        "SELECT day, tenant_id, provider, model, ttft_bucket, requests FROM token_usage_ttft_daily \
+         WHERE requests > 0 ORDER BY 1, 2, 3, 4, 5",
+        "SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(provider, ''), \
+         coalesce(model, ''), tally_duration_bucket(time_to_first_token_ms), count(*) \
+         FROM token_usage GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
+    ),
+    (
+        "SELECT day, provider, model, ttft_bucket, requests FROM token_usage_ttft_daily_all \
+         WHERE requests > 0 ORDER BY 1, 2, 3, 4",
+        "SELECT (ts AT TIME ZONE 'UTC')::date, coalesce(provider, ''), coalesce(model, ''), \
+         tally_duration_bucket(time_to_first_token_ms), count(*) \
+         FROM token_usage GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+    ),
+];
+
+/// The time-to-first-token rollups hold exactly the raw rows' histograms, and
+/// no emptied group.
+async fn assert_ttft_rollups_agree(client: &Client) {
+    for (kept, raw) in TTFT_ROLLUPS {
+        assert_eq!(
+            rows_text(client, kept).await,
+            rows_text(client, raw).await,
+            "{kept}"
+        );
+    }
+    assert_eq!(
+        count(
+            client,
+            "SELECT (SELECT count(*) FROM token_usage_ttft_daily WHERE requests = 0) \
+             + (SELECT count(*) FROM token_usage_ttft_daily_all WHERE requests = 0)"
+        )
+        .await,
+        0
+    );
+}
 
 /// Token measures, summed, as text (for the derived-rollup comparisons).
 const TOKEN_SUMS_TEXT: &str = "sum(requests)::int8, sum(unknown_usage_requests)::int8, \
@@ -493,6 +540,7 @@ async fn exactly_once_under_concurrent_ingestion_and_killed_runs() {
         watermark(&admin, TOKEN_WATERMARK).await,
         count(&admin, "SELECT max(seq) FROM token_usage").await
     );
+    assert_ttft_rollups_agree(&admin).await;
     assert_derived_rollups_agree(&admin).await;
 }
 
@@ -818,6 +866,19 @@ async fn attribution_after_folding_moves_the_counts_exactly_once() {
         count(&client, "SELECT sum(requests)::int8 FROM token_usage_daily").await,
         count(&client, "SELECT count(*) FROM token_usage").await
     );
+    assert_ttft_rollups_agree(&client).await;
+    // Migration 0025 on a database whose rows are already folded fills the
+    // histograms from them.
+    client
+        .batch_execute("DELETE FROM token_usage_ttft_daily; DELETE FROM token_usage_ttft_daily_all")
+        .await
+        .expect("empty the histograms");
+    let (_, _, sql) = tally_exporters::postgres::MIGRATIONS
+        .iter()
+        .find(|(version, _, _)| *version == 25)
+        .expect("migration 25");
+    client.batch_execute(sql).await.expect("migration 25 again");
+    assert_ttft_rollups_agree(&client).await;
     assert_derived_rollups_agree(&client).await;
 }
 

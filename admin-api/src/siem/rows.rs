@@ -107,6 +107,9 @@ pub struct TokenItem {
     pub duration_ms: Option<f64>,
     /// The row's `time_to_first_token_ms`.
     pub time_to_first_token_ms: Option<f64>,
+    /// Derived, not stored: `output_tokens` over `duration_ms` in seconds (see
+    /// [`output_tokens_per_second`]).
+    pub output_tokens_per_second: Option<f64>,
     /// The row's `attribution_source`.
     pub attribution_source: String,
     /// The row's `attributes`.
@@ -118,6 +121,8 @@ impl TokenItem {
     pub fn from_row(row: &Row) -> Result<TokenItem, tokio_postgres::Error> {
         let ts: DateTime<Utc> = row.try_get("ts")?;
         let received_at: DateTime<Utc> = row.try_get("received_at")?;
+        let output_tokens: Option<i64> = row.try_get("output_tokens")?;
+        let duration_ms: Option<f64> = row.try_get("duration_ms")?;
         Ok(TokenItem {
             id: row.try_get("id")?,
             seq: row.try_get("seq")?,
@@ -135,7 +140,7 @@ impl TokenItem {
             response_model: row.try_get("response_model")?,
             model: row.try_get("model")?,
             input_tokens: row.try_get("input_tokens")?,
-            output_tokens: row.try_get("output_tokens")?,
+            output_tokens,
             cache_read_tokens: row.try_get("cache_read_tokens")?,
             cache_write_tokens: row.try_get("cache_write_tokens")?,
             reasoning_tokens: row.try_get("reasoning_tokens")?,
@@ -143,12 +148,27 @@ impl TokenItem {
             usage_known: row.try_get("usage_known")?,
             cost_usd: row.try_get("cost_usd")?,
             outcome: row.try_get("outcome")?,
-            duration_ms: row.try_get("duration_ms")?,
+            duration_ms,
             time_to_first_token_ms: row.try_get("time_to_first_token_ms")?,
+            output_tokens_per_second: output_tokens_per_second(output_tokens, duration_ms),
             attribution_source: row.try_get("attribution_source")?,
             attributes: row.try_get("attributes")?,
         })
     }
+}
+
+/// One call's output speed: its output tokens over its duration in seconds
+/// (the whole call, time to first token included: the measure `/stats`
+/// averages), rounded to 3 decimals; `None` without both or with a duration
+/// that is not positive.
+pub fn output_tokens_per_second(
+    output_tokens: Option<i64>,
+    duration_ms: Option<f64>,
+) -> Option<f64> {
+    let output = output_tokens?;
+    let duration_ms = duration_ms.filter(|d| d.is_finite() && *d > 0.0)?;
+    let rate = output as f64 / (duration_ms / 1000.0);
+    rate.is_finite().then(|| (rate * 1000.0).round() / 1000.0)
 }
 
 /// A row of either table.

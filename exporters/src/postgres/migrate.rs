@@ -103,6 +103,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "personal_keys",
         include_str!("migrations/0024_personal_keys.sql"),
     ),
+    (
+        25,
+        "token_ttft",
+        include_str!("migrations/0025_token_ttft.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -125,10 +125,12 @@ const TOKEN_SUMS: &str = "count(*) AS requests, \
             AS rate_duration_ms";
 
 /// The batch's keys: every key of every token rollup (the latency rollups'
-/// `outcome` and duration `bucket` too, migration 0017).
+/// `outcome` and duration `bucket` too, migration 0017, and the time to first
+/// token's `ttft_bucket`, migration 0025).
 const TOKEN_KEYS: &str = "(ts AT TIME ZONE 'UTC')::date AS day, tenant_id, \
         coalesce(user_id, '') AS user_id, coalesce(provider, '') AS provider, \
-        coalesce(model, '') AS model, outcome, tally_duration_bucket(duration_ms) AS bucket";
+        coalesce(model, '') AS model, outcome, tally_duration_bucket(duration_ms) AS bucket, \
+        tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket";
 
 const TOKEN_MEASURES: [&str; 10] = [
     "requests",
@@ -147,11 +149,15 @@ const TOKEN_MEASURES: [&str; 10] = [
 /// output tokens and durations of the calls that reported both.
 const LATENCY_MEASURES: [&str; 3] = ["requests", "rate_output_tokens", "rate_duration_ms"];
 
+/// The measure of the time-to-first-token rollups (migration 0025): calls.
+const TTFT_MEASURES: [&str; 1] = ["requests"];
+
 /// The token rollups, their keys (each one's primary key) and measures: the
 /// daily one per user, the ones derived from the same rows without the user
-/// (`_tenant`) and without the tenant either (`_all`, migration 0008), and the
-/// duration histograms per outcome (migration 0017).
-const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 5] = [
+/// (`_tenant`) and without the tenant either (`_all`, migration 0008), the
+/// duration histograms per outcome (migration 0017) and the time-to-first-token
+/// histograms (migration 0025).
+const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 7] = [
     (
         "token_usage_daily",
         &["day", "tenant_id", "user_id", "provider", "model"],
@@ -177,6 +183,16 @@ const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 5] = [
         &["day", "provider", "model", "outcome", "bucket"],
         &LATENCY_MEASURES,
     ),
+    (
+        "token_usage_ttft_daily",
+        &["day", "tenant_id", "provider", "model", "ttft_bucket"],
+        &TTFT_MEASURES,
+    ),
+    (
+        "token_usage_ttft_daily_all",
+        &["day", "provider", "model", "ttft_bucket"],
+        &TTFT_MEASURES,
+    ),
 ];
 
 /// `WITH batch AS (… sums of the token_usage rows matching filter …)` followed
@@ -201,7 +217,7 @@ fn token_statement(filter: &str, part: impl Fn(&str, &[&str], &[&str], &str) -> 
     }
     format!(
         "WITH batch AS MATERIALIZED (SELECT {TOKEN_KEYS}, {TOKEN_SUMS} FROM token_usage \
-         WHERE {filter} GROUP BY 1, 2, 3, 4, 5, 6, 7), {} SELECT 1",
+         WHERE {filter} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8), {} SELECT 1",
         parts.join(", ")
     )
 }

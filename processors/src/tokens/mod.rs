@@ -522,14 +522,8 @@ fn span_key(bytes: &[u8]) -> Option<[u8; 8]> {
     id.iter().any(|b| *b != 0).then_some(id)
 }
 
-/// Attributes giving the time to the first token or chunk of a streamed call,
-/// in seconds (the GenAI conventions' unit), first found wins.
-const TIME_TO_FIRST_TOKEN: [&str; 2] = [
-    "gen_ai.server.time_to_first_token",
-    "gen_ai.response.time_to_first_chunk",
-];
-
-/// A non-negative, finite number of seconds sent as a double, an integer or text.
+/// A non-negative, finite number (of seconds or milliseconds, as the key
+/// says) sent as a double, an integer or text.
 fn seconds(value: Option<&AnyValue>) -> Option<f64> {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     let seconds = match value?.value.as_ref()? {
@@ -645,10 +639,18 @@ impl TokenProcessor {
         extract.raw_input = raw_anthropic_input(attrs, scope_name, extract.provider.as_deref());
         extract.thoughts_outside =
             thoughts_outside_output(attrs, scope_name, extract.provider.as_deref());
-        extract.time_to_first_token_ms = TIME_TO_FIRST_TOKEN
+        // The mapping's keys in seconds first, then those in milliseconds;
+        // the first usable value wins.
+        extract.time_to_first_token_ms = m
+            .time_to_first_token
             .iter()
             .find_map(|key| seconds(attrs.get(key)))
-            .map(|s| s * 1000.0);
+            .map(|s| s * 1000.0)
+            .or_else(|| {
+                m.time_to_first_token_ms
+                    .iter()
+                    .find_map(|key| seconds(attrs.get(key)))
+            });
         extract
     }
 

@@ -116,6 +116,29 @@ fn time_to_first_token_is_read_in_seconds_from_either_spelling() {
 }
 
 #[test]
+fn time_to_first_token_in_milliseconds_and_from_the_configured_keys() {
+    // Vercel AI SDK: milliseconds.
+    let mut chat = genai_chat(1, None, 10, 2);
+    chat.attributes.push(i("ai.response.msToFirstChunk", 340));
+    assert_eq!(run(vec![chat]).rows[0].time_to_first_token_ms, Some(340.0));
+    // Seconds win over milliseconds on the same record.
+    let mut chat = genai_chat(1, None, 10, 2);
+    chat.attributes.push(i("ai.response.msToFirstChunk", 340));
+    chat.attributes
+        .push(d("gen_ai.response.time_to_first_chunk", 0.5));
+    assert_eq!(run(vec![chat]).rows[0].time_to_first_token_ms, Some(500.0));
+    // An app's own key, configured in milliseconds, before the built-in ones.
+    let mut config = TokensConfig::default();
+    config.mapping.time_to_first_token_ms = vec!["my_app.ttft_ms".to_owned()];
+    let processor = TokenProcessor::new(&config, &PricingConfig::default());
+    let mut chat = genai_chat(1, None, 10, 2);
+    chat.attributes.push(d("my_app.ttft_ms", 87.5));
+    let out = processor.traces(&request(vec![chat]), Utc::now(), &cache(), None);
+    assert_eq!(out.rows[0].time_to_first_token_ms, Some(87.5));
+    assert!(config.mapping_keys().contains(&"my_app.ttft_ms".to_owned()));
+}
+
+#[test]
 fn genai_current_chat_with_cache_and_reasoning() {
     let mut chat = genai_chat(1, None, 1000, 200);
     chat.attributes.extend([
