@@ -435,6 +435,7 @@ impl RetentionJob {
                 Some(config) => match write_archive(
                     client,
                     &config.dir,
+                    config.format,
                     table,
                     partition,
                     day,
