@@ -244,9 +244,13 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
         }
     }
     let chain_seconds = chain_started.elapsed().as_secs_f64();
-    client
-        .batch_execute("VACUUM ANALYZE activity_events; VACUUM ANALYZE token_usage")
-        .await?;
+    // One statement per call: VACUUM cannot run in the implicit transaction of a
+    // multi-statement simple query.
+    for table in ["activity_events", "token_usage"] {
+        client
+            .batch_execute(&format!("VACUUM ANALYZE {table}"))
+            .await?;
+    }
     eprintln!(
         "first day ({first_day_rows} rows) chained in {chain_seconds:.1} s; VACUUM ANALYZE done"
     );
