@@ -1,13 +1,13 @@
 //! Retention archives checked by the built binary: retention archives and drops
 //! an expired day, `tally verify --archive DIR` says intact (exit 0), and after a
-//! byte of an archive is changed it says TAMPERED (exit 1); a directory without
-//! archives cannot be checked (exit 2).
+//! byte of an archive is changed it says TAMPERED (exit 1), in both formats
+//! (NDJSON and Parquet); a directory without archives cannot be checked (exit 2).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use chrono::{Days, Utc};
+use chrono::{Days, NaiveDate, Utc};
 use tally_config::{ArchiveConfig, ArchiveFormat, RetentionConfig};
 use tally_exporters::postgres::chain::{ChainJob, SigningKey, SIGNING_KEY_SECRET};
 use tally_exporters::postgres::{get_or_create_secret, RetentionJob, RollupJob};
@@ -36,8 +36,9 @@ fn cli_verify_archive(database: &TestDatabase, dir: &Path) -> (Option<i32>, Stri
     )
 }
 
-#[tokio::test]
-async fn tally_verify_archive_catches_a_changed_byte() {
+/// A database whose expired day (25 activity rows, chained, and 7 token rows)
+/// retention archived in `format` and dropped: (database, archive directory, day).
+async fn archived_day(format: ArchiveFormat) -> (TestDatabase, tempfile::TempDir, NaiveDate) {
     let db = TestDatabase::migrated().await;
     let mut client = db.client().await;
     // The signing key the running collector would use, where `tally verify` finds it.
@@ -96,7 +97,7 @@ async fn tally_verify_archive_catches_a_changed_byte() {
         raw_days: 90,
         archive: Some(ArchiveConfig {
             dir: dir.path().to_owned(),
-            format: ArchiveFormat::Ndjson,
+            format,
         }),
         ..RetentionConfig::default()
     })
@@ -106,7 +107,12 @@ async fn tally_verify_archive_catches_a_changed_byte() {
     .expect("retention");
     assert_eq!(report.dropped_partitions.len(), 2, "{report:?}");
     assert_eq!(report.archives.len(), 2);
+    (db, dir, day)
+}
 
+#[tokio::test]
+async fn tally_verify_archive_catches_a_changed_byte() {
+    let (db, dir, day) = archived_day(ArchiveFormat::Ndjson).await;
     let (code, output) = cli_verify_archive(&db, dir.path());
     assert_eq!(code, Some(0), "{output}");
     assert!(
@@ -163,4 +169,33 @@ async fn tally_verify_archive_catches_a_changed_byte() {
     let (code, output) = cli_verify_archive(&db, empty.path());
     assert_eq!(code, Some(2), "{output}");
     assert!(output.contains("no archive"), "{output}");
+}
+
+#[tokio::test]
+async fn tally_verify_archive_checks_parquet_archives() {
+    let (db, dir, day) = archived_day(ArchiveFormat::Parquet).await;
+    let (code, output) = cli_verify_archive(&db, dir.path());
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains("2 of 2 archives intact (32 rows)"),
+        "{output}"
+    );
+    assert!(
+        output.contains("25 rows rehashed against their chain links, 25 links match"),
+        "{output}"
+    );
+    // One flipped byte in the middle of the activity archive.
+    let data = dir
+        .path()
+        .join("activity_events")
+        .join(format!("activity_events_p{}.parquet", day.format("%Y%m%d")));
+    let mut bytes = std::fs::read(&data).expect("archive");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&data, &bytes).expect("write");
+    let (code, output) = cli_verify_archive(&db, dir.path());
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("TAMPERED"), "{output}");
+    assert!(output.contains("SHA-256"), "{output}");
+    assert!(output.contains("1 of 2 archives intact"), "{output}");
 }

@@ -14,8 +14,8 @@
 //!   `token_usage` rows (a tenth of them trace-attributed), in a table that
 //!   starts with `--token-rows` generated rows. Each run erases a new user, so
 //!   the tables grow by the user's rows per run.
-//! * **archive**: the first day's partition written as an NDJSON archive with a
-//!   signed manifest (`archive::write_archive`), then checked with
+//! * **archive**: the first day's partition written as an archive (`--format`
+//!   ndjson or parquet) with a signed manifest (`archive::write_archive`), then checked with
 //!   `archive::verify_archive` against the manifest and the chain in the database
 //!   (every chained row re-hashed), each timed; the data file's size reported.
 //!
@@ -30,6 +30,7 @@ use std::time::Instant;
 use anyhow::Context;
 use chrono::{Days, Utc};
 use serde_json::json;
+use tally_config::ArchiveFormat;
 use tally_exporters::postgres::archive::{verify_archive, write_archive};
 use tally_exporters::postgres::chain::{signing_key_from_seed, ChainJob};
 use tally_exporters::postgres::erasure::{Eraser, ErasureRequest};
@@ -65,6 +66,9 @@ pub struct LifecycleArgs {
     /// Runs (medians are reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// The archive's format: `ndjson` or `parquet` (`retention.archive.format`).
+    #[arg(long, default_value = "ndjson", value_parser = ["ndjson", "parquet"])]
+    format: String,
     /// Where archives are written (a fresh subdirectory per run, removed after).
     #[arg(long, default_value = "target/bench-lifecycle-archive")]
     archive_dir: PathBuf,
@@ -170,6 +174,10 @@ async fn insert_user_tokens(
 }
 
 pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
+    let format = match args.format.as_str() {
+        "parquet" => ArchiveFormat::Parquet,
+        _ => ArchiveFormat::Ndjson,
+    };
     anyhow::ensure!(
         args.days >= 1 && args.runs >= 1,
         "--days and --runs: at least 1"
@@ -236,8 +244,8 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
         }
     }
     let chain_seconds = chain_started.elapsed().as_secs_f64();
-    // One statement per call: VACUUM cannot run in the implicit transaction
-    // of a multi-statement query.
+    // One statement per call: VACUUM cannot run in the implicit transaction of a
+    // multi-statement simple query.
     for table in ["activity_events", "token_usage"] {
         client
             .batch_execute(&format!("VACUUM ANALYZE {table}"))
@@ -303,6 +311,7 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
         let archived = write_archive(
             &client,
             &dir,
+            format,
             "activity_events",
             &partition,
             first_day,
@@ -357,6 +366,7 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
         "first_day_chain_seconds": chain_seconds,
         "median_erase_seconds": pick("erase_seconds"),
         "median_erase_rows_per_second": pick("erase_rows_per_second"),
+        "archive_format": args.format,
         "median_archive_write_seconds": pick("archive_write_seconds"),
         "median_archive_verify_seconds": pick("archive_verify_seconds"),
         "median_archive_bytes": pick("archive_bytes"),
@@ -373,7 +383,8 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
         pick("erase_rows_per_second")
     );
     println!(
-        "archive of one {:.0}-row day: write median {:.1} s, verify median {:.1} s, {:.1} MiB",
+        "{} archive of one {:.0}-row day: write median {:.2} s, verify median {:.2} s, {:.1} MiB",
+        args.format,
         pick("archive_rows"),
         pick("archive_write_seconds"),
         pick("archive_verify_seconds"),

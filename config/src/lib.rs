@@ -204,13 +204,6 @@ impl Config {
                     "must be a directory path (omit retention.archive to archive nothing)",
                 ));
             }
-            if archive.format == ArchiveFormat::Parquet {
-                return Err(invalid(
-                    "retention.archive.format",
-                    "parquet is not built into this Tally (the Parquet writer is not compiled in); \
-                     use ndjson",
-                ));
-            }
         }
         if let Some(tenant) = self
             .retention

@@ -2,7 +2,9 @@
 //! dropped day is in its archive with the right count and links digest, the
 //! archive verifies (and an altered one does not), retention waits while the
 //! archive directory cannot be written, and a tenant with a shorter retention
-//! loses its rows from a partition kept for another, the chain still intact.
+//! loses its rows from a partition kept for another, the chain still intact. A
+//! Parquet archive round-trips (read back by the `parquet` crate's reader),
+//! verifies, and catches a flipped byte.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,9 @@ use std::time::{Duration, Instant};
 use chrono::{Days, NaiveDate, Utc};
 use sha2::{Digest, Sha256};
 use tally_config::{ArchiveConfig, ArchiveFormat, RetentionConfig, TenantRetentionConfig};
-use tally_exporters::postgres::archive::{verify_archive_dir, Manifest};
+use tally_exporters::postgres::archive::{
+    verify_archive, verify_archive_dir, write_archive, Manifest,
+};
 use tally_exporters::postgres::chain::{self, ChainJob, SigningKey};
 use tally_exporters::postgres::{RetentionJob, RetentionReport, RollupJob};
 use tally_exporters::testing::TestDatabase;
@@ -93,12 +97,21 @@ async fn chain_and_roll_up(db: &TestDatabase) {
 }
 
 fn job(raw_days: u32, tenants: &[(&str, u32)], dir: Option<&Path>) -> RetentionJob {
+    job_in(ArchiveFormat::Ndjson, raw_days, tenants, dir)
+}
+
+fn job_in(
+    format: ArchiveFormat,
+    raw_days: u32,
+    tenants: &[(&str, u32)],
+    dir: Option<&Path>,
+) -> RetentionJob {
     RetentionJob::new(RetentionConfig {
         raw_days,
         aggregate_days: 0,
         archive: dir.map(|dir| ArchiveConfig {
             dir: dir.to_owned(),
-            format: ArchiveFormat::Ndjson,
+            format,
         }),
         tenants: tenants
             .iter()
@@ -285,6 +298,238 @@ async fn a_dropped_day_is_in_its_archive_which_verifies_and_catches_a_flipped_by
         "{problems}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A column of every row of a Parquet file, by name, through the `parquet`
+/// crate's record reader (not Tally's verifier).
+fn parquet_column(path: &Path, name: &str) -> Vec<parquet::record::Field> {
+    use parquet::file::reader::FileReader;
+    let file = std::fs::File::open(path).expect("open");
+    let reader =
+        parquet::file::serialized_reader::SerializedFileReader::new(file).expect("parquet");
+    reader
+        .get_row_iter(None)
+        .expect("rows")
+        .map(|row| {
+            row.expect("row")
+                .get_column_iter()
+                .find(|(n, _)| n.as_str() == name)
+                .map(|(_, f)| f.clone())
+                .expect("column")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_parquet_archive_of_a_day_round_trips_verifies_and_catches_a_flipped_byte() {
+    use parquet::record::Field;
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let today = Utc::now().date_naive();
+    let old = today - Days::new(100);
+    rows_on(&mut client, old, "acme", 40).await;
+    rows_on(&mut client, old, "", 3).await;
+    rows_on(&mut client, today - Days::new(10), "acme", 5).await;
+    chain_and_roll_up(&db).await;
+    let digest = links_digest(&client, old).await;
+    let day = old.format("%Y%m%d");
+    // The rows as PostgreSQL has them, before the drop.
+    let before = client
+        .query(
+            &format!(
+                "SELECT seq, user_id, attributes::text, \
+                     (extract(epoch FROM ts) * 1000000)::int8, duration_ms \
+                 FROM activity_events_p{day} ORDER BY seq"
+            ),
+            &[],
+        )
+        .await
+        .expect("rows");
+    let costs: Vec<String> = client
+        .query(
+            &format!("SELECT to_json(cost_usd)::text FROM token_usage_p{day} ORDER BY seq"),
+            &[],
+        )
+        .await
+        .expect("token rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let dir = temp_dir("parquet");
+
+    let report = job_in(ArchiveFormat::Parquet, 90, &[], Some(&dir))
+        .run_once_at(&client, today)
+        .await
+        .expect("retention");
+    assert_eq!(report.dropped_partitions.len(), 2, "{report:?}");
+    assert_eq!(
+        archived_rows(&report),
+        BTreeMap::from([
+            (format!("activity_events_p{day}.parquet"), 43),
+            (format!("token_usage_p{day}.parquet"), 43),
+        ])
+    );
+    let manifest_path = dir
+        .join("activity_events")
+        .join(format!("activity_events_p{day}.manifest.json"));
+    let activity = manifest(&manifest_path);
+    assert_eq!(activity.data_format, "parquet");
+    assert_eq!(activity.rows, 43);
+    assert_eq!(activity.chained_rows, 43);
+    assert_eq!(activity.links_digest.as_deref(), Some(digest.as_str()));
+    let path = dir.join("activity_events").join(&activity.data_file);
+    let data = std::fs::read(&path).expect("data");
+    assert_eq!(data.len() as u64, activity.bytes);
+    assert_eq!(chain::hex(&Sha256::digest(&data)), activity.sha256);
+    assert!(data.starts_with(b"PAR1") && data.ends_with(b"PAR1"));
+    for entry in std::fs::read_dir(dir.join("activity_events")).expect("dir") {
+        let name = entry.expect("entry").file_name();
+        assert!(!name.to_string_lossy().starts_with('.'), "{name:?}");
+    }
+
+    // Read back by the parquet crate's own reader: the typed values are the rows'.
+    let seqs = parquet_column(&path, "seq");
+    let users = parquet_column(&path, "user_id");
+    let attributes = parquet_column(&path, "attributes");
+    let ts = parquet_column(&path, "ts");
+    let durations = parquet_column(&path, "duration_ms");
+    assert_eq!(seqs.len(), before.len());
+    for (i, row) in before.iter().enumerate() {
+        assert_eq!(seqs[i], Field::Long(row.get(0)));
+        assert_eq!(users[i], Field::Str(row.get(1)));
+        assert_eq!(attributes[i], Field::Str(row.get(2)), "byte for byte");
+        assert_eq!(ts[i], Field::TimestampMicros(row.get(3)));
+        match row.get::<_, Option<f64>>(4) {
+            Some(d) => assert_eq!(durations[i], Field::Double(d)),
+            None => assert_eq!(durations[i], Field::Null),
+        }
+    }
+    let hashes = parquet_column(&path, "_chain_row_hash");
+    assert!(hashes
+        .iter()
+        .all(|h| matches!(h, Field::Bytes(b) if b.len() == 32)));
+    let token_path = dir
+        .join("token_usage")
+        .join(format!("token_usage_p{day}.parquet"));
+    let archived_costs: Vec<String> = parquet_column(&token_path, "cost_usd")
+        .into_iter()
+        .map(|f| match f {
+            Field::Str(s) => s,
+            other => panic!("cost_usd is {other:?}"),
+        })
+        .collect();
+    assert_eq!(archived_costs, costs);
+
+    // Both archives verify: every activity row rehashed and matched with the chain.
+    let checks = verify_archive_dir(&dir, &[key().verifying_key()], Some(&client))
+        .await
+        .expect("verify archives");
+    assert_eq!(checks.len(), 2);
+    for check in &checks {
+        assert!(check.is_intact(), "{check:?}");
+        assert_eq!(check.rows, 43);
+    }
+    let activity_check = checks
+        .iter()
+        .find(|c| c.manifest == manifest_path)
+        .expect("activity archive");
+    assert_eq!(activity_check.rows_rehashed, 43);
+    assert_eq!(activity_check.links_matched_in_database, 43);
+
+    // One flipped byte, anywhere in the file, is caught.
+    for at in [data.len() / 3, data.len() / 2, data.len() - 20] {
+        let mut flipped = data.clone();
+        flipped[at] ^= 0x01;
+        std::fs::write(&path, &flipped).expect("write");
+        let checks = verify_archive_dir(&dir, &[key().verifying_key()], Some(&client))
+            .await
+            .expect("verify");
+        let bad = checks
+            .iter()
+            .find(|c| c.manifest == manifest_path)
+            .expect("activity archive");
+        assert!(!bad.is_intact(), "byte {at}");
+        assert!(
+            bad.problems.join("; ").contains("SHA-256"),
+            "{:?}",
+            bad.problems
+        );
+    }
+    // A truncated file, its manifest's SHA-256 and size forged to match: the
+    // signature breaks and the rows are missing.
+    let truncated = &data[..data.len() / 2];
+    std::fs::write(&path, truncated).expect("write");
+    let mut forged = activity.clone();
+    forged.sha256 = chain::hex(&Sha256::digest(truncated));
+    forged.bytes = truncated.len() as u64;
+    std::fs::write(&manifest_path, serde_json::to_vec(&forged).expect("json")).expect("write");
+    let checks = verify_archive_dir(&dir, &[key().verifying_key()], None)
+        .await
+        .expect("verify");
+    let problems = checks
+        .iter()
+        .flat_map(|c| c.problems.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    assert!(problems.contains("signature does not verify"), "{problems}");
+    assert!(
+        problems.contains("not a readable Parquet file"),
+        "{problems}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A row changed in the database behind the chain's back and then archived:
+/// both formats re-hash it against its link and name it, the rest intact.
+#[tokio::test]
+async fn a_row_altered_before_archiving_fails_its_rehash_in_both_formats() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let day = Utc::now().date_naive() - Days::new(50);
+    rows_on(&mut client, day, "acme", 10).await;
+    chain_and_roll_up(&db).await;
+    client
+        .batch_execute(
+            "BEGIN; SET LOCAL session_replication_role = replica; \
+             UPDATE activity_events SET user_id = 'mallory' \
+             WHERE seq = (SELECT min(seq) FROM activity_events); COMMIT",
+        )
+        .await
+        .expect("alter a row");
+    let partition = format!("activity_events_p{}", day.format("%Y%m%d"));
+    for format in [ArchiveFormat::Ndjson, ArchiveFormat::Parquet] {
+        let dir = temp_dir("altered");
+        let archived = write_archive(
+            &client,
+            &dir,
+            format,
+            "activity_events",
+            &partition,
+            day,
+            None,
+            Some(&key()),
+        )
+        .await
+        .expect("archive")
+        .expect("rows");
+        let check = verify_archive(
+            &archived.manifest_path,
+            &[key().verifying_key()],
+            Some(&client),
+        )
+        .await
+        .expect("verify");
+        assert_eq!(check.rows, 10, "{format:?}");
+        assert_eq!(check.rows_rehashed, 9, "{format:?}");
+        assert_eq!(check.links_matched_in_database, 10, "{format:?}");
+        assert_eq!(check.problems.len(), 1, "{format:?}: {:?}", check.problems);
+        assert!(
+            check.problems[0].contains("does not hash to its chain link"),
+            "{format:?}: {:?}",
+            check.problems
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 #[tokio::test]

@@ -1,9 +1,11 @@
 //! Archives of what retention removes (`retention.archive`): before a raw
 //! partition is dropped, or a tenant's rows are deleted from a partition kept for
-//! others, its rows are written to `<dir>/<table>/<name>.ndjson` with a signed
-//! `<name>.manifest.json` beside it (see `docs/operations.md#archives`).
+//! others, its rows are written to `<dir>/<table>/<name>.ndjson` (or
+//! `<name>.parquet`, `retention.archive.format: parquet`, see
+//! [`parquet_file`]) with a signed `<name>.manifest.json` beside it (see
+//! `docs/operations.md#archives`).
 //!
-//! A data line is the row as PostgreSQL's `row_to_json` prints it (every column,
+//! An NDJSON data line is the row as PostgreSQL's `row_to_json` prints it (every column,
 //! `attributes` byte for byte as the chain hashed it); an `activity_events` line
 //! ends with `"_chain": {"prev_hash", "row_hash"}`, the row's link (null when the
 //! row was not chained yet). The manifest holds the row count, the seq range, the
@@ -15,7 +17,10 @@
 //!
 //! Both files are written under a temporary name, fsynced and renamed (the data
 //! file first, the manifest last: a manifest means a complete archive), then the
-//! directory is fsynced. [`verify_archive_dir`] checks archives back.
+//! directory is fsynced. [`verify_archive_dir`] checks archives back, both
+//! formats through the same checks ([`RowChecks`]).
+
+pub mod parquet_file;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +30,7 @@ use ed25519_dalek::{Signer, Verifier};
 use futures::{pin_mut, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tally_config::ArchiveFormat;
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
@@ -66,7 +72,7 @@ pub struct Manifest {
     pub scope: String,
     /// The data file's name, in the manifest's directory.
     pub data_file: String,
-    /// `ndjson`.
+    /// `ndjson` or `parquet`.
     pub data_format: String,
     /// Rows in the data file.
     pub rows: i64,
@@ -152,13 +158,15 @@ pub struct Archived {
 }
 
 /// Writes the rows of `partition` (of `table`, the UTC day `day`) to an archive
-/// in `<dir>/<table>/`: every row, or with `tenants` only theirs (named
-/// `<partition>.tenants-<min_seq>-<max_seq>`). Reads in the caller's transaction
-/// (the caller locks the partition against writes first). Answers `None` when
-/// there is no row to archive.
+/// in `<dir>/<table>/`, as NDJSON or Parquet (`format`): every row, or with
+/// `tenants` only theirs (named `<partition>.tenants-<min_seq>-<max_seq>`).
+/// Reads in the caller's transaction (the caller locks the partition against
+/// writes first). Answers `None` when there is no row to archive.
+#[allow(clippy::too_many_arguments)]
 pub async fn write_archive(
     client: &Client,
     dir: &Path,
+    format: ArchiveFormat,
     table: &str,
     partition: &str,
     day: NaiveDate,
@@ -176,7 +184,12 @@ pub async fn write_archive(
         ".{partition}.{}.tmp",
         uuid::Uuid::new_v4().simple()
     ));
-    let result = write_rows(client, &temp, table, partition, tenants).await;
+    let result = match format {
+        ArchiveFormat::Ndjson => write_rows(client, &temp, table, partition, tenants).await,
+        ArchiveFormat::Parquet => {
+            parquet_file::write_rows(client, &temp, table, partition, tenants).await
+        }
+    };
     let scan = match result {
         Ok(scan) => scan,
         Err(error) => {
@@ -196,7 +209,11 @@ pub async fn write_archive(
             scan.max_seq.unwrap_or_default()
         ),
     };
-    let data_file = format!("{name}.ndjson");
+    let extension = match format {
+        ArchiveFormat::Ndjson => "ndjson",
+        ArchiveFormat::Parquet => "parquet",
+    };
+    let data_file = format!("{name}.{extension}");
     let data_path = table_dir.join(&data_file);
     tokio::fs::rename(&temp, &data_path)
         .await
@@ -216,7 +233,7 @@ pub async fn write_archive(
         }
         .to_owned(),
         data_file,
-        data_format: "ndjson".to_owned(),
+        data_format: extension.to_owned(),
         rows: scan.rows,
         min_seq: scan.min_seq,
         max_seq: scan.max_seq,
@@ -280,6 +297,7 @@ pub async fn write_archive(
 }
 
 /// What the scan of the rows found.
+#[derive(Default)]
 struct Scan {
     rows: i64,
     min_seq: Option<i64>,
@@ -291,14 +309,31 @@ struct Scan {
     links_digest: [u8; 32],
 }
 
-/// Streams the rows into `path` (created), fsynced; answers what was written.
-async fn write_rows(
+impl Scan {
+    /// Counts a row written.
+    fn count(&mut self, seq: i64, tenant: &str) {
+        self.rows += 1;
+        self.min_seq = Some(self.min_seq.map_or(seq, |m| m.min(seq)));
+        self.max_seq = Some(self.max_seq.map_or(seq, |m| m.max(seq)));
+        match self.tenants.get_mut(tenant) {
+            Some(count) => *count += 1,
+            None => {
+                self.tenants.insert(tenant.to_owned(), 1);
+            }
+        }
+    }
+}
+
+/// Streams `SELECT columns` over the rows to archive, in seq order: the
+/// partition's rows as `t` (with `tenants`, only theirs), each joined with its
+/// chain link as `c` (`activity_events`; no link for `token_usage`).
+async fn select_rows(
     client: &Client,
-    path: &Path,
     table: &str,
     partition: &str,
     tenants: Option<&[String]>,
-) -> Result<Scan, ArchiveError> {
+    columns: &str,
+) -> Result<tokio_postgres::RowStream, ArchiveError> {
     let quoted = format!("\"{}\"", partition.replace('"', "\"\""));
     let link = if table == "activity_events" {
         "LEFT JOIN activity_chain c ON c.tenant_id = t.tenant_id AND c.seq = t.seq"
@@ -311,6 +346,25 @@ async fn write_rows(
     } else {
         ""
     };
+    let sql = format!("SELECT {columns} FROM {quoted} t {link} {filter} ORDER BY t.seq");
+    let owned: Vec<String> = tenants.map(<[String]>::to_vec).unwrap_or_default();
+    let params: Vec<&(dyn ToSql + Sync)> = if tenants.is_some() {
+        vec![&owned]
+    } else {
+        Vec::new()
+    };
+    Ok(client.query_raw(&sql, params).await?)
+}
+
+/// Streams the rows into `path` (created), fsynced, as NDJSON; answers what
+/// was written.
+async fn write_rows(
+    client: &Client,
+    path: &Path,
+    table: &str,
+    partition: &str,
+    tenants: Option<&[String]>,
+) -> Result<Scan, ArchiveError> {
     // A v3 activity row (canonical form 3) is hashed over its attributes without
     // their personal keys and, apart, its personal attributes: both as the chainer
     // computes them, kept in the line's `_chain` so the archive verifies offline.
@@ -321,34 +375,20 @@ async fn write_rows(
     } else {
         "NULL::text, NULL::text"
     };
-    let sql = format!(
-        "SELECT row_to_json(t)::text, t.seq, t.tenant_id, c.prev_hash, c.row_hash, {parts} \
-         FROM {quoted} t {link} {filter} ORDER BY t.seq"
-    );
-    let owned: Vec<String>;
-    let params: Vec<&(dyn ToSql + Sync)> = match tenants {
-        Some(list) => {
-            owned = list.to_vec();
-            vec![&owned]
-        }
-        None => Vec::new(),
-    };
-    let rows = client.query_raw(&sql, params).await?;
+    let rows = select_rows(
+        client,
+        table,
+        partition,
+        tenants,
+        &format!("row_to_json(t)::text, t.seq, t.tenant_id, c.prev_hash, c.row_hash, {parts}"),
+    )
+    .await?;
     pin_mut!(rows);
     let file = tokio::fs::File::create(path)
         .await
         .map_err(io(format!("cannot create the archive {}", path.display())))?;
     let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-    let mut scan = Scan {
-        rows: 0,
-        min_seq: None,
-        max_seq: None,
-        tenants: BTreeMap::new(),
-        bytes: 0,
-        sha256: [0; 32],
-        chained_rows: 0,
-        links_digest: [0; 32],
-    };
+    let mut scan = Scan::default();
     let mut file_hash = Sha256::new();
     let mut links = Sha256::new();
     let mut line: Vec<u8> = Vec::with_capacity(4096);
@@ -401,15 +441,7 @@ async fn write_rows(
             .await
             .map_err(io(format!("cannot write the archive {}", path.display())))?;
         scan.bytes += line.len() as u64;
-        scan.rows += 1;
-        scan.min_seq = Some(scan.min_seq.map_or(seq, |m| m.min(seq)));
-        scan.max_seq = Some(scan.max_seq.map_or(seq, |m| m.max(seq)));
-        match scan.tenants.get_mut(tenant) {
-            Some(count) => *count += 1,
-            None => {
-                scan.tenants.insert(tenant.to_owned(), 1);
-            }
-        }
+        scan.count(seq, tenant);
     }
     out.flush()
         .await
@@ -511,6 +543,8 @@ enum LineProblem {
     Hash,
     #[error("{0} is not a bytea")]
     Bytea(&'static str),
+    #[error("{0} does not have the column's type")]
+    Column(&'static str),
 }
 
 /// A `bytea` as `row_to_json` prints it (`\\x` and hex).
@@ -596,7 +630,40 @@ fn timestamp(text: &str) -> Option<DateTime<Utc>> {
 /// A chain link: `prev_hash` and `row_hash`.
 type Link = ([u8; 32], [u8; 32]);
 
-/// The chain row of an archived activity line, its link (prev, hash), or why not.
+/// An archived row's chain link and, for a v3 row, the two attribute parts the
+/// chain hashed (both formats).
+struct ArchivedLinkParts {
+    prev_hash: [u8; 32],
+    row_hash: [u8; 32],
+    attributes: Option<String>,
+    personal: Option<String>,
+}
+
+/// Completes an archived activity row read from either format: `row` without
+/// its attributes, `whole` the archived attributes' text, `link` the archived
+/// link. A v3 row's parts must make up its whole attributes.
+fn linked(
+    mut row: ChainRow,
+    whole: Option<&str>,
+    link: Option<ArchivedLinkParts>,
+) -> Result<(ChainRow, Option<Link>), LineProblem> {
+    let Some(link) = link else {
+        row.attributes = whole.map(str::to_owned);
+        return Ok((row, None));
+    };
+    if row.chain_form.is_some() {
+        if !parts_make_whole(whole, link.attributes.as_deref(), link.personal.as_deref()) {
+            return Err(LineProblem::Parts);
+        }
+        row.attributes = link.attributes;
+    } else {
+        row.attributes = whole.map(str::to_owned);
+    }
+    row.personal_attributes = link.personal;
+    Ok((row, Some((link.prev_hash, link.row_hash))))
+}
+
+/// The chain row of an archived NDJSON activity line, its link, or why not.
 fn chain_row(line: &str) -> Result<(ChainRow, Option<Link>), LineProblem> {
     let a: ArchivedActivity = serde_json::from_str(line).map_err(LineProblem::Json)?;
     let ts = timestamp(&a.ts).ok_or(LineProblem::Timestamp("ts"))?;
@@ -605,25 +672,21 @@ fn chain_row(line: &str) -> Result<(ChainRow, Option<Link>), LineProblem> {
         None => None,
         Some(d) => Some(d.value().ok_or(LineProblem::Duration)?),
     };
-    let link = match &a.chain {
+    let link = match a.chain {
         None => None,
         Some(link) => {
-            if a.chain_form.is_some()
-                && !parts_make_whole(
-                    a.attributes.map(|raw| raw.get()),
-                    link.attributes.as_deref(),
-                    link.personal.as_deref(),
-                )
-            {
-                return Err(LineProblem::Parts);
-            }
             let decode = |text: &str| -> Result<[u8; 32], LineProblem> {
                 ::hex::decode(text)
                     .ok()
                     .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
                     .ok_or(LineProblem::Hash)
             };
-            Some((decode(&link.prev_hash)?, decode(&link.row_hash)?))
+            Some(ArchivedLinkParts {
+                prev_hash: decode(&link.prev_hash)?,
+                row_hash: decode(&link.row_hash)?,
+                attributes: link.attributes,
+                personal: link.personal,
+            })
         }
     };
     let row = ChainRow {
@@ -641,10 +704,7 @@ fn chain_row(line: &str) -> Result<(ChainRow, Option<Link>), LineProblem> {
         service: a.service,
         trace_id: a.trace_id,
         span_id: a.span_id,
-        attributes: match (&a.chain_form, &a.chain) {
-            (Some(_), Some(link)) => link.attributes.clone(),
-            _ => a.attributes.map(|raw| raw.get().to_owned()),
-        },
+        attributes: None,
         taxonomy_valid: a.taxonomy_valid,
         taxonomy_reason: a.taxonomy_reason,
         duration_ms,
@@ -656,9 +716,9 @@ fn chain_row(line: &str) -> Result<(ChainRow, Option<Link>), LineProblem> {
         erasure_id: a.erasure_id,
         erased_digest: bytea(&a.erased_digest, "erased_digest")?,
         erased_signature: bytea(&a.erased_signature, "erased_signature")?,
-        personal_attributes: a.chain.as_ref().and_then(|link| link.personal.clone()),
+        personal_attributes: None,
     };
-    Ok((row, link))
+    linked(row, a.attributes.map(|raw| raw.get()), link)
 }
 
 /// Links checked against the database at once.
@@ -668,12 +728,174 @@ const MAX_PROBLEMS: usize = 20;
 /// Read buffer of a data file.
 const READ_BUFFER: usize = 256 * 1024;
 
+/// The checks of an archive's rows, the same for both formats: each format's
+/// reader hands every row's seq and tenant to [`RowChecks::count`] and every
+/// `activity_events` row's chain row to [`RowChecks::chained`];
+/// [`RowChecks::finish`] compares the totals with the manifest.
+struct RowChecks<'c> {
+    check: ArchiveCheck,
+    activity: bool,
+    database: Option<&'c Client>,
+    tenants: BTreeMap<String, i64>,
+    min_seq: Option<i64>,
+    max_seq: Option<i64>,
+    links: Sha256,
+    chained: i64,
+    pending: Vec<(String, i64, [u8; 32])>,
+}
+
+impl<'c> RowChecks<'c> {
+    fn new(check: ArchiveCheck, table: &str, database: Option<&'c Client>) -> Self {
+        RowChecks {
+            check,
+            activity: table == "activity_events",
+            database,
+            tenants: BTreeMap::new(),
+            min_seq: None,
+            max_seq: None,
+            links: Sha256::new(),
+            chained: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Whether the rows' chain is checked (`activity_events`).
+    fn activity(&self) -> bool {
+        self.activity
+    }
+
+    /// Whether enough problems are listed: the reader only counts bytes on.
+    fn full(&self) -> bool {
+        self.check.problems.len() > MAX_PROBLEMS
+    }
+
+    /// Lists a problem (up to [`MAX_PROBLEMS`]).
+    fn problem(&mut self, text: String) {
+        if !self.full() {
+            self.check.problems.push(text);
+        }
+    }
+
+    /// Counts a row read.
+    fn count(&mut self, seq: i64, tenant: Option<String>) {
+        self.check.rows += 1;
+        self.min_seq = Some(self.min_seq.map_or(seq, |m| m.min(seq)));
+        self.max_seq = Some(self.max_seq.map_or(seq, |m| m.max(seq)));
+        *self.tenants.entry(tenant.unwrap_or_default()).or_insert(0) += 1;
+    }
+
+    /// Checks an activity row (`place`: where it is in the file): re-hashed
+    /// against its link, the link digested and, with a database, queued for the
+    /// comparison with the chain.
+    async fn chained(
+        &mut self,
+        place: &str,
+        seq: i64,
+        row: Result<(ChainRow, Option<Link>), LineProblem>,
+    ) -> Result<(), PgError> {
+        match row {
+            Err(why) => self.problem(format!("{place} (seq {seq}): {why}")),
+            Ok((_, None)) => {}
+            Ok((row, Some((prev, hash)))) => {
+                self.chained += 1;
+                self.links.update(row.seq.to_be_bytes());
+                self.links.update(hash);
+                if row_hash(&prev, &row.canonical()) == hash {
+                    self.check.rows_rehashed += 1;
+                } else {
+                    self.problem(format!(
+                        "{place} (seq {}): the row does not hash to its chain link \
+                         (altered in the archive)",
+                        row.seq
+                    ));
+                }
+                if let Some(client) = self.database {
+                    self.pending
+                        .push((row.tenant_id.clone().unwrap_or_default(), row.seq, hash));
+                    if self.pending.len() >= LINK_BATCH {
+                        compare_links(client, &mut self.pending, &mut self.check).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares what was read (the data file's `bytes` and `sha256`) with the
+    /// manifest; answers the check.
+    async fn finish(
+        mut self,
+        manifest: &Manifest,
+        bytes: u64,
+        sha256: &str,
+    ) -> Result<ArchiveCheck, PgError> {
+        let check = &mut self.check;
+        if check.problems.len() > MAX_PROBLEMS {
+            check.problems.push("(more problems not listed)".into());
+        }
+        if bytes != manifest.bytes {
+            check.problems.push(format!(
+                "the data file has {bytes} bytes, the manifest says {}",
+                manifest.bytes
+            ));
+        }
+        if sha256 != manifest.sha256 {
+            check.problems.push(format!(
+                "the data file's SHA-256 is {sha256}, the manifest says {}",
+                manifest.sha256
+            ));
+        }
+        if check.rows != manifest.rows {
+            check.problems.push(format!(
+                "the data file has {} rows, the manifest says {}",
+                check.rows, manifest.rows
+            ));
+        }
+        let (min_seq, max_seq) = (self.min_seq, self.max_seq);
+        if (min_seq, max_seq) != (manifest.min_seq, manifest.max_seq) {
+            check.problems.push(format!(
+                "the rows' seq range is {min_seq:?}..={max_seq:?}, the manifest says {:?}..={:?}",
+                manifest.min_seq, manifest.max_seq
+            ));
+        }
+        let listed: BTreeMap<String, i64> = manifest
+            .tenants
+            .iter()
+            .map(|t| (t.tenant.clone(), t.rows))
+            .collect();
+        if listed != self.tenants {
+            check
+                .problems
+                .push("the rows' tenants or their counts differ from the manifest's".into());
+        }
+        if self.activity {
+            if self.chained != manifest.chained_rows {
+                check.problems.push(format!(
+                    "{} rows carry a chain link, the manifest says {}",
+                    self.chained, manifest.chained_rows
+                ));
+            }
+            let digest = hex(&self.links.finalize());
+            if manifest.links_digest.as_deref() != Some(digest.as_str()) {
+                check.problems.push(
+                    "the links digest of the archived rows differs from the manifest's".into(),
+                );
+            }
+        }
+        if let Some(client) = self.database {
+            compare_links(client, &mut self.pending, check).await?;
+        }
+        Ok(self.check)
+    }
+}
+
 /// Checks one archive: the manifest's signature (with `trusted` keys), the data
 /// file's size, SHA-256, row count, seq range and tenants, and for
 /// `activity_events` every chained row's hash recomputed from the archived row
 /// (the chain's canonical form) and the links digest; with `database`, each link
 /// is also compared with the chain's (`activity_chain` keeps links after their
-/// rows are dropped).
+/// rows are dropped). The data file is NDJSON or Parquet (the manifest's
+/// `data_format`); both are read through the same checks.
 pub async fn verify_archive(
     manifest_path: &Path,
     trusted: &[VerifyingKey],
@@ -723,27 +945,42 @@ pub async fn verify_archive(
         .parent()
         .unwrap_or(Path::new("."))
         .join(&manifest.data_file);
-    let file = match std::fs::File::open(&data_path) {
+    let mut checks = RowChecks::new(check, &manifest.table, database);
+    let read = match manifest.data_format.as_str() {
+        "ndjson" => check_ndjson_rows(&data_path, &mut checks).await?,
+        "parquet" => parquet_file::check_rows(&data_path, &mut checks).await?,
+        other => {
+            checks.problem(format!("unknown data format {other:?}"));
+            None
+        }
+    };
+    match read {
+        Some((sha256, bytes)) => checks.finish(&manifest, bytes, &sha256).await,
+        None => Ok(checks.check),
+    }
+}
+
+/// Reads an NDJSON data file into `checks`, line by line (memory stays bounded
+/// whatever the archive's size); answers the file's SHA-256 and size, `None`
+/// when it cannot be opened.
+async fn check_ndjson_rows(
+    data_path: &Path,
+    checks: &mut RowChecks<'_>,
+) -> Result<Option<(String, u64)>, PgError> {
+    let file = match std::fs::File::open(data_path) {
         Ok(file) => file,
         Err(e) => {
-            check.problems.push(format!(
+            checks.problem(format!(
                 "cannot read the data file {}: {e}",
                 data_path.display()
             ));
-            return Ok(check);
+            return Ok(None);
         }
     };
-    // Streamed line by line: memory stays bounded whatever the archive's size.
     let mut reader = std::io::BufReader::with_capacity(READ_BUFFER, file);
     let mut file_hash = Sha256::new();
     let mut bytes = 0u64;
     let mut buffer: Vec<u8> = Vec::with_capacity(4096);
-    let activity = manifest.table == "activity_events";
-    let mut tenants: BTreeMap<String, i64> = BTreeMap::new();
-    let (mut min_seq, mut max_seq): (Option<i64>, Option<i64>) = (None, None);
-    let mut links = Sha256::new();
-    let mut chained = 0i64;
-    let mut pending: Vec<(String, i64, [u8; 32])> = Vec::new();
     let mut at = 0usize;
     loop {
         buffer.clear();
@@ -759,115 +996,29 @@ pub async fn verify_archive(
         file_hash.update(&buffer);
         bytes += read as u64;
         at += 1;
-        if check.problems.len() > MAX_PROBLEMS {
+        if checks.full() {
             continue;
         }
         let Ok(line) = std::str::from_utf8(&buffer) else {
-            check.problems.push(format!("line {at} is not UTF-8"));
+            checks.problem(format!("line {at} is not UTF-8"));
             continue;
         };
         let line = line.strip_suffix('\n').unwrap_or(line);
         let key: ArchivedKey = match serde_json::from_str(line) {
             Ok(key) => key,
             Err(e) => {
-                check
-                    .problems
-                    .push(format!("line {at} is not an archived row: {e}"));
+                checks.problem(format!("line {at} is not an archived row: {e}"));
                 continue;
             }
         };
-        check.rows += 1;
-        min_seq = Some(min_seq.map_or(key.seq, |m| m.min(key.seq)));
-        max_seq = Some(max_seq.map_or(key.seq, |m| m.max(key.seq)));
-        *tenants
-            .entry(key.tenant_id.unwrap_or_default())
-            .or_insert(0) += 1;
-        if !activity {
-            continue;
-        }
-        match chain_row(line) {
-            Err(why) => check
-                .problems
-                .push(format!("line {at} (seq {}): {why}", key.seq)),
-            Ok((_, None)) => {}
-            Ok((row, Some((prev, hash)))) => {
-                chained += 1;
-                links.update(row.seq.to_be_bytes());
-                links.update(hash);
-                if row_hash(&prev, &row.canonical()) == hash {
-                    check.rows_rehashed += 1;
-                } else {
-                    check.problems.push(format!(
-                        "line {at} (seq {}): the row does not hash to its chain link \
-                         (altered in the archive)",
-                        row.seq
-                    ));
-                }
-                if let Some(client) = database {
-                    pending.push((row.tenant_id.clone().unwrap_or_default(), row.seq, hash));
-                    if pending.len() >= LINK_BATCH {
-                        compare_links(client, &mut pending, &mut check).await?;
-                    }
-                }
-            }
+        checks.count(key.seq, key.tenant_id);
+        if checks.activity() {
+            checks
+                .chained(&format!("line {at}"), key.seq, chain_row(line))
+                .await?;
         }
     }
-    if check.problems.len() > MAX_PROBLEMS {
-        check.problems.push("(more problems not listed)".into());
-    }
-    if bytes != manifest.bytes {
-        check.problems.push(format!(
-            "the data file has {bytes} bytes, the manifest says {}",
-            manifest.bytes
-        ));
-    }
-    let digest = hex(&file_hash.finalize());
-    if digest != manifest.sha256 {
-        check.problems.push(format!(
-            "the data file's SHA-256 is {digest}, the manifest says {}",
-            manifest.sha256
-        ));
-    }
-    if check.rows != manifest.rows {
-        check.problems.push(format!(
-            "the data file has {} rows, the manifest says {}",
-            check.rows, manifest.rows
-        ));
-    }
-    if (min_seq, max_seq) != (manifest.min_seq, manifest.max_seq) {
-        check.problems.push(format!(
-            "the rows' seq range is {min_seq:?}..={max_seq:?}, the manifest says {:?}..={:?}",
-            manifest.min_seq, manifest.max_seq
-        ));
-    }
-    let listed: BTreeMap<String, i64> = manifest
-        .tenants
-        .iter()
-        .map(|t| (t.tenant.clone(), t.rows))
-        .collect();
-    if listed != tenants {
-        check
-            .problems
-            .push("the rows' tenants or their counts differ from the manifest's".into());
-    }
-    if activity {
-        if chained != manifest.chained_rows {
-            check.problems.push(format!(
-                "{chained} rows carry a chain link, the manifest says {}",
-                manifest.chained_rows
-            ));
-        }
-        let digest = hex(&links.finalize());
-        if manifest.links_digest.as_deref() != Some(digest.as_str()) {
-            check
-                .problems
-                .push("the links digest of the archived rows differs from the manifest's".into());
-        }
-    }
-    if let Some(client) = database {
-        compare_links(client, &mut pending, &mut check).await?;
-    }
-    Ok(check)
+    Ok(Some((hex(&file_hash.finalize()), bytes)))
 }
 
 /// Compares the archived links in `pending` with `activity_chain`, then empties it.

@@ -1083,7 +1083,8 @@ async fn finish(
 /// [`archive_manifests`](super::archive::archive_manifests)) that hold a row of
 /// `user` in `tenant` (`tenant_id` and `user_id` as archived), sorted. A missing
 /// directory holds none; an unreadable one, manifest or data file is an error.
-/// Reads every data file whose manifest lists the tenant, line by line.
+/// Reads every data file whose manifest lists the tenant, line by line (NDJSON)
+/// or its `tenant_id` and `user_id` columns (Parquet).
 pub fn archives_holding(
     dir: &std::path::Path,
     tenant: &str,
@@ -1114,6 +1115,12 @@ pub fn archives_holding(
             .parent()
             .unwrap_or(dir)
             .join(&manifest.data_file);
+        if manifest.data_format == "parquet" {
+            if super::archive::parquet_file::holds_user(&data, tenant, user)? {
+                found.push(data.display().to_string());
+            }
+            continue;
+        }
         let file = std::fs::File::open(&data)
             .map_err(|e| PgError::io(format!("cannot open {}", data.display()), e))?;
         for line in std::io::BufReader::with_capacity(1 << 20, file).lines() {

@@ -437,6 +437,7 @@ impl RetentionJob {
                 Some(config) => match write_archive(
                     client,
                     &config.dir,
+                    config.format,
                     table,
                     partition,
                     day,
