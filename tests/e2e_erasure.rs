@@ -172,6 +172,24 @@ async fn post(tally: &Tally, bearer: &str, body: Value) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Waits until `GET /api/v1/erasures` lists erasure `id` as done; its item.
+async fn erasure_done(tally: &Tally, bearer: &str, id: &str) -> Value {
+    let list_url = tally.api_url("/api/v1/erasures");
+    eventually(DEADLINE, "the erasure done", || {
+        let list_url = &list_url;
+        async move {
+            let (status, body) = get_json(list_url, Some(bearer)).await;
+            assert_eq!(status, 200, "{body}");
+            body["items"]
+                .as_array()?
+                .iter()
+                .find(|item| item["id"] == json!(id) && item["state"] == "done")
+                .cloned()
+        }
+    })
+    .await
+}
+
 async fn text(url: &str, bearer: &str) -> String {
     let response = reqwest::Client::new()
         .get(url)
@@ -292,19 +310,7 @@ async fn erasure_by_command_and_route_leaves_no_trace_and_the_chain_verifies() {
     assert_eq!(body["tenant_id"], "acme");
     let carol_id = body["id"].as_str().expect("id").to_owned();
     let list_url = tally.api_url("/api/v1/erasures");
-    let carol = eventually(DEADLINE, "carol's erasure done", || {
-        let (url, bearer, id) = (&list_url, &acme_admin, &carol_id);
-        async move {
-            let (status, body) = get_json(url, Some(bearer)).await;
-            assert_eq!(status, 200, "{body}");
-            body["items"]
-                .as_array()?
-                .iter()
-                .find(|item| item["id"] == json!(id) && item["state"] == "done")
-                .cloned()
-        }
-    })
-    .await;
+    let carol = erasure_done(&tally, &acme_admin, &carol_id).await;
     assert_eq!(carol["counts"]["activity_events"], 5, "{carol}");
     assert_eq!(carol["requested_by"], "tester");
     let (_, listed) = get_json(&list_url, Some(&acme_admin)).await;
@@ -600,20 +606,7 @@ async fn token_rows_attributed_after_an_erasure_on_another_instance_take_the_pse
     .await;
     assert!(status == 202 || status == 200, "{status} {body}");
     let id = body["id"].as_str().expect("id").to_owned();
-    let list_url = first.api_url("/api/v1/erasures");
-    let record = eventually(DEADLINE, "dave's erasure done", || {
-        let (url, bearer, id) = (&list_url, &admin, &id);
-        async move {
-            let (status, body) = get_json(url, Some(bearer)).await;
-            assert_eq!(status, 200, "{body}");
-            body["items"]
-                .as_array()?
-                .iter()
-                .find(|item| item["id"] == json!(id) && item["state"] == "done")
-                .cloned()
-        }
-    })
-    .await;
+    let record = erasure_done(&first, &admin, &id).await;
     let pseudonym = record["pseudonym"].as_str().expect("pseudonym").to_owned();
     assert_ne!(pseudonym, DAVE);
     assert!(

@@ -89,10 +89,50 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-/// Inserts `rows` activity rows of `user` in `tenant`, spread over the data
-/// set's days, in chunks of 100,000 (one transaction each).
-async fn insert_user(
+/// One activity row of the erased user per `i` of `generate_series($3)`:
+/// `$1` tenant, `$2` user, times from `$4` over `$5` seconds (v3 rows, ~250-byte
+/// attributes with an email, an IP and the id under `actor`, named in
+/// `personal_keys` as the writer does).
+const USER_ACTIVITY_INSERT: &str = "INSERT INTO activity_events (id, seq, ts, received_at, \
+         tenant_id, user_id, session_id, action, outcome, resource_type, resource_id, service, \
+         trace_id, span_id, attributes, taxonomy_valid, personal_keys) \
+     SELECT gen_random_uuid(), nextval('activity_events_seq'), t, t, $1, $2, \
+         'sess-' || (i % 997), 'document.view', 'success', 'document', \
+         'document-' || (i % 20000), 'web', md5(i::text || $2), left(md5(i::text), 16), \
+         jsonb_build_object('http.request.method', 'GET', \
+             'http.route', '/api/v2/document/{id}', 'http.response.status_code', 200, \
+             'user.email', 'email:hmac:' || left(md5($2), 16), \
+             'client.address', 'ip:hmac:' || left(md5(i::text), 16), \
+             'actor', $2::text, 'request.id', left(md5((i + 1)::text), 16), \
+             'app.version', '4.2.1'), true, ARRAY['actor'] \
+     FROM (SELECT i, $4::timestamptz + make_interval(secs => random() * $5::float8) \
+         AS t FROM generate_series(1, $3::int8) AS i) AS x ORDER BY t";
+
+/// One token row of the erased user per `i` (parameters as
+/// [`USER_ACTIVITY_INSERT`]), one in ten attributed through the trace.
+const USER_TOKEN_INSERT: &str =
+    "INSERT INTO token_usage (id, seq, ts, received_at, tenant_id, user_id, \
+         session_id, service, trace_id, span_id, provider, operation, \
+         request_model, response_model, model, input_tokens, output_tokens, \
+         total_tokens, cost_usd, outcome, duration_ms, attribution_source, \
+         attributes) \
+     SELECT gen_random_uuid(), nextval('token_usage_seq'), t, t, $1, $2, \
+         'sess-' || (i % 997), 'web', md5(i::text || $2), left(md5(i::text), 16), \
+         'openai', 'chat', 'gpt-4o-mini', 'gpt-4o-mini', 'gpt-4o-mini', \
+         100 + i % 900, 10 + i % 300, 110 + i % 900 + i % 300, \
+         (100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 'success', \
+         200 + i % 5000, CASE WHEN i % 10 = 0 THEN 'trace' ELSE 'record' END, \
+         jsonb_build_object('gen_ai.request.max_tokens', 1024, \
+             'app.feature', 'assistant', 'enduser.id', $2::text) \
+     FROM (SELECT i, $4::timestamptz + make_interval(secs => random() * $5::float8) \
+         AS t FROM generate_series(1, $3::int8) AS i) AS x ORDER BY t";
+
+/// Runs `insert` (one of the statements above) for `rows` rows of `user` in
+/// `tenant`, spread over the data set's days, in chunks of 100,000 (one
+/// transaction each).
+async fn insert_user_rows(
     client: &tokio_postgres::Client,
+    insert: &str,
     shape: &Shape,
     tenant: &str,
     user: &str,
@@ -106,68 +146,9 @@ async fn insert_user(
     while done < rows {
         let n = chunk.min(rows - done) as i64;
         client
-            .execute(
-                "INSERT INTO activity_events (id, seq, ts, received_at, tenant_id, user_id, \
-                     session_id, action, outcome, resource_type, resource_id, service, \
-                     trace_id, span_id, attributes, taxonomy_valid, personal_keys) \
-                 SELECT gen_random_uuid(), nextval('activity_events_seq'), t, t, $1, $2, \
-                     'sess-' || (i % 997), 'document.view', 'success', 'document', \
-                     'document-' || (i % 20000), 'web', md5(i::text || $2), \
-                     left(md5(i::text), 16), \
-                     jsonb_build_object('http.request.method', 'GET', \
-                         'http.route', '/api/v2/document/{id}', 'http.response.status_code', 200, \
-                         'user.email', 'email:hmac:' || left(md5($2), 16), \
-                         'client.address', 'ip:hmac:' || left(md5(i::text), 16), \
-                         'actor', $2::text, 'request.id', left(md5((i + 1)::text), 16), \
-                         'app.version', '4.2.1'), true, ARRAY['actor'] \
-                 FROM (SELECT i, $4::timestamptz + make_interval(secs => random() * $5::float8) \
-                     AS t FROM generate_series(1, $3::int8) AS i) AS x ORDER BY t",
-                &[&tenant, &user, &n, &start, &span_secs],
-            )
+            .execute(insert, &[&tenant, &user, &n, &start, &span_secs])
             .await
             .context("inserting the user's rows")?;
-        done += n as u64;
-    }
-    Ok(())
-}
-
-/// Inserts `rows` token rows of `user` in `tenant`, spread like
-/// [`insert_user`]'s, one in ten attributed through the trace.
-async fn insert_user_tokens(
-    client: &tokio_postgres::Client,
-    shape: &Shape,
-    tenant: &str,
-    user: &str,
-    rows: u64,
-) -> anyhow::Result<()> {
-    let first = shape.last_day - Days::new(u64::from(shape.days - 1));
-    let start = first.and_time(chrono::NaiveTime::MIN).and_utc();
-    let span_secs = f64::from(shape.days) * 86_400.0 - 1.0;
-    let chunk = 100_000u64;
-    let mut done = 0u64;
-    while done < rows {
-        let n = chunk.min(rows - done) as i64;
-        client
-            .execute(
-                "INSERT INTO token_usage (id, seq, ts, received_at, tenant_id, user_id, \
-                     session_id, service, trace_id, span_id, provider, operation, \
-                     request_model, response_model, model, input_tokens, output_tokens, \
-                     total_tokens, cost_usd, outcome, duration_ms, attribution_source, \
-                     attributes) \
-                 SELECT gen_random_uuid(), nextval('token_usage_seq'), t, t, $1, $2, \
-                     'sess-' || (i % 997), 'web', md5(i::text || $2), left(md5(i::text), 16), \
-                     'openai', 'chat', 'gpt-4o-mini', 'gpt-4o-mini', 'gpt-4o-mini', \
-                     100 + i % 900, 10 + i % 300, 110 + i % 900 + i % 300, \
-                     (100 + i % 900) * 0.00000015 + (10 + i % 300) * 0.0000006, 'success', \
-                     200 + i % 5000, CASE WHEN i % 10 = 0 THEN 'trace' ELSE 'record' END, \
-                     jsonb_build_object('gen_ai.request.max_tokens', 1024, \
-                         'app.feature', 'assistant', 'enduser.id', $2::text) \
-                 FROM (SELECT i, $4::timestamptz + make_interval(secs => random() * $5::float8) \
-                     AS t FROM generate_series(1, $3::int8) AS i) AS x ORDER BY t",
-                &[&tenant, &user, &n, &start, &span_secs],
-            )
-            .await
-            .context("inserting the user's token rows")?;
         done += n as u64;
     }
     Ok(())
@@ -262,8 +243,24 @@ pub async fn run(args: LifecycleArgs) -> anyhow::Result<()> {
     for run in 1..=args.runs {
         let user = format!("erase-me-{run}");
         let insert_started = Instant::now();
-        insert_user(&client, &shape, &tenant, &user, args.user_rows).await?;
-        insert_user_tokens(&client, &shape, &tenant, &user, args.user_token_rows).await?;
+        insert_user_rows(
+            &client,
+            USER_ACTIVITY_INSERT,
+            &shape,
+            &tenant,
+            &user,
+            args.user_rows,
+        )
+        .await?;
+        insert_user_rows(
+            &client,
+            USER_TOKEN_INSERT,
+            &shape,
+            &tenant,
+            &user,
+            args.user_token_rows,
+        )
+        .await?;
         client
             .batch_execute("ANALYZE activity_events; ANALYZE token_usage")
             .await?;
