@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::{Authenticator, Caller, TenantAccess};
 use crate::error::ApiError;
-use crate::stream::sse::{CallerBuffer, CALLER_BUFFER, CALLER_BUFFER_BYTES};
+use crate::stream::sse::{CallerBuffer, CALLER_BUFFER, CALLER_BUFFER_BYTES, STREAM_BUFFER_BYTES};
 use crate::AppState;
 
 /// How long an answer to a credential that fails to verify (unknown or revoked key,
@@ -60,6 +60,8 @@ pub(crate) struct Limits {
     timeout: Duration,
     max_requests: usize,
     max_streams: usize,
+    /// The queued-bytes budget of one caller's live feeds together.
+    feed_buffer_bytes: usize,
     in_progress: Mutex<HashMap<Arc<str>, Counts>>,
 }
 
@@ -100,6 +102,10 @@ impl Limits {
             timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
             max_requests: config.max_concurrent_per_caller.max(1),
             max_streams: config.max_streams_per_caller.max(1),
+            feed_buffer_bytes: config
+                .max_streams_per_caller
+                .max(1)
+                .saturating_mul(STREAM_BUFFER_BYTES),
             in_progress: Mutex::new(HashMap::new()),
         }
     }
@@ -142,7 +148,7 @@ impl Limits {
         let feed_buffer = stream.then(|| {
             counts
                 .feed_buffer
-                .get_or_insert_with(|| CallerBuffer::new(CALLER_BUFFER_BYTES))
+                .get_or_insert_with(|| CallerBuffer::new(self.feed_buffer_bytes))
                 .clone()
         });
         Ok(Slot {
@@ -330,7 +336,8 @@ mod tests {
         let b = limits.acquire("b", true).expect("another caller's feed");
         assert!(budget(&a1).is_shared_with(&budget(&a2)));
         assert!(!budget(&a1).is_shared_with(&budget(&b)));
-        assert_eq!(budget(&a1).available(), CALLER_BUFFER_BYTES);
+        // 256 KiB per feed the caller may open (3 here).
+        assert_eq!(budget(&a1).available(), 3 * STREAM_BUFFER_BYTES);
         // Kept while one feed of the caller is open, new once none is.
         drop(a1);
         let a3 = limits.acquire("a", true).expect("third feed");

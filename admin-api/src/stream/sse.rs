@@ -18,7 +18,8 @@
 //!
 //! The bytes buffered are also bounded per caller, whatever the number and size
 //! of its feeds' events: all the live feeds of one caller share one
-//! [`CallerBuffer`] of [`CALLER_BUFFER_BYTES`]. A chunk takes its length from it
+//! [`CallerBuffer`] of [`STREAM_BUFFER_BYTES`] per feed it may open
+//! ([`CALLER_BUFFER_BYTES`] at the default limits). A chunk takes its length from it
 //! before it is queued and gives it back when the connection takes the chunk
 //! (or the response is dropped), so a caller's unread feeds hold at most that
 //! much queued event data between them; a feed that cannot queue for
@@ -43,8 +44,13 @@ use tokio::time::{Instant, Sleep};
 use super::hub::Table;
 use super::{Stop, STALL_TIMEOUT};
 
-/// Bytes of queued events all the live feeds of one caller may hold at once.
-pub(crate) const CALLER_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes of queued events one caller's live feeds may hold at once, per feed
+/// the caller may open (`admin_api.limits.max_streams_per_caller`).
+pub(crate) const STREAM_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Bytes of queued events all the live feeds of one caller may hold at once,
+/// at the default `max_streams_per_caller` of 16 (4 MiB).
+pub(crate) const CALLER_BUFFER_BYTES: usize = 16 * STREAM_BUFFER_BYTES;
 
 /// The queued-bytes budget one caller's live feeds share (see the module docs).
 #[derive(Debug, Clone)]
