@@ -110,10 +110,9 @@ async fn archived_day(format: ArchiveFormat) -> (TestDatabase, tempfile::TempDir
     (db, dir, day)
 }
 
-#[tokio::test]
-async fn tally_verify_archive_catches_a_changed_byte() {
-    let (db, dir, day) = archived_day(ArchiveFormat::Ndjson).await;
-    let (code, output) = cli_verify_archive(&db, dir.path());
+/// `tally verify --archive` says the archived day (both tables) is intact.
+fn assert_the_day_verifies(db: &TestDatabase, dir: &Path) {
+    let (code, output) = cli_verify_archive(db, dir);
     assert_eq!(code, Some(0), "{output}");
     assert!(
         output.contains("2 of 2 archives intact (32 rows)"),
@@ -123,6 +122,12 @@ async fn tally_verify_archive_catches_a_changed_byte() {
         output.contains("25 rows rehashed against their chain links, 25 links match"),
         "{output}"
     );
+}
+
+#[tokio::test]
+async fn tally_verify_archive_catches_a_changed_byte() {
+    let (db, dir, day) = archived_day(ArchiveFormat::Ndjson).await;
+    assert_the_day_verifies(&db, dir.path());
 
     // One byte of one archived row changes: user-12 becomes user-13.
     let data = dir
@@ -174,16 +179,7 @@ async fn tally_verify_archive_catches_a_changed_byte() {
 #[tokio::test]
 async fn tally_verify_archive_checks_parquet_archives() {
     let (db, dir, day) = archived_day(ArchiveFormat::Parquet).await;
-    let (code, output) = cli_verify_archive(&db, dir.path());
-    assert_eq!(code, Some(0), "{output}");
-    assert!(
-        output.contains("2 of 2 archives intact (32 rows)"),
-        "{output}"
-    );
-    assert!(
-        output.contains("25 rows rehashed against their chain links, 25 links match"),
-        "{output}"
-    );
+    assert_the_day_verifies(&db, dir.path());
     // One flipped byte in the middle of the activity archive.
     let data = dir
         .path()
