@@ -17,8 +17,8 @@ use tally_model::Outcome;
 
 use crate::auth::{Caller, SCOPE_ACTIVITY_READ};
 use crate::cursor::Cursor;
-use crate::error::{truncate, ApiError};
-use crate::params::SqlBuilder;
+use crate::error::ApiError;
+use crate::params::{Params, SqlBuilder};
 use crate::AppState;
 
 /// The query parameters `GET /api/v1/activity` accepts.
@@ -101,36 +101,8 @@ impl ActivityQuery {
         default_limit: u32,
         max_limit: u32,
     ) -> Result<ActivityQuery, ApiError> {
-        let mut unknown: Vec<&str> = Vec::new();
-        for (name, _) in pairs {
-            if !PARAMETERS.contains(&name.as_str()) && !unknown.contains(&name.as_str()) {
-                unknown.push(name);
-            }
-        }
-        if let Some((first, others)) = unknown.split_first() {
-            let mut message = "unknown query parameter".to_owned();
-            if !others.is_empty() {
-                let others: Vec<String> = others.iter().map(|n| truncate(n, 64)).collect();
-                message.push_str(&format!(" (also unknown: {})", others.join(", ")));
-            }
-            message.push_str(&format!("; accepted: {}", PARAMETERS.join(", ")));
-            return Err(ApiError::invalid(&truncate(first, 64), message));
-        }
-        let get = |name: &str| -> Result<Option<&str>, ApiError> {
-            let mut values = pairs.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
-            let first = values.next();
-            if values.next().is_some() {
-                return Err(ApiError::invalid(name, "given more than once"));
-            }
-            if let Some(value) = first {
-                crate::params::check_text(name, value)?;
-            }
-            Ok(first.map(String::as_str))
-        };
-        let text =
-            |name: &str| -> Result<Option<String>, ApiError> { Ok(get(name)?.map(str::to_owned)) };
-
-        let action = match get("action")? {
+        let params = Params::new(pairs, PARAMETERS)?;
+        let action = match params.one("action")? {
             None | Some("*") => ActionFilter::Any,
             Some(value) => match value.strip_suffix(".*") {
                 Some(prefix) if !prefix.is_empty() && !prefix.contains('*') => {
@@ -145,64 +117,32 @@ impl ActivityQuery {
                 _ => ActionFilter::Exact(value.to_owned()),
             },
         };
-        let outcome = get("outcome")?
+        let outcome = params
+            .one("outcome")?
             .map(|value| {
                 Outcome::parse(value).ok_or_else(|| {
                     ApiError::invalid("outcome", "must be one of success, failure, unknown")
                 })
             })
             .transpose()?;
-        let trace_id = get("trace_id")?
-            .map(|value| {
-                if value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    Ok(value.to_ascii_lowercase())
-                } else {
-                    Err(ApiError::invalid(
-                        "trace_id",
-                        "must be 32 hexadecimal characters",
-                    ))
-                }
-            })
-            .transpose()?;
-        let from = get("from")?
-            .map(|v| crate::params::timestamp("from", v))
-            .transpose()?;
-        let to = get("to")?
-            .map(|v| crate::params::timestamp("to", v))
-            .transpose()?;
-        if let (Some(from), Some(to)) = (from, to) {
-            if from > to {
-                return Err(ApiError::invalid("from", "must not be after to"));
-            }
-        }
-        let limit = match get("limit")? {
-            None => default_limit.clamp(1, max_limit.max(1)),
-            Some(value) => match value.parse::<u32>() {
-                Ok(limit) if (1..=max_limit).contains(&limit) => limit,
-                _ => {
-                    return Err(ApiError::invalid(
-                        "limit",
-                        format!("must be an integer between 1 and {max_limit}"),
-                    ))
-                }
-            },
-        };
-        let cursor = get("cursor")?.map(Cursor::decode).transpose()?;
-
+        let (from, to) = params.time_range()?;
         Ok(ActivityQuery {
-            tenant: text("tenant")?,
-            user: text("user")?,
+            tenant: params.text("tenant")?,
+            user: params.text("user")?,
             action,
             outcome,
-            resource_type: text("resource_type")?,
-            resource_id: text("resource_id")?,
-            trace_id,
-            name: text("name")?,
-            min_duration_ms: get("min_duration_ms")?.map(min_duration_ms).transpose()?,
+            resource_type: params.text("resource_type")?,
+            resource_id: params.text("resource_id")?,
+            trace_id: params.trace_id()?,
+            name: params.text("name")?,
+            min_duration_ms: params
+                .one("min_duration_ms")?
+                .map(min_duration_ms)
+                .transpose()?,
             from,
             to,
-            limit,
-            cursor,
+            limit: params.limit(default_limit, max_limit)?,
+            cursor: params.one("cursor")?.map(Cursor::decode).transpose()?,
         })
     }
 

@@ -354,28 +354,7 @@ async fn handle<S: Signal>(
 ) -> Result<Response, RequestError> {
     let encoding = headers.encoding?;
     let limit = state.limit;
-    if headers.content_length.is_some_and(|len| len > limit as u64) {
-        discard(body.into_data_stream(), limit).await;
-        return Err(too_large(limit));
-    }
-    // Held until the answer is built: the body, its decoded form and its queued
-    // records all count against the in-flight budget. The body is charged as its
-    // bytes arrive, not as announced: a client trickling a large body holds only
-    // what it has sent, and for at most the body deadline.
-    let mut charge = state.budget.charge();
-    let reading = read_body(body, headers.content_length, limit, &mut charge);
-    let body = match state.body_timeout {
-        Some(deadline) => tokio::time::timeout(deadline, reading)
-            .await
-            .map_err(|_| {
-                RequestError::Timeout(format!(
-                    "request body not received within {} ms \
-                     (receivers.otlp.body_read_timeout_ms)",
-                    deadline.as_millis()
-                ))
-            })??,
-        None => reading.await?,
-    };
+    let (body, mut charge) = receive_body(state, body, headers.content_length).await?;
     let inline_max = match encoding {
         Encoding::Identity => INLINE_DECODE_MAX,
         Encoding::Gzip | Encoding::Zstd => INLINE_DECOMPRESS_MAX,
@@ -403,6 +382,41 @@ async fn handle<S: Signal>(
     let response = success_response::<S>(format, report);
     drop(charge);
     Ok(response)
+}
+
+/// Reads a request's body as every HTTP ingest route does: a body announced
+/// larger than the request limit (`max_request_body_size`) is refused at once (413),
+/// and the whole body must arrive within `receivers.otlp.body_read_timeout_ms`.
+///
+/// The returned charge is held until the answer is built: the body, its decoded
+/// form and its queued records all count against the in-flight budget. The body
+/// is charged as its bytes arrive, not as announced: a client trickling a large
+/// body holds only what it has sent, and for at most the body deadline.
+pub(crate) async fn receive_body(
+    state: &AppState,
+    body: Body,
+    content_length: Option<u64>,
+) -> Result<(Bytes, Charge), RequestError> {
+    let limit = state.limit;
+    if content_length.is_some_and(|len| len > limit as u64) {
+        discard(body.into_data_stream(), limit).await;
+        return Err(too_large(limit));
+    }
+    let mut charge = state.budget.charge();
+    let reading = read_body(body, content_length, limit, &mut charge);
+    let body = match state.body_timeout {
+        Some(deadline) => tokio::time::timeout(deadline, reading)
+            .await
+            .map_err(|_| {
+                RequestError::Timeout(format!(
+                    "request body not received within {} ms \
+                     (receivers.otlp.body_read_timeout_ms)",
+                    deadline.as_millis()
+                ))
+            })??,
+        None => reading.await?,
+    };
+    Ok((body, charge))
 }
 
 pub(crate) fn too_large(limit: usize) -> RequestError {

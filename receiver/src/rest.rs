@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -44,7 +43,7 @@ use uuid::Uuid;
 
 use crate::auth::{Denied, KeyPolicy};
 use crate::error::{malformed, retry_after_secs, shorten, Malformed, RequestError};
-use crate::http::{read_body, request_headers, AppState};
+use crate::http::{receive_body, request_headers, AppState};
 use crate::limits::decode_body;
 use crate::telemetry::{count_records, observe_duration, SignalKind, Transport};
 
@@ -324,25 +323,8 @@ async fn handle(
     let headers = request_headers(&request);
     let encoding = headers.encoding?;
     let limit = state.limit;
-    let body: Body = request.into_body();
-    if headers.content_length.is_some_and(|len| len > limit as u64) {
-        crate::http::discard(body.into_data_stream(), limit).await;
-        return Err(crate::http::too_large(limit));
-    }
-    let mut charge = state.budget.charge();
-    let reading = read_body(body, headers.content_length, limit, &mut charge);
-    let body = match state.body_timeout {
-        Some(deadline) => tokio::time::timeout(deadline, reading)
-            .await
-            .map_err(|_| {
-                RequestError::Timeout(format!(
-                    "request body not received within {} ms \
-                     (receivers.otlp.body_read_timeout_ms)",
-                    deadline.as_millis()
-                ))
-            })??,
-        None => reading.await?,
-    };
+    let (body, mut charge) =
+        receive_body(state, request.into_body(), headers.content_length).await?;
     let body = decode_body(encoding, body, limit, &mut charge)?;
     charge.ensure_decoded(body.len(), crate::estimate::json(&body))?;
     let now = Utc::now();
