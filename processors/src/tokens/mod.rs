@@ -320,7 +320,7 @@ fn first_event_ms(events: &[Event], names: &[String], start: u64) -> Option<f64>
     }
     events
         .iter()
-        .filter(|e| e.time_unix_nano >= start && names.iter().any(|n| *n == e.name))
+        .filter(|e| e.time_unix_nano >= start && names.contains(&e.name))
         .map(|e| e.time_unix_nano)
         .min()
         .map(|first| (first - start) as f64 / 1e6)
