@@ -222,6 +222,10 @@ async fn an_acknowledged_call_is_in_every_aggregate_within_2_s() {
             && (body["tokens"]["time_to_first_token_p50_ms"].as_f64()? - 250.0).abs() < 250.0 * 0.045
             && body["tokens"]["by_model"][0]["time_to_first_token_p95_ms"]
                 == body["tokens"]["time_to_first_token_p95_ms"]
+            // One call: its speed is every percentile of the per-call speeds.
+            && body["tokens"]["output_tokens_per_second_p50"].as_f64().is_some()
+            && body["tokens"]["by_model"][0]["output_tokens_per_second_p95"]
+                == body["tokens"]["output_tokens_per_second_p50"]
             && body["activity"]["events"] == 1
             && body["activity"]["active_users"] == 1
             && body["activity"]["top_actions"][0]["action"] == "doc.read")
@@ -243,6 +247,12 @@ async fn an_acknowledged_call_is_in_every_aggregate_within_2_s() {
         (speed - 100.0 / (duration_ms / 1000.0)).abs() < 0.001,
         "{body}"
     );
+    // /stats reads the same speed within its bucket (4.5%).
+    let stats = api(tally, "/api/v1/stats?tenant=acme").await;
+    let p50 = stats["tokens"]["output_tokens_per_second_p50"]
+        .as_f64()
+        .expect("speed p50");
+    assert!((p50 - speed).abs() / speed < 0.045, "{p50} vs {speed}");
     eventually(LIVE, "the event in /activity/aggregates", || async move {
         let body = api(
             tally,
@@ -677,11 +687,16 @@ async fn live_answers_equal_sql_over_the_raw_tables_at_every_grain() {
                      percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms), \
                      sum(output_tokens)::float8 / (sum(duration_ms) / 1000), \
                      percentile_disc(0.5) WITHIN GROUP (ORDER BY time_to_first_token_ms), \
-                     percentile_disc(0.95) WITHIN GROUP (ORDER BY time_to_first_token_ms) \
+                     percentile_disc(0.95) WITHIN GROUP (ORDER BY time_to_first_token_ms), \
+                     percentile_disc(0.5) WITHIN GROUP (ORDER BY output_tokens * 1000.0::float8 \
+                         / duration_ms) FILTER (WHERE duration_ms > 0 AND output_tokens IS NOT NULL), \
+                     percentile_disc(0.95) WITHIN GROUP (ORDER BY output_tokens * 1000.0::float8 \
+                         / duration_ms) FILTER (WHERE duration_ms > 0 AND output_tokens IS NOT NULL), \
+                     GROUPING(model) = 1 \
                  FROM token_usage \
                  WHERE seq <= $1 AND (ts AT TIME ZONE 'UTC')::date >= $2 \
                    AND (ts AT TIME ZONE 'UTC')::date < $3 AND ($4::text IS NULL OR tenant_id = $4) \
-                 GROUP BY 1",
+                 GROUP BY GROUPING SETS ((model), ())",
                 &[&tokens_as_of, &from, &to, &tenant],
             )
             .await
@@ -694,10 +709,15 @@ async fn live_answers_equal_sql_over_the_raw_tables_at_every_grain() {
         let by_model = body["tokens"]["by_model"].as_array().expect("by_model");
         for row in rows {
             let model: String = row.get(0);
-            let item = by_model
-                .iter()
-                .find(|i| i["model"] == model.as_str())
-                .unwrap_or_else(|| panic!("{model} in {body}"));
+            // The window's totals (every model), then each model.
+            let item = if row.get::<_, bool>(10) {
+                &body["tokens"]
+            } else {
+                by_model
+                    .iter()
+                    .find(|i| i["model"] == model.as_str())
+                    .unwrap_or_else(|| panic!("{model} in {body}"))
+            };
             let (requests, failed): (i64, i64) = (row.get(1), row.get(2));
             assert_eq!(item["failed_requests"].as_i64(), Some(failed), "{item}");
             let rate = item["success_rate"].as_f64().expect("success_rate");
@@ -707,11 +727,14 @@ async fn live_answers_equal_sql_over_the_raw_tables_at_every_grain() {
                 ("duration_p95_ms", 4),
                 ("time_to_first_token_p50_ms", 6),
                 ("time_to_first_token_p95_ms", 7),
+                ("output_tokens_per_second_p50", 8),
+                ("output_tokens_per_second_p95", 9),
             ] {
                 let exact: f64 = row.get(exact);
                 let got = item[field].as_f64().expect(field);
+                // Bucket 0 ([0, 1)) reads as 0.5: within 0.5 below 1.
                 assert!(
-                    (got - exact).abs() / exact < 0.045,
+                    (got - exact).abs() / exact < 0.045 || (exact < 1.0 && got == 0.5),
                     "{model} {field}: {got} vs {exact}"
                 );
             }

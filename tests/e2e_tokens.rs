@@ -1118,6 +1118,126 @@ async fn real_sdk_chat_span_under_a_request_span_is_attributed() {
     assert_eq!(row.5, 1);
 }
 
+/// A streamed call whose instrumentation records first-chunk span events and
+/// no time-to-first-token attribute, sent by the real Rust SDK: its row's
+/// `time_to_first_token_ms` is the earliest such event's time minus the span's
+/// start, and `/stats` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_sdk_streaming_events_give_the_time_to_first_token() {
+    use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
+    use opentelemetry::KeyValue as OtelKv;
+    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use std::time::SystemTime;
+
+    let database = TestDatabase::create().await;
+    let tally = Tally::on(&database).await;
+    let url = tally.http_url("/v1/traces");
+    let start = SystemTime::now() - Duration::from_secs(10);
+    let at = move |ms: u64| start + Duration::from_millis(ms);
+    std::thread::spawn(move || {
+        let exporter = SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(url)
+            .build()
+            .expect("span exporter");
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter)
+            .build();
+        let tracer = provider.tracer("llm-app");
+        // OpenLLMetry: one `llm.content.completion.chunk` event per chunk.
+        let mut chat = tracer
+            .span_builder("openai.chat")
+            .with_kind(SpanKind::Client)
+            .with_start_time(start)
+            .with_attributes([
+                OtelKv::new("gen_ai.operation.name", "chat"),
+                OtelKv::new("gen_ai.provider.name", "openai"),
+                OtelKv::new("gen_ai.request.model", "gpt-4o"),
+                OtelKv::new("gen_ai.usage.input_tokens", 1000i64),
+                OtelKv::new("gen_ai.usage.output_tokens", 300i64),
+                OtelKv::new("tenant.id", "stream"),
+            ])
+            .start(&tracer);
+        chat.add_event_with_timestamp("retry", at(50), vec![]);
+        for ms in [320, 400, 1200] {
+            chat.add_event_with_timestamp("llm.content.completion.chunk", at(ms), vec![]);
+        }
+        chat.end_with_timestamp(at(2000));
+        // OpenInference: one `First Token Stream Event`.
+        let mut chat = tracer
+            .span_builder("ChatCompletion")
+            .with_kind(SpanKind::Client)
+            .with_start_time(start)
+            .with_attributes([
+                OtelKv::new("gen_ai.operation.name", "chat"),
+                OtelKv::new("gen_ai.provider.name", "openai"),
+                OtelKv::new("gen_ai.request.model", "gpt-4o"),
+                OtelKv::new("gen_ai.usage.input_tokens", 1000i64),
+                OtelKv::new("gen_ai.usage.output_tokens", 100i64),
+                OtelKv::new("tenant.id", "stream"),
+            ])
+            .start(&tracer);
+        chat.add_event_with_timestamp("First Token Stream Event", at(900), vec![]);
+        chat.end_with_timestamp(at(1000));
+        provider.force_flush().expect("flush");
+        let _ = provider.shutdown();
+    })
+    .join()
+    .expect("sdk thread");
+
+    let rows = eventually(Duration::from_secs(30), "the two token rows", || {
+        let database = &database;
+        async move {
+            let rows: Vec<(Option<i64>, Option<f64>, Option<f64>)> = database
+                .client()
+                .await
+                .query(
+                    "SELECT output_tokens, duration_ms, time_to_first_token_ms FROM token_usage \
+                     WHERE tenant_id = 'stream' ORDER BY output_tokens",
+                    &[],
+                )
+                .await
+                .ok()?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            (rows.len() == 2).then_some(rows)
+        }
+    })
+    .await;
+    assert_eq!(
+        rows,
+        vec![
+            (Some(100), Some(1000.0), Some(900.0)),
+            (Some(300), Some(2000.0), Some(320.0)),
+        ]
+    );
+    // /stats: the TTFT percentiles from the events; each call's speed (100
+    // and 150 tokens/s) beside the ratio of sums (400 / 3 s): within 4.5%.
+    let (status, body) =
+        common::get_json(&tally.api_url("/api/v1/stats?tenant=stream"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let tokens = &body["tokens"];
+    let near = |field: &str, want: f64| {
+        let got = tokens[field].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            (got - want).abs() / want < 0.045,
+            "{field}: {got} vs {want}: {body}"
+        );
+    };
+    near("time_to_first_token_p50_ms", 320.0);
+    near("time_to_first_token_p95_ms", 900.0);
+    near("output_tokens_per_second_p50", 100.0);
+    near("output_tokens_per_second_p95", 150.0);
+    assert_eq!(
+        tokens["output_tokens_per_second"].as_f64(),
+        Some(133.333),
+        "{body}"
+    );
+}
+
 /// The rollup per (tenant, user): requests and input tokens, `''` for none.
 async fn rollup_groups(db: &TestDatabase) -> Vec<(String, String, i64, i64)> {
     db.client()

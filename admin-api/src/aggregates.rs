@@ -487,8 +487,36 @@ impl Spec {
         keys: &[&str],
         extra_keys: &[&str],
         extra_columns: &[&str],
+        range: (Option<&str>, Option<&str>),
+        extra: &str,
+    ) -> String {
+        self.tail_grouped(keys, extra_keys, extra_columns, range, extra, None)
+    }
+
+    /// [`Spec::tail_groups`] grouped by `GROUPING SETS` instead of by every
+    /// key at once: `sets` lists each set's columns by position (1 = the day,
+    /// then the keys named, then `extra_keys`), so that independent
+    /// histograms of the tail (one key each) are not multiplied together.
+    pub(crate) fn tail_grouping_sets(
+        &self,
+        keys: &[&str],
+        extra_keys: &[&str],
+        extra_columns: &[&str],
+        range: (Option<&str>, Option<&str>),
+        extra: &str,
+        sets: &[&[usize]],
+    ) -> String {
+        self.tail_grouped(keys, extra_keys, extra_columns, range, extra, Some(sets))
+    }
+
+    fn tail_grouped(
+        &self,
+        keys: &[&str],
+        extra_keys: &[&str],
+        extra_columns: &[&str],
         (tail_from, tail_to): (Option<&str>, Option<&str>),
         extra: &str,
+        sets: Option<&[&[usize]]>,
     ) -> String {
         let mut columns = vec!["(ts AT TIME ZONE 'UTC')::date AS day".to_owned()];
         columns.extend(
@@ -505,11 +533,25 @@ impl Spec {
                 .map(|m| format!("sum({}) AS {}", m.raw, m.column)),
         );
         columns.extend(extra_columns.iter().map(|c| (*c).to_owned()));
-        let group: Vec<String> = (1..=grouped).map(|i| i.to_string()).collect();
+        let group = match sets {
+            None => {
+                let group: Vec<String> = (1..=grouped).map(|i| i.to_string()).collect();
+                group.join(", ")
+            }
+            Some(sets) => {
+                let sets: Vec<String> = sets
+                    .iter()
+                    .map(|set| {
+                        let columns: Vec<String> = set.iter().map(usize::to_string).collect();
+                        format!("({})", columns.join(", "))
+                    })
+                    .collect();
+                format!("GROUPING SETS ({})", sets.join(", "))
+            }
+        };
         format!(
-            "{}{extra} GROUP BY {}",
-            self.tail(&columns, tail_from, tail_to),
-            group.join(", ")
+            "{}{extra} GROUP BY {group}",
+            self.tail(&columns, tail_from, tail_to)
         )
     }
 

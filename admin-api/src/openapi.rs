@@ -668,6 +668,25 @@ fn add_usage_routes(doc: &mut Value) {
         "description": "Period of each item: day (default), week (ISO week, starting Monday) or month; days are UTC",
         "schema": { "type": "string", "enum": ["day", "week", "month"] }
     });
+    // Each `/stats` tokens.by_model item: the sums, and the speed fields.
+    let stats_by_model = json!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "model": { "type": ["string", "null"] },
+                "failed_requests": { "type": "integer" },
+                "success_rate": { "type": ["number", "null"] },
+                "duration_p50_ms": { "type": ["number", "null"] },
+                "duration_p95_ms": { "type": ["number", "null"] },
+                "time_to_first_token_p50_ms": { "type": ["number", "null"] },
+                "time_to_first_token_p95_ms": { "type": ["number", "null"] },
+                "output_tokens_per_second": { "type": ["number", "null"] },
+                "output_tokens_per_second_p50": { "type": ["number", "null"] },
+                "output_tokens_per_second_p95": { "type": ["number", "null"] }
+            }
+        }
+    });
     let group_by = |keys: &[&str]| {
         json!({
             "name": "group_by", "in": "query", "required": false,
@@ -870,7 +889,7 @@ fn add_usage_routes(doc: &mut Value) {
                 },
                 "tokens": {
                     "type": ["object", "null"],
-                    "description": "as_of_seq (the newest token_usage seq included), the totals (the TokenUsageAggregate sums) and the speed fields (failed_requests, success_rate, duration_p50_ms, duration_p95_ms, time_to_first_token_p50_ms, time_to_first_token_p95_ms, output_tokens_per_second; each by_model item has them too) plus by_model, by_provider and daily lists",
+                    "description": "as_of_seq (the newest token_usage seq included), the totals (the TokenUsageAggregate sums) and the speed fields (failed_requests, success_rate, duration_p50_ms, duration_p95_ms, time_to_first_token_p50_ms, time_to_first_token_p95_ms, output_tokens_per_second, output_tokens_per_second_p50, output_tokens_per_second_p95; each by_model item has them too) plus by_model, by_provider and daily lists",
                     "properties": {
                         "as_of_seq": { "type": "integer" },
                         "failed_requests": { "type": "integer" },
@@ -879,7 +898,10 @@ fn add_usage_routes(doc: &mut Value) {
                         "duration_p95_ms": { "type": ["number", "null"], "description": "95th percentile call duration, within 4.5%" },
                         "time_to_first_token_p50_ms": { "type": ["number", "null"], "description": "Median time to first token of the calls that reported one, within 4.5%; null when none did" },
                         "time_to_first_token_p95_ms": { "type": ["number", "null"], "description": "95th percentile time to first token of the calls that reported one, within 4.5%" },
-                        "output_tokens_per_second": { "type": ["number", "null"], "description": "Output tokens over the summed durations of the calls that reported both" }
+                        "output_tokens_per_second": { "type": ["number", "null"], "description": "Output tokens over the summed durations of the calls that reported both" },
+                        "output_tokens_per_second_p50": { "type": ["number", "null"], "description": "Median of each call's own output tokens per second (calls with output tokens and a positive duration), within 4.5% (within 0.5 under 1 token/s); null without such calls" },
+                        "output_tokens_per_second_p95": { "type": ["number", "null"], "description": "95th percentile of each call's own output tokens per second, as output_tokens_per_second_p50" },
+                        "by_model": stats_by_model
                     }
                 }
             }

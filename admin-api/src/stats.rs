@@ -424,21 +424,33 @@ const TOKENS_MODEL: i32 = 6;
 const TOKENS_SPEED: i32 = 8;
 /// The time-to-first-token histogram rows (migration 0025).
 const TOKENS_TTFT: i32 = 9;
+/// The output speed histogram rows (migration 0026).
+const TOKENS_RATE: i32 = 10;
 /// Most models and providers listed (the largest by total tokens).
 const MAX_KEYED: i64 = 1000;
+
+/// `gs` of the tail's grouping sets in [`tokens_sql`]: by day, provider,
+/// model, outcome and duration bucket; by model and time-to-first-token
+/// bucket; by model and output speed bucket.
+const TAIL_SUMS: i32 = 3;
+const TAIL_TTFT: i32 = 5;
+const TAIL_RATE: i32 = 6;
 
 /// The calls that count for output speed.
 const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
 
 /// The tokens section in one statement: the token rows not folded yet are
-/// read once (`tail`, grouped per day, provider, model, outcome, duration
-/// bucket and time-to-first-token bucket) and summed with the rollup for the
-/// totals, the days, the providers and the models (`GROUPING SETS`), with the
-/// latency rollup for the speed (migration 0017) and with the
-/// time-to-first-token rollup for its percentiles (migration 0025; neither for
-/// one user, whose speed `own_speed_sql` reads). Rows: `part` (see the
-/// constants above), `day`, `key` (provider or model), `bucket` (the duration
-/// bucket, or the TTFT bucket of the TTFT rows), the measures, `failed`,
+/// read once (`tail`, grouped per day, provider, model, outcome and duration
+/// bucket, and per model and time-to-first-token or output speed bucket: three
+/// grouping sets, see `TAIL_SUMS`) and summed with
+/// the rollup for the totals, the days, the providers and the models
+/// (`GROUPING SETS`), with the latency rollup for the speed (migration 0017),
+/// with the time-to-first-token rollup for its percentiles (migration 0025)
+/// and with the output speed rollup for the per-call speed percentiles
+/// (migration 0026; none of them for one user, whose speed `own_speed_sql`
+/// reads). Rows: `part` (see the constants above), `day`, `key` (provider or
+/// model), `bucket` (the duration bucket, or the TTFT bucket of the TTFT rows,
+/// or the speed bucket of the speed rows), the measures, `failed`,
 /// `rate_output_tokens`, `rate_duration_ms`, in part, day and rank order.
 fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
     let mut of_tail = String::new();
@@ -452,16 +464,27 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
         format!("sum(CASE WHEN {TIMED} THEN output_tokens ELSE 0 END) AS rate_output_tokens");
     let rate_duration =
         format!("sum(CASE WHEN {TIMED} THEN duration_ms ELSE 0 END) AS rate_duration_ms");
-    let tail = TOKENS.tail_groups(
+    // Three grouping sets, told apart by `gs` (TAIL_*): the sums and
+    // durations per (day, provider, model, outcome, duration bucket), the
+    // time-to-first-token histogram per model and the output speed histogram
+    // per model. One set of every key would multiply the histograms' buckets
+    // together (a group for nearly every tail row).
+    let gs = "GROUPING(tally_duration_bucket(duration_ms), \
+        tally_duration_bucket(time_to_first_token_ms), \
+        tally_speed_bucket(output_tokens, duration_ms)) AS gs";
+    let tail = TOKENS.tail_grouping_sets(
         &["provider", "model"],
         &[
             "outcome",
             "tally_duration_bucket(duration_ms) AS bucket",
             "tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket",
+            "tally_speed_bucket(output_tokens, duration_ms) AS speed_bucket",
         ],
-        &[&rate_output, &rate_duration],
+        &[&rate_output, &rate_duration, gs],
         (Some("$1"), Some("$2")),
         &of_tail,
+        // 1 day, 2 provider, 3 model, 4 outcome, 5 bucket, 6 ttft, 7 speed.
+        &[&[1, 2, 3, 4, 5], &[3, 6], &[3, 7]],
     );
     let measures = TOKENS.measure_columns();
     let sums = TOKENS.measure_sums();
@@ -475,12 +498,17 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
     let speed = match user {
         Some(_) => String::new(),
         None => {
-            let (latency, ttft) = if tenant.is_some() {
-                ("token_usage_latency_daily", "token_usage_ttft_daily")
+            let (latency, ttft, rate) = if tenant.is_some() {
+                (
+                    "token_usage_latency_daily",
+                    "token_usage_ttft_daily",
+                    "token_usage_speed_daily",
+                )
             } else {
                 (
                     "token_usage_latency_daily_all",
                     "token_usage_ttft_daily_all",
+                    "token_usage_speed_daily_all",
                 )
             };
             format!(
@@ -491,15 +519,24 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
                  FROM (SELECT model, outcome, bucket, requests, rate_output_tokens, rate_duration_ms \
                        FROM {latency}{w} \
                        UNION ALL SELECT model, outcome, bucket, requests, rate_output_tokens, \
-                           rate_duration_ms FROM tail) AS l \
+                           rate_duration_ms FROM tail WHERE gs = {TAIL_SUMS}) AS l \
                  GROUP BY model, bucket \
                  UNION ALL SELECT {TOKENS_TTFT}, NULL::date, model, ttft_bucket, NULL::int8, \
                      sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
                      NULL::float8 \
                  FROM (SELECT model, ttft_bucket, requests FROM {ttft}{w} \
-                       UNION ALL SELECT model, ttft_bucket, requests FROM tail) AS f \
+                       UNION ALL SELECT model, ttft_bucket, requests FROM tail \
+                           WHERE gs = {TAIL_TTFT}) AS f \
                  WHERE ttft_bucket >= 0 \
-                 GROUP BY model, ttft_bucket"
+                 GROUP BY model, ttft_bucket \
+                 UNION ALL SELECT {TOKENS_RATE}, NULL::date, model, speed_bucket, NULL::int8, \
+                     sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
+                     NULL::float8 \
+                 FROM (SELECT model, speed_bucket, requests FROM {rate}{w} \
+                       UNION ALL SELECT model, speed_bucket, requests FROM tail \
+                           WHERE gs = {TAIL_RATE}) AS s \
+                 WHERE speed_bucket >= 0 \
+                 GROUP BY model, speed_bucket"
             )
         }
     };
@@ -509,7 +546,8 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
              row_number() OVER (PARTITION BY GROUPING(day, provider, model) \
                  ORDER BY sum(total_tokens) DESC, provider, model) AS rank \
              FROM (SELECT day, provider, model, {measures} FROM {rollup}{w} \
-                   UNION ALL SELECT day, provider, model, {measures} FROM tail) AS live \
+                   UNION ALL SELECT day, provider, model, {measures} FROM tail \
+                       WHERE gs = {TAIL_SUMS}) AS live \
              GROUP BY GROUPING SETS ((), (day), (provider), (model))) \
          SELECT g AS part, day, CASE g WHEN {TOKENS_PROVIDER} THEN provider \
                  WHEN {TOKENS_MODEL} THEN model END AS key, NULL::int2 AS bucket, rank, \
@@ -568,20 +606,21 @@ async fn tokens_section(
     let mut by_provider = Vec::new();
     let mut daily = Vec::new();
     let mut histograms = Vec::new();
-    let histogram_row = |row: &Row, model: String, ttft: bool| -> Result<HistogramRow, ApiError> {
-        Ok(HistogramRow {
-            model,
-            ttft,
-            bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
-            requests: int(row, "requests")?,
-            failed: int(row, "failed")?,
-            rate_output_tokens: int(row, "rate_output_tokens")?,
-            rate_duration_ms: row
-                .try_get::<_, Option<f64>>("rate_duration_ms")
-                .map_err(ApiError::from_db)?
-                .unwrap_or(0.0),
-        })
-    };
+    let histogram_row =
+        |row: &Row, model: String, kind: Histogram| -> Result<HistogramRow, ApiError> {
+            Ok(HistogramRow {
+                model,
+                kind,
+                bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
+                requests: int(row, "requests")?,
+                failed: int(row, "failed")?,
+                rate_output_tokens: int(row, "rate_output_tokens")?,
+                rate_duration_ms: row
+                    .try_get::<_, Option<f64>>("rate_duration_ms")
+                    .map_err(ApiError::from_db)?
+                    .unwrap_or(0.0),
+            })
+        };
     for row in &rows {
         let part: i32 = row.try_get("part").map_err(ApiError::from_db)?;
         match part {
@@ -597,19 +636,40 @@ async fn tokens_section(
             TOKENS_MODEL => by_model.push(keyed_item(row, "model")?),
             TOKENS_SPEED => {
                 let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
-                histograms.push(histogram_row(row, model.unwrap_or_default(), false)?);
+                histograms.push(histogram_row(
+                    row,
+                    model.unwrap_or_default(),
+                    Histogram::Duration,
+                )?);
             }
             TOKENS_TTFT => {
                 let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
-                histograms.push(histogram_row(row, model.unwrap_or_default(), true)?);
+                histograms.push(histogram_row(
+                    row,
+                    model.unwrap_or_default(),
+                    Histogram::FirstToken,
+                )?);
+            }
+            TOKENS_RATE => {
+                let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
+                histograms.push(histogram_row(
+                    row,
+                    model.unwrap_or_default(),
+                    Histogram::OutputSpeed,
+                )?);
             }
             _ => {}
         }
     }
     for row in &own_speed_rows {
         let model: String = row.try_get("model").map_err(ApiError::from_db)?;
-        let ttft: bool = row.try_get("ttft").map_err(ApiError::from_db)?;
-        histograms.push(histogram_row(row, model, ttft)?);
+        let kind: i32 = row.try_get("kind").map_err(ApiError::from_db)?;
+        let kind = match kind {
+            TOKENS_TTFT => Histogram::FirstToken,
+            TOKENS_RATE => Histogram::OutputSpeed,
+            _ => Histogram::Duration,
+        };
+        histograms.push(histogram_row(row, model, kind)?);
     }
     if !section.contains_key("requests") {
         // No row at all in the window: every total is 0.
@@ -640,15 +700,20 @@ async fn tokens_section(
     Ok(Value::Object(section))
 }
 
-/// The speed of one user's calls (a `self:read` caller): the latency and
-/// time-to-first-token rollups keep no user, so its token rows of the window
-/// are read as they are. Rows: the duration histogram (`ttft` false) and the
-/// time-to-first-token one (`ttft` true, its calls that reported one).
+/// The speed of one user's calls (a `self:read` caller): the latency,
+/// time-to-first-token and output speed rollups keep no user, so its token
+/// rows of the window are read as they are. Rows: `kind` [`TOKENS_SPEED`] (the
+/// duration histogram), [`TOKENS_TTFT`] (the time-to-first-token one, of its
+/// calls that reported one) or [`TOKENS_RATE`] (the output speed one, of its
+/// calls that count for speed).
 fn own_speed_sql(w: &str) -> String {
     let timed = "duration_ms > 0 AND output_tokens IS NOT NULL";
     format!(
-        "SELECT model, CASE WHEN GROUPING(bucket) = 1 THEN ttft_bucket ELSE bucket END \
-                 AS bucket, GROUPING(bucket) = 1 AS ttft, count(*)::int8 AS requests, \
+        "SELECT model, CASE WHEN GROUPING(bucket) = 0 THEN bucket \
+                 WHEN GROUPING(ttft_bucket) = 0 THEN ttft_bucket ELSE speed_bucket END AS bucket, \
+             CASE WHEN GROUPING(bucket) = 0 THEN {TOKENS_SPEED} \
+                 WHEN GROUPING(ttft_bucket) = 0 THEN {TOKENS_TTFT} ELSE {TOKENS_RATE} END AS kind, \
+             count(*)::int8 AS requests, \
              count(*) FILTER (WHERE outcome = 'failure')::int8 AS failed, \
              sum(CASE WHEN {timed} THEN output_tokens ELSE 0 END)::int8 AS rate_output_tokens, \
              sum(CASE WHEN {timed} THEN duration_ms ELSE 0 END)::float8 AS rate_duration_ms \
@@ -656,22 +721,34 @@ fn own_speed_sql(w: &str) -> String {
                    coalesce(user_id, '') AS user_id, coalesce(model, '') AS model, outcome, \
                    tally_duration_bucket(duration_ms) AS bucket, \
                    tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket, \
+                   tally_speed_bucket(output_tokens, duration_ms) AS speed_bucket, \
                    output_tokens, duration_ms \
                FROM token_usage \
                WHERE ts >= $1::date::timestamp AT TIME ZONE 'UTC' \
                  AND ts < $2::date::timestamp AT TIME ZONE 'UTC') AS own{w} \
-         GROUP BY GROUPING SETS ((model, bucket), (model, ttft_bucket)) \
-         HAVING GROUPING(bucket) = 0 OR ttft_bucket >= 0"
+         GROUP BY GROUPING SETS ((model, bucket), (model, ttft_bucket), (model, speed_bucket)) \
+         HAVING GROUPING(bucket) = 0 OR (GROUPING(ttft_bucket) = 0 AND ttft_bucket >= 0) \
+             OR (GROUPING(speed_bucket) = 0 AND speed_bucket >= 0)"
     )
 }
 
-/// One row of [`speed_sql`].
+/// Which histogram a [`HistogramRow`] is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Histogram {
+    /// Call durations (with the calls, failures and speed sums).
+    Duration,
+    /// Times to first token (only `requests` and `bucket` count).
+    FirstToken,
+    /// Each call's output tokens per second (only `requests` and `bucket`
+    /// count).
+    OutputSpeed,
+}
+
+/// One row of [`tokens_sql`]'s or [`own_speed_sql`]'s histograms.
 #[derive(Debug, Clone)]
 struct HistogramRow {
     model: String,
-    /// A row of the time-to-first-token histogram (only `requests` and
-    /// `bucket` count), not of the duration one.
-    ttft: bool,
+    kind: Histogram,
     /// -1: no duration (or no time to first token); see [`bucket_ms`].
     bucket: i16,
     requests: i64,
@@ -689,6 +766,8 @@ struct Speed {
     histogram: Vec<(i16, i64)>,
     /// (bucket, calls) of the calls that reported a time to first token.
     ttft_histogram: Vec<(i16, i64)>,
+    /// (bucket, calls) of the calls' output speeds (tokens per second).
+    rate_histogram: Vec<(i16, i64)>,
     rate_output_tokens: i64,
     rate_duration_ms: f64,
 }
@@ -706,11 +785,19 @@ fn bucket_ms(bucket: i16) -> f64 {
 
 impl Speed {
     fn add(&mut self, row: &HistogramRow) {
-        if row.ttft {
-            if row.bucket >= 0 {
-                add_to(&mut self.ttft_histogram, row.bucket, row.requests);
+        match row.kind {
+            Histogram::FirstToken | Histogram::OutputSpeed => {
+                if row.bucket >= 0 {
+                    let histogram = if row.kind == Histogram::FirstToken {
+                        &mut self.ttft_histogram
+                    } else {
+                        &mut self.rate_histogram
+                    };
+                    add_to(histogram, row.bucket, row.requests);
+                }
+                return;
             }
-            return;
+            Histogram::Duration => {}
         }
         self.requests += row.requests;
         self.failed += row.failed;
@@ -731,6 +818,12 @@ impl Speed {
     /// The `p` quantile of the times to first token, as [`Speed::percentile`].
     fn ttft_percentile(&self, p: f64) -> Option<f64> {
         percentile(&self.ttft_histogram, p)
+    }
+
+    /// The `p` quantile of the calls' output tokens per second (the buckets
+    /// read in tokens per second), as [`Speed::percentile`].
+    fn rate_percentile(&self, p: f64) -> Option<f64> {
+        percentile(&self.rate_histogram, p)
     }
 }
 
@@ -791,6 +884,14 @@ impl Speed {
                 round3(self.rate_output_tokens as f64 / (self.rate_duration_ms / 1000.0))
             })),
         );
+        into.insert(
+            "output_tokens_per_second_p50".to_owned(),
+            number(self.rate_percentile(0.5)),
+        );
+        into.insert(
+            "output_tokens_per_second_p95".to_owned(),
+            number(self.rate_percentile(0.95)),
+        );
     }
 }
 
@@ -816,7 +917,7 @@ mod tests {
     fn row(model: &str, bucket: i16, requests: i64, failed: i64) -> HistogramRow {
         HistogramRow {
             model: model.to_owned(),
-            ttft: false,
+            kind: Histogram::Duration,
             bucket,
             requests,
             failed,
@@ -861,6 +962,11 @@ mod tests {
                 user.is_none(),
                 "{tokens}"
             );
+            assert_eq!(
+                tokens.contains("token_usage_speed_daily"),
+                user.is_none(),
+                "{tokens}"
+            );
             // Every placeholder is bound, and no other.
             for (i, _) in params.iter().enumerate() {
                 let placeholder = format!("${}", i + 1);
@@ -901,7 +1007,7 @@ mod tests {
         let mut speed = Speed::default();
         speed.add(&HistogramRow {
             model: String::new(),
-            ttft: false,
+            kind: Histogram::Duration,
             bucket: 70,
             requests: 2,
             failed: 0,
@@ -912,5 +1018,43 @@ mod tests {
         speed.insert_into(&mut item);
         assert_eq!(item["output_tokens_per_second"].as_f64(), Some(200.0));
         assert_eq!(item["success_rate"].as_f64(), Some(1.0));
+        // No speed histogram row: no per-call percentiles.
+        assert_eq!(item["output_tokens_per_second_p50"], Value::Null);
+    }
+
+    /// The per-call speed percentiles come from the speed histogram only, and
+    /// its rows change neither the calls nor the durations.
+    #[test]
+    fn per_call_speed_percentiles_read_the_speed_buckets() {
+        let speed_row = |model: &str, bucket: i16, requests: i64| HistogramRow {
+            model: model.to_owned(),
+            kind: Histogram::OutputSpeed,
+            bucket,
+            requests,
+            failed: 0,
+            rate_output_tokens: 0,
+            rate_duration_ms: 0.0,
+        };
+        // 50 tokens/s is bucket floor(8 * log2(50)) + 1 = 46; 200 tokens/s 62.
+        let (overall, per_model) = speeds(&[
+            row("a", 54, 10, 1),
+            speed_row("a", 46, 6),
+            speed_row("a", 62, 4),
+            speed_row("b", 62, 10),
+            speed_row("b", -1, 3),
+        ]);
+        assert_eq!(overall.requests, 10);
+        assert_eq!(overall.failed, 1);
+        let p50 = per_model["a"].rate_percentile(0.5).expect("p50");
+        assert!((p50 - 50.0).abs() / 50.0 < 0.045, "{p50}");
+        let p95 = per_model["a"].rate_percentile(0.95).expect("p95");
+        assert!((p95 - 200.0).abs() / 200.0 < 0.045, "{p95}");
+        // Overall: 14 of 20 calls at ~200 tokens/s.
+        let mut item = Map::new();
+        overall.insert_into(&mut item);
+        let p50 = item["output_tokens_per_second_p50"].as_f64().expect("p50");
+        assert!((p50 - 200.0).abs() / 200.0 < 0.045, "{item:?}");
+        assert_eq!(per_model["b"].requests, 0);
+        assert_eq!(per_model["a"].percentile(0.5), overall.percentile(0.5));
     }
 }

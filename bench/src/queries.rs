@@ -400,6 +400,8 @@ const ROLLUP_TABLES: &[&str] = &[
     "token_usage_latency_daily_all",
     "token_usage_ttft_daily",
     "token_usage_ttft_daily_all",
+    "token_usage_speed_daily",
+    "token_usage_speed_daily_all",
 ];
 
 /// The rollup job's folds (exporters/src/postgres/rollup.rs) over every row at
@@ -481,6 +483,15 @@ async fn fill_rollups(client: &tokio_postgres::Client) -> anyhow::Result<()> {
              INSERT INTO token_usage_ttft_daily_all (day, provider, model, ttft_bucket, requests) \
                SELECT day, provider, model, ttft_bucket, sum(requests) \
                FROM token_usage_ttft_daily GROUP BY 1, 2, 3, 4; \
+             INSERT INTO token_usage_speed_daily (day, tenant_id, provider, model, speed_bucket, \
+                 requests) \
+               SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(provider, ''), \
+                 coalesce(model, ''), tally_speed_bucket(output_tokens, duration_ms), count(*) \
+               FROM token_usage GROUP BY 1, 2, 3, 4, 5; \
+             INSERT INTO token_usage_speed_daily_all (day, provider, model, speed_bucket, \
+                 requests) \
+               SELECT day, provider, model, speed_bucket, sum(requests) \
+               FROM token_usage_speed_daily GROUP BY 1, 2, 3, 4; \
              UPDATE rollup_watermarks SET last_seq = (SELECT coalesce(max(seq), 0) FROM token_usage), \
                updated_at = now() WHERE name = 'token_usage_daily'; \
              SELECT tally_rebuild_coarse_rollups();",

@@ -13,6 +13,7 @@
 //!       input: [my_app.prompt_tokens]
 //!       user: [my_app.customer]
 //!       time_to_first_token_ms: [my_app.ttft_ms]   # seconds: time_to_first_token
+//!       time_to_first_token_events: [my_app.first_chunk]  # span event names
 //!       replace: false               # true: the lists given replace the built-in ones
 //! pricing:
 //!   replace_defaults: false          # true: only the models below are priced
@@ -117,6 +118,10 @@ pub struct TokenMapping {
     pub time_to_first_token: Vec<String>,
     /// Time-to-first-token keys whose value is in milliseconds.
     pub time_to_first_token_ms: Vec<String>,
+    /// Names of the span events that mark a streamed call's first chunk: a
+    /// span with no time-to-first-token attribute gets the time from its start
+    /// to the earliest such event.
+    pub time_to_first_token_events: Vec<String>,
 }
 
 impl TokenMapping {
@@ -126,7 +131,7 @@ impl TokenMapping {
         yaml_serde::from_str(DEFAULT_TOKEN_MAPPING_YAML).unwrap_or_default()
     }
 
-    fn lists_mut(&mut self) -> [&mut Vec<String>; 19] {
+    fn lists_mut(&mut self) -> [&mut Vec<String>; 20] {
         [
             &mut self.input,
             &mut self.output,
@@ -147,6 +152,7 @@ impl TokenMapping {
             &mut self.metadata_session,
             &mut self.time_to_first_token,
             &mut self.time_to_first_token_ms,
+            &mut self.time_to_first_token_events,
         ]
     }
 }

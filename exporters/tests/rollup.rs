@@ -99,6 +99,7 @@ async fn insert_tokens(client: &mut Client, rng: &mut Rng, n: usize) -> u64 {
     let mut output: Vec<Option<i64>> = Vec::new();
     let mut cost: Vec<Option<String>> = Vec::new();
     let mut ttft: Vec<Option<f64>> = Vec::new();
+    let mut duration: Vec<Option<f64>> = Vec::new();
     for _ in 0..n {
         ids.push(Uuid::new_v4());
         ts.push(
@@ -121,6 +122,8 @@ async fn insert_tokens(client: &mut Client, rng: &mut Rng, n: usize) -> u64 {
         );
         // Half the calls report a time to first token (0 to 5 s).
         ttft.push((rng.below(2) == 0).then(|| rng.below(5_000_000) as f64 / 1000.0));
+        // Three calls in four report a duration (0 to 60 s: 0 counts for no speed).
+        duration.push((rng.below(4) != 0).then(|| rng.below(60_000_000) as f64 / 1000.0));
     }
     let tx = client.transaction().await.expect("begin");
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOKEN_LOCK])
@@ -130,14 +133,16 @@ async fn insert_tokens(client: &mut Client, rng: &mut Rng, n: usize) -> u64 {
         .execute(
             "INSERT INTO token_usage (id, seq, ts, tenant_id, user_id, provider, model, usage_known, \
              input_tokens, output_tokens, total_tokens, cache_read_tokens, cost_usd, \
-             time_to_first_token_ms) \
-             SELECT id, nextval('token_usage_seq'), ts, t, u, p, m, k, i, o, i + o, i / 10, c::numeric, f \
+             time_to_first_token_ms, duration_ms) \
+             SELECT id, nextval('token_usage_seq'), ts, t, u, p, m, k, i, o, i + o, i / 10, c::numeric, \
+                 f, d \
              FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], \
-                 $6::text[], $7::bool[], $8::int8[], $9::int8[], $10::text[], $11::float8[]) \
-                 AS x(id, ts, t, u, p, m, k, i, o, c, f)",
+                 $6::text[], $7::bool[], $8::int8[], $9::int8[], $10::text[], $11::float8[], \
+                 $12::float8[]) \
+                 AS x(id, ts, t, u, p, m, k, i, o, c, f, d)",
             &[
                 &ids, &ts, &tenants, &users, &providers, &models, &known, &input, &output, &cost,
-                &ttft,
+                &ttft, &duration,
             ],
         )
         .await
@@ -199,6 +204,55 @@ async fn assert_ttft_rollups_agree(client: &Client) {
             client,
             "SELECT (SELECT count(*) FROM token_usage_ttft_daily WHERE requests = 0) \
              + (SELECT count(*) FROM token_usage_ttft_daily_all WHERE requests = 0)"
+        )
+        .await,
+        0
+    );
+}
+
+/// Each call's output speed bucket computed from the raw row, independently of
+/// `tally_speed_bucket`: the log buckets of its tokens per second, -1 for the
+/// calls that do not count for speed.
+const RAW_SPEED_BUCKET: &str = "CASE WHEN output_tokens IS NULL OR duration_ms IS NULL \
+    OR duration_ms <= 0 THEN -1 \
+    ELSE tally_duration_bucket(output_tokens * 1000.0::float8 / duration_ms) END";
+
+/// The output speed rollups (migration 0026) hold exactly the raw rows'
+/// histograms, and no emptied group (call only when every row is folded).
+async fn assert_speed_rollups_agree(client: &Client) {
+    let pairs = [
+        (
+            "SELECT day, tenant_id, provider, model, speed_bucket, requests \
+             FROM token_usage_speed_daily WHERE requests > 0 ORDER BY 1, 2, 3, 4, 5"
+                .to_owned(),
+            format!(
+                "SELECT (ts AT TIME ZONE 'UTC')::date, tenant_id, coalesce(provider, ''), \
+                 coalesce(model, ''), ({RAW_SPEED_BUCKET})::int2, count(*) \
+                 FROM token_usage GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
+            ),
+        ),
+        (
+            "SELECT day, provider, model, speed_bucket, requests \
+             FROM token_usage_speed_daily_all WHERE requests > 0 ORDER BY 1, 2, 3, 4"
+                .to_owned(),
+            format!(
+                "SELECT (ts AT TIME ZONE 'UTC')::date, coalesce(provider, ''), \
+                 coalesce(model, ''), ({RAW_SPEED_BUCKET})::int2, count(*) \
+                 FROM token_usage GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+            ),
+        ),
+    ];
+    for (kept, raw) in &pairs {
+        let kept_rows = rows_text(client, kept).await;
+        assert_eq!(kept_rows, rows_text(client, raw).await, "{kept}");
+        // The generated calls spread over several speed buckets.
+        assert!(kept_rows.len() > 10, "{kept_rows:?}");
+    }
+    assert_eq!(
+        count(
+            client,
+            "SELECT (SELECT count(*) FROM token_usage_speed_daily WHERE requests = 0) \
+             + (SELECT count(*) FROM token_usage_speed_daily_all WHERE requests = 0)"
         )
         .await,
         0
@@ -541,6 +595,7 @@ async fn exactly_once_under_concurrent_ingestion_and_killed_runs() {
         count(&admin, "SELECT max(seq) FROM token_usage").await
     );
     assert_ttft_rollups_agree(&admin).await;
+    assert_speed_rollups_agree(&admin).await;
     assert_derived_rollups_agree(&admin).await;
 }
 
@@ -879,6 +934,20 @@ async fn attribution_after_folding_moves_the_counts_exactly_once() {
         .expect("migration 25");
     client.batch_execute(sql).await.expect("migration 25 again");
     assert_ttft_rollups_agree(&client).await;
+    assert_speed_rollups_agree(&client).await;
+    // The same for migration 0026 and the output speed histograms.
+    client
+        .batch_execute(
+            "DELETE FROM token_usage_speed_daily; DELETE FROM token_usage_speed_daily_all",
+        )
+        .await
+        .expect("empty the speed histograms");
+    let (_, _, sql) = tally_exporters::postgres::MIGRATIONS
+        .iter()
+        .find(|(version, _, _)| *version == 26)
+        .expect("migration 26");
+    client.batch_execute(sql).await.expect("migration 26 again");
+    assert_speed_rollups_agree(&client).await;
     assert_derived_rollups_agree(&client).await;
 }
 

@@ -108,6 +108,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "token_ttft",
         include_str!("migrations/0025_token_ttft.sql"),
     ),
+    (
+        26,
+        "token_speed",
+        include_str!("migrations/0026_token_speed.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -83,7 +83,7 @@ pub struct RetentionReport {
 
 /// Deletes of the derived rollups' rows older than the cutoff `$1`. A user
 /// whose last day is before the cutoff has no row left in `activity_daily`.
-const DERIVED_ROLLUP_DELETES: [&str; 12] = [
+const DERIVED_ROLLUP_DELETES: [&str; 14] = [
     "DELETE FROM activity_daily_tenant WHERE day < $1",
     "DELETE FROM activity_daily_all WHERE day < $1",
     "DELETE FROM activity_users_daily WHERE day < $1",
@@ -96,6 +96,8 @@ const DERIVED_ROLLUP_DELETES: [&str; 12] = [
     "DELETE FROM token_usage_latency_daily_all WHERE day < $1",
     "DELETE FROM token_usage_ttft_daily WHERE day < $1",
     "DELETE FROM token_usage_ttft_daily_all WHERE day < $1",
+    "DELETE FROM token_usage_speed_daily WHERE day < $1",
+    "DELETE FROM token_usage_speed_daily_all WHERE day < $1",
 ];
 
 /// The retention job.

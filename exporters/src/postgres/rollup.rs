@@ -126,11 +126,13 @@ const TOKEN_SUMS: &str = "count(*) AS requests, \
 
 /// The batch's keys: every key of every token rollup (the latency rollups'
 /// `outcome` and duration `bucket` too, migration 0017, and the time to first
-/// token's `ttft_bucket`, migration 0025).
+/// token's `ttft_bucket`, migration 0025, and the output speed's
+/// `speed_bucket`, migration 0026).
 const TOKEN_KEYS: &str = "(ts AT TIME ZONE 'UTC')::date AS day, tenant_id, \
         coalesce(user_id, '') AS user_id, coalesce(provider, '') AS provider, \
         coalesce(model, '') AS model, outcome, tally_duration_bucket(duration_ms) AS bucket, \
-        tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket";
+        tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket, \
+        tally_speed_bucket(output_tokens, duration_ms) AS speed_bucket";
 
 const TOKEN_MEASURES: [&str; 10] = [
     "requests",
@@ -149,15 +151,17 @@ const TOKEN_MEASURES: [&str; 10] = [
 /// output tokens and durations of the calls that reported both.
 const LATENCY_MEASURES: [&str; 3] = ["requests", "rate_output_tokens", "rate_duration_ms"];
 
-/// The measure of the time-to-first-token rollups (migration 0025): calls.
+/// The measure of the time-to-first-token rollups (migration 0025) and of the
+/// output speed rollups (migration 0026): calls.
 const TTFT_MEASURES: [&str; 1] = ["requests"];
 
 /// The token rollups, their keys (each one's primary key) and measures: the
 /// daily one per user, the ones derived from the same rows without the user
 /// (`_tenant`) and without the tenant either (`_all`, migration 0008), the
 /// duration histograms per outcome (migration 0017) and the time-to-first-token
-/// histograms (migration 0025).
-const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 7] = [
+/// histograms (migration 0025) and the output speed histograms (migration
+/// 0026).
+const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 9] = [
     (
         "token_usage_daily",
         &["day", "tenant_id", "user_id", "provider", "model"],
@@ -193,6 +197,16 @@ const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 7] = [
         &["day", "provider", "model", "ttft_bucket"],
         &TTFT_MEASURES,
     ),
+    (
+        "token_usage_speed_daily",
+        &["day", "tenant_id", "provider", "model", "speed_bucket"],
+        &TTFT_MEASURES,
+    ),
+    (
+        "token_usage_speed_daily_all",
+        &["day", "provider", "model", "speed_bucket"],
+        &TTFT_MEASURES,
+    ),
 ];
 
 /// `WITH batch AS (… sums of the token_usage rows matching filter …)` followed
@@ -217,7 +231,7 @@ fn token_statement(filter: &str, part: impl Fn(&str, &[&str], &[&str], &str) -> 
     }
     format!(
         "WITH batch AS MATERIALIZED (SELECT {TOKEN_KEYS}, {TOKEN_SUMS} FROM token_usage \
-         WHERE {filter} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8), {} SELECT 1",
+         WHERE {filter} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9), {} SELECT 1",
         parts.join(", ")
     )
 }

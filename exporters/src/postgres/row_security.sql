@@ -95,6 +95,7 @@ BEGIN
         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
           AND c.relname IN ('activity_daily_all', 'token_usage_daily_all',
                             'token_usage_latency_daily_all', 'token_usage_ttft_daily_all',
+                            'token_usage_speed_daily_all',
                             'activity_users_daily_all', 'activity_user_last_seen_all')
     LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_policies

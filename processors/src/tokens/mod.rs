@@ -38,7 +38,7 @@ use chrono::{DateTime, Utc};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
 use serde_json::Map;
 use tally_config::{PricingConfig, TokenMapping, TokensConfig};
 use tally_model::tokens::CallReport;
@@ -298,6 +298,32 @@ struct Extract {
     thoughts_outside: bool,
     /// A remote agent call: `invoke_agent` with span kind CLIENT.
     remote_agent: bool,
+}
+
+impl Extract {
+    /// Whether the record can become a row: rows are built for span
+    /// candidates and for counted log records (a superset of each).
+    fn may_count(&self) -> bool {
+        matches!(self.role, Role::Inference | Role::Agent)
+            || (self.role != Role::Wrapper && self.has_model() && self.usage_known())
+    }
+}
+
+/// The time to first token of a span that reports none in its attributes:
+/// from the span's start to the earliest of its events named in `names`
+/// (streaming first-chunk events, `processors.tokens.mapping.
+/// time_to_first_token_events`), in ms. Events without a time or before the
+/// start are left out; `None` without such an event or without a start.
+fn first_event_ms(events: &[Event], names: &[String], start: u64) -> Option<f64> {
+    if start == 0 || names.is_empty() {
+        return None;
+    }
+    events
+        .iter()
+        .filter(|e| e.time_unix_nano >= start && names.contains(&e.name))
+        .map(|e| e.time_unix_nano)
+        .min()
+        .map(|first| (first - start) as f64 / 1e6)
 }
 
 /// Whether the sender is a family known to report Anthropic's raw `input_tokens`
@@ -614,11 +640,7 @@ impl TokenProcessor {
             remote_agent: false,
             time_to_first_token_ms: None,
         };
-        // Rows are built for span candidates and for counted log records:
-        // both need this (a superset of each).
-        let may_count = matches!(extract.role, Role::Inference | Role::Agent)
-            || (extract.role != Role::Wrapper && extract.has_model() && extract.usage_known());
-        if !may_count {
+        if !extract.may_count() {
             return extract;
         }
         if let Some(name) = name.filter(|n| !n.is_empty()) {
@@ -975,6 +997,13 @@ impl TokenPass<'_> {
                         .is_some_and(|op| op.eq_ignore_ascii_case("invoke_agent"));
                 processor.learn(cache, trace, &extract.identity, tenant, &mut self.out);
                 let start = record.time_unix_nano();
+                if extract.time_to_first_token_ms.is_none() && extract.may_count() {
+                    extract.time_to_first_token_ms = first_event_ms(
+                        record.events(),
+                        &processor.mapping.time_to_first_token_events,
+                        start,
+                    );
+                }
                 let duration_ms = record
                     .end_time_unix_nano()
                     .filter(|end| start > 0 && *end >= start)

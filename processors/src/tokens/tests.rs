@@ -138,6 +138,81 @@ fn time_to_first_token_in_milliseconds_and_from_the_configured_keys() {
     assert!(config.mapping_keys().contains(&"my_app.ttft_ms".to_owned()));
 }
 
+fn event(name: &str, after_start_ms: u64) -> opentelemetry_proto::tonic::trace::v1::span::Event {
+    opentelemetry_proto::tonic::trace::v1::span::Event {
+        time_unix_nano: START + after_start_ms * 1_000_000,
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn time_to_first_token_from_the_first_streaming_event() {
+    // OpenLLMetry: one event per chunk; the earliest counts, whatever the order.
+    let mut chat = genai_chat(1, None, 10, 2);
+    chat.events = vec![
+        event("llm.content.completion.chunk", 420),
+        event("llm.content.completion.chunk", 180),
+        event("llm.content.completion.chunk", 650),
+    ];
+    assert_eq!(run(vec![chat]).rows[0].time_to_first_token_ms, Some(180.0));
+    // OpenInference and the Vercel AI SDK: one event; other events are not chunks.
+    for name in ["First Token Stream Event", "ai.stream.firstChunk"] {
+        let mut chat = genai_chat(1, None, 10, 2);
+        chat.events = vec![event("exception", 5), event(name, 240)];
+        assert_eq!(
+            run(vec![chat]).rows[0].time_to_first_token_ms,
+            Some(240.0),
+            "{name}"
+        );
+    }
+    // An attribute wins over the events.
+    let mut chat = genai_chat(1, None, 10, 2);
+    chat.attributes
+        .push(d("gen_ai.server.time_to_first_token", 0.1));
+    chat.events = vec![event("ai.stream.firstChunk", 240)];
+    assert_eq!(run(vec![chat]).rows[0].time_to_first_token_ms, Some(100.0));
+    // No matching event, an event before the start, or no start: no TTFT.
+    let mut chat = genai_chat(1, None, 10, 2);
+    chat.events = vec![event("gen_ai.content.completion", 240)];
+    assert_eq!(run(vec![chat]).rows[0].time_to_first_token_ms, None);
+    let mut chat = genai_chat(1, None, 10, 2);
+    let mut early = event("ai.stream.firstChunk", 0);
+    early.time_unix_nano = START - 1;
+    chat.events = vec![early];
+    assert_eq!(run(vec![chat]).rows[0].time_to_first_token_ms, None);
+    let mut chat = genai_chat(1, None, 10, 2);
+    chat.events = vec![event("ai.stream.firstChunk", 240)];
+    chat.start_time_unix_nano = 0;
+    assert_eq!(run(vec![chat]).rows[0].time_to_first_token_ms, None);
+}
+
+#[test]
+fn time_to_first_token_events_are_configurable() {
+    let mut config = TokensConfig::default();
+    config.mapping.time_to_first_token_events = vec!["my_app.first_chunk".to_owned()];
+    let processor = TokenProcessor::new(&config, &PricingConfig::default());
+    let mut chat = genai_chat(1, None, 10, 2);
+    chat.events = vec![
+        event("ai.stream.firstChunk", 300),
+        event("my_app.first_chunk", 90),
+    ];
+    let out = processor.traces(&request(vec![chat.clone()]), Utc::now(), &cache(), None);
+    assert_eq!(out.rows[0].time_to_first_token_ms, Some(90.0));
+    // The built-in names stay after the configured one, unless replaced.
+    chat.events.pop();
+    let out = processor.traces(&request(vec![chat.clone()]), Utc::now(), &cache(), None);
+    assert_eq!(out.rows[0].time_to_first_token_ms, Some(300.0));
+    config.mapping.replace = true;
+    let processor = TokenProcessor::new(&config, &PricingConfig::default());
+    let out = processor.traces(&request(vec![chat]), Utc::now(), &cache(), None);
+    assert_eq!(out.rows[0].time_to_first_token_ms, None);
+    // Event names are not attribute keys: the redactor's allowlist is unchanged.
+    assert!(!config
+        .mapping_keys()
+        .contains(&"my_app.first_chunk".to_owned()));
+}
+
 #[test]
 fn genai_current_chat_with_cache_and_reasoning() {
     let mut chat = genai_chat(1, None, 1000, 200);
