@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{eventually, get_json, Tally, TestDatabase};
+use common::{eventually, get_json, http_span_provider, Tally, TestDatabase};
 use prost::Message;
 use serde_json::Value as Json;
 use tally_exporters::postgres::RollupJob;
@@ -149,22 +149,12 @@ fn group(tenant: &str, user: &str, requests: i64, input: i64) -> ((String, Strin
 async fn an_acknowledged_call_is_in_every_aggregate_within_2_s() {
     use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
     use opentelemetry::KeyValue as OtelKv;
-    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
-    use opentelemetry_sdk::trace::SdkTracerProvider;
 
     let database = TestDatabase::create().await;
     let tally = Tally::on(&database).await;
     let url = tally.http_url("/v1/traces");
     std::thread::spawn(move || {
-        let exporter = SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(url)
-            .build()
-            .expect("span exporter");
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter)
-            .build();
+        let provider = http_span_provider(url);
         let tracer = provider.tracer("llm-app");
         let mut chat = tracer
             .span_builder("chat gpt-4o")
@@ -283,22 +273,12 @@ async fn a_call_before_its_request_span_is_the_users_once_the_request_span_is_ac
         Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
     };
     use opentelemetry::{Context, KeyValue as OtelKv};
-    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
-    use opentelemetry_sdk::trace::SdkTracerProvider;
 
     let database = TestDatabase::create().await;
     let tally = Tally::on(&database).await;
     let url = tally.http_url("/v1/traces");
     std::thread::spawn(move || {
-        let exporter = SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(url)
-            .build()
-            .expect("span exporter");
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter)
-            .build();
+        let provider = http_span_provider(url);
         let tracer = provider.tracer("llm-app");
         let request = tracer
             .span_builder("POST /chat")

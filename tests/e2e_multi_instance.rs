@@ -11,32 +11,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{create_api_key, eventually, Tally, TallyOptions, TestDatabase};
+use common::{create_api_key, eventually, http_span_provider, Tally, TallyOptions, TestDatabase};
 use opentelemetry::trace::{
     Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
-use opentelemetry_sdk::trace::SdkTracerProvider;
 
 /// Traces sent: trace `i`'s request span goes to instance `i % 2`, its chat
 /// span to the other; the chat span ends (is exported) first when `(i / 2) % 2`
 /// is 0, else the request span does.
 const TRACES: usize = 8;
-
-/// A tracer provider exporting each span, as it ends, to `url` (OTLP/HTTP).
-fn provider(url: String) -> SdkTracerProvider {
-    let exporter = SpanExporter::builder()
-        .with_http()
-        .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(url)
-        .with_timeout(Duration::from_secs(10))
-        .build()
-        .expect("span exporter");
-    SdkTracerProvider::builder()
-        .with_simple_exporter(exporter)
-        .build()
-}
 
 /// What the test expects of trace `i`: (user, input tokens, output tokens).
 fn expected(i: usize) -> (String, i64, i64) {
@@ -45,7 +29,10 @@ fn expected(i: usize) -> (String, i64, i64) {
 
 /// Sends the traces with the SDK; returns trace id → trace index.
 fn send_traces(urls: [String; 2]) -> BTreeMap<String, usize> {
-    let providers = [provider(urls[0].clone()), provider(urls[1].clone())];
+    let providers = [
+        http_span_provider(urls[0].clone()),
+        http_span_provider(urls[1].clone()),
+    ];
     let tracers = [
         providers[0].tracer("web-app"),
         providers[1].tracer("web-app"),

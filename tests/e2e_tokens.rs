@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{eventually, Tally, TestDatabase};
+use common::{eventually, http_span_provider, Tally, TestDatabase};
 use prost::Message;
 use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use tally_model::otlp::common::v1::{any_value::Value, AnyValue, KeyValue};
@@ -1031,8 +1031,6 @@ async fn real_sdk_chat_span_under_a_request_span_is_attributed() {
         Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
     };
     use opentelemetry::{Context, KeyValue as OtelKv};
-    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
-    use opentelemetry_sdk::trace::SdkTracerProvider;
 
     let database = TestDatabase::create().await;
     let tally = Tally::on(&database).await;
@@ -1040,15 +1038,7 @@ async fn real_sdk_chat_span_under_a_request_span_is_attributed() {
     // Simple exporter: each span is exported when it ends, so the chat span
     // (ending first) reaches Tally in an export before its parent's.
     let trace = std::thread::spawn(move || {
-        let exporter = SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(url)
-            .build()
-            .expect("span exporter");
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter)
-            .build();
+        let provider = http_span_provider(url);
         let tracer = provider.tracer("llm-app");
         let request = tracer
             .span_builder("POST /chat")
@@ -1126,8 +1116,6 @@ async fn real_sdk_chat_span_under_a_request_span_is_attributed() {
 async fn real_sdk_streaming_events_give_the_time_to_first_token() {
     use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
     use opentelemetry::KeyValue as OtelKv;
-    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
-    use opentelemetry_sdk::trace::SdkTracerProvider;
     use std::time::SystemTime;
 
     let database = TestDatabase::create().await;
@@ -1136,15 +1124,7 @@ async fn real_sdk_streaming_events_give_the_time_to_first_token() {
     let start = SystemTime::now() - Duration::from_secs(10);
     let at = move |ms: u64| start + Duration::from_millis(ms);
     std::thread::spawn(move || {
-        let exporter = SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(url)
-            .build()
-            .expect("span exporter");
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter)
-            .build();
+        let provider = http_span_provider(url);
         let tracer = provider.tracer("llm-app");
         // OpenLLMetry: one `llm.content.completion.chunk` event per chunk.
         let mut chat = tracer

@@ -601,3 +601,20 @@ pub async fn export_spans(tally: &Tally, spans: Vec<tally_model::otlp::trace::v1
         .expect("export");
     assert_eq!(response.status().as_u16(), 200);
 }
+
+/// A real OpenTelemetry SDK tracer provider exporting each span, as it ends, to
+/// `url` over OTLP/HTTP protobuf (e.g. [`Tally::http_url`]`("/v1/traces")`).
+/// Its exporter blocks: build and use it on a thread of its own.
+pub fn http_span_provider(url: String) -> opentelemetry_sdk::trace::SdkTracerProvider {
+    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+    let exporter = SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(url)
+        .with_timeout(Duration::from_secs(10))
+        .build()
+        .expect("span exporter");
+    opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter)
+        .build()
+}
