@@ -495,6 +495,20 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
         .map(|_| "NULL::int8")
         .collect();
     let nulls = nulls.join(", ");
+    // One histogram section per model (calls per bucket, `-1`: not reported,
+    // left out) from a bucket rollup and the tail's grouping set `tail_set`.
+    let histogram = |section: i32, bucket: &str, rollup: &str, tail_set: i32| {
+        format!(
+            "UNION ALL SELECT {section}, NULL::date, model, {bucket}, NULL::int8, \
+                 sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
+                 NULL::float8 \
+             FROM (SELECT model, {bucket}, requests FROM {rollup}{w} \
+                   UNION ALL SELECT model, {bucket}, requests FROM tail \
+                       WHERE gs = {tail_set}) AS h \
+             WHERE {bucket} >= 0 \
+             GROUP BY model, {bucket}"
+        )
+    };
     let speed = match user {
         Some(_) => String::new(),
         None => {
@@ -521,22 +535,9 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
                        UNION ALL SELECT model, outcome, bucket, requests, rate_output_tokens, \
                            rate_duration_ms FROM tail WHERE gs = {TAIL_SUMS}) AS l \
                  GROUP BY model, bucket \
-                 UNION ALL SELECT {TOKENS_TTFT}, NULL::date, model, ttft_bucket, NULL::int8, \
-                     sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
-                     NULL::float8 \
-                 FROM (SELECT model, ttft_bucket, requests FROM {ttft}{w} \
-                       UNION ALL SELECT model, ttft_bucket, requests FROM tail \
-                           WHERE gs = {TAIL_TTFT}) AS f \
-                 WHERE ttft_bucket >= 0 \
-                 GROUP BY model, ttft_bucket \
-                 UNION ALL SELECT {TOKENS_RATE}, NULL::date, model, speed_bucket, NULL::int8, \
-                     sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
-                     NULL::float8 \
-                 FROM (SELECT model, speed_bucket, requests FROM {rate}{w} \
-                       UNION ALL SELECT model, speed_bucket, requests FROM tail \
-                           WHERE gs = {TAIL_RATE}) AS s \
-                 WHERE speed_bucket >= 0 \
-                 GROUP BY model, speed_bucket"
+                 {ttft_histogram} {rate_histogram}",
+                ttft_histogram = histogram(TOKENS_TTFT, "ttft_bucket", ttft, TAIL_TTFT),
+                rate_histogram = histogram(TOKENS_RATE, "speed_bucket", rate, TAIL_RATE),
             )
         }
     };
