@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+mod activity;
 pub mod archive;
 pub mod budgets;
 pub mod chain;
@@ -35,6 +36,7 @@ mod tokens;
 mod trace_identities;
 mod writer;
 
+pub use activity::{insert_activity_batch, insert_activity_batch_with};
 pub use error::PgError;
 pub use migrate::{migrate, API_ROLE, MIGRATIONS};
 pub use partitions::{create_partitions, partition_name, token_partition_name};
@@ -52,7 +54,7 @@ pub use tokens::{
     attribute_traces, insert_token_batch, uncount_token_rows, TraceAttribution, TraceIdentity,
 };
 pub use trace_identities::{prune_trace_identities, SharedTrace, SharedTraces};
-pub use writer::{insert_activity_batch, insert_activity_batch_with, PgExporter};
+pub use writer::PgExporter;
 
 /// Advisory lock key held from the `INSERT … SELECT nextval('activity_events_seq')`
 /// until `COMMIT` by every writer of `activity_events` (the bytes `tallyact`).
