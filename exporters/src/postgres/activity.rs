@@ -1,12 +1,28 @@
-//! The activity rows' insert: binary `COPY` into a per-connection temporary
-//! staging table, then the advisory lock
-//! [`ACTIVITY_EVENTS_LOCK_KEY`](super::ACTIVITY_EVENTS_LOCK_KEY), then
-//! `INSERT … SELECT nextval('activity_events_seq') … ORDER BY ts ON CONFLICT DO
-//! NOTHING`, counting what was really inserted. Called by the batching writer
-//! (`writer.rs`) inside each batch's transaction.
+//! The activity rows' insert, called by the batching writer (`writer.rs`)
+//! inside each batch's transaction.
+//!
+//! Direct path: take the advisory lock
+//! [`ACTIVITY_EVENTS_LOCK_KEY`](super::ACTIVITY_EVENTS_LOCK_KEY), set a
+//! savepoint, reserve one `seq` per row from `activity_events_seq` (`setval`,
+//! the lock held), and binary-`COPY` the rows, ordered by `ts` and numbered
+//! from the reserved range, straight into `activity_events`. The counts per
+//! (action, outcome, tenant, verdict) are taken from the rows themselves.
+//!
+//! Staged path, only when the direct `COPY` fails with a unique violation (a
+//! resend of a stored row, or one record twice in the batch): roll back to the
+//! savepoint (the reserved range stays unused, a gap like the `seq` values a
+//! rolled-back or conflicting `nextval` leaves), binary `COPY` into a
+//! per-connection temporary staging table, then `INSERT … SELECT
+//! nextval('activity_events_seq') … ORDER BY ts ON CONFLICT DO NOTHING` under
+//! the same lock, counting what it really inserted.
+//!
+//! Either way `seq` is given under the lock held until `COMMIT`, so `seq` order
+//! is commit order, and within a batch it follows `ts`.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{SimpleQueryMessage, Transaction};
 
 use tally_model::ActivityEvent;
@@ -88,10 +104,12 @@ pub(crate) struct InsertedGroup {
 }
 
 /// Writes `events` into `activity_events` inside `tx`, the way the exporter's
-/// writers do: binary `COPY` into a temporary staging table, then the advisory
-/// lock [`ACTIVITY_EVENTS_LOCK_KEY`], then `INSERT … SELECT nextval(…) … ON
-/// CONFLICT DO NOTHING`. Returns the number of rows inserted (duplicates of rows
-/// already stored are skipped).
+/// writers do: under the advisory lock [`ACTIVITY_EVENTS_LOCK_KEY`], a `seq`
+/// range reserved and the rows binary-`COPY`d straight into the table; if one of
+/// them is already stored, through a temporary staging table and `INSERT …
+/// SELECT nextval(…) … ON CONFLICT DO NOTHING` instead (see the module's doc).
+/// Returns the number of rows inserted (duplicates of rows already stored are
+/// skipped).
 ///
 /// The lock is held until `tx` ends, so commit promptly. The daily partitions
 /// for the events' days must exist (the exporter creates them before calling
@@ -122,28 +140,119 @@ pub async fn insert_activity_batch_with(
     )
 }
 
-/// `events`, each with the ingest key that sent it.
+/// `COPY` straight into `activity_events`: `seq` first, then the staging
+/// columns in [`COPY_SQL`]'s order (see [`copy::activity_row_with_seq`]).
+const DIRECT_COPY_SQL: &str = "COPY activity_events (seq, id, ts, tenant_id, user_id, \
+    session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
+    attributes, taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
+    error_message, personal_keys) FROM STDIN (FORMAT binary)";
+
+/// The savepoint the direct `COPY` runs under.
+const SAVEPOINT: &str = "tally_direct_copy";
+
+/// `events`, each with the ingest key that sent it: the direct path, and the
+/// staged one for a batch that meets a stored row (see the module's doc).
 pub(crate) async fn insert_rows(
     tx: &Transaction<'_>,
     events: Vec<(&ActivityEvent, Option<uuid::Uuid>)>,
     personal: &PersonalKeys,
 ) -> Result<Inserted, PgError> {
-    tx.batch_execute(STAGING_DDL).await?;
-    let rows: Vec<(copy::ActivityRow<'_>, Option<uuid::Uuid>)> = events
+    if events.is_empty() {
+        return Ok(Inserted::default());
+    }
+    let mut rows: Vec<(copy::SeqActivityRow<'_>, Option<uuid::Uuid>)> = events
         .into_iter()
         .map(|(event, key)| {
-            (
-                copy::ActivityRow {
-                    event,
-                    personal_keys: personal.of(event),
-                },
-                key,
-            )
+            let row = copy::ActivityRow {
+                event,
+                personal_keys: personal.of(event),
+            };
+            (copy::SeqActivityRow { seq: 0, row }, key)
         })
         .collect();
-    let rows: Vec<(&copy::ActivityRow<'_>, Option<uuid::Uuid>)> =
+    // Within the batch `seq` follows `ts`, as the staged path's ORDER BY gives it.
+    rows.sort_by_key(|(r, _)| r.row.event.ts);
+    let n = rows.len();
+    // Lock, savepoint and the reserved range in one round trip. The lock is
+    // taken before the savepoint, so rolling back to it keeps the lock.
+    let reserve = format!(
+        "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); SAVEPOINT {SAVEPOINT}; \
+         SELECT setval('activity_events_seq', nextval('activity_events_seq') + {n} - 1)"
+    );
+    let last: i64 = tx
+        .simple_query(&reserve)
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .next_back()
+        .ok_or_else(|| PgError::Integrity("no seq range reserved".into()))?;
+    let first = last - (n as i64 - 1);
+    for (i, (row, _)) in rows.iter_mut().enumerate() {
+        row.seq = first + i as i64;
+    }
+    let refs: Vec<(&copy::SeqActivityRow<'_>, Option<uuid::Uuid>)> =
         rows.iter().map(|(row, key)| (row, *key)).collect();
-    let copied = copy_rows(tx, COPY_SQL, &rows, copy::activity_row).await?;
+    match copy_rows(tx, DIRECT_COPY_SQL, &refs, copy::activity_row_with_seq).await {
+        Ok(copied) if copied == n as u64 => Ok(count_groups(&rows)),
+        Ok(copied) => Err(PgError::Integrity(format!(
+            "COPY stored {copied} of {n} activity rows"
+        ))),
+        Err(error) if error.sql_state() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tracing::debug!(rows = n, "a stored row in the batch: written through staging");
+            tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
+                .await?;
+            let refs: Vec<(&copy::ActivityRow<'_>, Option<uuid::Uuid>)> =
+                rows.iter().map(|(row, key)| (&row.row, *key)).collect();
+            insert_staged(tx, &refs).await
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// What the direct path inserted (every row), per (action, outcome, tenant,
+/// verdict): one entry per group, no allocation per row.
+fn count_groups(rows: &[(copy::SeqActivityRow<'_>, Option<uuid::Uuid>)]) -> Inserted {
+    let mut groups: HashMap<(&str, &str, &str, Option<bool>), u64> = HashMap::new();
+    for (row, _) in rows {
+        let e = row.row.event;
+        let key = (
+            e.action.as_str(),
+            e.outcome.as_str(),
+            e.tenant_id.as_deref().unwrap_or(""),
+            e.taxonomy_valid,
+        );
+        *groups.entry(key).or_default() += 1;
+    }
+    Inserted {
+        total: rows.len() as u64,
+        groups: groups
+            .into_iter()
+            .map(
+                |((action, outcome, tenant_id, taxonomy_valid), rows)| InsertedGroup {
+                    action: action.to_string(),
+                    outcome: outcome.to_string(),
+                    tenant_id: tenant_id.to_string(),
+                    taxonomy_valid,
+                    rows,
+                },
+            )
+            .collect(),
+        ..Inserted::default()
+    }
+}
+
+/// The staged path: `COPY` into the temporary staging table, then (lock held)
+/// `INSERT … SELECT nextval(…) … ON CONFLICT DO NOTHING`, counting what it
+/// really inserted.
+async fn insert_staged(
+    tx: &Transaction<'_>,
+    rows: &[(&copy::ActivityRow<'_>, Option<uuid::Uuid>)],
+) -> Result<Inserted, PgError> {
+    tx.batch_execute(STAGING_DDL).await?;
+    let copied = copy_rows(tx, COPY_SQL, rows, copy::activity_row).await?;
     if copied == 0 {
         return Ok(Inserted::default());
     }

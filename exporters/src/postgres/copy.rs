@@ -289,8 +289,39 @@ pub fn activity_row(
     row: &ActivityRow<'_>,
     ingest_key_id: Option<&uuid::Uuid>,
 ) -> Result<(), EncodeError> {
-    let e = row.event;
     out.put_i16(ACTIVITY_COLUMNS);
+    activity_fields(out, row, ingest_key_id)
+}
+
+/// An activity row written straight into `activity_events`, with the `seq`
+/// its writer reserved for it under the lock.
+#[derive(Debug)]
+pub struct SeqActivityRow<'a> {
+    /// The row's `seq`.
+    pub seq: i64,
+    /// The row itself.
+    pub row: ActivityRow<'a>,
+}
+
+/// One `activity_events` row for the direct `COPY`: `seq`, then the columns of
+/// [`activity_row`] in the same order.
+pub fn activity_row_with_seq(
+    out: &mut BytesMut,
+    row: &SeqActivityRow<'_>,
+    ingest_key_id: Option<&uuid::Uuid>,
+) -> Result<(), EncodeError> {
+    out.put_i16(ACTIVITY_COLUMNS + 1);
+    out.put_i32(8);
+    out.put_i64(row.seq);
+    activity_fields(out, &row.row, ingest_key_id)
+}
+
+fn activity_fields(
+    out: &mut BytesMut,
+    row: &ActivityRow<'_>,
+    ingest_key_id: Option<&uuid::Uuid>,
+) -> Result<(), EncodeError> {
+    let e = row.event;
     uuid(out, &e.id);
     timestamptz(out, &e.ts)?;
     text(out, e.tenant_id.as_deref().unwrap_or(""))?;
