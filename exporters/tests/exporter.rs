@@ -594,13 +594,9 @@ async fn direct_copy_numbers_rows_in_ts_order_and_a_resend_falls_back_to_staging
     let mut client = db.client().await;
     let now = now_micros();
     let yesterday = now.checked_sub_days(Days::new(1)).unwrap();
-    tally_exporters::postgres::create_partitions(
-        &client,
-        yesterday.date_naive(),
-        now.date_naive(),
-    )
-    .await
-    .unwrap();
+    tally_exporters::postgres::create_partitions(&client, yesterday.date_naive(), now.date_naive())
+        .await
+        .unwrap();
     // Times out of order, over two days.
     let batch: Vec<ActivityEvent> = (0..10)
         .map(|i| {

@@ -201,7 +201,10 @@ pub(crate) async fn insert_rows(
             "COPY stored {copied} of {n} activity rows"
         ))),
         Err(error) if error.sql_state() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            tracing::debug!(rows = n, "a stored row in the batch: written through staging");
+            tracing::debug!(
+                rows = n,
+                "a stored row in the batch: written through staging"
+            );
             tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
                 .await?;
             let refs: Vec<(&copy::ActivityRow<'_>, Option<uuid::Uuid>)> =

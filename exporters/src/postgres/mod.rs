@@ -1,13 +1,16 @@
 //! The PostgreSQL exporter: schema migrations, daily partitions, the batching
 //! writer with commit-ordered `seq`, and the private (embedded) server.
 //!
-//! Write path, in one transaction per batch: binary `COPY` into a per-connection
-//! temporary staging table, then `pg_advisory_xact_lock(ACTIVITY_EVENTS_LOCK_KEY)`,
-//! then `INSERT INTO activity_events … SELECT nextval('activity_events_seq'), …
-//! ON CONFLICT DO NOTHING`, then `COMMIT`. The lock is taken only after the COPY and
-//! is released after the commit is visible, so `seq` order equals commit order
-//! across writer connections and Tally instances: a reader remembering the last
-//! `seq` it saw never skips a row committed later.
+//! Write path, in one transaction per batch (`activity.rs`):
+//! `pg_advisory_xact_lock(ACTIVITY_EVENTS_LOCK_KEY)`, a `seq` range reserved from
+//! `activity_events_seq`, and binary `COPY` of the numbered rows straight into
+//! `activity_events` inside a savepoint; a batch holding an already stored row
+//! (unique violation) rolls back to the savepoint and goes through a temporary
+//! staging table and `INSERT … SELECT nextval('activity_events_seq') … ON CONFLICT
+//! DO NOTHING` instead; then `COMMIT`. The lock is released after the commit is
+//! visible, so `seq` order equals commit order across writer connections and
+//! Tally instances: a reader remembering the last `seq` it saw never skips a row
+//! committed later.
 
 use std::time::Duration;
 
@@ -56,8 +59,9 @@ pub use tokens::{
 pub use trace_identities::{prune_trace_identities, SharedTrace, SharedTraces};
 pub use writer::PgExporter;
 
-/// Advisory lock key held from the `INSERT … SELECT nextval('activity_events_seq')`
-/// until `COMMIT` by every writer of `activity_events` (the bytes `tallyact`).
+/// Advisory lock key held from before a writer of `activity_events` takes its
+/// `seq` values (`nextval`, or `setval` reserving a range) until `COMMIT` (the
+/// bytes `tallyact`).
 pub const ACTIVITY_EVENTS_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyact");
 /// Advisory lock key held from the `INSERT … SELECT nextval('token_usage_seq')`
 /// until `COMMIT` by every writer of `token_usage` (the bytes `tallytok`). A
