@@ -4,8 +4,8 @@
 //! `--clients` SSE clients (each count in turn: 1, 100, 1,000 by default) follow
 //! `GET /api/v1/activity/stream` as a `*` caller without filters, i.e. every
 //! client receives every event. A writer commits activity rows at `--rate`
-//! events/s through Tally's write path ([`insert_activity_batch`]: staging COPY,
-//! the `seq` lock, `INSERT … SELECT`, the NOTIFY trigger), one transaction of
+//! events/s through Tally's write path ([`insert_activity_batch`]: the `seq`
+//! lock, a reserved `seq` range, `COPY` into the table, the NOTIFY trigger), one transaction of
 //! `--batch` rows every `batch / rate` seconds, and records the instant each
 //! commit returned for the batch's `seq` range (read under the lock inside the
 //! transaction). Each client timestamps every `id:` line it reads; latency =

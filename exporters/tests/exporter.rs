@@ -205,7 +205,7 @@ async fn full_queue_answers_overloaded_and_releases_after_commit() {
     };
     let (exporter, _readiness) = start(&db, &cfg).await;
 
-    // Hold every write: the writer's INSERT waits for this lock.
+    // Hold every write: the writer's COPY into the table waits for this lock.
     let mut locker = db.client().await;
     let lock_tx = locker.transaction().await.unwrap();
     lock_tx
@@ -229,7 +229,7 @@ async fn full_queue_answers_overloaded_and_releases_after_commit() {
             let n: i64 = observer
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                     AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO activity_events%'",
+                     AND wait_event_type = 'Lock' AND query LIKE 'COPY activity_events %'",
                     &[name],
                 )
                 .await
@@ -559,4 +559,92 @@ async fn a_partition_dropped_behind_the_exporters_back_is_recreated() {
     assert_eq!(count(&client).await, 1);
     assert!(readiness.database_up());
     exporter.shutdown().await;
+}
+
+/// `(seq, id)` of every stored row, in `seq` order, and whether
+/// `tally_tail_days` (migration 0020) covers each row's day up to its `seq`.
+async fn seqs_and_tail(client: &tokio_postgres::Client) -> (Vec<(i64, Uuid)>, bool) {
+    let rows = client
+        .query("SELECT seq, id FROM activity_events ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let covered: bool = client
+        .query_one(
+            "SELECT coalesce(bool_and(EXISTS (SELECT 1 FROM tally_tail_days d \
+                 WHERE d.raw_table = 'activity_events' \
+                   AND d.day = (a.ts AT TIME ZONE 'UTC')::date AND d.max_seq >= a.seq)), false) \
+             FROM activity_events a",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (rows, covered)
+}
+
+/// The direct `COPY` gives a batch one `seq` range in `ts` order and fires the
+/// insert triggers; a batch holding a stored row goes through staging in the
+/// same transaction and stores only the new rows, after the earlier ones.
+#[tokio::test]
+async fn direct_copy_numbers_rows_in_ts_order_and_a_resend_falls_back_to_staging() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let now = now_micros();
+    let yesterday = now.checked_sub_days(Days::new(1)).unwrap();
+    tally_exporters::postgres::create_partitions(&client, yesterday.date_naive(), now.date_naive())
+        .await
+        .unwrap();
+    // Times out of order, over two days.
+    let batch: Vec<ActivityEvent> = (0..10)
+        .map(|i| {
+            let base = if i % 2 == 0 { now } else { yesterday };
+            event_at(i, base - chrono::Duration::seconds(10 - i as i64))
+        })
+        .collect();
+    let tx = client.transaction().await.unwrap();
+    let stored = tally_exporters::postgres::insert_activity_batch(&tx, &batch)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stored, 10);
+    let (rows, covered) = seqs_and_tail(&client).await;
+    assert!(covered, "tally_tail_days covers the directly copied rows");
+    let seqs: Vec<i64> = rows.iter().map(|(s, _)| *s).collect();
+    let first = seqs[0];
+    assert_eq!(seqs, (first..first + 10).collect::<Vec<_>>(), "one range");
+    let mut by_ts = batch.clone();
+    by_ts.sort_by_key(|e| e.ts);
+    let ids: Vec<Uuid> = rows.iter().map(|(_, id)| *id).collect();
+    assert_eq!(
+        ids,
+        by_ts.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "seq follows ts"
+    );
+
+    // A resend of five stored rows with three new ones: the staged path.
+    let mut resend = batch[..5].to_vec();
+    let new: Vec<ActivityEvent> = (20..23).map(|i| event_at(i, now)).collect();
+    resend.extend(new.iter().cloned());
+    let tx = client.transaction().await.unwrap();
+    let stored = tally_exporters::postgres::insert_activity_batch(&tx, &resend)
+        .await
+        .unwrap();
+    // The transaction goes on after the fallback.
+    let in_tx: i64 = tx
+        .query_one("SELECT count(*) FROM activity_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    assert_eq!(stored, 3);
+    assert_eq!(in_tx, 13);
+    let (rows, covered) = seqs_and_tail(&client).await;
+    assert!(covered, "tally_tail_days covers the staged rows");
+    assert_eq!(rows.len(), 13);
+    let later: HashSet<Uuid> = rows[10..].iter().map(|(_, id)| *id).collect();
+    assert_eq!(later, new.iter().map(|e| e.id).collect::<HashSet<_>>());
+    assert!(rows[10].0 > first + 9, "after the first batch's range");
 }

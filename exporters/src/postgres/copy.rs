@@ -9,22 +9,27 @@
 //! key or string becomes the escape `\ufffd`).
 //!
 //! The column orders are those of the staging tables' `COPY` statements in
-//! `writer.rs` and `tokens.rs`. This module needs no connection, so the CPU
-//! benchmark (`tally-bench pipeline`) measures exactly the encoding Tally does.
+//! `activity.rs` and `tokens.rs`, which send the rows with [`copy_rows`]. The
+//! encoders need no connection, so the CPU benchmark (`tally-bench pipeline`)
+//! measures exactly the encoding Tally does.
 
 use std::fmt::Write as _;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
+use futures::SinkExt;
 use serde_json::{Map, Value};
 use tally_model::{ActivityEvent, TokenUsage};
+use tokio_postgres::Transaction;
+
+use super::PgError;
 
 /// `PGCOPY\n\xff\r\n\0`, flags 0, no header extension.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// Columns of an activity row (see `writer.rs`'s `COPY_SQL`).
+/// Columns of an activity row (see `activity.rs`'s `COPY_SQL`).
 const ACTIVITY_COLUMNS: i16 = 21;
 /// Columns of a token row (see `tokens.rs`'s `COPY_SQL`).
 const TOKEN_COLUMNS: i16 = 31;
@@ -284,8 +289,39 @@ pub fn activity_row(
     row: &ActivityRow<'_>,
     ingest_key_id: Option<&uuid::Uuid>,
 ) -> Result<(), EncodeError> {
-    let e = row.event;
     out.put_i16(ACTIVITY_COLUMNS);
+    activity_fields(out, row, ingest_key_id)
+}
+
+/// An activity row written straight into `activity_events`, with the `seq`
+/// its writer reserved for it under the lock.
+#[derive(Debug)]
+pub struct SeqActivityRow<'a> {
+    /// The row's `seq`.
+    pub seq: i64,
+    /// The row itself.
+    pub row: ActivityRow<'a>,
+}
+
+/// One `activity_events` row for the direct `COPY`: `seq`, then the columns of
+/// [`activity_row`] in the same order.
+pub fn activity_row_with_seq(
+    out: &mut BytesMut,
+    row: &SeqActivityRow<'_>,
+    ingest_key_id: Option<&uuid::Uuid>,
+) -> Result<(), EncodeError> {
+    out.put_i16(ACTIVITY_COLUMNS + 1);
+    out.put_i32(8);
+    out.put_i64(row.seq);
+    activity_fields(out, &row.row, ingest_key_id)
+}
+
+fn activity_fields(
+    out: &mut BytesMut,
+    row: &ActivityRow<'_>,
+    ingest_key_id: Option<&uuid::Uuid>,
+) -> Result<(), EncodeError> {
+    let e = row.event;
     uuid(out, &e.id);
     timestamptz(out, &e.ts)?;
     text(out, e.tenant_id.as_deref().unwrap_or(""))?;
@@ -350,6 +386,34 @@ pub fn token_row(
     opt_text(out, r.report.response_key.as_deref())?;
     opt_bool(out, Some(r.report.from_span));
     Ok(())
+}
+
+/// Bytes gathered before a chunk of `COPY` data is sent.
+const COPY_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Sends `rows` (each with the ingest key that wrote it) through `copy_sql` (a
+/// `COPY … FROM STDIN (FORMAT binary)`), encoded by `encode` into one reused
+/// buffer sent in chunks of about [`COPY_CHUNK_BYTES`]. Returns the rows the
+/// server copied.
+pub(crate) async fn copy_rows<R>(
+    tx: &Transaction<'_>,
+    copy_sql: &str,
+    rows: &[(&R, Option<uuid::Uuid>)],
+    encode: fn(&mut BytesMut, &R, Option<&uuid::Uuid>) -> Result<(), EncodeError>,
+) -> Result<u64, PgError> {
+    let sink = tx.copy_in::<_, Bytes>(copy_sql).await?;
+    futures::pin_mut!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES + COPY_CHUNK_BYTES / 4);
+    begin(&mut buf);
+    for (row, key) in rows {
+        encode(&mut buf, row, key.as_ref()).map_err(|e| PgError::Integrity(e.to_string()))?;
+        if buf.len() >= COPY_CHUNK_BYTES {
+            sink.as_mut().send(buf.split().freeze()).await?;
+        }
+    }
+    finish(&mut buf);
+    sink.as_mut().send(buf.freeze()).await?;
+    Ok(sink.finish().await?)
 }
 
 #[cfg(test)]

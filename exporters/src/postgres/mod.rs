@@ -1,18 +1,22 @@
 //! The PostgreSQL exporter: schema migrations, daily partitions, the batching
 //! writer with commit-ordered `seq`, and the private (embedded) server.
 //!
-//! Write path, in one transaction per batch: binary `COPY` into a per-connection
-//! temporary staging table, then `pg_advisory_xact_lock(ACTIVITY_EVENTS_LOCK_KEY)`,
-//! then `INSERT INTO activity_events … SELECT nextval('activity_events_seq'), …
-//! ON CONFLICT DO NOTHING`, then `COMMIT`. The lock is taken only after the COPY and
-//! is released after the commit is visible, so `seq` order equals commit order
-//! across writer connections and Tally instances: a reader remembering the last
-//! `seq` it saw never skips a row committed later.
+//! Write path, in one transaction per batch (`activity.rs`):
+//! `pg_advisory_xact_lock(ACTIVITY_EVENTS_LOCK_KEY)`, a `seq` range reserved from
+//! `activity_events_seq`, and binary `COPY` of the numbered rows straight into
+//! `activity_events` inside a savepoint; a batch holding an already stored row
+//! (unique violation) rolls back to the savepoint and goes through a temporary
+//! staging table and `INSERT … SELECT nextval('activity_events_seq') … ON CONFLICT
+//! DO NOTHING` instead; then `COMMIT`. The lock is released after the commit is
+//! visible, so `seq` order equals commit order across writer connections and
+//! Tally instances: a reader remembering the last `seq` it saw never skips a row
+//! committed later.
 
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+mod activity;
 pub mod archive;
 pub mod budgets;
 pub mod chain;
@@ -35,6 +39,7 @@ mod tokens;
 mod trace_identities;
 mod writer;
 
+pub use activity::{insert_activity_batch, insert_activity_batch_with};
 pub use error::PgError;
 pub use migrate::{migrate, API_ROLE, MIGRATIONS};
 pub use partitions::{create_partitions, partition_name, token_partition_name};
@@ -52,10 +57,11 @@ pub use tokens::{
     attribute_traces, insert_token_batch, uncount_token_rows, TraceAttribution, TraceIdentity,
 };
 pub use trace_identities::{prune_trace_identities, SharedTrace, SharedTraces};
-pub use writer::{insert_activity_batch, insert_activity_batch_with, PgExporter};
+pub use writer::PgExporter;
 
-/// Advisory lock key held from the `INSERT … SELECT nextval('activity_events_seq')`
-/// until `COMMIT` by every writer of `activity_events` (the bytes `tallyact`).
+/// Advisory lock key held from before a writer of `activity_events` takes its
+/// `seq` values (`nextval`, or `setval` reserving a range) until `COMMIT` (the
+/// bytes `tallyact`).
 pub const ACTIVITY_EVENTS_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyact");
 /// Advisory lock key held from the `INSERT … SELECT nextval('token_usage_seq')`
 /// until `COMMIT` by every writer of `token_usage` (the bytes `tallytok`). A

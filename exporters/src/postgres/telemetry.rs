@@ -6,13 +6,14 @@ use tokio::time::Instant;
 
 use chrono::Utc;
 use tally_model::metrics::{metrics, ActivityLabels, ReasonLabels, TableLabels};
-use tally_model::Outcome;
+use tally_model::{ActivityEvent, Outcome};
 
-use super::writer::{Inserted, InsertedGroup, Submission};
+use super::activity::{Inserted, InsertedGroup};
 
-/// Records a committed batch of `rows` submitted rows, of which `inserted` were new.
-pub(crate) fn batch_committed(
-    batch: &[Submission],
+/// Records a committed batch of `rows` submitted rows, of which `inserted` were
+/// new; `events` are the batch's activity events (for the ingest lag).
+pub(crate) fn batch_committed<'a>(
+    events: impl Iterator<Item = &'a ActivityEvent>,
     rows: usize,
     inserted: &Inserted,
     started: Instant,
@@ -41,7 +42,7 @@ pub(crate) fn batch_committed(
         m.activity_events.get_or_create(&labels).inc_by(group.rows);
     }
     let now = Utc::now();
-    for event in batch.iter().flat_map(|s| s.events.iter()) {
+    for event in events {
         let lag = (now - event.ts).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
         m.ingest_lag.observe(lag.max(0.0));
     }

@@ -20,9 +20,8 @@ use tally_model::metrics::{
 };
 use tally_model::{Outcome, TokenUsage};
 
-use super::copy;
+use super::copy::{self, copy_rows};
 use super::rollup::{unfold_token_rows, ROLLUP_LOCK_KEY, TOKEN_WATERMARK};
-use super::writer::copy_rows;
 use super::{PgError, TOKEN_USAGE_LOCK_KEY};
 
 const STAGING_DDL: &str = "DO $$ BEGIN \

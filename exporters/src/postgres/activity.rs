@@ -1,0 +1,283 @@
+//! The activity rows' insert, called by the batching writer (`writer.rs`)
+//! inside each batch's transaction.
+//!
+//! Direct path: take the advisory lock
+//! [`ACTIVITY_EVENTS_LOCK_KEY`](super::ACTIVITY_EVENTS_LOCK_KEY), set a
+//! savepoint, reserve one `seq` per row from `activity_events_seq` (`setval`,
+//! the lock held), and binary-`COPY` the rows, ordered by `ts` and numbered
+//! from the reserved range, straight into `activity_events`. The counts per
+//! (action, outcome, tenant, verdict) are taken from the rows themselves.
+//!
+//! Staged path, only when the direct `COPY` fails with a unique violation (a
+//! resend of a stored row, or one record twice in the batch): roll back to the
+//! savepoint (the reserved range stays unused, a gap like the `seq` values a
+//! rolled-back or conflicting `nextval` leaves), binary `COPY` into a
+//! per-connection temporary staging table, then `INSERT … SELECT
+//! nextval('activity_events_seq') … ORDER BY ts ON CONFLICT DO NOTHING` under
+//! the same lock, counting what it really inserted.
+//!
+//! Either way `seq` is given under the lock held until `COMMIT`, so `seq` order
+//! is commit order, and within a batch it follows `ts`.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{SimpleQueryMessage, Transaction};
+
+use tally_model::ActivityEvent;
+
+use super::copy::{self, copy_rows};
+use super::personal::PersonalKeys;
+use super::tokens::TokensInserted;
+use super::{PgError, TraceAttribution, ACTIVITY_EVENTS_LOCK_KEY};
+
+const STAGING_DDL: &str = "DO $$ BEGIN \
+    IF to_regclass('pg_temp.tally_activity_staging_v5') IS NULL THEN \
+        CREATE TEMP TABLE tally_activity_staging_v5 ( \
+            id uuid, ts timestamptz, tenant_id text, user_id text, session_id text, \
+            action text, outcome text, resource_type text, resource_id text, service text, \
+            trace_id text, span_id text, attributes jsonb, taxonomy_valid boolean, \
+            taxonomy_reason text, ingest_key_id uuid, duration_ms double precision, \
+            name text, error_type text, error_message text, personal_keys text[] \
+        ) ON COMMIT DELETE ROWS; \
+    END IF; END $$";
+
+const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging_v5 (id, ts, tenant_id, user_id, \
+    session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
+    attributes, taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
+    error_message, personal_keys) FROM STDIN (FORMAT binary)";
+
+/// Lock, then insert from staging (one simple-protocol round trip).
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); \
+         INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, session_id, action, \
+             outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
+             taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
+             error_message, personal_keys) \
+         SELECT id, nextval('activity_events_seq'), ts, tenant_id, user_id, session_id, action, \
+             outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
+             taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
+             error_message, personal_keys \
+         FROM pg_temp.tally_activity_staging_v5 ORDER BY ts \
+         ON CONFLICT DO NOTHING"
+    )
+});
+
+/// [`INSERT_SQL`] answering, per (action, outcome, tenant), how many rows it
+/// really inserted (duplicates skipped), for the committed-rows counters.
+static INSERT_COUNTED_SQL: LazyLock<String> = LazyLock::new(|| {
+    let (lock, insert) = INSERT_SQL
+        .split_once("; ")
+        .unwrap_or(("SELECT 1", INSERT_SQL.as_str()));
+    format!(
+        "{lock}; WITH inserted AS ({insert} RETURNING action, outcome, tenant_id, taxonomy_valid) \
+         SELECT action, outcome, tenant_id, taxonomy_valid, count(*) FROM inserted \
+         GROUP BY action, outcome, tenant_id, taxonomy_valid"
+    )
+});
+
+/// Rows an insert really added, in total and per (action, outcome, tenant).
+#[derive(Debug, Default)]
+pub(crate) struct Inserted {
+    pub total: u64,
+    pub groups: Vec<InsertedGroup>,
+    /// The `token_usage` rows of the same batch.
+    pub tokens: TokensInserted,
+    /// `rejected_events` rows added (retries of quarantined records skipped).
+    pub rejected: u64,
+    /// Traces identified and pending in `trace_identities` after this batch, by
+    /// (scope, trace id): their stored rows are to be attributed.
+    pub ready: Vec<((String, String), TraceAttribution)>,
+}
+
+/// How many rows of one (action, outcome, tenant) an insert added.
+#[derive(Debug)]
+pub(crate) struct InsertedGroup {
+    pub action: String,
+    pub outcome: String,
+    pub tenant_id: String,
+    /// The taxonomy verdict of these rows (`None`: not checked).
+    pub taxonomy_valid: Option<bool>,
+    pub rows: u64,
+}
+
+/// Writes `events` into `activity_events` inside `tx`, the way the exporter's
+/// writers do: under the advisory lock [`ACTIVITY_EVENTS_LOCK_KEY`], a `seq`
+/// range reserved and the rows binary-`COPY`d straight into the table; if one of
+/// them is already stored, through a temporary staging table and `INSERT …
+/// SELECT nextval(…) … ON CONFLICT DO NOTHING` instead (see the module's doc).
+/// Returns the number of rows inserted (duplicates of rows already stored are
+/// skipped).
+///
+/// The lock is held until `tx` ends, so commit promptly. The daily partitions
+/// for the events' days must exist (the exporter creates them before calling
+/// this; see [`create_partitions`](super::create_partitions)).
+///
+/// The rows' personal keys are those of [`PersonalKeys::default`] (the user id
+/// under other keys); see [`insert_activity_batch_with`].
+pub async fn insert_activity_batch(
+    tx: &Transaction<'_>,
+    events: &[ActivityEvent],
+) -> Result<u64, PgError> {
+    insert_activity_batch_with(tx, events, &PersonalKeys::default()).await
+}
+
+/// [`insert_activity_batch`] naming the personal keys `personal` declares.
+pub async fn insert_activity_batch_with(
+    tx: &Transaction<'_>,
+    events: &[ActivityEvent],
+    personal: &PersonalKeys,
+) -> Result<u64, PgError> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    Ok(
+        insert_rows(tx, events.iter().map(|e| (e, None)).collect(), personal)
+            .await?
+            .total,
+    )
+}
+
+/// `COPY` straight into `activity_events`: `seq` first, then the staging
+/// columns in [`COPY_SQL`]'s order (see [`copy::activity_row_with_seq`]).
+const DIRECT_COPY_SQL: &str = "COPY activity_events (seq, id, ts, tenant_id, user_id, \
+    session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
+    attributes, taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
+    error_message, personal_keys) FROM STDIN (FORMAT binary)";
+
+/// The savepoint the direct `COPY` runs under.
+const SAVEPOINT: &str = "tally_direct_copy";
+
+/// `events`, each with the ingest key that sent it: the direct path, and the
+/// staged one for a batch that meets a stored row (see the module's doc).
+pub(crate) async fn insert_rows(
+    tx: &Transaction<'_>,
+    events: Vec<(&ActivityEvent, Option<uuid::Uuid>)>,
+    personal: &PersonalKeys,
+) -> Result<Inserted, PgError> {
+    if events.is_empty() {
+        return Ok(Inserted::default());
+    }
+    let mut rows: Vec<(copy::SeqActivityRow<'_>, Option<uuid::Uuid>)> = events
+        .into_iter()
+        .map(|(event, key)| {
+            let row = copy::ActivityRow {
+                event,
+                personal_keys: personal.of(event),
+            };
+            (copy::SeqActivityRow { seq: 0, row }, key)
+        })
+        .collect();
+    // Within the batch `seq` follows `ts`, as the staged path's ORDER BY gives it.
+    rows.sort_by_key(|(r, _)| r.row.event.ts);
+    let n = rows.len();
+    // Lock, savepoint and the reserved range in one round trip. The lock is
+    // taken before the savepoint, so rolling back to it keeps the lock.
+    let reserve = format!(
+        "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); SAVEPOINT {SAVEPOINT}; \
+         SELECT setval('activity_events_seq', nextval('activity_events_seq') + {n} - 1)"
+    );
+    let last: i64 = tx
+        .simple_query(&reserve)
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .next_back()
+        .ok_or_else(|| PgError::Integrity("no seq range reserved".into()))?;
+    let first = last - (n as i64 - 1);
+    for (i, (row, _)) in rows.iter_mut().enumerate() {
+        row.seq = first + i as i64;
+    }
+    let refs: Vec<(&copy::SeqActivityRow<'_>, Option<uuid::Uuid>)> =
+        rows.iter().map(|(row, key)| (row, *key)).collect();
+    match copy_rows(tx, DIRECT_COPY_SQL, &refs, copy::activity_row_with_seq).await {
+        Ok(copied) if copied == n as u64 => Ok(count_groups(&rows)),
+        Ok(copied) => Err(PgError::Integrity(format!(
+            "COPY stored {copied} of {n} activity rows"
+        ))),
+        Err(error) if error.sql_state() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tracing::debug!(
+                rows = n,
+                "a stored row in the batch: written through staging"
+            );
+            tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
+                .await?;
+            let refs: Vec<(&copy::ActivityRow<'_>, Option<uuid::Uuid>)> =
+                rows.iter().map(|(row, key)| (&row.row, *key)).collect();
+            insert_staged(tx, &refs).await
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// What the direct path inserted (every row), per (action, outcome, tenant,
+/// verdict): one entry per group, no allocation per row.
+fn count_groups(rows: &[(copy::SeqActivityRow<'_>, Option<uuid::Uuid>)]) -> Inserted {
+    let mut groups: HashMap<(&str, &str, &str, Option<bool>), u64> = HashMap::new();
+    for (row, _) in rows {
+        let e = row.row.event;
+        let key = (
+            e.action.as_str(),
+            e.outcome.as_str(),
+            e.tenant_id.as_deref().unwrap_or(""),
+            e.taxonomy_valid,
+        );
+        *groups.entry(key).or_default() += 1;
+    }
+    Inserted {
+        total: rows.len() as u64,
+        groups: groups
+            .into_iter()
+            .map(
+                |((action, outcome, tenant_id, taxonomy_valid), rows)| InsertedGroup {
+                    action: action.to_string(),
+                    outcome: outcome.to_string(),
+                    tenant_id: tenant_id.to_string(),
+                    taxonomy_valid,
+                    rows,
+                },
+            )
+            .collect(),
+        ..Inserted::default()
+    }
+}
+
+/// The staged path: `COPY` into the temporary staging table, then (lock held)
+/// `INSERT … SELECT nextval(…) … ON CONFLICT DO NOTHING`, counting what it
+/// really inserted.
+async fn insert_staged(
+    tx: &Transaction<'_>,
+    rows: &[(&copy::ActivityRow<'_>, Option<uuid::Uuid>)],
+) -> Result<Inserted, PgError> {
+    tx.batch_execute(STAGING_DDL).await?;
+    let copied = copy_rows(tx, COPY_SQL, rows, copy::activity_row).await?;
+    if copied == 0 {
+        return Ok(Inserted::default());
+    }
+    let messages = tx.simple_query(&INSERT_COUNTED_SQL).await?;
+    let mut inserted = Inserted::default();
+    for message in &messages {
+        // The lock's SELECT answers a one-column row first: only the counts have five.
+        if let SimpleQueryMessage::Row(row) = message {
+            if row.len() != 5 {
+                continue;
+            }
+            let rows: u64 = row.get(4).and_then(|c| c.parse().ok()).unwrap_or(0);
+            inserted.total += rows;
+            inserted.groups.push(InsertedGroup {
+                action: row.get(0).unwrap_or_default().to_string(),
+                outcome: row.get(1).unwrap_or_default().to_string(),
+                tenant_id: row.get(2).unwrap_or_default().to_string(),
+                // Simple-protocol text: "t", "f", or NULL (not checked).
+                taxonomy_valid: row.get(3).map(|v| v == "t"),
+                rows,
+            });
+        }
+    }
+    Ok(inserted)
+}
