@@ -648,3 +648,50 @@ async fn direct_copy_numbers_rows_in_ts_order_and_a_resend_falls_back_to_staging
     assert_eq!(later, new.iter().map(|e| e.id).collect::<HashSet<_>>());
     assert!(rows[10].0 > first + 9, "after the first batch's range");
 }
+
+/// A role that row-level security applies to (not a superuser, no BYPASSRLS,
+/// like the private PostgreSQL's `tally`) may not `COPY FROM` into
+/// `activity_events`: its batch goes through staging and is stored all the same.
+#[tokio::test]
+async fn a_role_under_row_security_writes_through_staging() {
+    let db = TestDatabase::migrated().await;
+    let mut client = db.client().await;
+    let now = now_micros();
+    tally_exporters::postgres::create_partitions(&client, now.date_naive(), now.date_naive())
+        .await
+        .unwrap();
+    let role = format!("{}_rls_writer", db.name);
+    client
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; \
+             CREATE ROLE {role} NOLOGIN NOSUPERUSER NOBYPASSRLS; \
+             GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}; \
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}"
+        ))
+        .await
+        .unwrap();
+    let batch: Vec<ActivityEvent> = (0..5).map(|i| event_at(i, now)).collect();
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute(&format!("SET LOCAL ROLE {role}"))
+        .await
+        .unwrap();
+    let active: bool = tx
+        .query_one("SELECT row_security_active('activity_events')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let stored = tally_exporters::postgres::insert_activity_batch(&tx, &batch).await;
+    tx.commit().await.unwrap();
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM activity_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+    assert!(active, "row security applies to the role");
+    assert_eq!(stored.expect("the batch is written"), 5);
+    assert_eq!(count, 5);
+}

@@ -16,10 +16,17 @@
 //! nextval('activity_events_seq') … ORDER BY ts ON CONFLICT DO NOTHING` under
 //! the same lock, counting what it really inserted.
 //!
+//! A role that row-level security applies to (not a superuser, no
+//! `BYPASSRLS`, e.g. the private PostgreSQL's own role) cannot `COPY FROM` into
+//! `activity_events` at all (`0A000`): the range reservation asks
+//! `row_security_active` first, and when it applies the batch and every later
+//! one of that exporter are staged ([`DirectCopy`]).
+//!
 //! Either way `seq` is given under the lock held until `COMMIT`, so `seq` order
 //! is commit order, and within a batch it follows `ts`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 
 use tokio_postgres::error::SqlState;
@@ -133,11 +140,14 @@ pub async fn insert_activity_batch_with(
     if events.is_empty() {
         return Ok(0);
     }
-    Ok(
-        insert_rows(tx, events.iter().map(|e| (e, None)).collect(), personal)
-            .await?
-            .total,
+    Ok(insert_rows(
+        tx,
+        events.iter().map(|e| (e, None)).collect(),
+        personal,
+        &DirectCopy::default(),
     )
+    .await?
+    .total)
 }
 
 /// `COPY` straight into `activity_events`: `seq` first, then the staging
@@ -156,9 +166,26 @@ pub(crate) async fn insert_rows(
     tx: &Transaction<'_>,
     events: Vec<(&ActivityEvent, Option<uuid::Uuid>)>,
     personal: &PersonalKeys,
+    direct: &DirectCopy,
 ) -> Result<Inserted, PgError> {
     if events.is_empty() {
         return Ok(Inserted::default());
+    }
+    if !direct.allowed() {
+        let rows: Vec<copy::ActivityRow<'_>> = events
+            .iter()
+            .map(|(event, _)| copy::ActivityRow {
+                event,
+                personal_keys: personal.of(event),
+            })
+            .collect();
+        let refs: Vec<(&copy::ActivityRow<'_>, Option<uuid::Uuid>)> = rows
+            .iter()
+            .zip(&events)
+            .map(|(row, (_, key))| (row, *key))
+            .collect();
+        // Staging takes the lock itself, after its `COPY`.
+        return insert_staged(tx, &refs).await;
     }
     let mut rows: Vec<(copy::SeqActivityRow<'_>, Option<uuid::Uuid>)> = events
         .into_iter()
@@ -175,20 +202,34 @@ pub(crate) async fn insert_rows(
     let n = rows.len();
     // Lock, savepoint and the reserved range in one round trip. The lock is
     // taken before the savepoint, so rolling back to it keeps the lock.
+    // No range when row security applies to this role: PostgreSQL refuses its
+    // `COPY FROM` into the table (and a refused `COPY` would leave the
+    // connection's protocol state behind), so the rows are staged instead.
     let reserve = format!(
         "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); SAVEPOINT {SAVEPOINT}; \
-         SELECT setval('activity_events_seq', nextval('activity_events_seq') + {n} - 1)"
+         SELECT CASE WHEN row_security_active('activity_events') THEN 'refused' \
+             ELSE setval('activity_events_seq', nextval('activity_events_seq') + {n} - 1)::text \
+         END"
     );
-    let last: i64 = tx
+    let answer: String = tx
         .simple_query(&reserve)
         .await?
         .iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
             _ => None,
         })
         .next_back()
         .ok_or_else(|| PgError::Integrity("no seq range reserved".into()))?;
+    let Ok(last) = answer.parse::<i64>() else {
+        tracing::info!(
+            "row security applies to the writer's role: activity rows go through staging"
+        );
+        direct.refuse();
+        let refs: Vec<(&copy::ActivityRow<'_>, Option<uuid::Uuid>)> =
+            rows.iter().map(|(row, key)| (&row.row, *key)).collect();
+        return insert_staged(tx, &refs).await;
+    };
     let first = last - (n as i64 - 1);
     for (i, (row, _)) in rows.iter_mut().enumerate() {
         row.seq = first + i as i64;
@@ -212,6 +253,28 @@ pub(crate) async fn insert_rows(
             insert_staged(tx, &refs).await
         }
         Err(error) => Err(error),
+    }
+}
+
+/// Whether the direct `COPY` may be tried: PostgreSQL refuses `COPY FROM` into
+/// a table whose row-level security applies to the writing role, so once a
+/// batch found it applies, every later batch of the same exporter is staged.
+#[derive(Debug)]
+pub(crate) struct DirectCopy(AtomicBool);
+
+impl Default for DirectCopy {
+    fn default() -> Self {
+        DirectCopy(AtomicBool::new(true))
+    }
+}
+
+impl DirectCopy {
+    fn allowed(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn refuse(&self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_postgres::{Client, Transaction};
 use tally_config::PostgresConfig;
 use tally_model::{ActivityEvent, ConsumeError, Readiness, RejectedRecord, TokenUsage};
 
-use super::activity::{insert_rows, Inserted};
+use super::activity::{insert_rows, DirectCopy, Inserted};
 use super::erasure::ErasedUsers;
 use super::partitions::{create_days, PartitionCache};
 use super::personal::PersonalKeys;
@@ -78,6 +78,8 @@ struct Shared {
     /// The personal keys rows are written with, and the erased users whose
     /// late token rows take their pseudonym (set once at start).
     guards: std::sync::RwLock<Arc<WriteGuards>>,
+    /// Whether activity rows may be `COPY`d straight into their table.
+    direct_copy: DirectCopy,
 }
 
 /// What the writers apply to every batch (see [`PgExporter::set_personal_keys`]
@@ -280,6 +282,7 @@ impl PgExporter {
             queue: tokio::sync::Mutex::new(Queue { rx, pending: None }),
             stopping: AtomicBool::new(false),
             guards: std::sync::RwLock::new(Arc::new(WriteGuards::default())),
+            direct_copy: DirectCopy::default(),
         });
         shared.ensure_ahead(&probe_client).await?;
 
@@ -699,6 +702,7 @@ fn batch_days(batch: &[Submission]) -> Vec<NaiveDate> {
 async fn commit_batch(
     client: &mut Client,
     guards: &WriteGuards,
+    direct: &DirectCopy,
     batch: &[Submission],
 ) -> Result<Inserted, PgError> {
     let tx = client.transaction().await?;
@@ -714,7 +718,7 @@ async fn commit_batch(
             .iter()
             .flat_map(|s| s.events.iter().map(move |e| (e, s.ingest_key_id)))
             .collect();
-        insert_rows(&tx, events, &guards.personal).await?
+        insert_rows(&tx, events, &guards.personal, direct).await?
     } else {
         Inserted::default()
     };
@@ -750,12 +754,12 @@ async fn write_batch(
     let days = batch_days(batch);
     shared.partitions.ensure(client, &days).await?;
     let guards = shared.guards();
-    match commit_batch(client, &guards, batch).await {
+    match commit_batch(client, &guards, &shared.direct_copy, batch).await {
         Err(error) if is_missing_partition(&error) => {
             // Cached as existing but gone (e.g. dropped by retention): recreate.
             shared.partitions.forget_all();
             shared.partitions.ensure(client, &days).await?;
-            commit_batch(client, &guards, batch).await
+            commit_batch(client, &guards, &shared.direct_copy, batch).await
         }
         other => other,
     }
