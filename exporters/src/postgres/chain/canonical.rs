@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Row;
 
 use super::{SigningKey, VerifyingKey};
+use crate::postgres::personal::split_attributes;
 use crate::postgres::PgError;
 
 /// Domain prefix of a row's canonical form (a row without details).
@@ -29,19 +30,20 @@ const CHECKPOINT_DOMAIN: &[u8] = b"tally-checkpoint-v1";
 const TRUNCATION_DOMAIN: &[u8] = b"tally-truncation-v1";
 
 /// The columns of a row's canonical form, in order (`attributes` as the text
-/// PostgreSQL prints for the jsonb value: keys sorted, duplicates removed; for a
-/// v3 row without its personal keys). Then the details extension (schema
-/// version 12), and the v3 columns (schema version 19): `chain_form`,
-/// `chain_salt`, the erasure columns and the personal attributes. See
+/// PostgreSQL prints for the jsonb value: keys sorted, duplicates removed). Then
+/// the details extension (schema version 12), the v3 columns (schema version
+/// 19): `chain_form`, `chain_salt`, the erasure columns, and last the row's
+/// `personal_keys` (schema version 24). [`ChainRow::from_row`] splits a v3
+/// row's attributes text into its public and personal parts in Rust
+/// ([`split_attributes`]), byte for byte the texts of
+/// `(attributes - tally_personal_keys(attributes, personal_keys))::text` and
+/// `tally_personal_attributes(attributes, personal_keys)::text`. See
 /// [`ChainRow::canonical`].
 pub(crate) const ROW_COLUMNS: &str =
     "id, seq, ts, received_at, tenant_id, user_id, session_id, action, \
-    outcome, resource_type, resource_id, service, trace_id, span_id, \
-    CASE WHEN chain_form IS NULL THEN attributes::text \
-        ELSE (attributes - tally_personal_keys(attributes, personal_keys))::text END, \
+    outcome, resource_type, resource_id, service, trace_id, span_id, attributes::text, \
     taxonomy_valid, taxonomy_reason, duration_ms, name, error_type, error_message, \
-    chain_form, chain_salt, erasure_id, erased_digest, erased_signature, \
-    CASE WHEN chain_form IS NOT NULL THEN tally_personal_attributes(attributes, personal_keys)::text END";
+    chain_form, chain_salt, erasure_id, erased_digest, erased_signature, personal_keys";
 
 /// An `activity_events` row as the chain sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +108,17 @@ pub struct ChainRow {
 impl ChainRow {
     /// Reads a row selected with the chain's column list.
     pub(crate) fn from_row(row: &Row) -> Result<ChainRow, PgError> {
+        let chain_form: Option<i16> = row.try_get(21)?;
+        let text: Option<String> = row.try_get(14)?;
+        let (attributes, personal_attributes) = match (chain_form, text) {
+            (Some(_), Some(text)) => {
+                let keys: Option<Vec<Option<String>>> = row.try_get(26)?;
+                let split = split_attributes(text, keys.as_deref().unwrap_or(&[]))
+                    .map_err(|e| PgError::Integrity(e.to_string()))?;
+                (Some(split.public), split.personal)
+            }
+            (_, text) => (text, None),
+        };
         Ok(ChainRow {
             id: row.try_get(0)?,
             seq: row.try_get(1)?,
@@ -121,19 +134,19 @@ impl ChainRow {
             service: row.try_get(11)?,
             trace_id: row.try_get(12)?,
             span_id: row.try_get(13)?,
-            attributes: row.try_get(14)?,
+            attributes,
             taxonomy_valid: row.try_get(15)?,
             taxonomy_reason: row.try_get(16)?,
             duration_ms: row.try_get(17)?,
             name: row.try_get(18)?,
             error_type: row.try_get(19)?,
             error_message: row.try_get(20)?,
-            chain_form: row.try_get(21)?,
+            chain_form,
             chain_salt: row.try_get(22)?,
             erasure_id: row.try_get(23)?,
             erased_digest: row.try_get(24)?,
             erased_signature: row.try_get(25)?,
-            personal_attributes: row.try_get(26)?,
+            personal_attributes,
         })
     }
 
