@@ -62,6 +62,8 @@ pub(crate) struct Limits {
     max_streams: usize,
     /// The queued-bytes budget of one caller's live feeds together.
     feed_buffer_bytes: usize,
+    /// `heavy_duty_percent`, for the database gates ([`crate::fair`]).
+    pub(crate) heavy_duty_percent: u8,
     in_progress: Mutex<HashMap<Arc<str>, Counts>>,
 }
 
@@ -106,6 +108,7 @@ impl Limits {
                 .max_streams_per_caller
                 .max(1)
                 .saturating_mul(STREAM_BUFFER_BYTES),
+            heavy_duty_percent: config.heavy_duty_percent,
             in_progress: Mutex::new(HashMap::new()),
         }
     }
@@ -329,6 +332,7 @@ mod tests {
             request_timeout_ms: 1000,
             max_concurrent_per_caller: 2,
             max_streams_per_caller: 3,
+            ..tally_config::AdminLimitsConfig::default()
         }));
         let budget = |slot: &Slot| slot.feed_buffer.clone().expect("a feed has a budget");
         let a1 = limits.acquire("a", true).expect("first feed");
@@ -354,6 +358,7 @@ mod tests {
             request_timeout_ms: 1000,
             max_concurrent_per_caller: 2,
             max_streams_per_caller: 1,
+            ..tally_config::AdminLimitsConfig::default()
         }));
         let a1 = limits.acquire("a", false).expect("first");
         let _a2 = limits.acquire("a", false).expect("second");
