@@ -116,8 +116,11 @@ impl std::ops::DerefMut for Connection {
 
 impl TenantPool {
     /// Wraps `builder`'s pool, adding the hook that takes [`API_ROLE`] on each new connection.
+    /// The gate's heavy lane is busy at most `heavy_duty_percent` of the time
+    /// while light requests are served ([`crate::fair`]).
     pub(crate) fn build(
         builder: deadpool_postgres::PoolBuilder,
+        heavy_duty_percent: u8,
     ) -> Result<TenantPool, deadpool_postgres::BuildError> {
         // Whether the last connection took the role: warn once when one cannot.
         let flag = Arc::new(AtomicBool::new(true));
@@ -167,7 +170,7 @@ impl TenantPool {
                 })
             }))
             .build()?;
-        let gate = FairGate::new(pool.status().max_size);
+        let gate = FairGate::new(pool.status().max_size, heavy_duty_percent);
         Ok(TenantPool {
             pool,
             gate,

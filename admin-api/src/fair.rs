@@ -13,15 +13,23 @@
 //! short. A new caller starts light; one long request makes it heavy for its next
 //! ones, and short ones make it light again.
 //!
+//! The heavy lane also keeps a *duty cycle* (`admin_api.limits.heavy_duty_percent`,
+//! default 50): a heavy connection held for `t` while light requests were in
+//! progress (or waiting) leaves the lane resting for `t × (100 − duty) / duty`
+//! before the next heavy request may start, so heavy statements use the database's
+//! CPU for at most that share of the wall time while anyone else is being served.
+//! With no light request around, the lane does not rest.
+//!
 //! The caller is the one [`crate::limits::enforce`] counted the request under, set
 //! for the request's task in [`CALLER`]; work outside a request (health checks,
 //! background jobs) passes the gate without waiting.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 tokio::task_local! {
     /// The caller a request's database work is counted under.
@@ -92,12 +100,30 @@ struct GateState {
     waiting: BinaryHeap<Waiter>,
     callers: HashMap<Arc<str>, CallerUsage>,
     next_order: u64,
+    /// No heavy request starts before this (the lane's rest, see the module docs).
+    heavy_rest_until: Option<Instant>,
+    /// When a light request last took a connection.
+    light_last: Option<Instant>,
+    /// The end of a rest that a timer will dispatch at (see [`FairGate::wake_at`]).
+    wake_pending: Option<Instant>,
+}
+
+impl GateState {
+    /// Whether light requests hold or wait for connections now, or took one since `since`.
+    fn light_active_since(&self, since: Instant) -> bool {
+        self.in_use > self.heavy_in_use
+            || self.light_last.is_some_and(|at| at >= since)
+            || self.waiting.iter().any(|w| !w.heavy)
+    }
 }
 
 /// The gate in front of the pool (see the module docs).
 pub(crate) struct FairGate {
     capacity: usize,
     heavy_capacity: usize,
+    /// How long the heavy lane rests per unit of time it was held while light
+    /// requests were active: `(100 − duty) / duty` (0 at a duty of 100%).
+    rest_per_hold: f64,
     state: Mutex<GateState>,
 }
 
@@ -124,10 +150,22 @@ impl Drop for Permit {
         let granted = {
             let mut state = self.gate.lock();
             state.in_use = state.in_use.saturating_sub(1);
+            let now = Instant::now();
             if self.heavy {
                 state.heavy_in_use = state.heavy_in_use.saturating_sub(1);
+                // The duty cycle: rest in proportion to the hold, if others were served meanwhile.
+                if self.gate.rest_per_hold > 0.0 && state.light_active_since(self.since) {
+                    let until = now + held.mul_f64(self.gate.rest_per_hold);
+                    if state.heavy_rest_until.is_none_or(|at| at < until) {
+                        state.heavy_rest_until = Some(until);
+                    }
+                    if state.waiting.iter().any(|w| w.heavy) {
+                        self.gate.wake_at(&mut state);
+                    }
+                }
+            } else {
+                state.light_last = Some(now);
             }
-            let now = Instant::now();
             let usage = state
                 .callers
                 .entry(self.caller.clone())
@@ -164,21 +202,58 @@ fn forget_idlest(callers: &mut HashMap<Arc<str>, CallerUsage>) {
     callers.retain(|_, usage| usage.last_seen > cut);
 }
 
+/// The heavy lane's rest per unit of hold for a duty of `percent` (clamped to 1–100).
+fn rest_per_hold(percent: u8) -> f64 {
+    let duty = f64::from(percent.clamp(1, 100)) / 100.0;
+    (1.0 - duty) / duty
+}
+
 impl FairGate {
-    /// A gate for a pool of `capacity` connections on this machine.
-    pub(crate) fn new(capacity: usize) -> Arc<FairGate> {
+    /// A gate for a pool of `capacity` connections on this machine, its heavy
+    /// lane busy at most `heavy_duty_percent` of the time while light requests are served.
+    pub(crate) fn new(capacity: usize, heavy_duty_percent: u8) -> Arc<FairGate> {
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        FairGate::with_cpus(capacity, cpus)
+        FairGate::with_cpus(capacity, cpus, heavy_duty_percent)
     }
 
     /// A gate for a pool of `capacity` connections on a machine of `cpus` CPUs.
-    pub(crate) fn with_cpus(capacity: usize, cpus: usize) -> Arc<FairGate> {
+    pub(crate) fn with_cpus(capacity: usize, cpus: usize, heavy_duty_percent: u8) -> Arc<FairGate> {
         let capacity = capacity.max(1);
         Arc::new(FairGate {
             capacity,
             heavy_capacity: heavy_capacity(capacity, cpus),
+            rest_per_hold: rest_per_hold(heavy_duty_percent),
             state: Mutex::new(GateState::default()),
         })
+    }
+
+    /// Makes sure heavy waiters are dispatched when the heavy lane's rest ends,
+    /// though no permit may be released then (one timer per rest).
+    fn wake_at(self: &Arc<Self>, state: &mut GateState) {
+        let Some(at) = state.heavy_rest_until else {
+            return;
+        };
+        if state.wake_pending == Some(at) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        state.wake_pending = Some(at);
+        let gate = self.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let granted = {
+                let mut state = gate.lock();
+                if state.wake_pending == Some(at) {
+                    state.wake_pending = None;
+                }
+                gate.dispatch(&mut state)
+            };
+            for (waiter, permit) in granted {
+                let _ = waiter.send(permit);
+            }
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, GateState> {
@@ -196,19 +271,27 @@ impl FairGate {
     }
 
     fn admissible(&self, state: &GateState, heavy: bool) -> bool {
-        state.in_use < self.capacity && (!heavy || state.heavy_in_use < self.heavy_capacity)
+        state.in_use < self.capacity
+            && (!heavy
+                || (state.heavy_in_use < self.heavy_capacity
+                    && state
+                        .heavy_rest_until
+                        .is_none_or(|until| Instant::now() >= until)))
     }
 
     fn take(self: &Arc<Self>, state: &mut GateState, caller: Arc<str>, heavy: bool) -> Permit {
+        let now = Instant::now();
         state.in_use += 1;
         if heavy {
             state.heavy_in_use += 1;
+        } else {
+            state.light_last = Some(now);
         }
         Permit {
             gate: self.clone(),
             caller,
             heavy,
-            since: Instant::now(),
+            since: now,
         }
     }
 
@@ -225,7 +308,7 @@ impl FairGate {
                 continue;
             }
             if !self.admissible(state, waiter.heavy) {
-                // Heavy lane full: light waiters (ranked first) were already served.
+                // Heavy lane full or resting: light waiters (ranked first) were already served.
                 blocked_heavy.push(waiter);
                 break;
             }
@@ -266,6 +349,9 @@ impl FairGate {
                 caller,
                 grant,
             });
+            if heavy && state.heavy_rest_until.is_some_and(|at| at > Instant::now()) {
+                self.wake_at(&mut state);
+            }
             (receiver, granted)
         };
         for (waiter, permit) in granted {
@@ -306,7 +392,7 @@ mod tests {
 
     #[tokio::test]
     async fn heavy_callers_share_a_quarter_and_light_ones_get_the_rest() {
-        let gate = FairGate::with_cpus(8, 16);
+        let gate = FairGate::with_cpus(8, 16, 100);
         for i in 0..10 {
             make_heavy(&gate, &format!("heavy-{i}"));
         }
@@ -342,7 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_freed_connection_goes_to_a_light_waiter_before_a_heavy_one() {
-        let gate = FairGate::new(1);
+        let gate = FairGate::new(1, 100);
         make_heavy(&gate, "heavy");
         let held = gate
             .enter(caller("light-0"), Duration::from_millis(50))
@@ -375,7 +461,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_heavy_connection_is_contended_only_while_another_heavy_request_waits() {
-        let gate = FairGate::with_cpus(8, 2);
+        let gate = FairGate::with_cpus(8, 2, 100);
         make_heavy(&gate, "heavy-0");
         make_heavy(&gate, "heavy-1");
         let light = gate
@@ -412,7 +498,7 @@ mod tests {
 
     #[tokio::test]
     async fn long_holds_make_a_caller_heavy_and_short_ones_light_again() {
-        let gate = FairGate::new(4);
+        let gate = FairGate::new(4, 100);
         let name = caller("c");
         {
             let mut permit = gate
@@ -430,5 +516,90 @@ mod tests {
             );
         }
         assert!(!FairGate::is_heavy(&gate.lock(), "c"));
+    }
+
+    #[test]
+    fn the_rest_is_the_hold_times_the_idle_share_over_the_busy_one() {
+        assert!((rest_per_hold(50) - 1.0).abs() < 1e-9);
+        assert!((rest_per_hold(25) - 3.0).abs() < 1e-9);
+        assert!(rest_per_hold(100).abs() < 1e-9, "100%: no rest");
+        assert!((rest_per_hold(0) - 99.0).abs() < 1e-9, "clamped to 1%");
+    }
+
+    /// A heavy permit of `name` held for `held` (back-dated), then given back.
+    async fn hold_heavy(gate: &Arc<FairGate>, name: &str, held: Duration) {
+        let mut permit = gate
+            .enter(caller(name), Duration::from_millis(10))
+            .await
+            .expect("the heavy lane is free");
+        assert!(permit.heavy, "{name} is heavy");
+        permit.since -= held;
+    }
+
+    #[tokio::test]
+    async fn the_heavy_lane_rests_after_a_hold_while_light_requests_are_served() {
+        let gate = FairGate::with_cpus(8, 2, 50);
+        make_heavy(&gate, "heavy-0");
+        make_heavy(&gate, "heavy-1");
+        let light = gate
+            .enter(caller("light"), Duration::from_millis(10))
+            .await
+            .expect("free");
+        let hold = Duration::from_millis(400);
+        let released = Instant::now();
+        hold_heavy(&gate, "heavy-0", hold).await;
+        // Held 400 ms while a light request was served: at 50% the lane rests 400 ms.
+        assert!(
+            gate.enter(caller("heavy-1"), Duration::from_millis(50))
+                .await
+                .is_none(),
+            "no heavy request starts during the rest"
+        );
+        assert!(
+            gate.enter(caller("light-2"), Duration::from_millis(10))
+                .await
+                .is_some(),
+            "light requests are served meanwhile"
+        );
+        drop(light);
+        // A heavy waiter is let in when the rest ends, though no permit is released
+        // then (else it would wait for its whole timeout and get nothing).
+        let next = gate
+            .enter(caller("heavy-1"), Duration::from_secs(30))
+            .await
+            .expect("let in after the rest");
+        assert!(next.heavy);
+        assert!(
+            released.elapsed() >= hold,
+            "not before the rest ended: {:?}",
+            released.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_heavy_lane_does_not_rest_when_nobody_else_was_served() {
+        let gate = FairGate::with_cpus(8, 2, 50);
+        make_heavy(&gate, "heavy-0");
+        make_heavy(&gate, "heavy-1");
+        hold_heavy(&gate, "heavy-0", Duration::from_secs(2)).await;
+        assert!(
+            gate.enter(caller("heavy-1"), Duration::from_millis(10))
+                .await
+                .is_some(),
+            "no light request was served meanwhile: no rest"
+        );
+        // At 100% the lane never rests.
+        let gate = FairGate::with_cpus(8, 2, 100);
+        make_heavy(&gate, "heavy-0");
+        make_heavy(&gate, "heavy-1");
+        let _light = gate
+            .enter(caller("light"), Duration::from_millis(10))
+            .await
+            .expect("free");
+        hold_heavy(&gate, "heavy-0", Duration::from_secs(2)).await;
+        assert!(gate
+            .enter(caller("heavy-1"), Duration::from_millis(10))
+            .await
+            .is_some());
     }
 }

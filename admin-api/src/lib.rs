@@ -193,7 +193,7 @@ impl AdminApi {
             )?),
             None => None,
         };
-        let pool = build_pool(database_url)?;
+        let pool = build_pool(database_url, config.limits.heavy_duty_percent)?;
         let hub = Arc::new(stream::hub::Hub::new(
             database_url,
             stream::hub::FeedSettings {
@@ -247,7 +247,7 @@ impl AdminApi {
     /// verification and quarantine replay stay on the primary. No connection
     /// is opened yet.
     pub fn with_read_url(mut self, read_url: &str) -> Result<Self, ApiError> {
-        self.state.reads = build_pool(read_url)?;
+        self.state.reads = build_pool(read_url, self.state.limits.heavy_duty_percent)?;
         tracing::info!("admin API reads queries, aggregates and exports from the read replica");
         Ok(self)
     }
@@ -435,7 +435,7 @@ fn bound_unsent(tcp: &tokio::net::TcpStream) {
     let _ = tcp;
 }
 
-fn build_pool(database_url: &str) -> Result<db::TenantPool, ApiError> {
+fn build_pool(database_url: &str, heavy_duty_percent: u8) -> Result<db::TenantPool, ApiError> {
     // The URL may hold a password: never echo it.
     let (mut pg_config, tls) = tally_exporters::postgres::tls::parse(database_url)
         .map_err(|error| ApiError::Config(format!("invalid database URL: {error}")))?;
@@ -462,6 +462,7 @@ fn build_pool(database_url: &str) -> Result<db::TenantPool, ApiError> {
             .wait_timeout(Some(POOL_TIMEOUT))
             .create_timeout(Some(POOL_TIMEOUT))
             .recycle_timeout(Some(POOL_TIMEOUT)),
+        heavy_duty_percent,
     )
     .map_err(|error| ApiError::Config(format!("cannot build the database pool: {error}")))
 }

@@ -15,7 +15,10 @@
 //! a 429 over the limits.
 //! The caller is also what the database gate ([`crate::fair`]) ranks requests by,
 //! and its live feeds share one budget of queued bytes
-//! ([`crate::stream::sse::CallerBuffer`]).
+//! ([`crate::stream::sse::CallerBuffer`]). A live feed reset because its client
+//! did not read keeps counting against its caller's `max_streams_per_caller` for
+//! [`RESET_HOLD`] after it ended, so a caller that opens feeds and never reads
+//! them holds a few at once, not `max_streams_per_caller` fed ones.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,6 +43,10 @@ const REFUSED_CREDENTIAL_DELAY: Duration = Duration::from_millis(200);
 /// `Retry-After` of a 429 over a per-caller limit, seconds.
 const RETRY_AFTER_SECS: u64 = 1;
 
+/// How long a live feed reset for not reading (or reading too slowly) still
+/// counts against its caller's `max_streams_per_caller` after it ended.
+pub(crate) const RESET_HOLD: Duration = Duration::from_secs(10);
+
 /// A caller authenticated by [`enforce`], left in the request's extensions so
 /// the handler does not verify the credential again.
 #[derive(Debug, Clone)]
@@ -62,6 +69,8 @@ pub(crate) struct Limits {
     max_streams: usize,
     /// The queued-bytes budget of one caller's live feeds together.
     feed_buffer_bytes: usize,
+    /// `heavy_duty_percent`, for the database gates ([`crate::fair`]).
+    pub(crate) heavy_duty_percent: u8,
     in_progress: Mutex<HashMap<Arc<str>, Counts>>,
 }
 
@@ -106,8 +115,36 @@ impl Limits {
                 .max_streams_per_caller
                 .max(1)
                 .saturating_mul(STREAM_BUFFER_BYTES),
+            heavy_duty_percent: config.heavy_duty_percent,
             in_progress: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps one live-feed slot of `caller` taken for `hold` (one of its feeds was
+    /// just reset for not reading), whatever it holds now: at most one per reset,
+    /// and a caller at its limit opens no feed to be reset.
+    pub(crate) fn hold_stream(self: &Arc<Self>, caller: &str, hold: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let slot = {
+            let mut map = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
+            let key: Arc<str> = match map.get_key_value(caller) {
+                Some((key, _)) => key.clone(),
+                None => Arc::from(caller),
+            };
+            map.entry(key.clone()).or_default().streams += 1;
+            Slot {
+                limits: self.clone(),
+                caller: key,
+                stream: true,
+                feed_buffer: None,
+            }
+        };
+        runtime.spawn(async move {
+            tokio::time::sleep(hold).await;
+            drop(slot);
+        });
     }
 
     /// Counts one request (or live feed) of `caller`; 429 when it is at its limit.
@@ -329,6 +366,7 @@ mod tests {
             request_timeout_ms: 1000,
             max_concurrent_per_caller: 2,
             max_streams_per_caller: 3,
+            ..tally_config::AdminLimitsConfig::default()
         }));
         let budget = |slot: &Slot| slot.feed_buffer.clone().expect("a feed has a budget");
         let a1 = limits.acquire("a", true).expect("first feed");
@@ -354,6 +392,7 @@ mod tests {
             request_timeout_ms: 1000,
             max_concurrent_per_caller: 2,
             max_streams_per_caller: 1,
+            ..tally_config::AdminLimitsConfig::default()
         }));
         let a1 = limits.acquire("a", false).expect("first");
         let _a2 = limits.acquire("a", false).expect("second");
@@ -370,5 +409,37 @@ mod tests {
         drop(_b);
         let map = limits.in_progress.lock().unwrap();
         assert!(!map.contains_key("b"), "an idle caller leaves no entry");
+    }
+
+    #[tokio::test]
+    async fn a_reset_feed_keeps_its_callers_slot_for_a_while() {
+        let limits = Arc::new(Limits::new(&tally_config::AdminLimitsConfig {
+            max_streams_per_caller: 1,
+            ..tally_config::AdminLimitsConfig::default()
+        }));
+        let feed = limits.acquire("a", true).expect("first feed");
+        // Its client did not read: it is reset, and its slot held on after it ends.
+        limits.hold_stream("a", Duration::from_millis(300));
+        drop(feed);
+        assert!(
+            matches!(
+                limits.acquire("a", true),
+                Err(ApiError::TooManyRequests { .. })
+            ),
+            "the reset feed still counts"
+        );
+        let _b = limits.acquire("b", true).expect("another caller's feed");
+        // Given back when the hold ends.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if limits.acquire("a", true).is_ok() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the held slot never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -298,3 +298,107 @@ async fn stats_streams_with_the_same_filter_share_one_poll() {
         "{connections} pool connections for 10 clients"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_feed_reset_for_not_reading_keeps_its_callers_slot_for_a_while() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::migrated().await;
+    let mut config = config_with_jwt();
+    config.limits.max_streams_per_caller = 1;
+    config.sse_client_buffer = 16;
+    config.sse_max_clients = 1;
+    let server = Server::start(&config, &db.url).await;
+    // ~2 MiB of rows, far beyond the socket buffers, for the feed to replay.
+    let (mut writer, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    for _ in 0..5 {
+        insert_activity(&mut writer, 100, &["acme"], &["doc.read"], 4096, 0).await;
+    }
+    // A client with a tiny receive buffer that asks for the feed and reads nothing.
+    let stalled = token_of("stalled");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let addr: std::net::SocketAddr = server
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let mut raw = socket.connect(addr).await.expect("connect");
+    raw.write_all(
+        format!(
+            "GET /api/v1/activity/stream?after_seq=0 HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {stalled}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("request");
+    // Its feed takes the instance's only live-feed slot (another caller gets 503)…
+    let url = server.url("/api/v1/activity/stream");
+    let other = token_of("reader");
+    let other_status = || {
+        let (url, other) = (url.clone(), other.clone());
+        async move {
+            http()
+                .get(&url)
+                .bearer_auth(&other)
+                .send()
+                .await
+                .map_or(0, |response| response.status().as_u16())
+        }
+    };
+    wait_for("the stalled feed to be open", 30, || async {
+        other_status().await == 503
+    })
+    .await;
+    // …until it fills, is reset after 1 s without room, and its reader ends.
+    wait_for("the stalled feed to be reset", 60, || async {
+        other_status().await == 200
+    })
+    .await;
+    // Now read what it was sent: the response ends, so the feed is gone.
+    let mut sent = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), raw.read_to_end(&mut sent))
+        .await
+        .expect("the stalled feed's response ends")
+        .expect("read");
+    let text = String::from_utf8_lossy(&sent);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(text.contains("event: reset"), "the feed was reset");
+    // It still counts against its caller for a while…
+    let again = http()
+        .get(&url)
+        .bearer_auth(&stalled)
+        .send()
+        .await
+        .expect("send");
+    // (Checked before the body is read: a feed's body does not end.)
+    assert_eq!(
+        again.status(),
+        429,
+        "a caller whose feed was just reset for not reading is refused a new one"
+    );
+    let (_, code, body) = error_code(again).await;
+    assert_eq!(code, "too_many_requests", "{body}");
+    // …not against anyone else (503 at most while the instance's one slot is taken)…
+    assert_ne!(other_status().await, 429);
+    // …and comes back when the hold ends.
+    wait_for("the reset feed's slot to come back", 30, || {
+        let (url, stalled) = (url.clone(), stalled.clone());
+        async move {
+            http()
+                .get(&url)
+                .bearer_auth(&stalled)
+                .send()
+                .await
+                .is_ok_and(|response| response.status() == 200)
+        }
+    })
+    .await;
+}

@@ -267,6 +267,7 @@ impl Config {
                 "max_streams_per_caller",
                 limits.max_streams_per_caller as u64,
             ),
+            ("heavy_duty_percent", u64::from(limits.heavy_duty_percent)),
         ] {
             if value == 0 {
                 return Err(invalid(
@@ -274,6 +275,12 @@ impl Config {
                     "must be at least 1",
                 ));
             }
+        }
+        if limits.heavy_duty_percent > 100 {
+            return Err(invalid(
+                "admin_api.limits.heavy_duty_percent",
+                "must be at most 100 (a percentage of the time)",
+            ));
         }
         if let Some((path, endpoint)) = receiver.exposed_endpoint() {
             if !receiver.auth.required && !receiver.allow_unauthenticated {

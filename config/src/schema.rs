@@ -486,6 +486,11 @@ pub struct AdminLimitsConfig {
     /// Live feeds (`/activity/stream`, `/tokens/stream`, `/stats/stream`) one
     /// caller may hold open at once; beyond, 429 with `Retry-After` (default 16).
     pub max_streams_per_caller: usize,
+    /// Most of the wall time, in percent, that heavy requests (those that held
+    /// their database connection long) may keep the heavy lane busy while other
+    /// requests are served: after a hold of `t` the lane rests
+    /// `t × (100 − p) / p` (default 50; 100 = no rest; 1–100).
+    pub heavy_duty_percent: u8,
 }
 
 impl Default for AdminLimitsConfig {
@@ -494,6 +499,7 @@ impl Default for AdminLimitsConfig {
             request_timeout_ms: 20_000,
             max_concurrent_per_caller: 4,
             max_streams_per_caller: 16,
+            heavy_duty_percent: 50,
         }
     }
 }

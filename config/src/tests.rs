@@ -353,3 +353,21 @@ fn bad_budgets_are_refused_with_their_path() {
     let err = error_of("budgets: [{ name: a, period: day, limit_tokens: 1, tennant: x }]");
     assert!(err.contains("tennant"), "{err}");
 }
+
+#[test]
+fn the_heavy_duty_is_a_percentage_of_the_time() {
+    let config = Config::from_yaml_str("").unwrap();
+    assert_eq!(config.admin_api.limits.heavy_duty_percent, 50);
+    let config =
+        Config::from_yaml_str("admin_api: { limits: { heavy_duty_percent: 100 } }").unwrap();
+    assert_eq!(config.admin_api.limits.heavy_duty_percent, 100);
+    for bad in ["0", "101"] {
+        let err = error_of(&format!(
+            "admin_api: {{ limits: {{ heavy_duty_percent: {bad} }} }}"
+        ));
+        assert!(
+            err.starts_with("admin_api.limits.heavy_duty_percent: "),
+            "{bad}: {err}"
+        );
+    }
+}

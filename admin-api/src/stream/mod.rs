@@ -744,6 +744,14 @@ async fn read_feed(
     let ended = tokio::select! {
         stop = reading => match stop {
             Err(Stop::Unavailable) => Some(unavailable_event()),
+            Err(Stop::Reset) => {
+                // A client that does not read keeps its slot a while after the reset:
+                // it cannot have every new row pushed to a fresh feed it never reads.
+                if let Ok(caller) = crate::fair::CALLER.try_with(Arc::clone) {
+                    state.limits.hold_stream(&caller, crate::limits::RESET_HOLD);
+                }
+                None
+            }
             _ => None,
         },
         reason = credential_end(credential) => {
