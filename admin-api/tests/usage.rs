@@ -391,6 +391,32 @@ async fn token_usage_matches_an_independent_computation() {
             );
         }
     }
+    // By user over windows much wider than the data (answered from the data's
+    // own span, not one statement per empty period): the same sums, paged.
+    for (grain, window) in [
+        ("day", "from=2026-03-01&to=2027-03-01"),
+        ("week", "from=2025-01-06&to=2027-12-27"),
+        ("month", "from=2020-01-01&to=2029-01-01"),
+    ] {
+        for (filter, keep) in [
+            ("", Box::new(|_: &Tok| true) as KeepTok),
+            (
+                "&user=u2",
+                Box::new(|t: &Tok| t.user.as_deref() == Some("u2")),
+            ),
+        ] {
+            let keys: &[&str] = &["user"];
+            let uri = format!(
+                "/api/v1/tokens/usage?grain={grain}&group_by=user&limit=3&{window}{filter}"
+            );
+            let items = all_items(&router, &uri, None).await;
+            assert_eq!(
+                token_sums_of(&items, keys),
+                expected_tokens(&tokens, grain, keys, keep),
+                "{uri}"
+            );
+        }
+    }
     // The answer says which rows it includes: every one, up to the newest.
     let newest: i64 = db
         .client
