@@ -714,26 +714,6 @@ fn alias(expression: &str, column: &str) -> String {
     }
 }
 
-/// The first and last day holding rows of `query`'s filters (rollup and live
-/// tail; the window's `from`/`to` not applied), `None` when there are none.
-async fn data_span(
-    spec: &Spec,
-    query: &AggregateQuery<'_>,
-    table: &Table,
-    tx: &deadpool_postgres::Transaction<'_>,
-    live: &crate::live::Snapshot,
-) -> Result<Option<(NaiveDate, NaiveDate)>, ApiError> {
-    let (sql, params) = spec.bounds_sql(query, table);
-    let rows = crate::live::query(tx, live, &sql, &params).await?;
-    let bound = |column: &str| -> Result<Option<NaiveDate>, ApiError> {
-        match rows.first() {
-            Some(row) => row.try_get(column).map_err(ApiError::from_db),
-            None => Ok(None),
-        }
-    };
-    Ok(bound("first")?.zip(bound("last")?))
-}
-
 /// The first day of the period holding `day`.
 fn period_of(grain: Grain, day: NaiveDate) -> NaiveDate {
     match grain {
@@ -806,12 +786,18 @@ async fn aggregate(
         crate::params::newest_seq(&tx, spec.raw),
         crate::live::Snapshot::for_answer(&tx, !all_tenants || query.one_tenant()),
     )?;
-    let mut data_span_known = false;
     if query.by_period() && (query.from.is_none() || query.to.is_none()) {
         // The by-period form needs the window: the data's first and last day.
-        data_span_known = true;
-        match data_span(spec, &query, table, &tx, &live).await? {
-            Some((first, last)) => {
+        let (sql, params) = spec.bounds_sql(&query, table);
+        let rows = crate::live::query(&tx, &live, &sql, &params).await?;
+        let bound = |column: &str| -> Result<Option<NaiveDate>, ApiError> {
+            match rows.first() {
+                Some(row) => row.try_get(column).map_err(ApiError::from_db),
+                None => Ok(None),
+            }
+        };
+        match (bound("first")?, bound("last")?) {
+            (Some(first), Some(last)) => {
                 let from = *query.from.get_or_insert(first);
                 let to = *query.to.get_or_insert(last.succ_opt().unwrap_or(last));
                 // The data's own span, when from/to are not both given, is capped too.
@@ -830,18 +816,7 @@ async fn aggregate(
     let rows = match (query.by_period(), query.from, query.to) {
         (true, Some(from), Some(to)) => {
             let start = query.cursor.as_ref().map(|c| c.p);
-            let mut window = (from, to);
-            if !data_span_known && periods(query.grain, from, to, start).len() > MAX_PERIODS_AT_ONCE
-            {
-                // A wide window: skip the periods before the data's first day and
-                // after its last, which would each cost a statement answering
-                // nothing (one statement instead, over the filters' index).
-                window = match data_span(spec, &query, table, &tx, &live).await? {
-                    Some((first, last)) => (from.max(first), to.min(last.succ_opt().unwrap_or(to))),
-                    None => (from, from),
-                };
-            }
-            let periods = periods(query.grain, window.0, window.1, start);
+            let periods = periods(query.grain, from, to, start);
             let mut rows = Vec::new();
             let mut pending = periods.as_slice();
             let mut at_once = 1;

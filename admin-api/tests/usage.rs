@@ -391,8 +391,8 @@ async fn token_usage_matches_an_independent_computation() {
             );
         }
     }
-    // By user over windows much wider than the data (answered from the data's
-    // own span, not one statement per empty period): the same sums, paged.
+    // By user over windows much wider than the data (many empty periods): the
+    // same sums, paged.
     for (grain, window) in [
         ("day", "from=2026-03-01&to=2027-03-01"),
         ("week", "from=2025-01-06&to=2027-12-27"),
