@@ -1126,39 +1126,31 @@ async fn real_sdk_streaming_events_give_the_time_to_first_token() {
     std::thread::spawn(move || {
         let provider = http_span_provider(url);
         let tracer = provider.tracer("llm-app");
+        // A started chat span of gpt-4o reporting `output` tokens.
+        let chat_span = |name: &'static str, output: i64| {
+            tracer
+                .span_builder(name)
+                .with_kind(SpanKind::Client)
+                .with_start_time(start)
+                .with_attributes([
+                    OtelKv::new("gen_ai.operation.name", "chat"),
+                    OtelKv::new("gen_ai.provider.name", "openai"),
+                    OtelKv::new("gen_ai.request.model", "gpt-4o"),
+                    OtelKv::new("gen_ai.usage.input_tokens", 1000i64),
+                    OtelKv::new("gen_ai.usage.output_tokens", output),
+                    OtelKv::new("tenant.id", "stream"),
+                ])
+                .start(&tracer)
+        };
         // OpenLLMetry: one `llm.content.completion.chunk` event per chunk.
-        let mut chat = tracer
-            .span_builder("openai.chat")
-            .with_kind(SpanKind::Client)
-            .with_start_time(start)
-            .with_attributes([
-                OtelKv::new("gen_ai.operation.name", "chat"),
-                OtelKv::new("gen_ai.provider.name", "openai"),
-                OtelKv::new("gen_ai.request.model", "gpt-4o"),
-                OtelKv::new("gen_ai.usage.input_tokens", 1000i64),
-                OtelKv::new("gen_ai.usage.output_tokens", 300i64),
-                OtelKv::new("tenant.id", "stream"),
-            ])
-            .start(&tracer);
+        let mut chat = chat_span("openai.chat", 300);
         chat.add_event_with_timestamp("retry", at(50), vec![]);
         for ms in [320, 400, 1200] {
             chat.add_event_with_timestamp("llm.content.completion.chunk", at(ms), vec![]);
         }
         chat.end_with_timestamp(at(2000));
         // OpenInference: one `First Token Stream Event`.
-        let mut chat = tracer
-            .span_builder("ChatCompletion")
-            .with_kind(SpanKind::Client)
-            .with_start_time(start)
-            .with_attributes([
-                OtelKv::new("gen_ai.operation.name", "chat"),
-                OtelKv::new("gen_ai.provider.name", "openai"),
-                OtelKv::new("gen_ai.request.model", "gpt-4o"),
-                OtelKv::new("gen_ai.usage.input_tokens", 1000i64),
-                OtelKv::new("gen_ai.usage.output_tokens", 100i64),
-                OtelKv::new("tenant.id", "stream"),
-            ])
-            .start(&tracer);
+        let mut chat = chat_span("ChatCompletion", 100);
         chat.add_event_with_timestamp("First Token Stream Event", at(900), vec![]);
         chat.end_with_timestamp(at(1000));
         provider.force_flush().expect("flush");
