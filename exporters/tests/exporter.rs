@@ -671,17 +671,20 @@ async fn a_role_under_row_security_writes_through_staging() {
         .await
         .unwrap();
     let batch: Vec<ActivityEvent> = (0..5).map(|i| event_at(i, now)).collect();
-    let tx = client.transaction().await.unwrap();
-    tx.batch_execute(&format!("SET LOCAL ROLE {role}"))
-        .await
-        .unwrap();
-    let active: bool = tx
-        .query_one("SELECT row_security_active('activity_events')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let stored = tally_exporters::postgres::insert_activity_batch(&tx, &batch).await;
-    tx.commit().await.unwrap();
+    // Everything up to the role's removal is kept as results, so that a failure
+    // still drops the role (roles outlive the test's database).
+    let outcome = async {
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("SET LOCAL ROLE {role}")).await?;
+        let active: bool = tx
+            .query_one("SELECT row_security_active('activity_events')", &[])
+            .await?
+            .get(0);
+        let stored = tally_exporters::postgres::insert_activity_batch(&tx, &batch).await;
+        tx.commit().await?;
+        Ok::<_, tokio_postgres::Error>((active, stored))
+    }
+    .await;
     let count: i64 = client
         .query_one("SELECT count(*) FROM activity_events", &[])
         .await
@@ -691,6 +694,7 @@ async fn a_role_under_row_security_writes_through_staging() {
         .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
         .await
         .unwrap();
+    let (active, stored) = outcome.expect("the transaction as the role");
     assert!(active, "row security applies to the role");
     assert_eq!(stored.expect("the batch is written"), 5);
     assert_eq!(count, 5);
