@@ -217,10 +217,53 @@ async fn private_server_wants_a_password_and_tally_is_no_superuser() {
         .await
         .expect_err("no server files");
     assert_eq!(sql_state(&error), "42501", "{error}");
+    // `tally` bypasses row-level security (its policies leave it unrestricted
+    // anyway), so the writer takes the direct COPY path ...
+    let as_writer: (bool, bool) = client
+        .query_one(
+            "SELECT rolbypassrls, row_security_active('activity_events') \
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(
+        as_writer,
+        (true, false),
+        "(rolbypassrls, row security active)"
+    );
+    // ... while the admin API's role, taken with SET ROLE, stays restricted to
+    // its tenant.
     client
-        .batch_execute("SET ROLE tally_api; RESET ROLE")
+        .batch_execute(
+            "INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) \
+             VALUES ('2026-01-01', 'tenant-a', 'u', 'doc.read', 'success', 1), \
+                    ('2026-01-01', 'tenant-b', 'u', 'doc.read', 'success', 1)",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "SELECT set_config('tally.tenant', 'tenant-a', false), \
+                    set_config('tally.user', '', false)",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("SET ROLE tally_api")
         .await
         .expect("the admin API's read role");
+    let seen: (i64, bool) = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM activity_daily), row_security_active('activity_daily')",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(seen, (1, true), "tally_api sees its tenant's row only");
+    client.batch_execute("RESET ROLE").await.unwrap();
     drop(client);
     server.stop().await.unwrap();
 }

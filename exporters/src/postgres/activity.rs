@@ -17,7 +17,7 @@
 //! the same lock, counting what it really inserted.
 //!
 //! A role that row-level security applies to (not a superuser, no
-//! `BYPASSRLS`, e.g. the private PostgreSQL's own role) cannot `COPY FROM` into
+//! `BYPASSRLS`; the private PostgreSQL's own role has it) cannot `COPY FROM` into
 //! `activity_events` at all (`0A000`): the range reservation asks
 //! `row_security_active` first, and when it applies the batch and every later
 //! one of that exporter are staged ([`DirectCopy`]).

@@ -479,7 +479,12 @@ impl PrivatePostgres {
             .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&OWNER_ROLE])
             .await?
             .is_some();
-        let attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS";
+        // BYPASSRLS: the row-level security policies already leave `tally`
+        // unrestricted (`tally_others`), so it gains no row it could not read or
+        // write; what it gains is the direct `COPY` into `activity_events`, which
+        // PostgreSQL refuses to a role under row security. The admin API's reads
+        // `SET ROLE tally_api`, whose own attributes decide: it stays restricted.
+        let attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION BYPASSRLS";
         let sql = if exists {
             format!("ALTER ROLE {OWNER_ROLE} {attributes} PASSWORD {password}")
         } else {
