@@ -426,6 +426,33 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
         "cards before the lists: {marks}"
     );
     browser.screenshot("usage").await;
+    // The window picker: 30 days reads a 30-day window for the cards and every
+    // part again, and says which window is chosen.
+    browser.click("#usage-window-30").await;
+    let windows = browser
+        .wait_js(
+            "the 30-day window",
+            Duration::from_secs(10),
+            "const days = (name) => performance.getEntriesByType('resource') \
+               .filter(e => new URL(e.name).pathname === name) \
+               .map(e => { const p = new URL(e.name).searchParams; \
+                 return (Date.parse(p.get('to')) - Date.parse(p.get('from'))) / 86400000; }); \
+             const stats = days('/api/v1/stats'), usage = days('/api/v1/tokens/usage'); \
+             const busy = document.querySelectorAll('#view-usage [aria-busy]').length; \
+             const card = document.querySelector('#card-requests').textContent; \
+             return stats.includes(30) && usage.filter(d => d === 30).length >= 2 && busy === 0 && card !== '—' \
+               ? {stats, pressed: [...document.querySelectorAll('#view-usage [data-days]')] \
+                   .filter(b => b.getAttribute('aria-pressed') === 'true').map(b => b.dataset.days)} : null;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(windows["stats"], json!([7, 30]), "{windows}");
+    assert_eq!(windows["pressed"], json!(["30"]), "{windows}");
+    assert!(
+        !browser.exists("#view-usage .notice.error").await,
+        "{}",
+        browser.text("#view-usage").await
+    );
 
     // Operations: health, integrity, the quarantined event and a replay.
     browser.click("#nav-ops").await;
