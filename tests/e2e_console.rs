@@ -388,7 +388,7 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
         .wait_js(
             "both charts",
             Duration::from_secs(10),
-            "return document.querySelectorAll('#usage-charts > *').length === 2;",
+            "return document.querySelectorAll('#usage-charts > :not([aria-busy])').length === 2;",
             json!([]),
         )
         .await;
@@ -404,19 +404,55 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
             "the usage marks",
             Duration::from_secs(5),
             "const t = (n) => performance.getEntriesByName(n, 'mark').map(e => e.startTime); \
-             const c = t('tally:usage-cards'), d = t('tally:usage-complete'); \
-             return c.length && d.length ? [c, d] : null;",
+             const r = t('tally:usage-ready'), c = t('tally:usage-cards'), d = t('tally:usage-complete'); \
+             return r.length && c.length && d.length ? [r, c, d] : null;",
             json!([]),
         )
         .await;
-    let cards = marks[0].as_array().cloned().unwrap_or_default();
-    let complete = marks[1].as_array().cloned().unwrap_or_default();
-    assert_eq!((cards.len(), complete.len()), (1, 1), "{marks}");
+    let ready = marks[0].as_array().cloned().unwrap_or_default();
+    let cards = marks[1].as_array().cloned().unwrap_or_default();
+    let complete = marks[2].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        (ready.len(), cards.len(), complete.len()),
+        (1, 1, 1),
+        "{marks}"
+    );
+    assert!(
+        ready[0].as_f64() <= cards[0].as_f64(),
+        "the view before its figures: {marks}"
+    );
     assert!(
         cards[0].as_f64() <= complete[0].as_f64(),
         "cards before the lists: {marks}"
     );
     browser.screenshot("usage").await;
+    // The window picker: 30 days reads a 30-day window for the cards and every
+    // part again, and says which window is chosen.
+    browser.click("#usage-window-30").await;
+    let windows = browser
+        .wait_js(
+            "the 30-day window",
+            Duration::from_secs(10),
+            "const days = (name) => performance.getEntriesByType('resource') \
+               .filter(e => new URL(e.name).pathname === name) \
+               .map(e => { const p = new URL(e.name).searchParams; \
+                 return (Date.parse(p.get('to')) - Date.parse(p.get('from'))) / 86400000; }); \
+             const stats = days('/api/v1/stats'), usage = days('/api/v1/tokens/usage'); \
+             const busy = document.querySelectorAll('#view-usage [aria-busy]').length; \
+             const card = document.querySelector('#card-requests').textContent; \
+             return stats.includes(30) && usage.filter(d => d === 30).length >= 2 && busy === 0 && card !== '—' \
+               ? {stats, pressed: [...document.querySelectorAll('#view-usage [data-days]')] \
+                   .filter(b => b.getAttribute('aria-pressed') === 'true').map(b => b.dataset.days)} : null;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(windows["stats"], json!([7, 30]), "{windows}");
+    assert_eq!(windows["pressed"], json!(["30"]), "{windows}");
+    assert!(
+        !browser.exists("#view-usage .notice.error").await,
+        "{}",
+        browser.text("#view-usage").await
+    );
 
     // Operations: health, integrity, the quarantined event and a replay.
     browser.click("#nav-ops").await;
@@ -520,6 +556,14 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
         )
         .await;
     println!("console live view: JS heap {heap_paused} bytes while holding 1,000 paused events, {heap_live} bytes with 500 rows shown");
+    // The table's row elements, tagged: the rows of later events must be these.
+    let tagged = browser
+        .js(
+            "const rows = [...document.querySelectorAll('#live-rows tr')]; rows.forEach(r => { r.__tagged = true; }); return rows.length;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(tagged, json!(500));
 
     // Tally restarts: the page says Reconnecting, then resumes after the last seq it
     // had (Last-Event-ID): the rows committed meanwhile arrive, none twice.
@@ -573,6 +617,36 @@ async fn an_admin_watches_searches_and_measures_in_the_console() {
         seqs.windows(2).all(|w| w[0] > w[1]),
         "no duplicate after the reconnect"
     );
+    // The new events took the oldest rows' elements (moved to the top, their text
+    // replaced): every row is one made before them, and the view made 500 in all
+    // (the 1,200-event burst, the filters' restarts and the reconnect included).
+    let reuse = browser
+        .js(
+            "const rows = [...document.querySelectorAll('#live-rows tr')]; \
+             return {tagged: rows.filter(r => r.__tagged === true).length, \
+               made: Number(document.getElementById('live-count').dataset.rowsMade), \
+               top: [...rows[0].querySelectorAll('td')].map(td => td.textContent)};",
+            json!([]),
+        )
+        .await;
+    assert_eq!(reuse["tagged"], json!(500), "{reuse}");
+    assert_eq!(reuse["made"], json!(500), "{reuse}");
+    let top: Vec<String> = serde_json::from_value(reuse["top"].clone()).expect("cells");
+    assert_eq!(
+        top.get(5).map(String::as_str),
+        Some("document/after-restart-2"),
+        "a reused row shows its new event: {top:?}"
+    );
+    // A reused row opens its new event's details, from the keyboard (Enter on its time).
+    browser
+        .press("#live-rows tr:first-child button", "\u{E007}")
+        .await;
+    browser.find("dialog#detail[open]").await;
+    browser
+        .wait_text("#detail-columns", "after-restart-2", Duration::from_secs(5))
+        .await;
+    browser.click("#detail-close").await;
+    assert!(!browser.exists("dialog#detail[open]").await);
 
     // Phone-sized, dark.
     browser.resize(390, 844).await;

@@ -69,26 +69,103 @@ async function failure(response) {
   return new ApiError(response.status, code, message);
 }
 
+/**
+ * Requests (live feeds apart) the page has in progress at once, at most: the
+ * admin API's default `admin_api.limits.max_concurrent_per_caller`. The rest
+ * wait here, first come first served, rather than be answered 429.
+ */
+const MAX_IN_FLIGHT = 4;
+/** Times a request answered 429 (over a lower limit, or another tab's) is retried. */
+const RETRIES_429 = 3;
+let inFlight = 0;
+const waiting = [];
+
+function abortError() {
+  return new DOMException("The request was cancelled.", "AbortError");
+}
+
+/** Resolves once one of the MAX_IN_FLIGHT places is the caller's; rejects on `signal`'s abort. */
+function acquire(signal) {
+  if (signal && signal.aborted) return Promise.reject(abortError());
+  if (inFlight < MAX_IN_FLIGHT) {
+    inFlight++;
+    return Promise.resolve();
+  }
+  return new Promise((resolve, reject) => {
+    const waiter = { resolve, signal, onAbort: null };
+    if (signal) {
+      waiter.onAbort = () => {
+        const at = waiting.indexOf(waiter);
+        if (at >= 0) waiting.splice(at, 1);
+        reject(abortError());
+      };
+      signal.addEventListener("abort", waiter.onAbort, { once: true });
+    }
+    waiting.push(waiter);
+  });
+}
+
+/** Gives the place to the next waiting request, or frees it. */
+function release() {
+  const next = waiting.shift();
+  if (!next) {
+    inFlight--;
+    return;
+  }
+  if (next.signal) next.signal.removeEventListener("abort", next.onAbort);
+  next.resolve();
+}
+
+function wait(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    if (signal) signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(abortError());
+    }, { once: true });
+  });
+}
+
+/**
+ * `fetch` within the page's MAX_IN_FLIGHT places, its answer read by `read`
+ * (an error answer throws ApiError) before the place is freed; a 429 is
+ * retried after its `Retry-After`, RETRIES_429 times.
+ */
+async function limitedFetch(url, init, read) {
+  for (let attempt = 0; ; attempt++) {
+    await acquire(init.signal);
+    let retryAfter;
+    try {
+      const response = await fetch(url, init);
+      if (response.status === 429 && attempt < RETRIES_429) {
+        retryAfter = Number(response.headers.get("Retry-After"));
+      } else {
+        if (!response.ok) throw await failure(response);
+        return await read(response);
+      }
+    } finally {
+      release();
+    }
+    await wait(1000 * (Number.isFinite(retryAfter) && retryAfter > 0 ? Math.min(retryAfter, 10) : 1), init.signal);
+  }
+}
+
 /** GET `path` with `params`; the JSON body, or throws ApiError. */
-export async function getJson(path, params, options = {}) {
-  const response = await fetch(path + query(params), {
+export function getJson(path, params, options = {}) {
+  return limitedFetch(path + query(params), {
     headers: headers(),
     signal: options.signal,
     cache: "no-store",
-  });
-  if (!response.ok) throw await failure(response);
-  return response.json();
+  }, (response) => response.json());
 }
 
 /** POST `body` as JSON to `path`; the JSON answer, or throws ApiError. */
-export async function postJson(path, body) {
-  const response = await fetch(path, {
+export function postJson(path, body) {
+  return limitedFetch(path, {
     method: "POST",
     headers: headers({ "Content-Type": "application/json" }),
     body: JSON.stringify(body || {}),
-  });
-  if (!response.ok) throw await failure(response);
-  return response.json();
+  }, (response) => response.json());
 }
 
 /**
@@ -96,9 +173,9 @@ export async function postJson(path, body) {
  * header); answers the response's headers.
  */
 export async function download(path, params, filename) {
-  const response = await fetch(path + query(params), { headers: headers({ Accept: "*/*" }) });
-  if (!response.ok) throw await failure(response);
-  const url = URL.createObjectURL(await response.blob());
+  const [blob, answered] = await limitedFetch(path + query(params), { headers: headers({ Accept: "*/*" }) },
+    async (response) => [await response.blob(), response.headers]);
+  const url = URL.createObjectURL(blob);
   const link = document.createElement("a");
   link.href = url;
   link.download = filename;
@@ -106,7 +183,7 @@ export async function download(path, params, filename) {
   link.click();
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
-  return response.headers;
+  return answered;
 }
 
 /**

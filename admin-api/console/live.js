@@ -7,7 +7,7 @@ import { h, field, select, fill } from "./dom.js";
 import { events, getJson, ApiError, aborted } from "./api.js";
 import { time, cell } from "./format.js";
 
-/** Rows kept on screen (the newest); older rows are dropped. */
+/** Rows kept on screen (the newest); an older row's element shows the next new event. */
 export const MAX_ROWS = 500;
 /** Rows loaded from the history when the feed (re)starts with new filters. */
 const BACKLOG = 50;
@@ -53,9 +53,12 @@ export function createLive(root, ctx) {
     start();
   });
 
-  const state = h("span", { id: "live-state", class: "state", role: "status", "aria-live": "polite" }, "Connecting");
+  // The state and the counter change by frames: their Text nodes are updated, not replaced.
+  const stateText = document.createTextNode("Connecting");
+  const state = h("span", { id: "live-state", class: "state", role: "status", "aria-live": "polite" }, stateText);
   const pauseButton = h("button", { type: "button", id: "live-pause", "aria-pressed": "false" }, "Pause");
-  const counter = h("span", { id: "live-count", class: "muted" });
+  const counterText = document.createTextNode("");
+  const counter = h("span", { id: "live-count", class: "muted" }, counterText);
   const note = h("p", { id: "live-note", class: "muted", hidden: true });
   const tbody = h("tbody", { id: "live-rows" });
   const tableNode = h("div", { class: "table-wrap" },
@@ -72,45 +75,105 @@ export function createLive(root, ctx) {
     h("p", { class: "muted" }, `Newest ${MAX_ROWS} rows are kept; select a time for the event's details.`));
 
   function setState(kind, text) {
-    state.textContent = text;
+    stateText.data = text;
     state.dataset.state = kind;
   }
 
-  function row(item) {
-    const open = h("button", { type: "button", class: "link" }, time(item.ts));
-    open.addEventListener("click", () => ctx.openDetail("activity", item));
+  // The rows are reused, never dropped: at most MAX_ROWS `<tr>`s are ever made
+  // (each with its cells' Text nodes), and a new event takes the table's oldest
+  // row, moved to the top with its text replaced in place (`Text.data`: text,
+  // never markup). So a steady feed creates no DOM nodes.
+  const slots = new Map(); // each row made: <tr> → {tr, texts, badge, item}
+  const spare = []; // rows made earlier and not in the table now (after a restart)
+  let shown = 0; // rows in the table
+
+  /** A new row: its element, its cells' Text nodes, the outcome badge, its event. */
+  function makeRow() {
+    const texts = Array.from({ length: 7 }, () => document.createTextNode(""));
+    const open = h("button", { type: "button", class: "link" }, texts[0]);
+    const badge = h("span", { class: "badge" }, texts[4]);
+    const slot = { tr: null, texts, badge, item: null };
+    open.addEventListener("click", () => {
+      if (slot.item) ctx.openDetail("activity", slot.item);
+    });
+    slot.tr = h("tr", {},
+      h("td", {}, open),
+      h("td", {}, texts[1]),
+      h("td", {}, texts[2]),
+      h("td", {}, texts[3]),
+      h("td", {}, badge),
+      h("td", {}, texts[5]),
+      h("td", {}, texts[6]));
+    slots.set(slot.tr, slot);
+    return slot;
+  }
+
+  /** Shows `item` in `slot`, every value as text. */
+  function setRow(slot, item) {
+    slot.item = item;
     const resource = item.resource_type || item.resource_id
       ? `${item.resource_type || "—"}/${item.resource_id || "—"}` : "—";
-    return h("tr", { "data-seq": item.seq },
-      h("td", {}, open),
-      h("td", {}, cell(item.tenant_id)),
-      h("td", {}, cell(item.user_id)),
-      h("td", {}, cell(item.action)),
-      h("td", {}, h("span", { class: `badge ${String(item.outcome)}` }, cell(item.outcome))),
-      h("td", {}, resource),
-      h("td", {}, cell(item.service)));
+    const values = [time(item.ts), cell(item.tenant_id), cell(item.user_id), cell(item.action),
+      cell(item.outcome), resource, cell(item.service)];
+    for (let i = 0; i < values.length; i++) {
+      if (slot.texts[i].data !== values[i]) slot.texts[i].data = values[i];
+    }
+    const badge = `badge ${String(item.outcome)}`;
+    if (slot.badge.className !== badge) slot.badge.className = badge;
+    slot.tr.dataset.seq = item.seq;
+  }
+
+  /**
+   * Draws `items` (oldest first) above the table's rows, newest on top, keeping
+   * at most MAX_ROWS: a spare or new row while the table is short, else the
+   * table's oldest row.
+   */
+  function prependRows(items) {
+    let top = tbody.firstElementChild;
+    for (let i = Math.max(0, items.length - MAX_ROWS); i < items.length; i++) {
+      let slot;
+      if (shown < MAX_ROWS) {
+        slot = spare.length ? spare.pop() : makeRow();
+        shown++;
+      } else {
+        slot = slots.get(tbody.lastElementChild);
+      }
+      setRow(slot, items[i]);
+      // Each above the previous one; a row already on top stays there.
+      if (slot.tr !== top) tbody.insertBefore(slot.tr, top);
+      top = slot.tr;
+    }
+  }
+
+  /** Empties the table; its rows wait in `spare` for the next events. */
+  function clearRows() {
+    for (let tr = tbody.lastElementChild; tr; tr = tbody.lastElementChild) {
+      tr.remove();
+      const slot = slots.get(tr);
+      slot.item = null;
+      spare.push(slot);
+    }
+    shown = 0;
   }
 
   /** The counts, as text and as `data-*` attributes (read by `tally-bench console`). */
   function count() {
-    counter.textContent = dropped
+    counterText.data = dropped
       ? `${received} received · ${dropped} not drawn (over ${MAX_ROWS} between two frames)`
       : `${received} received`;
     counter.dataset.received = received;
     counter.dataset.drawn = drawn;
     counter.dataset.dropped = dropped;
     counter.dataset.pausedSkipped = pausedSkipped;
+    counter.dataset.rowsMade = slots.size;
   }
 
   function draw() {
     scheduled = false;
     if (!pending.length) return;
-    const fragment = document.createDocumentFragment();
-    for (let i = pending.length - 1; i >= 0; i--) fragment.append(row(pending[i]));
+    prependRows(pending);
     drawn += pending.length;
     pending = [];
-    tbody.prepend(fragment);
-    while (tbody.rows.length > MAX_ROWS) tbody.lastElementChild.remove();
     count();
   }
 
@@ -261,7 +324,7 @@ export function createLive(root, ctx) {
   async function start() {
     stopCurrent();
     const gen = generation;
-    tbody.replaceChildren();
+    clearRows();
     pending = [];
     held = [];
     skipped = 0;
@@ -271,7 +334,7 @@ export function createLive(root, ctx) {
     pausedSkipped = 0;
     lastSeq = null;
     note.hidden = true;
-    counter.textContent = "";
+    counterText.data = "";
     setState("reconnecting", "Connecting");
     try {
       await backlog(gen);

@@ -11,11 +11,11 @@ const WINDOWS = [["1", "Today"], ["7", "7 days"], ["30", "30 days"], ["90", "90 
 /** Pages of an aggregate read at most for a top list. */
 const MAX_PAGES = 5;
 
-async function allItems(path, params) {
+async function allItems(path, params, signal) {
   const items = [];
   let cursor = null;
   for (let page = 0; page < MAX_PAGES; page++) {
-    const body = await getJson(path, { ...params, cursor });
+    const body = await getJson(path, { ...params, cursor }, { signal });
     items.push(...(body.items || []));
     cursor = body.next_cursor;
     if (!cursor) return { items, complete: true };
@@ -24,9 +24,11 @@ async function allItems(path, params) {
 }
 
 /**
- * The page's own progress signals, once per page load: `tally:usage-cards` when
- * the stat cards hold the window's figures, `tally:usage-complete` when the
- * charts and top lists are drawn too (`tally-bench console` measures them).
+ * The page's own progress signals, once per page load (`tally-bench console`
+ * measures them): `tally:usage-ready` when the view's controls and its empty
+ * cards, charts and lists are drawn and every read is sent, `tally:usage-cards`
+ * when the stat cards hold the window's figures, `tally:usage-complete` when
+ * the charts and top lists are drawn too.
  */
 function mark(name) {
   if (!performance.getEntriesByName(name).length) performance.mark(name);
@@ -129,14 +131,45 @@ export function createUsage(root, ctx) {
     }
   }
 
-  async function load() {
+  /** A place for one part of the view, saying it is loading until `done` fills it. */
+  function part(label) {
+    const node = h("div", { class: "part", "aria-busy": "true" }, h("p", { class: "muted" }, `${label}: loading…`));
+    return {
+      node,
+      done(...content) {
+        fill(node, ...content);
+        node.removeAttribute("aria-busy");
+      },
+      failed(error) {
+        fill(node, notice(`${label}: ${error instanceof ApiError ? error.message : String(error)}`));
+        node.removeAttribute("aria-busy");
+      },
+    };
+  }
+
+  let loadController = null;
+
+  /**
+   * (Re)loads the window: draws the cards, charts and lists empty, sends every
+   * read at once (the page runs at most four requests at a time, api.js) and
+   * fills each part as its answer arrives. The controls stay usable throughout:
+   * another window or tenant cancels what is still running.
+   */
+  function load() {
     generation++;
     const gen = generation;
+    if (loadController) loadController.abort();
+    const controller = new AbortController();
+    loadController = controller;
+    const signal = controller.signal;
+    const current = () => gen === generation;
     const from = utcDay(1 - windowDays);
     const to = utcDay(1);
     const tenantValue = ctx.allTenants ? tenant.value.trim() : "";
     const base = { from, to, tenant: tenantValue };
+    const byTenant = ctx.allTenants && !tenantValue;
     for (const key of Object.keys(figures)) delete figures[key];
+    for (const node of root.querySelectorAll(".usage-error")) node.remove();
     fill(cards,
       ctx.can.tokens ? card("requests", "LLM requests") : null,
       ctx.can.activity ? card("events", "Activity events") : null,
@@ -147,17 +180,67 @@ export function createUsage(root, ctx) {
       ctx.can.activity ? card("success", "Success rate", "of events with an outcome") : null,
       ctx.can.tokens ? card("tps", "Tokens / s", "last second") : null,
       ctx.can.activity ? card("eps", "Events / s", "last second") : null);
-    charts.replaceChildren();
-    tops.replaceChildren();
-    // The two reads behind the cards run side by side (two of the caller's
-    // concurrent requests); the rest follows two at a time.
+    cards.setAttribute("aria-busy", "true");
+    const chartParts = ctx.can.tokens
+      ? [["model", "Tokens per day by model"], ["provider", "Tokens per day by provider"]]
+        .map(([key, label]) => ({ key, label, ...part(label) }))
+      : [];
+    charts.replaceChildren(...chartParts.map((one) => one.node));
+    const actionsPart = ctx.can.activity ? part("Top actions") : null;
+    const usersPart = ctx.can.activity ? part("Most active users") : null;
+    const costUsersPart = ctx.can.tokens ? part("Top users by cost") : null;
+    const costTenantsPart = ctx.can.tokens && byTenant ? part("Top tenants by cost") : null;
+    tops.replaceChildren(...[actionsPart, usersPart, costUsersPart, costTenantsPart]
+      .filter(Boolean).map((one) => one.node));
+
+    // Every read, sent now; the cards' first (the page's requests go in order).
+    const quiet = (promise) => {
+      promise.catch(() => {}); // each failure is shown once, where it is awaited
+      return promise;
+    };
+    const statsRead = quiet(getJson("/api/v1/stats", base, { signal }));
     const outcomesRead = ctx.can.activity
-      ? allItems("/api/v1/activity/aggregates", { ...base, group_by: "outcome", grain: "month" })
+      ? quiet(allItems("/api/v1/activity/aggregates", { ...base, group_by: "outcome", grain: "month" }, signal))
       : null;
-    if (outcomesRead) outcomesRead.catch(() => {}); // awaited below; a failure is shown once, from there
-    try {
-      const stats = await getJson("/api/v1/stats", base);
-      if (gen !== generation) return;
+    const chartReads = chartParts.map((one) =>
+      quiet(allItems("/api/v1/tokens/usage", { ...base, grain: "day", group_by: one.key }, signal)));
+    const usersRead = usersPart
+      ? quiet(allItems("/api/v1/activity/aggregates", { ...base, group_by: "user", grain: "month" }, signal))
+      : null;
+    const costUsersRead = costUsersPart
+      ? quiet(allItems("/api/v1/tokens/usage", { ...base, grain: "month", group_by: "user" }, signal))
+      : null;
+    const costTenantsRead = costTenantsPart
+      ? quiet(allItems("/api/v1/tokens/usage", { ...base, grain: "month", group_by: "tenant" }, signal))
+      : null;
+    mark("tally:usage-ready");
+
+    /** Draws `one` from `read` when it answers (nothing once another load began). */
+    const settle = async (one, read, draw) => {
+      try {
+        const result = await read;
+        if (!current()) return false;
+        one.done(draw(result));
+        return true;
+      } catch (error) {
+        if (current() && !aborted(error)) one.failed(error);
+        return false;
+      }
+    };
+
+    const cardsDone = (async () => {
+      let stats;
+      try {
+        stats = await statsRead;
+      } catch (error) {
+        if (current() && !aborted(error)) {
+          cards.removeAttribute("aria-busy");
+          cards.after(h("div", { class: "usage-error" }, notice(`Stat cards: ${error instanceof ApiError ? error.message : String(error)}`)));
+          if (actionsPart) actionsPart.failed(error);
+        }
+        return false;
+      }
+      if (!current()) return false;
       if (stats.tokens) {
         Object.assign(figures, {
           requests: stats.tokens.requests, input: stats.tokens.input_tokens,
@@ -169,93 +252,65 @@ export function createUsage(root, ctx) {
         figures.users = stats.activity.active_users;
       }
       render();
-      // Every card has its figure now, but the success rate (next) for activity readers.
-      if (!ctx.can.activity) mark("tally:usage-cards");
       stream(gen, tenantValue);
-      const sections = [];
-      if (ctx.can.activity) {
-        const outcomes = await outcomesRead;
-        if (gen !== generation) return;
+      if (actionsPart) {
+        const actions = (stats.activity && stats.activity.top_actions) || [];
+        actionsPart.done(table("Top actions", ["Action", "Events"], actions.map((a) => [cell(a.action), int(a.events)]), { id: "top-actions" }));
+      }
+      if (outcomesRead) {
+        let outcomes;
+        try {
+          outcomes = await outcomesRead;
+        } catch (error) {
+          if (current() && !aborted(error)) {
+            cards.removeAttribute("aria-busy");
+            cards.after(h("div", { class: "usage-error" }, notice(`Success rate: ${error instanceof ApiError ? error.message : String(error)}`)));
+          }
+          return false;
+        }
+        if (!current()) return false;
         const count = { success: 0, failure: 0 };
         for (const item of outcomes.items) if (item.outcome in count) count[item.outcome] += item.events;
         figures.success = count.success + count.failure ? count.success / (count.success + count.failure) : null;
         render();
-        mark("tally:usage-cards");
-        const actions = (stats.activity && stats.activity.top_actions) || [];
-        sections.push(table("Top actions", ["Action", "Events"], actions.map((a) => [cell(a.action), int(a.events)]), { id: "top-actions" }));
       }
-      // The remaining reads, two at a time (half the caller's default limit of
-      // four concurrent requests).
-      const reads = [];
-      if (ctx.can.activity) {
-        reads.push(() => allItems("/api/v1/activity/aggregates", { ...base, group_by: "user", grain: "month" }));
-      }
-      if (ctx.can.tokens) {
-        for (const key of ["model", "provider"]) {
-          reads.push(() => allItems("/api/v1/tokens/usage", { ...base, grain: "day", group_by: key }));
-        }
-        reads.push(() => allItems("/api/v1/tokens/usage", { ...base, grain: "month", group_by: "user" }));
-        if (ctx.allTenants && !tenantValue) {
-          reads.push(() => allItems("/api/v1/tokens/usage", { ...base, grain: "month", group_by: "tenant" }));
-        }
-      }
-      const results = await twoAtATime(reads);
-      if (gen !== generation) return;
-      let next = 0;
-      if (ctx.can.activity) {
-        const users = results[next++];
-        sections.push(top("Most active users", "user_id", users, "events", ["User", "Events"], (r) => [int(r.events)]));
-      }
-      if (ctx.can.tokens) {
-        const axis = days(from, windowDays);
-        for (const [key, label] of [["model", "Tokens per day by model"], ["provider", "Tokens per day by provider"]]) {
-          const usage = results[next++];
-          const byName = new Map();
-          for (const item of usage.items) {
-            const name = item[key] ?? "(none)";
-            if (!byName.has(name)) byName.set(name, { name, values: new Map(), total: 0 });
-            const one = byName.get(name);
-            one.values.set(item.period, (one.values.get(item.period) || 0) + (item.total_tokens || 0));
-            one.total += item.total_tokens || 0;
-          }
-          const series = [...byName.values()].sort((a, b) => b.total - a.total);
-          charts.append(series.length
-            ? stackedBars(label, axis, series)
-            : h("p", { class: "muted" }, `${label}: no token usage in this window.`));
-        }
-        const users = results[next++];
-        sections.push(top("Top users by cost", "user_id", users, "cost_usd", ["User", "Requests", "Tokens", "Cost"],
-          (r) => [int(r.requests), int(r.total_tokens), money(r.cost_usd)]));
-        if (ctx.allTenants && !tenantValue) {
-          const tenants = results[next++];
-          sections.push(top("Top tenants by cost", "tenant_id", tenants, "cost_usd", ["Tenant", "Requests", "Tokens", "Cost"],
-            (r) => [int(r.requests), int(r.total_tokens), money(r.cost_usd)]));
-        }
-      }
-      if (gen === generation) {
-        fill(tops, sections);
-        mark("tally:usage-complete");
-      }
-    } catch (error) {
-      if (gen === generation) cards.after(notice(error instanceof ApiError ? error.message : String(error)));
-    }
+      cards.removeAttribute("aria-busy");
+      mark("tally:usage-cards");
+      return true;
+    })();
+
+    const axis = days(from, windowDays);
+    const parts = [
+      cardsDone,
+      ...chartParts.map((one, i) => settle(one, chartReads[i], (usage) => chartOf(one.key, one.label, axis, usage))),
+      usersPart ? settle(usersPart, usersRead, (users) =>
+        top("Most active users", "user_id", users, "events", ["User", "Events"], (r) => [int(r.events)])) : null,
+      costUsersPart ? settle(costUsersPart, costUsersRead, (users) =>
+        top("Top users by cost", "user_id", users, "cost_usd", ["User", "Requests", "Tokens", "Cost"],
+          (r) => [int(r.requests), int(r.total_tokens), money(r.cost_usd)])) : null,
+      costTenantsPart ? settle(costTenantsPart, costTenantsRead, (tenants) =>
+        top("Top tenants by cost", "tenant_id", tenants, "cost_usd", ["Tenant", "Requests", "Tokens", "Cost"],
+          (r) => [int(r.requests), int(r.total_tokens), money(r.cost_usd)])) : null,
+    ].filter(Boolean);
+    Promise.all(parts).then((done) => {
+      if (current() && done.every(Boolean)) mark("tally:usage-complete");
+    });
   }
 
-  /**
-   * Runs `reads` (functions returning promises) two at a time and resolves to
-   * their results in order; the first failure rejects.
-   */
-  async function twoAtATime(reads) {
-    const results = new Array(reads.length);
-    let next = 0;
-    async function worker() {
-      while (next < reads.length) {
-        const i = next++;
-        results[i] = await reads[i]();
-      }
+  /** The stacked daily chart of `usage` (rows by day and `key`), or a line saying it is empty. */
+  function chartOf(key, label, axis, usage) {
+    const byName = new Map();
+    for (const item of usage.items) {
+      const name = item[key] ?? "(none)";
+      if (!byName.has(name)) byName.set(name, { name, values: new Map(), total: 0 });
+      const one = byName.get(name);
+      one.values.set(item.period, (one.values.get(item.period) || 0) + (item.total_tokens || 0));
+      one.total += item.total_tokens || 0;
     }
-    await Promise.all([worker(), worker()]);
-    return results;
+    const series = [...byName.values()].sort((a, b) => b.total - a.total);
+    return series.length
+      ? stackedBars(label, axis, series)
+      : h("p", { class: "muted" }, `${label}: no token usage in this window.`);
   }
 
   /** Sums `items` by `key` over the periods and lists the 10 largest by `order`. */
@@ -287,6 +342,7 @@ export function createUsage(root, ctx) {
     },
     stop() {
       generation++;
+      if (loadController) loadController.abort();
       if (streamController) streamController.abort();
     },
   };

@@ -9,7 +9,8 @@
 //!   with the cache cleared, `/console#usage`; then both again with the cache
 //!   warm. *Interactive* is the page's own signal, a `performance.mark` whose
 //!   time is counted from navigation start: `tally:live-ready` when the first
-//!   activity page (50 rows) is in the live table, `tally:usage-cards` when
+//!   activity page (50 rows) is in the live table, `tally:usage-ready` when the
+//!   Usage view is drawn and usable and its reads are sent, `tally:usage-cards` when
 //!   every stat card holds the window's figure (7 days), `tally:usage-complete`
 //!   when the charts and top lists are drawn too.
 //! - **weight**: from each cold load's Resource Timing entries, the HTML and
@@ -208,6 +209,8 @@ async fn served(http: &reqwest::Client, url: &str) -> anyhow::Result<(String, us
 struct Loads {
     live_cold: f64,
     live_warm: f64,
+    ready_cold: f64,
+    ready_warm: f64,
     cards_cold: f64,
     complete_cold: f64,
     cards_warm: f64,
@@ -255,6 +258,7 @@ async fn load_part(args: &ConsoleArgs, chromium: &Path, driver: &Path) -> anyhow
             browser.cdp("Network.clearBrowserCache", json!({})).await?;
             browser.goto("about:blank").await?;
             browser.goto(&format!("{base}/console#usage")).await?;
+            let ready_cold = mark(&browser, "tally:usage-ready", wait).await?;
             let cards_cold = mark(&browser, "tally:usage-cards", wait).await?;
             let complete_cold = mark(&browser, "tally:usage-complete", wait).await?;
             // What that load took from the network: the cleared cache made it cold.
@@ -266,12 +270,15 @@ async fn load_part(args: &ConsoleArgs, chromium: &Path, driver: &Path) -> anyhow
             let live_warm = mark(&browser, "tally:live-ready", wait).await?;
             browser.goto("about:blank").await?;
             browser.goto(&format!("{base}/console#usage")).await?;
+            let ready_warm = mark(&browser, "tally:usage-ready", wait).await?;
             let cards_warm = mark(&browser, "tally:usage-cards", wait).await?;
             let complete_warm = mark(&browser, "tally:usage-complete", wait).await?;
             let sum = |f: fn(&File) -> f64| files.iter().map(f).sum::<f64>();
             let loads = Loads {
                 live_cold,
                 live_warm,
+                ready_cold,
+                ready_warm,
                 cards_cold,
                 complete_cold,
                 cards_warm,
@@ -351,6 +358,11 @@ async fn load_part(args: &ConsoleArgs, chromium: &Path, driver: &Path) -> anyhow
         spread(|l| l.live_warm)
     );
     println!(
+        "| Usage: view drawn and usable, reads sent (`tally:usage-ready`) | {} | {} |",
+        spread(|l| l.ready_cold),
+        spread(|l| l.ready_warm)
+    );
+    println!(
         "| Usage: stat cards filled (`tally:usage-cards`) | {} | {} |",
         spread(|l| l.cards_cold),
         spread(|l| l.cards_warm)
@@ -386,6 +398,8 @@ async fn load_part(args: &ConsoleArgs, chromium: &Path, driver: &Path) -> anyhow
         "interactive_ms": {
             "live_ready": { "cold": m(|l| l.live_cold), "warm": m(|l| l.live_warm),
                 "cold_runs": series(|l| l.live_cold), "warm_runs": series(|l| l.live_warm) },
+            "usage_ready": { "cold": m(|l| l.ready_cold), "warm": m(|l| l.ready_warm),
+                "cold_runs": series(|l| l.ready_cold), "warm_runs": series(|l| l.ready_warm) },
             "usage_cards": { "cold": m(|l| l.cards_cold), "warm": m(|l| l.cards_warm),
                 "cold_runs": series(|l| l.cards_cold), "warm_runs": series(|l| l.cards_warm) },
             "usage_complete": { "cold": m(|l| l.complete_cold), "warm": m(|l| l.complete_warm),

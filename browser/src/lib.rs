@@ -282,6 +282,15 @@ impl Browser {
             .map(drop)
     }
 
+    /// Sends `keys` to the element matching `css` as the keyboard would, without
+    /// clearing it first (WebDriver key codes such as `"\u{E007}"`, Enter, included).
+    pub async fn press(&self, css: &str, keys: &str) -> Result<()> {
+        let id = self.find(css).await?;
+        self.post(&format!("/element/{id}/value"), json!({ "text": keys }))
+            .await
+            .map(drop)
+    }
+
     /// Sets a control's value directly (for inputs WebDriver cannot type into, as datetime-local).
     pub async fn set_value(&self, css: &str, value: &str) -> Result<()> {
         self.js(

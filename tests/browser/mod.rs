@@ -72,6 +72,11 @@ impl Browser {
         ok(self.0.type_into(css, text).await)
     }
 
+    /// Sends `keys` to the element matching `css` as the keyboard would.
+    pub async fn press(&self, css: &str, keys: &str) {
+        ok(self.0.press(css, keys).await)
+    }
+
     /// Sets a control's value directly (for inputs WebDriver cannot type into, as datetime-local).
     pub async fn set_value(&self, css: &str, value: &str) {
         ok(self.0.set_value(css, value).await)
