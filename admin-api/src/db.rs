@@ -23,6 +23,7 @@ use std::time::Duration;
 use deadpool_postgres::{HookError, Object, Pool, PoolError};
 
 use crate::auth::TenantAccess;
+use crate::dbtime::DbTimeBudget;
 use crate::error::ApiError;
 use crate::fair::{FairGate, Permit, CALLER, HEAVY_TURN};
 
@@ -118,9 +119,11 @@ impl TenantPool {
     /// Wraps `builder`'s pool, adding the hook that takes [`API_ROLE`] on each new connection.
     /// The gate's heavy lane is busy at most `heavy_duty_percent` of the time
     /// while light requests are served ([`crate::fair`]).
+    /// Each connection's hold is charged to its caller's `budget` ([`crate::dbtime`]).
     pub(crate) fn build(
         builder: deadpool_postgres::PoolBuilder,
         heavy_duty_percent: u8,
+        budget: Arc<DbTimeBudget>,
     ) -> Result<TenantPool, deadpool_postgres::BuildError> {
         // Whether the last connection took the role: warn once when one cannot.
         let flag = Arc::new(AtomicBool::new(true));
@@ -170,7 +173,7 @@ impl TenantPool {
                 })
             }))
             .build()?;
-        let gate = FairGate::new(pool.status().max_size, heavy_duty_percent);
+        let gate = FairGate::new(pool.status().max_size, heavy_duty_percent, budget);
         Ok(TenantPool {
             pool,
             gate,

@@ -20,6 +20,10 @@
 //! CPU for at most that share of the wall time while anyone else is being served.
 //! With no light request around, the lane does not rest.
 //!
+//! Within a lane, a waiting request of the caller with more of its database-time
+//! budget left ([`crate::dbtime`]) goes first, then first come first served; every
+//! connection's hold is charged to its caller's budget when it is given back.
+//!
 //! The caller is the one [`crate::limits::enforce`] counted the request under, set
 //! for the request's task in [`CALLER`]; work outside a request (health checks,
 //! background jobs) passes the gate without waiting.
@@ -30,6 +34,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+use crate::dbtime::DbTimeBudget;
 
 tokio::task_local! {
     /// The caller a request's database work is counted under.
@@ -61,15 +67,18 @@ struct CallerUsage {
 /// A request waiting for a connection.
 struct Waiter {
     heavy: bool,
+    /// Its caller's [`DbTimeBudget::standing`] when it queued.
+    standing: i64,
     order: u64,
     caller: Arc<str>,
     grant: oneshot::Sender<Permit>,
 }
 
 impl Waiter {
-    /// Light before heavy, then first come first served.
-    fn rank(&self) -> (bool, std::cmp::Reverse<u64>) {
-        (!self.heavy, std::cmp::Reverse(self.order))
+    /// Light before heavy, then the caller with more of its database-time budget
+    /// left, then first come first served.
+    fn rank(&self) -> (bool, i64, std::cmp::Reverse<u64>) {
+        (!self.heavy, self.standing, std::cmp::Reverse(self.order))
     }
 }
 
@@ -124,6 +133,9 @@ pub(crate) struct FairGate {
     /// How long the heavy lane rests per unit of time it was held while light
     /// requests were active: `(100 − duty) / duty` (0 at a duty of 100%).
     rest_per_hold: f64,
+    /// Charged with every connection's hold, per caller (shared by every gate of
+    /// the instance).
+    budget: Arc<DbTimeBudget>,
     state: Mutex<GateState>,
 }
 
@@ -176,6 +188,7 @@ impl Drop for Permit {
             usage.average_hold =
                 usage.average_hold.mul_f64(1.0 - AVERAGE_WEIGHT) + held.mul_f64(AVERAGE_WEIGHT);
             usage.last_seen = now;
+            self.gate.budget.charge(&self.caller, self.since, now);
             if state.callers.len() > MAX_CALLERS {
                 forget_idlest(&mut state.callers);
             }
@@ -211,18 +224,29 @@ fn rest_per_hold(percent: u8) -> f64 {
 impl FairGate {
     /// A gate for a pool of `capacity` connections on this machine, its heavy
     /// lane busy at most `heavy_duty_percent` of the time while light requests are served.
-    pub(crate) fn new(capacity: usize, heavy_duty_percent: u8) -> Arc<FairGate> {
+    /// Each connection's hold is charged to its caller in `budget`.
+    pub(crate) fn new(
+        capacity: usize,
+        heavy_duty_percent: u8,
+        budget: Arc<DbTimeBudget>,
+    ) -> Arc<FairGate> {
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        FairGate::with_cpus(capacity, cpus, heavy_duty_percent)
+        FairGate::with_cpus(capacity, cpus, heavy_duty_percent, budget)
     }
 
     /// A gate for a pool of `capacity` connections on a machine of `cpus` CPUs.
-    pub(crate) fn with_cpus(capacity: usize, cpus: usize, heavy_duty_percent: u8) -> Arc<FairGate> {
+    pub(crate) fn with_cpus(
+        capacity: usize,
+        cpus: usize,
+        heavy_duty_percent: u8,
+        budget: Arc<DbTimeBudget>,
+    ) -> Arc<FairGate> {
         let capacity = capacity.max(1);
         Arc::new(FairGate {
             capacity,
             heavy_capacity: heavy_capacity(capacity, cpus),
             rest_per_hold: rest_per_hold(heavy_duty_percent),
+            budget,
             state: Mutex::new(GateState::default()),
         })
     }
@@ -343,8 +367,10 @@ impl FairGate {
             let (grant, receiver) = oneshot::channel();
             let order = state.next_order;
             state.next_order += 1;
+            let standing = self.budget.standing(&caller, Instant::now());
             state.waiting.push(Waiter {
                 heavy,
+                standing,
                 order,
                 caller,
                 grant,
@@ -367,6 +393,10 @@ mod tests {
 
     fn caller(name: &str) -> Arc<str> {
         Arc::from(name)
+    }
+
+    fn budget() -> Arc<DbTimeBudget> {
+        DbTimeBudget::new(100)
     }
 
     /// Marks `name` heavy by one long-held permit.
@@ -392,7 +422,7 @@ mod tests {
 
     #[tokio::test]
     async fn heavy_callers_share_a_quarter_and_light_ones_get_the_rest() {
-        let gate = FairGate::with_cpus(8, 16, 100);
+        let gate = FairGate::with_cpus(8, 16, 100, budget());
         for i in 0..10 {
             make_heavy(&gate, &format!("heavy-{i}"));
         }
@@ -428,7 +458,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_freed_connection_goes_to_a_light_waiter_before_a_heavy_one() {
-        let gate = FairGate::new(1, 100);
+        let gate = FairGate::new(1, 100, budget());
         make_heavy(&gate, "heavy");
         let held = gate
             .enter(caller("light-0"), Duration::from_millis(50))
@@ -460,8 +490,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_freed_connection_goes_to_the_caller_that_used_less_of_its_budget() {
+        let budget = budget();
+        let gate = FairGate::new(1, 100, budget.clone());
+        // "busy" held two connections for the last 5 s (5 s more than passed);
+        // "calm" held none.
+        let now = Instant::now();
+        for _ in 0..2 {
+            budget.charge(&caller("busy"), now - Duration::from_secs(5), now);
+        }
+        let held = gate
+            .enter(caller("calm"), Duration::from_millis(50))
+            .await
+            .expect("free");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let busy = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.enter(caller("busy"), Duration::from_secs(5)).await })
+        };
+        while gate.lock().waiting.is_empty() {
+            assert!(Instant::now() < deadline, "the busy caller never queued");
+            tokio::task::yield_now().await;
+        }
+        let calm = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.enter(caller("calm"), Duration::from_secs(5)).await })
+        };
+        while gate.lock().waiting.len() < 2 {
+            assert!(Instant::now() < deadline, "the calm caller never queued");
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        let calm = calm.await.expect("join").expect("calm served first");
+        assert!(!busy.is_finished(), "the busy caller still waits");
+        drop(calm);
+        assert!(busy.await.expect("join").is_some(), "then the busy one");
+    }
+
+    #[tokio::test]
     async fn a_heavy_connection_is_contended_only_while_another_heavy_request_waits() {
-        let gate = FairGate::with_cpus(8, 2, 100);
+        let gate = FairGate::with_cpus(8, 2, 100, budget());
         make_heavy(&gate, "heavy-0");
         make_heavy(&gate, "heavy-1");
         let light = gate
@@ -498,7 +566,7 @@ mod tests {
 
     #[tokio::test]
     async fn long_holds_make_a_caller_heavy_and_short_ones_light_again() {
-        let gate = FairGate::new(4, 100);
+        let gate = FairGate::new(4, 100, budget());
         let name = caller("c");
         {
             let mut permit = gate
@@ -538,7 +606,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_heavy_lane_rests_after_a_hold_while_light_requests_are_served() {
-        let gate = FairGate::with_cpus(8, 2, 50);
+        let gate = FairGate::with_cpus(8, 2, 50, budget());
         make_heavy(&gate, "heavy-0");
         make_heavy(&gate, "heavy-1");
         let light = gate
@@ -578,7 +646,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_heavy_lane_does_not_rest_when_nobody_else_was_served() {
-        let gate = FairGate::with_cpus(8, 2, 50);
+        let gate = FairGate::with_cpus(8, 2, 50, budget());
         make_heavy(&gate, "heavy-0");
         make_heavy(&gate, "heavy-1");
         hold_heavy(&gate, "heavy-0", Duration::from_secs(2)).await;
@@ -589,7 +657,7 @@ mod tests {
             "no light request was served meanwhile: no rest"
         );
         // At 100% the lane never rests.
-        let gate = FairGate::with_cpus(8, 2, 100);
+        let gate = FairGate::with_cpus(8, 2, 100, budget());
         make_heavy(&gate, "heavy-0");
         make_heavy(&gate, "heavy-1");
         let _light = gate

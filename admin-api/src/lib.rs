@@ -28,6 +28,7 @@ pub mod console;
 pub mod coverage;
 pub mod cursor;
 mod db;
+mod dbtime;
 pub mod erasures;
 pub mod error;
 pub mod export;
@@ -193,7 +194,8 @@ impl AdminApi {
             )?),
             None => None,
         };
-        let pool = build_pool(database_url, config.limits.heavy_duty_percent)?;
+        let limits = Arc::new(limits::Limits::new(&config.limits));
+        let pool = build_pool(database_url, &limits)?;
         let hub = Arc::new(stream::hub::Hub::new(
             database_url,
             stream::hub::FeedSettings {
@@ -234,7 +236,7 @@ impl AdminApi {
                 audit: None,
                 chain_keys: verify::TrustedKeys::default(),
                 verify_cache: Arc::default(),
-                limits: Arc::new(limits::Limits::new(&config.limits)),
+                limits,
                 stats_polls: Arc::default(),
                 budgets: None,
                 eraser: None,
@@ -247,7 +249,7 @@ impl AdminApi {
     /// verification and quarantine replay stay on the primary. No connection
     /// is opened yet.
     pub fn with_read_url(mut self, read_url: &str) -> Result<Self, ApiError> {
-        self.state.reads = build_pool(read_url, self.state.limits.heavy_duty_percent)?;
+        self.state.reads = build_pool(read_url, &self.state.limits)?;
         tracing::info!("admin API reads queries, aggregates and exports from the read replica");
         Ok(self)
     }
@@ -435,7 +437,9 @@ fn bound_unsent(tcp: &tokio::net::TcpStream) {
     let _ = tcp;
 }
 
-fn build_pool(database_url: &str, heavy_duty_percent: u8) -> Result<db::TenantPool, ApiError> {
+/// A pool whose gate follows `limits` (the heavy lane's duty cycle, the callers'
+/// database-time budgets, shared with the instance's other pool).
+fn build_pool(database_url: &str, limits: &limits::Limits) -> Result<db::TenantPool, ApiError> {
     // The URL may hold a password: never echo it.
     let (mut pg_config, tls) = tally_exporters::postgres::tls::parse(database_url)
         .map_err(|error| ApiError::Config(format!("invalid database URL: {error}")))?;
@@ -462,7 +466,8 @@ fn build_pool(database_url: &str, heavy_duty_percent: u8) -> Result<db::TenantPo
             .wait_timeout(Some(POOL_TIMEOUT))
             .create_timeout(Some(POOL_TIMEOUT))
             .recycle_timeout(Some(POOL_TIMEOUT)),
-        heavy_duty_percent,
+        limits.heavy_duty_percent,
+        limits.db_time.clone(),
     )
     .map_err(|error| ApiError::Config(format!("cannot build the database pool: {error}")))
 }

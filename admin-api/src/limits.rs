@@ -13,6 +13,10 @@
 //! credential fails to verify is answered (401) only after
 //! [`REFUSED_CREDENTIAL_DELAY`], counted under its client address meanwhile; so is
 //! a 429 over the limits.
+//! A caller whose requests held the database's connections for longer than its
+//! budget of database time allows (`db_time_per_caller_percent`, see
+//! [`crate::dbtime`]) is answered 429 with `Retry-After` until the refill pays its
+//! debt, before its request does any work.
 //! The caller is also what the database gate ([`crate::fair`]) ranks requests by,
 //! and its live feeds share one budget of queued bytes
 //! ([`crate::stream::sse::CallerBuffer`]). A live feed reset because its client
@@ -31,6 +35,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::{Authenticator, Caller, TenantAccess};
+use crate::dbtime::DbTimeBudget;
 use crate::error::ApiError;
 use crate::stream::sse::{CallerBuffer, CALLER_BUFFER, CALLER_BUFFER_BYTES, STREAM_BUFFER_BYTES};
 use crate::AppState;
@@ -71,6 +76,9 @@ pub(crate) struct Limits {
     feed_buffer_bytes: usize,
     /// `heavy_duty_percent`, for the database gates ([`crate::fair`]).
     pub(crate) heavy_duty_percent: u8,
+    /// Each caller's budget of database time (`db_time_per_caller_percent`),
+    /// charged by the database gates.
+    pub(crate) db_time: Arc<DbTimeBudget>,
     in_progress: Mutex<HashMap<Arc<str>, Counts>>,
 }
 
@@ -116,6 +124,7 @@ impl Limits {
                 .max(1)
                 .saturating_mul(STREAM_BUFFER_BYTES),
             heavy_duty_percent: config.heavy_duty_percent,
+            db_time: DbTimeBudget::new(config.db_time_per_caller_percent),
             in_progress: Mutex::new(HashMap::new()),
         }
     }
@@ -272,9 +281,22 @@ pub(crate) async fn enforce(
             None => "ip\0unknown".to_owned(),
         },
     };
-    let slot = match state.limits.acquire(&key, stream) {
+    let admitted = match state.limits.acquire(&key, stream) {
+        // Over its budget of database time: refused before doing any work (its slot
+        // is kept while the answer is held back, like the other 429s).
+        Ok(slot) => match state
+            .limits
+            .db_time
+            .check(&key, tokio::time::Instant::now())
+        {
+            Ok(()) => Ok(slot),
+            Err(wait) => Err((state.limits.db_time.refusal(wait), Some(slot))),
+        },
+        Err(error) => Err((error, None)),
+    };
+    let slot = match admitted {
         Ok(slot) => slot,
-        Err(error) => {
+        Err((error, held)) => {
             tracing::info!(
                 subject = caller.as_ref().map(|c| c.subject.as_str()),
                 client = ?peer,
@@ -284,6 +306,7 @@ pub(crate) async fn enforce(
             // Held back like a refused credential: a caller that keeps asking past
             // its limit gets a few answers a second, not thousands.
             tokio::time::sleep(REFUSED_CREDENTIAL_DELAY).await;
+            drop(held);
             return error.into_response();
         }
     };

@@ -150,7 +150,7 @@ fn bound(doc: &mut Value, max_page_size: u32) {
                 .and_then(Value::as_object_mut)
             {
                 let mut too_many = error_response(
-                    "too_many_requests: the caller is over admin_api.limits (max_concurrent_per_caller, or max_streams_per_caller on live feeds)",
+                    "too_many_requests: the caller is over admin_api.limits (max_concurrent_per_caller, db_time_per_caller_percent, or max_streams_per_caller on live feeds)",
                 );
                 too_many["headers"] = retry_after_header();
                 responses.insert("429".to_owned(), too_many);

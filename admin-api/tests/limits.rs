@@ -402,3 +402,124 @@ async fn a_feed_reset_for_not_reading_keeps_its_callers_slot_for_a_while() {
     })
     .await;
 }
+
+/// Whether an admin API query of database `name` has waited for a lock at least `ms`.
+async fn waited_on_lock_for(client: &tokio_postgres::Client, name: &str, ms: i32) -> bool {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+             AND application_name = 'tally-admin-api' AND wait_event_type = 'Lock' \
+             AND clock_timestamp() - query_start >= make_interval(secs => $2::int / 1000.0)",
+            &[&name, &ms],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get::<_, i64>(0)
+        > 0
+}
+
+/// One request of `token` that holds its database connection for at least `ms`:
+/// it waits on a lock the test holds, then is answered. Its status.
+async fn hold_connection(db: &TestDb, server: &Server, token: &str, ms: i32) -> u16 {
+    let mut locker = connect(&db.url).await;
+    let lock = locker.transaction().await.expect("begin");
+    lock.batch_execute("LOCK TABLE activity_events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let request = tokio::spawn(
+        http()
+            .get(server.url("/api/v1/activity"))
+            .bearer_auth(token.to_owned())
+            .send(),
+    );
+    wait_for(
+        "the request to hold its connection long enough",
+        60,
+        || async { waited_on_lock_for(&db.client, &db.name, ms).await },
+    )
+    .await;
+    lock.rollback().await.expect("release");
+    request
+        .await
+        .expect("join")
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_caller_over_its_database_time_gets_429_with_retry_after_while_another_is_served() {
+    let db = TestDb::migrated().await;
+    let mut config = config_with_jwt();
+    // 1% of a connection: a bucket of 100 ms, refilled at 10 ms/s.
+    config.limits.db_time_per_caller_percent = 1;
+    let server = Server::start(&config, &db.url).await;
+    let (a, b) = (token_of("budget-a"), token_of("budget-b"));
+
+    // A's request holds its connection for 400 ms: 300 ms over its bucket.
+    assert_eq!(hold_connection(&db, &server, &a, 400).await, 200);
+
+    let url = server.url("/api/v1/activity");
+    let response = http().get(&url).bearer_auth(&a).send().await.expect("send");
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (status, code, body) = error_code(response).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(code, "too_many_requests", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("db_time_per_caller_percent")),
+        "{body}"
+    );
+    // About 30 s of refill pays 300 ms of debt at 10 ms/s (capped at 60).
+    assert!(
+        retry_after.is_some_and(|s| (20..=60).contains(&s)),
+        "Retry-After {retry_after:?}"
+    );
+    // Another caller is served meanwhile, and A still is not.
+    let response = http().get(&url).bearer_auth(&b).send().await.expect("send");
+    assert_eq!(response.status(), 200);
+    let response = http()
+        .get(server.url("/api/v1/tokens"))
+        .bearer_auth(&a)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 429, "the budget counts across routes");
+}
+
+#[tokio::test]
+async fn a_caller_within_its_database_time_is_never_refused() {
+    let db = TestDb::migrated().await;
+    let config = config_with_jwt();
+    assert_eq!(config.limits.db_time_per_caller_percent, 100, "the default");
+    let server = Server::start(&config, &db.url).await;
+    let a = token_of("sequential");
+    // One request at a time holding its connection longer than the bucket holds
+    // (10 s at 100%): the time that passed meanwhile refilled it.
+    assert_eq!(hold_connection(&db, &server, &a, 11_000).await, 200);
+    let today = chrono::Utc::now().date_naive();
+    let week_ago = today - chrono::Duration::days(7);
+    let urls = [
+        server.url("/api/v1/activity?limit=50"),
+        server.url(&format!(
+            "/api/v1/tokens/usage?grain=day&from={week_ago}&to={today}"
+        )),
+        server.url("/api/v1/stats"),
+    ];
+    for i in 0..300 {
+        let response = http()
+            .get(&urls[i % urls.len()])
+            .bearer_auth(&a)
+            .send()
+            .await
+            .expect("send");
+        let status = response.status();
+        let body = response.text().await.expect("body");
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+}

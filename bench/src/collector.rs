@@ -22,6 +22,8 @@ pub struct CollectorOptions {
     pub auth_required: bool,
     /// `admin_api.auth.jwt.hs256_secret` (`None`: the admin API without authentication).
     pub admin_jwt_secret: Option<String>,
+    /// `admin_api.limits`, as YAML flow mappings' entries (`None`: the defaults).
+    pub admin_limits: Option<String>,
 }
 
 impl Default for CollectorOptions {
@@ -32,6 +34,7 @@ impl Default for CollectorOptions {
             chain: true,
             auth_required: false,
             admin_jwt_secret: None,
+            admin_limits: None,
         }
     }
 }
@@ -63,6 +66,10 @@ impl Collector {
             Some(secret) => format!(", auth: {{ jwt: {{ hs256_secret: \"{secret}\" }} }}"),
             None => String::new(),
         };
+        let admin_limits = match &options.admin_limits {
+            Some(limits) => format!(", limits: {{ {limits} }}"),
+            None => String::new(),
+        };
         let dir =
             std::env::temp_dir().join(format!("tally-bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
@@ -72,7 +79,7 @@ impl Collector {
             format!(
                 "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\n    auth: {{ required: {auth} }}\n\
                  exporters:\n  postgres: {{ url: \"{database_url}\", writers: {writers}, batch_max_rows: {batch}, tamper_evidence: {{ enabled: {chain} }} }}\n  prometheus: {{ endpoint: 127.0.0.1:0 }}\n\
-                 admin_api: {{ endpoint: 127.0.0.1:0{admin_auth} }}\nservice: {{ log_format: text, log_level: \"warn,tally::run=info\" }}\n"
+                 admin_api: {{ endpoint: 127.0.0.1:0{admin_auth}{admin_limits} }}\nservice: {{ log_format: text, log_level: \"warn,tally::run=info\" }}\n"
             ),
         )?;
         let mut child = Command::new(binary)

@@ -69,6 +69,10 @@ pub struct HostileArgs {
     /// Where to write the JSON figures.
     #[arg(long, default_value = "bench-hostile.json")]
     json: std::path::PathBuf,
+    /// `admin_api.limits` entries for the collector, e.g.
+    /// `db_time_per_caller_percent: 25` (default: none, the collector's defaults).
+    #[arg(long)]
+    admin_limits: Option<String>,
 }
 
 /// The three kinds of hostile callers.
@@ -334,6 +338,7 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<()> {
             &database.url,
             &CollectorOptions {
                 admin_jwt_secret: Some(SECRET.to_owned()),
+                admin_limits: args.admin_limits.clone(),
                 ..CollectorOptions::default()
             },
         )?;
@@ -386,7 +391,12 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<()> {
         med(&|r| r.1.good_errors as f64),
         med(&|r| r.1.ingest_refused as f64),
     );
+    let ratios: Vec<f64> = runs
+        .iter()
+        .map(|r| r.1.good_p99_ms / r.0.good_p99_ms)
+        .collect();
     println!("\nwell-behaved p99, hostile / quiet (median of per-run ratios): {ratio:.2}");
+    println!("per-run ratios: {ratios:.2?}");
     println!("1-minute load average at the end of each run: {loads:.2?}");
     let last = runs.last().map(|r| r.1.hostile.clone()).unwrap_or_default();
     println!("hostile answers in the last run (kind status: count): {last:?}");
@@ -400,6 +410,12 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<()> {
         "quiet": { "p50_ms": quiet_p50, "p99_ms": quiet_p99, "ingest_records_per_second": quiet_ingest },
         "hostile_phase": { "p50_ms": loaded_p50, "p99_ms": loaded_p99, "ingest_records_per_second": loaded_ingest },
         "p99_ratio": ratio,
+        "per_run": runs.iter().zip(&loads).map(|((quiet, loaded), load)| json!({
+            "quiet": { "requests": quiet.good_requests, "errors": quiet.good_errors, "p50_ms": quiet.good_p50_ms, "p99_ms": quiet.good_p99_ms, "ingest_records_per_second": quiet.ingest_records_per_second },
+            "hostile_phase": { "requests": loaded.good_requests, "errors": loaded.good_errors, "p50_ms": loaded.good_p50_ms, "p99_ms": loaded.good_p99_ms, "ingest_records_per_second": loaded.ingest_records_per_second },
+            "p99_ratio": loaded.good_p99_ms / quiet.good_p99_ms,
+            "load_average": load,
+        })).collect::<Vec<_>>(),
         "load_average_per_run": loads,
         "hostile_answers_last_run": last,
     });

@@ -268,6 +268,10 @@ impl Config {
                 limits.max_streams_per_caller as u64,
             ),
             ("heavy_duty_percent", u64::from(limits.heavy_duty_percent)),
+            (
+                "db_time_per_caller_percent",
+                u64::from(limits.db_time_per_caller_percent),
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(

@@ -491,6 +491,13 @@ pub struct AdminLimitsConfig {
     /// requests are served: after a hold of `t` the lane rests
     /// `t × (100 − p) / p` (default 50; 100 = no rest; 1–100).
     pub heavy_duty_percent: u8,
+    /// Each caller's budget of database time: its requests (and its live feeds'
+    /// reads) may hold the admin API's database connections for this share of one
+    /// connection's time on average, in percent, with a burst of 10 s of it; a
+    /// request that arrives while the caller is over it is answered 429 with
+    /// `Retry-After` (default 100: a caller sending one request at a time is never
+    /// refused; at least 1).
+    pub db_time_per_caller_percent: u32,
 }
 
 impl Default for AdminLimitsConfig {
@@ -500,6 +507,7 @@ impl Default for AdminLimitsConfig {
             max_concurrent_per_caller: 4,
             max_streams_per_caller: 16,
             heavy_duty_percent: 50,
+            db_time_per_caller_percent: 100,
         }
     }
 }

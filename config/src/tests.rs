@@ -371,3 +371,18 @@ fn the_heavy_duty_is_a_percentage_of_the_time() {
         );
     }
 }
+
+#[test]
+fn the_database_time_budget_is_a_percentage_of_a_connection() {
+    let config = Config::from_yaml_str("").unwrap();
+    assert_eq!(config.admin_api.limits.db_time_per_caller_percent, 100);
+    let config =
+        Config::from_yaml_str("admin_api: { limits: { db_time_per_caller_percent: 250 } }")
+            .unwrap();
+    assert_eq!(config.admin_api.limits.db_time_per_caller_percent, 250);
+    let err = error_of("admin_api: { limits: { db_time_per_caller_percent: 0 } }");
+    assert!(
+        err.starts_with("admin_api.limits.db_time_per_caller_percent: "),
+        "{err}"
+    );
+}
