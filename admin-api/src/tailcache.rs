@@ -143,13 +143,13 @@ async fn seq_range(
 
 // ---------------------------------------------------------------- activity
 
-/// The activity tail: events per (day, action); the (day, user) pairs and
+/// The activity tail: events per (day, action, outcome); the (day, user) pairs and
 /// whether `activity_daily` already holds each (it is counted in
 /// `activity_users_daily_all` then); each user's `last_seen` in
 /// `activity_user_last_seen_all` and tail days.
 struct ActivityTail {
     version: Version,
-    events: HashMap<(NaiveDate, String), i64>,
+    events: HashMap<(NaiveDate, String, String), i64>,
     pairs: HashMap<(NaiveDate, String), bool>,
     /// Per day, the pairs `activity_daily` does not hold yet.
     new_pairs: BTreeMap<NaiveDate, i64>,
@@ -220,8 +220,8 @@ impl ActivityTail {
         let range = seq_range(client, "activity_events", from, to).await?;
         let sql = format!(
             "SELECT (ts AT TIME ZONE 'UTC')::date AS day, coalesce(user_id, '') AS user_id, \
-                 action, count(*)::int8 AS events \
-             FROM activity_events WHERE {range} GROUP BY 1, 2, 3"
+                 action, outcome, count(*)::int8 AS events \
+             FROM activity_events WHERE {range} GROUP BY 1, 2, 3, 4"
         );
         let rows = client
             .query(sql.as_str(), &[])
@@ -233,8 +233,9 @@ impl ActivityTail {
             let day: NaiveDate = row.try_get(0).map_err(ApiError::from_db)?;
             let user: String = row.try_get(1).map_err(ApiError::from_db)?;
             let action: String = row.try_get(2).map_err(ApiError::from_db)?;
-            let events: i64 = row.try_get(3).map_err(ApiError::from_db)?;
-            *self.events.entry((day, action)).or_insert(0) += events;
+            let outcome: String = row.try_get(3).map_err(ApiError::from_db)?;
+            let events: i64 = row.try_get(4).map_err(ApiError::from_db)?;
+            *self.events.entry((day, action, outcome)).or_insert(0) += events;
             if user.is_empty() {
                 continue;
             }
@@ -306,13 +307,16 @@ impl ActivityTail {
 
     fn view(&self, from: NaiveDate, to: NaiveDate) -> ActivityView {
         let within = |day: &NaiveDate| *day >= from && *day < to;
-        let mut events: Vec<(NaiveDate, String, i64)> = self
-            .events
-            .iter()
-            .filter(|((day, _), _)| within(day))
-            .map(|((day, action), n)| (*day, action.clone(), *n))
+        let mut per_action: BTreeMap<(NaiveDate, &str), i64> = BTreeMap::new();
+        for ((day, action, _), n) in &self.events {
+            if within(day) {
+                *per_action.entry((*day, action.as_str())).or_insert(0) += n;
+            }
+        }
+        let events: Vec<(NaiveDate, String, i64)> = per_action
+            .into_iter()
+            .map(|((day, action), n)| (day, action.to_owned(), n))
             .collect();
-        events.sort_unstable();
         let new_pairs = self
             .new_pairs
             .range(from..to)
@@ -343,6 +347,46 @@ impl TailCache {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Option<ActivityView>, ApiError> {
+        self.with_activity(client, |tail| tail.view(from, to)).await
+    }
+
+    /// The activity tail grouped like `activity_daily_all` (day, action,
+    /// outcome, events) for the days in `from..to` (either end open), as
+    /// statement parameters; `None` as for [`TailCache::activity`].
+    pub(crate) async fn activity_all(
+        &self,
+        client: &impl GenericClient,
+        from: Option<NaiveDate>,
+        to: Option<NaiveDate>,
+    ) -> Result<Option<Vec<Box<dyn ToSql + Sync + Send>>>, ApiError> {
+        self.with_activity(client, |tail| {
+            let (mut days, mut actions, mut outcomes, mut events) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((day, action, outcome), n) in &tail.events {
+                if from.is_some_and(|f| *day < f) || to.is_some_and(|t| *day >= t) {
+                    continue;
+                }
+                days.push(*day);
+                actions.push(action.clone());
+                outcomes.push(outcome.clone());
+                events.push(*n);
+            }
+            let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+                Box::new(days),
+                Box::new(actions),
+                Box::new(outcomes),
+                Box::new(events),
+            ];
+            params
+        })
+        .await
+    }
+
+    async fn with_activity<T>(
+        &self,
+        client: &impl GenericClient,
+        answer: impl FnOnce(&ActivityTail) -> T,
+    ) -> Result<Option<T>, ApiError> {
         let now = version(client, "activity_events", "activity_daily").await?;
         let mut cache = self.activity.lock().await;
         match step(cache.as_ref().map(|c| c.version), now) {
@@ -370,7 +414,7 @@ impl TailCache {
                 *cache = Some(tail);
             }
         }
-        Ok(cache.as_ref().map(|tail| tail.view(from, to)))
+        Ok(cache.as_ref().map(answer))
     }
 }
 
@@ -662,6 +706,63 @@ impl TailCache {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Option<TokenView>, ApiError> {
+        self.with_tokens(client, |tail| tail.view(from, to)).await
+    }
+
+    /// The token tail grouped like `token_usage_daily_all` (day, provider,
+    /// model, the nine counts, cost as text) for the days in `from..to`
+    /// (either end open), as statement parameters (13 arrays); `None` as for
+    /// [`TailCache::tokens`].
+    pub(crate) async fn tokens_all(
+        &self,
+        client: &impl GenericClient,
+        from: Option<NaiveDate>,
+        to: Option<NaiveDate>,
+    ) -> Result<Option<Vec<Box<dyn ToSql + Sync + Send>>>, ApiError> {
+        self.with_tokens(client, |tail| {
+            let mut groups: BTreeMap<(NaiveDate, &str, &str), TokenSums> = BTreeMap::new();
+            for ((day, provider, model, _, _), sums) in &tail.sums {
+                if from.is_some_and(|f| *day < f) || to.is_some_and(|t| *day >= t) {
+                    continue;
+                }
+                let group = groups
+                    .entry((*day, provider.as_str(), model.as_str()))
+                    .or_default();
+                for (total, n) in group.counts.iter_mut().zip(sums.counts) {
+                    *total += n;
+                }
+                group.cost += sums.cost;
+            }
+            let mut days = Vec::new();
+            let mut providers = Vec::new();
+            let mut models = Vec::new();
+            let mut counts: [Vec<i64>; TOKEN_COUNTS] = Default::default();
+            let mut costs = Vec::new();
+            for ((day, provider, model), sums) in groups {
+                days.push(day);
+                providers.push(provider.to_owned());
+                models.push(model.to_owned());
+                for (column, n) in counts.iter_mut().zip(sums.counts) {
+                    column.push(n);
+                }
+                costs.push(format_cost(sums.cost));
+            }
+            let mut params: Vec<Box<dyn ToSql + Sync + Send>> =
+                vec![Box::new(days), Box::new(providers), Box::new(models)];
+            for column in counts {
+                params.push(Box::new(column));
+            }
+            params.push(Box::new(costs));
+            params
+        })
+        .await
+    }
+
+    async fn with_tokens<T>(
+        &self,
+        client: &impl GenericClient,
+        answer: impl FnOnce(&TokenTail) -> T,
+    ) -> Result<Option<T>, ApiError> {
         let now = version(client, "token_usage", "token_usage_daily").await?;
         let mut cache = self.tokens.lock().await;
         match step(cache.as_ref().map(|c| c.version), now) {
@@ -688,7 +789,7 @@ impl TailCache {
                 *cache = Some(tail);
             }
         }
-        Ok(cache.as_ref().map(|tail| tail.view(from, to)))
+        Ok(cache.as_ref().map(answer))
     }
 }
 
