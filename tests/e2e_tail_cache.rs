@@ -119,6 +119,14 @@ fn chat_span(n: u64, start: u64, model: &str) -> Span {
         ],
         ..Default::default()
     };
+    // Three calls in four report a time to first token (2 ms to ~1 s).
+    if n % 4 != 0 {
+        let seconds = (2 + n * 131 % 1000) as f64 / 1000.0;
+        span.attributes.push(kv(
+            "gen_ai.server.time_to_first_token",
+            &seconds.to_string(),
+        ));
+    }
     if n % 5 == 0 {
         span.status = Some(Status {
             code: 2,
@@ -232,6 +240,70 @@ async fn expected(db: &TestDatabase, body: &Json, from: &str, to: &str) -> Json 
             .collect();
         tokens.insert(name.to_owned(), Json::Array(items));
     }
+    // The speed figures: nearest-rank percentiles over the same buckets the
+    // rollups keep (each read as its bucket's middle), success rate, output
+    // tokens per second over the timed calls.
+    let percentile = |bucket: &'static str, p: f64| {
+        format!(
+            "WITH h AS (SELECT {bucket} AS b, count(*) AS n FROM token_usage \
+                 WHERE seq <= $1 AND {window} AND {bucket} >= 0 GROUP BY 1), \
+             c AS (SELECT b, sum(n) OVER (ORDER BY b) AS cum, sum(n) OVER () AS total FROM h) \
+             SELECT min(b)::int2 FROM c WHERE cum >= greatest(ceil({p} * total), 1)"
+        )
+    };
+    let mut speed = serde_json::Map::new();
+    for (name, bucket, p) in [
+        ("duration_p50_ms", "tally_duration_bucket(duration_ms)", 0.5),
+        (
+            "duration_p95_ms",
+            "tally_duration_bucket(duration_ms)",
+            0.95,
+        ),
+        (
+            "time_to_first_token_p50_ms",
+            "tally_duration_bucket(time_to_first_token_ms)",
+            0.5,
+        ),
+        (
+            "output_tokens_per_second_p95",
+            "tally_speed_bucket(output_tokens, duration_ms)",
+            0.95,
+        ),
+    ] {
+        let row = client
+            .query_one(&percentile(bucket, p), &[&tokens_seq, &from, &to])
+            .await
+            .expect("percentile");
+        let value = row.get::<_, Option<i16>>(0).map(|b| {
+            let ms = if b <= 0 {
+                0.5
+            } else {
+                2f64.powf((f64::from(b) - 0.5) / 8.0)
+            };
+            (ms * 1000.0).round() / 1000.0
+        });
+        speed.insert(name.to_owned(), serde_json::json!(value));
+    }
+    let rate = client
+        .query_one(
+            &format!(
+                "SELECT coalesce(sum(output_tokens) FILTER (WHERE duration_ms > 0 \
+                         AND output_tokens IS NOT NULL), 0)::float8, \
+                     coalesce(sum(duration_ms) FILTER (WHERE duration_ms > 0 \
+                         AND output_tokens IS NOT NULL), 0)::float8 \
+                 FROM token_usage WHERE seq <= $1 AND {window}"
+            ),
+            &[&tokens_seq, &from, &to],
+        )
+        .await
+        .expect("rate");
+    let (tokens_out, duration) = (rate.get::<_, f64>(0), rate.get::<_, f64>(1));
+    let per_second =
+        (duration > 0.0).then(|| (tokens_out / (duration / 1000.0) * 1000.0).round() / 1000.0);
+    speed.insert(
+        "output_tokens_per_second".to_owned(),
+        serde_json::json!(per_second),
+    );
     let token_days = client
         .query(
             &format!(
@@ -258,6 +330,7 @@ async fn expected(db: &TestDatabase, body: &Json, from: &str, to: &str) -> Json 
         "by_provider": tokens["by_provider"],
         "token_daily": token_days.iter().map(|r| serde_json::json!(
             [r.get::<_, String>(0), r.get::<_, i64>(1)])).collect::<Vec<_>>(),
+        "speed": speed,
     })
 }
 
@@ -301,6 +374,13 @@ fn answered(body: &Json) -> Json {
         "by_model": keyed("by_model", "model"),
         "by_provider": keyed("by_provider", "provider"),
         "token_daily": token_daily,
+        "speed": {
+            "duration_p50_ms": t["duration_p50_ms"],
+            "duration_p95_ms": t["duration_p95_ms"],
+            "time_to_first_token_p50_ms": t["time_to_first_token_p50_ms"],
+            "output_tokens_per_second_p95": t["output_tokens_per_second_p95"],
+            "output_tokens_per_second": t["output_tokens_per_second"],
+        },
     })
 }
 
@@ -317,6 +397,13 @@ async fn check(tally: &Tally, db: &TestDatabase, step: &str) {
             let (status, body) = get_json(&tally.api_url(&path), None).await;
             assert_eq!(status, 200, "{path}: {body}");
             let want = expected(db, &body, &from.to_string(), &to.to_string()).await;
+            // The speed figures are compared, not both absent.
+            assert!(
+                want["speed"]["time_to_first_token_p50_ms"].is_number()
+                    && want["speed"]["duration_p95_ms"].is_number()
+                    && want["speed"]["output_tokens_per_second"].is_number(),
+                "{want}"
+            );
             assert_eq!(
                 answered(&body),
                 want,

@@ -586,9 +586,14 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str, cached: bool) -
                  FROM (SELECT model, outcome, bucket, requests, rate_output_tokens, rate_duration_ms \
                        FROM {latency}{w} \
                        UNION ALL SELECT model, outcome, bucket, requests, rate_output_tokens, \
-                           rate_duration_ms FROM tail WHERE gs = {TAIL_SUMS}) AS l \
+                           rate_duration_ms FROM tail WHERE gs = {latency_set}) AS l \
                  GROUP BY model, bucket \
                  {ttft_histogram} {rate_histogram}",
+                latency_set = if cached {
+                    crate::tailcache::GS_LATENCY
+                } else {
+                    TAIL_SUMS
+                },
                 ttft_histogram = histogram(TOKENS_TTFT, "ttft_bucket", ttft, TAIL_TTFT),
                 rate_histogram = histogram(TOKENS_RATE, "speed_bucket", rate, TAIL_RATE),
             )

@@ -491,6 +491,9 @@ struct TokenTail {
 pub(crate) const GS_SUMS: i32 = 3;
 pub(crate) const GS_TTFT: i32 = 5;
 pub(crate) const GS_SPEED: i32 = 6;
+/// The in-memory tail's rows of durations per (model, outcome, bucket), for
+/// the latency part of `/stats` (the raw tail's `GS_SUMS` rows serve both).
+pub(crate) const GS_LATENCY: i32 = 4;
 
 /// The calls that count for output speed (as the rollup folds them).
 const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
@@ -580,40 +583,76 @@ impl TokenTail {
         Ok(())
     }
 
+    /// The window's tail in as few rows as `/stats` needs: the sums per
+    /// (day, provider, model) ([`GS_SUMS`]), the durations per (model,
+    /// outcome, duration bucket) ([`GS_LATENCY`]) and the two histograms per
+    /// (model, bucket) ([`GS_TTFT`], [`GS_SPEED`]); the last three without a
+    /// day (the window is applied here).
     fn view(&self, from: NaiveDate, to: NaiveDate) -> TokenView {
         let within = |day: &NaiveDate| *day >= from && *day < to;
         let mut view = TokenView {
             high: self.version.high,
             ..TokenView::default()
         };
-        for ((day, provider, model, outcome, bucket), sums) in &self.sums {
+        let mut sums: BTreeMap<(NaiveDate, &str, &str), TokenSums> = BTreeMap::new();
+        let mut latency: BTreeMap<(&str, Option<&str>, i16), TokenSums> = BTreeMap::new();
+        for ((day, provider, model, outcome, bucket), group) in &self.sums {
             if !within(day) {
                 continue;
             }
+            let total = sums
+                .entry((*day, provider.as_str(), model.as_str()))
+                .or_default();
+            for (t, n) in total.counts.iter_mut().zip(group.counts) {
+                *t += n;
+            }
+            total.cost += group.cost;
+            let timed = latency
+                .entry((model.as_str(), outcome.as_deref(), *bucket))
+                .or_default();
+            timed.counts[0] += group.counts[0];
+            timed.rate_output_tokens += group.rate_output_tokens;
+            timed.rate_duration_ms += group.rate_duration_ms;
+        }
+        for ((day, provider, model), total) in &sums {
             view.push(
                 GS_SUMS,
-                *day,
-                Some(provider.clone()),
-                model.clone(),
-                outcome.clone(),
+                Some(*day),
+                Some((*provider).to_owned()),
+                (*model).to_owned(),
+                None,
+                (None, None, None),
+                total,
+            );
+        }
+        for ((model, outcome, bucket), timed) in &latency {
+            view.push(
+                GS_LATENCY,
+                None,
+                None,
+                (*model).to_owned(),
+                outcome.map(str::to_owned),
                 (Some(*bucket), None, None),
-                sums,
+                timed,
             );
         }
         for (set, histogram) in [(GS_TTFT, &self.ttft), (GS_SPEED, &self.speed)] {
+            let mut calls: BTreeMap<(&str, i16), i64> = BTreeMap::new();
             for ((day, model, bucket), requests) in histogram {
-                if !within(day) {
-                    continue;
+                if within(day) {
+                    *calls.entry((model.as_str(), *bucket)).or_insert(0) += requests;
                 }
+            }
+            for ((model, bucket), requests) in calls {
                 let buckets = match set {
-                    GS_TTFT => (None, Some(*bucket), None),
-                    _ => (None, None, Some(*bucket)),
+                    GS_TTFT => (None, Some(bucket), None),
+                    _ => (None, None, Some(bucket)),
                 };
                 let sums = TokenSums {
-                    counts: [*requests, 0, 0, 0, 0, 0, 0, 0, 0],
+                    counts: [requests, 0, 0, 0, 0, 0, 0, 0, 0],
                     ..TokenSums::default()
                 };
-                view.push(set, *day, None, model.clone(), None, buckets, &sums);
+                view.push(set, None, None, model.to_owned(), None, buckets, &sums);
             }
         }
         view
@@ -626,7 +665,7 @@ impl TokenTail {
 pub(crate) struct TokenView {
     /// The newest `seq` it holds (the answer's `as_of_seq`).
     pub high: i64,
-    day: Vec<NaiveDate>,
+    day: Vec<Option<NaiveDate>>,
     provider: Vec<Option<String>>,
     model: Vec<String>,
     outcome: Vec<Option<String>>,
@@ -645,7 +684,7 @@ impl TokenView {
     fn push(
         &mut self,
         gs: i32,
-        day: NaiveDate,
+        day: Option<NaiveDate>,
         provider: Option<String>,
         model: String,
         outcome: Option<String>,
