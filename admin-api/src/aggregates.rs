@@ -839,10 +839,37 @@ async fn aggregate(
     // newest row the answer includes.
     let mut client = state.reads.get_for(&caller.tenant).await?;
     let tx = crate::params::snapshot(&mut client).await?;
-    let (as_of_seq, live) = futures::try_join!(
-        crate::params::newest_seq(&tx, spec.raw),
-        crate::live::Snapshot::for_answer(&tx, !all_tenants || query.one_tenant()),
-    )?;
+    // Over every tenant from a tenant-less rollup: the tail grouped in memory
+    // when it can answer (see `crate::tailcache`), with the newest `seq` it
+    // includes.
+    let cached = match (
+        all_tenants && !query.one_tenant() && table.all_tenants && !query.by_period(),
+        spec.raw,
+    ) {
+        (true, "activity_events") => {
+            state
+                .tail_cache
+                .activity_all(&tx, query.from, query.to)
+                .await?
+        }
+        (true, "token_usage") => {
+            state
+                .tail_cache
+                .tokens_all(&tx, query.from, query.to)
+                .await?
+        }
+        _ => None,
+    };
+    let (as_of_seq, live) = match &cached {
+        Some((high, _)) => (
+            *high,
+            crate::live::Snapshot::for_answer(&tx, !all_tenants || query.one_tenant()).await?,
+        ),
+        None => futures::try_join!(
+            crate::params::newest_seq(&tx, spec.raw),
+            crate::live::Snapshot::for_answer(&tx, !all_tenants || query.one_tenant()),
+        )?,
+    };
     if query.by_period() && (query.from.is_none() || query.to.is_none()) {
         // The by-period form needs the window: the data's first and last day.
         let (sql, params) = spec.bounds_sql(&query, table);
@@ -907,28 +934,8 @@ async fn aggregate(
             rows
         }
         _ => {
-            // Over every tenant from a tenant-less rollup: the tail grouped in
-            // memory when it can answer (see `crate::tailcache`).
-            let cached = match (
-                all_tenants && !query.one_tenant() && table.all_tenants,
-                spec.raw,
-            ) {
-                (true, "activity_events") => {
-                    state
-                        .tail_cache
-                        .activity_all(&tx, query.from, query.to)
-                        .await?
-                }
-                (true, "token_usage") => {
-                    state
-                        .tail_cache
-                        .tokens_all(&tx, query.from, query.to)
-                        .await?
-                }
-                _ => None,
-            };
             let from_cache = cached.is_some();
-            let (sql, params) = spec.to_sql(&query, all_tenants, cached);
+            let (sql, params) = spec.to_sql(&query, all_tenants, cached.map(|(_, arrays)| arrays));
             match from_cache {
                 true => crate::params::query_on(&tx, &sql, &params).await?,
                 false => crate::live::query(&tx, &live, &sql, &params).await?,
