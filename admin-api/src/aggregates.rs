@@ -423,6 +423,14 @@ impl Spec {
     /// literals) bound the raw rows' `ts` as well, so that only the window's
     /// partitions are read.
     fn source(&self, table: &Table, tail_from: Option<&str>, tail_to: Option<&str>) -> String {
+        self.source_with(
+            table,
+            &self.tail_groups(table.keys, &[], &[], (tail_from, tail_to), ""),
+        )
+    }
+
+    /// [`Spec::source`] with the tail given as a relation of the same columns.
+    fn source_with(&self, table: &Table, tail: &str) -> String {
         let keys: Vec<&Key> = self
             .keys
             .iter()
@@ -434,10 +442,50 @@ impl Spec {
         // The raw rows grouped by the table's keys first: a few groups instead
         // of every raw row reach the union and the answer's grouping.
         format!(
-            "(SELECT {} FROM {} UNION ALL {}) AS live",
+            "(SELECT {} FROM {} UNION ALL {tail}) AS live",
             rollup.join(", "),
             table.name,
-            self.tail_groups(table.keys, &[], &[], (tail_from, tail_to), "")
+        )
+    }
+
+    /// The tail of a tenant-less rollup `table` from the in-memory tail's
+    /// arrays (`crate::tailcache`: the day, the table's keys in canonical
+    /// order, then each measure; floats as `numeric` text), placed as
+    /// parameters of `sql`.
+    fn cached_tail(
+        &self,
+        table: &Table,
+        sql: &mut SqlBuilder,
+        arrays: Vec<Box<dyn ToSql + Sync + Send>>,
+    ) -> String {
+        let mut types = vec!["date"];
+        let mut names = vec!["day".to_owned()];
+        let mut columns = vec!["day".to_owned()];
+        for key in self.keys.iter().filter(|k| table.keys.contains(&k.name)) {
+            types.push("text");
+            names.push(key.column.to_owned());
+            columns.push(key.column.to_owned());
+        }
+        for m in self.measures {
+            names.push(m.column.to_owned());
+            if m.float {
+                types.push("text");
+                columns.push(format!("{0}::numeric AS {0}", m.column));
+            } else {
+                types.push("int8");
+                columns.push(m.column.to_owned());
+            }
+        }
+        let mut placeholders = Vec::new();
+        for (array, kind) in arrays.into_iter().zip(&types) {
+            sql.params.push(array);
+            placeholders.push(format!("${}::{kind}[]", sql.params.len()));
+        }
+        format!(
+            "SELECT {} FROM unnest({}) AS t ({})",
+            columns.join(", "),
+            placeholders.join(", "),
+            names.join(", ")
         )
     }
 
@@ -566,10 +614,13 @@ impl Spec {
         self.sums().collect::<Vec<_>>().join(", ")
     }
 
+    /// The statement of a query not grouped by period; `cached`: the tail of a
+    /// tenant-less rollup from the in-memory tail (see [`Spec::cached_tail`]).
     fn to_sql(
         &self,
         query: &AggregateQuery<'_>,
         all_tenants: bool,
+        cached: Option<Vec<Box<dyn ToSql + Sync + Send>>>,
     ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
         let table = self.table(query, all_tenants);
         let mut sql = SqlBuilder::default();
@@ -586,7 +637,13 @@ impl Spec {
             sql.push("day < ", to);
             tail_to = Some(format!("${}", sql.params.len()));
         }
-        let source = self.source(table, tail_from.as_deref(), tail_to.as_deref());
+        let source = match cached {
+            Some(arrays) if table.all_tenants => {
+                let tail = self.cached_tail(table, &mut sql, arrays);
+                self.source_with(table, &tail)
+            }
+            _ => self.source(table, tail_from.as_deref(), tail_to.as_deref()),
+        };
         let inner_where = sql.where_clause();
         let columns: Vec<&str> = query.group_by.iter().map(|k| k.column).collect();
         let mut select = vec![format!("{} AS period", query.grain.sql())];
@@ -782,10 +839,37 @@ async fn aggregate(
     // newest row the answer includes.
     let mut client = state.reads.get_for(&caller.tenant).await?;
     let tx = crate::params::snapshot(&mut client).await?;
-    let (as_of_seq, live) = futures::try_join!(
-        crate::params::newest_seq(&tx, spec.raw),
-        crate::live::Snapshot::for_answer(&tx, !all_tenants || query.one_tenant()),
-    )?;
+    // Over every tenant from a tenant-less rollup: the tail grouped in memory
+    // when it can answer (see `crate::tailcache`), with the newest `seq` it
+    // includes.
+    let cached = match (
+        all_tenants && !query.one_tenant() && table.all_tenants && !query.by_period(),
+        spec.raw,
+    ) {
+        (true, "activity_events") => {
+            state
+                .tail_cache
+                .activity_all(&tx, query.from, query.to)
+                .await?
+        }
+        (true, "token_usage") => {
+            state
+                .tail_cache
+                .tokens_all(&tx, query.from, query.to)
+                .await?
+        }
+        _ => None,
+    };
+    let (as_of_seq, live) = match &cached {
+        Some((high, _)) => (
+            *high,
+            crate::live::Snapshot::for_answer(&tx, !all_tenants || query.one_tenant()).await?,
+        ),
+        None => futures::try_join!(
+            crate::params::newest_seq(&tx, spec.raw),
+            crate::live::Snapshot::for_answer(&tx, !all_tenants || query.one_tenant()),
+        )?,
+    };
     if query.by_period() && (query.from.is_none() || query.to.is_none()) {
         // The by-period form needs the window: the data's first and last day.
         let (sql, params) = spec.bounds_sql(&query, table);
@@ -850,8 +934,12 @@ async fn aggregate(
             rows
         }
         _ => {
-            let (sql, params) = spec.to_sql(&query, all_tenants);
-            crate::live::query(&tx, &live, &sql, &params).await?
+            let from_cache = cached.is_some();
+            let (sql, params) = spec.to_sql(&query, all_tenants, cached.map(|(_, arrays)| arrays));
+            match from_cache {
+                true => crate::params::query_on(&tx, &sql, &params).await?,
+                false => crate::live::query(&tx, &live, &sql, &params).await?,
+            }
         }
     };
     tx.commit().await.map_err(ApiError::from_db)?;
@@ -942,7 +1030,7 @@ mod tests {
         );
         let q = TOKENS.parse(&p, &caller).unwrap();
         assert_eq!(q.to, NaiveDate::from_ymd_opt(2026, 12, 1));
-        let (sql, params) = TOKENS.to_sql(&q, true);
+        let (sql, params) = TOKENS.to_sql(&q, true, None);
         assert!(!sql.contains("x'"), "{sql}");
         assert_eq!(params.len(), 4);
         // The rollup plus the raw rows above its watermark, in the window.

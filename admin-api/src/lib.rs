@@ -43,6 +43,7 @@ pub mod routes;
 pub mod siem;
 pub mod stats;
 pub mod stream;
+mod tailcache;
 pub(crate) mod taxonomy;
 pub mod tokens;
 pub(crate) mod verify;
@@ -159,6 +160,9 @@ pub(crate) struct AppState {
     pub(crate) budgets: Option<Arc<tally_exporters::postgres::budgets::BudgetBook>>,
     /// Runs erasures (see [`AdminApi::with_eraser`]).
     pub(crate) eraser: Option<erasures::ErasureService>,
+    /// The unfolded tails grouped in memory for live answers over every
+    /// tenant (see `tailcache`).
+    pub(crate) tail_cache: Arc<tailcache::TailCache>,
 }
 
 /// The admin API: a bound listener and its state.
@@ -240,6 +244,7 @@ impl AdminApi {
                 stats_polls: Arc::default(),
                 budgets: None,
                 eraser: None,
+                tail_cache: Arc::default(),
             },
         })
     }

@@ -31,6 +31,7 @@ use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::live::Snapshot;
 use crate::params::{non_empty, pairs, Params};
+use crate::tailcache::TailCache;
 use crate::AppState;
 
 /// The query parameters `GET /api/v1/stats` accepts.
@@ -117,10 +118,11 @@ pub(crate) async fn stats(
     let mut client = state.reads.get_for(&caller.tenant).await?;
     let tx = crate::params::snapshot(&mut client).await?;
     let live = crate::live::Snapshot::for_answer(&tx, tenant.is_some()).await?;
+    let cache = state.tail_cache.as_ref();
     let (activity, tokens) = futures::try_join!(
         async {
             match activity_allowed {
-                true => activity_section(&tx, &live, tenant.as_deref(), user, from, to)
+                true => activity_section(&tx, &live, cache, tenant.as_deref(), user, from, to)
                     .await
                     .map(Some),
                 false => Ok(None),
@@ -128,7 +130,7 @@ pub(crate) async fn stats(
         },
         async {
             match tokens_allowed {
-                true => tokens_section(&tx, &live, tenant.as_deref(), user, from, to)
+                true => tokens_section(&tx, &live, cache, tenant.as_deref(), user, from, to)
                     .await
                     .map(Some),
                 false => Ok(None),
@@ -239,7 +241,12 @@ const ACTIVITY_USERS: i32 = 3;
 /// SETS`), and counted for the distinct users. Rows: `part` (see the
 /// constants above), `day`, `action`, `events`, `users`, `rank` (of an
 /// action, by events).
-fn activity_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
+///
+/// `cached`: the tail comes from the in-memory tail (`crate::tailcache`, only
+/// for every tenant and no user) as parameters `$3`–`$8` (see
+/// `ActivityView::parameters`) instead of being read from `activity_events`.
+fn activity_sql(tenant: Option<&str>, user: Option<&str>, w: &str, cached: bool) -> String {
+    let cached = cached && tenant.is_none() && user.is_none();
     let t = tables(tenant, user);
     let mut of_tail = String::new();
     if tenant.is_some() {
@@ -248,20 +255,40 @@ fn activity_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
     if user.is_some() {
         of_tail.push_str(" AND coalesce(user_id, '') = $4");
     }
-    let tail = ACTIVITY.tail_groups(
-        &["user", "action"],
-        &[],
-        &[],
-        (Some("$1"), Some("$2")),
-        &of_tail,
-    );
-    let same_tenant = if tenant.is_some() {
-        " AND u.tenant_id = $3"
-    } else {
-        ""
+    let tail = match cached {
+        true => "SELECT day, action, events \
+                 FROM unnest($3::date[], $4::text[], $5::int8[]) AS t (day, action, events)"
+            .to_owned(),
+        false => ACTIVITY.tail_groups(
+            &["user", "action"],
+            &[],
+            &[],
+            (Some("$1"), Some("$2")),
+            &of_tail,
+        ),
     };
     let of_tenant = if tenant.is_some() {
         " AND tenant_id = $3"
+    } else {
+        ""
+    };
+    // The window's distinct users seen in the rollups since `from`, with the
+    // tail's users: one hashed set; cached, the tail users the rollups do not
+    // count since `from` are counted in memory.
+    let window_users = match cached {
+        true => format!(
+            "((SELECT count(*) FROM {ls} WHERE last_seen >= $1{of_tenant}) + $8)",
+            ls = t.last_seen
+        ),
+        false => format!(
+            "(SELECT count(*) FROM (SELECT user_id FROM {ls} \
+                   WHERE last_seen >= $1{of_tenant} \
+                   UNION SELECT user_id FROM tail WHERE user_id <> '') AS n)",
+            ls = t.last_seen
+        ),
+    };
+    let same_tenant = if tenant.is_some() {
+        " AND u.tenant_id = $3"
     } else {
         ""
     };
@@ -291,9 +318,7 @@ fn activity_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
                 " UNION ALL SELECT {ACTIVITY_USERS}, NULL::date, NULL::text, NULL::int8, \
                      CASE WHEN coalesce((SELECT max(last_seen) FROM {ls} WHERE true{of_tenant}), \
                          '-infinity'::date) < $2 \
-                     THEN (SELECT count(*) FROM (SELECT user_id FROM {ls} \
-                           WHERE last_seen >= $1{of_tenant} \
-                           UNION SELECT user_id FROM tail WHERE user_id <> '') AS n) END::int8, \
+                     THEN {window_users} END::int8, \
                      NULL::int8",
                 ls = t.last_seen
             ),
@@ -301,6 +326,9 @@ fn activity_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
     };
     let new_pairs = match user {
         Some(_) => String::new(),
+        None if cached => ", new_pairs AS (SELECT day, users \
+             FROM unnest($6::date[], $7::int8[]) AS p (day, users))"
+            .to_owned(),
         None => format!(
             ", new_pairs AS (SELECT n.day, count(*) AS users \
              FROM (SELECT DISTINCT day, user_id FROM tail WHERE user_id <> '') AS n \
@@ -344,17 +372,34 @@ fn fallback_users_sql(tenant: Option<&str>, w: &str) -> String {
 async fn activity_section(
     client: &Transaction<'_>,
     live: &Snapshot,
+    cache: &TailCache,
     tenant: Option<&str>,
     user: Option<&str>,
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Value, ApiError> {
     let (w, params) = window(tenant, user, from, to);
-    let sql = activity_sql(tenant, user, w);
-    let (rows, as_of_seq) = futures::try_join!(
-        run(client, live, &sql, &params),
-        crate::params::newest_seq(client, "activity_events"),
-    )?;
+    // Over every tenant: the tail grouped in memory when it can answer.
+    let cached = match (tenant, user) {
+        (None, None) => cache.activity(client, from, to).await?,
+        _ => None,
+    };
+    let (rows, as_of_seq) = match &cached {
+        Some(view) => {
+            let sql = activity_sql(tenant, user, w, true);
+            let mut all = window(tenant, user, from, to).1;
+            all.extend(view.parameters());
+            let rows = crate::params::query_on(client, &sql, &all).await?;
+            (rows, view.high)
+        }
+        None => {
+            let sql = activity_sql(tenant, user, w, false);
+            futures::try_join!(
+                run(client, live, &sql, &params),
+                crate::params::newest_seq(client, "activity_events"),
+            )?
+        }
+    };
     // A self:read caller's user counts on the days it has events.
     let own = match user {
         Some(user) if !user.is_empty() => 1,
@@ -432,9 +477,9 @@ const MAX_KEYED: i64 = 1000;
 /// `gs` of the tail's grouping sets in [`tokens_sql`]: by day, provider,
 /// model, outcome and duration bucket; by model and time-to-first-token
 /// bucket; by model and output speed bucket.
-const TAIL_SUMS: i32 = 3;
-const TAIL_TTFT: i32 = 5;
-const TAIL_RATE: i32 = 6;
+const TAIL_SUMS: i32 = crate::tailcache::GS_SUMS;
+const TAIL_TTFT: i32 = crate::tailcache::GS_TTFT;
+const TAIL_RATE: i32 = crate::tailcache::GS_SPEED;
 
 /// The calls that count for output speed.
 const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
@@ -452,7 +497,12 @@ const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
 /// model), `bucket` (the duration bucket, or the TTFT bucket of the TTFT rows,
 /// or the speed bucket of the speed rows), the measures, `failed`,
 /// `rate_output_tokens`, `rate_duration_ms`, in part, day and rank order.
-fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
+///
+/// `cached`: the tail comes from the in-memory tail (`crate::tailcache`, only
+/// for every tenant and no user) as parameters `$3`–`$22` (see
+/// `TokenView::parameters`) instead of being read from `token_usage`.
+fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str, cached: bool) -> String {
+    let cached = cached && tenant.is_none() && user.is_none();
     let mut of_tail = String::new();
     if tenant.is_some() {
         of_tail.push_str(" AND tenant_id = $3");
@@ -472,20 +522,23 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
     let gs = "GROUPING(tally_duration_bucket(duration_ms), \
         tally_duration_bucket(time_to_first_token_ms), \
         tally_speed_bucket(output_tokens, duration_ms)) AS gs";
-    let tail = TOKENS.tail_grouping_sets(
-        &["provider", "model"],
-        &[
-            "outcome",
-            "tally_duration_bucket(duration_ms) AS bucket",
-            "tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket",
-            "tally_speed_bucket(output_tokens, duration_ms) AS speed_bucket",
-        ],
-        &[&rate_output, &rate_duration, gs],
-        (Some("$1"), Some("$2")),
-        &of_tail,
-        // 1 day, 2 provider, 3 model, 4 outcome, 5 bucket, 6 ttft, 7 speed.
-        &[&[1, 2, 3, 4, 5], &[3, 6], &[3, 7]],
-    );
+    let tail = match cached {
+        true => cached_token_tail(),
+        false => TOKENS.tail_grouping_sets(
+            &["provider", "model"],
+            &[
+                "outcome",
+                "tally_duration_bucket(duration_ms) AS bucket",
+                "tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket",
+                "tally_speed_bucket(output_tokens, duration_ms) AS speed_bucket",
+            ],
+            &[&rate_output, &rate_duration, gs],
+            (Some("$1"), Some("$2")),
+            &of_tail,
+            // 1 day, 2 provider, 3 model, 4 outcome, 5 bucket, 6 ttft, 7 speed.
+            &[&[1, 2, 3, 4, 5], &[3, 6], &[3, 7]],
+        ),
+    };
     let measures = TOKENS.measure_columns();
     let sums = TOKENS.measure_sums();
     // The speed rows hold `requests` and leave the other measures NULL.
@@ -533,9 +586,14 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
                  FROM (SELECT model, outcome, bucket, requests, rate_output_tokens, rate_duration_ms \
                        FROM {latency}{w} \
                        UNION ALL SELECT model, outcome, bucket, requests, rate_output_tokens, \
-                           rate_duration_ms FROM tail WHERE gs = {TAIL_SUMS}) AS l \
+                           rate_duration_ms FROM tail WHERE gs = {latency_set}) AS l \
                  GROUP BY model, bucket \
                  {ttft_histogram} {rate_histogram}",
+                latency_set = if cached {
+                    crate::tailcache::GS_LATENCY
+                } else {
+                    TAIL_SUMS
+                },
                 ttft_histogram = histogram(TOKENS_TTFT, "ttft_bucket", ttft, TAIL_TTFT),
                 rate_histogram = histogram(TOKENS_RATE, "speed_bucket", rate, TAIL_RATE),
             )
@@ -557,6 +615,31 @@ fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str) -> String {
          FROM sums WHERE g IN ({TOKENS_TOTAL}, {TOKENS_DAY}) OR rank <= {MAX_KEYED}{speed} \
          ORDER BY part, day, rank",
         rollup = tables(tenant, user).tokens
+    )
+}
+
+/// The grouped tail of [`tokens_sql`] from the in-memory tail's columns
+/// (parameters `$3`–`$22`, see `TokenView::parameters`).
+fn cached_token_tail() -> String {
+    let counts: Vec<String> = TOKEN_MEASURES
+        .iter()
+        .enumerate()
+        .map(|(i, _)| format!("${}::int8[]", 10 + i))
+        .collect();
+    let next = 10 + TOKEN_MEASURES.len();
+    format!(
+        "SELECT day, provider, model, outcome, bucket, ttft_bucket, speed_bucket, {measures}, \
+             cost::numeric AS cost_usd, rate_output_tokens, rate_duration_ms, gs \
+         FROM unnest($3::date[], $4::text[], $5::text[], $6::text[], $7::int2[], $8::int2[], \
+             $9::int2[], {counts}, ${c}::text[], ${o}::int8[], ${d}::float8[], ${g}::int4[]) \
+             AS t (day, provider, model, outcome, bucket, ttft_bucket, speed_bucket, {measures}, \
+                 cost, rate_output_tokens, rate_duration_ms, gs)",
+        measures = TOKEN_MEASURES.join(", "),
+        counts = counts.join(", "),
+        c = next,
+        o = next + 1,
+        d = next + 2,
+        g = next + 3,
     )
 }
 
@@ -583,17 +666,37 @@ fn keyed_item(row: &Row, column: &str) -> Result<Map<String, Value>, ApiError> {
 async fn tokens_section(
     client: &Transaction<'_>,
     live: &Snapshot,
+    cache: &TailCache,
     tenant: Option<&str>,
     user: Option<&str>,
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Value, ApiError> {
     let (w, params) = window(tenant, user, from, to);
-    let sql = tokens_sql(tenant, user, w);
+    // Over every tenant: the tail grouped in memory when it can answer.
+    let cached = match (tenant, user) {
+        (None, None) => cache.tokens(client, from, to).await?,
+        _ => None,
+    };
     let own_speed = user.map(|_| own_speed_sql(w));
     let (rows, as_of_seq, own_speed_rows) = futures::try_join!(
-        run(client, live, &sql, &params),
-        crate::params::newest_seq(client, "token_usage"),
+        async {
+            match &cached {
+                Some(view) => {
+                    let sql = tokens_sql(tenant, user, w, true);
+                    let mut all = window(tenant, user, from, to).1;
+                    all.extend(view.parameters());
+                    crate::params::query_on(client, &sql, &all).await
+                }
+                None => run(client, live, &tokens_sql(tenant, user, w, false), &params).await,
+            }
+        },
+        async {
+            match &cached {
+                Some(view) => Ok(view.high),
+                None => crate::params::newest_seq(client, "token_usage").await,
+            }
+        },
         async {
             match &own_speed {
                 Some(sql) => run(client, live, sql, &params).await,
@@ -934,8 +1037,8 @@ mod tests {
         let day = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
         for (tenant, user) in [(None, None), (Some("t"), None), (Some("t"), Some("u"))] {
             let (w, params) = window(tenant, user, day, day);
-            let activity = activity_sql(tenant, user, w);
-            let tokens = tokens_sql(tenant, user, w);
+            let activity = activity_sql(tenant, user, w, false);
+            let tokens = tokens_sql(tenant, user, w, false);
             if std::env::var_os("TALLY_PRINT_SQL").is_some() {
                 println!(
                     "-- {tenant:?} {user:?} ({} parameters)\n{activity};\n{tokens};",
@@ -976,6 +1079,39 @@ mod tests {
             let next = format!("${}", params.len() + 1);
             assert!(!activity.contains(&next) && !tokens.contains(&next));
         }
+    }
+
+    /// With the in-memory tail, no statement reads a raw table, and the
+    /// parameters are exactly the window's and the view's.
+    #[test]
+    fn cached_sections_read_no_raw_table() {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        let (w, params) = window(None, None, day, day);
+        let activity = activity_sql(None, None, w, true);
+        let tokens = tokens_sql(None, None, w, true);
+        for sql in [&activity, &tokens] {
+            assert!(!sql.contains("FROM activity_events"), "{sql}");
+            assert!(!sql.contains("FROM token_usage "), "{sql}");
+            assert!(!sql.contains("rollup_watermarks"), "{sql}");
+        }
+        let activity_last = params.len() + 6;
+        assert!(
+            activity.contains(&format!("${activity_last}")),
+            "{activity}"
+        );
+        assert!(!activity.contains(&format!("${}", activity_last + 1)));
+        let tokens_last = params.len() + crate::tailcache::TokenView::PARAMETERS;
+        assert!(tokens.contains(&format!("${tokens_last}:")), "{tokens}");
+        assert!(!tokens.contains(&format!("${}", tokens_last + 1)));
+        // One tenant or one user: never the cached form.
+        assert_eq!(
+            activity_sql(Some("t"), None, w, true),
+            activity_sql(Some("t"), None, w, false)
+        );
+        assert_eq!(
+            tokens_sql(Some("t"), Some("u"), w, true),
+            tokens_sql(Some("t"), Some("u"), w, false)
+        );
     }
 
     #[test]

@@ -113,6 +113,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "token_speed",
         include_str!("migrations/0026_token_speed.sql"),
     ),
+    (
+        27,
+        "tail_generations",
+        include_str!("migrations/0027_tail_generations.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -463,7 +463,8 @@ impl RetentionJob {
                 None => {
                     client
                         .batch_execute(&format!(
-                            "SELECT pg_advisory_xact_lock({PARTITION_LOCK_KEY}); DROP TABLE {quoted}"
+                            "SELECT pg_advisory_xact_lock({PARTITION_LOCK_KEY}); DROP TABLE {quoted}; \
+                             SELECT tally_bump_tail_generation('{table}')"
                         ))
                         .await?;
                     Ok(Removal::Dropped(archive))
@@ -474,6 +475,11 @@ impl RetentionJob {
                             &format!("DELETE FROM {quoted} WHERE tenant_id = ANY($1)"),
                             &[&tenants],
                         )
+                        .await?;
+                    // A partition's own DELETE fires no trigger of the parent:
+                    // the cached live tails (migration 0027) are told here.
+                    client
+                        .execute("SELECT tally_bump_tail_generation($1)", &[&table])
                         .await?;
                     Ok(Removal::Deleted(tenants, deleted, archive))
                 }
