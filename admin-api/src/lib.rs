@@ -35,6 +35,7 @@ mod fair;
 pub(crate) mod health;
 mod limits;
 mod live;
+pub mod metrics;
 pub mod openapi;
 mod params;
 pub mod rejected;

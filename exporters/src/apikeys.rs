@@ -25,9 +25,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::metrics::metrics;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use tally_model::metrics::metrics;
 use tokio_postgres::Client;
 use uuid::Uuid;
 

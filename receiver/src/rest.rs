@@ -305,11 +305,7 @@ pub(crate) async fn ingest(State(state): State<AppState>, request: Request) -> R
 /// Counts a REST request refused for its key's restrictions (`origin`,
 /// `rate_limited`) in `tally_ingest_auth_failures_total`.
 fn count_refusal(reason: &'static str) {
-    use tally_model::metrics::{metrics, ReasonLabels};
-    metrics()
-        .ingest_auth_failures
-        .get_or_create(&ReasonLabels { reason })
-        .inc();
+    crate::telemetry::count_auth_failure(reason);
 }
 
 async fn handle(

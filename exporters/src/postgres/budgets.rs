@@ -29,11 +29,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::metrics::metrics;
 use chrono::{DateTime, Datelike, Days, Months, NaiveDate, TimeZone, Utc};
 use futures::FutureExt;
 use serde::Serialize;
 use tally_config::{BudgetConfig, BudgetLimit, BudgetPeriod};
-use tally_model::metrics::metrics;
 use tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tally_model::otlp::common::v1::{any_value, AnyValue, KeyValue};
 use tally_model::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};

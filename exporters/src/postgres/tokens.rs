@@ -15,14 +15,13 @@ use std::sync::LazyLock;
 use tokio_postgres::{Client, SimpleQueryMessage, Transaction};
 
 use chrono::{DateTime, Utc};
-use tally_model::metrics::{
-    metrics, LlmRequestLabels, ModelLabels, ModelOnlyLabels, TableLabels, TokenLabels,
-};
+use tally_model::metrics::TableLabels;
 use tally_model::{Outcome, TokenUsage};
 
 use super::copy::{self, copy_rows};
 use super::rollup::{unfold_token_rows, ROLLUP_LOCK_KEY, TOKEN_WATERMARK};
 use super::{PgError, TOKEN_USAGE_LOCK_KEY};
+use crate::metrics::{metrics, LlmRequestLabels, ModelLabels, ModelOnlyLabels, TokenLabels};
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
     IF to_regclass('pg_temp.tally_token_staging_v4') IS NULL THEN \
@@ -353,7 +352,7 @@ pub(crate) fn committed(inserted: &TokensInserted) {
         return;
     }
     let m = metrics();
-    m.exporter_rows_written
+    m.rows_written
         .get_or_create(&TableLabels {
             table: "token_usage",
         })
