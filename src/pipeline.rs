@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use tally_exporters::postgres::{
     PgExporter, SharedTrace, SharedTraces, TraceAttribution, TraceIdentity,
 };
-use tally_model::metrics::{metrics, ReasonLabels};
+use tally_model::metrics::ReasonLabels;
 use tally_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use tally_model::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
@@ -19,10 +19,11 @@ use tally_model::{
     ActivityEvent, ConsumeError, ConsumeReport, Consumer, RejectedRecord, Sender, TokenUsage,
 };
 use tally_processors::attribution::{Identity, TraceCache, TraceId, TraceScope};
+use tally_processors::metrics::{metrics, TENANT_MISMATCH};
 use tally_processors::redact::{RedactionCounts, Redactor};
 use tally_processors::tokens::metrics::NotStored;
 use tally_processors::tokens::{TokenBatch, TokenProcessor};
-use tally_processors::validate::{Checked, Quarantined, ReasonCode, ValidatedBatch, Validator};
+use tally_processors::validate::{Checked, Quarantined, ValidatedBatch, Validator};
 use tally_processors::Classified;
 
 /// classify + tokens → postgres exporter. Counters of what the exporter commits
@@ -260,10 +261,6 @@ impl Pipeline {
     }
 }
 
-/// The `rejected_events.reason` of a record naming another tenant than its
-/// sender's API key.
-const TENANT_MISMATCH: &str = "tenant_mismatch";
-
 /// Stamps `tenant` (the sender's key's) on the rows that name no tenant, and
 /// takes the rows that name another one out, as `tenant_mismatch` quarantine
 /// rows of `tenant` (so the key's tenant, not the one the record claims, sees
@@ -319,17 +316,6 @@ fn bind_tenant(
         }
     });
     mismatched
-}
-
-/// Creates the zero-valued `tally_rejected_events_total{reason}` series of every
-/// taxonomy reason code, so dashboards and alerts see them before the first one.
-pub fn init_metric_series() {
-    let family = &metrics().rejected_events;
-    for code in ReasonCode::ALL {
-        let _ = family.get_or_create(&ReasonLabels {
-            reason: code.as_str(),
-        });
-    }
 }
 
 /// A validated event with its taxonomy verdict on it.

@@ -10,8 +10,9 @@
 
 use futures::future::BoxFuture;
 use tally_admin_api::rejected::{ReplayReport, ReplayRequest, Replayer};
+use tally_exporters::metrics::{metrics, ActivityLabels};
 use tally_exporters::postgres::{self, create_partitions, insert_activity_batch, rejected};
-use tally_model::metrics::{metrics, ActivityLabels, TableLabels, OTHER};
+use tally_model::metrics::{TableLabels, OTHER};
 use tally_model::ActivityEvent;
 use tally_processors::validate::{event_from_record, Validator};
 
@@ -102,7 +103,7 @@ async fn replay(
     }
     tx.commit().await?;
     let m = metrics();
-    m.exporter_rows_written
+    m.rows_written
         .get_or_create(&TableLabels {
             table: "activity_events",
         })

@@ -95,8 +95,7 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
     let redactor = Redactor::new(&config.processors.redact, &key)
         .context("invalid processors.redact")?
         .keep_keys(&tokens.mapping_keys());
-    tally_processors::redact::init_metric_series();
-    crate::pipeline::init_metric_series();
+    crate::metrics::register_all();
     let taxonomy = TaxonomyHandle::load(&config.processors.validate)
         .context("invalid taxonomy (processors.validate.taxonomy)")?;
     let taxonomy_watcher =

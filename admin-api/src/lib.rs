@@ -36,6 +36,7 @@ mod fair;
 pub(crate) mod health;
 mod limits;
 mod live;
+pub mod metrics;
 pub mod openapi;
 mod params;
 pub mod rejected;

@@ -1,15 +1,16 @@
 //! The Prometheus exporter: serves the process-wide metrics
-//! ([`tally_model::metrics`]) as OpenMetrics text at `GET /metrics`.
+//! (every component's, registered in [`tally_model::metrics`]) as OpenMetrics
+//! text at `GET /metrics`.
 
 use std::future::Future;
 use std::net::SocketAddr;
 
+use crate::metrics::metrics;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use tally_config::PrometheusConfig;
-use tally_model::metrics::metrics;
 use tokio::net::TcpListener;
 
 /// OpenMetrics text exposition content type.
@@ -77,6 +78,6 @@ impl PrometheusEndpoint {
 async fn scrape() -> impl IntoResponse {
     (
         [(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-        metrics().encode(),
+        tally_model::metrics::encode(),
     )
 }

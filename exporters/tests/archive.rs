@@ -548,7 +548,7 @@ async fn retention_waits_while_the_archive_cannot_be_written_then_proceeds() {
     std::fs::write(&blocker, b"not a directory").expect("file");
     let dir = blocker.join("inner");
     let failures = || {
-        let text = tally_model::metrics::metrics().encode();
+        let text = tally_model::metrics::encode();
         text.lines()
             .find(|l| {
                 l.starts_with("tally_retention_archive_failures_total{table=\"activity_events\"}")

@@ -225,7 +225,7 @@ async fn use_is_the_rollup_plus_the_tail_for_every_scope() {
         assert_eq!(a.used, b.used, "{}", a.name);
     }
     // The gauge follows.
-    let text = tally_model::metrics::metrics().encode();
+    let text = tally_model::metrics::encode();
     assert!(
         text.contains("tally_budget_used_ratio{budget=\"acme-usd\"} 0.75"),
         "{text}"

@@ -17,7 +17,6 @@ pub mod health;
 pub mod ids;
 pub mod metrics;
 pub mod pipeline;
-mod process_stats;
 pub mod token_metrics;
 pub mod tokens;
 pub mod walk;

@@ -5,6 +5,7 @@
 //! * [`validate`] — the taxonomy registry check and its per-mode decision.
 //! * [`tokens`] — LLM token usage → [`tally_model::TokenUsage`], priced;
 //!   [`attribution`] — the trace → user/tenant map that attributes it.
+//! * [`metrics`] — the processors' metrics (redactions, records not stored).
 //!
 //! Redaction and taxonomy validation join here as separate modules; a processor
 //! knows nothing of PostgreSQL or HTTP.
@@ -14,6 +15,7 @@
 pub mod attribution;
 pub mod classify;
 mod fast_hash;
+pub mod metrics;
 mod otlp_value;
 pub mod redact;
 pub mod tokens;

@@ -440,9 +440,9 @@ fn counts_reach_the_metrics_registry() {
     let r = redactor(RedactConfig::default());
     let (_, counts) = span_attrs(&r, vec![s("app.mail", "zed@example.com")]);
     counts.record_metrics();
-    let family = &tally_model::metrics::metrics().redactions;
+    let family = &tally_processors::metrics::metrics().redactions;
     let email = family
-        .get_or_create(&tally_model::metrics::RuleLabels {
+        .get_or_create(&tally_processors::metrics::RuleLabels {
             rule: "email".into(),
         })
         .get();

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 use futures::future::BoxFuture;
-use tally_model::metrics::{metrics, ReasonLabels};
 use tally_model::pipeline::Sender;
 
 /// Every Tally API key starts with this.
@@ -145,12 +144,7 @@ impl IngestAuth {
     ) -> Result<(Sender, KeyPolicy), Denied> {
         let result = self.check_uncounted(headers).await;
         if let Err(refused) = &result {
-            metrics()
-                .ingest_auth_failures
-                .get_or_create(&ReasonLabels {
-                    reason: refused.reason,
-                })
-                .inc();
+            crate::telemetry::count_auth_failure(refused.reason);
         }
         result.map_err(|refused| refused.denied)
     }

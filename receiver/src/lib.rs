@@ -27,7 +27,7 @@ mod http;
 mod json;
 mod limits;
 mod rest;
-mod telemetry;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;

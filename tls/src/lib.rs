@@ -10,6 +10,8 @@
 //!   concurrently (bounded, with a deadline), for `axum::serve` and, through
 //!   [`TlsListener::into_incoming`], for tonic.
 
+#![warn(missing_docs)]
+
 mod error;
 mod listener;
 mod reload;

@@ -126,7 +126,7 @@ impl Hub {
                 "too many live-feed clients (admin_api.sse_max_clients = {max}); retry later"
             )));
         }
-        tally_model::metrics::metrics().sse_clients.inc();
+        crate::metrics::metrics().sse_clients.inc();
         self.start();
         Ok(ClientSlot {
             clients: self.clients.clone(),
@@ -195,7 +195,7 @@ pub struct ClientSlot {
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.clients.fetch_sub(1, Ordering::AcqRel);
-        tally_model::metrics::metrics().sse_clients.dec();
+        crate::metrics::metrics().sse_clients.dec();
     }
 }
 

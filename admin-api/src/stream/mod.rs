@@ -22,6 +22,10 @@
 //! its own. It never slows ingestion (reads only) nor other clients (a task and a
 //! buffer each). A client's database reads are counted under its caller by the
 //! database gate ([`crate::fair`]), like its requests'.
+//!
+//! Over 600 lines: the feeds' shared request handling (query, caller, filters)
+//! and the one per-client reader loop (catch up, follow the tail, read alone)
+//! over the same `Feed` and outbox; the tail and the hub are modules of their own.
 
 pub mod hub;
 pub(crate) mod sse;

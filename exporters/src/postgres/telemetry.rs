@@ -5,7 +5,9 @@
 use tokio::time::Instant;
 
 use chrono::Utc;
-use tally_model::metrics::{metrics, ActivityLabels, ReasonLabels, TableLabels};
+use tally_model::metrics::{ReasonLabels, TableLabels, OTHER};
+
+use crate::metrics::{metrics, ActivityLabels};
 use tally_model::{ActivityEvent, Outcome};
 
 use super::activity::{Inserted, InsertedGroup};
@@ -19,15 +21,14 @@ pub(crate) fn batch_committed<'a>(
     started: Instant,
 ) {
     let m = metrics();
-    m.exporter_batch_duration
-        .observe(started.elapsed().as_secs_f64());
-    m.exporter_batch_rows.observe(rows as f64);
-    m.exporter_rows_written
+    m.batch_duration.observe(started.elapsed().as_secs_f64());
+    m.batch_rows.observe(rows as f64);
+    m.rows_written
         .get_or_create(&TableLabels {
             table: "activity_events",
         })
         .inc_by(inserted.total);
-    m.exporter_rows_written
+    m.rows_written
         .get_or_create(&TableLabels {
             table: "rejected_events",
         })
@@ -52,7 +53,7 @@ pub(crate) fn batch_committed<'a>(
 /// `other`; with validation off, the first `action_label_cap` actions seen.
 fn action_label(group: &InsertedGroup) -> String {
     if group.taxonomy_valid == Some(false) {
-        return tally_model::metrics::OTHER.to_string();
+        return OTHER.to_string();
     }
     metrics().action_labels.label(&group.action)
 }
@@ -60,7 +61,7 @@ fn action_label(group: &InsertedGroup) -> String {
 /// Records a batch that did not commit.
 pub(crate) fn batch_failed(reason: &'static str) {
     metrics()
-        .exporter_write_failures
+        .write_failures
         .get_or_create(&ReasonLabels { reason })
         .inc();
 }

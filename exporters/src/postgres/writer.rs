@@ -1,5 +1,9 @@
 //! The batching writer: a bounded queue (in records), writer tasks that gather
 //! submissions into batches, and the commit-ordered write path.
+//!
+//! Over 600 lines: the queue, the writer tasks and [`PgExporter`]'s submission
+//! methods share one private state (`Shared`: the queue, its guards and the
+//! reconnect back-off); the SQL of each table is in its own module.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

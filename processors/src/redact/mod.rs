@@ -173,10 +173,10 @@ impl RedactionCounts {
 
     /// Adds these counts to `tally_redactions_total{rule}` in the process-wide registry.
     pub fn record_metrics(&self) {
-        let family = &tally_model::metrics::metrics().redactions;
+        let family = &crate::metrics::metrics().redactions;
         for (rule, n) in self.iter() {
             family
-                .get_or_create(&tally_model::metrics::RuleLabels {
+                .get_or_create(&crate::metrics::RuleLabels {
                     rule: rule.to_string(),
                 })
                 .inc_by(n);
@@ -185,14 +185,10 @@ impl RedactionCounts {
 }
 
 /// Creates the zero-valued `tally_redactions_total{rule}` series for every rule,
-/// so dashboards see all of them from the start.
+/// so dashboards see all of them from the start (with the processors' other
+/// metrics: [`crate::metrics::register`]).
 pub fn init_metric_series() {
-    let family = &tally_model::metrics::metrics().redactions;
-    for rule in Rule::ALL {
-        let _ = family.get_or_create(&tally_model::metrics::RuleLabels {
-            rule: rule.as_str().to_string(),
-        });
-    }
+    crate::metrics::register();
 }
 
 /// A fresh random 32-byte HMAC key (from the operating system).

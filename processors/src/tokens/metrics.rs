@@ -42,6 +42,15 @@ pub enum NotStored {
 }
 
 impl NotStored {
+    /// Every reason, for zero-initialised metric series.
+    pub const ALL: [NotStored; 5] = [
+        NotStored::UnsupportedMetric,
+        NotStored::UnsupportedType,
+        NotStored::InvalidPoint,
+        NotStored::TenantMismatch,
+        NotStored::Duplicate,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -29,7 +29,10 @@
 //! * **Attribution**: a row's own user/tenant/session (`record`), else the
 //!   trace's (`trace`, from the [`TraceCache`]), else none yet (`none`).
 //!
-//! Over 600 lines: extraction, attribution hand-off and pricing of a model call share private state; to be split when the shared OTLP walker (issue 14, item 1) replaces its twin trace/log walks.
+//! Over 600 lines: one pass over a request (per-record extraction, then counting
+//! each call once and propagating covers over the trace) whose steps share the
+//! pass's private state (`Extract`, `Counts`, `SpanFacts`); pricing is
+//! [`pricing`], metric points [`metrics`].
 
 pub mod metrics;
 pub mod pricing;
