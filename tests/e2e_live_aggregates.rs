@@ -10,71 +10,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{eventually, get_json, http_span_provider, Tally, TestDatabase};
-use prost::Message;
+use common::{
+    eventually, export_service_spans, get_json, http_span_provider, kv, kv_int, now_nanos, Tally,
+    TestDatabase,
+};
 use serde_json::Value as Json;
 use tally_exporters::postgres::RollupJob;
-use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use tally_model::otlp::common::v1::{any_value::Value, AnyValue, KeyValue};
-use tally_model::otlp::resource::v1::Resource;
-use tally_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use tally_model::otlp::trace::v1::{Span, Status};
 
 /// The bound: an acknowledged row is in the aggregates within 2 s.
 const LIVE: Duration = Duration::from_secs(2);
-
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default()
-}
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn kv_int(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(Value::IntValue(value)),
-        }),
-        ..Default::default()
-    }
-}
-
-fn request_of(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "web")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
-async fn post(tally: &Tally, spans: Vec<Span>) {
-    let response = reqwest::Client::new()
-        .post(tally.http_url("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(request_of(spans).encode_to_vec())
-        .send()
-        .await
-        .expect("POST /v1/traces");
-    assert_eq!(response.status().as_u16(), 200, "export refused");
-}
 
 /// A request span carrying the identity (and an action, so it is an activity
 /// event too).
@@ -333,12 +278,12 @@ async fn a_late_attribution_moves_the_call_whether_folded_or_not() {
 
     // Not folded: the call stays in the tail until it is attributed.
     let tail = [0x11u8; 16];
-    post(&tally, vec![chat_span(&tail, 2, start, "gpt-4o", 40, 4)]).await;
+    export_service_spans(&tally, "web", vec![chat_span(&tail, 2, start, "gpt-4o", 40, 4)]).await;
     assert_eq!(
         usage_by_user(&api(&tally, usage).await),
         BTreeMap::from([group("", "", 1, 40)])
     );
-    post(&tally, vec![request_span(&tail, start, "acme", "alice")]).await;
+    export_service_spans(&tally, "web", vec![request_span(&tail, start, "acme", "alice")]).await;
     assert_eq!(
         usage_by_user(&api(&tally, usage).await),
         BTreeMap::from([group("acme", "alice", 1, 40)]),
@@ -347,8 +292,9 @@ async fn a_late_attribution_moves_the_call_whether_folded_or_not() {
 
     // Folded before its request span arrives.
     let folded = [0x22u8; 16];
-    post(
+    export_service_spans(
         &tally,
+        "web",
         vec![
             chat_span(&folded, 2, start, "gpt-4o", 100, 10),
             chat_span(&folded, 3, start, "gpt-4o", 200, 20),
@@ -366,7 +312,7 @@ async fn a_late_attribution_moves_the_call_whether_folded_or_not() {
         usage_by_user(&before),
         BTreeMap::from([group("", "", 2, 300), group("acme", "alice", 1, 40)])
     );
-    post(&tally, vec![request_span(&folded, start, "acme", "bob")]).await;
+    export_service_spans(&tally, "web", vec![request_span(&folded, start, "acme", "bob")]).await;
     let after = api(&tally, usage).await;
     assert_eq!(
         usage_by_user(&after),
@@ -526,8 +472,8 @@ async fn live_answers_equal_sql_over_the_raw_tables_at_every_grain() {
         }
         spans
     };
-    post(&tally, batch(0)).await;
-    post(&tally, batch(1)).await;
+    export_service_spans(&tally, "web", batch(0)).await;
+    export_service_spans(&tally, "web", batch(1)).await;
     // Fold some of what is there now, with no attribution delay.
     let mut client = database.client().await;
     RollupJob::new(Duration::ZERO)
@@ -544,8 +490,8 @@ async fn live_answers_equal_sql_over_the_raw_tables_at_every_grain() {
         trace[15] = 0xee;
         late.push(request_span(&trace, start, "acme", "dave"));
     }
-    post(&tally, late).await;
-    post(&tally, batch(2)).await;
+    export_service_spans(&tally, "web", late).await;
+    export_service_spans(&tally, "web", batch(2)).await;
     let unfolded: i64 = database
         .client()
         .await

@@ -10,67 +10,12 @@ mod common;
 use std::time::Duration;
 
 use chrono::{Days, Utc};
-use common::{get_json, Tally, TestDatabase};
-use prost::Message;
+use common::{export_service_spans, get_json, kv, kv_int, now_nanos, Tally, TestDatabase};
 use serde_json::Value as Json;
 use tally_exporters::postgres::RollupJob;
-use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use tally_model::otlp::common::v1::{any_value::Value, AnyValue, KeyValue};
-use tally_model::otlp::resource::v1::Resource;
-use tally_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use tally_model::otlp::trace::v1::{Span, Status};
 
 const DAY_NANOS: u64 = 86_400_000_000_000;
-
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default()
-}
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn kv_int(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(Value::IntValue(value)),
-        }),
-        ..Default::default()
-    }
-}
-
-async fn post(tally: &Tally, spans: Vec<Span>) {
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "web")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    let response = reqwest::Client::new()
-        .post(tally.http_url("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .await
-        .expect("POST /v1/traces");
-    assert_eq!(response.status().as_u16(), 200, "export refused");
-}
 
 fn trace_of(n: u64) -> [u8; 16] {
     let mut trace = [0u8; 16];
@@ -519,10 +464,10 @@ async fn stats_over_every_tenant_stay_exact_across_changes_between_requests() {
     let now = now_nanos();
     // Every fourth call's request span comes later.
     let late = |n: u64| n % 4 == 0;
-    post(&tally, batch(0, 60, now, late)).await;
+    export_service_spans(&tally, "web", batch(0, 60, now, late)).await;
     check(&tally, &database, "first answers (cache built)").await;
 
-    post(&tally, batch(60, 30, now, late)).await;
+    export_service_spans(&tally, "web", batch(60, 30, now, late)).await;
     check(&tally, &database, "rows arrived (cache extended)").await;
 
     // A fold of part of the tail: the watermark moves.
@@ -548,12 +493,12 @@ async fn stats_over_every_tenant_stay_exact_across_changes_between_requests() {
             "doc.read",
         ));
     }
-    post(&tally, spans).await;
+    export_service_spans(&tally, "web", spans).await;
     check(&tally, &database, "after late attribution").await;
 
     // More rows, then a tail row's user rewritten the way erasure rewrites it
     // (`UPDATE` through the parent table): its (day, user) pair is new.
-    post(&tally, batch(90, 30, now, late)).await;
+    export_service_spans(&tally, "web", batch(90, 30, now, late)).await;
     check(&tally, &database, "rows arrived after the attribution").await;
     let watermark_now = watermark(&database, "activity_daily").await;
     let updated = client
@@ -598,7 +543,7 @@ async fn stats_over_every_tenant_stay_exact_across_changes_between_requests() {
 async fn updates_and_deletes_bump_the_tail_generation() {
     let database = TestDatabase::create().await;
     let tally = Tally::on(&database).await;
-    post(&tally, batch(0, 6, now_nanos(), |_| false)).await;
+    export_service_spans(&tally, "web", batch(0, 6, now_nanos(), |_| false)).await;
     let mut client = database.client().await;
     let read = "SELECT (SELECT coalesce(sum(n), 0) FROM tally_tail_generations \
                     WHERE raw_table = 'activity_events')::int8, \

@@ -149,6 +149,64 @@ async fn seq_range(
     Ok(format!("seq > {from} AND seq <= {to} AND ts >= {floor}"))
 }
 
+/// A raw table's tail as the cache keeps it: built empty, extended by `seq`
+/// ranges, valid for its [`Version`].
+trait Tail: Sized {
+    /// The raw table.
+    const TABLE: &'static str;
+    /// Its `rollup_watermarks.name`.
+    const WATERMARK: &'static str;
+    /// A tail holding nothing, for `version` (whose `high` is its watermark).
+    fn empty(version: Version) -> Self;
+    /// What it holds.
+    fn version(&self) -> Version;
+    /// Adds the rows `from < seq <= to` of `client`'s snapshot.
+    async fn extend(
+        &mut self,
+        client: &impl GenericClient,
+        from: i64,
+        to: i64,
+    ) -> Result<(), ApiError>;
+}
+
+/// Brings the tail in `slot` to `client`'s snapshot (extended, rebuilt or
+/// dropped, see [`step`]) and answers from it; `None` when the caller must
+/// read the raw tail with SQL.
+async fn with_tail<C: Tail, T>(
+    slot: &Mutex<Option<C>>,
+    client: &impl GenericClient,
+    answer: impl FnOnce(&C) -> T,
+) -> Result<Option<T>, ApiError> {
+    let now = version(client, C::TABLE, C::WATERMARK).await?;
+    let mut cache = slot.lock().await;
+    match step(cache.as_ref().map(Tail::version), now) {
+        Step::Skip => return Ok(None),
+        Step::TooLong => {
+            *cache = None;
+            return Ok(None);
+        }
+        Step::Extend { from: high } => {
+            if let Some(tail) = cache.as_mut() {
+                if let Err(error) = tail.extend(client, high, now.high).await {
+                    // Half extended: not valid for any version.
+                    *cache = None;
+                    return Err(error);
+                }
+            }
+        }
+        Step::Rebuild => {
+            *cache = None;
+            let mut tail = C::empty(Version {
+                high: now.watermark,
+                ..now
+            });
+            tail.extend(client, now.watermark, now.high).await?;
+            *cache = Some(tail);
+        }
+    }
+    Ok(cache.as_ref().map(answer))
+}
+
 // ---------------------------------------------------------------- activity
 
 /// The activity tail: events per (day, action, outcome); the (day, user) pairs and
@@ -203,7 +261,10 @@ impl ActivityView {
     }
 }
 
-impl ActivityTail {
+impl Tail for ActivityTail {
+    const TABLE: &'static str = "activity_events";
+    const WATERMARK: &'static str = "activity_daily";
+
     fn empty(version: Version) -> ActivityTail {
         ActivityTail {
             version,
@@ -212,6 +273,10 @@ impl ActivityTail {
             new_pairs: BTreeMap::new(),
             users: HashMap::new(),
         }
+    }
+
+    fn version(&self) -> Version {
+        self.version
     }
 
     /// Adds the rows `from < seq <= to` of the snapshot, probing the rollups
@@ -312,7 +377,9 @@ impl ActivityTail {
         self.version.high = to;
         Ok(())
     }
+}
 
+impl ActivityTail {
     fn view(&self, from: NaiveDate, to: NaiveDate) -> ActivityView {
         let within = |day: &NaiveDate| *day >= from && *day < to;
         let mut per_action: BTreeMap<(NaiveDate, &str), i64> = BTreeMap::new();
@@ -355,7 +422,7 @@ impl TailCache {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Option<ActivityView>, ApiError> {
-        self.with_activity(client, |tail| tail.view(from, to)).await
+        with_tail(&self.activity, client, |tail| tail.view(from, to)).await
     }
 
     /// The activity tail grouped like `activity_daily_all` (day, action,
@@ -368,7 +435,7 @@ impl TailCache {
         from: Option<NaiveDate>,
         to: Option<NaiveDate>,
     ) -> Result<Option<(i64, Vec<Box<dyn ToSql + Sync + Send>>)>, ApiError> {
-        self.with_activity(client, |tail| {
+        with_tail(&self.activity, client, |tail| {
             let (mut days, mut actions, mut outcomes, mut events) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for ((day, action, outcome), n) in &tail.events {
@@ -389,41 +456,6 @@ impl TailCache {
             (tail.version.high, params)
         })
         .await
-    }
-
-    async fn with_activity<T>(
-        &self,
-        client: &impl GenericClient,
-        answer: impl FnOnce(&ActivityTail) -> T,
-    ) -> Result<Option<T>, ApiError> {
-        let now = version(client, "activity_events", "activity_daily").await?;
-        let mut cache = self.activity.lock().await;
-        match step(cache.as_ref().map(|c| c.version), now) {
-            Step::Skip => return Ok(None),
-            Step::TooLong => {
-                *cache = None;
-                return Ok(None);
-            }
-            Step::Extend { from: high } => {
-                if let Some(tail) = cache.as_mut() {
-                    if let Err(error) = tail.extend(client, high, now.high).await {
-                        // Half extended: not valid for any version.
-                        *cache = None;
-                        return Err(error);
-                    }
-                }
-            }
-            Step::Rebuild => {
-                *cache = None;
-                let mut tail = ActivityTail::empty(Version {
-                    high: now.watermark,
-                    ..now
-                });
-                tail.extend(client, now.watermark, now.high).await?;
-                *cache = Some(tail);
-            }
-        }
-        Ok(cache.as_ref().map(answer))
     }
 }
 
@@ -507,7 +539,10 @@ pub(crate) const GS_LATENCY: i32 = 4;
 /// The calls that count for output speed (as the rollup folds them).
 const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
 
-impl TokenTail {
+impl Tail for TokenTail {
+    const TABLE: &'static str = "token_usage";
+    const WATERMARK: &'static str = "token_usage_daily";
+
     fn empty(version: Version) -> TokenTail {
         TokenTail {
             version,
@@ -515,6 +550,10 @@ impl TokenTail {
             ttft: HashMap::new(),
             speed: HashMap::new(),
         }
+    }
+
+    fn version(&self) -> Version {
+        self.version
     }
 
     async fn extend(
@@ -591,7 +630,9 @@ impl TokenTail {
         self.version.high = to;
         Ok(())
     }
+}
 
+impl TokenTail {
     /// The window's tail in as few rows as `/stats` needs: the sums per
     /// (day, provider, model) ([`GS_SUMS`]), the durations per (model,
     /// outcome, duration bucket) ([`GS_LATENCY`]) and the two histograms per
@@ -754,7 +795,7 @@ impl TailCache {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Option<TokenView>, ApiError> {
-        self.with_tokens(client, |tail| tail.view(from, to)).await
+        with_tail(&self.tokens, client, |tail| tail.view(from, to)).await
     }
 
     /// The token tail grouped like `token_usage_daily_all` (day, provider,
@@ -767,7 +808,7 @@ impl TailCache {
         from: Option<NaiveDate>,
         to: Option<NaiveDate>,
     ) -> Result<Option<(i64, Vec<Box<dyn ToSql + Sync + Send>>)>, ApiError> {
-        self.with_tokens(client, |tail| {
+        with_tail(&self.tokens, client, |tail| {
             let mut groups: BTreeMap<(NaiveDate, &str, &str), TokenSums> = BTreeMap::new();
             for ((day, provider, model, _, _), sums) in &tail.sums {
                 if from.is_some_and(|f| *day < f) || to.is_some_and(|t| *day >= t) {
@@ -804,40 +845,6 @@ impl TailCache {
             (tail.version.high, params)
         })
         .await
-    }
-
-    async fn with_tokens<T>(
-        &self,
-        client: &impl GenericClient,
-        answer: impl FnOnce(&TokenTail) -> T,
-    ) -> Result<Option<T>, ApiError> {
-        let now = version(client, "token_usage", "token_usage_daily").await?;
-        let mut cache = self.tokens.lock().await;
-        match step(cache.as_ref().map(|c| c.version), now) {
-            Step::Skip => return Ok(None),
-            Step::TooLong => {
-                *cache = None;
-                return Ok(None);
-            }
-            Step::Extend { from: high } => {
-                if let Some(tail) = cache.as_mut() {
-                    if let Err(error) = tail.extend(client, high, now.high).await {
-                        *cache = None;
-                        return Err(error);
-                    }
-                }
-            }
-            Step::Rebuild => {
-                *cache = None;
-                let mut tail = TokenTail::empty(Version {
-                    high: now.watermark,
-                    ..now
-                });
-                tail.extend(client, now.watermark, now.high).await?;
-                *cache = Some(tail);
-            }
-        }
-        Ok(cache.as_ref().map(answer))
     }
 }
 

@@ -580,11 +580,33 @@ impl Drop for FakeProvider {
 /// Sends `spans` (one resource, one scope) to `tally` over OTLP/HTTP protobuf
 /// and asserts the 200.
 pub async fn export_spans(tally: &Tally, spans: Vec<tally_model::otlp::trace::v1::Span>) {
+    post_spans(tally, None, spans).await;
+}
+
+/// As [`export_spans`], from a resource whose `service.name` is `service`.
+pub async fn export_service_spans(
+    tally: &Tally,
+    service: &str,
+    spans: Vec<tally_model::otlp::trace::v1::Span>,
+) {
+    let resource = tally_model::otlp::resource::v1::Resource {
+        attributes: vec![kv("service.name", service)],
+        ..Default::default()
+    };
+    post_spans(tally, Some(resource), spans).await;
+}
+
+async fn post_spans(
+    tally: &Tally,
+    resource: Option<tally_model::otlp::resource::v1::Resource>,
+    spans: Vec<tally_model::otlp::trace::v1::Span>,
+) {
     use prost::Message as _;
     use tally_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
     use tally_model::otlp::trace::v1::{ResourceSpans, ScopeSpans};
     let request = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
+            resource,
             scope_spans: vec![ScopeSpans {
                 spans,
                 ..Default::default()
@@ -599,7 +621,39 @@ pub async fn export_spans(tally: &Tally, spans: Vec<tally_model::otlp::trace::v1
         .send()
         .await
         .expect("export");
-    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.status().as_u16(), 200, "export refused");
+}
+
+/// Now, in Unix nanoseconds (OTLP's timestamps).
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+/// A string attribute.
+pub fn kv(key: &str, value: &str) -> tally_model::otlp::common::v1::KeyValue {
+    use tally_model::otlp::common::v1::{any_value::Value, AnyValue, KeyValue};
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// An integer attribute.
+pub fn kv_int(key: &str, value: i64) -> tally_model::otlp::common::v1::KeyValue {
+    use tally_model::otlp::common::v1::{any_value::Value, AnyValue, KeyValue};
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
 }
 
 /// A real OpenTelemetry SDK tracer provider exporting each span, as it ends, to
