@@ -278,12 +278,22 @@ async fn a_late_attribution_moves_the_call_whether_folded_or_not() {
 
     // Not folded: the call stays in the tail until it is attributed.
     let tail = [0x11u8; 16];
-    export_service_spans(&tally, "web", vec![chat_span(&tail, 2, start, "gpt-4o", 40, 4)]).await;
+    export_service_spans(
+        &tally,
+        "web",
+        vec![chat_span(&tail, 2, start, "gpt-4o", 40, 4)],
+    )
+    .await;
     assert_eq!(
         usage_by_user(&api(&tally, usage).await),
         BTreeMap::from([group("", "", 1, 40)])
     );
-    export_service_spans(&tally, "web", vec![request_span(&tail, start, "acme", "alice")]).await;
+    export_service_spans(
+        &tally,
+        "web",
+        vec![request_span(&tail, start, "acme", "alice")],
+    )
+    .await;
     assert_eq!(
         usage_by_user(&api(&tally, usage).await),
         BTreeMap::from([group("acme", "alice", 1, 40)]),
@@ -312,7 +322,12 @@ async fn a_late_attribution_moves_the_call_whether_folded_or_not() {
         usage_by_user(&before),
         BTreeMap::from([group("", "", 2, 300), group("acme", "alice", 1, 40)])
     );
-    export_service_spans(&tally, "web", vec![request_span(&folded, start, "acme", "bob")]).await;
+    export_service_spans(
+        &tally,
+        "web",
+        vec![request_span(&folded, start, "acme", "bob")],
+    )
+    .await;
     let after = api(&tally, usage).await;
     assert_eq!(
         usage_by_user(&after),

@@ -15,11 +15,11 @@ use uuid::Uuid;
 
 use tally_model::Outcome;
 
-use crate::auth::{Caller, SCOPE_ACTIVITY_READ};
+use crate::caller::{Caller, SCOPE_ACTIVITY_READ};
 use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::params::{Params, SqlBuilder};
-use crate::AppState;
+use crate::state::AppState;
 
 /// The query parameters `GET /api/v1/activity` accepts.
 pub const PARAMETERS: &[&str] = &[

@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
 
-use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
+use crate::caller::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::params::{non_empty, pairs, Params, SqlBuilder};
-use crate::AppState;
+use crate::state::AppState;
 
 /// Default number of items per page of an aggregate route.
 pub const DEFAULT_LIMIT: u32 = 1000;
@@ -832,7 +832,7 @@ async fn aggregate(
     caller.require_scope(spec.scope)?;
     let pairs = pairs(uri)?;
     let mut query = spec.parse(&pairs, caller)?;
-    let all_tenants = matches!(caller.tenant, crate::auth::TenantAccess::All);
+    let all_tenants = matches!(caller.tenant, crate::caller::TenantAccess::All);
     let table = spec.table(&query, all_tenants);
     // Every statement of the answer reads one snapshot: the rollups, their
     // watermarks and the raw rows above them agree, and `as_of_seq` is the

@@ -14,13 +14,13 @@ pub use tally_exporters::apikeys::{
     KEY_PREFIX, SCOPES, SCOPE_INGEST,
 };
 
-use crate::auth::{Caller, TenantAccess};
+use crate::caller::{Caller, TenantAccess};
 
 /// The admin API caller a verified key stands for. A `self:read` key reads
 /// the rows of its user within its tenant (nothing without a user, or with `*`,
 /// which creation refuses anyway).
 pub fn caller(grant: Grant) -> Caller {
-    let own = grant.scopes.contains(crate::auth::SCOPE_SELF_READ);
+    let own = grant.scopes.contains(crate::caller::SCOPE_SELF_READ);
     let tenant = match (grant.tenant.as_str(), grant.user) {
         (_, _) if !own && grant.tenant == "*" => TenantAccess::All,
         (one, _) if !own => TenantAccess::One(one.to_owned()),

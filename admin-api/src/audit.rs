@@ -26,8 +26,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use tally_model::pipeline::{ConsumeError, Consumer};
 use tokio::sync::mpsc;
 
-use crate::auth::{Caller, TenantAccess};
-use crate::AppState;
+use crate::caller::{Caller, TenantAccess};
+use crate::state::AppState;
 
 /// The action of the events this module records.
 pub const AUDIT_VIEW_ACTION: &str = "audit.log.view";

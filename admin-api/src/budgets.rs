@@ -16,10 +16,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tally_exporters::postgres::budgets::{BudgetBook, BudgetSnapshot, BudgetStatus};
 
-use crate::auth::{Caller, TenantAccess, SCOPE_TOKENS_READ};
+use crate::caller::{Caller, TenantAccess, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::params::{pairs, Params};
-use crate::AppState;
+use crate::state::AppState;
 
 /// The query parameters `GET /api/v1/budgets` accepts.
 pub const LIST_PARAMETERS: &[&str] = &["tenant"];

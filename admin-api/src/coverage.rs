@@ -12,10 +12,10 @@ use chrono::{Days, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::aggregates::{Grain, TOKENS};
-use crate::auth::{Caller, SCOPE_TOKENS_READ};
+use crate::caller::{Caller, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::params::{pairs, Params, SqlBuilder};
-use crate::AppState;
+use crate::state::AppState;
 
 /// The query parameters `GET /api/v1/tokens/coverage` accepts.
 pub const PARAMETERS: &[&str] = &["from", "to", "tenant", "model", "provider"];
@@ -251,7 +251,7 @@ pub(crate) async fn coverage(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::TenantAccess;
+    use crate::caller::TenantAccess;
 
     fn pairs(query: &str) -> Vec<(String, String)> {
         query

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{HookError, Object, Pool, PoolError};
 
-use crate::auth::TenantAccess;
+use crate::caller::TenantAccess;
 use crate::dbtime::DbTimeBudget;
 use crate::error::ApiError;
 use crate::fair::{FairGate, Permit, CALLER, HEAVY_TURN};

@@ -21,10 +21,10 @@ use tally_exporters::postgres::erasure::{
     list_erasures, Eraser, ErasureError, ErasureRecord, ErasureRequest,
 };
 
-use crate::auth::{Caller, SCOPE_ADMIN};
+use crate::caller::{Caller, SCOPE_ADMIN};
 use crate::error::ApiError;
 use crate::params::{pairs, Params};
-use crate::AppState;
+use crate::state::AppState;
 
 /// The query parameters `GET /api/v1/erasures` accepts.
 pub const PARAMETERS: &[&str] = &["tenant", "limit"];

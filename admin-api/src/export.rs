@@ -15,12 +15,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
+use crate::caller::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::siem::rows::{activity_item, RawRow, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
 use crate::siem::{cef, csv, ecs, ocsf};
+use crate::state::AppState;
 use crate::stream::{parse_seq, query_pairs, reject_unknown, single, Filters};
-use crate::AppState;
 
 /// Query parameters of `/export`.
 pub const PARAMETERS: &[&str] = &[

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::AppState;
+use crate::state::AppState;
 
 /// How long `/readyz` waits for `SELECT 1`.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);

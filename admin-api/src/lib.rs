@@ -24,6 +24,7 @@ pub mod apikeys;
 pub mod audit;
 pub mod auth;
 pub mod budgets;
+pub mod caller;
 pub mod console;
 pub mod coverage;
 pub mod cursor;
@@ -42,6 +43,7 @@ mod params;
 pub mod rejected;
 pub mod routes;
 pub mod siem;
+mod state;
 pub mod stats;
 pub mod stream;
 mod tailcache;
@@ -61,6 +63,8 @@ use tokio::net::TcpListener;
 
 use tally_config::AdminApiConfig;
 use tally_model::Readiness;
+
+use crate::state::AppState;
 
 /// Entry point for the fuzz targets (`fuzz/`): every query-string, filter and cursor
 /// parser of the API, on one query string. Not a stable API.
@@ -120,7 +124,7 @@ pub mod fuzzing {
     }
 }
 
-pub use auth::{Caller, TenantAccess};
+pub use caller::{Caller, TenantAccess};
 pub use db::API_ROLE;
 pub use error::ApiError;
 
@@ -130,41 +134,6 @@ const POOL_SIZE: usize = 8;
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Server-side limit on one admin query, set when the URL sets no `options`.
 const STATEMENT_TIMEOUT: &str = "-c statement_timeout=30s";
-
-/// Shared state of the handlers.
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub(crate) pool: db::TenantPool,
-    /// Where queries, aggregates and exports read: a hot standby when
-    /// `exporters.postgres.read_url` is set, else the same pool as `pool`.
-    pub(crate) reads: db::TenantPool,
-    pub(crate) readiness: Arc<Readiness>,
-    pub(crate) auth: Option<auth::Authenticator>,
-    pub(crate) default_page_size: u32,
-    pub(crate) max_page_size: u32,
-    /// The taxonomy registry served by `GET /api/v1/taxonomy` (see [`AdminApi::with_taxonomy`]).
-    pub(crate) taxonomy: Option<tally_config::TaxonomyHandle>,
-    /// Replays quarantined records (see [`AdminApi::with_replayer`]).
-    pub(crate) replayer: Option<rejected::SharedReplayer>,
-    pub(crate) hub: Arc<stream::hub::Hub>,
-    /// Keys `GET /api/v1/verify` trusts (see [`AdminApi::with_chain_keys`]).
-    pub(crate) chain_keys: verify::TrustedKeys,
-    /// The checkpoints `GET /api/v1/verify` resumes from, and its whole-walk permit.
-    pub(crate) verify_cache: Arc<verify::VerifyCache>,
-    /// Records reads as `audit.log.view` events (see [`AdminApi::with_audit`]).
-    pub(crate) audit: Option<audit::AuditTrail>,
-    /// `admin_api.limits` and what each caller has in progress.
-    pub(crate) limits: Arc<limits::Limits>,
-    /// The `/stats/stream` polls, one per distinct filter.
-    pub(crate) stats_polls: Arc<stream::stats::Polls>,
-    /// The budgets' current use (see [`AdminApi::with_budgets`]).
-    pub(crate) budgets: Option<Arc<tally_exporters::postgres::budgets::BudgetBook>>,
-    /// Runs erasures (see [`AdminApi::with_eraser`]).
-    pub(crate) eraser: Option<erasures::ErasureService>,
-    /// The unfolded tails grouped in memory for live answers over every
-    /// tenant (see `tailcache`).
-    pub(crate) tail_cache: Arc<tailcache::TailCache>,
-}
 
 /// The admin API: a bound listener and its state.
 pub struct AdminApi {

@@ -34,11 +34,12 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::{Authenticator, Caller, TenantAccess};
+use crate::auth::Authenticator;
+use crate::caller::{Caller, TenantAccess};
 use crate::dbtime::DbTimeBudget;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::stream::sse::{CallerBuffer, CALLER_BUFFER, CALLER_BUFFER_BYTES, STREAM_BUFFER_BYTES};
-use crate::AppState;
 
 /// How long an answer to a credential that fails to verify (unknown or revoked key,
 /// bad or expired token), or to a caller over its limits, is held back, so that

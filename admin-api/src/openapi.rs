@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 /// `GET /api/v1/openapi.json`: the document, with this instance's page size.
 pub(crate) async fn document(
-    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
 ) -> Json<Value> {
     Json(openapi_for(state.max_page_size))
 }

@@ -9,7 +9,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::error::{truncate, ApiError};
-use crate::AppState;
+use crate::state::AppState;
 
 /// The decoded `name=value` pairs of a request's query string. A NUL byte in
 /// a name or value (`%00`) is 400: PostgreSQL text cannot hold one, so it could

@@ -5,9 +5,10 @@
 
 use axum::routing::{get, post, MethodRouter};
 
+use crate::state::AppState;
 use crate::{
     activity, aggregates, budgets, coverage, erasures, export, health, openapi, rejected, stats,
-    stream, taxonomy, tokens, verify, whoami, AppState,
+    stream, taxonomy, tokens, verify, whoami,
 };
 
 /// One route as documented: its method, path and accepted query parameters.

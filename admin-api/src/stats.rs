@@ -27,12 +27,12 @@ use tokio_postgres::Row;
 use deadpool_postgres::Transaction;
 
 use crate::aggregates::{ACTIVITY, TOKENS};
-use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
+use crate::caller::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::live::Snapshot;
 use crate::params::{non_empty, pairs, Params};
+use crate::state::AppState;
 use crate::tailcache::TailCache;
-use crate::AppState;
 
 /// The query parameters `GET /api/v1/stats` accepts.
 pub const PARAMETERS: &[&str] = &["tenant", "from", "to"];

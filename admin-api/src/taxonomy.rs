@@ -13,9 +13,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::activity::format_ts;
-use crate::auth::{Caller, SCOPE_ACTIVITY_READ, SCOPE_ADMIN, SCOPE_SELF_READ, SCOPE_TOKENS_READ};
+use crate::caller::{Caller, SCOPE_ACTIVITY_READ, SCOPE_ADMIN, SCOPE_SELF_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 
 /// `GET /api/v1/taxonomy`.
 pub(crate) async fn current(

@@ -9,11 +9,11 @@ use serde::Serialize;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::auth::{Caller, SCOPE_TOKENS_READ};
+use crate::caller::{Caller, SCOPE_TOKENS_READ};
 use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::params::{pairs, Params, SqlBuilder};
-use crate::AppState;
+use crate::state::AppState;
 
 /// The query parameters `GET /api/v1/tokens` accepts.
 pub const PARAMETERS: &[&str] = &[

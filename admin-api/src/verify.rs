@@ -30,10 +30,10 @@ use tally_exporters::postgres::chain::{
 };
 use tally_exporters::postgres::PgError;
 
-use crate::auth::{Caller, TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_ADMIN};
+use crate::caller::{Caller, TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_ADMIN};
 use crate::error::ApiError;
 use crate::params::{pairs, Params};
-use crate::AppState;
+use crate::state::AppState;
 
 /// Public keys checkpoints must be signed with (empty: the keys recorded in
 /// `chain_keys` are used); see [`AdminApi::with_chain_keys`](crate::AdminApi::with_chain_keys).

@@ -11,8 +11,8 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::auth::{Caller, TenantAccess};
-use crate::AppState;
+use crate::caller::{Caller, TenantAccess};
+use crate::state::AppState;
 
 /// `GET /api/v1/whoami`.
 pub(crate) async fn whoami(State(state): State<AppState>, caller: Caller) -> Json<Value> {

@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 use assets::{assets, Asset};
 
 /// The Content-Security-Policy of every console answer.

@@ -45,12 +45,11 @@ use tokio::sync::watch;
 use tokio_postgres::types::ToSql;
 
 use crate::activity::ActivityQuery;
-use crate::auth::{
-    Authenticator, Caller, CredentialWatch, TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ,
-};
+use crate::auth::{Authenticator, CredentialWatch};
+use crate::caller::{Caller, TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::{truncate, ApiError};
 use crate::siem::rows::{activity_item, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
-use crate::AppState;
+use crate::state::AppState;
 use axum::body::Bytes;
 use hub::{ClientSlot, Table};
 use sse::{Frames, FramesBuilder, Outbox};

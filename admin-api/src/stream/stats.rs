@@ -34,9 +34,9 @@ use super::{
     until_credential_ends,
 };
 use crate::activity::format_ts;
-use crate::auth::{TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
+use crate::caller::{TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 
 /// Summary period.
 pub const PERIOD: Duration = Duration::from_secs(1);

@@ -28,10 +28,10 @@ use tokio_postgres::Row;
 use super::hub::Table;
 use super::sse::{Frames, FramesBuilder};
 use super::{max_seq, RETRY_DELAY};
-use crate::auth::TenantAccess;
+use crate::caller::TenantAccess;
 use crate::error::ApiError;
 use crate::siem::rows::{activity_item, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
-use crate::AppState;
+use crate::state::AppState;
 
 /// Most rows a tail reads (and publishes) at once.
 const TAIL_PAGE: i64 = 1000;
