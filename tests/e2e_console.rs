@@ -753,6 +753,16 @@ async fn callers_sign_in_by_fragment_or_api_key_and_see_what_their_scopes_allow(
     browser.find("#search-kind-activity").await;
     assert!(!browser.exists("#search-kind-tokens").await);
     browser.quit().await;
+
+    // Neither credential (nor the rejected one) is in anything Tally logged.
+    let logged = tally.log_text();
+    assert!(!logged.is_empty(), "Tally's log is captured");
+    for credential in [tokens_only.as_str(), key.as_str(), "not-a-token"] {
+        assert!(
+            !logged.contains(credential),
+            "a credential reached Tally's log: {credential}"
+        );
+    }
 }
 
 /// `tally apikey create ARGS` against the test database; the key it prints.
