@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::caller::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
-use crate::siem::rows::{activity_item, RawRow, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
+use crate::rows::{ActivityItem, RawRow, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
 use crate::siem::{cef, csv, ecs, ocsf};
 use crate::state::AppState;
 use crate::stream::{parse_seq, query_pairs, reject_unknown, single, Filters};
@@ -213,7 +213,7 @@ pub(crate) async fn export(
             let _connection = &client;
             let line = row.map_err(ApiError::from_db).and_then(|row| {
                 let row = if activity {
-                    RawRow::Activity(Box::new(activity_item(&row).map_err(ApiError::from_db)?))
+                    RawRow::Activity(Box::new(ActivityItem::from_row(&row).map_err(ApiError::from_db)?))
                 } else {
                     RawRow::Token(Box::new(
                         TokenItem::from_row(&row).map_err(ApiError::from_db)?,

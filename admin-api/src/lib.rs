@@ -42,6 +42,7 @@ pub mod openapi;
 mod params;
 pub mod rejected;
 pub mod routes;
+pub mod rows;
 pub mod siem;
 mod state;
 pub mod stats;

@@ -365,10 +365,7 @@ pub(crate) async fn query_on(
         .map_err(ApiError::from_db)
 }
 
-/// `''` (the rollups' and `tenant_id`'s "none") as `None`.
-pub(crate) fn non_empty(text: String) -> Option<String> {
-    (!text.is_empty()).then_some(text)
-}
+pub(crate) use crate::rows::non_empty;
 
 #[cfg(test)]
 mod tests {

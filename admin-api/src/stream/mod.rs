@@ -48,7 +48,7 @@ use crate::activity::ActivityQuery;
 use crate::auth::{Authenticator, CredentialWatch};
 use crate::caller::{Caller, TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::{truncate, ApiError};
-use crate::siem::rows::{activity_item, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
+use crate::rows::{ActivityItem, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
 use crate::state::AppState;
 use axum::body::Bytes;
 use hub::{ClientSlot, Table};
@@ -430,7 +430,7 @@ impl Feed {
         for row in &rows {
             match self.table {
                 Table::Activity => {
-                    let item = activity_item(row).map_err(ApiError::from_db)?;
+                    let item = ActivityItem::from_row(row).map_err(ApiError::from_db)?;
                     frames.push(item.seq, "activity", &item)
                 }
                 Table::Tokens => {

@@ -33,7 +33,7 @@ use super::{
     max_seq, query_pairs, reject_unknown, single, sse_response, stream_caller, until_closed,
     until_credential_ends,
 };
-use crate::activity::format_ts;
+use crate::rows::format_ts;
 use crate::caller::{TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
 use crate::state::AppState;
