@@ -115,14 +115,7 @@ impl ActivityQuery {
                 _ => ActionFilter::Exact(value.to_owned()),
             },
         };
-        let outcome = params
-            .one("outcome")?
-            .map(|value| {
-                Outcome::parse(value).ok_or_else(|| {
-                    ApiError::invalid("outcome", "must be one of success, failure, unknown")
-                })
-            })
-            .transpose()?;
+        let outcome = params.outcome()?;
         let (from, to) = params.time_range()?;
         Ok(ActivityQuery {
             tenant: params.text("tenant")?,

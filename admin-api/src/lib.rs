@@ -99,7 +99,7 @@ pub mod fuzzing {
     /// panic is a bug.
     pub fn parse_query(query: &str) {
         let _ = crate::cursor::Cursor::decode(query);
-        let _ = crate::stream::parse_seq("since", query);
+        let _ = crate::params::parse_seq("since", query);
         let Ok(uri) = format!("/api/v1/activity?{query}").parse::<axum::http::Uri>() else {
             return;
         };

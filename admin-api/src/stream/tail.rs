@@ -26,8 +26,9 @@ use tokio::sync::watch;
 use tokio_postgres::Row;
 
 use super::hub::Table;
+use super::max_seq;
+use super::reader::RETRY_DELAY;
 use super::sse::{Frames, FramesBuilder};
-use super::{max_seq, RETRY_DELAY};
 use crate::caller::TenantAccess;
 use crate::error::ApiError;
 use crate::rows::{ActivityItem, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
