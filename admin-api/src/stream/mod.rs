@@ -225,17 +225,16 @@ pub(crate) async fn activity_stream(
     if query.action == ActionFilter::Any {
         filters.not_eq("action", crate::audit::AUDIT_VIEW_ACTION.to_owned());
     }
-    let sql = filters
-        .sql
-        .bounded_page_sql("activity_events", ACTIVITY_COLUMNS);
-    let after = start_after(&state, &headers, after_seq, Table::Activity).await?;
-    let feed = Feed {
-        table: Table::Activity,
-        rows_of: caller.tenant.clone(),
+    serve_feed(
+        state,
+        &headers,
+        &caller,
+        watch,
+        Table::Activity,
         filters,
-        sql,
-    };
-    serve_feed(state, feed, after, &caller.subject, watch)
+        after_seq,
+    )
+    .await
 }
 
 /// `GET /api/v1/tokens/stream`.
@@ -271,25 +270,43 @@ pub(crate) async fn tokens_stream(
     if let Some(trace_id) = params.trace_id()? {
         filters.eq("trace_id", trace_id);
     }
-    let sql = filters.sql.bounded_page_sql("token_usage", TOKEN_COLUMNS);
-    let after = start_after(&state, &headers, after_seq, Table::Tokens).await?;
+    serve_feed(
+        state,
+        &headers,
+        &caller,
+        watch,
+        Table::Tokens,
+        filters,
+        after_seq,
+    )
+    .await
+}
+
+/// Finds where the feed of `table` starts (after `after_seq` or
+/// `Last-Event-ID`), takes a client slot, starts the reader and answers with
+/// the event stream.
+async fn serve_feed(
+    state: AppState,
+    headers: &HeaderMap,
+    caller: &Caller,
+    watch: Option<CredentialWatch>,
+    table: Table,
+    filters: Filters,
+    after_seq: Option<&str>,
+) -> Result<Response, ApiError> {
+    let columns = match table {
+        Table::Activity => ACTIVITY_COLUMNS,
+        Table::Tokens => TOKEN_COLUMNS,
+    };
+    let sql = filters.sql.bounded_page_sql(table.name(), columns);
+    let after = start_after(&state, headers, after_seq, table).await?;
     let feed = Feed {
-        table: Table::Tokens,
+        table,
         rows_of: caller.tenant.clone(),
         filters,
         sql,
     };
-    serve_feed(state, feed, after, &caller.subject, watch)
-}
-
-/// Takes a client slot, starts the reader and answers with the event stream.
-fn serve_feed(
-    state: AppState,
-    feed: Feed,
-    after: i64,
-    subject: &str,
-    watch: Option<CredentialWatch>,
-) -> Result<Response, ApiError> {
+    let subject = caller.subject.as_str();
     // The reader owns the slot: it lives as long as the client is connected,
     // and ends at a reset, so a reset client that never reads again (and
     // keeps its connection open) does not hold a slot.
