@@ -15,7 +15,8 @@ use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _, Seve
 use opentelemetry_otlp::{LogExporter, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject as _;
 use serde_json::json;
@@ -34,12 +35,12 @@ fn pki() -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
     let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(names).expect("params");
         params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
+        let cert = params.signed_by(&key, &ca).expect("sign");
         (cert.pem(), key.serialize_pem())
     };
     let (server_cert, server_key) = leaf(

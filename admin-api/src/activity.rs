@@ -7,11 +7,9 @@
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
-use uuid::Uuid;
 
 use tally_model::Outcome;
 
@@ -117,14 +115,7 @@ impl ActivityQuery {
                 _ => ActionFilter::Exact(value.to_owned()),
             },
         };
-        let outcome = params
-            .one("outcome")?
-            .map(|value| {
-                Outcome::parse(value).ok_or_else(|| {
-                    ApiError::invalid("outcome", "must be one of success, failure, unknown")
-                })
-            })
-            .transpose()?;
+        let outcome = params.outcome()?;
         let (from, to) = params.time_range()?;
         Ok(ActivityQuery {
             tenant: params.text("tenant")?,
@@ -208,7 +199,7 @@ impl ActivityQuery {
     }
 }
 
-const COLUMNS: &str = crate::siem::rows::ACTIVITY_COLUMNS;
+use crate::rows::{ActivityItem, ACTIVITY_COLUMNS as COLUMNS};
 
 /// Escapes LIKE's metacharacters (`\`, `%`, `_`) with `\`.
 pub(crate) fn escape_like(text: &str) -> String {
@@ -220,64 +211,6 @@ pub(crate) fn escape_like(text: &str) -> String {
         escaped.push(c);
     }
     escaped
-}
-
-/// One item of the response, with the `activity_events` column names.
-#[derive(Debug, Serialize)]
-pub struct ActivityItem {
-    /// The row's `id`.
-    pub id: Uuid,
-    /// The row's `seq`.
-    pub seq: i64,
-    /// The row's `ts`.
-    pub ts: String,
-    /// The row's `received_at`.
-    pub received_at: String,
-    /// The row's `tenant_id`.
-    pub tenant_id: Option<String>,
-    /// The row's `user_id`.
-    pub user_id: Option<String>,
-    /// The row's `session_id`.
-    pub session_id: Option<String>,
-    /// The row's `action`.
-    pub action: String,
-    /// The row's `outcome`.
-    pub outcome: String,
-    /// The row's `resource_type`.
-    pub resource_type: Option<String>,
-    /// The row's `resource_id`.
-    pub resource_id: Option<String>,
-    /// The row's `service`.
-    pub service: Option<String>,
-    /// The row's `trace_id`.
-    pub trace_id: Option<String>,
-    /// The row's `span_id`.
-    pub span_id: Option<String>,
-    /// The row's `attributes`.
-    pub attributes: serde_json::Value,
-    /// Span end − start in milliseconds (`null` for log records and rows
-    /// written before schema version 12).
-    pub duration_ms: Option<f64>,
-    /// The span name or log event name.
-    pub name: Option<String>,
-    /// The row's `error_type`.
-    pub error_type: Option<String>,
-    /// Redacted like any attribute value.
-    pub error_message: Option<String>,
-}
-
-impl ActivityItem {
-    fn from_row(row: &Row) -> Result<(ActivityItem, Cursor), tokio_postgres::Error> {
-        let ts: DateTime<Utc> = row.try_get("ts")?;
-        let item = crate::siem::rows::activity_item(row)?;
-        let cursor = Cursor { ts, id: item.id };
-        Ok((item, cursor))
-    }
-}
-
-/// RFC 3339, UTC, always six fractional digits: `2026-11-23T19:25:50.123456Z`.
-pub fn format_ts(ts: DateTime<Utc>) -> String {
-    ts.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// A page of the activity log.
@@ -304,20 +237,8 @@ pub(crate) async fn list(
     let (sql, params) = query.to_sql();
     let rows = crate::params::query(&state, &caller.tenant, &sql, &params).await?;
 
-    let limit = query.limit as usize;
-    let has_more = rows.len() > limit;
-    let mut items = Vec::with_capacity(rows.len().min(limit));
-    let mut last = None;
-    for row in rows.iter().take(limit) {
-        let (item, cursor) = ActivityItem::from_row(row).map_err(ApiError::from_db)?;
-        items.push(item);
-        last = Some(cursor);
-    }
-    let next_cursor = if has_more {
-        last.map(|cursor| cursor.encode())
-    } else {
-        None
-    };
+    let (items, next_cursor) = crate::cursor::page(&rows, query.limit, ActivityItem::from_row)?;
+    let has_more = next_cursor.is_some();
     tracing::debug!(
         subject = %caller.subject,
         items = items.len(),
@@ -330,6 +251,7 @@ pub(crate) async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rows::format_ts;
 
     fn parse(query: &str) -> Result<ActivityQuery, ApiError> {
         let pairs: Vec<(String, String)> = query

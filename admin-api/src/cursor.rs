@@ -10,6 +10,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Datelike, Utc};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -54,6 +55,37 @@ impl Cursor {
         let id = Uuid::from_slice(&bytes[9..]).map_err(|_| invalid())?;
         Ok(Cursor { ts, id })
     }
+
+    /// The position of a row selected with its `ts` and `id` columns.
+    pub fn of_row(row: &Row) -> Result<Cursor, tokio_postgres::Error> {
+        Ok(Cursor {
+            ts: row.try_get("ts")?,
+            id: row.try_get("id")?,
+        })
+    }
+}
+
+/// One page of a keyset-paginated list read with `limit + 1` rows (newest
+/// first): the first `limit` rows as items, and the cursor after the last of
+/// them when another row came back (`None`: the last page).
+pub(crate) fn page<T>(
+    rows: &[Row],
+    limit: u32,
+    item: impl Fn(&Row) -> Result<T, tokio_postgres::Error>,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let limit = limit as usize;
+    let has_more = rows.len() > limit;
+    let mut items = Vec::with_capacity(rows.len().min(limit));
+    let mut last = None;
+    for row in rows.iter().take(limit) {
+        items.push(item(row).map_err(ApiError::from_db)?);
+        last = Some(row);
+    }
+    let next_cursor = match last {
+        Some(row) if has_more => Some(Cursor::of_row(row).map_err(ApiError::from_db)?.encode()),
+        _ => None,
+    };
+    Ok((items, next_cursor))
 }
 
 #[cfg(test)]

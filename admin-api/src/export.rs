@@ -17,10 +17,10 @@ use axum::response::{IntoResponse, Response};
 
 use crate::caller::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
-use crate::siem::rows::{activity_item, RawRow, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
+use crate::params::{pairs, Params, SqlBuilder};
+use crate::rows::{ActivityItem, RawRow, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
 use crate::siem::{cef, csv, ecs, ocsf};
 use crate::state::AppState;
-use crate::stream::{parse_seq, query_pairs, reject_unknown, single, Filters};
 
 /// Query parameters of `/export`.
 pub const PARAMETERS: &[&str] = &[
@@ -114,9 +114,9 @@ pub(crate) async fn export(
     caller: Caller,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let pairs = query_pairs(&uri)?;
-    reject_unknown(&pairs, PARAMETERS)?;
-    let (table, columns, scope) = match single(&pairs, "table")? {
+    let pairs = pairs(&uri)?;
+    let params = Params::new_brief(&pairs, PARAMETERS)?;
+    let (table, columns, scope) = match params.one("table")? {
         None | Some("activity_events") => {
             ("activity_events", ACTIVITY_COLUMNS, SCOPE_ACTIVITY_READ)
         }
@@ -129,49 +129,25 @@ pub(crate) async fn export(
         }
     };
     caller.require_scope(scope)?;
-    let after = match single(&pairs, "after_seq")? {
-        Some(value) => parse_seq("after_seq", value)?,
-        None => 0,
-    };
-    let limit = match single(&pairs, "limit")? {
-        None => DEFAULT_LIMIT,
-        Some(value) => match value.parse::<u32>() {
-            Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
-            _ => {
-                return Err(ApiError::invalid(
-                    "limit",
-                    format!("must be an integer between 1 and {MAX_LIMIT}"),
-                ))
-            }
-        },
-    };
-    let format = match single(&pairs, "format")? {
+    let after = params.seq("after_seq")?.unwrap_or(0);
+    let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+    let format = match params.one("format")? {
         Some(value) => Format::parse(value)?,
         None => Format::Ndjson,
     };
-    let from = single(&pairs, "from")?
-        .map(|v| crate::params::instant("from", v))
-        .transpose()?;
-    let to = single(&pairs, "to")?
-        .map(|v| crate::params::instant("to", v))
-        .transpose()?;
-    if let (Some(from), Some(to)) = (from, to) {
-        if from > to {
-            return Err(ApiError::invalid("from", "must not be after to"));
-        }
-    }
-    let mut filters = Filters::default();
-    if let Some(tenant) = caller.tenant_filter(single(&pairs, "tenant")?.map(str::to_owned))? {
-        filters.eq("tenant_id", tenant);
+    let (from, to) = params.instant_range()?;
+    let mut filters = SqlBuilder::default();
+    if let Some(tenant) = caller.tenant_filter(params.text("tenant")?)? {
+        filters.push("tenant_id = ", tenant);
     }
     if let Some(user) = caller.user_filter(None)? {
-        filters.eq("user_id", user);
+        filters.push("user_id = ", user);
     }
     if let Some(from) = from {
-        filters.ts_from(from);
+        filters.push("ts >= ", from);
     }
     if let Some(to) = to {
-        filters.ts_to(to);
+        filters.push("ts < ", to);
     }
     // First the page's bounds (its seqs only), so the headers can say where
     // the next page starts; then its rows, streamed line by line. Every row up
@@ -213,7 +189,9 @@ pub(crate) async fn export(
             let _connection = &client;
             let line = row.map_err(ApiError::from_db).and_then(|row| {
                 let row = if activity {
-                    RawRow::Activity(Box::new(activity_item(&row).map_err(ApiError::from_db)?))
+                    RawRow::Activity(Box::new(
+                        ActivityItem::from_row(&row).map_err(ApiError::from_db)?,
+                    ))
                 } else {
                     RawRow::Token(Box::new(
                         TokenItem::from_row(&row).map_err(ApiError::from_db)?,

@@ -13,8 +13,8 @@
 //! # }
 //! ```
 //!
-//! Routes: see [`routes`] (one table builds the router and the OpenAPI
-//! document's operations) and `docs/api.md`.
+//! Routes: see [`route_table`] (one table, as data, from which [`routes`]
+//! builds the router and [`openapi`] the document's operations) and `docs/api.md`.
 
 #![warn(missing_docs)]
 
@@ -41,7 +41,9 @@ pub mod metrics;
 pub mod openapi;
 mod params;
 pub mod rejected;
+pub mod route_table;
 pub mod routes;
+pub mod rows;
 pub mod siem;
 mod state;
 pub mod stats;
@@ -98,7 +100,7 @@ pub mod fuzzing {
     /// panic is a bug.
     pub fn parse_query(query: &str) {
         let _ = crate::cursor::Cursor::decode(query);
-        let _ = crate::stream::parse_seq("since", query);
+        let _ = crate::params::parse_seq("since", query);
         let Ok(uri) = format!("/api/v1/activity?{query}").parse::<axum::http::Uri>() else {
             return;
         };
@@ -326,11 +328,7 @@ impl AdminApi {
 
     /// The axum Router, for tests.
     pub fn router(&self) -> Router {
-        let router = routes::table()
-            .into_iter()
-            .fold(Router::new(), |router, route| {
-                router.route(route.spec.path, route.handler)
-            })
+        let router = routes::router()
             .route_layer(axum::middleware::from_fn_with_state(
                 self.state.clone(),
                 audit::record,

@@ -1,6 +1,6 @@
 //! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document. Its list of operations
 //! and of each operation's query parameters comes from the route table
-//! ([`crate::routes`]); the descriptions, schemas and responses are written here.
+//! ([`crate::route_table`], data the router reads too); the descriptions, schemas and responses are written here.
 //!
 //! Over 600 lines: the hand-written descriptions and schemas of the one OpenAPI document, a block per route; split by route they would scatter the document schemathesis checks.
 
@@ -576,13 +576,13 @@ fn document_text() -> Value {
     doc
 }
 
-/// Makes the document list every route the router serves
-/// ([`routes::served`](crate::routes::served)) with every query parameter its
+/// Makes the document list every route of the route table
+/// ([`ROUTES`](crate::route_table::ROUTES)) with every query parameter its
 /// handler accepts: a route without a description above gets a generic one, a
 /// parameter without one gets a plain string entry. Both are marked
 /// `x-undocumented` (a test insists there are none).
 fn complete(doc: &mut Value) {
-    for spec in crate::routes::served() {
+    for spec in crate::route_table::ROUTES {
         let operation = &mut doc["paths"][spec.path][spec.method.to_ascii_lowercase()];
         if operation.is_null() {
             *operation = json!({

@@ -14,10 +14,10 @@ use serde_json::Value;
 
 use tally_exporters::postgres::PgError;
 
-use crate::activity::format_ts;
 use crate::caller::{Caller, SCOPE_ADMIN};
 use crate::error::ApiError;
 use crate::params::{pairs, Params};
+use crate::rows::format_ts;
 use crate::state::AppState;
 
 /// Replays quarantined records; implemented by the collector, which owns the

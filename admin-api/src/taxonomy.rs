@@ -12,9 +12,9 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::activity::format_ts;
 use crate::caller::{Caller, SCOPE_ACTIVITY_READ, SCOPE_ADMIN, SCOPE_SELF_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
+use crate::rows::format_ts;
 use crate::state::AppState;
 
 /// `GET /api/v1/taxonomy`.

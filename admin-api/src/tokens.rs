@@ -7,7 +7,6 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
 
 use crate::caller::{Caller, SCOPE_TOKENS_READ};
 use crate::cursor::Cursor;
@@ -103,21 +102,7 @@ impl TokensQuery {
     }
 }
 
-use crate::siem::rows::{TokenItem, TOKEN_COLUMNS as COLUMNS};
-
-/// An item of the ledger (the shape `/export` and `/tokens/stream` use too) and
-/// its keyset position.
-fn item_and_cursor(row: &Row) -> Result<(TokenItem, Cursor), tokio_postgres::Error> {
-    let item = TokenItem::from_row(row)?;
-    let ts: DateTime<Utc> = row.try_get("ts")?;
-    Ok((
-        item,
-        Cursor {
-            ts,
-            id: row.try_get("id")?,
-        },
-    ))
-}
+use crate::rows::{TokenItem, TOKEN_COLUMNS as COLUMNS};
 
 /// A page of the token ledger.
 #[derive(Debug, Serialize)]
@@ -142,20 +127,8 @@ pub(crate) async fn list(
     let (sql, params) = query.to_sql();
     let rows = crate::params::query(&state, &caller.tenant, &sql, &params).await?;
 
-    let limit = query.limit as usize;
-    let has_more = rows.len() > limit;
-    let mut items = Vec::with_capacity(rows.len().min(limit));
-    let mut last = None;
-    for row in rows.iter().take(limit) {
-        let (item, cursor) = item_and_cursor(row).map_err(ApiError::from_db)?;
-        items.push(item);
-        last = Some(cursor);
-    }
-    let next_cursor = if has_more {
-        last.map(|cursor| cursor.encode())
-    } else {
-        None
-    };
+    let (items, next_cursor) = crate::cursor::page(&rows, query.limit, TokenItem::from_row)?;
+    let has_more = next_cursor.is_some();
     tracing::debug!(subject = %caller.subject, items = items.len(), has_more, "tokens query");
     Ok(Json(TokenPage { items, next_cursor }))
 }

@@ -1,6 +1,7 @@
 //! The storage crate's metrics, updated only after a commit (so the counters
 //! agree with the tables): rows written, activity and LLM counts, batch size and
-//! duration, ingest lag, write failures, queue depth, API key lookups, budget use;
+//! duration, ingest lag, write failures, queue depth, API key lookups, budget use,
+//! the rollup lag and the retention archive counts;
 //! and the caps that bound their free-form labels. They register into the
 //! process-wide registry (`tally_model::metrics`) on first use; [`register`] does
 //! it at start-up so the first scrape lists them.
@@ -118,6 +119,13 @@ pub struct StorageMetrics {
     pub api_key_lookups: Counter,
     /// Use of each configured budget in its current period, as a fraction of its limit.
     pub budget_used_ratio: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    /// `tally_rollup_lag_seq`: raw rows committed but not yet folded into the
+    /// daily rollups (set by the rollup job).
+    pub rollup_lag_seq: Gauge,
+    /// Raw rows written to retention archives (`retention.archive`), by table.
+    pub retention_archived_rows: Family<TableLabels, Counter>,
+    /// Archives retention could not write (the rows were kept), by table.
+    pub retention_archive_failures: Family<TableLabels, Counter>,
     /// The cap on distinct action labels.
     pub action_labels: LabelCap,
     /// The cap on distinct model labels.
@@ -204,6 +212,21 @@ impl StorageMetrics {
                 "Use of each configured budget in its current period, as a fraction of its limit",
                 Family::default(),
             ),
+            rollup_lag_seq: register_metric(
+                "tally_rollup_lag_seq",
+                "Raw rows committed but not yet folded into the daily rollups",
+                Gauge::default(),
+            ),
+            retention_archived_rows: register_metric(
+                "tally_retention_archived_rows",
+                "Raw rows written to retention archives before removal, by table",
+                Family::default(),
+            ),
+            retention_archive_failures: register_metric(
+                "tally_retention_archive_failures",
+                "Archives retention could not write (the rows were kept), by table",
+                Family::default(),
+            ),
             action_labels: LabelCap::new(200),
             model_labels: LabelCap::new(100),
             tenant_labels: LabelCap::new(0),
@@ -212,6 +235,14 @@ impl StorageMetrics {
         // alerts see them (as 0) before the first batch.
         for table in ["activity_events", "token_usage", "rejected_events"] {
             let _ = metrics.rows_written.get_or_create(&TableLabels { table });
+        }
+        for table in ["activity_events", "token_usage"] {
+            let _ = metrics
+                .retention_archived_rows
+                .get_or_create(&TableLabels { table });
+            let _ = metrics
+                .retention_archive_failures
+                .get_or_create(&TableLabels { table });
         }
         for reason in WRITE_FAILURE_REASONS {
             let _ = metrics
@@ -238,9 +269,8 @@ pub fn metrics() -> &'static StorageMetrics {
     &METRICS
 }
 
-/// Registers the storage crate's metrics now (with the rollup and retention
-/// jobs' ones, still in `tally_model::metrics`), so the first scrape lists them.
+/// Registers the storage crate's metrics now (the writer's, the rollup,
+/// retention and budget jobs'), so the first scrape lists them.
 pub fn register() {
     LazyLock::force(&METRICS);
-    let _ = tally_model::metrics::metrics();
 }

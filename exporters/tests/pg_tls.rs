@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tally_exporters::postgres::connect;
 use tally_exporters::postgres::embedded::PrivatePostgres;
 
@@ -36,11 +36,11 @@ fn authority() -> (String, String, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
     let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
         .unwrap()
-        .signed_by(&key, &ca, &ca_key)
+        .signed_by(&key, &ca)
         .unwrap();
     (ca.pem(), cert.pem(), key.serialize_pem())
 }

@@ -9,7 +9,7 @@
 //! | --- | --- |
 //! | receiver | `tally_receiver::telemetry` |
 //! | processors | `tally_processors::metrics` |
-//! | storage | `tally_exporters::metrics` (and [`metrics()`] below, for now) |
+//! | storage | `tally_exporters::metrics` |
 //! | admin API | `tally_admin_api::metrics` |
 //! | the process | the binary's `src/metrics.rs` |
 //!
@@ -31,9 +31,7 @@ use std::sync::{LazyLock, Mutex, PoisonError};
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry, Unit};
 
@@ -191,56 +189,4 @@ pub fn encode() -> String {
         text.clear();
     }
     text
-}
-
-/// The storage jobs' metrics that are still reached through `tally_model`: the
-/// rollup and retention jobs (`exporters/src/postgres/{rollup,retention}.rs`)
-/// update them through [`metrics()`]. They move to `tally_exporters::metrics`
-/// with the next change to those two files; every other component's metrics
-/// already live with the component.
-pub struct Metrics {
-    /// `tally_rollup_lag_seq`.
-    pub rollup_lag_seq: Gauge,
-    /// Raw rows written to retention archives (`retention.archive`), by table.
-    pub retention_archived_rows: Family<TableLabels, Counter>,
-    /// Archives retention could not write (the rows were kept), by table.
-    pub retention_archive_failures: Family<TableLabels, Counter>,
-}
-
-impl Metrics {
-    fn new() -> Metrics {
-        let metrics = Metrics {
-            rollup_lag_seq: register(
-                "tally_rollup_lag_seq",
-                "Raw rows committed but not yet folded into the daily rollups",
-                Gauge::default(),
-            ),
-            retention_archived_rows: register(
-                "tally_retention_archived_rows",
-                "Raw rows written to retention archives before removal, by table",
-                Family::default(),
-            ),
-            retention_archive_failures: register(
-                "tally_retention_archive_failures",
-                "Archives retention could not write (the rows were kept), by table",
-                Family::default(),
-            ),
-        };
-        for table in ["activity_events", "token_usage"] {
-            let _ = metrics
-                .retention_archived_rows
-                .get_or_create(&TableLabels { table });
-            let _ = metrics
-                .retention_archive_failures
-                .get_or_create(&TableLabels { table });
-        }
-        metrics
-    }
-}
-
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-
-/// The rollup and retention jobs' metrics (registered on first use).
-pub fn metrics() -> &'static Metrics {
-    &METRICS
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tally_config::TlsConfig;
@@ -18,11 +18,11 @@ fn authority() -> (String, String, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
     let cert = CertificateParams::new(vec!["localhost".to_string()])
         .unwrap()
-        .signed_by(&key, &ca, &ca_key)
+        .signed_by(&key, &ca)
         .unwrap();
     (ca.pem(), cert.pem(), key.serialize_pem())
 }

@@ -5,9 +5,8 @@
 //! `\` and `=` with a backslash and write CR/LF as `\r`/`\n`, so one event is
 //! always one line. Line breaks in header fields become spaces.
 
-use super::rows::{RawRow, TokenItem};
 use super::{epoch_millis, is_authentication, token_action, PRODUCT, VERSION};
-use crate::activity::ActivityItem;
+use crate::rows::{ActivityItem, RawRow, TokenItem};
 
 /// Escapes a header field.
 pub fn escape_header(text: &str) -> String {

@@ -9,8 +9,7 @@
 
 use std::fmt::Write as _;
 
-use crate::activity::ActivityItem;
-use crate::siem::rows::{RawRow, TokenItem};
+use crate::rows::{ActivityItem, RawRow, TokenItem};
 
 /// The header record of `activity_events` exports.
 pub const ACTIVITY_HEADER: &str = "id,seq,ts,received_at,tenant_id,user_id,session_id,action,\

@@ -3,9 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::rows::{RawRow, TokenItem};
 use super::{is_authentication, token_action};
-use crate::activity::ActivityItem;
+use crate::rows::{ActivityItem, RawRow, TokenItem};
 
 /// The ECS version written in `ecs.version`.
 pub const ECS_VERSION: &str = "8.11.0";

@@ -6,7 +6,6 @@ pub mod cef;
 pub mod csv;
 pub mod ecs;
 pub mod ocsf;
-pub mod rows;
 
 use chrono::{DateTime, Utc};
 

@@ -5,9 +5,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::rows::{RawRow, TokenItem};
 use super::{epoch_millis, is_authentication, token_action, PRODUCT, VERSION};
-use crate::activity::ActivityItem;
+use crate::rows::{ActivityItem, RawRow, TokenItem};
 
 /// The OCSF schema version written in `metadata.version`.
 pub const OCSF_VERSION: &str = "1.3.0";

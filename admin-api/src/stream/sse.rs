@@ -42,7 +42,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore, TryAcquireError};
 use tokio::time::{Instant, Sleep};
 
 use super::hub::Table;
-use super::{Stop, STALL_TIMEOUT};
+use super::reader::Stop;
+use super::STALL_TIMEOUT;
 
 /// Bytes of queued events one caller's live feeds may hold at once, per feed
 /// the caller may open (`admin_api.limits.max_streams_per_caller`).

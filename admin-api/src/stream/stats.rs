@@ -29,13 +29,11 @@ use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use super::hub::{ClientSlot, Table};
-use super::{
-    max_seq, query_pairs, reject_unknown, single, sse_response, stream_caller, until_closed,
-    until_credential_ends,
-};
-use crate::activity::format_ts;
+use super::{max_seq, sse_response, stream_caller, until_closed, until_credential_ends};
 use crate::caller::{TenantAccess, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
 use crate::error::ApiError;
+use crate::params::{pairs, Params};
+use crate::rows::format_ts;
 use crate::state::AppState;
 
 /// Summary period.
@@ -168,15 +166,15 @@ pub(crate) async fn stats_stream(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let pairs = query_pairs(&uri)?;
+    let pairs = pairs(&uri)?;
     let (caller, watch) = stream_caller(&state, &headers, &pairs).await?;
-    reject_unknown(&pairs, PARAMETERS)?;
+    let params = Params::new_brief(&pairs, PARAMETERS)?;
     let activity = caller.require_scope(SCOPE_ACTIVITY_READ).is_ok();
     let tokens = caller.require_scope(SCOPE_TOKENS_READ).is_ok();
     if !activity && !tokens {
         caller.require_scope(SCOPE_ACTIVITY_READ)?;
     }
-    let tenant = caller.tenant_filter(single(&pairs, "tenant")?.map(str::to_owned))?;
+    let tenant = caller.tenant_filter(params.text("tenant")?)?;
     let key = PollKey {
         rows_of: caller.tenant.clone(),
         tenant,

@@ -26,11 +26,12 @@ use tokio::sync::watch;
 use tokio_postgres::Row;
 
 use super::hub::Table;
+use super::max_seq;
+use super::reader::RETRY_DELAY;
 use super::sse::{Frames, FramesBuilder};
-use super::{max_seq, RETRY_DELAY};
 use crate::caller::TenantAccess;
 use crate::error::ApiError;
-use crate::siem::rows::{activity_item, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
+use crate::rows::{ActivityItem, TokenItem, ACTIVITY_COLUMNS, TOKEN_COLUMNS};
 use crate::state::AppState;
 
 /// Most rows a tail reads (and publishes) at once.
@@ -297,22 +298,20 @@ async fn read(
 
 fn live_row(table: Table, row: &Row, frames: &mut FramesBuilder) -> Result<LiveRow, ApiError> {
     let ts: DateTime<Utc> = row.try_get("ts").map_err(ApiError::from_db)?;
-    let tenant: String = row.try_get("tenant_id").map_err(ApiError::from_db)?;
-    let text = |name: &'static str| -> Result<(&'static str, Option<String>), ApiError> {
-        Ok((name, row.try_get(name).map_err(ApiError::from_db)?))
-    };
+    // The filter columns as stored (`tenant_id` '' rather than null).
+    let tenant = |tenant_id: &Option<String>| Some(tenant_id.clone().unwrap_or_default());
     let mut duration_ms = None;
     let (seq, columns) = match table {
         Table::Activity => {
-            let item = activity_item(row).map_err(ApiError::from_db)?;
+            let item = ActivityItem::from_row(row).map_err(ApiError::from_db)?;
             let columns = vec![
-                ("tenant_id", Some(tenant)),
-                text("user_id")?,
+                ("tenant_id", tenant(&item.tenant_id)),
+                ("user_id", item.user_id.clone()),
                 ("action", Some(item.action.clone())),
                 ("outcome", Some(item.outcome.clone())),
-                text("resource_type")?,
-                text("resource_id")?,
-                text("trace_id")?,
+                ("resource_type", item.resource_type.clone()),
+                ("resource_id", item.resource_id.clone()),
+                ("trace_id", item.trace_id.clone()),
                 ("name", item.name.clone()),
             ];
             duration_ms = item.duration_ms;
@@ -324,13 +323,13 @@ fn live_row(table: Table, row: &Row, frames: &mut FramesBuilder) -> Result<LiveR
         Table::Tokens => {
             let item = TokenItem::from_row(row).map_err(ApiError::from_db)?;
             let columns = vec![
-                ("tenant_id", Some(tenant)),
-                text("user_id")?,
-                text("model")?,
-                text("provider")?,
-                text("operation")?,
+                ("tenant_id", tenant(&item.tenant_id)),
+                ("user_id", item.user_id.clone()),
+                ("model", item.model.clone()),
+                ("provider", item.provider.clone()),
+                ("operation", item.operation.clone()),
                 ("outcome", Some(item.outcome.clone())),
-                text("trace_id")?,
+                ("trace_id", item.trace_id.clone()),
             ];
             frames
                 .push(item.seq, "token", &item)

@@ -34,9 +34,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
+use crate::metrics::metrics;
 use ed25519_dalek::Signer;
 use tally_config::RetentionConfig;
-use tally_model::metrics::{metrics, TableLabels};
+use tally_model::metrics::TableLabels;
 
 use super::archive::{write_archive, ArchiveError};
 use super::chain::{key_id, SigningKey, TruncationRecord, CHAIN_LOCK_KEY, CHAIN_WATERMARK};

@@ -551,7 +551,7 @@ async fn record_lag(client: &tokio_postgres::Client) -> Result<(), PgError> {
         .await?
         .try_get::<_, Option<i64>>(0)?
         .unwrap_or(0);
-    tally_model::metrics::metrics().rollup_lag_seq.set(lag);
+    crate::metrics::metrics().rollup_lag_seq.set(lag);
     Ok(())
 }
 

@@ -1,14 +1,15 @@
-//! The raw rows the live feeds and the export read, by `seq`, as the JSON items
-//! of the list routes (`activity_events` and `token_usage` column names).
+//! The one mapping of each raw table's row to its JSON item, used by every
+//! route that answers rows: `activity_events` → [`ActivityItem`] (`/activity`,
+//! `/activity/stream`, `/export`), `token_usage` → [`TokenItem`] (`/tokens`,
+//! `/tokens/stream`, `/export`). The column lists say what to select; the items
+//! carry the tables' column names (the SIEM contract of `docs/schema.md`).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::activity::{format_ts, ActivityItem};
-
-/// The `activity_events` columns, in the order [`activity_item`] reads them.
+/// The `activity_events` columns, in the order [`ActivityItem::from_row`] reads them.
 pub const ACTIVITY_COLUMNS: &str = "id, seq, ts, received_at, tenant_id, user_id, session_id, \
      action, outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
      duration_ms, name, error_type, error_message";
@@ -21,35 +22,87 @@ pub const TOKEN_COLUMNS: &str = "id, seq, ts, received_at, tenant_id, user_id, s
      total_tokens, usage_known, cost_usd::float8 AS cost_usd, outcome, duration_ms, \
      time_to_first_token_ms, attribution_source, attributes";
 
-fn non_empty(text: String) -> Option<String> {
+/// RFC 3339, UTC, always six fractional digits: `2026-11-23T19:25:50.123456Z`.
+pub fn format_ts(ts: DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// `''` (the rollups' and `tenant_id`'s "none") as `None`.
+pub(crate) fn non_empty(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-/// An `activity_events` row as `GET /api/v1/activity` items show it.
-pub fn activity_item(row: &Row) -> Result<ActivityItem, tokio_postgres::Error> {
-    let ts: DateTime<Utc> = row.try_get("ts")?;
-    let received_at: DateTime<Utc> = row.try_get("received_at")?;
-    Ok(ActivityItem {
-        id: row.try_get("id")?,
-        seq: row.try_get("seq")?,
-        ts: format_ts(ts),
-        received_at: format_ts(received_at),
-        tenant_id: non_empty(row.try_get("tenant_id")?),
-        user_id: row.try_get("user_id")?,
-        session_id: row.try_get("session_id")?,
-        action: row.try_get("action")?,
-        outcome: row.try_get("outcome")?,
-        resource_type: row.try_get("resource_type")?,
-        resource_id: row.try_get("resource_id")?,
-        service: row.try_get("service")?,
-        trace_id: row.try_get("trace_id")?,
-        span_id: row.try_get("span_id")?,
-        attributes: row.try_get("attributes")?,
-        duration_ms: row.try_get("duration_ms")?,
-        name: row.try_get("name")?,
-        error_type: row.try_get("error_type")?,
-        error_message: row.try_get("error_message")?,
-    })
+/// An `activity_events` row, with its column names (`tenant_id` null when '').
+#[derive(Debug, Serialize)]
+pub struct ActivityItem {
+    /// The row's `id`.
+    pub id: Uuid,
+    /// The row's `seq`.
+    pub seq: i64,
+    /// The row's `ts`.
+    pub ts: String,
+    /// The row's `received_at`.
+    pub received_at: String,
+    /// The row's `tenant_id`.
+    pub tenant_id: Option<String>,
+    /// The row's `user_id`.
+    pub user_id: Option<String>,
+    /// The row's `session_id`.
+    pub session_id: Option<String>,
+    /// The row's `action`.
+    pub action: String,
+    /// The row's `outcome`.
+    pub outcome: String,
+    /// The row's `resource_type`.
+    pub resource_type: Option<String>,
+    /// The row's `resource_id`.
+    pub resource_id: Option<String>,
+    /// The row's `service`.
+    pub service: Option<String>,
+    /// The row's `trace_id`.
+    pub trace_id: Option<String>,
+    /// The row's `span_id`.
+    pub span_id: Option<String>,
+    /// The row's `attributes`.
+    pub attributes: serde_json::Value,
+    /// Span end − start in milliseconds (`null` for log records and rows
+    /// written before schema version 12).
+    pub duration_ms: Option<f64>,
+    /// The span name or log event name.
+    pub name: Option<String>,
+    /// The row's `error_type`.
+    pub error_type: Option<String>,
+    /// Redacted like any attribute value.
+    pub error_message: Option<String>,
+}
+
+impl ActivityItem {
+    /// Reads a row selected with [`ACTIVITY_COLUMNS`].
+    pub fn from_row(row: &Row) -> Result<ActivityItem, tokio_postgres::Error> {
+        let ts: DateTime<Utc> = row.try_get("ts")?;
+        let received_at: DateTime<Utc> = row.try_get("received_at")?;
+        Ok(ActivityItem {
+            id: row.try_get("id")?,
+            seq: row.try_get("seq")?,
+            ts: format_ts(ts),
+            received_at: format_ts(received_at),
+            tenant_id: non_empty(row.try_get("tenant_id")?),
+            user_id: row.try_get("user_id")?,
+            session_id: row.try_get("session_id")?,
+            action: row.try_get("action")?,
+            outcome: row.try_get("outcome")?,
+            resource_type: row.try_get("resource_type")?,
+            resource_id: row.try_get("resource_id")?,
+            service: row.try_get("service")?,
+            trace_id: row.try_get("trace_id")?,
+            span_id: row.try_get("span_id")?,
+            attributes: row.try_get("attributes")?,
+            duration_ms: row.try_get("duration_ms")?,
+            name: row.try_get("name")?,
+            error_type: row.try_get("error_type")?,
+            error_message: row.try_get("error_message")?,
+        })
+    }
 }
 
 /// A `token_usage` row, with its column names (`tenant_id` null when '').

@@ -1,15 +1,21 @@
-//! Query-parameter parsing and SQL helpers shared by the token, aggregate and
-//! stats routes (same rules as `GET /api/v1/activity`: unknown, repeated, empty
-//! or over-long parameters are 400 naming the parameter).
+//! The admin API's request toolkit: the one query-parameter parser every route
+//! uses ([`Params`]: unknown, repeated, empty or over-long parameters are 400
+//! naming the parameter; limits, trace ids, outcomes, `seq`s, instants, time and
+//! day ranges), and the one SQL builder the parameters become ([`sql`]:
+//! `AND`-ed clauses with bound values, the keyset and `seq` pages, running them).
+//! The rows that come back are mapped in [`crate::rows`].
+
+mod sql;
+
+pub(crate) use crate::rows::non_empty;
+pub(crate) use sql::{newest_seq, query, query_on, snapshot, SqlBuilder};
 
 use axum::extract::Query;
 use axum::http::Uri;
 use chrono::{DateTime, NaiveDate, NaiveTime, SubsecRound, TimeDelta, Utc};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
+use tally_model::Outcome;
 
 use crate::error::{truncate, ApiError};
-use crate::state::AppState;
 
 /// The decoded `name=value` pairs of a request's query string. A NUL byte in
 /// a name or value (`%00`) is 400: PostgreSQL text cannot hold one, so it could
@@ -58,10 +64,28 @@ pub(crate) struct Params<'a> {
 }
 
 impl<'a> Params<'a> {
-    /// Checks that every parameter is one of `accepted`.
+    /// Checks that every parameter is one of `accepted`; the 400 names the
+    /// first unknown one and lists the others.
     pub(crate) fn new(
         pairs: &'a [(String, String)],
         accepted: &[&str],
+    ) -> Result<Params<'a>, ApiError> {
+        Self::checking(pairs, accepted, true)
+    }
+
+    /// [`Params::new`] whose 400 names only the first unknown parameter (the
+    /// message of the live feeds and `/export`).
+    pub(crate) fn new_brief(
+        pairs: &'a [(String, String)],
+        accepted: &[&str],
+    ) -> Result<Params<'a>, ApiError> {
+        Self::checking(pairs, accepted, false)
+    }
+
+    fn checking(
+        pairs: &'a [(String, String)],
+        accepted: &[&str],
+        list_others: bool,
     ) -> Result<Params<'a>, ApiError> {
         let mut unknown: Vec<&str> = Vec::new();
         for (name, _) in pairs {
@@ -71,7 +95,7 @@ impl<'a> Params<'a> {
         }
         if let Some((first, others)) = unknown.split_first() {
             let mut message = "unknown query parameter".to_owned();
-            if !others.is_empty() {
+            if list_others && !others.is_empty() {
                 let others: Vec<String> = others.iter().map(|n| truncate(n, 64)).collect();
                 message.push_str(&format!(" (also unknown: {})", others.join(", ")));
             }
@@ -148,6 +172,37 @@ impl<'a> Params<'a> {
                 }
             })
             .transpose()
+    }
+
+    /// `outcome`: `success`, `failure` or `unknown`.
+    pub(crate) fn outcome(&self) -> Result<Option<Outcome>, ApiError> {
+        self.one("outcome")?
+            .map(|value| {
+                Outcome::parse(value).ok_or_else(|| {
+                    ApiError::invalid("outcome", "must be one of success, failure, unknown")
+                })
+            })
+            .transpose()
+    }
+
+    /// A non-negative `seq` (`after_seq`).
+    pub(crate) fn seq(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.one(name)?
+            .map(|value| parse_seq(name, value))
+            .transpose()
+    }
+
+    /// `from` / `to` as instants, each a date or an RFC 3339 timestamp (see
+    /// [`instant`]; `from` inclusive, `to` exclusive).
+    pub(crate) fn instant_range(&self) -> Result<TimeRange, ApiError> {
+        let from = self.one("from")?.map(|v| instant("from", v)).transpose()?;
+        let to = self.one("to")?.map(|v| instant("to", v)).transpose()?;
+        if let (Some(from), Some(to)) = (from, to) {
+            if from > to {
+                return Err(ApiError::invalid("from", "must not be after to"));
+            }
+        }
+        Ok((from, to))
     }
 
     /// `from` / `to` as RFC 3339 timestamps (`from` inclusive, `to` exclusive).
@@ -237,6 +292,16 @@ pub(crate) fn instant(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError
     })
 }
 
+/// Parses a non-negative `seq` (`after_seq`, the `Last-Event-ID` header).
+pub(crate) fn parse_seq(name: &str, value: &str) -> Result<i64, ApiError> {
+    value
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|seq| *seq >= 0)
+        .ok_or_else(|| ApiError::invalid(name, "must be a non-negative integer (a seq)"))
+}
+
 /// A UTC day from a date or an RFC 3339 timestamp; `exclusive_end` rounds a
 /// timestamp after midnight up to the next day.
 fn day_bound(name: &str, value: &str, exclusive_end: bool) -> Result<NaiveDate, ApiError> {
@@ -260,114 +325,6 @@ fn day_bound(name: &str, value: &str, exclusive_end: bool) -> Result<NaiveDate, 
             .ok_or_else(|| ApiError::invalid(name, "out of range"));
     }
     Ok(day)
-}
-
-/// Bound parameters and `AND`-ed clauses of a query.
-#[derive(Default)]
-pub(crate) struct SqlBuilder {
-    pub(crate) clauses: Vec<String>,
-    pub(crate) params: Vec<Box<dyn ToSql + Sync + Send>>,
-}
-
-impl SqlBuilder {
-    /// Binds `value`, answering its placeholder.
-    pub(crate) fn param(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
-        self.params.push(Box::new(value));
-        format!("${}", self.params.len())
-    }
-
-    /// Adds the clause `<prefix><placeholder>`.
-    pub(crate) fn push(&mut self, prefix: &str, value: impl ToSql + Sync + Send + 'static) {
-        self.push_with_suffix(prefix, value, "");
-    }
-
-    /// Adds the clause `<prefix><placeholder><suffix>`.
-    pub(crate) fn push_with_suffix(
-        &mut self,
-        prefix: &str,
-        value: impl ToSql + Sync + Send + 'static,
-        suffix: &str,
-    ) {
-        let placeholder = self.param(value);
-        self.clauses.push(format!("{prefix}{placeholder}{suffix}"));
-    }
-
-    /// ` WHERE …` or nothing.
-    pub(crate) fn where_clause(&self) -> String {
-        if self.clauses.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", self.clauses.join(" AND "))
-        }
-    }
-}
-
-/// Runs `sql` with `params` on a pooled connection that sees `tenant`'s rows.
-pub(crate) async fn query(
-    state: &AppState,
-    tenant: &crate::TenantAccess,
-    sql: &str,
-    params: &[Box<dyn ToSql + Sync + Send>],
-) -> Result<Vec<Row>, ApiError> {
-    let client = state.reads.get_for(tenant).await?;
-    query_on(&*client, sql, params).await
-}
-
-/// Opens a read-only `REPEATABLE READ` transaction on `client`: every statement
-/// in it reads the same snapshot (a rollup, its watermark and the raw rows above
-/// it agree). Dropped without `commit`, it is rolled back.
-pub(crate) async fn snapshot(
-    client: &mut deadpool_postgres::Object,
-) -> Result<deadpool_postgres::Transaction<'_>, ApiError> {
-    client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(ApiError::from_db)
-}
-
-/// The newest committed `seq` of raw table `table` over every tenant, in the
-/// snapshot of `client` (0 when empty).
-pub(crate) async fn newest_seq(
-    client: &impl deadpool_postgres::GenericClient,
-    table: &str,
-) -> Result<i64, ApiError> {
-    let statement = client
-        .prepare_cached("SELECT tally_newest_seq($1)")
-        .await
-        .map_err(ApiError::from_db)?;
-    let row = client
-        .query_one(&statement, &[&table])
-        .await
-        .map_err(ApiError::from_db)?;
-    row.try_get(0).map_err(ApiError::from_db)
-}
-
-/// Runs `sql` with `params` on `client` (prepared once per connection).
-pub(crate) async fn query_on(
-    client: &impl deadpool_postgres::GenericClient,
-    sql: &str,
-    params: &[Box<dyn ToSql + Sync + Send>],
-) -> Result<Vec<Row>, ApiError> {
-    let statement = client
-        .prepare_cached(sql)
-        .await
-        .map_err(ApiError::from_db)?;
-    let params: Vec<&(dyn ToSql + Sync)> = params
-        .iter()
-        .map(|param| param.as_ref() as &(dyn ToSql + Sync))
-        .collect();
-    client
-        .query(&statement, &params)
-        .await
-        .map_err(ApiError::from_db)
-}
-
-/// `''` (the rollups' and `tenant_id`'s "none") as `None`.
-pub(crate) fn non_empty(text: String) -> Option<String> {
-    (!text.is_empty()).then_some(text)
 }
 
 #[cfg(test)]
