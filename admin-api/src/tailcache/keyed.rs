@@ -247,8 +247,12 @@ pub(crate) struct Page {
 impl Page {
     fn of(keys: usize, groups: &[(Vec<&str>, Sums)]) -> Page {
         let mut page = Page {
-            keys: vec![Vec::with_capacity(groups.len()); keys],
-            counts: vec![Vec::with_capacity(groups.len()); TOKEN_COUNTS],
+            keys: (0..keys)
+                .map(|_| Vec::with_capacity(groups.len()))
+                .collect(),
+            counts: (0..TOKEN_COUNTS)
+                .map(|_| Vec::with_capacity(groups.len()))
+                .collect(),
             cost: Vec::with_capacity(groups.len()),
         };
         for (key, sums) in groups {
