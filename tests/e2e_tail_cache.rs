@@ -1,9 +1,12 @@
 //! The in-memory tail of the live answers over every tenant (issue 18,
-//! `admin-api/src/tailcache.rs`): `/stats` for a caller naming no tenant
-//! equals an independent SQL computation over the raw tables after each
-//! change between two requests — rows arriving (the cache is extended), a
-//! fold (the watermark moves), late attribution of a tail row and of a folded
-//! row, a tail row's user rewritten (as erasure does), a tail row deleted.
+//! `admin-api/src/tailcache/`): `/stats` for a caller naming no tenant, and
+//! the aggregates of a platform caller (grouped by provider and model from the
+//! tenant-less rollups; grouped by user, page by page, from the per-user
+//! rollups and the tail's per-user groups), equal an independent SQL
+//! computation over the raw tables after each change between two requests —
+//! rows arriving (the cache is extended), a fold (the watermark moves), late
+//! attribution of a tail row and of a folded row, a tail row's user rewritten
+//! (as erasure does), a tail row deleted.
 
 mod common;
 
@@ -334,6 +337,9 @@ fn answered(body: &Json) -> Json {
 /// the raw tables; each answer is asked twice (the second from the cache as
 /// left by the first).
 async fn check(tally: &Tally, db: &TestDatabase, step: &str) {
+    // The pages grouped by user first: their own failure shows when their
+    // cache is wrong (the other answers share the copy's version).
+    check_by_user(tally, db, step).await;
     let today = Utc::now().date_naive();
     let to = today.checked_add_days(Days::new(1)).expect("tomorrow");
     for from in [today.checked_sub_days(Days::new(7)).expect("week"), today] {
@@ -357,6 +363,177 @@ async fn check(tally: &Tally, db: &TestDatabase, step: &str) {
         }
     }
     check_aggregates(tally, db, step).await;
+}
+
+/// The aggregates grouped by user over every tenant (a platform caller; the
+/// per-user rollups plus the tail's first groups of each period from memory),
+/// at every grain, with and without a tenant filter, read page by page with
+/// small pages (the cursor inside a period and across periods) and in one
+/// page, equal the raw tables up to their `as_of_seq`.
+async fn check_by_user(tally: &Tally, db: &TestDatabase, step: &str) {
+    let client = db.client().await;
+    let today = Utc::now().date_naive();
+    let window = format!(
+        "from={}&to={}",
+        today.checked_sub_days(Days::new(40)).expect("from"),
+        today.checked_add_days(Days::new(1)).expect("to")
+    );
+    for grain in ["day", "week", "month"] {
+        for (query, raw, keys, filter) in [
+            ("group_by=user", "token_usage", vec!["user_id"], ""),
+            (
+                "group_by=user,model&tenant=globex",
+                "token_usage",
+                vec!["user_id", "model"],
+                "tenant_id = 'globex'",
+            ),
+            ("group_by=user", "activity_events", vec!["user_id"], ""),
+            (
+                "group_by=tenant,user,action",
+                "activity_events",
+                vec!["tenant_id", "user_id", "action"],
+                "",
+            ),
+            (
+                "group_by=user&tenant=acme",
+                "activity_events",
+                vec!["user_id"],
+                "tenant_id = 'acme'",
+            ),
+        ] {
+            let route = match raw {
+                "token_usage" => "tokens/usage",
+                _ => "activity/aggregates",
+            };
+            for (limit, range) in [(3, window.as_str()), (1000, "")] {
+                // Each page is compared with the raw rows up to its own
+                // `as_of_seq` (the admin API's own audit events may arrive
+                // between two pages): the rows after the previous page's last
+                // item, `limit` of them.
+                let mut last: Option<Vec<Json>> = None;
+                let mut cursor: Option<String> = None;
+                let mut pages = 0;
+                loop {
+                    let mut path =
+                        format!("/api/v1/{route}?grain={grain}&{query}&limit={limit}&{range}");
+                    if let Some(cursor) = &cursor {
+                        path.push_str(&format!("&cursor={cursor}"));
+                    }
+                    let (status, body) = get_json(&tally.api_url(&path), None).await;
+                    assert_eq!(status, 200, "{path}: {body}");
+                    let as_of = body["as_of_seq"].as_i64().expect("as_of_seq");
+                    let mut got = Vec::new();
+                    for item in body["items"].as_array().into_iter().flatten() {
+                        let mut row = vec![Json::from(item["period"].as_str().unwrap_or(""))];
+                        for key in &keys {
+                            row.push(Json::from(item[*key].as_str().unwrap_or_default()));
+                        }
+                        match raw {
+                            "token_usage" => {
+                                for m in ["requests", "input_tokens", "total_tokens"] {
+                                    row.push(Json::from(item[m].as_i64().unwrap_or(-1)));
+                                }
+                                row.push(Json::from(item["cost_usd"].as_f64().unwrap_or(-1.0)));
+                            }
+                            _ => row.push(Json::from(item["events"].as_i64().unwrap_or(-1))),
+                        }
+                        got.push(row);
+                    }
+                    let want = by_user_sums(&client, raw, &keys, filter, grain, as_of).await;
+                    assert!(!want.is_empty(), "{step}: {route}?{query}: rows to compare");
+                    let start = match &last {
+                        None => 0,
+                        Some(last) => {
+                            let at = want
+                                .iter()
+                                .position(|row| row[..=keys.len()] == last[..=keys.len()])
+                                .expect("the previous page's last group is still there");
+                            at + 1
+                        }
+                    };
+                    let more = body["next_cursor"].as_str();
+                    let end = match more {
+                        Some(_) => start + limit,
+                        None => want.len(),
+                    };
+                    assert_eq!(
+                        got,
+                        want[start.min(want.len())..end.min(want.len())].to_vec(),
+                        "{step}: {path}"
+                    );
+                    pages += 1;
+                    match more {
+                        Some(next) => {
+                            cursor = Some(next.to_owned());
+                            last = got.last().cloned();
+                        }
+                        None => break,
+                    }
+                }
+                assert!(
+                    limit > 3 || pages > 1,
+                    "{step}: {route}?{query}: several pages"
+                );
+            }
+        }
+    }
+}
+
+/// The sums of `raw` per period of `grain` and `keys` (absent keys as ''),
+/// over the rows with `seq <= as_of` passing `filter`, in the API's order;
+/// each row: period, keys, then the measures the check compares.
+async fn by_user_sums(
+    client: &tokio_postgres::Client,
+    raw: &str,
+    keys: &[&str],
+    filter: &str,
+    grain: &str,
+    as_of: i64,
+) -> Vec<Vec<Json>> {
+    let keys_sql: Vec<String> = keys.iter().map(|k| format!("coalesce({k}, '')")).collect();
+    let measures = match raw {
+        "token_usage" => {
+            "count(*)::int8, coalesce(sum(input_tokens), 0)::int8, \
+             coalesce(sum(total_tokens), 0)::int8, coalesce(sum(cost_usd), 0)::float8"
+        }
+        _ => "count(*)::int8",
+    };
+    let filter = match filter {
+        "" => String::new(),
+        f => format!(" AND {f}"),
+    };
+    let order: Vec<String> = (1..=keys.len() + 1).map(|i| i.to_string()).collect();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT date_trunc($1, ts AT TIME ZONE 'UTC')::date::text, {}, {measures} \
+                 FROM {raw} WHERE seq <= $2{filter} GROUP BY {o} ORDER BY {o}",
+                keys_sql.join(", "),
+                o = order.join(", "),
+            ),
+            &[&grain, &as_of],
+        )
+        .await
+        .expect("independent sums by user");
+    rows.iter()
+        .map(|r| {
+            let mut row = Vec::new();
+            for i in 0..=keys.len() {
+                row.push(Json::from(r.get::<_, String>(i)));
+            }
+            let at = keys.len() + 1;
+            match raw {
+                "token_usage" => {
+                    for i in at..at + 3 {
+                        row.push(Json::from(r.get::<_, i64>(i)));
+                    }
+                    row.push(Json::from(r.get::<_, f64>(at + 3)));
+                }
+                _ => row.push(Json::from(r.get::<_, i64>(at))),
+            }
+            row
+        })
+        .collect()
 }
 
 /// `/tokens/usage` by provider and model and `/activity/aggregates` by action

@@ -30,6 +30,11 @@
 //!
 //! The cache is only ever built and read for answers over every tenant: the
 //! snapshot must see every tenant's rows (`tally.tenant = '*'`).
+//!
+//! Each tail also keeps its rows grouped by every key of its per-user rollup
+//! (`keyed`): the aggregates grouped by user of a platform caller (with or
+//! without a tenant filter) take each period's first groups of the tail from
+//! there instead of reading the raw rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -40,6 +45,11 @@ use tokio_postgres::types::ToSql;
 
 use crate::error::ApiError;
 
+mod keyed;
+
+use keyed::Keyed;
+pub(crate) use keyed::{Page, Pages, PagesQuery};
+
 /// The longest tail (`seq` span above the watermark) kept in memory; above
 /// it, answers read the raw tail with SQL as without a cache.
 pub(crate) const MAX_TAIL_SEQS: i64 = 1_000_000;
@@ -49,7 +59,32 @@ pub(crate) const MAX_TAIL_SEQS: i64 = 1_000_000;
 pub(crate) struct TailCache {
     activity: Mutex<Option<ActivityTail>>,
     tokens: Mutex<Option<TokenTail>>,
+    /// Whether the database sorts the rollups' text keys by code point (see
+    /// [`TailCache::byte_order`]).
+    byte_order: tokio::sync::OnceCell<bool>,
 }
+
+/// Which cached tail a page of an aggregate grouped by user reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Grouped {
+    /// `activity_events`, keyed like `activity_daily`.
+    Activity,
+    /// `token_usage`, keyed like `token_usage_daily`.
+    Tokens,
+}
+
+/// True when the database's default collation, which the rollups' and raw
+/// tables' text columns use, orders text by code point, i.e. like Rust's
+/// `str` (UTF-8 bytes): `C`/`POSIX` or libc's `C.UTF-8`. Any other collation
+/// (a language's, ICU) answers false, and the pages grouped by user read the
+/// raw tail with SQL.
+const BYTE_ORDER_SQL: &str = "SELECT coalesce((SELECT d.datlocprovider = 'c' \
+        AND lower(replace(d.datcollate, '-', '')) IN ('c', 'posix', 'c.utf8') \
+        FROM pg_database AS d WHERE d.datname = current_database()), false) \
+    AND NOT EXISTS (SELECT 1 FROM pg_attribute AS a \
+        WHERE a.attrelid IN ('activity_events'::regclass, 'activity_daily'::regclass, \
+            'token_usage'::regclass, 'token_usage_daily'::regclass) \
+        AND a.attnum > 0 AND a.attcollation NOT IN (0, 100, 950, 951))";
 
 /// What a cached tail holds: the raw rows with `watermark < seq <= high`, as
 /// of change generation `generation`.
@@ -220,6 +255,9 @@ struct ActivityTail {
     /// Per day, the pairs `activity_daily` does not hold yet.
     new_pairs: BTreeMap<NaiveDate, i64>,
     users: HashMap<String, TailUser>,
+    /// The events per (day, tenant, user, action, outcome), as
+    /// `activity_daily` keeps them.
+    keyed: Keyed,
 }
 
 struct TailUser {
@@ -272,6 +310,7 @@ impl Tail for ActivityTail {
             pairs: HashMap::new(),
             new_pairs: BTreeMap::new(),
             users: HashMap::new(),
+            keyed: Keyed::default(),
         }
     }
 
@@ -293,8 +332,8 @@ impl Tail for ActivityTail {
         let range = seq_range(client, "activity_events", from, to).await?;
         let sql = format!(
             "SELECT (ts AT TIME ZONE 'UTC')::date AS day, coalesce(user_id, '') AS user_id, \
-                 action, outcome, count(*)::int8 AS events \
-             FROM activity_events WHERE {range} GROUP BY 1, 2, 3, 4"
+                 action, outcome, count(*)::int8 AS events, tenant_id \
+             FROM activity_events WHERE {range} GROUP BY 1, 2, 3, 4, 6"
         );
         let rows = client
             .query(sql.as_str(), &[])
@@ -308,6 +347,13 @@ impl Tail for ActivityTail {
             let action: String = row.try_get(2).map_err(ApiError::from_db)?;
             let outcome: String = row.try_get(3).map_err(ApiError::from_db)?;
             let events: i64 = row.try_get(4).map_err(ApiError::from_db)?;
+            let tenant: String = row.try_get(5).map_err(ApiError::from_db)?;
+            self.keyed.add(
+                day,
+                [tenant, user.clone(), action.clone(), outcome.clone()],
+                &[events],
+                0,
+            );
             *self.events.entry((day, action, outcome)).or_insert(0) += events;
             if user.is_empty() {
                 continue;
@@ -525,7 +571,14 @@ struct TokenTail {
     sums: HashMap<SumKey, TokenSums>,
     ttft: HashMap<HistogramKey, i64>,
     speed: HashMap<HistogramKey, i64>,
+    /// The sums per (day, tenant, user, provider, model), as
+    /// `token_usage_daily` keeps them.
+    keyed: Keyed,
 }
+
+/// `GROUPING(bucket, ttft_bucket, speed_bucket)` of the tail's rows per
+/// (day, tenant, user, provider, model) (the cache's own fourth set).
+const GS_KEYED: i32 = 7;
 
 /// `GROUPING(bucket, ttft_bucket, speed_bucket)` of the three grouping sets
 /// (the values `/stats` gives its tail's `gs`).
@@ -549,6 +602,7 @@ impl Tail for TokenTail {
             sums: HashMap::new(),
             ttft: HashMap::new(),
             speed: HashMap::new(),
+            keyed: Keyed::default(),
         }
     }
 
@@ -583,9 +637,10 @@ impl Tail for TokenTail {
                  sum(coalesce(cost_usd, 0))::text, \
                  sum(CASE WHEN {TIMED} THEN output_tokens ELSE 0 END)::int8, \
                  sum(CASE WHEN {TIMED} THEN duration_ms ELSE 0 END)::float8, \
-                 GROUPING({bucket}, {ttft}, {speed})::int4 AS gs \
+                 GROUPING({bucket}, {ttft}, {speed})::int4 AS gs, \
+                 tenant_id, coalesce(user_id, '') AS user_id \
              FROM token_usage WHERE {range} \
-             GROUP BY GROUPING SETS ((1, 2, 3, 4, 5), (1, 3, 6), (1, 3, 7))"
+             GROUP BY GROUPING SETS ((1, 2, 3, 4, 5), (1, 3, 6), (1, 3, 7), (1, 2, 3, 21, 22))"
         );
         let rows = client
             .query(sql.as_str(), &[])
@@ -598,6 +653,19 @@ impl Tail for TokenTail {
             let requests: i64 = row.try_get(7).map_err(ApiError::from_db)?;
             let gs: i32 = row.try_get(19).map_err(ApiError::from_db)?;
             match gs {
+                GS_KEYED => {
+                    let provider: String = row.try_get(1).map_err(ApiError::from_db)?;
+                    let tenant: String = row.try_get(20).map_err(ApiError::from_db)?;
+                    let user: String = row.try_get(21).map_err(ApiError::from_db)?;
+                    let mut counts = [0i64; TOKEN_COUNTS];
+                    for (i, count) in counts.iter_mut().enumerate() {
+                        *count = row.try_get(7 + i).map_err(ApiError::from_db)?;
+                    }
+                    let cost: String = row.try_get(16).map_err(ApiError::from_db)?;
+                    let cost = parse_cost(&cost).ok_or_else(bad_cost)?;
+                    self.keyed
+                        .add(day, [tenant, user, provider, model], &counts, cost);
+                }
                 GS_TTFT => {
                     let b: i16 = row.try_get(5).map_err(ApiError::from_db)?;
                     *self.ttft.entry((day, model, b)).or_insert(0) += requests;
@@ -796,6 +864,53 @@ impl TailCache {
         to: NaiveDate,
     ) -> Result<Option<TokenView>, ApiError> {
         with_tail(&self.tokens, client, |tail| tail.view(from, to)).await
+    }
+
+    /// Whether Rust's `str` order is the database's order of the rollups'
+    /// text keys (see [`BYTE_ORDER_SQL`]); asked once.
+    pub(crate) async fn byte_order(&self, client: &impl GenericClient) -> Result<bool, ApiError> {
+        self.byte_order
+            .get_or_try_init(|| async {
+                let row = client
+                    .query_one(BYTE_ORDER_SQL, &[])
+                    .await
+                    .map_err(ApiError::from_db)?;
+                let byte_order: bool = row.try_get(0).map_err(ApiError::from_db)?;
+                if !byte_order {
+                    tracing::info!(
+                        "the database does not sort text by code point: aggregates grouped by \
+                         user over every tenant read the raw tail"
+                    );
+                }
+                Ok::<bool, ApiError>(byte_order)
+            })
+            .await
+            .copied()
+    }
+
+    /// The first groups per period of the tail of `table` in `client`'s
+    /// snapshot (which must see every tenant; see [`keyed`]), with the newest
+    /// `seq` they include; `None` as for [`TailCache::tokens`].
+    pub(crate) async fn pages(
+        &self,
+        client: &impl GenericClient,
+        table: Grouped,
+        query: &PagesQuery<'_>,
+    ) -> Result<Option<(i64, Pages)>, ApiError> {
+        match table {
+            Grouped::Activity => {
+                with_tail(&self.activity, client, |tail| {
+                    (tail.version.high, tail.keyed.pages(query))
+                })
+                .await
+            }
+            Grouped::Tokens => {
+                with_tail(&self.tokens, client, |tail| {
+                    (tail.version.high, tail.keyed.pages(query))
+                })
+                .await
+            }
+        }
     }
 
     /// The token tail grouped like `token_usage_daily_all` (day, provider,

@@ -1,0 +1,101 @@
+//! The statement of one period of an aggregate grouped by user over every
+//! tenant when the tail's first groups come from memory
+//! (`crate::tailcache::Pages`): the rollup's first groups after the cursor,
+//! read in key order from its index and cut at the page's size, added to the
+//! tail's, then cut again (see `crate::tailcache` for why that is exact).
+
+use chrono::NaiveDate;
+use tokio_postgres::types::ToSql;
+
+use super::{AggregateQuery, Spec, Table};
+use crate::params::SqlBuilder;
+use crate::tailcache::Page;
+
+impl Spec {
+    /// The position of the key named `name` in the canonical order (the
+    /// order of the cached tail's keys: tenant, user, then the rollup's two
+    /// others).
+    pub(super) fn position(&self, name: &str) -> usize {
+        self.keys.iter().position(|k| k.name == name).unwrap_or(0)
+    }
+
+    /// Like [`Spec::period_sql`], with the tail's first `limit` groups of the
+    /// period given as `page` instead of read from the raw table.
+    pub(super) fn keyed_period_sql(
+        &self,
+        query: &AggregateQuery<'_>,
+        table: &Table,
+        (period, first, end): (NaiveDate, NaiveDate, NaiveDate),
+        limit: usize,
+        page: &Page,
+    ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+        let mut sql = SqlBuilder::default();
+        for (key, value) in &query.filters {
+            sql.push(&format!("{} = ", key.column), value.clone());
+        }
+        let mut clauses = sql.clauses.clone();
+        if first.succ_opt() == Some(end) {
+            clauses.push(format!("day = '{first}'::date"));
+        } else {
+            clauses.push(format!("day >= '{first}'::date"));
+            clauses.push(format!("day < '{end}'::date"));
+        }
+        let columns: Vec<&str> = query.group_by.iter().map(|k| k.column).collect();
+        let cols = columns.join(", ");
+        if let Some(cursor) = query.cursor.as_ref().filter(|c| c.p == period) {
+            let values: Vec<String> = cursor.k.iter().map(|k| sql.param(k.clone())).collect();
+            clauses.push(format!("({cols}) > ({})", values.join(", ")));
+        }
+        let limit = sql.param(i64::try_from(limit).unwrap_or(i64::MAX));
+        // The rollup's groups: counts as int8, the cost as numeric (exact).
+        let rollup_sums: Vec<String> = self
+            .measures
+            .iter()
+            .map(|m| match m.float {
+                true => format!("sum({0}) AS {0}", m.column),
+                false => format!("sum({0})::int8 AS {0}", m.column),
+            })
+            .collect();
+        // The tail's: the keys, the counts, then the cost (Page::parameters).
+        let mut names: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+        let mut types: Vec<&str> = columns.iter().map(|_| "text").collect();
+        let mut tail_columns = names.clone();
+        for m in self.measures.iter().filter(|m| !m.float) {
+            names.push(m.column.to_owned());
+            types.push("int8");
+            tail_columns.push(m.column.to_owned());
+        }
+        let cost = self.measures.iter().find(|m| m.float);
+        if let Some(m) = cost {
+            names.push(m.column.to_owned());
+            types.push("text");
+            tail_columns.push(format!("{0}::numeric AS {0}", m.column));
+        }
+        let counts = self.measures.iter().filter(|m| !m.float).count();
+        let mut placeholders = Vec::new();
+        for (array, kind) in page
+            .parameters(counts, cost.is_some())
+            .into_iter()
+            .zip(&types)
+        {
+            sql.params.push(array);
+            placeholders.push(format!("${}::{kind}[]", sql.params.len()));
+        }
+        let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+        select.extend(self.sums());
+        let text = format!(
+            "SELECT '{period}'::date AS period, {} FROM (\
+                 (SELECT {cols}, {} FROM {} WHERE {} GROUP BY {cols} ORDER BY {cols} LIMIT {limit}) \
+                 UNION ALL SELECT {} FROM unnest({}) AS t ({})) AS live \
+             GROUP BY {cols} ORDER BY {cols} LIMIT {limit}",
+            select.join(", "),
+            rollup_sums.join(", "),
+            table.name,
+            clauses.join(" AND "),
+            tail_columns.join(", "),
+            placeholders.join(", "),
+            names.join(", "),
+        );
+        (text, sql.params)
+    }
+}
