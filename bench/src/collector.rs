@@ -92,8 +92,21 @@ impl Collector {
             .with_context(|| format!("starting {}", binary.display()))?;
         let stderr = child.stderr.take().context("stderr")?;
         let (tx, rx) = mpsc::channel();
+        // Every line of the collector's log also goes to this file when set
+        // (with `RUST_LOG`, e.g. the writer's stage timings at debug).
+        let mut log_copy = std::env::var_os("TALLY_BENCH_COLLECTOR_LOG").and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(file) = log_copy.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
                 if line.contains("tally is ready") {
                     let _ = tx.send(line);
                 } else if line.contains("ERROR") || line.contains("WARN") {

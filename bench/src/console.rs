@@ -563,6 +563,7 @@ async fn live_run(args: &ConsoleArgs, chromium: &Path, driver: &Path) -> anyhow:
                 duration: Duration::from_secs(args.live_secs),
                 target_rate: Some(args.rate / ACTIVITY_SHARE),
                 api_key: None,
+                stagger: false,
             };
             let (grpc, http) = (collector.grpc.clone(), collector.http.clone());
             let started = Instant::now();

@@ -269,6 +269,7 @@ async fn phase(collector: &Collector, args: &HostileArgs, hostile: usize) -> any
         duration: Duration::from_secs(args.duration),
         target_rate: Some(args.ingest_rate),
         api_key: None,
+        stagger: false,
     };
     let (grpc, http) = (collector.grpc.clone(), collector.http.clone());
     let ingest = tokio::spawn(async move { load::run(&plan, &grpc, &http).await });
@@ -349,6 +350,7 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<()> {
             duration: Duration::from_secs(args.warmup),
             target_rate: Some(args.ingest_rate),
             api_key: None,
+            stagger: false,
         };
         load::run(&warmup, &collector.grpc, &collector.http).await?;
         let quiet = phase(&collector, &args, 0).await?;

@@ -34,6 +34,11 @@ pub struct LoadPlan {
     pub target_rate: Option<f64>,
     /// An ingest API key every request carries (`Authorization: Bearer …`).
     pub api_key: Option<String>,
+    /// Paced runs only: spread the clients' first requests evenly over one
+    /// period, so the offered load arrives at an even rate. Without it every
+    /// client starts at once and they stay in step: each period opens with a
+    /// burst of one request per connection.
+    pub stagger: bool,
 }
 
 /// What one load run measured.
@@ -194,14 +199,22 @@ pub async fn run(plan: &LoadPlan, grpc: &str, http: &str) -> anyhow::Result<Load
         let requests_per_second = rate / plan.records_per_request as f64 / plan.connections as f64;
         Duration::from_secs_f64(1.0 / requests_per_second.max(1e-3))
     });
-    for id in 0..plan.connections {
-        let mut client =
-            Client::connect(plan.transport, grpc, http, plan.api_key.as_deref()).await?;
+    let mut clients = Vec::with_capacity(plan.connections);
+    for _ in 0..plan.connections {
+        clients.push(Client::connect(plan.transport, grpc, http, plan.api_key.as_deref()).await?);
+    }
+    // Every client connected before the first is paced, so their phases hold.
+    let paced_from = tokio::time::Instant::now();
+    for (id, mut client) in clients.into_iter().enumerate() {
         let records = plan.records_per_request;
+        let phase = match per_client_interval {
+            Some(period) if plan.stagger => period.mul_f64(id as f64 / plan.connections as f64),
+            _ => Duration::ZERO,
+        };
         tasks.push(tokio::spawn(async move {
             let mut result = LoadResult::default();
             let mut ticker = per_client_interval.map(|period| {
-                let mut ticker = tokio::time::interval(period);
+                let mut ticker = tokio::time::interval_at(paced_from + phase, period);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 ticker
             });

@@ -113,6 +113,11 @@ struct IngestArgs {
     /// Seconds of paced load at 50% and 90% of the maximum.
     #[arg(long, default_value_t = 5)]
     paced_duration: u64,
+    /// Start every paced client at once, as before 2026-12-07 (each period then
+    /// opens with one request per connection in a burst); by default their
+    /// phases are spread evenly over the period.
+    #[arg(long)]
+    aligned_pacing: bool,
     /// Concurrent client connections.
     #[arg(long, default_value_t = 16)]
     connections: usize,
@@ -216,6 +221,7 @@ async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::R
         duration: Duration::from_secs(args.duration),
         target_rate: None,
         api_key,
+        stagger: !args.aligned_pacing,
     };
     let cpu_before = collector.cpu_seconds();
     let db_cpu_before = BackendCpu::sample(&observer).await?;
@@ -382,6 +388,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "connections": args.connections,
         "records_per_request": args.records_per_request,
         "auth_required": args.auth,
+        "paced_clients": if args.aligned_pacing { "aligned" } else { "staggered" },
         "writers": args.writers,
         "ceiling_rows_per_second": ceiling,
         "ceiling_runs": ceilings,

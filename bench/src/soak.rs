@@ -67,6 +67,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         duration: Duration::from_secs(args.minutes * 60),
         target_rate: Some(args.rate),
         api_key: None,
+        stagger: false,
     };
     let (grpc, http) = (collector.grpc.clone(), collector.http.clone());
     let started = Instant::now();

@@ -309,7 +309,8 @@ pub struct PostgresConfig {
     pub writers: usize,
     /// Rows per COPY batch at most.
     pub batch_max_rows: usize,
-    /// How long a writer waits to fill a batch once it has rows, in milliseconds.
+    /// How long a writer waits to fill a batch once it has rows, in milliseconds
+    /// (only while every other writer is busy writing).
     pub batch_linger_ms: u64,
     /// Records queued for writing at most; beyond this, exports are refused (retryable).
     pub queue_capacity_records: usize,

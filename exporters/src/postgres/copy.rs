@@ -392,15 +392,18 @@ pub fn token_row(
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Sends `rows` (each with the ingest key that wrote it) through `copy_sql` (a
-/// `COPY … FROM STDIN (FORMAT binary)`), encoded by `encode` into one reused
+/// `COPY … FROM STDIN (FORMAT binary)`, as text or prepared), encoded by `encode` into one reused
 /// buffer sent in chunks of about [`COPY_CHUNK_BYTES`]. Returns the rows the
 /// server copied.
-pub(crate) async fn copy_rows<R>(
+pub(crate) async fn copy_rows<R, S>(
     tx: &Transaction<'_>,
-    copy_sql: &str,
+    copy_sql: &S,
     rows: &[(&R, Option<uuid::Uuid>)],
     encode: fn(&mut BytesMut, &R, Option<&uuid::Uuid>) -> Result<(), EncodeError>,
-) -> Result<u64, PgError> {
+) -> Result<u64, PgError>
+where
+    S: ?Sized + tokio_postgres::ToStatement,
+{
     let sink = tx.copy_in::<_, Bytes>(copy_sql).await?;
     futures::pin_mut!(sink);
     let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES + COPY_CHUNK_BYTES / 4);

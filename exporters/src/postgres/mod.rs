@@ -38,6 +38,7 @@ mod token_metrics;
 mod tokens;
 mod trace_identities;
 mod writer;
+mod writer_thread;
 
 pub use activity::{insert_activity_batch, insert_activity_batch_with};
 pub use error::PgError;

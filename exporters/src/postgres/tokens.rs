@@ -1,7 +1,8 @@
 //! The token-usage ledger's write path: `token_usage` rows in the same batch
 //! transaction as activity rows, and the late trace attribution `UPDATE`.
 //!
-//! Rows are COPYed (binary) into a per-connection temporary staging table, then,
+//! Rows are COPYed (binary) into a per-connection temporary staging table
+//! (the writer does it before it takes the activity lock), then,
 //! under the advisory lock [`TOKEN_USAGE_LOCK_KEY`](super::TOKEN_USAGE_LOCK_KEY)
 //! held until `COMMIT`, inserted with `seq = nextval('token_usage_seq')` and
 //! `received_at = clock_timestamp()`, so `seq` and `received_at` follow commit
@@ -172,13 +173,42 @@ pub(crate) async fn insert_tokens(
     tx: &Transaction<'_>,
     rows: &[(&TokenUsage, Option<uuid::Uuid>)],
 ) -> Result<TokensInserted, PgError> {
+    let staged = stage_tokens(tx, rows).await?;
+    insert_staged_tokens(tx, staged).await
+}
+
+/// Token rows `COPY`d into the transaction's staging table by
+/// [`stage_tokens`], waiting for [`insert_staged_tokens`].
+#[derive(Debug, Default)]
+#[must_use = "staged rows are inserted only by insert_staged_tokens"]
+pub(crate) struct StagedTokens {
+    copied: u64,
+}
+
+/// The first half of [`insert_tokens`]: one row per call `COPY`d into the
+/// per-connection staging table. It takes no lock, so the writer runs it
+/// before the activity lock and holds that lock for less.
+pub(crate) async fn stage_tokens(
+    tx: &Transaction<'_>,
+    rows: &[(&TokenUsage, Option<uuid::Uuid>)],
+) -> Result<StagedTokens, PgError> {
     if rows.is_empty() {
-        return Ok(TokensInserted::default());
+        return Ok(StagedTokens::default());
     }
     let rows = one_per_call(rows);
     tx.batch_execute(STAGING_DDL).await?;
     let copied = copy_rows(tx, COPY_SQL.as_str(), &rows, copy::token_row).await?;
-    if copied == 0 {
+    Ok(StagedTokens { copied })
+}
+
+/// The second half of [`insert_tokens`], in the same transaction as
+/// [`stage_tokens`]: under the token lock, skips what is already stored and
+/// inserts the rest (see [`MATCH_SQL`] and [`INSERT_SQL`]).
+pub(crate) async fn insert_staged_tokens(
+    tx: &Transaction<'_>,
+    staged: StagedTokens,
+) -> Result<TokensInserted, PgError> {
+    if staged.copied == 0 {
         return Ok(TokensInserted::default());
     }
     let superseding = tx

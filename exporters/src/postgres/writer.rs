@@ -24,8 +24,9 @@ use super::activity::{insert_rows, DirectCopy, Inserted};
 use super::erasure::ErasedUsers;
 use super::partitions::{create_days, PartitionCache};
 use super::personal::PersonalKeys;
-use super::tokens::insert_tokens;
+use super::tokens::{insert_staged_tokens, stage_tokens};
 use super::trace_identities::{share, SharedTraces};
+use super::writer_thread::WriterThread;
 use super::{connect, migrate, telemetry, PgError, TraceAttribution};
 
 /// How often the background task checks the database when it is up.
@@ -50,6 +51,8 @@ pub(crate) struct Submission {
     reply: oneshot::Sender<Result<Vec<TraceAttribution>, ConsumeError>>,
     /// Queue space, given back when the submission is answered (dropped).
     _permit: OwnedSemaphorePermit,
+    /// When it was queued (for the writer's stage timings).
+    queued_at: Instant,
 }
 
 impl Submission {
@@ -75,6 +78,9 @@ struct Shared {
     retry_after: Duration,
     batch_max_rows: usize,
     linger: Duration,
+    /// Writer tasks, and how many of them are writing a batch right now.
+    writers: usize,
+    writing: std::sync::atomic::AtomicUsize,
     partitions_ahead_days: u32,
     partitions: PartitionCache,
     queue: tokio::sync::Mutex<Queue>,
@@ -150,8 +156,12 @@ impl Shared {
         }
     }
 
-    /// Takes the next batch: waits for a first submission, then up to `linger`
-    /// for more, until `batch_max_rows`. `None` once the queue is closed and empty.
+    /// Takes the next batch: waits for a first submission, then takes what is
+    /// queued, until `batch_max_rows`. When the queue runs dry it waits up to
+    /// `linger` for more, but only while every other writer is busy: a writer
+    /// that is free takes the next submission at once, so lingering would only
+    /// delay this batch's commit (and its acknowledgements).
+    /// `None` once the queue is closed and empty.
     async fn gather(&self) -> Option<Vec<Submission>> {
         let mut queue = self.queue.lock().await;
         let first = match queue.pending.take() {
@@ -166,6 +176,9 @@ impl Shared {
                 Ok(s) => s,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
+                    if !self.others_busy() {
+                        break;
+                    }
                     match tokio::time::timeout_at(deadline, queue.rx.recv()).await {
                         Ok(Some(s)) => s,
                         Ok(None) | Err(_) => break,
@@ -182,6 +195,11 @@ impl Shared {
         Some(batch)
     }
 
+    /// Whether every writer but the caller (which is gathering) is writing.
+    fn others_busy(&self) -> bool {
+        self.writing.load(Ordering::Acquire) + 1 >= self.writers
+    }
+
     /// Creates partitions for yesterday through today + `partitions_ahead_days`.
     async fn ensure_ahead(&self, client: &Client) -> Result<(), PgError> {
         let today = Utc::now().date_naive();
@@ -194,6 +212,22 @@ impl Shared {
         create_days(client, &days).await?;
         self.partitions.remember(&days);
         Ok(())
+    }
+}
+
+/// Counts a writer as writing while it lives (also if the write panics).
+struct Writing<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Writing<'a> {
+    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Writing<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Writing(count)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -223,6 +257,8 @@ struct Inner {
     writers: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     maintenance: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
+    /// The writers' thread (see `writer_thread.rs`), kept while a handle is.
+    _thread: WriterThread,
     /// Connections of [`PgExporter::attribute_traces`] (as many as writers),
     /// each opened on first use, taken round-robin.
     attribution: Vec<tokio::sync::Mutex<Option<Client>>>,
@@ -281,6 +317,8 @@ impl PgExporter {
             retry_after: Duration::from_secs(config.retry_after_secs),
             batch_max_rows: config.batch_max_rows.max(1),
             linger: Duration::from_millis(config.batch_linger_ms),
+            writers: config.writers.max(1),
+            writing: std::sync::atomic::AtomicUsize::new(0),
             partitions_ahead_days: config.partitions_ahead_days,
             partitions: PartitionCache::default(),
             queue: tokio::sync::Mutex::new(Queue { rx, pending: None }),
@@ -292,15 +330,25 @@ impl PgExporter {
 
         let writer_count = config.writers.max(1);
         let mut clients = Vec::with_capacity(writer_count);
+        // Connected on the writers' thread, so their connections run there too.
+        let thread = WriterThread::start()?;
         for _ in 0..writer_count {
-            clients.push(connect(url).await?.0);
+            let url = url.to_string();
+            let connected = thread
+                .spawn(async move { connect(&url).await.map(|(client, _)| client) })
+                .await
+                .map_err(|error| PgError::Io {
+                    context: "connecting a writer".into(),
+                    source: std::io::Error::other(error.to_string()),
+                })??;
+            clients.push(connected);
         }
         readiness.set_database_up(true);
 
         let writers = clients
             .into_iter()
             .enumerate()
-            .map(|(id, client)| tokio::spawn(supervise_writer(shared.clone(), id, client)))
+            .map(|(id, client)| thread.spawn(supervise_writer(shared.clone(), id, client)))
             .collect();
         let (stop, stop_rx) = watch::channel(false);
         let maintenance = tokio::spawn(maintenance_task(shared.clone(), probe_client, stop_rx));
@@ -322,6 +370,7 @@ impl PgExporter {
                 writers: tokio::sync::Mutex::new(writers),
                 maintenance: tokio::sync::Mutex::new(Some(maintenance)),
                 stop,
+                _thread: thread,
                 attribution: (0..writer_count)
                     .map(|_| tokio::sync::Mutex::new(None))
                     .collect(),
@@ -466,6 +515,7 @@ impl PgExporter {
                 traces,
                 reply,
                 _permit: permit,
+                queued_at: Instant::now(),
             };
             match sender.as_ref() {
                 Some(tx) if tx.send(submission).is_ok() => {}
@@ -703,29 +753,47 @@ fn batch_days(batch: &[Submission]) -> Vec<NaiveDate> {
     days.into_iter().collect()
 }
 
+/// Where one batch's write spent its time (the writer's debug log).
+#[derive(Debug, Default, Clone, Copy)]
+struct Stages {
+    begin: Duration,
+    share: Duration,
+    stage_tokens: Duration,
+    activity: Duration,
+    tokens: Duration,
+    rejected: Duration,
+    commit: Duration,
+}
+
+/// Milliseconds, for the log.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 async fn commit_batch(
     client: &mut Client,
     guards: &WriteGuards,
     direct: &DirectCopy,
     batch: &[Submission],
+    stages: &mut Stages,
 ) -> Result<Inserted, PgError> {
+    let mut mark = Instant::now();
+    let mut lap = |slot: &mut Duration| {
+        let now = Instant::now();
+        *slot = now - mark;
+        mark = now;
+    };
     let tx = client.transaction().await?;
+    lap(&mut stages.begin);
     // Trace identities first, before the advisory locks (row locks in key order).
     let traces: Vec<(&str, &super::SharedTrace)> = batch
         .iter()
         .flat_map(|s| s.traces.traces.iter().map(|t| (s.traces.scope.as_str(), t)))
         .collect();
     let ready = share(&tx, &traces).await?;
-    // Fixed lock order: activity_events, then token_usage.
-    let mut inserted = if batch.iter().any(|s| !s.events.is_empty()) {
-        let events: Vec<(&ActivityEvent, Option<uuid::Uuid>)> = batch
-            .iter()
-            .flat_map(|s| s.events.iter().map(move |e| (e, s.ingest_key_id)))
-            .collect();
-        insert_rows(&tx, events, &guards.personal, direct).await?
-    } else {
-        Inserted::default()
-    };
+    lap(&mut stages.share);
+    // Token rows are staged before the activity lock (staging locks nothing),
+    // so the lock that orders every writer's commit is held for less.
     let mut tokens: Vec<(&TokenUsage, Option<uuid::Uuid>)> = batch
         .iter()
         .flat_map(|s| s.tokens.iter().map(move |t| (t, s.ingest_key_id)))
@@ -739,13 +807,29 @@ async fn commit_batch(
             slot.0 = row;
         }
     }
-    inserted.tokens = insert_tokens(&tx, &tokens).await?;
+    let staged_tokens = stage_tokens(&tx, &tokens).await?;
+    lap(&mut stages.stage_tokens);
+    // Fixed lock order: activity_events, then token_usage.
+    let mut inserted = if batch.iter().any(|s| !s.events.is_empty()) {
+        let events: Vec<(&ActivityEvent, Option<uuid::Uuid>)> = batch
+            .iter()
+            .flat_map(|s| s.events.iter().map(move |e| (e, s.ingest_key_id)))
+            .collect();
+        insert_rows(&tx, events, &guards.personal, direct).await?
+    } else {
+        Inserted::default()
+    };
+    lap(&mut stages.activity);
+    inserted.tokens = insert_staged_tokens(&tx, staged_tokens).await?;
+    lap(&mut stages.tokens);
     let rejected: Vec<(&RejectedRecord, Option<uuid::Uuid>)> = batch
         .iter()
         .flat_map(|s| s.rejected.iter().map(move |r| (r, s.ingest_key_id)))
         .collect();
     inserted.rejected = insert_rejected(&tx, &rejected).await?;
+    lap(&mut stages.rejected);
     tx.commit().await?;
+    lap(&mut stages.commit);
     inserted.ready = ready;
     Ok(inserted)
 }
@@ -754,16 +838,17 @@ async fn write_batch(
     client: &mut Client,
     shared: &Shared,
     batch: &[Submission],
+    stages: &mut Stages,
 ) -> Result<Inserted, PgError> {
     let days = batch_days(batch);
     shared.partitions.ensure(client, &days).await?;
     let guards = shared.guards();
-    match commit_batch(client, &guards, &shared.direct_copy, batch).await {
+    match commit_batch(client, &guards, &shared.direct_copy, batch, stages).await {
         Err(error) if is_missing_partition(&error) => {
             // Cached as existing but gone (e.g. dropped by retention): recreate.
             shared.partitions.forget_all();
             shared.partitions.ensure(client, &days).await?;
-            commit_batch(client, &guards, &shared.direct_copy, batch).await
+            commit_batch(client, &guards, &shared.direct_copy, batch, stages).await
         }
         other => other,
     }
@@ -869,14 +954,28 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Option<Client>) {
         }
         let rows: usize = batch.iter().map(Submission::rows).sum();
         let started = Instant::now();
-        match write_batch(&mut conn, &shared, &batch).await {
+        let mut stages = Stages::default();
+        let written = {
+            let _writing = Writing::start(&shared.writing);
+            write_batch(&mut conn, &shared, &batch, &mut stages).await
+        };
+        match written {
             Ok(inserted) => {
+                let oldest = batch.iter().map(|s| s.queued_at).min().unwrap_or(started);
                 tracing::debug!(
                     writer = id,
                     submissions = batch.len(),
                     rows,
                     inserted = inserted.total,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    elapsed_ms = ms(started.elapsed()),
+                    queued_ms = ms(started - oldest),
+                    begin_ms = ms(stages.begin),
+                    share_ms = ms(stages.share),
+                    stage_tokens_ms = ms(stages.stage_tokens),
+                    activity_ms = ms(stages.activity),
+                    tokens_ms = ms(stages.tokens),
+                    rejected_ms = ms(stages.rejected),
+                    commit_ms = ms(stages.commit),
                     "batch committed"
                 );
                 telemetry::batch_committed(
