@@ -19,7 +19,12 @@ pub(super) const ACTIVITY_USERS: i32 = 3;
 /// `cached`: the tail comes from the in-memory tail (`crate::tailcache`, only
 /// for every tenant and no user) as parameters `$3`–`$8` (see
 /// `ActivityView::parameters`) instead of being read from `activity_events`.
-pub(super) fn activity_sql(tenant: Option<&str>, user: Option<&str>, w: &str, cached: bool) -> String {
+pub(super) fn activity_sql(
+    tenant: Option<&str>,
+    user: Option<&str>,
+    w: &str,
+    cached: bool,
+) -> String {
     let cached = cached && tenant.is_none() && user.is_none();
     let t = tables(tenant, user);
     let mut of_tail = String::new();

@@ -230,9 +230,9 @@ fn tables(tenant: Option<&str>, user: Option<&str>) -> Tables {
 
 mod activity;
 mod speed;
-mod tokens;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use self::activity::*;
 use self::speed::*;

@@ -43,7 +43,12 @@ pub(super) const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
 /// `cached`: the tail comes from the in-memory tail (`crate::tailcache`, only
 /// for every tenant and no user) as parameters `$3`–`$22` (see
 /// `TokenView::parameters`) instead of being read from `token_usage`.
-pub(super) fn tokens_sql(tenant: Option<&str>, user: Option<&str>, w: &str, cached: bool) -> String {
+pub(super) fn tokens_sql(
+    tenant: Option<&str>,
+    user: Option<&str>,
+    w: &str,
+    cached: bool,
+) -> String {
     let cached = cached && tenant.is_none() && user.is_none();
     let mut of_tail = String::new();
     if tenant.is_some() {

@@ -25,8 +25,8 @@
 pub mod parquet_file;
 mod verify;
 
-pub use self::verify::{archive_manifests, verify_archive, verify_archive_dir, ArchiveCheck};
 use self::verify::*;
+pub use self::verify::{archive_manifests, verify_archive, verify_archive_dir, ArchiveCheck};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! Checking an archive back: the manifest's signature and digests, every data line's
 //! row hash and chain link, in both formats (NDJSON and Parquet), against the
 //! database's links where the rows are still there.
+//!
+//! Over 600 lines: one job (checking one archive), whose line, link and signature
+//! checks ([`RowChecks`]) both formats share.
 
 use super::*;
 
@@ -89,7 +92,10 @@ pub(super) enum LineProblem {
 }
 
 /// A `bytea` as `row_to_json` prints it (`\\x` and hex).
-pub(super) fn bytea(text: &Option<String>, column: &'static str) -> Result<Option<Vec<u8>>, LineProblem> {
+pub(super) fn bytea(
+    text: &Option<String>,
+    column: &'static str,
+) -> Result<Option<Vec<u8>>, LineProblem> {
     match text {
         None => Ok(None),
         Some(text) => text
@@ -102,7 +108,11 @@ pub(super) fn bytea(text: &Option<String>, column: &'static str) -> Result<Optio
 
 /// Whether `whole` (the archived attributes) is exactly `chained` plus `personal`
 /// (a v3 row's two hashed parts), compared as JSON values.
-pub(super) fn parts_make_whole(whole: Option<&str>, chained: Option<&str>, personal: Option<&str>) -> bool {
+pub(super) fn parts_make_whole(
+    whole: Option<&str>,
+    chained: Option<&str>,
+    personal: Option<&str>,
+) -> bool {
     let parse = |text: Option<&str>| -> Option<serde_json::Map<String, serde_json::Value>> {
         match serde_json::from_str(text?).ok()? {
             serde_json::Value::Object(map) => Some(map),
@@ -599,7 +609,11 @@ pub(super) async fn compare_links(
     Ok(())
 }
 
-pub(super) fn check_signature(manifest: &Manifest, trusted: &[VerifyingKey], problems: &mut Vec<String>) {
+pub(super) fn check_signature(
+    manifest: &Manifest,
+    trusted: &[VerifyingKey],
+    problems: &mut Vec<String>,
+) {
     let (Some(id), Some(signature)) = (&manifest.key_id, &manifest.signature) else {
         problems.push("the manifest is not signed".into());
         return;
