@@ -1,0 +1,384 @@
+//! The token section of `/stats`: totals, per day, provider and model, and the per-call speed rows.
+
+use super::*;
+
+/// `GROUPING(day, provider, model)` of the rows of [`tokens_sql`]: the
+/// window's totals, per day, per provider, per model; and the speed rows.
+pub(super) const TOKENS_TOTAL: i32 = 7;
+pub(super) const TOKENS_DAY: i32 = 3;
+pub(super) const TOKENS_PROVIDER: i32 = 5;
+pub(super) const TOKENS_MODEL: i32 = 6;
+pub(super) const TOKENS_SPEED: i32 = 8;
+/// The time-to-first-token histogram rows (migration 0025).
+pub(super) const TOKENS_TTFT: i32 = 9;
+/// The output speed histogram rows (migration 0026).
+pub(super) const TOKENS_RATE: i32 = 10;
+/// Most models and providers listed (the largest by total tokens).
+pub(super) const MAX_KEYED: i64 = 1000;
+
+/// `gs` of the tail's grouping sets in [`tokens_sql`]: by day, provider,
+/// model, outcome and duration bucket; by model and time-to-first-token
+/// bucket; by model and output speed bucket.
+pub(super) const TAIL_SUMS: i32 = crate::tailcache::GS_SUMS;
+pub(super) const TAIL_TTFT: i32 = crate::tailcache::GS_TTFT;
+pub(super) const TAIL_RATE: i32 = crate::tailcache::GS_SPEED;
+
+/// The calls that count for output speed.
+pub(super) const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
+
+/// The tokens section in one statement: the token rows not folded yet are
+/// read once (`tail`, grouped per day, provider, model, outcome and duration
+/// bucket, and per model and time-to-first-token or output speed bucket: three
+/// grouping sets, see `TAIL_SUMS`) and summed with
+/// the rollup for the totals, the days, the providers and the models
+/// (`GROUPING SETS`), with the latency rollup for the speed (migration 0017),
+/// with the time-to-first-token rollup for its percentiles (migration 0025)
+/// and with the output speed rollup for the per-call speed percentiles
+/// (migration 0026; none of them for one user, whose speed `own_speed_sql`
+/// reads). Rows: `part` (see the constants above), `day`, `key` (provider or
+/// model), `bucket` (the duration bucket, or the TTFT bucket of the TTFT rows,
+/// or the speed bucket of the speed rows), the measures, `failed`,
+/// `rate_output_tokens`, `rate_duration_ms`, in part, day and rank order.
+///
+/// `cached`: the tail comes from the in-memory tail (`crate::tailcache`, only
+/// for every tenant and no user) as parameters `$3`–`$22` (see
+/// `TokenView::parameters`) instead of being read from `token_usage`.
+pub(super) fn tokens_sql(
+    tenant: Option<&str>,
+    user: Option<&str>,
+    w: &str,
+    cached: bool,
+) -> String {
+    let cached = cached && tenant.is_none() && user.is_none();
+    let mut of_tail = String::new();
+    if tenant.is_some() {
+        of_tail.push_str(" AND tenant_id = $3");
+    }
+    if user.is_some() {
+        of_tail.push_str(" AND coalesce(user_id, '') = $4");
+    }
+    let rate_output =
+        format!("sum(CASE WHEN {TIMED} THEN output_tokens ELSE 0 END) AS rate_output_tokens");
+    let rate_duration =
+        format!("sum(CASE WHEN {TIMED} THEN duration_ms ELSE 0 END) AS rate_duration_ms");
+    // Three grouping sets, told apart by `gs` (TAIL_*): the sums and
+    // durations per (day, provider, model, outcome, duration bucket), the
+    // time-to-first-token histogram per model and the output speed histogram
+    // per model. One set of every key would multiply the histograms' buckets
+    // together (a group for nearly every tail row).
+    let gs = "GROUPING(tally_duration_bucket(duration_ms), \
+        tally_duration_bucket(time_to_first_token_ms), \
+        tally_speed_bucket(output_tokens, duration_ms)) AS gs";
+    let tail = match cached {
+        true => cached_token_tail(),
+        false => TOKENS.tail_grouping_sets(
+            &["provider", "model"],
+            &[
+                "outcome",
+                "tally_duration_bucket(duration_ms) AS bucket",
+                "tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket",
+                "tally_speed_bucket(output_tokens, duration_ms) AS speed_bucket",
+            ],
+            &[&rate_output, &rate_duration, gs],
+            (Some("$1"), Some("$2")),
+            &of_tail,
+            // 1 day, 2 provider, 3 model, 4 outcome, 5 bucket, 6 ttft, 7 speed.
+            &[&[1, 2, 3, 4, 5], &[3, 6], &[3, 7]],
+        ),
+    };
+    let measures = TOKENS.measure_columns();
+    let sums = TOKENS.measure_sums();
+    // The speed rows hold `requests` and leave the other measures NULL.
+    let nulls: Vec<&str> = TOKEN_MEASURES
+        .iter()
+        .skip(1)
+        .map(|_| "NULL::int8")
+        .collect();
+    let nulls = nulls.join(", ");
+    // One histogram section per model (calls per bucket, `-1`: not reported,
+    // left out) from a bucket rollup and the tail's grouping set `tail_set`.
+    let histogram = |section: i32, bucket: &str, rollup: &str, tail_set: i32| {
+        format!(
+            "UNION ALL SELECT {section}, NULL::date, model, {bucket}, NULL::int8, \
+                 sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
+                 NULL::float8 \
+             FROM (SELECT model, {bucket}, requests FROM {rollup}{w} \
+                   UNION ALL SELECT model, {bucket}, requests FROM tail \
+                       WHERE gs = {tail_set}) AS h \
+             WHERE {bucket} >= 0 \
+             GROUP BY model, {bucket}"
+        )
+    };
+    let speed = match user {
+        Some(_) => String::new(),
+        None => {
+            let (latency, ttft, rate) = if tenant.is_some() {
+                (
+                    "token_usage_latency_daily",
+                    "token_usage_ttft_daily",
+                    "token_usage_speed_daily",
+                )
+            } else {
+                (
+                    "token_usage_latency_daily_all",
+                    "token_usage_ttft_daily_all",
+                    "token_usage_speed_daily_all",
+                )
+            };
+            format!(
+                " UNION ALL SELECT {TOKENS_SPEED}, NULL::date, model, bucket, NULL::int8, \
+                     sum(requests)::int8, {nulls}, NULL::float8, \
+                     coalesce(sum(requests) FILTER (WHERE outcome = 'failure'), 0)::int8, \
+                     sum(rate_output_tokens)::int8, sum(rate_duration_ms)::float8 \
+                 FROM (SELECT model, outcome, bucket, requests, rate_output_tokens, rate_duration_ms \
+                       FROM {latency}{w} \
+                       UNION ALL SELECT model, outcome, bucket, requests, rate_output_tokens, \
+                           rate_duration_ms FROM tail WHERE gs = {latency_set}) AS l \
+                 GROUP BY model, bucket \
+                 {ttft_histogram} {rate_histogram}",
+                latency_set = if cached {
+                    crate::tailcache::GS_LATENCY
+                } else {
+                    TAIL_SUMS
+                },
+                ttft_histogram = histogram(TOKENS_TTFT, "ttft_bucket", ttft, TAIL_TTFT),
+                rate_histogram = histogram(TOKENS_RATE, "speed_bucket", rate, TAIL_RATE),
+            )
+        }
+    };
+    format!(
+        "WITH tail AS MATERIALIZED ({tail}), \
+         sums AS (SELECT GROUPING(day, provider, model) AS g, day, provider, model, {sums}, \
+             row_number() OVER (PARTITION BY GROUPING(day, provider, model) \
+                 ORDER BY sum(total_tokens) DESC, provider, model) AS rank \
+             FROM (SELECT day, provider, model, {measures} FROM {rollup}{w} \
+                   UNION ALL SELECT day, provider, model, {measures} FROM tail \
+                       WHERE gs = {TAIL_SUMS}) AS live \
+             GROUP BY GROUPING SETS ((), (day), (provider), (model))) \
+         SELECT g AS part, day, CASE g WHEN {TOKENS_PROVIDER} THEN provider \
+                 WHEN {TOKENS_MODEL} THEN model END AS key, NULL::int2 AS bucket, rank, \
+             {measures}, NULL::int8 AS failed, NULL::int8 AS rate_output_tokens, \
+             NULL::float8 AS rate_duration_ms \
+         FROM sums WHERE g IN ({TOKENS_TOTAL}, {TOKENS_DAY}) OR rank <= {MAX_KEYED}{speed} \
+         ORDER BY part, day, rank",
+        rollup = tables(tenant, user).tokens
+    )
+}
+
+/// The grouped tail of [`tokens_sql`] from the in-memory tail's columns
+/// (parameters `$3`–`$22`, see `TokenView::parameters`).
+pub(super) fn cached_token_tail() -> String {
+    let counts: Vec<String> = TOKEN_MEASURES
+        .iter()
+        .enumerate()
+        .map(|(i, _)| format!("${}::int8[]", 10 + i))
+        .collect();
+    let next = 10 + TOKEN_MEASURES.len();
+    format!(
+        "SELECT day, provider, model, outcome, bucket, ttft_bucket, speed_bucket, {measures}, \
+             cost::numeric AS cost_usd, rate_output_tokens, rate_duration_ms, gs \
+         FROM unnest($3::date[], $4::text[], $5::text[], $6::text[], $7::int2[], $8::int2[], \
+             $9::int2[], {counts}, ${c}::text[], ${o}::int8[], ${d}::float8[], ${g}::int4[]) \
+             AS t (day, provider, model, outcome, bucket, ttft_bucket, speed_bucket, {measures}, \
+                 cost, rate_output_tokens, rate_duration_ms, gs)",
+        measures = TOKEN_MEASURES.join(", "),
+        counts = counts.join(", "),
+        c = next,
+        o = next + 1,
+        d = next + 2,
+        g = next + 3,
+    )
+}
+
+pub(super) fn token_measures(row: &Row, into: &mut Map<String, Value>) -> Result<(), ApiError> {
+    for m in TOKEN_MEASURES {
+        into.insert((*m).to_owned(), Value::from(int(row, m)?));
+    }
+    into.insert("cost_usd".to_owned(), float(row, "cost_usd")?);
+    Ok(())
+}
+
+/// One `by_model` / `by_provider` item.
+pub(super) fn keyed_item(row: &Row, column: &str) -> Result<Map<String, Value>, ApiError> {
+    let key: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
+    let mut item = Map::new();
+    item.insert(
+        column.to_owned(),
+        key.and_then(non_empty).map_or(Value::Null, Value::String),
+    );
+    token_measures(row, &mut item)?;
+    Ok(item)
+}
+
+pub(super) async fn tokens_section(
+    client: &Transaction<'_>,
+    live: &Snapshot,
+    cache: &TailCache,
+    tenant: Option<&str>,
+    user: Option<&str>,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Value, ApiError> {
+    let (w, params) = window(tenant, user, from, to);
+    // Over every tenant: the tail grouped in memory when it can answer.
+    let cached = match (tenant, user) {
+        (None, None) => cache.tokens(client, from, to).await?,
+        _ => None,
+    };
+    let own_speed = user.map(|_| own_speed_sql(w));
+    let (rows, as_of_seq, own_speed_rows) = futures::try_join!(
+        async {
+            match &cached {
+                Some(view) => {
+                    let sql = tokens_sql(tenant, user, w, true);
+                    let mut all = window(tenant, user, from, to).1;
+                    all.extend(view.parameters());
+                    crate::params::query_on(client, &sql, &all).await
+                }
+                None => run(client, live, &tokens_sql(tenant, user, w, false), &params).await,
+            }
+        },
+        async {
+            match &cached {
+                Some(view) => Ok(view.high),
+                None => crate::params::newest_seq(client, "token_usage").await,
+            }
+        },
+        async {
+            match &own_speed {
+                Some(sql) => run(client, live, sql, &params).await,
+                None => Ok(Vec::new()),
+            }
+        },
+    )?;
+    let mut section = Map::new();
+    section.insert("as_of_seq".to_owned(), Value::from(as_of_seq));
+    let mut by_model = Vec::new();
+    let mut by_provider = Vec::new();
+    let mut daily = Vec::new();
+    let mut histograms = Vec::new();
+    let histogram_row =
+        |row: &Row, model: String, kind: Histogram| -> Result<HistogramRow, ApiError> {
+            Ok(HistogramRow {
+                model,
+                kind,
+                bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
+                requests: int(row, "requests")?,
+                failed: int(row, "failed")?,
+                rate_output_tokens: int(row, "rate_output_tokens")?,
+                rate_duration_ms: row
+                    .try_get::<_, Option<f64>>("rate_duration_ms")
+                    .map_err(ApiError::from_db)?
+                    .unwrap_or(0.0),
+            })
+        };
+    for row in &rows {
+        let part: i32 = row.try_get("part").map_err(ApiError::from_db)?;
+        match part {
+            TOKENS_TOTAL => token_measures(row, &mut section)?,
+            TOKENS_DAY => {
+                let day: NaiveDate = row.try_get("day").map_err(ApiError::from_db)?;
+                let mut item = Map::new();
+                item.insert("day".to_owned(), Value::String(day.to_string()));
+                token_measures(row, &mut item)?;
+                daily.push(Value::Object(item));
+            }
+            TOKENS_PROVIDER => by_provider.push(Value::Object(keyed_item(row, "provider")?)),
+            TOKENS_MODEL => by_model.push(keyed_item(row, "model")?),
+            TOKENS_SPEED => {
+                let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
+                histograms.push(histogram_row(
+                    row,
+                    model.unwrap_or_default(),
+                    Histogram::Duration,
+                )?);
+            }
+            TOKENS_TTFT => {
+                let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
+                histograms.push(histogram_row(
+                    row,
+                    model.unwrap_or_default(),
+                    Histogram::FirstToken,
+                )?);
+            }
+            TOKENS_RATE => {
+                let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
+                histograms.push(histogram_row(
+                    row,
+                    model.unwrap_or_default(),
+                    Histogram::OutputSpeed,
+                )?);
+            }
+            _ => {}
+        }
+    }
+    for row in &own_speed_rows {
+        let model: String = row.try_get("model").map_err(ApiError::from_db)?;
+        let kind: i32 = row.try_get("kind").map_err(ApiError::from_db)?;
+        let kind = match kind {
+            TOKENS_TTFT => Histogram::FirstToken,
+            TOKENS_RATE => Histogram::OutputSpeed,
+            _ => Histogram::Duration,
+        };
+        histograms.push(histogram_row(row, model, kind)?);
+    }
+    if !section.contains_key("requests") {
+        // No row at all in the window: every total is 0.
+        for m in TOKEN_MEASURES {
+            section.insert((*m).to_owned(), Value::from(0));
+        }
+        section.insert("cost_usd".to_owned(), Value::from(0.0));
+    }
+    let (overall, per_model) = speeds(&histograms);
+    overall.insert_into(&mut section);
+    for item in &mut by_model {
+        let model = item
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        per_model
+            .get(model)
+            .cloned()
+            .unwrap_or_default()
+            .insert_into(item);
+    }
+    section.insert(
+        "by_model".to_owned(),
+        Value::Array(by_model.into_iter().map(Value::Object).collect()),
+    );
+    section.insert("by_provider".to_owned(), Value::Array(by_provider));
+    section.insert("daily".to_owned(), Value::Array(daily));
+    Ok(Value::Object(section))
+}
+
+/// The speed of one user's calls (a `self:read` caller): the latency,
+/// time-to-first-token and output speed rollups keep no user, so its token
+/// rows of the window are read as they are. Rows: `kind` [`TOKENS_SPEED`] (the
+/// duration histogram), [`TOKENS_TTFT`] (the time-to-first-token one, of its
+/// calls that reported one) or [`TOKENS_RATE`] (the output speed one, of its
+/// calls that count for speed).
+pub(super) fn own_speed_sql(w: &str) -> String {
+    let timed = "duration_ms > 0 AND output_tokens IS NOT NULL";
+    format!(
+        "SELECT model, CASE WHEN GROUPING(bucket) = 0 THEN bucket \
+                 WHEN GROUPING(ttft_bucket) = 0 THEN ttft_bucket ELSE speed_bucket END AS bucket, \
+             CASE WHEN GROUPING(bucket) = 0 THEN {TOKENS_SPEED} \
+                 WHEN GROUPING(ttft_bucket) = 0 THEN {TOKENS_TTFT} ELSE {TOKENS_RATE} END AS kind, \
+             count(*)::int8 AS requests, \
+             count(*) FILTER (WHERE outcome = 'failure')::int8 AS failed, \
+             sum(CASE WHEN {timed} THEN output_tokens ELSE 0 END)::int8 AS rate_output_tokens, \
+             sum(CASE WHEN {timed} THEN duration_ms ELSE 0 END)::float8 AS rate_duration_ms \
+         FROM (SELECT (ts AT TIME ZONE 'UTC')::date AS day, tenant_id, \
+                   coalesce(user_id, '') AS user_id, coalesce(model, '') AS model, outcome, \
+                   tally_duration_bucket(duration_ms) AS bucket, \
+                   tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket, \
+                   tally_speed_bucket(output_tokens, duration_ms) AS speed_bucket, \
+                   output_tokens, duration_ms \
+               FROM token_usage \
+               WHERE ts >= $1::date::timestamp AT TIME ZONE 'UTC' \
+                 AND ts < $2::date::timestamp AT TIME ZONE 'UTC') AS own{w} \
+         GROUP BY GROUPING SETS ((model, bucket), (model, ttft_bucket), (model, speed_bucket)) \
+         HAVING GROUPING(bucket) = 0 OR (GROUPING(ttft_bucket) = 0 AND ttft_bucket >= 0) \
+             OR (GROUPING(speed_bucket) = 0 AND speed_bucket >= 0)"
+    )
+}
