@@ -7,8 +7,8 @@
 use chrono::NaiveDate;
 use tokio_postgres::types::ToSql;
 
+use super::sql::PeriodPage;
 use super::{AggregateQuery, Spec, Table};
-use crate::params::SqlBuilder;
 use crate::tailcache::Page;
 
 impl Spec {
@@ -29,24 +29,13 @@ impl Spec {
         limit: usize,
         page: &Page,
     ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
-        let mut sql = SqlBuilder::default();
-        for (key, value) in &query.filters {
-            sql.push(&format!("{} = ", key.column), value.clone());
-        }
-        let mut clauses = sql.clauses.clone();
-        if first.succ_opt() == Some(end) {
-            clauses.push(format!("day = '{first}'::date"));
-        } else {
-            clauses.push(format!("day >= '{first}'::date"));
-            clauses.push(format!("day < '{end}'::date"));
-        }
-        let columns: Vec<&str> = query.group_by.iter().map(|k| k.column).collect();
-        let cols = columns.join(", ");
-        if let Some(cursor) = query.cursor.as_ref().filter(|c| c.p == period) {
-            let values: Vec<String> = cursor.k.iter().map(|k| sql.param(k.clone())).collect();
-            clauses.push(format!("({cols}) > ({})", values.join(", ")));
-        }
-        let limit = sql.param(i64::try_from(limit).unwrap_or(i64::MAX));
+        let PeriodPage {
+            mut sql,
+            clauses,
+            columns,
+            cols,
+            limit,
+        } = PeriodPage::new(query, (period, first, end), limit);
         // The rollup's groups: counts as int8, the cost as numeric (exact).
         let rollup_sums: Vec<String> = self
             .measures

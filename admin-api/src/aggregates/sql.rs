@@ -296,24 +296,13 @@ impl Spec {
         (period, first, end): (NaiveDate, NaiveDate, NaiveDate),
         limit: usize,
     ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
-        let mut sql = SqlBuilder::default();
-        for (key, value) in &query.filters {
-            sql.push(&format!("{} = ", key.column), value.clone());
-        }
-        let mut clauses = sql.clauses.clone();
-        if first.succ_opt() == Some(end) {
-            clauses.push(format!("day = '{first}'::date"));
-        } else {
-            clauses.push(format!("day >= '{first}'::date"));
-            clauses.push(format!("day < '{end}'::date"));
-        }
-        let columns: Vec<&str> = query.group_by.iter().map(|k| k.column).collect();
-        let cols = columns.join(", ");
-        if let Some(cursor) = query.cursor.as_ref().filter(|c| c.p == period) {
-            let values: Vec<String> = cursor.k.iter().map(|k| sql.param(k.clone())).collect();
-            clauses.push(format!("({cols}) > ({})", values.join(", ")));
-        }
-        let limit = sql.param(i64::try_from(limit).unwrap_or(i64::MAX));
+        let PeriodPage {
+            sql,
+            clauses,
+            columns,
+            cols,
+            limit,
+        } = PeriodPage::new(query, (period, first, end), limit);
         let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
         select.extend(self.sums());
         let source = self.source(
@@ -368,5 +357,57 @@ pub(super) fn alias(expression: &str, column: &str) -> String {
         column.to_owned()
     } else {
         format!("{expression} AS {column}")
+    }
+}
+
+/// What one period's page shares between the rollup-only statement
+/// ([`Spec::period_sql`]) and the one with the cached tail
+/// (`Spec::keyed_period_sql`): the bound filters, the day range, the cursor's
+/// keyset condition and the bound limit.
+pub(super) struct PeriodPage<'q> {
+    /// The bound values (the filters', the cursor's, the limit).
+    pub(super) sql: SqlBuilder,
+    /// The conditions on the rollup's rows.
+    pub(super) clauses: Vec<String>,
+    /// The group-by columns, in order.
+    pub(super) columns: Vec<&'q str>,
+    /// `columns` joined by `, `.
+    pub(super) cols: String,
+    /// The limit's placeholder.
+    pub(super) limit: String,
+}
+
+impl<'q> PeriodPage<'q> {
+    /// The page of `period` (its days `first..end`) of at most `limit` groups.
+    pub(super) fn new(
+        query: &'q AggregateQuery<'_>,
+        (period, first, end): (NaiveDate, NaiveDate, NaiveDate),
+        limit: usize,
+    ) -> PeriodPage<'q> {
+        let mut sql = SqlBuilder::default();
+        for (key, value) in &query.filters {
+            sql.push(&format!("{} = ", key.column), value.clone());
+        }
+        let mut clauses = sql.clauses.clone();
+        if first.succ_opt() == Some(end) {
+            clauses.push(format!("day = '{first}'::date"));
+        } else {
+            clauses.push(format!("day >= '{first}'::date"));
+            clauses.push(format!("day < '{end}'::date"));
+        }
+        let columns: Vec<&str> = query.group_by.iter().map(|k| k.column).collect();
+        let cols = columns.join(", ");
+        if let Some(cursor) = query.cursor.as_ref().filter(|c| c.p == period) {
+            let values: Vec<String> = cursor.k.iter().map(|k| sql.param(k.clone())).collect();
+            clauses.push(format!("({cols}) > ({})", values.join(", ")));
+        }
+        let limit = sql.param(i64::try_from(limit).unwrap_or(i64::MAX));
+        PeriodPage {
+            sql,
+            clauses,
+            columns,
+            cols,
+            limit,
+        }
     }
 }
