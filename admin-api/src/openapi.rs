@@ -787,17 +787,7 @@ fn add_usage_routes(doc: &mut Value) {
         for key in with_keys {
             properties.insert((*key).to_owned(), nullable_string.clone());
         }
-        for m in [
-            "requests",
-            "unknown_usage_requests",
-            "unpriced_requests",
-            "input_tokens",
-            "output_tokens",
-            "cache_read_tokens",
-            "cache_write_tokens",
-            "reasoning_tokens",
-            "total_tokens",
-        ] {
+        for m in tally_model::tokens::TOKEN_COUNT_MEASURES {
             properties.insert(m.to_owned(), json!({ "type": "integer" }));
         }
         properties.insert("cost_usd".to_owned(), json!({ "type": "number", "description": "Sum of the priced calls' estimated cost (calls with usage but no price count in unpriced_requests)" }));

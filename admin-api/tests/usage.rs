@@ -229,17 +229,7 @@ fn expected_tokens(
     out
 }
 
-const TOKEN_MEASURES: [&str; 9] = [
-    "requests",
-    "unknown_usage_requests",
-    "unpriced_requests",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-];
+use tally_model::tokens::TOKEN_COUNT_MEASURES as TOKEN_MEASURES;
 
 /// JSON name of a group key.
 fn column(key: &str) -> &str {

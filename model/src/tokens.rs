@@ -121,6 +121,33 @@ impl TokenUsage {
 
 pub use crate::ids::{token_log_id, token_span_id};
 
+/// The count measures of the token rollups (`token_usage_daily`, `_tenant`,
+/// `_all`), in their column order. They are also the JSON names of the count
+/// fields in `GET /api/v1/tokens/usage` items and in `/stats`' token section.
+pub const TOKEN_COUNT_MEASURES: [&str; 9] = [
+    "requests",
+    "unknown_usage_requests",
+    "unpriced_requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+];
+
+/// Every measure of the token rollups: the counts, then `cost_usd`.
+pub const TOKEN_MEASURES: [&str; 10] = {
+    let mut all = [""; 10];
+    let mut i = 0;
+    while i < TOKEN_COUNT_MEASURES.len() {
+        all[i] = TOKEN_COUNT_MEASURES[i];
+        i += 1;
+    }
+    all[9] = "cost_usd";
+    all
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,3 +202,9 @@ fn bad_parameters_are_named() {
         .parse(&pairs("group_by=action,outcome"), &caller)
         .is_ok());
 }
+
+#[test]
+fn token_measures_are_the_rollups_measures() {
+    let columns: Vec<&str> = TOKENS.measures.iter().map(|m| m.column).collect();
+    assert_eq!(columns, tally_model::tokens::TOKEN_MEASURES);
+}

@@ -25,6 +25,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use deadpool_postgres::Transaction;
+use tally_model::tokens::TOKEN_COUNT_MEASURES as TOKEN_MEASURES;
 
 use crate::aggregates::{ACTIVITY, TOKENS};
 use crate::caller::{Caller, SCOPE_ACTIVITY_READ, SCOPE_TOKENS_READ};
@@ -42,18 +43,6 @@ pub const DEFAULT_DAYS: u64 = 7;
 pub const MAX_DAYS: i64 = 366;
 /// How many actions `top_actions` lists.
 pub const TOP_ACTIONS: i64 = 10;
-
-const TOKEN_MEASURES: &[&str] = &[
-    "requests",
-    "unknown_usage_requests",
-    "unpriced_requests",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-];
 
 /// The response.
 #[derive(Debug, Serialize)]

@@ -39,6 +39,7 @@
 
 use std::time::Duration;
 
+use tally_model::tokens::TOKEN_MEASURES;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Transaction};
@@ -133,19 +134,6 @@ const TOKEN_KEYS: &str = "(ts AT TIME ZONE 'UTC')::date AS day, tenant_id, \
         coalesce(model, '') AS model, outcome, tally_duration_bucket(duration_ms) AS bucket, \
         tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket, \
         tally_speed_bucket(output_tokens, duration_ms) AS speed_bucket";
-
-const TOKEN_MEASURES: [&str; 10] = [
-    "requests",
-    "unknown_usage_requests",
-    "unpriced_requests",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-    "cost_usd",
-];
 
 /// The measures of the latency rollups (migration 0017): calls, and the
 /// output tokens and durations of the calls that reported both.
