@@ -49,13 +49,22 @@ pub(crate) struct Submission {
     pub(crate) traces: SharedTraces,
     /// Answered with the traces this submission is to attribute once committed.
     reply: oneshot::Sender<Result<Vec<TraceAttribution>, ConsumeError>>,
-    /// Queue space, given back when the submission is answered (dropped).
+    /// Queue space, given back just before the submission is answered.
     _permit: OwnedSemaphorePermit,
     /// When it was queued (for the writer's stage timings).
     queued_at: Instant,
 }
 
 impl Submission {
+    /// Gives the queue space back, then answers: a caller that has its answer
+    /// finds its space free again (dropping the whole submission after the
+    /// send let a caller see a full queue that was about to empty).
+    fn answer(self, result: Result<Vec<TraceAttribution>, ConsumeError>) {
+        let Submission { reply, _permit, .. } = self;
+        drop(_permit);
+        let _ = reply.send(result);
+    }
+
     /// Rows of both tables.
     fn rows(&self) -> usize {
         self.events.len() + self.tokens.len() + self.rejected.len()
@@ -141,11 +150,11 @@ impl Shared {
         };
         let mut failed = 0usize;
         if let Some(s) = queue.pending.take() {
-            let _ = s.reply.send(Err(self.unavailable(reason)));
+            s.answer(Err(self.unavailable(reason)));
             failed += 1;
         }
         while let Ok(s) = queue.rx.try_recv() {
-            let _ = s.reply.send(Err(self.unavailable(reason)));
+            s.answer(Err(self.unavailable(reason)));
             failed += 1;
         }
         if failed > 0 {
@@ -856,7 +865,7 @@ async fn write_batch(
 
 fn answer(batch: Vec<Submission>, error: ConsumeError) {
     for submission in batch {
-        let _ = submission.reply.send(Err(error.clone()));
+        submission.answer(Err(error.clone()));
     }
 }
 
@@ -879,7 +888,7 @@ fn answer_committed(batch: Vec<Submission>, ready: &[((String, String), TraceAtt
                 .map(|a| (*a).clone())
                 .collect()
         };
-        let _ = submission.reply.send(Ok(mine));
+        submission.answer(Ok(mine));
     }
 }
 
