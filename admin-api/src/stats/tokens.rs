@@ -97,12 +97,12 @@ pub(super) fn tokens_sql(
     let nulls = nulls.join(", ");
     // One histogram section per model (calls per bucket, `-1`: not reported,
     // left out) from a bucket rollup and the tail's grouping set `tail_set`.
-    let histogram = |section: i32, bucket: &str, rollup: &str, tail_set: i32| {
+    let histogram = |section: i32, bucket: &str, rollup: String, tail_set: i32| {
         format!(
             "UNION ALL SELECT {section}, NULL::date, model, {bucket}, NULL::int8, \
                  sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
                  NULL::float8 \
-             FROM (SELECT model, {bucket}, requests FROM {rollup}{w} \
+             FROM ({rollup} \
                    UNION ALL SELECT model, {bucket}, requests FROM tail \
                        WHERE gs = {tail_set}) AS h \
              WHERE {bucket} >= 0 \
@@ -112,17 +112,31 @@ pub(super) fn tokens_sql(
     let speed = match user {
         Some(_) => String::new(),
         None => {
+            let latency_columns = "model, outcome, bucket, requests, rate_output_tokens, \
+                rate_duration_ms";
             let (latency, ttft, rate) = if tenant.is_some() {
                 (
-                    "token_usage_latency_daily",
-                    "token_usage_ttft_daily",
-                    "token_usage_speed_daily",
+                    format!("SELECT {latency_columns} FROM token_usage_latency_daily{w}"),
+                    format!("SELECT model, ttft_bucket, requests FROM token_usage_ttft_daily{w}"),
+                    format!("SELECT model, speed_bucket, requests FROM token_usage_speed_daily{w}"),
                 )
             } else {
                 (
-                    "token_usage_latency_daily_all",
-                    "token_usage_ttft_daily_all",
-                    "token_usage_speed_daily_all",
+                    by_weeks(
+                        latency_columns,
+                        "token_usage_latency_daily_all",
+                        "token_usage_latency_weekly_all",
+                        w,
+                    ),
+                    format!(
+                        "SELECT model, ttft_bucket, requests FROM token_usage_ttft_daily_all{w}"
+                    ),
+                    by_weeks(
+                        "model, speed_bucket, requests",
+                        "token_usage_speed_daily_all",
+                        "token_usage_speed_weekly_all",
+                        w,
+                    ),
                 )
             };
             format!(
@@ -130,8 +144,7 @@ pub(super) fn tokens_sql(
                      sum(requests)::int8, {nulls}, NULL::float8, \
                      coalesce(sum(requests) FILTER (WHERE outcome = 'failure'), 0)::int8, \
                      sum(rate_output_tokens)::int8, sum(rate_duration_ms)::float8 \
-                 FROM (SELECT model, outcome, bucket, requests, rate_output_tokens, rate_duration_ms \
-                       FROM {latency}{w} \
+                 FROM ({latency} \
                        UNION ALL SELECT model, outcome, bucket, requests, rate_output_tokens, \
                            rate_duration_ms FROM tail WHERE gs = {latency_set}) AS l \
                  GROUP BY model, bucket \
@@ -162,6 +175,22 @@ pub(super) fn tokens_sql(
          FROM sums WHERE g IN ({TOKENS_TOTAL}, {TOKENS_DAY}) OR rank <= {MAX_KEYED}{speed} \
          ORDER BY part, day, rank",
         rollup = tables(tenant, user).tokens
+    )
+}
+
+/// The rows of a histogram over every tenant for the window `w` (`WHERE day
+/// >= $1 AND day < $2`): the window's whole ISO weeks (Monday to Sunday) from
+/// the weekly copy (migration 0028), the days before the first and after the
+/// last whole week from the daily rollup. `columns` are in both.
+pub(super) fn by_weeks(columns: &str, daily: &str, weekly: &str, w: &str) -> String {
+    // The first Monday on or after `from`, and the last Monday on or before
+    // `to` (exclusive end): the whole weeks are [first, last). When last <=
+    // first there is none, and every day of the window comes from `daily`.
+    let first = "date_trunc('week', $1::date + 6)::date";
+    let last = "date_trunc('week', $2::date)::date";
+    format!(
+        "SELECT {columns} FROM {daily}{w} AND (day < {first} OR day >= {last}) \
+         UNION ALL SELECT {columns} FROM {weekly} WHERE week >= {first} AND week < {last}"
     )
 }
 

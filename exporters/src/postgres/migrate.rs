@@ -120,8 +120,8 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         28,
-        "covering_user_indexes",
-        include_str!("migrations/0028_covering_user_indexes.sql"),
+        "query_speed",
+        include_str!("migrations/0028_query_speed.sql"),
     ),
 ];
 
