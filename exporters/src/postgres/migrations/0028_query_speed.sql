@@ -102,11 +102,11 @@ BEGIN
     DELETE FROM token_usage_speed_weekly_all;
     INSERT INTO token_usage_latency_weekly_all (week, provider, model, outcome, bucket,
             requests, rate_output_tokens, rate_duration_ms)
-        SELECT date_trunc('week', day)::date, provider, model, outcome, bucket,
+        SELECT date_trunc('week', day::timestamp)::date, provider, model, outcome, bucket,
             sum(requests), sum(rate_output_tokens), sum(rate_duration_ms)
         FROM token_usage_latency_daily_all GROUP BY 1, 2, 3, 4, 5;
     INSERT INTO token_usage_speed_weekly_all (week, provider, model, speed_bucket, requests)
-        SELECT date_trunc('week', day)::date, provider, model, speed_bucket, sum(requests)
+        SELECT date_trunc('week', day::timestamp)::date, provider, model, speed_bucket, sum(requests)
         FROM token_usage_speed_daily_all GROUP BY 1, 2, 3, 4;
 END
 $f$;
@@ -123,7 +123,7 @@ LANGUAGE plpgsql AS $f$
 DECLARE
     latency bigint;
     speed bigint;
-    first_week date := date_trunc('week', cutoff)::date;
+    first_week date := date_trunc('week', cutoff::timestamp)::date;
 BEGIN
     PERFORM pg_advisory_xact_lock(8386103194290384748);
     DELETE FROM token_usage_latency_weekly_all WHERE week < cutoff;
