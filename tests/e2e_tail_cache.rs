@@ -332,7 +332,7 @@ fn answered(body: &Json) -> Json {
     })
 }
 
-/// `/stats` over every tenant, for a window of the last 7 days and for today
+/// `/stats` over every tenant, for windows of the last 30 and 7 days and for today
 /// only (tail users seen in the rollups before the window count as new), equals
 /// the raw tables; each answer is asked twice (the second from the cache as
 /// left by the first).
@@ -342,7 +342,13 @@ async fn check(tally: &Tally, db: &TestDatabase, step: &str) {
     check_by_user(tally, db, step).await;
     let today = Utc::now().date_naive();
     let to = today.checked_add_days(Days::new(1)).expect("tomorrow");
-    for from in [today.checked_sub_days(Days::new(7)).expect("week"), today] {
+    // 30 days: the histograms' whole weeks from the weekly copies (migration
+    // 0028), the days around them from the daily ones.
+    for from in [
+        today.checked_sub_days(Days::new(30)).expect("month"),
+        today.checked_sub_days(Days::new(7)).expect("week"),
+        today,
+    ] {
         for round in 0..2 {
             let path = format!("/api/v1/stats?from={from}&to={to}");
             let (status, body) = get_json(&tally.api_url(&path), None).await;

@@ -402,6 +402,8 @@ const ROLLUP_TABLES: &[&str] = &[
     "token_usage_ttft_daily_all",
     "token_usage_speed_daily",
     "token_usage_speed_daily_all",
+    "token_usage_latency_weekly_all",
+    "token_usage_speed_weekly_all",
 ];
 
 /// The rollup job's folds (exporters/src/postgres/rollup.rs) over every row at
@@ -494,7 +496,8 @@ async fn fill_rollups(client: &tokio_postgres::Client) -> anyhow::Result<()> {
                FROM token_usage_speed_daily GROUP BY 1, 2, 3, 4; \
              UPDATE rollup_watermarks SET last_seq = (SELECT coalesce(max(seq), 0) FROM token_usage), \
                updated_at = now() WHERE name = 'token_usage_daily'; \
-             SELECT tally_rebuild_coarse_rollups();",
+             SELECT tally_rebuild_coarse_rollups(); \
+             SELECT tally_rebuild_weekly_histograms();",
         )
         .await
         .context("filling the rollups")?;

@@ -185,3 +185,136 @@ async fn migration_10_gives_unpriced_requests_the_metrics_meaning() {
         assert_eq!(counts, (2, 1), "{table}");
     }
 }
+
+/// Migration 28: the per-user rollups keep exactly these indexes (the user
+/// ones carry the sums), and a period of a page grouped by user (the admin
+/// API's by-user statement) reads them without visiting the heap once the
+/// table is vacuumed, with the sums the raw rows give.
+#[tokio::test]
+async fn migration_28_user_indexes_cover_the_sums() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    let indexes = |table: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "SELECT indexname::text FROM pg_indexes WHERE tablename = $1 ORDER BY 1",
+                    &[&table],
+                )
+                .await
+                .expect("indexes")
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(
+        indexes("activity_daily").await,
+        [
+            "activity_daily_day_user_idx",
+            "activity_daily_pkey",
+            "activity_daily_tenant_user_sums_idx",
+            "activity_daily_user_day_sums_idx",
+        ]
+    );
+    assert_eq!(
+        indexes("token_usage_daily").await,
+        [
+            "token_usage_daily_day_user_idx",
+            "token_usage_daily_pkey",
+            "token_usage_daily_tenant_user_sums_idx",
+            "token_usage_daily_user_day_sums_idx",
+        ]
+    );
+    // 40 users x 20 days x 2 tenants x 2 models, then one more fold-like upsert.
+    client
+        .batch_execute(
+            "INSERT INTO token_usage_daily (day, tenant_id, user_id, provider, model, requests, \
+                 input_tokens, output_tokens, total_tokens, cost_usd) \
+             SELECT '2026-11-01'::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'p', \
+                 'm' || m, 1 + u % 3, u * 10 + d, d, u * 10 + 2 * d, (u + d) / 1000.0 \
+             FROM generate_series(0, 19) d, generate_series(1, 2) t, generate_series(1, 40) u, \
+                 generate_series(1, 2) m; \
+             INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) \
+             SELECT '2026-11-01'::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'a', \
+                 'success', 1 + (u + d) % 4 \
+             FROM generate_series(0, 19) d, generate_series(1, 2) t, generate_series(1, 40) u;",
+        )
+        .await
+        .expect("rollup rows");
+    // One statement per call: VACUUM cannot run in a multi-statement string.
+    for table in ["token_usage_daily", "activity_daily"] {
+        client
+            .batch_execute(&format!("VACUUM ANALYZE {table}"))
+            .await
+            .expect("vacuum");
+    }
+    client
+        .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        .await
+        .expect("planner settings");
+    let page = [
+        (
+            "SELECT user_id, sum(requests)::int8, sum(input_tokens)::int8, \
+                 sum(total_tokens)::int8, sum(cost_usd)::text FROM token_usage_daily \
+             WHERE day >= '2026-11-04' AND day < '2026-11-18' \
+             GROUP BY user_id ORDER BY user_id LIMIT 11",
+            "token_usage_daily_user_day_sums_idx",
+        ),
+        (
+            "SELECT user_id, sum(events)::int8, sum(events)::int8, sum(events)::int8, \
+                 sum(events)::text FROM activity_daily \
+             WHERE tenant_id = 't2' AND day >= '2026-11-04' AND day < '2026-11-18' \
+             GROUP BY user_id ORDER BY user_id LIMIT 11",
+            "activity_daily_tenant_user_sums_idx",
+        ),
+    ];
+    for (sql, index) in page {
+        let plan: Vec<String> = client
+            .query(
+                &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"),
+                &[],
+            )
+            .await
+            .expect("explain")
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains(&format!("Index Only Scan using {index}"))
+                && plan.contains("Heap Fetches: 0"),
+            "{sql}:\n{plan}"
+        );
+        // The same sums from the heap alone.
+        client
+            .batch_execute("SET enable_indexscan = off; SET enable_indexonlyscan = off; SET enable_seqscan = on")
+            .await
+            .expect("heap only");
+        let text = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+            rows.iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {} {} {}",
+                        r.get::<_, String>(0),
+                        r.get::<_, i64>(1),
+                        r.get::<_, i64>(2),
+                        r.get::<_, i64>(3),
+                        r.get::<_, String>(4)
+                    )
+                })
+                .collect()
+        };
+        let from_heap = text(client.query(sql, &[]).await.expect("heap sums"));
+        client
+            .batch_execute(
+                "RESET enable_indexscan; RESET enable_indexonlyscan; SET enable_seqscan = off",
+            )
+            .await
+            .expect("index again");
+        let from_index = text(client.query(sql, &[]).await.expect("index sums"));
+        assert_eq!(from_index.len(), 11, "{sql}");
+        assert_eq!(from_index, from_heap, "{sql}");
+    }
+}

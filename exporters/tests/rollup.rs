@@ -189,6 +189,52 @@ const TTFT_ROLLUPS: [(&str, &str); 2] = [
     ),
 ];
 
+/// The weekly latency and output speed histograms over every tenant
+/// (migration 0028) hold exactly the raw rows' histograms per ISO week, and no
+/// emptied group (call only when every row is folded).
+async fn assert_weekly_histograms_agree(client: &Client) {
+    let pairs = [
+        (
+            "SELECT week, provider, model, outcome, bucket, requests, rate_output_tokens, \
+                 round(rate_duration_ms::numeric, 3) \
+             FROM token_usage_latency_weekly_all WHERE requests > 0 ORDER BY 1, 2, 3, 4, 5"
+                .to_owned(),
+            "SELECT date_trunc('week', ts AT TIME ZONE 'UTC')::date, coalesce(provider, ''), \
+                 coalesce(model, ''), outcome, tally_duration_bucket(duration_ms), count(*), \
+                 coalesce(sum(output_tokens) FILTER (WHERE duration_ms > 0 \
+                     AND output_tokens IS NOT NULL), 0)::int8, \
+                 round(coalesce(sum(duration_ms) FILTER (WHERE duration_ms > 0 \
+                     AND output_tokens IS NOT NULL), 0)::numeric, 3) \
+             FROM token_usage GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
+                .to_owned(),
+        ),
+        (
+            "SELECT week, provider, model, speed_bucket, requests \
+             FROM token_usage_speed_weekly_all WHERE requests > 0 ORDER BY 1, 2, 3, 4"
+                .to_owned(),
+            format!(
+                "SELECT date_trunc('week', ts AT TIME ZONE 'UTC')::date, coalesce(provider, ''), \
+                 coalesce(model, ''), ({RAW_SPEED_BUCKET})::int2, count(*) \
+                 FROM token_usage GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+            ),
+        ),
+    ];
+    for (kept, raw) in &pairs {
+        let kept_rows = rows_text(client, kept).await;
+        assert_eq!(kept_rows, rows_text(client, raw).await, "{kept}");
+        assert!(kept_rows.len() > 10, "{kept_rows:?}");
+    }
+    assert_eq!(
+        count(
+            client,
+            "SELECT (SELECT count(*) FROM token_usage_latency_weekly_all WHERE requests = 0) \
+             + (SELECT count(*) FROM token_usage_speed_weekly_all WHERE requests = 0)"
+        )
+        .await,
+        0
+    );
+}
+
 /// The time-to-first-token rollups hold exactly the raw rows' histograms, and
 /// no emptied group.
 async fn assert_ttft_rollups_agree(client: &Client) {
@@ -596,6 +642,7 @@ async fn exactly_once_under_concurrent_ingestion_and_killed_runs() {
     );
     assert_ttft_rollups_agree(&admin).await;
     assert_speed_rollups_agree(&admin).await;
+    assert_weekly_histograms_agree(&admin).await;
     assert_derived_rollups_agree(&admin).await;
 }
 
@@ -922,6 +969,7 @@ async fn attribution_after_folding_moves_the_counts_exactly_once() {
         count(&client, "SELECT count(*) FROM token_usage").await
     );
     assert_ttft_rollups_agree(&client).await;
+    assert_weekly_histograms_agree(&client).await;
     // Migration 0025 on a database whose rows are already folded fills the
     // histograms from them.
     client

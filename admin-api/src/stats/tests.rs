@@ -20,7 +20,7 @@ fn each_section_reads_its_tail_once() {
     for (tenant, user) in [(None, None), (Some("t"), None), (Some("t"), Some("u"))] {
         let (w, params) = window(tenant, user, day, day);
         let activity = activity_sql(tenant, user, w, false);
-        let tokens = tokens_sql(tenant, user, w, false);
+        let tokens = tokens_sql(tenant, user, w, false, true);
         if std::env::var_os("TALLY_PRINT_SQL").is_some() {
             println!(
                 "-- {tenant:?} {user:?} ({} parameters)\n{activity};\n{tokens};",
@@ -70,7 +70,7 @@ fn cached_sections_read_no_raw_table() {
     let day = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
     let (w, params) = window(None, None, day, day);
     let activity = activity_sql(None, None, w, true);
-    let tokens = tokens_sql(None, None, w, true);
+    let tokens = tokens_sql(None, None, w, true, true);
     for sql in [&activity, &tokens] {
         assert!(!sql.contains("FROM activity_events"), "{sql}");
         assert!(!sql.contains("FROM token_usage "), "{sql}");
@@ -91,8 +91,8 @@ fn cached_sections_read_no_raw_table() {
         activity_sql(Some("t"), None, w, false)
     );
     assert_eq!(
-        tokens_sql(Some("t"), Some("u"), w, true),
-        tokens_sql(Some("t"), Some("u"), w, false)
+        tokens_sql(Some("t"), Some("u"), w, true, true),
+        tokens_sql(Some("t"), Some("u"), w, false, true)
     );
 }
 
@@ -175,4 +175,31 @@ fn per_call_speed_percentiles_read_the_speed_buckets() {
     assert!((p50 - 200.0).abs() / 200.0 < 0.045, "{item:?}");
     assert_eq!(per_model["b"].requests, 0);
     assert_eq!(per_model["a"].percentile(0.5), overall.percentile(0.5));
+}
+
+#[test]
+fn whole_weeks_come_from_the_weekly_histograms() {
+    let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2026, 11, d).expect("day");
+    // 2026-11-09 and 2026-11-16 are Mondays.
+    assert!(whole_weeks(day(9), day(16)));
+    assert!(whole_weeks(day(8), day(17)));
+    assert!(!whole_weeks(day(10), day(17)));
+    assert!(!whole_weeks(day(9), day(15)));
+    assert!(!whole_weeks(day(9), day(9)));
+    let w = " WHERE day >= $1 AND day < $2";
+    let weekly = tokens_sql(None, None, w, false, true);
+    assert!(weekly.contains("token_usage_latency_weekly_all"));
+    assert!(weekly.contains("token_usage_speed_weekly_all"));
+    for sql in [
+        tokens_sql(None, None, w, false, false),
+        tokens_sql(
+            Some("t"),
+            None,
+            " WHERE day >= $1 AND day < $2 AND tenant_id = $3",
+            false,
+            true,
+        ),
+    ] {
+        assert!(!sql.contains("weekly"), "{sql}");
+    }
 }

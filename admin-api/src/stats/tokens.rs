@@ -1,6 +1,7 @@
 //! The token section of `/stats`: totals, per day, provider and model, and the per-call speed rows.
 
 use super::*;
+use chrono::Datelike;
 
 /// `GROUPING(day, provider, model)` of the rows of [`tokens_sql`]: the
 /// window's totals, per day, per provider, per model; and the speed rows.
@@ -40,6 +41,10 @@ pub(super) const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
 /// or the speed bucket of the speed rows), the measures, `failed`,
 /// `rate_output_tokens`, `rate_duration_ms`, in part, day and rank order.
 ///
+/// `weeks`: the window holds a whole ISO week ([`whole_weeks`]): over every
+/// tenant, the latency and output speed histograms read those weeks from
+/// their weekly copies (migration 0028, [`by_weeks`]).
+///
 /// `cached`: the tail comes from the in-memory tail (`crate::tailcache`, only
 /// for every tenant and no user) as parameters `$3`–`$22` (see
 /// `TokenView::parameters`) instead of being read from `token_usage`.
@@ -48,6 +53,7 @@ pub(super) fn tokens_sql(
     user: Option<&str>,
     w: &str,
     cached: bool,
+    weeks: bool,
 ) -> String {
     let cached = cached && tenant.is_none() && user.is_none();
     let mut of_tail = String::new();
@@ -97,12 +103,12 @@ pub(super) fn tokens_sql(
     let nulls = nulls.join(", ");
     // One histogram section per model (calls per bucket, `-1`: not reported,
     // left out) from a bucket rollup and the tail's grouping set `tail_set`.
-    let histogram = |section: i32, bucket: &str, rollup: &str, tail_set: i32| {
+    let histogram = |section: i32, bucket: &str, rollup: String, tail_set: i32| {
         format!(
             "UNION ALL SELECT {section}, NULL::date, model, {bucket}, NULL::int8, \
                  sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
                  NULL::float8 \
-             FROM (SELECT model, {bucket}, requests FROM {rollup}{w} \
+             FROM ({rollup} \
                    UNION ALL SELECT model, {bucket}, requests FROM tail \
                        WHERE gs = {tail_set}) AS h \
              WHERE {bucket} >= 0 \
@@ -112,17 +118,41 @@ pub(super) fn tokens_sql(
     let speed = match user {
         Some(_) => String::new(),
         None => {
+            let latency_columns = "model, outcome, bucket, requests, rate_output_tokens, \
+                rate_duration_ms";
             let (latency, ttft, rate) = if tenant.is_some() {
                 (
-                    "token_usage_latency_daily",
-                    "token_usage_ttft_daily",
-                    "token_usage_speed_daily",
+                    format!("SELECT {latency_columns} FROM token_usage_latency_daily{w}"),
+                    format!("SELECT model, ttft_bucket, requests FROM token_usage_ttft_daily{w}"),
+                    format!("SELECT model, speed_bucket, requests FROM token_usage_speed_daily{w}"),
+                )
+            } else if !weeks {
+                (
+                    format!("SELECT {latency_columns} FROM token_usage_latency_daily_all{w}"),
+                    format!(
+                        "SELECT model, ttft_bucket, requests FROM token_usage_ttft_daily_all{w}"
+                    ),
+                    format!(
+                        "SELECT model, speed_bucket, requests FROM token_usage_speed_daily_all{w}"
+                    ),
                 )
             } else {
                 (
-                    "token_usage_latency_daily_all",
-                    "token_usage_ttft_daily_all",
-                    "token_usage_speed_daily_all",
+                    by_weeks(
+                        latency_columns,
+                        "token_usage_latency_daily_all",
+                        "token_usage_latency_weekly_all",
+                        w,
+                    ),
+                    format!(
+                        "SELECT model, ttft_bucket, requests FROM token_usage_ttft_daily_all{w}"
+                    ),
+                    by_weeks(
+                        "model, speed_bucket, requests",
+                        "token_usage_speed_daily_all",
+                        "token_usage_speed_weekly_all",
+                        w,
+                    ),
                 )
             };
             format!(
@@ -130,8 +160,7 @@ pub(super) fn tokens_sql(
                      sum(requests)::int8, {nulls}, NULL::float8, \
                      coalesce(sum(requests) FILTER (WHERE outcome = 'failure'), 0)::int8, \
                      sum(rate_output_tokens)::int8, sum(rate_duration_ms)::float8 \
-                 FROM (SELECT model, outcome, bucket, requests, rate_output_tokens, rate_duration_ms \
-                       FROM {latency}{w} \
+                 FROM ({latency} \
                        UNION ALL SELECT model, outcome, bucket, requests, rate_output_tokens, \
                            rate_duration_ms FROM tail WHERE gs = {latency_set}) AS l \
                  GROUP BY model, bucket \
@@ -162,6 +191,36 @@ pub(super) fn tokens_sql(
          FROM sums WHERE g IN ({TOKENS_TOTAL}, {TOKENS_DAY}) OR rank <= {MAX_KEYED}{speed} \
          ORDER BY part, day, rank",
         rollup = tables(tenant, user).tokens
+    )
+}
+
+/// Whether `from..to` (exclusive end) holds a whole ISO week (Monday to
+/// Sunday).
+pub(super) fn whole_weeks(from: NaiveDate, to: NaiveDate) -> bool {
+    let first = from + Days::new(u64::from((7 - from.weekday().num_days_from_monday()) % 7));
+    let last = to - Days::new(u64::from(to.weekday().num_days_from_monday()));
+    first < last
+}
+
+/// The rows of a histogram over every tenant for the window `w` (`WHERE day
+/// >= $1 AND day < $2`): the window's whole ISO weeks (Monday to Sunday) from
+/// the weekly copy (migration 0028), the days before the first and after the
+/// last whole week from the daily rollup. `columns` are in both.
+pub(super) fn by_weeks(columns: &str, daily: &str, weekly: &str, w: &str) -> String {
+    // The first Monday on or after `from`, and the last Monday on or before
+    // `to` (exclusive end): the whole weeks are [first, last). When last <=
+    // first there is none, and every day of the window comes from `daily`.
+    let first = "date_trunc('week', ($1::date + 6)::timestamp)::date";
+    let last = "date_trunc('week', $2::date::timestamp)::date";
+    // The days before the first whole week and after the last one, as two
+    // index ranges (a filter would read every day of the window): [from,
+    // min(first, to)) and [max(last, min(first, to)), to), which cover the
+    // window once when it holds no whole week.
+    let head_end = format!("least({first}, $2::date)");
+    format!(
+        "SELECT {columns} FROM {daily}{w} AND day < {head_end} \
+         UNION ALL SELECT {columns} FROM {daily}{w} AND day >= greatest({last}, {head_end}) \
+         UNION ALL SELECT {columns} FROM {weekly} WHERE week >= {first} AND week < {last}"
     )
 }
 
@@ -230,12 +289,15 @@ pub(super) async fn tokens_section(
         async {
             match &cached {
                 Some(view) => {
-                    let sql = tokens_sql(tenant, user, w, true);
+                    let sql = tokens_sql(tenant, user, w, true, whole_weeks(from, to));
                     let mut all = window(tenant, user, from, to).1;
                     all.extend(view.parameters());
                     crate::params::query_on(client, &sql, &all).await
                 }
-                None => run(client, live, &tokens_sql(tenant, user, w, false), &params).await,
+                None => {
+                    let sql = tokens_sql(tenant, user, w, false, whole_weeks(from, to));
+                    run(client, live, &sql, &params).await
+                }
             }
         },
         async {

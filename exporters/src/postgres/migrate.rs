@@ -118,6 +118,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "tail_generations",
         include_str!("migrations/0027_tail_generations.sql"),
     ),
+    (
+        28,
+        "query_speed",
+        include_str!("migrations/0028_query_speed.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -171,6 +171,14 @@ impl RetentionJob {
                 for sql in DERIVED_ROLLUP_DELETES {
                     report.derived_rollups_deleted += client.execute(sql, &[&cutoff]).await?;
                 }
+                // The weekly histograms (migration 0028): the weeks that start
+                // before the cutoff go, the week holding it is rebuilt from the
+                // daily rows kept, under the rollup job's lock.
+                let weekly: i64 = client
+                    .query_one("SELECT tally_retain_weekly_histograms($1)", &[&cutoff])
+                    .await?
+                    .get(0);
+                report.derived_rollups_deleted += u64::try_from(weekly).unwrap_or(0);
                 if report.activity_daily_deleted + report.token_usage_daily_deleted > 0 {
                     tracing::info!(
                         before = %cutoff,

@@ -128,12 +128,23 @@ const TOKEN_SUMS: &str = "count(*) AS requests, \
 /// The batch's keys: every key of every token rollup (the latency rollups'
 /// `outcome` and duration `bucket` too, migration 0017, and the time to first
 /// token's `ttft_bucket`, migration 0025, and the output speed's
-/// `speed_bucket`, migration 0026).
+/// `speed_bucket`, migration 0026), and the week (its Monday) of the weekly
+/// histograms (migration 0028).
 const TOKEN_KEYS: &str = "(ts AT TIME ZONE 'UTC')::date AS day, tenant_id, \
         coalesce(user_id, '') AS user_id, coalesce(provider, '') AS provider, \
         coalesce(model, '') AS model, outcome, tally_duration_bucket(duration_ms) AS bucket, \
         tally_duration_bucket(time_to_first_token_ms) AS ttft_bucket, \
-        tally_speed_bucket(output_tokens, duration_ms) AS speed_bucket";
+        tally_speed_bucket(output_tokens, duration_ms) AS speed_bucket, \
+        date_trunc('week', ts AT TIME ZONE 'UTC')::date AS week";
+
+/// The first day of a token row's period in a rollup whose first key is
+/// `key` (`day`, or `week` for the weekly histograms of migration 0028).
+fn period_of_ts(key: &str) -> &'static str {
+    match key {
+        "week" => "date_trunc('week', ts AT TIME ZONE 'UTC')::date",
+        _ => "(ts AT TIME ZONE 'UTC')::date",
+    }
+}
 
 /// The measures of the latency rollups (migration 0017): calls, and the
 /// output tokens and durations of the calls that reported both.
@@ -148,8 +159,9 @@ const TTFT_MEASURES: [&str; 1] = ["requests"];
 /// (`_tenant`) and without the tenant either (`_all`, migration 0008), the
 /// duration histograms per outcome (migration 0017) and the time-to-first-token
 /// histograms (migration 0025) and the output speed histograms (migration
-/// 0026).
-const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 9] = [
+/// 0026), and the latency and output speed histograms over every tenant by
+/// ISO week (migration 0028: `/stats` reads a long window's whole weeks there).
+const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 11] = [
     (
         "token_usage_daily",
         &["day", "tenant_id", "user_id", "provider", "model"],
@@ -195,6 +207,16 @@ const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 9] = [
         &["day", "provider", "model", "speed_bucket"],
         &TTFT_MEASURES,
     ),
+    (
+        "token_usage_latency_weekly_all",
+        &["week", "provider", "model", "outcome", "bucket"],
+        &LATENCY_MEASURES,
+    ),
+    (
+        "token_usage_speed_weekly_all",
+        &["week", "provider", "model", "speed_bucket"],
+        &TTFT_MEASURES,
+    ),
 ];
 
 /// `WITH batch AS (… sums of the token_usage rows matching filter …)` followed
@@ -219,7 +241,7 @@ fn token_statement(filter: &str, part: impl Fn(&str, &[&str], &[&str], &str) -> 
     }
     format!(
         "WITH batch AS MATERIALIZED (SELECT {TOKEN_KEYS}, {TOKEN_SUMS} FROM token_usage \
-         WHERE {filter} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9), {} SELECT 1",
+         WHERE {filter} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10), {} SELECT 1",
         parts.join(", ")
     )
 }
@@ -323,12 +345,13 @@ pub async fn unfold_token_rows(
             &[&refold.ts, &refold.ids, &refold.watermark],
         )
         .await?;
-        for (table, _, _) in TOKEN_ROLLUPS {
+        for (table, keys, _) in TOKEN_ROLLUPS {
+            let period = keys.first().copied().unwrap_or("day");
             tx.execute(
                 &format!(
-                    "DELETE FROM {table} WHERE requests = 0 AND day IN \
-                     (SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date \
-                      FROM unnest($1::timestamptz[]) AS ts)"
+                    "DELETE FROM {table} WHERE requests = 0 AND {period} IN \
+                     (SELECT DISTINCT {} FROM unnest($1::timestamptz[]) AS ts)",
+                    period_of_ts(period)
                 ),
                 &[&refold.ts],
             )

@@ -95,7 +95,8 @@ BEGIN
         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
           AND c.relname IN ('activity_daily_all', 'token_usage_daily_all',
                             'token_usage_latency_daily_all', 'token_usage_ttft_daily_all',
-                            'token_usage_speed_daily_all',
+                            'token_usage_speed_daily_all', 'token_usage_latency_weekly_all',
+                            'token_usage_speed_weekly_all',
                             'activity_users_daily_all', 'activity_user_last_seen_all')
     LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_policies
