@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use chrono::{Days, Utc};
+use chrono::{Datelike, Days, NaiveDate, Utc};
 use common::{export_service_spans, get_json, kv, kv_int, now_nanos, Tally, TestDatabase};
 use serde_json::Value as Json;
 use tally_exporters::postgres::RollupJob;
@@ -341,13 +341,38 @@ async fn check(tally: &Tally, db: &TestDatabase, step: &str) {
     // cache is wrong (the other answers share the copy's version).
     check_by_user(tally, db, step).await;
     let today = Utc::now().date_naive();
-    let to = today.checked_add_days(Days::new(1)).expect("tomorrow");
+    let tomorrow = today.checked_add_days(Days::new(1)).expect("tomorrow");
     // 30 days: the histograms' whole weeks from the weekly copies (migration
-    // 0028), the days around them from the daily ones.
-    for from in [
-        today.checked_sub_days(Days::new(30)).expect("month"),
-        today.checked_sub_days(Days::new(7)).expect("week"),
-        today,
+    // 0028), the days around them from the daily ones. Whether the data's days
+    // (the last 3) fall in one of those whole weeks depends on the weekday, so
+    // a fourth window holds them in whole weeks on any day: from the Monday a
+    // week before the oldest data day's week to the Monday two weeks after
+    // today's.
+    let weeks_around = {
+        let oldest = today.checked_sub_days(Days::new(2)).expect("oldest day");
+        let monday = |day: NaiveDate| {
+            day.checked_sub_days(Days::new(u64::from(day.weekday().num_days_from_monday())))
+                .expect("monday")
+        };
+        let from = monday(oldest)
+            .checked_sub_days(Days::new(7))
+            .expect("week before");
+        let to = monday(today)
+            .checked_add_days(Days::new(14))
+            .expect("weeks after");
+        (from, to)
+    };
+    for (from, to) in [
+        (
+            today.checked_sub_days(Days::new(30)).expect("month"),
+            tomorrow,
+        ),
+        (
+            today.checked_sub_days(Days::new(7)).expect("week"),
+            tomorrow,
+        ),
+        (today, tomorrow),
+        weeks_around,
     ] {
         for round in 0..2 {
             let path = format!("/api/v1/stats?from={from}&to={to}");
