@@ -120,41 +120,28 @@ pub(super) fn tokens_sql(
         None => {
             let latency_columns = "model, outcome, bucket, requests, rate_output_tokens, \
                 rate_duration_ms";
-            let (latency, ttft, rate) = if tenant.is_some() {
-                (
-                    format!("SELECT {latency_columns} FROM token_usage_latency_daily{w}"),
-                    format!("SELECT model, ttft_bucket, requests FROM token_usage_ttft_daily{w}"),
-                    format!("SELECT model, speed_bucket, requests FROM token_usage_speed_daily{w}"),
-                )
-            } else if !weeks {
-                (
-                    format!("SELECT {latency_columns} FROM token_usage_latency_daily_all{w}"),
-                    format!(
-                        "SELECT model, ttft_bucket, requests FROM token_usage_ttft_daily_all{w}"
-                    ),
-                    format!(
-                        "SELECT model, speed_bucket, requests FROM token_usage_speed_daily_all{w}"
-                    ),
-                )
-            } else {
-                (
-                    by_weeks(
-                        latency_columns,
-                        "token_usage_latency_daily_all",
-                        "token_usage_latency_weekly_all",
-                        w,
-                    ),
-                    format!(
-                        "SELECT model, ttft_bucket, requests FROM token_usage_ttft_daily_all{w}"
-                    ),
-                    by_weeks(
-                        "model, speed_bucket, requests",
-                        "token_usage_speed_daily_all",
-                        "token_usage_speed_weekly_all",
-                        w,
-                    ),
-                )
+            // A tenant's histograms per day; over every tenant the `_all`
+            // copies, and for the latency and speed ones the whole weeks from
+            // their weekly copies when the window holds one.
+            let suffix = if tenant.is_some() { "" } else { "_all" };
+            let daily = |columns: &str, name: &str| {
+                format!("SELECT {columns} FROM token_usage_{name}_daily{suffix}{w}")
             };
+            let by_day_or_week = |columns: &str, name: &str| {
+                if tenant.is_none() && weeks {
+                    by_weeks(
+                        columns,
+                        &format!("token_usage_{name}_daily_all"),
+                        &format!("token_usage_{name}_weekly_all"),
+                        w,
+                    )
+                } else {
+                    daily(columns, name)
+                }
+            };
+            let latency = by_day_or_week(latency_columns, "latency");
+            let ttft = daily("model, ttft_bucket, requests", "ttft");
+            let rate = by_day_or_week("model, speed_bucket, requests", "speed");
             format!(
                 " UNION ALL SELECT {TOKENS_SPEED}, NULL::date, model, bucket, NULL::int8, \
                      sum(requests)::int8, {nulls}, NULL::float8, \
