@@ -117,12 +117,25 @@ impl Keyed {
         Pages { pages }
     }
 
-    /// Whether a stored key passes the filters.
-    fn passes(stored: &[String; KEYS], query: &PagesQuery<'_>) -> bool {
-        query
+    /// A stored key's group (its keys in `group_by` order) when it passes the
+    /// filters and comes after the cursor `after`; `None` otherwise.
+    fn selected<'k>(
+        stored: &'k [String; KEYS],
+        query: &PagesQuery<'_>,
+        after: Option<&[String]>,
+    ) -> Option<Vec<&'k str>> {
+        let passes = query
             .filters
             .iter()
-            .all(|(position, value)| stored[STORED[*position]] == *value)
+            .all(|(position, value)| stored[STORED[*position]] == *value);
+        if !passes {
+            return None;
+        }
+        let grouped = project(stored, query.group_by);
+        match after {
+            Some(after) if grouped.iter().copied().le(after.iter().map(String::as_str)) => None,
+            _ => Some(grouped),
+        }
     }
 
     /// The first `limit` groups after `after` of `days`, grouped by user
@@ -156,15 +169,9 @@ impl Keyed {
             let mut groups: Vec<(Vec<&'k str>, Sums)> = Vec::new();
             for cursor in &mut cursors {
                 while let Some((key, sums)) = cursor.next_if(|(key, _)| key[0] == user) {
-                    if !Self::passes(key, query) {
+                    let Some(grouped) = Self::selected(key, query, after) else {
                         continue;
-                    }
-                    let grouped = project(key, query.group_by);
-                    if let Some(after) = after {
-                        if grouped.iter().copied().le(after.iter().map(String::as_str)) {
-                            continue;
-                        }
-                    }
+                    };
                     match groups.iter_mut().find(|(k, _)| *k == grouped) {
                         Some((_, total)) => total.add(sums),
                         None => groups.push((grouped, sums.clone())),
@@ -188,15 +195,9 @@ impl Keyed {
         let mut all: HashMap<Vec<&'k str>, Sums> = HashMap::new();
         for groups in days.iter().copied() {
             for (key, sums) in groups {
-                if !Self::passes(key, query) {
+                let Some(grouped) = Self::selected(key, query, after) else {
                     continue;
-                }
-                let grouped = project(key, query.group_by);
-                if let Some(after) = after {
-                    if grouped.iter().copied().le(after.iter().map(String::as_str)) {
-                        continue;
-                    }
-                }
+                };
                 all.entry(grouped).or_default().add(sums);
             }
         }
