@@ -47,6 +47,8 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 mod canonical;
 mod external;
 mod job;
+mod jsonb_text;
+pub(crate) mod link;
 mod verify;
 
 pub(crate) use canonical::ROW_COLUMNS;
@@ -59,6 +61,7 @@ pub use external::{
     ExternalCheckpoints,
 };
 pub use job::{ChainJob, ChainReport};
+pub use jsonb_text::jsonb_text;
 pub use verify::{
     checkpoint_signed_by, tenants, verify, verify_against, verify_from, CheckpointInfo, Problem,
     ProblemKind, VerifyReport, VerifyStart, VerifyStatus,
