@@ -248,9 +248,8 @@ pub(crate) async fn insert_rows(
     let (messages, state) = match (&statements, &prepared) {
         (Some((state_statement, _)), Some(prepared)) => {
             let tenants = prepared.tenants();
-            let count = n as i64;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-                [&super::chain::CHAIN_WATERMARK, &tenants, &count];
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&super::chain::CHAIN_WATERMARK, &tenants];
             let (messages, state) = tokio::try_join!(
                 tx.simple_query(&reserve),
                 tx.query(state_statement, &params)
@@ -321,7 +320,7 @@ async fn write_links(
 ) -> Result<u64, PgError> {
     let mut heads = state.heads.clone();
     let mut backlog = Vec::new();
-    if !state.adjacent {
+    if state.watermark != first - 1 {
         // A gap between the watermark and the range: a rolled-back reservation
         // (no row) or committed rows still to link, read back (bounded).
         let limit = link::MAX_BACKLOG_ROWS + 1;

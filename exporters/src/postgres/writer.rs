@@ -989,6 +989,7 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Option<Client>) {
                     submissions = batch.len(),
                     rows,
                     inserted = inserted.total,
+                    linked = inserted.linked,
                     elapsed_ms = ms(started.elapsed()),
                     queued_ms = ms(started - oldest),
                     begin_ms = ms(stages.begin),

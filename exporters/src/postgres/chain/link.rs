@@ -32,12 +32,11 @@ use crate::postgres::personal::split_attributes;
 use crate::postgres::PgError;
 
 /// Read in the reservation's round trip, after the lock: `$1` the watermark's
-/// name, `$2` the batch's tenants, `$3` the number of rows reserved. One row per
-/// head of those tenants (one row with NULL head columns when none has a head), no
-/// row when the watermark row is missing. `caught_up` compares the watermark with
-/// the `seq` before the reserved range (`currval` is this session's `setval`).
-pub(crate) const STATE_SQL: &str = "SELECT w.last_seq, now(), \
-        w.last_seq = currval('activity_events_seq') - $3, h.tenant_id, h.seq, h.row_hash \
+/// name, `$2` the batch's tenants. One row per head of those tenants (one row
+/// with NULL head columns when none has a head), no row when the watermark row is
+/// missing. (Nothing here depends on the reservation itself: when row security
+/// refuses the direct `COPY`, the answer is simply not used.)
+pub(crate) const STATE_SQL: &str = "SELECT w.last_seq, now(), h.tenant_id, h.seq, h.row_hash \
     FROM chain_watermark w LEFT JOIN chain_heads h ON h.tenant_id = ANY($2::text[]) \
     WHERE w.name = $1";
 
@@ -164,8 +163,6 @@ pub(crate) struct LinkState {
     pub watermark: i64,
     /// `now()`: the `received_at` of the batch's rows.
     pub now: DateTime<Utc>,
-    /// Whether the watermark is the `seq` just before the reserved range.
-    pub adjacent: bool,
     /// The heads of the batch's tenants.
     pub heads: HashMap<String, (i64, [u8; 32])>,
 }
@@ -193,11 +190,10 @@ impl LinkState {
             return Ok(None);
         };
         let mut heads = HashMap::with_capacity(rows.len());
-        read_heads(rows, 3, &mut heads)?;
+        read_heads(rows, 2, &mut heads)?;
         Ok(Some(LinkState {
             watermark: first.try_get(0)?,
             now: first.try_get(1)?,
-            adjacent: first.try_get::<_, Option<bool>>(2)? == Some(true),
             heads,
         }))
     }
