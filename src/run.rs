@@ -136,6 +136,9 @@ async fn serve(config: &Config, database_url: &str) -> anyhow::Result<()> {
         database_url,
         jobs_stopped.clone(),
     );
+    // With the chainer running, the writers link the rows they write themselves
+    // whenever the chain is caught up (no read-back); the chainer links the rest.
+    exporter.set_chain_linking(chainer.is_some());
     // Erasures: requested through the admin API or `tally erase`; pending ones
     // (an instance crashed, or a request is still running elsewhere) are resumed.
     let eraser = secrets::eraser(config, database_url).await?;

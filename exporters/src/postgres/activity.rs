@@ -34,6 +34,8 @@ use tokio_postgres::{SimpleQueryMessage, Transaction};
 
 use tally_model::ActivityEvent;
 
+use super::chain::link::{self, LinkState, PreparedLinks};
+use super::chain::ChainRow;
 use super::copy::{self, copy_rows};
 use super::personal::PersonalKeys;
 use super::tokens::TokensInserted;
@@ -97,6 +99,8 @@ pub(crate) struct Inserted {
     /// Traces identified and pending in `trace_identities` after this batch, by
     /// (scope, trace id): their stored rows are to be attributed.
     pub ready: Vec<((String, String), TraceAttribution)>,
+    /// Activity rows the writer linked into the tamper chain itself.
+    pub linked: u64,
 }
 
 /// How many rows of one (action, outcome, tenant) an insert added.
@@ -145,28 +149,33 @@ pub async fn insert_activity_batch_with(
         events.iter().map(|e| (e, None)).collect(),
         personal,
         &DirectCopy::default(),
+        false,
     )
     .await?
     .total)
 }
 
 /// `COPY` straight into `activity_events`: `seq` first, then the staging
-/// columns in [`COPY_SQL`]'s order (see [`copy::activity_row_with_seq`]).
+/// columns in [`COPY_SQL`]'s order, then `chain_form` and `chain_salt` (see
+/// [`copy::activity_row_with_seq`]).
 const DIRECT_COPY_SQL: &str = "COPY activity_events (seq, id, ts, tenant_id, user_id, \
     session_id, action, outcome, resource_type, resource_id, service, trace_id, span_id, \
     attributes, taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
-    error_message, personal_keys) FROM STDIN (FORMAT binary)";
+    error_message, personal_keys, chain_form, chain_salt) FROM STDIN (FORMAT binary)";
 
 /// The savepoint the direct `COPY` runs under.
 const SAVEPOINT: &str = "tally_direct_copy";
 
 /// `events`, each with the ingest key that sent it: the direct path, and the
-/// staged one for a batch that meets a stored row (see the module's doc).
+/// staged one for a batch that meets a stored row (see the module's doc). With
+/// `link`, the direct path also links the rows into the tamper chain when the
+/// chain is caught up (see `chain::link`).
 pub(crate) async fn insert_rows(
     tx: &Transaction<'_>,
     events: Vec<(&ActivityEvent, Option<uuid::Uuid>)>,
     personal: &PersonalKeys,
     direct: &DirectCopy,
+    link: bool,
 ) -> Result<Inserted, PgError> {
     if events.is_empty() {
         return Ok(Inserted::default());
@@ -194,14 +203,35 @@ pub(crate) async fn insert_rows(
                 event,
                 personal_keys: personal.of(event),
             };
-            (copy::SeqActivityRow { seq: 0, row }, key)
+            let salt = *uuid::Uuid::new_v4().as_bytes();
+            (copy::SeqActivityRow { seq: 0, salt, row }, key)
         })
         .collect();
     // Within the batch `seq` follows `ts`, as the staged path's ORDER BY gives it.
     rows.sort_by_key(|(r, _)| r.row.event.ts);
     let n = rows.len();
+    // The links' canonical forms, computed before the lock (seq and received_at
+    // are filled in once known).
+    let prepared = if link {
+        PreparedLinks::new(
+            rows.iter()
+                .map(|(r, _)| (r.row.event, &r.salt, &r.row.personal_keys[..])),
+        )
+    } else {
+        None
+    };
     // Parsed before the lock: one round trip less while it is held.
-    let copy_statement = tx.prepare(DIRECT_COPY_SQL).await?;
+    let (copy_statement, statements) = match &prepared {
+        Some(_) => {
+            let (copy, state, write) = tokio::try_join!(
+                tx.prepare(DIRECT_COPY_SQL),
+                tx.prepare(link::STATE_SQL),
+                tx.prepare(link::WRITE_SQL)
+            )?;
+            (copy, Some((state, write)))
+        }
+        None => (tx.prepare(DIRECT_COPY_SQL).await?, None),
+    };
     // Lock, savepoint and the reserved range in one round trip. The lock is
     // taken before the savepoint, so rolling back to it keeps the lock.
     // No range when row security applies to this role: PostgreSQL refuses its
@@ -213,9 +243,22 @@ pub(crate) async fn insert_rows(
              ELSE setval('activity_events_seq', nextval('activity_events_seq') + {n} - 1)::text \
          END"
     );
-    let answer: String = tx
-        .simple_query(&reserve)
-        .await?
+    // The chain's state is read in the same round trip (pipelined after the
+    // lock, so it sees every row committed before it).
+    let (messages, state) = match (&statements, &prepared) {
+        (Some((state_statement, _)), Some(prepared)) => {
+            let tenants = prepared.tenants();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&super::chain::CHAIN_WATERMARK, &tenants];
+            let (messages, state) = tokio::try_join!(
+                tx.simple_query(&reserve),
+                tx.query(state_statement, &params)
+            )?;
+            (messages, LinkState::from_rows(&state)?)
+        }
+        _ => (tx.simple_query(&reserve).await?, None),
+    };
+    let answer: String = messages
         .iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
@@ -239,7 +282,14 @@ pub(crate) async fn insert_rows(
     let refs: Vec<(&copy::SeqActivityRow<'_>, Option<uuid::Uuid>)> =
         rows.iter().map(|(row, key)| (row, *key)).collect();
     match copy_rows(tx, &copy_statement, &refs, copy::activity_row_with_seq).await {
-        Ok(copied) if copied == n as u64 => Ok(count_groups(&rows)),
+        Ok(copied) if copied == n as u64 => {
+            let mut inserted = count_groups(&rows);
+            if let (Some(prepared), Some(state), Some((_, write))) = (prepared, state, &statements)
+            {
+                inserted.linked = write_links(tx, write, prepared, &state, first, last).await?;
+            }
+            Ok(inserted)
+        }
         Ok(copied) => Err(PgError::Integrity(format!(
             "COPY stored {copied} of {n} activity rows"
         ))),
@@ -255,6 +305,67 @@ pub(crate) async fn insert_rows(
             insert_staged(tx, &refs).await
         }
         Err(error) => Err(error),
+    }
+}
+
+/// Links the batch's rows `first..=last` when the chain is caught up: answers how
+/// many rows it linked (0: left to the chainer).
+async fn write_links(
+    tx: &Transaction<'_>,
+    write: &tokio_postgres::Statement,
+    prepared: PreparedLinks,
+    state: &LinkState,
+    first: i64,
+    last: i64,
+) -> Result<u64, PgError> {
+    let mut heads = state.heads.clone();
+    let mut backlog = Vec::new();
+    if state.watermark != first - 1 {
+        // A gap between the watermark and the range: a rolled-back reservation
+        // (no row) or committed rows still to link, read back (bounded).
+        let limit = link::MAX_BACKLOG_ROWS + 1;
+        type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+        let row_params: [Param<'_>; 3] = [&state.watermark, &first, &limit];
+        let head_params: [Param<'_>; 2] = [&state.watermark, &first];
+        let (rows, head_rows) = tokio::try_join!(
+            tx.query(link::BACKLOG_SQL.as_str(), &row_params),
+            tx.query(link::BACKLOG_HEADS_SQL, &head_params)
+        )?;
+        if rows.len() as i64 > link::MAX_BACKLOG_ROWS {
+            return Ok(0);
+        }
+        link::read_heads(&head_rows, 0, &mut heads)?;
+        backlog = rows
+            .iter()
+            .map(ChainRow::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+    }
+    let links = prepared.links(first, state.now, &backlog, heads)?;
+    let wrote: i64 = tx
+        .query_one(
+            write,
+            &[
+                &super::chain::CHAIN_WATERMARK,
+                &last,
+                &state.watermark,
+                &links.tenant,
+                &links.seq,
+                &links.day,
+                &links.prev_seq,
+                &links.prev_hash,
+                &links.hash,
+                &links.head_tenant,
+                &links.head_seq,
+                &links.head_hash,
+            ],
+        )
+        .await?
+        .try_get(0)?;
+    if wrote == 1 {
+        Ok(links.seq.len() as u64)
+    } else {
+        tracing::debug!("the chain moved meanwhile: the batch is left to the chainer");
+        Ok(0)
     }
 }
 

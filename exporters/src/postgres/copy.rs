@@ -294,26 +294,46 @@ pub fn activity_row(
 }
 
 /// An activity row written straight into `activity_events`, with the `seq`
-/// its writer reserved for it under the lock.
+/// its writer reserved for it under the lock and the salt of its personal
+/// digest (`chain_salt`, canonical form v3).
 #[derive(Debug)]
 pub struct SeqActivityRow<'a> {
     /// The row's `seq`.
     pub seq: i64,
+    /// The row's `chain_salt` (random; the writer hashes it into the row's link).
+    pub salt: [u8; 16],
     /// The row itself.
     pub row: ActivityRow<'a>,
 }
 
+/// `chain_form` of the rows the direct `COPY` writes.
+const CHAIN_FORM_V3: i16 = 3;
+
 /// One `activity_events` row for the direct `COPY`: `seq`, then the columns of
-/// [`activity_row`] in the same order.
+/// [`activity_row`] in the same order, then `chain_form` (3) and `chain_salt`.
 pub fn activity_row_with_seq(
     out: &mut BytesMut,
     row: &SeqActivityRow<'_>,
     ingest_key_id: Option<&uuid::Uuid>,
 ) -> Result<(), EncodeError> {
-    out.put_i16(ACTIVITY_COLUMNS + 1);
+    out.put_i16(ACTIVITY_COLUMNS + 3);
     out.put_i32(8);
     out.put_i64(row.seq);
-    activity_fields(out, &row.row, ingest_key_id)
+    activity_fields(out, &row.row, ingest_key_id)?;
+    out.put_i32(2);
+    out.put_i16(CHAIN_FORM_V3);
+    out.put_i32(16);
+    out.put_slice(&row.salt);
+    Ok(())
+}
+
+/// The JSON text the encoder sends for an attribute map (after the `jsonb`
+/// version byte): what PostgreSQL parses into the stored value.
+pub fn json_text(map: &Map<String, Value>) -> String {
+    let mut out = BytesMut::new();
+    json_object(&mut out, map);
+    // The encoder writes UTF-8 only (strings as is, escapes in ASCII).
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn activity_fields(

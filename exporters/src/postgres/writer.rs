@@ -107,6 +107,8 @@ struct Shared {
 struct WriteGuards {
     personal: PersonalKeys,
     erased: Option<ErasedUsers>,
+    /// Whether the writers link their rows into the tamper chain themselves.
+    link_chain: bool,
 }
 
 impl Shared {
@@ -122,6 +124,7 @@ impl Shared {
         let mut next = WriteGuards {
             personal: guards.personal.clone(),
             erased: guards.erased.clone(),
+            link_chain: guards.link_chain,
         };
         change(&mut next);
         *guards = Arc::new(next);
@@ -402,6 +405,16 @@ impl PgExporter {
     /// instance's trace cache still holds (see [`ErasedUsers`]).
     pub fn set_erased_users(&self, erased: ErasedUsers) {
         self.inner.shared.update_guards(|g| g.erased = Some(erased));
+    }
+
+    /// With `true`, each batch whose activity rows take the direct `COPY` also
+    /// links them into the tamper chain in its own transaction when the chain is
+    /// caught up, computed from the values it writes (no read-back; see
+    /// `docs/tamper-evidence.md`, "Links written by the writer"); other rows are
+    /// left to the chainer ([`ChainJob`](super::chain::ChainJob)), which must run
+    /// too. Off by default.
+    pub fn set_chain_linking(&self, link: bool) {
+        self.inner.shared.update_guards(|g| g.link_chain = link);
     }
 
     /// `Unavailable` while shutting down or while the database is down.
@@ -824,7 +837,7 @@ async fn commit_batch(
             .iter()
             .flat_map(|s| s.events.iter().map(move |e| (e, s.ingest_key_id)))
             .collect();
-        insert_rows(&tx, events, &guards.personal, direct).await?
+        insert_rows(&tx, events, &guards.personal, direct, guards.link_chain).await?
     } else {
         Inserted::default()
     };
@@ -976,6 +989,7 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Option<Client>) {
                     submissions = batch.len(),
                     rows,
                     inserted = inserted.total,
+                    linked = inserted.linked,
                     elapsed_ms = ms(started.elapsed()),
                     queued_ms = ms(started - oldest),
                     begin_ms = ms(stages.begin),

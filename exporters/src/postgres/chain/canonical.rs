@@ -300,6 +300,33 @@ impl ChainRow {
     }
 }
 
+/// Sets `seq` and `received_at` in a canonical form v3 that [`ChainRow::canonical`]
+/// produced (the writer computes the form before its `seq` range is reserved).
+/// `false` when the bytes do not have the v3 layout.
+pub(crate) fn fill_head(canonical: &mut [u8], seq: i64, received_at: DateTime<Utc>) -> bool {
+    // domain, then id (0x01, length 16, 16 bytes), seq (0x01, 8, 8 bytes), ts and
+    // received_at (0x01, 8, 8 bytes each).
+    let seq_at = ROW_DOMAIN_V3.len() + 21;
+    let received_at_at = seq_at + 26;
+    let eight = 8u32.to_be_bytes();
+    let field_ok = |at: usize| {
+        canonical.get(at) == Some(&1) && canonical.get(at + 1..at + 5) == Some(&eight[..])
+    };
+    if !canonical.starts_with(ROW_DOMAIN_V3)
+        || canonical.get(ROW_DOMAIN_V3.len()..ROW_DOMAIN_V3.len() + 5)
+            != Some(&[1, 0, 0, 0, 16][..])
+        || !field_ok(seq_at)
+        || !field_ok(seq_at + 13)
+        || !field_ok(received_at_at)
+    {
+        return false;
+    }
+    canonical[seq_at + 5..seq_at + 13].copy_from_slice(&seq.to_be_bytes());
+    canonical[received_at_at + 5..received_at_at + 13]
+        .copy_from_slice(&received_at.timestamp_micros().to_be_bytes());
+    true
+}
+
 /// Text columns as fields, in order.
 fn texts<const N: usize>(out: &mut Vec<u8>, values: [&Option<String>; N]) {
     for text in values {

@@ -4,18 +4,17 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use ed25519_dalek::Signer;
 use futures::TryStreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Transaction};
 
-use super::canonical::{checkpoint_message, hash32, key_id, row_hash, ChainRow, ROW_COLUMNS};
+use super::canonical::{checkpoint_message, key_id, ChainRow, ROW_COLUMNS};
 use super::external::{append_checkpoints, ExternalCheckpoint};
-use super::{
-    SigningKey, CHAIN_LOCK_KEY, CHAIN_WATERMARK, DEFAULT_CHAIN_ROWS_PER_RUN, GENESIS_HASH,
-};
+use super::link::{read_heads, Links};
+use super::{SigningKey, CHAIN_LOCK_KEY, CHAIN_WATERMARK, DEFAULT_CHAIN_ROWS_PER_RUN};
 use crate::postgres::periodic::spawn_periodically;
 use crate::postgres::PgError;
 
@@ -147,76 +146,45 @@ impl ChainJob {
             .into_iter()
             .collect();
         let mut heads: HashMap<String, (i64, [u8; 32])> = HashMap::new();
-        for row in tx
+        let head_rows = tx
             .query(
                 "SELECT tenant_id, seq, row_hash FROM chain_heads WHERE tenant_id = ANY($1)",
                 &[&tenants],
             )
-            .await?
-        {
-            let hash = hash32(row.try_get(2)?, "chain_heads.row_hash")?;
-            heads.insert(row.try_get(0)?, (row.try_get(1)?, hash));
-        }
-        let mut link_tenant = Vec::with_capacity(rows.len());
-        let mut link_seq = Vec::with_capacity(rows.len());
-        let mut link_day: Vec<NaiveDate> = Vec::with_capacity(rows.len());
-        let mut link_prev_seq: Vec<Option<i64>> = Vec::with_capacity(rows.len());
-        let mut link_prev_hash: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
-        let mut link_hash: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
+            .await?;
+        read_heads(&head_rows, 0, &mut heads)?;
+        let mut links = Links::with_capacity(rows.len());
         for row in &rows {
-            let tenant = row.tenant();
-            let head = heads.get(tenant).copied();
-            if head.is_some_and(|(seq, _)| seq >= row.seq) {
-                // Same tenant, same seq twice: not something the writers produce.
-                tracing::warn!(
-                    seq = row.seq,
-                    "activity_events holds two rows with one seq for a tenant; chaining the first only"
-                );
-                report.skipped_duplicates += 1;
-                continue;
-            }
-            let prev_hash = head.map_or(GENESIS_HASH, |(_, hash)| hash);
-            let hash = row_hash(&prev_hash, &row.canonical());
-            link_tenant.push(tenant.to_owned());
-            link_seq.push(row.seq);
-            link_day.push(row.ts.date_naive());
-            link_prev_seq.push(head.map(|(seq, _)| seq));
-            link_prev_hash.push(prev_hash.to_vec());
-            link_hash.push(hash.to_vec());
-            heads.insert(tenant.to_owned(), (row.seq, hash));
+            links.push(
+                &mut heads,
+                row.tenant(),
+                row.seq,
+                row.ts.date_naive(),
+                &row.canonical(),
+            );
         }
+        links.set_heads(heads);
         tx.execute(
             "INSERT INTO activity_chain (tenant_id, seq, day, prev_seq, prev_hash, row_hash) \
              SELECT * FROM unnest($1::text[], $2::int8[], $3::date[], $4::int8[], $5::bytea[], \
                  $6::bytea[])",
             &[
-                &link_tenant,
-                &link_seq,
-                &link_day,
-                &link_prev_seq,
-                &link_prev_hash,
-                &link_hash,
+                &links.tenant,
+                &links.seq,
+                &links.day,
+                &links.prev_seq,
+                &links.prev_hash,
+                &links.hash,
             ],
         )
         .await?;
-        let (head_tenants, head_seqs, head_hashes): (Vec<&str>, Vec<i64>, Vec<Vec<u8>>) = {
-            let mut t = Vec::with_capacity(heads.len());
-            let mut s = Vec::with_capacity(heads.len());
-            let mut h = Vec::with_capacity(heads.len());
-            for (tenant, (seq, hash)) in &heads {
-                t.push(tenant.as_str());
-                s.push(*seq);
-                h.push(hash.to_vec());
-            }
-            (t, s, h)
-        };
         tx.execute(
             "INSERT INTO chain_heads (tenant_id, seq, row_hash) \
              SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[]) \
              ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq, \
                  row_hash = EXCLUDED.row_hash, updated_at = now() \
              WHERE chain_heads.seq IS DISTINCT FROM EXCLUDED.seq",
-            &[&head_tenants, &head_seqs, &head_hashes],
+            &[&links.head_tenant, &links.head_seq, &links.head_hash],
         )
         .await?;
         tx.execute(
@@ -225,7 +193,8 @@ impl ChainJob {
         )
         .await?;
         report.to_seq = to;
-        report.rows = link_seq.len() as u64;
+        report.rows = links.seq.len() as u64;
+        report.skipped_duplicates += links.skipped_duplicates;
         Ok(())
     }
 

@@ -13,6 +13,16 @@
 //! `chain_checkpoints`. A run cut short rolls back entirely, so every row is
 //! chained exactly once, whatever the number of Tally instances.
 //!
+//! With [`PgExporter::set_chain_linking`](crate::postgres::PgExporter::set_chain_linking)
+//! (on in `tally` whenever the chainer runs), the **writers** link the rows they
+//! write in the batch's own transaction when the chain is caught up, from the
+//! values they `COPY` (`link.rs`: the canonical form computed before the activity
+//! lock, the attributes' text printed by `jsonb_text.rs`, the watermark, `now()`
+//! and the heads read in the `seq` reservation's round trip, one conditional
+//! statement writing links, heads and watermark after the `COPY`). A short backlog
+//! above the watermark is read back and linked first; anything else is left to the
+//! chainer, which then only signs checkpoints and links what the writers left.
+//!
 //! **Verification** ([`verify()`]) re-walks one tenant's links and rows in `seq`
 //! order in one read-only snapshot, recomputes every hash and checks the
 //! checkpoints' signatures, and answers either "intact up to seq N" or the first
@@ -36,8 +46,9 @@
 //! file outside the database, which `tally verify --checkpoints` compares the
 //! chain with (a cut tail, a rewritten head).
 //!
-//! The module has four parts: `canonical.rs` (a row's canonical form, the hashes, the
-//! checkpoint and truncation messages and keys), `job.rs` (the chainer), `external.rs`
+//! The module has six parts: `canonical.rs` (a row's canonical form, the hashes, the
+//! checkpoint and truncation messages and keys), `job.rs` (the chainer), `link.rs` (the
+//! writers' links), `jsonb_text.rs` (PostgreSQL's `jsonb::text` in Rust), `external.rs`
 //! (the checkpoint files) and `verify.rs` (the walk, whole or resumed).
 
 use std::time::Duration;
@@ -47,6 +58,8 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 mod canonical;
 mod external;
 mod job;
+mod jsonb_text;
+pub(crate) mod link;
 mod verify;
 
 pub(crate) use canonical::ROW_COLUMNS;
@@ -59,6 +72,7 @@ pub use external::{
     ExternalCheckpoints,
 };
 pub use job::{ChainJob, ChainReport};
+pub use jsonb_text::jsonb_text;
 pub use verify::{
     checkpoint_signed_by, tenants, verify, verify_against, verify_from, CheckpointInfo, Problem,
     ProblemKind, VerifyReport, VerifyStart, VerifyStatus,

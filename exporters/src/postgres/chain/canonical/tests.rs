@@ -304,3 +304,21 @@ fn key_ids_are_16_hex_digits() {
     assert!(signing_key_from_config("not a key").is_err());
     assert!(signing_key_from_config("AAAA").is_err());
 }
+
+#[test]
+fn fill_head_sets_seq_and_received_at_of_a_v3_form() {
+    let mut v3 = row();
+    v3.chain_form = Some(CHAIN_FORM_V3);
+    v3.chain_salt = Some(vec![3; 16]);
+    let mut blank = v3.clone();
+    blank.seq = 0;
+    blank.received_at = DateTime::UNIX_EPOCH;
+    let mut form = blank.canonical();
+    assert!(fill_head(&mut form, v3.seq, v3.received_at));
+    assert_eq!(form, v3.canonical());
+    // Not a v3 form: left alone.
+    let mut v1 = row().canonical();
+    let before = v1.clone();
+    assert!(!fill_head(&mut v1, 1, v3.received_at));
+    assert_eq!(v1, before);
+}

@@ -1,0 +1,260 @@
+//! PostgreSQL's `jsonb::text` of the attribute objects the writer sends, printed in
+//! Rust, so the writer can hash a row's canonical form without reading it back.
+//!
+//! The writer's `COPY` encoder (`copy.rs`) sends an attribute map as JSON text
+//! (NUL scrubbed to U+FFFD, numbers as `serde_json` prints them). PostgreSQL parses
+//! that text into a `jsonb` value and prints it back as:
+//!
+//! * objects `{"k": v, "k2": v2}` (`", "` and `": "` separators, `{}` when empty),
+//!   keys in jsonb order: shorter (in bytes) first, then bytewise; a key given
+//!   twice keeps one value;
+//! * arrays `[a, b]` (`[]` when empty);
+//! * strings with `"`, `\`, `\b`, `\f`, `\n`, `\r`, `\t` escaped as such and every
+//!   other byte below 0x20 as `\u00xx` (lowercase hex), everything else as is;
+//! * numbers as `numeric` prints the value it parsed: no exponent, the input's
+//!   scale kept (`1.50` → `1.50`, `1e-7` → `0.0000001`, `1e20` →
+//!   `100000000000000000000`, `1.5e1` → `15`), no negative zero (`-0.0` → `0.0`).
+//!
+//! [`jsonb_text`] answers `None` for anything it cannot be sure of (two keys
+//! equal once NUL is scrubbed, an exponent `numeric` refuses); the writer then
+//! leaves the batch to the chainer, which reads the stored text back.
+//! `exporters/tests/jsonb_text.rs` compares the printer with the server's
+//! `jsonb::text` on thousands of generated objects.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Number, Value};
+
+/// The largest exponent `numeric` accepts in its input (`NUMERIC_MAX_PRECISION`).
+const MAX_EXPONENT: i64 = 1000;
+
+/// PostgreSQL's `jsonb::text` of the object the `COPY` encoder sends for `map`,
+/// or `None` where the printer cannot be sure it matches (see the module doc).
+pub fn jsonb_text(map: &Map<String, Value>) -> Option<String> {
+    let mut out = String::with_capacity(64 + 32 * map.len());
+    object(&mut out, map)?;
+    Some(out)
+}
+
+fn object(out: &mut String, map: &Map<String, Value>) -> Option<()> {
+    // Keys as PostgreSQL stores them (NUL scrubbed), in jsonb order.
+    let mut pairs: Vec<(std::borrow::Cow<'_, str>, &Value)> =
+        map.iter().map(|(k, v)| (scrub(k), v)).collect::<Vec<_>>();
+    pairs.sort_unstable_by(|(a, _), (b, _)| {
+        a.len()
+            .cmp(&b.len())
+            .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+    });
+    if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
+        // Two keys that differ only by NUL vs U+FFFD: jsonb keeps one of them.
+        return None;
+    }
+    out.push('{');
+    for (i, (key, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        string(out, key);
+        out.push_str(": ");
+        self::value(out, value)?;
+    }
+    out.push('}');
+    Some(())
+}
+
+fn value(out: &mut String, value: &Value) -> Option<()> {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(n) => number(out, n)?,
+        Value::String(s) => string(out, &scrub(s)),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                self::value(out, item)?;
+            }
+            out.push(']');
+        }
+        Value::Object(map) => object(out, map)?,
+    }
+    Some(())
+}
+
+/// The text as stored: each NUL (which the encoder sends as `\ufffd`) is U+FFFD.
+fn scrub(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// PostgreSQL's `escape_json`.
+fn string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x00..=0x1f => {
+                out.push_str(&s[start..i]);
+                let _ = write!(out, "\\u{:04x}", b);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        // Every escaped byte is ASCII, so `i` is a char boundary.
+        out.push_str(&s[start..i]);
+        out.push_str(escape);
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// The number as `numeric_out` prints what `numeric_in` parsed from the text the
+/// encoder writes for it.
+fn number(out: &mut String, n: &Number) -> Option<()> {
+    let text = n.to_string();
+    numeric_text(out, &text)
+}
+
+/// `numeric_out(numeric_in(text))` for a JSON number's text:
+/// `-?digits(.digits)?([eE][+-]?digits)?`. `None` for anything else.
+pub(crate) fn numeric_text(out: &mut String, text: &str) -> Option<()> {
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(at) => {
+            let exp = &rest[at + 1..];
+            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 6
+            {
+                return None;
+            }
+            let exp: i64 = exp.strip_prefix('+').unwrap_or(exp).parse().ok()?;
+            (&rest[..at], exp)
+        }
+        None => (rest, 0),
+    };
+    if !(-MAX_EXPONENT..=MAX_EXPONENT).contains(&exponent) {
+        return None;
+    }
+    let (int_part, frac_part) = match mantissa.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (mantissa, ""),
+    };
+    if int_part.is_empty()
+        || !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+        || (mantissa.contains('.') && frac_part.is_empty())
+    {
+        return None;
+    }
+    // The value is digits × 10^(exponent - frac_len), shown with `scale` decimals.
+    let digits: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).collect();
+    let frac_len = i64::try_from(frac_part.len()).ok()?;
+    let scale = (frac_len - exponent).max(0);
+    // Position of the decimal point within `digits` (may be outside them).
+    let point = i64::try_from(int_part.len()).ok()? + exponent;
+    let digit = |i: i64| -> u8 {
+        if i < 0 {
+            b'0'
+        } else {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| digits.get(i).copied())
+                .unwrap_or(b'0')
+        }
+    };
+    if negative && digits.iter().any(|d| *d != b'0') {
+        out.push('-');
+    }
+    // Integer part without leading zeros ("0" when none is left).
+    let first_nonzero = (0..point).find(|i| digit(*i) != b'0');
+    match first_nonzero {
+        Some(from) => {
+            for i in from..point {
+                out.push(char::from(digit(i)));
+            }
+        }
+        None => out.push('0'),
+    }
+    if scale > 0 {
+        out.push('.');
+        for i in point..point + scale {
+            out.push(char::from(digit(i)));
+        }
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(text: &str) -> Option<String> {
+        let mut out = String::new();
+        numeric_text(&mut out, text).map(|()| out)
+    }
+
+    #[test]
+    fn numbers_print_as_numeric() {
+        for (input, want) in [
+            ("0", "0"),
+            ("-0", "0"),
+            ("-0.0", "0.0"),
+            ("1.50", "1.50"),
+            ("1e-7", "0.0000001"),
+            ("1e20", "100000000000000000000"),
+            ("1.5e1", "15"),
+            ("1.55e1", "15.5"),
+            ("100e-1", "10.0"),
+            ("-2.5E+3", "-2500"),
+            ("123", "123"),
+            ("-9223372036854775808", "-9223372036854775808"),
+            ("0.000", "0.000"),
+            ("12.5e-3", "0.0125"),
+            ("5e-324", &format!("0.{}5", "0".repeat(323))),
+        ] {
+            assert_eq!(num(input).as_deref(), Some(want), "{input}");
+        }
+        for bad in ["", "-", "1.", ".5", "1e", "1e+", "abc", "1e2000", "--1"] {
+            assert_eq!(num(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn objects_sort_keys_by_length_then_bytes() {
+        let value =
+            serde_json::json!({"bb": 1, "a": [1.0, "x\u{8}\u{1}\"\\"], "ab": {}, "c": null});
+        let Value::Object(map) = value else {
+            unreachable!()
+        };
+        assert_eq!(
+            jsonb_text(&map).as_deref(),
+            Some(r#"{"a": [1.0, "x\b\u0001\"\\"], "c": null, "ab": {}, "bb": 1}"#)
+        );
+    }
+
+    #[test]
+    fn keys_equal_once_scrubbed_are_refused() {
+        let mut map = Map::new();
+        map.insert("a\u{0}".into(), Value::Bool(true));
+        map.insert("a\u{FFFD}".into(), Value::Bool(false));
+        assert_eq!(jsonb_text(&map), None);
+    }
+}

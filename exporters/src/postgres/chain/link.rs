@@ -1,0 +1,315 @@
+//! Links computed by the writer (issue 21): a batch's rows are chained in the
+//! batch's own transaction, from the values it `COPY`s, without reading them back.
+//!
+//! Before the activity lock, [`PreparedLinks::new`] computes each row's canonical
+//! form v3 from the event (the values exactly as PostgreSQL will return them: text
+//! with NUL as U+FFFD, `ts` in whole microseconds, the attributes as
+//! [`jsonb_text`] prints them, a salt the writer generates and `COPY`s) with
+//! `seq` and `received_at` left to fill. In the round trip that reserves the
+//! `seq` range, [`STATE_SQL`] reads the watermark, `now()` (the `received_at`
+//! default) and the heads of the batch's tenants ([`LinkState`]). When the chain is
+//! caught up (the watermark is the `seq` just before the reserved range, or no
+//! committed row lies above it), [`PreparedLinks::links`] fills in `seq` and
+//! `received_at`, hashes each row onto its tenant's head, and after the `COPY`
+//! [`WRITE_SQL`] stores the links, moves the heads and moves the watermark, in one
+//! statement that writes nothing unless the watermark is still the one read.
+//!
+//! Otherwise (the chain is behind, a value the printer cannot vouch for, the
+//! staged path stored the batch) the rows stay above the watermark and the chainer
+//! links them as before, so instances of older versions and the staged path keep
+//! working beside this one.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use tally_model::ActivityEvent;
+use tokio_postgres::Row;
+
+use super::canonical::{fill_head, hash32, row_hash, ChainRow, CHAIN_FORM_V3, ROW_COLUMNS};
+use super::jsonb_text::jsonb_text;
+use super::GENESIS_HASH;
+use crate::postgres::personal::split_attributes;
+use crate::postgres::PgError;
+
+/// Read in the reservation's round trip, after the lock: `$1` the watermark's
+/// name, `$2` the batch's tenants. One row per head of those tenants (one row
+/// with NULL head columns when none has a head), no row when the watermark row is
+/// missing. (Nothing here depends on the reservation itself: when row security
+/// refuses the direct `COPY`, the answer is simply not used.)
+pub(crate) const STATE_SQL: &str = "SELECT w.last_seq, now(), h.tenant_id, h.seq, h.row_hash \
+    FROM chain_watermark w LEFT JOIN chain_heads h ON h.tenant_id = ANY($2::text[]) \
+    WHERE w.name = $1";
+
+/// The committed rows between the watermark `$1` and the reserved range `$2`
+/// (left by an older version, the staged path or a batch that met the chain
+/// behind), at most `$3`: read back and linked with the chainer's code before the
+/// batch's own rows, so one batch brings the chain up to date again. Asked only
+/// when the watermark is not just before the range (a rolled-back reservation
+/// leaves a gap without rows).
+pub(crate) static BACKLOG_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {ROW_COLUMNS} FROM activity_events WHERE seq > $1 AND seq < $2 \
+         ORDER BY seq, id LIMIT $3"
+    )
+});
+
+/// The heads of the tenants of [`BACKLOG_SQL`]'s rows.
+pub(crate) const BACKLOG_HEADS_SQL: &str = "SELECT tenant_id, seq, row_hash FROM chain_heads \
+    WHERE tenant_id IN (SELECT tenant_id FROM activity_events WHERE seq > $1 AND seq < $2)";
+
+/// The most backlog rows a writer links itself; a longer backlog (an upgrade
+/// from a version without writer links, the chainer stopped) is left to the
+/// chainer, so the lock-held section stays short.
+pub(crate) const MAX_BACKLOG_ROWS: i64 = 2_000;
+
+/// Stores the links (`$4`–`$9`), moves the heads (`$10`–`$12`) and moves the
+/// watermark `$1` from `$3` to `$2`, all only if the watermark is still `$3` (its
+/// row lock waits for a chainer run in progress). Answers 1 when it wrote, else 0.
+pub(crate) const WRITE_SQL: &str = "WITH w AS ( \
+        UPDATE chain_watermark SET last_seq = $2, updated_at = now() \
+        WHERE name = $1 AND last_seq = $3 RETURNING 1), \
+    links AS ( \
+        INSERT INTO activity_chain (tenant_id, seq, day, prev_seq, prev_hash, row_hash) \
+        SELECT * FROM unnest($4::text[], $5::int8[], $6::date[], $7::int8[], $8::bytea[], \
+            $9::bytea[]) WHERE EXISTS (SELECT 1 FROM w)), \
+    heads AS ( \
+        INSERT INTO chain_heads (tenant_id, seq, row_hash) \
+        SELECT * FROM unnest($10::text[], $11::int8[], $12::bytea[]) \
+        WHERE EXISTS (SELECT 1 FROM w) \
+        ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq, \
+            row_hash = EXCLUDED.row_hash, updated_at = now()) \
+    SELECT count(*)::int8 FROM w";
+
+/// One row's link to be: its tenant, day and canonical form (seq and received_at
+/// to fill).
+#[derive(Debug)]
+struct Prepared {
+    tenant: String,
+    day: NaiveDate,
+    canonical: Vec<u8>,
+}
+
+/// The canonical forms of a batch's rows, in the order they are `COPY`d.
+#[derive(Debug)]
+pub(crate) struct PreparedLinks {
+    rows: Vec<Prepared>,
+}
+
+impl PreparedLinks {
+    /// The rows' canonical forms, each with the `chain_salt` and personal keys it
+    /// is written with. `None` when one of them holds a value the printer cannot
+    /// vouch for: the batch is then left to the chainer.
+    pub(crate) fn new<'a>(
+        rows: impl Iterator<Item = (&'a ActivityEvent, &'a [u8; 16], &'a [&'a str])>,
+    ) -> Option<PreparedLinks> {
+        let mut out = Vec::new();
+        for (event, salt, personal_keys) in rows {
+            let row = chain_row(event, salt, personal_keys)?;
+            out.push(Prepared {
+                tenant: row.tenant().to_owned(),
+                day: row.ts.date_naive(),
+                canonical: row.canonical(),
+            });
+        }
+        Some(PreparedLinks { rows: out })
+    }
+
+    /// The tenants of the batch, each once.
+    pub(crate) fn tenants(&self) -> Vec<String> {
+        let mut tenants: Vec<String> = self.rows.iter().map(|r| r.tenant.clone()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        tenants
+    }
+
+    /// The links of `backlog` (committed rows above the watermark, read back, in
+    /// `seq` order) and then of the batch's rows numbered from `first_seq`,
+    /// chained onto `heads` (those of every tenant involved).
+    pub(crate) fn links(
+        mut self,
+        first_seq: i64,
+        received_at: DateTime<Utc>,
+        backlog: &[ChainRow],
+        mut heads: HashMap<String, (i64, [u8; 32])>,
+    ) -> Result<Links, PgError> {
+        let mut links = Links::with_capacity(backlog.len() + self.rows.len());
+        for row in backlog {
+            links.push(
+                &mut heads,
+                row.tenant(),
+                row.seq,
+                row.ts.date_naive(),
+                &row.canonical(),
+            );
+        }
+        for (i, row) in self.rows.iter_mut().enumerate() {
+            let seq = first_seq + i as i64;
+            if !fill_head(&mut row.canonical, seq, received_at) {
+                return Err(PgError::Integrity(
+                    "a prepared canonical form has an unexpected layout".into(),
+                ));
+            }
+            links.push(&mut heads, &row.tenant, seq, row.day, &row.canonical);
+        }
+        links.set_heads(heads);
+        Ok(links)
+    }
+}
+
+/// What [`STATE_SQL`] read.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkState {
+    /// `chain_watermark.last_seq`.
+    pub watermark: i64,
+    /// `now()`: the `received_at` of the batch's rows.
+    pub now: DateTime<Utc>,
+    /// The heads of the batch's tenants.
+    pub heads: HashMap<String, (i64, [u8; 32])>,
+}
+
+/// Heads read from rows of (tenant_id, seq, row_hash) starting at column `at`.
+pub(crate) fn read_heads(
+    rows: &[Row],
+    at: usize,
+    heads: &mut HashMap<String, (i64, [u8; 32])>,
+) -> Result<(), PgError> {
+    for row in rows {
+        let tenant: Option<String> = row.try_get(at)?;
+        if let Some(tenant) = tenant {
+            let hash = hash32(row.try_get(at + 2)?, "chain_heads.row_hash")?;
+            heads.insert(tenant, (row.try_get(at + 1)?, hash));
+        }
+    }
+    Ok(())
+}
+
+impl LinkState {
+    /// From [`STATE_SQL`]'s rows; `None` when there is no watermark row.
+    pub(crate) fn from_rows(rows: &[Row]) -> Result<Option<LinkState>, PgError> {
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut heads = HashMap::with_capacity(rows.len());
+        read_heads(rows, 2, &mut heads)?;
+        Ok(Some(LinkState {
+            watermark: first.try_get(0)?,
+            now: first.try_get(1)?,
+            heads,
+        }))
+    }
+}
+
+/// Links and the new heads of their tenants, as arrays for `unnest` (the
+/// chainer's run and [`WRITE_SQL`] store them).
+#[derive(Debug, Default)]
+pub(crate) struct Links {
+    pub tenant: Vec<String>,
+    pub seq: Vec<i64>,
+    pub day: Vec<NaiveDate>,
+    pub prev_seq: Vec<Option<i64>>,
+    pub prev_hash: Vec<Vec<u8>>,
+    pub hash: Vec<Vec<u8>>,
+    pub head_tenant: Vec<String>,
+    pub head_seq: Vec<i64>,
+    pub head_hash: Vec<Vec<u8>>,
+    /// Rows not linked because their tenant's chain already reached their `seq`.
+    pub skipped_duplicates: u64,
+}
+
+impl Links {
+    pub(crate) fn with_capacity(n: usize) -> Links {
+        Links {
+            tenant: Vec::with_capacity(n),
+            seq: Vec::with_capacity(n),
+            day: Vec::with_capacity(n),
+            prev_seq: Vec::with_capacity(n),
+            prev_hash: Vec::with_capacity(n),
+            hash: Vec::with_capacity(n),
+            ..Links::default()
+        }
+    }
+
+    /// Links the row `seq` of `tenant` (canonical form `canonical`) onto its
+    /// tenant's head in `heads`, and moves the head. A row whose tenant's chain
+    /// already reached its `seq` (two rows of one tenant with one `seq`: only an
+    /// out-of-band insert does that; verification reports it) is skipped.
+    pub(crate) fn push(
+        &mut self,
+        heads: &mut HashMap<String, (i64, [u8; 32])>,
+        tenant: &str,
+        seq: i64,
+        day: NaiveDate,
+        canonical: &[u8],
+    ) {
+        let head = heads.get(tenant).copied();
+        if head.is_some_and(|(head_seq, _)| head_seq >= seq) {
+            tracing::warn!(
+                seq,
+                "activity_events holds two rows with one seq for a tenant; chaining the first only"
+            );
+            self.skipped_duplicates += 1;
+            return;
+        }
+        let prev_hash = head.map_or(GENESIS_HASH, |(_, hash)| hash);
+        let hash = row_hash(&prev_hash, canonical);
+        self.tenant.push(tenant.to_owned());
+        self.seq.push(seq);
+        self.day.push(day);
+        self.prev_seq.push(head.map(|(seq, _)| seq));
+        self.prev_hash.push(prev_hash.to_vec());
+        self.hash.push(hash.to_vec());
+        heads.insert(tenant.to_owned(), (seq, hash));
+    }
+
+    /// Sets the heads to store.
+    pub(crate) fn set_heads(&mut self, heads: HashMap<String, (i64, [u8; 32])>) {
+        for (tenant, (seq, hash)) in heads {
+            self.head_tenant.push(tenant);
+            self.head_seq.push(seq);
+            self.head_hash.push(hash.to_vec());
+        }
+    }
+}
+
+/// The row as the chainer will read it back after the `COPY`.
+fn chain_row(event: &ActivityEvent, salt: &[u8; 16], personal_keys: &[&str]) -> Option<ChainRow> {
+    let ts = DateTime::from_timestamp_micros(event.ts.timestamp_micros())?;
+    let text = jsonb_text(&event.attributes)?;
+    let keys: Vec<Option<String>> = personal_keys.iter().map(|k| Some(scrub(k))).collect();
+    let split = split_attributes(text, &keys).ok()?;
+    let opt = |s: &Option<String>| s.as_deref().map(scrub);
+    Some(ChainRow {
+        id: event.id,
+        seq: 0,
+        ts,
+        received_at: DateTime::UNIX_EPOCH,
+        tenant_id: Some(scrub(event.tenant_id.as_deref().unwrap_or(""))),
+        user_id: opt(&event.user_id),
+        session_id: opt(&event.session_id),
+        action: Some(scrub(&event.action)),
+        outcome: Some(scrub(event.outcome.as_str())),
+        resource_type: opt(&event.resource_type),
+        resource_id: opt(&event.resource_id),
+        service: opt(&event.service),
+        trace_id: opt(&event.trace_id),
+        span_id: opt(&event.span_id),
+        attributes: Some(split.public),
+        taxonomy_valid: event.taxonomy_valid,
+        taxonomy_reason: opt(&event.taxonomy_reason),
+        duration_ms: event.duration_ms.filter(|d| d.is_finite()),
+        name: opt(&event.name),
+        error_type: opt(&event.error_type),
+        error_message: opt(&event.error_message),
+        chain_form: Some(CHAIN_FORM_V3),
+        chain_salt: Some(salt.to_vec()),
+        erasure_id: None,
+        erased_digest: None,
+        erased_signature: None,
+        personal_attributes: split.personal,
+    })
+}
+
+/// Text as the `COPY` encoder stores it: each NUL becomes U+FFFD.
+fn scrub(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}

@@ -1,0 +1,422 @@
+//! Links computed by the writer (issue 21) against a real PostgreSQL: rows linked
+//! in their batch's transaction verify, hash exactly as the chainer hashes them,
+//! are left to the chainer while the chain is behind, stay exactly-once with two
+//! instances and a chainer running, and tampering afterwards is still detected.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use serde_json::{json, Map};
+use tally_exporters::postgres::chain::{
+    self, ChainJob, ProblemKind, VerifyReport, VerifyStatus, VerifyingKey,
+};
+use tally_exporters::postgres::personal::PersonalKeys;
+use tally_exporters::postgres::PgExporter;
+use tally_exporters::testing::TestDatabase;
+use tally_model::{ActivityEvent, Readiness};
+use tokio_postgres::Client;
+
+const ACTIVITY_LOCK: i64 = i64::from_be_bytes(*b"tallyact");
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[21; 32])
+}
+
+fn trusted() -> Vec<VerifyingKey> {
+    vec![key().verifying_key()]
+}
+
+fn job() -> ChainJob {
+    ChainJob::new(Some(key()), Duration::ZERO)
+}
+
+async fn linking_exporter(db: &TestDatabase) -> PgExporter {
+    let exporter = PgExporter::start(&db.url, &common::config(), Arc::new(Readiness::new()))
+        .await
+        .expect("exporter starts");
+    exporter.set_personal_keys(PersonalKeys::new(["customer.*", "doc.owner"]));
+    exporter.set_chain_linking(true);
+    exporter
+}
+
+/// Events whose values exercise every part of the canonical form: NUL in text,
+/// nested and unicode attributes, floats the `numeric` text rewrites, personal keys
+/// (fixed, configured, the user id repeated), NULL and non-finite details.
+fn rich_events(n: usize) -> Vec<ActivityEvent> {
+    (0..n)
+        .map(|i| {
+            let mut e = common::event(i);
+            let mut attributes = Map::new();
+            attributes.insert("i".into(), json!(i));
+            attributes.insert("f".into(), json!(1e-7 * i as f64));
+            attributes.insert("big".into(), json!(1e20));
+            attributes.insert("neg".into(), json!(-0.0));
+            attributes.insert(
+                "nested".into(),
+                json!({"zz": [1, 2.5, null, true], "a": {"é": "ü\u{1}\u{8}\"\\"}}),
+            );
+            attributes.insert("nul\u{0}key".into(), json!("v\u{0}w"));
+            attributes.insert("user.email".into(), json!(format!("u{i}@example.com")));
+            attributes.insert("customer.name".into(), json!("Ada"));
+            attributes.insert("doc.owner".into(), json!(e.user_id.clone()));
+            attributes.insert("mirror".into(), json!(e.user_id.clone()));
+            attributes.insert("😀".into(), json!("\u{2028}"));
+            e.attributes = attributes;
+            if i % 4 == 1 {
+                e.tenant_id = None;
+                e.duration_ms = Some(f64::NAN);
+                e.session_id = None;
+            }
+            if i % 5 == 2 {
+                e.error_message = Some("bad\u{0}byte".into());
+                e.taxonomy_valid = Some(false);
+                e.taxonomy_reason = Some("unknown action".into());
+            }
+            e
+        })
+        .collect()
+}
+
+async fn watermark(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT last_seq FROM chain_watermark WHERE name = 'activity_events'",
+            &[],
+        )
+        .await
+        .expect("watermark")
+        .get(0)
+}
+
+async fn max_seq(client: &Client) -> i64 {
+    client
+        .query_one("SELECT coalesce(max(seq), 0) FROM activity_events", &[])
+        .await
+        .expect("max seq")
+        .get(0)
+}
+
+/// Rows linked by a writer: their link was written in the row's own transaction,
+/// so `chained_at` (that transaction's `now()`) equals the row's `received_at`.
+async fn writer_linked(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM activity_events e JOIN activity_chain c \
+                 ON c.tenant_id = e.tenant_id AND c.seq = e.seq \
+             WHERE c.chained_at = e.received_at",
+            &[],
+        )
+        .await
+        .expect("writer-linked rows")
+        .get(0)
+}
+
+/// Rows without exactly one link, and links without a row.
+async fn unmatched(client: &Client) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM activity_events e WHERE (SELECT count(*) \
+                 FROM activity_chain c WHERE c.tenant_id = e.tenant_id AND c.seq = e.seq) <> 1), \
+             (SELECT count(*) FROM activity_chain c WHERE NOT EXISTS (SELECT 1 \
+                 FROM activity_events e WHERE e.tenant_id = c.tenant_id AND e.seq = c.seq))",
+            &[],
+        )
+        .await
+        .expect("unmatched");
+    (row.get(0), row.get(1))
+}
+
+async fn tenants(client: &Client) -> Vec<String> {
+    client
+        .query("SELECT DISTINCT tenant_id FROM activity_events", &[])
+        .await
+        .expect("tenants")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn verify_all(db: &TestDatabase) -> Vec<VerifyReport> {
+    let mut client = db.client().await;
+    let mut reports = Vec::new();
+    for tenant in tenants(&client).await {
+        reports.push(
+            chain::verify(&mut client, &tenant, &trusted())
+                .await
+                .expect("verify"),
+        );
+    }
+    reports
+}
+
+fn assert_intact(reports: &[VerifyReport]) {
+    assert!(!reports.is_empty());
+    for report in reports {
+        assert_eq!(report.status, VerifyStatus::Intact, "{report:#?}");
+        assert_eq!(report.unchained_rows, 0, "{report:#?}");
+    }
+}
+
+/// Every link as (tenant, seq, prev_seq, prev_hash, row_hash).
+type Link = (String, i64, Option<i64>, Vec<u8>, Vec<u8>);
+
+async fn links(client: &Client) -> Vec<Link> {
+    client
+        .query(
+            "SELECT tenant_id, seq, prev_seq, prev_hash, row_hash FROM activity_chain \
+             ORDER BY tenant_id, seq",
+            &[],
+        )
+        .await
+        .expect("links")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+}
+
+#[tokio::test]
+async fn writer_links_verify_and_equal_the_chainers() {
+    let db = TestDatabase::migrated().await;
+    let exporter = linking_exporter(&db).await;
+    let events = rich_events(60);
+    exporter
+        .submit(events[..25].to_vec())
+        .await
+        .expect("batch 1");
+    exporter
+        .submit(events[25..].to_vec())
+        .await
+        .expect("batch 2");
+    let mut client = db.client().await;
+    // Linked at commit, without a chainer run.
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    assert_eq!(writer_linked(&client).await, 60);
+    assert_eq!(unmatched(&client).await, (0, 0));
+    // Checkpoints over the writer's heads, then verify.
+    let report = job().run_once(&mut client).await.expect("chainer run");
+    assert_eq!(report.rows, 0);
+    assert!(report.checkpoints >= 3);
+    assert_intact(&verify_all(&db).await);
+
+    // The chainer, reading the stored rows back, computes the same links.
+    let by_writer = links(&client).await;
+    client
+        .batch_execute(
+            "DELETE FROM chain_checkpoints; DELETE FROM activity_chain; DELETE FROM chain_heads; \
+             UPDATE chain_watermark SET last_seq = 0",
+        )
+        .await
+        .expect("reset chain");
+    let report = job().run_once(&mut client).await.expect("chainer run");
+    assert_eq!(report.rows, 60);
+    assert_eq!(links(&client).await, by_writer);
+    exporter.shutdown().await;
+}
+
+/// Writes `n` rows the way older versions do (lock, `nextval`, no link).
+async fn old_style_rows(client: &mut Client, n: i32) {
+    let tx = client.transaction().await.expect("begin");
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ACTIVITY_LOCK])
+        .await
+        .expect("lock");
+    tx.execute(
+        "INSERT INTO activity_events (id, seq, ts, tenant_id, action, outcome, attributes) \
+         SELECT gen_random_uuid(), nextval('activity_events_seq'), now(), 'tenant-' || (i % 4), \
+             'doc.read', 'success', jsonb_build_object('b', i, 'a', 1.50) \
+         FROM generate_series(1, $1) AS i ORDER BY i",
+        &[&n],
+    )
+    .await
+    .expect("old-style insert");
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn a_batch_meeting_a_behind_chain_links_a_short_backlog_and_leaves_a_long_one() {
+    let db = TestDatabase::migrated().await;
+    let exporter = linking_exporter(&db).await;
+    let mut client = db.client().await;
+    exporter.submit(rich_events(5)).await.expect("batch 1");
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    assert_eq!(writer_linked(&client).await, 5);
+
+    // A row of an older version (no link): the next batch reads it back and
+    // links it before its own rows.
+    old_style_rows(&mut client, 1).await;
+    exporter.submit(rich_events(7)).await.expect("batch 2");
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    assert_eq!(writer_linked(&client).await, 12);
+    assert_eq!(unmatched(&client).await, (0, 0));
+
+    // A backlog longer than a writer links: the batch is left to the chainer.
+    old_style_rows(&mut client, 2_001).await;
+    let before = watermark(&client).await;
+    exporter.submit(rich_events(4)).await.expect("batch 3");
+    assert_eq!(watermark(&client).await, before, "left to the chainer");
+    assert_eq!(writer_linked(&client).await, 12);
+    let mut chained = 0;
+    loop {
+        let report = job().run_once(&mut client).await.expect("chainer run");
+        if report.rows == 0 {
+            break;
+        }
+        chained += report.rows;
+    }
+    assert_eq!(chained, 2_005);
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    // Caught up again: the next batch is linked by its writer.
+    exporter.submit(rich_events(3)).await.expect("batch 4");
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    assert_eq!(writer_linked(&client).await, 15);
+
+    // A rolled-back reservation leaves a gap without rows: still linked.
+    let tx = client.transaction().await.expect("begin");
+    tx.execute("SELECT nextval('activity_events_seq')", &[])
+        .await
+        .expect("nextval");
+    tx.rollback().await.expect("rollback");
+    exporter.submit(rich_events(3)).await.expect("batch 5");
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    assert_eq!(writer_linked(&client).await, 18);
+
+    // A resend of a stored row goes through staging and is not linked by its
+    // writer; the next batch links it.
+    let mut resend = rich_events(2);
+    let stored = client
+        .query_one(
+            "SELECT id, ts, tenant_id FROM activity_events ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("a stored row");
+    resend[0].id = stored.get(0);
+    resend[0].ts = stored.get(1);
+    resend[0].tenant_id = Some(stored.get(2));
+    let before = watermark(&client).await;
+    exporter.submit(resend).await.expect("staged batch");
+    assert_eq!(watermark(&client).await, before);
+    assert!(max_seq(&client).await > before);
+    exporter.submit(rich_events(2)).await.expect("batch 6");
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    assert_eq!(writer_linked(&client).await, 20);
+    assert_eq!(unmatched(&client).await, (0, 0));
+    job().run_once(&mut client).await.expect("checkpoints");
+    assert_intact(&verify_all(&db).await);
+    exporter.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_instances_and_a_chainer_link_every_row_once() {
+    let db = TestDatabase::migrated().await;
+    let a = linking_exporter(&db).await;
+    let b = linking_exporter(&db).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let chainer = job().spawn(db.url.clone(), Duration::from_millis(5), stopped);
+    let mut tasks = Vec::new();
+    for (w, exporter) in [a.clone(), b.clone()].into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for round in 0..30 {
+                let mut batch = rich_events(1 + (round * 7 + w) % 40);
+                for e in &mut batch {
+                    e.id = uuid::Uuid::new_v4();
+                }
+                exporter.submit(batch).await.expect("batch");
+            }
+        }));
+    }
+    // Older-version writes now and then, so the chainer (and the writers'
+    // backlog reads) have work too.
+    let mut client = db.client().await;
+    for _ in 0..10 {
+        old_style_rows(&mut client, 3).await;
+        tokio::task::yield_now().await;
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let _ = stop.send(true);
+    chainer.await.expect("chainer stops");
+    job().run_once(&mut client).await.expect("last chainer run");
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    assert_eq!(unmatched(&client).await, (0, 0));
+    let linked = writer_linked(&client).await;
+    let written: i64 = client
+        .query_one(
+            "SELECT count(*) FROM activity_events WHERE action <> 'doc.read'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    eprintln!("writer-linked {linked} of {written} exporter rows");
+    assert!(linked > 0, "the writers linked rows");
+    assert_intact(&verify_all(&db).await);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn tampering_with_writer_linked_rows_is_detected() {
+    let db = TestDatabase::migrated().await;
+    let exporter = linking_exporter(&db).await;
+    let mut events = rich_events(9);
+    for e in &mut events {
+        e.tenant_id = Some("acme".into());
+    }
+    exporter.submit(events).await.expect("batch");
+    let mut client = db.client().await;
+    assert_eq!(writer_linked(&client).await, 9);
+    job().run_once(&mut client).await.expect("checkpoint");
+    let seqs: Vec<i64> = client
+        .query("SELECT seq FROM activity_events ORDER BY seq", &[])
+        .await
+        .expect("seqs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_intact(&verify_all(&db).await);
+
+    // Public attribute changed.
+    client
+        .execute(
+            "UPDATE activity_events SET attributes = attributes || '{\"i\": 999}' WHERE seq = $1",
+            &[&seqs[3]],
+        )
+        .await
+        .expect("tamper attributes");
+    let r = chain::verify(&mut client, "acme", &trusted())
+        .await
+        .expect("verify");
+    assert_problem(&r, seqs[3], ProblemKind::Altered);
+    // A personal field changed (enters through the salted digest).
+    client
+        .execute(
+            "UPDATE activity_events SET user_id = 'mallory' WHERE seq = $1",
+            &[&seqs[1]],
+        )
+        .await
+        .expect("tamper user");
+    let r = chain::verify(&mut client, "acme", &trusted())
+        .await
+        .expect("verify");
+    assert_problem(&r, seqs[1], ProblemKind::Altered);
+    // A row deleted.
+    client
+        .execute("DELETE FROM activity_events WHERE seq = $1", &[&seqs[0]])
+        .await
+        .expect("delete");
+    let r = chain::verify(&mut client, "acme", &trusted())
+        .await
+        .expect("verify");
+    assert_problem(&r, seqs[0], ProblemKind::Deleted);
+    exporter.shutdown().await;
+}
+
+fn assert_problem(report: &VerifyReport, seq: i64, kind: ProblemKind) {
+    assert_eq!(report.status, VerifyStatus::Tampered, "{report:#?}");
+    let problem = report.first_problem.as_ref().expect("a problem");
+    assert_eq!((problem.seq, problem.kind), (seq, kind), "{report:#?}");
+}
