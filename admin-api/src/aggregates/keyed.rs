@@ -72,6 +72,15 @@ impl Spec {
         }
         let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
         select.extend(self.sums());
+        // The rollup's rows: the whole weeks from the per-user weekly rollup
+        // and the edge days from the daily one when the page allows it.
+        let rollup = match self.user_weeks(query, table, (first, end)) {
+            Some(weeks) => format!(
+                "({}) AS rollup",
+                self.weekly_rollup(table, (first, end), weeks)
+            ),
+            None => table.name.to_owned(),
+        };
         let text = format!(
             "SELECT '{period}'::date AS period, {} FROM (\
                  (SELECT {cols}, {} FROM {} WHERE {} GROUP BY {cols} ORDER BY {cols} LIMIT {limit}) \
@@ -79,7 +88,7 @@ impl Spec {
              GROUP BY {cols} ORDER BY {cols} LIMIT {limit}",
             select.join(", "),
             rollup_sums.join(", "),
-            table.name,
+            rollup,
             clauses.join(" AND "),
             tail_columns.join(", "),
             placeholders.join(", "),

@@ -3,7 +3,7 @@
 //! of a page, of one period of a page grouped by user, and of a window's
 //! bounds.
 
-use chrono::NaiveDate;
+use chrono::{Datelike, Days, NaiveDate};
 use tokio_postgres::types::ToSql;
 
 use super::{AggregateQuery, Key, Spec, Table};
@@ -305,11 +305,23 @@ impl Spec {
         } = PeriodPage::new(query, (period, first, end), limit);
         let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
         select.extend(self.sums());
-        let source = self.source(
-            table,
-            Some(&format!("'{first}'")),
-            Some(&format!("'{end}'")),
-        );
+        let (tail_from, tail_to) = (format!("'{first}'"), format!("'{end}'"));
+        let source = match self.user_weeks(query, table, (first, end)) {
+            // The whole weeks from the weekly rollup, the edge days from the
+            // daily one, and the tail grouped by tenant and user like them.
+            Some(weeks) => format!(
+                "({} UNION ALL {}) AS live",
+                self.weekly_rollup(table, (first, end), weeks),
+                self.tail_groups(
+                    &["tenant", "user"],
+                    &[],
+                    &[],
+                    (Some(&tail_from), Some(&tail_to)),
+                    ""
+                )
+            ),
+            None => self.source(table, Some(&tail_from), Some(&tail_to)),
+        };
         let text = format!(
             "SELECT '{period}'::date AS period, {} FROM {source} WHERE {} \
              GROUP BY {cols} ORDER BY {cols} LIMIT {limit}",
@@ -317,6 +329,68 @@ impl Spec {
             clauses.join(" AND ")
         );
         (text, sql.params)
+    }
+
+    /// The whole ISO weeks `[first Monday, last Monday)` of a by-user
+    /// period's days `first..end` when the period may read them from the
+    /// per-user weekly rollup (migration 0029): `table` is the per-user daily
+    /// one, the page is grouped by user alone and filtered by nothing but the
+    /// tenant and the user (the weekly rows keep no other key), and the period
+    /// holds at least one whole week. `None`: the daily statement.
+    pub(super) fn user_weeks(
+        &self,
+        query: &AggregateQuery<'_>,
+        table: &Table,
+        (first, end): (NaiveDate, NaiveDate),
+    ) -> Option<(NaiveDate, NaiveDate)> {
+        let by_user_alone = matches!(query.group_by.as_slice(), [key] if key.name == "user");
+        let filters_kept = query
+            .filters
+            .iter()
+            .all(|(k, _)| matches!(k.name, "tenant" | "user"));
+        if !by_user_alone || !filters_kept || !table.keys.contains(&"user") {
+            return None;
+        }
+        let after_first = (7 - first.weekday().num_days_from_monday()) % 7;
+        let weeks_from = first.checked_add_days(Days::new(u64::from(after_first)))?;
+        let weeks_to = end.checked_sub_days(Days::new(u64::from(
+            end.weekday().num_days_from_monday(),
+        )))?;
+        (weeks_from < weeks_to).then_some((weeks_from, weeks_to))
+    }
+
+    /// The rollup rows of a by-user period's days `first..end` as `SELECT day,
+    /// tenant_id, user_id, <measures>` parts joined by `UNION ALL`: the whole
+    /// weeks `weeks` from the per-user weekly rollup (`week AS day`), and each
+    /// edge day (before the first whole week, after the last) from `table`
+    /// with `day =` that day, so that each part is a range of an index in user
+    /// order ((`user_id`, `week`) or the weekly primary key; the daily
+    /// `(day, user_id)` index or primary key) and a page reads only its own
+    /// users' rows. The days are literals made here, never request text.
+    pub(super) fn weekly_rollup(
+        &self,
+        table: &Table,
+        (first, end): (NaiveDate, NaiveDate),
+        (weeks_from, weeks_to): (NaiveDate, NaiveDate),
+    ) -> String {
+        let measures = self.measure_columns();
+        let mut parts = vec![format!(
+            "SELECT week AS day, tenant_id, user_id, {measures} FROM {} \
+             WHERE week >= '{weeks_from}'::date AND week < '{weeks_to}'::date",
+            self.user_weekly
+        )];
+        let edges = first.iter_days().take_while(|d| *d < weeks_from).chain(
+            weeks_to
+                .iter_days()
+                .take_while(|d| *d < end),
+        );
+        for day in edges {
+            parts.push(format!(
+                "SELECT day, tenant_id, user_id, {measures} FROM {} WHERE day = '{day}'::date",
+                table.name
+            ));
+        }
+        parts.join(" UNION ALL ")
     }
 
     /// The first and last day of `table` under the query's filters: the window
