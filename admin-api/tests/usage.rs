@@ -1036,6 +1036,7 @@ async fn by_user_week_and_month_pages_match_the_raw_rows() {
         let (db, events, tokens) = fixture_folding(folded).await;
         let router = api(&config_with_jwt(), &db.url).await.router();
         let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("day");
+        let all = token("admin", Some("*"));
         let acme = token("admin", Some("acme"));
         // Tokens: Tue 2026-10-27 .. Wed 11-04; activity: Fri 11-20 .. Tue 11-24.
         let windows = [
@@ -1051,19 +1052,19 @@ async fn by_user_week_and_month_pages_match_the_raw_rows() {
             let (lo, hi) = (day(from), day(to));
             for grain in ["week", "month"] {
                 for (filter, caller) in [
-                    ("", None),
-                    ("&tenant=acme", None),
-                    ("", Some(&acme)),
-                    ("&user=u2", None),
-                    ("&tenant=acme&user=u2", None),
+                    ("", &all),
+                    ("&tenant=acme", &all),
+                    ("", &acme),
+                    ("&user=u2", &all),
+                    ("&tenant=acme&user=u2", &all),
                 ] {
-                    let tenant_only = filter.contains("tenant=acme") || caller.is_some();
+                    let tenant_only = filter.contains("tenant=acme") || caller == &acme;
                     let user_only = filter.contains("user=u2");
                     let uri = format!(
                         "/api/v1/tokens/usage?grain={grain}&group_by=user&limit=2\
                          &from={from}&to={to}{filter}"
                     );
-                    let items = all_items(&router, &uri, caller.map(String::as_str)).await;
+                    let items = all_items(&router, &uri, Some(caller)).await;
                     let keep = |t: &Tok| {
                         let d = t.ts.date_naive();
                         d >= lo
@@ -1082,7 +1083,7 @@ async fn by_user_week_and_month_pages_match_the_raw_rows() {
                         "/api/v1/activity/aggregates?grain={grain}&group_by=user&limit=2\
                          &from={from}&to={to}{filter}"
                     );
-                    let items = all_items(&router, &uri, caller.map(String::as_str)).await;
+                    let items = all_items(&router, &uri, Some(caller)).await;
                     let mut got = BTreeMap::new();
                     for item in &items {
                         let n = item["events"].as_i64().expect("events");
