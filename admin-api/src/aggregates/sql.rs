@@ -353,9 +353,8 @@ impl Spec {
         }
         let after_first = (7 - first.weekday().num_days_from_monday()) % 7;
         let weeks_from = first.checked_add_days(Days::new(u64::from(after_first)))?;
-        let weeks_to = end.checked_sub_days(Days::new(u64::from(
-            end.weekday().num_days_from_monday(),
-        )))?;
+        let weeks_to =
+            end.checked_sub_days(Days::new(u64::from(end.weekday().num_days_from_monday())))?;
         (weeks_from < weeks_to).then_some((weeks_from, weeks_to))
     }
 
@@ -379,11 +378,10 @@ impl Spec {
              WHERE week >= '{weeks_from}'::date AND week < '{weeks_to}'::date",
             self.user_weekly
         )];
-        let edges = first.iter_days().take_while(|d| *d < weeks_from).chain(
-            weeks_to
-                .iter_days()
-                .take_while(|d| *d < end),
-        );
+        let edges = first
+            .iter_days()
+            .take_while(|d| *d < weeks_from)
+            .chain(weeks_to.iter_days().take_while(|d| *d < end));
         for day in edges {
             parts.push(format!(
                 "SELECT day, tenant_id, user_id, {measures} FROM {} WHERE day = '{day}'::date",

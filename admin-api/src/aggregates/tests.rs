@@ -222,7 +222,11 @@ fn by_user_periods_with_whole_weeks_read_the_weekly_rollup() {
         (&TOKENS, "grain=month&group_by=user,model", false),
         (&TOKENS, "grain=month&group_by=tenant,user", false),
         (&ACTIVITY, "grain=month&group_by=user&tenant=t", true),
-        (&ACTIVITY, "grain=month&group_by=user&outcome=failure", false),
+        (
+            &ACTIVITY,
+            "grain=month&group_by=user&outcome=failure",
+            false,
+        ),
     ] {
         let q = spec.parse(&pairs(query), &caller).unwrap();
         let table = spec.table(&q, true);
@@ -236,7 +240,10 @@ fn by_user_periods_with_whole_weeks_read_the_weekly_rollup() {
             assert!(sql.contains("WHERE day = '2026-11-01'::date"), "{sql}");
             assert!(sql.contains("WHERE day = '2026-11-30'::date"), "{sql}");
             assert_eq!(sql.matches(" WHERE day = ").count(), 2, "{sql}");
-            assert!(sql.contains("GROUP BY user_id ORDER BY user_id LIMIT $"), "{sql}");
+            assert!(
+                sql.contains("GROUP BY user_id ORDER BY user_id LIMIT $"),
+                "{sql}"
+            );
         }
     }
     let q = TOKENS
