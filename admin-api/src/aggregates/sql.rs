@@ -289,6 +289,9 @@ impl Spec {
     /// `(tenant_id, user_id, day)` index. The days are literals (dates made
     /// here, never request text) so that the planner knows each period's size
     /// and picks the user-ordered index; the statements are not cached.
+    /// When [`Spec::user_weeks`] allows it, the period's whole ISO weeks come
+    /// from the per-user weekly rollup and only its edge days from `table`
+    /// ([`Spec::weekly_rollup`]): the same sums from far fewer rows.
     pub(super) fn period_sql(
         &self,
         query: &AggregateQuery<'_>,
