@@ -309,29 +309,48 @@ impl Spec {
         let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
         select.extend(self.sums());
         let (tail_from, tail_to) = (format!("'{first}'"), format!("'{end}'"));
-        let source = match self.user_weeks(query, table, (first, end)) {
+        let filter = clauses.join(" AND ");
+        if let Some(weeks) = self.user_weeks(query, table, (first, end)) {
             // The whole weeks from the weekly rollup, the edge days from the
-            // daily one, and the tail grouped by tenant and user like them.
-            Some(weeks) => format!(
-                "({} UNION ALL {}) AS live",
-                self.weekly_rollup(table, (first, end), weeks),
-                self.tail_groups(
-                    &["tenant", "user"],
-                    &[],
-                    &[],
-                    (Some(&tail_from), Some(&tail_to)),
-                    ""
-                )
-            ),
-            None => self.source(table, Some(&tail_from), Some(&tail_to)),
-        };
+            // daily one and the tail (grouped by tenant and user like them),
+            // each part's first groups after the cursor, then those summed.
+            let tail = self.tail_groups(
+                &["tenant", "user"],
+                &[],
+                &[],
+                (Some(&tail_from), Some(&tail_to)),
+                "",
+            );
+            let text = format!(
+                "SELECT '{period}'::date AS period, {} FROM ({} UNION ALL \
+                 (SELECT {cols}, {} FROM ({tail}) AS t WHERE {filter} \
+                 GROUP BY {cols} ORDER BY {cols} LIMIT {limit})) AS live \
+                 GROUP BY {cols} ORDER BY {cols} LIMIT {limit}",
+                select.join(", "),
+                self.weekly_rollup(table, (first, end), weeks, &filter, &limit),
+                self.exact_sums().join(", "),
+            );
+            return (text, sql.params);
+        }
+        let source = self.source(table, Some(&tail_from), Some(&tail_to));
         let text = format!(
-            "SELECT '{period}'::date AS period, {} FROM {source} WHERE {} \
+            "SELECT '{period}'::date AS period, {} FROM {source} WHERE {filter} \
              GROUP BY {cols} ORDER BY {cols} LIMIT {limit}",
             select.join(", "),
-            clauses.join(" AND ")
         );
         (text, sql.params)
+    }
+
+    /// Each measure summed exactly, to be summed again: `sum(m)::int8 AS m`
+    /// for the counts, `sum(m) AS m` (numeric) for the cost.
+    pub(super) fn exact_sums(&self) -> Vec<String> {
+        self.measures
+            .iter()
+            .map(|m| match m.float {
+                true => format!("sum({0}) AS {0}", m.column),
+                false => format!("sum({0})::int8 AS {0}", m.column),
+            })
+            .collect()
     }
 
     /// The whole ISO weeks `[first Monday, last Monday)` of a by-user
@@ -361,35 +380,48 @@ impl Spec {
         (weeks_from < weeks_to).then_some((weeks_from, weeks_to))
     }
 
-    /// The rollup rows of a by-user period's days `first..end` as `SELECT day,
-    /// tenant_id, user_id, <measures>` parts joined by `UNION ALL`: the whole
-    /// weeks `weeks` from the per-user weekly rollup (`week AS day`), and each
-    /// edge day (before the first whole week, after the last) from `table`
-    /// with `day =` that day, so that each part is a range of an index in user
-    /// order ((`user_id`, `week`) or the weekly primary key; the daily
-    /// `(day, user_id)` index or primary key) and a page reads only its own
-    /// users' rows. The days are literals made here, never request text.
+    /// The rollup's first groups by user of a by-user period's days
+    /// `first..end`, as parts joined by `UNION ALL` (the same user may be in
+    /// several: sum them again): the whole weeks `weeks` from the per-user
+    /// weekly rollup, and each edge day (before the first whole week, after
+    /// the last) from `table` with `day =` that day. Each part is `SELECT
+    /// user_id, <exact sums> … WHERE <filter> GROUP BY user_id ORDER BY
+    /// user_id LIMIT <limit>` over one table, so that it is a range of an
+    /// index in user order ((`user_id`, `week`) or the weekly primary key; the
+    /// daily `(day, user_id)` index or primary key) cut at the page's size:
+    /// a user among the page's first `limit` has fewer than `limit` users
+    /// before it in every part, so the cut parts hold all of the page's rows.
+    /// The days are literals made here, never request text.
     pub(super) fn weekly_rollup(
         &self,
         table: &Table,
         (first, end): (NaiveDate, NaiveDate),
         (weeks_from, weeks_to): (NaiveDate, NaiveDate),
+        filter: &str,
+        limit: &str,
     ) -> String {
         let measures = self.measure_columns();
-        let mut parts = vec![format!(
+        let sums = self.exact_sums().join(", ");
+        let part = |rows: String| {
+            format!(
+                "(SELECT user_id, {sums} FROM ({rows}) AS r WHERE {filter} \
+                 GROUP BY user_id ORDER BY user_id LIMIT {limit})"
+            )
+        };
+        let mut parts = vec![part(format!(
             "SELECT week AS day, tenant_id, user_id, {measures} FROM {} \
              WHERE week >= '{weeks_from}'::date AND week < '{weeks_to}'::date",
             self.user_weekly
-        )];
+        ))];
         let edges = first
             .iter_days()
             .take_while(|d| *d < weeks_from)
             .chain(weeks_to.iter_days().take_while(|d| *d < end));
         for day in edges {
-            parts.push(format!(
+            parts.push(part(format!(
                 "SELECT day, tenant_id, user_id, {measures} FROM {} WHERE day = '{day}'::date",
                 table.name
-            ));
+            )));
         }
         parts.join(" UNION ALL ")
     }
