@@ -404,6 +404,8 @@ const ROLLUP_TABLES: &[&str] = &[
     "token_usage_speed_daily_all",
     "token_usage_latency_weekly_all",
     "token_usage_speed_weekly_all",
+    "token_usage_user_weekly",
+    "activity_user_weekly",
 ];
 
 /// The rollup job's folds (exporters/src/postgres/rollup.rs) over every row at
@@ -497,7 +499,8 @@ async fn fill_rollups(client: &tokio_postgres::Client) -> anyhow::Result<()> {
              UPDATE rollup_watermarks SET last_seq = (SELECT coalesce(max(seq), 0) FROM token_usage), \
                updated_at = now() WHERE name = 'token_usage_daily'; \
              SELECT tally_rebuild_coarse_rollups(); \
-             SELECT tally_rebuild_weekly_histograms();",
+             SELECT tally_rebuild_weekly_histograms(); \
+             SELECT tally_rebuild_user_weekly();",
         )
         .await
         .context("filling the rollups")?;

@@ -205,6 +205,13 @@ async fn an_erasure_leaves_no_trace_keeps_the_sums_and_the_chain_verifies() {
         .expect("drop beta rollups");
     client
         .execute(
+            "DELETE FROM activity_user_weekly WHERE tenant_id = 'beta'",
+            &[],
+        )
+        .await
+        .expect("drop beta weekly rollups");
+    client
+        .execute(
             "DELETE FROM activity_user_last_seen WHERE tenant_id = 'beta'",
             &[],
         )
@@ -229,6 +236,39 @@ async fn an_erasure_leaves_no_trace_keeps_the_sums_and_the_chain_verifies() {
     );
     // The rollups count the 4 late rows and the erasure event now.
     assert_eq!(after.0, before.0 + 4 + 1);
+    // The per-user weekly rollups (migration 0029) were re-keyed like the
+    // daily ones: they still sum the (pseudonymised) raw rows by week.
+    for (weekly, raw) in [
+        (
+            "SELECT tenant_id, week::text, user_id, events::text FROM activity_user_weekly \
+             ORDER BY 1, 2, 3",
+            "SELECT tenant_id, date_trunc('week', ts AT TIME ZONE 'UTC')::date::text, \
+                 coalesce(user_id, ''), count(*)::text FROM activity_events \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        ),
+        (
+            "SELECT tenant_id, week::text, user_id, requests::text, total_tokens::text, \
+                 cost_usd::text FROM token_usage_user_weekly ORDER BY 1, 2, 3",
+            "SELECT tenant_id, date_trunc('week', ts AT TIME ZONE 'UTC')::date::text, \
+                 coalesce(user_id, ''), count(*)::text, \
+                 coalesce(sum(total_tokens), 0)::text, \
+                 coalesce(sum(cost_usd), 0)::numeric(24, 10)::text FROM token_usage \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        ),
+    ] {
+        let text = |rows: Vec<tokio_postgres::Row>| -> Vec<Vec<String>> {
+            rows.iter()
+                .map(|r| (0..r.len()).map(|i| r.get::<_, String>(i)).collect())
+                .collect()
+        };
+        let kept = text(client.query(weekly, &[]).await.expect("weekly"));
+        assert!(kept.iter().any(|r| r[2] == record.pseudonym), "{kept:?}");
+        assert_eq!(
+            kept,
+            text(client.query(raw, &[]).await.expect("raw")),
+            "{weekly}"
+        );
+    }
     assert_eq!(after.2, before.2, "one user became one pseudonym");
 
     let report = verify(&db, "acme").await;

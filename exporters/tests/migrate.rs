@@ -318,3 +318,116 @@ async fn migration_28_user_indexes_cover_the_sums() {
         assert_eq!(from_index, from_heap, "{sql}");
     }
 }
+
+/// Migration 29: the per-user weekly rollups are filled from the daily rows
+/// on an existing database, and a period's whole weeks of a page grouped by
+/// user are an index-only read, over every tenant (`(user_id, week)` index)
+/// and for one tenant (the primary key), with the daily rows' sums.
+#[tokio::test]
+async fn migration_29_user_weekly_rollups_are_backfilled_and_read_index_only() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    // 40 users x 21 days (3 ISO weeks from Monday 2026-11-02) x 2 tenants x 2 models.
+    client
+        .batch_execute(
+            "INSERT INTO token_usage_daily (day, tenant_id, user_id, provider, model, requests, \
+                 input_tokens, output_tokens, total_tokens, cost_usd) \
+             SELECT '2026-11-02'::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'p', \
+                 'm' || m, 1 + u % 3, u * 10 + d, d, u * 10 + 2 * d, (u + d) / 1000.0 \
+             FROM generate_series(0, 20) d, generate_series(1, 2) t, generate_series(1, 40) u, \
+                 generate_series(1, 2) m; \
+             INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) \
+             SELECT '2026-11-02'::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'a', \
+                 'success', 1 + (u + d) % 4 \
+             FROM generate_series(0, 20) d, generate_series(1, 2) t, generate_series(1, 40) u;",
+        )
+        .await
+        .expect("rollup rows");
+    // The migration run again on these rows (as on an upgraded database).
+    let (_, _, sql) = tally_exporters::postgres::MIGRATIONS
+        .iter()
+        .find(|(version, _, _)| *version == 29)
+        .expect("migration 29");
+    client.batch_execute(sql).await.expect("migration 29 again");
+    for table in ["token_usage_user_weekly", "activity_user_weekly"] {
+        client
+            .batch_execute(&format!("VACUUM ANALYZE {table}"))
+            .await
+            .expect("vacuum");
+    }
+    client
+        .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        .await
+        .expect("planner settings");
+    let pages = [
+        (
+            "SELECT user_id, sum(requests)::int8, sum(total_tokens)::int8, sum(cost_usd)::text \
+             FROM token_usage_user_weekly WHERE week >= '2026-11-09' AND week < '2026-11-23' \
+             GROUP BY user_id ORDER BY user_id LIMIT 11",
+            "token_usage_user_weekly_user_sums_idx",
+            "SELECT user_id, sum(requests)::int8, sum(total_tokens)::int8, sum(cost_usd)::text \
+             FROM token_usage_daily WHERE day >= '2026-11-09' AND day < '2026-11-23' \
+             GROUP BY user_id ORDER BY user_id LIMIT 11",
+        ),
+        (
+            "SELECT user_id, sum(events)::int8, sum(events)::int8, sum(events)::text \
+             FROM activity_user_weekly \
+             WHERE tenant_id = 't2' AND week >= '2026-11-09' AND week < '2026-11-23' \
+             GROUP BY user_id ORDER BY user_id LIMIT 11",
+            "activity_user_weekly_pkey",
+            "SELECT user_id, sum(events)::int8, sum(events)::int8, sum(events)::text \
+             FROM activity_daily \
+             WHERE tenant_id = 't2' AND day >= '2026-11-09' AND day < '2026-11-23' \
+             GROUP BY user_id ORDER BY user_id LIMIT 11",
+        ),
+        (
+            "SELECT user_id, sum(requests)::int8, sum(total_tokens)::int8, sum(cost_usd)::text \
+             FROM token_usage_user_weekly \
+             WHERE tenant_id = 't1' AND week >= '2026-11-02' AND week < '2026-11-16' \
+             GROUP BY user_id ORDER BY user_id LIMIT 11",
+            "token_usage_user_weekly_pkey",
+            "SELECT user_id, sum(requests)::int8, sum(total_tokens)::int8, sum(cost_usd)::text \
+             FROM token_usage_daily \
+             WHERE tenant_id = 't1' AND day >= '2026-11-02' AND day < '2026-11-16' \
+             GROUP BY user_id ORDER BY user_id LIMIT 11",
+        ),
+    ];
+    let text = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {}",
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i64>(2),
+                    r.get::<_, String>(3)
+                )
+            })
+            .collect()
+    };
+    for (sql, index, daily) in pages {
+        let plan: Vec<String> = client
+            .query(
+                &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"),
+                &[],
+            )
+            .await
+            .expect("explain")
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains(&format!("Index Only Scan using {index}"))
+                && plan.contains("Heap Fetches: 0"),
+            "{sql}:\n{plan}"
+        );
+        let weekly = text(client.query(sql, &[]).await.expect("weekly"));
+        assert_eq!(weekly.len(), 11, "{sql}");
+        assert_eq!(
+            weekly,
+            text(client.query(daily, &[]).await.expect("daily")),
+            "{sql}"
+        );
+    }
+}

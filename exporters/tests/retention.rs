@@ -264,3 +264,113 @@ async fn token_metric_rows_follow_raw_days() {
         .collect();
     assert_eq!(series, ["new"]);
 }
+
+/// Retention keeps the per-user weekly rollups (migration 0029) equal to the
+/// daily rows they sum: the weeks before the cutoff go, the week holding the
+/// cutoff (mid-week here) keeps only the sums of its days from the cutoff on.
+#[tokio::test]
+async fn user_weekly_rollups_follow_the_daily_rows_past_the_cutoff() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    // A "today" whose cutoff (730 days before) is a Thursday.
+    let mut today = NaiveDate::from_ymd_opt(2026, 12, 1).expect("day");
+    while (today - Days::new(730)).format("%u").to_string() != "4" {
+        today = today.succ_opt().expect("next");
+    }
+    let cutoff = today - Days::new(730);
+    // Daily rows of 3 tenants x 4 users over the 20 days around the cutoff.
+    client
+        .execute(
+            "INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) \
+             SELECT $1::date + d, 't' || t, CASE WHEN u = 0 THEN '' ELSE 'u' || u END, 'a', \
+                 'success', 1 + (d + u + t) % 5 \
+             FROM generate_series(-10, 9) d, generate_series(1, 3) t, generate_series(0, 3) u",
+            &[&cutoff],
+        )
+        .await
+        .expect("activity rows");
+    client
+        .execute(
+            "INSERT INTO token_usage_daily (day, tenant_id, user_id, provider, model, requests, \
+                 input_tokens, total_tokens, cost_usd) \
+             SELECT $1::date + d, 't' || t, CASE WHEN u = 0 THEN '' ELSE 'u' || u END, 'p', \
+                 'm' || m, 1 + d % 3 + 3, 10 * u + d + 20, 11 * u + d + 20, (u + d + 20) / 100.0 \
+             FROM generate_series(-10, 9) d, generate_series(1, 3) t, generate_series(0, 3) u, \
+                 generate_series(1, 2) m",
+            &[&cutoff],
+        )
+        .await
+        .expect("token rows");
+    client
+        .execute("SELECT tally_rebuild_user_weekly()", &[])
+        .await
+        .expect("rebuild");
+    let weekly_before = count(&client, "SELECT count(*) FROM token_usage_user_weekly").await;
+
+    let job = RetentionJob::new(RetentionConfig {
+        raw_days: 90,
+        aggregate_days: 730,
+        ..RetentionConfig::default()
+    });
+    let report = job.run_once_at(&client, today).await.expect("retention");
+    assert!(report.token_usage_daily_deleted > 0);
+    assert!(report.derived_rollups_deleted > 0);
+
+    let rows = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query(sql, &[])
+                .await
+                .expect(sql)
+                .iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.get::<_, String>(i))
+                        .collect::<Vec<String>>()
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let pairs = [
+        (
+            "SELECT tenant_id, week::text, user_id, events::text FROM activity_user_weekly \
+             ORDER BY 1, 2, 3",
+            "SELECT tenant_id, date_trunc('week', day::timestamp)::date::text, user_id, \
+                 sum(events)::text FROM activity_daily GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        ),
+        (
+            "SELECT tenant_id, week::text, user_id, requests::text, input_tokens::text, \
+                 total_tokens::text, cost_usd::text FROM token_usage_user_weekly \
+             ORDER BY 1, 2, 3",
+            "SELECT tenant_id, date_trunc('week', day::timestamp)::date::text, user_id, \
+                 sum(requests)::text, sum(input_tokens)::text, sum(total_tokens)::text, \
+                 sum(cost_usd)::text FROM token_usage_daily GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        ),
+    ];
+    for (weekly, daily) in pairs {
+        let kept = rows(weekly).await;
+        assert_eq!(kept, rows(daily).await, "{weekly}");
+        // 3 tenants x 4 users x 2 weeks (the cutoff's, rebuilt, and the next).
+        assert_eq!(kept.len(), 24, "{kept:?}");
+    }
+    assert!(weekly_before > 24, "{weekly_before}");
+    // The cutoff's week starts before the cutoff and keeps its days from it on.
+    let first_week = cutoff - Days::new(3);
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM token_usage_user_weekly WHERE week < (SELECT min(day) FROM token_usage_daily)"
+        )
+        .await,
+        12
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT (min(day) - min(week))::int8 FROM token_usage_user_weekly, token_usage_daily"
+        )
+        .await,
+        (cutoff - first_week).num_days()
+    );
+}

@@ -235,6 +235,67 @@ async fn assert_weekly_histograms_agree(client: &Client) {
     );
 }
 
+/// The per-user weekly rollups (migration 0029) hold exactly the raw rows
+/// grouped by tenant, ISO week and user, and no emptied group (call only when
+/// every row is folded). Also checks that `tally_rebuild_user_weekly()`, run
+/// on the folded rows, writes the same rows.
+async fn assert_user_weekly_agree(client: &Client) {
+    let pairs = [
+        (
+            "SELECT tenant_id, week, user_id, events FROM activity_user_weekly \
+             ORDER BY 1, 2, 3",
+            "SELECT tenant_id, date_trunc('week', ts AT TIME ZONE 'UTC')::date, \
+                 coalesce(user_id, ''), count(*) \
+             FROM activity_events GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        ),
+        (
+            "SELECT tenant_id, week, user_id, requests, unknown_usage_requests, \
+                 unpriced_requests, input_tokens, output_tokens, cache_read_tokens, \
+                 cache_write_tokens, reasoning_tokens, total_tokens, cost_usd::text \
+             FROM token_usage_user_weekly WHERE requests > 0 ORDER BY 1, 2, 3",
+            "SELECT tenant_id, date_trunc('week', ts AT TIME ZONE 'UTC')::date, \
+                 coalesce(user_id, ''), count(*), count(*) FILTER (WHERE NOT usage_known), \
+                 count(*) FILTER (WHERE usage_known AND cost_usd IS NULL), \
+                 coalesce(sum(input_tokens), 0)::int8, coalesce(sum(output_tokens), 0)::int8, \
+                 coalesce(sum(cache_read_tokens), 0)::int8, \
+                 coalesce(sum(cache_write_tokens), 0)::int8, \
+                 coalesce(sum(reasoning_tokens), 0)::int8, coalesce(sum(total_tokens), 0)::int8, \
+                 coalesce(sum(cost_usd), 0)::numeric(24, 10)::text \
+             FROM token_usage GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        ),
+    ];
+    let mut kept = Vec::new();
+    for (weekly, raw) in pairs {
+        let rows = rows_text(client, weekly).await;
+        assert_eq!(rows, rows_text(client, raw).await, "{weekly}");
+        kept.push(rows);
+    }
+    // Some callers fold token rows only.
+    assert!(kept[1].len() > 10, "{:?}", kept[1]);
+    assert_eq!(
+        count(
+            client,
+            "SELECT count(*) FROM token_usage_user_weekly WHERE requests = 0"
+        )
+        .await,
+        0
+    );
+    client
+        .execute("SELECT tally_rebuild_user_weekly()", &[])
+        .await
+        .expect("rebuild");
+    assert_eq!(
+        rows_text(client, pairs[0].0).await,
+        kept[0],
+        "rebuilt activity"
+    );
+    assert_eq!(
+        rows_text(client, pairs[1].0).await,
+        kept[1],
+        "rebuilt tokens"
+    );
+}
+
 /// The time-to-first-token rollups hold exactly the raw rows' histograms, and
 /// no emptied group.
 async fn assert_ttft_rollups_agree(client: &Client) {
@@ -643,6 +704,7 @@ async fn exactly_once_under_concurrent_ingestion_and_killed_runs() {
     assert_ttft_rollups_agree(&admin).await;
     assert_speed_rollups_agree(&admin).await;
     assert_weekly_histograms_agree(&admin).await;
+    assert_user_weekly_agree(&admin).await;
     assert_derived_rollups_agree(&admin).await;
 }
 
@@ -970,6 +1032,7 @@ async fn attribution_after_folding_moves_the_counts_exactly_once() {
     );
     assert_ttft_rollups_agree(&client).await;
     assert_weekly_histograms_agree(&client).await;
+    assert_user_weekly_agree(&client).await;
     // Migration 0025 on a database whose rows are already folded fills the
     // histograms from them.
     client

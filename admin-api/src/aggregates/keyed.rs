@@ -37,14 +37,7 @@ impl Spec {
             limit,
         } = PeriodPage::new(query, (period, first, end), limit);
         // The rollup's groups: counts as int8, the cost as numeric (exact).
-        let rollup_sums: Vec<String> = self
-            .measures
-            .iter()
-            .map(|m| match m.float {
-                true => format!("sum({0}) AS {0}", m.column),
-                false => format!("sum({0})::int8 AS {0}", m.column),
-            })
-            .collect();
+        let rollup_sums = self.exact_sums();
         // The tail's: the keys, the counts, then the cost (Page::parameters).
         let mut names: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
         let mut types: Vec<&str> = columns.iter().map(|_| "text").collect();
@@ -72,15 +65,24 @@ impl Spec {
         }
         let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
         select.extend(self.sums());
+        // The rollup's first groups: the whole weeks from the per-user weekly
+        // rollup and the edge days from the daily one when the page allows
+        // it, else the daily rollup's.
+        let filter = clauses.join(" AND ");
+        let rollup = match self.user_weeks(query, table, (first, end)) {
+            Some(weeks) => self.weekly_rollup(table, (first, end), weeks, &filter, &limit),
+            None => format!(
+                "(SELECT {cols}, {} FROM {} WHERE {filter} GROUP BY {cols} ORDER BY {cols} \
+                 LIMIT {limit})",
+                rollup_sums.join(", "),
+                table.name,
+            ),
+        };
         let text = format!(
             "SELECT '{period}'::date AS period, {} FROM (\
-                 (SELECT {cols}, {} FROM {} WHERE {} GROUP BY {cols} ORDER BY {cols} LIMIT {limit}) \
-                 UNION ALL SELECT {} FROM unnest({}) AS t ({})) AS live \
+                 {rollup} UNION ALL SELECT {} FROM unnest({}) AS t ({})) AS live \
              GROUP BY {cols} ORDER BY {cols} LIMIT {limit}",
             select.join(", "),
-            rollup_sums.join(", "),
-            table.name,
-            clauses.join(" AND "),
             tail_columns.join(", "),
             placeholders.join(", "),
             names.join(", "),

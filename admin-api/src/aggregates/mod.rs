@@ -132,6 +132,9 @@ pub(crate) struct Spec {
     /// Its `rollup_watermarks.name`: the rollups hold exactly its rows with
     /// `seq <=` that watermark.
     watermark: &'static str,
+    /// The per-user weekly rollup (migration 0029: tenant, ISO week, user and
+    /// the measures), folded with the last table under the same watermark.
+    user_weekly: &'static str,
     scope: &'static str,
     /// Canonical order; also the accepted `group_by` values and filters (by name).
     keys: &'static [Key],
@@ -168,6 +171,7 @@ pub(crate) const TOKENS: Spec = Spec {
     ],
     raw: "token_usage",
     watermark: "token_usage_daily",
+    user_weekly: "token_usage_user_weekly",
     scope: SCOPE_TOKENS_READ,
     keys: &[
         Key {
@@ -242,6 +246,7 @@ pub(crate) const ACTIVITY: Spec = Spec {
     ],
     raw: "activity_events",
     watermark: "activity_daily",
+    user_weekly: "activity_user_weekly",
     scope: SCOPE_ACTIVITY_READ,
     keys: &[
         Key {

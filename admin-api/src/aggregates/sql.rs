@@ -3,7 +3,7 @@
 //! of a page, of one period of a page grouped by user, and of a window's
 //! bounds.
 
-use chrono::NaiveDate;
+use chrono::{Datelike, Days, NaiveDate};
 use tokio_postgres::types::ToSql;
 
 use super::{AggregateQuery, Key, Spec, Table};
@@ -289,6 +289,9 @@ impl Spec {
     /// `(tenant_id, user_id, day)` index. The days are literals (dates made
     /// here, never request text) so that the planner knows each period's size
     /// and picks the user-ordered index; the statements are not cached.
+    /// When [`Spec::user_weeks`] allows it, the period's whole ISO weeks come
+    /// from the per-user weekly rollup and only its edge days from `table`
+    /// ([`Spec::weekly_rollup`]): the same sums from far fewer rows.
     pub(super) fn period_sql(
         &self,
         query: &AggregateQuery<'_>,
@@ -305,18 +308,122 @@ impl Spec {
         } = PeriodPage::new(query, (period, first, end), limit);
         let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
         select.extend(self.sums());
-        let source = self.source(
-            table,
-            Some(&format!("'{first}'")),
-            Some(&format!("'{end}'")),
-        );
+        let (tail_from, tail_to) = (format!("'{first}'"), format!("'{end}'"));
+        let filter = clauses.join(" AND ");
+        if let Some(weeks) = self.user_weeks(query, table, (first, end)) {
+            // The whole weeks from the weekly rollup, the edge days from the
+            // daily one and the tail (grouped by tenant and user like them),
+            // each part's first groups after the cursor, then those summed.
+            let tail = self.tail_groups(
+                &["tenant", "user"],
+                &[],
+                &[],
+                (Some(&tail_from), Some(&tail_to)),
+                "",
+            );
+            let text = format!(
+                "SELECT '{period}'::date AS period, {} FROM ({} UNION ALL \
+                 (SELECT {cols}, {} FROM ({tail}) AS t WHERE {filter} \
+                 GROUP BY {cols} ORDER BY {cols} LIMIT {limit})) AS live \
+                 GROUP BY {cols} ORDER BY {cols} LIMIT {limit}",
+                select.join(", "),
+                self.weekly_rollup(table, (first, end), weeks, &filter, &limit),
+                self.exact_sums().join(", "),
+            );
+            return (text, sql.params);
+        }
+        let source = self.source(table, Some(&tail_from), Some(&tail_to));
         let text = format!(
-            "SELECT '{period}'::date AS period, {} FROM {source} WHERE {} \
+            "SELECT '{period}'::date AS period, {} FROM {source} WHERE {filter} \
              GROUP BY {cols} ORDER BY {cols} LIMIT {limit}",
             select.join(", "),
-            clauses.join(" AND ")
         );
         (text, sql.params)
+    }
+
+    /// Each measure summed exactly, to be summed again: `sum(m)::int8 AS m`
+    /// for the counts, `sum(m) AS m` (numeric) for the cost.
+    pub(super) fn exact_sums(&self) -> Vec<String> {
+        self.measures
+            .iter()
+            .map(|m| match m.float {
+                true => format!("sum({0}) AS {0}", m.column),
+                false => format!("sum({0})::int8 AS {0}", m.column),
+            })
+            .collect()
+    }
+
+    /// The whole ISO weeks `[first Monday, last Monday)` of a by-user
+    /// period's days `first..end` when the period may read them from the
+    /// per-user weekly rollup (migration 0029): `table` is the per-user daily
+    /// one, the page is grouped by user alone and filtered by nothing but the
+    /// tenant and the user (the weekly rows keep no other key), and the period
+    /// holds at least one whole week. `None`: the daily statement.
+    pub(super) fn user_weeks(
+        &self,
+        query: &AggregateQuery<'_>,
+        table: &Table,
+        (first, end): (NaiveDate, NaiveDate),
+    ) -> Option<(NaiveDate, NaiveDate)> {
+        let by_user_alone = matches!(query.group_by.as_slice(), [key] if key.name == "user");
+        let filters_kept = query
+            .filters
+            .iter()
+            .all(|(k, _)| matches!(k.name, "tenant" | "user"));
+        if !by_user_alone || !filters_kept || !table.keys.contains(&"user") {
+            return None;
+        }
+        let after_first = (7 - first.weekday().num_days_from_monday()) % 7;
+        let weeks_from = first.checked_add_days(Days::new(u64::from(after_first)))?;
+        let weeks_to =
+            end.checked_sub_days(Days::new(u64::from(end.weekday().num_days_from_monday())))?;
+        (weeks_from < weeks_to).then_some((weeks_from, weeks_to))
+    }
+
+    /// The rollup's first groups by user of a by-user period's days
+    /// `first..end`, as parts joined by `UNION ALL` (the same user may be in
+    /// several: sum them again): the whole weeks `weeks` from the per-user
+    /// weekly rollup, and each edge day (before the first whole week, after
+    /// the last) from `table` with `day =` that day. Each part is `SELECT
+    /// user_id, <exact sums> … WHERE <filter> GROUP BY user_id ORDER BY
+    /// user_id LIMIT <limit>` over one table, so that it is a range of an
+    /// index in user order ((`user_id`, `week`) or the weekly primary key; the
+    /// daily `(day, user_id)` index or primary key) cut at the page's size:
+    /// a user among the page's first `limit` has fewer than `limit` users
+    /// before it in every part, so the cut parts hold all of the page's rows.
+    /// The days are literals made here, never request text.
+    pub(super) fn weekly_rollup(
+        &self,
+        table: &Table,
+        (first, end): (NaiveDate, NaiveDate),
+        (weeks_from, weeks_to): (NaiveDate, NaiveDate),
+        filter: &str,
+        limit: &str,
+    ) -> String {
+        let measures = self.measure_columns();
+        let sums = self.exact_sums().join(", ");
+        let part = |rows: String| {
+            format!(
+                "(SELECT user_id, {sums} FROM ({rows}) AS r WHERE {filter} \
+                 GROUP BY user_id ORDER BY user_id LIMIT {limit})"
+            )
+        };
+        let mut parts = vec![part(format!(
+            "SELECT week AS day, tenant_id, user_id, {measures} FROM {} \
+             WHERE week >= '{weeks_from}'::date AND week < '{weeks_to}'::date",
+            self.user_weekly
+        ))];
+        let edges = first
+            .iter_days()
+            .take_while(|d| *d < weeks_from)
+            .chain(weeks_to.iter_days().take_while(|d| *d < end));
+        for day in edges {
+            parts.push(part(format!(
+                "SELECT day, tenant_id, user_id, {measures} FROM {} WHERE day = '{day}'::date",
+                table.name
+            )));
+        }
+        parts.join(" UNION ALL ")
     }
 
     /// The first and last day of `table` under the query's filters: the window

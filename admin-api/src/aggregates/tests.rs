@@ -208,3 +208,67 @@ fn token_measures_are_the_rollups_measures() {
     let columns: Vec<&str> = TOKENS.measures.iter().map(|m| m.column).collect();
     assert_eq!(columns, tally_model::tokens::TOKEN_MEASURES);
 }
+
+#[test]
+fn by_user_periods_with_whole_weeks_read_the_weekly_rollup() {
+    let caller = Caller::anonymous();
+    let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+    // November 2026: Sun 1st (edge), weeks from Mon 2nd to Mon 30th, Mon 30th (edge).
+    let month = (d("2026-11-01"), d("2026-11-01"), d("2026-12-01"));
+    for (spec, query, weekly) in [
+        (&TOKENS, "grain=month&group_by=user", true),
+        (&TOKENS, "grain=month&group_by=user&tenant=t&user=u", true),
+        (&TOKENS, "grain=month&group_by=user&model=m", false),
+        (&TOKENS, "grain=month&group_by=user,model", false),
+        (&TOKENS, "grain=month&group_by=tenant,user", false),
+        (&ACTIVITY, "grain=month&group_by=user&tenant=t", true),
+        (
+            &ACTIVITY,
+            "grain=month&group_by=user&outcome=failure",
+            false,
+        ),
+    ] {
+        let q = spec.parse(&pairs(query), &caller).unwrap();
+        let table = spec.table(&q, true);
+        let (sql, _) = spec.period_sql(&q, table, month, 11);
+        assert_eq!(sql.contains(spec.user_weekly), weekly, "{query}: {sql}");
+        if weekly {
+            assert!(
+                sql.contains("WHERE week >= '2026-11-02'::date AND week < '2026-11-30'::date"),
+                "{sql}"
+            );
+            assert!(sql.contains("WHERE day = '2026-11-01'::date"), "{sql}");
+            assert!(sql.contains("WHERE day = '2026-11-30'::date"), "{sql}");
+            assert_eq!(sql.matches(" WHERE day = ").count(), 2, "{sql}");
+            assert!(
+                sql.contains("GROUP BY user_id ORDER BY user_id LIMIT $"),
+                "{sql}"
+            );
+        }
+    }
+    let q = TOKENS
+        .parse(&pairs("grain=week&group_by=user"), &caller)
+        .unwrap();
+    let table = TOKENS.table(&q, true);
+    let user_weeks = |first: &str, end: &str| TOKENS.user_weeks(&q, table, (d(first), d(end)));
+    // A whole week: the weekly rows alone; clipped by the window: none.
+    assert_eq!(
+        user_weeks("2026-11-02", "2026-11-09"),
+        Some((d("2026-11-02"), d("2026-11-09")))
+    );
+    assert_eq!(user_weeks("2026-11-03", "2026-11-09"), None);
+    assert_eq!(user_weeks("2026-11-02", "2026-11-08"), None);
+    assert_eq!(user_weeks("2026-11-05", "2026-11-06"), None);
+    assert_eq!(
+        user_weeks("2026-10-01", "2026-11-01"),
+        Some((d("2026-10-05"), d("2026-10-26")))
+    );
+    let (sql, _) = TOKENS.period_sql(
+        &q,
+        table,
+        (d("2026-11-02"), d("2026-11-02"), d("2026-11-09")),
+        5,
+    );
+    assert!(!sql.contains("token_usage_daily "), "{sql}");
+    assert!(sql.contains("FROM token_usage_user_weekly"), "{sql}");
+}

@@ -123,6 +123,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "query_speed",
         include_str!("migrations/0028_query_speed.sql"),
     ),
+    (
+        29,
+        "user_weekly",
+        include_str!("migrations/0029_user_weekly.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

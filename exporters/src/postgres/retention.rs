@@ -75,7 +75,8 @@ pub struct RetentionReport {
     pub token_usage_daily_deleted: u64,
     /// Rows deleted from the rollups derived from those two (migration 0008:
     /// `*_tenant`, `*_all`, `activity_users_daily*`, and the users whose last
-    /// day is before the cutoff from `activity_user_last_seen*`).
+    /// day is before the cutoff from `activity_user_last_seen*`; the weekly
+    /// rollups of migrations 0028 and 0029, net of the cutoff's week rebuilt).
     pub derived_rollups_deleted: u64,
     /// Rows deleted from `token_metric_minutes` (older than `raw_days`) and
     /// `token_metric_series` (not seen for `raw_days`).
@@ -179,6 +180,12 @@ impl RetentionJob {
                     .await?
                     .get(0);
                 report.derived_rollups_deleted += u64::try_from(weekly).unwrap_or(0);
+                // The per-user weekly rollups (migration 0029), the same way.
+                let user_weekly: i64 = client
+                    .query_one("SELECT tally_retain_user_weekly($1)", &[&cutoff])
+                    .await?
+                    .get(0);
+                report.derived_rollups_deleted += u64::try_from(user_weekly).unwrap_or(0);
                 if report.activity_daily_deleted + report.token_usage_daily_deleted > 0 {
                     tracing::info!(
                         before = %cutoff,

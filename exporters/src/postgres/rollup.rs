@@ -1,7 +1,7 @@
 //! The daily rollups `activity_daily` and `token_usage_daily`, and the ones
 //! derived from the same rows (migration 0008: without the user, without the
-//! tenant, distinct users per day, each user's last day), maintained
-//! incrementally and exactly once.
+//! tenant, distinct users per day, each user's last day; migration 0029: per
+//! tenant, user and ISO week), maintained incrementally and exactly once.
 //!
 //! One run of [`RollupJob::run_once`] is **one transaction**:
 //!
@@ -100,6 +100,11 @@ const FOLD_ACTIVITY_SQL: &str = "WITH batch AS MATERIALIZED ( \
             SELECT 1 FROM activity_daily AS d WHERE d.user_id = u.user_id AND d.day = u.day) \
         GROUP BY 1 \
         ON CONFLICT (day) DO UPDATE SET users = activity_users_daily_all.users + EXCLUDED.users), \
+    user_weekly AS (INSERT INTO activity_user_weekly (tenant_id, week, user_id, events) \
+        SELECT tenant_id, date_trunc('week', day::timestamp)::date, user_id, sum(events) \
+        FROM batch GROUP BY 1, 2, 3 \
+        ON CONFLICT (tenant_id, user_id, week) \
+        DO UPDATE SET events = activity_user_weekly.events + EXCLUDED.events), \
     seen AS (INSERT INTO activity_user_last_seen (tenant_id, user_id, last_seen) \
         SELECT tenant_id, user_id, max(day) FROM user_days GROUP BY 1, 2 \
         ON CONFLICT (tenant_id, user_id) DO UPDATE SET last_seen = EXCLUDED.last_seen \
@@ -160,8 +165,10 @@ const TTFT_MEASURES: [&str; 1] = ["requests"];
 /// duration histograms per outcome (migration 0017) and the time-to-first-token
 /// histograms (migration 0025) and the output speed histograms (migration
 /// 0026), and the latency and output speed histograms over every tenant by
-/// ISO week (migration 0028: `/stats` reads a long window's whole weeks there).
-const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 11] = [
+/// ISO week (migration 0028: `/stats` reads a long window's whole weeks there),
+/// and the per-user sums by ISO week (migration 0029: by-user pages read a
+/// period's whole weeks there).
+const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 12] = [
     (
         "token_usage_daily",
         &["day", "tenant_id", "user_id", "provider", "model"],
@@ -216,6 +223,11 @@ const TOKEN_ROLLUPS: [(&str, &[&str], &[&str]); 11] = [
         "token_usage_speed_weekly_all",
         &["week", "provider", "model", "speed_bucket"],
         &TTFT_MEASURES,
+    ),
+    (
+        "token_usage_user_weekly",
+        &["week", "tenant_id", "user_id"],
+        &TOKEN_MEASURES,
     ),
 ];
 

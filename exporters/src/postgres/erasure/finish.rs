@@ -117,8 +117,9 @@ pub(super) async fn finish(
     Ok(())
 }
 
-/// Moves the user's rows of the per-user rollups to the pseudonym, adding them
-/// into rows the pseudonym already has ($1 tenant, $2 user, $3 pseudonym).
+/// Moves the user's rows of the per-user rollups (daily, weekly: migration
+/// 0029, last seen) to the pseudonym, adding them into rows the pseudonym
+/// already has ($1 tenant, $2 user, $3 pseudonym).
 const REKEY_SQL: &[&str] = &[
     "WITH moved AS (DELETE FROM activity_daily WHERE tenant_id = $1 AND user_id = $2 \
          RETURNING day, action, outcome, events) \
@@ -148,6 +149,37 @@ const REKEY_SQL: &[&str] = &[
          reasoning_tokens = token_usage_daily.reasoning_tokens + EXCLUDED.reasoning_tokens, \
          total_tokens = token_usage_daily.total_tokens + EXCLUDED.total_tokens, \
          cost_usd = token_usage_daily.cost_usd + EXCLUDED.cost_usd",
+    "WITH moved AS (DELETE FROM activity_user_weekly WHERE tenant_id = $1 AND user_id = $2 \
+         RETURNING week, events) \
+     INSERT INTO activity_user_weekly (tenant_id, week, user_id, events) \
+     SELECT $1, week, $3, events FROM moved \
+     ON CONFLICT (tenant_id, user_id, week) \
+         DO UPDATE SET events = activity_user_weekly.events + EXCLUDED.events",
+    "WITH moved AS (DELETE FROM token_usage_user_weekly WHERE tenant_id = $1 AND user_id = $2 \
+         RETURNING week, requests, unknown_usage_requests, unpriced_requests, input_tokens, \
+             output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, \
+             total_tokens, cost_usd) \
+     INSERT INTO token_usage_user_weekly (tenant_id, week, user_id, requests, \
+         unknown_usage_requests, unpriced_requests, input_tokens, output_tokens, \
+         cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens, cost_usd) \
+     SELECT $1, week, $3, requests, unknown_usage_requests, unpriced_requests, input_tokens, \
+         output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens, \
+         cost_usd FROM moved \
+     ON CONFLICT (tenant_id, user_id, week) DO UPDATE SET \
+         requests = token_usage_user_weekly.requests + EXCLUDED.requests, \
+         unknown_usage_requests = token_usage_user_weekly.unknown_usage_requests \
+             + EXCLUDED.unknown_usage_requests, \
+         unpriced_requests = token_usage_user_weekly.unpriced_requests \
+             + EXCLUDED.unpriced_requests, \
+         input_tokens = token_usage_user_weekly.input_tokens + EXCLUDED.input_tokens, \
+         output_tokens = token_usage_user_weekly.output_tokens + EXCLUDED.output_tokens, \
+         cache_read_tokens = token_usage_user_weekly.cache_read_tokens \
+             + EXCLUDED.cache_read_tokens, \
+         cache_write_tokens = token_usage_user_weekly.cache_write_tokens \
+             + EXCLUDED.cache_write_tokens, \
+         reasoning_tokens = token_usage_user_weekly.reasoning_tokens + EXCLUDED.reasoning_tokens, \
+         total_tokens = token_usage_user_weekly.total_tokens + EXCLUDED.total_tokens, \
+         cost_usd = token_usage_user_weekly.cost_usd + EXCLUDED.cost_usd",
     "WITH moved AS (DELETE FROM activity_user_last_seen WHERE tenant_id = $1 AND user_id = $2 \
          RETURNING last_seen) \
      INSERT INTO activity_user_last_seen (tenant_id, user_id, last_seen) \
