@@ -155,13 +155,7 @@ impl ChainJob {
         read_heads(&head_rows, 0, &mut heads)?;
         let mut links = Links::with_capacity(rows.len());
         for row in &rows {
-            links.push(
-                &mut heads,
-                row.tenant(),
-                row.seq,
-                row.ts.date_naive(),
-                &row.canonical(),
-            );
+            links.push_stored(&mut heads, row);
         }
         links.set_heads(heads);
         tx.execute(

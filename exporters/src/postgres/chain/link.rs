@@ -134,13 +134,7 @@ impl PreparedLinks {
     ) -> Result<Links, PgError> {
         let mut links = Links::with_capacity(backlog.len() + self.rows.len());
         for row in backlog {
-            links.push(
-                &mut heads,
-                row.tenant(),
-                row.seq,
-                row.ts.date_naive(),
-                &row.canonical(),
-            );
+            links.push_stored(&mut heads, row);
         }
         for (i, row) in self.rows.iter_mut().enumerate() {
             let seq = first_seq + i as i64;
@@ -259,6 +253,22 @@ impl Links {
         self.prev_hash.push(prev_hash.to_vec());
         self.hash.push(hash.to_vec());
         heads.insert(tenant.to_owned(), (seq, hash));
+    }
+
+    /// Links a row read back from `activity_events` (the chainer's rows and a
+    /// writer's backlog), see [`Links::push`].
+    pub(crate) fn push_stored(
+        &mut self,
+        heads: &mut HashMap<String, (i64, [u8; 32])>,
+        row: &ChainRow,
+    ) {
+        self.push(
+            heads,
+            row.tenant(),
+            row.seq,
+            row.ts.date_naive(),
+            &row.canonical(),
+        );
     }
 
     /// Sets the heads to store.
