@@ -321,8 +321,8 @@ async fn migration_28_user_indexes_cover_the_sums() {
 
 /// Migration 29: the per-user weekly rollups are filled from the daily rows
 /// on an existing database, and a period's whole weeks of a page grouped by
-/// user are an index-only read, over every tenant (`(user_id, week)` index)
-/// and for one tenant (the primary key), with the daily rows' sums.
+/// user are an index-only read, one week over every tenant (`(week, user_id)`
+/// index) and for one tenant (the primary key), with the daily rows' sums.
 #[tokio::test]
 async fn migration_29_user_weekly_rollups_are_backfilled_and_read_index_only() {
     let db = TestDatabase::migrated().await;
@@ -362,11 +362,11 @@ async fn migration_29_user_weekly_rollups_are_backfilled_and_read_index_only() {
     let pages = [
         (
             "SELECT user_id, sum(requests)::int8, sum(total_tokens)::int8, sum(cost_usd)::text \
-             FROM token_usage_user_weekly WHERE week >= '2026-11-09' AND week < '2026-11-23' \
+             FROM token_usage_user_weekly WHERE week = '2026-11-09' \
              GROUP BY user_id ORDER BY user_id LIMIT 11",
-            "token_usage_user_weekly_user_sums_idx",
+            "token_usage_user_weekly_week_user_idx",
             "SELECT user_id, sum(requests)::int8, sum(total_tokens)::int8, sum(cost_usd)::text \
-             FROM token_usage_daily WHERE day >= '2026-11-09' AND day < '2026-11-23' \
+             FROM token_usage_daily WHERE day >= '2026-11-09' AND day < '2026-11-16' \
              GROUP BY user_id ORDER BY user_id LIMIT 11",
         ),
         (

@@ -384,11 +384,12 @@ impl Spec {
     /// `first..end`, as parts joined by `UNION ALL` (the same user may be in
     /// several: sum them again): the whole weeks `weeks` from the per-user
     /// weekly rollup, and each edge day (before the first whole week, after
-    /// the last) from `table` with `day =` that day. Each part is `SELECT
+    /// the last) from `table` with `day =` that day, each whole week with
+    /// `week =` that week. Each part is `SELECT
     /// user_id, <exact sums> … WHERE <filter> GROUP BY user_id ORDER BY
     /// user_id LIMIT <limit>` over one table, so that it is a range of an
-    /// index in user order ((`user_id`, `week`) or the weekly primary key; the
-    /// daily `(day, user_id)` index or primary key) cut at the page's size:
+    /// index in user order (the weekly `(week, user_id)` index or primary key;
+    /// the daily `(day, user_id)` index or primary key) cut at the page's size:
     /// a user among the page's first `limit` has fewer than `limit` users
     /// before it in every part, so the cut parts hold all of the page's rows.
     /// The days are literals made here, never request text.
@@ -408,11 +409,22 @@ impl Spec {
                  GROUP BY user_id ORDER BY user_id LIMIT {limit})"
             )
         };
-        let mut parts = vec![part(format!(
-            "SELECT week AS day, tenant_id, user_id, {measures} FROM {} \
-             WHERE week >= '{weeks_from}'::date AND week < '{weeks_to}'::date",
-            self.user_weekly
-        ))];
+        // One part per week: `week = w` is a range of the `(week, user_id)`
+        // index in user order. A range of weeks is in user order in no index
+        // but `(user_id, week)`, which a page would walk from its first user to
+        // its last over every week; with row security's filter underestimated,
+        // the planner sorted every row of the weeks instead (400 ms at 10M).
+        let mut parts: Vec<String> = weeks_from
+            .iter_weeks()
+            .take_while(|w| *w < weeks_to)
+            .map(|week| {
+                part(format!(
+                    "SELECT week AS day, tenant_id, user_id, {measures} FROM {} \
+                     WHERE week = '{week}'::date",
+                    self.user_weekly
+                ))
+            })
+            .collect();
         let edges = first
             .iter_days()
             .take_while(|d| *d < weeks_from)

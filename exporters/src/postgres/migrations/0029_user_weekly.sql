@@ -24,7 +24,8 @@
 --
 -- Keys: the primary key `(tenant_id, user_id, week)` carries the sums
 -- (INCLUDE), so one tenant's page in user order is an index-only scan; the
--- `(user_id, week)` index carries them for the page over every tenant.
+-- `(week, user_id)` index carries the tenant and the sums, so one week of the
+-- page over every tenant is an index-only range in user order.
 CREATE TABLE IF NOT EXISTS token_usage_user_weekly (
     tenant_id              text            NOT NULL DEFAULT '',
     week                   date            NOT NULL,
@@ -44,12 +45,13 @@ CREATE TABLE IF NOT EXISTS token_usage_user_weekly (
             output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
             total_tokens, cost_usd)
 );
-CREATE INDEX IF NOT EXISTS token_usage_user_weekly_user_sums_idx
-    ON token_usage_user_weekly (user_id, week) INCLUDE (requests, unknown_usage_requests,
-        unpriced_requests, input_tokens, output_tokens, cache_read_tokens,
-        cache_write_tokens, reasoning_tokens, total_tokens, cost_usd);
--- Retention deletes by week.
-CREATE INDEX IF NOT EXISTS token_usage_user_weekly_week_idx ON token_usage_user_weekly (week);
+-- One week's users in user order (a page reads each whole week as a range
+-- of it, index-only: the tenant, for row security and the tenant filter, and
+-- the sums are included); retention deletes by week.
+CREATE INDEX IF NOT EXISTS token_usage_user_weekly_week_user_idx
+    ON token_usage_user_weekly (week, user_id) INCLUDE (tenant_id, requests,
+        unknown_usage_requests, unpriced_requests, input_tokens, output_tokens,
+        cache_read_tokens, cache_write_tokens, reasoning_tokens, total_tokens, cost_usd);
 
 CREATE TABLE IF NOT EXISTS activity_user_weekly (
     tenant_id text   NOT NULL DEFAULT '',
@@ -58,9 +60,8 @@ CREATE TABLE IF NOT EXISTS activity_user_weekly (
     events    bigint NOT NULL DEFAULT 0,
     CONSTRAINT activity_user_weekly_pkey PRIMARY KEY (tenant_id, user_id, week) INCLUDE (events)
 );
-CREATE INDEX IF NOT EXISTS activity_user_weekly_user_sums_idx
-    ON activity_user_weekly (user_id, week) INCLUDE (events);
-CREATE INDEX IF NOT EXISTS activity_user_weekly_week_idx ON activity_user_weekly (week);
+CREATE INDEX IF NOT EXISTS activity_user_weekly_week_user_idx
+    ON activity_user_weekly (week, user_id) INCLUDE (tenant_id, events);
 
 -- Like the daily tables (migration 0028): index-only reads need all-visible
 -- pages, and every fold clears the bits of the pages it writes.
