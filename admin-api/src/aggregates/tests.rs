@@ -234,7 +234,10 @@ fn by_user_periods_with_whole_weeks_read_the_weekly_rollup() {
         assert_eq!(sql.contains(spec.user_weekly), weekly, "{query}: {sql}");
         if weekly {
             for week in ["2026-11-02", "2026-11-09", "2026-11-16", "2026-11-23"] {
-                assert!(sql.contains(&format!("WHERE week = '{week}'::date")), "{sql}");
+                assert!(
+                    sql.contains(&format!("WHERE week = '{week}'::date")),
+                    "{sql}"
+                );
             }
             assert_eq!(sql.matches(" WHERE week = ").count(), 4, "{sql}");
             assert!(sql.contains("WHERE day = '2026-11-01'::date"), "{sql}");
