@@ -48,12 +48,17 @@ pub(super) const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
 /// `cached`: the tail comes from the in-memory tail (`crate::tailcache`, only
 /// for every tenant and no user) as parameters `$3`–`$22` (see
 /// `TokenView::parameters`) instead of being read from `token_usage`.
+///
+/// `histograms`: the speed rows are part of the statement; without, the
+/// caller adds them (over every tenant, the rollups' part memoized per rollup
+/// version, [`rollup_histograms`], and the cached tail's histogram groups).
 pub(super) fn tokens_sql(
     tenant: Option<&str>,
     user: Option<&str>,
     w: &str,
     cached: bool,
     weeks: bool,
+    histograms: bool,
 ) -> String {
     let cached = cached && tenant.is_none() && user.is_none();
     let mut of_tail = String::new();
@@ -94,71 +99,19 @@ pub(super) fn tokens_sql(
     };
     let measures = TOKENS.measure_columns();
     let sums = TOKENS.measure_sums();
-    // The speed rows hold `requests` and leave the other measures NULL.
-    let nulls: Vec<&str> = TOKEN_MEASURES
-        .iter()
-        .skip(1)
-        .map(|_| "NULL::int8")
-        .collect();
-    let nulls = nulls.join(", ");
-    // One histogram section per model (calls per bucket, `-1`: not reported,
-    // left out) from a bucket rollup and the tail's grouping set `tail_set`.
-    let histogram = |section: i32, bucket: &str, rollup: String, tail_set: i32| {
-        format!(
-            "UNION ALL SELECT {section}, NULL::date, model, {bucket}, NULL::int8, \
-                 sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
-                 NULL::float8 \
-             FROM ({rollup} \
-                   UNION ALL SELECT model, {bucket}, requests FROM tail \
-                       WHERE gs = {tail_set}) AS h \
-             WHERE {bucket} >= 0 \
-             GROUP BY model, {bucket}"
-        )
-    };
-    let speed = match user {
-        Some(_) => String::new(),
-        None => {
-            let latency_columns = "model, outcome, bucket, requests, rate_output_tokens, \
-                rate_duration_ms";
-            // A tenant's histograms per day; over every tenant the `_all`
-            // copies, and for the latency and speed ones the whole weeks from
-            // their weekly copies when the window holds one.
-            let suffix = if tenant.is_some() { "" } else { "_all" };
-            let daily = |columns: &str, name: &str| {
-                format!("SELECT {columns} FROM token_usage_{name}_daily{suffix}{w}")
+    let speed = match (user, histograms) {
+        // One user's speed: `own_speed_sql`; the memoized rollup part over
+        // every tenant: added by the caller.
+        (Some(_), _) | (None, false) => String::new(),
+        (None, true) => {
+            let latency_set = if cached {
+                crate::tailcache::GS_LATENCY
+            } else {
+                TAIL_SUMS
             };
-            let by_day_or_week = |columns: &str, name: &str| {
-                if tenant.is_none() && weeks {
-                    by_weeks(
-                        columns,
-                        &format!("token_usage_{name}_daily_all"),
-                        &format!("token_usage_{name}_weekly_all"),
-                        w,
-                    )
-                } else {
-                    daily(columns, name)
-                }
-            };
-            let latency = by_day_or_week(latency_columns, "latency");
-            let ttft = daily("model, ttft_bucket, requests", "ttft");
-            let rate = by_day_or_week("model, speed_bucket, requests", "speed");
             format!(
-                " UNION ALL SELECT {TOKENS_SPEED}, NULL::date, model, bucket, NULL::int8, \
-                     sum(requests)::int8, {nulls}, NULL::float8, \
-                     coalesce(sum(requests) FILTER (WHERE outcome = 'failure'), 0)::int8, \
-                     sum(rate_output_tokens)::int8, sum(rate_duration_ms)::float8 \
-                 FROM ({latency} \
-                       UNION ALL SELECT model, outcome, bucket, requests, rate_output_tokens, \
-                           rate_duration_ms FROM tail WHERE gs = {latency_set}) AS l \
-                 GROUP BY model, bucket \
-                 {ttft_histogram} {rate_histogram}",
-                latency_set = if cached {
-                    crate::tailcache::GS_LATENCY
-                } else {
-                    TAIL_SUMS
-                },
-                ttft_histogram = histogram(TOKENS_TTFT, "ttft_bucket", ttft, TAIL_TTFT),
-                rate_histogram = histogram(TOKENS_RATE, "speed_bucket", rate, TAIL_RATE),
+                " UNION ALL {}",
+                histogram_sql(tenant, w, weeks, Some(latency_set))
             )
         }
     };
@@ -178,6 +131,96 @@ pub(super) fn tokens_sql(
          FROM sums WHERE g IN ({TOKENS_TOTAL}, {TOKENS_DAY}) OR rank <= {MAX_KEYED}{speed} \
          ORDER BY part, day, rank",
         rollup = tables(tenant, user).tokens
+    )
+}
+
+/// The speed rows of [`tokens_sql`] (parts [`TOKENS_SPEED`], [`TOKENS_TTFT`],
+/// [`TOKENS_RATE`], in its columns) for the window `w` of a tenant's or
+/// every tenant's rollups: the latency rollup per model and duration bucket,
+/// the time-to-first-token and output speed rollups per model and bucket.
+/// `tail`: the statement's `tail` is added, its latency rows being those of
+/// that grouping set (`None`: the rollups alone, see
+/// [`rollup_histograms_sql`]). `weeks` as for [`tokens_sql`].
+pub(super) fn histogram_sql(
+    tenant: Option<&str>,
+    w: &str,
+    weeks: bool,
+    tail: Option<i32>,
+) -> String {
+    // The speed rows hold `requests` and leave the other measures NULL.
+    let nulls: Vec<&str> = TOKEN_MEASURES
+        .iter()
+        .skip(1)
+        .map(|_| "NULL::int8")
+        .collect();
+    let nulls = nulls.join(", ");
+    let of_tail = |columns: &str, set: i32| match tail {
+        Some(_) => format!(" UNION ALL SELECT {columns} FROM tail WHERE gs = {set}"),
+        None => String::new(),
+    };
+    // One histogram section per model (calls per bucket, `-1`: not reported,
+    // left out) from a bucket rollup and the tail's grouping set `tail_set`.
+    let histogram = |section: i32, bucket: &str, rollup: String, tail_set: i32| {
+        format!(
+            "UNION ALL SELECT {section}, NULL::date, model, {bucket}, NULL::int8, \
+                 sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
+                 NULL::float8 \
+             FROM ({rollup}{}) AS h \
+             WHERE {bucket} >= 0 \
+             GROUP BY model, {bucket}",
+            of_tail(&format!("model, {bucket}, requests"), tail_set)
+        )
+    };
+    let latency_columns = "model, outcome, bucket, requests, rate_output_tokens, \
+        rate_duration_ms";
+    // A tenant's histograms per day; over every tenant the `_all` copies, and
+    // for the latency and speed ones the whole weeks from their weekly copies
+    // when the window holds one.
+    let suffix = if tenant.is_some() { "" } else { "_all" };
+    let daily = |columns: &str, name: &str| {
+        format!("SELECT {columns} FROM token_usage_{name}_daily{suffix}{w}")
+    };
+    let by_day_or_week = |columns: &str, name: &str| {
+        if tenant.is_none() && weeks {
+            by_weeks(
+                columns,
+                &format!("token_usage_{name}_daily_all"),
+                &format!("token_usage_{name}_weekly_all"),
+                w,
+            )
+        } else {
+            daily(columns, name)
+        }
+    };
+    let latency = by_day_or_week(latency_columns, "latency");
+    let ttft = daily("model, ttft_bucket, requests", "ttft");
+    let rate = by_day_or_week("model, speed_bucket, requests", "speed");
+    format!(
+        "SELECT {TOKENS_SPEED}, NULL::date, model, bucket, NULL::int8, \
+             sum(requests)::int8, {nulls}, NULL::float8, \
+             coalesce(sum(requests) FILTER (WHERE outcome = 'failure'), 0)::int8, \
+             sum(rate_output_tokens)::int8, sum(rate_duration_ms)::float8 \
+         FROM ({latency}{latency_tail}) AS l \
+         GROUP BY model, bucket \
+         {ttft_histogram} {rate_histogram}",
+        latency_tail = of_tail(latency_columns, tail.unwrap_or(TAIL_SUMS)),
+        ttft_histogram = histogram(TOKENS_TTFT, "ttft_bucket", ttft, TAIL_TTFT),
+        rate_histogram = histogram(TOKENS_RATE, "speed_bucket", rate, TAIL_RATE),
+    )
+}
+
+/// The speed rows of the rollups alone over every tenant for the window `$1
+/// <= day < $2` (see [`histogram_sql`]), named like [`tokens_sql`]'s
+/// columns: `part`, `key` (the model), `bucket`, `requests`, `failed`,
+/// `rate_output_tokens`, `rate_duration_ms`.
+pub(super) fn rollup_histograms_sql(weeks: bool) -> String {
+    let w = " WHERE day >= $1 AND day < $2";
+    format!(
+        "SELECT part, key, bucket, requests, failed, rate_output_tokens, rate_duration_ms \
+         FROM ({}) AS h (part, day, key, bucket, rank, {}, failed, rate_output_tokens, \
+             rate_duration_ms)",
+        histogram_sql(None, w, weeks, None),
+        TOKENS.measure_columns()
     )
 }
 
@@ -266,23 +309,30 @@ pub(super) async fn tokens_section(
     to: NaiveDate,
 ) -> Result<Value, ApiError> {
     let (w, params) = window(tenant, user, from, to);
-    // Over every tenant: the tail grouped in memory when it can answer.
+    let weeks = whole_weeks(from, to);
+    // Over every tenant: the tail grouped in memory when it can answer, and
+    // the rollups' histograms read once per rollup version.
     let cached = match (tenant, user) {
         (None, None) => cache.tokens(client, from, to).await?,
         _ => None,
+    };
+    let rollup_speed = match &cached {
+        Some(view) => Some(rollup_histograms(client, cache, view, from, to, weeks).await?),
+        None => None,
     };
     let own_speed = user.map(|_| own_speed_sql(w));
     let (rows, as_of_seq, own_speed_rows) = futures::try_join!(
         async {
             match &cached {
                 Some(view) => {
-                    let sql = tokens_sql(tenant, user, w, true, whole_weeks(from, to));
+                    // Only the tail's sums: its histogram groups are added below.
+                    let sql = tokens_sql(tenant, user, w, true, weeks, false);
                     let mut all = window(tenant, user, from, to).1;
-                    all.extend(view.parameters());
+                    all.extend(view.only(crate::tailcache::GS_SUMS).parameters());
                     crate::params::query_on(client, &sql, &all).await
                 }
                 None => {
-                    let sql = tokens_sql(tenant, user, w, false, whole_weeks(from, to));
+                    let sql = tokens_sql(tenant, user, w, false, weeks, true);
                     run(client, live, &sql, &params).await
                 }
             }
@@ -361,6 +411,10 @@ pub(super) async fn tokens_section(
             _ => {}
         }
     }
+    if let (Some(view), Some(rollup)) = (&cached, &rollup_speed) {
+        histograms.extend(rollup.iter().cloned());
+        histograms.extend(view.histogram_groups().map(tail_histogram_row));
+    }
     for row in &own_speed_rows {
         let model: String = row.try_get("model").map_err(ApiError::from_db)?;
         let kind: i32 = row.try_get("kind").map_err(ApiError::from_db)?;
@@ -398,6 +452,81 @@ pub(super) async fn tokens_section(
     section.insert("by_provider".to_owned(), Value::Array(by_provider));
     section.insert("daily".to_owned(), Value::Array(daily));
     Ok(Value::Object(section))
+}
+
+/// The rollups' speed rows over every tenant for the window `from..to` in
+/// `client`'s snapshot, whose token rollup version `view` was made for: read
+/// with [`rollup_histograms_sql`] once per window and version, then kept in
+/// `cache` (see `crate::tailcache::RollupMemo`).
+async fn rollup_histograms(
+    client: &Transaction<'_>,
+    cache: &TailCache,
+    view: &crate::tailcache::TokenView,
+    from: NaiveDate,
+    to: NaiveDate,
+    weeks: bool,
+) -> Result<std::sync::Arc<Vec<HistogramRow>>, ApiError> {
+    let key = crate::tailcache::MemoKey {
+        from,
+        to,
+        watermark: view.watermark,
+        generation: view.generation,
+    };
+    if let Some(rows) = cache.token_histograms.get(&key) {
+        return Ok(rows);
+    }
+    let params = window(None, None, from, to).1;
+    let rows = crate::params::query_on(client, &rollup_histograms_sql(weeks), &params).await?;
+    let mut histograms = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let part: i32 = row.try_get("part").map_err(ApiError::from_db)?;
+        let kind = match part {
+            TOKENS_TTFT => Histogram::FirstToken,
+            TOKENS_RATE => Histogram::OutputSpeed,
+            _ => Histogram::Duration,
+        };
+        let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
+        histograms.push(HistogramRow {
+            model: model.unwrap_or_default(),
+            kind,
+            bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
+            requests: int(row, "requests")?,
+            failed: int(row, "failed")?,
+            rate_output_tokens: int(row, "rate_output_tokens")?,
+            rate_duration_ms: row
+                .try_get::<_, Option<f64>>("rate_duration_ms")
+                .map_err(ApiError::from_db)?
+                .unwrap_or(0.0),
+        });
+    }
+    let histograms = std::sync::Arc::new(histograms);
+    cache
+        .token_histograms
+        .put(key, std::sync::Arc::clone(&histograms));
+    Ok(histograms)
+}
+
+/// A histogram group of the cached tail as a speed row: a duration group's
+/// calls are failures when its outcome is `failure`.
+fn tail_histogram_row(group: crate::tailcache::HistogramGroup<'_>) -> HistogramRow {
+    let kind = match group.gs {
+        crate::tailcache::GS_TTFT => Histogram::FirstToken,
+        crate::tailcache::GS_SPEED => Histogram::OutputSpeed,
+        _ => Histogram::Duration,
+    };
+    let failed = match (kind, group.outcome) {
+        (Histogram::Duration, Some("failure")) => group.requests,
+        _ => 0,
+    };
+    HistogramRow {
+        model: group.model.to_owned(),
+        kind,
+        bucket: group.bucket,
+        requests: group.requests,
+        failed,
+        rate_output_tokens: group.rate_output_tokens,
+        rate_duration_ms: group.rate_duration_ms,
+    }
 }
 
 /// The speed of one user's calls (a `self:read` caller): the latency,

@@ -133,6 +133,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "edge_day_sums",
         include_str!("migrations/0030_edge_day_sums.sql"),
     ),
+    (
+        31,
+        "histogram_generations",
+        include_str!("migrations/0031_histogram_generations.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the
