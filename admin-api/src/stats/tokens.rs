@@ -24,6 +24,21 @@ pub(super) const TAIL_SUMS: i32 = crate::tailcache::GS_SUMS;
 pub(super) const TAIL_TTFT: i32 = crate::tailcache::GS_TTFT;
 pub(super) const TAIL_RATE: i32 = crate::tailcache::GS_SPEED;
 
+/// Which speed rows (parts [`TOKENS_SPEED`], [`TOKENS_TTFT`],
+/// [`TOKENS_RATE`]) [`tokens_sql`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SpeedRows {
+    /// From the histogram rollups and the tail.
+    RollupsAndTail,
+    /// From the tail alone: the rollups' part is memoized
+    /// ([`rollup_histograms`]).
+    TailOnly,
+    /// None: the caller has them (one user's from `own_speed_sql`; over every
+    /// tenant with the cached tail, the memoized rollup part and the cached
+    /// tail's histogram groups).
+    None,
+}
+
 /// The calls that count for output speed.
 pub(super) const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
 
@@ -49,16 +64,15 @@ pub(super) const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
 /// for every tenant and no user) as parameters `$3`–`$22` (see
 /// `TokenView::parameters`) instead of being read from `token_usage`.
 ///
-/// `histograms`: the speed rows are part of the statement; without, the
-/// caller adds them (over every tenant, the rollups' part memoized per rollup
-/// version, [`rollup_histograms`], and the cached tail's histogram groups).
+/// `speed_rows`: which of the speed rows the statement computes (none for
+/// one user).
 pub(super) fn tokens_sql(
     tenant: Option<&str>,
     user: Option<&str>,
     w: &str,
     cached: bool,
     weeks: bool,
-    histograms: bool,
+    speed_rows: SpeedRows,
 ) -> String {
     let cached = cached && tenant.is_none() && user.is_none();
     let mut of_tail = String::new();
@@ -99,21 +113,21 @@ pub(super) fn tokens_sql(
     };
     let measures = TOKENS.measure_columns();
     let sums = TOKENS.measure_sums();
-    let speed = match (user, histograms) {
-        // One user's speed: `own_speed_sql`; the memoized rollup part over
-        // every tenant: added by the caller.
-        (Some(_), _) | (None, false) => String::new(),
-        (None, true) => {
-            let latency_set = if cached {
-                crate::tailcache::GS_LATENCY
-            } else {
-                TAIL_SUMS
-            };
-            format!(
-                " UNION ALL {}",
-                histogram_sql(tenant, w, weeks, Some(latency_set))
-            )
-        }
+    let latency_set = if cached {
+        crate::tailcache::GS_LATENCY
+    } else {
+        TAIL_SUMS
+    };
+    let speed = match (user, speed_rows) {
+        (Some(_), _) | (None, SpeedRows::None) => String::new(),
+        (None, SpeedRows::RollupsAndTail) => format!(
+            " UNION ALL {}",
+            histogram_sql(tenant, w, weeks, true, Some(latency_set))
+        ),
+        (None, SpeedRows::TailOnly) => format!(
+            " UNION ALL {}",
+            histogram_sql(tenant, w, weeks, false, Some(latency_set))
+        ),
     };
     format!(
         "WITH tail AS MATERIALIZED ({tail}), \
@@ -138,13 +152,15 @@ pub(super) fn tokens_sql(
 /// [`TOKENS_RATE`], in its columns) for the window `w` of a tenant's or
 /// every tenant's rollups: the latency rollup per model and duration bucket,
 /// the time-to-first-token and output speed rollups per model and bucket.
-/// `tail`: the statement's `tail` is added, its latency rows being those of
-/// that grouping set (`None`: the rollups alone, see
+/// `rollups`: the rollups are read (else only the tail: their part is
+/// memoized). `tail`: the statement's `tail` is added, its latency rows being
+/// those of that grouping set (`None`: the rollups alone, see
 /// [`rollup_histograms_sql`]). `weeks` as for [`tokens_sql`].
 pub(super) fn histogram_sql(
     tenant: Option<&str>,
     w: &str,
     weeks: bool,
+    rollups: bool,
     tail: Option<i32>,
 ) -> String {
     // The speed rows hold `requests` and leave the other measures NULL.
@@ -154,9 +170,16 @@ pub(super) fn histogram_sql(
         .map(|_| "NULL::int8")
         .collect();
     let nulls = nulls.join(", ");
-    let of_tail = |columns: &str, set: i32| match tail {
-        Some(_) => format!(" UNION ALL SELECT {columns} FROM tail WHERE gs = {set}"),
-        None => String::new(),
+    // The rows of one histogram: the rollup's and/or the tail's set.
+    let sources = |rollup: String, columns: &str, set: i32| {
+        let mut parts = Vec::new();
+        if rollups {
+            parts.push(rollup);
+        }
+        if tail.is_some() {
+            parts.push(format!("SELECT {columns} FROM tail WHERE gs = {set}"));
+        }
+        parts.join(" UNION ALL ")
     };
     // One histogram section per model (calls per bucket, `-1`: not reported,
     // left out) from a bucket rollup and the tail's grouping set `tail_set`.
@@ -165,10 +188,10 @@ pub(super) fn histogram_sql(
             "UNION ALL SELECT {section}, NULL::date, model, {bucket}, NULL::int8, \
                  sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
                  NULL::float8 \
-             FROM ({rollup}{}) AS h \
+             FROM ({}) AS h \
              WHERE {bucket} >= 0 \
              GROUP BY model, {bucket}",
-            of_tail(&format!("model, {bucket}, requests"), tail_set)
+            sources(rollup, &format!("model, {bucket}, requests"), tail_set)
         )
     };
     let latency_columns = "model, outcome, bucket, requests, rate_output_tokens, \
@@ -200,26 +223,30 @@ pub(super) fn histogram_sql(
              sum(requests)::int8, {nulls}, NULL::float8, \
              coalesce(sum(requests) FILTER (WHERE outcome = 'failure'), 0)::int8, \
              sum(rate_output_tokens)::int8, sum(rate_duration_ms)::float8 \
-         FROM ({latency}{latency_tail}) AS l \
+         FROM ({latency}) AS l \
          GROUP BY model, bucket \
          {ttft_histogram} {rate_histogram}",
-        latency_tail = of_tail(latency_columns, tail.unwrap_or(TAIL_SUMS)),
+        latency = sources(latency, latency_columns, tail.unwrap_or(TAIL_SUMS)),
         ttft_histogram = histogram(TOKENS_TTFT, "ttft_bucket", ttft, TAIL_TTFT),
         rate_histogram = histogram(TOKENS_RATE, "speed_bucket", rate, TAIL_RATE),
     )
 }
 
-/// The speed rows of the rollups alone over every tenant for the window `$1
-/// <= day < $2` (see [`histogram_sql`]), named like [`tokens_sql`]'s
-/// columns: `part`, `key` (the model), `bucket`, `requests`, `failed`,
-/// `rate_output_tokens`, `rate_duration_ms`.
-pub(super) fn rollup_histograms_sql(weeks: bool) -> String {
-    let w = " WHERE day >= $1 AND day < $2";
+/// The speed rows of the rollups alone for the window `$1 <= day < $2`, over
+/// every tenant or (`one_tenant`) of the tenant `$3` (see
+/// [`histogram_sql`]), named like [`tokens_sql`]'s columns: `part`, `key`
+/// (the model), `bucket`, `requests`, `failed`, `rate_output_tokens`,
+/// `rate_duration_ms`.
+pub(super) fn rollup_histograms_sql(one_tenant: bool, weeks: bool) -> String {
+    let (w, tenant) = match one_tenant {
+        true => (" WHERE day >= $1 AND day < $2 AND tenant_id = $3", Some("")),
+        false => (" WHERE day >= $1 AND day < $2", None),
+    };
     format!(
         "SELECT part, key, bucket, requests, failed, rate_output_tokens, rate_duration_ms \
          FROM ({}) AS h (part, day, key, bucket, rank, {}, failed, rate_output_tokens, \
              rate_duration_ms)",
-        histogram_sql(None, w, weeks, None),
+        histogram_sql(tenant, w, weeks, true, None),
         TOKENS.measure_columns()
     )
 }
@@ -316,8 +343,31 @@ pub(super) async fn tokens_section(
         (None, None) => cache.tokens(client, from, to).await?,
         _ => None,
     };
-    let rollup_speed = match &cached {
-        Some(view) => Some(rollup_histograms(client, cache, view, from, to, weeks).await?),
+    // The rollups' speed rows of the window, kept per rollup version: over
+    // every tenant with the cached tail (whose version is at hand), and for
+    // one tenant.
+    let memo_key = match (tenant, user, &cached) {
+        (None, None, Some(view)) => Some(crate::tailcache::MemoKey {
+            tenant: None,
+            from,
+            to,
+            watermark: view.watermark,
+            generation: view.generation,
+        }),
+        (Some(tenant), None, _) => {
+            let (watermark, generation) = cache.token_rollup_version(client).await?;
+            Some(crate::tailcache::MemoKey {
+                tenant: Some(tenant.to_owned()),
+                from,
+                to,
+                watermark,
+                generation,
+            })
+        }
+        _ => None,
+    };
+    let rollup_speed = match memo_key {
+        Some(key) => Some(rollup_histograms(client, cache, key, weeks).await?),
         None => None,
     };
     let own_speed = user.map(|_| own_speed_sql(w));
@@ -326,13 +376,17 @@ pub(super) async fn tokens_section(
             match &cached {
                 Some(view) => {
                     // Only the tail's sums: its histogram groups are added below.
-                    let sql = tokens_sql(tenant, user, w, true, weeks, false);
+                    let sql = tokens_sql(tenant, user, w, true, weeks, SpeedRows::None);
                     let mut all = window(tenant, user, from, to).1;
                     all.extend(view.only(crate::tailcache::GS_SUMS).parameters());
                     crate::params::query_on(client, &sql, &all).await
                 }
                 None => {
-                    let sql = tokens_sql(tenant, user, w, false, weeks, true);
+                    let speed_rows = match rollup_speed {
+                        Some(_) => SpeedRows::TailOnly,
+                        None => SpeedRows::RollupsAndTail,
+                    };
+                    let sql = tokens_sql(tenant, user, w, false, weeks, speed_rows);
                     run(client, live, &sql, &params).await
                 }
             }
@@ -411,8 +465,10 @@ pub(super) async fn tokens_section(
             _ => {}
         }
     }
-    if let (Some(view), Some(rollup)) = (&cached, &rollup_speed) {
+    if let Some(rollup) = &rollup_speed {
         histograms.extend(rollup.iter().cloned());
+    }
+    if let (Some(view), Some(_)) = (&cached, &rollup_speed) {
         histograms.extend(view.histogram_groups().map(tail_histogram_row));
     }
     for row in &own_speed_rows {
@@ -454,29 +510,22 @@ pub(super) async fn tokens_section(
     Ok(Value::Object(section))
 }
 
-/// The rollups' speed rows over every tenant for the window `from..to` in
-/// `client`'s snapshot, whose token rollup version `view` was made for: read
-/// with [`rollup_histograms_sql`] once per window and version, then kept in
-/// `cache` (see `crate::tailcache::RollupMemo`).
+/// The rollups' speed rows of `key`'s tenant (or every tenant) and window in
+/// `client`'s snapshot, whose token rollup version `key` holds: read with
+/// [`rollup_histograms_sql`] once per tenant, window and version, then kept
+/// in `cache` (see `crate::tailcache::RollupMemo`).
 async fn rollup_histograms(
     client: &Transaction<'_>,
     cache: &TailCache,
-    view: &crate::tailcache::TokenView,
-    from: NaiveDate,
-    to: NaiveDate,
+    key: crate::tailcache::MemoKey,
     weeks: bool,
 ) -> Result<std::sync::Arc<Vec<HistogramRow>>, ApiError> {
-    let key = crate::tailcache::MemoKey {
-        from,
-        to,
-        watermark: view.watermark,
-        generation: view.generation,
-    };
     if let Some(rows) = cache.token_histograms.get(&key) {
         return Ok(rows);
     }
-    let params = window(None, None, from, to).1;
-    let rows = crate::params::query_on(client, &rollup_histograms_sql(weeks), &params).await?;
+    let params = window(key.tenant.as_deref(), None, key.from, key.to).1;
+    let sql = rollup_histograms_sql(key.tenant.is_some(), weeks);
+    let rows = crate::params::query_on(client, &sql, &params).await?;
     let mut histograms = Vec::with_capacity(rows.len());
     for row in &rows {
         let part: i32 = row.try_get("part").map_err(ApiError::from_db)?;

@@ -5,7 +5,8 @@
 //! read from them in a snapshot of version `(watermark, generation)` is the
 //! value every snapshot of that version reads. An answer over every tenant can
 //! then read its rollup part once per version (per fold, typically once a
-//! minute) and only the unfolded tail at each request.
+//! minute) and only the unfolded tail at each request; so can the answers
+//! about one tenant (the key holds the tenant).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -16,10 +17,12 @@ use chrono::NaiveDate;
 /// forgotten first).
 pub(crate) const MEMO_ENTRIES: usize = 16;
 
-/// What a memoized value was read for: a window of UTC days and the version
-/// of the rollups in the reading snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a memoized value was read for: a tenant (or every tenant), a window
+/// of UTC days and the version of the rollups in the reading snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MemoKey {
+    /// The tenant (`None`: every tenant).
+    pub tenant: Option<String>,
     /// First day of the window.
     pub from: NaiveDate,
     /// Day after the window.
@@ -74,6 +77,7 @@ mod tests {
     fn key(from: u32, watermark: i64, generation: i64) -> MemoKey {
         let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap_or_default();
         MemoKey {
+            tenant: None,
             from: day(from),
             to: day(from + 7),
             watermark,
@@ -89,6 +93,14 @@ mod tests {
         assert!(memo.get(&key(2, 10, 3)).is_none(), "another window");
         assert!(memo.get(&key(1, 11, 3)).is_none(), "another watermark");
         assert!(memo.get(&key(1, 10, 4)).is_none(), "another generation");
+        let tenant = MemoKey {
+            tenant: Some("acme".to_owned()),
+            ..key(1, 10, 3)
+        };
+        assert!(memo.get(&tenant).is_none(), "another tenant");
+        memo.put(tenant.clone(), Arc::new("b"));
+        assert_eq!(memo.get(&tenant).as_deref(), Some(&"b"));
+        assert_eq!(memo.get(&key(1, 10, 3)).as_deref(), Some(&"a"));
     }
 
     #[test]

@@ -423,6 +423,17 @@ pub(crate) struct HistogramGroup<'a> {
 }
 
 impl TailCache {
+    /// The token rollups' version `(watermark, generation)` in `client`'s
+    /// snapshot (any caller: it reads no tenant's rows), the key of what
+    /// [`RollupMemo`] keeps from them.
+    pub(crate) async fn token_rollup_version(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<(i64, i64), ApiError> {
+        let now = version(client, TokenTail::TABLE, TokenTail::WATERMARK).await?;
+        Ok((now.watermark, now.generation))
+    }
+
     /// The token tail of the window `[from, to)` in `client`'s snapshot (which
     /// must see every tenant), or `None` when the caller must read the raw
     /// tail with SQL (see the module's documentation).

@@ -1,10 +1,10 @@
--- Tally schema, version 31: writes to the speed histograms over every tenant
--- bump the token tail's change generation (issue 18, `/stats` at 10M rows).
+-- Tally schema, version 31: writes to the speed histogram rollups bump the
+-- token tail's change generation (issue 18, `/stats` at 10M rows).
 -- Applied by `tally migrate` and at start-up; every statement is idempotent.
 --
--- `/stats` over every tenant keeps the rollups' part of its duration,
--- time-to-first-token and output speed histograms in memory per window and
--- rollup version (the token watermark and the `token_usage` generation of
+-- `/stats` (over every tenant, or of one tenant) keeps the rollups' part of
+-- its duration, time-to-first-token and output speed histograms in memory per
+-- tenant, window and rollup version (the token watermark and the `token_usage` generation of
 -- migration 0027; admin-api/src/tailcache/memo.rs), and reads only the
 -- unfolded tail at each request. That is exact only if every write to those
 -- rollups moves the watermark or the generation in its own transaction. The
@@ -15,7 +15,9 @@ DO $$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['token_usage_latency_daily_all', 'token_usage_latency_weekly_all',
+    FOREACH t IN ARRAY ARRAY['token_usage_latency_daily', 'token_usage_ttft_daily',
+                             'token_usage_speed_daily',
+                             'token_usage_latency_daily_all', 'token_usage_latency_weekly_all',
                              'token_usage_ttft_daily_all', 'token_usage_speed_daily_all',
                              'token_usage_speed_weekly_all'] LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS tally_tail_change ON %I', t);
