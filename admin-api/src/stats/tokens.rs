@@ -410,21 +410,6 @@ pub(super) async fn tokens_section(
     let mut by_provider = Vec::new();
     let mut daily = Vec::new();
     let mut histograms = Vec::new();
-    let histogram_row =
-        |row: &Row, model: String, kind: Histogram| -> Result<HistogramRow, ApiError> {
-            Ok(HistogramRow {
-                model,
-                kind,
-                bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
-                requests: int(row, "requests")?,
-                failed: int(row, "failed")?,
-                rate_output_tokens: int(row, "rate_output_tokens")?,
-                rate_duration_ms: row
-                    .try_get::<_, Option<f64>>("rate_duration_ms")
-                    .map_err(ApiError::from_db)?
-                    .unwrap_or(0.0),
-            })
-        };
     for row in &rows {
         let part: i32 = row.try_get("part").map_err(ApiError::from_db)?;
         match part {
@@ -535,24 +520,30 @@ async fn rollup_histograms(
             _ => Histogram::Duration,
         };
         let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
-        histograms.push(HistogramRow {
-            model: model.unwrap_or_default(),
-            kind,
-            bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
-            requests: int(row, "requests")?,
-            failed: int(row, "failed")?,
-            rate_output_tokens: int(row, "rate_output_tokens")?,
-            rate_duration_ms: row
-                .try_get::<_, Option<f64>>("rate_duration_ms")
-                .map_err(ApiError::from_db)?
-                .unwrap_or(0.0),
-        });
+        histograms.push(histogram_row(row, model.unwrap_or_default(), kind)?);
     }
     let histograms = std::sync::Arc::new(histograms);
     cache
         .token_histograms
         .put(key, std::sync::Arc::clone(&histograms));
     Ok(histograms)
+}
+
+/// A speed row of a statement (columns `bucket`, `requests`, `failed`,
+/// `rate_output_tokens`, `rate_duration_ms`) of `model`'s histogram `kind`.
+fn histogram_row(row: &Row, model: String, kind: Histogram) -> Result<HistogramRow, ApiError> {
+    Ok(HistogramRow {
+        model,
+        kind,
+        bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
+        requests: int(row, "requests")?,
+        failed: int(row, "failed")?,
+        rate_output_tokens: int(row, "rate_output_tokens")?,
+        rate_duration_ms: row
+            .try_get::<_, Option<f64>>("rate_duration_ms")
+            .map_err(ApiError::from_db)?
+            .unwrap_or(0.0),
+    })
 }
 
 /// A histogram group of the cached tail as a speed row: a duration group's
