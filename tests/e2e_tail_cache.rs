@@ -741,12 +741,74 @@ async fn stats_over_every_tenant_stay_exact_across_changes_between_requests() {
         .await
         .expect("rollup");
     check(&tally, &database, "after the last fold").await;
+
+    // The speed histograms' rollup part is kept per rollup version: a write to
+    // those rollups that moves no watermark (retention, a repair) is seen by
+    // the next answer. Emptied, they leave no call to take a duration from.
+    // Over every tenant and for one tenant (kept per tenant).
+    let today = Utc::now().date_naive();
+    let window = format!(
+        "from={}&to={}",
+        today.checked_sub_days(Days::new(30)).expect("month"),
+        today.checked_add_days(Days::new(1)).expect("tomorrow")
+    );
+    let paths = [
+        format!("/api/v1/stats?{window}"),
+        format!("/api/v1/stats?{window}&tenant=acme"),
+    ];
+    for path in &paths {
+        let (status, body) = get_json(&tally.api_url(path), None).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body["tokens"]["duration_p95_ms"].is_number(),
+            "{path}: {body}"
+        );
+    }
+    // The tenant's histograms emptied first (the answer over every tenant
+    // keeps its speed), then the ones over every tenant.
+    let before = watermark(&database, "token_usage_daily").await;
+    let emptied = [
+        "DELETE FROM token_usage_latency_daily; DELETE FROM token_usage_ttft_daily; \
+         DELETE FROM token_usage_speed_daily",
+        "DELETE FROM token_usage_latency_daily_all; DELETE FROM token_usage_latency_weekly_all; \
+         DELETE FROM token_usage_ttft_daily_all; DELETE FROM token_usage_speed_daily_all; \
+         DELETE FROM token_usage_speed_weekly_all",
+    ];
+    for (step, statements) in emptied.iter().enumerate() {
+        client
+            .batch_execute(statements)
+            .await
+            .expect("empty histogram rollups");
+        assert_eq!(watermark(&database, "token_usage_daily").await, before);
+        for (which, path) in paths.iter().enumerate() {
+            let (status, body) = get_json(&tally.api_url(path), None).await;
+            assert_eq!(status, 200, "{body}");
+            // The tenant's answer (path 1) has no speed from step 0 on, the
+            // one over every tenant (path 0) from step 1 on.
+            let no_speed = step + which >= 1;
+            for field in [
+                "duration_p95_ms",
+                "time_to_first_token_p50_ms",
+                "output_tokens_per_second",
+            ] {
+                assert_eq!(
+                    body["tokens"][field].is_null(),
+                    no_speed,
+                    "step {step}, {path}: {field}: {body}"
+                );
+            }
+            assert!(
+                body["tokens"]["requests"].as_i64() > Some(0),
+                "{path}: {body}"
+            );
+        }
+    }
 }
 
 /// The generation a cached tail is valid for moves in the transaction of an
 /// update or delete of a raw row (migration 0027), once per statement, for
-/// that raw table only; and a write to the rollups the activity cache probes
-/// moves the activity one.
+/// that raw table only; a write to the rollups the activity cache probes
+/// moves the activity one, and one to the speed histograms the token one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_and_deletes_bump_the_tail_generation() {
     let database = TestDatabase::create().await;
@@ -769,6 +831,25 @@ async fn updates_and_deletes_bump_the_tail_generation() {
         ("DELETE FROM activity_daily WHERE false", 1, 0),
         ("DELETE FROM activity_user_last_seen_all WHERE false", 1, 0),
         ("DELETE FROM token_usage_daily WHERE false", 0, 0),
+        // The speed histograms over every tenant (migration 0031).
+        (
+            "DELETE FROM token_usage_latency_daily_all WHERE false",
+            0,
+            1,
+        ),
+        (
+            "DELETE FROM token_usage_latency_weekly_all WHERE false",
+            0,
+            1,
+        ),
+        ("DELETE FROM token_usage_ttft_daily_all WHERE false", 0, 1),
+        ("DELETE FROM token_usage_speed_daily_all WHERE false", 0, 1),
+        (
+            "INSERT INTO token_usage_speed_weekly_all (week, speed_bucket) \
+             SELECT '2026-11-02', 1 WHERE false",
+            0,
+            1,
+        ),
     ] {
         // One snapshot: other sessions' bumps (retention at start-up) are not
         // seen, the transaction's own are.

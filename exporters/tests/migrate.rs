@@ -186,6 +186,27 @@ async fn migration_10_gives_unpriced_requests_the_metrics_meaning() {
     }
 }
 
+/// Asserts that `sql` runs as an index-only scan of `index` that visits no
+/// heap page (the table vacuumed).
+async fn assert_index_only(client: &tokio_postgres::Client, sql: &str, index: &str) {
+    let plan: Vec<String> = client
+        .query(
+            &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"),
+            &[],
+        )
+        .await
+        .expect("explain")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains(&format!("Index Only Scan using {index}"))
+            && plan.contains("Heap Fetches: 0"),
+        "{sql}:\n{plan}"
+    );
+}
+
 /// Migration 28: the per-user rollups keep exactly these indexes (the user
 /// ones carry the sums), and a period of a page grouped by user (the admin
 /// API's by-user statement) reads them without visiting the heap once the
@@ -212,7 +233,7 @@ async fn migration_28_user_indexes_cover_the_sums() {
     assert_eq!(
         indexes("activity_daily").await,
         [
-            "activity_daily_day_user_idx",
+            "activity_daily_day_user_sums_idx",
             "activity_daily_pkey",
             "activity_daily_tenant_user_sums_idx",
             "activity_daily_user_day_sums_idx",
@@ -221,7 +242,7 @@ async fn migration_28_user_indexes_cover_the_sums() {
     assert_eq!(
         indexes("token_usage_daily").await,
         [
-            "token_usage_daily_day_user_idx",
+            "token_usage_daily_day_user_sums_idx",
             "token_usage_daily_pkey",
             "token_usage_daily_tenant_user_sums_idx",
             "token_usage_daily_user_day_sums_idx",
@@ -271,22 +292,7 @@ async fn migration_28_user_indexes_cover_the_sums() {
         ),
     ];
     for (sql, index) in page {
-        let plan: Vec<String> = client
-            .query(
-                &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"),
-                &[],
-            )
-            .await
-            .expect("explain")
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect();
-        let plan = plan.join("\n");
-        assert!(
-            plan.contains(&format!("Index Only Scan using {index}"))
-                && plan.contains("Heap Fetches: 0"),
-            "{sql}:\n{plan}"
-        );
+        assert_index_only(&client, sql, index).await;
         // The same sums from the heap alone.
         client
             .batch_execute("SET enable_indexscan = off; SET enable_indexonlyscan = off; SET enable_seqscan = on")
@@ -406,22 +412,7 @@ async fn migration_29_user_weekly_rollups_are_backfilled_and_read_index_only() {
             .collect()
     };
     for (sql, index, daily) in pages {
-        let plan: Vec<String> = client
-            .query(
-                &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"),
-                &[],
-            )
-            .await
-            .expect("explain")
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect();
-        let plan = plan.join("\n");
-        assert!(
-            plan.contains(&format!("Index Only Scan using {index}"))
-                && plan.contains("Heap Fetches: 0"),
-            "{sql}:\n{plan}"
-        );
+        assert_index_only(&client, sql, index).await;
         let weekly = text(client.query(sql, &[]).await.expect("weekly"));
         assert_eq!(weekly.len(), 11, "{sql}");
         assert_eq!(
@@ -429,5 +420,138 @@ async fn migration_29_user_weekly_rollups_are_backfilled_and_read_index_only() {
             text(client.query(daily, &[]).await.expect("daily")),
             "{sql}"
         );
+    }
+}
+
+/// Migration 30: an edge day of a by-user page (`day = d`, over every tenant
+/// or for one) is an index-only range of the daily rollups, in user order,
+/// with the sums the heap gives; on a database migrated before it, the
+/// primary key is rebuilt with `events` and upserts on the key still merge.
+#[tokio::test]
+async fn migration_30_edge_days_are_read_index_only() {
+    let db = TestDatabase::migrated().await;
+    let client = db.client().await;
+    // The primary key as it was before migration 30, then the migration run
+    // on it (as on an upgraded database) and once more (idempotent).
+    client
+        .batch_execute(
+            "ALTER TABLE activity_daily DROP CONSTRAINT activity_daily_pkey, \
+                 ADD CONSTRAINT activity_daily_pkey \
+                     PRIMARY KEY (tenant_id, day, user_id, action, outcome)",
+        )
+        .await
+        .expect("old primary key");
+    let (_, _, sql) = tally_exporters::postgres::MIGRATIONS
+        .iter()
+        .find(|(version, _, _)| *version == 30)
+        .expect("migration 30");
+    for _ in 0..2 {
+        client.batch_execute(sql).await.expect("migration 30 again");
+    }
+    let included: Vec<String> = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indexrelid = 'activity_daily_pkey'::regclass \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[],
+        )
+        .await
+        .expect("primary key columns")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        included,
+        ["tenant_id", "day", "user_id", "action", "outcome", "events"]
+    );
+    // 40 users x 3 days x 2 tenants x 2 actions (x 2 models), and each
+    // activity row upserted twice on the key, as the fold does.
+    let upsert = "INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) \
+         SELECT '2026-11-04'::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'a' || a, \
+             'success', 1 + (u + d + a) % 4 \
+         FROM generate_series(0, 2) d, generate_series(1, 2) t, generate_series(1, 40) u, \
+             generate_series(1, 2) a \
+         ON CONFLICT (tenant_id, day, user_id, action, outcome) \
+         DO UPDATE SET events = activity_daily.events + EXCLUDED.events";
+    for _ in 0..2 {
+        client.batch_execute(upsert).await.expect("activity upsert");
+    }
+    client
+        .batch_execute(
+            "INSERT INTO token_usage_daily (day, tenant_id, user_id, provider, model, requests, \
+                 input_tokens, output_tokens, total_tokens, cost_usd) \
+             SELECT '2026-11-04'::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'p', \
+                 'm' || m, 1 + u % 3, u * 10 + d, d, u * 10 + 2 * d, (u + d) / 1000.0 \
+             FROM generate_series(0, 2) d, generate_series(1, 2) t, generate_series(1, 40) u, \
+                 generate_series(1, 2) m",
+        )
+        .await
+        .expect("token rows");
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM activity_daily", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 3 * 2 * 40 * 2, "each key once after two upserts");
+    for table in ["token_usage_daily", "activity_daily"] {
+        client
+            .batch_execute(&format!("VACUUM ANALYZE {table}"))
+            .await
+            .expect("vacuum");
+    }
+    let pages = [
+        (
+            "SELECT user_id, sum(events)::int8, sum(events)::text FROM activity_daily \
+             WHERE tenant_id = 't2' AND day = '2026-11-05' \
+             GROUP BY user_id ORDER BY user_id LIMIT 11",
+            "activity_daily_pkey",
+        ),
+        (
+            "SELECT user_id, sum(events)::int8, sum(events)::text FROM activity_daily \
+             WHERE day = '2026-11-05' AND tenant_id <> '' \
+             GROUP BY user_id ORDER BY user_id LIMIT 11",
+            "activity_daily_day_user_sums_idx",
+        ),
+        (
+            "SELECT user_id, sum(total_tokens)::int8, sum(cost_usd)::text FROM token_usage_daily \
+             WHERE day = '2026-11-05' AND tenant_id <> '' \
+             GROUP BY user_id ORDER BY user_id LIMIT 11",
+            "token_usage_daily_day_user_sums_idx",
+        ),
+    ];
+    let text = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, String>(2)
+                )
+            })
+            .collect()
+    };
+    for (sql, index) in pages {
+        client
+            .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+            .await
+            .expect("planner settings");
+        assert_index_only(&client, sql, index).await;
+        let from_index = text(client.query(sql, &[]).await.expect("index sums"));
+        client
+            .batch_execute(
+                "SET enable_indexscan = off; SET enable_indexonlyscan = off; \
+                 SET enable_seqscan = on",
+            )
+            .await
+            .expect("heap only");
+        let from_heap = text(client.query(sql, &[]).await.expect("heap sums"));
+        client
+            .batch_execute("RESET ALL")
+            .await
+            .expect("planner reset");
+        assert_eq!(from_index.len(), 11, "{sql}");
+        assert_eq!(from_index, from_heap, "{sql}");
     }
 }

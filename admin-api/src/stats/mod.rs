@@ -224,5 +224,6 @@ mod tests;
 mod tokens;
 
 use self::activity::*;
+pub(crate) use self::speed::HistogramRow;
 use self::speed::*;
 use self::tokens::*;

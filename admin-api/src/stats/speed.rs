@@ -16,7 +16,7 @@ pub(super) enum Histogram {
 
 /// One row of [`tokens_sql`]'s or [`own_speed_sql`]'s histograms.
 #[derive(Debug, Clone)]
-pub(super) struct HistogramRow {
+pub(crate) struct HistogramRow {
     pub(super) model: String,
     pub(super) kind: Histogram,
     /// -1: no duration (or no time to first token); see [`bucket_ms`].

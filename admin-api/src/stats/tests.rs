@@ -20,7 +20,7 @@ fn each_section_reads_its_tail_once() {
     for (tenant, user) in [(None, None), (Some("t"), None), (Some("t"), Some("u"))] {
         let (w, params) = window(tenant, user, day, day);
         let activity = activity_sql(tenant, user, w, false);
-        let tokens = tokens_sql(tenant, user, w, false, true);
+        let tokens = tokens_sql(tenant, user, w, false, true, SpeedRows::RollupsAndTail);
         if std::env::var_os("TALLY_PRINT_SQL").is_some() {
             println!(
                 "-- {tenant:?} {user:?} ({} parameters)\n{activity};\n{tokens};",
@@ -70,7 +70,7 @@ fn cached_sections_read_no_raw_table() {
     let day = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
     let (w, params) = window(None, None, day, day);
     let activity = activity_sql(None, None, w, true);
-    let tokens = tokens_sql(None, None, w, true, true);
+    let tokens = tokens_sql(None, None, w, true, true, SpeedRows::RollupsAndTail);
     for sql in [&activity, &tokens] {
         assert!(!sql.contains("FROM activity_events"), "{sql}");
         assert!(!sql.contains("FROM token_usage "), "{sql}");
@@ -91,8 +91,22 @@ fn cached_sections_read_no_raw_table() {
         activity_sql(Some("t"), None, w, false)
     );
     assert_eq!(
-        tokens_sql(Some("t"), Some("u"), w, true, true),
-        tokens_sql(Some("t"), Some("u"), w, false, true)
+        tokens_sql(
+            Some("t"),
+            Some("u"),
+            w,
+            true,
+            true,
+            SpeedRows::RollupsAndTail
+        ),
+        tokens_sql(
+            Some("t"),
+            Some("u"),
+            w,
+            false,
+            true,
+            SpeedRows::RollupsAndTail
+        )
     );
 }
 
@@ -187,19 +201,67 @@ fn whole_weeks_come_from_the_weekly_histograms() {
     assert!(!whole_weeks(day(9), day(15)));
     assert!(!whole_weeks(day(9), day(9)));
     let w = " WHERE day >= $1 AND day < $2";
-    let weekly = tokens_sql(None, None, w, false, true);
+    let weekly = tokens_sql(None, None, w, false, true, SpeedRows::RollupsAndTail);
     assert!(weekly.contains("token_usage_latency_weekly_all"));
     assert!(weekly.contains("token_usage_speed_weekly_all"));
     for sql in [
-        tokens_sql(None, None, w, false, false),
+        tokens_sql(None, None, w, false, false, SpeedRows::RollupsAndTail),
         tokens_sql(
             Some("t"),
             None,
             " WHERE day >= $1 AND day < $2 AND tenant_id = $3",
             false,
             true,
+            SpeedRows::RollupsAndTail,
         ),
     ] {
         assert!(!sql.contains("weekly"), "{sql}");
+    }
+}
+
+/// Over every tenant with the cached tail, the statement leaves the speed
+/// rows to the memoized rollup part: it reads no histogram rollup, and the
+/// rollup part reads no tail, with the columns the section reads by name.
+#[test]
+fn the_memoized_histograms_are_the_rollups_alone() {
+    let w = " WHERE day >= $1 AND day < $2";
+    let sums_only = tokens_sql(None, None, w, true, true, SpeedRows::None);
+    let full = tokens_sql(None, None, w, true, true, SpeedRows::RollupsAndTail);
+    for table in ["latency", "ttft", "speed"] {
+        assert!(
+            !sums_only.contains(&format!("token_usage_{table}_")),
+            "{sums_only}"
+        );
+        assert!(
+            full.contains(&format!("token_usage_{table}_daily_all")),
+            "{full}"
+        );
+    }
+    let tenant_w = " WHERE day >= $1 AND day < $2 AND tenant_id = $3";
+    let tail_only = tokens_sql(Some("t"), None, tenant_w, false, true, SpeedRows::TailOnly);
+    assert!(!tail_only.contains("token_usage_latency_"), "{tail_only}");
+    assert!(tail_only.contains("FROM tail WHERE gs = "), "{tail_only}");
+    let tenant_rollup = rollup_histograms_sql(true, true);
+    assert!(
+        tenant_rollup.contains("token_usage_latency_daily WHERE"),
+        "{tenant_rollup}"
+    );
+    assert!(tenant_rollup.contains("tenant_id = $3"), "{tenant_rollup}");
+    assert!(!tenant_rollup.contains("_all"), "{tenant_rollup}");
+    for weeks in [true, false] {
+        let rollup = rollup_histograms_sql(false, weeks);
+        assert!(!rollup.contains("FROM tail"), "{rollup}");
+        assert_eq!(rollup.contains("weekly_all"), weeks, "{rollup}");
+        for column in [
+            "part",
+            "key",
+            "bucket",
+            "requests",
+            "failed",
+            "rate_output_tokens",
+        ] {
+            assert!(rollup.starts_with("SELECT part, key, bucket, requests, failed"));
+            assert!(rollup.contains(column), "{rollup}");
+        }
     }
 }

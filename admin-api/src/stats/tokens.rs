@@ -24,6 +24,21 @@ pub(super) const TAIL_SUMS: i32 = crate::tailcache::GS_SUMS;
 pub(super) const TAIL_TTFT: i32 = crate::tailcache::GS_TTFT;
 pub(super) const TAIL_RATE: i32 = crate::tailcache::GS_SPEED;
 
+/// Which speed rows (parts [`TOKENS_SPEED`], [`TOKENS_TTFT`],
+/// [`TOKENS_RATE`]) [`tokens_sql`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SpeedRows {
+    /// From the histogram rollups and the tail.
+    RollupsAndTail,
+    /// From the tail alone: the rollups' part is memoized
+    /// ([`rollup_histograms`]).
+    TailOnly,
+    /// None: the caller has them (one user's from `own_speed_sql`; over every
+    /// tenant with the cached tail, the memoized rollup part and the cached
+    /// tail's histogram groups).
+    None,
+}
+
 /// The calls that count for output speed.
 pub(super) const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
 
@@ -48,12 +63,16 @@ pub(super) const TIMED: &str = "duration_ms > 0 AND output_tokens IS NOT NULL";
 /// `cached`: the tail comes from the in-memory tail (`crate::tailcache`, only
 /// for every tenant and no user) as parameters `$3`–`$22` (see
 /// `TokenView::parameters`) instead of being read from `token_usage`.
+///
+/// `speed_rows`: which of the speed rows the statement computes (none for
+/// one user).
 pub(super) fn tokens_sql(
     tenant: Option<&str>,
     user: Option<&str>,
     w: &str,
     cached: bool,
     weeks: bool,
+    speed_rows: SpeedRows,
 ) -> String {
     let cached = cached && tenant.is_none() && user.is_none();
     let mut of_tail = String::new();
@@ -94,73 +113,21 @@ pub(super) fn tokens_sql(
     };
     let measures = TOKENS.measure_columns();
     let sums = TOKENS.measure_sums();
-    // The speed rows hold `requests` and leave the other measures NULL.
-    let nulls: Vec<&str> = TOKEN_MEASURES
-        .iter()
-        .skip(1)
-        .map(|_| "NULL::int8")
-        .collect();
-    let nulls = nulls.join(", ");
-    // One histogram section per model (calls per bucket, `-1`: not reported,
-    // left out) from a bucket rollup and the tail's grouping set `tail_set`.
-    let histogram = |section: i32, bucket: &str, rollup: String, tail_set: i32| {
-        format!(
-            "UNION ALL SELECT {section}, NULL::date, model, {bucket}, NULL::int8, \
-                 sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
-                 NULL::float8 \
-             FROM ({rollup} \
-                   UNION ALL SELECT model, {bucket}, requests FROM tail \
-                       WHERE gs = {tail_set}) AS h \
-             WHERE {bucket} >= 0 \
-             GROUP BY model, {bucket}"
-        )
+    let latency_set = if cached {
+        crate::tailcache::GS_LATENCY
+    } else {
+        TAIL_SUMS
     };
-    let speed = match user {
-        Some(_) => String::new(),
-        None => {
-            let latency_columns = "model, outcome, bucket, requests, rate_output_tokens, \
-                rate_duration_ms";
-            // A tenant's histograms per day; over every tenant the `_all`
-            // copies, and for the latency and speed ones the whole weeks from
-            // their weekly copies when the window holds one.
-            let suffix = if tenant.is_some() { "" } else { "_all" };
-            let daily = |columns: &str, name: &str| {
-                format!("SELECT {columns} FROM token_usage_{name}_daily{suffix}{w}")
-            };
-            let by_day_or_week = |columns: &str, name: &str| {
-                if tenant.is_none() && weeks {
-                    by_weeks(
-                        columns,
-                        &format!("token_usage_{name}_daily_all"),
-                        &format!("token_usage_{name}_weekly_all"),
-                        w,
-                    )
-                } else {
-                    daily(columns, name)
-                }
-            };
-            let latency = by_day_or_week(latency_columns, "latency");
-            let ttft = daily("model, ttft_bucket, requests", "ttft");
-            let rate = by_day_or_week("model, speed_bucket, requests", "speed");
-            format!(
-                " UNION ALL SELECT {TOKENS_SPEED}, NULL::date, model, bucket, NULL::int8, \
-                     sum(requests)::int8, {nulls}, NULL::float8, \
-                     coalesce(sum(requests) FILTER (WHERE outcome = 'failure'), 0)::int8, \
-                     sum(rate_output_tokens)::int8, sum(rate_duration_ms)::float8 \
-                 FROM ({latency} \
-                       UNION ALL SELECT model, outcome, bucket, requests, rate_output_tokens, \
-                           rate_duration_ms FROM tail WHERE gs = {latency_set}) AS l \
-                 GROUP BY model, bucket \
-                 {ttft_histogram} {rate_histogram}",
-                latency_set = if cached {
-                    crate::tailcache::GS_LATENCY
-                } else {
-                    TAIL_SUMS
-                },
-                ttft_histogram = histogram(TOKENS_TTFT, "ttft_bucket", ttft, TAIL_TTFT),
-                rate_histogram = histogram(TOKENS_RATE, "speed_bucket", rate, TAIL_RATE),
-            )
-        }
+    let speed = match (user, speed_rows) {
+        (Some(_), _) | (None, SpeedRows::None) => String::new(),
+        (None, SpeedRows::RollupsAndTail) => format!(
+            " UNION ALL {}",
+            histogram_sql(tenant, w, weeks, true, Some(latency_set))
+        ),
+        (None, SpeedRows::TailOnly) => format!(
+            " UNION ALL {}",
+            histogram_sql(tenant, w, weeks, false, Some(latency_set))
+        ),
     };
     format!(
         "WITH tail AS MATERIALIZED ({tail}), \
@@ -178,6 +145,109 @@ pub(super) fn tokens_sql(
          FROM sums WHERE g IN ({TOKENS_TOTAL}, {TOKENS_DAY}) OR rank <= {MAX_KEYED}{speed} \
          ORDER BY part, day, rank",
         rollup = tables(tenant, user).tokens
+    )
+}
+
+/// The speed rows of [`tokens_sql`] (parts [`TOKENS_SPEED`], [`TOKENS_TTFT`],
+/// [`TOKENS_RATE`], in its columns) for the window `w` of a tenant's or
+/// every tenant's rollups: the latency rollup per model and duration bucket,
+/// the time-to-first-token and output speed rollups per model and bucket.
+/// `rollups`: the rollups are read (else only the tail: their part is
+/// memoized). `tail`: the statement's `tail` is added, its latency rows being
+/// those of that grouping set (`None`: the rollups alone, see
+/// [`rollup_histograms_sql`]). `weeks` as for [`tokens_sql`].
+pub(super) fn histogram_sql(
+    tenant: Option<&str>,
+    w: &str,
+    weeks: bool,
+    rollups: bool,
+    tail: Option<i32>,
+) -> String {
+    // The speed rows hold `requests` and leave the other measures NULL.
+    let nulls: Vec<&str> = TOKEN_MEASURES
+        .iter()
+        .skip(1)
+        .map(|_| "NULL::int8")
+        .collect();
+    let nulls = nulls.join(", ");
+    // The rows of one histogram: the rollup's and/or the tail's set.
+    let sources = |rollup: String, columns: &str, set: i32| {
+        let mut parts = Vec::new();
+        if rollups {
+            parts.push(rollup);
+        }
+        if tail.is_some() {
+            parts.push(format!("SELECT {columns} FROM tail WHERE gs = {set}"));
+        }
+        parts.join(" UNION ALL ")
+    };
+    // One histogram section per model (calls per bucket, `-1`: not reported,
+    // left out) from a bucket rollup and the tail's grouping set `tail_set`.
+    let histogram = |section: i32, bucket: &str, rollup: String, tail_set: i32| {
+        format!(
+            "UNION ALL SELECT {section}, NULL::date, model, {bucket}, NULL::int8, \
+                 sum(requests)::int8, {nulls}, NULL::float8, NULL::int8, NULL::int8, \
+                 NULL::float8 \
+             FROM ({}) AS h \
+             WHERE {bucket} >= 0 \
+             GROUP BY model, {bucket}",
+            sources(rollup, &format!("model, {bucket}, requests"), tail_set)
+        )
+    };
+    let latency_columns = "model, outcome, bucket, requests, rate_output_tokens, \
+        rate_duration_ms";
+    // A tenant's histograms per day; over every tenant the `_all` copies, and
+    // for the latency and speed ones the whole weeks from their weekly copies
+    // when the window holds one.
+    let suffix = if tenant.is_some() { "" } else { "_all" };
+    let daily = |columns: &str, name: &str| {
+        format!("SELECT {columns} FROM token_usage_{name}_daily{suffix}{w}")
+    };
+    let by_day_or_week = |columns: &str, name: &str| {
+        if tenant.is_none() && weeks {
+            by_weeks(
+                columns,
+                &format!("token_usage_{name}_daily_all"),
+                &format!("token_usage_{name}_weekly_all"),
+                w,
+            )
+        } else {
+            daily(columns, name)
+        }
+    };
+    let latency = by_day_or_week(latency_columns, "latency");
+    let ttft = daily("model, ttft_bucket, requests", "ttft");
+    let rate = by_day_or_week("model, speed_bucket, requests", "speed");
+    format!(
+        "SELECT {TOKENS_SPEED}, NULL::date, model, bucket, NULL::int8, \
+             sum(requests)::int8, {nulls}, NULL::float8, \
+             coalesce(sum(requests) FILTER (WHERE outcome = 'failure'), 0)::int8, \
+             sum(rate_output_tokens)::int8, sum(rate_duration_ms)::float8 \
+         FROM ({latency}) AS l \
+         GROUP BY model, bucket \
+         {ttft_histogram} {rate_histogram}",
+        latency = sources(latency, latency_columns, tail.unwrap_or(TAIL_SUMS)),
+        ttft_histogram = histogram(TOKENS_TTFT, "ttft_bucket", ttft, TAIL_TTFT),
+        rate_histogram = histogram(TOKENS_RATE, "speed_bucket", rate, TAIL_RATE),
+    )
+}
+
+/// The speed rows of the rollups alone for the window `$1 <= day < $2`, over
+/// every tenant or (`one_tenant`) of the tenant `$3` (see
+/// [`histogram_sql`]), named like [`tokens_sql`]'s columns: `part`, `key`
+/// (the model), `bucket`, `requests`, `failed`, `rate_output_tokens`,
+/// `rate_duration_ms`.
+pub(super) fn rollup_histograms_sql(one_tenant: bool, weeks: bool) -> String {
+    let (w, tenant) = match one_tenant {
+        true => (" WHERE day >= $1 AND day < $2 AND tenant_id = $3", Some("")),
+        false => (" WHERE day >= $1 AND day < $2", None),
+    };
+    format!(
+        "SELECT part, key, bucket, requests, failed, rate_output_tokens, rate_duration_ms \
+         FROM ({}) AS h (part, day, key, bucket, rank, {}, failed, rate_output_tokens, \
+             rate_duration_ms)",
+        histogram_sql(tenant, w, weeks, true, None),
+        TOKENS.measure_columns()
     )
 }
 
@@ -266,23 +336,57 @@ pub(super) async fn tokens_section(
     to: NaiveDate,
 ) -> Result<Value, ApiError> {
     let (w, params) = window(tenant, user, from, to);
-    // Over every tenant: the tail grouped in memory when it can answer.
+    let weeks = whole_weeks(from, to);
+    // Over every tenant: the tail grouped in memory when it can answer, and
+    // the rollups' histograms read once per rollup version.
     let cached = match (tenant, user) {
         (None, None) => cache.tokens(client, from, to).await?,
         _ => None,
+    };
+    // The rollups' speed rows of the window, kept per rollup version: over
+    // every tenant with the cached tail (whose version is at hand), and for
+    // one tenant.
+    let memo_key = match (tenant, user, &cached) {
+        (None, None, Some(view)) => Some(crate::tailcache::MemoKey {
+            tenant: None,
+            from,
+            to,
+            watermark: view.watermark,
+            generation: view.generation,
+        }),
+        (Some(tenant), None, _) => {
+            let (watermark, generation) = cache.token_rollup_version(client).await?;
+            Some(crate::tailcache::MemoKey {
+                tenant: Some(tenant.to_owned()),
+                from,
+                to,
+                watermark,
+                generation,
+            })
+        }
+        _ => None,
+    };
+    let rollup_speed = match memo_key {
+        Some(key) => Some(rollup_histograms(client, cache, key, weeks).await?),
+        None => None,
     };
     let own_speed = user.map(|_| own_speed_sql(w));
     let (rows, as_of_seq, own_speed_rows) = futures::try_join!(
         async {
             match &cached {
                 Some(view) => {
-                    let sql = tokens_sql(tenant, user, w, true, whole_weeks(from, to));
+                    // Only the tail's sums: its histogram groups are added below.
+                    let sql = tokens_sql(tenant, user, w, true, weeks, SpeedRows::None);
                     let mut all = window(tenant, user, from, to).1;
-                    all.extend(view.parameters());
+                    all.extend(view.only(crate::tailcache::GS_SUMS).parameters());
                     crate::params::query_on(client, &sql, &all).await
                 }
                 None => {
-                    let sql = tokens_sql(tenant, user, w, false, whole_weeks(from, to));
+                    let speed_rows = match rollup_speed {
+                        Some(_) => SpeedRows::TailOnly,
+                        None => SpeedRows::RollupsAndTail,
+                    };
+                    let sql = tokens_sql(tenant, user, w, false, weeks, speed_rows);
                     run(client, live, &sql, &params).await
                 }
             }
@@ -306,21 +410,6 @@ pub(super) async fn tokens_section(
     let mut by_provider = Vec::new();
     let mut daily = Vec::new();
     let mut histograms = Vec::new();
-    let histogram_row =
-        |row: &Row, model: String, kind: Histogram| -> Result<HistogramRow, ApiError> {
-            Ok(HistogramRow {
-                model,
-                kind,
-                bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
-                requests: int(row, "requests")?,
-                failed: int(row, "failed")?,
-                rate_output_tokens: int(row, "rate_output_tokens")?,
-                rate_duration_ms: row
-                    .try_get::<_, Option<f64>>("rate_duration_ms")
-                    .map_err(ApiError::from_db)?
-                    .unwrap_or(0.0),
-            })
-        };
     for row in &rows {
         let part: i32 = row.try_get("part").map_err(ApiError::from_db)?;
         match part {
@@ -361,6 +450,12 @@ pub(super) async fn tokens_section(
             _ => {}
         }
     }
+    if let Some(rollup) = &rollup_speed {
+        histograms.extend(rollup.iter().cloned());
+    }
+    if let (Some(view), Some(_)) = (&cached, &rollup_speed) {
+        histograms.extend(view.histogram_groups().map(tail_histogram_row));
+    }
     for row in &own_speed_rows {
         let model: String = row.try_get("model").map_err(ApiError::from_db)?;
         let kind: i32 = row.try_get("kind").map_err(ApiError::from_db)?;
@@ -398,6 +493,80 @@ pub(super) async fn tokens_section(
     section.insert("by_provider".to_owned(), Value::Array(by_provider));
     section.insert("daily".to_owned(), Value::Array(daily));
     Ok(Value::Object(section))
+}
+
+/// The rollups' speed rows of `key`'s tenant (or every tenant) and window in
+/// `client`'s snapshot, whose token rollup version `key` holds: read with
+/// [`rollup_histograms_sql`] once per tenant, window and version, then kept
+/// in `cache` (see `crate::tailcache::RollupMemo`).
+async fn rollup_histograms(
+    client: &Transaction<'_>,
+    cache: &TailCache,
+    key: crate::tailcache::MemoKey,
+    weeks: bool,
+) -> Result<std::sync::Arc<Vec<HistogramRow>>, ApiError> {
+    if let Some(rows) = cache.token_histograms.get(&key) {
+        return Ok(rows);
+    }
+    let params = window(key.tenant.as_deref(), None, key.from, key.to).1;
+    let sql = rollup_histograms_sql(key.tenant.is_some(), weeks);
+    let rows = crate::params::query_on(client, &sql, &params).await?;
+    let mut histograms = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let part: i32 = row.try_get("part").map_err(ApiError::from_db)?;
+        let kind = match part {
+            TOKENS_TTFT => Histogram::FirstToken,
+            TOKENS_RATE => Histogram::OutputSpeed,
+            _ => Histogram::Duration,
+        };
+        let model: Option<String> = row.try_get("key").map_err(ApiError::from_db)?;
+        histograms.push(histogram_row(row, model.unwrap_or_default(), kind)?);
+    }
+    let histograms = std::sync::Arc::new(histograms);
+    cache
+        .token_histograms
+        .put(key, std::sync::Arc::clone(&histograms));
+    Ok(histograms)
+}
+
+/// A speed row of a statement (columns `bucket`, `requests`, `failed`,
+/// `rate_output_tokens`, `rate_duration_ms`) of `model`'s histogram `kind`.
+fn histogram_row(row: &Row, model: String, kind: Histogram) -> Result<HistogramRow, ApiError> {
+    Ok(HistogramRow {
+        model,
+        kind,
+        bucket: row.try_get("bucket").map_err(ApiError::from_db)?,
+        requests: int(row, "requests")?,
+        failed: int(row, "failed")?,
+        rate_output_tokens: int(row, "rate_output_tokens")?,
+        rate_duration_ms: row
+            .try_get::<_, Option<f64>>("rate_duration_ms")
+            .map_err(ApiError::from_db)?
+            .unwrap_or(0.0),
+    })
+}
+
+/// A histogram group of the cached tail as a speed row: a duration group's
+/// calls are failures when its outcome is `failure`.
+fn tail_histogram_row(group: crate::tailcache::HistogramGroup<'_>) -> HistogramRow {
+    let kind = match group.gs {
+        crate::tailcache::GS_TTFT => Histogram::FirstToken,
+        crate::tailcache::GS_SPEED => Histogram::OutputSpeed,
+        _ => Histogram::Duration,
+    };
+    let failed = match (kind, group.outcome) {
+        (Histogram::Duration, Some("failure")) => group.requests,
+        _ => 0,
+    };
+    HistogramRow {
+        model: group.model.to_owned(),
+        kind,
+        bucket: group.bucket,
+        requests: group.requests,
+        failed,
+        rate_output_tokens: group.rate_output_tokens,
+        rate_duration_ms: group.rate_duration_ms,
+    }
 }
 
 /// The speed of one user's calls (a `self:read` caller): the latency,

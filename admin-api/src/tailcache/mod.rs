@@ -47,12 +47,14 @@ use crate::error::ApiError;
 
 mod activity;
 mod keyed;
+mod memo;
 mod tokens;
 
 pub(crate) use self::activity::*;
 pub(crate) use self::tokens::*;
 use keyed::Keyed;
 pub(crate) use keyed::{Page, Pages, PagesQuery};
+pub(crate) use memo::{MemoKey, RollupMemo};
 
 /// The longest tail (`seq` span above the watermark) kept in memory; above
 /// it, answers read the raw tail with SQL as without a cache.
@@ -66,6 +68,9 @@ pub(crate) struct TailCache {
     /// Whether the database sorts the rollups' text keys by code point (see
     /// [`TailCache::byte_order`]).
     byte_order: tokio::sync::OnceCell<bool>,
+    /// The rollups' part of `/stats`' speed histograms over every tenant, per
+    /// window and token rollup version (`crate::stats`).
+    pub(crate) token_histograms: RollupMemo<Vec<crate::stats::HistogramRow>>,
 }
 
 /// Which cached tail a page of an aggregate grouped by user reads.

@@ -207,6 +207,8 @@ impl TokenTail {
         let within = |day: &NaiveDate| *day >= from && *day < to;
         let mut view = TokenView {
             high: self.version.high,
+            watermark: self.version.watermark,
+            generation: self.version.generation,
             ..TokenView::default()
         };
         let mut sums: BTreeMap<(NaiveDate, &str, &str), TokenSums> = BTreeMap::new();
@@ -280,6 +282,10 @@ impl TokenTail {
 pub(crate) struct TokenView {
     /// The newest `seq` it holds (the answer's `as_of_seq`).
     pub high: i64,
+    /// The token rollup watermark of the snapshot it was made for.
+    pub watermark: i64,
+    /// The `token_usage` change generation of that snapshot.
+    pub generation: i64,
     day: Vec<Option<NaiveDate>>,
     provider: Vec<Option<String>>,
     model: Vec<String>,
@@ -322,6 +328,58 @@ impl TokenView {
         self.rate_duration_ms.push(sums.rate_duration_ms);
     }
 
+    /// The same view with only the groups of grouping set `gs` (one of
+    /// `GS_*`).
+    pub(crate) fn only(&self, gs: i32) -> TokenView {
+        let mut view = TokenView {
+            high: self.high,
+            watermark: self.watermark,
+            generation: self.generation,
+            ..TokenView::default()
+        };
+        for (i, _) in self.gs.iter().enumerate().filter(|(_, g)| **g == gs) {
+            view.gs.push(gs);
+            view.day.push(self.day[i]);
+            view.provider.push(self.provider[i].clone());
+            view.model.push(self.model[i].clone());
+            view.outcome.push(self.outcome[i].clone());
+            view.bucket.push(self.bucket[i]);
+            view.ttft_bucket.push(self.ttft_bucket[i]);
+            view.speed_bucket.push(self.speed_bucket[i]);
+            for (column, all) in view.counts.iter_mut().zip(&self.counts) {
+                column.push(all[i]);
+            }
+            view.cost.push(self.cost[i].clone());
+            view.rate_output_tokens.push(self.rate_output_tokens[i]);
+            view.rate_duration_ms.push(self.rate_duration_ms[i]);
+        }
+        view
+    }
+
+    /// The histogram groups (grouping sets [`GS_LATENCY`], [`GS_TTFT`],
+    /// [`GS_SPEED`]), each with its set, model, outcome, the bucket of its
+    /// set, calls, and the output tokens and duration of its calls that count
+    /// for speed.
+    pub(crate) fn histogram_groups(&self) -> impl Iterator<Item = HistogramGroup<'_>> {
+        (0..self.gs.len()).filter_map(move |i| {
+            let bucket = match self.gs[i] {
+                GS_LATENCY => self.bucket[i],
+                GS_TTFT => self.ttft_bucket[i],
+                GS_SPEED => self.speed_bucket[i],
+                _ => return None,
+            };
+            Some(HistogramGroup {
+                gs: self.gs[i],
+                model: &self.model[i],
+                outcome: self.outcome[i].as_deref(),
+                bucket: bucket.unwrap_or(-1),
+                requests: self.counts[0][i],
+                rate_output_tokens: self.rate_output_tokens[i],
+                rate_duration_ms: self.rate_duration_ms[i],
+            })
+        })
+    }
+
     /// The number of statement parameters [`TokenView::parameters`] gives.
     #[cfg(test)]
     pub(crate) const PARAMETERS: usize = 11 + TOKEN_COUNTS;
@@ -350,7 +408,32 @@ impl TokenView {
     }
 }
 
+/// One histogram group of a [`TokenView`] (see
+/// [`TokenView::histogram_groups`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HistogramGroup<'a> {
+    /// [`GS_LATENCY`], [`GS_TTFT`] or [`GS_SPEED`].
+    pub gs: i32,
+    pub model: &'a str,
+    pub outcome: Option<&'a str>,
+    pub bucket: i16,
+    pub requests: i64,
+    pub rate_output_tokens: i64,
+    pub rate_duration_ms: f64,
+}
+
 impl TailCache {
+    /// The token rollups' version `(watermark, generation)` in `client`'s
+    /// snapshot (any caller: it reads no tenant's rows), the key of what
+    /// [`RollupMemo`] keeps from them.
+    pub(crate) async fn token_rollup_version(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<(i64, i64), ApiError> {
+        let now = version(client, TokenTail::TABLE, TokenTail::WATERMARK).await?;
+        Ok((now.watermark, now.generation))
+    }
+
     /// The token tail of the window `[from, to)` in `client`'s snapshot (which
     /// must see every tenant), or `None` when the caller must read the raw
     /// tail with SQL (see the module's documentation).

@@ -128,6 +128,16 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "user_weekly",
         include_str!("migrations/0029_user_weekly.sql"),
     ),
+    (
+        30,
+        "edge_day_sums",
+        include_str!("migrations/0030_edge_day_sums.sql"),
+    ),
+    (
+        31,
+        "histogram_generations",
+        include_str!("migrations/0031_histogram_generations.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -161,15 +161,24 @@ $rls_user$;
 -- The newest committed seq of a raw table over every tenant: where a live feed
 -- starts and how far its reader may move. The admin API's role sees only one
 -- tenant's rows, so it reads this position through the owner's rights.
+-- One static statement per table, so that each session plans it once (a
+-- dynamic EXECUTE planned `max(seq)` over every daily partition at each call:
+-- 3-16 ms at 97 partitions, against ~0.6 ms executing the cached plan).
 CREATE OR REPLACE FUNCTION tally_newest_seq(table_name text) RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $f$
 DECLARE
     newest bigint;
 BEGIN
-    IF table_name NOT IN ('activity_events', 'token_usage', 'rejected_events') THEN
-        RAISE EXCEPTION 'tally_newest_seq: not a raw table: %', table_name;
-    END IF;
-    EXECUTE format('SELECT coalesce(max(seq), 0) FROM %I', table_name) INTO newest;
+    CASE table_name
+        WHEN 'activity_events' THEN
+            SELECT coalesce(max(seq), 0) INTO newest FROM activity_events;
+        WHEN 'token_usage' THEN
+            SELECT coalesce(max(seq), 0) INTO newest FROM token_usage;
+        WHEN 'rejected_events' THEN
+            SELECT coalesce(max(seq), 0) INTO newest FROM rejected_events;
+        ELSE
+            RAISE EXCEPTION 'tally_newest_seq: not a raw table: %', table_name;
+    END CASE;
     RETURN newest;
 END
 $f$;
