@@ -415,6 +415,96 @@ async fn tampering_with_writer_linked_rows_is_detected() {
     exporter.shutdown().await;
 }
 
+/// A writer whose role row security applies to (not a superuser, no BYPASSRLS:
+/// `FORCE ROW LEVEL SECURITY` covers even the tables' owner) may not `COPY` into
+/// `activity_events`, so its batches go through staging: the writer links none
+/// of them, the chainer links them all, and the chain verifies intact.
+#[tokio::test]
+async fn a_batch_staged_under_row_security_is_linked_by_the_chainer() {
+    let db = TestDatabase::create().await;
+    let mut client = db.client().await;
+    let role = format!("{}_rls", db.name);
+    // The role migrates the database itself and so owns its tables (like the
+    // private PostgreSQL's `tally`, but without BYPASSRLS). Membership in the
+    // admin API's role is granted here, as its migration cannot grant it.
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE tally_api NOLOGIN; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+             DROP ROLE IF EXISTS {role}; \
+             CREATE ROLE {role} NOLOGIN NOSUPERUSER NOBYPASSRLS; \
+             GRANT tally_api TO {role}; \
+             GRANT USAGE, CREATE ON SCHEMA public TO {role}"
+        ))
+        .await
+        .expect("the role");
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}options=-c%20role%3D{role}", db.url);
+    let events = rich_events(30);
+    // Everything up to the role's removal is kept as a result, so that a failure
+    // still drops the role (roles outlive the test's database).
+    let outcome = async {
+        let exporter = PgExporter::start(&url, &common::config(), Arc::new(Readiness::new()))
+            .await
+            .map_err(|e| format!("exporter as the role: {e}"))?;
+        let (as_role, _) = tally_exporters::postgres::connect(&url)
+            .await
+            .map_err(|e| format!("connecting as the role: {e}"))?;
+        let active: bool = as_role
+            .query_one("SELECT row_security_active('activity_events')", &[])
+            .await
+            .map_err(|e| format!("row_security_active: {e}"))?
+            .get(0);
+        drop(as_role);
+        exporter.set_personal_keys(PersonalKeys::new(["customer.*", "doc.owner"]));
+        exporter.set_chain_linking(true);
+        let written = async {
+            exporter.submit(events[..10].to_vec()).await?;
+            exporter.submit(events[10..].to_vec()).await
+        }
+        .await
+        .map_err(|e| format!("batches as the role: {e:?}"));
+        exporter.shutdown().await;
+        written.map(|()| active)
+    }
+    .await;
+    // The writers' staging tables (temporary) go when their sessions end.
+    let temporary = format!(
+        "SELECT count(*) FROM pg_class WHERE relpersistence = 't' \
+         AND relowner = (SELECT oid FROM pg_roles WHERE rolname = '{role}')"
+    );
+    common::wait_until(
+        "the role's sessions ended",
+        Duration::from_secs(10),
+        || async {
+            client
+                .query_one(&temporary, &[])
+                .await
+                .is_ok_and(|row| row.get::<_, i64>(0) == 0)
+        },
+    )
+    .await;
+    client
+        .batch_execute(&format!(
+            "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}"
+        ))
+        .await
+        .expect("dropping the role");
+    let active = outcome.expect("the batches are written");
+    assert!(active, "row security applies to the writer's role");
+    assert_eq!(common::count(&client).await, 30);
+    // Not linked by the writer: the chain's watermark did not move.
+    assert_eq!(watermark(&client).await, 0);
+    assert_eq!(writer_linked(&client).await, 0);
+    // The chainer links every row, and the chain verifies.
+    let report = job().run_once(&mut client).await.expect("chainer run");
+    assert_eq!(report.rows, 30);
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    assert_eq!(unmatched(&client).await, (0, 0));
+    assert_eq!(writer_linked(&client).await, 0);
+    assert_intact(&verify_all(&db).await);
+}
+
 fn assert_problem(report: &VerifyReport, seq: i64, kind: ProblemKind) {
     assert_eq!(report.status, VerifyStatus::Tampered, "{report:#?}");
     let problem = report.first_problem.as_ref().expect("a problem");

@@ -226,7 +226,7 @@ fn json_string(out: &mut BytesMut, s: &str) {
 
 /// Length of the longest prefix, in whole 8-byte words, with no byte that JSON
 /// escapes (control bytes, `"`, `\\`).
-fn clean_prefix(bytes: &[u8]) -> usize {
+pub(crate) fn clean_prefix(bytes: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // A byte of `x` is zero ⇔ its bit 7 is set in `(x - ONES) & !x & HIGH`.

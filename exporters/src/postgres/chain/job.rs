@@ -167,8 +167,8 @@ impl ChainJob {
                 &links.seq,
                 &links.day,
                 &links.prev_seq,
-                &links.prev_hash,
-                &links.hash,
+                &Links::byteas(&links.prev_hash),
+                &Links::byteas(&links.hash),
             ],
         )
         .await?;
@@ -178,7 +178,11 @@ impl ChainJob {
              ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq, \
                  row_hash = EXCLUDED.row_hash, updated_at = now() \
              WHERE chain_heads.seq IS DISTINCT FROM EXCLUDED.seq",
-            &[&links.head_tenant, &links.head_seq, &links.head_hash],
+            &[
+                &links.head_tenant,
+                &links.head_seq,
+                &Links::byteas(&links.head_hash),
+            ],
         )
         .await?;
         tx.execute(
