@@ -505,6 +505,69 @@ async fn a_batch_staged_under_row_security_is_linked_by_the_chainer() {
     assert_intact(&verify_all(&db).await);
 }
 
+/// A chainer run that is slow to store its checkpoints (here it waits for a lock
+/// on `chain_checkpoints` that the test holds; in production, signing and the
+/// checkpoint file's write and fsync) does not hold the watermark's row lock
+/// meanwhile, so a linking writer, which moves the watermark while it holds the
+/// activity lock, is not kept waiting by it.
+#[tokio::test]
+async fn a_writer_does_not_wait_for_a_chainer_storing_checkpoints() {
+    let db = TestDatabase::migrated().await;
+    let exporter = linking_exporter(&db).await;
+    exporter.submit(rich_events(5)).await.expect("batch 1");
+    let client = db.client().await;
+    assert_eq!(writer_linked(&client).await, 5);
+    let mut holder = db.client().await;
+    let hold = holder.transaction().await.expect("begin");
+    hold.batch_execute("LOCK TABLE chain_checkpoints IN EXCLUSIVE MODE")
+        .await
+        .expect("lock chain_checkpoints");
+    let mut chainer_client = db.client().await;
+    let chainer = tokio::spawn(async move { job().run_once(&mut chainer_client).await });
+    common::wait_until(
+        "the chainer waits to store its checkpoints",
+        Duration::from_secs(20),
+        || {
+            let client = &client;
+            async move {
+                client
+                    .query_one(
+                        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                         WHERE c.relname = 'chain_checkpoints' AND NOT l.granted AND l.database = \
+                             (SELECT oid FROM pg_database WHERE datname = current_database())",
+                        &[],
+                    )
+                    .await
+                    .is_ok_and(|row| row.get::<_, i64>(0) >= 1)
+            }
+        },
+    )
+    .await;
+    // The chainer is inside its run (it cannot finish while the lock is held),
+    // and a batch is written and linked meanwhile.
+    tokio::time::timeout(Duration::from_secs(20), exporter.submit(rich_events(7)))
+        .await
+        .expect("the writer waited for the chainer's run")
+        .expect("batch 2");
+    assert!(
+        !chainer.is_finished(),
+        "the chainer still waits for the lock"
+    );
+    assert_eq!(writer_linked(&client).await, 12);
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    hold.rollback().await.expect("release the lock");
+    let report = chainer
+        .await
+        .expect("chainer task")
+        .expect("the chainer's run");
+    assert_eq!(report.rows, 0);
+    assert!(report.checkpoints >= 1, "{report:?}");
+    let mut client = client;
+    job().run_once(&mut client).await.expect("checkpoints");
+    assert_intact(&verify_all(&db).await);
+    exporter.shutdown().await;
+}
+
 fn assert_problem(report: &VerifyReport, seq: i64, kind: ProblemKind) {
     assert_eq!(report.status, VerifyStatus::Tampered, "{report:#?}");
     let problem = report.first_problem.as_ref().expect("a problem");
