@@ -406,7 +406,12 @@ fn stored_text_field(value: Option<&str>, mut put: impl FnMut(&[u8])) {
         return;
     };
     let bytes = text.as_bytes();
-    let nuls = bytes.iter().filter(|b| **b == 0).count();
+    // Most texts hold no NUL: a memchr answers that.
+    let nuls = if bytes.contains(&0) {
+        bytes.iter().filter(|b| **b == 0).count()
+    } else {
+        0
+    };
     // Each NUL (1 byte) becomes U+FFFD (3 bytes).
     let len = u32::try_from(bytes.len() + 2 * nuls).unwrap_or(u32::MAX);
     put(&[1]);
