@@ -415,6 +415,159 @@ async fn tampering_with_writer_linked_rows_is_detected() {
     exporter.shutdown().await;
 }
 
+/// A writer whose role row security applies to (not a superuser, no BYPASSRLS:
+/// `FORCE ROW LEVEL SECURITY` covers even the tables' owner) may not `COPY` into
+/// `activity_events`, so its batches go through staging: the writer links none
+/// of them, the chainer links them all, and the chain verifies intact.
+#[tokio::test]
+async fn a_batch_staged_under_row_security_is_linked_by_the_chainer() {
+    let db = TestDatabase::create().await;
+    let mut client = db.client().await;
+    let role = format!("{}_rls", db.name);
+    // The role migrates the database itself and so owns its tables (like the
+    // private PostgreSQL's `tally`, but without BYPASSRLS). Membership in the
+    // admin API's role is granted here, as its migration cannot grant it.
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE tally_api NOLOGIN; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+             DROP ROLE IF EXISTS {role}; \
+             CREATE ROLE {role} NOLOGIN NOSUPERUSER NOBYPASSRLS; \
+             GRANT tally_api TO {role}; \
+             GRANT USAGE, CREATE ON SCHEMA public TO {role}"
+        ))
+        .await
+        .expect("the role");
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}options=-c%20role%3D{role}", db.url);
+    let events = rich_events(30);
+    // Everything up to the role's removal is kept as a result, so that a failure
+    // still drops the role (roles outlive the test's database).
+    let outcome = async {
+        let exporter = PgExporter::start(&url, &common::config(), Arc::new(Readiness::new()))
+            .await
+            .map_err(|e| format!("exporter as the role: {e}"))?;
+        let (as_role, _) = tally_exporters::postgres::connect(&url)
+            .await
+            .map_err(|e| format!("connecting as the role: {e}"))?;
+        let active: bool = as_role
+            .query_one("SELECT row_security_active('activity_events')", &[])
+            .await
+            .map_err(|e| format!("row_security_active: {e}"))?
+            .get(0);
+        drop(as_role);
+        exporter.set_personal_keys(PersonalKeys::new(["customer.*", "doc.owner"]));
+        exporter.set_chain_linking(true);
+        let written = async {
+            exporter.submit(events[..10].to_vec()).await?;
+            exporter.submit(events[10..].to_vec()).await
+        }
+        .await
+        .map_err(|e| format!("batches as the role: {e:?}"));
+        exporter.shutdown().await;
+        written.map(|()| active)
+    }
+    .await;
+    // The writers' staging tables (temporary) go when their sessions end.
+    let temporary = format!(
+        "SELECT count(*) FROM pg_class WHERE relpersistence = 't' \
+         AND relowner = (SELECT oid FROM pg_roles WHERE rolname = '{role}')"
+    );
+    common::wait_until(
+        "the role's sessions ended",
+        Duration::from_secs(10),
+        || async {
+            client
+                .query_one(&temporary, &[])
+                .await
+                .is_ok_and(|row| row.get::<_, i64>(0) == 0)
+        },
+    )
+    .await;
+    client
+        .batch_execute(&format!(
+            "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}"
+        ))
+        .await
+        .expect("dropping the role");
+    let active = outcome.expect("the batches are written");
+    assert!(active, "row security applies to the writer's role");
+    assert_eq!(common::count(&client).await, 30);
+    // Not linked by the writer: the chain's watermark did not move.
+    assert_eq!(watermark(&client).await, 0);
+    assert_eq!(writer_linked(&client).await, 0);
+    // The chainer links every row, and the chain verifies.
+    let report = job().run_once(&mut client).await.expect("chainer run");
+    assert_eq!(report.rows, 30);
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    assert_eq!(unmatched(&client).await, (0, 0));
+    assert_eq!(writer_linked(&client).await, 0);
+    assert_intact(&verify_all(&db).await);
+}
+
+/// A chainer run that is slow to store its checkpoints (here it waits for a lock
+/// on `chain_checkpoints` that the test holds; in production, signing and the
+/// checkpoint file's write and fsync) does not hold the watermark's row lock
+/// meanwhile, so a linking writer, which moves the watermark while it holds the
+/// activity lock, is not kept waiting by it.
+#[tokio::test]
+async fn a_writer_does_not_wait_for_a_chainer_storing_checkpoints() {
+    let db = TestDatabase::migrated().await;
+    let exporter = linking_exporter(&db).await;
+    exporter.submit(rich_events(5)).await.expect("batch 1");
+    let client = db.client().await;
+    assert_eq!(writer_linked(&client).await, 5);
+    let mut holder = db.client().await;
+    let hold = holder.transaction().await.expect("begin");
+    hold.batch_execute("LOCK TABLE chain_checkpoints IN EXCLUSIVE MODE")
+        .await
+        .expect("lock chain_checkpoints");
+    let mut chainer_client = db.client().await;
+    let chainer = tokio::spawn(async move { job().run_once(&mut chainer_client).await });
+    common::wait_until(
+        "the chainer waits to store its checkpoints",
+        Duration::from_secs(20),
+        || {
+            let client = &client;
+            async move {
+                client
+                    .query_one(
+                        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                         WHERE c.relname = 'chain_checkpoints' AND NOT l.granted AND l.database = \
+                             (SELECT oid FROM pg_database WHERE datname = current_database())",
+                        &[],
+                    )
+                    .await
+                    .is_ok_and(|row| row.get::<_, i64>(0) >= 1)
+            }
+        },
+    )
+    .await;
+    // The chainer is inside its run (it cannot finish while the lock is held),
+    // and a batch is written and linked meanwhile.
+    tokio::time::timeout(Duration::from_secs(20), exporter.submit(rich_events(7)))
+        .await
+        .expect("the writer waited for the chainer's run")
+        .expect("batch 2");
+    assert!(
+        !chainer.is_finished(),
+        "the chainer still waits for the lock"
+    );
+    assert_eq!(writer_linked(&client).await, 12);
+    assert_eq!(watermark(&client).await, max_seq(&client).await);
+    hold.rollback().await.expect("release the lock");
+    let report = chainer
+        .await
+        .expect("chainer task")
+        .expect("the chainer's run");
+    assert_eq!(report.rows, 0);
+    assert!(report.checkpoints >= 1, "{report:?}");
+    let mut client = client;
+    job().run_once(&mut client).await.expect("checkpoints");
+    assert_intact(&verify_all(&db).await);
+    exporter.shutdown().await;
+}
+
 fn assert_problem(report: &VerifyReport, seq: i64, kind: ProblemKind) {
     assert_eq!(report.status, VerifyStatus::Tampered, "{report:#?}");
     let problem = report.first_problem.as_ref().expect("a problem");

@@ -34,7 +34,7 @@ use tokio_postgres::{SimpleQueryMessage, Transaction};
 
 use tally_model::ActivityEvent;
 
-use super::chain::link::{self, LinkState, PreparedLinks};
+use super::chain::link::{self, LinkState, Links, PreparedLinks};
 use super::chain::ChainRow;
 use super::copy::{self, copy_rows};
 use super::personal::PersonalKeys;
@@ -196,14 +196,18 @@ pub(crate) async fn insert_rows(
         // Staging takes the lock itself, after its `COPY`.
         return insert_staged(tx, &refs).await;
     }
+    // The rows' `chain_salt`s, random, drawn for the whole batch at once.
+    let mut salts = vec![[0u8; 16]; events.len()];
+    getrandom::fill(salts.as_flattened_mut())
+        .map_err(|e| PgError::io("drawing the rows' salts", std::io::Error::other(e)))?;
     let mut rows: Vec<(copy::SeqActivityRow<'_>, Option<uuid::Uuid>)> = events
         .into_iter()
-        .map(|(event, key)| {
+        .zip(salts)
+        .map(|((event, key), salt)| {
             let row = copy::ActivityRow {
                 event,
                 personal_keys: personal.of(event),
             };
-            let salt = *uuid::Uuid::new_v4().as_bytes();
             (copy::SeqActivityRow { seq: 0, salt, row }, key)
         })
         .collect();
@@ -313,7 +317,7 @@ pub(crate) async fn insert_rows(
 async fn write_links(
     tx: &Transaction<'_>,
     write: &tokio_postgres::Statement,
-    prepared: PreparedLinks,
+    prepared: PreparedLinks<'_>,
     state: &LinkState,
     first: i64,
     last: i64,
@@ -352,11 +356,11 @@ async fn write_links(
                 &links.seq,
                 &links.day,
                 &links.prev_seq,
-                &links.prev_hash,
-                &links.hash,
+                &Links::byteas(&links.prev_hash),
+                &Links::byteas(&links.hash),
                 &links.head_tenant,
                 &links.head_seq,
-                &links.head_hash,
+                &Links::byteas(&links.head_hash),
             ],
         )
         .await?

@@ -56,7 +56,12 @@ fn null(out: &mut BytesMut) {
 /// Text without NUL bytes: each NUL becomes U+FFFD.
 fn text(out: &mut BytesMut, s: &str) -> Result<(), EncodeError> {
     let bytes = s.as_bytes();
-    let nuls = bytes.iter().filter(|b| **b == 0).count();
+    // Most texts hold no NUL: a memchr answers that.
+    let nuls = if bytes.contains(&0) {
+        bytes.iter().filter(|b| **b == 0).count()
+    } else {
+        0
+    };
     // Each NUL (1 byte) becomes U+FFFD (3 bytes).
     let len = bytes.len() + 2 * nuls;
     let len = i32::try_from(len).map_err(|_| EncodeError("text longer than 2 GiB"))?;
@@ -226,7 +231,7 @@ fn json_string(out: &mut BytesMut, s: &str) {
 
 /// Length of the longest prefix, in whole 8-byte words, with no byte that JSON
 /// escapes (control bytes, `"`, `\\`).
-fn clean_prefix(bytes: &[u8]) -> usize {
+pub(crate) fn clean_prefix(bytes: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // A byte of `x` is zero ⇔ its bit 7 is set in `(x - ONES) & !x & HIGH`.

@@ -331,7 +331,8 @@ impl PersonalKeys {
 
     /// Whether `key` matches a configured pattern.
     pub fn matches(&self, key: &str) -> bool {
-        self.exact.contains(key) || self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
+        (!self.exact.is_empty() && self.exact.contains(key))
+            || self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
     }
 
     /// The keys of `event`'s attributes that are personal for this row beyond

@@ -300,6 +300,134 @@ impl ChainRow {
     }
 }
 
+/// Appends to `out` the canonical form v3 that [`ChainRow::canonical`] gives for
+/// `event` once the direct `COPY` stored it with `chain_salt` `salt` (text with
+/// each NUL as U+FFFD, `ts` in whole microseconds), with `seq` and `received_at`
+/// zero (see [`fill_head`]). `public` and `personal` are the texts of its
+/// attributes without and with only their personal keys (`None`: none), as
+/// `jsonb_text::jsonb_text_split` prints them. Nothing is allocated.
+pub(crate) fn append_event_v3(
+    out: &mut Vec<u8>,
+    event: &tally_model::ActivityEvent,
+    salt: &[u8; 16],
+    public: &str,
+    personal: Option<&str>,
+) {
+    let mut put = |bytes: &[u8]| out.extend_from_slice(bytes);
+    put(ROW_DOMAIN_V3);
+    raw_field(Some(event.id.as_bytes()), &mut put);
+    raw_field(Some(&0i64.to_be_bytes()), &mut put);
+    raw_field(Some(&event.ts.timestamp_micros().to_be_bytes()), &mut put);
+    raw_field(Some(&0i64.to_be_bytes()), &mut put);
+    for text in [
+        Some(event.tenant_id.as_deref().unwrap_or("")),
+        Some(event.action.as_str()),
+        Some(event.outcome.as_str()),
+        event.resource_type.as_deref(),
+        event.resource_id.as_deref(),
+        event.service.as_deref(),
+        event.trace_id.as_deref(),
+        event.span_id.as_deref(),
+        Some(public),
+    ] {
+        stored_text_field(text, &mut put);
+    }
+    raw_field(
+        event
+            .taxonomy_valid
+            .map(|v| [u8::from(v)])
+            .as_ref()
+            .map(|b| &b[..]),
+        &mut put,
+    );
+    stored_text_field(event.taxonomy_reason.as_deref(), &mut put);
+    raw_field(
+        event
+            .duration_ms
+            .filter(|d| d.is_finite())
+            .map(|d| d.to_bits().to_be_bytes())
+            .as_ref()
+            .map(|b| &b[..]),
+        &mut put,
+    );
+    for text in [
+        event.name.as_deref(),
+        event.error_type.as_deref(),
+        event.error_message.as_deref(),
+    ] {
+        stored_text_field(text, &mut put);
+    }
+    let digest = personal_digest_of(
+        salt,
+        [
+            event.user_id.as_deref(),
+            event.session_id.as_deref(),
+            personal,
+        ],
+    );
+    raw_field(Some(&digest), &mut put);
+}
+
+/// [`ChainRow::personal_digest`] of a row with `chain_salt` `salt` and the texts
+/// `user_id`, `session_id` and personal attributes as the writer holds them (each
+/// NUL stored as U+FFFD).
+fn personal_digest_of(salt: &[u8], texts: [Option<&str>; 3]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    // HMAC takes a key of any length: this cannot fail.
+    let mut mac = match hmac::Hmac::<Sha256>::new_from_slice(salt) {
+        Ok(mac) => mac,
+        Err(_) => return [0; 32],
+    };
+    mac.update(PERSONAL_DOMAIN);
+    for text in texts {
+        stored_text_field(text, |bytes| mac.update(bytes));
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// [`field`], handed to `put` in pieces.
+fn raw_field(value: Option<&[u8]>, mut put: impl FnMut(&[u8])) {
+    match value {
+        None => put(&[0]),
+        Some(bytes) => {
+            let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            put(&[1]);
+            put(&len.to_be_bytes());
+            put(bytes);
+        }
+    }
+}
+
+/// A text as the `COPY` encoder stores it (each NUL as U+FFFD) as a [`field`],
+/// handed to `put` in pieces.
+fn stored_text_field(value: Option<&str>, mut put: impl FnMut(&[u8])) {
+    let Some(text) = value else {
+        put(&[0]);
+        return;
+    };
+    let bytes = text.as_bytes();
+    // Most texts hold no NUL: a memchr answers that.
+    let nuls = if bytes.contains(&0) {
+        bytes.iter().filter(|b| **b == 0).count()
+    } else {
+        0
+    };
+    // Each NUL (1 byte) becomes U+FFFD (3 bytes).
+    let len = u32::try_from(bytes.len() + 2 * nuls).unwrap_or(u32::MAX);
+    put(&[1]);
+    put(&len.to_be_bytes());
+    if nuls == 0 {
+        put(bytes);
+    } else {
+        for (i, part) in bytes.split(|b| *b == 0).enumerate() {
+            if i > 0 {
+                put("\u{FFFD}".as_bytes());
+            }
+            put(part);
+        }
+    }
+}
+
 /// Sets `seq` and `received_at` in a canonical form v3 that [`ChainRow::canonical`]
 /// produced (the writer computes the form before its `seq` range is reserved).
 /// `false` when the bytes do not have the v3 layout.

@@ -85,24 +85,29 @@ impl ChainJob {
 
     /// Runs once in one transaction (see the module documentation). Blocks while
     /// another instance's run holds [`CHAIN_LOCK_KEY`].
+    ///
+    /// The watermark's row lock, which a linking writer waits for while it holds
+    /// the activity lock, is taken before linking only when there are rows to
+    /// link. A run that only signs checkpoints (the writers linked every row)
+    /// takes it with its last statement, after the signing and the checkpoint
+    /// file's write and fsync.
     pub async fn run_once(&self, client: &mut Client) -> Result<ChainReport, PgError> {
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHAIN_LOCK_KEY])
             .await?;
-        let from = chain_watermark(&tx).await?;
+        let mut from = chain_watermark(&tx, false).await?;
+        let mut upper = self.upper(&tx, from).await?;
+        if upper.is_some() {
+            // Rows to link: now under the row lock, from the watermark as it is
+            // once the lock is granted (a writer may have moved it meanwhile).
+            from = chain_watermark(&tx, true).await?;
+            upper = self.upper(&tx, from).await?;
+        }
         let mut report = ChainReport {
             from_seq: from,
             to_seq: from,
             ..ChainReport::default()
         };
-        let upper: Option<i64> = tx
-            .query_one(
-                "SELECT max(seq) FROM (SELECT seq FROM activity_events WHERE seq > $1 \
-                 ORDER BY seq LIMIT $2) AS next_rows",
-                &[&from, &self.max_rows_per_run],
-            )
-            .await?
-            .try_get(0)?;
         if let Some(to) = upper {
             self.chain_rows(&tx, from, to, &mut report).await?;
         }
@@ -114,6 +119,18 @@ impl ChainJob {
             tracing::debug!(?report, "chainer run");
         }
         Ok(report)
+    }
+
+    /// The last `seq` of the next run's rows above `from`, if any.
+    async fn upper(&self, tx: &Transaction<'_>, from: i64) -> Result<Option<i64>, PgError> {
+        Ok(tx
+            .query_one(
+                "SELECT max(seq) FROM (SELECT seq FROM activity_events WHERE seq > $1 \
+                 ORDER BY seq LIMIT $2) AS next_rows",
+                &[&from, &self.max_rows_per_run],
+            )
+            .await?
+            .try_get(0)?)
     }
 
     async fn chain_rows(
@@ -167,8 +184,8 @@ impl ChainJob {
                 &links.seq,
                 &links.day,
                 &links.prev_seq,
-                &links.prev_hash,
-                &links.hash,
+                &Links::byteas(&links.prev_hash),
+                &Links::byteas(&links.hash),
             ],
         )
         .await?;
@@ -178,7 +195,11 @@ impl ChainJob {
              ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq, \
                  row_hash = EXCLUDED.row_hash, updated_at = now() \
              WHERE chain_heads.seq IS DISTINCT FROM EXCLUDED.seq",
-            &[&links.head_tenant, &links.head_seq, &links.head_hash],
+            &[
+                &links.head_tenant,
+                &links.head_seq,
+                &Links::byteas(&links.head_hash),
+            ],
         )
         .await?;
         tx.execute(
@@ -307,17 +328,17 @@ impl ChainJob {
     }
 }
 
-async fn chain_watermark(tx: &Transaction<'_>) -> Result<i64, PgError> {
+/// The watermark, creating its row when missing; `lock`: under its row lock.
+async fn chain_watermark(tx: &Transaction<'_>, lock: bool) -> Result<i64, PgError> {
     tx.execute(
         "INSERT INTO chain_watermark (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
         &[&CHAIN_WATERMARK],
     )
     .await?;
-    Ok(tx
-        .query_one(
-            "SELECT last_seq FROM chain_watermark WHERE name = $1 FOR UPDATE",
-            &[&CHAIN_WATERMARK],
-        )
-        .await?
-        .try_get(0)?)
+    let sql = if lock {
+        "SELECT last_seq FROM chain_watermark WHERE name = $1 FOR UPDATE"
+    } else {
+        "SELECT last_seq FROM chain_watermark WHERE name = $1"
+    };
+    Ok(tx.query_one(sql, &[&CHAIN_WATERMARK]).await?.try_get(0)?)
 }

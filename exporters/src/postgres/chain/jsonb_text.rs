@@ -21,6 +21,7 @@
 //! `exporters/tests/jsonb_text.rs` compares the printer with the server's
 //! `jsonb::text` on thousands of generated objects.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde_json::{Map, Number, Value};
@@ -28,36 +29,109 @@ use serde_json::{Map, Number, Value};
 /// The largest exponent `numeric` accepts in its input (`NUMERIC_MAX_PRECISION`).
 const MAX_EXPONENT: i64 = 1000;
 
+/// Objects of at most this many keys are sorted on the stack.
+const STACK_KEYS: usize = 32;
+
 /// PostgreSQL's `jsonb::text` of the object the `COPY` encoder sends for `map`,
 /// or `None` where the printer cannot be sure it matches (see the module doc).
 pub fn jsonb_text(map: &Map<String, Value>) -> Option<String> {
     let mut out = String::with_capacity(64 + 32 * map.len());
-    object(&mut out, map)?;
+    let mut unused = String::new();
+    jsonb_text_split(map, |_| false, &mut out, &mut unused)?;
     Some(out)
 }
 
-fn object(out: &mut String, map: &Map<String, Value>) -> Option<()> {
-    // Keys as PostgreSQL stores them (NUL scrubbed), in jsonb order.
-    let mut pairs: Vec<(std::borrow::Cow<'_, str>, &Value)> =
-        map.iter().map(|(k, v)| (scrub(k), v)).collect::<Vec<_>>();
-    pairs.sort_unstable_by(|(a, _), (b, _)| {
-        a.len()
-            .cmp(&b.len())
-            .then_with(|| a.as_bytes().cmp(b.as_bytes()))
-    });
+/// [`jsonb_text`] of `map` written into `public` (cleared first), except the
+/// top-level pairs whose key (as stored: NUL scrubbed) `is_personal` names,
+/// which go to `personal` (cleared first) instead: the texts of
+/// `(attributes - personal keys)::text` and of the object of the personal pairs
+/// (`personal::split_attributes` of the whole text, without printing it twice).
+/// Answers whether any pair was personal (`personal` is left empty when none);
+/// `None` as [`jsonb_text`].
+pub(crate) fn jsonb_text_split(
+    map: &Map<String, Value>,
+    is_personal: impl Fn(&str) -> bool,
+    public: &mut String,
+    personal: &mut String,
+) -> Option<bool> {
+    public.clear();
+    personal.clear();
+    public.push('{');
+    personal.push('{');
+    let mut any = false;
+    sorted_pairs(map, |pairs| {
+        for (key, value) in pairs {
+            let out = if is_personal(key) {
+                any = true;
+                &mut *personal
+            } else {
+                &mut *public
+            };
+            if out.len() > 1 {
+                out.push_str(", ");
+            }
+            string(out, key);
+            out.push_str(": ");
+            self::value(out, value)?;
+        }
+        Some(())
+    })?;
+    public.push('}');
+    if any {
+        personal.push('}');
+    } else {
+        personal.clear();
+    }
+    Some(any)
+}
+
+/// Calls `f` with the pairs of `map`, keys as PostgreSQL stores them (NUL
+/// scrubbed) in jsonb order: shorter (in bytes) first, then bytewise. `None`
+/// when two keys are equal once scrubbed.
+fn sorted_pairs<'m>(
+    map: &'m Map<String, Value>,
+    f: impl FnOnce(&[(&str, &'m Value)]) -> Option<()>,
+) -> Option<()> {
+    static NULL: Value = Value::Null;
+    fn order(a: &(&str, &Value), b: &(&str, &Value)) -> std::cmp::Ordering {
+        a.0.len()
+            .cmp(&b.0.len())
+            .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+    }
+    let n = map.len();
+    if n <= STACK_KEYS && !map.keys().any(|k| k.as_bytes().contains(&0)) {
+        // Keys without NUL are stored as they are, and are distinct.
+        let mut pairs: [(&str, &Value); STACK_KEYS] = [("", &NULL); STACK_KEYS];
+        for (slot, (k, v)) in pairs.iter_mut().zip(map) {
+            *slot = (k.as_str(), v);
+        }
+        let pairs = &mut pairs[..n];
+        pairs.sort_unstable_by(order);
+        return f(pairs);
+    }
+    let scrubbed: Vec<(Cow<'_, str>, &Value)> = map.iter().map(|(k, v)| (scrub(k), v)).collect();
+    let mut pairs: Vec<(&str, &Value)> = scrubbed.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
+    pairs.sort_unstable_by(order);
     if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
         // Two keys that differ only by NUL vs U+FFFD: jsonb keeps one of them.
         return None;
     }
+    f(&pairs)
+}
+
+fn object(out: &mut String, map: &Map<String, Value>) -> Option<()> {
     out.push('{');
-    for (i, (key, value)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
+    sorted_pairs(map, |pairs| {
+        for (i, (key, value)) in pairs.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            string(out, key);
+            out.push_str(": ");
+            self::value(out, value)?;
         }
-        string(out, key);
-        out.push_str(": ");
-        self::value(out, value)?;
-    }
+        Some(())
+    })?;
     out.push('}');
     Some(())
 }
@@ -68,7 +142,7 @@ fn value(out: &mut String, value: &Value) -> Option<()> {
         Value::Bool(true) => out.push_str("true"),
         Value::Bool(false) => out.push_str("false"),
         Value::Number(n) => number(out, n)?,
-        Value::String(s) => string(out, &scrub(s)),
+        Value::String(s) => string(out, s),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -85,19 +159,23 @@ fn value(out: &mut String, value: &Value) -> Option<()> {
 }
 
 /// The text as stored: each NUL (which the encoder sends as `\ufffd`) is U+FFFD.
-fn scrub(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains('\0') {
-        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+fn scrub(s: &str) -> Cow<'_, str> {
+    if s.as_bytes().contains(&0) {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
     } else {
-        std::borrow::Cow::Borrowed(s)
+        Cow::Borrowed(s)
     }
 }
 
-/// PostgreSQL's `escape_json`.
+/// PostgreSQL's `escape_json` of the text as stored (a NUL, stored as U+FFFD, is
+/// printed as U+FFFD).
 fn string(out: &mut String, s: &str) {
     out.push('"');
+    let bytes = s.as_bytes();
+    // Most strings need no escape: skip whole words of plain bytes first.
+    let clean = crate::postgres::copy::clean_prefix(bytes);
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(clean) {
         let escape = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -106,7 +184,8 @@ fn string(out: &mut String, s: &str) {
             b'\n' => "\\n",
             b'\r' => "\\r",
             b'\t' => "\\t",
-            0x00..=0x1f => {
+            0x00 => "\u{FFFD}",
+            0x01..=0x1f => {
                 out.push_str(&s[start..i]);
                 let _ = write!(out, "\\u{:04x}", b);
                 start = i + 1;
@@ -123,11 +202,42 @@ fn string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// A short text built on the stack (a float's JSON text).
+struct StackText {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// The number as `numeric_out` prints what `numeric_in` parsed from the text the
-/// encoder writes for it.
+/// encoder writes for it (an integer: its decimal digits).
 fn number(out: &mut String, n: &Number) -> Option<()> {
-    let text = n.to_string();
-    numeric_text(out, &text)
+    if let Some(i) = n.as_i64() {
+        let _ = write!(out, "{i}");
+        return Some(());
+    }
+    if let Some(u) = n.as_u64() {
+        let _ = write!(out, "{u}");
+        return Some(());
+    }
+    let mut text = StackText {
+        bytes: [0; 48],
+        len: 0,
+    };
+    if write!(text, "{n}").is_ok() {
+        numeric_text(out, std::str::from_utf8(&text.bytes[..text.len]).ok()?)
+    } else {
+        numeric_text(out, &n.to_string())
+    }
 }
 
 /// `numeric_out(numeric_in(text))` for a JSON number's text:
@@ -164,8 +274,15 @@ pub(crate) fn numeric_text(out: &mut String, text: &str) -> Option<()> {
     {
         return None;
     }
-    // The value is digits × 10^(exponent - frac_len), shown with `scale` decimals.
-    let digits: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).collect();
+    // The value is digits × 10^(exponent - frac_len), shown with `scale` decimals,
+    // where digits are those of the integer part and then the fraction's.
+    let (int_digits, frac_digits) = (int_part.as_bytes(), frac_part.as_bytes());
+    let digit_at = |i: usize| -> Option<u8> {
+        match i.checked_sub(int_digits.len()) {
+            None => int_digits.get(i).copied(),
+            Some(j) => frac_digits.get(j).copied(),
+        }
+    };
     let frac_len = i64::try_from(frac_part.len()).ok()?;
     let scale = (frac_len - exponent).max(0);
     // Position of the decimal point within `digits` (may be outside them).
@@ -174,13 +291,10 @@ pub(crate) fn numeric_text(out: &mut String, text: &str) -> Option<()> {
         if i < 0 {
             b'0'
         } else {
-            usize::try_from(i)
-                .ok()
-                .and_then(|i| digits.get(i).copied())
-                .unwrap_or(b'0')
+            usize::try_from(i).ok().and_then(digit_at).unwrap_or(b'0')
         }
     };
-    if negative && digits.iter().any(|d| *d != b'0') {
+    if negative && int_digits.iter().chain(frac_digits).any(|d| *d != b'0') {
         out.push('-');
     }
     // Integer part without leading zeros ("0" when none is left).
@@ -247,6 +361,62 @@ mod tests {
         assert_eq!(
             jsonb_text(&map).as_deref(),
             Some(r#"{"a": [1.0, "x\b\u0001\"\\"], "c": null, "ab": {}, "bb": 1}"#)
+        );
+    }
+
+    #[test]
+    fn the_split_equals_splitting_the_printed_text() {
+        let value = serde_json::json!({
+            "user.email": "a@b", "n": 1.50, "customer": {"user.email": "kept"},
+            "enduser.id": "u", "z\u{0}": "x\u{0}", "doc.owner": ["u"], "": null
+        });
+        let Value::Object(map) = value else {
+            unreachable!()
+        };
+        let text = jsonb_text(&map).expect("printable");
+        for keys in [
+            vec![],
+            vec!["doc.owner"],
+            vec!["z\u{FFFD}", "n", ""],
+            vec!["nothing"],
+        ] {
+            let personal = |key: &str| {
+                crate::postgres::personal::is_fixed_personal_key(key) || keys.contains(&key)
+            };
+            let (mut public, mut private) = (String::from("stale"), String::from("stale"));
+            let any = jsonb_text_split(&map, personal, &mut public, &mut private);
+            let owned: Vec<Option<String>> = keys.iter().map(|k| Some(k.to_string())).collect();
+            let want = crate::postgres::personal::split_attributes(text.clone(), &owned)
+                .expect("splittable");
+            assert_eq!(any, Some(want.personal.is_some()), "{keys:?}");
+            assert_eq!(public, want.public, "{keys:?}");
+            assert_eq!(
+                (!private.is_empty()).then_some(private),
+                want.personal,
+                "{keys:?}"
+            );
+        }
+        // Nothing personal in an empty object.
+        let (mut public, mut private) = (String::new(), String::new());
+        assert_eq!(
+            jsonb_text_split(&Map::new(), |_| true, &mut public, &mut private),
+            Some(false)
+        );
+        assert_eq!((public.as_str(), private.as_str()), ("{}", ""));
+    }
+
+    #[test]
+    fn integers_and_floats_print_as_numeric() {
+        let value = serde_json::json!({"a": [0, -1, u64::MAX, i64::MIN, 1e20, 2.5e-3, -0.0]});
+        let Value::Object(map) = value else {
+            unreachable!()
+        };
+        assert_eq!(
+            jsonb_text(&map).as_deref(),
+            Some(
+                "{\"a\": [0, -1, 18446744073709551615, -9223372036854775808, \
+                 100000000000000000000, 0.0025, 0.0]}"
+            )
         );
     }
 

@@ -19,16 +19,17 @@
 //! links them as before, so instances of older versions and the staged path keep
 //! working beside this one.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use tally_model::ActivityEvent;
 use tokio_postgres::Row;
 
-use super::canonical::{fill_head, hash32, row_hash, ChainRow, CHAIN_FORM_V3, ROW_COLUMNS};
-use super::jsonb_text::jsonb_text;
+use super::canonical::{append_event_v3, fill_head, hash32, row_hash, ChainRow, ROW_COLUMNS};
+use super::jsonb_text::jsonb_text_split;
 use super::GENESIS_HASH;
-use crate::postgres::personal::split_attributes;
+use crate::postgres::personal::is_fixed_personal_key;
 use crate::postgres::PgError;
 
 /// Read in the reservation's round trip, after the lock: `$1` the watermark's
@@ -80,46 +81,66 @@ pub(crate) const WRITE_SQL: &str = "WITH w AS ( \
             row_hash = EXCLUDED.row_hash, updated_at = now()) \
     SELECT count(*)::int8 FROM w";
 
-/// One row's link to be: its tenant, day and canonical form (seq and received_at
-/// to fill).
+/// One row's link to be: its tenant (as stored), day, and where its canonical
+/// form (seq and received_at to fill) ends in [`PreparedLinks`]'s buffer.
 #[derive(Debug)]
-struct Prepared {
-    tenant: String,
+struct Prepared<'e> {
+    tenant: Cow<'e, str>,
     day: NaiveDate,
-    canonical: Vec<u8>,
+    end: usize,
 }
 
-/// The canonical forms of a batch's rows, in the order they are `COPY`d.
+/// The canonical forms of a batch's rows, in the order they are `COPY`d, one
+/// after the other in one buffer.
 #[derive(Debug)]
-pub(crate) struct PreparedLinks {
-    rows: Vec<Prepared>,
+pub(crate) struct PreparedLinks<'e> {
+    rows: Vec<Prepared<'e>>,
+    forms: Vec<u8>,
 }
 
-impl PreparedLinks {
+impl<'e> PreparedLinks<'e> {
     /// The rows' canonical forms, each with the `chain_salt` and personal keys it
     /// is written with. `None` when one of them holds a value the printer cannot
     /// vouch for: the batch is then left to the chainer.
-    pub(crate) fn new<'a>(
-        rows: impl Iterator<Item = (&'a ActivityEvent, &'a [u8; 16], &'a [&'a str])>,
-    ) -> Option<PreparedLinks> {
-        let mut out = Vec::new();
+    pub(crate) fn new<'r>(
+        rows: impl ExactSizeIterator<Item = (&'e ActivityEvent, &'r [u8; 16], &'r [&'r str])>,
+    ) -> Option<PreparedLinks<'e>> {
+        let mut out = Vec::with_capacity(rows.len());
+        let mut forms = Vec::with_capacity(rows.len() * 320);
+        // The attributes' texts, reused from row to row.
+        let mut public = String::with_capacity(256);
+        let mut personal = String::with_capacity(64);
         for (event, salt, personal_keys) in rows {
-            let row = chain_row(event, salt, personal_keys)?;
+            // Keys compared as stored (NUL scrubbed), as `split_attributes`
+            // compares the keys of the stored text.
+            let any = jsonb_text_split(
+                &event.attributes,
+                |key| is_fixed_personal_key(key) || personal_keys.iter().any(|k| stored_eq(k, key)),
+                &mut public,
+                &mut personal,
+            )?;
+            append_event_v3(
+                &mut forms,
+                event,
+                salt,
+                &public,
+                any.then_some(personal.as_str()),
+            );
             out.push(Prepared {
-                tenant: row.tenant().to_owned(),
-                day: row.ts.date_naive(),
-                canonical: row.canonical(),
+                tenant: stored(event.tenant_id.as_deref().unwrap_or("")),
+                day: event.ts.date_naive(),
+                end: forms.len(),
             });
         }
-        Some(PreparedLinks { rows: out })
+        Some(PreparedLinks { rows: out, forms })
     }
 
     /// The tenants of the batch, each once.
     pub(crate) fn tenants(&self) -> Vec<String> {
-        let mut tenants: Vec<String> = self.rows.iter().map(|r| r.tenant.clone()).collect();
+        let mut tenants: Vec<&str> = self.rows.iter().map(|r| r.tenant.as_ref()).collect();
         tenants.sort_unstable();
         tenants.dedup();
-        tenants
+        tenants.into_iter().map(str::to_owned).collect()
     }
 
     /// The links of `backlog` (committed rows above the watermark, read back, in
@@ -136,17 +157,39 @@ impl PreparedLinks {
         for row in backlog {
             links.push_stored(&mut heads, row);
         }
-        for (i, row) in self.rows.iter_mut().enumerate() {
+        let mut start = 0;
+        for (i, row) in self.rows.iter().enumerate() {
             let seq = first_seq + i as i64;
-            if !fill_head(&mut row.canonical, seq, received_at) {
+            let canonical = self.forms.get_mut(start..row.end).unwrap_or_default();
+            start = row.end;
+            if !fill_head(canonical, seq, received_at) {
                 return Err(PgError::Integrity(
                     "a prepared canonical form has an unexpected layout".into(),
                 ));
             }
-            links.push(&mut heads, &row.tenant, seq, row.day, &row.canonical);
+            links.push(&mut heads, &row.tenant, seq, row.day, canonical);
         }
         links.set_heads(heads);
         Ok(links)
+    }
+}
+
+/// Whether `key`, a key as written (NUL possible), is `stored` (NUL scrubbed)
+/// once stored.
+fn stored_eq(key: &str, stored: &str) -> bool {
+    if key.as_bytes().contains(&0) {
+        self::stored(key) == stored
+    } else {
+        key == stored
+    }
+}
+
+/// Text as the `COPY` encoder stores it: each NUL becomes U+FFFD.
+fn stored(s: &str) -> Cow<'_, str> {
+    if s.as_bytes().contains(&0) {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
@@ -201,11 +244,11 @@ pub(crate) struct Links {
     pub seq: Vec<i64>,
     pub day: Vec<NaiveDate>,
     pub prev_seq: Vec<Option<i64>>,
-    pub prev_hash: Vec<Vec<u8>>,
-    pub hash: Vec<Vec<u8>>,
+    pub prev_hash: Vec<[u8; 32]>,
+    pub hash: Vec<[u8; 32]>,
     pub head_tenant: Vec<String>,
     pub head_seq: Vec<i64>,
-    pub head_hash: Vec<Vec<u8>>,
+    pub head_hash: Vec<[u8; 32]>,
     /// Rows not linked because their tenant's chain already reached their `seq`.
     pub skipped_duplicates: u64,
 }
@@ -250,9 +293,14 @@ impl Links {
         self.seq.push(seq);
         self.day.push(day);
         self.prev_seq.push(head.map(|(seq, _)| seq));
-        self.prev_hash.push(prev_hash.to_vec());
-        self.hash.push(hash.to_vec());
-        heads.insert(tenant.to_owned(), (seq, hash));
+        self.prev_hash.push(prev_hash);
+        self.hash.push(hash);
+        match heads.get_mut(tenant) {
+            Some(slot) => *slot = (seq, hash),
+            None => {
+                heads.insert(tenant.to_owned(), (seq, hash));
+            }
+        }
     }
 
     /// Links a row read back from `activity_events` (the chainer's rows and a
@@ -271,55 +319,179 @@ impl Links {
         );
     }
 
+    /// Hashes as `bytea` values for a `bytea[]` parameter.
+    pub(crate) fn byteas(hashes: &[[u8; 32]]) -> Vec<&[u8]> {
+        hashes.iter().map(|h| &h[..]).collect()
+    }
+
     /// Sets the heads to store.
     pub(crate) fn set_heads(&mut self, heads: HashMap<String, (i64, [u8; 32])>) {
         for (tenant, (seq, hash)) in heads {
             self.head_tenant.push(tenant);
             self.head_seq.push(seq);
-            self.head_hash.push(hash.to_vec());
+            self.head_hash.push(hash);
         }
     }
 }
 
-/// The row as the chainer will read it back after the `COPY`.
-fn chain_row(event: &ActivityEvent, salt: &[u8; 16], personal_keys: &[&str]) -> Option<ChainRow> {
-    let ts = DateTime::from_timestamp_micros(event.ts.timestamp_micros())?;
-    let text = jsonb_text(&event.attributes)?;
-    let keys: Vec<Option<String>> = personal_keys.iter().map(|k| Some(scrub(k))).collect();
-    let split = split_attributes(text, &keys).ok()?;
-    let opt = |s: &Option<String>| s.as_deref().map(scrub);
-    Some(ChainRow {
-        id: event.id,
-        seq: 0,
-        ts,
-        received_at: DateTime::UNIX_EPOCH,
-        tenant_id: Some(scrub(event.tenant_id.as_deref().unwrap_or(""))),
-        user_id: opt(&event.user_id),
-        session_id: opt(&event.session_id),
-        action: Some(scrub(&event.action)),
-        outcome: Some(scrub(event.outcome.as_str())),
-        resource_type: opt(&event.resource_type),
-        resource_id: opt(&event.resource_id),
-        service: opt(&event.service),
-        trace_id: opt(&event.trace_id),
-        span_id: opt(&event.span_id),
-        attributes: Some(split.public),
-        taxonomy_valid: event.taxonomy_valid,
-        taxonomy_reason: opt(&event.taxonomy_reason),
-        duration_ms: event.duration_ms.filter(|d| d.is_finite()),
-        name: opt(&event.name),
-        error_type: opt(&event.error_type),
-        error_message: opt(&event.error_message),
-        chain_form: Some(CHAIN_FORM_V3),
-        chain_salt: Some(salt.to_vec()),
-        erasure_id: None,
-        erased_digest: None,
-        erased_signature: None,
-        personal_attributes: split.personal,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use serde_json::{json, Map, Value};
+    use tally_model::{ActivityEvent, Outcome};
 
-/// Text as the `COPY` encoder stores it: each NUL becomes U+FFFD.
-fn scrub(s: &str) -> String {
-    s.replace('\0', "\u{FFFD}")
+    use super::super::canonical::{ChainRow, CHAIN_FORM_V3};
+    use super::super::jsonb_text::jsonb_text;
+    use super::*;
+    use crate::postgres::personal::{split_attributes, PersonalKeys};
+
+    /// The row as the chainer will read it back after the `COPY` (the reference
+    /// [`PreparedLinks::new`] was written from).
+    fn chain_row(
+        event: &ActivityEvent,
+        salt: &[u8; 16],
+        personal_keys: &[&str],
+    ) -> Option<ChainRow> {
+        let ts = DateTime::from_timestamp_micros(event.ts.timestamp_micros())?;
+        let text = jsonb_text(&event.attributes)?;
+        let keys: Vec<Option<String>> = personal_keys.iter().map(|k| Some(scrub(k))).collect();
+        let split = split_attributes(text, &keys).ok()?;
+        let opt = |s: &Option<String>| s.as_deref().map(scrub);
+        Some(ChainRow {
+            id: event.id,
+            seq: 0,
+            ts,
+            received_at: DateTime::UNIX_EPOCH,
+            tenant_id: Some(scrub(event.tenant_id.as_deref().unwrap_or(""))),
+            user_id: opt(&event.user_id),
+            session_id: opt(&event.session_id),
+            action: Some(scrub(&event.action)),
+            outcome: Some(scrub(event.outcome.as_str())),
+            resource_type: opt(&event.resource_type),
+            resource_id: opt(&event.resource_id),
+            service: opt(&event.service),
+            trace_id: opt(&event.trace_id),
+            span_id: opt(&event.span_id),
+            attributes: Some(split.public),
+            taxonomy_valid: event.taxonomy_valid,
+            taxonomy_reason: opt(&event.taxonomy_reason),
+            duration_ms: event.duration_ms.filter(|d| d.is_finite()),
+            name: opt(&event.name),
+            error_type: opt(&event.error_type),
+            error_message: opt(&event.error_message),
+            chain_form: Some(CHAIN_FORM_V3),
+            chain_salt: Some(salt.to_vec()),
+            erasure_id: None,
+            erased_digest: None,
+            erased_signature: None,
+            personal_attributes: split.personal,
+        })
+    }
+
+    /// Text as the `COPY` encoder stores it: each NUL becomes U+FFFD.
+    fn scrub(s: &str) -> String {
+        s.replace('\0', "\u{FFFD}")
+    }
+
+    fn event(i: usize) -> ActivityEvent {
+        let user = format!("user\u{0}{}", i % 3);
+        let mut attributes = Map::new();
+        attributes.insert("i".into(), json!(i));
+        attributes.insert("f".into(), json!(1e-7 * i as f64));
+        attributes.insert("big".into(), json!(u64::MAX - i as u64));
+        attributes.insert("neg".into(), json!(-0.0));
+        attributes.insert(
+            "nested".into(),
+            json!({"zz": [1, 2.5, null, true], "a": {"é": "ü\u{1}\u{8}\"\\\u{0}"}}),
+        );
+        attributes.insert("nul\u{0}key".into(), json!("v\u{0}w"));
+        attributes.insert("user.email".into(), json!(format!("u{i}@example.com")));
+        attributes.insert("enduser.role".into(), json!("admin"));
+        attributes.insert("customer.name".into(), json!("Ada"));
+        attributes.insert("doc.owner".into(), json!(user.clone()));
+        attributes.insert("mirror".into(), json!(user.clone()));
+        attributes.insert("😀".into(), json!("\u{2028}"));
+        if i % 3 == 0 {
+            // Many keys: sorted off the stack.
+            for k in 0..40 {
+                attributes.insert(format!("k{}", "x".repeat(k % 7) + &k.to_string()), json!(k));
+            }
+        }
+        if i % 4 == 3 {
+            attributes.clear();
+        }
+        if i % 5 == 4 {
+            // No personal key at all.
+            attributes.retain(|k, _| k == "i" || k == "nested");
+        }
+        ActivityEvent {
+            id: uuid::Uuid::from_u128(i as u128 + 1),
+            ts: DateTime::from_timestamp(1_800_000_000 + i as i64, 123_456_789).unwrap_or_default(),
+            tenant_id: (i % 4 != 1).then(|| format!("t\u{0}{}", i % 2)),
+            user_id: Some(user),
+            session_id: (i % 2 == 0).then(|| format!("s{i}")),
+            action: "doc.read".into(),
+            outcome: Outcome::Failure,
+            resource_type: Some("doc".into()),
+            resource_id: None,
+            service: Some("svc\u{0}".into()),
+            trace_id: Some(format!("{:032x}", i)),
+            span_id: None,
+            attributes,
+            duration_ms: [Some(1.5), None, Some(f64::NAN), Some(-0.0)][i % 4],
+            name: Some("GET /".into()),
+            error_type: None,
+            error_message: (i % 5 == 2).then(|| "bad\u{0}byte".into()),
+            taxonomy_valid: [None, Some(true), Some(false)][i % 3],
+            taxonomy_reason: (i % 3 == 2).then(|| "unknown".into()),
+        }
+    }
+
+    #[test]
+    fn prepared_forms_equal_the_forms_of_the_rows_read_back() {
+        let keys = PersonalKeys::new(["customer.*", "doc.owner", "nul\u{0}key"]);
+        let events: Vec<ActivityEvent> = (0..24).map(event).collect();
+        let salts: Vec<[u8; 16]> = (0..24u8).map(|i| [i; 16]).collect();
+        let personal: Vec<Vec<&str>> = events.iter().map(|e| keys.of(e)).collect();
+        let prepared = PreparedLinks::new(
+            events
+                .iter()
+                .zip(&salts)
+                .zip(&personal)
+                .map(|((e, s), k)| (e, s, &k[..])),
+        )
+        .expect("every value printable");
+        assert_eq!(prepared.rows.len(), events.len());
+        let mut start = 0;
+        for (i, row) in prepared.rows.iter().enumerate() {
+            let want = chain_row(&events[i], &salts[i], &personal[i]).expect("reference");
+            assert_eq!(row.tenant, want.tenant(), "row {i}");
+            assert_eq!(row.day, want.ts.date_naive(), "row {i}");
+            assert_eq!(
+                &prepared.forms[start..row.end],
+                &want.canonical()[..],
+                "row {i}"
+            );
+            start = row.end;
+        }
+        assert_eq!(start, prepared.forms.len());
+    }
+
+    #[test]
+    fn keys_equal_once_stored_leave_the_batch_to_the_chainer() {
+        let mut e = event(1);
+        e.attributes.insert("a\u{0}".into(), Value::Bool(true));
+        e.attributes.insert("a\u{FFFD}".into(), Value::Bool(false));
+        let salt = [0; 16];
+        assert!(PreparedLinks::new(std::iter::once((&e, &salt, &[][..]))).is_none());
+    }
+
+    #[test]
+    fn keys_compare_as_stored() {
+        assert!(stored_eq("a\u{0}b", "a\u{FFFD}b"));
+        assert!(stored_eq("ab", "ab"));
+        assert!(!stored_eq("a\u{0}b", "a\u{0}b"));
+        assert!(!stored_eq("ab", "a"));
+        assert_eq!(stored("x\u{0}"), "x\u{FFFD}");
+    }
 }

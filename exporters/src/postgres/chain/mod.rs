@@ -8,10 +8,13 @@
 //! committed), computes for each row
 //! `row_hash = SHA-256(prev_hash || canonical form)` where `prev_hash` is the
 //! tenant's previous link (32 zero bytes for its first row), inserts the links
-//! into `activity_chain`, moves `chain_heads` and the watermark, and — when a
+//! into `activity_chain`, moves `chain_heads` and the watermark (under the
+//! watermark's row lock, taken only when there are rows to link), and — when a
 //! checkpoint is due — signs every tenant's new head with Ed25519 into
 //! `chain_checkpoints`. A run cut short rolls back entirely, so every row is
-//! chained exactly once, whatever the number of Tally instances.
+//! chained exactly once, whatever the number of Tally instances. A run with no
+//! row to link touches the watermark row only with its last statement, so a
+//! linking writer does not wait for its signing or checkpoint file.
 //!
 //! With [`PgExporter::set_chain_linking`](crate::postgres::PgExporter::set_chain_linking)
 //! (on in `tally` whenever the chainer runs), the **writers** link the rows they
