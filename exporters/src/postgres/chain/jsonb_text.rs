@@ -67,12 +67,9 @@ pub(crate) fn jsonb_text_split(
             } else {
                 &mut *public
             };
-            if out.len() > 1 {
-                out.push_str(", ");
-            }
-            string(out, key);
-            out.push_str(": ");
-            self::value(out, value)?;
+            // Each buffer holds only its own object: `{` alone before the first pair.
+            let first = out.len() == 1;
+            pair(out, first, key, value)?;
         }
         Some(())
     })?;
@@ -123,17 +120,23 @@ fn object(out: &mut String, map: &Map<String, Value>) -> Option<()> {
     out.push('{');
     sorted_pairs(map, |pairs| {
         for (i, (key, value)) in pairs.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            string(out, key);
-            out.push_str(": ");
-            self::value(out, value)?;
+            pair(out, i == 0, key, value)?;
         }
         Some(())
     })?;
     out.push('}');
     Some(())
+}
+
+/// Appends one `"key": value` pair of an object to `out`, after `, ` unless
+/// it is the object's `first` pair.
+fn pair(out: &mut String, first: bool, key: &str, value: &Value) -> Option<()> {
+    if !first {
+        out.push_str(", ");
+    }
+    string(out, key);
+    out.push_str(": ");
+    self::value(out, value)
 }
 
 fn value(out: &mut String, value: &Value) -> Option<()> {
