@@ -411,7 +411,7 @@ mod tests {
         attributes.insert("doc.owner".into(), json!(user.clone()));
         attributes.insert("mirror".into(), json!(user.clone()));
         attributes.insert("😀".into(), json!("\u{2028}"));
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             // Many keys: sorted off the stack.
             for k in 0..40 {
                 attributes.insert(format!("k{}", "x".repeat(k % 7) + &k.to_string()), json!(k));
@@ -429,7 +429,7 @@ mod tests {
             ts: DateTime::from_timestamp(1_800_000_000 + i as i64, 123_456_789).unwrap_or_default(),
             tenant_id: (i % 4 != 1).then(|| format!("t\u{0}{}", i % 2)),
             user_id: Some(user),
-            session_id: (i % 2 == 0).then(|| format!("s{i}")),
+            session_id: i.is_multiple_of(2).then(|| format!("s{i}")),
             action: "doc.read".into(),
             outcome: Outcome::Failure,
             resource_type: Some("doc".into()),
