@@ -186,6 +186,35 @@ async fn migration_10_gives_unpriced_requests_the_metrics_meaning() {
     }
 }
 
+/// Rows of `token_usage_daily` and `activity_daily` for 40 users x `days`
+/// days from `first` x 2 tenants (x 2 models for the tokens), with sums that
+/// differ per user and day.
+async fn fill_daily_rollups(client: &tokio_postgres::Client, first: &str, days: i32) {
+    client
+        .execute(
+            "INSERT INTO token_usage_daily (day, tenant_id, user_id, provider, model, requests, \
+                 input_tokens, output_tokens, total_tokens, cost_usd) \
+             SELECT $1::text::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'p', \
+                 'm' || m, 1 + u % 3, u * 10 + d, d, u * 10 + 2 * d, (u + d) / 1000.0 \
+             FROM generate_series(0, $2 - 1) d, generate_series(1, 2) t, \
+                 generate_series(1, 40) u, generate_series(1, 2) m",
+            &[&first, &days],
+        )
+        .await
+        .expect("token rollup rows");
+    client
+        .execute(
+            "INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) \
+             SELECT $1::text::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'a', \
+                 'success', 1 + (u + d) % 4 \
+             FROM generate_series(0, $2 - 1) d, generate_series(1, 2) t, \
+                 generate_series(1, 40) u",
+            &[&first, &days],
+        )
+        .await
+        .expect("activity rollup rows");
+}
+
 /// Asserts that `sql` runs as an index-only scan of `index` that visits no
 /// heap page (the table vacuumed).
 async fn assert_index_only(client: &tokio_postgres::Client, sql: &str, index: &str) {
@@ -249,21 +278,7 @@ async fn migration_28_user_indexes_cover_the_sums() {
         ]
     );
     // 40 users x 20 days x 2 tenants x 2 models, then one more fold-like upsert.
-    client
-        .batch_execute(
-            "INSERT INTO token_usage_daily (day, tenant_id, user_id, provider, model, requests, \
-                 input_tokens, output_tokens, total_tokens, cost_usd) \
-             SELECT '2026-11-01'::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'p', \
-                 'm' || m, 1 + u % 3, u * 10 + d, d, u * 10 + 2 * d, (u + d) / 1000.0 \
-             FROM generate_series(0, 19) d, generate_series(1, 2) t, generate_series(1, 40) u, \
-                 generate_series(1, 2) m; \
-             INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) \
-             SELECT '2026-11-01'::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'a', \
-                 'success', 1 + (u + d) % 4 \
-             FROM generate_series(0, 19) d, generate_series(1, 2) t, generate_series(1, 40) u;",
-        )
-        .await
-        .expect("rollup rows");
+    fill_daily_rollups(&client, "2026-11-01", 20).await;
     // One statement per call: VACUUM cannot run in a multi-statement string.
     for table in ["token_usage_daily", "activity_daily"] {
         client
@@ -334,21 +349,7 @@ async fn migration_29_user_weekly_rollups_are_backfilled_and_read_index_only() {
     let db = TestDatabase::migrated().await;
     let client = db.client().await;
     // 40 users x 21 days (3 ISO weeks from Monday 2026-11-02) x 2 tenants x 2 models.
-    client
-        .batch_execute(
-            "INSERT INTO token_usage_daily (day, tenant_id, user_id, provider, model, requests, \
-                 input_tokens, output_tokens, total_tokens, cost_usd) \
-             SELECT '2026-11-02'::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'p', \
-                 'm' || m, 1 + u % 3, u * 10 + d, d, u * 10 + 2 * d, (u + d) / 1000.0 \
-             FROM generate_series(0, 20) d, generate_series(1, 2) t, generate_series(1, 40) u, \
-                 generate_series(1, 2) m; \
-             INSERT INTO activity_daily (day, tenant_id, user_id, action, outcome, events) \
-             SELECT '2026-11-02'::date + d, 't' || t, 'u' || lpad(u::text, 3, '0'), 'a', \
-                 'success', 1 + (u + d) % 4 \
-             FROM generate_series(0, 20) d, generate_series(1, 2) t, generate_series(1, 40) u;",
-        )
-        .await
-        .expect("rollup rows");
+    fill_daily_rollups(&client, "2026-11-02", 21).await;
     // The migration run again on these rows (as on an upgraded database).
     let (_, _, sql) = tally_exporters::postgres::MIGRATIONS
         .iter()
