@@ -167,6 +167,21 @@ impl Packed {
     fn attributes(&self) -> bool {
         self.field(0).is_some() || self.field(1).is_some()
     }
+
+    /// Whether `identity` has a field this one lacks ([`Identity::merge`]
+    /// would change it).
+    fn adds(&self, identity: &Identity) -> bool {
+        let absent = |i: usize| {
+            self.0
+                .get(4 * i..4 * i + 4)
+                .and_then(|raw| raw.try_into().ok())
+                .is_none_or(|raw| u32::from_le_bytes(raw) == ABSENT)
+        };
+        [&identity.user, &identity.tenant, &identity.session]
+            .into_iter()
+            .enumerate()
+            .any(|(i, field)| field.is_some() && absent(i))
+    }
 }
 
 /// `pending_since` when nothing is pending.
@@ -316,15 +331,15 @@ impl TraceCache {
                 entry.identity = Packed::pack(identity);
                 entry.at &= !SHARED;
             }
-            Some(known) => {
+            // Most records repeat what their trace already said: only a field
+            // the entry lacks changes it (and only then is it unpacked).
+            Some(known) if known.adds(identity) => {
                 let mut merged = known.unpack();
-                let before = merged.clone();
                 merged.merge(identity);
-                if merged != before {
-                    entry.identity = Packed::pack(&merged);
-                    entry.at &= !SHARED;
-                }
+                entry.identity = Packed::pack(&merged);
+                entry.at &= !SHARED;
             }
+            Some(_) => {}
         }
         let identified = entry.identity.as_ref().filter(|p| p.attributes())?;
         if entry.pending_since == NOT_PENDING {

@@ -197,3 +197,43 @@ fn a_cover_climbs_to_a_counted_agent_and_uncounts_it_once() {
     assert!(cache.is_covered(&[1; 16], &[1; 8]));
     assert!(cache.cover([1; 16], [3; 8]).is_empty(), "once");
 }
+
+#[test]
+fn only_a_missing_field_changes_a_learned_identity() {
+    let cache = TraceCache::new(Duration::from_secs(60), 10);
+    let trace = [3; 16];
+    let first = Identity {
+        user: Some("alice".into()),
+        tenant: None,
+        session: None,
+    };
+    cache.learn(trace, &first);
+    cache.mark_shared(&trace, &first);
+    // Nothing new (the same user, another user, no field): still shared.
+    for same in [first.clone(), who("bob"), Identity::default()] {
+        let same = Identity {
+            tenant: None,
+            ..same
+        };
+        assert_eq!(cache.learn(trace, &same), None);
+        assert_eq!(cache.unshared(&trace), None, "{same:?}");
+    }
+    // A field the entry lacks: merged in, to be shared again.
+    assert_eq!(cache.learn(trace, &who("bob")), None);
+    let merged = Identity {
+        user: Some("alice".into()),
+        tenant: Some("t".into()),
+        session: None,
+    };
+    assert_eq!(cache.unshared(&trace), Some(merged.clone()));
+    assert_eq!(cache.lookup(&trace), Some(merged));
+    let with_session = Identity {
+        session: Some("s".into()),
+        ..Identity::default()
+    };
+    cache.learn(trace, &with_session);
+    assert_eq!(
+        cache.lookup(&trace).and_then(|i| i.session),
+        Some("s".into())
+    );
+}

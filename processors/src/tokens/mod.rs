@@ -165,40 +165,117 @@ pub struct TokenProcessor {
 }
 
 /// Attribute lookup over resource → scope → record (the record wins). One is
-/// refilled per record ([`Attrs::fill`]), keeping its table's allocation. Each
-/// value remembers the level it came from (0 resource, 1 scope, 2 record), for
-/// the identity rule of [`Attrs::identity_text`].
+/// refilled per record ([`Attrs::fill`]), keeping its allocations. Each value
+/// remembers the level it came from (0 resource, 1 scope, 2 record), for the
+/// identity rule of [`Attrs::identity_text`].
+///
+/// A record has a couple of dozen attributes and the pass asks for about forty
+/// keys, most of them absent: the attributes are kept as a list in order, with
+/// a 128-bit filter of their keys' shapes ([`shape`]) that answers most absent
+/// keys without looking at the list, and a hash table only for long lists
+/// ([`MAP_FROM`] attributes or more). Lookups behave as the table always did:
+/// the last occurrence of a key with a value wins.
 struct Attrs<'a> {
+    /// Every attribute with a value, outermost level first, in order.
+    list: Vec<(&'a str, &'a AnyValue, u8)>,
+    /// The union of [`shape`] over the keys of `list`.
+    shapes: u128,
+    /// The table of `list` when it holds [`MAP_FROM`] attributes or more.
     map: FastMap<&'a str, (&'a AnyValue, u8)>,
+}
+
+/// From this many attributes on, a record's lookups go through a hash table.
+const MAP_FROM: usize = 48;
+
+/// Two bits of 128 picked by a key's length and its first, middle and last
+/// bytes: a key whose bits are not all in [`Attrs::shapes`] is not there. (Not
+/// seeded: a client choosing keys that pass only makes its lookups scan a list
+/// shorter than [`MAP_FROM`].)
+#[inline]
+fn shape(key: &str) -> u128 {
+    let b = key.as_bytes();
+    let n = b.len();
+    let byte = |at: Option<&u8>| u32::from(at.copied().unwrap_or(0));
+    let h = (n as u32).wrapping_mul(0x9E37_79B1)
+        ^ byte(b.last()).wrapping_mul(0x85EB_CA77)
+        ^ byte(b.get(n / 2)).wrapping_mul(0xC2B2_AE3D)
+        ^ byte(b.first()).wrapping_mul(0x27D4_EB2F);
+    let h = h.wrapping_mul(0x9E37_79B1);
+    (1u128 << (h >> 25)) | (1u128 << ((h >> 18) & 127))
 }
 
 impl<'a> Attrs<'a> {
     fn new() -> Self {
         Attrs {
+            list: Vec::new(),
+            shapes: 0,
             map: FastMap::default(),
         }
     }
 
     fn with_capacity(capacity: usize) -> Self {
         Attrs {
-            map: FastMap::with_capacity_and_hasher(capacity, Default::default()),
+            list: Vec::with_capacity(capacity),
+            shapes: 0,
+            map: FastMap::default(),
         }
     }
 
     /// Replaces the contents with the attributes of one record.
     fn fill(&mut self, lists: [&'a [KeyValue]; 3]) {
+        self.list.clear();
         self.map.clear();
+        self.shapes = 0;
         for (level, list) in (0u8..).zip(lists) {
             for kv in list {
                 if let Some(value) = kv.value.as_ref() {
-                    self.map.insert(kv.key.as_str(), (value, level));
+                    self.list.push((kv.key.as_str(), value, level));
+                    self.shapes |= shape(&kv.key);
                 }
             }
         }
+        if self.list.len() >= MAP_FROM {
+            self.map.extend(
+                self.list
+                    .iter()
+                    .map(|(key, value, level)| (*key, (*value, *level))),
+            );
+        }
+    }
+
+    /// The value of `key` and its level: its last occurrence.
+    #[inline]
+    fn entry(&self, key: &str) -> Option<(&'a AnyValue, u8)> {
+        let shape = shape(key);
+        if self.shapes & shape != shape {
+            return None;
+        }
+        if !self.map.is_empty() {
+            return self.map.get(key).copied();
+        }
+        self.list
+            .iter()
+            .rev()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, value, level)| (*value, *level))
+    }
+
+    /// Each distinct key once, with the value and level of its last occurrence
+    /// (in no particular order), among the keys `wanted` accepts.
+    fn distinct<'s>(
+        &'s self,
+        wanted: impl Fn(&str) -> bool + 's,
+    ) -> impl Iterator<Item = (&'a str, &'a AnyValue, u8)> + 's {
+        self.list
+            .iter()
+            .enumerate()
+            .filter(move |(_, (key, _, _))| wanted(key))
+            .filter(|(i, (key, _, _))| !self.list[i + 1..].iter().any(|(k, _, _)| k == key))
+            .map(|(_, entry)| *entry)
     }
 
     fn get(&self, key: &str) -> Option<&'a AnyValue> {
-        self.map.get(key).map(|(value, _)| *value)
+        self.entry(key).map(|(value, _)| value)
     }
 
     /// An identity field (user, tenant, session): the value from the innermost level
@@ -213,14 +290,14 @@ impl<'a> Attrs<'a> {
     ) -> Option<String> {
         let mut best: Option<(u8, String)> = None;
         for key in keys {
-            let Some((value, level)) = self.map.get(key.as_str()) else {
+            let Some((value, level)) = self.entry(key) else {
                 continue;
             };
-            if best.as_ref().is_some_and(|(b, _)| b >= level) {
+            if best.as_ref().is_some_and(|(b, _)| *b >= level) {
                 continue;
             }
             if let Some(text) = as_text(Some(value)) {
-                best = Some((*level, text));
+                best = Some((level, text));
             }
         }
         const RECORD: u8 = 2;
@@ -255,7 +332,8 @@ impl<'a> Attrs<'a> {
         let better = |a: (u8, usize, usize), b: (u8, usize, usize)| {
             a.0 > b.0 || (a.0 == b.0 && (a.1, a.2) < (b.1, b.2))
         };
-        for (key, (value, level)) in &self.map {
+        let prefixed = |key: &str| prefixes.iter().any(|p| key.starts_with(p.as_str()));
+        for (key, value, level) in self.distinct(prefixed) {
             for (p, prefix) in prefixes.iter().enumerate() {
                 let Some(name) = key.strip_prefix(prefix.as_str()) else {
                     continue;
@@ -263,7 +341,7 @@ impl<'a> Attrs<'a> {
                 let Some(rank) = names.iter().position(|n| n == name) else {
                     continue;
                 };
-                let order = (*level, p, rank);
+                let order = (level, p, rank);
                 if best.as_ref().is_some_and(|(b, _)| !better(order, *b)) {
                     continue;
                 }
@@ -573,6 +651,8 @@ struct SpanFacts {
     ts: DateTime<Utc>,
     duration_ms: Option<f64>,
     outcome: Outcome,
+    /// The trace and span ids as sent; left empty (not allocated) unless the
+    /// span is a candidate, the only spans whose ids are read again.
     trace_bytes: Vec<u8>,
     span_bytes: Vec<u8>,
 }
@@ -904,6 +984,9 @@ impl TokenProcessor {
     ) -> TokenBatch {
         let mut pass = self.pass(received_at, cache, tenant);
         if self.enabled {
+            if <Q::Record as Record>::SIGNAL == Signal::Traces {
+                pass.spans.reserve(request.record_count());
+            }
             let mut attrs = Attrs::new();
             request.walk(|_, context, record| pass.record_with(&mut attrs, context, record));
         }
@@ -1011,16 +1094,26 @@ impl TokenPass<'_> {
                     .end_time_unix_nano()
                     .filter(|end| start > 0 && *end >= start)
                     .map(|end| (end - start) as f64 / 1e6);
+                // Only a candidate's ids are read again (its row and row id).
+                let candidate = extract.candidate();
                 self.spans.push(SpanFacts {
                     trace,
                     span: span_key(record.span_id()),
                     parent: span_key(record.parent_span_id()),
-                    extract,
                     ts,
                     duration_ms,
                     outcome,
-                    trace_bytes: record.trace_id().to_vec(),
-                    span_bytes: record.span_id().to_vec(),
+                    trace_bytes: if candidate {
+                        record.trace_id().to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    span_bytes: if candidate {
+                        record.span_id().to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    extract,
                 });
             }
             Signal::Logs => {
