@@ -325,7 +325,42 @@ impl TraceCache {
             return None;
         }
         let mut state = self.lock();
-        let entry = self.touch(&mut state, trace);
+        let now = self.now();
+        self.learn_at(&mut state, trace, identity, now)
+    }
+
+    /// [`TraceCache::learn`] for each of `items` in order, under one lock and
+    /// one reading of the clock (a request's spans); `learned` is called with
+    /// each item and what `learn` answered for it.
+    pub fn learn_all<'i>(
+        &self,
+        items: impl IntoIterator<Item = (TraceId, &'i Identity)>,
+        mut learned: impl FnMut(TraceId, &'i Identity, Option<(Identity, DateTime<Utc>)>),
+    ) {
+        let mut items = items
+            .into_iter()
+            .filter(|(_, identity)| !identity.is_empty())
+            .peekable();
+        if items.peek().is_none() {
+            return;
+        }
+        let mut state = self.lock();
+        let now = self.now();
+        for (trace, identity) in items {
+            let answer = self.learn_at(&mut state, trace, identity, now);
+            learned(trace, identity, answer);
+        }
+    }
+
+    /// [`TraceCache::learn`] of a non-empty identity, the lock held, at `now`.
+    fn learn_at(
+        &self,
+        state: &mut State,
+        trace: TraceId,
+        identity: &Identity,
+        now: u32,
+    ) -> Option<(Identity, DateTime<Utc>)> {
+        let entry = self.touch_at(state, trace, now);
         match &entry.identity {
             None => {
                 entry.identity = Packed::pack(identity);
@@ -491,8 +526,13 @@ impl TraceCache {
 
     /// The entry of `trace`, created or refreshed; evicts expired and excess entries.
     fn touch<'a>(&self, state: &'a mut State, trace: TraceId) -> &'a mut Entry {
-        self.expire(state);
         let now = self.now();
+        self.touch_at(state, trace, now)
+    }
+
+    /// [`TraceCache::touch`] at `now` ([`TraceCache::now`]).
+    fn touch_at<'a>(&self, state: &'a mut State, trace: TraceId, now: u32) -> &'a mut Entry {
+        self.expire_at(state, now);
         if !state.entries.contains_key(&trace) {
             while state.entries.len() >= self.max_traces {
                 let Some((old, touch)) = state.order.pop_front() else {
@@ -527,7 +567,13 @@ impl TraceCache {
 
     /// Drops entries not touched within the window.
     fn expire(&self, state: &mut State) {
-        let now = u64::from(self.now());
+        let now = self.now();
+        self.expire_at(state, now);
+    }
+
+    /// [`TraceCache::expire`] at `now` ([`TraceCache::now`]).
+    fn expire_at(&self, state: &mut State, now: u32) {
+        let now = u64::from(now);
         while let Some((trace, touch)) = state.order.front().copied() {
             if let Some(entry) = state.entries.get(&trace).filter(|e| e.touch == touch) {
                 if now.saturating_sub(u64::from(entry.at & !SHARED)) < self.window_secs {

@@ -237,3 +237,53 @@ fn only_a_missing_field_changes_a_learned_identity() {
         Some("s".into())
     );
 }
+
+#[test]
+fn learning_a_request_at_once_answers_as_one_by_one() {
+    let one_by_one = TraceCache::new(Duration::from_secs(60), 3);
+    let at_once = TraceCache::new(Duration::from_secs(60), 3);
+    let ts = Utc::now();
+    for cache in [&one_by_one, &at_once] {
+        cache.mark_pending([1; 16], ts);
+        cache.mark_pending([4; 16], ts);
+    }
+    let session = Identity {
+        session: Some("s".into()),
+        ..Identity::default()
+    };
+    let items = [
+        ([1; 16], who("alice")),
+        ([1; 16], who("bob")),
+        ([2; 16], Identity::default()),
+        ([2; 16], session),
+        ([3; 16], who("carol")),
+        // A fourth trace: the oldest entry goes (at most 3).
+        ([4; 16], who("dave")),
+        ([2; 16], who("erin")),
+    ];
+    let expected: Vec<_> = items
+        .iter()
+        .filter(|(_, identity)| *identity != Identity::default())
+        .map(|(trace, identity)| (*trace, one_by_one.learn(*trace, identity)))
+        .collect();
+    let mut answers = Vec::new();
+    at_once.learn_all(items.iter().map(|(t, i)| (*t, i)), |trace, _, answer| {
+        answers.push((trace, answer))
+    });
+    assert_eq!(answers, expected);
+    // Trace 1 was pending; trace 4's pending entry was evicted before dave came.
+    let answered: Vec<_> = expected
+        .iter()
+        .filter(|(_, a)| a.is_some())
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(answered, [[1; 16]]);
+    for trace in [[1; 16], [2; 16], [3; 16], [4; 16]] {
+        assert_eq!(
+            at_once.lookup(&trace),
+            one_by_one.lookup(&trace),
+            "{trace:?}"
+        );
+    }
+    assert_eq!(at_once.len(), one_by_one.len());
+}

@@ -172,12 +172,15 @@ pub struct TokenProcessor {
 /// A record has a couple of dozen attributes and the pass asks for about forty
 /// keys, most of them absent: the attributes are kept as a list in order, with
 /// a 128-bit filter of their keys' shapes ([`shape`]) that answers most absent
-/// keys without looking at the list, and a hash table only for long lists
+/// keys without looking at the list, a 32-bit [`print`] per key compared before
+/// the key, and a hash table only for long lists
 /// ([`MAP_FROM`] attributes or more). Lookups behave as the table always did:
 /// the last occurrence of a key with a value wins.
 struct Attrs<'a> {
     /// Every attribute with a value, outermost level first, in order.
     list: Vec<(&'a str, &'a AnyValue, u8)>,
+    /// The [`print`] of each key of `list`, compared before the key itself.
+    prints: Vec<u32>,
     /// The union of [`shape`] over the keys of `list`.
     shapes: u128,
     /// The table of `list` when it holds [`MAP_FROM`] attributes or more.
@@ -187,12 +190,12 @@ struct Attrs<'a> {
 /// From this many attributes on, a record's lookups go through a hash table.
 const MAP_FROM: usize = 48;
 
-/// Two bits of 128 picked by a key's length and its first, middle and last
-/// bytes: a key whose bits are not all in [`Attrs::shapes`] is not there. (Not
-/// seeded: a client choosing keys that pass only makes its lookups scan a list
-/// shorter than [`MAP_FROM`].)
+/// A 32-bit digest of a key's length and its first, middle and last bytes:
+/// keys with different prints differ. (Not seeded: a client choosing keys that
+/// collide only makes its lookups compare more keys of a list shorter than
+/// [`MAP_FROM`].)
 #[inline]
-fn shape(key: &str) -> u128 {
+fn print(key: &str) -> u32 {
     let b = key.as_bytes();
     let n = b.len();
     let byte = |at: Option<&u8>| u32::from(at.copied().unwrap_or(0));
@@ -200,14 +203,21 @@ fn shape(key: &str) -> u128 {
         ^ byte(b.last()).wrapping_mul(0x85EB_CA77)
         ^ byte(b.get(n / 2)).wrapping_mul(0xC2B2_AE3D)
         ^ byte(b.first()).wrapping_mul(0x27D4_EB2F);
-    let h = h.wrapping_mul(0x9E37_79B1);
-    (1u128 << (h >> 25)) | (1u128 << ((h >> 18) & 127))
+    h.wrapping_mul(0x9E37_79B1)
+}
+
+/// Two bits of 128 taken from a key's [`print`]: a key whose bits are not all
+/// in [`Attrs::shapes`] is not there.
+#[inline]
+fn shape(print: u32) -> u128 {
+    (1u128 << (print >> 25)) | (1u128 << ((print >> 18) & 127))
 }
 
 impl<'a> Attrs<'a> {
     fn new() -> Self {
         Attrs {
             list: Vec::new(),
+            prints: Vec::new(),
             shapes: 0,
             map: FastMap::default(),
         }
@@ -216,6 +226,7 @@ impl<'a> Attrs<'a> {
     fn with_capacity(capacity: usize) -> Self {
         Attrs {
             list: Vec::with_capacity(capacity),
+            prints: Vec::with_capacity(capacity),
             shapes: 0,
             map: FastMap::default(),
         }
@@ -224,13 +235,16 @@ impl<'a> Attrs<'a> {
     /// Replaces the contents with the attributes of one record.
     fn fill(&mut self, lists: [&'a [KeyValue]; 3]) {
         self.list.clear();
+        self.prints.clear();
         self.map.clear();
         self.shapes = 0;
         for (level, list) in (0u8..).zip(lists) {
             for kv in list {
                 if let Some(value) = kv.value.as_ref() {
+                    let print = print(&kv.key);
                     self.list.push((kv.key.as_str(), value, level));
-                    self.shapes |= shape(&kv.key);
+                    self.prints.push(print);
+                    self.shapes |= shape(print);
                 }
             }
         }
@@ -246,18 +260,20 @@ impl<'a> Attrs<'a> {
     /// The value of `key` and its level: its last occurrence.
     #[inline]
     fn entry(&self, key: &str) -> Option<(&'a AnyValue, u8)> {
-        let shape = shape(key);
+        let print = print(key);
+        let shape = shape(print);
         if self.shapes & shape != shape {
             return None;
         }
         if !self.map.is_empty() {
             return self.map.get(key).copied();
         }
-        self.list
+        self.prints
             .iter()
+            .zip(&self.list)
             .rev()
-            .find(|(k, _, _)| *k == key)
-            .map(|(_, value, level)| (*value, *level))
+            .find(|(p, (k, _, _))| **p == print && *k == key)
+            .map(|(_, (_, value, level))| (*value, *level))
     }
 
     /// Each distinct key once, with the value and level of its last occurrence
@@ -930,19 +946,22 @@ impl TokenProcessor {
         tenant: Option<&str>,
         out: &mut TokenBatch,
     ) {
-        let Some(trace) = trace else { return };
-        if let Some(tenant) = tenant {
-            if identity.tenant.as_deref().is_some_and(|own| own != tenant) {
-                // A record naming another tenant than its sender's: the
-                // pipeline quarantines it (`tenant_mismatch`); never learned.
-                return;
-            }
-            if identity.user.is_none() {
-                // The tenant is the sender's anyway: only a user attributes.
-                return;
-            }
+        if let Some(trace) = learnable(trace, identity, tenant) {
+            let answer = cache.learn(trace, identity);
+            self.learned(trace, identity, answer, out);
         }
-        if let Some((identity, since)) = cache.learn(trace, identity) {
+    }
+
+    /// Notes what [`TraceCache::learn`] answered for `identity` (a pending
+    /// trace now attributed) and the trace as one to share.
+    fn learned(
+        &self,
+        trace: TraceId,
+        identity: &Identity,
+        answer: Option<(Identity, DateTime<Utc>)>,
+        out: &mut TokenBatch,
+    ) {
+        if let Some((identity, since)) = answer {
             out.attribute.push((trace, identity, since));
         }
         if self.across_instances && identity.attributes() && out.learned.last() != Some(&trace) {
@@ -1021,8 +1040,8 @@ impl TokenProcessor {
 }
 
 /// Token extraction over one request, one record at a time: log records are
-/// turned into rows as they come; spans are collected, and counted once all
-/// are known ([`TokenPass::finish`]).
+/// turned into rows as they come; spans are collected, and their identities
+/// learned and the spans counted once all are known ([`TokenPass::finish`]).
 pub struct TokenPass<'p> {
     processor: &'p TokenProcessor,
     cache: &'p TraceCache,
@@ -1081,7 +1100,8 @@ impl TokenPass<'_> {
                         .operation
                         .as_deref()
                         .is_some_and(|op| op.eq_ignore_ascii_case("invoke_agent"));
-                processor.learn(cache, trace, &extract.identity, tenant, &mut self.out);
+                // Learned with the request's other spans in `finish`, under
+                // one lock: nothing reads the cache for spans before that.
                 let start = record.time_unix_nano();
                 if extract.time_to_first_token_ms.is_none() && extract.may_count() {
                     extract.time_to_first_token_ms = first_event_ms(
@@ -1173,6 +1193,13 @@ impl TokenPass<'_> {
         if spans.is_empty() {
             return out.finish(cache);
         }
+        // The spans' identities, in order, as `record` would have learned them one by one.
+        let identities = spans.iter().filter_map(|s| {
+            learnable(s.trace, &s.extract.identity, tenant).map(|t| (t, &s.extract.identity))
+        });
+        cache.learn_all(identities, |trace, identity, answer| {
+            processor.learned(trace, identity, answer, &mut out)
+        });
         let counted = count_once(&spans, cache, &mut out);
         for (facts, counted) in spans.into_iter().zip(counted) {
             if !facts.extract.candidate() {
@@ -1216,6 +1243,24 @@ impl TokenBatch {
             .collect();
         self
     }
+}
+
+/// The trace whose identity a record's `identity` may teach the cache, for a
+/// sender bound to `tenant`.
+fn learnable(trace: Option<TraceId>, identity: &Identity, tenant: Option<&str>) -> Option<TraceId> {
+    let trace = trace?;
+    if let Some(tenant) = tenant {
+        if identity.tenant.as_deref().is_some_and(|own| own != tenant) {
+            // A record naming another tenant than its sender's: the
+            // pipeline quarantines it (`tenant_mismatch`); never learned.
+            return None;
+        }
+        if identity.user.is_none() {
+            // The tenant is the sender's anyway: only a user attributes.
+            return None;
+        }
+    }
+    Some(trace)
 }
 
 /// Most parent links followed from one span (guards against cycles).
