@@ -181,8 +181,8 @@ struct Attrs<'a> {
     list: Vec<(&'a str, &'a AnyValue, u8)>,
     /// The [`print`] of each key of `list`, compared before the key itself.
     prints: Vec<u32>,
-    /// The union of [`shape`] over the keys of `list`.
-    shapes: u128,
+    /// The [`shape`] bits of the keys of `list` (128 bits).
+    shapes: [u64; 2],
     /// The table of `list` when it holds [`MAP_FROM`] attributes or more.
     map: FastMap<&'a str, (&'a AnyValue, u8)>,
 }
@@ -206,11 +206,11 @@ fn print(key: &str) -> u32 {
     h.wrapping_mul(0x9E37_79B1)
 }
 
-/// Two bits of 128 taken from a key's [`print`]: a key whose bits are not all
-/// in [`Attrs::shapes`] is not there.
+/// Two bit positions (of 128) taken from a key's [`print`]: a key whose bits
+/// are not both set in [`Attrs::shapes`] is not there.
 #[inline]
-fn shape(print: u32) -> u128 {
-    (1u128 << (print >> 25)) | (1u128 << ((print >> 18) & 127))
+fn shape(print: u32) -> [u32; 2] {
+    [print >> 25, (print >> 18) & 127]
 }
 
 impl<'a> Attrs<'a> {
@@ -218,7 +218,7 @@ impl<'a> Attrs<'a> {
         Attrs {
             list: Vec::new(),
             prints: Vec::new(),
-            shapes: 0,
+            shapes: [0; 2],
             map: FastMap::default(),
         }
     }
@@ -227,7 +227,7 @@ impl<'a> Attrs<'a> {
         Attrs {
             list: Vec::with_capacity(capacity),
             prints: Vec::with_capacity(capacity),
-            shapes: 0,
+            shapes: [0; 2],
             map: FastMap::default(),
         }
     }
@@ -237,14 +237,16 @@ impl<'a> Attrs<'a> {
         self.list.clear();
         self.prints.clear();
         self.map.clear();
-        self.shapes = 0;
+        self.shapes = [0; 2];
         for (level, list) in (0u8..).zip(lists) {
             for kv in list {
                 if let Some(value) = kv.value.as_ref() {
                     let print = print(&kv.key);
                     self.list.push((kv.key.as_str(), value, level));
                     self.prints.push(print);
-                    self.shapes |= shape(print);
+                    for bit in shape(print) {
+                        self.shapes[(bit >> 6) as usize & 1] |= 1 << (bit & 63);
+                    }
                 }
             }
         }
@@ -261,8 +263,8 @@ impl<'a> Attrs<'a> {
     #[inline]
     fn entry(&self, key: &str) -> Option<(&'a AnyValue, u8)> {
         let print = print(key);
-        let shape = shape(print);
-        if self.shapes & shape != shape {
+        let set = |bit: u32| self.shapes[(bit >> 6) as usize & 1] & (1 << (bit & 63)) != 0;
+        if !shape(print).into_iter().all(set) {
             return None;
         }
         if !self.map.is_empty() {
