@@ -539,11 +539,17 @@ impl Redactor {
 
     /// A string value under a key of `class`. `None`: unchanged.
     fn string(&self, s: &str, class: KeyClass, c: &mut RedactionCounts) -> Option<String> {
-        // Empty, or a marker or keyed hash this redactor wrote: nothing to do.
-        if s.is_empty() || scan::marker_len(s.as_bytes(), 0) == Some(s.len()) {
+        // Empty, or a marker or keyed hash this redactor wrote: nothing to do
+        // (each starts with `[`, `i`, `e` or `f`: other values skip the checks).
+        let first = match s.as_bytes().first() {
+            None => return None,
+            Some(first) => *first,
+        };
+        if first == b'[' && scan::marker_len(s.as_bytes(), 0) == Some(s.len()) {
             return None;
         }
         if s.len() <= 64
+            && matches!(first, b'i' | b'e' | b'f')
             && (is_tagged(s, "ip:hmac:")
                 || is_tagged(s, "email:hmac:")
                 || is_tagged(s, "file:hmac:"))
