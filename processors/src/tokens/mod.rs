@@ -1257,10 +1257,8 @@ fn learnable(trace: Option<TraceId>, identity: &Identity, tenant: Option<&str>) 
             // pipeline quarantines it (`tenant_mismatch`); never learned.
             return None;
         }
-        if identity.user.is_none() {
-            // The tenant is the sender's anyway: only a user attributes.
-            return None;
-        }
+        // The tenant is the sender's anyway: only a user attributes.
+        identity.user.as_ref()?;
     }
     Some(trace)
 }
