@@ -43,6 +43,8 @@ pub type TraceId = [u8; 16];
 const MAX_COVERED_PER_TRACE: usize = 256;
 /// Most parent links followed by one [`TraceCache::cover`].
 const MAX_LINK_DEPTH: usize = 64;
+/// Most identities [`TraceCache::learn_all`] learns under one lock.
+const LEARN_CHUNK: usize = 256;
 
 /// The tenant scope of a request's traces: the cache key of a trace is its id
 /// XOR a mask derived from the sender's bound tenant with the cache's secret
@@ -330,8 +332,8 @@ impl TraceCache {
     }
 
     /// [`TraceCache::learn`] for each of `items` in order, under one lock and
-    /// one reading of the clock (a request's spans); `learned` is called with
-    /// each item and what `learn` answered for it.
+    /// one reading of the clock per [`LEARN_CHUNK`] items (a request's spans);
+    /// `learned` is called with each item and what `learn` answered for it.
     pub fn learn_all<'i>(
         &self,
         items: impl IntoIterator<Item = (TraceId, &'i Identity)>,
@@ -341,14 +343,14 @@ impl TraceCache {
             .into_iter()
             .filter(|(_, identity)| !identity.is_empty())
             .peekable();
-        if items.peek().is_none() {
-            return;
-        }
-        let mut state = self.lock();
-        let now = self.now();
-        for (trace, identity) in items {
-            let answer = self.learn_at(&mut state, trace, identity, now);
-            learned(trace, identity, answer);
+        while items.peek().is_some() {
+            // Other requests get the lock between chunks of a large request.
+            let mut state = self.lock();
+            let now = self.now();
+            for (trace, identity) in items.by_ref().take(LEARN_CHUNK) {
+                let answer = self.learn_at(&mut state, trace, identity, now);
+                learned(trace, identity, answer);
+            }
         }
     }
 

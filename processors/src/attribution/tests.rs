@@ -286,4 +286,27 @@ fn learning_a_request_at_once_answers_as_one_by_one() {
         );
     }
     assert_eq!(at_once.len(), one_by_one.len());
+
+    // More than one chunk: the same answers, in order.
+    let one_by_one = TraceCache::new(Duration::from_secs(60), 100);
+    let at_once = TraceCache::new(Duration::from_secs(60), 100);
+    let items: Vec<(TraceId, Identity)> = (0..3 * LEARN_CHUNK)
+        .map(|n| ([(n % 150) as u8; 16], who(&format!("u{n}"))))
+        .collect();
+    for cache in [&one_by_one, &at_once] {
+        for n in (0..150).step_by(7) {
+            cache.mark_pending([n as u8; 16], ts);
+        }
+    }
+    let expected: Vec<_> = items
+        .iter()
+        .map(|(trace, identity)| (*trace, one_by_one.learn(*trace, identity)))
+        .collect();
+    let mut answers = Vec::new();
+    at_once.learn_all(items.iter().map(|(t, i)| (*t, i)), |trace, _, answer| {
+        answers.push((trace, answer))
+    });
+    assert_eq!(answers.len(), 3 * LEARN_CHUNK);
+    assert_eq!(answers, expected);
+    assert_eq!(at_once.len(), one_by_one.len());
 }

@@ -278,18 +278,27 @@ impl<'a> Attrs<'a> {
             .map(|(_, (_, value, level))| (*value, *level))
     }
 
-    /// Each distinct key once, with the value and level of its last occurrence
-    /// (in no particular order), among the keys `wanted` accepts.
-    fn distinct<'s>(
-        &'s self,
-        wanted: impl Fn(&str) -> bool + 's,
-    ) -> impl Iterator<Item = (&'a str, &'a AnyValue, u8)> + 's {
-        self.list
-            .iter()
-            .enumerate()
-            .filter(move |(_, (key, _, _))| wanted(key))
-            .filter(|(i, (key, _, _))| !self.list[i + 1..].iter().any(|(k, _, _)| k == key))
-            .map(|(_, entry)| *entry)
+    /// Calls `f` with each distinct key that `wanted` accepts, once, with the
+    /// value and level of its last occurrence (in no particular order). A long
+    /// list goes through its table: the list's duplicate check is quadratic.
+    fn for_each_distinct(
+        &self,
+        wanted: impl Fn(&str) -> bool,
+        mut f: impl FnMut(&'a str, &'a AnyValue, u8),
+    ) {
+        if !self.map.is_empty() {
+            for (key, (value, level)) in &self.map {
+                if wanted(key) {
+                    f(key, value, *level);
+                }
+            }
+            return;
+        }
+        for (i, (key, value, level)) in self.list.iter().enumerate() {
+            if wanted(key) && !self.list[i + 1..].iter().any(|(k, _, _)| k == key) {
+                f(key, value, *level);
+            }
+        }
     }
 
     fn get(&self, key: &str) -> Option<&'a AnyValue> {
@@ -351,7 +360,7 @@ impl<'a> Attrs<'a> {
             a.0 > b.0 || (a.0 == b.0 && (a.1, a.2) < (b.1, b.2))
         };
         let prefixed = |key: &str| prefixes.iter().any(|p| key.starts_with(p.as_str()));
-        for (key, value, level) in self.distinct(prefixed) {
+        self.for_each_distinct(prefixed, |key, value, level| {
             for (p, prefix) in prefixes.iter().enumerate() {
                 let Some(name) = key.strip_prefix(prefix.as_str()) else {
                     continue;
@@ -367,7 +376,7 @@ impl<'a> Attrs<'a> {
                     best = Some((order, text));
                 }
             }
-        }
+        });
         best.map(|((level, _, _), text)| (level, text))
     }
 }

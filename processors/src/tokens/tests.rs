@@ -1483,10 +1483,11 @@ fn attribute_lookups_answer_as_the_hash_table_did() {
             );
         }
         // Metadata keys: the last occurrence of each, whatever the order.
-        let mut distinct: Vec<(&str, AnyValue, u8)> = attrs
-            .distinct(|key| key.contains("association") || key.contains("metadata"))
-            .map(|(k, v, l)| (k, v.clone(), l))
-            .collect();
+        let mut distinct: Vec<(&str, AnyValue, u8)> = Vec::new();
+        attrs.for_each_distinct(
+            |key| key.contains("association") || key.contains("metadata"),
+            |k, v, l| distinct.push((k, v.clone(), l)),
+        );
         distinct.sort_by(|a, b| a.0.cmp(b.0));
         let mut expected: Vec<(&str, AnyValue, u8)> = reference
             .iter()
