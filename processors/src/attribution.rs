@@ -43,6 +43,8 @@ pub type TraceId = [u8; 16];
 const MAX_COVERED_PER_TRACE: usize = 256;
 /// Most parent links followed by one [`TraceCache::cover`].
 const MAX_LINK_DEPTH: usize = 64;
+/// Most identities [`TraceCache::learn_all`] learns under one lock.
+const LEARN_CHUNK: usize = 256;
 
 /// The tenant scope of a request's traces: the cache key of a trace is its id
 /// XOR a mask derived from the sender's bound tenant with the cache's secret
@@ -166,6 +168,21 @@ impl Packed {
 
     fn attributes(&self) -> bool {
         self.field(0).is_some() || self.field(1).is_some()
+    }
+
+    /// Whether `identity` has a field this one lacks ([`Identity::merge`]
+    /// would change it).
+    fn adds(&self, identity: &Identity) -> bool {
+        let absent = |i: usize| {
+            self.0
+                .get(4 * i..4 * i + 4)
+                .and_then(|raw| raw.try_into().ok())
+                .is_none_or(|raw| u32::from_le_bytes(raw) == ABSENT)
+        };
+        [&identity.user, &identity.tenant, &identity.session]
+            .into_iter()
+            .enumerate()
+            .any(|(i, field)| field.is_some() && absent(i))
     }
 }
 
@@ -310,21 +327,56 @@ impl TraceCache {
             return None;
         }
         let mut state = self.lock();
-        let entry = self.touch(&mut state, trace);
+        let now = self.now();
+        self.learn_at(&mut state, trace, identity, now)
+    }
+
+    /// [`TraceCache::learn`] for each of `items` in order, under one lock and
+    /// one reading of the clock per [`LEARN_CHUNK`] items (a request's spans);
+    /// `learned` is called with each item and what `learn` answered for it.
+    pub fn learn_all<'i>(
+        &self,
+        items: impl IntoIterator<Item = (TraceId, &'i Identity)>,
+        mut learned: impl FnMut(TraceId, &'i Identity, Option<(Identity, DateTime<Utc>)>),
+    ) {
+        let mut items = items
+            .into_iter()
+            .filter(|(_, identity)| !identity.is_empty())
+            .peekable();
+        while items.peek().is_some() {
+            // Other requests get the lock between chunks of a large request.
+            let mut state = self.lock();
+            let now = self.now();
+            for (trace, identity) in items.by_ref().take(LEARN_CHUNK) {
+                let answer = self.learn_at(&mut state, trace, identity, now);
+                learned(trace, identity, answer);
+            }
+        }
+    }
+
+    /// [`TraceCache::learn`] of a non-empty identity, the lock held, at `now`.
+    fn learn_at(
+        &self,
+        state: &mut State,
+        trace: TraceId,
+        identity: &Identity,
+        now: u32,
+    ) -> Option<(Identity, DateTime<Utc>)> {
+        let entry = self.touch_at(state, trace, now);
         match &entry.identity {
             None => {
                 entry.identity = Packed::pack(identity);
                 entry.at &= !SHARED;
             }
-            Some(known) => {
+            // Most records repeat what their trace already said: only a field
+            // the entry lacks changes it (and only then is it unpacked).
+            Some(known) if known.adds(identity) => {
                 let mut merged = known.unpack();
-                let before = merged.clone();
                 merged.merge(identity);
-                if merged != before {
-                    entry.identity = Packed::pack(&merged);
-                    entry.at &= !SHARED;
-                }
+                entry.identity = Packed::pack(&merged);
+                entry.at &= !SHARED;
             }
+            Some(_) => {}
         }
         let identified = entry.identity.as_ref().filter(|p| p.attributes())?;
         if entry.pending_since == NOT_PENDING {
@@ -476,8 +528,13 @@ impl TraceCache {
 
     /// The entry of `trace`, created or refreshed; evicts expired and excess entries.
     fn touch<'a>(&self, state: &'a mut State, trace: TraceId) -> &'a mut Entry {
-        self.expire(state);
         let now = self.now();
+        self.touch_at(state, trace, now)
+    }
+
+    /// [`TraceCache::touch`] at `now` ([`TraceCache::now`]).
+    fn touch_at<'a>(&self, state: &'a mut State, trace: TraceId, now: u32) -> &'a mut Entry {
+        self.expire_at(state, now);
         if !state.entries.contains_key(&trace) {
             while state.entries.len() >= self.max_traces {
                 let Some((old, touch)) = state.order.pop_front() else {
@@ -512,7 +569,13 @@ impl TraceCache {
 
     /// Drops entries not touched within the window.
     fn expire(&self, state: &mut State) {
-        let now = u64::from(self.now());
+        let now = self.now();
+        self.expire_at(state, now);
+    }
+
+    /// [`TraceCache::expire`] at `now` ([`TraceCache::now`]).
+    fn expire_at(&self, state: &mut State, now: u32) {
+        let now = u64::from(now);
         while let Some((trace, touch)) = state.order.front().copied() {
             if let Some(entry) = state.entries.get(&trace).filter(|e| e.touch == touch) {
                 if now.saturating_sub(u64::from(entry.at & !SHARED)) < self.window_secs {

@@ -197,3 +197,116 @@ fn a_cover_climbs_to_a_counted_agent_and_uncounts_it_once() {
     assert!(cache.is_covered(&[1; 16], &[1; 8]));
     assert!(cache.cover([1; 16], [3; 8]).is_empty(), "once");
 }
+
+#[test]
+fn only_a_missing_field_changes_a_learned_identity() {
+    let cache = TraceCache::new(Duration::from_secs(60), 10);
+    let trace = [3; 16];
+    let first = Identity {
+        user: Some("alice".into()),
+        tenant: None,
+        session: None,
+    };
+    cache.learn(trace, &first);
+    cache.mark_shared(&trace, &first);
+    // Nothing new (the same user, another user, no field): still shared.
+    for same in [first.clone(), who("bob"), Identity::default()] {
+        let same = Identity {
+            tenant: None,
+            ..same
+        };
+        assert_eq!(cache.learn(trace, &same), None);
+        assert_eq!(cache.unshared(&trace), None, "{same:?}");
+    }
+    // A field the entry lacks: merged in, to be shared again.
+    assert_eq!(cache.learn(trace, &who("bob")), None);
+    let merged = Identity {
+        user: Some("alice".into()),
+        tenant: Some("t".into()),
+        session: None,
+    };
+    assert_eq!(cache.unshared(&trace), Some(merged.clone()));
+    assert_eq!(cache.lookup(&trace), Some(merged));
+    let with_session = Identity {
+        session: Some("s".into()),
+        ..Identity::default()
+    };
+    cache.learn(trace, &with_session);
+    assert_eq!(
+        cache.lookup(&trace).and_then(|i| i.session),
+        Some("s".into())
+    );
+}
+
+#[test]
+fn learning_a_request_at_once_answers_as_one_by_one() {
+    let one_by_one = TraceCache::new(Duration::from_secs(60), 3);
+    let at_once = TraceCache::new(Duration::from_secs(60), 3);
+    let ts = Utc::now();
+    for cache in [&one_by_one, &at_once] {
+        cache.mark_pending([1; 16], ts);
+        cache.mark_pending([4; 16], ts);
+    }
+    let session = Identity {
+        session: Some("s".into()),
+        ..Identity::default()
+    };
+    let items = [
+        ([1; 16], who("alice")),
+        ([1; 16], who("bob")),
+        ([2; 16], Identity::default()),
+        ([2; 16], session),
+        ([3; 16], who("carol")),
+        // A fourth trace: the oldest entry goes (at most 3).
+        ([4; 16], who("dave")),
+        ([2; 16], who("erin")),
+    ];
+    let expected: Vec<_> = items
+        .iter()
+        .filter(|(_, identity)| *identity != Identity::default())
+        .map(|(trace, identity)| (*trace, one_by_one.learn(*trace, identity)))
+        .collect();
+    let mut answers = Vec::new();
+    at_once.learn_all(items.iter().map(|(t, i)| (*t, i)), |trace, _, answer| {
+        answers.push((trace, answer))
+    });
+    assert_eq!(answers, expected);
+    // Trace 1 was pending; trace 4's pending entry was evicted before dave came.
+    let answered: Vec<_> = expected
+        .iter()
+        .filter(|(_, a)| a.is_some())
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(answered, [[1; 16]]);
+    for trace in [[1; 16], [2; 16], [3; 16], [4; 16]] {
+        assert_eq!(
+            at_once.lookup(&trace),
+            one_by_one.lookup(&trace),
+            "{trace:?}"
+        );
+    }
+    assert_eq!(at_once.len(), one_by_one.len());
+
+    // More than one chunk: the same answers, in order.
+    let one_by_one = TraceCache::new(Duration::from_secs(60), 100);
+    let at_once = TraceCache::new(Duration::from_secs(60), 100);
+    let items: Vec<(TraceId, Identity)> = (0..3 * LEARN_CHUNK)
+        .map(|n| ([(n % 150) as u8; 16], who(&format!("u{n}"))))
+        .collect();
+    for cache in [&one_by_one, &at_once] {
+        for n in (0..150).step_by(7) {
+            cache.mark_pending([n as u8; 16], ts);
+        }
+    }
+    let expected: Vec<_> = items
+        .iter()
+        .map(|(trace, identity)| (*trace, one_by_one.learn(*trace, identity)))
+        .collect();
+    let mut answers = Vec::new();
+    at_once.learn_all(items.iter().map(|(t, i)| (*t, i)), |trace, _, answer| {
+        answers.push((trace, answer))
+    });
+    assert_eq!(answers.len(), 3 * LEARN_CHUNK);
+    assert_eq!(answers, expected);
+    assert_eq!(at_once.len(), one_by_one.len());
+}

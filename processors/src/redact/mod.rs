@@ -20,6 +20,7 @@
 //! the [`Redact`] impls at the end.
 
 mod hash;
+mod key_cache;
 mod keys;
 mod scan;
 
@@ -38,6 +39,7 @@ use tally_config::{RedactConfig, RedactRules};
 use tally_model::walk::{Context, LevelVisitor, Record, Request};
 
 use hash::{is_tagged, Keyed};
+use key_cache::KeyCache;
 use keys::{is_content_event, KeyClass, KeyList, Keys};
 use scan::{scan, ScanOpts};
 
@@ -211,10 +213,6 @@ pub struct Redactor {
     allow: Option<KeyList>,
     keyed: Keyed,
 }
-
-/// Attribute keys found unchanged by the key scan in one request, with their
-/// class.
-type KeyCache = crate::fast_hash::FastMap<String, KeyClass>;
 
 /// Distinct keys remembered per request at most (a request of random keys
 /// gains nothing from the cache and must not grow it without bound).
@@ -541,11 +539,17 @@ impl Redactor {
 
     /// A string value under a key of `class`. `None`: unchanged.
     fn string(&self, s: &str, class: KeyClass, c: &mut RedactionCounts) -> Option<String> {
-        // Empty, or a marker or keyed hash this redactor wrote: nothing to do.
-        if s.is_empty() || scan::marker_len(s.as_bytes(), 0) == Some(s.len()) {
+        // Empty, or a marker or keyed hash this redactor wrote: nothing to do
+        // (each starts with `[`, `i`, `e` or `f`: other values skip the checks).
+        let first = match s.as_bytes().first() {
+            None => return None,
+            Some(first) => *first,
+        };
+        if first == b'[' && scan::marker_len(s.as_bytes(), 0) == Some(s.len()) {
             return None;
         }
         if s.len() <= 64
+            && matches!(first, b'i' | b'e' | b'f')
             && (is_tagged(s, "ip:hmac:")
                 || is_tagged(s, "email:hmac:")
                 || is_tagged(s, "file:hmac:"))
@@ -698,14 +702,14 @@ impl Redactor {
             c.add(Rule::Allowlist, removed as u64);
             out.dropped = u32::try_from(removed).unwrap_or(u32::MAX);
         }
-        for kv in attrs.iter_mut() {
+        for (position, kv) in attrs.iter_mut().enumerate() {
             // The same keys come back record after record: a key seen clean
             // in this request has its class remembered (outside content events,
             // where the class depends on the event).
             let cached = if ctx.content_event {
                 None
             } else {
-                keys.get(kv.key.as_str()).copied()
+                keys.get(position, &kv.key)
             };
             let class = match cached {
                 Some(class) => class,
@@ -714,7 +718,7 @@ impl Redactor {
                     match self.clean_text(&kv.key, self.hash_emails, c) {
                         Some(new) => kv.key = new,
                         None if !ctx.content_event && keys.len() < KEY_CACHE_MAX => {
-                            keys.insert(kv.key.clone(), class);
+                            keys.insert(position, &kv.key, class);
                         }
                         None => {}
                     }

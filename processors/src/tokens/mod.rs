@@ -165,40 +165,144 @@ pub struct TokenProcessor {
 }
 
 /// Attribute lookup over resource → scope → record (the record wins). One is
-/// refilled per record ([`Attrs::fill`]), keeping its table's allocation. Each
-/// value remembers the level it came from (0 resource, 1 scope, 2 record), for
-/// the identity rule of [`Attrs::identity_text`].
+/// refilled per record ([`Attrs::fill`]), keeping its allocations. Each value
+/// remembers the level it came from (0 resource, 1 scope, 2 record), for the
+/// identity rule of [`Attrs::identity_text`].
+///
+/// A record has a couple of dozen attributes and the pass asks for about forty
+/// keys, most of them absent: the attributes are kept as a list in order, with
+/// a 128-bit filter of their keys' shapes ([`shape`]) that answers most absent
+/// keys without looking at the list, a 32-bit [`print`] per key compared before
+/// the key, and a hash table only for long lists
+/// ([`MAP_FROM`] attributes or more). Lookups behave as the table always did:
+/// the last occurrence of a key with a value wins.
 struct Attrs<'a> {
+    /// Every attribute with a value, outermost level first, in order.
+    list: Vec<(&'a str, &'a AnyValue, u8)>,
+    /// The [`print`] of each key of `list`, compared before the key itself.
+    prints: Vec<u32>,
+    /// The [`shape`] bits of the keys of `list` (128 bits).
+    shapes: [u64; 2],
+    /// The table of `list` when it holds [`MAP_FROM`] attributes or more.
     map: FastMap<&'a str, (&'a AnyValue, u8)>,
+}
+
+/// From this many attributes on, a record's lookups go through a hash table.
+const MAP_FROM: usize = 48;
+
+/// A 32-bit digest of a key's length and its first, middle and last bytes:
+/// keys with different prints differ. (Not seeded: a client choosing keys that
+/// collide only makes its lookups compare more keys of a list shorter than
+/// [`MAP_FROM`].)
+#[inline]
+fn print(key: &str) -> u32 {
+    let b = key.as_bytes();
+    let n = b.len();
+    let byte = |at: Option<&u8>| u32::from(at.copied().unwrap_or(0));
+    let h = (n as u32).wrapping_mul(0x9E37_79B1)
+        ^ byte(b.last()).wrapping_mul(0x85EB_CA77)
+        ^ byte(b.get(n / 2)).wrapping_mul(0xC2B2_AE3D)
+        ^ byte(b.first()).wrapping_mul(0x27D4_EB2F);
+    h.wrapping_mul(0x9E37_79B1)
+}
+
+/// Two bit positions (of 128) taken from a key's [`print`]: a key whose bits
+/// are not both set in [`Attrs::shapes`] is not there.
+#[inline]
+fn shape(print: u32) -> [u32; 2] {
+    [print >> 25, (print >> 18) & 127]
 }
 
 impl<'a> Attrs<'a> {
     fn new() -> Self {
         Attrs {
+            list: Vec::new(),
+            prints: Vec::new(),
+            shapes: [0; 2],
             map: FastMap::default(),
         }
     }
 
     fn with_capacity(capacity: usize) -> Self {
         Attrs {
-            map: FastMap::with_capacity_and_hasher(capacity, Default::default()),
+            list: Vec::with_capacity(capacity),
+            prints: Vec::with_capacity(capacity),
+            shapes: [0; 2],
+            map: FastMap::default(),
         }
     }
 
     /// Replaces the contents with the attributes of one record.
     fn fill(&mut self, lists: [&'a [KeyValue]; 3]) {
+        self.list.clear();
+        self.prints.clear();
         self.map.clear();
+        self.shapes = [0; 2];
         for (level, list) in (0u8..).zip(lists) {
             for kv in list {
                 if let Some(value) = kv.value.as_ref() {
-                    self.map.insert(kv.key.as_str(), (value, level));
+                    let print = print(&kv.key);
+                    self.list.push((kv.key.as_str(), value, level));
+                    self.prints.push(print);
+                    for bit in shape(print) {
+                        self.shapes[(bit >> 6) as usize & 1] |= 1 << (bit & 63);
+                    }
                 }
+            }
+        }
+        if self.list.len() >= MAP_FROM {
+            self.map.extend(
+                self.list
+                    .iter()
+                    .map(|(key, value, level)| (*key, (*value, *level))),
+            );
+        }
+    }
+
+    /// The value of `key` and its level: its last occurrence.
+    #[inline]
+    fn entry(&self, key: &str) -> Option<(&'a AnyValue, u8)> {
+        let print = print(key);
+        let set = |bit: u32| self.shapes[(bit >> 6) as usize & 1] & (1 << (bit & 63)) != 0;
+        if !shape(print).into_iter().all(set) {
+            return None;
+        }
+        if !self.map.is_empty() {
+            return self.map.get(key).copied();
+        }
+        self.prints
+            .iter()
+            .zip(&self.list)
+            .rev()
+            .find(|(p, (k, _, _))| **p == print && *k == key)
+            .map(|(_, (_, value, level))| (*value, *level))
+    }
+
+    /// Calls `f` with each distinct key that `wanted` accepts, once, with the
+    /// value and level of its last occurrence (in no particular order). A long
+    /// list goes through its table: the list's duplicate check is quadratic.
+    fn for_each_distinct(
+        &self,
+        wanted: impl Fn(&str) -> bool,
+        mut f: impl FnMut(&'a str, &'a AnyValue, u8),
+    ) {
+        if !self.map.is_empty() {
+            for (key, (value, level)) in &self.map {
+                if wanted(key) {
+                    f(key, value, *level);
+                }
+            }
+            return;
+        }
+        for (i, (key, value, level)) in self.list.iter().enumerate() {
+            if wanted(key) && !self.list[i + 1..].iter().any(|(k, _, _)| k == key) {
+                f(key, value, *level);
             }
         }
     }
 
     fn get(&self, key: &str) -> Option<&'a AnyValue> {
-        self.map.get(key).map(|(value, _)| *value)
+        self.entry(key).map(|(value, _)| value)
     }
 
     /// An identity field (user, tenant, session): the value from the innermost level
@@ -213,14 +317,14 @@ impl<'a> Attrs<'a> {
     ) -> Option<String> {
         let mut best: Option<(u8, String)> = None;
         for key in keys {
-            let Some((value, level)) = self.map.get(key.as_str()) else {
+            let Some((value, level)) = self.entry(key) else {
                 continue;
             };
-            if best.as_ref().is_some_and(|(b, _)| b >= level) {
+            if best.as_ref().is_some_and(|(b, _)| *b >= level) {
                 continue;
             }
             if let Some(text) = as_text(Some(value)) {
-                best = Some((*level, text));
+                best = Some((level, text));
             }
         }
         const RECORD: u8 = 2;
@@ -255,7 +359,8 @@ impl<'a> Attrs<'a> {
         let better = |a: (u8, usize, usize), b: (u8, usize, usize)| {
             a.0 > b.0 || (a.0 == b.0 && (a.1, a.2) < (b.1, b.2))
         };
-        for (key, (value, level)) in &self.map {
+        let prefixed = |key: &str| prefixes.iter().any(|p| key.starts_with(p.as_str()));
+        self.for_each_distinct(prefixed, |key, value, level| {
             for (p, prefix) in prefixes.iter().enumerate() {
                 let Some(name) = key.strip_prefix(prefix.as_str()) else {
                     continue;
@@ -263,7 +368,7 @@ impl<'a> Attrs<'a> {
                 let Some(rank) = names.iter().position(|n| n == name) else {
                     continue;
                 };
-                let order = (*level, p, rank);
+                let order = (level, p, rank);
                 if best.as_ref().is_some_and(|(b, _)| !better(order, *b)) {
                     continue;
                 }
@@ -271,7 +376,7 @@ impl<'a> Attrs<'a> {
                     best = Some((order, text));
                 }
             }
-        }
+        });
         best.map(|((level, _, _), text)| (level, text))
     }
 }
@@ -573,6 +678,8 @@ struct SpanFacts {
     ts: DateTime<Utc>,
     duration_ms: Option<f64>,
     outcome: Outcome,
+    /// The trace and span ids as sent; left empty (not allocated) unless the
+    /// span is a candidate, the only spans whose ids are read again.
     trace_bytes: Vec<u8>,
     span_bytes: Vec<u8>,
 }
@@ -850,19 +957,22 @@ impl TokenProcessor {
         tenant: Option<&str>,
         out: &mut TokenBatch,
     ) {
-        let Some(trace) = trace else { return };
-        if let Some(tenant) = tenant {
-            if identity.tenant.as_deref().is_some_and(|own| own != tenant) {
-                // A record naming another tenant than its sender's: the
-                // pipeline quarantines it (`tenant_mismatch`); never learned.
-                return;
-            }
-            if identity.user.is_none() {
-                // The tenant is the sender's anyway: only a user attributes.
-                return;
-            }
+        if let Some(trace) = learnable(trace, identity, tenant) {
+            let answer = cache.learn(trace, identity);
+            self.learned(trace, identity, answer, out);
         }
-        if let Some((identity, since)) = cache.learn(trace, identity) {
+    }
+
+    /// Notes what [`TraceCache::learn`] answered for `identity` (a pending
+    /// trace now attributed) and the trace as one to share.
+    fn learned(
+        &self,
+        trace: TraceId,
+        identity: &Identity,
+        answer: Option<(Identity, DateTime<Utc>)>,
+        out: &mut TokenBatch,
+    ) {
+        if let Some((identity, since)) = answer {
             out.attribute.push((trace, identity, since));
         }
         if self.across_instances && identity.attributes() && out.learned.last() != Some(&trace) {
@@ -904,6 +1014,9 @@ impl TokenProcessor {
     ) -> TokenBatch {
         let mut pass = self.pass(received_at, cache, tenant);
         if self.enabled {
+            if <Q::Record as Record>::SIGNAL == Signal::Traces {
+                pass.spans.reserve(request.record_count());
+            }
             let mut attrs = Attrs::new();
             request.walk(|_, context, record| pass.record_with(&mut attrs, context, record));
         }
@@ -938,8 +1051,8 @@ impl TokenProcessor {
 }
 
 /// Token extraction over one request, one record at a time: log records are
-/// turned into rows as they come; spans are collected, and counted once all
-/// are known ([`TokenPass::finish`]).
+/// turned into rows as they come; spans are collected, and their identities
+/// learned and the spans counted once all are known ([`TokenPass::finish`]).
 pub struct TokenPass<'p> {
     processor: &'p TokenProcessor,
     cache: &'p TraceCache,
@@ -998,7 +1111,8 @@ impl TokenPass<'_> {
                         .operation
                         .as_deref()
                         .is_some_and(|op| op.eq_ignore_ascii_case("invoke_agent"));
-                processor.learn(cache, trace, &extract.identity, tenant, &mut self.out);
+                // Learned with the request's other spans in `finish`, under
+                // one lock: nothing reads the cache for spans before that.
                 let start = record.time_unix_nano();
                 if extract.time_to_first_token_ms.is_none() && extract.may_count() {
                     extract.time_to_first_token_ms = first_event_ms(
@@ -1011,16 +1125,26 @@ impl TokenPass<'_> {
                     .end_time_unix_nano()
                     .filter(|end| start > 0 && *end >= start)
                     .map(|end| (end - start) as f64 / 1e6);
+                // Only a candidate's ids are read again (its row and row id).
+                let candidate = extract.candidate();
                 self.spans.push(SpanFacts {
                     trace,
                     span: span_key(record.span_id()),
                     parent: span_key(record.parent_span_id()),
-                    extract,
                     ts,
                     duration_ms,
                     outcome,
-                    trace_bytes: record.trace_id().to_vec(),
-                    span_bytes: record.span_id().to_vec(),
+                    trace_bytes: if candidate {
+                        record.trace_id().to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    span_bytes: if candidate {
+                        record.span_id().to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    extract,
                 });
             }
             Signal::Logs => {
@@ -1080,6 +1204,13 @@ impl TokenPass<'_> {
         if spans.is_empty() {
             return out.finish(cache);
         }
+        // The spans' identities, in order, as `record` would have learned them one by one.
+        let identities = spans.iter().filter_map(|s| {
+            learnable(s.trace, &s.extract.identity, tenant).map(|t| (t, &s.extract.identity))
+        });
+        cache.learn_all(identities, |trace, identity, answer| {
+            processor.learned(trace, identity, answer, &mut out)
+        });
         let counted = count_once(&spans, cache, &mut out);
         for (facts, counted) in spans.into_iter().zip(counted) {
             if !facts.extract.candidate() {
@@ -1123,6 +1254,22 @@ impl TokenBatch {
             .collect();
         self
     }
+}
+
+/// The trace whose identity a record's `identity` may teach the cache, for a
+/// sender bound to `tenant`.
+fn learnable(trace: Option<TraceId>, identity: &Identity, tenant: Option<&str>) -> Option<TraceId> {
+    let trace = trace?;
+    if let Some(tenant) = tenant {
+        if identity.tenant.as_deref().is_some_and(|own| own != tenant) {
+            // A record naming another tenant than its sender's: the
+            // pipeline quarantines it (`tenant_mismatch`); never learned.
+            return None;
+        }
+        // The tenant is the sender's anyway: only a user attributes.
+        identity.user.as_ref()?;
+    }
+    Some(trace)
 }
 
 /// Most parent links followed from one span (guards against cycles).

@@ -1407,3 +1407,109 @@ fn identities_are_shared_once_per_trace_unless_turned_off() {
     );
     assert!(out.share.is_empty());
 }
+
+/// The table [`Attrs`] replaced, as a reference: every attribute with a value
+/// inserted in order into a hash map (the last occurrence wins).
+fn reference_table(lists: [&[KeyValue]; 3]) -> std::collections::HashMap<&str, (&AnyValue, u8)> {
+    let mut map = std::collections::HashMap::new();
+    for (level, list) in (0u8..).zip(lists) {
+        for kv in list {
+            if let Some(value) = kv.value.as_ref() {
+                map.insert(kv.key.as_str(), (value, level));
+            }
+        }
+    }
+    map
+}
+
+#[test]
+fn attribute_lookups_answer_as_the_hash_table_did() {
+    let mapping = TokenMapping::builtin();
+    let none = |key: &str| KeyValue {
+        key: key.into(),
+        value: None,
+        ..Default::default()
+    };
+    let resource = vec![
+        s("service.name", "svc"),
+        s("traceloop.association.properties.user_id", "meta-resource"),
+        s("ai.telemetry.metadata.tenantId", "meta-tenant-resource"),
+    ];
+    let scope = vec![s("tenant.id", "from-scope"), i("session.id", 7)];
+    let mut record = vec![
+        s("gen_ai.request.model", "first"),
+        s("gen_ai.request.model", "second"),
+        none("gen_ai.response.model"),
+        s("traceloop.association.properties.user_id", "meta-record"),
+        s("traceloop.association.properties.user_id", ""),
+        i("gen_ai.usage.input_tokens", 12),
+        none("gen_ai.usage.input_tokens"),
+        s("", "empty key"),
+    ];
+    // Short lists (the list and its filter) and long ones (the table).
+    for filler in [0, MAP_FROM] {
+        record.extend((0..filler).map(|n| s(&format!("app.filler.{n}"), "x")));
+        let lists: [&[KeyValue]; 3] = [&resource, &scope, &record];
+        let reference = reference_table(lists);
+        let mut attrs = Attrs::new();
+        attrs.fill(lists);
+        let m = &mapping;
+        let mut asked: Vec<&str> = [
+            &m.input,
+            &m.output,
+            &m.total,
+            &m.cache_read,
+            &m.cache_write,
+            &m.reasoning,
+            &m.request_model,
+            &m.response_model,
+            &m.provider,
+            &m.operation,
+            &m.user,
+            &m.tenant,
+            &m.session,
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+        asked.extend(reference.keys().copied());
+        asked.extend(["", "absent", "service.nam", "ervice.name"]);
+        for key in asked {
+            assert_eq!(
+                attrs.entry(key).map(|(v, l)| (v.clone(), l)),
+                reference.get(key).map(|(v, l)| ((*v).clone(), *l)),
+                "{key:?} with {filler} more"
+            );
+        }
+        // Metadata keys: the last occurrence of each, whatever the order.
+        let mut distinct: Vec<(&str, AnyValue, u8)> = Vec::new();
+        attrs.for_each_distinct(
+            |key| key.contains("association") || key.contains("metadata"),
+            |k, v, l| distinct.push((k, v.clone(), l)),
+        );
+        distinct.sort_by(|a, b| a.0.cmp(b.0));
+        let mut expected: Vec<(&str, AnyValue, u8)> = reference
+            .iter()
+            .filter(|(key, _)| key.contains("association") || key.contains("metadata"))
+            .map(|(k, (v, l))| (*k, (*v).clone(), *l))
+            .collect();
+        expected.sort_by(|a, b| a.0.cmp(b.0));
+        assert_eq!(distinct, expected, "with {filler} more");
+        assert_eq!(
+            attrs.identity_text(&m.user, &m.metadata_prefixes, &m.metadata_user),
+            None,
+            "the resource's metadata user is overridden by the record's empty one"
+        );
+        assert_eq!(
+            attrs.identity_text(&m.tenant, &m.metadata_prefixes, &m.metadata_tenant),
+            Some("from-scope".to_string())
+        );
+        assert_eq!(
+            attrs.count(&m.input),
+            Some(12),
+            "a valueless duplicate does not hide the value"
+        );
+        assert_eq!(attrs.text(&m.request_model).as_deref(), Some("second"));
+    }
+}
