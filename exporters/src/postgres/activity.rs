@@ -111,6 +111,9 @@ pub(crate) struct Inserted {
     pub ready: Vec<((String, String), TraceAttribution)>,
     /// Activity rows the writer linked into the tamper chain itself.
     pub linked: u64,
+    /// How long the direct path waited for its turn (the previous ticket's
+    /// batch to end), for the writer's debug log.
+    pub turn: std::time::Duration,
 }
 
 /// How many rows of one (action, outcome, tenant) an insert added.
@@ -313,6 +316,7 @@ pub(crate) async fn insert_rows(
     // aggregates and the chain's state is read, which sees those rows.
     let wait = reservation.wait_for_previous();
     let days = TailDays::of(&rows);
+    let turn = std::time::Instant::now();
     match (prepared, &statements) {
         (Some(prepared), Some((state_statement, write))) => {
             let tenants = prepared.tenants();
@@ -323,12 +327,14 @@ pub(crate) async fn insert_rows(
                 days.note(tx),
                 tx.query(state_statement, &params)
             )?;
+            inserted.turn = turn.elapsed();
             if let Some(state) = LinkState::from_rows(&state)? {
                 inserted.linked = write_links(tx, write, prepared, &state, first, last).await?;
             }
         }
         _ => {
             tokio::try_join!(tx.batch_execute(&wait), days.note(tx))?;
+            inserted.turn = turn.elapsed();
         }
     }
     Ok(inserted)

@@ -1004,6 +1004,7 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Option<Client>) {
                     share_ms = ms(stages.share),
                     stage_tokens_ms = ms(stages.stage_tokens),
                     activity_ms = ms(stages.activity),
+                    turn_ms = ms(inserted.turn),
                     tokens_ms = ms(stages.tokens),
                     rejected_ms = ms(stages.rejected),
                     commit_ms = ms(stages.commit),
