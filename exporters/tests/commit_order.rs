@@ -220,3 +220,110 @@ async fn with_the_lock_the_slow_committer_is_seen() {
     fast.await.unwrap();
     assert_eq!(tail(&reader, &mut last).await, [first[0].id, second[0].id]);
 }
+
+/// What a waiting writer's backend runs, as `pg_stat_activity` shows it.
+async fn waiting_query(client: &Client, pid: i32) -> Option<String> {
+    client
+        .query_opt(
+            "SELECT query FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+            &[&pid],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .map(|row| row.get(0))
+}
+
+/// Two batches copy side by side and still commit in `seq` order: the second
+/// writer's `COPY` is done while the first batch is open (it waited for the
+/// first's whole transaction before it could reserve, when the lock was held
+/// from the reservation to the commit), and it then waits for the first batch
+/// to end before its turn. Rolled back, the first leaves a gap and lets it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_batch_copies_while_an_earlier_is_open_and_commits_after_it() {
+    let db = TestDatabase::migrated().await;
+    let observer = db.client().await;
+    for end_first in ["commit", "rollback"] {
+        let mut first_client = db.client().await;
+        let first_tx = first_client.transaction().await.expect("begin");
+        let first = events(5);
+        insert_activity_batch(&first_tx, &first)
+            .await
+            .expect("first batch");
+        let mut second_client = db.client().await;
+        let second_pid: i32 = second_client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        let second = events(7);
+        let second_ids: Vec<Uuid> = second.iter().map(|e| e.id).collect();
+        let writer = tokio::spawn(async move {
+            let tx = second_client.transaction().await.expect("begin");
+            insert_activity_batch(&tx, &second).await?;
+            tx.commit().await.map_err(Into::into)
+        });
+        wait_until(
+            "the second writer waits for the first batch's ticket",
+            Duration::from_secs(20),
+            || {
+                let observer = &observer;
+                async move {
+                    waiting_query(observer, second_pid)
+                        .await
+                        .is_some_and(|q| q.contains("pg_advisory_xact_lock_shared"))
+                }
+            },
+        )
+        .await;
+        // Past its `COPY`: its partition is written to, its rows not visible.
+        let written: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 WHERE l.pid = $1 AND l.granted AND l.mode = 'RowExclusiveLock' \
+                   AND c.relname LIKE 'activity_events_%'",
+                &[&second_pid],
+            )
+            .await
+            .expect("locks")
+            .get(0);
+        assert!(written >= 1, "the second batch has copied its rows");
+        let visible: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM activity_events WHERE id = ANY($1)",
+                &[&second_ids],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(visible, 0, "not committed before the first batch ends");
+        assert!(!writer.is_finished());
+        let first_max: i64 = first_tx
+            .query_one("SELECT max(seq) FROM activity_events", &[])
+            .await
+            .expect("max seq")
+            .get(0);
+        if end_first == "commit" {
+            first_tx.commit().await.expect("commit the first");
+        } else {
+            first_tx.rollback().await.expect("roll the first back");
+        }
+        let result: Result<(), tally_exporters::postgres::PgError> =
+            writer.await.expect("writer task");
+        result.expect("the second batch commits once the first has ended");
+        let seqs: Vec<i64> = observer
+            .query(
+                "SELECT seq FROM activity_events WHERE id = ANY($1) ORDER BY seq",
+                &[&second_ids],
+            )
+            .await
+            .expect("seqs")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(seqs.len(), 7, "{end_first}: the second batch is stored");
+        assert!(
+            seqs.iter().all(|s| *s > first_max),
+            "{end_first}: the later batch's seq follows the earlier one's"
+        );
+    }
+}

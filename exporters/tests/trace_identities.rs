@@ -136,3 +136,89 @@ async fn identified_and_pending_traces_come_back_within_their_scope_only() {
     );
     exporter.shutdown().await;
 }
+
+/// A batch's identities alone are written in a statement of their own: while
+/// the batch waits for the activity lock (held here by the test), another
+/// writer can write the same trace without waiting for that batch (it waited
+/// for the whole batch while every trace was written in the batch transaction).
+#[tokio::test]
+async fn identities_alone_do_not_hold_their_rows_for_the_batch() {
+    const ACTIVITY_LOCK: i64 = i64::from_be_bytes(*b"tallyact");
+    let db = TestDatabase::create().await;
+    let exporter = PgExporter::start(&db.url, &config(), Arc::new(Readiness::new()))
+        .await
+        .expect("exporter starts");
+    let mut holder = db.client().await;
+    let hold = holder.transaction().await.expect("begin");
+    hold.execute("SELECT pg_advisory_xact_lock($1)", &[&ACTIVITY_LOCK])
+        .await
+        .expect("hold the activity lock");
+    let identified = SharedTrace {
+        trace_id: TRACE.into(),
+        identity: identity("alice", None),
+        pending_since: None,
+    };
+    let stalled = {
+        let exporter = exporter.clone();
+        tokio::spawn(async move {
+            exporter
+                .submit_traced(
+                    common::events(3),
+                    Vec::new(),
+                    Vec::new(),
+                    None,
+                    shared("", identified),
+                )
+                .await
+        })
+    };
+    let client = db.client().await;
+    common::wait_until(
+        "the batch waits for the activity lock",
+        Duration::from_secs(20),
+        || {
+            let client = &client;
+            async move {
+                client
+                    .query_one(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                         AND NOT granted AND database = \
+                             (SELECT oid FROM pg_database WHERE datname = current_database())",
+                        &[],
+                    )
+                    .await
+                    .is_ok_and(|row| row.get::<_, i64>(0) >= 1)
+            }
+        },
+    )
+    .await;
+    // The identity is already written, and its row is not held.
+    let other = db.client().await;
+    other
+        .batch_execute("SET lock_timeout = '5s'")
+        .await
+        .expect("lock_timeout");
+    let since = (Utc::now() - TimeDelta::seconds(1)).trunc_subsecs(6);
+    let row = other
+        .query_one(
+            "INSERT INTO trace_identities AS t (tenant_id, trace_id, pending_since) \
+             VALUES ('', $1, $2) \
+             ON CONFLICT (tenant_id, trace_id) DO UPDATE \
+                 SET pending_since = excluded.pending_since, seen_at = now() \
+             RETURNING t.user_id",
+            &[&TRACE, &since],
+        )
+        .await
+        .expect("another writer upserts the trace while the batch is stalled");
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("alice"));
+    assert!(!stalled.is_finished(), "the batch still waits for the lock");
+    hold.rollback().await.expect("release the activity lock");
+    let ready = stalled
+        .await
+        .expect("submit task")
+        .expect("the batch commits");
+    // Its identity was written before the other writer's pending mark.
+    assert!(ready.is_empty(), "{ready:?}");
+    assert_eq!(common::count(&client).await, 3);
+    exporter.shutdown().await;
+}

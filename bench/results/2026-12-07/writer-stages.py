@@ -8,7 +8,7 @@ def load(path):
         d['t']=ts
         rows.append(d)
     return rows
-keys=['rows','queued_ms','elapsed_ms','begin_ms','share_ms','stage_tokens_ms','activity_ms','tokens_ms','commit_ms']
+keys=['rows','queued_ms','elapsed_ms','begin_ms','share_ms','stage_tokens_ms','activity_ms','turn_ms','tokens_ms','commit_ms']
 for path in sys.argv[1:]:
     rows=load(path)
     if not rows: print(path,'no batches'); continue

@@ -1,29 +1,34 @@
 //! The activity rows' insert, called by the batching writer (`writer.rs`)
 //! inside each batch's transaction.
 //!
-//! Direct path: take the advisory lock
-//! [`ACTIVITY_EVENTS_LOCK_KEY`](super::ACTIVITY_EVENTS_LOCK_KEY), set a
-//! savepoint, reserve one `seq` per row from `activity_events_seq` (`setval`,
-//! the lock held), and binary-`COPY` the rows, ordered by `ts` and numbered
-//! from the reserved range, straight into `activity_events`. The counts per
-//! (action, outcome, tenant, verdict) are taken from the rows themselves.
+//! Direct path: reserve one `seq` per row from `activity_events_seq` and a
+//! ticket (`tally_reserve_activity_seq`, migration 32, which also takes
+//! [`ACTIVITY_EVENTS_LOCK_KEY`](super::ACTIVITY_EVENTS_LOCK_KEY) shared until
+//! `COMMIT`), set a savepoint, and binary-`COPY` the rows, ordered by `ts` and
+//! numbered from the reserved range, straight into `activity_events`, while
+//! other writers copy theirs. Then wait until the batch holding the previous
+//! ticket has ended, note the rows' days in `tally_tail_days` (left to the
+//! writer, see [`TailDays`]) and link the rows; the writer then writes its token
+//! rows and commits. The counts per (action, outcome, tenant, verdict) are
+//! taken from the rows themselves.
 //!
 //! Staged path, only when the direct `COPY` fails with a unique violation (a
 //! resend of a stored row, or one record twice in the batch): roll back to the
-//! savepoint (the reserved range stays unused, a gap like the `seq` values a
-//! rolled-back or conflicting `nextval` leaves), binary `COPY` into a
-//! per-connection temporary staging table, then `INSERT … SELECT
-//! nextval('activity_events_seq') … ORDER BY ts ON CONFLICT DO NOTHING` under
-//! the same lock, counting what it really inserted.
+//! savepoint, binary `COPY` into a per-connection temporary staging table, then
+//! `INSERT … SELECT … ORDER BY ts ON CONFLICT DO NOTHING` numbered from the
+//! reserved range (a skipped duplicate leaves its value unused), counting what
+//! it really inserted, and wait for its turn as above.
 //!
 //! A role that row-level security applies to (not a superuser, no
 //! `BYPASSRLS`; the private PostgreSQL's own role has it) cannot `COPY FROM` into
 //! `activity_events` at all (`0A000`): the range reservation asks
 //! `row_security_active` first, and when it applies the batch and every later
-//! one of that exporter are staged ([`DirectCopy`]).
+//! one of that exporter are staged ([`DirectCopy`]), under the lock taken
+//! exclusively until `COMMIT` and numbered by `nextval`.
 //!
-//! Either way `seq` is given under the lock held until `COMMIT`, so `seq` order
-//! is commit order, and within a batch it follows `ts`.
+//! Either way `seq` order is commit order (the tickets are taken in the order
+//! of the ranges, and the exclusive lock waits for every shared holder), and
+//! within a batch it follows `ts`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +44,7 @@ use super::chain::ChainRow;
 use super::copy::{self, copy_rows};
 use super::personal::PersonalKeys;
 use super::tokens::TokensInserted;
-use super::{PgError, TraceAttribution, ACTIVITY_EVENTS_LOCK_KEY};
+use super::{PgError, TraceAttribution, ACTIVITY_EVENTS_LOCK_KEY, ACTIVITY_TICKET_LOCK_CLASS};
 
 const STAGING_DDL: &str = "DO $$ BEGIN \
     IF to_regclass('pg_temp.tally_activity_staging_v5') IS NULL THEN \
@@ -57,33 +62,38 @@ const COPY_SQL: &str = "COPY pg_temp.tally_activity_staging_v5 (id, ts, tenant_i
     attributes, taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
     error_message, personal_keys) FROM STDIN (FORMAT binary)";
 
-/// Lock, then insert from staging (one simple-protocol round trip).
-static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+/// The staged rows' insert into `activity_events`, `seq` given by `seq_expr`.
+fn insert_from_staging(seq_expr: &str) -> String {
     format!(
-        "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); \
-         INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, session_id, action, \
+        "INSERT INTO activity_events (id, seq, ts, tenant_id, user_id, session_id, action, \
              outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
              taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
              error_message, personal_keys) \
-         SELECT id, nextval('activity_events_seq'), ts, tenant_id, user_id, session_id, action, \
+         SELECT id, {seq_expr}, ts, tenant_id, user_id, session_id, action, \
              outcome, resource_type, resource_id, service, trace_id, span_id, attributes, \
              taxonomy_valid, taxonomy_reason, ingest_key_id, duration_ms, name, error_type, \
              error_message, personal_keys \
          FROM pg_temp.tally_activity_staging_v5 ORDER BY ts \
          ON CONFLICT DO NOTHING"
     )
-});
+}
 
-/// [`INSERT_SQL`] answering, per (action, outcome, tenant), how many rows it
+/// `insert` answering, per (action, outcome, tenant, verdict), how many rows it
 /// really inserted (duplicates skipped), for the committed-rows counters.
-static INSERT_COUNTED_SQL: LazyLock<String> = LazyLock::new(|| {
-    let (lock, insert) = INSERT_SQL
-        .split_once("; ")
-        .unwrap_or(("SELECT 1", INSERT_SQL.as_str()));
+fn counted(insert: &str) -> String {
     format!(
-        "{lock}; WITH inserted AS ({insert} RETURNING action, outcome, tenant_id, taxonomy_valid) \
+        "WITH inserted AS ({insert} RETURNING action, outcome, tenant_id, taxonomy_valid) \
          SELECT action, outcome, tenant_id, taxonomy_valid, count(*) FROM inserted \
          GROUP BY action, outcome, tenant_id, taxonomy_valid"
+    )
+}
+
+/// The staged path on its own: the exclusive lock, then the counted insert
+/// numbered by `nextval` (one simple-protocol round trip).
+static INSERT_COUNTED_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); {}",
+        counted(&insert_from_staging("nextval('activity_events_seq')"))
     )
 });
 
@@ -101,6 +111,9 @@ pub(crate) struct Inserted {
     pub ready: Vec<((String, String), TraceAttribution)>,
     /// Activity rows the writer linked into the tamper chain itself.
     pub linked: u64,
+    /// How long the direct path waited for its turn (the previous ticket's
+    /// batch to end), for the writer's debug log.
+    pub turn: std::time::Duration,
 }
 
 /// How many rows of one (action, outcome, tenant) an insert added.
@@ -115,14 +128,15 @@ pub(crate) struct InsertedGroup {
 }
 
 /// Writes `events` into `activity_events` inside `tx`, the way the exporter's
-/// writers do: under the advisory lock [`ACTIVITY_EVENTS_LOCK_KEY`], a `seq`
-/// range reserved and the rows binary-`COPY`d straight into the table; if one of
-/// them is already stored, through a temporary staging table and `INSERT …
-/// SELECT nextval(…) … ON CONFLICT DO NOTHING` instead (see the module's doc).
+/// writers do: a `seq` range and a ticket reserved, the rows binary-`COPY`d
+/// straight into the table (if one of them is already stored, through a
+/// temporary staging table and `INSERT … ON CONFLICT DO NOTHING` instead), then
+/// a wait until the previous ticket's batch has ended (see the module's doc).
 /// Returns the number of rows inserted (duplicates of rows already stored are
 /// skipped).
 ///
-/// The lock is held until `tx` ends, so commit promptly. The daily partitions
+/// The ticket is held until `tx` ends, and the next batch waits for it: commit
+/// promptly. The daily partitions
 /// for the events' days must exist (the exporter creates them before calling
 /// this; see [`create_partitions`](super::create_partitions)).
 ///
@@ -194,7 +208,7 @@ pub(crate) async fn insert_rows(
             .map(|(row, (_, key))| (row, *key))
             .collect();
         // Staging takes the lock itself, after its `COPY`.
-        return insert_staged(tx, &refs).await;
+        return insert_staged(tx, &refs, None).await;
     }
     // The rows' `chain_salt`s, random, drawn for the whole batch at once.
     let mut salts = vec![[0u8; 16]; events.len()];
@@ -236,32 +250,16 @@ pub(crate) async fn insert_rows(
         }
         None => (tx.prepare(DIRECT_COPY_SQL).await?, None),
     };
-    // Lock, savepoint and the reserved range in one round trip. The lock is
-    // taken before the savepoint, so rolling back to it keeps the lock.
+    // The reserved range and the ticket in one round trip, then a savepoint.
     // No range when row security applies to this role: PostgreSQL refuses its
     // `COPY FROM` into the table (and a refused `COPY` would leave the
     // connection's protocol state behind), so the rows are staged instead.
     let reserve = format!(
-        "SELECT pg_advisory_xact_lock({ACTIVITY_EVENTS_LOCK_KEY}); SAVEPOINT {SAVEPOINT}; \
-         SELECT CASE WHEN row_security_active('activity_events') THEN 'refused' \
-             ELSE setval('activity_events_seq', nextval('activity_events_seq') + {n} - 1)::text \
-         END"
+        "SELECT CASE WHEN row_security_active('activity_events') THEN 'refused' \
+             ELSE (SELECT r.ticket || ' ' || r.last_seq FROM tally_reserve_activity_seq({n}) r) \
+         END; SAVEPOINT {SAVEPOINT}"
     );
-    // The chain's state is read in the same round trip (pipelined after the
-    // lock, so it sees every row committed before it).
-    let (messages, state) = match (&statements, &prepared) {
-        (Some((state_statement, _)), Some(prepared)) => {
-            let tenants = prepared.tenants();
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-                [&super::chain::CHAIN_WATERMARK, &tenants];
-            let (messages, state) = tokio::try_join!(
-                tx.simple_query(&reserve),
-                tx.query(state_statement, &params)
-            )?;
-            (messages, LinkState::from_rows(&state)?)
-        }
-        _ => (tx.simple_query(&reserve).await?, None),
-    };
+    let messages = tx.simple_query(&reserve).await?;
     let answer: String = messages
         .iter()
         .filter_map(|m| match m {
@@ -270,33 +268,31 @@ pub(crate) async fn insert_rows(
         })
         .next_back()
         .ok_or_else(|| PgError::Integrity("no seq range reserved".into()))?;
-    let Ok(last) = answer.parse::<i64>() else {
+    let Some(reservation) = Reservation::parse(&answer, n) else {
         tracing::info!(
             "row security applies to the writer's role: activity rows go through staging"
         );
         direct.refuse();
         let refs: Vec<(&copy::ActivityRow<'_>, Option<uuid::Uuid>)> =
             rows.iter().map(|(row, key)| (&row.row, *key)).collect();
-        return insert_staged(tx, &refs).await;
+        return insert_staged(tx, &refs, None).await;
     };
-    let first = last - (n as i64 - 1);
+    let (first, last) = (reservation.first, reservation.last);
     for (i, (row, _)) in rows.iter_mut().enumerate() {
         row.seq = first + i as i64;
     }
     let refs: Vec<(&copy::SeqActivityRow<'_>, Option<uuid::Uuid>)> =
         rows.iter().map(|(row, key)| (row, *key)).collect();
-    match copy_rows(tx, &copy_statement, &refs, copy::activity_row_with_seq).await {
-        Ok(copied) if copied == n as u64 => {
-            let mut inserted = count_groups(&rows);
-            if let (Some(prepared), Some(state), Some((_, write))) = (prepared, state, &statements)
-            {
-                inserted.linked = write_links(tx, write, prepared, &state, first, last).await?;
-            }
-            Ok(inserted)
+    // The `COPY` runs while other writers copy theirs: nothing it holds is
+    // waited for before this batch's turn comes (below).
+    let copied = copy_rows(tx, &copy_statement, &refs, copy::activity_row_with_seq).await;
+    let mut inserted = match copied {
+        Ok(copied) if copied == n as u64 => count_groups(&rows),
+        Ok(copied) => {
+            return Err(PgError::Integrity(format!(
+                "COPY stored {copied} of {n} activity rows"
+            )))
         }
-        Ok(copied) => Err(PgError::Integrity(format!(
-            "COPY stored {copied} of {n} activity rows"
-        ))),
         Err(error) if error.sql_state() == Some(&SqlState::UNIQUE_VIOLATION) => {
             tracing::debug!(
                 rows = n,
@@ -306,9 +302,105 @@ pub(crate) async fn insert_rows(
                 .await?;
             let refs: Vec<(&copy::ActivityRow<'_>, Option<uuid::Uuid>)> =
                 rows.iter().map(|(row, key)| (&row.row, *key)).collect();
-            insert_staged(tx, &refs).await
+            let inserted = insert_staged(tx, &refs, Some(first)).await?;
+            // Linked by the chainer; committed in turn all the same.
+            let (wait, days) = (reservation.wait_for_previous(), TailDays::of(&rows));
+            tokio::try_join!(tx.batch_execute(&wait), days.note(tx))?;
+            return Ok(inserted);
         }
-        Err(error) => Err(error),
+        Err(error) => return Err(error),
+    };
+    // This batch's turn: the previous ticket's batch has ended, so every row
+    // with a lower `seq` is committed (or never will be) before this one
+    // commits. Then (pipelined) the rows' days are noted for the live
+    // aggregates and the chain's state is read, which sees those rows.
+    let wait = reservation.wait_for_previous();
+    let days = TailDays::of(&rows);
+    let turn = std::time::Instant::now();
+    match (prepared, &statements) {
+        (Some(prepared), Some((state_statement, write))) => {
+            let tenants = prepared.tenants();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&super::chain::CHAIN_WATERMARK, &tenants];
+            let ((), (), state) = tokio::try_join!(
+                tx.batch_execute(&wait),
+                days.note(tx),
+                tx.query(state_statement, &params)
+            )?;
+            inserted.turn = turn.elapsed();
+            if let Some(state) = LinkState::from_rows(&state)? {
+                inserted.linked = write_links(tx, write, prepared, &state, first, last).await?;
+            }
+        }
+        _ => {
+            tokio::try_join!(tx.batch_execute(&wait), days.note(tx))?;
+            inserted.turn = turn.elapsed();
+        }
+    }
+    Ok(inserted)
+}
+
+/// The largest `seq` per UTC day of `ts` of a direct-path batch: its entries in
+/// `tally_tail_days`, which the `COPY`'s trigger leaves to the writer
+/// (migration 32) and the writer upserts once its turn has come.
+#[derive(Debug)]
+struct TailDays {
+    days: Vec<chrono::NaiveDate>,
+    max_seqs: Vec<i64>,
+}
+
+impl TailDays {
+    fn of(rows: &[(copy::SeqActivityRow<'_>, Option<uuid::Uuid>)]) -> TailDays {
+        let mut by_day: std::collections::BTreeMap<chrono::NaiveDate, i64> = Default::default();
+        for (row, _) in rows {
+            let max = by_day
+                .entry(row.row.event.ts.date_naive())
+                .or_insert(row.seq);
+            *max = (*max).max(row.seq);
+        }
+        let (days, max_seqs) = by_day.into_iter().unzip();
+        TailDays { days, max_seqs }
+    }
+
+    async fn note(&self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+        tx.execute(
+            "INSERT INTO tally_tail_days AS t (raw_table, day, max_seq) \
+             SELECT 'activity_events', d, m FROM unnest($1::date[], $2::int8[]) AS x(d, m) \
+             ON CONFLICT (raw_table, day) \
+             DO UPDATE SET max_seq = EXCLUDED.max_seq WHERE t.max_seq < EXCLUDED.max_seq",
+            &[&self.days, &self.max_seqs],
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// A direct-path writer's reservation: its `seq` range and its ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reservation {
+    ticket: i64,
+    first: i64,
+    last: i64,
+}
+
+impl Reservation {
+    /// Parses `tally_reserve_activity_seq`'s answer (`"<ticket> <last_seq>"`) for
+    /// `n` rows; `None` for `'refused'` (row security applies).
+    fn parse(answer: &str, n: usize) -> Option<Reservation> {
+        let (ticket, last) = answer.split_once(' ')?;
+        let (ticket, last) = (ticket.parse().ok()?, last.parse::<i64>().ok()?);
+        Some(Reservation {
+            ticket,
+            first: last - (n as i64 - 1),
+            last,
+        })
+    }
+
+    /// Waits until the batch holding the previous ticket has ended (its lock
+    /// key is the ticket modulo 2^31, as `tally_reserve_activity_seq` takes it).
+    fn wait_for_previous(&self) -> String {
+        let previous = (self.ticket - 1).rem_euclid(1 << 31);
+        format!("SELECT pg_advisory_xact_lock_shared({ACTIVITY_TICKET_LOCK_CLASS}, {previous})")
     }
 }
 
@@ -427,19 +519,33 @@ fn count_groups(rows: &[(copy::SeqActivityRow<'_>, Option<uuid::Uuid>)]) -> Inse
     }
 }
 
-/// The staged path: `COPY` into the temporary staging table, then (lock held)
-/// `INSERT … SELECT nextval(…) … ON CONFLICT DO NOTHING`, counting what it
-/// really inserted.
+/// The staged path: `COPY` into the temporary staging table, then `INSERT …
+/// SELECT … ON CONFLICT DO NOTHING`, counting what it really inserted. Without
+/// a range, under the exclusive lock and numbered by `nextval`; with the
+/// direct path's range (starting at `first`, as many values as rows), numbered
+/// from it in `ts` order (a skipped duplicate leaves its value unused).
 async fn insert_staged(
     tx: &Transaction<'_>,
     rows: &[(&copy::ActivityRow<'_>, Option<uuid::Uuid>)],
+    first: Option<i64>,
 ) -> Result<Inserted, PgError> {
     tx.batch_execute(STAGING_DDL).await?;
     let copied = copy_rows(tx, COPY_SQL, rows, copy::activity_row).await?;
     if copied == 0 {
         return Ok(Inserted::default());
     }
-    let messages = tx.simple_query(&INSERT_COUNTED_SQL).await?;
+    let in_range;
+    let sql = match first {
+        None => INSERT_COUNTED_SQL.as_str(),
+        Some(first) => {
+            in_range = counted(&insert_from_staging(&format!(
+                "{} + row_number() OVER (ORDER BY ts)",
+                first - 1
+            )));
+            in_range.as_str()
+        }
+    };
+    let messages = tx.simple_query(sql).await?;
     let mut inserted = Inserted::default();
     for message in &messages {
         // The lock's SELECT answers a one-column row first: only the counts have five.
@@ -460,4 +566,67 @@ async fn insert_staged(
         }
     }
     Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::{ACTIVITY_RESERVE_LOCK_KEY, MIGRATIONS};
+
+    #[test]
+    fn a_reservation_is_read_from_the_answer_and_refusal_is_none() {
+        assert_eq!(
+            Reservation::parse("12 100", 5),
+            Some(Reservation {
+                ticket: 12,
+                first: 96,
+                last: 100
+            })
+        );
+        assert_eq!(Reservation::parse("refused", 5), None);
+        assert_eq!(Reservation::parse("12 x", 5), None);
+    }
+
+    #[test]
+    fn the_wait_names_the_previous_tickets_key_modulo_2_pow_31() {
+        let at = |ticket| Reservation {
+            ticket,
+            first: 1,
+            last: 1,
+        };
+        let class = ACTIVITY_TICKET_LOCK_CLASS;
+        assert_eq!(
+            at(7).wait_for_previous(),
+            format!("SELECT pg_advisory_xact_lock_shared({class}, 6)")
+        );
+        assert_eq!(
+            at(1).wait_for_previous(),
+            format!("SELECT pg_advisory_xact_lock_shared({class}, 0)")
+        );
+        assert_eq!(
+            at(1 << 31).wait_for_previous(),
+            format!("SELECT pg_advisory_xact_lock_shared({class}, 2147483647)")
+        );
+        assert_eq!(
+            at((1 << 31) + 1).wait_for_previous(),
+            format!("SELECT pg_advisory_xact_lock_shared({class}, 0)")
+        );
+    }
+
+    #[test]
+    fn migration_32_takes_the_keys_the_writer_names() {
+        let (_, _, sql) = MIGRATIONS
+            .iter()
+            .find(|(version, _, _)| *version == 32)
+            .expect("migration 32");
+        for key in [
+            ACTIVITY_EVENTS_LOCK_KEY.to_string(),
+            ACTIVITY_RESERVE_LOCK_KEY.to_string(),
+            format!(
+                "pg_advisory_xact_lock({ACTIVITY_TICKET_LOCK_CLASS}, (ticket % 2147483648)::int)"
+            ),
+        ] {
+            assert!(sql.contains(&key), "{key} not in migration 32");
+        }
+    }
 }

@@ -138,6 +138,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "histogram_generations",
         include_str!("migrations/0031_histogram_generations.sql"),
     ),
+    (
+        32,
+        "write_tickets",
+        include_str!("migrations/0032_write_tickets.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

@@ -1,16 +1,17 @@
 //! The PostgreSQL exporter: schema migrations, daily partitions, the batching
 //! writer with commit-ordered `seq`, and the private (embedded) server.
 //!
-//! Write path, in one transaction per batch (`activity.rs`):
-//! `pg_advisory_xact_lock(ACTIVITY_EVENTS_LOCK_KEY)`, a `seq` range reserved from
-//! `activity_events_seq`, and binary `COPY` of the numbered rows straight into
-//! `activity_events` inside a savepoint; a batch holding an already stored row
-//! (unique violation) rolls back to the savepoint and goes through a temporary
-//! staging table and `INSERT … SELECT nextval('activity_events_seq') … ON CONFLICT
-//! DO NOTHING` instead; then `COMMIT`. The lock is released after the commit is
-//! visible, so `seq` order equals commit order across writer connections and
-//! Tally instances: a reader remembering the last `seq` it saw never skips a row
-//! committed later.
+//! Write path, in one transaction per batch (`activity.rs`): a `seq` range
+//! reserved from `activity_events_seq` with a ticket, and binary `COPY` of the
+//! numbered rows straight into `activity_events` inside a savepoint, side by side
+//! with the other writers' `COPY`s; a batch holding an already stored row (unique
+//! violation) rolls back to the savepoint and goes through a temporary staging
+//! table and `INSERT … SELECT … ON CONFLICT DO NOTHING` numbered from its range
+//! instead; then the batch waits for the previous ticket's batch to end, links
+//! its rows, writes its token rows and commits. The ticket's lock is released
+//! after the commit is visible, so `seq` order equals commit order across writer
+//! connections and Tally instances: a reader remembering the last `seq` it saw
+//! never skips a row committed later.
 
 use std::time::Duration;
 
@@ -62,8 +63,19 @@ pub use writer::PgExporter;
 
 /// Advisory lock key held from before a writer of `activity_events` takes its
 /// `seq` values (`nextval`, or `setval` reserving a range) until `COMMIT` (the
-/// bytes `tallyact`).
+/// bytes `tallyact`): exclusively by the staged path and every other writer,
+/// shared by the direct path's writers, which order their commits by ticket
+/// instead (migration 32, [`ACTIVITY_TICKET_LOCK_CLASS`]).
 pub const ACTIVITY_EVENTS_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyact");
+/// Session-level advisory lock key held only while a direct-path writer
+/// reserves its `seq` range and ticket (`tally_reserve_activity_seq`, the bytes
+/// `tallyres`).
+pub const ACTIVITY_RESERVE_LOCK_KEY: i64 = i64::from_be_bytes(*b"tallyres");
+/// First key of the two-key advisory lock a direct-path writer holds on its
+/// ticket (second key: the ticket modulo 2^31) until its transaction ends; the
+/// next ticket's writer waits for it before it links and commits (the bytes
+/// `tlyt`).
+pub const ACTIVITY_TICKET_LOCK_CLASS: i32 = i32::from_be_bytes(*b"tlyt");
 /// Advisory lock key held from the `INSERT … SELECT nextval('token_usage_seq')`
 /// until `COMMIT` by every writer of `token_usage` (the bytes `tallytok`). A
 /// transaction writing both tables takes the activity key first.

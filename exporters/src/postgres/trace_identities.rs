@@ -6,26 +6,37 @@
 //! ([`SharedTraces`]): the identity its records carried (user, session, the
 //! tenant they named) and, for traces whose token rows it stores without
 //! attribution, the earliest such row's `ts` (the *pending* mark). The writer
-//! upserts them in the batch transaction, before the rows, in one statement,
-//! in key order (no deadlock between writers), and reads back the traces that
-//! now have both an identity and a pending mark ([`TraceAttribution`]s): the
-//! request attributes their stored rows after commit, through
-//! [`attribute_traces`](super::attribute_traces), as for a trace seen by this
-//! instance alone.
+//! upserts them in two statements per batch, each in key order (no deadlock
+//! between writers), and reads back the traces that now have both an identity
+//! and a pending mark ([`TraceAttribution`]s): the request attributes their
+//! stored rows after commit, through [`attribute_traces`](super::attribute_traces),
+//! as for a trace seen by this instance alone.
+//!
+//! - Traces that carry only an identity are upserted on their own, before the
+//!   batch transaction ([`split_pending`]): their row locks last for that one
+//!   statement. In the batch transaction they were held until the batch
+//!   committed, and two writers whose batches shared a trace (a trace's spans
+//!   in different export requests, the usual case) then wrote one after the
+//!   other: the second waited for the first's whole batch.
+//! - Traces with a pending mark are upserted in the batch transaction, before
+//!   the rows, so the mark commits with the rows it announces.
 //!
 //! Why no trace is missed: the identity and the pending mark of one trace are
 //! one row; whichever of the two writes commits second waits for the first on
 //! that row's lock (`ON CONFLICT DO UPDATE`) and then sees it, so its request
 //! attributes the rows, which are committed by then (they are written in the
-//! same transaction as their pending mark). Rows are keyed by the sender's
-//! tenant scope as well as the trace id, so a client choosing another
-//! tenant's trace ids meets nothing of that tenant.
+//! same transaction as their pending mark). An identity committed before its
+//! batch and the batch then failing leaves a true identity in the table (the
+//! request's retry writes it again); rows are never attributed from it before
+//! they are committed. Rows are keyed by the sender's tenant scope as well as
+//! the trace id, so a client choosing another tenant's trace ids meets nothing
+//! of that tenant.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient};
 
 use super::{PgError, TraceAttribution, TraceIdentity};
 
@@ -68,13 +79,28 @@ struct Merged<'a> {
     pending: Option<DateTime<Utc>>,
 }
 
-/// Upserts the traces of a batch's submissions (`(scope, trace)` pairs) into
-/// `trace_identities` inside `tx`: per field the stored value wins, the pending
-/// mark keeps the earliest `ts`, `seen_at` is refreshed. Returns, per
-/// `(scope, trace_id)`, the traces now both identified and pending: their
-/// stored rows are to be attributed once `tx` is committed.
+/// Splits a batch's `(scope, trace)` items into those that carry only an
+/// identity (upserted before the batch transaction) and those with a pending
+/// mark (upserted in it, committed with their rows).
+pub(crate) fn split_pending<'a>(
+    items: impl IntoIterator<Item = (&'a str, &'a SharedTrace)>,
+) -> (
+    Vec<(&'a str, &'a SharedTrace)>,
+    Vec<(&'a str, &'a SharedTrace)>,
+) {
+    items
+        .into_iter()
+        .partition(|(_, trace)| trace.pending_since.is_none())
+}
+
+/// Upserts `(scope, trace)` pairs into `trace_identities` through `client` (a
+/// connection, for identities alone, or the batch transaction): per field the
+/// stored value wins, the pending mark keeps the earliest `ts`, `seen_at` is
+/// refreshed. Returns, per `(scope, trace_id)`, the traces now both identified
+/// and pending: their stored rows are to be attributed once the batch is
+/// committed.
 pub(crate) async fn share(
-    tx: &Transaction<'_>,
+    client: &impl GenericClient,
     items: &[(&str, &SharedTrace)],
 ) -> Result<Vec<((String, String), TraceAttribution)>, PgError> {
     if items.is_empty() {
@@ -106,7 +132,7 @@ pub(crate) async fn share(
         tenants.push(m.tenant);
         pending.push(m.pending);
     }
-    let rows = tx
+    let rows = client
         .query(
             "WITH up AS ( \
                  INSERT INTO trace_identities AS t (tenant_id, trace_id, user_id, session_id, \

@@ -25,7 +25,7 @@ use super::erasure::ErasedUsers;
 use super::partitions::{create_days, PartitionCache};
 use super::personal::PersonalKeys;
 use super::tokens::{insert_staged_tokens, stage_tokens};
-use super::trace_identities::{share, SharedTraces};
+use super::trace_identities::{share, split_pending, SharedTraces};
 use super::writer_thread::WriterThread;
 use super::{connect, migrate, telemetry, PgError, TraceAttribution};
 
@@ -805,15 +805,23 @@ async fn commit_batch(
         *slot = now - mark;
         mark = now;
     };
+    // Trace identities first (row locks in key order): those alone in a
+    // statement of their own, so that no other writer sharing one of these
+    // traces waits for this whole batch; pending marks in the transaction,
+    // before the advisory locks, to commit with their rows.
+    let (identities, pending) = split_pending(
+        batch
+            .iter()
+            .flat_map(|s| s.traces.traces.iter().map(|t| (s.traces.scope.as_str(), t))),
+    );
+    let mut ready = share(&*client, &identities).await?;
+    lap(&mut stages.share);
     let tx = client.transaction().await?;
     lap(&mut stages.begin);
-    // Trace identities first, before the advisory locks (row locks in key order).
-    let traces: Vec<(&str, &super::SharedTrace)> = batch
-        .iter()
-        .flat_map(|s| s.traces.traces.iter().map(|t| (s.traces.scope.as_str(), t)))
-        .collect();
-    let ready = share(&tx, &traces).await?;
-    lap(&mut stages.share);
+    ready.extend(share(&tx, &pending).await?);
+    let mut pending_share = Duration::ZERO;
+    lap(&mut pending_share);
+    stages.share += pending_share;
     // Token rows are staged before the activity lock (staging locks nothing),
     // so the lock that orders every writer's commit is held for less.
     let mut tokens: Vec<(&TokenUsage, Option<uuid::Uuid>)> = batch
@@ -996,6 +1004,7 @@ async fn writer_task(shared: Arc<Shared>, id: usize, client: Option<Client>) {
                     share_ms = ms(stages.share),
                     stage_tokens_ms = ms(stages.stage_tokens),
                     activity_ms = ms(stages.activity),
+                    turn_ms = ms(inserted.turn),
                     tokens_ms = ms(stages.tokens),
                     rejected_ms = ms(stages.rejected),
                     commit_ms = ms(stages.commit),
