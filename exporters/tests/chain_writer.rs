@@ -524,23 +524,10 @@ async fn a_writer_does_not_wait_for_a_chainer_storing_checkpoints() {
         .expect("lock chain_checkpoints");
     let mut chainer_client = db.client().await;
     let chainer = tokio::spawn(async move { job().run_once(&mut chainer_client).await });
-    common::wait_until(
+    common::wait_for_lock_wait(
+        &client,
         "the chainer waits to store its checkpoints",
-        Duration::from_secs(20),
-        || {
-            let client = &client;
-            async move {
-                client
-                    .query_one(
-                        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-                         WHERE c.relname = 'chain_checkpoints' AND NOT l.granted AND l.database = \
-                             (SELECT oid FROM pg_database WHERE datname = current_database())",
-                        &[],
-                    )
-                    .await
-                    .is_ok_and(|row| row.get::<_, i64>(0) >= 1)
-            }
-        },
+        "l.relation = 'chain_checkpoints'::regclass",
     )
     .await;
     // The chainer is inside its run (it cannot finish while the lock is held),

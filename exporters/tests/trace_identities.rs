@@ -173,23 +173,10 @@ async fn identities_alone_do_not_hold_their_rows_for_the_batch() {
         })
     };
     let client = db.client().await;
-    common::wait_until(
+    common::wait_for_lock_wait(
+        &client,
         "the batch waits for the activity lock",
-        Duration::from_secs(20),
-        || {
-            let client = &client;
-            async move {
-                client
-                    .query_one(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
-                         AND NOT granted AND database = \
-                             (SELECT oid FROM pg_database WHERE datname = current_database())",
-                        &[],
-                    )
-                    .await
-                    .is_ok_and(|row| row.get::<_, i64>(0) >= 1)
-            }
-        },
+        "l.locktype = 'advisory'",
     )
     .await;
     // The identity is already written, and its row is not held.

@@ -81,6 +81,25 @@ where
     }
 }
 
+/// Waits until a backend of this test's database waits for a lock that
+/// `lock` (a condition on `pg_locks l`) selects; panics after 20 s.
+pub async fn wait_for_lock_wait(client: &tokio_postgres::Client, what: &str, lock: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_locks l WHERE {lock} AND NOT l.granted AND l.database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())"
+    );
+    wait_until(what, Duration::from_secs(20), || {
+        let sql = sql.as_str();
+        async move {
+            client
+                .query_one(sql, &[])
+                .await
+                .is_ok_and(|row| row.get::<_, i64>(0) >= 1)
+        }
+    })
+    .await;
+}
+
 /// Number of rows in `activity_events`.
 pub async fn count(client: &tokio_postgres::Client) -> i64 {
     client
