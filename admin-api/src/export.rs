@@ -4,8 +4,9 @@
 //! (`format=csv`, RFC 4180 with a header row), optionally only the rows whose
 //! event time `ts` is in `[from, to)`. The body is streamed row by row.
 //!
-//! Gap-free: `seq` is commit-ordered (writers take the table's advisory lock
-//! before `nextval` and hold it until commit), so `WHERE seq > after_seq ORDER
+//! Gap-free: `seq` is commit-ordered (writers hold the table's advisory lock
+//! from `nextval` until commit, or commit in the order of their reserved ranges
+//! by ticket; see `docs/schema.md`), so `WHERE seq > after_seq ORDER
 //! BY seq` never skips a row that commits later. The position to continue from
 //! is in the `X-Next-After-Seq` header (the last row's `seq`, or `after_seq`
 //! when the page is empty); `X-Has-More: true` says a full page came back and

@@ -19,8 +19,9 @@
 //! rolls everything back (rollup rows and watermark together), so every raw row
 //! is folded exactly once.
 //!
-//! Choosing `S`: `seq` is commit-ordered (writers take the table's advisory lock
-//! before `nextval` and hold it until commit), so when the row with `seq = s` is
+//! Choosing `S`: `seq` is commit-ordered (writers hold the table's advisory lock
+//! from `nextval` until commit, or commit in the order of their reserved ranges
+//! by ticket: `activity.rs`), so when the row with `seq = s` is
 //! visible every row with a smaller `seq` is committed too. `S` is therefore the
 //! largest visible `seq`, bounded to [`DEFAULT_MAX_ROWS_PER_RUN`] rows per run.
 //! For `token_usage`, rows still waiting for their attribution
