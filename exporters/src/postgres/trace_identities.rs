@@ -79,15 +79,15 @@ struct Merged<'a> {
     pending: Option<DateTime<Utc>>,
 }
 
+/// One trace a submission shares, with the sender's tenant scope.
+pub(crate) type ScopedTrace<'a> = (&'a str, &'a SharedTrace);
+
 /// Splits a batch's `(scope, trace)` items into those that carry only an
 /// identity (upserted before the batch transaction) and those with a pending
 /// mark (upserted in it, committed with their rows).
 pub(crate) fn split_pending<'a>(
-    items: impl IntoIterator<Item = (&'a str, &'a SharedTrace)>,
-) -> (
-    Vec<(&'a str, &'a SharedTrace)>,
-    Vec<(&'a str, &'a SharedTrace)>,
-) {
+    items: impl IntoIterator<Item = ScopedTrace<'a>>,
+) -> (Vec<ScopedTrace<'a>>, Vec<ScopedTrace<'a>>) {
     items
         .into_iter()
         .partition(|(_, trace)| trace.pending_since.is_none())
@@ -101,7 +101,7 @@ pub(crate) fn split_pending<'a>(
 /// committed.
 pub(crate) async fn share(
     client: &impl GenericClient,
-    items: &[(&str, &SharedTrace)],
+    items: &[ScopedTrace<'_>],
 ) -> Result<Vec<((String, String), TraceAttribution)>, PgError> {
     if items.is_empty() {
         return Ok(Vec::new());
