@@ -11,7 +11,8 @@
 //! caught up (the watermark is the `seq` just before the reserved range, or no
 //! committed row lies above it), [`PreparedLinks::links`] fills in `seq` and
 //! `received_at`, hashes each row onto its tenant's head, and after the `COPY`
-//! [`WRITE_SQL`] stores the links, moves the heads and moves the watermark, in one
+//! [`WRITE_SQL`] stores the links (one `activity_chain_runs` row per tenant of the
+//! batch, [`Links::runs`]), moves the heads and moves the watermark, in one
 //! statement that writes nothing unless the watermark is still the one read.
 //!
 //! Otherwise (the chain is behind, a value the printer cannot vouch for, the
@@ -63,19 +64,25 @@ pub(crate) const BACKLOG_HEADS_SQL: &str = "SELECT tenant_id, seq, row_hash FROM
 /// chainer, so the lock-held section stays short.
 pub(crate) const MAX_BACKLOG_ROWS: i64 = 2_000;
 
-/// Stores the links (`$4`–`$9`), moves the heads (`$10`–`$12`) and moves the
-/// watermark `$1` from `$3` to `$2`, all only if the watermark is still `$3` (its
-/// row lock waits for a chainer run in progress). Answers 1 when it wrote, else 0.
+/// Stores the links as one run per tenant in `activity_chain_runs` (`$4`–`$11`,
+/// see [`Runs`]), moves the heads (`$12`–`$14`) and moves the watermark `$1`
+/// from `$3` to `$2`, all only if the watermark is still `$3` (its row lock
+/// waits for a chainer run in progress). Answers 1 when it wrote, else 0.
 pub(crate) const WRITE_SQL: &str = "WITH w AS ( \
         UPDATE chain_watermark SET last_seq = $2, updated_at = now() \
         WHERE name = $1 AND last_seq = $3 RETURNING 1), \
-    links AS ( \
-        INSERT INTO activity_chain (tenant_id, seq, day, prev_seq, prev_hash, row_hash) \
-        SELECT * FROM unnest($4::text[], $5::int8[], $6::date[], $7::int8[], $8::bytea[], \
-            $9::bytea[]) WHERE EXISTS (SELECT 1 FROM w)), \
+    runs AS ( \
+        INSERT INTO activity_chain_runs (tenant_id, first_seq, last_seq, prev_seq, prev_hash, \
+            seqs, days, row_hashes) \
+        SELECT r.t, a.s[r.o + 1], a.s[r.o + r.n], r.ps, r.ph, a.s[r.o + 1 : r.o + r.n], \
+            a.d[r.o + 1 : r.o + r.n], r.h \
+        FROM unnest($4::text[], $5::int4[], $6::int4[], $7::int8[], $8::bytea[], $9::bytea[]) \
+            AS r(t, o, n, ps, ph, h), \
+            (SELECT $10::int8[] AS s, $11::date[] AS d) AS a \
+        WHERE EXISTS (SELECT 1 FROM w)), \
     heads AS ( \
         INSERT INTO chain_heads (tenant_id, seq, row_hash) \
-        SELECT * FROM unnest($10::text[], $11::int8[], $12::bytea[]) \
+        SELECT * FROM unnest($12::text[], $13::int8[], $14::bytea[]) \
         WHERE EXISTS (SELECT 1 FROM w) \
         ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq, \
             row_hash = EXCLUDED.row_hash, updated_at = now()) \
@@ -331,6 +338,76 @@ impl Links {
             self.head_seq.push(seq);
             self.head_hash.push(hash);
         }
+    }
+}
+
+/// A batch's links as one run per tenant (migration 33): the arrays
+/// [`WRITE_SQL`] stores, each run's seqs, days and hashes a slice of the flat
+/// arrays (`offset`, `len`).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Runs {
+    pub tenant: Vec<String>,
+    /// Where the run starts in `seqs` and `days` (0-based).
+    pub offset: Vec<i32>,
+    pub len: Vec<i32>,
+    /// The link before the run's first (its tenant's head before the batch).
+    pub prev_seq: Vec<Option<i64>>,
+    pub prev_hash: Vec<[u8; 32]>,
+    /// Each run's link hashes, 32 bytes after 32 bytes.
+    pub hashes: Vec<Vec<u8>>,
+    pub seqs: Vec<i64>,
+    pub days: Vec<NaiveDate>,
+}
+
+impl Links {
+    /// The links grouped by tenant, in `seq` order within each run. Within a
+    /// tenant each link follows the one before (as [`Links::push`] makes them),
+    /// so a run needs only its first link's predecessor.
+    pub(crate) fn runs(&self) -> Result<Runs, PgError> {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for (i, tenant) in self.tenant.iter().enumerate() {
+            let run = *index.entry(tenant.as_str()).or_insert_with(|| {
+                members.push(Vec::new());
+                members.len() - 1
+            });
+            members[run].push(i);
+        }
+        let mut runs = Runs {
+            seqs: Vec::with_capacity(self.seq.len()),
+            days: Vec::with_capacity(self.seq.len()),
+            ..Runs::default()
+        };
+        for run in &members {
+            let (Some(&first), Ok(len)) = (run.first(), i32::try_from(run.len())) else {
+                continue;
+            };
+            let offset = i32::try_from(runs.seqs.len())
+                .map_err(|_| PgError::Integrity("too many links for one batch".into()))?;
+            let mut hashes = Vec::with_capacity(32 * run.len());
+            for pair in run.windows(2) {
+                let (before, after) = (pair[0], pair[1]);
+                if self.prev_seq[after] != Some(self.seq[before])
+                    || self.prev_hash[after] != self.hash[before]
+                {
+                    return Err(PgError::Integrity(
+                        "a tenant's links in a batch do not follow each other".into(),
+                    ));
+                }
+            }
+            for &i in run {
+                runs.seqs.push(self.seq[i]);
+                runs.days.push(self.day[i]);
+                hashes.extend_from_slice(&self.hash[i]);
+            }
+            runs.tenant.push(self.tenant[first].clone());
+            runs.offset.push(offset);
+            runs.len.push(len);
+            runs.prev_seq.push(self.prev_seq[first]);
+            runs.prev_hash.push(self.prev_hash[first]);
+            runs.hashes.push(hashes);
+        }
+        Ok(runs)
     }
 }
 
