@@ -539,7 +539,8 @@ async fn the_link_functions_read_single_links_and_runs_alike() {
 
 /// Tampering with the writer's runs themselves is found as with single links:
 /// a hash changed inside a run, a link taken out of a run (its row kept), the
-/// last link cut with its row, a forged run overlapping the stored ones.
+/// last link cut with its row, a forged run overlapping the stored ones, a
+/// link taken out with its row (found at the run's next link).
 #[tokio::test]
 async fn tampering_with_a_run_of_links_is_detected() {
     let db = TestDatabase::migrated().await;
@@ -619,6 +620,18 @@ async fn tampering_with_a_run_of_links_is_detected() {
             seqs[0],
             ProblemKind::Inserted,
         ),
+        (
+            // A row deleted with its link: the run's next link no longer follows.
+            format!(
+                "DELETE FROM activity_events WHERE seq = {gone}; \
+                 UPDATE activity_chain_runs SET seqs = seqs[1:2] || seqs[4:], \
+                 days = days[1:2] || days[4:], row_hashes = substring(row_hashes FROM 1 FOR 64) \
+                 || substring(row_hashes FROM 97) WHERE {first_run}",
+                gone = seqs[2]
+            ),
+            seqs[3],
+            ProblemKind::Altered,
+        ),
     ];
     for (tamper, seq, kind) in cases {
         client.batch_execute(&tamper).await.expect("tamper");
@@ -626,7 +639,8 @@ async fn tampering_with_a_run_of_links_is_detected() {
             .await
             .expect("verify");
         assert_problem(&r, seq, kind);
-        // Back to the stored runs (the deleted row stays deleted: last case).
+        // Back to the stored runs. Deleted rows stay deleted: each lies above
+        // the problems of the cases after it.
         client
             .batch_execute(
                 "DELETE FROM activity_chain_runs; \
