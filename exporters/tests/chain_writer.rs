@@ -445,7 +445,9 @@ async fn tampering_with_writer_linked_rows_is_detected() {
 async fn the_link_functions_read_single_links_and_runs_alike() {
     let db = TestDatabase::migrated().await;
     let exporter = linking_exporter(&db).await;
-    let events = rich_events(30);
+    let mut events = rich_events(30);
+    // A tenant with one row in its batch: the writer stores its link alone.
+    events[20].tenant_id = Some("solo".into());
     exporter
         .submit(events[..12].to_vec())
         .await
@@ -457,6 +459,15 @@ async fn the_link_functions_read_single_links_and_runs_alike() {
         .submit(events[12..].to_vec())
         .await
         .expect("batch 2");
+    let solo: i64 = client
+        .query_one(
+            "SELECT count(*) FROM activity_chain WHERE tenant_id = 'solo'",
+            &[],
+        )
+        .await
+        .expect("solo link")
+        .get(0);
+    assert_eq!(solo, 1);
     let (singles, runs): (i64, i64) = {
         let row = client
             .query_one(
@@ -649,6 +660,64 @@ async fn tampering_with_a_run_of_links_is_detected() {
             .await
             .expect("restore");
     }
+    exporter.shutdown().await;
+}
+
+/// A walk over more runs than one page holds (64) checks every link and row,
+/// and a forged run that reaches back into an earlier page is reported.
+#[tokio::test]
+async fn a_walk_over_several_pages_of_runs_checks_them_all() {
+    const BATCHES: usize = 70;
+    let db = TestDatabase::migrated().await;
+    let exporter = linking_exporter(&db).await;
+    let mut events = rich_events(4 * BATCHES);
+    for e in &mut events {
+        e.tenant_id = Some("acme".into());
+    }
+    for batch in events.chunks(4) {
+        exporter.submit(batch.to_vec()).await.expect("batch");
+    }
+    let mut client = db.client().await;
+    job().run_once(&mut client).await.expect("checkpoint");
+    let runs: i64 = client
+        .query_one("SELECT count(*) FROM activity_chain_runs", &[])
+        .await
+        .expect("runs")
+        .get(0);
+    assert_eq!(runs, BATCHES as i64);
+    let report = chain::verify(&mut client, "acme", &trusted())
+        .await
+        .expect("verify");
+    assert_eq!(report.status, VerifyStatus::Intact, "{report:#?}");
+    assert_eq!(
+        (report.rows_checked, report.links_checked),
+        (4 * BATCHES as u64, 4 * BATCHES as u64)
+    );
+    // A run from a row of the tenth batch to far above the head: read on the
+    // second page, it reaches back into the first.
+    let reached: i64 = client
+        .query_one(
+            "SELECT seq FROM activity_events ORDER BY seq OFFSET 38 LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("seq")
+        .get(0);
+    client
+        .execute(
+            "INSERT INTO activity_chain_runs (tenant_id, first_seq, last_seq, prev_seq, \
+             prev_hash, seqs, days, row_hashes) SELECT tenant_id, $1, last_seq + 1000, NULL, \
+             prev_hash, ARRAY[$1, last_seq + 1000], days[1:1] || days[1:1], \
+             substring(row_hashes FROM 1 FOR 32) || substring(row_hashes FROM 1 FOR 32) \
+             FROM activity_chain_runs ORDER BY last_seq DESC LIMIT 1",
+            &[&reached],
+        )
+        .await
+        .expect("forge a run");
+    let report = chain::verify(&mut client, "acme", &trusted())
+        .await
+        .expect("verify");
+    assert_problem(&report, reached, ProblemKind::Inserted);
     exporter.shutdown().await;
 }
 

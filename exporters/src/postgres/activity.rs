@@ -437,7 +437,8 @@ async fn write_links(
             .collect::<Result<Vec<_>, _>>()?;
     }
     let links = prepared.links(first, state.now, &backlog, heads)?;
-    let runs = links.runs()?;
+    let stored = links.stored(link::MIN_RUN_LINKS)?;
+    let (single, runs) = (&stored.single, &stored.runs);
     let wrote: i64 = tx
         .query_one(
             write,
@@ -445,6 +446,12 @@ async fn write_links(
                 &super::chain::CHAIN_WATERMARK,
                 &last,
                 &state.watermark,
+                &single.tenant,
+                &single.seq,
+                &single.day,
+                &single.prev_seq,
+                &single.prev_hash,
+                &single.hash,
                 &runs.tenant,
                 &runs.offset,
                 &runs.len,
