@@ -1,7 +1,8 @@
 -- Tally schema, version 33: the writer's chain links stored per run (issue 21).
 --
 -- A writer that links its own batch (migration 0032's direct path) stores one
--- row per tenant of the batch instead of one activity_chain row per event: the
+-- row per tenant with a few rows in the batch (4 or more, `MIN_RUN_LINKS`)
+-- instead of one activity_chain row per event: the
 -- run's seqs in order, the UTC day of each row's ts, and each row's link hash,
 -- 32 bytes after 32 bytes. Link i of a run is
 --   (seq = seqs[i], day = days[i],
