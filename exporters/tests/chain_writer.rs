@@ -381,17 +381,22 @@ async fn two_instances_and_a_chainer_link_every_row_once() {
     b.shutdown().await;
 }
 
-#[tokio::test]
-async fn tampering_with_writer_linked_rows_is_detected() {
-    let db = TestDatabase::migrated().await;
-    let exporter = linking_exporter(&db).await;
-    let mut events = rich_events(9);
+/// Rows of tenant `acme` written by a linking exporter in batches of `sizes`
+/// rows, one after the other, then a chainer run (checkpoints): the exporter,
+/// a client and the rows' seqs in order.
+async fn acme_batches(db: &TestDatabase, sizes: &[usize]) -> (PgExporter, Client, Vec<i64>) {
+    let exporter = linking_exporter(db).await;
+    let mut events = rich_events(sizes.iter().sum());
     for e in &mut events {
         e.tenant_id = Some("acme".into());
     }
-    exporter.submit(events).await.expect("batch");
+    let mut rest = &events[..];
+    for &size in sizes {
+        let (batch, after) = rest.split_at(size);
+        exporter.submit(batch.to_vec()).await.expect("batch");
+        rest = after;
+    }
     let mut client = db.client().await;
-    assert_eq!(writer_linked(&client).await, 9);
     job().run_once(&mut client).await.expect("checkpoint");
     let seqs: Vec<i64> = client
         .query("SELECT seq FROM activity_events ORDER BY seq", &[])
@@ -400,6 +405,14 @@ async fn tampering_with_writer_linked_rows_is_detected() {
         .iter()
         .map(|r| r.get(0))
         .collect();
+    (exporter, client, seqs)
+}
+
+#[tokio::test]
+async fn tampering_with_writer_linked_rows_is_detected() {
+    let db = TestDatabase::migrated().await;
+    let (exporter, mut client, seqs) = acme_batches(&db, &[9]).await;
+    assert_eq!(writer_linked(&client).await, 9);
     assert_intact(&verify_all(&db).await);
 
     // Public attribute changed.
@@ -555,28 +568,7 @@ async fn the_link_functions_read_single_links_and_runs_alike() {
 #[tokio::test]
 async fn tampering_with_a_run_of_links_is_detected() {
     let db = TestDatabase::migrated().await;
-    let exporter = linking_exporter(&db).await;
-    let mut events = rich_events(9);
-    for e in &mut events {
-        e.tenant_id = Some("acme".into());
-    }
-    exporter
-        .submit(events[..5].to_vec())
-        .await
-        .expect("batch 1");
-    exporter
-        .submit(events[5..].to_vec())
-        .await
-        .expect("batch 2");
-    let mut client = db.client().await;
-    job().run_once(&mut client).await.expect("checkpoint");
-    let seqs: Vec<i64> = client
-        .query("SELECT seq FROM activity_events ORDER BY seq", &[])
-        .await
-        .expect("seqs")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let (exporter, mut client, seqs) = acme_batches(&db, &[5, 4]).await;
     let runs: i64 = client
         .query_one("SELECT count(*) FROM activity_chain_runs", &[])
         .await
@@ -669,16 +661,7 @@ async fn tampering_with_a_run_of_links_is_detected() {
 async fn a_walk_over_several_pages_of_runs_checks_them_all() {
     const BATCHES: usize = 70;
     let db = TestDatabase::migrated().await;
-    let exporter = linking_exporter(&db).await;
-    let mut events = rich_events(4 * BATCHES);
-    for e in &mut events {
-        e.tenant_id = Some("acme".into());
-    }
-    for batch in events.chunks(4) {
-        exporter.submit(batch.to_vec()).await.expect("batch");
-    }
-    let mut client = db.client().await;
-    job().run_once(&mut client).await.expect("checkpoint");
+    let (exporter, mut client, seqs) = acme_batches(&db, &[4; BATCHES]).await;
     let runs: i64 = client
         .query_one("SELECT count(*) FROM activity_chain_runs", &[])
         .await
@@ -695,14 +678,7 @@ async fn a_walk_over_several_pages_of_runs_checks_them_all() {
     );
     // A run from a row of the tenth batch to far above the head: read on the
     // second page, it reaches back into the first.
-    let reached: i64 = client
-        .query_one(
-            "SELECT seq FROM activity_events ORDER BY seq OFFSET 38 LIMIT 1",
-            &[],
-        )
-        .await
-        .expect("seq")
-        .get(0);
+    let reached = seqs[38];
     client
         .execute(
             "INSERT INTO activity_chain_runs (tenant_id, first_seq, last_seq, prev_seq, \
