@@ -76,9 +76,10 @@ fn file_seqs(dir: &Path) -> Vec<i64> {
     seqs
 }
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
     "activity_events",
     "activity_chain",
+    "activity_chain_runs",
     "chain_heads",
     "chain_checkpoints",
     "chain_truncations",
@@ -139,7 +140,7 @@ async fn verify_with_checkpoints_catches_a_cut_tail_a_rewritten_head_and_a_forge
             || async {
                 let last: Option<i64> = client
                     .query_one(
-                        "SELECT max(seq) FROM activity_chain WHERE tenant_id = $1 \
+                        "SELECT max(seq) FROM activity_chain_links WHERE tenant_id = $1 \
                          HAVING count(*) = $2",
                         &[&TENANT, &(want as i64)],
                     )
@@ -192,7 +193,7 @@ async fn verify_with_checkpoints_catches_a_cut_tail_a_rewritten_head_and_a_forge
             "INSERT INTO chain_truncations (table_name, partition_name, day, tenant_id, rows, \
                  min_seq, max_seq, chained_rows, last_chained_seq, last_chained_hash) \
              SELECT 'activity_events', 'activity_events_p20231114', day, tenant_id, $3, $4, $5, \
-                 $3, $5, row_hash FROM activity_chain WHERE tenant_id = $1 AND seq = $2",
+                 $3, $5, row_hash FROM tally_chain_link($1, $2)",
             &[
                 &TENANT,
                 &half[half.len() - 1],
@@ -218,6 +219,7 @@ async fn verify_with_checkpoints_catches_a_cut_tail_a_rewritten_head_and_a_forge
         .batch_execute(&format!(
             "UPDATE activity_events SET user_id = 'mallory' WHERE seq = {last}; \
              DELETE FROM activity_chain WHERE tenant_id = '{TENANT}'; \
+             DELETE FROM activity_chain_runs WHERE tenant_id = '{TENANT}'; \
              DELETE FROM chain_heads WHERE tenant_id = '{TENANT}'; \
              DELETE FROM chain_checkpoints WHERE tenant_id = '{TENANT}'; \
              UPDATE chain_watermark SET last_seq = 0;"
@@ -266,8 +268,14 @@ async fn verify_with_checkpoints_catches_a_cut_tail_a_rewritten_head_and_a_forge
         .batch_execute(&format!(
             "DELETE FROM activity_events WHERE tenant_id = '{TENANT}' AND seq > {keep}; \
              DELETE FROM activity_chain WHERE tenant_id = '{TENANT}' AND seq > {keep}; \
+             DELETE FROM activity_chain_runs WHERE tenant_id = '{TENANT}' AND first_seq > {keep}; \
+             UPDATE activity_chain_runs SET last_seq = {keep}, \
+                 seqs = seqs[1:array_position(seqs, {keep}::int8)], \
+                 days = days[1:array_position(seqs, {keep}::int8)], \
+                 row_hashes = substring(row_hashes FROM 1 FOR 32 * array_position(seqs, {keep}::int8)) \
+                 WHERE tenant_id = '{TENANT}' AND first_seq <= {keep} AND last_seq > {keep}; \
              DELETE FROM chain_checkpoints WHERE tenant_id = '{TENANT}' AND seq > {keep}; \
-             UPDATE chain_heads h SET seq = c.seq, row_hash = c.row_hash FROM activity_chain c \
+             UPDATE chain_heads h SET seq = c.seq, row_hash = c.row_hash FROM activity_chain_links c \
                  WHERE h.tenant_id = '{TENANT}' AND c.tenant_id = h.tenant_id AND c.seq = {keep};"
         ))
         .await

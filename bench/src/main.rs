@@ -140,6 +140,9 @@ struct IngestArgs {
     /// Rows written by the ceiling writer per run.
     #[arg(long, default_value_t = 200_000)]
     ceiling_rows: usize,
+    /// Tenants the records spread over (record n belongs to tenant n mod this).
+    #[arg(long, default_value_t = 1_000)]
+    tenants: u64,
     /// Runs; figures are medians.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -271,6 +274,7 @@ async fn measure_transport(args: &IngestArgs, transport: Transport) -> anyhow::R
 }
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    workload::set_tenants(args.tenants);
     anyhow::ensure!(
         args.tally.exists(),
         "{} not found: build it with `cargo build --release -p tally`",
@@ -300,8 +304,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let ceilings: Vec<f64> = ceilings.iter().map(|c| c.rows_per_second).collect();
     let ceiling = median(ceilings.clone());
     println!(
-        "\nTally ingest, median of {} runs ({} connections x {} records/request, {} writers)\n",
-        args.runs, args.connections, args.records_per_request, args.writers
+        "\nTally ingest, median of {} runs ({} connections x {} records/request, {} writers, {} tenants)\n",
+        args.runs, args.connections, args.records_per_request, args.writers, args.tenants
     );
     println!(
         "| transport | accepted rec/s | / ceiling | CPU s per 100k rec | DB CPU s per 100k rec (/ ceiling) | peak RSS MiB | p50/p99 ms @50% | p50/p99 ms @90% |"
@@ -390,6 +394,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "auth_required": args.auth,
         "paced_clients": if args.aligned_pacing { "aligned" } else { "staggered" },
         "writers": args.writers,
+        "tenants": args.tenants,
         "ceiling_rows_per_second": ceiling,
         "ceiling_runs": ceilings,
         "ceiling_db_cpu_seconds_per_100k_rows": ceiling_db_cpu,

@@ -26,6 +26,20 @@ const ACTIONS: [&str; 12] = [
     "chat.message.send",
 ];
 
+/// How many tenants the records spread over (record `n` belongs to tenant
+/// `n % TENANTS`): 1,000 by default, `tally-bench ingest --tenants`.
+static TENANTS: AtomicU64 = AtomicU64::new(1_000);
+
+/// Sets the number of tenants the workload spreads over (at least 1).
+pub fn set_tenants(tenants: u64) {
+    TENANTS.store(tenants.max(1), Ordering::Relaxed);
+}
+
+/// The tenant of record `n`.
+fn tenant(n: u64) -> String {
+    format!("tenant-{}", n % TENANTS.load(Ordering::Relaxed).max(1))
+}
+
 /// A source of unique record numbers shared by every client.
 pub static NEXT_RECORD: AtomicU64 = AtomicU64::new(1);
 
@@ -74,7 +88,7 @@ fn activity_attributes(n: u64) -> Vec<KeyValue> {
     vec![
         s("activity.action", action.into()),
         s("enduser.id", format!("user-{}", n % 100_000)),
-        s("tenant.id", format!("tenant-{}", n % 1_000)),
+        s("tenant.id", tenant(n)),
         s("session.id", format!("sess-{:x}", n / 7)),
         s("activity.resource.type", "document".into()),
         s("activity.resource.id", format!("doc-{}", n % 50_000)),
@@ -105,7 +119,7 @@ fn genai_attributes(n: u64) -> Vec<KeyValue> {
         i("gen_ai.usage.input_tokens", 300 + (n % 700) as i64),
         i("gen_ai.usage.output_tokens", 50 + (n % 300) as i64),
         s("enduser.id", format!("user-{}", n % 100_000)),
-        s("tenant.id", format!("tenant-{}", n % 1_000)),
+        s("tenant.id", tenant(n)),
         s(
             "gen_ai.input.messages",
             format!("[{{\"role\":\"user\",\"content\":\"summarise ticket {n} for alice@example.com\"}}]"),
@@ -208,7 +222,7 @@ pub fn rest_events(items: usize) -> Vec<u8> {
 
 fn rest_event(n: u64, ts: &str) -> serde_json::Value {
     let user = format!("user-{}", n % 100_000);
-    let tenant = format!("tenant-{}", n % 1_000);
+    let tenant = tenant(n);
     if n.is_multiple_of(5) {
         let prompt = format!("summarise ticket {n} for alice@example.com");
         return serde_json::json!({

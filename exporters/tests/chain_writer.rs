@@ -104,7 +104,7 @@ async fn max_seq(client: &Client) -> i64 {
 async fn writer_linked(client: &Client) -> i64 {
     client
         .query_one(
-            "SELECT count(*) FROM activity_events e JOIN activity_chain c \
+            "SELECT count(*) FROM activity_events e JOIN activity_chain_links c \
                  ON c.tenant_id = e.tenant_id AND c.seq = e.seq \
              WHERE c.chained_at = e.received_at",
             &[],
@@ -119,8 +119,8 @@ async fn unmatched(client: &Client) -> (i64, i64) {
     let row = client
         .query_one(
             "SELECT (SELECT count(*) FROM activity_events e WHERE (SELECT count(*) \
-                 FROM activity_chain c WHERE c.tenant_id = e.tenant_id AND c.seq = e.seq) <> 1), \
-             (SELECT count(*) FROM activity_chain c WHERE NOT EXISTS (SELECT 1 \
+                 FROM activity_chain_links c WHERE c.tenant_id = e.tenant_id AND c.seq = e.seq) <> 1), \
+             (SELECT count(*) FROM activity_chain_links c WHERE NOT EXISTS (SELECT 1 \
                  FROM activity_events e WHERE e.tenant_id = c.tenant_id AND e.seq = c.seq))",
             &[],
         )
@@ -166,7 +166,7 @@ type Link = (String, i64, Option<i64>, Vec<u8>, Vec<u8>);
 async fn links(client: &Client) -> Vec<Link> {
     client
         .query(
-            "SELECT tenant_id, seq, prev_seq, prev_hash, row_hash FROM activity_chain \
+            "SELECT tenant_id, seq, prev_seq, prev_hash, row_hash FROM activity_chain_links \
              ORDER BY tenant_id, seq",
             &[],
         )
@@ -195,6 +195,29 @@ async fn writer_links_verify_and_equal_the_chainers() {
     assert_eq!(watermark(&client).await, max_seq(&client).await);
     assert_eq!(writer_linked(&client).await, 60);
     assert_eq!(unmatched(&client).await, (0, 0));
+    // Stored as one run per batch and tenant, no link row per event.
+    let tenants_of = |events: &[ActivityEvent]| {
+        let set: std::collections::HashSet<String> = events
+            .iter()
+            .map(|e| e.tenant_id.clone().unwrap_or_default())
+            .collect();
+        set.len() as i64
+    };
+    let stored: (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM activity_chain), \
+                     (SELECT count(*) FROM activity_chain_runs)",
+                &[],
+            )
+            .await
+            .expect("stored links");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        stored,
+        (0, tenants_of(&events[..25]) + tenants_of(&events[25..]))
+    );
     // Checkpoints over the writer's heads, then verify.
     let report = job().run_once(&mut client).await.expect("chainer run");
     assert_eq!(report.rows, 0);
@@ -205,8 +228,8 @@ async fn writer_links_verify_and_equal_the_chainers() {
     let by_writer = links(&client).await;
     client
         .batch_execute(
-            "DELETE FROM chain_checkpoints; DELETE FROM activity_chain; DELETE FROM chain_heads; \
-             UPDATE chain_watermark SET last_seq = 0",
+            "DELETE FROM chain_checkpoints; DELETE FROM activity_chain_runs; \
+             DELETE FROM chain_heads; UPDATE chain_watermark SET last_seq = 0",
         )
         .await
         .expect("reset chain");
@@ -358,17 +381,22 @@ async fn two_instances_and_a_chainer_link_every_row_once() {
     b.shutdown().await;
 }
 
-#[tokio::test]
-async fn tampering_with_writer_linked_rows_is_detected() {
-    let db = TestDatabase::migrated().await;
-    let exporter = linking_exporter(&db).await;
-    let mut events = rich_events(9);
+/// Rows of tenant `acme` written by a linking exporter in batches of `sizes`
+/// rows, one after the other, then a chainer run (checkpoints): the exporter,
+/// a client and the rows' seqs in order.
+async fn acme_batches(db: &TestDatabase, sizes: &[usize]) -> (PgExporter, Client, Vec<i64>) {
+    let exporter = linking_exporter(db).await;
+    let mut events = rich_events(sizes.iter().sum());
     for e in &mut events {
         e.tenant_id = Some("acme".into());
     }
-    exporter.submit(events).await.expect("batch");
+    let mut rest = &events[..];
+    for &size in sizes {
+        let (batch, after) = rest.split_at(size);
+        exporter.submit(batch.to_vec()).await.expect("batch");
+        rest = after;
+    }
     let mut client = db.client().await;
-    assert_eq!(writer_linked(&client).await, 9);
     job().run_once(&mut client).await.expect("checkpoint");
     let seqs: Vec<i64> = client
         .query("SELECT seq FROM activity_events ORDER BY seq", &[])
@@ -377,6 +405,14 @@ async fn tampering_with_writer_linked_rows_is_detected() {
         .iter()
         .map(|r| r.get(0))
         .collect();
+    (exporter, client, seqs)
+}
+
+#[tokio::test]
+async fn tampering_with_writer_linked_rows_is_detected() {
+    let db = TestDatabase::migrated().await;
+    let (exporter, mut client, seqs) = acme_batches(&db, &[9]).await;
+    assert_eq!(writer_linked(&client).await, 9);
     assert_intact(&verify_all(&db).await);
 
     // Public attribute changed.
@@ -412,6 +448,252 @@ async fn tampering_with_writer_linked_rows_is_detected() {
         .await
         .expect("verify");
     assert_problem(&r, seqs[0], ProblemKind::Deleted);
+    exporter.shutdown().await;
+}
+
+/// `tally_chain_link` and `tally_chain_links` answer, for links stored alone
+/// (by the chainer) and in runs (by a writer), what the `activity_chain_links`
+/// view lists.
+#[tokio::test]
+async fn the_link_functions_read_single_links_and_runs_alike() {
+    let db = TestDatabase::migrated().await;
+    let exporter = linking_exporter(&db).await;
+    let mut events = rich_events(30);
+    // A tenant with one row in its batch: the writer stores its link alone.
+    events[20].tenant_id = Some("solo".into());
+    exporter
+        .submit(events[..12].to_vec())
+        .await
+        .expect("batch 1");
+    let mut client = db.client().await;
+    old_style_rows(&mut client, 7).await;
+    job().run_once(&mut client).await.expect("chainer run");
+    exporter
+        .submit(events[12..].to_vec())
+        .await
+        .expect("batch 2");
+    let solo: i64 = client
+        .query_one(
+            "SELECT count(*) FROM activity_chain WHERE tenant_id = 'solo'",
+            &[],
+        )
+        .await
+        .expect("solo link")
+        .get(0);
+    assert_eq!(solo, 1);
+    let (singles, runs): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM activity_chain), \
+                     (SELECT count(*) FROM activity_chain_runs)",
+                &[],
+            )
+            .await
+            .expect("stored links");
+        (row.get(0), row.get(1))
+    };
+    assert!(
+        singles >= 7 && runs >= 2,
+        "{singles} single links, {runs} runs"
+    );
+    let all = links(&client).await;
+    assert_eq!(all.len(), 37);
+    for (tenant, seq, prev_seq, prev_hash, row_hash) in &all {
+        let found: Vec<Link> = client
+            .query(
+                "SELECT tenant_id, seq, prev_seq, prev_hash, row_hash \
+                 FROM tally_chain_link($1, $2)",
+                &[tenant, seq],
+            )
+            .await
+            .expect("tally_chain_link")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect();
+        let want = (
+            tenant.clone(),
+            *seq,
+            *prev_seq,
+            prev_hash.clone(),
+            row_hash.clone(),
+        );
+        assert_eq!(found, vec![want]);
+        let none = client
+            .query(
+                "SELECT 1 FROM tally_chain_link($1, $2)",
+                &[tenant, &(seq + 1_000_000)],
+            )
+            .await
+            .expect("no link");
+        assert!(none.is_empty());
+    }
+    // Every range of every tenant, cut at each seq.
+    let seqs: Vec<i64> = all.iter().map(|l| l.1).collect();
+    for tenant in tenants(&client).await {
+        for (after, upto) in [
+            (i64::MIN, i64::MAX),
+            (seqs[3], seqs[20]),
+            (seqs[9], seqs[10]),
+        ] {
+            let want: Vec<&Link> = all
+                .iter()
+                .filter(|l| l.0 == tenant && l.1 > after && l.1 <= upto)
+                .collect();
+            let got: Vec<Link> = client
+                .query(
+                    "SELECT tenant_id, seq, prev_seq, prev_hash, row_hash \
+                     FROM tally_chain_links($1, $2, $3) ORDER BY seq",
+                    &[&tenant, &after, &upto],
+                )
+                .await
+                .expect("tally_chain_links")
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .collect();
+            assert_eq!(
+                got.iter().collect::<Vec<_>>(),
+                want,
+                "{tenant} ({after}, {upto}]"
+            );
+        }
+    }
+    assert_intact(&verify_all(&db).await);
+    exporter.shutdown().await;
+}
+
+/// Tampering with the writer's runs themselves is found as with single links:
+/// a hash changed inside a run, a link taken out of a run (its row kept), the
+/// last link cut with its row, a forged run overlapping the stored ones, a
+/// link taken out with its row (found at the run's next link).
+#[tokio::test]
+async fn tampering_with_a_run_of_links_is_detected() {
+    let db = TestDatabase::migrated().await;
+    let (exporter, mut client, seqs) = acme_batches(&db, &[5, 4]).await;
+    let runs: i64 = client
+        .query_one("SELECT count(*) FROM activity_chain_runs", &[])
+        .await
+        .expect("runs")
+        .get(0);
+    assert_eq!((seqs.len(), runs), (9, 2));
+    assert_intact(&verify_all(&db).await);
+    client
+        .batch_execute("CREATE TABLE runs_kept AS SELECT * FROM activity_chain_runs")
+        .await
+        .expect("keep the runs");
+    let first_run = "tenant_id = 'acme' AND first_seq = (SELECT min(first_seq) FROM runs_kept)";
+    let cases = [
+        (
+            format!(
+                "UPDATE activity_chain_runs SET row_hashes = set_byte(row_hashes, 32, \
+                 get_byte(row_hashes, 32) # 1) WHERE {first_run}"
+            ),
+            seqs[1],
+            ProblemKind::Altered,
+        ),
+        (
+            format!(
+                "UPDATE activity_chain_runs SET seqs = seqs[1:1] || seqs[3:], \
+                 days = days[1:1] || days[3:], row_hashes = substring(row_hashes FROM 1 FOR 32) \
+                 || substring(row_hashes FROM 65) WHERE {first_run}"
+            ),
+            seqs[1],
+            ProblemKind::Inserted,
+        ),
+        (
+            format!(
+                "DELETE FROM activity_events WHERE seq = {last}; \
+                 UPDATE activity_chain_runs SET last_seq = seqs[3], seqs = seqs[1:3], \
+                 days = days[1:3], row_hashes = substring(row_hashes FROM 1 FOR 96) \
+                 WHERE tenant_id = 'acme' AND last_seq = {last}; \
+                 UPDATE chain_heads SET seq = {before}",
+                last = seqs[8],
+                before = seqs[7]
+            ),
+            seqs[8],
+            ProblemKind::Deleted,
+        ),
+        (
+            format!(
+                "INSERT INTO activity_chain_runs (tenant_id, first_seq, last_seq, prev_seq, \
+                 prev_hash, seqs, days, row_hashes) SELECT tenant_id, first_seq, {far}, NULL, \
+                 prev_hash, ARRAY[first_seq, {far}], days[1:2], \
+                 substring(row_hashes FROM 1 FOR 64) FROM runs_kept WHERE {first_run}",
+                far = seqs[8] + 1_000
+            ),
+            seqs[0],
+            ProblemKind::Inserted,
+        ),
+        (
+            // A row deleted with its link: the run's next link no longer follows.
+            format!(
+                "DELETE FROM activity_events WHERE seq = {gone}; \
+                 UPDATE activity_chain_runs SET seqs = seqs[1:2] || seqs[4:], \
+                 days = days[1:2] || days[4:], row_hashes = substring(row_hashes FROM 1 FOR 64) \
+                 || substring(row_hashes FROM 97) WHERE {first_run}",
+                gone = seqs[2]
+            ),
+            seqs[3],
+            ProblemKind::Altered,
+        ),
+    ];
+    for (tamper, seq, kind) in cases {
+        client.batch_execute(&tamper).await.expect("tamper");
+        let r = chain::verify(&mut client, "acme", &trusted())
+            .await
+            .expect("verify");
+        assert_problem(&r, seq, kind);
+        // Back to the stored runs. Deleted rows stay deleted: each lies above
+        // the problems of the cases after it.
+        client
+            .batch_execute(
+                "DELETE FROM activity_chain_runs; \
+                 INSERT INTO activity_chain_runs SELECT * FROM runs_kept",
+            )
+            .await
+            .expect("restore");
+    }
+    exporter.shutdown().await;
+}
+
+/// A walk over more runs than one page holds (64) checks every link and row,
+/// and a forged run that reaches back into an earlier page is reported.
+#[tokio::test]
+async fn a_walk_over_several_pages_of_runs_checks_them_all() {
+    const BATCHES: usize = 70;
+    let db = TestDatabase::migrated().await;
+    let (exporter, mut client, seqs) = acme_batches(&db, &[4; BATCHES]).await;
+    let runs: i64 = client
+        .query_one("SELECT count(*) FROM activity_chain_runs", &[])
+        .await
+        .expect("runs")
+        .get(0);
+    assert_eq!(runs, BATCHES as i64);
+    let report = chain::verify(&mut client, "acme", &trusted())
+        .await
+        .expect("verify");
+    assert_eq!(report.status, VerifyStatus::Intact, "{report:#?}");
+    assert_eq!(
+        (report.rows_checked, report.links_checked),
+        (4 * BATCHES as u64, 4 * BATCHES as u64)
+    );
+    // A run from a row of the tenth batch to far above the head: read on the
+    // second page, it reaches back into the first.
+    let reached = seqs[38];
+    client
+        .execute(
+            "INSERT INTO activity_chain_runs (tenant_id, first_seq, last_seq, prev_seq, \
+             prev_hash, seqs, days, row_hashes) SELECT tenant_id, $1, last_seq + 1000, NULL, \
+             prev_hash, ARRAY[$1, last_seq + 1000], days[1:1] || days[1:1], \
+             substring(row_hashes FROM 1 FOR 32) || substring(row_hashes FROM 1 FOR 32) \
+             FROM activity_chain_runs ORDER BY last_seq DESC LIMIT 1",
+            &[&reached],
+        )
+        .await
+        .expect("forge a run");
+    let report = chain::verify(&mut client, "acme", &trusted())
+        .await
+        .expect("verify");
+    assert_problem(&report, reached, ProblemKind::Inserted);
     exporter.shutdown().await;
 }
 

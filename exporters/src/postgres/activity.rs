@@ -437,6 +437,8 @@ async fn write_links(
             .collect::<Result<Vec<_>, _>>()?;
     }
     let links = prepared.links(first, state.now, &backlog, heads)?;
+    let stored = links.stored(link::MIN_RUN_LINKS)?;
+    let (single, runs) = (&stored.single, &stored.runs);
     let wrote: i64 = tx
         .query_one(
             write,
@@ -444,12 +446,20 @@ async fn write_links(
                 &super::chain::CHAIN_WATERMARK,
                 &last,
                 &state.watermark,
-                &links.tenant,
-                &links.seq,
-                &links.day,
-                &links.prev_seq,
-                &Links::byteas(&links.prev_hash),
-                &Links::byteas(&links.hash),
+                &single.tenant,
+                &single.seq,
+                &single.day,
+                &single.prev_seq,
+                &single.prev_hash,
+                &single.hash,
+                &runs.tenant,
+                &runs.offset,
+                &runs.len,
+                &runs.prev_seq,
+                &Links::byteas(&runs.prev_hash),
+                &runs.hashes,
+                &runs.seqs,
+                &runs.days,
                 &links.head_tenant,
                 &links.head_seq,
                 &Links::byteas(&links.head_hash),

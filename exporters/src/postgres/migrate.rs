@@ -143,6 +143,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "write_tickets",
         include_str!("migrations/0032_write_tickets.sql"),
     ),
+    (
+        33,
+        "chain_runs",
+        include_str!("migrations/0033_chain_runs.sql"),
+    ),
 ];
 
 /// Role `tally_api`, its grants and the forced row-level security policies of the

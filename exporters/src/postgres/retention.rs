@@ -595,8 +595,8 @@ async fn record_truncation(
                      rows, min_seq, max_seq, chained_rows, last_chained_seq, last_chained_hash) \
                  SELECT 'activity_events', $1, $2, d.tenant_id, d.rows, d.min_seq, d.max_seq, \
                      d.chained_rows, d.last_chained_seq, c.row_hash \
-                 FROM dropped d LEFT JOIN activity_chain c \
-                     ON c.tenant_id = d.tenant_id AND c.seq = d.last_chained_seq \
+                 FROM dropped d LEFT JOIN LATERAL (SELECT row_hash \
+                     FROM tally_chain_link(d.tenant_id, d.last_chained_seq) LIMIT 1) c ON true \
                  ON CONFLICT (table_name, day, tenant_id) DO UPDATE SET \
                      rows = t.rows + EXCLUDED.rows, \
                      min_seq = least(t.min_seq, EXCLUDED.min_seq), \

@@ -342,7 +342,8 @@ async fn select_rows(
 ) -> Result<tokio_postgres::RowStream, ArchiveError> {
     let quoted = format!("\"{}\"", partition.replace('"', "\"\""));
     let link = if table == "activity_events" {
-        "LEFT JOIN activity_chain c ON c.tenant_id = t.tenant_id AND c.seq = t.seq"
+        "LEFT JOIN LATERAL (SELECT prev_hash, row_hash \
+         FROM tally_chain_link(t.tenant_id, t.seq) LIMIT 1) c ON true"
     } else {
         "LEFT JOIN (SELECT NULL::text AS tenant_id, NULL::bigint AS seq, \
          NULL::bytea AS prev_hash, NULL::bytea AS row_hash) c ON false"

@@ -572,7 +572,8 @@ pub(super) async fn check_ndjson_rows(
     Ok(Some((hex(&file_hash.finalize()), bytes)))
 }
 
-/// Compares the archived links in `pending` with `activity_chain`, then empties it.
+/// Compares the archived links in `pending` with the stored chain (`activity_chain`
+/// and `activity_chain_runs`), then empties it.
 pub(super) async fn compare_links(
     client: &Client,
     pending: &mut Vec<(String, i64, [u8; 32])>,
@@ -587,8 +588,8 @@ pub(super) async fn compare_links(
     let rows = client
         .query(
             "SELECT a.seq, c.row_hash = a.hash FROM unnest($1::text[], $2::int8[], \
-             $3::bytea[]) AS a(tenant, seq, hash) LEFT JOIN activity_chain c \
-             ON c.tenant_id = a.tenant AND c.seq = a.seq",
+             $3::bytea[]) AS a(tenant, seq, hash) LEFT JOIN LATERAL (SELECT row_hash \
+             FROM tally_chain_link(a.tenant, a.seq) LIMIT 1) c ON true",
             &[&tenants, &seqs, &hashes],
         )
         .await?;

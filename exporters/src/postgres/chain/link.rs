@@ -11,7 +11,9 @@
 //! caught up (the watermark is the `seq` just before the reserved range, or no
 //! committed row lies above it), [`PreparedLinks::links`] fills in `seq` and
 //! `received_at`, hashes each row onto its tenant's head, and after the `COPY`
-//! [`WRITE_SQL`] stores the links, moves the heads and moves the watermark, in one
+//! [`WRITE_SQL`] stores the links (one `activity_chain_runs` row per tenant with a
+//! few links or more in the batch, [`Links::stored`]), moves the heads and moves
+//! the watermark, in one
 //! statement that writes nothing unless the watermark is still the one read.
 //!
 //! Otherwise (the chain is behind, a value the printer cannot vouch for, the
@@ -63,9 +65,10 @@ pub(crate) const BACKLOG_HEADS_SQL: &str = "SELECT tenant_id, seq, row_hash FROM
 /// chainer, so the lock-held section stays short.
 pub(crate) const MAX_BACKLOG_ROWS: i64 = 2_000;
 
-/// Stores the links (`$4`–`$9`), moves the heads (`$10`–`$12`) and moves the
-/// watermark `$1` from `$3` to `$2`, all only if the watermark is still `$3` (its
-/// row lock waits for a chainer run in progress). Answers 1 when it wrote, else 0.
+/// Stores the links ([`StoredLinks`]: single links `$4`–`$9`, runs
+/// `$10`–`$17`), moves the heads (`$18`–`$20`) and moves the watermark `$1` from
+/// `$3` to `$2`, all only if the watermark is still `$3` (its row lock waits
+/// for a chainer run in progress). Answers 1 when it wrote, else 0.
 pub(crate) const WRITE_SQL: &str = "WITH w AS ( \
         UPDATE chain_watermark SET last_seq = $2, updated_at = now() \
         WHERE name = $1 AND last_seq = $3 RETURNING 1), \
@@ -73,9 +76,18 @@ pub(crate) const WRITE_SQL: &str = "WITH w AS ( \
         INSERT INTO activity_chain (tenant_id, seq, day, prev_seq, prev_hash, row_hash) \
         SELECT * FROM unnest($4::text[], $5::int8[], $6::date[], $7::int8[], $8::bytea[], \
             $9::bytea[]) WHERE EXISTS (SELECT 1 FROM w)), \
+    runs AS ( \
+        INSERT INTO activity_chain_runs (tenant_id, first_seq, last_seq, prev_seq, prev_hash, \
+            seqs, days, row_hashes) \
+        SELECT r.t, a.s[r.o + 1], a.s[r.o + r.n], r.ps, r.ph, a.s[r.o + 1 : r.o + r.n], \
+            a.d[r.o + 1 : r.o + r.n], r.h \
+        FROM unnest($10::text[], $11::int4[], $12::int4[], $13::int8[], $14::bytea[], \
+            $15::bytea[]) AS r(t, o, n, ps, ph, h), \
+            (SELECT $16::int8[] AS s, $17::date[] AS d) AS a \
+        WHERE EXISTS (SELECT 1 FROM w)), \
     heads AS ( \
         INSERT INTO chain_heads (tenant_id, seq, row_hash) \
-        SELECT * FROM unnest($10::text[], $11::int8[], $12::bytea[]) \
+        SELECT * FROM unnest($18::text[], $19::int8[], $20::bytea[]) \
         WHERE EXISTS (SELECT 1 FROM w) \
         ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq, \
             row_hash = EXCLUDED.row_hash, updated_at = now()) \
@@ -334,6 +346,112 @@ impl Links {
     }
 }
 
+/// Fewest links of one tenant in a batch stored as a run; fewer are stored one
+/// `activity_chain` row each. A run's row costs more than one link's (its
+/// arrays), so it pays only from a few links on.
+pub(crate) const MIN_RUN_LINKS: usize = 4;
+
+/// A batch's links as [`WRITE_SQL`] stores them (migration 33): each tenant
+/// with at least [`MIN_RUN_LINKS`] links in the batch as one run, the others
+/// one link per row.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct StoredLinks<'l> {
+    pub single: SingleLinks<'l>,
+    pub runs: Runs,
+}
+
+/// Links stored one `activity_chain` row each, as arrays for `unnest`.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct SingleLinks<'l> {
+    pub tenant: Vec<&'l str>,
+    pub seq: Vec<i64>,
+    pub day: Vec<NaiveDate>,
+    pub prev_seq: Vec<Option<i64>>,
+    pub prev_hash: Vec<&'l [u8]>,
+    pub hash: Vec<&'l [u8]>,
+}
+
+/// Runs of links, one `activity_chain_runs` row each: each run's seqs and days
+/// a slice of the flat arrays (`offset`, `len`).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Runs {
+    pub tenant: Vec<String>,
+    /// Where the run starts in `seqs` and `days` (0-based).
+    pub offset: Vec<i32>,
+    pub len: Vec<i32>,
+    /// The link before the run's first (its tenant's head before the batch).
+    pub prev_seq: Vec<Option<i64>>,
+    pub prev_hash: Vec<[u8; 32]>,
+    /// Each run's link hashes, 32 bytes after 32 bytes.
+    pub hashes: Vec<Vec<u8>>,
+    pub seqs: Vec<i64>,
+    pub days: Vec<NaiveDate>,
+}
+
+impl Links {
+    /// The links grouped by tenant: a tenant's links in `seq` order form a run
+    /// when there are at least `min_run` of them. Within a tenant each link
+    /// follows the one before (as [`Links::push`] makes them), so a run needs
+    /// only its first link's predecessor.
+    pub(crate) fn stored(&self, min_run: usize) -> Result<StoredLinks<'_>, PgError> {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for (i, tenant) in self.tenant.iter().enumerate() {
+            let run = *index.entry(tenant.as_str()).or_insert_with(|| {
+                members.push(Vec::new());
+                members.len() - 1
+            });
+            members[run].push(i);
+        }
+        let mut out = StoredLinks::default();
+        for run in &members {
+            let Some(&first) = run.first() else {
+                continue;
+            };
+            if run.len() < min_run.max(1) {
+                let single = &mut out.single;
+                for &i in run {
+                    single.tenant.push(&self.tenant[i]);
+                    single.seq.push(self.seq[i]);
+                    single.day.push(self.day[i]);
+                    single.prev_seq.push(self.prev_seq[i]);
+                    single.prev_hash.push(&self.prev_hash[i]);
+                    single.hash.push(&self.hash[i]);
+                }
+                continue;
+            }
+            for pair in run.windows(2) {
+                let (before, after) = (pair[0], pair[1]);
+                if self.prev_seq[after] != Some(self.seq[before])
+                    || self.prev_hash[after] != self.hash[before]
+                {
+                    return Err(PgError::Integrity(
+                        "a tenant's links in a batch do not follow each other".into(),
+                    ));
+                }
+            }
+            let runs = &mut out.runs;
+            let (Ok(offset), Ok(len)) = (i32::try_from(runs.seqs.len()), i32::try_from(run.len()))
+            else {
+                return Err(PgError::Integrity("too many links for one batch".into()));
+            };
+            let mut hashes = Vec::with_capacity(32 * run.len());
+            for &i in run {
+                runs.seqs.push(self.seq[i]);
+                runs.days.push(self.day[i]);
+                hashes.extend_from_slice(&self.hash[i]);
+            }
+            runs.tenant.push(self.tenant[first].clone());
+            runs.offset.push(offset);
+            runs.len.push(len);
+            runs.prev_seq.push(self.prev_seq[first]);
+            runs.prev_hash.push(self.prev_hash[first]);
+            runs.hashes.push(hashes);
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::DateTime;
@@ -484,6 +602,54 @@ mod tests {
         e.attributes.insert("a\u{FFFD}".into(), Value::Bool(false));
         let salt = [0; 16];
         assert!(PreparedLinks::new(std::iter::once((&e, &salt, &[][..]))).is_none());
+    }
+
+    #[test]
+    fn tenants_with_a_few_links_or_more_are_stored_as_runs() {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 7).unwrap_or_default();
+        let mut heads = HashMap::new();
+        heads.insert("c".to_string(), (3, [7u8; 32]));
+        let mut links = Links::with_capacity(10);
+        // a: 5 links, b: 1, c: 4 (after its stored head), interleaved by seq.
+        let tenants = ["a", "b", "a", "c", "a", "c", "c", "a", "c", "a"];
+        for (i, tenant) in tenants.iter().enumerate() {
+            links.push(&mut heads, tenant, 10 + i as i64, day, &[i as u8]);
+        }
+        let stored = links.stored(MIN_RUN_LINKS).expect("stored");
+        assert_eq!(stored.single.tenant, vec!["b"]);
+        assert_eq!(stored.single.seq, vec![11]);
+        assert_eq!(stored.single.prev_seq, vec![None]);
+        assert_eq!(stored.single.prev_hash, vec![&GENESIS_HASH[..]]);
+        let runs = &stored.runs;
+        assert_eq!(runs.tenant, vec!["a".to_string(), "c".to_string()]);
+        assert_eq!(
+            (runs.offset.clone(), runs.len.clone()),
+            (vec![0, 5], vec![5, 4])
+        );
+        assert_eq!(runs.seqs, vec![10, 12, 14, 17, 19, 13, 15, 16, 18]);
+        assert_eq!(runs.days, vec![day; 9]);
+        assert_eq!(runs.prev_seq, vec![None, Some(3)]);
+        assert_eq!(runs.prev_hash, vec![GENESIS_HASH, [7u8; 32]]);
+        // Each run's hashes are its links' hashes in order.
+        for (run, members) in [(0, vec![0, 2, 4, 7, 9]), (1, vec![3, 5, 6, 8])] {
+            let want: Vec<u8> = members.iter().flat_map(|&i| links.hash[i]).collect();
+            assert_eq!(runs.hashes[run], want);
+        }
+        // With a larger minimum, every link is stored alone.
+        let alone = links.stored(6).expect("stored");
+        assert_eq!((alone.single.seq.len(), alone.runs.tenant.len()), (10, 0));
+    }
+
+    #[test]
+    fn links_that_do_not_follow_each_other_are_not_stored_as_a_run() {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 7).unwrap_or_default();
+        let mut heads = HashMap::new();
+        let mut links = Links::with_capacity(4);
+        for i in 0..4 {
+            links.push(&mut heads, "a", i, day, &[i as u8]);
+        }
+        links.prev_hash[2] = [1; 32];
+        assert!(links.stored(MIN_RUN_LINKS).is_err());
     }
 
     #[test]

@@ -22,7 +22,9 @@
 //! values they `COPY` (`link.rs`: the canonical form computed before the activity
 //! lock, the attributes' text printed by `jsonb_text.rs`, the watermark, `now()`
 //! and the heads read in the `seq` reservation's round trip, one conditional
-//! statement writing links, heads and watermark after the `COPY`). A short backlog
+//! statement writing links, heads and watermark after the `COPY`). A writer
+//! stores its links as one `activity_chain_runs` row per tenant of the batch
+//! (migration 33), not one `activity_chain` row per event. A short backlog
 //! above the watermark is read back and linked first; anything else is left to the
 //! chainer, which then only signs checkpoints and links what the writers left.
 //!
@@ -49,10 +51,11 @@
 //! file outside the database, which `tally verify --checkpoints` compares the
 //! chain with (a cut tail, a rewritten head).
 //!
-//! The module has six parts: `canonical.rs` (a row's canonical form, the hashes, the
+//! The module has seven parts: `canonical.rs` (a row's canonical form, the hashes, the
 //! checkpoint and truncation messages and keys), `job.rs` (the chainer), `link.rs` (the
-//! writers' links), `jsonb_text.rs` (PostgreSQL's `jsonb::text` in Rust), `external.rs`
-//! (the checkpoint files) and `verify.rs` (the walk, whole or resumed).
+//! writers' links), `stored.rs` (reading links stored alone or in runs), `jsonb_text.rs`
+//! (PostgreSQL's `jsonb::text` in Rust), `external.rs` (the checkpoint files) and
+//! `verify.rs` (the walk, whole or resumed).
 
 use std::time::Duration;
 
@@ -63,6 +66,7 @@ mod external;
 mod job;
 mod jsonb_text;
 pub(crate) mod link;
+mod stored;
 mod verify;
 
 pub(crate) use canonical::ROW_COLUMNS;

@@ -13,11 +13,9 @@ use super::canonical::{
     checkpoint_message, erased_row_message, hex, key_id, row_hash, ChainRow, TruncationRecord,
     CHAIN_FORM_V3, ROW_COLUMNS,
 };
+use super::stored::{self, Link};
 use super::{VerifyingKey, CHAIN_WATERMARK, GENESIS_HASH};
 use crate::postgres::PgError;
-
-/// Links read per verification batch.
-const VERIFY_BATCH: i64 = 5_000;
 
 /// The verdict of [`verify`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -194,15 +192,6 @@ impl VerifyReport {
             ),
         }
     }
-}
-
-/// A link of `activity_chain`.
-struct Link {
-    seq: i64,
-    day: NaiveDate,
-    prev_seq: Option<i64>,
-    prev_hash: Vec<u8>,
-    row_hash: Vec<u8>,
 }
 
 /// A `chain_truncations` record, with what the walk learnt about it.
@@ -414,9 +403,8 @@ pub async fn verify_from(
                 // The record spans the start: its links up to there were walked before.
                 t.missing_links = tx
                     .query_one(
-                        "SELECT count(*) FROM activity_chain WHERE tenant_id = $1 AND day = $2 \
-                         AND seq <= $3",
-                        &[&tenant, &record.day, &start.seq],
+                        "SELECT count(*) FROM tally_chain_links($1, $4, $3) WHERE day = $2",
+                        &[&tenant, &record.day, &start.seq, &i64::MIN],
                     )
                     .await?
                     .try_get(0)?;
@@ -460,30 +448,16 @@ pub async fn verify_from(
         walk.report.verified_from_seq = Some(start.seq);
         walk.report.checkpoint = Some(start.checkpoint.clone());
     }
+    let mut first = true;
     loop {
-        let links: Vec<Link> = tx
-            .query(
-                "SELECT seq, day, prev_seq, prev_hash, row_hash FROM activity_chain \
-                 WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                &[&tenant, &cursor, &VERIFY_BATCH],
-            )
-            .await?
-            .iter()
-            .map(|row| {
-                Ok::<_, PgError>(Link {
-                    seq: row.try_get(0)?,
-                    day: row.try_get(1)?,
-                    prev_seq: row.try_get(2)?,
-                    prev_hash: row.try_get(3)?,
-                    row_hash: row.try_get(4)?,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let last_batch = (links.len() as i64) < VERIFY_BATCH;
-        let upper = match links.last() {
-            Some(link) if !last_batch => link.seq,
-            Some(link) => link.seq.max(watermark),
-            None => watermark,
+        let page = stored::page(&tx, tenant, cursor, first).await?;
+        first = false;
+        let last_batch = page.upper.is_none();
+        let links = page.links;
+        let upper = match (page.upper, links.last()) {
+            (Some(upper), _) => upper,
+            (None, Some(link)) => link.seq.max(watermark),
+            (None, None) => watermark,
         };
         let rows: Vec<ChainRow> = if upper > cursor {
             tx.query(
@@ -975,13 +949,14 @@ async fn anchor_holds(
     tenant: &str,
     start: &VerifyStart,
 ) -> Result<bool, PgError> {
-    let Some(link) = tx
-        .query_opt(
-            "SELECT prev_hash, row_hash FROM activity_chain WHERE tenant_id = $1 AND seq = $2",
+    // Two links at one seq (an out-of-band insert) do not anchor a walk either.
+    let links = tx
+        .query(
+            "SELECT prev_hash, row_hash FROM tally_chain_link($1, $2)",
             &[&tenant, &start.seq],
         )
-        .await?
-    else {
+        .await?;
+    let [link] = links.as_slice() else {
         return Ok(false);
     };
     let prev_hash: Vec<u8> = link.try_get(0)?;

@@ -432,8 +432,8 @@ impl Eraser {
         if !legacy_seqs.is_empty() {
             for link in tx
                 .query(
-                    "SELECT seq, prev_hash, row_hash FROM activity_chain \
-                     WHERE tenant_id = $1 AND seq = ANY($2)",
+                    "SELECT l.seq, l.prev_hash, l.row_hash FROM unnest($2::int8[]) AS s(seq), \
+                     LATERAL tally_chain_link($1, s.seq) AS l",
                     &[&target.tenant, &legacy_seqs],
                 )
                 .await?
