@@ -196,11 +196,11 @@ fn reserve_form(forms: &mut Vec<u8>, done: usize, total: usize, next: usize) {
         return;
     }
     let left = total.saturating_sub(done).max(1);
-    let mean = if done == 0 {
-        next
-    } else {
-        (forms.len() / done).max(next)
-    };
+    // Before the first row, nothing to average: the row itself.
+    let mean = forms
+        .len()
+        .checked_div(done)
+        .map_or(next, |mean| mean.max(next));
     let predicted = mean.saturating_mul(left);
     let more = predicted
         .saturating_add(predicted / 4)
