@@ -117,12 +117,13 @@ impl<'e> PreparedLinks<'e> {
     pub(crate) fn new<'r>(
         rows: impl ExactSizeIterator<Item = (&'e ActivityEvent, &'r [u8; 16], &'r [&'r str])>,
     ) -> Option<PreparedLinks<'e>> {
-        let mut out = Vec::with_capacity(rows.len());
-        let mut forms = Vec::with_capacity(rows.len() * 320);
+        let total = rows.len();
+        let mut out = Vec::with_capacity(total);
+        let mut forms = Vec::with_capacity(total * FORM_BYTES_GUESS);
         // The attributes' texts, reused from row to row.
         let mut public = String::with_capacity(256);
         let mut personal = String::with_capacity(64);
-        for (event, salt, personal_keys) in rows {
+        for (done, (event, salt, personal_keys)) in rows.enumerate() {
             // Keys compared as stored (NUL scrubbed), as `split_attributes`
             // compares the keys of the stored text.
             let any = jsonb_text_split(
@@ -131,6 +132,7 @@ impl<'e> PreparedLinks<'e> {
                 &mut public,
                 &mut personal,
             )?;
+            reserve_form(&mut forms, done, total, FORM_FIXED_BYTES + public.len());
             append_event_v3(
                 &mut forms,
                 event,
@@ -184,6 +186,39 @@ impl<'e> PreparedLinks<'e> {
         links.set_heads(heads);
         Ok(links)
     }
+}
+
+/// Bytes of a canonical form reserved per row up front: more than an ordinary
+/// span's or log record's form takes (pages the forms never reach are never
+/// touched, so reserving too much costs no page faults).
+const FORM_BYTES_GUESS: usize = 1024;
+
+/// The bytes of a canonical form v3 beyond its texts, bounded above: the domain,
+/// the fixed-size fields (id, seq, ts, received_at, taxonomy_valid, duration_ms
+/// and the digest) and 5 bytes of tag and length for each of the 13 fields.
+const FORM_FIXED_BYTES: usize = 17 + 16 + 8 + 8 + 8 + 1 + 8 + 32 + 13 * 5;
+
+/// Before row `done` (of `total`) of at least `next` bytes is appended to `forms`:
+/// when it does not fit, grows `forms` once to the size the rows so far predict
+/// for the rest of the batch (their mean, plus a quarter; at least a quarter of
+/// the capacity, so growth stays geometric), instead of doubling it several
+/// times (each doubling copies the forms and faults in fresh pages).
+fn reserve_form(forms: &mut Vec<u8>, done: usize, total: usize, next: usize) {
+    if forms.capacity() - forms.len() >= next {
+        return;
+    }
+    let left = total.saturating_sub(done).max(1);
+    // Before the first row, nothing to average: the row itself.
+    let mean = forms
+        .len()
+        .checked_div(done)
+        .map_or(next, |mean| mean.max(next));
+    let predicted = mean.saturating_mul(left);
+    let more = predicted
+        .saturating_add(predicted / 4)
+        .max(forms.capacity() / 4)
+        .max(next);
+    forms.reserve_exact(more);
 }
 
 /// Whether `key`, a key as written (NUL possible), is `stored` (NUL scrubbed)
@@ -290,7 +325,10 @@ impl Links {
         day: NaiveDate,
         canonical: &[u8],
     ) {
-        let head = heads.get(tenant).copied();
+        // One lookup of the head (the slot is moved in place), one `String` of
+        // the tenant per row (for the link) and one more per new head.
+        let slot = heads.get_mut(tenant);
+        let head = slot.as_deref().copied();
         if head.is_some_and(|(head_seq, _)| head_seq >= seq) {
             tracing::warn!(
                 seq,
@@ -301,18 +339,18 @@ impl Links {
         }
         let prev_hash = head.map_or(GENESIS_HASH, |(_, hash)| hash);
         let hash = row_hash(&prev_hash, canonical);
+        match slot {
+            Some(slot) => *slot = (seq, hash),
+            None => {
+                heads.insert(tenant.to_owned(), (seq, hash));
+            }
+        }
         self.tenant.push(tenant.to_owned());
         self.seq.push(seq);
         self.day.push(day);
         self.prev_seq.push(head.map(|(seq, _)| seq));
         self.prev_hash.push(prev_hash);
         self.hash.push(hash);
-        match heads.get_mut(tenant) {
-            Some(slot) => *slot = (seq, hash),
-            None => {
-                heads.insert(tenant.to_owned(), (seq, hash));
-            }
-        }
     }
 
     /// Links a row read back from `activity_events` (the chainer's rows and a
@@ -602,6 +640,143 @@ mod tests {
         e.attributes.insert("a\u{FFFD}".into(), Value::Bool(false));
         let salt = [0; 16];
         assert!(PreparedLinks::new(std::iter::once((&e, &salt, &[][..]))).is_none());
+    }
+
+    /// Forms of rows of very different sizes (empty attributes, long and
+    /// non-ASCII values, NUL) in an order that outgrows the first guess several
+    /// times: equal to the forms of the rows read back, byte for byte.
+    #[test]
+    fn forms_of_rows_that_outgrow_the_guess_equal_the_rows_read_back() {
+        let keys = PersonalKeys::new(["doc.owner"]);
+        let sizes = [0usize, 1, 3_000, 0, 70_000, 5, 200_000, 2, 0, 9_000];
+        let events: Vec<ActivityEvent> = (0..40)
+            .map(|i| {
+                let mut e = event(i);
+                let n = sizes[i % sizes.len()];
+                if n > 0 {
+                    let long: String = "é\u{0}a\"😀\n".chars().cycle().take(n).collect();
+                    e.attributes.insert(format!("long{i}"), json!(long));
+                    e.error_message = Some("x".repeat(n / 2));
+                }
+                if i % 7 == 6 {
+                    e.attributes.clear();
+                    e.user_id = Some(String::new());
+                    e.tenant_id = Some(String::new());
+                }
+                e
+            })
+            .collect();
+        let salts: Vec<[u8; 16]> = (0..40u8).map(|i| [i ^ 0x5a; 16]).collect();
+        let personal: Vec<Vec<&str>> = events.iter().map(|e| keys.of(e)).collect();
+        let prepared = PreparedLinks::new(
+            events
+                .iter()
+                .zip(&salts)
+                .zip(&personal)
+                .map(|((e, s), k)| (e, s, &k[..])),
+        )
+        .expect("every value printable");
+        let mut start = 0;
+        for (i, row) in prepared.rows.iter().enumerate() {
+            let want = chain_row(&events[i], &salts[i], &personal[i]).expect("reference");
+            assert_eq!(
+                &prepared.forms[start..row.end],
+                &want.canonical()[..],
+                "row {i}"
+            );
+            start = row.end;
+        }
+        assert_eq!(start, prepared.forms.len());
+    }
+
+    #[test]
+    fn a_reserved_form_always_fits_and_growth_stays_geometric() {
+        let mut forms: Vec<u8> = Vec::with_capacity(100);
+        let mut reallocations = 0;
+        for done in 0..1_000usize {
+            // Rows growing from 10 to ~10,000 bytes: the mean keeps lagging.
+            let next = 10 + done * 10;
+            let before = forms.capacity();
+            reserve_form(&mut forms, done, 1_000, next);
+            assert!(forms.capacity() - forms.len() >= next, "row {done}");
+            if forms.capacity() != before {
+                reallocations += 1;
+                // At least a quarter of the old capacity more than what is used.
+                assert!(forms.capacity() >= forms.len() + before / 4, "row {done}");
+            }
+            forms.resize(forms.len() + next, 0);
+        }
+        assert!(reallocations <= 20, "{reallocations} reallocations");
+        // A batch of equal rows that outgrows the guess grows once.
+        let mut forms: Vec<u8> = Vec::with_capacity(500);
+        let mut reallocations = 0;
+        for done in 0..100 {
+            let before = forms.capacity();
+            reserve_form(&mut forms, done, 100, 40);
+            reallocations += usize::from(forms.capacity() != before);
+            forms.resize(forms.len() + 40, 0);
+        }
+        assert_eq!(reallocations, 1);
+    }
+
+    /// [`Links::push`] as it was before the head was looked up once.
+    fn push_before(
+        links: &mut Links,
+        heads: &mut HashMap<String, (i64, [u8; 32])>,
+        tenant: &str,
+        seq: i64,
+        day: NaiveDate,
+        canonical: &[u8],
+    ) {
+        let head = heads.get(tenant).copied();
+        if head.is_some_and(|(head_seq, _)| head_seq >= seq) {
+            links.skipped_duplicates += 1;
+            return;
+        }
+        let prev_hash = head.map_or(GENESIS_HASH, |(_, hash)| hash);
+        let hash = row_hash(&prev_hash, canonical);
+        links.tenant.push(tenant.to_owned());
+        links.seq.push(seq);
+        links.day.push(day);
+        links.prev_seq.push(head.map(|(seq, _)| seq));
+        links.prev_hash.push(prev_hash);
+        links.hash.push(hash);
+        match heads.get_mut(tenant) {
+            Some(slot) => *slot = (seq, hash),
+            None => {
+                heads.insert(tenant.to_owned(), (seq, hash));
+            }
+        }
+    }
+
+    #[test]
+    fn links_equal_those_of_the_previous_push() {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 7).expect("a date");
+        let start: HashMap<String, (i64, [u8; 32])> = [
+            ("acme".to_string(), (5, [7; 32])),
+            ("".to_string(), (100, [9; 32])),
+        ]
+        .into();
+        let tenants = ["acme", "", "new", "é\u{FFFD}", "acme", "new"];
+        let (mut got, mut want) = (Links::default(), Links::default());
+        let (mut got_heads, mut want_heads) = (start.clone(), start);
+        for i in 0..200i64 {
+            let tenant = tenants[(i as usize * 7) % tenants.len()];
+            // Seqs that fall behind a head now and then: skipped as duplicates.
+            let seq = if i % 11 == 10 { 50 } else { i * 3 };
+            let canonical = "x".repeat(i as usize % 90).into_bytes();
+            got.push(&mut got_heads, tenant, seq, day, &canonical);
+            push_before(&mut want, &mut want_heads, tenant, seq, day, &canonical);
+        }
+        assert!(got.skipped_duplicates > 0);
+        assert_eq!(got.skipped_duplicates, want.skipped_duplicates);
+        assert_eq!(got.tenant, want.tenant);
+        assert_eq!(got.seq, want.seq);
+        assert_eq!(got.day, want.day);
+        assert_eq!(got.prev_seq, want.prev_seq);
+        assert_eq!(got.prev_hash, want.prev_hash);
+        assert_eq!(got.hash, want.hash);
+        assert_eq!(got_heads, want_heads);
     }
 
     #[test]
