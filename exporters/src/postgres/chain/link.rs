@@ -603,16 +603,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn prepared_forms_equal_the_forms_of_the_rows_read_back() {
-        let keys = PersonalKeys::new(["customer.*", "doc.owner", "nul\u{0}key"]);
-        let events: Vec<ActivityEvent> = (0..24).map(event).collect();
-        let salts: Vec<[u8; 16]> = (0..24u8).map(|i| [i; 16]).collect();
+    /// Prepares the forms of `events` (with `salts` and personal `keys`) and
+    /// checks each, byte for byte, against the row as the chainer reads it back.
+    fn assert_forms_equal_rows_read_back(
+        events: &[ActivityEvent],
+        salts: &[[u8; 16]],
+        keys: &PersonalKeys,
+    ) {
         let personal: Vec<Vec<&str>> = events.iter().map(|e| keys.of(e)).collect();
         let prepared = PreparedLinks::new(
             events
                 .iter()
-                .zip(&salts)
+                .zip(salts)
                 .zip(&personal)
                 .map(|((e, s), k)| (e, s, &k[..])),
         )
@@ -631,6 +633,14 @@ mod tests {
             start = row.end;
         }
         assert_eq!(start, prepared.forms.len());
+    }
+
+    #[test]
+    fn prepared_forms_equal_the_forms_of_the_rows_read_back() {
+        let keys = PersonalKeys::new(["customer.*", "doc.owner", "nul\u{0}key"]);
+        let events: Vec<ActivityEvent> = (0..24).map(event).collect();
+        let salts: Vec<[u8; 16]> = (0..24u8).map(|i| [i; 16]).collect();
+        assert_forms_equal_rows_read_back(&events, &salts, &keys);
     }
 
     #[test]
@@ -667,26 +677,7 @@ mod tests {
             })
             .collect();
         let salts: Vec<[u8; 16]> = (0..40u8).map(|i| [i ^ 0x5a; 16]).collect();
-        let personal: Vec<Vec<&str>> = events.iter().map(|e| keys.of(e)).collect();
-        let prepared = PreparedLinks::new(
-            events
-                .iter()
-                .zip(&salts)
-                .zip(&personal)
-                .map(|((e, s), k)| (e, s, &k[..])),
-        )
-        .expect("every value printable");
-        let mut start = 0;
-        for (i, row) in prepared.rows.iter().enumerate() {
-            let want = chain_row(&events[i], &salts[i], &personal[i]).expect("reference");
-            assert_eq!(
-                &prepared.forms[start..row.end],
-                &want.canonical()[..],
-                "row {i}"
-            );
-            start = row.end;
-        }
-        assert_eq!(start, prepared.forms.len());
+        assert_forms_equal_rows_read_back(&events, &salts, &keys);
     }
 
     #[test]

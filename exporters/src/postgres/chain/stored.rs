@@ -42,7 +42,8 @@ pub(crate) struct Page {
 /// run at or below `cursor` are skipped (a walk resumed inside a run); on later
 /// pages they are kept, so the walk reports them (a legitimate run never
 /// straddles the end of a page: pages end at a run's `last_seq` or at a link
-/// of `activity_chain`, and a tenant's runs and single links never interleave).
+/// of `activity_chain`, and no other link of the tenant lies between a run's
+/// first and last seq, since a run holds all of its tenant's links of one batch).
 pub(crate) async fn page(
     client: &Transaction<'_>,
     tenant: &str,
@@ -156,32 +157,19 @@ mod tests {
             &[day(1), day(1), day(2)],
             &hashes,
         );
-        assert_eq!(
-            links,
-            vec![
-                Link {
-                    seq: 7,
-                    day: day(1),
-                    prev_seq: Some(4),
-                    prev_hash: vec![9; 32],
-                    row_hash: vec![1; 32]
-                },
-                Link {
-                    seq: 12,
-                    day: day(1),
-                    prev_seq: Some(7),
-                    prev_hash: vec![1; 32],
-                    row_hash: vec![2; 32]
-                },
-                Link {
-                    seq: 13,
-                    day: day(2),
-                    prev_seq: Some(12),
-                    prev_hash: vec![2; 32],
-                    row_hash: vec![3; 32]
-                },
-            ]
-        );
+        // (seq, day, previous seq, previous hash byte, hash byte)
+        let want = [(7, 1, 4, 9, 1), (12, 1, 7, 1, 2), (13, 2, 12, 2, 3)];
+        let want: Vec<Link> = want
+            .iter()
+            .map(|&(seq, d, prev_seq, prev, hash)| Link {
+                seq,
+                day: day(d),
+                prev_seq: Some(prev_seq),
+                prev_hash: vec![prev; 32],
+                row_hash: vec![hash; 32],
+            })
+            .collect();
+        assert_eq!(links, want);
     }
 
     #[test]
