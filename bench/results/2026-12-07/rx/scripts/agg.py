@@ -1,19 +1,8 @@
+from perfsamples import read_samples
 import sys, re, collections
 path = sys.argv[1]
 targets = sys.argv[2:]
-samples = []
-cur = None
-for line in open(path, errors='replace'):
-    if not line.strip():
-        if cur is not None: samples.append(cur); cur = None
-        continue
-    if not line.startswith('\t') and not line.startswith(' '):
-        cur = []
-        continue
-    parts = line.strip().split(' ', 1)
-    sym = parts[1] if len(parts) > 1 else '?'
-    cur.append(sym)
-if cur is not None: samples.append(cur)
+samples = read_samples(path)
 N = len(samples)
 print("samples", N)
 # inclusive shares for key frames

@@ -1,14 +1,7 @@
+from perfsamples import read_samples
 import sys, collections
 path=sys.argv[1]
-samples=[];cur=None
-for line in open(path, errors='replace'):
-    if not line.strip():
-        if cur is not None: samples.append(cur); cur=None
-        continue
-    if not line.startswith('\t'):
-        cur=[]; continue
-    p=line.strip().split(' ',1); cur.append(p[1] if len(p)>1 else '?')
-if cur is not None: samples.append(cur)
+samples = read_samples(path)
 order=[
  ('estimate::scan','estimate::scan'),
  ('prost decode','ExportDecoder<S> as tonic::codec::Decoder>::decode'),

@@ -1,15 +1,8 @@
+from perfsamples import read_samples
 import sys, collections
 path, pat = sys.argv[1], sys.argv[2]
 depth = int(sys.argv[3]) if len(sys.argv) > 3 else 1
-samples=[]; cur=None
-for line in open(path, errors='replace'):
-    if not line.strip():
-        if cur is not None: samples.append(cur); cur=None
-        continue
-    if not line.startswith('\t'):
-        cur=[]; continue
-    p=line.strip().split(' ',1); cur.append(p[1] if len(p)>1 else '?')
-if cur is not None: samples.append(cur)
+samples = read_samples(path)
 N=len(samples); cnt=collections.Counter(); tot=0
 for s in samples:
     idx=[i for i,f in enumerate(s) if pat in f]

@@ -1,5 +1,5 @@
 import json, glob, statistics, os
-D='/work/wt-rx/bench/results/2026-12-07/rx'
+D=os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 for t in ['grpc','http']:
     for arm in ['base','B']:
         rows=[]

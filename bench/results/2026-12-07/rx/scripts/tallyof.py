@@ -1,14 +1,7 @@
+from perfsamples import read_samples
 import sys, collections
 path, pat = sys.argv[1], sys.argv[2]
-samples=[];cur=None
-for line in open(path, errors='replace'):
-    if not line.strip():
-        if cur is not None: samples.append(cur); cur=None
-        continue
-    if not line.startswith('\t'):
-        cur=[]; continue
-    p=line.strip().split(' ',1); cur.append(p[1] if len(p)>1 else '?')
-if cur is not None: samples.append(cur)
+samples = read_samples(path)
 N=len(samples); cnt=collections.Counter(); tot=0
 for s in samples:
     if not any(pat in f for f in s): continue

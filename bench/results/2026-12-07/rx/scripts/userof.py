@@ -1,14 +1,7 @@
+from perfsamples import read_samples
 import sys, collections
 path, pat = sys.argv[1], sys.argv[2]
-samples=[];cur=None
-for line in open(path, errors='replace'):
-    if not line.strip():
-        if cur is not None: samples.append(cur); cur=None
-        continue
-    if not line.startswith('\t'):
-        cur=[]; continue
-    p=line.strip().split(' ',1); cur.append(p[1] if len(p)>1 else '?')
-if cur is not None: samples.append(cur)
+samples = read_samples(path)
 N=len(samples); cnt=collections.Counter(); tot=0
 skip=('mi_','_mi_','__rust','alloc::','core::ptr','__memmove','__memset','asm_','exc_','handle_mm','do_user','do_anon','clear_page','__handle','do_page','[unknown]','RawVec','<alloc::','memcpy','madvise','__madvise','syscall','entry_SYSCALL','do_syscall','__x64','bytes::','<bytes','hashbrown','core::','<core::','std::','drop_in_place','free','realloc','malloc','_int_','sysmalloc')
 for s in samples:
