@@ -432,17 +432,21 @@ impl Links {
     /// follows the one before (as [`Links::push`] makes them), so a run needs
     /// only its first link's predecessor.
     pub(crate) fn stored(&self, min_run: usize) -> Result<StoredLinks<'_>, PgError> {
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut members: Vec<Vec<usize>> = Vec::new();
-        for (i, tenant) in self.tenant.iter().enumerate() {
-            let run = *index.entry(tenant.as_str()).or_insert_with(|| {
-                members.push(Vec::new());
-                members.len() - 1
-            });
-            members[run].push(i);
-        }
+        // The links' indices grouped by tenant (in order of first appearance,
+        // each group in `seq` order): one stable sort, no list per tenant.
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        let groups: Vec<usize> = self
+            .tenant
+            .iter()
+            .map(|tenant| {
+                let next = group_of.len();
+                *group_of.entry(tenant.as_str()).or_insert(next)
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..self.tenant.len()).collect();
+        order.sort_by_key(|&i| groups[i]);
         let mut out = StoredLinks::default();
-        for run in &members {
+        for run in order.chunk_by(|&a, &b| groups[a] == groups[b]) {
             let Some(&first) = run.first() else {
                 continue;
             };
