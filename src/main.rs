@@ -40,7 +40,7 @@ mod allocator {
     /// are below; another version leaves its defaults alone (a test catches it).
     const KNOWN_VERSION: c_int = 30302;
     /// `mi_option_purge_delay`: milliseconds before freed pages are returned to the
-    /// OS (default 10, and 10 times that for arenas).
+    /// OS (default 10, and 10 times that for arenas); read only, for the log.
     const PURGE_DELAY: c_int = 15;
     /// `mi_option_allow_thp`: whether mimalloc asks for transparent huge pages
     /// (default 1).
@@ -55,22 +55,22 @@ mod allocator {
         pub(crate) huge_pages_off: bool,
     }
 
-    /// Returns freed pages to the OS at once (purge delay 0) unless
-    /// `MIMALLOC_PURGE_DELAY` says otherwise: with the default delay the collector's
-    /// resident set at a steady 10,000 records/s sawed 20–30 MiB higher (RSS kept for
-    /// reuse that the next burst does not need), for no measurable CPU difference.
-    /// Also reports what [`turn_huge_pages_off`] did before `main`.
+    /// Reads the allocator's settings: what [`turn_huge_pages_off`] did before
+    /// `main`, and the purge delay.
+    ///
+    /// The purge delay is mimalloc's own (10 ms, `MIMALLOC_PURGE_DELAY` to change):
+    /// with huge pages off, returning freed pages at once (delay 0, the setting
+    /// until 2026-12-07) saved only 1.5–3.5 MiB of peak RSS and cost 9–13% of the
+    /// collector's CPU at full load in re-faulted pages (docs/performance.md,
+    /// "Resident set without transparent huge pages").
     ///
     /// `None`: an unknown mimalloc version, left alone.
     pub(crate) fn tune() -> Option<Tuning> {
-        // SAFETY: plain calls into the linked mimalloc; options may be set at any
-        // time and are read when pages are purged.
+        // SAFETY: plain calls into the linked mimalloc and a `prctl` that reads a
+        // flag of this process.
         unsafe {
             if mi_version() != KNOWN_VERSION {
                 return None;
-            }
-            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-                mi_option_set(PURGE_DELAY, 0);
             }
             Some(Tuning {
                 purge_delay: mi_option_get(PURGE_DELAY),
@@ -116,7 +116,7 @@ mod allocator {
     #[cfg(test)]
     mod tests {
         #[test]
-        fn the_bundled_mimalloc_is_the_known_version_and_takes_the_options() {
+        fn the_bundled_mimalloc_is_the_known_version_with_huge_pages_off() {
             // SAFETY: as in `tune`.
             let version = unsafe { super::mi_version() };
             assert_eq!(
@@ -126,7 +126,7 @@ mod allocator {
             );
             let tuning = super::tune().expect("the known mimalloc version is tuned");
             if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-                assert_eq!(tuning.purge_delay, 0);
+                assert_eq!(tuning.purge_delay, 10, "mimalloc's default purge delay");
             }
             if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
                 assert!(tuning.huge_pages_off, "PR_SET_THP_DISABLE did not take");
