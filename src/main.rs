@@ -40,8 +40,10 @@ mod allocator {
     /// are below; another version leaves its defaults alone (a test catches it).
     const KNOWN_VERSION: c_int = 30302;
     /// `mi_option_purge_delay`: milliseconds before freed pages are returned to the
-    /// OS (default 10, and 10 times that for arenas); read only, for the log.
+    /// OS (v3.3.2's default: 1000, the same for arenas).
     const PURGE_DELAY: c_int = 15;
+    /// The purge delay Tally sets, ms.
+    const PURGE_DELAY_MS: c_long = 10;
     /// `mi_option_allow_thp`: whether mimalloc asks for transparent huge pages
     /// (default 1).
     const ALLOW_THP: c_int = 43;
@@ -55,22 +57,26 @@ mod allocator {
         pub(crate) huge_pages_off: bool,
     }
 
-    /// Reads the allocator's settings: what [`turn_huge_pages_off`] did before
-    /// `main`, and the purge delay.
+    /// Sets the purge delay to [`PURGE_DELAY_MS`] unless `MIMALLOC_PURGE_DELAY` says
+    /// otherwise, and reports it with what [`turn_huge_pages_off`] did before `main`.
     ///
-    /// The purge delay is mimalloc's own (10 ms, `MIMALLOC_PURGE_DELAY` to change):
-    /// with huge pages off, returning freed pages at once (delay 0, the setting
-    /// until 2026-12-07) saved only 1.5–3.5 MiB of peak RSS and cost 9–13% of the
-    /// collector's CPU at full load in re-faulted pages (docs/performance.md,
-    /// "Resident set without transparent huge pages").
+    /// With huge pages off, returning freed pages at once (delay 0, the setting
+    /// until 2026-12-07) saved only 1.5–3.5 MiB of peak RSS against 10 ms and cost
+    /// 9–13% of the collector's CPU at full load in re-faulted pages; mimalloc's own
+    /// default (1 s) would keep a burst's memory resident for a second
+    /// (docs/performance.md, "Resident set without transparent huge pages").
     ///
     /// `None`: an unknown mimalloc version, left alone.
     pub(crate) fn tune() -> Option<Tuning> {
-        // SAFETY: plain calls into the linked mimalloc and a `prctl` that reads a
-        // flag of this process.
+        // SAFETY: plain calls into the linked mimalloc (options may be set at any
+        // time and are read when pages are purged) and a `prctl` that reads a flag
+        // of this process.
         unsafe {
             if mi_version() != KNOWN_VERSION {
                 return None;
+            }
+            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+                mi_option_set(PURGE_DELAY, PURGE_DELAY_MS);
             }
             Some(Tuning {
                 purge_delay: mi_option_get(PURGE_DELAY),
@@ -126,7 +132,7 @@ mod allocator {
             );
             let tuning = super::tune().expect("the known mimalloc version is tuned");
             if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-                assert_eq!(tuning.purge_delay, 10, "mimalloc's default purge delay");
+                assert_eq!(tuning.purge_delay, super::PURGE_DELAY_MS);
             }
             if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
                 assert!(tuning.huge_pages_off, "PR_SET_THP_DISABLE did not take");
