@@ -40,32 +40,89 @@ mod allocator {
     /// are below; another version leaves its defaults alone (a test catches it).
     const KNOWN_VERSION: c_int = 30302;
     /// `mi_option_purge_delay`: milliseconds before freed pages are returned to the
-    /// OS (default 10, and 10 times that for arenas).
+    /// OS (v3.3.2's default: 1000, the same for arenas).
     const PURGE_DELAY: c_int = 15;
+    /// The purge delay Tally sets, ms.
+    const PURGE_DELAY_MS: c_long = 10;
+    /// `mi_option_allow_thp`: whether mimalloc asks for transparent huge pages
+    /// (default 1).
+    const ALLOW_THP: c_int = 43;
 
-    /// Returns freed pages to the OS at once (purge delay 0) unless
-    /// `MIMALLOC_PURGE_DELAY` says otherwise: with the default delay the collector's
-    /// resident set at a steady 10,000 records/s sawed 20–30 MiB higher (RSS kept for
-    /// reuse that the next burst does not need), for no measurable CPU difference.
-    /// Returns the purge delay in effect (`None`: unknown mimalloc version).
-    pub(crate) fn tune() -> Option<c_long> {
-        // SAFETY: plain calls into the linked mimalloc; options may be set at any
-        // time and are read when pages are purged.
+    /// The allocator's settings in effect.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct Tuning {
+        /// The purge delay, ms.
+        pub(crate) purge_delay: c_long,
+        /// Whether transparent huge pages are off for this process.
+        pub(crate) huge_pages_off: bool,
+    }
+
+    /// Sets the purge delay to [`PURGE_DELAY_MS`] unless `MIMALLOC_PURGE_DELAY` says
+    /// otherwise, and reports it with what [`turn_huge_pages_off`] did before `main`.
+    ///
+    /// With huge pages off, returning freed pages at once (delay 0, the setting
+    /// until 2026-12-07) saved only 1.5–3.5 MiB of peak RSS against 10 ms and cost
+    /// 9–13% of the collector's CPU at full load in re-faulted pages; mimalloc's own
+    /// default (1 s) would keep a burst's memory resident for a second
+    /// (docs/performance.md, "Resident set without transparent huge pages").
+    ///
+    /// `None`: an unknown mimalloc version, left alone.
+    pub(crate) fn tune() -> Option<Tuning> {
+        // SAFETY: plain calls into the linked mimalloc (options may be set at any
+        // time and are read when pages are purged) and a `prctl` that reads a flag
+        // of this process.
         unsafe {
             if mi_version() != KNOWN_VERSION {
                 return None;
             }
             if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-                mi_option_set(PURGE_DELAY, 0);
+                mi_option_set(PURGE_DELAY, PURGE_DELAY_MS);
             }
-            Some(mi_option_get(PURGE_DELAY))
+            Some(Tuning {
+                purge_delay: mi_option_get(PURGE_DELAY),
+                huge_pages_off: libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1,
+            })
+        }
+    }
+
+    /// Runs [`turn_huge_pages_off`] from the executable's `.init_array`: before
+    /// `main` and before Rust's first allocation, so mimalloc maps its first arena
+    /// without asking for huge pages.
+    #[used]
+    #[link_section = ".init_array"]
+    static TURN_HUGE_PAGES_OFF_BEFORE_MAIN: extern "C" fn() = turn_huge_pages_off;
+
+    /// Turns transparent huge pages off for the process unless `MIMALLOC_ALLOW_THP`
+    /// is set. mimalloc asks for them on its 1 GiB arena, and where the kernel
+    /// grants them on request (`madvise`, Debian's default) every touched 2 MiB
+    /// stays resident whole and is purged only whole: at full load that held about
+    /// 21 MiB of a 60 MiB peak (docs/performance.md, "Resident set without
+    /// transparent huge pages"). Sets mimalloc's option (no advice on what it maps
+    /// later) and the process's `PR_SET_THP_DISABLE` (no huge pages at all, also
+    /// where advice was given already).
+    ///
+    /// It runs before `main`, so it allocates nothing and reads the environment
+    /// with `getenv`, not through `std::env`.
+    extern "C" fn turn_huge_pages_off() {
+        // SAFETY: `getenv` with a NUL-terminated literal; the mimalloc calls only
+        // read its version and set a static option; `prctl` only sets a flag of
+        // this process.
+        unsafe {
+            if !libc::getenv(c"MIMALLOC_ALLOW_THP".as_ptr()).is_null()
+                || mi_version() != KNOWN_VERSION
+            {
+                return;
+            }
+            mi_option_set(ALLOW_THP, 0);
+            // Fails only on kernels before 3.15, where huge pages stay as the system says.
+            let _ = libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
         }
     }
 
     #[cfg(test)]
     mod tests {
         #[test]
-        fn the_bundled_mimalloc_is_the_known_version_and_takes_the_purge_delay() {
+        fn the_bundled_mimalloc_is_the_known_version_with_huge_pages_off() {
             // SAFETY: as in `tune`.
             let version = unsafe { super::mi_version() };
             assert_eq!(
@@ -73,15 +130,30 @@ mod allocator {
                 super::KNOWN_VERSION,
                 "mimalloc was updated: check the option numbers in src/main.rs"
             );
+            let tuning = super::tune().expect("the known mimalloc version is tuned");
             if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-                assert_eq!(super::tune(), Some(0));
+                assert_eq!(tuning.purge_delay, super::PURGE_DELAY_MS);
+            }
+            if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+                assert!(tuning.huge_pages_off, "PR_SET_THP_DISABLE did not take");
+                // SAFETY: as in `tune`.
+                assert_eq!(unsafe { super::mi_option_get(super::ALLOW_THP) }, 0);
+                // Turned off before the first allocation: no page of this test
+                // process is huge.
+                let rollup = std::fs::read_to_string("/proc/self/smaps_rollup")
+                    .expect("Linux has /proc/self/smaps_rollup");
+                let huge = rollup
+                    .lines()
+                    .find_map(|line| line.strip_prefix("AnonHugePages:"))
+                    .expect("smaps_rollup lists AnonHugePages");
+                assert_eq!(huge.trim(), "0 kB", "huge pages in the heap: {rollup}");
             }
         }
     }
 }
 
 fn main() -> ExitCode {
-    let purge_delay = allocator::tune();
+    let allocator = allocator::tune();
     let cli = Cli::parse();
     let config = match cli::load_config(cli.config.as_deref()) {
         Ok(config) => config,
@@ -112,7 +184,7 @@ fn main() -> ExitCode {
         };
     }
     logging::init(&config.service);
-    tracing::debug!(?purge_delay, "mimalloc purge delay (ms)");
+    tracing::debug!(?allocator, "mimalloc tuning");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
