@@ -469,7 +469,7 @@ impl Buf for Chunk {
 
 /// Encodes rows from `rows` into `buf` until it holds [`COPY_CHUNK_BYTES`] or
 /// more (answers `true`: a chunk to send) or the rows run out (`false`).
-fn fill<R>(
+fn fill<R: ?Sized>(
     buf: &mut BytesMut,
     rows: &mut std::slice::Iter<'_, (&R, Option<uuid::Uuid>)>,
     encode: fn(&mut BytesMut, &R, Option<&uuid::Uuid>) -> Result<(), EncodeError>,
@@ -565,12 +565,8 @@ mod tests {
 
     /// The chunks [`copy_rows`] sends for `rows`, each consumed as the
     /// connection consumes it, then dropped (back to the pool).
-    fn chunks(rows: &[(&Vec<u8>, Option<uuid::Uuid>)]) -> Vec<Vec<u8>> {
-        fn raw(
-            out: &mut BytesMut,
-            row: &Vec<u8>,
-            _: Option<&uuid::Uuid>,
-        ) -> Result<(), EncodeError> {
+    fn chunks(rows: &[(&[u8], Option<uuid::Uuid>)]) -> Vec<Vec<u8>> {
+        fn raw(out: &mut BytesMut, row: &[u8], _: Option<&uuid::Uuid>) -> Result<(), EncodeError> {
             out.put_slice(row);
             Ok(())
         }
@@ -609,7 +605,7 @@ mod tests {
                 (0..len).map(|b| (b * 31 + i) as u8).collect()
             })
             .collect();
-        let refs: Vec<(&Vec<u8>, Option<uuid::Uuid>)> = rows.iter().map(|r| (r, None)).collect();
+        let refs: Vec<(&[u8], Option<uuid::Uuid>)> = rows.iter().map(|r| (&r[..], None)).collect();
         let mut expected = HEADER.to_vec();
         for row in &rows {
             expected.extend_from_slice(row);
