@@ -15,13 +15,14 @@
 
 use std::fmt::Write as _;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::SinkExt;
 use serde_json::{Map, Value};
 use tally_model::{ActivityEvent, TokenUsage};
 use tokio_postgres::Transaction;
 
+use super::reuse::BufferPool;
 use super::PgError;
 
 /// `PGCOPY\n\xff\r\n\0`, flags 0, no header extension.
@@ -416,10 +417,76 @@ pub fn token_row(
 /// Bytes gathered before a chunk of `COPY` data is sent.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
+/// A chunk buffer's capacity: a chunk plus room for the row that crosses
+/// [`COPY_CHUNK_BYTES`].
+const COPY_BUFFER_BYTES: usize = COPY_CHUNK_BYTES + COPY_CHUNK_BYTES / 4;
+
+/// The chunk buffers, kept from batch to batch (see `reuse.rs`): a writer
+/// fills one while the connection may still be sending one or two.
+static COPY_BUFFERS: BufferPool<BytesMut> = BufferPool::new(4, 2 * COPY_BUFFER_BYTES);
+
+/// A chunk of `COPY` data that goes back to [`COPY_BUFFERS`] once the
+/// connection has sent it (or the `COPY` is abandoned).
+#[derive(Debug)]
+struct Chunk(BytesMut);
+
+impl Chunk {
+    /// An empty chunk of at least [`COPY_BUFFER_BYTES`], kept from an earlier
+    /// batch when there is one.
+    fn new() -> Chunk {
+        let mut buf = COPY_BUFFERS.take();
+        // Also takes back the part already sent (`Buf::advance` moved past it).
+        buf.reserve(COPY_BUFFER_BYTES);
+        if buf.capacity() > COPY_BUFFERS.max_bytes() {
+            buf = BytesMut::with_capacity(COPY_BUFFER_BYTES);
+        }
+        Chunk(buf)
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        // Takes back the part already sent, so that the pool sees the whole
+        // allocation (a chunk holds it alone: no allocation here).
+        buf.clear();
+        buf.reserve(COPY_BUFFER_BYTES);
+        COPY_BUFFERS.give(buf);
+    }
+}
+
+impl Buf for Chunk {
+    fn remaining(&self) -> usize {
+        self.0.remaining()
+    }
+    fn chunk(&self) -> &[u8] {
+        self.0.chunk()
+    }
+    fn advance(&mut self, cnt: usize) {
+        self.0.advance(cnt);
+    }
+}
+
+/// Encodes rows from `rows` into `buf` until it holds [`COPY_CHUNK_BYTES`] or
+/// more (answers `true`: a chunk to send) or the rows run out (`false`).
+fn fill<R: ?Sized>(
+    buf: &mut BytesMut,
+    rows: &mut std::slice::Iter<'_, (&R, Option<uuid::Uuid>)>,
+    encode: fn(&mut BytesMut, &R, Option<&uuid::Uuid>) -> Result<(), EncodeError>,
+) -> Result<bool, EncodeError> {
+    for (row, key) in rows {
+        encode(buf, row, key.as_ref())?;
+        if buf.len() >= COPY_CHUNK_BYTES {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Sends `rows` (each with the ingest key that wrote it) through `copy_sql` (a
-/// `COPY … FROM STDIN (FORMAT binary)`, as text or prepared), encoded by `encode` into one reused
-/// buffer sent in chunks of about [`COPY_CHUNK_BYTES`]. Returns the rows the
-/// server copied.
+/// `COPY … FROM STDIN (FORMAT binary)`, as text or prepared), encoded by `encode` into
+/// buffers sent in chunks of about [`COPY_CHUNK_BYTES`] and kept for the next
+/// batch ([`COPY_BUFFERS`]). Returns the rows the server copied.
 pub(crate) async fn copy_rows<R, S>(
     tx: &Transaction<'_>,
     copy_sql: &S,
@@ -429,18 +496,17 @@ pub(crate) async fn copy_rows<R, S>(
 where
     S: ?Sized + tokio_postgres::ToStatement,
 {
-    let sink = tx.copy_in::<_, Bytes>(copy_sql).await?;
+    let sink = tx.copy_in::<_, Chunk>(copy_sql).await?;
     futures::pin_mut!(sink);
-    let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES + COPY_CHUNK_BYTES / 4);
-    begin(&mut buf);
-    for (row, key) in rows {
-        encode(&mut buf, row, key.as_ref()).map_err(|e| PgError::Integrity(e.to_string()))?;
-        if buf.len() >= COPY_CHUNK_BYTES {
-            sink.as_mut().send(buf.split().freeze()).await?;
-        }
+    let mut rows = rows.iter();
+    let mut buf = Chunk::new();
+    begin(&mut buf.0);
+    while fill(&mut buf.0, &mut rows, encode).map_err(|e| PgError::Integrity(e.to_string()))? {
+        let full = std::mem::replace(&mut buf, Chunk::new());
+        sink.as_mut().send(full).await?;
     }
-    finish(&mut buf);
-    sink.as_mut().send(buf.freeze()).await?;
+    finish(&mut buf.0);
+    sink.as_mut().send(buf).await?;
     Ok(sink.finish().await?)
 }
 
@@ -495,6 +561,73 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The chunks [`copy_rows`] sends for `rows`, each consumed as the
+    /// connection consumes it, then dropped (back to the pool).
+    fn chunks(rows: &[(&[u8], Option<uuid::Uuid>)]) -> Vec<Vec<u8>> {
+        fn raw(out: &mut BytesMut, row: &[u8], _: Option<&uuid::Uuid>) -> Result<(), EncodeError> {
+            out.put_slice(row);
+            Ok(())
+        }
+        let mut sent = Vec::new();
+        let mut rows = rows.iter();
+        let mut buf = Chunk::new();
+        begin(&mut buf.0);
+        let mut send = |mut chunk: Chunk| {
+            let mut bytes = Vec::new();
+            while chunk.has_remaining() {
+                let part = chunk.chunk().len().min(1000);
+                bytes.extend_from_slice(&chunk.chunk()[..part]);
+                chunk.advance(part);
+            }
+            sent.push(bytes);
+        };
+        while fill(&mut buf.0, &mut rows, raw).unwrap() {
+            send(std::mem::replace(&mut buf, Chunk::new()));
+        }
+        finish(&mut buf.0);
+        send(buf);
+        sent
+    }
+
+    #[test]
+    fn reused_chunk_buffers_send_exactly_the_rows_bytes() {
+        // Rows of many sizes (one larger than a whole chunk buffer), three batches
+        // in a row: the later ones fill buffers the earlier ones gave back.
+        let rows: Vec<Vec<u8>> = (0..900usize)
+            .map(|i| {
+                let len = if i == 450 {
+                    3 * COPY_BUFFER_BYTES
+                } else {
+                    (i * 7919) % 4000
+                };
+                (0..len).map(|b| (b * 31 + i) as u8).collect()
+            })
+            .collect();
+        let refs: Vec<(&[u8], Option<uuid::Uuid>)> = rows.iter().map(|r| (&r[..], None)).collect();
+        let mut expected = HEADER.to_vec();
+        for row in &rows {
+            expected.extend_from_slice(row);
+        }
+        expected.extend_from_slice(&(-1i16).to_be_bytes());
+        for batch in 0..3 {
+            let sent = chunks(&refs);
+            assert!(sent.len() > 3, "several chunks");
+            for chunk in &sent[..sent.len() - 1] {
+                assert!(
+                    chunk.len() >= COPY_CHUNK_BYTES,
+                    "batch {batch}: a short chunk"
+                );
+            }
+            assert_eq!(sent.concat(), expected, "batch {batch}");
+        }
+        // The buffers went back (at most the pool's bound), the oversized one not.
+        let kept = COPY_BUFFERS.kept();
+        assert!((1..=4).contains(&kept), "{kept} kept");
+        let buffer = COPY_BUFFERS.take();
+        assert!(buffer.capacity() <= COPY_BUFFERS.max_bytes());
+        COPY_BUFFERS.give(buffer);
     }
 
     #[test]

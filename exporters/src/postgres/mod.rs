@@ -31,6 +31,7 @@ mod periodic;
 pub mod personal;
 pub mod rejected;
 mod retention;
+mod reuse;
 mod rollup;
 mod secrets;
 mod telemetry;

@@ -32,7 +32,6 @@
 //! the trace id, so a client choosing another tenant's trace ids meets nothing
 //! of that tenant.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -71,7 +70,7 @@ pub struct SharedTrace {
 }
 
 /// One merged upsert row: user, session, record tenant, pending since.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Merged<'a> {
     user: Option<&'a str>,
     session: Option<&'a str>,
@@ -107,19 +106,7 @@ pub(crate) async fn share(
         return Ok(Vec::new());
     }
     // Sorted by key: every writer locks rows in the same order.
-    let mut merged: BTreeMap<(&str, &str), Merged<'_>> = BTreeMap::new();
-    for (scope, trace) in items {
-        let entry = merged.entry((scope, trace.trace_id.as_str())).or_default();
-        if let Some(identity) = &trace.identity {
-            entry.user = entry.user.or(identity.user_id.as_deref());
-            entry.session = entry.session.or(identity.session_id.as_deref());
-            entry.tenant = entry.tenant.or(identity.tenant_id.as_deref());
-        }
-        entry.pending = match (entry.pending, trace.pending_since) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
+    let merged = merge(items);
     let n = merged.len();
     let (mut scopes, mut traces) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut users, mut sessions) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -179,6 +166,42 @@ pub(crate) async fn share(
     Ok(ready)
 }
 
+/// `items` merged per `(scope, trace_id)`, in key order: per field the first
+/// item's value that has one, the earliest pending mark. A stable sort of the
+/// items and one pass over the runs of equal keys (a `BTreeMap` of the batch's
+/// traces compared keys over and over: ~1% of the collector's samples).
+fn merge<'a>(items: &[ScopedTrace<'a>]) -> Vec<((&'a str, &'a str), Merged<'a>)> {
+    let mut keyed: Vec<((&'a str, &'a str), &'a SharedTrace)> = items
+        .iter()
+        .map(|(scope, trace)| ((*scope, trace.trace_id.as_str()), *trace))
+        .collect();
+    // Stable: the items of one trace stay in their order (the first value wins).
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut merged: Vec<((&'a str, &'a str), Merged<'a>)> = Vec::with_capacity(keyed.len());
+    for (key, trace) in keyed {
+        let entry = match merged.last_mut() {
+            Some((last, entry)) if *last == key => entry,
+            _ => {
+                merged.push((key, Merged::default()));
+                match merged.last_mut() {
+                    Some((_, entry)) => entry,
+                    None => continue,
+                }
+            }
+        };
+        if let Some(identity) = &trace.identity {
+            entry.user = entry.user.or(identity.user_id.as_deref());
+            entry.session = entry.session.or(identity.session_id.as_deref());
+            entry.tenant = entry.tenant.or(identity.tenant_id.as_deref());
+        }
+        entry.pending = match (entry.pending, trace.pending_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    merged
+}
+
 /// Deletes the trace identities not written for `ttl` (the attribution window):
 /// run by the rollup job. Rows a writer holds right now are left for the next
 /// run (`SKIP LOCKED`: the job never waits for a writer, so the two cannot
@@ -193,4 +216,57 @@ pub async fn prune_trace_identities(client: &Client, ttl: Duration) -> Result<u6
             &[&ttl.as_secs_f64()],
         )
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// The merge as a `BTreeMap` of the keys did it before.
+    fn merged_by_map<'a>(items: &[ScopedTrace<'a>]) -> Vec<((&'a str, &'a str), Merged<'a>)> {
+        let mut merged: BTreeMap<(&str, &str), Merged<'_>> = BTreeMap::new();
+        for (scope, trace) in items {
+            let entry = merged.entry((scope, trace.trace_id.as_str())).or_default();
+            if let Some(identity) = &trace.identity {
+                entry.user = entry.user.or(identity.user_id.as_deref());
+                entry.session = entry.session.or(identity.session_id.as_deref());
+                entry.tenant = entry.tenant.or(identity.tenant_id.as_deref());
+            }
+            entry.pending = match (entry.pending, trace.pending_since) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        merged.into_iter().collect()
+    }
+
+    #[test]
+    fn traces_merge_per_scope_and_trace_in_key_order_as_the_map_did() {
+        let at = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap_or_default();
+        // Traces met several times, with and without identities and marks,
+        // under several scopes, in no particular order.
+        let traces: Vec<SharedTrace> = (0..400i64)
+            .map(|i| SharedTrace {
+                trace_id: format!("{:032x}", (i * 37) % 61),
+                identity: (i % 3 != 0).then(|| TraceIdentity {
+                    tenant_id: (i % 4 == 1).then(|| format!("t{i}")),
+                    user_id: (i % 5 != 2).then(|| format!("u{i}")),
+                    session_id: (i % 7 == 3).then(|| format!("s{i}")),
+                }),
+                pending_since: (i % 2 == 0).then(|| at(1_000 - (i * 13) % 700)),
+            })
+            .collect();
+        let scopes = ["", "acme", "beta", "acme"];
+        let items: Vec<ScopedTrace<'_>> = traces
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (scopes[i % scopes.len()], t))
+            .collect();
+        let merged = merge(&items);
+        assert!(merged.len() > 61 && merged.len() < items.len());
+        assert_eq!(merged, merged_by_map(&items));
+        assert!(merge(&[]).is_empty());
+    }
 }

@@ -32,6 +32,7 @@ use super::canonical::{append_event_v3, fill_head, hash32, row_hash, ChainRow, R
 use super::jsonb_text::jsonb_text_split;
 use super::GENESIS_HASH;
 use crate::postgres::personal::is_fixed_personal_key;
+use crate::postgres::reuse::BufferPool;
 use crate::postgres::PgError;
 
 /// Read in the reservation's round trip, after the lock: `$1` the watermark's
@@ -119,7 +120,12 @@ impl<'e> PreparedLinks<'e> {
     ) -> Option<PreparedLinks<'e>> {
         let total = rows.len();
         let mut out = Vec::with_capacity(total);
-        let mut forms = Vec::with_capacity(total * FORM_BYTES_GUESS);
+        // A buffer of an earlier batch (its pages already in memory), grown by
+        // `reserve_form` if this batch needs more; else a new one.
+        let mut forms = FORMS.take();
+        if forms.capacity() == 0 {
+            forms.reserve_exact(total * FORM_BYTES_GUESS);
+        }
         // The attributes' texts, reused from row to row.
         let mut public = String::with_capacity(256);
         let mut personal = String::with_capacity(64);
@@ -187,6 +193,16 @@ impl<'e> PreparedLinks<'e> {
         Ok(links)
     }
 }
+
+impl Drop for PreparedLinks<'_> {
+    fn drop(&mut self) {
+        FORMS.give(std::mem::take(&mut self.forms));
+    }
+}
+
+/// The forms' buffers, kept from batch to batch (see `reuse.rs`): one per
+/// writer (up to 4), each at most 2 MiB (a batch of ~2,000 ordinary rows).
+static FORMS: BufferPool<Vec<u8>> = BufferPool::new(4, 2 << 20);
 
 /// Bytes of a canonical form reserved per row up front: more than an ordinary
 /// span's or log record's form takes (pages the forms never reach are never
@@ -682,6 +698,29 @@ mod tests {
             .collect();
         let salts: Vec<[u8; 16]> = (0..40u8).map(|i| [i ^ 0x5a; 16]).collect();
         assert_forms_equal_rows_read_back(&events, &salts, &keys);
+    }
+
+    #[test]
+    fn forms_in_buffers_of_earlier_batches_equal_the_rows_read_back() {
+        // Batches one after the other, large then small then large again: each
+        // later one writes its forms into a buffer an earlier one gave back
+        // (longer than this batch's forms, or too short for them).
+        let keys = PersonalKeys::new(["customer.*", "doc.owner"]);
+        for (batch, rows) in [60usize, 3, 90, 1, 40].into_iter().enumerate() {
+            let events: Vec<ActivityEvent> = (0..rows)
+                .map(|i| {
+                    let mut e = event(i + batch);
+                    if (i + batch) % 5 == 0 {
+                        e.error_message = Some("m".repeat(3_000 * batch));
+                    }
+                    e
+                })
+                .collect();
+            let salts: Vec<[u8; 16]> = (0..rows).map(|i| [(i + batch) as u8; 16]).collect();
+            assert_forms_equal_rows_read_back(&events, &salts, &keys);
+        }
+        let kept = FORMS.take();
+        assert!(kept.is_empty() && kept.capacity() <= FORMS.max_bytes());
     }
 
     #[test]
