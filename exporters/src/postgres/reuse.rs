@@ -3,10 +3,10 @@
 //! canonical forms (`chain::link`).
 //!
 //! Each is a few hundred KiB a batch. The collector returns freed pages to the
-//! OS at once (mimalloc's purge delay is 0, see `src/main.rs`), so a fresh
-//! buffer per batch faulted in (and zeroed) every one of its pages again, and
-//! freeing it cost an `madvise`: about 2.5% of the collector's samples at full
-//! speed. A pool keeps at most `keep` buffers of at most `max_bytes` each, so
+//! OS after a short delay (mimalloc's purge delay, 10 ms, see `src/main.rs`; it
+//! was 0 when this was measured), so a fresh buffer per batch could fault in (and
+//! zero) every one of its pages again, and freeing it cost an `madvise`: about
+//! 2.5% of the collector's samples at full speed. A pool keeps at most `keep` buffers of at most `max_bytes` each, so
 //! what it holds stays bounded (a buffer that grew past the bound, for a batch
 //! of unusually large rows, is freed as before).
 
