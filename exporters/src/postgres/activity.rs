@@ -632,30 +632,17 @@ mod tests {
         use tally_model::Outcome;
         let events: Vec<ActivityEvent> = (0..500u32)
             .map(|i| ActivityEvent {
-                id: uuid::Uuid::from_u128(u128::from(i)),
                 ts: chrono::DateTime::from_timestamp(1_800_000_000 + i64::from(i), 0)
                     .unwrap_or_default(),
                 tenant_id: (i % 7 != 0).then(|| format!("t{}", i % 5)),
-                user_id: None,
-                session_id: None,
                 action: ["doc.read", "doc.write", "auth.login"][(i % 3) as usize].into(),
                 outcome: if i % 4 == 0 {
                     Outcome::Failure
                 } else {
                     Outcome::Success
                 },
-                resource_type: None,
-                resource_id: None,
-                service: None,
-                trace_id: None,
-                span_id: None,
-                attributes: serde_json::Map::new(),
-                duration_ms: None,
-                name: None,
-                error_type: None,
-                error_message: None,
                 taxonomy_valid: [None, Some(true), Some(false)][(i % 11 % 3) as usize],
-                taxonomy_reason: None,
+                ..super::super::test_rows::event(u128::from(i))
             })
             .collect();
         let rows: Vec<(copy::SeqActivityRow<'_>, Option<uuid::Uuid>)> = events

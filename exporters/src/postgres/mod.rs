@@ -35,6 +35,8 @@ mod reuse;
 mod rollup;
 mod secrets;
 mod telemetry;
+#[cfg(test)]
+mod test_rows;
 pub mod tls;
 mod token_metrics;
 mod tokens;

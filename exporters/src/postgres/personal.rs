@@ -364,25 +364,10 @@ mod tests {
             panic!("attributes must be an object");
         };
         ActivityEvent {
-            id: uuid::Uuid::nil(),
             ts: chrono::Utc::now(),
-            tenant_id: None,
             user_id: user.map(str::to_owned),
-            session_id: None,
-            action: "doc.read".into(),
-            outcome: tally_model::Outcome::Success,
-            resource_type: None,
-            resource_id: None,
-            service: None,
-            trace_id: None,
-            span_id: None,
             attributes,
-            duration_ms: None,
-            name: None,
-            error_type: None,
-            error_message: None,
-            taxonomy_valid: None,
-            taxonomy_reason: None,
+            ..super::super::test_rows::event(0)
         }
     }
 

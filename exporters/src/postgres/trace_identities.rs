@@ -78,6 +78,22 @@ struct Merged<'a> {
     pending: Option<DateTime<Utc>>,
 }
 
+impl<'a> Merged<'a> {
+    /// Adds what `trace` shares: identity fields this entry lacks, and the
+    /// earliest pending mark.
+    fn absorb(&mut self, trace: &'a SharedTrace) {
+        if let Some(identity) = &trace.identity {
+            self.user = self.user.or(identity.user_id.as_deref());
+            self.session = self.session.or(identity.session_id.as_deref());
+            self.tenant = self.tenant.or(identity.tenant_id.as_deref());
+        }
+        self.pending = match (self.pending, trace.pending_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
 /// One trace a submission shares, with the sender's tenant scope.
 pub(crate) type ScopedTrace<'a> = (&'a str, &'a SharedTrace);
 
@@ -189,15 +205,7 @@ fn merge<'a>(items: &[ScopedTrace<'a>]) -> Vec<((&'a str, &'a str), Merged<'a>)>
                 }
             }
         };
-        if let Some(identity) = &trace.identity {
-            entry.user = entry.user.or(identity.user_id.as_deref());
-            entry.session = entry.session.or(identity.session_id.as_deref());
-            entry.tenant = entry.tenant.or(identity.tenant_id.as_deref());
-        }
-        entry.pending = match (entry.pending, trace.pending_since) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        entry.absorb(trace);
     }
     merged
 }
@@ -224,20 +232,13 @@ mod tests {
 
     use super::*;
 
-    /// The merge as a `BTreeMap` of the keys did it before.
+    /// The merge as a `BTreeMap` of the keys did it before (the same
+    /// [`Merged::absorb`]: what is compared is the grouping and the order).
     fn merged_by_map<'a>(items: &[ScopedTrace<'a>]) -> Vec<((&'a str, &'a str), Merged<'a>)> {
         let mut merged: BTreeMap<(&str, &str), Merged<'_>> = BTreeMap::new();
         for (scope, trace) in items {
             let entry = merged.entry((scope, trace.trace_id.as_str())).or_default();
-            if let Some(identity) = &trace.identity {
-                entry.user = entry.user.or(identity.user_id.as_deref());
-                entry.session = entry.session.or(identity.session_id.as_deref());
-                entry.tenant = entry.tenant.or(identity.tenant_id.as_deref());
-            }
-            entry.pending = match (entry.pending, trace.pending_since) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            entry.absorb(trace);
         }
         merged.into_iter().collect()
     }

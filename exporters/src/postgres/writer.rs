@@ -1152,25 +1152,9 @@ mod tests {
 
     fn event(i: u128) -> ActivityEvent {
         ActivityEvent {
-            id: uuid::Uuid::from_u128(i),
-            ts: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
             tenant_id: Some("acme".into()),
             user_id: Some(format!("user-{i}")),
-            session_id: None,
-            action: "doc.read".into(),
-            outcome: tally_model::Outcome::Success,
-            resource_type: None,
-            resource_id: None,
-            service: None,
-            trace_id: None,
-            span_id: None,
-            attributes: serde_json::Map::new(),
-            duration_ms: None,
-            name: None,
-            error_type: None,
-            error_message: None,
-            taxonomy_valid: None,
-            taxonomy_reason: None,
+            ..super::super::test_rows::event(i)
         }
     }
 
